@@ -1,0 +1,1 @@
+"""Modality-aware pruning and export of MAPEX specialists (lands with the export issue)."""
