@@ -1,0 +1,124 @@
+"""Pre-training through its real command line: single process, resume after a signal, torchrun."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import CheckpointError, load_model, load_payload
+from training.report import main as report_main
+
+
+def pretrain(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "training.pretrain", "--out", str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("short")
+    result = pretrain(out, "--steps", "6", "--checkpoint-every", "3", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_short_run_writes_checkpoint_metrics_and_summary(short_run):
+    assert [m["step"] for m in metrics(short_run)] == [1, 2, 3, 4, 5, 6]
+    assert not list(short_run.glob("*.tmp")), "a temporary checkpoint was left behind"
+    model, payload = load_model(short_run / "checkpoint.pt")
+    assert payload["step"] == 6 and payload["config"]["router"] == "modality"
+    assert set(payload["band_stats"]) == set(model.band_names)
+    vv_mean, vv_std = payload["band_stats"]["VV"]
+    assert -25 < vv_mean < 0 and vv_std > 1, "SAR statistics should be in dB"
+    summary = json.loads((short_run / "run.json").read_text())
+    assert summary["steps"] == 6 and summary["world_size"] == 1 and summary["ranks_identical"]
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_losses(tmp_path):
+    steps = ["--steps", "80", "--checkpoint-every", "1000", "--seed", "5"]
+    assert pretrain(tmp_path / "full", *steps).returncode == 0
+    reference = {m["step"]: m["loss"] for m in metrics(tmp_path / "full")}
+
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([sys.executable, "-m", "training.pretrain", "--out", str(out), *steps],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 8
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    stopped_at = load_payload(out / "checkpoint.pt")["step"]
+    assert 8 <= stopped_at < 80
+
+    result = pretrain(out, *steps, "--resume")
+    assert result.returncode == 0, result.stderr
+    resumed = metrics(out)
+    assert [m["step"] for m in resumed] == list(range(1, 81))
+    for m in resumed:
+        assert m["loss"] == pytest.approx(reference[m["step"]], rel=1e-5, abs=1e-6), f"step {m['step']}"
+    full_model, _ = load_model(tmp_path / "full" / "checkpoint.pt")
+    resumed_model, _ = load_model(out / "checkpoint.pt")
+    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_resume_refuses_a_different_router(short_run, tmp_path):
+    result = pretrain(short_run, "--steps", "7", "--resume", "--router", "positional", "--seed", "3")
+    assert result.returncode != 0 and "trained with --router modality" in result.stderr
+
+
+def test_bad_arguments_are_rejected_with_a_message(tmp_path):
+    result = pretrain(tmp_path, "--data", str(tmp_path / "missing"))
+    assert result.returncode == 2 and "existing folder of GeoTIFF chips" in result.stderr
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_payload(tmp_path / "nothing.pt")
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.pretrain", "--out", str(tmp_path), "--steps", "4", "--batch-size", "8"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    assert len(set(summary["weights_digest"])) == 1 and len(summary["weights_digest"]) == 2
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4], "only rank 0 writes metrics"
+    assert load_payload(tmp_path / "checkpoint.pt")["world_size"] == 2
+
+
+def test_report_writes_heatmap_and_specialization(short_run, tmp_path):
+    assert report_main([str(short_run / "checkpoint.pt"), "--out", str(tmp_path), "--scenes", "16"]) == 0
+    report = json.loads((tmp_path / "routing.json").read_text())
+    assert report["router"] == "modality" and "synthetic" in report["data"]
+    assert set(report["specialization"]) == {"0", "1", "2", "3"}
+    for layer in report["specialization"].values():
+        assert set(layer) == {"RGB", "RED_EDGE", "NIR", "SWIR", "SAR", "ELE"}
+        assert all(0.0 < v <= 1.0 for v in layer.values())
+    png = (tmp_path / "routing.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.slow
+def test_tiny_modality_router_halves_the_loss_and_specialises_experts(tmp_path):
+    """The issue's acceptance figures: 300 steps, loss <= 0.6 x the first ten, specialisation >= 0.8 / 0.6."""
+    result = pretrain(tmp_path, "--steps", "300", "--router", "modality", "--seed", "0", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["loss_ratio"] <= 0.6, summary
+    assert report_main([str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "routing.json").read_text())
+    print(f"loss ratio {summary['loss_ratio']:.3f}; specialization mean {report['mean_specialization']:.3f} "
+          f"min {report['min_specialization']:.3f}")
+    assert report["mean_specialization"] >= 0.8, report["specialization"]
+    assert report["min_specialization"] >= 0.6, report["specialization"]

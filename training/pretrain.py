@@ -1,0 +1,319 @@
+"""Pre-train MAPEX by masked multi-modal autoencoding.
+
+    python -m training.pretrain --preset tiny --data synthetic --steps 300 --out runs/tiny
+    torchrun --nproc_per_node 2 -m training.pretrain ...   # DistributedDataParallel
+
+Writes ``OUT/checkpoint.pt`` (atomically) and ``OUT/metrics.jsonl`` (one line per step), and
+``OUT/run.json`` at the end. Every random draw is a function of (seed, step, rank), so
+``--resume`` continues exactly where the checkpoint stopped. SIGINT/SIGTERM finish the current
+step, write a checkpoint and exit, so a pre-empted job loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from mapex_serve.bands import MODALITIES
+from training.checkpoint import load_payload, save_atomic
+from training.config import PRESETS, ROUTER_KINDS, MapexConfig, preset
+from training.data import ChipFolder, SceneConfig, generate_batch
+from training.model import Mapex, PretrainOutput
+from training.seeds import MASK, STATS, TRAIN, derive_seed
+
+__all__ = ["PretrainArgs", "main", "train"]
+
+
+@dataclass(frozen=True)
+class PretrainArgs:
+    out: Path
+    preset: str = "tiny"
+    data: str = "synthetic"
+    steps: int = 300
+    router: str = "modality"
+    seed: int = 0
+    resume: bool = False
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 20
+    weight_decay: float = 0.05
+    checkpoint_every: int = 50
+    stats_samples: int = 256
+
+
+class BatchSource(Protocol):
+    """Where training batches come from: a pure function of (step, rank)."""
+
+    def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]: ...
+
+
+class SyntheticSource:
+    """Freshly generated synthetic scenes for every step (an endless, seeded data set)."""
+
+    def __init__(self, cfg: MapexConfig, seed: int) -> None:
+        self.scene = SceneConfig(size=cfg.img_size)
+        self.modalities, self.seed = cfg.modalities, seed
+
+    def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
+        return generate_batch(derive_seed(self.seed, TRAIN, step, rank), size, self.scene, self.modalities).inputs
+
+
+class ChipSource:
+    """Random draws (with replacement, seeded by step and rank) from a folder of GeoTIFF chips."""
+
+    def __init__(self, root: str, cfg: MapexConfig, seed: int) -> None:
+        self.chips = ChipFolder(root)
+        if len(self.chips) == 0:
+            raise ValueError(f"no chips listed in the labels CSV of {root}")
+        self.size, self.seed = cfg.img_size, seed
+
+    def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(derive_seed(self.seed, TRAIN, step, rank))
+        items = [self.chips[int(i)][0] for i in rng.integers(len(self.chips), size=size)]
+        common = set.intersection(*(set(item) for item in items))
+        batch = {m: torch.stack([item[m] for item in items]) for m in sorted(common)}
+        for m, x in batch.items():
+            if x.shape[-2:] != (self.size, self.size):
+                raise ValueError(f"chips of {m} are {tuple(x.shape[-2:])} px; this preset takes {self.size} x {self.size}")
+        return batch
+
+
+def band_statistics(source: BatchSource, seed: int, samples: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-band mean and standard deviation (physical units) over a seeded sample of the data."""
+    batch = source.batch(derive_seed(seed, STATS), 0, samples)
+    mean, std = {}, {}
+    for m, x in batch.items():
+        for c, b in enumerate(MODALITIES[m]):
+            mean[b], std[b] = float(x[:, c].mean()), float(x[:, c].std())
+    return mean, std
+
+
+def lr_at(step: int, args: PretrainArgs) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak at ``args.steps``."""
+    if step <= args.warmup:
+        return args.lr * step / max(args.warmup, 1)
+    progress = (step - args.warmup) / max(args.steps - args.warmup, 1)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+class _PretrainStep(nn.Module):
+    """Makes ``forward_pretrain`` the module's forward so DistributedDataParallel can hook it."""
+
+    def __init__(self, model: Mapex) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, torch.Tensor], generator: torch.Generator) -> PretrainOutput:
+        return self.model.forward_pretrain(inputs, generator=generator)
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls) -> _Dist:
+        """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl")
+            device = torch.device("cuda", local)
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+            dist.init_process_group("gloo")
+            device = torch.device("cpu")
+        return cls(dist.get_rank(), world, device)
+
+    def mean(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return (t / self.world).tolist()
+
+    def any(self, flag: bool) -> bool:
+        return self.mean([float(flag)])[0] > 0
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into 'checkpoint after this step and exit'."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+
+def _weights_digest(model: nn.Module) -> float:
+    return float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= up_to_step]
+
+
+def train(args: PretrainArgs) -> dict[str, object]:
+    """Run pre-training; returns the run summary (also written to ``OUT/run.json`` by rank 0)."""
+    torch.use_deterministic_algorithms(True)
+    ddp = _Dist.setup()
+    out, ckpt_path = Path(args.out), Path(args.out) / "checkpoint.pt"
+    metrics_path = out / "metrics.jsonl"
+    payload = load_payload(ckpt_path) if args.resume and ckpt_path.exists() else None
+    if args.resume and payload is None and ddp.main:
+        print(f"no checkpoint in {out}; starting from scratch", file=sys.stderr)
+    if payload is not None:
+        cfg = MapexConfig.from_dict(payload["config"])
+        if cfg.router != args.router:
+            raise ValueError(f"checkpoint was trained with --router {cfg.router}, not {args.router}")
+    else:
+        cfg = preset(args.preset, router=args.router)
+
+    torch.manual_seed(args.seed)
+    model = Mapex(cfg)
+    source: BatchSource = SyntheticSource(cfg, args.seed) if args.data == "synthetic" else ChipSource(args.data, cfg, args.seed)
+    start = 0
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        start = int(payload["step"])
+    else:
+        model.set_band_stats(*band_statistics(source, args.seed, args.stats_samples))
+    model.to(ddp.device)
+    step_module = _PretrainStep(model)
+    wrapped: nn.Module = step_module
+    if ddp.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+
+    def checkpoint(step: int) -> None:
+        if ddp.main:
+            save_atomic(
+                {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": step, "args": {**asdict(args), "out": str(args.out)}, "world_size": ddp.world,
+                 "band_stats": model.band_stats(), "data": args.data},
+                ckpt_path,
+            )
+
+    lines = _read_metrics(metrics_path, start) if ddp.main else []
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("".join(f"{line}\n" for line in lines))
+    stop = _StopRequest()
+    per_rank = max(1, args.batch_size // ddp.world)
+    bar = tqdm(total=args.steps, initial=start, desc=f"pretrain {cfg.router}", disable=not ddp.main, dynamic_ncols=True)
+    began, step = time.perf_counter(), start
+    model.train()
+    with open(metrics_path, "a") if ddp.main else open(os.devnull, "w") as log:
+        while step < args.steps:
+            step += 1
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args)
+            inputs = {m: x.to(ddp.device) for m, x in source.batch(step, ddp.rank, per_rank).items()}
+            generator = torch.Generator().manual_seed(derive_seed(args.seed, MASK, step, ddp.rank))
+            result: PretrainOutput = wrapped(inputs, generator)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            optimizer.step()
+            loss, recon, balance = ddp.mean([float(result.loss), float(result.recon_loss), float(result.balance_loss)])
+            log.write(json.dumps({"step": step, "loss": loss, "recon_loss": recon, "balance_loss": balance,
+                                  "lr": lr_at(step, args), "grad_norm": grad_norm}) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(recon=f"{recon:.3f}")
+            interrupted = ddp.any(stop.signum != 0)
+            if step % args.checkpoint_every == 0 or step == args.steps or interrupted:
+                checkpoint(step)
+            if interrupted:
+                break
+    bar.close()
+
+    digest = _weights_digest(model)
+    digests = [digest] * ddp.world
+    if ddp.world > 1:
+        gathered: list[float] = [0.0] * ddp.world
+        dist.all_gather_object(gathered, digest)
+        digests = gathered
+    summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began)
+    summary |= {"interrupted": bool(stop.signum), "ranks_identical": len(set(digests)) == 1, "weights_digest": digests}
+    if ddp.main:
+        (out / "run.json").write_text(json.dumps(summary, indent=2))
+    if ddp.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if stop.signum:
+        summary["exit_code"] = 128 + stop.signum
+    return summary
+
+
+def _summary(metrics_path: Path, args: PretrainArgs, cfg: MapexConfig, world: int, step: int, seconds: float) -> dict[str, object]:
+    """The figures people quote: loss over the first and last ten steps, and their ratio."""
+    recon = [json.loads(line)["recon_loss"] for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
+    first, last = (float(np.mean(recon[:10])), float(np.mean(recon[-10:]))) if recon else (float("nan"), float("nan"))
+    return {"preset": args.preset, "router": cfg.router, "data": args.data, "seed": args.seed, "steps": step,
+            "world_size": world, "seconds": round(seconds, 2), "recon_loss_first10": first,
+            "recon_loss_last10": last, "loss_ratio": last / first if recon else float("nan"),
+            "parameters": Mapex(cfg).num_parameters()}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PretrainArgs:
+    p = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, metrics.jsonl, run.json")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of GeoTIFF chips with labels.csv")
+    p.add_argument("--steps", type=int, default=300, help="total optimisation steps (also with --resume)")
+    p.add_argument("--router", choices=ROUTER_KINDS, default="modality")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch, split over torchrun ranks")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    a = p.parse_args(argv)
+    if a.steps < 1 or a.batch_size < 1 or a.checkpoint_every < 1:
+        p.error("--steps, --batch-size and --checkpoint-every must be positive")
+    if a.data != "synthetic" and not Path(a.data).is_dir():
+        p.error(f"--data must be 'synthetic' or an existing folder of GeoTIFF chips, got {a.data!r}")
+    return PretrainArgs(out=a.out, preset=a.preset, data=a.data, steps=a.steps, router=a.router, seed=a.seed,
+                        resume=a.resume, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
+                        checkpoint_every=a.checkpoint_every)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    summary = train(parse_args(argv))
+    return int(summary.get("exit_code", 0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
