@@ -1,0 +1,191 @@
+"""The model repository: the on-disk contract between the exporter and the service.
+
+    <repo>/<specialist>/<version>/model.onnx
+    <repo>/<specialist>/<version>/manifest.json
+    <repo>/<specialist>/<version>/engines/<TensorRT engines>
+
+The manifest schema lives here (owned by the service, imported by the exporter). Every artefact
+is listed with its sha256, and an entry whose files disagree with its manifest is refused, as
+Triton refuses a model whose config and file disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mapex_serve.bands import MODALITIES, resolve_band, resolve_modality
+from mapex_serve.errors import MapexError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Artefact",
+    "BandSpec",
+    "EngineEntry",
+    "ExpertsKept",
+    "Manifest",
+    "ManifestError",
+    "ParameterCounts",
+    "TensorSpec",
+    "load_manifest",
+    "scan_repository",
+    "sha256_file",
+    "verify_entry",
+]
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(MapexError, ValueError):
+    """A repository entry whose manifest is missing, invalid, or disagrees with its files."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BandSpec(_Model):
+    """One input band: ``physical = stored * scale + offset``; mean/std are the model's normalisation."""
+
+    name: str
+    unit: str
+    scale: float = 1.0
+    offset: float = 0.0
+    mean: float
+    std: float = Field(gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return resolve_band(v)
+
+
+class TensorSpec(_Model):
+    """An engine tensor; -1 marks the dynamic batch axis."""
+
+    name: str
+    dtype: Literal["float32", "float16"] = "float32"
+    shape: list[int]
+
+
+class ExpertsKept(_Model):
+    """What pruning kept in one MoE block, and the share of the calibration tokens those experts received."""
+
+    block: int
+    experts: list[int]
+    of: int
+    coverage: float = Field(ge=0, le=1)
+
+
+class ParameterCounts(_Model):
+    full: int = Field(gt=0)
+    pruned: int = Field(gt=0)
+
+    @property
+    def ratio(self) -> float:
+        return self.pruned / self.full
+
+
+class Artefact(_Model):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class EngineEntry(_Model):
+    """A native TensorRT engine built from ``model.onnx`` for one GPU type."""
+
+    path: str
+    gpu_name: str
+    compute_capability: str
+    tensorrt_version: str
+    precision: Literal["fp32", "fp16"]
+    hardware_compatibility: str = "none"
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+
+
+class Manifest(_Model):
+    """Everything the service needs to route a GeoTIFF to this specialist and feed its engine."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: int = Field(ge=1)
+    task: str
+    head: Literal["class", "mask"]
+    classes: list[str] = Field(min_length=2)
+    modalities: list[str] = Field(min_length=1)
+    #: Input bands in the order the engine takes them (modality by modality).
+    bands: list[BandSpec]
+    tile_size: int = Field(gt=0)
+    #: ``in-graph``: the engine applies mean/std itself; feed it physical values.
+    normalisation: Literal["in-graph"] = "in-graph"
+    input: TensorSpec
+    output: TensorSpec
+    experts_kept: list[ExpertsKept]
+    parameters: ParameterCounts
+    opset: int
+    artefacts: dict[str, Artefact]
+    engines: list[EngineEntry] = []
+    source_checkpoint_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created: datetime
+    data: str = "synthetic"
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, v: list[str]) -> list[str]:
+        return [resolve_modality(m) for m in v]
+
+    def model_post_init(self, _context: object) -> None:
+        expected = [b for m in self.modalities for b in MODALITIES[m]]
+        if [b.name for b in self.bands] != expected:
+            raise ValueError(f"bands {[b.name for b in self.bands]} do not match modalities {self.modalities}: {expected}")
+        if "model.onnx" not in self.artefacts:
+            raise ValueError("artefacts must list model.onnx")
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(entry: str | Path) -> Manifest:
+    """Parse ``entry/manifest.json``; a missing or invalid file raises ``ManifestError``."""
+    path = Path(entry) / MANIFEST_NAME
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError as e:
+        raise ManifestError(f"{path} is missing") from e
+    except (ValidationError, ValueError) as e:
+        raise ManifestError(f"{path} is not a valid manifest: {e}") from e
+
+
+def verify_entry(entry: str | Path) -> Manifest:
+    """The entry's manifest, after checking that every artefact exists and matches its sha256."""
+    entry = Path(entry)
+    manifest = load_manifest(entry)
+    for rel, artefact in manifest.artefacts.items():
+        path = entry / rel
+        if not path.is_file():
+            raise ManifestError(f"{entry}: artefact {rel} listed in the manifest is missing")
+        if (actual := sha256_file(path)) != artefact.sha256:
+            raise ManifestError(f"{entry}: {rel} has sha256 {actual}, the manifest says {artefact.sha256}")
+    return manifest
+
+
+def scan_repository(root: str | Path) -> list[Path]:
+    """Every ``<specialist>/<version>`` folder holding a manifest, sorted by name then numeric version."""
+    root = Path(root)
+    entries = [p.parent for p in root.glob(f"*/*/{MANIFEST_NAME}") if p.parent.name.isdigit()]
+    return sorted(entries, key=lambda p: (p.parent.name, int(p.name)))
