@@ -62,10 +62,14 @@ class Router(nn.Module):
             table = torch.zeros(num_modalities, max(map(len, groups)), dtype=torch.long)
             for m, group in enumerate(groups):
                 table[m] = torch.tensor(group * (table.shape[1] // len(group) + 1))[: table.shape[1]]
-            self.register_buffer("assignment", table, persistent=False)
-            self.register_buffer("group_size", torch.tensor([len(g) for g in groups]), persistent=False)
+            self.register_buffer("assignment", table)
+            self.register_buffer("group_size", torch.tensor([len(g) for g in groups]))
             return
         self.gate = nn.Linear(dim, num_experts, bias=False)
+        # Set by pruning: logits of the dropped experts, kept only so that the softmax (and hence
+        # every gate weight) stays what the full model computed; they can never be chosen.
+        self.dropped: nn.Linear | None = None
+        self.dropped_bias: nn.Parameter | None = None
         if kind == "modality":
             bias = torch.zeros(num_modalities, num_experts)
             for m, group in enumerate(groups):
@@ -80,10 +84,17 @@ class Router(nn.Module):
             slot = position % self.group_size[modality]
             experts = self.assignment[modality, slot].unsqueeze(1)
             return RouterOutput(experts, torch.ones(experts.shape, dtype=x.dtype, device=x.device), None)
-        logits = self.gate(x if context is None else x + context)
+        routed = x if context is None else x + context
+        logits = self.gate(routed)
         if self.kind == "modality":
             logits = logits + self.modality_bias[modality]
-        probs = logits.softmax(dim=-1)
+        if self.dropped is not None:
+            dropped = self.dropped(routed)
+            if self.dropped_bias is not None:
+                dropped = dropped + self.dropped_bias[modality]
+            probs = torch.cat([logits, dropped], dim=-1).softmax(dim=-1)[:, : logits.shape[-1]]
+        else:
+            probs = logits.softmax(dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)
         if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -106,12 +117,20 @@ class MoE(nn.Module):
         super().__init__()
         self.router = Router(dim, num_experts, num_modalities, router, top_k, router_prior)
         self.experts = nn.ModuleList(Mlp(dim, hidden) for _ in range(num_experts))
+        #: Run every expert on every token and mask by the gates: no data-dependent shapes, so
+        #: the layer exports to ONNX; the same result as the sparse dispatch used in training.
+        self.dense = False
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None, modality: torch.Tensor, position: torch.Tensor
     ) -> tuple[torch.Tensor, RouterOutput, torch.Tensor]:
         """Returns the output (N, D), the routing and the load-balancing loss of N flattened tokens."""
         route = self.router(x, context, modality, position)
+        if self.dense:
+            gates = torch.zeros(x.shape[0], len(self.experts), dtype=x.dtype, device=x.device)
+            gates = gates.scatter_add(1, route.experts, route.weights)
+            out = sum(gates[:, e, None] * expert(x) for e, expert in enumerate(self.experts))
+            return out, route, x.new_zeros(())
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             token, slot = torch.nonzero(route.experts == e, as_tuple=True)
