@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CALIBRATION", "HELDOUT", "MASK", "STATS", "TRAIN", "derive_seed"]
+__all__ = ["CALIBRATION", "FINETUNE", "HELDOUT", "MASK", "STATS", "TRAIN", "derive_seed"]
 
-# Purposes: one stream each.
-TRAIN, MASK, STATS, HELDOUT, CALIBRATION = 0, 1, 2, 3, 4
+# Purposes: one stream each. FINETUNE draws the labelled scenes of fine-tuning: with TRAIN,
+# derive_seed(seed, TRAIN, step) would equal pre-training's derive_seed(seed, TRAIN, step, 0)
+# (SeedSequence pads short entropy with zeros), so fine-tuning would redraw pre-training's scenes.
+TRAIN, MASK, STATS, HELDOUT, CALIBRATION, FINETUNE = 0, 1, 2, 3, 4, 5
 
 
 def derive_seed(seed: int, purpose: int, *keys: int) -> int:
