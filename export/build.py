@@ -1,0 +1,319 @@
+"""Build specialists into the model repository: prune -> task head -> ONNX -> (TensorRT) -> entry.
+
+    python -m export.build --modality SWIR --task wildfire --checkpoint runs/tiny/checkpoint.pt --repo models/
+    python -m export.build --all --repo models/          # every task's default specialists (demo model if no checkpoint)
+
+Each entry ``<repo>/<task>-<modalities>/<version>/`` holds ``model.onnx`` (dynamic batch axis,
+softmax probabilities out, band normalisation in the graph) and ``manifest.json``. ONNX Runtime
+must agree with PyTorch to 1e-4 on random and synthetic batches of 1, 7 and 32 tiles, or the
+build fails; an entry is written to a hidden staging folder and renamed into place, so a failed
+build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export.prune import PruneResult, prune
+from export.tensorrt import EngineProfile, GpuInfo, TensorRTUnavailable, build_engine, tensorrt_version
+from mapex_serve.bands import BANDS, bands_of, resolve_modality
+from mapex_serve.errors import MapexError
+from mapex_serve.repository import (
+    MANIFEST_NAME,
+    Artefact,
+    BandSpec,
+    EngineEntry,
+    Manifest,
+    TensorSpec,
+    sha256_file,
+)
+from training.checkpoint import load_model
+from training.data import SceneConfig, generate_batch
+from training.finetune import finetune
+from training.model import Mapex
+from training.moe import MoE
+from training.seeds import HELDOUT, derive_seed
+from training.specialist import Specialist
+from training.tasks import TASKS, Task, get_task
+
+__all__ = ["BuildOptions", "ParityError", "build_specialist", "main", "specialist_name"]
+
+PARITY_BATCHES = (1, 7, 32)
+INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+
+
+class ParityError(MapexError, RuntimeError):
+    """ONNX Runtime and PyTorch disagree on the exported specialist."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    repo: Path
+    coverage: float = 0.95
+    keep_top: int | None = None
+    finetune_steps: int = 200
+    seed: int = 0
+    opset: int = 18
+    tolerance: float = 1e-4
+    trt: bool | None = None  # None: build engines when a GPU and TensorRT are both present
+    version: int | None = None
+
+
+def specialist_name(task: str, modalities: Sequence[str]) -> str:
+    return f"{task}-{'+'.join(m.lower() for m in modalities)}"
+
+
+def _dense(spec: Specialist, on: bool) -> None:
+    for module in spec.modules():
+        if isinstance(module, MoE):
+            module.dense = on
+
+
+def export_onnx(spec: Specialist, path: Path, opset: int) -> None:
+    """Export with a symbolic batch axis (traced at batch 2: a batch of 1 would be baked in)."""
+    cfg = spec.backbone.cfg
+    example = _random_batch(spec, 2, seed=0)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    _dense(spec, True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each pass on stdout
+            torch.onnx.export(
+                spec.eval(), (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
+            )
+    finally:
+        _dense(spec, False)
+    if not path.is_file():
+        raise RuntimeError(f"ONNX export of {cfg.modalities} wrote nothing to {path}")
+
+
+def _random_batch(spec: Specialist, n: int, seed: int) -> torch.Tensor:
+    """Random tiles in physical units: each band drawn around its training mean and spread."""
+    model = spec.backbone
+    g = torch.Generator().manual_seed(seed)
+    size = model.cfg.img_size
+    noise = torch.randn(n, len(model.band_names), size, size, generator=g)
+    return model.band_mean[None, :, None, None] + model.band_std[None, :, None, None] * noise
+
+
+def _synthetic_batch(spec: Specialist, n: int, seed: int) -> torch.Tensor:
+    modalities = spec.backbone.cfg.modalities
+    inputs = generate_batch(derive_seed(seed, HELDOUT, n), n, SceneConfig(size=spec.backbone.cfg.img_size), modalities).inputs
+    return torch.cat([inputs[m] for m in modalities], dim=1)
+
+
+def check_parity(spec: Specialist, onnx_path: Path, tolerance: float, seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| over random and synthetic batches of 1, 7 and 32 tiles."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for n in PARITY_BATCHES:
+        for kind, x in (("random", _random_batch(spec, n, seed + n)), ("synthetic", _synthetic_batch(spec, n, seed))):
+            with torch.no_grad():
+                expected = spec(x).numpy()
+            actual = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            if actual.shape != expected.shape:
+                raise ParityError(f"ONNX output shape {actual.shape} != PyTorch {expected.shape} ({kind}, batch {n})")
+            diff = float(np.abs(actual - expected).max())
+            worst = max(worst, diff)
+            if not diff <= tolerance:
+                raise ParityError(f"ONNX Runtime differs from PyTorch by {diff:.2e} > {tolerance:.0e} ({kind} batch of {n})")
+    return worst
+
+
+def _band_specs(model: Mapex) -> list[BandSpec]:
+    stats = model.band_stats()
+    return [
+        BandSpec(name=b, unit=BANDS[b].unit, scale=BANDS[b].scale, offset=BANDS[b].offset, mean=stats[b][0], std=stats[b][1])
+        for b in model.band_names
+    ]
+
+
+def _next_version(folder: Path) -> int:
+    versions = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+class _TensorRTNotice:
+    """Says once per run that engines are skipped, then stays quiet."""
+
+    said = False
+
+    @classmethod
+    def skip(cls, why: str) -> None:
+        if not cls.said:
+            tqdm.write(f"TensorRT engines skipped: {why}", file=sys.stderr)
+            cls.said = True
+
+
+def _engines(onnx_path: Path, staging: Path, spec: Specialist, options: BuildOptions) -> list[EngineEntry]:
+    if options.trt is False:
+        return []
+    gpu, version = GpuInfo.detect(), tensorrt_version()
+    if options.trt is None and gpu is None:
+        return []
+    if gpu is None or version is None:
+        _TensorRTNotice.skip("no NVIDIA GPU here" if gpu is None else "tensorrt is not installed (pip install '.[gpu]')")
+        return []
+    size = spec.backbone.cfg.img_size
+    cache = options.repo / ".tensorrt-timing.cache"
+    try:
+        entry = build_engine(onnx_path, staging / "engines", input_name=INPUT_NAME,
+                             input_shape=(len(spec.backbone.band_names), size, size), gpu=gpu,
+                             profile=EngineProfile(), timing_cache=cache)
+    except TensorRTUnavailable as e:
+        _TensorRTNotice.skip(str(e))
+        return []
+    return [entry]
+
+
+def build_specialist(
+    model: Mapex, checkpoint_sha256: str, task: Task, modalities: Sequence[str], options: BuildOptions,
+    progress: tqdm | None = None,
+) -> Path:
+    """Prune, fine-tune the head, export, check and write one repository entry; returns its folder."""
+    modalities = list(task.check_modalities(modalities))  # canonical order: the manifest's band order
+    name = specialist_name(task.name, modalities)
+
+    def stage(what: str) -> None:
+        if progress is not None:
+            progress.set_postfix_str(f"{name}: {what}")
+
+    stage("pruning")
+    pruned: PruneResult = prune(model, modalities, coverage=options.coverage, keep_top=options.keep_top, seed=options.seed)
+    stage("fine-tuning head")
+    spec, _metrics = finetune(pruned.model, task, modalities, steps=options.finetune_steps, batch_size=32,
+                              seed=options.seed, full=False, progress=False, kept=pruned.kept,
+                              source_config=model.cfg, parameters=pruned.parameters)
+    spec.eval()
+
+    folder = options.repo / name
+    folder.mkdir(parents=True, exist_ok=True)
+    version = options.version or _next_version(folder)
+    final = folder / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; pass another --version or remove it")
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=folder))
+    staging.chmod(0o755)  # mkdtemp makes it private; the entry must be readable by the service
+    try:
+        onnx_path = staging / "model.onnx"
+        stage("exporting ONNX")
+        export_onnx(spec, onnx_path, options.opset)
+        stage("checking ONNX Runtime parity")
+        check_parity(spec, onnx_path, options.tolerance, options.seed)
+        stage("TensorRT")
+        engines = _engines(onnx_path, staging, spec, options)
+        size = model.cfg.img_size
+        channels = len(bands_of(modalities))
+        out_shape = [-1, len(task.classes)] if task.head == "class" else [-1, len(task.classes), size, size]
+        artefacts = {
+            str(p.relative_to(staging)): Artefact(sha256=sha256_file(p), bytes=p.stat().st_size)
+            for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        manifest = Manifest(
+            name=name, version=version, task=task.name, head=task.head, classes=list(task.classes),
+            modalities=modalities, bands=_band_specs(spec.backbone), tile_size=size,
+            input=TensorSpec(name=INPUT_NAME, shape=[-1, channels, size, size]),
+            output=TensorSpec(name=OUTPUT_NAME, shape=out_shape),
+            experts_kept=pruned.kept, parameters=pruned.parameters, opset=options.opset, artefacts=artefacts,
+            engines=engines, source_checkpoint_sha256=checkpoint_sha256, created=datetime.now(UTC),
+        )
+        (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def demo_checkpoint() -> Path:
+    """The cached ``tiny`` demo checkpoint (pre-trained here, 300 steps, on first use)."""
+    from training.pretrain import PretrainArgs, train
+
+    cache = Path(os.environ.get("MAPEX_CACHE", Path.home() / ".cache" / "mapex-serve")) / "demo-tiny-300"
+    path = cache / "checkpoint.pt"
+    if not path.is_file():
+        tqdm.write(f"no --checkpoint: pre-training the tiny demo model into {cache} (about a minute)", file=sys.stderr)
+        summary = train(PretrainArgs(out=cache, preset="tiny", steps=300, seed=0))
+        if summary.get("interrupted"):
+            raise SystemExit("demo pre-training was interrupted; run the build again to resume it")
+    return path
+
+
+def _requests(args: argparse.Namespace) -> Iterator[tuple[Task, tuple[str, ...]]]:
+    if args.all:
+        for task in TASKS.values():
+            for modalities in task.default_modalities:
+                yield task, modalities
+        return
+    task = get_task(args.task)
+    yield task, tuple(resolve_modality(m) for m in args.modality)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--modality", action="append", default=[], help="task modality (repeat for several): "
+                   "RGB, RED_EDGE, NIR, SWIR, SAR, ELE")
+    p.add_argument("--task", default="landcover", help=f"one of {', '.join(TASKS)} (default landcover)")
+    p.add_argument("--all", action="store_true", help="build every task's default specialists")
+    p.add_argument("--checkpoint", type=Path, help="pre-trained checkpoint (default: the cached tiny demo model)")
+    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository folder (default models/)")
+    p.add_argument("--coverage", type=float, default=0.95, help="keep the fewest experts covering this share of tokens")
+    p.add_argument("--keep-top", type=int, help="keep exactly the N most used experts per MoE block instead")
+    p.add_argument("--finetune-steps", type=int, default=200, help="head training steps on synthetic tiles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", type=int, help="entry version (default: next free)")
+    p.add_argument("--opset", type=int, default=18)
+    trt = p.add_mutually_exclusive_group()
+    trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="build TensorRT engines (FP16)")
+    trt.add_argument("--no-trt", dest="trt", action="store_false", help="never build TensorRT engines")
+    args = p.parse_args(argv)
+    if not args.all and not args.modality:
+        p.error("give --modality (one or more) or --all")
+    try:
+        requests = list(_requests(args))
+        for task, modalities in requests:
+            task.check_modalities(modalities)
+            if task.name == "landcover" and len(modalities) != 1:
+                p.error("landcover specialists take exactly one modality")
+    except ValueError as e:  # unknown task or modality
+        p.error(str(e))
+
+    checkpoint = args.checkpoint or demo_checkpoint()
+    model, _ = load_model(checkpoint)
+    if missing := {m for _, mods in requests for m in mods} - set(model.cfg.modalities):
+        p.error(f"the checkpoint has no {sorted(missing)} modality; it has {list(model.cfg.modalities)}")
+    options = BuildOptions(repo=args.repo, coverage=args.coverage, keep_top=args.keep_top,
+                           finetune_steps=args.finetune_steps, seed=args.seed, opset=args.opset, trt=args.trt,
+                           version=args.version)
+    digest = sha256_file(checkpoint)
+    built = []
+    with tqdm(requests, desc="building specialists", unit="specialist", dynamic_ncols=True) as bar:
+        for task, modalities in bar:
+            entry = build_specialist(model, digest, task, modalities, options, bar)
+            manifest = json.loads((entry / MANIFEST_NAME).read_text())
+            params = manifest["parameters"]
+            built.append(f"{entry}  params {params['pruned']:,} / {params['full']:,} "
+                         f"({params['pruned'] / params['full']:.2f}x), experts "
+                         f"{[k['experts'] for k in manifest['experts_kept']]}")
+    print("\n".join(built))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`python -m export.build` end to end on a real checkpoint: repository entries, parity, failures."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.build import BuildOptions, ParityError, build_specialist, check_parity, export_onnx
+from export.prune import prune
+from mapex_serve.bands import MODALITY_NAMES
+from mapex_serve.repository import ManifestError, scan_repository, sha256_file, verify_entry
+from training.checkpoint import load_model
+from training.finetune import finetune
+from training.tasks import get_task
+
+
+def build(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "export.build", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_run, tmp_path_factory) -> Path:
+    """Every task's default specialists, built once through the CLI (TensorRT asked for, absent here)."""
+    root = tmp_path_factory.mktemp("models")
+    result = build("--all", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--repo", str(root),
+                   "--finetune-steps", "10", "--trt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("TensorRT engines skipped") == 1, "the missing TensorRT is reported once"
+    return root
+
+
+def test_all_builds_every_default_specialist_with_a_verified_manifest(repo, tiny_run):
+    entries = scan_repository(repo)
+    names = sorted(e.parent.name for e in entries)
+    expected = [f"landcover-{m.lower()}" for m in MODALITY_NAMES] + ["flood-sar", "wildfire-swir", "landcover-seg-rgb"]
+    assert names == sorted(expected)
+    source = sha256_file(tiny_run / "checkpoint.pt")
+    for entry in entries:
+        manifest = verify_entry(entry)
+        assert entry.name == "1" and manifest.version == 1
+        assert manifest.source_checkpoint_sha256 == source
+        assert manifest.parameters.ratio <= 0.5, (manifest.name, manifest.parameters)
+        assert manifest.input.shape[0] == -1 and manifest.output.shape[0] == -1
+        assert [k.block for k in manifest.experts_kept] == [0, 1, 2, 3]
+        assert all(b.std > 0 for b in manifest.bands)
+        assert not list(entry.parent.glob(".staging-*"))
+
+
+def test_manifest_describes_task_head_and_bands(repo):
+    flood = verify_entry(repo / "flood-sar" / "1")
+    assert flood.head == "mask" and flood.classes == ["dry", "flooded"]
+    assert flood.band_names == ["VV", "VH"] and flood.bands[0].unit == "dB"
+    assert flood.output.shape == [-1, 2, 32, 32]
+    wildfire = verify_entry(repo / "wildfire-swir" / "1")
+    assert wildfire.head == "class" and wildfire.output.shape == [-1, 2]
+    assert wildfire.band_names == ["B11", "B12"] and wildfire.bands[0].scale == pytest.approx(1e-4)
+    seg = verify_entry(repo / "landcover-seg-rgb" / "1")
+    assert seg.band_names == ["B04", "B03", "B02"] and len(seg.classes) == 7
+
+
+def test_onnx_model_runs_any_batch_size_and_outputs_probabilities(repo):
+    entry = repo / "flood-sar" / "1"
+    manifest = verify_entry(entry)
+    session = ort.InferenceSession(str(entry / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [manifest.input.name]
+    for n in (1, 7, 32):
+        x = np.random.default_rng(n).normal(-12, 5, (n, 2, 32, 32)).astype(np.float32)
+        out = session.run(None, {manifest.input.name: x})[0]
+        assert out.shape == (n, 2, 32, 32)
+        assert np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_tampered_model_no_longer_matches_its_manifest(repo, tmp_path):
+    entry = tmp_path / "wildfire-swir" / "1"
+    shutil.copytree(repo / "wildfire-swir" / "1", entry)
+    verify_entry(entry)
+    with open(entry / "model.onnx", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ManifestError, match="model.onnx has sha256"):
+        verify_entry(entry)
+    (entry / "model.onnx").unlink()
+    with pytest.raises(ManifestError, match="missing"):
+        verify_entry(entry)
+
+
+@pytest.fixture(scope="module")
+def wildfire_specialist(tiny_run):
+    model, _ = load_model(tiny_run / "checkpoint.pt")
+    spec, _ = finetune(prune(model, ["SWIR"]).model, get_task("wildfire"), ["SWIR"],
+                       steps=5, batch_size=8, lr=1e-3, seed=0, full=False)
+    return model, spec.eval()
+
+
+def test_onnx_runtime_matches_pytorch_on_batches_of_1_7_and_32(wildfire_specialist, tmp_path):
+    _, spec = wildfire_specialist
+    export_onnx(spec, tmp_path / "model.onnx", opset=18)
+    worst = check_parity(spec, tmp_path / "model.onnx", tolerance=1e-4)
+    print(f"max |ONNX Runtime - PyTorch| = {worst:.2e}")
+    assert worst <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(7, 2, 32, 32) * 0.4
+    with torch.no_grad():
+        assert np.abs(session.run(None, {"input": x.numpy()})[0] - spec(x).numpy()).max() <= 1e-4
+
+
+def test_a_build_that_fails_parity_leaves_no_entry(wildfire_specialist, tmp_path):
+    model, _ = wildfire_specialist
+    options = BuildOptions(repo=tmp_path, finetune_steps=2, tolerance=0.0, trt=False)
+    with pytest.raises(ParityError, match="differs from PyTorch"):
+        build_specialist(model, "0" * 64, get_task("wildfire"), ["SWIR"], options)
+    assert list((tmp_path / "wildfire-swir").iterdir()) == []
+
+
+def test_versions_count_up(wildfire_specialist, tmp_path, tiny_run):
+    model, _ = wildfire_specialist
+    options = BuildOptions(repo=tmp_path, finetune_steps=2, trt=False)
+    first = build_specialist(model, "0" * 64, get_task("flood"), ["SAR"], options)
+    second = build_specialist(model, "0" * 64, get_task("flood"), ["SAR"], options)
+    assert (first.name, second.name) == ("1", "2")
+    assert json.loads((second / "manifest.json").read_text())["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --modality"),
+        (["--modality", "SWIR", "--task", "cloud"], "cloud"),
+        (["--modality", "thermal"], "unknown modality"),
+        (["--modality", "RGB", "--modality", "SAR"], "exactly one modality"),
+    ],
+)
+def test_bad_requests_are_refused_before_any_work(args, message, tmp_path):
+    result = build(*args, "--repo", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"))
+    assert result.returncode == 2 and message in result.stderr
+    assert not any(tmp_path.iterdir())
