@@ -13,9 +13,7 @@ neither (the service, the tests on CPU machines).
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, get_args
 
+from mapex_serve.atomic import atomic_path
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import EngineEntry
 
@@ -218,21 +217,9 @@ def _rank(entry: EngineEntry, gpu: GpuInfo) -> int | None:
 
 
 def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``.
-
-    A reader (or a crash) never sees a half-written engine or cache: the rename is atomic on POSIX
-    and Windows as long as both names are on one file system, hence the same folder.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A reader (or a crash) never sees a half-written engine or timing cache."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def build_engine(

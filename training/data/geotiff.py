@@ -9,8 +9,6 @@ offset``, so Sentinel-2 is stored as reflectance x 10000 like L2A products.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import rasterio
 import torch
 
+from mapex_serve.atomic import atomic_path
 from mapex_serve.bands import BANDS, MODALITIES, modalities_covered, resolve_bands, resolve_modality
 from mapex_serve.errors import MapexError
 from training.data.synthetic import LANDCOVER_CLASSES, Scene
@@ -75,21 +74,14 @@ def write_scene_geotiff(
         transform=rasterio.Affine(scene.pixel_size, 0.0, origin[0], 0.0, -scene.pixel_size, origin[1]),
         tiled=True, blockxsize=block, blockysize=block, compress="deflate",
     )
-    fd, tmp = tempfile.mkstemp(suffix=".tif.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(stored)
-            for i, b in enumerate(names, start=1):
-                dst.set_band_description(i, b)
-                dst.set_band_unit(i, BANDS[b].unit)
-            dst.scales = tuple(BANDS[b].scale for b in names)
-            dst.offsets = tuple(BANDS[b].offset for b in names)
-            dst.update_tags(SOURCE="synthetic scene (training.data.synthetic), not real imagery")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(stored)
+        for i, b in enumerate(names, start=1):
+            dst.set_band_description(i, b)
+            dst.set_band_unit(i, BANDS[b].unit)
+        dst.scales = tuple(BANDS[b].scale for b in names)
+        dst.offsets = tuple(BANDS[b].offset for b in names)
+        dst.update_tags(SOURCE="synthetic scene (training.data.synthetic), not real imagery")
     return path
 
 
