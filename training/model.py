@@ -149,9 +149,11 @@ class Mapex(nn.Module):
 
     # -- inputs ------------------------------------------------------------------------------
     def set_band_stats(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
-        """Store per-band normalisation (physical units) for every band of the model's modalities."""
-        self.band_mean.copy_(torch.tensor([float(mean[b]) for b in self.band_names]))
-        self.band_std.copy_(torch.tensor([max(float(std[b]), 1e-6) for b in self.band_names]))
+        """Store per-band normalisation (physical units); bands the data lacks keep mean 0, std 1."""
+        for i, b in enumerate(self.band_names):
+            if b in mean:
+                self.band_mean[i] = float(mean[b])
+                self.band_std[i] = max(float(std[b]), 1e-6)
 
     def band_stats(self) -> dict[str, tuple[float, float]]:
         return {b: (float(m), float(s)) for b, m, s in zip(self.band_names, self.band_mean, self.band_std, strict=True)}

@@ -121,3 +121,22 @@ def test_tiny_modality_router_halves_the_loss_and_specialises_experts(tiny_run):
           f"min {report['min_specialization']:.3f}")
     assert report["mean_specialization"] >= 0.8, report["specialization"]
     assert report["min_specialization"] >= 0.6, report["specialization"]
+
+
+def test_pretraining_on_a_folder_of_geotiff_chips(tmp_path):
+    """--data DIR reads real-format chips (band descriptions + labels.csv) instead of synthetic scenes."""
+    from training.data import LANDCOVER_CLASSES, SceneConfig, generate_scene, write_scene_geotiff
+
+    chips = tmp_path / "chips"
+    rows = ["file,label"]
+    for i in range(6):
+        scene = generate_scene(i, SceneConfig(size=32))
+        write_scene_geotiff(scene, chips / f"chip{i}.tif", ["B04", "B03", "B02", "VV", "VH", "DEM"])
+        rows.append(f"chip{i}.tif,{LANDCOVER_CLASSES[scene.tile_class]}")
+    (chips / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = pretrain(tmp_path / "run", "--data", str(chips), "--steps", "3", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3]
+    model, payload = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert payload["data"] == str(chips)
+    assert model.band_stats()["VV"][1] > 1 and model.band_stats()["B08"] == (0.0, 1.0), "only the chips' bands get statistics"
