@@ -19,6 +19,7 @@ import torch
 from mapex_serve.atomic import atomic_path
 from mapex_serve.bands import BANDS, MODALITIES, modalities_covered, resolve_bands, resolve_modality
 from mapex_serve.errors import MapexError
+from mapex_serve.rasters import BandNamesMissingError, band_names, scale_offset
 from training.data.synthetic import LANDCOVER_CLASSES, Scene
 
 __all__ = [
@@ -30,11 +31,6 @@ __all__ = [
     "write_scene_geotiff",
 ]
 
-_NAME_TAGS = ("name", "band_name", "bandname")
-
-
-class BandNamesMissingError(MapexError, ValueError):
-    """A GeoTIFF whose bands cannot be named: no descriptions or name tags, or the wrong number of names."""
 
 
 class ChipFolderError(MapexError, ValueError):
@@ -85,15 +81,6 @@ def write_scene_geotiff(
     return path
 
 
-def _file_band_names(src: rasterio.DatasetReader) -> list[str | None]:
-    """Each band's name from its description, else from a name tag, else None."""
-    names: list[str | None] = []
-    for i, description in enumerate(src.descriptions, start=1):
-        tags = {k.lower(): v for k, v in src.tags(i).items()}
-        names.append(description or next((tags[k] for k in _NAME_TAGS if tags.get(k)), None))
-    return names
-
-
 def read_geotiff(path: str | Path, bands: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Read every band of a GeoTIFF as canonical name -> (H, W) float32 in physical units.
 
@@ -103,21 +90,14 @@ def read_geotiff(path: str | Path, bands: Sequence[str] | None = None) -> tuple[
     pixels are NaN. The profile holds crs, transform, nodata (stored units), width and height.
     """
     with rasterio.open(path) as src:
-        found = _file_band_names(src)
-        names = list(bands) if bands is not None else found
-        if len(names) != src.count or any(n is None for n in names):
-            raise BandNamesMissingError(
-                f"{path}: cannot name its {src.count} bands (found {found}, given {bands}); set each band's "
-                f"description to a band name (e.g. 'B04' or 'red'; GDAL: dataset.SetDescription, rasterio: "
-                f"dst.set_band_description), tag it with NAME=..., or pass bands=[...] with one name per band"
-            )
-        names = resolve_bands(names)
+        try:
+            names = band_names(src, bands)
+        except BandNamesMissingError as e:
+            raise BandNamesMissingError(f"{path}: {e}") from None
         stored = src.read(masked=True).astype(np.float32)
         values: dict[str, np.ndarray] = {}
         for i, b in enumerate(names):
-            scale, offset = src.scales[i], src.offsets[i]
-            if (scale, offset) == (1.0, 0.0):
-                scale, offset = BANDS[b].scale, BANDS[b].offset
+            scale, offset = scale_offset(src, i + 1, b)
             values[b] = (stored[i] * np.float32(scale) + np.float32(offset)).filled(np.nan)
         profile = {"crs": src.crs, "transform": src.transform, "nodata": src.nodata,
                    "width": src.width, "height": src.height}
