@@ -1,0 +1,129 @@
+"""Dynamic batching: tiles of concurrent requests for one specialist share engine batches.
+
+Each request submits its tiles and awaits their results; one worker task per specialist takes
+what is queued, up to ``max_batch`` tiles or until ``max_delay_ms`` has passed since the first
+one, runs the engine in a thread (the event loop never blocks on it), and hands each request
+back its own rows. The queue is bounded: a request that would overflow it is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from mapex_serve.errors import MapexError
+from mapex_serve.metrics import Metrics
+
+__all__ = ["Batcher", "QueueFullError"]
+
+
+class QueueFullError(MapexError, RuntimeError):
+    """The specialist's queue holds ``max_queue`` tiles already; retry after a moment."""
+
+
+@dataclass
+class _Job:
+    tiles: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    queued_at: float
+
+
+class Batcher:
+    """One engine's queue and the worker that feeds it batches."""
+
+    def __init__(
+        self, name: str, run: Callable[[np.ndarray], np.ndarray], executor: Executor, *,
+        max_batch: int, max_delay_ms: float, max_queue: int, metrics: Metrics,
+    ) -> None:
+        self.name, self._run, self._executor = name, run, executor
+        self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay_ms / 1000, max_queue
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._depth = 0
+        self._worker: asyncio.Task[None] | None = None
+        self._carry: _Job | None = None  # a job that did not fit the last batch; it leads the next
+
+    @property
+    def depth(self) -> int:
+        """Tiles queued and not yet handed to the engine."""
+        return self._depth
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def submit(self, tiles: np.ndarray) -> np.ndarray:
+        """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split."""
+        if self._depth + len(tiles) > self.max_queue:
+            raise QueueFullError(
+                f"specialist {self.name} has {self._depth} tiles queued and this request brings {len(tiles)}; "
+                f"the queue holds at most {self.max_queue} (MAPEX_MAX_QUEUE); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        futures = []
+        for start in range(0, len(tiles), self.max_batch):
+            chunk = tiles[start : start + self.max_batch]
+            job = _Job(chunk, loop.create_future(), time.perf_counter())
+            self._depth += len(chunk)
+            self._queue.put_nowait(job)
+            futures.append(job.future)
+        self._metrics.queue_depth.labels(self.name).set(self._depth)
+        return np.concatenate(await asyncio.gather(*futures))
+
+    async def _collect(self) -> list[_Job]:
+        """The next batch: the first job, then whatever arrives within the delay while it fits."""
+        first, self._carry = self._carry, None
+        jobs = [first or await self._queue.get()]
+        size, deadline = len(jobs[0].tiles), time.perf_counter() + self.max_delay
+        while size < self.max_batch:
+            try:
+                if self._queue.empty():
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                else:
+                    job = self._queue.get_nowait()
+            except TimeoutError:
+                break
+            if size + len(job.tiles) > self.max_batch:
+                self._carry = job
+                break
+            jobs.append(job)
+            size += len(job.tiles)
+        return jobs
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            batch = np.concatenate([j.tiles for j in jobs])
+            self._depth -= len(batch)
+            self._metrics.queue_depth.labels(self.name).set(self._depth)
+            now = time.perf_counter()
+            for j in jobs:
+                self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
+            self._metrics.batch_size.labels(self.name).observe(len(batch))
+            try:
+                out = await loop.run_in_executor(self._executor, self._run, batch)
+            except Exception as e:  # noqa: BLE001 - handed to every waiting request
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            finally:
+                self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
+            start = 0
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result(out[start : start + len(j.tiles)])
+                start += len(j.tiles)
