@@ -1,0 +1,352 @@
+"""Tiled inference over scenes of any size: windows, masks and nodata explicit, memory bounded.
+
+A specialist takes square tiles of ``manifest.tile_size`` pixels. A scene is cut into a grid of
+overlapping windows (:func:`tile_grid`), read one window at a time with rasterio
+(:func:`read_tiles`), so memory holds only the tiles of one batch (:func:`batched`), never the
+whole scene as float. Mask heads are blended back with a weight that ramps down over the overlap
+(:class:`MaskBlender`), so seams vanish, and the blender checks that every valid pixel was covered
+(the TerraTorch tiled-inference idea). Class heads are averaged over tiles, weighted by each
+tile's valid pixels (:class:`ClassAggregator`).
+
+Conventions: a window is in scene pixels; a pixel is *valid* when no selected band is nodata
+(or masked) and every band is finite; invalid pixels never contribute to any result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+from rasterio.io import DatasetReaderBase
+from rasterio.windows import Window
+
+__all__ = [
+    "ClassAggregator",
+    "ClassResult",
+    "MaskBlender",
+    "MaskResult",
+    "Tile",
+    "TileArray",
+    "TileBatch",
+    "batched",
+    "grid_shape",
+    "read_batches",
+    "read_tiles",
+    "scene_valid_mask",
+    "tile_grid",
+    "tile_weights",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its place in the grid and its ``tile x tile`` window in scene pixels.
+
+    Edge tiles are shifted inwards so that every tile is full size and inside the scene. Only when
+    the scene is smaller than a tile along an axis does the window reach past the scene (from
+    offset 0); that part is padding, read as invalid.
+    """
+
+    row: int
+    col: int
+    window: Window
+
+    def clip(self, height: int, width: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """``(scene_slices, tile_slices)`` of the part of the window inside a ``height x width`` scene."""
+        r0, c0 = int(self.window.row_off), int(self.window.col_off)
+        h = min(int(self.window.height), height - r0)
+        w = min(int(self.window.width), width - c0)
+        return (slice(r0, r0 + h), slice(c0, c0 + w)), (slice(0, h), slice(0, w))
+
+
+def _starts(n: int, tile: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every ``stride``, the last one shifted to end at ``n``."""
+    if n <= tile:
+        return [0]
+    return [*range(0, n - tile, stride), n - tile]
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Row-major tiles of ``tile`` pixels, neighbours overlapping by at least ``overlap``, covering every pixel."""
+    if height < 1 or width < 1:
+        raise ValueError(f"scene must be at least 1 x 1 pixels, got {height} x {width}")
+    if tile < 1:
+        raise ValueError(f"tile size must be positive, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    stride = tile - overlap
+    return [
+        Tile(i, j, Window(c, r, tile, tile))
+        for i, r in enumerate(_starts(height, tile, stride))
+        for j, c in enumerate(_starts(width, tile, stride))
+    ]
+
+
+def grid_shape(tiles: Sequence[Tile]) -> tuple[int, int]:
+    """``(rows, cols)`` of a grid made by :func:`tile_grid`."""
+    return max(t.row for t in tiles) + 1, max(t.col for t in tiles) + 1
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter); lazy, so memory stays one batch."""
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _valid(
+    dataset: DatasetReaderBase, band_indexes: Sequence[int], window: Window, nodata: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(stored values (C, h, w), valid (h, w))`` of an in-scene window.
+
+    Nodata is resolved once: the caller's ``nodata`` if given, else the file's masks
+    (``read_masks`` honours per-band nodata, internal mask bands and alpha), else all valid.
+    """
+    stored = dataset.read(list(band_indexes), window=window)
+    if nodata is not None:
+        invalid = np.isnan(stored) if np.isnan(nodata) else stored == nodata
+        valid = ~invalid.any(axis=0)
+    else:
+        valid = (dataset.read_masks(list(band_indexes), window=window) > 0).all(axis=0)
+    if stored.dtype.kind == "f":
+        valid &= np.isfinite(stored).all(axis=0)
+    return stored, valid
+
+
+def scene_valid_mask(
+    dataset: DatasetReaderBase, band_indexes: Sequence[int], nodata: float | None = None, strip: int = 256
+) -> np.ndarray:
+    """Valid pixels of the whole scene (bool, H x W: one byte a pixel), read in strips of ``strip`` rows.
+
+    This is what :meth:`MaskBlender.uncovered_valid_pixels` checks coverage against.
+    """
+    out = np.zeros((dataset.height, dataset.width), dtype=bool)
+    for r in range(0, dataset.height, strip):
+        window = Window(0, r, dataset.width, min(strip, dataset.height - r))
+        _, out[r : r + int(window.height)] = _valid(dataset, band_indexes, window, nodata)
+    return out
+
+
+class TileArray(NamedTuple):
+    """One read tile: physical values (C, T, T) float32 with invalid pixels filled, and its valid mask (T, T)."""
+
+    tile: Tile
+    data: np.ndarray
+    valid: np.ndarray
+
+
+def read_tiles(
+    dataset: DatasetReaderBase,
+    band_indexes: Sequence[int],
+    tiles: Iterable[Tile],
+    scales: Sequence[float],
+    offsets: Sequence[float],
+    fill: Sequence[float] | None = None,
+    nodata: float | None = None,
+) -> Iterator[TileArray]:
+    """Read tiles one window at a time as physical values, ``stored * scale + offset`` per band.
+
+    Tiles whose pixels are all invalid are skipped (nothing is yielded for them). Invalid pixels of
+    a kept tile, including padding past the edge of a scene smaller than a tile, are set to
+    ``fill`` (physical units, per band; default 0; pass the model's band means so that the model
+    sees neutral values and never NaN) and are False in ``valid``. ``nodata`` overrides the
+    file's nodata and masks. Memory is one tile at a time; :func:`read_batches` groups them.
+    """
+    n = len(band_indexes)
+    if not (len(scales) == len(offsets) == n):
+        raise ValueError(f"need one scale and offset per band: {n} bands, {len(scales)} scales, {len(offsets)} offsets")
+    fill = [0.0] * n if fill is None else list(fill)
+    if len(fill) != n:
+        raise ValueError(f"need one fill value per band: {n} bands, {len(fill)} fill values")
+    scale = np.asarray(scales, dtype=np.float32)[:, None, None]
+    offset = np.asarray(offsets, dtype=np.float32)[:, None, None]
+    fill_values = np.asarray(fill, dtype=np.float32)[:, None, None]
+    for tile in tiles:
+        (rows, cols), (trows, tcols) = tile.clip(dataset.height, dataset.width)
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        stored, inside = _valid(dataset, band_indexes, window, nodata)
+        if not inside.any():
+            continue
+        size = (int(tile.window.height), int(tile.window.width))
+        valid = np.zeros(size, dtype=bool)
+        valid[trows, tcols] = inside
+        data = np.empty((n, *size), dtype=np.float32)
+        data[:] = fill_values
+        physical = stored.astype(np.float32)
+        physical *= scale
+        physical += offset
+        data[:, trows, tcols] = np.where(inside, physical, fill_values)
+        yield TileArray(tile, data, valid)
+
+
+class TileBatch(NamedTuple):
+    """A batch the engine takes as is: data (B, C, T, T) float32, valid (B, T, T), and the tiles, in order."""
+
+    tiles: list[Tile]
+    data: np.ndarray
+    valid: np.ndarray
+
+
+def read_batches(
+    dataset: DatasetReaderBase,
+    band_indexes: Sequence[int],
+    tiles: Sequence[Tile],
+    scales: Sequence[float],
+    offsets: Sequence[float],
+    batch_size: int,
+    fill: Sequence[float] | None = None,
+    nodata: float | None = None,
+) -> Iterator[TileBatch]:
+    """:func:`read_tiles`, written straight into one (B, C, T, T) array a batch.
+
+    Memory is one batch plus one tile (stacking ``read_tiles`` output would hold the batch twice).
+    Each batch is a fresh array, so a consumer may keep it while the next one is read; the last
+    batch is shorter, and skipped tiles leave no gap.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    if not tiles:
+        return
+    size = (int(tiles[0].window.height), int(tiles[0].window.width))
+    kept: list[Tile] = []
+    for item in read_tiles(dataset, band_indexes, tiles, scales, offsets, fill, nodata):
+        if not kept:  # allocated when needed: the generator holds no batch while the consumer works
+            data = np.empty((batch_size, len(band_indexes), *size), np.float32)
+            valid = np.empty((batch_size, *size), bool)
+        data[len(kept)], valid[len(kept)] = item.data, item.valid
+        kept.append(item.tile)
+        if len(kept) == batch_size:
+            batch, kept = TileBatch(kept, data, valid), []
+            del data, valid
+            yield batch
+            del batch
+    if kept:
+        yield TileBatch(kept, data[: len(kept)], valid[: len(kept)])
+
+
+def tile_weights(tile: int, overlap: int) -> np.ndarray:
+    """Blending weight (T, T) float32: 1 in the core, ramping linearly down over the overlap, never 0.
+
+    Integers ``min(i + 1, T - i, overlap + 1)`` per axis, multiplied: exact in float32, so a
+    blended field of dyadic probabilities (0.5, 0.25, ...) comes back bit for bit.
+    """
+    i = np.arange(tile)
+    ramp = np.minimum(np.minimum(i + 1, tile - i), overlap + 1).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+class MaskResult(NamedTuple):
+    """A blended mask: labels (H, W) uint8, probabilities (K, H, W) float32, covered (H, W) bool."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    covered: np.ndarray
+
+
+class MaskBlender:
+    """Blend per-tile class probabilities into scene probabilities, without seams.
+
+    Memory is the output: ``K * H * W * 4`` bytes of probabilities plus ``H * W * 4`` of weights
+    (a 10-class 10980 x 10980 Sentinel-2 tile: about 5.3 GB), so callers should cap scene size.
+    Feed probabilities (softmax output), not logits.
+    """
+
+    def __init__(self, height: int, width: int, n_classes: int, tile: int, overlap: int) -> None:
+        if not 1 <= n_classes <= 255:
+            raise ValueError(f"labels are uint8 with 255 for uncovered pixels: need 1..255 classes, got {n_classes}")
+        self.height, self.width, self.n_classes, self.tile = height, width, n_classes, tile
+        self._weights = tile_weights(tile, overlap)
+        self._acc = np.zeros((n_classes, height, width), dtype=np.float32)
+        self._wsum = np.zeros((height, width), dtype=np.float32)
+        self._done = False
+
+    def add(self, tile: Tile, probs: np.ndarray, valid: np.ndarray) -> None:
+        """Accumulate one tile's probabilities (K, T, T) over its valid pixels (T, T)."""
+        if self._done:
+            raise RuntimeError("result() was already called; make a new MaskBlender")
+        expected = (self.n_classes, self.tile, self.tile)
+        if probs.shape != expected or valid.shape != expected[1:]:
+            raise ValueError(f"tile probs {probs.shape} / valid {valid.shape}, expected {expected} / {expected[1:]}")
+        (rows, cols), (trows, tcols) = tile.clip(self.height, self.width)
+        w = np.where(valid, self._weights, np.float32(0))[trows, tcols]
+        self._acc[:, rows, cols] += probs[:, trows, tcols] * w
+        self._wsum[rows, cols] += w
+
+    @property
+    def covered(self) -> np.ndarray:
+        """Pixels that at least one tile covered with a valid pixel."""
+        return self._wsum > 0
+
+    def uncovered_valid_pixels(self, valid_scene: np.ndarray) -> int:
+        """How many valid scene pixels no tile covered: anything above 0 is a tiling bug."""
+        if valid_scene.shape != (self.height, self.width):
+            raise ValueError(f"valid mask {valid_scene.shape}, expected {(self.height, self.width)}")
+        return int(np.count_nonzero(valid_scene & ~self.covered))
+
+    def result(self, nodata_label: int = 255, strip: int = 512) -> MaskResult:
+        """Normalise in place (no second K x H x W array) and take the argmax; uncovered pixels get
+        ``nodata_label`` and probability 0. Call once."""
+        self._done = True
+        covered = self.covered
+        labels = np.full((self.height, self.width), nodata_label, dtype=np.uint8)
+        for r in range(0, self.height, strip):
+            s = slice(r, r + strip)
+            cov = covered[s]
+            wsum = np.where(cov, self._wsum[s], np.float32(1))
+            self._acc[:, s] /= wsum
+            labels[s][cov] = self._acc[:, s].argmax(axis=0).astype(np.uint8)[cov]
+        return MaskResult(labels, self._acc, covered)
+
+
+class ClassResult(NamedTuple):
+    """A scene-level class result and its per-tile grid (rows x cols) for a one-pixel-per-tile raster.
+
+    Tiles that were skipped (all invalid) have label 255, probabilities NaN and 0 valid pixels.
+    """
+
+    label: int
+    probabilities: np.ndarray
+    tile_labels: np.ndarray
+    tile_probabilities: np.ndarray
+    tile_valid: np.ndarray
+
+
+class ClassAggregator:
+    """Average per-tile class probabilities over a scene, each tile weighted by its valid pixels.
+
+    Weighting by valid pixels keeps a tile that is mostly nodata (a scene edge, a cloud mask) from
+    counting as much as a full one.
+    """
+
+    def __init__(self, rows: int, cols: int, n_classes: int) -> None:
+        if not 1 <= n_classes <= 255:
+            raise ValueError(f"labels are uint8 with 255 for skipped tiles: need 1..255 classes, got {n_classes}")
+        self.n_classes = n_classes
+        self._probs = np.full((n_classes, rows, cols), np.nan, dtype=np.float32)
+        self._valid = np.zeros((rows, cols), dtype=np.int64)
+
+    def add(self, tile: Tile, probs: np.ndarray, valid: np.ndarray) -> None:
+        """Record one tile's probabilities (K,) and its valid mask (T, T)."""
+        if probs.shape != (self.n_classes,):
+            raise ValueError(f"tile probs {probs.shape}, expected {(self.n_classes,)}")
+        self._probs[:, tile.row, tile.col] = probs
+        self._valid[tile.row, tile.col] = int(np.count_nonzero(valid))
+
+    def result(self) -> ClassResult:
+        """Scene probabilities (the valid-pixel-weighted mean), its argmax, and the per-tile grid."""
+        total = int(self._valid.sum())
+        if total == 0:
+            raise ValueError("no tile with valid pixels was added: the scene has no valid pixels")
+        seen = self._valid > 0
+        weights = self._valid[seen].astype(np.float64)
+        scene = (self._probs[:, seen].astype(np.float64) @ weights / total).astype(np.float32)
+        tile_labels = np.full(self._valid.shape, 255, dtype=np.uint8)
+        tile_labels[seen] = self._probs[:, seen].argmax(axis=0)
+        return ClassResult(int(scene.argmax()), scene, tile_labels, self._probs.copy(), self._valid.copy())

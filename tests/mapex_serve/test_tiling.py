@@ -1,0 +1,391 @@
+"""Tiled inference: grids cover every pixel, reads match rasterio, blending has no seams, memory is one batch."""
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from mapex_serve.tiling import (
+    ClassAggregator,
+    MaskBlender,
+    Tile,
+    batched,
+    grid_shape,
+    read_batches,
+    read_tiles,
+    scene_valid_mask,
+    tile_grid,
+    tile_weights,
+)
+
+DATA = Path(__file__).parents[1] / "data"
+S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
+
+
+def write_tif(path, data, nodata=None, **extra):
+    """A real GeoTIFF (C, H, W) in UTM with 10 m pixels."""
+    count, height, width = data.shape
+    profile = dict(
+        driver="GTiff", height=height, width=width, count=count, dtype=data.dtype, crs="EPSG:32633",
+        transform=from_origin(500000, 4600000, 10, 10), nodata=nodata, **extra,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def coverage(tiles, height, width):
+    counts = np.zeros((height, width), dtype=np.int32)
+    for t in tiles:
+        (rows, cols), _ = t.clip(height, width)
+        counts[rows, cols] += 1
+    return counts
+
+
+# --- tile_grid --------------------------------------------------------------------------------
+
+
+def check_grid(height, width, tile, overlap):
+    tiles = tile_grid(height, width, tile, overlap)
+    assert (coverage(tiles, height, width) > 0).all(), "a pixel is not covered"
+    rows, cols = grid_shape(tiles)
+    assert len(tiles) == rows * cols
+    assert len({(t.row, t.col) for t in tiles}) == len(tiles)
+    for t in tiles:
+        w = t.window
+        assert (w.width, w.height) == (tile, tile), "every tile is full size"
+        assert w.col_off >= 0 and w.row_off >= 0
+        # Inside the scene, unless the scene is smaller than a tile along that axis (then from 0).
+        assert w.row_off + tile <= height or (height < tile and w.row_off == 0)
+        assert w.col_off + tile <= width or (width < tile and w.col_off == 0)
+    # Neighbours overlap by at least `overlap` (edge tiles are shifted inwards, so by more there).
+    by_pos = {(t.row, t.col): t.window for t in tiles}
+    for (r, c), w in by_pos.items():
+        if (r, c + 1) in by_pos:
+            assert w.col_off + tile - by_pos[r, c + 1].col_off >= overlap
+        if (r + 1, c) in by_pos:
+            assert w.row_off + tile - by_pos[r + 1, c].row_off >= overlap
+    return tiles
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_tile_grid_covers_every_pixel(data):
+    tile = data.draw(st.integers(1, 64), label="tile")
+    overlap = data.draw(st.integers(0, tile - 1), label="overlap")
+    near = st.sampled_from([1, tile - 1, tile, tile + 1, 2 * tile - overlap, 2 * tile - overlap + 1])
+    size = st.one_of(st.integers(1, 300), near.filter(lambda n: n >= 1))
+    check_grid(data.draw(size, label="height"), data.draw(size, label="width"), tile, overlap)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap", "expected"),
+    [
+        (31, 20, 32, 8, (1, 1)),  # smaller than a tile: one padded tile
+        (32, 32, 32, 8, (1, 1)),  # exactly a tile
+        (33, 32, 32, 8, (2, 1)),  # one pixel more: a second tile shifted inwards
+        (56, 56, 32, 8, (2, 2)),  # exactly two strides
+        (200, 300, 32, 8, (8, 13)),
+        (10, 10, 1, 0, (10, 10)),
+    ],
+)
+def test_tile_grid_shapes(height, width, tile, overlap, expected):
+    assert grid_shape(check_grid(height, width, tile, overlap)) == expected
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(32, 32), (32, 40), (32, -1), (0, 0)])
+def test_tile_grid_rejects_bad_overlap(tile, overlap):
+    with pytest.raises(ValueError, match="overlap|tile size"):
+        tile_grid(100, 100, tile, overlap)
+
+
+def test_read_batches_equal_read_tiles_without_the_skipped_ones(tmp_path):
+    stored = np.full((2, 70, 100), 300, dtype=np.uint16)
+    stored[:, :, :40] = 0  # the first column of tiles is all nodata
+    path = write_tif(tmp_path / "b.tif", stored, nodata=0)
+    with rasterio.open(path) as src:
+        tiles = tile_grid(src.height, src.width, 32, 8)
+        single = list(read_tiles(src, [2, 1], tiles, [1e-4, 1e-4], [0.0, 0.0], fill=[5.0, 5.0]))
+        batches = list(read_batches(src, [2, 1], tiles, [1e-4, 1e-4], [0.0, 0.0], 4, fill=[5.0, 5.0]))
+    assert len(single) < len(tiles)
+    assert [len(b.tiles) for b in batches] == [4] * (len(single) // 4) + ([len(single) % 4] if len(single) % 4 else [])
+    assert [t for b in batches for t in b.tiles] == [s.tile for s in single]
+    np.testing.assert_array_equal(np.concatenate([b.data for b in batches]), np.stack([s.data for s in single]))
+    np.testing.assert_array_equal(np.concatenate([b.valid for b in batches]), np.stack([s.valid for s in single]))
+
+
+def test_batched():
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batched([], 3)) == []
+    with pytest.raises(ValueError):
+        list(batched(range(3), 0))
+
+
+# --- read_tiles -------------------------------------------------------------------------------
+
+
+def test_read_tiles_physical_values_match_rasterio(tmp_path):
+    rng = np.random.default_rng(0)
+    stored = rng.integers(1, 10000, size=(3, 70, 90), dtype=np.uint16)
+    path = write_tif(tmp_path / "s2.tif", stored, nodata=0)
+    scales, offsets = [1e-4, 1e-4, 2e-4], [0.0, 0.0, -0.1]
+    with rasterio.open(path) as src:
+        tiles = tile_grid(src.height, src.width, 32, 8)
+        got = list(read_tiles(src, [3, 1, 2], tiles, scales, offsets))
+        assert [g.tile for g in got] == tiles
+        for g in got:
+            # scales/offsets follow band_indexes: band 3 -> 1e-4, band 1 -> 1e-4, band 2 -> 2e-4 - 0.1.
+            direct = src.read([3, 1, 2], window=g.tile.window)
+            expected = direct.astype(np.float32) * np.float32(scales)[:, None, None]
+            expected += np.float32(offsets)[:, None, None]
+            assert g.data.dtype == np.float32 and g.data.shape == (3, 32, 32)
+            np.testing.assert_array_equal(g.data, expected)
+            exact = direct * np.array(scales)[:, None, None] + np.array(offsets)[:, None, None]
+            np.testing.assert_allclose(g.data, exact, rtol=1e-6, atol=1e-7)
+            assert g.valid.all()
+
+
+def test_nodata_border_gives_matching_masks_and_all_nodata_tiles_are_skipped(tmp_path):
+    stored = np.full((2, 100, 120), 500, dtype=np.uint16)
+    stored[:, :, :40] = 65535  # a nodata strip wider than a tile: the first column of tiles is all nodata
+    stored[:, 90:, :] = 65535  # a nodata border at the bottom
+    stored[1, 50, 60] = 65535  # one band nodata: the pixel is invalid
+    path = write_tif(tmp_path / "border.tif", stored, nodata=65535)
+    expected_valid = (stored != 65535).all(axis=0)
+    with rasterio.open(path) as src:
+        tiles = tile_grid(src.height, src.width, 32, 8)
+        got = list(read_tiles(src, [1, 2], tiles, [1.0, 1.0], [0.0, 0.0], fill=[7.0, 9.0]))
+        np.testing.assert_array_equal(scene_valid_mask(src, [1, 2], strip=17), expected_valid)
+    kept = {g.tile for g in got}
+    skipped = [t for t in tiles if t not in kept]
+    assert skipped and all(t.window.col_off + 32 <= 40 for t in skipped)
+    for t in tiles:
+        window_valid = expected_valid[t.window.toslices()]
+        assert (t in kept) == window_valid.any()
+    for g in got:
+        np.testing.assert_array_equal(g.valid, expected_valid[g.tile.window.toslices()])
+        assert (g.data[0][~g.valid] == 7.0).all() and (g.data[1][~g.valid] == 9.0).all()
+        assert (g.data[:, g.valid] == 500).all()
+
+
+def test_nodata_override_masks_and_nan(tmp_path):
+    data = np.ones((1, 40, 40), dtype=np.float32)
+    data[0, :5] = np.nan
+    data[0, 10, 10] = -9999
+    internal = np.full((40, 40), 255, dtype=np.uint8)
+    internal[20:, 30:] = 0
+    path = tmp_path / "f.tif"
+    profile = dict(driver="GTiff", height=40, width=40, count=1, dtype="float32", crs="EPSG:32633",
+                   transform=from_origin(500000, 4600000, 10, 10))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.write_mask(internal)
+    with rasterio.open(path) as src:
+        (from_file,) = read_tiles(src, [1], tile_grid(40, 40, 40, 0), [1.0], [0.0])
+        (override,) = read_tiles(src, [1], tile_grid(40, 40, 40, 0), [1.0], [0.0], nodata=-9999)
+    # The file's internal mask and NaN are invalid; -9999 is only nodata when the caller says so.
+    assert not from_file.valid[:5].any() and not from_file.valid[20:, 30:].any() and from_file.valid[10, 10]
+    assert not override.valid[:5].any() and not override.valid[10, 10] and override.valid[20:, 30:].all()
+    assert np.isfinite(from_file.data).all() and np.isfinite(override.data).all()
+
+
+def test_scene_smaller_than_a_tile_is_padded_as_invalid(tmp_path):
+    stored = np.arange(1, 1 + 2 * 20 * 25, dtype=np.uint16).reshape(2, 20, 25)
+    path = write_tif(tmp_path / "small.tif", stored)
+    with rasterio.open(path) as src:
+        (g,) = read_tiles(src, [1, 2], tile_grid(20, 25, 32, 8), [1.0, 2.0], [0.0, 0.0], fill=[-1.0, -2.0])
+    assert g.data.shape == (2, 32, 32) and g.valid.shape == (32, 32)
+    assert g.valid[:20, :25].all() and not g.valid[20:].any() and not g.valid[:, 25:].any()
+    np.testing.assert_array_equal(g.data[:, :20, :25], stored * np.float32([1, 2])[:, None, None])
+    assert (g.data[0][~g.valid] == -1).all() and (g.data[1][~g.valid] == -2).all()
+
+
+# --- blending ---------------------------------------------------------------------------------
+
+
+def test_weights_are_positive_symmetric_and_flat_in_the_core():
+    w = tile_weights(32, 8)
+    assert w.min() > 0 and w.max() == w[16, 16]
+    np.testing.assert_array_equal(w, w.T)
+    np.testing.assert_array_equal(w, w[::-1, ::-1])
+    assert (w[8:24, 8:24] == w.max()).all() and w[0, 0] < w[0, 5] < w[0, 16]
+
+
+def blend(tiles, height, width, probs_of, valid_of=None, n_classes=4, tile=32, overlap=8, skip=()):
+    blender = MaskBlender(height, width, n_classes, tile, overlap)
+    for t in tiles:
+        if t in skip:
+            continue
+        valid = np.ones((tile, tile), dtype=bool) if valid_of is None else valid_of(t)
+        blender.add(t, probs_of(t), valid)
+    return blender
+
+
+def test_constant_field_comes_back_exactly_and_coverage_detects_a_skipped_tile():
+    height, width, tile, overlap = 90, 130, 32, 8
+    p = np.array([0.5, 0.25, 0.125, 0.125], dtype=np.float32)
+    field = np.broadcast_to(p[:, None, None], (4, tile, tile)).copy()
+    tiles = tile_grid(height, width, tile, overlap)
+    everything = np.ones((height, width), dtype=bool)
+
+    blender = blend(tiles, height, width, lambda t: field)
+    assert blender.uncovered_valid_pixels(everything) == 0
+    labels, probs, covered = blender.result()
+    assert covered.all() and (labels == 0).all() and labels.dtype == np.uint8
+    np.testing.assert_array_equal(probs, np.broadcast_to(p[:, None, None], (4, height, width)))
+
+    # A non-dyadic field is exact to float32 rounding.
+    q = np.array([0.3, 0.3, 0.1, 0.3], dtype=np.float32)
+    _, probs, _ = blend(tiles, height, width, lambda t: np.broadcast_to(q[:, None, None], (4, tile, tile))).result()
+    np.testing.assert_allclose(probs, np.broadcast_to(q[:, None, None], probs.shape), rtol=0, atol=1e-6)
+
+    # Skip an interior tile: the pixels only it covered are reported as uncovered.
+    skipped = next(t for t in tiles if (t.row, t.col) == (1, 1))
+    blender = blend(tiles, height, width, lambda t: field, skip={skipped})
+    only_there = coverage([t for t in tiles if t != skipped], height, width) == 0
+    assert only_there.sum() > 0
+    assert blender.uncovered_valid_pixels(everything) == only_there.sum()
+    labels, probs, covered = blender.result(nodata_label=255)
+    np.testing.assert_array_equal(covered, ~only_there)
+    assert (labels[only_there] == 255).all() and (probs[:, only_there] == 0).all()
+
+
+def softmax_of_pixels(x):
+    """A per-pixel class function of (C, ...) physical values: probabilities of 4 classes."""
+    logits = np.stack([x[0] * 3, x[1] * 2 - x[0], np.sin(x[2] * 5), x[:3].mean(axis=0)]).astype(np.float64)
+    e = np.exp(logits - logits.max(axis=0))
+    return (e / e.sum(axis=0)).astype(np.float32)
+
+
+def test_blending_equals_a_whole_scene_computation_on_the_sentinel2_crop():
+    tile, overlap = 32, 8
+    with rasterio.open(S2) as src:
+        assert src.descriptions == ("B02", "B03", "B04", "B07", "B11", "B12")
+        tiles = tile_grid(src.height, src.width, tile, overlap)
+        assert grid_shape(tiles) == (8, 13) and len(tiles) == 104
+        scales, offsets = [1e-4] * 6, [0.0] * 6
+        blender = MaskBlender(src.height, src.width, 4, tile, overlap)
+        n = 0
+        for batch in batched(read_tiles(src, range(1, 7), tiles, scales, offsets), 16):
+            x = np.stack([b.data for b in batch])  # (B, C, T, T): what the engine gets
+            for b, xi in zip(batch, x, strict=True):
+                blender.add(b.tile, softmax_of_pixels(xi), b.valid)
+            n += len(batch)
+        valid_scene = scene_valid_mask(src, range(1, 7))
+        whole = src.read().astype(np.float32) * np.float32(1e-4)
+    assert n == 104 and valid_scene.all()
+    assert blender.uncovered_valid_pixels(valid_scene) == 0
+    labels, probs, covered = blender.result()
+    expected = softmax_of_pixels(whole)
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(labels, expected.argmax(axis=0))
+    assert covered.all()
+
+
+def test_blend_ramps_across_the_overlap_instead_of_jumping():
+    # Two tiles that disagree completely: the blend moves from one to the other over the overlap.
+    height, width, tile, overlap = 32, 56, 32, 8
+    tiles = tile_grid(height, width, tile, overlap)
+    assert len(tiles) == 2
+    ones = {t: np.full((2, tile, tile), float(t.col), dtype=np.float32) for t in tiles}
+    _, probs, _ = blend(tiles, height, width, lambda t: ones[t], n_classes=2).result()
+    row = probs[0, 10]
+    assert row[:24].max() == 0 and row[32:].min() == 1
+    assert (np.diff(row) >= 0).all() and np.abs(np.diff(row)).max() < 0.3
+
+
+def test_blender_ignores_invalid_pixels():
+    height, width, tile, overlap = 40, 40, 32, 8
+    tiles = tile_grid(height, width, tile, overlap)
+    valid_scene = np.ones((height, width), dtype=bool)
+    valid_scene[:, :3] = False
+
+    def valid_of(t):
+        return valid_scene[t.window.toslices()]
+
+    def probs_of(t):
+        p = np.zeros((2, tile, tile), dtype=np.float32)
+        p[0] = 1
+        p[:, ~valid_of(t)] = [[0.0], [1.0]]  # garbage where the input was nodata
+        return p
+
+    blender = blend(tiles, height, width, probs_of, valid_of, n_classes=2)
+    assert blender.uncovered_valid_pixels(valid_scene) == 0
+    labels, _, covered = blender.result()
+    np.testing.assert_array_equal(covered, valid_scene)
+    assert (labels[valid_scene] == 0).all() and (labels[~valid_scene] == 255).all()
+
+
+def test_blender_checks_shapes():
+    blender = MaskBlender(40, 40, 3, 32, 8)
+    with pytest.raises(ValueError, match="expected"):
+        blender.add(Tile(0, 0, Window(0, 0, 32, 32)), np.zeros((3, 16, 16), np.float32), np.ones((16, 16), bool))
+
+
+# --- class heads ------------------------------------------------------------------------------
+
+
+def test_class_aggregator_weights_by_valid_pixels():
+    tiles = tile_grid(40, 60, 32, 4)  # 2 x 2 grid
+    agg = ClassAggregator(*grid_shape(tiles), n_classes=3)
+    full, quarter = np.ones((32, 32), bool), np.zeros((32, 32), bool)
+    quarter[:16, :16] = True
+    agg.add(tiles[0], np.array([0.9, 0.1, 0.0], np.float32), quarter)  # 256 valid pixels
+    agg.add(tiles[1], np.array([0.0, 0.2, 0.8], np.float32), full)  # 1024
+    agg.add(tiles[2], np.array([0.0, 0.4, 0.6], np.float32), full)  # 1024
+    res = agg.result()  # tiles[3] was skipped (all nodata)
+    expected = (256 * np.array([0.9, 0.1, 0]) + 1024 * np.array([0, 0.2, 0.8]) + 1024 * np.array([0, 0.4, 0.6])) / 2304
+    np.testing.assert_allclose(res.probabilities, expected, rtol=1e-6)
+    assert res.label == 2  # an unweighted mean would give (0.3, 0.233, 0.467): still 2, so check the values too
+    np.testing.assert_array_equal(res.tile_labels, [[0, 2], [2, 255]])
+    np.testing.assert_array_equal(res.tile_valid, [[256, 1024], [1024, 0]])
+    assert np.isnan(res.tile_probabilities[:, 1, 1]).all()
+    with pytest.raises(ValueError, match="no tile"):
+        ClassAggregator(1, 1, 2).result()
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def test_reading_a_large_scene_keeps_memory_to_a_batch(tmp_path):
+    size, count, tile, overlap, batch = 2048, 6, 128, 32, 16
+    path = tmp_path / "big.tif"
+    profile = dict(
+        driver="GTiff", height=size, width=size, count=count, dtype="uint16", crs="EPSG:32633",
+        transform=from_origin(500000, 4600000, 10, 10), nodata=0, tiled=True, blockxsize=256, blockysize=256,
+    )
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(0, size, 256):
+            dst.write(rng.integers(1, 10000, size=(count, 256, size), dtype=np.uint16), window=Window(0, r, size, 256))
+
+    scene_float_bytes = count * size * size * 4  # 100 MB
+    batch_bytes = batch * count * tile * tile * 4  # 6.3 MB
+    tracemalloc.start()
+    try:
+        # tracemalloc must see numpy buffers, or the bound below would prove nothing.
+        probe = np.ones(scene_float_bytes // 8, dtype=np.float32)
+        assert tracemalloc.get_traced_memory()[1] >= probe.nbytes
+        del probe
+        tracemalloc.reset_peak()
+        seen, total = 0, 0.0
+        with rasterio.open(path) as src:
+            tiles = tile_grid(size, size, tile, overlap)
+            for b in read_batches(src, range(1, count + 1), tiles, [1e-4] * count, [0.0] * count, batch):
+                total += float(b.data[:, 0, 0, 0].sum())  # the engine would run on b.data here
+                seen += len(b.tiles)
+                del b  # a consumer that keeps the last batch while the next is read holds two
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen == len(tiles) == 21 * 21
+    assert total > 0
+    print(f"peak {peak / 1e6:.1f} MB, batch {batch_bytes / 1e6:.1f} MB")
+    assert peak < 1.5 * batch_bytes, f"peak {peak / 1e6:.1f} MB for batches of {batch_bytes / 1e6:.1f} MB"
+    assert peak < scene_float_bytes / 5
