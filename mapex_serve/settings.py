@@ -1,0 +1,122 @@
+"""Service settings, read from ``MAPEX_*`` environment variables (or passed to the app factory).
+
+Config flows one way: environment -> ``Settings`` -> constructor arguments of the registry, the
+engines and the app. Every field's description is the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEFAULT_PROVIDERS", "PROVIDER_ALIASES", "Settings", "resolve_provider"]
+
+DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+#: Short names accepted for the ONNX Runtime execution providers this service knows how to configure.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def _known_providers() -> list[str]:
+    import onnxruntime as ort  # every provider this onnxruntime release knows, available here or not
+
+    return list(ort.get_all_providers())
+
+
+def resolve_provider(name: str) -> str:
+    """``cuda`` / ``CUDAExecutionProvider`` (any case) -> ``CUDAExecutionProvider``; unknown names raise ``ValueError``."""
+    key = name.strip()
+    if key.lower() in PROVIDER_ALIASES:
+        return PROVIDER_ALIASES[key.lower()]
+    known = _known_providers()
+    for provider in known:
+        if provider.lower() == key.lower():
+            return provider
+    raise ValueError(
+        f"unknown execution provider {name!r}; accepted: {', '.join(sorted(PROVIDER_ALIASES))} "
+        f"or an onnxruntime provider name ({', '.join(known)})"
+    )
+
+
+class Settings(BaseSettings):
+    """mapex-serve configuration; every field can be set as ``MAPEX_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MAPEX_", extra="ignore", validate_default=True)
+
+    model_repo: Path = Field(
+        Path("models"),
+        description="Model repository folder: `<repo>/<specialist>/<version>/{model.onnx, manifest.json}` "
+        "(build one with `python -m export.build --all --repo <path>`).",
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="ONNX Runtime execution providers in order of preference, comma-separated "
+        "(`tensorrt,cuda,cpu` or full names such as `CUDAExecutionProvider`); those this onnxruntime "
+        "build lacks are skipped with a warning.",
+    )
+    max_batch: int = Field(32, ge=1, description="Largest batch of tiles sent to an engine in one call.")
+    max_delay_ms: float = Field(
+        5.0, ge=0, description="How long the batcher waits for more tiles before running a partial batch (ms)."
+    )
+    max_queue: int = Field(
+        4096, ge=1, description="Tiles waiting per engine before requests are refused with 503 (a request queues at "
+        "most max_batch tiles at a time, so 4096 admits 128 concurrent requests at the default batch)."
+    )
+    max_upload_mb: float = Field(200, gt=0, description="Largest accepted upload (MiB).")
+    max_pixels: int = Field(64_000_000, ge=1, description="Largest accepted raster, width x height.")
+    request_timeout_s: float = Field(60, gt=0, description="Time limit for one request, upload to response (s).")
+    api_key: SecretStr | None = Field(
+        None, description="When set, prediction routes need `Authorization: Bearer <key>` (health routes stay open); unset: no authentication."
+    )
+    engine_cache: Path | None = Field(
+        None,
+        description="Folder for TensorRT engine caches (a persistent volume); default `<model_repo>/.engine-cache`.",
+    )
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
+    )
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"providers: {text!r} is not a JSON list; write e.g. tensorrt,cuda,cpu") from e
+            return [p for p in (part.strip() for part in text.split(",")) if p]
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _resolve_providers(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("providers must name at least one execution provider, e.g. cpu or tensorrt,cuda,cpu")
+        resolved: list[str] = []
+        for name in v:
+            provider = resolve_provider(name)
+            if provider not in resolved:
+                resolved.append(provider)
+        return resolved
+
+    @model_validator(mode="after")
+    def _default_engine_cache(self) -> Settings:
+        if self.engine_cache is None:
+            self.engine_cache = self.model_repo / ".engine-cache"
+        return self
+
+    @property
+    def engine_cache_dir(self) -> Path:
+        """``engine_cache``, never None (filled in from ``model_repo`` when unset)."""
+        return self.engine_cache if self.engine_cache is not None else self.model_repo / ".engine-cache"

@@ -1,0 +1,251 @@
+"""Settings, engines and the registry on a real repository built by ``python -m export.build`` (no mocks)."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from pydantic import ValidationError
+
+from export.tensorrt import GpuInfo
+from mapex_serve.engine import CPU_EP, CUDA_EP, TRT_EP, Engine, EngineInputError, choose_backend
+from mapex_serve.registry import Registry
+from mapex_serve.repository import EngineEntry, verify_entry
+from mapex_serve.settings import Settings
+
+H100 = GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+L4 = GpuInfo(name="NVIDIA L4", compute_capability="8.9")
+
+
+def _run(*args: str) -> None:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """landcover-rgb v1 + v2, flood-sar v1 and flood-swir+sar v1, from a 5-step checkpoint (about 40 s)."""
+    root = tmp_path_factory.mktemp("engine-registry")
+    _run("-m", "training.pretrain", "--out", str(root / "run"), "--steps", "5")
+    models = root / "models"
+    for args in (["--modality", "RGB"], ["--task", "flood", "--modality", "SAR"],
+                 ["--task", "flood", "--modality", "SAR", "--modality", "SWIR"]):
+        _run("-m", "export.build", *args, "--checkpoint", str(root / "run" / "checkpoint.pt"), "--repo", str(models),
+             "--finetune-steps", "2", "--no-trt")
+    # Version 2: the same artefacts under a manifest that says version 2 (its sha256 still hold).
+    v2 = models / "landcover-rgb" / "2"
+    shutil.copytree(models / "landcover-rgb" / "1", v2)
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    manifest["version"] = 2
+    (v2 / "manifest.json").write_text(json.dumps(manifest))
+    return models
+
+
+@pytest.fixture
+def repo_copy(repo, tmp_path) -> Path:
+    """A private copy to tamper with."""
+    return Path(shutil.copytree(repo, tmp_path / "models"))
+
+
+def cpu_settings(repo: Path, **kw) -> Settings:
+    return Settings(model_repo=repo, **kw)
+
+
+def physical_batch(manifest, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mean = np.array([b.mean for b in manifest.bands], dtype=np.float32)[None, :, None, None]
+    std = np.array([b.std for b in manifest.bands], dtype=np.float32)[None, :, None, None]
+    size = manifest.tile_size
+    return (mean + std * rng.standard_normal((n, len(manifest.bands), size, size))).astype(np.float32)
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_settings_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MAPEX_MODEL_REPO", str(tmp_path))
+    monkeypatch.setenv("MAPEX_PROVIDERS", " cuda, CPUExecutionProvider ,")
+    monkeypatch.setenv("MAPEX_API_KEY", "s3cret-key-value")
+    monkeypatch.setenv("MAPEX_MAX_BATCH", "8")
+    monkeypatch.setenv("MAPEX_INTRA_OP_THREADS", "1")
+    s = Settings()
+    assert s.providers == [CUDA_EP, CPU_EP]
+    assert s.max_batch == 8 and s.intra_op_threads == 1
+    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-key-value"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s) and "s3cret" not in s.model_dump_json()
+    assert s.engine_cache == tmp_path / ".engine-cache"
+
+    monkeypatch.setenv("MAPEX_ENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAPEX_PROVIDERS", '["tensorrt", "cpu"]')
+    s = Settings()
+    assert s.engine_cache == tmp_path / "cache" and s.providers == [TRT_EP, CPU_EP]
+
+
+def test_settings_defaults_and_errors(monkeypatch):
+    for var in ("MAPEX_PROVIDERS", "MAPEX_API_KEY", "MAPEX_MODEL_REPO", "MAPEX_ENGINE_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings()
+    assert s.providers == [TRT_EP, CUDA_EP, CPU_EP] and s.api_key is None
+    assert s.model_repo == Path("models") and s.engine_cache == Path("models/.engine-cache")
+    assert (s.max_batch, s.max_delay_ms, s.max_queue, s.max_upload_mb, s.max_pixels, s.request_timeout_s) == (
+        32, 5.0, 256, 200, 64_000_000, 60)
+    with pytest.raises(ValidationError, match="unknown execution provider 'gpu'.*accepted: cpu, cuda, tensorrt"):
+        Settings(providers="gpu,cpu")
+    with pytest.raises(ValidationError, match="at least one execution provider"):
+        Settings(providers="")
+    with pytest.raises(ValidationError, match="max_batch"):
+        Settings(max_batch=0)
+    assert all(f.description for f in Settings.model_fields.values())
+
+
+# --- engine -------------------------------------------------------------------------------------
+
+
+def test_engine_matches_onnx_runtime_for_batches_of_1_and_5(repo):
+    entry = repo / "flood-sar" / "1"
+    manifest = verify_entry(entry)
+    engine = Engine(entry, manifest, cpu_settings(repo, providers="cpu"))
+    direct = ort.InferenceSession(str(entry / "model.onnx"), providers=[CPU_EP])
+    for n in (1, 5):
+        x = physical_batch(manifest, n, seed=n)
+        out = engine.run(x)
+        assert out.shape == (n, 2, manifest.tile_size, manifest.tile_size)
+        np.testing.assert_allclose(out, direct.run(["probabilities"], {"input": x})[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_engine_splits_batches_larger_than_max_batch(repo):
+    entry = repo / "landcover-rgb" / "1"
+    manifest = verify_entry(entry)
+    small = Engine(entry, manifest, cpu_settings(repo, providers="cpu", max_batch=2))
+    whole = Engine(entry, manifest, cpu_settings(repo, providers="cpu"))
+    x = physical_batch(manifest, 5)
+    np.testing.assert_allclose(small.run(x), whole.run(x), atol=1e-6)
+
+
+def test_engine_reports_the_provider_in_use_and_unavailable_gpu_providers(repo, caplog):
+    entry = repo / "landcover-rgb" / "1"
+    caplog.set_level(logging.INFO, logger="mapex_serve.engine")
+    engine = Engine(entry, verify_entry(entry), cpu_settings(repo))  # default: TensorRT, CUDA, CPU
+    assert engine.provider == CPU_EP
+    in_use = [r.getMessage() for r in caplog.records if "in use" in r.getMessage()]
+    assert len(in_use) == 1 and "in use: CPUExecutionProvider" in in_use[0]
+    assert "landcover-rgb v1" in in_use[0] and TRT_EP in in_use[0]  # what was requested is logged
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(TRT_EP in w and CUDA_EP in w and "not offered" in w for w in warnings), warnings
+    assert not (repo / ".engine-cache").exists()  # no TensorRT EP session, no cache folder
+
+
+def test_engine_refuses_wrong_shapes_and_dtypes_with_clear_errors(repo):
+    entry = repo / "landcover-rgb" / "1"
+    manifest = verify_entry(entry)
+    engine = Engine(entry, manifest, cpu_settings(repo, providers="cpu"))
+    good = physical_batch(manifest, 2)
+    with pytest.raises(ValueError, match=r"shaped \(N, 3, 32, 32\) float32.*got \(2, 4, 32, 32\)"):
+        engine.run(np.zeros((2, 4, 32, 32), np.float32))
+    with pytest.raises(EngineInputError, match=r"got \(3, 32, 32\)"):
+        engine.run(good[0])
+    with pytest.raises(EngineInputError, match=r"got \(0, 3, 32, 32\)"):
+        engine.run(good[:0])
+    with pytest.raises(EngineInputError, match="float32 physical values, got float64"):
+        engine.run(good.astype(np.float64))
+    with pytest.raises(EngineInputError, match="numpy array"):
+        engine.run(good.tolist())
+
+
+def test_warm_up_runs_a_full_batch(repo):
+    entry = repo / "landcover-rgb" / "1"
+    engine = Engine(entry, verify_entry(entry), cpu_settings(repo, providers="cpu", max_batch=4))
+    assert 0 < engine.warm_up() < 30
+
+
+def test_choose_backend(repo):
+    manifest = verify_entry(repo / "landcover-rgb" / "1")
+    engine = EngineEntry(path="engines/h100.engine", gpu_name=H100.name, compute_capability="9.0",
+                         tensorrt_version="10.3.0", precision="fp16", min_batch=1, opt_batch=16, max_batch=64)
+    with_engine = manifest.model_copy(update={"engines": [engine]})
+    gpu_ort = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    native = choose_backend(with_engine, H100, "10.3.0", gpu_ort)
+    assert native.kind == "tensorrt" and native.engine == engine and native.providers == ()
+
+    # An engine for another GPU, or another TensorRT version, or no TensorRT: the ORT TensorRT EP.
+    for gpu, trt in ((L4, "10.3.0"), (H100, "10.4.0"), (H100, None), (None, "10.3.0")):
+        b = choose_backend(with_engine, gpu, trt, gpu_ort)
+        assert b.kind == "onnxruntime" and b.providers == (TRT_EP, CUDA_EP, CPU_EP), (gpu, trt)
+    assert choose_backend(manifest, H100, "10.3.0", gpu_ort).providers[0] == TRT_EP  # no engines listed
+
+    # TensorRT left out of the settings: no native engine either.
+    b = choose_backend(with_engine, H100, "10.3.0", gpu_ort, requested=[CUDA_EP, CPU_EP])
+    assert b.kind == "onnxruntime" and b.providers == (CUDA_EP, CPU_EP)
+
+    # A CPU-only onnxruntime: CPU, with the missing providers reported.
+    cpu = choose_backend(with_engine, None, None, ["AzureExecutionProvider", CPU_EP])
+    assert cpu.providers == (CPU_EP,) and cpu.unavailable == (TRT_EP, CUDA_EP)
+    assert choose_backend(manifest, None, None, [CPU_EP], requested=[CUDA_EP]).providers == (CPU_EP,)
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+def test_registry_serves_the_newest_version_of_each_specialist(repo, caplog):
+    caplog.set_level(logging.INFO)
+    registry = Registry.load(cpu_settings(repo, providers="cpu", max_batch=4))
+    assert registry.ready and not registry.refused
+    assert sorted(registry.specialists) == ["flood-sar", "flood-swir+sar", "landcover-rgb"]
+    rgb = registry.specialists["landcover-rgb"]
+    assert rgb.version == 2 and rgb.entry == repo / "landcover-rgb" / "2" and rgb.manifest.version == 2
+    assert registry.versions["landcover-rgb"] == [1, 2]
+    assert all(s.engine.provider == CPU_EP for s in registry.specialists.values())
+    assert set(registry.warm_up_s) == set(registry.specialists)
+    assert registry.tasks() == ["flood", "landcover"]
+    assert [s.name for s in registry.for_task("flood")] == ["flood-swir+sar", "flood-sar"]
+    assert registry.for_task("wildfire") == []
+    assert any("registry ready: 3 specialists" in r.getMessage() for r in caplog.records)
+
+
+def test_a_tampered_entry_is_refused_and_the_others_serve(repo_copy, caplog):
+    with open(repo_copy / "flood-sar" / "1" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    registry = Registry.load(cpu_settings(repo_copy, providers="cpu", max_batch=4))
+    assert registry.ready
+    assert "flood-sar" not in registry.specialists
+    assert sorted(registry.specialists) == ["flood-swir+sar", "landcover-rgb"]
+    [refused] = registry.refused
+    assert refused.entry == repo_copy / "flood-sar" / "1"
+    assert "model.onnx" in refused.reason and "sha256" in refused.reason
+    assert any(r.levelno == logging.WARNING and "refusing" in r.getMessage() for r in caplog.records)
+
+
+def test_a_refused_newest_version_falls_back_to_the_previous_one(repo_copy):
+    path = repo_copy / "landcover-rgb" / "2" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["unexpected"] = 1  # the schema forbids unknown fields
+    path.write_text(json.dumps(manifest))
+    registry = Registry.load(cpu_settings(repo_copy, providers="cpu", max_batch=4))
+    assert registry.specialists["landcover-rgb"].version == 1
+    assert [r.entry.name for r in registry.refused] == ["2"] and "not a valid manifest" in registry.refused[0].reason
+
+
+def test_an_entry_whose_manifest_names_another_version_is_refused(repo_copy):
+    shutil.copytree(repo_copy / "landcover-rgb" / "2", repo_copy / "landcover-rgb" / "3")
+    registry = Registry.load(cpu_settings(repo_copy, providers="cpu", max_batch=4))
+    assert registry.specialists["landcover-rgb"].version == 2
+    assert "version 2" in registry.refused[0].reason and "landcover-rgb/3" in registry.refused[0].reason
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing"])
+def test_an_empty_or_missing_repository_loads_with_a_hint(tmp_path, caplog, kind):
+    root = tmp_path / "models"
+    if kind == "empty":
+        root.mkdir()
+    registry = Registry.load(cpu_settings(root, providers="cpu"))
+    assert registry.specialists == {} and registry.refused == [] and registry.tasks() == []
+    assert registry.ready
+    hints = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"python -m export.build --all --repo {root}" in h for h in hints), hints
