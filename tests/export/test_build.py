@@ -26,14 +26,8 @@ def build(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repo(tiny_run, tmp_path_factory) -> Path:
-    """Every task's default specialists, built once through the CLI (TensorRT asked for, absent here)."""
-    root = tmp_path_factory.mktemp("models")
-    result = build("--all", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--repo", str(root),
-                   "--finetune-steps", "10", "--trt")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("TensorRT engines skipped") == 1, "the missing TensorRT is reported once"
-    return root
+def repo(built_repo) -> Path:
+    return built_repo
 
 
 def test_all_builds_every_default_specialist_with_a_verified_manifest(repo, tiny_run):

@@ -1,0 +1,74 @@
+"""Turning a prediction into what the user asked for: a georeferenced GeoTIFF (COG) or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rasterio.io import MemoryFile
+from rasterio.shutil import copy
+
+from mapex_serve.predict import Prediction, pixel_area_m2
+
+__all__ = ["as_geotiff", "as_json"]
+
+NODATA_LABEL = 255
+
+
+def as_json(p: Prediction, provider: str) -> dict[str, Any]:
+    """Mask tasks: class fractions and areas of the valid pixels; class tasks: label, probabilities, tile grid."""
+    m = p.route.manifest
+    body: dict[str, Any] = {
+        "task": m.task, "specialist": m.name, "version": m.version, "bands": p.route.bands,
+        "provider": provider, "data": f"model trained on {m.data} data",
+    }
+    if p.mask is not None:
+        labels = p.mask.labels[p.mask.covered]
+        counts = np.bincount(labels, minlength=len(m.classes))[: len(m.classes)]
+        total = max(int(counts.sum()), 1)
+        area = pixel_area_m2(p.profile["crs"], p.profile["transform"])
+        body["classes"] = {
+            name: {"pixels": int(n), "fraction": n / total} | ({"area_m2": n * area} if area is not None else {})
+            for name, n in zip(m.classes, counts.tolist(), strict=True)
+        }
+        body["valid_pixels"] = int(counts.sum())
+        return body
+    c = p.classes
+    body["label"] = m.classes[c.label]
+    body["probabilities"] = dict(zip(m.classes, c.probabilities.round(6).tolist(), strict=True))
+    body["tiles"] = {
+        "rows": int(c.tile_labels.shape[0]), "cols": int(c.tile_labels.shape[1]), "stride_px": p.tile_stride,
+        "labels": [[m.classes[v] if v != NODATA_LABEL else None for v in row] for row in c.tile_labels.tolist()],
+    }
+    return body
+
+
+def as_geotiff(p: Prediction) -> bytes:
+    """A COG in the input's CRS: the mask at the input's size and transform, or one pixel per tile."""
+    m = p.route.manifest
+    if p.mask is not None:
+        data = p.mask.labels[None]
+        transform, (height, width) = p.profile["transform"], data.shape[1:]
+    else:
+        data = p.classes.tile_labels[None]
+        # A tile-grid cell spans the stride between tile origins (edge tiles are shifted inwards).
+        transform = p.profile["transform"] * p.profile["transform"].scale(p.tile_stride)
+        height, width = data.shape[1:]
+    profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=p.profile["crs"],
+                   transform=transform, nodata=NODATA_LABEL, tiled=True, blockxsize=256, blockysize=256,
+                   compress="deflate")
+    with MemoryFile() as tmp:
+        with tmp.open(**profile) as dst:
+            dst.write(data)
+            dst.set_band_description(1, f"{m.task} class")
+            dst.update_tags(1, classes=",".join(f"{i}={c}" for i, c in enumerate(m.classes)))
+            dst.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands))
+            dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(_palette(len(m.classes)))})
+        with tmp.open() as src, MemoryFile() as out:
+            copy(src, out.name, driver="COG", compress="deflate")
+            return out.read()
+
+
+def _palette(n: int) -> np.ndarray:
+    return np.array([[31, 119, 180], [44, 160, 44], [188, 189, 34], [255, 127, 14], [214, 39, 40],
+                     [140, 86, 75], [23, 190, 207], [148, 103, 189]] * 32, dtype=np.uint8)[:n]

@@ -1,0 +1,77 @@
+"""Receiving a GeoTIFF: as a multipart field ``file`` or as the raw body, size-limited while streaming."""
+
+from __future__ import annotations
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from mapex_serve.errors import MapexError
+
+__all__ = ["UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload"]
+
+RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
+
+
+class UploadTooLargeError(MapexError, ValueError):
+    """The upload is larger than MAPEX_MAX_UPLOAD_MB."""
+
+
+class UnsupportedMediaTypeError(MapexError, ValueError):
+    """Neither multipart/form-data nor a raw image/tiff body."""
+
+
+def _too_large(limit: int) -> UploadTooLargeError:
+    return UploadTooLargeError(f"the upload is larger than {limit / 2**20:g} MiB (MAPEX_MAX_UPLOAD_MB); send a "
+                               f"smaller GeoTIFF or crop the scene")
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The uploaded file's bytes; refuses an oversized body as soon as it passes ``limit`` bytes."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "multipart/form-data" and media not in RAW_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"unsupported media type {media or '(none)'!r}; send the GeoTIFF as multipart/form-data with a "
+            f"field named 'file', or as the raw body with Content-Type: image/tiff"
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit + 64 * 1024:  # a little room for multipart framing
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if media != "multipart/form-data":
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    return await _multipart_file(request, body, limit)
+
+
+async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
+    """Parse the buffered multipart body with Starlette's parser and return the ``file`` field."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, receive).form()
+    try:
+        field = form.get("file")
+        if not isinstance(field, UploadFile):
+            raise UnsupportedMediaTypeError(
+                f"the multipart body has no file field named 'file' (fields: {sorted(form.keys())}); "
+                f"send the GeoTIFF as -F file=@scene.tif"
+            )
+        data = await field.read()
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise _too_large(limit)
+    return data

@@ -1,0 +1,225 @@
+"""The service end to end: a real uvicorn process on loopback over a repository built by export.build."""
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from rasterio.io import MemoryFile
+
+DATA = Path(__file__).parents[1] / "data"
+S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
+
+
+class Server:
+    def __init__(self, repo: Path, **env: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**os.environ, "MAPEX_MODEL_REPO": str(repo), "OMP_NUM_THREADS": "1", **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "mapex_serve", "--port", str(self.port)], env=environ,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready:\n{self.log}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log = self.proc.stdout.read()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(built_repo):
+    s = Server(built_repo)
+    yield s
+    s.stop()
+
+
+def post(server: Server, task: str, path: Path | bytes, **kw) -> httpx.Response:
+    content = path.read_bytes() if isinstance(path, Path) else path
+    return httpx.post(f"{server.url}/predict/{task}", files={"file": ("scene.tif", content)}, timeout=60, **kw)
+
+
+def test_real_sentinel2_crop_routes_to_swir_for_wildfire_and_rgb_for_segmentation(server):
+    r = post(server, "wildfire", S2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["specialist"] == "wildfire-swir" and body["bands"] == ["B11", "B12"]
+    assert body["label"] in ("unburned", "burned") and abs(sum(body["probabilities"].values()) - 1) < 1e-4
+
+    r = post(server, "landcover-seg", S2)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/tiff"
+    assert r.headers["x-mapex-specialist"] == "landcover-seg-rgb" and r.headers["x-mapex-bands"] == "B04,B03,B02"
+    with rasterio.open(S2) as src, MemoryFile(r.content) as mem, mem.open() as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        labels = out.read(1)
+    assert set(np.unique(labels)) <= set(range(7)), "every valid pixel gets a class"
+
+
+def test_shuffling_the_band_order_of_the_input_gives_the_same_result(server, tmp_path):
+    shuffled = tmp_path / "shuffled.tif"
+    with rasterio.open(S2) as src:
+        order = [6, 3, 1, 5, 2, 4]
+        profile = src.profile
+        with rasterio.open(shuffled, "w", **profile) as dst:
+            for i, b in enumerate(order, start=1):
+                dst.write(src.read(b), i)
+                dst.set_band_description(i, src.descriptions[b - 1])
+    a, b = post(server, "landcover-seg", S2), post(server, "landcover-seg", shuffled)
+    assert a.status_code == b.status_code == 200 and a.content == b.content
+    assert post(server, "wildfire", S2).json()["probabilities"] == post(server, "wildfire", shuffled).json()["probabilities"]
+
+
+def test_rgb_without_band_descriptions_needs_bands_and_the_dem_routes_to_elevation(server):
+    r = post(server, "landcover", DATA / "rmnp-rgb.tif")
+    assert r.status_code == 422 and "bands=red,green,blue" in r.json()["detail"]
+    r = post(server, "landcover", DATA / "rmnp-rgb.tif", params={"bands": "red,green,blue"})
+    assert r.status_code == 200 and r.json()["specialist"] == "landcover-rgb"
+    r = post(server, "landcover", DATA / "rmnp-dem.tif", params={"bands": "elevation"})
+    assert r.status_code == 200 and r.json()["specialist"] == "landcover-ele"
+
+
+def test_raw_body_and_json_for_masks(server):
+    r = httpx.post(f"{server.url}/predict/landcover-seg", content=S2.read_bytes(), timeout=60,
+                   headers={"Content-Type": "image/tiff", "Accept": "application/json"})
+    assert r.status_code == 200
+    classes = r.json()["classes"]
+    assert abs(sum(c["fraction"] for c in classes.values()) - 1) < 1e-6
+    assert sum(c["pixels"] for c in classes.values()) == 200 * 300
+    assert all(c["area_m2"] == c["pixels"] * 100.0 for c in classes.values()), "10 m pixels in a projected CRS"
+
+
+@pytest.mark.parametrize(
+    ("task", "content", "headers", "params", "status", "message"),
+    [
+        ("wildfire", b"not a tiff at all", {}, {}, 400, "not a readable GeoTIFF"),
+        ("cloud", S2.read_bytes(), {}, {}, 404, "tasks served: flood, landcover, landcover-seg, wildfire"),
+        ("flood", S2.read_bytes(), {}, {}, 422, "band sets accepted: flood-sar: VV, VH"),
+        ("wildfire", S2.read_bytes(), {}, {"modality": "SAR"}, 422, "with modality=SAR"),
+        ("wildfire", S2.read_bytes(), {}, {"bands": "red,green"}, 422, "names given"),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_says_what_would_be_accepted(server, task, content, headers, params, status, message):
+    r = post(server, task, content, headers=headers, params=params)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_unsupported_media_type(server):
+    r = httpx.post(f"{server.url}/predict/wildfire", content=S2.read_bytes(), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "image/tiff" in r.json()["detail"]
+
+
+def test_64_concurrent_requests_succeed_and_share_batches(server):
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            content = S2.read_bytes()
+            return await asyncio.gather(*(
+                client.post(f"{server.url}/predict/wildfire", files={"file": ("s.tif", content)}) for _ in range(64)))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 64
+    metrics = httpx.get(f"{server.url}/metrics").text
+    count = _sample(metrics, 'mapex_batch_size_count{specialist="wildfire-swir"}')
+    total = _sample(metrics, 'mapex_batch_size_sum{specialist="wildfire-swir"}')
+    print(f"wildfire-swir: {total:.0f} tiles in {count:.0f} batches, {total / count:.1f} tiles a batch")
+    assert total / count > 1
+    assert _sample(metrics, 'mapex_requests_total{specialist="wildfire-swir",status="200",task="wildfire"}') >= 64
+
+
+def _sample(text: str, name: str) -> float:
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_health_models_and_open_inference_protocol(server):
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "live"}
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+    models = httpx.get(f"{server.url}/models").json()
+    assert "wildfire-swir" in models["specialists"] and models["specialists"]["wildfire-swir"]["provider"]
+    meta = httpx.get(f"{server.url}/v2/models/flood-sar").json()
+    assert meta["inputs"][0]["shape"] == [-1, 2, 32, 32]
+    assert httpx.get(f"{server.url}/v2/models/flood-sar/ready").json()["ready"] is True
+    x = np.random.default_rng(0).normal(-12, 4, (2, 2, 32, 32)).astype(np.float32)
+    r = httpx.post(f"{server.url}/v2/models/flood-sar/infer",
+                   json={"inputs": [{"name": "input", "shape": [2, 2, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    out = r.json()["outputs"][0]
+    assert r.status_code == 200 and out["shape"] == [2, 2, 32, 32]
+    assert np.allclose(np.asarray(out["data"]).reshape(out["shape"]).sum(axis=1), 1, atol=1e-5)
+    assert httpx.get(f"{server.url}/v2/models/nothing").status_code == 404
+
+
+def test_limits_api_key_and_a_tampered_artefact(built_repo, tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("wildfire-swir", "flood-sar"):
+        shutil.copytree(built_repo / name, repo / name)
+    with open(repo / "flood-sar" / "1" / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    s = Server(repo, MAPEX_API_KEY="secret", MAPEX_MAX_UPLOAD_MB="0.1", MAPEX_MAX_PIXELS="10000")
+    try:
+        models = httpx.get(f"{s.url}/models").json()
+        assert list(models["specialists"]) == ["wildfire-swir"]
+        assert "sha256" in models["refused"][0]["reason"]
+        assert post(s, "wildfire", S2).status_code == 401
+        auth = {"Authorization": "Bearer secret"}
+        r = post(s, "wildfire", S2, headers=auth)
+        assert r.status_code == 413 and "MAPEX_MAX_UPLOAD_MB" in r.json()["detail"]
+        with rasterio.open(S2) as src:
+            small = MemoryFile()
+            with small.open(**{**src.profile, "width": 120, "height": 100}) as dst:
+                dst.write(src.read(window=((0, 100), (0, 120))))
+                dst.descriptions = src.descriptions
+            content = small.read()
+        r = post(s, "wildfire", content, headers=auth)
+        assert r.status_code == 413 and "MAPEX_MAX_PIXELS" in r.json()["detail"]
+        assert httpx.get(f"{s.url}/healthz").status_code == 200, "health routes stay open"
+    finally:
+        s.stop()
+
+
+def test_sigterm_under_load_completes_every_accepted_request(built_repo):
+    s = Server(built_repo)
+    content = S2.read_bytes()
+
+    async def load():
+        async with httpx.AsyncClient(timeout=120) as client:
+            tasks = [asyncio.create_task(client.post(f"{s.url}/predict/wildfire", files={"file": ("s.tif", content)}))
+                     for _ in range(16)]
+            await asyncio.sleep(0.3)
+            s.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(load())
+    code = s.proc.wait(60)
+    s.stop()
+    accepted = [r for r in results if isinstance(r, httpx.Response)]
+    assert accepted, "some requests were accepted before the signal"
+    assert all(r.status_code == 200 for r in accepted), [r.status_code for r in accepted]
+    refused = [r for r in results if not isinstance(r, httpx.Response)]
+    assert all(isinstance(e, httpx.ConnectError) for e in refused), refused
+    # uvicorn drains, runs the lifespan exit, then re-raises the signal: a graceful exit by SIGTERM.
+    assert code in (0, -signal.SIGTERM) and "Finished server process" in s.log, s.log[-2000:]
