@@ -22,7 +22,7 @@ def built_repo(tiny_run, tmp_path_factory) -> Path:
     """Every task's default specialists of the tiny run, built once through the CLI (TensorRT asked for, absent here)."""
     root = tmp_path_factory.mktemp("models")
     cmd = [sys.executable, "-m", "export.build", "--all", "--checkpoint", str(tiny_run / "checkpoint.pt"),
-           "--repo", str(root), "--finetune-steps", "10", "--trt"]
+           "--repo", str(root), "--finetune-steps", "100", "--trt"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("TensorRT engines skipped") == 1, "the missing TensorRT is reported once"

@@ -93,7 +93,7 @@ def test_settings_defaults_and_errors(monkeypatch):
     assert s.providers == [TRT_EP, CUDA_EP, CPU_EP] and s.api_key is None
     assert s.model_repo == Path("models") and s.engine_cache == Path("models/.engine-cache")
     assert (s.max_batch, s.max_delay_ms, s.max_queue, s.max_upload_mb, s.max_pixels, s.request_timeout_s) == (
-        32, 5.0, 256, 200, 64_000_000, 60)
+        32, 5.0, 4096, 200, 64_000_000, 60)
     with pytest.raises(ValidationError, match="unknown execution provider 'gpu'.*accepted: cpu, cuda, tensorrt"):
         Settings(providers="gpu,cpu")
     with pytest.raises(ValidationError, match="at least one execution provider"):

@@ -11,6 +11,7 @@ from training.data import (
     SceneConfig,
     generate_batch,
     generate_scene,
+    mosaic,
     smooth_field,
 )
 
@@ -149,3 +150,15 @@ def test_generation_speed():
         generate_batch(seed, 16)
         times.append(time.perf_counter() - start)
     print(f"generate_batch(16 scenes, 32 px): median {1e3 * np.median(times):.1f} ms")
+
+
+def test_a_mosaic_places_each_scene_in_its_cell_and_rejects_ragged_grids():
+    scenes = [generate_scene(seed) for seed in range(6)]
+    big = mosaic(scenes, columns=3)
+    assert big.landcover.shape == (64, 96) and set(big.bands) == set(scenes[0].bands)
+    assert np.array_equal(big.bands["B04"][32:, 64:], scenes[5].bands["B04"])
+    assert np.array_equal(big.flood[:32, 32:64], scenes[1].flood)
+    with pytest.raises(ValueError, match="do not fill rows of 4"):
+        mosaic(scenes, columns=4)
+    with pytest.raises(ValueError, match="share one size"):
+        mosaic([scenes[0], generate_scene(0, SceneConfig(size=48))], columns=2)

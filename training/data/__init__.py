@@ -16,6 +16,7 @@ from training.data.synthetic import (
     SyntheticBatch,
     generate_batch,
     generate_scene,
+    mosaic,
     smooth_field,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "SyntheticBatch",
     "generate_batch",
     "generate_scene",
+    "mosaic",
     "read_geotiff",
     "smooth_field",
     "write_scene_geotiff",

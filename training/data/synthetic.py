@@ -27,6 +27,7 @@ __all__ = [
     "SyntheticBatch",
     "generate_batch",
     "generate_scene",
+    "mosaic",
     "smooth_field",
 ]
 
@@ -238,4 +239,29 @@ def generate_batch(
         flood=torch.from_numpy(np.stack([s.flood for s in scenes])),
         burn=torch.from_numpy(burn),
         has_burn=torch.from_numpy(burn.mean(axis=(1, 2)) >= 0.01),
+    )
+
+
+def mosaic(scenes: Sequence[Scene], columns: int) -> Scene:
+    """Scenes laid out row by row into one larger scene (``columns`` per row).
+
+    The landscape of a scene scales with its size, so a 96-pixel scene is a zoomed-in 32-pixel
+    one. A mosaic of tile-sized scenes is a large raster whose every tile looks like the tiles
+    the heads were trained on: what a service test or benchmark wants to send.
+    """
+    if not scenes or columns < 1 or len(scenes) % columns:
+        raise ValueError(f"need a non-empty grid of scenes: {len(scenes)} scenes do not fill rows of {columns}")
+    if len({s.landcover.shape for s in scenes}) != 1:
+        raise ValueError(f"mosaic scenes must share one size, got {sorted({s.landcover.shape for s in scenes})}")
+    rows = [scenes[i : i + columns] for i in range(0, len(scenes), columns)]
+
+    def tile(arrays: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        return np.concatenate([np.concatenate(list(row), axis=1) for row in arrays], axis=0)
+
+    return Scene(
+        bands={b: tile([[s.bands[b] for s in row] for row in rows]) for b in scenes[0].bands},
+        landcover=tile([[s.landcover for s in row] for row in rows]),
+        flood=tile([[s.flood for s in row] for row in rows]),
+        burn=tile([[s.burn for s in row] for row in rows]),
+        pixel_size=scenes[0].pixel_size,
     )
