@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from mapex_serve.batcher import Batcher, QueueFullError
+from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import DuplicateBandError, MapexError, UnknownBandError, UnknownModalityError
 from mapex_serve.metrics import Metrics
 from mapex_serve.predict import RasterTooLargeError, UnreadableRasterError, predict
@@ -54,7 +55,7 @@ class RequestTimeoutError(MapexError, TimeoutError):
 STATUS: dict[type[MapexError], int] = {
     UnreadableRasterError: 400, UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413,
     RasterTooLargeError: 413, UnsupportedMediaTypeError: 415, BandNamesMissingError: 422,
-    NoMatchingSpecialistError: 422, UnknownBandError: 422, DuplicateBandError: 422, UnknownModalityError: 422,
+    NoMatchingSpecialistError: 422, UnknownBandError: 422, EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422,
     QueueFullError: 503, RequestTimeoutError: 504,
 }
 
@@ -192,6 +193,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def _respond(request: Request, manifests: list[Any], bands: str | None, modality: str | None,
+                       format: str | None) -> Response:
+        """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
+        data = await read_upload(request, int(settings.max_upload_mb * 2**20))
+        result = await predict(data, manifests, state["batchers"], bands=bands.split(",") if bands else None,
+                               modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch)
+        name = result.route.manifest.name
+        if format is None:  # masks default to GeoTIFF, classes to JSON, unless Accept says otherwise
+            accept = request.headers.get("accept", "")
+            wants_mask_tiff = result.mask is not None and "application/json" not in accept
+            format = "geotiff" if "image/tiff" in accept or wants_mask_tiff else "json"
+        headers = {"X-Mapex-Specialist": name, "X-Mapex-Version": str(result.route.manifest.version),
+                   "X-Mapex-Bands": ",".join(result.route.bands)}
+        if format == "geotiff":
+            return Response(await run_in_threadpool(as_geotiff, result), media_type="image/tiff", headers=headers)
+        return JSONResponse(as_json(result, state["registry"].specialists[name].engine.provider), headers=headers)
+
     @app.post("/predict/{task}", tags=["predict"], dependencies=[Depends(authorised)],
               responses={200: {"content": {"image/tiff": {}, "application/json": {}}}})
     async def predict_task(
@@ -208,26 +226,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             manifests = [s.manifest for s in reg.for_task(task)]
             if not manifests:
                 raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
-            data = await read_upload(request, int(settings.max_upload_mb * 2**20))
             try:
-                result = await asyncio.wait_for(
-                    predict(data, manifests, state["batchers"], bands=bands.split(",") if bands else None,
-                            modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch),
-                    settings.request_timeout_s)
+                async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
+                    response = await _respond(request, manifests, bands, modality, format)
             except TimeoutError:
                 raise RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
                                           f"(MAPEX_REQUEST_TIMEOUT_S); send a smaller scene or retry later") from None
-            name = result.route.manifest.name
-            accept = request.headers.get("accept", "")
-            if format is None:  # masks default to GeoTIFF, classes to JSON, unless Accept says otherwise
-                wants_mask_tiff = result.mask is not None and "application/json" not in accept
-                format = "geotiff" if "image/tiff" in accept or wants_mask_tiff else "json"
-            headers = {"X-Mapex-Specialist": name, "X-Mapex-Version": str(result.route.manifest.version),
-                       "X-Mapex-Bands": ",".join(result.route.bands)}
-            status = 200
-            if format == "geotiff":
-                return Response(await run_in_threadpool(as_geotiff, result), media_type="image/tiff", headers=headers)
-            return JSONResponse(as_json(result, reg.specialists[name].engine.provider), headers=headers)
+            name, status = response.headers["x-mapex-specialist"], 200
+            return response
         except MapexError as e:
             status = status_of(e)
             raise

@@ -61,9 +61,13 @@ class Batcher:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
-    async def submit(self, tiles: np.ndarray) -> np.ndarray:
-        """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split."""
-        if self._depth + len(tiles) > self.max_queue:
+    async def submit(self, tiles: np.ndarray, *, admit: bool = True) -> np.ndarray:
+        """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
+
+        ``admit=False`` is for a request's later batches: a request once admitted is finished,
+        never refused half-way, so the queue can pass ``max_queue`` by what admitted requests hold.
+        """
+        if admit and self._depth + len(tiles) > self.max_queue:
             raise QueueFullError(
                 f"specialist {self.name} has {self._depth} tiles queued and this request brings {len(tiles)}; "
                 f"the queue holds at most {self.max_queue} (MAPEX_MAX_QUEUE); retry shortly"

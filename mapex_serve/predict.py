@@ -94,7 +94,7 @@ async def predict(
         batcher = batchers[manifest.name]
         seen = 0
         while batch := await asyncio.to_thread(_next_batch, batches):
-            probs = await batcher.submit(batch.data)
+            probs = await batcher.submit(batch.data, admit=seen == 0)
             for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
                 (blender or aggregator).add(tile, p, valid)
             seen += len(batch.tiles)

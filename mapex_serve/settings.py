@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         return resolved
 
     @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue < self.max_batch:
+            raise ValueError(f"max_queue ({self.max_queue}) must hold at least one batch (max_batch {self.max_batch}): "
+                             f"a request queues up to max_batch tiles at a time")
+        return self
+
+    @model_validator(mode="after")
     def _default_engine_cache(self) -> Settings:
         if self.engine_cache is None:
             self.engine_cache = self.model_repo / ".engine-cache"

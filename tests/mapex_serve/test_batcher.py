@@ -77,6 +77,26 @@ def test_a_full_queue_refuses_at_once_and_serves_again_later():
     assert run(main()).tolist() == list(range(10))
 
 
+def test_an_admitted_request_is_never_refused_half_way():
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", engine, pool, max_batch=4, max_delay_ms=1, max_queue=4, metrics=Metrics())
+            first = asyncio.ensure_future(b.submit(tiles(4, 0)))  # queued, worker not started: the queue is full
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFullError):
+                await b.submit(tiles(4, 10))  # a new request is refused
+            later = asyncio.ensure_future(b.submit(tiles(4, 20), admit=False))  # an admitted one's next batch waits
+            await asyncio.sleep(0)
+            assert b.depth == 8
+            b.start()
+            out = await asyncio.gather(first, later)
+            await b.stop()
+        return out
+
+    first, later = run(main())
+    assert first.tolist() == [0, 1, 2, 3] and later.tolist() == [20, 21, 22, 23]
+
+
 def test_an_engine_error_reaches_every_waiting_request():
     def broken(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("engine fault")

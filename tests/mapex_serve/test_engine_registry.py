@@ -98,6 +98,8 @@ def test_settings_defaults_and_errors(monkeypatch):
         Settings(providers="gpu,cpu")
     with pytest.raises(ValidationError, match="at least one execution provider"):
         Settings(providers="")
+    with pytest.raises(ValidationError, match="max_queue .8. must hold at least one batch .max_batch 32"):
+        Settings(max_queue=8)
     with pytest.raises(ValidationError, match="max_batch"):
         Settings(max_batch=0)
     assert all(f.description for f in Settings.model_fields.values())

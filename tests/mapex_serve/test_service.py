@@ -2,13 +2,8 @@
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,62 +13,17 @@ import rasterio
 from rasterio.io import MemoryFile
 
 DATA = Path(__file__).parents[1] / "data"
-S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
-
-
-class Server:
-    def __init__(self, repo: Path, **env: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "MAPEX_MODEL_REPO": str(repo), "OMP_NUM_THREADS": "1", **env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "mapex_serve", "--port", str(self.port)], env=environ,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not become ready:\n{self.log}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log = self.proc.stdout.read()
-        return self.proc.returncode
-
-
-@pytest.fixture(scope="module")
-def server(built_repo):
-    s = Server(built_repo)
-    yield s
-    s.stop()
-
-
-def post(server: Server, task: str, path: Path | bytes, **kw) -> httpx.Response:
-    content = path.read_bytes() if isinstance(path, Path) else path
-    return httpx.post(f"{server.url}/predict/{task}", files={"file": ("scene.tif", content)}, timeout=60, **kw)
+S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"  # the same files as conftest's; test modules cannot import it
 
 
 def test_real_sentinel2_crop_routes_to_swir_for_wildfire_and_rgb_for_segmentation(server):
-    r = post(server, "wildfire", S2)
+    r = server.post("wildfire", S2)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["specialist"] == "wildfire-swir" and body["bands"] == ["B11", "B12"]
     assert body["label"] in ("unburned", "burned") and abs(sum(body["probabilities"].values()) - 1) < 1e-4
 
-    r = post(server, "landcover-seg", S2)
+    r = server.post("landcover-seg", S2)
     assert r.status_code == 200 and r.headers["content-type"] == "image/tiff"
     assert r.headers["x-mapex-specialist"] == "landcover-seg-rgb" and r.headers["x-mapex-bands"] == "B04,B03,B02"
     with rasterio.open(S2) as src, MemoryFile(r.content) as mem, mem.open() as out:
@@ -91,17 +41,17 @@ def test_shuffling_the_band_order_of_the_input_gives_the_same_result(server, tmp
             for i, b in enumerate(order, start=1):
                 dst.write(src.read(b), i)
                 dst.set_band_description(i, src.descriptions[b - 1])
-    a, b = post(server, "landcover-seg", S2), post(server, "landcover-seg", shuffled)
+    a, b = server.post("landcover-seg", S2), server.post("landcover-seg", shuffled)
     assert a.status_code == b.status_code == 200 and a.content == b.content
-    assert post(server, "wildfire", S2).json()["probabilities"] == post(server, "wildfire", shuffled).json()["probabilities"]
+    assert server.post("wildfire", S2).json()["probabilities"] == server.post("wildfire", shuffled).json()["probabilities"]
 
 
 def test_rgb_without_band_descriptions_needs_bands_and_the_dem_routes_to_elevation(server):
-    r = post(server, "landcover", DATA / "rmnp-rgb.tif")
+    r = server.post("landcover", DATA / "rmnp-rgb.tif")
     assert r.status_code == 422 and "bands=red,green,blue" in r.json()["detail"]
-    r = post(server, "landcover", DATA / "rmnp-rgb.tif", params={"bands": "red,green,blue"})
+    r = server.post("landcover", DATA / "rmnp-rgb.tif", params={"bands": "red,green,blue"})
     assert r.status_code == 200 and r.json()["specialist"] == "landcover-rgb"
-    r = post(server, "landcover", DATA / "rmnp-dem.tif", params={"bands": "elevation"})
+    r = server.post("landcover", DATA / "rmnp-dem.tif", params={"bands": "elevation"})
     assert r.status_code == 200 and r.json()["specialist"] == "landcover-ele"
 
 
@@ -126,7 +76,7 @@ def test_raw_body_and_json_for_masks(server):
     ],
 )
 def test_bad_input_gets_a_4xx_that_says_what_would_be_accepted(server, task, content, headers, params, status, message):
-    r = post(server, task, content, headers=headers, params=params)
+    r = server.post(task, content, headers=headers, params=params)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"]
 
@@ -174,20 +124,20 @@ def test_health_models_and_open_inference_protocol(server):
     assert httpx.get(f"{server.url}/v2/models/nothing").status_code == 404
 
 
-def test_limits_api_key_and_a_tampered_artefact(built_repo, tmp_path):
+def test_limits_api_key_and_a_tampered_artefact(built_repo, start_server, tmp_path):
     repo = tmp_path / "repo"
     for name in ("wildfire-swir", "flood-sar"):
         shutil.copytree(built_repo / name, repo / name)
     with open(repo / "flood-sar" / "1" / "model.onnx", "ab") as f:
         f.write(b"tampered")
-    s = Server(repo, MAPEX_API_KEY="secret", MAPEX_MAX_UPLOAD_MB="0.1", MAPEX_MAX_PIXELS="10000")
+    s = start_server(repo, MAPEX_API_KEY="secret", MAPEX_MAX_UPLOAD_MB="0.1", MAPEX_MAX_PIXELS="10000")
     try:
         models = httpx.get(f"{s.url}/models").json()
         assert list(models["specialists"]) == ["wildfire-swir"]
         assert "sha256" in models["refused"][0]["reason"]
-        assert post(s, "wildfire", S2).status_code == 401
+        assert s.post("wildfire", S2).status_code == 401
         auth = {"Authorization": "Bearer secret"}
-        r = post(s, "wildfire", S2, headers=auth)
+        r = s.post("wildfire", S2, headers=auth)
         assert r.status_code == 413 and "MAPEX_MAX_UPLOAD_MB" in r.json()["detail"]
         with rasterio.open(S2) as src:
             small = MemoryFile()
@@ -195,15 +145,29 @@ def test_limits_api_key_and_a_tampered_artefact(built_repo, tmp_path):
                 dst.write(src.read(window=((0, 100), (0, 120))))
                 dst.descriptions = src.descriptions
             content = small.read()
-        r = post(s, "wildfire", content, headers=auth)
+        r = s.post("wildfire", content, headers=auth)
         assert r.status_code == 413 and "MAPEX_MAX_PIXELS" in r.json()["detail"]
         assert httpx.get(f"{s.url}/healthz").status_code == 200, "health routes stay open"
     finally:
         s.stop()
 
 
-def test_sigterm_under_load_completes_every_accepted_request(built_repo):
-    s = Server(built_repo)
+def test_a_request_over_the_time_limit_gets_504(built_repo, start_server, tmp_path):
+    shutil.copytree(built_repo / "wildfire-swir", tmp_path / "repo" / "wildfire-swir")
+    s = start_server(tmp_path / "repo", MAPEX_REQUEST_TIMEOUT_S="0.001")
+    r = s.post("wildfire", S2)
+    assert r.status_code == 504 and "MAPEX_REQUEST_TIMEOUT_S" in r.json()["detail"]
+    assert httpx.get(f"{s.url}/healthz").status_code == 200
+
+
+def test_each_malformed_upload_gets_its_4xx_and_a_message(server, malformed):
+    for kind, m in malformed.items():
+        r = httpx.post(f"{server.url}/predict/{m.task}", content=m.content, headers={"Content-Type": m.content_type})
+        assert (r.status_code, m.hint in r.json()["detail"]) == (m.status, True), (kind, r.text)
+
+
+def test_sigterm_under_load_completes_every_accepted_request(built_repo, start_server):
+    s = start_server(built_repo)
     content = S2.read_bytes()
 
     async def load():
@@ -234,7 +198,7 @@ def test_a_synthetic_flood_scene_gets_the_mask_its_engine_computes_and_that_its_
 
     scenes = [generate_scene(np.random.default_rng(seed), SceneConfig(size=32, flood_prob=1.0)) for seed in range(9)]
     path = write_scene_geotiff(mosaic(scenes, columns=3), tmp_path / "flood.tif", ["VH", "VV"])  # not the manifest's order
-    r = post(server, "flood", path)
+    r = server.post("flood", path)
     assert r.status_code == 200 and r.headers["x-mapex-specialist"] == "flood-sar"
     with MemoryFile(r.content) as mem, mem.open() as out:
         served = out.read(1) == 1

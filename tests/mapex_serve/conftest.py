@@ -1,0 +1,135 @@
+"""A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import httpx
+import numpy as np
+import pytest
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+
+DATA = Path(__file__).parents[1] / "data"
+S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
+
+
+class Server:
+    """``python -m mapex_serve`` on a free port; ready when ``/readyz`` answers 200."""
+
+    def __init__(self, repo: Path, **env: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {**os.environ, "MAPEX_MODEL_REPO": str(repo), "OMP_NUM_THREADS": "1", **env}
+        # A file, not a pipe: a pipe nobody reads fills up under load and blocks the server's logging.
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mapex_serve", "--port", str(self.port)], env=environ,
+                                     stdout=self._log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
+    def post(self, task: str, content: Path | bytes, **kw) -> httpx.Response:
+        """The GeoTIFF as a multipart field ``file``, the way most clients send it."""
+        data = content.read_bytes() if isinstance(content, Path) else content
+        return httpx.post(f"{self.url}/predict/{task}", files={"file": ("scene.tif", data)}, timeout=60, **kw)
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory now."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS line in /proc status")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    """Start servers with their own settings; each is stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(repo: Path, **env: str) -> Server:
+        started.append(Server(repo, **env))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(built_repo) -> Iterator[Server]:
+    """One server over every default specialist, shared by a test module."""
+    s = Server(built_repo)
+    yield s
+    s.stop()
+
+
+def geotiff_bytes(bands: np.ndarray, descriptions: list[str], nodata: float | None = None) -> bytes:
+    """A (C, H, W) array as an in-memory GeoTIFF in UTM with 10 m pixels and band descriptions."""
+    count, height, width = bands.shape
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=count, height=height, width=width, dtype=bands.dtype, nodata=nodata,
+                      crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(bands)
+            dst.descriptions = descriptions
+        return mem.read()
+
+
+class Malformed(NamedTuple):
+    """A request the service must answer with ``status`` (and a message naming ``hint``), never a 5xx."""
+
+    task: str
+    content: bytes
+    content_type: str
+    status: int
+    hint: str
+
+
+@pytest.fixture(scope="session")
+def malformed() -> dict[str, Malformed]:
+    """The malformed uploads of the issue: each kind with the status and message it must get."""
+    s2 = S2.read_bytes()
+    two_optical_bands = np.full((2, 40, 40), 1000, np.uint16)
+    nan_sar = np.full((2, 40, 40), np.nan, np.float32)
+    return {
+        "truncated tiff": Malformed("wildfire", s2[: len(s2) // 3], "image/tiff", 400, "GeoTIFF"),
+        "random bytes": Malformed("wildfire", np.random.default_rng(0).bytes(5000), "image/tiff", 400, "GeoTIFF"),
+        "wrong band count": Malformed("wildfire", geotiff_bytes(two_optical_bands, ["B02", "B03"]), "image/tiff", 422,
+                                      "band sets accepted"),
+        "NaN-only raster": Malformed("flood", geotiff_bytes(nan_sar, ["VV", "VH"]), "image/tiff", 400, "no valid pixels"),
+        "zero-size raster": Malformed("wildfire", b"", "image/tiff", 400, "GeoTIFF"),
+        "wrong content type": Malformed("wildfire", s2, "text/plain", 415, "image/tiff"),
+    }
