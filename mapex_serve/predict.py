@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import rasterio
-from rasterio.errors import RasterioIOError
+from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no public base class for them
+from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
 from mapex_serve.batcher import Batcher
@@ -52,12 +54,38 @@ class Prediction:
     tile_stride: int = 0
 
 
+#: What GDAL and rasterio raise on a corrupt file: bad structure, undecodable metadata, broken blocks.
+_READ_ERRORS = (RasterioError, CPLE_BaseError, UnicodeDecodeError)
+
+
+@contextmanager
+def _unreadable_as_400() -> Iterator[None]:
+    """A corrupt upload is the user's error (400), wherever GDAL notices it: opening, metadata or pixels."""
+    try:
+        yield
+    except MapexError:
+        raise
+    except _READ_ERRORS as e:
+        raise UnreadableRasterError(f"the upload is not a readable GeoTIFF ({e}); send a GeoTIFF file") from None
+
+
+def _open(data: bytes) -> tuple[MemoryFile, rasterio.io.DatasetReader]:
+    """The upload as an open dataset (and the in-memory file that holds it)."""
+    memfile = MemoryFile(data)
+    try:
+        return memfile, memfile.open()
+    except ValueError as e:  # rasterio's answer to bytes it cannot take as a dataset at all
+        memfile.close()
+        raise UnreadableRasterError(f"the upload is not a readable GeoTIFF ({e}); send a GeoTIFF file") from None
+    except BaseException:
+        memfile.close()
+        raise
+
+
 def _next_batch(batches: Iterator[TileBatch]) -> TileBatch | None:
     """The next batch of tiles (read in a worker thread), None at the end."""
-    try:
+    with _unreadable_as_400():
         return next(batches, None)
-    except RasterioIOError as e:
-        raise UnreadableRasterError(f"the raster could not be read: {e}") from None
 
 
 def overlap_for(tile: int) -> int:
@@ -70,12 +98,11 @@ async def predict(
     bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int,
 ) -> Prediction:
     """Route the GeoTIFF in ``data`` to one of ``manifests`` and run it; errors are MapexErrors (4xx)."""
-    try:
-        memfile = MemoryFile(data)
-        src = memfile.open()
-    except (RasterioIOError, ValueError) as e:
-        raise UnreadableRasterError(f"the upload is not a readable GeoTIFF ({e}); send a GeoTIFF file") from None
-    with memfile, src:
+    if not data:
+        raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
+    with _unreadable_as_400():
+        memfile, src = await asyncio.to_thread(_open, data)  # GDAL parses the file off the event loop
+    with memfile, src, _unreadable_as_400():
         if src.width * src.height == 0 or src.count == 0:
             raise UnreadableRasterError("the raster has no pixels or no bands")
         if src.width * src.height > max_pixels:
@@ -93,17 +120,27 @@ async def predict(
         aggregator = ClassAggregator(*grid_shape(tiles), k) if manifest.head == "class" else None
         batcher = batchers[manifest.name]
         seen = 0
-        while batch := await asyncio.to_thread(_next_batch, batches):
-            probs = await batcher.submit(batch.data, admit=seen == 0)
-            for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-                (blender or aggregator).add(tile, p, valid)
-            seen += len(batch.tiles)
+        reading = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
+        try:
+            # Shielded: a timeout must not abandon a thread that is still reading from the dataset.
+            while batch := await asyncio.shield(reading):
+                reading = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))  # read ahead of the engine
+                probs = await batcher.submit(batch.data, admit=seen == 0)
+                for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
+                    (blender or aggregator).add(tile, p, valid)
+                seen += len(batch.tiles)
+        finally:
+            await asyncio.wait([reading])  # the dataset closes only after its last read has ended
+            if not reading.cancelled():
+                reading.exception()  # retrieved: on this path the error that matters is already raised
         if seen == 0:
             raise UnreadableRasterError("the raster has no valid pixels (all nodata, NaN or masked)")
         profile = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height,
                    "nodata": src.nodata}
-        if blender is not None and (missed := blender.uncovered_valid_pixels(scene_valid_mask(src, route.band_indexes))):
-            raise RuntimeError(f"tiling left {missed} valid pixels uncovered")  # a bug of ours: 500, never silent
+        if blender is not None:
+            valid = await asyncio.to_thread(scene_valid_mask, src, route.band_indexes)
+            if missed := blender.uncovered_valid_pixels(valid):
+                raise RuntimeError(f"tiling left {missed} valid pixels uncovered")  # a bug of ours: 500, never silent
     stride = size - overlap_for(size)
     if blender is not None:
         return Prediction(route, profile, mask=blender.result(), tile_stride=stride)

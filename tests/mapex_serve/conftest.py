@@ -89,6 +89,12 @@ def start_server() -> Iterator[Callable[..., Server]]:
         s.stop()
 
 
+@pytest.fixture(scope="session")
+def server_type() -> type[Server]:
+    """The Server class, for fixtures of wider scope that start their own (and stop them)."""
+    return Server
+
+
 @pytest.fixture(scope="module")
 def server(built_repo) -> Iterator[Server]:
     """One server over every default specialist, shared by a test module."""
@@ -106,6 +112,12 @@ def geotiff_bytes(bands: np.ndarray, descriptions: list[str], nodata: float | No
             dst.write(bands)
             dst.descriptions = descriptions
         return mem.read()
+
+
+@pytest.fixture(scope="session")
+def to_geotiff() -> Callable[..., bytes]:
+    """``geotiff_bytes`` for test modules (they cannot import conftest)."""
+    return geotiff_bytes
 
 
 class Malformed(NamedTuple):

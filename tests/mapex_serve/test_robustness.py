@@ -1,0 +1,207 @@
+"""Load, overload, fuzz and schema-driven tests against a real server: nothing is lost, nothing 5xx."""
+
+import asyncio
+import shutil
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from rasterio.io import MemoryFile
+
+S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
+
+pytestmark = pytest.mark.slow
+
+
+def s2_crop(rows: int, cols: int) -> bytes:
+    """The top-left corner of the real Sentinel-2 crop, with its band descriptions and georeference."""
+    with rasterio.open(S2) as src, MemoryFile() as mem:
+        window = ((0, rows), (0, cols))
+        with mem.open(**{**src.profile, "height": rows, "width": cols,
+                         "transform": src.window_transform(window)}) as dst:
+            dst.write(src.read(window=window))
+            dst.descriptions = src.descriptions
+        return mem.read()
+
+
+def mask_of(content: bytes) -> np.ndarray:
+    with MemoryFile(content) as mem, mem.open() as src:
+        return src.read(1)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def test_2000_requests_at_concurrency_32_with_one_in_five_malformed(server, malformed, to_geotiff):
+    from training.data import SceneConfig, generate_scene
+
+    scene = generate_scene(np.random.default_rng(7), SceneConfig(size=56, flood_prob=1.0))
+    sar = to_geotiff(np.stack([scene.bands["VV"], scene.bands["VH"]]).astype(np.float32), ["VV", "VH"])
+    good = [("wildfire", s2_crop(56, 56)), ("landcover-seg", s2_crop(48, 64)), ("flood", sar)]
+    reference = [server.post(task, content) for task, content in good]  # alone, before the load
+    assert [r.status_code for r in reference] == [200, 200, 200]
+    bad = list(malformed.values())
+
+    def request(i: int) -> tuple[str, bytes, str]:
+        if i % 5 == 4:
+            m = bad[(i // 5) % len(bad)]
+            return m.task, m.content, m.content_type
+        task, content = good[i % len(good)]
+        return task, content, "image/tiff"
+
+    async def load() -> list[httpx.Response]:
+        gate = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
+            async def one(i: int) -> httpx.Response:
+                task, content, media = request(i)
+                async with gate:
+                    return await client.post(f"{server.url}/predict/{task}", content=content,
+                                             headers={"Content-Type": media})
+            return await asyncio.gather(*(one(i) for i in range(2000)))
+
+    responses = asyncio.run(load())
+    statuses = Counter(r.status_code for r in responses)
+    print(f"2,000 requests at concurrency 32: {dict(sorted(statuses.items()))}")
+    assert not [s for s in statuses if s >= 500], statuses
+    for i, r in enumerate(responses):
+        if i % 5 == 4:
+            m = bad[(i // 5) % len(bad)]
+            assert r.status_code == m.status and m.hint in r.json()["detail"], (i, r.text)
+            continue
+        ref = reference[i % len(good)]
+        assert r.status_code == 200, (i, r.text)
+        if r.headers["content-type"] == "image/tiff":  # masks: batch composition may flip a near-tie pixel
+            assert (mask_of(r.content) != mask_of(ref.content)).mean() < 0.001, i
+        else:
+            body, expected = r.json(), ref.json()
+            assert body["label"] == expected["label"], i
+            assert np.allclose(list(body["probabilities"].values()), list(expected["probabilities"].values()), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ overload
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_then_serves_again(built_repo, start_server, tmp_path):
+    shutil.copytree(built_repo / "wildfire-swir", tmp_path / "repo" / "wildfire-swir")
+    s = start_server(tmp_path / "repo", MAPEX_MAX_BATCH="8", MAPEX_MAX_QUEUE="8")
+    content = S2.read_bytes()  # 117 tiles: 15 batches of 8, so a queue of 8 tiles overflows at once
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            posts = (client.post(f"{s.url}/predict/wildfire", content=content, headers={"Content-Type": "image/tiff"})
+                     for _ in range(48))
+            return await asyncio.wait_for(asyncio.gather(*posts), 300)  # never hangs
+
+    responses = asyncio.run(burst())
+    statuses = Counter(r.status_code for r in responses)
+    print(f"48 concurrent requests on a queue of 8 tiles: {dict(statuses)}")
+    assert set(statuses) == {200, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1 and "MAPEX_MAX_QUEUE" in r.json()["detail"]
+    after = s.post("wildfire", S2)
+    assert after.status_code == 200 and after.json()["label"] == responses[[r.status_code for r in responses].index(200)].json()["label"]
+
+
+# ---------------------------------------------------------------------------------------------- fuzz
+
+
+def tiff_with_header(width: int, height: int, samples: int, bits: int, compression: int) -> bytes:
+    """A classic little-endian TIFF whose header declares anything, followed by 64 bytes of data."""
+    entries = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, compression), (262, 3, 1),
+               (273, 4, 8 + 2 + 12 * 10 + 4), (277, 3, samples), (278, 4, height), (279, 4, 64), (284, 3, 1)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        for tag, kind, value in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(range(64))
+
+
+def compression_bomb(width: int, height: int, nodata: float | None) -> bytes:
+    """A deflate-compressed raster of zeros: tiny on the wire, ``width * height * 8`` bytes decoded."""
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, width=width, height=height, dtype="float32", compress="deflate",
+                      tiled=True, blockxsize=512, blockysize=512, nodata=nodata, crs="EPSG:32633",
+                      transform=rasterio.Affine(10, 0, 500000, 0, -10, 5000000)) as dst:
+            dst.descriptions = ("VV", "VH")
+            for _, window in dst.block_windows(1):
+                dst.write(np.zeros((2, window.height, window.width), np.float32), window=window)
+        return mem.read()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(built_repo, server_type, tmp_path_factory):
+    """Flood and wildfire specialists under tight limits, so that bombs and huge rasters meet them."""
+    repo = tmp_path_factory.mktemp("fuzz-repo")
+    for name in ("flood-sar", "wildfire-swir"):
+        shutil.copytree(built_repo / name, repo / name)
+    s = server_type(repo, MAPEX_MAX_PIXELS="1000000", MAPEX_MAX_UPLOAD_MB="2")
+    yield s
+    assert s.stop() in (0, -15), "the server survived the fuzzing and exits cleanly"
+
+
+VALID = [s2_crop(40, 40), compression_bomb(64, 64, None)]
+BOMBS = [compression_bomb(4000, 4000, None), compression_bomb(1000, 1000, 0.0)]  # over MAPEX_MAX_PIXELS; all nodata
+
+
+@st.composite
+def corrupt_geotiffs(draw: st.DrawFn) -> tuple[str, bytes, bool]:
+    """(kind, bytes, must_fail): mutated valid files may still be valid; crafted ones never are."""
+    kind = draw(st.sampled_from(["flipped bytes", "truncated", "spliced", "huge header", "bomb"]))
+    if kind == "huge header":
+        dims = st.integers(min_value=1, max_value=2**32 - 1)
+        return kind, tiff_with_header(draw(dims), draw(dims), draw(st.integers(1, 65535)),
+                                      draw(st.sampled_from([1, 8, 16, 32, 64, 12345])),
+                                      draw(st.sampled_from([1, 5, 7, 8, 32946, 50000, 9999]))), True
+    if kind == "bomb":
+        return kind, draw(st.sampled_from(BOMBS)), True
+    data = bytearray(draw(st.sampled_from(VALID)))
+    if kind == "flipped bytes":
+        for _ in range(draw(st.integers(1, 16))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    elif kind == "truncated":
+        del data[draw(st.integers(0, len(data) - 1)):]
+    else:
+        at = draw(st.integers(0, len(data)))
+        data[at:at] = draw(st.binary(min_size=1, max_size=256))
+    return kind, bytes(data), False
+
+
+_rss: list[int] = []
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(example=corrupt_geotiffs(), task=st.sampled_from(["flood", "wildfire"]))
+def test_corrupt_and_adversarial_geotiffs_get_4xx_and_memory_stays_bounded(fuzz_server, example, task):
+    kind, content, must_fail = example
+    r = httpx.post(f"{fuzz_server.url}/predict/{task}", content=content, headers={"Content-Type": "image/tiff"},
+                   timeout=60)
+    assert r.status_code < 500, (kind, r.status_code, r.text, fuzz_server.log[-3000:])
+    if must_fail or r.status_code != 200:
+        assert 400 <= r.status_code < 500 and r.json()["detail"], (kind, r.status_code, r.text)
+    _rss.append(fuzz_server.rss_bytes())
+    if len(_rss) > 100:  # after the first hundred (allocator and caches warm), growth stays bounded
+        grown = _rss[-1] - _rss[100]
+        assert grown < 200 * 2**20, f"server RSS grew by {grown / 2**20:.0f} MiB over {len(_rss) - 100} requests"
+
+
+# ----------------------------------------------------------------------------------------- schemathesis
+
+
+def test_the_openapi_schema_driven_checks_find_no_server_error(server, tmp_path):
+    schemathesis = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(schemathesis), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "25", "--seed", "0", "--generation-database", "none",
+         "--report", "junit", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False)
+    print(result.stdout[-1500:])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
