@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: help install test lint serve clean
+.PHONY: help install test lint serve bench clean
 
 help:
 	@echo "make test    run the whole test suite (creates .venv on first use)"
 	@echo "make serve   start the service on 127.0.0.1:8000 (builds the demo model repository first)"
 	@echo "make lint    ruff on the packages and tests"
+	@echo "make bench   the benchmarks, short preset (a few minutes; figures in bench/results/)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,13 @@ lint: install
 serve: install
 	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models
 	$(BIN)/python -m mapex_serve --host 127.0.0.1 --port 8000 --repo models
+
+# Short preset: fewer repeats and requests than the scripts' defaults; the scene is the full 4096 x 4096.
+bench: install
+	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models
+	$(BIN)/python -m bench.pruning --repeats 10 --warmup 3
+	$(BIN)/python -m bench.serve --requests 256
+	$(BIN)/python -m bench.scene --size 4096
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,245 @@
+"""What the three benchmarks share: the model repository, the service process, timing and reports.
+
+Every goal is a ratio of two figures measured in the same run, because the machines are shared
+and noisy: absolute seconds from one run say little about the next, their ratio says more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mapex_serve.repository import Manifest, load_manifest, scan_repository
+
+__all__ = [
+    "RESULTS",
+    "Goal",
+    "Report",
+    "ServiceProcess",
+    "ensure_repo",
+    "find_entry",
+    "markdown_table",
+    "percentile",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "service_arguments",
+    "timed",
+]
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).parents[1]
+
+
+def ensure_repo(repo: Path, checkpoint: Path | None) -> Path:
+    """The model repository, built as ``make serve`` builds it when it holds no entry yet.
+
+    ``export.build`` pre-trains and caches the tiny demo model when no checkpoint is given.
+    """
+    if not scan_repository(repo):
+        cmd = [sys.executable, "-m", "export.build", "--all", "--repo", str(repo), "--no-trt"]
+        if checkpoint is not None:
+            cmd += ["--checkpoint", str(checkpoint)]
+        print(f"no specialists in {repo}: building them ({' '.join(cmd[1:])})", file=sys.stderr)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return repo
+
+
+def service_arguments(p: argparse.ArgumentParser, task: str, help_task: str) -> None:
+    """The options that ``bench.serve`` and ``bench.scene`` share: which specialist, and the service's settings."""
+    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (built if empty, as make serve)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to build the repository from (default: the demo model)")
+    p.add_argument("--task", default=task, help=help_task)
+    p.add_argument("--modality", default="RGB", help="the specialist's modality (default RGB)")
+    p.add_argument("--threads", type=int, default=2, help="MAPEX_INTRA_OP_THREADS for the service and the baseline")
+    p.add_argument("--max-batch", type=int, default=32, help="MAPEX_MAX_BATCH (with dynamic batching on)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for <name>.json and <name>.md")
+
+
+def find_entry(repo: Path, task: str, modalities: Sequence[str]) -> tuple[Path, Manifest]:
+    """The newest entry of ``task`` for exactly ``modalities`` (what the service would serve)."""
+    wanted = sorted(m.upper() for m in modalities)
+    found = [(e, m) for e in scan_repository(repo) if (m := load_manifest(e)).task == task
+             and sorted(m.modalities) == wanted]
+    if not found:
+        raise SystemExit(f"{repo} has no {task} specialist for {wanted}; build it with "
+                         f"python -m export.build --task {task} --modality ... --repo {repo}")
+    return max(found, key=lambda f: f[1].version)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by linear interpolation, as numpy's default."""
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls, after ``warmup`` untimed ones (allocation, thread start)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _status_field(pid: int | str, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no {name}")
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """Peak resident memory of a process (VmHWM): what the kernel saw, native allocations included."""
+    return _status_field(pid, "VmHWM")
+
+
+def reset_peak_rss(pid: int | str = "self") -> int:
+    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5) and return that RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return _status_field(pid, "VmRSS")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``python -m mapex_serve`` on loopback with ``MAPEX_*`` settings; a context manager.
+
+    A separate process, as in production: the client's CPU time and the server's are apart, and
+    the server's peak RSS is its own.
+    """
+
+    def __init__(self, repo: Path, env: dict[str, str], ready_timeout: float = 180) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = ROOT / "bench" / "results" / f"server-{self.port}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        environ = {**os.environ, "MAPEX_PROVIDERS": "cpu", **env}
+        cmd = [sys.executable, "-m", "mapex_serve", "--port", str(self.port), "--repo", str(repo)]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = self.log.read_text()[-3000:]
+        self.stop()
+        raise RuntimeError(f"the service did not become ready; the end of its log:\n{tail}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def metric(self, name: str) -> float:
+        """One sample of /metrics by its full name with labels (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)), 0.0)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Goal:
+    """One goal of the issue: a ratio, the bound it must meet and the figures behind it."""
+
+    name: str
+    value: float
+    bound: float
+    at_most: bool  # True: value <= bound is met; False: value >= bound
+    detail: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.bound if self.at_most else self.value >= self.bound
+
+    def line(self) -> str:
+        op = "<=" if self.at_most else ">="
+        return f"{'MET' if self.met else 'NOT MET'}: {self.name}: {self.value:.3f} (goal {op} {self.bound:g}){self.detail}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows of dicts as a markdown table; floats to three significant decimals."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """A benchmark's figures: printed, and written as ``<out>/<name>.json`` and ``<name>.md``."""
+
+    name: str
+    title: str
+    setup: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def write(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        goals = [g.line() for g in self.goals]
+        md = [f"# {self.title}", "", "Setup: " + ", ".join(f"{k} {v}" for k, v in self.setup.items()), "",
+              markdown_table(self.rows, self.columns), "", *(f"- {g}" for g in goals), *(f"- {n}" for n in self.notes)]
+        text = "\n".join(md) + "\n"
+        (out / f"{self.name}.md").write_text(text)
+        payload = {"benchmark": self.name, "setup": self.setup, "rows": self.rows, "notes": self.notes,
+                   "goals": [{"name": g.name, "value": g.value, "bound": g.bound,
+                              "op": "<=" if g.at_most else ">=", "met": g.met, "detail": g.detail.strip()}
+                             for g in self.goals]}
+        (out / f"{self.name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        print(text)
+        print(f"wrote {out / self.name}.json and .md")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)

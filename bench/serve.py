@@ -1,0 +1,187 @@
+"""One specialist through the running service against its engine alone, on the same tiles.
+
+    python -m bench.serve [--repo models] [--concurrency 1 8 32 64] [--requests 512]
+
+The service runs as ``python -m mapex_serve`` on loopback; an asyncio client (raw HTTP/1.1 on
+keep-alive connections, far lighter than httpx on a shared 2-core machine) keeps ``concurrency``
+requests in flight, each a single-tile GeoTIFF posted raw (``image/tiff``).
+The baseline is the same ``Engine`` class with the same settings (so the same ONNX Runtime
+session options and threads) in this process, on the tiles read back from those GeoTIFFs, in the
+batches a perfect batcher would form: ``min(concurrency, max_batch)`` tiles with dynamic
+batching on, one tile with it off. "Off" is ``MAPEX_MAX_BATCH=1``: a zero delay alone still
+batches whatever queued while the engine was busy. Goal: service throughput >= 0.85 x
+engine-only throughput at concurrency 32 with dynamic batching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from tqdm import tqdm
+
+from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, percentile, service_arguments
+from mapex_serve.engine import Engine
+from mapex_serve.repository import Manifest
+from mapex_serve.settings import Settings
+from training.data import SceneConfig, generate_scene, read_geotiff, write_scene_geotiff
+
+GOAL_RATIO, GOAL_CONCURRENCY = 0.85, 32
+MODES = {"on": {}, "off": {"MAPEX_MAX_BATCH": "1"}}
+
+
+def make_tiles(manifest: Manifest, n: int, workdir: Path) -> tuple[list[bytes], np.ndarray]:
+    """``n`` tile-sized synthetic scenes as GeoTIFF bytes, and as the engine reads them back (N, C, T, T)."""
+    bodies, arrays = [], []
+    for seed in range(n):
+        scene = generate_scene(np.random.default_rng(seed), SceneConfig(size=manifest.tile_size))
+        path = write_scene_geotiff(scene, workdir / f"tile-{seed}.tif", manifest.band_names)
+        bodies.append(path.read_bytes())
+        bands, _ = read_geotiff(path)
+        arrays.append(np.stack([bands[b] for b in manifest.band_names]))
+    return bodies, np.stack(arrays).astype(np.float32)
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams.
+
+    A client this thin leaves the CPU to the server: httpx spends about 3.5 ms of CPU a request
+    here, as much as the service itself, and both share the same two cores.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> _Connection:
+        parts = urlsplit(url)
+        return cls(*await asyncio.open_connection(parts.hostname, parts.port), parts.netloc)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/tiff\r\n"
+                f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next(int(v) for k, _, v in (line.partition(":") for line in lines) if k.lower() == "content-length")
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _load(url: str, path: str, bodies: list[bytes], concurrency: int, requests: int) -> tuple[list[float], float]:
+    """Per-request seconds and the wall time of ``requests`` posts, ``concurrency`` of them in flight."""
+    latencies: list[float] = []
+    connections = [await _Connection.open(url) for _ in range(concurrency)]
+
+    async def worker(conn: _Connection, todo: Iterator[int]) -> None:
+        for i in todo:
+            start = time.perf_counter()
+            status, text = await conn.post(path, bodies[i % len(bodies)])
+            if status != 200:
+                raise RuntimeError(f"POST {path}: {status} {text[:300]!r}")
+            latencies.append(time.perf_counter() - start)
+
+    try:
+        todo = iter(range(2 * concurrency))  # warm-up
+        await asyncio.gather(*(worker(c, todo) for c in connections))
+        latencies.clear()
+        todo = iter(range(requests))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(c, todo) for c in connections))
+        return latencies, time.perf_counter() - start
+    finally:
+        for c in connections:
+            c.close()
+
+
+def engine_only(engine: Engine, tiles: np.ndarray, batch: int, requests: int) -> tuple[list[float], float]:
+    """Per-call seconds and the total time to run ``requests`` tiles through ``engine`` in batches of ``batch``."""
+    engine.run(tiles[:batch])  # warm-up at this shape
+    calls = []
+    start = time.perf_counter()
+    for first in range(0, requests, batch):
+        idx = np.arange(first, min(first + batch, requests)) % len(tiles)
+        t = time.perf_counter()
+        engine.run(tiles[idx])
+        calls.append(time.perf_counter() - t)
+    return calls, time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
+    service_arguments(p, "landcover", "task posted to (default landcover: a class head)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--requests", type=int, default=512, help="timed requests per level (at least 4 x concurrency)")
+    p.add_argument("--tiles", type=int, default=64, help="distinct tiles cycled through")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="dynamic batching on / off")
+    args = p.parse_args(argv)
+
+    repo = ensure_repo(args.repo, args.checkpoint)
+    entry, manifest = find_entry(repo, args.task, [args.modality])
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        bodies, tiles = make_tiles(manifest, args.tiles, Path(tmp))
+    url_path = f"/predict/{args.task}?modality={args.modality}"
+    rows, metric = [], f'mapex_batch_size_{{}}{{{{specialist="{manifest.name}"}}}}'
+    levels = [(mode, c) for mode in args.modes for c in args.concurrency]
+    bar = tqdm(total=len(levels), desc="serve benchmark", unit="level", dynamic_ncols=True)
+    for mode in args.modes:
+        max_batch = args.max_batch if mode == "on" else 1
+        env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads), **MODES[mode]}
+        settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, max_batch=max_batch)
+        engine = Engine(entry, manifest, settings)
+        with ServiceProcess(repo, env) as server:
+            for c in args.concurrency:
+                bar.set_postfix_str(f"batching {mode}, concurrency {c}")
+                n = max(args.requests, 4 * c)
+                before = [server.metric(metric.format(k)) for k in ("sum", "count")]
+                client_cpu = time.process_time()
+                latencies, wall = asyncio.run(_load(server.url, url_path, bodies, c, n))
+                client_cpu = (time.process_time() - client_cpu) / wall
+                after = [server.metric(metric.format(k)) for k in ("sum", "count")]
+                batch = min(c, max_batch)
+                calls, engine_wall = engine_only(engine, tiles, batch, n)
+                service_tps, engine_tps = n / wall, n / engine_wall
+                rows.append({
+                    "batching": mode, "concurrency": c, "requests": n,
+                    "service_tiles_s": service_tps, "engine_tiles_s": engine_tps, "ratio": service_tps / engine_tps,
+                    "service_p50_ms": percentile(latencies, 50) * 1e3, "service_p99_ms": percentile(latencies, 99) * 1e3,
+                    "engine_batch": batch, "engine_p50_ms": percentile(calls, 50) * 1e3,
+                    "engine_p99_ms": percentile(calls, 99) * 1e3,
+                    "service_mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1),
+                    "client_cpu_cores": client_cpu,
+                })
+                bar.update()
+    bar.close()
+
+    goals = []
+    at = [r for r in rows if r["batching"] == "on" and r["concurrency"] == GOAL_CONCURRENCY]
+    if at:
+        r = at[0]
+        goals.append(Goal(f"service / engine-only throughput at concurrency {GOAL_CONCURRENCY}, batching on",
+                          r["ratio"], GOAL_RATIO, at_most=False,
+                          detail=f"; {r['service_tiles_s']:.0f} vs {r['engine_tiles_s']:.0f} tiles/s"))
+    columns = ["batching", "concurrency", "requests", "service_tiles_s", "engine_tiles_s", "ratio", "service_p50_ms",
+               "service_p99_ms", "engine_batch", "engine_p50_ms", "engine_p99_ms", "service_mean_batch",
+               "client_cpu_cores"]
+    report = Report(
+        "serve", f"Service vs engine alone: {manifest.name} v{manifest.version}, single-tile GeoTIFFs",
+        {"repo": str(repo), "specialist": manifest.name, "threads": args.threads, "max_batch": args.max_batch,
+         "tile": manifest.tile_size},
+        rows, columns, goals,
+        ["engine latencies are per engine call of engine_batch tiles; service latencies per request (one tile); "
+         "client_cpu_cores is the CPU the load generator itself used (it shares the machine with the service)"],
+    )
+    report.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
