@@ -202,6 +202,6 @@ def test_the_openapi_schema_driven_checks_find_no_server_error(server, tmp_path)
         [str(schemathesis), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error",
          "--max-examples", "25", "--seed", "0", "--generation-database", "none",
          "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, check=False)
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)  # its state stays there
     print(result.stdout[-1500:])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
