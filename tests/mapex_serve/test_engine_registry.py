@@ -16,7 +16,7 @@ from export.tensorrt import GpuInfo
 from mapex_serve.engine import CPU_EP, CUDA_EP, TRT_EP, Engine, EngineInputError, choose_backend
 from mapex_serve.registry import Registry
 from mapex_serve.repository import EngineEntry, verify_entry
-from mapex_serve.settings import Settings
+from mapex_serve.settings import DEFAULT_PROVIDERS, PROVIDER_ALIASES, Settings
 
 H100 = GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 L4 = GpuInfo(name="NVIDIA L4", compute_capability="8.9")
@@ -106,6 +106,18 @@ def test_settings_defaults_and_errors(monkeypatch):
 
 
 # --- engine -------------------------------------------------------------------------------------
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in readme.splitlines()
+            if line.startswith("| `MAPEX_")}
+    assert set(rows) == {f"MAPEX_{name.upper()}" for name in Settings.model_fields}
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.default, int | float) and not isinstance(field.default, bool):
+            assert float(rows[f"MAPEX_{name.upper()}"]) == field.default, name
+    assert rows["MAPEX_MODEL_REPO"] == str(Settings.model_fields["model_repo"].default)
+    assert [PROVIDER_ALIASES[p] for p in rows["MAPEX_PROVIDERS"].split(",")] == DEFAULT_PROVIDERS
 
 
 def test_engine_matches_onnx_runtime_for_batches_of_1_and_5(repo):
