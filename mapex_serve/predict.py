@@ -30,7 +30,6 @@ from mapex_serve.tiling import (
     TileBatch,
     grid_shape,
     read_batches,
-    scene_valid_mask,
     tile_grid,
 )
 
@@ -137,10 +136,6 @@ async def predict(
             raise UnreadableRasterError("the raster has no valid pixels (all nodata, NaN or masked)")
         profile = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height,
                    "nodata": src.nodata}
-        if blender is not None:
-            valid = await asyncio.to_thread(scene_valid_mask, src, route.band_indexes)
-            if missed := blender.uncovered_valid_pixels(valid):
-                raise RuntimeError(f"tiling left {missed} valid pixels uncovered")  # a bug of ours: 500, never silent
     stride = size - overlap_for(size)
     if blender is not None:
         return Prediction(route, profile, mask=blender.result(), tile_stride=stride)

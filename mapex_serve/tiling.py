@@ -125,7 +125,8 @@ def scene_valid_mask(
 ) -> np.ndarray:
     """Valid pixels of the whole scene (bool, H x W: one byte a pixel), read in strips of ``strip`` rows.
 
-    This is what :meth:`MaskBlender.uncovered_valid_pixels` checks coverage against.
+    This is what :meth:`MaskBlender.uncovered_valid_pixels` checks coverage against in the tests;
+    the service does not re-read the scene for it (the tile grid covers every pixel by construction).
     """
     out = np.zeros((dataset.height, dataset.width), dtype=bool)
     for r in range(0, dataset.height, strip):
