@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from mapex_serve.local import LocalService
 from mapex_serve.repository import Manifest, load_manifest, scan_repository
 
 __all__ = [
@@ -117,66 +117,26 @@ def reset_peak_rss(pid: int | str = "self") -> int:
     return _status_field(pid, "VmRSS")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServiceProcess:
-    """``python -m mapex_serve`` on loopback with ``MAPEX_*`` settings; a context manager.
+class ServiceProcess(LocalService):
+    """The service on loopback with ``MAPEX_*`` settings (CPU provider unless ``env`` says otherwise).
 
     A separate process, as in production: the client's CPU time and the server's are apart, and
-    the server's peak RSS is its own.
+    the server's peak RSS is its own. Its log lives in ``bench/results`` while it runs.
     """
 
-    def __init__(self, repo: Path, env: dict[str, str], ready_timeout: float = 180) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = ROOT / "bench" / "results" / f"server-{self.port}.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        environ = {**os.environ, "MAPEX_PROVIDERS": "cpu", **env}
-        cmd = [sys.executable, "-m", "mapex_serve", "--port", str(self.port), "--repo", str(repo)]
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        tail = self.log.read_text()[-3000:]
-        self.stop()
-        raise RuntimeError(f"the service did not become ready; the end of its log:\n{tail}")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def __init__(self, repo: Path, env: dict[str, str]) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        super().__init__(repo, RESULTS / f"server-{os.getpid()}.log", {"MAPEX_PROVIDERS": "cpu", **env})
 
     def metric(self, name: str) -> float:
         """One sample of /metrics by its full name with labels (0 when absent)."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)), 0.0)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.unlink(missing_ok=True)
-
-    def __enter__(self) -> ServiceProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def stop(self, timeout: float = 30) -> int | None:
+        code = super().stop(timeout)
+        self.log_path.unlink(missing_ok=True)
+        return code
 
 
 @dataclass

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from packaging.requirements import Requirement
 from uvicorn.main import main as uvicorn_cli
 
 from mapex_serve.app import create_app
+from mapex_serve.local import free_port
 from mapex_serve.settings import Settings
 
 #: Environment that is not the application's: the base images', Python's, pip's and compose's own.
@@ -226,12 +226,6 @@ def test_volumes_are_where_the_settings_point(rendered, deploy):
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         env = {e["name"]: e["value"] for e in container["env"]}
         assert repo in mounts and env["MAPEX_CACHE"] in mounts, k
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])

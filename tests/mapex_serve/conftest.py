@@ -1,12 +1,5 @@
 """A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -17,71 +10,31 @@ import pytest
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+from mapex_serve.local import LocalService
+
 DATA = Path(__file__).parents[1] / "data"
 S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
 
 
-class Server:
-    """``python -m mapex_serve`` on a free port; ready when ``/readyz`` answers 200."""
+class Server(LocalService):
+    """The service on loopback over ``repo`` with ``MAPEX_*`` overrides, one ONNX Runtime thread pool each."""
 
-    def __init__(self, repo: Path, **env: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "MAPEX_MODEL_REPO": str(repo), "OMP_NUM_THREADS": "1", **env}
-        # A file, not a pipe: a pipe nobody reads fills up under load and blocks the server's logging.
-        self._log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mapex_serve", "--port", str(self.port)], env=environ,
-                                     stdout=self._log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not become ready:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read()
+    def __init__(self, repo: Path, log: Path, **env: str) -> None:
+        super().__init__(repo, log, {"OMP_NUM_THREADS": "1", **env}, ready_timeout=120)
 
     def post(self, task: str, content: Path | bytes, **kw) -> httpx.Response:
         """The GeoTIFF as a multipart field ``file``, the way most clients send it."""
         data = content.read_bytes() if isinstance(content, Path) else content
         return httpx.post(f"{self.url}/predict/{task}", files={"file": ("scene.tif", data)}, timeout=60, **kw)
 
-    def rss_bytes(self) -> int:
-        """The server process's resident memory now."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS line in /proc status")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., Server]]:
+def start_server(tmp_path) -> Iterator[Callable[..., Server]]:
     """Start servers with their own settings; each is stopped at the end of the test."""
     started: list[Server] = []
 
     def start(repo: Path, **env: str) -> Server:
-        started.append(Server(repo, **env))
+        started.append(Server(repo, tmp_path / f"server-{len(started)}.log", **env))
         return started[-1]
 
     yield start
@@ -96,9 +49,9 @@ def server_type() -> type[Server]:
 
 
 @pytest.fixture(scope="module")
-def server(built_repo) -> Iterator[Server]:
+def server(built_repo, tmp_path_factory) -> Iterator[Server]:
     """One server over every default specialist, shared by a test module."""
-    s = Server(built_repo)
+    s = Server(built_repo, tmp_path_factory.mktemp("server") / "server.log")
     yield s
     s.stop()
 

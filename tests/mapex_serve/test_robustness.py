@@ -142,7 +142,7 @@ def fuzz_server(built_repo, server_type, tmp_path_factory):
     repo = tmp_path_factory.mktemp("fuzz-repo")
     for name in ("flood-sar", "wildfire-swir"):
         shutil.copytree(built_repo / name, repo / name)
-    s = server_type(repo, MAPEX_MAX_PIXELS="1000000", MAPEX_MAX_UPLOAD_MB="2")
+    s = server_type(repo, repo.parent / "fuzz-server.log", MAPEX_MAX_PIXELS="1000000", MAPEX_MAX_UPLOAD_MB="2")
     yield s
     assert s.stop() in (0, -15), "the server survived the fuzzing and exits cleanly"
 

@@ -1,0 +1,89 @@
+"""The service as a local subprocess on loopback, ready when ``/readyz`` says so: for tests, benchmarks, scripts.
+
+A separate process, as in production: its CPU time, memory and signals are its own. Standard
+library only, so that it needs nothing the service does not already install.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = ["LocalService", "free_port"]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class LocalService:
+    """``python -m mapex_serve --repo REPO`` on a free loopback port with extra ``env``; a context manager.
+
+    Its output goes to ``log`` (a file: a pipe nobody reads fills up under load and blocks the
+    server's logging). Start-up raises with the end of the log when the service is not ready in time.
+    """
+
+    def __init__(self, repo: Path, log: Path, env: dict[str, str] | None = None, ready_timeout: float = 180) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log)
+        cmd = [sys.executable, "-m", "mapex_serve", "--port", str(self.port), "--repo", str(repo)]
+        with self.log_path.open("w") as out:
+            self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout
+        while not _ready(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log[-3000:]
+                self.stop()
+                raise RuntimeError(f"the service did not become ready; the end of its log:\n{tail}")
+            time.sleep(0.2)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_bytes(self) -> int:
+        """The service's resident memory now (Linux)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"/proc/{self.pid}/status has no VmRSS line")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (the service drains its requests), then SIGKILL after ``timeout``; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> LocalService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
