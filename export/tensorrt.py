@@ -182,8 +182,13 @@ def engine_filename(
     return "_".join(parts) + ".engine"
 
 
-def find_engine(entries: Sequence[EngineEntry], gpu: GpuInfo, trt_version: str) -> EngineEntry | None:
-    """The engine that can run on ``gpu`` with TensorRT ``trt_version``, or None.
+def find_engine(
+    entries: Sequence[EngineEntry], gpu: GpuInfo, trt_version: str, max_batch: int = 1
+) -> EngineEntry | None:
+    """The engine that can run on ``gpu`` with TensorRT ``trt_version`` and batches of ``max_batch``, or None.
+
+    An engine's optimisation profile caps its batch: one built for fewer tiles than the service
+    sends (``MAPEX_MAX_BATCH``) would fail every full batch, so it is passed over.
 
     Every engine needs the exact TensorRT version that built it. Preferred, in order: one built on
     this GPU type without hardware compatibility (fastest), one built on this GPU type with it, then a
@@ -192,7 +197,7 @@ def find_engine(entries: Sequence[EngineEntry], gpu: GpuInfo, trt_version: str) 
     """
     best: tuple[int, EngineEntry] | None = None
     for entry in entries:
-        if entry.tensorrt_version != trt_version:
+        if entry.tensorrt_version != trt_version or entry.max_batch < max_batch:
             continue
         rank = _rank(entry, gpu)
         if rank is not None and (best is None or rank < best[0]):

@@ -96,20 +96,22 @@ def choose_backend(
     trt_version: str | None,
     available_providers: Sequence[str],
     requested: Sequence[str] = DEFAULT_PROVIDERS,
+    max_batch: int = 1,
 ) -> Backend:
     """Pick the backend for ``manifest`` on this machine; pure, so that it is testable without a GPU.
 
     ``gpu`` is an ``export.tensorrt.GpuInfo`` (or None), ``trt_version`` the importable TensorRT's
     version (or None), ``available_providers`` what ``ort.get_available_providers()`` says and
-    ``requested`` the settings' providers in order of preference. A native engine is used only when
-    TensorRT is among the requested providers (leaving it out of the settings opts out of it).
+    ``requested`` the settings' providers in order of preference and ``max_batch`` the largest batch
+    the service sends. A native engine is used only when TensorRT is among the requested providers
+    (leaving it out of the settings opts out of it) and its profile takes ``max_batch``.
     """
     from export.tensorrt import find_engine
 
     requested = list(requested)
     unavailable = tuple(p for p in requested if p not in available_providers)
     if TRT_EP in requested and gpu is not None and trt_version is not None and manifest.engines:
-        engine = find_engine(manifest.engines, gpu, trt_version)
+        engine = find_engine(manifest.engines, gpu, trt_version, max_batch)
         if engine is not None:
             return Backend("tensorrt", engine=engine, unavailable=unavailable,
                            reason=f"built for {gpu.name} with TensorRT {trt_version}")
@@ -121,7 +123,7 @@ def choose_backend(
     if manifest.engines and TRT_EP in requested:
         why += "; no native engine matches " + (
             "(tensorrt not importable)" if trt_version is None else "(no GPU)" if gpu is None
-            else f"{gpu.name} / TensorRT {trt_version}")
+            else f"{gpu.name} / TensorRT {trt_version} / batches of {max_batch}")
     return Backend("onnxruntime", providers, unavailable=unavailable, reason=why)
 
 
@@ -185,7 +187,7 @@ class Engine:
             trt_version = tensorrt_version()
         if detect and gpu is None and trt_version is not None and manifest.engines:
             gpu = detect_gpu()  # only needed, and only asked, when a native engine could run
-        self.backend = choose_backend(manifest, gpu, trt_version, available, settings.providers)
+        self.backend = choose_backend(manifest, gpu, trt_version, available, settings.providers, settings.max_batch)
         self._native: NativeTensorRTEngine | None = None
         self._session: ort.InferenceSession | None = None
 
@@ -196,7 +198,7 @@ class Engine:
             except Exception as e:  # any failure here means: use onnxruntime instead
                 log.warning("%s: native TensorRT engine %s failed to load (%s); using onnxruntime",
                             self.name, self.backend.engine.path, e)
-                self.backend = choose_backend(manifest, None, None, available, settings.providers)
+                self.backend = choose_backend(manifest, None, None, available, settings.providers, settings.max_batch)
         if self._native is None:
             self._session = self._open_session(self.backend.providers)
             self.provider = self._session.get_providers()[0]

@@ -189,6 +189,12 @@ def test_find_engine_refuses_another_tensorrt_version():
     assert find_engine(entries, H100, "10.2.0") is entries[0]
 
 
+def test_find_engine_refuses_an_engine_whose_profile_is_smaller_than_the_batches_sent():
+    engine = _entry(H100)  # max_batch 64
+    assert find_engine([engine], H100, "10.3.0", max_batch=64) is engine
+    assert find_engine([engine], H100, "10.3.0", max_batch=65) is None
+
+
 def test_find_engine_refuses_another_gpu():
     assert find_engine([_entry(A100), _entry(RTX4090)], H100, "10.3.0") is None
     # same name, another compute capability (e.g. a mislabelled entry) is not a match either

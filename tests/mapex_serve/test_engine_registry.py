@@ -194,6 +194,9 @@ def test_choose_backend(repo):
         assert b.kind == "onnxruntime" and b.providers == (TRT_EP, CUDA_EP, CPU_EP), (gpu, trt)
     assert choose_backend(manifest, H100, "10.3.0", gpu_ort).providers[0] == TRT_EP  # no engines listed
 
+    # Batches larger than the engine's profile (max 64): ONNX Runtime's TensorRT EP instead.
+    assert choose_backend(with_engine, H100, "10.3.0", gpu_ort, max_batch=128).kind == "onnxruntime"
+
     # TensorRT left out of the settings: no native engine either.
     b = choose_backend(with_engine, H100, "10.3.0", gpu_ort, requested=[CUDA_EP, CPU_EP])
     assert b.kind == "onnxruntime" and b.providers == (CUDA_EP, CPU_EP)
