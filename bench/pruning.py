@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from bench.harness import RESULTS, Goal, Report, median, peak_rss_bytes, reset_peak_rss, timed
-from export.build import INPUT_NAME, _random_batch, demo_checkpoint, export_onnx
+from export.build import INPUT_NAME, demo_checkpoint, export_onnx, random_batch
 from export.prune import apply_pruning, prune
 from mapex_serve.bands import MODALITY_NAMES, resolve_modality
 from mapex_serve.repository import ExpertsKept
@@ -65,7 +65,7 @@ def _peak_worker(kind: str, path: str, batch: int, threads: int) -> int:
         torch.set_num_threads(threads)
         base = reset_peak_rss()
         spec = Specialist.load(path)
-        x = _random_batch(spec, batch, seed=0)
+        x = random_batch(spec, batch, seed=0)
         with torch.inference_mode():
             for _ in range(3):
                 spec(x)
@@ -117,7 +117,7 @@ def measure(model: Mapex, modality: str, args: argparse.Namespace, workdir: Path
                 "parameters": sum(p.numel() for p in spec.parameters()),
                 "onnx_mb": paths[k].stat().st_size / 2**20} for k, spec in specs.items()}
     for batch in args.batches:
-        x = {k: _random_batch(spec, batch, seed=batch) for k, spec in specs.items()}
+        x = {k: random_batch(spec, batch, seed=batch) for k, spec in specs.items()}
         onnx = _interleaved({k: (lambda k=k, x=x: sessions[k].run(None, {INPUT_NAME: x[k].numpy()})) for k in specs},
                             args.repeats, args.warmup)
         with torch.inference_mode():

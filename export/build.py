@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,15 @@ import torch
 from tqdm import tqdm
 
 from export.prune import PruneResult, prune
-from export.tensorrt import EngineProfile, GpuInfo, TensorRTUnavailable, build_engine, tensorrt_version
+from export.tensorrt import (
+    EngineProfile,
+    GpuInfo,
+    HardwareCompatibility,
+    Precision,
+    TensorRTUnavailable,
+    build_engine,
+    tensorrt_version,
+)
 from mapex_serve.bands import BANDS, bands_of, resolve_modality
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import (
@@ -52,7 +61,17 @@ from training.seeds import HELDOUT, derive_seed
 from training.specialist import Specialist
 from training.tasks import TASKS, Task, get_task
 
-__all__ = ["BuildOptions", "ParityError", "build_specialist", "main", "specialist_name"]
+__all__ = [
+    "INPUT_NAME",
+    "BuildOptions",
+    "ParityError",
+    "build_specialist",
+    "demo_checkpoint",
+    "export_onnx",
+    "main",
+    "random_batch",
+    "specialist_name",
+]
 
 PARITY_BATCHES = (1, 7, 32)
 INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
@@ -72,6 +91,8 @@ class BuildOptions:
     opset: int = 18
     tolerance: float = 1e-4
     trt: bool | None = None  # None: build engines when a GPU and TensorRT are both present
+    trt_precision: Precision = "fp16"
+    trt_hardware_compatibility: HardwareCompatibility = "none"  # or an engine that also runs on other GPUs
     version: int | None = None
 
 
@@ -88,7 +109,7 @@ def _dense(spec: Specialist, on: bool) -> None:
 def export_onnx(spec: Specialist, path: Path, opset: int) -> None:
     """Export with a symbolic batch axis (traced at batch 2: a batch of 1 would be baked in)."""
     cfg = spec.backbone.cfg
-    example = _random_batch(spec, 2, seed=0)
+    example = random_batch(spec, 2, seed=0)
     batch = torch.export.Dim("batch", min=1, max=4096)
     _dense(spec, True)
     try:
@@ -103,7 +124,7 @@ def export_onnx(spec: Specialist, path: Path, opset: int) -> None:
         raise RuntimeError(f"ONNX export of {cfg.modalities} wrote nothing to {path}")
 
 
-def _random_batch(spec: Specialist, n: int, seed: int) -> torch.Tensor:
+def random_batch(spec: Specialist, n: int, seed: int) -> torch.Tensor:
     """Random tiles in physical units: each band drawn around its training mean and spread."""
     model = spec.backbone
     g = torch.Generator().manual_seed(seed)
@@ -123,7 +144,7 @@ def check_parity(spec: Specialist, onnx_path: Path, tolerance: float, seed: int 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for n in PARITY_BATCHES:
-        for kind, x in (("random", _random_batch(spec, n, seed + n)), ("synthetic", _synthetic_batch(spec, n, seed))):
+        for kind, x in (("random", random_batch(spec, n, seed + n)), ("synthetic", _synthetic_batch(spec, n, seed))):
             with torch.no_grad():
                 expected = spec(x).numpy()
             actual = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
@@ -175,7 +196,8 @@ def _engines(onnx_path: Path, staging: Path, spec: Specialist, options: BuildOpt
     try:
         entry = build_engine(onnx_path, staging / "engines", input_name=INPUT_NAME,
                              input_shape=(len(spec.backbone.band_names), size, size), gpu=gpu,
-                             profile=EngineProfile(), timing_cache=cache)
+                             profile=EngineProfile(), precision=options.trt_precision,
+                             hardware_compatibility=options.trt_hardware_compatibility, timing_cache=cache)
     except TensorRTUnavailable as e:
         _TensorRTNotice.skip(str(e))
         return []
@@ -273,15 +295,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="build every task's default specialists")
     p.add_argument("--checkpoint", type=Path, help="pre-trained checkpoint (default: the cached tiny demo model)")
     p.add_argument("--repo", type=Path, default=Path("models"), help="model repository folder (default models/)")
-    p.add_argument("--coverage", type=float, default=0.95, help="keep the fewest experts covering this share of tokens")
+    p.add_argument("--coverage", type=float, default=BuildOptions.coverage, help="keep the fewest experts covering this share of tokens")
     p.add_argument("--keep-top", type=int, help="keep exactly the N most used experts per MoE block instead")
-    p.add_argument("--finetune-steps", type=int, default=200, help="head training steps on synthetic tiles")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-steps", type=int, default=BuildOptions.finetune_steps, help="head training steps on synthetic tiles")
+    p.add_argument("--seed", type=int, default=BuildOptions.seed)
     p.add_argument("--version", type=int, help="entry version (default: next free)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=BuildOptions.opset)
     trt = p.add_mutually_exclusive_group()
-    trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="build TensorRT engines (FP16)")
+    trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="build TensorRT engines (precision: --trt-precision)")
     trt.add_argument("--no-trt", dest="trt", action="store_false", help="never build TensorRT engines")
+    p.add_argument("--trt-precision", choices=typing.get_args(Precision), default=BuildOptions.trt_precision)
+    p.add_argument("--trt-hardware-compatibility", choices=typing.get_args(HardwareCompatibility),
+                   default=BuildOptions.trt_hardware_compatibility,
+                   help="engines that also run on other GPUs: ampere_plus (any compute capability >= 8.0) or "
+                        "same_compute_capability; a little slower than an engine for one GPU type")
     args = p.parse_args(argv)
     if not args.all and not args.modality:
         p.error("give --modality (one or more) or --all")
@@ -289,8 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         requests = list(_requests(args))
         for task, modalities in requests:
             task.check_modalities(modalities)
-            if task.name == "landcover" and len(modalities) != 1:
-                p.error("landcover specialists take exactly one modality")
     except ValueError as e:  # unknown task or modality
         p.error(str(e))
 
@@ -300,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"the checkpoint has no {sorted(missing)} modality; it has {list(model.cfg.modalities)}")
     options = BuildOptions(repo=args.repo, coverage=args.coverage, keep_top=args.keep_top,
                            finetune_steps=args.finetune_steps, seed=args.seed, opset=args.opset, trt=args.trt,
+                           trt_precision=args.trt_precision, trt_hardware_compatibility=args.trt_hardware_compatibility,
                            version=args.version)
     digest = sha256_file(checkpoint)
     built = []

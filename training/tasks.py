@@ -40,6 +40,8 @@ class Task:
     #: At least one of these must be given: the modalities in which the label can be seen at all
     #: (a DEM shows where water could rise, not whether it did).
     evidence_modalities: tuple[str, ...] = MODALITY_NAMES
+    #: The most modalities one specialist of this task takes (None: any number).
+    max_modalities: int | None = None
     #: Event probabilities of the synthetic scenes this task trains and is evaluated on.
     flood_prob: float = SceneConfig.flood_prob
     burn_prob: float = SceneConfig.burn_prob
@@ -61,6 +63,10 @@ class Task:
             raise ValueError(f"task {self.name!r} needs at least one modality; it accepts {', '.join(self.accepted_modalities)}")
         if len(set(resolved)) != len(resolved):
             raise ValueError(f"modality given twice: {list(modalities)}")
+        if self.max_modalities is not None and len(resolved) > self.max_modalities:
+            many = "modality" if self.max_modalities == 1 else "modalities"
+            raise ValueError(f"task {self.name!r} takes at most {self.max_modalities} {many} per specialist, "
+                             f"got {', '.join(resolved)}")
         if bad := [m for m in resolved if m not in self.accepted_modalities]:
             raise ValueError(f"task {self.name!r} does not take {', '.join(bad)}; it accepts {', '.join(self.accepted_modalities)}")
         if not set(resolved) & set(self.evidence_modalities):
@@ -81,6 +87,7 @@ TASKS: dict[str, Task] = {
             default_modalities=tuple((m,) for m in MODALITY_NAMES),
             description="Tile classification: the majority land-cover class of the tile, from any modality.",
             label="tile_class",
+            max_modalities=1,
         ),
         # Floods cover ~5% of the pixels at the generator's default flood_prob of 0.3; at 0.6
         # about twice as many tiles have one, so a few hundred steps see enough flooded pixels

@@ -130,7 +130,7 @@ def test_versions_count_up(wildfire_specialist, tmp_path, tiny_run):
         ([], "give --modality"),
         (["--modality", "SWIR", "--task", "cloud"], "cloud"),
         (["--modality", "thermal"], "unknown modality"),
-        (["--modality", "RGB", "--modality", "SAR"], "exactly one modality"),
+        (["--modality", "RGB", "--modality", "SAR"], "takes at most 1 modality per specialist"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(args, message, tmp_path):

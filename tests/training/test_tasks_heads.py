@@ -72,7 +72,9 @@ def test_unknown_task_and_modality_checks():
         flood.check_modalities(["THERMAL"])
     with pytest.raises(ValueError, match="twice"):
         get_task("landcover").check_modalities(["RGB", "rgb"])
-    assert get_task("landcover").check_modalities(["SAR", "RGB"]) == ("RGB", "SAR")
+    assert get_task("wildfire").check_modalities(["SAR", "RGB"]) == ("RGB", "SAR")
+    with pytest.raises(ValueError, match="'landcover' takes at most 1 modality per specialist, got SAR, RGB"):
+        get_task("landcover").check_modalities(["SAR", "RGB"])
 
 
 @pytest.mark.parametrize("modalities", [["SAR"], ["RGB", "NIR", "ELE"]])
