@@ -26,11 +26,10 @@ from tqdm import tqdm
 
 from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, peak_rss_bytes, service_arguments
 from mapex_serve.engine import Engine
-from mapex_serve.predict import overlap_for
-from mapex_serve.rasters import band_names, scale_offset
+from mapex_serve.predict import tile_batches
+from mapex_serve.rasters import band_names
 from mapex_serve.routing import choose_route
 from mapex_serve.settings import Settings
-from mapex_serve.tiling import read_batches, tile_grid
 from training.data import SceneConfig, generate_scene, mosaic, write_scene_geotiff
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
@@ -52,15 +51,10 @@ def engine_seconds(engine: Engine, path: Path, max_batch: int) -> tuple[float, i
     """Seconds spent in ``engine.run`` over the tiles the service cuts from ``path``, and how many tiles."""
     manifest = engine.manifest
     with rasterio.open(path) as src:
-        route = choose_route([manifest], band_names(src))
-        tiles = tile_grid(src.height, src.width, manifest.tile_size, overlap_for(manifest.tile_size))
-        scales, offsets = zip(*(scale_offset(src, i, b) for i, b in zip(route.band_indexes, route.bands, strict=True)),
-                              strict=True)
-        fill = [b.mean for b in manifest.bands]
+        tiles, batches = tile_batches(src, choose_route([manifest], band_names(src)), max_batch)
         seconds, n = 0.0, 0
         engine.run(np.full((max_batch, *manifest.input.shape[1:]), 0.1, np.float32))  # warm-up at this shape
-        for batch in tqdm(read_batches(src, route.band_indexes, tiles, scales, offsets, max_batch, fill),
-                          total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False):
+        for batch in tqdm(batches, total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False):
             start = time.perf_counter()
             engine.run(batch.data)
             seconds += time.perf_counter() - start

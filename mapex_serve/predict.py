@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import rasterio
 from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no public base class for them
 from rasterio.errors import RasterioError
-from rasterio.io import MemoryFile
+from rasterio.io import DatasetReader, MemoryFile
 
 from mapex_serve.batcher import Batcher
 from mapex_serve.errors import MapexError
@@ -27,13 +27,14 @@ from mapex_serve.tiling import (
     ClassResult,
     MaskBlender,
     MaskResult,
+    Tile,
     TileBatch,
     grid_shape,
     read_batches,
     tile_grid,
 )
 
-__all__ = ["Prediction", "RasterTooLargeError", "UnreadableRasterError", "predict"]
+__all__ = ["Prediction", "RasterTooLargeError", "UnreadableRasterError", "predict", "tile_batches"]
 
 
 class UnreadableRasterError(MapexError, ValueError):
@@ -92,6 +93,16 @@ def overlap_for(tile: int) -> int:
     return tile // 4
 
 
+def tile_batches(src: DatasetReader, route: Route, max_batch: int) -> tuple[list[Tile], Iterator[TileBatch]]:
+    """The scene's tile grid for the routed specialist, and its tiles read in batches as the engine takes them."""
+    manifest = route.manifest
+    tiles = tile_grid(src.height, src.width, manifest.tile_size, overlap_for(manifest.tile_size))
+    pairs = [scale_offset(src, i, b) for i, b in zip(route.band_indexes, route.bands, strict=True)]
+    scales, offsets = [p[0] for p in pairs], [p[1] for p in pairs]
+    fill = [b.mean for b in manifest.bands]  # invalid pixels look neutral to the model
+    return tiles, read_batches(src, route.band_indexes, tiles, scales, offsets, max_batch, fill)
+
+
 async def predict(
     data: bytes, manifests: Sequence[Manifest], batchers: dict[str, Batcher], *,
     bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int,
@@ -110,10 +121,7 @@ async def predict(
         route = choose_route(manifests, band_names(src, bands), modality)
         manifest = route.manifest
         size = manifest.tile_size
-        tiles = tile_grid(src.height, src.width, size, overlap_for(size))
-        scales, offsets = zip(*(scale_offset(src, i, b) for i, b in zip(route.band_indexes, route.bands, strict=True)), strict=True)
-        fill = [b.mean for b in manifest.bands]
-        batches = read_batches(src, route.band_indexes, tiles, scales, offsets, max_batch, fill)
+        tiles, batches = tile_batches(src, route, max_batch)
         k = len(manifest.classes)
         blender = MaskBlender(src.height, src.width, k, size, overlap_for(size)) if manifest.head == "mask" else None
         aggregator = ClassAggregator(*grid_shape(tiles), k) if manifest.head == "class" else None
