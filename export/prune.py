@@ -23,7 +23,7 @@ from mapex_serve.repository import ExpertsKept, ParameterCounts
 from training.data import SceneConfig, generate_batch
 from training.model import Mapex
 from training.moe import Mlp, MoE, Router
-from training.routing import RouteCounts, count_routes
+from training.routing import RouteCounts, count_synthetic_routes
 from training.seeds import CALIBRATION, derive_seed
 
 __all__ = ["PruneResult", "apply_pruning", "calibrate", "choose_experts", "prune"]
@@ -38,12 +38,7 @@ class PruneResult:
 
 def calibrate(model: Mapex, modalities: Sequence[str], scenes: int = 256, seed: int = 0, batch: int = 64) -> RouteCounts:
     """Route the tokens of synthetic calibration scenes given only ``modalities`` (as the specialist will see them)."""
-    scene = SceneConfig(size=model.cfg.img_size)
-    batches = (
-        generate_batch(derive_seed(seed, CALIBRATION, i), min(batch, scenes - i * batch), scene, modalities).inputs
-        for i in range((scenes + batch - 1) // batch)
-    )
-    return count_routes(model, batches)
+    return count_synthetic_routes(model, CALIBRATION, scenes, seed, batch, modalities)
 
 
 def choose_experts(

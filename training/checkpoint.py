@@ -24,7 +24,7 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     """Save to a temporary file beside ``path`` and rename it over: a crash never leaves half a checkpoint."""
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **payload}, tmp)
-    return path
+    return Path(path)
 
 
 def load_payload(path: str | Path) -> dict[str, Any]:

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mapex_serve.errors import UnknownModalityError
 from mapex_serve.repository import ExpertsKept, ParameterCounts, sha256_file
 from training.checkpoint import load_model
 from training.config import MapexConfig
 from training.data.synthetic import SceneConfig, SyntheticBatch, generate_batch
 from training.heads import ClassHead, SegHead
 from training.model import Mapex
+from training.schedule import warmup_cosine
 from training.seeds import FINETUNE, HELDOUT, derive_seed
 from training.specialist import Specialist
 from training.tasks import TASKS, Task, get_task
@@ -105,12 +105,8 @@ def default_lr(full: bool) -> float:
 
 
 def _lr(step: int, steps: int, peak: float) -> float:
-    """Linear warm-up over the first tenth (at most 20 steps), then cosine decay to a tenth of the peak."""
-    warmup = min(20, max(1, steps // 10))
-    if step <= warmup:
-        return peak * step / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    """Warm-up over the first tenth (at most 20 steps), then cosine decay to a tenth of the peak."""
+    return warmup_cosine(step, steps, min(20, max(1, steps // 10)), peak)
 
 
 def finetune(
@@ -261,7 +257,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     task = TASKS[a.task]
     try:
         a.modality = task.check_modalities(a.modality)
-    except (ValueError, UnknownModalityError) as e:
+    except ValueError as e:  # unknown modality names included
         p.error(f"--modality: {e}")
     if a.steps < 1 or a.batch_size < 1 or (a.lr is not None and a.lr <= 0) or a.eval_tiles < 1:
         p.error("--steps, --batch-size, --lr and --eval-tiles must be positive")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from training.checkpoint import load_payload, save_atomic
 from training.config import PRESETS, ROUTER_KINDS, MapexConfig, preset
 from training.data import ChipFolder, SceneConfig, generate_batch
 from training.model import Mapex, PretrainOutput
+from training.schedule import warmup_cosine
 from training.seeds import MASK, STATS, TRAIN, derive_seed
 
 __all__ = ["PretrainArgs", "main", "train"]
@@ -105,10 +105,7 @@ def band_statistics(source: BatchSource, seed: int, samples: int) -> tuple[dict[
 
 def lr_at(step: int, args: PretrainArgs) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak at ``args.steps``."""
-    if step <= args.warmup:
-        return args.lr * step / max(args.warmup, 1)
-    progress = (step - args.warmup) / max(args.steps - args.warmup, 1)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return warmup_cosine(step, args.steps, args.warmup, args.lr)
 
 
 class _PretrainStep(nn.Module):
@@ -265,7 +262,7 @@ def train(args: PretrainArgs) -> dict[str, object]:
         gathered: list[float] = [0.0] * ddp.world
         dist.all_gather_object(gathered, digest)
         digests = gathered
-    summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began)
+    summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began, model.num_parameters())
     summary |= {"interrupted": bool(stop.signum), "ranks_identical": len(set(digests)) == 1, "weights_digest": digests}
     if ddp.main:
         (out / "run.json").write_text(json.dumps(summary, indent=2))
@@ -277,14 +274,15 @@ def train(args: PretrainArgs) -> dict[str, object]:
     return summary
 
 
-def _summary(metrics_path: Path, args: PretrainArgs, cfg: MapexConfig, world: int, step: int, seconds: float) -> dict[str, object]:
+def _summary(metrics_path: Path, args: PretrainArgs, cfg: MapexConfig, world: int, step: int, seconds: float,
+             parameters: int) -> dict[str, object]:
     """The figures people quote: loss over the first and last ten steps, and their ratio."""
     recon = [json.loads(line)["recon_loss"] for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
     first, last = (float(np.mean(recon[:10])), float(np.mean(recon[-10:]))) if recon else (float("nan"), float("nan"))
     return {"preset": args.preset, "router": cfg.router, "data": args.data, "seed": args.seed, "steps": step,
             "world_size": world, "seconds": round(seconds, 2), "recon_loss_first10": first,
             "recon_loss_last10": last, "loss_ratio": last / first if recon else float("nan"),
-            "parameters": Mapex(cfg).num_parameters()}
+            "parameters": parameters}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PretrainArgs:

@@ -22,9 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training.checkpoint import load_model  # noqa: E402
-from training.data import SceneConfig, generate_batch  # noqa: E402
-from training.routing import RouteCounts, count_routes  # noqa: E402
-from training.seeds import HELDOUT, derive_seed  # noqa: E402
+from training.routing import RouteCounts, count_synthetic_routes  # noqa: E402
+from training.seeds import HELDOUT  # noqa: E402
 
 __all__ = ["main", "plot_routing", "routing_report"]
 
@@ -33,14 +32,10 @@ def routing_report(checkpoint: str | Path, scenes: int = 128, seed: int = 0, bat
     """Count routing on ``scenes`` held-out synthetic scenes; returns the JSON report and the counts."""
     model, payload = load_model(checkpoint)
     cfg = model.cfg
-    scene = SceneConfig(size=cfg.img_size)
-    batches = (
-        generate_batch(derive_seed(seed, HELDOUT, i), min(batch, scenes - i * batch), scene, cfg.modalities).inputs
-        for i in range((scenes + batch - 1) // batch)
-    )
-    counts = count_routes(model, batches)
+    counts = count_synthetic_routes(model, HELDOUT, scenes, seed, batch)
     spec = counts.specialization(top=2)
     values = [v for layer in spec.values() for v in layer.values()]
+    shares = counts.shares()
     report = {
         "checkpoint": str(checkpoint),
         "router": cfg.router,
@@ -52,7 +47,7 @@ def routing_report(checkpoint: str | Path, scenes: int = 128, seed: int = 0, bat
         "mean_specialization": float(np.mean(values)),
         "min_specialization": float(np.min(values)),
         "experts_used": {str(layer): int((counts.counts[i].sum(axis=0) > 0).sum()) for i, layer in enumerate(counts.layers)},
-        "shares": {str(layer): {m: counts.shares()[i, j].round(4).tolist() for j, m in enumerate(counts.modalities)}
+        "shares": {str(layer): {m: shares[i, j].round(4).tolist() for j, m in enumerate(counts.modalities)}
                    for i, layer in enumerate(counts.layers)},
     }
     return report, counts

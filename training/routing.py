@@ -5,15 +5,17 @@ The routing report and the pruner both start from these counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from training.data import SceneConfig, generate_batch
 from training.model import Mapex
+from training.seeds import derive_seed
 
-__all__ = ["RouteCounts", "count_routes"]
+__all__ = ["RouteCounts", "count_routes", "count_synthetic_routes"]
 
 
 @dataclass
@@ -52,3 +54,19 @@ def count_routes(model: Mapex, batches: Iterable[Mapping[str, torch.Tensor]]) ->
             flat = route.modality.repeat_interleave(k) * cfg.num_experts + route.experts.flatten()
             counts[i] += torch.bincount(flat, minlength=counts[i].size).reshape(counts[i].shape).cpu().numpy()
     return RouteCounts(layers, cfg.modalities, counts)
+
+
+def count_synthetic_routes(
+    model: Mapex, purpose: int, scenes: int, seed: int = 0, batch: int = 64, modalities: Sequence[str] | None = None
+) -> RouteCounts:
+    """``count_routes`` on ``scenes`` synthetic scenes keyed (``seed``, ``purpose``, chunk), drawn ``batch`` at a time.
+
+    ``modalities`` limits the scenes to those modalities (what a specialist will see); default all.
+    """
+    scene = SceneConfig(size=model.cfg.img_size)
+    chunks = (
+        generate_batch(derive_seed(seed, purpose, i), min(batch, scenes - i * batch), scene,
+                       model.cfg.modalities if modalities is None else modalities).inputs
+        for i in range((scenes + batch - 1) // batch)
+    )
+    return count_routes(model, chunks)

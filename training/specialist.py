@@ -65,10 +65,6 @@ class Specialist(nn.Module):
     def pruned(self) -> bool:
         return bool(self.kept)
 
-    @property
-    def head_kind(self) -> str:
-        return get_task(self.task).head
-
     # -- inference ---------------------------------------------------------------------------
     def split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, C, H, W) stacked bands -> modality -> (B, C_m, H, W)."""
