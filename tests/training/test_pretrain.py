@@ -1,6 +1,8 @@
 """Pre-training through its real command line: single process, resume after a signal, torchrun."""
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,10 +87,29 @@ def test_bad_arguments_are_rejected_with_a_message(tmp_path):
         load_payload(tmp_path / "nothing.pt")
 
 
+def _torchrun(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess | None:
+    """Run ``cmd`` in its own process group; None (the whole group killed) when it outlasts ``timeout``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        print(f"torchrun hung; its stderr ended: {err[-1500:]}")
+        return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.pretrain", "--out", str(tmp_path), "--steps", "4", "--batch-size", "8"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    result = _torchrun(cmd)
+    if result is None:
+        # One fresh-clone CI run (of about fifteen) hung after step 1 and 20 local runs never did:
+        # a second try tells a rare gloo stall on a loaded machine from a deadlock, which hangs again.
+        shutil.rmtree(tmp_path)
+        result = _torchrun(cmd)
+    assert result is not None, "torchrun hung twice"
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_identical"] is True
