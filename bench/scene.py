@@ -21,15 +21,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import rasterio
 from tqdm import tqdm
 
 from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, peak_rss_bytes, service_arguments
 from mapex_serve.engine import Engine
+from mapex_serve.inputs import RequestScene, UploadedFile
 from mapex_serve.predict import tile_batches
-from mapex_serve.rasters import band_names
-from mapex_serve.routing import choose_route
 from mapex_serve.settings import Settings
+from mapex_serve.units import UnitOverrides
 from training.data import SceneConfig, generate_scene, mosaic, write_scene_geotiff
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
@@ -50,8 +49,9 @@ def make_scene(size: int, tile: int, path: Path) -> Path:
 def engine_seconds(engine: Engine, path: Path, max_batch: int) -> tuple[float, int]:
     """Seconds spent in ``engine.run`` over the tiles the service cuts from ``path``, and how many tiles."""
     manifest = engine.manifest
-    with rasterio.open(path) as src:
-        tiles, batches = tile_batches(src, choose_route([manifest], band_names(src)), max_batch)
+    with RequestScene([UploadedFile(path.name, path.read_bytes())]) as scene:  # the service's own read path
+        reader = scene.reader(manifest.band_names, UnitOverrides())
+        tiles, batches = tile_batches(reader, manifest, max_batch)
         seconds, n = 0.0, 0
         engine.run(np.full((max_batch, *manifest.input.shape[1:]), 0.1, np.float32))  # warm-up at this shape
         for batch in tqdm(batches, total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False):

@@ -9,6 +9,7 @@ status in one handler with a message that says what was wrong and what would be 
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,13 +27,15 @@ from starlette.concurrency import run_in_threadpool
 from mapex_serve.batcher import Batcher, QueueFullError
 from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import DuplicateBandError, MapexError, UnknownBandError, UnknownModalityError
+from mapex_serve.inputs import ForbiddenReferenceError, GridMismatchError, SubdatasetsError, UnreadableInputError
 from mapex_serve.metrics import Metrics
 from mapex_serve.predict import RasterTooLargeError, UnreadableRasterError, predict
-from mapex_serve.rasters import BandNamesMissingError
+from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
 from mapex_serve.registry import Registry
-from mapex_serve.responses import as_geotiff, as_json
+from mapex_serve.responses import as_geotiff, as_json, inputs_summary
 from mapex_serve.routing import NoMatchingSpecialistError
 from mapex_serve.settings import Settings
+from mapex_serve.units import ImplausibleValuesError, UnitError, UnitOverrides
 from mapex_serve.upload import UnsupportedMediaTypeError, UploadTooLargeError, read_upload
 
 __all__ = ["create_app"]
@@ -53,9 +56,12 @@ class RequestTimeoutError(MapexError, TimeoutError):
 
 
 STATUS: dict[type[MapexError], int] = {
-    UnreadableRasterError: 400, UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413,
-    RasterTooLargeError: 413, UnsupportedMediaTypeError: 415, BandNamesMissingError: 422,
-    NoMatchingSpecialistError: 422, UnknownBandError: 422, EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422,
+    UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400,
+    UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413, RasterTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
+    EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
+    SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
     QueueFullError: 503, RequestTimeoutError: 504,
 }
 
@@ -194,18 +200,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _respond(request: Request, manifests: list[Any], bands: str | None, modality: str | None,
-                       format: str | None) -> Response:
+                       format: str | None, overrides: UnitOverrides) -> Response:
         """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
-        data = await read_upload(request, int(settings.max_upload_mb * 2**20))
-        result = await predict(data, manifests, state["batchers"], bands=bands.split(",") if bands else None,
-                               modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch)
+        files = await read_upload(request, int(settings.max_upload_mb * 2**20))
+        result = await predict(files, manifests, state["batchers"], bands=bands.split(",") if bands else None,
+                               modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch,
+                               overrides=overrides)
         name = result.route.manifest.name
         if format is None:  # masks default to GeoTIFF, classes to JSON, unless Accept says otherwise
             accept = request.headers.get("accept", "")
             wants_mask_tiff = result.mask is not None and "application/json" not in accept
             format = "geotiff" if "image/tiff" in accept or wants_mask_tiff else "json"
         headers = {"X-Mapex-Specialist": name, "X-Mapex-Version": str(result.route.manifest.version),
-                   "X-Mapex-Bands": ",".join(result.route.bands)}
+                   "X-Mapex-Bands": ",".join(result.route.bands),
+                   "X-Mapex-Inputs": json.dumps(inputs_summary(result), ensure_ascii=True, separators=(",", ":"))}
         if format == "geotiff":
             return Response(await run_in_threadpool(as_geotiff, result), media_type="image/tiff", headers=headers)
         return JSONResponse(as_json(result, state["registry"].specialists[name].engine.provider), headers=headers)
@@ -216,9 +224,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task: str,
         request: Request,
         reg: Annotated[Registry, Depends(registry)],
-        bands: Annotated[str | None, Query(description="names of the file's bands in order, e.g. red,green,blue")] = None,
+        bands: Annotated[str | None, Query(description="names of the bands in order, over all files, e.g. "
+                                                       "red,green,blue; '-' skips a band")] = None,
         modality: Annotated[str | None, Query(description="force the specialist of this modality, e.g. SWIR")] = None,
         format: Annotated[Literal["json", "geotiff"] | None, Query(description="else by the Accept header")] = None,
+        units: Annotated[str | None, Query(description="unit of the values: dB, linear, amplitude, reflectance, m, ft; "
+                                                       "for every band or per band (VV:linear,VH:linear)")] = None,
+        scale: Annotated[str | None, Query(description="physical = stored x scale + offset, e.g. 0.0001 "
+                                                       "(or per band: B04:0.0001)")] = None,
+        offset: Annotated[str | None, Query(description="added after scale, e.g. -0.1 for Sentinel-2 L2A "
+                                                        "baseline >= 04.00")] = None,
     ) -> Response:
         started = time.perf_counter()
         name, status = "-", 500
@@ -226,9 +241,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             manifests = [s.manifest for s in reg.for_task(task)]
             if not manifests:
                 raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
+            overrides = UnitOverrides.parse(units, scale, offset)
             try:
                 async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
-                    response = await _respond(request, manifests, bands, modality, format)
+                    response = await _respond(request, manifests, bands, modality, format, overrides)
             except TimeoutError:
                 raise RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
                                           f"(MAPEX_REQUEST_TIMEOUT_S); send a smaller scene or retry later") from None

@@ -15,6 +15,13 @@ from mapex_serve.errors import DuplicateBandError, UnknownBandError, UnknownModa
 
 __all__ = [
     "BANDS",
+    "OLI_WAVELENGTHS_NM",
+    "PLAUSIBLE",
+    "QUALITY_LAYERS",
+    "QualityLayer",
+    "band_for_wavelength",
+    "canonical_or_none",
+    "quality_layer",
     "MODALITIES",
     "MODALITY_NAMES",
     "Band",
@@ -28,6 +35,13 @@ __all__ = [
 ]
 
 Sensor = Literal["S2", "S1", "DEM"]
+Unit = Literal["reflectance", "dB", "m"]
+
+#: Physical range the 2nd..98th percentiles of a real scene fall in. Surface reflectance is 0..1
+#: (L2A may dip slightly below 0 and exceed 1 over snow and specular water); Sentinel-1 sigma0 over
+#: land and water spans about -35..+5 dB (ESA Sentinel-1 User Handbook); elevations lie between the
+#: Dead Sea shore (-430 m) and Everest (8849 m).
+PLAUSIBLE: dict[str, tuple[float, float]] = {"reflectance": (-0.2, 1.6), "dB": (-50.0, 20.0), "m": (-500.0, 9000.0)}
 
 
 @dataclass(frozen=True)
@@ -41,33 +55,46 @@ class Band:
     name: str
     sensor: Sensor
     description: str
-    unit: str
+    unit: Unit
     scale: float = 1.0
     offset: float = 0.0
     wavelength_nm: float | None = None
     aliases: tuple[str, ...] = ()
+    #: Full width at half maximum of the spectral band (optical bands only).
+    fwhm_nm: float | None = None
+
+    @property
+    def plausible(self) -> tuple[float, float]:
+        """Range that real scenes' 2nd..98th percentiles of this band fall in, in ``unit``."""
+        return PLAUSIBLE[self.unit]
 
 
 _S2_SCALE = 1e-4
 
+# Central wavelengths and widths: the table of GDAL's SENTINEL2 driver (Sentinel-2 MSI, ESA).
+# Aliases cover the names real products use: STAC ``eo:common_name`` (coastal, blue, ... nir08,
+# swir16, swir22, and the eo v2 red-edge names rededge071/075/078), Earth Search asset keys
+# (rededge1..3), Earth Engine and Sentinel Hub (``B4``, ``B8A``, ``VV``, ``elevation``, ``DEM``) and
+# HLS S30 (the Sentinel-2 names). Short forms ``B4``/``S2_B04`` are derived in ``_build_lookup``.
 BANDS: dict[str, Band] = {
     b.name: b
     for b in (
-        Band("B01", "S2", "coastal aerosol", "reflectance", _S2_SCALE, 0.0, 443, ("coastal", "aerosol", "coastal_aerosol")),
-        Band("B02", "S2", "blue", "reflectance", _S2_SCALE, 0.0, 490, ("blue",)),
-        Band("B03", "S2", "green", "reflectance", _S2_SCALE, 0.0, 560, ("green",)),
-        Band("B04", "S2", "red", "reflectance", _S2_SCALE, 0.0, 665, ("red",)),
-        Band("B05", "S2", "red edge 1", "reflectance", _S2_SCALE, 0.0, 705, ("rededge1", "red_edge_1", "re1")),
-        Band("B06", "S2", "red edge 2", "reflectance", _S2_SCALE, 0.0, 740, ("rededge2", "red_edge_2", "re2")),
-        Band("B07", "S2", "red edge 3", "reflectance", _S2_SCALE, 0.0, 783, ("rededge3", "red_edge_3", "re3")),
-        Band("B08", "S2", "near infrared", "reflectance", _S2_SCALE, 0.0, 842, ("nir", "nir1", "near_infrared")),
-        Band("B8A", "S2", "narrow near infrared", "reflectance", _S2_SCALE, 0.0, 865, ("nir08", "nir2", "narrow_nir", "nir_narrow", "rededge4", "red_edge_4")),
-        Band("B09", "S2", "water vapour", "reflectance", _S2_SCALE, 0.0, 945, ("nir09", "water_vapour", "water_vapor")),
-        Band("B10", "S2", "cirrus", "reflectance", _S2_SCALE, 0.0, 1375, ("cirrus", "swir_cirrus")),
-        Band("B11", "S2", "short-wave infrared 1", "reflectance", _S2_SCALE, 0.0, 1610, ("swir1", "swir_1", "swir16")),
-        Band("B12", "S2", "short-wave infrared 2", "reflectance", _S2_SCALE, 0.0, 2190, ("swir2", "swir_2", "swir22")),
-        Band("VV", "S1", "Sentinel-1 VV backscatter", "dB", aliases=("sigma0_vv", "vv_db", "s1_vv")),
-        Band("VH", "S1", "Sentinel-1 VH backscatter", "dB", aliases=("sigma0_vh", "vh_db", "s1_vh")),
+        Band("B01", "S2", "coastal aerosol", "reflectance", _S2_SCALE, 0.0, 443, ("coastal", "aerosol", "coastal_aerosol"), 20),
+        Band("B02", "S2", "blue", "reflectance", _S2_SCALE, 0.0, 490, ("blue",), 65),
+        Band("B03", "S2", "green", "reflectance", _S2_SCALE, 0.0, 560, ("green",), 35),
+        Band("B04", "S2", "red", "reflectance", _S2_SCALE, 0.0, 665, ("red",), 30),
+        Band("B05", "S2", "red edge 1", "reflectance", _S2_SCALE, 0.0, 705, ("rededge1", "red_edge_1", "re1", "rededge071"), 15),
+        Band("B06", "S2", "red edge 2", "reflectance", _S2_SCALE, 0.0, 740, ("rededge2", "red_edge_2", "re2", "rededge075"), 15),
+        Band("B07", "S2", "red edge 3", "reflectance", _S2_SCALE, 0.0, 783, ("rededge3", "red_edge_3", "re3", "rededge078"), 20),
+        Band("B08", "S2", "near infrared", "reflectance", _S2_SCALE, 0.0, 842, ("nir", "nir1", "near_infrared"), 115),
+        Band("B8A", "S2", "narrow near infrared", "reflectance", _S2_SCALE, 0.0, 865, ("nir08", "nir2", "narrow_nir", "nir_narrow", "rededge4", "red_edge_4", "B08A"), 20),
+        Band("B09", "S2", "water vapour", "reflectance", _S2_SCALE, 0.0, 945, ("nir09", "water_vapour", "water_vapor"), 20),
+        Band("B10", "S2", "cirrus", "reflectance", _S2_SCALE, 0.0, 1375, ("cirrus", "swir_cirrus"), 30),
+        Band("B11", "S2", "short-wave infrared 1", "reflectance", _S2_SCALE, 0.0, 1610, ("swir1", "swir_1", "swir16"), 90),
+        Band("B12", "S2", "short-wave infrared 2", "reflectance", _S2_SCALE, 0.0, 2190, ("swir2", "swir_2", "swir22"), 180),
+        # "sigma0_vv" is deliberately not an alias: SNAP's Sigma0_VV is linear power (see rasters.py).
+        Band("VV", "S1", "Sentinel-1 VV backscatter", "dB", aliases=("vv_db", "s1_vv")),
+        Band("VH", "S1", "Sentinel-1 VH backscatter", "dB", aliases=("vh_db", "s1_vh")),
         Band("DEM", "DEM", "elevation", "m", aliases=("elevation", "height", "altitude", "srtm", "copdem")),
     )
 }
@@ -166,3 +193,77 @@ def modalities_covered(band_names: Sequence[str]) -> tuple[str, ...]:
     """Modalities whose every band is among ``band_names`` (names are resolved first)."""
     present = set(resolve_bands(band_names))
     return tuple(m for m, members in MODALITIES.items() if present.issuperset(members))
+
+
+# --- bands found by wavelength --------------------------------------------------------------------
+
+
+def band_for_wavelength(nm: float) -> str | None:
+    """The Sentinel-2 band whose passband holds ``nm``: within half its width of its centre (nearest wins).
+
+    The rule that maps other sensors' bands (Landsat OLI, HLS L30, hyperspectral files with ENVI or
+    GDAL ``IMAGERY`` wavelengths) to the bands the model was trained on.
+    """
+    inside = [b for b in BANDS.values() if b.fwhm_nm and abs(nm - b.wavelength_nm) <= b.fwhm_nm / 2]
+    return min(inside, key=lambda b: abs(nm - b.wavelength_nm)).name if inside else None
+
+
+#: Landsat 8/9 OLI (and TIRS) band number -> central wavelength in nm (USGS Landsat 8-9 OLI/TIRS
+#: Collection 2 Level-2 Science Product Guide). HLS L30 names its bands ``Bnn`` after these numbers,
+#: so HLS L30 ``B05`` is OLI near infrared (865 nm), not Sentinel-2 red edge 1.
+OLI_WAVELENGTHS_NM: dict[int, float] = {
+    1: 443.0, 2: 482.0, 3: 561.5, 4: 654.5, 5: 865.0, 6: 1608.5, 7: 2200.5, 8: 589.5, 9: 1373.5,
+    10: 10895.0, 11: 12005.0,
+}
+
+
+# --- quality layers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityLayer:
+    """A band that says which pixels to trust, not a model input: Sentinel-2 SCL, HLS Fmask, a data mask.
+
+    A pixel is invalid when its value is one of ``invalid_values`` or has one of ``invalid_bits``
+    set; each with the reason the response reports.
+    """
+
+    name: str
+    description: str
+    aliases: tuple[str, ...] = ()
+    invalid_values: dict[int, str] | None = None
+    invalid_bits: dict[int, str] | None = None
+
+
+QUALITY_LAYERS: dict[str, QualityLayer] = {
+    q.name: q
+    for q in (
+        # Sentinel-2 L2A Scene Classification (ESA, Sentinel-2 L2A Product Format Specification):
+        # 2 dark/cast shadow, 4 vegetation, 5 not vegetated, 6 water, 7 unclassified, 11 snow stay valid.
+        QualityLayer("SCL", "Sentinel-2 L2A scene classification", ("scene_classification", "scl_20m"),
+                     invalid_values={0: "SCL no data", 1: "SCL saturated or defective", 3: "SCL cloud shadow",
+                                     8: "SCL cloud (medium probability)", 9: "SCL cloud (high probability)",
+                                     10: "SCL thin cirrus"}),
+        # HLS v2.0 Fmask bits (HLS Product User Guide v2.0, table 9): 0 cirrus, 1 cloud, 2 adjacent
+        # to cloud or shadow, 3 cloud shadow; 4 snow/ice and 5 water stay valid; 255 is fill.
+        QualityLayer("FMASK", "HLS Fmask quality bits", ("fmask",),
+                     invalid_values={255: "Fmask fill"},
+                     invalid_bits={0: "Fmask cirrus", 1: "Fmask cloud", 2: "Fmask adjacent to cloud or shadow",
+                                   3: "Fmask cloud shadow"}),
+        # Sentinel Hub's dataMask output (1 data, 0 no data).
+        QualityLayer("DATAMASK", "Sentinel Hub dataMask", ("datamask", "data_mask"), invalid_values={0: "dataMask no data"}),
+    )
+}
+
+_QUALITY_LOOKUP = {_key(k): q.name for q in QUALITY_LAYERS.values() for k in (q.name, *q.aliases)}
+
+
+def quality_layer(name: str) -> QualityLayer | None:
+    """The quality layer called ``name`` (``SCL``, ``Fmask``, ``dataMask``), or None."""
+    found = _QUALITY_LOOKUP.get(_key(str(name)))
+    return QUALITY_LAYERS[found] if found else None
+
+
+def canonical_or_none(name: str) -> str | None:
+    """Canonical name of ``name`` when the vocabulary knows it, else None (no error)."""
+    return _LOOKUP.get(_key(str(name)))

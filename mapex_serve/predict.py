@@ -1,4 +1,4 @@
-"""One prediction: open the upload, route it, run its tiles through the batcher, blend the result.
+"""One prediction: open the request's files as one scene, route it, run its tiles through the batcher, blend.
 
 Memory follows the batch, not the scene: tiles are read window by window and only ``max_batch``
 of them exist as float32 at once; the outputs (a uint8 mask plus K float32 probability planes,
@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import rasterio
 from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no public base class for them
 from rasterio.errors import RasterioError
-from rasterio.io import DatasetReader, MemoryFile
 
 from mapex_serve.batcher import Batcher
 from mapex_serve.errors import MapexError
-from mapex_serve.rasters import band_names, scale_offset
+from mapex_serve.inputs import RasterTooLargeError, RequestScene, SceneReader, UploadedFile
 from mapex_serve.repository import Manifest
-from mapex_serve.routing import Route, choose_route
+from mapex_serve.routing import NoMatchingSpecialistError, Route, choose_route
 from mapex_serve.tiling import (
     ClassAggregator,
     ClassResult,
@@ -33,6 +32,7 @@ from mapex_serve.tiling import (
     read_batches,
     tile_grid,
 )
+from mapex_serve.units import UnitOverrides
 
 __all__ = ["Prediction", "RasterTooLargeError", "UnreadableRasterError", "predict", "tile_batches"]
 
@@ -41,17 +41,20 @@ class UnreadableRasterError(MapexError, ValueError):
     """The upload is not a raster GDAL can read, or it has no valid pixels."""
 
 
-class RasterTooLargeError(MapexError, ValueError):
-    """The raster has more pixels than MAPEX_MAX_PIXELS."""
-
-
 @dataclass
 class Prediction:
     route: Route
-    profile: dict  # crs, transform, width, height, nodata of the input
+    profile: dict  # crs, transform, width, height of the scene grid
     mask: MaskResult | None = None
     classes: ClassResult | None = None
     tile_stride: int = 0
+    #: Every band of every file: as found, what it was mapped to and by which rule, conversions applied.
+    inputs: list[dict] = field(default_factory=list)
+    #: Invalid pixels of the scene by reason (nodata, NaN, SCL cloud ...), each pixel counted once.
+    masked: dict[str, int] = field(default_factory=dict)
+    #: Files resampled onto the scene grid, and subdatasets that named no band.
+    resampled: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 #: What GDAL and rasterio raise on a corrupt file: bad structure, undecodable metadata, broken blocks.
@@ -66,20 +69,13 @@ def _unreadable_as_400() -> Iterator[None]:
     except MapexError:
         raise
     except _READ_ERRORS as e:
-        raise UnreadableRasterError(f"the upload is not a readable GeoTIFF ({e}); send a GeoTIFF file") from None
+        raise UnreadableRasterError(f"the upload is not a readable raster ({e}); send GeoTIFF, COG, NetCDF, HDF5, "
+                                    f"JPEG 2000 or ENVI files, or a VRT over the other files of the request") from None
 
 
-def _open(data: bytes) -> tuple[MemoryFile, rasterio.io.DatasetReader]:
-    """The upload as an open dataset (and the in-memory file that holds it)."""
-    memfile = MemoryFile(data)
-    try:
-        return memfile, memfile.open()
-    except ValueError as e:  # rasterio's answer to bytes it cannot take as a dataset at all
-        memfile.close()
-        raise UnreadableRasterError(f"the upload is not a readable GeoTIFF ({e}); send a GeoTIFF file") from None
-    except BaseException:
-        memfile.close()
-        raise
+def _open_scene(files: Sequence[UploadedFile], bands: Sequence[str] | None) -> RequestScene:
+    with _unreadable_as_400():
+        return RequestScene(files, bands)
 
 
 def _next_batch(batches: Iterator[TileBatch]) -> TileBatch | None:
@@ -93,37 +89,43 @@ def overlap_for(tile: int) -> int:
     return tile // 4
 
 
-def tile_batches(src: DatasetReader, route: Route, max_batch: int) -> tuple[list[Tile], Iterator[TileBatch]]:
+def tile_batches(reader: SceneReader, manifest: Manifest, max_batch: int) -> tuple[list[Tile], Iterator[TileBatch]]:
     """The scene's tile grid for the routed specialist, and its tiles read in batches as the engine takes them."""
-    manifest = route.manifest
-    tiles = tile_grid(src.height, src.width, manifest.tile_size, overlap_for(manifest.tile_size))
-    pairs = [scale_offset(src, i, b) for i, b in zip(route.band_indexes, route.bands, strict=True)]
-    scales, offsets = [p[0] for p in pairs], [p[1] for p in pairs]
+    tiles = tile_grid(reader.height, reader.width, manifest.tile_size, overlap_for(manifest.tile_size))
     fill = [b.mean for b in manifest.bands]  # invalid pixels look neutral to the model
-    return tiles, read_batches(src, route.band_indexes, tiles, scales, offsets, max_batch, fill)
+    return tiles, read_batches(reader, tiles, max_batch, fill)
+
+
+def _route(scene: RequestScene, manifests: Sequence[Manifest], modality: str | None) -> Route:
+    """The specialist for the scene's bands; when none fits, the error also says which bands were not recognised."""
+    try:
+        return choose_route(manifests, scene.canonical_bands, modality)
+    except NoMatchingSpecialistError as e:
+        unknown = [f"{b.file} band {b.index}: {b.identity.found!r} ({b.identity.rule})"
+                   for b in scene.bands if not b.identity.used]
+        if unknown:
+            raise NoMatchingSpecialistError(f"{e}; bands not recognised: {'; '.join(unknown)}; name them with bands= "
+                                            f"(one name per band in file order, '-' to skip one)") from None
+        raise
 
 
 async def predict(
-    data: bytes, manifests: Sequence[Manifest], batchers: dict[str, Batcher], *,
+    files: Sequence[UploadedFile], manifests: Sequence[Manifest], batchers: dict[str, Batcher], *,
     bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int,
+    overrides: UnitOverrides | None = None,
 ) -> Prediction:
-    """Route the GeoTIFF in ``data`` to one of ``manifests`` and run it; errors are MapexErrors (4xx)."""
-    if not data:
+    """Route the scene in ``files`` to one of ``manifests`` and run it; errors are MapexErrors (4xx)."""
+    if not files or not any(f.data for f in files):
         raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
-    with _unreadable_as_400():
-        memfile, src = await asyncio.to_thread(_open, data)  # GDAL parses the file off the event loop
-    with memfile, src, _unreadable_as_400():
-        if src.width * src.height == 0 or src.count == 0:
-            raise UnreadableRasterError("the raster has no pixels or no bands")
-        if src.width * src.height > max_pixels:
-            raise RasterTooLargeError(f"the raster is {src.width} x {src.height} = {src.width * src.height:,} pixels; "
-                                      f"at most {max_pixels:,} are accepted (MAPEX_MAX_PIXELS): crop or split the scene")
-        route = choose_route(manifests, band_names(src, bands), modality)
+    scene = await asyncio.to_thread(_open_scene, files, bands)  # GDAL parses the files off the event loop
+    with scene, _unreadable_as_400():
+        route = _route(scene, manifests, modality)
         manifest = route.manifest
+        reader = await asyncio.to_thread(scene.reader, route.bands, overrides or UnitOverrides(), 64, max_pixels)
         size = manifest.tile_size
-        tiles, batches = tile_batches(src, route, max_batch)
+        tiles, batches = tile_batches(reader, manifest, max_batch)
         k = len(manifest.classes)
-        blender = MaskBlender(src.height, src.width, k, size, overlap_for(size)) if manifest.head == "mask" else None
+        blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) if manifest.head == "mask" else None
         aggregator = ClassAggregator(*grid_shape(tiles), k) if manifest.head == "class" else None
         batcher = batchers[manifest.name]
         seen = 0
@@ -140,14 +142,19 @@ async def predict(
             await asyncio.wait([reading])  # the dataset closes only after its last read has ended
             if not reading.cancelled():
                 reading.exception()  # retrieved: on this path the error that matters is already raised
+        masked = reader.masked()
         if seen == 0:
-            raise UnreadableRasterError("the raster has no valid pixels (all nodata, NaN or masked)")
-        profile = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height,
-                   "nodata": src.nodata}
-    stride = size - overlap_for(size)
+            reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
+            raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
+        g = reader.grid
+        report = Prediction(route, {"crs": g.crs, "transform": g.transform, "width": g.width, "height": g.height},
+                            tile_stride=size - overlap_for(size), inputs=[b.report() for b in scene.bands],
+                            masked=masked, resampled=reader.resampled, ignored=scene.ignored_subdatasets)
     if blender is not None:
-        return Prediction(route, profile, mask=blender.result(), tile_stride=stride)
-    return Prediction(route, profile, classes=aggregator.result(), tile_stride=stride)
+        report.mask = blender.result()
+    else:
+        report.classes = aggregator.result()
+    return report
 
 
 def pixel_area_m2(crs: rasterio.crs.CRS | None, transform: rasterio.Affine) -> float | None:

@@ -1,56 +1,273 @@
-"""Naming the bands of a GeoTIFF and converting its stored values, shared by training and the service.
+"""Which band is which: band identity from every place real files keep it, shared by training and the service.
 
-Bands are identified by name, never by position: from ``bands=`` when the caller gives names
-(for files whose descriptions are missing or wrong), else from each band's description, else
-from a name tag. Stored values become physical ones with the file's own scale/offset when it
-carries any, else with the band table's.
+Bands are identified by name or wavelength, never by position. For each band, in order:
+
+1. ``bands=`` (one name per band; ``-`` skips a band) overrides the file;
+2. names the file carries: the band description, then name tags (``BANDNAME`` of GDAL's SENTINEL2
+   driver, ``NETCDF_VARNAME``, ``name``, ``long_name``), then, for a single-band file, its file name
+   (BigEarthNet's ``..._B02.tif``, HLS's ``HLS.S30....B8A.tif``). Each is read in the conventions of
+   the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
+   (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit), STAC
+   ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
+3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
+   ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
+   Sentinel-2 band whose passband holds it (:func:`mapex_serve.bands.band_for_wavelength`).
+
+Landsat OLI and HLS L30 number their bands differently from Sentinel-2 (L30 ``B05`` is near
+infrared), so in a Landsat file a band number is a wavelength, mapped by rule 3, never a name. A
+name that disagrees with the file's wavelength metadata is an error, not a choice.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
 
 from rasterio.io import DatasetReaderBase
 
-from mapex_serve.bands import BANDS, resolve_bands
+from mapex_serve.bands import (
+    BANDS,
+    OLI_WAVELENGTHS_NM,
+    band_for_wavelength,
+    canonical_or_none,
+    quality_layer,
+    resolve_band,
+    resolve_bands,
+)
 from mapex_serve.errors import MapexError
 
-__all__ = ["BandNamesMissingError", "band_names", "scale_offset"]
-
-_NAME_TAGS = ("name", "band_name", "bandname")
+__all__ = [
+    "BandIdentity",
+    "BandIdentityConflictError",
+    "BandNamesMissingError",
+    "band_names",
+    "identify_bands",
+    "missing_names_error",
+    "parse_name",
+    "scale_offset",
+]
 
 
 class BandNamesMissingError(MapexError, ValueError):
-    """A GeoTIFF whose bands cannot be named: no descriptions or name tags, or the wrong number of names."""
+    """A raster whose bands cannot be named: no usable names or wavelengths, or the wrong number of names."""
 
 
-def _file_band_names(src: DatasetReaderBase) -> list[str | None]:
-    """Each band's name from its description, else from a name tag, else None."""
-    names: list[str | None] = []
-    for i, description in enumerate(src.descriptions, start=1):
-        tags = {k.lower(): v for k, v in src.tags(i).items()}
-        names.append(description or next((tags[k] for k in _NAME_TAGS if tags.get(k)), None))
+class BandIdentityConflictError(MapexError, ValueError):
+    """A band whose name and wavelength metadata name different bands."""
+
+
+@dataclass(frozen=True)
+class BandIdentity:
+    """What one band of a file is, and why we think so."""
+
+    #: The name or metadata the rule read, as found (``Sigma0_VV``, ``0.665 um``), or None.
+    found: str | None
+    #: How it was mapped, in words the response shows (``SNAP band name``, ``bands= parameter``).
+    rule: str
+    #: The model band it is, or None.
+    canonical: str | None = None
+    #: The quality layer it is (``SCL``, ``FMASK``, ``DATAMASK``), or None.
+    quality: str | None = None
+    #: The unit its name states (``linear``, ``dB``, ``amplitude``), or None.
+    unit_hint: str | None = None
+
+    @property
+    def used(self) -> bool:
+        return self.canonical is not None or self.quality is not None
+
+
+_NAME_TAGS = ("bandname", "name", "band_name", "netcdf_varname", "long_name")
+_SENTINEL2_DESCRIPTION = re.compile(r"^\s*(B\d{1,2}A?)\s*,\s*central wavelength\s*(\d+)\s*nm\s*$", re.I)
+_SNAP = re.compile(r"^(sigma0|gamma0|beta0|intensity|amplitude)_(vv|vh|hh|hv)(_db)?(?:_(?:mst|slv\d*)\w*)?$", re.I)
+_SNAP_UNIT = {"sigma0": "linear", "gamma0": "linear", "beta0": "linear", "intensity": "linear", "amplitude": "amplitude"}
+_SNAP_MEANING = {"sigma0": "calibrated sigma0", "gamma0": "calibrated gamma0", "beta0": "calibrated beta0",
+                 "intensity": "uncalibrated intensity", "amplitude": "uncalibrated amplitude"}
+_STAC_COMMON = {"coastal", "blue", "green", "red", "rededge071", "rededge075", "rededge078", "nir", "nir08", "nir09",
+                "cirrus", "swir16", "swir22"}
+_LANDSAT_NUMBER = re.compile(r"^(?:sr_|st_|toa_)?b0?(\d{1,2})$", re.I)
+_UNIT_WORDS = {"micrometers": 1000.0, "micrometer": 1000.0, "microns": 1000.0, "um": 1000.0, "µm": 1000.0,
+               "nanometers": 1.0, "nanometer": 1.0, "nm": 1.0}
+
+
+def _convention(name: str, canonical: str) -> str:
+    """The convention a vocabulary name comes from, for the response's ``rule``."""
+    key = name.strip().lower()
+    if key in _STAC_COMMON:
+        return "STAC eo:common_name"
+    if name.strip().upper() == canonical:
+        return "canonical band name"
+    if re.fullmatch(r"b\d{1,2}a?", key):
+        return "Sentinel-2 band name (Earth Engine / Sentinel Hub / HLS S30 style)"
+    return "band alias"
+
+
+def parse_name(name: str) -> BandIdentity | None:
+    """The identity one band name states in any convention we read, or None when it states none."""
+    text = name.strip()
+    if m := _SENTINEL2_DESCRIPTION.match(text):
+        canonical = canonical_or_none(m.group(1))
+        return BandIdentity(text, "GDAL SENTINEL2 driver description", canonical) if canonical else None
+    if m := _SNAP.match(text):
+        quantity, pol, db = m.group(1).lower(), m.group(2).upper(), m.group(3)
+        unit = "dB" if db else _SNAP_UNIT[quantity]
+        rule = f"SNAP band name ({_SNAP_MEANING[quantity]}, {'dB' if db else unit if unit != 'linear' else 'linear power'})"
+        if pol not in BANDS:
+            return BandIdentity(text, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
+        return BandIdentity(text, rule, pol, unit_hint=unit)
+    if canonical := canonical_or_none(text):
+        return BandIdentity(text, _convention(text, canonical), canonical)
+    if q := quality_layer(text):
+        return BandIdentity(text, f"quality layer ({q.description})", quality=q.name)
+    if "," in text:  # "SCL, Scene Classification" and other "NAME, explanation" descriptions
+        head = parse_name(text.split(",", 1)[0])
+        if head is not None:
+            return BandIdentity(text, f"{head.rule} (description prefix)", head.canonical, head.quality, head.unit_hint)
+    return None
+
+
+def _is_landsat(src: DatasetReaderBase, filename: str | None) -> bool:
+    """Landsat OLI or HLS L30: a file whose band numbers are OLI's, not Sentinel-2's."""
+    tags = {k.upper(): str(v).upper() for k, v in src.tags().items()}
+    if "LANDSAT_PRODUCT_ID" in tags or "OLI" in tags.get("SENSOR", "") or "LANDSAT" in tags.get("SPACECRAFT_NAME", ""):
+        return True
+    stem = PurePath(filename or "").name.upper()
+    return stem.startswith(("HLS.L30.", "LC08_", "LC09_", "LO08_", "LO09_"))
+
+
+def _wavelength_nm(src: DatasetReaderBase, index: int) -> tuple[float, str] | None:
+    """The band's central wavelength in nm from its metadata, with where it was read."""
+    imagery = src.tags(index, ns="IMAGERY")
+    if "CENTRAL_WAVELENGTH_UM" in imagery:
+        um = _number(imagery["CENTRAL_WAVELENGTH_UM"])
+        if um is not None:
+            return um * 1000.0, f"IMAGERY CENTRAL_WAVELENGTH_UM={imagery['CENTRAL_WAVELENGTH_UM']}"
+    tags = {k.lower(): v for k, v in src.tags(index).items()}
+    value = _number(tags.get("wavelength"))
+    if value is None:
+        return None
+    unit = (tags.get("wavelength_units") or tags.get("wavelength_unit") or "").strip().lower()
+    factor = _UNIT_WORDS.get(unit)
+    if factor is None:  # no unit: micrometres below 30 (optical bands reach ~2.3 um), else nanometres
+        factor, unit = (1000.0, "um, assumed") if value < 30 else (1.0, "nm, assumed")
+    return value * factor, f"wavelength={tags['wavelength']} {unit}"
+
+
+def _number(text: object) -> float | None:
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        return None
+
+
+def _by_wavelength(nm: float, source: str) -> BandIdentity:
+    canonical = band_for_wavelength(nm)
+    if canonical is None:
+        return BandIdentity(source, f"wavelength {nm:g} nm is inside no Sentinel-2 band the model knows")
+    b = BANDS[canonical]
+    return BandIdentity(source, f"wavelength {nm:g} nm within {canonical} ({b.wavelength_nm:g} ± {b.fwhm_nm / 2:g} nm)",
+                        canonical)
+
+
+def _file_names(src: DatasetReaderBase, index: int, filename: str | None) -> list[tuple[str, str]]:
+    """``(name, where)`` candidates of band ``index`` in the order they are trusted."""
+    names: list[tuple[str, str]] = []
+    if description := src.descriptions[index - 1]:
+        names.append((description, "description"))
+    tags = {k.lower(): v for k, v in src.tags(index).items()}
+    names += [(tags[k], f"tag {k.upper()}") for k in _NAME_TAGS if tags.get(k)]
+    if filename and src.count == 1:  # one band a file: BigEarthNet, HLS, SNAP's .data folders name it
+        stem = PurePath(filename).name.rsplit(".", 1)[0]
+        tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
+        names += [(stem, "file name"), *((t, "file name") for t in reversed(tokens))]
     return names
 
 
+def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: bool) -> BandIdentity:
+    wavelength = _wavelength_nm(src, index)
+    named: BandIdentity | None = None
+    for name, where in _file_names(src, index, filename):
+        if landsat and (m := _LANDSAT_NUMBER.match(name.strip())) and int(m.group(1)) in OLI_WAVELENGTHS_NM:
+            number = int(m.group(1))
+            found = _by_wavelength(OLI_WAVELENGTHS_NM[number], name)
+            return BandIdentity(name, f"Landsat OLI band {number} ({where}), {found.rule}", found.canonical)
+        if (named := parse_name(name)) is not None:
+            named = BandIdentity(named.found, f"{named.rule} ({where})", named.canonical, named.quality, named.unit_hint)
+            break
+    if named is not None and wavelength is not None and named.canonical in BANDS and BANDS[named.canonical].fwhm_nm:
+        by_wavelength = band_for_wavelength(wavelength[0])
+        if by_wavelength != named.canonical:
+            raise BandIdentityConflictError(
+                f"band {index} is named {named.found!r} ({named.canonical}) but its metadata says {wavelength[1]} "
+                f"({by_wavelength or 'no Sentinel-2 band'}); fix the file's metadata or pass bands= with one name per band"
+            )
+    if named is not None:
+        return named
+    if wavelength is not None:
+        return _by_wavelength(*wavelength)
+    found = [n for n, _ in _file_names(src, index, filename)]
+    return BandIdentity(found[0] if found else None, "no band name or wavelength the service knows" +
+                        (f" (found {found})" if found else " (no description, name tag or wavelength)"))
+
+
+def identify_bands(
+    src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None
+) -> list[BandIdentity]:
+    """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file."""
+    if bands is not None:
+        if len(bands) != src.count:
+            raise BandNamesMissingError(
+                f"bands= gives {len(bands)} names ({list(bands)}) for {src.count} bands; give one name per band in "
+                f"file order, '-' for a band to skip"
+            )
+        out = []
+        for name in bands:
+            if name.strip() in ("-", ""):
+                out.append(BandIdentity(name, "skipped with '-' in bands="))
+                continue
+            parsed = parse_name(name)
+            if parsed is None or not parsed.used:
+                resolve_band(name)  # raises UnknownBandError listing the accepted names
+            out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality,
+                                    parsed.unit_hint))
+        return out
+    landsat = _is_landsat(src, filename)
+    return [_identify(src, i, filename, landsat) for i in range(1, src.count + 1)]
+
+
+def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None) -> BandNamesMissingError:
+    """The error for a raster whose bands could not be named, saying exactly how to name them."""
+    return BandNamesMissingError(
+        f"cannot name the file's {count} bands (descriptions or name tags found: {list(found)}"
+        + (f", names given: {list(given)}" if given else "")
+        + "); pass bands= with one name per band in file order (e.g. bands=red,green,blue or "
+        "bands=B04,B03,B02), or set each band's description to its name (rasterio: "
+        "dst.set_band_description(i, 'B04'); GDAL: band.SetDescription('B04'))"
+    )
+
+
 def band_names(src: DatasetReaderBase, bands: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Canonical name of every band of ``src``; ``bands`` (one name per band) overrides the file."""
-    found = _file_band_names(src)
-    names = list(bands) if bands else found
-    if len(names) != src.count or any(n is None for n in names):
-        raise BandNamesMissingError(
-            f"cannot name the file's {src.count} bands (descriptions or name tags found: {found}"
-            + (f", names given: {list(bands)}" if bands else "")
-            + "); pass bands= with one name per band in file order (e.g. bands=red,green,blue or "
-            "bands=B04,B03,B02), or set each band's description to its name (rasterio: "
-            "dst.set_band_description(i, 'B04'); GDAL: band.SetDescription('B04'))"
-        )
-    return resolve_bands(names)
+    """Canonical model band of every band of ``src``: training chips and benchmarks, where each band must be one."""
+    if bands is not None and len(bands) != src.count:
+        raise missing_names_error(src.count, list(src.descriptions), bands)
+    identities = identify_bands(src, None, bands)
+    if any(i.canonical is None for i in identities):
+        raise missing_names_error(src.count, [i.found for i in identities], bands)
+    names = [i.canonical for i in identities]
+    if len(set(names)) != len(names):
+        return resolve_bands(names)  # raises DuplicateBandError naming the band
+    return tuple(names)
 
 
 def scale_offset(src: DatasetReaderBase, index: int, canonical: str) -> tuple[float, float]:
-    """``physical = stored * scale + offset`` for band ``index`` (1-based): the file's own, else the band table's."""
+    """``physical = stored * scale + offset`` for band ``index`` (1-based): the file's own, else the band table's.
+
+    GDAL cannot store an identity scale (it writes none), so (1, 0) means "unset" here; the
+    service's unit checks (``mapex_serve.units``) catch files whose values are already physical.
+    """
     scale, offset = src.scales[index - 1], src.offsets[index - 1]
     if (scale, offset) == (1.0, 0.0):
         return BANDS[canonical].scale, BANDS[canonical].offset
     return scale, offset
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,27 @@ from rasterio.shutil import copy
 
 from mapex_serve.predict import Prediction, pixel_area_m2
 
-__all__ = ["as_geotiff", "as_json"]
+__all__ = ["as_geotiff", "as_json", "inputs_summary"]
 
 NODATA_LABEL = 255
+
+
+def inputs_summary(p: Prediction) -> list[dict[str, Any]]:
+    """The bands the model read: as found, mapped to, by which rule, converted how (also the X-Mapex-Inputs header)."""
+    return [{"found": i["found"], "band": i["mapped_to"], "rule": i["rule"], "conversions": i.get("conversions", [])}
+            for i in p.inputs if i["used"]]
+
+
+def _reading(p: Prediction) -> dict[str, Any]:
+    """How the files were read: every band, the grid, resampling, masks."""
+    g = p.profile
+    return {
+        "inputs": p.inputs,
+        "grid": {"crs": g["crs"].to_string() if g["crs"] else None, "width": g["width"], "height": g["height"],
+                 "pixel_size": [abs(g["transform"].a), abs(g["transform"].e)], "resampled": p.resampled},
+        "masked_pixels": {"total": sum(p.masked.values()), "by_reason": p.masked},
+        **({"ignored_subdatasets": p.ignored} if p.ignored else {}),
+    }
 
 
 def as_json(p: Prediction, provider: str) -> dict[str, Any]:
@@ -20,7 +39,7 @@ def as_json(p: Prediction, provider: str) -> dict[str, Any]:
     m = p.route.manifest
     body: dict[str, Any] = {
         "task": m.task, "specialist": m.name, "version": m.version, "bands": p.route.bands,
-        "provider": provider, "data": f"model trained on {m.data} data",
+        "provider": provider, "data": f"model trained on {m.data} data", **_reading(p),
     }
     if p.mask is not None:
         labels = p.mask.labels[p.mask.covered]
@@ -62,7 +81,8 @@ def as_geotiff(p: Prediction) -> bytes:
             dst.write(data)
             dst.set_band_description(1, f"{m.task} class")
             dst.update_tags(1, classes=",".join(f"{i}={c}" for i, c in enumerate(m.classes)))
-            dst.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands))
+            dst.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands),
+                            inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
             dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(_palette(len(m.classes)))})
         with tmp.open() as src, MemoryFile() as out:
             copy(src, out.name, driver="COG", compress="deflate")

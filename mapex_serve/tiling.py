@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 from rasterio.io import DatasetReaderBase
@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 __all__ = [
     "ClassAggregator",
+    "DatasetWindows",
     "ClassResult",
     "MaskBlender",
     "MaskResult",
@@ -38,6 +39,7 @@ __all__ = [
     "scene_valid_mask",
     "tile_grid",
     "tile_weights",
+    "WindowReader",
 ]
 
 T = TypeVar("T")
@@ -101,37 +103,62 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _valid(
-    dataset: DatasetReaderBase, band_indexes: Sequence[int], window: Window, nodata: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(stored values (C, h, w), valid (h, w))`` of an in-scene window.
+class WindowReader(Protocol):
+    """What the tiler reads: a scene of ``height x width`` pixels, one window of physical values at a time."""
+
+    height: int
+    width: int
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """``(physical (C, h, w) float32, reasons (h, w) uint8)``; reason 0 marks a valid pixel."""
+
+
+class DatasetWindows:
+    """Bands of one dataset as a :class:`WindowReader`: ``stored * scale + offset``, invalid where masked.
 
     Nodata is resolved once: the caller's ``nodata`` if given, else the file's masks
-    (``read_masks`` honours per-band nodata, internal mask bands and alpha), else all valid.
+    (``read_masks`` honours per-band nodata, internal mask bands and alpha), else all valid;
+    non-finite values are invalid too. The service reads through ``mapex_serve.inputs.SceneReader``
+    (several files, units, quality layers); this is the plain single-file case.
     """
-    stored = dataset.read(list(band_indexes), window=window)
-    if nodata is not None:
-        invalid = np.isnan(stored) if np.isnan(nodata) else stored == nodata
-        valid = ~invalid.any(axis=0)
-    else:
-        valid = (dataset.read_masks(list(band_indexes), window=window) > 0).all(axis=0)
-    if stored.dtype.kind == "f":
-        valid &= np.isfinite(stored).all(axis=0)
-    return stored, valid
+
+    def __init__(self, dataset: DatasetReaderBase, band_indexes: Sequence[int], scales: Sequence[float] | None = None,
+                 offsets: Sequence[float] | None = None, nodata: float | None = None) -> None:
+        n = len(band_indexes)
+        scales = [1.0] * n if scales is None else list(scales)
+        offsets = [0.0] * n if offsets is None else list(offsets)
+        if not (len(scales) == len(offsets) == n):
+            raise ValueError(f"need one scale and offset per band: {n} bands, {len(scales)} scales, {len(offsets)} offsets")
+        self.dataset, self.band_indexes, self.nodata = dataset, list(band_indexes), nodata
+        self.height, self.width = dataset.height, dataset.width
+        self._scale = np.asarray(scales, dtype=np.float32)[:, None, None]
+        self._offset = np.asarray(offsets, dtype=np.float32)[:, None, None]
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        stored = self.dataset.read(self.band_indexes, window=window)
+        if self.nodata is not None:
+            invalid = np.isnan(stored) if np.isnan(self.nodata) else stored == self.nodata
+            valid = ~invalid.any(axis=0)
+        else:
+            valid = (self.dataset.read_masks(self.band_indexes, window=window) > 0).all(axis=0)
+        if stored.dtype.kind == "f":
+            valid &= np.isfinite(stored).all(axis=0)
+        physical = stored.astype(np.float32)
+        physical *= self._scale
+        physical += self._offset
+        return physical, (~valid).astype(np.uint8)
 
 
-def scene_valid_mask(
-    dataset: DatasetReaderBase, band_indexes: Sequence[int], nodata: float | None = None, strip: int = 256
-) -> np.ndarray:
+def scene_valid_mask(reader: WindowReader, strip: int = 256) -> np.ndarray:
     """Valid pixels of the whole scene (bool, H x W: one byte a pixel), read in strips of ``strip`` rows.
 
     This is what :meth:`MaskBlender.uncovered_valid_pixels` checks coverage against in the tests;
     the service does not re-read the scene for it (the tile grid covers every pixel by construction).
     """
-    out = np.zeros((dataset.height, dataset.width), dtype=bool)
-    for r in range(0, dataset.height, strip):
-        window = Window(0, r, dataset.width, min(strip, dataset.height - r))
-        _, out[r : r + int(window.height)] = _valid(dataset, band_indexes, window, nodata)
+    out = np.zeros((reader.height, reader.width), dtype=bool)
+    for r in range(0, reader.height, strip):
+        window = Window(0, r, reader.width, min(strip, reader.height - r))
+        out[r : r + int(window.height)] = reader.read(window)[1] == 0
     return out
 
 
@@ -143,46 +170,33 @@ class TileArray(NamedTuple):
     valid: np.ndarray
 
 
-def read_tiles(
-    dataset: DatasetReaderBase,
-    band_indexes: Sequence[int],
-    tiles: Iterable[Tile],
-    scales: Sequence[float],
-    offsets: Sequence[float],
-    fill: Sequence[float] | None = None,
-    nodata: float | None = None,
-) -> Iterator[TileArray]:
-    """Read tiles one window at a time as physical values, ``stored * scale + offset`` per band.
+def read_tiles(reader: WindowReader, tiles: Iterable[Tile], fill: Sequence[float] | None = None) -> Iterator[TileArray]:
+    """Read tiles one window at a time as physical values from ``reader``.
 
     Tiles whose pixels are all invalid are skipped (nothing is yielded for them). Invalid pixels of
     a kept tile, including padding past the edge of a scene smaller than a tile, are set to
     ``fill`` (physical units, per band; default 0; pass the model's band means so that the model
-    sees neutral values and never NaN) and are False in ``valid``. ``nodata`` overrides the
-    file's nodata and masks. Memory is one tile at a time; :func:`read_batches` groups them.
+    sees neutral values and never NaN) and are False in ``valid``. Memory is one tile at a time;
+    :func:`read_batches` groups them.
     """
-    n = len(band_indexes)
-    if not (len(scales) == len(offsets) == n):
-        raise ValueError(f"need one scale and offset per band: {n} bands, {len(scales)} scales, {len(offsets)} offsets")
-    fill = [0.0] * n if fill is None else list(fill)
-    if len(fill) != n:
-        raise ValueError(f"need one fill value per band: {n} bands, {len(fill)} fill values")
-    scale = np.asarray(scales, dtype=np.float32)[:, None, None]
-    offset = np.asarray(offsets, dtype=np.float32)[:, None, None]
-    fill_values = np.asarray(fill, dtype=np.float32)[:, None, None]
+    fill_values = None if fill is None else np.asarray(fill, dtype=np.float32)[:, None, None]
     for tile in tiles:
-        (rows, cols), (trows, tcols) = tile.clip(dataset.height, dataset.width)
+        (rows, cols), (trows, tcols) = tile.clip(reader.height, reader.width)
         window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-        stored, inside = _valid(dataset, band_indexes, window, nodata)
+        physical, reasons = reader.read(window)
+        inside = reasons == 0
         if not inside.any():
             continue
+        n = physical.shape[0]
+        if fill_values is None:
+            fill_values = np.zeros((n, 1, 1), np.float32)
+        if fill_values.shape[0] != n:
+            raise ValueError(f"need one fill value per band: {n} bands, {fill_values.shape[0]} fill values")
         size = (int(tile.window.height), int(tile.window.width))
         valid = np.zeros(size, dtype=bool)
         valid[trows, tcols] = inside
         data = np.empty((n, *size), dtype=np.float32)
         data[:] = fill_values
-        physical = stored.astype(np.float32)
-        physical *= scale
-        physical += offset
         data[:, trows, tcols] = np.where(inside, physical, fill_values)
         yield TileArray(tile, data, valid)
 
@@ -196,14 +210,7 @@ class TileBatch(NamedTuple):
 
 
 def read_batches(
-    dataset: DatasetReaderBase,
-    band_indexes: Sequence[int],
-    tiles: Sequence[Tile],
-    scales: Sequence[float],
-    offsets: Sequence[float],
-    batch_size: int,
-    fill: Sequence[float] | None = None,
-    nodata: float | None = None,
+    reader: WindowReader, tiles: Sequence[Tile], batch_size: int, fill: Sequence[float] | None = None
 ) -> Iterator[TileBatch]:
     """:func:`read_tiles`, written straight into one (B, C, T, T) array a batch.
 
@@ -217,9 +224,9 @@ def read_batches(
         return
     size = (int(tiles[0].window.height), int(tiles[0].window.width))
     kept: list[Tile] = []
-    for item in read_tiles(dataset, band_indexes, tiles, scales, offsets, fill, nodata):
+    for item in read_tiles(reader, tiles, fill):
         if not kept:  # allocated when needed: the generator holds no batch while the consumer works
-            data = np.empty((batch_size, len(band_indexes), *size), np.float32)
+            data = np.empty((batch_size, item.data.shape[0], *size), np.float32)
             valid = np.empty((batch_size, *size), bool)
         data[len(kept)], valid[len(kept)] = item.data, item.valid
         kept.append(item.tile)

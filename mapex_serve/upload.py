@@ -1,4 +1,4 @@
-"""Receiving a GeoTIFF: as a multipart field ``file`` or as the raw body, size-limited while streaming."""
+"""Receiving rasters: one or more multipart fields ``file``, or the raw body; size-limited while streaming."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from mapex_serve.errors import MapexError
+from mapex_serve.inputs import UploadedFile
 
 __all__ = ["UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload"]
 
@@ -25,8 +26,8 @@ def _too_large(limit: int) -> UploadTooLargeError:
                                f"smaller GeoTIFF or crop the scene")
 
 
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The uploaded file's bytes; refuses an oversized body as soon as it passes ``limit`` bytes."""
+async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
+    """The uploaded files (every ``file`` part, in order); refuses a body as soon as it passes ``limit`` bytes."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise UnsupportedMediaTypeError(
@@ -46,12 +47,12 @@ async def read_upload(request: Request, limit: int) -> bytes:
     if media != "multipart/form-data":
         if len(body) > limit:
             raise _too_large(limit)
-        return body
-    return await _multipart_file(request, body, limit)
+        return [UploadedFile("upload.tif", body)]
+    return await _multipart_files(request, body, limit)
 
 
-async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
-    """Parse the buffered multipart body with Starlette's parser and return the ``file`` field."""
+async def _multipart_files(request: Request, body: bytes, limit: int) -> list[UploadedFile]:
+    """Parse the buffered multipart body with Starlette's parser and return its ``file`` fields."""
     sent = False
 
     async def receive() -> dict:
@@ -61,17 +62,17 @@ async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, receive).form()
+    form = await Request(request.scope, receive).form(max_files=64)
     try:
-        field = form.get("file")
-        if not isinstance(field, UploadFile):
+        fields = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not fields:
             raise UnsupportedMediaTypeError(
                 f"the multipart body has no file field named 'file' (fields: {sorted(form.keys())}); "
-                f"send the GeoTIFF as -F file=@scene.tif"
+                f"send the GeoTIFF as -F file=@scene.tif (repeat -F file=@... for several files of one scene)"
             )
-        data = await field.read()
+        files = [UploadedFile(f.filename or f"part{i}.tif", await f.read()) for i, f in enumerate(fields)]
     finally:
         await form.close()
-    if len(data) > limit:
+    if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)
-    return data
+    return files

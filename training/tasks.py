@@ -109,7 +109,8 @@ TASKS: dict[str, Task] = {
             name="wildfire",
             head="class",
             classes=("unburned", "burned"),
-            default_modalities=(("SWIR",),),
+            # RGB + SWIR: a specialist that needs two files at two resolutions (10 m RGB, 20 m SWIR).
+            default_modalities=(("SWIR",), ("RGB", "SWIR")),
             description="Tile classification: does the tile hold a burn scar (>= 1% of its pixels)?",
             label="has_burn",
             evidence_modalities=("SAR", *_OPTICAL),

@@ -33,7 +33,7 @@ def repo(built_repo) -> Path:
 def test_all_builds_every_default_specialist_with_a_verified_manifest(repo, tiny_run):
     entries = scan_repository(repo)
     names = sorted(e.parent.name for e in entries)
-    expected = [f"landcover-{m.lower()}" for m in MODALITY_NAMES] + ["flood-sar", "wildfire-swir", "landcover-seg-rgb"]
+    expected = [f"landcover-{m.lower()}" for m in MODALITY_NAMES] + ["flood-sar", "wildfire-swir", "wildfire-rgb+swir", "landcover-seg-rgb"]
     assert names == sorted(expected)
     source = sha256_file(tiny_run / "checkpoint.pt")
     for entry in entries:

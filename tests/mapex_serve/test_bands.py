@@ -20,7 +20,7 @@ from mapex_serve.errors import DuplicateBandError, MapexError, UnknownBandError,
         ("red", "B04"), ("Red", "B04"), ("B4", "B04"), ("b04", "B04"), ("S2_B04", "B04"), ("s2-b4", "B04"),
         ("green", "B03"), ("blue", "B02"), ("nir", "B08"), ("B8", "B08"), ("b8a", "B8A"), ("nir08", "B8A"),
         ("swir1", "B11"), ("SWIR_1", "B11"), ("swir16", "B11"), ("swir2", "B12"), ("rededge1", "B05"),
-        ("vv", "VV"), ("S1_VH", "VH"), ("sigma0_vv", "VV"), ("elevation", "DEM"), ("dem", "DEM"), (" B02 ", "B02"),
+        ("vv", "VV"), ("S1_VH", "VH"), ("vv_db", "VV"), ("elevation", "DEM"), ("dem", "DEM"), (" B02 ", "B02"),
     ],
 )
 def test_aliases_resolve_to_canonical_names(alias, canonical):
@@ -75,3 +75,9 @@ def test_band_records_carry_scale_to_physical_units():
     assert band("red").scale == pytest.approx(1e-4) and band("red").unit == "reflectance"
     assert band("vv").scale == 1.0 and band("vv").unit == "dB"
     assert band("elevation").unit == "m"
+
+
+def test_snap_sigma0_is_not_an_alias_of_vv_in_db():
+    """SNAP writes ``Sigma0_VV`` as linear power: taken as dB it would silently wreck a flood answer."""
+    with pytest.raises(UnknownBandError):
+        resolve_band("sigma0_vv")

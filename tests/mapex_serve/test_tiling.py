@@ -13,6 +13,7 @@ from rasterio.windows import Window
 
 from mapex_serve.tiling import (
     ClassAggregator,
+    DatasetWindows,
     MaskBlender,
     Tile,
     batched,
@@ -111,8 +112,8 @@ def test_read_batches_equal_read_tiles_without_the_skipped_ones(tmp_path):
     path = write_tif(tmp_path / "b.tif", stored, nodata=0)
     with rasterio.open(path) as src:
         tiles = tile_grid(src.height, src.width, 32, 8)
-        single = list(read_tiles(src, [2, 1], tiles, [1e-4, 1e-4], [0.0, 0.0], fill=[5.0, 5.0]))
-        batches = list(read_batches(src, [2, 1], tiles, [1e-4, 1e-4], [0.0, 0.0], 4, fill=[5.0, 5.0]))
+        single = list(read_tiles(DatasetWindows(src, [2, 1], [1e-4, 1e-4], [0.0, 0.0]), tiles, fill=[5.0, 5.0]))
+        batches = list(read_batches(DatasetWindows(src, [2, 1], [1e-4, 1e-4], [0.0, 0.0]), tiles, 4, fill=[5.0, 5.0]))
     assert len(single) < len(tiles)
     assert [len(b.tiles) for b in batches] == [4] * (len(single) // 4) + ([len(single) % 4] if len(single) % 4 else [])
     assert [t for b in batches for t in b.tiles] == [s.tile for s in single]
@@ -137,7 +138,7 @@ def test_read_tiles_physical_values_match_rasterio(tmp_path):
     scales, offsets = [1e-4, 1e-4, 2e-4], [0.0, 0.0, -0.1]
     with rasterio.open(path) as src:
         tiles = tile_grid(src.height, src.width, 32, 8)
-        got = list(read_tiles(src, [3, 1, 2], tiles, scales, offsets))
+        got = list(read_tiles(DatasetWindows(src, [3, 1, 2], scales, offsets), tiles))
         assert [g.tile for g in got] == tiles
         for g in got:
             # scales/offsets follow band_indexes: band 3 -> 1e-4, band 1 -> 1e-4, band 2 -> 2e-4 - 0.1.
@@ -160,8 +161,8 @@ def test_nodata_border_gives_matching_masks_and_all_nodata_tiles_are_skipped(tmp
     expected_valid = (stored != 65535).all(axis=0)
     with rasterio.open(path) as src:
         tiles = tile_grid(src.height, src.width, 32, 8)
-        got = list(read_tiles(src, [1, 2], tiles, [1.0, 1.0], [0.0, 0.0], fill=[7.0, 9.0]))
-        np.testing.assert_array_equal(scene_valid_mask(src, [1, 2], strip=17), expected_valid)
+        got = list(read_tiles(DatasetWindows(src, [1, 2]), tiles, fill=[7.0, 9.0]))
+        np.testing.assert_array_equal(scene_valid_mask(DatasetWindows(src, [1, 2]), strip=17), expected_valid)
     kept = {g.tile for g in got}
     skipped = [t for t in tiles if t not in kept]
     assert skipped and all(t.window.col_off + 32 <= 40 for t in skipped)
@@ -187,8 +188,8 @@ def test_nodata_override_masks_and_nan(tmp_path):
         dst.write(data)
         dst.write_mask(internal)
     with rasterio.open(path) as src:
-        (from_file,) = read_tiles(src, [1], tile_grid(40, 40, 40, 0), [1.0], [0.0])
-        (override,) = read_tiles(src, [1], tile_grid(40, 40, 40, 0), [1.0], [0.0], nodata=-9999)
+        (from_file,) = read_tiles(DatasetWindows(src, [1]), tile_grid(40, 40, 40, 0))
+        (override,) = read_tiles(DatasetWindows(src, [1], nodata=-9999), tile_grid(40, 40, 40, 0))
     # The file's internal mask and NaN are invalid; -9999 is only nodata when the caller says so.
     assert not from_file.valid[:5].any() and not from_file.valid[20:, 30:].any() and from_file.valid[10, 10]
     assert not override.valid[:5].any() and not override.valid[10, 10] and override.valid[20:, 30:].all()
@@ -199,7 +200,7 @@ def test_scene_smaller_than_a_tile_is_padded_as_invalid(tmp_path):
     stored = np.arange(1, 1 + 2 * 20 * 25, dtype=np.uint16).reshape(2, 20, 25)
     path = write_tif(tmp_path / "small.tif", stored)
     with rasterio.open(path) as src:
-        (g,) = read_tiles(src, [1, 2], tile_grid(20, 25, 32, 8), [1.0, 2.0], [0.0, 0.0], fill=[-1.0, -2.0])
+        (g,) = read_tiles(DatasetWindows(src, [1, 2], [1.0, 2.0], [0.0, 0.0]), tile_grid(20, 25, 32, 8), fill=[-1.0, -2.0])
     assert g.data.shape == (2, 32, 32) and g.valid.shape == (32, 32)
     assert g.valid[:20, :25].all() and not g.valid[20:].any() and not g.valid[:, 25:].any()
     np.testing.assert_array_equal(g.data[:, :20, :25], stored * np.float32([1, 2])[:, None, None])
@@ -272,12 +273,12 @@ def test_blending_equals_a_whole_scene_computation_on_the_sentinel2_crop():
         scales, offsets = [1e-4] * 6, [0.0] * 6
         blender = MaskBlender(src.height, src.width, 4, tile, overlap)
         n = 0
-        for batch in batched(read_tiles(src, range(1, 7), tiles, scales, offsets), 16):
+        for batch in batched(read_tiles(DatasetWindows(src, range(1, 7), scales, offsets), tiles), 16):
             x = np.stack([b.data for b in batch])  # (B, C, T, T): what the engine gets
             for b, xi in zip(batch, x, strict=True):
                 blender.add(b.tile, softmax_of_pixels(xi), b.valid)
             n += len(batch)
-        valid_scene = scene_valid_mask(src, range(1, 7))
+        valid_scene = scene_valid_mask(DatasetWindows(src, range(1, 7)))
         whole = src.read().astype(np.float32) * np.float32(1e-4)
     assert n == 104 and valid_scene.all()
     assert blender.uncovered_valid_pixels(valid_scene) == 0
@@ -377,7 +378,7 @@ def test_reading_a_large_scene_keeps_memory_to_a_batch(tmp_path):
         seen, total = 0, 0.0
         with rasterio.open(path) as src:
             tiles = tile_grid(size, size, tile, overlap)
-            for b in read_batches(src, range(1, count + 1), tiles, [1e-4] * count, [0.0] * count, batch):
+            for b in read_batches(DatasetWindows(src, range(1, count + 1), [1e-4] * count, [0.0] * count), tiles, batch):
                 total += float(b.data[:, 0, 0, 0].sum())  # the engine would run on b.data here
                 seen += len(b.tiles)
                 del b  # a consumer that keeps the last batch while the next is read holds two

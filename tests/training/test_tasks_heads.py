@@ -38,7 +38,7 @@ def test_task_table_and_labels(batch):
     assert set(TASKS) == {"landcover", "flood", "wildfire", "landcover-seg"}
     assert get_task("landcover").default_modalities == tuple((m,) for m in MODALITY_NAMES)
     assert get_task("flood").default_modalities == (("SAR",),)
-    assert get_task("wildfire").default_modalities == (("SWIR",),)
+    assert get_task("wildfire").default_modalities == (("SWIR",), ("RGB", "SWIR"))
     assert get_task("landcover-seg").default_modalities == (("RGB",),)
     expected = {"landcover": (6,), "wildfire": (6,), "flood": (6, 32, 32), "landcover-seg": (6, 32, 32)}
     for name, task in TASKS.items():

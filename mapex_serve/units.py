@@ -1,0 +1,338 @@
+"""Units, never guessed silently: from stored values to the physical units the model was trained on.
+
+Each canonical band has one unit (``bands.Band.unit``: reflectance 0..1, sigma0 in dB, metres).
+What a file's values are comes from, in order: the caller (``units=``, ``scale=``, ``offset=``),
+then metadata that states it (GDAL scale/offset, ``scale_factor``/``add_offset`` tags, Sentinel-2
+L2A ``BOA_QUANTIFICATION_VALUE``/``BOA_ADD_OFFSET``, a SNAP band name, GDAL's ``UNITTYPE`` or a
+``units`` tag), and only then the band table's convention (Sentinel-2 L2A integers are reflectance
+x 10000, Sentinel-1 is dB, a DEM is metres). Whatever was assumed is checked against the values
+(:func:`check_plausible`): values that do not fit the assumption get a 422 that says what was seen
+and which parameter fixes it, instead of an answer in the wrong units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from rasterio.io import DatasetReaderBase
+
+from mapex_serve.bands import BANDS, canonical_or_none
+from mapex_serve.errors import MapexError
+
+__all__ = [
+    "Conversion",
+    "ImplausibleValuesError",
+    "UnitError",
+    "UnitOverrides",
+    "ValueStats",
+    "check_plausible",
+    "conversion_for",
+    "parse_unit",
+]
+
+StatedUnit = Literal["reflectance", "dB", "linear", "amplitude", "m", "ft"]
+
+
+class UnitError(MapexError, ValueError):
+    """A unit, scale or offset that cannot apply to the band it was given for, or cannot be read."""
+
+
+class ImplausibleValuesError(MapexError, ValueError):
+    """Values that do not fit the unit they were taken in: the caller must say what they are."""
+
+
+_UNIT_WORDS: dict[str, StatedUnit] = {
+    "db": "dB", "decibel": "dB", "decibels": "dB",
+    "linear": "linear", "power": "linear", "intensity": "linear", "linear power": "linear",
+    "amplitude": "amplitude",
+    "reflectance": "reflectance", "1": "reflectance", "unitless": "reflectance", "dimensionless": "reflectance",
+    "m": "m", "metre": "m", "metres": "m", "meter": "m", "meters": "m",
+    "ft": "ft", "foot": "ft", "feet": "ft", "us survey foot": "ft",
+}
+#: Units a band's values may be stated in, by the band's own unit.
+_COMPATIBLE: dict[str, tuple[StatedUnit, ...]] = {
+    "reflectance": ("reflectance",), "dB": ("dB", "linear", "amplitude"), "m": ("m", "ft"),
+}
+_CONVERSION_WORDS = {"linear": "10·log10 (linear power -> dB)", "amplitude": "20·log10 (amplitude -> dB)",
+                     "ft": "x 0.3048 (feet -> m)"}
+
+
+def parse_unit(word: str) -> StatedUnit | None:
+    """``'dB'``, ``'linear'``, ``'Metres'`` ... as a stated unit, or None for words that state none."""
+    return _UNIT_WORDS.get(" ".join(str(word).strip().lower().split()))
+
+
+@dataclass(frozen=True)
+class UnitOverrides:
+    """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band.
+
+    Keys are canonical band names, or None for "every band the value applies to".
+    """
+
+    units: Mapping[str | None, StatedUnit] = field(default_factory=dict)
+    scale: Mapping[str | None, float] = field(default_factory=dict)
+    offset: Mapping[str | None, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None) -> UnitOverrides:
+        """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``."""
+        return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
+                   _per_band(offset, "offset", _float_value))
+
+    def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
+        table = getattr(self, which)
+        return table.get(canonical, table.get(None))
+
+
+def _unit_value(text: str) -> StatedUnit:
+    unit = parse_unit(text)
+    if unit is None:
+        raise UnitError(f"unknown unit {text!r} in units=; accepted: dB, linear (power), amplitude, reflectance (0..1), "
+                        f"m, ft")
+    return unit
+
+
+def _float_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UnitError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UnitError(f"{text!r} is not a finite number")
+    return value
+
+
+def _per_band(text: str | None, what: str, value_of) -> dict:  # noqa: ANN001 - a parser callable
+    if not text:
+        return {}
+    out: dict = {}
+    for part in text.split(","):
+        name, sep, value = part.rpartition(":")
+        key = None
+        if sep:
+            key = canonical_or_none(name)
+            if key is None:
+                raise UnitError(f"{what}={text}: {name!r} is not a band name; use {what}=VALUE for every band or "
+                                f"{what}=BAND:VALUE,... (e.g. {what}=VV:{'linear' if what == 'units' else '1'})")
+        try:
+            out[key] = value_of(value.strip())
+        except UnitError as e:
+            raise UnitError(f"{what}={text}: {e}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """``physical = f(stored * scale + offset)``, with ``f`` the change of unit (10·log10, 20·log10, feet)."""
+
+    canonical: str
+    scale: float
+    offset: float
+    #: The unit of ``stored * scale + offset``.
+    unit: StatedUnit
+    #: Every step applied, in words, with where it came from (the response lists them).
+    steps: tuple[str, ...]
+    #: What came from the band table's convention rather than the caller or the file.
+    assumed: tuple[str, ...] = ()
+
+    def apply(self, stored: np.ndarray) -> np.ndarray:
+        """Physical float32 values; NaN where a conversion is undefined (dB of a power <= 0)."""
+        x = stored.astype(np.float32)
+        if self.scale != 1.0:
+            x *= np.float32(self.scale)
+        if self.offset != 0.0:
+            x += np.float32(self.offset)
+        if self.unit in ("linear", "amplitude"):
+            factor = np.float32(10.0 if self.unit == "linear" else 20.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = np.where(x > 0, factor * np.log10(x), np.float32(np.nan)).astype(np.float32)
+        elif self.unit == "ft":
+            x *= np.float32(0.3048)
+        return x
+
+    def describe(self) -> list[str]:
+        return list(self.steps)
+
+
+def _tag_number(tags: Mapping[str, str], *keys: str) -> float | None:
+    for k in keys:
+        if k in tags:
+            try:
+                return float(tags[k])
+            except ValueError:
+                return None
+    return None
+
+
+def _boa(src: DatasetReaderBase, index: int, canonical: str) -> tuple[float, float] | None:
+    """Sentinel-2 L2A ``(DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE`` as scale and offset, when stated."""
+    ds = {k.upper(): v for k, v in src.tags().items()}
+    band = {k.upper(): v for k, v in src.tags(index).items()}
+    quantification = _tag_number(band, "BOA_QUANTIFICATION_VALUE") or _tag_number(ds, "BOA_QUANTIFICATION_VALUE")
+    short = canonical[0] + canonical[1:].lstrip("0")
+    add = _tag_number(band, "BOA_ADD_OFFSET")
+    if add is None:
+        add = _tag_number(ds, f"BOA_ADD_OFFSET_{canonical}", f"BOA_ADD_OFFSET_{short}", "BOA_ADD_OFFSET")
+    if quantification is None and add is None:
+        return None
+    q = quantification or 10000.0
+    return 1.0 / q, (add or 0.0) / q
+
+
+def _stated_unit(src: DatasetReaderBase, index: int) -> tuple[StatedUnit, str] | None:
+    """The unit the file states for band ``index``: GDAL's UNITTYPE, then a ``units``/``unit`` tag."""
+    unit_type = src.units[index - 1] if src.units else None
+    if unit_type and (u := parse_unit(unit_type)):
+        return u, f"UNITTYPE {unit_type!r}"
+    tags = {k.lower(): v for k, v in src.tags(index).items()}
+    for key in ("units", "unit"):
+        if tags.get(key) and (u := parse_unit(tags[key])):
+            return u, f"tag {key}={tags[key]!r}"
+    return None
+
+
+def conversion_for(
+    src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
+    overrides: UnitOverrides | None = None, landsat: bool = False,
+) -> Conversion:
+    """How band ``index`` of ``src`` (identified as ``canonical``) becomes physical values, and why."""
+    overrides = overrides or UnitOverrides()
+    band = BANDS[canonical]
+    steps: list[str] = []
+    assumed: list[str] = []
+
+    file_scale, file_offset = src.scales[index - 1], src.offsets[index - 1]
+    tags = {k.lower(): v for k, v in src.tags(index).items()}
+    tag_scale, tag_offset = _tag_number(tags, "scale_factor"), _tag_number(tags, "add_offset")
+    scale, offset = overrides.get("scale", canonical), overrides.get("offset", canonical)
+    if scale is not None or offset is not None:
+        scale, offset = (1.0 if scale is None else scale), (0.0 if offset is None else offset)
+        steps.append(f"x {scale:g} + {offset:g} (scale=/offset= parameters)")
+    elif (file_scale, file_offset) != (1.0, 0.0):
+        scale, offset = file_scale, file_offset
+        steps.append(f"x {scale:g} + {offset:g} (the file's scale/offset)")
+    elif tag_scale is not None or tag_offset is not None:
+        scale, offset = tag_scale if tag_scale is not None else 1.0, tag_offset or 0.0
+        steps.append(f"x {scale:g} + {offset:g} (scale_factor/add_offset tags)")
+    elif band.sensor == "S2" and (boa := _boa(src, index, canonical)) is not None:
+        scale, offset = boa
+        steps.append(f"x {scale:g} + {offset:g} (Sentinel-2 L2A BOA_QUANTIFICATION_VALUE / BOA_ADD_OFFSET)")
+    else:
+        scale, offset = None, None
+
+    unit = overrides.get("units", canonical)
+    if unit is not None:
+        unit_source = "units= parameter"
+        if unit not in _COMPATIBLE[band.unit]:
+            if None in overrides.units and canonical not in overrides.units:
+                unit, unit_source = None, ""  # a request-wide units= that is about other bands
+            else:
+                raise UnitError(f"units={unit} cannot apply to {canonical} ({band.description}, in {band.unit}); "
+                                f"accepted for it: {', '.join(_COMPATIBLE[band.unit])}")
+    if unit is None and name_unit is not None:
+        unit, unit_source = name_unit, "the band's name"
+    if unit is None and (stated := _stated_unit(src, index)) is not None and stated[0] in _COMPATIBLE[band.unit]:
+        unit, unit_source = stated
+    if unit is None:
+        unit, unit_source = band.unit, "assumed: the band table's unit"
+        assumed.append(f"values in {band.unit}")
+
+    if scale is None:
+        integer = np.dtype(src.dtypes[index - 1]).kind in "iu"
+        if unit == "reflectance" and band.unit == "reflectance" and integer and unit_source.startswith("assumed"):
+            if landsat:
+                raise ImplausibleValuesError(
+                    f"{canonical}: a Landsat band stored as integers with no scale metadata; say how it is scaled: "
+                    f"Landsat Collection 2 Level-2 is scale=0.0000275&offset=-0.2, HLS L30 is scale=0.0001"
+                )
+            scale, offset = band.scale, band.offset
+            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
+            assumed.append("reflectance x 10000")
+        elif unit == "reflectance" and unit_source.startswith("assumed"):
+            scale, offset = band.scale, band.offset  # float values with no metadata: checked below
+            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
+            assumed.append("reflectance x 10000")
+        else:
+            scale, offset = 1.0, 0.0
+    if unit != band.unit:
+        steps.append(f"{_CONVERSION_WORDS[unit]} ({unit_source})")
+    elif not unit_source.startswith("assumed"):
+        steps.append(f"values in {unit} ({unit_source})")
+    return Conversion(canonical, float(scale), float(offset), unit, tuple(steps), tuple(assumed))
+
+
+@dataclass(frozen=True)
+class ValueStats:
+    """What a sample of one band's valid values looked like: stored and physical."""
+
+    dtype: str
+    stored_min: float
+    stored_max: float
+    p02: float
+    p50: float
+    p98: float
+    count: int
+
+    @classmethod
+    def of(cls, stored: np.ndarray, physical: np.ndarray, dtype: str) -> ValueStats | None:
+        """Statistics of the finite physical values (and their stored ones); None when there are none."""
+        ok = np.isfinite(physical)
+        if not ok.any():
+            return None
+        p02, p50, p98 = np.percentile(physical[ok], [2, 50, 98])
+        return cls(dtype, float(stored[ok].min()), float(stored[ok].max()), float(p02), float(p50), float(p98),
+                   int(ok.sum()))
+
+    def seen(self) -> str:
+        return (f"stored {self.dtype} {self.stored_min:g}..{self.stored_max:g}, taken as {self.p02:.4g}..{self.p98:.4g} "
+                f"(2nd..98th percentile, median {self.p50:.4g})")
+
+
+def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str) -> None:
+    """Raise ``ImplausibleValuesError`` naming the fix when the values do not fit the unit they were taken in."""
+    if stats is None:
+        return
+    band = BANDS[conversion.canonical]
+    lo, hi = band.plausible
+    what = f"band {name!r} ({conversion.canonical}): {stats.seen()}"
+    assumed = bool(conversion.assumed)
+    integer = np.dtype(stats.dtype).kind in "iu"
+    if band.unit == "reflectance":
+        if assumed and integer and stats.stored_max <= 255:
+            raise ImplausibleValuesError(
+                f"{what}: 8-bit values (0..255) are display imagery, not Sentinel-2 reflectance x 10000, and the "
+                f"model would see a black scene; send surface reflectance, or state how the values are scaled with "
+                f"scale= (e.g. scale=0.0001 for reflectance x 10000, units=reflectance for reflectance 0..1)"
+            )
+        if assumed and not integer and stats.stored_max <= 2.0:
+            raise ImplausibleValuesError(
+                f"{what}: float values 0..{stats.stored_max:.3g} look like reflectance 0..1 already, not x 10000; "
+                f"pass units=reflectance (or scale=1)"
+            )
+        if stats.p98 > hi:
+            raise ImplausibleValuesError(
+                f"{what}: reflectance is 0..1; values this large look like reflectance x 10000 taken with scale 1: "
+                f"pass scale=0.0001"
+            )
+        if stats.p02 < lo:
+            raise ImplausibleValuesError(f"{what}: reflectance below {lo:g} is not physical; check offset= "
+                                         f"(Sentinel-2 L2A since baseline 04.00: scale=0.0001&offset=-0.1)")
+    elif band.unit == "dB":
+        if conversion.unit == "dB" and stats.p02 >= 0 and stats.p98 <= 5:
+            raise ImplausibleValuesError(
+                f"{what}: backscatter in dB is mostly negative (-35..+5 dB); non-negative values this small look "
+                f"like linear power (SNAP Sigma0_VV): pass units=linear (or units=amplitude for amplitude)"
+            )
+        if stats.p98 > hi or stats.p02 < lo:
+            raise ImplausibleValuesError(
+                f"{what}: calibrated sigma0 lies within {lo:g}..{hi:g} dB; these values are not calibrated "
+                f"backscatter (uncalibrated DN or intensity?): calibrate the product (SNAP: Radar > Radiometric > "
+                f"Calibrate) or state the unit with units=dB|linear|amplitude"
+            )
+    elif stats.p02 < lo or stats.p98 > hi:
+        raise ImplausibleValuesError(f"{what}: elevations lie within {lo:g}..{hi:g} m; state the unit with units=m|ft "
+                                     f"or the scale with scale=")

@@ -1,0 +1,468 @@
+"""What the service reads: one case per convention, unit and mask real tools write, each built as that tool writes it.
+
+Every case goes through the service's own read path (``RequestScene`` -> ``reader``), as an upload
+would, and asserts the band it maps to, the rule, and the converted values; bad cases assert that
+the error names the fix. End-to-end checks through a real server are in ``test_real_inputs_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+
+from mapex_serve.errors import DuplicateBandError
+from mapex_serve.inputs import (
+    ForbiddenReferenceError,
+    GridMismatchError,
+    RequestScene,
+    SubdatasetsError,
+    UploadedFile,
+)
+from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
+from mapex_serve.units import ImplausibleValuesError, UnitError, UnitOverrides
+
+UTM = "EPSG:32633"
+RNG = np.random.default_rng(0)
+
+
+def tif(data: np.ndarray, descriptions=None, band_tags=None, tags=None, nodata=None, pixel=10.0, origin=(500000, 5000000),
+        crs=UTM, units=None, scales=None, offsets=None, imagery=None, mask=None, **profile) -> bytes:
+    """A GeoTIFF in memory written with rasterio the way GDAL-based tools write one (descriptions, tags, domains)."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=count, height=height, width=width, dtype=data.dtype, crs=crs,
+                      transform=from_origin(*origin, pixel, pixel), nodata=nodata, **profile) as dst:
+            dst.write(data)
+            for i in range(count):
+                if descriptions and descriptions[i] is not None:
+                    dst.set_band_description(i + 1, descriptions[i])
+                if band_tags and band_tags[i]:
+                    dst.update_tags(i + 1, **band_tags[i])
+                if units and units[i]:
+                    dst.set_band_unit(i + 1, units[i])
+                if imagery and imagery[i]:
+                    dst.update_tags(i + 1, ns="IMAGERY", **imagery[i])
+            if tags:
+                dst.update_tags(**tags)
+            if scales:
+                dst.scales, dst.offsets = scales, offsets or [0.0] * count
+            if mask is not None:
+                dst.write_mask(mask)
+        return mem.read()
+
+
+def read(files, canonical, bands=None, **overrides):
+    """Open ``files`` like an upload, read ``canonical`` bands over the whole scene: (scene, reader, values, reasons)."""
+    if isinstance(files, bytes):
+        files = [UploadedFile("scene.tif", files)]
+    scene = RequestScene(files, bands)
+    reader = scene.reader(canonical, UnitOverrides.parse(**overrides))
+    from rasterio.windows import Window
+    values, reasons = reader.read(Window(0, 0, reader.width, reader.height))
+    return scene, reader, values, reasons
+
+
+def rule_of(scene, canonical):
+    return scene.band(canonical).identity.rule
+
+
+def reflectance(shape=(2, 32, 32)):
+    return RNG.integers(200, 4000, shape).astype(np.uint16)
+
+
+# --- band identity -------------------------------------------------------------------------------
+
+
+def test_gdal_sentinel2_driver_descriptions():
+    """GDAL's SENTINEL2 driver names bands ``B4, central wavelength 665 nm`` and sets BANDNAME/WAVELENGTH tags
+    (frmts/sentinel2/sentinel2dataset.cpp, SENTINEL2SetBandMetadata; GDAL SENTINEL2 driver docs)."""
+    stored = reflectance((2, 32, 32))
+    tags = [{"BANDNAME": "B11", "WAVELENGTH": "1610", "WAVELENGTH_UNIT": "nm", "BANDWIDTH": "90", "BANDWIDTH_UNIT": "nm"},
+            {"BANDNAME": "B12", "WAVELENGTH": "2190", "WAVELENGTH_UNIT": "nm", "BANDWIDTH": "180", "BANDWIDTH_UNIT": "nm"}]
+    data = tif(stored, ["B11, central wavelength 1610 nm", "B12, central wavelength 2190 nm"], tags)
+    scene, _, values, _ = read(data, ["B11", "B12"])
+    assert scene.canonical_bands == ["B11", "B12"]
+    assert "GDAL SENTINEL2 driver description" in rule_of(scene, "B11")
+    np.testing.assert_allclose(values, stored * np.float32(1e-4), rtol=1e-6)
+    assert "assumed: Sentinel-2 L2A stores reflectance x 10000" in scene.band("B11").conversion.steps[0]
+
+
+def test_sentinel2_l2a_boa_add_offset_is_applied():
+    """Since processing baseline 04.00 L2A reflectance is (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE
+    (ESA, Sentinel-2 Products Specification Document, L2A radiometric offset)."""
+    stored = reflectance((2, 16, 16)) + 1000
+    data = tif(stored, ["B11", "B12"], tags={"BOA_QUANTIFICATION_VALUE": "10000", "BOA_ADD_OFFSET_B11": "-1000",
+                                             "BOA_ADD_OFFSET_B12": "-1000"})
+    scene, _, values, _ = read(data, ["B11", "B12"])
+    np.testing.assert_allclose(values, (stored.astype(np.float32) - 1000) / 10000, atol=1e-6)
+    assert "BOA_ADD_OFFSET" in scene.band("B11").conversion.steps[0]
+    # offset= from the caller wins over the file
+    _, _, explicit, _ = read(data, ["B11", "B12"], scale="0.0001", offset="0")
+    np.testing.assert_allclose(explicit, stored * np.float32(1e-4), rtol=1e-6)
+
+
+def sar_db(shape=(2, 32, 32)):
+    return RNG.uniform(-25, -5, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize(("names", "transform"), [
+    (["Sigma0_VV", "Sigma0_VH"], lambda db: 10 ** (db / 10)),
+    (["Gamma0_VV", "Gamma0_VH"], lambda db: 10 ** (db / 10)),
+    (["Sigma0_VV_db", "Sigma0_VH_db"], lambda db: db),
+    (["Amplitude_VV", "Amplitude_VH"], lambda db: 10 ** (db / 20)),
+    (["Sigma0_VV_slv1_13Jun2017", "Sigma0_VH_slv1_13Jun2017"], lambda db: 10 ** (db / 10)),
+])
+def test_snap_band_names_state_their_units(names, transform):
+    """SNAP's Calibration writes Sigma0_/Gamma0_/Beta0_<pol> in linear power, LinearToFromdB appends _db, and the
+    GRD's own bands are Amplitude_/Intensity_<pol>; coregistered stacks append _mst/_slv<N>_<date> (SNAP S1TBX
+    band naming; BEAM-DIMAP's ENVI headers carry them as band names, which GDAL reads as descriptions)."""
+    db = sar_db()
+    scene, _, values, _ = read(tif(transform(db).astype(np.float32), names), ["VV", "VH"])
+    assert scene.canonical_bands == ["VV", "VH"] and "SNAP band name" in rule_of(scene, "VV")
+    np.testing.assert_allclose(values, db, atol=1e-4)
+
+
+def test_snap_hh_is_reported_not_a_model_band():
+    scene = RequestScene([UploadedFile("dual.tif", tif(sar_db((2, 8, 8)), ["Sigma0_VV_db", "Sigma0_HH_db"]))])
+    assert scene.canonical_bands == ["VV"]
+    assert "HH polarisation is not a model band" in scene.bands[1].identity.rule
+
+
+def test_stac_common_names():
+    """STAC eo extension ``eo:common_name`` (red, nir08, swir16, ...; eo v2 red edges rededge071/075/078), the
+    names stac-based tools (odc-stac, stackstac) write as band descriptions."""
+    names = ["red", "green", "blue", "rededge071", "nir08", "swir16", "swir22"]
+    scene = RequestScene([UploadedFile("stac.tif", tif(reflectance((7, 8, 8)), names))])
+    assert scene.canonical_bands == ["B04", "B03", "B02", "B05", "B8A", "B11", "B12"]
+    assert all(b.identity.rule.startswith("STAC eo:common_name") for b in scene.bands)
+
+
+def test_earth_engine_and_sentinel_hub_names():
+    """Earth Engine COPERNICUS/S2_SR_HARMONIZED bands B1..B12, B8A; COPERNICUS/S1_GRD VV, VH; USGS/SRTMGL1_003
+    ``elevation``; Sentinel Hub evalscripts B01..B12, VV, VH, DEM and ``dataMask``."""
+    ee = RequestScene([UploadedFile("ee.tif", tif(reflectance((3, 8, 8)), ["B4", "B3", "B2"]))])
+    assert ee.canonical_bands == ["B04", "B03", "B02"] and "Earth Engine" in ee.bands[0].identity.rule
+    dem = RequestScene([UploadedFile("srtm.tif", tif(np.full((1, 8, 8), 1500, np.int16), ["elevation"]))])
+    assert dem.canonical_bands == ["DEM"]
+    sh = RequestScene([UploadedFile("sh.tif", tif(reflectance((3, 8, 8)), ["B04", "B08", "dataMask"]))])
+    assert sh.canonical_bands == ["B04", "B08"] and sh.quality_bands()[0].identity.quality == "DATAMASK"
+
+
+def hls_file(product: str, band: str, data: np.ndarray, **tags) -> UploadedFile:
+    """One HLS v2.0 band COG: int16, scale_factor 0.0001, _FillValue -9999, named HLS.<L30|S30>.<tile>.<time>.v2.0.<band>.tif
+    (HLS Product User Guide v2.0, file naming and band tables)."""
+    name = f"HLS.{product}.T33UUP.2021180T100031.v2.0.{band}.tif"
+    return UploadedFile(name, tif(data.astype(np.int16), nodata=-9999,
+                                  band_tags=[{"scale_factor": "0.0001", "add_offset": "0.0", "_FillValue": "-9999"}],
+                                  tags=tags))
+
+
+def test_hls_s30_bands_by_file_name_with_their_scale():
+    stored = RNG.integers(100, 3000, (16, 16))
+    scene, _, values, _ = read([hls_file("S30", "B8A", stored)], ["B8A"])
+    assert "file name" in rule_of(scene, "B8A")
+    np.testing.assert_allclose(values[0], stored * 1e-4, rtol=1e-5)
+    assert "scale_factor/add_offset tags" in scene.band("B8A").conversion.steps[0]
+
+
+def test_hls_l30_and_landsat_band_numbers_map_only_by_wavelength():
+    """HLS L30 ``B05`` is OLI band 5, near infrared at 865 nm: Sentinel-2 B8A, never S2's red edge B05."""
+    stored = RNG.integers(100, 3000, (16, 16))
+    scene = RequestScene([hls_file("L30", "B05", stored, SENSOR="OLI_TIRS", SPACECRAFT_NAME="LANDSAT_8")])
+    (b,) = scene.bands
+    assert b.identity.canonical == "B8A"
+    assert "Landsat OLI band 5" in b.identity.rule and "wavelength 865 nm within B8A" in b.identity.rule
+
+
+def test_landsat_collection2_without_scale_says_which_scale():
+    """USGS Landsat Collection 2 Level-2 SR: uint16, reflectance = DN x 0.0000275 - 0.2, scale only in the MTL."""
+    stored = RNG.integers(8000, 20000, (16, 16)).astype(np.uint16)
+    files = [UploadedFile("LC09_L2SP_191026_20220610_20220612_02_T1_SR_B4.TIF", tif(stored))]
+    with pytest.raises(ImplausibleValuesError, match=r"scale=0.0000275&offset=-0.2"):
+        read(files, ["B04"])
+    scene, _, values, _ = read(files, ["B04"], scale="0.0000275", offset="-0.2")
+    assert "Landsat OLI band 4" in rule_of(scene, "B04")
+    np.testing.assert_allclose(values[0], stored * 2.75e-5 - 0.2, atol=1e-6)
+
+
+def test_gdal_imagery_domain_wavelengths():
+    """GDAL >= 3.10 IMAGERY metadata domain: CENTRAL_WAVELENGTH_UM and FWHM_UM per band (RFC 100 / raster data model)."""
+    data = tif(reflectance((2, 8, 8)), imagery=[{"CENTRAL_WAVELENGTH_UM": "0.6646", "FWHM_UM": "0.031"},
+                                                {"CENTRAL_WAVELENGTH_UM": "1.6137", "FWHM_UM": "0.091"}])
+    scene = RequestScene([UploadedFile("hyper.tif", data)])
+    assert scene.canonical_bands == ["B04", "B11"]
+    assert "IMAGERY CENTRAL_WAVELENGTH_UM=0.6646" in scene.bands[0].identity.found
+    assert "within B04 (665 ± 15 nm)" in scene.bands[0].identity.rule
+
+
+def test_envi_style_wavelength_tags_and_an_unmatched_wavelength():
+    """ENVI headers' ``wavelength``/``wavelength units`` become per-band ``wavelength``/``wavelength_units`` items in
+    GDAL (ENVI driver). 0.59 um (Landsat panchromatic) lies in no Sentinel-2 band: it is reported, not forced."""
+    data = tif(reflectance((2, 8, 8)), band_tags=[{"wavelength": "0.8328", "wavelength_units": "Micrometers"},
+                                                  {"wavelength": "0.59", "wavelength_units": "Micrometers"}])
+    scene = RequestScene([UploadedFile("envi.tif", data)])
+    assert scene.bands[0].identity.canonical == "B08"
+    assert scene.bands[1].identity.canonical is None and "inside no Sentinel-2 band" in scene.bands[1].identity.rule
+
+
+def test_a_name_that_contradicts_the_wavelength_is_refused():
+    data = tif(reflectance((1, 8, 8)), ["B05"], imagery=[{"CENTRAL_WAVELENGTH_UM": "0.865"}])
+    with pytest.raises(BandIdentityConflictError, match="B05.*B8A"):
+        RequestScene([UploadedFile("x.tif", data)])
+
+
+def test_bands_parameter_wins_over_the_file():
+    stored = reflectance((3, 8, 8))
+    data = tif(stored, ["B02", "B03", "B04"])
+    scene, _, values, _ = read(data, ["B04", "B03", "B02"], bands=["red", "green", "blue"])
+    assert scene.canonical_bands == ["B04", "B03", "B02"] and rule_of(scene, "B04").startswith("bands= parameter")
+    np.testing.assert_allclose(values[0], stored[0] * np.float32(1e-4), rtol=1e-6)  # band 1, now called red
+    skipped = RequestScene([UploadedFile("x.tif", data)], ["-", "green", "blue"])
+    assert skipped.canonical_bands == ["B03", "B02"]
+
+
+def test_unnamed_bands_say_how_to_name_them():
+    with pytest.raises(BandNamesMissingError, match="bands=red,green,blue"):
+        RequestScene([UploadedFile("x.tif", tif(reflectance((3, 8, 8))))])
+
+
+# --- units ---------------------------------------------------------------------------------------
+
+
+def test_8bit_display_rgb_is_refused_with_the_fix():
+    rgb = RNG.integers(0, 256, (3, 32, 32)).astype(np.uint8)
+    with pytest.raises(ImplausibleValuesError, match=r"8-bit values.*scale=") as err:
+        read(tif(rgb, ["red", "green", "blue"]), ["B04", "B03", "B02"])
+    assert "stored uint8" in str(err.value)
+
+
+def test_float_reflectance_0_to_1_needs_units_reflectance():
+    values = RNG.uniform(0.01, 0.4, (2, 16, 16)).astype(np.float32)
+    data = tif(values, ["B11", "B12"])
+    with pytest.raises(ImplausibleValuesError, match="units=reflectance"):
+        read(data, ["B11", "B12"])
+    _, _, got, _ = read(data, ["B11", "B12"], units="reflectance")
+    np.testing.assert_allclose(got, values)
+    # a units tag that states it is metadata enough (netCDF/CF writes units="1" for reflectance)
+    _, _, tagged, _ = read(tif(values, ["B11", "B12"], band_tags=[{"units": "1"}] * 2), ["B11", "B12"])
+    np.testing.assert_allclose(tagged, values)
+
+
+def test_reflectance_x10000_taken_as_physical_says_scale():
+    data = tif(RNG.uniform(200, 4000, (2, 16, 16)).astype(np.float32), ["B11", "B12"], units=["reflectance"] * 2)
+    with pytest.raises(ImplausibleValuesError, match=r"scale=0.0001"):
+        read(data, ["B11", "B12"])
+
+
+def test_linear_sar_without_unit_metadata_is_refused_and_units_linear_converts():
+    """The issue's case: VV/VH named plainly but stored as linear power (0..0.5)."""
+    db = sar_db()
+    data = tif((10 ** (db / 10)).astype(np.float32), ["VV", "VH"])
+    with pytest.raises(ImplausibleValuesError, match="units=linear") as err:
+        read(data, ["VV", "VH"])
+    assert "stored float32" in str(err.value)
+    _, _, values, _ = read(data, ["VV", "VH"], units="linear")
+    np.testing.assert_allclose(values, db, atol=1e-4)
+    _, _, per_band, _ = read(data, ["VV", "VH"], units="VV:linear,VH:linear")
+    np.testing.assert_allclose(per_band, db, atol=1e-4)
+
+
+def test_gdal_unittype_drives_the_conversion():
+    db = sar_db()
+    scene, _, values, _ = read(tif((10 ** (db / 10)).astype(np.float32), ["VV", "VH"], units=["linear", "linear"]),
+                               ["VV", "VH"])
+    np.testing.assert_allclose(values, db, atol=1e-4)
+    assert any("UNITTYPE 'linear'" in s for s in scene.band("VV").conversion.steps)
+
+
+def test_uncalibrated_amplitude_is_refused():
+    dn = RNG.uniform(50, 2000, (2, 16, 16)).astype(np.float32)  # GRD DN amplitude: 20 log10 -> 34..66 "dB"
+    with pytest.raises(ImplausibleValuesError, match="Calibrate"):
+        read(tif(dn, ["Amplitude_VV", "Amplitude_VH"]), ["VV", "VH"])
+
+
+def test_dem_in_feet():
+    feet = RNG.uniform(3000, 12000, (1, 16, 16)).astype(np.float32)
+    scene, _, values, _ = read(tif(feet, ["DEM"], units=["ft"]), ["DEM"])
+    np.testing.assert_allclose(values[0], feet[0] * 0.3048, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("kw", "match"), [({"units": "furlongs"}, "unknown unit"), ({"units": "B04:dB"}, "cannot apply"),
+                                           ({"scale": "abc"}, "not a number"), ({"units": "QQ:dB"}, "not a band name")])
+def test_bad_unit_parameters(kw, match):
+    with pytest.raises(UnitError, match=match):
+        read(tif(reflectance((3, 8, 8)), ["B04", "B03", "B02"]), ["B04", "B03", "B02"], **kw)
+
+
+# --- masks ---------------------------------------------------------------------------------------
+
+
+def test_masks_nodata_nan_gdal_mask_and_scl_are_counted_by_reason():
+    stored = reflectance((2, 20, 20)).astype(np.float32)
+    stored[0, 0, :5] = np.nan
+    stored[:, 1, :3] = -1  # nodata
+    scl = np.full((20, 20), 4, np.uint8)
+    scl[10:12, :] = 9  # cloud
+    scl[12, :4] = 3  # cloud shadow
+    data = tif(np.concatenate([stored, scl[None].astype(np.float32)]), ["B11", "B12", "SCL, Scene Classification"],
+               nodata=-1)
+    scene, reader, _, reasons = read(data, ["B11", "B12"])
+    assert reader.masked() == {"nodata, mask or alpha band": 3, "NaN or infinite value": 5,
+                               "SCL cloud (high probability)": 40, "SCL cloud shadow": 4}
+    assert (reasons[10:12] != 0).all() and reasons[5, 5] == 0
+
+
+def test_gdal_internal_mask_band_and_alpha():
+    stored = reflectance((2, 16, 16))
+    mask = np.full((16, 16), 255, np.uint8)
+    mask[:4] = 0
+    _, reader, _, reasons = read(tif(stored, ["B11", "B12"], mask=mask), ["B11", "B12"])
+    assert reader.masked() == {"nodata, mask or alpha band": 64}
+    alpha = np.concatenate([stored, np.where(mask > 0, 65535, 0).astype(np.uint16)[None]])
+    _, reader, _, _ = read(tif(alpha, ["B11", "B12", None], photometric="MINISBLACK", alpha="unspecified"),
+                           ["B11", "B12"])
+    assert reader.masked().get("nodata, mask or alpha band") in (None, 64)
+
+
+def test_hls_fmask_bits():
+    """HLS v2.0 Fmask: bit 1 cloud, bit 3 cloud shadow invalid; bit 5 water stays valid."""
+    fmask = np.zeros((16, 16), np.uint8)
+    fmask[0] = 1 << 1
+    fmask[1] = 1 << 3
+    fmask[2] = 1 << 5
+    files = [hls_file("S30", "B11", RNG.integers(100, 3000, (16, 16))),
+             UploadedFile("HLS.S30.T33UUP.2021180T100031.v2.0.Fmask.tif", tif(fmask))]
+    _, reader, _, reasons = read(files, ["B11"])
+    assert reader.masked() == {"Fmask cloud": 16, "Fmask cloud shadow": 16}
+    assert (reasons[2] == 0).all()
+
+
+# --- several files, one grid -----------------------------------------------------------------------
+
+
+def test_vv_and_vh_as_two_files_equal_one_stacked_file():
+    db = sar_db()
+    _, _, stacked, _ = read(tif(db, ["VV", "VH"]), ["VV", "VH"])
+    files = [UploadedFile("S1A_IW_GRDH_x_VV.tif", tif(db[0])), UploadedFile("S1A_IW_GRDH_x_VH.tif", tif(db[1]))]
+    scene, _, separate, _ = read(files, ["VV", "VH"])
+    np.testing.assert_array_equal(stacked, separate)
+    assert "file name" in rule_of(scene, "VV")
+
+
+def test_10m_and_20m_files_stack_on_the_10m_grid():
+    rgb = reflectance((3, 64, 64))
+    swir = reflectance((2, 32, 32))
+    files = [UploadedFile("rgb_10m.tif", tif(rgb, ["B04", "B03", "B02"])),
+             UploadedFile("swir_20m.tif", tif(swir, ["B11", "B12"], pixel=20.0))]
+    scene, reader, values, _ = read(files, ["B04", "B03", "B02", "B11", "B12"])
+    assert (reader.height, reader.width) == (64, 64) and reader.resampled == ["swir_20m.tif"]
+    np.testing.assert_allclose(values[0], rgb[0] * np.float32(1e-4), rtol=1e-6)
+    # bilinear: each 10 m pixel lies between the 20 m values around it, and the mean is kept
+    assert abs(values[3].mean() - swir[0].mean() * 1e-4) < 2e-3
+    assert values[3].min() >= swir[0].min() * 1e-4 - 1e-6 and values[3].max() <= swir[0].max() * 1e-4 + 1e-6
+
+
+def test_files_that_do_not_overlap_or_disagree_on_crs_say_both_extents():
+    a = UploadedFile("a.tif", tif(sar_db((1, 8, 8)), ["VV"]))
+    far = UploadedFile("b.tif", tif(sar_db((1, 8, 8)), ["VH"], origin=(600000, 5000000)))
+    with pytest.raises(GridMismatchError, match=r"do not overlap: a.tif covers \(500000.0.*b.tif covers \(600000.0"):
+        read([a, far], ["VV", "VH"])
+    other = UploadedFile("c.tif", tif(sar_db((1, 8, 8)), ["VH"], crs="EPSG:32632"))
+    with pytest.raises(GridMismatchError, match="EPSG:32633.*EPSG:32632"):
+        read([a, other], ["VV", "VH"])
+
+
+def test_a_band_given_twice_is_refused():
+    with pytest.raises(DuplicateBandError, match="VV is given twice"):
+        RequestScene([UploadedFile("a.tif", tif(sar_db((1, 8, 8)), ["VV"])),
+                      UploadedFile("b.tif", tif(sar_db((1, 8, 8)), ["vv"]))])
+
+
+# --- containers ------------------------------------------------------------------------------------
+
+
+def netcdf(tmp_path, variables: dict[str, np.ndarray], name="product.nc") -> bytes:
+    """A CF-1.8 NetCDF-4 product as xarray/netCDF4 write one: one 2-D variable per band, x/y coordinates, a
+    grid_mapping variable with crs_wkt, scale_factor and units (CF conventions, grid mappings)."""
+    netCDF4 = pytest.importorskip("netCDF4")
+    import rasterio.crs
+
+    path = tmp_path / name
+    ny, nx = next(iter(variables.values())).shape
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.Conventions = "CF-1.8"
+        ds.createDimension("y", ny)
+        ds.createDimension("x", nx)
+        x = ds.createVariable("x", "f8", ("x",))
+        x[:] = 500005 + 10 * np.arange(nx)
+        x.standard_name = "projection_x_coordinate"
+        y = ds.createVariable("y", "f8", ("y",))
+        y[:] = 4999995 - 10 * np.arange(ny)
+        y.standard_name = "projection_y_coordinate"
+        crs = ds.createVariable("crs", "i4")
+        crs.crs_wkt = crs.spatial_ref = rasterio.crs.CRS.from_string(UTM).to_wkt()
+        for key, values in variables.items():
+            v = ds.createVariable(key, "u2", ("y", "x"), fill_value=0)
+            v.grid_mapping, v.scale_factor, v.units = "crs", 1e-4, "1"
+            v.set_auto_scale(False)
+            v[:] = values
+    return path.read_bytes()
+
+
+def test_netcdf_subdatasets_that_name_bands_are_read(tmp_path):
+    stored = reflectance((4, 16, 16))
+    data = netcdf(tmp_path, {"B04": stored[0], "B03": stored[1], "B02": stored[2], "quicklook": stored[3]})
+    scene, reader, values, _ = read([UploadedFile("product.nc", data)], ["B04", "B03", "B02"])
+    assert scene.canonical_bands == ["B04", "B03", "B02"] and "tag NETCDF_VARNAME" in rule_of(scene, "B04")
+    assert scene.ignored_subdatasets == ["product.nc:quicklook"]
+    np.testing.assert_allclose(values, stored[:3] * np.float32(1e-4), rtol=1e-6)
+    assert "scale/offset" in scene.band("B04").conversion.steps[0]
+
+
+def test_netcdf_without_band_variables_lists_them(tmp_path):
+    data = netcdf(tmp_path, {"var_a": reflectance((16, 16)), "var_b": reflectance((16, 16))})
+    with pytest.raises(SubdatasetsError, match=r"\['var_a', 'var_b'\]"):
+        RequestScene([UploadedFile("product.nc", data)])
+
+
+def test_a_vrt_over_uploaded_parts_reads_them():
+    vv, vh = sar_db((1, 8, 8)), sar_db((1, 8, 8))
+    vrt = f"""<VRTDataset rasterXSize="8" rasterYSize="8">
+  <SRS>{UTM}</SRS><GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>
+  <VRTRasterBand dataType="Float32" band="1"><Description>VV</Description>
+    <SimpleSource><SourceFilename relativeToVRT="1">vv.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand>
+  <VRTRasterBand dataType="Float32" band="2"><Description>VH</Description>
+    <SimpleSource><SourceFilename relativeToVRT="1">vh.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>""".encode()
+    files = [UploadedFile("stack.vrt", vrt), UploadedFile("vv.tif", tif(vv)), UploadedFile("vh.tif", tif(vh))]
+    _, _, values, _ = read(files, ["VV", "VH"])
+    np.testing.assert_array_equal(values, np.concatenate([vv, vh]))
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../../etc/passwd", "/vsicurl/http://127.0.0.1:1/x.tif",
+                                    "/vsimem/other-request/x.tif"])
+def test_a_vrt_pointing_outside_its_request_is_refused(target):
+    vrt = f"""<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" band="1">
+  <Description>B04</Description>
+  <SimpleSource><SourceFilename relativeToVRT="0">{target}</SourceFilename><SourceBand>1</SourceBand></SimpleSource>
+</VRTRasterBand></VRTDataset>""".encode()
+    with pytest.raises(ForbiddenReferenceError, match="not a file of this request"):
+        RequestScene([UploadedFile("evil.vrt", vrt)])
+
+
+def test_a_vrt_with_pixel_functions_or_a_subclass_is_refused():
+    code = b"""<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" band="1"
+  subClass="VRTDerivedRasterBand"><PixelFunctionLanguage>Python</PixelFunctionLanguage>
+  <PixelFunctionCode>import os</PixelFunctionCode></VRTRasterBand></VRTDataset>"""
+    with pytest.raises(ForbiddenReferenceError, match="pixel functions"):
+        RequestScene([UploadedFile("code.vrt", code)])
+    warped = b"""<VRTDataset rasterXSize="8" rasterYSize="8" subClass="VRTWarpedDataset"></VRTDataset>"""
+    with pytest.raises(ForbiddenReferenceError, match="subClass"):
+        RequestScene([UploadedFile("warped.vrt", warped)])
