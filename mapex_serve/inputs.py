@@ -380,7 +380,7 @@ class SceneReader:
             if key not in sources:
                 ds, offset = b.dataset, None
                 if ds.crs == g.crs and (ds.transform.a, ds.transform.e) == (g.transform.a, g.transform.e):
-                    col, row = ~ds.transform * (g.transform.c, g.transform.f)
+                    col, row = ~ds.transform @ (g.transform.c, g.transform.f)
                     if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
                         offset = (round(row), round(col))
                 if offset is None:

@@ -466,3 +466,21 @@ def test_a_vrt_with_pixel_functions_or_a_subclass_is_refused():
     warped = b"""<VRTDataset rasterXSize="8" rasterYSize="8" subClass="VRTWarpedDataset"></VRTDataset>"""
     with pytest.raises(ForbiddenReferenceError, match="subClass"):
         RequestScene([UploadedFile("warped.vrt", warped)])
+
+
+def test_envi_image_and_header_as_two_parts_like_snap_beam_dimap(tmp_path):
+    """SNAP's BEAM-DIMAP writes each band as an ENVI pair ``<band>.img`` + ``<band>.hdr`` in ``<product>.data/``;
+    the header's ``band names`` become GDAL band descriptions (GDAL ENVI driver)."""
+    import rasterio
+
+    db = sar_db((1, 16, 16))
+    path = tmp_path / "Sigma0_VV_db.img"
+    with rasterio.open(path, "w", driver="ENVI", count=1, width=16, height=16, dtype="float32", crs=UTM,
+                       transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(db)
+        dst.set_band_description(1, "Sigma0_VV_db")
+    files = [UploadedFile(p.name, p.read_bytes()) for p in sorted(tmp_path.iterdir()) if p.suffix in (".img", ".hdr")]
+    assert {f.name for f in files} == {"Sigma0_VV_db.img", "Sigma0_VV_db.hdr"}
+    scene, _, values, _ = read(files, ["VV"])
+    assert "SNAP band name" in rule_of(scene, "VV") and scene.band("VV").dataset.driver == "ENVI"
+    np.testing.assert_allclose(values, db)

@@ -148,13 +148,45 @@ def fuzz_server(built_repo, server_type, tmp_path_factory):
 
 
 VALID = [s2_crop(40, 40), compression_bomb(64, 64, None)]
+
+#: Band metadata as real tools write it, and as they get it wrong: names, units, scales, wavelengths.
+NAMES = st.one_of(st.sampled_from(["B11", "B12", "VV", "VH", "Sigma0_VV", "Sigma0_VH_db", "Amplitude_VV", "swir16",
+                                   "B11, central wavelength 1610 nm", "SCL", "Fmask", "dataMask", "HH", "-", ""]),
+                  st.text(max_size=40))
+TAGS = st.dictionaries(st.sampled_from(["units", "unit", "scale_factor", "add_offset", "wavelength", "wavelength_units",
+                                        "BANDNAME", "NETCDF_VARNAME", "long_name", "BOA_ADD_OFFSET"]),
+                       st.one_of(st.sampled_from(["dB", "linear", "amplitude", "1", "ft", "nan", "inf", "-1e308", "0",
+                                                  "Micrometers", "0.865", "B8A"]), st.text(max_size=20)), max_size=4)
+
+
+@st.composite
+def relabelled_geotiffs(draw: st.DrawFn) -> bytes:
+    """A valid raster whose band descriptions and tags are drawn: identity and units from anything a file can say."""
+    count = draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from(["uint8", "uint16", "float32"]))
+    values = np.random.default_rng(draw(st.integers(0, 9))).uniform(0, 250, (count, 24, 24)).astype(dtype)
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=count, width=24, height=24, dtype=dtype, crs="EPSG:32633",
+                      transform=rasterio.Affine(10, 0, 500000, 0, -10, 5000000)) as dst:
+            dst.write(values)
+            for i in range(1, count + 1):
+                if name := draw(NAMES):
+                    dst.set_band_description(i, name)
+                dst.update_tags(i, **draw(TAGS))
+                if draw(st.booleans()):
+                    dst.update_tags(i, ns="IMAGERY", CENTRAL_WAVELENGTH_UM=draw(st.sampled_from(["1.61", "x", "-3"])))
+            dst.update_tags(**draw(st.dictionaries(st.sampled_from(["SENSOR", "BOA_QUANTIFICATION_VALUE"]),
+                                                   st.sampled_from(["OLI_TIRS", "0", "10000", "abc"]), max_size=2)))
+        return mem.read()
 BOMBS = [compression_bomb(4000, 4000, None), compression_bomb(1000, 1000, 0.0)]  # over MAPEX_MAX_PIXELS; all nodata
 
 
 @st.composite
 def corrupt_geotiffs(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     """(kind, bytes, must_fail): mutated valid files may still be valid; crafted ones never are."""
-    kind = draw(st.sampled_from(["flipped bytes", "truncated", "spliced", "huge header", "bomb"]))
+    kind = draw(st.sampled_from(["flipped bytes", "truncated", "spliced", "huge header", "bomb", "band metadata"]))
+    if kind == "band metadata":
+        return kind, draw(relabelled_geotiffs()), False
     if kind == "huge header":
         dims = st.integers(min_value=1, max_value=2**32 - 1)
         return kind, tiff_with_header(draw(dims), draw(dims), draw(st.integers(1, 65535)),

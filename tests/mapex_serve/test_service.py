@@ -16,11 +16,13 @@ DATA = Path(__file__).parents[1] / "data"
 S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"  # the same files as conftest's; test modules cannot import it
 
 
-def test_real_sentinel2_crop_routes_to_swir_for_wildfire_and_rgb_for_segmentation(server):
+def test_real_sentinel2_crop_routes_to_rgb_swir_for_wildfire_and_rgb_for_segmentation(server):
     r = server.post("wildfire", S2)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["specialist"] == "wildfire-swir" and body["bands"] == ["B11", "B12"]
+    assert body["specialist"] == "wildfire-rgb+swir" and body["bands"] == ["B04", "B03", "B02", "B11", "B12"]
+    forced = server.post("wildfire", S2, params={"modality": "SWIR"}).json()
+    assert forced["specialist"] == "wildfire-swir" and forced["bands"] == ["B11", "B12"]
     assert body["label"] in ("unburned", "burned") and abs(sum(body["probabilities"].values()) - 1) < 1e-4
 
     r = server.post("landcover-seg", S2)
@@ -96,11 +98,11 @@ def test_64_concurrent_requests_succeed_and_share_batches(server):
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 64
     metrics = httpx.get(f"{server.url}/metrics").text
-    count = _sample(metrics, 'mapex_batch_size_count{specialist="wildfire-swir"}')
-    total = _sample(metrics, 'mapex_batch_size_sum{specialist="wildfire-swir"}')
-    print(f"wildfire-swir: {total:.0f} tiles in {count:.0f} batches, {total / count:.1f} tiles a batch")
+    count = _sample(metrics, 'mapex_batch_size_count{specialist="wildfire-rgb+swir"}')
+    total = _sample(metrics, 'mapex_batch_size_sum{specialist="wildfire-rgb+swir"}')
+    print(f"wildfire-rgb+swir: {total:.0f} tiles in {count:.0f} batches, {total / count:.1f} tiles a batch")
     assert total / count > 1
-    assert _sample(metrics, 'mapex_requests_total{specialist="wildfire-swir",status="200",task="wildfire"}') >= 64
+    assert _sample(metrics, 'mapex_requests_total{specialist="wildfire-rgb+swir",status="200",task="wildfire"}') >= 64
 
 
 def _sample(text: str, name: str) -> float:

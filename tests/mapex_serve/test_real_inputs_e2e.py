@@ -1,0 +1,159 @@
+"""Real inputs end to end through a real server: units, several files, containers, the report and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
+
+from training.data import SceneConfig, generate_scene, mosaic
+
+DATA = Path(__file__).parents[1] / "data"
+S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
+BIGEARTHNET = Path(__file__).parents[3] / "shared" / "data" / "real" / "bigearthnet"
+
+
+def post(server, task: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:
+    return httpx.post(f"{server.url}/predict/{task}", files=[("file", f) for f in files], params=params, timeout=60)
+
+
+def tiff(bands: np.ndarray, descriptions, like: dict) -> bytes:
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=len(bands), height=bands.shape[1], width=bands.shape[2],
+                      dtype=bands.dtype, **like) as dst:
+            dst.write(bands)
+            for i, d in enumerate(descriptions, start=1):
+                if d:
+                    dst.set_band_description(i, d)
+        return mem.read()
+
+
+@pytest.fixture(scope="module")
+def flood_scene() -> tuple[np.ndarray, dict]:
+    """A 96 x 96 mosaic of nine flooded SAR scenes (the flood head's training distribution), VV and VH in dB."""
+    scenes = [generate_scene(np.random.default_rng(seed), SceneConfig(size=32, flood_prob=1.0)) for seed in range(9)]
+    big = mosaic(scenes, columns=3)
+    db = np.stack([big.bands["VV"], big.bands["VH"]]).astype(np.float32)
+    return db, {"crs": "EPSG:32633", "transform": rasterio.transform.from_origin(500000, 5000000, 10, 10)}
+
+
+def mask_of(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    with MemoryFile(response.content) as mem, mem.open() as out:
+        return out.read(1)
+
+
+def test_snap_linear_and_db_give_the_same_flood_mask(server, flood_scene):
+    db, like = flood_scene
+    in_db = post(server, "flood", [("S1_Sigma0_db.tif", tiff(db, ["Sigma0_VV_db", "Sigma0_VH_db"], like))])
+    linear = (10 ** (db / 10)).astype(np.float32)
+    in_linear = post(server, "flood", [("S1_Sigma0.tif", tiff(linear, ["Sigma0_VV", "Sigma0_VH"], like))])
+    agreement = (mask_of(in_db) == mask_of(in_linear)).mean()
+    print(f"SNAP linear vs dB: {agreement:.4f} of pixels agree")
+    assert agreement >= 0.99
+    inputs = json.loads(in_linear.headers["x-mapex-inputs"])
+    assert inputs[0]["found"] == "Sigma0_VV" and inputs[0]["band"] == "VV" and "SNAP band name" in inputs[0]["rule"]
+    assert any("10·log10" in c for c in inputs[0]["conversions"])
+
+
+def test_linear_sar_with_plain_names_is_422_naming_units_linear_and_then_served(server, flood_scene):
+    db, like = flood_scene
+    data = tiff((10 ** (db / 10)).astype(np.float32), ["VV", "VH"], like)
+    refused = post(server, "flood", [("s1.tif", data)])
+    assert refused.status_code == 422 and refused.json()["error"] == "ImplausibleValuesError"
+    assert "units=linear" in refused.json()["detail"] and "stored float32" in refused.json()["detail"]
+    stated = post(server, "flood", [("s1.tif", data)], units="linear")
+    served_db = post(server, "flood", [("s1.tif", tiff(db, ["VV", "VH"], like))])
+    assert (mask_of(stated) == mask_of(served_db)).mean() >= 0.99
+
+
+def test_vv_and_vh_as_two_files_give_the_same_answer_as_one_stacked_file(server, flood_scene):
+    db, like = flood_scene
+    stacked = post(server, "flood", [("s1.tif", tiff(db, ["VV", "VH"], like))], format="json")
+    separate = post(server, "flood", [("S1A_IW_GRDH_1SDV_x_VH.tif", tiff(db[1:], [None], like)),
+                                      ("S1A_IW_GRDH_1SDV_x_VV.tif", tiff(db[:1], [None], like))], format="json")
+    assert stacked.status_code == separate.status_code == 200, separate.text
+    assert stacked.json()["classes"] == separate.json()["classes"]
+    rules = {i["mapped_to"]: i["rule"] for i in separate.json()["inputs"]}
+    assert "file name" in rules["VV"] and "file name" in rules["VH"]
+
+
+def s2_rgb_and_20m_swir() -> list[tuple[str, bytes]]:
+    """The real Sentinel-2 crop cut the way L2A ships it: RGB at 10 m, SWIR averaged to its native 20 m."""
+    with rasterio.open(S2) as src:
+        rgb = src.read([3, 2, 1])
+        h, w = src.height // 2, src.width // 2
+        swir = src.read([5, 6], out_shape=(2, h, w), resampling=Resampling.average)
+        like = {"crs": src.crs, "transform": src.transform}
+        coarse = {"crs": src.crs, "transform": src.transform * src.transform.scale(src.width / w, src.height / h)}
+    return [("T19_B04_B03_B02_10m.tif", tiff(rgb, ["B04", "B03", "B02"], like)),
+            ("T19_B11_B12_20m.tif", tiff(swir, ["B11", "B12"], coarse))]
+
+
+def test_10m_rgb_and_20m_swir_files_route_to_the_rgb_swir_specialist(server):
+    r = post(server, "wildfire", s2_rgb_and_20m_swir())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["specialist"] == "wildfire-rgb+swir" and r.headers["x-mapex-specialist"] == "wildfire-rgb+swir"
+    assert body["grid"]["pixel_size"] == [10.0, 10.0] and body["grid"]["resampled"] == ["T19_B11_B12_20m.tif"]
+    swir_only = post(server, "wildfire", s2_rgb_and_20m_swir()[1:])
+    assert swir_only.json()["specialist"] == "wildfire-swir"
+
+
+@pytest.mark.skipif(not BIGEARTHNET.is_dir(), reason="../shared/data/real/bigearthnet is absent (a user's fresh clone)")
+def test_real_bigearthnet_band_files_at_10_and_20_m(server):
+    """BigEarthNet v1: one uint16 file per band, the band in the file name, 10 m and 20 m grids."""
+    patch = BIGEARTHNET / "S2" / "S2B_MSIL2A_20170924T093019_43_47"
+    files = [(p.name, p.read_bytes()) for b in ("B02", "B03", "B04", "B11", "B12")
+             for p in patch.glob(f"*_{b}.tif")]
+    r = post(server, "wildfire", files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["specialist"] == "wildfire-rgb+swir" and body["grid"]["width"] == 120
+    assert {i["mapped_to"] for i in body["inputs"]} == {"B02", "B03", "B04", "B11", "B12"}
+
+
+def test_8bit_rgb_is_422_with_the_fix(server):
+    with rasterio.open(DATA / "rmnp-rgb.tif") as src:
+        assert src.dtypes[0] == "uint8"
+    r = httpx.post(f"{server.url}/predict/landcover", content=(DATA / "rmnp-rgb.tif").read_bytes(),
+                   headers={"Content-Type": "image/tiff"}, params={"bands": "red,green,blue"}, timeout=60)
+    assert r.status_code == 422 and "8-bit values" in r.json()["detail"] and "scale=" in r.json()["detail"]
+
+
+def test_masked_pixels_are_reported_and_excluded(server, flood_scene):
+    db, like = flood_scene
+    """Sentinel Hub's S1 GRD evalscripts return ``dataMask`` beside VV and VH (0 where there is no data)."""
+    data_mask = np.ones((1, *db.shape[1:]), np.float32)
+    data_mask[0, :10] = 0  # the top 10 rows: 960 pixels
+    data = tiff(np.concatenate([db, data_mask]), ["VV", "VH", "dataMask"], like)
+    body = post(server, "flood", [("s1_with_scl.tif", data)], format="json").json()
+    assert body["masked_pixels"] == {"total": 960, "by_reason": {"dataMask no data": 960}}
+    assert body["valid_pixels"] == 96 * 96 - 960
+    mask = mask_of(post(server, "flood", [("s1_with_scl.tif", data)]))
+    assert (mask[:10] == 255).all() and (mask[10:] != 255).all()
+
+
+def test_netcdf_and_a_hostile_vrt_through_the_server(server, tmp_path):
+    netCDF4 = pytest.importorskip("netCDF4")
+    path = tmp_path / "product.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("y", 64)
+        ds.createDimension("x", 64)
+        for name in ("B11", "B12", "cloud_probability"):
+            v = ds.createVariable(name, "u2", ("y", "x"))
+            v[:] = np.random.default_rng(0).integers(500, 3000, (64, 64))
+    r = post(server, "wildfire", [("product.nc", path.read_bytes())])
+    assert r.status_code == 200 and r.json()["specialist"] == "wildfire-swir", r.text
+    assert r.json()["ignored_subdatasets"] == ["product.nc:cloud_probability"]
+    evil = b"""<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" band="1">
+      <Description>B11</Description><SimpleSource><SourceFilename>/etc/passwd</SourceFilename></SimpleSource>
+      </VRTRasterBand></VRTDataset>"""
+    r = post(server, "wildfire", [("evil.vrt", evil)])
+    assert r.status_code == 400 and r.json()["error"] == "ForbiddenReferenceError" and "/etc/passwd" in r.json()["detail"]
