@@ -244,7 +244,7 @@ class RequestScene:
         for name, ds in self.datasets:
             given = None if bands is None else list(bands[offset: offset + ds.count])
             offset += ds.count
-            filename = name.split(":", 1)[0] if ":" not in name else None  # a subdataset has no file name of its own
+            filename = None if ":" in name else name  # "file.nc:B04" is a subdataset: no file name of its own
             landsat = _is_landsat(ds, filename)
             for i, identity in enumerate(identify_bands(ds, filename, given), start=1):
                 self.bands.append(InputBand(name, i, ds, identity, landsat))

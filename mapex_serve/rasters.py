@@ -37,6 +37,7 @@ from mapex_serve.bands import (
     resolve_bands,
 )
 from mapex_serve.errors import MapexError
+from mapex_serve.units import UnitError
 
 __all__ = [
     "BandIdentity",
@@ -254,6 +255,11 @@ def band_names(src: DatasetReaderBase, bands: Sequence[str] | None = None) -> tu
     identities = identify_bands(src, None, bands)
     if any(i.canonical is None for i in identities):
         raise missing_names_error(src.count, [i.found for i in identities], bands)
+    for i in identities:
+        if i.unit_hint is not None and i.unit_hint != BANDS[i.canonical].unit:
+            raise UnitError(f"band {i.found!r} holds {i.unit_hint} values ({i.rule}); training chips must hold "
+                            f"{BANDS[i.canonical].unit}: convert them first (SNAP: Raster > Data Conversion > "
+                            f"Linear to/from dB)")
     names = [i.canonical for i in identities]
     if len(set(names)) != len(names):
         return resolve_bands(names)  # raises DuplicateBandError naming the band

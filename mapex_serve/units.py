@@ -154,9 +154,6 @@ class Conversion:
             x *= np.float32(0.3048)
         return x
 
-    def describe(self) -> list[str]:
-        return list(self.steps)
-
 
 def _tag_number(tags: Mapping[str, str], *keys: str) -> float | None:
     for k in keys:
@@ -260,7 +257,9 @@ def conversion_for(
             scale, offset = 1.0, 0.0
     if unit != band.unit:
         steps.append(f"{_CONVERSION_WORDS[unit]} ({unit_source})")
-    elif not unit_source.startswith("assumed"):
+    elif unit_source.startswith("assumed"):
+        steps.append(f"values taken as {unit} (assumed: no unit metadata; checked against the values)")
+    else:
         steps.append(f"values in {unit} ({unit_source})")
     return Conversion(canonical, float(scale), float(offset), unit, tuple(steps), tuple(assumed))
 

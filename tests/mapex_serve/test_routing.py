@@ -80,3 +80,15 @@ def test_band_tags_name_bands_and_the_file_scale_wins(tmp_path):
         assert band_names(src) == ("B11", "B12")
         assert scale_offset(src, 1, "B11") == (pytest.approx(1e-4), 0.0)
         assert scale_offset(src, 2, "B12") == (pytest.approx(2e-4), pytest.approx(-0.1))
+
+
+def test_training_chips_named_as_linear_snap_bands_are_refused(tmp_path):
+    """``band_names`` feeds training, which scales but never converts units: linear power must not pass as dB."""
+    from mapex_serve.units import UnitError
+
+    path = tmp_path / "chip.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=2, dtype="float32") as dst:
+        dst.write(np.full((2, 4, 4), 0.05, np.float32))
+        dst.descriptions = ("Sigma0_VV", "Sigma0_VH")
+    with rasterio.open(path) as src, pytest.raises(UnitError, match="linear values"):
+        band_names(src)
