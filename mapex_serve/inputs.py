@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: GDAL drivers an upload may be read with: none of them opens a file the upload names (VRT is checked).
-ALLOWED_DRIVERS = ("GTiff", "COG", "netCDF", "HDF5", "ENVI", "JP2OpenJPEG", "VRT")
+ALLOWED_DRIVERS = ("GTiff", "COG", "netCDF", "HDF5", "HDF5Image", "ENVI", "JP2OpenJPEG", "VRT")
 
 VALID = 0
 _NODATA, _NOT_FINITE, _UNDEFINED = 1, 2, 3
@@ -159,6 +159,12 @@ def _subdataset_variable(name: str) -> str:
     return name.rsplit(":", 1)[-1].strip('"').rstrip("/").rsplit("/", 1)[-1]
 
 
+def _extent(ds: DatasetReaderBase) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` whatever the sign of the pixel size (ungeoreferenced files have y down)."""
+    b = ds.bounds
+    return min(b.left, b.right), min(b.bottom, b.top), max(b.left, b.right), max(b.bottom, b.top)
+
+
 @dataclass
 class _Grid:
     crs: object
@@ -244,9 +250,10 @@ class RequestScene:
         for name, ds in self.datasets:
             given = None if bands is None else list(bands[offset: offset + ds.count])
             offset += ds.count
-            filename = None if ":" in name else name  # "file.nc:B04" is a subdataset: no file name of its own
-            landsat = _is_landsat(ds, filename)
-            for i, identity in enumerate(identify_bands(ds, filename, given), start=1):
+            file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
+            landsat = _is_landsat(ds, file)
+            source = "subdataset name" if variable else "file name"
+            for i, identity in enumerate(identify_bands(ds, variable or file, given, source), start=1):
                 self.bands.append(InputBand(name, i, ds, identity, landsat))
         if not any(b.identity.used for b in self.bands):
             raise missing_names_error(total, [b.identity.found for b in self.bands], bands)
@@ -286,10 +293,14 @@ class RequestScene:
                     f"{ref.file} is in {ref.dataset.crs} {tuple(ref.dataset.bounds)} but {b.file} is in "
                     f"{b.dataset.crs} {tuple(b.dataset.bounds)}; reproject the files to one CRS (gdalwarp -t_srs)"
                 )
-        left = max(b.dataset.bounds.left for b in datasets)
-        right = min(b.dataset.bounds.right for b in datasets)
-        bottom = max(b.dataset.bounds.bottom for b in datasets)
-        top = min(b.dataset.bounds.top for b in datasets)
+        if ref.dataset.crs is None and any((b.dataset.transform, b.dataset.shape) != (ref.dataset.transform,
+                                                                                     ref.dataset.shape)
+                                           for b in datasets):
+            raise GridMismatchError(f"{ref.file} has no CRS and the files' grids differ; without georeferencing "
+                                    f"files can only be stacked when they share one grid: add the CRS (gdal_edit -a_srs)")
+        boxes = [_extent(b.dataset) for b in datasets]
+        left, bottom = max(x[0] for x in boxes), max(x[1] for x in boxes)
+        right, top = min(x[2] for x in boxes), min(x[3] for x in boxes)
         if len(datasets) > 1 and (left >= right or bottom >= top):
             other = next(b for b in datasets if b is not ref)
             raise GridMismatchError(
@@ -297,7 +308,7 @@ class RequestScene:
                 f"{tuple(other.dataset.bounds)} (in {ref.dataset.crs}); send files of the same place"
             )
         t = ref.dataset.transform
-        if len(datasets) == 1 or (left, bottom, right, top) == tuple(ref.dataset.bounds):
+        if len(datasets) == 1 or (left, bottom, right, top) == _extent(ref.dataset):
             return _Grid(ref.dataset.crs, t, ref.dataset.width, ref.dataset.height)
         window = from_bounds(left, bottom, right, top, t).round_offsets().round_lengths()
         return _Grid(ref.dataset.crs, rasterio.windows.transform(window, t), int(window.width), int(window.height))

@@ -171,7 +171,7 @@ def _by_wavelength(nm: float, source: str) -> BandIdentity:
                         canonical)
 
 
-def _file_names(src: DatasetReaderBase, index: int, filename: str | None) -> list[tuple[str, str]]:
+def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where: str = "file name") -> list[tuple[str, str]]:
     """``(name, where)`` candidates of band ``index`` in the order they are trusted."""
     names: list[tuple[str, str]] = []
     if description := src.descriptions[index - 1]:
@@ -181,14 +181,14 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None) -> lis
     if filename and src.count == 1:  # one band a file: BigEarthNet, HLS, SNAP's .data folders name it
         stem = PurePath(filename).name.rsplit(".", 1)[0]
         tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
-        names += [(stem, "file name"), *((t, "file name") for t in reversed(tokens))]
+        names += [(stem, where), *((t, where) for t in reversed(tokens))]
     return names
 
 
-def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: bool) -> BandIdentity:
+def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: bool, name_source: str) -> BandIdentity:
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
-    for name, where in _file_names(src, index, filename):
+    for name, where in _file_names(src, index, filename, name_source):
         if landsat and (m := _LANDSAT_NUMBER.match(name.strip())) and int(m.group(1)) in OLI_WAVELENGTHS_NM:
             number = int(m.group(1))
             found = _by_wavelength(OLI_WAVELENGTHS_NM[number], name)
@@ -207,15 +207,20 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return named
     if wavelength is not None:
         return _by_wavelength(*wavelength)
-    found = [n for n, _ in _file_names(src, index, filename)]
+    found = [n for n, _ in _file_names(src, index, filename, name_source)]
     return BandIdentity(found[0] if found else None, "no band name or wavelength the service knows" +
                         (f" (found {found})" if found else " (no description, name tag or wavelength)"))
 
 
 def identify_bands(
-    src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None
+    src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None,
+    name_source: str = "file name",
 ) -> list[BandIdentity]:
-    """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file."""
+    """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file.
+
+    ``filename`` names a single-band ``src`` when nothing inside it does (``name_source`` says what it
+    is: a file name, or the variable name of a NetCDF/HDF5 subdataset).
+    """
     if bands is not None:
         if len(bands) != src.count:
             raise BandNamesMissingError(
@@ -234,7 +239,7 @@ def identify_bands(
                                     parsed.unit_hint))
         return out
     landsat = _is_landsat(src, filename)
-    return [_identify(src, i, filename, landsat) for i in range(1, src.count + 1)]
+    return [_identify(src, i, filename, landsat, name_source) for i in range(1, src.count + 1)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None) -> BandNamesMissingError:

@@ -484,3 +484,17 @@ def test_envi_image_and_header_as_two_parts_like_snap_beam_dimap(tmp_path):
     scene, _, values, _ = read(files, ["VV"])
     assert "SNAP band name" in rule_of(scene, "VV") and scene.band("VV").dataset.driver == "ENVI"
     np.testing.assert_allclose(values, db)
+
+
+def test_hdf5_subdatasets_in_groups(tmp_path):
+    """An HDF5 product with one dataset per band in a group (as h5py / NASA products write them); GDAL's HDF5
+    driver lists them as ``HDF5:"file"://group/name`` subdatasets."""
+    h5py = pytest.importorskip("h5py")
+    db = sar_db((2, 16, 16))
+    path = tmp_path / "product.h5"
+    with h5py.File(path, "w") as f:
+        group = f.create_group("measurements")
+        group["Sigma0_VV_db"], group["Sigma0_VH_db"], group["incidence_angle"] = db[0], db[1], db[0] * 0 + 35
+    scene, _, values, _ = read([UploadedFile("product.h5", path.read_bytes())], ["VV", "VH"])
+    assert scene.ignored_subdatasets == ["product.h5:incidence_angle"]
+    np.testing.assert_allclose(values, db)
