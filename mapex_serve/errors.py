@@ -6,7 +6,15 @@ so that the service can hand it to the user unchanged.
 
 from __future__ import annotations
 
-__all__ = ["MapexError", "UnknownBandError", "UnknownModalityError", "DuplicateBandError"]
+__all__ = [
+    "DuplicateBandError",
+    "MapexError",
+    "RequestTimeoutError",
+    "UnknownBandError",
+    "UnknownModalityError",
+    "UnknownModelError",
+    "UnknownTaskError",
+]
 
 
 class MapexError(Exception):
@@ -23,3 +31,15 @@ class DuplicateBandError(MapexError, ValueError):
 
 class UnknownModalityError(MapexError, ValueError):
     """A modality name outside the modality groups."""
+
+
+class UnknownTaskError(MapexError, LookupError):
+    """A task no serving specialist does."""
+
+
+class UnknownModelError(MapexError, LookupError):
+    """A model name the repository does not serve."""
+
+
+class RequestTimeoutError(MapexError, TimeoutError):
+    """A request that ran past MAPEX_REQUEST_TIMEOUT_S."""

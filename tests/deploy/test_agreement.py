@@ -63,7 +63,7 @@ def code(tmp_path_factory, deploy) -> SimpleNamespace:
                     for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
     assert {"--all", "--repo"} <= export_flags
     return SimpleNamespace(settings={prefix + n.upper() for n in Settings.model_fields}, prefix=prefix,
-                           routes={r.path for r in app.routes}, port=captured["port"], uvicorn_env=uvicorn_env,
+                           routes=set(app.openapi()["paths"]), port=captured["port"], uvicorn_env=uvicorn_env,
                            export_env=export_env, export_flags=export_flags)
 
 

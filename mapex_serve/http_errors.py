@@ -1,0 +1,53 @@
+"""Every error the service raises on purpose is a MapexError; this is the one table of their HTTP statuses."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from mapex_serve.batcher import QueueFullError
+from mapex_serve.engine import EngineInputError
+from mapex_serve.errors import (
+    DuplicateBandError,
+    MapexError,
+    RequestTimeoutError,
+    UnknownBandError,
+    UnknownModalityError,
+    UnknownModelError,
+    UnknownTaskError,
+)
+from mapex_serve.inputs import (
+    ForbiddenReferenceError,
+    GridMismatchError,
+    RasterTooLargeError,
+    SubdatasetsError,
+    UnreadableInputError,
+)
+from mapex_serve.predict import UnreadableRasterError
+from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
+from mapex_serve.routing import NoMatchingSpecialistError
+from mapex_serve.units import ImplausibleValuesError, UnitError
+from mapex_serve.upload import UnsupportedMediaTypeError, UploadTooLargeError
+
+__all__ = ["STATUS", "mapex_error_response", "status_of"]
+
+STATUS: dict[type[MapexError], int] = {
+    UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400,
+    UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413, RasterTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
+    EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
+    SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
+    QueueFullError: 503, RequestTimeoutError: 504,
+}
+
+
+def status_of(error: MapexError) -> int:
+    return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
+
+
+async def mapex_error_response(_request: Request, error: MapexError) -> JSONResponse:
+    """``{"error", "detail"}`` with the status of the error's class; 503s say when to come back."""
+    code = status_of(error)
+    headers = {"Retry-After": "1"} if code == 503 else None
+    return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=code, headers=headers)

@@ -1,0 +1,1 @@
+"""The service's routers, one concern each: health, models (with the Open Inference Protocol), predict."""

@@ -1,0 +1,92 @@
+"""``POST /predict/{task}``: one or more files in, routed by their band metadata, a GeoTIFF or JSON out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from mapex_serve.deps import authorised, ready_registry, service_state
+from mapex_serve.errors import MapexError, RequestTimeoutError, UnknownTaskError
+from mapex_serve.http_errors import status_of
+from mapex_serve.predict import predict
+from mapex_serve.registry import Registry
+from mapex_serve.responses import as_geotiff, as_json, inputs_summary
+from mapex_serve.state import ServiceState
+from mapex_serve.units import UnitOverrides
+from mapex_serve.upload import read_upload
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+async def _respond(request: Request, state: ServiceState, manifests: list[Any], bands: str | None,
+                   modality: str | None, format: str | None, overrides: UnitOverrides) -> Response:
+    """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
+    settings = state.settings
+    files = await read_upload(request, int(settings.max_upload_mb * 2**20))
+    result = await predict(files, manifests, state.batchers, bands=bands.split(",") if bands else None,
+                           modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch,
+                           overrides=overrides)
+    name = result.route.manifest.name
+    if format is None:  # masks default to GeoTIFF, classes to JSON, unless Accept says otherwise
+        accept = request.headers.get("accept", "")
+        wants_mask_tiff = result.mask is not None and "application/json" not in accept
+        format = "geotiff" if "image/tiff" in accept or wants_mask_tiff else "json"
+    headers = {"X-Mapex-Specialist": name, "X-Mapex-Version": str(result.route.manifest.version),
+               "X-Mapex-Bands": ",".join(result.route.bands),
+               "X-Mapex-Inputs": json.dumps(inputs_summary(result), ensure_ascii=True, separators=(",", ":"))}
+    if format == "geotiff":
+        return Response(await run_in_threadpool(as_geotiff, result), media_type="image/tiff", headers=headers)
+    return JSONResponse(as_json(result, state.registry.specialists[name].engine.provider), headers=headers)
+
+
+@router.post("/predict/{task}", tags=["predict"], dependencies=[Depends(authorised)],
+             responses={200: {"content": {"image/tiff": {}, "application/json": {}}}})
+async def predict_task(
+    task: str,
+    request: Request,
+    reg: Annotated[Registry, Depends(ready_registry)],
+    state: Annotated[ServiceState, Depends(service_state)],
+    bands: Annotated[str | None, Query(description="names of the bands in order, over all files, e.g. "
+                                                   "red,green,blue; '-' skips a band")] = None,
+    modality: Annotated[str | None, Query(description="force the specialist of this modality, e.g. SWIR")] = None,
+    format: Annotated[Literal["json", "geotiff"] | None, Query(description="else by the Accept header")] = None,
+    units: Annotated[str | None, Query(description="unit of the values: dB, linear, amplitude, reflectance, m, ft; "
+                                                   "for every band or per band (VV:linear,VH:linear)")] = None,
+    scale: Annotated[str | None, Query(description="physical = stored x scale + offset, e.g. 0.0001 "
+                                                   "(or per band: B04:0.0001)")] = None,
+    offset: Annotated[str | None, Query(description="added after scale, e.g. -0.1 for Sentinel-2 L2A "
+                                                    "baseline >= 04.00")] = None,
+) -> Response:
+    started = time.perf_counter()
+    name, status = "-", 500
+    settings = state.settings
+    try:
+        manifests = [s.manifest for s in reg.for_task(task)]
+        if not manifests:
+            raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
+        overrides = UnitOverrides.parse(units, scale, offset)
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
+                response = await _respond(request, state, manifests, bands, modality, format, overrides)
+        except TimeoutError:
+            raise RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
+                                      f"(MAPEX_REQUEST_TIMEOUT_S); send a smaller scene or retry later") from None
+        name, status = response.headers["x-mapex-specialist"], 200
+        return response
+    except MapexError as e:
+        status = status_of(e)
+        raise
+    except HTTPException as e:
+        status = e.status_code
+        raise
+    finally:
+        state.metrics.requests.labels(task, name, str(status)).inc()
+        state.metrics.request_seconds.labels(task).observe(time.perf_counter() - started)

@@ -1,0 +1,26 @@
+"""What the routes share: settings, metrics, the registry and its batchers, held on ``app.state.mapex``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mapex_serve.batcher import Batcher
+from mapex_serve.metrics import Metrics
+from mapex_serve.registry import Registry
+from mapex_serve.settings import Settings
+
+__all__ = ["ServiceState"]
+
+
+@dataclass
+class ServiceState:
+    """One service's state; the registry and batchers appear once the lifespan has opened and warmed the engines."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    registry: Registry | None = None
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.registry is not None and self.registry.ready
