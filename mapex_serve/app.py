@@ -30,7 +30,7 @@ log = logging.getLogger("mapex_serve")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service over ``settings.model_repo``; engines open and warm up in the lifespan."""
     state = ServiceState(settings or Settings())
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+    executors: list[ThreadPoolExecutor] = []
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -40,18 +40,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("refused %s: %s", r.entry, r.reason)
         state.registry = registry
         await run_in_threadpool(registry.warm_up)
+        # One engine thread per specialist: a slow specialist never holds up the others (ONNX Runtime's own
+        # thread settings share the cores between them).
+        executors[:] = [ThreadPoolExecutor(1, thread_name_prefix=f"engine-{name}") for name in registry.specialists]
         state.batchers = {
             name: Batcher(name, spec.engine.run, executor, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
                           max_queue=s.max_queue, metrics=state.metrics)
-            for name, spec in registry.specialists.items()
+            for (name, spec), executor in zip(registry.specialists.items(), executors, strict=True)
         }
         for b in state.batchers.values():
             b.start()
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))
         yield
-        for b in state.batchers.values():
-            await b.stop()
-        executor.shutdown(wait=True)
+        for b in state.batchers.values():  # every admitted tile is run or answered with a 503
+            await b.stop(drain_s=s.request_timeout_s)
+        for executor in executors:
+            executor.shutdown(wait=True)
 
     app = FastAPI(title="mapex-serve", version="0.1.0", lifespan=lifespan,
                   description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")

@@ -4,6 +4,9 @@ Each request submits its tiles and awaits their results; one worker task per spe
 what is queued, up to ``max_batch`` tiles or until ``max_delay_ms`` has passed since the first
 one, runs the engine in a thread (the event loop never blocks on it), and hands each request
 back its own rows. The queue is bounded: a request that would overflow it is refused at once.
+Tiles of a request that was cancelled (timed out, client gone) are dropped before the engine sees
+them. On stop the queue drains: every admitted tile is run, or, past the drain time, answered with
+``ServiceStoppingError`` (503) instead of being left without an answer.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import numpy as np
 from mapex_serve.errors import MapexError
 from mapex_serve.metrics import Metrics
 
-__all__ = ["Batcher", "QueueFullError"]
+__all__ = ["Batcher", "QueueFullError", "ServiceStoppingError"]
 
 
 class QueueFullError(MapexError, RuntimeError):
     """The specialist's queue holds ``max_queue`` tiles already; retry after a moment."""
+
+
+class ServiceStoppingError(MapexError, RuntimeError):
+    """The service is shutting down and did not get to these tiles; retry (another replica will serve)."""
 
 
 @dataclass
@@ -47,6 +54,10 @@ class Batcher:
         self._depth = 0
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None  # a job that did not fit the last batch; it leads the next
+        self._running: list[_Job] = []  # the jobs of the batch the engine is running
+        self._stopping = False
+        #: Tiles dropped because their request was cancelled before they reached the engine.
+        self.dropped = 0
 
     @property
     def depth(self) -> int:
@@ -56,10 +67,23 @@ class Batcher:
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 30.0) -> None:
+        """Refuse new tiles, run what is queued for up to ``drain_s``, then answer the rest with a 503."""
+        self._stopping = True
+        deadline = time.perf_counter() + drain_s
+        while (self._depth > 0 or self._running) and time.perf_counter() < deadline and self._worker is not None:
+            await asyncio.sleep(0.005)
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        left = [*self._running, *([self._carry] if self._carry else [])]
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        for job in left:
+            if not job.future.done():
+                job.future.set_exception(ServiceStoppingError(
+                    f"specialist {self.name} stopped before running these tiles (the service is shutting down); retry"))
+        self._running, self._carry, self._depth = [], None, 0
 
     async def submit(self, tiles: np.ndarray, *, admit: bool = True) -> np.ndarray:
         """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
@@ -67,6 +91,8 @@ class Batcher:
         ``admit=False`` is for a request's later batches: a request once admitted is finished,
         never refused half-way, so the queue can pass ``max_queue`` by what admitted requests hold.
         """
+        if self._stopping:
+            raise ServiceStoppingError(f"specialist {self.name} is stopping (the service is shutting down); retry")
         if admit and self._depth + len(tiles) > self.max_queue:
             raise QueueFullError(
                 f"specialist {self.name} has {self._depth} tiles queued and this request brings {len(tiles)}; "
@@ -83,10 +109,26 @@ class Batcher:
         self._metrics.queue_depth.labels(self.name).set(self._depth)
         return np.concatenate(await asyncio.gather(*futures))
 
+    def _live(self, job: _Job) -> bool:
+        """False for a job whose request was cancelled: its tiles leave the queue without reaching the engine."""
+        if job.future.done():
+            self._depth -= len(job.tiles)
+            self.dropped += len(job.tiles)
+            return False
+        return True
+
+    async def _next_live(self) -> _Job:
+        while True:
+            job = await self._queue.get()
+            if self._live(job):
+                return job
+
     async def _collect(self) -> list[_Job]:
         """The next batch: the first job, then whatever arrives within the delay while it fits."""
         first, self._carry = self._carry, None
-        jobs = [first or await self._queue.get()]
+        if first is not None and not self._live(first):
+            first = None
+        jobs = [first or await self._next_live()]
         size, deadline = len(jobs[0].tiles), time.perf_counter() + self.max_delay
         while size < self.max_batch:
             try:
@@ -99,6 +141,8 @@ class Batcher:
                     job = self._queue.get_nowait()
             except TimeoutError:
                 break
+            if not self._live(job):
+                continue
             if size + len(job.tiles) > self.max_batch:
                 self._carry = job
                 break
@@ -117,6 +161,7 @@ class Batcher:
             for j in jobs:
                 self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
             self._metrics.batch_size.labels(self.name).observe(len(batch))
+            self._running = jobs
             try:
                 out = await loop.run_in_executor(self._executor, self._run, batch)
             except Exception as e:  # noqa: BLE001 - handed to every waiting request
@@ -126,6 +171,8 @@ class Batcher:
                 continue
             finally:
                 self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
+                if not asyncio.current_task().cancelling():
+                    self._running = []
             start = 0
             for j in jobs:
                 if not j.future.done():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from mapex_serve.batcher import QueueFullError
+from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import (
     DuplicateBandError,
@@ -38,7 +38,7 @@ STATUS: dict[type[MapexError], int] = {
     BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
-    QueueFullError: 503, RequestTimeoutError: 504,
+    QueueFullError: 503, ServiceStoppingError: 503, RequestTimeoutError: 504,
 }
 
 

@@ -4,7 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from mapex_serve.batcher import Batcher, QueueFullError
+import time
+
+from mapex_serve.batcher import Batcher, QueueFullError, ServiceStoppingError
 from mapex_serve.metrics import Metrics
 
 
@@ -58,7 +60,7 @@ def test_a_large_request_is_split_into_batches_in_order():
 
     assert run(main()).tolist() == list(range(50))
     count, total = batch_sizes(metrics, "s")
-    assert total == 50 and count >= 7
+    assert total == 50 and count == 7  # six full batches of 8 and the last 2
 
 
 def test_a_full_queue_refuses_at_once_and_serves_again_later():
@@ -109,4 +111,76 @@ def test_an_engine_error_reaches_every_waiting_request():
             await b.stop()
         return results
 
-    assert all(isinstance(r, RuntimeError) for r in run(main()))
+    results = run(main())
+    assert all(type(r) is RuntimeError and str(r) == "engine fault" for r in results), results
+
+
+class Recording:
+    """An engine that records every row it ran (slowly, so that requests can be cancelled while it works)."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.rows: list[float] = []
+        self.seconds = seconds
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        out = engine(batch)
+        self.rows += out.tolist()
+        return out
+
+
+def test_tiles_of_a_cancelled_request_never_reach_the_engine():
+    rec = Recording(0.05)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
+            b.start()
+            busy = asyncio.ensure_future(b.submit(tiles(4, 0)))  # the engine runs this one for 50 ms
+            await asyncio.sleep(0.01)
+            doomed = asyncio.ensure_future(b.submit(tiles(8, 100)))  # queued behind it ...
+            await asyncio.sleep(0.005)
+            doomed.cancel()  # ... and cancelled, as a timed-out request is
+            kept = await b.submit(tiles(4, 200))
+            await busy
+            await b.stop()
+            return kept, b.dropped
+
+    kept, dropped = run(main())
+    assert kept.tolist() == [200, 201, 202, 203] and dropped == 8
+    assert not [r for r in rec.rows if 100 <= r < 108], rec.rows
+
+
+def test_stop_runs_every_queued_tile_before_it_returns():
+    rec = Recording(0.01)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
+            b.start()
+            pending = [asyncio.ensure_future(b.submit(tiles(4, 10 * i))) for i in range(6)]
+            await asyncio.sleep(0)
+            await b.stop()
+            with pytest.raises(ServiceStoppingError, match="stopping"):
+                await b.submit(tiles(1, 0))
+            return await asyncio.gather(*pending)
+
+    results = run(main())
+    assert [r.tolist() for r in results] == [[10 * i + k for k in range(4)] for i in range(6)]
+
+
+def test_stop_past_its_drain_time_answers_the_rest_instead_of_leaving_them_hanging():
+    rec = Recording(0.2)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
+            b.start()
+            pending = [asyncio.ensure_future(b.submit(tiles(4, 10 * i))) for i in range(5)]
+            await asyncio.sleep(0.01)
+            await b.stop(drain_s=0.05)
+            return await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+
+    results = run(main())
+    stopped = [r for r in results if isinstance(r, ServiceStoppingError)]
+    assert len(stopped) >= 3 and all(isinstance(r, np.ndarray | ServiceStoppingError) for r in results), results
