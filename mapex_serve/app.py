@@ -6,6 +6,7 @@ error the service raises on purpose is a MapexError, mapped to an HTTP status in
 (``http_errors``) with a message that says what was wrong and what would be accepted.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             b.start()
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))
         yield
-        for b in state.batchers.values():  # every admitted tile is run or answered with a 503
-            await b.stop(drain_s=s.request_timeout_s)
+        # Every admitted tile is run or answered with a 503, the specialists draining side by side.
+        await asyncio.gather(*(b.stop(drain_s=s.request_timeout_s) for b in state.batchers.values()))
         for executor in executors:
             executor.shutdown(wait=True)
 

@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mapex_serve.errors import MapexError
-from mapex_serve.repository import EngineEntry, Manifest, ManifestError
+from mapex_serve.repository import EngineEntry, Manifest, ManifestError, read_verified
 from mapex_serve.settings import DEFAULT_PROVIDERS, Settings
 
 __all__ = [
@@ -193,7 +193,8 @@ class Engine:
 
         if self.backend.kind == "tensorrt" and self.backend.engine is not None:
             try:
-                self._native = NativeTensorRTEngine(self.entry / self.backend.engine.path, manifest)
+                plan = read_verified(self.entry, manifest, self.backend.engine.path)
+                self._native = NativeTensorRTEngine(plan, manifest)
                 self.provider = NATIVE_TENSORRT
             except Exception as e:  # any failure here means: use onnxruntime instead
                 log.warning("%s: native TensorRT engine %s failed to load (%s); using onnxruntime",
@@ -214,7 +215,8 @@ class Engine:
         # doubled the server's CPU per single-tile request and cost a fifth of its throughput.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chain = [(p, _provider_options(p, self.manifest, self.settings)) for p in providers]
-        return ort.InferenceSession(str(self.entry / "model.onnx"), options, providers=chain)
+        model = read_verified(self.entry, self.manifest, "model.onnx")  # the bytes hashed are the bytes loaded
+        return ort.InferenceSession(model, options, providers=chain)
 
     def _check_session(self) -> None:
         """Refuse a model.onnx whose tensors disagree with its manifest (Triton does the same)."""
@@ -300,7 +302,7 @@ class NativeTensorRTEngine:
     CUDA's legacy default stream, so the device-to-host copy after it waits for it.
     """
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, plan: bytes, manifest: Manifest) -> None:
         import tensorrt as trt
 
         if CUDA_EP not in ort.get_available_providers():
@@ -308,9 +310,10 @@ class NativeTensorRTEngine:
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {path} (built for another GPU or TensorRT version?)")
+            raise RuntimeError(f"TensorRT could not deserialize the engine of {manifest.name} v{manifest.version} "
+                               f"(built for another GPU or TensorRT version?)")
         self._context = self._engine.create_execution_context()
         self._input, self._output = manifest.input.name, manifest.output.name
         self._out_shape = tuple(manifest.output.shape[1:])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,6 +32,7 @@ __all__ = [
     "ParameterCounts",
     "TensorSpec",
     "load_manifest",
+    "read_verified",
     "scan_repository",
     "sha256_file",
     "verify_entry",
@@ -146,10 +147,22 @@ class Manifest(_Model):
             raise ValueError(f"bands {[b.name for b in self.bands]} do not match modalities {self.modalities}: {expected}")
         if "model.onnx" not in self.artefacts:
             raise ValueError("artefacts must list model.onnx")
+        for rel in [*self.artefacts, *(e.path for e in self.engines)]:
+            _check_inside(rel)
+        if unlisted := [e.path for e in self.engines if e.path not in self.artefacts]:
+            raise ValueError(f"engines {unlisted} are not among the hashed artefacts; every file the service loads "
+                             f"must be listed with its sha256")
 
     @property
     def band_names(self) -> list[str]:
         return [b.name for b in self.bands]
+
+
+def _check_inside(rel: str) -> None:
+    """An artefact path is relative and stays in its entry folder: no absolute paths, no ``..``, no backslashes."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or "\\" in rel or ".." in p.parts or ":" in rel:
+        raise ValueError(f"artefact path {rel!r} leaves its entry folder; artefacts are relative paths inside it")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -177,11 +190,26 @@ def verify_entry(entry: str | Path) -> Manifest:
     manifest = load_manifest(entry)
     for rel, artefact in manifest.artefacts.items():
         path = entry / rel
+        if path.is_symlink() or not path.resolve().is_relative_to(entry.resolve()):
+            raise ManifestError(f"{entry}: artefact {rel} is a link or leaves the entry folder")
         if not path.is_file():
             raise ManifestError(f"{entry}: artefact {rel} listed in the manifest is missing")
         if (actual := sha256_file(path)) != artefact.sha256:
             raise ManifestError(f"{entry}: {rel} has sha256 {actual}, the manifest says {artefact.sha256}")
     return manifest
+
+
+def read_verified(entry: str | Path, manifest: Manifest, rel: str) -> bytes:
+    """The bytes of artefact ``rel``, read once and checked against the manifest: what is hashed is what is loaded."""
+    if rel not in manifest.artefacts:
+        raise ManifestError(f"{entry}: {rel} is not among the manifest's hashed artefacts; it is not loaded")
+    path = Path(entry) / rel
+    if path.is_symlink():
+        raise ManifestError(f"{entry}: artefact {rel} is a link; artefacts are plain files in their entry folder")
+    data = path.read_bytes()
+    if (actual := hashlib.sha256(data).hexdigest()) != manifest.artefacts[rel].sha256:
+        raise ManifestError(f"{entry}: {rel} has sha256 {actual}, the manifest says {manifest.artefacts[rel].sha256}")
+    return data
 
 
 def scan_repository(root: str | Path) -> list[Path]:

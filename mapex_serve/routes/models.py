@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -36,12 +37,22 @@ def _specialist(reg: Registry, name: str) -> Any:
     return reg.specialists[name]
 
 
+def _without_paths(text: str, repo: Path) -> str:
+    """A reason as clients may read it: the server's folders replaced by ``<repo>``."""
+    for root in {str(repo.resolve()), str(repo)}:
+        text = text.replace(root, "<repo>")
+    return text
+
+
 @router.get("/models", tags=["models"])
 async def models(reg: Ready) -> dict[str, Any]:
+    """Serving specialists with their manifests; refused entries by name and version, with reasons but no paths."""
+    repo = Path(reg.settings.model_repo)
     return {
         "specialists": {n: {"version": s.version, "provider": s.engine.provider,
                             "manifest": s.manifest.model_dump(mode="json")} for n, s in reg.specialists.items()},
-        "refused": [{"entry": str(r.entry), "reason": r.reason} for r in reg.refused],
+        "refused": [{"entry": f"{r.entry.parent.name}/{r.entry.name}", "reason": _without_paths(r.reason, repo)}
+                    for r in reg.refused],
         "tasks": reg.tasks(),
     }
 

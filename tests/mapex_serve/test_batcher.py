@@ -1,10 +1,9 @@
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-import time
 
 from mapex_serve.batcher import Batcher, QueueFullError, ServiceStoppingError
 from mapex_serve.metrics import Metrics

@@ -266,3 +266,49 @@ def test_an_empty_or_missing_repository_loads_with_a_hint(tmp_path, caplog, kind
     assert registry.ready
     hints = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"python -m export.build --all --repo {root}" in h for h in hints), hints
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "engines\\..\\x", "C:evil", ""])
+def test_artefact_paths_that_leave_their_entry_are_refused(repo_copy, bad):
+    """A manifest names the files the service opens: none may lie outside its entry folder."""
+    entry = repo_copy / "flood-sar" / "1"
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["artefacts"][bad] = {"sha256": "0" * 64, "bytes": 1}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="leaves its entry folder"):
+        verify_entry(entry)
+    registry = Registry.load(cpu_settings(repo_copy))
+    assert "flood-sar" not in registry.specialists and any("leaves its entry folder" in r.reason for r in registry.refused)
+
+
+def test_a_native_engine_not_listed_among_the_hashed_artefacts_is_refused(repo_copy):
+    entry = repo_copy / "flood-sar" / "1"
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["engines"] = [{"path": "engines/h100.engine", "gpu_name": H100.name, "compute_capability": "9.0",
+                            "tensorrt_version": "10.9.0", "precision": "fp16", "min_batch": 1, "opt_batch": 8,
+                            "max_batch": 64}]
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="not among the hashed artefacts"):
+        verify_entry(entry)
+
+
+def test_an_artefact_that_is_a_link_out_of_its_entry_is_refused(repo_copy, tmp_path):
+    entry = repo_copy / "flood-sar" / "1"
+    outside = tmp_path / "model.onnx"
+    shutil.move(entry / "model.onnx", outside)
+    (entry / "model.onnx").symlink_to(outside)  # same bytes, same sha256: only the place is wrong
+    with pytest.raises(Exception, match="link"):
+        verify_entry(entry)
+
+
+def test_the_engine_loads_exactly_the_bytes_it_verified(repo_copy):
+    """Swapping model.onnx after the registry's check (a time-of-check/time-of-use race) is caught at load."""
+    from mapex_serve.repository import ManifestError, load_manifest
+
+    entry = repo_copy / "flood-sar" / "1"
+    manifest = verify_entry(entry)
+    other = repo_copy / "landcover-rgb" / "1" / "model.onnx"
+    shutil.copy(other, entry / "model.onnx")
+    with pytest.raises(ManifestError, match="sha256"):
+        Engine(entry, manifest, cpu_settings(repo_copy))
+    assert load_manifest(entry) == manifest

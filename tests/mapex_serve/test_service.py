@@ -136,7 +136,8 @@ def test_limits_api_key_and_a_tampered_artefact(built_repo, start_server, tmp_pa
     try:
         models = httpx.get(f"{s.url}/models").json()
         assert list(models["specialists"]) == ["wildfire-swir"]
-        assert "sha256" in models["refused"][0]["reason"]
+        assert "sha256" in models["refused"][0]["reason"] and models["refused"][0]["entry"] == "flood-sar/1"
+        assert str(repo) not in json.dumps(models) and str(repo.resolve()) not in json.dumps(models), "no server paths"
         assert s.post("wildfire", S2).status_code == 401
         auth = {"Authorization": "Bearer secret"}
         r = s.post("wildfire", S2, headers=auth)
