@@ -30,6 +30,7 @@ from mapex_serve.tiling import (
     TileBatch,
     grid_shape,
     read_batches,
+    tile_cells,
     tile_grid,
 )
 from mapex_serve.units import UnitOverrides
@@ -48,6 +49,9 @@ class Prediction:
     mask: MaskResult | None = None
     classes: ClassResult | None = None
     tile_stride: int = 0
+    #: The scene pixels ``[lo, hi)`` each row and column of tiles stands for (class heads' grid).
+    tile_rows: list[tuple[int, int]] = field(default_factory=list)
+    tile_cols: list[tuple[int, int]] = field(default_factory=list)
     #: Every band of every file: as found, what it was mapped to and by which rule, conversions applied.
     inputs: list[dict] = field(default_factory=list)
     #: Invalid pixels of the scene by reason (nodata, NaN, SCL cloud ...), each pixel counted once.
@@ -149,6 +153,8 @@ async def predict(
         g = reader.grid
         report = Prediction(route, {"crs": g.crs, "transform": g.transform, "width": g.width, "height": g.height},
                             tile_stride=size - overlap_for(size), inputs=[b.report() for b in scene.bands],
+                            tile_rows=tile_cells(g.height, size, overlap_for(size)),
+                            tile_cols=tile_cells(g.width, size, overlap_for(size)),
                             masked=masked, resampled=reader.resampled, ignored=scene.ignored_subdatasets)
     if blender is not None:
         report.mask = blender.result()

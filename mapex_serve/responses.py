@@ -57,22 +57,25 @@ def as_json(p: Prediction, provider: str) -> dict[str, Any]:
     body["probabilities"] = dict(zip(m.classes, c.probabilities.round(6).tolist(), strict=True))
     body["tiles"] = {
         "rows": int(c.tile_labels.shape[0]), "cols": int(c.tile_labels.shape[1]), "stride_px": p.tile_stride,
+        "row_px": [list(r) for r in p.tile_rows], "col_px": [list(r) for r in p.tile_cols],
         "labels": [[m.classes[v] if v != NODATA_LABEL else None for v in row] for row in c.tile_labels.tolist()],
     }
     return body
 
 
 def as_geotiff(p: Prediction) -> bytes:
-    """A COG in the input's CRS: the mask at the input's size and transform, or one pixel per tile."""
+    """A COG on the input's grid: the mask, or each tile's class over the pixels the tile stands for."""
     m = p.route.manifest
     if p.mask is not None:
         data = p.mask.labels[None]
         transform, (height, width) = p.profile["transform"], data.shape[1:]
     else:
-        data = p.classes.tile_labels[None]
-        # A tile-grid cell spans the stride between tile origins (edge tiles are shifted inwards).
-        transform = p.profile["transform"] * p.profile["transform"].scale(p.tile_stride)
-        height, width = data.shape[1:]
+        # Each tile's class over the pixels it stands for (tile_cells), on the input's own grid: exact
+        # georeferencing whatever the edge tiles' shift, at a byte a pixel that compresses to almost nothing.
+        rows = np.repeat(np.arange(len(p.tile_rows)), [hi - lo for lo, hi in p.tile_rows])
+        cols = np.repeat(np.arange(len(p.tile_cols)), [hi - lo for lo, hi in p.tile_cols])
+        data = p.classes.tile_labels[np.ix_(rows, cols)][None]
+        transform, (height, width) = p.profile["transform"], data.shape[1:]
     profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=p.profile["crs"],
                    transform=transform, nodata=NODATA_LABEL, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate")

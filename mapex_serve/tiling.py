@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, pairwise
 from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "read_batches",
     "read_tiles",
     "scene_valid_mask",
+    "tile_cells",
     "tile_grid",
     "tile_weights",
     "WindowReader",
@@ -71,6 +72,18 @@ def _starts(n: int, tile: int, stride: int) -> list[int]:
     if n <= tile:
         return [0]
     return [*range(0, n - tile, stride), n - tile]
+
+
+def tile_cells(n: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """The pixels ``[lo, hi)`` along one axis that each tile of :func:`tile_grid` stands for.
+
+    Neighbours split their overlap at its middle; the first cell starts at 0 and the last ends at
+    ``n``, so the cells tile the axis exactly (the last tile is shifted inwards, so its cell is not
+    ``stride`` wide). A class head's per-tile answer is georeferenced to these cells.
+    """
+    starts = _starts(n, tile, tile - overlap)
+    bounds = [0, *((nxt + min(start + tile, n)) // 2 for start, nxt in pairwise(starts)), n]
+    return list(pairwise(bounds))
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:

@@ -21,6 +21,7 @@ from mapex_serve.tiling import (
     read_batches,
     read_tiles,
     scene_valid_mask,
+    tile_cells,
     tile_grid,
     tile_weights,
 )
@@ -390,3 +391,51 @@ def test_reading_a_large_scene_keeps_memory_to_a_batch(tmp_path):
     print(f"peak {peak / 1e6:.1f} MB, batch {batch_bytes / 1e6:.1f} MB")
     assert peak < 1.5 * batch_bytes, f"peak {peak / 1e6:.1f} MB for batches of {batch_bytes / 1e6:.1f} MB"
     assert peak < scene_float_bytes / 5
+
+
+@given(n=st.integers(1, 400), tile=st.sampled_from([8, 32, 64]))
+def test_tile_cells_partition_the_axis_and_lie_inside_their_tiles(n, tile):
+    overlap = tile // 4
+    cells = tile_cells(n, tile, overlap)
+    tiles = [t for t in tile_grid(n, 1, tile, overlap)]
+    assert len(cells) == len(tiles) and cells[0][0] == 0 and cells[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(cells, cells[1:], strict=False))
+    for (lo, hi), t in zip(cells, tiles, strict=True):
+        start = int(t.window.row_off)
+        assert start <= lo < hi <= min(start + tile, n), (n, tile, cells)
+
+
+def test_the_class_grid_geotiff_puts_each_tile_answer_where_the_tile_is():
+    """A scene whose tiles answer their own index: every output pixel must carry the index of a tile covering it.
+
+    The old grid (cell i at i * stride, one pixel per tile) put the last cells past the scene's edge.
+    """
+    from rasterio.io import MemoryFile
+
+    from mapex_serve.predict import Prediction
+    from mapex_serve.responses import as_geotiff
+    from mapex_serve.routing import Route
+    from mapex_serve.tiling import ClassResult
+    from tests.mapex_serve.test_routing import manifest
+
+    height, width, tile, overlap = 117, 70, 32, 8
+    tiles = tile_grid(height, width, tile, overlap)
+    rows, cols = grid_shape(tiles)
+    labels = np.arange(rows * cols, dtype=np.uint8).reshape(rows, cols)
+    transform = from_origin(500000, 5000000, 10, 10)
+    p = Prediction(Route(manifest("landcover", ["RGB"]), (1, 2, 3)),
+                   {"crs": rasterio.crs.CRS.from_epsg(32633), "transform": transform, "width": width, "height": height},
+                   classes=ClassResult(0, np.ones(2), labels, np.ones((2, rows, cols)), np.ones((rows, cols))),
+                   tile_rows=tile_cells(height, tile, overlap), tile_cols=tile_cells(width, tile, overlap))
+    with MemoryFile(as_geotiff(p)) as mem, mem.open() as out:
+        assert out.transform == transform and out.shape == (height, width)
+        painted = out.read(1)
+    for t in tiles:
+        (rs, cs), _ = t.clip(height, width)
+        mine = painted[rs, cs] == labels[t.row, t.col]
+        assert mine.any(), "every tile's answer appears inside its own window"
+    owner = {int(labels[t.row, t.col]): t for t in tiles}
+    for y in range(0, height, 7):
+        for x in range(0, width, 5):
+            t = owner[int(painted[y, x])]
+            assert t.window.row_off <= y < t.window.row_off + tile and t.window.col_off <= x < t.window.col_off + tile
