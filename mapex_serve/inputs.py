@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.env import env_ctx_if_needed
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
@@ -148,10 +147,15 @@ def _is_vrt(data: bytes) -> bool:
     return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:11].lower() == b"<vrtdataset"
 
 
-def _open_allowed(path: str) -> DatasetReader:
-    """Open ``path`` with the allowed drivers only (``rasterio.open`` takes one driver name, not a list)."""
-    with env_ctx_if_needed():
-        return DatasetReader(path, driver=list(ALLOWED_DRIVERS))
+def _open_allowed(source: MemoryFile | str) -> DatasetReaderBase:
+    """Open an uploaded part (or a subdataset of one) with the allowed drivers only, GDAL choosing among them.
+
+    Not ``rasterio.open``: it takes a single driver name, and ties the dataset to a GDAL environment
+    of the thread that opened it, while the service opens in a worker thread and closes on the loop.
+    """
+    if isinstance(source, MemoryFile):
+        return source.open(driver=list(ALLOWED_DRIVERS))
+    return DatasetReader(source, driver=list(ALLOWED_DRIVERS))
 
 
 def _subdataset_variable(name: str) -> str:
@@ -197,6 +201,12 @@ class RequestScene:
     def close(self) -> None:
         self._stack.close()
 
+    def _closing(self, ds: DatasetReaderBase) -> DatasetReaderBase:
+        """Close ``ds`` with the scene. Not ``enter_context``: a dataset's ``__enter__`` ties a GDAL env to the
+        opening thread, and the service opens in a worker thread but closes on the event loop."""
+        self._stack.callback(ds.close)
+        return ds
+
     # -- opening ------------------------------------------------------------------------------------
 
     def _open(self, files: Sequence[UploadedFile]) -> None:
@@ -212,7 +222,7 @@ class RequestScene:
         for name, mem in memfiles:
             if name in referenced or name.lower().endswith((".hdr", ".aux.xml", ".msk", ".ovr")):
                 continue
-            ds = self._stack.enter_context(_open_allowed(mem.name))
+            ds = self._closing(_open_allowed(mem))
             if ds.count == 0 and ds.subdatasets:
                 self.datasets += self._open_subdatasets(name, ds)
             elif ds.count == 0 or ds.width * ds.height == 0:
@@ -233,7 +243,7 @@ class RequestScene:
             if identity is None or not identity.used:
                 self.ignored_subdatasets.append(f"{name}:{variable}")
                 continue
-            opened.append((f"{name}:{variable}", self._stack.enter_context(_open_allowed(sub))))
+            opened.append((f"{name}:{variable}", self._closing(_open_allowed(sub))))
         if not opened:
             raise SubdatasetsError(
                 f"{name} holds subdatasets {seen}, none of which names a band the service knows; name the variables "
@@ -395,8 +405,9 @@ class SceneReader:
                     if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
                         offset = (round(row), round(col))
                 if offset is None:
-                    ds = stack.enter_context(WarpedVRT(b.dataset, crs=g.crs, transform=g.transform, width=g.width,
-                                                       height=g.height, resampling=resampling))
+                    ds = WarpedVRT(b.dataset, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
+                                   resampling=resampling)
+                    stack.callback(ds.close)
                     offset = (0, 0)
                     if b.file not in self.resampled:
                         self.resampled.append(b.file)
