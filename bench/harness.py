@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from mapex_serve.local import LocalService
+from mapex_serve.local import LocalService, status_bytes
 from mapex_serve.repository import Manifest, load_manifest, scan_repository
 
 __all__ = [
@@ -99,22 +99,15 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
     return out
 
 
-def _status_field(pid: int | str, name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no {name}")
-
-
 def peak_rss_bytes(pid: int | str = "self") -> int:
     """Peak resident memory of a process (VmHWM): what the kernel saw, native allocations included."""
-    return _status_field(pid, "VmHWM")
+    return status_bytes(pid, "VmHWM")
 
 
 def reset_peak_rss(pid: int | str = "self") -> int:
     """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5) and return that RSS."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return _status_field(pid, "VmRSS")
+    return status_bytes(pid, "VmRSS")
 
 
 class ServiceProcess(LocalService):

@@ -6,6 +6,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from mapex_serve.batcher import QueueFullError, ServiceStoppingError
+from mapex_serve.budget import MemoryBudgetError, OverBudgetError
 from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import (
     DuplicateBandError,
@@ -27,18 +28,18 @@ from mapex_serve.predict import UnreadableRasterError
 from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
 from mapex_serve.routing import NoMatchingSpecialistError
 from mapex_serve.units import ImplausibleValuesError, UnitError
-from mapex_serve.upload import UnsupportedMediaTypeError, UploadTooLargeError
+from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTooLargeError
 
 __all__ = ["STATUS", "mapex_error_response", "status_of"]
 
 STATUS: dict[type[MapexError], int] = {
-    UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400,
-    UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413, RasterTooLargeError: 413,
+    UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400, MalformedUploadError: 400,
+    UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
     UnsupportedMediaTypeError: 415,
     BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
-    QueueFullError: 503, ServiceStoppingError: 503, RequestTimeoutError: 504,
+    QueueFullError: 503, ServiceStoppingError: 503, MemoryBudgetError: 503, RequestTimeoutError: 504,
 }
 
 

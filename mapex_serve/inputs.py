@@ -73,7 +73,24 @@ class UnreadableInputError(MapexError, ValueError):
 
 
 class RasterTooLargeError(MapexError, ValueError):
-    """The scene has more pixels than MAPEX_MAX_PIXELS."""
+    """The scene has more pixels than MAPEX_MAX_PIXELS, or is stored in blocks too large to read by windows."""
+
+
+#: Largest block (decoded) a file may be stored in: every window read decodes a whole block, so a
+#: single-strip or untiled scene would be decompressed again for each of its thousands of tiles.
+MAX_BLOCK_BYTES = 64 * 2**20
+
+
+def _check_blocks(name: str, ds: DatasetReaderBase) -> None:
+    """Refuse a raster whose blocks (strips or tiles) are too large for window-by-window reading."""
+    rows, cols = ds.block_shapes[0]
+    nbytes = rows * cols * ds.count * max(np.dtype(t).itemsize for t in ds.dtypes)
+    if nbytes > MAX_BLOCK_BYTES:
+        raise RasterTooLargeError(
+            f"{name} is stored in blocks of {cols} x {rows} pixels ({nbytes / 2**20:,.0f} MiB decoded each; at most "
+            f"{MAX_BLOCK_BYTES / 2**20:.0f} MiB are accepted): every window read would decode a whole block; save it "
+            f"tiled (gdal_translate -of COG in.tif out.tif, or -co TILED=YES)"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,6 +245,7 @@ class RequestScene:
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{name}: the raster has no pixels or no bands")
             else:
+                _check_blocks(name, ds)
                 self.datasets.append((name, ds))
         if not self.datasets:
             raise UnreadableInputError("the request holds no raster (only sidecar files); send the raster files too")
@@ -243,7 +261,9 @@ class RequestScene:
             if identity is None or not identity.used:
                 self.ignored_subdatasets.append(f"{name}:{variable}")
                 continue
-            opened.append((f"{name}:{variable}", self._closing(_open_allowed(sub))))
+            ds = self._closing(_open_allowed(sub))
+            _check_blocks(f"{name}:{variable}", ds)
+            opened.append((f"{name}:{variable}", ds))
         if not opened:
             raise SubdatasetsError(
                 f"{name} holds subdatasets {seen}, none of which names a band the service knows; name the variables "

@@ -16,7 +16,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["LocalService", "free_port"]
+__all__ = ["LocalService", "free_port", "status_bytes"]
+
+
+def status_bytes(pid: int | str, name: str) -> int:
+    """A memory line of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``) in bytes: what the kernel saw, native included."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no {name} line")
 
 
 def free_port() -> int:
@@ -62,10 +70,16 @@ class LocalService:
 
     def rss_bytes(self) -> int:
         """The service's resident memory now (Linux)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"/proc/{self.pid}/status has no VmRSS line")
+        return status_bytes(self.pid, "VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        """The service's peak resident memory since start or the last ``reset_peak_rss`` (VmHWM, Linux)."""
+        return status_bytes(self.pid, "VmHWM")
+
+    def reset_peak_rss(self) -> int:
+        """Reset the peak to the current RSS (Linux ``clear_refs`` 5), so that the next request's peak is its own."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        return self.rss_bytes()
 
     @property
     def log(self) -> str:

@@ -17,6 +17,7 @@ from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no p
 from rasterio.errors import RasterioError
 
 from mapex_serve.batcher import Batcher
+from mapex_serve.budget import MemoryBudget, Reservation, request_bytes
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import RasterTooLargeError, RequestScene, SceneReader, UploadedFile
 from mapex_serve.repository import Manifest
@@ -59,6 +60,8 @@ class Prediction:
     #: Files resampled onto the scene grid, and subdatasets that named no band.
     resampled: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: The memory reserved for this prediction's outputs: release it once the response is encoded.
+    reservation: Reservation = field(default_factory=lambda: Reservation(None, 0))
 
 
 #: What GDAL and rasterio raise on a corrupt file: bad structure, undecodable metadata, broken blocks.
@@ -116,7 +119,7 @@ def _route(scene: RequestScene, manifests: Sequence[Manifest], modality: str | N
 async def predict(
     files: Sequence[UploadedFile], manifests: Sequence[Manifest], batchers: dict[str, Batcher], *,
     bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int,
-    overrides: UnitOverrides | None = None,
+    overrides: UnitOverrides | None = None, budget: MemoryBudget | None = None,
 ) -> Prediction:
     """Route the scene in ``files`` to one of ``manifests`` and run it; errors are MapexErrors (4xx)."""
     if not files or not any(f.data for f in files):
@@ -126,12 +129,26 @@ async def predict(
         route = _route(scene, manifests, modality)
         manifest = route.manifest
         reader = await asyncio.to_thread(scene.reader, route.bands, overrides or UnitOverrides(), 64, max_pixels)
-        size = manifest.tile_size
+        need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
+                             channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
+        what = f"this {reader.width} x {reader.height} scene"
+        reservation = budget.reserve(need, what) if budget else Reservation(None, 0)
+        try:
+            return await _run(scene, reader, route, batchers[manifest.name], max_batch, reservation)
+        except BaseException:
+            reservation.release()
+            raise
+
+
+async def _run(scene: RequestScene, reader: SceneReader, route: Route, batcher: Batcher, max_batch: int,
+               reservation: Reservation) -> Prediction:
+    """Tiles through the batcher into a blender or aggregator; the Prediction with the report of the inputs."""
+    manifest = route.manifest
+    size, k = manifest.tile_size, len(manifest.classes)
+    with _unreadable_as_400():
         tiles, batches = tile_batches(reader, manifest, max_batch)
-        k = len(manifest.classes)
         blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) if manifest.head == "mask" else None
         aggregator = ClassAggregator(*grid_shape(tiles), k) if manifest.head == "class" else None
-        batcher = batchers[manifest.name]
         seen = 0
         reading = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
         try:
@@ -155,7 +172,8 @@ async def predict(
                             tile_stride=size - overlap_for(size), inputs=[b.report() for b in scene.bands],
                             tile_rows=tile_cells(g.height, size, overlap_for(size)),
                             tile_cols=tile_cells(g.width, size, overlap_for(size)),
-                            masked=masked, resampled=reader.resampled, ignored=scene.ignored_subdatasets)
+                            masked=masked, resampled=reader.resampled, ignored=scene.ignored_subdatasets,
+                            reservation=reservation)
     if blender is not None:
         report.mask = blender.result()
     else:

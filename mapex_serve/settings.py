@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(200, gt=0, description="Largest accepted upload (MiB).")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest accepted raster, width x height.")
     request_timeout_s: float = Field(60, gt=0, description="Time limit for one request, upload to response (s).")
+    memory_budget_mb: float = Field(
+        3072, gt=0, description="Memory the requests in flight may allocate for blending and encoding (MiB), sized "
+        "from each scene before it is read; past it requests get 503 with Retry-After, a scene that alone needs more "
+        "gets 413."
+    )
     api_key: SecretStr | None = Field(
         None, description="When set, prediction routes need `Authorization: Bearer <key>` (health routes stay open); unset: no authentication."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mapex_serve.batcher import Batcher
+from mapex_serve.budget import MemoryBudget
 from mapex_serve.metrics import Metrics
 from mapex_serve.registry import Registry
 from mapex_serve.settings import Settings
@@ -20,6 +21,10 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     registry: Registry | None = None
     batchers: dict[str, Batcher] = field(default_factory=dict)
+    budget: MemoryBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = MemoryBudget(int(self.settings.memory_budget_mb * 2**20))
 
     @property
     def ready(self) -> bool:

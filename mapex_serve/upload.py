@@ -1,16 +1,24 @@
-"""Receiving rasters: one or more multipart fields ``file``, or the raw body; size-limited while streaming."""
+"""Receiving rasters: one or more multipart fields ``file``, or the raw body; parsed while it streams in.
+
+The body is never buffered whole and then parsed again: multipart parts are assembled as their
+bytes arrive (python-multipart's streaming parser, the one Starlette uses), and the size limit is
+checked chunk by chunk, so an oversized upload is refused as soon as it passes the limit.
+"""
 
 from __future__ import annotations
 
-from starlette.datastructures import UploadFile
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
 
-__all__ = ["UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload"]
+__all__ = ["MalformedUploadError", "UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload"]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
+_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
+_MAX_PARTS = 64
 
 
 class UploadTooLargeError(MapexError, ValueError):
@@ -21,58 +29,103 @@ class UnsupportedMediaTypeError(MapexError, ValueError):
     """Neither multipart/form-data nor a raw image/tiff body."""
 
 
+class MalformedUploadError(MapexError, ValueError):
+    """A multipart body that does not parse."""
+
+
 def _too_large(limit: int) -> UploadTooLargeError:
     return UploadTooLargeError(f"the upload is larger than {limit / 2**20:g} MiB (MAPEX_MAX_UPLOAD_MB); send a "
                                f"smaller GeoTIFF or crop the scene")
 
 
+class _Parts:
+    """python-multipart callbacks that collect each part's headers and bytes."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[dict[bytes, bytes], bytes]] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._field, self._value = b"", b""
+        self._chunks: list[bytes] = []
+
+    def on_part_begin(self) -> None:
+        if len(self.parts) >= _MAX_PARTS:
+            raise MalformedUploadError(f"the multipart body has more than {_MAX_PARTS} parts")
+        self._headers, self._chunks = {}, []
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._chunks.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.parts.append((self._headers, b"".join(self._chunks)))
+        self._chunks = []
+
+    def callbacks(self) -> dict:
+        return {name: getattr(self, name) for name in ("on_part_begin", "on_header_field", "on_header_value",
+                                                       "on_header_end", "on_part_data", "on_part_end")}
+
+
 async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
     """The uploaded files (every ``file`` part, in order); refuses a body as soon as it passes ``limit`` bytes."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    media, options = parse_options_header(content_type)
+    media = media.decode("latin-1").lower()
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise UnsupportedMediaTypeError(
             f"unsupported media type {media or '(none)'!r}; send the GeoTIFF as multipart/form-data with a "
             f"field named 'file', or as the raw body with Content-Type: image/tiff"
         )
+    multipart = media == "multipart/form-data"
+    ceiling = limit + (_FRAMING if multipart else 0)
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit + 64 * 1024:  # a little room for multipart framing
-            raise _too_large(limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if media != "multipart/form-data":
-        if len(body) > limit:
-            raise _too_large(limit)
-        return [UploadedFile("upload.tif", body)]
-    return await _multipart_files(request, body, limit)
-
-
-async def _multipart_files(request: Request, body: bytes, limit: int) -> list[UploadedFile]:
-    """Parse the buffered multipart body with Starlette's parser and return its ``file`` fields."""
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, receive).form(max_files=64)
+    if not multipart:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > ceiling:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return [UploadedFile("upload.tif", b"".join(chunks))]
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise MalformedUploadError("the multipart body declares no boundary (Content-Type: multipart/form-data; "
+                                   "boundary=...); let the client build it, e.g. curl -F file=@scene.tif")
+    parts = _Parts()
+    parser = MultipartParser(boundary, parts.callbacks())
+    size = 0
     try:
-        fields = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
-        if not fields:
-            raise UnsupportedMediaTypeError(
-                f"the multipart body has no file field named 'file' (fields: {sorted(form.keys())}); "
-                f"send the GeoTIFF as -F file=@scene.tif (repeat -F file=@... for several files of one scene)"
-            )
-        files = [UploadedFile(f.filename or f"part{i}.tif", await f.read()) for i, f in enumerate(fields)]
-    finally:
-        await form.close()
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > ceiling:
+                raise _too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise MalformedUploadError(f"the multipart body does not parse ({e}); send -F file=@scene.tif") from None
+    files = []
+    for headers, data in parts.parts:
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition.get(b"name") == b"file":
+            name = disposition.get(b"filename", b"").decode("utf-8", "replace") or f"part{len(files)}.tif"
+            files.append(UploadedFile(name, data))
+    if not files:
+        names = sorted({parse_options_header(h.get(b"content-disposition", b""))[1].get(b"name", b"").decode(
+            "utf-8", "replace") for h, _ in parts.parts})
+        raise UnsupportedMediaTypeError(
+            f"the multipart body has no file field named 'file' (fields: {names}); send the GeoTIFF as "
+            f"-F file=@scene.tif (repeat -F file=@... for several files of one scene)"
+        )
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)
     return files

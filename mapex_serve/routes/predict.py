@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, RequestTimeoutError, UnknownTaskError
 from mapex_serve.http_errors import status_of
-from mapex_serve.predict import predict
+from mapex_serve.predict import Prediction, predict
 from mapex_serve.registry import Registry
 from mapex_serve.responses import as_geotiff, as_json, inputs_summary
 from mapex_serve.state import ServiceState
@@ -33,7 +33,16 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Any], 
     files = await read_upload(request, int(settings.max_upload_mb * 2**20))
     result = await predict(files, manifests, state.batchers, bands=bands.split(",") if bands else None,
                            modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch,
-                           overrides=overrides)
+                           overrides=overrides, budget=state.budget)
+    del files  # encoding needs the prediction only: the upload's bytes can go first
+    try:
+        return await _encode(request, state, result, format)
+    finally:
+        result.reservation.release()
+
+
+async def _encode(request: Request, state: ServiceState, result: Prediction, format: str | None) -> Response:
+    """The prediction as the GeoTIFF or JSON the client asked for (format=, else Accept, else by head)."""
     name = result.route.manifest.name
     if format is None:  # masks default to GeoTIFF, classes to JSON, unless Accept says otherwise
         accept = request.headers.get("accept", "")

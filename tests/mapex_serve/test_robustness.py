@@ -207,6 +207,7 @@ def corrupt_geotiffs(draw: st.DrawFn) -> tuple[str, bytes, bool]:
 
 
 _rss: list[int] = []
+_peaks: list[int] = []
 
 
 @settings(max_examples=1000, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
@@ -214,8 +215,12 @@ _rss: list[int] = []
 @given(example=corrupt_geotiffs(), task=st.sampled_from(["flood", "wildfire"]))
 def test_corrupt_and_adversarial_geotiffs_get_4xx_and_memory_stays_bounded(fuzz_server, example, task):
     kind, content, must_fail = example
+    before = fuzz_server.reset_peak_rss()
     r = httpx.post(f"{fuzz_server.url}/predict/{task}", content=content, headers={"Content-Type": "image/tiff"},
                    timeout=60)
+    during = fuzz_server.peak_rss_bytes() - before  # the kernel's high-water mark while the request ran
+    _peaks.append(during)
+    assert during < 256 * 2**20, f"{kind}: the server's RSS rose by {during / 2**20:.0f} MiB during one request"
     assert r.status_code < 500, (kind, r.status_code, r.text, fuzz_server.log[-3000:])
     if must_fail or r.status_code != 200:
         assert 400 <= r.status_code < 500 and r.json()["detail"], (kind, r.status_code, r.text)
@@ -237,3 +242,47 @@ def test_the_openapi_schema_driven_checks_find_no_server_error(server, tmp_path)
         capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)  # its state stays there
     print(result.stdout[-1500:])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+def constant_rgb(width: int, height: int, **layout) -> bytes:
+    """Three uint16 bands of plausible reflectance (0.1), deflate-compressed: a few hundred KB for any size."""
+    layout = layout or {"tiled": True, "blockxsize": 512, "blockysize": 512}
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=3, width=width, height=height, dtype="uint16", compress="deflate",
+                      crs="EPSG:32633", transform=rasterio.Affine(10, 0, 500000, 0, -10, 5000000), **layout) as dst:
+            dst.descriptions = ("B04", "B03", "B02")
+            for _, window in dst.block_windows(1):
+                dst.write(np.full((3, window.height, window.width), 1000, np.uint16), window=window)
+        return mem.read()
+
+
+def test_memory_is_budgeted_before_it_is_allocated_at_the_default_pixel_limit(built_repo, start_server, tmp_path):
+    """A ~1 MB upload declaring 64 Mpx for the 7-class segmentation head needs ~2.4 GB: refused before allocating.
+
+    Peak RSS is the kernel's high-water mark (VmHWM) of the server, reset before each request, so it is
+    the peak *during* the request, not the RSS after it.
+    """
+    shutil.copytree(built_repo / "landcover-seg-rgb", tmp_path / "repo" / "landcover-seg-rgb")
+    s = start_server(tmp_path / "repo", MAPEX_MEMORY_BUDGET_MB="128")  # MAPEX_MAX_PIXELS stays at its default
+    mib = 2**20
+    cases = {"64 Mpx, tiled": constant_rgb(8000, 8000), "1500 x 1500": constant_rgb(1500, 1500),
+             "64 Mpx in one strip": constant_rgb(8000, 8000, tiled=False, blockysize=8000)}
+    peaks = {}
+    for name, content in cases.items():
+        base = s.reset_peak_rss()
+        r = httpx.post(f"{s.url}/predict/landcover-seg", content=content, headers={"Content-Type": "image/tiff"},
+                       timeout=120)
+        peaks[name] = (r.status_code, len(content) / mib, (s.peak_rss_bytes() - base) / mib)
+        if name == "64 Mpx, tiled":
+            assert r.status_code == 413 and "MAPEX_MEMORY_BUDGET_MB" in r.json()["detail"], r.text
+        elif name == "1500 x 1500":
+            assert r.status_code == 200, r.text
+        else:
+            assert r.status_code == 413 and "-of COG" in r.json()["detail"], r.text
+    print("status, upload MiB, server peak RSS growth during the request (MiB):", peaks)
+    # Refused before any output is allocated: what grows is GDAL's block cache from the unit check's sample reads.
+    assert peaks["64 Mpx, tiled"][2] < 128 and peaks["64 Mpx in one strip"][2] < 128
+    assert peaks["1500 x 1500"][2] < 256  # outputs within the 128 MiB budget; batches and GDAL's cache on top

@@ -1,0 +1,70 @@
+"""A memory budget for the requests in flight: what a request will allocate is reserved before it allocates.
+
+A 100 KB deflate-compressed upload can declare 64 million pixels, and a 7-class mask over them
+needs about 2 GB of blending planes. Each request's outputs are sized from its grid before any is
+allocated (:func:`request_bytes`) and admitted against ``MAPEX_MEMORY_BUDGET_MB``: past it a
+request waits its turn as a 503 with ``Retry-After``; one that could never fit is a 413.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mapex_serve.errors import MapexError
+
+__all__ = ["MemoryBudget", "MemoryBudgetError", "OverBudgetError", "Reservation", "request_bytes"]
+
+
+class MemoryBudgetError(MapexError, RuntimeError):
+    """The requests in flight already hold the memory budget; retry after a moment."""
+
+
+class OverBudgetError(MapexError, ValueError):
+    """One request that needs more memory than the whole budget."""
+
+
+def request_bytes(height: int, width: int, *, classes: int, head: str, channels: int, tile: int, max_batch: int) -> int:
+    """Bytes a request allocates beyond its upload: reason raster, outputs, encoding, batches in flight."""
+    pixels = height * width
+    reasons = pixels  # one uint8 reason per pixel
+    if head == "mask":  # K float32 probability planes, float32 weights, labels, coverage, the GeoTIFF encoding
+        outputs = pixels * (4 * classes + 4 + 1 + 1) + 2 * pixels
+    else:  # the class raster painted for a GeoTIFF answer and its encoding
+        outputs = 2 * pixels
+    batches = 3 * max_batch * channels * tile * tile * 4  # the one read ahead, the one in the engine, its copy
+    return reasons + outputs + batches
+
+
+@dataclass
+class Reservation:
+    """Bytes held from a budget until ``release`` (idempotent)."""
+
+    budget: MemoryBudget | None
+    nbytes: int
+
+    def release(self) -> None:
+        if self.budget is not None:
+            self.budget.used -= self.nbytes
+            self.budget = None
+
+
+class MemoryBudget:
+    """Bytes the requests in flight may allocate; reserved and released on the event loop (no lock needed)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit, self.used = int(limit_bytes), 0
+
+    def reserve(self, nbytes: int, what: str) -> Reservation:
+        mib = 2**20
+        if nbytes > self.limit:
+            raise OverBudgetError(
+                f"{what} needs about {nbytes / mib:,.0f} MiB to blend and encode, more than the whole memory budget "
+                f"of {self.limit / mib:,.0f} MiB (MAPEX_MEMORY_BUDGET_MB): crop or split the scene"
+            )
+        if self.used + nbytes > self.limit:
+            raise MemoryBudgetError(
+                f"the requests in flight hold {self.used / mib:,.0f} of {self.limit / mib:,.0f} MiB "
+                f"(MAPEX_MEMORY_BUDGET_MB) and {what} needs {nbytes / mib:,.0f} MiB; retry shortly"
+            )
+        self.used += nbytes
+        return Reservation(self, nbytes)

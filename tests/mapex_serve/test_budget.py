@@ -1,0 +1,31 @@
+import pytest
+
+from mapex_serve.budget import MemoryBudget, MemoryBudgetError, OverBudgetError, request_bytes
+
+MIB = 2**20
+
+
+def test_the_issues_7_class_request_at_the_default_pixel_limit_is_sized_before_it_allocates():
+    """64 Mpx, 7 classes: 7 float32 planes + weights + labels + coverage + encoding + reasons (about 2.4 GB)."""
+    need = request_bytes(8000, 8000, classes=7, head="mask", channels=3, tile=32, max_batch=32)
+    assert need == 64_000_000 * (4 * 7 + 4 + 1 + 1 + 2 + 1) + 3 * 32 * 3 * 32 * 32 * 4
+    assert request_bytes(8000, 8000, classes=2, head="class", channels=2, tile=32, max_batch=32) < need / 10
+
+
+def test_reservations_admit_up_to_the_budget_and_release_once():
+    budget = MemoryBudget(100 * MIB)
+    first = budget.reserve(60 * MIB, "scene a")
+    with pytest.raises(MemoryBudgetError, match=r"hold 60 of 100 MiB.*scene b needs 50 MiB; retry"):
+        budget.reserve(50 * MIB, "scene b")
+    second = budget.reserve(40 * MIB, "scene c")
+    assert budget.used == 100 * MIB
+    first.release()
+    first.release()  # idempotent: a release on every path must not free memory twice
+    assert budget.used == 40 * MIB
+    second.release()
+    assert budget.used == 0
+
+
+def test_a_scene_larger_than_the_whole_budget_is_413_not_503():
+    with pytest.raises(OverBudgetError, match="more than the whole memory budget of 10 MiB"):
+        MemoryBudget(10 * MIB).reserve(11 * MIB, "this scene")
