@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ValidationError
 
 from mapex_serve.deps import authorised, ready_registry, service_state
-from mapex_serve.errors import UnknownModelError
+from mapex_serve.errors import RequestTimeoutError, UnknownModelError
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
+from mapex_serve.upload import UploadTooLargeError
 
 __all__ = ["router"]
 
@@ -71,10 +73,53 @@ async def v2_model_ready(name: str, reg: Ready) -> dict[str, Any]:
     return {"name": name, "ready": True}
 
 
-@router.post("/v2/models/{name}/infer", tags=["open inference protocol"], dependencies=[Depends(authorised)])
-async def v2_infer(name: str, body: InferRequest, reg: Ready,
+_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": InferRequest.model_json_schema()}}}}
+
+
+async def _json_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes (FastAPI's body parameters have no limit)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB (MAPEX_MAX_UPLOAD_MB); "
+                                  f"send fewer tiles per request")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB "
+                                      f"(MAPEX_MAX_UPLOAD_MB); send fewer tiles per request")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/v2/models/{name}/infer", tags=["open inference protocol"], dependencies=[Depends(authorised)],
+             openapi_extra=_INFER_BODY)
+async def v2_infer(name: str, request: Request, reg: Ready,
                    state: Annotated[ServiceState, Depends(service_state)]) -> dict[str, Any]:
+    """Open Inference Protocol inference, with the same upload, memory and time limits as ``/predict``."""
     s = _specialist(reg, name)
+    settings = state.settings
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            raw = await _json_body(request, int(settings.max_upload_mb * 2**20))
+            # A JSON list of floats costs ~8x its text as Python objects: reserved like /predict's outputs.
+            reservation = state.budget.reserve(8 * len(raw), f"this {len(raw) / 2**20:.1f} MiB inference request")
+            try:
+                try:
+                    body = InferRequest.model_validate_json(raw)
+                except ValidationError as e:
+                    raise HTTPException(422, f"not an Open Inference Protocol request: {e.errors(include_url=False)}"
+                                        ) from None
+                return await _infer(s, name, body, state)
+            finally:
+                reservation.release()
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
+                                  f"(MAPEX_REQUEST_TIMEOUT_S); send fewer tiles or retry later") from None
+
+
+async def _infer(s: Any, name: str, body: InferRequest, state: ServiceState) -> dict[str, Any]:
     if len(body.inputs) != 1:
         raise HTTPException(422, f"send exactly one input tensor named {s.manifest.input.name!r}")
     tensor = body.inputs[0]

@@ -25,6 +25,15 @@ __all__ = ["router"]
 
 router = APIRouter()
 
+#: The bodies the route takes, declared so that the OpenAPI schema is true (clients and fuzzers send them).
+_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": "one or more raster files of one scene (GeoTIFF, COG, NetCDF, HDF5, JPEG 2000, ENVI, VRT)"}}}},
+    "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
 
 async def _respond(request: Request, state: ServiceState, manifests: list[Any], bands: str | None,
                    modality: str | None, format: str | None, overrides: UnitOverrides) -> Response:
@@ -56,7 +65,7 @@ async def _encode(request: Request, state: ServiceState, result: Prediction, for
     return JSONResponse(as_json(result, state.registry.specialists[name].engine.provider), headers=headers)
 
 
-@router.post("/predict/{task}", tags=["predict"], dependencies=[Depends(authorised)],
+@router.post("/predict/{task}", tags=["predict"], dependencies=[Depends(authorised)], openapi_extra=_BODY,
              responses={200: {"content": {"image/tiff": {}, "application/json": {}}}})
 async def predict_task(
     task: str,

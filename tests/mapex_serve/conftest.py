@@ -23,9 +23,28 @@ class Server(LocalService):
         super().__init__(repo, log, {"OMP_NUM_THREADS": "1", **env}, ready_timeout=120)
 
     def post(self, task: str, content: Path | bytes, **kw) -> httpx.Response:
-        """The GeoTIFF as a multipart field ``file``, the way most clients send it."""
+        """The GeoTIFF as a multipart field ``file``, the way most clients send it; a GeoTIFF answer is checked."""
         data = content.read_bytes() if isinstance(content, Path) else content
-        return httpx.post(f"{self.url}/predict/{task}", files={"file": ("scene.tif", data)}, timeout=60, **kw)
+        return self.checked(httpx.post(f"{self.url}/predict/{task}", files={"file": ("scene.tif", data)}, timeout=60,
+                                       **kw))
+
+    @staticmethod
+    def checked(response: httpx.Response) -> httpx.Response:
+        """The response, after checking that a GeoTIFF answer is a valid Cloud-Optimised GeoTIFF (rio-cogeo)."""
+        if response.status_code == 200 and response.headers.get("content-type") == "image/tiff":
+            Server.cog_band(response.content)
+        return response
+
+    @staticmethod
+    def cog_band(content: bytes) -> np.ndarray:
+        """Band 1 of a GeoTIFF answer, which ``rio_cogeo.cog_validate`` must accept as a COG."""
+        from rio_cogeo.cogeo import cog_validate
+
+        with MemoryFile(content) as mem:
+            valid, errors, _warnings = cog_validate(mem.name, quiet=True)
+            assert valid, f"not a valid COG: {errors}"
+            with mem.open() as src:
+                return src.read(1)
 
 
 @pytest.fixture

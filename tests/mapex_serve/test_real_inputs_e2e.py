@@ -20,7 +20,8 @@ BIGEARTHNET = Path(__file__).parents[3] / "shared" / "data" / "real" / "bigearth
 
 
 def post(server, task: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:
-    return httpx.post(f"{server.url}/predict/{task}", files=[("file", f) for f in files], params=params, timeout=60)
+    r = httpx.post(f"{server.url}/predict/{task}", files=[("file", f) for f in files], params=params, timeout=60)
+    return server.checked(r)  # a GeoTIFF answer must be a valid COG
 
 
 def tiff(bands: np.ndarray, descriptions, like: dict) -> bytes:
@@ -46,7 +47,7 @@ def flood_scene() -> tuple[np.ndarray, dict]:
 def mask_of(response: httpx.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     with MemoryFile(response.content) as mem, mem.open() as out:
-        return out.read(1)
+        return out.read(1)  # post() has validated it as a COG
 
 
 def test_snap_linear_and_db_give_the_same_flood_mask(server, flood_scene):
