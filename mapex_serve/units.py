@@ -57,6 +57,7 @@ _UNIT_WORDS: dict[str, StatedUnit] = {
 _COMPATIBLE: dict[str, tuple[StatedUnit, ...]] = {
     "reflectance": ("reflectance",), "dB": ("dB", "linear", "amplitude"), "m": ("m", "ft"),
 }
+_ASSUMED_SCALE = "reflectance x 10000"
 _CONVERSION_WORDS = {"linear": "10·log10 (linear power -> dB)", "amplitude": "20·log10 (amplitude -> dB)",
                      "ft": "x 0.3048 (feet -> m)"}
 
@@ -138,6 +139,11 @@ class Conversion:
     steps: tuple[str, ...]
     #: What came from the band table's convention rather than the caller or the file.
     assumed: tuple[str, ...] = ()
+
+    @property
+    def scale_assumed(self) -> bool:
+        """True when ``scale``/``offset`` are the band table's (Sentinel-2 x 10000), not the caller's or the file's."""
+        return _ASSUMED_SCALE in self.assumed
 
     def apply(self, stored: np.ndarray) -> np.ndarray:
         """Physical float32 values; NaN where a conversion is undefined (dB of a power <= 0)."""
@@ -248,11 +254,11 @@ def conversion_for(
                 )
             scale, offset = band.scale, band.offset
             steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
-            assumed.append("reflectance x 10000")
+            assumed.append(_ASSUMED_SCALE)
         elif unit == "reflectance" and unit_source.startswith("assumed"):
             scale, offset = band.scale, band.offset  # float values with no metadata: checked below
             steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
-            assumed.append("reflectance x 10000")
+            assumed.append(_ASSUMED_SCALE)
         else:
             scale, offset = 1.0, 0.0
     if unit != band.unit:
@@ -298,7 +304,7 @@ def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str)
     band = BANDS[conversion.canonical]
     lo, hi = band.plausible
     what = f"band {name!r} ({conversion.canonical}): {stats.seen()}"
-    assumed = bool(conversion.assumed)
+    assumed = conversion.scale_assumed
     integer = np.dtype(stats.dtype).kind in "iu"
     if band.unit == "reflectance":
         if assumed and integer and stats.stored_max <= 255:
