@@ -114,6 +114,7 @@ class Batcher:
         if job.future.done():
             self._depth -= len(job.tiles)
             self.dropped += len(job.tiles)
+            self._metrics.tiles_dropped.labels(self.name).inc(len(job.tiles))
             return False
         return True
 

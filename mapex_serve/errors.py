@@ -7,6 +7,7 @@ so that the service can hand it to the user unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "ClientGoneError",
     "DuplicateBandError",
     "MapexError",
     "RequestTimeoutError",
@@ -43,3 +44,7 @@ class UnknownModelError(MapexError, LookupError):
 
 class RequestTimeoutError(MapexError, TimeoutError):
     """A request that ran past MAPEX_REQUEST_TIMEOUT_S."""
+
+
+class ClientGoneError(MapexError, ConnectionError):
+    """The client closed the connection before its answer was ready; nothing is left to answer."""

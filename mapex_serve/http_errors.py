@@ -9,6 +9,7 @@ from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.budget import MemoryBudgetError, OverBudgetError
 from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import (
+    ClientGoneError,
     DuplicateBandError,
     MapexError,
     RequestTimeoutError,
@@ -39,6 +40,7 @@ STATUS: dict[type[MapexError], int] = {
     BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
+    ClientGoneError: 499,  # nginx's "client closed request": logged and counted, read by no one
     QueueFullError: 503, ServiceStoppingError: 503, MemoryBudgetError: 503, RequestTimeoutError: 504,
 }
 

@@ -28,3 +28,5 @@ class Metrics:
         self.batch_size = Histogram("mapex_batch_size", "Tiles per engine batch", ["specialist"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.queue_depth = Gauge("mapex_queue_depth", "Tiles waiting for an engine", ["specialist"], registry=r)
+        self.tiles_dropped = Counter("mapex_tiles_dropped", "Tiles of cancelled requests (timed out, client gone) "
+                                     "dropped before the engine ran them", ["specialist"], registry=r)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mapex_serve.deps import authorised, ready_registry, service_state
-from mapex_serve.errors import MapexError, RequestTimeoutError, UnknownTaskError
+from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError, UnknownTaskError
 from mapex_serve.http_errors import status_of
 from mapex_serve.predict import Prediction, predict
 from mapex_serve.registry import Registry
@@ -40,14 +40,37 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Any], 
     """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
     settings = state.settings
     files = await read_upload(request, int(settings.max_upload_mb * 2**20))
-    result = await predict(files, manifests, state.batchers, bands=bands.split(",") if bands else None,
-                           modality=modality, max_pixels=settings.max_pixels, max_batch=settings.max_batch,
-                           overrides=overrides, budget=state.budget)
+    work = asyncio.ensure_future(predict(files, manifests, state.batchers, bands=bands.split(",") if bands else None,
+                                         modality=modality, max_pixels=settings.max_pixels,
+                                         max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
     del files  # encoding needs the prediction only: the upload's bytes can go first
+    result = await _unless_client_leaves(request, work)
     try:
         return await _encode(request, state, result, format)
     finally:
         result.reservation.release()
+
+
+async def _unless_client_leaves(request: Request, work: asyncio.Future[Prediction]) -> Prediction:
+    """``work``'s result, or its cancellation (its queued tiles then never reach the engine) if the client leaves.
+
+    Only after the body is read: ``receive()`` then returns nothing until the connection closes.
+    """
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():  # the client left, or this request was itself cancelled (its time limit)
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        watch.cancel()
+    if work.cancelled():
+        raise ClientGoneError("the client closed the connection before the answer was ready")
+    return work.result()
 
 
 async def _encode(request: Request, state: ServiceState, result: Prediction, format: str | None) -> Response:

@@ -4,6 +4,7 @@ import asyncio
 import json
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.io import MemoryFile
+
+from mapex_serve.tiling import tile_grid
 
 DATA = Path(__file__).parents[1] / "data"
 S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"  # the same files as conftest's; test modules cannot import it
@@ -252,3 +255,30 @@ def test_a_synthetic_flood_scene_gets_the_mask_its_engine_computes_and_that_its_
     # Overlapping tiles that straddle the mosaic's seams see two unrelated scenes: a few pixels change.
     assert agreement > 0.95
     assert iou_served > max(iou_direct - 0.1, truth.mean())  # about as good as the engine, better than guessing
+
+
+def test_a_client_that_leaves_stops_its_tiles(built_repo, start_server, to_geotiff, tmp_path):
+    """Closing the connection mid-request cancels it: its remaining tiles never reach the engine (status 499)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    shutil.copytree(built_repo / "flood-sar", tmp_path / "repo" / "flood-sar")
+    s = start_server(tmp_path / "repo", MAPEX_MAX_BATCH="8")
+    sar = np.random.default_rng(0).normal(-12, 2, (2, 1024, 2048)).astype(np.float32)
+    body = to_geotiff(sar, ["VV", "VH"])
+    total = len(tile_grid(1024, 2048, 32, 8))
+    url = urlsplit(s.url)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(f"POST /predict/flood HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.5)  # the request is tiling and running batches now
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{s.url}/metrics").text
+        if 'status="499"' in metrics:
+            break
+        time.sleep(0.2)
+    ran = _sample(metrics, 'mapex_batch_size_sum{specialist="flood-sar"}')
+    print(f"client left: {ran:.0f} of {total} tiles ran")
+    assert 'mapex_requests_total{specialist="-",status="499",task="flood"} 1.0' in metrics, metrics[-3000:]
+    assert ran < total / 2
