@@ -323,10 +323,13 @@ def test_gdal_internal_mask_band_and_alpha():
     mask[:4] = 0
     _, reader, _, reasons = read(tif(stored, ["B11", "B12"], mask=mask), ["B11", "B12"])
     assert reader.masked() == {"nodata, mask or alpha band": 64}
-    alpha = np.concatenate([stored, np.where(mask > 0, 65535, 0).astype(np.uint16)[None]])
-    _, reader, _, _ = read(tif(alpha, ["B11", "B12", None], photometric="MINISBLACK", alpha="unspecified"),
-                           ["B11", "B12"])
-    assert reader.masked().get("nodata, mask or alpha band") in (None, 64)
+    # An RGBA GeoTIFF (photometric RGB, ExtraSamples alpha), as gdal_translate -b 1 -b 2 -b 3 -b mask writes one.
+    rgb = reflectance((3, 16, 16))
+    rgba = np.concatenate([rgb, np.where(mask > 0, 65535, 0).astype(np.uint16)[None]])
+    scene, reader, _, _ = read(tif(rgba, ["B04", "B03", "B02", None], photometric="RGB", alpha="YES"),
+                               ["B04", "B03", "B02"])
+    assert reader.masked() == {"nodata, mask or alpha band": 64}
+    assert scene.bands[3].identity.canonical is None  # the alpha band itself is not a model band
 
 
 def test_hls_fmask_bits():
