@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from mapex_serve.engine_cache import record_cache, verify_cache
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import EngineEntry, Manifest, ManifestError, read_verified
 from mapex_serve.settings import DEFAULT_PROVIDERS, Settings
@@ -190,6 +191,7 @@ class Engine:
         self.backend = choose_backend(manifest, gpu, trt_version, available, settings.providers, settings.max_batch)
         self._native: NativeTensorRTEngine | None = None
         self._session: ort.InferenceSession | None = None
+        self._cache: Path | None = None  # the TensorRT EP's engine cache folder, when that provider is in use
 
         if self.backend.kind == "tensorrt" and self.backend.engine is not None:
             try:
@@ -215,6 +217,9 @@ class Engine:
         # doubled the server's CPU per single-tile request and cost a fifth of its throughput.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chain = [(p, _provider_options(p, self.manifest, self.settings)) for p in providers]
+        self._cache = next((Path(o["trt_engine_cache_path"]) for _, o in chain if "trt_engine_cache_path" in o), None)
+        if self._cache is not None:
+            verify_cache(self._cache)  # TensorRT loads only engines this service wrote and indexed
         model = read_verified(self.entry, self.manifest, "model.onnx")  # the bytes hashed are the bytes loaded
         return ort.InferenceSession(model, options, providers=chain)
 
@@ -288,6 +293,8 @@ class Engine:
             raise ManifestError(f"{self.entry}: warm-up output is {out.shape} (finite: {bool(np.isfinite(out).all())}), "
                                 f"the manifest promises {expected}")
         log.info("%s: warmed up on %s in %.3f s", self.name, self.provider, seconds)
+        if self._cache is not None:
+            record_cache(self._cache)  # the engines TensorRT built or loaded for this model, with their hashes
         return seconds
 
     def __repr__(self) -> str:
