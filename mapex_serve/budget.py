@@ -1,8 +1,8 @@
 """A memory budget for the requests in flight: what a request will allocate is reserved before it allocates.
 
-A 100 KB deflate-compressed upload can declare 64 million pixels, and a 7-class mask over them
-needs about 2 GB of blending planes. Each request's outputs are sized from its grid before any is
-allocated (:func:`request_bytes`) and admitted against ``MAPEX_MEMORY_BUDGET_MB``: past it a
+A 100 KB deflate-compressed upload can declare 64 million pixels, and even with blending held to
+one band of tile rows its mask, coverage and encoding take about 5 bytes a pixel (320 MB). Each
+request's outputs are sized from its grid before any is allocated (:func:`request_bytes`) and admitted against ``MAPEX_MEMORY_BUDGET_MB``: past it a
 request waits its turn as a 503 with ``Retry-After``; one that could never fit is a 413.
 """
 
@@ -27,8 +27,8 @@ def request_bytes(height: int, width: int, *, classes: int, head: str, channels:
     """Bytes a request allocates beyond its upload: reason raster, outputs, encoding, batches in flight."""
     pixels = height * width
     reasons = pixels  # one uint8 reason per pixel
-    if head == "mask":  # K float32 probability planes, float32 weights, labels, coverage, the GeoTIFF encoding
-        outputs = pixels * (4 * classes + 4 + 1 + 1) + 2 * pixels
+    if head == "mask":  # labels, coverage and the GeoTIFF encoding; K + 1 float32 planes over one band of tile rows
+        outputs = 4 * pixels + (classes + 1) * 4 * min(tile, height) * width
     else:  # the class raster painted for a GeoTIFF answer and its encoding
         outputs = 2 * pixels
     batches = 3 * max_batch * channels * tile * tile * 4  # the one read ahead, the one in the engine, its copy

@@ -264,66 +264,100 @@ def tile_weights(tile: int, overlap: int) -> np.ndarray:
 
 
 class MaskResult(NamedTuple):
-    """A blended mask: labels (H, W) uint8, probabilities (K, H, W) float32, covered (H, W) bool."""
+    """A blended mask: labels (H, W) uint8, probabilities (K, H, W) float32 or None, covered (H, W) bool."""
 
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     covered: np.ndarray
 
 
 class MaskBlender:
-    """Blend per-tile class probabilities into scene probabilities, without seams.
+    """Blend per-tile class probabilities into a scene mask, without seams, holding one band of tile rows.
 
-    Memory is the output: ``K * H * W * 4`` bytes of probabilities plus ``H * W * 4`` of weights
-    (a 10-class 10980 x 10980 Sentinel-2 tile: about 5.3 GB), so callers should cap scene size.
-    Feed probabilities (softmax output), not logits.
+    Tiles arrive in the grid's row-major order (``tile_grid``, as ``read_batches`` yields them); once
+    a tile of a new grid row arrives, no later tile touches the rows above its start, so those rows
+    are final: normalised, labelled and dropped from the accumulator. Memory is the output (labels
+    and coverage, two bytes a pixel) plus ``K * T * W * 4`` bytes of accumulator (a 10-class 10980
+    pixel wide Sentinel-2 tile at T = 32: 14 MB, where the whole-scene accumulator took 5.3 GB).
+    ``keep_probabilities`` also keeps the blended ``(K, H, W)`` probabilities (for tests and tools;
+    the service never asks). Feed probabilities (softmax output), not logits.
     """
 
-    def __init__(self, height: int, width: int, n_classes: int, tile: int, overlap: int) -> None:
+    def __init__(self, height: int, width: int, n_classes: int, tile: int, overlap: int, *,
+                 keep_probabilities: bool = False, nodata_label: int = 255) -> None:
         if not 1 <= n_classes <= 255:
             raise ValueError(f"labels are uint8 with 255 for uncovered pixels: need 1..255 classes, got {n_classes}")
         self.height, self.width, self.n_classes, self.tile = height, width, n_classes, tile
         self._weights = tile_weights(tile, overlap)
-        self._acc = np.zeros((n_classes, height, width), dtype=np.float32)
-        self._wsum = np.zeros((height, width), dtype=np.float32)
+        rows = min(tile, height)
+        self._acc = np.zeros((n_classes, rows, width), dtype=np.float32)  # scene rows [self._top, self._top + rows)
+        self._wsum = np.zeros((rows, width), dtype=np.float32)
+        self._top = 0
+        self._labels = np.full((height, width), nodata_label, dtype=np.uint8)
+        self._covered = np.zeros((height, width), dtype=bool)
+        self._probs = np.zeros((n_classes, height, width), np.float32) if keep_probabilities else None
         self._done = False
 
+    def _finalise(self, until: int) -> None:
+        """Rows ``[top, until)`` are final: label them and slide the accumulator down to start at ``until``."""
+        while (n := min(until, self.height, self._top + self._acc.shape[1]) - self._top) > 0:
+            self._finalise_rows(n)
+
+    def _finalise_rows(self, n: int) -> None:
+        """The accumulator's first ``n`` rows are final."""
+        rows = slice(self._top, self._top + n)
+        wsum = self._wsum[:n]
+        covered = wsum > 0
+        probs = self._acc[:, :n] / np.where(covered, wsum, np.float32(1))
+        self._covered[rows] = covered
+        self._labels[rows][covered] = probs.argmax(axis=0).astype(np.uint8)[covered]
+        if self._probs is not None:
+            self._probs[:, rows] = probs
+        keep = self._acc.shape[1] - n
+        self._acc[:, :keep] = self._acc[:, n:].copy()
+        self._acc[:, keep:] = 0
+        self._wsum[:keep] = self._wsum[n:].copy()
+        self._wsum[keep:] = 0
+        self._top += n
+
     def add(self, tile: Tile, probs: np.ndarray, valid: np.ndarray) -> None:
-        """Accumulate one tile's probabilities (K, T, T) over its valid pixels (T, T)."""
+        """Accumulate one tile's probabilities (K, T, T) over its valid pixels (T, T), in the grid's order."""
         if self._done:
             raise RuntimeError("result() was already called; make a new MaskBlender")
         expected = (self.n_classes, self.tile, self.tile)
         if probs.shape != expected or valid.shape != expected[1:]:
             raise ValueError(f"tile probs {probs.shape} / valid {valid.shape}, expected {expected} / {expected[1:]}")
         (rows, cols), (trows, tcols) = tile.clip(self.height, self.width)
+        if rows.start < self._top:
+            raise ValueError(f"tile at row {rows.start} arrived after rows up to {self._top} were final; add tiles in "
+                             f"tile_grid's row-major order")
+        self._finalise(rows.start)
+        band = slice(rows.start - self._top, rows.stop - self._top)
         w = np.where(valid, self._weights, np.float32(0))[trows, tcols]
-        self._acc[:, rows, cols] += probs[:, trows, tcols] * w
-        self._wsum[rows, cols] += w
+        self._acc[:, band, cols] += probs[:, trows, tcols] * w
+        self._wsum[band, cols] += w
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._finalise(self.height)
+            self._done = True
 
     @property
     def covered(self) -> np.ndarray:
-        """Pixels that at least one tile covered with a valid pixel."""
-        return self._wsum > 0
+        """Pixels that at least one tile covered with a valid pixel (final once every tile is added)."""
+        self._finish()
+        return self._covered
 
     def uncovered_valid_pixels(self, valid_scene: np.ndarray) -> int:
-        """How many valid scene pixels no tile covered: anything above 0 is a tiling bug."""
+        """How many valid scene pixels no tile covered: anything above 0 is a tiling bug. Ends the adding."""
         if valid_scene.shape != (self.height, self.width):
             raise ValueError(f"valid mask {valid_scene.shape}, expected {(self.height, self.width)}")
         return int(np.count_nonzero(valid_scene & ~self.covered))
 
-    def result(self, nodata_label: int = 255, strip: int = 512) -> MaskResult:
-        """Normalise in place (no second K x H x W array) and take the argmax; uncovered pixels get
-        ``nodata_label`` and probability 0. Call once."""
-        self._done = True
-        covered = self.covered
-        labels = np.full((self.height, self.width), nodata_label, dtype=np.uint8)
-        for r in range(0, self.height, strip):
-            s = slice(r, r + strip)
-            cov = covered[s]
-            wsum = np.where(cov, self._wsum[s], np.float32(1))
-            self._acc[:, s] /= wsum
-            labels[s][cov] = self._acc[:, s].argmax(axis=0).astype(np.uint8)[cov]
-        return MaskResult(labels, self._acc, covered)
+    def result(self) -> MaskResult:
+        """Labels (uncovered pixels get the nodata label), probabilities (None unless kept) and coverage."""
+        self._finish()
+        return MaskResult(self._labels, self._probs, self._covered)
 
 
 class ClassResult(NamedTuple):

@@ -6,10 +6,13 @@ MIB = 2**20
 
 
 def test_the_issues_7_class_request_at_the_default_pixel_limit_is_sized_before_it_allocates():
-    """64 Mpx, 7 classes: 7 float32 planes + weights + labels + coverage + encoding + reasons (about 2.4 GB)."""
+    """64 Mpx, 7 classes: labels, coverage, reasons and encoding a pixel, 8 float32 planes over 32 rows, batches.
+
+    The whole-scene blender this replaced needed 7 + 1 float32 planes over all 64 Mpx (about 2.4 GB)."""
     need = request_bytes(8000, 8000, classes=7, head="mask", channels=3, tile=32, max_batch=32)
-    assert need == 64_000_000 * (4 * 7 + 4 + 1 + 1 + 2 + 1) + 3 * 32 * 3 * 32 * 32 * 4
-    assert request_bytes(8000, 8000, classes=2, head="class", channels=2, tile=32, max_batch=32) < need / 10
+    assert need == 64_000_000 * 5 + 8 * 4 * 32 * 8000 + 3 * 32 * 3 * 32 * 32 * 4
+    assert need < 0.2 * 64_000_000 * 8 * 4  # a sixth of what the whole-scene blend took
+    assert request_bytes(8000, 8000, classes=2, head="class", channels=2, tile=32, max_batch=32) < need
 
 
 def test_reservations_admit_up_to_the_budget_and_release_once():

@@ -219,8 +219,8 @@ def test_weights_are_positive_symmetric_and_flat_in_the_core():
     assert (w[8:24, 8:24] == w.max()).all() and w[0, 0] < w[0, 5] < w[0, 16]
 
 
-def blend(tiles, height, width, probs_of, valid_of=None, n_classes=4, tile=32, overlap=8, skip=()):
-    blender = MaskBlender(height, width, n_classes, tile, overlap)
+def blend(tiles, height, width, probs_of, valid_of=None, n_classes=4, tile=32, overlap=8, skip=(), nodata_label=255):
+    blender = MaskBlender(height, width, n_classes, tile, overlap, keep_probabilities=True, nodata_label=nodata_label)
     for t in tiles:
         if t in skip:
             continue
@@ -253,7 +253,7 @@ def test_constant_field_comes_back_exactly_and_coverage_detects_a_skipped_tile()
     only_there = coverage([t for t in tiles if t != skipped], height, width) == 0
     assert only_there.sum() > 0
     assert blender.uncovered_valid_pixels(everything) == only_there.sum()
-    labels, probs, covered = blender.result(nodata_label=255)
+    labels, probs, covered = blender.result()
     np.testing.assert_array_equal(covered, ~only_there)
     assert (labels[only_there] == 255).all() and (probs[:, only_there] == 0).all()
 
@@ -272,7 +272,7 @@ def test_blending_equals_a_whole_scene_computation_on_the_sentinel2_crop():
         tiles = tile_grid(src.height, src.width, tile, overlap)
         assert grid_shape(tiles) == (8, 13) and len(tiles) == 104
         scales, offsets = [1e-4] * 6, [0.0] * 6
-        blender = MaskBlender(src.height, src.width, 4, tile, overlap)
+        blender = MaskBlender(src.height, src.width, 4, tile, overlap, keep_probabilities=True)
         n = 0
         for batch in batched(read_tiles(DatasetWindows(src, range(1, 7), scales, offsets), tiles), 16):
             x = np.stack([b.data for b in batch])  # (B, C, T, T): what the engine gets
@@ -441,3 +441,29 @@ def test_the_class_grid_geotiff_puts_each_tile_answer_where_the_tile_is():
         for x in range(0, width, 5):
             t = owner[int(painted[y, x])]
             assert t.window.row_off <= y < t.window.row_off + tile and t.window.col_off <= x < t.window.col_off + tile
+
+
+def test_the_blender_holds_one_band_of_tile_rows_and_equals_the_whole_scene_blend():
+    """Row by row finalisation gives the same mask as blending the whole scene at once, in a fraction of memory."""
+    height, width, tile, overlap = 300, 200, 32, 8
+    rng = np.random.default_rng(0)
+    field = rng.dirichlet(np.ones(5), size=(height, width)).transpose(2, 0, 1).astype(np.float32)
+    tiles = tile_grid(height, width, tile, overlap)
+    blender = blend(tiles, height, width, lambda t: field[:, int(t.window.row_off):int(t.window.row_off) + tile,
+                                                          int(t.window.col_off):int(t.window.col_off) + tile],
+                    n_classes=5)
+    labels, probs, covered = blender.result()
+    assert covered.all()
+    np.testing.assert_allclose(probs, field, atol=1e-6)  # every pixel's blend of identical values is the value
+    np.testing.assert_array_equal(labels, field.argmax(axis=0))
+    assert blender._acc.nbytes == 5 * tile * width * 4, "the accumulator is one band of tile rows"
+    lean = MaskBlender(height, width, 5, tile, overlap)
+    assert lean.result().probabilities is None
+
+
+def test_the_blender_refuses_tiles_out_of_row_order():
+    blender = MaskBlender(100, 40, 2, 32, 8)
+    ones, valid = np.ones((2, 32, 32), np.float32), np.ones((32, 32), bool)
+    blender.add(Tile(2, 0, Window(0, 68, 32, 32)), ones, valid)
+    with pytest.raises(ValueError, match="row-major order"):
+        blender.add(Tile(0, 0, Window(0, 0, 32, 32)), ones, valid)
