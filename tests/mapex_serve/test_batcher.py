@@ -183,3 +183,34 @@ def test_stop_past_its_drain_time_answers_the_rest_instead_of_leaving_them_hangi
     results = run(main())
     stopped = [r for r in results if isinstance(r, ServiceStoppingError)]
     assert len(stopped) >= 3 and all(isinstance(r, np.ndarray | ServiceStoppingError) for r in results), results
+
+
+def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread():
+    """The service gives each specialist its own engine thread (app.lifespan): while one engine is stuck in a batch,
+    another specialist's requests are answered (on one shared thread they would wait behind it)."""
+    import threading
+
+    release = threading.Event()
+
+    def stuck(batch: np.ndarray) -> np.ndarray:
+        release.wait(10)
+        return engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(1) as slow_pool, ThreadPoolExecutor(1) as fast_pool:
+            a = Batcher("slow", stuck, slow_pool, max_batch=4, max_delay_ms=0, max_queue=100, metrics=Metrics())
+            b = Batcher("fast", engine, fast_pool, max_batch=4, max_delay_ms=0, max_queue=100, metrics=Metrics())
+            a.start()
+            b.start()
+            held = asyncio.ensure_future(a.submit(tiles(4, 0)))
+            await asyncio.sleep(0.02)  # the slow engine is inside its batch now
+            fast = await asyncio.wait_for(b.submit(tiles(4, 10)), 5)
+            still_held = not held.done()
+            release.set()
+            await held
+            await a.stop()
+            await b.stop()
+            return fast, still_held
+
+    fast, still_held = run(main())
+    assert fast.tolist() == [10, 11, 12, 13] and still_held
