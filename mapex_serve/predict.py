@@ -19,9 +19,10 @@ from rasterio.errors import RasterioError
 from mapex_serve.batcher import Batcher
 from mapex_serve.budget import MemoryBudget, Reservation, request_bytes
 from mapex_serve.errors import MapexError
-from mapex_serve.inputs import RasterTooLargeError, RequestScene, SceneReader, UploadedFile
+from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile
 from mapex_serve.repository import Manifest
 from mapex_serve.routing import NoMatchingSpecialistError, Route, choose_route
+from mapex_serve.scene_reader import SceneReader
 from mapex_serve.tiling import (
     ClassAggregator,
     ClassResult,

@@ -1,0 +1,205 @@
+"""Reading the stacked scene: windows of physical values from every band, with a reason for each invalid pixel.
+
+Bands sit in one or more files; those on the scene grid are read as they are, the others through a
+``WarpedVRT`` onto it (bilinear for reflectance and backscatter, nearest for quality layers), window
+by window. Each band's values go through its unit conversion; nodata, masks, alpha, NaN, values
+with no dB (power <= 0) and quality layers (SCL, Fmask, dataMask) give a reason code per pixel,
+kept in one uint8 raster so that the response counts every masked pixel once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.io import DatasetReaderBase
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from mapex_serve.bands import QUALITY_LAYERS, QualityLayer
+from mapex_serve.rasters import BandIdentity
+from mapex_serve.units import Conversion
+
+__all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
+
+VALID = 0
+_NODATA, _NOT_FINITE, _UNDEFINED = 1, 2, 3
+_BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
+                 _UNDEFINED: "no dB value (linear power <= 0)"}
+
+
+
+@dataclass
+class Grid:
+    """The scene grid every band is read on: the finest of the files, cropped to their overlap."""
+
+    crs: object
+    transform: rasterio.Affine
+    width: int
+    height: int
+
+
+@dataclass
+class InputBand:
+    """One band of one file of the request, what it is, and (once routed) how its values are converted."""
+
+    file: str
+    index: int
+    dataset: DatasetReaderBase
+    identity: BandIdentity
+    landsat: bool = False
+    conversion: Conversion | None = None
+
+    def report(self) -> dict:
+        out = {"file": self.file, "band": self.index, "found": self.identity.found, "rule": self.identity.rule,
+               "mapped_to": self.identity.canonical or (self.identity.quality and f"quality layer {self.identity.quality}"),
+               "used": False}
+        if self.conversion is not None:
+            out |= {"used": True, "conversions": list(self.conversion.steps)}
+        elif self.identity.quality:
+            out["used"] = True
+        return out
+
+
+@dataclass
+class _Source:
+    """Where bands are read from on the scene grid: a dataset (maybe resampled) and its 1-based indexes."""
+
+    dataset: DatasetReaderBase
+    window_offset: tuple[int, int]  # (row, col) of the scene grid's origin in ``dataset``
+    indexes: list[int]
+    positions: list[int]  # where those bands go in the reader's output, in the same order
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Stored values (k, h, w) and inside-the-data masks (k, h, w) of an in-scene window, one GDAL call each."""
+        r, c = self.window_offset
+        w = Window(window.col_off + c, window.row_off + r, window.width, window.height)
+        return self.dataset.read(self.indexes, window=w), self.dataset.read_masks(self.indexes, window=w) > 0
+
+
+class SceneReader:
+    """Windows of the stacked scene as physical float32 values with a reason code per invalid pixel.
+
+    Implements what the tiler reads from (``height``, ``width``, ``read``). Every pixel's reason is
+    also kept in one uint8 raster so that the response can count masked pixels once each, however
+    many overlapping tiles read them.
+    """
+
+    def __init__(self, grid: Grid, used: Sequence[InputBand], quality: Sequence[InputBand], stack: ExitStack) -> None:
+        self.grid = grid
+        self.height, self.width = grid.height, grid.width
+        self.bands = list(used)
+        self.quality = list(quality)
+        self.resampled: list[str] = []
+        self._vrts: dict[tuple[int, Resampling], WarpedVRT] = {}
+        self._sources = self._group(used, Resampling.bilinear, stack)
+        self._quality_sources = self._group(quality, Resampling.nearest, stack)
+        self.reasons_text: dict[int, str] = dict(_BASE_REASONS)
+        self._rules: list[tuple[QualityLayer, dict[str, int]]] = []
+        for b in quality:
+            layer = QUALITY_LAYERS[b.identity.quality]
+            whys = [*(layer.invalid_values or {}).values(), *(layer.invalid_bits or {}).values()]
+            codes = {}
+            for why in whys:
+                codes[why] = len(self.reasons_text) + 1
+                self.reasons_text[codes[why]] = why
+            self._rules.append((layer, codes))
+        self._reasons: np.ndarray | None = None
+
+    def _group(self, bands: Sequence[InputBand], resampling: Resampling, stack: ExitStack) -> list[_Source]:
+        """One source per dataset: bands on the scene grid are read as they are, others through a WarpedVRT."""
+        sources: dict[int, _Source] = {}
+        g = self.grid
+        for position, b in enumerate(bands):
+            key = id(b.dataset)
+            if key not in sources:
+                ds, offset = b.dataset, None
+                if ds.crs == g.crs and (ds.transform.a, ds.transform.e) == (g.transform.a, g.transform.e):
+                    col, row = ~ds.transform @ (g.transform.c, g.transform.f)
+                    if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
+                        offset = (round(row), round(col))
+                if offset is None:
+                    ds = WarpedVRT(b.dataset, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
+                                   resampling=resampling)
+                    stack.callback(ds.close)
+                    offset = (0, 0)
+                    if b.file not in self.resampled:
+                        self.resampled.append(b.file)
+                sources[key] = _Source(ds, offset, [], [])
+            sources[key].indexes.append(b.index)
+            sources[key].positions.append(position)
+        return list(sources.values())
+
+    def _stored(self, sources: list[_Source], n: int, window: Window) -> tuple[list, list]:
+        stored, inside = [None] * n, [None] * n
+        for s in sources:
+            values, masks = s.read(window)
+            for k, position in enumerate(s.positions):
+                stored[position], inside[position] = values[k], masks[k]
+        return stored, inside
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """``(physical (C, h, w) float32, reasons (h, w) uint8)`` of an in-scene window; reason 0 is valid."""
+        h, w = int(window.height), int(window.width)
+        physical = np.empty((len(self.bands), h, w), np.float32)
+        reasons = np.zeros((h, w), np.uint8)
+        stored, inside = self._stored(self._sources, len(self.bands), window)
+        for i, b in enumerate(self.bands):
+            physical[i] = b.conversion.apply(stored[i])
+            _mark(reasons, ~inside[i], _NODATA)
+            if stored[i].dtype.kind == "f":
+                _mark(reasons, ~np.isfinite(stored[i]), _NOT_FINITE)
+            _mark(reasons, ~np.isfinite(physical[i]), _UNDEFINED)
+        values, inside = self._stored(self._quality_sources, len(self.quality), window)
+        for (layer, codes), v, ok in zip(self._rules, values, inside, strict=True):
+            _mark(reasons, ~ok, _NODATA)
+            v = v.astype(np.int64)
+            for value, why in (layer.invalid_values or {}).items():
+                _mark(reasons, v == value, codes[why])
+            for bit, why in (layer.invalid_bits or {}).items():
+                _mark(reasons, (v & (1 << bit)) != 0, codes[why])
+        self._record(window, reasons)
+        return physical, reasons
+
+    def _record(self, window: Window, reasons: np.ndarray) -> None:
+        if self._reasons is None:
+            self._reasons = np.zeros((self.height, self.width), np.uint8)
+        r, c = int(window.row_off), int(window.col_off)
+        self._reasons[r: r + reasons.shape[0], c: c + reasons.shape[1]] = reasons
+
+    def masked(self) -> dict[str, int]:
+        """Invalid pixels of the scene read so far, by reason (each pixel counted once)."""
+        if self._reasons is None:
+            return {}
+        counts = np.bincount(self._reasons.ravel(), minlength=len(self.reasons_text) + 1)
+        return {self.reasons_text[code]: int(n) for code, n in enumerate(counts) if code and n}
+
+    def samples(self, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each band's valid stored and physical values at up to 5 x 5 windows of ``size`` px spread over the scene."""
+        parts: list[list[np.ndarray]] = [[] for _ in self.bands]
+        for window in _sample_windows(self.height, self.width, size):
+            stored, inside = self._stored(self._sources, len(self.bands), window)
+            for i in range(len(self.bands)):
+                parts[i].append(stored[i][inside[i]])
+        out = []
+        for b, chunks in zip(self.bands, parts, strict=True):
+            values = np.concatenate(chunks)
+            out.append((values, b.conversion.apply(values)))
+        return out
+
+
+def _mark(reasons: np.ndarray, where: np.ndarray, code: int) -> None:
+    """Give ``code`` to the pixels of ``where`` that have no reason yet (the first reason found is kept)."""
+    reasons[where & (reasons == VALID)] = code
+
+
+def _sample_windows(height: int, width: int, size: int) -> Iterator[Window]:
+    rows = sorted({int(r) for r in np.linspace(0, max(height - size, 0), 5)})
+    cols = sorted({int(c) for c in np.linspace(0, max(width - size, 0), 5)})
+    for r in rows:
+        for c in cols:
+            yield Window(c, r, min(size, width - c), min(size, height - r))
