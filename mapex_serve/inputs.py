@@ -27,7 +27,7 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
 from mapex_serve.errors import DuplicateBandError, MapexError
-from mapex_serve.rasters import _is_landsat, identify_bands, missing_names_error, parse_name
+from mapex_serve.rasters import identify_bands, is_landsat, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
 
@@ -240,7 +240,7 @@ class RequestScene:
             given = None if bands is None else list(bands[offset: offset + ds.count])
             offset += ds.count
             file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
-            landsat = _is_landsat(ds, file)
+            landsat = is_landsat(ds, file)
             source = "subdataset name" if variable else "file name"
             for i, identity in enumerate(identify_bands(ds, variable or file, given, source), start=1):
                 self.bands.append(InputBand(name, i, ds, identity, landsat))

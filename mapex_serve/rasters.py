@@ -45,6 +45,7 @@ __all__ = [
     "BandNamesMissingError",
     "band_names",
     "identify_bands",
+    "is_landsat",
     "missing_names_error",
     "parse_name",
     "scale_offset",
@@ -113,7 +114,7 @@ def parse_name(name: str) -> BandIdentity | None:
     if m := _SNAP.match(text):
         quantity, pol, db = m.group(1).lower(), m.group(2).upper(), m.group(3)
         unit = "dB" if db else _SNAP_UNIT[quantity]
-        rule = f"SNAP band name ({_SNAP_MEANING[quantity]}, {'dB' if db else unit if unit != 'linear' else 'linear power'})"
+        rule = f"SNAP band name ({_SNAP_MEANING[quantity]}, {'linear power' if unit == 'linear' else unit})"
         if pol not in BANDS:
             return BandIdentity(text, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
         return BandIdentity(text, rule, pol, unit_hint=unit)
@@ -128,7 +129,7 @@ def parse_name(name: str) -> BandIdentity | None:
     return None
 
 
-def _is_landsat(src: DatasetReaderBase, filename: str | None) -> bool:
+def is_landsat(src: DatasetReaderBase, filename: str | None) -> bool:
     """Landsat OLI or HLS L30: a file whose band numbers are OLI's, not Sentinel-2's."""
     tags = {k.upper(): str(v).upper() for k, v in src.tags().items()}
     if "LANDSAT_PRODUCT_ID" in tags or "OLI" in tags.get("SENSOR", "") or "LANDSAT" in tags.get("SPACECRAFT_NAME", ""):
@@ -238,7 +239,7 @@ def identify_bands(
             out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality,
                                     parsed.unit_hint))
         return out
-    landsat = _is_landsat(src, filename)
+    landsat = is_landsat(src, filename)
     return [_identify(src, i, filename, landsat, name_source) for i in range(1, src.count + 1)]
 
 
