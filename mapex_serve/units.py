@@ -227,43 +227,37 @@ def conversion_for(
     else:
         scale, offset = None, None
 
-    unit = overrides.get("units", canonical)
-    if unit is not None:
-        unit_source = "units= parameter"
-        if unit not in _COMPATIBLE[band.unit]:
-            if None in overrides.units and canonical not in overrides.units:
-                unit, unit_source = None, ""  # a request-wide units= that is about other bands
-            else:
-                raise UnitError(f"units={unit} cannot apply to {canonical} ({band.description}, in {band.unit}); "
-                                f"accepted for it: {', '.join(_COMPATIBLE[band.unit])}")
+    unit, unit_source = overrides.get("units", canonical), "units= parameter"
+    if unit is not None and unit not in _COMPATIBLE[band.unit]:
+        if canonical in overrides.units or None not in overrides.units:
+            raise UnitError(f"units={unit} cannot apply to {canonical} ({band.description}, in {band.unit}); "
+                            f"accepted for it: {', '.join(_COMPATIBLE[band.unit])}")
+        unit = None  # a request-wide units= that is about the other bands
     if unit is None and name_unit is not None:
         unit, unit_source = name_unit, "the band's name"
     if unit is None and (stated := _stated_unit(src, index)) is not None and stated[0] in _COMPATIBLE[band.unit]:
         unit, unit_source = stated
-    if unit is None:
-        unit, unit_source = band.unit, "assumed: the band table's unit"
+    unit_assumed = unit is None
+    if unit_assumed:
+        unit = band.unit
         assumed.append(f"values in {band.unit}")
 
     if scale is None:
-        integer = np.dtype(src.dtypes[index - 1]).kind in "iu"
-        if unit == "reflectance" and band.unit == "reflectance" and integer and unit_source.startswith("assumed"):
-            if landsat:
+        if unit == "reflectance" and unit_assumed:
+            if landsat and np.dtype(src.dtypes[index - 1]).kind in "iu":
                 raise ImplausibleValuesError(
                     f"{canonical}: a Landsat band stored as integers with no scale metadata; say how it is scaled: "
                     f"Landsat Collection 2 Level-2 is scale=0.0000275&offset=-0.2, HLS L30 is scale=0.0001"
                 )
+            # Checked against the values by check_plausible: 8-bit and float 0..1 data are refused there.
             scale, offset = band.scale, band.offset
-            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
-            assumed.append(_ASSUMED_SCALE)
-        elif unit == "reflectance" and unit_source.startswith("assumed"):
-            scale, offset = band.scale, band.offset  # float values with no metadata: checked below
             steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
             assumed.append(_ASSUMED_SCALE)
         else:
             scale, offset = 1.0, 0.0
     if unit != band.unit:
         steps.append(f"{_CONVERSION_WORDS[unit]} ({unit_source})")
-    elif unit_source.startswith("assumed"):
+    elif unit_assumed:
         steps.append(f"values taken as {unit} (assumed: no unit metadata; checked against the values)")
     else:
         steps.append(f"values in {unit} ({unit_source})")
