@@ -215,6 +215,9 @@ def test_corrupt_and_adversarial_geotiffs_get_4xx_and_memory_stays_bounded(fuzz_
                    timeout=60)
     during = fuzz_server.peak_rss_bytes() - before  # the kernel's high-water mark while the request ran
     _peaks.append(during)
+    if len(_peaks) % 250 == 0:
+        print(f"fuzz: {len(_peaks)} requests; server RSS rise during one request: max {max(_peaks) / 2**20:.0f} MiB, "
+              f"median {sorted(_peaks)[len(_peaks) // 2] / 2**20:.1f} MiB")
     assert during < 256 * 2**20, f"{kind}: the server's RSS rose by {during / 2**20:.0f} MiB during one request"
     assert r.status_code < 500, (kind, r.status_code, r.text, fuzz_server.log[-3000:])
     if must_fail or r.status_code != 200:
