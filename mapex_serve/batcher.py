@@ -1,9 +1,10 @@
 """Dynamic batching: tiles of concurrent requests for one specialist share engine batches.
 
-Each request submits its tiles and awaits their results; one worker task per specialist takes
-what is queued, up to ``max_batch`` tiles or until ``max_delay_ms`` has passed since the first
-one, runs the engine in a thread (the event loop never blocks on it), and hands each request
-back its own rows. The queue is bounded: a request that would overflow it is refused at once.
+Each request submits its tiles and awaits their results; one worker task per specialist hands an
+idle engine what is queued at once (a lone request never waits for company), and while the engine
+runs a batch it gathers the next one, up to ``max_batch`` tiles or ``max_delay_ms`` after its first
+tile, to start the moment the engine is free. The engine runs in a thread of its own (the event
+loop never blocks on it), and each request gets back its own rows. The queue is bounded: a request that would overflow it is refused at once.
 Tiles of a request that was cancelled (timed out, client gone) are dropped before the engine sees
 them. On stop the queue drains: every admitted tile is run, or, past the drain time, answered with
 ``ServiceStoppingError`` (503) instead of being left without an answer.
@@ -12,6 +13,7 @@ them. On stop the queue drains: every admitted tile is run, or, past the drain t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -55,6 +57,8 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None  # a job that did not fit the last batch; it leads the next
         self._running: list[_Job] = []  # the jobs of the batch the engine is running
+        self._next: list[_Job] = []  # the jobs of the batch collected while it runs
+        self._inflight: asyncio.Task[None] | None = None
         self._stopping = False
         #: Tiles dropped because their request was cancelled before they reached the engine.
         self.dropped = 0
@@ -71,19 +75,22 @@ class Batcher:
         """Refuse new tiles, run what is queued for up to ``drain_s``, then answer the rest with a 503."""
         self._stopping = True
         deadline = time.perf_counter() + drain_s
-        while (self._depth > 0 or self._running) and time.perf_counter() < deadline and self._worker is not None:
+        while (self._depth > 0 or self._running or self._next) and time.perf_counter() < deadline and self._worker:
             await asyncio.sleep(0.005)
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        left = [*self._running, *([self._carry] if self._carry else [])]
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()  # its engine call finishes in its thread; its jobs are answered below
+            await asyncio.gather(self._inflight, return_exceptions=True)
+        left = [*self._running, *self._next, *([self._carry] if self._carry else [])]
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         for job in left:
             if not job.future.done():
                 job.future.set_exception(ServiceStoppingError(
                     f"specialist {self.name} stopped before running these tiles (the service is shutting down); retry"))
-        self._running, self._carry, self._depth = [], None, 0
+        self._running, self._next, self._carry, self._depth = [], [], None, 0
 
     async def submit(self, tiles: np.ndarray, *, admit: bool = True) -> np.ndarray:
         """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
@@ -124,24 +131,36 @@ class Batcher:
             if self._live(job):
                 return job
 
-    async def _collect(self) -> list[_Job]:
-        """The next batch: the first job, then whatever arrives within the delay while it fits."""
+    async def _collect(self, busy: asyncio.Future | None) -> list[_Job]:
+        """The next batch, gathered while the engine runs the current one (``busy``).
+
+        An idle engine gets what is queued at once: a lone request never waits for company. While
+        the engine is busy, tiles arriving within ``max_delay`` of the batch's first join it, up to
+        ``max_batch``; the batch closes when it is full, the delay has passed or the engine is free.
+        """
         first, self._carry = self._carry, None
         if first is not None and not self._live(first):
             first = None
         jobs = [first or await self._next_live()]
         size, deadline = len(jobs[0].tiles), time.perf_counter() + self.max_delay
         while size < self.max_batch:
-            try:
-                if self._queue.empty():
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                else:
-                    job = self._queue.get_nowait()
-            except TimeoutError:
-                break
+            if self._queue.empty():
+                remaining = deadline - time.perf_counter()
+                if busy is None or busy.done() or remaining <= 0:
+                    break
+                getting = asyncio.ensure_future(self._queue.get())
+                await asyncio.wait({getting, busy}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getting  # a job it took in that very step is kept, not lost
+                    if asyncio.current_task().cancelling():
+                        raise asyncio.CancelledError  # the worker itself is being stopped
+                    if getting.cancelled():
+                        continue
+                job = getting.result()
+            else:
+                job = self._queue.get_nowait()
             if not self._live(job):
                 continue
             if size + len(job.tiles) > self.max_batch:
@@ -151,31 +170,44 @@ class Batcher:
             size += len(job.tiles)
         return jobs
 
-    async def _work(self) -> None:
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        """Run one batch on the engine thread and hand each job its rows (or the engine's error)."""
         loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._collect()
-            batch = np.concatenate([j.tiles for j in jobs])
-            self._depth -= len(batch)
-            self._metrics.queue_depth.labels(self.name).set(self._depth)
-            now = time.perf_counter()
-            for j in jobs:
-                self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
-            self._metrics.batch_size.labels(self.name).observe(len(batch))
-            self._running = jobs
-            try:
-                out = await loop.run_in_executor(self._executor, self._run, batch)
-            except Exception as e:  # noqa: BLE001 - handed to every waiting request
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            finally:
-                self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
-                if not asyncio.current_task().cancelling():
-                    self._running = []
-            start = 0
+        batch = np.concatenate([j.tiles for j in jobs])
+        now = time.perf_counter()
+        for j in jobs:
+            self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
+        self._metrics.batch_size.labels(self.name).observe(len(batch))
+        self._running = jobs
+        try:
+            out = await loop.run_in_executor(self._executor, self._run, batch)
+        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            self._running = []
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_result(out[start : start + len(j.tiles)])
-                start += len(j.tiles)
+                    j.future.set_exception(e)
+            return
+        finally:
+            self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
+        self._running = []
+        start = 0
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_result(out[start : start + len(j.tiles)])
+            start += len(j.tiles)
+
+    async def _work(self) -> None:
+        """Collect the next batch while the engine runs the current one; start it as soon as the engine is free."""
+        inflight: asyncio.Task[None] | None = None
+        while True:
+            self._next = await self._collect(inflight)
+            if inflight is not None:
+                await asyncio.shield(inflight)  # one engine thread: batches run one after the other
+            jobs = [j for j in self._next if self._live(j)]  # a request may have left while its batch waited
+            self._next = []
+            if not jobs:
+                continue
+            self._depth -= sum(len(j.tiles) for j in jobs)
+            self._metrics.queue_depth.labels(self.name).set(self._depth)
+            inflight = asyncio.ensure_future(self._run_batch(jobs))
+            self._inflight = inflight

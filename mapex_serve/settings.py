@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(32, ge=1, description="Largest batch of tiles sent to an engine in one call.")
     max_delay_ms: float = Field(
-        5.0, ge=0, description="How long the batcher waits for more tiles before running a partial batch (ms)."
+        5.0, ge=0, description="While the engine is busy, how long the next batch keeps gathering tiles (ms); an "
+        "idle engine runs what is queued at once."
     )
     max_queue: int = Field(
         4096, ge=1, description="Tiles waiting per engine before requests are refused with 503 (a request queues at "

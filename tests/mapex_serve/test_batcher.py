@@ -214,3 +214,36 @@ def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread()
 
     fast, still_held = run(main())
     assert fast.tolist() == [10, 11, 12, 13] and still_held
+
+
+def test_an_idle_engine_runs_a_lone_request_at_once_and_a_busy_one_gathers_the_next_batch():
+    """No wait for company when the engine is idle (concurrency 1 pays no MAPEX_MAX_DELAY_MS); while it is busy,
+    the tiles arriving meanwhile are gathered into the next batch."""
+    import threading
+
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def gated(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        if len(sizes) == 2:
+            release.wait(10)  # the second batch holds the engine until the test lets it go
+        return engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", gated, pool, max_batch=8, max_delay_ms=60_000, max_queue=100, metrics=Metrics())
+            b.start()
+            lone = await asyncio.wait_for(b.submit(tiles(2, 0)), 5)  # a 60 s delay would time this out
+            held = asyncio.ensure_future(b.submit(tiles(2, 10)))
+            await asyncio.sleep(0.05)  # the engine is now busy with it
+            later = [asyncio.ensure_future(b.submit(tiles(2, 20 + 10 * i))) for i in range(3)]
+            await asyncio.sleep(0.05)
+            release.set()
+            out = await asyncio.wait_for(asyncio.gather(held, *later), 5)
+            await b.stop()
+            return lone, out
+
+    lone, out = run(main())
+    assert lone.tolist() == [0, 1] and [o.tolist() for o in out] == [[10, 11], [20, 21], [30, 31], [40, 41]]
+    assert sizes == [2, 2, 6], "the three requests that came while the engine was busy share one batch"
