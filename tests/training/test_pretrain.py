@@ -161,3 +161,38 @@ def test_pretraining_on_a_folder_of_geotiff_chips(tmp_path):
     model, payload = load_model(tmp_path / "run" / "checkpoint.pt")
     assert payload["data"] == str(chips)
     assert model.band_stats()["VV"][1] > 1 and model.band_stats()["B08"] == (0.0, 1.0), "only the chips' bands get statistics"
+
+
+def test_pretraining_on_a_real_layout_reads_the_same_batches_with_dataloader_workers(hls_root, tmp_path):
+    """``--dataset`` pre-trains on the training split; worker processes change nothing but who reads."""
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        result = pretrain(out, "--dataset", "hls-burn-scars", "--root", str(hls_root), "--steps", "4",
+                          "--batch-size", "4", "--workers", workers)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[workers] = [m["loss"] for m in metrics(out)]
+    assert runs["0"] == runs["2"]
+    model, payload = load_model(tmp_path / "w0" / "checkpoint.pt")
+    assert payload["data"] == "hls-burn-scars"
+    stats = payload["band_stats"]
+    assert 0.05 < stats["B11"][0] < 0.4 and stats["B08"] == (0.0, 1.0)  # reflectance; HLS has no B08
+
+
+def test_bf16_autocast_trains_and_is_recorded(tmp_path):
+    out = tmp_path / "bf16"
+    result = pretrain(out, "--steps", "3", "--precision", "bf16", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["precision"] == "bf16" and all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics(out))
+    fp32 = tmp_path / "fp32"
+    assert pretrain(fp32, "--steps", "3", "--batch-size", "4").returncode == 0
+    # The same data and masks: bf16 rounding moves the loss a little, not a lot.
+    a, b = metrics(out)[0]["recon_loss"], metrics(fp32)[0]["recon_loss"]
+    assert a != b and abs(a - b) < 0.05 * b
+
+
+def test_a_wrong_dataset_root_is_a_clear_error(tmp_path):
+    result = pretrain(tmp_path / "out", "--dataset", "eurosat", "--root", str(tmp_path), "--steps", "1")
+    assert result.returncode != 0
+    assert "expected the 10 class folders" in result.stderr and "Traceback" not in result.stderr

@@ -68,21 +68,25 @@ def fit_sample(sample: Sample, size: int, mask_labels: Sequence[str],
 class FittedTiles(torch.utils.data.Dataset):
     """A loader's chips as ``size`` px tiles, item by item (what DataLoader workers read from disk)."""
 
-    def __init__(self, dataset: RealDataset, size: int, modalities: Sequence[str] | None = None) -> None:
+    def __init__(self, dataset: RealDataset, size: int, modalities: Sequence[str] | None = None,
+                 indices: Sequence[int] | None = None) -> None:
         self.dataset, self.size = dataset, size
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        if not self.indices:
+            raise ValueError(f"no items of {dataset.name} to tile")
         self.modalities = tuple(modalities or dataset.modalities())
         self.mask_labels = tuple(k for k, (kind, _) in dataset.LABELS.items() if kind == "mask")
-        first = dataset[0]
+        first = dataset[self.indices[0]]
         side = next(iter(first.inputs.values())).shape[-1]
         self.cut = dataset.CUT_INTO_TILES
         self.per_chip = max(1, _cuts(side, size, self.cut)) ** 2 if side != size else 1
 
     def __len__(self) -> int:
-        return len(self.dataset) * self.per_chip
+        return len(self.indices) * self.per_chip
 
     def __getitem__(self, index: int) -> Sample:
         chip, tile = divmod(index, self.per_chip)
-        sample = self.dataset[chip]
+        sample = self.dataset[self.indices[chip]]
         sample.inputs = {m: sample.inputs[m] for m in self.modalities}
         tiles = fit_sample(sample, self.size, self.mask_labels, self.dataset.derive, self.cut)
         if len(tiles) != self.per_chip:
