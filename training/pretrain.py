@@ -63,6 +63,8 @@ class PretrainArgs:
     workers: int = 0
     #: ``bf16``: the forward pass under bfloat16 autocast (weights and optimiser stay float32).
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: Overrides the preset's ``router_prior`` (the ablation over 0, 1, 2); None keeps the preset's.
+    router_prior: float | None = None
 
 
 class BatchSource(Protocol):
@@ -104,6 +106,11 @@ class DatasetSource:
 
     def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
         return collate([self.tiles[int(i)] for i in step_indices(len(self.tiles), self.seed, step, rank, size)]).inputs
+
+    def sample(self, seed: int, size: int) -> dict[str, torch.Tensor]:
+        """``size`` distinct tiles (at most every tile once) for band statistics: a small set is read once."""
+        order = np.random.default_rng(seed).permutation(len(self.tiles))[:size]
+        return collate([self.tiles[int(i)] for i in order]).inputs
 
     def iterate(self, first: int, last: int, rank: int, size: int) -> Iterator[dict[str, torch.Tensor]]:
         sampler = _StepSampler(len(self.tiles), self.seed, rank, size, first, last)
@@ -172,7 +179,10 @@ class ChipSource:
 
 def band_statistics(source: BatchSource, seed: int, samples: int) -> tuple[dict[str, float], dict[str, float]]:
     """Per-band mean and standard deviation (physical units) over a seeded sample of the data."""
-    batch = source.batch(derive_seed(seed, STATS), 0, samples)
+    if isinstance(source, DatasetSource):
+        batch = source.sample(derive_seed(seed, STATS), samples)
+    else:
+        batch = source.batch(derive_seed(seed, STATS), 0, samples)
     mean, std = {}, {}
     for m, x in batch.items():
         for c, b in enumerate(MODALITIES[m]):
@@ -270,7 +280,8 @@ def train(args: PretrainArgs) -> dict[str, object]:
         if cfg.router != args.router:
             raise ValueError(f"checkpoint was trained with --router {cfg.router}, not {args.router}")
     else:
-        cfg = preset(args.preset, router=args.router)
+        overrides = {} if args.router_prior is None else {"router_prior": args.router_prior}
+        cfg = preset(args.preset, router=args.router, **overrides)
 
     torch.manual_seed(args.seed)
     model = Mapex(cfg)
@@ -389,6 +400,8 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainArgs:
     p.add_argument("--root", default=None, help="folder holding --dataset in its documented layout")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for --dataset")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bfloat16 autocast (GPU)")
+    p.add_argument("--router-prior", type=float, default=None, help="initial bias of the modality router towards "
+                   "each modality's own experts (default: the preset's, 2)")
     a = p.parse_args(argv)
     if a.dataset and not a.root:
         p.error("--dataset needs --root, the folder the data set was unpacked into")
@@ -401,7 +414,7 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainArgs:
     return PretrainArgs(out=a.out, preset=a.preset, data=a.data, steps=a.steps, router=a.router, seed=a.seed,
                         resume=a.resume, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
                         checkpoint_every=a.checkpoint_every, dataset=a.dataset, root=a.root, workers=a.workers,
-                        precision=a.precision)
+                        precision=a.precision, router_prior=a.router_prior)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
