@@ -255,7 +255,7 @@ def _commit() -> str:
 
 def evaluate(bench: Benchmark, runs: Path, settings: Settings = Settings()) -> dict[str, Any]:
     """Every table of ``bench`` as a JSON-ready dict (accuracy and mIoU in %)."""
-    began = time.perf_counter()
+    began, commit = time.perf_counter(), _commit()
     device = torch.device(settings.device)
     base_args = PretrainArgs(out=Path(runs), preset=settings.preset, steps=settings.pretrain_steps, seed=0,
                              batch_size=settings.pretrain_batch, precision=settings.precision, workers=settings.workers,
@@ -332,7 +332,7 @@ def evaluate(bench: Benchmark, runs: Path, settings: Settings = Settings()) -> d
     result: dict[str, Any] = {
         "data": bench.name,
         "note": SYNTHETIC_NOTE if bench.synthetic else f"Real data: {bench.name} read from {bench.root}.",
-        "settings": {**settings.__dict__, "seeds": list(settings.seeds), "commit": _commit(), "tile_size": size,
+        "settings": {**settings.__dict__, "seeds": list(settings.seeds), "commit": commit, "tile_size": size,
                      "checkpoints": {n: str(p) for n, p in checkpoints.items()},
                      "pretrained_steps": {n: payload.get("step") for n, (_, payload) in loaded.items()},
                      "pretrained_on": {n: payload.get("data") for n, (_, payload) in loaded.items()}},
@@ -391,7 +391,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "its summary, e.g. has flood). Linear probe: the pruned specialist's backbone frozen, its head trained. "
         "FT: end-to-end fine-tuning of the pruned specialist with its head (the paper's FT column); FT scratch: "
         "the same architecture trained end to end from random initialisation. Classification rows report "
-        "accuracy, mask rows mean IoU (labels of no data left out), all in %.", "",
+        "accuracy, mask rows mean IoU (labels of no data left out), all in %. Majority: share of the most common "
+        "class in the test labels (for mask rows, of pixels: the pixel accuracy of a constant answer, not an IoU).", "",
         "| task | modality | metric | " + " | ".join(c for _, c in COLUMNS) + " | parameters full / specialist |",
         "| --- | --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |",
     ]
