@@ -11,7 +11,7 @@ choose a dropped one. A block left with one expert becomes a plain MLP with no r
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from mapex_serve.repository import ExpertsKept, ParameterCounts
 from training.data import SceneConfig, generate_batch
 from training.model import Mapex
 from training.moe import Mlp, MoE, Router
-from training.routing import RouteCounts, count_synthetic_routes
+from training.routing import RouteCounts, count_routes, count_synthetic_routes
 from training.seeds import CALIBRATION, derive_seed
 
 __all__ = ["PruneResult", "apply_pruning", "calibrate", "choose_experts", "prune"]
@@ -134,12 +134,15 @@ def apply_pruning(
     return pruned.eval()
 
 
-def _mean_gate(model: Mapex, modalities: Sequence[str], kept: Sequence[ExpertsKept], seed: int) -> dict[int, float]:
+def _mean_gate(model: Mapex, modalities: Sequence[str], kept: Sequence[ExpertsKept], seed: int,
+               inputs: Mapping[str, torch.Tensor] | None = None) -> dict[int, float]:
     """Mean gate weight of the single expert left in a block, over calibration tokens routed to it."""
     single = {k.block: k.experts[0] for k in kept if len(k.experts) == 1}
     if not single:
         return {}
-    batch = generate_batch(derive_seed(seed, CALIBRATION, 10_000), 64, SceneConfig(size=model.cfg.img_size), modalities)
+    if inputs is None:
+        inputs = generate_batch(derive_seed(seed, CALIBRATION, 10_000), 64, SceneConfig(size=model.cfg.img_size),
+                                modalities).inputs
     sums = dict.fromkeys(single, 0.0)
     counts = dict.fromkeys(single, 0)
     hooks = []
@@ -150,7 +153,7 @@ def _mean_gate(model: Mapex, modalities: Sequence[str], kept: Sequence[ExpertsKe
             counts[b] += int(chosen.sum())
         hooks.append(model.blocks[block_idx].ffn.router.register_forward_hook(hook))
     with torch.no_grad():
-        model.eval().forward_features(batch.inputs)
+        model.eval().forward_features(inputs)
     for h in hooks:
         h.remove()
     return {b: sums[b] / counts[b] if counts[b] else 1.0 for b in single}
@@ -164,10 +167,23 @@ def prune(
     keep_top: int | None = None,
     scenes: int = 256,
     seed: int = 0,
+    calibration: Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> PruneResult:
-    """Calibrate, choose and apply: the specialist backbone for ``modalities``."""
+    """Calibrate, choose and apply: the specialist backbone for ``modalities``.
+
+    ``calibration`` (batches of modality -> tensor, e.g. a real data set's training tiles)
+    replaces the ``scenes`` synthetic calibration scenes.
+    """
     modalities = [resolve_modality(m) for m in modalities]
-    counts = calibrate(model, modalities, scenes, seed)
+    if calibration is not None:
+        batches = [{m: b[m] for m in modalities} for b in calibration]
+        if not batches:
+            raise ValueError("calibration holds no batches")
+        counts = count_routes(model, batches)
+    else:
+        batches = None
+        counts = calibrate(model, modalities, scenes, seed)
     kept = choose_experts(counts, modalities, coverage, keep_top)
-    pruned = apply_pruning(model, modalities, kept, _mean_gate(model, modalities, kept, seed))
+    gates = _mean_gate(model, modalities, kept, seed, batches[0] if batches else None)
+    pruned = apply_pruning(model, modalities, kept, gates)
     return PruneResult(pruned, kept, ParameterCounts(full=model.num_parameters(), pruned=pruned.num_parameters()))

@@ -77,19 +77,21 @@ class MapexConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains on 2 CPU cores in minutes: 32 px tiles, 16 tokens per modality.
     "tiny": {},
-    # ViT-B width and depth, MoE in every other block (as V-MoE), for GPU clusters.
-    "base": dict(
+    # The paper's model size (MAPEX, about 130 M parameters): width 512, 12 blocks, the MoE layers
+    # (12 experts, top-1) in four of the last eight blocks, a 2-block decoder. 131,951,904
+    # encoder and 134,520,352 parameters in all (docs/model.md). Tiles of 128 px, patches of 16.
+    "mapex-130m": dict(
         img_size=128,
         patch_size=16,
-        embed_dim=768,
+        embed_dim=512,
         depth=12,
-        num_heads=12,
+        num_heads=8,
         mlp_ratio=4.0,
-        moe_blocks=(1, 3, 5, 7, 9, 11),
+        moe_blocks=(5, 7, 9, 11),
         num_experts=12,
-        decoder_dim=512,
-        decoder_depth=4,
-        decoder_heads=16,
+        decoder_dim=256,
+        decoder_depth=2,
+        decoder_heads=8,
     ),
 }
 

@@ -1,12 +1,18 @@
-"""The shape of the paper's tables, measured on SYNTHETIC scenes (not real imagery).
+"""The paper's tables, one command per data set: pre-train (or load), prune, fine-tune, score.
 
-    python -m training.evaluate --runs runs --out docs/evaluation
+    python -m training.evaluate --dataset synthetic --runs runs --out docs/evaluation
+    python -m training.evaluate --dataset ben-ge-8k --root DIR --preset mapex-130m --device cuda
 
-(1) Land-cover tile classification per modality, by k-NN on frozen pooled features and by
-fine-tuning, for a same-architecture model from scratch, the full pre-trained model and the
-pruned specialist. (2) The router ablation: k-NN accuracy per modality for the three routers.
-Reads ``RUNS/<router>/checkpoint.pt`` and pre-trains (tiny preset) any that is missing, so the
-whole table comes from one command. Writes ``evaluation.md`` and ``evaluation.json``.
+For every row of the data set (task x modality, ``training.benchmarks``) and every seed: k-NN on
+frozen pooled features of a same-architecture model from scratch, of the full pre-trained model
+and of the pruned specialist; a linear probe (the specialist's backbone frozen, its head trained);
+end-to-end fine-tuning of the pruned specialist with its head (the paper's FT column) and, as a
+baseline, of the scratch model. Then the router ablation (k-NN per router) and, on synthetic data,
+the ``router_prior`` ablation. Checkpoints are read from ``RUNS/<router>/checkpoint.pt`` (and
+``RUNS/prior-<p>/``) and pre-trained on the data set's training split when missing. Writes
+``OUT/<name>.md`` and ``OUT/<name>.json`` (``evaluation.*`` for synthetic data), headed by the
+data set, preset, seeds, step counts and the commit it ran on; figures are mean and standard
+deviation over the seeds.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import argparse
 import functools
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +33,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mapex_serve.bands import MODALITY_NAMES, resolve_modality
+from mapex_serve.bands import resolve_modality
+from training.benchmarks import BENCHMARKS, Benchmark, Row, benchmark
 from training.checkpoint import load_model
+from training.config import PRESETS, preset
+from training.data import DatasetLayoutError, TileSet
 from training.data.synthetic import SceneConfig, SyntheticBatch
-from training.finetune import evaluate_specialist, finetune, synthetic_tiles, take
+from training.finetune import evaluate_specialist, finetune, synthetic_tiles
 from training.model import Mapex
+from training.moe import expert_groups
 from training.pretrain import PretrainArgs, train
+from training.routing import count_synthetic_routes
 from training.seeds import FINETUNE, HELDOUT, TRAIN, derive_seed
 from training.specialist import Specialist
-from training.tasks import get_task
 
-__all__ = ["ROUTERS", "LandcoverSplit", "embed", "ensure_checkpoint", "evaluate", "knn_accuracy", "landcover_split", "main"]
+__all__ = [
+    "PRIORS", "ROUTERS", "LandcoverSplit", "Settings", "batches_of", "embed", "ensure_checkpoint", "evaluate",
+    "knn_accuracy", "landcover_split", "main", "to_markdown",
+]
 
 ROUTERS: tuple[str, ...] = ("deterministic", "positional", "modality")
+PRIORS: tuple[float, ...] = (0.0, 1.0, 2.0)
 SYNTHETIC_NOTE = (
     "All figures are measured on SYNTHETIC scenes from training/data/synthetic.py, not on real imagery: "
     "they show that the pieces work and how they compare, not how well MAPEX does on Earth."
@@ -135,15 +150,17 @@ def _knn(model: Mapex | Specialist, split: LandcoverSplit) -> float:
                         embed(model, batches_of(split.test)), split.test_labels)
 
 
+
+
 # -- models --------------------------------------------------------------------------------------
-def ensure_checkpoint(runs: Path, router: str, steps: int, seed: int) -> Path:
-    """``RUNS/<router>/checkpoint.pt``, pre-training it (tiny preset) first if it is missing."""
-    path = Path(runs) / router / "checkpoint.pt"
+def ensure_checkpoint(runs: Path, name: str, args: PretrainArgs) -> Path:
+    """``RUNS/<name>/checkpoint.pt``, pre-training it with ``args`` (out set here) first if it is missing."""
+    path = Path(runs) / name / "checkpoint.pt"
     if not path.is_file():
-        print(f"no {path}: pre-training the {router} router for {steps} steps", file=sys.stderr)
+        print(f"no {path}: pre-training {name} for {args.steps} steps", file=sys.stderr)
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            train(PretrainArgs(out=path.parent, preset="tiny", steps=steps, router=router, seed=seed))
+            train(replace(args, out=path.parent))
         finally:  # pre-training turns Ctrl-C into "checkpoint and stop"; give it back
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -160,180 +177,303 @@ def scratch_like(model: Mapex, seed: int) -> Mapex:
     return scratch.eval()
 
 
-def _sampler(split: LandcoverSplit, seed: int) -> Callable[[int, int], SyntheticBatch]:
-    """Fine-tuning batches drawn from the split's train tiles, seeded by step."""
-    n = len(split.train_labels)
+def _sampler(train: TileSet, seed: int) -> Callable[[int, int], TileSet]:
+    """Fine-tuning batches drawn from the train tiles, seeded by step."""
+    n = len(train)
 
-    def data(step: int, size: int) -> SyntheticBatch:
+    def data(step: int, size: int) -> TileSet:
         rng = np.random.default_rng(derive_seed(seed, FINETUNE, step))
-        return take(split.train, rng.choice(n, size=min(size, n), replace=False))
+        return train.take(rng.choice(n, size=min(size, n), replace=False))
 
     return data
 
 
+def _tile_batches(tiles: TileSet, modality: str, device: torch.device, size: int = 128) -> Iterator[dict[str, torch.Tensor]]:
+    x = tiles.inputs[modality]
+    for i in range(0, len(x), size):
+        yield {modality: x[i : i + size].to(device)}
+
+
+def _knn_score(model: Mapex, train: TileSet, test: TileSet, row: Row, device: torch.device) -> float:
+    return knn_accuracy(embed(model, _tile_batches(train, row.modality, device)), getattr(train, row.knn_label).numpy(),
+                        embed(model, _tile_batches(test, row.modality, device)), getattr(test, row.knn_label).numpy())
+
+
+def _score(spec: Specialist, row: Row, test: TileSet) -> float:
+    result = evaluate_specialist(spec, row.task, [row.modality], data=test.only([row.modality]))
+    return 100 * (result["accuracy"] if row.task.head == "class" else result["mean_iou"])
+
+
+def _own_group_share(model: Mapex, seed: int, scenes: int = 128) -> tuple[float, float, float]:
+    """Routing on held-out synthetic scenes: top-2 specialisation mean and min, and the share on the prior's own experts."""
+    counts = count_synthetic_routes(model, HELDOUT, scenes, seed)
+    spec = [v for layer in counts.specialization().values() for v in layer.values()]
+    groups = expert_groups(model.cfg.num_experts, len(model.cfg.modalities))
+    shares = counts.shares()
+    own = [float(shares[i, m, groups[m]].sum()) for i in range(len(counts.layers)) for m in range(len(groups))]
+    return float(np.mean(spec)), float(np.min(spec)), float(np.mean(own))
+
+
 # -- the tables ----------------------------------------------------------------------------------
-def evaluate(
-    runs: Path,
-    *,
-    pretrain_steps: int = 300,
-    seed: int = 0,
-    train_tiles: int = 512,
-    test_tiles: int = 256,
-    finetune_steps: int = 200,
-    batch_size: int = 32,
-    prune_scenes: int = 256,
-    modalities: Sequence[str] = MODALITY_NAMES,
-) -> dict[str, Any]:
-    """Both tables as a JSON-ready dict (accuracies in %)."""
-    began = time.perf_counter()
-    task = get_task("landcover")
-    checkpoints = {r: ensure_checkpoint(runs, r, pretrain_steps, seed) for r in ROUTERS}
-    loaded = {r: load_model(checkpoints[r]) for r in ROUTERS}
-    models = {r: m for r, (m, _) in loaded.items()}
-    for r, m in models.items():
-        if m.cfg.router != r:
-            raise ValueError(f"{checkpoints[r]} was trained with the {m.cfg.router} router, expected {r}")
+@dataclass(frozen=True)
+class Settings:
+    """How one table is measured: what the header of the table records."""
+
+    preset: str = "tiny"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    pretrain_steps: int = 300
+    finetune_steps: int = 100
+    batch_size: int = 32
+    knn_k: int = 5
+    coverage: float = 0.95
+    calibration_tiles: int = 256
+    priors: bool = False
+    device: str = "cpu"
+    precision: str = "fp32"
+    workers: int = 0
+    pretrain_batch: int = 16
+    #: Tiles for the band statistics of a checkpoint pre-trained here, and held-out scenes for routing shares.
+    stats_samples: int = 256
+    routing_scenes: int = 128
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    return {"mean": round(float(np.mean(values)), 2), "std": round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 2),
+            "runs": [round(float(v), 2) for v in values]}
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def evaluate(bench: Benchmark, runs: Path, settings: Settings = Settings()) -> dict[str, Any]:
+    """Every table of ``bench`` as a JSON-ready dict (accuracy and mIoU in %)."""
+    began, commit = time.perf_counter(), _commit()
+    device = torch.device(settings.device)
+    base_args = PretrainArgs(out=Path(runs), preset=settings.preset, steps=settings.pretrain_steps, seed=0,
+                             batch_size=settings.pretrain_batch, precision=settings.precision, workers=settings.workers,
+                             stats_samples=settings.stats_samples,
+                             dataset=None if bench.synthetic else bench.name,
+                             root=None if bench.root is None else str(bench.root))
+    names = {r: r for r in ROUTERS}
+    if settings.priors:
+        names |= {f"prior-{p:g}": f"prior-{p:g}" for p in PRIORS if p != preset(settings.preset).router_prior}
+    checkpoints = {}
+    for name in names:
+        router = name if name in ROUTERS else "modality"
+        prior = None if name in ROUTERS else float(name.removeprefix("prior-"))
+        checkpoints[name] = ensure_checkpoint(runs, name, replace(base_args, router=router, router_prior=prior))
+    loaded = {n: load_model(p) for n, p in checkpoints.items()}
+    expected = preset(settings.preset).to_dict()
+    for n, (m, _) in loaded.items():
+        got = {k: v for k, v in m.cfg.to_dict().items() if k not in ("router", "router_prior")}
+        if got != {k: v for k, v in expected.items() if k not in ("router", "router_prior")}:
+            raise ValueError(f"{checkpoints[n]} is not a {settings.preset} model; move it away or pass its --preset")
+    models = {n: m.to(device) for n, (m, _) in loaded.items()}
     pretrained = models["modality"]
-    scratch = scratch_like(pretrained, seed)
     size = pretrained.cfg.img_size
-    timings = {"pretrain_and_load": time.perf_counter() - began}
+    t_pretrain = time.perf_counter() - began
 
     from export.prune import prune  # the exporter owns pruning
 
-    table1: dict[str, Any] = {}
-    table2: dict[str, Any] = {}
-    t_knn = t_ft = 0.0
-    bar = tqdm(modalities, desc="evaluate", dynamic_ncols=True)
-    for m in bar:
-        split = landcover_split(m, seed, train_tiles, test_tiles, size)
-        pruned = prune(pretrained, [m], scenes=prune_scenes, seed=seed)
-        t0 = time.perf_counter()
-        knn = {"scratch": _knn(scratch, split), "pretrained": _knn(pretrained, split), "pruned": _knn(pruned.model, split)}
-        table2[m] = {r: (knn["pretrained"] if r == "modality" else _knn(models[r], split)) for r in ROUTERS}
-        t1 = time.perf_counter()
-        data = _sampler(split, seed)
-        common = dict(steps=finetune_steps, batch_size=batch_size, seed=seed, data=data, progress=False)
-        runs_ft = {
-            "scratch": finetune(scratch, task, [m], full=True, **common)[0],
-            "pretrained": finetune(pretrained, task, [m], full=False, **common)[0],
-            "pruned": finetune(pruned.model, task, [m], full=False, kept=pruned.kept, source_config=pretrained.cfg,
-                               parameters=pruned.parameters, **common)[0],
-        }
-        ft = {name: evaluate_specialist(spec, task, [m], seed=seed, data=split.test)["accuracy"]
-              for name, spec in runs_ft.items()}
-        t2 = time.perf_counter()
-        t_knn, t_ft = t_knn + t1 - t0, t_ft + t2 - t1
-        counts = np.bincount(split.test_labels, minlength=len(task.classes))
-        table1[m] = {
-            "knn": {k: round(100 * v, 1) for k, v in knn.items()},
-            "finetune": {k: round(100 * v, 1) for k, v in ft.items()},
-            "majority_baseline": round(100 * counts.max() / counts.sum(), 1),
-            "parameters": {"full": pruned.parameters.full, "pruned": pruned.parameters.pruned,
-                           "reduction": round(100 * (1 - pruned.parameters.ratio), 1)},
-            "kept": [k.model_dump() for k in pruned.kept],
-        }
-        table2[m] = {r: round(100 * v, 1) for r, v in table2[m].items()}
-        bar.set_postfix(knn=f"{table1[m]['knn']['pretrained']:.0f}%", ft=f"{table1[m]['finetune']['pretrained']:.0f}%")
+    cells: dict[str, dict[str, list[float]]] = {}
+    ablation: dict[str, dict[str, list[float]]] = {}
+    info: dict[str, Any] = {}
+    # The ablations are per modality on land cover, as in the paper (every row where a data set has no land cover).
+    ablated = [r for r in bench.rows if r.task.name == "landcover"] or list(bench.rows)
+    bar = tqdm(total=len(settings.seeds) * len(bench.rows), desc=f"evaluate {bench.name}", dynamic_ncols=True)
+    for seed in settings.seeds:
+        scratch = scratch_like(pretrained, seed).to(device)
+        for row in bench.rows:
+            train_tiles, test_tiles, how = bench.tiles(seed, size, row.task)
+            labels = getattr(test_tiles, row.task.label)
+            counts = np.bincount(labels[labels >= 0].flatten().numpy(), minlength=len(row.task.classes))
+            calib = list(_tile_batches(train_tiles.take(slice(0, settings.calibration_tiles)), row.modality, device, 64))
+            pruned = prune(pretrained, [row.modality], coverage=settings.coverage, seed=seed, calibration=calib)
+            c = cells.setdefault(row.key, {})
+            knn = {"knn_scratch": _knn_score(scratch, train_tiles, test_tiles, row, device),
+                   "knn_full": _knn_score(pretrained, train_tiles, test_tiles, row, device),
+                   "knn_specialist": _knn_score(pruned.model, train_tiles, test_tiles, row, device)}
+            if row in ablated:
+                a = ablation.setdefault(row.key, {})
+                for name, model in models.items():
+                    v = knn["knn_full"] if name == "modality" else _knn_score(model, train_tiles, test_tiles, row, device)
+                    a.setdefault(name, []).append(100 * v)
+            common = dict(steps=settings.finetune_steps, batch_size=settings.batch_size, seed=seed,
+                          data=_sampler(train_tiles.only([row.modality]), seed), progress=False, device=device)
+            prune_info = dict(kept=pruned.kept, source_config=pretrained.cfg, parameters=pruned.parameters)
+            probe = finetune(pruned.model, row.task, [row.modality], full=False, **prune_info, **common)[0]
+            tuned = finetune(pruned.model, row.task, [row.modality], full=True, **prune_info, **common)[0]
+            from_scratch = finetune(scratch, row.task, [row.modality], full=True, **common)[0]
+            scores = {k: 100 * v for k, v in knn.items()} | {
+                "linear_probe": _score(probe, row, test_tiles), "ft_specialist": _score(tuned, row, test_tiles),
+                "ft_scratch": _score(from_scratch, row, test_tiles)}
+            for k, v in scores.items():
+                c.setdefault(k, []).append(v)
+            c.setdefault("majority", []).append(100 * counts.max() / max(counts.sum(), 1))
+            info[row.key] = {"task": row.task.name, "modality": row.modality, "head": row.task.head,
+                             "metric": "accuracy" if row.task.head == "class" else "mIoU", "knn_label": row.knn_label,
+                             "classes": list(row.task.classes), "tiles": how,
+                             "parameters": {"full": pruned.parameters.full, "specialist": pruned.parameters.pruned,
+                                            "reduction": round(100 * (1 - pruned.parameters.ratio), 1)},
+                             "kept": [k.model_dump() for k in pruned.kept]}
+            bar.update(1)
     bar.close()
-    timings |= {"knn": t_knn, "finetune": t_ft, "total": time.perf_counter() - began}
-    test_counts = np.bincount(landcover_split(modalities[0], seed, train_tiles, test_tiles, size).test_labels,
-                              minlength=len(task.classes))
-    return {
-        "data": "synthetic",
-        "note": SYNTHETIC_NOTE,
-        "settings": {
-            "seed": seed, "train_tiles": train_tiles, "test_tiles": test_tiles, "tile_size": size, "knn_k": 5,
-            "finetune_steps": finetune_steps, "batch_size": batch_size, "prune_scenes": prune_scenes,
-            "prune_coverage": 0.95, "pretrain_steps_if_missing": pretrain_steps,
-            "checkpoints": {r: str(p) for r, p in checkpoints.items()},
-            "pretrained_steps": {r: payload.get("step") for r, (_, payload) in loaded.items()},
-            "test_class_counts": dict(zip(task.classes, test_counts.tolist(), strict=True)),
-        },
-        "landcover_classification": table1,
-        "router_ablation_knn": table2,
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    t_eval = time.perf_counter() - began - t_pretrain
+    rows = {key: {**info[key], **{k: _mean_std(v) for k, v in c.items()}} for key, c in cells.items()}
+    routers = {key: {n: _mean_std(v) for n, v in a.items() if n in ROUTERS} for key, a in ablation.items()}
+    result: dict[str, Any] = {
+        "data": bench.name,
+        "note": SYNTHETIC_NOTE if bench.synthetic else f"Real data: {bench.name} read from {bench.root}.",
+        "settings": {**settings.__dict__, "seeds": list(settings.seeds), "commit": commit, "tile_size": size,
+                     "checkpoints": {n: str(p) for n, p in checkpoints.items()},
+                     "pretrained_steps": {n: payload.get("step") for n, (_, payload) in loaded.items()},
+                     "pretrained_on": {n: payload.get("data") for n, (_, payload) in loaded.items()}},
+        "rows": rows,
+        "router_ablation_knn": routers,
+        "seconds": {"pretrain_and_load": round(t_pretrain, 1), "evaluate": round(t_eval, 1),
+                    "total": round(time.perf_counter() - began, 1)},
     }
+    if settings.priors:
+        prior_models = {p: models["modality" if p == pretrained.cfg.router_prior else f"prior-{p:g}"] for p in PRIORS}
+        result["router_prior_ablation"] = {
+            f"{p:g}": {"knn_landcover": {key: _mean_std(ablation[key]["modality" if p == pretrained.cfg.router_prior
+                                                                     else f"prior-{p:g}"])
+                                         for key in rows if key.startswith("landcover/")},
+                       **dict(zip(("specialisation_mean", "specialisation_min", "own_group_share"),
+                                  (round(v, 3) for v in _own_group_share(m.cpu(), 0, settings.routing_scenes)), strict=True)),
+                       "loss_ratio": _loss_ratio(checkpoints["modality" if p == pretrained.cfg.router_prior else f"prior-{p:g}"])}
+            for p, m in prior_models.items()
+        }
+    return result
+
+
+def _loss_ratio(checkpoint: Path) -> float | None:
+    run = checkpoint.parent / "run.json"
+    return round(json.loads(run.read_text())["loss_ratio"], 3) if run.is_file() else None
+
+
+# -- writing -------------------------------------------------------------------------------------
+COLUMNS = (("majority", "majority"), ("knn_scratch", "k-NN scratch"), ("knn_full", "k-NN full"),
+           ("knn_specialist", "k-NN specialist"), ("linear_probe", "linear probe specialist"),
+           ("ft_scratch", "FT scratch"), ("ft_specialist", "FT specialist"))
+
+
+def _cell(v: Mapping[str, Any]) -> str:
+    return f"{v['mean']:.1f} ± {v['std']:.1f}" if len(v["runs"]) > 1 else f"{v['mean']:.1f}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    s, t1, t2 = result["settings"], result["landcover_classification"], result["router_ablation_knn"]
+    s, rows = result["settings"], result["rows"]
+    synthetic = result["data"] == "synthetic"
+    title = "MAPEX evaluation on SYNTHETIC data" if synthetic else f"MAPEX evaluation on {result['data']}"
+    first = next(iter(rows.values()))
     lines = [
-        "# MAPEX evaluation on SYNTHETIC data",
-        "",
-        f"> **{result['note']}**",
-        "",
-        "Written by `python -m training.evaluate`; the numbers are in `evaluation.json` beside this file.",
-        f"Tiny preset, {s['tile_size']} px tiles, seed {s['seed']}; pre-training steps per router: "
-        + ", ".join(f"{r} {n}" for r, n in s["pretrained_steps"].items()) + ".",
-        f"Land-cover tile classification (7 classes; the majority class of each synthetic tile) on "
-        f"{s['train_tiles']} train and {s['test_tiles']} held-out tiles: the same scenes for every modality. "
-        f"Test classes: " + ", ".join(f"{c} {n}" for c, n in s["test_class_counts"].items() if n) + ".",
-        "",
-        "## (1) Land-cover classification per modality (accuracy, %)",
-        "",
-        f"k-NN: k = {s['knn_k']}, cosine similarity on mean-pooled frozen features. Fine-tuning: "
-        f"{s['finetune_steps']} steps of batch {s['batch_size']} from the train tiles; the pre-trained and "
-        "pruned backbones stay frozen (head only), the scratch model trains end to end from random "
-        "initialisation (with the pre-trained model's band statistics). Pruned: `export.prune.prune(model, [M])`, "
-        f"experts covering {s['prune_coverage']:.0%} of {s['prune_scenes']} calibration scenes' tokens.",
-        "",
-        "| modality | majority class | k-NN scratch | k-NN pre-trained | k-NN pruned | fine-tune scratch "
-        "| fine-tune pre-trained | fine-tune pruned | encoder parameters full / pruned |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"# {title}", "", f"> **{result['note']}**", "",
+        "Written by `python -m training.evaluate`; the numbers are in the JSON file beside this one.", "",
+        f"- data set: **{result['data']}**; tiles: {first['tiles']}",
+        f"- preset: **{s['preset']}** ({s['tile_size']} px tiles), device {s['device']}, precision {s['precision']}",
+        f"- seeds: {', '.join(map(str, s['seeds']))} (figures: mean ± standard deviation over the seeds)",
+        "- pre-training steps per checkpoint: " + ", ".join(f"{r} {n}" for r, n in s["pretrained_steps"].items())
+        + "; pre-trained on: " + ", ".join(sorted({str(v) for v in s["pretrained_on"].values()})),
+        f"- fine-tuning: {s['finetune_steps']} steps of batch {s['batch_size']} per run; k-NN k = {s['knn_k']}; "
+        f"pruning keeps the experts covering {s['coverage']:.0%} of the tokens of {s['calibration_tiles']} training tiles",
+        f"- commit: {s['commit']}", "",
+        "## (1) The paper's table: land cover per modality, flood, wildfire, segmentation", "",
+        "k-NN: cosine similarity on mean-pooled frozen features (tile labels: the task's, or for a mask task "
+        "its summary, e.g. has flood). Linear probe: the pruned specialist's backbone frozen, its head trained. "
+        "FT: end-to-end fine-tuning of the pruned specialist with its head (the paper's FT column); FT scratch: "
+        "the same architecture trained end to end from random initialisation. Classification rows report "
+        "accuracy, mask rows mean IoU (labels of no data left out), all in %. Majority: share of the most common "
+        "class in the test labels (for mask rows, of pixels: the pixel accuracy of a constant answer, not an IoU).", "",
+        "| task | modality | metric | " + " | ".join(c for _, c in COLUMNS) + " | parameters full / specialist |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |",
     ]
-    for m, r in t1.items():
-        k, f, p = r["knn"], r["finetune"], r["parameters"]
-        lines.append(
-            f"| {m} | {r['majority_baseline']:.1f} | {k['scratch']:.1f} | {k['pretrained']:.1f} | {k['pruned']:.1f} "
-            f"| {f['scratch']:.1f} | {f['pretrained']:.1f} | {f['pruned']:.1f} "
-            f"| {p['full']:,} / {p['pruned']:,} (-{p['reduction']:.0f}%) |"
-        )
-    lines += [
-        "",
-        "## (2) Router ablation (k-NN accuracy, %)",
-        "",
-        "Same protocol as the k-NN columns above, one pre-trained checkpoint per router.",
-        "",
-        "| modality | " + " | ".join(ROUTERS) + " |",
-        "| --- | " + " | ".join("---" for _ in ROUTERS) + " |",
-    ]
-    for m, r in t2.items():
-        lines.append(f"| {m} | " + " | ".join(f"{r[x]:.1f}" for x in ROUTERS) + " |")
+    for r in rows.values():
+        p = r["parameters"]
+        lines.append(f"| {r['task']} | {r['modality']} | {r['metric']} | "
+                     + " | ".join(_cell(r[k]) for k, _ in COLUMNS)
+                     + f" | {p['full']:,} / {p['specialist']:,} (-{p['reduction']:.0f}%) |")
+    lines += ["", "## (2) Router ablation (k-NN, %)", "",
+              "The k-NN column of the full model, one pre-trained checkpoint per router (`modality` is the default); "
+              "land-cover rows (every row where the data set has no land cover).", "",
+              "| task | modality | " + " | ".join(ROUTERS) + " |", "| --- | --- | " + " | ".join("---" for _ in ROUTERS) + " |"]
+    for key, r in result["router_ablation_knn"].items():
+        task, m = key.split("/")
+        lines.append(f"| {task} | {m} | " + " | ".join(_cell(r[x]) for x in ROUTERS) + " |")
+    if "router_prior_ablation" in result:
+        prior = result["router_prior_ablation"]
+        mods = list(next(iter(prior.values()))["knn_landcover"])
+        lines += ["", "## (3) `router_prior` ablation (modality router)", "",
+                  "Initial bias of each modality's router logits towards its own expert pair: 0 (none: what the router "
+                  "learns by itself), 1, 2 (the default). Specialisation: share of a modality's tokens on its two most "
+                  "used experts (mean and minimum over layers and modalities; 2/12 = 0.17 ignores modality); own pair: "
+                  "share on the pair the prior points at; loss ratio: reconstruction loss last/first 10 steps; k-NN "
+                  "land-cover accuracy (%) per modality.", "",
+                  "| router_prior | specialisation mean | min | own pair | loss ratio | "
+                  + " | ".join(k.split("/")[1] for k in mods) + " |",
+                  "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in mods) + " |"]
+        for p, r in prior.items():
+            lines.append(f"| {p} | {r['specialisation_mean']:.3f} | {r['specialisation_min']:.3f} | {r['own_group_share']:.3f} "
+                         f"| {r['loss_ratio']} | " + " | ".join(_cell(r["knn_landcover"][k]) for k in mods) + " |")
     sec = result["seconds"]
-    se = 100 * (0.75 * 0.25 / s["test_tiles"]) ** 0.5
-    lines += [
-        "",
-        f"One seed and {s['test_tiles']} test tiles: an accuracy near 75% has a standard error of about "
-        f"{se:.1f} points, so differences of a few points between columns are within noise.",
-        "",
-        f"Run time: {sec['total']:.0f} s in all ({sec['pretrain_and_load']:.0f} s pre-training/loading, "
-        f"{sec['knn']:.0f} s k-NN, {sec['finetune']:.0f} s fine-tuning).",
-        "",
-        f"*{SYNTHETIC_NOTE}*",
-        "",
-    ]
+    lines += ["", f"Run time: {sec['total']:.0f} s ({sec['pretrain_and_load']:.0f} s pre-training/loading, "
+                  f"{sec['evaluate']:.0f} s k-NN, pruning and fine-tuning).", ""]
+    if synthetic:
+        lines += [f"*{SYNTHETIC_NOTE}*", ""]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=Path, required=True, help="folder with <router>/checkpoint.pt (missing ones are pre-trained)")
-    p.add_argument("--out", type=Path, required=True, help="folder for evaluation.md and evaluation.json")
+    p.add_argument("--dataset", choices=list(BENCHMARKS), default="synthetic")
+    p.add_argument("--root", type=Path, default=None, help="folder holding a real --dataset in its documented layout")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="folder with <router>/checkpoint.pt (missing ones are pre-trained); default runs/<dataset>-<preset>")
+    p.add_argument("--out", type=Path, default=None, help="folder for the table (.md and .json); default: --runs")
     p.add_argument("--steps", type=int, default=300, help="pre-training steps for a missing checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--finetune-steps", type=int, default=None, help="default 200 (10 with --quick)")
-    p.add_argument("--quick", action="store_true", help="small sizes, for tests: 64 train / 32 test tiles, 10 steps")
+    p.add_argument("--finetune-steps", type=int, default=None, help="per fine-tuning run (default 100, 5 with --quick)")
+    p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch")
+    p.add_argument("--pretrain-batch", type=int, default=16, help="pre-training batch for a missing checkpoint")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
+    p.add_argument("--no-priors", action="store_true", help="skip the router_prior ablation (synthetic data)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="pre-training autocast")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading a real data set")
+    p.add_argument("--quick", action="store_true", help="small sizes, for tests: 64 train / 32 test synthetic tiles, "
+                   "5 fine-tuning steps, one seed")
     a = p.parse_args(argv)
-    if a.steps < 1 or (a.finetune_steps is not None and a.finetune_steps < 1):
-        p.error("--steps and --finetune-steps must be positive")
-    sizes = dict(train_tiles=64, test_tiles=32, finetune_steps=10, batch_size=16, prune_scenes=32) if a.quick else {}
-    if a.finetune_steps is not None:
-        sizes["finetune_steps"] = a.finetune_steps
-    result = evaluate(a.runs, pretrain_steps=a.steps, seed=a.seed, **sizes)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "evaluation.json").write_text(json.dumps(result, indent=2))
+    if a.steps < 1 or (a.finetune_steps is not None and a.finetune_steps < 1) or a.batch_size < 1:
+        p.error("--steps, --finetune-steps and --batch-size must be positive")
+    if a.dataset != "synthetic" and a.root is None:
+        p.error(f"--dataset {a.dataset} needs --root DIR (see docs/evaluation/real-data.md for each layout)")
+    runs = a.runs or Path("runs") / f"{a.dataset}-{a.preset}"
+    out = a.out or runs
+    seeds = tuple(a.seeds or ((0,) if a.quick else (0, 1, 2)))
+    settings = Settings(preset=a.preset, seeds=seeds, pretrain_steps=a.steps,
+                        finetune_steps=a.finetune_steps or (5 if a.quick else 100), batch_size=a.batch_size,
+                        calibration_tiles=16 if a.quick else 256, priors=a.dataset == "synthetic" and not a.no_priors,
+                        device=a.device, precision=a.precision, workers=a.workers, pretrain_batch=a.pretrain_batch,
+                        stats_samples=32 if a.quick else 256, routing_scenes=32 if a.quick else 128)
+    sizes = dict(train_tiles=64, test_tiles=32) if a.quick else {}
+    try:
+        result = evaluate(benchmark(a.dataset, a.root, a.workers, **sizes), runs, settings)
+    except DatasetLayoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "evaluation" if a.dataset == "synthetic" else a.dataset
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     markdown = to_markdown(result)
-    (a.out / "evaluation.md").write_text(markdown)
+    (out / f"{stem}.md").write_text(markdown)
     print(markdown)
     return 0
 

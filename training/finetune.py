@@ -125,6 +125,7 @@ def finetune(
     source_config: MapexConfig | None = None,
     parameters: ParameterCounts | None = None,
     info: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[Specialist, dict[str, Any]]:
     """Attach the task's head to a copy of ``backbone`` and train it; returns the specialist and a summary.
 
@@ -133,6 +134,8 @@ def finetune(
     3e-3 for a head alone and 1e-3 for everything (the pre-training peak). Batches come from
     ``data`` or, by default, fresh synthetic scenes drawn with ``derive_seed(seed, FINETUNE, step)``.
     ``kept``/``source_config``/``parameters`` describe a pruned backbone (see ``export.prune``).
+    Label -1 (no data in a real mask) is ignored by the loss. Training runs on ``device``; the
+    specialist is returned there.
     """
     task = get_task(task)
     modalities = task.check_modalities(modalities)
@@ -153,6 +156,8 @@ def finetune(
         def data(step: int, n: int) -> SyntheticBatch:
             return generate_batch(derive_seed(seed, FINETUNE, step), n, scene, modalities)
 
+    device = torch.device(device)
+    spec.to(device)
     backbone.requires_grad_(full)
     params = [p for p in spec.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.05)
@@ -167,10 +172,10 @@ def finetune(
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr)
         batch = data(step, batch_size)
-        inputs = {m: batch.inputs[m] for m in modalities}
+        inputs = {m: batch.inputs[m].to(device, non_blocking=True) for m in modalities}
         with torch.set_grad_enabled(full):
             encoded = backbone.forward_features(inputs)
-        loss = F.cross_entropy(head(encoded), task.labels(batch))
+        loss = F.cross_entropy(head(encoded), task.labels(batch).to(device), ignore_index=-1)
         total = loss + cfg.balance_weight * encoded.balance_loss if full else loss
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -207,24 +212,29 @@ def evaluate_specialist(
 
     Class tasks: accuracy and the majority-class baseline. Mask tasks: pixel accuracy, IoU per
     class and their mean over the classes present in the labels or the predictions, and the
-    pixel accuracy of always predicting the most common class. ``data`` replaces the drawn tiles.
+    pixel accuracy of always predicting the most common class. ``data`` replaces the drawn tiles
+    (a ``SyntheticBatch`` or a real ``TileSet``); label -1 (no data) is left out of every score.
     """
     task = get_task(task)
     modalities = spec.modalities if modalities is None else task.check_modalities(modalities)
     if tuple(modalities) != spec.modalities:
         raise ValueError(f"the specialist takes {list(spec.modalities)}, not {list(modalities)}")
+    described = "given tiles"
     if data is None:
         data = synthetic_tiles(seed, HELDOUT, tiles, task.scene_config(spec.backbone.cfg.img_size), modalities)
+        described = "synthetic held-out tiles (not real imagery)"
     x = torch.cat([data.inputs[m] for m in modalities], dim=1)
     spec.eval()
-    pred = torch.cat([spec(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    device = next(spec.parameters()).device
+    pred = torch.cat([spec(x[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)])
     truth = task.labels(data)
     k = len(task.classes)
-    confusion = torch.bincount(truth.flatten() * k + pred.flatten(), minlength=k * k).reshape(k, k)
+    valid = truth.flatten() >= 0
+    confusion = torch.bincount(truth.flatten()[valid] * k + pred.flatten()[valid], minlength=k * k).reshape(k, k)
     correct = float(confusion.diag().sum() / confusion.sum())
     majority = float(confusion.sum(dim=1).max() / confusion.sum())
     result: dict[str, Any] = {"task": task.name, "modalities": list(modalities), "tiles": len(x), "seed": seed,
-                              "data": "synthetic held-out tiles (not real imagery)"}
+                              "data": described}
     if task.head == "class":
         return result | {"accuracy": correct, "majority_baseline": majority, "confusion": confusion.tolist()}
     union = confusion.sum(dim=0) + confusion.sum(dim=1) - confusion.diag()

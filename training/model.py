@@ -234,7 +234,7 @@ class Mapex(nn.Module):
         )
 
         y = self.decoder_embed(encoded.tokens)
-        full = self.mask_token.expand(b, n, -1).clone()
+        full = self.mask_token.to(y.dtype).expand(b, n, -1).clone()  # y is bfloat16 under autocast
         full.scatter_(1, visible[..., None].expand(-1, -1, y.shape[-1]), y)
         masked = torch.ones(b, n, device=x.device)
         masked.scatter_(1, visible, 0.0)

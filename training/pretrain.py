@@ -1,7 +1,8 @@
 """Pre-train MAPEX by masked multi-modal autoencoding.
 
     python -m training.pretrain --preset tiny --data synthetic --steps 300 --out runs/tiny
-    torchrun --nproc_per_node 2 -m training.pretrain ...   # DistributedDataParallel
+    python -m training.pretrain --preset mapex-130m --dataset ben-ge-8k --root DIR --precision bf16 --workers 8 ...
+    torchrun --nproc_per_node 2 -m training.pretrain ...   # DistributedDataParallel (gloo on CPU, nccl on GPU)
 
 Writes ``OUT/checkpoint.pt`` (atomically) and ``OUT/metrics.jsonl`` (one line per step), and
 ``OUT/run.json`` at the end. Every random draw is a function of (seed, step, rank), so
@@ -17,10 +18,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from tqdm import tqdm
 from mapex_serve.bands import MODALITIES
 from training.checkpoint import load_payload, save_atomic
 from training.config import PRESETS, ROUTER_KINDS, MapexConfig, preset
-from training.data import ChipFolder, SceneConfig, generate_batch
+from training.data import DATASETS, ChipFolder, DatasetLayoutError, FittedTiles, SceneConfig, collate, generate_batch
+from training.data.splits import split_dataset
 from training.model import Mapex, PretrainOutput
 from training.schedule import warmup_cosine
 from training.seeds import MASK, STATS, TRAIN, derive_seed
@@ -54,12 +56,94 @@ class PretrainArgs:
     weight_decay: float = 0.05
     checkpoint_every: int = 50
     stats_samples: int = 256
+    #: A real data set (``training.data.DATASETS``) at ``root``: pre-train on its training split.
+    dataset: str | None = None
+    root: str | None = None
+    #: DataLoader worker processes reading a real data set (0: in the training process).
+    workers: int = 0
+    #: ``bf16``: the forward pass under bfloat16 autocast (weights and optimiser stay float32).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    #: Overrides the preset's ``router_prior`` (the ablation over 0, 1, 2); None keeps the preset's.
+    router_prior: float | None = None
 
 
 class BatchSource(Protocol):
     """Where training batches come from: a pure function of (step, rank)."""
 
     def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]: ...
+
+
+def step_indices(n: int, seed: int, step: int, rank: int, size: int) -> np.ndarray:
+    """The items of one step's batch: seeded by (seed, step, rank), so workers and resumes agree."""
+    return np.random.default_rng(derive_seed(seed, TRAIN, step, rank)).integers(n, size=size)
+
+
+class _StepSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields the index list of each step ``first..last`` in turn (a DataLoader ``batch_sampler``)."""
+
+    def __init__(self, n: int, seed: int, rank: int, size: int, first: int, last: int) -> None:
+        self.n, self.seed, self.rank, self.size, self.first, self.last = n, seed, rank, size, first, last
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of index lists
+        for step in range(self.first, self.last + 1):
+            yield step_indices(self.n, self.seed, step, self.rank, self.size).tolist()
+
+
+class DatasetSource:
+    """Tiles of a real data set's training split, read from disk step by step, by DataLoader workers if asked.
+
+    ``batch`` reads in this process (band statistics, tests); ``iterate`` hands the same batches
+    out of a DataLoader whose ``workers`` processes read ahead (prefetching two batches each), so
+    a GPU is not left waiting on GeoTIFF decoding. Either way the items of step s are
+    ``step_indices(n, seed, s, rank, size)``.
+    """
+
+    def __init__(self, tiles: FittedTiles, seed: int, workers: int = 0, pin_memory: bool = False) -> None:
+        self.tiles, self.seed, self.workers, self.pin_memory = tiles, seed, workers, pin_memory
+
+    def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
+        return collate([self.tiles[int(i)] for i in step_indices(len(self.tiles), self.seed, step, rank, size)]).inputs
+
+    def sample(self, seed: int, size: int) -> dict[str, torch.Tensor]:
+        """``size`` distinct tiles (at most every tile once) for band statistics: a small set is read once."""
+        order = np.random.default_rng(seed).permutation(len(self.tiles))[:size]
+        return collate([self.tiles[int(i)] for i in order]).inputs
+
+    def iterate(self, first: int, last: int, rank: int, size: int) -> Iterator[dict[str, torch.Tensor]]:
+        sampler = _StepSampler(len(self.tiles), self.seed, rank, size, first, last)
+        loader = torch.utils.data.DataLoader(self.tiles, batch_sampler=sampler, num_workers=self.workers,
+                                             collate_fn=collate, pin_memory=self.pin_memory,
+                                             persistent_workers=False)
+        for tiles in loader:
+            yield tiles.inputs
+
+
+def _batches(source: BatchSource, first: int, last: int, rank: int, size: int) -> Iterator[dict[str, torch.Tensor]]:
+    if isinstance(source, DatasetSource):
+        yield from source.iterate(first, last, rank, size)
+        return
+    for step in range(first, last + 1):
+        yield source.batch(step, rank, size)
+
+
+def dataset_source(args: PretrainArgs, cfg: MapexConfig, pin_memory: bool = False) -> DatasetSource:
+    """The training split of ``args.dataset`` at ``args.root`` as ``cfg.img_size`` px tiles."""
+    split = split_dataset(args.dataset, args.root)
+    modalities = [m for m in split.train.modalities() if m in cfg.modalities]
+    return DatasetSource(FittedTiles(split.train, cfg.img_size, modalities, split.train_index), args.seed,
+                         args.workers, pin_memory)
+
+
+def set_deterministic(device: torch.device) -> None:
+    """Deterministic kernels; on CUDA some (index_add_ of the MoE dispatch) have none, so warn there instead."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
 
 
 class SyntheticSource:
@@ -95,7 +179,10 @@ class ChipSource:
 
 def band_statistics(source: BatchSource, seed: int, samples: int) -> tuple[dict[str, float], dict[str, float]]:
     """Per-band mean and standard deviation (physical units) over a seeded sample of the data."""
-    batch = source.batch(derive_seed(seed, STATS), 0, samples)
+    if isinstance(source, DatasetSource):
+        batch = source.sample(derive_seed(seed, STATS), samples)
+    else:
+        batch = source.batch(derive_seed(seed, STATS), 0, samples)
     mean, std = {}, {}
     for m, x in batch.items():
         for c, b in enumerate(MODALITIES[m]):
@@ -181,8 +268,8 @@ def _read_metrics(path: Path, up_to_step: int) -> list[str]:
 
 def train(args: PretrainArgs) -> dict[str, object]:
     """Run pre-training; returns the run summary (also written to ``OUT/run.json`` by rank 0)."""
-    torch.use_deterministic_algorithms(True)
     ddp = _Dist.setup()
+    set_deterministic(ddp.device)
     out, ckpt_path = Path(args.out), Path(args.out) / "checkpoint.pt"
     metrics_path = out / "metrics.jsonl"
     payload = load_payload(ckpt_path) if args.resume and ckpt_path.exists() else None
@@ -193,11 +280,18 @@ def train(args: PretrainArgs) -> dict[str, object]:
         if cfg.router != args.router:
             raise ValueError(f"checkpoint was trained with --router {cfg.router}, not {args.router}")
     else:
-        cfg = preset(args.preset, router=args.router)
+        overrides = {} if args.router_prior is None else {"router_prior": args.router_prior}
+        cfg = preset(args.preset, router=args.router, **overrides)
 
     torch.manual_seed(args.seed)
     model = Mapex(cfg)
-    source: BatchSource = SyntheticSource(cfg, args.seed) if args.data == "synthetic" else ChipSource(args.data, cfg, args.seed)
+    source: BatchSource
+    if args.dataset:
+        source = dataset_source(args, cfg, pin_memory=ddp.device.type == "cuda")
+    elif args.data == "synthetic":
+        source = SyntheticSource(cfg, args.seed)
+    else:
+        source = ChipSource(args.data, cfg, args.seed)
     start = 0
     if payload is not None:
         model.load_state_dict(payload["model"])
@@ -218,7 +312,7 @@ def train(args: PretrainArgs) -> dict[str, object]:
             save_atomic(
                 {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "step": step, "args": {**asdict(args), "out": str(args.out)}, "world_size": ddp.world,
-                 "band_stats": model.band_stats(), "data": args.data},
+                 "band_stats": model.band_stats(), "data": args.dataset or args.data},
                 ckpt_path,
             )
 
@@ -231,14 +325,16 @@ def train(args: PretrainArgs) -> dict[str, object]:
     bar = tqdm(total=args.steps, initial=start, desc=f"pretrain {cfg.router}", disable=not ddp.main, dynamic_ncols=True)
     began, step = time.perf_counter(), start
     model.train()
+    autocast = torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    batches = _batches(source, start + 1, args.steps, ddp.rank, per_rank)
     with open(metrics_path, "a") if ddp.main else open(os.devnull, "w") as log:
-        while step < args.steps:
-            step += 1
+        for step, batch in zip(range(start + 1, args.steps + 1), batches, strict=False):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, args)
-            inputs = {m: x.to(ddp.device) for m, x in source.batch(step, ddp.rank, per_rank).items()}
+            inputs = {m: x.to(ddp.device, non_blocking=True) for m, x in batch.items()}
             generator = torch.Generator().manual_seed(derive_seed(args.seed, MASK, step, ddp.rank))
-            result: PretrainOutput = wrapped(inputs, generator)
+            with autocast:
+                result: PretrainOutput = wrapped(inputs, generator)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), 1.0))
@@ -279,7 +375,8 @@ def _summary(metrics_path: Path, args: PretrainArgs, cfg: MapexConfig, world: in
     """The figures people quote: loss over the first and last ten steps, and their ratio."""
     recon = [json.loads(line)["recon_loss"] for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
     first, last = (float(np.mean(recon[:10])), float(np.mean(recon[-10:]))) if recon else (float("nan"), float("nan"))
-    return {"preset": args.preset, "router": cfg.router, "data": args.data, "seed": args.seed, "steps": step,
+    return {"preset": args.preset, "router": cfg.router, "data": args.dataset or args.data, "seed": args.seed,
+            "steps": step, "precision": args.precision, "workers": args.workers,
             "world_size": world, "seconds": round(seconds, 2), "recon_loss_first10": first,
             "recon_loss_last10": last, "loss_ratio": last / first if recon else float("nan"),
             "parameters": parameters}
@@ -298,18 +395,35 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainArgs:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                   help="a real data set (with --root): pre-train on its training split instead of --data")
+    p.add_argument("--root", default=None, help="folder holding --dataset in its documented layout")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for --dataset")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bfloat16 autocast (GPU)")
+    p.add_argument("--router-prior", type=float, default=None, help="initial bias of the modality router towards "
+                   "each modality's own experts (default: the preset's, 2)")
     a = p.parse_args(argv)
+    if a.dataset and not a.root:
+        p.error("--dataset needs --root, the folder the data set was unpacked into")
     if a.steps < 1 or a.batch_size < 1 or a.checkpoint_every < 1:
         p.error("--steps, --batch-size and --checkpoint-every must be positive")
+    if a.workers < 0:
+        p.error("--workers must be >= 0")
     if a.data != "synthetic" and not Path(a.data).is_dir():
         p.error(f"--data must be 'synthetic' or an existing folder of GeoTIFF chips, got {a.data!r}")
     return PretrainArgs(out=a.out, preset=a.preset, data=a.data, steps=a.steps, router=a.router, seed=a.seed,
                         resume=a.resume, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
-                        checkpoint_every=a.checkpoint_every)
+                        checkpoint_every=a.checkpoint_every, dataset=a.dataset, root=a.root, workers=a.workers,
+                        precision=a.precision, router_prior=a.router_prior)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    summary = train(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        summary = train(args)
+    except DatasetLayoutError as e:  # a data set laid out otherwise than documented: say so, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return int(summary.get("exit_code", 0))
 
 

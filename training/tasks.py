@@ -18,7 +18,9 @@ from training.data.synthetic import LANDCOVER_CLASSES, SceneConfig, SyntheticBat
 __all__ = ["TASKS", "Task", "get_task"]
 
 HeadKind = Literal["class", "mask"]
-LabelField = Literal["tile_class", "landcover", "flood", "has_burn"]
+#: Label fields of a ``SyntheticBatch`` and of the real data sets' ``TileSet`` (``has_flood`` and
+#: ``burn`` exist on real tiles only).
+LabelField = Literal["tile_class", "landcover", "flood", "has_burn", "has_flood", "burn"]
 
 _OPTICAL = ("RGB", "RED_EDGE", "NIR", "SWIR")
 

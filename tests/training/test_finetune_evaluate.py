@@ -12,6 +12,7 @@ import torch
 
 from training.checkpoint import load_model
 from training.evaluate import knn_accuracy, landcover_split
+from training.evaluate import main as evaluate_main
 from training.finetune import evaluate_specialist, finetune, main
 from training.specialist import Specialist
 
@@ -104,29 +105,119 @@ def test_landcover_split_is_deterministic_shared_across_modalities_and_held_out(
     assert not np.array_equal(landcover_split("RGB", seed=4, train=40, test=20).train_labels, a.train_labels)
 
 
-def test_evaluate_quick_writes_both_tables(checkpoint, tmp_path):
+COLUMNS = {"majority", "knn_scratch", "knn_full", "knn_specialist", "linear_probe", "ft_scratch", "ft_specialist"}
+
+
+def check_table(data, markdown, rows, routers_rows):
+    """Every row has every column (mean, std and one figure per seed), parameters full vs specialist, a header."""
+    assert list(data["rows"]) == rows
+    seeds = data["settings"]["seeds"]
+    for key, row in data["rows"].items():
+        assert COLUMNS <= set(row), key
+        for c in COLUMNS:
+            assert len(row[c]["runs"]) == len(seeds) and all(0 <= v <= 100 for v in row[c]["runs"])
+            assert row[c]["mean"] == pytest.approx(np.mean(row[c]["runs"]), abs=0.01)
+        assert row["parameters"]["specialist"] < row["parameters"]["full"]
+        assert f"| {row['task']} | {row['modality']} | {row['metric']} |" in markdown
+    assert list(data["router_ablation_knn"]) == routers_rows
+    for key in routers_rows:
+        assert data["router_ablation_knn"][key]["modality"]["runs"] == data["rows"][key]["knn_full"]["runs"]
+    header = markdown.split("## (1)")[0]
+    for needle in (f"data set: **{data['data']}**", f"preset: **{data['settings']['preset']}**", "seeds: ",
+                   "pre-training steps per checkpoint", "fine-tuning: ", "commit: "):
+        assert needle in header, needle
+    assert "| task | modality | metric | majority | k-NN scratch | k-NN full | k-NN specialist | linear probe " \
+           "specialist | FT scratch | FT specialist | parameters full / specialist |" in markdown
+
+
+@pytest.mark.slow
+def test_evaluate_synthetic_quick_writes_every_table(checkpoint, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     (runs / "modality").mkdir(parents=True)
-    shutil.copy(checkpoint, runs / "modality" / "checkpoint.pt")  # the other two routers get pre-trained
-    cmd = [sys.executable, "-m", "training.evaluate", "--runs", str(runs), "--out", str(out), "--quick",
-           "--steps", "3", "--finetune-steps", "3"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (runs / "positional" / "checkpoint.pt").is_file() and (runs / "deterministic" / "checkpoint.pt").is_file()
+    shutil.copy(checkpoint, runs / "modality" / "checkpoint.pt")  # the other routers and priors get pre-trained
+    argv = ["--dataset", "synthetic", "--runs", str(runs), "--out", str(out), "--quick", "--steps", "2",
+            "--finetune-steps", "2", "--seeds", "0"]
+    assert evaluate_main(argv) == 0
     markdown = (out / "evaluation.md").read_text()
     data = json.loads((out / "evaluation.json").read_text())
     assert "SYNTHETIC" in markdown.splitlines()[0] and "not on real imagery" in markdown
     assert data["data"] == "synthetic" and "SYNTHETIC" in data["note"]
-    modalities = ["RGB", "RED_EDGE", "NIR", "SWIR", "SAR", "ELE"]
-    assert list(data["landcover_classification"]) == modalities
-    assert list(data["router_ablation_knn"]) == modalities
-    for m in modalities:
-        row = data["landcover_classification"][m]
-        assert set(row["knn"]) == set(row["finetune"]) == {"scratch", "pretrained", "pruned"}
-        assert all(0 <= v <= 100 for v in [*row["knn"].values(), *row["finetune"].values()])
-        assert row["parameters"]["pruned"] < row["parameters"]["full"]
-        assert set(data["router_ablation_knn"][m]) == {"deterministic", "positional", "modality"}
-        assert data["router_ablation_knn"][m]["modality"] == row["knn"]["pretrained"]
-        assert f"| {m} |" in markdown
-    assert "| modality | deterministic | positional | modality |" in markdown
-    assert data["settings"]["pretrained_steps"] == {"deterministic": 3, "positional": 3, "modality": 20}
+    landcover = [f"landcover/{m}" for m in ["RGB", "RED_EDGE", "NIR", "SWIR", "SAR", "ELE"]]
+    check_table(data, markdown, [*landcover, "flood/SAR", "wildfire/SWIR", "landcover-seg/RGB"], landcover)
+    assert data["settings"]["pretrained_steps"] == {"deterministic": 2, "positional": 2, "modality": 20,
+                                                    "prior-0": 2, "prior-1": 2}
+    prior = data["router_prior_ablation"]
+    assert list(prior) == ["0", "1", "2"]
+    assert prior["0"]["own_group_share"] < 0.5 < prior["2"]["own_group_share"]  # no prior, no pull to the own pair
+    assert all(0 < prior[p]["specialisation_min"] <= prior[p]["specialisation_mean"] <= 1 for p in prior)
+    assert "| router_prior | specialisation mean |" in markdown
+
+
+def test_synthetic_seeds_draw_different_tiles_and_real_splits_stay_fixed(eurosat_root):
+    from training.benchmarks import benchmark
+
+    synthetic, eurosat = benchmark("synthetic", train_tiles=8, test_tiles=4), benchmark("eurosat", eurosat_root)
+    task = synthetic.rows[0].task
+    a, b = synthetic.tiles(0, 32, task)[0], synthetic.tiles(1, 32, task)[0]
+    assert not torch.equal(a.inputs["RGB"], b.inputs["RGB"])
+    train0, test0, how = eurosat.tiles(0, 32, eurosat.rows[0].task)
+    train1, test1, _ = eurosat.tiles(1, 32, eurosat.rows[0].task)
+    assert test0.names == test1.names and not set(train0.names) & set(test0.names)
+    assert len(train0) == 16 and len(test0) == 4 and "seeded 80% / 20% split" in how
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory) -> Path:
+    """Three 2-step tiny checkpoints (one per router) that the real-data tables load instead of pre-training."""
+    from training.evaluate import ROUTERS
+    from training.pretrain import PretrainArgs, train
+
+    runs = tmp_path_factory.mktemp("tiny-runs")
+    for r in ROUTERS:
+        train(PretrainArgs(out=runs / r, steps=2, router=r, batch_size=4, stats_samples=16))
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("dataset", "root", "rows", "ablated"),
+    [
+        ("ben-ge-8k", "benge_root", [f"landcover/{m}" for m in ["RGB", "RED_EDGE", "NIR", "SWIR", "SAR", "ELE"]]
+         + ["landcover-seg/RGB"], 6),
+        ("hls-burn-scars", "hls_root", ["wildfire/SWIR"], 1),
+        ("eurosat", "eurosat_root", [f"landcover/{m}" for m in ["RGB", "RED_EDGE", "NIR", "SWIR"]], 4),
+    ],
+)
+def test_evaluate_on_each_real_layout_writes_the_papers_table(dataset, root, rows, ablated, tiny_runs, tmp_path, request):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_runs, runs)
+    argv = ["--dataset", dataset, "--root", str(request.getfixturevalue(root)), "--preset", "tiny", "--runs", str(runs),
+            "--out", str(tmp_path / "out"), "--finetune-steps", "2", "--seeds", "0"]
+    assert evaluate_main(argv) == 0
+    data = json.loads((tmp_path / "out" / f"{dataset}.json").read_text())
+    markdown = (tmp_path / "out" / f"{dataset}.md").read_text()
+    check_table(data, markdown, rows, rows[:ablated])
+    assert "router_prior_ablation" not in data and data["note"].startswith("Real data")
+    first = data["rows"][rows[0]]
+    assert "split" in first["tiles"] or "official" in first["tiles"]
+    if dataset == "ben-ge-8k":
+        assert len(first["classes"]) == 11 and data["rows"]["landcover-seg/RGB"]["metric"] == "mIoU"
+
+
+@pytest.mark.slow
+def test_evaluate_pretrains_on_the_real_data_set_when_no_checkpoint_exists(sen1floods11_root, tmp_path):
+    """The whole command on a fresh folder: pre-train (three routers) on Sen1Floods11's train split, prune, tune, score."""
+    runs = tmp_path / "runs"
+    argv = ["--dataset", "sen1floods11", "--root", str(sen1floods11_root), "--preset", "tiny", "--runs", str(runs),
+            "--steps", "2", "--pretrain-batch", "4", "--finetune-steps", "2", "--seeds", "0", "1"]  # fixed split, 2 seeds
+    assert evaluate_main(argv) == 0
+    data = json.loads((runs / "sen1floods11.json").read_text())
+    check_table(data, (runs / "sen1floods11.md").read_text(), ["flood/SAR"], ["flood/SAR"])
+    assert set(data["settings"]["pretrained_on"].values()) == {"sen1floods11"}
+    assert data["settings"]["pretrained_steps"] == {"deterministic": 2, "positional": 2, "modality": 2}
+    assert data["rows"]["flood/SAR"]["metric"] == "mIoU" and "official" in data["rows"]["flood/SAR"]["tiles"]
+
+
+def test_evaluate_reports_a_wrong_layout_without_a_traceback(tmp_path, capsys):
+    assert evaluate_main(["--dataset", "eurosat", "--root", str(tmp_path), "--runs", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "expected the 10 class folders" in err and str(tmp_path) in err and "Traceback" not in err

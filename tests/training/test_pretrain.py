@@ -161,3 +161,40 @@ def test_pretraining_on_a_folder_of_geotiff_chips(tmp_path):
     model, payload = load_model(tmp_path / "run" / "checkpoint.pt")
     assert payload["data"] == str(chips)
     assert model.band_stats()["VV"][1] > 1 and model.band_stats()["B08"] == (0.0, 1.0), "only the chips' bands get statistics"
+
+
+def test_pretraining_on_a_real_layout_reads_the_same_batches_with_dataloader_workers(hls_root, tmp_path):
+    """``--dataset`` pre-trains on the training split; worker processes change nothing but who reads."""
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        result = pretrain(out, "--dataset", "hls-burn-scars", "--root", str(hls_root), "--steps", "4",
+                          "--batch-size", "4", "--workers", workers)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[workers] = [m["loss"] for m in metrics(out)]
+    assert runs["0"] == runs["2"]
+    model, payload = load_model(tmp_path / "w0" / "checkpoint.pt")
+    assert payload["data"] == "hls-burn-scars"
+    stats = payload["band_stats"]
+    assert 0.05 < stats["B11"][0] < 0.4 and stats["B08"] == (0.0, 1.0)  # reflectance; HLS has no B08
+
+
+def test_bf16_autocast_trains_and_is_recorded(tmp_path):
+    from training.pretrain import PretrainArgs, train
+
+    runs = {p: train(PretrainArgs(out=tmp_path / p, steps=3, batch_size=4, precision=p, stats_samples=16))
+            for p in ("bf16", "fp32")}
+    assert runs["bf16"]["precision"] == "bf16"
+    bf16, fp32 = metrics(tmp_path / "bf16"), metrics(tmp_path / "fp32")
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in bf16)
+    # The same data and masks: bf16 rounding moves the loss a little, not a lot.
+    a, b = bf16[0]["recon_loss"], fp32[0]["recon_loss"]
+    assert a != b and abs(a - b) < 0.05 * b
+
+
+def test_a_wrong_dataset_root_is_a_clear_error(tmp_path, capsys):
+    from training.pretrain import main
+
+    assert main(["--out", str(tmp_path / "out"), "--dataset", "eurosat", "--root", str(tmp_path), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "expected the 10 class folders" in err and "Traceback" not in err

@@ -1,5 +1,12 @@
-"""Training data: seeded synthetic scenes (not real imagery) and GeoTIFF chips on disk."""
+"""Training data: seeded synthetic scenes (not real imagery), GeoTIFF chips, and loaders of real data sets.
 
+``DATASETS`` maps each real data set's command-line name to its loader (one file each; see
+their docstrings for the documented layouts they read).
+"""
+
+from training.data.base import DatasetLayoutError, RealDataset, Sample
+from training.data.benge import WORLDCOVER_CLASSES, BenGe
+from training.data.eurosat import EUROSAT_CLASSES, EuroSAT
 from training.data.geotiff import (
     BandNamesMissingError,
     ChipFolder,
@@ -8,6 +15,8 @@ from training.data.geotiff import (
     read_geotiff,
     write_scene_geotiff,
 )
+from training.data.hls_burn_scars import HLSBurnScars
+from training.data.sen1floods11 import Sen1Floods11
 from training.data.synthetic import (
     LANDCOVER_CLASSES,
     S2_BANDS,
@@ -19,9 +28,29 @@ from training.data.synthetic import (
     mosaic,
     smooth_field,
 )
+from training.data.tiles import FittedTiles, TileSet, collate, fit_sample
+
+#: Real data sets by their command-line name (ben-ge-8k is ben-ge's 8,000-patch release, same layout).
+DATASETS: dict[str, type[RealDataset]] = {
+    "ben-ge": BenGe, "ben-ge-8k": BenGe, "sen1floods11": Sen1Floods11, "hls-burn-scars": HLSBurnScars, "eurosat": EuroSAT,
+}
 
 __all__ = [
+    "DATASETS",
+    "EUROSAT_CLASSES",
     "LANDCOVER_CLASSES",
+    "WORLDCOVER_CLASSES",
+    "BenGe",
+    "DatasetLayoutError",
+    "EuroSAT",
+    "FittedTiles",
+    "HLSBurnScars",
+    "RealDataset",
+    "Sample",
+    "Sen1Floods11",
+    "TileSet",
+    "collate",
+    "fit_sample",
     "S2_BANDS",
     "BandNamesMissingError",
     "ChipFolder",
