@@ -264,10 +264,16 @@ def build_specialist(
 
 
 def demo_checkpoint() -> Path:
-    """The cached ``tiny`` demo checkpoint (pre-trained here, 300 steps, on first use)."""
+    """The cached ``tiny`` demo checkpoint (pre-trained here, 300 steps, on first use).
+
+    The cache is keyed by the synthetic generator's version: a model pre-trained on older scenes
+    is not reused after the generator changes.
+    """
+    from training.data.synthetic import GENERATOR_VERSION
     from training.pretrain import PretrainArgs, train
 
-    cache = Path(os.environ.get("MAPEX_CACHE", Path.home() / ".cache" / "mapex-serve")) / "demo-tiny-300"
+    root = Path(os.environ.get("MAPEX_CACHE", Path.home() / ".cache" / "mapex-serve"))
+    cache = root / f"demo-tiny-300-synthetic-v{GENERATOR_VERSION}"
     path = cache / "checkpoint.pt"
     if not path.is_file():
         tqdm.write(f"no --checkpoint: pre-training the tiny demo model into {cache} (about a minute)", file=sys.stderr)
