@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIGEARTHNET = ROOT.parent / "shared" / "data" / "real" / "bigearthnet"
 S2_FILE_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 PATCH = 120  # pixels at 10 m
-TILE_OFFSETS = (0, 44, 88)  # 3 x 3 tiles of 32 px covering a 120 px patch
+TILE_OFFSETS = (0, 29, 58, 88)  # 4 x 4 tiles of 32 px covering a 120 px patch (overlapping)
 
 #: CORINE level-3 labels of BigEarthNet (v1, 43 classes) -> the synthetic land-cover classes.
 #: Agricultural mosaics count as cropland, "transitional woodland/shrub" as trees, pastures and
@@ -92,13 +92,13 @@ def s1_patches() -> list[Patch]:
 
 
 def tiles(patch: Patch, bands: list[str]) -> np.ndarray:
-    """(9, C, 32, 32) float32 tiles of one patch, bands in the given order."""
+    """(16, C, 32, 32) float32 tiles of one patch, bands in the given order."""
     x = np.stack([patch.bands[b] for b in bands])
     return np.stack([x[:, r : r + 32, c : c + 32] for r in TILE_OFFSETS for c in TILE_OFFSETS]).astype(np.float32)
 
 
 def stitch(probs: np.ndarray) -> np.ndarray:
-    """(9, K, 32, 32) tile probabilities -> (K, 120, 120), averaged where tiles overlap."""
+    """(16, K, 32, 32) tile probabilities -> (K, 120, 120), averaged where tiles overlap."""
     out = np.zeros((probs.shape[1], PATCH, PATCH))
     count = np.zeros((PATCH, PATCH))
     for p, (r, c) in zip(probs, [(r, c) for r in TILE_OFFSETS for c in TILE_OFFSETS], strict=True):
@@ -186,9 +186,61 @@ def landcover_figures(repo: Path, modality: str) -> dict[str, float]:
     return out
 
 
+def synthetic_figures(repo: Path, tiles: int = 256, seed: int = 0) -> dict[str, dict]:
+    """The same ONNX entries on held-out synthetic tiles (the HELDOUT seeds ``training.finetune`` scores on)."""
+    from training.finetune import synthetic_tiles
+    from training.seeds import HELDOUT
+    from training.tasks import get_task
+
+    out = {}
+    for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        spec = OnnxSpecialist(entry(repo, folder.name))
+        task = get_task(spec.manifest["task"])
+        data = synthetic_tiles(seed, HELDOUT, tiles, task.scene_config(spec.manifest["tile_size"]),
+                               spec.manifest["modalities"])
+        x = np.concatenate([data.inputs[m].numpy() for m in spec.manifest["modalities"]], axis=1)
+        pred = np.concatenate([spec(x[i : i + 64]).argmax(axis=1) for i in range(0, len(x), 64)])
+        truth = task.labels(data).numpy()
+        if task.head == "class":
+            out[folder.name] = {"accuracy": float((pred == truth).mean()),
+                                "majority_baseline": float(np.bincount(truth.ravel()).max() / truth.size)}
+        else:
+            positive = 1 if task.name == "flood" else None
+            record = {"pixel_accuracy": float((pred == truth).mean())}
+            if positive is not None:
+                p, t = pred == positive, truth == positive
+                record |= {"flood_iou": float((p & t).sum() / max(1, (p | t).sum())),
+                           "vv_threshold_iou": _vv_iou(data.inputs["SAR"].numpy()[:, 0] < -15, t)}
+            out[folder.name] = record
+    return out
+
+
+def _vv_iou(water: np.ndarray, truth: np.ndarray) -> float:
+    return float((water & truth).sum() / max(1, (water | truth).sum()))
+
+
+def wildfire_figures(repo: Path) -> dict[str, float]:
+    """Share of real S2 tiles called burned; no patch carries CORINE's "Burnt areas", so each is a false alarm.
+
+    Baseline: the NBR rule, a tile is burned when its mean (B08 - B12) / (B08 + B12) is below 0
+    (unburned vegetation sits well above it, fresh burns below: Key & Benson 2006).
+    """
+    spec = OnnxSpecialist(entry(repo, "wildfire-swir"))
+    patches = s2_patches()
+    if any("Burnt areas" in p.labels for p in patches):
+        raise ValueError("a real patch is labelled burnt: score hits, not false alarms")
+    called, rule, n = 0, 0, 0
+    for p in patches:
+        called += int((spec(tiles(p, spec.bands)).argmax(axis=1) == spec.classes.index("burned")).sum())
+        nir, swir = tiles(p, ["B08"])[:, 0], tiles(p, ["B12"])[:, 0]
+        rule += int((((nir - swir) / (nir + swir + 1e-6)).mean(axis=(1, 2)) < 0).sum())
+        n += len(nir)
+    return {"patches": len(patches), "tiles": n, "specialist_false_alarm": called / n, "nbr_rule_false_alarm": rule / n}
+
+
 def real_figures(repo: Path) -> dict[str, dict]:
     """Every real-data figure of a repository's demo specialists."""
-    figures = {"flood-sar": flood_figures(repo)}
+    figures = {"flood-sar": flood_figures(repo), "wildfire-swir": wildfire_figures(repo)}
     for m in ("RGB", "RED_EDGE", "NIR", "SWIR", "SAR"):
         figures[f"landcover-{m.lower()}"] = landcover_figures(repo, m)
     return figures
@@ -202,9 +254,10 @@ def plot(path: Path, scenes: int = 600) -> None:
     import matplotlib.pyplot as plt
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_realism import comparable_synthetic  # the same selection the test compares
+    from test_realism import comparable_synthetic, snow_share  # the same selections the test compares
 
-    real = {b: np.concatenate([p.bands[b].ravel() for p in s2_patches()]) for b in S2_FILE_BANDS}
+    s2 = [p for p in s2_patches() if snow_share(p) <= 0.1]
+    real = {b: np.concatenate([p.bands[b].ravel() for p in s2]) for b in S2_FILE_BANDS}
     real |= {b: np.concatenate([p.bands[b].ravel() for p in s1_patches()]) for b in ("VV", "VH")}
     synth = comparable_synthetic(scenes)
     names = [*S2_FILE_BANDS, "VV", "VH"]
@@ -217,7 +270,8 @@ def plot(path: Path, scenes: int = 600) -> None:
         ax.set_title(f"{b} ({'dB' if b in ('VV', 'VH') else 'reflectance'})", fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Per-band distributions: real BigEarthNet patches (9 S2, 4 S1) vs synthetic vegetated land tiles")
+    fig.suptitle(f"Per-band distributions: real BigEarthNet patches ({len(s2)} S2 without snow, 4 S1) "
+                 "vs synthetic tiles of vegetated land (>= 90 %, no water or cloud)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -230,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if not available():
         raise SystemExit(f"no BigEarthNet patches at {BIGEARTHNET}")
     if a.repo:
-        print(json.dumps(real_figures(a.repo), indent=2))
+        print(json.dumps({"real": real_figures(a.repo), "synthetic_heldout": synthetic_figures(a.repo)}, indent=2))
     if a.plot:
         plot(a.plot)
     return 0

@@ -40,6 +40,9 @@ Sources (short keys used in the comments):
   dry soils (rising, flat into SWIR), man-made surfaces (flat, grey) and water (dark past red).
   The values below are representative reflectances at the S2 band centres in keeping with
   those shapes, not a convolution of the library with the S2 response functions.
+- [Raut18] Rautiainen et al. (2018), Spectral properties of coniferous forests: a review of in situ
+  and laboratory measurements, Remote Sens. 10(2):207: needle-leaf canopies are darker than
+  broadleaf ones at every wavelength, most of all in the NIR (plateau ~0.15-0.2 vs ~0.3).
 - [Nechad10] Nechad, Ruddick & Park (2010), Calibration and validation of a generic multisensor
   algorithm for mapping of total suspended matter in turbid waters, Remote Sens. Environ. 114:
   red/NIR water reflectance rises with suspended matter, to about 0.05-0.1 in very turbid water.
@@ -69,6 +72,7 @@ __all__ = [
     "BURN_REFLECTANCE",
     "CLEAR_WATER",
     "CLOUD_REFLECTANCE",
+    "CONIFER",
     "ENL_IW_GRDH",
     "FLOODED_BUILT_DB",
     "FLOODED_FOREST_DB",
@@ -112,13 +116,16 @@ SNR_REFERENCE_REFLECTANCE = 0.10
 # after L2A correction (~0.01-0.02) [USGS7 vegetation shape, BEN B01 mean 0.034 over all classes].
 SPECTRA = np.array([
     [.040, .040, .040, .025, .015, .010, .008, .007, .006, .004, .001, .003, .002],  # water, clear [USGS7]
-    [.010, .018, .040, .024, .070, .180, .225, .250, .260, .255, .002, .125, .058],  # trees (broadleaf/conifer mix)
+    [.012, .022, .045, .028, .080, .210, .265, .300, .310, .305, .003, .145, .065],  # trees, broadleaf
     [.020, .030, .063, .047, .105, .215, .255, .275, .285, .280, .003, .180, .090],  # grassland
     [.018, .028, .068, .040, .110, .270, .335, .365, .375, .370, .003, .170, .075],  # cropland, green crop
     [.085, .095, .105, .115, .130, .145, .155, .165, .170, .170, .005, .185, .165],  # built-up: grey, flat
     [.090, .110, .150, .200, .230, .250, .260, .270, .280, .285, .006, .330, .280],  # bare: dry bright soil
     [.015, .022, .046, .040, .075, .140, .165, .175, .185, .180, .002, .100, .050],  # wetland: wet, darker
 ])
+#: Needle-leaf (conifer) canopy [Raut18]; the trees class mixes it with the broadleaf row of SPECTRA
+#: by a per-scene needle-leaf share.
+CONIFER = np.array([.008, .015, .030, .018, .045, .110, .140, .160, .165, .160, .002, .080, .038])
 #: Bare soil that shows between sparse plants (cropland parcels, thin grass) [USGS7].
 SOIL = np.array([.065, .075, .105, .135, .165, .185, .195, .205, .215, .220, .005, .275, .220])
 #: Clear and very turbid water [Nechad10]: turbidity raises green to NIR; SWIR stays dark.

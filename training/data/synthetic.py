@@ -183,10 +183,17 @@ def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarra
     parcel = max(2, n // 2)
     cells = -(-n // parcel)
     parcels = np.kron(rng.uniform(0.6, 1.0, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
+    # Vigour: the share of the pixel that is canopy, the rest soil. Forest canopies are closed
+    # (ours: 0.85-1), grass and marsh thinner, cropland by parcel.
     vigour = np.where(landcover == CROPLAND, parcels, np.clip(0.85 + 0.1 * f[5], 0.5, 1.0))
+    vigour = np.where(landcover == TREES, np.clip(0.95 + 0.05 * f[5], 0.85, 1.0), vigour)
     vigour = np.where(vegetated, vigour, 1.0)
     soil = sig.SOIL[:, None, None]
-    rho = soil + vigour * (sig.SPECTRA.T[:, landcover] - soil)
+    # Trees: broadleaf and needle-leaf canopies mixed by a per-scene share, varying smoothly.
+    needle = np.clip(rng.uniform(-0.2, 1.2) + 0.3 * f[10], 0, 1)
+    surface = sig.SPECTRA.T[:, landcover]
+    surface = np.where(landcover == TREES, (1 - needle) * surface + needle * sig.CONIFER[:, None, None], surface)
+    rho = soil + vigour * (surface - soil)
     rho *= 1 + 0.08 * f[4]
     lake_turbidity, flood_turbidity = rng.uniform(0.0, 0.5), rng.uniform(0.4, 0.9)
     water_rho = (1 - lake_turbidity) * sig.CLEAR_WATER + lake_turbidity * sig.TURBID_WATER
@@ -262,8 +269,8 @@ def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneC
     rng = np.random.default_rng(seed)
     n = config.size
     # Fields: trees/grassland/cropland/built-up preference, brightness, vigour, SAR texture,
-    # burn blob, cloud blob, haze.
-    corr = np.array([*rng.uniform(n / 5, n / 2.5, 4), n / 4, n / 6, n / 6, n / 6, n / 4, n / 2])
+    # burn blob, cloud blob, haze, needle-leaf share.
+    corr = np.array([*rng.uniform(n / 5, n / 2.5, 4), n / 4, n / 6, n / 6, n / 6, n / 4, n / 2, n / 4])
     f = smooth_field(rng, (len(corr), n, n), corr)
 
     elev, slope = _terrain(rng, n, config.pixel_size)
