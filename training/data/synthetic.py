@@ -121,7 +121,7 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], corr_len: flo
 def fractal_field(rng: np.random.Generator, n: int, beta: float = sig.TERRAIN_BETA) -> np.ndarray:
     """Periodic ``(n, n)`` field with a power-law spectrum: 2-D power ~ |k|^-(beta+1), unit std.
 
-    Profiles through it have power ~ k^-beta, the law real topography follows [HT89].
+    Profiles through it have power ~ k^-beta, the law real topography follows ([HT89] in signatures.py).
     """
     k = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :])
     k[0, 0] = np.inf  # no mean
@@ -296,7 +296,9 @@ def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneC
     water_level = elev[water].max() if water.any() else elev.min()
     # Lakes are flat; 0.5 m of DEM noise (ours), but dry land never lies below the lake it drains
     # to (it would be lake).
-    land = np.maximum(elev + rng.normal(0, 0.5, (n, n)), water_level + 0.1) if water.any() else elev + rng.normal(0, 0.5, (n, n))
+    land = elev + rng.normal(0, 0.5, (n, n))
+    if water.any():
+        land = np.maximum(land, water_level + 0.1)
     dem = np.where(water, water_level, land)
 
     # Events: the water rises a few metres [Nobre16] over the ground just above it (between 5 %
