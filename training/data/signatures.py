@@ -22,17 +22,19 @@ Sources (short keys used in the comments):
   vegetation: a review of characteristics and approaches, Int. J. Remote Sens. 39(8): the
   increase is mainly in co-polarisation (VV) at C-band; cross-pol changes little.
 - [Twele16] Twele, Cao, Plank & Martinis (2016), Sentinel-1-based flood mapping: a fully automated
-  processing chain, Int. J. Remote Sens. 37(13): open flood water at C-band VV well below
-  -15 dB (the customary threshold, used here as the baseline rule), VH below about -22 dB.
+  processing chain, Int. J. Remote Sens. 37(13): calm open flood water is far darker than
+  land at C-band; a fixed VV threshold near -15 dB (the baseline rule here) is the customary
+  first cut, which their automatic thresholding refines.
 - [CMOD5] Hersbach, Stoffelen & de Haan (2007), An improved C-band scatterometer ocean geophysical
   model function: CMOD5, J. Geophys. Res. 112: wind roughening raises water VV by several dB.
 - [TUW25] TU Wien (2025), Using a neural network to model the incidence angle dependency of
   backscatter, Remote Sens. 17(3):361, and the TU Wien Sentinel-1 slope maps it builds on: the
   slope of sigma0 (dB) against incidence is steepest over water and wetlands (forward
-  scattering), moderate over bare soil and sparse vegetation, smallest over forest.
+  scattering), moderate over bare soil and sparse vegetation, smallest over forest; 38 deg is
+  the IW mean incidence they normalise to. The slope values below are ours, in that order.
 - [Tanase10] Tanase et al. (2010), Sensitivity of X-, C- and L-band SAR backscatter to burn
-  severity in Mediterranean pine forests, IEEE TGRS 48(10): C-band cross-pol drops by 1-2 dB
-  after fire, co-pol much less.
+  severity in Mediterranean pine forests, IEEE TGRS 48(10): at C-band, backscatter falls with
+  burn severity, cross-pol more than co-pol (the magnitudes below are ours).
 - [S2-UH] ESA, *Sentinel-2 User Handbook* (2015): band resolutions (10/20/60 m) and the MSI
   radiometric requirement, SNR at reference radiance L_ref per band.
 - [USGS7] Kokaly et al. (2017), USGS Spectral Library Version 7, USGS Data Series 1035: the
@@ -157,8 +159,9 @@ ENL_IW_GRDH = 4.4
 #: patches (noise subtraction on a weak signal), which is how this range was chosen.
 NESZ_DB = (-28.0, -24.0)
 
-# Class means. Values inside the ranges reported for C-band at 30-45 deg and consistent with the
-# [BEN] archive means (VV -12.6, VH -19.3 dB over a land-dominated mix with some sea):
+# Class means: no single source tabulates all seven classes for Sentinel-1, so these are ours, set
+# by the scattering mechanisms below and checked against the [BEN] archive means (VV -12.6,
+# VH -19.3 dB over a land-dominated mix with some sea) and the real patches (test_realism.py):
 # water well below -15 dB VV [Twele16] (calm; wind adds WIND_ON_WATER_DB [CMOD5]), forest bright in
 # VH (volume scattering), grassland and cropland in between, built-up bright in VV (double bounce),
 # smooth dry bare soil dark, marsh vegetation like grassland but wetter.
@@ -171,8 +174,8 @@ SIGMA0_DB = np.array([
     [-14.0, -22.0],  # bare: dry, smooth soil
     [-10.0, -17.0],  # wetland (herbaceous, not flooded)
 ])
-#: d sigma0 / d incidence in dB per degree, (VV, VH) per class [TUW25]: steep over water,
-#: moderate over soil and short vegetation, flat over forest and built-up.
+#: d sigma0 / d incidence in dB per degree, (VV, VH) per class: ours, ordered as [TUW25] maps
+#: them (steep over water and wetland, moderate over soil and short vegetation, flat over forest).
 SIGMA0_SLOPE = np.array([
     [-0.45, -0.30],  # water
     [-0.07, -0.06],  # trees
@@ -190,7 +193,7 @@ WIND_ON_WATER_DB = (0.0, 6.0)
 FLOODED_FOREST_DB = np.array([3.0, 0.5])
 #: Flooded built-up land: the wall-water corner adds to the double bounce, mostly in VV [Tsy18].
 FLOODED_BUILT_DB = np.array([2.0, 0.5])
-#: Burn scar on vegetation: less canopy, VH down 1.5 dB, VV 0.5 dB [Tanase10].
+#: Burn scar on vegetation: less canopy, VH down 1.5 dB, VV 0.5 dB (ours; direction as [Tanase10]).
 BURN_DB = np.array([-0.5, -1.5])
 
 # ---------------------------------------------------------------------------------------------
