@@ -4,12 +4,14 @@ File names, folders, dtypes, band order and label encoding follow the sources ci
 loaders' docstrings (training/data/*.py); the pixel values are seeded noise around known
 per-band levels, so that a test can check that each band arrives under its canonical name and in
 physical units. Chips are smaller than the real ones (64 px instead of 512 for Sen1Floods11 and
-HLS) to keep the tests fast; ben-ge and EuroSAT keep their real 120 and 64 px.
+HLS) to keep the tests fast; ben-ge and EuroSAT keep their real 120 and 64 px. It also makes the
+real-patch helper (``realdata.py``, beside the tests) importable under importlib mode.
 """
 
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,9 @@ from rasterio import Affine
 #: Known level per band (reflectance, dB, metres) that the fixtures write, in stored units below.
 LEVEL = {"B01": 0.05, "B02": 0.06, "B03": 0.08, "B04": 0.10, "B05": 0.14, "B06": 0.2, "B07": 0.23, "B08": 0.3,
          "B8A": 0.31, "B09": 0.32, "B10": 0.01, "B11": 0.22, "B12": 0.15, "VV": -11.0, "VH": -18.0, "DEM": 412.0}
+
+
+sys.path.insert(0, str(Path(__file__).parent))  # realdata.py, the real-patch helper
 
 
 def write_tif(path: Path, data: np.ndarray, dtype: str, nodata: float | None = None, crs: str = "EPSG:32633") -> None:

@@ -1,35 +1,52 @@
 """SYNTHETIC multi-modal scenes: seeded, co-registered Sentinel-2, Sentinel-1 and DEM rasters with labels.
 
-These are not real imagery. Each scene draws a terrain, derives a land-cover map that agrees with
-it (water in the lowest ground, wetland beside it, bare ground on the highest and steepest), and
-renders every band from per-class spectral and backscatter signatures with smooth within-class
-variation, sensor noise and SAR speckle. Flood events and burn scars are drawn on top, so the
-labels cover land cover, floods (seen in SAR) and wildfire (seen in NIR/SWIR). The point is a
-data set with modality-specific structure that trains on 2 CPU cores, not a physical simulator.
-All random fields are periodic (FFT-filtered), so a scene wraps round at its edges.
+These are not real imagery, but they are rendered the way the real products are made, from the
+published sensor figures in ``training/data/signatures.py`` (each with its source):
+
+- terrain with the power spectrum of real topography and a median slope from plains to hills;
+  water fills the lowest ground to a flat level, wetland lines it, floods rise a few metres over
+  the low, flat ground next to it (height above the water), bare ground takes the high and steep;
+- Sentinel-2 L2A reflectance from per-class spectra (water turbidity, burn scars, residual haze,
+  clouds and their shadows), sensor noise from the MSI SNR, the 20 m and 60 m bands averaged over
+  their native footprint and put back on the 10 m grid, quantised to 1e-4 like L2A products;
+- Sentinel-1 IW GRDH sigma0 per class and polarisation at the scene's incidence angle across the
+  swath (and the local slope), flooded vegetation and built-up brightened by double bounce, wind
+  on water, the thermal noise floor added and subtracted again as the noise-removal step does,
+  and multiplicative gamma speckle with the product's ENL of 4.4, correlated over the 20 x 22 m
+  resolution cell.
+
+Labels cover land cover, floods and wildfire; ``Scene.cloud`` marks the cloud and cloud-shadow
+pixels (what an L2A scene classification would flag as no data for optical use). All random
+fields are periodic (FFT-filtered), so a scene wraps round at its edges.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from mapex_serve.bands import BANDS, MODALITIES, MODALITY_NAMES, resolve_modality
+from training.data import signatures as sig
 
 __all__ = [
+    "GENERATOR_VERSION",
     "LANDCOVER_CLASSES",
     "S2_BANDS",
     "Scene",
     "SceneConfig",
     "SyntheticBatch",
+    "fractal_field",
     "generate_batch",
     "generate_scene",
     "mosaic",
     "smooth_field",
 ]
+
+#: Bumped whenever the scenes a seed gives change, so that cached demo models are rebuilt.
+GENERATOR_VERSION = 2
 
 LANDCOVER_CLASSES: tuple[str, ...] = ("water", "trees", "grassland", "cropland", "built-up", "bare", "wetland")
 WATER, TREES, GRASSLAND, CROPLAND, BUILT_UP, BARE, WETLAND = range(len(LANDCOVER_CLASSES))
@@ -38,52 +55,25 @@ _VEGETATED = np.array([TREES, GRASSLAND, CROPLAND, WETLAND])
 #: The 13 Sentinel-2 bands in the order of the band table (B01..B08, B8A, B09..B12).
 S2_BANDS: tuple[str, ...] = tuple(name for name, b in BANDS.items() if b.sensor == "S2")
 
-# Surface reflectance in S2_BANDS order: B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12.
-# Shaped after typical L2A spectra (vegetation: red-edge rise to a high NIR plateau; water: dark,
-# near zero in NIR/SWIR; soil, bare and built-up: bright and flat into the SWIR).
-_SPECTRA = np.array([
-    [.060, .055, .045, .030, .022, .016, .014, .012, .010, .008, .001, .006, .004],  # water
-    [.025, .030, .050, .030, .075, .200, .260, .290, .300, .290, .003, .150, .070],  # trees
-    [.035, .045, .080, .065, .120, .230, .270, .290, .300, .280, .004, .250, .140],  # grassland
-    [.035, .040, .085, .045, .120, .290, .360, .400, .410, .380, .004, .230, .110],  # cropland (green crop)
-    [.100, .110, .130, .150, .170, .190, .200, .220, .230, .210, .008, .260, .230],  # built-up
-    [.110, .130, .180, .240, .270, .290, .300, .310, .320, .310, .010, .380, .330],  # bare
-    [.030, .035, .055, .045, .080, .150, .180, .190, .200, .180, .003, .110, .060],  # wetland
-])
-_SOIL = np.array([.080, .090, .120, .160, .190, .210, .220, .240, .250, .240, .008, .310, .260])
-_TURBID_WATER = np.array([.080, .090, .120, .110, .090, .060, .045, .035, .030, .020, .002, .015, .010])
-_BURN = np.array([.040, .040, .045, .055, .075, .095, .105, .120, .130, .125, .004, .250, .300])
-
-# Mean Sentinel-1 backscatter (VV, VH) in dB per class.
-_BACKSCATTER_DB = np.array([
-    [-22.0, -28.0],  # water: specular, dark
-    [-7.0, -13.0],  # trees: volume scattering
-    [-10.0, -17.0],  # grassland
-    [-10.5, -16.5],  # cropland
-    [-1.0, -8.0],  # built-up: double bounce
-    [-12.0, -20.0],  # bare
-    [-9.0, -16.0],  # wetland
-])
-_BURN_DB = np.array([-0.5, -1.5])  # less canopy, less volume scattering (mostly VH)
-
 
 @dataclass(frozen=True)
 class SceneConfig:
     """How synthetic scenes are drawn; lengths in the landscape scale with ``size``."""
 
     size: int = 32  # pixels per side (square scenes)
-    pixel_size: float = 10.0  # metres: the geotransform and slope units; the landscape scales with size
+    pixel_size: float = 10.0  # metres: the geotransform and slope units
     flood_prob: float = 0.3  # probability that a scene has a flood event
     burn_prob: float = 0.3  # probability that a scene has a burn scar
-    speckle_looks: float = 4.0  # gamma-distributed multiplicative SAR speckle
-    noise: float = 0.01  # optical sensor noise, reflectance units (std)
+    speckle_looks: float = sig.ENL_IW_GRDH  # ENL of the gamma-distributed multiplicative SAR speckle
+    noise: float = 1.0  # optical sensor noise in multiples of the MSI requirement (0.1 / SNR per band)
+    cloud_prob: float = 0.1  # probability that a scene has clouds (and their shadows) over it
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"SceneConfig.size must be at least 8 pixels, got {self.size}")
         if self.pixel_size <= 0 or self.speckle_looks <= 0 or self.noise < 0:
             raise ValueError(f"SceneConfig needs pixel_size > 0, speckle_looks > 0 and noise >= 0, got {self}")
-        for name in ("flood_prob", "burn_prob"):
+        for name in ("flood_prob", "burn_prob", "cloud_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
@@ -97,6 +87,11 @@ class Scene:
     flood: np.ndarray  # (H, W) bool
     burn: np.ndarray  # (H, W) bool
     pixel_size: float = 10.0  # metres
+    cloud: np.ndarray | None = field(default=None)  # (H, W) bool: cloud or cloud shadow over the optical bands
+
+    def __post_init__(self) -> None:
+        if self.cloud is None:
+            self.cloud = np.zeros(self.landcover.shape, dtype=bool)
 
     def modality(self, name: str) -> np.ndarray:
         """(C, H, W) float32, bands in ``MODALITIES`` order."""
@@ -123,6 +118,18 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], corr_len: flo
     return field / (field.std(axis=(-2, -1), keepdims=True) + 1e-12)
 
 
+def fractal_field(rng: np.random.Generator, n: int, beta: float = sig.TERRAIN_BETA) -> np.ndarray:
+    """Periodic ``(n, n)`` field with a power-law spectrum: 2-D power ~ |k|^-(beta+1), unit std.
+
+    Profiles through it have power ~ k^-beta, the law real topography follows ([HT89] in signatures.py).
+    """
+    k = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :])
+    k[0, 0] = np.inf  # no mean
+    out = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((n, n))) * k ** (-(beta + 1) / 2), s=(n, n))
+    out -= out.mean()
+    return out / (out.std() + 1e-12)
+
+
 def _rank(x: np.ndarray) -> np.ndarray:
     """Fraction of pixels below each pixel (0 <= r < 1): quantile thresholds without sorting twice."""
     r = np.empty(x.size)
@@ -141,74 +148,173 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
+def _gradient(z: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Periodic central differences (d/dy, d/dx), matching the periodic fields."""
+    return ((np.roll(z, -1, 0) - np.roll(z, 1, 0)) / (2 * spacing),
+            (np.roll(z, -1, 1) - np.roll(z, 1, 1)) / (2 * spacing))
+
+
+def _at_native_resolution(x: np.ndarray, factor: int) -> np.ndarray:
+    """``(B, n, n)`` averaged over ``factor`` x ``factor`` footprints (periodic padding), at that coarser grid."""
+    n = x.shape[-1]
+    m = -(-n // factor) * factor
+    padded = np.pad(x, ((0, 0), (0, m - n), (0, m - n)), mode="wrap")
+    return padded.reshape(x.shape[0], m // factor, factor, m // factor, factor).mean(axis=(2, 4))
+
+
+def _terrain(rng: np.random.Generator, n: int, pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Elevation (m) with a fractal relief scaled to a drawn median slope, and its slope (rise/run)."""
+    z = fractal_field(rng, n)
+    lo, hi = np.log(sig.TERRAIN_SLOPE_RANGE)
+    target = np.exp(rng.uniform(lo, hi))
+    gy, gx = _gradient(z, pixel_size)
+    z *= target / (np.median(np.hypot(gx, gy)) + 1e-12)
+    elev = rng.uniform(200, 1500) + z - z.min()
+    gy, gx = _gradient(elev, pixel_size)
+    return elev, np.hypot(gx, gy)
+
+
+def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarray, vegetated: np.ndarray,
+             flood: np.ndarray, burn: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(13, n, n) L2A reflectance and the cloud/shadow mask: surface, haze, clouds, sensor, resampling."""
+    n = config.size
+    # Surface: class spectrum pulled towards bare soil where vegetation is sparse (cropland by
+    # parcel), a smooth brightness, water by turbidity, then the events.
+    parcel = max(2, n // 2)
+    cells = -(-n // parcel)
+    parcels = np.kron(rng.uniform(0.6, 1.0, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
+    # Vigour: the share of the pixel that is canopy, the rest soil. Forest canopies are closed
+    # (ours: 0.85-1), grass and marsh thinner, cropland by parcel.
+    vigour = np.where(landcover == CROPLAND, parcels, np.clip(0.85 + 0.1 * f[5], 0.5, 1.0))
+    vigour = np.where(landcover == TREES, np.clip(0.95 + 0.05 * f[5], 0.85, 1.0), vigour)
+    vigour = np.where(vegetated, vigour, 1.0)
+    soil = sig.SOIL[:, None, None]
+    # Trees: broadleaf and needle-leaf canopies mixed by a per-scene share, varying smoothly.
+    needle = np.clip(rng.uniform(-0.2, 1.2) + 0.3 * f[10], 0, 1)
+    surface = sig.SPECTRA.T[:, landcover]
+    surface = np.where(landcover == TREES, (1 - needle) * surface + needle * sig.CONIFER[:, None, None], surface)
+    rho = soil + vigour * (surface - soil)
+    rho *= 1 + 0.08 * f[4]
+    lake_turbidity, flood_turbidity = rng.uniform(0.0, 0.5), rng.uniform(0.4, 0.9)
+    water_rho = (1 - lake_turbidity) * sig.CLEAR_WATER + lake_turbidity * sig.TURBID_WATER
+    rho = np.where(landcover == WATER, water_rho[:, None, None] * (1 + 0.03 * f[4]), rho)
+    rho = np.where(burn, sig.BURN_REFLECTANCE[:, None, None] * (1 + 0.05 * f[4]), rho)
+    # Flood water is silty; under trees the canopy hides most of it.
+    flood_rho = (1 - flood_turbidity) * sig.CLEAR_WATER + flood_turbidity * sig.TURBID_WATER
+    cover = np.where(landcover == TREES, 0.3, 1.0) * flood
+    rho = (1 - cover) * rho + cover * flood_rho[:, None, None]
+
+    # Atmosphere: residual haze ~ lambda^-1.3 [Ang29], on about half the scenes.
+    haze = max(0.0, rng.uniform(-0.03, 0.015)) * np.clip(1 + 0.3 * f[9], 0, None)
+    rho = rho + haze * (sig.S2_WAVELENGTH_NM[1] / sig.S2_WAVELENGTH_NM)[:, None, None] ** sig.HAZE_ANGSTROM
+    # Clouds: a smooth blob with soft edges (optical thickness 0..1), its shadow cast off-set.
+    cloud = np.zeros((n, n), dtype=bool)
+    if rng.random() < config.cloud_prob:
+        rank = _rank(f[8])
+        frac = rng.uniform(0.05, 0.4)
+        tau = np.clip((rank - (1 - frac)) / 0.1, 0, 1)
+        shift = rng.integers(n // 8, n // 4 + 1, 2) * rng.choice([-1, 1], 2)
+        shadow = (np.roll(tau, tuple(shift), (0, 1)) > 0.5) & (tau == 0)
+        rho = np.where(shadow, rho * sig.SHADOW_DIFFUSE[:, None, None], rho)
+        rho = (1 - tau) * rho + tau * sig.CLOUD_REFLECTANCE[:, None, None]
+        cloud = (tau > 0.1) | shadow
+
+    # Sensor: each band integrated over its native footprint, with the MSI noise at that grid,
+    # then put back on the 10 m grid (nearest neighbour, as the real test crop was made).
+    noise_std = config.noise * sig.SNR_REFERENCE_REFLECTANCE / sig.S2_SNR
+    native = sig.S2_NATIVE_RES / config.pixel_size
+    out = np.empty_like(rho)
+    for factor in np.unique(native):
+        idx = np.flatnonzero(native == factor)
+        k = max(1, round(float(factor)))
+        coarse = _at_native_resolution(rho[idx], k) if k > 1 else rho[idx]
+        coarse = coarse + rng.normal(0, 1, coarse.shape) * noise_std[idx][:, None, None]
+        out[idx] = np.repeat(np.repeat(coarse, k, axis=1), k, axis=2)[:, :n, :n] if k > 1 else coarse
+    return np.clip(np.round(out * 1e4) / 1e4, 0, 1), cloud
+
+
+def _sar(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarray, elev: np.ndarray,
+         flood: np.ndarray, burn: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """(2, n, n) sigma0 in dB (VV, VH) as an IW GRDH product with thermal noise removal shows it."""
+    n = config.size
+    # Geometry: the scene's place across the swath; slopes facing the sensor see a steeper beam.
+    incidence = rng.uniform(*sig.IW_INCIDENCE)
+    look = rng.choice([-1.0, 1.0])  # ascending passes look east, descending west
+    _, gx = _gradient(elev, config.pixel_size)
+    local = incidence - look * np.degrees(np.arctan(gx))
+    cls = landcover.copy()
+    open_flood = flood & ~np.isin(landcover, [TREES, BUILT_UP])
+    cls[open_flood] = WATER
+    db = sig.SIGMA0_DB.T[:, cls] + sig.SIGMA0_SLOPE.T[:, cls] * (local - sig.REFERENCE_INCIDENCE)
+    db += 1.0 * texture  # ours: 1 dB of within-class variation (moisture, structure)
+    calm, windy = sig.WIND_ON_WATER_DB
+    wind = calm + (windy - calm) * rng.random() ** 2  # skewed towards calm (ours)
+    db += np.where(cls == WATER, wind, 0.0)
+    db += np.where(flood & (landcover == TREES), sig.FLOODED_FOREST_DB[:, None, None], 0.0)
+    db += np.where(flood & (landcover == BUILT_UP), sig.FLOODED_BUILT_DB[:, None, None], 0.0)
+    db += sig.BURN_DB[:, None, None] * burn
+    # Power: signal plus thermal noise, speckled together; the processor subtracts the noise.
+    # Speckle: Gamma(L/4) per 10 m pixel summed over 2 x 2 (the ~20 m resolution cell): ENL L,
+    # neighbours correlated.
+    looks = config.speckle_looks
+    g = rng.gamma(looks / 4, 1 / looks, (2, n, n))
+    speckle = g + np.roll(g, 1, 1) + np.roll(g, 1, 2) + np.roll(g, (1, 1), (1, 2))
+    noise = 10 ** (rng.uniform(*sig.NESZ_DB) / 10)
+    power = (10 ** (db / 10) + noise) * speckle - noise
+    return 10 * np.log10(np.maximum(power, 1e-5))
+
+
 def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneConfig()) -> Scene:
     """Draw one synthetic scene; the same seed (or generator state) gives the same arrays."""
     rng = np.random.default_rng(seed)
     n = config.size
-    # Fields: terrain coarse/fine, trees/grassland/cropland/built-up preference, brightness,
-    # vegetation vigour, SAR texture, burn blob.
-    corr = np.array([n / 4, n / 12, *rng.uniform(n / 5, n / 2.5, 4), n / 4, n / 6, n / 4, n / 6])
+    # Fields: trees/grassland/cropland/built-up preference, brightness, vigour, SAR texture,
+    # burn blob, cloud blob, haze, needle-leaf share.
+    corr = np.array([*rng.uniform(n / 5, n / 2.5, 4), n / 4, n / 6, n / 6, n / 6, n / 4, n / 2, n / 4])
     f = smooth_field(rng, (len(corr), n, n), corr)
 
-    # Terrain in metres: a base height plus a relief spread over [0, 1].
-    z = f[0] + 0.25 * f[1]
-    u = (z - z.min()) / (z.max() - z.min())
-    elev = rng.uniform(200, 1500) + rng.uniform(20, 300) * u
-    gy, gx = np.gradient(elev, config.pixel_size)
-    slope = np.hypot(gx, gy)
+    elev, slope = _terrain(rng, n, config.pixel_size)
+    u = (elev - elev.min()) / (elev.max() - elev.min() + 1e-12)
     slope_z = (slope - slope.mean()) / (slope.std() + 1e-9)
     height = _rank(elev)
 
-    # Land cover: water in the lowest ground, wetland on low ground beside it, bare on the highest
-    # and steepest, the rest by the strongest of four smooth preferences with terrain biases.
-    # About a third of the scenes have no water and a third no bare ground.
+    # Land cover: water fills the lowest ground (the local minima, to one flat level), wetland
+    # lines it, bare ground takes the highest and steepest, the rest by the strongest of four
+    # smooth preferences with terrain biases. About a third of the scenes have no water and a
+    # third no bare ground.
     water_frac, bare_frac = max(0.0, rng.uniform(-0.15, 0.25)), max(0.0, rng.uniform(-0.1, 0.2))
     water = height < water_frac
     wetland = ~water & (height < water_frac + rng.uniform(0.03, 0.15)) & _dilate(water, max(1, n // 8))
     bare = ~water & ~wetland & (_rank(u + 0.3 * slope_z) >= 1 - bare_frac)
-    # Preferences of trees, grassland, cropland, built-up: a per-scene bias (so scenes differ in
-    # their dominant class), trees uphill and on slopes, cropland and built-up low and flat.
     centred = 2 * u - 1
     bias = rng.normal([0.0, 0.2, 0.2, -0.3], 3.0)
-    prefs = f[2:6] + (bias + np.array([0.8, 0.0, -0.8, -0.4]) * centred[..., None]).transpose(2, 0, 1)
+    prefs = f[0:4] + (bias + np.array([0.8, 0.0, -0.8, -0.4]) * centred[..., None]).transpose(2, 0, 1)
     prefs += np.array([0.3, 0.0, -0.3, -0.5])[:, None, None] * slope_z
     landcover = np.array([TREES, GRASSLAND, CROPLAND, BUILT_UP], dtype=np.uint8)[prefs.argmax(0)]
     landcover[bare], landcover[wetland], landcover[water] = BARE, WETLAND, WATER
     vegetated = np.isin(landcover, _VEGETATED)
     water_level = elev[water].max() if water.any() else elev.min()
-    dem = np.where(water, water_level, elev + rng.normal(0, 0.5, (n, n)))  # lakes are flat
+    # Lakes are flat; 0.5 m of DEM noise (ours), but dry land never lies below the lake it drains
+    # to (it would be lake).
+    land = elev + rng.normal(0, 0.5, (n, n))
+    if water.any():
+        land = np.maximum(land, water_level + 0.1)
+    dem = np.where(water, water_level, land)
 
-    # Events: the water rises over low ground (at most a third of the relief above the lake);
-    # a smooth blob burns vegetation that is not under water.
-    has_flood, flood_frac = rng.random() < config.flood_prob, rng.uniform(0.05, 0.3)
+    # Events: the water rises a few metres [Nobre16] over the ground just above it (between 5 %
+    # and 60 % of the dry land); a smooth blob burns vegetation that is not under water.
+    has_flood, rise = rng.random() < config.flood_prob, rng.uniform(0.3, 3.0)
     has_burn, burn_frac = rng.random() < config.burn_prob, rng.uniform(0.1, 0.4)
-    low_ground = elev - water_level <= (elev.max() - elev.min()) / 3
-    flood = has_flood & ~water & low_ground & (height < water_frac + flood_frac)
-    burn = has_burn & vegetated & ~flood & (_rank(f[9]) >= 1 - burn_frac)
+    hand = elev - water_level
+    lo, hi = np.quantile(hand[~water], [0.05, 0.6]) if (~water).any() else (0.0, 0.0)
+    flood = has_flood & ~water & (hand <= np.clip(rise, lo, hi))
+    burn = has_burn & vegetated & ~flood & (_rank(f[7]) >= 1 - burn_frac)
 
-    # Optical: class spectrum pulled towards bare soil where vegetation is sparse (cropland by
-    # parcel), a smooth brightness, then the events and sensor noise.
-    parcel = max(2, n // 2)
-    cells = -(-n // parcel)
-    parcels = np.kron(rng.uniform(0.5, 1.0, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
-    vigour = np.where(landcover == CROPLAND, parcels, np.clip(0.85 + 0.1 * f[7], 0.5, 1.0))
-    vigour = np.where(vegetated, vigour, 1.0)
-    spectra = _SOIL[:, None, None] + vigour * (_SPECTRA.T[:, landcover] - _SOIL[:, None, None])
-    spectra *= 1 + 0.08 * f[6]
-    spectra = np.where(burn, _BURN[:, None, None] * (1 + 0.05 * f[6]), spectra)
-    turbidity = rng.uniform(0.6, 0.9)
-    spectra = np.where(flood, (1 - turbidity) * spectra + turbidity * _TURBID_WATER[:, None, None], spectra)
-    spectra = np.clip(spectra + rng.normal(0, config.noise, spectra.shape), 0, 1)
-
-    # SAR: class backscatter with a smooth texture, floods as open water, then speckle in power.
-    sar_db = _BACKSCATTER_DB.T[:, landcover] + 1.0 * f[8]
-    sar_db = np.where(flood, _BACKSCATTER_DB[WATER][:, None, None], sar_db) + _BURN_DB[:, None, None] * burn
-    looks = config.speckle_looks
-    sar_db = 10 * np.log10(10 ** (sar_db / 10) * rng.gamma(looks, 1 / looks, sar_db.shape))
-
+    spectra, cloud = _optical(rng, config, landcover, vegetated, flood, burn, f)
+    sar_db = _sar(rng, config, landcover, elev, flood, burn, f[6])
     stack = np.concatenate([spectra, sar_db, dem[None]]).astype(np.float32)
     bands = dict(zip((*S2_BANDS, "VV", "VH", "DEM"), stack, strict=True))
-    return Scene(bands, landcover, flood, burn, config.pixel_size)
+    return Scene(bands, landcover, flood, burn, config.pixel_size, cloud)
 
 
 @dataclass
@@ -264,4 +370,5 @@ def mosaic(scenes: Sequence[Scene], columns: int) -> Scene:
         flood=tile([[s.flood for s in row] for row in rows]),
         burn=tile([[s.burn for s in row] for row in rows]),
         pixel_size=scenes[0].pixel_size,
+        cloud=tile([[s.cloud for s in row] for row in rows]),
     )
