@@ -230,31 +230,45 @@ def test_sigterm_under_load_completes_every_accepted_request(built_repo, start_s
 
 
 def test_a_synthetic_flood_scene_gets_the_mask_its_engine_computes_and_that_its_labels_show(server, built_repo, tmp_path):
-    """End to end on a 96 x 96 mosaic of nine tile-sized SAR scenes (the heads' training distribution)."""
+    """End to end on a 96 x 96 mosaic of nine tile-sized SAR scenes (the heads' training distribution).
+
+    The served mask must be what the engine computes on the same overlapping tiles, blended (read
+    from the file as written, so a shift, flip or band swap would show); beside it, the engine on
+    each mosaic cell alone and the labels, printed with an all-flooded baseline.
+    """
     import onnxruntime as ort
 
+    from mapex_serve.predict import overlap_for
+    from mapex_serve.tiling import DatasetWindows, MaskBlender, batched, read_tiles
     from training.data import SceneConfig, generate_scene, mosaic, write_scene_geotiff
 
     scenes = [generate_scene(np.random.default_rng(seed), SceneConfig(size=32, flood_prob=1.0)) for seed in range(9)]
     path = write_scene_geotiff(mosaic(scenes, columns=3), tmp_path / "flood.tif", ["VH", "VV"])  # not the manifest's order
     r = server.post("flood", path)
     assert r.status_code == 200 and r.headers["x-mapex-specialist"] == "flood-sar"
-    with MemoryFile(r.content) as mem, mem.open() as out:
-        served = out.read(1) == 1
+    served = server.cog_band(r.content) == 1
     entry = next((built_repo / "flood-sar").iterdir())
     bands = [b["name"] for b in json.loads((entry / "manifest.json").read_text())["bands"]]
     session = ort.InferenceSession(entry / "model.onnx", providers=["CPUExecutionProvider"])
-    x = np.stack([np.stack([s.bands[b] for b in bands]) for s in scenes]).astype(np.float32)
-    cells = session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1) == 1
+    run = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]  # noqa: E731
+    with rasterio.open(path) as src:
+        order = [list(src.descriptions).index(b) + 1 for b in bands]
+        blender = MaskBlender(src.height, src.width, 2, 32, overlap_for(32))
+        tiles = tile_grid(src.height, src.width, 32, overlap_for(32))
+        for batch in batched(read_tiles(DatasetWindows(src, order), tiles), 16):
+            for t, p in zip(batch, run(np.stack([t.data for t in batch])), strict=True):
+                blender.add(t.tile, p, t.valid)
+    blended = blender.result().labels == 1
+    cells = run(np.stack([np.stack([s.bands[b] for b in bands]) for s in scenes]).astype(np.float32)).argmax(1) == 1
     direct = np.block([list(cells[r : r + 3]) for r in range(0, 9, 3)])
     truth = np.block([[s.flood for s in scenes[r : r + 3]] for r in range(0, 9, 3)])
-    agreement = (served == direct).mean()
+    same, cellwise = (served == blended).mean(), (served == direct).mean()
     iou_served, iou_direct = ((m & truth).sum() / (m | truth).sum() for m in (served, direct))
-    print(f"flood on a 96 x 96 synthetic SAR mosaic: {agreement:.3f} of pixels as the engine alone; IoU served "
-          f"{iou_served:.3f}, engine alone {iou_direct:.3f}, an all-flooded mask {truth.mean():.3f}")
-    # Overlapping tiles that straddle the mosaic's seams see two unrelated scenes: a few pixels change.
-    assert agreement > 0.95
-    assert iou_served > max(iou_direct - 0.1, truth.mean())  # about as good as the engine, better than guessing
+    print(f"flood on a 96 x 96 synthetic SAR mosaic: {same:.4f} of pixels as the engine on the same tiles, "
+          f"{cellwise:.3f} as the engine on each cell alone (tiles straddling the seams see two scenes); IoU served "
+          f"{iou_served:.3f}, engine per cell {iou_direct:.3f}, an all-flooded mask {truth.mean():.3f}")
+    assert same >= 0.999  # batch composition may flip a near-tie pixel, nothing else
+    assert iou_served > iou_direct - 0.1  # tiling across the seams costs the answer little
 
 
 def test_a_client_that_leaves_stops_its_tiles(built_repo, start_server, to_geotiff, tmp_path):
