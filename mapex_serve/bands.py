@@ -39,9 +39,10 @@ Unit = Literal["reflectance", "dB", "m"]
 
 #: Physical range the 2nd..98th percentiles of a real scene fall in. Surface reflectance is 0..1
 #: (L2A may dip slightly below 0 and exceed 1 over snow and specular water); Sentinel-1 sigma0 over
-#: land and water spans about -35..+5 dB (ESA Sentinel-1 User Handbook); elevations lie between the
-#: Dead Sea shore (-430 m) and Everest (8849 m).
-PLAUSIBLE: dict[str, tuple[float, float]] = {"reflectance": (-0.2, 1.6), "dB": (-50.0, 20.0), "m": (-500.0, 9000.0)}
+#: land and water spans about -35..+5 dB (ESA Sentinel-1 User Handbook), and after thermal-noise
+#: removal the darkest water sits at the product's floor, often clipped near -50 dB; elevations lie
+#: between the Dead Sea shore (-430 m) and Everest (8849 m).
+PLAUSIBLE: dict[str, tuple[float, float]] = {"reflectance": (-0.2, 1.6), "dB": (-70.0, 20.0), "m": (-500.0, 9000.0)}
 
 
 @dataclass(frozen=True)

@@ -312,3 +312,19 @@ def test_the_engine_loads_exactly_the_bytes_it_verified(repo_copy):
     with pytest.raises(ManifestError, match="sha256"):
         Engine(entry, manifest, cpu_settings(repo_copy))
     assert load_manifest(entry) == manifest
+
+
+def test_each_specialist_gets_its_own_engine_thread(repo):
+    """One shared single-thread executor let a slow specialist hold up every other; the lifespan now gives each its own."""
+    import asyncio
+
+    from mapex_serve.app import create_app
+
+    app = create_app(cpu_settings(repo))
+
+    async def executors() -> list:
+        async with app.router.lifespan_context(app):
+            return [b._executor for b in app.state.mapex.batchers.values()]
+
+    found = asyncio.run(executors())
+    assert len(found) == 3 and len({id(e) for e in found}) == 3
