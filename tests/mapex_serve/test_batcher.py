@@ -180,9 +180,8 @@ def test_stop_past_its_drain_time_answers_the_rest_instead_of_leaving_them_hangi
             await b.stop(drain_s=0.05)
             return await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
 
-    results = run(main())
-    stopped = [r for r in results if isinstance(r, ServiceStoppingError)]
-    assert len(stopped) >= 3 and all(isinstance(r, np.ndarray | ServiceStoppingError) for r in results), results
+    results = run(main())  # 0.2 s a batch, 0.05 s to drain: none finishes, every one is answered
+    assert all(isinstance(r, ServiceStoppingError) for r in results), results
 
 
 def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread():
