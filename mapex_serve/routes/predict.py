@@ -57,8 +57,9 @@ async def _unless_client_leaves(request: Request, work: asyncio.Future[Predictio
     Only after the body is read: ``receive()`` then returns nothing until the connection closes.
     """
     async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        message = await request.receive()
+        while message["type"] != "http.disconnect":
+            message = await request.receive()
 
     watch = asyncio.ensure_future(gone())
     try:
