@@ -13,18 +13,19 @@ from mapex_serve.state import ServiceState
 __all__ = ["authorised", "ready_registry", "service_state"]
 
 
-def service_state(request: Request) -> ServiceState:
+# async: they do no blocking work, and FastAPI runs a plain ``def`` dependency in a worker thread.
+async def service_state(request: Request) -> ServiceState:
     return request.app.state.mapex
 
 
-def ready_registry(state: Annotated[ServiceState, Depends(service_state)]) -> Registry:
+async def ready_registry(state: Annotated[ServiceState, Depends(service_state)]) -> Registry:
     """The registry once engines are warm; 503 with Retry-After while they warm up."""
     if not state.ready:
         raise HTTPException(503, "the service is starting: engines are warming up", headers={"Retry-After": "5"})
     return state.registry
 
 
-def authorised(request: Request, state: Annotated[ServiceState, Depends(service_state)]) -> None:
+async def authorised(request: Request, state: Annotated[ServiceState, Depends(service_state)]) -> None:
     """``Authorization: Bearer <MAPEX_API_KEY>`` when a key is set; compared in constant time."""
     if state.settings.api_key is None:
         return

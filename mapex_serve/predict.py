@@ -81,9 +81,19 @@ def _unreadable_as_400() -> Iterator[None]:
                                     f"JPEG 2000 or ENVI files, or a VRT over the other files of the request") from None
 
 
-def _open_scene(files: Sequence[UploadedFile], bands: Sequence[str] | None) -> RequestScene:
+def _open_and_route(
+    files: Sequence[UploadedFile], bands: Sequence[str] | None, manifests: Sequence[Manifest], modality: str | None,
+    overrides: UnitOverrides, max_pixels: int,
+) -> tuple[RequestScene, Route, SceneReader]:
+    """Open the files, route them and decide their units: GDAL work, done in one worker thread."""
     with _unreadable_as_400():
-        return RequestScene(files, bands)
+        scene = RequestScene(files, bands)
+        try:
+            route = _route(scene, manifests, modality)
+            return scene, route, scene.reader(route.bands, overrides, 64, max_pixels)
+        except BaseException:
+            scene.close()
+            raise
 
 
 def _next_batch(batches: Iterator[TileBatch]) -> TileBatch | None:
@@ -125,11 +135,10 @@ async def predict(
     """Route the scene in ``files`` to one of ``manifests`` and run it; errors are MapexErrors (4xx)."""
     if not files or not any(f.data for f in files):
         raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
-    scene = await asyncio.to_thread(_open_scene, files, bands)  # GDAL parses the files off the event loop
+    scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
+        _open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
     with scene, _unreadable_as_400():
-        route = _route(scene, manifests, modality)
         manifest = route.manifest
-        reader = await asyncio.to_thread(scene.reader, route.bands, overrides or UnitOverrides(), 64, max_pixels)
         need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
                              channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
         what = f"this {reader.width} x {reader.height} scene"
