@@ -103,7 +103,10 @@ def test_a_full_queue_answers_503_with_retry_after_and_then_serves_again(built_r
         if r.status_code == 503:
             assert int(r.headers["retry-after"]) >= 1 and "MAPEX_MAX_QUEUE" in r.json()["detail"]
     after = s.post("wildfire", S2)
-    assert after.status_code == 200 and after.json()["label"] == responses[[r.status_code for r in responses].index(200)].json()["label"]
+    served = responses[[r.status_code for r in responses].index(200)].json()
+    # The same answer: probabilities equal up to float rounding (batch composition may flip a near-tie label).
+    assert after.status_code == 200
+    assert np.allclose(list(after.json()["probabilities"].values()), list(served["probabilities"].values()), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- fuzz
