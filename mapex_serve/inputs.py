@@ -70,6 +70,13 @@ class RasterTooLargeError(MapexError, ValueError):
 MAX_BLOCK_BYTES = 64 * 2**20
 
 
+def _check_grid(name: str, ds: DatasetReaderBase) -> None:
+    """Refuse a raster whose geotransform has no area (a pixel size of 0): no grid can be built on it."""
+    if ds.transform.determinant == 0:
+        raise UnreadableInputError(f"{name}: the geotransform {tuple(ds.transform)[:6]} is degenerate (a pixel size "
+                                   f"of 0); fix the file's georeferencing (gdal_edit -a_ullr or -a_srs)")
+
+
 def _check_blocks(name: str, ds: DatasetReaderBase) -> None:
     """Refuse a raster whose blocks (strips or tiles) are too large for window-by-window reading."""
     rows, cols = ds.block_shapes[0]
@@ -204,6 +211,7 @@ class RequestScene:
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{name}: the raster has no pixels or no bands")
             else:
+                _check_grid(name, ds)
                 _check_blocks(name, ds)
                 self.datasets.append((name, ds))
         if not self.datasets:
@@ -221,6 +229,7 @@ class RequestScene:
                 self.ignored_subdatasets.append(f"{name}:{variable}")
                 continue
             ds = self._closing(_open_allowed(sub))
+            _check_grid(f"{name}:{variable}", ds)
             _check_blocks(f"{name}:{variable}", ds)
             opened.append((f"{name}:{variable}", ds))
         if not opened:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import rasterio
+from affine import AffineError
 from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no public base class for them
 from rasterio.errors import RasterioError
 
@@ -65,8 +66,9 @@ class Prediction:
     reservation: Reservation = field(default_factory=lambda: Reservation(None, 0))
 
 
-#: What GDAL and rasterio raise on a corrupt file: bad structure, undecodable metadata, broken blocks.
-_READ_ERRORS = (RasterioError, CPLE_BaseError, UnicodeDecodeError)
+#: What GDAL and rasterio raise on a corrupt file: bad structure, undecodable metadata, broken blocks,
+#: a georeferencing that cannot be inverted.
+_READ_ERRORS = (RasterioError, CPLE_BaseError, UnicodeDecodeError, AffineError)
 
 
 @contextmanager

@@ -501,3 +501,12 @@ def test_hdf5_subdatasets_in_groups(tmp_path):
     scene, _, values, _ = read([UploadedFile("product.h5", path.read_bytes())], ["VV", "VH"])
     assert scene.ignored_subdatasets == ["product.h5:incidence_angle"]
     np.testing.assert_allclose(values, db)
+
+
+def test_a_degenerate_geotransform_is_a_400_not_a_crash():
+    """Found by the fuzzer: spliced bytes left a GeoTIFF with a pixel size of 0, whose transform cannot be inverted."""
+    from mapex_serve.inputs import UnreadableInputError
+
+    data = tif(sar_db((2, 8, 8)), ["VV", "VH"], pixel=0.0)
+    with pytest.raises(UnreadableInputError, match="degenerate"):
+        RequestScene([UploadedFile("flat.tif", data)])
