@@ -166,6 +166,7 @@ class RequestScene:
     def __init__(self, files: Sequence[UploadedFile], bands: Sequence[str] | None = None) -> None:
         self._stack = ExitStack()
         self.folder = f"mapex-{uuid.uuid4().hex}"
+        self.datasets: list[tuple[str, DatasetReaderBase]] = []  # (name, dataset): files and subdatasets
         self.bands: list[InputBand] = []
         self.ignored_subdatasets: list[str] = []
         try:
@@ -201,7 +202,6 @@ class RequestScene:
             data = _checked_vrt(f.data, data_parts, referenced) if _is_vrt(f.data) else f.data
             memfiles.append((name, self._stack.enter_context(MemoryFile(data, dirname=self.folder, filename=name))))
         # Sidecars (ENVI .hdr, .aux.xml, .msk) are parts too: open only the parts that are rasters themselves.
-        self.datasets: list[tuple[str, DatasetReaderBase]] = []
         for name, mem in memfiles:
             if name in referenced or name.lower().endswith((".hdr", ".aux.xml", ".msk", ".ovr")):
                 continue

@@ -1,8 +1,9 @@
 """One prediction: open the request's files as one scene, route it, run its tiles through the batcher, blend.
 
 Memory follows the batch, not the scene: tiles are read window by window and only ``max_batch``
-of them exist as float32 at once; the outputs (a uint8 mask plus K float32 probability planes,
-or a small tile grid) are what the response needs anyway.
+of them exist as float32 at once; the outputs (a uint8 mask and coverage, blended one band of
+tile rows at a time, or a small tile grid) are what the response needs anyway, and what they cost
+is reserved against the memory budget before they are allocated.
 """
 
 from __future__ import annotations

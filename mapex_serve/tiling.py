@@ -1,10 +1,12 @@
 """Tiled inference over scenes of any size: windows, masks and nodata explicit, memory bounded.
 
 A specialist takes square tiles of ``manifest.tile_size`` pixels. A scene is cut into a grid of
-overlapping windows (:func:`tile_grid`), read one window at a time with rasterio
-(:func:`read_tiles`), so memory holds only the tiles of one batch (:func:`batched`), never the
-whole scene as float. Mask heads are blended back with a weight that ramps down over the overlap
-(:class:`MaskBlender`), so seams vanish, and the blender checks that every valid pixel was covered
+overlapping windows (:func:`tile_grid`), read one window at a time from a :class:`WindowReader`
+(:func:`read_tiles`; the service reads through ``scene_reader.SceneReader``, a single dataset
+through :class:`DatasetWindows`), so memory holds only the tiles of one batch, never the whole
+scene as float. Mask heads are blended back with a weight that ramps down over the overlap, one
+band of tile rows at a time (:class:`MaskBlender`), so seams vanish; every valid pixel's coverage
+can be checked
 (the TerraTorch tiled-inference idea). Class heads are averaged over tiles, weighted by each
 tile's valid pixels (:class:`ClassAggregator`).
 

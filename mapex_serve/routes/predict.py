@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,6 +16,7 @@ from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError,
 from mapex_serve.http_errors import status_of
 from mapex_serve.predict import Prediction, predict
 from mapex_serve.registry import Registry
+from mapex_serve.repository import Manifest
 from mapex_serve.responses import as_geotiff, as_json, inputs_summary
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
@@ -38,7 +39,7 @@ _BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-async def _respond(request: Request, state: ServiceState, manifests: list[Any], bands: str | None,
+async def _respond(request: Request, state: ServiceState, manifests: list[Manifest], bands: str | None,
                    modality: str | None, format: str | None, overrides: UnitOverrides) -> Response:
     """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
     settings = state.settings
