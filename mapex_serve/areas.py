@@ -1,6 +1,8 @@
 """Areas in m² of pixels, classes and polygons, for projected and geographic grids alike.
 
-A projected CRS gives planar areas (its linear unit converted to metres). A geographic CRS has no
+A projected CRS gives planar areas (its linear unit converted to metres): right to 0.1 % in UTM, but
+a conformal projection far from its standard lines overstates them (Web Mercator by 1/cos²φ, x4 at
+60°N); such rasters should be warped to an equal-area or UTM CRS first. A geographic CRS has no
 planar area: a cell of 1° x 1° is about 12,309 km² at the equator and half that at 60°N. Its area is
 the exact area on the CRS's ellipsoid between the cell's parallels and meridians, through the
 authalic function q(φ) (Snyder 1987, *Map Projections: A Working Manual*, USGS PP 1395, eq. 3-12):

@@ -5,7 +5,7 @@ GDAL's polygonize (``rasterio.features.shapes``) works scanline by scanline and,
 read into memory: memory follows the polygons' vertices, plus GDAL's block cache, which keeps up to
 ``GDAL_CACHEMAX`` (by default 5 % of RAM) of the file: a caller bounds it with
 ``rasterio.Env(GDAL_CACHEMAX=...)`` around the call (20,000 x 20,000 labels: +422 MiB peak RSS with the
-default cache on a 24 GiB machine, +38 MiB with 16 MiB). An array source is copied by GDAL (about 6
+default cache on a 24 GiB machine, +38 MiB with 16 MiB). An array source is copied by GDAL (about 5
 bytes a pixel more): it is for masks already in memory.
 Simplification and the minimum area are applied in the source CRS, where the pixels are square;
 then the polygons are reprojected to WGS84 (longitude, latitude), rounded, oriented (exteriors
