@@ -17,14 +17,15 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import count
 
 import numpy as np
 
 from mapex_serve.errors import MapexError
 from mapex_serve.metrics import Metrics
 
-__all__ = ["Batcher", "QueueFullError", "ServiceStoppingError"]
+__all__ = ["BACKGROUND", "INTERACTIVE", "Batcher", "QueueFullError", "ServiceStoppingError"]
 
 
 class QueueFullError(MapexError, RuntimeError):
@@ -35,11 +36,17 @@ class ServiceStoppingError(MapexError, RuntimeError):
     """The service is shutting down and did not get to these tiles; retry (another replica will serve)."""
 
 
-@dataclass
+#: Priorities of ``submit``: interactive requests first, whole-scene jobs when the engine has room.
+INTERACTIVE, BACKGROUND = 0, 1
+
+
+@dataclass(order=True)
 class _Job:
-    tiles: np.ndarray
-    future: asyncio.Future[np.ndarray]
-    queued_at: float
+    priority: int
+    seq: int  # first come, first served within a priority
+    tiles: np.ndarray = field(compare=False)
+    future: asyncio.Future[np.ndarray] = field(compare=False)
+    queued_at: float = field(compare=False)
 
 
 class Batcher:
@@ -52,7 +59,8 @@ class Batcher:
         self.name, self._run, self._executor = name, run, executor
         self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay_ms / 1000, max_queue
         self._metrics = metrics
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
+        self._seq = count()
         self._depth = 0
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None  # a job that did not fit the last batch; it leads the next
@@ -92,11 +100,12 @@ class Batcher:
                     f"specialist {self.name} stopped before running these tiles (the service is shutting down); retry"))
         self._running, self._next, self._carry, self._depth = [], [], None, 0
 
-    async def submit(self, tiles: np.ndarray, *, admit: bool = True) -> np.ndarray:
+    async def submit(self, tiles: np.ndarray, *, admit: bool = True, priority: int = INTERACTIVE) -> np.ndarray:
         """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
 
         ``admit=False`` is for a request's later batches: a request once admitted is finished,
         never refused half-way, so the queue can pass ``max_queue`` by what admitted requests hold.
+        ``BACKGROUND`` tiles (whole-scene jobs) are taken only when no interactive tile is waiting.
         """
         if self._stopping:
             raise ServiceStoppingError(f"specialist {self.name} is stopping (the service is shutting down); retry")
@@ -109,7 +118,7 @@ class Batcher:
         futures = []
         for start in range(0, len(tiles), self.max_batch):
             chunk = tiles[start : start + self.max_batch]
-            job = _Job(chunk, loop.create_future(), time.perf_counter())
+            job = _Job(priority, next(self._seq), chunk, loop.create_future(), time.perf_counter())
             self._depth += len(chunk)
             self._queue.put_nowait(job)
             futures.append(job.future)

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -37,6 +38,7 @@ __all__ = [
     "GridMismatchError",
     "RasterTooLargeError",
     "RequestScene",
+    "SourceFile",
     "SubdatasetsError",
     "UnreadableInputError",
     "UploadedFile",
@@ -95,6 +97,29 @@ class UploadedFile:
 
     name: str
     data: bytes
+
+
+#: Drivers a file read in place may be opened with: a job's saved upload, or a remote COG.
+SOURCE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "netCDF", "HDF5", "HDF5Image")
+REMOTE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file of a scene read where it is (a job's saved upload, or ``/vsicurl/`` and ``/vsis3/`` paths).
+
+    ``name`` is what band identification reads (the name the client sent, or the URL's file name),
+    ``path`` what GDAL opens. ``nodata`` (one value or None per band) comes from a STAC item's
+    ``raster:bands`` when the file itself declares none. No VRTs: a VRT could read anything.
+    """
+
+    name: str
+    path: str
+    nodata: tuple[float | None, ...] | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.path.startswith("/vsi")
 
 
 def _safe_name(name: str, index: int, taken: set[str]) -> str:
@@ -163,12 +188,13 @@ def _extent(ds: DatasetReaderBase) -> tuple[float, float, float, float]:
 class RequestScene:
     """The files of one request, opened in its own ``/vsimem/`` folder; a context manager that closes them all."""
 
-    def __init__(self, files: Sequence[UploadedFile], bands: Sequence[str] | None = None) -> None:
+    def __init__(self, files: Sequence[UploadedFile | SourceFile], bands: Sequence[str] | None = None) -> None:
         self._stack = ExitStack()
         self.folder = f"mapex-{uuid.uuid4().hex}"
         self.datasets: list[tuple[str, DatasetReaderBase]] = []  # (name, dataset): files and subdatasets
         self.bands: list[InputBand] = []
         self.ignored_subdatasets: list[str] = []
+        self._nodata: dict[str, tuple[float | None, ...]] = {}  # per-band nodata a STAC item gives, by file
         try:
             self._open(files)
             self._identify(bands)
@@ -193,7 +219,12 @@ class RequestScene:
 
     # -- opening ------------------------------------------------------------------------------------
 
-    def _open(self, files: Sequence[UploadedFile]) -> None:
+    def _open(self, files: Sequence[UploadedFile | SourceFile]) -> None:
+        if all(isinstance(f, SourceFile) for f in files):
+            self._open_sources(files)
+            return
+        if any(isinstance(f, SourceFile) for f in files):
+            raise TypeError("a scene is read from uploaded bytes or from files in place, not both")
         taken: set[str] = set()
         names = [_safe_name(f.name, i, taken) for i, f in enumerate(files)]
         data_parts = {n for n, f in zip(names, files, strict=True) if not _is_vrt(f.data)}
@@ -217,10 +248,33 @@ class RequestScene:
         if not self.datasets:
             raise UnreadableInputError("the request holds no raster (only sidecar files); send the raster files too")
 
-    def _open_subdatasets(self, name: str, container: DatasetReaderBase) -> list[tuple[str, DatasetReaderBase]]:
+    def _open_sources(self, files: Sequence[SourceFile]) -> None:
+        """Files read in place: each a raster, or a NetCDF/HDF5 container of band variables (local files only)."""
+        for f in files:
+            if not f.remote and _is_vrt(Path(f.path).read_bytes()[:64]):
+                raise ForbiddenReferenceError(f"{f.name}: VRTs are not accepted for jobs (a VRT could read any file); "
+                                              f"send the rasters themselves, one file part each")
+            ds = self._closing(DatasetReader(f.path, driver=list(REMOTE_DRIVERS if f.remote else SOURCE_DRIVERS)))
+            if ds.count == 0 and ds.subdatasets and not f.remote:
+                self.datasets += self._open_subdatasets(f.name, ds, f.path)
+            elif ds.count == 0 or ds.width * ds.height == 0:
+                raise UnreadableInputError(f"{f.name}: the raster has no pixels or no bands")
+            else:
+                _check_grid(f.name, ds)
+                _check_blocks(f.name, ds)
+                if f.nodata is not None and len(f.nodata) != ds.count:
+                    raise UnreadableInputError(f"{f.name}: the STAC item gives {len(f.nodata)} raster:bands for a file "
+                                               f"of {ds.count} bands; fix the item or choose other assets")
+                self.datasets.append((f.name, ds))
+                if f.nodata is not None:
+                    self._nodata[f.name] = f.nodata
+
+    def _open_subdatasets(self, name: str, container: DatasetReaderBase,
+                          path: str | None = None) -> list[tuple[str, DatasetReaderBase]]:
         opened, seen = [], []
+        inside = path or f"/vsimem/{self.folder}/"
         for sub in container.subdatasets:
-            if f"/vsimem/{self.folder}/" not in sub:  # GDAL names subdatasets after our own path; nothing else
+            if inside not in sub:  # GDAL names subdatasets after the container's own path; nothing else
                 raise ForbiddenReferenceError(f"{name}: subdataset {sub!r} is outside this request")
             variable = _subdataset_variable(sub)
             seen.append(variable)
@@ -251,8 +305,9 @@ class RequestScene:
             file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
             landsat = is_landsat(ds, file)
             source = "subdataset name" if variable else "file name"
+            nodata = self._nodata.get(name)
             for i, identity in enumerate(identify_bands(ds, variable or file, given, source), start=1):
-                self.bands.append(InputBand(name, i, ds, identity, landsat))
+                self.bands.append(InputBand(name, i, ds, identity, landsat, nodata=nodata[i - 1] if nodata else None))
         if not any(b.identity.used for b in self.bands):
             raise missing_names_error(total, [b.identity.found for b in self.bands], bands)
         seen: dict[str, InputBand] = {}

@@ -53,6 +53,8 @@ class InputBand:
     identity: BandIdentity
     landsat: bool = False
     conversion: Conversion | None = None
+    #: Nodata the file does not declare but its catalogue does (a STAC item's ``raster:bands``).
+    nodata: float | None = None
 
     def report(self) -> dict:
         out = {"file": self.file, "band": self.index, "found": self.identity.found, "rule": self.identity.rule,
@@ -73,12 +75,17 @@ class _Source:
     window_offset: tuple[int, int]  # (row, col) of the scene grid's origin in ``dataset``
     indexes: list[int]
     positions: list[int]  # where those bands go in the reader's output, in the same order
+    nodata: list[float | None]  # per band: a nodata value the file does not declare, or None
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Stored values (k, h, w) and inside-the-data masks (k, h, w) of an in-scene window, one GDAL call each."""
         r, c = self.window_offset
         w = Window(window.col_off + c, window.row_off + r, window.width, window.height)
-        return self.dataset.read(self.indexes, window=w), self.dataset.read_masks(self.indexes, window=w) > 0
+        values, inside = self.dataset.read(self.indexes, window=w), self.dataset.read_masks(self.indexes, window=w) > 0
+        for k, nodata in enumerate(self.nodata):
+            if nodata is not None:
+                inside[k] &= ~np.isnan(values[k]) if np.isnan(nodata) else values[k] != nodata
+        return values, inside
 
 
 class SceneReader:
@@ -108,7 +115,9 @@ class SceneReader:
                 codes[why] = len(self.reasons_text) + 1
                 self.reasons_text[codes[why]] = why
             self._rules.append((layer, codes))
-        self._reasons: np.ndarray | None = None
+        self._reasons: np.ndarray | None = None  # reasons of the rows still being read, from _band_top down
+        self._band_top = 0
+        self._row_counts = np.zeros((0, 0), np.int64)
 
     def _group(self, bands: Sequence[InputBand], resampling: Resampling, stack: ExitStack) -> list[_Source]:
         """One source per dataset: bands on the scene grid are read as they are, others through a WarpedVRT."""
@@ -129,9 +138,10 @@ class SceneReader:
                     offset = (0, 0)
                     if b.file not in self.resampled:
                         self.resampled.append(b.file)
-                sources[key] = _Source(ds, offset, [], [])
+                sources[key] = _Source(ds, offset, [], [], [])
             sources[key].indexes.append(b.index)
             sources[key].positions.append(position)
+            sources[key].nodata.append(b.nodata)
         return list(sources.values())
 
     def _stored(self, sources: list[_Source], n: int, window: Window) -> tuple[list, list]:
@@ -166,16 +176,52 @@ class SceneReader:
         return physical, reasons
 
     def _record(self, window: Window, reasons: np.ndarray) -> None:
-        if self._reasons is None:
-            self._reasons = np.zeros((self.height, self.width), np.uint8)
-        r, c = int(window.row_off), int(window.col_off)
-        self._reasons[r: r + reasons.shape[0], c: c + reasons.shape[1]] = reasons
+        """Keep the window's reasons in the band of rows still being read; count the rows above it, once each.
 
-    def masked(self) -> dict[str, int]:
-        """Invalid pixels of the scene read so far, by reason (each pixel counted once)."""
+        Windows come in the tile grid's row-major order, so once a window starts at row ``r`` no later
+        one reads above ``r``: those rows are final and counted per row (memory is a band of rows plus
+        one count per row and reason, never a scene-sized raster). A window above the band re-reads
+        rows already counted.
+        """
+        r, c = int(window.row_off), int(window.col_off)
+        h, w = reasons.shape
+        if self._reasons is None:
+            self._reasons = np.zeros((0, self.width), np.uint8)
+            self._row_counts = np.zeros((self.height, len(self.reasons_text) + 1), np.int64)
+        if r > self._band_top:
+            self._count_rows(min(r, self._band_top + len(self._reasons)))
+            self._band_top = max(self._band_top, r)  # rows between the band and r were never read: nothing to count
+        if r + h <= self._band_top:
+            return
+        if r < self._band_top:  # partly above the band: those rows are counted already
+            reasons, h, r = reasons[self._band_top - r:], h - (self._band_top - r), self._band_top
+        need = r + h - self._band_top
+        if need > len(self._reasons):
+            grown = np.zeros((need, self.width), np.uint8)
+            grown[: len(self._reasons)] = self._reasons
+            self._reasons = grown
+        self._reasons[r - self._band_top: r - self._band_top + h, c: c + w] = reasons
+
+    def _count_rows(self, until: int) -> None:
+        """Rows ``[band_top, until)`` are final: count their reasons per row and drop them from the band."""
+        n = until - self._band_top
+        if n <= 0:
+            return
+        final = self._reasons[:n]
+        for code in np.unique(final):
+            if code:
+                self._row_counts[self._band_top: until, code] = np.count_nonzero(final == code, axis=1)
+        self._reasons = self._reasons[n:].copy()
+        self._band_top = until
+
+    def masked(self, rows: tuple[int, int] | None = None) -> dict[str, int]:
+        """Invalid pixels of the scene read so far (of ``rows`` [lo, hi) when given), by reason, each counted once."""
         if self._reasons is None:
             return {}
-        counts = np.bincount(self._reasons.ravel(), minlength=len(self.reasons_text) + 1)
+        lo, hi = rows or (0, self.height)
+        counts = self._row_counts[lo:hi].sum(axis=0)
+        band = self._reasons[max(lo - self._band_top, 0): max(hi - self._band_top, 0)]
+        counts += np.bincount(band.ravel(), minlength=len(counts))[: len(counts)]
         return {self.reasons_text[code]: int(n) for code, n in enumerate(counts) if code and n}
 
     def samples(self, size: int) -> list[tuple[np.ndarray, np.ndarray]]:

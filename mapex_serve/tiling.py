@@ -16,7 +16,7 @@ Conventions: a window is in scene pixels; a pixel is *valid* when no selected ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, pairwise
 from typing import NamedTuple, Protocol, TypeVar
@@ -38,6 +38,7 @@ __all__ = [
     "grid_shape",
     "read_batches",
     "read_tiles",
+    "RowBand",
     "scene_valid_mask",
     "tile_cells",
     "tile_grid",
@@ -273,6 +274,15 @@ class MaskResult(NamedTuple):
     covered: np.ndarray
 
 
+class RowBand(NamedTuple):
+    """Final rows ``[row, row + h)`` of a blended mask: labels (h, W) uint8, covered (h, W), probabilities (K, h, W)."""
+
+    row: int
+    labels: np.ndarray
+    covered: np.ndarray
+    probabilities: np.ndarray | None
+
+
 class MaskBlender:
     """Blend per-tile class probabilities into a scene mask, without seams, holding one band of tile rows.
 
@@ -283,21 +293,32 @@ class MaskBlender:
     pixel wide Sentinel-2 tile at T = 32: 14 MB, where the whole-scene accumulator took 5.3 GB).
     ``keep_probabilities`` also keeps the blended ``(K, H, W)`` probabilities (for tests and tools;
     the service never asks). Feed probabilities (softmax output), not logits.
+
+    With a ``sink`` nothing scene-sized is held: each band of final rows is handed to it as a
+    :class:`RowBand` (a whole-scene job writes them to disk as they come), and ``start_row`` lets a
+    resumed job begin at a tile row part-way down the scene (rows above it are not produced).
     """
 
     def __init__(self, height: int, width: int, n_classes: int, tile: int, overlap: int, *,
-                 keep_probabilities: bool = False, nodata_label: int = 255) -> None:
+                 keep_probabilities: bool = False, nodata_label: int = 255,
+                 sink: Callable[[RowBand], None] | None = None, start_row: int = 0) -> None:
         if not 1 <= n_classes <= 255:
             raise ValueError(f"labels are uint8 with 255 for uncovered pixels: need 1..255 classes, got {n_classes}")
+        if not 0 <= start_row < height:
+            raise ValueError(f"start_row must be a row of the scene [0, {height}), got {start_row}")
         self.height, self.width, self.n_classes, self.tile = height, width, n_classes, tile
+        self.nodata_label = nodata_label
         self._weights = tile_weights(tile, overlap)
         rows = min(tile, height)
         self._acc = np.zeros((n_classes, rows, width), dtype=np.float32)  # scene rows [self._top, self._top + rows)
         self._wsum = np.zeros((rows, width), dtype=np.float32)
-        self._top = 0
-        self._labels = np.full((height, width), nodata_label, dtype=np.uint8)
-        self._covered = np.zeros((height, width), dtype=bool)
-        self._probs = np.zeros((n_classes, height, width), np.float32) if keep_probabilities else None
+        self._top = start_row
+        self._sink = sink
+        self._keep = keep_probabilities
+        whole = sink is None
+        self._labels = np.full((height, width), nodata_label, dtype=np.uint8) if whole else None
+        self._covered = np.zeros((height, width), dtype=bool) if whole else None
+        self._probs = np.zeros((n_classes, height, width), np.float32) if keep_probabilities and whole else None
         self._done = False
 
     def _finalise(self, until: int) -> None:
@@ -311,10 +332,14 @@ class MaskBlender:
         wsum = self._wsum[:n]
         covered = wsum > 0
         probs = self._acc[:, :n] / np.where(covered, wsum, np.float32(1))
-        self._covered[rows] = covered
-        self._labels[rows][covered] = probs.argmax(axis=0).astype(np.uint8)[covered]
-        if self._probs is not None:
-            self._probs[:, rows] = probs
+        labels = np.where(covered, probs.argmax(axis=0).astype(np.uint8), np.uint8(self.nodata_label))
+        if self._sink is not None:
+            self._sink(RowBand(self._top, labels, covered, probs if self._keep else None))
+        else:
+            self._covered[rows] = covered
+            self._labels[rows] = labels
+            if self._probs is not None:
+                self._probs[:, rows] = probs
         keep = self._acc.shape[1] - n
         self._acc[:, :keep] = self._acc[:, n:].copy()
         self._acc[:, keep:] = 0
@@ -358,8 +383,14 @@ class MaskBlender:
 
     def result(self) -> MaskResult:
         """Labels (uncovered pixels get the nodata label), probabilities (None unless kept) and coverage."""
+        if self._sink is not None:
+            raise RuntimeError("a MaskBlender with a sink hands its rows to the sink; call finish() instead")
         self._finish()
         return MaskResult(self._labels, self._probs, self._covered)
+
+    def finish(self) -> None:
+        """Every row is final: the last bands go to the sink (or into the result)."""
+        self._finish()
 
 
 class ClassResult(NamedTuple):

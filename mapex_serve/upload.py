@@ -7,6 +7,11 @@ checked chunk by chunk, so an oversized upload is refused as soon as it passes t
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -14,7 +19,7 @@ from starlette.requests import Request
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
 
-__all__ = ["MalformedUploadError", "UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload"]
+__all__ = ["MalformedUploadError", "UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload", "save_upload"]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
 _FRAMING = 64 * 1024  # room for multipart boundaries and part headers
@@ -38,19 +43,28 @@ def _too_large(limit: int) -> UploadTooLargeError:
                                f"smaller GeoTIFF or crop the scene")
 
 
-class _Parts:
-    """python-multipart callbacks that collect each part's headers and bytes."""
+class _Sink(Protocol):
+    """Where one part's bytes go: memory for ``/predict``, a file on disk for a job."""
 
-    def __init__(self) -> None:
-        self.parts: list[tuple[dict[bytes, bytes], bytes]] = []
+    def write(self, data: bytes, /) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class _Parts:
+    """python-multipart callbacks that collect each part's headers and send its bytes to a sink of its own."""
+
+    def __init__(self, open_sink: Callable[[int, str], _Sink]) -> None:
+        self.parts: list[tuple[dict[bytes, bytes], _Sink | None]] = []
+        self._open_sink = open_sink
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
-        self._chunks: list[bytes] = []
+        self._sink: _Sink | None = None
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= _MAX_PARTS:
             raise MalformedUploadError(f"the multipart body has more than {_MAX_PARTS} parts")
-        self._headers, self._chunks = {}, []
+        self._headers, self._sink = {}, None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -62,20 +76,43 @@ class _Parts:
         self._headers[self._field.lower()] = self._value
         self._field, self._value = b"", b""
 
+    def on_headers_finished(self) -> None:
+        """Only ``file`` parts are kept; other fields are read past (their names go into the error message)."""
+        _, disposition = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if disposition.get(b"name") == b"file":
+            files = sum(1 for _, sink in self.parts if sink is not None)
+            name = disposition.get(b"filename", b"").decode("utf-8", "replace") or f"part{files}.tif"
+            self._sink = self._open_sink(files, name)
+
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        self._chunks.append(data[start:end])
+        if self._sink is not None:
+            self._sink.write(data[start:end])
 
     def on_part_end(self) -> None:
-        self.parts.append((self._headers, b"".join(self._chunks)))
-        self._chunks = []
+        if self._sink is not None:
+            self._sink.close()
+        self.parts.append((self._headers, self._sink))
+        self._sink = None
 
     def callbacks(self) -> dict:
         return {name: getattr(self, name) for name in ("on_part_begin", "on_header_field", "on_header_value",
-                                                       "on_header_end", "on_part_data", "on_part_end")}
+                                                       "on_header_end", "on_headers_finished", "on_part_data",
+                                                       "on_part_end")}
 
 
-async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
-    """The uploaded files (every ``file`` part, in order); refuses a body as soon as it passes ``limit`` bytes."""
+class _InMemory(io.BytesIO):
+    """A part held in memory; ``close`` keeps the bytes (they are read after the body ends)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def close(self) -> None:
+        self.data = self.getvalue()
+
+
+async def _receive(request: Request, limit: int, open_sink: Callable[[int, str], _Sink]) -> list[_Sink]:
+    """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes."""
     content_type = request.headers.get("content-type", "")
     media, options = parse_options_header(content_type)
     media = media.decode("latin-1").lower()
@@ -90,18 +127,21 @@ async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
     if declared and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(limit)
     if not multipart:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > ceiling:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        return [UploadedFile("upload.tif", b"".join(chunks))]
+        sink, size = open_sink(0, "upload.tif"), 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > ceiling:
+                    raise _too_large(limit)
+                sink.write(chunk)
+        finally:
+            sink.close()
+        return [sink]
     boundary = options.get(b"boundary")
     if not boundary:
         raise MalformedUploadError("the multipart body declares no boundary (Content-Type: multipart/form-data; "
                                    "boundary=...); let the client build it, e.g. curl -F file=@scene.tif")
-    parts = _Parts()
+    parts = _Parts(open_sink)
     parser = MultipartParser(boundary, parts.callbacks())
     size = 0
     try:
@@ -113,19 +153,44 @@ async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
         parser.finalize()
     except MultipartParseError as e:
         raise MalformedUploadError(f"the multipart body does not parse ({e}); send -F file=@scene.tif") from None
-    files = []
-    for headers, data in parts.parts:
-        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
-        if disposition.get(b"name") == b"file":
-            name = disposition.get(b"filename", b"").decode("utf-8", "replace") or f"part{len(files)}.tif"
-            files.append(UploadedFile(name, data))
-    if not files:
+    finally:
+        for _, sink in parts.parts:
+            if sink is not None:
+                sink.close()
+        if parts._sink is not None:
+            parts._sink.close()
+    sinks = [sink for _, sink in parts.parts if sink is not None]
+    if not sinks:
         names = sorted({parse_options_header(h.get(b"content-disposition", b""))[1].get(b"name", b"").decode(
             "utf-8", "replace") for h, _ in parts.parts})
         raise UnsupportedMediaTypeError(
             f"the multipart body has no file field named 'file' (fields: {names}); send the GeoTIFF as "
             f"-F file=@scene.tif (repeat -F file=@... for several files of one scene)"
         )
+    return sinks
+
+
+async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
+    """The uploaded files (every ``file`` part, in order), in memory."""
+    sinks = await _receive(request, limit, lambda _i, name: _InMemory(name))
+    files = [UploadedFile(s.name, s.data) for s in sinks]
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)
     return files
+
+
+async def save_upload(request: Request, folder: Path, limit: int) -> list[tuple[str, Path]]:
+    """The uploaded files written to ``folder`` as they stream in: ``(name as sent, path)``, in order.
+
+    For whole-scene jobs: a scene of many GB never sits in memory. Each part is saved under its
+    index (the name the client sent is kept for band identification, not used as a path).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+
+    def open_file(index: int, name: str) -> _Sink:
+        names.append(name)
+        return (folder / f"part{index:02d}").open("wb")
+
+    sinks = await _receive(request, limit, open_file)
+    return [(name, Path(s.name)) for name, s in zip(names, sinks, strict=True)]

@@ -246,3 +246,35 @@ def test_an_idle_engine_runs_a_lone_request_at_once_and_a_busy_one_gathers_the_n
     lone, out = run(main())
     assert lone.tolist() == [0, 1] and [o.tolist() for o in out] == [[10, 11], [20, 21], [30, 31], [40, 41]]
     assert sizes == [2, 2, 6], "the three requests that came while the engine was busy share one batch"
+
+
+def test_background_tiles_wait_while_interactive_ones_are_queued():
+    """Whole-scene jobs submit at BACKGROUND priority: queued interactive tiles go to the engine first."""
+    from mapex_serve.batcher import BACKGROUND
+
+    order: list[float] = []
+    gate = __import__("threading").Event()
+
+    def recording_engine(batch: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        order.extend(batch.mean(axis=(1, 2, 3)).tolist())
+        return batch.mean(axis=(1, 2, 3))
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", recording_engine, pool, max_batch=2, max_delay_ms=0, max_queue=1000, metrics=Metrics())
+            b.start()
+            first = asyncio.ensure_future(b.submit(tiles(1, 0)))  # occupies the engine until the gate opens
+            await asyncio.sleep(0.05)
+            job = asyncio.ensure_future(b.submit(tiles(4, 100), priority=BACKGROUND))
+            await asyncio.sleep(0.01)
+            interactive = asyncio.ensure_future(b.submit(tiles(4, 200)))
+            await asyncio.sleep(0.05)
+            gate.set()
+            results = await asyncio.gather(first, job, interactive)
+            await b.stop()
+        return results
+
+    first, job, interactive = run(main())
+    assert job.tolist() == [100, 101, 102, 103] and interactive.tolist() == [200, 201, 202, 203]
+    assert order.index(200) < order.index(102), f"interactive tiles ran after the job's queued ones: {order}"

@@ -510,3 +510,25 @@ def test_a_degenerate_geotransform_is_a_400_not_a_crash():
     data = tif(sar_db((2, 8, 8)), ["VV", "VH"], pixel=0.0)
     with pytest.raises(UnreadableInputError, match="degenerate"):
         RequestScene([UploadedFile("flat.tif", data)])
+
+
+def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata_comes_from_a_catalogue(tmp_path):
+    """Tiles overlap and the reader keeps only a band of rows, yet every pixel is counted once, in its row; a STAC
+    item's raster:bands nodata (absent from the file, as on many COGs) masks like the file's own."""
+    from mapex_serve.inputs import SourceFile
+    from mapex_serve.tiling import read_tiles, tile_grid
+
+    stored = reflectance((2, 150, 110)).astype(np.float32)
+    stored[0, 37, 5:25] = np.nan
+    stored[:, 90:96, :] = 0  # nodata by the catalogue only
+    path = tmp_path / "scene.tif"
+    path.write_bytes(tif(stored, ["B11", "B12"]))
+    scene = RequestScene([SourceFile("scene.tif", str(path), nodata=(0.0, 0.0))])
+    reader = scene.reader(["B11", "B12"], UnitOverrides())
+    for _ in read_tiles(reader, tile_grid(150, 110, 32, 8)):
+        pass
+    assert reader.masked() == {"NaN or infinite value": 20, "nodata, mask or alpha band": 6 * 110}
+    assert reader.masked((0, 90)) == {"NaN or infinite value": 20}
+    assert reader.masked((93, 150)) == {"nodata, mask or alpha band": 3 * 110}
+    assert reader._reasons.shape[0] <= 32, "the reader holds a band of rows, not the scene"
+    scene.close()

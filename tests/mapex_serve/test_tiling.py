@@ -467,3 +467,40 @@ def test_the_blender_refuses_tiles_out_of_row_order():
     blender.add(Tile(2, 0, Window(0, 68, 32, 32)), ones, valid)
     with pytest.raises(ValueError, match="row-major order"):
         blender.add(Tile(0, 0, Window(0, 0, 32, 32)), ones, valid)
+
+
+def test_a_blender_with_a_sink_hands_out_every_row_once_and_resumes_part_way():
+    """A job's blender keeps nothing scene-sized: its row bands equal the whole-scene result, and a resumed blender
+    started at a later tile row gives the same rows below the resume point."""
+    height, width, tile, overlap = 300, 200, 32, 8
+    field = np.random.default_rng(1).dirichlet(np.ones(3), size=(height, width)).transpose(2, 0, 1).astype(np.float32)
+    tiles = tile_grid(height, width, tile, overlap)
+
+    def crop(t):
+        return field[:, int(t.window.row_off):int(t.window.row_off) + tile, int(t.window.col_off):int(t.window.col_off) + tile]
+
+    whole = blend(tiles, height, width, crop, n_classes=3).result()
+    bands = []
+    sinking = MaskBlender(height, width, 3, tile, overlap, sink=bands.append, keep_probabilities=True)
+    for t in tiles:
+        sinking.add(t, crop(t), np.ones((tile, tile), bool))
+    sinking.finish()
+    assert sinking._labels is None and sinking._covered is None, "nothing scene-sized with a sink"
+    assert [b.row for b in bands] == sorted(b.row for b in bands)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in bands]), whole.labels)
+    np.testing.assert_allclose(np.concatenate([b.probabilities for b in bands], axis=1), field, atol=1e-6)
+    with pytest.raises(RuntimeError, match="finish"):
+        sinking.result()
+
+    resume_row = 130  # rows above it were written by an earlier run
+    todo = [t for t in tiles if int(t.window.row_off) + tile > resume_row]
+    start = int(todo[0].window.row_off)
+    assert start < resume_row
+    again = []
+    resumed = MaskBlender(height, width, 3, tile, overlap, sink=again.append, start_row=start)
+    for t in todo:
+        resumed.add(t, crop(t), np.ones((tile, tile), bool))
+    resumed.finish()
+    rows = np.concatenate([b.labels for b in again])
+    assert again[0].row == start and len(rows) == height - start
+    np.testing.assert_array_equal(rows[resume_row - start:], whole.labels[resume_row:])
