@@ -1,20 +1,25 @@
-"""``python -m mapex_serve`` / ``mapex-serve``: run the service with uvicorn on a model repository."""
+"""``mapex-serve``: run the service (``serve``, the default) or send it a whole scene as a job (``predict``).
+
+    mapex-serve --repo models                                    # serve (as before: serve is the default)
+    mapex-serve predict S1.tif --task flood --out flood.tif --geojson flood.geojson --server http://host:8000
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-import uvicorn
 
-from mapex_serve.app import create_app
-from mapex_serve.settings import Settings
+def serve(argv: Sequence[str]) -> int:
+    import uvicorn
 
+    from mapex_serve.app import create_app
+    from mapex_serve.settings import Settings
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mapex-serve", description="Serve MAPEX specialists from a model repository.")
+    p = argparse.ArgumentParser(prog="mapex-serve [serve]", description="Serve MAPEX specialists from a model repository.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--repo", help="model repository (overrides MAPEX_MODEL_REPO)")
@@ -24,6 +29,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uvicorn's own SIGTERM handling stops accepting, lets in-flight requests finish, then runs the lifespan exit.
     uvicorn.run(create_app(settings), host=a.host, port=a.port, timeout_graceful_shutdown=settings.request_timeout_s)
     return 0
+
+
+def predict(argv: Sequence[str]) -> int:
+    from mapex_serve.client import JobFailedError, run_predict
+
+    p = argparse.ArgumentParser(prog="mapex-serve predict", description="Run a whole scene as a job on a mapex-serve "
+                                "service: submit, follow its progress, download the results.")
+    p.add_argument("scene", help="a local raster file, or an http(s):// or s3:// URL the service can read")
+    p.add_argument("--task", required=True, help="the task, e.g. flood")
+    p.add_argument("--out", required=True, help="where to write the result GeoTIFF (a COG)")
+    p.add_argument("--geojson", help="also write the mask's polygons here (GeoJSON, WGS84)")
+    p.add_argument("--server", default=os.environ.get("MAPEX_SERVER", "http://127.0.0.1:8000"),
+                   help="the service's URL (default: $MAPEX_SERVER or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=os.environ.get("MAPEX_API_KEY"), help="default: $MAPEX_API_KEY")
+    p.add_argument("--bands", help="names of the bands in order, e.g. VV,VH")
+    p.add_argument("--modality", help="force the specialist of this modality")
+    p.add_argument("--simplify", type=float, help="polygon simplification tolerance (the scene CRS's units)")
+    p.add_argument("--min-area-m2", type=float, help="drop polygons smaller than this")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    options = {k: v for k, v in {"bands": a.bands, "modality": a.modality, "simplify": a.simplify,
+                                 "min_area_m2": a.min_area_m2}.items() if v is not None}
+    try:
+        job = run_predict(a.scene, a.task, a.out, a.geojson, a.server, a.api_key, options, quiet=a.quiet)
+    except (JobFailedError, OSError) as e:
+        print(f"mapex-serve predict: {e}", file=sys.stderr)
+        return 1
+    print(f"job {job['id']} done: {a.out}" + (f", {a.geojson}" if a.geojson else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "predict":
+        return predict(args[1:])
+    return serve(args[1:] if args and args[0] == "serve" else args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ error the service raises on purpose is a MapexError, mapped to an HTTP status in
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -18,8 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from mapex_serve.batcher import Batcher
 from mapex_serve.errors import MapexError
 from mapex_serve.http_errors import STATUS, mapex_error_response, status_of
+from mapex_serve.jobs.runner import JobRunner
+from mapex_serve.jobs.store import SQLiteJobStore
 from mapex_serve.registry import Registry
-from mapex_serve.routes import health, models, predict
+from mapex_serve.routes import health, jobs, models, predict
 from mapex_serve.settings import Settings
 from mapex_serve.state import ServiceState
 
@@ -51,8 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         for b in state.batchers.values():
             b.start()
+        state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))
         yield
+        if state.jobs is not None:  # running jobs stop where they are and resume on the next start
+            await state.jobs.stop()
         # Every admitted tile is run or answered with a 503, the specialists draining side by side.
         await asyncio.gather(*(b.stop(drain_s=s.request_timeout_s) for b in state.batchers.values()))
         for executor in executors:
@@ -62,6 +68,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")
     app.state.mapex = state
     app.add_exception_handler(MapexError, mapex_error_response)
-    for router in (health.router, models.router, predict.router):
+    for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
     return app
+
+
+def _open_jobs(state: ServiceState) -> JobRunner | None:
+    """The jobs runner over its store; without a writable jobs folder the service still serves /predict."""
+    try:
+        runner = JobRunner(state, SQLiteJobStore(state.settings.jobs_folder))
+    except (OSError, sqlite3.Error) as e:
+        state.jobs_problem = str(e)
+        log.warning("jobs disabled: %s could not be opened (%s); set MAPEX_JOBS_DIR", state.settings.jobs_folder, e)
+        return None
+    runner.start()
+    return runner

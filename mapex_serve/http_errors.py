@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from mapex_serve.areas import AreaError
 from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.budget import MemoryBudgetError, OverBudgetError
 from mapex_serve.engine import EngineInputError
@@ -25,11 +26,21 @@ from mapex_serve.inputs import (
     SubdatasetsError,
     UnreadableInputError,
 )
+from mapex_serve.jobs.sources import JobSourceError
 from mapex_serve.predict import UnreadableRasterError
 from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
+from mapex_serve.responses import GeoJSONNotAvailableError
+from mapex_serve.routes.jobs import (
+    JobConflictError,
+    JobExpiredError,
+    JobNotFoundError,
+    JobRequestError,
+    JobsDisabledError,
+)
 from mapex_serve.routing import NoMatchingSpecialistError
 from mapex_serve.units import ImplausibleValuesError, UnitError
 from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTooLargeError
+from mapex_serve.vectorize import NotGeoreferencedError
 
 __all__ = ["STATUS", "mapex_error_response", "status_of"]
 
@@ -40,8 +51,10 @@ STATUS: dict[type[MapexError], int] = {
     BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
+    JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
+    GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,
     ClientGoneError: 499,  # nginx's "client closed request": logged and counted, read by no one
-    QueueFullError: 503, ServiceStoppingError: 503, MemoryBudgetError: 503, RequestTimeoutError: 504,
+    QueueFullError: 503, ServiceStoppingError: 503, MemoryBudgetError: 503, JobsDisabledError: 503, RequestTimeoutError: 504,
 }
 
 

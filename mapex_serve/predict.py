@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import rasterio
 from affine import AffineError
 from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no public base class for them
 from rasterio.errors import RasterioError
@@ -39,7 +38,10 @@ from mapex_serve.tiling import (
 )
 from mapex_serve.units import UnitOverrides
 
-__all__ = ["Prediction", "RasterTooLargeError", "UnreadableRasterError", "predict", "tile_batches"]
+__all__ = [
+    "Prediction", "RasterTooLargeError", "UnreadableRasterError", "next_batch", "open_and_route", "predict", "route_scene",
+    "tile_batches", "unreadable_as_400",
+]
 
 
 class UnreadableRasterError(MapexError, ValueError):
@@ -73,7 +75,7 @@ _READ_ERRORS = (RasterioError, CPLE_BaseError, UnicodeDecodeError, AffineError)
 
 
 @contextmanager
-def _unreadable_as_400() -> Iterator[None]:
+def unreadable_as_400() -> Iterator[None]:
     """A corrupt upload is the user's error (400), wherever GDAL notices it: opening, metadata or pixels."""
     try:
         yield
@@ -84,24 +86,24 @@ def _unreadable_as_400() -> Iterator[None]:
                                     f"JPEG 2000 or ENVI files, or a VRT over the other files of the request") from None
 
 
-def _open_and_route(
+def open_and_route(
     files: Sequence[UploadedFile], bands: Sequence[str] | None, manifests: Sequence[Manifest], modality: str | None,
     overrides: UnitOverrides, max_pixels: int,
 ) -> tuple[RequestScene, Route, SceneReader]:
     """Open the files, route them and decide their units: GDAL work, done in one worker thread."""
-    with _unreadable_as_400():
+    with unreadable_as_400():
         scene = RequestScene(files, bands)
         try:
-            route = _route(scene, manifests, modality)
+            route = route_scene(scene, manifests, modality)
             return scene, route, scene.reader(route.bands, overrides, 64, max_pixels)
         except BaseException:
             scene.close()
             raise
 
 
-def _next_batch(batches: Iterator[TileBatch]) -> TileBatch | None:
+def next_batch(batches: Iterator[TileBatch]) -> TileBatch | None:
     """The next batch of tiles (read in a worker thread), None at the end."""
-    with _unreadable_as_400():
+    with unreadable_as_400():
         return next(batches, None)
 
 
@@ -117,7 +119,7 @@ def tile_batches(reader: SceneReader, manifest: Manifest, max_batch: int) -> tup
     return tiles, read_batches(reader, tiles, max_batch, fill)
 
 
-def _route(scene: RequestScene, manifests: Sequence[Manifest], modality: str | None) -> Route:
+def route_scene(scene: RequestScene, manifests: Sequence[Manifest], modality: str | None) -> Route:
     """The specialist for the scene's bands; when none fits, the error also says which bands were not recognised."""
     try:
         return choose_route(manifests, scene.canonical_bands, modality)
@@ -139,8 +141,8 @@ async def predict(
     if not files or not any(f.data for f in files):
         raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
     scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
-        _open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
-    with scene, _unreadable_as_400():
+        open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
+    with scene, unreadable_as_400():
         manifest = route.manifest
         need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
                              channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
@@ -158,16 +160,16 @@ async def _run(scene: RequestScene, reader: SceneReader, route: Route, batcher: 
     """Tiles through the batcher into a blender or aggregator; the Prediction with the report of the inputs."""
     manifest = route.manifest
     size, k = manifest.tile_size, len(manifest.classes)
-    with _unreadable_as_400():
+    with unreadable_as_400():
         tiles, batches = tile_batches(reader, manifest, max_batch)
         blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) if manifest.head == "mask" else None
         aggregator = ClassAggregator(*grid_shape(tiles), k) if manifest.head == "class" else None
         seen = 0
-        reading = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))
+        reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))
         try:
             # Shielded: a timeout must not abandon a thread that is still reading from the dataset.
             while batch := await asyncio.shield(reading):
-                reading = asyncio.ensure_future(asyncio.to_thread(_next_batch, batches))  # read ahead of the engine
+                reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))  # read ahead of the engine
                 probs = await batcher.submit(batch.data, admit=seen == 0)
                 for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
                     (blender or aggregator).add(tile, p, valid)
@@ -193,9 +195,3 @@ async def _run(scene: RequestScene, reader: SceneReader, route: Route, batcher: 
         report.classes = aggregator.result()
     return report
 
-
-def pixel_area_m2(crs: rasterio.crs.CRS | None, transform: rasterio.Affine) -> float | None:
-    """Area of one pixel in m², when the CRS is projected in metres; None otherwise."""
-    if crs is None or not crs.is_projected or (crs.linear_units or "").lower() not in ("metre", "meter", "m"):
-        return None
-    return abs(transform.a * transform.e - transform.b * transform.d)

@@ -9,9 +9,12 @@ import numpy as np
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy
 
-from mapex_serve.predict import Prediction, pixel_area_m2
+from mapex_serve.areas import class_areas, row_pixel_areas_m2
+from mapex_serve.errors import MapexError
+from mapex_serve.predict import Prediction
+from mapex_serve.vectorize import mask_polygons
 
-__all__ = ["as_geotiff", "as_json", "inputs_summary"]
+__all__ = ["GeoJSONNotAvailableError", "as_geojson", "as_geotiff", "as_json", "inputs_summary", "palette"]
 
 NODATA_LABEL = 255
 
@@ -42,13 +45,14 @@ def as_json(p: Prediction, provider: str) -> dict[str, Any]:
         "provider": provider, "data": f"model trained on {m.data} data", **_reading(p),
     }
     if p.mask is not None:
-        labels = p.mask.labels[p.mask.covered]
-        counts = np.bincount(labels, minlength=len(m.classes))[: len(m.classes)]
+        g = p.profile
+        rows = row_pixel_areas_m2(g["crs"], g["transform"], g["height"], g["width"])
+        counts, areas = class_areas(p.mask.labels, rows, len(m.classes), nodata=NODATA_LABEL)
         total = max(int(counts.sum()), 1)
-        area = pixel_area_m2(p.profile["crs"], p.profile["transform"])
         body["classes"] = {
-            name: {"pixels": int(n), "fraction": n / total} | ({"area_m2": n * area} if area is not None else {})
-            for name, n in zip(m.classes, counts.tolist(), strict=True)
+            name: {"pixels": int(n), "fraction": n / total}
+            | ({"area_m2": float(areas[i]), "area_km2": float(areas[i]) / 1e6} if areas is not None else {})
+            for i, (name, n) in enumerate(zip(m.classes, counts.tolist(), strict=True))
         }
         body["valid_pixels"] = int(counts.sum())
         return body
@@ -61,6 +65,22 @@ def as_json(p: Prediction, provider: str) -> dict[str, Any]:
         "labels": [[m.classes[v] if v != NODATA_LABEL else None for v in row] for row in c.tile_labels.tolist()],
     }
     return body
+
+
+class GeoJSONNotAvailableError(MapexError, ValueError):
+    """Polygons were asked of a class task (one answer per tile, not a mask)."""
+
+
+def as_geojson(p: Prediction, include: list[int] | None = None) -> dict[str, Any]:
+    """The mask's classes as WGS84 polygons (RFC 7946): the positive class of a two-class mask, else every class."""
+    m = p.route.manifest
+    if p.mask is None:
+        raise GeoJSONNotAvailableError(f"{m.task} answers one class per tile, not a mask: ask for format=json or "
+                                       f"geotiff; GeoJSON polygons are for mask tasks (flood, segmentation)")
+    if include is None:
+        include = [1] if len(m.classes) == 2 else list(range(len(m.classes)))
+    return mask_polygons(p.mask.labels, classes=m.classes, crs=p.profile["crs"], transform=p.profile["transform"],
+                         nodata=NODATA_LABEL, include=include)
 
 
 def as_geotiff(p: Prediction) -> bytes:
@@ -86,12 +106,13 @@ def as_geotiff(p: Prediction) -> bytes:
             dst.update_tags(1, classes=",".join(f"{i}={c}" for i, c in enumerate(m.classes)))
             dst.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands),
                             inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
-            dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(_palette(len(m.classes)))})
+            dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(palette(len(m.classes)))})
         with tmp.open() as src, MemoryFile() as out:
             copy(src, out.name, driver="COG", compress="deflate")
             return out.read()
 
 
-def _palette(n: int) -> np.ndarray:
+def palette(n: int) -> np.ndarray:
+    """Colours of the first ``n`` classes (RGB uint8), the same in every answer."""
     return np.array([[31, 119, 180], [44, 160, 44], [188, 189, 34], [255, 127, 14], [214, 39, 40],
                      [140, 86, 75], [23, 190, 207], [148, 103, 189]] * 32, dtype=np.uint8)[:n]

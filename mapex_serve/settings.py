@@ -87,6 +87,21 @@ class Settings(BaseSettings):
         None,
         description="Folder for TensorRT engine caches (a persistent volume); default `<model_repo>/.engine-cache`.",
     )
+    jobs_dir: Path | None = Field(
+        None, description="Where whole-scene jobs keep their state (SQLite) and results; default `<model_repo>/.jobs`. "
+        "One replica's volume: several replicas need a shared store (docs/deploy.md)."
+    )
+    job_concurrency: int = Field(1, ge=1, description="Jobs run at once; the others wait in the queue.")
+    job_ttl_h: float = Field(72, gt=0, description="Hours a finished job's results are kept before they expire (410).")
+    job_max_upload_mb: float = Field(20480, gt=0, description="Largest scene a job accepts as an upload (MiB), "
+                                     "streamed to the jobs volume.")
+    job_max_pixels: int = Field(2_000_000_000, ge=1, description="Largest scene a job accepts, width x height.")
+    job_max_attempts: int = Field(3, ge=1, description="Starts of one job (a restarted service resumes its jobs) "
+                                  "before it is failed.")
+    job_url_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="When set (comma-separated), job URLs must start with one of these, e.g. "
+        "`https://sentinel-cogs.s3.us-west-2.amazonaws.com/,s3://my-bucket/`; unset: any http(s) or s3 URL."
+    )
     intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
     )
@@ -103,6 +118,11 @@ class Settings(BaseSettings):
                     raise ValueError(f"providers: {text!r} is not a JSON list; write e.g. tensorrt,cuda,cpu") from e
             return [p for p in (part.strip() for part in text.split(",")) if p]
         return v
+
+    @field_validator("job_url_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     @field_validator("providers")
     @classmethod
@@ -128,6 +148,11 @@ class Settings(BaseSettings):
         if self.engine_cache is None:
             self.engine_cache = self.model_repo / ".engine-cache"
         return self
+
+    @property
+    def jobs_folder(self) -> Path:
+        """``jobs_dir``, or ``<model_repo>/.jobs`` when unset."""
+        return self.jobs_dir if self.jobs_dir is not None else self.model_repo / ".jobs"
 
     @property
     def engine_cache_dir(self) -> Path:

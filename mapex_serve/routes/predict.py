@@ -17,7 +17,7 @@ from mapex_serve.http_errors import status_of
 from mapex_serve.predict import Prediction, predict
 from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
-from mapex_serve.responses import as_geotiff, as_json, inputs_summary
+from mapex_serve.responses import as_geojson, as_geotiff, as_json, inputs_summary
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import read_upload
@@ -96,11 +96,14 @@ async def _encode(request: Request, state: ServiceState, result: Prediction, for
                "X-Mapex-Inputs": json.dumps(inputs_summary(result), ensure_ascii=True, separators=(",", ":"))}
     if format == "geotiff":
         return Response(await run_in_threadpool(as_geotiff, result), media_type="image/tiff", headers=headers)
+    if format == "geojson":
+        return JSONResponse(await run_in_threadpool(as_geojson, result), media_type="application/geo+json",
+                            headers=headers)
     return JSONResponse(as_json(result, state.registry.specialists[name].engine.provider), headers=headers)
 
 
 @router.post("/predict/{task}", tags=["predict"], dependencies=[Depends(authorised)], openapi_extra=_BODY,
-             responses={200: {"content": {"image/tiff": {}, "application/json": {}}}})
+             responses={200: {"content": {"image/tiff": {}, "application/json": {}, "application/geo+json": {}}}})
 async def predict_task(
     task: str,
     request: Request,
@@ -109,7 +112,8 @@ async def predict_task(
     bands: Annotated[str | None, Query(description="names of the bands in order, over all files, e.g. "
                                                    "red,green,blue; '-' skips a band")] = None,
     modality: Annotated[str | None, Query(description="force the specialist of this modality, e.g. SWIR")] = None,
-    format: Annotated[Literal["json", "geotiff"] | None, Query(description="else by the Accept header")] = None,
+    format: Annotated[Literal["json", "geotiff", "geojson"] | None,
+                      Query(description="else by the Accept header; geojson: the mask's polygons in WGS84")] = None,
     units: Annotated[str | None, Query(description="unit of the values: dB, linear, amplitude, reflectance, m, ft; "
                                                    "for every band or per band (VV:linear,VH:linear)")] = None,
     scale: Annotated[str | None, Query(description="physical = stored x scale + offset, e.g. 0.0001 "

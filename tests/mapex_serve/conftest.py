@@ -117,3 +117,123 @@ def malformed() -> dict[str, Malformed]:
         "zero-size raster": Malformed("wildfire", b"", "image/tiff", 400, "GeoTIFF"),
         "wrong content type": Malformed("wildfire", s2, "text/plain", 415, "image/tiff"),
     }
+
+
+class RangeServer:
+    """A static file server on loopback that honours HTTP range requests, as object storage and CDNs do.
+
+    GDAL's ``/vsicurl/`` reads a COG by ranges; ``ranges`` records each one served, so a test can
+    tell that a scene was read window by window rather than downloaded whole.
+    """
+
+    def __init__(self, root: Path) -> None:
+        import threading
+        from functools import partial
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.root, self.ranges = root, []
+        served = self.ranges
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet: the test reads self.ranges instead
+                pass
+
+            def send_head(self):
+                spec = self.headers.get("Range")
+                path = Path(self.translate_path(self.path))
+                if not spec or not path.is_file():
+                    return super().send_head()
+                size = path.stat().st_size
+                first, _, last = spec.removeprefix("bytes=").partition("-")
+                start = int(first) if first else size - int(last)
+                end = min(int(last) if first and last else size - 1, size - 1)
+                if start >= size:
+                    self.send_error(416)
+                    return None
+                served.append((path.name, start, end))
+                f = path.open("rb")
+                f.seek(start)
+                self.send_response(206)
+                self.send_header("Content-Type", self.guess_type(str(path)))
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                self._remaining = end - start + 1
+                return f
+
+            def copyfile(self, source, outputfile) -> None:
+                remaining = getattr(self, "_remaining", None)
+                if remaining is None:
+                    return super().copyfile(source, outputfile)
+                while remaining > 0:
+                    chunk = source.read(min(65536, remaining))
+                    if not chunk:
+                        break
+                    outputfile.write(chunk)
+                    remaining -= len(chunk)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def range_server(tmp_path_factory) -> Iterator[RangeServer]:
+    """Serves a folder of the test's files over HTTP with range requests."""
+    s = RangeServer(tmp_path_factory.mktemp("www"))
+    yield s
+    s.stop()
+
+
+class S3Server:
+    """moto's S3-compatible server (``moto_server``, in its server mode) on loopback, and the GDAL settings for it."""
+
+    def __init__(self, log: Path) -> None:
+        import shutil
+        import subprocess
+        import sys
+        import time
+
+        from mapex_serve.local import free_port
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+        self._log = log.open("w")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(self.endpoint, timeout=1)
+                break
+            except httpx.HTTPError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                    "AWS_S3_ENDPOINT": f"127.0.0.1:{self.port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    s = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield s
+    s.stop()

@@ -1,0 +1,86 @@
+"""What a job request says and what ``GET /jobs/{id}`` answers: the typed boundary of the jobs API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mapex_serve.jobs.store import JobState
+
+__all__ = ["JobError", "JobProgress", "JobRequest", "JobStatus"]
+
+
+class JobRequest(BaseModel):
+    """A whole scene to run: uploaded, at URLs, or a STAC item's assets; with ``/predict``'s reading options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | list[str] | None = Field(None, description="http(s):// or s3:// URL of the scene's raster, or a list "
+                                        "of the files of one scene (e.g. the VV and VH COGs)")
+    stac_item: str | dict[str, Any] | None = Field(None, description="a STAC item's http(s) URL, or the item itself")
+    assets: list[str] | None = Field(None, description="the STAC item's asset keys to read (default: every asset "
+                                     "whose bands the service knows)")
+    bands: str | None = Field(None, description="names of the bands in order over all files, '-' skips one")
+    modality: str | None = Field(None, description="force the specialist of this modality, e.g. SAR")
+    units: str | None = Field(None, description="unit of the values, for every band or per band (VV:linear)")
+    scale: str | None = Field(None, description="physical = stored x scale + offset (or per band: B04:0.0001)")
+    offset: str | None = Field(None, description="added after scale")
+    probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
+    geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
+    geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "
+                                              "of a two-class mask, every class otherwise)")
+    simplify: float = Field(0.0, ge=0, description="polygon simplification tolerance in the scene CRS's units")
+    min_area_m2: float = Field(0.0, ge=0, description="drop polygons smaller than this (m²)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobRequest:
+        given = [n for n in ("url", "stac_item") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError("give one source: url or stac_item, not both")
+        if self.assets and not self.stac_item:
+            raise ValueError("assets= selects assets of a stac_item; give stac_item too")
+        return self
+
+    @property
+    def has_source(self) -> bool:
+        return bool(self.url or self.stac_item)
+
+    def geojson_classes_for(self, classes: Sequence[str]) -> list[int]:
+        """Class indexes to vectorise; unknown names are the caller's error."""
+        if self.geojson_classes is None:
+            return [1] if len(classes) == 2 else list(range(len(classes)))
+        unknown = [c for c in self.geojson_classes if c not in classes]
+        if unknown:
+            raise ValueError(f"geojson_classes {unknown} are not classes of this task ({', '.join(classes)})")
+        return [classes.index(c) for c in self.geojson_classes]
+
+
+class JobProgress(BaseModel):
+    tiles_done: int
+    tiles_total: int
+    fraction: float
+    eta_s: float | None = Field(None, description="seconds left at the rate since the job (re)started")
+
+
+class JobError(BaseModel):
+    error: str
+    detail: str
+
+
+class JobStatus(BaseModel):
+    """A job as ``GET /jobs/{id}`` reports it."""
+
+    id: str
+    task: str
+    state: JobState
+    created: float
+    started: float | None
+    finished: float | None
+    attempts: int
+    progress: JobProgress
+    route: dict[str, Any] | None
+    error: JobError | None
+    results: dict[str, str] = Field(default_factory=dict, description="the result's URL per format, once done")
+    expired: bool = False

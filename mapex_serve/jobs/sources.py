@@ -1,0 +1,177 @@
+"""Where a job's scene comes from: URLs read in place through GDAL, or a STAC item's assets.
+
+``http(s)://`` is read with ``/vsicurl/`` (HTTP range requests: only the windows the tiler needs
+travel), ``s3://bucket/key`` with ``/vsis3/`` (credentials and endpoint from the usual ``AWS_*``
+variables GDAL reads). A STAC item names its assets' bands in ``eo:bands`` (STAC 1.0) or
+``bands`` with ``eo:common_name`` (1.1) and their storage in ``raster:bands``: ``scale`` and
+``offset`` (Earth Search's Sentinel-2 L2A COGs carry the -0.1 offset of baseline 04.00 only
+there, not in the file), ``nodata`` and ``unit``. Those become the scene's band names, unit
+overrides and nodata, so that the values are read as what the catalogue says they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from mapex_serve.bands import canonical_or_none
+from mapex_serve.errors import MapexError
+from mapex_serve.inputs import SourceFile
+from mapex_serve.units import UnitOverrides, parse_unit
+
+__all__ = ["JobSourceError", "ResolvedSources", "gdal_path", "resolve_stac", "resolve_urls"]
+
+#: GDAL settings for reading remote rasters by ranges, and a bounded block cache (GDAL's default is 5% of
+#: the node's RAM, outside every budget of the service); a deployment's own environment wins.
+GDAL_DEFAULTS = {
+    "GDAL_CACHEMAX": "256",  # MiB
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # do not list the bucket or web folder beside each file
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "CPL_VSIL_CURL_CHUNK_SIZE": str(256 * 1024),
+}
+for _key, _value in GDAL_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
+_MAX_ITEM_BYTES = 10 * 2**20
+
+
+class JobSourceError(MapexError, ValueError):
+    """A URL or STAC item the service cannot read a scene from."""
+
+
+@dataclass
+class ResolvedSources:
+    """The files of one scene, with what a catalogue said about their bands."""
+
+    files: list[SourceFile]
+    bands: list[str] | None = None  # one name per band over all files, when a catalogue named them
+    overrides: UnitOverrides = field(default_factory=UnitOverrides)
+    described: list[dict[str, Any]] = field(default_factory=list)  # what was taken from where, for the job's report
+
+
+def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
+    """``/vsicurl/`` or ``/vsis3/`` path of an http(s) or s3 URL; anything else (files, other schemes) is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "s3") or not parts.netloc:
+        raise JobSourceError(f"{url!r} is not an http(s):// or s3:// URL; jobs read scenes from web servers and object "
+                             f"storage, or from an upload (-F file=@scene.tif)")
+    if allowed_prefixes and not any(url.startswith(p) for p in allowed_prefixes):
+        raise JobSourceError(f"{url!r} is not under a location this service reads from (MAPEX_JOB_URL_PREFIXES: "
+                             f"{', '.join(allowed_prefixes)})")
+    if parts.scheme == "s3":
+        return f"/vsis3/{parts.netloc}{parts.path}"
+    return f"/vsicurl/{url}"
+
+
+def _file_name(url: str) -> str:
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or "scene.tif"
+
+
+def resolve_urls(urls: Sequence[str], allowed_prefixes: Sequence[str] = ()) -> ResolvedSources:
+    """Raster URLs of one scene, read in place; bands are identified from the files as for an upload."""
+    return ResolvedSources([SourceFile(_file_name(u), gdal_path(u, allowed_prefixes)) for u in urls])
+
+
+def fetch_item(url: str, allowed_prefixes: Sequence[str] = (), timeout: float = 30) -> dict[str, Any]:
+    """A STAC item from an http(s) URL (an s3:// item can be sent inline instead, as ``stac_item``)."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise JobSourceError(f"the STAC item {url!r} is not an http(s) URL; send the item itself as the JSON object "
+                             f"stac_item (its assets may be s3:// URLs)")
+    gdal_path(url, allowed_prefixes)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - scheme checked above
+            body = response.read(_MAX_ITEM_BYTES + 1)
+    except (urllib.error.URLError, OSError) as e:
+        raise JobSourceError(f"could not fetch the STAC item {url!r}: {e}") from None
+    if len(body) > _MAX_ITEM_BYTES:
+        raise JobSourceError(f"the STAC item {url!r} is larger than {_MAX_ITEM_BYTES // 2**20} MiB")
+    try:
+        item = json.loads(body)
+    except ValueError as e:
+        raise JobSourceError(f"the STAC item {url!r} is not JSON ({e})") from None
+    return item
+
+
+def _asset_bands(key: str, asset: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per band of one asset: its names (STAC 1.1 ``bands`` or 1.0 ``eo:bands``) merged with ``raster:bands``."""
+    named = asset.get("bands") or asset.get("eo:bands") or []
+    storage = asset.get("raster:bands") or []
+    n = max(len(named), len(storage), 1)
+    out = []
+    for i in range(n):
+        b = {**(storage[i] if i < len(storage) else {}), **(named[i] if i < len(named) else {})}
+        if len(storage) == 0 and i < len(named):  # STAC 1.1 puts raster fields on the band itself
+            b = {k.removeprefix("raster:"): v for k, v in b.items()}
+        out.append(b)
+    return out
+
+
+def _band_name(key: str, band: dict[str, Any], n_bands: int) -> str:
+    """The band's model name from its STAC names; the asset key names a single-band asset when they do not."""
+    candidates = [band.get("eo:common_name"), band.get("common_name"), band.get("name")]
+    if n_bands == 1:
+        candidates.append(key)
+    for c in candidates:
+        if c and canonical_or_none(str(c)):
+            return str(c)
+    return "-"  # not a model band: skipped
+
+
+def resolve_stac(item: dict[str, Any], assets: Sequence[str] | None, item_url: str | None,
+                 allowed_prefixes: Sequence[str] = ()) -> ResolvedSources:
+    """The item's raster assets (``assets``, or every one whose bands name model bands) as one scene."""
+    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+        raise JobSourceError("stac_item is not a STAC item (a GeoJSON Feature with assets); send an item, not a "
+                             "collection or a search result")
+    available = item["assets"]
+    if assets:
+        missing = [a for a in assets if a not in available]
+        if missing:
+            raise JobSourceError(f"the STAC item has no asset {missing}; its assets: {sorted(available)}")
+        chosen = list(assets)
+    else:
+        chosen = [k for k, a in available.items()
+                  if any(_band_name(k, b, len(_asset_bands(k, a))) != "-" for b in _asset_bands(k, a))
+                  and "data" in (a.get("roles") or ["data"])]
+        if not chosen:
+            raise JobSourceError(f"no asset of the STAC item names a band the service knows; choose them with assets= "
+                                 f"(its assets: {sorted(available)})")
+    files, names, described = [], [], []
+    scale: dict[str | None, float] = {}
+    offset: dict[str | None, float] = {}
+    units: dict[str | None, Any] = {}
+    for key in chosen:
+        asset = available[key]
+        href = asset.get("href")
+        if not href:
+            raise JobSourceError(f"asset {key!r} of the STAC item has no href")
+        url = urljoin(item_url, href) if item_url else href
+        bands = _asset_bands(key, asset)
+        nodata = []
+        for b in bands:
+            name = _band_name(key, b, len(bands))
+            names.append(name)
+            nd = b.get("nodata")
+            nodata.append(float("nan") if nd == "nan" else (float(nd) if isinstance(nd, int | float) else None))
+            canonical = canonical_or_none(name) if name != "-" else None
+            taken = {}
+            if canonical:
+                if "scale" in b:
+                    scale[canonical] = taken["scale"] = float(b["scale"])
+                if "offset" in b:
+                    offset[canonical] = taken["offset"] = float(b["offset"])
+                if b.get("unit") and (unit := parse_unit(str(b["unit"]))) is not None:
+                    units[canonical] = unit
+                    taken["unit"] = str(b["unit"])
+            described.append({"asset": key, "band": name, **taken, **({"nodata": nd} if nd is not None else {})})
+        files.append(SourceFile(_file_name(url), gdal_path(url, allowed_prefixes),
+                                tuple(nodata) if any(v is not None for v in nodata) else None))
+    return ResolvedSources(files, names, UnitOverrides(units, scale, offset), described)

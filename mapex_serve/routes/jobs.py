@@ -1,0 +1,199 @@
+"""``/jobs``: whole scenes as jobs (Sentinel Hub's batch API is the model): submit, watch, cancel, download.
+
+``POST /jobs/{task}`` checks everything it can before answering (the source is read, the bands
+identified and routed, the units decided on a sample of the values), so a bad request is a 4xx at
+once and an accepted job fails only on what shows later. It answers 202 with the job's
+``Location``; ``GET /jobs/{id}`` reports state and progress; ``GET /jobs/{id}/result`` serves the
+outputs; ``DELETE /jobs/{id}`` cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+
+from mapex_serve.deps import authorised, ready_registry, service_state
+from mapex_serve.errors import MapexError, UnknownTaskError
+from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobStatus
+from mapex_serve.jobs.runner import JobRunner, new_id, opened_scene, resolve_sources
+from mapex_serve.jobs.store import FINISHED, JobRecord
+from mapex_serve.registry import Registry
+from mapex_serve.state import ServiceState
+from mapex_serve.upload import save_upload
+
+__all__ = ["JobConflictError", "JobExpiredError", "JobNotFoundError", "JobRequestError", "JobsDisabledError", "router"]
+
+router = APIRouter(tags=["jobs"], dependencies=[Depends(authorised)])
+
+_MEDIA = {"geotiff": ("result.tif", "image/tiff"), "probabilities": ("probabilities.tif", "image/tiff"),
+          "geojson": ("result.geojson", "application/geo+json")}
+
+
+class JobRequestError(MapexError, ValueError):
+    """A job request that does not say what to read, or says it wrongly."""
+
+
+class JobNotFoundError(MapexError, LookupError):
+    """No job has this id (or its result has no such format)."""
+
+
+class JobConflictError(MapexError, RuntimeError):
+    """The job is not in a state that allows this (a result before it is done, a cancel after)."""
+
+
+class JobExpiredError(MapexError, LookupError):
+    """The job's results expired (MAPEX_JOB_TTL_H) and were removed."""
+
+
+class JobsDisabledError(MapexError, RuntimeError):
+    """The jobs volume could not be opened; the service answers /predict only."""
+
+
+def _runner(state: ServiceState) -> JobRunner:
+    if state.jobs is None:
+        raise JobsDisabledError(f"jobs are disabled: the jobs folder {state.settings.jobs_folder} could not be opened "
+                                f"for writing ({state.jobs_problem}); set MAPEX_JOBS_DIR to a writable volume")
+    return state.jobs
+
+
+def _record(runner: JobRunner, job_id: str) -> JobRecord:
+    record = runner.store.get(job_id) if job_id.isalnum() else None
+    if record is None:
+        raise JobNotFoundError(f"no job {job_id!r}; submit one with POST /jobs/{{task}}")
+    return record
+
+
+def status_of_job(runner: JobRunner, record: JobRecord) -> JobStatus:
+    live = runner.progress.get(record.id)
+    done, total = (live.done, live.total) if live else (record.tiles_done, record.tiles_total)
+    outputs = (record.summary or {}).get("outputs", []) if record.state == "done" and not record.expired else []
+    return JobStatus(
+        id=record.id, task=record.task, state=record.state, created=record.created, started=record.started,
+        finished=record.finished, attempts=record.attempts,
+        progress=JobProgress(tiles_done=done, tiles_total=total, fraction=done / total if total else 0.0,
+                             eta_s=live.eta_s if live else None),
+        route=record.route, error=JobError(**record.error) if record.error else None,
+        results={f: f"/jobs/{record.id}/result?format={f}" for f in outputs}, expired=record.expired)
+
+
+async def _job_request(request: Request) -> JobRequest | None:
+    """The JSON body's request, or None for an upload (its options are query parameters)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return None
+    try:
+        return JobRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
+        raise JobRequestError(f"the job request is not valid ({problems}); send e.g. {{\"url\": "
+                              f"\"https://host/scene.tif\"}} or {{\"stac_item\": \"https://host/item.json\", "
+                              f"\"assets\": [\"vv\", \"vh\"]}}") from None
+
+
+_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": JobRequest.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": {
+        "type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
+@router.post("/jobs/{task}", status_code=202, openapi_extra=_BODY, response_model=JobStatus)
+async def submit_job(
+    task: str, request: Request,
+    reg: Annotated[Registry, Depends(ready_registry)],
+    state: Annotated[ServiceState, Depends(service_state)],
+    bands: Annotated[str | None, Query(description="for uploads: names of the bands in order")] = None,
+    modality: Annotated[str | None, Query(description="for uploads: force the specialist of this modality")] = None,
+    units: Annotated[str | None, Query(description="for uploads: unit of the values")] = None,
+    scale: Annotated[str | None, Query(description="for uploads: physical = stored x scale + offset")] = None,
+    offset: Annotated[str | None, Query(description="for uploads: added after scale")] = None,
+    probabilities: Annotated[bool, Query(description="for uploads: also write per-class probabilities")] = False,
+    geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
+    simplify: Annotated[float, Query(ge=0, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
+    min_area_m2: Annotated[float, Query(ge=0, description="for uploads: drop smaller polygons (m²)")] = 0.0,
+) -> JSONResponse:
+    runner = _runner(state)
+    manifests = [s.manifest for s in reg.for_task(task)]
+    if not manifests:
+        raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
+    job_id = new_id()
+    body = await _job_request(request)
+    uploads: list[tuple[str, Path]] = []
+    folder = runner.store.folder(job_id)
+    try:
+        if body is None:
+            body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
+                              probabilities=probabilities, geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
+            uploads = await save_upload(request, folder / "input", int(state.settings.job_max_upload_mb * 2**20))
+        elif not body.has_source:
+            raise JobRequestError("the job request names no scene: give url (http(s):// or s3://) or stac_item, or "
+                                  "upload the file as multipart (-F file=@scene.tif)")
+        prefixes = state.settings.job_url_prefixes
+        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes)
+        scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
+                                                       state.settings.job_max_pixels)
+        scene.close()
+        try:
+            body.geojson_classes_for(route.manifest.classes)
+        except ValueError as e:
+            raise JobRequestError(str(e)) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    m = route.manifest
+    record = runner.submit(task, body, sources, {"specialist": m.name, "version": m.version, "bands": list(route.bands),
+                                                 "width": reader.width, "height": reader.height}, job_id)
+    return JSONResponse(status_of_job(runner, record).model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"/jobs/{record.id}"})
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus)
+async def get_job(job_id: str, state: Annotated[ServiceState, Depends(service_state)]) -> JobStatus:
+    runner = _runner(state)
+    return status_of_job(runner, _record(runner, job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobStatus)
+async def cancel_job(job_id: str, state: Annotated[ServiceState, Depends(service_state)]) -> JobStatus:
+    runner = _runner(state)
+    record = _record(runner, job_id)
+    if record.state in FINISHED:
+        raise JobConflictError(f"job {job_id} is {record.state} already; only queued or running jobs can be cancelled")
+    runner.cancel(job_id)
+    return status_of_job(runner, _record(runner, job_id))
+
+
+@router.get("/jobs/{job_id}/result", responses={200: {"content": {"image/tiff": {}, "application/json": {},
+                                                                   "application/geo+json": {}}}})
+async def job_result(
+    job_id: str, state: Annotated[ServiceState, Depends(service_state)],
+    format: Annotated[Literal["geotiff", "json", "geojson", "probabilities"] | None,
+                      Query(description="default: geotiff for masks, json for class tasks")] = None,
+) -> Response:
+    runner = _runner(state)
+    record = _record(runner, job_id)
+    if record.state != "done":
+        why = f": {record.error['detail']}" if record.error else ""
+        raise JobConflictError(f"job {job_id} is {record.state}{why}; results are ready once GET /jobs/{job_id} says "
+                               f"done")
+    if record.expired:
+        raise JobExpiredError(f"the results of job {job_id} expired {state.settings.job_ttl_h:g} h after it finished "
+                              f"(MAPEX_JOB_TTL_H); submit the job again")
+    summary = record.summary or {}
+    outputs = summary.get("outputs", [])
+    format = format or ("geotiff" if "probabilities" in outputs or "geojson" in outputs else "json")
+    if format == "json":
+        return JSONResponse(summary)
+    if format not in outputs:
+        hint = {"probabilities": "submit with probabilities=true", "geojson": "masks only, submit with geojson=true"}
+        raise JobNotFoundError(f"job {job_id} has no {format} result ({hint.get(format, '')}); it has: "
+                               f"{', '.join(outputs)}")
+    name, media = _MEDIA[format]
+    return FileResponse(runner.store.folder(job_id) / name, media_type=media,
+                        filename=f"{record.task}-{job_id}{Path(name).suffix}")

@@ -1,0 +1,302 @@
+"""Whole scenes as jobs, end to end against real parts: a uvicorn server, GDAL reading a COG by HTTP ranges
+from a local range-capable server and from moto's S3 server, a STAC item pointing at those assets, SQLite state
+that survives a SIGKILL of the service, COGs checked by rio-cogeo, GeoJSON rasterised back onto the mask."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.features import rasterize
+from rasterio.shutil import copy as gdal_copy
+from rasterio.warp import transform_geom
+
+pytestmark = pytest.mark.slow
+
+
+def write_cog(path: Path, data: np.ndarray, descriptions: list[str] | None, *, crs: str = "EPSG:32633",
+              origin: tuple[float, float] = (500000, 5000000), pixel: float = 10, nodata: float | None = None) -> Path:
+    """A Cloud-Optimised GeoTIFF as gdal_translate -of COG writes one (tiles, overviews)."""
+    tmp = path.with_suffix(".plain.tif")
+    count, height, width = data.shape
+    with rasterio.open(tmp, "w", driver="GTiff", count=count, height=height, width=width, dtype=data.dtype, crs=crs,
+                       transform=rasterio.transform.from_origin(*origin, pixel, pixel), nodata=nodata) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
+    gdal_copy(str(tmp), str(path), driver="COG", blocksize=256, compress="deflate")
+    tmp.unlink()
+    return path
+
+
+@pytest.fixture(scope="module")
+def sar(tmp_path_factory) -> np.ndarray:
+    """A 320 x 288 synthetic Sentinel-1 scene (VV, VH in dB): a mosaic of the generator's flood scenes."""
+    from training.data import SceneConfig, generate_scene, mosaic
+
+    scenes = [generate_scene(np.random.default_rng(seed), SceneConfig(size=32, flood_prob=0.7)) for seed in range(90)]
+    big = mosaic(scenes, columns=9)
+    return np.stack([big.bands["VV"], big.bands["VH"]]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scene_cog(sar, tmp_path_factory) -> Path:
+    return write_cog(tmp_path_factory.mktemp("scene") / "s1_scene.tif", sar, ["VV", "VH"])
+
+
+@pytest.fixture(scope="module")
+def jobs_server(built_repo, server_type, s3_server, tmp_path_factory):
+    """The service with a jobs folder of its own, GDAL pointed at the moto S3 server."""
+    folder = tmp_path_factory.mktemp("jobs-server")
+    s = server_type(built_repo, folder / "server.log", MAPEX_JOBS_DIR=str(folder / "jobs"), **s3_server.env)
+    yield s
+    s.stop()
+
+
+def wait_done(url: str, job_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
+
+
+def submit_upload(url: str, path: Path, **params) -> httpx.Response:
+    with path.open("rb") as f:
+        return httpx.post(f"{url}/jobs/flood", files={"file": (path.name, f)}, params=params, timeout=60)
+
+
+def result(url: str, job_id: str, fmt: str) -> httpx.Response:
+    return httpx.get(f"{url}/jobs/{job_id}/result", params={"format": fmt}, timeout=60)
+
+
+def cog_array(server_type, content: bytes) -> np.ndarray:
+    """Every band of a GeoTIFF answer, after rio-cogeo has accepted it as a Cloud-Optimised GeoTIFF."""
+    server_type.cog_band(content)
+    with rasterio.io.MemoryFile(content) as mem, mem.open() as src:
+        return src.read()
+
+
+@pytest.fixture(scope="module")
+def uploaded(jobs_server, scene_cog):
+    """One job of the scene uploaded, with every output; its status."""
+    r = submit_upload(jobs_server.url, scene_cog, probabilities="true")
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/jobs/{r.json()['id']}"
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done", status
+    return status
+
+
+def test_an_uploaded_scene_gives_the_predict_mask_as_a_cog_with_areas(jobs_server, uploaded, scene_cog, server_type):
+    job = uploaded
+    assert job["route"]["specialist"] == "flood-sar" and job["route"]["bands"] == ["VV", "VH"]
+    assert job["progress"]["tiles_done"] == job["progress"]["tiles_total"] > 100
+    assert set(job["results"]) == {"geotiff", "json", "geojson", "probabilities"}
+    labels = cog_array(server_type, result(jobs_server.url, job["id"], "geotiff").content)[0]
+    served = server_type.cog_band(jobs_server.post("flood", scene_cog).content)
+    agree = float((labels == served).mean())
+    print(f"job vs /predict on the same scene: {agree:.4f} of pixels agree")
+    assert agree >= 0.999  # batch composition may flip a near-tie pixel, nothing else
+    summary = result(jobs_server.url, job["id"], "json").json()
+    flooded = summary["classes"]["flooded"]
+    assert flooded["pixels"] == int((labels == 1).sum()) > 0
+    assert flooded["area_m2"] == pytest.approx(flooded["pixels"] * 100) and flooded["area_km2"] == pytest.approx(
+        flooded["area_m2"] / 1e6)
+    assert summary["valid_pixels"] == labels.size
+
+
+def test_the_probability_cog_is_scaled_uint8_and_agrees_with_the_labels(jobs_server, uploaded, server_type):
+    content = result(jobs_server.url, uploaded["id"], "probabilities").content
+    probs = cog_array(server_type, content)
+    labels = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    with rasterio.io.MemoryFile(content) as mem, mem.open() as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255 and src.scales[0] == pytest.approx(1 / 254)
+        assert src.overviews(1), "a COG of this size has overviews"
+    p = probs.astype(np.float32) / 254
+    assert np.allclose(p.sum(axis=0), 1, atol=0.01)
+    assert (p.argmax(axis=0) == labels).mean() >= 0.995  # rounding to 1/254 can flip only near-ties
+
+
+def test_geojson_polygons_rasterise_back_to_the_mask(jobs_server, uploaded, server_type):
+    collection = result(jobs_server.url, uploaded["id"], "geojson").json()
+    labels = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    with rasterio.io.MemoryFile(result(jobs_server.url, uploaded["id"], "geotiff").content) as mem, mem.open() as src:
+        crs, transform = src.crs, src.transform
+    assert collection["type"] == "FeatureCollection" and collection["features"]
+    for f in collection["features"]:
+        geom = shapely.geometry.shape(f["geometry"])
+        assert geom.is_valid and f["properties"]["class"] == "flooded"
+        lon, lat = np.asarray(geom.exterior.coords if geom.geom_type == "Polygon" else geom.geoms[0].exterior.coords).T
+        assert (np.abs(lon) <= 180).all() and (np.abs(lat) <= 90).all(), "RFC 7946: WGS84 longitude, latitude"
+    shapes = [(transform_geom("EPSG:4326", crs, f["geometry"]), 1) for f in collection["features"]]
+    back = rasterize(shapes, out_shape=labels.shape, transform=transform, fill=0, dtype="uint8")
+    truth = labels == 1
+    iou = (truth & (back == 1)).sum() / (truth | (back == 1)).sum()
+    print(f"GeoJSON rasterised back: IoU {iou:.4f} with the flooded mask ({len(shapes)} polygons)")
+    assert iou >= 0.99
+
+
+def test_a_cog_by_url_is_read_by_http_ranges(jobs_server, range_server, scene_cog, uploaded, server_type):
+    (range_server.root / "scene.tif").write_bytes(scene_cog.read_bytes())
+    range_server.ranges.clear()
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": f"{range_server.url}/scene.tif"}, timeout=60)
+    assert r.status_code == 202, r.text
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done", status
+    assert range_server.ranges, "GDAL read the COG with HTTP range requests"
+    size = scene_cog.stat().st_size
+    assert max(end - start + 1 for _, start, end in range_server.ranges) < size, "by ranges, not whole"
+    by_url = cog_array(server_type, result(jobs_server.url, r.json()["id"], "geotiff").content)[0]
+    uploaded_labels = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    assert (by_url == uploaded_labels).mean() >= 0.999
+
+
+def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server, range_server, s3_server, sar,
+                                                                      uploaded, server_type, tmp_path):
+    """Band files without descriptions (as many COGs are): the item's eo:bands say which is VV and VH, its
+    raster:bands say the nodata value the files do not declare."""
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="scenes")
+    with_nodata = sar.copy()
+    with_nodata[:, :, :16] = -9999  # a no-data margin known only to the catalogue
+    for name, band in (("a.tif", with_nodata[0]), ("b.tif", with_nodata[1])):
+        s3.upload_file(str(write_cog(tmp_path / name, band[None], None)), "scenes", f"s1/{name}")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S1A_IW_GRDH_test", "geometry": None,
+            "properties": {"datetime": "2026-11-30T05:00:00Z"}, "links": [],
+            "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+                                "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
+            "assets": {
+                "vh": {"href": "s3://scenes/s1/b.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       "roles": ["data"], "eo:bands": [{"name": "VH"}],
+                       "raster:bands": [{"nodata": -9999, "data_type": "float32", "unit": "dB"}]},
+                "vv": {"href": "s3://scenes/s1/a.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       "roles": ["data"], "eo:bands": [{"name": "VV"}],
+                       "raster:bands": [{"nodata": -9999, "data_type": "float32", "unit": "dB"}]},
+                "thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]}}}
+    (range_server.root / "item.json").write_text(json.dumps(item))
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"stac_item": f"{range_server.url}/item.json",
+                                                          "assets": ["vv", "vh"]}, timeout=60)
+    assert r.status_code == 202, r.text
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done", status
+    summary = result(jobs_server.url, r.json()["id"], "json").json()
+    assert [i["mapped_to"] for i in summary["inputs"]] == ["VV", "VH"]
+    assert summary["masked_pixels"]["by_reason"] == {"nodata, mask or alpha band": 16 * sar.shape[1]}
+    labels = cog_array(server_type, result(jobs_server.url, r.json()["id"], "geotiff").content)[0]
+    assert (labels[:, :16] == 255).all(), "the catalogue's nodata is nodata in the answer"
+    reference = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    assert (labels[:, 40:] == reference[:, 40:]).mean() >= 0.999  # away from the margin, the same scene
+
+
+def test_an_s3_url_is_read_through_gdal(jobs_server, s3_server, scene_cog):
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="plain")
+    s3.upload_file(str(scene_cog), "plain", "scene.tif")
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": "s3://plain/scene.tif", "geojson": False}, timeout=60)
+    assert r.status_code == 202, r.text
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done" and "geojson" not in status["results"], status
+
+
+def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
+    big = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 4, 4)), ["VV", "VH"])
+    job = submit_upload(jobs_server.url, big).json()
+    r = httpx.delete(f"{jobs_server.url}/jobs/{job['id']}", timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    time.sleep(0.5)
+    assert httpx.get(f"{jobs_server.url}/jobs/{job['id']}").json()["state"] == "cancelled"
+    assert httpx.delete(f"{jobs_server.url}/jobs/{job['id']}").status_code == 409
+    r = result(jobs_server.url, job["id"], "geotiff")
+    assert r.status_code == 409 and "cancelled" in r.json()["detail"]
+    post = lambda body: httpx.post(f"{jobs_server.url}/jobs/flood", json=body, timeout=60)  # noqa: E731
+    cases = [
+        (post({}), 422, "names no scene"),
+        (post({"url": "file:///etc/passwd"}), 422, "http(s)://"),
+        (post({"url": "/vsicurl/http://x/y.tif"}), 422, "http(s)://"),
+        (post({"url": "https://x/y.tif", "stac_item": "https://x/i.json"}), 422, "one source"),
+        (post({"uri": "https://x/y.tif"}), 422, "not valid"),
+        (post({"url": "http://127.0.0.1:9/missing.tif"}), 400, "readable raster"),
+        (post({"stac_item": {"type": "FeatureCollection", "features": []}}), 422, "not a STAC item"),
+        (post({"stac_item": {"type": "Feature", "assets": {"thumb": {"href": "t.png"}}}}), 422, "no asset"),
+        (httpx.post(f"{jobs_server.url}/jobs/no-such-task", json={"url": "https://x/y.tif"}), 404, "tasks served"),
+        (httpx.get(f"{jobs_server.url}/jobs/0123abc"), 404, "no job"),
+        (httpx.get(f"{jobs_server.url}/jobs/..%2f..%2fetc"), 404, "no job"),
+    ]
+    for r, status, hint in cases:
+        assert r.status_code == status and hint in r.json()["detail"], (status, hint, r.status_code, r.text)
+    assert not list((Path(jobs_server.log_path).parent / "jobs").glob(f"{job['id']}*")), "a cancelled job's files go"
+
+
+def test_predict_answers_geojson_too(jobs_server, scene_cog):
+    with scene_cog.open("rb") as f:
+        r = httpx.post(f"{jobs_server.url}/predict/flood", params={"format": "geojson"}, files={"file": f}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+    body = r.json()
+    assert body["type"] == "FeatureCollection" and {f["properties"]["class"] for f in body["features"]} == {"flooded"}
+
+
+def test_the_cli_submits_follows_and_downloads(jobs_server, scene_cog, uploaded, server_type, tmp_path):
+    out, polygons = tmp_path / "flood.tif", tmp_path / "flood.geojson"
+    cmd = [sys.executable, "-m", "mapex_serve", "predict", str(scene_cog), "--task", "flood", "--out", str(out),
+           "--geojson", str(polygons), "--server", jobs_server.url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tile" in done.stderr, "a progress bar on stderr"
+    labels = cog_array(server_type, out.read_bytes())[0]
+    reference = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    assert (labels == reference).mean() >= 0.999
+    assert json.loads(polygons.read_text())["features"]
+    bad = subprocess.run([*cmd[:4], "--task", "no-such-task", "--out", str(out), "--server", jobs_server.url],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1 and "tasks served" in bad.stderr
+
+
+def test_a_job_killed_mid_way_resumes_after_its_last_strip_and_its_results_expire(built_repo, start_server, sar,
+                                                                                    tmp_path, server_type):
+    """SIGKILL while it runs: the restarted service resumes the job from its recorded strips, its answer is the
+    one an uninterrupted run gives; past MAPEX_JOB_TTL_H the results are removed and GET answers 410."""
+    jobs = tmp_path / "jobs"
+    scene = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 6, 6)), ["VV", "VH"])  # 1920 x 1728
+    first = start_server(built_repo, MAPEX_JOBS_DIR=str(jobs))
+    job = submit_upload(first.url, scene).json()
+    db = sqlite3.connect(f"file:{jobs / 'jobs.sqlite3'}?mode=ro", uri=True)
+    deadline = time.monotonic() + 120
+    while not db.execute("SELECT count(*) FROM strips WHERE job = ?", (job["id"],)).fetchone()[0]:
+        assert time.monotonic() < deadline, "no strip was written in time"
+        time.sleep(0.05)
+    first.proc.kill()
+    first.proc.wait()
+    db.close()
+    killed = httpx.Client()  # nothing answers now
+    with pytest.raises(httpx.HTTPError):
+        killed.get(f"{first.url}/jobs/{job['id']}", timeout=2)
+    ttl_h = 20 / 3600
+    second = start_server(built_repo, MAPEX_JOBS_DIR=str(jobs), MAPEX_JOB_TTL_H=str(ttl_h))
+    status = wait_done(second.url, job["id"])
+    assert status["state"] == "done" and status["attempts"] == 2, status
+    assert "resumes at row" in second.log
+    resumed = cog_array(server_type, result(second.url, job["id"], "geotiff").content)[0]
+    with scene.open("rb") as f:
+        whole = server_type.cog_band(httpx.post(f"{second.url}/predict/flood", files={"file": f}, timeout=120).content)
+    agree = float((resumed == whole).mean())
+    print(f"resumed job vs /predict on the same scene: {agree:.4f} of pixels agree")
+    assert agree >= 0.999
+    deadline = time.monotonic() + 60
+    while (r := result(second.url, job["id"], "geotiff")).status_code == 200:
+        assert time.monotonic() < deadline, "the results did not expire"
+        time.sleep(0.5)
+    assert r.status_code == 410 and "MAPEX_JOB_TTL_H" in r.json()["detail"]
+    assert httpx.get(f"{second.url}/jobs/{job['id']}").json()["expired"] is True
+    assert not (jobs / job["id"]).exists()
