@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,14 @@ def _extent(ds: DatasetReaderBase) -> tuple[float, float, float, float]:
     return min(b.left, b.right), min(b.bottom, b.top), max(b.left, b.right), max(b.bottom, b.top)
 
 
+@cache
+def _register_drivers() -> None:
+    """GDAL's drivers, registered once for the process (a path opened with ``DatasetReader`` outside any
+    ``rasterio.Env`` finds none; a ``MemoryFile`` registers them itself)."""
+    with rasterio.Env():
+        pass
+
+
 class RequestScene:
     """The files of one request, opened in its own ``/vsimem/`` folder; a context manager that closes them all."""
 
@@ -250,6 +259,7 @@ class RequestScene:
 
     def _open_sources(self, files: Sequence[SourceFile]) -> None:
         """Files read in place: each a raster, or a NetCDF/HDF5 container of band variables (local files only)."""
+        _register_drivers()
         for f in files:
             if not f.remote and _is_vrt(Path(f.path).read_bytes()[:64]):
                 raise ForbiddenReferenceError(f"{f.name}: VRTs are not accepted for jobs (a VRT could read any file); "

@@ -31,8 +31,8 @@ class JobRequest(BaseModel):
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "
                                               "of a two-class mask, every class otherwise)")
-    simplify: float = Field(0.0, ge=0, description="polygon simplification tolerance in the scene CRS's units")
-    min_area_m2: float = Field(0.0, ge=0, description="drop polygons smaller than this (m²)")
+    simplify: float = Field(0.0, ge=0, allow_inf_nan=False, description="polygon simplification tolerance in the scene CRS's units")
+    min_area_m2: float = Field(0.0, ge=0, allow_inf_nan=False, description="drop polygons smaller than this (m²)")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:
@@ -41,6 +41,8 @@ class JobRequest(BaseModel):
             raise ValueError("give one source: url or stac_item, not both")
         if self.assets and not self.stac_item:
             raise ValueError("assets= selects assets of a stac_item; give stac_item too")
+        if isinstance(self.url, list) and not self.url:
+            raise ValueError("url is an empty list; give the scene's file URLs")
         return self
 
     @property

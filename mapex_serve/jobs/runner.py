@@ -91,7 +91,12 @@ def overrides_for(request: JobRequest, sources: ResolvedSources) -> UnitOverride
     """The catalogue's units, scale and offset, with what the caller says winning over them."""
     caller = UnitOverrides.parse(request.units, request.scale, request.offset)
     cat = sources.overrides
-    return UnitOverrides({**cat.units, **caller.units}, {**cat.scale, **caller.scale}, {**cat.offset, **caller.offset})
+
+    def merged(which: str) -> dict:
+        mine, theirs = getattr(caller, which), getattr(cat, which)
+        return dict(mine) if None in mine else {**theirs, **mine}  # the caller's "every band" beats per-band entries
+
+    return UnitOverrides(merged("units"), merged("scale"), merged("offset"))
 
 
 def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: list[Manifest], max_pixels: int):  # noqa: ANN201
@@ -221,6 +226,10 @@ class JobRunner:
         with scene, unreadable_as_400():
             manifest = route.manifest
             folder = self.store.folder(job.id)
+            if job.route and (job.route.get("specialist"), job.route.get("version")) != (manifest.name, manifest.version):
+                log.info("job %s now routes to %s v%s: it starts over", job.id, manifest.name, manifest.version)
+                self.store.clear_strips(job.id)  # strips of another model version do not mix with this one's
+                self.store.update(job.id, route={**job.route, "specialist": manifest.name, "version": manifest.version})
             if manifest.head == "mask":
                 return await self._run_mask(job, request, route, reader, scene, folder)
             return await self._run_classes(job, route, reader, scene, folder)

@@ -89,7 +89,7 @@ def fetch_item(url: str, allowed_prefixes: Sequence[str] = (), timeout: float = 
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - scheme checked above
             body = response.read(_MAX_ITEM_BYTES + 1)
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError) as e:
         raise JobSourceError(f"could not fetch the STAC item {url!r}: {e}") from None
     if len(body) > _MAX_ITEM_BYTES:
         raise JobSourceError(f"the STAC item {url!r} is larger than {_MAX_ITEM_BYTES // 2**20} MiB")
@@ -131,7 +131,18 @@ def resolve_stac(item: dict[str, Any], assets: Sequence[str] | None, item_url: s
     if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
         raise JobSourceError("stac_item is not a STAC item (a GeoJSON Feature with assets); send an item, not a "
                              "collection or a search result")
-    available = item["assets"]
+    try:
+        return _resolve_item(item, assets, item_url, allowed_prefixes)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+        if isinstance(e, JobSourceError):
+            raise
+        raise JobSourceError(f"the STAC item does not follow the STAC and eo/raster extension schemas ({type(e).__name__}: "
+                             f"{e}); check it with a STAC validator") from None
+
+
+def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: str | None,
+                  allowed_prefixes: Sequence[str]) -> ResolvedSources:
+    available = {k: a for k, a in item["assets"].items() if isinstance(a, dict)}
     if assets:
         missing = [a for a in assets if a not in available]
         if missing:

@@ -115,8 +115,8 @@ async def submit_job(
     offset: Annotated[str | None, Query(description="for uploads: added after scale")] = None,
     probabilities: Annotated[bool, Query(description="for uploads: also write per-class probabilities")] = False,
     geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
-    simplify: Annotated[float, Query(ge=0, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
-    min_area_m2: Annotated[float, Query(ge=0, description="for uploads: drop smaller polygons (m²)")] = 0.0,
+    simplify: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
+    min_area_m2: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: drop smaller polygons (m²)")] = 0.0,
 ) -> JSONResponse:
     runner = _runner(state)
     manifests = [s.manifest for s in reg.for_task(task)]

@@ -1,0 +1,115 @@
+"""Where a job's scene comes from: URLs mapped to GDAL's virtual file systems, STAC items read as their
+catalogues write them (Earth Search's Sentinel-2 L2A, STAC 1.1 bands), the catalogue's scale, offset and
+nodata applied to the values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from mapex_serve.bands import BANDS, bands_of
+from mapex_serve.inputs import SourceFile
+from mapex_serve.jobs.models import JobRequest
+from mapex_serve.jobs.runner import opened_scene
+from mapex_serve.jobs.sources import JobSourceError, ResolvedSources, gdal_path, resolve_stac
+from mapex_serve.repository import Manifest
+
+
+def test_urls_map_to_gdal_virtual_file_systems_and_nothing_else_is_read():
+    assert gdal_path("https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/B04.tif") == \
+        "/vsicurl/https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/B04.tif"
+    assert gdal_path("s3://my-bucket/S1/vv.tif") == "/vsis3/my-bucket/S1/vv.tif"
+    for bad in ("file:///etc/passwd", "/etc/passwd", "/vsicurl/http://x/y.tif", "ftp://x/y.tif", "s3:///nokey",
+                "gs://b/k.tif"):
+        with pytest.raises(JobSourceError, match="http"):
+            gdal_path(bad)
+    with pytest.raises(JobSourceError, match="MAPEX_JOB_URL_PREFIXES"):
+        gdal_path("https://elsewhere.org/x.tif", ["s3://mine/", "https://mine.org/"])
+    assert gdal_path("s3://mine/x.tif", ["s3://mine/"]) == "/vsis3/mine/x.tif"
+
+
+def earth_search_item() -> dict:
+    """An item as Earth Search v1 serves sentinel-2-l2a (processing baseline 05.10): names in eo:bands, the
+    scale and the -0.1 offset only in raster:bands, relative and absolute hrefs."""
+    def asset(href: str, name: str, common: str | None, res: int) -> dict:
+        band = {"name": name, **({"common_name": common} if common else {})}
+        return {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"],
+                "eo:bands": [band], "raster:bands": [{"nodata": 0, "data_type": "uint16", "bits_per_sample": 15,
+                                                       "spatial_resolution": res, "scale": 0.0001, "offset": -0.1}]}
+    return {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_33UUP_20260601_0_L2A",
+            "properties": {"datetime": "2026-06-01T10:00:00Z", "s2:processing_baseline": "05.10"},
+            "assets": {"swir16": asset("B11.tif", "swir16", "swir16", 20),
+                       "swir22": asset("https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/B12.tif", "swir22",
+                                       "swir22", 20),
+                       "scl": {"href": "SCL.tif", "roles": ["data"], "raster:bands": [{"nodata": 0}]},
+                       "thumbnail": {"href": "thumb.jpg", "roles": ["thumbnail"]}},
+            "geometry": None, "links": []}
+
+
+def test_an_earth_search_item_gives_band_names_scale_offset_and_nodata():
+    item_url = "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/S2B_33UUP.json"
+    resolved = resolve_stac(earth_search_item(), None, item_url)
+    assert [f.name for f in resolved.files] == ["B11.tif", "B12.tif"]  # scl: no band the model reads; thumbnail: no data
+    assert resolved.files[0].path == \
+        "/vsicurl/https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/B11.tif"
+    assert resolved.files[1].path.startswith("/vsicurl/https://sentinel-cogs")
+    assert resolved.bands == ["swir16", "swir22"] and resolved.files[0].nodata == (0.0,)
+    assert resolved.overrides.get("scale", "B11") == 0.0001 and resolved.overrides.get("offset", "B12") == -0.1
+    with pytest.raises(JobSourceError, match="no asset"):
+        resolve_stac(earth_search_item(), ["B8A"], item_url)
+    with pytest.raises(JobSourceError, match="not a STAC item"):
+        resolve_stac({"type": "FeatureCollection", "features": []}, None, item_url)
+
+
+def test_stac_1_1_bands_with_raster_fields_on_the_band():
+    item = {"type": "Feature", "assets": {"vv": {"href": "s3://b/vv.tif", "roles": ["data"],
+                                                 "bands": [{"name": "VV", "raster:nodata": -9999, "raster:unit": "dB"}]},
+                                          "vh": {"href": "s3://b/vh.tif", "bands": [{"name": "VH"}]}}}
+    resolved = resolve_stac(item, None, None)
+    assert resolved.bands == ["VV", "VH"] and resolved.files[0].nodata == (-9999.0,) and resolved.files[1].nodata is None
+    assert resolved.overrides.get("units", "VV") == "dB" and resolved.files[0].path == "/vsis3/b/vv.tif"
+
+
+def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path):
+    """Earth Search's COGs store DN = (reflectance + 0.1) x 10000 without saying so in the file: read with the
+    item's raster:bands the values are reflectance; without them they would be 0.1 too bright."""
+    reflectance = np.random.default_rng(0).uniform(0.02, 0.4, size=(2, 64, 64))
+    dn = np.rint((reflectance + 0.1) * 10000).astype(np.uint16)
+    dn[:, :4] = 0  # the catalogue's nodata
+    files = []
+    for name, band in (("b11.tif", dn[0]), ("b12.tif", dn[1])):
+        path = tmp_path / name
+        with rasterio.open(path, "w", driver="GTiff", count=1, height=64, width=64, dtype="uint16", crs="EPSG:32633",
+                           transform=rasterio.transform.from_origin(500000, 5000000, 20, 20)) as dst:
+            dst.write(band[None])
+        files.append(SourceFile(name, str(path), (0.0,)))
+    item = resolve_stac(earth_search_item(), ["swir16", "swir22"], "https://x/item.json")
+    sources = ResolvedSources(files, item.bands, item.overrides, item.described)
+    manifest = swir_manifest()
+    scene, _, reader = opened_scene(JobRequest(), sources, [manifest], 10**9)
+    with scene:
+        values, reasons = reader.read(Window(0, 0, 64, 64))
+        assert np.allclose(values[:, 4:], reflectance[:, 4:].astype(np.float32), atol=1e-4)
+        assert (reasons[:4] != 0).all() and (reasons[4:] == 0).all()
+        steps = " ".join(scene.band("B11").conversion.steps)
+        assert "0.0001" in steps and "-0.1" in steps
+    scene, _, reader = opened_scene(JobRequest(offset="0"), sources, [manifest], 10**9)
+    with scene:
+        values, _ = reader.read(Window(0, 0, 64, 64))
+        assert np.allclose(values[:, 4:], reflectance[:, 4:] + 0.1, atol=1e-4), "the caller's offset= wins"
+
+
+def swir_manifest() -> Manifest:
+    """A SWIR specialist's manifest, as the exporter writes one (the engine is not needed to read the scene)."""
+    bands = [{"name": b, "unit": BANDS[b].unit, "scale": BANDS[b].scale, "mean": 0.2, "std": 0.1}
+             for b in bands_of(["SWIR"])]
+    return Manifest(
+        name="wildfire-swir", version=1, task="wildfire", head="mask", classes=["unburned", "burned"],
+        modalities=["SWIR"], bands=bands, tile_size=32, input={"name": "input", "shape": [-1, 2, 32, 32]},
+        output={"name": "probabilities", "shape": [-1, 2, 32, 32]}, experts_kept=[],
+        parameters={"full": 10, "pruned": 5}, opset=18, artefacts={"model.onnx": {"sha256": "0" * 64, "bytes": 1}},
+        source_checkpoint_sha256="0" * 64, created=datetime.now(UTC))
