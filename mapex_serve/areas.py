@@ -26,7 +26,7 @@ from rasterio.crs import CRS
 
 from mapex_serve.errors import MapexError
 
-__all__ = ["AreaError", "class_areas", "equal_area_xy", "row_pixel_areas_m2"]
+__all__ = ["AreaError", "class_areas", "equal_area_xy", "known_row_areas_m2", "row_pixel_areas_m2"]
 
 #: WGS84, the ellipsoid assumed when a geographic CRS's WKT does not state one.
 _WGS84 = (6378137.0, 298.257223563)
@@ -132,3 +132,11 @@ def equal_area_xy(crs: CRS) -> Callable[[np.ndarray], np.ndarray]:
         return np.column_stack([a * xy[:, 0] * to_radians, 0.5 * a * _q(xy[:, 1] * to_radians, e2)])
 
     return project
+
+
+def known_row_areas_m2(crs: CRS | None, transform: Affine, height: int, width: int) -> np.ndarray | None:
+    """:func:`row_pixel_areas_m2`, or None where areas cannot be computed: answers then give pixel counts only."""
+    try:
+        return row_pixel_areas_m2(crs, transform, height, width)
+    except AreaError:
+        return None

@@ -9,7 +9,7 @@ import numpy as np
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy
 
-from mapex_serve.areas import class_areas, row_pixel_areas_m2
+from mapex_serve.areas import class_areas, known_row_areas_m2
 from mapex_serve.errors import MapexError
 from mapex_serve.predict import Prediction
 from mapex_serve.vectorize import mask_polygons
@@ -46,7 +46,7 @@ def as_json(p: Prediction, provider: str) -> dict[str, Any]:
     }
     if p.mask is not None:
         g = p.profile
-        rows = row_pixel_areas_m2(g["crs"], g["transform"], g["height"], g["width"])
+        rows = known_row_areas_m2(g["crs"], g["transform"], g["height"], g["width"])
         counts, areas = class_areas(p.mask.labels, rows, len(m.classes), nodata=NODATA_LABEL)
         total = max(int(counts.sum()), 1)
         body["classes"] = {

@@ -21,7 +21,7 @@ import rasterio
 from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
 
-from mapex_serve.areas import class_areas, row_pixel_areas_m2
+from mapex_serve.areas import class_areas, known_row_areas_m2
 from mapex_serve.jobs.store import StripRecord
 from mapex_serve.tiling import RowBand
 
@@ -43,7 +43,7 @@ class StripWriter:
         self.height, self.width, self.n_classes = height, width, n_classes
         self.probabilities = probabilities
         self._masked, self._record = masked, record
-        self._row_areas = row_pixel_areas_m2(crs, transform, height, width)
+        self._row_areas = known_row_areas_m2(crs, transform, height, width)
         folder.mkdir(parents=True, exist_ok=True)
         self._next = resume_row  # the next scene row this writer keeps
         self._start = resume_row
