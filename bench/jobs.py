@@ -32,6 +32,7 @@ from bench.harness import (
     ServiceProcess,
     ensure_repo,
     find_entry,
+    median,
     peak_rss_bytes,
     reset_peak_rss,
     service_arguments,
@@ -67,6 +68,30 @@ def make_scene(size: int, tile: int, path: Path) -> Path:
     return path
 
 
+def single_tile_request(tile: int) -> bytes:
+    """A one-tile SAR upload (VV, VH in dB), the interactive request whose latency a running job must not ruin."""
+    data = np.stack([np.full((tile, tile), -12, np.float32), np.full((tile, tile), -19, np.float32)])
+    with rasterio.io.MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, width=tile, height=tile, dtype="float32", crs="EPSG:32633",
+                      transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(data)
+            dst.descriptions = ("VV", "VH")
+        return mem.read()
+
+
+def latencies(url: str, task: str, body: bytes, n: int) -> list[float]:
+    """Seconds of ``n`` sequential single-tile /predict requests."""
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        r = httpx.post(f"{url}/predict/{task}?format=json", content=body, headers={"Content-Type": "image/tiff"},
+                       timeout=60)
+        out.append(time.perf_counter() - start)
+        if r.status_code != 200:
+            raise SystemExit(f"/predict answered {r.status_code}: {r.text[:300]}")
+    return out
+
+
 def engine_seconds(engine: Engine, path: Path, max_batch: int) -> tuple[float, int]:
     """Seconds in ``engine.run`` over the tiles the job cuts from ``path``, and how many tiles."""
     manifest = engine.manifest
@@ -97,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_JOBS_DIR": str(Path(tmp) / "jobs")}
         with ServiceProcess(repo, env) as server:
+            probe = single_tile_request(manifest.tile_size)
+            idle_latency = median(latencies(server.url, args.task, probe, 30))
             rss_idle = reset_peak_rss(server.pid)
             print(f"submitting {args.size} x {args.size} ({path.stat().st_size / 2**20:.0f} MiB) as a job ...",
                   file=sys.stderr)
@@ -107,9 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.status_code != 202:
                 raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
             job = r.json()
+            busy_latency: list[float] = []
             with tqdm(desc="job", unit="tile", leave=False) as bar:
                 while job["state"] not in ("done", "failed", "cancelled"):
                     time.sleep(1)
+                    if job["state"] == "running" and len(busy_latency) < 30:
+                        busy_latency += latencies(server.url, args.task, probe, 3)
                     job = httpx.get(f"{server.url}/jobs/{job['id']}", timeout=30).json()
                     bar.total, bar.n = job["progress"]["tiles_total"], job["progress"]["tiles_done"]
                     bar.refresh()
@@ -122,11 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     row = {"size": args.size, "specialist": manifest.name, "tiles": tiles, "job_s": wall, "engine_s": engine_s,
            "ratio": wall / engine_s, "server_idle_rss_mib": rss_idle / 2**20, "server_peak_rss_mib": rss_peak / 2**20,
-           "result_mib": len(result) / 2**20}
+           "result_mib": len(result) / 2**20, "predict_p50_idle_ms": idle_latency * 1000,
+           "predict_p50_during_job_ms": median(busy_latency) * 1000 if busy_latency else None}
     peak_gib = rss_peak / 2**30
     goals, notes = [], [f"job wall time / engine-only time {row['ratio']:.2f} ({wall:.0f} s vs {engine_s:.0f} s for "
                         f"{tiles:,} tiles; the job's time includes the upload, the COG with overviews and its "
                         f"strips)"]
+    if busy_latency:
+        notes.append(f"a single-tile /predict while the job runs: p50 {row['predict_p50_during_job_ms']:.1f} ms vs "
+                     f"{row['predict_p50_idle_ms']:.1f} ms idle ({len(busy_latency)} requests; the job's tiles wait "
+                     f"behind interactive ones, but share the cores)")
     if args.size >= GOAL_SIZE:
         goals.append(Goal(f"server peak RSS (GiB), {args.size} x {args.size} two-band scene", peak_gib, GOAL_RSS_GIB,
                           at_most=True, detail=f"; idle {rss_idle / 2**30:.2f} GiB"))
