@@ -74,6 +74,9 @@ class JobStore(ABC):
     def finished_before(self, when: float) -> list[JobRecord]: ...
 
     @abstractmethod
+    def recent(self, limit: int) -> list[JobRecord]: ...
+
+    @abstractmethod
     def add_strip(self, job_id: str, strip: StripRecord) -> None: ...
 
     @abstractmethod
@@ -154,6 +157,10 @@ class SQLiteJobStore(JobStore):
     def finished_before(self, when: float) -> list[JobRecord]:
         rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE finished IS NOT NULL AND finished < ? "
                          f"AND expired = 0", (when,))
+        return [self._record(r) for r in rows]
+
+    def recent(self, limit: int) -> list[JobRecord]:
+        rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
         return [self._record(r) for r in rows]
 
     def add_strip(self, job_id: str, strip: StripRecord) -> None:

@@ -153,6 +153,14 @@ async def submit_job(
                         headers={"Location": f"/jobs/{record.id}"})
 
 
+@router.get("/jobs", response_model=list[JobStatus])
+async def list_jobs(state: Annotated[ServiceState, Depends(service_state)],
+                    limit: Annotated[int, Query(ge=1, le=1000, description="newest first")] = 50) -> list[JobStatus]:
+    """The newest jobs, whatever their state."""
+    runner = _runner(state)
+    return [status_of_job(runner, r) for r in runner.store.recent(limit)]
+
+
 @router.get("/jobs/{job_id}", response_model=JobStatus)
 async def get_job(job_id: str, state: Annotated[ServiceState, Depends(service_state)]) -> JobStatus:
     runner = _runner(state)

@@ -104,6 +104,8 @@ def test_an_uploaded_scene_gives_the_predict_mask_as_a_cog_with_areas(jobs_serve
     assert job["route"]["specialist"] == "flood-sar" and job["route"]["bands"] == ["VV", "VH"]
     assert job["progress"]["tiles_done"] == job["progress"]["tiles_total"] > 100
     assert set(job["results"]) == {"geotiff", "json", "geojson", "probabilities"}
+    listed = httpx.get(f"{jobs_server.url}/jobs", params={"limit": 1000}).json()
+    assert job["id"] in [j["id"] for j in listed] and listed == sorted(listed, key=lambda j: -j["created"])
     labels = cog_array(server_type, result(jobs_server.url, job["id"], "geotiff").content)[0]
     served = server_type.cog_band(jobs_server.post("flood", scene_cog).content)
     agree = float((labels == served).mean())
