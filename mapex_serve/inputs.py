@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -186,6 +185,12 @@ def _extent(ds: DatasetReaderBase) -> tuple[float, float, float, float]:
     return min(b.left, b.right), min(b.bottom, b.top), max(b.left, b.right), max(b.bottom, b.top)
 
 
+def _head(path: str, n: int = 64) -> bytes:
+    """The first bytes of a file (enough to tell a VRT), never the whole of a scene."""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 @cache
 def _register_drivers() -> None:
     """GDAL's drivers, registered once for the process (a path opened with ``DatasetReader`` outside any
@@ -261,7 +266,7 @@ class RequestScene:
         """Files read in place: each a raster, or a NetCDF/HDF5 container of band variables (local files only)."""
         _register_drivers()
         for f in files:
-            if not f.remote and _is_vrt(Path(f.path).read_bytes()[:64]):
+            if not f.remote and _is_vrt(_head(f.path)):
                 raise ForbiddenReferenceError(f"{f.name}: VRTs are not accepted for jobs (a VRT could read any file); "
                                               f"send the rasters themselves, one file part each")
             ds = self._closing(DatasetReader(f.path, driver=list(REMOTE_DRIVERS if f.remote else SOURCE_DRIVERS)))

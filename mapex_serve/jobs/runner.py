@@ -32,7 +32,7 @@ from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import NODATA_LABEL, PROBABILITY_SCALE, StripWriter, write_cog
-from mapex_serve.jobs.sources import ResolvedSources, fetch_item, resolve_stac, resolve_urls
+from mapex_serve.jobs.sources import ResolvedSources, fetch_item, redacted, resolve_stac, resolve_urls
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
 from mapex_serve.predict import (
     Prediction,
@@ -202,7 +202,7 @@ class JobRunner:
                 self.store.update(job.id, state="queued")
             raise
         except MapexError as e:
-            self._fail(job.id, type(e).__name__, str(e))
+            self._fail(job.id, type(e).__name__, redacted(str(e), _sources_from_json(job.request["sources"]).files))
         except Exception as e:  # noqa: BLE001 - a job's failure is recorded, never the service's
             log.exception("job %s failed", job.id)
             self._fail(job.id, "InternalError", f"the job failed unexpectedly ({type(e).__name__}: {e}); the service "

@@ -25,7 +25,7 @@ from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.units import UnitOverrides, parse_unit
 
-__all__ = ["JobSourceError", "ResolvedSources", "gdal_path", "resolve_stac", "resolve_urls"]
+__all__ = ["JobSourceError", "ResolvedSources", "gdal_path", "redacted", "resolve_stac", "resolve_urls"]
 
 #: GDAL settings for reading remote rasters by ranges, and a bounded block cache (GDAL's default is 5% of
 #: the node's RAM, outside every budget of the service); a deployment's own environment wins.
@@ -186,3 +186,11 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
         files.append(SourceFile(_file_name(url), gdal_path(url, allowed_prefixes),
                                 tuple(nodata) if any(v is not None for v in nodata) else None))
     return ResolvedSources(files, names, UnitOverrides(units, scale, offset), described)
+
+
+def redacted(text: str, files: Sequence[SourceFile]) -> str:
+    """A message as clients may read it: a saved upload's path on the server replaced by the name it was sent as."""
+    for f in files:
+        if not f.remote:
+            text = text.replace(f.path, f.name)
+    return text

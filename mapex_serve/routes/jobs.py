@@ -22,6 +22,7 @@ from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, UnknownTaskError
 from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobStatus
 from mapex_serve.jobs.runner import JobRunner, new_id, opened_scene, resolve_sources
+from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
@@ -136,8 +137,11 @@ async def submit_job(
                                   "upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
         sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes)
-        scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
-                                                       state.settings.job_max_pixels)
+        try:
+            scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
+                                                           state.settings.job_max_pixels)
+        except MapexError as e:  # GDAL names the saved upload by its path on the server: name it as it was sent
+            raise type(e)(redacted(str(e), sources.files)) from None
         scene.close()
         try:
             body.geojson_classes_for(route.manifest.classes)

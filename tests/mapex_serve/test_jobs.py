@@ -235,6 +235,9 @@ def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
         (httpx.get(f"{jobs_server.url}/jobs/0123abc"), 404, "no job"),
         (httpx.get(f"{jobs_server.url}/jobs/..%2f..%2fetc"), 404, ""),  # never a path on the server
     ]
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", files={"file": ("garbage.tif", b"not a tiff" * 100)})
+    cases.append((r, 400, "garbage.tif"))
+    assert "/input/" not in r.text, "no server path in the message"
     for r, status, hint in cases:
         assert r.status_code == status and hint in r.json()["detail"], (status, hint, r.status_code, r.text)
     assert not list((Path(jobs_server.log_path).parent / "jobs").glob(f"{job['id']}*")), "a cancelled job's files go"
