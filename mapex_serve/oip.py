@@ -15,6 +15,7 @@ parameter or the request's ``binary_data_output`` parameter says so.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,7 @@ def _tensor(item: RequestInput, binary: memoryview, offset: int, io: ModelIO) ->
     if (len(item.shape) != len(expected) or list(item.shape[1:]) != expected[1:] or item.shape[0] < 1):
         raise InferRequestError(f"input {item.name!r} has shape {item.shape}; {io.input_name!r} takes "
                                 f"[N, {', '.join(map(str, io.sample_shape))}] with N >= 1 tiles")
-    count = int(np.prod(item.shape))
+    count = math.prod(item.shape)
     dtype = ACCEPTED_DATATYPES[item.datatype]
     size = (item.parameters or {}).get("binary_data_size")
     if size is not None:
@@ -176,6 +177,15 @@ def _tensor(item: RequestInput, binary: memoryview, offset: int, io: ModelIO) ->
     if array.size != count:
         raise InferRequestError(f"input {item.name!r} has {array.size} values; shape {item.shape} needs {count}")
     return array.reshape(item.shape).astype(io.input_dtype), offset
+
+
+def _finite(tiles: np.ndarray, name: str) -> np.ndarray:
+    """Tiles without NaN or infinity: the engine would pass them on, and JSON has no NaN to answer with."""
+    if not np.isfinite(tiles).all():
+        bad = int(tiles.size - np.count_nonzero(np.isfinite(tiles)))
+        raise InferRequestError(f"input {name!r} has {bad} NaN or infinite values; send physical values, nodata "
+                                f"filled (e.g. with the band means of the model's manifest, GET /models)")
+    return tiles
 
 
 def parse_infer(body: bytes, header_length: str | None, io: ModelIO) -> ParsedInfer:
@@ -205,7 +215,7 @@ def parse_infer(body: bytes, header_length: str | None, io: ModelIO) -> ParsedIn
                                     f"{io.output_name!r} (class probabilities) without 'classification'")
         if "binary_data" in out_params:
             binary_output = out_params["binary_data"] is True
-    return ParsedInfer(request.id, tiles, binary_output)
+    return ParsedInfer(request.id, _finite(tiles, io.input_name), binary_output)
 
 
 def encode_infer(parsed: ParsedInfer, out: np.ndarray, model_name: str, model_version: str,

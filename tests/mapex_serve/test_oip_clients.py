@@ -101,6 +101,7 @@ def test_tritonclient_refusals_say_what_is_accepted(client, server):
         (lambda: _infer(client, _tiles(1), outputs=[tritonhttp.InferRequestedOutput("logits")]), "one output"),
         (lambda: _infer(client, _tiles(1), outputs=[tritonhttp.InferRequestedOutput(out_name, class_count=3)]),
          "classification"),
+        (lambda: _infer(client, np.full((1, 2, 32, 32), np.nan, np.float32)), "NaN"),
     ]
     for call, hint in cases:
         with pytest.raises(InferenceServerException) as e:
