@@ -115,8 +115,21 @@ async def v2_model_ready(name: str, reg: Ready, version: str | None = None) -> A
     return {"name": name, "ready": True}
 
 
+def _inlined(schema: Any, defs: dict[str, Any] | None = None) -> Any:
+    """A pydantic JSON schema with its ``$defs`` references inlined: OpenAPI resolves no ``#/$defs/...`` of a body."""
+    if defs is None:
+        defs = schema.pop("$defs", {}) if isinstance(schema, dict) else {}
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inlined(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
 _INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": InferRequestBody.model_json_schema()},
+    "application/json": {"schema": _inlined(InferRequestBody.model_json_schema())},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
         f"binary tensor data extension: a JSON inference request of {HEADER_LENGTH} bytes, then each input's "
         "little-endian row-major bytes (binary_data_size parameter)")}}}}}
