@@ -34,11 +34,13 @@ serve: install
 	$(BIN)/python -m mapex_serve --host 127.0.0.1 --port 8000 --repo models
 
 # Short preset: fewer repeats and requests than the scripts' defaults; the scene is the full 4096 x 4096.
+# bench.peer runs standalone Triton beside the service (its own .venv-triton, created on first use).
 bench: install
 	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models
 	$(BIN)/python -m bench.pruning --repeats 10 --warmup 3
 	$(BIN)/python -m bench.serve --requests 256
 	$(BIN)/python -m bench.scene --size 4096
+	$(BIN)/python -m bench.peer --requests 256 --size 4096
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-triton .venv-kserve .pytest_cache build *.egg-info

@@ -1,17 +1,35 @@
-"""The repository's specialists: ``GET /models`` and the Open Inference Protocol's model routes."""
+"""The repository's specialists: ``GET /models`` and the Open Inference Protocol's server and model routes.
+
+The protocol's routes follow KServe's Open Inference Protocol (REST) with Triton's binary tensor
+data extension, so that ``tritonclient.http`` and KServe's ``InferenceRESTClient`` work unmodified
+(``mapex_serve/oip.py`` holds the body codec). Their errors keep the service's ``{"error",
+"detail"}``, but ``error`` carries the message too: both clients show the user only that field.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ValidationError
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from mapex_serve import __version__
 from mapex_serve.deps import authorised, ready_registry, service_state
-from mapex_serve.errors import RequestTimeoutError, UnknownModelError
+from mapex_serve.errors import MapexError, RequestTimeoutError, UnknownModelError
+from mapex_serve.http_errors import status_of
+from mapex_serve.oip import (
+    HEADER_LENGTH,
+    InferRequestBody,
+    ModelIO,
+    datatype_of,
+    decode_content,
+    encode_infer,
+    parse_infer,
+)
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
 from mapex_serve.upload import UploadTooLargeError
@@ -22,21 +40,25 @@ router = APIRouter()
 Ready = Annotated[Registry, Depends(ready_registry)]
 
 
-class InferTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: Literal["FP32"] = "FP32"
-    data: list[float]
+#: Bodies past this size are parsed and encoded in a worker thread, not on the event loop.
+_INLINE_BYTES = 256 * 1024
 
 
-class InferRequest(BaseModel):
-    inputs: list[InferTensor]
-
-
-def _specialist(reg: Registry, name: str) -> Any:
+def _specialist(reg: Registry, name: str, version: str | None = None) -> Any:
     if name not in reg.specialists:
         raise UnknownModelError(f"no model {name!r}; served: {', '.join(sorted(reg.specialists)) or 'none'}")
-    return reg.specialists[name]
+    s = reg.specialists[name]
+    if version is not None and version != str(s.version):
+        raise UnknownModelError(f"model {name!r} has no version {version!r}; served: version {s.version} "
+                                f"(or leave the version out)")
+    return s
+
+
+def _oip_error(error: MapexError) -> JSONResponse:
+    """``{"error", "detail"}`` with the status of ``http_errors``; ``error`` reads "<kind>: <detail>" for OIP clients."""
+    code = status_of(error)
+    return JSONResponse({"error": f"{type(error).__name__}: {error}", "detail": str(error)}, status_code=code,
+                        headers={"Retry-After": "1"} if code == 503 else None)
 
 
 def _without_paths(text: str, repo: Path) -> str:
@@ -59,25 +81,61 @@ async def models(reg: Ready) -> dict[str, Any]:
     }
 
 
-@router.get("/v2/models/{name}", tags=["open inference protocol"])
-async def v2_model(name: str, reg: Ready) -> dict[str, Any]:
-    m = _specialist(reg, name).manifest
+def _metadata(s: Any) -> dict[str, Any]:
+    m = s.manifest
     return {"name": m.name, "versions": [str(m.version)], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": m.input.name, "datatype": "FP32", "shape": m.input.shape}],
-            "outputs": [{"name": m.output.name, "datatype": "FP32", "shape": m.output.shape}]}
+            "inputs": [{"name": m.input.name, "datatype": datatype_of(m.input.dtype), "shape": m.input.shape}],
+            "outputs": [{"name": m.output.name, "datatype": datatype_of(m.output.dtype), "shape": m.output.shape}]}
+
+
+@router.get("/v2", tags=["open inference protocol"])
+async def v2_server() -> dict[str, Any]:
+    """Server metadata: name, version and the protocol extensions served."""
+    return {"name": "mapex-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/v2/models/{name}", tags=["open inference protocol"])
+@router.get("/v2/models/{name}/versions/{version}", tags=["open inference protocol"])
+async def v2_model(name: str, reg: Ready, version: str | None = None) -> Any:
+    """Model metadata as the protocol defines it; shapes carry -1 on the batch axis."""
+    try:
+        return _metadata(_specialist(reg, name, version))
+    except MapexError as e:
+        return _oip_error(e)
 
 
 @router.get("/v2/models/{name}/ready", tags=["open inference protocol"])
-async def v2_model_ready(name: str, reg: Ready) -> dict[str, Any]:
-    _specialist(reg, name)
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["open inference protocol"])
+async def v2_model_ready(name: str, reg: Ready, version: str | None = None) -> Any:
+    """200 once the model's engine is warm (readiness is the status; the body is for people)."""
+    try:
+        _specialist(reg, name, version)
+    except MapexError as e:
+        return _oip_error(e)
     return {"name": name, "ready": True}
 
 
-_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": InferRequest.model_json_schema()}}}}
+def _inlined(schema: Any, defs: dict[str, Any] | None = None) -> Any:
+    """A pydantic JSON schema with its ``$defs`` references inlined: OpenAPI resolves no ``#/$defs/...`` of a body."""
+    if defs is None:
+        defs = schema.pop("$defs", {}) if isinstance(schema, dict) else {}
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inlined(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
 
 
-async def _json_body(request: Request, limit: int) -> bytes:
+_INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inlined(InferRequestBody.model_json_schema())},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
+        f"binary tensor data extension: a JSON inference request of {HEADER_LENGTH} bytes, then each input's "
+        "little-endian row-major bytes (binary_data_size parameter)")}}}}}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes ``limit`` bytes (FastAPI's body parameters have no limit)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -95,40 +153,41 @@ async def _json_body(request: Request, limit: int) -> bytes:
 
 @router.post("/v2/models/{name}/infer", tags=["open inference protocol"], dependencies=[Depends(authorised)],
              openapi_extra=_INFER_BODY)
+@router.post("/v2/models/{name}/versions/{version}/infer", tags=["open inference protocol"],
+             dependencies=[Depends(authorised)], openapi_extra=_INFER_BODY)
 async def v2_infer(name: str, request: Request, reg: Ready,
-                   state: Annotated[ServiceState, Depends(service_state)]) -> dict[str, Any]:
-    """Open Inference Protocol inference, with the same upload, memory and time limits as ``/predict``."""
-    s = _specialist(reg, name)
+                   state: Annotated[ServiceState, Depends(service_state)], version: str | None = None) -> Response:
+    """Open Inference Protocol inference (JSON or binary tensors), with ``/predict``'s upload, memory and time limits."""
     settings = state.settings
     try:
+        s = _specialist(reg, name, version)
         async with asyncio.timeout(settings.request_timeout_s):
-            raw = await _json_body(request, int(settings.max_upload_mb * 2**20))
-            # A JSON list of floats costs ~8x its text as Python objects: reserved like /predict's outputs.
-            reservation = state.budget.reserve(8 * len(raw), f"this {len(raw) / 2**20:.1f} MiB inference request")
-            try:
-                try:
-                    body = InferRequest.model_validate_json(raw)
-                except ValidationError as e:
-                    raise HTTPException(422, f"not an Open Inference Protocol request: {e.errors(include_url=False)}"
-                                        ) from None
-                return await _infer(s, name, body, state)
-            finally:
-                reservation.release()
+            return await _infer(s, name, request, state)
     except TimeoutError:
-        raise RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
-                                  f"(MAPEX_REQUEST_TIMEOUT_S); send fewer tiles or retry later") from None
+        return _oip_error(RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
+                                              f"(MAPEX_REQUEST_TIMEOUT_S); send fewer tiles or retry later"))
+    except MapexError as e:
+        return _oip_error(e)
 
 
-async def _infer(s: Any, name: str, body: InferRequest, state: ServiceState) -> dict[str, Any]:
-    if len(body.inputs) != 1:
-        raise HTTPException(422, f"send exactly one input tensor named {s.manifest.input.name!r}")
-    tensor = body.inputs[0]
-    expected = s.manifest.input.shape[1:]
-    if tensor.shape[1:] != expected or np.prod(tensor.shape) != len(tensor.data):
-        raise HTTPException(422, f"input shape {tensor.shape} with {len(tensor.data)} values; expected "
-                                 f"[N, {', '.join(map(str, expected))}] and N*{int(np.prod(expected))} values")
-    x = np.asarray(tensor.data, dtype=np.float32).reshape(tensor.shape)
-    out = await state.batchers[name].submit(x)
-    return {"model_name": name, "model_version": str(s.version),
-            "outputs": [{"name": s.manifest.output.name, "datatype": "FP32", "shape": list(out.shape),
-                         "data": out.ravel().tolist()}]}
+async def _infer(s: Any, name: str, request: Request, state: ServiceState) -> Response:
+    limit = int(state.settings.max_upload_mb * 2**20)
+    raw = decode_content(await _read_body(request, limit), request.headers.get("content-encoding"), limit)
+    header_length = request.headers.get(HEADER_LENGTH)
+    json_bytes = int(header_length) if header_length and header_length.isdigit() else len(raw)
+    # A JSON list of floats costs ~8x its text as Python objects; binary tensors are copied about three times.
+    nbytes = 8 * min(json_bytes, len(raw)) + 3 * max(len(raw) - json_bytes, 0)
+    reservation = state.budget.reserve(nbytes, f"this {len(raw) / 2**20:.1f} MiB inference request")
+    try:
+        m = s.manifest
+        io = ModelIO(m.input.name, tuple(m.input.shape[1:]), np.dtype(m.input.dtype), m.output.name)
+        offload = len(raw) > _INLINE_BYTES
+        parsed = (await run_in_threadpool(parse_infer, raw, header_length, io) if offload
+                  else parse_infer(raw, header_length, io))
+        out = await state.batchers[name].submit(parsed.tiles)
+        args = (parsed, out, name, str(s.version), m.output.name)
+        body, headers = (await run_in_threadpool(encode_infer, *args) if offload or out.nbytes > _INLINE_BYTES
+                         else encode_infer(*args))
+        return Response(body, headers=headers)
+    finally:
+        reservation.release()
