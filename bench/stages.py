@@ -72,7 +72,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("open", "open in /vsimem, identify bands", "thread"),
     ("route", "route to a specialist", "thread"),
     ("units", "grid, unit decision, plausibility sample", "thread"),
-    ("sample", "  of which: reading the 5 x 5 sample windows", "thread"),
+    ("sample", "  of which: the 5 x 5 sample windows, read again (blocks cached)", "thread"),
     ("stats", "  of which: percentiles + plausibility check", "thread"),
     ("read", "read windows -> float32 tiles (read_batches)", "thread"),
     ("engine_b1", "engine, batch 1 (ONNX Runtime CPU, 2 threads)", "engine thread"),
@@ -214,9 +214,8 @@ def stage_costs(data: bytes, manifest: Manifest, engine: Engine | None, max_batc
         out["engine_b1"] = measure(lambda _: engine.run(one), repeats)
         full = np.ascontiguousarray(np.resize(first.data, (max_batch, *first.data.shape[1:])))
         out["engine_bmax"] = measure(lambda _: engine.run(full), max(repeats // 8, 3))
-    else:  # the base-size specialist's engine is not run here: probabilities of the right shape
-        logits = np.random.default_rng(0).normal(size=(len(first.tiles), k, size, size)).astype(np.float32)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    else:  # the base-size specialist's engine is not run here: probabilities shaped like the scene
+        probs = stand_in_probabilities(first.data, manifest)
     valid = np.ones((size, size), bool)
     n_tiles = len(tiles)
 
@@ -266,6 +265,24 @@ def stage_costs(data: bytes, manifest: Manifest, engine: Engine | None, max_batc
     return out, n_tiles
 
 
+def stand_in_probabilities(data: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Probabilities (B, K, T, T) that follow the tiles' first band, for a specialist that is not run here.
+
+    Not noise: the COG encoder's deflate time depends on how the labels compress, and a real mask
+    follows the scene (water is dark in VV), decided per 8 x 8 block as a patch-based model's mask is
+    smooth (thresholding speckled pixels would draw noise that deflates 6x slower). Two classes: the
+    second where the first band is below its mean; more classes: K bins of the first band.
+    """
+    k, band = len(manifest.classes), manifest.bands[0]
+    b, t = data.shape[0], data.shape[-1]
+    z = ((data[:, 0] - band.mean) / band.std).reshape(b, t // 8, 8, t // 8, 8).mean(axis=(2, 4))
+    z = np.repeat(np.repeat(z, 8, axis=1), 8, axis=2)
+    centres = np.linspace(1.5, -1.5, k, dtype=np.float32) if k > 2 else np.array([1.0, -1.0], np.float32)
+    logits = -4.0 * (z[:, None] - centres[:, None, None]) ** 2
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def _with_samples(a: tuple) -> tuple:
     """``(scene, route, reader, samples)``: the samples the unit check runs on, read untimed."""
     return (*a, a[2].samples(64))
@@ -292,10 +309,9 @@ def service_costs(repo: Path, task: str, modality: str, tile: bytes, scene: byte
     env = {"MAPEX_INTRA_OP_THREADS": str(threads), "MAPEX_MAX_BATCH": str(max_batch)}
     out = {}
     with ServiceProcess(repo, env) as server:
-        host, port = "127.0.0.1", server.port
-        conn = http.client.HTTPConnection(host, port, timeout=300)
         for label, data, fmt, n in (("tile_json", tile, "json", requests), ("tile_geotiff", tile, "geotiff", requests),
                                     ("scene_geotiff", scene, "geotiff", scene_requests)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)  # keep-alive within a label
             path = f"/predict/{task}?modality={modality}&format={fmt}"
             for _ in range(max(2, n // 10)):
                 _post(conn, path, data)  # warm-up
@@ -306,7 +322,7 @@ def service_costs(repo: Path, task: str, modality: str, tile: bytes, scene: byte
                 latencies.append(time.perf_counter() - start)
             out[label] = {"server_cpu": (_proc_cpu(server.pid) - cpu0) / n, "latency_p50": statistics.median(latencies),
                           "client_cpu": (time.process_time() - client0) / n, "requests": n}
-        conn.close()
+            conn.close()
     return out
 
 
@@ -372,14 +388,13 @@ def cpu_ms(costs: dict[str, Cost], key: str) -> float:
     return costs[key].cpu * 1e3 if key in costs else 0.0
 
 
-def split(costs: dict[str, Cost], tiles: int, http_ms: float, scene: bool) -> tuple[float, float]:
+def split(costs: dict[str, Cost], tiles: int, http_ms: float, encode: str) -> tuple[float, float]:
     """``(event-loop ms per request, decode-worker ms per tile)`` of a request of ``tiles`` tiles.
 
     The loop keeps HTTP, the upload and the orchestration (``http_ms``); a worker does the rest but
-    the engine: opening, routing, units, reading, blending, the report, encoding (COG for scenes,
-    JSON for single tiles) and closing, its per-request part spread over the request's tiles.
+    the engine: opening, routing, units, reading, blending, the report, encoding (``encode``: a
+    stage name) and closing, its per-request part spread over the request's tiles.
     """
-    encode = "encode_geotiff" if scene else "encode_json"
     per_request = sum(cpu_ms(costs, s) for s in ("open", "route", "units", "report", encode, "close"))
     per_tile = sum(cpu_ms(costs, s) for s in ("read", "blend")) / tiles
     return http_ms + cpu_ms(costs, "parse_raw"), per_tile + per_request / tiles
@@ -396,12 +411,14 @@ def model(tile: dict[str, Cost], scene: dict[str, Cost], scene_tiles: int, http_
     """
     rows = []
     workers = max(cores - 1, 1)
-    for case, costs, tiles in (("single-tile requests", tile, 1), ("whole scenes", scene, scene_tiles)):
-        loop_ms, worker_ms = split(costs, tiles, http_ms, case == "whole scenes")
+    for case, costs, tiles, encode in (("single-tile requests, JSON answer", tile, 1, "encode_json"),
+                                       ("single-tile requests, GeoTIFF answer", tile, 1, "encode_geotiff"),
+                                       ("whole scenes, GeoTIFF answer", scene, scene_tiles, "encode_geotiff")):
+        loop_ms, worker_ms = split(costs, tiles, http_ms, encode)
         layouts = [("today: one process, threads", {"one core (GIL)": 1e3 / (loop_ms / tiles + worker_ms)}),
                    (f"decode in {workers} worker processes", {"event loop": 1e3 * tiles / loop_ms,
                                                              "decode": workers * 1e3 / worker_ms})]
-        if case == "whole scenes":
+        if case.startswith("whole scenes"):
             layouts.append(("one scene at a time, on one worker", {"event loop": 1e3 * tiles / loop_ms,
                                                                   "decode": 1e3 / worker_ms}))
         for layout, cpu_bounds in layouts:
@@ -486,6 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = ("parse_raw", "open", "route", "units", "read", "engine_b1", "blend", "report", "encode_json", "close")
     stage_sum_cpu = sum(costs["tile"][k].cpu for k in path)
     stage_sum_wall = sum(costs["tile"][k].wall for k in path)
+    sc = costs["scene"]
+    scene_sum_cpu = sum(sc[k].cpu for k in ("parse_raw", "open", "route", "units", "read", "blend", "report",
+                                            "encode_geotiff", "close"))
+    scene_sum_cpu += sc["engine_bmax"].cpu * tiles["scene"] / args.max_batch
     notes = [f"CPU = time.process_time (every thread of this process), median of repeats; single-tile requests: "
              f"{args.repeats} repeats, scenes: {max(args.repeats // 20, 3)}; {tiles['scene']:,} tiles of "
              f"{manifest.tile_size} px and {tiles['base_scene']:,} of {args.base_tile} px in the "
@@ -511,7 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"the {args.scene} x {args.scene} scene through the service (geotiff, {service['scene_geotiff']['requests']} "
                   f"requests): server CPU {service['scene_geotiff']['server_cpu']:.2f} s "
                   f"({service['scene_geotiff']['server_cpu'] * 1e3 / tiles['scene']:.3f} ms/tile), wall "
-                  f"{service['scene_geotiff']['latency_p50']:.2f} s"]
+                  f"{service['scene_geotiff']['latency_p50']:.2f} s; sum of its stages (engine at the max batch) "
+                  f"{scene_sum_cpu:.2f} s ({scene_sum_cpu * 1e3 / tiles['scene']:.3f} ms/tile): overhead "
+                  f"{(service['scene_geotiff']['server_cpu'] - scene_sum_cpu) * 1e3 / tiles['scene']:.3f} ms/tile"]
 
     # -- the model for a GPU node serving the base-size specialist
     config = preset("mapex-130m")
@@ -522,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictions = model(costs["base_tile"], costs["base_scene"], tiles["base_scene"], http, args.cores, engine_tps)
     # The same model on this machine (2 cores, the CPU engine sharing them): single-tile requests at the tiny
     # specialist's tile, engine CPU per tile at the max batch.
-    loop_ms, worker_ms = split(costs["tile"], 1, http, False)
+    loop_ms, worker_ms = split(costs["tile"], 1, http, "encode_json")
     engine_ms = costs["tile"]["engine_bmax"].cpu * 1e3 / args.max_batch
     here = min(1e3 / (loop_ms + worker_ms), (os.cpu_count() or 2) * 1e3 / (loop_ms + worker_ms + engine_ms))
     notes.append(f"check on this machine ({os.cpu_count()} cores, CPU engine): single-tile requests at "
@@ -541,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write(args.out)
     extra = {"costs": {n: {k: vars(c) for k, c in cs.items()} for n, cs in costs.items()}, "tiles": tiles,
              "inprocess": vars(inproc), "service": service, "stage_sum_cpu": stage_sum_cpu,
-             "stage_sum_wall": stage_sum_wall, "http_overhead_cpu_ms": http_ms, "flops_per_tile": flops,
+             "stage_sum_wall": stage_sum_wall, "scene_stage_sum_cpu": scene_sum_cpu, "http_overhead_cpu_ms": http_ms, "flops_per_tile": flops,
              "engine_tiles_s": engine_tps, "gpu_efficiency": args.gpu_efficiency, "cores": args.cores,
              "predictions": predictions}
     payload = json.loads((args.out / "stages.json").read_text())
