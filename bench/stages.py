@@ -327,24 +327,32 @@ def service_costs(repo: Path, task: str, modality: str, tile: bytes, scene: byte
 
 
 def inprocess_costs(data: bytes, manifest: Manifest, engine: Engine, max_batch: int, repeats: int,
-                    loop: asyncio.AbstractEventLoop) -> Cost:
-    """``predict()`` + JSON as the route runs them, on an event loop with the service's batcher: no HTTP."""
+                    loop: asyncio.AbstractEventLoop, warmup: int = 5, stand_in: bool = False) -> Cost:
+    """``predict()`` + JSON as the route runs them, on an event loop with the service's batcher: no HTTP.
+
+    ``stand_in``: the batcher's engine hands back one batch of probabilities computed beforehand, so
+    that what is left over the stages is the orchestration alone, not the engine's threads competing.
+    """
     files = [UploadedFile("scene.tif", data)]
+    run_engine = engine.run
+    if stand_in:
+        ready = engine.run(np.full((max_batch, *manifest.input.shape[1:]), 0.1, np.float32))
+        run_engine = lambda batch: ready[: len(batch)]  # noqa: E731 - a stand-in, as short as it is
 
     async def run() -> Cost:
         executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        batcher = Batcher(manifest.name, engine.run, executor, max_batch=max_batch, max_delay_ms=5, max_queue=4096,
+        batcher = Batcher(manifest.name, run_engine, executor, max_batch=max_batch, max_delay_ms=5, max_queue=4096,
                           metrics=Metrics())
         batcher.start()
         cpu, thread, wall = [], [], []
         try:
-            for i in range(repeats + 5):
+            for i in range(repeats + warmup):
                 c0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
                 p = await predict(files, [manifest], {manifest.name: batcher}, bands=None, modality=None,
                                   max_pixels=MAX_PIXELS, max_batch=max_batch)
                 JSONResponse(as_json(p, engine.provider))
                 c1, t1, w1 = time.process_time(), time.thread_time(), time.perf_counter()
-                if i >= 5:
+                if i >= warmup:
                     cpu.append(c1 - c0)
                     thread.append(t1 - t0)
                     wall.append(w1 - w0)
@@ -388,20 +396,23 @@ def cpu_ms(costs: dict[str, Cost], key: str) -> float:
     return costs[key].cpu * 1e3 if key in costs else 0.0
 
 
-def split(costs: dict[str, Cost], tiles: int, http_ms: float, encode: str) -> tuple[float, float]:
+def split(costs: dict[str, Cost], tiles: int, http_ms: float, encode: str, batch_ms: float = 0.0,
+          max_batch: int = 32) -> tuple[float, float]:
     """``(event-loop ms per request, decode-worker ms per tile)`` of a request of ``tiles`` tiles.
 
-    The loop keeps HTTP, the upload and the orchestration (``http_ms``); a worker does the rest but
+    The loop keeps HTTP, the upload and the orchestration (``http_ms``, which holds one batch's, and
+    ``batch_ms`` for every further batch); a worker does the rest but
     the engine: opening, routing, units, reading, blending, the report, encoding (``encode``: a
     stage name) and closing, its per-request part spread over the request's tiles.
     """
     per_request = sum(cpu_ms(costs, s) for s in ("open", "route", "units", "report", encode, "close"))
     per_tile = sum(cpu_ms(costs, s) for s in ("read", "blend")) / tiles
-    return http_ms + cpu_ms(costs, "parse_raw"), per_tile + per_request / tiles
+    batches = -(-tiles // max_batch)
+    return http_ms + cpu_ms(costs, "parse_raw") + batch_ms * (batches - 1), per_tile + per_request / tiles
 
 
 def model(tile: dict[str, Cost], scene: dict[str, Cost], scene_tiles: int, http_ms: float, cores: int,
-          engine_tps: float) -> list[dict[str, Any]]:
+          engine_tps: float, batch_ms: float, max_batch: int) -> list[dict[str, Any]]:
     """Bounds (tiles/s) of a node of ``cores`` cores whose engine runs ``engine_tps`` tiles/s, mask head.
 
     Today: one process; every stage but the engine holds the GIL most of its time, so together they
@@ -414,7 +425,7 @@ def model(tile: dict[str, Cost], scene: dict[str, Cost], scene_tiles: int, http_
     for case, costs, tiles, encode in (("single-tile requests, JSON answer", tile, 1, "encode_json"),
                                        ("single-tile requests, GeoTIFF answer", tile, 1, "encode_geotiff"),
                                        ("whole scenes, GeoTIFF answer", scene, scene_tiles, "encode_geotiff")):
-        loop_ms, worker_ms = split(costs, tiles, http_ms, encode)
+        loop_ms, worker_ms = split(costs, tiles, http_ms, encode, batch_ms, max_batch)
         layouts = [("today: one process, threads", {"one core (GIL)": 1e3 / (loop_ms / tiles + worker_ms)}),
                    (f"decode in {workers} worker processes", {"event loop": 1e3 * tiles / loop_ms,
                                                              "decode": workers * 1e3 / worker_ms})]
@@ -471,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         costs[name], tiles[name] = stage_costs(uploads[size], m, eng, args.max_batch, repeats, loop)
     print("predict() in this process", file=sys.stderr)
     inproc = inprocess_costs(uploads[manifest.tile_size], manifest, engine, args.max_batch, args.repeats, loop)
+    inproc_scene = inprocess_costs(uploads[args.scene], manifest, engine, args.max_batch, 3, loop, warmup=1,
+                                   stand_in=True)
     service = {}
     if not args.no_service:
         print("the real service at concurrency 1", file=sys.stderr)
@@ -517,6 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{stage_sum_cpu * 1e3:.2f} ms, wall {stage_sum_wall * 1e3:.2f} ms",
              f"predict() + JSON in this process on an event loop with the service's batcher (no HTTP): CPU "
              f"{inproc.cpu * 1e3:.2f} ms, wall {inproc.wall * 1e3:.2f} ms per single-tile request"]
+    in_scene = sum(sc[k].cpu for k in ("open", "route", "units", "read", "blend", "report", "encode_json", "close"))
+    notes.append(f"predict() + JSON in this process, the {args.scene} x {args.scene} scene, the engine a stand-in that "
+                 f"costs nothing: CPU {inproc_scene.cpu:.2f} s, sum of its stages but the engine {in_scene:.2f} s: "
+                 f"orchestration (threads, batcher) "
+                 f"{(inproc_scene.cpu - in_scene) * 1e3 * args.max_batch / tiles['scene']:.2f} ms per batch of "
+                 f"{args.max_batch}")
     http_ms = None
     if service:
         s = service["tile_json"]
@@ -542,7 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     flops = flops_per_tile(config, len(manifest.band_names), kept)
     engine_tps = H200_FP16_TFLOPS * 1e12 * args.gpu_efficiency / flops
     http = http_ms if http_ms is not None else 0.0
-    predictions = model(costs["base_tile"], costs["base_scene"], tiles["base_scene"], http, args.cores, engine_tps)
+    batch_ms = max((inproc_scene.cpu - in_scene) * 1e3 * args.max_batch / tiles["scene"], 0.0)
+    predictions = model(costs["base_tile"], costs["base_scene"], tiles["base_scene"], http, args.cores, engine_tps,
+                        batch_ms, args.max_batch)
     # The same model on this machine (2 cores, the CPU engine sharing them): single-tile requests at the tiny
     # specialist's tile, engine CPU per tile at the max batch.
     loop_ms, worker_ms = split(costs["tile"], 1, http, "encode_json")
@@ -563,9 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows, columns, [], notes)
     report.write(args.out)
     extra = {"costs": {n: {k: vars(c) for k, c in cs.items()} for n, cs in costs.items()}, "tiles": tiles,
-             "inprocess": vars(inproc), "service": service, "stage_sum_cpu": stage_sum_cpu,
+             "inprocess": vars(inproc), "inprocess_scene": vars(inproc_scene), "inprocess_scene_stage_sum": in_scene,
+             "service": service, "stage_sum_cpu": stage_sum_cpu,
              "stage_sum_wall": stage_sum_wall, "scene_stage_sum_cpu": scene_sum_cpu, "http_overhead_cpu_ms": http_ms, "flops_per_tile": flops,
-             "engine_tiles_s": engine_tps, "gpu_efficiency": args.gpu_efficiency, "cores": args.cores,
+             "engine_tiles_s": engine_tps, "orchestration_ms_per_batch": batch_ms, "gpu_efficiency": args.gpu_efficiency, "cores": args.cores,
              "predictions": predictions}
     payload = json.loads((args.out / "stages.json").read_text())
     (args.out / "stages.json").write_text(json.dumps(payload | extra, indent=2, default=str) + "\n")
