@@ -37,11 +37,10 @@ from bench.harness import (
     reset_peak_rss,
     service_arguments,
 )
+from bench.scene import engine_seconds
 from mapex_serve.engine import Engine
-from mapex_serve.inputs import RequestScene, SourceFile
-from mapex_serve.predict import tile_batches
+from mapex_serve.inputs import SourceFile
 from mapex_serve.settings import Settings
-from mapex_serve.units import UnitOverrides
 from training.data import SceneConfig, generate_scene, mosaic
 
 GOAL_RSS_GIB, GOAL_SIZE = 2.0, 20_000
@@ -92,22 +91,6 @@ def latencies(url: str, task: str, body: bytes, n: int) -> list[float]:
     return out
 
 
-def engine_seconds(engine: Engine, path: Path, max_batch: int) -> tuple[float, int]:
-    """Seconds in ``engine.run`` over the tiles the job cuts from ``path``, and how many tiles."""
-    manifest = engine.manifest
-    with RequestScene([SourceFile(path.name, str(path))]) as scene:  # the job's own read path
-        reader = scene.reader(manifest.band_names, UnitOverrides())
-        tiles, batches = tile_batches(reader, manifest, max_batch)
-        seconds, n = 0.0, 0
-        engine.run(np.full((max_batch, *manifest.input.shape[1:]), -12, np.float32))
-        for batch in tqdm(batches, total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False):
-            start = time.perf_counter()
-            engine.run(batch.data)
-            seconds += time.perf_counter() - start
-            n += len(batch.tiles)
-    return seconds, n
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.jobs", description=__doc__.split("\n\n")[0])
     service_arguments(p, "flood", "task of the job (default flood: a SAR mask)")
@@ -148,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"the job ended {job['state']}: {job.get('error')}")
             rss_peak = peak_rss_bytes(server.pid)
             result = httpx.get(f"{server.url}/jobs/{job['id']}/result?format=geotiff", timeout=600).content
-        engine_s, tiles = engine_seconds(Engine(entry, manifest, settings), path, args.max_batch)
+        engine_s, tiles = engine_seconds(Engine(entry, manifest, settings), [SourceFile(path.name, str(path))],
+                                          args.max_batch, warm_value=-12)
 
     row = {"size": args.size, "specialist": manifest.name, "tiles": tiles, "job_s": wall, "engine_s": engine_s,
            "ratio": wall / engine_s, "server_idle_rss_mib": rss_idle / 2**20, "server_peak_rss_mib": rss_peak / 2**20,

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, peak_rss_bytes, service_arguments
 from mapex_serve.engine import Engine
-from mapex_serve.inputs import RequestScene, UploadedFile
+from mapex_serve.inputs import RequestScene, SourceFile, UploadedFile
 from mapex_serve.predict import tile_batches
 from mapex_serve.settings import Settings
 from mapex_serve.units import UnitOverrides
@@ -46,14 +46,15 @@ def make_scene(size: int, tile: int, path: Path) -> Path:
     return write_scene_geotiff(big, path, BANDS)
 
 
-def engine_seconds(engine: Engine, path: Path, max_batch: int) -> tuple[float, int]:
-    """Seconds spent in ``engine.run`` over the tiles the service cuts from ``path``, and how many tiles."""
+def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], max_batch: int,
+                   warm_value: float = 0.1) -> tuple[float, int]:
+    """Seconds spent in ``engine.run`` over the tiles the service cuts from ``files``, and how many tiles."""
     manifest = engine.manifest
-    with RequestScene([UploadedFile(path.name, path.read_bytes())]) as scene:  # the service's own read path
+    with RequestScene(files) as scene:  # the service's own read path
         reader = scene.reader(manifest.band_names, UnitOverrides())
         tiles, batches = tile_batches(reader, manifest, max_batch)
         seconds, n = 0.0, 0
-        engine.run(np.full((max_batch, *manifest.input.shape[1:]), 0.1, np.float32))  # warm-up at this shape
+        engine.run(np.full((max_batch, *manifest.input.shape[1:]), warm_value, np.float32))  # warm-up at this shape
         for batch in tqdm(batches, total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False):
             start = time.perf_counter()
             engine.run(batch.data)
@@ -86,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.status_code != 200:
                 raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
             rss_peak = peak_rss_bytes(server.pid)
-        engine_s, tiles = engine_seconds(Engine(entry, manifest, settings), path, args.max_batch)
+        engine_s, tiles = engine_seconds(Engine(entry, manifest, settings),
+                                          [UploadedFile(path.name, path.read_bytes())], args.max_batch)
 
     row = {"size": args.size, "specialist": manifest.name, "upload_mib": len(body) / 2**20, "tiles": tiles,
            "service_s": wall, "engine_s": engine_s, "ratio": wall / engine_s,
