@@ -117,8 +117,9 @@ class MoE(nn.Module):
         super().__init__()
         self.router = Router(dim, num_experts, num_modalities, router, top_k, router_prior)
         self.experts = nn.ModuleList(Mlp(dim, hidden) for _ in range(num_experts))
-        #: Run every expert on every token and mask by the gates: no data-dependent shapes, so
-        #: the layer exports to ONNX; the same result as the sparse dispatch used in training.
+        #: Run every expert on every token and mask by the gates (no data-dependent shapes): the
+        #: same result as the sparse dispatch, at the cost of every kept expert on every token.
+        #: The sparse dispatch exports too (ONNX NonZero/Gather/ScatterND) and is the engine form.
         self.dense = False
 
     def forward(
@@ -134,7 +135,9 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             token, slot = torch.nonzero(route.experts == e, as_tuple=True)
-            if token.numel():
+            # An expert no token chose is skipped in eager mode; an exported graph keeps every
+            # branch (the count is only known at run time, and an empty gather costs nothing).
+            if torch.compiler.is_exporting() or token.numel():
                 out.index_add_(0, token, expert(x[token]) * route.weights[token, slot, None])
         return out, route, self.balance_loss(route)
 
