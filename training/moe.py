@@ -132,12 +132,22 @@ class MoE(nn.Module):
             gates = gates.scatter_add(1, route.experts, route.weights)
             out = sum(gates[:, e, None] * expert(x) for e, expert in enumerate(self.experts))
             return out, route, x.new_zeros(())
+        # An expert no token chose is skipped in eager mode; an exported graph keeps every branch
+        # (the count is only known at run time, and an empty gather costs nothing).
+        exporting = torch.compiler.is_exporting()
         out = torch.zeros_like(x)
+        if route.experts.shape[1] == 1:
+            # Top-1: every token has exactly one expert, so its row is written once, not summed
+            # (in ONNX a plain ScatterND and Gathers, no summing reduction).
+            chosen = route.experts[:, 0]
+            for e, expert in enumerate(self.experts):
+                token = torch.nonzero(chosen == e).squeeze(1)
+                if exporting or token.numel():
+                    out = out.index_put((token,), expert(x.index_select(0, token)) * route.weights.index_select(0, token))
+            return out, route, self.balance_loss(route)
         for e, expert in enumerate(self.experts):
             token, slot = torch.nonzero(route.experts == e, as_tuple=True)
-            # An expert no token chose is skipped in eager mode; an exported graph keeps every
-            # branch (the count is only known at run time, and an empty gather costs nothing).
-            if torch.compiler.is_exporting() or token.numel():
+            if exporting or token.numel():
                 out.index_add_(0, token, expert(x[token]) * route.weights[token, slot, None])
         return out, route, self.balance_loss(route)
 
