@@ -101,9 +101,10 @@ def _specialists(model: Mapex, modality: str) -> dict[str, Specialist]:
     }
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+def _interleaved(fns: dict[tuple[str, str], Callable[[], object]], repeats: int,
+                 warmup: int) -> dict[tuple[str, str], float]:
     """Median seconds of each function, the functions taking turns run by run."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         timed(fn, 0, warmup)
     for _ in range(repeats):
@@ -173,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = args.checkpoint or demo_checkpoint()
     model, _ = load_model(checkpoint)
 
+    load_before = os.getloadavg()[0]
     rows = []
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp, \
@@ -197,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(
         "pruning", "Pruned specialist vs full model (landcover head), CPU",
         {"checkpoint": str(checkpoint), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-         "onnxruntime": ort.__version__, "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0))},
+         "onnxruntime": ort.__version__, "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0)),
+         "load average (1 min) before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}"},
         rows, columns,
         [Goal(f"specialist ONNX Runtime ({SHIPPED} graph, as shipped) / eager PyTorch at batch {big}, "
               f"worst modality ({worst})", engine[worst], GOAL_ENGINE, at_most=True,
@@ -207,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
          f"parameters {spread(params)}",
          "latencies are medians in ms; ort_sparse is the graph the build ships, ort_dense the former one (every kept "
          "expert on every token), torch eager PyTorch (sparse dispatch); fastest names the quickest form; "
-         f"peak memory is the VmHWM rise of a fresh process at batch {big}; ratio rows divide column by column"],
+         f"peak memory is the VmHWM rise of a fresh process at batch {big}; ratio rows divide column by column",
+         "the load average counts this benchmark's own threads (about 2 on 2 cores); above that other jobs shared "
+         "the cores, which slows eager PyTorch most (its OpenMP threads wait for each other at every operator)"],
     )
     report.write(args.out)
     return 0
