@@ -7,11 +7,17 @@ class head, so only the backbone differs: ``export.prune.prune`` for the special
 kept for the full model. Each runs in three forms: ONNX Runtime on the graph the build ships
 (``sparse``: each token runs only its chosen expert), ONNX Runtime on the ``dense`` graph (every
 kept expert on every token, masked), and eager PyTorch (sparse dispatch). Latency is the median
-of repeated runs after a warm-up on the CPU with 2 intra-op threads, all six model-form pairs
+of repeated runs after a warm-up on the CPU with one intra-op thread, all six model-form pairs
 interleaved run by run so that load from other jobs hits them alike; ONNX Runtime sessions are
 opened as the service opens them (pool threads do not spin). Peak memory is the rise of VmHWM in
 a fresh process that opens the model (the shipped ONNX graph, or the PyTorch file) and runs the
 largest batch (native allocations included).
+
+One thread, because these machines are shared: with 2 threads on 2 cores and other jobs running
+(load average 5), eager PyTorch's batch-16 medians were 18-736 ms (7 ms on one thread; its
+threads wait for each other at every operator, and one of them was often off the CPU) while
+ONNX Runtime's were 5-12 ms; a ratio against that says nothing about the engine. Use
+``--threads 2`` on a quiet machine.
 
 Goal (issue 12): the specialist's shipped ONNX graph at batch 16 takes at most 0.8x eager
 PyTorch's time for the same specialist, for every modality. The pruning win is then stated with
@@ -166,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per model and batch (median taken)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime and torch")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads for ONNX Runtime and torch (default 1: see the module docstring)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -211,8 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
          "latencies are medians in ms; ort_sparse is the graph the build ships, ort_dense the former one (every kept "
          "expert on every token), torch eager PyTorch (sparse dispatch); fastest names the quickest form; "
          f"peak memory is the VmHWM rise of a fresh process at batch {big}; ratio rows divide column by column",
-         "the load average counts this benchmark's own threads (about 2 on 2 cores); above that other jobs shared "
-         "the cores, which slows eager PyTorch most (its OpenMP threads wait for each other at every operator)"],
+         f"the load average counts this benchmark's own threads (about {args.threads}); above that other jobs shared "
+         "the cores, which slows eager PyTorch on several threads most (its OpenMP threads wait for each other at "
+         "every operator)"],
     )
     report.write(args.out)
     return 0
