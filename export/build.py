@@ -133,8 +133,10 @@ def export_onnx(spec: Specialist, path: Path, opset: int, form: Form = "sparse")
     data-dependent shapes, but E times the feed-forward work (ONNX Runtime at batch 16 was no
     faster than eager PyTorch for a 2-expert specialist, and 4.3x slower for the 12-expert model).
     A fold of a block to one plain MLP is left to pruning, which does it where one expert takes
-    the calibration tokens: where a block keeps several, its tokens split between them, so a
-    fold would change outputs; and where routing is fixed the sparse graph costs about an MLP.
+    the calibration tokens: where a block keeps several, its tokens split between them (about
+    evenly in the demo model, docs/export.md), so a fold would change outputs; and where routing
+    happens to be fixed, the sparse graph still runs one expert per token (plus a gather and a
+    scatter).
     """
     if form not in typing.get_args(Form):
         raise ValueError(f"unknown export form {form!r}; expected one of {typing.get_args(Form)}")
