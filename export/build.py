@@ -4,10 +4,11 @@
     python -m export.build --all --repo models/          # every task's default specialists (demo model if no checkpoint)
 
 Each entry ``<repo>/<task>-<modalities>/<version>/`` holds ``model.onnx`` (dynamic batch axis,
-softmax probabilities out, band normalisation in the graph) and ``manifest.json``. ONNX Runtime
-must agree with PyTorch to 1e-4 on random and synthetic batches of 1, 7 and 32 tiles, or the
-build fails; an entry is written to a hidden staging folder and renamed into place, so a failed
-build leaves nothing behind.
+softmax probabilities out, band normalisation in the graph) and ``manifest.json``. MoE blocks
+export in sparse form (each token runs only the experts it chose; see ``export_onnx``), and the
+manifest records each block's form. ONNX Runtime must agree with PyTorch to 1e-4 on random and
+synthetic batches of 1, 7 and 32 tiles, or the build fails; an entry is written to a hidden
+staging folder and renamed into place, so a failed build leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ from training.tasks import TASKS, Task, get_task
 __all__ = [
     "INPUT_NAME",
     "BuildOptions",
+    "Form",
     "ParityError",
     "build_specialist",
+    "block_forms",
     "demo_checkpoint",
     "export_onnx",
     "main",
@@ -75,6 +78,9 @@ __all__ = [
 
 PARITY_BATCHES = (1, 7, 32)
 INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+
+#: How an exported graph computes a MoE block with several experts (one expert is a plain ``mlp``).
+Form = typing.Literal["sparse", "dense"]
 
 
 class ParityError(MapexError, RuntimeError):
@@ -93,6 +99,8 @@ class BuildOptions:
     full_finetune_tasks: tuple[str, ...] = ("flood",)
     seed: int = 0
     opset: int = 18
+    #: Engine form of MoE blocks that kept several experts (``export_onnx``).
+    form: Form = "sparse"
     tolerance: float = 1e-4
     trt: bool | None = None  # None: build engines when a GPU and TensorRT are both present
     trt_precision: Precision = "fp16"
@@ -110,12 +118,32 @@ def _dense(spec: Specialist, on: bool) -> None:
             module.dense = on
 
 
-def export_onnx(spec: Specialist, path: Path, opset: int) -> None:
-    """Export with a symbolic batch axis (traced at batch 2: a batch of 1 would be baked in)."""
+def block_forms(spec: Specialist, form: Form = "sparse") -> dict[int, str]:
+    """Each MoE block's engine form when exported as ``form``: ``mlp`` where pruning left one expert."""
+    blocks = spec.backbone.blocks
+    return {i: form if isinstance(blocks[i].ffn, MoE) else "mlp" for i in spec.backbone.cfg.moe_blocks}
+
+
+def export_onnx(spec: Specialist, path: Path, opset: int, form: Form = "sparse") -> None:
+    """Export with a symbolic batch axis (traced at batch 2: a batch of 1 would be baked in).
+
+    ``sparse`` (the default) exports the dispatch PyTorch runs: per expert, the tokens that chose
+    it are gathered (NonZero, Gather), run and scattered back (ScatterND), so each token costs
+    one expert. ``dense`` runs every kept expert on every token and masks by the gates: no
+    data-dependent shapes, but E times the feed-forward work (ONNX Runtime at batch 16 was no
+    faster than eager PyTorch for a 2-expert specialist, and 4.3x slower for the 12-expert model).
+    A fold of a block to one plain MLP is left to pruning, which does it where one expert takes
+    the calibration tokens: where a block keeps several, its tokens split between them (about
+    evenly in the demo model, docs/export.md), so a fold would change outputs; and where routing
+    happens to be fixed, the sparse graph still runs one expert per token (plus a gather and a
+    scatter).
+    """
+    if form not in typing.get_args(Form):
+        raise ValueError(f"unknown export form {form!r}; expected one of {typing.get_args(Form)}")
     cfg = spec.backbone.cfg
     example = random_batch(spec, 2, seed=0)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    _dense(spec, True)
+    _dense(spec, form == "dense")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each pass on stdout
             torch.onnx.export(
@@ -239,13 +267,15 @@ def build_specialist(
     try:
         onnx_path = staging / "model.onnx"
         stage("exporting ONNX")
-        export_onnx(spec, onnx_path, options.opset)
+        export_onnx(spec, onnx_path, options.opset, options.form)
         stage("checking ONNX Runtime parity")
         check_parity(spec, onnx_path, options.tolerance, options.seed)
         stage("TensorRT")
         engines = _engines(onnx_path, staging, spec, options)
         size = model.cfg.img_size
         channels = len(bands_of(modalities))
+        forms = block_forms(spec, options.form)
+        kept = [k.model_copy(update={"form": forms[k.block]}) for k in pruned.kept]
         out_shape = [-1, len(task.classes)] if task.head == "class" else [-1, len(task.classes), size, size]
         artefacts = {
             str(p.relative_to(staging)): Artefact(sha256=sha256_file(p), bytes=p.stat().st_size)
@@ -256,7 +286,7 @@ def build_specialist(
             modalities=modalities, bands=_band_specs(spec.backbone), tile_size=size,
             input=TensorSpec(name=INPUT_NAME, shape=[-1, channels, size, size]),
             output=TensorSpec(name=OUTPUT_NAME, shape=out_shape),
-            experts_kept=pruned.kept, parameters=pruned.parameters, opset=options.opset, artefacts=artefacts,
+            experts_kept=kept, parameters=pruned.parameters, opset=options.opset, artefacts=artefacts,
             engines=engines, source_checkpoint_sha256=checkpoint_sha256, created=datetime.now(UTC),
         )
         (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
@@ -313,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=BuildOptions.seed)
     p.add_argument("--version", type=int, help="entry version (default: next free)")
     p.add_argument("--opset", type=int, default=BuildOptions.opset)
+    p.add_argument("--form", choices=typing.get_args(Form), default=BuildOptions.form,
+                   help="how MoE blocks with several experts are exported (default %(default)s: each token "
+                        "runs only its chosen experts; dense: every expert on every token, masked)")
     trt = p.add_mutually_exclusive_group()
     trt.add_argument("--trt", dest="trt", action="store_true", default=None, help="build TensorRT engines (precision: --trt-precision)")
     trt.add_argument("--no-trt", dest="trt", action="store_false", help="never build TensorRT engines")
@@ -339,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing := {m for _, mods in requests for m in mods} - set(model.cfg.modalities):
         p.error(f"the checkpoint has no {sorted(missing)} modality; it has {list(model.cfg.modalities)}")
     options = BuildOptions(repo=args.repo, coverage=args.coverage, keep_top=args.keep_top,
-                           finetune_steps=args.finetune_steps, full_finetune_tasks=full_tasks, seed=args.seed, opset=args.opset, trt=args.trt,
+                           finetune_steps=args.finetune_steps, full_finetune_tasks=full_tasks, seed=args.seed, opset=args.opset,
+                           form=args.form, trt=args.trt,
                            trt_precision=args.trt_precision, trt_hardware_compatibility=args.trt_hardware_compatibility,
                            version=args.version)
     digest = sha256_file(checkpoint)

@@ -80,6 +80,10 @@ class ExpertsKept(_Model):
     experts: list[int]
     of: int
     coverage: float = Field(ge=0, le=1)
+    #: How the engine computes the block: ``mlp`` (one expert left: a plain feed-forward layer),
+    #: ``sparse`` (each token runs only the experts it chose), ``dense`` (every kept expert on
+    #: every token, masked by the gates). None: not recorded (entries built before it was).
+    form: Literal["mlp", "sparse", "dense"] | None = None
 
 
 class ParameterCounts(_Model):

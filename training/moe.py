@@ -117,8 +117,9 @@ class MoE(nn.Module):
         super().__init__()
         self.router = Router(dim, num_experts, num_modalities, router, top_k, router_prior)
         self.experts = nn.ModuleList(Mlp(dim, hidden) for _ in range(num_experts))
-        #: Run every expert on every token and mask by the gates: no data-dependent shapes, so
-        #: the layer exports to ONNX; the same result as the sparse dispatch used in training.
+        #: Run every expert on every token and mask by the gates (no data-dependent shapes): the
+        #: same result as the sparse dispatch, at the cost of every kept expert on every token.
+        #: The sparse dispatch exports too (ONNX NonZero/Gather/ScatterND) and is the engine form.
         self.dense = False
 
     def forward(
@@ -131,10 +132,22 @@ class MoE(nn.Module):
             gates = gates.scatter_add(1, route.experts, route.weights)
             out = sum(gates[:, e, None] * expert(x) for e, expert in enumerate(self.experts))
             return out, route, x.new_zeros(())
+        # An expert no token chose is skipped in eager mode; an exported graph keeps every branch
+        # (the count is only known at run time, and an empty gather costs nothing).
+        exporting = torch.compiler.is_exporting()
         out = torch.zeros_like(x)
+        if route.experts.shape[1] == 1:
+            # Top-1: every token has exactly one expert, so its row is written once, not summed
+            # (in ONNX a plain ScatterND and Gathers, no summing reduction).
+            chosen = route.experts[:, 0]
+            for e, expert in enumerate(self.experts):
+                token = torch.nonzero(chosen == e).squeeze(1)
+                if exporting or token.numel():
+                    out = out.index_put((token,), expert(x.index_select(0, token)) * route.weights.index_select(0, token))
+            return out, route, self.balance_loss(route)
         for e, expert in enumerate(self.experts):
             token, slot = torch.nonzero(route.experts == e, as_tuple=True)
-            if token.numel():
+            if exporting or token.numel():
                 out.index_add_(0, token, expert(x[token]) * route.weights[token, slot, None])
         return out, route, self.balance_loss(route)
 

@@ -1,5 +1,6 @@
 """`python -m export.build` end to end on a real checkpoint: repository entries, parity, failures."""
 
+import copy
 import json
 import shutil
 import subprocess
@@ -7,16 +8,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-from export.build import BuildOptions, ParityError, build_specialist, check_parity, export_onnx
+from export.build import BuildOptions, ParityError, block_forms, build_specialist, check_parity, export_onnx
 from export.prune import prune
 from mapex_serve.bands import MODALITY_NAMES
 from mapex_serve.repository import ManifestError, scan_repository, sha256_file, verify_entry
 from training.checkpoint import load_model
-from training.finetune import finetune
+from training.finetune import finetune, make_head
+from training.moe import MoE
+from training.specialist import Specialist
 from training.tasks import get_task
 
 
@@ -95,16 +99,56 @@ def wildfire_specialist(tiny_run):
     return model, spec.eval()
 
 
-def test_onnx_runtime_matches_pytorch_on_batches_of_1_7_and_32(wildfire_specialist, tmp_path):
+def test_entries_record_each_blocks_engine_form_and_ship_the_sparse_graph(repo):
+    for entry in scan_repository(repo):
+        manifest = verify_entry(entry)
+        assert [k.form for k in manifest.experts_kept] == ["mlp" if len(k.experts) == 1 else "sparse"
+                                                           for k in manifest.experts_kept], manifest.name
+        ops = {n.op_type for n in onnx.load(entry / "model.onnx").graph.node}
+        if any(k.form == "sparse" for k in manifest.experts_kept):
+            assert {"NonZero", "ScatterND"} <= ops, manifest.name
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense"])
+def test_onnx_runtime_matches_pytorch_on_batches_of_1_7_and_32(wildfire_specialist, tmp_path, form):
     _, spec = wildfire_specialist
-    export_onnx(spec, tmp_path / "model.onnx", opset=18)
+    export_onnx(spec, tmp_path / "model.onnx", opset=18, form=form)
     worst = check_parity(spec, tmp_path / "model.onnx", tolerance=1e-4)
-    print(f"max |ONNX Runtime - PyTorch| = {worst:.2e}")
+    print(f"{form}: max |ONNX Runtime - PyTorch| = {worst:.2e}")
     assert worst <= 1e-4
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.rand(7, 2, 32, 32) * 0.4
     with torch.no_grad():
         assert np.abs(session.run(None, {"input": x.numpy()})[0] - spec(x).numpy()).max() <= 1e-4
+
+
+def test_sparse_graph_is_right_when_an_expert_gets_no_token(wildfire_specialist, tmp_path):
+    """The graph keeps every kept expert's branch; one that no token chose gathers nothing and adds nothing."""
+    _, spec = wildfire_specialist
+    spec = copy.deepcopy(spec)
+    moe = next(b.ffn for b in spec.backbone.blocks if isinstance(b.ffn, MoE))
+    with torch.no_grad():
+        moe.router.modality_bias[:, 1:] = -1e4  # every token of this block chooses its first kept expert
+    x = torch.rand(5, 2, 32, 32) * 0.4
+    with torch.no_grad():
+        chosen = spec.backbone.forward_features(spec.split(x)).routing[0].experts
+    assert chosen.unique().tolist() == [0]
+    export_onnx(spec, tmp_path / "model.onnx", opset=18)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        with torch.no_grad():
+            assert np.abs(session.run(None, {"input": x[:n].numpy()})[0] - spec(x[:n]).numpy()).max() <= 1e-5
+
+
+def test_blocks_left_with_one_expert_are_plain_mlps_in_every_form(tiny_run):
+    model, _ = load_model(tiny_run / "checkpoint.pt")
+    task = get_task("landcover")
+    one = prune(model, ["RGB"], keep_top=1, scenes=32)
+    spec = Specialist(one.model, make_head(task, one.model), task.name, ["RGB"], kept=one.kept, source_config=model.cfg)
+    assert block_forms(spec) == dict.fromkeys(model.cfg.moe_blocks, "mlp")
+    assert block_forms(spec, "dense") == dict.fromkeys(model.cfg.moe_blocks, "mlp")
+    with pytest.raises(ValueError, match="unknown export form"):
+        export_onnx(spec, Path("unused.onnx"), opset=18, form="fold")
 
 
 def test_a_build_that_fails_parity_leaves_no_entry(wildfire_specialist, tmp_path):
