@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from mapex_serve.bands import BANDS, MODALITIES
-from training.data.signatures import EUROPE_SHARE
 from training.data import (
     LANDCOVER_CLASSES,
     S2_BANDS,
@@ -15,6 +14,7 @@ from training.data import (
     mosaic,
     smooth_field,
 )
+from training.data.signatures import EUROPE_SHARE
 
 WATER, TREES, GRASSLAND, CROPLAND, BUILT_UP, BARE, WETLAND = range(7)
 VEGETATED = [TREES, GRASSLAND, CROPLAND, WETLAND]
