@@ -203,3 +203,21 @@ def test_a_wrong_dataset_root_is_a_clear_error(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "out"), "--dataset", "eurosat", "--root", str(tmp_path), "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "expected the 10 class folders" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("run", "resumed"), [(None, True), ({"interrupted": True}, True), ({"interrupted": False}, False)])
+def test_the_demo_checkpoint_cache_resumes_a_run_that_did_not_finish(tmp_path, monkeypatch, run, resumed):
+    import training.pretrain
+    from export.build import demo_checkpoint
+    from training.data.synthetic import GENERATOR_VERSION
+
+    cache = tmp_path / f"demo-tiny-300-synthetic-v{GENERATOR_VERSION}"
+    cache.mkdir()
+    (cache / "checkpoint.pt").write_bytes(b"step 50")  # what a killed or stopped run leaves
+    if run is not None:
+        (cache / "run.json").write_text(json.dumps(run))
+    calls = []
+    monkeypatch.setattr(training.pretrain, "train", lambda args: calls.append(args) or {"interrupted": False})
+    monkeypatch.setenv("MAPEX_CACHE", str(tmp_path))
+    assert demo_checkpoint() == cache / "checkpoint.pt"
+    assert [c.resume for c in calls] == ([True] if resumed else [])
