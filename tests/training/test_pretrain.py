@@ -187,8 +187,11 @@ def test_pretraining_on_a_real_layout_reads_the_same_batches_with_dataloader_wor
 def test_bf16_autocast_trains_and_is_recorded(tmp_path):
     from training.pretrain import PretrainArgs, train
 
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     runs = {p: train(PretrainArgs(out=tmp_path / p, steps=3, batch_size=4, precision=p, stats_samples=16))
             for p in ("bf16", "fp32")}
+    # The stop-after-this-step handlers are put back: a caller that goes on (export.build) stays interruptible.
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
     assert runs["bf16"]["precision"] == "bf16"
     bf16, fp32 = metrics(tmp_path / "bf16"), metrics(tmp_path / "fp32")
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in bf16)
