@@ -309,9 +309,12 @@ def demo_checkpoint() -> Path:
     root = Path(os.environ.get("MAPEX_CACHE", Path.home() / ".cache" / "mapex-serve"))
     cache = root / f"demo-tiny-300-synthetic-v{GENERATOR_VERSION}"
     path = cache / "checkpoint.pt"
-    if not path.is_file():
-        tqdm.write(f"no --checkpoint: pre-training the tiny demo model into {cache} (about a minute)", file=sys.stderr)
-        summary = train(PretrainArgs(out=cache, preset="tiny", steps=300, seed=0))
+    # A run that was stopped leaves a checkpoint of its last step but no finished run.json: resume it.
+    run = cache / "run.json"
+    finished = run.is_file() and not json.loads(run.read_text()).get("interrupted", True)
+    if not (path.is_file() and finished):
+        tqdm.write(f"no --checkpoint: pre-training the tiny demo model into {cache} (a few minutes)", file=sys.stderr)
+        summary = train(PretrainArgs(out=cache, preset="tiny", steps=300, seed=0, resume=path.is_file()))
         if summary.get("interrupted"):
             raise SystemExit("demo pre-training was interrupted; run the build again to resume it")
     return path

@@ -245,15 +245,22 @@ class _Dist:
 
 
 class _StopRequest:
-    """Turns SIGINT/SIGTERM into 'checkpoint after this step and exit'."""
+    """Turns SIGINT/SIGTERM into 'checkpoint after this step and exit' until ``restore``.
+
+    ``restore`` puts the previous handlers back, so that a caller that goes on after ``train``
+    (``export.build`` pre-training the demo model, then building) can still be interrupted.
+    """
 
     def __init__(self) -> None:
         self.signum = 0
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.signum = signum
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _weights_digest(model: nn.Module) -> float:
@@ -321,53 +328,56 @@ def train(args: PretrainArgs) -> dict[str, object]:
         out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(f"{line}\n" for line in lines))
     stop = _StopRequest()
-    per_rank = max(1, args.batch_size // ddp.world)
-    bar = tqdm(total=args.steps, initial=start, desc=f"pretrain {cfg.router}", disable=not ddp.main, dynamic_ncols=True)
-    began, step = time.perf_counter(), start
-    model.train()
-    autocast = torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-    batches = _batches(source, start + 1, args.steps, ddp.rank, per_rank)
-    with open(metrics_path, "a") if ddp.main else open(os.devnull, "w") as log:
-        for step, batch in zip(range(start + 1, args.steps + 1), batches, strict=False):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, args)
-            inputs = {m: x.to(ddp.device, non_blocking=True) for m, x in batch.items()}
-            generator = torch.Generator().manual_seed(derive_seed(args.seed, MASK, step, ddp.rank))
-            with autocast:
-                result: PretrainOutput = wrapped(inputs, generator)
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-            optimizer.step()
-            loss, recon, balance = ddp.mean([float(result.loss), float(result.recon_loss), float(result.balance_loss)])
-            log.write(json.dumps({"step": step, "loss": loss, "recon_loss": recon, "balance_loss": balance,
-                                  "lr": lr_at(step, args), "grad_norm": grad_norm}) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(recon=f"{recon:.3f}")
-            interrupted = ddp.any(stop.signum != 0)
-            if step % args.checkpoint_every == 0 or step == args.steps or interrupted:
-                checkpoint(step)
-            if interrupted:
-                break
-    bar.close()
+    try:
+        per_rank = max(1, args.batch_size // ddp.world)
+        bar = tqdm(total=args.steps, initial=start, desc=f"pretrain {cfg.router}", disable=not ddp.main, dynamic_ncols=True)
+        began, step = time.perf_counter(), start
+        model.train()
+        autocast = torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+        batches = _batches(source, start + 1, args.steps, ddp.rank, per_rank)
+        with open(metrics_path, "a") if ddp.main else open(os.devnull, "w") as log:
+            for step, batch in zip(range(start + 1, args.steps + 1), batches, strict=False):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, args)
+                inputs = {m: x.to(ddp.device, non_blocking=True) for m, x in batch.items()}
+                generator = torch.Generator().manual_seed(derive_seed(args.seed, MASK, step, ddp.rank))
+                with autocast:
+                    result: PretrainOutput = wrapped(inputs, generator)
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+                optimizer.step()
+                loss, recon, balance = ddp.mean([float(result.loss), float(result.recon_loss), float(result.balance_loss)])
+                log.write(json.dumps({"step": step, "loss": loss, "recon_loss": recon, "balance_loss": balance,
+                                      "lr": lr_at(step, args), "grad_norm": grad_norm}) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(recon=f"{recon:.3f}")
+                interrupted = ddp.any(stop.signum != 0)
+                if step % args.checkpoint_every == 0 or step == args.steps or interrupted:
+                    checkpoint(step)
+                if interrupted:
+                    break
+        bar.close()
 
-    digest = _weights_digest(model)
-    digests = [digest] * ddp.world
-    if ddp.world > 1:
-        gathered: list[float] = [0.0] * ddp.world
-        dist.all_gather_object(gathered, digest)
-        digests = gathered
-    summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began, model.num_parameters())
-    summary |= {"interrupted": bool(stop.signum), "ranks_identical": len(set(digests)) == 1, "weights_digest": digests}
-    if ddp.main:
-        (out / "run.json").write_text(json.dumps(summary, indent=2))
-    if ddp.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    if stop.signum:
-        summary["exit_code"] = 128 + stop.signum
-    return summary
+        digest = _weights_digest(model)
+        digests = [digest] * ddp.world
+        if ddp.world > 1:
+            gathered: list[float] = [0.0] * ddp.world
+            dist.all_gather_object(gathered, digest)
+            digests = gathered
+        summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began, model.num_parameters())
+        summary |= {"interrupted": bool(stop.signum), "ranks_identical": len(set(digests)) == 1, "weights_digest": digests}
+        if ddp.main:
+            (out / "run.json").write_text(json.dumps(summary, indent=2))
+        if ddp.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        if stop.signum:
+            summary["exit_code"] = 128 + stop.signum
+        return summary
+    finally:
+        stop.restore()
 
 
 def _summary(metrics_path: Path, args: PretrainArgs, cfg: MapexConfig, world: int, step: int, seconds: float,

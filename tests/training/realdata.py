@@ -76,7 +76,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _labels(folder: Path) -> list[str]:
-    return json.loads(next(folder.glob("*_labels_metadata.json")).read_text())["labels"]
+    return _metadata(folder)["labels"]
 
 
 def s2_patches() -> list[Patch]:
@@ -134,6 +134,32 @@ def entry(repo: Path, name: str) -> Path:
     if not versions:
         raise FileNotFoundError(f"no version of {name} in {repo}")
     return versions[-1]
+
+
+def _metadata(folder: Path) -> dict:
+    return json.loads(next(folder.glob("*_labels_metadata.json")).read_text())
+
+
+def paired_water() -> dict[str, float | None]:
+    """Per S1 patch: the share of open water its paired S2 patch shows, or None where that patch is not here.
+
+    BigEarthNet-MM pairs each S1 patch with an S2 patch of the same place (``corresponding_s2_patch``);
+    an optical water mask of the pair, NDWI > 0 and MNDWI > 0 (McFeeters 1996; Xu 2006), is the
+    only pixel-level water reference these files could give the flood specialist.
+    """
+    out: dict[str, float | None] = {}
+    for d in sorted((BIGEARTHNET / "S1").iterdir()):
+        if not d.is_dir():
+            continue
+        pair = BIGEARTHNET / "S2" / _metadata(d)["corresponding_s2_patch"]
+        if not pair.is_dir():
+            out[d.name] = None
+            continue
+        b = {k: _read(pair / f"{pair.name}_{k}.tif") for k in ("B03", "B08", "B11")}
+        ndwi = (b["B03"] - b["B08"]) / (b["B03"] + b["B08"] + 1e-6)
+        mndwi = (b["B03"] - b["B11"]) / (b["B03"] + b["B11"] + 1e-6)
+        out[d.name] = float(((ndwi > 0) & (mndwi > 0)).mean())
+    return out
 
 
 def flood_figures(repo: Path) -> dict[str, float]:

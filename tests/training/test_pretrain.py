@@ -187,8 +187,11 @@ def test_pretraining_on_a_real_layout_reads_the_same_batches_with_dataloader_wor
 def test_bf16_autocast_trains_and_is_recorded(tmp_path):
     from training.pretrain import PretrainArgs, train
 
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     runs = {p: train(PretrainArgs(out=tmp_path / p, steps=3, batch_size=4, precision=p, stats_samples=16))
             for p in ("bf16", "fp32")}
+    # The stop-after-this-step handlers are put back: a caller that goes on (export.build) stays interruptible.
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
     assert runs["bf16"]["precision"] == "bf16"
     bf16, fp32 = metrics(tmp_path / "bf16"), metrics(tmp_path / "fp32")
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in bf16)
@@ -203,3 +206,21 @@ def test_a_wrong_dataset_root_is_a_clear_error(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "out"), "--dataset", "eurosat", "--root", str(tmp_path), "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "expected the 10 class folders" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("run", "resumed"), [(None, True), ({"interrupted": True}, True), ({"interrupted": False}, False)])
+def test_the_demo_checkpoint_cache_resumes_a_run_that_did_not_finish(tmp_path, monkeypatch, run, resumed):
+    import training.pretrain
+    from export.build import demo_checkpoint
+    from training.data.synthetic import GENERATOR_VERSION
+
+    cache = tmp_path / f"demo-tiny-300-synthetic-v{GENERATOR_VERSION}"
+    cache.mkdir()
+    (cache / "checkpoint.pt").write_bytes(b"step 50")  # what a killed or stopped run leaves
+    if run is not None:
+        (cache / "run.json").write_text(json.dumps(run))
+    calls = []
+    monkeypatch.setattr(training.pretrain, "train", lambda args: calls.append(args) or {"interrupted": False})
+    monkeypatch.setenv("MAPEX_CACHE", str(tmp_path))
+    assert demo_checkpoint() == cache / "checkpoint.pt"
+    assert [c.resume for c in calls] == ([True] if resumed else [])

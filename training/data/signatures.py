@@ -35,6 +35,9 @@ Sources (short keys used in the comments):
 - [Tanase10] Tanase et al. (2010), Sensitivity of X-, C- and L-band SAR backscatter to burn
   severity in Mediterranean pine forests, IEEE TGRS 48(10): at C-band, backscatter falls with
   burn severity, cross-pol more than co-pol (the magnitudes below are ours).
+- [Veloso17] Veloso et al. (2017), Understanding the temporal behavior of crops using Sentinel-1 and
+  Sentinel-2-like data for agricultural applications, Remote Sens. Environ. 199: on one date,
+  crops at different stages (and bare tilled parcels) differ by several dB in VV and VH.
 - [S2-UH] ESA, *Sentinel-2 User Handbook* (2015): band resolutions (10/20/60 m) and the MSI
   radiometric requirement, SNR at reference radiance L_ref per band.
 - [USGS7] Kokaly et al. (2017), USGS Spectral Library Version 7, USGS Data Series 1035: the
@@ -53,6 +56,21 @@ Sources (short keys used in the comments):
 - [Zhu12] Zhu & Woodcock (2012), Object-based cloud and cloud shadow detection in Landsat
   imagery (Fmask), Remote Sens. Environ. 118: clouds are bright and flat in the visible and
   darker in SWIR; cloud shadows are dark, most of all in NIR/SWIR (diffuse light only).
+- [Dozier89] Dozier (1989), Spectral signature of alpine snow cover from the Landsat Thematic Mapper,
+  Remote Sens. Environ. 28, and the snow spectra of [USGS7]: snow is bright and flat in the
+  visible (~0.8 for old, coarse-grained snow), falls through the NIR and is dark in the SWIR
+  (ice absorbs), which is what the normalised difference snow index (green vs SWIR1) keys on.
+- [Mets05] Metsamaki, Anttila, Huttunen & Vepsalainen (2005), A feasible method for fractional
+  snow cover mapping in boreal zone based on a reflectance model, Remote Sens. Environ. 95: seen
+  from above, a boreal forest shows the snow on its floor through canopy gaps (their apparent
+  forest transmissivity, mostly about 0.2-0.6 in Finland).
+- [NR00] Nagler & Rott (2000), Retrieval of wet snow by means of multitemporal SAR data, IEEE TGRS
+  38(2): dry snow is almost transparent at C-band; only wet snow darkens the backscatter.
+- [CLC18] European Environment Agency, CORINE Land Cover 2018 and its land cover statistics
+  (EEA-39): roughly 35 % forest and transitional woodland-shrub, 38 % arable land, permanent
+  crops and heterogeneous agricultural areas, 15 % pastures, natural grassland, moors, heath and
+  sclerophyllous scrub, 4 % artificial surfaces; the rest bare ground, wetland and water (shares
+  rounded, as the EEA's level-1/level-2 accounts give them).
 - [Ang29] Angstrom (1929), On the atmospheric transmission of sun radiation and on dust in the
   air, Geogr. Ann. 11: aerosol optical depth ~ lambda^-alpha, alpha about 1.3 on average.
 - [HT89] Huang & Turcotte (1989), Fractal mapping of digitized images: application to the
@@ -74,8 +92,11 @@ __all__ = [
     "BURN_REFLECTANCE",
     "CLEAR_WATER",
     "CLOUD_REFLECTANCE",
+    "CANOPY_GAP",
     "CONIFER",
+    "CROP_PARCEL_DB",
     "ENL_IW_GRDH",
+    "EUROPE_SHARE",
     "FLOODED_BUILT_DB",
     "FLOODED_FOREST_DB",
     "HAZE_ANGSTROM",
@@ -88,6 +109,8 @@ __all__ = [
     "SHADOW_DIFFUSE",
     "SIGMA0_DB",
     "SIGMA0_SLOPE",
+    "SNOW",
+    "SNOW_SCENE_SHARE",
     "SNR_REFERENCE_REFLECTANCE",
     "SOIL",
     "SPECTRA",
@@ -141,6 +164,14 @@ CLOUD_REFLECTANCE = np.array([.42, .43, .44, .45, .46, .46, .47, .47, .47, .42, 
 #: Share of the ground reflectance left in a cloud shadow (diffuse sky light only) [Zhu12]; ours:
 #: the diffuse share falls with wavelength like the sky radiance, from ~0.35 in the blue.
 SHADOW_DIFFUSE = 0.35 * (S2_WAVELENGTH_NM[1] / S2_WAVELENGTH_NM) ** 1.3
+#: Old (spring) snow at the S2 band centres [Dozier89, USGS7]: NDSI (B03 - B11) / (B03 + B11) ~ 0.8.
+SNOW = np.array([.80, .80, .79, .77, .75, .72, .70, .66, .64, .55, .01, .08, .05])
+#: Share of BigEarthNet patches listed as covered by seasonal snow: 61,707 of 590,326 [BEN]. The
+#: generator draws snow on about this share of its scenes (only those without a flood or burn).
+SNOW_SCENE_SHARE = 61_707 / 590_326
+#: Share of a snow-covered forest floor seen through the canopy from above, drawn per scene in
+#: this range (ours, inside [Mets05]'s apparent transmissivities); lower vegetation is buried.
+CANOPY_GAP = (0.15, 0.45)
 #: Residual haze after L2A correction: additive, ~ lambda^-1.3 [Ang29].
 HAZE_ANGSTROM = 1.3
 
@@ -185,6 +216,9 @@ SIGMA0_SLOPE = np.array([
     [-0.25, -0.20],  # bare
     [-0.20, -0.15],  # wetland
 ])
+#: Parcel-to-parcel spread of cropland sigma0 on one date, dB (VV and VH together): ours, a sd
+#: that keeps most parcels within the few dB [Veloso17] shows between crops.
+CROP_PARCEL_DB = 1.5
 #: Wind roughening of open water, dB added to VV and VH, drawn per scene in this range [CMOD5];
 #: the top of it lifts some water above the -15 dB VV threshold, as on a windy day.
 WIND_ON_WATER_DB = (0.0, 6.0)
@@ -195,6 +229,15 @@ FLOODED_FOREST_DB = np.array([3.0, 0.5])
 FLOODED_BUILT_DB = np.array([2.0, 0.5])
 #: Burn scar on vegetation: less canopy, VH down 1.5 dB, VV 0.5 dB (ours; direction as [Tanase10]).
 BURN_DB = np.array([-0.5, -1.5])
+
+# ---------------------------------------------------------------------------------------------
+# Land cover.
+
+#: Shares of trees, grassland, cropland and built-up among the land those four classes cover,
+#: after [CLC18] (35 : 15 : 38 : 4, normalised). The generator's per-scene class preferences are
+#: calibrated to these (``synthetic.PREFERENCE_BIAS``); bare ground, wetland and water are drawn
+#: from the terrain instead.
+EUROPE_SHARE = {"trees": 0.38, "grassland": 0.16, "cropland": 0.415, "built-up": 0.045}
 
 # ---------------------------------------------------------------------------------------------
 # Terrain.

@@ -6,11 +6,12 @@ published sensor figures in ``training/data/signatures.py`` (each with its sourc
 - terrain with the power spectrum of real topography and a median slope from plains to hills;
   water fills the lowest ground to a flat level, wetland lines it, floods rise a few metres over
   the low, flat ground next to it (height above the water), bare ground takes the high and steep;
-- Sentinel-2 L2A reflectance from per-class spectra (water turbidity, burn scars, residual haze,
-  clouds and their shadows), sensor noise from the MSI SNR, the 20 m and 60 m bands averaged over
+- land cover in Europe's proportions (CORINE 2018: trees and cropland common, built-up rare);
+- Sentinel-2 L2A reflectance from per-class spectra (water turbidity, burn scars, seasonal snow
+  seen through forest canopies, residual haze, clouds and their shadows), sensor noise from the MSI SNR, the 20 m and 60 m bands averaged over
   their native footprint and put back on the 10 m grid, quantised to 1e-4 like L2A products;
 - Sentinel-1 IW GRDH sigma0 per class and polarisation at the scene's incidence angle across the
-  swath (and the local slope), flooded vegetation and built-up brightened by double bounce, wind
+  swath (and the local slope), cropland parcels differing by a few dB, flooded vegetation and built-up brightened by double bounce, wind
   on water, the thermal noise floor added and subtracted again as the noise-removal step does,
   and multiplicative gamma speckle with the product's ENL of 4.4, correlated over the 20 x 22 m
   resolution cell.
@@ -46,11 +47,16 @@ __all__ = [
 ]
 
 #: Bumped whenever the scenes a seed gives change, so that cached demo models are rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 LANDCOVER_CLASSES: tuple[str, ...] = ("water", "trees", "grassland", "cropland", "built-up", "bare", "wetland")
 WATER, TREES, GRASSLAND, CROPLAND, BUILT_UP, BARE, WETLAND = range(len(LANDCOVER_CLASSES))
 _VEGETATED = np.array([TREES, GRASSLAND, CROPLAND, WETLAND])
+#: Mean per-scene preference of trees, grassland, cropland and built-up (drawn with sd 3 per
+#: scene, so one class tends to dominate a scene). Calibrated so that the four classes share the
+#: land they compete for about as Europe's land cover does (``signatures.EUROPE_SHARE``);
+#: ``tests/training/test_synthetic.py`` checks the shares.
+PREFERENCE_BIAS = np.array([0.0, -2.6, 0.1, -5.0])
 
 #: The 13 Sentinel-2 bands in the order of the band table (B01..B08, B8A, B09..B12).
 S2_BANDS: tuple[str, ...] = tuple(name for name, b in BANDS.items() if b.sensor == "S2")
@@ -67,13 +73,17 @@ class SceneConfig:
     speckle_looks: float = sig.ENL_IW_GRDH  # ENL of the gamma-distributed multiplicative SAR speckle
     noise: float = 1.0  # optical sensor noise in multiples of the MSI requirement (0.1 / SNR per band)
     cloud_prob: float = 0.1  # probability that a scene has clouds (and their shadows) over it
+    #: Probability of seasonal snow on a scene without a flood or burn (snow and those events are
+    #: of different seasons): at the default event rates about a tenth of all scenes, BigEarthNet's
+    #: share of snow-covered patches (``signatures.SNOW_SCENE_SHARE``).
+    snow_prob: float = 0.2
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"SceneConfig.size must be at least 8 pixels, got {self.size}")
         if self.pixel_size <= 0 or self.speckle_looks <= 0 or self.noise < 0:
             raise ValueError(f"SceneConfig needs pixel_size > 0, speckle_looks > 0 and noise >= 0, got {self}")
-        for name in ("flood_prob", "burn_prob", "cloud_prob"):
+        for name in ("flood_prob", "burn_prob", "cloud_prob", "snow_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
@@ -175,8 +185,11 @@ def _terrain(rng: np.random.Generator, n: int, pixel_size: float) -> tuple[np.nd
 
 
 def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarray, vegetated: np.ndarray,
-             flood: np.ndarray, burn: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(13, n, n) L2A reflectance and the cloud/shadow mask: surface, haze, clouds, sensor, resampling."""
+             flood: np.ndarray, burn: np.ndarray, snow: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(13, n, n) L2A reflectance and the cloud/shadow mask: surface, snow, haze, clouds, sensor, resampling.
+
+    ``snow`` is the snow-covered share of the ground per pixel (0 on a snow-free scene).
+    """
     n = config.size
     # Surface: class spectrum pulled towards bare soil where vegetation is sparse (cropland by
     # parcel), a smooth brightness, water by turbidity, then the events.
@@ -203,6 +216,11 @@ def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarra
     flood_rho = (1 - flood_turbidity) * sig.CLEAR_WATER + flood_turbidity * sig.TURBID_WATER
     cover = np.where(landcover == TREES, 0.3, 1.0) * flood
     rho = (1 - cover) * rho + cover * flood_rho[:, None, None]
+    # Snow buries low vegetation and soil; a forest shows it only through its canopy gaps [Mets05].
+    # Lakes are drawn open (ice-free). The land-cover label stays what lies beneath.
+    if snow.any():
+        seen = snow * np.where(landcover == TREES, rng.uniform(*sig.CANOPY_GAP), 1.0) * (landcover != WATER)
+        rho = (1 - seen) * rho + seen * sig.SNOW[:, None, None]
 
     # Atmosphere: residual haze ~ lambda^-1.3 [Ang29], on about half the scenes.
     haze = max(0.0, rng.uniform(-0.03, 0.015)) * np.clip(1 + 0.3 * f[9], 0, None)
@@ -247,6 +265,13 @@ def _sar(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarray, e
     cls[open_flood] = WATER
     db = sig.SIGMA0_DB.T[:, cls] + sig.SIGMA0_SLOPE.T[:, cls] * (local - sig.REFERENCE_INCIDENCE)
     db += 1.0 * texture  # ours: 1 dB of within-class variation (moisture, structure)
+    # Cropland: each parcel holds its own crop at its own stage, tilled or not, so parcels differ
+    # by a few dB on one date [Veloso17]; a pasture is one sward without that contrast. Parcels
+    # on the optical bands' grid (160 m at 32 px).
+    parcel = max(2, n // 2)
+    cells = -(-n // parcel)
+    crop_db = np.kron(rng.normal(0, sig.CROP_PARCEL_DB, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
+    db += np.where(cls == CROPLAND, crop_db, 0.0)
     calm, windy = sig.WIND_ON_WATER_DB
     wind = calm + (windy - calm) * rng.random() ** 2  # skewed towards calm (ours)
     db += np.where(cls == WATER, wind, 0.0)
@@ -269,8 +294,8 @@ def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneC
     rng = np.random.default_rng(seed)
     n = config.size
     # Fields: trees/grassland/cropland/built-up preference, brightness, vigour, SAR texture,
-    # burn blob, cloud blob, haze, needle-leaf share.
-    corr = np.array([*rng.uniform(n / 5, n / 2.5, 4), n / 4, n / 6, n / 6, n / 6, n / 4, n / 2, n / 4])
+    # burn blob, cloud blob, haze, needle-leaf share, snow patches.
+    corr = np.array([*rng.uniform(n / 5, n / 2.5, 4), n / 4, n / 6, n / 6, n / 6, n / 4, n / 2, n / 4, n / 4])
     f = smooth_field(rng, (len(corr), n, n), corr)
 
     elev, slope = _terrain(rng, n, config.pixel_size)
@@ -287,7 +312,7 @@ def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneC
     wetland = ~water & (height < water_frac + rng.uniform(0.03, 0.15)) & _dilate(water, max(1, n // 8))
     bare = ~water & ~wetland & (_rank(u + 0.3 * slope_z) >= 1 - bare_frac)
     centred = 2 * u - 1
-    bias = rng.normal([0.0, 0.2, 0.2, -0.3], 3.0)
+    bias = rng.normal(PREFERENCE_BIAS, 3.0)
     prefs = f[0:4] + (bias + np.array([0.8, 0.0, -0.8, -0.4]) * centred[..., None]).transpose(2, 0, 1)
     prefs += np.array([0.3, 0.0, -0.3, -0.5])[:, None, None] * slope_z
     landcover = np.array([TREES, GRASSLAND, CROPLAND, BUILT_UP], dtype=np.uint8)[prefs.argmax(0)]
@@ -309,8 +334,16 @@ def generate_scene(seed: int | np.random.Generator, config: SceneConfig = SceneC
     lo, hi = np.quantile(hand[~water], [0.05, 0.6]) if (~water).any() else (0.0, 0.0)
     flood = has_flood & ~water & (hand <= np.clip(rise, lo, hi))
     burn = has_burn & vegetated & ~flood & (_rank(f[7]) >= 1 - burn_frac)
+    # Seasonal snow, on scenes without an event: 10-50 % of the ground, patchy, lying longest on
+    # high ground (ours: more snow than this made the visible bands of the default mix brighter
+    # and more spread than the BigEarthNet archive, of which a tenth is snowy). Dry snow is
+    # transparent to C-band [NR00]: the SAR bands do not see it.
+    snow = np.zeros((n, n))
+    if not has_flood and not has_burn and rng.random() < config.snow_prob:
+        extent = rng.uniform(0.1, 0.5)
+        snow = np.clip((_rank(f[11] + 1.5 * u) - (1 - extent)) / 0.1, 0, 1)
 
-    spectra, cloud = _optical(rng, config, landcover, vegetated, flood, burn, f)
+    spectra, cloud = _optical(rng, config, landcover, vegetated, flood, burn, snow, f)
     sar_db = _sar(rng, config, landcover, elev, flood, burn, f[6])
     stack = np.concatenate([spectra, sar_db, dem[None]]).astype(np.float32)
     bands = dict(zip((*S2_BANDS, "VV", "VH", "DEM"), stack, strict=True))
