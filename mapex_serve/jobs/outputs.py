@@ -25,7 +25,7 @@ from mapex_serve.areas import class_areas, known_row_areas_m2
 from mapex_serve.jobs.store import StripRecord
 from mapex_serve.tiling import RowBand
 
-__all__ = ["NODATA_LABEL", "PROBABILITY_SCALE", "STRIP_ROWS", "StripWriter", "write_cog"]
+__all__ = ["NODATA_LABEL", "PROBABILITY_SCALE", "STRIP_ROWS", "StripWriter", "strip_name", "write_cog"]
 
 STRIP_ROWS = 512  # the COG's block size: a strip is one row of its blocks
 NODATA_LABEL = 255
@@ -88,6 +88,7 @@ class StripWriter:
 
 
 def strip_name(kind: str, index: int) -> str:
+    """The file of strip ``index`` of ``kind`` (labels or probabilities)."""
     return f"{kind}-{index:05d}.tif"
 
 

@@ -29,9 +29,9 @@ import rasterio
 
 from mapex_serve.batcher import BACKGROUND
 from mapex_serve.errors import MapexError
-from mapex_serve.inputs import SourceFile
+from mapex_serve.inputs import RequestScene, SourceFile
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.outputs import NODATA_LABEL, PROBABILITY_SCALE, StripWriter, write_cog
+from mapex_serve.jobs.outputs import NODATA_LABEL, PROBABILITY_SCALE, StripWriter, strip_name, write_cog
 from mapex_serve.jobs.sources import ResolvedSources, fetch_item, redacted, resolve_stac, resolve_urls
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
 from mapex_serve.predict import (
@@ -44,6 +44,7 @@ from mapex_serve.predict import (
 )
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import as_geotiff, as_json, inputs_summary, palette
+from mapex_serve.routing import Route
 from mapex_serve.scene_reader import SceneReader
 from mapex_serve.state import ServiceState
 from mapex_serve.tiling import ClassAggregator, MaskBlender, Tile, read_batches, tile_cells, tile_grid
@@ -99,7 +100,8 @@ def overrides_for(request: JobRequest, sources: ResolvedSources) -> UnitOverride
     return UnitOverrides(merged("units"), merged("scale"), merged("offset"))
 
 
-def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: list[Manifest], max_pixels: int):  # noqa: ANN201
+def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: list[Manifest],
+                 max_pixels: int) -> tuple[RequestScene, Route, SceneReader]:
     """``(scene, route, reader)``: the files opened, routed and their units decided (GDAL work: run in a thread)."""
     bands = request.bands.split(",") if request.bands else sources.bands
     return open_and_route(sources.files, bands, manifests, request.modality, overrides_for(request, sources), max_pixels)
@@ -302,7 +304,7 @@ class JobRunner:
         """The strips recorded and on disk, contiguous from the top (a resumed job starts after them)."""
         done = []
         for s in self.store.strips(job_id):
-            if s.row != sum(d.height for d in done) or not (folder / f"labels-{s.index:05d}.tif").exists():
+            if s.row != sum(d.height for d in done) or not (folder / strip_name("labels", s.index)).exists():
                 break
             done.append(s)
         return done
