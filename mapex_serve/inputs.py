@@ -191,6 +191,15 @@ def _head(path: str, n: int = 64) -> bytes:
         return f.read(n)
 
 
+def _open_in_place(f: SourceFile) -> DatasetReaderBase:
+    """A remote file is opened without listing the bucket or web folder beside it (one request fewer, and no
+    listing of a large prefix); only for this open: set process-wide, the setting hides local sidecars (.hdr)."""
+    if not f.remote:
+        return DatasetReader(f.path, driver=list(SOURCE_DRIVERS))
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        return DatasetReader(f.path, driver=list(REMOTE_DRIVERS))
+
+
 @cache
 def _register_drivers() -> None:
     """GDAL's drivers, registered once for the process (a path opened with ``DatasetReader`` outside any
@@ -269,7 +278,7 @@ class RequestScene:
             if not f.remote and _is_vrt(_head(f.path)):
                 raise ForbiddenReferenceError(f"{f.name}: VRTs are not accepted for jobs (a VRT could read any file); "
                                               f"send the rasters themselves, one file part each")
-            ds = self._closing(DatasetReader(f.path, driver=list(REMOTE_DRIVERS if f.remote else SOURCE_DRIVERS)))
+            ds = self._closing(_open_in_place(f))
             if ds.count == 0 and ds.subdatasets and not f.remote:
                 self.datasets += self._open_subdatasets(f.name, ds, f.path)
             elif ds.count == 0 or ds.width * ds.height == 0:

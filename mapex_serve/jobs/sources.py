@@ -31,7 +31,6 @@ __all__ = ["JobSourceError", "ResolvedSources", "gdal_path", "redacted", "resolv
 #: the node's RAM, outside every budget of the service); a deployment's own environment wins.
 GDAL_DEFAULTS = {
     "GDAL_CACHEMAX": "256",  # MiB
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # do not list the bucket or web folder beside each file
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",
     "GDAL_HTTP_TIMEOUT": "60",
