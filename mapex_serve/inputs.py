@@ -201,11 +201,11 @@ def _open_in_place(f: SourceFile) -> DatasetReaderBase:
 
 
 @cache
-def _register_drivers() -> None:
+def _register_drivers() -> frozenset[str]:
     """GDAL's drivers, registered once for the process (a path opened with ``DatasetReader`` outside any
     ``rasterio.Env`` finds none; a ``MemoryFile`` registers them itself)."""
-    with rasterio.Env():
-        pass
+    with rasterio.Env() as env:
+        return frozenset(env.drivers())
 
 
 class RequestScene:
