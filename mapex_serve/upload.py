@@ -8,7 +8,7 @@ checked chunk by chunk, so an oversized upload is refused as soon as it passes t
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -94,6 +94,12 @@ class _Parts:
         self.parts.append((self._headers, self._sink))
         self._sink = None
 
+    def close(self) -> None:
+        """Close every part's sink, the one being written included (an upload cut short leaves no open file)."""
+        for sink in [*(sink for _, sink in self.parts), self._sink]:
+            if sink is not None:
+                sink.close()
+
     def callbacks(self) -> dict:
         return {name: getattr(self, name) for name in ("on_part_begin", "on_header_field", "on_header_value",
                                                        "on_header_end", "on_headers_finished", "on_part_data",
@@ -109,6 +115,16 @@ class _InMemory(io.BytesIO):
 
     def close(self) -> None:
         self.data = self.getvalue()
+
+
+async def _bounded(request: Request, ceiling: int, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; refused as soon as they pass ``ceiling`` bytes."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > ceiling:
+            raise _too_large(limit)
+        yield chunk
 
 
 async def _receive(request: Request, limit: int, open_sink: Callable[[int, str], _Sink]) -> list[_Sink]:
@@ -127,12 +143,9 @@ async def _receive(request: Request, limit: int, open_sink: Callable[[int, str],
     if declared and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(limit)
     if not multipart:
-        sink, size = open_sink(0, "upload.tif"), 0
+        sink = open_sink(0, "upload.tif")
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > ceiling:
-                    raise _too_large(limit)
+            async for chunk in _bounded(request, ceiling, limit):
                 sink.write(chunk)
         finally:
             sink.close()
@@ -143,22 +156,14 @@ async def _receive(request: Request, limit: int, open_sink: Callable[[int, str],
                                    "boundary=...); let the client build it, e.g. curl -F file=@scene.tif")
     parts = _Parts(open_sink)
     parser = MultipartParser(boundary, parts.callbacks())
-    size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > ceiling:
-                raise _too_large(limit)
+        async for chunk in _bounded(request, ceiling, limit):
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as e:
         raise MalformedUploadError(f"the multipart body does not parse ({e}); send -F file=@scene.tif") from None
     finally:
-        for _, sink in parts.parts:
-            if sink is not None:
-                sink.close()
-        if parts._sink is not None:
-            parts._sink.close()
+        parts.close()
     sinks = [sink for _, sink in parts.parts if sink is not None]
     if not sinks:
         names = sorted({parse_options_header(h.get(b"content-disposition", b""))[1].get(b"name", b"").decode(

@@ -323,9 +323,10 @@ class JobRunner:
             reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
             raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
         common = dict(crs=g.crs, transform=g.transform, width=g.width, height=g.height)
+        inputs = [b.report() for b in scene.bands]
         tags = {"specialist": manifest.name, "version": str(manifest.version), "bands": ",".join(route.bands),
                 "classes": ",".join(f"{i}={c}" for i, c in enumerate(manifest.classes)),
-                "inputs": json.dumps([b.report() for b in scene.bands if b.report()["used"]])}
+                "inputs": json.dumps([i for i in inputs if i["used"]])}
         write_cog(folder / "strips", "labels", folder / "result.tif", strips, bands=1,
                   descriptions=[f"{manifest.task} class"], metadata=tags, colors=palette(len(manifest.classes)),
                   **common)
@@ -355,7 +356,7 @@ class JobRunner:
         return {"task": manifest.task, "specialist": manifest.name, "version": manifest.version,
                 "bands": list(route.bands), "provider": self.state.registry.specialists[manifest.name].engine.provider,
                 "data": f"model trained on {manifest.data} data", "classes": classes, "valid_pixels": total,
-                "inputs": [b.report() for b in scene.bands],
+                "inputs": inputs,
                 "grid": {"crs": g.crs.to_string() if g.crs else None, "width": g.width, "height": g.height,
                          "pixel_size": [abs(g.transform.a), abs(g.transform.e)], "resampled": reader.resampled},
                 "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},

@@ -70,7 +70,7 @@ def _record(runner: JobRunner, job_id: str) -> JobRecord:
     return record
 
 
-def status_of_job(runner: JobRunner, record: JobRecord) -> JobStatus:
+def job_status(runner: JobRunner, record: JobRecord) -> JobStatus:
     live = runner.progress.get(record.id)
     done, total = (live.done, live.total) if live else (record.tiles_done, record.tiles_total)
     outputs = (record.summary or {}).get("outputs", []) if record.state == "done" and not record.expired else []
@@ -153,7 +153,7 @@ async def submit_job(
     m = route.manifest
     record = runner.submit(task, body, sources, {"specialist": m.name, "version": m.version, "bands": list(route.bands),
                                                  "width": reader.width, "height": reader.height}, job_id)
-    return JSONResponse(status_of_job(runner, record).model_dump(mode="json"), status_code=202,
+    return JSONResponse(job_status(runner, record).model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{record.id}"})
 
 
@@ -162,13 +162,13 @@ async def list_jobs(state: Annotated[ServiceState, Depends(service_state)],
                     limit: Annotated[int, Query(ge=1, le=1000, description="newest first")] = 50) -> list[JobStatus]:
     """The newest jobs, whatever their state."""
     runner = _runner(state)
-    return [status_of_job(runner, r) for r in runner.store.recent(limit)]
+    return [job_status(runner, r) for r in runner.store.recent(limit)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)
 async def get_job(job_id: str, state: Annotated[ServiceState, Depends(service_state)]) -> JobStatus:
     runner = _runner(state)
-    return status_of_job(runner, _record(runner, job_id))
+    return job_status(runner, _record(runner, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatus)
@@ -178,7 +178,7 @@ async def cancel_job(job_id: str, state: Annotated[ServiceState, Depends(service
     if record.state in FINISHED:
         raise JobConflictError(f"job {job_id} is {record.state} already; only queued or running jobs can be cancelled")
     runner.cancel(job_id)
-    return status_of_job(runner, _record(runner, job_id))
+    return job_status(runner, _record(runner, job_id))
 
 
 @router.get("/jobs/{job_id}/result", responses={200: {"content": {"image/tiff": {}, "application/json": {},
