@@ -123,11 +123,6 @@ def group_cpu_seconds(pgid: int) -> tuple[float, int]:
     return total, count
 
 
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class TritonPeer:
     """``tritonserver`` on a loopback port serving ``models`` (specialist name -> (entry, manifest)); a context manager.
 
@@ -389,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "b": {"mapex": lambda i: (f"/v2/models/{name}/infer", *binaries[i % len(binaries)]),
                       "triton": lambda i: (f"/v2/models/{name}/infer", *binaries[i % len(binaries)])},
             }
-            servers = {"mapex": (ours.url, lambda: process_cpu_seconds(ours.pid)), "triton": (triton.url,
+            servers = {"mapex": (ours.url, ours.cpu_seconds), "triton": (triton.url,
                                                                                             triton.cpu_seconds)}
             for part, requests in parts.items():
                 for c in args.concurrency:
@@ -406,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(rows[-1], file=sys.stderr)
             if scene is not None:
                 content = scene.read_bytes()
-                cpu0 = process_cpu_seconds(ours.pid)
+                cpu0 = ours.cpu_seconds()
                 start = time.perf_counter()
                 r = httpx.post(f"{ours.url}/predict/{args.scene_task}?modality={args.modality}", content=content,
                                headers={"Content-Type": "image/tiff"}, timeout=3600)
@@ -415,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
                 ours_labels = cog_labels(r.content)
                 rows.append({"part": "c", "server": "mapex", "concurrency": 1, "requests": 1, "scene_s": wall,
-                             "client_cpu_s": 0.0, "server_cpu_s": process_cpu_seconds(ours.pid) - cpu0})
+                             "client_cpu_s": 0.0, "server_cpu_s": ours.cpu_seconds() - cpu0})
                 cpu0, client0 = triton.cpu_seconds(), time.process_time()
                 start = time.perf_counter()
                 cog = asyncio.run(triton_scene(triton.url, scene, seg.name, seg, args.max_batch, args.inflight))

@@ -288,12 +288,6 @@ def _with_samples(a: tuple) -> tuple:
     return (*a, a[2].samples(64))
 
 
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _post(conn: http.client.HTTPConnection, path: str, data: bytes) -> bytes:
     conn.request("POST", path, body=data, headers={"Content-Type": "image/tiff"})
     response = conn.getresponse()
@@ -315,12 +309,12 @@ def service_costs(repo: Path, task: str, modality: str, tile: bytes, scene: byte
             path = f"/predict/{task}?modality={modality}&format={fmt}"
             for _ in range(max(2, n // 10)):
                 _post(conn, path, data)  # warm-up
-            latencies, cpu0, client0 = [], _proc_cpu(server.pid), time.process_time()
+            latencies, cpu0, client0 = [], server.cpu_seconds(), time.process_time()
             for _ in range(n):
                 start = time.perf_counter()
                 _post(conn, path, data)
                 latencies.append(time.perf_counter() - start)
-            out[label] = {"server_cpu": (_proc_cpu(server.pid) - cpu0) / n, "latency_p50": statistics.median(latencies),
+            out[label] = {"server_cpu": (server.cpu_seconds() - cpu0) / n, "latency_p50": statistics.median(latencies),
                           "client_cpu": (time.process_time() - client0) / n, "requests": n}
             conn.close()
     return out

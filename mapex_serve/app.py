@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from mapex_serve.batcher import Batcher
+from mapex_serve.decode.pool import DecodePool
 from mapex_serve.errors import MapexError
 from mapex_serve.http_errors import STATUS, mapex_error_response, status_of
 from mapex_serve.jobs.runner import JobRunner
@@ -54,6 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
         for b in state.batchers.values():
             b.start()
+        if s.decode_worker_count > 0:
+            state.decode = DecodePool(s.decode_worker_count, {n: sp.manifest for n, sp in registry.specialists.items()},
+                                      {n: sp.engine.provider for n, sp in registry.specialists.items()},
+                                      metrics=state.metrics)
+            await state.decode.start()
         state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))
         yield
@@ -61,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.jobs.stop()
         # Every admitted tile is run or answered with a 503, the specialists draining side by side.
         await asyncio.gather(*(b.stop(drain_s=s.request_timeout_s) for b in state.batchers.values()))
+        if state.decode is not None:
+            await state.decode.stop()
         for executor in executors:
             executor.shutdown(wait=True)
 

@@ -14,9 +14,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["LocalService", "free_port", "status_bytes"]
+__all__ = ["LocalService", "cpu_seconds", "decode_workers", "free_port", "status_bytes"]
 
 
 def status_bytes(pid: int | str, name: str) -> int:
@@ -25,6 +26,27 @@ def status_bytes(pid: int | str, name: str) -> int:
         if line.startswith(f"{name}:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/{pid}/status has no {name} line")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU of a process so far (``/proc/<pid>/stat``), every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def decode_workers(pid: int | str) -> list[int]:
+    """The decode worker processes of the service ``pid`` (multiprocessing's spawned children; Linux)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    found = []
+    for child in children:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except FileNotFoundError:  # exited meanwhile
+            pass
+    return found
 
 
 def free_port() -> int:
@@ -68,18 +90,40 @@ class LocalService:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def processes(self) -> list[int]:
+        """The service and its decode workers: what its memory and CPU are summed over."""
+        return [self.pid, *decode_workers(self.pid)]
+
+    def _sum(self, measure: Callable[[int], float]) -> float:
+        total = 0
+        for pid in self.processes:
+            try:
+                total += measure(pid)
+            except FileNotFoundError:  # a worker that exited meanwhile
+                pass
+        return total
+
     def rss_bytes(self) -> int:
-        """The service's resident memory now (Linux)."""
-        return status_bytes(self.pid, "VmRSS")
+        """Resident memory now, the service and its decode workers together (Linux)."""
+        return int(self._sum(lambda pid: status_bytes(pid, "VmRSS")))
 
     def peak_rss_bytes(self) -> int:
-        """The service's peak resident memory since start or the last ``reset_peak_rss`` (VmHWM, Linux)."""
-        return status_bytes(self.pid, "VmHWM")
+        """Peak resident memory since start or the last ``reset_peak_rss`` (VmHWM), summed over the processes.
+
+        A sum of per-process peaks: at least the true peak of the whole, never less.
+        """
+        return int(self._sum(lambda pid: status_bytes(pid, "VmHWM")))
 
     def reset_peak_rss(self) -> int:
-        """Reset the peak to the current RSS (Linux ``clear_refs`` 5), so that the next request's peak is its own."""
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        """Reset the peaks to the current RSS (Linux ``clear_refs`` 5), so that the next request's peak is its own."""
+        for pid in self.processes:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
         return self.rss_bytes()
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the service and its live decode workers."""
+        return self._sum(cpu_seconds)
 
     @property
     def log(self) -> str:

@@ -30,3 +30,5 @@ class Metrics:
         self.queue_depth = Gauge("mapex_queue_depth", "Tiles waiting for an engine", ["specialist"], registry=r)
         self.tiles_dropped = Counter("mapex_tiles_dropped", "Tiles of cancelled requests (timed out, client gone) "
                                      "dropped before the engine ran them", ["specialist"], registry=r)
+        self.decode_restarts = Counter("mapex_decode_worker_restarts", "Decode workers that died and were replaced",
+                                       registry=r)

@@ -9,10 +9,12 @@ is reserved against the memory budget before they are allocated.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 from affine import AffineError
 from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no public base class for them
 from rasterio.errors import RasterioError
@@ -39,8 +41,8 @@ from mapex_serve.tiling import (
 from mapex_serve.units import UnitOverrides
 
 __all__ = [
-    "Prediction", "RasterTooLargeError", "UnreadableRasterError", "next_batch", "open_and_route", "predict", "route_scene",
-    "tile_batches", "unreadable_as_400",
+    "Prediction", "RasterTooLargeError", "SceneRun", "UnreadableRasterError", "check_not_empty", "next_batch",
+    "open_and_route", "predict", "route_scene", "tile_batches", "unreadable_as_400",
 ]
 
 
@@ -74,6 +76,9 @@ class Prediction:
 _READ_ERRORS = (RasterioError, CPLE_BaseError, UnicodeDecodeError, AffineError)
 
 
+_REQUEST_FOLDER = re.compile(r"/vsimem/mapex-[0-9a-f]+/")
+
+
 @contextmanager
 def unreadable_as_400() -> Iterator[None]:
     """A corrupt upload is the user's error (400), wherever GDAL notices it: opening, metadata or pixels."""
@@ -82,7 +87,8 @@ def unreadable_as_400() -> Iterator[None]:
     except MapexError:
         raise
     except _READ_ERRORS as e:
-        raise UnreadableRasterError(f"the upload is not a readable raster ({e}); send GeoTIFF, COG, NetCDF, HDF5, "
+        said = _REQUEST_FOLDER.sub("", str(e))  # the request's in-memory folder means nothing to the user
+        raise UnreadableRasterError(f"the upload is not a readable raster ({said}); send GeoTIFF, COG, NetCDF, HDF5, "
                                     f"JPEG 2000 or ENVI files, or a VRT over the other files of the request") from None
 
 
@@ -132,66 +138,88 @@ def route_scene(scene: RequestScene, manifests: Sequence[Manifest], modality: st
         raise
 
 
+class SceneRun:
+    """One routed scene from tiles to a Prediction: what the service process and a decode worker both drive.
+
+    ``batches`` reads the tiles as the engine takes them; ``add`` blends (mask heads) or aggregates
+    (class heads) each batch's probabilities; ``result`` reports. ``need`` is what the outputs cost,
+    to reserve against the memory budget before the first tile runs.
+    """
+
+    def __init__(self, scene: RequestScene, route: Route, reader: SceneReader, max_batch: int) -> None:
+        self.scene, self.route, self.reader = scene, route, reader
+        manifest = route.manifest
+        size, k = manifest.tile_size, len(manifest.classes)
+        self.tiles, self.batches = tile_batches(reader, manifest, max_batch)
+        self.need = request_bytes(reader.height, reader.width, classes=k, head=manifest.head,
+                                  channels=len(route.bands), tile=size, max_batch=max_batch)
+        self.what = f"this {reader.width} x {reader.height} scene"
+        self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) \
+            if manifest.head == "mask" else None
+        self._aggregator = ClassAggregator(*grid_shape(self.tiles), k) if manifest.head == "class" else None
+        self.seen = 0
+
+    def add(self, batch: TileBatch, probs: np.ndarray) -> None:
+        """One batch's probabilities, in the batch's order."""
+        for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
+            (self._blender or self._aggregator).add(tile, p, valid)
+        self.seen += len(batch.tiles)
+
+    def result(self, reservation: Reservation) -> Prediction:
+        """The Prediction with the report of the inputs; a 400 when no tile had a valid pixel."""
+        masked = self.reader.masked()
+        if self.seen == 0:
+            reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
+            raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
+        g, size = self.reader.grid, self.route.manifest.tile_size
+        report = Prediction(self.route, {"crs": g.crs, "transform": g.transform, "width": g.width, "height": g.height},
+                            tile_stride=size - overlap_for(size), inputs=[b.report() for b in self.scene.bands],
+                            tile_rows=tile_cells(g.height, size, overlap_for(size)),
+                            tile_cols=tile_cells(g.width, size, overlap_for(size)),
+                            masked=masked, resampled=self.reader.resampled, ignored=self.scene.ignored_subdatasets,
+                            reservation=reservation)
+        if self._blender is not None:
+            report.mask = self._blender.result()
+        else:
+            report.classes = self._aggregator.result()
+        return report
+
+
 async def predict(
     files: Sequence[UploadedFile], manifests: Sequence[Manifest], batchers: dict[str, Batcher], *,
     bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int,
     overrides: UnitOverrides | None = None, budget: MemoryBudget | None = None,
 ) -> Prediction:
-    """Route the scene in ``files`` to one of ``manifests`` and run it; errors are MapexErrors (4xx)."""
-    if not files or not any(f.data for f in files):
-        raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
+    """Route the scene in ``files`` to one of ``manifests`` and run it in this process; errors are MapexErrors (4xx)."""
+    check_not_empty(files)
     scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
         open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
     with scene, unreadable_as_400():
-        manifest = route.manifest
-        need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
-                             channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
-        what = f"this {reader.width} x {reader.height} scene"
-        reservation = budget.reserve(need, what) if budget else Reservation(None, 0)
+        run = SceneRun(scene, route, reader, max_batch)
+        reservation = budget.reserve(run.need, run.what) if budget else Reservation(None, 0)
         try:
-            return await _run(scene, reader, route, batchers[manifest.name], max_batch, reservation)
+            return await _run(run, batchers[route.manifest.name], reservation)
         except BaseException:
             reservation.release()
             raise
 
 
-async def _run(scene: RequestScene, reader: SceneReader, route: Route, batcher: Batcher, max_batch: int,
-               reservation: Reservation) -> Prediction:
-    """Tiles through the batcher into a blender or aggregator; the Prediction with the report of the inputs."""
-    manifest = route.manifest
-    size, k = manifest.tile_size, len(manifest.classes)
+def check_not_empty(files: Sequence[UploadedFile]) -> None:
+    if not files or not any(f.data for f in files):
+        raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
+
+
+async def _run(run: SceneRun, batcher: Batcher, reservation: Reservation) -> Prediction:
+    """Tiles through the batcher, the next batch read while the engine runs this one."""
     with unreadable_as_400():
-        tiles, batches = tile_batches(reader, manifest, max_batch)
-        blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) if manifest.head == "mask" else None
-        aggregator = ClassAggregator(*grid_shape(tiles), k) if manifest.head == "class" else None
-        seen = 0
-        reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))
+        reading = asyncio.ensure_future(asyncio.to_thread(next_batch, run.batches))
         try:
             # Shielded: a timeout must not abandon a thread that is still reading from the dataset.
             while batch := await asyncio.shield(reading):
-                reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))  # read ahead of the engine
-                probs = await batcher.submit(batch.data, admit=seen == 0)
-                for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-                    (blender or aggregator).add(tile, p, valid)
-                seen += len(batch.tiles)
+                reading = asyncio.ensure_future(asyncio.to_thread(next_batch, run.batches))  # read ahead of the engine
+                run.add(batch, await batcher.submit(batch.data, admit=run.seen == 0))
         finally:
             await asyncio.wait([reading])  # the dataset closes only after its last read has ended
             if not reading.cancelled():
                 reading.exception()  # retrieved: on this path the error that matters is already raised
-        masked = reader.masked()
-        if seen == 0:
-            reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
-            raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
-        g = reader.grid
-        report = Prediction(route, {"crs": g.crs, "transform": g.transform, "width": g.width, "height": g.height},
-                            tile_stride=size - overlap_for(size), inputs=[b.report() for b in scene.bands],
-                            tile_rows=tile_cells(g.height, size, overlap_for(size)),
-                            tile_cols=tile_cells(g.width, size, overlap_for(size)),
-                            masked=masked, resampled=reader.resampled, ignored=scene.ignored_subdatasets,
-                            reservation=reservation)
-    if blender is not None:
-        report.mask = blender.result()
-    else:
-        report.classes = aggregator.result()
-    return report
-
+        return run.result(reservation)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from rasterio.io import MemoryFile
@@ -14,7 +15,10 @@ from mapex_serve.errors import MapexError
 from mapex_serve.predict import Prediction
 from mapex_serve.vectorize import mask_polygons
 
-__all__ = ["GeoJSONNotAvailableError", "as_geojson", "as_geotiff", "as_json", "inputs_summary", "palette"]
+__all__ = [
+    "Encoded", "GeoJSONNotAvailableError", "as_geojson", "as_geotiff", "as_json", "choose_format", "encode",
+    "inputs_summary", "palette",
+]
 
 NODATA_LABEL = 255
 
@@ -97,16 +101,15 @@ def as_geotiff(p: Prediction) -> bytes:
         data = p.classes.tile_labels[np.ix_(rows, cols)][None]
         transform, (height, width) = p.profile["transform"], data.shape[1:]
     profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=p.profile["crs"],
-                   transform=transform, nodata=NODATA_LABEL, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate")
-    with MemoryFile() as tmp:
-        with tmp.open(**profile) as dst:
-            dst.write(data)
+                   transform=transform, nodata=NODATA_LABEL, tiled=True, blockxsize=256, blockysize=256)
+    with MemoryFile() as tmp:  # uncompressed: only the COG copy compresses (writing deflate twice doubled the cost)
+        with tmp.open(**profile) as dst:  # the colour map before the pixels: libtiff fixes the photometry at the first write
+            dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(palette(len(m.classes)))})
             dst.set_band_description(1, f"{m.task} class")
             dst.update_tags(1, classes=",".join(f"{i}={c}" for i, c in enumerate(m.classes)))
             dst.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands),
                             inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
-            dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(palette(len(m.classes)))})
+            dst.write(data)
         with tmp.open() as src, MemoryFile() as out:
             copy(src, out.name, driver="COG", compress="deflate")
             return out.read()
@@ -116,3 +119,41 @@ def palette(n: int) -> np.ndarray:
     """Colours of the first ``n`` classes (RGB uint8), the same in every answer."""
     return np.array([[31, 119, 180], [44, 160, 44], [188, 189, 34], [255, 127, 14], [214, 39, 40],
                      [140, 86, 75], [23, 190, 207], [148, 103, 189]] * 32, dtype=np.uint8)[:n]
+
+
+Format = Literal["json", "geotiff", "geojson"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A response ready to send: made wherever the prediction lives (the service or a decode worker)."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def choose_format(format: Format | None, accept: str, has_mask: bool) -> Format:
+    """``format=`` if given; else masks default to GeoTIFF and classes to JSON, unless Accept says otherwise."""
+    if format is not None:
+        return format
+    return "geotiff" if "image/tiff" in accept or (has_mask and "application/json" not in accept) else "json"
+
+
+def _json_bytes(body: Any) -> bytes:
+    """As Starlette's JSONResponse renders it."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+def encode(p: Prediction, format: Format | None, accept: str, provider: str) -> Encoded:
+    """The prediction as the GeoTIFF, JSON or GeoJSON the client asked for, with the X-Mapex-* headers."""
+    m = p.route.manifest
+    headers = {"X-Mapex-Specialist": m.name, "X-Mapex-Version": str(m.version), "X-Mapex-Bands": ",".join(p.route.bands),
+               "X-Mapex-Inputs": json.dumps(inputs_summary(p), ensure_ascii=True, separators=(",", ":"))}
+    match choose_format(format, accept, p.mask is not None):
+        case "geotiff":
+            return Encoded(as_geotiff(p), "image/tiff", headers)
+        case "geojson":
+            return Encoded(_json_bytes(as_geojson(p)), "application/geo+json", headers)
+        case _:
+            return Encoded(_json_bytes(as_json(p, provider)), "application/json", headers)

@@ -7,6 +7,7 @@ engines and the app. Every field's description is the README's configuration tab
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,16 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
     )
+    decode_workers: int | None = Field(
+        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: cores - 1 "
+        "(at least 1); 0: in the service process (threads)."
+    )
+
+    @property
+    def decode_worker_count(self) -> int:
+        if self.decode_workers is not None:
+            return self.decode_workers
+        return max(len(os.sched_getaffinity(0)) - 1, 1)
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from mapex_serve.registry import Registry
 from mapex_serve.settings import Settings
 
 if TYPE_CHECKING:  # the runner needs the state: imported for the annotation only
+    from mapex_serve.decode.pool import DecodePool
     from mapex_serve.jobs.runner import JobRunner
 
 __all__ = ["ServiceState"]
@@ -29,10 +30,18 @@ class ServiceState:
     #: Whole-scene jobs, once the lifespan has opened their store; None (and why) when it could not.
     jobs: JobRunner | None = None
     jobs_problem: str = "not started"
+    #: Decode worker processes for /predict; None when MAPEX_DECODE_WORKERS=0 (decoded in this process).
+    decode: DecodePool | None = None
 
     def __post_init__(self) -> None:
         self.budget = MemoryBudget(int(self.settings.memory_budget_mb * 2**20))
 
     @property
     def ready(self) -> bool:
+        """Engines warm: the routes take requests (``/predict`` waits a while for a decode worker if none is up)."""
         return self.registry is not None and self.registry.ready
+
+    @property
+    def serving(self) -> bool:
+        """Ready, with a decode worker up when they are used: what the readiness probe reports."""
+        return self.ready and (self.decode is None or self.decode.ready_count > 0)

@@ -22,8 +22,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 async def readyz(state: State) -> JSONResponse:
-    return JSONResponse({"ready": state.ready, "specialists": sorted(state.registry.specialists) if state.registry else []},
-                        status_code=200 if state.ready else 503)
+    body = {"ready": state.ready, "specialists": sorted(state.registry.specialists) if state.registry else []}
+    if state.decode is not None:
+        body["decode_workers"] = {"ready": state.decode.ready_count, "size": state.decode.size,
+                                  "restarts": state.decode.restarts}
+    return JSONResponse(body, status_code=200 if state.serving else 503)
 
 
 @router.get("/v2/health/live", tags=["open inference protocol"])

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import time
-from typing import Annotated, Literal
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError, UnknownTaskError
 from mapex_serve.http_errors import status_of
-from mapex_serve.predict import Prediction, predict
+from mapex_serve.predict import predict
 from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
-from mapex_serve.responses import as_geojson, as_geotiff, as_json, inputs_summary
+from mapex_serve.responses import Format, encode
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import read_upload
 
 __all__ = ["router"]
+
+log = logging.getLogger("mapex_serve")
+
+T = TypeVar("T")
 
 router = APIRouter()
 
@@ -40,22 +45,43 @@ _BODY = {"requestBody": {"required": True, "content": {
 
 
 async def _respond(request: Request, state: ServiceState, manifests: list[Manifest], bands: str | None,
-                   modality: str | None, format: str | None, overrides: UnitOverrides) -> Response:
+                   modality: str | None, format: Format | None, overrides: UnitOverrides) -> Response:
     """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
     settings = state.settings
     files = await read_upload(request, int(settings.max_upload_mb * 2**20))
-    work = asyncio.ensure_future(predict(files, manifests, state.batchers, bands=bands.split(",") if bands else None,
+    band_list = bands.split(",") if bands else None
+    accept = request.headers.get("accept", "")
+    if state.decode is not None:
+        try:
+            upload = state.decode.prepare(files, [m.name for m in manifests], settings.max_batch)
+        except SlabSpaceError as e:  # nothing started: this one is decoded in the service process
+            log.warning("no shared memory for this upload (%s); decoding it in the service process: give /dev/shm "
+                        "more room (docs/deploy.md)", e)
+        else:
+            del files  # the upload holds them until they are in its slab
+            work = asyncio.ensure_future(state.decode.predict(
+                upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
+                overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
+                format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
+            try:
+                encoded = await _unless_client_leaves(request, work)
+            finally:
+                upload.discard()  # also when the request was cancelled before its work began
+            return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+    work = asyncio.ensure_future(predict(files, manifests, state.batchers, bands=band_list,
                                          modality=modality, max_pixels=settings.max_pixels,
                                          max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
     del files  # encoding needs the prediction only: the upload's bytes can go first
     result = await _unless_client_leaves(request, work)
     try:
-        return await _encode(request, state, result, format)
+        provider = state.registry.specialists[result.route.manifest.name].engine.provider
+        encoded = await run_in_threadpool(encode, result, format, accept, provider)
+        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
     finally:
         result.reservation.release()
 
 
-async def _unless_client_leaves(request: Request, work: asyncio.Future[Prediction]) -> Prediction:
+async def _unless_client_leaves(request: Request, work: asyncio.Future[T]) -> T:
     """``work``'s result, or its cancellation (its queued tiles then never reach the engine) if the client leaves.
 
     Only after the body is read: ``receive()`` then returns nothing until the connection closes. A
@@ -84,24 +110,6 @@ async def _unless_client_leaves(request: Request, work: asyncio.Future[Predictio
     return work.result()
 
 
-async def _encode(request: Request, state: ServiceState, result: Prediction, format: str | None) -> Response:
-    """The prediction as the GeoTIFF or JSON the client asked for (format=, else Accept, else by head)."""
-    name = result.route.manifest.name
-    if format is None:  # masks default to GeoTIFF, classes to JSON, unless Accept says otherwise
-        accept = request.headers.get("accept", "")
-        wants_mask_tiff = result.mask is not None and "application/json" not in accept
-        format = "geotiff" if "image/tiff" in accept or wants_mask_tiff else "json"
-    headers = {"X-Mapex-Specialist": name, "X-Mapex-Version": str(result.route.manifest.version),
-               "X-Mapex-Bands": ",".join(result.route.bands),
-               "X-Mapex-Inputs": json.dumps(inputs_summary(result), ensure_ascii=True, separators=(",", ":"))}
-    if format == "geotiff":
-        return Response(await run_in_threadpool(as_geotiff, result), media_type="image/tiff", headers=headers)
-    if format == "geojson":
-        return JSONResponse(await run_in_threadpool(as_geojson, result), media_type="application/geo+json",
-                            headers=headers)
-    return JSONResponse(as_json(result, state.registry.specialists[name].engine.provider), headers=headers)
-
-
 @router.post("/predict/{task}", tags=["predict"], dependencies=[Depends(authorised)], openapi_extra=_BODY,
              responses={200: {"content": {"image/tiff": {}, "application/json": {}, "application/geo+json": {}}}})
 async def predict_task(
@@ -112,7 +120,7 @@ async def predict_task(
     bands: Annotated[str | None, Query(description="names of the bands in order, over all files, e.g. "
                                                    "red,green,blue; '-' skips a band")] = None,
     modality: Annotated[str | None, Query(description="force the specialist of this modality, e.g. SWIR")] = None,
-    format: Annotated[Literal["json", "geotiff", "geojson"] | None,
+    format: Annotated[Format | None,
                       Query(description="else by the Accept header; geojson: the mask's polygons in WGS84")] = None,
     units: Annotated[str | None, Query(description="unit of the values: dB, linear, amplitude, reflectance, m, ft; "
                                                    "for every band or per band (VV:linear,VH:linear)")] = None,

@@ -1,0 +1,299 @@
+"""The service's side of the decode workers: start them, give each request to one, replace a worker that dies.
+
+A request's files go into a slab (shared memory) and one worker opens, routes and tiles them; the
+event loop only copies the upload into the slab, hands the worker's tiles to the batcher and its
+probabilities back, and sends the encoded answer. A worker that dies (killed, out of memory, a
+crash in GDAL) fails the requests it held: each is tried once more from its slab on another or a
+fresh worker, and answered 503 with Retry-After if that fails too. The pool starts a replacement
+at once, so it recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from mapex_serve.batcher import Batcher
+from mapex_serve.budget import MemoryBudget, Reservation
+from mapex_serve.decode.session import Opened, OpenRequest, Stepped
+from mapex_serve.decode.slab import Layout, Slab, clean_stale, slab_folder
+from mapex_serve.decode.worker import READY, serve
+from mapex_serve.errors import MapexError
+from mapex_serve.inputs import UploadedFile
+from mapex_serve.metrics import Metrics
+from mapex_serve.predict import check_not_empty
+from mapex_serve.repository import Manifest
+from mapex_serve.responses import Encoded, Format
+from mapex_serve.units import UnitOverrides
+
+__all__ = ["DecodePool", "DecodeUnavailableError", "Upload"]
+
+log = logging.getLogger("mapex_serve.decode")
+
+#: Uploads larger than this are copied into their slab in a thread, not on the event loop.
+_COPY_IN_THREAD = 4 * 2**20
+
+
+class DecodeUnavailableError(MapexError, RuntimeError):
+    """No decode worker could finish the request (one died under it twice, or none came up in time); retry."""
+
+
+class WorkerLostError(RuntimeError):
+    """The worker serving a request died before answering."""
+
+
+class _Worker:
+    """One worker process and its pipe; answers arrive on a reader thread and resolve futures on the loop."""
+
+    def __init__(self, index: int, process: multiprocessing.process.BaseProcess, conn: Any,
+                 loop: asyncio.AbstractEventLoop, on_lost: Callable[[_Worker], None]) -> None:
+        self.index, self.process, self._conn, self._loop, self._on_lost = index, process, conn, loop, on_lost
+        self.ready: asyncio.Future[int] = loop.create_future()
+        self.sessions = 0
+        self.alive = True
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = count()
+        threading.Thread(target=self._read, name=f"decode-{index}-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self._conn.recv()
+                self._loop.call_soon_threadsafe(self._deliver, *message)
+        except (EOFError, OSError):
+            pass
+        except RuntimeError:  # the loop closed while the worker was still talking: nothing is waiting any more
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._lost)
+        except RuntimeError:
+            pass
+
+    def _deliver(self, message_id: int, ok: bool, payload: Any) -> None:
+        if message_id == READY:
+            if not self.ready.done():
+                self.ready.set_result(payload)
+            return
+        future = self._pending.pop(message_id, None)
+        if future is not None and not future.done():
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(payload)
+
+    def _lost(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        error = WorkerLostError(f"decode worker {self.index} (pid {self.process.pid}) exited")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: ``_pick`` looks at ``alive``, nobody awaits it
+        self._on_lost(self)
+
+    def _send(self, message: tuple) -> None:
+        if not self.alive:
+            raise WorkerLostError(f"decode worker {self.index} is gone")
+        try:
+            self._conn.send(message)
+        except OSError as e:  # the worker died; the reader thread reports it too
+            raise WorkerLostError(f"decode worker {self.index} is gone ({e})") from None
+
+    async def call(self, kind: str, payload: Any) -> Any:
+        message_id = next(self._ids)
+        future = self._loop.create_future()
+        self._pending[message_id] = future
+        try:
+            self._send((message_id, kind, payload))
+            return await future
+        finally:
+            self._pending.pop(message_id, None)
+
+    def tell(self, kind: str, payload: Any) -> None:
+        """A message that gets no answer (``close``); lost with the worker if it is gone."""
+        try:
+            self._send((next(self._ids), kind, payload))
+        except WorkerLostError:
+            pass
+
+    def stop(self, timeout: float) -> None:
+        self.tell("exit", None)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self._conn.close()
+
+
+class DecodePool:
+    """``size`` decode worker processes for ``/predict``; ``predict`` runs one request on one of them."""
+
+    def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
+                 metrics: Metrics, threads: int = 4, start_timeout_s: float = 60) -> None:
+        self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
+        self._metrics, self._threads, self._start_timeout = metrics, threads, start_timeout_s
+        self._context = multiprocessing.get_context("spawn")  # no fork of a process with engine threads
+        self._workers: list[_Worker] = []
+        self._sessions = count()
+        self._stopping = False
+        self.folder: Path = slab_folder()
+        clean_stale(self.folder)
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=serve, name=f"mapex-decode-{index}", daemon=True,
+                                        args=(child, self._manifests, self._provider, self._threads))
+        process.start()
+        child.close()
+        return _Worker(index, process, parent, asyncio.get_running_loop(), self._replace)
+
+    async def start(self) -> None:
+        self._workers = [self._spawn(i) for i in range(self.size)]
+        async with asyncio.timeout(self._start_timeout):
+            await asyncio.gather(*(w.ready for w in self._workers))
+        log.info("%d decode workers ready (pids %s)", self.size, ", ".join(str(w.process.pid) for w in self._workers))
+
+    def _replace(self, lost: _Worker) -> None:
+        """A worker died: start its replacement at once (its requests retry on their own)."""
+        lost.process.join(0)
+        if self._stopping:
+            return
+        self.restarts += 1
+        self._metrics.decode_restarts.inc()
+        log.warning("decode worker %d (pid %s) exited with %s; starting a new one", lost.index, lost.process.pid,
+                    lost.process.exitcode)
+        self._workers[lost.index] = self._spawn(lost.index)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*(asyncio.to_thread(w.stop, 10) for w in self._workers))
+        for slab in self.folder.glob("slab-*"):
+            slab.unlink(missing_ok=True)
+        self.folder.rmdir()
+
+    @property
+    def ready_count(self) -> int:
+        """Workers that are up and take requests now."""
+        return sum(w.alive and w.ready.done() and w.ready.exception() is None for w in self._workers)
+
+    async def _pick(self, timeout: float) -> _Worker:
+        """The ready worker with the fewest requests; waits for one to come up (after a death) for up to ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                ready = [w for w in self._workers if w.alive and w.ready.done() and w.ready.exception() is None]
+                if ready:
+                    return min(ready, key=lambda w: w.sessions)
+                starting = [w.ready for w in self._workers if w.alive and not w.ready.done()]
+                if starting:
+                    await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(0.05)
+
+    def _layout(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Layout:
+        """Room for the files and for a batch of the task's largest tiles and outputs."""
+        ms = [self._manifests[n] for n in specialists]
+        tile = max(len(m.bands) * m.tile_size**2 for m in ms)
+        out = max(_count(m.output.shape[1:]) for m in ms)
+        return Layout.plan([(f.name, len(f.data)) for f in files], 4 * max_batch * tile, 4 * max_batch * out)
+
+    def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
+        """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
+        check_not_empty(files)
+        layout = self._layout(files, specialists, max_batch)
+        return Upload(Slab.create(self.folder, layout.size), layout, list(files))
+
+    async def predict(
+        self, upload: Upload, specialists: Sequence[str], batchers: Mapping[str, Batcher], *,
+        bands: Sequence[str] | None, modality: str | None, overrides: UnitOverrides, max_pixels: int,
+        max_batch: int, budget: MemoryBudget, format: Format | None, accept: str, wait_s: float = 30,
+    ) -> Encoded:
+        """The encoded answer for one request: opened, tiled, blended and encoded by a worker, tried twice."""
+        slab, layout = upload.slab, upload.layout
+        try:
+            if layout.size > _COPY_IN_THREAD:
+                await asyncio.to_thread(upload.fill)
+            else:
+                upload.fill()
+            request = dict(slab=str(slab.path), layout=layout, specialists=tuple(specialists),
+                           bands=tuple(bands) if bands else None, modality=modality, overrides=overrides,
+                           max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept)
+            for attempt in (1, 2):
+                worker = await self._pick(wait_s)
+                try:
+                    return await self._session(worker, slab, OpenRequest(next(self._sessions), **request),
+                                               batchers, budget)
+                except WorkerLostError as e:
+                    if attempt == 2:
+                        raise DecodeUnavailableError(f"the decode worker died twice while reading this upload ({e}); "
+                                                     f"retry; if it happens again the file may crash GDAL") from None
+                    log.warning("%s during a request; trying it again on a fresh worker", e)
+            raise AssertionError("unreachable")
+        except TimeoutError:
+            raise DecodeUnavailableError(f"no decode worker came up within {wait_s:g} s; retry shortly") from None
+        finally:
+            upload.discard()
+
+    async def _session(self, worker: _Worker, slab: Slab, request: OpenRequest, batchers: Mapping[str, Batcher],
+                       budget: MemoryBudget) -> Encoded:
+        """Drive one worker session: batch k from tile slot k % 2 to the engine, its probabilities back."""
+        worker.sessions += 1
+        reservation, finished = Reservation(None, 0), False
+        try:
+            opened: Opened = await worker.call("open", request)
+            reservation = budget.reserve(opened.need, opened.what)
+            batcher = batchers[opened.specialist]
+            k, n = 0, opened.first
+            while True:
+                slot = k % 2
+                probs = await batcher.submit(slab.array(request.layout.tiles[slot], (n, *opened.tile_shape)),
+                                             admit=k == 0)
+                slab.array(request.layout.probs[slot], probs.shape)[...] = probs
+                stepped: Stepped = await worker.call("step", (request.session, k, probs.shape))
+                if stepped.encoded is not None:
+                    finished = True
+                    return stepped.encoded
+                k, n = k + 1, stepped.next
+        finally:
+            reservation.release()
+            worker.sessions -= 1
+            if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go
+                worker.tell("close", request.session)
+
+
+@dataclass
+class Upload:
+    """A request's files and the slab they go to; the files are dropped once copied."""
+
+    slab: Slab
+    layout: Layout
+    files: list[UploadedFile]
+
+    def fill(self) -> None:
+        for f, (_name, offset, _size) in zip(self.files, self.layout.files, strict=True):
+            self.slab.write(offset, f.data)
+        self.files = []
+
+    def discard(self) -> None:
+        """Unmap and remove the slab (idempotent): the request is over, answered or not."""
+        self.files = []
+        self.slab.close()
+        self.slab.unlink()
+
+
+def _count(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n

@@ -1,0 +1,125 @@
+"""A request's shared memory: one file on a tmpfs, mapped by the service and by the decode worker that serves it.
+
+One slab a request holds the upload's files and two tile and two probability buffers (the worker
+reads batch k + 1 while the engine runs batch k). Plain files under ``/dev/shm`` rather than
+``multiprocessing.shared_memory``: Python 3.11's resource tracker would count the worker's
+attachments as its own and unlink or warn about slabs the service still owns. Only the service
+creates and unlinks slabs; a slab left by a killed service is removed when the next one starts
+(``clean_stale``). Pages are allocated when written, so the buffers are sized for the largest
+specialist of the task at no cost for smaller ones.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Layout", "Slab", "SlabSpaceError", "clean_stale", "slab_folder"]
+
+_ALIGN = 64  # numpy and ONNX Runtime like their float32 buffers on cache lines
+_names = count()
+
+
+class SlabSpaceError(RuntimeError):
+    """The tmpfs has no room for this request's slab (Docker gives /dev/shm 64 MiB unless told otherwise)."""
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a request's arrays lie in its slab: ``(name, offset, size)`` a file, then the two tile and two probability buffers."""
+
+    files: tuple[tuple[str, int, int], ...]
+    tiles: tuple[int, int]
+    probs: tuple[int, int]
+    size: int
+
+    @classmethod
+    def plan(cls, files: Sequence[tuple[str, int]], tile_bytes: int, prob_bytes: int) -> Layout:
+        """Files of ``(name, size)``, then the buffers of ``tile_bytes`` and ``prob_bytes`` each."""
+        offset, placed = 0, []
+        for name, size in files:
+            placed.append((name, offset, size))
+            offset = _aligned(offset + size)
+        t, q = _aligned(tile_bytes), _aligned(prob_bytes)
+        tiles, probs = (offset, offset + t), (offset + 2 * t, offset + 2 * t + q)
+        return cls(tuple(placed), tiles, probs, max(offset + 2 * t + 2 * q, 1))
+
+
+class Slab:
+    """A file on a tmpfs mapped into this process; ``array`` views it without copying."""
+
+    def __init__(self, path: Path, buf: mmap.mmap) -> None:
+        self.path, self.buf = path, buf
+
+    @classmethod
+    def create(cls, folder: Path, size: int) -> Slab:
+        """A new slab of ``size`` bytes; ``SlabSpaceError`` when the tmpfs could not hold it written in full."""
+        if shutil.disk_usage(folder).free < size:
+            raise SlabSpaceError(f"{folder} has less than {size / 2**20:.1f} MiB free")
+        path = folder / f"slab-{next(_names)}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            return cls(path, mmap.mmap(fd, size))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def attach(cls, path: str | Path) -> Slab:
+        """The slab the service created at ``path`` (a worker's view of it)."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            return cls(Path(path), mmap.mmap(fd, os.fstat(fd).st_size))
+        finally:
+            os.close(fd)
+
+    def array(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 view of ``shape`` at ``offset``: writes go straight to the other process."""
+        return np.ndarray(shape, np.float32, buffer=self.buf, offset=offset)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.buf[offset : offset + len(data)] = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.buf[offset : offset + size]
+
+    def close(self) -> None:
+        """Unmap; views made by ``array`` must be gone (numpy holds the buffer) or the mapping stays until they are."""
+        try:
+            self.buf.close()
+        except BufferError:  # a view still exists (an exception's traceback may hold one): unmapped with it
+            pass
+
+    def unlink(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def slab_folder() -> Path:
+    """This service's folder of slabs: under /dev/shm (a tmpfs on Linux) when there is one, named by process id."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    folder = base / f"mapex-{os.getpid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
+def clean_stale(folder: Path) -> None:
+    """Remove the slab folders of services that are gone (a killed service cannot clean up after itself)."""
+    for other in folder.parent.glob("mapex-*"):
+        pid = other.name.removeprefix("mapex-")
+        if other != folder and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(other, ignore_errors=True)

@@ -1,0 +1,194 @@
+"""Decode workers: /predict's GDAL work in processes, through shared memory, and what happens when one dies.
+
+The end-to-end tests run real servers (uvicorn, ONNX Runtime, spawned worker processes) and kill
+real worker processes with SIGKILL, as the OOM killer or a crash in GDAL would.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from mapex_serve.decode.slab import Layout, Slab, clean_stale
+from mapex_serve.local import decode_workers
+
+S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
+
+
+# ---------------------------------------------------------------------------------------------- slabs
+
+
+def test_layout_keeps_files_and_buffers_apart_and_aligned():
+    layout = Layout.plan([("a.tif", 1000), ("b.tif", 3)], tile_bytes=4 * 32 * 2 * 32 * 32, prob_bytes=4 * 32 * 2)
+    spans = [(o, o + n) for _, o, n in layout.files]
+    spans += [(o, o + 4 * 32 * 2 * 32 * 32) for o in layout.tiles] + [(o, o + 4 * 32 * 2) for o in layout.probs]
+    spans.sort()
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))  # no overlap
+    assert spans[-1][1] <= layout.size
+    assert all(o % 64 == 0 for o in (*layout.tiles, *layout.probs, *(o for _, o, _ in layout.files)))
+
+
+def test_a_slab_written_here_is_read_and_answered_in_another_process(tmp_path):
+    slab = Slab.create(tmp_path, 4096)
+    try:
+        slab.array(0, (4, 4))[...] = np.arange(16, dtype=np.float32).reshape(4, 4)
+        code = ("import sys; from mapex_serve.decode.slab import Slab; s = Slab.attach(sys.argv[1]); "
+                "a = s.array(0, (4, 4)); s.array(64, (4, 4))[...] = a * 2; del a; s.close()")
+        subprocess.run([sys.executable, "-c", code, str(slab.path)], check=True, timeout=60)
+        np.testing.assert_array_equal(slab.array(64, (4, 4)), np.arange(16, dtype=np.float32).reshape(4, 4) * 2)
+    finally:
+        slab.close()
+        slab.unlink()
+    assert not slab.path.exists()
+
+
+def test_a_slab_the_tmpfs_cannot_hold_is_refused_before_anything_is_written(tmp_path):
+    import shutil
+
+    from mapex_serve.decode.slab import SlabSpaceError
+
+    with pytest.raises(SlabSpaceError, match="free"):
+        Slab.create(tmp_path, shutil.disk_usage(tmp_path).free + 2**30)
+    assert not list(tmp_path.iterdir())
+
+
+def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine, live, gone = tmp_path / f"mapex-{os.getpid()}", tmp_path / f"mapex-{os.getppid()}", tmp_path / f"mapex-{dead.pid}"
+    for folder in (mine, live, gone):
+        folder.mkdir()
+        (folder / "slab-0").write_bytes(b"x")
+    clean_stale(mine)
+    assert mine.exists() and live.exists() and not gone.exists()
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def sar_scene(to_geotiff, size: int, seed: int = 0) -> bytes:
+    """A VV/VH scene in dB with a dark (water) half, ``size`` pixels square."""
+    rng = np.random.default_rng(seed)
+    bands = rng.normal(-9, 2, (2, size, size)).astype(np.float32)
+    bands[:, :, : size // 2] -= 12
+    return to_geotiff(bands, ["VV", "VH"])
+
+
+@pytest.fixture(scope="module")
+def in_process(built_repo, server_type, tmp_path_factory):
+    """The same repository served with MAPEX_DECODE_WORKERS=0: the reference the workers must agree with."""
+    s = server_type(built_repo, tmp_path_factory.mktemp("in-process") / "server.log", MAPEX_DECODE_WORKERS="0")
+    yield s
+    s.stop()
+
+
+def test_the_server_runs_its_uploads_in_decode_workers(server):
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["decode_workers"]["ready"] == ready["decode_workers"]["size"] >= 1
+    assert len(decode_workers(server.pid)) == ready["decode_workers"]["size"]
+
+
+def test_workers_answer_exactly_as_the_service_process_does(server, in_process, to_geotiff):
+    scene = sar_scene(to_geotiff, 300)  # 13 x 13 tiles of 32 px: 6 batches of 32 through both slots
+    for fmt in ("geotiff", "json", "geojson"):
+        ours, ref = server.post("flood", scene, params={"format": fmt}), in_process.post("flood", scene, params={"format": fmt})
+        assert ours.status_code == ref.status_code == 200, (ours.text[:300], ref.text[:300])
+        assert ours.headers["content-type"] == ref.headers["content-type"]
+        assert ours.headers["x-mapex-inputs"] == ref.headers["x-mapex-inputs"]
+        if fmt == "geotiff":
+            labels = server.cog_band(ours.content)
+            np.testing.assert_array_equal(labels, server.cog_band(ref.content))
+            assert {0, 1} <= set(np.unique(labels))  # water and land both found: a real mask, not a constant
+        else:
+            assert ours.json() == ref.json()
+    # A class head, on the real Sentinel-2 crop.
+    ours, ref = server.post("landcover", S2.read_bytes()), in_process.post("landcover", S2.read_bytes())
+    assert ours.status_code == ref.status_code == 200
+    assert ours.json() == ref.json()
+
+
+@pytest.mark.parametrize("case", ["garbage", "all_nan", "unknown_bands"])
+def test_workers_refuse_bad_uploads_as_the_service_process_does(server, in_process, to_geotiff, case):
+    body = {"garbage": b"II*\x00" + b"\x00" * 64,
+            "all_nan": to_geotiff(np.full((2, 40, 40), np.nan, np.float32), ["VV", "VH"]),
+            "unknown_bands": to_geotiff(np.zeros((2, 40, 40), np.float32), ["foo", "bar"])}[case]
+    ours, ref = server.post("flood", body), in_process.post("flood", body)
+    assert 400 <= ours.status_code < 500
+    assert (ours.status_code, ours.json()) == (ref.status_code, ref.json())
+    assert httpx.get(f"{server.url}/readyz").json()["decode_workers"]["restarts"] == 0  # refused, nothing crashed
+
+
+def _slabs(server) -> list[Path]:
+    return [p for folder in Path("/dev/shm").glob(f"mapex-{server.pid}") for p in folder.iterdir()]
+
+
+def test_a_killed_worker_loses_no_request_and_the_pool_recovers(start_server, built_repo, to_geotiff):
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
+    scene = sar_scene(to_geotiff, 768, seed=1)  # about 1,000 tiles: long enough to be killed under
+    reference = s.cog_band(s.post("flood", scene).content)
+    [victim] = decode_workers(s.pid)
+
+    def post() -> httpx.Response:
+        return httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(post) for _ in range(6)]
+        time.sleep(1.0)
+        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
+        os.kill(victim, signal.SIGKILL)
+        responses = [f.result() for f in futures]
+
+    assert [r.status_code for r in responses] == [200] * 6, [r.text[:200] for r in responses]
+    for r in responses:
+        np.testing.assert_array_equal(s.cog_band(r.content), reference)
+    assert "trying it again on a fresh worker" in s.log
+    ready = httpx.get(f"{s.url}/readyz").json()["decode_workers"]
+    assert ready == {"ready": 1, "size": 1, "restarts": 1}
+    [replacement] = decode_workers(s.pid)
+    assert replacement != victim
+    assert 'mapex_decode_worker_restarts_total 1.0' in httpx.get(f"{s.url}/metrics").text
+    assert s.post("flood", scene).status_code == 200
+    assert _slabs(s) == []  # every request's shared memory was removed, retried ones included
+
+
+def test_a_worker_that_keeps_dying_gets_503_with_retry_after_and_the_pool_recovers_by_itself(
+        start_server, built_repo, to_geotiff):
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="1", MAPEX_REQUEST_TIMEOUT_S="8")  # waits 4 s for a worker
+    scene = sar_scene(to_geotiff, 768, seed=2)
+    stop = threading.Event()
+
+    def kill_every_worker() -> None:  # a file that crashes GDAL would do this, once per try
+        while not stop.is_set():
+            for pid in decode_workers(s.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_every_worker)
+    killer.start()
+    try:
+        r = httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=60)
+        health = httpx.get(f"{s.url}/healthz")
+    finally:
+        stop.set()
+        killer.join()
+    assert r.status_code == 503, r.text[:300]
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["error"] == "DecodeUnavailableError" and "retry" in r.json()["detail"]
+    assert health.status_code == 200  # the service itself lived through it
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{s.url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the pool did not recover"
+        time.sleep(0.2)
+    assert s.post("flood", scene).status_code == 200
+    assert _slabs(s) == []
