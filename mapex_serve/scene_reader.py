@@ -244,8 +244,16 @@ def _mark(reasons: np.ndarray, where: np.ndarray, code: int) -> None:
 
 
 def _sample_windows(height: int, width: int, size: int) -> Iterator[Window]:
-    rows = sorted({int(r) for r in np.linspace(0, max(height - size, 0), 5)})
-    cols = sorted({int(c) for c in np.linspace(0, max(width - size, 0), 5)})
-    for r in rows:
-        for c in cols:
-            yield Window(c, r, min(size, width - c), min(size, height - r))
+    """Up to 5 x 5 windows of ``size`` px spread over the scene, never overlapping.
+
+    An axis shorter than five windows is read whole, once: overlapping windows read a 128 px
+    upload 6.25 times over, most of the cost of a small request (docs/performance.md).
+    """
+    def spans(n: int) -> list[tuple[int, int]]:
+        if n <= 5 * size:
+            return [(0, n)]
+        return [(int(start), size) for start in np.linspace(0, n - size, 5)]
+
+    for r, h in spans(height):
+        for c, w in spans(width):
+            yield Window(c, r, w, h)

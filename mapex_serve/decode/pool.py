@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,13 @@ class WorkerLostError(RuntimeError):
 
 
 class _Worker:
-    """One worker process and its pipe; answers arrive on a reader thread and resolve futures on the loop."""
+    """One worker process and its pipe, read on the event loop itself (``add_reader``).
 
-    def __init__(self, index: int, process: multiprocessing.process.BaseProcess, conn: Any,
+    No reader thread: a thread would need the GIL to pass each answer on, and could wait out the
+    5 ms switch interval behind the busy loop while the engine sits idle.
+    """
+
+    def __init__(self, index: int, process: multiprocessing.process.BaseProcess, conn: Connection,
                  loop: asyncio.AbstractEventLoop, on_lost: Callable[[_Worker], None]) -> None:
         self.index, self.process, self._conn, self._loop, self._on_lost = index, process, conn, loop, on_lost
         self.ready: asyncio.Future[int] = loop.create_future()
@@ -60,21 +64,15 @@ class _Worker:
         self.alive = True
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = count()
-        threading.Thread(target=self._read, name=f"decode-{index}-reader", daemon=True).start()
+        loop.add_reader(conn.fileno(), self._readable)
 
-    def _read(self) -> None:
+    def _readable(self) -> None:
+        """Every whole answer waiting in the pipe; the worker writes each in one piece, so none blocks for long."""
         try:
-            while True:
-                message = self._conn.recv()
-                self._loop.call_soon_threadsafe(self._deliver, *message)
+            while self._conn.poll():
+                self._deliver(*self._conn.recv())
         except (EOFError, OSError):
-            pass
-        except RuntimeError:  # the loop closed while the worker was still talking: nothing is waiting any more
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._lost)
-        except RuntimeError:
-            pass
+            self._lost()
 
     def _deliver(self, message_id: int, ok: bool, payload: Any) -> None:
         if message_id == READY:
@@ -92,6 +90,7 @@ class _Worker:
         if not self.alive:
             return
         self.alive = False
+        self._loop.remove_reader(self._conn.fileno())
         error = WorkerLostError(f"decode worker {self.index} (pid {self.process.pid}) exited")
         for future in self._pending.values():
             if not future.done():
@@ -107,7 +106,7 @@ class _Worker:
             raise WorkerLostError(f"decode worker {self.index} is gone")
         try:
             self._conn.send(message)
-        except OSError as e:  # the worker died; the reader thread reports it too
+        except OSError as e:  # the worker died; reading its pipe reports it too
             raise WorkerLostError(f"decode worker {self.index} is gone ({e})") from None
 
     async def call(self, kind: str, payload: Any) -> Any:
@@ -127,8 +126,15 @@ class _Worker:
         except WorkerLostError:
             pass
 
-    def stop(self, timeout: float) -> None:
-        self.tell("exit", None)
+    def exit(self) -> None:
+        """Stop listening and ask the worker to exit (on the loop; ``join`` then waits for it)."""
+        if self.alive:
+            self.tell("exit", None)
+            self.alive = False
+            self._loop.remove_reader(self._conn.fileno())
+
+    def join(self, timeout: float) -> None:
+        """Wait for the process to end, kill it after ``timeout``; blocking, so run in a thread."""
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
@@ -140,9 +146,9 @@ class DecodePool:
     """``size`` decode worker processes for ``/predict``; ``predict`` runs one request on one of them."""
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
-                 metrics: Metrics, threads: int = 4, start_timeout_s: float = 60) -> None:
+                 metrics: Metrics, start_timeout_s: float = 60) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
-        self._metrics, self._threads, self._start_timeout = metrics, threads, start_timeout_s
+        self._metrics, self._start_timeout = metrics, start_timeout_s
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with engine threads
         self._workers: list[_Worker] = []
         self._sessions = count()
@@ -154,7 +160,7 @@ class DecodePool:
     def _spawn(self, index: int) -> _Worker:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=serve, name=f"mapex-decode-{index}", daemon=True,
-                                        args=(child, self._manifests, self._provider, self._threads))
+                                        args=(child, self._manifests, self._provider))
         process.start()
         child.close()
         return _Worker(index, process, parent, asyncio.get_running_loop(), self._replace)
@@ -178,7 +184,9 @@ class DecodePool:
 
     async def stop(self) -> None:
         self._stopping = True
-        await asyncio.gather(*(asyncio.to_thread(w.stop, 10) for w in self._workers))
+        for w in self._workers:
+            w.exit()
+        await asyncio.gather(*(asyncio.to_thread(w.join, 10) for w in self._workers))
         for slab in self.folder.glob("slab-*"):
             slab.unlink(missing_ok=True)
         self.folder.rmdir()

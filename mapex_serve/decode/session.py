@@ -5,13 +5,12 @@ first batch into tile slot 0 and answers with what the service needs to run it; 
 says that slot k % 2 holds batch k's probabilities and is answered at once with the size of
 batch k + 1, already read into the other slot. Blending batch k and reading batch k + 2 happen
 after the answer, while the engine runs batch k + 1: the engine waits for IPC, not for GDAL. The
-last ``step`` is answered with the encoded response. A session's messages never overlap (the
-service awaits each answer), and its lock makes the next one wait for the previous one's tail.
+last ``step`` is answered with the encoded response. A session's messages never overlap: the
+service awaits each answer.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,11 +65,10 @@ class Stepped:
 
 
 class Session:
-    """A request's open scene and tiles in one worker; every method runs in the worker's threads."""
+    """A request's open scene and tiles in one worker."""
 
     def __init__(self, request: OpenRequest, manifests: Mapping[str, Manifest], provider: Mapping[str, str]) -> None:
         self.request, self._provider = request, provider
-        self.lock = threading.RLock()  # close() from another thread waits for a step's tail; a step may close
         self._slab = Slab.attach(request.slab)
         try:
             files = [UploadedFile(name, self._slab.read(offset, size)) for name, offset, size in request.layout.files]
@@ -141,10 +139,9 @@ class Session:
         return encode(prediction, self.request.format, self.request.accept, self._provider[name])
 
     def close(self) -> None:
-        """Close the files and unmap the slab, once no step is using them."""
-        with self.lock:
-            if not self.closed:
-                self.closed = True
-                self.run.scene.close()
-                self._batches = [None, None]
-                self._slab.close()
+        """Close the files and unmap the slab."""
+        if not self.closed:
+            self.closed = True
+            self.run.scene.close()
+            self._batches = [None, None]
+            self._slab.close()
