@@ -33,8 +33,6 @@ from bench.harness import (
     ensure_repo,
     find_entry,
     median,
-    peak_rss_bytes,
-    reset_peak_rss,
     service_arguments,
 )
 from bench.scene import engine_seconds
@@ -107,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ServiceProcess(repo, env) as server:
             probe = single_tile_request(manifest.tile_size)
             idle_latency = median(latencies(server.url, args.task, probe, 30))
-            rss_idle = reset_peak_rss(server.pid)
+            rss_idle = server.reset_peak_rss()
             print(f"submitting {args.size} x {args.size} ({path.stat().st_size / 2**20:.0f} MiB) as a job ...",
                   file=sys.stderr)
             start = time.perf_counter()
@@ -129,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall = time.perf_counter() - start
             if job["state"] != "done":
                 raise SystemExit(f"the job ended {job['state']}: {job.get('error')}")
-            rss_peak = peak_rss_bytes(server.pid)
+            rss_peak = server.peak_rss_bytes()
             result = httpx.get(f"{server.url}/jobs/{job['id']}/result?format=geotiff", timeout=600).content
         engine_s, tiles = engine_seconds(Engine(entry, manifest, settings), [SourceFile(path.name, str(path))],
                                           args.max_batch, warm_value=-12)

@@ -54,6 +54,10 @@ class MemoryBudget:
     def __init__(self, limit_bytes: int) -> None:
         self.limit, self.used = int(limit_bytes), 0
 
+    @property
+    def available(self) -> int:
+        return max(self.limit - self.used, 0)
+
     def reserve(self, nbytes: int, what: str) -> Reservation:
         mib = 2**20
         if nbytes > self.limit:

@@ -141,23 +141,30 @@ def route_scene(scene: RequestScene, manifests: Sequence[Manifest], modality: st
 class SceneRun:
     """One routed scene from tiles to a Prediction: what the service process and a decode worker both drive.
 
-    ``batches`` reads the tiles as the engine takes them; ``add`` blends (mask heads) or aggregates
-    (class heads) each batch's probabilities; ``result`` reports. ``need`` is what the outputs cost,
-    to reserve against the memory budget before the first tile runs.
+    ``need`` is what the outputs will cost, known before anything is allocated: reserve it against
+    the memory budget, then ``start`` (the tile grid and the blender are scene-sized lists and
+    arrays). ``batches`` then reads the tiles as the engine takes them; ``add`` blends (mask heads)
+    or aggregates (class heads) each batch's probabilities; ``result`` reports.
     """
 
     def __init__(self, scene: RequestScene, route: Route, reader: SceneReader, max_batch: int) -> None:
-        self.scene, self.route, self.reader = scene, route, reader
+        self.scene, self.route, self.reader, self.max_batch = scene, route, reader, max_batch
         manifest = route.manifest
-        size, k = manifest.tile_size, len(manifest.classes)
-        self.tiles, self.batches = tile_batches(reader, manifest, max_batch)
-        self.need = request_bytes(reader.height, reader.width, classes=k, head=manifest.head,
-                                  channels=len(route.bands), tile=size, max_batch=max_batch)
+        self.need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
+                                  channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
         self.what = f"this {reader.width} x {reader.height} scene"
+        self.started = False
+        self.seen = 0
+
+    def start(self) -> None:
+        """The tile grid, the batches' reader and the blender or aggregator: once the memory is reserved."""
+        manifest, reader = self.route.manifest, self.reader
+        size, k = manifest.tile_size, len(manifest.classes)
+        self.tiles, self.batches = tile_batches(reader, manifest, self.max_batch)
         self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) \
             if manifest.head == "mask" else None
         self._aggregator = ClassAggregator(*grid_shape(self.tiles), k) if manifest.head == "class" else None
-        self.seen = 0
+        self.started = True
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
         """One batch's probabilities, in the batch's order."""
@@ -198,6 +205,7 @@ async def predict(
         run = SceneRun(scene, route, reader, max_batch)
         reservation = budget.reserve(run.need, run.what) if budget else Reservation(None, 0)
         try:
+            run.start()
             return await _run(run, batchers[route.manifest.name], reservation)
         except BaseException:
             reservation.release()

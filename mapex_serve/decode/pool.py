@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
+import os
+import pickle
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
 from multiprocessing.connection import Connection
@@ -53,7 +56,10 @@ class _Worker:
     """One worker process and its pipe, read on the event loop itself (``add_reader``).
 
     No reader thread: a thread would need the GIL to pass each answer on, and could wait out the
-    5 ms switch interval behind the busy loop while the engine sits idle.
+    5 ms switch interval behind the busy loop while the engine sits idle. The pipe is non-blocking
+    (uvloop makes it so anyway), so answers are read as bytes arrive and cut into messages here, in
+    ``Connection``'s framing (a 4-byte big-endian length, or -1 and an 8-byte one, then a pickle):
+    ``Connection.recv`` would fail on a large answer that has only partly arrived.
     """
 
     def __init__(self, index: int, process: multiprocessing.process.BaseProcess, conn: Connection,
@@ -64,14 +70,20 @@ class _Worker:
         self.alive = True
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = count()
+        self._inbox = bytearray()
+        os.set_blocking(conn.fileno(), False)
         loop.add_reader(conn.fileno(), self._readable)
 
     def _readable(self) -> None:
-        """Every whole answer waiting in the pipe; the worker writes each in one piece, so none blocks for long."""
+        """Every whole answer that has arrived; a closed pipe means the worker is gone."""
         try:
-            while self._conn.poll():
-                self._deliver(*self._conn.recv())
-        except (EOFError, OSError):
+            while chunk := os.read(self._conn.fileno(), 1 << 20):
+                self._inbox += chunk
+        except BlockingIOError:
+            chunk = None  # all there is for now
+        for message in _messages(self._inbox):
+            self._deliver(*message)
+        if chunk == b"":
             self._lost()
 
     def _deliver(self, message_id: int, ok: bool, payload: Any) -> None:
@@ -102,10 +114,14 @@ class _Worker:
         self._on_lost(self)
 
     def _send(self, message: tuple) -> None:
+        """Messages to a worker are small (the upload is in the slab): they fit the pipe's buffer whole."""
         if not self.alive:
             raise WorkerLostError(f"decode worker {self.index} is gone")
         try:
             self._conn.send(message)
+        except BlockingIOError:  # a worker that has not read for a whole buffer's worth is stuck: replace it
+            self.process.kill()
+            raise WorkerLostError(f"decode worker {self.index} stopped reading its messages") from None
         except OSError as e:  # the worker died; reading its pipe reports it too
             raise WorkerLostError(f"decode worker {self.index} is gone ({e})") from None
 
@@ -172,8 +188,10 @@ class DecodePool:
         log.info("%d decode workers ready (pids %s)", self.size, ", ".join(str(w.process.pid) for w in self._workers))
 
     def _replace(self, lost: _Worker) -> None:
-        """A worker died: start its replacement at once (its requests retry on their own)."""
-        lost.process.join(0)
+        """A worker died (or stopped answering): start its replacement at once (its requests retry on their own)."""
+        if lost.process.is_alive():  # its pipe closed or failed, yet it runs: no request will reach it again
+            lost.process.kill()
+        lost.process.join(1)
         if self._stopping:
             return
         self.restarts += 1
@@ -240,8 +258,8 @@ class DecodePool:
             for attempt in (1, 2):
                 worker = await self._pick(wait_s)
                 try:
-                    return await self._session(worker, slab, OpenRequest(next(self._sessions), **request),
-                                               batchers, budget)
+                    opening = OpenRequest(next(self._sessions), **request, available=budget.available)
+                    return await self._session(worker, slab, opening, batchers, budget)
                 except WorkerLostError as e:
                     if attempt == 2:
                         raise DecodeUnavailableError(f"the decode worker died twice while reading this upload ({e}); "
@@ -261,6 +279,8 @@ class DecodePool:
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
+            if opened.first is None:  # the worker waited for this reservation before tiling
+                opened = await worker.call("start", request.session)
             batcher = batchers[opened.specialist]
             k, n = 0, opened.first
             while True:
@@ -298,6 +318,21 @@ class Upload:
         self.files = []
         self.slab.close()
         self.slab.unlink()
+
+
+def _messages(inbox: bytearray) -> Iterator[tuple]:
+    """The whole messages at the start of ``inbox`` (removed from it), in ``Connection.send``'s framing."""
+    while len(inbox) >= 4:
+        (size,), start = struct.unpack_from("!i", inbox), 4
+        if size == -1:  # 2 GiB or more: an 8-byte length follows
+            if len(inbox) < 12:
+                return
+            (size,), start = struct.unpack_from("!Q", inbox, 4), 12
+        if len(inbox) < start + size:
+            return
+        message = pickle.loads(inbox[start : start + size])
+        del inbox[: start + size]
+        yield message
 
 
 def _count(shape: Sequence[int]) -> int:

@@ -43,17 +43,24 @@ class OpenRequest:
     max_batch: int
     format: Format | None
     accept: str
+    #: The memory budget left when the request was sent: a scene that needs more is not tiled before
+    #: the service has reserved its memory (it may refuse it: 413 or 503).
+    available: int
 
 
 @dataclass(frozen=True)
 class Opened:
-    """The routed request: its specialist, the memory its outputs need, its tiles' shape and batch 0's size."""
+    """The routed request: its specialist, the memory its outputs need, its tiles' shape and batch 0's size.
+
+    ``first`` is None when the scene needed more than was available: nothing was tiled yet, and
+    ``start`` follows once the service has reserved the memory.
+    """
 
     specialist: str
     need: int
     what: str
     tile_shape: tuple[int, int, int]
-    first: int
+    first: int | None
 
 
 @dataclass(frozen=True)
@@ -90,10 +97,21 @@ class Session:
         self.closed = False
 
     def open(self) -> Opened:
-        """Batch 0 into slot 0; a 400 when no tile has a valid pixel."""
+        """Batch 0 into slot 0 if the scene's memory was available; a 400 when no tile has a valid pixel."""
+        if self.run.need > self.request.available:
+            return self._opened(None)
+        return self.start()
+
+    def start(self) -> Opened:
+        """Tile the scene and read batch 0 into slot 0."""
+        with unreadable_as_400():
+            self.run.start()
         first = self.read(0)
         if first == 0:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
+        return self._opened(first)
+
+    def _opened(self, first: int | None) -> Opened:
         manifest = self.run.route.manifest
         return Opened(manifest.name, self.run.need, self.run.what,
                       (len(self.run.route.bands), manifest.tile_size, manifest.tile_size), first)

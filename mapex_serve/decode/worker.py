@@ -21,6 +21,12 @@ from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+from affine import Affine
+from rasterio.io import MemoryFile
+from rasterio.shutil import copy
+from rasterio.vrt import WarpedVRT
+
 from mapex_serve.decode.session import Opened, OpenRequest, Session, Stepped
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import Manifest
@@ -46,13 +52,21 @@ class _Worker:
     def open(self, request: OpenRequest, reply: Reply) -> None:
         session = Session(request, self._manifests, self._provider)
         self._sessions[request.session] = session
+        self._started(request.session, session.open, reply)
+
+    def start(self, sid: int, reply: Reply) -> None:
+        """The service reserved the memory of a scene that ``open`` did not tile: tile it now."""
+        self._started(sid, self._sessions[sid].start, reply)
+
+    def _started(self, sid: int, begin: Callable[[], Opened], reply: Reply) -> None:
         try:
-            opened: Opened = session.open()
+            opened = begin()
         except BaseException:
-            self._drop(request.session)
+            self._drop(sid)
             raise
         reply(True, opened)
-        session.read(1)  # read ahead while the engine runs batch 0
+        if opened.first is not None:
+            self._sessions[sid].read(1)  # read ahead while the engine runs batch 0
 
     def step(self, payload: tuple[int, int, tuple[int, ...]], reply: Reply) -> None:
         """Batch k's probabilities are in slot k % 2: answer with batch k + 1, then blend k and read k + 2."""
@@ -97,6 +111,8 @@ class _Worker:
         try:
             if kind == "open":
                 self.open(payload, reply)
+            elif kind == "start":
+                self.start(payload, reply)
             elif kind == "step":
                 self.step(payload, reply)
             elif kind == "close":
@@ -119,10 +135,28 @@ def _portable(error: BaseException) -> BaseException:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
+def _warm_up() -> None:
+    """What GDAL and PROJ set up on first use (drivers, the CRS database, the COG writer), before the first request.
+
+    Otherwise the first request on each new worker pays for it in time and memory (tens of MiB).
+    """
+    profile = dict(driver="GTiff", width=256, height=256, count=1, dtype="uint8", crs="EPSG:32633",
+                   transform=Affine(10, 0, 500000, 0, -10, 5000000), tiled=True, blockxsize=256, blockysize=256)
+    with MemoryFile() as tmp:
+        with tmp.open(**profile) as dst:
+            dst.write(np.zeros((1, 256, 256), np.uint8))
+        with tmp.open() as src:
+            with WarpedVRT(src, crs="EPSG:4326") as vrt:
+                vrt.read(1, out_shape=(64, 64))
+            with MemoryFile() as out:
+                copy(src, out.name, driver="COG", compress="deflate")
+
+
 def serve(conn: Connection, manifests: dict[str, Manifest], provider: dict[str, str]) -> None:
     """The worker's main loop: one message at a time until the pipe closes or ``exit``."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s decode-worker %(process)d %(levelname)s %(message)s")
     os.environ.setdefault("GDAL_CACHEMAX", "64")  # MiB; GDAL's default is 5% of RAM a process
+    _warm_up()
     worker = _Worker(conn, manifests, provider)
     worker.send(READY, True, os.getpid())
     while True:

@@ -75,11 +75,11 @@ def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_
 
 
 def sar_scene(to_geotiff, size: int, seed: int = 0) -> bytes:
-    """A VV/VH scene in dB with a dark (water) half, ``size`` pixels square."""
+    """A VV/VH scene in dB, ``size`` pixels square: land on the right, open water (dark in both) on the left."""
     rng = np.random.default_rng(seed)
-    bands = rng.normal(-9, 2, (2, size, size)).astype(np.float32)
-    bands[:, :, : size // 2] -= 12
-    return to_geotiff(bands, ["VV", "VH"])
+    land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
+    bands = np.where(np.arange(size) < size // 2, water, land) + rng.normal(0, 1.5, (2, size, size))
+    return to_geotiff(bands.astype(np.float32), ["VV", "VH"])
 
 
 @pytest.fixture(scope="module")
