@@ -38,7 +38,10 @@ def decode_workers(pid: int | str) -> list[int]:
     """The decode worker processes of the service ``pid`` (multiprocessing's spawned children; Linux)."""
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
     found = []
     for child in children:
         try:

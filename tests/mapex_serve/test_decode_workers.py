@@ -115,6 +115,18 @@ def test_workers_answer_exactly_as_the_service_process_does(server, in_process, 
     assert ours.json() == ref.json()
 
 
+def test_an_answer_larger_than_the_pipe_arrives_whole(server, in_process, to_geotiff):
+    """Hundreds of KiB of GeoJSON come back from the worker in several reads: one message, not taken for a death."""
+    blocks = np.kron(np.random.default_rng(3).random((125, 125)) < 0.5, np.ones((8, 8), bool))  # 8 px ponds
+    patchy = np.where(blocks, np.array([-21.0, -28.0])[:, None, None], np.array([-8.0, -15.0])[:, None, None])
+    body = to_geotiff(patchy.astype(np.float32), ["VV", "VH"])
+    ours, ref = (s.post("flood", body, params={"format": "geojson"}) for s in (server, in_process))
+    assert ours.status_code == ref.status_code == 200
+    assert len(ours.content) > 2**18, len(ours.content)  # more than the pipe holds at once (about 208 KiB here)
+    assert ours.json() == ref.json()
+    assert httpx.get(f"{server.url}/readyz").json()["decode_workers"]["restarts"] == 0
+
+
 @pytest.mark.parametrize("case", ["garbage", "all_nan", "unknown_bands"])
 def test_workers_refuse_bad_uploads_as_the_service_process_does(server, in_process, to_geotiff, case):
     body = {"garbage": b"II*\x00" + b"\x00" * 64,
