@@ -19,7 +19,10 @@ from starlette.requests import Request
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
 
-__all__ = ["MalformedUploadError", "UnsupportedMediaTypeError", "UploadTooLargeError", "read_upload", "save_upload"]
+__all__ = [
+    "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTooLargeError", "raw_upload_size", "read_upload",
+    "receive", "save_upload",
+]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
 _FRAMING = 64 * 1024  # room for multipart boundaries and part headers
@@ -43,8 +46,8 @@ def _too_large(limit: int) -> UploadTooLargeError:
                                f"smaller GeoTIFF or crop the scene")
 
 
-class _Sink(Protocol):
-    """Where one part's bytes go: memory for ``/predict``, a file on disk for a job."""
+class Sink(Protocol):
+    """Where one part's bytes go: memory or shared memory for ``/predict``, a file on disk for a job."""
 
     def write(self, data: bytes, /) -> object: ...
 
@@ -54,12 +57,12 @@ class _Sink(Protocol):
 class _Parts:
     """python-multipart callbacks that collect each part's headers and send its bytes to a sink of its own."""
 
-    def __init__(self, open_sink: Callable[[int, str], _Sink]) -> None:
-        self.parts: list[tuple[dict[bytes, bytes], _Sink | None]] = []
+    def __init__(self, open_sink: Callable[[int, str], Sink]) -> None:
+        self.parts: list[tuple[dict[bytes, bytes], Sink | None]] = []
         self._open_sink = open_sink
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
-        self._sink: _Sink | None = None
+        self._sink: Sink | None = None
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= _MAX_PARTS:
@@ -127,7 +130,7 @@ async def _bounded(request: Request, ceiling: int, limit: int) -> AsyncIterator[
         yield chunk
 
 
-async def _receive(request: Request, limit: int, open_sink: Callable[[int, str], _Sink]) -> list[_Sink]:
+async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink]) -> list[Sink]:
     """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes."""
     content_type = request.headers.get("content-type", "")
     media, options = parse_options_header(content_type)
@@ -175,9 +178,22 @@ async def _receive(request: Request, limit: int, open_sink: Callable[[int, str],
     return sinks
 
 
+def raw_upload_size(request: Request) -> int | None:
+    """The size of a raw (not multipart) body its Content-Length declares, None otherwise.
+
+    The one case where the upload's size is known before it arrives, so that it can be written
+    straight to where it will be read (a decode worker's shared memory) instead of collected first.
+    """
+    media, _ = parse_options_header(request.headers.get("content-type", ""))
+    declared = request.headers.get("content-length", "")
+    if media.decode("latin-1").lower() in RAW_TYPES and declared.isdigit():
+        return int(declared)
+    return None
+
+
 async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
     """The uploaded files (every ``file`` part, in order), in memory."""
-    sinks = await _receive(request, limit, lambda _i, name: _InMemory(name))
+    sinks = await receive(request, limit, lambda _i, name: _InMemory(name))
     files = [UploadedFile(s.name, s.data) for s in sinks]
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)
@@ -193,9 +209,9 @@ async def save_upload(request: Request, folder: Path, limit: int) -> list[tuple[
     folder.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
 
-    def open_file(index: int, name: str) -> _Sink:
+    def open_file(index: int, name: str) -> Sink:
         names.append(name)
         return (folder / f"part{index:02d}").open("wb")
 
-    sinks = await _receive(request, limit, open_file)
+    sinks = await receive(request, limit, open_file)
     return [(name, Path(s.name)) for name, s in zip(names, sinks, strict=True)]

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import pickle
 import struct
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
@@ -23,9 +24,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mapex_serve.batcher import Batcher
 from mapex_serve.budget import MemoryBudget, Reservation
-from mapex_serve.decode.session import Opened, OpenRequest, Stepped
+from mapex_serve.decode.session import Opened, OpenRequest
 from mapex_serve.decode.slab import Layout, Slab, clean_stale, slab_folder
 from mapex_serve.decode.worker import READY, serve
 from mapex_serve.errors import MapexError
@@ -35,10 +38,14 @@ from mapex_serve.predict import check_not_empty
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format
 from mapex_serve.units import UnitOverrides
+from mapex_serve.upload import MalformedUploadError
 
 __all__ = ["DecodePool", "DecodeUnavailableError", "Upload"]
 
 log = logging.getLogger("mapex_serve.decode")
+
+#: The name a raw body's file gets (multipart parts have their own).
+RAW_NAME = "upload.tif"
 
 #: Uploads larger than this are copied into their slab in a thread, not on the event loop.
 _COPY_IN_THREAD = 4 * 2**20
@@ -227,18 +234,23 @@ class DecodePool:
                 else:
                     await asyncio.sleep(0.05)
 
-    def _layout(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Layout:
+    def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int) -> Layout:
         """Room for the files and for a batch of the task's largest tiles and outputs."""
         ms = [self._manifests[n] for n in specialists]
         tile = max(len(m.bands) * m.tile_size**2 for m in ms)
         out = max(_count(m.output.shape[1:]) for m in ms)
-        return Layout.plan([(f.name, len(f.data)) for f in files], 4 * max_batch * tile, 4 * max_batch * out)
+        return Layout.plan(files, 4 * max_batch * tile, 4 * max_batch * out)
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
         check_not_empty(files)
-        layout = self._layout(files, specialists, max_batch)
+        layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch)
         return Upload(Slab.create(self.folder, layout.size), layout, list(files))
+
+    def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int) -> Upload:
+        """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
+        layout = self._layout([(RAW_NAME, size)], specialists, max_batch)
+        return Upload(Slab.create(self.folder, layout.size), layout, [])
 
     async def predict(
         self, upload: Upload, specialists: Sequence[str], batchers: Mapping[str, Batcher], *,
@@ -248,7 +260,7 @@ class DecodePool:
         """The encoded answer for one request: opened, tiled, blended and encoded by a worker, tried twice."""
         slab, layout = upload.slab, upload.layout
         try:
-            if layout.size > _COPY_IN_THREAD:
+            if upload.files and layout.size > _COPY_IN_THREAD:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
@@ -273,27 +285,43 @@ class DecodePool:
 
     async def _session(self, worker: _Worker, slab: Slab, request: OpenRequest, batchers: Mapping[str, Batcher],
                        budget: MemoryBudget) -> Encoded:
-        """Drive one worker session: batch k from tile slot k % 2 to the engine, its probabilities back."""
+        """Drive one worker session: two batches in the engine's queue, each refilled as its output comes back.
+
+        Batch k lives in tile slot k % 2 and its output in probability slot k % 2. Once batch k's
+        output is back, ``step`` has the worker blend it and read batch k + 2 into the freed slot
+        while the engine runs batch k + 1.
+        """
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
+        inflight: deque[tuple[int, asyncio.Future[np.ndarray]]] = deque()
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
-            if opened.first is None:  # the worker waited for this reservation before tiling
+            if opened.sizes is None:  # the worker waited for this reservation before tiling
                 opened = await worker.call("start", request.session)
-            batcher = batchers[opened.specialist]
-            k, n = 0, opened.first
-            while True:
-                slot = k % 2
-                probs = await batcher.submit(slab.array(request.layout.tiles[slot], (n, *opened.tile_shape)),
-                                             admit=k == 0)
-                slab.array(request.layout.probs[slot], probs.shape)[...] = probs
-                stepped: Stepped = await worker.call("step", (request.session, k, probs.shape))
-                if stepped.encoded is not None:
+            batcher, layout = batchers[opened.specialist], request.layout
+
+            def submit(k: int, n: int) -> None:
+                tiles = slab.array(layout.tiles[k % 2], (n, *opened.tile_shape))
+                inflight.append((k, asyncio.ensure_future(batcher.submit(tiles, admit=k == 0))))
+
+            for k, n in enumerate(opened.sizes):
+                if n:
+                    submit(k, n)
+            while inflight:
+                k, running = inflight.popleft()
+                probs = await running
+                slab.array(layout.probs[k % 2], probs.shape)[...] = probs
+                if not inflight:  # the last batch
+                    encoded: Encoded = await worker.call("finish", (request.session, k, probs.shape))
                     finished = True
-                    return stepped.encoded
-                k, n = k + 1, stepped.next
+                    return encoded
+                if n := await worker.call("step", (request.session, k, probs.shape)):
+                    submit(k + 2, n)
+            raise AssertionError("unreachable: batch 0 always exists")
         finally:
+            for _k, running in inflight:
+                running.cancel()  # its tiles leave the queue unrun
             reservation.release()
             worker.sessions -= 1
             if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go
@@ -302,22 +330,46 @@ class DecodePool:
 
 @dataclass
 class Upload:
-    """A request's files and the slab they go to; the files are dropped once copied."""
+    """A request's files and the slab they go to; the files are dropped once copied (none for a raw body)."""
 
     slab: Slab
     layout: Layout
     files: list[UploadedFile]
 
     def fill(self) -> None:
+        """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""
+        if not self.files:
+            return
         for f, (_name, offset, _size) in zip(self.files, self.layout.files, strict=True):
             self.slab.write(offset, f.data)
         self.files = []
+
+    def sink(self, _index: int, _name: str) -> _SlabSink:
+        """Where ``upload.receive`` writes a raw body: straight into the slab, no copy held in between."""
+        _name, offset, size = self.layout.files[0]
+        return _SlabSink(self.slab, offset, size)
 
     def discard(self) -> None:
         """Unmap and remove the slab (idempotent): the request is over, answered or not."""
         self.files = []
         self.slab.close()
         self.slab.unlink()
+
+
+class _SlabSink:
+    """A raw body written into its place in the slab (the HTTP server holds it to its Content-Length)."""
+
+    def __init__(self, slab: Slab, offset: int, size: int) -> None:
+        self._slab, self._at, self._end = slab, offset, offset + size
+
+    def write(self, data: bytes, /) -> None:
+        if self._at + len(data) > self._end:
+            raise MalformedUploadError("the body is longer than its Content-Length")
+        self._slab.write(self._at, data)
+        self._at += len(data)
+
+    def close(self) -> None:
+        pass
 
 
 def _messages(inbox: bytearray) -> Iterator[tuple]:

@@ -1,12 +1,12 @@
 """One request inside a decode worker: open and route its files, read tiles into its slab, blend, encode.
 
-The service drives a session with two messages (``protocol`` of ``worker``): ``open`` reads the
-first batch into tile slot 0 and answers with what the service needs to run it; each ``step``
-says that slot k % 2 holds batch k's probabilities and is answered at once with the size of
-batch k + 1, already read into the other slot. Blending batch k and reading batch k + 2 happen
-after the answer, while the engine runs batch k + 1: the engine waits for IPC, not for GDAL. The
-last ``step`` is answered with the encoded response. A session's messages never overlap: the
-service awaits each answer.
+The service drives a session with three messages (see ``worker``). ``open`` reads batches 0 and 1
+into tile slots 0 and 1 and answers with what the service needs to run them: both go to the
+engine at once, so it always has the next batch queued. ``step(k)`` says that probability slot
+k % 2 holds batch k's output: the worker blends it, reads batch k + 2 into the freed tile slot and
+answers with its size, while the engine runs batch k + 1. ``finish(k)`` blends the last batch and
+answers with the encoded response. A session's messages never overlap: the service awaits each
+answer before it sends the session's next message.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mapex_serve.responses import Encoded, Format, encode
 from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
 
-__all__ = ["OpenRequest", "Opened", "Session", "Stepped"]
+__all__ = ["OpenRequest", "Opened", "Session"]
 
 
 @dataclass(frozen=True)
@@ -50,25 +50,17 @@ class OpenRequest:
 
 @dataclass(frozen=True)
 class Opened:
-    """The routed request: its specialist, the memory its outputs need, its tiles' shape and batch 0's size.
+    """The routed request: its specialist, the memory its outputs need, its tiles' shape, batches 0 and 1's sizes.
 
-    ``first`` is None when the scene needed more than was available: nothing was tiled yet, and
-    ``start`` follows once the service has reserved the memory.
+    ``sizes`` is None when the scene needed more than was available: nothing was tiled yet, and
+    ``start`` follows once the service has reserved the memory. A size of 0: no such batch.
     """
 
     specialist: str
     need: int
     what: str
     tile_shape: tuple[int, int, int]
-    first: int | None
-
-
-@dataclass(frozen=True)
-class Stepped:
-    """The size of the next batch (already in the other slot), or the response once the last batch is blended."""
-
-    next: int
-    encoded: Encoded | None = None
+    sizes: tuple[int, int] | None
 
 
 class Session:
@@ -93,68 +85,59 @@ class Session:
             self._slab.close()
             raise
         self._batches: list[TileBatch | None] = [None, None]
-        self._error: BaseException | None = None
         self.closed = False
 
     def open(self) -> Opened:
-        """Batch 0 into slot 0 if the scene's memory was available; a 400 when no tile has a valid pixel."""
+        """Batches 0 and 1 into their slots if the scene's memory was available; a 400 when no tile has a valid pixel."""
         if self.run.need > self.request.available:
             return self._opened(None)
         return self.start()
 
     def start(self) -> Opened:
-        """Tile the scene and read batch 0 into slot 0."""
+        """Tile the scene and read batches 0 and 1."""
         with unreadable_as_400():
             self.run.start()
-        first = self.read(0)
-        if first == 0:
+        sizes = (self._read(0), self._read(1))
+        if sizes[0] == 0:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
-        return self._opened(first)
+        return self._opened(sizes)
 
-    def _opened(self, first: int | None) -> Opened:
+    def _opened(self, sizes: tuple[int, int] | None) -> Opened:
         manifest = self.run.route.manifest
         return Opened(manifest.name, self.run.need, self.run.what,
-                      (len(self.run.route.bands), manifest.tile_size, manifest.tile_size), first)
+                      (len(self.run.route.bands), manifest.tile_size, manifest.tile_size), sizes)
 
-    def read(self, slot: int) -> int:
-        """The next batch into tile slot ``slot``; its size, 0 at the end. A read error waits for the next step."""
-        try:
-            with unreadable_as_400():
-                batch = next_batch(self.run.batches)
-        except Exception as e:  # noqa: BLE001 - raised by the step that would have used the batch
-            self.fail(e)
-            batch = None
-        self._batches[slot] = batch
-        if batch is None:
-            return 0
-        n = len(batch.tiles)
-        self._slab.array(self.request.layout.tiles[slot], batch.data.shape)[...] = batch.data
-        return n
+    def step(self, k: int, probs_shape: tuple[int, ...]) -> int:
+        """Blend batch ``k``, read batch k + 2 into its slot; that batch's size (0: none)."""
+        self._blend(k % 2, probs_shape)
+        return self._read(k % 2)
 
-    def fail(self, error: BaseException) -> None:
-        """Work after an answer failed: the next step raises ``error``."""
-        self._error = self._error or error
-
-    def pending(self, slot: int) -> int:
-        """Size of the batch waiting in ``slot``; the error of the work since the last answer, if it failed."""
-        if self._error is not None:
-            raise self._error
-        batch = self._batches[slot]
-        return 0 if batch is None else len(batch.tiles)
-
-    def blend(self, slot: int, probs_shape: tuple[int, ...]) -> None:
-        """The probabilities the service wrote to probability slot ``slot`` into the result."""
-        batch = self._batches[slot]
-        assert batch is not None and probs_shape[0] == len(batch.tiles)
-        probs = self._slab.array(self.request.layout.probs[slot], probs_shape)
-        self.run.add(batch, np.array(probs))  # copied: the blender may keep no view of the slab
-        self._batches[slot] = None
-
-    def finish(self) -> Encoded:
-        """The response, encoded as the client asked."""
+    def finish(self, k: int, probs_shape: tuple[int, ...]) -> Encoded:
+        """Blend the last batch, ``k``; the response, encoded as the client asked."""
+        self._blend(k % 2, probs_shape)
         prediction = self.run.result(Reservation(None, 0))
         name = prediction.route.manifest.name
         return encode(prediction, self.request.format, self.request.accept, self._provider[name])
+
+    def _read(self, slot: int) -> int:
+        """The next batch into tile slot ``slot``; its size, 0 at the end."""
+        with unreadable_as_400():
+            batch = next_batch(self.run.batches)
+        self._batches[slot] = batch
+        if batch is None:
+            return 0
+        self._slab.array(self.request.layout.tiles[slot], batch.data.shape)[...] = batch.data
+        return len(batch.tiles)
+
+    def _blend(self, slot: int, probs_shape: tuple[int, ...]) -> None:
+        """The probabilities the service wrote to probability slot ``slot`` into the result."""
+        batch = self._batches[slot]
+        if batch is None or probs_shape[0] != len(batch.tiles):
+            raise RuntimeError(f"slot {slot} holds {0 if batch is None else len(batch.tiles)} tiles, "
+                               f"the service sent {probs_shape[0]} outputs")
+        probs = self._slab.array(self.request.layout.probs[slot], probs_shape)
+        self.run.add(batch, np.array(probs))  # copied: the blender may keep no view of the slab
+        self._batches[slot] = None
 
     def close(self) -> None:
         """Close the files and unmap the slab."""

@@ -2,8 +2,8 @@
 
 One thread: a worker is meant to have a core to itself, and Python threads would only trade its
 CPU for GIL hand-offs (each can wait out the 5 ms switch interval while the engine waits for an
-answer). The work a step does after its answer (blend, read ahead) runs before the next message
-is read; sessions interleave message by message.
+answer). Sessions interleave message by message; the engine never waits for a step, since it
+holds the session's other batch meanwhile (``session``).
 
 Messages from the service are ``(id, kind, payload)``; answers ``(id, ok, payload)`` where a
 failed call's payload is its exception (a MapexError keeps its class, so the service answers the
@@ -19,7 +19,7 @@ import os
 import pickle
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from affine import Affine
@@ -27,9 +27,10 @@ from rasterio.io import MemoryFile
 from rasterio.shutil import copy
 from rasterio.vrt import WarpedVRT
 
-from mapex_serve.decode.session import Opened, OpenRequest, Session, Stepped
+from mapex_serve.decode.session import Opened, OpenRequest, Session
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import Manifest
+from mapex_serve.responses import Encoded
 
 __all__ = ["READY", "serve"]
 
@@ -38,7 +39,7 @@ log = logging.getLogger("mapex_serve.decode")
 #: The id of the worker's first message: its imports are done and it takes sessions.
 READY = -1
 
-Reply = Callable[[bool, Any], None]
+T = TypeVar("T")
 
 
 class _Worker:
@@ -49,46 +50,31 @@ class _Worker:
     def send(self, message_id: int, ok: bool, payload: Any) -> None:
         self._conn.send((message_id, ok, payload if ok else _portable(payload)))
 
-    def open(self, request: OpenRequest, reply: Reply) -> None:
+    def open(self, request: OpenRequest) -> Opened:
         session = Session(request, self._manifests, self._provider)
         self._sessions[request.session] = session
-        self._started(request.session, session.open, reply)
+        return self._ending_on_error(request.session, session.open)
 
-    def start(self, sid: int, reply: Reply) -> None:
+    def start(self, sid: int) -> Opened:
         """The service reserved the memory of a scene that ``open`` did not tile: tile it now."""
-        self._started(sid, self._sessions[sid].start, reply)
+        return self._ending_on_error(sid, self._sessions[sid].start)
 
-    def _started(self, sid: int, begin: Callable[[], Opened], reply: Reply) -> None:
+    def step(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> int:
+        return self._ending_on_error(sid, lambda: self._sessions[sid].step(k, probs_shape))
+
+    def finish(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> Encoded:
         try:
-            opened = begin()
+            return self._sessions[sid].finish(k, probs_shape)
+        finally:
+            self._drop(sid)
+
+    def _ending_on_error(self, sid: int, work: Callable[[], T]) -> T:
+        """``work()``; a session that fails is over (the service hears why)."""
+        try:
+            return work()
         except BaseException:
             self._drop(sid)
             raise
-        reply(True, opened)
-        if opened.first is not None:
-            self._sessions[sid].read(1)  # read ahead while the engine runs batch 0
-
-    def step(self, payload: tuple[int, int, tuple[int, ...]], reply: Reply) -> None:
-        """Batch k's probabilities are in slot k % 2: answer with batch k + 1, then blend k and read k + 2."""
-        sid, k, probs_shape = payload
-        session = self._sessions[sid]
-        slot = k % 2
-        try:
-            following = session.pending(1 - slot)
-            if following == 0:
-                session.blend(slot, probs_shape)
-                reply(True, Stepped(0, session.finish()))
-                self._drop(sid)
-                return
-        except BaseException:
-            self._drop(sid)
-            raise
-        reply(True, Stepped(following))
-        try:
-            session.blend(slot, probs_shape)
-            session.read(slot)
-        except Exception as e:  # noqa: BLE001 - answered already: the next step raises it
-            session.fail(e)
 
     def close(self, sid: int) -> None:
         """The request ended early (cancelled, refused): its files go. Unknown ids have ended already."""
@@ -100,30 +86,28 @@ class _Worker:
             session.close()
 
     def handle(self, message_id: int, kind: str, payload: Any) -> None:
-        """One message; its answer is sent once, by the handler or here when it fails."""
-        answered = False
-
-        def reply(ok: bool, value: Any) -> None:
-            nonlocal answered
-            answered = True
-            self.send(message_id, ok, value)
-
+        """One message, answered (but ``close``) with its result or its error."""
         try:
-            if kind == "open":
-                self.open(payload, reply)
-            elif kind == "start":
-                self.start(payload, reply)
-            elif kind == "step":
-                self.step(payload, reply)
-            elif kind == "close":
-                self.close(payload)
-            else:
-                raise ValueError(f"unknown message {kind!r}")
-        except BaseException as e:  # noqa: BLE001 - every failure goes back to the waiting request
+            match kind:
+                case "open":
+                    result = self.open(payload)
+                case "start":
+                    result = self.start(payload)
+                case "step":
+                    result = self.step(*payload)
+                case "finish":
+                    result = self.finish(*payload)
+                case "close":
+                    self.close(payload)
+                    return
+                case _:
+                    raise ValueError(f"unknown message {kind!r}")
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the waiting request
             if not isinstance(e, MapexError):
                 log.exception("decode worker: %s failed", kind)
-            if not answered and kind != "close":
-                reply(False, e)
+            self.send(message_id, False, e)
+            return
+        self.send(message_id, True, result)
 
 
 def _portable(error: BaseException) -> BaseException:

@@ -11,17 +11,19 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from mapex_serve.decode.pool import Upload
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError, UnknownTaskError
 from mapex_serve.http_errors import status_of
+from mapex_serve.inputs import UploadedFile
 from mapex_serve.predict import predict
 from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
-from mapex_serve.upload import read_upload
+from mapex_serve.upload import raw_upload_size, read_upload, receive
 
 __all__ = ["router"]
 
@@ -48,30 +50,23 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
                    modality: str | None, format: Format | None, overrides: UnitOverrides) -> Response:
     """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
     settings = state.settings
-    files = await read_upload(request, int(settings.max_upload_mb * 2**20))
     band_list = bands.split(",") if bands else None
     accept = request.headers.get("accept", "")
-    if state.decode is not None:
+    got = await _receive(request, state, [m.name for m in manifests])
+    if isinstance(got, Upload):
+        work = asyncio.ensure_future(state.decode.predict(
+            got, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
+            overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
+            format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
         try:
-            upload = state.decode.prepare(files, [m.name for m in manifests], settings.max_batch)
-        except SlabSpaceError as e:  # nothing started: this one is decoded in the service process
-            log.warning("no shared memory for this upload (%s); decoding it in the service process: give /dev/shm "
-                        "more room (docs/deploy.md)", e)
-        else:
-            del files  # the upload holds them until they are in its slab
-            work = asyncio.ensure_future(state.decode.predict(
-                upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
-                overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
-                format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
-            try:
-                encoded = await _unless_client_leaves(request, work)
-            finally:
-                upload.discard()  # also when the request was cancelled before its work began
-            return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
-    work = asyncio.ensure_future(predict(files, manifests, state.batchers, bands=band_list,
+            encoded = await _unless_client_leaves(request, work)
+        finally:
+            got.discard()  # also when the request was cancelled before its work began
+        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+    work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
                                          modality=modality, max_pixels=settings.max_pixels,
                                          max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
-    del files  # encoding needs the prediction only: the upload's bytes can go first
+    del got  # encoding needs the prediction only: the upload's bytes can go first
     result = await _unless_client_leaves(request, work)
     try:
         provider = state.registry.specialists[result.route.manifest.name].engine.provider
@@ -79,6 +74,41 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
         return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
     finally:
         result.reservation.release()
+
+
+async def _receive(request: Request, state: ServiceState, specialists: list[str]) -> Upload | list[UploadedFile]:
+    """The upload in a decode worker's slab (a raw body streams straight there), or in memory for this process.
+
+    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small).
+    """
+    settings, pool = state.settings, state.decode
+    limit = int(settings.max_upload_mb * 2**20)
+    size = raw_upload_size(request)
+    if pool is not None and size is not None and 0 < size <= limit:
+        try:
+            upload = pool.prepare_raw(size, specialists, settings.max_batch)
+        except SlabSpaceError as e:
+            _no_room(e)
+        else:
+            try:
+                await receive(request, limit, upload.sink)
+            except BaseException:
+                upload.discard()
+                raise
+            return upload
+    files = await read_upload(request, limit)
+    if pool is None:
+        return files
+    try:
+        return pool.prepare(files, specialists, settings.max_batch)
+    except SlabSpaceError as e:
+        _no_room(e)
+        return files
+
+
+def _no_room(e: SlabSpaceError) -> None:
+    log.warning("no shared memory for this upload (%s); decoding it in the service process: give /dev/shm more room "
+                "(docs/deploy.md)", e)
 
 
 async def _unless_client_leaves(request: Request, work: asyncio.Future[T]) -> T:
