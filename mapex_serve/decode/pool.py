@@ -83,14 +83,18 @@ class _Worker:
 
     def _readable(self) -> None:
         """Every whole answer that has arrived; a closed pipe means the worker is gone."""
+        gone = False
         try:
             while chunk := os.read(self._conn.fileno(), 1 << 20):
                 self._inbox += chunk
+            gone = True  # end of file: the worker closed its end
         except BlockingIOError:
-            chunk = None  # all there is for now
+            pass  # all there is for now
+        except OSError:  # reset: the worker was killed with answers unread
+            gone = True
         for message in _messages(self._inbox):
             self._deliver(*message)
-        if chunk == b"":
+        if gone:
             self._lost()
 
     def _deliver(self, message_id: int, ok: bool, payload: Any) -> None:
@@ -129,15 +133,16 @@ class _Worker:
         except BlockingIOError:  # a worker that has not read for a whole buffer's worth is stuck: replace it
             self.process.kill()
             raise WorkerLostError(f"decode worker {self.index} stopped reading its messages") from None
-        except OSError as e:  # the worker died; reading its pipe reports it too
+        except OSError as e:  # the worker died (its pipe may not have said so yet)
+            self._lost()
             raise WorkerLostError(f"decode worker {self.index} is gone ({e})") from None
 
     async def call(self, kind: str, payload: Any) -> Any:
         message_id = next(self._ids)
+        self._send((message_id, kind, payload))  # the answer is read on this loop: it cannot come before the await
         future = self._loop.create_future()
         self._pending[message_id] = future
         try:
-            self._send((message_id, kind, payload))
             return await future
         finally:
             self._pending.pop(message_id, None)
