@@ -71,10 +71,12 @@ Sources (short keys used in the comments):
   from the CORINE Land Cover accounts 2000-2018 of the EEA territory: about 34 % forests, 25 %
   arable land and permanent crops, 17 % pastures (the EEA's "pastures and mosaic farmland"),
   artificial surfaces under 5 %. Eurostat's LUCAS survey of 2018 (Statistics Explained, "Land
-  cover statistics") gives the same order for the EU: woodland 41.1 %, cropland 24.2 %, grassland
-  17.4 %, artificial areas 4.2 %.
+  cover statistics", https://ec.europa.eu/eurostat/statistics-explained/index.php?title=Land_cover_statistics),
+  which records the physical cover at each point, gives the same order for the EU: woodland
+  41.1 %, cropland 24.2 %, grassland 17.4 %, artificial areas 4.2 %.
 - [ESTAT16] Eurostat, *Agri-environmental indicator - soil cover* (Statistics Explained, data of
-  2016): in winter 23 % of the EU's arable land lay bare, 46 % carried normal winter crops, the
+  2016, https://ec.europa.eu/eurostat/statistics-explained/index.php?title=Agri-environmental_indicator_-_soil_cover):
+  in winter 23 % of the EU's arable land lay bare, 46 % carried normal winter crops, the
   rest cover or catch crops, plant residues or multi-annual plants.
 - [Daughtry01] Daughtry (2001), Discriminating crop residues from soil by shortwave infrared
   reflectance, Agron. J. 93: dry plant litter and crop residue are brighter than most soils in
@@ -259,7 +261,10 @@ BURN_DB = np.array([-0.5, -1.5])
 #: preferences are calibrated to these (``synthetic.PREFERENCE_BIAS``); bare ground, wetland and
 #: water are drawn from the terrain instead. (Generator v3 used 38 : 16 : 41.5 : 4.5 from a
 #: recollection of the CORINE accounts that counted mosaic farmland as cropland; the EEA's own
-#: figures put it with pastures.)
+#: figures put it with pastures, and LUCAS, which records what covers each point, finds a
+#: quarter of the land under crops, not 38 %. The generator draws physical cover per pixel, so
+#: the physical shares are the ones to match; the real-patch tests' mapping of CORINE's mosaic
+#: labels to cropland is about patch labels, a different question.)
 EUROPE_SHARE = {"trees": 0.425, "grassland": 0.2125, "cropland": 0.3125, "built-up": 0.05}
 #: State of a cropland parcel outside the growing season [ESTAT16]: bare soil 23 %, green winter
 #: crop 46 %, the rest (cover crops, residues, multi-annual plants) drawn as crop residue (ours).
