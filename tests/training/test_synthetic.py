@@ -157,7 +157,7 @@ def test_class_balance_over_200_scenes(scenes):
     for name, px, tile in zip(LANDCOVER_CLASSES, pixel_share, tile_share, strict=True):
         print(f"{name:10s} pixels {px:.3f}  tiles {tile:.3f}")
     assert pixel_share.min() > 0.03
-    # Trees, grassland, cropland and built-up share their land as Europe's does (CORINE 2018):
+    # Trees, grassland, cropland and built-up share their land as Europe's does (EEA, CORINE accounts):
     # 200 scenes, each mostly one class, so within 0.08 of the target.
     four = pixel_share[[TREES, GRASSLAND, CROPLAND, BUILT_UP]] / pixel_share[[TREES, GRASSLAND, CROPLAND, BUILT_UP]].sum()
     target = np.array([EUROPE_SHARE[c] for c in ("trees", "grassland", "cropland", "built-up")])

@@ -66,11 +66,26 @@ Sources (short keys used in the comments):
   forest transmissivity, mostly about 0.2-0.6 in Finland).
 - [NR00] Nagler & Rott (2000), Retrieval of wet snow by means of multitemporal SAR data, IEEE TGRS
   38(2): dry snow is almost transparent at C-band; only wet snow darkens the backscatter.
-- [CLC18] European Environment Agency, CORINE Land Cover 2018 and its land cover statistics
-  (EEA-39): roughly 35 % forest and transitional woodland-shrub, 38 % arable land, permanent
-  crops and heterogeneous agricultural areas, 15 % pastures, natural grassland, moors, heath and
-  sclerophyllous scrub, 4 % artificial surfaces; the rest bare ground, wetland and water (shares
-  rounded, as the EEA's level-1/level-2 accounts give them).
+- [EEA19] European Environment Agency (2019), *Signals 2019*, infographic "State of play"
+  (INF-117, https://www.eea.europa.eu/signals/signals-2019-content-list/infographics/state-of-play),
+  from the CORINE Land Cover accounts 2000-2018 of the EEA territory: about 34 % forests, 25 %
+  arable land and permanent crops, 17 % pastures (the EEA's "pastures and mosaic farmland"),
+  artificial surfaces under 5 %. Eurostat's LUCAS survey of 2018 (Statistics Explained, "Land
+  cover statistics", https://ec.europa.eu/eurostat/statistics-explained/index.php?title=Land_cover_statistics),
+  which records the physical cover at each point, gives the same order for the EU: woodland
+  41.1 %, cropland 24.2 %, grassland 17.4 %, artificial areas 4.2 %.
+- [ESTAT16] Eurostat, *Agri-environmental indicator - soil cover* (Statistics Explained, data of
+  2016, https://ec.europa.eu/eurostat/statistics-explained/index.php?title=Agri-environmental_indicator_-_soil_cover):
+  in winter 23 % of the EU's arable land lay bare, 46 % carried normal winter crops, the
+  rest cover or catch crops, plant residues or multi-annual plants.
+- [Daughtry01] Daughtry (2001), Discriminating crop residues from soil by shortwave infrared
+  reflectance, Agron. J. 93: dry plant litter and crop residue are brighter than most soils in
+  SWIR1 and show the cellulose-lignin absorption near 2.1 um (lower SWIR2); with the dry-grass
+  spectra of [USGS7], the shape of the non-photosynthetic vegetation (NPV) row below.
+- [Ceccato01] Ceccato, Flasse, Tarantola, Jacquemoud & Gregoire (2001), Detecting vegetation leaf
+  water content using reflectance in the optical domain, Remote Sens. Environ. 77: SWIR
+  reflectance of a canopy rises as its water content falls, which is why dry and senescent
+  vegetation is brighter there than green vegetation.
 - [Ang29] Angstrom (1929), On the atmospheric transmission of sun radiation and on dust in the
   air, Geogr. Ann. 11: aerosol optical depth ~ lambda^-alpha, alpha about 1.3 on average.
 - [HT89] Huang & Turcotte (1989), Fractal mapping of digitized images: application to the
@@ -88,13 +103,15 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "ARABLE_OFF_SEASON",
     "BURN_DB",
     "BURN_REFLECTANCE",
+    "CANOPY_GAP",
     "CLEAR_WATER",
     "CLOUD_REFLECTANCE",
-    "CANOPY_GAP",
     "CONIFER",
     "CROP_PARCEL_DB",
+    "DRY_GRASS_SHARE",
     "ENL_IW_GRDH",
     "EUROPE_SHARE",
     "FLOODED_BUILT_DB",
@@ -102,6 +119,8 @@ __all__ = [
     "HAZE_ANGSTROM",
     "IW_INCIDENCE",
     "NESZ_DB",
+    "NPV",
+    "OFF_SEASON_SHARE",
     "REFERENCE_INCIDENCE",
     "S2_NATIVE_RES",
     "S2_SNR",
@@ -153,6 +172,9 @@ SPECTRA = np.array([
 CONIFER = np.array([.008, .015, .030, .018, .045, .110, .140, .160, .165, .160, .002, .080, .038])
 #: Bare soil that shows between sparse plants (cropland parcels, thin grass) [USGS7].
 SOIL = np.array([.065, .075, .105, .135, .165, .185, .195, .205, .215, .220, .005, .275, .220])
+#: Non-photosynthetic vegetation: crop residue, stubble and dry grass [Daughtry01, USGS7]: no
+#: red-edge rise, bright in SWIR1 and lower in SWIR2 (cellulose-lignin absorption), NDVI ~0.3.
+NPV = np.array([.045, .055, .080, .110, .140, .170, .190, .210, .225, .235, .004, .320, .245])
 #: Clear and very turbid water [Nechad10]: turbidity raises green to NIR; SWIR stays dark.
 CLEAR_WATER = SPECTRA[0]
 TURBID_WATER = np.array([.060, .065, .090, .085, .075, .045, .035, .030, .026, .015, .001, .010, .007])
@@ -234,10 +256,26 @@ BURN_DB = np.array([-0.5, -1.5])
 # Land cover.
 
 #: Shares of trees, grassland, cropland and built-up among the land those four classes cover,
-#: after [CLC18] (35 : 15 : 38 : 4, normalised). The generator's per-scene class preferences are
-#: calibrated to these (``synthetic.PREFERENCE_BIAS``); bare ground, wetland and water are drawn
-#: from the terrain instead.
-EUROPE_SHARE = {"trees": 0.38, "grassland": 0.16, "cropland": 0.415, "built-up": 0.045}
+#: after [EEA19]: forests 34 %, pastures 17 %, arable land and permanent crops 25 %, artificial
+#: surfaces 4 % (under 5 %; LUCAS 2018: 4.2 %), normalised. The generator's per-scene class
+#: preferences are calibrated to these (``synthetic.PREFERENCE_BIAS``); bare ground, wetland and
+#: water are drawn from the terrain instead. (Generator v3 used 38 : 16 : 41.5 : 4.5 from a
+#: recollection of the CORINE accounts that counted mosaic farmland as cropland; the EEA's own
+#: figures put it with pastures, and LUCAS, which records what covers each point, finds a
+#: quarter of the land under crops, not 38 %. The generator draws physical cover per pixel, so
+#: the physical shares are the ones to match; the real-patch tests' mapping of CORINE's mosaic
+#: labels to cropland is about patch labels, a different question.)
+EUROPE_SHARE = {"trees": 0.425, "grassland": 0.2125, "cropland": 0.3125, "built-up": 0.05}
+#: State of a cropland parcel outside the growing season [ESTAT16]: bare soil 23 %, green winter
+#: crop 46 %, the rest (cover crops, residues, multi-annual plants) drawn as crop residue (ours).
+#: In the growing season every parcel is a green crop.
+ARABLE_OFF_SEASON = {"bare": 0.23, "green": 0.46, "residue": 0.31}
+#: Share of scenes outside the growing season (winter, or after harvest): ours, half the year.
+OFF_SEASON_SHARE = 0.5
+#: Dry (non-photosynthetic) share of a grassland sward outside the growing season, drawn per scene
+#: in this range (ours: dormant winter grass, summer-dry Mediterranean pasture) [Ceccato01];
+#: in the growing season up to the lower bound.
+DRY_GRASS_SHARE = (0.1, 0.5)
 
 # ---------------------------------------------------------------------------------------------
 # Terrain.

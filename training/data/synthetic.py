@@ -6,7 +6,9 @@ published sensor figures in ``training/data/signatures.py`` (each with its sourc
 - terrain with the power spectrum of real topography and a median slope from plains to hills;
   water fills the lowest ground to a flat level, wetland lines it, floods rise a few metres over
   the low, flat ground next to it (height above the water), bare ground takes the high and steep;
-- land cover in Europe's proportions (CORINE 2018: trees and cropland common, built-up rare);
+- land cover in Europe's proportions (the EEA's CORINE accounts 2000-2018: forest most common, then
+  arable land and pasture, built-up rare); cropland parcels bare or under residue and grass partly
+  dry outside the growing season (Eurostat's winter soil cover);
 - Sentinel-2 L2A reflectance from per-class spectra (water turbidity, burn scars, seasonal snow
   seen through forest canopies, residual haze, clouds and their shadows), sensor noise from the MSI SNR, the 20 m and 60 m bands averaged over
   their native footprint and put back on the 10 m grid, quantised to 1e-4 like L2A products;
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the scenes a seed gives change, so that cached demo models are rebuilt.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 LANDCOVER_CLASSES: tuple[str, ...] = ("water", "trees", "grassland", "cropland", "built-up", "bare", "wetland")
 WATER, TREES, GRASSLAND, CROPLAND, BUILT_UP, BARE, WETLAND = range(len(LANDCOVER_CLASSES))
@@ -56,7 +58,7 @@ _VEGETATED = np.array([TREES, GRASSLAND, CROPLAND, WETLAND])
 #: scene, so one class tends to dominate a scene). Calibrated so that the four classes share the
 #: land they compete for about as Europe's land cover does (``signatures.EUROPE_SHARE``);
 #: ``tests/training/test_synthetic.py`` checks the shares.
-PREFERENCE_BIAS = np.array([0.0, -2.6, 0.1, -5.0])
+PREFERENCE_BIAS = np.array([0.0, -1.4, -0.4, -5.0])
 
 #: The 13 Sentinel-2 bands in the order of the band table (B01..B08, B8A, B09..B12).
 S2_BANDS: tuple[str, ...] = tuple(name for name, b in BANDS.items() if b.sensor == "S2")
@@ -196,9 +198,18 @@ def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarra
     parcel = max(2, n // 2)
     cells = -(-n // parcel)
     parcels = np.kron(rng.uniform(0.6, 1.0, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
+    # Season: outside the growing season a cropland parcel may lie bare or carry residue, in
+    # Eurostat's winter shares, and grass is partly dry (both sig.ARABLE_OFF_SEASON, DRY_GRASS_SHARE).
+    off_season = rng.random() < sig.OFF_SEASON_SHARE
+    states = sig.ARABLE_OFF_SEASON if off_season else {"bare": 0.0, "green": 1.0, "residue": 0.0}
+    state = rng.choice(len(states), (cells, cells), p=list(states.values()))
+    state = np.kron(state, np.ones((parcel, parcel), dtype=int))[:n, :n]
+    bare_parcel = (landcover == CROPLAND) & (state == list(states).index("bare"))
+    residue_parcel = (landcover == CROPLAND) & (state == list(states).index("residue"))
+    dry = rng.uniform(*sig.DRY_GRASS_SHARE) if off_season else rng.uniform(0.0, sig.DRY_GRASS_SHARE[0])
     # Vigour: the share of the pixel that is canopy, the rest soil. Forest canopies are closed
-    # (ours: 0.85-1), grass and marsh thinner, cropland by parcel.
-    vigour = np.where(landcover == CROPLAND, parcels, np.clip(0.85 + 0.1 * f[5], 0.5, 1.0))
+    # (ours: 0.85-1), grass and marsh thinner, cropland by parcel (none on a bare one).
+    vigour = np.where(landcover == CROPLAND, np.where(bare_parcel, 0.0, parcels), np.clip(0.85 + 0.1 * f[5], 0.5, 1.0))
     vigour = np.where(landcover == TREES, np.clip(0.95 + 0.05 * f[5], 0.85, 1.0), vigour)
     vigour = np.where(vegetated, vigour, 1.0)
     soil = sig.SOIL[:, None, None]
@@ -206,6 +217,9 @@ def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarra
     needle = np.clip(rng.uniform(-0.2, 1.2) + 0.3 * f[10], 0, 1)
     surface = sig.SPECTRA.T[:, landcover]
     surface = np.where(landcover == TREES, (1 - needle) * surface + needle * sig.CONIFER[:, None, None], surface)
+    npv = sig.NPV[:, None, None]
+    surface = np.where(landcover == GRASSLAND, (1 - dry) * surface + dry * npv, surface)
+    surface = np.where(residue_parcel, npv, surface)
     rho = soil + vigour * (surface - soil)
     rho *= 1 + 0.08 * f[4]
     lake_turbidity, flood_turbidity = rng.uniform(0.0, 0.5), rng.uniform(0.4, 0.9)
