@@ -203,7 +203,7 @@ class DecodePool:
         """A worker died (or stopped answering): start its replacement at once (its requests retry on their own)."""
         if lost.process.is_alive():  # its pipe closed or failed, yet it runs: no request will reach it again
             lost.process.kill()
-        lost.process.join(1)
+        lost.process.join(0.2)  # reaped, for its exit code; a killed process is gone at once
         if self._stopping:
             return
         self.restarts += 1
@@ -228,16 +228,19 @@ class DecodePool:
 
     async def _pick(self, timeout: float) -> _Worker:
         """The ready worker with the fewest requests; waits for one to come up (after a death) for up to ``timeout``."""
-        async with asyncio.timeout(timeout):
-            while True:
-                ready = [w for w in self._workers if w.alive and w.ready.done() and w.ready.exception() is None]
-                if ready:
-                    return min(ready, key=lambda w: w.sessions)
-                starting = [w.ready for w in self._workers if w.alive and not w.ready.done()]
-                if starting:
-                    await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    ready = [w for w in self._workers if w.alive and w.ready.done() and w.ready.exception() is None]
+                    if ready:
+                        return min(ready, key=lambda w: w.sessions)
+                    starting = [w.ready for w in self._workers if w.alive and not w.ready.done()]
+                    if starting:
+                        await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise DecodeUnavailableError(f"no decode worker came up within {timeout:g} s; retry shortly") from None
 
     def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int) -> Layout:
         """Room for the files and for a batch of the task's largest tiles and outputs."""
@@ -283,8 +286,6 @@ class DecodePool:
                                                      f"retry; if it happens again the file may crash GDAL") from None
                     log.warning("%s during a request; trying it again on a fresh worker", e)
             raise AssertionError("unreachable")
-        except TimeoutError:
-            raise DecodeUnavailableError(f"no decode worker came up within {wait_s:g} s; retry shortly") from None
         finally:
             upload.discard()
 
