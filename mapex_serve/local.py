@@ -6,6 +6,7 @@ library only, so that it needs nothing the service does not already install.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,17 +39,13 @@ def decode_workers(pid: int | str) -> list[int]:
     """The decode worker processes of the service ``pid`` (multiprocessing's spawned children; Linux)."""
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
             children += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:  # a thread that ended meanwhile
-            pass
     found = []
     for child in children:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # a process that exited meanwhile
             if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
-        except FileNotFoundError:  # exited meanwhile
-            pass
     return found
 
 
@@ -99,12 +96,10 @@ class LocalService:
         return [self.pid, *decode_workers(self.pid)]
 
     def _sum(self, measure: Callable[[int], float]) -> float:
-        total = 0
+        total = 0.0
         for pid in self.processes:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # a worker that exited meanwhile
                 total += measure(pid)
-            except FileNotFoundError:  # a worker that exited meanwhile
-                pass
         return total
 
     def rss_bytes(self) -> int:

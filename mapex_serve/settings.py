@@ -107,15 +107,17 @@ class Settings(BaseSettings):
         None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
     )
     decode_workers: int | None = Field(
-        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: cores - 1 "
-        "(at least 1); 0: in the service process (threads)."
+        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: (cores - 1) "
+        "shared among UVICORN_WORKERS service processes (at least 1 each); 0: in the service process (threads)."
     )
 
     @property
     def decode_worker_count(self) -> int:
+        """Decode workers of this service process: the cores but one, split among uvicorn's worker processes."""
         if self.decode_workers is not None:
             return self.decode_workers
-        return max(len(os.sched_getaffinity(0)) - 1, 1)
+        services = os.environ.get("UVICORN_WORKERS", "1")
+        return max((len(os.sched_getaffinity(0)) - 1) // max(int(services) if services.isdigit() else 1, 1), 1)
 
     @field_validator("providers", mode="before")
     @classmethod

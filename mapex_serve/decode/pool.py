@@ -11,6 +11,7 @@ at once, so it recovers by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -83,13 +84,12 @@ class _Worker:
 
     def _readable(self) -> None:
         """Every whole answer that has arrived; a closed pipe means the worker is gone."""
-        gone = False
         try:
             while chunk := os.read(self._conn.fileno(), 1 << 20):
                 self._inbox += chunk
             gone = True  # end of file: the worker closed its end
         except BlockingIOError:
-            pass  # all there is for now
+            gone = False  # all there is for now
         except OSError:  # reset: the worker was killed with answers unread
             gone = True
         for message in _messages(self._inbox):
@@ -149,10 +149,8 @@ class _Worker:
 
     def tell(self, kind: str, payload: Any) -> None:
         """A message that gets no answer (``close``); lost with the worker if it is gone."""
-        try:
+        with contextlib.suppress(WorkerLostError):
             self._send((next(self._ids), kind, payload))
-        except WorkerLostError:
-            pass
 
     def exit(self) -> None:
         """Stop listening and ask the worker to exit (on the loop; ``join`` then waits for it)."""
@@ -375,7 +373,7 @@ class _SlabSink:
         self._at += len(data)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the slab outlives its sink."""
 
 
 def _messages(inbox: bytearray) -> Iterator[tuple]:

@@ -11,6 +11,7 @@ specialist of the task at no cost for smaller ones.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import shutil
@@ -100,10 +101,8 @@ class Slab:
 
     def close(self) -> None:
         """Unmap; views made by ``array`` must be gone (numpy holds the buffer) or the mapping stays until they are."""
-        try:
+        with contextlib.suppress(BufferError):  # a view still exists (a traceback may hold one): unmapped with it
             self.buf.close()
-        except BufferError:  # a view still exists (an exception's traceback may hold one): unmapped with it
-            pass
 
     def unlink(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -71,6 +71,17 @@ def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_
     assert mine.exists() and live.exists() and not gone.exists()
 
 
+def test_decode_workers_default_to_the_cores_but_one_shared_among_uvicorn_workers(monkeypatch, tmp_path):
+    from mapex_serve.settings import Settings
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("UVICORN_WORKERS", raising=False)
+    assert Settings(model_repo=tmp_path).decode_worker_count == max(cores - 1, 1)
+    monkeypatch.setenv("UVICORN_WORKERS", str(2 * cores))  # more service processes than cores: one each still
+    assert Settings(model_repo=tmp_path).decode_worker_count == 1
+    assert Settings(model_repo=tmp_path, decode_workers=0).decode_worker_count == 0  # decode in the service
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 
