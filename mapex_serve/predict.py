@@ -153,7 +153,6 @@ class SceneRun:
         self.need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
                                   channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
         self.what = f"this {reader.width} x {reader.height} scene"
-        self.started = False
         self.seen = 0
 
     def start(self) -> None:
@@ -164,7 +163,6 @@ class SceneRun:
         self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) \
             if manifest.head == "mask" else None
         self._aggregator = ClassAggregator(*grid_shape(self.tiles), k) if manifest.head == "class" else None
-        self.started = True
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
         """One batch's probabilities, in the batch's order."""
