@@ -24,6 +24,7 @@ from mapex_serve.local import LocalService, status_bytes
 from mapex_serve.repository import Manifest, load_manifest, scan_repository
 
 __all__ = [
+    "post_scene",
     "RESULTS",
     "Goal",
     "Report",
@@ -108,6 +109,17 @@ def reset_peak_rss(pid: int | str = "self") -> int:
     """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5) and return that RSS."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     return status_bytes(pid, "VmRSS")
+
+
+def post_scene(url: str, task: str, modality: str, body: bytes) -> tuple[httpx.Response, float]:
+    """A whole scene posted raw to ``/predict/{task}``: the 200 answer (anything else ends the run) and its wall seconds."""
+    start = time.perf_counter()
+    r = httpx.post(f"{url}/predict/{task}?modality={modality}", content=body, headers={"Content-Type": "image/tiff"},
+                   timeout=3600)
+    wall = time.perf_counter() - start
+    if r.status_code != 200:
+        raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
+    return r, wall
 
 
 class ServiceProcess(LocalService):

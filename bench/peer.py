@@ -45,7 +45,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as rio_copy
 
-from bench.harness import ROOT, Goal, Report, ServiceProcess, ensure_repo, find_entry, percentile
+from bench.harness import ROOT, Goal, Report, ServiceProcess, ensure_repo, find_entry, percentile, post_scene
 from bench.scene import make_scene
 from bench.serve import _Connection, make_tiles
 from mapex_serve.local import free_port
@@ -402,12 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if scene is not None:
                 content = scene.read_bytes()
                 cpu0 = ours.cpu_seconds()
-                start = time.perf_counter()
-                r = httpx.post(f"{ours.url}/predict/{args.scene_task}?modality={args.modality}", content=content,
-                               headers={"Content-Type": "image/tiff"}, timeout=3600)
-                wall = time.perf_counter() - start
-                if r.status_code != 200:
-                    raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
+                r, wall = post_scene(ours.url, args.scene_task, args.modality, content)
                 ours_labels = cog_labels(r.content)
                 rows.append({"part": "c", "server": "mapex", "concurrency": 1, "requests": 1, "scene_s": wall,
                              "client_cpu_s": 0.0, "server_cpu_s": ours.cpu_seconds() - cpu0})

@@ -19,11 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 import numpy as np
 from tqdm import tqdm
 
-from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, service_arguments
+from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, post_scene, service_arguments
 from mapex_serve.engine import Engine
 from mapex_serve.inputs import RequestScene, SourceFile, UploadedFile
 from mapex_serve.predict import tile_batches
@@ -86,12 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rss_idle = server.peak_rss_bytes()
                 print(f"{mode}: posting {args.size} x {args.size} ({len(body) / 2**20:.0f} MiB) to {args.task} ...",
                       file=sys.stderr)
-                start = time.perf_counter()
-                r = httpx.post(f"{server.url}/predict/{args.task}?modality={args.modality}", content=body,
-                               headers={"Content-Type": "image/tiff"}, timeout=3600)
-                wall = time.perf_counter() - start
-                if r.status_code != 200:
-                    raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
+                r, wall = post_scene(server.url, args.task, args.modality, body)
                 rss_peak = server.peak_rss_bytes()
             rows.append({"mode": mode, "size": args.size, "specialist": manifest.name, "upload_mib": len(body) / 2**20,
                          "service_s": wall, "server_idle_rss_mib": rss_idle / 2**20,
