@@ -42,6 +42,7 @@ __all__ = [
     "SubdatasetsError",
     "UnreadableInputError",
     "UploadedFile",
+    "without_request_folder",
 ]
 
 #: GDAL drivers an upload may be read with: none of them opens a file the upload names (VRT is checked).
@@ -206,6 +207,15 @@ def _register_drivers() -> frozenset[str]:
     ``rasterio.Env`` finds none; a ``MemoryFile`` registers them itself)."""
     with rasterio.Env() as env:
         return frozenset(env.drivers())
+
+
+#: ``RequestScene.folder`` as it appears in GDAL's messages.
+_REQUEST_FOLDER = re.compile(r"/vsimem/mapex-[0-9a-f]{32}/")
+
+
+def without_request_folder(message: str) -> str:
+    """``message`` with the request's ``/vsimem/mapex-<hex>/`` folder taken out of paths: it means nothing to a user."""
+    return _REQUEST_FOLDER.sub("", message)
 
 
 class RequestScene:

@@ -9,7 +9,6 @@ is reserved against the memory budget before they are allocated.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from rasterio.errors import RasterioError
 from mapex_serve.batcher import Batcher
 from mapex_serve.budget import MemoryBudget, Reservation, request_bytes
 from mapex_serve.errors import MapexError
-from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile
+from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile, without_request_folder
 from mapex_serve.repository import Manifest
 from mapex_serve.routing import NoMatchingSpecialistError, Route, choose_route
 from mapex_serve.scene_reader import SceneReader
@@ -76,9 +75,6 @@ class Prediction:
 _READ_ERRORS = (RasterioError, CPLE_BaseError, UnicodeDecodeError, AffineError)
 
 
-_REQUEST_FOLDER = re.compile(r"/vsimem/mapex-[0-9a-f]+/")
-
-
 @contextmanager
 def unreadable_as_400() -> Iterator[None]:
     """A corrupt upload is the user's error (400), wherever GDAL notices it: opening, metadata or pixels."""
@@ -87,8 +83,7 @@ def unreadable_as_400() -> Iterator[None]:
     except MapexError:
         raise
     except _READ_ERRORS as e:
-        said = _REQUEST_FOLDER.sub("", str(e))  # the request's in-memory folder means nothing to the user
-        raise UnreadableRasterError(f"the upload is not a readable raster ({said}); send GeoTIFF, COG, NetCDF, HDF5, "
+        raise UnreadableRasterError(f"the upload is not a readable raster ({without_request_folder(str(e))}); send GeoTIFF, COG, NetCDF, HDF5, "
                                     f"JPEG 2000 or ENVI files, or a VRT over the other files of the request") from None
 
 

@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
+#: The file name a raw body gets (multipart parts bring their own).
+RAW_NAME = "upload.tif"
 _FRAMING = 64 * 1024  # room for multipart boundaries and part headers
 _MAX_PARTS = 64
 
@@ -146,7 +148,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if declared and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(limit)
     if not multipart:
-        sink = open_sink(0, "upload.tif")
+        sink = open_sink(0, RAW_NAME)
         try:
             async for chunk in _bounded(request, ceiling, limit):
                 sink.write(chunk)

@@ -39,14 +39,11 @@ from mapex_serve.predict import check_not_empty
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format
 from mapex_serve.units import UnitOverrides
-from mapex_serve.upload import MalformedUploadError
+from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
 __all__ = ["DecodePool", "DecodeUnavailableError", "Upload"]
 
 log = logging.getLogger("mapex_serve.decode")
-
-#: The name a raw body's file gets (multipart parts have their own).
-RAW_NAME = "upload.tif"
 
 #: Uploads larger than this are copied into their slab in a thread, not on the event loop.
 _COPY_IN_THREAD = 4 * 2**20

@@ -5,6 +5,7 @@ real worker processes with SIGKILL, as the OOM killer or a crash in GDAL would.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mapex_serve.decode.slab import Layout, Slab, clean_stale
+from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, clean_stale
 from mapex_serve.local import decode_workers
 
 S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
@@ -51,9 +52,7 @@ def test_a_slab_written_here_is_read_and_answered_in_another_process(tmp_path):
 
 
 def test_a_slab_the_tmpfs_cannot_hold_is_refused_before_anything_is_written(tmp_path):
-    import shutil
 
-    from mapex_serve.decode.slab import SlabSpaceError
 
     with pytest.raises(SlabSpaceError, match="free"):
         Slab.create(tmp_path, shutil.disk_usage(tmp_path).free + 2**30)
