@@ -11,7 +11,6 @@ specialist of the task at no cost for smaller ones.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import shutil
@@ -62,7 +61,7 @@ class Slab:
     """A file on a tmpfs mapped into this process; ``array`` views it without copying."""
 
     def __init__(self, path: Path, buf: mmap.mmap) -> None:
-        self.path, self.buf = path, buf
+        self.path, self._buf = path, buf
 
     @classmethod
     def create(cls, folder: Path, size: int) -> Slab:
@@ -89,20 +88,30 @@ class Slab:
         finally:
             os.close(fd)
 
+    @property
+    def _mapping(self) -> mmap.mmap:
+        if self._buf is None:
+            raise ValueError(f"slab {self.path.name} is closed")
+        return self._buf
+
     def array(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 view of ``shape`` at ``offset``: writes go straight to the other process."""
-        return np.ndarray(shape, np.float32, buffer=self.buf, offset=offset)
+        return np.ndarray(shape, np.float32, buffer=self._mapping, offset=offset)
 
     def write(self, offset: int, data: bytes) -> None:
-        self.buf[offset : offset + len(data)] = data
+        self._mapping[offset : offset + len(data)] = data
 
     def read(self, offset: int, size: int) -> bytes:
-        return self.buf[offset : offset + size]
+        return self._mapping[offset : offset + size]
 
     def close(self) -> None:
-        """Unmap; views made by ``array`` must be gone (numpy holds the buffer) or the mapping stays until they are."""
-        with contextlib.suppress(BufferError):  # a view still exists (a traceback may hold one): unmapped with it
-            self.buf.close()
+        """Let go of the mapping: it is unmapped when the last view made by ``array`` is gone.
+
+        Never ``mmap.close()``: numpy views keep the ``mmap`` object, not a buffer export, so an
+        explicit close unmapped the pages under a batch still queued for the engine (a segfault
+        when a client left mid-request). Dropping the reference leaves the unmap to the views.
+        """
+        self._buf = None
 
     def unlink(self) -> None:
         self.path.unlink(missing_ok=True)

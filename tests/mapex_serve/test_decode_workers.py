@@ -51,9 +51,32 @@ def test_a_slab_written_here_is_read_and_answered_in_another_process(tmp_path):
     assert not slab.path.exists()
 
 
+def test_a_closed_slab_stays_mapped_while_a_view_of_it_lives_and_is_unmapped_after(tmp_path):
+    """A client that leaves closes its slab while its batch may still wait in the engine's queue.
+
+    Run in a child process: the bug this guards against (``mmap.close`` under a live numpy view)
+    was a segfault, which would take the test run down with it.
+    """
+    code = """if True:
+        import gc, sys
+        from pathlib import Path
+        from mapex_serve.decode.slab import Slab
+        slab = Slab.create(Path(sys.argv[1]), 2**20)
+        queued = slab.array(4096, (8, 1024))[2:4]
+        queued[...] = 7
+        slab.close()
+        slab.unlink()
+        print(float(queued.sum()), str(slab.path) in Path("/proc/self/maps").read_text())
+        del queued
+        gc.collect()
+        print(str(slab.path) in Path("/proc/self/maps").read_text())
+    """
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(7.0 * 2 * 1024), "True", "False"]
+
+
 def test_a_slab_the_tmpfs_cannot_hold_is_refused_before_anything_is_written(tmp_path):
-
-
     with pytest.raises(SlabSpaceError, match="free"):
         Slab.create(tmp_path, shutil.disk_usage(tmp_path).free + 2**30)
     assert not list(tmp_path.iterdir())
