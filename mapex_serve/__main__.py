@@ -23,11 +23,14 @@ def serve(argv: Sequence[str]) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--repo", help="model repository (overrides MAPEX_MODEL_REPO)")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="no line a request (as the Docker image, docker/logging.json; /metrics counts requests)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**({"model_repo": a.repo} if a.repo else {}))
     # uvicorn's own SIGTERM handling stops accepting, lets in-flight requests finish, then runs the lifespan exit.
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, timeout_graceful_shutdown=settings.request_timeout_s)
+    uvicorn.run(create_app(settings), host=a.host, port=a.port, access_log=a.access_log,
+                timeout_graceful_shutdown=settings.request_timeout_s)
     return 0
 
 

@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")
     app.state.mapex = state
     app.add_exception_handler(MapexError, mapex_error_response)
+    app.add_middleware(models.InferLane)  # the inference hot path, past FastAPI's routing (routes/models.py)
     for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
     return app

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["LocalService", "cpu_seconds", "decode_workers", "free_port", "status_bytes"]
@@ -65,17 +65,18 @@ def _ready(url: str) -> bool:
 
 
 class LocalService:
-    """``python -m mapex_serve --repo REPO`` on a free loopback port with extra ``env``; a context manager.
+    """``python -m mapex_serve --repo REPO [args]`` on a free loopback port with extra ``env``; a context manager.
 
     Its output goes to ``log`` (a file: a pipe nobody reads fills up under load and blocks the
     server's logging). Start-up raises with the end of the log when the service is not ready in time.
     """
 
-    def __init__(self, repo: Path, log: Path, env: dict[str, str] | None = None, ready_timeout: float = 180) -> None:
+    def __init__(self, repo: Path, log: Path, env: dict[str, str] | None = None, ready_timeout: float = 180,
+                 args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log)
-        cmd = [sys.executable, "-m", "mapex_serve", "--port", str(self.port), "--repo", str(repo)]
+        cmd = [sys.executable, "-m", "mapex_serve", "--port", str(self.port), "--repo", str(repo), *args]
         with self.log_path.open("w") as out:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout

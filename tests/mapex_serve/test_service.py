@@ -167,7 +167,11 @@ def test_limits_api_key_and_a_tampered_artefact(built_repo, start_server, tmp_pa
         assert "sha256" in models["refused"][0]["reason"] and models["refused"][0]["entry"] == "flood-sar/1"
         assert str(repo) not in json.dumps(models) and str(repo.resolve()) not in json.dumps(models), "no server paths"
         assert s.post("wildfire", S2).status_code == 401
+        tensor = {"inputs": [{"name": "input", "shape": [1, 2, 32, 32], "datatype": "FP32", "data": [0.5] * 2048}]}
+        r = httpx.post(f"{s.url}/v2/models/wildfire-swir/infer", json=tensor)
+        assert (r.status_code, r.headers.get("www-authenticate")) == (401, "Bearer"), "infer asks for the key too"
         auth = {"Authorization": "Bearer secret"}
+        assert httpx.post(f"{s.url}/v2/models/wildfire-swir/infer", json=tensor, headers=auth).status_code == 200
         big = {"inputs": [{"name": "input", "shape": [16, 2, 32, 32], "datatype": "FP32", "data": [0.5] * 32768}]}
         r = httpx.post(f"{s.url}/v2/models/wildfire-swir/infer", json=big, headers=auth)
         assert r.status_code == 413 and "MAPEX_MAX_UPLOAD_MB" in r.json()["detail"], "infer bodies are limited too"
