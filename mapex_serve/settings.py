@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
     )
+    max_decoding: int = Field(
+        64, ge=1, description="Requests each decode worker holds at once (received into shared memory, waiting or "
+        "being decoded); past that, new /predict uploads are refused with 503 and Retry-After."
+    )
     decode_workers: int | None = Field(
         None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: (cores - 1) "
         "shared among UVICORN_WORKERS service processes (at least 1 each); 0: in the service process (threads)."

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mapex_serve.batcher import Batcher
+from mapex_serve.batcher import Batcher, QueueFullError
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.decode.session import Opened, OpenRequest
 from mapex_serve.decode.slab import Layout, Slab, clean_stale, slab_folder
@@ -169,8 +169,11 @@ class DecodePool:
     """``size`` decode worker processes for ``/predict``; ``predict`` runs one request on one of them."""
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
-                 metrics: Metrics, start_timeout_s: float = 60) -> None:
+                 metrics: Metrics, max_holding: int = 64, start_timeout_s: float = 60) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
+        #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
+        #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
+        self.holding, self._max_holding = 0, max_holding
         self._metrics, self._start_timeout = metrics, start_timeout_s
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with engine threads
         self._workers: list[_Worker] = []
@@ -248,12 +251,23 @@ class DecodePool:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
         check_not_empty(files)
         layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch)
-        return Upload(Slab.create(self.folder, layout.size), layout, list(files))
+        return self._hold(layout, list(files))
 
     def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
-        layout = self._layout([(RAW_NAME, size)], specialists, max_batch)
-        return Upload(Slab.create(self.folder, layout.size), layout, [])
+        return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch), [])
+
+    def _hold(self, layout: Layout, files: list[UploadedFile]) -> Upload:
+        """The request's slab, counted until it is discarded; ``QueueFullError`` (503) when the workers hold enough."""
+        if self.holding >= self._max_holding:
+            raise QueueFullError(f"the decode workers hold {self.holding} requests, at most {self._max_holding} "
+                                 f"(MAPEX_MAX_DECODING a worker); retry shortly")
+        upload = Upload(Slab.create(self.folder, layout.size), layout, files, self._release)
+        self.holding += 1
+        return upload
+
+    def _release(self) -> None:
+        self.holding -= 1
 
     async def predict(
         self, upload: Upload, specialists: Sequence[str], batchers: Mapping[str, Batcher], *,
@@ -336,6 +350,8 @@ class Upload:
     slab: Slab
     layout: Layout
     files: list[UploadedFile]
+    release: Callable[[], None] = lambda: None
+    discarded: bool = False
 
     def fill(self) -> None:
         """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""
@@ -355,6 +371,9 @@ class Upload:
         self.files = []
         self.slab.close()
         self.slab.unlink()
+        if not self.discarded:
+            self.discarded = True
+            self.release()
 
 
 class _SlabSink:

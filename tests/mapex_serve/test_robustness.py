@@ -84,29 +84,43 @@ def test_2000_requests_at_concurrency_32_with_one_in_five_malformed(server, malf
 # ------------------------------------------------------------------------------------------ overload
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_then_serves_again(built_repo, start_server, tmp_path):
-    shutil.copytree(built_repo / "wildfire-swir", tmp_path / "repo" / "wildfire-swir")
-    s = start_server(tmp_path / "repo", MAPEX_MAX_BATCH="8", MAPEX_MAX_QUEUE="8")
-    content = S2.read_bytes()  # 117 tiles: 15 batches of 8, so a queue of 8 tiles overflows at once
+def _burst(url: str, content: bytes, n: int) -> list[httpx.Response]:
+    """``n`` concurrent raw uploads of ``content`` to /predict/wildfire (bounded in time: never hangs)."""
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
-            posts = (client.post(f"{s.url}/predict/wildfire", content=content, headers={"Content-Type": "image/tiff"})
-                     for _ in range(48))
-            return await asyncio.wait_for(asyncio.gather(*posts), 300)  # never hangs
+            posts = (client.post(f"{url}/predict/wildfire", content=content, headers={"Content-Type": "image/tiff"})
+                     for _ in range(n))
+            return await asyncio.wait_for(asyncio.gather(*posts), 300)
 
-    responses = asyncio.run(burst())
+    return asyncio.run(burst())
+
+
+@pytest.mark.parametrize(("where", "env", "setting"), [
+    # In the service process every upload reaches the engine's queue at once.
+    ("the engine's queue", {"MAPEX_DECODE_WORKERS": "0", "MAPEX_MAX_QUEUE": "8"}, "MAPEX_MAX_QUEUE"),
+    # With decode workers a burst waits in front of them (one worker on 2 cores): bounded there.
+    ("the decode workers", {"MAPEX_DECODE_WORKERS": "1", "MAPEX_MAX_DECODING": "4"}, "MAPEX_MAX_DECODING"),
+])
+def test_a_full_queue_answers_503_with_retry_after_and_then_serves_again(built_repo, start_server, tmp_path, where,
+                                                                        env, setting):
+    shutil.copytree(built_repo / "wildfire-swir", tmp_path / "repo" / "wildfire-swir")
+    s = start_server(tmp_path / "repo", MAPEX_MAX_BATCH="8", **env)
+    content = S2.read_bytes()  # 117 tiles: 15 batches of 8, so a queue of 8 tiles overflows at once
+    responses = _burst(s.url, content, 48)
     statuses = Counter(r.status_code for r in responses)
-    print(f"48 concurrent requests on a queue of 8 tiles: {dict(statuses)}")
+    print(f"48 concurrent requests, {where} full: {dict(statuses)}")
     assert set(statuses) == {200, 503}, statuses
     for r in responses:
         if r.status_code == 503:
-            assert int(r.headers["retry-after"]) >= 1 and "MAPEX_MAX_QUEUE" in r.json()["detail"]
+            assert int(r.headers["retry-after"]) >= 1 and setting in r.json()["detail"], r.text
     after = s.post("wildfire", S2)
     served = responses[[r.status_code for r in responses].index(200)].json()
     # The same answer: probabilities equal up to float rounding (batch composition may flip a near-tie label).
     assert after.status_code == 200
     assert np.allclose(list(after.json()["probabilities"].values()), list(served["probabilities"].values()), atol=1e-4)
+    if setting == "MAPEX_MAX_DECODING":
+        assert not list(Path(f"/dev/shm/mapex-{s.pid}").glob("slab-*")), "every refused or answered upload's slab is gone"
 
 
 # ---------------------------------------------------------------------------------------------- fuzz
