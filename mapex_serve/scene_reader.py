@@ -31,6 +31,9 @@ _NODATA, _NOT_FINITE, _UNDEFINED = 1, 2, 3
 _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
                  _UNDEFINED: "no dB value (linear power <= 0)"}
 
+#: Physical values read at once: a row of tiles in one GDAL call a source, sliced tile by tile (a
+#: call a tile cost most of a 4096^2 scene's reading: two GDAL calls and a dozen numpy ops each).
+_CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -65,6 +68,23 @@ class InputBand:
         elif self.identity.quality:
             out["used"] = True
         return out
+
+
+@dataclass
+class _Chunk:
+    """A read window of the scene (read-only arrays) that later windows inside it are sliced from."""
+
+    window: Window
+    physical: np.ndarray
+    reasons: np.ndarray
+
+    def view(self, window: Window) -> tuple[np.ndarray, np.ndarray] | None:
+        """``window`` sliced from the chunk, or None when it does not lie inside."""
+        r, c = int(window.row_off - self.window.row_off), int(window.col_off - self.window.col_off)
+        h, w = int(window.height), int(window.width)
+        if r < 0 or c < 0 or r + h > self.window.height or c + w > self.window.width:
+            return None
+        return self.physical[:, r : r + h, c : c + w], self.reasons[r : r + h, c : c + w]
 
 
 @dataclass
@@ -115,6 +135,7 @@ class SceneReader:
                 codes[why] = len(self.reasons_text) + 1
                 self.reasons_text[codes[why]] = why
             self._rules.append((layer, codes))
+        self._chunk: _Chunk | None = None
         self._reasons: np.ndarray | None = None  # reasons of the rows still being read, from _band_top down
         self._band_top = 0
         self._row_counts = np.zeros((0, 0), np.int64)
@@ -153,7 +174,25 @@ class SceneReader:
         return stored, inside
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """``(physical (C, h, w) float32, reasons (h, w) uint8)`` of an in-scene window; reason 0 is valid."""
+        """``(physical (C, h, w) float32, reasons (h, w) uint8)`` of an in-scene window; reason 0 is valid.
+
+        Read-only views: a window outside the last chunk read starts a new chunk at its top-left
+        corner, as tall as the window and as wide as ``_CHUNK_BYTES`` allows, so that the tiles
+        of a row (row-major order) come from one read.
+        """
+        view = self._chunk.view(window) if self._chunk is not None else None
+        if view is None:
+            r, c, h = int(window.row_off), int(window.col_off), int(window.height)
+            w = min(self.width - c, max(int(window.width), _CHUNK_BYTES // (4 * max(len(self.bands), 1) * h)))
+            chunk_window = Window(c, r, w, h)
+            self._chunk = _Chunk(chunk_window, *self._read_window(chunk_window))
+            view = self._chunk.view(window)
+            assert view is not None
+        self._record(window, view[1])
+        return view
+
+    def _read_window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Physical values and reasons of ``window``, read from every source (arrays made read-only)."""
         h, w = int(window.height), int(window.width)
         physical = np.empty((len(self.bands), h, w), np.float32)
         reasons = np.zeros((h, w), np.uint8)
@@ -172,7 +211,7 @@ class SceneReader:
                 _mark(reasons, v == value, codes[why])
             for bit, why in (layer.invalid_bits or {}).items():
                 _mark(reasons, (v & (1 << bit)) != 0, codes[why])
-        self._record(window, reasons)
+        physical.flags.writeable = reasons.flags.writeable = False
         return physical, reasons
 
     def _record(self, window: Window, reasons: np.ndarray) -> None:

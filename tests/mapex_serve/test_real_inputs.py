@@ -532,3 +532,38 @@ def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata
     assert reader.masked((93, 150)) == {"nodata, mask or alpha band": 3 * 110}
     assert reader._reasons.shape[0] <= 32, "the reader holds a band of rows, not the scene"
     scene.close()
+
+
+def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_path, monkeypatch):
+    """The reader reads a row of tiles in one call a source and slices them; nothing a tile sees may change."""
+    from mapex_serve import scene_reader
+    from mapex_serve.tiling import read_tiles, tile_grid
+
+    stored = reflectance((2, 150, 110)).astype(np.float32)
+    stored[0, 37, 5:25] = np.nan
+    stored[:, 90:96, 40:] = -1  # the file's nodata
+    path = tmp_path / "scene.tif"
+    path.write_bytes(tif(stored, ["B11", "B12"], nodata=-1))
+    grid = tile_grid(150, 110, 32, 8)
+
+    def tiles(chunk_bytes: int) -> tuple[list, dict, object]:
+        monkeypatch.setattr(scene_reader, "_CHUNK_BYTES", chunk_bytes)
+        scene = RequestScene([UploadedFile("scene.tif", path.read_bytes())])
+        reader = scene.reader(["B11", "B12"], UnitOverrides())
+        out = [(t.tile, t.data, t.valid) for t in read_tiles(reader, grid)]
+        above = reader.read(grid[0].window)  # a window above the rows read: a fresh read, counted once
+        masked, chunk = reader.masked(), reader._chunk
+        scene.close()
+        return out + [above], masked, chunk
+
+    sliced, masked, chunk = tiles(scene_reader._CHUNK_BYTES)
+    alone, masked_alone, _ = tiles(0)  # a chunk as wide as its window: one read a tile
+    assert chunk.window.width == 110, "a row of tiles comes from one read"
+    assert not chunk.physical.flags.writeable, "tiles are read-only views of their row"
+    assert masked == masked_alone == {"NaN or infinite value": 20, "nodata, mask or alpha band": 6 * 70}
+    for (tile, data, valid), (tile_alone, data_alone, valid_alone) in zip(sliced[:-1], alone[:-1], strict=True):
+        assert tile == tile_alone
+        np.testing.assert_array_equal(data, data_alone)
+        np.testing.assert_array_equal(valid, valid_alone)
+    for a, b in zip(sliced[-1], alone[-1], strict=True):
+        np.testing.assert_array_equal(a, b)
