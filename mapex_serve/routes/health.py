@@ -25,7 +25,7 @@ async def readyz(state: State) -> JSONResponse:
     body = {"ready": state.ready, "specialists": sorted(state.registry.specialists) if state.registry else []}
     if state.decode is not None:
         body["decode_workers"] = {"ready": state.decode.ready_count, "size": state.decode.size,
-                                  "restarts": state.decode.restarts}
+                                  "restarts": state.decode.restarts, "holding": state.decode.holding}
     return JSONResponse(body, status_code=200 if state.serving else 503)
 
 

@@ -195,7 +195,6 @@ async def _infer(s: Any, name: str, request: Request, state: ServiceState) -> Re
         reservation.release()
 
 
-
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 

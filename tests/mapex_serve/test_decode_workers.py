@@ -196,7 +196,7 @@ def test_a_killed_worker_loses_no_request_and_the_pool_recovers(start_server, bu
         np.testing.assert_array_equal(s.cog_band(r.content), reference)
     assert "trying it again on a fresh worker" in s.log
     ready = httpx.get(f"{s.url}/readyz").json()["decode_workers"]
-    assert ready == {"ready": 1, "size": 1, "restarts": 1}
+    assert ready == {"ready": 1, "size": 1, "restarts": 1, "holding": 0}, "every request let go of its slab"
     [replacement] = decode_workers(s.pid)
     assert replacement != victim
     assert 'mapex_decode_worker_restarts_total 1.0' in httpx.get(f"{s.url}/metrics").text

@@ -120,6 +120,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_then_serves_again(built_r
     assert after.status_code == 200
     assert np.allclose(list(after.json()["probabilities"].values()), list(served["probabilities"].values()), atol=1e-4)
     if setting == "MAPEX_MAX_DECODING":
+        assert httpx.get(f"{s.url}/readyz").json()["decode_workers"]["holding"] == 0, "every upload let go of its slab"
         assert not list(Path(f"/dev/shm/mapex-{s.pid}").glob("slab-*")), "every refused or answered upload's slab is gone"
 
 
