@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if s.decode_worker_count > 0:
             state.decode = DecodePool(s.decode_worker_count, {n: sp.manifest for n, sp in registry.specialists.items()},
                                       {n: sp.engine.provider for n, sp in registry.specialists.items()},
-                                      metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count)
+                                      metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count,
+                                      shm=s.shm_dir)
             await state.decode.start()
         state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))

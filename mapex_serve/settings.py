@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         64, ge=1, description="Requests each decode worker holds at once (received into shared memory, waiting or "
         "being decoded); past that, new /predict uploads are refused with 503 and Retry-After."
     )
+    shm_dir: Path = Field(
+        Path("/dev/shm"), description="Where uploads and tiles are shared with the decode workers: a tmpfs (Docker: "
+        "--shm-size or compose shm_size; Kubernetes: a memory emptyDir). An upload it has no room for is decoded in "
+        "the service process instead; the temp folder is used if it is not writable."
+    )
     decode_workers: int | None = Field(
         None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: (cores - 1) "
         "shared among UVICORN_WORKERS service processes (at least 1 each); 0: in the service process (threads)."

@@ -169,7 +169,8 @@ class DecodePool:
     """``size`` decode worker processes for ``/predict``; ``predict`` runs one request on one of them."""
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
-                 metrics: Metrics, max_holding: int = 64, start_timeout_s: float = 60) -> None:
+                 metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
+                 start_timeout_s: float = 60) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
@@ -179,7 +180,7 @@ class DecodePool:
         self._workers: list[_Worker] = []
         self._sessions = count()
         self._stopping = False
-        self.folder: Path = slab_folder()
+        self.folder: Path = slab_folder(shm)
         clean_stale(self.folder)
         self.restarts = 0
 

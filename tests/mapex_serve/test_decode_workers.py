@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,6 +81,52 @@ def test_a_slab_the_tmpfs_cannot_hold_is_refused_before_anything_is_written(tmp_
     with pytest.raises(SlabSpaceError, match="free"):
         Slab.create(tmp_path, shutil.disk_usage(tmp_path).free + 2**30)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
+    """Mount tmpfs file systems of a given size (``"3m"``) under ``tmp_path``, unmounted at the end.
+
+    Docker gives containers a 64 MiB /dev/shm unless told otherwise: this is that case, small.
+    """
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"shm-{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(point)],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"mounting a small tmpfs needs root with CAP_SYS_ADMIN ({done.stderr.strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30, check=False)
+
+
+def test_slabs_that_together_overfill_a_tmpfs_are_refused_not_a_sigbus(small_tmpfs):
+    """Each slab fits when made, both do not: the second is refused up front, the first stays writable whole.
+
+    In a child process: before the pages were reserved, writing the second killed the writer with SIGBUS.
+    """
+    folder = small_tmpfs("4m")
+    code = """if True:
+        import sys
+        from pathlib import Path
+        from mapex_serve.decode.slab import Slab, SlabSpaceError
+        first = Slab.create(Path(sys.argv[1]), 3 * 2**20)
+        try:
+            Slab.create(Path(sys.argv[1]), 3 * 2**20)
+        except SlabSpaceError as e:
+            print("refused:", e)
+        first.write(0, b"x" * 3 * 2**20)
+        print("written", len(first.read(0, 3 * 2**20)))
+    """
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert "refused:" in run.stdout and f"written {3 * 2**20}" in run.stdout, run.stdout
 
 
 def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_path):
@@ -237,3 +284,30 @@ def test_a_worker_that_keeps_dying_gets_503_with_retry_after_and_the_pool_recove
         time.sleep(0.2)
     assert s.post("flood", scene).status_code == 200
     assert _slabs(s) == []
+
+
+def test_uploads_a_full_tmpfs_cannot_hold_are_decoded_in_the_service_and_all_answered(
+        start_server, built_repo, in_process, small_tmpfs):
+    """Docker's default /dev/shm, small: concurrent uploads that do not all fit fall back to the service process."""
+    shm = small_tmpfs("3m")  # one request's slab (the 0.5 MiB upload and its task's tile buffers) fits, two do not
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="1", MAPEX_SHM_DIR=str(shm))
+    content = S2.read_bytes()
+    reference = in_process.post("wildfire", content).json()["probabilities"]
+
+    def post(i: int) -> httpx.Response:
+        if i % 2:  # a raw body (its slab is made before it is read) and multipart (made after) alike
+            return httpx.post(f"{s.url}/predict/wildfire", content=content, headers={"Content-Type": "image/tiff"},
+                              timeout=120)
+        return s.post("wildfire", content)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, range(8)))
+    assert [r.status_code for r in responses] == [200] * 8, [r.text[:200] for r in responses]
+    for r in responses:
+        got = r.json()["probabilities"]
+        assert got.keys() == reference.keys()
+        assert np.allclose(list(got.values()), list(reference.values()), atol=1e-4)
+    assert "decoding it in the service process" in s.log, "some uploads had no room and fell back"
+    assert httpx.get(f"{s.url}/readyz").json()["decode_workers"] == {"ready": 1, "size": 1, "restarts": 0,
+                                                                    "holding": 0}
+    assert not list(shm.glob(f"mapex-{s.pid}/slab-*"))
