@@ -1,7 +1,8 @@
 """The FastAPI application: an app factory whose lifespan opens and warms the engines.
 
 Routes live in one router per concern (``mapex_serve/routes/``): health and metrics, models with
-the Open Inference Protocol, predict. They share a ``ServiceState`` on ``app.state.mapex``. Every
+the Open Inference Protocol, predict, jobs; ``routes/lane.py`` sends the hot ones (predict, infer)
+past FastAPI's routing. They share a ``ServiceState`` on ``app.state.mapex``. Every
 error the service raises on purpose is a MapexError, mapped to an HTTP status in one handler
 (``http_errors``) with a message that says what was wrong and what would be accepted.
 """
@@ -24,6 +25,7 @@ from mapex_serve.jobs.runner import JobRunner
 from mapex_serve.jobs.store import SQLiteJobStore
 from mapex_serve.registry import Registry
 from mapex_serve.routes import health, jobs, models, predict
+from mapex_serve.routes.lane import FastLane
 from mapex_serve.settings import Settings
 from mapex_serve.state import ServiceState
 
@@ -77,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")
     app.state.mapex = state
     app.add_exception_handler(MapexError, mapex_error_response)
-    app.add_middleware(models.InferLane)  # the inference hot path, past FastAPI's routing (routes/models.py)
+    app.add_middleware(FastLane, lanes=[predict.PREDICT_LANE, models.INFER_LANE])  # the hot paths (routes/lane.py)
     for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
     return app

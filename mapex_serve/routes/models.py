@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -33,10 +33,11 @@ from mapex_serve.oip import (
     parse_infer,
 )
 from mapex_serve.registry import Registry
+from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.upload import UploadTooLargeError
 
-__all__ = ["InferLane", "router"]
+__all__ = ["INFER_LANE", "router"]
 
 router = APIRouter()
 Ready = Annotated[Registry, Depends(ready_registry)]
@@ -195,39 +196,9 @@ async def _infer(s: Any, name: str, request: Request, state: ServiceState) -> Re
         reservation.release()
 
 
-_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+def _infer_lane(request: Request, state: ServiceState, reg: Registry, match: re.Match[str]) -> Awaitable[Response]:
+    return v2_infer(match[1], request, reg, state, match[2])
 
 
-class InferLane:
-    """ASGI middleware: ``POST /v2/models/{name}[/versions/{version}]/infer`` straight to ``v2_infer``.
-
-    Why: Open Inference Protocol clients send one small tensor a request, and FastAPI's route
-    matching, dependency solving and exception wrappers took about half of the event loop's time
-    on it (py-spy under ``bench.peer`` (b)): the loop, not the engine, bounded throughput. The
-    lane runs the same endpoint with the same checks (API key, then readiness) and FastAPI's own
-    handler for their refusals, so both ways answer alike; the route stays declared for OpenAPI.
-    It sits inside ``ServerErrorMiddleware``: anything unexpected is still a logged 500.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        match = _INFER_PATH.fullmatch(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" \
-            else None
-        if match is None:
-            return await self.app(scope, receive, send)
-        request = Request(scope, receive)
-        state: ServiceState = scope["app"].state.mapex
-        try:
-            await authorised(request, state)
-            response = await v2_infer(match[1], request, await ready_registry(state), state, match[2])
-        except HTTPException as e:
-            response = await http_exception_handler(request, e)
-        await response(scope, receive, send)
-
-
-def _route_path(scope: dict[str, Any]) -> str:
-    """The path the routes see: without the ``root_path`` a proxy mounts the service under."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+#: ``POST /v2/models/{name}[/versions/{version}]/infer`` past FastAPI's routing (``routes/lane.py``).
+INFER_LANE = Lane(re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer"), _infer_lane)

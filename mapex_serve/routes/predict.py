@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from typing import Annotated, TypeVar
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -21,11 +23,12 @@ from mapex_serve.predict import predict
 from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
+from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import raw_upload_size, read_upload, receive
 
-__all__ = ["router"]
+__all__ = ["PREDICT_LANE", "router"]
 
 log = logging.getLogger("mapex_serve")
 
@@ -184,3 +187,18 @@ async def predict_task(
     finally:
         state.metrics.requests.labels(task, name, str(status)).inc()
         state.metrics.request_seconds.labels(task).observe(time.perf_counter() - started)
+
+
+def _predict_lane(request: Request, state: ServiceState, reg: Registry,
+                  match: re.Match[str]) -> Awaitable[Response] | None:
+    """``predict_task`` with the query FastAPI would parse; None for a ``format`` it must refuse (its 422)."""
+    q = request.query_params
+    fmt = q.get("format")
+    if fmt is not None and fmt not in get_args(Format):
+        return None
+    return predict_task(match[1], request, reg, state, bands=q.get("bands"), modality=q.get("modality"),
+                        format=fmt, units=q.get("units"), scale=q.get("scale"), offset=q.get("offset"))
+
+
+#: ``POST /predict/{task}`` past FastAPI's routing (``routes/lane.py``).
+PREDICT_LANE = Lane(re.compile(r"/predict/([^/]+)"), _predict_lane)

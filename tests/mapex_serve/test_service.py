@@ -198,6 +198,23 @@ def test_a_request_over_the_time_limit_gets_504(built_repo, start_server, tmp_pa
     assert httpx.get(f"{s.url}/healthz").status_code == 200
 
 
+def test_the_hot_routes_skip_fastapis_routing_yet_answer_as_it_would(server):
+    """/predict and /v2 infer go through ``routes/lane.py``; FastAPI's 422s, the app's error bodies and OpenAPI stay."""
+    tiff = {"Content-Type": "image/tiff"}
+    r = httpx.post(f"{server.url}/predict/wildfire", params={"format": "png"}, content=S2.read_bytes(), headers=tiff)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "format"], r.text  # left to FastAPI
+    r = httpx.post(f"{server.url}/predict/nothing", content=S2.read_bytes(), headers=tiff)
+    assert (r.status_code, r.json()["error"]) == (404, "UnknownTaskError") and "wildfire" in r.json()["detail"]
+    tensor = {"inputs": [{"name": "input", "shape": [1, 2, 32, 32], "datatype": "FP32", "data": [0.5] * 2048}]}
+    r = httpx.post(f"{server.url}/v2/models/nothing/infer", json=tensor)
+    assert r.status_code == 404 and "no model 'nothing'" in r.json()["error"]
+    r = httpx.post(f"{server.url}/predict/wildfire", params={"format": "json", "modality": "SWIR"}, content=S2.read_bytes(),
+                   headers=tiff)
+    assert r.status_code == 200 and r.headers["x-mapex-specialist"] == "wildfire-swir", "the query reaches the endpoint"
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert "/predict/{task}" in paths and "/v2/models/{name}/infer" in paths
+
+
 def test_each_malformed_upload_gets_its_4xx_and_a_message(server, malformed):
     for kind, m in malformed.items():
         r = httpx.post(f"{server.url}/predict/{m.task}", content=m.content, headers={"Content-Type": m.content_type})

@@ -1,0 +1,79 @@
+"""The hot routes past FastAPI's routing: ``POST /predict/{task}`` and ``POST /v2/models/{name}/infer``.
+
+Why: on small requests the event loop bounds the service (on a GPU node single tiles are bound by
+it, docs/performance.md), and FastAPI's route matching, dependency solving and exception wrappers
+were a large share of its time (py-spy): half of it on binary ``/v2`` infer requests, and on
+single-tile ``/predict`` requests 1.00 -> 0.78 ms of loop CPU once they were skipped.
+
+``FastLane`` is an ASGI middleware inside Starlette's ``ServerErrorMiddleware`` (anything unexpected
+is still a logged 500). For a path of its table it runs the same checks as the routes' dependencies
+(API key, then readiness) and calls the route's own endpoint with the parameters FastAPI would have
+given; ``MapexError`` and ``HTTPException`` get the responses the app's handlers make. A request a
+lane cannot take as FastAPI would (a query FastAPI must refuse with its 422) goes on to FastAPI. The
+routes stay declared, for OpenAPI and for those requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import Response
+
+from mapex_serve.deps import authorised, ready_registry
+from mapex_serve.errors import MapexError
+from mapex_serve.http_errors import mapex_error_response
+from mapex_serve.registry import Registry
+from mapex_serve.state import ServiceState
+
+__all__ = ["FastLane", "Lane"]
+
+#: A lane's handler: the endpoint's response, or None to leave the request to FastAPI.
+Handler = Callable[[Request, ServiceState, Registry, re.Match[str]], Awaitable[Response] | None]
+
+
+@dataclass(frozen=True)
+class Lane:
+    """``POST`` requests whose path matches ``path`` in full go to ``handler``."""
+
+    path: re.Pattern[str]
+    handler: Handler
+
+
+class FastLane:
+    """ASGI middleware that sends the ``lanes``' requests straight to their endpoints."""
+
+    def __init__(self, app: Any, lanes: Sequence[Lane]) -> None:
+        self.app, self.lanes = app, tuple(lanes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        path = _route_path(scope)
+        found = next(((lane, m) for lane in self.lanes if (m := lane.path.fullmatch(path))), None)
+        if found is None:
+            return await self.app(scope, receive, send)
+        lane, match = found
+        request = Request(scope, receive)
+        state: ServiceState = scope["app"].state.mapex
+        try:
+            await authorised(request, state)
+            call = lane.handler(request, state, await ready_registry(state), match)
+            if call is None:
+                return await self.app(scope, receive, send)
+            response = await call
+        except HTTPException as e:
+            response = await http_exception_handler(request, e)
+        except MapexError as e:
+            response = await mapex_error_response(request, e)
+        await response(scope, receive, send)
+
+
+def _route_path(scope: dict[str, Any]) -> str:
+    """The path the routes see: without the ``root_path`` a proxy mounts the service under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
