@@ -3,7 +3,7 @@
 Why: on small requests the event loop bounds the service (on a GPU node single tiles are bound by
 it, docs/performance.md), and FastAPI's route matching, dependency solving and exception wrappers
 were a large share of its time (py-spy): half of it on binary ``/v2`` infer requests, and on
-single-tile ``/predict`` requests 1.00 -> 0.78 ms of loop CPU once they were skipped.
+single-tile ``/predict`` requests 1.02 -> 0.77 ms of loop CPU once they were skipped.
 
 ``FastLane`` is an ASGI middleware inside Starlette's ``ServerErrorMiddleware`` (anything unexpected
 is still a logged 500). For a path of its table it runs the same checks as the routes' dependencies
