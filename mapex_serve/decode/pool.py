@@ -30,7 +30,7 @@ import numpy as np
 from mapex_serve.batcher import Batcher, QueueFullError
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.decode.session import Opened, OpenRequest
-from mapex_serve.decode.slab import Layout, Slab, clean_stale, slab_folder
+from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, clean_stale, slab_folder
 from mapex_serve.decode.worker import READY, serve
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
@@ -41,7 +41,7 @@ from mapex_serve.responses import Encoded, Format
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
-__all__ = ["DecodePool", "DecodeUnavailableError", "Upload"]
+__all__ = ["DecodePool", "DecodeUnavailableError", "NoRoomForTilesError", "Upload"]
 
 log = logging.getLogger("mapex_serve.decode")
 
@@ -55,6 +55,14 @@ class DecodeUnavailableError(MapexError, RuntimeError):
 
 class WorkerLostError(RuntimeError):
     """The worker serving a request died before answering."""
+
+
+class NoRoomForTilesError(SlabSpaceError):
+    """The worker found no room in shared memory for the scene's tiles: ``files`` is the upload, to decode elsewhere."""
+
+    def __init__(self, message: str, files: list[UploadedFile]) -> None:
+        super().__init__(message)
+        self.files = files
 
 
 class _Worker:
@@ -263,7 +271,7 @@ class DecodePool:
         if self.holding >= self._max_holding:
             raise QueueFullError(f"the decode workers hold {self.holding} requests, at most {self._max_holding} "
                                  f"(MAPEX_MAX_DECODING a worker); retry shortly")
-        upload = Upload(Slab.create(self.folder, layout.size), layout, files, self._release)
+        upload = Upload(Slab.create(self.folder, layout.size, reserve=layout.tiles[0]), layout, files, self._release)
         self.holding += 1
         return upload
 
@@ -296,6 +304,8 @@ class DecodePool:
                                                      f"retry; if it happens again the file may crash GDAL") from None
                     log.warning("%s during a request; trying it again on a fresh worker", e)
             raise AssertionError("unreachable")
+        except SlabSpaceError as e:  # raised by the worker before it wrote a tile: the upload goes back whole
+            raise NoRoomForTilesError(f"for its tiles: {e}", upload.read_files()) from None
         finally:
             upload.discard()
 
@@ -361,6 +371,10 @@ class Upload:
         for f, (_name, offset, _size) in zip(self.files, self.layout.files, strict=True):
             self.slab.write(offset, f.data)
         self.files = []
+
+    def read_files(self) -> list[UploadedFile]:
+        """The upload's files, read back from the slab."""
+        return [UploadedFile(name, self.slab.read(offset, size)) for name, offset, size in self.layout.files]
 
     def sink(self, _index: int, _name: str) -> _SlabSink:
         """Where ``upload.receive`` writes a raw body: straight into the slab, no copy held in between."""

@@ -12,6 +12,7 @@ answer before it sends the session's next message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -98,10 +99,20 @@ class Session:
         """Tile the scene and read batches 0 and 1."""
         with unreadable_as_400():
             self.run.start()
+        self._reserve_buffers()
         sizes = (self._read(0), self._read(1))
         if sizes[0] == 0:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
         return self._opened(sizes)
+
+    def _reserve_buffers(self) -> None:
+        """Reserve the tile and probability slots this scene fills (a batch at most): ``SlabSpaceError`` if the tmpfs
+        has no room, before anything is written there (the service then decodes the upload itself)."""
+        manifest, layout = self.run.route.manifest, self.request.layout
+        n = min(self.request.max_batch, len(self.run.tiles))
+        tile = 4 * len(self.run.route.bands) * manifest.tile_size**2
+        out = 4 * math.prod(manifest.output.shape[1:])
+        self._slab.reserve([(o, n * tile) for o in layout.tiles] + [(o, n * out) for o in layout.probs])
 
     def _opened(self, sizes: tuple[int, int] | None) -> Opened:
         manifest = self.run.route.manifest

@@ -28,6 +28,7 @@ from rasterio.shutil import copy
 from rasterio.vrt import WarpedVRT
 
 from mapex_serve.decode.session import Opened, OpenRequest, Session
+from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded
@@ -103,7 +104,7 @@ class _Worker:
                 case _:
                     raise ValueError(f"unknown message {kind!r}")
         except Exception as e:  # noqa: BLE001 - every failure goes back to the waiting request
-            if not isinstance(e, MapexError):
+            if not isinstance(e, MapexError | SlabSpaceError):  # those are answers, not faults
                 log.exception("decode worker: %s failed", kind)
             self.send(message_id, False, e)
             return

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from mapex_serve.decode.pool import Upload
+from mapex_serve.decode.pool import NoRoomForTilesError, Upload
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError, UnknownTaskError
@@ -57,15 +57,19 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
     accept = request.headers.get("accept", "")
     got = await _receive(request, state, [m.name for m in manifests])
     if isinstance(got, Upload):
+        upload = got
         work = asyncio.ensure_future(state.decode.predict(
-            got, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
+            upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
             overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
             format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
         try:
             encoded = await _unless_client_leaves(request, work)
+            return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+        except NoRoomForTilesError as e:  # shared memory filled up after the upload arrived: decoded here
+            _no_room(e)
+            got = e.files
         finally:
-            got.discard()  # also when the request was cancelled before its work began
-        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+            upload.discard()  # also when the request was cancelled before its work began
     work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
                                          modality=modality, max_pixels=settings.max_pixels,
                                          max_batch=settings.max_batch, overrides=overrides, budget=state.budget))

@@ -286,6 +286,19 @@ def test_a_worker_that_keeps_dying_gets_503_with_retry_after_and_the_pool_recove
     assert _slabs(s) == []
 
 
+def test_an_upload_whose_tiles_find_no_room_is_decoded_in_the_service(start_server, built_repo, in_process,
+                                                                      small_tmpfs):
+    """The 0.5 MiB upload fits a 1 MiB tmpfs, a batch of its tiles does not: the worker says so before writing one."""
+    shm = small_tmpfs("1m")
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="1", MAPEX_SHM_DIR=str(shm))
+    r = s.post("wildfire", S2)
+    assert r.status_code == 200, r.text
+    assert r.json()["probabilities"] == in_process.post("wildfire", S2).json()["probabilities"]
+    assert "no shared memory for this upload (for its tiles:" in s.log
+    assert httpx.get(f"{s.url}/readyz").json()["decode_workers"]["restarts"] == 0, "no worker died of SIGBUS"
+    assert not list(shm.glob(f"mapex-{s.pid}/slab-*"))
+
+
 def test_uploads_a_full_tmpfs_cannot_hold_are_decoded_in_the_service_and_all_answered(
         start_server, built_repo, in_process, small_tmpfs):
     """Docker's default /dev/shm, small: concurrent uploads that do not all fit fall back to the service process."""
