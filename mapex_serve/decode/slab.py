@@ -5,8 +5,8 @@ reads the next batch while the engine runs one). Plain files under ``/dev/shm`` 
 rather than ``multiprocessing.shared_memory``: Python 3.11's resource tracker would count the worker's
 attachments as its own and unlink or warn about slabs the service still owns. Only the service
 creates and unlinks slabs; a slab left by a killed service is removed when the next one starts
-(``clean_stale``). A slab's pages are reserved when it is made (``Slab.create``), so a full tmpfs
-refuses a request up front instead of killing the process that writes into it.
+(``clean_stale``). Every part of a slab is reserved before it is written (``Slab.create``,
+``Slab.reserve``), so a full tmpfs refuses a request up front instead of killing the writer.
 """
 
 from __future__ import annotations
