@@ -271,7 +271,7 @@ class DecodePool:
         if self.holding >= self._max_holding:
             raise QueueFullError(f"the decode workers hold {self.holding} requests, at most {self._max_holding} "
                                  f"(MAPEX_MAX_DECODING a worker); retry shortly")
-        upload = Upload(Slab.create(self.folder, layout.size, reserve=layout.tiles[0]), layout, files, self._release)
+        upload = Upload(Slab.create(self.folder, layout.size, reserve=layout.files_end), layout, files, self._release)
         self.holding += 1
         return upload
 
@@ -361,7 +361,7 @@ class Upload:
     slab: Slab
     layout: Layout
     files: list[UploadedFile]
-    release: Callable[[], None] = lambda: None
+    release: Callable[[], None]  # called once, by the first ``discard``
     discarded: bool = False
 
     def fill(self) -> None:

@@ -3,9 +3,9 @@
 The service drives a session with three messages (see ``worker``; ``start`` and ``close`` serve
 the rarer cases of a scene waiting for its memory and of a request that ends early). ``open``
 reads batches 0 and 1 into tile slots 0 and 1 and answers with what the service needs to run
-them: both go to the engine at once, so it always has the next batch queued. ``step(k)`` says that probability slot
-k % 2 holds batch k's output: the worker blends it, reads batch k + 2 into the freed tile slot and
-answers with its size, while the engine runs batch k + 1. ``finish(k)`` blends the last batch and
+them: both go to the engine at once, so it always has the next batch queued. ``step(k)`` says
+that probability slot k % 2 holds batch k's output: the worker blends it, reads batch k + 2 into
+the freed tile slot and answers with its size, while the engine runs batch k + 1. ``finish(k)`` blends the last batch and
 answers with the encoded response. A session's messages never overlap: the service awaits each
 answer before it sends the session's next message.
 """

@@ -57,6 +57,11 @@ class Layout:
         tiles, probs = (offset, offset + t), (offset + 2 * t, offset + 2 * t + q)
         return cls(tuple(placed), tiles, probs, max(offset + 2 * t + 2 * q, 1))
 
+    @property
+    def files_end(self) -> int:
+        """Where the files end and the buffers begin: the part of the slab written before any worker reads it."""
+        return self.tiles[0]
+
 
 class Slab:
     """A file on a tmpfs mapped into this process; ``array`` views it without copying."""
