@@ -10,13 +10,15 @@ outputs; ``DELETE /jobs/{id}`` cancels.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, UnknownTaskError
@@ -194,9 +196,10 @@ async def job_result(
         why = f": {record.error['detail']}" if record.error else ""
         raise JobConflictError(f"job {job_id} is {record.state}{why}; results are ready once GET /jobs/{job_id} says "
                                f"done")
-    if record.expired:
-        raise JobExpiredError(f"the results of job {job_id} expired {state.settings.job_ttl_h:g} h after it finished "
+    expired = JobExpiredError(f"the results of job {job_id} expired {state.settings.job_ttl_h:g} h after it finished "
                               f"(MAPEX_JOB_TTL_H); submit the job again")
+    if record.expired:
+        raise expired
     summary = record.summary or {}
     outputs = summary.get("outputs", [])
     format = format or ("geotiff" if "probabilities" in outputs or "geojson" in outputs else "json")
@@ -207,5 +210,26 @@ async def job_result(
         raise JobNotFoundError(f"job {job_id} has no {format} result ({hint.get(format, '')}); it has: "
                                f"{', '.join(outputs)}")
     name, media = _MEDIA[format]
-    return FileResponse(runner.store.folder(job_id) / name, media_type=media,
-                        filename=f"{record.task}-{job_id}{Path(name).suffix}")
+    try:
+        held = (runner.store.folder(job_id) / name).open("rb")
+    except FileNotFoundError:  # expiry removed it since the record was read
+        raise expired from None
+    return HeldFileResponse(held, media_type=media, filename=f"{record.task}-{job_id}{Path(name).suffix}")
+
+
+class HeldFileResponse(FileResponse):
+    """A FileResponse (ranges included) over a file opened before answering: expiry may remove the result while it
+    downloads, and an open file outlives its unlinking, so the download completes instead of breaking off."""
+
+    def __init__(self, held: IO[bytes], *, media_type: str, filename: str) -> None:
+        self._held = held
+        fd = held.fileno()
+        proc = f"/proc/self/fd/{fd}"  # reopens the held inode even once unlinked; /dev/fd/N where there is no /proc
+        super().__init__(proc if os.path.exists(proc) else f"/dev/fd/{fd}", stat_result=os.fstat(fd),
+                         media_type=media_type, filename=filename)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._held.close()

@@ -4,6 +4,7 @@ that survives a SIGKILL of the service, COGs checked by rio-cogeo, GeoJSON raste
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -265,6 +266,48 @@ def test_the_cli_submits_follows_and_downloads(jobs_server, scene_cog, uploaded,
     bad = subprocess.run([*cmd[:5], "--task", "no-such-task", "--out", str(out), "--server", jobs_server.url],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1 and "tasks served" in bad.stderr
+
+
+def test_a_result_removed_while_it_downloads_is_sent_whole_and_by_ranges(tmp_path):
+    """Expiry may remove a result after the route opened it (CI once saw a download cut off at 0 of 82,628 bytes):
+    the held file still goes out whole, and by ranges, as GDAL's /vsicurl/ reads a COG."""
+    from mapex_serve.routes.jobs import HeldFileResponse
+
+    body = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+
+    def download_after_removal(headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[bytes, bytes], bytes]:
+        path = tmp_path / "result.tif"
+        path.write_bytes(body)
+        response = HeldFileResponse(path.open("rb"), media_type="image/tiff", filename="flood-x.tif")
+        path.unlink()  # what expiry does between the route and the body
+        sent: list[dict] = []
+
+        async def receive() -> dict:  # the client stays until the body is sent
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers, "query_string": b""}
+        asyncio.run(response(scope, receive, send))
+        return (sent[0]["status"], dict(sent[0]["headers"]),
+                b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+    status, headers, got = download_after_removal([])
+    assert status == 200 and got == body and headers[b"content-length"] == str(len(body)).encode()
+    assert b'filename="flood-x.tif"' in headers[b"content-disposition"]
+    status, headers, got = download_after_removal([(b"range", b"bytes=1000-1999")])
+    assert status == 206 and got == body[1000:2000] and headers[b"content-range"] == f"bytes 1000-1999/{len(body)}".encode()
+
+
+def test_a_result_gone_from_disk_answers_410_not_500(jobs_server, sar, tmp_path):
+    """Expiry removes the files, then records it: a request between the two finds no file and is told it expired."""
+    job = submit_upload(jobs_server.url, write_cog(tmp_path / "small.tif", sar[:, :128, :128], ["VV", "VH"])).json()
+    assert wait_done(jobs_server.url, job["id"])["state"] == "done"
+    (Path(jobs_server.log_path).parent / "jobs" / job["id"] / "result.tif").unlink()
+    r = result(jobs_server.url, job["id"], "geotiff")
+    assert r.status_code == 410 and "MAPEX_JOB_TTL_H" in r.json()["detail"], r.text
 
 
 def test_a_job_killed_mid_way_resumes_after_its_last_strip_and_its_results_expire(built_repo, start_server, sar,
