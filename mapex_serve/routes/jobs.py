@@ -217,6 +217,11 @@ async def job_result(
     return HeldFileResponse(held, media_type=media, filename=f"{record.task}-{job_id}{Path(name).suffix}")
 
 
+# HEAD too, as for any file download: download managers and `curl -I` ask for the size first (not in OpenAPI:
+# the GET documents the route).
+router.add_api_route("/jobs/{job_id}/result", job_result, methods=["HEAD"], include_in_schema=False)
+
+
 class HeldFileResponse(FileResponse):
     """A FileResponse (ranges included) over a file opened before answering: expiry may remove the result while it
     downloads, and an open file outlives its unlinking, so the download completes instead of breaking off."""

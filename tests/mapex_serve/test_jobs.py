@@ -268,6 +268,20 @@ def test_the_cli_submits_follows_and_downloads(jobs_server, scene_cog, uploaded,
     assert bad.returncode == 1 and "tasks served" in bad.stderr
 
 
+def test_a_result_cog_is_read_in_place_by_gdal_over_http_ranges(jobs_server, uploaded, server_type):
+    """A user can open the result where it is served (``/vsicurl/``), GDAL fetching the blocks it reads; HEAD
+    gives the size, as download managers ask."""
+    url = f"/vsicurl/{jobs_server.url}/jobs/{uploaded['id']}/result?format=probabilities"
+    content = result(jobs_server.url, uploaded["id"], "probabilities").content
+    head = httpx.head(url.removeprefix("/vsicurl/"), timeout=10)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(content), head.headers
+    assert head.headers["accept-ranges"] == "bytes" and not head.content
+    whole = cog_array(server_type, content)
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(url) as src:
+        window = rasterio.windows.Window(0, 0, 100, 50)
+        assert (src.read(window=window) == whole[:, :50, :100]).all()
+
+
 def test_a_result_removed_while_it_downloads_is_sent_whole_and_by_ranges(tmp_path):
     """Expiry may remove a result after the route opened it (CI once saw a download cut off at 0 of 82,628 bytes):
     the held file still goes out whole, and by ranges, as GDAL's /vsicurl/ reads a COG."""
