@@ -30,7 +30,7 @@ import numpy as np
 from mapex_serve.batcher import Batcher, QueueFullError
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.decode.session import Opened, OpenRequest
-from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, clean_stale, slab_folder
+from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, batch_bytes, clean_stale, slab_folder
 from mapex_serve.decode.worker import READY, serve
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
@@ -251,10 +251,8 @@ class DecodePool:
 
     def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int) -> Layout:
         """Room for the files and for a batch of the task's largest tiles and outputs."""
-        ms = [self._manifests[n] for n in specialists]
-        tile = max(len(m.bands) * m.tile_size**2 for m in ms)
-        out = max(_count(m.output.shape[1:]) for m in ms)
-        return Layout.plan(files, 4 * max_batch * tile, 4 * max_batch * out)
+        tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
+        return Layout.plan(files, max(tiles), max(outs))
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
@@ -420,10 +418,3 @@ def _messages(inbox: bytearray) -> Iterator[tuple]:
         message = pickle.loads(inbox[start : start + size])
         del inbox[: start + size]
         yield message
-
-
-def _count(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n

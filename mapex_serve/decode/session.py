@@ -12,14 +12,13 @@ answer before it sends the session's next message.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from mapex_serve.budget import Reservation
-from mapex_serve.decode.slab import Layout, Slab
+from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.inputs import UploadedFile
 from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
 from mapex_serve.repository import Manifest
@@ -108,11 +107,9 @@ class Session:
     def _reserve_buffers(self) -> None:
         """Reserve the tile and probability slots this scene fills (a batch at most): ``SlabSpaceError`` if the tmpfs
         has no room, before anything is written there (the service then decodes the upload itself)."""
-        manifest, layout = self.run.route.manifest, self.request.layout
-        n = min(self.request.max_batch, len(self.run.tiles))
-        tile = 4 * len(self.run.route.bands) * manifest.tile_size**2
-        out = 4 * math.prod(manifest.output.shape[1:])
-        self._slab.reserve([(o, n * tile) for o in layout.tiles] + [(o, n * out) for o in layout.probs])
+        layout = self.request.layout
+        tiles, outs = batch_bytes(self.run.route.manifest, min(self.request.max_batch, len(self.run.tiles)))
+        self._slab.reserve([(o, tiles) for o in layout.tiles] + [(o, outs) for o in layout.probs])
 
     def _opened(self, sizes: tuple[int, int] | None) -> Opened:
         manifest = self.run.route.manifest

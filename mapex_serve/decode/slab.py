@@ -12,6 +12,7 @@ creates and unlinks slabs; a slab left by a killed service is removed when the n
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mapex_serve.repository import Manifest
+
 __all__ = ["Layout", "Slab", "SlabSpaceError", "clean_stale", "slab_folder"]
 
 _ALIGN = 64  # numpy and ONNX Runtime like their float32 buffers on cache lines
@@ -31,6 +34,11 @@ _names = count()
 
 class SlabSpaceError(RuntimeError):
     """The tmpfs has no room for this request's slab (Docker gives /dev/shm 64 MiB unless told otherwise)."""
+
+
+def batch_bytes(manifest: Manifest, n: int) -> tuple[int, int]:
+    """Bytes of ``n`` float32 input tiles of a specialist and of their ``n`` outputs: what its buffers hold."""
+    return 4 * n * len(manifest.bands) * manifest.tile_size**2, 4 * n * math.prod(manifest.output.shape[1:])
 
 
 def _aligned(n: int) -> int:
