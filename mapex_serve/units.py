@@ -282,13 +282,30 @@ class ValueStats:
         ok = np.isfinite(physical)
         if not ok.any():
             return None
-        p02, p50, p98 = np.percentile(physical[ok], [2, 50, 98])
+        p02, p50, p98 = percentiles(physical[ok], (2, 50, 98))
         return cls(dtype, float(stored[ok].min()), float(stored[ok].max()), float(p02), float(p50), float(p98),
                    int(ok.sum()))
 
     def seen(self) -> str:
         return (f"stored {self.dtype} {self.stored_min:g}..{self.stored_max:g}, taken as {self.p02:.4g}..{self.p98:.4g} "
                 f"(2nd..98th percentile, median {self.p50:.4g})")
+
+
+def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(values, qs)`` (its default linear method, the same numbers) from one sort.
+
+    numpy's own costs 0.04 ms a call in Python-level setup, a tenth of a single-tile request's
+    decoding for three bands; a sort of a sample's few thousand values costs a few microseconds.
+    """
+    s = np.sort(values, axis=None)
+    out = []
+    for q in qs:
+        pos = q / 100 * (s.size - 1)
+        lo = math.floor(pos)
+        a, b, t = s[lo], s[min(lo + 1, s.size - 1)], pos - lo
+        d = float(b - a)  # in the values' dtype, as numpy's lerp; then exact at both ends
+        out.append(float(b) - d * (1 - t) if t >= 0.5 else float(a) + d * t)
+    return out
 
 
 def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str) -> None:

@@ -546,24 +546,68 @@ def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_
     path.write_bytes(tif(stored, ["B11", "B12"], nodata=-1))
     grid = tile_grid(150, 110, 32, 8)
 
-    def tiles(chunk_bytes: int) -> tuple[list, dict, object]:
+    def tiles(chunk_bytes: int, whole: bool = True) -> tuple[list, dict, object]:
         monkeypatch.setattr(scene_reader, "_CHUNK_BYTES", chunk_bytes)
         scene = RequestScene([UploadedFile("scene.tif", path.read_bytes())])
         reader = scene.reader(["B11", "B12"], UnitOverrides())
+        assert reader._whole is not None, "the unit sample read this small scene whole"
+        if not whole:
+            reader._whole = None  # every window read from the file
         out = [(t.tile, t.data, t.valid) for t in read_tiles(reader, grid)]
         above = reader.read(grid[0].window)  # a window above the rows read: a fresh read, counted once
         masked, chunk = reader.masked(), reader._chunk
         scene.close()
         return out + [above], masked, chunk
 
-    sliced, masked, chunk = tiles(scene_reader._CHUNK_BYTES)
-    alone, masked_alone, _ = tiles(0)  # a chunk as wide as its window: one read a tile
-    assert chunk.window.width == 110, "a row of tiles comes from one read"
-    assert not chunk.physical.flags.writeable, "tiles are read-only views of their row"
-    assert masked == masked_alone == {"NaN or infinite value": 20, "nodata, mask or alpha band": 6 * 70}
-    for (tile, data, valid), (tile_alone, data_alone, valid_alone) in zip(sliced[:-1], alone[:-1], strict=True):
-        assert tile == tile_alone
-        np.testing.assert_array_equal(data, data_alone)
-        np.testing.assert_array_equal(valid, valid_alone)
-    for a, b in zip(sliced[-1], alone[-1], strict=True):
-        np.testing.assert_array_equal(a, b)
+    row = scene_reader._CHUNK_BYTES
+    alone, masked_alone, _ = tiles(0, whole=False)  # a chunk as wide as its window, each read from the file
+    for whole in (True, False):
+        sliced, masked, chunk = tiles(row, whole)  # rows sliced from the scene the sample read, or read from the file
+        assert chunk.window.width == 110, "a row of tiles comes from one read"
+        assert not chunk.physical.flags.writeable, "tiles are read-only views of their row"
+        assert masked == masked_alone == {"NaN or infinite value": 20, "nodata, mask or alpha band": 6 * 70}
+        for (tile, data, valid), (tile_alone, data_alone, valid_alone) in zip(sliced[:-1], alone[:-1], strict=True):
+            assert tile == tile_alone
+            np.testing.assert_array_equal(data, data_alone)
+            np.testing.assert_array_equal(valid, valid_alone)
+        for a, b in zip(sliced[-1], alone[-1], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:32719", "EPSG:3035", "EPSG:3857", "EPSG:4326", "EPSG:2154",
+                                 "EPSG:27700", "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80",
+                                 "data/sentinel2_6band_10m_epsg32719.tif", "data/rmnp-dem.tif", "data/rmnp-rgb.tif"])
+def test_crs_from_geokeys_is_the_crs_gdal_reads_by_default(crs):
+    """The service reads a GeoTIFF's CRS from its GeoKeys (``GTIFF_SRS_SOURCE=GEOKEYS``, half the cost of an
+    open): the CRS, its EPSG code and its string must be what GDAL's default (AUTO) reads, file by file."""
+    import os
+    from pathlib import Path
+
+    import rasterio
+
+    assert os.environ["GTIFF_SRS_SOURCE"] == "GEOKEYS"  # set on import of mapex_serve.inputs
+    if crs.startswith("data/"):
+        data = (Path(__file__).parents[1] / crs).read_bytes()
+    else:
+        with MemoryFile() as mem:
+            with mem.open(driver="GTiff", width=8, height=8, count=1, dtype="uint16", crs=crs,
+                          transform=from_origin(500000, 5000000, 10, 10)) as dst:
+                dst.write(np.ones((1, 8, 8), np.uint16))
+            data = mem.read()
+
+    def read(**env: str) -> tuple:
+        with rasterio.Env(**env), MemoryFile(data) as mem, mem.open() as ds:
+            return ds.crs.to_wkt(), ds.crs.to_epsg(), ds.crs.to_string()
+
+    assert read() == read(GTIFF_SRS_SOURCE="AUTO")
+
+
+def test_percentiles_are_numpys():
+    """``units.percentiles`` replaces ``np.percentile`` for speed: the same numbers, whatever the dtype and size."""
+    from mapex_serve.units import percentiles
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 17, 1024, 4099):
+        for dtype in (np.float32, np.float64, np.uint16, np.int16):
+            x = (rng.normal(size=n) * 1000).astype(dtype)
+            assert percentiles(x, (2, 50, 98)) == [float(v) for v in np.percentile(x, [2, 50, 98])]
