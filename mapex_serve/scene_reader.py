@@ -136,6 +136,8 @@ class SceneReader:
                 self.reasons_text[codes[why]] = why
             self._rules.append((layer, codes))
         self._chunk: _Chunk | None = None
+        #: A scene small enough for ``samples`` to read whole: its stored values and masks, which windows then slice.
+        self._whole: tuple[list, list] | None = None
         self._reasons: np.ndarray | None = None  # reasons of the rows still being read, from _band_top down
         self._band_top = 0
         self._row_counts = np.zeros((0, 0), np.int64)
@@ -173,6 +175,13 @@ class SceneReader:
                 stored[position], inside[position] = values[k], masks[k]
         return stored, inside
 
+    def _stored_of(self, window: Window) -> tuple[list, list]:
+        """The bands' stored values and masks of ``window``: sliced from the whole scene if ``samples`` read it."""
+        if self._whole is None:
+            return self._stored(self._sources, len(self.bands), window)
+        rows, cols = window.toslices()
+        return [v[rows, cols] for v in self._whole[0]], [m[rows, cols] for m in self._whole[1]]
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """``(physical (C, h, w) float32, reasons (h, w) uint8)`` of an in-scene window; reason 0 is valid.
 
@@ -196,7 +205,7 @@ class SceneReader:
         h, w = int(window.height), int(window.width)
         physical = np.empty((len(self.bands), h, w), np.float32)
         reasons = np.zeros((h, w), np.uint8)
-        stored, inside = self._stored(self._sources, len(self.bands), window)
+        stored, inside = self._stored_of(window)
         for i, b in enumerate(self.bands):
             physical[i] = b.conversion.apply(stored[i])
             _mark(reasons, ~inside[i], _NODATA)
@@ -266,8 +275,11 @@ class SceneReader:
     def samples(self, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each band's valid stored and physical values at up to 5 x 5 windows of ``size`` px spread over the scene."""
         parts: list[list[np.ndarray]] = [[] for _ in self.bands]
-        for window in _sample_windows(self.height, self.width, size):
+        windows = list(_sample_windows(self.height, self.width, size))
+        for window in windows:
             stored, inside = self._stored(self._sources, len(self.bands), window)
+            if len(windows) == 1:  # the scene, read whole: tiles slice it (a tile-sized upload is read once, not twice)
+                self._whole = stored, inside
             for i in range(len(self.bands)):
                 parts[i].append(stored[i][inside[i]])
         out = []
