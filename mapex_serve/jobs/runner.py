@@ -43,7 +43,7 @@ from mapex_serve.predict import (
     unreadable_as_400,
 )
 from mapex_serve.repository import Manifest
-from mapex_serve.responses import as_geotiff, as_json, inputs_summary, palette
+from mapex_serve.responses import as_geotiff, as_json, grid_report, inputs_summary, palette
 from mapex_serve.routing import Route
 from mapex_serve.scene_reader import SceneReader
 from mapex_serve.state import ServiceState
@@ -357,8 +357,7 @@ class JobRunner:
                 "bands": list(route.bands), "provider": self.state.registry.specialists[manifest.name].engine.provider,
                 "data": f"model trained on {manifest.data} data", "classes": classes, "valid_pixels": total,
                 "inputs": inputs,
-                "grid": {"crs": g.crs.to_string() if g.crs else None, "width": g.width, "height": g.height,
-                         "pixel_size": [abs(g.transform.a), abs(g.transform.e)], "resampled": reader.resampled},
+                "grid": grid_report(g.crs, g.transform, g.width, g.height, reader.resampled),
                 "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},
                 "catalogue": job.request["sources"]["described"], "outputs": outputs}
 
