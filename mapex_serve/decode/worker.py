@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy
@@ -141,14 +142,17 @@ def serve(conn: Connection, manifests: dict[str, Manifest], provider: dict[str, 
     """The worker's main loop: one message at a time until the pipe closes or ``exit``."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s decode-worker %(process)d %(levelname)s %(message)s")
     os.environ.setdefault("GDAL_CACHEMAX", "64")  # MiB; GDAL's default is 5% of RAM a process
-    _warm_up()
-    worker = _Worker(conn, manifests, provider)
-    worker.send(READY, True, os.getpid())
-    while True:
-        try:
-            message_id, kind, payload = conn.recv()
-        except (EOFError, OSError):
-            break
-        if kind == "exit":
-            break
-        worker.handle(message_id, kind, payload)
+    # One GDAL environment for the worker's life: outside one, rasterio sets one up around every open
+    # and read (0.06 ms of a single-tile request). One thread, so nothing shares it.
+    with rasterio.Env():
+        _warm_up()
+        worker = _Worker(conn, manifests, provider)
+        worker.send(READY, True, os.getpid())
+        while True:
+            try:
+                message_id, kind, payload = conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "exit":
+                break
+            worker.handle(message_id, kind, payload)
