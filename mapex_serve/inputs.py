@@ -14,7 +14,6 @@ invalid pixel (nodata, mask or alpha, NaN, cloud in SCL or Fmask ...) that the r
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -48,12 +47,6 @@ __all__ = [
 
 #: GDAL drivers an upload may be read with: none of them opens a file the upload names (VRT is checked).
 ALLOWED_DRIVERS = ("GTiff", "COG", "netCDF", "HDF5", "HDF5Image", "ENVI", "JP2OpenJPEG", "VRT")
-
-#: A GeoTIFF's CRS from its GeoKeys alone. GDAL's default (AUTO) also builds the CRS of the file's EPSG code
-#: from PROJ's database on every open, to compare the two: 0.35 ms of a single-tile request's 1.7 ms of
-#: decoding, for the same CRS on every file the tests hold (a test checks). Where a file's keys do contradict
-#: its code, the keys (what the writer meant) are kept. A deployment's own environment wins.
-os.environ.setdefault("GTIFF_SRS_SOURCE", "GEOKEYS")
 
 class ForbiddenReferenceError(MapexError, ValueError):
     """A VRT (or other container) that points outside the files of its own request."""

@@ -574,34 +574,6 @@ def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:32719", "EPSG:3035", "EPSG:3857", "EPSG:4326", "EPSG:2154",
-                                 "EPSG:27700", "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80",
-                                 "data/sentinel2_6band_10m_epsg32719.tif", "data/rmnp-dem.tif", "data/rmnp-rgb.tif"])
-def test_crs_from_geokeys_is_the_crs_gdal_reads_by_default(crs):
-    """The service reads a GeoTIFF's CRS from its GeoKeys (``GTIFF_SRS_SOURCE=GEOKEYS``, half the cost of an
-    open): the CRS, its EPSG code and its string must be what GDAL's default (AUTO) reads, file by file."""
-    import os
-    from pathlib import Path
-
-    import rasterio
-
-    assert os.environ["GTIFF_SRS_SOURCE"] == "GEOKEYS"  # set on import of mapex_serve.inputs
-    if crs.startswith("data/"):
-        data = (Path(__file__).parents[1] / crs).read_bytes()
-    else:
-        with MemoryFile() as mem:
-            with mem.open(driver="GTiff", width=8, height=8, count=1, dtype="uint16", crs=crs,
-                          transform=from_origin(500000, 5000000, 10, 10)) as dst:
-                dst.write(np.ones((1, 8, 8), np.uint16))
-            data = mem.read()
-
-    def read(**env: str) -> tuple:
-        with rasterio.Env(**env), MemoryFile(data) as mem, mem.open() as ds:
-            return ds.crs.to_wkt(), ds.crs.to_epsg(), ds.crs.to_string()
-
-    assert read() == read(GTIFF_SRS_SOURCE="AUTO")
-
-
 def test_percentiles_are_numpys():
     """``units.percentiles`` replaces ``np.percentile`` for speed: the same numbers, whatever the dtype and size."""
     from mapex_serve.units import percentiles
