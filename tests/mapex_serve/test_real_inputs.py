@@ -583,3 +583,21 @@ def test_percentiles_are_numpys():
         for dtype in (np.float32, np.float64, np.uint16, np.int16):
             x = (rng.normal(size=n) * 1000).astype(dtype)
             assert percentiles(x, (2, 50, 98)) == [float(v) for v in np.percentile(x, [2, 50, 98])]
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326", "EPSG:3035",
+                                 "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80"])
+def test_the_grid_names_its_crs_as_rasterio_does_also_from_the_cache(crs):
+    """``grid_report`` caches the CRS's name by WKT: the name must be rasterio's, on a first call and a repeat."""
+    from mapex_serve.responses import grid_report
+
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=8, height=8, count=1, dtype="uint16", crs=crs,
+                      transform=from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(np.ones((1, 8, 8), np.uint16))
+        for _ in range(2):
+            with mem.open() as ds:
+                report = grid_report(ds.crs, ds.transform, ds.width, ds.height, [])
+                assert report["crs"] == ds.crs.to_string()
+    assert report["pixel_size"] == [10.0, 10.0] and (report["width"], report["height"]) == (8, 8)
+    assert grid_report(None, from_origin(0, 0, 1, 1), 8, 8, [])["crs"] is None

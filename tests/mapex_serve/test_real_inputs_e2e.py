@@ -103,6 +103,7 @@ def test_10m_rgb_and_20m_swir_files_route_to_the_rgb_swir_specialist(server):
     body = r.json()
     assert body["specialist"] == "wildfire-rgb+swir" and r.headers["x-mapex-specialist"] == "wildfire-rgb+swir"
     assert body["grid"]["pixel_size"] == [10.0, 10.0] and body["grid"]["resampled"] == ["T19_B11_B12_20m.tif"]
+    assert body["grid"]["crs"] == "EPSG:32719"
     swir_only = post(server, "wildfire", s2_rgb_and_20m_swir()[1:])
     assert swir_only.json()["specialist"] == "wildfire-swir"
 
