@@ -2,7 +2,7 @@
 
 Routes live in one router per concern (``mapex_serve/routes/``): health and metrics, models with
 the Open Inference Protocol, predict, jobs; ``routes/lane.py`` sends the hot ones (predict, infer)
-past FastAPI's routing. They share a ``ServiceState`` on ``app.state.mapex``. Every
+past FastAPI's middleware and routing. They share a ``ServiceState`` on ``app.state.mapex``. Every
 error the service raises on purpose is a MapexError, mapped to an HTTP status in one handler
 (``http_errors``) with a message that says what was wrong and what would be accepted.
 """
@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from mapex_serve.batcher import Batcher
 from mapex_serve.decode.pool import DecodePool
@@ -75,14 +76,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for executor in executors:
             executor.shutdown(wait=True)
 
-    app = FastAPI(title="mapex-serve", version="0.1.0", lifespan=lifespan,
-                  description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")
+    app = MapexApp(title="mapex-serve", version="0.1.0", lifespan=lifespan,
+                   description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")
     app.state.mapex = state
     app.add_exception_handler(MapexError, mapex_error_response)
-    app.add_middleware(FastLane, lanes=[predict.PREDICT_LANE, models.INFER_LANE])  # the hot paths (routes/lane.py)
+    app.lane = FastLane([predict.PREDICT_LANE, models.INFER_LANE])  # the hot paths (routes/lane.py)
     for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
     return app
+
+
+class MapexApp(FastAPI):
+    """FastAPI whose hot routes (``routes/lane.py``) are answered before its middleware stack runs."""
+
+    lane = FastLane([])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await self.lane.take(self, scope, receive, send):
+            await super().__call__(scope, receive, send)
 
 
 def _open_jobs(state: ServiceState) -> JobRunner | None:

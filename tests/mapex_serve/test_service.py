@@ -215,6 +215,46 @@ def test_the_hot_routes_skip_fastapis_routing_yet_answer_as_it_would(server):
     assert "/predict/{task}" in paths and "/v2/models/{name}/infer" in paths
 
 
+def test_a_lane_answers_before_fastapis_stack_and_an_unexpected_error_there_is_a_plain_500_raised_on(built_repo):
+    """``FastLane.take`` runs ahead of FastAPI's middleware, so it stands in for ``ServerErrorMiddleware`` itself:
+    a bug in a lane's endpoint is answered 500 (the response not yet started) and raised on for the server to log."""
+    import re
+
+    from mapex_serve.app import create_app
+    from mapex_serve.registry import Registry
+    from mapex_serve.routes.lane import FastLane, Lane
+    from mapex_serve.settings import Settings
+
+    app = create_app(Settings(model_repo=built_repo, decode_workers=0))
+    app.state.mapex.registry = Registry.load(app.state.mapex.settings)  # real engines, warm: the state is ready
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    app.lane = FastLane([Lane(re.compile(r"/broken"), broken)])
+
+    def call(path: str) -> tuple[bool, list[dict], BaseException | None]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": [], "query_string": b""}
+        try:
+            return asyncio.run(app.lane.take(app, scope, receive, send)), sent, None
+        except RuntimeError as e:
+            return True, sent, e
+
+    taken, sent, error = call("/broken")
+    assert taken and str(error) == "a bug"
+    assert sent[0]["status"] == 500 and sent[1]["body"] == b"Internal Server Error"
+    taken, sent, error = call("/predict/wildfire")  # not a lane of this app: left to FastAPI, nothing sent
+    assert (taken, sent, error) == (False, [], None)
+
+
 def test_each_malformed_upload_gets_its_4xx_and_a_message(server, malformed):
     for kind, m in malformed.items():
         r = httpx.post(f"{server.url}/predict/{m.task}", content=m.content, headers={"Content-Type": m.content_type})
