@@ -175,6 +175,7 @@ def test_versions_count_up(wildfire_specialist, tmp_path, tiny_run):
         (["--modality", "SWIR", "--task", "cloud"], "cloud"),
         (["--modality", "thermal"], "unknown modality"),
         (["--modality", "RGB", "--modality", "SAR"], "takes at most 1 modality per specialist"),
+        (["--modality", "RGB", "--full-finetune", "flood,clouds-rgb"], "clouds-rgb is neither a task nor a specialist"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(args, message, tmp_path):

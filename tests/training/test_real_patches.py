@@ -5,7 +5,8 @@ Real labels are BigEarthNet's CORINE multi-labels, mapped to the synthetic class
 flood figure is the share of pixels called water (a false alarm on every one), beside the
 VV < -15 dB rule. A land-cover tile counts as right when its predicted class is among its
 patch's labels; the baselines are the class present in most patches, predicted everywhere, and
-an NDVI rule. The specialists are those of ``built_repo`` (the demo recipe with 100 head steps).
+an NDVI rule. The specialists are those of ``built_repo`` (the demo recipe with 100 training steps
+a specialist; RGB and red-edge land cover and SWIR wildfire train through their backbone).
 
 Each test first checks what must hold whatever the model learned (every patch read and mapped,
 figures are shares, a specialist beats a class drawn at random); the issue's goal (beat the
