@@ -48,12 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("refused %s: %s", r.entry, r.reason)
         state.registry = registry
         await run_in_threadpool(registry.warm_up)
-        # One engine thread per specialist: a slow specialist never holds up the others (ONNX Runtime's own
-        # thread settings share the cores between them).
-        executors[:] = [ThreadPoolExecutor(1, thread_name_prefix=f"engine-{name}") for name in registry.specialists]
+        # Engine threads of their own per specialist (MAPEX_ENGINE_RUNNERS): a slow specialist never holds up
+        # the others (ONNX Runtime's own thread settings share the cores between them).
+        executors[:] = [ThreadPoolExecutor(s.engine_runners, thread_name_prefix=f"engine-{name}")
+                        for name in registry.specialists]
         state.batchers = {
             name: Batcher(name, spec.engine.run, executor, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
-                          max_queue=s.max_queue, metrics=state.metrics)
+                          max_queue=s.max_queue, metrics=state.metrics, runners=s.engine_runners)
             for (name, spec), executor in zip(registry.specialists.items(), executors, strict=True)
         }
         for b in state.batchers.values():
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.decode = DecodePool(s.decode_worker_count, {n: sp.manifest for n, sp in registry.specialists.items()},
                                       {n: sp.engine.provider for n, sp in registry.specialists.items()},
                                       metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count,
-                                      shm=s.shm_dir)
+                                      shm=s.shm_dir, runners=s.engine_runners)
             await state.decode.start()
         state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))

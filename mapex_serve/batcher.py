@@ -3,8 +3,10 @@
 Each request submits its tiles and awaits their results; one worker task per specialist hands an
 idle engine what is queued at once (a lone request never waits for company), and while the engine
 runs a batch it gathers the next one, up to ``max_batch`` tiles or ``max_delay_ms`` after its first
-tile, to start the moment the engine is free. The engine runs in a thread of its own (the event
-loop never blocks on it), and each request gets back its own rows. The queue is bounded: a request that would overflow it is refused at once.
+tile, to start the moment the engine is free. The engine runs in threads of its own (the event
+loop never blocks on it), ``runners`` batches at once (``MAPEX_ENGINE_RUNNERS``: on CPU, two
+single-threaded runs of a small specialist outdo one run on two threads), and each request gets
+back its own rows. The queue is bounded: a request that would overflow it is refused at once.
 Tiles of a request that was cancelled (timed out, client gone) are dropped before the engine sees
 them. On stop the queue drains: every admitted tile is run, or, past the drain time, answered with
 ``ServiceStoppingError`` (503) instead of being left without an answer.
@@ -50,13 +52,15 @@ class _Job:
 
 
 class Batcher:
-    """One engine's queue and the worker that feeds it batches."""
+    """One engine's queue and the worker that feeds it batches, ``runners`` at once (``executor`` has that many threads)."""
 
     def __init__(
         self, name: str, run: Callable[[np.ndarray], np.ndarray], executor: Executor, *,
-        max_batch: int, max_delay_ms: float, max_queue: int, metrics: Metrics,
+        max_batch: int, max_delay_ms: float, max_queue: int, metrics: Metrics, runners: int = 1,
     ) -> None:
-        self.name, self._run, self._executor = name, run, executor
+        if runners < 1:
+            raise ValueError(f"runners must be at least 1, got {runners}")
+        self.name, self._run, self._executor, self.runners = name, run, executor, runners
         self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay_ms / 1000, max_queue
         self._metrics = metrics
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
@@ -64,9 +68,10 @@ class Batcher:
         self._depth = 0
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None  # a job that did not fit the last batch; it leads the next
-        self._running: list[_Job] = []  # the jobs of the batch the engine is running
-        self._next: list[_Job] = []  # the jobs of the batch collected while it runs
-        self._inflight: asyncio.Task[None] | None = None
+        self._running: dict[int, list[_Job]] = {}  # the jobs of each batch the engine is running
+        self._next: list[_Job] = []  # the jobs of the batch collected while they run
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._freed: asyncio.Future[None] | None = None  # set when a runner frees up after all were busy
         self._stopping = False
         #: Tiles dropped because their request was cancelled before they reached the engine.
         self.dropped = 0
@@ -88,17 +93,18 @@ class Batcher:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        if self._inflight is not None and not self._inflight.done():
-            self._inflight.cancel()  # its engine call finishes in its thread; its jobs are answered below
-            await asyncio.gather(self._inflight, return_exceptions=True)
-        left = [*self._running, *self._next, *([self._carry] if self._carry else [])]
+        for task in self._inflight:
+            task.cancel()  # its engine call finishes in its thread; its jobs are answered below
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        left = [*(j for jobs in self._running.values() for j in jobs), *self._next,
+                *([self._carry] if self._carry else [])]
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         for job in left:
             if not job.future.done():
                 job.future.set_exception(ServiceStoppingError(
                     f"specialist {self.name} stopped before running these tiles (the service is shutting down); retry"))
-        self._running, self._next, self._carry, self._depth = [], [], None, 0
+        self._running, self._next, self._carry, self._depth = {}, [], None, 0
 
     async def submit(self, tiles: np.ndarray, *, admit: bool = True, priority: int = INTERACTIVE) -> np.ndarray:
         """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
@@ -141,7 +147,7 @@ class Batcher:
                 return job
 
     async def _collect(self, busy: asyncio.Future | None) -> list[_Job]:
-        """The next batch, gathered while the engine runs the current one (``busy``).
+        """The next batch, gathered while every runner is busy (``busy`` resolves when one frees up).
 
         An idle engine gets what is queued at once: a lone request never waits for company. While
         the engine is busy, tiles arriving within ``max_delay`` of the batch's first join it, up to
@@ -187,18 +193,18 @@ class Batcher:
         for j in jobs:
             self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
         self._metrics.batch_size.labels(self.name).observe(len(batch))
-        self._running = jobs
+        self._running[id(jobs)] = jobs
         try:
             out = await loop.run_in_executor(self._executor, self._run, batch)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request
-            self._running = []
+            self._running.pop(id(jobs), None)
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(e)
             return
         finally:
             self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
-        self._running = []
+        self._running.pop(id(jobs), None)
         start = 0
         for j in jobs:
             if not j.future.done():
@@ -206,17 +212,24 @@ class Batcher:
             start += len(j.tiles)
 
     async def _work(self) -> None:
-        """Collect the next batch while the engine runs the current one; start it as soon as the engine is free."""
-        inflight: asyncio.Task[None] | None = None
+        """Collect the next batch while every runner is busy; start it as soon as one is free."""
         while True:
-            self._next = await self._collect(inflight)
-            if inflight is not None:
-                await asyncio.shield(inflight)  # one engine thread: batches run one after the other
+            self._next = await self._collect(self._freed if len(self._inflight) >= self.runners else None)
+            if len(self._inflight) >= self.runners:
+                await asyncio.shield(self._freed)
             jobs = [j for j in self._next if self._live(j)]  # a request may have left while its batch waited
             self._next = []
             if not jobs:
                 continue
             self._depth -= sum(len(j.tiles) for j in jobs)
             self._metrics.queue_depth.labels(self.name).set(self._depth)
-            inflight = asyncio.ensure_future(self._run_batch(jobs))
-            self._inflight = inflight
+            task = asyncio.ensure_future(self._run_batch(jobs))
+            self._inflight.add(task)
+            task.add_done_callback(self._runner_free)
+            if len(self._inflight) >= self.runners:
+                self._freed = asyncio.get_running_loop().create_future()
+
+    def _runner_free(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._freed is not None and not self._freed.done():
+            self._freed.set_result(None)

@@ -9,7 +9,8 @@ is reserved against the memory budget before they are allocated.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -161,8 +162,11 @@ class SceneRun:
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
         """One batch's probabilities, in the batch's order."""
-        for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-            (self._blender or self._aggregator).add(tile, p, valid)
+        if self._blender is not None:
+            self._blender.add_batch(batch.tiles, probs, batch.valid)
+        else:
+            for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
+                self._aggregator.add(tile, p, valid)
         self.seen += len(batch.tiles)
 
     def result(self, reservation: Reservation) -> Prediction:
@@ -211,16 +215,47 @@ def check_not_empty(files: Sequence[UploadedFile]) -> None:
 
 
 async def _run(run: SceneRun, batcher: Batcher, reservation: Reservation) -> Prediction:
-    """Tiles through the batcher, the next batch read while the engine runs this one."""
+    """Tiles through the batcher, a batch for each engine runner and one more in flight."""
+    async def add(batch: TileBatch, probs: np.ndarray) -> None:
+        run.add(batch, probs)
+
     with unreadable_as_400():
-        reading = asyncio.ensure_future(asyncio.to_thread(next_batch, run.batches))
-        try:
-            # Shielded: a timeout must not abandon a thread that is still reading from the dataset.
-            while batch := await asyncio.shield(reading):
-                reading = asyncio.ensure_future(asyncio.to_thread(next_batch, run.batches))  # read ahead of the engine
-                run.add(batch, await batcher.submit(batch.data, admit=run.seen == 0))
-        finally:
-            await asyncio.wait([reading])  # the dataset closes only after its last read has ended
-            if not reading.cancelled():
-                reading.exception()  # retrieved: on this path the error that matters is already raised
+        await pipeline(run.batches, lambda batch, k: batcher.submit(batch.data, admit=k == 0), add,
+                       ahead=batcher.runners + 1)
         return run.result(reservation)
+
+
+async def pipeline(batches: Iterator[TileBatch], submit: Callable[[TileBatch, int], Awaitable[np.ndarray]],
+                   consume: Callable[[TileBatch, np.ndarray], Awaitable[None]], *, ahead: int) -> None:
+    """Every batch read in a thread, submitted (``submit(batch, k)``, k from 0) ``ahead`` at most in flight, and
+    its output handed to ``consume`` in order: the engine always has the next batch queued.
+
+    On an error or cancellation the batches in flight are cancelled (their tiles leave the queue
+    unrun), and a read still in its thread is waited for: the caller closes the dataset after.
+    """
+    inflight: deque[tuple[TileBatch, asyncio.Future[np.ndarray]]] = deque()
+    reading: asyncio.Future[TileBatch | None] | None = None
+    more, k = True, 0
+    try:
+        while True:
+            while more and len(inflight) < ahead:
+                reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))
+                batch = await asyncio.shield(reading)  # a timeout must not abandon a thread still reading
+                reading = None
+                if batch is None:
+                    more = False
+                else:
+                    inflight.append((batch, asyncio.ensure_future(submit(batch, k))))
+                    k += 1
+            if not inflight:
+                return
+            batch, running = inflight.popleft()
+            await consume(batch, await running)
+    finally:
+        for _batch, running in inflight:
+            running.cancel()
+        await asyncio.gather(*(running for _batch, running in inflight), return_exceptions=True)
+        if reading is not None:
+            await asyncio.wait([reading])
+            if not reading.cancelled():
+                reading.exception()  # retrieved: the error that matters is already raised

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
     )
+    engine_runners: int = Field(
+        1, ge=1, description="Batches each specialist's engine runs at once, one thread each. On a CPU node, "
+        "runners x MAPEX_INTRA_OP_THREADS = cores serves small specialists faster than one run on every core "
+        "(docs/performance.md)."
+    )
     max_decoding: int = Field(
         64, ge=1, description="Requests each decode worker holds at once (received into shared memory, waiting or "
         "being decoded); past that, new /predict uploads are refused with 503 and Retry-After."

@@ -178,8 +178,10 @@ class DecodePool:
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
                  metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
-                 start_timeout_s: float = 60) -> None:
+                 start_timeout_s: float = 60, runners: int = 1) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
+        #: Batches of a request in flight: one for each engine runner and one the worker refills.
+        self.slots = runners + 1
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
@@ -252,7 +254,7 @@ class DecodePool:
     def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int) -> Layout:
         """Room for the files and for a batch of the task's largest tiles and outputs."""
         tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
-        return Layout.plan(files, max(tiles), max(outs))
+        return Layout.plan(files, max(tiles), max(outs), self.slots)
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
@@ -309,11 +311,11 @@ class DecodePool:
 
     async def _session(self, worker: _Worker, slab: Slab, request: OpenRequest, batchers: Mapping[str, Batcher],
                        budget: MemoryBudget) -> Encoded:
-        """Drive one worker session: two batches in the engine's queue, each refilled as its output comes back.
+        """Drive one worker session: a batch for each slot in the engine's queue, each refilled as its output comes back.
 
-        Batch k lives in tile slot k % 2 and its output in probability slot k % 2. Once batch k's
-        output is back, ``step`` has the worker blend it and read batch k + 2 into the freed slot
-        while the engine runs batch k + 1.
+        Batch k lives in tile slot k % S and its output in probability slot k % S (S slots: the engine's
+        runners plus one). Once batch k's output is back, ``step`` has the worker blend it and read
+        batch k + S into the freed slot while the engine runs the others.
         """
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
@@ -326,7 +328,7 @@ class DecodePool:
             batcher, layout = batchers[opened.specialist], request.layout
 
             def submit(k: int, n: int) -> None:
-                tiles = slab.array(layout.tiles[k % 2], (n, *opened.tile_shape))
+                tiles = slab.array(layout.tiles[k % self.slots], (n, *opened.tile_shape))
                 inflight.append((k, asyncio.ensure_future(batcher.submit(tiles, admit=k == 0))))
 
             for k, n in enumerate(opened.sizes):
@@ -335,13 +337,13 @@ class DecodePool:
             while inflight:
                 k, running = inflight.popleft()
                 probs = await running
-                slab.array(layout.probs[k % 2], probs.shape)[...] = probs
+                slab.array(layout.probs[k % self.slots], probs.shape)[...] = probs
                 if not inflight:  # the last batch
                     encoded: Encoded = await worker.call("finish", (request.session, k, probs.shape))
                     finished = True
                     return encoded
                 if n := await worker.call("step", (request.session, k, probs.shape)):
-                    submit(k + 2, n)
+                    submit(k + self.slots, n)
             raise AssertionError("unreachable: batch 0 always exists")
         finally:
             for _k, running in inflight:

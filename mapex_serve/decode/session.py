@@ -1,11 +1,12 @@
 """One request inside a decode worker: open and route its files, read tiles into its slab, blend, encode.
 
 The service drives a session with three messages (see ``worker``; ``start`` and ``close`` serve
-the rarer cases of a scene waiting for its memory and of a request that ends early). ``open``
-reads batches 0 and 1 into tile slots 0 and 1 and answers with what the service needs to run
-them: both go to the engine at once, so it always has the next batch queued. ``step(k)`` says
-that probability slot k % 2 holds batch k's output: the worker blends it, reads batch k + 2 into
-the freed tile slot and answers with its size, while the engine runs batch k + 1. ``finish(k)`` blends the last batch and
+the rarer cases of a scene waiting for its memory and of a request that ends early). With S slots
+in the slab's layout (the engine's runners plus one), ``open`` reads batches 0 .. S-1 into tile
+slots 0 .. S-1 and answers with what the service needs to run them: all go to the engine at once,
+so it always has a batch queued. ``step(k)`` says that probability slot k % S holds batch k's
+output: the worker blends it, reads batch k + S into the freed tile slot and answers with its
+size, while the engine runs batches k + 1 .. k + S - 1. ``finish(k)`` blends the last batch and
 answers with the encoded response. A session's messages never overlap: the service awaits each
 answer before it sends the session's next message.
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import numpy as np
 
 from mapex_serve.budget import Reservation
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
@@ -51,7 +50,7 @@ class OpenRequest:
 
 @dataclass(frozen=True)
 class Opened:
-    """The routed request: its specialist, the memory its outputs need, its tiles' shape, batches 0 and 1's sizes.
+    """The routed request: its specialist, the memory its outputs need, its tiles' shape, the first batches' sizes.
 
     ``sizes`` is None when the scene needed more than was available: nothing was tiled yet, and
     ``start`` follows once the service has reserved the memory. A size of 0: no such batch.
@@ -61,7 +60,7 @@ class Opened:
     need: int
     what: str
     tile_shape: tuple[int, int, int]
-    sizes: tuple[int, int] | None
+    sizes: tuple[int, ...] | None
 
 
 class Session:
@@ -85,7 +84,8 @@ class Session:
         except BaseException:
             self._slab.close()
             raise
-        self._batches: list[TileBatch | None] = [None, None]
+        self._slots = len(request.layout.tiles)
+        self._batches: list[TileBatch | None] = [None] * self._slots
         self.closed = False
 
     def open(self) -> Opened:
@@ -95,11 +95,11 @@ class Session:
         return self.start()
 
     def start(self) -> Opened:
-        """Tile the scene and read batches 0 and 1."""
+        """Tile the scene and read a batch into each slot."""
         with unreadable_as_400():
             self.run.start()
         self._reserve_buffers()
-        sizes = (self._read(0), self._read(1))
+        sizes = tuple(self._read(slot) for slot in range(self._slots))
         if sizes[0] == 0:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
         return self._opened(sizes)
@@ -111,19 +111,19 @@ class Session:
         tiles, outs = batch_bytes(self.run.route.manifest, min(self.request.max_batch, len(self.run.tiles)))
         self._slab.reserve([(o, tiles) for o in layout.tiles] + [(o, outs) for o in layout.probs])
 
-    def _opened(self, sizes: tuple[int, int] | None) -> Opened:
+    def _opened(self, sizes: tuple[int, ...] | None) -> Opened:
         manifest = self.run.route.manifest
         return Opened(manifest.name, self.run.need, self.run.what,
                       (len(self.run.route.bands), manifest.tile_size, manifest.tile_size), sizes)
 
     def step(self, k: int, probs_shape: tuple[int, ...]) -> int:
-        """Blend batch ``k``, read batch k + 2 into its slot; that batch's size (0: none)."""
-        self._blend(k % 2, probs_shape)
-        return self._read(k % 2)
+        """Blend batch ``k``, read the batch after the others in flight into its slot; that batch's size (0: none)."""
+        self._blend(k % self._slots, probs_shape)
+        return self._read(k % self._slots)
 
     def finish(self, k: int, probs_shape: tuple[int, ...]) -> Encoded:
         """Blend the last batch, ``k``; the response, encoded as the client asked."""
-        self._blend(k % 2, probs_shape)
+        self._blend(k % self._slots, probs_shape)
         prediction = self.run.result(Reservation(None, 0))
         name = prediction.route.manifest.name
         return encode(prediction, self.request.format, self.request.accept, self._provider[name])
@@ -145,7 +145,7 @@ class Session:
             raise RuntimeError(f"slot {slot} holds {0 if batch is None else len(batch.tiles)} tiles, "
                                f"the service sent {probs_shape[0]} outputs")
         probs = self._slab.array(self.request.layout.probs[slot], probs_shape)
-        self.run.add(batch, np.array(probs))  # copied: the blender may keep no view of the slab
+        self.run.add(batch, probs)  # blended (or copied, class heads) before the slot is written again
         self._batches[slot] = None
 
     def close(self) -> None:
@@ -153,5 +153,5 @@ class Session:
         if not self.closed:
             self.closed = True
             self.run.scene.close()
-            self._batches = [None, None]
+            self._batches = [None] * self._slots
             self._slab.close()

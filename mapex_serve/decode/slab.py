@@ -1,7 +1,7 @@
 """A request's shared memory: one file on a tmpfs, mapped by the service and by the decode worker that serves it.
 
-One slab a request holds the upload's files and two tile and two probability buffers (the worker
-reads the next batch while the engine runs one). Plain files under ``/dev/shm`` (``MAPEX_SHM_DIR``)
+One slab a request holds the upload's files and a few tile and probability buffers, one pair a
+batch in flight (the worker reads the next batch while the engine runs the others). Plain files under ``/dev/shm`` (``MAPEX_SHM_DIR``)
 rather than ``multiprocessing.shared_memory``: Python 3.11's resource tracker would count the worker's
 attachments as its own and unlink or warn about slabs the service still owns. Only the service
 creates and unlinks slabs; a slab left by a killed service is removed when the next one starts
@@ -47,23 +47,24 @@ def _aligned(n: int) -> int:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a request's arrays lie in its slab: ``(name, offset, size)`` a file, then the two tile and two probability buffers."""
+    """Where a request's arrays lie in its slab: ``(name, offset, size)`` a file, then the tile and probability slots."""
 
     files: tuple[tuple[str, int, int], ...]
-    tiles: tuple[int, int]
-    probs: tuple[int, int]
+    tiles: tuple[int, ...]
+    probs: tuple[int, ...]
     size: int
 
     @classmethod
-    def plan(cls, files: Sequence[tuple[str, int]], tile_bytes: int, prob_bytes: int) -> Layout:
-        """Files of ``(name, size)``, then the buffers of ``tile_bytes`` and ``prob_bytes`` each."""
+    def plan(cls, files: Sequence[tuple[str, int]], tile_bytes: int, prob_bytes: int, slots: int = 2) -> Layout:
+        """Files of ``(name, size)``, then ``slots`` buffers of ``tile_bytes`` and as many of ``prob_bytes``."""
         offset, placed = 0, []
         for name, size in files:
             placed.append((name, offset, size))
             offset = _aligned(offset + size)
         t, q = _aligned(tile_bytes), _aligned(prob_bytes)
-        tiles, probs = (offset, offset + t), (offset + 2 * t, offset + 2 * t + q)
-        return cls(tuple(placed), tiles, probs, max(offset + 2 * t + 2 * q, 1))
+        tiles = tuple(offset + i * t for i in range(slots))
+        probs = tuple(offset + slots * t + i * q for i in range(slots))
+        return cls(tuple(placed), tiles, probs, max(offset + slots * (t + q), 1))
 
     @property
     def files_end(self) -> int:

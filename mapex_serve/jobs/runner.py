@@ -37,9 +37,9 @@ from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
 from mapex_serve.predict import (
     Prediction,
     UnreadableRasterError,
-    next_batch,
     open_and_route,
     overlap_for,
+    pipeline,
     unreadable_as_400,
 )
 from mapex_serve.repository import Manifest
@@ -47,7 +47,7 @@ from mapex_serve.responses import as_geotiff, as_json, grid_report, inputs_summa
 from mapex_serve.routing import Route
 from mapex_serve.scene_reader import SceneReader
 from mapex_serve.state import ServiceState
-from mapex_serve.tiling import ClassAggregator, MaskBlender, Tile, read_batches, tile_cells, tile_grid
+from mapex_serve.tiling import ClassAggregator, MaskBlender, Tile, TileBatch, read_batches, tile_cells, tile_grid
 from mapex_serve.units import UnitOverrides
 from mapex_serve.vectorize import mask_polygons
 
@@ -254,23 +254,20 @@ class JobRunner:
         self.progress[job_id] = progress
         self.store.update(job_id, tiles_total=len(tiles), tiles_done=progress.done)
         batches = read_batches(reader, todo, self.settings.max_batch, [b.mean for b in manifest.bands])
-        reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))
         saved, seen = time.monotonic(), 0
-        try:
-            while batch := await asyncio.shield(reading):
-                reading = asyncio.ensure_future(asyncio.to_thread(next_batch, batches))
-                probs = await batcher.submit(batch.data, admit=False, priority=BACKGROUND)
-                await asyncio.to_thread(add, batch, probs)
-                seen += len(batch.tiles)
-                last = batch.tiles[-1]  # skipped tiles (all invalid) count as done: the total is the grid's
-                progress.done = last.row * columns + last.col + 1
-                if time.monotonic() - saved > _SAVE_EVERY_S:
-                    self.store.update(job_id, tiles_done=progress.done)
-                    saved = time.monotonic()
-        finally:
-            await asyncio.wait([reading])
-            if not reading.cancelled():
-                reading.exception()
+
+        async def consume(batch: TileBatch, probs: np.ndarray) -> None:
+            nonlocal saved, seen
+            await asyncio.to_thread(add, batch, probs)
+            seen += len(batch.tiles)
+            last = batch.tiles[-1]  # skipped tiles (all invalid) count as done: the total is the grid's
+            progress.done = last.row * columns + last.col + 1
+            if time.monotonic() - saved > _SAVE_EVERY_S:
+                self.store.update(job_id, tiles_done=progress.done)
+                saved = time.monotonic()
+
+        await pipeline(batches, lambda batch, _k: batcher.submit(batch.data, admit=False, priority=BACKGROUND),
+                       consume, ahead=batcher.runners + 1)
         progress.done = len(tiles)
         self.store.update(job_id, tiles_done=len(tiles))
         return seen
@@ -292,8 +289,7 @@ class JobRunner:
                                   keep_probabilities=request.probabilities)
 
             def add(batch: Any, probs: np.ndarray) -> None:
-                for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-                    blender.add(tile, p, valid)
+                blender.add_batch(batch.tiles, probs, batch.valid)
 
             await self._feed(job.id, reader, route, tiles, todo, add)
             await asyncio.to_thread(blender.finish)

@@ -215,6 +215,36 @@ def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread()
     assert fast.tolist() == [10, 11, 12, 13] and still_held
 
 
+@pytest.mark.parametrize("runners", [1, 2])
+def test_each_runner_runs_a_batch_at_once_and_every_request_gets_its_own_rows(runners):
+    """MAPEX_ENGINE_RUNNERS: with two, a second batch starts while the first is still in the engine; with one, never."""
+    import threading
+
+    lock, active, peak = threading.Lock(), [0], [0]
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)  # long enough for the batcher to start the next batch on a free runner
+        with lock:
+            active[0] -= 1
+        return engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(runners) as pool:
+            b = Batcher("s", counting, pool, max_batch=4, max_delay_ms=0, max_queue=100, metrics=Metrics(),
+                        runners=runners)
+            b.start()
+            out = await asyncio.wait_for(asyncio.gather(*(b.submit(tiles(4, 10 * i)) for i in range(6))), 10)
+            await b.stop()
+            return out
+
+    out = run(main())
+    assert [o.tolist() for o in out] == [[10 * i + j for j in range(4)] for i in range(6)]
+    assert peak[0] == runners
+
+
 def test_an_idle_engine_runs_a_lone_request_at_once_and_a_busy_one_gathers_the_next_batch():
     """No wait for company when the engine is idle (concurrency 1 pays no MAPEX_MAX_DELAY_MS); while it is busy,
     the tiles arriving meanwhile are gathered into the next batch."""
@@ -278,3 +308,28 @@ def test_background_tiles_wait_while_interactive_ones_are_queued():
     first, job, interactive = run(main())
     assert job.tolist() == [100, 101, 102, 103] and interactive.tolist() == [200, 201, 202, 203]
     assert order.index(200) < order.index(102), f"interactive tiles ran after the job's queued ones: {order}"
+
+
+@pytest.mark.parametrize("ahead", [1, 2, 3])
+def test_the_pipeline_keeps_its_batches_in_flight_and_hands_their_outputs_back_in_order(ahead):
+    """``predict.pipeline`` (requests and jobs): never more than ``ahead`` batches submitted, outputs consumed in
+    the batches' order however the engine finishes them."""
+    from mapex_serve.predict import pipeline
+    from mapex_serve.tiling import TileBatch
+
+    batches = [TileBatch([], tiles(2, 10 * i), np.ones((2, 4, 4), bool)) for i in range(7)]
+    inflight, peak, got = [0], [0], []
+
+    async def submit(batch: TileBatch, k: int) -> np.ndarray:
+        inflight[0] += 1
+        peak[0] = max(peak[0], inflight[0])
+        await asyncio.sleep(0.001 * ((k * 7) % 3))  # later batches may finish first
+        inflight[0] -= 1
+        return engine(batch.data)
+
+    async def consume(batch: TileBatch, out: np.ndarray) -> None:
+        got.append(out.tolist())
+
+    run(pipeline(iter(batches), submit, consume, ahead=ahead))
+    assert got == [[10 * i, 10 * i + 1] for i in range(7)]
+    assert peak[0] == ahead
