@@ -64,6 +64,8 @@ def service_arguments(p: argparse.ArgumentParser, task: str, help_task: str) -> 
     p.add_argument("--task", default=task, help=help_task)
     p.add_argument("--modality", default="RGB", help="the specialist's modality (default RGB)")
     p.add_argument("--threads", type=int, default=2, help="MAPEX_INTRA_OP_THREADS for the service and the baseline")
+    p.add_argument("--runners", type=int, default=1,
+                   help="MAPEX_ENGINE_RUNNERS for the service; the baseline runs as many batches at once")
     p.add_argument("--max-batch", type=int, default=32, help="MAPEX_MAX_BATCH (with dynamic batching on)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for <name>.json and <name>.md")
 

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
         path = make_scene(args.size, manifest.tile_size, Path(tmp) / "scene.tif")
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
-               "MAPEX_JOBS_DIR": str(Path(tmp) / "jobs")}
+               "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_JOBS_DIR": str(Path(tmp) / "jobs")}
         with ServiceProcess(repo, env) as server:
             probe = single_tile_request(manifest.tile_size)
             idle_latency = median(latencies(server.url, args.task, probe, 30))
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rss_peak = server.peak_rss_bytes()
             result = httpx.get(f"{server.url}/jobs/{job['id']}/result?format=geotiff", timeout=600).content
         engine_s, tiles = engine_seconds(Engine(entry, manifest, settings), [SourceFile(path.name, str(path))],
-                                          args.max_batch, warm_value=-12)
+                                          args.max_batch, warm_value=-12, runners=args.runners)
 
     row = {"size": args.size, "specialist": manifest.name, "tiles": tiles, "job_s": wall, "engine_s": engine_s,
            "ratio": wall / engine_s, "server_idle_rss_mib": rss_idle / 2**20, "server_peak_rss_mib": rss_peak / 2**20,

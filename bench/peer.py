@@ -93,7 +93,7 @@ max_batch_size: {max_batch}
 input [{{ name: "{input}" data_type: TYPE_FP32 dims: [{in_dims}] }}]
 output [{{ name: "{output}" data_type: TYPE_FP32 dims: [{out_dims}] }}]
 dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
-instance_group [{{ kind: KIND_CPU count: 1 }}]
+instance_group [{{ kind: KIND_CPU count: {instances} }}]
 '''
 
 
@@ -131,7 +131,7 @@ class TritonPeer:
     """
 
     def __init__(self, models: dict[str, tuple[Path, Manifest]], workdir: Path, *, threads: int, max_batch: int,
-                 delay_us: int) -> None:
+                 delay_us: int, instances: int = 1) -> None:
         python = triton_python()
         site = Path(subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
                                    capture_output=True, text=True, check=True).stdout.strip())
@@ -152,6 +152,7 @@ class TritonPeer:
                                                               threads=threads))
             (version.parent / "config.pbtxt").write_text(CONFIG.format(
                 name=name, max_batch=max_batch, input=m.input.name, output=m.output.name, delay_us=delay_us,
+                instances=instances,
                 in_dims=", ".join(map(str, m.input.shape[1:])), out_dims=", ".join(map(str, m.output.shape[1:]))))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -311,8 +312,7 @@ async def triton_scene(url: str, path: Path, name: str, manifest: Manifest, batc
                 done[i] = (b, infer_output(answer_headers, answer))
                 while added in done:  # MaskBlender takes tiles in the grid's row-major order
                     ready, probs = done.pop(added)
-                    for t, p, v in zip(ready.tiles, probs, ready.valid, strict=True):
-                        blender.add(t, p, v)
+                    blender.add_batch(ready.tiles, probs, ready.valid)
                     added += 1
 
         connections = [await Connection.open(url) for _ in range(inflight)]
@@ -337,15 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scene-task", default="landcover-seg", help="task of (c) (default landcover-seg: a mask)")
     p.add_argument("--modality", default="RGB", help="the specialists' modality (default RGB)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads, both servers")
+    p.add_argument("--runners", type=int, default=1,
+                   help="batches run at once, both servers: MAPEX_ENGINE_RUNNERS, Triton's instance count")
     p.add_argument("--max-batch", type=int, default=32, help="largest engine batch, both servers; (c)'s client batch")
     p.add_argument("--delay-us", type=int, default=1000, help="Triton's max_queue_delay_microseconds")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, GOAL_CONCURRENCY])
     p.add_argument("--requests", type=int, default=512, help="timed requests per level and server")
     p.add_argument("--tiles", type=int, default=64, help="distinct tiles cycled through")
     p.add_argument("--size", type=int, default=4096, help="(c)'s scene width and height in pixels (0: skip (c))")
-    p.add_argument("--inflight", type=int, default=2, help="(c): batches the Triton client keeps in flight")
+    p.add_argument("--inflight", type=int, help="(c): batches the Triton client keeps in flight (default: runners + 1, "
+                   "as the service does)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
+    args.inflight = args.inflight or args.runners + 1
 
     repo = ensure_repo(args.repo, args.checkpoint)
     entry, manifest = find_entry(repo, args.task, [args.modality])
@@ -357,11 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bodies, tiles = make_tiles(manifest, args.tiles, tmp)
         scene = make_scene(args.size, seg.tile_size, tmp / "scene.tif") if seg else None
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
-               "MAPEX_REQUEST_TIMEOUT_S": "3600",
+               "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_REQUEST_TIMEOUT_S": "3600",
                "MAPEX_MAX_UPLOAD_MB": str((scene.stat().st_size // 2**20 if scene else 0) + 64)}
         with (ServiceProcess(repo, env) as ours,
               TritonPeer(models, tmp / "triton", threads=args.threads, max_batch=args.max_batch,
-                         delay_us=args.delay_us) as triton):
+                         delay_us=args.delay_us, instances=args.runners) as triton):
             name, inp, out = manifest.name, manifest.input.name, manifest.output.name
             # The same tile through both servers' /v2 routes must give the same probabilities.
             x = tiles[:2]
@@ -435,8 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              "server CPU is the service process / Triton's process group (server and backend stubs)",
              f"Triton: tritonserver from {triton_versions}, Python backend, ONNX Runtime CPU, {args.threads} intra-op "
              f"threads without spinning (as the service), dynamic batching max {args.max_batch}, "
-             f"max_queue_delay {args.delay_us} us, one instance ({triton_processes} processes: server and one "
-             f"backend stub per model)"]
+             f"max_queue_delay {args.delay_us} us, {args.runners} instance(s) a model (MAPEX_ENGINE_RUNNERS "
+             f"{args.runners} for the service; {triton_processes} processes: server and one backend stub per "
+             f"instance)"]
     if scene is not None:
         m, t = row("c", "mapex", 1), row("c", "triton", args.inflight)
         goals.append(Goal(f"(c) {args.size}^2 scene, time Triton client / mapex (throughput mapex / Triton)",
@@ -450,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "server_cpu_ms_per_tile", "scene_s", "client_cpu_s", "server_cpu_s"]
     report = Report("peer", f"mapex-serve vs standalone Triton on the same ONNX: {manifest.name} "
                             f"v{manifest.version}" + (f", {seg.name} v{seg.version}" if seg else ""),
-                    {"repo": str(repo), "threads": args.threads, "max_batch": args.max_batch,
+                    {"repo": str(repo), "threads": args.threads, "runners": args.runners, "max_batch": args.max_batch,
                      "tile": manifest.tile_size, "cores": os.cpu_count()}, rows, columns, goals, notes)
     report.write(args.out)
     return 0

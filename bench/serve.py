@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -105,16 +106,22 @@ async def _load(url: str, path: str, bodies: list[bytes], concurrency: int, requ
             c.close()
 
 
-def engine_only(engine: Engine, tiles: np.ndarray, batch: int, requests: int) -> tuple[list[float], float]:
-    """Per-call seconds and the total time to run ``requests`` tiles through ``engine`` in batches of ``batch``."""
+def engine_only(engine: Engine, tiles: np.ndarray, batch: int, requests: int,
+                runners: int = 1) -> tuple[list[float], float]:
+    """Per-call seconds and the total time to run ``requests`` tiles through ``engine`` in batches of ``batch``,
+    ``runners`` batches at once (threads sharing the session, as the service's runners do)."""
     engine.run(tiles[:batch])  # warm-up at this shape
-    calls = []
-    start = time.perf_counter()
-    for first in range(0, requests, batch):
-        idx = np.arange(first, min(first + batch, requests)) % len(tiles)
+    batches = [np.arange(first, min(first + batch, requests)) % len(tiles) for first in range(0, requests, batch)]
+    calls: list[float] = []
+
+    def run(idx: np.ndarray) -> None:
         t = time.perf_counter()
         engine.run(tiles[idx])
         calls.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(runners) as pool:
+        list(pool.map(run, batches))
     return calls, time.perf_counter() - start
 
 
@@ -137,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(total=len(levels), desc="serve benchmark", unit="level", dynamic_ncols=True)
     for mode in args.modes:
         max_batch = 1 if mode == "off" else args.max_batch
-        env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads), **MODES[mode]}
+        env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
+               "MAPEX_ENGINE_RUNNERS": str(args.runners), **MODES[mode]}
         settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, max_batch=max_batch)
         engine = Engine(entry, manifest, settings)
         with ServiceProcess(repo, env) as server:
@@ -150,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 client_cpu = (time.process_time() - client_cpu) / wall
                 after = [server.metric(metric.format(k)) for k in ("sum", "count")]
                 batch = min(c, max_batch)
-                calls, engine_wall = engine_only(engine, tiles, batch, n)
+                calls, engine_wall = engine_only(engine, tiles, batch, n, args.runners)
                 service_tps, engine_tps = n / wall, n / engine_wall
                 rows.append({
                     "mode": mode, "concurrency": c, "requests": n,
@@ -182,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "client_cpu_cores"]
     report = Report(
         "serve", f"Service vs engine alone: {manifest.name} v{manifest.version}, single-tile GeoTIFFs",
-        {"repo": str(repo), "specialist": manifest.name, "threads": args.threads, "max_batch": args.max_batch,
+        {"repo": str(repo), "specialist": manifest.name, "threads": args.threads, "runners": args.runners,
+         "max_batch": args.max_batch,
          "tile": manifest.tile_size},
         rows, columns, goals,
         ["engine latencies are per engine call of engine_batch tiles; service latencies per request (one tile); "
