@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mapex_serve.cores import usable_cores
+
 __all__ = ["DEFAULT_PROVIDERS", "PROVIDER_ALIASES", "Settings", "resolve_provider"]
 
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -122,16 +124,17 @@ class Settings(BaseSettings):
     )
     decode_workers: int | None = Field(
         None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: (cores - 1) "
-        "shared among UVICORN_WORKERS service processes (at least 1 each); 0: in the service process (threads)."
+        "shared among UVICORN_WORKERS service processes (at least 1 each), the cores being the container's CPU "
+        "limit where it has one; 0: in the service process (threads)."
     )
 
     @property
     def decode_worker_count(self) -> int:
-        """Decode workers of this service process: the cores but one, split among uvicorn's worker processes."""
+        """Decode workers of this service process: the usable cores but one, split among uvicorn's worker processes."""
         if self.decode_workers is not None:
             return self.decode_workers
         services = os.environ.get("UVICORN_WORKERS", "1")
-        return max((len(os.sched_getaffinity(0)) - 1) // max(int(services) if services.isdigit() else 1, 1), 1)
+        return max((usable_cores() - 1) // max(int(services) if services.isdigit() else 1, 1), 1)
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -143,10 +143,44 @@ def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_
     assert mine.exists() and live.exists() and not gone.exists()
 
 
+def _cgroup(tmp_path: Path, files: dict[str, str], own: str) -> tuple[Path, Path]:
+    """A cgroup mount with ``files`` (relative path -> text) and a /proc/self/cgroup naming ``own``."""
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    root.mkdir(exist_ok=True)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(own)
+    return root, proc
+
+
+@pytest.mark.parametrize(("files", "own", "limit"), [
+    ({"cpu.max": "400000 100000\n"}, "0::/\n", 4.0),  # cgroup v2 in a container (its own namespace)
+    ({"cpu.max": "max 100000\n"}, "0::/\n", None),  # no quota
+    ({"kubepods/pod1/cpu.max": "150000 100000\n", "kubepods/cpu.max": "max 100000\n"}, "0::/kubepods/pod1\n", 1.5),
+    ({"kubepods/pod1/c/cpu.max": "max 100000\n", "kubepods/pod1/cpu.max": "200000 100000\n"}, "0::/kubepods/pod1/c\n",
+     2.0),  # the pod's quota binds a container that has none of its own
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "4:cpu,cpuacct:/\n0::/\n", 3.0),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "4:cpu,cpuacct:/\n", None),
+    ({"unified/cpu.max": "100000 100000\n", "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+     "1:cpu:/\n0::/\n", 1.0),  # hybrid: v2 mounted under unified/
+    ({}, "0::/\n", None),  # nothing to read
+])
+def test_the_cores_a_container_may_use_come_from_its_cgroup_quota(tmp_path, files, own, limit):
+    from mapex_serve.cores import cgroup_cpu_limit, usable_cores
+
+    root, proc = _cgroup(tmp_path, files, own)
+    assert cgroup_cpu_limit(root, proc) == limit
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores(root, proc) == (cores if limit is None else max(1, min(cores, -(-limit // 1))))
+
+
 def test_decode_workers_default_to_the_cores_but_one_shared_among_uvicorn_workers(monkeypatch, tmp_path):
+    from mapex_serve.cores import usable_cores
     from mapex_serve.settings import Settings
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()  # the affinity, or fewer where this runs in a container with a CPU limit
     monkeypatch.delenv("UVICORN_WORKERS", raising=False)
     assert Settings(model_repo=tmp_path).decode_worker_count == max(cores - 1, 1)
     monkeypatch.setenv("UVICORN_WORKERS", str(2 * cores))  # more service processes than cores: one each still
