@@ -1,12 +1,13 @@
 """A request's shared memory: one file on a tmpfs, mapped by the service and by the decode worker that serves it.
 
-One slab a request holds the upload's files and a few tile and probability buffers, one pair a
-batch in flight (the worker reads the next batch while the engine runs the others). Plain files under ``/dev/shm`` (``MAPEX_SHM_DIR``)
-rather than ``multiprocessing.shared_memory``: Python 3.11's resource tracker would count the worker's
-attachments as its own and unlink or warn about slabs the service still owns. Only the service
-creates and unlinks slabs; a slab left by a killed service is removed when the next one starts
-(``clean_stale``). Every part of a slab is reserved before it is written (``Slab.create``,
-``Slab.reserve``), so a full tmpfs refuses a request up front instead of killing the writer.
+One slab a request holds the upload's files and a tile and a probability buffer for each batch in
+flight (the worker reads the next batch while the engine runs the others). Plain files under
+``/dev/shm`` (``MAPEX_SHM_DIR``) rather than ``multiprocessing.shared_memory``: Python 3.11's
+resource tracker would count the worker's attachments as its own and unlink or warn about slabs
+the service still owns. Only the service creates and unlinks slabs; a slab left by a killed
+service is removed when the next one starts (``clean_stale``). Every part of a slab is reserved
+before it is written (``Slab.create``, ``Slab.reserve``), so a full tmpfs refuses a request up
+front instead of killing the writer.
 """
 
 from __future__ import annotations
