@@ -150,12 +150,14 @@ def test_tiles_of_a_cancelled_request_never_reach_the_engine():
     assert not [r for r in rec.rows if 100 <= r < 108], rec.rows
 
 
-def test_stop_runs_every_queued_tile_before_it_returns():
+@pytest.mark.parametrize("runners", [1, 2])
+def test_stop_runs_every_queued_tile_before_it_returns(runners):
     rec = Recording(0.01)
 
     async def main():
-        with ThreadPoolExecutor(1) as pool:
-            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
+        with ThreadPoolExecutor(runners) as pool:
+            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics(),
+                        runners=runners)
             b.start()
             pending = [asyncio.ensure_future(b.submit(tiles(4, 10 * i))) for i in range(6)]
             await asyncio.sleep(0)
@@ -168,12 +170,15 @@ def test_stop_runs_every_queued_tile_before_it_returns():
     assert [r.tolist() for r in results] == [[10 * i + k for k in range(4)] for i in range(6)]
 
 
-def test_stop_past_its_drain_time_answers_the_rest_instead_of_leaving_them_hanging():
+@pytest.mark.parametrize("runners", [1, 2])
+def test_stop_past_its_drain_time_answers_the_rest_instead_of_leaving_them_hanging(runners):
+    """Every batch in the engine (one a runner) and every one queued gets a 503 once the drain time is over."""
     rec = Recording(0.2)
 
     async def main():
-        with ThreadPoolExecutor(1) as pool:
-            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
+        with ThreadPoolExecutor(runners) as pool:
+            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics(),
+                        runners=runners)
             b.start()
             pending = [asyncio.ensure_future(b.submit(tiles(4, 10 * i))) for i in range(5)]
             await asyncio.sleep(0.01)
