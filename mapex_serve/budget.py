@@ -23,7 +23,8 @@ class OverBudgetError(MapexError, ValueError):
     """One request that needs more memory than the whole budget."""
 
 
-def request_bytes(height: int, width: int, *, classes: int, head: str, channels: int, tile: int, max_batch: int) -> int:
+def request_bytes(height: int, width: int, *, classes: int, head: str, channels: int, tile: int, max_batch: int,
+                  runners: int = 1) -> int:
     """Bytes a request allocates beyond its upload: reason raster, outputs, encoding, batches in flight."""
     pixels = height * width
     reasons = pixels  # one uint8 reason per pixel
@@ -31,7 +32,8 @@ def request_bytes(height: int, width: int, *, classes: int, head: str, channels:
         outputs = 4 * pixels + (classes + 1) * 4 * min(tile, height) * width
     else:  # the class raster painted for a GeoTIFF answer and its encoding
         outputs = 2 * pixels
-    batches = 3 * max_batch * channels * tile * tile * 4  # the one read ahead, the one in the engine, its copy
+    # The one read ahead, one in each engine runner and the engine's copy of each.
+    batches = (2 * runners + 1) * max_batch * channels * tile * tile * 4
     return reasons + outputs + batches
 
 

@@ -143,11 +143,12 @@ class SceneRun:
     or aggregates (class heads) each batch's probabilities; ``result`` reports.
     """
 
-    def __init__(self, scene: RequestScene, route: Route, reader: SceneReader, max_batch: int) -> None:
+    def __init__(self, scene: RequestScene, route: Route, reader: SceneReader, max_batch: int, runners: int = 1) -> None:
         self.scene, self.route, self.reader, self.max_batch = scene, route, reader, max_batch
         manifest = route.manifest
         self.need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
-                                  channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch)
+                                  channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch,
+                                  runners=runners)
         self.what = f"this {reader.width} x {reader.height} scene"
         self.seen = 0
 
@@ -199,11 +200,12 @@ async def predict(
     scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
         open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
     with scene, unreadable_as_400():
-        run = SceneRun(scene, route, reader, max_batch)
+        batcher = batchers[route.manifest.name]
+        run = SceneRun(scene, route, reader, max_batch, batcher.runners)
         reservation = budget.reserve(run.need, run.what) if budget else Reservation(None, 0)
         try:
             run.start()
-            return await _run(run, batchers[route.manifest.name], reservation)
+            return await _run(run, batcher, reservation)
         except BaseException:
             reservation.release()
             raise

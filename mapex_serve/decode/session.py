@@ -77,7 +77,7 @@ class Session:
             del files
             try:
                 with unreadable_as_400():
-                    self.run = SceneRun(scene, route, reader, request.max_batch)
+                    self.run = SceneRun(scene, route, reader, request.max_batch, len(request.layout.tiles) - 1)
             except BaseException:
                 scene.close()
                 raise
