@@ -315,6 +315,44 @@ def test_background_tiles_wait_while_interactive_ones_are_queued():
     assert order.index(200) < order.index(102), f"interactive tiles ran after the job's queued ones: {order}"
 
 
+def test_with_a_runner_busy_the_free_one_waits_for_company_and_an_idle_engine_does_not():
+    """Two runners, one held in a batch: tiles arriving meanwhile gather into one batch (until the delay, a full
+    batch or the engine going idle) instead of running one by one on the free runner; an idle engine still runs a
+    lone tile at once (the 60 s delay here would time it out)."""
+    import threading
+
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def gated(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        if len(sizes) == 1:
+            release.wait(10)  # the first batch holds one runner until the test lets it go
+        return engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(2) as pool:
+            b = Batcher("s", gated, pool, max_batch=8, max_delay_ms=60_000, max_queue=100, metrics=Metrics(),
+                        runners=2)
+            b.start()
+            held = asyncio.ensure_future(b.submit(tiles(1, 0)))
+            await asyncio.sleep(0.05)  # one runner is inside that batch now
+            later = []
+            for i in range(3):
+                later.append(asyncio.ensure_future(b.submit(tiles(1, 10 * (i + 1)))))
+                await asyncio.sleep(0.02)
+            waiting = list(sizes)  # the free runner has not taken them one by one
+            release.set()  # the held batch ends, the engine goes idle: the gathered batch runs
+            gathered = await asyncio.wait_for(asyncio.gather(held, *later), 5)
+            lone = await asyncio.wait_for(b.submit(tiles(1, 99)), 5)
+            await b.stop()
+            return waiting, [g.tolist() for g in gathered], lone.tolist()
+
+    waiting, gathered, lone = run(main())
+    assert waiting == [1] and gathered == [[0], [10], [20], [30]] and lone == [99]
+    assert sizes == [1, 3, 1], sizes
+
+
 @pytest.mark.parametrize("ahead", [1, 2, 3])
 def test_the_pipeline_keeps_its_batches_in_flight_and_hands_their_outputs_back_in_order(ahead):
     """``predict.pipeline`` (requests and jobs): never more than ``ahead`` batches submitted, outputs consumed in
