@@ -128,6 +128,21 @@ class Recording:
         return out
 
 
+class Gated:
+    """An engine that records its batch sizes and holds its ``hold``-th batch until ``release`` is set."""
+
+    def __init__(self, hold: int) -> None:
+        import threading
+
+        self.hold, self.sizes, self.release = hold, [], threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        if len(self.sizes) == self.hold:
+            self.release.wait(10)
+        return engine(batch)
+
+
 def test_tiles_of_a_cancelled_request_never_reach_the_engine():
     rec = Recording(0.05)
 
@@ -253,16 +268,8 @@ def test_each_runner_runs_a_batch_at_once_and_every_request_gets_its_own_rows(ru
 def test_an_idle_engine_runs_a_lone_request_at_once_and_a_busy_one_gathers_the_next_batch():
     """No wait for company when the engine is idle (concurrency 1 pays no MAPEX_MAX_DELAY_MS); while it is busy,
     the tiles arriving meanwhile are gathered into the next batch."""
-    import threading
-
-    release = threading.Event()
-    sizes: list[int] = []
-
-    def gated(batch: np.ndarray) -> np.ndarray:
-        sizes.append(len(batch))
-        if len(sizes) == 2:
-            release.wait(10)  # the second batch holds the engine until the test lets it go
-        return engine(batch)
+    gated = Gated(hold=2)  # the second batch holds the engine until the test lets it go
+    sizes, release = gated.sizes, gated.release
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
@@ -319,16 +326,8 @@ def test_with_a_runner_busy_the_free_one_waits_for_company_and_an_idle_engine_do
     """Two runners, one held in a batch: tiles arriving meanwhile gather into one batch (until the delay, a full
     batch or the engine going idle) instead of running one by one on the free runner; an idle engine still runs a
     lone tile at once (the 60 s delay here would time it out)."""
-    import threading
-
-    release = threading.Event()
-    sizes: list[int] = []
-
-    def gated(batch: np.ndarray) -> np.ndarray:
-        sizes.append(len(batch))
-        if len(sizes) == 1:
-            release.wait(10)  # the first batch holds one runner until the test lets it go
-        return engine(batch)
+    gated = Gated(hold=1)  # the first batch holds one runner until the test lets it go
+    sizes, release = gated.sizes, gated.release
 
     async def main():
         with ThreadPoolExecutor(2) as pool:
