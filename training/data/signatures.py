@@ -38,6 +38,16 @@ Sources (short keys used in the comments):
 - [Veloso17] Veloso et al. (2017), Understanding the temporal behavior of crops using Sentinel-1 and
   Sentinel-2-like data for agricultural applications, Remote Sens. Environ. 199: on one date,
   crops at different stages (and bare tilled parcels) differ by several dB in VV and VH.
+- [DeVroey21] De Vroey, Radoux & Defourny (2021), Grassland mowing detection using Sentinel-1
+  time series: potential and limitations, Remote Sens. 13(3):348, and [Reinermann22]
+  Reinermann et al. (2022), Detection of grassland mowing events for Germany by combining
+  Sentinel-1 and Sentinel-2 time series, Remote Sens. 14(7):1647: each grassland parcel is cut or
+  grazed on its own dates, and a cut can show in its C-band backscatter, so on one date meadows
+  and pastures differ from parcel to parcel.
+- [Vreug18] Vreugdenhil et al. (2018), Sensitivity of Sentinel-1 backscatter to vegetation
+  dynamics: an Austrian case study, Remote Sens. 10(9):1396: VH and the VH/VV cross ratio rise with
+  the canopy's vegetation water content and biomass; row crops (maize) start the season near the
+  soil's VH and reach a closed canopy only in summer.
 - [S2-UH] ESA, *Sentinel-2 User Handbook* (2015): band resolutions (10/20/60 m) and the MSI
   radiometric requirement, SNR at reference radiance L_ref per band.
 - [USGS7] Kokaly et al. (2017), USGS Spectral Library Version 7, USGS Data Series 1035: the
@@ -116,6 +126,7 @@ __all__ = [
     "EUROPE_SHARE",
     "FLOODED_BUILT_DB",
     "FLOODED_FOREST_DB",
+    "GRASS_PARCEL_DB",
     "HAZE_ANGSTROM",
     "IW_INCIDENCE",
     "NESZ_DB",
@@ -217,11 +228,15 @@ NESZ_DB = (-28.0, -24.0)
 # VH -19.3 dB over a land-dominated mix with some sea) and the real patches (test_realism.py):
 # water well below -15 dB VV [Twele16] (calm; wind adds WIND_ON_WATER_DB [CMOD5]), forest bright in
 # VH (volume scattering), grassland and cropland in between, built-up bright in VV (double bounce),
-# smooth dry bare soil dark, marsh vegetation like grassland but wetter.
+# smooth dry bare soil dark, marsh vegetation like grassland but wetter. Grassland's VH sits above
+# the cropland mean: a permanent sward is a closed canopy all season, while arable parcels
+# include row crops that barely cover their soil until summer and bare tilled ground [Vreug18,
+# Veloso17] (the 0.5 dB is ours; before version 5 grassland sat 0.5 dB below cropland, and the
+# SAR specialist called a real Irish pasture, VH median -16.1 dB, cropland on every tile).
 SIGMA0_DB = np.array([
     [-21.0, -27.5],  # water (calm open water) [Twele16]
     [-7.5, -14.5],  # trees: volume scattering (C-band forest VH about -12 to -16 dB)
-    [-11.0, -17.5],  # grassland
+    [-11.0, -16.5],  # grassland
     [-10.5, -17.0],  # cropland (growing season)
     [-5.5, -12.0],  # built-up: double bounce, mixed 10 m pixels of discontinuous fabric
     [-14.0, -22.0],  # bare: dry, smooth soil
@@ -241,6 +256,11 @@ SIGMA0_SLOPE = np.array([
 #: Parcel-to-parcel spread of cropland sigma0 on one date, dB (VV and VH together): ours, a sd
 #: that keeps most parcels within the few dB [Veloso17] shows between crops.
 CROP_PARCEL_DB = 1.5
+#: Parcel-to-parcel spread of grassland sigma0 on one date, dB: meadows and pastures cut or grazed
+#: on different dates [DeVroey21, Reinermann22]. Ours, below the crops' spread; it brings the
+#: 80 m block spread of synthetic grassland (1.1 dB without it) to the real pasture patch's
+#: (1.3-1.5 dB in VV and VH; synthetic cropland 1.6).
+GRASS_PARCEL_DB = 1.0
 #: Wind roughening of open water, dB added to VV and VH, drawn per scene in this range [CMOD5];
 #: the top of it lifts some water above the -15 dB VV threshold, as on a windy day.
 WIND_ON_WATER_DB = (0.0, 6.0)

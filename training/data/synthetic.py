@@ -13,7 +13,8 @@ published sensor figures in ``training/data/signatures.py`` (each with its sourc
   seen through forest canopies, residual haze, clouds and their shadows), sensor noise from the MSI SNR, the 20 m and 60 m bands averaged over
   their native footprint and put back on the 10 m grid, quantised to 1e-4 like L2A products;
 - Sentinel-1 IW GRDH sigma0 per class and polarisation at the scene's incidence angle across the
-  swath (and the local slope), cropland parcels differing by a few dB, flooded vegetation and built-up brightened by double bounce, wind
+  swath (and the local slope), cropland parcels differing by a few dB and grassland parcels by
+  less (cut or grazed on different dates), flooded vegetation and built-up brightened by double bounce, wind
   on water, the thermal noise floor added and subtracted again as the noise-removal step does,
   and multiplicative gamma speckle with the product's ENL of 4.4, correlated over the 20 x 22 m
   resolution cell.
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the scenes a seed gives change, so that cached demo models are rebuilt.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 LANDCOVER_CLASSES: tuple[str, ...] = ("water", "trees", "grassland", "cropland", "built-up", "bare", "wetland")
 WATER, TREES, GRASSLAND, CROPLAND, BUILT_UP, BARE, WETLAND = range(len(LANDCOVER_CLASSES))
@@ -213,8 +214,12 @@ def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarra
     vigour = np.where(landcover == TREES, np.clip(0.95 + 0.05 * f[5], 0.85, 1.0), vigour)
     vigour = np.where(vegetated, vigour, 1.0)
     soil = sig.SOIL[:, None, None]
-    # Trees: broadleaf and needle-leaf canopies mixed by a per-scene share, varying smoothly.
+    # Trees: broadleaf and needle-leaf canopies mixed by a per-scene share, varying smoothly; under
+    # snow only needle-leaf ones, as deciduous broadleaves are leafless in the snow season (a green
+    # broadleaf canopy over snow does not occur; leafless stands are not drawn).
     needle = np.clip(rng.uniform(-0.2, 1.2) + 0.3 * f[10], 0, 1)
+    if snow.any():
+        needle = np.ones_like(needle)
     surface = sig.SPECTRA.T[:, landcover]
     surface = np.where(landcover == TREES, (1 - needle) * surface + needle * sig.CONIFER[:, None, None], surface)
     npv = sig.NPV[:, None, None]
@@ -280,12 +285,13 @@ def _sar(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarray, e
     db = sig.SIGMA0_DB.T[:, cls] + sig.SIGMA0_SLOPE.T[:, cls] * (local - sig.REFERENCE_INCIDENCE)
     db += 1.0 * texture  # ours: 1 dB of within-class variation (moisture, structure)
     # Cropland: each parcel holds its own crop at its own stage, tilled or not, so parcels differ
-    # by a few dB on one date [Veloso17]; a pasture is one sward without that contrast. Parcels
-    # on the optical bands' grid (160 m at 32 px).
+    # by a few dB on one date [Veloso17]; grassland parcels less, each cut or grazed on its own
+    # dates [DeVroey21]. Parcels on the optical bands' grid (160 m at 32 px).
     parcel = max(2, n // 2)
     cells = -(-n // parcel)
-    crop_db = np.kron(rng.normal(0, sig.CROP_PARCEL_DB, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
-    db += np.where(cls == CROPLAND, crop_db, 0.0)
+    for cover, spread in ((CROPLAND, sig.CROP_PARCEL_DB), (GRASSLAND, sig.GRASS_PARCEL_DB)):
+        parcels = np.kron(rng.normal(0, spread, (cells, cells)), np.ones((parcel, parcel)))[:n, :n]
+        db += np.where(cls == cover, parcels, 0.0)
     calm, windy = sig.WIND_ON_WATER_DB
     wind = calm + (windy - calm) * rng.random() ** 2  # skewed towards calm (ours)
     db += np.where(cls == WATER, wind, 0.0)
