@@ -258,8 +258,8 @@ SIGMA0_SLOPE = np.array([
 CROP_PARCEL_DB = 1.5
 #: Parcel-to-parcel spread of grassland sigma0 on one date, dB: meadows and pastures cut or grazed
 #: on different dates [DeVroey21, Reinermann22]. Ours, below the crops' spread; it brings the
-#: 80 m block spread of synthetic grassland (1.1 dB without it) to the real pasture patch's
-#: (1.3-1.5 dB in VV and VH; synthetic cropland 1.6).
+#: 80 m block spread of synthetic grassland tiles from 1.1 dB to 1.3 (VV and VH), the real
+#: pasture patch's 1.3-1.5 (synthetic cropland 1.5).
 GRASS_PARCEL_DB = 1.0
 #: Wind roughening of open water, dB added to VV and VH, drawn per scene in this range [CMOD5];
 #: the top of it lifts some water above the -15 dB VV threshold, as on a windy day.
