@@ -218,7 +218,7 @@ def _optical(rng: np.random.Generator, config: SceneConfig, landcover: np.ndarra
     # snow only needle-leaf ones, as deciduous broadleaves are leafless in the snow season (a green
     # broadleaf canopy over snow does not occur; leafless stands are not drawn).
     needle = np.clip(rng.uniform(-0.2, 1.2) + 0.3 * f[10], 0, 1)
-    if snow.any():
+    if snow.any():  # the share above is still drawn, so every later draw of the scene stays the same
         needle = np.ones_like(needle)
     surface = sig.SPECTRA.T[:, landcover]
     surface = np.where(landcover == TREES, (1 - needle) * surface + needle * sig.CONIFER[:, None, None], surface)
