@@ -123,7 +123,8 @@ class Settings(BaseSettings):
         "the service process instead; the temp folder is used if it is not writable."
     )
     decode_workers: int | None = Field(
-        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads; unset: (cores - 1) "
+        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads and whole-scene jobs; unset: "
+        "(cores - 1) "
         "shared among UVICORN_WORKERS service processes (at least 1 each), the cores being the container's CPU "
         "limit where it has one; 0: in the service process (threads)."
     )

@@ -30,7 +30,7 @@ class ServiceState:
     #: Whole-scene jobs, once the lifespan has opened their store; None (and why) when it could not.
     jobs: JobRunner | None = None
     jobs_problem: str = "not started"
-    #: Decode worker processes for /predict; None when MAPEX_DECODE_WORKERS=0 (decoded in this process).
+    #: Decode worker processes for /predict and jobs; None when MAPEX_DECODE_WORKERS=0 (decoded in this process).
     decode: DecodePool | None = None
 
     def __post_init__(self) -> None:

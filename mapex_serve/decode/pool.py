@@ -5,7 +5,9 @@ event loop only copies the upload into the slab, hands the worker's tiles to the
 probabilities back, and sends the encoded answer. A worker that dies (killed, out of memory, a
 crash in GDAL) fails the requests it held: each is tried once more from its slab on another or a
 fresh worker, and answered 503 with Retry-After if that fails too. The pool starts a replacement
-at once, so it recovers by itself.
+at once, so it recovers by itself. A whole-scene job (``job``) runs the same way with a slab for its
+tiles only (the worker reads its files where they are); a job whose worker dies resumes on another
+after its last recorded strip, which the job runner decides.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import pickle
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
 from multiprocessing.connection import Connection
@@ -29,11 +31,14 @@ import numpy as np
 
 from mapex_serve.batcher import Batcher, QueueFullError
 from mapex_serve.budget import MemoryBudget, Reservation
+from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
 from mapex_serve.decode.session import Opened, OpenRequest
 from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, batch_bytes, clean_stale, slab_folder
 from mapex_serve.decode.worker import READY, serve
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
+from mapex_serve.jobs.scene import JobPlan
+from mapex_serve.jobs.store import StripRecord
 from mapex_serve.metrics import Metrics
 from mapex_serve.predict import check_not_empty
 from mapex_serve.repository import Manifest
@@ -41,7 +46,7 @@ from mapex_serve.responses import Encoded, Format
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
-__all__ = ["DecodePool", "DecodeUnavailableError", "NoRoomForTilesError", "Upload"]
+__all__ = ["DecodePool", "DecodeUnavailableError", "NoRoomForTilesError", "Upload", "WorkerJob", "WorkerLostError"]
 
 log = logging.getLogger("mapex_serve.decode")
 
@@ -174,7 +179,7 @@ class _Worker:
 
 
 class DecodePool:
-    """``size`` decode worker processes for ``/predict``; ``predict`` runs one request on one of them."""
+    """``size`` decode worker processes: ``predict`` runs one ``/predict`` request on one of them, ``job`` a job."""
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
                  metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
@@ -311,47 +316,116 @@ class DecodePool:
 
     async def _session(self, worker: _Worker, slab: Slab, request: OpenRequest, batchers: Mapping[str, Batcher],
                        budget: MemoryBudget) -> Encoded:
-        """Drive one worker session: a batch for each slot in the engine's queue, each refilled as its output comes back.
-
-        Batch k lives in tile slot k % S and its output in probability slot k % S (S slots: the engine's
-        runners plus one). Once batch k's output is back, ``step`` has the worker blend it and read
-        batch k + S into the freed slot while the engine runs the others.
-        """
+        """Drive one request's session: its memory reserved, then its batches (``run_batches``)."""
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
-        inflight: deque[tuple[int, asyncio.Future[np.ndarray]]] = deque()
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
             if opened.sizes is None:  # the worker waited for this reservation before tiling
-                opened = await worker.call("start", request.session)
-            batcher, layout = batchers[opened.specialist], request.layout
-
-            def submit(k: int, n: int) -> None:
-                tiles = slab.array(layout.tiles[k % self.slots], (n, *opened.tile_shape))
-                inflight.append((k, asyncio.ensure_future(batcher.submit(tiles, admit=k == 0))))
-
-            for k, n in enumerate(opened.sizes):
-                if n:
-                    submit(k, n)
-            while inflight:
-                k, running = inflight.popleft()
-                probs = await running
-                slab.array(layout.probs[k % self.slots], probs.shape)[...] = probs
-                if not inflight:  # the last batch
-                    encoded: Encoded = await worker.call("finish", (request.session, k, probs.shape))
-                    finished = True
-                    return encoded
-                if n := await worker.call("step", (request.session, k, probs.shape)):
-                    submit(k + self.slots, n)
-            raise AssertionError("unreachable: batch 0 always exists")
+                opened = await worker.call("start", (request.session,))
+            batcher = batchers[opened.specialist]
+            encoded: Encoded = await run_batches(
+                worker, request.session, slab, request.layout, opened.tile_shape, opened.sizes,
+                lambda tiles, k: batcher.submit(tiles, admit=k == 0), lambda n: n)
+            finished = True
+            return encoded
         finally:
-            for _k, running in inflight:
-                running.cancel()  # its tiles leave the queue unrun
             reservation.release()
             worker.sessions -= 1
             if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go
                 worker.tell("close", request.session)
+
+    @contextlib.asynccontextmanager
+    async def job(self, plan: JobPlan, specialists: Sequence[str], max_batch: int,
+                  wait_s: float = 30) -> AsyncIterator[WorkerJob]:
+        """A whole-scene job opened and routed on the least busy worker, with a slab for its tiles only.
+
+        Not counted against ``MAPEX_MAX_DECODING`` (``MAPEX_JOB_CONCURRENCY`` bounds jobs). A
+        ``WorkerLostError`` is the caller's to retry: a job resumes from the strips it recorded.
+        """
+        layout = self._layout([], specialists, max_batch)
+        slab = Slab.create(self.folder, layout.size, reserve=0)
+        worker: _Worker | None = None
+        job: WorkerJob | None = None
+        try:
+            worker = await self._pick(wait_s)
+            worker.sessions += 1
+            request = JobOpenRequest(next(self._sessions), str(slab.path), layout, tuple(specialists), plan)
+            job = WorkerJob(worker, request, slab, await worker.call("open", request))
+            yield job
+        finally:
+            if worker is not None:
+                worker.sessions -= 1
+                if job is None or not job.finished:
+                    worker.tell("close", request.session)
+            slab.close()
+            slab.unlink()
+
+
+@dataclass
+class WorkerJob:
+    """A job's session on one worker: ``start`` where it resumes, then ``run`` its batches to the summary."""
+
+    worker: _Worker
+    request: JobOpenRequest
+    slab: Slab
+    opened: JobOpened
+    started: JobStarted | None = None
+    finished: bool = False
+
+    async def start(self, earlier: Sequence[StripRecord]) -> JobStarted:
+        """Tile the scene after the ``earlier`` strips; a batch into each slot."""
+        self.started = await self.worker.call("start", (self.request.session, list(earlier)))
+        return self.started
+
+    async def run(self, submit: Callable[[np.ndarray], Awaitable[np.ndarray]],
+                  stepped: Callable[[JobStep], int]) -> JobStep:
+        """Every batch through ``submit``; ``stepped`` hears each step's strips and progress. The final step."""
+        if self.started is None:
+            raise RuntimeError("start the job before running it")
+        final: JobStep = await run_batches(self.worker, self.request.session, self.slab, self.request.layout,
+                                           self.opened.tile_shape, self.started.sizes,
+                                           lambda tiles, _k: submit(tiles), stepped)
+        self.finished = True
+        return final
+
+
+async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, tile_shape: tuple[int, ...],
+                      sizes: Sequence[int], submit: Callable[[np.ndarray, int], Awaitable[np.ndarray]],
+                      stepped: Callable[[Any], int]) -> Any:
+    """A session's batches through the engine, each slot refilled as its output comes back; ``finish``'s answer.
+
+    Batch k lives in tile slot k % S and its output in probability slot k % S (S slots: the engine's
+    runners plus one). Once batch k's output is back, ``step`` has the worker blend it and read
+    batch k + S into the freed slot while the engine runs the others; ``stepped`` turns the step's
+    answer into that batch's size (0: none). With no batch at all, ``finish`` gets no last batch.
+    """
+    slots = len(layout.tiles)
+    inflight: deque[tuple[int, asyncio.Future[np.ndarray]]] = deque()
+
+    def send(k: int, n: int) -> None:
+        tiles = slab.array(layout.tiles[k % slots], (n, *tile_shape))
+        inflight.append((k, asyncio.ensure_future(submit(tiles, k))))
+
+    try:
+        for k, n in enumerate(sizes):
+            if n:
+                send(k, n)
+        if not inflight:
+            return await worker.call("finish", (sid, None, None))
+        while inflight:
+            k, running = inflight.popleft()
+            probs = await running
+            slab.array(layout.probs[k % slots], probs.shape)[...] = probs
+            if not inflight:  # the last batch
+                return await worker.call("finish", (sid, k, probs.shape))
+            if n := stepped(await worker.call("step", (sid, k, probs.shape))):
+                send(k + slots, n)
+        raise AssertionError("unreachable: the loop returns at the last batch")
+    finally:
+        for _k, running in inflight:
+            running.cancel()  # its tiles leave the queue unrun
 
 
 @dataclass

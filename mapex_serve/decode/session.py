@@ -13,8 +13,10 @@ answer before it sends the session's next message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from mapex_serve.budget import Reservation
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
@@ -25,7 +27,7 @@ from mapex_serve.responses import Encoded, Format, encode
 from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
 
-__all__ = ["OpenRequest", "Opened", "Session"]
+__all__ = ["OpenRequest", "Opened", "Session", "Slots"]
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,54 @@ class Opened:
     sizes: tuple[int, ...] | None
 
 
+class Slots:
+    """A session's tile and probability slots in its slab: batch k is read into tile slot k % S, and its output comes
+    back in probability slot k % S. What ``/predict``'s sessions and whole-scene jobs' share."""
+
+    def __init__(self, slab: Slab, layout: Layout) -> None:
+        self.slab, self.layout = slab, layout
+        self.count = len(layout.tiles)
+        self._batches: list[TileBatch | None] = [None] * self.count
+
+    def reserve(self, manifest: Manifest, tiles: int) -> None:
+        """Reserve the slots a scene of ``tiles`` tiles fills (a batch at most): ``SlabSpaceError`` if the tmpfs has
+        no room, before anything is written there."""
+        tile_bytes, out_bytes = batch_bytes(manifest, tiles)
+        self.slab.reserve([(o, tile_bytes) for o in self.layout.tiles] + [(o, out_bytes) for o in self.layout.probs])
+
+    def read(self, slot: int, batches: Iterator[TileBatch]) -> int:
+        """The next batch into tile slot ``slot``; its size, 0 at the end."""
+        with unreadable_as_400():
+            batch = next_batch(batches)
+        self._batches[slot] = batch
+        if batch is None:
+            return 0
+        self.slab.array(self.layout.tiles[slot], batch.data.shape)[...] = batch.data
+        return len(batch.tiles)
+
+    def blend(self, slot: int, probs_shape: tuple[int, ...], add: Callable[[TileBatch, np.ndarray], None]) -> None:
+        """``add`` the probabilities the service wrote to probability slot ``slot`` (before the slot is written again)."""
+        batch = self._batches[slot]
+        if batch is None or probs_shape[0] != len(batch.tiles):
+            raise RuntimeError(f"slot {slot} holds {0 if batch is None else len(batch.tiles)} tiles, "
+                               f"the service sent {probs_shape[0]} outputs")
+        add(batch, self.slab.array(self.layout.probs[slot], probs_shape))
+        self._batches[slot] = None
+
+    def close(self) -> None:
+        """Drop the batches and unmap the slab."""
+        self._batches = [None] * self.count
+        self.slab.close()
+
+
 class Session:
     """A request's open scene and tiles in one worker."""
 
     def __init__(self, request: OpenRequest, manifests: Mapping[str, Manifest], provider: Mapping[str, str]) -> None:
         self.request, self._provider = request, provider
-        self._slab = Slab.attach(request.slab)
+        slab = Slab.attach(request.slab)
         try:
-            files = [UploadedFile(name, self._slab.read(offset, size)) for name, offset, size in request.layout.files]
+            files = [UploadedFile(name, slab.read(offset, size)) for name, offset, size in request.layout.files]
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
                 request.overrides, request.max_pixels)
@@ -82,14 +124,13 @@ class Session:
                 scene.close()
                 raise
         except BaseException:
-            self._slab.close()
+            slab.close()
             raise
-        self._slots = len(request.layout.tiles)
-        self._batches: list[TileBatch | None] = [None] * self._slots
+        self._slots = Slots(slab, request.layout)
         self.closed = False
 
     def open(self) -> Opened:
-        """Batches 0 and 1 into their slots if the scene's memory was available; a 400 when no tile has a valid pixel."""
+        """A batch into each slot if the scene's memory was available; a 400 when no tile has a valid pixel."""
         if self.run.need > self.request.available:
             return self._opened(None)
         return self.start()
@@ -98,18 +139,11 @@ class Session:
         """Tile the scene and read a batch into each slot."""
         with unreadable_as_400():
             self.run.start()
-        self._reserve_buffers()
-        sizes = tuple(self._read(slot) for slot in range(self._slots))
+        self._slots.reserve(self.run.route.manifest, min(self.request.max_batch, len(self.run.tiles)))
+        sizes = tuple(self._slots.read(slot, self.run.batches) for slot in range(self._slots.count))
         if sizes[0] == 0:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
         return self._opened(sizes)
-
-    def _reserve_buffers(self) -> None:
-        """Reserve the tile and probability slots this scene fills (a batch at most): ``SlabSpaceError`` if the tmpfs
-        has no room, before anything is written there (the service then decodes the upload itself)."""
-        layout = self.request.layout
-        tiles, outs = batch_bytes(self.run.route.manifest, min(self.request.max_batch, len(self.run.tiles)))
-        self._slab.reserve([(o, tiles) for o in layout.tiles] + [(o, outs) for o in layout.probs])
 
     def _opened(self, sizes: tuple[int, ...] | None) -> Opened:
         manifest = self.run.route.manifest
@@ -118,40 +152,20 @@ class Session:
 
     def step(self, k: int, probs_shape: tuple[int, ...]) -> int:
         """Blend batch ``k``, read the batch after the others in flight into its slot; that batch's size (0: none)."""
-        self._blend(k % self._slots, probs_shape)
-        return self._read(k % self._slots)
+        slot = k % self._slots.count
+        self._slots.blend(slot, probs_shape, self.run.add)
+        return self._slots.read(slot, self.run.batches)
 
     def finish(self, k: int, probs_shape: tuple[int, ...]) -> Encoded:
         """Blend the last batch, ``k``; the response, encoded as the client asked."""
-        self._blend(k % self._slots, probs_shape)
+        self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
         prediction = self.run.result(Reservation(None, 0))
         name = prediction.route.manifest.name
         return encode(prediction, self.request.format, self.request.accept, self._provider[name])
-
-    def _read(self, slot: int) -> int:
-        """The next batch into tile slot ``slot``; its size, 0 at the end."""
-        with unreadable_as_400():
-            batch = next_batch(self.run.batches)
-        self._batches[slot] = batch
-        if batch is None:
-            return 0
-        self._slab.array(self.request.layout.tiles[slot], batch.data.shape)[...] = batch.data
-        return len(batch.tiles)
-
-    def _blend(self, slot: int, probs_shape: tuple[int, ...]) -> None:
-        """The probabilities the service wrote to probability slot ``slot`` into the result."""
-        batch = self._batches[slot]
-        if batch is None or probs_shape[0] != len(batch.tiles):
-            raise RuntimeError(f"slot {slot} holds {0 if batch is None else len(batch.tiles)} tiles, "
-                               f"the service sent {probs_shape[0]} outputs")
-        probs = self._slab.array(self.request.layout.probs[slot], probs_shape)
-        self.run.add(batch, probs)  # blended (or copied, class heads) before the slot is written again
-        self._batches[slot] = None
 
     def close(self) -> None:
         """Close the files and unmap the slab."""
         if not self.closed:
             self.closed = True
             self.run.scene.close()
-            self._batches = [None] * self._slots
-            self._slab.close()
+            self._slots.close()

@@ -28,6 +28,7 @@ from rasterio.io import MemoryFile
 from rasterio.shutil import copy
 from rasterio.vrt import WarpedVRT
 
+from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobSession, JobStarted, JobStep
 from mapex_serve.decode.session import Opened, OpenRequest, Session
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
@@ -47,24 +48,26 @@ T = TypeVar("T")
 class _Worker:
     def __init__(self, conn: Connection, manifests: Mapping[str, Manifest], provider: Mapping[str, str]) -> None:
         self._conn, self._manifests, self._provider = conn, manifests, provider
-        self._sessions: dict[int, Session] = {}
+        self._sessions: dict[int, Session | JobSession] = {}
 
     def send(self, message_id: int, ok: bool, payload: Any) -> None:
         self._conn.send((message_id, ok, payload if ok else _portable(payload)))
 
-    def open(self, request: OpenRequest) -> Opened:
-        session = Session(request, self._manifests, self._provider)
+    def open(self, request: OpenRequest | JobOpenRequest) -> Opened | JobOpened:
+        """A ``/predict`` request's session, or a whole-scene job's."""
+        session: Session | JobSession = JobSession(request, self._manifests) if isinstance(request, JobOpenRequest) \
+            else Session(request, self._manifests, self._provider)
         self._sessions[request.session] = session
         return self._ending_on_error(request.session, session.open)
 
-    def start(self, sid: int) -> Opened:
-        """The service reserved the memory of a scene that ``open`` did not tile: tile it now."""
-        return self._ending_on_error(sid, self._sessions[sid].start)
+    def start(self, sid: int, *args: Any) -> Opened | JobStarted:
+        """Tile the scene: a request's once the service reserved its memory, a job's once it said where to resume."""
+        return self._ending_on_error(sid, lambda: self._sessions[sid].start(*args))
 
-    def step(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> int:
+    def step(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> int | JobStep:
         return self._ending_on_error(sid, lambda: self._sessions[sid].step(k, probs_shape))
 
-    def finish(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> Encoded:
+    def finish(self, sid: int, k: int | None, probs_shape: tuple[int, ...] | None) -> Encoded | JobStep:
         try:
             return self._sessions[sid].finish(k, probs_shape)
         finally:
@@ -94,7 +97,7 @@ class _Worker:
                 case "open":
                     result = self.open(payload)
                 case "start":
-                    result = self.start(payload)
+                    result = self.start(*payload)
                 case "step":
                     result = self.step(*payload)
                 case "finish":

@@ -1,9 +1,13 @@
 """Runs whole-scene jobs in the service: queued in the store, tiles through the shared batchers at low priority.
 
-A job reads its scene window by window (an upload saved on the jobs volume, or a remote COG read
-by ranges), sends each batch of tiles to the specialist's batcher as ``BACKGROUND`` work (an
-interactive request's tiles always go first), blends in a worker thread and hands final rows to
-a :class:`~mapex_serve.jobs.outputs.StripWriter`. Memory is the window, the batch and one strip.
+A job's scene (an upload saved on the jobs volume, or a remote COG read by ranges) is opened,
+read window by window, blended and written by a decode worker (:class:`~mapex_serve.jobs.scene.JobScene`
+in :mod:`mapex_serve.decode.job_session`), as ``/predict`` uploads are; with ``MAPEX_DECODE_WORKERS=0``
+the same work runs in service threads. The service sends each batch of tiles to the specialist's
+batcher as ``BACKGROUND`` work (an interactive request's tiles always go first) and records each
+strip of final rows as the worker writes it. Memory is the window, the batch and one strip.
+A worker that dies under a job is replaced; the job resumes on the fresh one after its last strip,
+and fails (``DecodeUnavailableError``: submit it again) if that worker dies too.
 
 State lives in the store, so a restart loses nothing finished: jobs that were running go back to
 the queue and resume after their last recorded strip (up to ``MAPEX_JOB_MAX_ATTEMPTS`` starts);
@@ -13,45 +17,37 @@ finished results expire after ``MAPEX_JOB_TTL_H``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import rasterio
 
 from mapex_serve.batcher import BACKGROUND
+from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError
+from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
-from mapex_serve.inputs import RequestScene, SourceFile
+from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.outputs import NODATA_LABEL, PROBABILITY_SCALE, StripWriter, strip_name, write_cog
+from mapex_serve.jobs.outputs import strip_name
+from mapex_serve.jobs.scene import JobPlan, JobScene
 from mapex_serve.jobs.sources import ResolvedSources, fetch_item, redacted, resolve_stac, resolve_urls
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
-from mapex_serve.predict import (
-    Prediction,
-    UnreadableRasterError,
-    open_and_route,
-    overlap_for,
-    pipeline,
-    unreadable_as_400,
-)
+from mapex_serve.predict import pipeline, unreadable_as_400
 from mapex_serve.repository import Manifest
-from mapex_serve.responses import as_geotiff, as_json, grid_report, inputs_summary, palette
-from mapex_serve.routing import Route
-from mapex_serve.scene_reader import SceneReader
 from mapex_serve.state import ServiceState
-from mapex_serve.tiling import ClassAggregator, MaskBlender, Tile, TileBatch, read_batches, tile_cells, tile_grid
+from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
-from mapex_serve.vectorize import mask_polygons
 
-__all__ = ["JobRunner", "Progress", "opened_scene", "resolve_sources"]
+if TYPE_CHECKING:
+    from mapex_serve.decode.job_session import JobStep
+
+__all__ = ["JobRunner", "Progress", "resolve_sources"]
 
 log = logging.getLogger("mapex_serve.jobs")
 
@@ -67,6 +63,7 @@ class Progress:
     total: int
     started: float
     done_at_start: int
+    saved: float = 0.0  # when ``done`` was last written to the store
 
     @property
     def eta_s(self) -> float | None:
@@ -86,25 +83,6 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
     return resolve_stac(item, request.assets, item_url, prefixes)
-
-
-def overrides_for(request: JobRequest, sources: ResolvedSources) -> UnitOverrides:
-    """The catalogue's units, scale and offset, with what the caller says winning over them."""
-    caller = UnitOverrides.parse(request.units, request.scale, request.offset)
-    cat = sources.overrides
-
-    def merged(which: str) -> dict:
-        mine, theirs = getattr(caller, which), getattr(cat, which)
-        return dict(mine) if None in mine else {**theirs, **mine}  # the caller's "every band" beats per-band entries
-
-    return UnitOverrides(merged("units"), merged("scale"), merged("offset"))
-
-
-def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: list[Manifest],
-                 max_pixels: int) -> tuple[RequestScene, Route, SceneReader]:
-    """``(scene, route, reader)``: the files opened, routed and their units decided (GDAL work: run in a thread)."""
-    bands = request.bands.split(",") if request.bands else sources.bands
-    return open_and_route(sources.files, bands, manifests, request.modality, overrides_for(request, sources), max_pixels)
 
 
 def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
@@ -211,6 +189,7 @@ class JobRunner:
                        f"log has the details")
         else:
             self.store.update(job.id, state="done", finished=now(), summary=summary)
+            self.store.clear_strips(job.id)
             self._remove_inputs(job.id)
         finally:
             self.progress.pop(job.id, None)
@@ -220,81 +199,98 @@ class JobRunner:
         self._remove_partials(job_id)
 
     async def _execute(self, job: JobRecord) -> dict[str, Any]:
+        """The job in a decode worker (tried on a fresh one if its worker dies), or here when there are none."""
         request = JobRequest.model_validate(job.request["options"])
-        sources = _sources_from_json(job.request["sources"])
-        manifests = [s.manifest for s in self.state.registry.for_task(job.task)]
-        scene, route, reader = await asyncio.to_thread(opened_scene, request, sources, manifests,
-                                                       self.settings.job_max_pixels)
+        specialists = self.state.registry.for_task(job.task)
+        plan = JobPlan(job.task, request, _sources_from_json(job.request["sources"]), self.store.folder(job.id),
+                       self.settings.job_max_pixels, self.settings.max_batch,
+                       {s.manifest.name: s.engine.provider for s in specialists})
+        manifests = [s.manifest for s in specialists]
+        pool = self.state.decode
+        for attempt in (1, 2):
+            if pool is None:
+                break
+            try:
+                return await self._run_in_worker(job, plan, pool, [m.name for m in manifests])
+            except WorkerLostError as e:
+                if attempt == 2:
+                    raise DecodeUnavailableError(f"the decode worker died twice while running this job ({e}); submit "
+                                                 f"it again; if it happens again the file may crash GDAL") from None
+                log.warning("%s during job %s; it resumes on a fresh worker", e, job.id)
+            except SlabSpaceError as e:  # no room in shared memory for its tiles: run it in this process
+                log.warning("job %s runs in the service process: %s", job.id, e)
+                break
+        return await self._run_here(job, plan, manifests)
+
+    async def _run_in_worker(self, job: JobRecord, plan: JobPlan, pool: DecodePool,
+                             specialists: list[str]) -> dict[str, Any]:
+        """Opened, tiled, blended and written by a decode worker; the service runs the batches and keeps the store."""
+        async with pool.job(plan, specialists, self.settings.max_batch) as session:
+            earlier = self._resume(job, self.state.registry.specialists[session.opened.specialist].manifest)
+            started = await session.start(earlier)
+            progress = self._track(job.id, started.total, started.done)
+
+            def stepped(step: JobStep) -> int:
+                self._advance(job.id, progress, step.done, step.strips)
+                return step.size
+
+            final: JobStep = await session.run(self._submitter(session.opened.specialist), stepped)
+        self._advance(job.id, progress, final.done, [], save=True)  # its strips are merged and gone
+        return final.summary
+
+    async def _run_here(self, job: JobRecord, plan: JobPlan, manifests: list[Manifest]) -> dict[str, Any]:
+        """The same work in this process: GDAL and numpy in threads, off the event loop."""
+        scene = await asyncio.to_thread(JobScene, plan, manifests)
         with scene, unreadable_as_400():
-            manifest = route.manifest
-            folder = self.store.folder(job.id)
-            if job.route and (job.route.get("specialist"), job.route.get("version")) != (manifest.name, manifest.version):
-                log.info("job %s now routes to %s v%s: it starts over", job.id, manifest.name, manifest.version)
-                self.store.clear_strips(job.id)  # strips of another model version do not mix with this one's
-                self.store.update(job.id, route={**job.route, "specialist": manifest.name, "version": manifest.version})
-            if manifest.head == "mask":
-                return await self._run_mask(job, request, route, reader, scene, folder)
-            return await self._run_classes(job, route, reader, scene, folder)
+            earlier = self._resume(job, scene.manifest)
+            await asyncio.to_thread(scene.start, earlier)
+            progress = self._track(job.id, scene.total, scene.done)
+            batcher = self.state.batchers[scene.manifest.name]
+            submit = self._submitter(scene.manifest.name)
 
-    def _tiles(self, reader: SceneReader, manifest: Manifest, resume_row: int) -> tuple[list[Tile], list[Tile], int]:
-        """The grid, the tiles still to run (those reaching below ``resume_row``: whole tile rows, a suffix of the
-        grid) and the first row they start at."""
-        size = manifest.tile_size
-        tiles = tile_grid(reader.height, reader.width, size, overlap_for(size))
-        todo = [t for t in tiles if int(t.window.row_off) + size > resume_row]
-        return tiles, todo, (int(todo[0].window.row_off) if todo else 0)
+            async def consume(batch: TileBatch, probs: np.ndarray) -> None:
+                await asyncio.to_thread(scene.add, batch, probs)
+                self._advance(job.id, progress, scene.done, scene.take_strips())
 
-    async def _feed(self, job_id: str, reader: SceneReader, route: Any, tiles: list, todo: list,
-                    add: Callable[[Any, np.ndarray], None]) -> int:
-        """Every tile of ``todo`` read, run at background priority and handed to ``add`` in a worker thread."""
-        manifest = route.manifest
-        batcher = self.state.batchers[manifest.name]
-        progress = Progress(len(tiles) - len(todo), len(tiles), time.monotonic(), len(tiles) - len(todo))
-        columns = tiles[-1].col + 1
+            await pipeline(scene.batches, lambda batch, _k: submit(batch.data), consume, ahead=batcher.runners + 1)
+            summary = await asyncio.to_thread(scene.finish)
+            self._advance(job.id, progress, scene.done, [], save=True)  # its strips are merged and gone
+            return summary
+
+    def _submitter(self, specialist: str) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
+        """A job's tiles go to the shared batcher as background work: interactive requests' tiles go first."""
+        batcher = self.state.batchers[specialist]
+        return lambda tiles: batcher.submit(tiles, admit=False, priority=BACKGROUND)
+
+    def _resume(self, job: JobRecord, manifest: Manifest) -> list[StripRecord]:
+        """The strips a mask job keeps from its earlier runs (none if it now routes to another model version)."""
+        route = (self.store.get(job.id) or job).route
+        if route and (route.get("specialist"), route.get("version")) != (manifest.name, manifest.version):
+            log.info("job %s now routes to %s v%s: it starts over", job.id, manifest.name, manifest.version)
+            self.store.clear_strips(job.id)  # strips of another model version do not mix with this one's
+            self.store.update(job.id, route={**route, "specialist": manifest.name, "version": manifest.version})
+        if manifest.head != "mask":
+            return []
+        strips = self._finished_strips(job.id, self.store.folder(job.id) / "strips")
+        if strips:
+            log.info("job %s resumes at row %d", job.id, sum(s.height for s in strips))
+        return strips
+
+    def _track(self, job_id: str, total: int, done: int) -> Progress:
+        progress = Progress(done, total, time.monotonic(), done)
         self.progress[job_id] = progress
-        self.store.update(job_id, tiles_total=len(tiles), tiles_done=progress.done)
-        batches = read_batches(reader, todo, self.settings.max_batch, [b.mean for b in manifest.bands])
-        saved, seen = time.monotonic(), 0
+        self.store.update(job_id, tiles_total=total, tiles_done=done)
+        return progress
 
-        async def consume(batch: TileBatch, probs: np.ndarray) -> None:
-            nonlocal saved, seen
-            await asyncio.to_thread(add, batch, probs)
-            seen += len(batch.tiles)
-            last = batch.tiles[-1]  # skipped tiles (all invalid) count as done: the total is the grid's
-            progress.done = last.row * columns + last.col + 1
-            if time.monotonic() - saved > _SAVE_EVERY_S:
-                self.store.update(job_id, tiles_done=progress.done)
-                saved = time.monotonic()
-
-        await pipeline(batches, lambda batch, _k: batcher.submit(batch.data, admit=False, priority=BACKGROUND),
-                       consume, ahead=batcher.runners + 1)
-        progress.done = len(tiles)
-        self.store.update(job_id, tiles_done=len(tiles))
-        return seen
-
-    async def _run_mask(self, job: JobRecord, request: JobRequest, route: Any, reader: SceneReader, scene: Any,
-                        folder: Path) -> dict[str, Any]:
-        manifest = route.manifest
-        size, k, g = manifest.tile_size, len(manifest.classes), reader.grid
-        strips = self._finished_strips(job.id, folder / "strips")
-        resume_row = sum(s.height for s in strips)
-        if resume_row:
-            log.info("job %s resumes at row %d of %d", job.id, resume_row, g.height)
-        writer = StripWriter(folder / "strips", crs=g.crs, transform=g.transform, height=g.height, width=g.width,
-                             n_classes=k, probabilities=request.probabilities, resume_row=resume_row,
-                             masked=reader.masked, record=lambda s: self.store.add_strip(job.id, s))
-        tiles, todo, start = self._tiles(reader, manifest, resume_row)
-        if todo:
-            blender = MaskBlender(g.height, g.width, k, size, overlap_for(size), sink=writer.add, start_row=start,
-                                  keep_probabilities=request.probabilities)
-
-            def add(batch: Any, probs: np.ndarray) -> None:
-                blender.add_batch(batch.tiles, probs, batch.valid)
-
-            await self._feed(job.id, reader, route, tiles, todo, add)
-            await asyncio.to_thread(blender.finish)
-        strips = self.store.strips(job.id)
-        return await asyncio.to_thread(self._mask_results, job, request, route, scene, reader, folder, strips)
+    def _advance(self, job_id: str, progress: Progress, done: int, strips: list[StripRecord], *,
+                 save: bool = False) -> None:
+        """Strips recorded as they are written (a restart resumes after them); progress saved every second."""
+        for strip in strips:
+            self.store.add_strip(job_id, strip)
+        progress.done = done
+        if save or time.monotonic() - progress.saved > _SAVE_EVERY_S:
+            self.store.update(job_id, tiles_done=done)
+            progress.saved = time.monotonic()
 
     def _finished_strips(self, job_id: str, folder: Path) -> list[StripRecord]:
         """The strips recorded and on disk, contiguous from the top (a resumed job starts after them)."""
@@ -304,88 +300,6 @@ class JobRunner:
                 break
             done.append(s)
         return done
-
-    def _mask_results(self, job: JobRecord, request: JobRequest, route: Any, scene: Any, reader: SceneReader,
-                      folder: Path, strips: list[StripRecord]) -> dict[str, Any]:
-        manifest, g = route.manifest, reader.grid
-        pixels = np.sum([s.stats["pixels"] for s in strips], axis=0)
-        areas = [s.stats["area_m2"] for s in strips]
-        area = None if any(a is None for a in areas) else np.sum(areas, axis=0)
-        masked: dict[str, int] = {}
-        for s in strips:
-            for why, n in s.stats["masked"].items():
-                masked[why] = masked.get(why, 0) + n
-        if int(pixels.sum()) == 0:
-            reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
-            raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
-        common = dict(crs=g.crs, transform=g.transform, width=g.width, height=g.height)
-        inputs = [b.report() for b in scene.bands]
-        tags = {"specialist": manifest.name, "version": str(manifest.version), "bands": ",".join(route.bands),
-                "classes": ",".join(f"{i}={c}" for i, c in enumerate(manifest.classes)),
-                "inputs": json.dumps([i for i in inputs if i["used"]])}
-        write_cog(folder / "strips", "labels", folder / "result.tif", strips, bands=1,
-                  descriptions=[f"{manifest.task} class"], metadata=tags, colors=palette(len(manifest.classes)),
-                  **common)
-        outputs = ["geotiff", "json"]
-        if request.probabilities:
-            write_cog(folder / "strips", "probabilities", folder / "probabilities.tif", strips,
-                      bands=len(manifest.classes), descriptions=[f"probability of {c}" for c in manifest.classes],
-                      metadata=tags, scale=1 / PROBABILITY_SCALE, **common)
-            outputs.append("probabilities")
-        if request.geojson and g.crs is not None:
-            include = request.geojson_classes_for(manifest.classes)
-            with rasterio.open(folder / "result.tif") as ds:
-                collection = mask_polygons(rasterio.band(ds, 1), classes=manifest.classes, crs=g.crs,
-                                           transform=g.transform, nodata=NODATA_LABEL, include=include,
-                                           simplify=request.simplify, min_area_m2=request.min_area_m2)
-            _write_json(folder / "result.geojson", collection)
-            outputs.append("geojson")
-        shutil.rmtree(folder / "strips", ignore_errors=True)
-        self.store.clear_strips(job.id)
-        total = int(pixels.sum())
-        classes = {}
-        for i, name in enumerate(manifest.classes):
-            entry: dict[str, Any] = {"pixels": int(pixels[i]), "fraction": float(pixels[i]) / total}
-            if area is not None:
-                entry |= {"area_m2": float(area[i]), "area_km2": float(area[i]) / 1e6}
-            classes[name] = entry
-        return {"task": manifest.task, "specialist": manifest.name, "version": manifest.version,
-                "bands": list(route.bands), "provider": self.state.registry.specialists[manifest.name].engine.provider,
-                "data": f"model trained on {manifest.data} data", "classes": classes, "valid_pixels": total,
-                "inputs": inputs,
-                "grid": grid_report(g.crs, g.transform, g.width, g.height, reader.resampled),
-                "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},
-                "catalogue": job.request["sources"]["described"], "outputs": outputs}
-
-    async def _run_classes(self, job: JobRecord, route: Any, reader: SceneReader, scene: Any,
-                           folder: Path) -> dict[str, Any]:
-        """Class heads: one label per tile, small enough to aggregate in memory; the run starts over on resume."""
-        manifest = route.manifest
-        size, k, g = manifest.tile_size, len(manifest.classes), reader.grid
-        tiles, todo, _ = self._tiles(reader, manifest, 0)
-        rows, cols = max(t.row for t in tiles) + 1, max(t.col for t in tiles) + 1
-        aggregator = ClassAggregator(rows, cols, k)
-
-        def add(batch: Any, probs: np.ndarray) -> None:
-            for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-                aggregator.add(tile, p, valid)
-
-        if await self._feed(job.id, reader, route, tiles, todo, add) == 0:
-            raise UnreadableRasterError("the raster has no valid pixels (all nodata, NaN or masked)")
-        p = Prediction(route, {"crs": g.crs, "transform": g.transform, "width": g.width, "height": g.height},
-                       classes=aggregator.result(), tile_stride=size - overlap_for(size),
-                       tile_rows=tile_cells(g.height, size, overlap_for(size)),
-                       tile_cols=tile_cells(g.width, size, overlap_for(size)),
-                       inputs=[b.report() for b in scene.bands], masked=reader.masked(), resampled=reader.resampled)
-        folder.mkdir(parents=True, exist_ok=True)
-        data = await asyncio.to_thread(as_geotiff, p)
-        tmp = folder / "result.tif.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / "result.tif")
-        summary = as_json(p, self.state.registry.specialists[manifest.name].engine.provider)
-        summary["inputs_used"] = inputs_summary(p)
-        summary["outputs"] = ["geotiff", "json"]
-        return summary
 
     # -- files and expiry ---------------------------------------------------------------------------
 
@@ -414,10 +328,4 @@ class JobRunner:
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _write_json(path: Path, body: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, separators=(",", ":")))
-    os.replace(tmp, path)
 

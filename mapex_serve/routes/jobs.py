@@ -23,7 +23,8 @@ from starlette.types import Receive, Scope, Send
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, UnknownTaskError
 from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobStatus
-from mapex_serve.jobs.runner import JobRunner, new_id, opened_scene, resolve_sources
+from mapex_serve.jobs.runner import JobRunner, new_id, resolve_sources
+from mapex_serve.jobs.scene import opened_scene
 from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry

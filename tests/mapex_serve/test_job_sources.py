@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from mapex_serve.bands import BANDS, bands_of
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.runner import opened_scene
+from mapex_serve.jobs.scene import opened_scene
 from mapex_serve.jobs.sources import JobSourceError, ResolvedSources, gdal_path, resolve_stac
 from mapex_serve.repository import Manifest
 
