@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +22,8 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.shutil import copy as gdal_copy
 from rasterio.warp import transform_geom
+
+from mapex_serve.local import decode_workers
 
 pytestmark = pytest.mark.slow
 
@@ -313,6 +317,76 @@ def test_a_result_removed_while_it_downloads_is_sent_whole_and_by_ranges(tmp_pat
     assert b'filename="flood-x.tif"' in headers[b"content-disposition"]
     status, headers, got = download_after_removal([(b"range", b"bytes=1000-1999")])
     assert status == 206 and got == body[1000:2000] and headers[b"content-range"] == f"bytes 1000-1999/{len(body)}".encode()
+
+
+def test_a_job_in_the_service_process_gives_the_files_a_decode_worker_gives(uploaded, jobs_server, scene_cog,
+                                                                           start_server, built_repo, tmp_path):
+    """Jobs run in the decode workers by default; with MAPEX_DECODE_WORKERS=0 the same scene, read and written in
+    the service's threads, gives the same label, probability and GeoJSON files and the same summary."""
+    assert decode_workers(jobs_server.pid), "the default service has decode workers"
+    here = start_server(built_repo, MAPEX_DECODE_WORKERS="0", MAPEX_JOBS_DIR=str(tmp_path / "jobs"))
+    assert decode_workers(here.pid) == []
+    job = submit_upload(here.url, scene_cog, probabilities="true").json()
+    assert wait_done(here.url, job["id"])["state"] == "done"
+    for fmt in ("geotiff", "probabilities"):
+        with rasterio.io.MemoryFile(result(here.url, job["id"], fmt).content) as a, \
+                rasterio.io.MemoryFile(result(jobs_server.url, uploaded["id"], fmt).content) as b, \
+                a.open() as mine, b.open() as theirs:
+            np.testing.assert_array_equal(mine.read(), theirs.read())
+            assert mine.profile == theirs.profile and mine.tags() == theirs.tags()
+    assert result(here.url, job["id"], "geojson").json() == result(jobs_server.url, uploaded["id"], "geojson").json()
+    assert result(here.url, job["id"], "json").json() == result(jobs_server.url, uploaded["id"], "json").json()
+
+
+def _strips(jobs: Path, job_id: str) -> int:
+    with sqlite3.connect(f"file:{jobs / 'jobs.sqlite3'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT count(*) FROM strips WHERE job = ?", (job_id,)).fetchone()[0]
+
+
+def _wait(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_decode_worker_killed_under_a_job_is_replaced_and_the_job_resumes_on_the_fresh_one(
+        built_repo, start_server, sar, tmp_path, server_type):
+    """SIGKILL of the worker running a job (the OOM killer, a crash in GDAL): the job resumes on the replacement
+    after its last strip and answers as /predict does; killed twice, it fails with DecodeUnavailableError and its
+    files go; the pool recovers by itself and runs the next job."""
+    jobs = tmp_path / "jobs"
+    s = start_server(built_repo, MAPEX_JOBS_DIR=str(jobs), MAPEX_DECODE_WORKERS="1")
+    scene = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 6, 6)), ["VV", "VH"])  # 1920 x 1728: 4 strips
+    job = submit_upload(s.url, scene).json()
+    _wait(lambda: _strips(jobs, job["id"]) > 0, "no strip was written in time")
+    [victim] = decode_workers(s.pid)
+    os.kill(victim, signal.SIGKILL)
+    status = wait_done(s.url, job["id"])
+    assert status["state"] == "done" and status["attempts"] == 1, status
+    assert "it resumes on a fresh worker" in s.log and "resumes at row" in s.log
+    labels = cog_array(server_type, result(s.url, job["id"], "geotiff").content)[0]
+    with scene.open("rb") as f:
+        whole = server_type.cog_band(httpx.post(f"{s.url}/predict/flood", files={"file": f}, timeout=120).content)
+    assert float((labels == whole).mean()) >= 0.999  # batch composition may flip a near-tie pixel, nothing else
+
+    bigger = write_cog(tmp_path / "bigger.tif", np.tile(sar, (1, 12, 12)), ["VV", "VH"])  # 3840 x 3456: 7 strips
+    doomed = submit_upload(s.url, bigger).json()
+    recorded = 0
+    for kill in (1, 2):  # the second once the resumed run has written a strip of its own on the replacement
+        _wait(lambda n=recorded: _strips(jobs, doomed["id"]) > n, f"no strip was written before kill {kill}")
+        recorded = _strips(jobs, doomed["id"])
+        [victim] = decode_workers(s.pid)
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda v=victim: decode_workers(s.pid) not in ([], [v]), "no replacement worker came up")
+    status = wait_done(s.url, doomed["id"])
+    assert status["state"] == "failed" and status["error"]["error"] == "DecodeUnavailableError", status
+    assert "submit it again" in status["error"]["detail"]
+    assert not (jobs / doomed["id"]).exists(), "a failed job keeps its state, not its files"
+    _wait(lambda: httpx.get(f"{s.url}/readyz").status_code == 200, "the pool did not recover")
+    again = submit_upload(s.url, write_cog(tmp_path / "small.tif", sar[:, :128, :128], ["VV", "VH"])).json()
+    assert wait_done(s.url, again["id"])["state"] == "done"
+    assert 'mapex_decode_worker_restarts_total 3.0' in httpx.get(f"{s.url}/metrics").text
 
 
 def test_a_result_gone_from_disk_answers_410_not_500(jobs_server, sar, tmp_path):
