@@ -380,9 +380,9 @@ class MaskBlender:
             self._acc[:, band, cols] += p[:, trows, tcols]
             self._wsum[band, cols] += w[trows, tcols]
 
-    def _finish(self) -> None:
+    def _finish(self, until: int | None = None) -> None:
         if not self._done:
-            self._finalise(self.height)
+            self._finalise(self.height if until is None else until)
             self._done = True
 
     @property
@@ -404,9 +404,10 @@ class MaskBlender:
         self._finish()
         return MaskResult(self._labels, self._probs, self._covered)
 
-    def finish(self) -> None:
-        """Every row is final: the last bands go to the sink (or into the result)."""
-        self._finish()
+    def finish(self, until: int | None = None) -> None:
+        """Every row is final: the last bands go to the sink (or into the result); with ``until``, the rows up to it
+        (a part of the scene, whose tiles were all added: the rows below are not produced)."""
+        self._finish(until)
 
 
 class ClassResult(NamedTuple):

@@ -1,22 +1,23 @@
 """A whole-scene job inside a decode worker: its scene read by path, tiled into its slab, blended to strips on disk.
 
 Driven like a ``/predict`` session (``session``), with two differences. ``open`` only opens and
-routes the files: the service then decides where the job resumes (it keeps the store) and ``start``
-cuts the tiles still to run and fills the slots. Every ``step`` answers with the strips of final
-rows the worker wrote meanwhile, for the service to record, and ``finish`` writes the result files
-and answers with the job's summary. The slab holds only the tile and probability slots: the files
+routes the files: the service then decides which rows the session runs (it keeps the store: the
+strips not yet recorded, or one part of them when a job is split across workers) and ``start``
+cuts their tiles and fills the slots. Every ``step`` answers with the strips of final rows the
+worker wrote meanwhile, for the service to record, and ``finish`` ends the part and, when the
+strips then cover the scene, writes the result files and answers with the job's summary. The slab holds only the tile and probability slots: the files
 stay where they are (the jobs volume, or HTTP and S3 read by ranges).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mapex_serve.decode.session import Slots
 from mapex_serve.decode.slab import Layout, Slab
-from mapex_serve.jobs.scene import JobPlan, JobScene
+from mapex_serve.jobs.scene import JobPlan, JobScene, scene_tiles
 from mapex_serve.jobs.store import StripRecord
 from mapex_serve.predict import unreadable_as_400
 from mapex_serve.repository import Manifest
@@ -37,30 +38,31 @@ class JobOpenRequest:
 
 @dataclass(frozen=True)
 class JobOpened:
-    """The routed job: its specialist and the shape of its tiles."""
+    """The routed job: its specialist, the shape of its tiles, the scene's height and its tiles."""
 
     specialist: str
     tile_shape: tuple[int, int, int]
+    height: int
+    tiles: int
 
 
 @dataclass(frozen=True)
 class JobStarted:
-    """The first batches' sizes (0: no such batch) and the tiles in the grid and already done (a resume)."""
+    """The first batches' sizes (0: no such batch) and the tiles of the session's rows."""
 
     sizes: tuple[int, ...]
     total: int
-    done: int
 
 
 @dataclass(frozen=True)
 class JobStep:
-    """A step's answer: the next batch's size (0: none), tiles done, the strips written since the last answer;
-    ``finish``'s also carries the summary."""
+    """A step's answer: the next batch's size (0: none), the session's tiles done, the strips written since the last
+    answer; ``finish``'s also carries the job's summary once the scene is covered (None: other parts to come)."""
 
     size: int
     done: int
     strips: list[StripRecord]
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
 
 
 class JobSession:
@@ -78,16 +80,17 @@ class JobSession:
         self.closed = False
 
     def open(self) -> JobOpened:
-        manifest = self.scene.manifest
-        return JobOpened(manifest.name, (len(self.scene.route.bands), manifest.tile_size, manifest.tile_size))
+        manifest, g = self.scene.manifest, self.scene.reader.grid
+        return JobOpened(manifest.name, (len(self.scene.route.bands), manifest.tile_size, manifest.tile_size),
+                         g.height, scene_tiles(g.height, g.width, manifest.tile_size))
 
-    def start(self, earlier: Sequence[StripRecord]) -> JobStarted:
-        """The tiles after the ``earlier`` strips, a batch into each slot."""
+    def start(self, rows: tuple[int, int] | None, known: Sequence[StripRecord]) -> JobStarted:
+        """The tiles of rows ``[r0, r1)`` (``JobScene.start``), a batch into each slot."""
         with unreadable_as_400():
-            self.scene.start(earlier)
-        self._slots.reserve(self.scene.manifest, min(self.request.plan.max_batch, self.scene.total))
+            self.scene.start(rows, known)
+        self._slots.reserve(self.scene.manifest, min(self.request.plan.max_batch, max(self.scene.total, 1)))
         sizes = tuple(self._slots.read(slot, self.scene.batches) for slot in range(self._slots.count))
-        return JobStarted(sizes, self.scene.total, self.scene.done)
+        return JobStarted(sizes, self.scene.total)
 
     def step(self, k: int, probs_shape: tuple[int, ...]) -> JobStep:
         """Blend batch ``k`` (its final rows to strips), read the batch after the others in flight into its slot."""
@@ -98,7 +101,7 @@ class JobSession:
         return JobStep(size, self.scene.done, self.scene.take_strips())
 
     def finish(self, k: int | None, probs_shape: tuple[int, ...] | None) -> JobStep:
-        """Blend the last batch ``k`` (None: the job had no tile left to run), write the result files."""
+        """Blend the last batch ``k`` (None: no tile to run), end the part; the result files once the scene is covered."""
         with unreadable_as_400():
             if k is not None and probs_shape is not None:
                 self._slots.blend(k % self._slots.count, probs_shape, self.scene.add)

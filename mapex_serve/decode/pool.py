@@ -374,9 +374,9 @@ class WorkerJob:
     started: JobStarted | None = None
     finished: bool = False
 
-    async def start(self, earlier: Sequence[StripRecord]) -> JobStarted:
-        """Tile the scene after the ``earlier`` strips; a batch into each slot."""
-        self.started = await self.worker.call("start", (self.request.session, list(earlier)))
+    async def start(self, rows: tuple[int, int] | None, known: Sequence[StripRecord]) -> JobStarted:
+        """Tile rows ``[r0, r1)`` of the scene (None: none), ``known`` the strips recorded outside them."""
+        self.started = await self.worker.call("start", (self.request.session, rows, list(known)))
         return self.started
 
     async def run(self, submit: Callable[[np.ndarray], Awaitable[np.ndarray]],

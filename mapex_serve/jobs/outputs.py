@@ -38,7 +38,7 @@ class StripWriter:
 
     def __init__(self, folder: Path, *, crs: Any, transform: Affine, height: int, width: int, n_classes: int,
                  probabilities: bool, resume_row: int, masked: Callable[[tuple[int, int]], dict[str, int]],
-                 record: Callable[[StripRecord], None]) -> None:
+                 record: Callable[[StripRecord], None], end_row: int | None = None) -> None:
         self.folder, self.crs, self.transform = folder, crs, transform
         self.height, self.width, self.n_classes = height, width, n_classes
         self.probabilities = probabilities
@@ -46,26 +46,27 @@ class StripWriter:
         self._row_areas = known_row_areas_m2(crs, transform, height, width)
         folder.mkdir(parents=True, exist_ok=True)
         self._next = resume_row  # the next scene row this writer keeps
+        self._end = height if end_row is None else end_row  # rows [resume_row, end_row): one part of a job
         self._start = resume_row
         self._labels = np.empty((0, width), np.uint8)
         self._probs = np.empty((n_classes, 0, width), np.uint8)
 
     def add(self, band: RowBand) -> None:
-        """A band of final rows; rows before ``resume_row`` (a resumed job's done strips) are dropped."""
-        skip = max(self._next - band.row, 0)
-        if skip >= len(band.labels):
+        """A band of final rows; rows outside ``[resume_row, end_row)`` (strips done or another part's) are dropped."""
+        skip, stop = max(self._next - band.row, 0), min(len(band.labels), self._end - band.row)
+        if skip >= stop:
             return
-        labels = band.labels[skip:]
+        labels = band.labels[skip:stop]
         self._labels = np.concatenate([self._labels, labels])
         if self.probabilities:
             if band.probabilities is None:
                 raise ValueError("probabilities were asked for but the blender does not keep them")
-            probs = band.probabilities[:, skip:]
+            probs = band.probabilities[:, skip:stop]
             scaled = np.rint(probs * PROBABILITY_SCALE).astype(np.uint8)
-            scaled[:, ~band.covered[skip:]] = NODATA_LABEL
+            scaled[:, ~band.covered[skip:stop]] = NODATA_LABEL
             self._probs = np.concatenate([self._probs, scaled], axis=1)
         self._next += len(labels)
-        self._flush(final=self._next >= self.height)
+        self._flush(final=self._next >= self._end)
 
     def _flush(self, final: bool) -> None:
         while len(self._labels) >= STRIP_ROWS or (final and len(self._labels)):

@@ -1,9 +1,10 @@
 """Runs whole-scene jobs in the service: queued in the store, tiles through the shared batchers at low priority.
 
 A job's scene (an upload saved on the jobs volume, or a remote COG read by ranges) is opened,
-read window by window, blended and written by a decode worker (:class:`~mapex_serve.jobs.scene.JobScene`
-in :mod:`mapex_serve.decode.job_session`), as ``/predict`` uploads are; with ``MAPEX_DECODE_WORKERS=0``
-the same work runs in service threads. The service sends each batch of tiles to the specialist's
+read window by window, blended and written by decode workers (:class:`~mapex_serve.jobs.scene.JobScene`
+in :mod:`mapex_serve.decode.job_session`), as ``/predict`` uploads are: a mask job's rows are split
+into strip-aligned parts, one a worker, so that a lone scene gets every worker. With
+``MAPEX_DECODE_WORKERS=0`` the same work runs in service threads, one part after another. The service sends each batch of tiles to the specialist's
 batcher as ``BACKGROUND`` work (an interactive request's tiles always go first) and records each
 strip of final rows as the worker writes it. Memory is the window, the batch and one strip.
 A worker that dies under a job is replaced; the job resumes on the fresh one after its last strip,
@@ -21,10 +22,10 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,8 +35,8 @@ from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.outputs import strip_name
-from mapex_serve.jobs.scene import JobPlan, JobScene
+from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
+from mapex_serve.jobs.scene import JobPlan, JobScene, scene_tiles
 from mapex_serve.jobs.sources import ResolvedSources, fetch_item, redacted, resolve_stac, resolve_urls
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
 from mapex_serve.predict import pipeline, unreadable_as_400
@@ -46,10 +47,13 @@ from mapex_serve.units import UnitOverrides
 
 if TYPE_CHECKING:
     from mapex_serve.decode.job_session import JobStep
+    from mapex_serve.decode.pool import WorkerJob
 
 __all__ = ["JobRunner", "Progress", "resolve_sources"]
 
 log = logging.getLogger("mapex_serve.jobs")
+
+T = TypeVar("T")
 
 #: How often a running job's progress is written to the store (the live figure is in memory).
 _SAVE_EVERY_S = 1.0
@@ -224,38 +228,85 @@ class JobRunner:
 
     async def _run_in_worker(self, job: JobRecord, plan: JobPlan, pool: DecodePool,
                              specialists: list[str]) -> dict[str, Any]:
-        """Opened, tiled, blended and written by a decode worker; the service runs the batches and keeps the store."""
-        async with pool.job(plan, specialists, self.settings.max_batch) as session:
-            earlier = self._resume(job, self.state.registry.specialists[session.opened.specialist].manifest)
-            started = await session.start(earlier)
-            progress = self._track(job.id, started.total, started.done)
+        """Opened, tiled, blended and written by decode workers; the service runs the batches and keeps the store.
 
-            def stepped(step: JobStep) -> int:
-                self._advance(job.id, progress, step.done, step.strips)
-                return step.size
+        A mask job's rows still to run are split into parts across the workers (a lone scene would
+        otherwise get one worker's speed); each part writes its own strips, and once every part is
+        done one worker writes the result files from them.
+        """
+        async with pool.job(plan, specialists, self.settings.max_batch) as first:
+            opened = first.opened
+            manifest = self.state.registry.specialists[opened.specialist].manifest
+            known = self._resume(job, manifest)
+            parts = self._parts(manifest, known, opened.height, pool.size)
+            progress = _PartsProgress(self._track(job.id, opened.tiles, 0), opened.height, known, parts)
+            submit = self._submitter(manifest.name)
 
-            final: JobStep = await session.run(self._submitter(session.opened.specialist), stepped)
-        self._advance(job.id, progress, final.done, [], save=True)  # its strips are merged and gone
+            async def run_part(session: WorkerJob, i: int, rows: tuple[int, int] | None,
+                               known_strips: list[StripRecord]) -> JobStep:
+                started = await session.start(rows, known_strips)
+                progress.started(i, started.total)
+
+                def stepped(step: JobStep) -> int:
+                    self._advance(job.id, progress.done(i, step.done), step.strips)
+                    return step.size
+
+                final = await session.run(submit, stepped)
+                self._advance(job.id, progress.done(i, final.done), final.strips, save=True)
+                return final
+
+            async def run_part_on_another(i: int) -> JobStep:
+                async with pool.job(plan, specialists, self.settings.max_batch) as session:
+                    return await run_part(session, i, parts[i], [])
+
+            if len(parts) <= 1:  # one part (one worker, a small scene, a class head; none: only results): results too
+                final = await run_part(first, 0, parts[0] if parts else None, known)
+                if final.summary is not None:
+                    return final.summary
+            else:
+                log.info("job %s runs in %d parts on the decode workers: rows %s", job.id, len(parts),
+                         ", ".join(f"{r0}-{r1}" for r0, r1 in parts))
+                await _all([run_part(first, 0, parts[0], []), *(run_part_on_another(i) for i in range(1, len(parts)))])
+        async with pool.job(plan, specialists, self.settings.max_batch) as last:  # every strip is there
+            await last.start(None, self._finished_strips(job.id))
+            final = await last.run(submit, lambda step: step.size)
+        if final.summary is None:
+            raise RuntimeError("the job's strips do not cover its scene after every part ran")
         return final.summary
 
     async def _run_here(self, job: JobRecord, plan: JobPlan, manifests: list[Manifest]) -> dict[str, Any]:
-        """The same work in this process: GDAL and numpy in threads, off the event loop."""
+        """The same work in this process: GDAL and numpy in threads, off the event loop, its parts one after another."""
         scene = await asyncio.to_thread(JobScene, plan, manifests)
         with scene, unreadable_as_400():
-            earlier = self._resume(job, scene.manifest)
-            await asyncio.to_thread(scene.start, earlier)
-            progress = self._track(job.id, scene.total, scene.done)
+            g = scene.reader.grid
+            known = self._resume(job, scene.manifest)
+            parts = self._parts(scene.manifest, known, g.height, 1)
+            progress = _PartsProgress(self._track(job.id, scene_tiles(g.height, g.width, scene.manifest.tile_size), 0),
+                                      g.height, known, parts)
             batcher = self.state.batchers[scene.manifest.name]
             submit = self._submitter(scene.manifest.name)
+            summary = None
+            for i, rows in enumerate(parts or [None]):
+                await asyncio.to_thread(scene.start, rows, self._finished_strips(job.id))
+                progress.started(i, scene.total)
 
-            async def consume(batch: TileBatch, probs: np.ndarray) -> None:
-                await asyncio.to_thread(scene.add, batch, probs)
-                self._advance(job.id, progress, scene.done, scene.take_strips())
+                async def consume(batch: TileBatch, probs: np.ndarray, i: int = i) -> None:
+                    await asyncio.to_thread(scene.add, batch, probs)
+                    self._advance(job.id, progress.done(i, scene.done), scene.take_strips())
 
-            await pipeline(scene.batches, lambda batch, _k: submit(batch.data), consume, ahead=batcher.runners + 1)
-            summary = await asyncio.to_thread(scene.finish)
-            self._advance(job.id, progress, scene.done, [], save=True)  # its strips are merged and gone
+                await pipeline(scene.batches, lambda batch, _k: submit(batch.data), consume, ahead=batcher.runners + 1)
+                summary = await asyncio.to_thread(scene.finish)
+                self._advance(job.id, progress.done(i, scene.total), scene.take_strips(), save=True)
+            if summary is None:
+                raise RuntimeError("the job's strips do not cover its scene after every part ran")
             return summary
+
+    @staticmethod
+    def _parts(manifest: Manifest, known: list[StripRecord], height: int, workers: int) -> list[tuple[int, int]]:
+        """The rows each part runs: a class head's whole scene, or a mask job's rows without a recorded strip."""
+        if manifest.head == "class":
+            return [(0, height)]
+        return job_parts([s.index for s in known], height, workers)
 
     def _submitter(self, specialist: str) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
         """A job's tiles go to the shared batcher as background work: interactive requests' tiles go first."""
@@ -271,9 +322,10 @@ class JobRunner:
             self.store.update(job.id, route={**route, "specialist": manifest.name, "version": manifest.version})
         if manifest.head != "mask":
             return []
-        strips = self._finished_strips(job.id, self.store.folder(job.id) / "strips")
+        strips = self._finished_strips(job.id)
         if strips:
-            log.info("job %s resumes at row %d", job.id, sum(s.height for s in strips))
+            log.info("job %s resumes at row %d: %d of its strips are done", job.id,
+                     min(set(range(len(strips) + 1)) - {s.index for s in strips}) * STRIP_ROWS, len(strips))
         return strips
 
     def _track(self, job_id: str, total: int, done: int) -> Progress:
@@ -282,24 +334,19 @@ class JobRunner:
         self.store.update(job_id, tiles_total=total, tiles_done=done)
         return progress
 
-    def _advance(self, job_id: str, progress: Progress, done: int, strips: list[StripRecord], *,
-                 save: bool = False) -> None:
+    def _advance(self, job_id: str, progress: Progress, strips: list[StripRecord], *, save: bool = False) -> None:
         """Strips recorded as they are written (a restart resumes after them); progress saved every second."""
         for strip in strips:
             self.store.add_strip(job_id, strip)
-        progress.done = done
         if save or time.monotonic() - progress.saved > _SAVE_EVERY_S:
-            self.store.update(job_id, tiles_done=done)
+            self.store.update(job_id, tiles_done=progress.done)
             progress.saved = time.monotonic()
 
-    def _finished_strips(self, job_id: str, folder: Path) -> list[StripRecord]:
-        """The strips recorded and on disk, contiguous from the top (a resumed job starts after them)."""
-        done = []
-        for s in self.store.strips(job_id):
-            if s.row != sum(d.height for d in done) or not (folder / strip_name("labels", s.index)).exists():
-                break
-            done.append(s)
-        return done
+    def _finished_strips(self, job_id: str) -> list[StripRecord]:
+        """The strips recorded and on disk, in any order (the parts of a split job finish when they finish)."""
+        folder = self.store.folder(job_id) / "strips"
+        return [s for s in self.store.strips(job_id)
+                if s.row == s.index * STRIP_ROWS and (folder / strip_name("labels", s.index)).exists()]
 
     # -- files and expiry ---------------------------------------------------------------------------
 
@@ -328,4 +375,65 @@ class JobRunner:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+#: A job is split across decode workers in parts of at least this many strips: each part also reads
+#: the tile row above its first row, and a part's session costs an open of the scene.
+MIN_PART_STRIPS = 2
+
+
+def job_parts(done: Iterable[int], height: int, workers: int) -> list[tuple[int, int]]:
+    """The rows ``[r0, r1)`` of the strips not ``done``, in up to ``workers`` strip-aligned parts of about equal size
+    (more where the strips left are not contiguous: a part never spans a done strip)."""
+    finished = set(done)
+    missing = [i for i in range(-(-height // STRIP_ROWS)) if i not in finished]
+    if not missing:
+        return []
+    size = -(-len(missing) // max(1, min(workers, len(missing) // MIN_PART_STRIPS)))
+    parts = []
+    for chunk in (missing[i : i + size] for i in range(0, len(missing), size)):
+        start = prev = chunk[0]
+        for i in [*chunk[1:], None]:
+            if i != prev + 1:  # a gap (or the chunk's end): the run so far is a part
+                parts.append((start * STRIP_ROWS, min(height, (prev + 1) * STRIP_ROWS)))
+                start = i
+            prev = i
+    return parts
+
+
+@dataclass
+class _PartsProgress:
+    """A job's progress over its parts: each part's share of the rows, scaled to the grid's tiles."""
+
+    progress: Progress
+    height: int
+    known: list[StripRecord]
+    parts: list[tuple[int, int]]
+
+    def __post_init__(self) -> None:
+        self._totals = [0] * max(len(self.parts), 1)
+        self._done = [0] * max(len(self.parts), 1)
+        self._known_rows = sum(s.height for s in self.known)
+
+    def started(self, i: int, total: int) -> None:
+        self._totals[i] = total
+
+    def done(self, i: int, done: int) -> Progress:
+        """``done`` tiles of part ``i``: the job's progress, updated."""
+        self._done[i] = done
+        rows = self._known_rows + sum((r1 - r0) * d / t for (r0, r1), d, t in
+                                      zip(self.parts, self._done, self._totals, strict=False) if t)
+        self.progress.done = min(self.progress.total, round(self.progress.total * rows / self.height))
+        return self.progress
+
+
+async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Every awaitable at once; on the first failure (or a cancellation) the others are cancelled and waited for."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -1,8 +1,10 @@
 """One job's scene from its files to its result files: what a decode worker, or the service itself, drives.
 
-Opening routes the files and decides their units. ``start`` cuts the tiles still to run (a resumed
-mask job starts after the strips recorded before). ``add`` blends a batch's probabilities, writing
-final rows to strips on disk (mask heads), or aggregates them (class heads). ``finish`` writes the
+Opening routes the files and decides their units. ``start`` cuts the tiles of a part of the
+scene: the rows ``[r0, r1)`` of a mask job (strip-aligned: the strips not yet recorded, or one of
+the parts a job is split into across decode workers), the whole scene for a class head. ``add``
+blends a batch's probabilities, writing final rows to strips on disk (mask heads), or aggregates
+them (class heads). ``finish`` ends the part and, once the strips cover the scene, writes the
 result files (the COGs, the GeoJSON) and returns the job's summary. All of it is GDAL and numpy
 work: in a decode worker by default, in a service thread when there are none (``MAPEX_DECODE_WORKERS=0``).
 The store stays with the service: strips written here are handed over by ``take_strips`` to be recorded.
@@ -35,7 +37,7 @@ from mapex_serve.tiling import ClassAggregator, MaskBlender, TileBatch, read_bat
 from mapex_serve.units import UnitOverrides
 from mapex_serve.vectorize import mask_polygons
 
-__all__ = ["JobPlan", "JobScene", "opened_scene"]
+__all__ = ["JobPlan", "JobScene", "opened_scene", "scene_tiles"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Seque
     return open_and_route(sources.files, bands, manifests, request.modality, overrides_for(request, sources), max_pixels)
 
 
+def scene_tiles(height: int, width: int, tile: int) -> int:
+    """The tiles of a scene's grid."""
+    overlap = overlap_for(tile)
+    return len(tile_cells(height, tile, overlap)) * len(tile_cells(width, tile, overlap))
+
+
 class JobScene:
     """A job's open scene: tiles out, probabilities in, strips and result files written to ``plan.folder``."""
 
@@ -79,8 +87,10 @@ class JobScene:
         self.scene, self.route, self.reader = opened_scene(plan.request, plan.sources, manifests, plan.max_pixels)
         self.manifest = self.route.manifest
         self.batches: Iterator[TileBatch] = iter(())
-        self.total = self.done = self.seen = 0
-        self._strips: list[StripRecord] = []  # every strip of the scene, the earlier ones included
+        self.total = self.done = self.seen = 0  # tiles of the part being run, done, and run with a valid pixel
+        self._rows: tuple[int, int] | None = None
+        self._first_row, self._columns = 0, 1  # the part's first tile row; tiles in a row
+        self._strips: list[StripRecord] = []  # every strip of the scene, those known before included
         self._taken = 0  # how many of them the service has recorded
         self._blender: MaskBlender | None = None
         self._aggregator: ClassAggregator | None = None
@@ -91,22 +101,26 @@ class JobScene:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def start(self, earlier: Sequence[StripRecord] = ()) -> None:
-        """The tiles still to run: those reaching below the ``earlier`` strips (a suffix of whole tile rows)."""
+    def start(self, rows: tuple[int, int] | None, known: Sequence[StripRecord] = ()) -> None:
+        """The tiles that scene rows ``[r0, r1)`` need (None: no tile, only the results to write), ``known`` the
+        strips recorded outside those rows. Class heads always run the whole scene (their results are in memory)."""
         manifest, reader, g = self.manifest, self.reader, self.reader.grid
         size, k = manifest.tile_size, len(manifest.classes)
-        resume_row = sum(s.height for s in earlier) if manifest.head == "mask" else 0  # class heads start over
-        self._strips, self._taken = list(earlier), len(earlier)
+        if manifest.head == "class":
+            rows, known = (0, g.height), ()
+        self._strips, self._taken = list(known), len(known)
         tiles = tile_grid(reader.height, reader.width, size, overlap_for(size))
-        todo = [t for t in tiles if int(t.window.row_off) + size > resume_row]
-        self.total, self.done, self._columns = len(tiles), len(tiles) - len(todo), tiles[-1].col + 1
+        r0, r1 = rows or (0, 0)
+        todo = [t for t in tiles if int(t.window.row_off) + size > r0 and int(t.window.row_off) < r1]
+        self.total, self.done, self._rows, self._columns = len(todo), 0, rows, tiles[-1].col + 1
+        self._first_row = todo[0].row if todo else 0
         self.batches = read_batches(reader, todo, self.plan.max_batch, [b.mean for b in manifest.bands])
         if manifest.head == "class":
             self._aggregator = ClassAggregator(max(t.row for t in tiles) + 1, self._columns, k)
         elif todo:
             writer = StripWriter(self._strip_folder, crs=g.crs, transform=g.transform, height=g.height, width=g.width,
-                                 n_classes=k, probabilities=self.plan.request.probabilities, resume_row=resume_row,
-                                 masked=reader.masked, record=self._strips.append)
+                                 n_classes=k, probabilities=self.plan.request.probabilities, resume_row=r0,
+                                 end_row=r1, masked=reader.masked, record=self._strips.append)
             self._blender = MaskBlender(g.height, g.width, k, size, overlap_for(size), sink=writer.add,
                                         start_row=int(todo[0].window.row_off),
                                         keep_probabilities=self.plan.request.probabilities)
@@ -123,21 +137,25 @@ class JobScene:
             for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
                 self._aggregator.add(tile, p, valid)
         self.seen += len(batch.tiles)
-        last = batch.tiles[-1]  # skipped tiles (all invalid) count as done: the total is the grid's
-        self.done = last.row * self._columns + last.col + 1
+        last = batch.tiles[-1]  # skipped tiles (all invalid) count as done: the total is the part's
+        self.done = (last.row - self._first_row) * self._columns + last.col + 1
 
     def take_strips(self) -> list[StripRecord]:
         """The strips written since the last call, for the store (a resumed job starts after the recorded ones)."""
         new, self._taken = self._strips[self._taken:], len(self._strips)
         return new
 
-    def finish(self) -> dict[str, Any]:
-        """The last rows to strips, the result files written; the job's summary."""
+    def finish(self) -> dict[str, Any] | None:
+        """The part's last rows to strips; once the strips cover the scene, the result files and the job's summary
+        (None: other parts are still to come)."""
         self.done = self.total
         if self.manifest.head == "class":
             return self._class_results()
         if self._blender is not None:
-            self._blender.finish()
+            self._blender.finish(until=self._rows[1])
+            self._blender = None
+        if sum(s.height for s in self._strips) < self.reader.grid.height:
+            return None
         return self._mask_results()
 
     def close(self) -> None:
@@ -146,7 +164,7 @@ class JobScene:
     def _mask_results(self) -> dict[str, Any]:
         manifest, route, request, g, folder = self.manifest, self.route, self.plan.request, self.reader.grid, \
             self.plan.folder
-        strips = self._strips
+        strips = sorted(self._strips, key=lambda s: s.row)
         pixels = np.sum([s.stats["pixels"] for s in strips], axis=0)
         areas = [s.stats["area_m2"] for s in strips]
         area = None if any(a is None for a in areas) else np.sum(areas, axis=0)
