@@ -1,6 +1,7 @@
 """A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -10,7 +11,9 @@ import pytest
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+from mapex_serve.bands import BANDS, bands_of
 from mapex_serve.local import LocalService
+from mapex_serve.repository import Manifest
 
 DATA = Path(__file__).parents[1] / "data"
 S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
@@ -237,3 +240,16 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     s = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def swir_manifest() -> Manifest:
+    """A SWIR mask specialist's manifest, as the exporter writes one (the engine is not needed to read a scene)."""
+    bands = [{"name": b, "unit": BANDS[b].unit, "scale": BANDS[b].scale, "mean": 0.2, "std": 0.1}
+             for b in bands_of(["SWIR"])]
+    return Manifest(
+        name="wildfire-swir", version=1, task="wildfire", head="mask", classes=["unburned", "burned"],
+        modalities=["SWIR"], bands=bands, tile_size=32, input={"name": "input", "shape": [-1, 2, 32, 32]},
+        output={"name": "probabilities", "shape": [-1, 2, 32, 32]}, experts_kept=[],
+        parameters={"full": 10, "pruned": 5}, opset=18, artefacts={"model.onnx": {"sha256": "0" * 64, "bytes": 1}},
+        source_checkpoint_sha256="0" * 64, created=datetime.now(UTC))

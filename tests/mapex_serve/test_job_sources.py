@@ -4,19 +4,15 @@ nodata applied to the values."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
 
-from mapex_serve.bands import BANDS, bands_of
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.scene import opened_scene
 from mapex_serve.jobs.sources import JobSourceError, ResolvedSources, gdal_path, resolve_stac
-from mapex_serve.repository import Manifest
 
 
 def test_urls_map_to_gdal_virtual_file_systems_and_nothing_else_is_read():
@@ -74,7 +70,7 @@ def test_stac_1_1_bands_with_raster_fields_on_the_band():
     assert resolved.overrides.get("units", "VV") == "dB" and resolved.files[0].path == "/vsis3/b/vv.tif"
 
 
-def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path):
+def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path, swir_manifest):
     """Earth Search's COGs store DN = (reflectance + 0.1) x 10000 without saying so in the file: read with the
     item's raster:bands the values are reflectance; without them they would be 0.1 too bright."""
     reflectance = np.random.default_rng(0).uniform(0.02, 0.4, size=(2, 64, 64))
@@ -89,7 +85,7 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
         files.append(SourceFile(name, str(path), (0.0,)))
     item = resolve_stac(earth_search_item(), ["swir16", "swir22"], "https://x/item.json")
     sources = ResolvedSources(files, item.bands, item.overrides, item.described)
-    manifest = swir_manifest()
+    manifest = swir_manifest
     scene, _, reader = opened_scene(JobRequest(), sources, [manifest], 10**9)
     with scene:
         values, reasons = reader.read(Window(0, 0, 64, 64))
@@ -102,14 +98,3 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
         values, _ = reader.read(Window(0, 0, 64, 64))
         assert np.allclose(values[:, 4:], reflectance[:, 4:] + 0.1, atol=1e-4), "the caller's offset= wins"
 
-
-def swir_manifest() -> Manifest:
-    """A SWIR specialist's manifest, as the exporter writes one (the engine is not needed to read the scene)."""
-    bands = [{"name": b, "unit": BANDS[b].unit, "scale": BANDS[b].scale, "mean": 0.2, "std": 0.1}
-             for b in bands_of(["SWIR"])]
-    return Manifest(
-        name="wildfire-swir", version=1, task="wildfire", head="mask", classes=["unburned", "burned"],
-        modalities=["SWIR"], bands=bands, tile_size=32, input={"name": "input", "shape": [-1, 2, 32, 32]},
-        output={"name": "probabilities", "shape": [-1, 2, 32, 32]}, experts_kept=[],
-        parameters={"full": 10, "pruned": 5}, opset=18, artefacts={"model.onnx": {"sha256": "0" * 64, "bytes": 1}},
-        source_checkpoint_sha256="0" * 64, created=datetime.now(UTC))

@@ -23,7 +23,7 @@ from rasterio.features import rasterize
 from rasterio.shutil import copy as gdal_copy
 from rasterio.warp import transform_geom
 
-from mapex_serve.local import decode_workers
+from mapex_serve.local import cpu_seconds, decode_workers
 
 pytestmark = pytest.mark.slow
 
@@ -336,6 +336,26 @@ def test_a_job_in_the_service_process_gives_the_files_a_decode_worker_gives(uplo
             assert mine.profile == theirs.profile and mine.tags() == theirs.tags()
     assert result(here.url, job["id"], "geojson").json() == result(jobs_server.url, uploaded["id"], "geojson").json()
     assert result(here.url, job["id"], "json").json() == result(jobs_server.url, uploaded["id"], "json").json()
+
+
+def test_a_lone_job_is_split_across_the_decode_workers(built_repo, start_server, sar, tmp_path, server_type):
+    """With two decode workers a scene's rows run in two parts, one on each (a lone scene would otherwise get one
+    worker's speed); the mask is /predict's and the progress reaches the grid's tiles."""
+    s = start_server(built_repo, MAPEX_JOBS_DIR=str(tmp_path / "jobs"), MAPEX_DECODE_WORKERS="2")
+    scene = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 6, 6)), ["VV", "VH"])  # 1920 x 1728: 4 strips
+    workers = decode_workers(s.pid)
+    before = [cpu_seconds(w) for w in workers]
+    job = submit_upload(s.url, scene).json()
+    status = wait_done(s.url, job["id"])
+    assert status["state"] == "done", status
+    assert status["progress"]["tiles_done"] == status["progress"]["tiles_total"] > 5000
+    assert "runs in 2 parts on the decode workers: rows 0-1024, 1024-1920" in s.log
+    used = [cpu_seconds(w) - b for w, b in zip(workers, before, strict=True)]
+    assert min(used) > 0.2, f"each worker ran a part: CPU seconds {used}"
+    labels = cog_array(server_type, result(s.url, job["id"], "geotiff").content)[0]
+    with scene.open("rb") as f:
+        whole = server_type.cog_band(httpx.post(f"{s.url}/predict/flood", files={"file": f}, timeout=120).content)
+    assert float((labels == whole).mean()) >= 0.999  # batch composition may flip a near-tie pixel, nothing else
 
 
 def _strips(jobs: Path, job_id: str) -> int:
