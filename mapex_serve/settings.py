@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     job_max_upload_mb: float = Field(20480, gt=0, description="Largest scene a job accepts as an upload (MiB), "
                                      "streamed to the jobs volume.")
     job_max_pixels: int = Field(2_000_000_000, ge=1, description="Largest scene a job accepts, width x height.")
+    job_parts: int | None = Field(
+        None, ge=1, description="Parts a mask job's rows are split into, each on its own decode worker; unset: the "
+        "decode workers when the specialist's engine runs on a GPU, 1 on the CPU (there the engine and the workers "
+        "share the cores: two parts were 7-9% slower on 2 cores, docs/performance.md)."
+    )
     job_max_attempts: int = Field(3, ge=1, description="Starts of one job (a restarted service resumes its jobs) "
                                   "before it is failed.")
     job_url_prefixes: Annotated[list[str], NoDecode] = Field(

@@ -2,8 +2,9 @@
 
 A job's scene (an upload saved on the jobs volume, or a remote COG read by ranges) is opened,
 read window by window, blended and written by decode workers (:class:`~mapex_serve.jobs.scene.JobScene`
-in :mod:`mapex_serve.decode.job_session`), as ``/predict`` uploads are: a mask job's rows are split
-into strip-aligned parts, one a worker, so that a lone scene gets every worker. With
+in :mod:`mapex_serve.decode.job_session`), as ``/predict`` uploads are: with a GPU engine a mask
+job's rows are split into strip-aligned parts, one a worker, so that a lone scene gets every worker
+(``part_count``). With
 ``MAPEX_DECODE_WORKERS=0`` the same work runs in service threads, one part after another. The service sends each batch of tiles to the specialist's
 batcher as ``BACKGROUND`` work (an interactive request's tiles always go first) and records each
 strip of final rows as the worker writes it. Memory is the window, the batch and one strip.
@@ -32,6 +33,7 @@ import numpy as np
 from mapex_serve.batcher import BACKGROUND
 from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError
 from mapex_serve.decode.slab import SlabSpaceError
+from mapex_serve.engine import CPU_EP
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
@@ -230,15 +232,16 @@ class JobRunner:
                              specialists: list[str]) -> dict[str, Any]:
         """Opened, tiled, blended and written by decode workers; the service runs the batches and keeps the store.
 
-        A mask job's rows still to run are split into parts across the workers (a lone scene would
-        otherwise get one worker's speed); each part writes its own strips, and once every part is
-        done one worker writes the result files from them.
+        A mask job's rows still to run are split into parts across the workers where the engine is off
+        the CPU (``part_count``; a lone scene would otherwise get one worker's speed); each part writes
+        its own strips, and once every part is done one worker writes the result files from them.
         """
         async with pool.job(plan, specialists, self.settings.max_batch) as first:
             opened = first.opened
             manifest = self.state.registry.specialists[opened.specialist].manifest
             known = self._resume(job, manifest)
-            parts = self._parts(manifest, known, opened.height, pool.size)
+            count = part_count(self.settings.job_parts, plan.providers[manifest.name], pool.size)
+            parts = self._parts(manifest, known, opened.height, count)
             progress = _PartsProgress(self._track(job.id, opened.tiles, 0), opened.height, known, parts)
             submit = self._submitter(manifest.name)
 
@@ -375,6 +378,17 @@ class JobRunner:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def part_count(setting: int | None, provider: str, workers: int) -> int:
+    """How many parts a job is split into: ``MAPEX_JOB_PARTS``, else one a worker when the engine is off the CPU.
+
+    On the CPU the engine binds a job and shares the cores with the workers, so more parts only add
+    their overhead (a second open, the tile row above each part read twice, more GDAL caches).
+    """
+    if setting is not None:
+        return setting
+    return 1 if provider == CPU_EP else workers
 
 
 #: A job is split across decode workers in parts of at least this many strips: each part also reads

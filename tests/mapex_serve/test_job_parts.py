@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from mapex_serve.engine import CPU_EP, CUDA_EP, NATIVE_TENSORRT, TRT_EP
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import STRIP_ROWS
-from mapex_serve.jobs.runner import job_parts
+from mapex_serve.jobs.runner import job_parts, part_count
 from mapex_serve.jobs.scene import JobPlan, JobScene
 from mapex_serve.jobs.sources import ResolvedSources
 
@@ -34,6 +35,11 @@ HEIGHT, WIDTH = 1300, 150  # three strips, the last one short
 ])
 def test_the_rows_left_are_split_into_strip_aligned_parts(done, height, workers, parts):
     assert job_parts(done, height, workers) == parts
+
+
+def test_a_job_is_split_one_part_a_worker_when_the_engine_is_off_the_cpu():
+    assert [part_count(None, p, 15) for p in (CPU_EP, CUDA_EP, TRT_EP, NATIVE_TENSORRT)] == [1, 15, 15, 15]
+    assert part_count(4, CPU_EP, 15) == 4 and part_count(1, CUDA_EP, 15) == 1  # MAPEX_JOB_PARTS wins
 
 
 @pytest.fixture(scope="module")

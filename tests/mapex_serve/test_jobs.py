@@ -339,9 +339,10 @@ def test_a_job_in_the_service_process_gives_the_files_a_decode_worker_gives(uplo
 
 
 def test_a_lone_job_is_split_across_the_decode_workers(built_repo, start_server, sar, tmp_path, server_type):
-    """With two decode workers a scene's rows run in two parts, one on each (a lone scene would otherwise get one
-    worker's speed); the mask is /predict's and the progress reaches the grid's tiles."""
-    s = start_server(built_repo, MAPEX_JOBS_DIR=str(tmp_path / "jobs"), MAPEX_DECODE_WORKERS="2")
+    """With two decode workers and two parts (the default on a GPU engine) a scene's rows run one part on each
+    worker (a lone scene would otherwise get one worker's speed); the mask is /predict's and the progress reaches
+    the grid's tiles."""
+    s = start_server(built_repo, MAPEX_JOBS_DIR=str(tmp_path / "jobs"), MAPEX_DECODE_WORKERS="2", MAPEX_JOB_PARTS="2")
     scene = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 6, 6)), ["VV", "VH"])  # 1920 x 1728: 4 strips
     workers = decode_workers(s.pid)
     before = [cpu_seconds(w) for w in workers]
