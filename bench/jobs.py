@@ -1,19 +1,22 @@
 """A whole Sentinel-1-sized scene as a job: wall time against the engine alone, and the server's peak RSS.
 
-    python -m bench.jobs [--size 20000] [--task flood]
+    [MAPEX_JOB_PARTS=N] python -m bench.jobs [--size 20000] [--task flood] [--decode-workers N]
 
 The scene is two bands (VV, VH in dB, float32) of ``--size`` x ``--size`` pixels: a 1024-pixel
 mosaic of tile-sized synthetic SAR scenes repeated over the grid, written block by block as a tiled
 GeoTIFF (never whole in memory), uploaded as a job (streamed to the jobs volume) with GeoJSON off,
 and followed to the end. The baseline runs the same engine in this process on exactly the tiles the
 job cuts, counting only the engine calls. The server's peak resident memory is its VmHWM over the job
-(reset before). Goals: server peak RSS < 2 GiB for a 20,000 x 20,000 scene; wall time as close to the
+(reset before), summed over the service and its decode workers; the CPU of the service process and
+of each worker over the job comes from ``/proc`` (the workers read, blend and write the job; the
+single-tile probes sent meanwhile are in it too, 30 of them). Goals: server peak RSS < 2 GiB for a 20,000 x 20,000 scene; wall time as close to the
 engine's as the service's own work allows (reported, not a goal of this issue).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -38,6 +41,7 @@ from bench.harness import (
 from bench.scene import engine_seconds
 from mapex_serve.engine import Engine
 from mapex_serve.inputs import SourceFile
+from mapex_serve.local import cpu_seconds, decode_workers
 from mapex_serve.settings import Settings
 from training.data import SceneConfig, generate_scene, mosaic
 
@@ -93,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.jobs", description=__doc__.split("\n\n")[0])
     service_arguments(p, "flood", "task of the job (default flood: a SAR mask)")
     p.add_argument("--size", type=int, default=GOAL_SIZE, help="scene width and height in pixels")
+    p.add_argument("--decode-workers", type=int, help="MAPEX_DECODE_WORKERS (default: the service's, cores - 1)")
     args = p.parse_args(argv)
 
     repo = ensure_repo(args.repo, args.checkpoint)
@@ -102,12 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = make_scene(args.size, manifest.tile_size, Path(tmp) / "scene.tif")
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_JOBS_DIR": str(Path(tmp) / "jobs")}
+        if args.decode_workers is not None:
+            env["MAPEX_DECODE_WORKERS"] = str(args.decode_workers)
         with ServiceProcess(repo, env) as server:
             probe = single_tile_request(manifest.tile_size)
             idle_latency = median(latencies(server.url, args.task, probe, 30))
             rss_idle = server.reset_peak_rss()
             print(f"submitting {args.size} x {args.size} ({path.stat().st_size / 2**20:.0f} MiB) as a job ...",
                   file=sys.stderr)
+            workers = decode_workers(server.pid)
+            cpu = {pid: cpu_seconds(pid) for pid in [server.pid, *workers]}
             start = time.perf_counter()
             with path.open("rb") as f:
                 r = httpx.post(f"{server.url}/jobs/{args.task}", params={"geojson": "false"},
@@ -125,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bar.total, bar.n = job["progress"]["tiles_total"], job["progress"]["tiles_done"]
                     bar.refresh()
             wall = time.perf_counter() - start
+            cpu = {pid: cpu_seconds(pid) - before for pid, before in cpu.items()}
             if job["state"] != "done":
                 raise SystemExit(f"the job ended {job['state']}: {job.get('error')}")
             rss_peak = server.peak_rss_bytes()
@@ -135,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     row = {"size": args.size, "specialist": manifest.name, "tiles": tiles, "job_s": wall, "engine_s": engine_s,
            "ratio": wall / engine_s, "server_idle_rss_mib": rss_idle / 2**20, "server_peak_rss_mib": rss_peak / 2**20,
            "result_mib": len(result) / 2**20, "predict_p50_idle_ms": idle_latency * 1000,
-           "predict_p50_during_job_ms": median(busy_latency) * 1000 if busy_latency else None}
+           "predict_p50_during_job_ms": median(busy_latency) * 1000 if busy_latency else None,
+           "decode_workers": len(workers), "job_parts": os.environ.get("MAPEX_JOB_PARTS", "auto"),
+           "service_cpu_s": cpu[server.pid],
+           "workers_cpu_s": " + ".join(f"{cpu[w]:.2f}" for w in workers) or "-",
+           "workers_cpu_ms_per_tile": sum(cpu[w] for w in workers) / tiles * 1000}
     peak_gib = rss_peak / 2**30
     goals, notes = [], [f"job wall time / engine-only time {row['ratio']:.2f} ({wall:.0f} s vs {engine_s:.0f} s for "
                         f"{tiles:,} tiles; the job's time includes the upload, the COG with overviews and its "
