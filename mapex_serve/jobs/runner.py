@@ -428,6 +428,8 @@ class _PartsProgress:
         self._totals = [0] * max(len(self.parts), 1)
         self._done = [0] * max(len(self.parts), 1)
         self._known_rows = sum(s.height for s in self.known)
+        p = self.progress  # a resumed job starts at its recorded rows' share: its rate (and ETA) counts from there
+        p.done = p.done_at_start = min(p.total, round(p.total * self._known_rows / self.height))
 
     def started(self, i: int, total: int) -> None:
         self._totals[i] = total

@@ -44,12 +44,14 @@ def test_a_job_is_split_one_part_a_worker_when_the_engine_is_off_the_cpu():
 
 @pytest.fixture(scope="module")
 def swir_file(tmp_path_factory) -> Path:
-    """Two SWIR reflectance bands with a burn scar and noise: labels with edges that cross the strips."""
+    """Two SWIR reflectance bands with a burn scar and noise (labels with edges that cross the strips) and a
+    patch of NaN across a strip boundary (masked pixels each part counts for its own rows)."""
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
     scar = ((rows - 640) ** 2 / 300**2 + (cols - 75) ** 2 / 60**2) < 1
     b11 = np.where(scar, 0.12, 0.25) + rng.normal(0, 0.03, (HEIGHT, WIDTH))
     b12 = np.where(scar, 0.2, 0.15) + rng.normal(0, 0.03, (HEIGHT, WIDTH))
+    b11[STRIP_ROWS - 30 : STRIP_ROWS + 20, 40:90] = np.nan
     path = tmp_path_factory.mktemp("swir") / "swir.tif"
     with rasterio.open(path, "w", driver="GTiff", count=2, height=HEIGHT, width=WIDTH, dtype="float32",
                        crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5000000, 20, 20),
@@ -93,6 +95,7 @@ def test_a_job_split_into_parts_gives_the_files_and_summary_of_one_part(swir_man
     assert parts == [None, None], "a part that leaves rows to others writes no results"
     assert split == whole
     assert 0 < whole["classes"]["burned"]["fraction"] < 0.5
+    assert sum(whole["masked_pixels"]["by_reason"].values()) == 50 * 50
     mine, theirs = _files(tmp_path / "split"), _files(tmp_path / "whole")
     for name in mine:
         np.testing.assert_array_equal(mine[name][0], theirs[name][0])
