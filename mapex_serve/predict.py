@@ -163,11 +163,7 @@ class SceneRun:
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
         """One batch's probabilities, in the batch's order."""
-        if self._blender is not None:
-            self._blender.add_batch(batch.tiles, probs, batch.valid)
-        else:
-            for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-                self._aggregator.add(tile, p, valid)
+        (self._blender or self._aggregator).add_batch(batch.tiles, probs, batch.valid)
         self.seen += len(batch.tiles)
 
     def result(self, reservation: Reservation) -> Prediction:

@@ -444,6 +444,11 @@ class ClassAggregator:
         self._probs[:, tile.row, tile.col] = probs
         self._valid[tile.row, tile.col] = int(np.count_nonzero(valid))
 
+    def add_batch(self, tiles: Sequence[Tile], probs: np.ndarray, valid: np.ndarray) -> None:
+        """A batch's tiles: probabilities (B, K) and valid masks (B, T, T), as ``MaskBlender.add_batch`` takes them."""
+        for tile, p, v in zip(tiles, probs, valid, strict=True):
+            self.add(tile, p, v)
+
     def result(self) -> ClassResult:
         """Scene probabilities (the valid-pixel-weighted mean), its argmax, and the per-tile grid."""
         total = int(self._valid.sum())

@@ -131,11 +131,7 @@ class JobScene:
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
         """One batch's probabilities, in the batch's order (blended before ``probs`` is written again)."""
-        if self._blender is not None:
-            self._blender.add_batch(batch.tiles, probs, batch.valid)
-        else:
-            for tile, p, valid in zip(batch.tiles, probs, batch.valid, strict=True):
-                self._aggregator.add(tile, p, valid)
+        (self._blender or self._aggregator).add_batch(batch.tiles, probs, batch.valid)
         self.seen += len(batch.tiles)
         last = batch.tiles[-1]  # skipped tiles (all invalid) count as done: the total is the part's
         self.done = (last.row - self._first_row) * self._columns + last.col + 1
