@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     job_parts: int | None = Field(
         None, ge=1, description="Parts a mask job's rows are split into, each on its own decode worker; unset: the "
         "decode workers when the specialist's engine runs on a GPU, 1 on the CPU (there the engine and the workers "
-        "share the cores: two parts were 7-9% slower on 2 cores, docs/performance.md)."
+        "share the cores: on 2 cores two parts took 30% more decode CPU for the same time, docs/performance.md)."
     )
     job_max_attempts: int = Field(3, ge=1, description="Starts of one job (a restarted service resumes its jobs) "
                                   "before it is failed.")
@@ -128,8 +128,8 @@ class Settings(BaseSettings):
         "the service process instead; the temp folder is used if it is not writable."
     )
     decode_workers: int | None = Field(
-        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads and whole-scene jobs; unset: "
-        "(cores - 1) "
+        None, ge=0, description="Processes that open, tile, blend and encode /predict uploads and whole-scene jobs; "
+        "unset: (cores - 1) "
         "shared among UVICORN_WORKERS service processes (at least 1 each), the cores being the container's CPU "
         "limit where it has one; 0: in the service process (threads)."
     )

@@ -5,8 +5,9 @@ routes the files: the service then decides which rows the session runs (it keeps
 strips not yet recorded, or one part of them when a job is split across workers) and ``start``
 cuts their tiles and fills the slots. Every ``step`` answers with the strips of final rows the
 worker wrote meanwhile, for the service to record, and ``finish`` ends the part and, when the
-strips then cover the scene, writes the result files and answers with the job's summary. The slab holds only the tile and probability slots: the files
-stay where they are (the jobs volume, or HTTP and S3 read by ranges).
+strips then cover the scene, writes the result files and answers with the job's summary. The slab
+holds only the tile and probability slots: the files stay where they are (the jobs volume, or HTTP
+and S3 read by ranges).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class JobSession:
         return JobStep(size, self.scene.done, self.scene.take_strips())
 
     def finish(self, k: int | None, probs_shape: tuple[int, ...] | None) -> JobStep:
-        """Blend the last batch ``k`` (None: no tile to run), end the part; the result files once the scene is covered."""
+        """Blend the last batch ``k`` (None: no tile to run), end the part; the results once the scene is covered."""
         with unreadable_as_400():
             if k is not None and probs_shape is not None:
                 self._slots.blend(k % self._slots.count, probs_shape, self.scene.add)

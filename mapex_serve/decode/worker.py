@@ -55,8 +55,11 @@ class _Worker:
 
     def open(self, request: OpenRequest | JobOpenRequest) -> Opened | JobOpened:
         """A ``/predict`` request's session, or a whole-scene job's."""
-        session: Session | JobSession = JobSession(request, self._manifests) if isinstance(request, JobOpenRequest) \
-            else Session(request, self._manifests, self._provider)
+        session: Session | JobSession
+        if isinstance(request, JobOpenRequest):
+            session = JobSession(request, self._manifests)
+        else:
+            session = Session(request, self._manifests, self._provider)
         self._sessions[request.session] = session
         return self._ending_on_error(request.session, session.open)
 

@@ -4,12 +4,12 @@ A job's scene (an upload saved on the jobs volume, or a remote COG read by range
 read window by window, blended and written by decode workers (:class:`~mapex_serve.jobs.scene.JobScene`
 in :mod:`mapex_serve.decode.job_session`), as ``/predict`` uploads are: with a GPU engine a mask
 job's rows are split into strip-aligned parts, one a worker, so that a lone scene gets every worker
-(``part_count``). With
-``MAPEX_DECODE_WORKERS=0`` the same work runs in service threads, one part after another. The service sends each batch of tiles to the specialist's
-batcher as ``BACKGROUND`` work (an interactive request's tiles always go first) and records each
-strip of final rows as the worker writes it. Memory is the window, the batch and one strip.
-A worker that dies under a job is replaced; the job resumes on the fresh one after its last strip,
-and fails (``DecodeUnavailableError``: submit it again) if that worker dies too.
+(``part_count``). With ``MAPEX_DECODE_WORKERS=0`` the same work runs in service threads, one part
+after another. The service sends each batch of tiles to the specialist's batcher as ``BACKGROUND``
+work (an interactive request's tiles always go first) and records each strip of final rows as the
+worker writes it. Memory is the window, the batch and one strip.
+A worker that dies under a job is replaced; the job resumes on the fresh one after its recorded
+strips, and fails (``DecodeUnavailableError``: submit it again) if that worker dies too.
 
 State lives in the store, so a restart loses nothing finished: jobs that were running go back to
 the queue and resume after their last recorded strip (up to ``MAPEX_JOB_MAX_ATTEMPTS`` starts);
@@ -213,19 +213,19 @@ class JobRunner:
                        {s.manifest.name: s.engine.provider for s in specialists})
         manifests = [s.manifest for s in specialists]
         pool = self.state.decode
-        for attempt in (1, 2):
-            if pool is None:
-                break
+        if pool is not None:
             try:
-                return await self._run_in_worker(job, plan, pool, [m.name for m in manifests])
-            except WorkerLostError as e:
-                if attempt == 2:
-                    raise DecodeUnavailableError(f"the decode worker died twice while running this job ({e}); submit "
-                                                 f"it again; if it happens again the file may crash GDAL") from None
-                log.warning("%s during job %s; it resumes on a fresh worker", e, job.id)
+                for attempt in (1, 2):
+                    try:
+                        return await self._run_in_worker(job, plan, pool, [m.name for m in manifests])
+                    except WorkerLostError as e:
+                        if attempt == 2:
+                            raise DecodeUnavailableError(
+                                f"the decode worker died twice while running this job ({e}); submit it again; if it "
+                                f"happens again the file may crash GDAL") from None
+                        log.warning("%s during job %s; it resumes on a fresh worker", e, job.id)
             except SlabSpaceError as e:  # no room in shared memory for its tiles: run it in this process
                 log.warning("job %s runs in the service process: %s", job.id, e)
-                break
         return await self._run_here(job, plan, manifests)
 
     async def _run_in_worker(self, job: JobRecord, plan: JobPlan, pool: DecodePool,
@@ -242,7 +242,7 @@ class JobRunner:
             known = self._resume(job, manifest)
             count = part_count(self.settings.job_parts, plan.providers[manifest.name], pool.size)
             parts = self._parts(manifest, known, opened.height, count)
-            progress = _PartsProgress(self._track(job.id, opened.tiles, 0), opened.height, known, parts)
+            progress = self._track(job.id, opened.tiles, opened.height, known, parts)
             submit = self._submitter(manifest.name)
 
             async def run_part(session: WorkerJob, i: int, rows: tuple[int, int] | None,
@@ -262,7 +262,7 @@ class JobRunner:
                 async with pool.job(plan, specialists, self.settings.max_batch) as session:
                     return await run_part(session, i, parts[i], [])
 
-            if len(parts) <= 1:  # one part (one worker, a small scene, a class head; none: only results): results too
+            if len(parts) <= 1:  # one part (one worker, small scene, class head; none: results only): results here
                 final = await run_part(first, 0, parts[0] if parts else None, known)
                 if final.summary is not None:
                     return final.summary
@@ -284,8 +284,8 @@ class JobRunner:
             g = scene.reader.grid
             known = self._resume(job, scene.manifest)
             parts = self._parts(scene.manifest, known, g.height, 1)
-            progress = _PartsProgress(self._track(job.id, scene_tiles(g.height, g.width, scene.manifest.tile_size), 0),
-                                      g.height, known, parts)
+            progress = self._track(job.id, scene_tiles(g.height, g.width, scene.manifest.tile_size), g.height, known,
+                                   parts)
             batcher = self.state.batchers[scene.manifest.name]
             submit = self._submitter(scene.manifest.name)
             summary = None
@@ -331,10 +331,12 @@ class JobRunner:
                      min(set(range(len(strips) + 1)) - {s.index for s in strips}) * STRIP_ROWS, len(strips))
         return strips
 
-    def _track(self, job_id: str, total: int, done: int) -> Progress:
-        progress = Progress(done, total, time.monotonic(), done)
-        self.progress[job_id] = progress
-        self.store.update(job_id, tiles_total=total, tiles_done=done)
+    def _track(self, job_id: str, tiles: int, height: int, known: list[StripRecord],
+               parts: list[tuple[int, int]]) -> _PartsProgress:
+        """The job's progress, live for ``GET /jobs/{id}`` and in the store: from its recorded rows' share."""
+        progress = _PartsProgress(Progress(0, tiles, time.monotonic(), 0), height, known, parts)
+        self.progress[job_id] = progress.progress
+        self.store.update(job_id, tiles_total=tiles, tiles_done=progress.progress.done)
         return progress
 
     def _advance(self, job_id: str, progress: Progress, strips: list[StripRecord], *, save: bool = False) -> None:
