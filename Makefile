@@ -30,13 +30,13 @@ lint: install
 
 # The demo repository is built once (pre-training the tiny model on first use, a few minutes).
 serve: install
-	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models
+	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models --jobs 2
 	$(BIN)/python -m mapex_serve --host 127.0.0.1 --port 8000 --repo models
 
 # Short preset: fewer repeats and requests than the scripts' defaults; the scene is the full 4096 x 4096.
 # bench.peer runs standalone Triton beside the service (its own .venv-triton, created on first use).
 bench: install
-	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models
+	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models --jobs 2
 	$(BIN)/python -m bench.pruning --repeats 10 --warmup 3
 	$(BIN)/python -m bench.serve --requests 256
 	$(BIN)/python -m bench.scene --size 4096

@@ -49,7 +49,7 @@ def ensure_repo(repo: Path, checkpoint: Path | None) -> Path:
     ``export.build`` pre-trains and caches the tiny demo model when no checkpoint is given.
     """
     if not scan_repository(repo):
-        cmd = [sys.executable, "-m", "export.build", "--all", "--repo", str(repo), "--no-trt"]
+        cmd = [sys.executable, "-m", "export.build", "--all", "--repo", str(repo), "--no-trt", "--jobs", "2"]
         if checkpoint is not None:
             cmd += ["--checkpoint", str(checkpoint)]
         print(f"no specialists in {repo}: building them ({' '.join(cmd[1:])})", file=sys.stderr)

@@ -2,6 +2,7 @@
 
     python -m export.build --modality SWIR --task wildfire --checkpoint runs/tiny/checkpoint.pt --repo models/
     python -m export.build --all --repo models/          # every task's default specialists (demo model if no checkpoint)
+    python -m export.build --all --repo models/ --jobs 2 # the same, two specialists at a time
 
 Each entry ``<repo>/<task>-<modalities>/<version>/`` holds ``model.onnx`` (dynamic batch axis,
 softmax probabilities out, band normalisation in the graph) and ``manifest.json``. MoE blocks
@@ -16,13 +17,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import typing
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +47,7 @@ from export.tensorrt import (
     tensorrt_version,
 )
 from mapex_serve.bands import BANDS, bands_of, resolve_modality
+from mapex_serve.cores import usable_cores
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import (
     MANIFEST_NAME,
@@ -208,13 +213,19 @@ def _next_version(folder: Path) -> int:
 
 
 class _TensorRTNotice:
-    """Says once per run that engines are skipped, then stays quiet."""
+    """Says once per run that engines are skipped, then stays quiet.
+
+    A build worker (``--jobs``) only keeps the reason; the parent says it, so a run says it once.
+    """
 
     said = False
+    in_worker = False
+    why: str | None = None
 
     @classmethod
     def skip(cls, why: str) -> None:
-        if not cls.said:
+        cls.why = cls.why or why
+        if not cls.said and not cls.in_worker:
             tqdm.write(f"TensorRT engines skipped: {why}", file=sys.stderr)
             cls.said = True
 
@@ -364,7 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    default=BuildOptions.trt_hardware_compatibility,
                    help="engines that also run on other GPUs: ampere_plus (any compute capability >= 8.0) or "
                         "same_compute_capability; a little slower than an engine for one GPU type")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="build N specialists at a time, each in its own process with its share of the cores "
+                        "(default 1; each holds a copy of the model while it fine-tunes). PyTorch's thread count "
+                        "changes its sums in the last bits, so weights can differ slightly from a --jobs 1 build")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, not {args.jobs}")
     if not args.all and not args.modality:
         p.error("give --modality (one or more) or --all")
     full = tuple(t for t in args.full_finetune.split(",") if t)
@@ -388,17 +405,76 @@ def main(argv: Sequence[str] | None = None) -> int:
                            trt_precision=args.trt_precision, trt_hardware_compatibility=args.trt_hardware_compatibility,
                            version=args.version)
     digest = sha256_file(checkpoint)
-    built = []
-    with tqdm(requests, desc="building specialists", unit="specialist", dynamic_ncols=True) as bar:
-        for task, modalities in bar:
-            entry = build_specialist(model, digest, task, modalities, options, bar)
-            manifest = json.loads((entry / MANIFEST_NAME).read_text())
-            params = manifest["parameters"]
-            built.append(f"{entry}  params {params['pruned']:,} / {params['full']:,} "
-                         f"({params['pruned'] / params['full']:.2f}x), experts "
-                         f"{[k['experts'] for k in manifest['experts_kept']]}")
-    print("\n".join(built))
+    if args.jobs > 1 and len(requests) > 1:
+        entries = _build_in_workers(checkpoint, digest, requests, options, args.jobs)
+    else:
+        with tqdm(requests, desc="building specialists", unit="specialist", dynamic_ncols=True) as bar:
+            entries = [build_specialist(model, digest, task, modalities, options, bar) for task, modalities in bar]
+    print("\n".join(_summary(entry) for entry in entries))
     return 0
+
+
+def _summary(entry: Path) -> str:
+    manifest = json.loads((entry / MANIFEST_NAME).read_text())
+    params = manifest["parameters"]
+    return (f"{entry}  params {params['pruned']:,} / {params['full']:,} ({params['pruned'] / params['full']:.2f}x), "
+            f"experts {[k['experts'] for k in manifest['experts_kept']]}")
+
+
+_worker_model: Mapex | None = None
+
+
+def _start_worker(checkpoint: Path, threads: int) -> None:
+    global _worker_model
+    torch.set_num_threads(threads)
+    _TensorRTNotice.in_worker = True
+    _worker_model, _ = load_model(checkpoint)
+
+
+def _build_here(digest: str, task_name: str, modalities: tuple[str, ...], options: BuildOptions) -> tuple[Path, str | None]:
+    assert _worker_model is not None, "_start_worker runs first"
+    entry = build_specialist(_worker_model, digest, get_task(task_name), modalities, options)
+    return entry, _TensorRTNotice.why
+
+
+def _build_in_workers(
+    checkpoint: Path, digest: str, requests: list[tuple[Task, tuple[str, ...]]], options: BuildOptions, jobs: int,
+) -> list[Path]:
+    """Build specialists ``jobs`` at a time in spawned processes; entries come back in request order.
+
+    Each specialist is fine-tuned, exported and checked on its own, into its own folder, so the builds share
+    nothing but the cores (split evenly between the processes' PyTorch threads). A build is handed over only
+    when a process is free, so the first failure is raised once the builds still running have finished their
+    own entries, and no other starts.
+    """
+    jobs = min(jobs, len(requests))
+    threads = max(1, usable_cores() // jobs)
+    context = multiprocessing.get_context("spawn")  # a forked PyTorch thread pool can hang the child
+    queue = iter(enumerate(requests))
+    entries: dict[int, Path] = {}
+    with (tqdm(total=len(requests), desc=f"building specialists ({jobs} at a time)", unit="specialist",
+               dynamic_ncols=True) as bar,
+          ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                              initargs=(checkpoint, threads)) as pool):
+        running: dict[Future, int] = {}
+
+        def hand_over_next() -> None:
+            for i, (task, modalities) in itertools.islice(queue, 1):
+                running[pool.submit(_build_here, digest, task.name, modalities, options)] = i
+
+        for _ in range(jobs):
+            hand_over_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                entries[i], notice = future.result()
+                if notice:
+                    _TensorRTNotice.skip(notice)
+                bar.set_postfix_str(f"{entries[i].parent.name} built")
+                bar.update()
+                hand_over_next()
+    return [entries[i] for i in range(len(requests))]
 
 
 if __name__ == "__main__":

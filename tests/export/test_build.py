@@ -168,10 +168,25 @@ def test_versions_count_up(wildfire_specialist, tmp_path, tiny_run):
     assert json.loads((second / "manifest.json").read_text())["version"] == 2
 
 
+def test_a_failed_build_among_parallel_ones_stops_the_queue_and_leaves_no_staging(tmp_path, tiny_run):
+    (tmp_path / "landcover-rgb" / "1").mkdir(parents=True)  # the first specialist's version is taken
+    result = build("--all", "--jobs", "2", "--version", "1", "--finetune-steps", "1", "--no-trt",
+                   "--repo", str(tmp_path), "--checkpoint", str(tiny_run / "checkpoint.pt"))
+    assert result.returncode != 0
+    assert f"{tmp_path / 'landcover-rgb' / '1'} already exists" in result.stderr
+    built = list(tmp_path.glob("*/1/manifest.json"))
+    # The build running in the other process finishes its entry; the rest never start.
+    assert len(built) <= 1, built
+    assert not list(tmp_path.glob("*/.staging-*"))
+    for entry in built:
+        verify_entry(entry.parent)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ([], "give --modality"),
+        (["--all", "--jobs", "0"], "--jobs must be at least 1"),
         (["--modality", "SWIR", "--task", "cloud"], "cloud"),
         (["--modality", "thermal"], "unknown modality"),
         (["--modality", "RGB", "--modality", "SAR"], "takes at most 1 modality per specialist"),
