@@ -158,9 +158,18 @@ class _Worker:
             self._pending.pop(message_id, None)
 
     def tell(self, kind: str, payload: Any) -> None:
-        """A message that gets no answer (``close``); lost with the worker if it is gone."""
+        """A message whose answer nobody waits for (``close``, ``exit``); lost with the worker if it is gone."""
         with contextlib.suppress(WorkerLostError):
             self._send((next(self._ids), kind, payload))
+
+    async def close_session(self, sid: int, timeout_s: float = 10) -> None:
+        """Close a session and wait until the worker has: none of its steps runs after this (or the worker is gone).
+
+        The worker answers in message order, so a step it was running when the session ended is over by then.
+        """
+        with contextlib.suppress(WorkerLostError, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.call("close", sid)
 
     def exit(self) -> None:
         """Stop listening and ask the worker to exit (on the loop; ``join`` then waits for it)."""
@@ -357,8 +366,8 @@ class DecodePool:
         finally:
             if worker is not None:
                 worker.sessions -= 1
-                if job is None or not job.finished:
-                    worker.tell("close", request.session)
+                if job is None or not job.finished:  # its files are removed next: wait out a step still writing
+                    await worker.close_session(request.session)
             slab.close()
             slab.unlink()
 

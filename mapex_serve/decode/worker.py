@@ -7,7 +7,8 @@ holds the session's other batch meanwhile (``session``).
 
 Messages from the service are ``(id, kind, payload)``; answers ``(id, ok, payload)`` where a
 failed call's payload is its exception (a MapexError keeps its class, so the service answers the
-same 4xx as when it decodes in its own process). ``close`` is not answered. The worker exits when
+same 4xx as when it decodes in its own process). ``close`` is answered once the session is gone, so
+a job's files can be removed knowing that no step of it still writes there. The worker exits when
 the service closes the pipe or says ``exit``; anything else that ends it (a crash, the OOM
 killer, a kill) is noticed by the service through the closed pipe.
 """
@@ -94,7 +95,7 @@ class _Worker:
             session.close()
 
     def handle(self, message_id: int, kind: str, payload: Any) -> None:
-        """One message, answered (but ``close``) with its result or its error."""
+        """One message, answered with its result or its error."""
         try:
             match kind:
                 case "open":
@@ -106,8 +107,7 @@ class _Worker:
                 case "finish":
                     result = self.finish(*payload)
                 case "close":
-                    self.close(payload)
-                    return
+                    result = self.close(payload)
                 case _:
                     raise ValueError(f"unknown message {kind!r}")
         except Exception as e:  # noqa: BLE001 - every failure goes back to the waiting request
