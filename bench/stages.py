@@ -46,6 +46,7 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
+from bench.flops import H200_FP16_TFLOPS, flops_per_tile
 from bench.harness import RESULTS, Report, ServiceProcess, ensure_repo, find_entry, markdown_table
 from mapex_serve.batcher import Batcher
 from mapex_serve.engine import Engine
@@ -58,12 +59,11 @@ from mapex_serve.settings import Settings
 from mapex_serve.tiling import ClassAggregator, MaskBlender, grid_shape, tile_cells
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible
 from mapex_serve.upload import read_upload
-from training.config import MapexConfig, preset
+from training.config import preset
 from training.data import SceneConfig, generate_scene, mosaic, write_scene_geotiff
 
 CHUNK = 64 * 1024  # what uvicorn hands the app per receive() on loopback, about
 MAX_PIXELS = 64_000_000
-H200_FP16_TFLOPS = 989.0  # dense FP16/BF16 tensor-core peak of an H200 (SXM), without sparsity
 
 #: Stage, what it is, and where it runs in the service today.
 STAGES: list[tuple[str, str, str]] = [
@@ -356,31 +356,6 @@ def inprocess_costs(data: bytes, manifest: Manifest, engine: Engine, max_batch: 
         return Cost(statistics.median(cpu), statistics.median(thread), statistics.median(wall), repeats)
 
     return loop.run_until_complete(run())
-
-
-# -- the base-size specialist's engine: FLOPs per tile ------------------------------------------------
-
-
-def flops_per_tile(config: MapexConfig, channels: int, kept_experts: int, head_width: int = 32,
-                   dense_experts: bool = True) -> float:
-    """Multiply-adds x 2 of one tile through a one-modality specialist of ``config`` with a SegHead.
-
-    Per token and block: q, k, v and the output projection (4 d^2), attention scores and mixing
-    (2 n d), the MLP (2 d^2 r). In the MoE blocks the exported graph runs every kept expert densely
-    (``dense_experts``: the export form today), else one. Patch embedding and the head's 3 x 3
-    convolutions (one per doubling of resolution, ``head_width`` channels) are added.
-    """
-    d, r, n = config.embed_dim, config.mlp_ratio, config.tokens_per_modality
-    mlp = 2 * d * d * r
-    per_token = config.depth * (4 * d * d + 2 * n * d + mlp)
-    per_token += len(config.moe_blocks) * mlp * ((kept_experts if dense_experts else 1) - 1)
-    per_token += config.patch_size ** 2 * channels * d
-    grid, side = config.img_size // config.patch_size, config.img_size // config.patch_size
-    head = d * head_width * grid * grid
-    while side < config.img_size:
-        side *= 2
-        head += 9 * head_width * head_width * side * side
-    return 2.0 * (per_token * n + head)
 
 
 # -- the model -----------------------------------------------------------------------------------------

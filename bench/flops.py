@@ -1,0 +1,29 @@
+"""Floating-point work of one tile through a specialist: what an engine's tiles/s mean in TFLOP/s."""
+
+from __future__ import annotations
+
+from training.config import MapexConfig
+
+H200_FP16_TFLOPS = 989.0  # dense FP16/BF16 tensor-core peak of an H200 (SXM), without sparsity
+
+
+def flops_per_tile(config: MapexConfig, channels: int, kept_experts: int, head_width: int = 32,
+                   dense_experts: bool = True) -> float:
+    """Multiply-adds x 2 of one tile through a one-modality specialist of ``config`` with a SegHead.
+
+    Per token and block: q, k, v and the output projection (4 d^2), attention scores and mixing
+    (2 n d), the MLP (2 d^2 r). In the MoE blocks the exported graph runs every kept expert densely
+    (``dense_experts``: the export form today), else one. Patch embedding and the head's 3 x 3
+    convolutions (one per doubling of resolution, ``head_width`` channels) are added.
+    """
+    d, r, n = config.embed_dim, config.mlp_ratio, config.tokens_per_modality
+    mlp = 2 * d * d * r
+    per_token = config.depth * (4 * d * d + 2 * n * d + mlp)
+    per_token += len(config.moe_blocks) * mlp * ((kept_experts if dense_experts else 1) - 1)
+    per_token += config.patch_size ** 2 * channels * d
+    grid, side = config.img_size // config.patch_size, config.img_size // config.patch_size
+    head = d * head_width * grid * grid
+    while side < config.img_size:
+        side *= 2
+        head += 9 * head_width * head_width * side * side
+    return 2.0 * (per_token * n + head)
