@@ -19,6 +19,7 @@ import contextlib
 import io
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnxscript import opset18 as op
 from tqdm import tqdm
 
 from export.prune import PruneResult, prune
@@ -134,6 +136,25 @@ def block_forms(spec: Specialist, form: Form = "sparse") -> dict[int, str]:
     return {i: form if isinstance(blocks[i].ffn, MoE) else "mlp" for i in spec.backbone.cfg.moe_blocks}
 
 
+def _gelu(self, approximate: str = "none"):  # noqa: ANN001, ANN202 - an ONNX Script function, traced by the exporter
+    """``aten.gelu`` in the order of operations ONNX Runtime fuses into one Gelu kernel.
+
+    The exporter's own translation computes x * ((erf(x / sqrt 2) + 1) * 0.5), which ONNX Runtime
+    1.32 leaves as five elementwise kernels. x * (erf(x / sqrt 2) + 1) * 0.5 is the same number (a
+    product by 0.5 is exact), in plain opset-18 operators that TensorRT parses too. It made the tiny
+    specialist 24% faster in ONNX Runtime at batch 32 (18.9 -> 14.5 ms on 2 threads).
+    """
+    if approximate == "tanh":  # ONNX Runtime's FastGelu pattern: x * 0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))
+        cube = op.Mul(op.Mul(op.Mul(self, self), self), 0.044715)
+        inner = op.Mul(op.Add(self, cube), math.sqrt(2.0 / math.pi))
+        return op.Mul(op.Mul(self, 0.5), op.Add(op.Tanh(inner), 1.0))
+    return op.Mul(op.Mul(self, op.Add(op.Erf(op.Div(self, math.sqrt(2.0))), 1.0)), 0.5)
+
+
+#: Translations that replace the exporter's own for these operators (``torch.onnx.export``'s custom_translation_table).
+TRANSLATIONS = {torch.ops.aten.gelu.default: _gelu}
+
+
 def export_onnx(spec: Specialist, path: Path, opset: int, form: Form = "sparse") -> None:
     """Export with a symbolic batch axis (traced at batch 2: a batch of 1 would be baked in).
 
@@ -159,6 +180,7 @@ def export_onnx(spec: Specialist, path: Path, opset: int, form: Form = "sparse")
             torch.onnx.export(
                 spec.eval(), (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False,
+                custom_translation_table=TRANSLATIONS,
             )
     finally:
         _dense(spec, False)

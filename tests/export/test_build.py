@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.build import BuildOptions, ParityError, block_forms, build_specialist, check_parity, export_onnx
+from export.build import (
+    TRANSLATIONS,
+    BuildOptions,
+    ParityError,
+    block_forms,
+    build_specialist,
+    check_parity,
+    export_onnx,
+)
 from export.prune import prune
 from mapex_serve.bands import MODALITY_NAMES
 from mapex_serve.repository import ManifestError, scan_repository, sha256_file, verify_entry
@@ -120,6 +129,28 @@ def test_onnx_runtime_matches_pytorch_on_batches_of_1_7_and_32(wildfire_speciali
     x = torch.rand(7, 2, 32, 32) * 0.4
     with torch.no_grad():
         assert np.abs(session.run(None, {"input": x.numpy()})[0] - spec(x).numpy()).max() <= 1e-4
+
+
+def test_onnx_runtime_fuses_every_gelu_of_the_shipped_graph_into_one_kernel(wildfire_specialist, tmp_path):
+    _, spec = wildfire_specialist
+    export_onnx(spec, tmp_path / "model.onnx", opset=18)
+    shipped = Counter(n.op_type for n in onnx.load(tmp_path / "model.onnx").graph.node)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert shipped["Erf"] > 0 and "Gelu" not in shipped, "plain opset-18 operators ship (TensorRT parses them)"
+    assert (optimized["Gelu"], optimized["Erf"]) == (shipped["Erf"], 0)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_the_gelu_translation_computes_what_pytorch_does(approximate, tmp_path):
+    x = torch.linspace(-8, 8, 4001).reshape(1, -1)
+    module = torch.nn.GELU(approximate=approximate).eval()
+    torch.onnx.export(module, (x,), str(tmp_path / "gelu.onnx"), dynamo=True, opset_version=18,
+                      custom_translation_table=TRANSLATIONS)
+    session = ort.InferenceSession(str(tmp_path / "gelu.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - module(x).numpy()).max() <= 1e-6
 
 
 def test_sparse_graph_is_right_when_an_expert_gets_no_token(wildfire_specialist, tmp_path):
