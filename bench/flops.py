@@ -12,9 +12,10 @@ def flops_per_tile(config: MapexConfig, channels: int, kept_experts: int, head_w
     """Multiply-adds x 2 of one tile through a one-modality specialist of ``config`` with a SegHead.
 
     Per token and block: q, k, v and the output projection (4 d^2), attention scores and mixing
-    (2 n d), the MLP (2 d^2 r). In the MoE blocks the exported graph runs every kept expert densely
-    (``dense_experts``: the export form today), else one. Patch embedding and the head's 3 x 3
-    convolutions (one per doubling of resolution, ``head_width`` channels) are added.
+    (2 n d), the MLP (2 d^2 r). In the MoE blocks every kept expert runs on every token with
+    ``dense_experts`` (the dense export form), else one (the sparse form the build ships). Patch
+    embedding and the head's 3 x 3 convolutions (one per doubling of resolution, ``head_width``
+    channels) are added.
     """
     d, r, n = config.embed_dim, config.mlp_ratio, config.tokens_per_modality
     mlp = 2 * d * d * r

@@ -364,12 +364,12 @@ class DecodePool:
             job = WorkerJob(worker, request, slab, await worker.call("open", request))
             yield job
         finally:
+            slab.close()  # the worker keeps its own mapping until it closes the session
+            slab.unlink()
             if worker is not None:
                 worker.sessions -= 1
                 if job is None or not job.finished:  # its files are removed next: wait out a step still writing
                     await worker.close_session(request.session)
-            slab.close()
-            slab.unlink()
 
 
 @dataclass
