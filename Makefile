@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python -m bench.serve --requests 256
 	$(BIN)/python -m bench.scene --size 4096
 	$(BIN)/python -m bench.peer --requests 256 --size 4096
+	$(BIN)/python -m bench.engine_speed --repeats 10
 
 clean:
 	rm -rf $(VENV) .venv-triton .venv-kserve .pytest_cache build *.egg-info
