@@ -15,8 +15,8 @@ Each engine runs where it can:
 - PyTorch on CUDA, where a GPU is visible: fp32 (TF32 matrix products allowed) and bf16 autocast;
 - ONNX Runtime's CUDA execution provider, where ``onnxruntime-gpu`` is installed and sees the GPU.
 
-Each figure is the median of ``--repeats`` timed batches after warm-up (a CUDA batch waits for the
-device before its clock stops). Each row also gives the largest difference of its probabilities from
+Each figure is the median of ``--repeats`` timed batches after warm-up, from a batch on the CPU to its
+probabilities back there (so a CUDA batch counts its copies and waits for the device). Each row also gives the largest difference of its probabilities from
 eager fp32 on the CPU for the same batch, so a fast engine that computes something else shows.
 Results: bench/results/engine_speed.{json,md}.
 
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from bench.flops import H200_FP16_TFLOPS, flops_per_tile
@@ -59,12 +60,15 @@ KEPT = 2  # experts a MoE block keeps, as the demo's pruning keeps for each moda
 
 @dataclass(frozen=True)
 class Engine:
-    """One way of running the specialist: a name, a function of a CPU batch that returns CPU probabilities."""
+    """One way of running the specialist: a function of a CPU batch that returns its probabilities on the CPU.
+
+    Returning them on the CPU waits for a GPU to finish, and counts the copies both ways, as the service's
+    engine does.
+    """
 
     name: str
     device: str
     run: Callable[[torch.Tensor], np.ndarray]
-    sync: Callable[[], None] = lambda: None
 
 
 def specialist(preset_name: str, modality: str, seed: int) -> Specialist:
@@ -79,21 +83,18 @@ def specialist(preset_name: str, modality: str, seed: int) -> Specialist:
 
 
 def _torch_engine(model: Specialist, device: str, dtype: torch.dtype | None) -> Engine:
-    """``model`` (already on ``device``) in eager PyTorch, under autocast to ``dtype`` if one is given."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    """``model`` (already on ``device``: cpu or cuda) in eager PyTorch, under autocast to ``dtype`` if one is given."""
 
     def run(x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-            out = model(x.to(device, non_blocking=True))
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            out = model(x.to(device))
         return out.float().cpu().numpy()
 
     name = f"PyTorch eager {'fp32' if dtype is None else str(dtype).removeprefix('torch.')}"
-    return Engine(name, device, run, sync)
+    return Engine(name, device, run)
 
 
 def _ort_engine(path: Path, provider: str, threads: int) -> Engine | None:
-    import onnxruntime as ort
-
     if provider not in ort.get_available_providers():
         return None
     options = ort.SessionOptions()
@@ -122,11 +123,7 @@ def engines(spec: Specialist, onnx: Path | None, threads: int) -> list[Engine]:
 
 def measure(engine: Engine, x: torch.Tensor, reference: np.ndarray, repeats: int, warmup: int,
             flops: float) -> dict[str, object]:
-    def batch() -> None:
-        engine.run(x)
-        engine.sync()
-
-    seconds = median(timed(batch, repeats, warmup))
+    seconds = median(timed(lambda: engine.run(x), repeats, warmup))
     tiles_s = len(x) / seconds
     return {"engine": engine.name, "device": engine.device, "batch_ms": seconds * 1e3, "tiles_per_s": tiles_s,
             "tflop_s": tiles_s * flops / 1e12, "max_abs_diff": float(np.abs(engine.run(x) - reference).max())}
