@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from mapex_serve.cores import service_cores
+from mapex_serve.engine import plan_threads
 from mapex_serve.local import LocalService, status_bytes
 from mapex_serve.repository import Manifest, load_manifest, scan_repository
 
@@ -57,15 +59,27 @@ def ensure_repo(repo: Path, checkpoint: Path | None) -> Path:
     return repo
 
 
+def engine_arguments(p: argparse.ArgumentParser, runners_help: str) -> None:
+    """``--threads`` and ``--runners``, unset by default: ``resolve_engine_threads`` fills in the service's own choice."""
+    p.add_argument("--threads", type=int, help="MAPEX_INTRA_OP_THREADS, for the service and the baseline alike "
+                   "(default: the service's, the cores over --runners)")
+    p.add_argument("--runners", type=int, help=runners_help + " (default: the service's, one a core on the CPU)")
+
+
+def resolve_engine_threads(args: argparse.Namespace) -> None:
+    """Fill ``args.runners`` and ``args.threads`` left unset with what the service picks for a CPU engine here,
+    so that the service, the baseline and a peer all run the same configuration and the report names it."""
+    plan = plan_threads(args.runners, args.threads, True, service_cores())
+    args.runners, args.threads = plan.runners, plan.intra_op
+
+
 def service_arguments(p: argparse.ArgumentParser, task: str, help_task: str) -> None:
     """The options that ``bench.serve`` and ``bench.scene`` share: which specialist, and the service's settings."""
     p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (built if empty, as make serve)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to build the repository from (default: the demo model)")
     p.add_argument("--task", default=task, help=help_task)
     p.add_argument("--modality", default="RGB", help="the specialist's modality (default RGB)")
-    p.add_argument("--threads", type=int, default=2, help="MAPEX_INTRA_OP_THREADS for the service and the baseline")
-    p.add_argument("--runners", type=int, default=1,
-                   help="MAPEX_ENGINE_RUNNERS for the service; the baseline runs as many batches at once")
+    engine_arguments(p, "MAPEX_ENGINE_RUNNERS for the service; the baseline runs as many batches at once")
     p.add_argument("--max-batch", type=int, default=32, help="MAPEX_MAX_BATCH (with dynamic batching on)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for <name>.json and <name>.md")
 

@@ -36,6 +36,7 @@ from bench.harness import (
     ensure_repo,
     find_entry,
     median,
+    resolve_engine_threads,
     service_arguments,
 )
 from bench.scene import engine_seconds
@@ -99,10 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=GOAL_SIZE, help="scene width and height in pixels")
     p.add_argument("--decode-workers", type=int, help="MAPEX_DECODE_WORKERS (default: the service's, cores - 1)")
     args = p.parse_args(argv)
+    resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
     entry, manifest = find_entry(repo, args.task, ["SAR"])
-    settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, max_batch=args.max_batch)
+    settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, engine_runners=args.runners,
+                        max_batch=args.max_batch)
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
         path = make_scene(args.size, manifest.tile_size, Path(tmp) / "scene.tif")
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),

@@ -45,7 +45,18 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as rio_copy
 
-from bench.harness import ROOT, Goal, Report, ServiceProcess, ensure_repo, find_entry, percentile, post_scene
+from bench.harness import (
+    ROOT,
+    Goal,
+    Report,
+    ServiceProcess,
+    engine_arguments,
+    ensure_repo,
+    find_entry,
+    percentile,
+    post_scene,
+    resolve_engine_threads,
+)
 from bench.scene import make_scene
 from bench.serve import _Connection, make_tiles
 from mapex_serve.local import free_port
@@ -336,9 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task", default="landcover", help="task of (a) and (b) (default landcover: a class head)")
     p.add_argument("--scene-task", default="landcover-seg", help="task of (c) (default landcover-seg: a mask)")
     p.add_argument("--modality", default="RGB", help="the specialists' modality (default RGB)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads, both servers")
-    p.add_argument("--runners", type=int, default=1,
-                   help="batches run at once, both servers: MAPEX_ENGINE_RUNNERS, Triton's instance count")
+    engine_arguments(p, "batches run at once, both servers: MAPEX_ENGINE_RUNNERS, Triton's instance count")
     p.add_argument("--max-batch", type=int, default=32, help="largest engine batch, both servers; (c)'s client batch")
     p.add_argument("--delay-us", type=int, default=1000, help="Triton's max_queue_delay_microseconds")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, GOAL_CONCURRENCY])
@@ -349,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "as the service does)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
+    resolve_engine_threads(args)
     args.inflight = args.inflight or args.runners + 1
 
     repo = ensure_repo(args.repo, args.checkpoint)

@@ -25,7 +25,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, post_scene, service_arguments
+from bench.harness import (
+    Goal,
+    Report,
+    ServiceProcess,
+    ensure_repo,
+    find_entry,
+    post_scene,
+    resolve_engine_threads,
+    service_arguments,
+)
 from mapex_serve.engine import Engine
 from mapex_serve.inputs import RequestScene, SourceFile, UploadedFile
 from mapex_serve.predict import tile_batches
@@ -82,10 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
                    help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0")
     args = p.parse_args(argv)
+    resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
     entry, manifest = find_entry(repo, args.task, [args.modality])
-    settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, max_batch=args.max_batch)
+    settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, engine_runners=args.runners,
+                        max_batch=args.max_batch)
     with tempfile.TemporaryDirectory(prefix="bench-scene-") as tmp:
         path = make_scene(args.size, manifest.tile_size, Path(tmp) / "scene.tif")
         body = path.read_bytes()

@@ -31,7 +31,16 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
-from bench.harness import Goal, Report, ServiceProcess, ensure_repo, find_entry, percentile, service_arguments
+from bench.harness import (
+    Goal,
+    Report,
+    ServiceProcess,
+    ensure_repo,
+    find_entry,
+    percentile,
+    resolve_engine_threads,
+    service_arguments,
+)
 from mapex_serve.engine import Engine
 from mapex_serve.repository import Manifest
 from mapex_serve.settings import Settings
@@ -133,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tiles", type=int, default=64, help="distinct tiles cycled through")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0; off: no batching")
     args = p.parse_args(argv)
+    resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
     entry, manifest = find_entry(repo, args.task, [args.modality])
@@ -146,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch = 1 if mode == "off" else args.max_batch
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), **MODES[mode]}
-        settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, max_batch=max_batch)
+        settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, engine_runners=args.runners,
+                        max_batch=max_batch)
         engine = Engine(entry, manifest, settings)
         with ServiceProcess(repo, env) as server:
             for c in args.concurrency:

@@ -50,11 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(registry.warm_up)
         # Engine threads of their own per specialist (MAPEX_ENGINE_RUNNERS): a slow specialist never holds up
         # the others (ONNX Runtime's own thread settings share the cores between them).
-        executors[:] = [ThreadPoolExecutor(s.engine_runners, thread_name_prefix=f"engine-{name}")
-                        for name in registry.specialists]
+        executors[:] = [ThreadPoolExecutor(spec.engine.threads.runners, thread_name_prefix=f"engine-{name}")
+                        for name, spec in registry.specialists.items()]
         state.batchers = {
             name: Batcher(name, spec.engine.run, executor, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
-                          max_queue=s.max_queue, metrics=state.metrics, runners=s.engine_runners)
+                          max_queue=s.max_queue, metrics=state.metrics, runners=spec.engine.threads.runners)
             for (name, spec), executor in zip(registry.specialists.items(), executors, strict=True)
         }
         for b in state.batchers.values():
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.decode = DecodePool(s.decode_worker_count, {n: sp.manifest for n, sp in registry.specialists.items()},
                                       {n: sp.engine.provider for n, sp in registry.specialists.items()},
                                       metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count,
-                                      shm=s.shm_dir, runners=s.engine_runners)
+                                      shm=s.shm_dir, runners=max((b.runners for b in state.batchers.values()), default=1))
             await state.decode.start()
         state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))

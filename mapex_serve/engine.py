@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from mapex_serve.cores import service_cores
 from mapex_serve.engine_cache import record_cache, verify_cache
 from mapex_serve.errors import MapexError
 from mapex_serve.repository import EngineEntry, Manifest, ManifestError, read_verified
@@ -37,9 +38,11 @@ __all__ = [
     "Backend",
     "Engine",
     "EngineInputError",
+    "EngineThreads",
     "NativeTensorRTEngine",
     "choose_backend",
     "detect_gpu",
+    "plan_threads",
 ]
 
 log = logging.getLogger("mapex_serve.engine")
@@ -128,6 +131,29 @@ def choose_backend(
     return Backend("onnxruntime", providers, unavailable=unavailable, reason=why)
 
 
+@dataclass(frozen=True)
+class EngineThreads:
+    """How an engine takes the cores: ``runners`` batches at once, each on ``intra_op`` ONNX Runtime threads."""
+
+    runners: int
+    intra_op: int | None  # None: onnxruntime's default
+
+
+def plan_threads(runners: int | None, intra_op: int | None, on_cpu: bool, cores: int) -> EngineThreads:
+    """Fill in what the settings leave unset (None).
+
+    On the CPU the runs share ``cores``: runners x threads = cores, one thread a run by default,
+    because one ONNX Runtime run of a small specialist keeps only 1.5 of 2 cores busy and two
+    single-threaded runs at once did 1.6-2.1x the tiles a second (docs/performance.md). On a GPU the
+    host's cores only feed the device: one runner unless asked.
+    """
+    if not on_cpu:
+        return EngineThreads(runners or 1, intra_op)
+    if runners is None:
+        runners = max(cores // (intra_op or 1), 1)
+    return EngineThreads(runners, intra_op or max(cores // runners, 1))
+
+
 def _provider_options(provider: str, manifest: Manifest, settings: Settings) -> dict[str, Any]:
     if provider == TRT_EP:
         # Keyed by the model's hash too: ORT's own cache key does not cover the weights, so a rebuilt
@@ -202,6 +228,8 @@ class Engine:
                 log.warning("%s: native TensorRT engine %s failed to load (%s); using onnxruntime",
                             self.name, self.backend.engine.path, e)
                 self.backend = choose_backend(manifest, None, None, available, settings.providers, settings.max_batch)
+        on_cpu = self._native is None and self.backend.providers[0] == CPU_EP
+        self.threads = plan_threads(settings.engine_runners, settings.intra_op_threads, on_cpu, service_cores())
         if self._native is None:
             self._session = self._open_session(self.backend.providers)
             self.provider = self._session.get_providers()[0]
@@ -210,8 +238,8 @@ class Engine:
 
     def _open_session(self, providers: Sequence[str]) -> ort.InferenceSession:
         options = ort.SessionOptions()
-        if self.settings.intra_op_threads is not None:
-            options.intra_op_num_threads = self.settings.intra_op_threads
+        if self.threads.intra_op is not None:
+            options.intra_op_num_threads = self.threads.intra_op
         # ONNX Runtime's pool threads busy-wait for the next run by default. In the service they share
         # the cores with the event loop, which then waits for CPU: measured on 2 cores, spinning
         # doubled the server's CPU per single-tile request and cost a fifth of its throughput.
@@ -242,8 +270,9 @@ class Engine:
 
     def _report(self, available: Sequence[str]) -> None:
         requested = list(self.settings.providers)
-        log.info("%s: providers requested %s, available %s; in use: %s (%s)",
-                 self.name, requested, list(available), self.provider, self.backend.describe())
+        log.info("%s: providers requested %s, available %s; in use: %s (%s); %d runner(s) x %s thread(s)",
+                 self.name, requested, list(available), self.provider, self.backend.describe(),
+                 self.threads.runners, self.threads.intra_op or "onnxruntime's default")
         if self.backend.unavailable and set(self.backend.unavailable) - {CPU_EP}:
             log.warning("%s: %s requested but not offered by this onnxruntime build (GPU providers come with "
                         "onnxruntime-gpu: pip install '.[gpu]'); running on %s. Set MAPEX_PROVIDERS=cpu to "

@@ -111,12 +111,13 @@ class Settings(BaseSettings):
         "`https://sentinel-cogs.s3.us-west-2.amazonaws.com/,s3://my-bucket/`; unset: any http(s) or s3 URL."
     )
     intra_op_threads: int | None = Field(
-        None, ge=1, description="ONNX Runtime threads per session; unset: onnxruntime's default (all cores)."
+        None, ge=1, description="ONNX Runtime threads per run; unset: on a CPU engine the cores over "
+        "MAPEX_ENGINE_RUNNERS (1 by default), on a GPU engine onnxruntime's default."
     )
-    engine_runners: int = Field(
-        1, ge=1, description="Batches each specialist's engine runs at once, one thread each. On a CPU node, "
-        "runners x MAPEX_INTRA_OP_THREADS = cores serves small specialists faster than one run on every core "
-        "(docs/performance.md)."
+    engine_runners: int | None = Field(
+        None, ge=1, description="Batches each specialist's engine runs at once, one thread each; unset: on a CPU engine "
+        "the cores over MAPEX_INTRA_OP_THREADS (every core, one thread a run: on 2 cores a 4096² scene 16.5 -> 13.2 s, "
+        "docs/performance.md), on a GPU engine 1. The cores are the service process's share of the usable ones."
     )
     max_decoding: int = Field(
         64, ge=1, description="Requests each decode worker holds at once (received into shared memory, waiting or "

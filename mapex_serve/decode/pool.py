@@ -194,7 +194,8 @@ class DecodePool:
                  metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
                  start_timeout_s: float = 60, runners: int = 1) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
-        #: Batches of a request in flight: one for each engine runner and one the worker refills.
+        #: Batches of a request in flight: one for each engine runner (the most any specialist has) and one the
+        #: worker refills.
         self.slots = runners + 1
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).

@@ -77,6 +77,7 @@ async def models(reg: Ready) -> dict[str, Any]:
     repo = Path(reg.settings.model_repo)
     return {
         "specialists": {n: {"version": s.version, "provider": s.engine.provider,
+                            "runners": s.engine.threads.runners, "intra_op_threads": s.engine.threads.intra_op,
                             "manifest": s.manifest.model_dump(mode="json")} for n, s in reg.specialists.items()},
         "refused": [{"entry": f"{r.entry.parent.name}/{r.entry.name}", "reason": _without_paths(r.reason, repo)}
                     for r in reg.refused],

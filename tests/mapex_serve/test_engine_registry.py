@@ -13,7 +13,17 @@ import pytest
 from pydantic import ValidationError
 
 from export.tensorrt import GpuInfo
-from mapex_serve.engine import CPU_EP, CUDA_EP, TRT_EP, Engine, EngineInputError, choose_backend
+from mapex_serve.cores import service_cores, usable_cores
+from mapex_serve.engine import (
+    CPU_EP,
+    CUDA_EP,
+    TRT_EP,
+    Engine,
+    EngineInputError,
+    EngineThreads,
+    choose_backend,
+    plan_threads,
+)
 from mapex_serve.registry import Registry
 from mapex_serve.repository import EngineEntry, verify_entry
 from mapex_serve.settings import DEFAULT_PROVIDERS, PROVIDER_ALIASES, Settings
@@ -179,6 +189,39 @@ def test_engine_refuses_wrong_shapes_and_dtypes_with_clear_errors(repo):
         engine.run(good.astype(np.float64))
     with pytest.raises(EngineInputError, match="numpy array"):
         engine.run(good.tolist())
+
+
+def test_plan_threads_shares_the_cores_on_a_cpu_and_keeps_one_runner_on_a_gpu():
+    assert plan_threads(None, None, True, 16) == EngineThreads(16, 1)  # every core, one thread a run
+    assert plan_threads(None, 4, True, 16) == EngineThreads(4, 4)
+    assert plan_threads(2, None, True, 16) == EngineThreads(2, 8)
+    assert plan_threads(3, 3, True, 16) == EngineThreads(3, 3)  # both set: as set, even past the cores
+    assert plan_threads(None, 32, True, 16) == EngineThreads(1, 32)
+    assert plan_threads(None, None, True, 1) == EngineThreads(1, 1)
+    assert plan_threads(None, None, False, 16) == EngineThreads(1, None)  # GPU: onnxruntime's own threads
+    assert plan_threads(2, 4, False, 16) == EngineThreads(2, 4)
+
+
+def test_service_cores_are_split_among_uvicorn_workers(monkeypatch):
+    monkeypatch.delenv("UVICORN_WORKERS", raising=False)
+    assert service_cores() == usable_cores()
+    monkeypatch.setenv("UVICORN_WORKERS", "2")
+    assert service_cores() == max(usable_cores() // 2, 1)
+    monkeypatch.setenv("UVICORN_WORKERS", str(4 * usable_cores()))
+    assert service_cores() == 1
+
+
+def test_a_cpu_engine_runs_a_thread_a_run_on_every_core_unless_told(repo):
+    entry = repo / "landcover-rgb" / "1"
+    manifest = verify_entry(entry)
+    auto = Engine(entry, manifest, cpu_settings(repo, providers="cpu"))
+    assert auto.threads == EngineThreads(service_cores(), 1)
+    assert auto._session.get_session_options().intra_op_num_threads == 1  # what the session was opened with
+    told = Engine(entry, manifest, cpu_settings(repo, providers="cpu", engine_runners=1))
+    assert told.threads == EngineThreads(1, service_cores())
+    assert told._session.get_session_options().intra_op_num_threads == service_cores()
+    x = physical_batch(manifest, 8)
+    np.testing.assert_allclose(auto.run(x), told.run(x), atol=1e-6)
 
 
 def test_warm_up_runs_a_full_batch(repo):

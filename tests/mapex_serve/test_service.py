@@ -13,6 +13,7 @@ import pytest
 import rasterio
 from rasterio.io import MemoryFile
 
+from mapex_serve.cores import service_cores
 from mapex_serve.tiling import tile_grid
 
 DATA = Path(__file__).parents[1] / "data"
@@ -142,6 +143,9 @@ def test_health_models_and_open_inference_protocol(server):
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
     models = httpx.get(f"{server.url}/models").json()
     assert "wildfire-swir" in models["specialists"] and models["specialists"]["wildfire-swir"]["provider"]
+    # On the CPU every core runs a batch of its own, one ONNX Runtime thread each (MAPEX_ENGINE_RUNNERS unset).
+    assert {k: models["specialists"]["flood-sar"][k] for k in ("runners", "intra_op_threads")} == {
+        "runners": service_cores(), "intra_op_threads": 1}
     meta = httpx.get(f"{server.url}/v2/models/flood-sar").json()
     assert meta["inputs"][0]["shape"] == [-1, 2, 32, 32]
     assert httpx.get(f"{server.url}/v2/models/flood-sar/ready").json()["ready"] is True
@@ -262,8 +266,8 @@ def test_each_malformed_upload_gets_its_4xx_and_a_message(server, malformed):
 
 
 @pytest.mark.parametrize("env", [{}, {"MAPEX_MAX_BATCH": "8", "MAPEX_MAX_QUEUE": "16"},
-                                 {"MAPEX_ENGINE_RUNNERS": "2", "MAPEX_INTRA_OP_THREADS": "1"}],
-                         ids=["default", "full queue", "two engine runners"])
+                                 {"MAPEX_ENGINE_RUNNERS": "1"}],
+                         ids=["default", "full queue", "one engine runner"])
 def test_sigterm_under_load_completes_every_accepted_request(built_repo, start_server, env):
     """Every request the server accepted before SIGTERM gets an answer: its result, or a 503 it can retry
     (a full queue refuses new requests at once); none is left to hang or reset."""
