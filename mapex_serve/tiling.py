@@ -335,10 +335,13 @@ class MaskBlender:
         rows = slice(self._top, self._top + n)
         wsum = self._wsum[:n]
         covered = wsum > 0
-        probs = self._acc[:, :n] / np.where(covered, wsum, np.float32(1))
-        labels = np.where(covered, probs.argmax(axis=0).astype(np.uint8), np.uint8(self.nodata_label))
+        # A pixel's classes share one positive weight sum, so the largest weighted sum is the largest blended
+        # probability: the labels need no division, which is made only for probabilities kept.
+        acc = self._acc[:, :n]
+        labels = np.where(covered, acc.argmax(axis=0).astype(np.uint8), np.uint8(self.nodata_label))
+        probs = acc / np.where(covered, wsum, np.float32(1)) if self._keep else None
         if self._sink is not None:
-            self._sink(RowBand(self._top, labels, covered, probs if self._keep else None))
+            self._sink(RowBand(self._top, labels, covered, probs))
         else:
             self._covered[rows] = covered
             self._labels[rows] = labels

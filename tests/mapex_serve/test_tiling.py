@@ -461,6 +461,23 @@ def test_the_blender_holds_one_band_of_tile_rows_and_equals_the_whole_scene_blen
     assert lean.result().probabilities is None
 
 
+def test_labels_without_kept_probabilities_are_the_argmax_of_the_blend():
+    """The labels come from the weighted sums (no division): the same as the argmax of the blended probabilities."""
+    height, width, tile, overlap = 150, 170, 32, 8
+    rng = np.random.default_rng(7)
+    tiles = tile_grid(height, width, tile, overlap)
+    probs = {t: rng.dirichlet(np.ones(5), size=(tile, tile)).transpose(2, 0, 1).astype(np.float32) for t in tiles}
+    valid = {t: rng.random((tile, tile)) > 0.1 for t in tiles}
+    kept = blend(tiles, height, width, probs.get, valid.get, n_classes=5).result()
+    lean = MaskBlender(height, width, 5, tile, overlap)
+    for t in tiles:
+        lean.add(t, probs[t], valid[t])
+    labels = lean.result().labels
+    np.testing.assert_array_equal(labels, kept.labels)
+    np.testing.assert_array_equal(labels[kept.covered], kept.probabilities.argmax(axis=0)[kept.covered])
+    assert (labels[~kept.covered] == 255).all() and (~kept.covered).any()
+
+
 def test_the_blender_refuses_tiles_out_of_row_order():
     blender = MaskBlender(100, 40, 2, 32, 8)
     ones, valid = np.ones((2, 32, 32), np.float32), np.ones((32, 32), bool)
