@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     )
     engine_runners: int | None = Field(
         None, ge=1, description="Batches each specialist's engine runs at once, one thread each; unset: on a CPU engine "
-        "the cores over MAPEX_INTRA_OP_THREADS (every core, one thread a run: on 2 cores a 4096² scene 16.5 -> 13.2 s, "
+        "the cores over MAPEX_INTRA_OP_THREADS (every core, one thread a run: on 2 cores a 4096² scene 16.5 -> 12.2-13.3 s, "
         "docs/performance.md), on a GPU engine 1. The cores are the service process's share of the usable ones."
     )
     max_decoding: int = Field(
