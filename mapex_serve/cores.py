@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["cgroup_cpu_limit", "service_cores", "usable_cores"]
+__all__ = ["cgroup_cpu_limit", "service_cores", "service_processes", "usable_cores"]
 
 CGROUP = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -68,7 +68,12 @@ def usable_cores(root: Path = CGROUP, proc_cgroup: Path = PROC_SELF_CGROUP) -> i
     return cores if limit is None else max(1, min(cores, math.ceil(limit)))
 
 
-def service_cores() -> int:
-    """This service process's share of the usable cores: ``UVICORN_WORKERS`` processes split them, at least 1 each."""
+def service_processes() -> int:
+    """``UVICORN_WORKERS``: the service processes sharing these cores (1 when unset or not a number)."""
     services = os.environ.get("UVICORN_WORKERS", "1")
-    return max(usable_cores() // max(int(services) if services.isdigit() else 1, 1), 1)
+    return max(int(services), 1) if services.isdigit() else 1
+
+
+def service_cores() -> int:
+    """This service process's share of the usable cores, at least 1."""
+    return max(usable_cores() // service_processes(), 1)

@@ -7,14 +7,13 @@ engines and the app. Every field's description is the README's configuration tab
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from mapex_serve.cores import usable_cores
+from mapex_serve.cores import service_processes, usable_cores
 
 __all__ = ["DEFAULT_PROVIDERS", "PROVIDER_ALIASES", "Settings", "resolve_provider"]
 
@@ -140,8 +139,7 @@ class Settings(BaseSettings):
         """Decode workers of this service process: the usable cores but one, split among uvicorn's worker processes."""
         if self.decode_workers is not None:
             return self.decode_workers
-        services = os.environ.get("UVICORN_WORKERS", "1")
-        return max((usable_cores() - 1) // max(int(services) if services.isdigit() else 1, 1), 1)
+        return max((usable_cores() - 1) // service_processes(), 1)
 
     @field_validator("providers", mode="before")
     @classmethod
