@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.decode = DecodePool(s.decode_worker_count, {n: sp.manifest for n, sp in registry.specialists.items()},
                                       {n: sp.engine.provider for n, sp in registry.specialists.items()},
                                       metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count,
-                                      shm=s.shm_dir, runners=max((b.runners for b in state.batchers.values()), default=1))
+                                      shm=s.shm_dir, slots=max((b.ahead for b in state.batchers.values()), default=2))
             await state.decode.start()
         state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))

@@ -27,7 +27,7 @@ import numpy as np
 from mapex_serve.errors import MapexError
 from mapex_serve.metrics import Metrics
 
-__all__ = ["BACKGROUND", "INTERACTIVE", "Batcher", "QueueFullError", "ServiceStoppingError"]
+__all__ = ["BACKGROUND", "INTERACTIVE", "REQUEST_RUNNERS", "Batcher", "QueueFullError", "ServiceStoppingError"]
 
 
 class QueueFullError(MapexError, RuntimeError):
@@ -40,6 +40,12 @@ class ServiceStoppingError(MapexError, RuntimeError):
 
 #: Priorities of ``submit``: interactive requests first, whole-scene jobs when the engine has room.
 INTERACTIVE, BACKGROUND = 0, 1
+
+#: The runners one request keeps busy at most (``Batcher.ahead``). Each batch in flight holds a
+#: buffer of tiles and one of probabilities (in the request's shared-memory slab, or in memory): with
+#: a runner a core on a 64-core node, every scene would otherwise hold 65 of each (about 2 GB of
+#: 128 px tiles). Other requests fill the other runners.
+REQUEST_RUNNERS = 4
 
 
 @dataclass(order=True)
@@ -76,6 +82,12 @@ class Batcher:
         self._stopping = False
         #: Tiles dropped because their request was cancelled before they reached the engine.
         self.dropped = 0
+
+    @property
+    def ahead(self) -> int:
+        """Batches one request keeps submitted: one for each runner it may use (``REQUEST_RUNNERS`` at most) and one
+        queued behind them, so that a runner that frees up finds the request's next batch waiting."""
+        return min(self.runners, REQUEST_RUNNERS) + 1
 
     @property
     def depth(self) -> int:

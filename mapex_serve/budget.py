@@ -24,16 +24,17 @@ class OverBudgetError(MapexError, ValueError):
 
 
 def request_bytes(height: int, width: int, *, classes: int, head: str, channels: int, tile: int, max_batch: int,
-                  runners: int = 1) -> int:
-    """Bytes a request allocates beyond its upload: reason raster, outputs, encoding, batches in flight."""
+                  in_engine: int = 1) -> int:
+    """Bytes a request allocates beyond its upload: reason raster, outputs, encoding, batches in flight
+    (``in_engine`` of them in the engine at once: ``Batcher.ahead`` - 1)."""
     pixels = height * width
     reasons = pixels  # one uint8 reason per pixel
     if head == "mask":  # labels, coverage and the GeoTIFF encoding; K + 1 float32 planes over one band of tile rows
         outputs = 4 * pixels + (classes + 1) * 4 * min(tile, height) * width
     else:  # the class raster painted for a GeoTIFF answer and its encoding
         outputs = 2 * pixels
-    # The one read ahead, one in each engine runner and the engine's copy of each.
-    batches = (2 * runners + 1) * max_batch * channels * tile * tile * 4
+    # The one read ahead, those in the engine and the engine's copy of each.
+    batches = (2 * in_engine + 1) * max_batch * channels * tile * tile * 4
     return reasons + outputs + batches
 
 

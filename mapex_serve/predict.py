@@ -143,12 +143,12 @@ class SceneRun:
     or aggregates (class heads) each batch's probabilities; ``result`` reports.
     """
 
-    def __init__(self, scene: RequestScene, route: Route, reader: SceneReader, max_batch: int, runners: int = 1) -> None:
+    def __init__(self, scene: RequestScene, route: Route, reader: SceneReader, max_batch: int, in_engine: int = 1) -> None:
         self.scene, self.route, self.reader, self.max_batch = scene, route, reader, max_batch
         manifest = route.manifest
         self.need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
                                   channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch,
-                                  runners=runners)
+                                  in_engine=in_engine)
         self.what = f"this {reader.width} x {reader.height} scene"
         self.seen = 0
 
@@ -197,7 +197,7 @@ async def predict(
         open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
     with scene, unreadable_as_400():
         batcher = batchers[route.manifest.name]
-        run = SceneRun(scene, route, reader, max_batch, batcher.runners)
+        run = SceneRun(scene, route, reader, max_batch, batcher.ahead - 1)
         reservation = budget.reserve(run.need, run.what) if budget else Reservation(None, 0)
         try:
             run.start()
@@ -219,7 +219,7 @@ async def _run(run: SceneRun, batcher: Batcher, reservation: Reservation) -> Pre
 
     with unreadable_as_400():
         await pipeline(run.batches, lambda batch, k: batcher.submit(batch.data, admit=k == 0), add,
-                       ahead=batcher.runners + 1)
+                       ahead=batcher.ahead)
         return run.result(reservation)
 
 

@@ -192,11 +192,11 @@ class DecodePool:
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
                  metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
-                 start_timeout_s: float = 60, runners: int = 1) -> None:
+                 start_timeout_s: float = 60, slots: int = 2) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
-        #: Batches of a request in flight: one for each engine runner (the most any specialist has) and one the
-        #: worker refills.
-        self.slots = runners + 1
+        #: Batches of a request in flight (``Batcher.ahead``, the most of any specialist): one in each engine
+        #: runner the request may use, and one the worker refills.
+        self.slots = slots
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
@@ -406,8 +406,8 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, til
                       stepped: Callable[[Any], int]) -> Any:
     """A session's batches through the engine, each slot refilled as its output comes back; ``finish``'s answer.
 
-    Batch k lives in tile slot k % S and its output in probability slot k % S (S slots: the engine's
-    runners plus one). Once batch k's output is back, ``step`` has the worker blend it and read
+    Batch k lives in tile slot k % S and its output in probability slot k % S (S slots, ``Batcher.ahead``:
+    one in each engine runner the request may use, and one more). Once batch k's output is back, ``step`` has the worker blend it and read
     batch k + S into the freed slot while the engine runs the others; ``stepped`` turns the step's
     answer into that batch's size (0: none). With no batch at all, ``finish`` gets no last batch.
     """

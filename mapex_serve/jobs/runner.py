@@ -297,7 +297,7 @@ class JobRunner:
                     await asyncio.to_thread(scene.add, batch, probs)
                     self._advance(job.id, progress.done(i, scene.done), scene.take_strips())
 
-                await pipeline(scene.batches, lambda batch, _k: submit(batch.data), consume, ahead=batcher.runners + 1)
+                await pipeline(scene.batches, lambda batch, _k: submit(batch.data), consume, ahead=batcher.ahead)
                 summary = await asyncio.to_thread(scene.finish)
                 self._advance(job.id, progress.done(i, scene.total), scene.take_strips(), save=True)
             if summary is None:

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from mapex_serve.batcher import Batcher, QueueFullError, ServiceStoppingError
+from mapex_serve.batcher import REQUEST_RUNNERS, Batcher, QueueFullError, ServiceStoppingError
 from mapex_serve.metrics import Metrics
 
 
@@ -375,3 +375,54 @@ def test_the_pipeline_keeps_its_batches_in_flight_and_hands_their_outputs_back_i
     run(pipeline(iter(batches), submit, consume, ahead=ahead))
     assert got == [[10 * i, 10 * i + 1] for i in range(7)]
     assert peak[0] == ahead
+
+
+def test_one_request_keeps_a_bounded_number_of_batches_in_flight_however_many_runners():
+    """A runner a core on a many-core node: one scene's pipeline (as /predict and jobs run it) keeps
+    ``Batcher.ahead`` = REQUEST_RUNNERS + 1 batches (and their buffers) in flight, not one a runner; a second
+    request takes runners of its own."""
+    import threading
+
+    from mapex_serve.predict import pipeline
+    from mapex_serve.tiling import TileBatch
+
+    runners = REQUEST_RUNNERS + 3
+    lock, active, peak = threading.Lock(), [0], [0]
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return engine(batch)
+
+    async def scene(b: Batcher, start: float) -> list[list[float]]:
+        got: list[list[float]] = []
+
+        async def consume(_batch: TileBatch, out: np.ndarray) -> None:
+            got.append(out.tolist())
+
+        batches = [TileBatch([], tiles(4, start + 10 * i), np.ones((4, 4, 4), bool)) for i in range(12)]
+        await pipeline(iter(batches), lambda batch, k: b.submit(batch.data, admit=k == 0), consume, ahead=b.ahead)
+        return got
+
+    async def main(requests: int) -> list[list[list[float]]]:
+        peak[0] = 0
+        with ThreadPoolExecutor(runners) as pool:
+            b = Batcher("s", counting, pool, max_batch=4, max_delay_ms=0, max_queue=1000, metrics=Metrics(),
+                        runners=runners)
+            assert b.ahead == REQUEST_RUNNERS + 1
+            b.start()
+            out = await asyncio.wait_for(asyncio.gather(*(scene(b, 1000 * r) for r in range(requests))), 30)
+            await b.stop()
+            return out
+
+    [one] = run(main(1))
+    assert one == [[10 * i + j for j in range(4)] for i in range(12)]
+    assert peak[0] == REQUEST_RUNNERS + 1  # not one a runner
+    two = run(main(2))
+    assert two[1] == [[1000 + 10 * i + j for j in range(4)] for i in range(12)]
+    assert peak[0] == runners  # two requests use every runner
+    assert Batcher("s", engine, None, max_batch=4, max_delay_ms=0, max_queue=8, metrics=Metrics()).ahead == 2

@@ -14,7 +14,7 @@ def test_the_issues_7_class_request_at_the_default_pixel_limit_is_sized_before_i
     assert need < 0.2 * 64_000_000 * 8 * 4  # a sixth of what the whole-scene blend took
     assert request_bytes(8000, 8000, classes=2, head="class", channels=2, tile=32, max_batch=32) < need
     # Two engine runners: a batch and its engine copy more in flight.
-    two = request_bytes(8000, 8000, classes=7, head="mask", channels=3, tile=32, max_batch=32, runners=2)
+    two = request_bytes(8000, 8000, classes=7, head="mask", channels=3, tile=32, max_batch=32, in_engine=2)
     assert two - need == 2 * 32 * 3 * 32 * 32 * 4
 
 
