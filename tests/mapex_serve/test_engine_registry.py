@@ -224,6 +224,19 @@ def test_a_cpu_engine_runs_a_thread_a_run_on_every_core_unless_told(repo):
     np.testing.assert_allclose(auto.run(x), told.run(x), atol=1e-6)
 
 
+def test_an_engine_whose_gpu_provider_did_not_start_is_planned_for_the_cpu(repo, monkeypatch):
+    """onnxruntime-gpu on a machine without a usable GPU offers CUDA but the session runs on the CPU: the
+    engine then takes the CPU's runners and threads, not a GPU's one runner on onnxruntime's default threads.
+    (This onnxruntime has no CUDA provider: offering it makes ONNX Runtime fall back exactly so.)"""
+    entry = repo / "landcover-rgb" / "1"
+    offered = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_EP, *offered])
+    engine = Engine(entry, verify_entry(entry), cpu_settings(repo, providers="cuda,cpu"))
+    assert engine.backend.providers[0] == CUDA_EP and engine.provider == CPU_EP
+    assert engine.threads == EngineThreads(service_cores(), 1)
+    assert engine._session.get_session_options().intra_op_num_threads == 1
+
+
 def test_warm_up_runs_a_full_batch(repo):
     entry = repo / "landcover-rgb" / "1"
     engine = Engine(entry, verify_entry(entry), cpu_settings(repo, providers="cpu", max_batch=4))
