@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from mapex_serve.batcher import Batcher
+from mapex_serve.batcher import Batcher, request_ahead
 from mapex_serve.decode.pool import DecodePool
+from mapex_serve.decode.slab import batch_bytes
 from mapex_serve.errors import MapexError
 from mapex_serve.http_errors import STATUS, mapex_error_response, status_of
 from mapex_serve.jobs.runner import JobRunner
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         for name, spec in registry.specialists.items()]
         state.batchers = {
             name: Batcher(name, spec.engine.run, executor, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
-                          max_queue=s.max_queue, metrics=state.metrics, runners=spec.engine.threads.runners)
+                          max_queue=s.max_queue, metrics=state.metrics, runners=spec.engine.threads.runners,
+                          ahead=request_ahead(spec.engine.threads.runners, sum(batch_bytes(spec.manifest, s.max_batch))))
             for (name, spec), executor in zip(registry.specialists.items(), executors, strict=True)
         }
         for b in state.batchers.values():
@@ -63,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.decode = DecodePool(s.decode_worker_count, {n: sp.manifest for n, sp in registry.specialists.items()},
                                       {n: sp.engine.provider for n, sp in registry.specialists.items()},
                                       metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count,
-                                      shm=s.shm_dir, slots=max((b.ahead for b in state.batchers.values()), default=2))
+                                      shm=s.shm_dir,
+                                      runners={n: sp.engine.threads.runners for n, sp in registry.specialists.items()})
             await state.decode.start()
         state.jobs = _open_jobs(state)
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))

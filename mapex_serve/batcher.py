@@ -27,7 +27,8 @@ import numpy as np
 from mapex_serve.errors import MapexError
 from mapex_serve.metrics import Metrics
 
-__all__ = ["BACKGROUND", "INTERACTIVE", "REQUEST_RUNNERS", "Batcher", "QueueFullError", "ServiceStoppingError"]
+__all__ = ["BACKGROUND", "INTERACTIVE", "REQUEST_BUFFER_BYTES", "Batcher", "QueueFullError", "ServiceStoppingError",
+           "request_ahead"]
 
 
 class QueueFullError(MapexError, RuntimeError):
@@ -41,11 +42,18 @@ class ServiceStoppingError(MapexError, RuntimeError):
 #: Priorities of ``submit``: interactive requests first, whole-scene jobs when the engine has room.
 INTERACTIVE, BACKGROUND = 0, 1
 
-#: The runners one request keeps busy at most (``Batcher.ahead``). Each batch in flight holds a
-#: buffer of tiles and one of probabilities (in the request's shared-memory slab, or in memory): with
-#: a runner a core on a 64-core node, every scene would otherwise hold 65 of each (about 2 GB of
-#: 128 px tiles). Other requests fill the other runners.
-REQUEST_RUNNERS = 4
+#: Bytes of the buffers one request's batches in flight may hold (tiles and probabilities, in its
+#: shared-memory slab or in memory; ``request_ahead``). With a runner a core, a scene of 128 px tiles
+#: (6 bands, 10 classes: 32 MiB a batch of 32) on a 64-core node would otherwise hold 2 GiB; with this
+#: bound it holds 8 batches. Other requests fill the other runners.
+REQUEST_BUFFER_BYTES = 256 * 2**20
+
+
+def request_ahead(runners: int, batch_bytes: int) -> int:
+    """Batches one request keeps submitted: one for each runner and one queued behind them, so that a runner that
+    frees up finds the request's next batch waiting; fewer when their buffers (``batch_bytes`` each: a batch of
+    tiles and its probabilities) would pass ``REQUEST_BUFFER_BYTES``, but never fewer than two."""
+    return max(2, min(runners + 1, REQUEST_BUFFER_BYTES // max(batch_bytes, 1)))
 
 
 @dataclass(order=True)
@@ -63,10 +71,13 @@ class Batcher:
     def __init__(
         self, name: str, run: Callable[[np.ndarray], np.ndarray], executor: Executor, *,
         max_batch: int, max_delay_ms: float, max_queue: int, metrics: Metrics, runners: int = 1,
+        ahead: int | None = None,
     ) -> None:
+        """``ahead``: batches one request keeps submitted (``request_ahead``; default ``runners`` + 1)."""
         if runners < 1:
             raise ValueError(f"runners must be at least 1, got {runners}")
         self.name, self._run, self._executor, self.runners = name, run, executor, runners
+        self.ahead = runners + 1 if ahead is None else ahead
         self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay_ms / 1000, max_queue
         self._metrics = metrics
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
@@ -82,12 +93,6 @@ class Batcher:
         self._stopping = False
         #: Tiles dropped because their request was cancelled before they reached the engine.
         self.dropped = 0
-
-    @property
-    def ahead(self) -> int:
-        """Batches one request keeps submitted: one for each runner it may use (``REQUEST_RUNNERS`` at most) and one
-        queued behind them, so that a runner that frees up finds the request's next batch waiting."""
-        return min(self.runners, REQUEST_RUNNERS) + 1
 
     @property
     def depth(self) -> int:

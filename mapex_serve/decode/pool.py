@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mapex_serve.batcher import Batcher, QueueFullError
+from mapex_serve.batcher import Batcher, QueueFullError, request_ahead
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
 from mapex_serve.decode.session import Opened, OpenRequest
@@ -192,11 +192,11 @@ class DecodePool:
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
                  metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
-                 start_timeout_s: float = 60, slots: int = 2) -> None:
+                 start_timeout_s: float = 60, runners: Mapping[str, int] | None = None) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
-        #: Batches of a request in flight (``Batcher.ahead``, the most of any specialist): one in each engine
-        #: runner the request may use, and one the worker refills.
-        self.slots = slots
+        #: Engine runners of each specialist: a request's slab has a batch of tiles and of probabilities for
+        #: each, and one the worker refills (``batcher.request_ahead``: fewer for large tiles).
+        self._runners = dict(runners or {})
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
@@ -267,9 +267,10 @@ class DecodePool:
             raise DecodeUnavailableError(f"no decode worker came up within {timeout:g} s; retry shortly") from None
 
     def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int) -> Layout:
-        """Room for the files and for a batch of the task's largest tiles and outputs."""
+        """Room for the files and for the batches in flight of the task's largest tiles and outputs."""
         tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
-        return Layout.plan(files, max(tiles), max(outs), self.slots)
+        slots = request_ahead(max(self._runners.get(n, 1) for n in specialists), max(tiles) + max(outs))
+        return Layout.plan(files, max(tiles), max(outs), slots)
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
@@ -406,8 +407,8 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, til
                       stepped: Callable[[Any], int]) -> Any:
     """A session's batches through the engine, each slot refilled as its output comes back; ``finish``'s answer.
 
-    Batch k lives in tile slot k % S and its output in probability slot k % S (S slots, ``Batcher.ahead``:
-    one in each engine runner the request may use, and one more). Once batch k's output is back, ``step`` has the worker blend it and read
+    Batch k lives in tile slot k % S and its output in probability slot k % S (S slots,
+    ``batcher.request_ahead``: one in each engine runner the request may use, and one more). Once batch k's output is back, ``step`` has the worker blend it and read
     batch k + S into the freed slot while the engine runs the others; ``stepped`` turns the step's
     answer into that batch's size (0: none). With no batch at all, ``finish`` gets no last batch.
     """

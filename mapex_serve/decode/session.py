@@ -2,7 +2,7 @@
 
 The service drives a session with three messages (see ``worker``; ``start`` and ``close`` serve
 the rarer cases of a scene waiting for its memory and of a request that ends early). With S slots
-in the slab's layout (``Batcher.ahead``: a batch in each runner a request may use, plus one), ``open`` reads batches 0 .. S-1 into tile
+in the slab's layout (``batcher.request_ahead``: a batch for each engine runner, plus one), ``open`` reads batches 0 .. S-1 into tile
 slots 0 .. S-1 and answers with what the service needs to run them: all go to the engine at once,
 so it always has a batch queued. ``step(k)`` says that probability slot k % S holds batch k's
 output: the worker blends it, reads batch k + S into the freed tile slot and answers with its

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from mapex_serve.batcher import REQUEST_RUNNERS, Batcher, QueueFullError, ServiceStoppingError
+from mapex_serve.batcher import REQUEST_BUFFER_BYTES, Batcher, QueueFullError, ServiceStoppingError, request_ahead
 from mapex_serve.metrics import Metrics
 
 
@@ -377,16 +377,23 @@ def test_the_pipeline_keeps_its_batches_in_flight_and_hands_their_outputs_back_i
     assert peak[0] == ahead
 
 
-def test_one_request_keeps_a_bounded_number_of_batches_in_flight_however_many_runners():
-    """A runner a core on a many-core node: one scene's pipeline (as /predict and jobs run it) keeps
-    ``Batcher.ahead`` = REQUEST_RUNNERS + 1 batches (and their buffers) in flight, not one a runner; a second
-    request takes runners of its own."""
+def test_request_ahead_is_a_batch_a_runner_and_one_more_within_the_buffer_bytes():
+    small = 32 * (3 + 7) * 32 * 32 * 4  # a batch of 32 px RGB tiles and their 7 classes: 1.3 MB
+    assert [request_ahead(r, small) for r in (1, 2, 16, 64)] == [2, 3, 17, 65]
+    large = 32 * (6 + 10) * 128 * 128 * 4  # 128 px, 6 bands, 10 classes: 32 MiB
+    assert [request_ahead(r, large) for r in (1, 2, 16, 64)] == [2, 3, 8, 8]
+    assert (request_ahead(64, large) * large <= REQUEST_BUFFER_BYTES) and request_ahead(64, 2**40) == 2
+
+
+def test_one_request_keeps_its_ahead_batches_in_flight_however_many_runners():
+    """A runner a core on a many-core node: one scene's pipeline (as /predict and jobs run it) keeps ``ahead``
+    batches (and their buffers) in flight, not one a runner; other requests take runners of their own."""
     import threading
 
     from mapex_serve.predict import pipeline
     from mapex_serve.tiling import TileBatch
 
-    runners = REQUEST_RUNNERS + 3
+    runners, ahead = 7, 3
     lock, active, peak = threading.Lock(), [0], [0]
 
     def counting(batch: np.ndarray) -> np.ndarray:
@@ -412,8 +419,7 @@ def test_one_request_keeps_a_bounded_number_of_batches_in_flight_however_many_ru
         peak[0] = 0
         with ThreadPoolExecutor(runners) as pool:
             b = Batcher("s", counting, pool, max_batch=4, max_delay_ms=0, max_queue=1000, metrics=Metrics(),
-                        runners=runners)
-            assert b.ahead == REQUEST_RUNNERS + 1
+                        runners=runners, ahead=ahead)
             b.start()
             out = await asyncio.wait_for(asyncio.gather(*(scene(b, 1000 * r) for r in range(requests))), 30)
             await b.stop()
@@ -421,8 +427,8 @@ def test_one_request_keeps_a_bounded_number_of_batches_in_flight_however_many_ru
 
     [one] = run(main(1))
     assert one == [[10 * i + j for j in range(4)] for i in range(12)]
-    assert peak[0] == REQUEST_RUNNERS + 1  # not one a runner
-    two = run(main(2))
-    assert two[1] == [[1000 + 10 * i + j for j in range(4)] for i in range(12)]
-    assert peak[0] == runners  # two requests use every runner
-    assert Batcher("s", engine, None, max_batch=4, max_delay_ms=0, max_queue=8, metrics=Metrics()).ahead == 2
+    assert peak[0] == ahead  # not one a runner
+    three = run(main(3))
+    assert three[2] == [[2000 + 10 * i + j for j in range(4)] for i in range(12)]
+    assert peak[0] == runners  # three requests use every runner
+    assert Batcher("s", engine, None, max_batch=4, max_delay_ms=0, max_queue=8, metrics=Metrics(), runners=3).ahead == 4
