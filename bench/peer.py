@@ -7,7 +7,8 @@ wheel; only its Python backend is bundled, so a ``model.py`` runs ONNX Runtime w
 service's session options) in its own venv, ``.venv-triton`` (created on first use:
 ``nvidia-pytriton onnxruntime "numpy<2"``), with dynamic batching up to ``--max-batch`` tiles.
 Both servers run side by side on loopback and are driven alternately by one asyncio client
-(raw HTTP/1.1 keep-alive connections, as ``bench.serve``):
+(raw HTTP/1.1 keep-alive connections, as ``bench.serve``); with ``--rounds N`` each level of (a) and
+(b) runs N times, the servers taking turns to go first, and a goal is the median round's ratio:
 
 (a) single-tile GeoTIFFs posted to ``/predict/{task}`` vs the same tiles sent to Triton as binary
     tensors by a client that decodes each GeoTIFF itself (the work a Triton user must do; the
@@ -351,7 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32, help="largest engine batch, both servers; (c)'s client batch")
     p.add_argument("--delay-us", type=int, default=1000, help="Triton's max_queue_delay_microseconds")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, GOAL_CONCURRENCY])
-    p.add_argument("--requests", type=int, default=512, help="timed requests per level and server")
+    p.add_argument("--requests", type=int, default=512, help="timed requests per level, server and round")
+    p.add_argument("--rounds", type=int, default=1, help="(a) and (b): rounds a level, the servers alternating; "
+                   "the goals take the median round's ratio (this machine's noise moves one round's by 0.1)")
     p.add_argument("--tiles", type=int, default=64, help="distinct tiles cycled through")
     p.add_argument("--size", type=int, default=4096, help="(c)'s scene width and height in pixels (0: skip (c))")
     p.add_argument("--inflight", type=int, help="(c): batches the Triton client keeps in flight (default: runners + 1, "
@@ -403,16 +406,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for part, requests in parts.items():
                 for c in args.concurrency:
                     n = max(args.requests, 4 * c)
-                    for server, make in requests.items():
-                        url, server_cpu = servers[server]
-                        cpu0 = server_cpu()
-                        latencies, wall, client_cpu = asyncio.run(load(url, make, c, n))
-                        rows.append({"part": part, "server": server, "concurrency": c, "requests": n,
-                                     "tiles_s": n / wall, "p50_ms": percentile(latencies, 50) * 1e3,
-                                     "p99_ms": percentile(latencies, 99) * 1e3,
-                                     "client_cpu_ms_per_tile": client_cpu / n * 1e3,
-                                     "server_cpu_ms_per_tile": (server_cpu() - cpu0) / n * 1e3})
-                        print(rows[-1], file=sys.stderr)
+                    for r in range(args.rounds):  # the servers alternate, each round in the other order
+                        for server, make in sorted(requests.items(), reverse=r % 2 == 1):
+                            url, server_cpu = servers[server]
+                            cpu0 = server_cpu()
+                            latencies, wall, client_cpu = asyncio.run(load(url, make, c, n))
+                            rows.append({"part": part, "server": server, "round": r + 1, "concurrency": c,
+                                         "requests": n, "tiles_s": n / wall,
+                                         "p50_ms": percentile(latencies, 50) * 1e3,
+                                         "p99_ms": percentile(latencies, 99) * 1e3,
+                                         "client_cpu_ms_per_tile": client_cpu / n * 1e3,
+                                         "server_cpu_ms_per_tile": (server_cpu() - cpu0) / n * 1e3})
+                            print(rows[-1], file=sys.stderr)
             if scene is not None:
                 content = scene.read_bytes()
                 cpu0 = ours.cpu_seconds()
@@ -433,16 +438,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(rows[-2:], f"labels equal on {same:.4f} of the pixels", file=sys.stderr)
             triton_versions, triton_processes = triton.versions, triton.processes()
 
-    def row(part: str, server: str, c: int) -> dict:
-        return next(r for r in rows if r["part"] == part and r["server"] == server and r["concurrency"] == c)
+    def row(part: str, server: str, c: int, r: int = 1) -> dict:
+        return next(x for x in rows if x["part"] == part and x["server"] == server and x["concurrency"] == c
+                    and x.get("round", 1) == r)
 
     goals, c = [], GOAL_CONCURRENCY if GOAL_CONCURRENCY in args.concurrency else max(args.concurrency)
     for part, what in (("a", "single-tile GeoTIFF /predict vs a decoding client + Triton"),
                        ("b", "binary tensors to /v2 infer, mapex vs Triton")):
-        m, t = row(part, "mapex", c), row(part, "triton", c)
-        goals.append(Goal(f"({part}) {what}, throughput mapex / Triton at concurrency {c}", m["tiles_s"] / t["tiles_s"],
+        pairs = sorted(((row(part, "mapex", c, r), row(part, "triton", c, r)) for r in range(1, args.rounds + 1)),
+                       key=lambda pair: pair[0]["tiles_s"] / pair[1]["tiles_s"])
+        ratios = [m["tiles_s"] / t["tiles_s"] for m, t in pairs]
+        m, t = pairs[len(pairs) // 2]  # the median round (the upper one of an even count)
+        spread = f" (rounds, sorted: {', '.join(f'{x:.3f}' for x in ratios)})" if args.rounds > 1 else ""
+        goals.append(Goal(f"({part}) {what}, throughput mapex / Triton at concurrency {c}", ratios[len(pairs) // 2],
                           GOALS[part], at_most=False,
-                          detail=f"; {m['tiles_s']:.0f} vs {t['tiles_s']:.0f} tiles/s, Triton client CPU "
+                          detail=f"; {m['tiles_s']:.0f} vs {t['tiles_s']:.0f} tiles/s{spread}, Triton client CPU "
                                  f"{t['client_cpu_ms_per_tile']:.2f} ms/tile vs {m['client_cpu_ms_per_tile']:.2f}"))
     notes = [f"ours vs Triton on the same tiles through /v2: max |difference| of probabilities {agreement:.1e}",
              "tiles_s counts requests of one tile each; client CPU is the load generator's own (one asyncio process); "
@@ -461,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append(f"(c): Triton's client tiles with mapex_serve.tiling (the service's grid and overlap), "
                      f"{args.inflight} batches of {args.max_batch} in flight, blends with MaskBlender and writes a "
                      f"deflate COG; its labels equal the service's on {same:.4f} of the pixels")
-    columns = ["part", "server", "concurrency", "requests", "tiles_s", "p50_ms", "p99_ms", "client_cpu_ms_per_tile",
+    columns = ["part", "server", "round", "concurrency", "requests", "tiles_s", "p50_ms", "p99_ms", "client_cpu_ms_per_tile",
                "server_cpu_ms_per_tile", "scene_s", "client_cpu_s", "server_cpu_s"]
     report = Report("peer", f"mapex-serve vs standalone Triton on the same ONNX: {manifest.name} "
                             f"v{manifest.version}" + (f", {seg.name} v{seg.version}" if seg else ""),
