@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.batchers = {
             name: Batcher(name, spec.engine.run, executor, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
                           max_queue=s.max_queue, metrics=state.metrics, runners=spec.engine.threads.runners,
-                          ahead=request_ahead(spec.engine.threads.runners, sum(batch_bytes(spec.manifest, s.max_batch))))
+                          ahead=request_ahead(spec.engine.threads.runners,
+                                              sum(batch_bytes(spec.manifest, s.max_batch))))
             for (name, spec), executor in zip(registry.specialists.items(), executors, strict=True)
         }
         for b in state.batchers.values():

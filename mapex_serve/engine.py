@@ -233,9 +233,8 @@ class Engine:
         if self._native is None:
             self._session = self._open_session(self.backend.providers)
             self.provider = self._session.get_providers()[0]
-            cpu = plan_threads(settings.engine_runners, settings.intra_op_threads, True, service_cores())
-            if self.provider == CPU_EP and self.threads != cpu:  # a GPU provider did not start: plan for the CPU
-                self.threads = cpu
+            if self.provider == CPU_EP and not on_cpu:  # a GPU provider did not start: the CPU's plan and session
+                self.threads = plan_threads(settings.engine_runners, settings.intra_op_threads, True, service_cores())
                 self._session = self._open_session((CPU_EP,))
             self._check_session()
         self._report(available)

@@ -408,9 +408,10 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, til
     """A session's batches through the engine, each slot refilled as its output comes back; ``finish``'s answer.
 
     Batch k lives in tile slot k % S and its output in probability slot k % S (S slots,
-    ``batcher.request_ahead``: one in each engine runner the request may use, and one more). Once batch k's output is back, ``step`` has the worker blend it and read
-    batch k + S into the freed slot while the engine runs the others; ``stepped`` turns the step's
-    answer into that batch's size (0: none). With no batch at all, ``finish`` gets no last batch.
+    ``batcher.request_ahead``: one for each engine runner, and one more). Once batch k's output is
+    back, ``step`` has the worker blend it and read batch k + S into the freed slot while the engine
+    runs the others; ``stepped`` turns the step's answer into that batch's size (0: none). With no
+    batch at all, ``finish`` gets no last batch.
     """
     slots = len(layout.tiles)
     inflight: deque[tuple[int, asyncio.Future[np.ndarray]]] = deque()

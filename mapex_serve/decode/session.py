@@ -2,13 +2,13 @@
 
 The service drives a session with three messages (see ``worker``; ``start`` and ``close`` serve
 the rarer cases of a scene waiting for its memory and of a request that ends early). With S slots
-in the slab's layout (``batcher.request_ahead``: a batch for each engine runner, plus one), ``open`` reads batches 0 .. S-1 into tile
-slots 0 .. S-1 and answers with what the service needs to run them: all go to the engine at once,
-so it always has a batch queued. ``step(k)`` says that probability slot k % S holds batch k's
-output: the worker blends it, reads batch k + S into the freed tile slot and answers with its
-size, while the engine runs batches k + 1 .. k + S - 1. ``finish(k)`` blends the last batch and
-answers with the encoded response. A session's messages never overlap: the service awaits each
-answer before it sends the session's next message.
+in the slab's layout (``batcher.request_ahead``: a batch for each engine runner, and one more),
+``open`` reads batches 0 .. S-1 into tile slots 0 .. S-1 and answers with what the service needs
+to run them: all go to the engine at once, so it always has a batch queued. ``step(k)`` says that
+probability slot k % S holds batch k's output: the worker blends it, reads batch k + S into the
+freed tile slot and answers with its size, while the engine runs batches k + 1 .. k + S - 1.
+``finish(k)`` blends the last batch and answers with the encoded response. A session's messages
+never overlap: the service awaits each answer before it sends the session's next message.
 """
 
 from __future__ import annotations
