@@ -199,15 +199,16 @@ def read_tiles(reader: WindowReader, tiles: Iterable[Tile], fill: Sequence[float
     fill_values = None if fill is None else np.asarray(fill, dtype=np.float32)[:, None, None]
     for tile in tiles:
         (rows, cols), (trows, tcols) = tile.clip(reader.height, reader.width)
-        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-        physical, reasons = reader.read(window)
+        size = (int(tile.window.height), int(tile.window.width))
+        h, w = rows.stop - rows.start, cols.stop - cols.start
+        # A grid's windows lie inside the scene, but where the scene is smaller than a tile: read the clipped part.
+        physical, reasons = reader.read(tile.window if (h, w) == size else Window(cols.start, rows.start, w, h))
         n = physical.shape[0]
         if fill_values is None:
             fill_values = np.zeros((n, 1, 1), np.float32)
         if fill_values.shape[0] != n:
             raise ValueError(f"need one fill value per band: {n} bands, {fill_values.shape[0]} fill values")
         inside = reasons == 0
-        size = (int(tile.window.height), int(tile.window.width))
         if physical.shape[1:] == size and inside.all():
             yield TileArray(tile, physical, inside)
             continue
