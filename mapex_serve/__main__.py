@@ -17,6 +17,7 @@ def serve(argv: Sequence[str]) -> int:
     import uvicorn
 
     from mapex_serve.app import create_app
+    from mapex_serve.cores import service_processes
     from mapex_serve.settings import Settings
 
     p = argparse.ArgumentParser(prog="mapex-serve [serve]", description="Serve MAPEX specialists from a model repository.")
@@ -25,12 +26,22 @@ def serve(argv: Sequence[str]) -> int:
     p.add_argument("--repo", help="model repository (overrides MAPEX_MODEL_REPO)")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="no line a request (as the Docker image, docker/logging.json; /metrics counts requests)")
+    p.add_argument("--workers", type=int, help="service processes (default: UVICORN_WORKERS, else 1), each with its "
+                   "own event loop and engines and a share of the cores; whole-scene jobs need a single process")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(**({"model_repo": a.repo} if a.repo else {}))
+    if a.repo:
+        os.environ["MAPEX_MODEL_REPO"] = a.repo  # several processes each read their settings from the environment
+    if a.workers:
+        os.environ["UVICORN_WORKERS"] = str(a.workers)  # and share the cores by it (cores.service_processes)
+    settings = Settings()
     # uvicorn's own SIGTERM handling stops accepting, lets in-flight requests finish, then runs the lifespan exit.
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, access_log=a.access_log,
-                timeout_graceful_shutdown=settings.request_timeout_s)
+    common = {"host": a.host, "port": a.port, "access_log": a.access_log,
+              "timeout_graceful_shutdown": settings.request_timeout_s}
+    if service_processes() > 1:
+        uvicorn.run("mapex_serve.app:create_app", factory=True, workers=service_processes(), **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
     return 0
 
 

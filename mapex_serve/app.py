@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from mapex_serve.batcher import Batcher, request_ahead
+from mapex_serve.cores import service_processes
 from mapex_serve.decode.pool import DecodePool
 from mapex_serve.decode.slab import batch_bytes
 from mapex_serve.errors import MapexError
@@ -102,12 +103,23 @@ class MapexApp(FastAPI):
 
 
 def _open_jobs(state: ServiceState) -> JobRunner | None:
-    """The jobs runner over its store; without a writable jobs folder the service still serves /predict."""
+    """The jobs runner over its store; without a writable jobs folder the service still serves /predict.
+
+    One process runs a store's jobs: several (``UVICORN_WORKERS``) would each requeue and start the
+    same ones, and cancel only their own.
+    """
+    folder = state.settings.jobs_folder
+    if (processes := service_processes()) > 1:
+        state.jobs_problem = (f"UVICORN_WORKERS={processes} service processes would each run the jobs of {folder}; "
+                              f"serve jobs from a deployment of one service process")
+        log.warning("jobs disabled: %s", state.jobs_problem)
+        return None
     try:
-        runner = JobRunner(state, SQLiteJobStore(state.settings.jobs_folder))
+        runner = JobRunner(state, SQLiteJobStore(folder))
     except (OSError, sqlite3.Error) as e:
-        state.jobs_problem = str(e)
-        log.warning("jobs disabled: %s could not be opened (%s); set MAPEX_JOBS_DIR", state.settings.jobs_folder, e)
+        state.jobs_problem = (f"the jobs folder {folder} could not be opened for writing ({e}); set MAPEX_JOBS_DIR "
+                              f"to a writable volume")
+        log.warning("jobs disabled: %s", state.jobs_problem)
         return None
     runner.start()
     return runner

@@ -56,13 +56,12 @@ class JobExpiredError(MapexError, LookupError):
 
 
 class JobsDisabledError(MapexError, RuntimeError):
-    """The jobs volume could not be opened; the service answers /predict only."""
+    """Jobs are off (the jobs volume could not be opened, or several service processes); /predict still answers."""
 
 
 def _runner(state: ServiceState) -> JobRunner:
     if state.jobs is None:
-        raise JobsDisabledError(f"jobs are disabled: the jobs folder {state.settings.jobs_folder} could not be opened "
-                                f"for writing ({state.jobs_problem}); set MAPEX_JOBS_DIR to a writable volume")
+        raise JobsDisabledError(f"jobs are disabled: {state.jobs_problem}")
     return state.jobs
 
 

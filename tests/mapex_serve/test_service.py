@@ -13,7 +13,8 @@ import pytest
 import rasterio
 from rasterio.io import MemoryFile
 
-from mapex_serve.cores import service_cores
+from mapex_serve.cores import service_cores, usable_cores
+from mapex_serve.local import LocalService, decode_workers
 from mapex_serve.tiling import tile_grid
 
 DATA = Path(__file__).parents[1] / "data"
@@ -363,3 +364,23 @@ def test_a_client_that_leaves_stops_its_tiles(built_repo, start_server, to_geoti
     print(f"client left: {ran:.0f} of {total} tiles ran")
     assert 'mapex_requests_total{specialist="-",status="499",task="flood"} 1.0' in metrics, metrics[-3000:]
     assert ran < total / 2
+
+
+def test_several_service_processes_share_the_cores_serve_predict_and_refuse_jobs_with_the_reason(built_repo, tmp_path):
+    """``--workers 2`` (``UVICORN_WORKERS=2``, as the Docker image takes it): two processes, each with half the cores
+    for its engines; /predict answers from both; jobs, which one process must run, are refused with a 503 that
+    says why."""
+    with LocalService(built_repo, tmp_path / "server.log", {"OMP_NUM_THREADS": "1"}, ready_timeout=180,
+                      args=["--workers", "2"]) as s:
+        deadline = time.monotonic() + 120
+        while len(decode_workers(s.pid)) < 2 and time.monotonic() < deadline:  # uvicorn's two (spawned) processes
+            time.sleep(0.2)
+        assert len(decode_workers(s.pid)) == 2
+        for _ in range(8):  # connections land on either process
+            models = httpx.get(f"{s.url}/models", timeout=30).json()
+            assert models["specialists"]["flood-sar"]["runners"] == max(usable_cores() // 2, 1)
+            r = httpx.post(f"{s.url}/predict/wildfire", files={"file": ("s.tif", S2.read_bytes())}, timeout=60)
+            assert r.status_code == 200, r.text[:300]
+        r = httpx.post(f"{s.url}/jobs/wildfire", files={"file": ("s.tif", S2.read_bytes())}, timeout=60)
+        assert r.status_code == 503, r.text[:300]
+        assert "UVICORN_WORKERS=2" in r.json()["detail"] and "one service process" in r.json()["detail"]
