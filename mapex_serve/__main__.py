@@ -29,10 +29,12 @@ def serve(argv: Sequence[str]) -> int:
     p.add_argument("--workers", type=int, help="service processes (default: UVICORN_WORKERS, else 1), each with its "
                    "own event loop and engines and a share of the cores; whole-scene jobs need a single process")
     a = p.parse_args(argv)
+    if a.workers is not None and a.workers < 1:
+        p.error(f"--workers must be at least 1, not {a.workers}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.repo:
         os.environ["MAPEX_MODEL_REPO"] = a.repo  # several processes each read their settings from the environment
-    if a.workers:
+    if a.workers is not None:
         os.environ["UVICORN_WORKERS"] = str(a.workers)  # and share the cores by it (cores.service_processes)
     settings = Settings()
     # uvicorn's own SIGTERM handling stops accepting, lets in-flight requests finish, then runs the lifespan exit.

@@ -110,7 +110,7 @@ def _open_jobs(state: ServiceState) -> JobRunner | None:
     """
     folder = state.settings.jobs_folder
     if (processes := service_processes()) > 1:
-        state.jobs_problem = (f"UVICORN_WORKERS={processes} service processes would each run the jobs of {folder}; "
+        state.jobs_problem = (f"UVICORN_WORKERS={processes} service processes would each run the same queue of jobs; "
                               f"serve jobs from a deployment of one service process")
         log.warning("jobs disabled: %s", state.jobs_problem)
         return None

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per run; unset: on a CPU engine the cores over "
-        "MAPEX_ENGINE_RUNNERS (1 by default), on a GPU engine onnxruntime's default."
+        "MAPEX_ENGINE_RUNNERS (1 when that is unset too), on a GPU engine onnxruntime's default."
     )
     engine_runners: int | None = Field(
         None, ge=1, description="Batches each specialist's engine runs at once, one thread each; unset: on a CPU engine "

@@ -4,6 +4,8 @@ import asyncio
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -384,3 +386,9 @@ def test_several_service_processes_share_the_cores_serve_predict_and_refuse_jobs
         r = httpx.post(f"{s.url}/jobs/wildfire", files={"file": ("s.tif", S2.read_bytes())}, timeout=60)
         assert r.status_code == 503, r.text[:300]
         assert "UVICORN_WORKERS=2" in r.json()["detail"] and "one service process" in r.json()["detail"]
+
+
+def test_the_cli_refuses_fewer_than_one_service_process():
+    r = subprocess.run([sys.executable, "-m", "mapex_serve", "--workers", "0"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2 and "--workers must be at least 1, not 0" in r.stderr
