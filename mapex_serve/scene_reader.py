@@ -31,10 +31,6 @@ _NODATA, _NOT_FINITE, _UNDEFINED = 1, 2, 3
 _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
                  _UNDEFINED: "no dB value (linear power <= 0)"}
 
-#: Physical values read at once: a row of tiles in one GDAL call a source, sliced tile by tile (a
-#: call a tile cost most of a 4096^2 scene's reading: two GDAL calls and a dozen numpy ops each).
-_CHUNK_BYTES = 8 * 2**20
-
 
 @dataclass
 class Grid:
@@ -71,23 +67,6 @@ class InputBand:
 
 
 @dataclass
-class _Chunk:
-    """A read window of the scene (read-only arrays) that later windows inside it are sliced from."""
-
-    window: Window
-    physical: np.ndarray
-    reasons: np.ndarray
-
-    def view(self, window: Window) -> tuple[np.ndarray, np.ndarray] | None:
-        """``window`` sliced from the chunk, or None when it does not lie inside."""
-        r, c = int(window.row_off - self.window.row_off), int(window.col_off - self.window.col_off)
-        h, w = int(window.height), int(window.width)
-        if r < 0 or c < 0 or r + h > self.window.height or c + w > self.window.width:
-            return None
-        return self.physical[:, r : r + h, c : c + w], self.reasons[r : r + h, c : c + w]
-
-
-@dataclass
 class _Source:
     """Where bands are read from on the scene grid: a dataset (maybe resampled) and its 1-based indexes."""
 
@@ -111,7 +90,7 @@ class _Source:
 class SceneReader:
     """Windows of the stacked scene as physical float32 values with a reason code per invalid pixel.
 
-    Implements what the tiler reads from (``height``, ``width``, ``read``). Every pixel's reason is
+    Implements what the tiler reads from (``height``, ``width``, ``count``, ``read``). Every pixel's reason is
     also kept in one uint8 raster so that the response can count masked pixels once each, however
     many overlapping tiles read them.
     """
@@ -120,6 +99,7 @@ class SceneReader:
         self.grid = grid
         self.height, self.width = grid.height, grid.width
         self.bands = list(used)
+        self.count = len(self.bands)
         self.quality = list(quality)
         self.resampled: list[str] = []
         self._vrts: dict[tuple[int, Resampling], WarpedVRT] = {}
@@ -135,7 +115,6 @@ class SceneReader:
                 codes[why] = len(self.reasons_text) + 1
                 self.reasons_text[codes[why]] = why
             self._rules.append((layer, codes))
-        self._chunk: _Chunk | None = None
         #: A scene small enough for ``samples`` to read whole: its stored values and masks, which windows then slice.
         self._whole: tuple[list, list] | None = None
         self._reasons: np.ndarray | None = None  # reasons of the rows still being read, from _band_top down
@@ -183,22 +162,13 @@ class SceneReader:
         return [v[rows, cols] for v in self._whole[0]], [m[rows, cols] for m in self._whole[1]]
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """``(physical (C, h, w) float32, reasons (h, w) uint8)`` of an in-scene window; reason 0 is valid.
+        """``(physical (C, h, w) float32, reasons (h, w) uint8)`` of an in-scene window, read-only; reason 0 is valid.
 
-        Read-only views: a window outside the last chunk read starts a new chunk at its top-left
-        corner, as tall as the window and as wide as ``_CHUNK_BYTES`` allows, so that the tiles
-        of a row (row-major order) come from one read.
+        The tiler reads a row of tiles as one window (``tiling.read_tiles``) and slices the tiles from it.
         """
-        view = self._chunk.view(window) if self._chunk is not None else None
-        if view is None:
-            r, c, h = int(window.row_off), int(window.col_off), int(window.height)
-            w = min(self.width - c, max(int(window.width), _CHUNK_BYTES // (4 * max(len(self.bands), 1) * h)))
-            chunk_window = Window(c, r, w, h)
-            self._chunk = _Chunk(chunk_window, *self._read_window(chunk_window))
-            view = self._chunk.view(window)
-            assert view is not None
-        self._record(window, view[1])
-        return view
+        physical, reasons = self._read_window(window)
+        self._record(window, reasons)
+        return physical, reasons
 
     def _read_window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Physical values and reasons of ``window``, read from every source (arrays made read-only)."""

@@ -1,7 +1,7 @@
 """Tiled inference over scenes of any size: windows, masks and nodata explicit, memory bounded.
 
 A specialist takes square tiles of ``manifest.tile_size`` pixels. A scene is cut into a grid of
-overlapping windows (:func:`tile_grid`), read one window at a time from a :class:`WindowReader`
+overlapping windows (:func:`tile_grid`), read a row of tiles at a time from a :class:`WindowReader`
 (:func:`read_tiles`; the service reads through ``scene_reader.SceneReader``, a single dataset
 through :class:`DatasetWindows`), so memory holds only the tiles of one batch, never the whole
 scene as float. Mask heads are blended back with a weight that ramps down over the overlap, one
@@ -39,6 +39,7 @@ __all__ = [
     "read_batches",
     "read_tiles",
     "RowBand",
+    "SPAN_BYTES",
     "scene_valid_mask",
     "tile_cells",
     "tile_grid",
@@ -120,10 +121,11 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 class WindowReader(Protocol):
-    """What the tiler reads: a scene of ``height x width`` pixels, one window of physical values at a time."""
+    """What the tiler reads: a scene of ``height x width`` pixels and ``count`` bands, a window of physical values at a time."""
 
     height: int
     width: int
+    count: int
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """``(physical (C, h, w) float32, reasons (h, w) uint8)``; reason 0 marks a valid pixel."""
@@ -146,7 +148,7 @@ class DatasetWindows:
         if not (len(scales) == len(offsets) == n):
             raise ValueError(f"need one scale and offset per band: {n} bands, {len(scales)} scales, {len(offsets)} offsets")
         self.dataset, self.band_indexes, self.nodata = dataset, list(band_indexes), nodata
-        self.height, self.width = dataset.height, dataset.width
+        self.height, self.width, self.count = dataset.height, dataset.width, n
         self._scale = np.asarray(scales, dtype=np.float32)[:, None, None]
         self._offset = np.asarray(offsets, dtype=np.float32)[:, None, None]
 
@@ -186,40 +188,69 @@ class TileArray(NamedTuple):
     valid: np.ndarray
 
 
-def read_tiles(reader: WindowReader, tiles: Iterable[Tile], fill: Sequence[float] | None = None) -> Iterator[TileArray]:
-    """Read tiles one window at a time as physical values from ``reader``.
+#: Physical values read in one call: consecutive tiles of a grid row are read as one window, which the tiles are
+#: sliced from (a call a tile cost most of a 4096^2 scene's reading: a GDAL call and a dozen numpy steps each).
+SPAN_BYTES = 8 * 2**20
+
+
+def _spans(tiles: Iterable[Tile], count: int, span_bytes: int) -> Iterator[list[Tile]]:
+    """Runs of consecutive tiles of one grid row whose windows span at most ``span_bytes`` of float32 (one tile at least)."""
+    span: list[Tile] = []
+    for tile in tiles:
+        if span:
+            first = span[0].window
+            wide = tile.window.col_off + tile.window.width - first.col_off
+            if (tile.row != span[0].row or tile.window.col_off < first.col_off
+                    or 4 * count * first.height * wide > span_bytes):
+                yield span
+                span = []
+        span.append(tile)
+    if span:
+        yield span
+
+
+def read_tiles(reader: WindowReader, tiles: Iterable[Tile], fill: Sequence[float] | None = None,
+               span_bytes: int = SPAN_BYTES) -> Iterator[TileArray]:
+    """Read tiles as physical values from ``reader``, consecutive tiles of a grid row in one window (``SPAN_BYTES``).
 
     Tiles whose pixels are all invalid are skipped (nothing is yielded for them). Invalid pixels of
     a kept tile, including padding past the edge of a scene smaller than a tile, are set to
     ``fill`` (physical units, per band; default 0; pass the model's band means so that the model
-    sees neutral values and never NaN) and are False in ``valid``. Memory is one tile at a time;
-    :func:`read_batches` groups them. A whole tile whose pixels are all valid comes as the reader
-    gave it (maybe a read-only view of its chunk): most of a scene's tiles, and no copy.
+    sees neutral values and never NaN) and are False in ``valid``. Memory is one span of tiles;
+    :func:`read_batches` groups them. A whole tile whose pixels are all valid is a read-only view
+    of its span, with a shared read-only ``valid``: most of a scene's tiles, and no copy.
     """
-    fill_values = None if fill is None else np.asarray(fill, dtype=np.float32)[:, None, None]
-    for tile in tiles:
-        (rows, cols), (trows, tcols) = tile.clip(reader.height, reader.width)
-        size = (int(tile.window.height), int(tile.window.width))
-        h, w = rows.stop - rows.start, cols.stop - cols.start
-        # A grid's windows lie inside the scene, but where the scene is smaller than a tile: read the clipped part.
-        physical, reasons = reader.read(tile.window if (h, w) == size else Window(cols.start, rows.start, w, h))
-        n = physical.shape[0]
-        if fill_values is None:
-            fill_values = np.zeros((n, 1, 1), np.float32)
-        if fill_values.shape[0] != n:
-            raise ValueError(f"need one fill value per band: {n} bands, {fill_values.shape[0]} fill values")
-        inside = reasons == 0
-        if physical.shape[1:] == size and inside.all():
-            yield TileArray(tile, physical, inside)
-            continue
-        if not inside.any():
-            continue
-        valid = np.zeros(size, dtype=bool)
-        valid[trows, tcols] = inside
-        data = np.empty((n, *size), dtype=np.float32)
-        data[:] = fill_values
-        data[:, trows, tcols] = np.where(inside, physical, fill_values)
-        yield TileArray(tile, data, valid)
+    fill_values = np.zeros((reader.count, 1, 1), np.float32) if fill is None \
+        else np.asarray(fill, dtype=np.float32)[:, None, None]
+    if fill_values.shape[0] != reader.count:
+        raise ValueError(f"need one fill value per band: {reader.count} bands, {fill_values.shape[0]} fill values")
+    all_valid: np.ndarray | None = None
+    for span in _spans(tiles, reader.count, span_bytes):
+        (rows, first), _ = span[0].clip(reader.height, reader.width)
+        (_, last), _ = span[-1].clip(reader.height, reader.width)
+        physical, reasons = reader.read(Window(first.start, rows.start, last.stop - first.start, rows.stop - rows.start))
+        # Invalid pixels of every tile of the span at once: a count per column, summed over each tile's columns.
+        bad = np.concatenate([[0], np.cumsum(np.count_nonzero(reasons, axis=0))])
+        for tile in span:
+            (_, cols), (trows, tcols) = tile.clip(reader.height, reader.width)
+            size = (int(tile.window.height), int(tile.window.width))
+            c0, c1 = cols.start - first.start, cols.stop - first.start
+            invalid, pixels = int(bad[c1] - bad[c0]), reasons.shape[0] * (c1 - c0)
+            if invalid == pixels:
+                continue
+            if invalid == 0 and (reasons.shape[0], c1 - c0) == size:
+                if all_valid is None:
+                    all_valid = np.ones(size, bool)
+                    all_valid.flags.writeable = False
+                yield TileArray(tile, physical[:, :, c0:c1], all_valid)
+                continue
+            inside = reasons[:, c0:c1] == 0
+            valid = np.zeros(size, dtype=bool)
+            valid[trows, tcols] = inside
+            data = np.empty((reader.count, *size), dtype=np.float32)
+            data[:] = fill_values
+            data[:, trows, tcols] = np.where(inside, physical[:, :, c0:c1], fill_values)
+            yield TileArray(tile, data, valid)
 
 
 class TileBatch(NamedTuple):
@@ -231,11 +262,12 @@ class TileBatch(NamedTuple):
 
 
 def read_batches(
-    reader: WindowReader, tiles: Sequence[Tile], batch_size: int, fill: Sequence[float] | None = None
+    reader: WindowReader, tiles: Sequence[Tile], batch_size: int, fill: Sequence[float] | None = None,
+    span_bytes: int = SPAN_BYTES,
 ) -> Iterator[TileBatch]:
     """:func:`read_tiles`, written straight into one (B, C, T, T) array a batch.
 
-    Memory is one batch plus one tile (stacking ``read_tiles`` output would hold the batch twice).
+    Memory is one batch plus one span of tiles (stacking ``read_tiles`` output would hold the batch twice).
     Each batch is a fresh array, so a consumer may keep it while the next one is read; the last
     batch is shorter, and skipped tiles leave no gap.
     """
@@ -245,7 +277,7 @@ def read_batches(
         return
     size = (int(tiles[0].window.height), int(tiles[0].window.width))
     kept: list[Tile] = []
-    for item in read_tiles(reader, tiles, fill):
+    for item in read_tiles(reader, tiles, fill, span_bytes):
         if not kept:  # allocated when needed: the generator holds no batch while the consumer works
             data = np.empty((batch_size, item.data.shape[0], *size), np.float32)
             valid = np.empty((batch_size, *size), bool)

@@ -534,10 +534,9 @@ def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata
     scene.close()
 
 
-def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_path, monkeypatch):
-    """The reader reads a row of tiles in one call a source and slices them; nothing a tile sees may change."""
-    from mapex_serve import scene_reader
-    from mapex_serve.tiling import read_tiles, tile_grid
+def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_path):
+    """The tiler reads a row of tiles in one call and slices them; nothing a tile sees may change."""
+    from mapex_serve.tiling import grid_shape, read_tiles, tile_grid
 
     stored = reflectance((2, 150, 110)).astype(np.float32)
     stored[0, 37, 5:25] = np.nan
@@ -546,25 +545,37 @@ def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_
     path.write_bytes(tif(stored, ["B11", "B12"], nodata=-1))
     grid = tile_grid(150, 110, 32, 8)
 
-    def tiles(chunk_bytes: int, whole: bool = True) -> tuple[list, dict, object]:
-        monkeypatch.setattr(scene_reader, "_CHUNK_BYTES", chunk_bytes)
+    class Counted:
+        """The scene's reader, with the windows the tiler asked it for."""
+
+        def __init__(self, reader):
+            self.reader, self.windows = reader, []
+            self.height, self.width, self.count = reader.height, reader.width, reader.count
+
+        def read(self, window):
+            self.windows.append(window)
+            return self.reader.read(window)
+
+    def tiles(span_bytes: int | None, whole: bool = True) -> tuple[list, dict, list]:
         scene = RequestScene([UploadedFile("scene.tif", path.read_bytes())])
         reader = scene.reader(["B11", "B12"], UnitOverrides())
         assert reader._whole is not None, "the unit sample read this small scene whole"
         if not whole:
             reader._whole = None  # every window read from the file
-        out = [(t.tile, t.data, t.valid) for t in read_tiles(reader, grid)]
+        counted = Counted(reader)
+        options = {} if span_bytes is None else {"span_bytes": span_bytes}
+        out = [(t.tile, t.data, t.valid) for t in read_tiles(counted, grid, **options)]
         above = reader.read(grid[0].window)  # a window above the rows read: a fresh read, counted once
-        masked, chunk = reader.masked(), reader._chunk
+        masked = reader.masked()
         scene.close()
-        return out + [above], masked, chunk
+        return out + [above], masked, counted.windows
 
-    row = scene_reader._CHUNK_BYTES
-    alone, masked_alone, _ = tiles(0, whole=False)  # a chunk as wide as its window, each read from the file
+    alone, masked_alone, windows = tiles(0, whole=False)  # a span of one tile: each read from the file
+    assert len(windows) == len(grid)
     for whole in (True, False):
-        sliced, masked, chunk = tiles(row, whole)  # rows sliced from the scene the sample read, or read from the file
-        assert chunk.window.width == 110, "a row of tiles comes from one read"
-        assert not chunk.physical.flags.writeable, "tiles are read-only views of their row"
+        sliced, masked, windows = tiles(None, whole)  # rows sliced from the scene the sample read, or read from the file
+        assert len(windows) == grid_shape(grid)[0] and {w.width for w in windows} == {110}, "a row of tiles: one read"
+        assert not sliced[0][1].flags.writeable, "tiles are read-only views of their row"
         assert masked == masked_alone == {"NaN or infinite value": 20, "nodata, mask or alpha band": 6 * 70}
         for (tile, data, valid), (tile_alone, data_alone, valid_alone) in zip(sliced[:-1], alone[:-1], strict=True):
             assert tile == tile_alone
