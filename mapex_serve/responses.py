@@ -101,6 +101,11 @@ def as_geojson(p: Prediction, include: list[int] | None = None) -> dict[str, Any
                          nodata=NODATA_LABEL, include=include)
 
 
+#: Deflate level of the answer's COG. A model's 4096^2 mask (with its overviews): 0.26-0.28 s and 1.99 MB at 5,
+#: 0.64-0.66 s and 1.84 MB at GDAL's default 6; the engine waits for the encoding at the end of a lone scene.
+_DEFLATE_LEVEL = 5
+
+
 def as_geotiff(p: Prediction) -> bytes:
     """A COG on the input's grid: the mask, or each tile's class over the pixels the tile stands for."""
     m = p.route.manifest
@@ -125,7 +130,7 @@ def as_geotiff(p: Prediction) -> bytes:
                             inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
             dst.write(data)
         with tmp.open() as src, MemoryFile() as out:
-            copy(src, out.name, driver="COG", compress="deflate")
+            copy(src, out.name, driver="COG", compress="deflate", level=_DEFLATE_LEVEL)
             return out.read()
 
 

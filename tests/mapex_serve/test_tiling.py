@@ -446,6 +446,31 @@ def test_the_class_grid_geotiff_puts_each_tile_answer_where_the_tile_is():
             assert t.window.row_off <= y < t.window.row_off + tile and t.window.col_off <= x < t.window.col_off + tile
 
 
+def test_the_mask_answer_is_a_deflate_cog_with_overviews_holding_the_labels():
+    """What a GIS expects of the answer: a Cloud-Optimised GeoTIFF, deflate, with overviews; the labels exact."""
+    from rasterio.enums import Compression
+    from rasterio.io import MemoryFile
+
+    from mapex_serve.predict import Prediction
+    from mapex_serve.responses import as_geotiff
+    from mapex_serve.routing import Route
+    from mapex_serve.tiling import MaskResult
+    from tests.mapex_serve.test_routing import manifest
+
+    size = 1024
+    labels = (np.add.outer(np.arange(size) // 100, np.arange(size) // 70) % 3).astype(np.uint8)
+    labels[:10, :10] = 255  # uncovered
+    transform = from_origin(500000, 5000000, 10, 10)
+    p = Prediction(Route(manifest("landcover", ["RGB"]), (1, 2, 3)),
+                   {"crs": rasterio.crs.CRS.from_epsg(32633), "transform": transform, "width": size, "height": size},
+                   mask=MaskResult(labels, None, labels != 255))
+    with MemoryFile(as_geotiff(p)) as mem, mem.open() as out:
+        assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert out.compression == Compression.deflate and out.overviews(1), (out.compression, out.overviews(1))
+        assert out.transform == transform and out.nodata == 255
+        np.testing.assert_array_equal(out.read(1), labels)
+
+
 def test_the_blender_holds_one_band_of_tile_rows_and_equals_the_whole_scene_blend():
     """Row by row finalisation gives the same mask as blending the whole scene at once, in a fraction of memory."""
     height, width, tile, overlap = 300, 200, 32, 8
