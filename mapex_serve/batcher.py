@@ -147,7 +147,8 @@ class Batcher:
             self._queue.put_nowait(job)
             futures.append(job.future)
         self._metrics.queue_depth.labels(self.name).set(self._depth)
-        return np.concatenate(await asyncio.gather(*futures))
+        outputs = await asyncio.gather(*futures)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _live(self, job: _Job) -> bool:
         """False for a job whose request was cancelled: its tiles leave the queue without reaching the engine."""
@@ -209,7 +210,8 @@ class Batcher:
     async def _run_batch(self, jobs: list[_Job]) -> None:
         """Run one batch on the engine thread and hand each job its rows (or the engine's error)."""
         loop = asyncio.get_running_loop()
-        batch = np.concatenate([j.tiles for j in jobs])
+        # One job (a scene's batch, or a lone request): its tiles as they are, no copy on the event loop.
+        batch = jobs[0].tiles if len(jobs) == 1 else np.concatenate([j.tiles for j in jobs])
         now = time.perf_counter()
         for j in jobs:
             self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
