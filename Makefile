@@ -39,7 +39,7 @@ bench: install
 	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models --jobs 2
 	$(BIN)/python -m bench.pruning --repeats 10 --warmup 3
 	$(BIN)/python -m bench.serve --requests 256
-	$(BIN)/python -m bench.scene --size 4096
+	$(BIN)/python -m bench.scene --size 4096 --rounds 3
 	$(BIN)/python -m bench.peer --requests 256 --rounds 3 --size 4096
 	$(BIN)/python -m bench.engine_speed --repeats 10
 

@@ -90,13 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=GOAL_SIZE, help="scene width and height in pixels")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
                    help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0")
+    p.add_argument("--rounds", type=int, default=1, help="rounds a mode, the service and the engine alone taking "
+                   "turns to go first; the goal is the median round's ratio (one round's moved by 0.1 here)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
     entry, manifest = find_entry(repo, args.task, [args.modality])
     settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, engine_runners=args.runners,
                         max_batch=args.max_batch)
+    engine = Engine(entry, manifest, settings)
     with tempfile.TemporaryDirectory(prefix="bench-scene-") as tmp:
         path = make_scene(args.size, manifest.tile_size, Path(tmp) / "scene.tif")
         body = path.read_bytes()
@@ -106,24 +111,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mode in args.modes:
             with ServiceProcess(repo, {**env, **MODES[mode]}) as server:
                 rss_idle = server.peak_rss_bytes()
-                print(f"{mode}: posting {args.size} x {args.size} ({len(body) / 2**20:.0f} MiB) to {args.task} ...",
-                      file=sys.stderr)
-                r, wall = post_scene(server.url, args.task, args.modality, body)
+                for round_ in range(1, args.rounds + 1):
+                    timed: dict[str, float] = {}
+                    for what in sorted(("engine", "service"), reverse=round_ % 2 == 0):  # the first goes first in turn
+                        if what == "service":
+                            print(f"{mode}, round {round_}: posting {args.size} x {args.size} ({len(body) / 2**20:.0f} "
+                                  f"MiB) to {args.task} ...", file=sys.stderr)
+                            r, timed["service"] = post_scene(server.url, args.task, args.modality, body)
+                        else:  # the server idles meanwhile
+                            timed["engine"], tiles = engine_seconds(engine, [UploadedFile(path.name, body)],
+                                                                    args.max_batch, runners=args.runners)
+                    rows.append({"mode": mode, "round": round_, "size": args.size, "specialist": manifest.name,
+                                 "upload_mib": len(body) / 2**20, "tiles": tiles, "service_s": timed["service"],
+                                 "engine_s": timed["engine"], "ratio": timed["service"] / timed["engine"],
+                                 "response_mib": len(r.content) / 2**20})
                 rss_peak = server.peak_rss_bytes()
-            rows.append({"mode": mode, "size": args.size, "specialist": manifest.name, "upload_mib": len(body) / 2**20,
-                         "service_s": wall, "server_idle_rss_mib": rss_idle / 2**20,
-                         "server_peak_rss_mib": rss_peak / 2**20, "response_mib": len(r.content) / 2**20})
-        engine_s, tiles = engine_seconds(Engine(entry, manifest, settings),
-                                          [UploadedFile(path.name, path.read_bytes())], args.max_batch,
-                                          runners=args.runners)
+            for row in rows:
+                if row["mode"] == mode:
+                    row.update(server_idle_rss_mib=rss_idle / 2**20, server_peak_rss_mib=rss_peak / 2**20)
 
-    for row in rows:
-        row.update(tiles=tiles, engine_s=engine_s, ratio=row["service_s"] / engine_s)
     goals, notes = [], []
-    if shipped := next((r for r in rows if r["mode"] == "on"), None):
-        peak_gib, idle_gib = shipped["server_peak_rss_mib"] / 1024, shipped["server_idle_rss_mib"] / 1024
-        goals.append(Goal("service wall time / engine-only time", shipped["ratio"], GOAL_WALL, at_most=True,
-                          detail=f"; {shipped['service_s']:.1f} s vs {engine_s:.1f} s for {tiles:,} tiles"))
+    if shipped := sorted((r for r in rows if r["mode"] == "on"), key=lambda r: r["ratio"]):
+        median = shipped[len(shipped) // 2]  # the middle round (the upper one of an even count)
+        peak_gib, idle_gib = median["server_peak_rss_mib"] / 1024, median["server_idle_rss_mib"] / 1024
+        ratios = ", ".join(f"{r['ratio']:.3f}" for r in shipped)
+        spread = f"; rounds, sorted: {ratios}" if len(shipped) > 1 else ""
+        goals.append(Goal("service wall time / engine-only time" + (" (median round)" if len(shipped) > 1 else ""),
+                          median["ratio"], GOAL_WALL, at_most=True,
+                          detail=f"; {median['service_s']:.1f} s vs {median['engine_s']:.1f} s for {median['tiles']:,} "
+                                 f"tiles{spread}"))
         notes.append(f"server peak RSS {peak_gib:.2f} GiB (idle {idle_gib:.2f} GiB)")
         if args.size >= GOAL_SIZE:
             goals.append(Goal(f"server peak RSS (GiB), {args.size} x {args.size} scene", peak_gib, GOAL_RSS_GIB,
@@ -132,11 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"the RSS goal is for a {GOAL_SIZE} x {GOAL_SIZE} scene: run with --size {GOAL_SIZE}")
     notes.append("modes: on = as shipped (decode workers), in-process = MAPEX_DECODE_WORKERS=0; RSS is the sum of "
                  "each process's peak (service and decode workers): the upload's shared memory counts in both")
-    columns = ["mode", "size", "specialist", "upload_mib", "tiles", "service_s", "engine_s", "ratio",
+    columns = ["mode", "round", "size", "specialist", "upload_mib", "tiles", "service_s", "engine_s", "ratio",
                "server_idle_rss_mib", "server_peak_rss_mib", "response_mib"]
     report = Report("scene", f"Whole scene through the service: {args.size} x {args.size}, six uint16 bands",
                     {"repo": str(repo), "task": args.task, "threads": args.threads, "runners": args.runners,
-                     "max_batch": args.max_batch},
+                     "max_batch": args.max_batch, "rounds": args.rounds},
                     rows, columns, goals, notes)
     report.write(args.out)
     return 0
