@@ -226,7 +226,8 @@ class SceneReader:
         if n <= 0:
             return
         final = self._reasons[:n]
-        for code in np.unique(final):
+        codes = np.unique(final) if final.any() else ()  # most rows are all valid: a pass instead of a sort or hash
+        for code in codes:
             if code:
                 self._row_counts[self._band_top: until, code] = np.count_nonzero(final == code, axis=1)
         self._reasons = self._reasons[n:].copy()
