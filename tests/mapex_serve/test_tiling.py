@@ -17,6 +17,7 @@ from mapex_serve.tiling import (
     MaskBlender,
     Tile,
     batched,
+    first_argmax,
     grid_shape,
     read_batches,
     read_tiles,
@@ -549,3 +550,15 @@ def test_a_blender_with_a_sink_hands_out_every_row_once_and_resumes_part_way():
     rows = np.concatenate([b.labels for b in again])
     assert again[0].row == start and len(rows) == height - start
     np.testing.assert_array_equal(rows[resume_row - start:], whole.labels[resume_row:])
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 7, 255])
+def test_first_argmax_is_numpys_argmax_ties_included(n_classes):
+    """Dyadic scores tie often (a blend of 0.5s and 0.25s): the first class that reaches the best wins, as in numpy."""
+    rng = np.random.default_rng(n_classes)
+    scores = rng.integers(0, 4, (n_classes, 24, 300)).astype(np.float32) / 4
+    scores[:, 0, :] = 0.25  # every class tied
+    labels = first_argmax(scores)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, scores.argmax(axis=0))
+    assert (labels[0] == 0).all()
