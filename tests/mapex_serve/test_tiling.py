@@ -562,3 +562,27 @@ def test_first_argmax_is_numpys_argmax_ties_included(n_classes):
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, scores.argmax(axis=0))
     assert (labels[0] == 0).all()
+
+
+def test_batches_of_any_size_blend_as_tiles_one_at_a_time():
+    """``add_batch`` reuses its weighting buffers between batches: growing and shrinking batches change nothing."""
+    height, width, tile, overlap, k = 130, 170, 32, 8, 4
+    rng = np.random.default_rng(3)
+    tiles = tile_grid(height, width, tile, overlap)
+    probs = rng.dirichlet(np.ones(k), size=(len(tiles), tile, tile)).transpose(0, 3, 1, 2).astype(np.float32)
+    valid = rng.random((len(tiles), tile, tile)) > 0.2
+    given = probs.copy()
+    one = MaskBlender(height, width, k, tile, overlap, keep_probabilities=True)
+    for i, t in enumerate(tiles):
+        one.add(t, probs[i], valid[i])
+    batched_ = MaskBlender(height, width, k, tile, overlap, keep_probabilities=True)
+    start = 0
+    for size in [1, 5, 2, 7, 3] * len(tiles):
+        if start >= len(tiles):
+            break
+        batched_.add_batch(tiles[start:start + size], probs[start:start + size], valid[start:start + size])
+        start += size
+    a, b = one.result(), batched_.result()
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(probs, given)  # the caller's probabilities (a slab slot) are not written to
