@@ -1,5 +1,6 @@
 """Tiled inference: grids cover every pixel, reads match rasterio, blending has no seams, memory is one batch."""
 
+import itertools
 import tracemalloc
 from pathlib import Path
 
@@ -576,12 +577,11 @@ def test_batches_of_any_size_blend_as_tiles_one_at_a_time():
     for i, t in enumerate(tiles):
         one.add(t, probs[i], valid[i])
     batched_ = MaskBlender(height, width, k, tile, overlap, keep_probabilities=True)
-    start = 0
-    for size in [1, 5, 2, 7, 3] * len(tiles):
-        if start >= len(tiles):
-            break
-        batched_.add_batch(tiles[start:start + size], probs[start:start + size], valid[start:start + size])
-        start += size
+    start, sizes = 0, itertools.cycle([1, 5, 2, 7, 3])
+    while start < len(tiles):
+        stop = start + next(sizes)
+        batched_.add_batch(tiles[start:stop], probs[start:stop], valid[start:stop])
+        start = stop
     a, b = one.result(), batched_.result()
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
