@@ -2,7 +2,8 @@
 
 Routes live in one router per concern (``mapex_serve/routes/``): health and metrics, models with
 the Open Inference Protocol, predict, jobs; ``routes/lane.py`` sends the hot ones (predict, infer)
-past FastAPI's middleware and routing. They share a ``ServiceState`` on ``app.state.mapex``. Every
+past FastAPI's middleware and routing; ``routes/jobs_proxy.py`` passes ``/jobs`` on to the server
+that runs the jobs when ``MAPEX_JOBS_URL`` names one. They share a ``ServiceState`` on ``app.state.mapex``. Every
 error the service raises on purpose is a MapexError, mapped to an HTTP status in one handler
 (``http_errors``) with a message that says what was wrong and what would be accepted.
 """
@@ -28,6 +29,7 @@ from mapex_serve.jobs.runner import JobRunner
 from mapex_serve.jobs.store import SQLiteJobStore
 from mapex_serve.registry import Registry
 from mapex_serve.routes import health, jobs, models, predict
+from mapex_serve.routes.jobs_proxy import JobsProxy
 from mapex_serve.routes.lane import FastLane
 from mapex_serve.settings import Settings
 from mapex_serve.state import ServiceState
@@ -41,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The service over ``settings.model_repo``; engines open and warm up in the lifespan."""
     state = ServiceState(settings or Settings())
     executors: list[ThreadPoolExecutor] = []
+    jobs_proxy = JobsProxy(state.settings.jobs_url, state.settings.request_timeout_s) if state.settings.jobs_url else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       shm=s.shm_dir,
                                       runners={n: sp.engine.threads.runners for n, sp in registry.specialists.items()})
             await state.decode.start()
-        state.jobs = _open_jobs(state)
+        state.jobs = _open_jobs(state) if jobs_proxy is None else None
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))
         yield
         if state.jobs is not None:  # running jobs stop where they are and resume on the next start
@@ -81,23 +84,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.decode.stop()
         for executor in executors:
             executor.shutdown(wait=True)
+        if jobs_proxy is not None:
+            await jobs_proxy.aclose()
 
     app = MapexApp(title="mapex-serve", version="0.1.0", lifespan=lifespan,
                    description="Routes each uploaded GeoTIFF by its band metadata to the matching MAPEX specialist.")
     app.state.mapex = state
     app.add_exception_handler(MapexError, mapex_error_response)
     app.lane = FastLane([predict.PREDICT_LANE, models.INFER_LANE])  # the hot paths (routes/lane.py)
+    app.jobs_proxy = jobs_proxy  # MAPEX_JOBS_URL: /jobs go to the server that runs them (routes/jobs_proxy.py)
     for router in (health.router, models.router, predict.router, jobs.router):
         app.include_router(router)
     return app
 
 
 class MapexApp(FastAPI):
-    """FastAPI whose hot routes (``routes/lane.py``) are answered before its middleware stack runs."""
+    """FastAPI whose hot routes (``routes/lane.py``) and passed-on ``/jobs`` are answered before its middleware stack."""
 
     lane = FastLane([])
+    jobs_proxy: JobsProxy | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.jobs_proxy is not None and await self.jobs_proxy.take(self, scope, receive, send):
+            return
         if not await self.lane.take(self, scope, receive, send):
             await super().__call__(scope, receive, send)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ClientGoneError",
     "DuplicateBandError",
+    "JobsServerUnreachableError",
     "MapexError",
     "RequestTimeoutError",
     "UnknownBandError",
@@ -48,3 +49,7 @@ class RequestTimeoutError(MapexError, TimeoutError):
 
 class ClientGoneError(MapexError, ConnectionError):
     """The client closed the connection before its answer was ready; nothing is left to answer."""
+
+
+class JobsServerUnreachableError(MapexError, ConnectionError):
+    """The server that runs this deployment's jobs (MAPEX_JOBS_URL) could not be reached; try again shortly."""

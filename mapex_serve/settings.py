@@ -91,7 +91,12 @@ class Settings(BaseSettings):
     )
     jobs_dir: Path | None = Field(
         None, description="Where whole-scene jobs keep their state (SQLite) and results; default `<model_repo>/.jobs`. "
-        "One replica's volume: several replicas need a shared store (docs/deploy.md)."
+        "One server's volume: with several replicas, one runs the jobs and the others pass them on (MAPEX_JOBS_URL)."
+    )
+    jobs_url: str | None = Field(
+        None, description="Another mapex-serve that runs this deployment's whole-scene jobs: when set, this server runs "
+        "none and passes every /jobs request on to it, body and answer unchanged, so that any replica answers for every "
+        "job (Kubernetes: the one-replica mapex-jobs Deployment, docs/deploy.md); unset: jobs run here."
     )
     job_concurrency: int = Field(1, ge=1, description="Jobs run at once; the others wait in the queue.")
     job_ttl_h: float = Field(72, gt=0, description="Hours a finished job's results are kept before they expire (410).")
@@ -158,6 +163,14 @@ class Settings(BaseSettings):
     @classmethod
     def _split_prefixes(cls, v: Any) -> Any:
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("jobs_url")
+    @classmethod
+    def _http_jobs_url(cls, v: str | None) -> str | None:
+        url = (v or "").strip().rstrip("/")
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError(f"jobs_url: {v!r} is not an http(s) URL; write e.g. http://mapex-jobs")
+        return url or None
 
     @field_validator("providers")
     @classmethod

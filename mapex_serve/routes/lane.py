@@ -58,7 +58,7 @@ class FastLane:
         """Answer the request if a lane takes it; False leaves it to ``app``'s own stack, untouched."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return False
-        path = _route_path(scope)
+        path = route_path(scope)
         found = next(((lane, m) for lane in self.lanes if (m := lane.path.fullmatch(path))), None)
         if found is None:
             return False
@@ -83,7 +83,9 @@ class FastLane:
         return True
 
 
-def _route_path(scope: dict[str, Any]) -> str:
-    """The path the routes see: without the ``root_path`` a proxy mounts the service under."""
+def route_path(scope: dict[str, Any], *, raw: bool = False) -> str:
+    """The path the routes see: without the ``root_path`` a proxy mounts the service under; ``raw``: percent-encoded."""
     path, root = scope["path"], scope.get("root_path", "")
+    if raw and scope.get("raw_path") is not None:
+        path = scope["raw_path"].decode("latin-1")
     return path[len(root):] if root and path.startswith(root) else path

@@ -67,10 +67,10 @@ def jobs_server(built_repo, server_type, s3_server, tmp_path_factory):
     s.stop()
 
 
-def wait_done(url: str, job_id: str, timeout: float = 180) -> dict:
+def wait_done(url: str, job_id: str, timeout: float = 180, **kw) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()
+        status = httpx.get(f"{url}/jobs/{job_id}", timeout=10, **kw).json()
         if status["state"] in ("done", "failed", "cancelled"):
             return status
         time.sleep(0.2)
@@ -246,6 +246,40 @@ def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
     for r, status, hint in cases:
         assert r.status_code == status and hint in r.json()["detail"], (status, hint, r.status_code, r.text)
     assert not list((Path(jobs_server.log_path).parent / "jobs").glob(f"{job['id']}*")), "a cancelled job's files go"
+
+
+def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, start_server, scene_cog, tmp_path):
+    """Kubernetes' layout (docs/deploy.md): a replica with MAPEX_JOBS_URL in front of the jobs server, one API key."""
+    key = {"MAPEX_API_KEY": "one-key-for-both"}
+    auth = {"Authorization": "Bearer one-key-for-both"}
+    runner = start_server(built_repo, MAPEX_JOBS_DIR=str(tmp_path / "jobs"), **key)
+    replica = start_server(built_repo, MAPEX_JOBS_URL=runner.url, MAPEX_JOBS_DIR=str(tmp_path / "no-jobs-here"), **key)
+    with scene_cog.open("rb") as f:
+        r = httpx.post(f"{replica.url}/jobs/flood", files={"file": (scene_cog.name, f)}, headers=auth, timeout=60)
+    assert r.status_code == 202 and r.headers["location"] == f"/jobs/{r.json()['id']}", r.text
+    job_id = r.json()["id"]
+    status = wait_done(replica.url, job_id, headers=auth)
+    assert status["state"] == "done", status
+    assert httpx.get(f"{runner.url}/jobs/{job_id}", headers=auth).json() == status
+    assert [j["id"] for j in httpx.get(f"{replica.url}/jobs", headers=auth).json()] == [job_id]
+    url = f"{replica.url}/jobs/{job_id}/result"
+    whole = httpx.get(url, params={"format": "geotiff"}, headers=auth, timeout=60)
+    assert whole.status_code == 200 and whole.headers["content-type"] == "image/tiff"
+    assert whole.content == httpx.get(f"{runner.url}/jobs/{job_id}/result", params={"format": "geotiff"},
+                                      headers=auth, timeout=60).content
+    part = httpx.get(url, params={"format": "geotiff"}, headers={**auth, "Range": "bytes=100-199"}, timeout=60)
+    assert part.status_code == 206 and part.content == whole.content[100:200]
+    # the jobs server's answers come back as it gave them; a job id stays a job id, never a path
+    for r, status_code, hint in [
+        (httpx.delete(f"{replica.url}/jobs/{job_id}", headers=auth), 409, "done"),
+        (httpx.get(f"{replica.url}/jobs/0123abc", headers=auth), 404, "no job"),
+        (httpx.get(f"{replica.url}/jobs/..%2fmodels", headers=auth), 404, ""),
+        (httpx.get(f"{replica.url}/jobs/{job_id}"), 401, "API key"),
+    ]:
+        assert r.status_code == status_code and hint in r.json()["detail"], (status_code, r.status_code, r.text)
+    assert not (tmp_path / "no-jobs-here").exists(), "the replica opened a jobs store of its own"
+    with scene_cog.open("rb") as f:  # and it still answers /predict itself
+        assert httpx.post(f"{replica.url}/predict/flood", files={"file": f}, headers=auth, timeout=60).status_code == 200
 
 
 def test_predict_answers_geojson_too(jobs_server, scene_cog):

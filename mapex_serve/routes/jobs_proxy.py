@@ -1,0 +1,87 @@
+"""``/jobs`` passed on to the server that runs this deployment's whole-scene jobs (``MAPEX_JOBS_URL``).
+
+Why: a job's state lives in one server's store (SQLite on its volume). Behind one Service with
+several replicas, ``GET /jobs/{id}`` would reach replicas that never saw the job. A replica with
+``MAPEX_JOBS_URL`` set runs no jobs and streams every ``/jobs`` request to that server and its
+answer back, unchanged: clients keep one address, and uploads are not held in memory. The API key
+is checked here first and passed on, since both servers are given the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from fastapi import HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response, StreamingResponse
+
+from mapex_serve.deps import authorised
+from mapex_serve.errors import JobsServerUnreachableError, MapexError, RequestTimeoutError
+from mapex_serve.http_errors import mapex_error_response
+from mapex_serve.routes.lane import route_path
+
+__all__ = ["JobsProxy"]
+
+log = logging.getLogger("mapex_serve.jobs")
+
+#: Headers of one connection (RFC 9110 section 7.6.1), and Host, which names this server: never passed on.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+                        "te", "trailer", "transfer-encoding", "upgrade", "host"})
+
+
+class JobsProxy:
+    """Streams ``/jobs`` requests to the jobs server at ``url`` and its answers back."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.url = url.rstrip("/")
+        # connect: a jobs server that is down answers at once; the rest: as long as a request may take here
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0))
+
+    async def take(self, app: Any, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Pass the request on if it is for ``/jobs``; False leaves it to ``app``, untouched."""
+        if scope["type"] != "http":
+            return False
+        path = route_path(scope)
+        if path != "/jobs" and not path.startswith("/jobs/"):
+            return False
+        scope["app"] = app
+        request = Request(scope, receive)
+        try:
+            await authorised(request, app.state.mapex)
+            response = await self._forward(request, route_path(scope, raw=True))
+        except HTTPException as e:
+            response = await http_exception_handler(request, e)
+        except MapexError as e:
+            response = await mapex_error_response(request, e)
+        except ClientDisconnect:  # the client left mid-upload: nobody to answer
+            return True
+        await response(scope, receive, send)
+        return True
+
+    async def _forward(self, request: Request, raw_path: str) -> Response:
+        """``raw_path`` still percent-encoded as sent: ``/jobs/..%2Fmodels`` must stay a job id there, not a path."""
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+        query = request.url.query
+        outgoing = self.client.build_request(request.method, f"{self.url}{raw_path}" + (f"?{query}" if query else ""),
+                                             headers=headers, content=request.stream() if has_body else None)
+        try:
+            answer = await self.client.send(outgoing, stream=True)
+        except httpx.TimeoutException as e:
+            raise RequestTimeoutError(f"the jobs server at {self.url} did not answer in time ({type(e).__name__}); "
+                                      f"ask GET /jobs before resubmitting: the job may have been accepted") from e
+        except httpx.TransportError as e:
+            log.warning("jobs server %s unreachable: %s", self.url, e)
+            raise JobsServerUnreachableError(f"the jobs server at {self.url} cannot be reached ({type(e).__name__}: "
+                                             f"{e}); retry shortly") from e
+        passed = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code, headers=passed,
+                                 background=BackgroundTask(answer.aclose))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+

@@ -1,0 +1,61 @@
+"""A replica with ``MAPEX_JOBS_URL`` set: what it answers by itself (key, jobs server down, other paths).
+
+Jobs passed on to a real jobs server, end to end, are in test_jobs.py
+(``test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does``).
+"""
+
+import asyncio
+
+import httpx
+import pydantic
+import pytest
+
+from mapex_serve.app import create_app
+from mapex_serve.local import free_port
+from mapex_serve.settings import Settings
+
+
+def ask(settings: Settings, method: str, path: str, **kw) -> httpx.Response:
+    """One request to the app in this process (no lifespan: nothing here needs the engines)."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+            return await client.request(method, path, **kw)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def nobody_listens(tmp_path) -> Settings:
+    """A replica whose jobs server is down: a loopback port nobody listens on."""
+    return Settings(model_repo=tmp_path / "models", jobs_url=f"http://127.0.0.1:{free_port()}/")
+
+
+def test_a_jobs_server_that_is_down_gives_503_with_retry_after_and_its_address(nobody_listens):
+    for method, path in [("GET", "/jobs"), ("GET", "/jobs/abc123"), ("POST", "/jobs/flood")]:
+        r = ask(nobody_listens, method, path, json={"url": "https://example.com/s1.tif"} if method == "POST" else None)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", (method, path, r.text)
+        detail = r.json()["detail"]
+        assert nobody_listens.jobs_url in detail and "retry" in detail, detail
+        assert not nobody_listens.jobs_url.endswith("/")
+
+
+def test_the_key_is_checked_before_anything_is_passed_on(nobody_listens):
+    keyed = nobody_listens.model_copy(update={"api_key": pydantic.SecretStr("s3cret")})
+    r = ask(keyed, "GET", "/jobs")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+    r = ask(keyed, "GET", "/jobs", headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 503, "with the key, the request went on to the (absent) jobs server"
+
+
+def test_only_jobs_paths_are_passed_on(nobody_listens):
+    assert ask(nobody_listens, "GET", "/healthz").status_code == 200
+    assert ask(nobody_listens, "GET", "/jobsearch").status_code == 404
+    assert ask(nobody_listens, "GET", "/openapi.json").json()["paths"]["/jobs/{task}"], "jobs stay documented"
+
+
+def test_a_jobs_url_must_be_http(tmp_path):
+    with pytest.raises(pydantic.ValidationError, match="http://mapex-jobs"):
+        Settings(model_repo=tmp_path, jobs_url="mapex-jobs:80")
+    assert Settings(model_repo=tmp_path, jobs_url=" ").jobs_url is None
