@@ -158,8 +158,9 @@ def rendered(tmp_path_factory) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
     return out
 
 
-def find(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The documents of ``kind`` (and ``name``, when given), in the order kustomize wrote them."""
+    return [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
 
 
 @pytest.fixture(scope="session")

@@ -86,10 +86,11 @@ def serving_envs(dockerfiles, compose, rendered, deploy) -> dict[str, dict[str, 
         envs[f"compose/{variant}"] = config["services"]["serve"]["environment"]
     for k in SERVING:
         _, docs = rendered[k]
-        env = dict(deploy.find(docs, "ConfigMap")[0]["data"])
-        for e in deploy.find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0].get("env", []):
-            env[e["name"]] = e.get("value")
-        envs[k] = env
+        for deployment in deploy.find(docs, "Deployment"):  # the serving replicas and the jobs replica
+            env = dict(deploy.find(docs, "ConfigMap")[0]["data"])
+            for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
+                env[e["name"]] = e.get("value")
+            envs[f"{k} {deployment['metadata']['name']}"] = env
     return envs
 
 
@@ -143,11 +144,12 @@ def test_stopping_waits_for_draining(dockerfiles, compose, rendered, deploy):
         assert duration_s(serve["stop_grace_period"]) > float(serve["environment"]["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"])
     for k in SERVING:
         _, docs = rendered[k]
-        spec = deploy.find(docs, "Deployment")[0]["spec"]["template"]["spec"]
         graceful = float(deploy.find(docs, "ConfigMap")[0]["data"]["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"])
-        pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
-        assert pre_stop[0] == "sleep"
-        assert spec["terminationGracePeriodSeconds"] > float(pre_stop[1]) + graceful, k
+        for deployment in deploy.find(docs, "Deployment"):
+            spec = deployment["spec"]["template"]["spec"]
+            pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+            assert pre_stop[0] == "sleep"
+            assert spec["terminationGracePeriodSeconds"] > float(pre_stop[1]) + graceful, k
 
 
 def test_probes_and_scraping_use_real_routes(code, dockerfiles, compose, rendered, deploy):
@@ -158,13 +160,13 @@ def test_probes_and_scraping_use_real_routes(code, dockerfiles, compose, rendere
         test = config["services"]["serve"]["healthcheck"]["test"]
         assert any(p in code.routes for p in test), f"compose/{variant}: {test}"
     for k in SERVING:
-        _, docs = rendered[k]
-        template = deploy.find(docs, "Deployment")[0]["spec"]["template"]
-        container = template["spec"]["containers"][0]
-        paths = {p: container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
-        assert set(paths.values()) <= code.routes, f"{k}: {paths} vs {sorted(code.routes)}"
-        assert paths["readinessProbe"] != paths["livenessProbe"], f"{k}: readiness must be more than liveness"
-        assert template["metadata"]["annotations"]["prometheus.io/path"] in code.routes, k
+        for deployment in deploy.find(rendered[k][1], "Deployment"):
+            template = deployment["spec"]["template"]
+            container = template["spec"]["containers"][0]
+            paths = {p: container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+            assert set(paths.values()) <= code.routes, f"{k}: {paths} vs {sorted(code.routes)}"
+            assert paths["readinessProbe"] != paths["livenessProbe"], f"{k}: readiness must be more than liveness"
+            assert template["metadata"]["annotations"]["prometheus.io/path"] in code.routes, k
 
 
 def test_one_port_everywhere(code, dockerfiles, compose, rendered, deploy):
@@ -177,11 +179,13 @@ def test_one_port_everywhere(code, dockerfiles, compose, rendered, deploy):
         assert [p["target"] for p in config["services"]["serve"]["ports"]] == [code.port], variant
     for k in SERVING:
         _, docs = rendered[k]
-        template = deploy.find(docs, "Deployment")[0]["spec"]["template"]
-        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
-        assert list(ports.values()) == [code.port], k
-        assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == code.port, k
-        assert deploy.find(docs, "Service")[0]["spec"]["ports"][0]["targetPort"] in ports, k
+        for deployment in deploy.find(docs, "Deployment"):
+            template = deployment["spec"]["template"]
+            ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+            assert list(ports.values()) == [code.port], k
+            assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == code.port, k
+            for service in deploy.find(docs, "Service"):
+                assert service["spec"]["ports"][0]["targetPort"] in ports, k
         policy = deploy.find(docs, "NetworkPolicy")[0]["spec"]["ingress"][0]["ports"]
         assert [p["port"] for p in policy] == [code.port], k
 
@@ -205,8 +209,9 @@ def test_entry_commands_name_real_programs(code, dockerfiles, compose, rendered,
             line = " ".join(export["command"]).replace("$$EXPORT_ARGS", export["environment"]["EXPORT_ARGS"])
             assert set(re.findall(r"(?<!\S)--[a-z][\w-]*", line)) <= code.export_flags, variant
     for k in SERVING:
-        container = deploy.find(rendered[k][1], "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-        assert "command" not in container and "args" not in container, f"{k}: the image's entry command must run"
+        for deployment in deploy.find(rendered[k][1], "Deployment"):
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            assert "command" not in container and "args" not in container, f"{k}: the image's entry command must run"
     for k in EXPORTS:
         container = deploy.find(rendered[k][1], "Job")[0]["spec"]["template"]["spec"]["containers"][0]
         assert {a for a in container["args"] if a.startswith("--")} <= code.export_flags, k
@@ -216,10 +221,12 @@ def test_volumes_are_where_the_settings_point(rendered, deploy):
     for k in SERVING:
         _, docs = rendered[k]
         settings = deploy.find(docs, "ConfigMap")[0]["data"]
-        spec = deploy.find(docs, "Deployment")[0]["spec"]["template"]["spec"]
-        mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
-        assert mounts["models"]["mountPath"] == settings["MAPEX_MODEL_REPO"] and mounts["models"]["readOnly"], k
-        assert mounts["engine-cache"]["mountPath"] == settings["MAPEX_ENGINE_CACHE"], k
+        for deployment in deploy.find(docs, "Deployment"):
+            mounts = {m["name"]: m for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+            assert mounts["models"]["mountPath"] == settings["MAPEX_MODEL_REPO"] and mounts["models"]["readOnly"], k
+            assert mounts["engine-cache"]["mountPath"] == settings["MAPEX_ENGINE_CACHE"], k
+        jobs = deploy.find(docs, "Deployment", "mapex-serve-jobs")[0]["spec"]["template"]["spec"]["containers"][0]
+        assert settings["MAPEX_JOBS_DIR"] in {m["mountPath"] for m in jobs["volumeMounts"]}, k
     for k in EXPORTS:
         container = deploy.find(rendered[k][1], "Job")[0]["spec"]["template"]["spec"]["containers"][0]
         repo = container["args"][container["args"].index("--repo") + 1]

@@ -56,56 +56,92 @@ def test_kubernetes_validate_fails_on_planted_errors(deploy, rendered, tmp_path)
         assert reported in result.stdout, result.stdout
 
 
-def pod_spec(docs, deploy) -> dict:
-    return deploy.find(docs, "Deployment")[0]["spec"]["template"]["spec"]
+def workloads(docs, deploy) -> list[dict]:
+    """The Deployments (serving and jobs replicas), or the export Job."""
+    return deploy.find(docs, "Deployment") or deploy.find(docs, "Job")
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_cpu_overlay_does_not(deploy, rendered):
     for k, wants_gpu in {"k8s/overlays/gpu": True, "k8s/overlays/cpu": False, "k8s/export/gpu": True,
                          "k8s/export/cpu": False}.items():
-        _, docs = rendered[k]
-        workload = (deploy.find(docs, "Deployment") or deploy.find(docs, "Job"))[0]
-        container = workload["spec"]["template"]["spec"]["containers"][0]
-        limits = container["resources"]["limits"]
-        assert ("nvidia.com/gpu" in limits) == wants_gpu, f"{k}: {limits}"
-        assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(container["resources"]["requests"]), k
+        for workload in workloads(rendered[k][1], deploy):
+            container = workload["spec"]["template"]["spec"]["containers"][0]
+            limits = container["resources"]["limits"]
+            assert ("nvidia.com/gpu" in limits) == wants_gpu, f"{k}: {limits}"
+            assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(container["resources"]["requests"]), k
 
 
 def test_pods_are_locked_down(deploy, rendered):
     for k in [*SERVING, "k8s/export/gpu", "k8s/export/cpu"]:
-        _, docs = rendered[k]
-        spec = (deploy.find(docs, "Deployment") or deploy.find(docs, "Job"))[0]["spec"]["template"]["spec"]
-        assert spec["securityContext"]["runAsNonRoot"] is True, k
-        for c in spec.get("initContainers", []) + spec["containers"]:
-            sc = c["securityContext"]
-            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, (k, c["name"])
-            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]} or c["name"] == "wait-for-models", (k, c["name"])
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        assert "emptyDir" in volumes["tmp"], k
+        for workload in workloads(rendered[k][1], deploy):
+            spec = workload["spec"]["template"]["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True, k
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, (k, c["name"])
+                assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]} or c["name"] == "wait-for-models", (k, c["name"])
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            assert "emptyDir" in volumes["tmp"], k
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
 
 
 def test_selectors_match_the_pods(deploy, rendered):
+    """Each Service, budget and policy selects the pods it is for, and the two Deployments never each other's."""
     for k in SERVING:
         _, docs = rendered[k]
-        deployment = deploy.find(docs, "Deployment")[0]
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
-        selectors = {
-            "Deployment": deployment["spec"]["selector"]["matchLabels"],
-            "Service": deploy.find(docs, "Service")[0]["spec"]["selector"],
-            "PodDisruptionBudget": deploy.find(docs, "PodDisruptionBudget")[0]["spec"]["selector"]["matchLabels"],
-            "NetworkPolicy": deploy.find(docs, "NetworkPolicy")[0]["spec"]["podSelector"]["matchLabels"],
-        }
-        for kind, selector in selectors.items():
-            assert selector.items() <= labels.items(), f"{k}: the {kind} selects {selector}, pods carry {labels}"
+        pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in deploy.find(docs, "Deployment")}
+        assert set(pods) == {"mapex-serve", "mapex-serve-jobs"}, k
+        for d in deploy.find(docs, "Deployment"):
+            own = d["spec"]["selector"]["matchLabels"]
+            assert [name for name, labels in pods.items() if selects(own, labels)] == [d["metadata"]["name"]], k
+        for kind, name, selector, wanted in [
+            ("Service", "mapex-serve", lambda d: d["spec"]["selector"], {"mapex-serve"}),
+            ("Service", "mapex-jobs", lambda d: d["spec"]["selector"], {"mapex-serve-jobs"}),
+            ("PodDisruptionBudget", "mapex-serve", lambda d: d["spec"]["selector"]["matchLabels"], {"mapex-serve"}),
+            ("NetworkPolicy", "mapex-serve", lambda d: d["spec"]["podSelector"]["matchLabels"],
+             {"mapex-serve", "mapex-serve-jobs"}),
+        ]:
+            chosen = selector(deploy.find(docs, kind, name)[0])
+            assert {n for n, labels in pods.items() if selects(chosen, labels)} == wanted, f"{k}: the {kind} {name}"
         target = deploy.find(docs, "HorizontalPodAutoscaler")[0]["spec"]["scaleTargetRef"]
-        assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"]), k
+        assert (target["kind"], target["name"]) == ("Deployment", "mapex-serve"), k
         settings = deploy.find(docs, "ConfigMap")[0]["metadata"]["name"]
-        refs = [e["configMapRef"]["name"] for e in pod_spec(docs, deploy)["containers"][0]["envFrom"]]
-        assert refs == [settings], f"{k}: the pods read {refs}, the settings are {settings}"
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(docs, deploy)["volumes"]
-                  if "persistentVolumeClaim" in v}
         declared = {d["metadata"]["name"] for d in deploy.find(docs, "PersistentVolumeClaim")}
-        assert claims <= declared, f"{k}: claims {claims - declared} are not declared"
+        for d in deploy.find(docs, "Deployment"):
+            spec = d["spec"]["template"]["spec"]
+            refs = [e["configMapRef"]["name"] for e in spec["containers"][0]["envFrom"]]
+            assert refs == [settings], f"{k}: the pods read {refs}, the settings are {settings}"
+            claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+            assert claims <= declared, f"{k}: claims {claims - declared} are not declared"
+
+
+def test_jobs_run_in_one_replica_that_the_others_pass_them_to(deploy, rendered):
+    """A job's state is one pod's (SQLite on its volume): the serving replicas send /jobs there (docs/deploy.md)."""
+    from mapex_serve.settings import Settings
+
+    for k in SERVING:
+        _, docs = rendered[k]
+        jobs = deploy.find(docs, "Deployment", "mapex-serve-jobs")[0]["spec"]
+        serving = deploy.find(docs, "Deployment", "mapex-serve")[0]["spec"]
+        assert jobs["replicas"] == 1 and jobs["strategy"] == {"type": "Recreate"}, f"{k}: two pods would run one queue"
+        env = lambda spec: {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}  # noqa: E731
+        assert Settings(jobs_url=env(jobs)["MAPEX_JOBS_URL"]).jobs_url is None, f"{k}: the jobs replica runs its jobs"
+        service = deploy.find(docs, "Service", "mapex-jobs")[0]
+        assert env(serving)["MAPEX_JOBS_URL"] == f"http://{service['metadata']['name']}", k
+        assert service["spec"]["ports"][0]["port"] == 80, k
+        volumes = {v["name"]: v for v in jobs["template"]["spec"]["volumes"]}
+        claim = deploy.find(docs, "PersistentVolumeClaim", volumes["jobs"]["persistentVolumeClaim"]["claimName"])[0]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], k
+        assert "jobs" not in {v["name"] for v in serving["template"]["spec"]["volumes"]}, f"{k}: serving pods run no jobs"
+        jobs_labels = jobs["template"]["metadata"]["labels"]
+        port = jobs["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        egress = deploy.find(docs, "NetworkPolicy")[0]["spec"]["egress"]
+        assert any(any(selects(to.get("podSelector", {}).get("matchLabels", {"-": "-"}), jobs_labels)
+                       for to in rule.get("to", [])) and port in [p["port"] for p in rule["ports"]]
+                   for rule in egress), f"{k}: the NetworkPolicy blocks the serving pods from the jobs pod"
 
 
 def test_autoscaler_scales_on_queue_time_with_a_cpu_fallback(deploy, rendered):
@@ -122,5 +158,6 @@ def test_autoscaler_scales_on_queue_time_with_a_cpu_fallback(deploy, rendered):
 def test_startup_probe_allows_for_engine_builds(deploy, rendered):
     """The server listens only after TensorRT has built every engine: give a GPU pod 10 minutes or more."""
     for k, at_least in {"k8s/overlays/gpu": 600, "k8s/overlays/cpu": 120}.items():
-        probe = pod_spec(rendered[k][1], deploy)["containers"][0]["startupProbe"]
-        assert probe["periodSeconds"] * probe["failureThreshold"] >= at_least, k
+        for workload in workloads(rendered[k][1], deploy):
+            probe = workload["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+            assert probe["periodSeconds"] * probe["failureThreshold"] >= at_least, k
