@@ -28,9 +28,10 @@ __all__ = ["JobsProxy"]
 
 log = logging.getLogger("mapex_serve.jobs")
 
-#: Headers of one connection (RFC 9110 section 7.6.1), and Host, which names this server: never passed on.
+#: Headers of one connection (RFC 9110 section 7.6.1), Host, which names this server, and Expect, which this
+#: server has already answered (100 Continue): never passed on.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-                        "te", "trailer", "transfer-encoding", "upgrade", "host"})
+                        "te", "trailer", "transfer-encoding", "upgrade", "host", "expect"})
 
 
 class JobsProxy:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -278,6 +279,13 @@ def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, st
     ]:
         assert r.status_code == status_code and hint in r.json()["detail"], (status_code, r.status_code, r.text)
     assert not (tmp_path / "no-jobs-here").exists(), "the replica opened a jobs store of its own"
+    # a client that leaves mid-upload: the replica drops the request, and no job comes of it
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as sock:
+        sock.sendall(b"POST /jobs/flood HTTP/1.1\r\nHost: replica\r\nAuthorization: Bearer one-key-for-both\r\n"
+                     b"Content-Type: image/tiff\r\nContent-Length: 10000000\r\n\r\n" + scene_cog.read_bytes()[:65536])
+    time.sleep(1)
+    assert [j["id"] for j in httpx.get(f"{replica.url}/jobs", headers=auth).json()] == [job_id]
+    assert "Traceback" not in replica.log, replica.log[-3000:]
     with scene_cog.open("rb") as f:  # and it still answers /predict itself
         assert httpx.post(f"{replica.url}/predict/flood", files={"file": f}, headers=auth, timeout=60).status_code == 200
 
