@@ -1,6 +1,6 @@
 """A whole generated scene posted to the service: wall time against the engine alone, and server peak RSS.
 
-    python -m bench.scene [--size 4096] [--task landcover-seg]
+    python -m bench.scene [--size 4096] [--task landcover-seg] [--soak N]
 
 The scene is a mosaic of tile-sized synthetic scenes (so every tile looks like what the heads were
 trained on), six Sentinel-2 bands stored as uint16 (B02 B03 B04 B08 B11 B12), posted raw as one
@@ -8,7 +8,9 @@ GeoTIFF. The baseline runs the same engine class with the same settings in this 
 exactly the tiles the service cuts (``mapex_serve.tiling`` on the same file), read ahead so that
 only the engine calls are timed (``--runners`` of them at once, as the service runs them). The
 server's peak resident memory is its VmHWM after the request. Goals: wall time <= 1.15 x
-engine-only time; server peak RSS < 1.5 GiB for a 4096 x 4096 scene.
+engine-only time; server peak RSS < 1.5 GiB for a 4096 x 4096 scene. ``--soak N`` posts the scene N
+more times and notes the server's RSS after each: it must level off (a long-running service that
+grows a little each scene runs out of memory in the end).
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], m
     return seconds, n
 
 
+def soak_note(mode: str, server: ServiceProcess, args: argparse.Namespace, body: bytes) -> str:
+    """The server's RSS after each of ``args.soak`` more scenes, and how much it grew after the third."""
+    rss = []
+    for _ in tqdm(range(args.soak), desc=f"{mode}: soak", unit="scene", leave=False):
+        post_scene(server.url, args.task, args.modality, body)
+        rss.append(server.rss_bytes() / 2**20)
+    grown = f"; after the third: {rss[-1] - rss[2]:+.0f} MiB" if len(rss) > 3 else ""
+    return (f"{mode}: server RSS after each of {len(rss)} more scenes (MiB): {', '.join(f'{r:.0f}' for r in rss)}"
+            f"{grown}; peak then {server.peak_rss_bytes() / 2**30:.2f} GiB")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scene", description=__doc__.split("\n\n")[0])
     service_arguments(p, "landcover-seg", "task posted to (default landcover-seg: a mask)")
@@ -92,9 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0")
     p.add_argument("--rounds", type=int, default=1, help="rounds a mode, the service and the engine alone taking "
                    "turns to go first; the goal is the median round's ratio (one round's moved by 0.1 here)")
+    p.add_argument("--soak", type=int, default=0, metavar="N", help="then post the scene N more times and note the "
+                   "server's RSS after each, to see it level off")
     args = p.parse_args(argv)
-    if args.rounds < 1:
-        p.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.soak < 0:
+        p.error("--rounds must be at least 1 and --soak at least 0")
     resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
@@ -107,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = path.read_bytes()
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_MAX_UPLOAD_MB": str(len(body) // 2**20 + 16), "MAPEX_REQUEST_TIMEOUT_S": "3600"}
-        rows = []
+        rows, notes = [], []
         for mode in args.modes:
             with ServiceProcess(repo, {**env, **MODES[mode]}) as server:
                 rss_idle = server.peak_rss_bytes()
@@ -126,11 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "engine_s": timed["engine"], "ratio": timed["service"] / timed["engine"],
                                  "response_mib": len(r.content) / 2**20})
                 rss_peak = server.peak_rss_bytes()
+                if args.soak > 0:
+                    notes.append(soak_note(mode, server, args, body))
             for row in rows:
                 if row["mode"] == mode:
                     row.update(server_idle_rss_mib=rss_idle / 2**20, server_peak_rss_mib=rss_peak / 2**20)
 
-    goals, notes = [], []
+    goals = []
     if shipped := sorted((r for r in rows if r["mode"] == "on"), key=lambda r: r["ratio"]):
         median = shipped[len(shipped) // 2]  # the middle round (the upper one of an even count)
         peak_gib, idle_gib = median["server_peak_rss_mib"] / 1024, median["server_idle_rss_mib"] / 1024

@@ -85,4 +85,3 @@ class JobsProxy:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
