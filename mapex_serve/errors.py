@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ClientGoneError",
     "DuplicateBandError",
+    "JobsLoopError",
     "JobsServerUnreachableError",
     "MapexError",
     "RequestTimeoutError",
@@ -53,3 +54,7 @@ class ClientGoneError(MapexError, ConnectionError):
 
 class JobsServerUnreachableError(MapexError, ConnectionError):
     """The server that runs this deployment's jobs (MAPEX_JOBS_URL) could not be reached; try again shortly."""
+
+
+class JobsLoopError(MapexError, RuntimeError):
+    """A /jobs request passed on by one server to another that passes /jobs on too: MAPEX_JOBS_URL set on both."""

@@ -13,6 +13,7 @@ from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import (
     ClientGoneError,
     DuplicateBandError,
+    JobsLoopError,
     JobsServerUnreachableError,
     MapexError,
     RequestTimeoutError,
@@ -57,7 +58,7 @@ STATUS: dict[type[MapexError], int] = {
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,
     ClientGoneError: 499,  # nginx's "client closed request": logged and counted, read by no one
     QueueFullError: 503, ServiceStoppingError: 503, DecodeUnavailableError: 503, MemoryBudgetError: 503, JobsDisabledError: 503,
-    JobsServerUnreachableError: 503, RequestTimeoutError: 504,
+    JobsServerUnreachableError: 503, RequestTimeoutError: 504, JobsLoopError: 508,
 }
 
 

@@ -4,7 +4,9 @@ Why: a job's state lives in one server's store (SQLite on its volume). Behind on
 several replicas, ``GET /jobs/{id}`` would reach replicas that never saw the job. A replica with
 ``MAPEX_JOBS_URL`` set runs no jobs and streams every ``/jobs`` request to that server and its
 answer back, unchanged: clients keep one address, and uploads are not held in memory. The API key
-is checked here first and passed on, since both servers are given the same one.
+is checked here first and passed on, since both servers are given the same one. A ``Via`` header
+marks what was passed on, so that two servers pointed at each other answer 508 instead of passing a
+request round until it times out.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
 from mapex_serve.deps import authorised
-from mapex_serve.errors import JobsServerUnreachableError, MapexError, RequestTimeoutError
+from mapex_serve.errors import JobsLoopError, JobsServerUnreachableError, MapexError, RequestTimeoutError
 from mapex_serve.http_errors import mapex_error_response
 from mapex_serve.routes.lane import route_path
 
@@ -32,6 +34,8 @@ log = logging.getLogger("mapex_serve.jobs")
 #: server has already answered (100 Continue): never passed on.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
                         "te", "trailer", "transfer-encoding", "upgrade", "host", "expect"})
+#: What this server adds to ``Via`` (RFC 9110 section 7.6.3) on the requests it passes on.
+VIA = "1.1 mapex-serve"
 
 
 class JobsProxy:
@@ -53,6 +57,9 @@ class JobsProxy:
         request = Request(scope, receive)
         try:
             await authorised(request, app.state.mapex)
+            if VIA in request.headers.get("via", ""):
+                raise JobsLoopError(f"this server passes /jobs on to {self.url}, and so did the server that sent the "
+                                    f"request here: unset MAPEX_JOBS_URL on the server that should run the jobs")
             response = await self._forward(request, route_path(scope, raw=True))
         except HTTPException as e:
             response = await http_exception_handler(request, e)
@@ -65,7 +72,8 @@ class JobsProxy:
 
     async def _forward(self, request: Request, raw_path: str) -> Response:
         """``raw_path`` still percent-encoded as sent: ``/jobs/..%2Fmodels`` must stay a job id there, not a path."""
-        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in {*HOP_BY_HOP, "via"}]
+        headers.append((b"via", ", ".join([*request.headers.getlist("via"), VIA]).encode("latin-1")))
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         query = request.url.query
         outgoing = self.client.build_request(request.method, f"{self.url}{raw_path}" + (f"?{query}" if query else ""),

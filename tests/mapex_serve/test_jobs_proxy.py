@@ -49,6 +49,11 @@ def test_the_key_is_checked_before_anything_is_passed_on(nobody_listens):
     assert r.status_code == 503, "with the key, the request went on to the (absent) jobs server"
 
 
+def test_two_servers_that_pass_jobs_to_each_other_get_508_not_a_loop(nobody_listens):
+    r = ask(nobody_listens, "GET", "/jobs", headers={"Via": "1.1 some-gateway, 1.1 mapex-serve"})
+    assert r.status_code == 508 and "unset MAPEX_JOBS_URL" in r.json()["detail"], r.text
+
+
 def test_only_jobs_paths_are_passed_on(nobody_listens):
     assert ask(nobody_listens, "GET", "/healthz").status_code == 200
     assert ask(nobody_listens, "GET", "/jobsearch").status_code == 404
