@@ -18,13 +18,23 @@ from typing import Any
 
 import httpx
 
-__all__ = ["JobFailedError", "JobsClient"]
+__all__ = ["JobFailedError", "JobsClient", "ServerAwayError"]
 
 _FINISHED = ("done", "failed", "cancelled")
+#: Answers that say "not now": a jobs server restarting or rolling out, as a serving replica passing /jobs on sees it.
+_AWAY = (502, 503, 504)
 
 
 class JobFailedError(RuntimeError):
     """The job ended failed or cancelled; the message is the service's error detail."""
+
+
+class ServerAwayError(JobFailedError):
+    """The server answered 502, 503 or 504, or could not be reached: worth asking again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class JobsClient:
@@ -51,6 +61,10 @@ class JobsClient:
                 detail = body.get("detail", body)
             except ValueError:
                 detail = response.text
+            if response.status_code in _AWAY:
+                retry_after = response.headers.get("retry-after", "")
+                raise ServerAwayError(f"{response.status_code}: {detail}",
+                                      float(retry_after) if retry_after.isdigit() else None)
             raise JobFailedError(f"{response.status_code}: {detail}")
         return response
 
@@ -68,17 +82,37 @@ class JobsClient:
                                                  files={"file": (path.name, f, "image/tiff")})).json()
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return self._checked(self._http.get(f"/jobs/{job_id}")).json()
+        try:
+            response = self._http.get(f"/jobs/{job_id}")
+        except httpx.TransportError as e:
+            raise ServerAwayError(f"{self._http.base_url} cannot be reached ({type(e).__name__}: {e})") from e
+        return self._checked(response).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._checked(self._http.delete(f"/jobs/{job_id}")).json()
 
     def wait(self, job_id: str, poll_s: float = 1.0, on_progress: Callable[[dict[str, Any]], None] | None = None,
-             timeout_s: float | None = None) -> dict[str, Any]:
-        """Poll until the job ends; its final status, or :class:`JobFailedError` if it failed or was cancelled."""
+             timeout_s: float | None = None, outage_s: float = 600) -> dict[str, Any]:
+        """Poll until the job ends; its final status, or :class:`JobFailedError` if it failed or was cancelled.
+
+        A server that is away (restarting, rolling out) is waited for up to ``outage_s`` in a row: its
+        jobs resume where they stopped when it is back, so following them should too.
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        away_since: float | None = None
         while True:
-            job = self.status(job_id)
+            try:
+                job = self.status(job_id)
+            except ServerAwayError as e:
+                away_since = away_since if away_since is not None else time.monotonic()
+                if time.monotonic() - away_since > outage_s:
+                    raise ServerAwayError(f"the server has been away for more than {outage_s:g} s ({e}); job "
+                                          f"{job_id} may still finish: ask for it later") from e
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} not finished after {timeout_s:g} s; the server is away ({e})") from e
+                time.sleep(e.retry_after_s if e.retry_after_s is not None else poll_s)
+                continue
+            away_since = None
             if on_progress is not None:
                 on_progress(job)
             if job["state"] in _FINISHED:

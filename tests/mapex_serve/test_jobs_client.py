@@ -1,0 +1,84 @@
+"""The jobs client against a real HTTP server on loopback that answers from a script: a server that is
+away for a while (restarting, rolling out) is waited for, as its jobs resume; anything else is reported."""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mapex_serve.client import JobFailedError, JobsClient, ServerAwayError
+from mapex_serve.local import free_port
+
+
+class ScriptedJobs:
+    """``GET /jobs/{id}`` answered with the next (status, state) of ``script``; the last one repeats."""
+
+    def __init__(self, script: list[tuple[int, str]]) -> None:
+        self.script, self.port, self.asked = list(script), free_port(), 0
+        self.server: ThreadingHTTPServer | None = None
+        self.start()
+
+    def start(self) -> None:
+        jobs = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                status, state = jobs.script.pop(0) if len(jobs.script) > 1 else jobs.script[0]
+                jobs.asked += 1
+                body = json.dumps({"id": "abc", "state": state} if status == 200 else {"detail": state}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if status == 503:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[ScriptedJobs]]:
+    servers: list[ScriptedJobs] = []
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def test_following_a_job_rides_out_a_server_that_is_away(scripted):
+    jobs = ScriptedJobs([(503, "jobs server down"), (502, "bad gateway"), (200, "running"), (504, "slow"),
+                         (200, "done")])
+    scripted.append(jobs)
+    seen: list[str] = []
+    jobs.stop()  # refused connections first, for half a second
+    threading.Timer(0.5, jobs.start).start()
+    with JobsClient(f"http://127.0.0.1:{jobs.port}") as client:
+        job = client.wait("abc", poll_s=0.05, on_progress=lambda j: seen.append(j["state"]), outage_s=30)
+    assert job["state"] == "done" and seen == ["running", "done"]
+    assert jobs.asked == 5
+
+
+def test_an_outage_longer_than_outage_s_is_reported_and_a_real_error_at_once(scripted):
+    scripted.append(away := ScriptedJobs([(503, "jobs server down")]))
+    with JobsClient(f"http://127.0.0.1:{away.port}") as client:
+        began = time.monotonic()
+        with pytest.raises(ServerAwayError, match="away for more than 0.3 s .*jobs server down"):
+            client.wait("abc", poll_s=0.05, outage_s=0.3)
+        assert 0.3 <= time.monotonic() - began < 5
+    scripted.append(gone := ScriptedJobs([(404, "no job 'abc'")]))
+    with JobsClient(f"http://127.0.0.1:{gone.port}") as client:
+        with pytest.raises(JobFailedError, match="404: no job") as raised:
+            client.wait("abc", poll_s=0.05)
+        assert not isinstance(raised.value, ServerAwayError) and gone.asked == 1
