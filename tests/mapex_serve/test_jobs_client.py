@@ -44,9 +44,10 @@ class ScriptedJobs:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
-        assert self.server is not None
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:  # once per start: shutdown() would wait forever on a server already stopped
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 @pytest.fixture
