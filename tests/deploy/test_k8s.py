@@ -129,6 +129,7 @@ def test_jobs_run_in_one_replica_that_the_others_pass_them_to(deploy, rendered):
         assert jobs["replicas"] == 1 and jobs["strategy"] == {"type": "Recreate"}, f"{k}: two pods would run one queue"
         env = lambda spec: {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}  # noqa: E731
         assert Settings(jobs_url=env(jobs)["MAPEX_JOBS_URL"]).jobs_url is None, f"{k}: the jobs replica runs its jobs"
+        assert env(jobs)["UVICORN_WORKERS"] == "1", f"{k}: several service processes would each run the queue"
         service = deploy.find(docs, "Service", "mapex-jobs")[0]
         assert env(serving)["MAPEX_JOBS_URL"] == f"http://{service['metadata']['name']}", k
         assert service["spec"]["ports"][0]["port"] == 80, k
