@@ -131,4 +131,5 @@ def _open_jobs(state: ServiceState) -> JobRunner | None:
         log.warning("jobs disabled: %s", state.jobs_problem)
         return None
     runner.start()
+    state.metrics.watch_jobs(runner.store.counts)
     return runner

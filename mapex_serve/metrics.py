@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from mapex_serve.jobs.store import JobState
 
 __all__ = ["Metrics"]
 
@@ -32,3 +38,23 @@ class Metrics:
                                      "dropped before the engine ran them", ["specialist"], registry=r)
         self.decode_restarts = Counter("mapex_decode_worker_restarts", "Decode workers that died and were replaced",
                                        registry=r)
+
+    def watch_jobs(self, counts: Callable[[], Mapping[tuple[str, JobState], int]]) -> None:
+        """Report ``mapex_jobs{task, state}`` from ``counts`` (the jobs store) at each scrape."""
+        self.registry.register(_JobsCollector(counts))
+
+
+@dataclass(frozen=True)
+class _JobsCollector(Collector):
+    """Jobs by task and state, read from the store when scraped: it outlives restarts, as the jobs do."""
+
+    counts: Callable[[], Mapping[tuple[str, JobState], int]]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("mapex_jobs", "Whole-scene jobs in the store by task and state",
+                                   labels=["task", "state"])
+        counts = self.counts()
+        for task in sorted({task for task, _ in counts}):
+            for state in get_args(JobState):  # every state of a task, 0 included: an alert needs the series
+                family.add_metric([task, state], counts.get((task, state), 0))
+        yield family

@@ -77,6 +77,10 @@ class JobStore(ABC):
     def recent(self, limit: int) -> list[JobRecord]: ...
 
     @abstractmethod
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Jobs by (task, state): what ``mapex_jobs`` reports; empty once the store is closed."""
+
+    @abstractmethod
     def add_strip(self, job_id: str, strip: StripRecord) -> None: ...
 
     @abstractmethod
@@ -162,6 +166,13 @@ class SQLiteJobStore(JobStore):
     def recent(self, limit: int) -> list[JobRecord]:
         rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
         return [self._record(r) for r in rows]
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        try:
+            rows = self._run("SELECT task, state, count(*) FROM jobs GROUP BY task, state")
+        except sqlite3.ProgrammingError:  # closed: a scrape during shutdown
+            return {}
+        return {(task, state): n for task, state, n in rows}
 
     def add_strip(self, job_id: str, strip: StripRecord) -> None:
         self._run("INSERT OR REPLACE INTO strips (job, idx, row, height, stats) VALUES (?, ?, ?, ?, ?)",

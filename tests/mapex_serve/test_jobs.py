@@ -125,6 +125,18 @@ def test_an_uploaded_scene_gives_the_predict_mask_as_a_cog_with_areas(jobs_serve
     assert summary["valid_pixels"] == labels.size
 
 
+def test_metrics_count_the_jobs_in_the_store_by_task_and_state(jobs_server, uploaded):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{jobs_server.url}/metrics", timeout=10).text
+    jobs = {(s.labels["task"], s.labels["state"]): s.value
+            for family in text_string_to_metric_families(text) if family.name == "mapex_jobs" for s in family.samples}
+    assert jobs[("flood", "done")] >= 1, jobs
+    assert {state for task, state in jobs if task == "flood"} == {"queued", "running", "done", "failed", "cancelled"}
+    listed = httpx.get(f"{jobs_server.url}/jobs", params={"limit": 1000}, timeout=10).json()
+    assert sum(jobs.values()) == len(listed)
+
+
 def test_the_probability_cog_is_scaled_uint8_and_agrees_with_the_labels(jobs_server, uploaded, server_type):
     content = result(jobs_server.url, uploaded["id"], "probabilities").content
     probs = cog_array(server_type, content)
@@ -279,6 +291,8 @@ def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, st
     ]:
         assert r.status_code == status_code and hint in r.json()["detail"], (status_code, r.status_code, r.text)
     assert not (tmp_path / "no-jobs-here").exists(), "the replica opened a jobs store of its own"
+    assert "mapex_jobs{" in httpx.get(f"{runner.url}/metrics").text, "the jobs server reports its store"
+    assert "mapex_jobs{" not in httpx.get(f"{replica.url}/metrics").text, "the replica has no store to report"
     # a client that leaves mid-upload: the replica drops the request, and no job comes of it
     with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as sock:
         sock.sendall(b"POST /jobs/flood HTTP/1.1\r\nHost: replica\r\nAuthorization: Bearer one-key-for-both\r\n"
