@@ -118,6 +118,11 @@ def test_selectors_match_the_pods(deploy, rendered):
             assert claims <= declared, f"{k}: claims {claims - declared} are not declared"
 
 
+def env(deployment_spec: dict) -> dict[str, str | None]:
+    """The container's own ``env`` (not the ConfigMap's)."""
+    return {e["name"]: e.get("value") for e in deployment_spec["template"]["spec"]["containers"][0]["env"]}
+
+
 def test_jobs_run_in_one_replica_that_the_others_pass_them_to(deploy, rendered):
     """A job's state is one pod's (SQLite on its volume): the serving replicas send /jobs there (docs/deploy.md)."""
     from mapex_serve.settings import Settings
@@ -127,7 +132,6 @@ def test_jobs_run_in_one_replica_that_the_others_pass_them_to(deploy, rendered):
         jobs = deploy.find(docs, "Deployment", "mapex-serve-jobs")[0]["spec"]
         serving = deploy.find(docs, "Deployment", "mapex-serve")[0]["spec"]
         assert jobs["replicas"] == 1 and jobs["strategy"] == {"type": "Recreate"}, f"{k}: two pods would run one queue"
-        env = lambda spec: {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}  # noqa: E731
         assert Settings(jobs_url=env(jobs)["MAPEX_JOBS_URL"]).jobs_url is None, f"{k}: the jobs replica runs its jobs"
         assert env(jobs)["UVICORN_WORKERS"] == "1", f"{k}: several service processes would each run the queue"
         service = deploy.find(docs, "Service", "mapex-jobs")[0]
