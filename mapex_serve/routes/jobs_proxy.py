@@ -16,15 +16,13 @@ from typing import Any
 
 import httpx
 from fastapi import HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
 from mapex_serve.deps import authorised
 from mapex_serve.errors import JobsLoopError, JobsServerUnreachableError, MapexError, RequestTimeoutError
-from mapex_serve.http_errors import mapex_error_response
-from mapex_serve.routes.lane import route_path
+from mapex_serve.routes.lane import error_response, route_path
 
 __all__ = ["JobsProxy"]
 
@@ -36,6 +34,8 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "te", "trailer", "transfer-encoding", "upgrade", "host", "expect"})
 #: What this server adds to ``Via`` (RFC 9110 section 7.6.3) on the requests it passes on.
 VIA = "1.1 mapex-serve"
+#: Request headers not passed on as they came: the hop-by-hop ones, and Via, passed on with VIA added.
+NOT_PASSED_ON = HOP_BY_HOP | {"via"}
 
 
 class JobsProxy:
@@ -61,10 +61,8 @@ class JobsProxy:
                 raise JobsLoopError(f"this server passes /jobs on to {self.url}, and so did the server that sent the "
                                     f"request here: unset MAPEX_JOBS_URL on the server that should run the jobs")
             response = await self._forward(request, route_path(scope, raw=True))
-        except HTTPException as e:
-            response = await http_exception_handler(request, e)
-        except MapexError as e:
-            response = await mapex_error_response(request, e)
+        except (HTTPException, MapexError) as e:
+            response = await error_response(request, e)
         except ClientDisconnect:  # the client left mid-upload: nobody to answer
             return True
         await response(scope, receive, send)
@@ -72,7 +70,7 @@ class JobsProxy:
 
     async def _forward(self, request: Request, raw_path: str) -> Response:
         """``raw_path`` still percent-encoded as sent: ``/jobs/..%2Fmodels`` must stay a job id there, not a path."""
-        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in {*HOP_BY_HOP, "via"}]
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in NOT_PASSED_ON]
         headers.append((b"via", ", ".join([*request.headers.getlist("via"), VIA]).encode("latin-1")))
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         query = request.url.query

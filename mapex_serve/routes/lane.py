@@ -34,7 +34,7 @@ from mapex_serve.http_errors import mapex_error_response
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
 
-__all__ = ["FastLane", "Lane"]
+__all__ = ["FastLane", "Lane", "error_response", "route_path"]
 
 #: A lane's handler: the endpoint's response, or None to leave the request to FastAPI.
 Handler = Callable[[Request, ServiceState, Registry, re.Match[str]], Awaitable[Response] | None]
@@ -72,15 +72,20 @@ class FastLane:
             if call is None:
                 return False
             response = await call
-        except HTTPException as e:
-            response = await http_exception_handler(request, e)
-        except MapexError as e:
-            response = await mapex_error_response(request, e)
+        except (HTTPException, MapexError) as e:
+            response = await error_response(request, e)
         except Exception:
             await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
             raise  # the server logs it, as it does behind ServerErrorMiddleware
         await response(scope, receive, send)
         return True
+
+
+async def error_response(request: Request, error: HTTPException | MapexError) -> Response:
+    """The answer the app's handlers give ``error``, for requests taken before FastAPI's stack."""
+    if isinstance(error, HTTPException):
+        return await http_exception_handler(request, error)
+    return await mapex_error_response(request, error)
 
 
 def route_path(scope: dict[str, Any], *, raw: bool = False) -> str:
