@@ -3,8 +3,6 @@
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +30,15 @@ H100 = GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 L4 = GpuInfo(name="NVIDIA L4", compute_capability="8.9")
 
 
-def _run(*args: str) -> None:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """landcover-rgb v1 + v2, flood-sar v1 and flood-swir+sar v1, from a 5-step checkpoint (about 30 s)."""
-    root = tmp_path_factory.mktemp("engine-registry")
-    _run("-m", "training.pretrain", "--out", str(root / "run"), "--steps", "5")
-    models = root / "models"
-    # Land cover head only: a 5-step router is nearly uniform, and trained through for 2 steps one token of a
-    # random parity tile has its two best experts 6e-8 apart, so ONNX Runtime picks the other one (6e-4 off,
-    # the build allows 1e-4, and rightly refuses). This module tests engines and the registry, not training.
-    common = ["--checkpoint", str(root / "run" / "checkpoint.pt"), "--repo", str(models), "--finetune-steps", "2",
-              "--full-finetune", "flood", "--no-trt"]
-    # The three builds write three folders, so they run side by side (the exporter keeps one core busy each).
-    builds = [subprocess.Popen([sys.executable, "-m", "export.build", *args, *common], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-              for args in (["--modality", "RGB"], ["--task", "flood", "--modality", "SAR"],
-                           ["--task", "flood", "--modality", "SAR", "--modality", "SWIR"])]
-    for build in builds:
-        _, stderr = build.communicate(timeout=600)
-        assert build.returncode == 0, stderr[-3000:]
-    # Version 2: the same artefacts under a manifest that says version 2 (its sha256 still hold).
+def repo(built_repo, tmp_path_factory) -> Path:
+    """landcover-rgb v1 + v2, flood-sar, wildfire-swir and wildfire-rgb+swir, copied from the suite's built repository.
+
+    Version 2 is version 1's artefacts under a manifest that says version 2 (their sha256 still hold).
+    """
+    models = tmp_path_factory.mktemp("engine-registry") / "models"
+    for name in ("landcover-rgb", "flood-sar", "wildfire-swir", "wildfire-rgb+swir"):
+        shutil.copytree(built_repo / name / "1", models / name / "1")
     v2 = models / "landcover-rgb" / "2"
     shutil.copytree(models / "landcover-rgb" / "1", v2)
     manifest = json.loads((v2 / "manifest.json").read_text())
@@ -279,16 +261,16 @@ def test_registry_serves_the_newest_version_of_each_specialist(repo, caplog):
     caplog.set_level(logging.INFO)
     registry = Registry.load(cpu_settings(repo, providers="cpu", max_batch=4))
     assert registry.ready and not registry.refused
-    assert sorted(registry.specialists) == ["flood-sar", "flood-swir+sar", "landcover-rgb"]
+    assert sorted(registry.specialists) == ["flood-sar", "landcover-rgb", "wildfire-rgb+swir", "wildfire-swir"]
     rgb = registry.specialists["landcover-rgb"]
     assert rgb.version == 2 and rgb.entry == repo / "landcover-rgb" / "2" and rgb.manifest.version == 2
     assert registry.versions["landcover-rgb"] == [1, 2]
     assert all(s.engine.provider == CPU_EP for s in registry.specialists.values())
     assert set(registry.warm_up_s) == set(registry.specialists)
-    assert registry.tasks() == ["flood", "landcover"]
-    assert [s.name for s in registry.for_task("flood")] == ["flood-swir+sar", "flood-sar"]
-    assert registry.for_task("wildfire") == []
-    assert any("registry ready: 3 specialists" in r.getMessage() for r in caplog.records)
+    assert registry.tasks() == ["flood", "landcover", "wildfire"]
+    assert [s.name for s in registry.for_task("wildfire")] == ["wildfire-rgb+swir", "wildfire-swir"]
+    assert registry.for_task("landcover-seg") == []
+    assert any("registry ready: 4 specialists" in r.getMessage() for r in caplog.records)
 
 
 def test_a_tampered_entry_is_refused_and_the_others_serve(repo_copy, caplog):
@@ -297,7 +279,7 @@ def test_a_tampered_entry_is_refused_and_the_others_serve(repo_copy, caplog):
     registry = Registry.load(cpu_settings(repo_copy, providers="cpu", max_batch=4))
     assert registry.ready
     assert "flood-sar" not in registry.specialists
-    assert sorted(registry.specialists) == ["flood-swir+sar", "landcover-rgb"]
+    assert sorted(registry.specialists) == ["landcover-rgb", "wildfire-rgb+swir", "wildfire-swir"]
     [refused] = registry.refused
     assert refused.entry == repo_copy / "flood-sar" / "1"
     assert "model.onnx" in refused.reason and "sha256" in refused.reason
@@ -392,4 +374,4 @@ def test_each_specialist_gets_its_own_engine_thread(repo):
             return [b._executor for b in app.state.mapex.batchers.values()]
 
     found = asyncio.run(executors())
-    assert len(found) == 3 and len({id(e) for e in found}) == 3
+    assert len(found) == 4 and len({id(e) for e in found}) == 4
