@@ -191,13 +191,15 @@ def test_a_build_that_fails_parity_leaves_no_entry(wildfire_specialist, tmp_path
     assert list((tmp_path / "wildfire-swir").iterdir()) == []
 
 
-def test_versions_count_up(wildfire_specialist, tmp_path, tiny_run):
+def test_versions_count_up(wildfire_specialist, repo, tmp_path):
+    """A build next to version 1 (the suite's built entry, copied) writes version 2."""
     model, _ = wildfire_specialist
-    options = BuildOptions(repo=tmp_path, finetune_steps=2, trt=False)
-    first = build_specialist(model, "0" * 64, get_task("flood"), ["SAR"], options)
-    second = build_specialist(model, "0" * 64, get_task("flood"), ["SAR"], options)
-    assert (first.name, second.name) == ("1", "2")
+    shutil.copytree(repo / "flood-sar" / "1", tmp_path / "flood-sar" / "1")
+    second = build_specialist(model, "0" * 64, get_task("flood"), ["SAR"],
+                              BuildOptions(repo=tmp_path, finetune_steps=2, trt=False))
+    assert second == tmp_path / "flood-sar" / "2"
     assert json.loads((second / "manifest.json").read_text())["version"] == 2
+    assert sorted(scan_repository(tmp_path)) == [tmp_path / "flood-sar" / "1", second]
 
 
 def test_a_failed_build_among_parallel_ones_stops_the_queue_and_leaves_no_staging(tmp_path, tiny_run):
