@@ -46,7 +46,7 @@ def test_short_run_writes_checkpoint_metrics_and_summary(short_run):
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_losses(tmp_path):
-    steps = ["--steps", "80", "--checkpoint-every", "1000", "--seed", "5"]
+    steps = ["--steps", "40", "--checkpoint-every", "1000", "--seed", "5"]
     assert pretrain(tmp_path / "full", *steps).returncode == 0
     reference = {m["step"]: m["loss"] for m in metrics(tmp_path / "full")}
 
@@ -61,12 +61,12 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_losses(tmp_path)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 128 + signal.SIGINT
     stopped_at = load_payload(out / "checkpoint.pt")["step"]
-    assert 8 <= stopped_at < 80
+    assert 8 <= stopped_at < 40
 
     result = pretrain(out, *steps, "--resume")
     assert result.returncode == 0, result.stderr
     resumed = metrics(out)
-    assert [m["step"] for m in resumed] == list(range(1, 81))
+    assert [m["step"] for m in resumed] == list(range(1, 41))
     for m in resumed:
         assert m["loss"] == pytest.approx(reference[m["step"]], rel=1e-5, abs=1e-6), f"step {m['step']}"
     full_model, _ = load_model(tmp_path / "full" / "checkpoint.pt")
