@@ -469,6 +469,8 @@ def test_a_job_killed_mid_way_resumes_after_its_last_strip_and_its_results_expir
     jobs = tmp_path / "jobs"
     scene = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 6, 6)), ["VV", "VH"])  # 1920 x 1728
     first = start_server(built_repo, MAPEX_JOBS_DIR=str(jobs))
+    with scene.open("rb") as f:  # the uninterrupted answer, taken first so the results' short life below is theirs
+        whole = server_type.cog_band(httpx.post(f"{first.url}/predict/flood", files={"file": f}, timeout=120).content)
     job = submit_upload(first.url, scene).json()
     db = sqlite3.connect(f"file:{jobs / 'jobs.sqlite3'}?mode=ro", uri=True)
     deadline = time.monotonic() + 120
@@ -481,7 +483,7 @@ def test_a_job_killed_mid_way_resumes_after_its_last_strip_and_its_results_expir
     killed = httpx.Client()  # nothing answers now
     with pytest.raises(httpx.HTTPError):
         killed.get(f"{first.url}/jobs/{job['id']}", timeout=2)
-    ttl_h = 20 / 3600
+    ttl_h = 6 / 3600
     second = start_server(built_repo, MAPEX_JOBS_DIR=str(jobs), MAPEX_JOB_TTL_H=str(ttl_h))
     status = wait_done(second.url, job["id"])
     assert status["state"] == "done" and status["attempts"] == 2, status
@@ -490,8 +492,6 @@ def test_a_job_killed_mid_way_resumes_after_its_last_strip_and_its_results_expir
     resumed = cog_array(server_type, content)[0]
     with rasterio.io.MemoryFile(content) as mem, mem.open() as src:
         assert src.block_shapes[0] == (512, 512) and src.overviews(1) == [2, 4], "internal tiles and overviews"
-    with scene.open("rb") as f:
-        whole = server_type.cog_band(httpx.post(f"{second.url}/predict/flood", files={"file": f}, timeout=120).content)
     agree = float((resumed == whole).mean())
     print(f"resumed job vs /predict on the same scene: {agree:.4f} of pixels agree")
     assert agree >= 0.999
