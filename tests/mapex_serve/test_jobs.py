@@ -262,11 +262,14 @@ def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
 
 
 def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, start_server, scene_cog, tmp_path):
-    """Kubernetes' layout (docs/deploy.md): a replica with MAPEX_JOBS_URL in front of the jobs server, one API key."""
+    """Kubernetes' layout (docs/deploy.md): a replica with MAPEX_JOBS_URL in front of the jobs server, one API key.
+    The replica runs two service processes (``UVICORN_WORKERS=2``), which could not run jobs themselves: each passes
+    them on."""
     key = {"MAPEX_API_KEY": "one-key-for-both"}
     auth = {"Authorization": "Bearer one-key-for-both"}
     runner = start_server(built_repo, MAPEX_JOBS_DIR=str(tmp_path / "jobs"), **key)
-    replica = start_server(built_repo, MAPEX_JOBS_URL=runner.url, MAPEX_JOBS_DIR=str(tmp_path / "no-jobs-here"), **key)
+    replica = start_server(built_repo, MAPEX_JOBS_URL=runner.url, MAPEX_JOBS_DIR=str(tmp_path / "no-jobs-here"),
+                           UVICORN_WORKERS="2", **key)
     with scene_cog.open("rb") as f:
         r = httpx.post(f"{replica.url}/jobs/flood", files={"file": (scene_cog.name, f)}, headers=auth, timeout=60)
     assert r.status_code == 202 and r.headers["location"] == f"/jobs/{r.json()['id']}", r.text
@@ -291,6 +294,8 @@ def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, st
     ]:
         assert r.status_code == status_code and hint in r.json()["detail"], (status_code, r.status_code, r.text)
     assert not (tmp_path / "no-jobs-here").exists(), "the replica opened a jobs store of its own"
+    assert replica.log.count("Application startup complete") == 2, "the replica runs two service processes"
+    assert "jobs disabled" not in replica.log, "a replica that passes jobs on has no reason to refuse them"
     assert "mapex_jobs{" in httpx.get(f"{runner.url}/metrics").text, "the jobs server reports its store"
     assert "mapex_jobs{" not in httpx.get(f"{replica.url}/metrics").text, "the replica has no store to report"
     # a client that leaves mid-upload: the replica drops the request, and no job comes of it
