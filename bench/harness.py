@@ -189,6 +189,8 @@ class Goal:
     bound: float
     at_most: bool  # True: value <= bound is met; False: value >= bound
     detail: str = ""
+    #: Each round's figure when ``value`` is their median: how far one run moves on shared cores.
+    rounds: tuple[float, ...] = ()
 
     @property
     def met(self) -> bool:
@@ -235,7 +237,8 @@ class Report:
         (out / f"{self.name}.md").write_text(text)
         payload = {"benchmark": self.name, "setup": self.setup, "rows": self.rows, "notes": self.notes,
                    "goals": [{"name": g.name, "value": g.value, "bound": g.bound,
-                              "op": "<=" if g.at_most else ">=", "met": g.met, "detail": g.detail.strip()}
+                              "op": "<=" if g.at_most else ">=", "met": g.met, "detail": g.detail.strip(),
+                              "rounds": list(g.rounds)}
                              for g in self.goals]}
         (out / f"{self.name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(text)

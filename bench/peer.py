@@ -453,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         goals.append(Goal(f"({part}) {what}, throughput mapex / Triton at concurrency {c}", ratios[len(pairs) // 2],
                           GOALS[part], at_most=False,
                           detail=f"; {m['tiles_s']:.0f} vs {t['tiles_s']:.0f} tiles/s{spread}, Triton client CPU "
-                                 f"{t['client_cpu_ms_per_tile']:.2f} ms/tile vs {m['client_cpu_ms_per_tile']:.2f}"))
+                                 f"{t['client_cpu_ms_per_tile']:.2f} ms/tile vs {m['client_cpu_ms_per_tile']:.2f}",
+                          rounds=tuple(ratios) if args.rounds > 1 else ()))
     notes = [f"ours vs Triton on the same tiles through /v2: max |difference| of probabilities {agreement:.1e}",
              "tiles_s counts requests of one tile each; client CPU is the load generator's own (one asyncio process); "
              "server CPU is the service process / Triton's process group (server and backend stubs)",

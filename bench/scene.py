@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         goals.append(Goal("service wall time / engine-only time" + (" (median round)" if len(shipped) > 1 else ""),
                           median["ratio"], GOAL_WALL, at_most=True,
                           detail=f"; {median['service_s']:.1f} s vs {median['engine_s']:.1f} s for {median['tiles']:,} "
-                                 f"tiles{spread}"))
+                                 f"tiles{spread}", rounds=tuple(r["ratio"] for r in shipped) if len(shipped) > 1 else ()))
         notes.append(f"server peak RSS {peak_gib:.2f} GiB (idle {idle_gib:.2f} GiB)")
         if args.size >= GOAL_SIZE:
             goals.append(Goal(f"server peak RSS (GiB), {args.size} x {args.size} scene", peak_gib, GOAL_RSS_GIB,
