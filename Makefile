@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python -m bench.scene --size 4096 --rounds 3
 	$(BIN)/python -m bench.peer --requests 256 --rounds 3 --size 4096
 	$(BIN)/python -m bench.engine_speed --repeats 10
+	$(BIN)/python -m bench.goals_plot
 
 clean:
 	rm -rf $(VENV) .venv-triton .venv-kserve .pytest_cache build *.egg-info
