@@ -16,44 +16,36 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.harness import Goal
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
-class GoalFigure:
-    """One goal as a report wrote it: its figure, its bound and direction, and its rounds if it took several."""
+class ReportGoal:
+    """A goal as a report wrote it, with the benchmark it came from."""
 
     benchmark: str
-    name: str
-    value: float
-    bound: float
-    at_most: bool
-    met: bool
-    rounds: tuple[float, ...] = ()
-
-    def score(self, value: float | None = None) -> float:
-        """``value`` (default: the figure) against the goal, oriented so that >= 1 is met."""
-        value = self.value if value is None else value
-        return self.bound / value if self.at_most else value / self.bound
+    goal: Goal
 
     @property
     def label(self) -> str:
-        op = "<=" if self.at_most else ">="
-        return f"{self.value:.3g} (goal {op} {self.bound:g})"
+        return f"{self.goal.value:.3g} (goal {'<=' if self.goal.at_most else '>='} {self.goal.bound:g})"
 
 
-def load_goals(results: Path) -> list[GoalFigure]:
+def load_goals(results: Path) -> list[ReportGoal]:
     """The goals of every report in ``results`` (``<benchmark>.json``), in file-name order; reports without any skipped."""
     goals = []
     for path in sorted(results.glob("*.json")):
         report = json.loads(path.read_text())
         for g in report.get("goals", []):
-            goals.append(GoalFigure(report.get("benchmark", path.stem), g["name"], g["value"], g["bound"],
-                                    g["op"] == "<=", g["met"], tuple(g.get("rounds", ()))))
+            goal = Goal(g["name"], g["value"], g["bound"], at_most=g["op"] == "<=", detail=g.get("detail", ""),
+                        rounds=tuple(g.get("rounds", ())))
+            goals.append(ReportGoal(report.get("benchmark", path.stem), goal))
     return goals
 
 
-def plot(goals: list[GoalFigure], out: Path) -> None:
+def plot(goals: list[ReportGoal], out: Path) -> None:
     """A horizontal bar a goal (green met, red not), the goal line at 1, the rounds as dots; written to ``out``."""
     import matplotlib
 
@@ -64,24 +56,19 @@ def plot(goals: list[GoalFigure], out: Path) -> None:
         raise ValueError("no goals to plot: run the benchmarks first (make bench)")
     fig, ax = plt.subplots(figsize=(12, 0.62 * len(goals) + 1.3))
     y = list(range(len(goals)))[::-1]  # the first report's first goal on top
-    scores = [g.score() for g in goals]
-    ax.barh(y, scores, color=["#2e7d32" if g.met else "#c62828" for g in goals], height=0.6)
-    labelled = False
-    for yi, g, s in zip(y, goals, scores, strict=True):
-        if g.rounds:
-            ax.plot([g.score(r) for r in g.rounds], [yi] * len(g.rounds), "o", color="black", markersize=3.5,
-                    label=None if labelled else "one round (the bar: the median round)")
-            labelled = True
-        ax.text(max([s, *(g.score(r) for r in g.rounds)]) * 1.06, yi, g.label, va="center", fontsize=8)
+    scores = [g.goal.score() for g in goals]
+    rounds = [[g.goal.score(r) for r in g.goal.rounds] for g in goals]
+    ax.barh(y, scores, color=["#2e7d32" if g.goal.met else "#c62828" for g in goals], height=0.6)
+    for yi, g, score, dots in zip(y, goals, scores, rounds, strict=True):
+        ax.plot(dots, [yi] * len(dots), "o", color="black", markersize=3.5)
+        ax.text(max([score, *dots]) * 1.06, yi, g.label, va="center", fontsize=8)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
-    low = min([*scores, *(g.score(r) for g in goals for r in g.rounds)])
-    high = max([*scores, *(g.score(r) for g in goals for r in g.rounds)])
-    ax.set_xlim(min(low, 1.0) / 1.5, max(high, 1.0) * 3)
-    ax.set_yticks(y, ["\n".join(textwrap.wrap(f"{g.benchmark}: {g.name}", 48)) for g in goals], fontsize=7.5)
-    ax.set_xlabel("figure against its goal (at least: figure / goal; at most: goal / figure); >= 1 is met")
-    if labelled:
-        ax.legend(loc="lower right", fontsize=8)
+    every = [*scores, *(d for dots in rounds for d in dots)]
+    ax.set_xlim(min(*every, 1.0) / 1.5, max(*every, 1.0) * 3)
+    ax.set_yticks(y, ["\n".join(textwrap.wrap(f"{g.benchmark}: {g.goal.name}", 48)) for g in goals], fontsize=7.5)
+    ax.set_xlabel("figure against its goal (at least: figure / goal; at most: goal / figure); >= 1 is met; "
+                  "dots: each round of a median")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -96,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     out = a.out or a.results / "goals.png"
     goals = load_goals(a.results)
     plot(goals, out)
-    print(f"wrote {out}: {sum(g.met for g in goals)} of {len(goals)} goals met")
+    print(f"wrote {out}: {sum(g.goal.met for g in goals)} of {len(goals)} goals met")
 
 
 if __name__ == "__main__":

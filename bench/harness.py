@@ -196,6 +196,11 @@ class Goal:
     def met(self) -> bool:
         return self.value <= self.bound if self.at_most else self.value >= self.bound
 
+    def score(self, value: float | None = None) -> float:
+        """``value`` (default: the figure) against the bound, oriented so that >= 1 is met whichever way it points."""
+        value = self.value if value is None else value
+        return self.bound / value if self.at_most else value / self.bound
+
     def line(self) -> str:
         op = "<=" if self.at_most else ">="
         return f"{'MET' if self.met else 'NOT MET'}: {self.name}: {self.value:.3f} (goal {op} {self.bound:g}){self.detail}"
