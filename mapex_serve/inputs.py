@@ -28,6 +28,7 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
 from mapex_serve.errors import DuplicateBandError, MapexError
+from mapex_serve.geokeys import crs_from_keys
 from mapex_serve.rasters import identify_bands, is_landsat, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
@@ -264,12 +265,13 @@ class RequestScene:
         memfiles, referenced = [], set()
         for name, f in zip(names, files, strict=True):
             data = _checked_vrt(f.data, data_parts, referenced) if _is_vrt(f.data) else f.data
-            memfiles.append((name, self._stack.enter_context(MemoryFile(data, dirname=self.folder, filename=name))))
+            memfiles.append((name, data, self._stack.enter_context(MemoryFile(data, dirname=self.folder, filename=name))))
         # Sidecars (ENVI .hdr, .aux.xml, .msk) are parts too: open only the parts that are rasters themselves.
-        for name, mem in memfiles:
+        for name, data, mem in memfiles:
             if name in referenced or name.lower().endswith((".hdr", ".aux.xml", ".msk", ".ovr")):
                 continue
-            ds = self._closing(_open_allowed(mem))
+            with crs_from_keys(data):
+                ds = self._closing(_open_allowed(mem))
             if ds.count == 0 and ds.subdatasets:
                 self.datasets += self._open_subdatasets(name, ds)
             elif ds.count == 0 or ds.width * ds.height == 0:

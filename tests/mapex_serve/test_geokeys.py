@@ -1,0 +1,128 @@
+"""A GeoTIFF's keys read before GDAL opens it: the CRS built from the keys alone must be the one GDAL builds by default."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.env import get_gdal_config
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+
+from mapex_serve.geokeys import SRS_SOURCE, crs_from_keys, projected_by_code
+from mapex_serve.inputs import RequestScene, UploadedFile
+
+DATA = Path(__file__).parent.parent / "data"
+LAEA = "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80"
+T = TypeVar("T")
+
+
+def on_a_thread(work: Callable[[], T]) -> T:
+    """``work()`` on a thread of its own, as the service opens uploads: where GDAL's options are the thread's own
+    (pytest's main thread may share the process with other tests' threads)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result()
+
+
+def geotiff(crs: str | None, **options: str) -> bytes:
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=8, height=8, count=1, dtype="uint16", crs=crs,
+                      transform=from_origin(500000, 5000000, 10, 10), **options) as dst:
+            dst.write(np.ones((1, 8, 8), np.uint16))
+            dst.set_band_description(1, "B04")
+        return mem.read()
+
+
+def default_wkt(data: bytes) -> str | None:
+    """The CRS as GDAL builds it by default."""
+    with MemoryFile(data) as mem, mem.open() as ds:
+        return ds.crs.to_wkt() if ds.crs else None
+
+
+CASES = [
+    ("EPSG:32633", {}, True), ("EPSG:32633", {"BIGTIFF": "YES"}, True), ("EPSG:32633", {"ENDIANNESS": "BIG"}, True),
+    ("EPSG:32633", {"GEOTIFF_VERSION": "1.1"}, True), ("EPSG:3035", {}, True), ("EPSG:27700", {}, True),
+    ("EPSG:4326", {}, False),  # from its keys alone GDAL drops the code
+    (LAEA, {}, False),  # its own parameters
+    ("EPSG:32633+5773", {}, False),  # a vertical CRS too
+    (None, {}, False),
+]
+
+
+@pytest.mark.parametrize(("crs", "options", "by_code"), CASES)
+def test_an_upload_opens_with_the_crs_gdal_builds_by_default(crs, options, by_code):
+    data = geotiff(crs, **options)
+    assert projected_by_code(data) is by_code
+
+    def open_upload() -> tuple[str | None, str | None, str | None]:
+        with crs_from_keys(data):
+            inside = get_gdal_config(SRS_SOURCE)
+        with RequestScene([UploadedFile("t.tif", data)]) as scene:
+            ds = scene.datasets[0][1]
+            return inside, get_gdal_config(SRS_SOURCE), ds.crs.to_wkt() if ds.crs else None
+
+    inside, after, wkt = on_a_thread(open_upload)
+    assert (inside, after) == ("GEOKEYS" if by_code else None, None)
+    assert wkt == default_wkt(data)
+
+
+@pytest.mark.parametrize(("name", "by_code"), [("sentinel2_6band_10m_epsg32719.tif", True), ("rmnp-dem.tif", False),
+                                               ("rmnp-rgb.tif", False)])
+def test_real_files_keep_their_crs_and_its_code(name, by_code):
+    data = (DATA / name).read_bytes()
+    assert projected_by_code(data) is by_code
+
+    def crs_of_upload() -> rasterio.crs.CRS:
+        with RequestScene([UploadedFile(name, data)], ["red", "green", "blue"] if "rgb" in name else None) as scene:
+            return scene.datasets[0][1].crs
+
+    crs = on_a_thread(crs_of_upload)
+    assert crs.to_wkt() == default_wkt(data)
+    assert crs.to_epsg() == (32719 if by_code else 4326)
+
+
+@pytest.mark.parametrize("data", [b"", b"II*\x00", b"MM\x00*\xff\xff\xff\xff", b"\x89PNG\r\n\x1a\n" + bytes(64),
+                                  b"<VRTDataset rasterXSize='8'/>", bytes(range(256)) * 4])
+def test_anything_else_is_left_to_gdal(data):
+    assert projected_by_code(data) is False
+
+
+def test_a_truncated_key_directory_is_left_to_gdal():
+    data = geotiff("EPSG:32633")
+    for cut in range(8, len(data), max(1, len(data) // 200)):
+        projected_by_code(data[:cut])  # never raises, whatever is missing
+
+
+def test_the_users_own_setting_stays():
+    data = geotiff("EPSG:32633")
+    with rasterio.Env(GTIFF_SRS_SOURCE="EPSG"), crs_from_keys(data):
+        assert get_gdal_config(SRS_SOURCE) == "EPSG"
+
+
+def test_only_the_opening_thread_builds_from_the_keys():
+    """rasterio sets GDAL's options process-wide on the main thread: it does not while another thread runs."""
+    data, seen, go, done = geotiff("EPSG:32633"), {}, threading.Event(), threading.Event()
+
+    def other() -> None:
+        with crs_from_keys(data):
+            seen["other, inside"] = get_gdal_config(SRS_SOURCE)
+            go.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert go.wait(10)
+        seen["main, meanwhile"] = get_gdal_config(SRS_SOURCE)
+        with crs_from_keys(data):
+            seen["main, inside"] = get_gdal_config(SRS_SOURCE)
+    finally:
+        done.set()
+        thread.join()
+    assert seen == {"other, inside": "GEOKEYS", "main, meanwhile": None, "main, inside": None}
