@@ -15,8 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import rasterio
-from rasterio.env import get_gdal_config
+from rasterio.env import get_gdal_config, set_gdal_config
 
 __all__ = ["crs_from_keys", "projected_by_code"]
 
@@ -52,13 +51,17 @@ def crs_from_keys(data: bytes) -> Iterator[None]:
 
     Left alone where the user set ``GTIFF_SRS_SOURCE``, and on a main thread that other threads share: rasterio
     sets GDAL's options process-wide there (per thread elsewhere), and another thread's file opened meanwhile could
-    be geographic."""
-    if (not projected_by_code(data) or get_gdal_config(SRS_SOURCE) is not None
+    be geographic. Not a nested ``rasterio.Env``: leaving one rebuilds the outer environment, a fifth of the saving.
+    """
+    if (not projected_by_code(data) or get_gdal_config(SRS_SOURCE)
             or (threading.current_thread() is threading.main_thread() and threading.active_count() > 1)):
         yield
         return
-    with rasterio.Env(**{SRS_SOURCE: "GEOKEYS"}):
+    set_gdal_config(SRS_SOURCE, "GEOKEYS")
+    try:
         yield
+    finally:
+        set_gdal_config(SRS_SOURCE, "")  # empty is GDAL's default way, as unset (rasterio has no public unset)
 
 
 def _geokeys(data: bytes) -> dict[int, int | None] | None:

@@ -68,8 +68,23 @@ def test_an_upload_opens_with_the_crs_gdal_builds_by_default(crs, options, by_co
             return inside, get_gdal_config(SRS_SOURCE), ds.crs.to_wkt() if ds.crs else None
 
     inside, after, wkt = on_a_thread(open_upload)
-    assert (inside, after) == ("GEOKEYS" if by_code else None, None)
+    assert (inside, after) == ("GEOKEYS" if by_code else None, "" if by_code else None)  # empty: GDAL's default
     assert wkt == default_wkt(data)
+
+
+def test_files_opened_after_one_from_its_keys_are_opened_gdals_default_way():
+    """The setting is put back to GDAL's default after each open: a geographic file next keeps its EPSG code."""
+    utm, geographic = geotiff("EPSG:32633"), geotiff("EPSG:4326")
+
+    def open_both() -> list[str]:
+        wkts = []
+        for data in (utm, geographic, utm, geographic):
+            with RequestScene([UploadedFile("t.tif", data)]) as scene:
+                wkts.append(scene.datasets[0][1].crs.to_wkt())
+        return wkts
+
+    assert on_a_thread(open_both) == [default_wkt(utm), default_wkt(geographic)] * 2
+    assert 'AUTHORITY["EPSG","4326"]]' in default_wkt(geographic)
 
 
 @pytest.mark.parametrize(("name", "by_code"), [("sentinel2_6band_10m_epsg32719.tif", True), ("rmnp-dem.tif", False),
