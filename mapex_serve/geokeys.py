@@ -2,7 +2,7 @@
 
 rasterio has GDAL build a file's CRS while it opens it. For a projected CRS named by its EPSG code
 (what Sentinel, Landsat and HLS products in UTM carry), GDAL's default way also checks the code
-against the keys: 450-740 µs of a 32 px tile's open in a decode worker, against 290 µs with
+against the keys: a 3-band 32 px upload opens in 585 µs of CPU, in 440 µs with
 ``GTIFF_SRS_SOURCE=GEOKEYS``, for the same CRS. For a geographic CRS ``GEOKEYS`` drops the EPSG
 code, and where a file carries parameters of its own the two ways may disagree: those files, and
 any this reader cannot follow, keep GDAL's default. (GeoTIFF 1.1, OGC 19-008r4: the key directory.)
@@ -30,6 +30,9 @@ _DESCRIPTIVE = frozenset({1025, 1026, 2049, 3073})
 #: Unit keys GDAL writes beside the code, with the units of every UTM code: degrees (GeogAngularUnitsGeoKey) and
 #: metres (ProjLinearUnitsGeoKey).
 _STANDARD_UNITS = {2054: 9102, 3076: 9001}
+#: Bounds past any real file (GDAL writes about 20 tags and 8 keys) that keep a crafted header from costing more
+#: than a real one: a BigTIFF may claim 2**64 tags, a key directory 2**32 values.
+_MAX_TAGS, _MAX_KEYS = 1024, 256
 
 
 def projected_by_code(data: bytes) -> bool:
@@ -79,13 +82,15 @@ def _geokeys(data: bytes) -> dict[int, int | None] | None:
         else:
             return None
         (entries,) = struct.unpack_from(order + count_format, data, ifd)
+        if entries > _MAX_TAGS:
+            return None
         first, size = ifd + struct.calcsize(count_format), struct.calcsize(order + entry_format)
         for i in range(entries):
             at = first + i * size
             tag, kind, count, value = struct.unpack_from(order + entry_format, data, at)
             if tag != GEO_KEY_DIRECTORY:
                 continue
-            if kind != _SHORT or count < 4:
+            if kind != _SHORT or not 4 <= count <= 4 + 4 * _MAX_KEYS:
                 return None
             where = at + size - inline_bytes if 2 * count <= inline_bytes else value
             shorts = struct.unpack_from(f"{order}{count}H", data, where)

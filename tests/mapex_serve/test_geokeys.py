@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,26 @@ def test_a_truncated_key_directory_is_left_to_gdal():
     data = geotiff("EPSG:32633")
     for cut in range(8, len(data), max(1, len(data) // 200)):
         projected_by_code(data[:cut])  # never raises, whatever is missing
+
+
+def tiff(tags_before: int = 0, citations: int = 0) -> bytes:
+    """A classic little-endian TIFF header whose keys name EPSG:32633, after ``tags_before`` other tags, with
+    ``citations`` citation keys added: what a crafted upload can claim."""
+    keys = [(1024, 0, 1, 1), (3072, 0, 1, 32633)] + [(1026, 34737, 1, 0)] * citations
+    directory = struct.pack(f"<{4 + 4 * len(keys)}H", 1, 1, 0, len(keys), *(v for key in keys for v in key))
+    entries = tags_before + 1
+    at = 8 + 2 + 12 * entries + 4
+    ifd = struct.pack("<H", entries) + struct.pack("<HHII", 305, 2, 1, 0) * tags_before
+    ifd += struct.pack("<HHII", 34735, 3, len(directory) // 2, at) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + directory
+
+
+def test_a_crafted_header_costs_no_more_than_a_real_one():
+    """Past the bounds (1,024 tags, 256 keys: GDAL writes about 20 and 8) the reader stops and leaves the file to GDAL,
+    instead of walking a BigTIFF's 2**64 tags or unpacking 2**32 values."""
+    assert projected_by_code(tiff()) is True
+    assert projected_by_code(tiff(tags_before=2000)) is False
+    assert projected_by_code(tiff(citations=300)) is False
 
 
 def test_the_users_own_setting_stays():
