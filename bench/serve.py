@@ -13,7 +13,9 @@ decode workers), ``in-process`` the same with ``MAPEX_DECODE_WORKERS=0`` (decodi
 service's threads: the before of the decode workers), ``off`` is ``MAPEX_MAX_BATCH=1`` (a zero
 delay alone still batches whatever queued while the engine was busy). Goals: service throughput
 >= 0.5 x engine-only at concurrency 32 with dynamic batching; p50 latency at concurrency 1 within
-1.2 x of the unbatched path's.
+1.2 x of the unbatched path's. The latter comes from ``--rounds`` rounds with both services running,
+taking turns to go first, and counts the median round's ratio: one pass moved it from 0.75 to 1.39
+on these shared cores.
 """
 
 from __future__ import annotations
@@ -134,6 +136,26 @@ def engine_only(engine: Engine, tiles: np.ndarray, batch: int, requests: int,
     return calls, time.perf_counter() - start
 
 
+def service_env(args: argparse.Namespace, mode: str) -> dict[str, str]:
+    """The service's ``MAPEX_*`` settings for ``mode``."""
+    return {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
+            "MAPEX_ENGINE_RUNNERS": str(args.runners), **MODES[mode]}
+
+
+def p50_rounds(repo: Path, args: argparse.Namespace, url_path: str, bodies: list[bytes]) -> list[tuple[float, float]]:
+    """p50 ms at concurrency 1 of the service as shipped and unbatched, both running and taking turns to go first:
+    ``(shipped, unbatched)`` a round."""
+    rounds = []
+    with ServiceProcess(repo, service_env(args, "on")) as on, ServiceProcess(repo, service_env(args, "off")) as off:
+        for k in tqdm(range(args.rounds), desc="p50 rounds", unit="round", leave=False):
+            p50 = {}
+            for name, server in [("on", on), ("off", off)][:: 1 if k % 2 == 0 else -1]:
+                latencies, _ = asyncio.run(_load(server.url, url_path, bodies, 1, args.requests))
+                p50[name] = percentile(latencies, 50) * 1e3
+            rounds.append((p50["on"], p50["off"]))
+    return rounds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     service_arguments(p, "landcover", "task posted to (default landcover: a class head)")
@@ -141,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=512, help="timed requests per level (at least 4 x concurrency)")
     p.add_argument("--tiles", type=int, default=64, help="distinct tiles cycled through")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0; off: no batching")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the p50 goal (on and off, taking turns); 0: none")
     args = p.parse_args(argv)
+    if args.rounds < 0:
+        p.error("--rounds must be at least 0")
     resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
@@ -154,12 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(total=len(levels), desc="serve benchmark", unit="level", dynamic_ncols=True)
     for mode in args.modes:
         max_batch = 1 if mode == "off" else args.max_batch
-        env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
-               "MAPEX_ENGINE_RUNNERS": str(args.runners), **MODES[mode]}
         settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, engine_runners=args.runners,
                         max_batch=max_batch)
         engine = Engine(entry, manifest, settings)
-        with ServiceProcess(repo, env) as server:
+        with ServiceProcess(repo, service_env(args, mode)) as server:
             for c in args.concurrency:
                 bar.set_postfix_str(f"batching {mode}, concurrency {c}")
                 n = max(args.requests, 4 * c)
@@ -182,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 })
                 bar.update()
     bar.close()
+    rounds = p50_rounds(repo, args, url_path, bodies) if args.rounds and {"on", "off"} <= set(args.modes) else []
 
     goals = []
     row = {(r["mode"], r["concurrency"]): r for r in rows}
@@ -193,9 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             goals.append(Goal(f"decode workers: throughput with / without at concurrency {GOAL_CONCURRENCY}",
                               r["service_tiles_s"] / before["service_tiles_s"], 1.0, at_most=False,
                               detail=f"; {r['service_tiles_s']:.0f} vs {before['service_tiles_s']:.0f} tiles/s"))
-    if (r := row.get(("on", 1))) and (off := row.get(("off", 1))):
-        goals.append(Goal("p50 latency at concurrency 1, as shipped / unbatched", r["service_p50_ms"] / off["service_p50_ms"],
-                          GOAL_P50, at_most=True, detail=f"; {r['service_p50_ms']:.2f} vs {off['service_p50_ms']:.2f} ms"))
+    if rounds:
+        on_ms, off_ms = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]  # the middle round (upper of two)
+        ratios = [on / off for on, off in rounds]
+        goals.append(Goal("p50 latency at concurrency 1, as shipped / unbatched (median round)", on_ms / off_ms, GOAL_P50,
+                          at_most=True, detail=f"; {on_ms:.2f} vs {off_ms:.2f} ms; rounds, sorted: "
+                                               + ", ".join(f"{r:.3f}" for r in sorted(ratios)),
+                          rounds=tuple(ratios) if len(ratios) > 1 else ()))
     columns = ["mode", "concurrency", "requests", "service_tiles_s", "engine_tiles_s", "ratio", "service_p50_ms",
                "service_p99_ms", "engine_batch", "engine_p50_ms", "engine_p99_ms", "service_mean_batch",
                "client_cpu_cores"]
