@@ -88,6 +88,23 @@ def test_files_opened_after_one_from_its_keys_are_opened_gdals_default_way():
     assert 'AUTHORITY["EPSG","4326"]]' in default_wkt(geographic)
 
 
+@pytest.mark.parametrize("code", [4326, 20000, 1024, 32766])  # geographic, vertical, unassigned, the last code
+def test_a_projected_key_holding_another_kind_of_code_opens_as_gdal_opens_it(code):
+    """Writers get ProjectedCSTypeGeoKey wrong too: whatever GDAL makes of the code, the keys' way makes the same."""
+    data = bytearray(geotiff("EPSG:32633"))
+    at = data.find(struct.pack("<4H", 3072, 0, 1, 32633))
+    data[at + 6 : at + 8] = struct.pack("<H", code)
+    data = bytes(data)
+    assert projected_by_code(data) is True
+
+    def wkt_of_upload() -> str | None:
+        with RequestScene([UploadedFile("t.tif", data)]) as scene:
+            crs = scene.datasets[0][1].crs
+            return crs.to_wkt() if crs else None
+
+    assert on_a_thread(wkt_of_upload) == default_wkt(data)
+
+
 @pytest.mark.parametrize(("name", "by_code"), [("sentinel2_6band_10m_epsg32719.tif", True), ("rmnp-dem.tif", False),
                                                ("rmnp-rgb.tif", False)])
 def test_real_files_keep_their_crs_and_its_code(name, by_code):
