@@ -6,7 +6,9 @@ several replicas, ``GET /jobs/{id}`` would reach replicas that never saw the job
 answer back, unchanged: clients keep one address, and uploads are not held in memory. The API key
 is checked here first and passed on, since both servers are given the same one. A ``Via`` header
 marks what was passed on, so that two servers pointed at each other answer 508 instead of passing a
-request round until it times out.
+request round until it times out. ``X-Forwarded-For``, ``-Proto`` and ``-Host`` tell the jobs server
+who asked and at which address (the de facto headers uvicorn reads where ``FORWARDED_ALLOW_IPS``
+trusts the sender): otherwise every job would seem to come from a serving replica.
 """
 
 from __future__ import annotations
@@ -34,8 +36,25 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "te", "trailer", "transfer-encoding", "upgrade", "host", "expect"})
 #: What this server adds to ``Via`` (RFC 9110 section 7.6.3) on the requests it passes on.
 VIA = "1.1 mapex-serve"
-#: Request headers not passed on as they came: the hop-by-hop ones, and Via, passed on with VIA added.
-NOT_PASSED_ON = HOP_BY_HOP | {"via"}
+#: Request headers not passed on as they came: the hop-by-hop ones, and Via and X-Forwarded-For, passed on with
+#: this hop added.
+NOT_PASSED_ON = HOP_BY_HOP | {"via", "x-forwarded-for"}
+
+
+def forwarded_headers(request: Request) -> list[tuple[bytes, bytes]]:
+    """``X-Forwarded-For`` with the client this server saw added (unless uvicorn already took the client from that
+    header's last entry: a trusted proxy in front), and ``X-Forwarded-Proto`` and ``-Host`` unless a proxy in front
+    set them."""
+    chain = [a.strip() for v in request.headers.getlist("x-forwarded-for") for a in v.split(",") if a.strip()]
+    client = request.client.host if request.client else None
+    if client and (not chain or chain[-1] != client):
+        chain.append(client)
+    headers = [(b"x-forwarded-for", ", ".join(chain).encode("latin-1"))] if chain else []
+    if "x-forwarded-proto" not in request.headers:
+        headers.append((b"x-forwarded-proto", request.url.scheme.encode("latin-1")))
+    if "x-forwarded-host" not in request.headers and "host" in request.headers:
+        headers.append((b"x-forwarded-host", request.headers["host"].encode("latin-1")))
+    return headers
 
 
 class JobsProxy:
@@ -72,6 +91,7 @@ class JobsProxy:
         """``raw_path`` still percent-encoded as sent: ``/jobs/..%2Fmodels`` must stay a job id there, not a path."""
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in NOT_PASSED_ON]
         headers.append((b"via", ", ".join([*request.headers.getlist("via"), VIA]).encode("latin-1")))
+        headers += forwarded_headers(request)
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         query = request.url.query
         outgoing = self.client.build_request(request.method, f"{self.url}{raw_path}" + (f"?{query}" if query else ""),

@@ -5,6 +5,10 @@ Jobs passed on to a real jobs server, end to end, are in test_jobs.py
 """
 
 import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pydantic
@@ -15,13 +19,14 @@ from mapex_serve.local import free_port
 from mapex_serve.settings import Settings
 
 
-def ask(settings: Settings, method: str, path: str, **kw) -> httpx.Response:
-    """One request to the app in this process (no lifespan: nothing here needs the engines)."""
+def ask(settings: Settings, method: str, path: str, client: tuple[str, int] = ("127.0.0.1", 123),
+        **kw) -> httpx.Response:
+    """One request to the app in this process from ``client`` (no lifespan: nothing here needs the engines)."""
 
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(settings))
-        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-            return await client.request(method, path, **kw)
+        transport = httpx.ASGITransport(app=create_app(settings), client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client_:
+            return await client_.request(method, path, **kw)
 
     return asyncio.run(go())
 
@@ -64,3 +69,45 @@ def test_a_jobs_url_must_be_http(tmp_path):
     with pytest.raises(pydantic.ValidationError, match="http://mapex-jobs"):
         Settings(model_repo=tmp_path, jobs_url="mapex-jobs:80")
     assert Settings(model_repo=tmp_path, jobs_url=" ").jobs_url is None
+
+
+@pytest.fixture
+def echoing(tmp_path) -> Iterator[Settings]:
+    """A replica whose jobs server is a real HTTP server on loopback answering every GET with the headers it got."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Settings(model_repo=tmp_path / "models", jobs_url=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_jobs_server_hears_who_asked_and_at_which_address(echoing):
+    seen = ask(echoing, "GET", "/jobs", client=("203.0.113.9", 50000)).json()
+    assert seen["x-forwarded-for"] == "203.0.113.9"
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-host"]) == ("http", "replica")
+    assert seen["via"] == "1.1 mapex-serve"
+
+    # Behind a proxy: its chain goes on, and what it said of the client's scheme and address stays.
+    seen = ask(echoing, "GET", "/jobs", client=("10.1.2.3", 50000), headers={
+        "X-Forwarded-For": "198.51.100.7, 192.0.2.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "eo.example"}).json()
+    assert seen["x-forwarded-for"] == "198.51.100.7, 192.0.2.1, 10.1.2.3"
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-host"]) == ("https", "eo.example")
+
+    # A proxy uvicorn trusts (FORWARDED_ALLOW_IPS): uvicorn took the client from the chain's end. Not added twice.
+    seen = ask(echoing, "GET", "/jobs", client=("198.51.100.7", 50000), headers={"X-Forwarded-For": "198.51.100.7"})
+    assert seen.json()["x-forwarded-for"] == "198.51.100.7"
