@@ -41,7 +41,7 @@ VIA = "1.1 mapex-serve"
 NOT_PASSED_ON = HOP_BY_HOP | {"via", "x-forwarded-for"}
 
 
-def forwarded_headers(request: Request) -> list[tuple[bytes, bytes]]:
+def _forwarded_headers(request: Request) -> list[tuple[bytes, bytes]]:
     """``X-Forwarded-For`` with the client this server saw added (unless uvicorn already took the client from that
     header's last entry: a trusted proxy in front), and ``X-Forwarded-Proto`` and ``-Host`` unless a proxy in front
     set them."""
@@ -91,7 +91,7 @@ class JobsProxy:
         """``raw_path`` still percent-encoded as sent: ``/jobs/..%2Fmodels`` must stay a job id there, not a path."""
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in NOT_PASSED_ON]
         headers.append((b"via", ", ".join([*request.headers.getlist("via"), VIA]).encode("latin-1")))
-        headers += forwarded_headers(request)
+        headers += _forwarded_headers(request)
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         query = request.url.query
         outgoing = self.client.build_request(request.method, f"{self.url}{raw_path}" + (f"?{query}" if query else ""),
