@@ -97,7 +97,7 @@ def _geokeys(data: bytes) -> dict[int, int | None] | None:
             n = shorts[3]
             if count < 4 + 4 * n:
                 return None
-            return {shorts[i]: shorts[i + 3] if shorts[i + 1] == 0 else None for i in range(4, 4 + 4 * n, 4)}
+            return {shorts[k]: shorts[k + 3] if shorts[k + 1] == 0 else None for k in range(4, 4 + 4 * n, 4)}
         return None
     except (KeyError, struct.error):
         return None
