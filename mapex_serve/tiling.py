@@ -51,24 +51,30 @@ __all__ = [
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tile:
-    """One tile: its place in the grid and its ``tile x tile`` window in scene pixels.
+    """One tile: its place in the grid and its ``size x size`` window in scene pixels, from its top-left corner.
 
     Edge tiles are shifted inwards so that every tile is full size and inside the scene. Only when
     the scene is smaller than a tile along an axis does the window reach past the scene (from
-    offset 0); that part is padding, read as invalid.
+    offset 0); that part is padding, read as invalid. Plain ints (``window`` makes the rasterio
+    ``Window``): a 20,000² scene has 693,889 tiles, which took 151 MiB and 1.45 s to list as Windows.
     """
 
     row: int
     col: int
-    window: Window
+    row_off: int
+    col_off: int
+    size: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.col_off, self.row_off, self.size, self.size)
 
     def clip(self, height: int, width: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
         """``(scene_slices, tile_slices)`` of the part of the window inside a ``height x width`` scene."""
-        r0, c0 = int(self.window.row_off), int(self.window.col_off)
-        h = min(int(self.window.height), height - r0)
-        w = min(int(self.window.width), width - c0)
+        r0, c0 = self.row_off, self.col_off
+        h, w = min(self.size, height - r0), min(self.size, width - c0)
         return (slice(r0, r0 + h), slice(c0, c0 + w)), (slice(0, h), slice(0, w))
 
 
@@ -100,11 +106,8 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile) = [0, {tile}), got {overlap}")
     stride = tile - overlap
-    return [
-        Tile(i, j, Window(c, r, tile, tile))
-        for i, r in enumerate(_starts(height, tile, stride))
-        for j, c in enumerate(_starts(width, tile, stride))
-    ]
+    columns = list(enumerate(_starts(width, tile, stride)))  # one list: the rows' tiles share its ints (20 MiB at 20,000²)
+    return [Tile(i, j, r, c, tile) for i, r in enumerate(_starts(height, tile, stride)) for j, c in columns]
 
 
 def grid_shape(tiles: Sequence[Tile]) -> tuple[int, int]:
@@ -199,10 +202,9 @@ def _spans(tiles: Iterable[Tile], count: int, span_bytes: int) -> Iterator[list[
     span: list[Tile] = []
     for tile in tiles:
         if span:
-            first = span[0].window
-            wide = tile.window.col_off + tile.window.width - first.col_off
-            if (tile.row != span[0].row or tile.window.col_off < first.col_off
-                    or 4 * count * first.height * wide > span_bytes):
+            first = span[0]
+            wide = tile.col_off + tile.size - first.col_off
+            if tile.row != first.row or tile.col_off < first.col_off or 4 * count * first.size * wide > span_bytes:
                 yield span
                 span = []
         span.append(tile)
@@ -234,7 +236,7 @@ def read_tiles(reader: WindowReader, tiles: Iterable[Tile], fill: Sequence[float
         bad = np.concatenate([[0], np.cumsum(np.count_nonzero(reasons, axis=0))])
         for tile in span:
             (_, cols), (trows, tcols) = tile.clip(reader.height, reader.width)
-            size = (int(tile.window.height), int(tile.window.width))
+            size = (tile.size, tile.size)
             c0, c1 = cols.start - first.start, cols.stop - first.start
             invalid, pixels = int(bad[c1] - bad[c0]), reasons.shape[0] * (c1 - c0)
             if invalid == pixels:
@@ -276,7 +278,7 @@ def read_batches(
         raise ValueError(f"batch size must be positive, got {batch_size}")
     if not tiles:
         return
-    size = (int(tiles[0].window.height), int(tiles[0].window.width))
+    size = (tiles[0].size, tiles[0].size)
     kept: list[Tile] = []
     for item in read_tiles(reader, tiles, fill, span_bytes):
         if not kept:  # allocated when needed: the generator holds no batch while the consumer works

@@ -111,7 +111,7 @@ class JobScene:
         self._strips, self._taken = list(known), len(known)
         tiles = tile_grid(reader.height, reader.width, size, overlap_for(size))
         r0, r1 = rows or (0, 0)
-        todo = [t for t in tiles if int(t.window.row_off) + size > r0 and int(t.window.row_off) < r1]
+        todo = [t for t in tiles if t.row_off + size > r0 and t.row_off < r1]
         self.total, self.done, self._rows, self._columns = len(todo), 0, rows, tiles[-1].col + 1
         self._first_row = todo[0].row if todo else 0
         self.batches = read_batches(reader, todo, self.plan.max_batch, [b.mean for b in manifest.bands])
@@ -122,7 +122,7 @@ class JobScene:
                                  n_classes=k, probabilities=self.plan.request.probabilities, resume_row=r0,
                                  end_row=r1, masked=reader.masked, record=self._strips.append)
             self._blender = MaskBlender(g.height, g.width, k, size, overlap_for(size), sink=writer.add,
-                                        start_row=int(todo[0].window.row_off),
+                                        start_row=todo[0].row_off,
                                         keep_probabilities=self.plan.request.probabilities)
 
     @property

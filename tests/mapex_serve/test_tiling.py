@@ -329,7 +329,7 @@ def test_blender_ignores_invalid_pixels():
 def test_blender_checks_shapes():
     blender = MaskBlender(40, 40, 3, 32, 8)
     with pytest.raises(ValueError, match="expected"):
-        blender.add(Tile(0, 0, Window(0, 0, 32, 32)), np.zeros((3, 16, 16), np.float32), np.ones((16, 16), bool))
+        blender.add(Tile(0, 0, 0, 0, 32), np.zeros((3, 16, 16), np.float32), np.ones((16, 16), bool))
 
 
 # --- class heads ------------------------------------------------------------------------------
@@ -511,9 +511,9 @@ def test_labels_without_kept_probabilities_are_the_argmax_of_the_blend():
 def test_the_blender_refuses_tiles_out_of_row_order():
     blender = MaskBlender(100, 40, 2, 32, 8)
     ones, valid = np.ones((2, 32, 32), np.float32), np.ones((32, 32), bool)
-    blender.add(Tile(2, 0, Window(0, 68, 32, 32)), ones, valid)
+    blender.add(Tile(2, 0, 68, 0, 32), ones, valid)
     with pytest.raises(ValueError, match="row-major order"):
-        blender.add(Tile(0, 0, Window(0, 0, 32, 32)), ones, valid)
+        blender.add(Tile(0, 0, 0, 0, 32), ones, valid)
 
 
 def test_a_blender_with_a_sink_hands_out_every_row_once_and_resumes_part_way():
