@@ -5,19 +5,22 @@ of COG blocks) become a small GeoTIFF of their own, written to a temporary name 
 recorded in the store with what they hold (class pixels and areas, masked pixels by reason). A
 service killed mid-way resumes after its last recorded strip. When every strip is there, a VRT
 stacks them and GDAL's COG driver writes the scene's Cloud-Optimised GeoTIFF (internal tiles,
-overviews) from it, block by block: memory is a strip, never the scene.
+overviews) from it, block by block: memory is a strip and GDAL's block cache, never the scene; the
+cache is bounded while the COG is written (``COG_BLOCK_CACHE``).
 """
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
 
@@ -31,6 +34,10 @@ STRIP_ROWS = 512  # the COG's block size: a strip is one row of its blocks
 NODATA_LABEL = 255
 PROBABILITY_SCALE = 254  # a probability p is stored as round(254 p); 255 is nodata
 _COG_OPTIONS = {"compress": "deflate", "blocksize": STRIP_ROWS, "bigtiff": "if_safer", "num_threads": "all_cpus"}
+#: GDAL's block cache while the COG driver writes (bytes). It fills whatever it is given with the strips' blocks and
+#: the overviews' for no gain: a 20,000² scene's probabilities took 6.8 s with 256 MiB and 7.0 s with 64, for
+#: +380 and +144 MiB of RSS; and the decode worker's cache is full of the input's blocks, no longer needed.
+COG_BLOCK_CACHE = 64 * 2**20
 
 
 class StripWriter:
@@ -147,6 +154,23 @@ def write_cog(strip_folder: Path, kind: str, out: Path, strips: Sequence[StripRe
     vrt = _vrt(strip_folder, kind, strips, crs=crs, transform=transform, width=width, height=height, bands=bands,
                descriptions=descriptions, metadata=metadata, colors=colors, scale=scale)
     tmp = out.with_suffix(".tmp")
-    gdal_copy(str(vrt), str(tmp), driver="COG", overview_resampling="average" if scale else "nearest", **_COG_OPTIONS)
+    with block_cache_at_most(COG_BLOCK_CACHE):
+        gdal_copy(str(vrt), str(tmp), driver="COG", overview_resampling="average" if scale else "nearest",
+                  **_COG_OPTIONS)
     os.replace(tmp, out)
     return out
+
+
+@contextmanager
+def block_cache_at_most(limit: int) -> Iterator[None]:
+    """GDAL's block cache at most ``limit`` bytes inside (shrinking it drops the oldest blocks), then as it was.
+
+    Not ``rasterio.Env(GDAL_CACHEMAX=...)``: the cache's size is the process's, and leaving an Env does not
+    give it back (the worker's reads would go on with the smaller cache).
+    """
+    before = get_gdal_config("GDAL_CACHEMAX")
+    set_gdal_config("GDAL_CACHEMAX", min(before, limit))
+    try:
+        yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)

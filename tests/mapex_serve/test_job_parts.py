@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.env import get_gdal_config, set_gdal_config
 
 from mapex_serve.engine import CPU_EP, CUDA_EP, NATIVE_TENSORRT, TRT_EP
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.outputs import STRIP_ROWS
+from mapex_serve.jobs.outputs import COG_BLOCK_CACHE, STRIP_ROWS, block_cache_at_most
 from mapex_serve.jobs.runner import job_parts, part_count
 from mapex_serve.jobs.scene import JobPlan, JobScene
 from mapex_serve.jobs.sources import ResolvedSources
@@ -90,7 +91,9 @@ def _files(folder: Path) -> dict[str, tuple]:
 
 
 def test_a_job_split_into_parts_gives_the_files_and_summary_of_one_part(swir_manifest, swir_file, tmp_path):
+    cache = get_gdal_config("GDAL_CACHEMAX")
     [whole] = _run(swir_manifest, swir_file, tmp_path / "whole", [(0, HEIGHT)])
+    assert get_gdal_config("GDAL_CACHEMAX") == cache, "writing the COGs gives GDAL's block cache its size back"
     *parts, split = _run(swir_manifest, swir_file, tmp_path / "split", [(0, STRIP_ROWS), (STRIP_ROWS, HEIGHT), None])
     assert parts == [None, None], "a part that leaves rows to others writes no results"
     assert split == whole
@@ -110,3 +113,25 @@ def test_parts_run_in_any_order_give_the_same_result(swir_manifest, swir_file, t
     *_, resumed = _run(swir_manifest, swir_file, folder, plan_parts)
     assert resumed == whole
     np.testing.assert_array_equal(_files(folder)["result.tif"][0], _files(tmp_path / "whole")["result.tif"][0])
+
+
+@pytest.fixture
+def block_cache():
+    """GDAL's block cache size as it was after the test (it is the process's)."""
+    before = get_gdal_config("GDAL_CACHEMAX")
+    yield
+    set_gdal_config("GDAL_CACHEMAX", before)
+
+
+@pytest.mark.usefixtures("block_cache")
+def test_the_block_cache_is_bounded_while_a_cog_is_written_and_then_as_it_was():
+    set_gdal_config("GDAL_CACHEMAX", 300 * 2**20)
+    with block_cache_at_most(COG_BLOCK_CACHE):
+        assert get_gdal_config("GDAL_CACHEMAX") == COG_BLOCK_CACHE
+    assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
+    with pytest.raises(RuntimeError), block_cache_at_most(COG_BLOCK_CACHE):
+        raise RuntimeError("the COG driver failed")
+    assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
+    set_gdal_config("GDAL_CACHEMAX", 16 * 2**20)  # a deployment's smaller cache stays
+    with block_cache_at_most(COG_BLOCK_CACHE):
+        assert get_gdal_config("GDAL_CACHEMAX") == 16 * 2**20
