@@ -12,6 +12,7 @@ cache is bounded while the COG is written (``COG_BLOCK_CACHE``).
 from __future__ import annotations
 
 import os
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -161,16 +162,34 @@ def write_cog(strip_folder: Path, kind: str, out: Path, strips: Sequence[StripRe
     return out
 
 
-@contextmanager
-def block_cache_at_most(limit: int) -> Iterator[None]:
-    """GDAL's block cache at most ``limit`` bytes inside (shrinking it drops the oldest blocks), then as it was.
+class _BlockCacheBound:
+    """GDAL's block cache at most a limit while any writer is inside (shrinking it drops the oldest blocks), its size
+    given back when the last one leaves.
 
-    Not ``rasterio.Env(GDAL_CACHEMAX=...)``: the cache's size is the process's, and leaving an Env does not
-    give it back (the worker's reads would go on with the smaller cache).
+    The size is the process's: without decode workers, jobs write their COGs in the service's threads, and two
+    that overlap must not leave it small. Not ``rasterio.Env(GDAL_CACHEMAX=...)``: leaving an Env does not give
+    the size back (the worker's later reads would go on with the smaller cache).
     """
-    before = get_gdal_config("GDAL_CACHEMAX")
-    set_gdal_config("GDAL_CACHEMAX", min(before, limit))
-    try:
-        yield
-    finally:
-        set_gdal_config("GDAL_CACHEMAX", before)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._before = 0
+
+    @contextmanager
+    def at_most(self, limit: int) -> Iterator[None]:
+        with self._lock:
+            if self._inside == 0:
+                self._before = get_gdal_config("GDAL_CACHEMAX")
+                set_gdal_config("GDAL_CACHEMAX", min(self._before, limit))
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    set_gdal_config("GDAL_CACHEMAX", self._before)
+
+
+block_cache_at_most = _BlockCacheBound().at_most

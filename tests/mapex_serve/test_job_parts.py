@@ -132,6 +132,11 @@ def test_the_block_cache_is_bounded_while_a_cog_is_written_and_then_as_it_was():
     with pytest.raises(RuntimeError), block_cache_at_most(COG_BLOCK_CACHE):
         raise RuntimeError("the COG driver failed")
     assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
+    with block_cache_at_most(COG_BLOCK_CACHE):  # two writers that overlap (jobs in the service's threads)
+        with block_cache_at_most(COG_BLOCK_CACHE):
+            pass
+        assert get_gdal_config("GDAL_CACHEMAX") == COG_BLOCK_CACHE, "the first to leave does not give it back"
+    assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
     set_gdal_config("GDAL_CACHEMAX", 16 * 2**20)  # a deployment's smaller cache stays
     with block_cache_at_most(COG_BLOCK_CACHE):
         assert get_gdal_config("GDAL_CACHEMAX") == 16 * 2**20
