@@ -3,9 +3,10 @@
 GDAL's polygonize (``rasterio.features.shapes``) works scanline by scanline and, given a rasterio
 ``Band``, reads the file through GDAL's block cache, so that a whole-scene label GeoTIFF is never
 read into memory: memory follows the polygons' vertices, plus GDAL's block cache, which keeps up to
-``GDAL_CACHEMAX`` (by default 5 % of RAM) of the file: a caller bounds it with
-``rasterio.Env(GDAL_CACHEMAX=...)`` around the call (20,000 x 20,000 labels: +422 MiB peak RSS with the
-default cache on a 24 GiB machine, +38 MiB with 16 MiB). An array source is copied by GDAL (about 5
+``GDAL_CACHEMAX`` (by default 5 % of RAM) of the file: a caller bounds it around the call (20,000 x
+20,000 labels: +422 MiB peak RSS with the default cache on a 24 GiB machine, +38 MiB with 16 MiB). Inside
+another GDAL environment (a decode worker lives in one), with ``jobs.outputs.block_cache_at_most``: a
+nested ``rasterio.Env(GDAL_CACHEMAX=...)`` leaves the process's cache at the smaller size. An array source is copied by GDAL (about 5
 bytes a pixel more): it is for masks already in memory.
 Simplification and the minimum area are applied in the source CRS, where the pixels are square;
 then the polygons are reprojected to WGS84 (longitude, latitude), rounded, oriented (exteriors

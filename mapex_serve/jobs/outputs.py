@@ -6,7 +6,7 @@ recorded in the store with what they hold (class pixels and areas, masked pixels
 service killed mid-way resumes after its last recorded strip. When every strip is there, a VRT
 stacks them and GDAL's COG driver writes the scene's Cloud-Optimised GeoTIFF (internal tiles,
 overviews) from it, block by block: memory is a strip and GDAL's block cache, never the scene; the
-cache is bounded while the COG is written (``COG_BLOCK_CACHE``).
+cache is bounded while the COG is written (``RESULT_BLOCK_CACHE``).
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ from mapex_serve.areas import class_areas, known_row_areas_m2
 from mapex_serve.jobs.store import StripRecord
 from mapex_serve.tiling import RowBand
 
-__all__ = ["NODATA_LABEL", "PROBABILITY_SCALE", "STRIP_ROWS", "StripWriter", "strip_name", "write_cog"]
+__all__ = ["NODATA_LABEL", "PROBABILITY_SCALE", "RESULT_BLOCK_CACHE", "STRIP_ROWS", "StripWriter", "block_cache_at_most",
+           "strip_name", "write_cog"]
 
 STRIP_ROWS = 512  # the COG's block size: a strip is one row of its blocks
 NODATA_LABEL = 255
 PROBABILITY_SCALE = 254  # a probability p is stored as round(254 p); 255 is nodata
 _COG_OPTIONS = {"compress": "deflate", "blocksize": STRIP_ROWS, "bigtiff": "if_safer", "num_threads": "all_cpus"}
-#: GDAL's block cache while the COG driver writes (bytes). It fills whatever it is given with the strips' blocks and
-#: the overviews' for no gain: a 20,000² scene's probabilities took 6.8 s with 256 MiB and 7.0 s with 64, for
-#: +380 and +144 MiB of RSS; and the decode worker's cache is full of the input's blocks, no longer needed.
-COG_BLOCK_CACHE = 64 * 2**20
+#: GDAL's block cache (bytes) while a whole-scene result is passed over once: the COG driver writing it, polygonize
+#: reading it. Both fill whatever cache they are given for no gain (20,000²: the probabilities' COG 6.8 s and +380
+#: MiB of RSS with 256 MiB, 7.0 s and +144 MiB with 64; the labels' polygons 9.7 s and +311 MiB, 10.0 s and +119
+#: MiB), and the decode worker's cache is full of the input's blocks, no longer needed.
+RESULT_BLOCK_CACHE = 64 * 2**20
 
 
 class StripWriter:
@@ -155,7 +157,7 @@ def write_cog(strip_folder: Path, kind: str, out: Path, strips: Sequence[StripRe
     vrt = _vrt(strip_folder, kind, strips, crs=crs, transform=transform, width=width, height=height, bands=bands,
                descriptions=descriptions, metadata=metadata, colors=colors, scale=scale)
     tmp = out.with_suffix(".tmp")
-    with block_cache_at_most(COG_BLOCK_CACHE):
+    with block_cache_at_most(RESULT_BLOCK_CACHE):
         gdal_copy(str(vrt), str(tmp), driver="COG", overview_resampling="average" if scale else "nearest",
                   **_COG_OPTIONS)
     os.replace(tmp, out)
@@ -167,8 +169,9 @@ class _BlockCacheBound:
     given back when the last one leaves.
 
     The size is the process's: without decode workers, jobs write their COGs in the service's threads, and two
-    that overlap must not leave it small. Not ``rasterio.Env(GDAL_CACHEMAX=...)``: leaving an Env does not give
-    the size back (the worker's later reads would go on with the smaller cache).
+    that overlap must not leave it small. Not ``rasterio.Env(GDAL_CACHEMAX=...)``: leaving one nested in another
+    (the decode worker's, for its life) does not give the size back, and the worker's later reads would go on with
+    the smaller cache.
     """
 
     def __init__(self) -> None:

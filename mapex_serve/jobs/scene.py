@@ -25,7 +25,14 @@ import rasterio
 
 from mapex_serve.inputs import RequestScene
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.outputs import NODATA_LABEL, PROBABILITY_SCALE, StripWriter, write_cog
+from mapex_serve.jobs.outputs import (
+    NODATA_LABEL,
+    PROBABILITY_SCALE,
+    RESULT_BLOCK_CACHE,
+    StripWriter,
+    block_cache_at_most,
+    write_cog,
+)
 from mapex_serve.jobs.sources import ResolvedSources
 from mapex_serve.jobs.store import StripRecord
 from mapex_serve.predict import Prediction, UnreadableRasterError, open_and_route, overlap_for
@@ -187,7 +194,7 @@ class JobScene:
             outputs.append("probabilities")
         if request.geojson and g.crs is not None:
             include = request.geojson_classes_for(manifest.classes)
-            with rasterio.open(folder / "result.tif") as ds:
+            with block_cache_at_most(RESULT_BLOCK_CACHE), rasterio.open(folder / "result.tif") as ds:
                 collection = mask_polygons(rasterio.band(ds, 1), classes=manifest.classes, crs=g.crs,
                                            transform=g.transform, nodata=NODATA_LABEL, include=include,
                                            simplify=request.simplify, min_area_m2=request.min_area_m2)

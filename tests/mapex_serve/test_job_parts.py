@@ -17,7 +17,7 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from mapex_serve.engine import CPU_EP, CUDA_EP, NATIVE_TENSORRT, TRT_EP
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
-from mapex_serve.jobs.outputs import COG_BLOCK_CACHE, STRIP_ROWS, block_cache_at_most
+from mapex_serve.jobs.outputs import RESULT_BLOCK_CACHE, STRIP_ROWS, block_cache_at_most
 from mapex_serve.jobs.runner import job_parts, part_count
 from mapex_serve.jobs.scene import JobPlan, JobScene
 from mapex_serve.jobs.sources import ResolvedSources
@@ -93,7 +93,7 @@ def _files(folder: Path) -> dict[str, tuple]:
 def test_a_job_split_into_parts_gives_the_files_and_summary_of_one_part(swir_manifest, swir_file, tmp_path):
     cache = get_gdal_config("GDAL_CACHEMAX")
     [whole] = _run(swir_manifest, swir_file, tmp_path / "whole", [(0, HEIGHT)])
-    assert get_gdal_config("GDAL_CACHEMAX") == cache, "writing the COGs gives GDAL's block cache its size back"
+    assert get_gdal_config("GDAL_CACHEMAX") == cache, "writing the results gives GDAL's block cache its size back"
     *parts, split = _run(swir_manifest, swir_file, tmp_path / "split", [(0, STRIP_ROWS), (STRIP_ROWS, HEIGHT), None])
     assert parts == [None, None], "a part that leaves rows to others writes no results"
     assert split == whole
@@ -126,17 +126,17 @@ def block_cache():
 @pytest.mark.usefixtures("block_cache")
 def test_the_block_cache_is_bounded_while_a_cog_is_written_and_then_as_it_was():
     set_gdal_config("GDAL_CACHEMAX", 300 * 2**20)
-    with block_cache_at_most(COG_BLOCK_CACHE):
-        assert get_gdal_config("GDAL_CACHEMAX") == COG_BLOCK_CACHE
+    with block_cache_at_most(RESULT_BLOCK_CACHE):
+        assert get_gdal_config("GDAL_CACHEMAX") == RESULT_BLOCK_CACHE
     assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
-    with pytest.raises(RuntimeError), block_cache_at_most(COG_BLOCK_CACHE):
+    with pytest.raises(RuntimeError), block_cache_at_most(RESULT_BLOCK_CACHE):
         raise RuntimeError("the COG driver failed")
     assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
-    with block_cache_at_most(COG_BLOCK_CACHE):  # two writers that overlap (jobs in the service's threads)
-        with block_cache_at_most(COG_BLOCK_CACHE):
+    with block_cache_at_most(RESULT_BLOCK_CACHE):  # two writers that overlap (jobs in the service's threads)
+        with block_cache_at_most(RESULT_BLOCK_CACHE):
             pass
-        assert get_gdal_config("GDAL_CACHEMAX") == COG_BLOCK_CACHE, "the first to leave does not give it back"
+        assert get_gdal_config("GDAL_CACHEMAX") == RESULT_BLOCK_CACHE, "the first to leave does not give it back"
     assert get_gdal_config("GDAL_CACHEMAX") == 300 * 2**20
     set_gdal_config("GDAL_CACHEMAX", 16 * 2**20)  # a deployment's smaller cache stays
-    with block_cache_at_most(COG_BLOCK_CACHE):
+    with block_cache_at_most(RESULT_BLOCK_CACHE):
         assert get_gdal_config("GDAL_CACHEMAX") == 16 * 2**20
