@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       {n: sp.engine.provider for n, sp in registry.specialists.items()},
                                       metrics=state.metrics, max_holding=s.max_decoding * s.decode_worker_count,
                                       shm=s.shm_dir,
-                                      runners={n: sp.engine.threads.runners for n, sp in registry.specialists.items()})
+                                      runners={n: sp.engine.threads.runners for n, sp in registry.specialists.items()},
+                                      predict_parts=s.predict_parts)
             await state.decode.start()
         state.jobs = _open_jobs(state) if jobs_proxy is None else None
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))

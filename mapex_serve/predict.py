@@ -21,6 +21,7 @@ from rasterio.errors import RasterioError
 
 from mapex_serve.batcher import Batcher
 from mapex_serve.budget import MemoryBudget, Reservation, request_bytes
+from mapex_serve.decode.parts import PartDone, merge_masked
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile, without_request_folder
 from mapex_serve.repository import Manifest
@@ -31,6 +32,7 @@ from mapex_serve.tiling import (
     ClassResult,
     MaskBlender,
     MaskResult,
+    RowBand,
     Tile,
     TileBatch,
     grid_shape,
@@ -114,9 +116,14 @@ def overlap_for(tile: int) -> int:
     return tile // 4
 
 
-def tile_batches(reader: SceneReader, manifest: Manifest, max_batch: int) -> tuple[list[Tile], Iterator[TileBatch]]:
-    """The scene's tile grid for the routed specialist, and its tiles read in batches as the engine takes them."""
-    tiles = tile_grid(reader.height, reader.width, manifest.tile_size, overlap_for(manifest.tile_size))
+def tile_batches(reader: SceneReader, manifest: Manifest, max_batch: int,
+                 rows: tuple[int, int] | None = None) -> tuple[list[Tile], Iterator[TileBatch]]:
+    """The scene's tile grid for the routed specialist (only the tiles rows ``[r0, r1)`` need, when given), and
+    its tiles read in batches as the engine takes them."""
+    size = manifest.tile_size
+    tiles = tile_grid(reader.height, reader.width, size, overlap_for(size))
+    if rows is not None:
+        tiles = [t for t in tiles if t.row_off + size > rows[0] and t.row_off < rows[1]]
     fill = [b.mean for b in manifest.bands]  # invalid pixels look neutral to the model
     return tiles, read_batches(reader, tiles, max_batch, fill)
 
@@ -152,13 +159,24 @@ class SceneRun:
         self.what = f"this {reader.width} x {reader.height} scene"
         self.seen = 0
 
-    def start(self) -> None:
-        """The tile grid, the batches' reader and the blender or aggregator: once the memory is reserved."""
+    def start(self, rows: tuple[int, int] | None = None, mask: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """The tile grid, the batches' reader and the blender or aggregator: once the memory is reserved.
+
+        With ``rows`` (a part of a mask scene split across decode workers), only the tiles that rows
+        ``[r0, r1)`` need: their final rows go into ``mask`` (the scene's labels and coverage, which
+        the parts share); ``part_done`` then ends the part.
+        """
         manifest, reader = self.route.manifest, self.reader
         size, k = manifest.tile_size, len(manifest.classes)
-        self.tiles, self.batches = tile_batches(reader, manifest, self.max_batch)
-        self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size)) \
-            if manifest.head == "mask" else None
+        self.tiles, self.batches = tile_batches(reader, manifest, self.max_batch, rows)
+        self._rows, self._mask = rows, mask
+        if rows is not None and mask is not None:
+            self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size),
+                                        sink=_rows_into(mask, rows), start_row=self.tiles[0].row_off)
+        elif manifest.head == "mask":
+            self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size))
+        else:
+            self._blender = None
         self._aggregator = ClassAggregator(*grid_shape(self.tiles), k) if manifest.head == "class" else None
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
@@ -166,10 +184,20 @@ class SceneRun:
         (self._blender or self._aggregator).add_batch(batch.tiles, probs, batch.valid)
         self.seen += len(batch.tiles)
 
-    def result(self, reservation: Reservation) -> Prediction:
-        """The Prediction with the report of the inputs; a 400 when no tile had a valid pixel."""
-        masked = self.reader.masked()
-        if self.seen == 0:
+    def part_done(self) -> PartDone:
+        """The part's last rows into the shared mask; what it counted, for the part that encodes."""
+        if self._rows is None or self._blender is None:
+            raise RuntimeError("part_done() ends a part of a split scene; call result() for a whole one")
+        self._blender.finish(until=self._rows[1])
+        return PartDone(self.seen, self.reader.masked(self._rows))
+
+    def result(self, reservation: Reservation, parts: Sequence[PartDone] = ()) -> Prediction:
+        """The Prediction with the report of the inputs; a 400 when no tile had a valid pixel.
+
+        ``parts``: every part of a split scene (this one's included), whose rows are in the shared mask.
+        """
+        masked = merge_masked(parts) if parts else self.reader.masked()
+        if (sum(p.seen for p in parts) if parts else self.seen) == 0:
             reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
             raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
         g, size = self.reader.grid, self.route.manifest.tile_size
@@ -179,11 +207,29 @@ class SceneRun:
                             tile_cols=tile_cells(g.width, size, overlap_for(size)),
                             masked=masked, resampled=self.reader.resampled, ignored=self.scene.ignored_subdatasets,
                             reservation=reservation)
-        if self._blender is not None:
+        if parts and self._mask is not None:
+            labels, covered = self._mask
+            report.mask = MaskResult(labels, None, covered)
+        elif self._blender is not None:
             report.mask = self._blender.result()
         else:
             report.classes = self._aggregator.result()
         return report
+
+
+def _rows_into(mask: tuple[np.ndarray, np.ndarray], rows: tuple[int, int]) -> Callable[[RowBand], None]:
+    """A blender's sink that keeps a part's own rows ``[r0, r1)`` (those above were blended without the tiles over
+    them, which another part runs)."""
+    labels, covered = mask
+    r0, r1 = rows
+
+    def keep(band: RowBand) -> None:
+        lo, hi = max(band.row, r0), min(band.row + len(band.labels), r1)
+        if lo < hi:
+            labels[lo:hi] = band.labels[lo - band.row : hi - band.row]
+            covered[lo:hi] = band.covered[lo - band.row : hi - band.row]
+
+    return keep
 
 
 async def predict(

@@ -20,38 +20,43 @@ import os
 import pickle
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mapex_serve.batcher import Batcher, QueueFullError, request_ahead
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
+from mapex_serve.decode.parts import MaskSlab, PartDone, ScenePart, scene_parts
 from mapex_serve.decode.session import Opened, OpenRequest
 from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, batch_bytes, clean_stale, slab_folder
 from mapex_serve.decode.worker import READY, serve
+from mapex_serve.engine import CPU_EP
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
 from mapex_serve.jobs.scene import JobPlan
 from mapex_serve.jobs.store import StripRecord
 from mapex_serve.metrics import Metrics
-from mapex_serve.predict import check_not_empty
+from mapex_serve.predict import check_not_empty, overlap_for
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
-__all__ = ["DecodePool", "DecodeUnavailableError", "NoRoomForTilesError", "Upload", "WorkerJob", "WorkerLostError"]
+__all__ = ["DecodePool", "DecodeUnavailableError", "NoRoomForTilesError", "Upload", "WorkerJob", "WorkerLostError",
+           "part_count", "run_all"]
 
 log = logging.getLogger("mapex_serve.decode")
 
 #: Uploads larger than this are copied into their slab in a thread, not on the event loop.
 _COPY_IN_THREAD = 4 * 2**20
+
+T = TypeVar("T")
 
 
 class DecodeUnavailableError(MapexError, RuntimeError):
@@ -192,8 +197,11 @@ class DecodePool:
 
     def __init__(self, size: int, manifests: Mapping[str, Manifest], provider: Mapping[str, str], *,
                  metrics: Metrics, max_holding: int = 64, shm: Path = Path("/dev/shm"),
-                 start_timeout_s: float = 60, runners: Mapping[str, int] | None = None) -> None:
+                 start_timeout_s: float = 60, runners: Mapping[str, int] | None = None,
+                 predict_parts: int | None = None) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
+        #: The most parts a ``/predict`` mask scene of each specialist is split into (``part_count``).
+        self._parts = {n: min(part_count(predict_parts, p, size), size) for n, p in self._provider.items()}
         #: Engine runners of each specialist: a request's slab has a batch of tiles and of probabilities for
         #: each, and one the worker refills (``batcher.request_ahead``: fewer for large tiles).
         self._runners = dict(runners or {})
@@ -266,21 +274,27 @@ class DecodePool:
         except TimeoutError:
             raise DecodeUnavailableError(f"no decode worker came up within {timeout:g} s; retry shortly") from None
 
-    def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int) -> Layout:
-        """Room for the files and for the batches in flight of the task's largest tiles and outputs."""
+    def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int,
+                parts: int = 1) -> Layout:
+        """Room for the files and for the batches in flight of the task's largest tiles and outputs, for each of
+        ``parts`` sessions (the slots of parts that never run are never reserved: the file is sparse)."""
         tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
         slots = request_ahead(max(self._runners.get(n, 1) for n in specialists), max(tiles) + max(outs))
-        return Layout.plan(files, max(tiles), max(outs), slots)
+        return Layout.plan(files, max(tiles), max(outs), slots * parts)
+
+    def _most_parts(self, specialists: Sequence[str]) -> int:
+        return max(self._parts.get(n, 1) for n in specialists)
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
         check_not_empty(files)
-        layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch)
+        layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch,
+                              self._most_parts(specialists))
         return self._hold(layout, list(files))
 
     def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
-        return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch), [])
+        return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch, self._most_parts(specialists)), [])
 
     def _hold(self, layout: Layout, files: list[UploadedFile]) -> Upload:
         """The request's slab, counted until it is discarded; ``QueueFullError`` (503) when the workers hold enough."""
@@ -306,14 +320,15 @@ class DecodePool:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
-            request = dict(slab=str(slab.path), layout=layout, specialists=tuple(specialists),
+            parts = self._most_parts(specialists)
+            request = dict(slab=str(slab.path), layout=layout.share(0, parts), specialists=tuple(specialists),
                            bands=tuple(bands) if bands else None, modality=modality, overrides=overrides,
-                           max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept)
+                           max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept, parts=parts)
             for attempt in (1, 2):
                 worker = await self._pick(wait_s)
                 try:
                     opening = OpenRequest(next(self._sessions), **request, available=budget.available)
-                    return await self._session(worker, slab, opening, batchers, budget)
+                    return await self._session(worker, upload, opening, batchers, budget, wait_s)
                 except WorkerLostError as e:
                     if attempt == 2:
                         raise DecodeUnavailableError(f"the decode worker died twice while reading this upload ({e}); "
@@ -325,19 +340,23 @@ class DecodePool:
         finally:
             upload.discard()
 
-    async def _session(self, worker: _Worker, slab: Slab, request: OpenRequest, batchers: Mapping[str, Batcher],
-                       budget: MemoryBudget) -> Encoded:
-        """Drive one request's session: its memory reserved, then its batches (``run_batches``)."""
+    async def _session(self, worker: _Worker, upload: Upload, request: OpenRequest, batchers: Mapping[str, Batcher],
+                       budget: MemoryBudget, wait_s: float) -> Encoded:
+        """Drive one request's session: its memory reserved, then its batches (``run_batches``), or its parts'."""
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
-            if opened.sizes is None:  # the worker waited for this reservation before tiling
-                opened = await worker.call("start", (request.session,))
             batcher = batchers[opened.specialist]
+            if opened.sizes is None:  # the worker waited for this reservation, or for the parts, before tiling
+                split = await self._split(worker, upload, request, opened, batcher, budget, wait_s)
+                if split is not None:
+                    finished = True
+                    return split
+                opened = await worker.call("start", (request.session,))
             encoded: Encoded = await run_batches(
-                worker, request.session, slab, request.layout, opened.tile_shape, opened.sizes,
+                worker, request.session, upload.slab, request.layout, opened.tile_shape, opened.sizes,
                 lambda tiles, k: batcher.submit(tiles, admit=k == 0), lambda n: n)
             finished = True
             return encoded
@@ -346,6 +365,67 @@ class DecodePool:
             worker.sessions -= 1
             if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go
                 worker.tell("close", request.session)
+
+    async def _split(self, first: _Worker, upload: Upload, request: OpenRequest, opened: Opened, batcher: Batcher,
+                     budget: MemoryBudget, wait_s: float) -> Encoded | None:
+        """A mask scene in parts on several workers, ``first`` encoding the answer; None when it stays whole (too
+        small, no memory for more parts, no room for the shared mask): ``start`` it on ``first``.
+
+        Each part is a session with its own slots in the upload's slab; they blend their rows into one
+        shared mask and the first part's session answers from it. A worker lost under any part fails
+        the request as a lost worker does (``predict`` tries it once more).
+        """
+        split, manifest = opened.split, self._manifests[opened.specialist]
+        if split is None:
+            return None
+        size = manifest.tile_size
+        affordable = 1 + (budget.available // split.part_need if split.part_need else request.parts)
+        rows = scene_parts(split.height, size, overlap_for(size), split.tiles, request.max_batch,
+                           min(request.parts, affordable))
+        if len(rows) < 2:
+            return None
+        try:
+            mask = Slab.create(self.folder, MaskSlab.size(split.height, split.width))
+        except SlabSpaceError as e:
+            log.warning("a %d x %d scene runs whole on one decode worker: no shared memory for its mask (%s)",
+                        split.width, split.height, e)
+            return None
+        extra = budget.reserve((len(rows) - 1) * split.part_need, f"{opened.what} in {len(rows)} parts")
+        log.info("a %d x %d scene runs in %d parts on the decode workers: rows %s", split.width, split.height,
+                 len(rows), ", ".join(f"{r0}-{r1}" for r0, r1 in rows))
+
+        async def run_first() -> PartDone:
+            started: Opened = await first.call("start", (request.session, ScenePart(rows[0], str(mask.path))))
+            return await run_batches(first, request.session, upload.slab, request.layout, started.tile_shape,
+                                     started.sizes, lambda tiles, k: batcher.submit(tiles, admit=k == 0), lambda n: n)
+
+        async def run_other(i: int) -> PartDone:  # part of an admitted request: its batches are never refused
+            part = replace(request, session=next(self._sessions), layout=upload.layout.share(i, request.parts),
+                           part=ScenePart(rows[i], str(mask.path)))
+            worker, done = await self._pick(wait_s), False
+            worker.sessions += 1
+            try:
+                started: Opened = await worker.call("open", part)
+                if started.specialist != opened.specialist:
+                    raise RuntimeError(f"part {i} of a scene routed to {started.specialist}, the first to "
+                                       f"{opened.specialist}")
+                result = await run_batches(worker, part.session, upload.slab, part.layout, started.tile_shape,
+                                           started.sizes, lambda tiles, _k: batcher.submit(tiles, admit=False),
+                                           lambda n: n)
+                done = True
+                return result
+            finally:
+                worker.sessions -= 1
+                if not done:
+                    worker.tell("close", part.session)
+
+        try:
+            done = await run_all([run_first(), *(run_other(i) for i in range(1, len(rows)))])
+            return await first.call("encode", (request.session, done))
+        finally:
+            extra.release()
+            mask.close()  # the workers keep their own mappings until their sessions close
+            mask.unlink()
 
     @contextlib.asynccontextmanager
     async def job(self, plan: JobPlan, specialists: Sequence[str], max_batch: int,
@@ -506,3 +586,27 @@ def _messages(inbox: bytearray) -> Iterator[tuple]:
         message = pickle.loads(inbox[start : start + size])
         del inbox[: start + size]
         yield message
+
+
+def part_count(setting: int | None, provider: str, workers: int) -> int:
+    """How many parts a scene is split into: the setting, else one a worker when the engine is off the CPU.
+
+    On the CPU the engine binds a scene and shares the cores with the workers, so more parts only add
+    their overhead (a second open, the tile row above each part read twice, more GDAL caches).
+    """
+    if setting is not None:
+        return setting
+    return 1 if provider == CPU_EP else workers
+
+
+
+
+async def run_all(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Every awaitable at once; on the first failure (or a cancellation) the others are cancelled and waited for."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -9,6 +9,11 @@ probability slot k % S holds batch k's output: the worker blends it, reads batch
 freed tile slot and answers with its size, while the engine runs batches k + 1 .. k + S - 1.
 ``finish(k)`` blends the last batch and answers with the encoded response. A session's messages
 never overlap: the service awaits each answer before it sends the session's next message.
+
+A mask scene large enough to split (``OpenRequest.parts`` > 1) is opened and left untiled: the
+service decides the parts (``decode.parts``), starts this session on the first part's rows and
+opens one session a part on other workers (``OpenRequest.part``). Each part's ``finish`` answers
+with what it counted (``PartDone``); ``encode`` then has the first session answer for the scene.
 """
 
 from __future__ import annotations
@@ -18,16 +23,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mapex_serve.budget import Reservation
+from mapex_serve.budget import Reservation, request_bytes
+from mapex_serve.decode.parts import MIN_PART_BATCHES, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.inputs import UploadedFile
-from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
+from mapex_serve.predict import SceneRun, next_batch, open_and_route, overlap_for, unreadable_as_400
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format, encode
-from mapex_serve.tiling import TileBatch
+from mapex_serve.tiling import TileBatch, tile_cells
 from mapex_serve.units import UnitOverrides
 
-__all__ = ["OpenRequest", "Opened", "Session", "Slots"]
+__all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable"]
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,29 @@ class OpenRequest:
     #: The memory budget left when the request was sent: a scene that needs more is not tiled before
     #: the service has reserved its memory (it may refuse it: 413 or 503).
     available: int
+    #: The most parts the service would split a mask scene into: above 1, a scene large enough is left untiled.
+    parts: int = 1
+    #: A part of a scene split across workers (not the first): its rows and the shared mask.
+    part: ScenePart | None = None
+
+
+@dataclass(frozen=True)
+class Splittable:
+    """A mask scene the service may split: its size, its tiles, and the memory each further part needs."""
+
+    height: int
+    width: int
+    tiles: int
+    part_need: int
 
 
 @dataclass(frozen=True)
 class Opened:
     """The routed request: its specialist, the memory its outputs need, its tiles' shape, the first batches' sizes.
 
-    ``sizes`` is None when the scene needed more than was available: nothing was tiled yet, and
-    ``start`` follows once the service has reserved the memory. A size of 0: no such batch.
+    ``sizes`` is None when the scene needed more than was available, or may be split (``split``):
+    nothing was tiled yet, and ``start`` follows once the service has reserved the memory and
+    decided the parts. A size of 0: no such batch.
     """
 
     specialist: str
@@ -63,6 +84,7 @@ class Opened:
     what: str
     tile_shape: tuple[int, int, int]
     sizes: tuple[int, ...] | None
+    split: Splittable | None = None
 
 
 class Slots:
@@ -127,28 +149,55 @@ class Session:
             slab.close()
             raise
         self._slots = Slots(slab, request.layout)
+        self._part: ScenePart | None = None
+        self._mask: Slab | None = None
         self.closed = False
 
     def open(self) -> Opened:
-        """A batch into each slot if the scene's memory was available; a 400 when no tile has a valid pixel."""
-        if self.run.need > self.request.available:
-            return self._opened(None)
+        """A batch into each slot if the scene's memory was available and it is not to be split; a 400 when no tile
+        has a valid pixel. A part of a split scene starts on its rows at once (the service reserved its memory)."""
+        if self.request.part is not None:
+            return self.start(self.request.part)
+        split = self._splittable()
+        if self.run.need > self.request.available or split is not None:
+            return self._opened(None, split)
         return self.start()
 
-    def start(self) -> Opened:
-        """Tile the scene and read a batch into each slot."""
+    def _splittable(self) -> Splittable | None:
+        """The scene's size when the service may split it: a mask scene of at least two parts' tiles."""
+        manifest, g = self.run.route.manifest, self.run.reader.grid
+        if self.request.parts < 2 or manifest.head != "mask":
+            return None
+        size = manifest.tile_size
+        tiles = len(tile_cells(g.height, size, overlap_for(size))) * len(tile_cells(g.width, size, overlap_for(size)))
+        if tiles < 2 * MIN_PART_BATCHES * self.request.max_batch:
+            return None
+        # A part holds a band of tile rows, its batches and its worker's copy of the upload.
+        part_need = request_bytes(min(2 * size, g.height), g.width, classes=len(manifest.classes), head="mask",
+                                  channels=len(self.run.route.bands), tile=size, max_batch=self.request.max_batch,
+                                  in_engine=len(self.request.layout.tiles) - 1)
+        return Splittable(g.height, g.width, tiles, part_need + sum(n for _name, _o, n in self.request.layout.files))
+
+    def start(self, part: ScenePart | None = None) -> Opened:
+        """Tile the scene (the rows of ``part``, when split) and read a batch into each slot."""
+        self._part = part
         with unreadable_as_400():
-            self.run.start()
-        self._slots.reserve(self.run.route.manifest, min(self.request.max_batch, len(self.run.tiles)))
+            if part is None:
+                self.run.start()
+            else:
+                g = self.run.reader.grid
+                self._mask = Slab.attach(part.mask)
+                self.run.start(part.rows, MaskSlab.arrays(self._mask, g.height, g.width))
+        self._slots.reserve(self.run.route.manifest, min(self.request.max_batch, max(len(self.run.tiles), 1)))
         sizes = tuple(self._slots.read(slot, self.run.batches) for slot in range(self._slots.count))
-        if sizes[0] == 0:
+        if sizes[0] == 0 and part is None:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
         return self._opened(sizes)
 
-    def _opened(self, sizes: tuple[int, ...] | None) -> Opened:
+    def _opened(self, sizes: tuple[int, ...] | None, split: Splittable | None = None) -> Opened:
         manifest = self.run.route.manifest
         return Opened(manifest.name, self.run.need, self.run.what,
-                      (len(self.run.route.bands), manifest.tile_size, manifest.tile_size), sizes)
+                      (len(self.run.route.bands), manifest.tile_size, manifest.tile_size), sizes, split)
 
     def step(self, k: int, probs_shape: tuple[int, ...]) -> int:
         """Blend batch ``k``, read the batch after the others in flight into its slot; that batch's size (0: none)."""
@@ -156,10 +205,26 @@ class Session:
         self._slots.blend(slot, probs_shape, self.run.add)
         return self._slots.read(slot, self.run.batches)
 
-    def finish(self, k: int, probs_shape: tuple[int, ...]) -> Encoded:
-        """Blend the last batch, ``k``; the response, encoded as the client asked."""
-        self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
-        prediction = self.run.result(Reservation(None, 0))
+    def finish(self, k: int | None, probs_shape: tuple[int, ...] | None) -> Encoded | PartDone:
+        """Blend the last batch, ``k`` (None: a part with no tile); the response, encoded as the client asked, or
+        what a part of a split scene counted."""
+        if k is not None and probs_shape is not None:
+            self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
+        if self._part is not None:
+            return self.run.part_done()
+        return self._encode(())
+
+    @property
+    def answers_later(self) -> bool:
+        """The first part of a split scene: once every part is done, ``encode`` answers for the scene."""
+        return self._part is not None and self.request.part is None
+
+    def encode(self, parts: list[PartDone]) -> Encoded:
+        """The split scene's response, from the shared mask and what every part counted."""
+        return self._encode(parts)
+
+    def _encode(self, parts: list[PartDone] | tuple[()]) -> Encoded:
+        prediction = self.run.result(Reservation(None, 0), parts)
         name = prediction.route.manifest.name
         return encode(prediction, self.request.format, self.request.accept, self._provider[name])
 
@@ -169,3 +234,5 @@ class Session:
             self.closed = True
             self.run.scene.close()
             self._slots.close()
+            if self._mask is not None:
+                self._mask.close()

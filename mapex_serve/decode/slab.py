@@ -67,6 +67,11 @@ class Layout:
         probs = tuple(offset + slots * t + i * q for i in range(slots))
         return cls(tuple(placed), tiles, probs, max(offset + slots * (t + q), 1))
 
+    def share(self, i: int, sessions: int) -> Layout:
+        """Session ``i`` of ``sessions`` that share the slab (a scene split across workers): its files, its slots."""
+        per = len(self.tiles) // sessions
+        return Layout(self.files, self.tiles[i * per : (i + 1) * per], self.probs[i * per : (i + 1) * per], self.size)
+
     @property
     def files_end(self) -> int:
         """Where the files end and the buffers begin: the part of the slab written before any worker reads it."""
@@ -129,9 +134,9 @@ class Slab:
             raise ValueError(f"slab {self.path.name} is closed")
         return self._buf
 
-    def array(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 view of ``shape`` at ``offset``: writes go straight to the other process."""
-        return np.ndarray(shape, np.float32, buffer=self._mapping, offset=offset)
+    def array(self, offset: int, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        """A view of ``shape`` at ``offset`` (float32 unless told): writes go straight to the other process."""
+        return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
 
     def write(self, offset: int, data: bytes) -> None:
         self._mapping[offset : offset + len(data)] = data

@@ -30,6 +30,7 @@ from rasterio.shutil import copy
 from rasterio.vrt import WarpedVRT
 
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobSession, JobStarted, JobStep
+from mapex_serve.decode.parts import PartDone
 from mapex_serve.decode.session import Opened, OpenRequest, Session
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
@@ -71,9 +72,21 @@ class _Worker:
     def step(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> int | JobStep:
         return self._ending_on_error(sid, lambda: self._sessions[sid].step(k, probs_shape))
 
-    def finish(self, sid: int, k: int | None, probs_shape: tuple[int, ...] | None) -> Encoded | JobStep:
+    def finish(self, sid: int, k: int | None, probs_shape: tuple[int, ...] | None) -> Encoded | JobStep | PartDone:
+        session = self._sessions[sid]
         try:
-            return self._sessions[sid].finish(k, probs_shape)
+            result = session.finish(k, probs_shape)
+        except BaseException:
+            self._drop(sid)
+            raise
+        if not (isinstance(session, Session) and session.answers_later):
+            self._drop(sid)
+        return result
+
+    def encode(self, sid: int, parts: list[PartDone]) -> Encoded:
+        """The first part of a split scene answers for the scene, once every part is done."""
+        try:
+            return self._sessions[sid].encode(parts)
         finally:
             self._drop(sid)
 
@@ -106,6 +119,8 @@ class _Worker:
                     result = self.step(*payload)
                 case "finish":
                     result = self.finish(*payload)
+                case "encode":
+                    result = self.encode(*payload)
                 case "close":
                     result = self.close(payload)
                 case _:

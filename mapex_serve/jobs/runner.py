@@ -26,14 +26,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mapex_serve.batcher import BACKGROUND
-from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError
+from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError, part_count, run_all
 from mapex_serve.decode.slab import SlabSpaceError
-from mapex_serve.engine import CPU_EP
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
@@ -54,8 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["JobRunner", "Progress", "resolve_sources"]
 
 log = logging.getLogger("mapex_serve.jobs")
-
-T = TypeVar("T")
 
 #: How often a running job's progress is written to the store (the live figure is in memory).
 _SAVE_EVERY_S = 1.0
@@ -269,7 +266,7 @@ class JobRunner:
             else:
                 log.info("job %s runs in %d parts on the decode workers: rows %s", job.id, len(parts),
                          ", ".join(f"{r0}-{r1}" for r0, r1 in parts))
-                await _all([run_part(first, 0, parts[0], []), *(run_part_on_another(i) for i in range(1, len(parts)))])
+                await run_all([run_part(first, 0, parts[0], []), *(run_part_on_another(i) for i in range(1, len(parts)))])
         async with pool.job(plan, specialists, self.settings.max_batch) as last:  # every strip is there
             await last.start(None, self._finished_strips(job.id))
             final = await last.run(submit, lambda step: step.size)
@@ -382,17 +379,6 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def part_count(setting: int | None, provider: str, workers: int) -> int:
-    """How many parts a job is split into: ``MAPEX_JOB_PARTS``, else one a worker when the engine is off the CPU.
-
-    On the CPU the engine binds a job and shares the cores with the workers, so more parts only add
-    their overhead (a second open, the tile row above each part read twice, more GDAL caches).
-    """
-    if setting is not None:
-        return setting
-    return 1 if provider == CPU_EP else workers
-
-
 #: A job is split across decode workers in parts of at least this many strips: each part also reads
 #: the tile row above its first row, and a part's session costs an open of the scene.
 MIN_PART_STRIPS = 2
@@ -443,15 +429,3 @@ class _PartsProgress:
                                       zip(self.parts, self._done, self._totals, strict=False) if t)
         self.progress.done = min(self.progress.total, round(self.progress.total * rows / self.height))
         return self.progress
-
-
-async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
-    """Every awaitable at once; on the first failure (or a cancellation) the others are cancelled and waited for."""
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-

@@ -14,11 +14,12 @@ import pytest
 import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
 
+from mapex_serve.decode.pool import part_count
 from mapex_serve.engine import CPU_EP, CUDA_EP, NATIVE_TENSORRT, TRT_EP
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import RESULT_BLOCK_CACHE, STRIP_ROWS, block_cache_at_most
-from mapex_serve.jobs.runner import job_parts, part_count
+from mapex_serve.jobs.runner import job_parts
 from mapex_serve.jobs.scene import JobPlan, JobScene
 from mapex_serve.jobs.sources import ResolvedSources
 

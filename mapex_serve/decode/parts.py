@@ -1,0 +1,75 @@
+"""One ``/predict`` scene split across decode workers: which rows each part runs, and where their mask meets.
+
+A lone scene on one worker gets that worker's speed, which on a GPU node is a fraction of the
+engine's (docs/performance.md, the cost model). Whole-scene jobs split their rows into strips on
+disk (``jobs.runner``); a ``/predict`` mask scene splits its rows into parts that each open the
+upload from the request's slab, run the tiles their rows need, and write their final rows' labels
+and coverage into one shared mask (``MaskSlab``). The first part's worker then encodes the answer
+from that mask, with the parts' counts merged (``PartDone``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mapex_serve.decode.slab import Slab
+from mapex_serve.tiling import tile_cells
+
+__all__ = ["MIN_PART_BATCHES", "MaskSlab", "PartDone", "ScenePart", "merge_masked", "scene_parts"]
+
+#: A ``/predict`` scene is split in parts of at least this many batches: each part opens the upload again (its
+#: unit sample included) and reads the tile row above its first row a second time.
+MIN_PART_BATCHES = 8
+
+
+def scene_parts(height: int, tile: int, overlap: int, tiles: int, max_batch: int,
+                count: int) -> list[tuple[int, int]]:
+    """The rows ``[r0, r1)`` of up to ``count`` parts of a scene of ``tiles`` tiles, cut at tile rows, each of at
+    least ``MIN_PART_BATCHES`` batches; one part (the whole scene) when it is too small to split."""
+    starts = [lo for lo, _hi in tile_cells(height, tile, overlap)]
+    n = max(1, min(count, tiles // (MIN_PART_BATCHES * max_batch), len(starts)))
+    per = -(-len(starts) // n)
+    cuts = [starts[i] for i in range(0, len(starts), per)][1:]
+    bounds = [0, *cuts, height]
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+@dataclass(frozen=True)
+class ScenePart:
+    """A part of a split scene: its rows ``[r0, r1)``, blended into the shared mask at ``mask`` (a slab's path)."""
+
+    rows: tuple[int, int]
+    mask: str
+
+
+@dataclass(frozen=True)
+class PartDone:
+    """What a part counted for the answer: tiles run with a valid pixel, its rows' invalid pixels by reason."""
+
+    seen: int
+    masked: dict[str, int]
+
+
+def merge_masked(parts: Iterable[PartDone]) -> dict[str, int]:
+    """The scene's invalid pixels by reason: the parts' rows do not overlap, so their counts add."""
+    total: dict[str, int] = {}
+    for p in parts:
+        for why, n in p.masked.items():
+            total[why] = total.get(why, 0) + n
+    return total
+
+
+class MaskSlab:
+    """A split scene's labels (uint8) and coverage (bool), H x W each, in a slab every part maps."""
+
+    @staticmethod
+    def size(height: int, width: int) -> int:
+        return 2 * height * width
+
+    @staticmethod
+    def arrays(slab: Slab, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, covered)``: views of the slab, written by the parts, read by the encoding worker."""
+        return slab.array(0, (height, width), np.uint8), slab.array(height * width, (height, width), np.bool_)

@@ -1,0 +1,205 @@
+"""A /predict mask scene split into parts of rows: the same mask and counts as the scene run whole.
+
+In process first, as the decode workers run each part (a fresh open of the upload, its own tiles,
+the shared mask in a slab), with the engine's probabilities replaced by a function of each tile's
+pixels so that any difference is the splitting's; then through a real server whose two decode
+workers run the parts, against the service decoding in its own process, and with one of them
+killed mid-scene.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+
+from mapex_serve.budget import Reservation
+from mapex_serve.decode.parts import MIN_PART_BATCHES, MaskSlab, ScenePart, scene_parts
+from mapex_serve.decode.slab import Layout, Slab
+from mapex_serve.inputs import UploadedFile
+from mapex_serve.local import decode_workers
+from mapex_serve.predict import SceneRun, open_and_route, overlap_for
+from mapex_serve.responses import as_json
+from mapex_serve.units import UnitOverrides
+
+HEIGHT, WIDTH = 900, 150
+
+
+@pytest.mark.parametrize(("height", "tiles", "count", "parts"), [
+    (900, 2000, 1, [(0, 900)]),
+    (900, 2000, 2, [(0, 460), (460, 900)]),  # 38 rows of tiles: 19 each
+    (900, 2000, 3, [(0, 316), (316, 628), (628, 900)]),
+    (900, 2 * MIN_PART_BATCHES * 32 - 1, 4, [(0, 900)]),  # fewer tiles than two parts of 8 batches: whole
+    (900, 3 * MIN_PART_BATCHES * 32, 8, [(0, 316), (316, 628), (628, 900)]),  # at most 8 batches a part
+    (32, 10**6, 4, [(0, 32)]),  # one row of tiles cannot be split
+])
+def test_a_scene_is_cut_at_tile_rows_into_parts_of_at_least_eight_batches(height, tiles, count, parts):
+    got = scene_parts(height, 32, overlap_for(32), tiles, 32, count)
+    assert got == parts
+    assert got[0][0] == 0 and got[-1][1] == height
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:], strict=False))
+
+
+def test_sessions_sharing_a_slab_get_their_own_slots():
+    layout = Layout.plan([("scene.tif", 1000)], tile_bytes=4096, prob_bytes=1024, slots=3 * 2)
+    shares = [layout.share(i, 2) for i in range(2)]
+    assert [len(s.tiles) for s in shares] == [3, 3] and shares[0].files == shares[1].files == layout.files
+    assert not set(shares[0].tiles) & set(shares[1].tiles) and not set(shares[0].probs) & set(shares[1].probs)
+
+
+@pytest.fixture(scope="module")
+def swir_upload() -> bytes:
+    """Two SWIR reflectance bands with a burn scar, noise, and NaN across the first cut of three parts."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    scar = ((rows - 450) ** 2 / 250**2 + (cols - 75) ** 2 / 60**2) < 1
+    b11 = np.where(scar, 0.12, 0.25) + rng.normal(0, 0.03, (HEIGHT, WIDTH))
+    b12 = np.where(scar, 0.2, 0.15) + rng.normal(0, 0.03, (HEIGHT, WIDTH))
+    b11[300:350, 40:90] = np.nan
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, height=HEIGHT, width=WIDTH, dtype="float32", crs="EPSG:32633",
+                      transform=from_origin(500000, 5000000, 20, 20), tiled=True, blockxsize=128,
+                      blockysize=128) as dst:
+            dst.write(np.stack([b11, b12]).astype(np.float32))
+            dst.descriptions = ("B11", "B12")
+        return mem.read()
+
+
+def _probabilities(data: np.ndarray) -> np.ndarray:
+    """(B, 2, T, T) from tiles (B, 2, T, T): 'burned' where B12 outshines B11, as a smooth function."""
+    burned = 1 / (1 + np.exp(-20 * (data[:, 1] - data[:, 0])))
+    return np.stack([1 - burned, burned], axis=1).astype(np.float32)
+
+
+def _open(manifest, upload: bytes) -> SceneRun:
+    scene, route, reader = open_and_route([UploadedFile("scene.tif", upload)], None, [manifest], None,
+                                          UnitOverrides.parse("reflectance", None, None), 10**9)
+    return SceneRun(scene, route, reader, 32)
+
+
+def _run(run: SceneRun) -> None:
+    for batch in run.batches:
+        run.add(batch, _probabilities(batch.data))
+
+
+def test_a_scene_run_in_parts_gives_the_mask_and_counts_of_the_whole(swir_manifest, swir_upload, tmp_path):
+    whole = _open(swir_manifest, swir_upload)
+    whole.start()
+    _run(whole)
+    expected = whole.result(Reservation(None, 0))
+    whole.scene.close()
+
+    rows = scene_parts(HEIGHT, 32, overlap_for(32), 10**4, 32, 3)
+    assert len(rows) == 3 and rows[0][1] in range(300, 350), "the NaN patch crosses a cut"
+    slab = Slab.create(tmp_path, MaskSlab.size(HEIGHT, WIDTH))
+    runs, done = [], []
+    for part in (ScenePart(r, str(slab.path)) for r in reversed(rows)):  # any order: each writes its own rows
+        run = _open(swir_manifest, swir_upload)
+        run.start(part.rows, MaskSlab.arrays(Slab.attach(part.mask), HEIGHT, WIDTH))
+        assert len(run.tiles) < len(whole.tiles), "a part runs only the tiles its rows need"
+        _run(run)
+        done.append(run.part_done())
+        runs.append(run)
+    split = runs[-1].result(Reservation(None, 0), done)  # the first part's run answers for the scene
+    np.testing.assert_array_equal(split.mask.labels, expected.mask.labels)
+    np.testing.assert_array_equal(split.mask.covered, expected.mask.covered)
+    assert split.masked == expected.masked and sum(split.masked.values()) == 50 * 50
+    assert as_json(split, "cpu") == as_json(expected, "cpu")
+    assert 0.05 < float((expected.mask.labels == 1).mean()) < 0.5, "a real mask: burned and unburned"
+    for run in runs:
+        run.scene.close()
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def _sar(to_geotiff, size: int, seed: int) -> bytes:
+    """A VV/VH scene in dB, open water on the left, land on the right, a NaN block across the middle rows."""
+    rng = np.random.default_rng(seed)
+    land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
+    bands = np.where(np.arange(size) < size // 2, water, land) + rng.normal(0, 1.5, (2, size, size))
+    bands[:, size // 2 - 20 : size // 2 + 20, 100:200] = np.nan
+    return to_geotiff(bands.astype(np.float32), ["VV", "VH"])
+
+
+@pytest.fixture(scope="module")
+def split_server(built_repo, server_type, tmp_path_factory):
+    """Two decode workers and every /predict mask scene large enough split in two (on a CPU engine: told to)."""
+    s = server_type(built_repo, tmp_path_factory.mktemp("split") / "server.log", MAPEX_DECODE_WORKERS="2",
+                    MAPEX_PREDICT_PARTS="2")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def whole_server(built_repo, server_type, tmp_path_factory):
+    """The same repository decoded in the service process: the reference."""
+    s = server_type(built_repo, tmp_path_factory.mktemp("whole") / "server.log", MAPEX_DECODE_WORKERS="0")
+    yield s
+    s.stop()
+
+
+def test_a_scene_split_across_two_workers_answers_as_the_service_process_does(split_server, whole_server,
+                                                                                to_geotiff):
+    scene = _sar(to_geotiff, 640, seed=1)  # 729 tiles of 32 px: two parts of 12 batches
+    for fmt in ("geotiff", "json"):
+        ours, ref = (s.post("flood", scene, params={"format": fmt}) for s in (split_server, whole_server))
+        assert ours.status_code == ref.status_code == 200, (ours.text[:300], ref.text[:300])
+        if fmt == "geotiff":
+            labels = split_server.cog_band(ours.content)
+            np.testing.assert_array_equal(labels, whole_server.cog_band(ref.content))
+            assert {0, 1} <= set(np.unique(labels))
+        else:
+            assert ours.json() == ref.json()
+            assert ours.json()["masked_pixels"]["total"] == 40 * 100
+    assert "runs in 2 parts on the decode workers: rows 0-340, 340-640" in split_server.log
+    small = _sar(to_geotiff, 200, seed=2)  # 81 tiles: too few to split, run whole on one worker
+    ours, ref = (s.post("flood", small, params={"format": "json"}) for s in (split_server, whole_server))
+    assert ours.status_code == 200 and ours.json() == ref.json()
+    assert split_server.log.count("runs in 2 parts") == 2
+    assert httpx.get(f"{split_server.url}/readyz").json()["decode_workers"] == {
+        "ready": 2, "size": 2, "restarts": 0, "holding": 0}
+    assert _slabs(split_server) == [], "the shared masks and slabs were removed"
+
+
+def _slabs(server) -> list[Path]:
+    return [p for folder in Path("/dev/shm").glob(f"mapex-{server.pid}") for p in folder.iterdir()]
+
+
+def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, built_repo, to_geotiff):
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="2", MAPEX_PREDICT_PARTS="2")
+    scene = _sar(to_geotiff, 1024, seed=3)  # 1,849 tiles: two parts of 29 batches
+    reference = s.cog_band(s.post("flood", scene).content)
+    victim = decode_workers(s.pid)[1]
+
+    def post() -> httpx.Response:
+        return httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(post) for _ in range(3)]
+        time.sleep(1.5)
+        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
+        os.kill(victim, signal.SIGKILL)
+        responses = [f.result() for f in futures]
+
+    assert [r.status_code for r in responses] == [200] * 3, [r.text[:200] for r in responses]
+    assert s.log.count("runs in 2 parts") >= 4, "the reference and the three requests ran split"
+    for r in responses:
+        np.testing.assert_array_equal(s.cog_band(r.content), reference)
+    assert "trying it again on a fresh worker" in s.log
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{s.url}/readyz").json()["decode_workers"])["ready"] < 2:
+        assert time.monotonic() < deadline, "the pool did not recover"
+        time.sleep(0.2)
+    assert ready == {"ready": 2, "size": 2, "restarts": 1, "holding": 0}
+    assert victim not in decode_workers(s.pid)
+    assert s.post("flood", scene).status_code == 200
+    assert _slabs(s) == []
