@@ -109,9 +109,10 @@ class Settings(BaseSettings):
         "share the cores: on 2 cores two parts took 30% more decode CPU for the same time, docs/performance.md)."
     )
     predict_parts: int | None = Field(
-        None, ge=1, description="Decode workers one large /predict mask scene is split across (parts of at least 8 "
-        "batches of tiles, each opening the upload again); unset: every decode worker when the specialist's engine "
-        "runs on a GPU, 1 on the CPU (the engine binds there, and the extra opens would take its cores)."
+        None, ge=1, description="Decode workers one /predict mask scene may be split across (parts of tile rows of a "
+        "million pixels or more, each opening the upload again, on the workers idle at the time); unset: every decode "
+        "worker when the specialist's engine runs on a GPU, 1 on the CPU (the engine binds there, and the extra "
+        "opens would take its cores)."
     )
     job_max_attempts: int = Field(3, ge=1, description="Starts of one job (a restarted service resumes its jobs) "
                                   "before it is failed.")

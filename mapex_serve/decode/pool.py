@@ -363,25 +363,28 @@ class DecodePool:
         finally:
             reservation.release()
             worker.sessions -= 1
-            if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go
-                worker.tell("close", request.session)
+            if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go, and a
+                # retry may reuse its slots only once no step of it still writes there
+                await worker.close_session(request.session)
 
     async def _split(self, first: _Worker, upload: Upload, request: OpenRequest, opened: Opened, batcher: Batcher,
                      budget: MemoryBudget, wait_s: float) -> Encoded | None:
-        """A mask scene in parts on several workers, ``first`` encoding the answer; None when it stays whole (too
-        small, no memory for more parts, no room for the shared mask): ``start`` it on ``first``.
+        """A mask scene in parts on the idle workers, ``first`` encoding the answer; None when it stays whole (too
+        small, no other worker idle, no memory for more parts, no room for the shared mask): ``start`` it on ``first``.
 
-        Each part is a session with its own slots in the upload's slab; they blend their rows into one
-        shared mask and the first part's session answers from it. A worker lost under any part fails
-        the request as a lost worker does (``predict`` tries it once more).
+        Only idle workers take parts: a lone scene gets them all, while under load each scene runs
+        whole and no worker pays for a second open. Each part is a session with its own slots in the
+        upload's slab; they blend their rows into one shared mask and the first part's session
+        answers from it. A worker lost under any part fails the request as a lost worker does
+        (``predict`` tries it once more).
         """
         split, manifest = opened.split, self._manifests[opened.specialist]
         if split is None:
             return None
         size = manifest.tile_size
-        affordable = 1 + (budget.available // split.part_need if split.part_need else request.parts)
-        rows = scene_parts(split.height, size, overlap_for(size), split.tiles, request.max_batch,
-                           min(request.parts, affordable))
+        affordable = 1 + budget.available // max(split.part_need, 1)
+        idle = 1 + sum(w is not first and w.sessions == 0 for w in self._workers if w.alive)
+        rows = scene_parts(split.height, split.width, size, overlap_for(size), min(request.parts, affordable, idle))
         if len(rows) < 2:
             return None
         try:
@@ -417,7 +420,7 @@ class DecodePool:
             finally:
                 worker.sessions -= 1
                 if not done:
-                    worker.tell("close", part.session)
+                    await worker.close_session(part.session)
 
         try:
             done = await run_all([run_first(), *(run_other(i) for i in range(1, len(rows)))])

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from mapex_serve.budget import Reservation, request_bytes
-from mapex_serve.decode.parts import MIN_PART_BATCHES, MaskSlab, PartDone, ScenePart
+from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.inputs import UploadedFile
-from mapex_serve.predict import SceneRun, next_batch, open_and_route, overlap_for, unreadable_as_400
+from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format, encode
-from mapex_serve.tiling import TileBatch, tile_cells
+from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
 
 __all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable"]
@@ -62,11 +62,10 @@ class OpenRequest:
 
 @dataclass(frozen=True)
 class Splittable:
-    """A mask scene the service may split: its size, its tiles, and the memory each further part needs."""
+    """A mask scene the service may split: its size, and the memory each further part needs."""
 
     height: int
     width: int
-    tiles: int
     part_need: int
 
 
@@ -164,19 +163,16 @@ class Session:
         return self.start()
 
     def _splittable(self) -> Splittable | None:
-        """The scene's size when the service may split it: a mask scene of at least two parts' tiles."""
+        """The scene's size when the service may split it: a mask scene of at least two parts' pixels."""
         manifest, g = self.run.route.manifest, self.run.reader.grid
-        if self.request.parts < 2 or manifest.head != "mask":
+        if self.request.parts < 2 or manifest.head != "mask" or g.height * g.width < 2 * MIN_PART_PIXELS:
             return None
         size = manifest.tile_size
-        tiles = len(tile_cells(g.height, size, overlap_for(size))) * len(tile_cells(g.width, size, overlap_for(size)))
-        if tiles < 2 * MIN_PART_BATCHES * self.request.max_batch:
-            return None
         # A part holds a band of tile rows, its batches and its worker's copy of the upload.
         part_need = request_bytes(min(2 * size, g.height), g.width, classes=len(manifest.classes), head="mask",
                                   channels=len(self.run.route.bands), tile=size, max_batch=self.request.max_batch,
                                   in_engine=len(self.request.layout.tiles) - 1)
-        return Splittable(g.height, g.width, tiles, part_need + sum(n for _name, _o, n in self.request.layout.files))
+        return Splittable(g.height, g.width, part_need + sum(n for _name, _o, n in self.request.layout.files))
 
     def start(self, part: ScenePart | None = None) -> Opened:
         """Tile the scene (the rows of ``part``, when split) and read a batch into each slot."""
