@@ -376,3 +376,78 @@ def test_uploads_a_full_tmpfs_cannot_hold_are_decoded_in_the_service_and_all_ans
     assert httpx.get(f"{s.url}/readyz").json()["decode_workers"] == {"ready": 1, "size": 1, "restarts": 0,
                                                                     "holding": 0}
     assert not list(shm.glob(f"mapex-{s.pid}/slab-*"))
+
+
+# ---------------------------------------------------------------------------------------------- scenes in parts
+
+
+def _sar(to_geotiff, size: int, seed: int) -> bytes:
+    """A VV/VH scene in dB, open water on the left, land on the right, a NaN block across the middle (the cut of two
+    parts at 1500 px)."""
+    rng = np.random.default_rng(seed)
+    land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
+    bands = np.where(np.arange(size) < size // 2, water, land) + rng.normal(0, 1.5, (2, size, size))
+    bands[:, size // 2 - 30 : size // 2 + 30, 100:200] = np.nan
+    return to_geotiff(bands.astype(np.float32), ["VV", "VH"])
+
+
+@pytest.fixture(scope="module")
+def split_server(built_repo, server_type, tmp_path_factory):
+    """Two decode workers and every /predict mask scene large enough split in two (on a CPU engine: told to)."""
+    s = server_type(built_repo, tmp_path_factory.mktemp("split") / "server.log", MAPEX_DECODE_WORKERS="2",
+                    MAPEX_PREDICT_PARTS="2")
+    yield s
+    s.stop()
+
+
+def test_a_scene_split_across_two_workers_answers_as_the_service_process_does(split_server, in_process, to_geotiff):
+    scene = _sar(to_geotiff, 1500, seed=1)  # 2.25 million pixels: two parts
+    for fmt in ("geotiff", "json"):
+        ours, ref = (s.post("flood", scene, params={"format": fmt}) for s in (split_server, in_process))
+        assert ours.status_code == ref.status_code == 200, (ours.text[:300], ref.text[:300])
+        if fmt == "geotiff":
+            labels = split_server.cog_band(ours.content)
+            np.testing.assert_array_equal(labels, in_process.cog_band(ref.content))
+            assert {0, 1} <= set(np.unique(labels))
+        else:
+            assert ours.json() == ref.json()
+            assert ours.json()["masked_pixels"]["total"] == 60 * 100
+    assert "runs in 2 parts on the decode workers: rows 0-748, 748-1500" in split_server.log
+    small = _sar(to_geotiff, 1000, seed=2)  # one part's pixels: run whole on one worker
+    ours, ref = (s.post("flood", small, params={"format": "json"}) for s in (split_server, in_process))
+    assert ours.status_code == 200 and ours.json() == ref.json()
+    assert split_server.log.count("runs in 2 parts") == 2
+    assert httpx.get(f"{split_server.url}/readyz").json()["decode_workers"] == {
+        "ready": 2, "size": 2, "restarts": 0, "holding": 0}
+    assert _slabs(split_server) == [], "the shared masks and slabs were removed"
+
+
+def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, built_repo, to_geotiff):
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="2", MAPEX_PREDICT_PARTS="2")
+    scene = _sar(to_geotiff, 1500, seed=3)  # two parts
+    reference = s.cog_band(s.post("flood", scene).content)
+    victim = decode_workers(s.pid)[1]
+
+    def post() -> httpx.Response:
+        return httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(post) for _ in range(3)]
+        time.sleep(1.5)
+        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
+        os.kill(victim, signal.SIGKILL)
+        responses = [f.result() for f in futures]
+
+    assert [r.status_code for r in responses] == [200] * 3, [r.text[:200] for r in responses]
+    assert s.log.count("runs in 2 parts") >= 2, "the reference and the first request ran split (the others found no idle worker)"
+    for r in responses:
+        np.testing.assert_array_equal(s.cog_band(r.content), reference)
+    assert "trying it again on a fresh worker" in s.log
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{s.url}/readyz").json()["decode_workers"])["ready"] < 2:
+        assert time.monotonic() < deadline, "the pool did not recover"
+        time.sleep(0.2)
+    assert ready == {"ready": 2, "size": 2, "restarts": 1, "holding": 0}
+    assert victim not in decode_workers(s.pid)
+    assert s.post("flood", scene).status_code == 200
+    assert _slabs(s) == []

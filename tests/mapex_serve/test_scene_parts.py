@@ -1,22 +1,15 @@
 """A /predict mask scene split into parts of rows: the same mask and counts as the scene run whole.
 
-In process first, as the decode workers run each part (a fresh open of the upload, its own tiles,
-the shared mask in a slab), with the engine's probabilities replaced by a function of each tile's
-pixels so that any difference is the splitting's; then through a real server whose two decode
-workers run the parts, against the service decoding in its own process, and with one of them
-killed mid-scene.
+In process, as the decode workers run each part (a fresh open of the upload, its own tiles, the
+shared mask in a slab), with the engine's probabilities replaced by a function of each tile's
+pixels so that any difference is the splitting's. Through real servers whose decode workers run
+the parts, and with one of them killed mid-scene: ``test_decode_workers.py``.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from rasterio.io import MemoryFile
@@ -26,7 +19,6 @@ from mapex_serve.budget import Reservation
 from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, ScenePart, scene_parts
 from mapex_serve.decode.slab import Layout, Slab
 from mapex_serve.inputs import UploadedFile
-from mapex_serve.local import decode_workers
 from mapex_serve.predict import SceneRun, open_and_route, overlap_for
 from mapex_serve.responses import as_json
 from mapex_serve.tiling import tile_cells
@@ -118,91 +110,3 @@ def test_a_scene_run_in_parts_gives_the_mask_and_counts_of_the_whole(swir_manife
     assert 0.05 < float((expected.mask.labels == 1).mean()) < 0.5, "a real mask: burned and unburned"
     for run in runs:
         run.scene.close()
-
-
-# ---------------------------------------------------------------------------------------------- end to end
-
-
-def _sar(to_geotiff, size: int, seed: int) -> bytes:
-    """A VV/VH scene in dB, open water on the left, land on the right, a NaN block across the middle (the cut of two
-    parts at 1500 px)."""
-    rng = np.random.default_rng(seed)
-    land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
-    bands = np.where(np.arange(size) < size // 2, water, land) + rng.normal(0, 1.5, (2, size, size))
-    bands[:, size // 2 - 30 : size // 2 + 30, 100:200] = np.nan
-    return to_geotiff(bands.astype(np.float32), ["VV", "VH"])
-
-
-@pytest.fixture(scope="module")
-def split_server(built_repo, server_type, tmp_path_factory):
-    """Two decode workers and every /predict mask scene large enough split in two (on a CPU engine: told to)."""
-    s = server_type(built_repo, tmp_path_factory.mktemp("split") / "server.log", MAPEX_DECODE_WORKERS="2",
-                    MAPEX_PREDICT_PARTS="2")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def whole_server(built_repo, server_type, tmp_path_factory):
-    """The same repository decoded in the service process: the reference."""
-    s = server_type(built_repo, tmp_path_factory.mktemp("whole") / "server.log", MAPEX_DECODE_WORKERS="0")
-    yield s
-    s.stop()
-
-
-def test_a_scene_split_across_two_workers_answers_as_the_service_process_does(split_server, whole_server,
-                                                                                to_geotiff):
-    scene = _sar(to_geotiff, 1500, seed=1)  # 2.25 million pixels: two parts
-    for fmt in ("geotiff", "json"):
-        ours, ref = (s.post("flood", scene, params={"format": fmt}) for s in (split_server, whole_server))
-        assert ours.status_code == ref.status_code == 200, (ours.text[:300], ref.text[:300])
-        if fmt == "geotiff":
-            labels = split_server.cog_band(ours.content)
-            np.testing.assert_array_equal(labels, whole_server.cog_band(ref.content))
-            assert {0, 1} <= set(np.unique(labels))
-        else:
-            assert ours.json() == ref.json()
-            assert ours.json()["masked_pixels"]["total"] == 60 * 100
-    assert "runs in 2 parts on the decode workers: rows 0-748, 748-1500" in split_server.log
-    small = _sar(to_geotiff, 1000, seed=2)  # one part's pixels: run whole on one worker
-    ours, ref = (s.post("flood", small, params={"format": "json"}) for s in (split_server, whole_server))
-    assert ours.status_code == 200 and ours.json() == ref.json()
-    assert split_server.log.count("runs in 2 parts") == 2
-    assert httpx.get(f"{split_server.url}/readyz").json()["decode_workers"] == {
-        "ready": 2, "size": 2, "restarts": 0, "holding": 0}
-    assert _slabs(split_server) == [], "the shared masks and slabs were removed"
-
-
-def _slabs(server) -> list[Path]:
-    return [p for folder in Path("/dev/shm").glob(f"mapex-{server.pid}") for p in folder.iterdir()]
-
-
-def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, built_repo, to_geotiff):
-    s = start_server(built_repo, MAPEX_DECODE_WORKERS="2", MAPEX_PREDICT_PARTS="2")
-    scene = _sar(to_geotiff, 1500, seed=3)  # two parts
-    reference = s.cog_band(s.post("flood", scene).content)
-    victim = decode_workers(s.pid)[1]
-
-    def post() -> httpx.Response:
-        return httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
-
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(post) for _ in range(3)]
-        time.sleep(1.5)
-        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
-        os.kill(victim, signal.SIGKILL)
-        responses = [f.result() for f in futures]
-
-    assert [r.status_code for r in responses] == [200] * 3, [r.text[:200] for r in responses]
-    assert s.log.count("runs in 2 parts") >= 2, "the reference and the first request ran split (the others found no idle worker)"
-    for r in responses:
-        np.testing.assert_array_equal(s.cog_band(r.content), reference)
-    assert "trying it again on a fresh worker" in s.log
-    deadline = time.monotonic() + 60
-    while (ready := httpx.get(f"{s.url}/readyz").json()["decode_workers"])["ready"] < 2:
-        assert time.monotonic() < deadline, "the pool did not recover"
-        time.sleep(0.2)
-    assert ready == {"ready": 2, "size": 2, "restarts": 1, "holding": 0}
-    assert victim not in decode_workers(s.pid)
-    assert s.post("flood", scene).status_code == 200
-    assert _slabs(s) == []
