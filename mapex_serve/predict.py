@@ -196,7 +196,7 @@ class SceneRun:
 
         ``parts``: every part of a split scene (this one's included), whose rows are in the shared mask.
         """
-        masked = merge_masked(parts) if parts else self.reader.masked()
+        masked = merge_masked(p.masked for p in parts) if parts else self.reader.masked()
         if (sum(p.seen for p in parts) if parts else self.seen) == 0:
             reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
             raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")

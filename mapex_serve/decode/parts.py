@@ -11,7 +11,7 @@ from that mask, with the parts' counts merged (``PartDone``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,11 +53,11 @@ class PartDone:
     masked: dict[str, int]
 
 
-def merge_masked(parts: Iterable[PartDone]) -> dict[str, int]:
-    """The scene's invalid pixels by reason: the parts' rows do not overlap, so their counts add."""
+def merge_masked(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """The scene's invalid pixels by reason, from those of rows that do not overlap (parts, a job's strips)."""
     total: dict[str, int] = {}
-    for p in parts:
-        for why, n in p.masked.items():
+    for masked in counts:
+        for why, n in masked.items():
             total[why] = total.get(why, 0) + n
     return total
 

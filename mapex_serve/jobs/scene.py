@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from mapex_serve.decode.parts import merge_masked
 from mapex_serve.inputs import RequestScene
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import (
@@ -35,12 +36,12 @@ from mapex_serve.jobs.outputs import (
 )
 from mapex_serve.jobs.sources import ResolvedSources
 from mapex_serve.jobs.store import StripRecord
-from mapex_serve.predict import Prediction, UnreadableRasterError, open_and_route, overlap_for
+from mapex_serve.predict import Prediction, UnreadableRasterError, open_and_route, overlap_for, tile_batches
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import as_geotiff, as_json, grid_report, inputs_summary, palette
 from mapex_serve.routing import Route
 from mapex_serve.scene_reader import SceneReader
-from mapex_serve.tiling import ClassAggregator, MaskBlender, TileBatch, read_batches, tile_cells, tile_grid
+from mapex_serve.tiling import ClassAggregator, MaskBlender, TileBatch, tile_cells
 from mapex_serve.units import UnitOverrides
 from mapex_serve.vectorize import mask_polygons
 
@@ -116,14 +117,13 @@ class JobScene:
         if manifest.head == "class":
             rows, known = (0, g.height), ()
         self._strips, self._taken = list(known), len(known)
-        tiles = tile_grid(reader.height, reader.width, size, overlap_for(size))
         r0, r1 = rows or (0, 0)
-        todo = [t for t in tiles if t.row_off + size > r0 and t.row_off < r1]
-        self.total, self.done, self._rows, self._columns = len(todo), 0, rows, tiles[-1].col + 1
+        todo, self.batches = tile_batches(reader, manifest, self.plan.max_batch, (r0, r1))
+        self.total, self.done, self._rows = len(todo), 0, rows
+        self._columns = len(tile_cells(g.width, size, overlap_for(size)))
         self._first_row = todo[0].row if todo else 0
-        self.batches = read_batches(reader, todo, self.plan.max_batch, [b.mean for b in manifest.bands])
         if manifest.head == "class":
-            self._aggregator = ClassAggregator(max(t.row for t in tiles) + 1, self._columns, k)
+            self._aggregator = ClassAggregator(len(tile_cells(g.height, size, overlap_for(size))), self._columns, k)
         elif todo:
             writer = StripWriter(self._strip_folder, crs=g.crs, transform=g.transform, height=g.height, width=g.width,
                                  n_classes=k, probabilities=self.plan.request.probabilities, resume_row=r0,
@@ -171,10 +171,7 @@ class JobScene:
         pixels = np.sum([s.stats["pixels"] for s in strips], axis=0)
         areas = [s.stats["area_m2"] for s in strips]
         area = None if any(a is None for a in areas) else np.sum(areas, axis=0)
-        masked: dict[str, int] = {}
-        for s in strips:
-            for why, n in s.stats["masked"].items():
-                masked[why] = masked.get(why, 0) + n
+        masked = merge_masked(s.stats["masked"] for s in strips)
         if int(pixels.sum()) == 0:
             reasons = ", ".join(f"{n:,} {why}" for why, n in masked.items())
             raise UnreadableRasterError(f"the raster has no valid pixels (all nodata, NaN or masked: {reasons})")
