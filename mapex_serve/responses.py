@@ -106,8 +106,14 @@ def as_geojson(p: Prediction, include: list[int] | None = None) -> dict[str, Any
 _DEFLATE_LEVEL = 5
 
 
-def as_geotiff(p: Prediction) -> bytes:
-    """A COG on the input's grid: the mask, or each tile's class over the pixels the tile stands for."""
+def as_geotiff(p: Prediction, threads: int = 1) -> bytes:
+    """A COG on the input's grid: the mask, or each tile's class over the pixels the tile stands for.
+
+    ``threads`` compress its blocks (GDAL's ``NUM_THREADS``): a scene split across decode workers
+    has that many idle once its parts are done (a 4096² mask: 0.32 s on one, 0.19-0.20 s on two,
+    for 10% more CPU and the same bytes); one otherwise, the cores being the engine's and other
+    requests'.
+    """
     m = p.route.manifest
     if p.mask is not None:
         data = p.mask.labels[None]
@@ -130,7 +136,7 @@ def as_geotiff(p: Prediction) -> bytes:
                             inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
             dst.write(data)
         with tmp.open() as src, MemoryFile() as out:
-            copy(src, out.name, driver="COG", compress="deflate", level=_DEFLATE_LEVEL)
+            copy(src, out.name, driver="COG", compress="deflate", level=_DEFLATE_LEVEL, num_threads=str(threads))
             return out.read()
 
 
@@ -164,14 +170,15 @@ def _json_bytes(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
-def encode(p: Prediction, format: Format | None, accept: str, provider: str) -> Encoded:
-    """The prediction as the GeoTIFF, JSON or GeoJSON the client asked for, with the X-Mapex-* headers."""
+def encode(p: Prediction, format: Format | None, accept: str, provider: str, threads: int = 1) -> Encoded:
+    """The prediction as the GeoTIFF, JSON or GeoJSON the client asked for, with the X-Mapex-* headers (a GeoTIFF
+    compressed on ``threads``)."""
     m = p.route.manifest
     headers = {"X-Mapex-Specialist": m.name, "X-Mapex-Version": str(m.version), "X-Mapex-Bands": ",".join(p.route.bands),
                "X-Mapex-Inputs": json.dumps(inputs_summary(p), ensure_ascii=True, separators=(",", ":"))}
     match choose_format(format, accept, p.mask is not None):
         case "geotiff":
-            return Encoded(as_geotiff(p), "image/tiff", headers)
+            return Encoded(as_geotiff(p, threads), "image/tiff", headers)
         case "geojson":
             return Encoded(_json_bytes(as_geojson(p)), "application/geo+json", headers)
         case _:

@@ -216,13 +216,15 @@ class Session:
         return self._part is not None and self.request.part is None
 
     def encode(self, parts: list[PartDone]) -> Encoded:
-        """The split scene's response, from the shared mask and what every part counted."""
+        """The split scene's response, from the shared mask and what every part counted; a COG is compressed on as
+        many threads as there were parts (their workers are idle now)."""
         return self._encode(parts)
 
     def _encode(self, parts: list[PartDone] | tuple[()]) -> Encoded:
         prediction = self.run.result(Reservation(None, 0), parts)
         name = prediction.route.manifest.name
-        return encode(prediction, self.request.format, self.request.accept, self._provider[name])
+        return encode(prediction, self.request.format, self.request.accept, self._provider[name],
+                      threads=max(len(parts), 1))
 
     def close(self) -> None:
         """Close the files and unmap the slab."""

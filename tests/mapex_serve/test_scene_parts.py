@@ -20,7 +20,7 @@ from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, ScenePart, scene
 from mapex_serve.decode.slab import Layout, Slab
 from mapex_serve.inputs import UploadedFile
 from mapex_serve.predict import SceneRun, open_and_route, overlap_for
-from mapex_serve.responses import as_json
+from mapex_serve.responses import as_geotiff, as_json
 from mapex_serve.tiling import tile_cells
 from mapex_serve.units import UnitOverrides
 
@@ -107,6 +107,7 @@ def test_a_scene_run_in_parts_gives_the_mask_and_counts_of_the_whole(swir_manife
     np.testing.assert_array_equal(split.mask.covered, expected.mask.covered)
     assert split.masked == expected.masked and sum(split.masked.values()) == 50 * 50
     assert as_json(split, "cpu") == as_json(expected, "cpu")
+    assert as_geotiff(split, threads=3) == as_geotiff(expected), "the same COG, compressed on a thread a part"
     assert 0.05 < float((expected.mask.labels == 1).mean()) < 0.5, "a real mask: burned and unburned"
     for run in runs:
         run.scene.close()
