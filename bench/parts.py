@@ -2,10 +2,10 @@
 
     python -m bench.parts --repo R [--task flood --modality SAR] [--size 4096] [--parts 1 2 4] [--rounds 2]
 
-Each part runs as a decode worker runs it (``decode.parts``): a fresh open of the upload (its unit
-sample included), the tiles its rows need read into batches, blended into the shared mask in a
-slab (``SceneRun.start(rows, mask)``), one part after another in this process, each timed with
-``time.process_time``. Then the first part encodes the answer (a COG, compressed on a thread for
+Each part runs as a decode worker runs it (``decode.parts``): a fresh open of the upload (the first
+part's with the unit check's sample, the others' without), the tiles its rows need read into
+batches, blended into the shared mask in a slab (``SceneRun.start(rows, mask)``), one part after
+another in this process, each timed with ``time.process_time``. Then the first part encodes the answer (a COG, compressed on a thread for
 each part: timed by the clock too). With a worker for each part, a lone scene waits for its longest
 part and the encoding; the sum of the parts is the CPU the split costs. Both are reported as ratios
 to the scene decoded whole, measured in the same run.
@@ -56,7 +56,7 @@ def _run(upload: bytes, manifest: Manifest, max_batch: int, rows: tuple[int, int
     """One part (``rows``) or the whole scene (None) as a worker runs it: the run, its CPU and its open's CPU."""
     start = time.process_time()
     scene, route, reader = open_and_route([UploadedFile("scene.tif", upload)], None, [manifest], None,
-                                          UnitOverrides(), 10**10)
+                                          UnitOverrides(), 10**10, check_units=rows is None or rows[0] == 0)
     opened = time.process_time()
     run = SceneRun(scene, route, reader, max_batch)
     g = reader.grid

@@ -406,7 +406,8 @@ class RequestScene:
                max_pixels: int | None = None) -> SceneReader:
         """A reader of ``canonical`` bands (in that order) in physical units, quality layers applied.
 
-        Conversions are decided here and checked against a sample of each band's values.
+        Conversions are decided here and checked against a sample of each band's values in windows of
+        ``sample`` pixels (0: not checked, for a part of a scene whose first part checked them).
         """
         used = [self.band(c) for c in canonical]
         quality = self.quality_bands()
@@ -420,7 +421,8 @@ class RequestScene:
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat)
-        for b, (stored, physical) in zip(used, reader.samples(sample), strict=True):
-            check_plausible(b.conversion, ValueStats.of(stored, physical, b.dataset.dtypes[b.index - 1]),
-                            b.identity.found or f"{b.file} band {b.index}")
+        if sample:
+            for b, (stored, physical) in zip(used, reader.samples(sample), strict=True):
+                check_plausible(b.conversion, ValueStats.of(stored, physical, b.dataset.dtypes[b.index - 1]),
+                                b.identity.found or f"{b.file} band {b.index}")
         return reader

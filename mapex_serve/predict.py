@@ -92,14 +92,15 @@ def unreadable_as_400() -> Iterator[None]:
 
 def open_and_route(
     files: Sequence[UploadedFile], bands: Sequence[str] | None, manifests: Sequence[Manifest], modality: str | None,
-    overrides: UnitOverrides, max_pixels: int,
+    overrides: UnitOverrides, max_pixels: int, check_units: bool = True,
 ) -> tuple[RequestScene, Route, SceneReader]:
-    """Open the files, route them and decide their units: GDAL work, done in one worker thread."""
+    """Open the files, route them and decide their units (their values checked against them unless told not to: a
+    part of a split scene, whose first part checked the same bytes): GDAL work, done in one worker thread."""
     with unreadable_as_400():
         scene = RequestScene(files, bands)
         try:
             route = route_scene(scene, manifests, modality)
-            return scene, route, scene.reader(route.bands, overrides, 64, max_pixels)
+            return scene, route, scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels)
         except BaseException:
             scene.close()
             raise

@@ -136,7 +136,7 @@ class Session:
             files = [UploadedFile(name, slab.read(offset, size)) for name, offset, size in request.layout.files]
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
-                request.overrides, request.max_pixels)
+                request.overrides, request.max_pixels, check_units=request.part is None)
             del files
             try:
                 with unreadable_as_400():
