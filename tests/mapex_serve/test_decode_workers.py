@@ -274,22 +274,26 @@ def _slabs(server) -> list[Path]:
     return [p for folder in Path("/dev/shm").glob(f"mapex-{server.pid}") for p in folder.iterdir()]
 
 
+def _posts_killing(server, scene: bytes, count: int, victim: int, after_s: float) -> list[httpx.Response]:
+    """``count`` concurrent posts of ``scene``, with decode worker ``victim`` SIGKILLed ``after_s`` into them."""
+
+    def post() -> httpx.Response:
+        return httpx.post(f"{server.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
+
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(post) for _ in range(count)]
+        time.sleep(after_s)
+        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
+        os.kill(victim, signal.SIGKILL)
+        return [f.result() for f in futures]
+
+
 def test_a_killed_worker_loses_no_request_and_the_pool_recovers(start_server, built_repo, to_geotiff):
     s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
     scene = sar_scene(to_geotiff, 768, seed=1)  # about 1,000 tiles: long enough to be killed under
     reference = s.cog_band(s.post("flood", scene).content)
     [victim] = decode_workers(s.pid)
-
-    def post() -> httpx.Response:
-        return httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
-
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(post) for _ in range(6)]
-        time.sleep(1.0)
-        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
-        os.kill(victim, signal.SIGKILL)
-        responses = [f.result() for f in futures]
-
+    responses = _posts_killing(s, scene, 6, victim, after_s=1.0)
     assert [r.status_code for r in responses] == [200] * 6, [r.text[:200] for r in responses]
     for r in responses:
         np.testing.assert_array_equal(s.cog_band(r.content), reference)
@@ -427,19 +431,9 @@ def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, buil
     scene = _sar(to_geotiff, 1500, seed=3)  # two parts
     reference = s.cog_band(s.post("flood", scene).content)
     victim = decode_workers(s.pid)[1]
-
-    def post() -> httpx.Response:
-        return httpx.post(f"{s.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
-
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(post) for _ in range(3)]
-        time.sleep(1.5)
-        assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
-        os.kill(victim, signal.SIGKILL)
-        responses = [f.result() for f in futures]
-
+    responses = _posts_killing(s, scene, 3, victim, after_s=1.5)
     assert [r.status_code for r in responses] == [200] * 3, [r.text[:200] for r in responses]
-    assert s.log.count("runs in 2 parts") >= 2, "the reference and the first request ran split (the others found no idle worker)"
+    assert s.log.count("runs in 2 parts") >= 2, "the reference and the first of the three (no idle worker after) split"
     for r in responses:
         np.testing.assert_array_equal(s.cog_band(r.content), reference)
     assert "trying it again on a fresh worker" in s.log
