@@ -253,18 +253,20 @@ class DecodePool:
             slab.unlink(missing_ok=True)
         self.folder.rmdir()
 
+    def _ready(self) -> list[_Worker]:
+        """Workers that are up and take requests now."""
+        return [w for w in self._workers if w.alive and w.ready.done() and w.ready.exception() is None]
+
     @property
     def ready_count(self) -> int:
-        """Workers that are up and take requests now."""
-        return sum(w.alive and w.ready.done() and w.ready.exception() is None for w in self._workers)
+        return len(self._ready())
 
     async def _pick(self, timeout: float) -> _Worker:
         """The ready worker with the fewest requests; waits for one to come up (after a death) for up to ``timeout``."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    ready = [w for w in self._workers if w.alive and w.ready.done() and w.ready.exception() is None]
-                    if ready:
+                    if ready := self._ready():
                         return min(ready, key=lambda w: w.sessions)
                     starting = [w.ready for w in self._workers if w.alive and not w.ready.done()]
                     if starting:
@@ -383,7 +385,7 @@ class DecodePool:
             return None
         size = manifest.tile_size
         affordable = 1 + budget.available // max(split.part_need, 1)
-        idle = 1 + sum(w is not first and w.sessions == 0 for w in self._workers if w.alive)
+        idle = 1 + sum(w is not first and w.sessions == 0 for w in self._ready())
         rows = scene_parts(split.height, split.width, size, overlap_for(size), min(request.parts, affordable, idle))
         if len(rows) < 2:
             return None
@@ -393,9 +395,20 @@ class DecodePool:
             log.warning("a %d x %d scene runs whole on one decode worker: no shared memory for its mask (%s)",
                         split.width, split.height, e)
             return None
-        extra = budget.reserve((len(rows) - 1) * split.part_need, f"{opened.what} in {len(rows)} parts")
-        log.info("a %d x %d scene runs in %d parts on the decode workers: rows %s", split.width, split.height,
-                 len(rows), ", ".join(f"{r0}-{r1}" for r0, r1 in rows))
+        extra = Reservation(None, 0)
+        try:
+            extra = budget.reserve((len(rows) - 1) * split.part_need, f"{opened.what} in {len(rows)} parts")
+            log.info("a %d x %d scene runs in %d parts on the decode workers: rows %s", split.width, split.height,
+                     len(rows), ", ".join(f"{r0}-{r1}" for r0, r1 in rows))
+            return await self._run_parts(first, upload, request, opened.specialist, rows, mask, batcher, wait_s)
+        finally:
+            extra.release()
+            mask.close()  # the workers keep their own mappings until their sessions close
+            mask.unlink()
+
+    async def _run_parts(self, first: _Worker, upload: Upload, request: OpenRequest, specialist: str,
+                         rows: list[tuple[int, int]], mask: Slab, batcher: Batcher, wait_s: float) -> Encoded:
+        """Each part's batches on its worker (the first on ``first``), then the first part's answer for the scene."""
 
         async def run_first() -> PartDone:
             started: Opened = await first.call("start", (request.session, ScenePart(rows[0], str(mask.path))))
@@ -409,9 +422,8 @@ class DecodePool:
             worker.sessions += 1
             try:
                 started: Opened = await worker.call("open", part)
-                if started.specialist != opened.specialist:
-                    raise RuntimeError(f"part {i} of a scene routed to {started.specialist}, the first to "
-                                       f"{opened.specialist}")
+                if started.specialist != specialist:
+                    raise RuntimeError(f"part {i} of a scene routed to {started.specialist}, the first to {specialist}")
                 result = await run_batches(worker, part.session, upload.slab, part.layout, started.tile_shape,
                                            started.sizes, lambda tiles, _k: batcher.submit(tiles, admit=False),
                                            lambda n: n)
@@ -422,13 +434,8 @@ class DecodePool:
                 if not done:
                     await worker.close_session(part.session)
 
-        try:
-            done = await run_all([run_first(), *(run_other(i) for i in range(1, len(rows)))])
-            return await first.call("encode", (request.session, done))
-        finally:
-            extra.release()
-            mask.close()  # the workers keep their own mappings until their sessions close
-            mask.unlink()
+        done = await run_all([run_first(), *(run_other(i) for i in range(1, len(rows)))])
+        return await first.call("encode", (request.session, done))
 
     @contextlib.asynccontextmanager
     async def job(self, plan: JobPlan, specialists: Sequence[str], max_batch: int,
@@ -600,8 +607,6 @@ def part_count(setting: int | None, provider: str, workers: int) -> int:
     if setting is not None:
         return setting
     return 1 if provider == CPU_EP else workers
-
-
 
 
 async def run_all(work: Iterable[Awaitable[T]]) -> list[T]:
