@@ -2,10 +2,11 @@
 
     python -m bench.parts --repo R [--task flood --modality SAR] [--size 4096] [--parts 1 2 4] [--rounds 2]
 
-Each part runs as a decode worker runs it (``decode.parts``): a fresh open of the upload (the first
-part's with the unit check's sample, the others' without), the tiles its rows need read into
-batches, blended into the shared mask in a slab (``SceneRun.start(rows, mask)``), one part after
-another in this process, each timed with ``time.process_time``. Then the first part encodes the answer (a COG, compressed on a thread for
+Each part runs as a decode worker runs it (``decode.parts``): the upload copied out of the
+request's slab and opened (the first part's with the unit check's sample, the others' without),
+the tiles its rows need read into batches and blended into the shared mask in a slab
+(``SceneRun.start(rows, mask)``), one part after another in this process, each timed with
+``time.process_time``. Then the first part encodes the answer (a COG, compressed on a thread for
 each part: timed by the clock too). With a worker for each part, a lone scene waits for its longest
 part and the encoding; the sum of the parts is the CPU the split costs. Both are reported as ratios
 to the scene decoded whole, measured in the same run.
@@ -51,11 +52,12 @@ def _probabilities(batch: TileBatch, classes: int) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _run(upload: bytes, manifest: Manifest, max_batch: int, rows: tuple[int, int] | None,
+def _run(upload: Slab, size: int, manifest: Manifest, max_batch: int, rows: tuple[int, int] | None,
          mask: Slab | None) -> tuple[SceneRun, float, float]:
-    """One part (``rows``) or the whole scene (None) as a worker runs it: the run, its CPU and its open's CPU."""
+    """One part (``rows``) or the whole scene (None) as a worker runs it, its upload copied out of the request's
+    slab as a worker's is: the run, its CPU and its open's CPU."""
     start = time.process_time()
-    scene, route, reader = open_and_route([UploadedFile("scene.tif", upload)], None, [manifest], None,
+    scene, route, reader = open_and_route([UploadedFile("scene.tif", upload.read(0, size))], None, [manifest], None,
                                           UnitOverrides(), 10**10, check_units=rows is None or rows[0] == 0)
     opened = time.process_time()
     run = SceneRun(scene, route, reader, max_batch)
@@ -70,7 +72,7 @@ def _run(upload: bytes, manifest: Manifest, max_batch: int, rows: tuple[int, int
     return run, time.process_time() - start - left_out, opened - start
 
 
-def measure(upload: bytes, manifest: Manifest, size: int, parts: int, max_batch: int,
+def measure(upload: Slab, upload_size: int, manifest: Manifest, size: int, parts: int, max_batch: int,
             folder: Path) -> dict[str, Any]:
     """The scene in ``parts`` parts (1: whole): each part's CPU, their opens, the first part's encoding."""
     rows = scene_parts(size, size, manifest.tile_size, overlap_for(manifest.tile_size), parts)
@@ -80,7 +82,7 @@ def measure(upload: bytes, manifest: Manifest, size: int, parts: int, max_batch:
     try:
         runs, times, opens, done = [], [], [], []
         for r in rows if parts > 1 else [None]:
-            run, cpu, opened = _run(upload, manifest, max_batch, r, mask)
+            run, cpu, opened = _run(upload, upload_size, manifest, max_batch, r, mask)
             t = time.process_time()
             if r is not None:
                 done.append(run.part_done())
@@ -123,12 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = sorted({1, *args.parts})
     with tempfile.TemporaryDirectory(prefix="bench-parts-") as tmp:
         print(f"generating a {args.size}² scene of {', '.join(manifest.band_names)}", file=sys.stderr)
-        upload = make_upload(args.size, manifest.band_names, Path(tmp) / "scene.tif")
+        data = make_upload(args.size, manifest.band_names, Path(tmp) / "scene.tif")
+        upload = Slab.create(Path(tmp), len(data))
+        upload.write(0, data)
         results: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
         for round_ in range(args.rounds):
             for n in counts if round_ % 2 == 0 else counts[::-1]:
                 print(f"round {round_ + 1}: {n} part(s)", file=sys.stderr)
-                results[n].append(measure(upload, manifest, args.size, n, args.max_batch, Path(tmp)))
+                results[n].append(measure(upload, len(data), manifest, args.size, n, args.max_batch, Path(tmp)))
+        upload.close()
 
     whole = median([r["longest_s"] for r in results[1]])
     whole_cpu = median([r["sum_s"] for r in results[1]])
