@@ -38,6 +38,9 @@ class Metrics:
                                      "dropped before the engine ran them", ["specialist"], registry=r)
         self.decode_restarts = Counter("mapex_decode_worker_restarts", "Decode workers that died and were replaced",
                                        registry=r)
+        self.scene_parts = Histogram("mapex_scene_parts", "Parts a /predict mask scene large enough to split ran in "
+                                     "(1: whole, no other decode worker idle)", ["specialist"],
+                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 
     def watch_jobs(self, counts: Callable[[], Mapping[tuple[str, JobState], int]]) -> None:
         """Report ``mapex_jobs{task, state}`` from ``counts`` (the jobs store) at each scrape."""

@@ -387,6 +387,7 @@ class DecodePool:
         affordable = 1 + budget.available // max(split.part_need, 1)
         idle = 1 + sum(w is not first and w.sessions == 0 for w in self._ready())
         rows = scene_parts(split.height, split.width, size, overlap_for(size), min(request.parts, affordable, idle))
+        self._metrics.scene_parts.labels(opened.specialist).observe(len(rows))
         if len(rows) < 2:
             return None
         try:

@@ -421,6 +421,9 @@ def test_a_scene_split_across_two_workers_answers_as_the_service_process_does(sp
     ours, ref = (s.post("flood", small, params={"format": "json"}) for s in (split_server, in_process))
     assert ours.status_code == 200 and ours.json() == ref.json()
     assert split_server.log.count("runs in 2 parts") == 2
+    metrics = httpx.get(f"{split_server.url}/metrics").text
+    assert 'mapex_scene_parts_count{specialist="flood-sar"} 2.0' in metrics
+    assert 'mapex_scene_parts_sum{specialist="flood-sar"} 4.0' in metrics
     assert httpx.get(f"{split_server.url}/readyz").json()["decode_workers"] == {
         "ready": 2, "size": 2, "restarts": 0, "holding": 0}
     assert _slabs(split_server) == [], "the shared masks and slabs were removed"
