@@ -74,10 +74,15 @@ def resolve_engine_threads(args: argparse.Namespace) -> None:
     args.runners, args.threads = plan.runners, plan.intra_op
 
 
-def service_arguments(p: argparse.ArgumentParser, task: str, help_task: str) -> None:
-    """The options that ``bench.serve`` and ``bench.scene`` share: which specialist, and the service's settings."""
+def repo_arguments(p: argparse.ArgumentParser) -> None:
+    """``--repo`` and ``--checkpoint``: the model repository, built from the checkpoint when it is empty."""
     p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (built if empty, as make serve)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to build the repository from (default: the demo model)")
+
+
+def service_arguments(p: argparse.ArgumentParser, task: str, help_task: str) -> None:
+    """The options that ``bench.serve`` and ``bench.scene`` share: which specialist, and the service's settings."""
+    repo_arguments(p)
     p.add_argument("--task", default=task, help=help_task)
     p.add_argument("--modality", default="RGB", help="the specialist's modality (default RGB)")
     engine_arguments(p, "MAPEX_ENGINE_RUNNERS for the service; the baseline runs as many batches at once")
@@ -94,6 +99,16 @@ def find_entry(repo: Path, task: str, modalities: Sequence[str]) -> tuple[Path, 
         raise SystemExit(f"{repo} has no {task} specialist for {wanted}; build it with "
                          f"python -m export.build --task {task} --modality ... --repo {repo}")
     return max(found, key=lambda f: f[1].version)
+
+
+def mask_specialist(args: argparse.Namespace, why: str) -> tuple[Path, Path, Manifest]:
+    """The repository (built if empty), and the entry and manifest of ``args.task``'s specialist for
+    ``args.modality``, which must have a mask head (``why`` says what the benchmark needs one for)."""
+    repo = ensure_repo(args.repo, args.checkpoint)
+    entry, manifest = find_entry(repo, args.task, [args.modality])
+    if manifest.head != "mask":
+        raise SystemExit(f"{manifest.name} has a {manifest.head} head; {why}: use a mask task")
+    return repo, entry, manifest
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import RESULTS, Report, ensure_repo, find_entry, median
+from bench.harness import RESULTS, Report, mask_specialist, median, repo_arguments
 from bench.stages import make_upload
 from mapex_serve.budget import Reservation
 from mapex_serve.decode.parts import MaskSlab, scene_parts
@@ -107,8 +107,7 @@ def measure(upload: Slab, upload_size: int, manifest: Manifest, size: int, parts
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.parts", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (built if empty, as make serve)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to build the repository from")
+    repo_arguments(p)
     p.add_argument("--task", default="flood", help="a task with a mask head (default flood)")
     p.add_argument("--modality", default="SAR", help="the specialist's modality (default SAR)")
     p.add_argument("--size", type=int, default=4096, help="scene width and height in pixels")
@@ -118,10 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for parts.json and parts.md")
     args = p.parse_args(argv)
 
-    repo = ensure_repo(args.repo, args.checkpoint)
-    _entry, manifest = find_entry(repo, args.task, [args.modality])
-    if manifest.head != "mask":
-        raise SystemExit(f"{manifest.name} has a {manifest.head} head; only mask scenes are split: use a mask task")
+    _repo, _entry, manifest = mask_specialist(args, "only mask scenes are split")
     counts = sorted({1, *args.parts})
     with tempfile.TemporaryDirectory(prefix="bench-parts-") as tmp:
         print(f"generating a {args.size}² scene of {', '.join(manifest.band_names)}", file=sys.stderr)

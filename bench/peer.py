@@ -56,6 +56,7 @@ from bench.harness import (
     find_entry,
     percentile,
     post_scene,
+    repo_arguments,
     resolve_engine_threads,
 )
 from bench.scene import make_scene
@@ -343,8 +344,7 @@ def cog_labels(content: bytes) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (built if empty, as make serve)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint to build the repository from (default: the demo model)")
+    repo_arguments(p)
     p.add_argument("--task", default="landcover", help="task of (a) and (b) (default landcover: a class head)")
     p.add_argument("--scene-task", default="landcover-seg", help="task of (c) (default landcover-seg: a mask)")
     p.add_argument("--modality", default="RGB", help="the specialists' modality (default RGB)")

@@ -47,7 +47,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
 from bench.flops import H200_FP16_TFLOPS, flops_per_tile
-from bench.harness import RESULTS, Report, ServiceProcess, ensure_repo, find_entry, markdown_table
+from bench.harness import RESULTS, Report, ServiceProcess, markdown_table, mask_specialist, repo_arguments
 from mapex_serve.batcher import Batcher
 from mapex_serve.engine import Engine
 from mapex_serve.inputs import RequestScene, UploadedFile
@@ -412,8 +412,7 @@ def model(tile: dict[str, Cost], scene: dict[str, Cost], scene_tiles: int, http_
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (built if empty, as make serve)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint to build the repository from (default: the demo model)")
+    repo_arguments(p)
     p.add_argument("--task", default="flood", help="task of the specialist (default flood: a mask head)")
     p.add_argument("--modality", default="SAR", help="its modality (default SAR)")
     p.add_argument("--scene", type=int, default=2048, help="pixels a side of the large scene (default 2048)")
@@ -429,10 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for stages.json and stages.md")
     args = p.parse_args(argv)
 
-    repo = ensure_repo(args.repo, args.checkpoint)
-    entry, manifest = find_entry(repo, args.task, [args.modality])
-    if manifest.head != "mask":
-        raise SystemExit(f"{manifest.name} has a {manifest.head} head; bench.stages times blending: use a mask task")
+    repo, entry, manifest = mask_specialist(args, "bench.stages times blending")
     settings = Settings(model_repo=repo, providers=["cpu"], intra_op_threads=args.threads, max_batch=args.max_batch)
     engine = Engine(entry, manifest, settings)
     base = manifest.model_copy(update={"tile_size": args.base_tile})

@@ -208,7 +208,7 @@ class Session:
             self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
         if self._part is not None:
             return self.run.part_done()
-        return self._encode(())
+        return self._encode([])
 
     @property
     def answers_later(self) -> bool:
@@ -220,7 +220,7 @@ class Session:
         many threads as there were parts (their workers are idle now)."""
         return self._encode(parts)
 
-    def _encode(self, parts: list[PartDone] | tuple[()]) -> Encoded:
+    def _encode(self, parts: list[PartDone]) -> Encoded:
         prediction = self.run.result(Reservation(None, 0), parts)
         name = prediction.route.manifest.name
         return encode(prediction, self.request.format, self.request.accept, self._provider[name],
