@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from training.config import MapexConfig
+from typing import Any
+
+from training.config import MapexConfig, preset
 
 H200_FP16_TFLOPS = 989.0  # dense FP16/BF16 tensor-core peak of an H200 (SXM), without sparsity
 
@@ -28,3 +30,14 @@ def flops_per_tile(config: MapexConfig, channels: int, kept_experts: int, head_w
         side *= 2
         head += 9 * head_width * head_width * side * side
     return 2.0 * (per_token * n + head)
+
+
+def assumed_engine_tiles_s(manifest: Any, efficiency: float) -> tuple[float, float]:
+    """FLOP a tile and tiles/s of ``manifest``'s specialist at the ``mapex-130m`` size on an H200 at ``efficiency``
+    of its dense FP16 peak: the cost model's engine until a GPU measures it (``bench.engine_speed``).
+
+    Every kept expert counted (the dense form), the conservative side of the sparse graph the build ships.
+    """
+    kept = max(len(b.experts) for b in manifest.experts_kept) if manifest.experts_kept else 2
+    flops = flops_per_tile(preset("mapex-130m"), len(manifest.band_names), kept)
+    return flops, H200_FP16_TFLOPS * 1e12 * efficiency / flops

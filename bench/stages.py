@@ -46,7 +46,7 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from bench.flops import H200_FP16_TFLOPS, flops_per_tile
+from bench.flops import H200_FP16_TFLOPS, assumed_engine_tiles_s
 from bench.harness import RESULTS, Report, ServiceProcess, markdown_table, mask_specialist, repo_arguments
 from mapex_serve.batcher import Batcher
 from mapex_serve.engine import Engine
@@ -59,7 +59,6 @@ from mapex_serve.settings import Settings
 from mapex_serve.tiling import ClassAggregator, MaskBlender, grid_shape, tile_cells
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible
 from mapex_serve.upload import read_upload
-from training.config import preset
 from training.data import SceneConfig, generate_scene, mosaic, write_scene_geotiff
 
 CHUNK = 64 * 1024  # what uvicorn hands the app per receive() on loopback, about
@@ -521,10 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{(service['scene_geotiff']['server_cpu'] - scene_sum_cpu) * 1e3 / tiles['scene']:.3f} ms/tile"]
 
     # -- the model for a GPU node serving the base-size specialist
-    config = preset("mapex-130m")
+    flops, engine_tps = assumed_engine_tiles_s(manifest, args.gpu_efficiency)
     kept = max(len(b.experts) for b in manifest.experts_kept) if manifest.experts_kept else 2
-    flops = flops_per_tile(config, len(manifest.band_names), kept)
-    engine_tps = H200_FP16_TFLOPS * 1e12 * args.gpu_efficiency / flops
     http = http_ms if http_ms is not None else 0.0
     batch_ms = max((inproc_scene.cpu - in_scene) * 1e3 * args.max_batch / tiles["scene"], 0.0)
     predictions = model(costs["base_tile"], costs["base_scene"], tiles["base_scene"], http, args.cores, engine_tps,
