@@ -2,8 +2,8 @@
 
     python -m bench.parts --repo R [--task flood --modality SAR] [--size 4096] [--parts 1 2 4] [--rounds 2]
 
-Each part runs as a decode worker runs it (``decode.parts``): the upload copied out of the
-request's slab and opened (the first part's with the unit check's sample, the others' without),
+Each part runs as a decode worker runs it (``decode.parts``): the upload read from the request's
+slab (in place: ``decode.session.slab_files``) and opened (the first part's with the unit check's sample, the others' without),
 the tiles its rows need read into batches and blended into the shared mask in a slab
 (``SceneRun.start(rows, mask)``), one part after another in this process, each timed with
 ``time.process_time``. Then the first part encodes the answer (a COG, compressed on a thread for
@@ -34,8 +34,8 @@ from bench.harness import RESULTS, Report, mask_specialist, median, repo_argumen
 from bench.stages import make_upload
 from mapex_serve.budget import Reservation
 from mapex_serve.decode.parts import MaskSlab, scene_parts
-from mapex_serve.decode.slab import Slab
-from mapex_serve.inputs import UploadedFile
+from mapex_serve.decode.session import slab_files
+from mapex_serve.decode.slab import Layout, Slab
 from mapex_serve.predict import SceneRun, open_and_route, overlap_for
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import encode
@@ -54,11 +54,13 @@ def _probabilities(batch: TileBatch, classes: int) -> np.ndarray:
 
 def _run(upload: Slab, size: int, manifest: Manifest, max_batch: int, rows: tuple[int, int] | None,
          mask: Slab | None) -> tuple[SceneRun, float, float]:
-    """One part (``rows``) or the whole scene (None) as a worker runs it, its upload copied out of the request's
-    slab as a worker's is: the run, its CPU and its open's CPU."""
+    """One part (``rows``) or the whole scene (None) as a worker runs it, its upload read from the request's slab
+    as a worker's is (``slab_files``: a lone TIFF in place): the run, its CPU and its open's CPU."""
     start = time.process_time()
-    scene, route, reader = open_and_route([UploadedFile("scene.tif", upload.read(0, size))], None, [manifest], None,
-                                          UnitOverrides(), 10**10, check_units=rows is None or rows[0] == 0)
+    files = slab_files(upload, Layout.plan([("scene.tif", size)], 0, 0))
+    scene, route, reader = open_and_route(files, None, [manifest], None, UnitOverrides(), 10**10,
+                                          check_units=rows is None or rows[0] == 0)
+    del files
     opened = time.process_time()
     run = SceneRun(scene, route, reader, max_batch)
     g = reader.grid

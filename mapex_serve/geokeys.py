@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from rasterio.env import get_gdal_config, set_gdal_config
 
-__all__ = ["crs_from_keys", "projected_by_code"]
+__all__ = ["crs_from_keys", "is_tiff", "projected_by_code"]
 
 SRS_SOURCE = "GTIFF_SRS_SOURCE"
 
@@ -33,6 +33,11 @@ _STANDARD_UNITS = {2054: 9102, 3076: 9001}
 #: Bounds past any real file (GDAL writes about 20 tags and 8 keys) that keep a crafted header from costing more
 #: than a real one: a BigTIFF may claim 2**64 tags, a key directory 2**32 values.
 _MAX_TAGS, _MAX_KEYS = 1024, 256
+
+
+def is_tiff(data: bytes | memoryview) -> bool:
+    """True when ``data`` starts as a classic TIFF or a BigTIFF does (either byte order)."""
+    return bytes(data[:4]) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def projected_by_code(data: bytes) -> bool:

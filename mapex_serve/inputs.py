@@ -17,13 +17,15 @@ from __future__ import annotations
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
@@ -95,10 +97,15 @@ def _check_blocks(name: str, ds: DatasetReaderBase) -> None:
 
 @dataclass(frozen=True)
 class UploadedFile:
-    """One ``file`` part of a request: the name the client gave and its bytes."""
+    """One ``file`` part of a request: the name the client gave and its bytes.
+
+    ``in_place``: a GDAL path to the same bytes where they already lie (a lone TIFF in a decode worker's shared
+    slab, ``data`` then a view of it), opened there instead of copied into the request's ``/vsimem/`` folder.
+    """
 
     name: str
-    data: bytes
+    data: bytes | memoryview
+    in_place: str | None = None
 
 
 #: Drivers a file read in place may be opened with: a job's saved upload, or a remote COG.
@@ -176,6 +183,17 @@ def _open_allowed(source: MemoryFile | str) -> DatasetReaderBase:
     return DatasetReader(source, driver=list(ALLOWED_DRIVERS))
 
 
+@contextmanager
+def _named(source: MemoryFile | str, name: str) -> Iterator[None]:
+    """GDAL's errors opening a file read in place name the file as the user sent it, as they do from ``/vsimem/``."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as e:
+        if not isinstance(source, str):
+            raise
+        raise RasterioIOError(str(e).replace(source, name)) from None
+
+
 def _subdataset_variable(name: str) -> str:
     """``B04`` from ``netcdf:/vsimem/x/s.nc:B04`` or ``HDF5:"/vsimem/x/s.h5"://group/B04``."""
     return name.rsplit(":", 1)[-1].strip('"').rstrip("/").rsplit("/", 1)[-1]
@@ -212,11 +230,14 @@ def _register_drivers() -> frozenset[str]:
 
 #: ``RequestScene.folder`` as it appears in GDAL's messages.
 _REQUEST_FOLDER = re.compile(r"/vsimem/mapex-[0-9a-f]{32}/")
+#: An ``UploadedFile.in_place`` path (``/vsisubfile/<offset>_<size>,<slab>``) as it appears in GDAL's messages.
+_IN_PLACE = re.compile(r"/vsisubfile/[0-9]+_[0-9]+,[^\s:'\"]*")
 
 
 def without_request_folder(message: str) -> str:
-    """``message`` with the request's ``/vsimem/mapex-<hex>/`` folder taken out of paths: it means nothing to a user."""
-    return _REQUEST_FOLDER.sub("", message)
+    """``message`` without the request's ``/vsimem/mapex-<hex>/`` folder or its slab's path: they mean nothing to a
+    user (the file in a slab is "the upload")."""
+    return _IN_PLACE.sub("the upload", _REQUEST_FOLDER.sub("", message))
 
 
 class RequestScene:
@@ -261,19 +282,24 @@ class RequestScene:
             raise TypeError("a scene is read from uploaded bytes or from files in place, not both")
         taken: set[str] = set()
         names = [_safe_name(f.name, i, taken) for i, f in enumerate(files)]
-        data_parts = {n for n, f in zip(names, files, strict=True) if not _is_vrt(f.data)}
-        memfiles, referenced = [], set()
+        data_parts = {n for n, f in zip(names, files, strict=True) if f.in_place or not _is_vrt(f.data)}
+        memfiles: list[tuple[str, bytes | memoryview, MemoryFile | str]] = []
+        referenced: set[str] = set()
         for name, f in zip(names, files, strict=True):
+            if f.in_place is not None:  # a lone TIFF: no VRT to check, no part beside it to name
+                _register_drivers()
+                memfiles.append((name, f.data, f.in_place))
+                continue
             data = _checked_vrt(f.data, data_parts, referenced) if _is_vrt(f.data) else f.data
             memfiles.append((name, data, self._stack.enter_context(MemoryFile(data, dirname=self.folder, filename=name))))
         # Sidecars (ENVI .hdr, .aux.xml, .msk) are parts too: open only the parts that are rasters themselves.
         for name, data, mem in memfiles:
             if name in referenced or name.lower().endswith((".hdr", ".aux.xml", ".msk", ".ovr")):
                 continue
-            with crs_from_keys(data):
+            with crs_from_keys(data), _named(mem, name):
                 ds = self._closing(_open_allowed(mem))
             if ds.count == 0 and ds.subdatasets:
-                self.datasets += self._open_subdatasets(name, ds)
+                self.datasets += self._open_subdatasets(name, ds, mem if isinstance(mem, str) else None)
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{name}: the raster has no pixels or no bands")
             else:

@@ -26,6 +26,7 @@ import numpy as np
 from mapex_serve.budget import Reservation, request_bytes
 from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
+from mapex_serve.geokeys import is_tiff
 from mapex_serve.inputs import UploadedFile
 from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
 from mapex_serve.repository import Manifest
@@ -33,7 +34,23 @@ from mapex_serve.responses import Encoded, Format, encode
 from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
 
-__all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable"]
+__all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable", "slab_files"]
+
+
+def slab_files(slab: Slab, layout: Layout) -> list[UploadedFile]:
+    """The request's files as its worker opens them: a lone TIFF where it lies in the slab, anything else copied.
+
+    GDAL reads a lone TIFF through ``/vsisubfile/`` from the slab's own pages, shared by every worker: a 4096²
+    scene's 128 MiB was copied twice a worker before (out of the slab, then into ``/vsimem/``), and once more for
+    each part of a split scene. Several files (sidecars, a VRT naming the others) go to the request's ``/vsimem/``
+    folder, where they find each other by name; so do other formats, whose drivers may want a file name's suffix.
+    """
+    if len(layout.files) == 1:
+        name, offset, size = layout.files[0]
+        head = slab.view(offset, min(size, 4))
+        if is_tiff(head):
+            return [UploadedFile(name, slab.view(offset, size), in_place=f"/vsisubfile/{offset}_{size},{slab.path}")]
+    return [UploadedFile(name, slab.read(offset, size)) for name, offset, size in layout.files]
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,8 @@ class Session:
         self.request, self._provider = request, provider
         slab = Slab.attach(request.slab)
         try:
-            files = [UploadedFile(name, slab.read(offset, size)) for name, offset, size in request.layout.files]
+            files = slab_files(slab, request.layout)
+            self.in_place = any(f.in_place for f in files)
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
                 request.overrides, request.max_pixels, check_units=request.part is None)
@@ -168,11 +186,12 @@ class Session:
         if self.request.parts < 2 or manifest.head != "mask" or g.height * g.width < 2 * MIN_PART_PIXELS:
             return None
         size = manifest.tile_size
-        # A part holds a band of tile rows, its batches and its worker's copy of the upload.
+        # A part holds a band of tile rows, its batches and its worker's copy of the upload (none of a lone TIFF).
         part_need = request_bytes(min(2 * size, g.height), g.width, classes=len(manifest.classes), head="mask",
                                   channels=len(self.run.route.bands), tile=size, max_batch=self.request.max_batch,
                                   in_engine=len(self.request.layout.tiles) - 1)
-        return Splittable(g.height, g.width, part_need + sum(n for _name, _o, n in self.request.layout.files))
+        copied = 0 if self.in_place else sum(n for _name, _o, n in self.request.layout.files)
+        return Splittable(g.height, g.width, part_need + copied)
 
     def start(self, part: ScenePart | None = None) -> Opened:
         """Tile the scene (the rows of ``part``, when split) and read a batch into each slot."""

@@ -144,6 +144,10 @@ class Slab:
     def read(self, offset: int, size: int) -> bytes:
         return self._mapping[offset : offset + size]
 
+    def view(self, offset: int, size: int) -> memoryview:
+        """``size`` bytes at ``offset``, not copied (the mapping stays while the view lives)."""
+        return memoryview(self._mapping)[offset : offset + size]
+
     def close(self) -> None:
         """Let go of the mapping: it is unmapped when the last view made by ``array`` is gone.
 
