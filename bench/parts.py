@@ -3,7 +3,8 @@
     python -m bench.parts --repo R [--task flood --modality SAR] [--size 4096] [--parts 1 2 4] [--rounds 2]
 
 Each part runs as a decode worker runs it (``decode.parts``): the upload read from the request's
-slab (in place: ``decode.session.slab_files``) and opened (the first part's with the unit check's sample, the others' without),
+slab (in place: ``decode.session.slab_files``) and opened (the whole scene's with the unit check's
+sample; a split scene's first part checks it once split, the others not at all),
 the tiles its rows need read into batches and blended into the shared mask in a slab
 (``SceneRun.start(rows, mask)``), one part after another in this process, each timed with
 ``time.process_time``. Then the first part encodes the answer (a COG, compressed on a thread for
@@ -37,6 +38,7 @@ from mapex_serve.budget import Reservation
 from mapex_serve.decode.parts import MaskSlab, scene_parts
 from mapex_serve.decode.session import slab_files
 from mapex_serve.decode.slab import Layout, Slab
+from mapex_serve.inputs import check_values
 from mapex_serve.predict import SceneRun, open_and_route, overlap_for
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import encode
@@ -60,9 +62,11 @@ def _run(upload: Slab, size: int, manifest: Manifest, max_batch: int, rows: tupl
     start = time.process_time()
     files = slab_files(upload, Layout.plan([("scene.tif", size)], 0, 0))
     scene, route, reader = open_and_route(files, None, [manifest], None, UnitOverrides(), 10**10,
-                                          check_units=rows is None or rows[0] == 0)
+                                          check_units=rows is None)
     del files
     opened = time.process_time()
+    if rows is not None and rows[0] == 0:
+        check_values(reader)  # a split scene's first part checks its values once split, as the others start
     run = SceneRun(scene, route, reader, max_batch)
     g = reader.grid
     run.start(rows, MaskSlab.arrays(mask, g.height, g.width) if mask is not None else None)
@@ -154,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ["parts", "rounds", "part_cpu_s", "first_open_s", "later_open_s", "encode_s", "encode_wall_s", "lone_scene_s", "speedup",
                      "cpu_s", "cpu_ratio"])
     report.notes = [
-        "lone_scene_s: the first part's open (with the unit check, before the split), then the longest part's rows "
+        "lone_scene_s: the first part's open (before the split), then the longest part's rows (the first part's with "
+        "the unit check) "
         "(a later part's CPU with its own open), then the first part's encoding (a COG compressed on a thread a part: "
         "its wall time, on this machine's cores): what a lone scene waits for with a decode worker for each part; "
         "speedup: the whole scene's over it; cpu_s: every part and the encoding, cpu_ratio: over the whole scene's",

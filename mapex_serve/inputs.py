@@ -45,6 +45,7 @@ __all__ = [
     "SubdatasetsError",
     "UnreadableInputError",
     "UploadedFile",
+    "check_values",
     "without_request_folder",
 ]
 
@@ -192,6 +193,14 @@ def _named(source: MemoryFile | str, name: str) -> Iterator[None]:
         if not isinstance(source, str):
             raise
         raise RasterioIOError(str(e).replace(source, name)) from None
+
+
+def check_values(reader: SceneReader, sample: int = 64) -> None:
+    """Each band's values, in windows of ``sample`` pixels, against its conversion: ``ImplausibleValuesError`` (422,
+    naming the fix) for values that do not fit their units, such as linear backscatter taken as dB."""
+    for b, (stored, physical) in zip(reader.bands, reader.samples(sample), strict=True):
+        check_plausible(b.conversion, ValueStats.of(stored, physical, b.dataset.dtypes[b.index - 1]),
+                        b.identity.found or f"{b.file} band {b.index}")
 
 
 def _subdataset_variable(name: str) -> str:
@@ -448,7 +457,5 @@ class RequestScene:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat)
         if sample:
-            for b, (stored, physical) in zip(used, reader.samples(sample), strict=True):
-                check_plausible(b.conversion, ValueStats.of(stored, physical, b.dataset.dtypes[b.index - 1]),
-                                b.identity.found or f"{b.file} band {b.index}")
+            check_values(reader, sample)
         return reader

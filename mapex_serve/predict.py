@@ -95,7 +95,8 @@ def open_and_route(
     overrides: UnitOverrides, max_pixels: int, check_units: bool = True,
 ) -> tuple[RequestScene, Route, SceneReader]:
     """Open the files, route them and decide their units (their values checked against them unless told not to: a
-    part of a split scene, whose first part checked the same bytes): GDAL work, done in one worker thread."""
+    part of a split scene, whose first part checks the same bytes, or a scene the service may split, checked once
+    split: ``inputs.check_values``): GDAL work, done in one worker thread."""
     with unreadable_as_400():
         scene = RequestScene(files, bands)
         try:

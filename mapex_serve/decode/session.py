@@ -10,9 +10,10 @@ freed tile slot and answers with its size, while the engine runs batches k + 1 .
 ``finish(k)`` blends the last batch and answers with the encoded response. A session's messages
 never overlap: the service awaits each answer before it sends the session's next message.
 
-A mask scene large enough to split (``OpenRequest.parts`` > 1) is opened and left untiled: the
-service decides the parts (``decode.parts``), starts this session on the first part's rows and
-opens one session a part on other workers (``OpenRequest.part``). Each part's ``finish`` answers
+A mask scene large enough to split (``OpenRequest.parts`` > 1) is opened and left untiled, its
+values not yet checked against their units: the service decides the parts (``decode.parts``),
+starts this session on the first part's rows (the check comes first then, while the other parts
+start) and opens one session a part on other workers (``OpenRequest.part``). Each part's ``finish`` answers
 with what it counted (``PartDone``); ``encode`` then has the first session answer for the scene.
 """
 
@@ -27,7 +28,7 @@ from mapex_serve.budget import Reservation, request_bytes
 from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.geokeys import is_tiff
-from mapex_serve.inputs import UploadedFile
+from mapex_serve.inputs import UploadedFile, check_values
 from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format, encode
@@ -152,9 +153,12 @@ class Session:
         try:
             files = slab_files(slab, request.layout)
             self.in_place = any(f.in_place for f in files)
+            # A scene the service may split has its values checked once it starts (the later parts start meanwhile
+            # and never check: the first checks the same bytes); any other, as it opens.
+            self._unchecked = request.part is None and request.parts > 1
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
-                request.overrides, request.max_pixels, check_units=request.part is None)
+                request.overrides, request.max_pixels, check_units=request.part is None and not self._unchecked)
             del files
             try:
                 with unreadable_as_400():
@@ -197,6 +201,9 @@ class Session:
         """Tile the scene (the rows of ``part``, when split) and read a batch into each slot."""
         self._part = part
         with unreadable_as_400():
+            if self._unchecked:
+                check_values(self.run.reader)
+                self._unchecked = False
             if part is None:
                 self.run.start()
             else:

@@ -385,14 +385,19 @@ def test_uploads_a_full_tmpfs_cannot_hold_are_decoded_in_the_service_and_all_ans
 # ---------------------------------------------------------------------------------------------- scenes in parts
 
 
-def _sar(to_geotiff, size: int, seed: int) -> bytes:
-    """A VV/VH scene in dB, open water on the left, land on the right, a NaN block across the middle (the cut of two
-    parts at 1500 px)."""
+def _sar_values(size: int, seed: int) -> np.ndarray:
+    """VV/VH in dB, open water on the left, land on the right, a NaN block across the middle (the cut of two parts at
+    1500 px)."""
     rng = np.random.default_rng(seed)
     land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
     bands = np.where(np.arange(size) < size // 2, water, land) + rng.normal(0, 1.5, (2, size, size))
     bands[:, size // 2 - 30 : size // 2 + 30, 100:200] = np.nan
-    return to_geotiff(bands.astype(np.float32), ["VV", "VH"])
+    return bands.astype(np.float32)
+
+
+def _sar(to_geotiff, size: int, seed: int) -> bytes:
+    """``_sar_values`` as a GeoTIFF."""
+    return to_geotiff(_sar_values(size, seed), ["VV", "VH"])
 
 
 @pytest.fixture(scope="module")
@@ -427,6 +432,21 @@ def test_a_scene_split_across_two_workers_answers_as_the_service_process_does(sp
     assert httpx.get(f"{split_server.url}/readyz").json()["decode_workers"] == {
         "ready": 2, "size": 2, "restarts": 0, "holding": 0}
     assert _slabs(split_server) == [], "the shared masks and slabs were removed"
+
+
+def test_a_split_scene_whose_values_do_not_fit_their_units_is_refused_as_the_service_process_does(
+        split_server, in_process, to_geotiff):
+    """The first part checks the values once the scene is split, while the other part runs: the same 422."""
+    linear = (10 ** (_sar_values(1500, seed=4) / 10)).astype(np.float32)  # linear backscatter, no unit said: taken as dB
+    scene = to_geotiff(linear, ["VV", "VH"])
+    before = split_server.log.count("runs in 2 parts")
+    ours, ref = (s.post("flood", scene, params={"format": "json"}) for s in (split_server, in_process))
+    assert ours.status_code == ref.status_code == 422 and ours.json() == ref.json(), (ours.text[:300], ref.text[:300])
+    assert "units=linear" in ours.json()["detail"]
+    assert split_server.log.count("runs in 2 parts") == before + 1, "refused by the first part, after the split"
+    assert httpx.get(f"{split_server.url}/readyz").json()["decode_workers"]["holding"] == 0
+    assert _slabs(split_server) == []
+    assert split_server.post("flood", _sar(to_geotiff, 1500, seed=5), params={"format": "json"}).status_code == 200
 
 
 def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, built_repo, to_geotiff):
