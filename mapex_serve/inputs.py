@@ -100,7 +100,7 @@ def _check_blocks(name: str, ds: DatasetReaderBase) -> None:
 class UploadedFile:
     """One ``file`` part of a request: the name the client gave and its bytes.
 
-    ``in_place``: a GDAL path to the same bytes where they already lie (a lone TIFF in a decode worker's shared
+    ``in_place``: a GDAL path to the same bytes where they already lie (a TIFF in a decode worker's shared
     slab, ``data`` then a view of it), opened there instead of copied into the request's ``/vsimem/`` folder.
     """
 
@@ -295,7 +295,7 @@ class RequestScene:
         memfiles: list[tuple[str, bytes | memoryview, MemoryFile | str]] = []
         referenced: set[str] = set()
         for name, f in zip(names, files, strict=True):
-            if f.in_place is not None:  # a lone TIFF: no VRT to check, no part beside it to name
+            if f.in_place is not None:  # a TIFF: no VRT to check, no sidecar beside it
                 _register_drivers()
                 memfiles.append((name, f.data, f.in_place))
                 continue

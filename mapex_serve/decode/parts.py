@@ -22,7 +22,7 @@ from mapex_serve.tiling import tile_cells
 __all__ = ["MIN_PART_PIXELS", "MaskSlab", "PartDone", "ScenePart", "merge_masked", "scene_parts"]
 
 #: A ``/predict`` scene is split in parts of about this many pixels or more: each part opens the upload again (a
-#: millisecond for a lone TIFF read in place; other uploads are copied out of the slab first, 0.06 s of a worker's
+#: millisecond for TIFFs read in place; other uploads are copied out of the slab first, 0.06 s of a worker's
 #: CPU for 128 MiB; the unit check's sample only in the first part) and runs the tile row above its first row again,
 #: to save its share of the scene's decoding (about 60 ns a pixel with 32 px tiles: 0.06 s a part at this size).
 MIN_PART_PIXELS = 2**20

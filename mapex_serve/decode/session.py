@@ -39,19 +39,24 @@ __all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable", "slab_file
 
 
 def slab_files(slab: Slab, layout: Layout) -> list[UploadedFile]:
-    """The request's files as its worker opens them: a lone TIFF where it lies in the slab, anything else copied.
+    """The request's files as its worker opens them: TIFFs where they lie in the slab, or every file copied.
 
-    GDAL reads a lone TIFF through ``/vsisubfile/`` from the slab's own pages, shared by every worker: a 4096²
+    GDAL reads a TIFF through ``/vsisubfile/`` from the slab's own pages, shared by every worker: a 4096²
     scene's 128 MiB was copied twice a worker before (out of the slab, then into ``/vsimem/``), and once more for
-    each part of a split scene. Several files (sidecars, a VRT naming the others) go to the request's ``/vsimem/``
-    folder, where they find each other by name; so do other formats, whose drivers may want a file name's suffix.
+    each part of a split scene. A request with any other part (a VRT or ENVI header naming the others, an
+    ``.aux.xml``, a mask or overview sidecar, another format whose driver may want a file name's suffix) has all
+    its files copied into its ``/vsimem/`` folder, where they find each other by name.
     """
-    if len(layout.files) == 1:
-        name, offset, size = layout.files[0]
-        head = slab.view(offset, min(size, 4))
-        if is_tiff(head):
-            return [UploadedFile(name, slab.view(offset, size), in_place=f"/vsisubfile/{offset}_{size},{slab.path}")]
+    heads = [slab.view(offset, min(size, 4)) for _name, offset, size in layout.files]
+    if heads and all(is_tiff(h) for h in heads) and not any(
+            name.lower().endswith(_SIDECARS) for name, _o, _s in layout.files):
+        return [UploadedFile(name, slab.view(offset, size), in_place=f"/vsisubfile/{offset}_{size},{slab.path}")
+                for name, offset, size in layout.files]
     return [UploadedFile(name, slab.read(offset, size)) for name, offset, size in layout.files]
+
+
+#: TIFFs that another file of the request reads by name: GDAL's mask and overview sidecars.
+_SIDECARS = (".msk", ".ovr")
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ class Session:
         if self.request.parts < 2 or manifest.head != "mask" or g.height * g.width < 2 * MIN_PART_PIXELS:
             return None
         size = manifest.tile_size
-        # A part holds a band of tile rows, its batches and its worker's copy of the upload (none of a lone TIFF).
+        # A part holds a band of tile rows, its batches and its worker's copy of the upload (none of TIFFs).
         part_need = request_bytes(min(2 * size, g.height), g.width, classes=len(manifest.classes), head="mask",
                                   channels=len(self.run.route.bands), tile=size, max_batch=self.request.max_batch,
                                   in_engine=len(self.request.layout.tiles) - 1)

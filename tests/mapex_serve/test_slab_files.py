@@ -1,4 +1,4 @@
-"""A decode worker's view of a request's files: a lone TIFF read where it lies in the shared slab, the rest copied."""
+"""A decode worker's view of a request's files: TIFFs read where they lie in the shared slab, anything else copied."""
 
 from __future__ import annotations
 
@@ -61,10 +61,33 @@ def test_a_lone_tiff_is_read_in_place_and_reads_as_its_copy_does(tmp_path, swir_
     np.testing.assert_array_equal(reasons, copy_reasons)
 
 
-def test_several_files_or_other_formats_are_copied_for_the_requests_vsimem_folder(tmp_path):
+def test_several_tiffs_are_read_in_place_and_stack_as_their_copies_do(tmp_path, swir_manifest):
+    data = _geotiff()
+    with MemoryFile(data) as mem, mem.open() as src:
+        bands = [("B11.tif", src.read(1)), ("B12.tif", src.read(2))]
+        profile = {**src.profile, "count": 1}
+    files = []
+    for name, band in bands:
+        with MemoryFile() as out:
+            with out.open(**profile) as dst:
+                dst.write(band, 1)
+            files.append((name, out.read()))
+    slab, layout = _in_slab(tmp_path, files)
+    got = slab_files(slab, layout)
+    assert [f.in_place is not None for f in got] == [True, True]
+    (grid, values, reasons), (copy_grid, copy_values, copy_reasons) = (
+        _read(got, swir_manifest), _read([UploadedFile(n, d) for n, d in files], swir_manifest))
+    assert grid == copy_grid
+    np.testing.assert_array_equal(values, copy_values)
+    np.testing.assert_array_equal(reasons, copy_reasons)
+
+
+def test_a_request_with_any_other_part_is_copied_for_its_vsimem_folder(tmp_path):
     tiff = _geotiff()
-    for files in ([("a.tif", tiff), ("b.tif", tiff)], [("scene.vrt", b"<VRTDataset rasterXSize='1'/>")],
-                  [("scene.jp2", b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 64)]):
+    for files in ([("scene.vrt", b"<VRTDataset rasterXSize='1'/>")],
+                  [("scene.jp2", b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 64)],
+                  [("scene.tif", tiff), ("scene.tif.aux.xml", b"<PAMDataset/>")],
+                  [("scene.tif", tiff), ("scene.tif.msk", tiff)]):
         slab, layout = _in_slab(tmp_path, files)
         got = slab_files(slab, layout)
         assert [(f.name, f.data, f.in_place) for f in got] == [(n, d, None) for n, d in files]
