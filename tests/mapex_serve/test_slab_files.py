@@ -59,6 +59,7 @@ def test_a_lone_tiff_is_read_in_place_and_reads_as_its_copy_does(tmp_path, swir_
     assert grid == copy_grid and grid.crs.to_epsg() == 32633
     np.testing.assert_array_equal(values, copy_values)
     np.testing.assert_array_equal(reasons, copy_reasons)
+    assert [p.name for p in tmp_path.iterdir()] == [slab.path.name], "GDAL left no sidecar beside the slab"
 
 
 def test_several_tiffs_are_read_in_place_and_stack_as_their_copies_do(tmp_path, swir_manifest):
