@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
@@ -125,17 +126,18 @@ def as_geotiff(p: Prediction, threads: int = 1) -> bytes:
         cols = np.repeat(np.arange(len(p.tile_cols)), [hi - lo for lo, hi in p.tile_cols])
         data = p.classes.tile_labels[np.ix_(rows, cols)][None]
         transform, (height, width) = p.profile["transform"], data.shape[1:]
-    profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=p.profile["crs"],
-                   transform=transform, nodata=NODATA_LABEL, tiled=True, blockxsize=256, blockysize=256)
-    with MemoryFile() as tmp:  # uncompressed: only the COG copy compresses (writing deflate twice doubled the cost)
-        with tmp.open(**profile) as dst:  # the colour map before the pixels: libtiff fixes the photometry at the first write
-            dst.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(palette(len(m.classes)))})
-            dst.set_band_description(1, f"{m.task} class")
-            dst.update_tags(1, classes=",".join(f"{i}={c}" for i, c in enumerate(m.classes)))
-            dst.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands),
-                            inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
-            dst.write(data)
-        with tmp.open() as src, MemoryFile() as out:
+    # The COG's source is a GDAL in-memory dataset (MEM), not a GeoTIFF: writing one and opening it again had GDAL
+    # encode the CRS as GeoKeys and rebuild it from them, a third of a single tile's answer (3.2 -> 2.2 ms of CPU;
+    # the same bytes, a 4096² mask as fast). Only the COG copy compresses (compressing twice doubled the cost).
+    with rasterio.open("mask", "w", driver="MEM", width=width, height=height, count=1, dtype="uint8",
+                       crs=p.profile["crs"], transform=transform, nodata=NODATA_LABEL) as src:
+        src.write_colormap(1, {i: tuple(int(v) for v in rgb) + (255,) for i, rgb in enumerate(palette(len(m.classes)))})
+        src.set_band_description(1, f"{m.task} class")
+        src.update_tags(1, classes=",".join(f"{i}={c}" for i, c in enumerate(m.classes)))
+        src.update_tags(specialist=m.name, version=str(m.version), bands=",".join(p.route.bands),
+                        inputs=json.dumps(inputs_summary(p)), masked_pixels=json.dumps(p.masked))
+        src.write(data)
+        with MemoryFile() as out:
             copy(src, out.name, driver="COG", compress="deflate", level=_DEFLATE_LEVEL, num_threads=str(threads))
             return out.read()
 

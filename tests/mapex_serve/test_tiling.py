@@ -420,7 +420,7 @@ def test_the_class_grid_geotiff_puts_each_tile_answer_where_the_tile_is():
     from rasterio.io import MemoryFile
 
     from mapex_serve.predict import Prediction
-    from mapex_serve.responses import as_geotiff
+    from mapex_serve.responses import as_geotiff, palette
     from mapex_serve.routing import Route
     from mapex_serve.tiling import ClassResult
     from tests.mapex_serve.test_routing import manifest
@@ -454,7 +454,7 @@ def test_the_mask_answer_is_a_deflate_cog_with_overviews_holding_the_labels():
     from rasterio.io import MemoryFile
 
     from mapex_serve.predict import Prediction
-    from mapex_serve.responses import as_geotiff
+    from mapex_serve.responses import as_geotiff, palette
     from mapex_serve.routing import Route
     from mapex_serve.tiling import MaskResult
     from tests.mapex_serve.test_routing import manifest
@@ -470,6 +470,9 @@ def test_the_mask_answer_is_a_deflate_cog_with_overviews_holding_the_labels():
         assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert out.compression == Compression.deflate and out.overviews(1), (out.compression, out.overviews(1))
         assert out.transform == transform and out.nodata == 255
+        assert out.crs == rasterio.crs.CRS.from_epsg(32633) and out.crs.to_epsg() == 32633
+        assert out.descriptions == ("landcover class",) and out.tags(1)["classes"].startswith("0=")
+        assert out.colormap(1)[0] == (*palette(3)[0].tolist(), 255) and "specialist" in out.tags()
         np.testing.assert_array_equal(out.read(1), labels)
 
 
