@@ -13,8 +13,9 @@ never overlap: the service awaits each answer before it sends the session's next
 A mask scene large enough to split (``OpenRequest.parts`` > 1) is opened and left untiled, its
 values not yet checked against their units: the service decides the parts (``decode.parts``),
 starts this session on the first part's rows (the check comes first then, while the other parts
-start) and opens one session a part on other workers (``OpenRequest.part``). Each part's ``finish`` answers
-with what it counted (``PartDone``); ``encode`` then has the first session answer for the scene.
+start) and opens one session a part on other workers (``OpenRequest.part``). Each part's
+``finish`` answers with what it counted (``PartDone``); ``encode`` then has the first session
+answer for the scene.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from mapex_serve.units import UnitOverrides
 
 __all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable", "slab_files"]
 
+#: TIFFs that another file of the request reads by name: GDAL's mask and overview sidecars.
+_SIDECARS = (".msk", ".ovr")
+
 
 def slab_files(slab: Slab, layout: Layout) -> list[UploadedFile]:
     """The request's files as its worker opens them: TIFFs where they lie in the slab, or every file copied.
@@ -53,10 +57,6 @@ def slab_files(slab: Slab, layout: Layout) -> list[UploadedFile]:
         return [UploadedFile(name, slab.view(offset, size), in_place=f"/vsisubfile/{offset}_{size},{slab.path}")
                 for name, offset, size in layout.files]
     return [UploadedFile(name, slab.read(offset, size)) for name, offset, size in layout.files]
-
-
-#: TIFFs that another file of the request reads by name: GDAL's mask and overview sidecars.
-_SIDECARS = (".msk", ".ovr")
 
 
 @dataclass(frozen=True)
