@@ -58,7 +58,7 @@ def _probabilities(batch: TileBatch, classes: int) -> np.ndarray:
 def _run(upload: Slab, size: int, manifest: Manifest, max_batch: int, rows: tuple[int, int] | None,
          mask: Slab | None) -> tuple[SceneRun, float, float]:
     """One part (``rows``) or the whole scene (None) as a worker runs it, its upload read from the request's slab
-    as a worker's is (``slab_files``: a lone TIFF in place): the run, its CPU and its open's CPU."""
+    as a worker's is (``slab_files``: a TIFF in place): the run, its CPU and its open's CPU."""
     start = time.process_time()
     files = slab_files(upload, Layout.plan([("scene.tif", size)], 0, 0))
     scene, route, reader = open_and_route(files, None, [manifest], None, UnitOverrides(), 10**10,
@@ -109,7 +109,8 @@ def measure(upload: Slab, upload_size: int, manifest: Manifest, size: int, parts
             mask.unlink()
     return {"parts": len(rows), "part_s": times, "open_s": opens, "encode_s": encoding, "encode_wall_s": encoding_wall,
             # The first part's open (and unit check) comes before the split; then every part runs its rows at once.
-            "longest_s": opens[0] + max([times[0] - opens[0], *times[1:]]) + encoding_wall, "sum_s": sum(times) + encoding,
+            "longest_s": opens[0] + max([times[0] - opens[0], *times[1:]]) + encoding_wall,
+            "sum_s": sum(times) + encoding,
             "answer_mib": len(answer.body) / 2**20}
 
 
@@ -155,13 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report("parts", f"A lone /predict mask scene in parts: {args.size}², {manifest.name}",
                     {"repo": str(args.repo), "specialist": manifest.name, "tile": manifest.tile_size,
                      "max_batch": args.max_batch, "rounds": args.rounds}, rows,
-                    ["parts", "rounds", "part_cpu_s", "first_open_s", "later_open_s", "encode_s", "encode_wall_s", "lone_scene_s", "speedup",
-                     "cpu_s", "cpu_ratio"])
+                    ["parts", "rounds", "part_cpu_s", "first_open_s", "later_open_s", "encode_s", "encode_wall_s",
+                     "lone_scene_s", "speedup", "cpu_s", "cpu_ratio"])
     report.notes = [
-        "lone_scene_s: the first part's open (before the split), then the longest part's rows (the first part's with "
-        "the unit check) "
-        "(a later part's CPU with its own open), then the first part's encoding (a COG compressed on a thread a part: "
-        "its wall time, on this machine's cores): what a lone scene waits for with a decode worker for each part; "
+        "lone_scene_s: the first part's open (before the split), then the longest part (the first part's unit "
+        "check and rows, or a later part's open and rows), then the first part's encoding (a COG compressed on a "
+        "thread a part: its wall time, on this machine's cores): what a lone scene waits for with a decode worker "
+        "for each part; "
         "speedup: the whole scene's over it; cpu_s: every part and the encoding, cpu_ratio: over the whole scene's",
         f"CPU time (time.process_time) in one process on {os.cpu_count()} cores, medians of the rounds; the engine is "
         "not run (probabilities from each tile's first band, their time left out)",
