@@ -53,7 +53,6 @@ from mapex_serve.local import cpu_seconds, decode_workers
 from mapex_serve.predict import overlap_for
 from mapex_serve.repository import Manifest
 from mapex_serve.tiling import tile_grid
-from training.data import SceneConfig, generate_scene, write_scene_geotiff
 
 BASE_TILE = 128  # the base-size specialist's tile (mapex-130m)
 SCENE_BATCHES = (32, 128, 8)  # the first is the service's default
@@ -99,13 +98,6 @@ def scene_case(repo: Path, mask: Manifest, scene: bytes, tiles: int, scenes: int
             "batches": batches}
 
 
-def geotiff_tiles(manifest: Manifest, size: int, n: int, workdir: Path) -> list[bytes]:
-    """``n`` synthetic ``size``-pixel GeoTIFFs with the manifest's bands."""
-    return [write_scene_geotiff(generate_scene(np.random.default_rng(seed), SceneConfig(size=size)),
-                                workdir / f"{size}-{seed}.tif", manifest.band_names).read_bytes()
-            for seed in range(n)]
-
-
 def node_rates(loop_ms: float, worker_ms: float, engine: float, cores: int, tiles: float = 1.0,
                processes: int = 1, workers: int | None = None) -> dict[str, Any]:
     """Tiles/s each place allows for requests of ``tiles`` tiles on ``cores`` cores shared by ``processes`` service
@@ -131,7 +123,7 @@ def request_cases(repo: Path, cls: Manifest, mask: Manifest, workdir: Path, requ
                   concurrency: int) -> list[dict[str, Any]]:
     """The single-request cases, ``requests`` each at ``concurrency``, on one service as shipped."""
     tiles32, arrays = make_tiles(cls, 64, workdir)
-    tiles128 = geotiff_tiles(cls, BASE_TILE, 16, workdir)
+    tiles128, _ = make_tiles(cls, 16, workdir, BASE_TILE)
     binaries = [infer_body(arrays[i:i + 1], cls.input.name, cls.output.name) for i in range(len(arrays))]
     tiff, as_json = {"Content-Type": "image/tiff"}, {"Content-Type": "image/tiff", "Accept": "application/json"}
     classify, segment = f"/predict/{cls.task}?modality=RGB", f"/predict/{mask.task}?modality=RGB"

@@ -32,12 +32,16 @@ def flops_per_tile(config: MapexConfig, channels: int, kept_experts: int, head_w
     return 2.0 * (per_token * n + head)
 
 
+def kept_experts(manifest: Any) -> int:
+    """The most experts the specialist keeps in one MoE block (2 where its manifest lists none)."""
+    return max(len(b.experts) for b in manifest.experts_kept) if manifest.experts_kept else 2
+
+
 def assumed_engine_tiles_s(manifest: Any, efficiency: float) -> tuple[float, float]:
     """FLOP a tile and tiles/s of ``manifest``'s specialist at the ``mapex-130m`` size on an H200 at ``efficiency``
     of its dense FP16 peak: the cost model's engine until a GPU measures it (``bench.engine_speed``).
 
     Every kept expert counted (the dense form), the conservative side of the sparse graph the build ships.
     """
-    kept = max(len(b.experts) for b in manifest.experts_kept) if manifest.experts_kept else 2
-    flops = flops_per_tile(preset("mapex-130m"), len(manifest.band_names), kept)
+    flops = flops_per_tile(preset("mapex-130m"), len(manifest.band_names), kept_experts(manifest))
     return flops, H200_FP16_TFLOPS * 1e12 * efficiency / flops

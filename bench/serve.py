@@ -52,12 +52,14 @@ GOAL_RATIO, GOAL_CONCURRENCY, GOAL_P50 = 0.5, 32, 1.2
 MODES = {"on": {}, "in-process": {"MAPEX_DECODE_WORKERS": "0"}, "off": {"MAPEX_MAX_BATCH": "1"}}
 
 
-def make_tiles(manifest: Manifest, n: int, workdir: Path) -> tuple[list[bytes], np.ndarray]:
-    """``n`` tile-sized synthetic scenes as GeoTIFF bytes, and as the engine reads them back (N, C, T, T)."""
+def make_tiles(manifest: Manifest, n: int, workdir: Path, size: int | None = None) -> tuple[list[bytes], np.ndarray]:
+    """``n`` synthetic scenes of ``size`` pixels (default: the tile's) as GeoTIFF bytes, and as the engine reads them
+    back (N, C, size, size)."""
+    size = size or manifest.tile_size
     bodies, arrays = [], []
     for seed in range(n):
-        scene = generate_scene(np.random.default_rng(seed), SceneConfig(size=manifest.tile_size))
-        path = write_scene_geotiff(scene, workdir / f"tile-{seed}.tif", manifest.band_names)
+        scene = generate_scene(np.random.default_rng(seed), SceneConfig(size=size))
+        path = write_scene_geotiff(scene, workdir / f"tile-{size}-{seed}.tif", manifest.band_names)
         bodies.append(path.read_bytes())
         bands, _ = read_geotiff(path)
         arrays.append(np.stack([bands[b] for b in manifest.band_names]))

@@ -46,7 +46,7 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from bench.flops import H200_FP16_TFLOPS, assumed_engine_tiles_s
+from bench.flops import H200_FP16_TFLOPS, assumed_engine_tiles_s, kept_experts
 from bench.harness import RESULTS, Report, ServiceProcess, markdown_table, mask_specialist, repo_arguments
 from mapex_serve.batcher import Batcher
 from mapex_serve.engine import Engine
@@ -521,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # -- the model for a GPU node serving the base-size specialist
     flops, engine_tps = assumed_engine_tiles_s(manifest, args.gpu_efficiency)
-    kept = max(len(b.experts) for b in manifest.experts_kept) if manifest.experts_kept else 2
+    kept = kept_experts(manifest)
     http = http_ms if http_ms is not None else 0.0
     batch_ms = max((inproc_scene.cpu - in_scene) * 1e3 * args.max_batch / tiles["scene"], 0.0)
     predictions = model(costs["base_tile"], costs["base_scene"], tiles["base_scene"], http, args.cores, engine_tps,

@@ -420,7 +420,7 @@ def test_the_class_grid_geotiff_puts_each_tile_answer_where_the_tile_is():
     from rasterio.io import MemoryFile
 
     from mapex_serve.predict import Prediction
-    from mapex_serve.responses import as_geotiff, palette
+    from mapex_serve.responses import as_geotiff
     from mapex_serve.routing import Route
     from mapex_serve.tiling import ClassResult
     from tests.mapex_serve.test_routing import manifest
