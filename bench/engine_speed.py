@@ -1,6 +1,6 @@
 """The engine's speed for a paper-sized specialist on each device here: the cost model's engine input.
 
-    python -m bench.engine_speed [--preset mapex-130m] [--modality SAR] [--batch 32] [--repeats 20]
+    python -m bench.engine_speed [--preset mapex-130m] [--modality SAR] [--batch 32 128] [--repeats 20]
 
 docs/performance.md predicts a GPU node's throughput from an engine speed T (tiles/s) that was
 assumed, not measured. This measures it. The specialist is the ``mapex-130m`` preset (128 px tiles,
@@ -125,7 +125,8 @@ def measure(engine: Engine, x: torch.Tensor, reference: np.ndarray, repeats: int
             flops: float) -> dict[str, object]:
     seconds = median(timed(lambda: engine.run(x), repeats, warmup))
     tiles_s = len(x) / seconds
-    return {"engine": engine.name, "device": engine.device, "batch_ms": seconds * 1e3, "tiles_per_s": tiles_s,
+    return {"engine": engine.name, "device": engine.device, "batch": len(x), "batch_ms": seconds * 1e3,
+            "tiles_per_s": tiles_s,
             "tflop_s": tiles_s * flops / 1e12, "max_abs_diff": float(np.abs(engine.run(x) - reference).max())}
 
 
@@ -133,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engine_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="mapex-130m", help="model size (default %(default)s: the paper's)")
     p.add_argument("--modality", default="SAR", help="the specialist's modality (default %(default)s, as flood)")
-    p.add_argument("--batch", type=int, default=32, help="tiles a batch (default %(default)s, the service's)")
+    p.add_argument("--batch", type=int, nargs="+", default=[32],
+                   help="tiles a batch, one or more sizes (default 32, the service's MAPEX_MAX_BATCH)")
     p.add_argument("--repeats", type=int, default=20, help="timed batches an engine (median taken)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX export and ONNX Runtime")
@@ -148,9 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = specialist(args.preset, modality, args.seed)
     config = spec.backbone.cfg
     flops = flops_per_tile(config, len(spec.backbone.band_names), KEPT, dense_experts=False)
-    x = random_batch(spec, args.batch, seed=args.seed + 1)
+    batches = [random_batch(spec, n, seed=args.seed + 1) for n in args.batch]
     with torch.inference_mode():
-        reference = spec(x).numpy()
+        references = [spec(x).numpy() for x in batches]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         onnx = Path(tmp) / "model.onnx" if args.onnx else None
@@ -160,8 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_onnx(spec, onnx, args.opset)
         rows = []
         for engine in engines(spec, onnx, threads):
-            print(f"timing {engine.name} on {engine.device}", file=sys.stderr)
-            rows.append(measure(engine, x, reference, args.repeats, args.warmup, flops))
+            for x, reference in zip(batches, references, strict=True):
+                print(f"timing {engine.name} on {engine.device}, batch {len(x)}", file=sys.stderr)
+                rows.append(measure(engine, x, reference, args.repeats, args.warmup, flops))
 
     notes = [f"{config.img_size} px tiles, {sum(p.numel() for p in spec.parameters()):,} parameters, "
              f"{flops / 1e9:.2f} GFLOP a tile (each token runs one of the {KEPT} kept experts: bench.flops)",
@@ -169,10 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              "max_abs_diff: the largest difference of a row's probabilities from eager fp32 on the CPU"]
     if not torch.cuda.is_available():
         notes.append("no CUDA device here: the GPU rows are missing; run this on the GPU machine for the cost model")
-    Report("engine_speed", f"Engine speed, {args.preset} {modality} specialist, batch {args.batch}",
+    sizes = ", ".join(map(str, args.batch))
+    Report("engine_speed", f"Engine speed, {args.preset} {modality} specialist, batch {sizes}",
            {"cpu cores": threads, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
             "repeats": args.repeats, "warmup": args.warmup, "load average (1 min)": f"{os.getloadavg()[0]:.1f}"},
-           rows, ["engine", "device", "batch_ms", "tiles_per_s", "tflop_s", "max_abs_diff"], [], notes).write(args.out)
+           rows, ["engine", "device", "batch", "batch_ms", "tiles_per_s", "tflop_s", "max_abs_diff"], [], notes).write(args.out)
     return 0
 
 

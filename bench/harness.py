@@ -225,6 +225,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     """Rows of dicts as a markdown table; floats to three significant decimals."""
 
     def cell(v: Any) -> str:
+        if v is None:
+            return "n/a"
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
         if isinstance(v, int):

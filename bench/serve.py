@@ -139,7 +139,10 @@ def engine_only(engine: Engine, tiles: np.ndarray, batch: int, requests: int,
 
 
 def service_env(args: argparse.Namespace, mode: str) -> dict[str, str]:
-    """The service's ``MAPEX_*`` settings for ``mode``."""
+    """The service's ``MAPEX_*`` settings for ``mode``. Several processes (``--processes``) each plan their own share
+    of the cores, as shipped, instead of each taking the baseline's threads."""
+    if args.processes > 1:
+        return {"MAPEX_MAX_BATCH": str(args.max_batch), "UVICORN_WORKERS": str(args.processes), **MODES[mode]}
     return {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
             "MAPEX_ENGINE_RUNNERS": str(args.runners), **MODES[mode]}
 
@@ -165,10 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=512, help="timed requests per level (at least 4 x concurrency)")
     p.add_argument("--tiles", type=int, default=64, help="distinct tiles cycled through")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0; off: no batching")
+    p.add_argument("--processes", type=int, default=1, help="service processes (UVICORN_WORKERS; default 1), each "
+                   "with its share of the cores; the baseline is one engine on all of them")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the p50 goal (on and off, taking turns); 0: none")
     args = p.parse_args(argv)
     if args.rounds < 0:
         p.error("--rounds must be at least 0")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
@@ -202,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "service_p50_ms": percentile(latencies, 50) * 1e3, "service_p99_ms": percentile(latencies, 99) * 1e3,
                     "engine_batch": batch, "engine_p50_ms": percentile(calls, 50) * 1e3,
                     "engine_p99_ms": percentile(calls, 99) * 1e3,
-                    "service_mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1),
+                    "service_mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    if args.processes == 1 else None,  # /metrics is one process's
                     "client_cpu_cores": client_cpu,
                 })
                 bar.update()
@@ -231,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "client_cpu_cores"]
     report = Report(
         "serve", f"Service vs engine alone: {manifest.name} v{manifest.version}, single-tile GeoTIFFs",
-        {"repo": str(repo), "specialist": manifest.name, "threads": args.threads, "runners": args.runners,
+        {"repo": str(repo), "specialist": manifest.name, "processes": args.processes, "threads": args.threads,
+         "runners": args.runners,
          "max_batch": args.max_batch,
          "tile": manifest.tile_size},
         rows, columns, goals,
