@@ -7,6 +7,8 @@
 #   cpu_split  bench.cpu_split for this node, predicting with the engine step's CUDA fp32 figure at batch 32
 #              (or ENGINE_TILES_S)
 #   parts      bench.parts, a lone 4096² scene in 1, 2, 4, 8 and 15 parts
+#   serve8     bench.serve with eight service processes
+#   profile    bench.scene once more under py-spy (its wheel in .whl): where every process's time goes
 # Usage there: bash bench/gpu_node.sh engine serve scene (carry .whl and the model repository REPO).
 # The machine's python3 (3.12) has torch, onnxruntime, numpy; .whl holds the rest for cp312 (README's
 # device notes). Each step's reports are added to $OUT/results.tar.gz as it ends (the tool returns at most
@@ -38,10 +40,14 @@ for s in "$@"; do
     serve)
       step serve1 80 $PY -m bench.serve --repo "$REPO" --modes on --concurrency 1 32 64 --requests 2048 --rounds 0 --out "$OUT/r/serve1"
       step serve4 80 $PY -m bench.serve --repo "$REPO" --modes on --concurrency 32 64 --requests 4096 --rounds 0 --processes 4 --out "$OUT/r/serve4" ;;
-    scene) step scene 100 $PY -m bench.scene --repo "$REPO" --size 4096 --modes on --rounds 1 --out "$OUT/r/scene" ;;
+    scene) step scene 150 $PY -m bench.scene --repo "$REPO" --size 4096 --modes on --rounds ${SCENE_ROUNDS:-1} --out "$OUT/r/scene" ;;
     cpu_split)
       ENGINE_TILES_S=${ENGINE_TILES_S:-$($PY -c "import json; rows = json.load(open('$OUT/r/engine/engine_speed.json'))['rows']; print(next(r['tiles_per_s'] for r in rows if r['device'] == 'cuda' and r['batch'] == 32 and r['engine'].endswith('fp32')))" 2>/dev/null)}
       step cpu_split 110 $PY -m bench.cpu_split --repo "$REPO" --cores "$(nproc)" ${ENGINE_TILES_S:+--engine-tiles-s "$ENGINE_TILES_S"} --out "$OUT/r/cpu_split" ;;
+    serve8) step serve8 80 $PY -m bench.serve --repo "$REPO" --modes on --concurrency 64 128 --requests 8192 --rounds 0 --processes 8 --out "$OUT/r/serve8" ;;
+    profile)
+      mkdir -p "$OUT/r/profile"
+      step profile 150 /tmp/site/bin/py-spy record --subprocesses --threads --nonblocking --rate 50 --format raw -o "$OUT/r/profile/scene.txt" -- $PY -m bench.scene --repo "$REPO" --size 4096 --modes on --rounds 1 --out "$OUT/r/profile" ;;
     parts) step parts 50 $PY -m bench.parts --repo "$REPO" --parts 1 2 4 8 15 --rounds 1 --out "$OUT/r/parts" ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac

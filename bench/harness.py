@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "RESULTS",
     "Goal",
     "Report",
+    "PeakPss",
     "ServiceProcess",
     "ensure_repo",
     "find_entry",
@@ -193,6 +195,32 @@ class ServiceProcess(LocalService):
         code = super().stop(timeout)
         self.log_path.unlink(missing_ok=True)
         return code
+
+
+class PeakPss:
+    """The largest summed PSS of a service (``LocalService.pss_bytes``) seen while the block runs, sampled every
+    ``interval`` seconds on a thread: a lower bound of its true peak, as a sum of per-process VmHWM is an upper one
+    (that counts each library a decode worker maps once a worker)."""
+
+    def __init__(self, server: LocalService, interval: float = 0.05) -> None:
+        self.server, self.interval, self.peak = server, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-pss", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.server.pss_bytes())
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.server.pss_bytes())
 
 
 @dataclass

@@ -142,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"the job ended {job['state']}: {job.get('error')}")
             rss_peak = server.peak_rss_bytes()
             result = httpx.get(f"{server.url}/jobs/{job['id']}/result?format=geotiff", timeout=600).content
-        engine_s, tiles = engine_seconds(Engine(entry, manifest, settings), [SourceFile(path.name, str(path))],
-                                          args.max_batch, warm_value=-12, runners=args.runners)
+        alone = engine_seconds(Engine(entry, manifest, settings), [SourceFile(path.name, str(path))],
+                               args.max_batch, warm_value=-12, runners=args.runners)
+        engine_s, tiles = alone.seconds, alone.tiles
 
     row = {"size": args.size, "specialist": manifest.name, "tiles": tiles, "job_s": wall, "engine_s": engine_s,
            "ratio": wall / engine_s, "server_idle_rss_mib": rss_idle / 2**20, "server_peak_rss_mib": rss_peak / 2**20,

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from bench.harness import (
     Goal,
+    PeakPss,
     Report,
     ServiceProcess,
     ensure_repo,
@@ -62,28 +64,51 @@ def make_scene(size: int, tile: int, path: Path) -> Path:
     return write_scene_geotiff(big, path, BANDS)
 
 
+@dataclass(frozen=True)
+class EngineAlone:
+    """The engine alone over a scene's tiles: wall ``seconds``, ``tiles``, and its ``calls``' seconds summed
+    (``runners`` at once: up to ``runners`` x ``seconds``)."""
+
+    seconds: float
+    tiles: int
+    calls: int
+    call_seconds: float
+
+
 def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], max_batch: int,
-                   warm_value: float = 0.1, runners: int = 1) -> tuple[float, int]:
-    """Seconds ``engine.run`` takes over the tiles the service cuts from ``files``, ``runners`` batches at once
-    (threads sharing the session, as the service's runners do), and how many tiles.
+                   warm_value: float = 0.1, runners: int = 1) -> EngineAlone:
+    """The wall time ``engine.run`` takes over the tiles the service cuts from ``files``, ``runners`` batches at
+    once (threads sharing the session, as the service's runners do), the tiles, and the calls' summed time.
 
     Batches are read ``_READ_AHEAD`` at a time before each timed stretch, so that reading never
     shares the cores with the timed runs and memory stays bounded (a 20,000^2 job's tiles take 5.7 GB).
     """
     manifest = engine.manifest
     engine.run(np.full((max_batch, *manifest.input.shape[1:]), warm_value, np.float32))  # warm-up at this shape
-    seconds, n = 0.0, 0
+    seconds, n, calls = 0.0, 0, []
+
+    def run(batch: np.ndarray) -> None:
+        start = time.perf_counter()
+        engine.run(batch)
+        calls.append(time.perf_counter() - start)
+
     with RequestScene(files) as scene, ThreadPoolExecutor(runners) as pool:  # the service's own read path
         reader = scene.reader(manifest.band_names, UnitOverrides())
         tiles, batches = tile_batches(reader, manifest, max_batch)
         with tqdm(total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False) as bar:
             while data := [b.data for b in islice(batches, _READ_AHEAD)]:
                 start = time.perf_counter()
-                for _ in pool.map(engine.run, data):
+                for _ in pool.map(run, data):
                     bar.update()
                 seconds += time.perf_counter() - start
                 n += sum(len(d) for d in data)
-    return seconds, n
+    return EngineAlone(seconds, n, len(calls), sum(calls))
+
+
+def engine_metrics(server: ServiceProcess, specialist: str) -> tuple[float, float]:
+    """The service's engine calls so far for ``specialist``: their summed seconds and their count (/metrics)."""
+    name = f'mapex_compute_duration_seconds_{{}}{{{{specialist="{specialist}"}}}}'
+    return server.metric(name.format("sum")), server.metric(name.format("count"))
 
 
 def soak_note(mode: str, server: ServiceProcess, args: argparse.Namespace, body: bytes) -> str:
@@ -125,27 +150,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, notes = [], []
         for mode in args.modes:
             with ServiceProcess(repo, {**env, **MODES[mode]}) as server:
-                rss_idle = server.peak_rss_bytes()
+                rss_idle, pss_idle, pss_peak = server.peak_rss_bytes(), server.pss_bytes(), 0
                 for round_ in range(1, args.rounds + 1):
                     timed: dict[str, float] = {}
                     for what in sorted(("engine", "service"), reverse=round_ % 2 == 0):  # the first goes first in turn
                         if what == "service":
                             print(f"{mode}, round {round_}: posting {args.size} x {args.size} ({len(body) / 2**20:.0f} "
                                   f"MiB) to {args.task} ...", file=sys.stderr)
-                            r, timed["service"] = post_scene(server.url, args.task, args.modality, body)
+                            before = engine_metrics(server, manifest.name)
+                            with PeakPss(server) as pss:
+                                r, timed["service"] = post_scene(server.url, args.task, args.modality, body)
+                            pss_peak = max(pss_peak, pss.peak)
+                            calls_s, calls = (a - b for a, b in zip(engine_metrics(server, manifest.name), before,
+                                                                    strict=True))
                         else:  # the server idles meanwhile
-                            timed["engine"], tiles = engine_seconds(engine, [UploadedFile(path.name, body)],
-                                                                    args.max_batch, runners=args.runners)
+                            alone = engine_seconds(engine, [UploadedFile(path.name, body)], args.max_batch,
+                                                   runners=args.runners)
                     rows.append({"mode": mode, "round": round_, "size": args.size, "specialist": manifest.name,
-                                 "upload_mib": len(body) / 2**20, "tiles": tiles, "service_s": timed["service"],
-                                 "engine_s": timed["engine"], "ratio": timed["service"] / timed["engine"],
+                                 "upload_mib": len(body) / 2**20, "tiles": alone.tiles, "service_s": timed["service"],
+                                 "engine_s": alone.seconds, "ratio": timed["service"] / alone.seconds,
+                                 "engine_busy": calls_s / (args.runners * timed["service"]),
+                                 "service_call_ms": calls_s / max(calls, 1) * 1e3,
+                                 "alone_call_ms": alone.call_seconds / alone.calls * 1e3,
                                  "response_mib": len(r.content) / 2**20})
                 rss_peak = server.peak_rss_bytes()
                 if args.soak > 0:
                     notes.append(soak_note(mode, server, args, body))
             for row in rows:
                 if row["mode"] == mode:
-                    row.update(server_idle_rss_mib=rss_idle / 2**20, server_peak_rss_mib=rss_peak / 2**20)
+                    row.update(server_idle_rss_mib=rss_idle / 2**20, server_peak_rss_mib=rss_peak / 2**20,
+                               server_idle_pss_mib=pss_idle / 2**20, server_peak_pss_mib=pss_peak / 2**20)
 
     goals = []
     if shipped := sorted((r for r in rows if r["mode"] == "on"), key=lambda r: r["ratio"]):
@@ -157,16 +191,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                           median["ratio"], GOAL_WALL, at_most=True,
                           detail=f"; {median['service_s']:.1f} s vs {median['engine_s']:.1f} s for {median['tiles']:,} "
                                  f"tiles{spread}", rounds=tuple(r["ratio"] for r in shipped) if len(shipped) > 1 else ()))
-        notes.append(f"server peak RSS {peak_gib:.2f} GiB (idle {idle_gib:.2f} GiB)")
+        notes.append(f"server peak RSS {peak_gib:.2f} GiB (idle {idle_gib:.2f} GiB); proportional (PSS) "
+                     f"{median['server_peak_pss_mib'] / 1024:.2f} GiB (idle {median['server_idle_pss_mib'] / 1024:.2f})")
         if args.size >= GOAL_SIZE:
             goals.append(Goal(f"server peak RSS (GiB), {args.size} x {args.size} scene", peak_gib, GOAL_RSS_GIB,
                               at_most=True, detail=f"; idle {idle_gib:.2f} GiB"))
         else:
             notes.append(f"the RSS goal is for a {GOAL_SIZE} x {GOAL_SIZE} scene: run with --size {GOAL_SIZE}")
     notes.append("modes: on = as shipped (decode workers), in-process = MAPEX_DECODE_WORKERS=0; RSS is the sum of "
-                 "each process's peak (service and decode workers): the upload's shared memory counts in both")
+                 "each process's peak (service and decode workers): the upload's shared memory and every library "
+                 "counts once a process; PSS counts each page once, sampled every 50 ms during the request (a lower "
+                 "bound of the peak, as the RSS sum is an upper one)")
+    notes.append("engine_busy: the service's engine calls for the scene (/metrics), summed, over runners x service_s; "
+                 "service_call_ms and alone_call_ms: an engine call's mean time in the service and alone (the same "
+                 "batches; longer in the service where decoding shares the cores)")
     columns = ["mode", "round", "size", "specialist", "upload_mib", "tiles", "service_s", "engine_s", "ratio",
-               "server_idle_rss_mib", "server_peak_rss_mib", "response_mib"]
+               "engine_busy", "service_call_ms", "alone_call_ms", "server_idle_rss_mib", "server_peak_rss_mib",
+               "server_idle_pss_mib", "server_peak_pss_mib", "response_mib"]
     report = Report("scene", f"Whole scene through the service: {args.size} x {args.size}, six uint16 bands",
                     {"repo": str(repo), "task": args.task, "threads": args.threads, "runners": args.runners,
                      "max_batch": args.max_batch, "rounds": args.rounds},

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["LocalService", "cpu_seconds", "decode_workers", "free_port", "status_bytes"]
+__all__ = ["LocalService", "cpu_seconds", "decode_workers", "free_port", "pss_bytes", "status_bytes"]
 
 
 def status_bytes(pid: int | str, name: str) -> int:
@@ -27,6 +27,15 @@ def status_bytes(pid: int | str, name: str) -> int:
         if line.startswith(f"{name}:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/{pid}/status has no {name} line")
+
+
+def pss_bytes(pid: int | str) -> int:
+    """Proportional set size (``/proc/<pid>/smaps_rollup``): its resident memory with each page shared by n
+    processes counted 1/n, so that a sum over processes counts the libraries every decode worker maps once."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/smaps_rollup has no Pss line")
 
 
 def cpu_seconds(pid: int | str) -> float:
@@ -106,6 +115,10 @@ class LocalService:
     def rss_bytes(self) -> int:
         """Resident memory now, the service and its decode workers together (Linux)."""
         return int(self._sum(lambda pid: status_bytes(pid, "VmRSS")))
+
+    def pss_bytes(self) -> int:
+        """Proportional memory now, summed over the service and its decode workers: what they hold together."""
+        return int(self._sum(pss_bytes))
 
     def peak_rss_bytes(self) -> int:
         """Peak resident memory since start or the last ``reset_peak_rss`` (VmHWM), summed over the processes.
