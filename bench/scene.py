@@ -128,13 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=GOAL_SIZE, help="scene width and height in pixels")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
                    help="on: as shipped; in-process: MAPEX_DECODE_WORKERS=0")
+    p.add_argument("--predict-parts", type=int, nargs="+", default=[], metavar="N",
+                   help="then the service as shipped with MAPEX_PREDICT_PARTS=N for each N (the most parts a scene "
+                        "splits into), as modes 'on, N parts'")
     p.add_argument("--rounds", type=int, default=1, help="rounds a mode, the service and the engine alone taking "
                    "turns to go first; the goal is the median round's ratio (one round's moved by 0.1 here)")
     p.add_argument("--soak", type=int, default=0, metavar="N", help="then post the scene N more times and note the "
                    "server's RSS after each, to see it level off")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.soak < 0:
-        p.error("--rounds must be at least 1 and --soak at least 0")
+    if args.rounds < 1 or args.soak < 0 or any(n < 1 for n in args.predict_parts):
+        p.error("--rounds and --predict-parts must be at least 1, --soak at least 0")
     resolve_engine_threads(args)
 
     repo = ensure_repo(args.repo, args.checkpoint)
@@ -148,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_MAX_UPLOAD_MB": str(len(body) // 2**20 + 16), "MAPEX_REQUEST_TIMEOUT_S": "3600"}
         rows, notes = [], []
-        for mode in args.modes:
-            with ServiceProcess(repo, {**env, **MODES[mode]}) as server:
+        modes = {m: MODES[m] for m in args.modes} | {f"on, {n} parts": {"MAPEX_PREDICT_PARTS": str(n)}
+                                                     for n in args.predict_parts}
+        for mode, mode_env in modes.items():
+            with ServiceProcess(repo, {**env, **mode_env}) as server:
                 rss_idle, pss_idle, pss_peak = server.peak_rss_bytes(), server.pss_bytes(), 0
                 for round_ in range(1, args.rounds + 1):
                     timed: dict[str, float] = {}
