@@ -124,6 +124,16 @@ class Batcher:
                     f"specialist {self.name} stopped before running these tiles (the service is shutting down); retry"))
         self._running, self._next, self._carry, self._depth = {}, [], None, 0
 
+    def admit(self, tiles: int) -> None:
+        """Admission of a request that brings ``tiles`` first: ``QueueFullError`` (503) when the queue has no room.
+        ``submit`` checks it for a request's first batch; a scene split into parts checks it once, before any part
+        submits, since its parts' batches together may pass ``max_queue``."""
+        if self._depth + tiles > self.max_queue:
+            raise QueueFullError(
+                f"specialist {self.name} has {self._depth} tiles queued and this request brings {tiles}; "
+                f"the queue holds at most {self.max_queue} (MAPEX_MAX_QUEUE); retry shortly"
+            )
+
     async def submit(self, tiles: np.ndarray, *, admit: bool = True, priority: int = INTERACTIVE) -> np.ndarray:
         """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
 
@@ -133,11 +143,8 @@ class Batcher:
         """
         if self._stopping:
             raise ServiceStoppingError(f"specialist {self.name} is stopping (the service is shutting down); retry")
-        if admit and self._depth + len(tiles) > self.max_queue:
-            raise QueueFullError(
-                f"specialist {self.name} has {self._depth} tiles queued and this request brings {len(tiles)}; "
-                f"the queue holds at most {self.max_queue} (MAPEX_MAX_QUEUE); retry shortly"
-            )
+        if admit:
+            self.admit(len(tiles))
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, len(tiles), self.max_batch):

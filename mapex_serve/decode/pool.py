@@ -390,6 +390,7 @@ class DecodePool:
         self._metrics.scene_parts.labels(opened.specialist).observe(len(rows))
         if len(rows) < 2:
             return None
+        batcher.admit(request.max_batch)  # the request's admission: its parts' batches are never refused after
         try:
             mask = Slab.create(self.folder, MaskSlab.size(split.height, split.width))
         except SlabSpaceError as e:
@@ -414,9 +415,9 @@ class DecodePool:
         async def run_first() -> PartDone:
             started: Opened = await first.call("start", (request.session, ScenePart(rows[0], str(mask.path))))
             return await run_batches(first, request.session, upload.slab, request.layout, started.tile_shape,
-                                     started.sizes, lambda tiles, k: batcher.submit(tiles, admit=k == 0), lambda n: n)
+                                     started.sizes, lambda tiles, _k: batcher.submit(tiles, admit=False), lambda n: n)
 
-        async def run_other(i: int) -> PartDone:  # part of an admitted request: its batches are never refused
+        async def run_other(i: int) -> PartDone:  # part of an admitted request (_split): its batches are never refused
             part = replace(request, session=next(self._sessions), layout=upload.layout.share(i, request.parts),
                            part=ScenePart(rows[i], str(mask.path)))
             worker, done = await self._pick(wait_s), False

@@ -468,3 +468,14 @@ def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, buil
     assert victim not in decode_workers(s.pid)
     assert s.post("flood", scene).status_code == 200
     assert _slabs(s) == []
+
+
+def test_a_split_scene_is_admitted_once_and_never_refused_by_its_own_parts(start_server, built_repo, to_geotiff):
+    """The other part fills the engine's queue while the first checks the values: the first part's first batch must
+    not meet the admission check again (it did, and an admitted scene in 15 parts got 503 on a 16-core node). A queue
+    of one batch stands for the parts of a larger node."""
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="2", MAPEX_PREDICT_PARTS="2", MAPEX_MAX_QUEUE="32")
+    r = s.post("flood", _sar(to_geotiff, 1500, seed=6), params={"format": "json"})
+    assert r.status_code == 200, r.text[:300]
+    assert "runs in 2 parts" in s.log
+    assert httpx.get(f"{s.url}/readyz").json()["decode_workers"]["holding"] == 0
