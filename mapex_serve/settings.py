@@ -105,14 +105,15 @@ class Settings(BaseSettings):
     job_max_pixels: int = Field(2_000_000_000, ge=1, description="Largest scene a job accepts, width x height.")
     job_parts: int | None = Field(
         None, ge=1, description="Parts a mask job's rows are split into, each on its own decode worker; unset: the "
-        "decode workers when the specialist's engine runs on a GPU, 1 on the CPU (there the engine and the workers "
-        "share the cores: on 2 cores two parts took 30% more decode CPU for the same time, docs/performance.md)."
+        "decode workers when the specialist's engine runs on a GPU; on the CPU, where the engine and the workers share "
+        "the cores, one for every 3 cores (whole on up to 5 cores: on 2 cores two parts took 30% more decode CPU for "
+        "the same time; on 16, one worker fed the engine a third of the time; docs/performance.md)."
     )
     predict_parts: int | None = Field(
         None, ge=1, description="Decode workers one /predict mask scene may be split across (parts of tile rows of a "
         "million pixels or more, each opening the upload again, on the workers idle at the time); unset: every decode "
-        "worker when the specialist's engine runs on a GPU, 1 on the CPU (the engine binds there, and the extra "
-        "opens would take its cores)."
+        "worker when the specialist's engine runs on a GPU; on the CPU one for every 3 cores (whole on up to 5 cores, "
+        "where the engine binds and the extra decoding would take its cores)."
     )
     job_max_attempts: int = Field(3, ge=1, description="Starts of one job (a restarted service resumes its jobs) "
                                   "before it is failed.")

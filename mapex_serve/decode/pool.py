@@ -31,6 +31,7 @@ import numpy as np
 
 from mapex_serve.batcher import Batcher, QueueFullError, request_ahead
 from mapex_serve.budget import MemoryBudget, Reservation
+from mapex_serve.cores import service_cores
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
 from mapex_serve.decode.parts import MaskSlab, PartDone, ScenePart, scene_parts
 from mapex_serve.decode.session import Opened, OpenRequest
@@ -201,7 +202,8 @@ class DecodePool:
                  predict_parts: int | None = None) -> None:
         self.size, self._manifests, self._provider = size, dict(manifests), dict(provider)
         #: The most parts a ``/predict`` mask scene of each specialist is split into (``part_count``).
-        self._parts = {n: min(part_count(predict_parts, p, size), size) for n, p in self._provider.items()}
+        self._parts = {n: min(part_count(predict_parts, p, size, service_cores()), size)
+                       for n, p in self._provider.items()}
         #: Engine runners of each specialist: a request's slab has a batch of tiles and of probabilities for
         #: each, and one the worker refills (``batcher.request_ahead``: fewer for large tiles).
         self._runners = dict(runners or {})
@@ -600,15 +602,25 @@ def _messages(inbox: bytearray) -> Iterator[tuple]:
         yield message
 
 
-def part_count(setting: int | None, provider: str, workers: int) -> int:
-    """How many parts a scene is split into: the setting, else one a worker when the engine is off the CPU.
+#: Service cores for each part of a scene on a CPU engine (``part_count``).
+CPU_CORES_A_PART = 3
 
-    On the CPU the engine binds a scene and shares the cores with the workers, so more parts only add
-    their overhead (a second open, the tile row above each part read twice, more GDAL caches).
+
+def part_count(setting: int | None, provider: str, workers: int, cores: int) -> int:
+    """How many parts a scene is split into: the setting, else one a worker when the engine is off the CPU, and one
+    for every ``CPU_CORES_A_PART`` of the service's ``cores`` on it (at most ``workers``, at least 1).
+
+    On the CPU the engine shares the cores with the workers, and each part adds decoding (a second open, the
+    tile row above it read twice): on 2 cores a 4096² scene took as long in two parts as whole. On a 16-core
+    node one worker fed the demo's CPU engine only 0.36 of the time (the scene 2.6x the engine alone), while
+    its decoding ran 2.1x faster in 4 parts and 3.3x in 8 (docs/performance.md): a part for every 3 cores
+    keeps the lightest specialist fed there and scenes whole on up to 5 cores.
     """
     if setting is not None:
         return setting
-    return 1 if provider == CPU_EP else workers
+    if provider != CPU_EP:
+        return workers
+    return max(1, min(workers, cores // CPU_CORES_A_PART))
 
 
 async def run_all(work: Iterable[Awaitable[T]]) -> list[T]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mapex_serve.batcher import BACKGROUND
+from mapex_serve.cores import service_cores
 from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError, part_count, run_all
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
@@ -229,15 +230,15 @@ class JobRunner:
                              specialists: list[str]) -> dict[str, Any]:
         """Opened, tiled, blended and written by decode workers; the service runs the batches and keeps the store.
 
-        A mask job's rows still to run are split into parts across the workers where the engine is off
-        the CPU (``part_count``; a lone scene would otherwise get one worker's speed); each part writes
+        A mask job's rows still to run are split into parts across the workers (one a worker where the engine
+        is off the CPU, fewer on it: ``part_count``; a lone scene would otherwise get one worker's speed); each part writes
         its own strips, and once every part is done one worker writes the result files from them.
         """
         async with pool.job(plan, specialists, self.settings.max_batch) as first:
             opened = first.opened
             manifest = self.state.registry.specialists[opened.specialist].manifest
             known = self._resume(job, manifest)
-            count = part_count(self.settings.job_parts, plan.providers[manifest.name], pool.size)
+            count = part_count(self.settings.job_parts, plan.providers[manifest.name], pool.size, service_cores())
             parts = self._parts(manifest, known, opened.height, count)
             progress = self._track(job.id, opened.tiles, opened.height, known, parts)
             submit = self._submitter(manifest.name)

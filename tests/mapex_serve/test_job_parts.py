@@ -39,9 +39,11 @@ def test_the_rows_left_are_split_into_strip_aligned_parts(done, height, workers,
     assert job_parts(done, height, workers) == parts
 
 
-def test_a_job_is_split_one_part_a_worker_when_the_engine_is_off_the_cpu():
-    assert [part_count(None, p, 15) for p in (CPU_EP, CUDA_EP, TRT_EP, NATIVE_TENSORRT)] == [1, 15, 15, 15]
-    assert part_count(4, CPU_EP, 15) == 4 and part_count(1, CUDA_EP, 15) == 1  # MAPEX_JOB_PARTS wins
+def test_a_scene_is_split_one_part_a_worker_off_the_cpu_and_one_for_every_three_cores_on_it():
+    assert [part_count(None, p, 15, 16) for p in (CPU_EP, CUDA_EP, TRT_EP, NATIVE_TENSORRT)] == [5, 15, 15, 15]
+    assert [part_count(None, CPU_EP, cores - 1, cores) for cores in (1, 2, 5, 6, 8, 64)] == [1, 1, 1, 2, 2, 21]
+    assert part_count(None, CPU_EP, 2, 16) == 2, "never more parts than workers"
+    assert part_count(4, CPU_EP, 15, 2) == 4 and part_count(1, CUDA_EP, 15, 16) == 1  # the setting wins
 
 
 @pytest.fixture(scope="module")
