@@ -3,17 +3,25 @@
 # inputs measured on a node instead of predicted from 2 cores. Steps, in the order given:
 #   engine     bench.engine_speed: mapex-130m SAR specialist, ONNX Runtime CPU vs PyTorch CUDA (fp32, bf16)
 #   serve      bench.serve as shipped, one service process and four (UVICORN_WORKERS=4)
-#   scene      bench.scene, a 4096² scene, one round
+#   scene      bench.scene, a 4096² scene, one round (SCENE_ROUNDS)
 #   cpu_split  bench.cpu_split for this node, predicting with the engine step's CUDA fp32 figure at batch 32
 #              (or ENGINE_TILES_S)
 #   parts      bench.parts, a lone 4096² scene in 1, 2, 4, 8 and 15 parts
 #   scene_parts  bench.scene as shipped and split into 2, 4, 8 and 15 parts (MAPEX_PREDICT_PARTS)
 #   serve8     bench.serve with eight service processes
 #   profile    bench.scene once more under py-spy (its wheel in .whl): where every process's time goes
-# Usage there: bash bench/gpu_node.sh engine serve scene (carry .whl and the model repository REPO).
-# The machine's python3 (3.12) has torch, onnxruntime, numpy; .whl holds the rest for cp312 (README's
-# device notes). Each step's reports are added to $OUT/results.tar.gz as it ends (the tool returns at most
-# 8 files, and what a step left when the whole run is stopped still comes back).
+# Usage there: bash bench/gpu_node.sh engine serve scene (carrying .whl and the model repository REPO).
+# The machine has no network, and its python3 (3.12) has torch, onnxruntime and numpy but not the rest.
+# Prepared here, both ignored by git (.git/info/exclude): REPO (.devrepo) a copy of a built repository's
+# landcover-rgb, landcover-seg-rgb and flood-sar, and .whl the cp312 wheels, at .venv's versions, of
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+#     pydantic pydantic-core pydantic-settings python-dotenv typing-inspection annotated-types rasterio \
+#     affine cligj click-plugins shapely fastapi starlette uvicorn httptools python-multipart \
+#     opentelemetry-api py-spy
+# (55 MB in all with REPO, under the 64 MiB a run carries). Each step's reports are added to
+# $OUT/results.tar.gz as it ends: the tool returns at most 8 files, and what a step left when the whole
+# run is stopped still comes back.
 set -u
 OUT=${OUT:-/tmp/gpu-node}
 REPO=${REPO:-.devrepo}
