@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"tflop_s is the model's useful work; an H200's dense FP16/BF16 peak is {H200_FP16_TFLOPS:g} TFLOP/s",
              "max_abs_diff: the largest difference of a row's probabilities from eager fp32 on the CPU"]
     if not torch.cuda.is_available():
-        notes.append("no CUDA device here: the GPU rows are missing; run this on the GPU machine for the cost model")
+        notes.append("no CUDA device here: the GPU rows are missing (an H200 node's: bench/results/node-h200/)")
     sizes = ", ".join(map(str, args.batch))
     Report("engine_speed", f"Engine speed, {args.preset} {modality} specialist, batch {sizes}",
            {"cpu cores": threads, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
