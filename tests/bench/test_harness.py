@@ -1,0 +1,58 @@
+"""bench.harness: proportional memory (PSS) and its sampled peak, read from /proc of real processes."""
+
+import subprocess
+import sys
+import time
+from argparse import Namespace
+
+from bench.harness import PeakPss, markdown_table
+from bench.serve import service_env
+from mapex_serve.local import pss_bytes, status_bytes
+
+#: A child that holds 200 MiB of its own pages for a moment, then lets them go and idles.
+_BURST = ("import time; time.sleep(0.3); b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+          "time.sleep(0.6); del b; time.sleep(5)")
+
+
+class _Child:
+    """The ``pss_bytes`` that ``PeakPss`` samples, of one process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def pss_bytes(self) -> int:
+        return pss_bytes(self.pid)
+
+
+def test_pss_is_at_most_rss_and_counts_shared_pages_once():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        time.sleep(0.5)
+        # the interpreter's libraries are shared with this process: the child's PSS counts them in part
+        assert 0 < pss_bytes(child.pid) < status_bytes(child.pid, "VmRSS")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_sampled_peak_sees_a_burst_that_is_gone_by_the_end():
+    child = subprocess.Popen([sys.executable, "-c", _BURST])
+    try:
+        with PeakPss(_Child(child.pid), interval=0.05) as peak:
+            time.sleep(1.5)
+        after = pss_bytes(child.pid)
+        assert peak.peak - after > 150 * 2**20, (peak.peak, after)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_several_service_processes_plan_their_own_threads():
+    args = Namespace(max_batch=32, threads=2, runners=1, processes=4)
+    assert service_env(args, "on") == {"MAPEX_MAX_BATCH": "32", "UVICORN_WORKERS": "4"}
+    one = service_env(Namespace(max_batch=32, threads=2, runners=1, processes=1), "on")
+    assert one["MAPEX_INTRA_OP_THREADS"] == "2" and "UVICORN_WORKERS" not in one
+
+
+def test_a_missing_figure_shows_as_not_applicable():
+    assert markdown_table([{"a": None, "b": 1.5}], ["a", "b"]).splitlines()[-1] == "| n/a | 1.5 |"
