@@ -98,6 +98,26 @@ def test_an_admitted_request_is_never_refused_half_way():
     assert first.tolist() == [0, 1, 2, 3] and later.tolist() == [20, 21, 22, 23]
 
 
+def test_admission_alone_refuses_what_the_queue_has_no_room_for_and_queues_nothing():
+    """A scene split into parts is admitted this way once, before its parts submit with ``admit=False``."""
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", engine, pool, max_batch=4, max_delay_ms=1, max_queue=8, metrics=Metrics())
+            b.admit(8)  # room: nothing raised, nothing queued
+            assert b.depth == 0
+            queued = asyncio.ensure_future(b.submit(tiles(4, 0)))
+            await asyncio.sleep(0)
+            b.admit(4)
+            with pytest.raises(QueueFullError, match="has 4 tiles queued and this request brings 5"):
+                b.admit(5)
+            b.start()
+            out = await queued
+            await b.stop()
+        return out
+
+    assert run(main()).tolist() == [0, 1, 2, 3]
+
+
 def test_an_engine_error_reaches_every_waiting_request():
     def broken(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("engine fault")
