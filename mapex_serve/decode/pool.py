@@ -613,8 +613,9 @@ def part_count(setting: int | None, provider: str, workers: int, cores: int) -> 
     On the CPU the engine shares the cores with the workers, and each part adds decoding (a second open, the
     tile row above it read twice): on 2 cores a 4096² scene took as long in two parts as whole. On a 16-core
     node one worker fed the demo's CPU engine only 0.36 of the time (the scene 2.6x the engine alone), while
-    its decoding ran 2.1x faster in 4 parts and 3.3x in 8 (docs/performance.md): a part for every 3 cores
-    keeps the lightest specialist fed there and scenes whole on up to 5 cores.
+    its decoding ran 2.1x faster in 4 parts and 3.3x in 8 (docs/performance.md): a part for every 3 cores (5
+    there) is predicted to keep the lightest specialist fed, unmeasured in the service, and keeps scenes whole
+    on up to 5 cores.
     """
     if setting is not None:
         return setting

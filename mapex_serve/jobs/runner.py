@@ -230,9 +230,10 @@ class JobRunner:
                              specialists: list[str]) -> dict[str, Any]:
         """Opened, tiled, blended and written by decode workers; the service runs the batches and keeps the store.
 
-        A mask job's rows still to run are split into parts across the workers (one a worker where the engine
-        is off the CPU, fewer on it: ``part_count``; a lone scene would otherwise get one worker's speed); each part writes
-        its own strips, and once every part is done one worker writes the result files from them.
+        A mask job's rows still to run are split into parts across the workers (one a worker where the
+        engine is off the CPU, fewer on it: ``part_count``; a lone scene would otherwise get one worker's
+        speed); each part writes its own strips, and once every part is done one worker writes the result
+        files from them.
         """
         async with pool.job(plan, specialists, self.settings.max_batch) as first:
             opened = first.opened
