@@ -42,6 +42,7 @@ __all__ = [
     "RasterTooLargeError",
     "RequestScene",
     "SourceFile",
+    "SIDECARS",
     "SubdatasetsError",
     "UnreadableInputError",
     "UploadedFile",
@@ -237,6 +238,10 @@ def _register_drivers() -> frozenset[str]:
         return frozenset(env.drivers())
 
 
+#: Parts GDAL reads beside a raster by its name (ENVI headers, PAM metadata, mask and overview sidecars): never
+#: opened as rasters of their own, and found only where every part lies in the request's ``/vsimem/`` folder.
+SIDECARS = (".hdr", ".aux.xml", ".msk", ".ovr")
+
 #: ``RequestScene.folder`` as it appears in GDAL's messages.
 _REQUEST_FOLDER = re.compile(r"/vsimem/mapex-[0-9a-f]{32}/")
 #: An ``UploadedFile.in_place`` path (``/vsisubfile/<offset>_<size>,<slab>``) as it appears in GDAL's messages.
@@ -303,7 +308,7 @@ class RequestScene:
             memfiles.append((name, data, self._stack.enter_context(MemoryFile(data, dirname=self.folder, filename=name))))
         # Sidecars (ENVI .hdr, .aux.xml, .msk) are parts too: open only the parts that are rasters themselves.
         for name, data, mem in memfiles:
-            if name in referenced or name.lower().endswith((".hdr", ".aux.xml", ".msk", ".ovr")):
+            if name in referenced or name.lower().endswith(SIDECARS):
                 continue
             with crs_from_keys(data), _named(mem, name):
                 ds = self._closing(_open_allowed(mem))

@@ -29,7 +29,7 @@ from mapex_serve.budget import Reservation, request_bytes
 from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.geokeys import is_tiff
-from mapex_serve.inputs import UploadedFile, check_values
+from mapex_serve.inputs import SIDECARS, UploadedFile, check_values
 from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format, encode
@@ -37,9 +37,6 @@ from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
 
 __all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable", "slab_files"]
-
-#: TIFFs that another file of the request reads by name: GDAL's mask and overview sidecars.
-_SIDECARS = (".msk", ".ovr")
 
 
 def slab_files(slab: Slab, layout: Layout) -> list[UploadedFile]:
@@ -53,7 +50,7 @@ def slab_files(slab: Slab, layout: Layout) -> list[UploadedFile]:
     """
     heads = [slab.view(offset, min(size, 4)) for _name, offset, size in layout.files]
     if heads and all(is_tiff(h) for h in heads) and not any(
-            name.lower().endswith(_SIDECARS) for name, _o, _s in layout.files):
+            name.lower().endswith(SIDECARS) for name, _o, _s in layout.files):
         return [UploadedFile(name, slab.view(offset, size), in_place=f"/vsisubfile/{offset}_{size},{slab.path}")
                 for name, offset, size in layout.files]
     return [UploadedFile(name, slab.read(offset, size)) for name, offset, size in layout.files]
