@@ -21,13 +21,14 @@ from typing import Any
 
 import httpx
 
-from mapex_serve.cores import service_cores
+from mapex_serve.cores import service_cores, usable_cores
 from mapex_serve.engine import plan_threads
 from mapex_serve.local import LocalService, status_bytes
 from mapex_serve.repository import Manifest, load_manifest, scan_repository
 
 __all__ = [
     "body_stream",
+    "cpu_bound_seconds",
     "post_scene",
     "RESULTS",
     "Goal",
@@ -293,6 +294,13 @@ class Report:
         (out / f"{self.name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(text)
         print(f"wrote {out / self.name}.json and .md")
+
+
+def cpu_bound_seconds(cpu_seconds: float, cores: int | None = None) -> float:
+    """The shortest wall time ``cpu_seconds`` of CPU can take on ``cores`` cores (default: those this process may
+    use): every core busy all the time. A goal that needs a run shorter than this needs less CPU, not more overlap;
+    a run far above it waits (on the GIL, a pipe, a lone busy stage) rather than computes."""
+    return cpu_seconds / (cores or usable_cores())
 
 
 def median(values: Sequence[float]) -> float:

@@ -416,7 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "p50_ms": percentile(latencies, 50) * 1e3,
                                          "p99_ms": percentile(latencies, 99) * 1e3,
                                          "client_cpu_ms_per_tile": client_cpu / n * 1e3,
-                                         "server_cpu_ms_per_tile": (server_cpu() - cpu0) / n * 1e3})
+                                         # load's 2 x c warm-up requests are within the server's CPU measured
+                                         "server_cpu_ms_per_tile": (server_cpu() - cpu0) / (n + 2 * c) * 1e3})
+                            rows[-1]["cpu_ms_per_tile"] = (rows[-1]["client_cpu_ms_per_tile"]
+                                                           + rows[-1]["server_cpu_ms_per_tile"])
                             print(rows[-1], file=sys.stderr)
             if scene is not None:
                 content = scene.read_bytes()
@@ -453,11 +456,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         goals.append(Goal(f"({part}) {what}, throughput mapex / Triton at concurrency {c}", ratios[len(pairs) // 2],
                           GOALS[part], at_most=False,
                           detail=f"; {m['tiles_s']:.0f} vs {t['tiles_s']:.0f} tiles/s{spread}, Triton client CPU "
-                                 f"{t['client_cpu_ms_per_tile']:.2f} ms/tile vs {m['client_cpu_ms_per_tile']:.2f}",
+                                 f"{t['client_cpu_ms_per_tile']:.2f} ms/tile vs {m['client_cpu_ms_per_tile']:.2f}; "
+                                 f"CPU a tile, server and client: {m['cpu_ms_per_tile']:.2f} vs "
+                                 f"{t['cpu_ms_per_tile']:.2f} ms, so {t['cpu_ms_per_tile'] / m['cpu_ms_per_tile']:.3f} "
+                                 f"if both were bound by these cores",
                           rounds=tuple(ratios) if args.rounds > 1 else ()))
     notes = [f"ours vs Triton on the same tiles through /v2: max |difference| of probabilities {agreement:.1e}",
              "tiles_s counts requests of one tile each; client CPU is the load generator's own (one asyncio process); "
-             "server CPU is the service process / Triton's process group (server and backend stubs)",
+             "server CPU is the service process / Triton's process group (server and backend stubs); cpu_ms_per_tile "
+             "is both: where both servers keep these cores busy, their throughput ratio is the inverse ratio of it",
              f"Triton: tritonserver from {triton_versions}, Python backend, ONNX Runtime CPU, {args.threads} intra-op "
              f"threads without spinning (as the service), dynamic batching max {args.max_batch}, "
              f"max_queue_delay {args.delay_us} us, {args.runners} instance(s) a model (MAPEX_ENGINE_RUNNERS "
@@ -468,12 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         goals.append(Goal(f"(c) {args.size}^2 scene, time Triton client / mapex (throughput mapex / Triton)",
                           t["scene_s"] / m["scene_s"], GOALS["c"], at_most=False,
                           detail=f"; {m['scene_s']:.1f} s vs {t['scene_s']:.1f} s (client CPU "
-                                 f"{t['client_cpu_s']:.1f} s)"))
+                                 f"{t['client_cpu_s']:.1f} s); CPU, server and client: {m['server_cpu_s']:.1f} vs "
+                                 f"{t['server_cpu_s'] + t['client_cpu_s']:.1f} s, so "
+                                 f"{(t['server_cpu_s'] + t['client_cpu_s']) / m['server_cpu_s']:.3f} if both were "
+                                 f"bound by these cores"))
         notes.append(f"(c): Triton's client tiles with mapex_serve.tiling (the service's grid and overlap), "
                      f"{args.inflight} batches of {args.max_batch} in flight, blends with MaskBlender and writes a "
                      f"deflate COG; its labels equal the service's on {same:.4f} of the pixels")
     columns = ["part", "server", "round", "concurrency", "requests", "tiles_s", "p50_ms", "p99_ms", "client_cpu_ms_per_tile",
-               "server_cpu_ms_per_tile", "scene_s", "client_cpu_s", "server_cpu_s"]
+               "server_cpu_ms_per_tile", "cpu_ms_per_tile", "scene_s", "client_cpu_s", "server_cpu_s"]
     report = Report("peer", f"mapex-serve vs standalone Triton on the same ONNX: {manifest.name} "
                             f"v{manifest.version}" + (f", {seg.name} v{seg.version}" if seg else ""),
                     {"repo": str(repo), "threads": args.threads, "runners": args.runners, "max_batch": args.max_batch,

@@ -33,6 +33,7 @@ from bench.harness import (
     PeakPss,
     Report,
     ServiceProcess,
+    cpu_bound_seconds,
     ensure_repo,
     find_entry,
     post_scene,
@@ -66,13 +67,14 @@ def make_scene(size: int, tile: int, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class EngineAlone:
-    """The engine alone over a scene's tiles: wall ``seconds``, ``tiles``, and its ``calls``' seconds summed
-    (``runners`` at once: up to ``runners`` x ``seconds``)."""
+    """The engine alone over a scene's tiles: wall ``seconds``, ``tiles``, its ``calls``' seconds summed
+    (``runners`` at once: up to ``runners`` x ``seconds``) and the CPU they took (``cpu_seconds``)."""
 
     seconds: float
     tiles: int
     calls: int
     call_seconds: float
+    cpu_seconds: float
 
 
 def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], max_batch: int,
@@ -85,7 +87,7 @@ def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], m
     """
     manifest = engine.manifest
     engine.run(np.full((max_batch, *manifest.input.shape[1:]), warm_value, np.float32))  # warm-up at this shape
-    seconds, n, calls = 0.0, 0, []
+    seconds, cpu, n, calls = 0.0, 0.0, 0, []
 
     def run(batch: np.ndarray) -> None:
         start = time.perf_counter()
@@ -97,12 +99,12 @@ def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], m
         tiles, batches = tile_batches(reader, manifest, max_batch)
         with tqdm(total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False) as bar:
             while data := [b.data for b in islice(batches, _READ_AHEAD)]:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()  # the runs are all this process does
                 for _ in pool.map(run, data):
                     bar.update()
-                seconds += time.perf_counter() - start
+                seconds, cpu = seconds + time.perf_counter() - start, cpu + time.process_time() - cpu_start
                 n += sum(len(d) for d in data)
-    return EngineAlone(seconds, n, len(calls), sum(calls))
+    return EngineAlone(seconds, n, len(calls), sum(calls), cpu)
 
 
 def engine_metrics(server: ServiceProcess, specialist: str) -> tuple[float, float]:
@@ -162,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if what == "service":
                             print(f"{mode}, round {round_}: posting {args.size} x {args.size} ({len(body) / 2**20:.0f} "
                                   f"MiB) to {args.task} ...", file=sys.stderr)
-                            before = engine_metrics(server, manifest.name)
+                            before, cpu = engine_metrics(server, manifest.name), server.cpu_seconds()
                             r, timed["service"] = post_scene(server.url, args.task, args.modality, body)
+                            service_cpu = server.cpu_seconds() - cpu
                             calls_s, calls = (a - b for a, b in zip(engine_metrics(server, manifest.name), before,
                                                                     strict=True))
                         else:  # the server idles meanwhile
@@ -175,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "engine_busy": calls_s / (args.runners * timed["service"]),
                                  "service_call_ms": calls_s / max(calls, 1) * 1e3,
                                  "alone_call_ms": alone.call_seconds / alone.calls * 1e3,
+                                 "service_cpu_s": service_cpu, "engine_cpu_s": alone.cpu_seconds,
+                                 "cpu_floor": cpu_bound_seconds(service_cpu) / alone.seconds,
                                  "response_mib": len(r.content) / 2**20})
                 rss_peak = server.peak_rss_bytes()
                 with PeakPss(server) as pss:  # untimed: reading smaps_rollup 20 times a second cost the service 8%
@@ -195,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         goals.append(Goal("service wall time / engine-only time" + (" (median round)" if len(shipped) > 1 else ""),
                           median["ratio"], GOAL_WALL, at_most=True,
                           detail=f"; {median['service_s']:.1f} s vs {median['engine_s']:.1f} s for {median['tiles']:,} "
-                                 f"tiles{spread}", rounds=tuple(r["ratio"] for r in shipped) if len(shipped) > 1 else ()))
+                                 f"tiles{spread}; the least its CPU allows on these cores: {median['cpu_floor']:.3f} "
+                                 f"({median['service_cpu_s']:.1f} s of service CPU, the engine alone "
+                                 f"{median['engine_cpu_s']:.1f} s)", rounds=tuple(r["ratio"] for r in shipped) if len(shipped) > 1 else ()))
         notes.append(f"server peak RSS {peak_gib:.2f} GiB (idle {idle_gib:.2f} GiB); proportional (PSS) "
                      f"{median['server_peak_pss_mib'] / 1024:.2f} GiB (idle {median['server_idle_pss_mib'] / 1024:.2f})")
         if args.size >= GOAL_SIZE:
@@ -210,8 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes.append("engine_busy: the service's engine calls for the scene (/metrics), summed, over runners x service_s; "
                  "service_call_ms and alone_call_ms: an engine call's mean time in the service and alone (the same "
                  "batches; longer in the service where decoding shares the cores)")
+    notes.append("service_cpu_s: CPU of the service and its decode workers for the timed post; engine_cpu_s: the "
+                 "engine alone's; cpu_floor: the ratio the service would reach keeping every core busy with that CPU "
+                 "(bench.harness.cpu_bound_seconds): a goal below it needs less CPU, not better overlap")
     columns = ["mode", "round", "size", "specialist", "upload_mib", "tiles", "service_s", "engine_s", "ratio",
-               "engine_busy", "service_call_ms", "alone_call_ms", "server_idle_rss_mib", "server_peak_rss_mib",
+               "engine_busy", "service_call_ms", "alone_call_ms", "service_cpu_s", "engine_cpu_s", "cpu_floor",
+               "server_idle_rss_mib", "server_peak_rss_mib",
                "server_idle_pss_mib", "server_peak_pss_mib", "response_mib"]
     report = Report("scene", f"Whole scene through the service: {args.size} x {args.size}, six uint16 bands",
                     {"repo": str(repo), "task": args.task, "threads": args.threads, "runners": args.runners,

@@ -37,6 +37,7 @@ from bench.harness import (
     Goal,
     Report,
     ServiceProcess,
+    cpu_bound_seconds,
     ensure_repo,
     find_entry,
     percentile,
@@ -196,9 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar.set_postfix_str(f"batching {mode}, concurrency {c}")
                 n = max(args.requests, 4 * c)
                 before = [server.metric(metric.format(k)) for k in ("sum", "count")]
-                client_cpu = time.process_time()
+                client_cpu, server_cpu = time.process_time(), server.cpu_seconds()
                 latencies, wall = asyncio.run(_load(server.url, url_path, bodies, c, n))
-                client_cpu = (time.process_time() - client_cpu) / wall
+                sent = n + 2 * c  # _load's warm-up requests are within the CPU measured
+                client_cpu = (time.process_time() - client_cpu) / sent * n
+                server_cpu = (server.cpu_seconds() - server_cpu) / sent * n
                 after = [server.metric(metric.format(k)) for k in ("sum", "count")]
                 batch = min(c, max_batch)
                 calls, engine_wall = engine_only(engine, tiles, batch, n, args.runners)
@@ -211,7 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "engine_p99_ms": percentile(calls, 99) * 1e3,
                     "service_mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1)
                     if args.processes == 1 else None,  # /metrics is one process's
-                    "client_cpu_cores": client_cpu,
+                    "client_cpu_cores": client_cpu / wall,
+                    # the service's processes (one's decode workers: another process's are not its children)
+                    "service_cpu_ms": server_cpu / n * 1e3 if args.processes == 1 else None,
+                    "cpu_ceiling": n / cpu_bound_seconds(server_cpu + client_cpu) / engine_tps
+                    if args.processes == 1 else None,
                 })
                 bar.update()
     bar.close()
@@ -222,7 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if r := row.get(("on", GOAL_CONCURRENCY)):
         goals.append(Goal(f"service / engine-only throughput at concurrency {GOAL_CONCURRENCY}, as shipped",
                           r["ratio"], GOAL_RATIO, at_most=False,
-                          detail=f"; {r['service_tiles_s']:.0f} vs {r['engine_tiles_s']:.0f} tiles/s"))
+                          detail=f"; {r['service_tiles_s']:.0f} vs {r['engine_tiles_s']:.0f} tiles/s"
+                                 + (f"; the most its CPU allows on these cores: {r['cpu_ceiling']:.3f} "
+                                    f"({r['service_cpu_ms']:.2f} ms of service CPU a request)"
+                                    if r["cpu_ceiling"] is not None else "")))
         if before := row.get(("in-process", GOAL_CONCURRENCY)):
             goals.append(Goal(f"decode workers: throughput with / without at concurrency {GOAL_CONCURRENCY}",
                               r["service_tiles_s"] / before["service_tiles_s"], 1.0, at_most=False,
@@ -236,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           rounds=tuple(ratios) if len(ratios) > 1 else ()))
     columns = ["mode", "concurrency", "requests", "service_tiles_s", "engine_tiles_s", "ratio", "service_p50_ms",
                "service_p99_ms", "engine_batch", "engine_p50_ms", "engine_p99_ms", "service_mean_batch",
-               "client_cpu_cores"]
+               "client_cpu_cores", "service_cpu_ms", "cpu_ceiling"]
     report = Report(
         "serve", f"Service vs engine alone: {manifest.name} v{manifest.version}, single-tile GeoTIFFs",
         {"repo": str(repo), "specialist": manifest.name, "processes": args.processes, "threads": args.threads,
@@ -245,7 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
          "tile": manifest.tile_size},
         rows, columns, goals,
         ["engine latencies are per engine call of engine_batch tiles; service latencies per request (one tile); "
-         "client_cpu_cores is the CPU the load generator itself used (it shares the machine with the service)"],
+         "client_cpu_cores is the CPU the load generator itself used (it shares the machine with the service)",
+         "service_cpu_ms: CPU of the service and its decode workers a request; cpu_ceiling: the ratio the service "
+         "would reach with every core busy at that CPU a request, the client's included "
+         "(bench.harness.cpu_bound_seconds): a goal above it needs less CPU a request, not better overlap"],
     )
     report.write(args.out)
     return 0

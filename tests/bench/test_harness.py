@@ -5,9 +5,10 @@ import sys
 import time
 from argparse import Namespace
 
-from bench.harness import PeakPss, markdown_table
+from bench.harness import PeakPss, cpu_bound_seconds, markdown_table
 from bench.serve import service_env
-from mapex_serve.local import pss_bytes, status_bytes
+from mapex_serve.cores import usable_cores
+from mapex_serve.local import cpu_seconds, pss_bytes, status_bytes
 
 #: A child that holds 200 MiB of its own pages for a moment, then lets them go and idles.
 _BURST = ("import time; time.sleep(0.3); b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
@@ -56,3 +57,21 @@ def test_several_service_processes_plan_their_own_threads():
 
 def test_a_missing_figure_shows_as_not_applicable():
     assert markdown_table([{"a": None, "b": 1.5}], ["a", "b"]).splitlines()[-1] == "| n/a | 1.5 |"
+
+
+def test_a_busy_process_takes_at_least_the_cpu_bound_of_its_cpu():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.6\n"
+                              "while time.process_time() < end: pass\nimport sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        start = time.perf_counter()
+        while cpu_seconds(child.pid) < 0.6:
+            time.sleep(0.02)
+        wall, cpu = time.perf_counter() - start, cpu_seconds(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert cpu >= 0.6
+    assert cpu_bound_seconds(cpu, 1) <= wall + 0.05  # one thread: never faster than one core (0.05: /proc's tick)
+    assert cpu_bound_seconds(cpu) == cpu / usable_cores()  # by default, the cores this process may use
+
