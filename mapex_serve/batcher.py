@@ -177,17 +177,16 @@ class Batcher:
 
         An idle engine gets what is queued at once: a lone request never waits for company. While
         the engine is busy, tiles arriving within ``max_delay`` of the batch's first join it, up to
-        ``max_batch``; the batch closes when it is full, the delay has passed or ``busy`` resolves: a
-        runner freed up when all were busy, or the last running batch ended when some were. (With
-        two runners on 2 cores, a free runner that took each tile at once ran batches of 2.1 on
-        average; gathering while the other one works, 2.7, and 2-3% more single-tile requests a second.)
+        its share (``_share``); the batch closes when it has its share, the delay has passed or
+        ``busy`` resolves: a runner freed up when all were busy, or the last running batch ended when
+        some were.
         """
         first, self._carry = self._carry, None
         if first is not None and not self._live(first):
             first = None
         jobs = [first or await self._next_live()]
         size, deadline = len(jobs[0].tiles), time.perf_counter() + self.max_delay
-        while size < self.max_batch:
+        while size < self._share():
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
                 if busy is None or busy.done() or remaining <= 0:
@@ -214,6 +213,22 @@ class Batcher:
             size += len(job.tiles)
         return jobs
 
+    def _share(self) -> int:
+        """The most tiles a batch gathers: ``max_batch``, or fewer while several runners would split the tiles in
+        the service (queued and running) between them.
+
+        Why: at concurrency 32 on binary ``/v2`` with two runners, requests came back in waves. One
+        runner ran the wave's 31 tiles in one batch (10 ms on one core) while the other ran the
+        stragglers one by one, and then the event loop answered the wave while the engine waited.
+        Batches no larger than a runner's share of the tiles cut the waves in two, the engine and the
+        loop overlap, and the service answered 13% more requests a second (docs/performance.md, stop
+        32). One runner (a GPU) always gathers up to ``max_batch``.
+        """
+        if self.runners == 1:
+            return self.max_batch
+        running = sum(len(j.tiles) for jobs in self._running.values() for j in jobs)
+        return min(self.max_batch, -(-(self._depth + running) // self.runners))
+
     async def _run_batch(self, jobs: list[_Job]) -> None:
         """Run one batch on the engine thread and hand each job its rows (or the engine's error)."""
         loop = asyncio.get_running_loop()
@@ -223,7 +238,6 @@ class Batcher:
         for j in jobs:
             self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
         self._metrics.batch_size.labels(self.name).observe(len(batch))
-        self._running[id(jobs)] = jobs
         try:
             out = await loop.run_in_executor(self._executor, self._run, batch)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request
@@ -253,6 +267,7 @@ class Batcher:
                 continue
             self._depth -= sum(len(j.tiles) for j in jobs)
             self._metrics.queue_depth.labels(self.name).set(self._depth)
+            self._running[id(jobs)] = jobs  # running from now on, for ``_share`` before its task's first step
             task = asyncio.ensure_future(self._run_batch(jobs))
             if not self._inflight:
                 self._idle = asyncio.get_running_loop().create_future()

@@ -1,5 +1,6 @@
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -342,34 +343,56 @@ def test_background_tiles_wait_while_interactive_ones_are_queued():
     assert order.index(200) < order.index(102), f"interactive tiles ran after the job's queued ones: {order}"
 
 
-def test_with_a_runner_busy_the_free_one_waits_for_company_and_an_idle_engine_does_not():
-    """Two runners, one held in a batch: tiles arriving meanwhile gather into one batch (until the delay, a full
-    batch or the engine going idle) instead of running one by one on the free runner; an idle engine still runs a
-    lone tile at once (the 60 s delay here would time it out)."""
-    gated = Gated(hold=1)  # the first batch holds one runner until the test lets it go
-    sizes, release = gated.sizes, gated.release
+def _two_runners_one_held(first: int, then: Callable[[Batcher], Awaitable[list]]) -> tuple[list[int], list[int], list]:
+    """A batch of ``first`` tiles held on one of two runners while ``then`` submits more; the batch sizes seen while
+    it was held, all of them (a lone tile last, once the engine is idle), and ``then``'s results."""
+    gated = Gated(hold=1)
 
     async def main():
         with ThreadPoolExecutor(2) as pool:
             b = Batcher("s", gated, pool, max_batch=8, max_delay_ms=60_000, max_queue=100, metrics=Metrics(),
                         runners=2)
             b.start()
-            held = asyncio.ensure_future(b.submit(tiles(1, 0)))
+            held = asyncio.ensure_future(b.submit(tiles(first, 0)))
             await asyncio.sleep(0.05)  # one runner is inside that batch now
-            later = []
-            for i in range(3):
-                later.append(asyncio.ensure_future(b.submit(tiles(1, 10 * (i + 1)))))
-                await asyncio.sleep(0.02)
-            waiting = list(sizes)  # the free runner has not taken them one by one
-            release.set()  # the held batch ends, the engine goes idle: the gathered batch runs
-            gathered = await asyncio.wait_for(asyncio.gather(held, *later), 5)
-            lone = await asyncio.wait_for(b.submit(tiles(1, 99)), 5)
+            later = await then(b)
+            await asyncio.sleep(0.1)
+            while_held = list(gated.sizes)
+            gated.release.set()
+            out = await asyncio.wait_for(asyncio.gather(held, *later), 5)
+            lone = await asyncio.wait_for(b.submit(tiles(1, 99)), 5)  # an idle engine: at once, whatever the delay
             await b.stop()
-            return waiting, [g.tolist() for g in gathered], lone.tolist()
+            return while_held, [o.tolist() for o in [*out, lone]]
 
-    waiting, gathered, lone = run(main())
-    assert waiting == [1] and gathered == [[0], [10], [20], [30]] and lone == [99]
-    assert sizes == [1, 3, 1], sizes
+    while_held, out = run(main())
+    return while_held, gated.sizes, out
+
+
+def test_with_a_runner_busy_the_free_one_gathers_tiles_arriving_one_by_one():
+    """One runner in a batch of 4: three tiles trickling in are gathered on the free runner (its share is not
+    reached: Batcher._share) instead of run one by one, and run when the engine goes idle."""
+    async def trickle(b: Batcher) -> list:
+        later = []
+        for i in range(3):
+            later.append(asyncio.ensure_future(b.submit(tiles(1, 10 * (i + 1)))))
+            await asyncio.sleep(0.02)
+        return later
+
+    while_held, sizes, out = _two_runners_one_held(4, trickle)
+    assert out == [[0, 1, 2, 3], [10], [20], [30], [99]]
+    assert while_held == [4] and sizes == [4, 3, 1], sizes
+
+
+def test_with_a_runner_busy_a_burst_is_split_between_the_runners():
+    """One runner in a batch of 1: a burst of 8 queued at once is not taken whole by the free runner (one long
+    batch on one core while the other idles) but in its share, ceil((8 + 1) / 2) = 5, and the rest on the next
+    free runner: the waves of binary /v2 requests at concurrency 32 (Batcher._share)."""
+    async def burst(b: Batcher) -> list:
+        return [asyncio.ensure_future(b.submit(tiles(1, 100 + i))) for i in range(8)]
+
+    while_held, sizes, out = _two_runners_one_held(1, burst)
+    assert out == [[0], *([100 + i] for i in range(8)), [99]]
+    assert while_held == [1, 5, 3] and sizes == [1, 5, 3, 1], sizes
 
 
 @pytest.mark.parametrize("ahead", [1, 2, 3])
