@@ -86,6 +86,7 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Job | None = None  # a job that did not fit the last batch; it leads the next
         self._running: dict[int, list[_Job]] = {}  # the jobs of each batch the engine is running
+        self._running_tiles = 0  # their tiles
         self._next: list[_Job] = []  # the jobs of the batch collected while they run
         self._inflight: set[asyncio.Task[None]] = set()
         self._freed: asyncio.Future[None] | None = None  # set when a runner frees up after all were busy
@@ -122,7 +123,7 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(ServiceStoppingError(
                     f"specialist {self.name} stopped before running these tiles (the service is shutting down); retry"))
-        self._running, self._next, self._carry, self._depth = {}, [], None, 0
+        self._running, self._running_tiles, self._next, self._carry, self._depth = {}, 0, [], None, 0
 
     def admit(self, tiles: int) -> None:
         """Admission of a request that brings ``tiles`` first: ``QueueFullError`` (503) when the queue has no room.
@@ -221,13 +222,17 @@ class Batcher:
         runner ran the wave's 31 tiles in one batch (10 ms on one core) while the other ran the
         stragglers one by one, and then the event loop answered the wave while the engine waited.
         Batches no larger than a runner's share of the tiles cut the waves in two, the engine and the
-        loop overlap, and the service answered 13% more requests a second (docs/performance.md, stop
+        loop overlap, and the service answered 14% more requests a second (docs/performance.md, stop
         32). One runner (a GPU) always gathers up to ``max_batch``.
         """
         if self.runners == 1:
             return self.max_batch
-        running = sum(len(j.tiles) for jobs in self._running.values() for j in jobs)
-        return min(self.max_batch, -(-(self._depth + running) // self.runners))
+        return min(self.max_batch, -(-(self._depth + self._running_tiles) // self.runners))
+
+    def _ended(self, jobs: list[_Job]) -> None:
+        """A batch is out of the engine (answered or failed)."""
+        if self._running.pop(id(jobs), None) is not None:
+            self._running_tiles -= sum(len(j.tiles) for j in jobs)
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         """Run one batch on the engine thread and hand each job its rows (or the engine's error)."""
@@ -241,14 +246,14 @@ class Batcher:
         try:
             out = await loop.run_in_executor(self._executor, self._run, batch)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request
-            self._running.pop(id(jobs), None)
+            self._ended(jobs)
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(e)
             return
         finally:
             self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
-        self._running.pop(id(jobs), None)
+        self._ended(jobs)
         start = 0
         for j in jobs:
             if not j.future.done():
@@ -265,9 +270,11 @@ class Batcher:
             self._next = []
             if not jobs:
                 continue
-            self._depth -= sum(len(j.tiles) for j in jobs)
+            size = sum(len(j.tiles) for j in jobs)
+            self._depth -= size
             self._metrics.queue_depth.labels(self.name).set(self._depth)
-            self._running[id(jobs)] = jobs  # running from now on, for ``_share`` before its task's first step
+            # running from now on, for ``_share`` before its task's first step
+            self._running[id(jobs)], self._running_tiles = jobs, self._running_tiles + size
             task = asyncio.ensure_future(self._run_batch(jobs))
             if not self._inflight:
                 self._idle = asyncio.get_running_loop().create_future()
