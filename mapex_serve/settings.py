@@ -65,7 +65,8 @@ class Settings(BaseSettings):
         "(`tensorrt,cuda,cpu` or full names such as `CUDAExecutionProvider`); those this onnxruntime "
         "build lacks are skipped with a warning.",
     )
-    max_batch: int = Field(32, ge=1, description="Largest batch of tiles sent to an engine in one call.")
+    max_batch: int = Field(32, ge=1, description="Largest batch of tiles sent to an engine in one call; with several "
+                           "engine runners a batch takes at most its runner's share of the tiles queued and running.")
     max_delay_ms: float = Field(
         5.0, ge=0, description="While the engine is busy, how long the next batch keeps gathering tiles (ms); an "
         "idle engine runs what is queued at once."
