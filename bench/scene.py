@@ -202,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           detail=f"; {median['service_s']:.1f} s vs {median['engine_s']:.1f} s for {median['tiles']:,} "
                                  f"tiles{spread}; the least its CPU allows on these cores: {median['cpu_floor']:.3f} "
                                  f"({median['service_cpu_s']:.1f} s of service CPU, the engine alone "
-                                 f"{median['engine_cpu_s']:.1f} s)", rounds=tuple(r["ratio"] for r in shipped) if len(shipped) > 1 else ()))
+                                 f"{median['engine_cpu_s']:.1f} s)",
+                          rounds=tuple(r["ratio"] for r in shipped) if len(shipped) > 1 else ()))
         notes.append(f"server peak RSS {peak_gib:.2f} GiB (idle {idle_gib:.2f} GiB); proportional (PSS) "
                      f"{median['server_peak_pss_mib'] / 1024:.2f} GiB (idle {median['server_idle_pss_mib'] / 1024:.2f})")
         if args.size >= GOAL_SIZE:

@@ -215,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "service_mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1)
                     if args.processes == 1 else None,  # /metrics is one process's
                     "client_cpu_cores": client_cpu / wall,
-                    # the service's processes (one's decode workers: another process's are not its children)
+                    # the service and its decode workers (with several processes the workers are the children of
+                    # each process, not of the one started: not counted)
                     "service_cpu_ms": server_cpu / n * 1e3 if args.processes == 1 else None,
                     "cpu_ceiling": n / cpu_bound_seconds(server_cpu + client_cpu) / engine_tps
                     if args.processes == 1 else None,

@@ -273,8 +273,8 @@ class Batcher:
             size = sum(len(j.tiles) for j in jobs)
             self._depth -= size
             self._metrics.queue_depth.labels(self.name).set(self._depth)
-            # running from now on, for ``_share`` before its task's first step
-            self._running[id(jobs)], self._running_tiles = jobs, self._running_tiles + size
+            self._running[id(jobs)] = jobs  # running from now on, for ``_share`` before its task's first step
+            self._running_tiles += size
             task = asyncio.ensure_future(self._run_batch(jobs))
             if not self._inflight:
                 self._idle = asyncio.get_running_loop().create_future()
