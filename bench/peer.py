@@ -60,7 +60,7 @@ from bench.harness import (
     resolve_engine_threads,
 )
 from bench.scene import make_scene
-from bench.serve import _Connection, make_tiles
+from bench.serve import WARM_UP, _Connection, make_tiles
 from mapex_serve.local import free_port
 from mapex_serve.predict import overlap_for
 from mapex_serve.repository import Manifest
@@ -277,7 +277,7 @@ async def load(url: str, request: Request, concurrency: int, requests: int) -> t
             latencies.append(time.perf_counter() - start)
 
     try:
-        todo = iter(range(2 * concurrency))  # warm-up
+        todo = iter(range(WARM_UP * concurrency))
         await asyncio.gather(*(worker(c, todo) for c in connections))
         latencies.clear()
         todo = iter(range(requests))
@@ -416,8 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "p50_ms": percentile(latencies, 50) * 1e3,
                                          "p99_ms": percentile(latencies, 99) * 1e3,
                                          "client_cpu_ms_per_tile": client_cpu / n * 1e3,
-                                         # load's 2 x c warm-up requests are within the server's CPU measured
-                                         "server_cpu_ms_per_tile": (server_cpu() - cpu0) / (n + 2 * c) * 1e3})
+                                         # the warm-up requests are within the server's CPU measured
+                                         "server_cpu_ms_per_tile": (server_cpu() - cpu0) / (n + WARM_UP * c) * 1e3})
                             rows[-1]["cpu_ms_per_tile"] = (rows[-1]["client_cpu_ms_per_tile"]
                                                            + rows[-1]["server_cpu_ms_per_tile"])
                             print(rows[-1], file=sys.stderr)

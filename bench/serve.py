@@ -50,6 +50,8 @@ from mapex_serve.settings import Settings
 from training.data import SceneConfig, generate_scene, read_geotiff, write_scene_geotiff
 
 GOAL_RATIO, GOAL_CONCURRENCY, GOAL_P50 = 0.5, 32, 1.2
+#: Untimed requests a connection sends before the timed ones (the loaders here and in bench.peer).
+WARM_UP = 2
 MODES = {"on": {}, "in-process": {"MAPEX_DECODE_WORKERS": "0"}, "off": {"MAPEX_MAX_BATCH": "1"}}
 
 
@@ -108,7 +110,7 @@ async def _load(url: str, path: str, bodies: list[bytes], concurrency: int, requ
             latencies.append(time.perf_counter() - start)
 
     try:
-        todo = iter(range(2 * concurrency))  # warm-up
+        todo = iter(range(WARM_UP * concurrency))
         await asyncio.gather(*(worker(c, todo) for c in connections))
         latencies.clear()
         todo = iter(range(requests))
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 before = [server.metric(metric.format(k)) for k in ("sum", "count")]
                 client_cpu, server_cpu = time.process_time(), server.cpu_seconds()
                 latencies, wall = asyncio.run(_load(server.url, url_path, bodies, c, n))
-                sent = n + 2 * c  # _load's warm-up requests are within the CPU measured
+                sent = n + WARM_UP * c  # the warm-up requests are within the CPU measured
                 client_cpu = (time.process_time() - client_cpu) / sent * n
                 server_cpu = (server.cpu_seconds() - server_cpu) / sent * n
                 after = [server.metric(metric.format(k)) for k in ("sum", "count")]
