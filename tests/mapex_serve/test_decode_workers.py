@@ -274,14 +274,21 @@ def _slabs(server) -> list[Path]:
     return [p for folder in Path("/dev/shm").glob(f"mapex-{server.pid}") for p in folder.iterdir()]
 
 
-def _posts_killing(server, scene: bytes, count: int, victim: int, after_s: float) -> list[httpx.Response]:
-    """``count`` concurrent posts of ``scene``, with decode worker ``victim`` SIGKILLed ``after_s`` into them."""
+def _posts_killing(server, scene: bytes, count: int, victim: int, after_s: float,
+                   lead: Callable[[], bool] | None = None) -> list[httpx.Response]:
+    """``count`` concurrent posts of ``scene``, with decode worker ``victim`` SIGKILLed ``after_s`` into them;
+    with ``lead``, the first post goes alone until ``lead()`` is true, then the others."""
 
     def post() -> httpx.Response:
         return httpx.post(f"{server.url}/predict/flood", files={"file": ("scene.tif", scene)}, timeout=120)
 
     with ThreadPoolExecutor(count) as pool:
-        futures = [pool.submit(post) for _ in range(count)]
+        futures = [pool.submit(post)]
+        deadline = time.monotonic() + 60
+        while lead is not None and not lead():
+            assert time.monotonic() < deadline and not futures[0].done(), "the first post never got to its lead"
+            time.sleep(0.01)
+        futures += [pool.submit(post) for _ in range(count - 1)]
         time.sleep(after_s)
         assert not all(f.done() for f in futures), "the requests ended before the kill: make the scene larger"
         os.kill(victim, signal.SIGKILL)
@@ -454,9 +461,10 @@ def test_a_worker_killed_under_a_split_scene_loses_no_request(start_server, buil
     scene = _sar(to_geotiff, 1500, seed=3)  # two parts
     reference = s.cog_band(s.post("flood", scene).content)
     victim = decode_workers(s.pid)[1]
-    responses = _posts_killing(s, scene, 3, victim, after_s=1.5)
+    # The first of the three alone until it is split across both workers (three at once would each find the
+    # other worker busy opening another and none split), then the others, and the kill under its parts.
+    responses = _posts_killing(s, scene, 3, victim, after_s=0.2, lead=lambda: s.log.count("runs in 2 parts") == 2)
     assert [r.status_code for r in responses] == [200] * 3, [r.text[:200] for r in responses]
-    assert s.log.count("runs in 2 parts") >= 2, "the reference and the first of the three (no idle worker after) split"
     for r in responses:
         np.testing.assert_array_equal(s.cog_band(r.content), reference)
     assert "trying it again on a fresh worker" in s.log
