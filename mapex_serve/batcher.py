@@ -79,7 +79,7 @@ class Batcher:
         self.name, self._run, self._executor, self.runners = name, run, executor, runners
         self.ahead = runners + 1 if ahead is None else ahead
         self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay_ms / 1000, max_queue
-        self._metrics = metrics
+        self._metrics = metrics.of_specialist(name)
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._seq = count()
         self._depth = 0
@@ -154,7 +154,7 @@ class Batcher:
             self._depth += len(chunk)
             self._queue.put_nowait(job)
             futures.append(job.future)
-        self._metrics.queue_depth.labels(self.name).set(self._depth)
+        self._metrics.queue_depth.set(self._depth)
         outputs = await asyncio.gather(*futures)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
@@ -163,7 +163,7 @@ class Batcher:
         if job.future.done():
             self._depth -= len(job.tiles)
             self.dropped += len(job.tiles)
-            self._metrics.tiles_dropped.labels(self.name).inc(len(job.tiles))
+            self._metrics.tiles_dropped.inc(len(job.tiles))
             return False
         return True
 
@@ -241,8 +241,8 @@ class Batcher:
         batch = jobs[0].tiles if len(jobs) == 1 else np.concatenate([j.tiles for j in jobs])
         now = time.perf_counter()
         for j in jobs:
-            self._metrics.queue_seconds.labels(self.name).observe(now - j.queued_at)
-        self._metrics.batch_size.labels(self.name).observe(len(batch))
+            self._metrics.queue_seconds.observe(now - j.queued_at)
+        self._metrics.batch_size.observe(len(batch))
         try:
             out = await loop.run_in_executor(self._executor, self._run, batch)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request
@@ -252,7 +252,7 @@ class Batcher:
                     j.future.set_exception(e)
             return
         finally:
-            self._metrics.compute_seconds.labels(self.name).observe(time.perf_counter() - now)
+            self._metrics.compute_seconds.observe(time.perf_counter() - now)
         self._ended(jobs)
         start = 0
         for j in jobs:
@@ -272,7 +272,7 @@ class Batcher:
                 continue
             size = sum(len(j.tiles) for j in jobs)
             self._depth -= size
-            self._metrics.queue_depth.labels(self.name).set(self._depth)
+            self._metrics.queue_depth.set(self._depth)
             self._running[id(jobs)] = jobs  # running from now on, for ``_share`` before its task's first step
             self._running_tiles += size
             task = asyncio.ensure_future(self._run_batch(jobs))

@@ -167,11 +167,12 @@ async def predict_task(
                                                     "baseline >= 04.00")] = None,
 ) -> Response:
     started = time.perf_counter()
-    name, status = "-", 500
+    name, status, known = "-", 500, False
     settings = state.settings
     try:
         manifests = [s.manifest for s in reg.for_task(task)]
-        if not manifests:
+        known = bool(manifests)
+        if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
         overrides = UnitOverrides.parse(units, scale, offset)
         try:
@@ -189,8 +190,7 @@ async def predict_task(
         status = e.status_code
         raise
     finally:
-        state.metrics.requests.labels(task, name, str(status)).inc()
-        state.metrics.request_seconds.labels(task).observe(time.perf_counter() - started)
+        state.metrics.request_done(task if known else "unknown", name, status, time.perf_counter() - started)
 
 
 def _predict_lane(request: Request, state: ServiceState, reg: Registry,

@@ -115,6 +115,15 @@ def test_bad_input_gets_a_4xx_that_says_what_would_be_accepted(server, task, con
     assert message in r.json()["detail"]
 
 
+def test_made_up_task_names_are_counted_as_one_series(server):
+    """A scanner's paths must not each become a time series of their own: the service would grow with them."""
+    for task in ("cloud-x1", "cloud-x2"):
+        assert server.post(task, S2.read_bytes()).status_code == 404
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "cloud-x" not in metrics
+    assert _sample(metrics, 'mapex_requests_total{specialist="-",status="404",task="unknown"}') >= 2
+
+
 def test_unsupported_media_type(server):
     r = httpx.post(f"{server.url}/predict/wildfire", content=S2.read_bytes(), headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and "image/tiff" in r.json()["detail"]
