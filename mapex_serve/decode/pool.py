@@ -207,6 +207,7 @@ class DecodePool:
         #: Engine runners of each specialist: a request's slab has a batch of tiles and of probabilities for
         #: each, and one the worker refills (``batcher.request_ahead``: fewer for large tiles).
         self._runners = dict(runners or {})
+        self._slot_sizes: dict[tuple[tuple[str, ...], int], tuple[int, int, int]] = {}
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
@@ -265,6 +266,8 @@ class DecodePool:
 
     async def _pick(self, timeout: float) -> _Worker:
         """The ready worker with the fewest requests; waits for one to come up (after a death) for up to ``timeout``."""
+        if ready := self._ready():  # nearly always: no time limit to set up
+            return min(ready, key=lambda w: w.sessions)
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -282,9 +285,18 @@ class DecodePool:
                 parts: int = 1) -> Layout:
         """Room for the files and for the batches in flight of the task's largest tiles and outputs, for each of
         ``parts`` sessions (the slots of parts that never run are never reserved: the file is sparse)."""
-        tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
-        slots = request_ahead(max(self._runners.get(n, 1) for n in specialists), max(tiles) + max(outs))
-        return Layout.plan(files, max(tiles), max(outs), slots * parts)
+        tile_bytes, out_bytes, slots = self._slots(tuple(specialists), max_batch)
+        return Layout.plan(files, tile_bytes, out_bytes, slots * parts)
+
+    def _slots(self, specialists: tuple[str, ...], max_batch: int) -> tuple[int, int, int]:
+        """A task's largest batch of tiles and of outputs, and its slots: worked out once a task, not once a request
+        (over every specialist of the task, it was a tenth of the event loop's CPU on single tiles)."""
+        key = (specialists, max_batch)
+        if (known := self._slot_sizes.get(key)) is None:
+            tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
+            slots = request_ahead(max(self._runners.get(n, 1) for n in specialists), max(tiles) + max(outs))
+            known = self._slot_sizes[key] = (max(tiles), max(outs), slots)
+        return known
 
     def _most_parts(self, specialists: Sequence[str]) -> int:
         return max(self._parts.get(n, 1) for n in specialists)
@@ -564,10 +576,10 @@ class Upload:
     def discard(self) -> None:
         """Unmap and remove the slab (idempotent): the request is over, answered or not."""
         self.files = []
-        self.slab.close()
-        self.slab.unlink()
         if not self.discarded:
             self.discarded = True
+            self.slab.close()
+            self.slab.unlink()
             self.release()
 
 
