@@ -207,7 +207,9 @@ class DecodePool:
         #: Engine runners of each specialist: a request's slab has a batch of tiles and of probabilities for
         #: each, and one the worker refills (``batcher.request_ahead``: fewer for large tiles).
         self._runners = dict(runners or {})
+        #: What ``_slots`` and ``_most_parts`` worked out for each task (its specialists), and max batch.
         self._slot_sizes: dict[tuple[tuple[str, ...], int], tuple[int, int, int]] = {}
+        self._task_parts: dict[tuple[str, ...], int] = {}
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
@@ -299,7 +301,9 @@ class DecodePool:
         return known
 
     def _most_parts(self, specialists: Sequence[str]) -> int:
-        return max(self._parts.get(n, 1) for n in specialists)
+        if (most := self._task_parts.get(key := tuple(specialists))) is None:
+            most = self._task_parts[key] = max(self._parts.get(n, 1) for n in specialists)
+        return most
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
