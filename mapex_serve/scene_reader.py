@@ -246,7 +246,8 @@ class SceneReader:
     def samples(self, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each band's valid stored and physical values at up to 5 x 5 windows of ``size`` px spread over the scene."""
         parts: list[list[np.ndarray]] = [[] for _ in self.bands]
-        windows = list(_sample_windows(self.height, self.width, size))
+        first = self._sources[0]
+        windows = list(_sample_windows(self.height, self.width, size, first.dataset.block_shapes[0], first.window_offset))
         for window in windows:
             stored, inside = self._stored(self._sources, len(self.bands), window)
             if len(windows) == 1:  # the scene, read whole: tiles slice it (a tile-sized upload is read once, not twice)
@@ -265,17 +266,24 @@ def _mark(reasons: np.ndarray, where: np.ndarray, code: int) -> None:
     reasons[where & (reasons == VALID)] = code
 
 
-def _sample_windows(height: int, width: int, size: int) -> Iterator[Window]:
-    """Up to 5 x 5 windows of ``size`` px spread over the scene, never overlapping.
+def _sample_windows(height: int, width: int, size: int, block: tuple[int, int] = (1, 1),
+                    offset: tuple[int, int] = (0, 0)) -> Iterator[Window]:
+    """Up to 5 x 5 windows of ``size`` px spread over the scene, never overlapping, each inside one of the file's
+    ``block``s where blocks are at least that large (``offset``: the scene's origin in the file).
 
     An axis shorter than five windows is read whole, once: overlapping windows read a 128 px
-    upload 6.25 times over, most of the cost of a small request (docs/performance.md).
+    upload 6.25 times over, most of the cost of a small request (docs/performance.md). A window
+    across a block edge decodes two or four blocks: in a 4096² scene of deflate 256 px blocks the
+    spread-out windows decoded 64 blocks (0.13 s before the first tile), aligned ones 25.
     """
-    def spans(n: int) -> list[tuple[int, int]]:
+    def spans(n: int, b: int, off: int) -> list[tuple[int, int]]:
         if n <= 5 * size:
             return [(0, n)]
-        return [(int(start), size) for start in np.linspace(0, n - size, 5)]
+        starts = [int(start) for start in np.linspace(0, n - size, 5)]
+        if size <= b < n and off % b == 0:  # back to their block's start: distinct starts are a block apart
+            starts = sorted({(start + off) // b * b - off for start in starts})
+        return [(start, size) for start in starts]
 
-    for r, h in spans(height):
-        for c, w in spans(width):
+    for r, h in spans(height, block[0], offset[0]):
+        for c, w in spans(width, block[1], offset[1]):
             yield Window(c, r, w, h)
