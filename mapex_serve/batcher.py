@@ -96,6 +96,11 @@ class Batcher:
         self.dropped = 0
 
     @property
+    def idle(self) -> bool:
+        """No tile queued, gathered or running: the engine's cores are free."""
+        return self._depth == 0 and not self._running and not self._next and self._carry is None
+
+    @property
     def depth(self) -> int:
         """Tiles queued and not yet handed to the engine."""
         return self._depth

@@ -101,8 +101,9 @@ class JobSession:
         size = self._slots.read(slot, self.scene.batches)
         return JobStep(size, self.scene.done, self.scene.take_strips())
 
-    def finish(self, k: int | None, probs_shape: tuple[int, ...] | None) -> JobStep:
-        """Blend the last batch ``k`` (None: no tile to run), end the part; the results once the scene is covered."""
+    def finish(self, k: int | None, probs_shape: tuple[int, ...] | None, _threads: int = 1) -> JobStep:
+        """Blend the last batch ``k`` (None: no tile to run), end the part; the results once the scene is covered
+        (written as its strips came: nothing left to compress on more threads)."""
         with unreadable_as_400():
             if k is not None and probs_shape is not None:
                 self._slots.blend(k % self._slots.count, probs_shape, self.scene.add)

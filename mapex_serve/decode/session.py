@@ -229,14 +229,14 @@ class Session:
         self._slots.blend(slot, probs_shape, self.run.add)
         return self._slots.read(slot, self.run.batches)
 
-    def finish(self, k: int | None, probs_shape: tuple[int, ...] | None) -> Encoded | PartDone:
-        """Blend the last batch, ``k`` (None: a part with no tile); the response, encoded as the client asked, or
-        what a part of a split scene counted."""
+    def finish(self, k: int | None, probs_shape: tuple[int, ...] | None, threads: int = 1) -> Encoded | PartDone:
+        """Blend the last batch, ``k`` (None: a part with no tile); the response, encoded as the client asked on
+        ``threads`` (the cores the engine left idle), or what a part of a split scene counted."""
         if k is not None and probs_shape is not None:
             self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
         if self._part is not None:
             return self.run.part_done()
-        return self._encode([])
+        return self._encode([], threads)
 
     @property
     def answers_later(self) -> bool:
@@ -246,13 +246,12 @@ class Session:
     def encode(self, parts: list[PartDone]) -> Encoded:
         """The split scene's response, from the shared mask and what every part counted; a COG is compressed on as
         many threads as there were parts (their workers are idle now)."""
-        return self._encode(parts)
+        return self._encode(parts, max(len(parts), 1))
 
-    def _encode(self, parts: list[PartDone]) -> Encoded:
+    def _encode(self, parts: list[PartDone], threads: int) -> Encoded:
         prediction = self.run.result(Reservation(None, 0), parts)
         name = prediction.route.manifest.name
-        return encode(prediction, self.request.format, self.request.accept, self._provider[name],
-                      threads=max(len(parts), 1))
+        return encode(prediction, self.request.format, self.request.accept, self._provider[name], threads=threads)
 
     def close(self) -> None:
         """Close the files and unmap the slab."""

@@ -72,10 +72,11 @@ class _Worker:
     def step(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> int | JobStep:
         return self._ending_on_error(sid, lambda: self._sessions[sid].step(k, probs_shape))
 
-    def finish(self, sid: int, k: int | None, probs_shape: tuple[int, ...] | None) -> Encoded | JobStep | PartDone:
+    def finish(self, sid: int, k: int | None, probs_shape: tuple[int, ...] | None,
+               threads: int = 1) -> Encoded | JobStep | PartDone:
         session = self._sessions[sid]
         try:
-            result = session.finish(k, probs_shape)
+            result = session.finish(k, probs_shape, threads)
         except BaseException:
             self._drop(sid)
             raise

@@ -1,4 +1,5 @@
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -475,3 +476,34 @@ def test_one_request_keeps_its_ahead_batches_in_flight_however_many_runners():
     assert three[2] == [[2000 + 10 * i + j for j in range(4)] for i in range(12)]
     assert peak[0] == runners  # three requests use every runner
     assert Batcher("s", engine, None, max_batch=4, max_delay_ms=0, max_queue=8, metrics=Metrics(), runners=3).ahead == 4
+
+
+def test_idle_only_while_no_tile_is_queued_or_running():
+    """What a scene's last batch asks before its COG takes the engine's cores (``DecodePool._tail_threads``)."""
+    gates = [threading.Event(), threading.Event()]  # one a batch: each runs when its gate opens
+    calls = iter(gates)
+
+    def held(batch: np.ndarray) -> np.ndarray:
+        next(calls).wait(10)
+        return engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", held, pool, max_batch=4, max_delay_ms=1, max_queue=100, metrics=Metrics())
+            b.start()
+            seen = [b.idle]
+            first = asyncio.ensure_future(b.submit(tiles(2, 0)))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(b.submit(tiles(4, 10)))  # no room in the running batch: queued
+            await asyncio.sleep(0.05)
+            seen.append(b.idle)
+            gates[0].set()
+            await first
+            seen.append(b.idle)  # the second batch is running now
+            gates[1].set()
+            await second
+            seen.append(b.idle)
+            await b.stop()
+        return seen
+
+    assert run(main()) == [True, False, False, True]
