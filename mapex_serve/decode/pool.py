@@ -35,7 +35,7 @@ from mapex_serve.cores import service_cores
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
 from mapex_serve.decode.parts import MaskSlab, PartDone, ScenePart, scene_parts
 from mapex_serve.decode.session import Opened, OpenRequest
-from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, batch_bytes, clean_stale, slab_folder
+from mapex_serve.decode.slab import Layout, Slab, SlabPool, SlabSpaceError, batch_bytes, clean_stale, slab_folder
 from mapex_serve.decode.worker import READY, serve
 from mapex_serve.engine import CPU_EP
 from mapex_serve.errors import MapexError
@@ -220,6 +220,7 @@ class DecodePool:
         self._stopping = False
         self.folder: Path = slab_folder(shm)
         clean_stale(self.folder)
+        self._slabs = SlabPool(self.folder)
         self.restarts = 0
 
     def _spawn(self, index: int) -> _Worker:
@@ -254,7 +255,8 @@ class DecodePool:
         for w in self._workers:
             w.exit()
         await asyncio.gather(*(asyncio.to_thread(w.join, 10) for w in self._workers))
-        for slab in self.folder.glob("slab-*"):
+        self._slabs.clear()
+        for slab in [*self.folder.glob("slab-*"), *self.folder.glob("pooled-*")]:
             slab.unlink(missing_ok=True)
         self.folder.rmdir()
 
@@ -321,12 +323,13 @@ class DecodePool:
         if self.holding >= self._max_holding:
             raise QueueFullError(f"the decode workers hold {self.holding} requests, at most {self._max_holding} "
                                  f"(MAPEX_MAX_DECODING a worker); retry shortly")
-        upload = Upload(Slab.create(self.folder, layout.size, reserve=layout.files_end), layout, files, self._release)
+        upload = Upload(self._slabs.take(layout.size, layout.files_end), layout, files, self._release)
         self.holding += 1
         return upload
 
-    def _release(self) -> None:
+    def _release(self, slab: Slab, clean: bool) -> None:
         self.holding -= 1
+        self._slabs.give(slab, clean)
 
     async def predict(
         self, upload: Upload, specialists: Sequence[str], batchers: Mapping[str, Batcher], *,
@@ -348,7 +351,9 @@ class DecodePool:
                 worker = await self._pick(wait_s)
                 try:
                     opening = OpenRequest(next(self._sessions), **request, available=budget.available)
-                    return await self._session(worker, upload, opening, batchers, budget, wait_s)
+                    encoded = await self._session(worker, upload, opening, batchers, budget, wait_s)
+                    upload.clean = True  # its sessions are over: nothing writes to its slab any more
+                    return encoded
                 except WorkerLostError as e:
                     if attempt == 2:
                         raise DecodeUnavailableError(f"the decode worker died twice while reading this upload ({e}); "
@@ -564,7 +569,10 @@ class Upload:
     slab: Slab
     layout: Layout
     files: list[UploadedFile]
-    release: Callable[[], None]  # called once, by the first ``discard``
+    #: Called once, by the first ``discard``, with the slab and ``clean``: whether the request's sessions ended
+    #: with their last answer (the slab may serve another request) or not (a worker may still write there).
+    release: Callable[[Slab, bool], None]
+    clean: bool = False
     discarded: bool = False
 
     def fill(self) -> None:
@@ -585,13 +593,11 @@ class Upload:
         return _SlabSink(self.slab, offset, size)
 
     def discard(self) -> None:
-        """Unmap and remove the slab (idempotent): the request is over, answered or not."""
+        """Let go of the slab (idempotent): the request is over, answered or not."""
         self.files = []
         if not self.discarded:
             self.discarded = True
-            self.slab.close()
-            self.slab.unlink()
-            self.release()
+            self.release(self.slab, self.clean)
 
 
 class _SlabSink:

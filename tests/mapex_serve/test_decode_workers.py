@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mapex_serve.decode.slab import Layout, Slab, SlabSpaceError, clean_stale
+from mapex_serve.decode.slab import Layout, Slab, SlabPool, SlabSpaceError, clean_stale
 from mapex_serve.local import decode_workers
 
 S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
@@ -132,6 +132,41 @@ def test_slabs_that_together_overfill_a_tmpfs_are_refused_not_a_sigbus(small_tmp
     assert "refused:" in run.stdout and f"written {3 * 2**20}" in run.stdout, run.stdout
 
 
+def _reserved_bytes(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_a_small_slab_serves_the_next_request_only_once_its_request_ended_cleanly(tmp_path):
+    shm = tmp_path
+    pool = SlabPool(shm, capacity=2**20, keep=1)
+    first = pool.take(500_000, reserve=100_000)
+    assert first.path.name.startswith("pooled-") and _reserved_bytes(first.path) >= 100_000
+    first.write(0, b"a" * 10)
+    pool.give(first, clean=True)
+    again = pool.take(300_000, reserve=400_000)  # the same file, its head reserved further before it is written
+    assert again.path == first.path and _reserved_bytes(again.path) >= 400_000
+    assert again.read(0, 10) == b"a" * 10, "the same mapping: nothing copied, nothing made"
+    other = pool.take(10_000, reserve=10_000)  # the kept one is taken: a new one
+    assert other.path != again.path
+    pool.give(again, clean=False)  # a worker may still write there: removed, never handed out again
+    assert not again.path.exists()
+    pool.give(other, clean=True)
+    assert pool.take(10_000, reserve=10_000).path == other.path
+
+
+def test_the_pool_keeps_at_most_keep_slabs_and_never_a_large_one(tmp_path):
+    shm = tmp_path
+    pool = SlabPool(shm, capacity=2**20, keep=2)
+    small = [pool.take(2**20, reserve=4096) for _ in range(3)]
+    large = pool.take(2**20 + 1, reserve=4096)
+    assert large.path.name.startswith("slab-")
+    for slab in [*small, large]:
+        pool.give(slab, clean=True)
+    assert sorted(p.name for p in shm.iterdir()) == sorted(s.path.name for s in small[:2]), "two kept, the rest removed"
+    pool.clear()
+    assert not list(shm.iterdir())
+
+
 def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -211,6 +246,19 @@ def test_the_server_runs_its_uploads_in_decode_workers(server):
     ready = httpx.get(f"{server.url}/readyz").json()
     assert ready["decode_workers"]["ready"] == ready["decode_workers"]["size"] >= 1
     assert len(decode_workers(server.pid)) == ready["decode_workers"]["size"]
+
+
+def test_single_tile_uploads_reuse_the_pooled_slabs(server, in_process, to_geotiff):
+    """A clean request's small slab serves the next one (``SlabPool``): none is made or left per request."""
+    tile = sar_scene(to_geotiff, 32)
+    reference = in_process.post("flood", tile, params={"format": "json"}).json()["classes"]
+    for _ in range(3):
+        assert server.post("flood", tile, params={"format": "json"}).json()["classes"] == reference
+    kept = sorted(_slabs(server))
+    for _ in range(5):
+        assert server.post("flood", tile, params={"format": "json"}).json()["classes"] == reference
+    assert sorted(_slabs(server)) == kept and 1 <= len(kept) <= 8
+    assert all(p.name.startswith("pooled-") for p in kept), kept
 
 
 def test_workers_answer_exactly_as_the_service_process_does(server, in_process, to_geotiff):
