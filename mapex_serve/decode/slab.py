@@ -165,10 +165,11 @@ class SlabPool:
     """Slabs of small requests (a single tile's), kept for the next ones instead of made and removed each time.
 
     Creating, reserving, mapping, unmapping and removing a tmpfs file cost the event loop 45 µs a
-    single-tile request (of about 0.65 ms), a kept one 1 µs (docs/performance.md, stop 33). A slab comes back only from
-    a request that ended cleanly (its worker answered its last message: nothing writes there any
-    more); any other is removed, as every slab was before. Kept slabs are named ``pooled-*`` and
-    hold at most ``keep`` x ``capacity`` bytes of the tmpfs (the pages their requests reserved).
+    single-tile request (of about 0.65 ms), a kept one 1 µs (docs/performance.md, stop 33). A slab
+    comes back only from a request that ended cleanly (its worker answered its last message:
+    nothing writes there any more); any other is removed, as every slab was before. Kept slabs are
+    named ``pooled-*`` and hold at most ``keep`` x ``capacity`` bytes of the tmpfs (the pages their
+    requests reserved).
     """
 
     def __init__(self, folder: Path, capacity: int = 2 * 2**20, keep: int = 8) -> None:
