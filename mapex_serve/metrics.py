@@ -44,8 +44,8 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 
     def request_done(self, task: str, specialist: str, status: int, seconds: float) -> None:
-        """Count one prediction request. ``task`` is one the service has (any other name is counted as
-        ``unknown``: a path segment a client made up must not become a series of its own)."""
+        """Count one prediction request, its series looked up once. ``task``: one the service has, or ``unknown``
+        (a path segment a client made up must not become a series of its own)."""
         key = (task, specialist, status)
         if (series := self._request_series.get(key)) is None:
             series = self._request_series[key] = (self.requests.labels(task, specialist, str(status)),

@@ -188,7 +188,11 @@ class SlabPool:
             return slab
         slab = self._free.pop()
         if reserve > self._reserved[slab.path]:  # a tmpfs keeps a file's reserved pages: only the rest
-            slab.reserve([(0, reserve)])
+            try:
+                slab.reserve([(0, reserve)])
+            except BaseException:
+                self.give(slab, clean=False)  # no room: removed, not lost from the pool's sight
+                raise
             self._reserved[slab.path] = reserve
         return slab
 

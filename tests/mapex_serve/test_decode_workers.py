@@ -167,6 +167,17 @@ def test_the_pool_keeps_at_most_keep_slabs_and_never_a_large_one(tmp_path):
     assert not list(shm.iterdir())
 
 
+def test_a_kept_slab_that_finds_no_room_for_a_larger_upload_is_removed(small_tmpfs):
+    shm = small_tmpfs("1m")
+    pool = SlabPool(shm, capacity=768 * 1024, keep=1)
+    kept = pool.take(4096, reserve=4096)
+    pool.give(kept, clean=True)
+    (shm / "other").write_bytes(b"x" * 512 * 1024)  # the tmpfs fills up meanwhile
+    with pytest.raises(SlabSpaceError):
+        pool.take(700 * 1024, reserve=700 * 1024)
+    assert not kept.path.exists(), "removed, not left behind outside the pool"
+
+
 def test_stale_slab_folders_of_dead_services_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
