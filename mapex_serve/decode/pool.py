@@ -294,7 +294,7 @@ class DecodePool:
 
     def _slots(self, specialists: tuple[str, ...], max_batch: int) -> tuple[int, int, int]:
         """A task's largest batch of tiles and of outputs, and its slots: worked out once a task, not once a request
-        (over every specialist of the task, it was a tenth of the event loop's CPU on single tiles)."""
+        (over every specialist of the task: a tenth of the event loop's profiled time on single tiles)."""
         key = (specialists, max_batch)
         if (known := self._slot_sizes.get(key)) is None:
             tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
