@@ -250,8 +250,8 @@ class SceneReader:
         windows = list(_sample_windows(self.height, self.width, size, first.dataset.block_shapes[0], first.window_offset))
         for window in windows:
             stored, inside = self._stored(self._sources, len(self.bands), window)
-            if len(windows) == 1:  # the scene, read whole: tiles slice it (a tile-sized upload is read once, not twice)
-                self._whole = stored, inside
+            if (window.width, window.height) == (self.width, self.height):  # the scene, read whole: tiles slice it
+                self._whole = stored, inside  # (a tile-sized upload is read once, not twice)
             for i in range(len(self.bands)):
                 parts[i].append(stored[i][inside[i]])
         out = []
