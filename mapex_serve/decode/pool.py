@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -193,6 +193,16 @@ class _Worker:
         self._conn.close()
 
 
+class _TaskPlan(NamedTuple):
+    """A task's largest batch of tiles and of outputs in bytes, the batches a request keeps in flight (slots), and
+    the most parts a scene of it splits into."""
+
+    tile_bytes: int
+    out_bytes: int
+    slots: int
+    parts: int
+
+
 class DecodePool:
     """``size`` decode worker processes: ``predict`` runs one ``/predict`` request on one of them, ``job`` a job."""
 
@@ -207,9 +217,7 @@ class DecodePool:
         #: Engine runners of each specialist: a request's slab has a batch of tiles and of probabilities for
         #: each, and one the worker refills (``batcher.request_ahead``: fewer for large tiles).
         self._runners = dict(runners or {})
-        #: What ``_slots`` and ``_most_parts`` worked out for each task (its specialists), and max batch.
-        self._slot_sizes: dict[tuple[tuple[str, ...], int], tuple[int, int, int]] = {}
-        self._task_parts: dict[tuple[str, ...], int] = {}
+        self._plans: dict[tuple[tuple[str, ...], int], _TaskPlan] = {}  # by task (its specialists) and max batch
         #: Requests holding a slab, from ``prepare`` to ``Upload.discard``: the queue in front of the
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
@@ -286,37 +294,33 @@ class DecodePool:
             raise DecodeUnavailableError(f"no decode worker came up within {timeout:g} s; retry shortly") from None
 
     def _layout(self, files: Sequence[tuple[str, int]], specialists: Sequence[str], max_batch: int,
-                parts: int = 1) -> Layout:
-        """Room for the files and for the batches in flight of the task's largest tiles and outputs, for each of
-        ``parts`` sessions (the slots of parts that never run are never reserved: the file is sparse)."""
-        tile_bytes, out_bytes, slots = self._slots(tuple(specialists), max_batch)
-        return Layout.plan(files, tile_bytes, out_bytes, slots * parts)
+                split: bool = True) -> Layout:
+        """Room for the files and for the batches in flight of the task's largest tiles and outputs, for each part a
+        ``/predict`` scene may ``split`` into (the slots of parts that never run are never reserved: the file is
+        sparse); a job's scene is one part."""
+        plan = self._plan(specialists, max_batch)
+        return Layout.plan(files, plan.tile_bytes, plan.out_bytes, plan.slots * (plan.parts if split else 1))
 
-    def _slots(self, specialists: tuple[str, ...], max_batch: int) -> tuple[int, int, int]:
-        """A task's largest batch of tiles and of outputs, and its slots: worked out once a task, not once a request
-        (over every specialist of the task: a tenth of the event loop's profiled time on single tiles)."""
-        key = (specialists, max_batch)
-        if (known := self._slot_sizes.get(key)) is None:
+    def _plan(self, specialists: Sequence[str], max_batch: int) -> _TaskPlan:
+        """What a task's requests need, over every specialist of the task: worked out once a task, not once a
+        request (a tenth of the event loop's profiled time on single tiles)."""
+        key = (tuple(specialists), max_batch)
+        if (plan := self._plans.get(key)) is None:
             tiles, outs = zip(*(batch_bytes(self._manifests[n], max_batch) for n in specialists), strict=True)
             slots = request_ahead(max(self._runners.get(n, 1) for n in specialists), max(tiles) + max(outs))
-            known = self._slot_sizes[key] = (max(tiles), max(outs), slots)
-        return known
-
-    def _most_parts(self, specialists: Sequence[str]) -> int:
-        if (most := self._task_parts.get(key := tuple(specialists))) is None:
-            most = self._task_parts[key] = max(self._parts.get(n, 1) for n in specialists)
-        return most
+            parts = max(self._parts.get(n, 1) for n in specialists)
+            plan = self._plans[key] = _TaskPlan(max(tiles), max(outs), slots, parts)
+        return plan
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
         check_not_empty(files)
-        layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch,
-                              self._most_parts(specialists))
+        layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch)
         return self._hold(layout, list(files))
 
     def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
-        return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch, self._most_parts(specialists)), [])
+        return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch), [])
 
     def _hold(self, layout: Layout, files: list[UploadedFile]) -> Upload:
         """The request's slab, counted until it is discarded; ``QueueFullError`` (503) when the workers hold enough."""
@@ -343,7 +347,7 @@ class DecodePool:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
-            parts = self._most_parts(specialists)
+            parts = self._plan(specialists, max_batch).parts
             request = dict(slab=str(slab.path), layout=layout.share(0, parts), specialists=tuple(specialists),
                            bands=tuple(bands) if bands else None, modality=modality, overrides=overrides,
                            max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept, parts=parts)
@@ -476,7 +480,7 @@ class DecodePool:
         Not counted against ``MAPEX_MAX_DECODING`` (``MAPEX_JOB_CONCURRENCY`` bounds jobs). A
         ``WorkerLostError`` is the caller's to retry: a job resumes from the strips it recorded.
         """
-        layout = self._layout([], specialists, max_batch)
+        layout = self._layout([], specialists, max_batch, split=False)
         slab = Slab.create(self.folder, layout.size, reserve=0)
         worker: _Worker | None = None
         job: WorkerJob | None = None
