@@ -30,6 +30,8 @@ from mapex_serve.repository import Manifest
 __all__ = ["Layout", "Slab", "SlabPool", "SlabSpaceError", "clean_stale", "slab_folder"]
 
 _ALIGN = 64  # numpy and ONNX Runtime like their float32 buffers on cache lines
+#: ``Slab.write`` copies pieces this large or larger through the file.
+WRITE_THROUGH_FILE = 64 * 2**10
 _names = count()
 
 
@@ -139,7 +141,24 @@ class Slab:
         return np.ndarray(shape, dtype, buffer=self._mapping, offset=offset)
 
     def write(self, offset: int, data: bytes) -> None:
-        self._mapping[offset : offset + len(data)] = data
+        """``data`` at ``offset``: pieces of ``WRITE_THROUGH_FILE`` bytes or more through the file, not the mapping.
+
+        Copying into a fresh mapping faults its pages in one by one: a 129 MiB upload in the HTTP
+        server's 256 KiB chunks cost the event loop 62 ms that way and 22 ms with ``pwrite``
+        (docs/performance.md, stop 34). A few kilobytes (a single tile, often into a kept slab whose
+        pages are mapped already) go faster through the mapping.
+        """
+        if len(data) < WRITE_THROUGH_FILE:
+            self._mapping[offset : offset + len(data)] = data
+            return
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            view, at = memoryview(data), offset
+            while view:
+                written = os.pwrite(fd, view, at)
+                view, at = view[written:], at + written
+        finally:
+            os.close(fd)
 
     def read(self, offset: int, size: int) -> bytes:
         return self._mapping[offset : offset + size]

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mapex_serve.decode.slab import Layout, Slab, SlabPool, SlabSpaceError, clean_stale
+from mapex_serve.decode.slab import WRITE_THROUGH_FILE, Layout, Slab, SlabPool, SlabSpaceError, clean_stale
 from mapex_serve.local import decode_workers
 
 S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
@@ -53,6 +53,23 @@ def test_a_slab_written_here_is_read_and_answered_in_another_process(tmp_path):
         slab.close()
         slab.unlink()
     assert not slab.path.exists()
+
+
+def test_large_writes_go_through_the_file_and_small_ones_through_the_mapping_to_the_same_bytes(tmp_path):
+    """A large piece is written with ``pwrite`` (no page faults in this process), a small one by copying into the
+    mapping: both land where the mapping, another process's view and the file itself read them."""
+    large = np.random.default_rng(0).integers(0, 256, WRITE_THROUGH_FILE * 3 + 5, np.uint8).tobytes()
+    small = b"II*\0" + bytes(range(200))
+    slab = Slab.create(tmp_path, 64 + len(small) + len(large))
+    try:
+        slab.write(64, small)
+        slab.write(64 + len(small), memoryview(large))  # uvicorn hands bytes; a memoryview works the same
+        assert slab.read(64, len(small) + len(large)) == small + large
+        assert slab.path.read_bytes()[64:] == small + large
+        assert slab.read(0, 64) == bytes(64)  # nothing before the offset was touched
+    finally:
+        slab.close()
+        slab.unlink()
 
 
 def test_a_closed_slab_stays_mapped_while_a_view_of_it_lives_and_is_unmapped_after(tmp_path):
