@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name: Batcher(name, spec.engine.run, executor, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
                           max_queue=s.max_queue, metrics=state.metrics, runners=spec.engine.threads.runners,
                           ahead=request_ahead(spec.engine.threads.runners,
-                                              sum(batch_bytes(spec.manifest, s.max_batch))))
+                                              sum(batch_bytes(spec.manifest, s.max_batch))),
+                          run_into=spec.engine.run_into)
             for (name, spec), executor in zip(registry.specialists.items(), executors, strict=True)
         }
         for b in state.batchers.values():

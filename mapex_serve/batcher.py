@@ -63,6 +63,10 @@ class _Job:
     tiles: np.ndarray = field(compare=False)
     future: asyncio.Future[np.ndarray] = field(compare=False)
     queued_at: float = field(compare=False)
+    #: Where the engine's thread writes the job's outputs (``submit``'s ``out``), or None: a slice of the batch's.
+    out: np.ndarray | None = field(default=None, compare=False)
+    #: The batch that runs the job, once the engine has it: ``out`` may be written until it ends.
+    batch: asyncio.Task[None] | None = field(default=None, compare=False)
 
 
 class Batcher:
@@ -71,12 +75,14 @@ class Batcher:
     def __init__(
         self, name: str, run: Callable[[np.ndarray], np.ndarray], executor: Executor, *,
         max_batch: int, max_delay_ms: float, max_queue: int, metrics: Metrics, runners: int = 1,
-        ahead: int | None = None,
+        ahead: int | None = None, run_into: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> None:
-        """``ahead``: batches one request keeps submitted (``request_ahead``; default ``runners`` + 1)."""
+        """``ahead``: batches one request keeps submitted (``request_ahead``; default ``runners`` + 1). ``run_into``:
+        ``run`` writing its outputs into the array given (``Engine.run_into``); default: ``run``'s outputs copied there."""
         if runners < 1:
             raise ValueError(f"runners must be at least 1, got {runners}")
         self.name, self._run, self._executor, self.runners = name, run, executor, runners
+        self._run_into = run_into or self._copy_into
         self.ahead = runners + 1 if ahead is None else ahead
         self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay_ms / 1000, max_queue
         self._metrics = metrics.of_specialist(name)
@@ -140,28 +146,51 @@ class Batcher:
                 f"the queue holds at most {self.max_queue} (MAPEX_MAX_QUEUE); retry shortly"
             )
 
-    async def submit(self, tiles: np.ndarray, *, admit: bool = True, priority: int = INTERACTIVE) -> np.ndarray:
+    async def submit(self, tiles: np.ndarray, *, admit: bool = True, priority: int = INTERACTIVE,
+                     out: np.ndarray | None = None) -> np.ndarray:
         """Results for ``tiles`` (N, C, T, T), in order; chunks larger than a batch are split.
 
         ``admit=False`` is for a request's later batches: a request once admitted is finished,
         never refused half-way, so the queue can pass ``max_queue`` by what admitted requests hold.
         ``BACKGROUND`` tiles (whole-scene jobs) are taken only when no interactive tile is waiting.
+
+        ``out`` (N, *outputs): the engine's thread writes the results there, and ``submit`` returns it.
+        A request's shared memory gets its probabilities without a copy on the event loop (the
+        batch's only job straight from the engine: ``run_into``). Cancelled or failed while the
+        engine runs its tiles, ``submit`` ends only once that run has, so that ``out`` may be reused
+        (or another try of the request written there) as soon as ``submit`` is over.
         """
         if self._stopping:
             raise ServiceStoppingError(f"specialist {self.name} is stopping (the service is shutting down); retry")
         if admit:
             self.admit(len(tiles))
         loop = asyncio.get_running_loop()
-        futures = []
+        jobs = []
         for start in range(0, len(tiles), self.max_batch):
             chunk = tiles[start : start + self.max_batch]
-            job = _Job(priority, next(self._seq), chunk, loop.create_future(), time.perf_counter())
+            rows = None if out is None else out[start : start + self.max_batch]
+            jobs.append(_Job(priority, next(self._seq), chunk, loop.create_future(), time.perf_counter(), rows))
             self._depth += len(chunk)
-            self._queue.put_nowait(job)
-            futures.append(job.future)
+            self._queue.put_nowait(jobs[-1])
         self._metrics.queue_depth.set(self._depth)
-        outputs = await asyncio.gather(*futures)
+        try:
+            outputs = await asyncio.gather(*(j.future for j in jobs))
+        except BaseException:
+            for j in jobs:
+                j.future.cancel()  # the request's other chunks leave the queue unrun
+            if out is not None:
+                await self._left_engine(jobs)
+            raise
+        if out is not None:
+            return out
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    @staticmethod
+    async def _left_engine(jobs: list[_Job]) -> None:
+        """Until the batches that run any of ``jobs`` have ended (the jobs still queued never run: ``_live``)."""
+        running = {j.batch for j in jobs if j.batch is not None and not j.batch.done()}
+        if running:
+            await asyncio.wait(running)
 
     def _live(self, job: _Job) -> bool:
         """False for a job whose request was cancelled: its tiles leave the queue without reaching the engine."""
@@ -249,7 +278,7 @@ class Batcher:
             self._metrics.queue_seconds.observe(now - j.queued_at)
         self._metrics.batch_size.observe(len(batch))
         try:
-            out = await loop.run_in_executor(self._executor, self._run, batch)
+            out = await loop.run_in_executor(self._executor, self._compute, batch, jobs)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request
             self._ended(jobs)
             for j in jobs:
@@ -262,8 +291,29 @@ class Batcher:
         start = 0
         for j in jobs:
             if not j.future.done():
-                j.future.set_result(out[start : start + len(j.tiles)])
+                j.future.set_result(j.out if j.out is not None else out[start : start + len(j.tiles)])
             start += len(j.tiles)
+
+    def _compute(self, batch: np.ndarray, jobs: list[_Job]) -> np.ndarray | None:
+        """The engine on ``batch``, in a runner thread; each job with an ``out`` gets its rows there, written in
+        this thread rather than on the event loop (a lone job's straight from the engine: ``run_into``).
+
+        Why: a scene's probabilities copied into its shared memory on the loop were a sixth of the
+        loop's CPU a scene (docs/performance.md, stop 34).
+        """
+        if len(jobs) == 1 and jobs[0].out is not None:
+            self._run_into(batch, jobs[0].out)
+            return None
+        out = self._run(batch)
+        start = 0
+        for j in jobs:
+            if j.out is not None:
+                j.out[...] = out[start : start + len(j.tiles)]
+            start += len(j.tiles)
+        return out
+
+    def _copy_into(self, batch: np.ndarray, out: np.ndarray) -> None:
+        out[...] = self._run(batch)
 
     async def _work(self) -> None:
         """Collect the next batch while the engine is busy; start it on a free runner."""
@@ -281,6 +331,8 @@ class Batcher:
             self._running[id(jobs)] = jobs  # running from now on, for ``_share`` before its task's first step
             self._running_tiles += size
             task = asyncio.ensure_future(self._run_batch(jobs))
+            for j in jobs:
+                j.batch = task
             if not self._inflight:
                 self._idle = asyncio.get_running_loop().create_future()
             self._inflight.add(task)

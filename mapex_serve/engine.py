@@ -313,6 +313,25 @@ class Engine:
         assert self._session is not None
         return self._session.run([self._spec.output_name], {self._spec.input_name: batch})[0]
 
+    def run_into(self, batch: np.ndarray, out: np.ndarray) -> None:
+        """``run``, its probabilities written into ``out`` (N, *outputs), a C-ordered array of the output's dtype
+        (a request's shared memory): ONNX Runtime binds ``out`` as the run's output (``IOBinding``), so the outputs
+        are neither allocated nor copied after (on a GPU, copied from the device straight there). Thread-safe."""
+        self._validate(batch)
+        expected = (batch.shape[0], *self.manifest.output.shape[1:])
+        if tuple(out.shape) != expected:
+            raise EngineInputError(f"{self.name}: outputs of a batch of {batch.shape[0]} are {expected}, "
+                                   f"not {tuple(out.shape)}")
+        bindable = out.dtype == np.dtype(self.manifest.output.dtype) and out.flags.c_contiguous and out.flags.writeable
+        if self._native is not None or batch.shape[0] > self.settings.max_batch or not bindable:
+            out[...] = self.run(batch)
+            return
+        assert self._session is not None
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._spec.input_name, np.ascontiguousarray(batch))
+        binding.bind_output(self._spec.output_name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+        self._session.run_with_iobinding(binding)
+
     def warm_up(self) -> float:
         """Run one full batch of band-mean tiles (TensorRT builds or loads its engine here); returns seconds."""
         means = np.array([b.mean for b in self.manifest.bands], dtype=self._spec.dtype)

@@ -385,8 +385,8 @@ class DecodePool:
                     return split
                 opened = await worker.call("start", (request.session,))
             encoded: Encoded = await run_batches(
-                worker, request.session, upload.slab, request.layout, opened.tile_shape, opened.sizes,
-                lambda tiles, k: batcher.submit(tiles, admit=k == 0), lambda n: n,
+                worker, request.session, upload.slab, request.layout, (opened.tile_shape, self._outputs(batcher.name)),
+                opened.sizes, lambda tiles, out, k: batcher.submit(tiles, admit=k == 0, out=out), lambda n: n,
                 lambda: self._tail_threads(batcher))
             finished = True
             return encoded
@@ -396,6 +396,10 @@ class DecodePool:
             if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go, and a
                 # retry may reuse its slots only once no step of it still writes there
                 await worker.close_session(request.session)
+
+    def _outputs(self, specialist: str) -> tuple[int, ...]:
+        """The shape of one tile's outputs from ``specialist``."""
+        return tuple(self._manifests[specialist].output.shape[1:])
 
     def _tail_threads(self, batcher: Batcher) -> int:
         """Threads for a scene's COG once its last batch is back: its worker's core, and the engine's when nothing
@@ -447,8 +451,9 @@ class DecodePool:
 
         async def run_first() -> PartDone:
             started: Opened = await first.call("start", (request.session, ScenePart(rows[0], str(mask.path))))
-            return await run_batches(first, request.session, upload.slab, request.layout, started.tile_shape,
-                                     started.sizes, lambda tiles, _k: batcher.submit(tiles, admit=False), lambda n: n)
+            return await run_batches(first, request.session, upload.slab, request.layout,
+                                     (started.tile_shape, self._outputs(batcher.name)), started.sizes,
+                                     lambda tiles, out, _k: batcher.submit(tiles, admit=False, out=out), lambda n: n)
 
         async def run_other(i: int) -> PartDone:  # part of an admitted request (_split): its batches are never refused
             part = replace(request, session=next(self._sessions), layout=upload.layout.share(i, request.parts),
@@ -459,8 +464,9 @@ class DecodePool:
                 started: Opened = await worker.call("open", part)
                 if started.specialist != specialist:
                     raise RuntimeError(f"part {i} of a scene routed to {started.specialist}, the first to {specialist}")
-                result = await run_batches(worker, part.session, upload.slab, part.layout, started.tile_shape,
-                                           started.sizes, lambda tiles, _k: batcher.submit(tiles, admit=False),
+                result = await run_batches(worker, part.session, upload.slab, part.layout,
+                                           (started.tile_shape, self._outputs(batcher.name)), started.sizes,
+                                           lambda tiles, out, _k: batcher.submit(tiles, admit=False, out=out),
                                            lambda n: n)
                 done = True
                 return result
@@ -488,7 +494,8 @@ class DecodePool:
             worker = await self._pick(wait_s)
             worker.sessions += 1
             request = JobOpenRequest(next(self._sessions), str(slab.path), layout, tuple(specialists), plan)
-            job = WorkerJob(worker, request, slab, await worker.call("open", request))
+            opened: JobOpened = await worker.call("open", request)
+            job = WorkerJob(worker, request, slab, opened, self._outputs(opened.specialist))
             yield job
         finally:
             slab.close()  # the worker keeps its own mapping until it closes the session
@@ -507,6 +514,7 @@ class WorkerJob:
     request: JobOpenRequest
     slab: Slab
     opened: JobOpened
+    out_shape: tuple[int, ...]  # one tile's outputs
     started: JobStarted | None = None
     finished: bool = False
 
@@ -515,36 +523,43 @@ class WorkerJob:
         self.started = await self.worker.call("start", (self.request.session, rows, list(known)))
         return self.started
 
-    async def run(self, submit: Callable[[np.ndarray], Awaitable[np.ndarray]],
+    async def run(self, submit: Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]],
                   stepped: Callable[[JobStep], int]) -> JobStep:
-        """Every batch through ``submit``; ``stepped`` hears each step's strips and progress. The final step."""
+        """Every batch through ``submit`` (tiles, and where their outputs go); ``stepped`` hears each step's strips
+        and progress. The final step."""
         if self.started is None:
             raise RuntimeError("start the job before running it")
         final: JobStep = await run_batches(self.worker, self.request.session, self.slab, self.request.layout,
-                                           self.opened.tile_shape, self.started.sizes,
-                                           lambda tiles, _k: submit(tiles), stepped)
+                                           (self.opened.tile_shape, self.out_shape), self.started.sizes,
+                                           lambda tiles, out, _k: submit(tiles, out), stepped)
         self.finished = True
         return final
 
 
-async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, tile_shape: tuple[int, ...],
-                      sizes: Sequence[int], submit: Callable[[np.ndarray, int], Awaitable[np.ndarray]],
+async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout,
+                      shapes: tuple[tuple[int, ...], tuple[int, ...]], sizes: Sequence[int],
+                      submit: Callable[[np.ndarray, np.ndarray, int], Awaitable[np.ndarray]],
                       stepped: Callable[[Any], int], threads: Callable[[], int] = lambda: 1) -> Any:
     """A session's batches through the engine, each slot refilled as its output comes back; ``finish``'s answer.
 
     Batch k lives in tile slot k % S and its output in probability slot k % S (S slots,
-    ``batcher.request_ahead``: one for each engine runner, and one more). Once batch k's output is
-    back, ``step`` has the worker blend it and read batch k + S into the freed slot while the engine
-    runs the others; ``stepped`` turns the step's answer into that batch's size (0: none). With no
-    batch at all, ``finish`` gets no last batch. ``threads``: the cores the worker may take for what follows the
-    last batch (compressing a COG), asked when it is back.
+    ``batcher.request_ahead``: one for each engine runner, and one more); ``submit(tiles, out, k)``
+    has the engine write the outputs into ``out``, that slot (``shapes``: one tile's and one tile's
+    outputs). Once batch k's output is back, ``step`` has the worker blend it and read batch k + S
+    into the freed slot while the engine runs the others; ``stepped`` turns the step's answer into
+    that batch's size (0: none). With no batch at all, ``finish`` gets no last batch. ``threads``:
+    the cores the worker may take for what follows the last batch (compressing a COG), asked when
+    it is back. On the way out, early, it waits until no batch of its own is in the engine: none
+    writes to the slab after it (a retry of the request may use the same slots).
     """
     slots = len(layout.tiles)
+    tile_shape, out_shape = shapes
     inflight: deque[tuple[int, asyncio.Future[np.ndarray]]] = deque()
 
     def send(k: int, n: int) -> None:
         tiles = slab.array(layout.tiles[k % slots], (n, *tile_shape))
-        inflight.append((k, asyncio.ensure_future(submit(tiles, k))))
+        out = slab.array(layout.probs[k % slots], (n, *out_shape))
+        inflight.append((k, asyncio.ensure_future(submit(tiles, out, k))))
 
     try:
         for k, n in enumerate(sizes):
@@ -554,8 +569,7 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, til
             return await worker.call("finish", (sid, None, None, threads()))
         while inflight:
             k, running = inflight.popleft()
-            probs = await running
-            slab.array(layout.probs[k % slots], probs.shape)[...] = probs
+            probs = await running  # in its slot already
             if not inflight:  # the last batch
                 return await worker.call("finish", (sid, k, probs.shape, threads()))
             if n := stepped(await worker.call("step", (sid, k, probs.shape))):
@@ -563,7 +577,9 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout, til
         raise AssertionError("unreachable: the loop returns at the last batch")
     finally:
         for _k, running in inflight:
-            running.cancel()  # its tiles leave the queue unrun
+            running.cancel()  # its tiles leave the queue unrun; a batch in the engine runs to its end
+        if inflight:
+            await asyncio.wait([running for _k, running in inflight])  # ``submit`` ends once its batch has
 
 
 @dataclass

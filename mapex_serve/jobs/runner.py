@@ -310,10 +310,11 @@ class JobRunner:
             return [(0, height)]
         return job_parts([s.index for s in known], height, workers)
 
-    def _submitter(self, specialist: str) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
-        """A job's tiles go to the shared batcher as background work: interactive requests' tiles go first."""
+    def _submitter(self, specialist: str) -> Callable[..., Awaitable[np.ndarray]]:
+        """A job's tiles go to the shared batcher as background work: interactive requests' tiles go first.
+        ``submit(tiles, out=None)``: ``out``, where the engine writes the outputs (a decode worker's slot)."""
         batcher = self.state.batchers[specialist]
-        return lambda tiles: batcher.submit(tiles, admit=False, priority=BACKGROUND)
+        return lambda tiles, out=None: batcher.submit(tiles, admit=False, priority=BACKGROUND, out=out)
 
     def _resume(self, job: JobRecord, manifest: Manifest) -> list[StripRecord]:
         """The strips a mask job keeps from its earlier runs (none if it now routes to another model version)."""

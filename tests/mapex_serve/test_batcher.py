@@ -507,3 +507,69 @@ def test_idle_only_while_no_tile_is_queued_or_running():
         return seen
 
     assert run(main()) == [True, False, False, True]
+
+
+def test_outputs_go_into_out_straight_from_run_into_alone_and_row_by_row_in_a_shared_batch():
+    """A request's shared memory gets its outputs in the engine's thread: a batch's only job through ``run_into``,
+    jobs sharing a batch each their rows; ``submit`` returns ``out`` itself."""
+    into: list[int] = []
+    gated = Gated(hold=1)  # the first batch holds the engine until the test lets it go
+
+    def run_into(batch: np.ndarray, out: np.ndarray) -> None:
+        into.append(len(batch))
+        out[...] = engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", gated, pool, max_batch=8, max_delay_ms=60_000, max_queue=100, metrics=Metrics(),
+                        run_into=run_into)
+            b.start()
+            held = asyncio.ensure_future(b.submit(tiles(2, 0)))  # holds the engine while the next ones gather
+            await asyncio.sleep(0.05)
+            outs = [np.full(3, -1, np.float32), np.full(2, -1, np.float32)]
+            shared = [asyncio.ensure_future(b.submit(tiles(len(o), 10 * (i + 1)), out=o)) for i, o in enumerate(outs)]
+            await asyncio.sleep(0.05)
+            gated.release.set()
+            got = await asyncio.wait_for(asyncio.gather(*shared), 5)
+            lone = np.full(4, -1, np.float32)
+            alone = await asyncio.wait_for(b.submit(tiles(4, 100), out=lone), 5)
+            await held
+            await b.stop()
+        return outs, got, lone, alone
+
+    outs, got, lone, alone = run(main())
+    assert outs[0].tolist() == [10, 11, 12] and outs[1].tolist() == [20, 21]  # their rows of the shared batch
+    assert got[0] is outs[0] and got[1] is outs[1] and alone is lone
+    assert lone.tolist() == [100, 101, 102, 103] and into == [4]  # only the lone job's batch ran into its out
+
+
+def test_a_cancelled_request_with_out_ends_only_once_its_running_batch_has():
+    """A request's slab may be written by its batch in the engine after the request was cancelled: ``submit`` ends
+    once that batch has, so that a retry writing the same slots never sees a late write."""
+    gate = threading.Event()
+
+    def held(batch: np.ndarray, out: np.ndarray) -> None:
+        gate.wait(10)
+        out[...] = engine(batch)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("s", engine, pool, max_batch=4, max_delay_ms=1, max_queue=100, metrics=Metrics(),
+                        run_into=held)
+            b.start()
+            out = np.full(2, -1, np.float32)
+            running = asyncio.ensure_future(b.submit(tiles(2, 5), out=out))
+            await asyncio.sleep(0.05)  # the engine has it
+            running.cancel()
+            await asyncio.sleep(0.1)
+            ended_early = running.done()
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(running, 5)
+            written_by_then = out.tolist()
+            await b.stop()
+        return ended_early, written_by_then
+
+    ended_early, written = run(main())
+    assert not ended_early, "submit ended while its batch could still write into out"
+    assert written == [5, 6]  # the late write came before submit ended, not after

@@ -134,6 +134,36 @@ def test_engine_matches_onnx_runtime_for_batches_of_1_and_5(repo):
         np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_run_into_writes_what_run_returns_into_the_array_given(repo, tmp_path):
+    """Bound as ONNX Runtime's output (a C-ordered float32 view of a shared-memory file, as a request's slab is), or
+    copied there when it cannot be (a strided view, a batch above max_batch); a wrong shape is refused."""
+    import mmap
+
+    entry = repo / "flood-sar" / "1"
+    manifest = verify_entry(entry)
+    engine = Engine(entry, manifest, cpu_settings(repo, providers="cpu", max_batch=4))
+    x = physical_batch(manifest, 3, seed=7)
+    expected = engine.run(x)
+    shape = expected.shape
+    with open(tmp_path / "slab", "w+b") as f:
+        f.truncate(4 * expected.size + 64)
+        mapped = mmap.mmap(f.fileno(), 0)
+    out = np.ndarray(shape, np.float32, buffer=mapped, offset=64)
+    engine.run_into(x, out)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    strided = np.full((3, shape[1], 2 * shape[2], shape[3]), -1, np.float32)[:, :, ::2]
+    engine.run_into(x, strided)
+    np.testing.assert_allclose(strided, expected, rtol=0, atol=1e-6)
+    big = physical_batch(manifest, 6, seed=8)
+    whole = np.empty((6, *shape[1:]), np.float32)
+    engine.run_into(big, whole)
+    np.testing.assert_allclose(whole, engine.run(big), rtol=0, atol=1e-6)
+    with pytest.raises(EngineInputError, match=r"outputs of a batch of 3 are \(3, 2, 32, 32\), not \(2, 2, 32, 32\)"):
+        engine.run_into(x, out[:2])
+    del out
+    mapped.close()
+
+
 def test_engine_splits_batches_larger_than_max_batch(repo):
     entry = repo / "landcover-rgb" / "1"
     manifest = verify_entry(entry)
