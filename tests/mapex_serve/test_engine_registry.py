@@ -135,8 +135,9 @@ def test_engine_matches_onnx_runtime_for_batches_of_1_and_5(repo):
 
 
 def test_run_into_writes_what_run_returns_into_the_array_given(repo, tmp_path):
-    """Bound as ONNX Runtime's output (a C-ordered float32 view of a shared-memory file, as a request's slab is), or
-    copied there when it cannot be (a strided view, a batch above max_batch); a wrong shape is refused."""
+    """Into a C-ordered float32 view of a shared-memory file (as a request's slab is), a strided view, the outputs
+    of a batch above max_batch; and bound as ONNX Runtime's output, as a GPU engine runs it; a wrong shape is
+    refused."""
     import mmap
 
     entry = repo / "flood-sar" / "1"
@@ -150,6 +151,9 @@ def test_run_into_writes_what_run_returns_into_the_array_given(repo, tmp_path):
         mapped = mmap.mmap(f.fileno(), 0)
     out = np.ndarray(shape, np.float32, buffer=mapped, offset=64)
     engine.run_into(x, out)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    out[...] = -1
+    engine._run_bound(x, out)  # what run_into does on a GPU provider: the binding itself runs on the CPU too
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
     strided = np.full((3, shape[1], 2 * shape[2], shape[3]), -1, np.float32)[:, :, ::2]
     engine.run_into(x, strided)
