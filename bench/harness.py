@@ -199,20 +199,27 @@ class ServiceProcess(LocalService):
 
 
 class PeakPss:
-    """The largest summed PSS of a service (``LocalService.pss_bytes``) seen while the block runs, sampled every
-    ``interval`` seconds on a thread: a lower bound of its true peak, as a sum of per-process VmHWM is an upper one
-    (that counts each library a decode worker maps once a worker)."""
+    """The largest summed PSS of a service (``LocalService.pss_bytes``) and its slabs' tmpfs pages
+    (``LocalService.shm_bytes``) seen while the block runs, sampled every ``interval`` seconds on a thread: a lower
+    bound of its true peak, as a sum of per-process VmHWM is an upper one (that counts each library a decode worker
+    maps once a worker). ``shm_peak``: the largest tmpfs share alone (the slab pages a process maps count twice in
+    ``peak``: a few MiB of tile and probability slots)."""
 
     def __init__(self, server: LocalService, interval: float = 0.05) -> None:
-        self.server, self.interval, self.peak = server, interval, 0
+        self.server, self.interval, self.peak, self.shm_peak = server, interval, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-pss", daemon=True)
 
     def _sample(self) -> None:
         while True:
-            self.peak = max(self.peak, self.server.pss_bytes())
+            self._measure()
             if self._stop.wait(self.interval):
                 return
+
+    def _measure(self) -> None:
+        shm = self.server.shm_bytes()
+        self.shm_peak = max(self.shm_peak, shm)
+        self.peak = max(self.peak, self.server.pss_bytes() + shm)
 
     def __enter__(self) -> PeakPss:
         self._thread.start()
@@ -221,7 +228,7 @@ class PeakPss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.server.pss_bytes())
+        self._measure()
 
 
 @dataclass

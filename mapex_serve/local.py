@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["LocalService", "cpu_seconds", "decode_workers", "free_port", "pss_bytes", "status_bytes"]
+__all__ = ["LocalService", "cpu_seconds", "decode_workers", "folder_bytes", "free_port", "pss_bytes", "status_bytes"]
 
 
 def status_bytes(pid: int | str, name: str) -> int:
@@ -27,6 +27,16 @@ def status_bytes(pid: int | str, name: str) -> int:
         if line.startswith(f"{name}:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/{pid}/status has no {name} line")
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes the files directly in ``folder`` take on their file system (allocated blocks: a sparse file's holes
+    take none); 0 for a folder that is not there."""
+    total = 0
+    for path in folder.glob("*"):
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+            total += path.stat().st_blocks * 512
+    return total
 
 
 def pss_bytes(pid: int | str) -> int:
@@ -86,8 +96,10 @@ class LocalService:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log)
         cmd = [sys.executable, "-m", "mapex_serve", "--port", str(self.port), "--repo", str(repo), *args]
+        environment = {**os.environ, **(env or {})}
+        self._shm = Path(environment.get("MAPEX_SHM_DIR", "/dev/shm"))
         with self.log_path.open("w") as out:
-            self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=environment, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout
         while not _ready(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -119,6 +131,11 @@ class LocalService:
     def pss_bytes(self) -> int:
         """Proportional memory now, summed over the service and its decode workers: what they hold together."""
         return int(self._sum(pss_bytes))
+
+    def shm_bytes(self) -> int:
+        """Bytes of the tmpfs the service's slabs hold now (``<MAPEX_SHM_DIR>/mapex-<pid>``). An upload the event loop
+        wrote there with ``pwrite`` (and the worker reads with ``pread``) is mapped by no process: in no RSS or PSS."""
+        return folder_bytes(self._shm / f"mapex-{self.pid}")
 
     def peak_rss_bytes(self) -> int:
         """Peak resident memory since start or the last ``reset_peak_rss`` (VmHWM), summed over the processes.

@@ -8,7 +8,7 @@ from argparse import Namespace
 from bench.harness import PeakPss, cpu_bound_seconds, markdown_table
 from bench.serve import service_env
 from mapex_serve.cores import usable_cores
-from mapex_serve.local import cpu_seconds, pss_bytes, status_bytes
+from mapex_serve.local import cpu_seconds, folder_bytes, pss_bytes, status_bytes
 
 #: A child that holds 200 MiB of its own pages for a moment, then lets them go and idles.
 _BURST = ("import time; time.sleep(0.3); b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
@@ -23,6 +23,9 @@ class _Child:
 
     def pss_bytes(self) -> int:
         return pss_bytes(self.pid)
+
+    def shm_bytes(self) -> int:
+        return 0  # a process with no slabs
 
 
 def test_pss_is_at_most_rss_and_counts_shared_pages_once():
@@ -46,6 +49,16 @@ def test_the_sampled_peak_sees_a_burst_that_is_gone_by_the_end():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_folder_counts_the_blocks_its_files_take_not_their_sizes(tmp_path):
+    """What ``LocalService.shm_bytes`` reads: a slab's reserved or written pages, which no process need map."""
+    written, sparse = tmp_path / "written", tmp_path / "sparse"
+    written.write_bytes(b"x" * 3 * 2**20)
+    with sparse.open("wb") as f:
+        f.truncate(64 * 2**20)  # sized, nothing written or reserved
+    assert 3 * 2**20 <= folder_bytes(tmp_path) < 3 * 2**20 + 2**20
+    assert folder_bytes(tmp_path / "gone") == 0
 
 
 def test_several_service_processes_plan_their_own_threads():
