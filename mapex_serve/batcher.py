@@ -6,7 +6,7 @@ runs a batch it gathers the next one, up to ``max_batch`` tiles or ``max_delay_m
 tile, to start the moment the engine is free. The engine runs in threads of its own (the event
 loop never blocks on it), ``runners`` batches at once (``MAPEX_ENGINE_RUNNERS``: on CPU, two
 single-threaded runs of a small specialist outdo one run on two threads), and each request gets
-back its own rows. The queue is bounded: a request that would overflow it is refused at once.
+back its own rows (written by the engine's thread where the request says, its shared memory). The queue is bounded: a request that would overflow it is refused at once.
 Tiles of a request that was cancelled (timed out, client gone) are dropped before the engine sees
 them. On stop the queue drains: every admitted tile is run, or, past the drain time, answered with
 ``ServiceStoppingError`` (503) instead of being left without an answer.
@@ -155,10 +155,10 @@ class Batcher:
         ``BACKGROUND`` tiles (whole-scene jobs) are taken only when no interactive tile is waiting.
 
         ``out`` (N, *outputs): the engine's thread writes the results there, and ``submit`` returns it.
-        A request's shared memory gets its probabilities without a copy on the event loop (the
-        batch's only job straight from the engine: ``run_into``). Cancelled or failed while the
-        engine runs its tiles, ``submit`` ends only once that run has, so that ``out`` may be reused
-        (or another try of the request written there) as soon as ``submit`` is over.
+        A request's shared memory gets its probabilities without a copy on the event loop (a batch's
+        only job through ``run_into``, which a GPU engine binds as its output). Cancelled or failed
+        while the engine runs its tiles, ``submit`` ends only once that run has, so that ``out`` may be
+        reused (or another try of the request written there) as soon as ``submit`` is over.
         """
         if self._stopping:
             raise ServiceStoppingError(f"specialist {self.name} is stopping (the service is shutting down); retry")
@@ -296,7 +296,7 @@ class Batcher:
 
     def _compute(self, batch: np.ndarray, jobs: list[_Job]) -> np.ndarray | None:
         """The engine on ``batch``, in a runner thread; each job with an ``out`` gets its rows there, written in
-        this thread rather than on the event loop (a lone job's straight from the engine: ``run_into``).
+        this thread rather than on the event loop (a batch's only job through ``run_into``).
 
         Why: a scene's probabilities copied into its shared memory on the loop were a sixth of the
         loop's CPU a scene (docs/performance.md, stop 34).
