@@ -6,10 +6,11 @@ runs a batch it gathers the next one, up to ``max_batch`` tiles or ``max_delay_m
 tile, to start the moment the engine is free. The engine runs in threads of its own (the event
 loop never blocks on it), ``runners`` batches at once (``MAPEX_ENGINE_RUNNERS``: on CPU, two
 single-threaded runs of a small specialist outdo one run on two threads), and each request gets
-back its own rows (written by the engine's thread where the request says, its shared memory). The queue is bounded: a request that would overflow it is refused at once.
-Tiles of a request that was cancelled (timed out, client gone) are dropped before the engine sees
-them. On stop the queue drains: every admitted tile is run, or, past the drain time, answered with
-``ServiceStoppingError`` (503) instead of being left without an answer.
+back its own rows (written by the engine's thread where the request says: its shared memory). The
+queue is bounded: a request that would overflow it is refused at once. Tiles of a request that
+was cancelled (timed out, client gone) are dropped before the engine sees them. On stop the queue
+drains: every admitted tile is run, or, past the drain time, answered with ``ServiceStoppingError``
+(503) instead of being left without an answer.
 """
 
 from __future__ import annotations
