@@ -476,6 +476,57 @@ def test_the_mask_answer_is_a_deflate_cog_with_overviews_holding_the_labels():
         np.testing.assert_array_equal(out.read(1), labels)
 
 
+@pytest.mark.parametrize("width, height", [(2048, 1536), (1100, 700), (1101, 701)])
+def test_the_answers_overviews_are_the_ones_gdals_cog_driver_makes(monkeypatch, width, height):
+    """Built in the in-memory source instead of by the COG driver (which writes them to a temporary file first):
+    the same bytes where each halving is exact; otherwise as many levels, each at most a pixel wider, the labels
+    exact."""
+    from rasterio.io import MemoryFile
+
+    from mapex_serve import responses
+    from mapex_serve.predict import Prediction
+    from mapex_serve.routing import Route
+    from mapex_serve.tiling import MaskResult
+    from tests.mapex_serve.test_routing import manifest
+
+    rng = np.random.default_rng(3)
+    labels = np.kron(rng.integers(0, 3, (height // 50 + 1, width // 50 + 1)), np.ones((50, 50)))[:height, :width]
+    labels = labels.astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.02] = 1
+    p = Prediction(Route(manifest("landcover", ["RGB"]), (1, 2, 3)),
+                   {"crs": rasterio.crs.CRS.from_epsg(32633), "transform": from_origin(500000, 5000000, 10, 10),
+                    "width": width, "height": height}, mask=MaskResult(labels, None, np.ones_like(labels, bool)))
+    levels = len(responses.cog_overview_factors(width, height))
+    ours = responses.as_geotiff(p)
+    monkeypatch.setattr(responses, "cog_overview_factors", lambda *_: [])  # the driver makes them
+    drivers = responses.as_geotiff(p)
+    exact = width % 2**levels == 0 and height % 2**levels == 0
+    assert (ours == drivers) == exact
+    shapes = []
+    for body in (ours, drivers):
+        with MemoryFile(body) as mem:
+            with mem.open() as out:
+                assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+                np.testing.assert_array_equal(out.read(1), labels)
+                assert len(out.overviews(1)) == levels
+            shapes.append([])
+            for i in range(levels):
+                with mem.open(overview_level=i) as level:
+                    shapes[-1].append(level.shape)
+    assert levels > 0
+    for (h, w), (dh, dw) in zip(*shapes, strict=True):
+        assert 0 <= h - dh <= 1 and 0 <= w - dw <= 1
+
+
+def test_the_cog_overview_levels_halve_until_both_sides_fit_a_block():
+    from mapex_serve.responses import cog_overview_factors
+
+    assert cog_overview_factors(4096, 4096) == [2, 4, 8]
+    assert cog_overview_factors(10980, 10980) == [2, 4, 8, 16, 32]  # a Sentinel-2 tile: 343 px at the top
+    assert cog_overview_factors(513, 20) == [2]
+    assert cog_overview_factors(512, 512) == cog_overview_factors(32, 32) == []
+
+
 def test_the_blender_holds_one_band_of_tile_rows_and_equals_the_whole_scene_blend():
     """Row by row finalisation gives the same mask as blending the whole scene at once, in a fraction of memory."""
     height, width, tile, overlap = 300, 200, 32, 8
