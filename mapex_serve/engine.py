@@ -304,9 +304,13 @@ class Engine:
         it never exceeds the TensorRT optimisation profile. Thread-safe.
         """
         self._validate(batch)
+        return self._run_valid(batch)
+
+    def _run_valid(self, batch: np.ndarray) -> np.ndarray:
+        """``run`` on a batch already validated."""
         step = self.settings.max_batch
         if batch.shape[0] > step:
-            return np.concatenate([self.run(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
+            return np.concatenate([self._run_valid(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
         batch = np.ascontiguousarray(batch)
         if self._native is not None:
             return self._native.run(batch)
@@ -329,7 +333,7 @@ class Engine:
                                    f"not {tuple(out.shape)}")
         bindable = out.dtype == np.dtype(self.manifest.output.dtype) and out.flags.c_contiguous and out.flags.writeable
         if self.provider in (CPU_EP, NATIVE_TENSORRT) or batch.shape[0] > self.settings.max_batch or not bindable:
-            out[...] = self.run(batch)
+            out[...] = self._run_valid(batch)
         else:
             self._run_bound(np.ascontiguousarray(batch), out)
 
