@@ -133,9 +133,11 @@ class LocalService:
         return int(self._sum(pss_bytes))
 
     def shm_bytes(self) -> int:
-        """Bytes of the tmpfs the service's slabs hold now (``<MAPEX_SHM_DIR>/mapex-<pid>``). An upload the event loop
-        wrote there with ``pwrite`` (and the worker reads with ``pread``) is mapped by no process: in no RSS or PSS."""
-        return folder_bytes(self._shm / f"mapex-{self.pid}")
+        """Bytes of the tmpfs the service's slabs hold now (``slab_folder_of``). An upload the event loop wrote there
+        with ``pwrite`` (and the worker reads with ``pread``) is mapped by no process: in no RSS or PSS."""
+        from mapex_serve.decode.slab import slab_folder_of  # here: importing this module needs the stdlib only
+
+        return folder_bytes(slab_folder_of(self.pid, self._shm))
 
     def peak_rss_bytes(self) -> int:
         """Peak resident memory since start or the last ``reset_peak_rss`` (VmHWM), summed over the processes.

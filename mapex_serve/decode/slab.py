@@ -27,7 +27,7 @@ import numpy as np
 
 from mapex_serve.repository import Manifest
 
-__all__ = ["Layout", "Slab", "SlabPool", "SlabSpaceError", "clean_stale", "slab_folder"]
+__all__ = ["Layout", "Slab", "SlabPool", "SlabSpaceError", "clean_stale", "slab_folder", "slab_folder_of"]
 
 _ALIGN = 64  # numpy and ONNX Runtime like their float32 buffers on cache lines
 #: ``Slab.write`` copies pieces this large or larger through the file.
@@ -244,11 +244,17 @@ def _allocate(fd: int, offset: int, size: int, folder: Path) -> None:
 
 
 def slab_folder(shm: Path = Path("/dev/shm")) -> Path:
-    """This service's folder of slabs, named by process id: under ``shm`` (a tmpfs) if writable, else the temp folder."""
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    folder = base / f"mapex-{os.getpid()}"
+    """This service's folder of slabs (``slab_folder_of``), made if it is not there."""
+    folder = slab_folder_of(os.getpid(), shm)
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder
+
+
+def slab_folder_of(pid: int, shm: Path = Path("/dev/shm")) -> Path:
+    """The folder of service ``pid``'s slabs, named by its process id: under ``shm`` (a tmpfs) if writable, else the
+    temp folder."""
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"mapex-{pid}"
 
 
 def clean_stale(folder: Path) -> None:
