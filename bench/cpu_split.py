@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.client import load
 from bench.flops import assumed_engine_tiles_s
 from bench.harness import (
     RESULTS,
@@ -46,7 +47,7 @@ from bench.harness import (
     post_scene,
     repo_arguments,
 )
-from bench.peer import infer_body, load
+from bench.peer import infer_body
 from bench.scene import make_scene
 from bench.serve import make_tiles
 from mapex_serve.local import cpu_seconds, decode_workers

@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -46,6 +46,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as rio_copy
 
+from bench.client import WARM_UP, Connection, Request, load
 from bench.harness import (
     ROOT,
     Goal,
@@ -60,7 +61,7 @@ from bench.harness import (
     resolve_engine_threads,
 )
 from bench.scene import make_scene
-from bench.serve import WARM_UP, _Connection, make_tiles
+from bench.serve import make_tiles
 from mapex_serve.local import free_port
 from mapex_serve.predict import overlap_for
 from mapex_serve.repository import Manifest
@@ -215,18 +216,6 @@ class TritonPeer:
         self.stop()
 
 
-class Connection(_Connection):
-    """``bench.serve``'s keep-alive connection, with request headers and the response's headers."""
-
-    async def send(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-        self.writer.write(head.encode() + body)
-        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
-        return int(status_line.split()[1]), fields, await self.reader.readexactly(int(fields["content-length"]))
-
-
 def infer_body(x: np.ndarray, input_name: str, output_name: str) -> tuple[bytes, dict[str, str]]:
     """An Open Inference Protocol request with ``x`` as binary tensor data, asking for a binary output."""
     x = np.ascontiguousarray(x, dtype="<f4")
@@ -254,39 +243,6 @@ def decode_tile(content: bytes, manifest: Manifest) -> np.ndarray:
         offset = np.asarray([src.offsets[i - 1] for i in bands], np.float32)[:, None, None]
         means = np.asarray([b.mean for b in manifest.bands], np.float32)[:, None, None]
         return np.where(np.ma.getmaskarray(stored), means, stored.filled(0) * scale + offset)[None]
-
-
-Request = Callable[[int], tuple[str, bytes, dict[str, str]]]
-
-
-async def load(url: str, request: Request, concurrency: int, requests: int) -> tuple[list[float], float, float]:
-    """Per-request seconds, wall seconds and client CPU seconds of ``requests`` requests, ``concurrency`` in flight.
-
-    ``request(i)`` builds the i-th request; whatever it computes (decoding a GeoTIFF) is the client's CPU.
-    """
-    latencies: list[float] = []
-    connections = [await Connection.open(url) for _ in range(concurrency)]
-
-    async def worker(conn: Connection, todo: Iterator[int]) -> None:
-        for i in todo:
-            start = time.perf_counter()
-            path, body, headers = request(i)
-            status, _, answer = await conn.send(path, body, headers)
-            if status != 200:
-                raise RuntimeError(f"POST {url}{path}: {status} {answer[:300]!r}")
-            latencies.append(time.perf_counter() - start)
-
-    try:
-        todo = iter(range(WARM_UP * concurrency))
-        await asyncio.gather(*(worker(c, todo) for c in connections))
-        latencies.clear()
-        todo = iter(range(requests))
-        cpu, start = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(c, todo) for c in connections))
-        return latencies, time.perf_counter() - start, time.process_time() - cpu
-    finally:
-        for c in connections:
-            c.close()
 
 
 def labels_cog(labels: np.ndarray, profile: dict) -> bytes:

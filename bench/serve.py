@@ -25,14 +25,14 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 from tqdm import tqdm
 
+from bench.client import WARM_UP, Request, load
 from bench.harness import (
     Goal,
     Report,
@@ -50,8 +50,6 @@ from mapex_serve.settings import Settings
 from training.data import SceneConfig, generate_scene, read_geotiff, write_scene_geotiff
 
 GOAL_RATIO, GOAL_CONCURRENCY, GOAL_P50 = 0.5, 32, 1.2
-#: Untimed requests a connection sends before the timed ones (the loaders here and in bench.peer).
-WARM_UP = 2
 MODES = {"on": {}, "in-process": {"MAPEX_DECODE_WORKERS": "0"}, "off": {"MAPEX_MAX_BATCH": "1"}}
 
 
@@ -69,57 +67,10 @@ def make_tiles(manifest: Manifest, n: int, workdir: Path, size: int | None = Non
     return bodies, np.stack(arrays).astype(np.float32)
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection on asyncio streams.
-
-    A client this thin leaves the CPU to the server: httpx spends about 3.5 ms of CPU a request
-    here, as much as the service itself, and both share the same two cores.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
-        self.reader, self.writer, self.host = reader, writer, host
-
-    @classmethod
-    async def open(cls, url: str) -> _Connection:
-        parts = urlsplit(url)
-        return cls(*await asyncio.open_connection(parts.hostname, parts.port), parts.netloc)
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/tiff\r\n"
-                f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        self.writer.write(head.encode() + body)
-        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        length = next(int(v) for k, _, v in (line.partition(":") for line in lines) if k.lower() == "content-length")
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def _load(url: str, path: str, bodies: list[bytes], concurrency: int, requests: int) -> tuple[list[float], float]:
-    """Per-request seconds and the wall time of ``requests`` posts, ``concurrency`` of them in flight."""
-    latencies: list[float] = []
-    connections = [await _Connection.open(url) for _ in range(concurrency)]
-
-    async def worker(conn: _Connection, todo: Iterator[int]) -> None:
-        for i in todo:
-            start = time.perf_counter()
-            status, text = await conn.post(path, bodies[i % len(bodies)])
-            if status != 200:
-                raise RuntimeError(f"POST {path}: {status} {text[:300]!r}")
-            latencies.append(time.perf_counter() - start)
-
-    try:
-        todo = iter(range(WARM_UP * concurrency))
-        await asyncio.gather(*(worker(c, todo) for c in connections))
-        latencies.clear()
-        todo = iter(range(requests))
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(c, todo) for c in connections))
-        return latencies, time.perf_counter() - start
-    finally:
-        for c in connections:
-            c.close()
+def _post_tiff(path: str, bodies: list[bytes]) -> Request:
+    """The i-th single-tile upload of ``bodies`` (cycled) to ``path``, answered in JSON."""
+    headers = {"Content-Type": "image/tiff", "Accept": "application/json"}
+    return lambda i: (path, bodies[i % len(bodies)], headers)
 
 
 def engine_only(engine: Engine, tiles: np.ndarray, batch: int, requests: int,
@@ -158,7 +109,7 @@ def p50_rounds(repo: Path, args: argparse.Namespace, url_path: str, bodies: list
         for k in tqdm(range(args.rounds), desc="p50 rounds", unit="round", leave=False):
             p50 = {}
             for name, server in [("on", on), ("off", off)][:: 1 if k % 2 == 0 else -1]:
-                latencies, _ = asyncio.run(_load(server.url, url_path, bodies, 1, args.requests))
+                latencies, _, _ = asyncio.run(load(server.url, _post_tiff(url_path, bodies), 1, args.requests))
                 p50[name] = percentile(latencies, 50) * 1e3
             rounds.append((p50["on"], p50["off"]))
     return rounds
@@ -200,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 n = max(args.requests, 4 * c)
                 before = [server.metric(metric.format(k)) for k in ("sum", "count")]
                 client_cpu, server_cpu = time.process_time(), server.cpu_seconds()
-                latencies, wall = asyncio.run(_load(server.url, url_path, bodies, c, n))
+                latencies, wall, _ = asyncio.run(load(server.url, _post_tiff(url_path, bodies), c, n))
                 sent = n + WARM_UP * c  # the warm-up requests are within the CPU measured
                 client_cpu = (time.process_time() - client_cpu) / sent * n
                 server_cpu = (server.cpu_seconds() - server_cpu) / sent * n
