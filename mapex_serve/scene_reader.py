@@ -34,12 +34,24 @@ _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or inf
 
 @dataclass
 class Grid:
-    """The scene grid every band is read on: the finest of the files, cropped to their overlap."""
+    """The scene grid every band is read on: the finest of the files, cropped to their overlap. (Also each file's
+    own grid, which the scene grid is chosen from.)"""
 
     crs: object
     transform: rasterio.Affine
     width: int
     height: int
+
+    @classmethod
+    def of(cls, dataset: DatasetReaderBase) -> Grid:
+        """A dataset's grid as GDAL read it."""
+        return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
+
+    def extent(self) -> tuple[float, float, float, float]:
+        """``(west, south, east, north)`` whatever the sign of the pixel size (ungeoreferenced files have y down)."""
+        xs, ys = zip(*(self.transform @ corner for corner in
+                       ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height))), strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
 
 
 @dataclass
@@ -54,6 +66,14 @@ class InputBand:
     conversion: Conversion | None = None
     #: Nodata the file does not declare but its catalogue does (a STAC item's ``raster:bands``).
     nodata: float | None = None
+    #: The file's grid where it was read from its tags and ``dataset`` opened without it (``geokeys``); None: the
+    #: dataset's own.
+    file_grid: Grid | None = None
+
+    @property
+    def georeference(self) -> Grid:
+        """The grid of the band's file."""
+        return self.file_grid or Grid.of(self.dataset)
 
     def report(self) -> dict:
         out = {"file": self.file, "band": self.index, "found": self.identity.found, "rule": self.identity.rule,
@@ -128,14 +148,15 @@ class SceneReader:
         for position, b in enumerate(bands):
             key = id(b.dataset)
             if key not in sources:
-                ds, offset = b.dataset, None
-                if ds.crs == g.crs and (ds.transform.a, ds.transform.e) == (g.transform.a, g.transform.e):
-                    col, row = ~ds.transform @ (g.transform.c, g.transform.f)
+                ds, offset, own = b.dataset, None, b.georeference
+                if own.crs == g.crs and (own.transform.a, own.transform.e) == (g.transform.a, g.transform.e):
+                    col, row = ~own.transform @ (g.transform.c, g.transform.f)
                     if abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6:
                         offset = (round(row), round(col))
                 if offset is None:
+                    given = {} if b.file_grid is None else {"src_crs": own.crs, "src_transform": own.transform}
                     ds = WarpedVRT(b.dataset, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
-                                   resampling=resampling)
+                                   resampling=resampling, **given)
                     stack.callback(ds.close)
                     offset = (0, 0)
                     if b.file not in self.resampled:

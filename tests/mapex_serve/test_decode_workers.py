@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from rasterio.io import MemoryFile
 
 from mapex_serve.decode.slab import WRITE_THROUGH_FILE, Layout, Slab, SlabPool, SlabSpaceError, clean_stale
 from mapex_serve.local import decode_workers
@@ -300,12 +301,17 @@ def test_workers_answer_exactly_as_the_service_process_does(server, in_process, 
             labels = server.cog_band(ours.content)
             np.testing.assert_array_equal(labels, server.cog_band(ref.content))
             assert {0, 1} <= set(np.unique(labels))  # water and land both found: a real mask, not a constant
+            with MemoryFile(ours.content) as a, a.open() as mine, MemoryFile(ref.content) as b, b.open() as theirs:
+                assert (mine.crs, mine.transform) == (theirs.crs, theirs.transform)
         else:
             assert ours.json() == ref.json()
-    # A class head, on the real Sentinel-2 crop.
-    ours, ref = server.post("landcover", S2.read_bytes()), in_process.post("landcover", S2.read_bytes())
-    assert ours.status_code == ref.status_code == 200
-    assert ours.json() == ref.json()
+    # A class head, on the real Sentinel-2 crop; posted again, the worker knows its keys and reads its grid from its
+    # tags (``inputs._open_in_slab``): the same answer.
+    ref = in_process.post("landcover", S2.read_bytes())
+    for _ in range(2):
+        ours = server.post("landcover", S2.read_bytes())
+        assert ours.status_code == ref.status_code == 200
+        assert ours.json() == ref.json()
 
 
 def test_one_engine_runner_answers_as_several_do(start_server, built_repo, in_process, to_geotiff):

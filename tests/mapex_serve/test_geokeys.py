@@ -1,4 +1,5 @@
-"""A GeoTIFF's keys read before GDAL opens it: the CRS built from the keys alone must be the one GDAL builds by default."""
+"""A GeoTIFF's keys and tags read before GDAL opens it: the CRS and transform had from them must be the ones GDAL
+builds by default."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from typing import TypeVar
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from rasterio.env import get_gdal_config
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
-from mapex_serve.geokeys import SRS_SOURCE, crs_from_keys, projected_by_code
+from mapex_serve.geokeys import SRS_SOURCE, crs_from_keys, crs_of_keys, projected_by_code, tag_georeference
 from mapex_serve.inputs import RequestScene, UploadedFile
+from mapex_serve.units import UnitOverrides
 
 DATA = Path(__file__).parent.parent / "data"
 LAEA = "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80"
@@ -179,3 +183,122 @@ def test_only_the_opening_thread_builds_from_the_keys():
         done.set()
         thread.join()
     assert seen == {"other, inside": "GEOKEYS", "main, meanwhile": None, "main, inside": None}
+
+
+# -- the whole georeferencing from the tags -------------------------------------------------------------------------
+
+
+def gdal_transform(data: bytes) -> Affine:
+    with MemoryFile(data) as mem, mem.open() as ds:
+        return ds.transform
+
+
+def written(transform: Affine, crs: str | None = "EPSG:32633", tags: dict[str, str] | None = None,
+            **options: str) -> bytes:
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=8, height=6, count=1, dtype="uint16", crs=crs, transform=transform,
+                      **options) as dst:
+            dst.write(np.ones((1, 6, 8), np.uint16))
+            dst.update_tags(**(tags or {}))
+        return mem.read()
+
+
+NORTH_UP = Affine(10, 0, 500000, 0, -10, 5000000)
+
+
+@pytest.mark.parametrize(("crs", "options", "by_code"), CASES)
+def test_the_tags_give_the_transform_gdal_reads_where_the_crs_is_named_by_its_code(crs, options, by_code):
+    data = geotiff(crs, **options)
+    tags = tag_georeference(data)
+    assert (tags is not None) is by_code
+    if tags is not None:
+        assert tags.transform == gdal_transform(data)
+
+
+@pytest.mark.parametrize("transform", [Affine(0.5, 0, -1234.25, 0, -0.25, -98765.125), Affine(30, 0, 0, 0, -30, 0),
+                                       Affine(1e-3, 0, 699960.0001, 0, -1e-3, 9000000.5)])
+def test_odd_origins_and_pixel_sizes_give_gdals_transform_to_the_bit(transform):
+    data = written(transform)
+    assert tuple(tag_georeference(data).transform) == tuple(gdal_transform(data)) == tuple(transform)
+
+
+def test_a_tie_point_at_another_pixel_gives_gdals_transform():
+    data = bytearray(written(NORTH_UP))
+    at = data.rfind(struct.pack("<6d", 0, 0, 0, 500000, 5000000, 0))  # GDAL leaves an early copy of the directory
+    data[at: at + 16] = struct.pack("<2d", 2.5, 3.0)  # the tie point's pixel (I, J)
+    data = bytes(data)
+    assert gdal_transform(data) == Affine(10, 0, 500000 - 25, 0, -10, 5000000 + 30)
+    assert tag_georeference(data).transform == gdal_transform(data)
+
+
+@pytest.mark.parametrize(("transform", "tags"), [
+    (NORTH_UP, {"AREA_OR_POINT": "Point"}),  # GDAL moves a point's tie point by half a pixel
+    (Affine(10, 2, 500000, 1, -10, 5000000), None),  # rotated: a transformation matrix
+    (Affine(10, 0, 500000, 0, 10, 5000000), None),  # y down
+])
+def test_other_layouts_are_left_to_gdal(transform, tags):
+    data = written(transform, tags=tags)
+    assert projected_by_code(data)
+    got = tag_georeference(data)
+    assert got is None or got.transform == gdal_transform(data)
+    if tags or transform.b:
+        assert got is None
+
+
+def test_the_same_code_with_another_citation_is_other_keys():
+    """GDAL may name a CRS after its citation: the CRS learnt for one is not given to the other."""
+    data = geotiff("EPSG:32633")
+    other = data.replace(b"UTM zone 33N", b"UTM zone 33X")
+    assert other != data and tag_georeference(other).transform == tag_georeference(data).transform
+    assert tag_georeference(other).keys != tag_georeference(data).keys
+
+
+def in_place(folder: Path, name: str, data: bytes) -> UploadedFile:
+    """An upload as a decode worker reads a TIFF: where its bytes lie."""
+    path = folder / name
+    path.write_bytes(data)
+    return UploadedFile(name, data, in_place=str(path))
+
+
+def read_twice(files: list[UploadedFile], bands: list[str]) -> list[tuple]:
+    """Each time: whether GDAL gave the file no georeferencing, the scene grid (its CRS as WKT), the files resampled,
+    and the physical values and reasons of the whole scene."""
+    crs_of_keys.clear()
+    out = []
+    for _ in range(2):
+        with RequestScene(files) as scene:
+            reader = scene.reader(bands, UnitOverrides())
+            g = reader.grid
+            physical, reasons = reader.read(Window(0, 0, g.width, g.height))
+            out.append(([ds.crs is None for _, ds in scene.datasets], g.crs.to_wkt(), g.transform, g.width, g.height,
+                        reader.resampled, physical.copy(), reasons.copy()))
+    return out
+
+
+def test_a_file_read_in_place_again_is_opened_without_gdals_georeferencing_and_reads_the_same(tmp_path):
+    data = (DATA / "sentinel2_6band_10m_epsg32719.tif").read_bytes()
+    first, again = on_a_thread(lambda: read_twice([in_place(tmp_path, "s2.tif", data)], ["B04", "B03", "B02"]))
+    assert first[0] == [False] and again[0] == [True]
+    assert first[1:6] == again[1:6]
+    np.testing.assert_array_equal(first[6], again[6])
+    np.testing.assert_array_equal(first[7], again[7])
+
+
+def test_files_of_two_resolutions_read_in_place_again_resample_the_same(tmp_path):
+    rng = np.random.default_rng(0)
+    with MemoryFile() as fine_mem, MemoryFile() as coarse_mem:
+        with fine_mem.open(driver="GTiff", width=16, height=16, count=3, dtype="uint16", crs="EPSG:32633",
+                           transform=NORTH_UP) as dst:
+            dst.write(rng.integers(500, 3000, (3, 16, 16)).astype(np.uint16))
+            for i, name in enumerate(["B04", "B03", "B02"], start=1):
+                dst.set_band_description(i, name)
+        with coarse_mem.open(driver="GTiff", width=8, height=8, count=1, dtype="uint16", crs="EPSG:32633",
+                             transform=Affine(20, 0, 500000, 0, -20, 5000000)) as dst:
+            dst.write(rng.integers(500, 3000, (1, 8, 8)).astype(np.uint16))
+            dst.set_band_description(1, "B8A")
+        files = [in_place(tmp_path, "fine.tif", fine_mem.read()), in_place(tmp_path, "coarse.tif", coarse_mem.read())]
+    first, again = on_a_thread(lambda: read_twice(files, ["B04", "B03", "B02", "B8A"]))
+    assert first[0] == [False, True] and again[0] == [True, True]  # the same keys: the second file's CRS is known
+    assert first[1:6] == again[1:6] and first[5] == ["coarse.tif"]
+    np.testing.assert_array_equal(first[6], again[6])
+    np.testing.assert_array_equal(first[7], again[7])
