@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from mapex_serve import heap
 from mapex_serve.batcher import Batcher, request_ahead
 from mapex_serve.cores import service_processes
 from mapex_serve.decode.pool import DecodePool
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       predict_parts=s.predict_parts)
             await state.decode.start()
         state.jobs = _open_jobs(state) if jobs_proxy is None else None
+        heap.settle()
         log.info("ready: %d specialists (%s)", len(registry.specialists), ", ".join(registry.specialists))
         yield
         if state.jobs is not None:  # running jobs stop where they are and resume on the next start

@@ -29,6 +29,7 @@ from rasterio.io import MemoryFile
 from rasterio.shutil import copy
 from rasterio.vrt import WarpedVRT
 
+from mapex_serve import heap
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobSession, JobStarted, JobStep
 from mapex_serve.decode.parts import PartDone
 from mapex_serve.decode.session import Opened, OpenRequest, Session
@@ -171,6 +172,7 @@ def serve(conn: Connection, manifests: dict[str, Manifest], provider: dict[str, 
     with rasterio.Env():
         _warm_up()
         worker = _Worker(conn, manifests, provider)
+        heap.settle()
         worker.send(READY, True, os.getpid())
         while True:
             try:
