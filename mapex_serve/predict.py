@@ -33,9 +33,8 @@ from mapex_serve.tiling import (
     MaskBlender,
     MaskResult,
     RowBand,
-    Tile,
     TileBatch,
-    grid_shape,
+    TileGrid,
     read_batches,
     tile_cells,
     tile_grid,
@@ -119,13 +118,13 @@ def overlap_for(tile: int) -> int:
 
 
 def tile_batches(reader: SceneReader, manifest: Manifest, max_batch: int,
-                 rows: tuple[int, int] | None = None) -> tuple[list[Tile], Iterator[TileBatch]]:
+                 rows: tuple[int, int] | None = None) -> tuple[TileGrid, Iterator[TileBatch]]:
     """The scene's tile grid for the routed specialist (only the tiles rows ``[r0, r1)`` need, when given), and
     its tiles read in batches as the engine takes them."""
     size = manifest.tile_size
     tiles = tile_grid(reader.height, reader.width, size, overlap_for(size))
     if rows is not None:
-        tiles = [t for t in tiles if t.row_off + size > rows[0] and t.row_off < rows[1]]
+        tiles = tiles.rows_between(*rows)
     fill = [b.mean for b in manifest.bands]  # invalid pixels look neutral to the model
     return tiles, read_batches(reader, tiles, max_batch, fill)
 
@@ -179,7 +178,7 @@ class SceneRun:
             self._blender = MaskBlender(reader.height, reader.width, k, size, overlap_for(size))
         else:
             self._blender = None
-        self._aggregator = ClassAggregator(*grid_shape(self.tiles), k) if manifest.head == "class" else None
+        self._aggregator = ClassAggregator(*self.tiles.shape, k) if manifest.head == "class" else None
 
     def add(self, batch: TileBatch, probs: np.ndarray) -> None:
         """One batch's probabilities, in the batch's order."""

@@ -103,6 +103,28 @@ def test_tile_grid_shapes(height, width, tile, overlap, expected):
     assert grid_shape(check_grid(height, width, tile, overlap)) == expected
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 40), st.data())
+def test_tile_grid_made_on_demand_is_the_listed_grid(height, width, tile, data):
+    """Indexing, slicing, iterating and ``rows_between`` give the tiles a listed grid and its filter gave."""
+    overlap = data.draw(st.integers(0, tile - 1), label="overlap")
+    grid = tile_grid(height, width, tile, overlap)
+    stride = tile - overlap
+    rows = [0] if height <= tile else [*range(0, height - tile, stride), height - tile]
+    cols = [0] if width <= tile else [*range(0, width - tile, stride), width - tile]
+    listed = [Tile(i, j, r, c, tile) for i, r in enumerate(rows) for j, c in enumerate(cols)]
+    assert list(grid) == listed and len(grid) == len(listed) and grid.shape == grid_shape(listed)
+    assert [grid[i] for i in range(-len(grid), len(grid))] == listed + listed
+    assert grid[3:-2:2] == listed[3:-2:2]
+    with pytest.raises(IndexError):
+        grid[len(grid)]
+    r0 = data.draw(st.integers(0, height - 1), label="r0")
+    r1 = data.draw(st.integers(r0, height), label="r1")
+    band = grid.rows_between(r0, r1)
+    kept = [t for t in listed if t.row_off + tile > r0 and t.row_off < r1]
+    assert list(band) == kept and len(band) == len(kept) and [band[i] for i in range(len(band))] == kept
+
+
 @pytest.mark.parametrize(("tile", "overlap"), [(32, 32), (32, 40), (32, -1), (0, 0)])
 def test_tile_grid_rejects_bad_overlap(tile, overlap):
     with pytest.raises(ValueError, match="overlap|tile size"):
@@ -142,7 +164,7 @@ def test_read_tiles_physical_values_match_rasterio(tmp_path):
     with rasterio.open(path) as src:
         tiles = tile_grid(src.height, src.width, 32, 8)
         got = list(read_tiles(DatasetWindows(src, [3, 1, 2], scales, offsets), tiles))
-        assert [g.tile for g in got] == tiles
+        assert [g.tile for g in got] == list(tiles)
         for g in got:
             # scales/offsets follow band_indexes: band 3 -> 1e-4, band 1 -> 1e-4, band 2 -> 2e-4 - 0.1.
             direct = src.read([3, 1, 2], window=g.tile.window)
