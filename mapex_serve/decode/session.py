@@ -30,10 +30,10 @@ from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, SceneP
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.geokeys import is_tiff
 from mapex_serve.inputs import SIDECARS, UploadedFile, check_values
-from mapex_serve.predict import SceneRun, next_batch, open_and_route, overlap_for, unreadable_as_400
+from mapex_serve.predict import SceneRun, next_batch, open_and_route, unreadable_as_400
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format, encode
-from mapex_serve.tiling import TileBatch, tile_grid
+from mapex_serve.tiling import TileBatch
 from mapex_serve.units import UnitOverrides
 
 __all__ = ["OpenRequest", "Opened", "Session", "Slots", "Splittable", "slab_files"]
@@ -156,18 +156,15 @@ class Session:
             files = slab_files(slab, request.layout)
             self.in_place = any(f.in_place for f in files)
             # A scene the service may split has its values checked once it starts (the later parts start meanwhile
-            # and never check: the first checks the same bytes); a scene of more batches than its slots, at its first
-            # step (``_check_units``); any other, as it opens.
-            self._unchecked = request.part is None
+            # and never check: the first checks the same bytes); any other, as it opens.
+            self._unchecked = request.part is None and request.parts > 1
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
-                request.overrides, request.max_pixels, check_units=False)
+                request.overrides, request.max_pixels, check_units=request.part is None and not self._unchecked)
             del files
             try:
                 with unreadable_as_400():
                     self.run = SceneRun(scene, route, reader, request.max_batch, len(request.layout.tiles) - 1)
-                if self._unchecked and request.parts <= 1 and not self._past_slots():
-                    self._check_units()  # before any tile: a tile-sized upload's sample is the read its tiles slice
             except BaseException:
                 scene.close()
                 raise
@@ -205,9 +202,10 @@ class Session:
     def start(self, part: ScenePart | None = None) -> Opened:
         """Tile the scene (the rows of ``part``, when split) and read a batch into each slot."""
         self._part = part
-        if part is not None or not self._past_slots():
-            self._check_units()
         with unreadable_as_400():
+            if self._unchecked:
+                check_values(self.run.reader)
+                self._unchecked = False
             if part is None:
                 self.run.start()
             else:
@@ -220,24 +218,6 @@ class Session:
             self.run.result(Reservation(None, 0))  # raises: the raster has no valid pixels
         return self._opened(sizes)
 
-    def _past_slots(self) -> bool:
-        """More tiles than the first batches, one a slot, hold: the scene has steps, and checks its units at the first.
-
-        Why: the check's sample (25 windows of 64 px, decompressing the blocks they touch) took 0.06 s of a 4096²
-        scene's start while the engine waited (docs/performance.md, stop 36); at the first step the engine has
-        batches to run. A scene whose values do not fit their units is refused with the same 422, a step later.
-        """
-        g, size = self.run.reader.grid, self.run.route.manifest.tile_size
-        tiles = len(tile_grid(g.height, g.width, size, overlap_for(size)))
-        return tiles > self.request.max_batch * len(self.request.layout.tiles)
-
-    def _check_units(self) -> None:
-        """The values against their units (``check_values``), once."""
-        if self._unchecked:
-            with unreadable_as_400():
-                check_values(self.run.reader)
-            self._unchecked = False
-
     def _opened(self, sizes: tuple[int, ...] | None, split: Splittable | None = None) -> Opened:
         manifest = self.run.route.manifest
         return Opened(manifest.name, self.run.need, self.run.what,
@@ -245,7 +225,6 @@ class Session:
 
     def step(self, k: int, probs_shape: tuple[int, ...]) -> int:
         """Blend batch ``k``, read the batch after the others in flight into its slot; that batch's size (0: none)."""
-        self._check_units()
         slot = k % self._slots.count
         self._slots.blend(slot, probs_shape, self.run.add)
         return self._slots.read(slot, self.run.batches)
@@ -253,7 +232,6 @@ class Session:
     def finish(self, k: int | None, probs_shape: tuple[int, ...] | None, threads: int = 1) -> Encoded | PartDone:
         """Blend the last batch, ``k`` (None: a part with no tile); the response, encoded as the client asked on
         ``threads`` (the cores the engine left idle), or what a part of a split scene counted."""
-        self._check_units()
         if k is not None and probs_shape is not None:
             self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
         if self._part is not None:

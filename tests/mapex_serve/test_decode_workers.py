@@ -314,29 +314,6 @@ def test_workers_answer_exactly_as_the_service_process_does(server, in_process, 
         assert ours.json() == ref.json()
 
 
-def _engine_calls(server) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('mapex_compute_duration_seconds_count{specialist="flood-sar"}'))
-
-
-def test_a_scene_of_many_batches_whose_values_do_not_fit_their_units_is_refused_as_the_service_process_does(
-        server, in_process, to_geotiff):
-    """Its units are checked at its first step, once the engine has its first batches: the same 422, nothing held."""
-    linear = (10 ** (_sar_values(400, seed=6) / 10)).astype(np.float32)  # linear backscatter taken as dB; 256 tiles
-    calls = _engine_calls(server)
-    ours, ref = (s.post("flood", to_geotiff(linear, ["VV", "VH"]), params={"format": "json"})
-                 for s in (server, in_process))
-    assert ours.status_code == ref.status_code == 422 and ours.json() == ref.json(), (ours.text[:300], ref.text[:300])
-    assert "units=linear" in ours.json()["detail"]
-    assert _engine_calls(server) > calls, "the engine ran the first batches before the check refused the scene"
-    assert httpx.get(f"{server.url}/readyz").json()["decode_workers"]["holding"] == 0
-    assert [p for p in _slabs(server) if not p.name.startswith("pooled-")] == []
-    good = _sar(to_geotiff, 400, seed=6)
-    ours, ref = (s.post("flood", good, params={"format": "json"}) for s in (server, in_process))
-    assert ours.status_code == 200 and ours.json() == ref.json()
-
-
 def test_one_engine_runner_answers_as_several_do(start_server, built_repo, in_process, to_geotiff):
     """MAPEX_ENGINE_RUNNERS=1 (one batch in the engine, two slots) against the default, in the service process
     (a runner a core: three slots and batches in flight on 2 cores): the same labels; and a lone tile still goes
