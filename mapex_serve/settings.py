@@ -72,8 +72,9 @@ class Settings(BaseSettings):
         "idle engine runs what is queued at once."
     )
     max_queue: int = Field(
-        4096, ge=1, description="Tiles waiting per engine before requests are refused with 503 (a request queues at "
-        "most max_batch tiles at a time, so 4096 admits 128 concurrent requests at the default batch)."
+        4096, ge=1, description="Tiles waiting per engine before requests are refused with 503 (a request's first "
+        "batch is admitted against it, and a scene then queues up to a batch for each engine runner and one more: 4096 "
+        "holds 128 single-tile requests at the default batch, and as few as 42 scenes arriving at once on two runners)."
     )
     max_upload_mb: float = Field(200, gt=0, description="Largest accepted upload (MiB).")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest accepted raster, width x height.")
