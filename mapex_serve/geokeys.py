@@ -27,7 +27,8 @@ from rasterio.crs import CRS
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.transform import Affine
 
-__all__ = ["TagGeoreference", "crs_from_keys", "crs_of_keys", "is_tiff", "projected_by_code", "tag_georeference"]
+__all__ = ["TagGeoreference", "crs_from_keys", "crs_of_keys", "georeferencing", "is_tiff", "projected_by_code",
+           "tag_georeference"]
 
 SRS_SOURCE = "GTIFF_SRS_SOURCE"
 
@@ -123,7 +124,17 @@ def tag_georeference(data: bytes) -> TagGeoreference | None:
 
     GDAL's transform from such tags (its GeoTIFF driver): x0 = X - I * sx, y0 = Y - J * (-sy), pixel (sx, -sy).
     """
+    return _tag_georeference(_first_ifd(data))
+
+
+def georeferencing(data: bytes) -> tuple[bool, TagGeoreference | None]:
+    """``projected_by_code(data)`` and ``tag_georeference(data)`` from one read of the directory: what a file opened
+    in place needs (``inputs``), where the directory was read twice."""
     tags = _first_ifd(data)
+    return tags is not None and _by_code(_geokeys(tags)), _tag_georeference(tags)
+
+
+def _tag_georeference(tags: dict[int, tuple] | None) -> TagGeoreference | None:
     if tags is None or MODEL_TRANSFORMATION in tags:
         return None
     keys = _geokeys(tags)
@@ -140,14 +151,15 @@ def tag_georeference(data: bytes) -> TagGeoreference | None:
 
 
 @contextmanager
-def crs_from_keys(data: bytes) -> Iterator[None]:
-    """Files opened inside have GDAL build their CRS from their GeoKeys alone, when ``data``'s keys allow it (above).
+def crs_from_keys(data: bytes, *, by_code: bool | None = None) -> Iterator[None]:
+    """Files opened inside have GDAL build their CRS from their GeoKeys alone, when ``data``'s keys allow it (above;
+    ``by_code``: what ``projected_by_code(data)`` says, where the caller has it already).
 
     Left alone where the user set ``GTIFF_SRS_SOURCE``, and on a main thread that other threads share: rasterio
     sets GDAL's options process-wide there (per thread elsewhere), and another thread's file opened meanwhile could
     be geographic. Not a nested ``rasterio.Env``: leaving one rebuilds the outer environment, a fifth of the saving.
     """
-    if (not projected_by_code(data) or get_gdal_config(SRS_SOURCE)
+    if (not (projected_by_code(data) if by_code is None else by_code) or get_gdal_config(SRS_SOURCE)
             or (threading.current_thread() is threading.main_thread() and threading.active_count() > 1)):
         yield
         return

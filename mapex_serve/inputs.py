@@ -31,7 +31,7 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
 from mapex_serve.errors import DuplicateBandError, MapexError
-from mapex_serve.geokeys import crs_from_keys, crs_of_keys, tag_georeference
+from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.rasters import identify_bands, is_landsat, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
@@ -195,14 +195,14 @@ def _open_in_slab(path: str, data: bytes | memoryview) -> tuple[DatasetReaderBas
     Otherwise GDAL's way, and the CRS it built is kept where the transform it read is the tags' (always, for such
     tags: this checks it).
     """
-    tags = tag_georeference(data)
+    by_code, tags = georeferencing(data)
     crs = None if tags is None else crs_of_keys.get(tags.keys)
     if tags is not None and crs is not None:
         with warnings.catch_warnings():  # rasterio warns of every file without a geotransform
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = DatasetReader(path, driver=list(ALLOWED_DRIVERS), GEOREF_SOURCES="NONE")
         return ds, Grid(crs, tags.transform, ds.width, ds.height)
-    with crs_from_keys(data):
+    with crs_from_keys(data, by_code=by_code):
         ds = _open_allowed(path)
     if tags is not None and ds.crs is not None and ds.transform == tags.transform:
         crs_of_keys.learn(tags.keys, ds.crs)

@@ -19,7 +19,14 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from mapex_serve.geokeys import SRS_SOURCE, crs_from_keys, crs_of_keys, projected_by_code, tag_georeference
+from mapex_serve.geokeys import (
+    SRS_SOURCE,
+    crs_from_keys,
+    crs_of_keys,
+    georeferencing,
+    projected_by_code,
+    tag_georeference,
+)
 from mapex_serve.inputs import RequestScene, UploadedFile
 from mapex_serve.units import UnitOverrides
 
@@ -211,6 +218,7 @@ def test_the_tags_give_the_transform_gdal_reads_where_the_crs_is_named_by_its_co
     data = geotiff(crs, **options)
     tags = tag_georeference(data)
     assert (tags is not None) is by_code
+    assert georeferencing(data) == (by_code, tags), "one read of the directory gives both"
     if tags is not None:
         assert tags.transform == gdal_transform(data)
 
