@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -144,6 +144,51 @@ def test_read_batches_equal_read_tiles_without_the_skipped_ones(tmp_path):
     assert [t for b in batches for t in b.tiles] == [s.tile for s in single]
     np.testing.assert_array_equal(np.concatenate([b.data for b in batches]), np.stack([s.data for s in single]))
     np.testing.assert_array_equal(np.concatenate([b.valid for b in batches]), np.stack([s.valid for s in single]))
+
+
+class ArrayWindows:
+    """A scene held in numpy arrays as a ``WindowReader``: physical values and reason codes, windows sliced."""
+
+    def __init__(self, physical, reasons):
+        self.physical, self.reasons = physical, reasons
+        self.count, self.height, self.width = physical.shape
+
+    def read(self, window):
+        rows, cols = window.toslices()
+        return self.physical[:, rows, cols], self.reasons[rows, cols]
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 90), width=st.integers(1, 130), batch=st.integers(1, 9), span_tiles=st.integers(1, 6),
+       invalid=st.sampled_from([0.0, 0.002, 0.3, 1.0]), blocks=st.booleans(), seed=st.integers(0, 2**16))
+@example(height=40, width=130, batch=5, span_tiles=6, invalid=0.0, blocks=False, seed=1)  # the shifted last column
+@example(height=90, width=130, batch=7, span_tiles=4, invalid=0.0, blocks=True, seed=2)
+def test_read_batches_equal_tiles_read_one_at_a_time(height, width, batch, span_tiles, invalid, blocks, seed):
+    """Whole valid tiles go into a batch as runs of one copy: every batch equals the tiles cut one by one."""
+    rng = np.random.default_rng(seed)
+    physical = rng.random((2, height, width), dtype=np.float32)
+    bad = rng.random((height, width)) < invalid
+    if blocks:  # invalid blocks, so that runs of whole valid tiles break part-way along a row
+        bad |= (np.arange(width) // 37 % 3 == 1)[None, :] & (np.arange(height) // 29 % 2 == 0)[:, None]
+    reasons = bad.astype(np.uint8)
+    size, fill = 16, [-1.0, -2.0]
+    tiles = tile_grid(height, width, size, 4)
+    expected = []
+    for t in tiles:
+        (rows, cols), (trows, tcols) = t.clip(height, width)
+        valid = np.zeros((size, size), bool)
+        valid[trows, tcols] = reasons[rows, cols] == 0
+        if valid.any():
+            data = np.empty((2, size, size), np.float32)
+            data[:] = np.float32(fill)[:, None, None]
+            data[:, valid] = physical[:, rows, cols][:, valid[trows, tcols]]
+            expected.append((t, data, valid))
+    got = list(read_batches(ArrayWindows(physical, reasons), tiles, batch, fill, span_bytes=4 * 2 * size * size * span_tiles))
+    assert [len(b.tiles) for b in got[:-1]] == [batch] * (len(got) - 1) and all(0 < len(b.tiles) <= batch for b in got)
+    assert [t for b in got for t in b.tiles] == [t for t, _d, _v in expected]
+    if expected:
+        np.testing.assert_array_equal(np.concatenate([b.data for b in got]), np.stack([d for _t, d, _v in expected]))
+        np.testing.assert_array_equal(np.concatenate([b.valid for b in got]), np.stack([v for _t, _d, v in expected]))
 
 
 def test_batched():
