@@ -15,7 +15,8 @@ delay alone still batches whatever queued while the engine was busy). Goals: ser
 >= 0.5 x engine-only at concurrency 32 with dynamic batching; p50 latency at concurrency 1 within
 1.2 x of the unbatched path's. The latter comes from ``--rounds`` rounds with both services running,
 taking turns to go first, and counts the median round's ratio: one pass moved it from 0.75 to 1.39
-on these shared cores.
+on these shared cores. ``bench.bare``, a server that only receives each tile and reads it with GDAL, gets the
+goal's load too: what it could reach with every core busy bounds what any server that reads its tiles can reach here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bench.bare import BareServer
 from bench.client import WARM_UP, Request, load
 from bench.harness import (
     Goal,
@@ -115,6 +117,23 @@ def p50_rounds(repo: Path, args: argparse.Namespace, url_path: str, bodies: list
     return rounds
 
 
+def bare_bound(rows: list[dict], url_path: str, bodies: list[bytes]) -> dict[str, float] | None:
+    """``bench.bare`` under the goal's load, its CPU a request and the ratio it bounds (``BareServer.ceiling``), next to
+    the shipped service's row at the goal's concurrency; None without that row."""
+    row = next((r for r in rows if (r["mode"], r["concurrency"]) == ("on", GOAL_CONCURRENCY)), None)
+    if row is None:
+        return None
+    n = row["requests"]
+    with BareServer() as server:
+        asyncio.run(load(server.url, _post_tiff(url_path, bodies), GOAL_CONCURRENCY, n))  # warm: GDAL, the caches
+        client_cpu, server_cpu = time.process_time(), server.cpu_seconds()
+        _, wall, _ = asyncio.run(load(server.url, _post_tiff(url_path, bodies), GOAL_CONCURRENCY, n))
+        sent = n + WARM_UP * GOAL_CONCURRENCY
+        cpu = (time.process_time() - client_cpu + server.cpu_seconds() - server_cpu) / sent * n
+    return {"cpu_ms": cpu / n * 1e3, "tiles_s": n / wall,
+            "ceiling": BareServer.ceiling(n, cpu, row["engine_cpu_ms"] * n / 1e3, row["engine_tiles_s"])}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     service_arguments(p, "landcover", "task posted to (default landcover: a class head)")
@@ -157,14 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_cpu = (server.cpu_seconds() - server_cpu) / sent * n
                 after = [server.metric(metric.format(k)) for k in ("sum", "count")]
                 batch = min(c, max_batch)
+                engine_cpu = time.process_time()
                 calls, engine_wall = engine_only(engine, tiles, batch, n, args.runners)
+                engine_cpu = time.process_time() - engine_cpu
                 service_tps, engine_tps = n / wall, n / engine_wall
                 rows.append({
                     "mode": mode, "concurrency": c, "requests": n,
                     "service_tiles_s": service_tps, "engine_tiles_s": engine_tps, "ratio": service_tps / engine_tps,
                     "service_p50_ms": percentile(latencies, 50) * 1e3, "service_p99_ms": percentile(latencies, 99) * 1e3,
                     "engine_batch": batch, "engine_p50_ms": percentile(calls, 50) * 1e3,
-                    "engine_p99_ms": percentile(calls, 99) * 1e3,
+                    "engine_p99_ms": percentile(calls, 99) * 1e3, "engine_cpu_ms": engine_cpu / n * 1e3,
                     "service_mean_batch": (after[0] - before[0]) / max(after[1] - before[1], 1)
                     if args.processes == 1 else None,  # /metrics is one process's
                     "client_cpu_cores": client_cpu / wall,
@@ -176,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 })
                 bar.update()
     bar.close()
+    bare = bare_bound(rows, url_path, bodies)
     rounds = p50_rounds(repo, args, url_path, bodies) if args.rounds and {"on", "off"} <= set(args.modes) else []
 
     goals = []
@@ -186,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           detail=f"; {r['service_tiles_s']:.0f} vs {r['engine_tiles_s']:.0f} tiles/s"
                                  + (f"; the most its CPU allows on these cores: {r['cpu_ceiling']:.3f} "
                                     f"({r['service_cpu_ms']:.2f} ms of service CPU a request)"
-                                    if r["cpu_ceiling"] is not None else "")))
+                                    if r["cpu_ceiling"] is not None else "")
+                                 + (f"; a server that only reads each tile with GDAL (bench.bare) could reach "
+                                    f"{bare['ceiling']:.3f} ({bare['cpu_ms']:.2f} ms of CPU a request, the "
+                                    f"engine's {r['engine_cpu_ms']:.2f} ms a tile on top)" if bare else "")))
         if before := row.get(("in-process", GOAL_CONCURRENCY)):
             goals.append(Goal(f"decode workers: throughput with / without at concurrency {GOAL_CONCURRENCY}",
                               r["service_tiles_s"] / before["service_tiles_s"], 1.0, at_most=False,
@@ -199,20 +224,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                + ", ".join(f"{r:.3f}" for r in sorted(ratios)),
                           rounds=tuple(ratios) if len(ratios) > 1 else ()))
     columns = ["mode", "concurrency", "requests", "service_tiles_s", "engine_tiles_s", "ratio", "service_p50_ms",
-               "service_p99_ms", "engine_batch", "engine_p50_ms", "engine_p99_ms", "service_mean_batch",
+               "service_p99_ms", "engine_batch", "engine_p50_ms", "engine_p99_ms", "engine_cpu_ms", "service_mean_batch",
                "client_cpu_cores", "service_cpu_ms", "cpu_ceiling"]
     report = Report(
         "serve", f"Service vs engine alone: {manifest.name} v{manifest.version}, single-tile GeoTIFFs",
         {"repo": str(repo), "specialist": manifest.name, "processes": args.processes, "threads": args.threads,
          "runners": args.runners,
          "max_batch": args.max_batch,
-         "tile": manifest.tile_size},
+         "tile": manifest.tile_size, "bare": bare},
         rows, columns, goals,
         ["engine latencies are per engine call of engine_batch tiles; service latencies per request (one tile); "
          "client_cpu_cores is the CPU the load generator itself used (it shares the machine with the service)",
          "service_cpu_ms: CPU of the service and its decode workers a request; cpu_ceiling: the ratio the service "
          "would reach with every core busy at that CPU a request, the client's included "
-         "(bench.harness.cpu_bound_seconds): a goal above it needs less CPU a request, not better overlap"],
+         "(bench.harness.cpu_bound_seconds): a goal above it needs less CPU a request, not better overlap",
+         "bare (in the setup): bench.bare at the goal's concurrency, a server that receives each tile and reads it "
+         "with GDAL and does nothing else; its ceiling adds the engine's CPU a tile at the goal's batch (engine_cpu_ms, "
+         "this process's CPU while the engine alone ran): the most any server that reads its tiles reaches here"],
     )
     report.write(args.out)
     return 0
