@@ -130,8 +130,8 @@ def bare_bound(rows: list[dict], url_path: str, bodies: list[bytes]) -> dict[str
         _, wall, _ = asyncio.run(load(server.url, _post_tiff(url_path, bodies), GOAL_CONCURRENCY, n))
         sent = n + WARM_UP * GOAL_CONCURRENCY
         cpu = (time.process_time() - client_cpu + server.cpu_seconds() - server_cpu) / sent * n
-    return {"cpu_ms": cpu / n * 1e3, "tiles_s": n / wall,
-            "ceiling": BareServer.ceiling(n, cpu, row["engine_cpu_ms"] * n / 1e3, row["engine_tiles_s"])}
+    return {"cpu_ms": round(cpu / n * 1e3, 3), "tiles_s": round(n / wall),
+            "ceiling": round(BareServer.ceiling(n, cpu, row["engine_cpu_ms"] * n / 1e3, row["engine_tiles_s"]), 3)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
