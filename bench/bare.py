@@ -43,14 +43,25 @@ async def _body(receive: Any) -> bytes:
 
 def _read(upload: bytes) -> dict[str, Any]:
     """What a tile server cannot skip: the upload opened, its pixels as float32, its grid."""
-    with rasterio.Env(**_OPTIONS), MemoryFile(upload) as f, f.open() as dataset:
+    with MemoryFile(upload) as f, f.open() as dataset:
         tile = dataset.read().astype(np.float32)
         return {"shape": list(tile.shape), "mean": float(tile.mean()), "crs": dataset.crs.to_string(),
                 "transform": list(dataset.transform)[:6]}
 
 
+async def _lifespan(receive: Any, send: Any) -> None:
+    """GDAL's drivers and settings for the process's life, not a request's (as the service's decode workers)."""
+    with rasterio.Env(**_OPTIONS):
+        await receive()  # startup
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # shutdown
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """``POST`` any path: the upload read (``_read``) as JSON; ``GET``: 200, for readiness."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
     if scope["type"] != "http":
         return
     answer = json.dumps(_read(await _body(receive)) if scope["method"] == "POST" else {"ready": True}).encode()

@@ -263,7 +263,8 @@ def _spans(tiles: Iterable[Tile], count: int, span_bytes: int) -> Iterator[list[
 
 
 class _ValidRun(NamedTuple):
-    """Consecutive whole tiles of one span, every pixel valid: ``data`` (n, C, T, T) is a read-only strided view of it."""
+    """Consecutive, equally spaced whole tiles of one span, every pixel valid; ``data`` (n, C, T, T): a read-only
+    strided view of the span."""
 
     tiles: list[Tile]
     data: np.ndarray
