@@ -15,8 +15,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import rasterio
 from rasterio.io import MemoryFile
 
 from bench.harness import cpu_bound_seconds
-from mapex_serve.local import cpu_seconds, free_port
+from mapex_serve.local import cpu_seconds, free_port, is_ready
 
 __all__ = ["BareServer", "app"]
 
@@ -59,7 +57,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """``POST`` any path: the upload read (``_read``) as JSON; ``GET``: 200, for readiness."""
+    """``POST`` any path: the upload read (``_read``) as JSON; ``GET`` any path (``/readyz``): 200, for readiness."""
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
     if scope["type"] != "http":
@@ -81,18 +79,11 @@ class BareServer:
              "httptools", "--no-access-log", "--log-level", "warning"],
             cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + ready_timeout
-        while not self._ready():
+        while not is_ready(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the bare server did not start (exit status {self.proc.returncode})")
             time.sleep(0.1)
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url, timeout=1) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)

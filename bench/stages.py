@@ -56,7 +56,7 @@ from mapex_serve.predict import Prediction, overlap_for, predict, route_scene, t
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import as_geotiff, as_json, inputs_summary
 from mapex_serve.settings import Settings
-from mapex_serve.tiling import ClassAggregator, MaskBlender, grid_shape, tile_cells
+from mapex_serve.tiling import ClassAggregator, MaskBlender, tile_cells
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible
 from mapex_serve.upload import read_upload
 from training.data import SceneConfig, generate_scene, mosaic, write_scene_geotiff
@@ -227,7 +227,7 @@ def stage_costs(data: bytes, manifest: Manifest, engine: Engine | None, max_batc
     class_probs = probs.mean(axis=(2, 3))
 
     def aggregate(_: object) -> Any:
-        aggregator = ClassAggregator(*grid_shape(tiles), k)
+        aggregator = ClassAggregator(*tiles.shape, k)
         for i, tile in enumerate(tiles):
             aggregator.add(tile, class_probs[i % len(class_probs)], valid)
         return aggregator.result()

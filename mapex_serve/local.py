@@ -18,7 +18,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["LocalService", "cpu_seconds", "decode_workers", "folder_bytes", "free_port", "pss_bytes", "status_bytes"]
+__all__ = ["LocalService", "cpu_seconds", "decode_workers", "folder_bytes", "free_port", "is_ready", "pss_bytes",
+           "status_bytes"]
 
 
 def status_bytes(pid: int | str, name: str) -> int:
@@ -75,7 +76,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ready(url: str) -> bool:
+def is_ready(url: str) -> bool:
+    """Whether the server at ``url`` answers ``/readyz`` with 200 now."""
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
             return response.status == 200
@@ -101,7 +103,7 @@ class LocalService:
         with self.log_path.open("w") as out:
             self.proc = subprocess.Popen(cmd, env=environment, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + ready_timeout
-        while not _ready(self.url):
+        while not is_ready(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log[-3000:]
                 self.stop()

@@ -38,7 +38,6 @@ __all__ = [
     "TileGrid",
     "batched",
     "first_argmax",
-    "grid_shape",
     "read_batches",
     "read_tiles",
     "RowBand",
@@ -159,10 +158,6 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> TileGrid:
     stride = tile - overlap
     return TileGrid(_starts(height, tile, stride), _starts(width, tile, stride), tile)
 
-
-def grid_shape(tiles: Sequence[Tile]) -> tuple[int, int]:
-    """``(rows, cols)`` of a grid made by :func:`tile_grid`."""
-    return max(t.row for t in tiles) + 1, max(t.col for t in tiles) + 1
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

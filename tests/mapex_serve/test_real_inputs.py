@@ -536,7 +536,7 @@ def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata
 
 def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_path):
     """The tiler reads a row of tiles in one call and slices them; nothing a tile sees may change."""
-    from mapex_serve.tiling import grid_shape, read_tiles, tile_grid
+    from mapex_serve.tiling import read_tiles, tile_grid
 
     stored = reflectance((2, 150, 110)).astype(np.float32)
     stored[0, 37, 5:25] = np.nan
@@ -574,7 +574,7 @@ def test_tiles_sliced_from_a_row_read_equal_tiles_read_one_window_at_a_time(tmp_
     assert len(windows) == len(grid)
     for whole in (True, False):
         sliced, masked, windows = tiles(None, whole)  # rows sliced from the scene the sample read, or read from the file
-        assert len(windows) == grid_shape(grid)[0] and {w.width for w in windows} == {110}, "a row of tiles: one read"
+        assert len(windows) == grid.shape[0] and {w.width for w in windows} == {110}, "a row of tiles: one read"
         assert not sliced[0][1].flags.writeable, "tiles are read-only views of their row"
         assert masked == masked_alone == {"NaN or infinite value": 20, "nodata, mask or alpha band": 6 * 70}
         for (tile, data, valid), (tile_alone, data_alone, valid_alone) in zip(sliced[:-1], alone[:-1], strict=True):

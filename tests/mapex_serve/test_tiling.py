@@ -19,7 +19,6 @@ from mapex_serve.tiling import (
     Tile,
     batched,
     first_argmax,
-    grid_shape,
     read_batches,
     read_tiles,
     scene_valid_mask,
@@ -42,6 +41,11 @@ def write_tif(path, data, nodata=None, **extra):
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+def grid_shape(tiles):
+    """``(rows, cols)`` of listed tiles, from their grid positions (a check on ``TileGrid.shape``)."""
+    return max(t.row for t in tiles) + 1, max(t.col for t in tiles) + 1
 
 
 def coverage(tiles, height, width):
