@@ -9,7 +9,7 @@ kept in one uint8 raster so that the response counts every masked pixel once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -27,6 +27,7 @@ from mapex_serve.units import Conversion
 __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
 
 VALID = 0
+_ALL_ROWS = 2**62  # rows past any file's: every row
 _NODATA, _NOT_FINITE, _UNDEFINED = 1, 2, 3
 _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
                  _UNDEFINED: "no dB value (linear power <= 0)"}
@@ -95,6 +96,7 @@ class _Source:
     indexes: list[int]
     positions: list[int]  # where those bands go in the reader's output, in the same order
     nodata: list[float | None]  # per band: a nodata value the file does not declare, or None
+    warped: bool = False  # read through a WarpedVRT: a window's rows are not the file's
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Stored values (k, h, w) and inside-the-data masks (k, h, w) of an in-scene window, one GDAL call each."""
@@ -140,6 +142,9 @@ class SceneReader:
         self._reasons: np.ndarray | None = None  # reasons of the rows still being read, from _band_top down
         self._band_top = 0
         self._row_counts = np.zeros((0, 0), np.int64)
+        #: For an upload read while it arrives (``decode.arriving``): called with the rows ``[0, r)`` of a file a
+        #: read needs, before GDAL reads them; it returns once their bytes are in.
+        self.wait_rows: Callable[[int], None] | None = None
 
     def _group(self, bands: Sequence[InputBand], resampling: Resampling, stack: ExitStack) -> list[_Source]:
         """One source per dataset: bands on the scene grid are read as they are, others through a WarpedVRT."""
@@ -161,7 +166,7 @@ class SceneReader:
                     offset = (0, 0)
                     if b.file not in self.resampled:
                         self.resampled.append(b.file)
-                sources[key] = _Source(ds, offset, [], [], [])
+                sources[key] = _Source(ds, offset, [], [], [], warped=ds is not b.dataset)
             sources[key].indexes.append(b.index)
             sources[key].positions.append(position)
             sources[key].nodata.append(b.nodata)
@@ -170,6 +175,9 @@ class SceneReader:
     def _stored(self, sources: list[_Source], n: int, window: Window) -> tuple[list, list]:
         stored, inside = [None] * n, [None] * n
         for s in sources:
+            if self.wait_rows is not None:
+                r, _c = s.window_offset
+                self.wait_rows(_ALL_ROWS if s.warped else r + int(window.row_off + window.height))
             values, masks = s.read(window)
             for k, position in enumerate(s.positions):
                 stored[position], inside[position] = values[k], masks[k]

@@ -14,9 +14,9 @@ from typing import Protocol
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from mapex_serve.errors import MapexError
+from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
@@ -123,13 +123,17 @@ class _InMemory(io.BytesIO):
 
 
 async def _bounded(request: Request, ceiling: int, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks as they arrive; refused as soon as they pass ``ceiling`` bytes."""
+    """The body's chunks as they arrive; refused as soon as they pass ``ceiling`` bytes. A client that leaves
+    mid-upload is a ``ClientGoneError`` (499, counted and logged in a line, not a traceback)."""
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > ceiling:
-            raise _too_large(limit)
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > ceiling:
+                raise _too_large(limit)
+            yield chunk
+    except ClientDisconnect:
+        raise ClientGoneError(f"the client closed the connection after {size:,} bytes of its upload") from None
 
 
 async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink]) -> list[Sink]:

@@ -21,7 +21,7 @@ import pickle
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -56,6 +56,8 @@ log = logging.getLogger("mapex_serve.decode")
 
 #: Uploads larger than this are copied into their slab in a thread, not on the event loop.
 _COPY_IN_THREAD = 4 * 2**20
+#: A worker reading an upload that still arrives hears of its progress this often (and at its end).
+_TELL_EVERY = 2**20
 
 T = TypeVar("T")
 
@@ -347,14 +349,16 @@ class DecodePool:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
-            parts = self._plan(specialists, max_batch).parts
+            # A body still arriving is read as it arrives, by one session: parts would each wait for their rows.
+            parts = 1 if upload.still_arriving else self._plan(specialists, max_batch).parts
             request = dict(slab=str(slab.path), layout=layout.share(0, parts), specialists=tuple(specialists),
                            bands=tuple(bands) if bands else None, modality=modality, overrides=overrides,
                            max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept, parts=parts)
             for attempt in (1, 2):
                 worker = await self._pick(wait_s)
                 try:
-                    opening = OpenRequest(next(self._sessions), **request, available=budget.available)
+                    opening = OpenRequest(next(self._sessions), **request, available=budget.available,
+                                          arrived=upload.arrived if upload.still_arriving else None)
                     encoded = await self._session(worker, upload, opening, batchers, budget, wait_s)
                     upload.clean = True  # its sessions are over: nothing writes to its slab any more
                     return encoded
@@ -365,6 +369,8 @@ class DecodePool:
                     log.warning("%s during a request; trying it again on a fresh worker", e)
             raise AssertionError("unreachable")
         except SlabSpaceError as e:  # raised by the worker before it wrote a tile: the upload goes back whole
+            if upload.arriving is not None:
+                await upload.arriving  # all of it (or the error that cut it short)
             raise NoRoomForTilesError(f"for its tiles: {e}", upload.read_files()) from None
         finally:
             upload.discard()
@@ -374,6 +380,8 @@ class DecodePool:
         """Drive one request's session: its memory reserved, then its batches (``run_batches``), or its parts'."""
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
+        if request.arrived is not None:
+            upload.listen(lambda arrived: worker.tell("arrived", (request.session, arrived)))
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
@@ -391,6 +399,7 @@ class DecodePool:
             finished = True
             return encoded
         finally:
+            upload.listen(None)
             reservation.release()
             worker.sessions -= 1
             if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go, and a
@@ -594,6 +603,28 @@ class Upload:
     release: Callable[[Slab, bool], None]
     clean: bool = False
     discarded: bool = False
+    #: A raw body still streaming into the slab while its session reads it (``decode.arriving``): the task that
+    #: receives it, started by the route; None when the whole upload was in before the session opened.
+    arriving: asyncio.Task[Any] | None = None
+    #: Bytes of the raw body in the slab so far.
+    arrived: int = 0
+    _listener: Callable[[int], None] | None = field(default=None, init=False, repr=False)
+    _told: int = field(default=0, init=False, repr=False)
+
+    @property
+    def still_arriving(self) -> bool:
+        return self.arriving is not None and not self.arriving.done()
+
+    def listen(self, listener: Callable[[int], None] | None) -> None:
+        """Call ``listener`` with the bytes in so far, every ``_TELL_EVERY`` bytes and at the end (the session's worker
+        waits for them); None: nobody listens any more."""
+        self._listener, self._told = listener, self.arrived
+
+    def _arrive(self, arrived: int) -> None:
+        self.arrived = arrived
+        if self._listener is not None and (arrived - self._told >= _TELL_EVERY or arrived == self.layout.files[0][2]):
+            self._told = arrived
+            self._listener(arrived)
 
     def fill(self) -> None:
         """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""
@@ -610,27 +641,32 @@ class Upload:
     def sink(self, _index: int, _name: str) -> _SlabSink:
         """Where ``upload.receive`` writes a raw body: straight into the slab, no copy held in between."""
         _name, offset, size = self.layout.files[0]
-        return _SlabSink(self.slab, offset, size)
+        return _SlabSink(self.slab, offset, size, self._arrive)
 
     def discard(self) -> None:
-        """Let go of the slab (idempotent): the request is over, answered or not."""
+        """Let go of the slab (idempotent): the request is over, answered or not; once the body has stopped arriving
+        (the route drains it, or cancels it when the client left), since nothing may write to a released slab."""
         self.files = []
         if not self.discarded:
             self.discarded = True
-            self.release(self.slab, self.clean)
+            if self.still_arriving:
+                self.arriving.add_done_callback(lambda _task: self.release(self.slab, self.clean))
+            else:
+                self.release(self.slab, self.clean)
 
 
 class _SlabSink:
     """A raw body written into its place in the slab (the HTTP server holds it to its Content-Length)."""
 
-    def __init__(self, slab: Slab, offset: int, size: int) -> None:
-        self._slab, self._at, self._end = slab, offset, offset + size
+    def __init__(self, slab: Slab, offset: int, size: int, arrived: Callable[[int], None]) -> None:
+        self._slab, self._start, self._at, self._end, self._arrived = slab, offset, offset, offset + size, arrived
 
     def write(self, data: bytes, /) -> None:
         if self._at + len(data) > self._end:
             raise MalformedUploadError("the body is longer than its Content-Length")
         self._slab.write(self._at, data)
         self._at += len(data)
+        self._arrived(self._at - self._start)
 
     def close(self) -> None:
         """Nothing to release: the slab outlives its sink."""

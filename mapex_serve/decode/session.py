@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mapex_serve.budget import Reservation, request_bytes
+from mapex_serve.decode.arriving import ArrivalGate, directory_and_rows
 from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
 from mapex_serve.geokeys import is_tiff
@@ -78,6 +79,9 @@ class OpenRequest:
     parts: int = 1
     #: A part of a scene split across workers (not the first): its rows and the shared mask.
     part: ScenePart | None = None
+    #: Bytes of a raw upload in the slab when the request was sent, for an upload still arriving (the service tells
+    #: the worker as more come in: ``decode.arriving``); None: all of it is in.
+    arrived: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,18 +153,28 @@ class Slots:
 class Session:
     """A request's open scene and tiles in one worker."""
 
-    def __init__(self, request: OpenRequest, manifests: Mapping[str, Manifest], provider: Mapping[str, str]) -> None:
+    def __init__(self, request: OpenRequest, manifests: Mapping[str, Manifest], provider: Mapping[str, str],
+                 gate: ArrivalGate | None = None) -> None:
+        """``gate``: the upload is still arriving (``OpenRequest.arrived``); the session waits there for its bytes."""
         self.request, self._provider = request, provider
         slab = Slab.attach(request.slab)
         try:
+            wait_rows = None
+            if gate is not None:
+                _name, offset, _size = request.layout.files[0]
+                wait_rows = directory_and_rows(gate, lambda n: slab.view(offset, n))
             files = slab_files(slab, request.layout)
             self.in_place = any(f.in_place for f in files)
             # A scene the service may split has its values checked once it starts (the later parts start meanwhile
-            # and never check: the first checks the same bytes); any other, as it opens.
+            # and never check: the first checks the same bytes); one still arriving, at its end (the check's
+            # windows are spread over the scene); any other, as it opens.
             self._unchecked = request.part is None and request.parts > 1
+            self._check_at_end = gate is not None
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
-                request.overrides, request.max_pixels, check_units=request.part is None and not self._unchecked)
+                request.overrides, request.max_pixels,
+                check_units=request.part is None and not self._unchecked and not self._check_at_end)
+            reader.wait_rows = wait_rows
             del files
             try:
                 with unreadable_as_400():
@@ -234,6 +248,9 @@ class Session:
         ``threads`` (the cores the engine left idle), or what a part of a split scene counted."""
         if k is not None and probs_shape is not None:
             self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
+        if self._check_at_end:
+            with unreadable_as_400():
+                check_values(self.run.reader)
         if self._part is not None:
             return self.run.part_done()
         return self._encode([], threads)

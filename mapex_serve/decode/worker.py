@@ -3,7 +3,9 @@
 One thread: a worker is meant to have a core to itself, and Python threads would only trade its
 CPU for GIL hand-offs (each can wait out the 5 ms switch interval while the engine waits for an
 answer). Sessions interleave message by message; the engine never waits for a step, since it
-holds the session's other batch meanwhile (``session``).
+holds the session's other batch meanwhile (``session``). The exception is a session whose upload
+is still arriving (``decode.arriving``): it waits for bytes, so its messages run on a thread of its
+own (``_Stream``) and the worker's other sessions go on meanwhile.
 
 Messages from the service are ``(id, kind, payload)``; answers ``(id, ok, payload)`` where a
 failed call's payload is its exception (a MapexError keeps its class, so the service answers the
@@ -18,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
+import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
@@ -30,6 +34,7 @@ from rasterio.shutil import copy
 from rasterio.vrt import WarpedVRT
 
 from mapex_serve import heap
+from mapex_serve.decode.arriving import ArrivalGate
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobSession, JobStarted, JobStep
 from mapex_serve.decode.parts import PartDone
 from mapex_serve.decode.session import Opened, OpenRequest, Session
@@ -51,10 +56,30 @@ T = TypeVar("T")
 class _Worker:
     def __init__(self, conn: Connection, manifests: Mapping[str, Manifest], provider: Mapping[str, str]) -> None:
         self._conn, self._manifests, self._provider = conn, manifests, provider
-        self._sessions: dict[int, Session | JobSession] = {}
+        self.sessions: dict[int, Session | JobSession] = {}
+        self.streams: dict[int, _Stream] = {}  # sessions whose upload is still arriving, by id
+        self._sending = threading.Lock()  # a stream's thread answers too
 
     def send(self, message_id: int, ok: bool, payload: Any) -> None:
-        self._conn.send((message_id, ok, payload if ok else _portable(payload)))
+        with self._sending:
+            self._conn.send((message_id, ok, payload if ok else _portable(payload)))
+
+    def dispatch(self, message_id: int, kind: str, payload: Any) -> None:
+        """A message from the service: handled here, or by the thread of the session it is for (``_Stream``)."""
+        if kind == "arrived":  # more of a stream's upload is in; nobody waits for an answer
+            sid, arrived = payload
+            if (stream := self.streams.get(sid)) is not None:
+                stream.gate.update(arrived)
+            return
+        if kind == "open" and getattr(payload, "arrived", None) is not None:
+            _name, _offset, size = payload.layout.files[0]
+            self.streams[payload.session] = _Stream(self, payload.session, ArrivalGate(payload.arrived, size))
+        if (stream := self.streams.get(_session_id(kind, payload))) is not None:
+            if kind == "close":
+                stream.gate.end()  # a wait for bytes gives up, so that the close is answered
+            if stream.put((message_id, kind, payload)):
+                return
+        self.handle(message_id, kind, payload)
 
     def open(self, request: OpenRequest | JobOpenRequest) -> Opened | JobOpened:
         """A ``/predict`` request's session, or a whole-scene job's."""
@@ -62,20 +87,21 @@ class _Worker:
         if isinstance(request, JobOpenRequest):
             session = JobSession(request, self._manifests)
         else:
-            session = Session(request, self._manifests, self._provider)
-        self._sessions[request.session] = session
+            stream = self.streams.get(request.session)
+            session = Session(request, self._manifests, self._provider, stream.gate if stream else None)
+        self.sessions[request.session] = session
         return self._ending_on_error(request.session, session.open)
 
     def start(self, sid: int, *args: Any) -> Opened | JobStarted:
         """Tile the scene: a request's once the service reserved its memory, a job's once it said where to resume."""
-        return self._ending_on_error(sid, lambda: self._sessions[sid].start(*args))
+        return self._ending_on_error(sid, lambda: self.sessions[sid].start(*args))
 
     def step(self, sid: int, k: int, probs_shape: tuple[int, ...]) -> int | JobStep:
-        return self._ending_on_error(sid, lambda: self._sessions[sid].step(k, probs_shape))
+        return self._ending_on_error(sid, lambda: self.sessions[sid].step(k, probs_shape))
 
     def finish(self, sid: int, k: int | None, probs_shape: tuple[int, ...] | None,
                threads: int = 1) -> Encoded | JobStep | PartDone:
-        session = self._sessions[sid]
+        session = self.sessions[sid]
         try:
             result = session.finish(k, probs_shape, threads)
         except BaseException:
@@ -88,7 +114,7 @@ class _Worker:
     def encode(self, sid: int, parts: list[PartDone]) -> Encoded:
         """The first part of a split scene answers for the scene, once every part is done."""
         try:
-            return self._sessions[sid].encode(parts)
+            return self.sessions[sid].encode(parts)
         finally:
             self._drop(sid)
 
@@ -105,7 +131,7 @@ class _Worker:
         self._drop(sid)
 
     def _drop(self, sid: int) -> None:
-        session = self._sessions.pop(sid, None)
+        session = self.sessions.pop(sid, None)
         if session is not None:
             session.close()
 
@@ -133,6 +159,49 @@ class _Worker:
             self.send(message_id, False, e)
             return
         self.send(message_id, True, result)
+
+
+class _Stream:
+    """A session whose upload is still arriving: its messages run in order on a thread of its own, which may wait
+    for bytes (``ArrivalGate``) while the worker's main thread answers its other sessions."""
+
+    def __init__(self, worker: _Worker, sid: int, gate: ArrivalGate) -> None:
+        self.gate = gate
+        self._worker, self._sid = worker, sid
+        self._inbox: queue.SimpleQueue[tuple[int, str, Any]] = queue.SimpleQueue()
+        self._taking = threading.Lock()
+        self._open = True
+        threading.Thread(target=self._run, name=f"mapex-session-{sid}", daemon=True).start()
+
+    def put(self, message: tuple[int, str, Any]) -> bool:
+        """Hand the thread a message; False once the session is over (the caller answers it)."""
+        with self._taking:
+            if self._open:
+                self._inbox.put(message)
+            return self._open
+
+    def _run(self) -> None:
+        """Each message in turn until the session is over (answered, failed or closed)."""
+        with rasterio.Env():  # rasterio's environment is a thread's own
+            while True:
+                self._worker.handle(*self._inbox.get())
+                with self._taking:
+                    if self._sid in self._worker.sessions:
+                        continue
+                    self._open = False
+                    self._worker.streams.pop(self._sid, None)
+                break
+            while not self._inbox.empty():  # put before the session ended (a close): answered too
+                self._worker.handle(*self._inbox.get_nowait())
+
+
+def _session_id(kind: str, payload: Any) -> int | None:
+    """The session a message is for: ``close`` names it, ``open`` carries it, the others start with it."""
+    if kind == "close":
+        return payload
+    if kind == "open":
+        return payload.session
+    return payload[0] if kind in ("start", "step", "finish", "encode") else None
 
 
 def _portable(error: BaseException) -> BaseException:
@@ -181,4 +250,4 @@ def serve(conn: Connection, manifests: dict[str, Manifest], provider: dict[str, 
                 break
             if kind == "exit":
                 break
-            worker.handle(message_id, kind, payload)
+            worker.dispatch(message_id, kind, payload)

@@ -28,7 +28,7 @@ from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import raw_upload_size, read_upload, receive
 
-__all__ = ["PREDICT_LANE", "router"]
+__all__ = ["PREDICT_LANE", "READ_WHILE_ARRIVING", "router"]
 
 log = logging.getLogger("mapex_serve")
 
@@ -38,6 +38,10 @@ router = APIRouter()
 
 #: Requests still running after this long are watched for a client that went away.
 _WATCH_AFTER_S = 0.05
+
+#: Raw bodies of this many bytes or more are read by their decode worker while they arrive (``decode.arriving``): a
+#: scene's rows go to the engine before its last byte is in. Smaller ones arrive first (in a few ms on a fast link).
+READ_WHILE_ARRIVING = 4 * 2**20
 
 #: The bodies the route takes, declared so that the OpenAPI schema is true (clients and fuzzers send them).
 _BODY = {"requestBody": {"required": True, "content": {
@@ -63,12 +67,17 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
             overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
             format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
         try:
+            if upload.arriving is not None:
+                await _arrival(upload.arriving, work)
             encoded = await _unless_client_leaves(request, work)
             return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
         except NoRoomForTilesError as e:  # shared memory filled up after the upload arrived: decoded here
             _no_room(e)
             got = e.files
         finally:
+            if upload.still_arriving:  # cancelled (its time limit) while the body arrived: stop writing to the slab
+                upload.arriving.cancel()
+                await asyncio.gather(upload.arriving, return_exceptions=True)
             upload.discard()  # also when the request was cancelled before its work began
     work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
                                          modality=modality, max_pixels=settings.max_pixels,
@@ -97,6 +106,9 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
         except SlabSpaceError as e:
             _no_room(e)
         else:
+            if size >= READ_WHILE_ARRIVING:  # its worker reads it as it arrives (decode.arriving)
+                upload.arriving = asyncio.ensure_future(receive(request, limit, upload.sink))
+                return upload
             try:
                 await receive(request, limit, upload.sink)
             except BaseException:
@@ -111,6 +123,18 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
     except SlabSpaceError as e:
         _no_room(e)
         return files
+
+
+async def _arrival(arriving: asyncio.Task[object], work: asyncio.Future[T]) -> None:
+    """The rest of a raw body that its worker reads as it arrives. A body cut short (the client left) or longer than
+    its Content-Length ends ``work`` and raises; a request that fails meanwhile (a 422 on its bands) is answered once
+    the body is in, as when it arrives first."""
+    try:
+        await arriving
+    except BaseException:
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise
 
 
 def _no_room(e: SlabSpaceError) -> None:

@@ -1,0 +1,166 @@
+"""A large raw upload read by its decode worker while it still arrives (``decode.arriving``), through a real server."""
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+from rasterio.io import MemoryFile
+from rasterio.shutil import copy
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from mapex_serve.local import decode_workers
+from mapex_serve.routes.predict import READ_WHILE_ARRIVING
+
+SIZE = 1200  # a two-band float32 scene of 11 MiB, 2,401 tiles of 32 px in 49 rows
+
+
+def _sar_bands(seed: int = 0) -> np.ndarray:
+    """VV/VH in dB: open water (dark in both) on the left half, land on the right, with speckle."""
+    rng = np.random.default_rng(seed)
+    land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
+    return (np.where(np.arange(SIZE) < SIZE // 2, water, land) + rng.normal(0, 1.5, (2, SIZE, SIZE))).astype(np.float32)
+
+
+def _profile() -> dict:
+    return dict(driver="GTiff", count=2, height=SIZE, width=SIZE, dtype="float32", crs="EPSG:32633",
+                transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=256, blockysize=256,
+                compress="deflate")
+
+
+def _cog(bands: np.ndarray) -> bytes:
+    """A Cloud-Optimised GeoTIFF (directories first, blocks in row order, overviews) as GDAL's COG driver writes it."""
+    with MemoryFile() as src_mem, MemoryFile() as out:
+        with src_mem.open(**_profile()) as dst:
+            dst.write(bands)
+            dst.descriptions = ("VV", "VH")
+        copy(src_mem.name, out.name, driver="COG", compress="deflate", blocksize=256)
+        return out.read()
+
+
+def _directory_last(bands: np.ndarray, tmp_path) -> bytes:
+    """The same scene written a window at a time: GDAL puts its directory after the blocks, at the end of the file."""
+    path = tmp_path / "last.tif"
+    with rasterio.open(path, "w", **_profile()) as dst:
+        for row in range(0, SIZE, 256):
+            window = Window(0, row, SIZE, min(256, SIZE - row))
+            dst.write(bands[:, row: row + 256], window=window)
+        dst.descriptions = ("VV", "VH")
+    return path.read_bytes()
+
+
+def _first_directory(body: bytes) -> int:
+    assert body[:4] == b"II*\x00", "classic little-endian TIFF"
+    return struct.unpack("<I", body[4:8])[0]
+
+
+def _batches_run(url: str) -> float:
+    """Engine batches the service has run so far (every specialist)."""
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("mapex_compute_duration_seconds_count"))
+
+
+def _post_holding_back(url: str, body: bytes, until: Callable[[], bool], hold: int) -> httpx.Response:
+    """``body`` raw, its last ``hold`` bytes sent only once ``until()`` is true (polled for at most 30 s)."""
+
+    def pieces() -> Iterator[bytes]:
+        for at in range(0, len(body) - hold, 256 * 1024):
+            yield body[at: min(at + 256 * 1024, len(body) - hold)]
+        deadline = time.monotonic() + 30
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield body[len(body) - hold:]
+
+    return httpx.post(f"{url}/predict/flood", content=pieces(), timeout=120,
+                      headers={"Content-Type": "image/tiff", "Content-Length": str(len(body))})
+
+
+@pytest.fixture(scope="module")
+def one_worker(built_repo, server_type, tmp_path_factory):
+    s = server_type(built_repo, tmp_path_factory.mktemp("arriving") / "server.log", MAPEX_DECODE_WORKERS="1")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> dict[str, bytes]:
+    bands = _sar_bands()
+    scenes = {"cog": _cog(bands), "directory last": _directory_last(bands, tmp_path_factory.mktemp("scenes"))}
+    assert all(len(b) >= READ_WHILE_ARRIVING for b in scenes.values()), "large enough to be read while arriving"
+    assert _first_directory(scenes["cog"]) < 1024 < len(scenes["directory last"]) - 100_000 \
+        < _first_directory(scenes["directory last"])
+    return scenes
+
+
+def _reference(server, body: bytes) -> np.ndarray:
+    """The answer to ``body`` sent as a multipart field: it is all in before its worker opens it."""
+    r = server.post("flood", body)
+    assert r.status_code == 200, r.text[:300]
+    return server.cog_band(r.content)
+
+
+def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive(one_worker, scenes):
+    body = scenes["cog"]
+    reference = _reference(one_worker, body)
+    before = _batches_run(one_worker.url)
+    ran_early = threading.Event()
+
+    def engine_ran() -> bool:
+        if _batches_run(one_worker.url) > before:
+            ran_early.set()
+        return ran_early.is_set()
+
+    r = _post_holding_back(one_worker.url, body, engine_ran, hold=len(body) // 5)
+    assert r.status_code == 200, r.text[:300]
+    assert ran_early.is_set(), "no batch of the scene ran while its last fifth was held back"
+    np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+
+
+def test_a_tiff_whose_directory_comes_last_is_read_once_it_has_all_arrived(one_worker, scenes):
+    body = scenes["directory last"]
+    reference = _reference(one_worker, body)
+    before, held = _batches_run(one_worker.url), time.monotonic()
+    r = _post_holding_back(one_worker.url, body, lambda: time.monotonic() - held > 1.5, hold=100_000)
+    assert r.status_code == 200, r.text[:300]
+    np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+    assert _batches_run(one_worker.url) > before
+
+
+def test_values_that_do_not_fit_their_units_are_refused_as_when_the_upload_arrives_first(one_worker):
+    linear = np.abs(_sar_bands(1) / 40)  # linear power 0.2..0.7 taken as dB: the request names the fix
+    body = _cog(linear)
+    first = one_worker.post("flood", body)
+    r = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120, headers={"Content-Type": "image/tiff"})
+    assert first.status_code == r.status_code == 422, (first.text[:300], r.text[:300])
+    assert r.json()["detail"] == first.json()["detail"]
+
+
+def _holding(url: str) -> int:
+    return httpx.get(f"{url}/readyz").json()["decode_workers"]["holding"]
+
+
+def test_a_client_that_leaves_mid_upload_frees_its_slab_and_worker(one_worker, scenes):
+    body = scenes["cog"]
+    host, port = httpx.URL(one_worker.url).host, httpx.URL(one_worker.url).port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"POST /predict/flood HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/tiff\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+        deadline = time.monotonic() + 30
+        while _holding(one_worker.url) == 0:  # the request holds its slab while its body arrives
+            assert time.monotonic() < deadline, "the upload never reached the decode pool"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while _holding(one_worker.url) != 0:
+        assert time.monotonic() < deadline, "the slab of a request whose client left is still held"
+        time.sleep(0.05)
+    assert len(decode_workers(one_worker.pid)) == 1
+    assert "Traceback" not in one_worker.log
+    r = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120, headers={"Content-Type": "image/tiff"})
+    assert r.status_code == 200, r.text[:300]
