@@ -46,6 +46,8 @@ from mapex_serve.metrics import Metrics
 from mapex_serve.predict import check_not_empty, overlap_for
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Encoded, Format
+from mapex_serve.tiff_layout import TiffLayout
+from mapex_serve.tiff_layout import parse as parse_tiff
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
@@ -58,6 +60,8 @@ log = logging.getLogger("mapex_serve.decode")
 _COPY_IN_THREAD = 4 * 2**20
 #: A worker reading an upload that still arrives hears of its progress this often (and at its end).
 _TELL_EVERY = 2**20
+#: A (Big)TIFF's header: where its first directory lies.
+_HEADER = 16
 
 T = TypeVar("T")
 
@@ -349,6 +353,8 @@ class DecodePool:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
+            if upload.still_arriving and not await upload.directories_first():
+                await upload.arriving  # read once it is all in
             # A body still arriving is read as it arrives, by one session: parts would each wait for their rows.
             parts = 1 if upload.still_arriving else self._plan(specialists, max_batch).parts
             request = dict(slab=str(slab.path), layout=layout.share(0, parts), specialists=tuple(specialists),
@@ -610,10 +616,22 @@ class Upload:
     arrived: int = 0
     _listener: Callable[[int], None] | None = field(default=None, init=False, repr=False)
     _told: int = field(default=0, init=False, repr=False)
+    _header: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def still_arriving(self) -> bool:
         return self.arriving is not None and not self.arriving.done()
+
+    async def directories_first(self) -> bool:
+        """Whether the body is a TIFF whose directories come before its blocks (a COG, a ``gdal_translate`` copy), which
+        a worker may read as it arrives; once its header is in. Not a TIFF whose directory is in the second half of
+        the file, as GDAL's writer leaves a file written window by window: nothing of it can be read before its end."""
+        if self.arrived < _HEADER and self.still_arriving:
+            self._header = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._header, self.arriving}, return_when=asyncio.FIRST_COMPLETED)
+        _name, offset, size = self.layout.files[0]
+        needs = parse_tiff(self.slab.view(offset, min(self.arrived, _HEADER)), size)
+        return isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2)
 
     def listen(self, listener: Callable[[int], None] | None) -> None:
         """Call ``listener`` with the bytes in so far, every ``_TELL_EVERY`` bytes and at the end (the session's worker
@@ -622,6 +640,8 @@ class Upload:
 
     def _arrive(self, arrived: int) -> None:
         self.arrived = arrived
+        if self._header is not None and arrived >= _HEADER and not self._header.done():
+            self._header.set_result(None)
         if self._listener is not None and (arrived - self._told >= _TELL_EVERY or arrived == self.layout.files[0][2]):
             self._told = arrived
             self._listener(arrived)

@@ -1,5 +1,7 @@
 """A large raw upload read by its decode worker while it still arrives (``decode.arriving``), through a real server."""
 
+import os
+import signal
 import socket
 import struct
 import threading
@@ -15,6 +17,7 @@ from rasterio.shutil import copy
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from mapex_serve.decode.arriving import ArrivalGate, UploadEndedError
 from mapex_serve.local import decode_workers
 from mapex_serve.routes.predict import READ_WHILE_ARRIVING
 
@@ -128,11 +131,16 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
 def test_a_tiff_whose_directory_comes_last_is_read_once_it_has_all_arrived(one_worker, scenes):
     body = scenes["directory last"]
     reference = _reference(one_worker, body)
-    before, held = _batches_run(one_worker.url), time.monotonic()
-    r = _post_holding_back(one_worker.url, body, lambda: time.monotonic() - held > 1.5, hold=100_000)
+    before, held, ran = _batches_run(one_worker.url), time.monotonic(), []
+
+    def held_long_enough() -> bool:
+        ran.append(_batches_run(one_worker.url) - before)
+        return time.monotonic() - held > 1.5
+
+    r = _post_holding_back(one_worker.url, body, held_long_enough, hold=100_000)
     assert r.status_code == 200, r.text[:300]
+    assert ran[-1] == 0, "batches ran before the directory at the end of the file arrived"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
-    assert _batches_run(one_worker.url) > before
 
 
 def test_values_that_do_not_fit_their_units_are_refused_as_when_the_upload_arrives_first(one_worker):
@@ -142,6 +150,57 @@ def test_values_that_do_not_fit_their_units_are_refused_as_when_the_upload_arriv
     r = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120, headers={"Content-Type": "image/tiff"})
     assert first.status_code == r.status_code == 422, (first.text[:300], r.text[:300])
     assert r.json()["detail"] == first.json()["detail"]
+
+
+def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server, built_repo, scenes):
+    """The request is tried again on a fresh worker, which reads what has arrived and waits for the rest."""
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
+    body = scenes["cog"]
+    reference = _reference(s, body)
+    [victim] = decode_workers(s.pid)
+    before, killed = _batches_run(s.url), []
+
+    def kill_once_batches_ran() -> bool:
+        if not killed and _batches_run(s.url) > before:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+        return bool(killed)
+
+    r = _post_holding_back(s.url, body, kill_once_batches_ran, hold=len(body) // 5)
+    assert killed, "no batch ran while the upload arrived"
+    assert r.status_code == 200, r.text[:300]
+    np.testing.assert_array_equal(s.cog_band(r.content), reference)
+    assert "trying it again on a fresh worker" in s.log
+    assert httpx.get(f"{s.url}/readyz").json()["decode_workers"] == {"ready": 1, "size": 1, "restarts": 1, "holding": 0}
+
+
+def test_a_wait_for_bytes_returns_once_they_are_in_and_gives_up_when_the_session_ends():
+    gate = ArrivalGate(10, size=100)
+    gate.wait(10)  # in already
+    waiting = threading.Thread(target=gate.wait, args=(10**9,))  # more than the upload: all of it
+    waiting.start()
+    gate.update(99)
+    waiting.join(0.2)
+    assert waiting.is_alive()
+    gate.update(150)
+    waiting.join(5)
+    assert not waiting.is_alive() and gate.arrived == 100
+    gate = ArrivalGate(0, size=100)
+    failed: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            gate.wait(50)
+        except UploadEndedError as e:
+            failed.append(e)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    gate.end()
+    waiting.join(5)
+    assert not waiting.is_alive() and len(failed) == 1
+    with pytest.raises(UploadEndedError):
+        gate.wait(1)
 
 
 def _holding(url: str) -> int:
