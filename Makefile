@@ -34,7 +34,8 @@ serve: install
 	$(BIN)/python -m mapex_serve --host 127.0.0.1 --port 8000 --repo models
 
 # Short preset: fewer repeats and requests than the scripts' defaults; the scene is the full 4096 x 4096.
-# bench.peer runs standalone Triton beside the service (its own .venv-triton, created on first use).
+# bench.peer runs standalone Triton beside the service (its own .venv-triton, created on first use); bench.arriving
+# posts a 2048² scene over a 100 Mbit/s link, as a COG (read as it arrives) and with its directory last.
 bench: install
 	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models --jobs 2
 	$(BIN)/python -m bench.pruning --repeats 10 --warmup 3
@@ -42,6 +43,7 @@ bench: install
 	$(BIN)/python -m bench.scene --size 4096 --rounds 3
 	$(BIN)/python -m bench.peer --requests 256 --rounds 3 --size 4096
 	$(BIN)/python -m bench.engine_speed --repeats 10
+	$(BIN)/python -m bench.arriving --size 2048 --rounds 2
 	$(BIN)/python -m bench.goals_plot
 
 clean:

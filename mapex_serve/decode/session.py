@@ -16,6 +16,10 @@ starts this session on the first part's rows (the check comes first then, while 
 start) and opens one session a part on other workers (``OpenRequest.part``). Each part's
 ``finish`` answers with what it counted (``PartDone``); ``encode`` then has the first session
 answer for the scene.
+
+A raw TIFF whose directories come first may still be arriving when its session opens
+(``OpenRequest.arrived``): the session then waits for the bytes each read needs (``decode.arriving``),
+runs whole, and checks the values against their units at ``finish``, once every row was read.
 """
 
 from __future__ import annotations
