@@ -203,6 +203,17 @@ def test_a_wait_for_bytes_returns_once_they_are_in_and_gives_up_when_the_session
         gate.wait(1)
 
 
+@pytest.mark.parametrize("case", ["random bytes", "a TIFF header over garbage", "a COG cut short"])
+def test_a_large_body_that_cannot_be_read_gets_a_400_and_holds_nothing(one_worker, scenes, case):
+    noise = np.random.default_rng(0).bytes(READ_WHILE_ARRIVING + 1000)
+    body = {"random bytes": noise, "a TIFF header over garbage": b"II*\x00\x08\x00\x00\x00" + noise,
+            "a COG cut short": scenes["cog"][: len(scenes["cog"]) // 2] + bytes(len(scenes["cog"]) // 2 + 1)}[case]
+    r = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120, headers={"Content-Type": "image/tiff"})
+    assert r.status_code == 400, r.text[:300]
+    assert "GeoTIFF" in r.json()["detail"]
+    assert _holding(one_worker.url) == 0
+
+
 def _holding(url: str) -> int:
     return httpx.get(f"{url}/readyz").json()["decode_workers"]["holding"]
 
