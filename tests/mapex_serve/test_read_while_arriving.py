@@ -48,7 +48,8 @@ def _cog(bands: np.ndarray) -> bytes:
 
 
 def _directory_last(bands: np.ndarray, tmp_path) -> bytes:
-    """The same scene written a window at a time: GDAL puts its directory after the blocks, at the end of the file."""
+    """The same scene written a window at a time, its band names set last: GDAL then rewrites its directory after
+    the blocks, at the end of the file (as ``bench.scene``'s file has it)."""
     path = tmp_path / "last.tif"
     with rasterio.open(path, "w", **_profile()) as dst:
         for row in range(0, SIZE, 256):
