@@ -1,5 +1,6 @@
 """A large raw upload read by its decode worker while it still arrives (``decode.arriving``), through a real server."""
 
+import asyncio
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from mapex_serve.decode.arriving import ArrivalGate, UploadEndedError
+from mapex_serve.decode.pool import Upload
+from mapex_serve.decode.slab import Layout, Slab
 from mapex_serve.local import decode_workers
 from mapex_serve.routes.predict import READ_WHILE_ARRIVING
 
@@ -173,6 +176,39 @@ def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server,
     np.testing.assert_array_equal(s.cog_band(r.content), reference)
     assert "trying it again on a fresh worker" in s.log
     assert httpx.get(f"{s.url}/readyz").json()["decode_workers"] == {"ready": 1, "size": 1, "restarts": 1, "holding": 0}
+
+
+@pytest.mark.parametrize(("kind", "first"), [("cog", True), ("directory last", False), ("not a TIFF", False)])
+def test_only_a_tiff_whose_directories_come_first_is_read_as_it_arrives(scenes, tmp_path, kind, first):
+    """``Upload.directories_first`` decides from the header, as soon as it is in (the rest still arriving)."""
+    body = scenes.get(kind, b"\x89PNG\r\n\x1a\n" + bytes(READ_WHILE_ARRIVING))
+    layout = Layout.plan([("upload.tif", len(body))], 1024, 1024)
+    slab = Slab.create(tmp_path, layout.size, reserve=layout.files_end)
+    upload = Upload(slab, layout, [], lambda _slab, _clean: None)
+
+    async def decide() -> tuple[bool, int]:
+        go_on = asyncio.Event()
+
+        async def arrive() -> None:
+            sink = upload.sink(0, "upload.tif")
+            sink.write(body[:10])  # not yet the header
+            await asyncio.sleep(0.01)
+            sink.write(body[10:1000])
+            await go_on.wait()  # the rest only once the decision is made
+            sink.write(body[1000:])
+
+        upload.arriving = asyncio.ensure_future(arrive())
+        decided = await upload.directories_first()
+        arrived = upload.arrived
+        go_on.set()
+        await upload.arriving
+        return decided, arrived
+
+    try:
+        assert asyncio.run(decide()) == (first, 1000)
+    finally:
+        slab.close()
+        slab.unlink()
 
 
 def test_a_wait_for_bytes_returns_once_they_are_in_and_gives_up_when_the_session_ends():
