@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -239,7 +239,7 @@ async def predict(
     overrides: UnitOverrides | None = None, budget: MemoryBudget | None = None,
 ) -> Prediction:
     """Route the scene in ``files`` to one of ``manifests`` and run it in this process; errors are MapexErrors (4xx)."""
-    check_not_empty(files)
+    check_not_empty(len(f.data) for f in files)
     scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
         open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
     with scene, unreadable_as_400():
@@ -254,8 +254,9 @@ async def predict(
             raise
 
 
-def check_not_empty(files: Sequence[UploadedFile]) -> None:
-    if not files or not any(f.data for f in files):
+def check_not_empty(sizes: Iterable[int]) -> None:
+    """The upload's files by their sizes in bytes: a 400 when there is none, or none holds a byte."""
+    if not any(sizes):
         raise UnreadableRasterError("the upload is empty; send a GeoTIFF file")
 
 

@@ -20,8 +20,8 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTooLargeError", "raw_upload_size", "read_upload",
-    "receive", "save_upload",
+    "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTooLargeError", "multipart_body_size",
+    "raw_upload_size", "read_upload", "receive", "save_upload",
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
@@ -193,6 +193,16 @@ def raw_upload_size(request: Request) -> int | None:
     media, _ = parse_options_header(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length", "")
     if media.decode("latin-1").lower() in RAW_TYPES and declared.isdigit():
+        return int(declared)
+    return None
+
+
+def multipart_body_size(request: Request) -> int | None:
+    """The size of a multipart body its Content-Length declares, None otherwise: its file parts fit in that many
+    bytes, so that they can be written where they will be read (a decode worker's shared memory) as they arrive."""
+    media, _ = parse_options_header(request.headers.get("content-type", ""))
+    declared = request.headers.get("content-length", "")
+    if media.decode("latin-1").lower() == "multipart/form-data" and declared.isdigit():
         return int(declared)
     return None
 

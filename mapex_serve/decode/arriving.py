@@ -29,7 +29,11 @@ class UploadEndedError(ClientGoneError):
 
 
 class ArrivalGate:
-    """How many of an upload's ``size`` bytes are in its slab; ``wait`` blocks a session's thread until enough are."""
+    """How many of an upload's ``size`` bytes are in its slab; ``wait`` blocks a session's thread until enough are.
+
+    ``size`` is a raw body's Content-Length, or for a multipart body's first file part the most it may hold until
+    the part ends (``update(..., whole=True)``).
+    """
 
     def __init__(self, arrived: int, size: int) -> None:
         self.size = size
@@ -41,9 +45,11 @@ class ArrivalGate:
     def arrived(self) -> int:
         return self._arrived
 
-    def update(self, arrived: int) -> None:
-        """More bytes are in (the service's word, on the worker's main thread)."""
+    def update(self, arrived: int, whole: bool = False) -> None:
+        """More bytes are in, ``whole``: all of them (the service's word, on the worker's main thread)."""
         with self._changed:
+            if whole:
+                self.size = arrived
             self._arrived = max(self._arrived, min(arrived, self.size))
             self._changed.notify_all()
 
@@ -55,9 +61,8 @@ class ArrivalGate:
 
     def wait(self, needed: int) -> None:
         """Until the first ``needed`` bytes (at most the whole upload) are in."""
-        needed = min(needed, self.size)
         with self._changed:
-            while self._arrived < needed:
+            while self._arrived < min(needed, self.size):
                 if self._ended:
                     raise UploadEndedError("the request ended while its upload was arriving")
                 self._changed.wait()

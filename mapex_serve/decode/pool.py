@@ -62,6 +62,8 @@ _COPY_IN_THREAD = 4 * 2**20
 _TELL_EVERY = 2**20
 #: A (Big)TIFF's header: where its first directory lies.
 _HEADER = 16
+#: The most file parts a multipart body brings (``upload._MAX_PARTS``), and their alignment in the slab.
+_MAX_PARTS, _ALIGN = 64, 64
 
 T = TypeVar("T")
 
@@ -320,13 +322,22 @@ class DecodePool:
 
     def prepare(self, files: Sequence[UploadedFile], specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for the request, made before any work starts: ``SlabSpaceError`` if the tmpfs has no room."""
-        check_not_empty(files)
+        check_not_empty(len(f.data) for f in files)
         layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch)
         return self._hold(layout, list(files))
 
     def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int) -> Upload:
         """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
         return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch), [])
+
+    def prepare_parts(self, body: int, specialists: Sequence[str], max_batch: int) -> Upload:
+        """A slab for the file parts of a multipart body of ``body`` bytes, which ``Upload.part_sink`` writes there one
+        after another as they stream in (their sizes are known only as each ends)."""
+        region = body + _MAX_PARTS * _ALIGN  # the parts, each aligned
+        upload = self._hold(self._layout([(RAW_NAME, region)], specialists, max_batch), [])
+        _name, offset, size = upload.layout.files[0]
+        upload.multipart, upload.region = True, (offset, size)
+        return upload
 
     def _hold(self, layout: Layout, files: list[UploadedFile]) -> Upload:
         """The request's slab, counted until it is discarded; ``QueueFullError`` (503) when the workers hold enough."""
@@ -346,34 +357,30 @@ class DecodePool:
         bands: Sequence[str] | None, modality: str | None, overrides: UnitOverrides, max_pixels: int,
         max_batch: int, budget: MemoryBudget, format: Format | None, accept: str, wait_s: float = 30,
     ) -> Encoded:
-        """The encoded answer for one request: opened, tiled, blended and encoded by a worker, tried twice."""
-        slab, layout = upload.slab, upload.layout
+        """The encoded answer for one request: opened, tiled, blended and encoded by a worker, tried twice.
+
+        A body still arriving whose first file is a TIFF with its directories first is read as it arrives, by one
+        session (parts would each wait for their rows); if a second file comes after all (a multipart body), that
+        session is dropped and the request read once every file is in, as any other.
+        """
+        options = dict(specialists=tuple(specialists), bands=tuple(bands) if bands else None, modality=modality,
+                       overrides=overrides, max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept)
         try:
-            if upload.files and layout.size > _COPY_IN_THREAD:
+            if upload.files and upload.layout.size > _COPY_IN_THREAD:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
-            if upload.still_arriving and not await upload.directories_first():
-                await upload.arriving  # read once it is all in
-            # A body still arriving is read as it arrives, by one session: parts would each wait for their rows.
-            parts = 1 if upload.still_arriving else self._plan(specialists, max_batch).parts
-            request = dict(slab=str(slab.path), layout=layout.share(0, parts), specialists=tuple(specialists),
-                           bands=tuple(bands) if bands else None, modality=modality, overrides=overrides,
-                           max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept, parts=parts)
-            for attempt in (1, 2):
-                worker = await self._pick(wait_s)
-                try:
-                    opening = OpenRequest(next(self._sessions), **request, available=budget.available,
-                                          arrived=upload.arrived if upload.still_arriving else None)
-                    encoded = await self._session(worker, upload, opening, batchers, budget, wait_s)
-                    upload.clean = True  # its sessions are over: nothing writes to its slab any more
+            if upload.still_arriving and await upload.directories_first() and not upload.first_complete:
+                encoded = await self._while_arriving(upload, options, batchers, budget, wait_s)
+                if encoded is not None:
                     return encoded
-                except WorkerLostError as e:
-                    if attempt == 2:
-                        raise DecodeUnavailableError(f"the decode worker died twice while reading this upload ({e}); "
-                                                     f"retry; if it happens again the file may crash GDAL") from None
-                    log.warning("%s during a request; trying it again on a fresh worker", e)
-            raise AssertionError("unreachable")
+            if upload.arriving is not None:
+                await upload.arriving  # all of it (or the error that cut it short)
+            if upload.multipart:
+                check_not_empty(size for _name, _offset, size in upload.layout.files)
+            parts = self._plan(specialists, max_batch).parts
+            layout = upload.layout.share(0, parts)
+            return await self._attempts(upload, dict(options, layout=layout, parts=parts), batchers, budget, wait_s)
         except SlabSpaceError as e:  # raised by the worker before it wrote a tile: the upload goes back whole
             if upload.arriving is not None:
                 await upload.arriving  # all of it (or the error that cut it short)
@@ -381,13 +388,57 @@ class DecodePool:
         finally:
             upload.discard()
 
+    async def _while_arriving(self, upload: Upload, options: dict[str, Any], batchers: Mapping[str, Batcher],
+                              budget: MemoryBudget, wait_s: float) -> Encoded | None:
+        """The answer of a session that reads the first file as it arrives; None when the body brought more files."""
+        reading = asyncio.ensure_future(self._attempts(
+            upload, dict(options, layout=upload.first_file().share(0, 1), parts=1), batchers, budget, wait_s,
+            arriving=True))
+        upload.on_more_files(reading.cancel)
+        try:
+            encoded = await reading
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # this request itself was cancelled
+                raise
+            return None  # another file came: the session read the wrong scene
+        except Exception:  # such as a 422 for bands the other files bring: the answer waits for them
+            if not upload.multipart:
+                raise
+            await upload.arriving
+            if len(upload.layout.files) == 1:
+                raise
+            return None
+        finally:
+            upload.on_more_files(None)
+        await upload.arriving
+        return encoded if len(upload.layout.files) == 1 else None
+
+    async def _attempts(self, upload: Upload, request: dict[str, Any], batchers: Mapping[str, Batcher],
+                        budget: MemoryBudget, wait_s: float, arriving: bool = False) -> Encoded:
+        """The request's session on a worker; once more on another if that worker dies (503 if the second does)."""
+        for attempt in (1, 2):
+            worker = await self._pick(wait_s)
+            try:
+                first_arriving = arriving and not upload.first_complete
+                opening = OpenRequest(next(self._sessions), str(upload.slab.path), **request,
+                                      available=budget.available, arrived=upload.arrived if first_arriving else None)
+                encoded = await self._session(worker, upload, opening, batchers, budget, wait_s)
+                upload.clean = True  # its sessions are over: nothing writes to its slab any more
+                return encoded
+            except WorkerLostError as e:
+                if attempt == 2:
+                    raise DecodeUnavailableError(f"the decode worker died twice while reading this upload ({e}); "
+                                                 f"retry; if it happens again the file may crash GDAL") from None
+                log.warning("%s during a request; trying it again on a fresh worker", e)
+        raise AssertionError("unreachable")
+
     async def _session(self, worker: _Worker, upload: Upload, request: OpenRequest, batchers: Mapping[str, Batcher],
                        budget: MemoryBudget, wait_s: float) -> Encoded:
         """Drive one request's session: its memory reserved, then its batches (``run_batches``), or its parts'."""
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
         if request.arrived is not None:
-            upload.listen(lambda arrived: worker.tell("arrived", (request.session, arrived)))
+            upload.listen(lambda arrived, whole: worker.tell("arrived", (request.session, arrived, whole)))
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
@@ -612,11 +663,21 @@ class Upload:
     #: A raw body still streaming into the slab while its session reads it (``decode.arriving``): the task that
     #: receives it, started by the route; None when the whole upload was in before the session opened.
     arriving: asyncio.Task[Any] | None = None
-    #: Bytes of the raw body in the slab so far.
+    #: Bytes of the raw body in the slab so far; of a multipart body's first file part.
     arrived: int = 0
-    _listener: Callable[[int], None] | None = field(default=None, init=False, repr=False)
+    #: A multipart body whose file parts go into the slab as they arrive (``part_sink``); ``layout.files`` lists those
+    #: that have ended.
+    multipart: bool = False
+    #: Whether the first file (the raw body, a multipart body's first file part) has all arrived.
+    first_complete: bool = False
+    _listener: Callable[[int, bool], None] | None = field(default=None, init=False, repr=False)
     _told: int = field(default=0, init=False, repr=False)
     _header: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    #: A multipart body's files region of the slab: ``(offset, size)``.
+    region: tuple[int, int] = (0, 0)
+    _first_name: str = field(default=RAW_NAME, init=False, repr=False)
+    _more_files: Callable[[], None] | None = field(default=None, init=False, repr=False)
+    _placed: list[tuple[str, int, int]] = field(default_factory=list, init=False, repr=False)
 
     @property
     def still_arriving(self) -> bool:
@@ -633,18 +694,31 @@ class Upload:
         needs = parse_tiff(self.slab.view(offset, min(self.arrived, _HEADER)), size)
         return isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2)
 
-    def listen(self, listener: Callable[[int], None] | None) -> None:
-        """Call ``listener`` with the bytes in so far, every ``_TELL_EVERY`` bytes and at the end (the session's worker
-        waits for them); None: nobody listens any more."""
+    def listen(self, listener: Callable[[int, bool], None] | None) -> None:
+        """Call ``listener`` with the first file's bytes in so far and whether that is all of it, every ``_TELL_EVERY``
+        bytes and at its end (the session's worker waits for them); None: nobody listens any more."""
         self._listener, self._told = listener, self.arrived
 
-    def _arrive(self, arrived: int) -> None:
+    def on_more_files(self, call: Callable[[], None] | None) -> None:
+        """Call ``call`` if a multipart body turns out to bring a second file (a session reading the first as it
+        arrives then reads the wrong scene); None: nobody needs to know any more."""
+        self._more_files = call
+
+    def first_file(self) -> Layout:
+        """The layout a session reads the first file with while it arrives: where it starts, and room to its end."""
+        _name, offset, size = self.layout.files[0]
+        return replace(self.layout, files=((self._first_name, offset, size),))
+
+    def _arrive(self, arrived: int, complete: bool = False) -> None:
         self.arrived = arrived
-        if self._header is not None and arrived >= _HEADER and not self._header.done():
+        if not self.multipart and arrived == self.layout.files[0][2]:
+            complete = True
+        self.first_complete = complete
+        if self._header is not None and (arrived >= _HEADER or complete) and not self._header.done():
             self._header.set_result(None)
-        if self._listener is not None and (arrived - self._told >= _TELL_EVERY or arrived == self.layout.files[0][2]):
+        if self._listener is not None and (arrived - self._told >= _TELL_EVERY or complete):
             self._told = arrived
-            self._listener(arrived)
+            self._listener(arrived, complete)
 
     def fill(self) -> None:
         """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""
@@ -663,6 +737,27 @@ class Upload:
         _name, offset, size = self.layout.files[0]
         return _SlabSink(self.slab, offset, size, self._arrive)
 
+    def part_sink(self, index: int, name: str) -> _SlabSink:
+        """Where ``upload.receive`` writes file part ``index`` of a multipart body: in the slab's files region, after
+        the parts before it, each in ``layout.files`` once it has ended; the first is read as it arrives."""
+        start, room = self.region
+        if index == 0:
+            self._first_name, arrived = name, self._arrive
+        else:
+            if self._more_files is not None:
+                self._more_files()
+            arrived = None
+        _name, before, size = self._placed[-1] if self._placed else (name, start, 0)
+        at = -(-(before + size) // _ALIGN) * _ALIGN
+
+        def ended(size: int) -> None:
+            self._placed.append((name, at, size))
+            self.layout = replace(self.layout, files=tuple(self._placed))
+            if index == 0:
+                self._arrive(size, complete=True)
+
+        return _SlabSink(self.slab, at, start + room - at, arrived, ended)
+
     def discard(self) -> None:
         """Let go of the slab (idempotent): the request is over, answered or not; once the body has stopped arriving
         (the route drains it, or cancels it when the client left), since nothing may write to a released slab."""
@@ -676,20 +771,27 @@ class Upload:
 
 
 class _SlabSink:
-    """A raw body written into its place in the slab (the HTTP server holds it to its Content-Length)."""
+    """A raw body, or a file part of a multipart one, written into its place in the slab as it arrives (the HTTP
+    server holds a body to its Content-Length; the parts of a body fit in it)."""
 
-    def __init__(self, slab: Slab, offset: int, size: int, arrived: Callable[[int], None]) -> None:
-        self._slab, self._start, self._at, self._end, self._arrived = slab, offset, offset, offset + size, arrived
+    def __init__(self, slab: Slab, offset: int, room: int, arrived: Callable[[int], None] | None,
+                 ended: Callable[[int], None] | None = None) -> None:
+        self._slab, self._start, self._at, self._end = slab, offset, offset, offset + room
+        self._arrived, self._ended = arrived, ended
 
     def write(self, data: bytes, /) -> None:
         if self._at + len(data) > self._end:
             raise MalformedUploadError("the body is longer than its Content-Length")
         self._slab.write(self._at, data)
         self._at += len(data)
-        self._arrived(self._at - self._start)
+        if self._arrived is not None:
+            self._arrived(self._at - self._start)
 
     def close(self) -> None:
-        """Nothing to release: the slab outlives its sink."""
+        """The part's size is known now (nothing to release: the slab outlives its sink)."""
+        if self._ended is not None:
+            self._ended, ended = None, self._ended
+            ended(self._at - self._start)
 
 
 def _messages(inbox: bytearray) -> Iterator[tuple]:

@@ -83,8 +83,8 @@ class OpenRequest:
     parts: int = 1
     #: A part of a scene split across workers (not the first): its rows and the shared mask.
     part: ScenePart | None = None
-    #: Bytes of a raw upload in the slab when the request was sent, for an upload still arriving (the service tells
-    #: the worker as more come in: ``decode.arriving``); None: all of it is in.
+    #: Bytes of the upload's first file in the slab when the request was sent, for a file still arriving (the service
+    #: tells the worker as more come in: ``decode.arriving``); None: all of it is in.
     arrived: int | None = None
 
 

@@ -67,9 +67,9 @@ class _Worker:
     def dispatch(self, message_id: int, kind: str, payload: Any) -> None:
         """A message from the service: handled here, or by the thread of the session it is for (``_Stream``)."""
         if kind == "arrived":  # more of a stream's upload is in; nobody waits for an answer
-            sid, arrived = payload
+            sid, arrived, whole = payload
             if (stream := self.streams.get(sid)) is not None:
-                stream.gate.update(arrived)
+                stream.gate.update(arrived, whole)
             return
         if kind == "open" and getattr(payload, "arrived", None) is not None:
             _name, _offset, size = payload.layout.files[0]

@@ -26,7 +26,7 @@ from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
-from mapex_serve.upload import raw_upload_size, read_upload, receive
+from mapex_serve.upload import multipart_body_size, raw_upload_size, read_upload, receive
 
 __all__ = ["PREDICT_LANE", "READ_WHILE_ARRIVING", "router"]
 
@@ -39,8 +39,9 @@ router = APIRouter()
 #: Requests still running after this long are watched for a client that went away.
 _WATCH_AFTER_S = 0.05
 
-#: Raw bodies of this many bytes or more are read by their decode worker while they arrive (``decode.arriving``): a
-#: scene's rows go to the engine before its last byte is in. Smaller ones arrive first (in a few ms on a fast link).
+#: Bodies of this many bytes or more are read by their decode worker while they arrive (``decode.arriving``; of a
+#: multipart body, its first file): a scene's rows go to the engine before its last byte is in. Smaller ones arrive
+#: first (in a few ms on a fast link).
 READ_WHILE_ARRIVING = 4 * 2**20
 
 #: The bodies the route takes, declared so that the OpenAPI schema is true (clients and fuzzers send them).
@@ -99,7 +100,15 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
     """
     settings, pool = state.settings, state.decode
     limit = int(settings.max_upload_mb * 2**20)
-    size = raw_upload_size(request)
+    size, body = raw_upload_size(request), multipart_body_size(request)
+    if pool is not None and body is not None and READ_WHILE_ARRIVING <= body <= limit:
+        try:  # its parts are written to the slab as they come, the first read as it arrives (decode.arriving)
+            upload = pool.prepare_parts(body, specialists, settings.max_batch)
+        except SlabSpaceError as e:
+            _no_room(e)
+        else:
+            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink))
+            return upload
     if pool is not None and size is not None and 0 < size <= limit:
         try:
             upload = pool.prepare_raw(size, specialists, settings.max_batch)

@@ -40,12 +40,12 @@ def _profile() -> dict:
                 compress="deflate")
 
 
-def _cog(bands: np.ndarray) -> bytes:
+def _cog(bands: np.ndarray, names: tuple[str, ...] = ("VV", "VH")) -> bytes:
     """A Cloud-Optimised GeoTIFF (directories first, blocks in row order, overviews) as GDAL's COG driver writes it."""
     with MemoryFile() as src_mem, MemoryFile() as out:
-        with src_mem.open(**_profile()) as dst:
+        with src_mem.open(**dict(_profile(), count=len(bands))) as dst:
             dst.write(bands)
-            dst.descriptions = ("VV", "VH")
+            dst.descriptions = names
         copy(src_mem.name, out.name, driver="COG", compress="deflate", blocksize=256)
         return out.read()
 
@@ -74,8 +74,19 @@ def _batches_run(url: str) -> float:
                if line.startswith("mapex_compute_duration_seconds_count"))
 
 
-def _post_holding_back(url: str, body: bytes, until: Callable[[], bool], hold: int) -> httpx.Response:
-    """``body`` raw, its last ``hold`` bytes sent only once ``until()`` is true (polled for at most 30 s)."""
+def _multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body of ``fields`` then ``files`` (each a part named ``file``), and its content type."""
+    boundary = "mapex-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in (fields or {}).items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+              f"Content-Type: image/tiff\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _post_holding_back(url: str, body: bytes, until: Callable[[], bool], hold: int,
+                       content_type: str = "image/tiff") -> httpx.Response:
+    """``body`` (raw by default), its last ``hold`` bytes sent only once ``until()`` is true (polled for at most 30 s)."""
 
     def pieces() -> Iterator[bytes]:
         for at in range(0, len(body) - hold, 256 * 1024):
@@ -86,7 +97,7 @@ def _post_holding_back(url: str, body: bytes, until: Callable[[], bool], hold: i
         yield body[len(body) - hold:]
 
     return httpx.post(f"{url}/predict/flood", content=pieces(), timeout=120,
-                      headers={"Content-Type": "image/tiff", "Content-Length": str(len(body))})
+                      headers={"Content-Type": content_type, "Content-Length": str(len(body))})
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +124,15 @@ def _reference(server, body: bytes) -> np.ndarray:
     return server.cog_band(r.content)
 
 
-def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_waits_for_the_rest(one_worker, scenes):
+@pytest.mark.parametrize("sent_as", ["raw", "multipart"])
+def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_waits_for_the_rest(
+        one_worker, scenes, sent_as):
     """The last fifth of a COG is held back until the scene's batches stop (its worker waits for those rows): by
     then some batches ran, not all of them, and the answer is the one of the upload sent whole."""
-    body = scenes["cog"]
+    cog = scenes["cog"]
+    body, content_type = (cog, "image/tiff") if sent_as == "raw" else _multipart([("scene.tif", cog)], {"note": "x"})
     before = _batches_run(one_worker.url)
-    reference = _reference(one_worker, body)
+    reference = _reference(one_worker, cog)
     batches = _batches_run(one_worker.url) - before
     before, seen = _batches_run(one_worker.url), []
 
@@ -126,10 +140,23 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
         seen.append(_batches_run(one_worker.url) - before)
         return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
 
-    r = _post_holding_back(one_worker.url, body, stalled, hold=len(body) // 5)
+    r = _post_holding_back(one_worker.url, body, stalled, hold=len(cog) // 5, content_type=content_type)
     assert r.status_code == 200, r.text[:300]
     assert 0 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while its last fifth was held back"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+
+
+def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_worker, scenes):
+    """Its first file began to be read as it arrived; the second file ends that: the answer is the scene's."""
+    bands = _sar_bands()
+    reference = _reference(one_worker, scenes["cog"])
+    one_band = [_cog(bands[i: i + 1], (name,)) for i, name in enumerate(("VV", "VH"))]
+    body, content_type = _multipart([("vv.tif", one_band[0]), ("vh.tif", one_band[1])])
+    assert len(body) >= READ_WHILE_ARRIVING
+    r = _post_holding_back(one_worker.url, body, lambda: True, hold=len(one_band[1]) // 2, content_type=content_type)
+    assert r.status_code == 200, r.text[:300]
+    np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+    assert _holding(one_worker.url) == 0
 
 
 def test_a_tiff_whose_directory_comes_last_is_read_once_it_has_all_arrived(one_worker, scenes):
