@@ -684,12 +684,14 @@ class Upload:
         return self.arriving is not None and not self.arriving.done()
 
     async def directories_first(self) -> bool:
-        """Whether the body is a TIFF whose directories come before its blocks (a COG, a ``gdal_translate`` copy), which
-        a worker may read as it arrives; once its header is in. Not a TIFF whose directory is in the second half of
+        """Whether the body, still arriving, is a TIFF whose directories come before its blocks (a COG, a
+        ``gdal_translate`` copy), which a worker may read as it arrives; once its header is in. Not a TIFF whose directory is in the second half of
         the file, as GDAL's writer leaves a file written window by window: nothing of it can be read before its end."""
         if self.arrived < _HEADER and self.still_arriving:
             self._header = asyncio.get_running_loop().create_future()
             await asyncio.wait({self._header, self.arriving}, return_when=asyncio.FIRST_COMPLETED)
+        if not self.still_arriving:  # all in already (or cut short): nothing to read as it arrives
+            return False
         _name, offset, size = self.layout.files[0]
         needs = parse_tiff(self.slab.view(offset, min(self.arrived, _HEADER)), size)
         return isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2)
