@@ -650,7 +650,8 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout,
 
 @dataclass
 class Upload:
-    """A request's files and the slab they go to; the files are dropped once copied (none for a raw body)."""
+    """A request's files and the slab they go to; the files are dropped once copied (none for a body that streams
+    into the slab: a raw one, or the file parts of a large multipart one)."""
 
     slab: Slab
     layout: Layout
@@ -660,8 +661,8 @@ class Upload:
     release: Callable[[Slab, bool], None]
     clean: bool = False
     discarded: bool = False
-    #: A raw body still streaming into the slab while its session reads it (``decode.arriving``): the task that
-    #: receives it, started by the route; None when the whole upload was in before the session opened.
+    #: A body still streaming into the slab while its session reads it (``decode.arriving``): the task that receives
+    #: it, started by the route; None when the whole upload was in before the request began.
     arriving: asyncio.Task[Any] | None = None
     #: Bytes of the raw body in the slab so far; of a multipart body's first file part.
     arrived: int = 0
@@ -684,9 +685,10 @@ class Upload:
         return self.arriving is not None and not self.arriving.done()
 
     async def directories_first(self) -> bool:
-        """Whether the body, still arriving, is a TIFF whose directories come before its blocks (a COG, a
-        ``gdal_translate`` copy), which a worker may read as it arrives; once its header is in. Not a TIFF whose directory is in the second half of
-        the file, as GDAL's writer leaves a file written window by window: nothing of it can be read before its end."""
+        """Whether the body, still arriving, begins with a TIFF whose directories come before its blocks (a COG, a
+        ``gdal_translate`` copy), which a worker may read as it arrives; once its header is in. Not a TIFF whose
+        directory is in the second half of the file, as GDAL's writer leaves a file written window by window:
+        nothing of it can be read before its end."""
         if self.arrived < _HEADER and self.still_arriving:
             self._header = asyncio.get_running_loop().create_future()
             await asyncio.wait({self._header, self.arriving}, return_when=asyncio.FIRST_COMPLETED)
