@@ -2,12 +2,13 @@
 
     python -m bench.arriving [--size 2048] [--mbps 100] [--rounds 2]
 
-The same scene (``bench.scene``'s mosaic) is posted raw by a client held to ``--mbps``, twice a
-round: as ``bench.scene`` writes it, its directory after its blocks (GDAL's GeoTIFF writer, window
-by window), so that nothing can be read before the last byte; and as a Cloud-Optimised GeoTIFF of
-the same pixels (directories first, overviews, then the rows in order), which its decode worker
-reads while it arrives (``mapex_serve.decode.arriving``). Each round also posts the scene at once
-(loopback speed): the service's own time. If nothing overlapped, an answer would take the upload's
+The same scene (``bench.scene``'s mosaic) is posted by a client held to ``--mbps``, three times a
+round: raw as ``bench.scene`` writes it, its directory after its blocks (GDAL's GeoTIFF writer,
+window by window), so that nothing can be read before the last byte; raw as a Cloud-Optimised
+GeoTIFF of the same pixels (directories first, overviews, then the rows in order), which its decode
+worker reads while it arrives (``mapex_serve.decode.arriving``); and that COG as the file field of a
+multipart body, as ``curl -F`` sends it. Each round also posts the scene at once
+(loopback speed, the same way): the service's own time. If nothing overlapped, an answer would take the upload's
 time plus the service's; read as it arrives, the most of the two. ``overlap`` says how much of the
 shorter one was hidden: (upload + service - answer) / min(upload, service), 1 when all of it.
 """
@@ -36,6 +37,8 @@ from bench.harness import (
 from bench.scene import make_scene
 
 _PIECE = 256 * 1024
+#: The "link" of a post at once: loopback's own speed.
+_AT_ONCE = 1e9
 
 
 def paced(body: bytes, mbps: float, sent: list[float]) -> Iterator[bytes]:
@@ -48,12 +51,21 @@ def paced(body: bytes, mbps: float, sent: list[float]) -> Iterator[bytes]:
     sent.append(time.perf_counter() - start)
 
 
-def post_paced(url: str, task: str, modality: str, body: bytes, mbps: float) -> tuple[float, float]:
+def as_multipart(data: bytes, name: str = "scene.tif") -> tuple[bytes, str]:
+    """``data`` as the one file field of a multipart body (what ``curl -F file=@scene.tif`` sends), and its type."""
+    boundary = "mapex-bench-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: image/tiff\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post_paced(url: str, task: str, modality: str, body: bytes, mbps: float,
+               content_type: str = "image/tiff") -> tuple[float, float]:
     """The seconds to the answer (a 200, else the run ends) and those the upload took, over a ``mbps`` link."""
     sent: list[float] = []
     start = time.perf_counter()
     r = httpx.post(f"{url}/predict/{task}?modality={modality}", content=paced(body, mbps, sent), timeout=3600,
-                   headers={"Content-Type": "image/tiff", "Content-Length": str(len(body))})
+                   headers={"Content-Type": content_type, "Content-Length": str(len(body))})
     answered = time.perf_counter() - start
     if r.status_code != 200:
         raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
@@ -77,19 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         last = make_scene(args.size, manifest.tile_size, Path(tmp) / "scene.tif")
         cog = Path(tmp) / "scene-cog.tif"
         copy(last, cog, driver="COG", compress="deflate", blocksize=256)
-        bodies = {"directory last": last.read_bytes(), "COG": cog.read_bytes()}
+        cog_bytes = cog.read_bytes()
+        bodies = {"directory last": (last.read_bytes(), "image/tiff"), "COG": (cog_bytes, "image/tiff"),
+                  "COG, multipart": as_multipart(cog_bytes)}
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_REQUEST_TIMEOUT_S": "3600",
-               "MAPEX_MAX_UPLOAD_MB": str(max(len(b) for b in bodies.values()) // 2**20 + 16)}
+               "MAPEX_MAX_UPLOAD_MB": str(max(len(b) for b, _type in bodies.values()) // 2**20 + 16)}
         with ServiceProcess(repo, env) as server:
-            post_scene(server.url, args.task, args.modality, bodies["COG"])  # warm-up
+            post_scene(server.url, args.task, args.modality, cog_bytes)  # warm-up
             for round_ in range(1, args.rounds + 1):
                 for kind in sorted(bodies, reverse=round_ % 2 == 0):
-                    body = bodies[kind]
+                    body, content_type = bodies[kind]
                     print(f"round {round_}: {kind}, {len(body) / 2**20:.0f} MiB at {args.mbps:g} Mbit/s ...",
                           file=sys.stderr)
-                    _r, at_once = post_scene(server.url, args.task, args.modality, body)
-                    answered, upload = post_paced(server.url, args.task, args.modality, body, args.mbps)
+                    at_once, _sent = post_paced(server.url, args.task, args.modality, body, _AT_ONCE, content_type)
+                    answered, upload = post_paced(server.url, args.task, args.modality, body, args.mbps, content_type)
                     rows.append({"round": round_, "file": kind, "size": args.size, "upload_mib": len(body) / 2**20,
                                  "mbps": args.mbps, "upload_s": upload, "service_s": at_once, "answer_s": answered,
                                  "overlap": (upload + at_once - answered) / min(upload, at_once),
@@ -100,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "min(upload_s, service_s), 1 when the shorter of the two is wholly hidden, 0 when nothing overlaps",
              "a COG has its overviews' blocks before its full-resolution rows (GDAL's COG layout), so its first rows "
              "are read once the overviews and those rows are in"]
-    for kind in ("COG", "directory last"):
+    for kind in ("COG", "COG, multipart", "directory last"):
         mine = [r for r in rows if r["file"] == kind]
         overlaps = ", ".join(f"{r['overlap']:.2f}" for r in mine)
         over_sum = ", ".join(f"{r['answer_over_sum']:.2f}" for r in mine)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from bench.arriving import paced
+from bench.arriving import as_multipart, paced
 
 
 @pytest.mark.parametrize("size", [0, 1, 256 * 1024, 600_000])
@@ -17,3 +17,16 @@ def test_a_paced_body_is_sent_whole_no_faster_than_the_link(size):
     before_last = max(0, (len(body) - 1) // (256 * 1024)) * 256 * 1024
     assert time.perf_counter() - start >= before_last / 10e6
     assert len(sent) == 1 and sent[0] <= time.perf_counter() - start
+
+
+def test_a_multipart_body_holds_the_file_as_a_form_parser_reads_it():
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    data = bytes(range(256)) * 1000 + b"\r\n--almost a boundary\r\n"
+    body, content_type = as_multipart(data, "scene.tif")
+    _media, options = parse_options_header(content_type)
+    got: list[bytes] = []
+    parser = MultipartParser(options[b"boundary"], {"on_part_data": lambda d, s, e: got.append(d[s:e])})
+    parser.write(body)
+    parser.finalize()
+    assert b"".join(got) == data
