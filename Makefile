@@ -35,7 +35,7 @@ serve: install
 
 # Short preset: fewer repeats and requests than the scripts' defaults; the scene is the full 4096 x 4096.
 # bench.peer runs standalone Triton beside the service (its own .venv-triton, created on first use); bench.arriving
-# posts a 2048² scene over a 100 Mbit/s link, as a COG (read as it arrives) and with its directory last.
+# posts a 2048² scene over a 100 Mbit/s link, as a COG (read as it arrives; raw and multipart) and with its directory last.
 bench: install
 	@ls models/*/*/manifest.json >/dev/null 2>&1 || $(BIN)/python -m export.build --all --repo models --jobs 2
 	$(BIN)/python -m bench.pruning --repeats 10 --warmup 3
