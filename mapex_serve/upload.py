@@ -20,8 +20,8 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTooLargeError", "multipart_body_size",
-    "raw_upload_size", "read_upload", "receive", "save_upload",
+    "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTooLargeError", "declared_size", "read_upload",
+    "receive", "save_upload",
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
@@ -184,26 +184,17 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     return sinks
 
 
-def raw_upload_size(request: Request) -> int | None:
-    """The size of a raw (not multipart) body its Content-Length declares, None otherwise.
+def declared_size(request: Request) -> tuple[bool, int] | None:
+    """``(multipart, size)`` of a body whose Content-Length declares its size (a raw image body, or a multipart one),
+    None otherwise.
 
-    The one case where the upload's size is known before it arrives, so that it can be written
+    Then the upload's size, or a bound on its file parts', is known before it arrives, so that it can be written
     straight to where it will be read (a decode worker's shared memory) instead of collected first.
     """
     media, _ = parse_options_header(request.headers.get("content-type", ""))
-    declared = request.headers.get("content-length", "")
-    if media.decode("latin-1").lower() in RAW_TYPES and declared.isdigit():
-        return int(declared)
-    return None
-
-
-def multipart_body_size(request: Request) -> int | None:
-    """The size of a multipart body its Content-Length declares, None otherwise: its file parts fit in that many
-    bytes, so that they can be written where they will be read (a decode worker's shared memory) as they arrive."""
-    media, _ = parse_options_header(request.headers.get("content-type", ""))
-    declared = request.headers.get("content-length", "")
-    if media.decode("latin-1").lower() == "multipart/form-data" and declared.isdigit():
-        return int(declared)
+    media, declared = media.decode("latin-1").lower(), request.headers.get("content-length", "")
+    if (media in RAW_TYPES or media == "multipart/form-data") and declared.isdigit():
+        return media == "multipart/form-data", int(declared)
     return None
 
 

@@ -26,7 +26,7 @@ from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
-from mapex_serve.upload import multipart_body_size, raw_upload_size, read_upload, receive
+from mapex_serve.upload import declared_size, read_upload, receive
 
 __all__ = ["PREDICT_LANE", "READ_WHILE_ARRIVING", "router"]
 
@@ -100,16 +100,16 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
     """
     settings, pool = state.settings, state.decode
     limit = int(settings.max_upload_mb * 2**20)
-    size, body = raw_upload_size(request), multipart_body_size(request)
-    if pool is not None and body is not None and READ_WHILE_ARRIVING <= body <= limit:
+    multipart, size = declared_size(request) or (False, 0)
+    if pool is not None and multipart and READ_WHILE_ARRIVING <= size <= limit:
         try:  # its parts are written to the slab as they come, the first read as it arrives (decode.arriving)
-            upload = pool.prepare_parts(body, specialists, settings.max_batch)
+            upload = pool.prepare_parts(size, specialists, settings.max_batch)
         except SlabSpaceError as e:
             _no_room(e)
         else:
             upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink))
             return upload
-    if pool is not None and size is not None and 0 < size <= limit:
+    if pool is not None and not multipart and 0 < size <= limit:
         try:
             upload = pool.prepare_raw(size, specialists, settings.max_batch)
         except SlabSpaceError as e:
