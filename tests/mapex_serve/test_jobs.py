@@ -294,6 +294,9 @@ def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, st
     ]:
         assert r.status_code == status_code and hint in r.json()["detail"], (status_code, r.status_code, r.text)
     assert not (tmp_path / "no-jobs-here").exists(), "the replica opened a jobs store of its own"
+    deadline = time.monotonic() + 120  # /readyz answers once one process is up; the other may still be loading
+    while replica.log.count("Application startup complete") < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert replica.log.count("Application startup complete") == 2, "the replica runs two service processes"
     assert "jobs disabled" not in replica.log, "a replica that passes jobs on has no reason to refuse them"
     assert "mapex_jobs{" in httpx.get(f"{runner.url}/metrics").text, "the jobs server reports its store"
