@@ -27,9 +27,9 @@ import numpy as np
 
 from mapex_serve.repository import Manifest
 
-__all__ = ["Layout", "Slab", "SlabPool", "SlabSpaceError", "clean_stale", "slab_folder", "slab_folder_of"]
+__all__ = ["ALIGN", "Layout", "Slab", "SlabPool", "SlabSpaceError", "clean_stale", "slab_folder", "slab_folder_of", "aligned"]
 
-_ALIGN = 64  # numpy and ONNX Runtime like their float32 buffers on cache lines
+ALIGN = 64  # numpy and ONNX Runtime like their float32 buffers on cache lines
 #: ``Slab.write`` copies pieces this large or larger through the file.
 WRITE_THROUGH_FILE = 64 * 2**10
 _names = count()
@@ -44,8 +44,9 @@ def batch_bytes(manifest: Manifest, n: int) -> tuple[int, int]:
     return 4 * n * len(manifest.bands) * manifest.tile_size**2, 4 * n * math.prod(manifest.output.shape[1:])
 
 
-def _aligned(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
+def aligned(n: int) -> int:
+    """``n`` rounded up to where the next array in a slab may start."""
+    return -(-n // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Layout:
         offset, placed = 0, []
         for name, size in files:
             placed.append((name, offset, size))
-            offset = _aligned(offset + size)
-        t, q = _aligned(tile_bytes), _aligned(prob_bytes)
+            offset = aligned(offset + size)
+        t, q = aligned(tile_bytes), aligned(prob_bytes)
         tiles = tuple(offset + i * t for i in range(slots))
         probs = tuple(offset + slots * t + i * q for i in range(slots))
         return cls(tuple(placed), tiles, probs, max(offset + slots * (t + q), 1))

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from mapex_serve.decode.pool import NoRoomForTilesError, Upload
+from mapex_serve.decode.incoming import Upload
+from mapex_serve.decode.pool import NoRoomForTilesError
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError, UnknownTaskError

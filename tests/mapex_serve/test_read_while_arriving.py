@@ -19,7 +19,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from mapex_serve.decode.arriving import ArrivalGate, UploadEndedError
-from mapex_serve.decode.pool import Upload
+from mapex_serve.decode.incoming import Upload
 from mapex_serve.decode.slab import Layout, Slab
 from mapex_serve.local import decode_workers
 from mapex_serve.routes.predict import READ_WHILE_ARRIVING
