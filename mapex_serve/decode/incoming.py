@@ -57,7 +57,8 @@ class Upload:
     multipart: bool = False
     #: Whether the first file (the raw body, a multipart body's first file part) has all arrived.
     first_complete: bool = False
-    _listener: Callable[[int, bool], None] | None = field(default=None, init=False, repr=False)
+    #: Who hears of the first file's arrival: a callable a session that reads it as it arrives (``listen``).
+    _listeners: dict[int, Callable[[int, bool], None]] = field(default_factory=dict, init=False, repr=False)
     _told: int = field(default=0, init=False, repr=False)
     _header: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
     #: A multipart body's files region of the slab: ``(offset, size)``.
@@ -84,10 +85,14 @@ class Upload:
         needs = parse_tiff(self.slab.view(offset, min(self.arrived, _HEADER)), size)
         return isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2)
 
-    def listen(self, listener: Callable[[int, bool], None] | None) -> None:
+    def listen(self, session: int, listener: Callable[[int, bool], None] | None) -> None:
         """Call ``listener`` with the first file's bytes in so far and whether that is all of it, every ``_TELL_EVERY``
-        bytes and at its end (the session's worker waits for them); None: nobody listens any more."""
-        self._listener, self._told = listener, self.arrived
+        bytes and at its end (``session``'s worker waits for them; each part of a split scene is a session); None:
+        that session listens no more."""
+        if listener is None:
+            self._listeners.pop(session, None)
+        else:
+            self._listeners[session] = listener
 
     def on_more_files(self, call: Callable[[], None] | None) -> None:
         """Call ``call`` if a multipart body turns out to bring a second file (a session reading the first as it
@@ -106,9 +111,10 @@ class Upload:
         self.first_complete = complete
         if self._header is not None and (arrived >= _HEADER or complete) and not self._header.done():
             self._header.set_result(None)
-        if self._listener is not None and (arrived - self._told >= _TELL_EVERY or complete):
+        if arrived - self._told >= _TELL_EVERY or complete:
             self._told = arrived
-            self._listener(arrived, complete)
+            for listener in list(self._listeners.values()):
+                listener(arrived, complete)
 
     def fill(self) -> None:
         """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""

@@ -351,8 +351,8 @@ class DecodePool:
     ) -> Encoded:
         """The encoded answer for one request: opened, tiled, blended and encoded by a worker, tried twice.
 
-        A body still arriving whose first file is a TIFF with its directories first is read as it arrives, by one
-        session (parts would each wait for their rows); if a second file comes after all (a multipart body), that
+        A body still arriving whose first file is a TIFF with its directories first is read as it arrives (a scene
+        split in parts: each part as its own rows arrive); if a second file comes after all (a multipart body), that
         session is dropped and the request read once every file is in, as any other.
         """
         options = dict(specialists=tuple(specialists), bands=tuple(bands) if bands else None, modality=modality,
@@ -362,15 +362,15 @@ class DecodePool:
                 await asyncio.to_thread(upload.fill)
             else:
                 upload.fill()
+            parts = self._plan(specialists, max_batch).parts
             if upload.still_arriving and await upload.directories_first() and not upload.first_complete:
-                encoded = await self._while_arriving(upload, options, batchers, budget, wait_s)
+                encoded = await self._while_arriving(upload, dict(options, parts=parts), batchers, budget, wait_s)
                 if encoded is not None:
                     return encoded
             if upload.arriving is not None:
                 await upload.arriving  # all of it (or the error that cut it short)
             if upload.multipart:
                 check_not_empty(size for _name, _offset, size in upload.layout.files)
-            parts = self._plan(specialists, max_batch).parts
             layout = upload.layout.share(0, parts)
             return await self._attempts(upload, dict(options, layout=layout, parts=parts), batchers, budget, wait_s)
         except SlabSpaceError as e:  # raised by the worker before it wrote a tile: the upload goes back whole
@@ -384,7 +384,7 @@ class DecodePool:
                               budget: MemoryBudget, wait_s: float) -> Encoded | None:
         """The answer of a session that reads the first file as it arrives; None when the body brought more files."""
         reading = asyncio.ensure_future(self._attempts(
-            upload, dict(options, layout=upload.first_file().share(0, 1), parts=1), batchers, budget, wait_s,
+            upload, dict(options, layout=upload.first_file().share(0, options["parts"])), batchers, budget, wait_s,
             arriving=True))
         upload.on_more_files(reading.cancel)
         try:
@@ -429,8 +429,7 @@ class DecodePool:
         """Drive one request's session: its memory reserved, then its batches (``run_batches``), or its parts'."""
         worker.sessions += 1
         reservation, finished = Reservation(None, 0), False
-        if request.arrived is not None:
-            upload.listen(lambda arrived, whole: worker.tell("arrived", (request.session, arrived, whole)))
+        _tell_arrivals(upload, worker, request)
         try:
             opened: Opened = await worker.call("open", request)
             reservation = budget.reserve(opened.need, opened.what)
@@ -448,7 +447,7 @@ class DecodePool:
             finished = True
             return encoded
         finally:
-            upload.listen(None)
+            upload.listen(request.session, None)
             reservation.release()
             worker.sessions -= 1
             if not finished:  # cancelled, refused by the batcher or budget, or failed: the worker lets it go, and a
@@ -514,10 +513,13 @@ class DecodePool:
                                      lambda tiles, out, _k: batcher.submit(tiles, admit=False, out=out), lambda n: n)
 
         async def run_other(i: int) -> PartDone:  # part of an admitted request (_split): its batches are never refused
-            part = replace(request, session=next(self._sessions), layout=upload.layout.share(i, request.parts),
-                           part=ScenePart(rows[i], str(mask.path)))
             worker, done = await self._pick(wait_s), False
+            arriving = request.arrived is not None and not upload.first_complete
+            part = replace(request, session=next(self._sessions), part=ScenePart(rows[i], str(mask.path)),
+                           layout=replace(upload.layout.share(i, request.parts), files=request.layout.files),
+                           arrived=upload.arrived if arriving else None)
             worker.sessions += 1
+            _tell_arrivals(upload, worker, part)
             try:
                 started: Opened = await worker.call("open", part)
                 if started.specialist != specialist:
@@ -529,6 +531,7 @@ class DecodePool:
                 done = True
                 return result
             finally:
+                upload.listen(part.session, None)
                 worker.sessions -= 1
                 if not done:
                     await worker.close_session(part.session)
@@ -638,6 +641,12 @@ async def run_batches(worker: _Worker, sid: int, slab: Slab, layout: Layout,
             running.cancel()  # its tiles leave the queue unrun; a batch in the engine runs to its end
         if inflight:
             await asyncio.wait([running for _k, running in inflight])  # ``submit`` ends once its batch has
+
+
+def _tell_arrivals(upload: Upload, worker: _Worker, request: OpenRequest) -> None:
+    """A session that reads the upload as it arrives hears how much is in (its worker waits for those bytes)."""
+    if request.arrived is not None:
+        upload.listen(request.session, lambda arrived, whole: worker.tell("arrived", (request.session, arrived, whole)))
 
 
 def _messages(inbox: bytearray) -> Iterator[tuple]:

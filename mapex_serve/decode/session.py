@@ -169,11 +169,11 @@ class Session:
                 wait_rows = directory_and_rows(gate, lambda n: slab.view(offset, n))
             files = slab_files(slab, request.layout)
             self.in_place = any(f.in_place for f in files)
-            # A scene the service may split has its values checked once it starts (the later parts start meanwhile
-            # and never check: the first checks the same bytes); one still arriving, at its end (the check's
-            # windows are spread over the scene); any other, as it opens.
-            self._unchecked = request.part is None and request.parts > 1
-            self._check_at_end = gate is not None
+            # A scene still arriving has its values checked at its end (the check's windows are spread over the
+            # scene); one the service may split, once it starts (the later parts start meanwhile); any other, as it
+            # opens. Only the first part of a split scene checks: the others read the same bytes.
+            self._check_at_end = gate is not None and request.part is None
+            self._unchecked = request.part is None and request.parts > 1 and not self._check_at_end
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
                 request.overrides, request.max_pixels,

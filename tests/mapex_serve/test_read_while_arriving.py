@@ -25,17 +25,18 @@ from mapex_serve.local import decode_workers
 from mapex_serve.routes.predict import READ_WHILE_ARRIVING
 
 SIZE = 1200  # a two-band float32 scene of 11 MiB, 2,401 tiles of 32 px in 49 rows
+SPLIT_SIZE = 1500  # 2.25 million pixels: a scene a server told to split runs in two parts
 
 
-def _sar_bands(seed: int = 0) -> np.ndarray:
+def _sar_bands(seed: int = 0, size: int = SIZE) -> np.ndarray:
     """VV/VH in dB: open water (dark in both) on the left half, land on the right, with speckle."""
     rng = np.random.default_rng(seed)
     land, water = np.array([-8.0, -15.0])[:, None, None], np.array([-21.0, -28.0])[:, None, None]
-    return (np.where(np.arange(SIZE) < SIZE // 2, water, land) + rng.normal(0, 1.5, (2, SIZE, SIZE))).astype(np.float32)
+    return (np.where(np.arange(size) < size // 2, water, land) + rng.normal(0, 1.5, (2, size, size))).astype(np.float32)
 
 
-def _profile() -> dict:
-    return dict(driver="GTiff", count=2, height=SIZE, width=SIZE, dtype="float32", crs="EPSG:32633",
+def _profile(size: int = SIZE) -> dict:
+    return dict(driver="GTiff", count=2, height=size, width=size, dtype="float32", crs="EPSG:32633",
                 transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=256, blockysize=256,
                 compress="deflate")
 
@@ -43,7 +44,7 @@ def _profile() -> dict:
 def _cog(bands: np.ndarray, names: tuple[str, ...] = ("VV", "VH")) -> bytes:
     """A Cloud-Optimised GeoTIFF (directories first, blocks in row order, overviews) as GDAL's COG driver writes it."""
     with MemoryFile() as src_mem, MemoryFile() as out:
-        with src_mem.open(**dict(_profile(), count=len(bands))) as dst:
+        with src_mem.open(**dict(_profile(bands.shape[-1]), count=len(bands))) as dst:
             dst.write(bands)
             dst.descriptions = names
         copy(src_mem.name, out.name, driver="COG", compress="deflate", blocksize=256)
@@ -144,6 +145,63 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
     assert r.status_code == 200, r.text[:300]
     assert 0 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while its last fifth was held back"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+
+
+@pytest.fixture(scope="module")
+def split_in_two(built_repo, server_type, tmp_path_factory):
+    """Two decode workers and every /predict mask scene large enough split in two (a GPU node's default; on a CPU
+    engine, told to)."""
+    s = server_type(built_repo, tmp_path_factory.mktemp("split") / "server.log", MAPEX_DECODE_WORKERS="2",
+                    MAPEX_PREDICT_PARTS="2")
+    yield s
+    s.stop()
+
+
+def test_a_cog_split_in_parts_runs_each_part_as_its_own_rows_arrive(split_in_two, one_worker):
+    """A lone scene still arriving is split as one that arrived first (on a GPU node's fast link one worker would
+    bind it): its last fifth held back, both parts ran batches and the lower one waits for its last rows; the
+    answer is the scene's, run whole."""
+    cog = _cog(_sar_bands(2, SPLIT_SIZE))
+    assert len(cog) >= READ_WHILE_ARRIVING
+    reference = _reference(one_worker, cog)
+    before = _batches_run(split_in_two.url)
+    whole = httpx.post(f"{split_in_two.url}/predict/flood", content=cog, timeout=120,
+                       headers={"Content-Type": "image/tiff"})
+    assert whole.status_code == 200, whole.text[:300]
+    np.testing.assert_array_equal(split_in_two.cog_band(whole.content), reference)
+    batches = _batches_run(split_in_two.url) - before
+    split = "runs in 2 parts on the decode workers: rows 0-748, 748-1500"
+    splits = split_in_two.log.count(split)
+    assert splits >= 1
+    before, seen, split_meanwhile = _batches_run(split_in_two.url), [], []
+
+    def stalled() -> bool:  # batches ran, and no more for 0.5 s
+        seen.append(_batches_run(split_in_two.url) - before)
+        split_meanwhile.append(split_in_two.log.count(split))
+        return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
+
+    r = _post_holding_back(split_in_two.url, cog, stalled, hold=len(cog) // 5)
+    assert r.status_code == 200, r.text[:300]
+    assert split_meanwhile[-1] == splits + 1, "the scene was not split while its last fifth was held back"
+    # the upper part (25 of the scene's 49 tile rows) is all in: more than its batches ran; not the lower part's all
+    assert batches / 2 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while held back"
+    np.testing.assert_array_equal(split_in_two.cog_band(r.content), reference)
+    assert _holding(split_in_two.url) == 0
+
+
+def test_a_split_cog_whose_values_do_not_fit_their_units_is_refused_as_one_run_whole(split_in_two, one_worker):
+    linear = np.abs(_sar_bands(3, SPLIT_SIZE) / 40)  # linear power 0.2..0.7 taken as dB
+    body = _cog(linear)
+    splits = split_in_two.log.count("runs in 2 parts")
+    whole = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120,
+                       headers={"Content-Type": "image/tiff"})
+    # its last fifth sent once the scene is split: the first part checks the values at the end, then refuses it
+    r = _post_holding_back(split_in_two.url, body, lambda: split_in_two.log.count("runs in 2 parts") > splits,
+                           hold=len(body) // 5)
+    assert whole.status_code == r.status_code == 422, (whole.text[:300], r.text[:300])
+    assert r.json()["detail"] == whole.json()["detail"]
+    assert split_in_two.log.count("runs in 2 parts") == splits + 1, "split while it arrived"
+    assert _holding(split_in_two.url) == 0
 
 
 def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_worker, scenes):
