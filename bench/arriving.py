@@ -1,6 +1,6 @@
 """A scene sent over a link of a stated speed: how soon its answer comes when it is read as it arrives.
 
-    python -m bench.arriving [--size 2048] [--mbps 100] [--rounds 2]
+    python -m bench.arriving [--size 2048] [--mbps 100] [--rounds 2] [--predict-parts N]
 
 The same scene (``bench.scene``'s mosaic) is posted by a client held to ``--mbps``, three times a
 round: raw as ``bench.scene`` writes it, its directory after its blocks (GDAL's GeoTIFF writer,
@@ -11,6 +11,8 @@ multipart body, as ``curl -F`` sends it. Each round also posts the scene at once
 (loopback speed, the same way): the service's own time. If nothing overlapped, an answer would take the upload's
 time plus the service's; read as it arrives, the most of the two. ``overlap`` says how much of the
 shorter one was hidden: (upload + service - answer) / min(upload, service), 1 when all of it.
+``--predict-parts N`` gives the service N decode workers and splits every large enough scene into N parts, as a
+GPU node does by default: each part of a COG is read as its rows arrive.
 """
 
 from __future__ import annotations
@@ -78,9 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=2048, help="scene width and height in pixels")
     p.add_argument("--mbps", type=float, default=100.0, help="the link's speed in megabits a second")
     p.add_argument("--rounds", type=int, default=2, help="rounds; the two files take turns to go first")
+    p.add_argument("--predict-parts", type=int, default=None, metavar="N",
+                   help="N decode workers, and scenes split in N parts (MAPEX_PREDICT_PARTS; default: as shipped)")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.mbps <= 0:
-        p.error("--rounds must be at least 1 and --mbps positive")
+    if args.rounds < 1 or args.mbps <= 0 or (args.predict_parts is not None and args.predict_parts < 1):
+        p.error("--rounds and --predict-parts must be at least 1, --mbps positive")
     resolve_engine_threads(args)
     repo = ensure_repo(args.repo, args.checkpoint)
     _entry, manifest = find_entry(repo, args.task, [args.modality])
@@ -95,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_REQUEST_TIMEOUT_S": "3600",
                "MAPEX_MAX_UPLOAD_MB": str(max(len(b) for b, _type in bodies.values()) // 2**20 + 16)}
+        if args.predict_parts is not None:
+            env |= {"MAPEX_PREDICT_PARTS": str(args.predict_parts), "MAPEX_DECODE_WORKERS": str(args.predict_parts)}
         with ServiceProcess(repo, env) as server:
             post_scene(server.url, args.task, args.modality, cog_bytes)  # warm-up
             for round_ in range(1, args.rounds + 1):
@@ -124,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report("arriving", f"A {args.size} x {args.size} scene over a {args.mbps:g} Mbit/s link, read as it "
                     f"arrives (COG) or after (directory last)",
                     {"repo": str(repo), "task": args.task, "threads": args.threads, "runners": args.runners,
-                     "max_batch": args.max_batch, "rounds": args.rounds}, rows, columns, [], notes)
+                     "max_batch": args.max_batch, "rounds": args.rounds,
+                     "predict_parts": args.predict_parts or "as shipped"}, rows, columns, [], notes)
     report.write(args.out)
     return 0
 

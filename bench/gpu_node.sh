@@ -9,6 +9,8 @@
 #   parts      bench.parts, a lone 4096² scene in 1, 2, 4, 8 and 15 parts
 #   scene_parts  bench.scene as shipped and split into 2, 4, 8 and 15 parts (MAPEX_PREDICT_PARTS)
 #   serve8     bench.serve with eight service processes
+#   arriving   bench.arriving, a 4096² scene over a 1 Gbit/s link, as shipped (a lone scene split across the
+#              idle workers, each part of a COG read as its rows arrive)
 #   profile    bench.scene once more under py-spy (its wheel in .whl): where every process's time goes
 # Usage there: bash bench/gpu_node.sh engine serve scene (carrying .whl and the model repository REPO).
 # The machine has no network, and its python3 (3.12) has torch, onnxruntime and numpy but not the rest.
@@ -54,6 +56,7 @@ for s in "$@"; do
       ENGINE_TILES_S=${ENGINE_TILES_S:-$($PY -c "import json; rows = json.load(open('$OUT/r/engine/engine_speed.json'))['rows']; print(next(r['tiles_per_s'] for r in rows if r['device'] == 'cuda' and r['batch'] == 32 and r['engine'].endswith('fp32')))" 2>/dev/null)}
       step cpu_split 110 $PY -m bench.cpu_split --repo "$REPO" --cores "$(nproc)" ${ENGINE_TILES_S:+--engine-tiles-s "$ENGINE_TILES_S"} --out "$OUT/r/cpu_split" ;;
     scene_parts) step scene_parts 170 $PY -m bench.scene --repo "$REPO" --size 4096 --modes on --predict-parts 2 4 8 15 --rounds 1 --out "$OUT/r/scene_parts" ;;
+    arriving) step arriving 150 $PY -m bench.arriving --repo "$REPO" --size 4096 --mbps 1000 --rounds 1 --out "$OUT/r/arriving" ;;
     serve8) step serve8 80 $PY -m bench.serve --repo "$REPO" --modes on --concurrency 64 128 --requests 8192 --rounds 0 --processes 8 --out "$OUT/r/serve8" ;;
     profile)
       mkdir -p "$OUT/r/profile"
