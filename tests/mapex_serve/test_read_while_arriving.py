@@ -263,6 +263,27 @@ def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server,
     assert httpx.get(f"{s.url}/readyz").json()["decode_workers"] == {"ready": 1, "size": 1, "restarts": 1, "holding": 0}
 
 
+def test_sigterm_while_a_scene_arrives_answers_it_before_the_server_exits(start_server, built_repo, scenes):
+    """A rolling update stops a pod while a client is still sending a scene: its first rows ran, the signal came,
+    the rest arrived a second later, and the answer is the scene's; then the server exits gracefully."""
+    s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
+    body = scenes["cog"]
+    reference = _reference(s, body)
+    before, signalled = _batches_run(s.url), []
+
+    def signal_once_batches_ran() -> bool:
+        if not signalled and _batches_run(s.url) > before:
+            s.proc.send_signal(signal.SIGTERM)
+            signalled.append(time.monotonic())
+        return bool(signalled) and time.monotonic() - signalled[0] > 1.0
+
+    r = _post_holding_back(s.url, body, signal_once_batches_ran, hold=len(body) // 5)
+    assert signalled, "no batch ran while the upload arrived"
+    assert r.status_code == 200, r.text[:300]
+    np.testing.assert_array_equal(s.cog_band(r.content), reference)
+    assert s.proc.wait(60) in (0, -signal.SIGTERM) and "Finished server process" in s.log, s.log[-2000:]
+
+
 @pytest.mark.parametrize(("kind", "first"), [("cog", True), ("directory last", False), ("not a TIFF", False)])
 def test_only_a_tiff_whose_directories_come_first_is_read_as_it_arrives(scenes, tmp_path, kind, first):
     """``Upload.directories_first`` decides from the header, as soon as it is in (the rest still arriving)."""
