@@ -204,6 +204,53 @@ def test_a_split_cog_whose_values_do_not_fit_their_units_is_refused_as_one_run_w
     assert _holding(split_in_two.url) == 0
 
 
+def _written_by_gdal(bands: np.ndarray, folder, internal_mask: bool = False, **options) -> bytes:
+    """The scene as ``gdal_translate`` (or GDAL's COG driver) would copy it with ``options``."""
+    source, out = folder / "source.tif", folder / "copy.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(source, "w", **_profile()) as dst:
+            dst.write(bands)
+            dst.descriptions = ("VV", "VH")
+            if internal_mask:
+                mask = np.full(bands.shape[1:], 255, np.uint8)
+                mask[600:800, 100:900] = 0
+                dst.write_mask(mask)
+        copy(source, out, **options)
+    return out.read_bytes()
+
+
+LAYOUTS = {
+    "COG, zstd, 512 px blocks": dict(driver="COG", compress="zstd", blocksize=512),
+    "COG, BigTIFF": dict(driver="COG", compress="deflate", BIGTIFF="YES"),
+    "COG with an internal mask": dict(driver="COG", compress="deflate", internal_mask=True),
+    "gdal_translate, strips": dict(driver="GTiff", compress="deflate"),
+    "gdal_translate, tiles band after band": dict(driver="GTiff", tiled=True, interleave="band", compress="lzw"),
+    "gdal_translate, big-endian tiles": dict(driver="GTiff", tiled=True, ENDIANNESS="BIG"),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_tiffs_laid_out_as_gdal_writes_them_are_read_as_they_arrive_and_answer_as_read_after(
+        one_worker, tmp_path, layout):
+    """Each layout's first rows ran while its last fifth was held back; the answer is the one of the same file sent
+    chunked (no Content-Length: read once it is all in)."""
+    body = _written_by_gdal(_sar_bands(5), tmp_path, **LAYOUTS[layout])
+    assert len(body) >= READ_WHILE_ARRIVING
+    reference = httpx.post(f"{one_worker.url}/predict/flood", content=iter([body]), timeout=120,
+                           headers={"Content-Type": "image/tiff"})
+    assert reference.status_code == 200 and "content-length" not in reference.request.headers
+    before, seen = _batches_run(one_worker.url), []
+
+    def stalled() -> bool:  # no more batches for 0.5 s
+        seen.append(_batches_run(one_worker.url) - before)
+        return len(seen) > 10 and seen[-10] == seen[-1]
+
+    r = _post_holding_back(one_worker.url, body, stalled, hold=len(body) // 5)
+    assert r.status_code == 200, r.text[:300]
+    assert seen[-1] > 0, "no batch ran before the last fifth arrived"
+    np.testing.assert_array_equal(one_worker.cog_band(r.content), one_worker.cog_band(reference.content))
+
+
 def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_worker, scenes):
     """Its first file began to be read as it arrived; the second file ends that: the answer is the scene's."""
     bands = _sar_bands()
