@@ -45,6 +45,11 @@ class ArrivalGate:
     def arrived(self) -> int:
         return self._arrived
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole upload is in."""
+        return self._arrived >= self.size
+
     def update(self, arrived: int, whole: bool = False) -> None:
         """More bytes are in, ``whole``: all of them (the service's word, on the worker's main thread)."""
         with self._changed:

@@ -169,15 +169,15 @@ class Session:
                 wait_rows = directory_and_rows(gate, lambda n: slab.view(offset, n))
             files = slab_files(slab, request.layout)
             self.in_place = any(f.in_place for f in files)
-            # A scene still arriving has its values checked at its end (the check's windows are spread over the
-            # scene); one the service may split, once it starts (the later parts start meanwhile); any other, as it
-            # opens. Only the first part of a split scene checks: the others read the same bytes.
-            self._check_at_end = gate is not None and request.part is None
-            self._unchecked = request.part is None and request.parts > 1 and not self._check_at_end
+            # A scene still arriving has its values checked once it has all arrived (the check's windows are spread
+            # over the scene); one the service may split, once it starts (the later parts start meanwhile); any
+            # other, as it opens. Only the first part of a split scene checks: the others read the same bytes.
+            self._arriving = gate if request.part is None else None
+            self._unchecked = request.part is None and request.parts > 1 and gate is None
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
                 request.overrides, request.max_pixels,
-                check_units=request.part is None and not self._unchecked and not self._check_at_end)
+                check_units=request.part is None and not self._unchecked and gate is None)
             reader.wait_rows = wait_rows
             del files
             try:
@@ -245,16 +245,23 @@ class Session:
         """Blend batch ``k``, read the batch after the others in flight into its slot; that batch's size (0: none)."""
         slot = k % self._slots.count
         self._slots.blend(slot, probs_shape, self.run.add)
+        if self._arriving is not None and self._arriving.complete:
+            self._check_arrived()  # as soon as the last byte is in, not after the rows the engine has yet to run
         return self._slots.read(slot, self.run.batches)
+
+    def _check_arrived(self) -> None:
+        """The values of a scene that arrived while it was read (its windows wait for their bytes if need be)."""
+        self._arriving = None
+        with unreadable_as_400():
+            check_values(self.run.reader)
 
     def finish(self, k: int | None, probs_shape: tuple[int, ...] | None, threads: int = 1) -> Encoded | PartDone:
         """Blend the last batch, ``k`` (None: a part with no tile); the response, encoded as the client asked on
         ``threads`` (the cores the engine left idle), or what a part of a split scene counted."""
         if k is not None and probs_shape is not None:
             self._slots.blend(k % self._slots.count, probs_shape, self.run.add)
-        if self._check_at_end:
-            with unreadable_as_400():
-                check_values(self.run.reader)
+        if self._arriving is not None:
+            self._check_arrived()
         if self._part is not None:
             return self.run.part_done()
         return self._encode([], threads)

@@ -22,9 +22,11 @@ from mapex_serve.decode.arriving import ArrivalGate, UploadEndedError
 from mapex_serve.decode.incoming import Upload
 from mapex_serve.decode.slab import Layout, Slab
 from mapex_serve.local import decode_workers
+from mapex_serve.predict import overlap_for
 from mapex_serve.routes.predict import READ_WHILE_ARRIVING
+from mapex_serve.tiling import tile_grid
 
-SIZE = 1200  # a two-band float32 scene of 11 MiB, 2,401 tiles of 32 px in 49 rows
+SIZE = 1200  # a two-band float32 scene of 11 MiB, 2,500 tiles of 32 px in 50 rows
 SPLIT_SIZE = 1500  # 2.25 million pixels: a scene a server told to split runs in two parts
 
 
@@ -183,7 +185,7 @@ def test_a_cog_split_in_parts_runs_each_part_as_its_own_rows_arrive(split_in_two
     r = _post_holding_back(split_in_two.url, cog, stalled, hold=len(cog) // 5)
     assert r.status_code == 200, r.text[:300]
     assert split_meanwhile[-1] == splits + 1, "the scene was not split while its last fifth was held back"
-    # the upper part (25 of the scene's 49 tile rows) is all in: more than its batches ran; not the lower part's all
+    # the upper part (rows 0-748: half the tile rows) is all in: more than its batches ran; not the lower part's all
     assert batches / 2 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while held back"
     np.testing.assert_array_equal(split_in_two.cog_band(r.content), reference)
     assert _holding(split_in_two.url) == 0
@@ -288,6 +290,28 @@ def test_values_that_do_not_fit_their_units_are_refused_as_when_the_upload_arriv
     assert r.json()["detail"] == first.json()["detail"]
 
 
+def test_values_that_do_not_fit_their_units_are_refused_once_the_upload_is_in_not_after_the_whole_scene(one_worker):
+    """Its last fifth held back until its batches stop: the check runs as soon as the rest is in, and the 422 comes
+    before the engine has run the rows it had not reached (it used to run them all, then refuse the scene)."""
+    body = _cog(np.abs(_sar_bands(1) / 40))  # linear power taken as dB
+    before = _batches_run(one_worker.url)
+    whole = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120,
+                       headers={"Content-Type": "image/tiff"})
+    assert whole.status_code == 422
+    before, seen = _batches_run(one_worker.url), []
+
+    def stalled() -> bool:
+        seen.append(_batches_run(one_worker.url) - before)
+        return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
+
+    r = _post_holding_back(one_worker.url, body, stalled, hold=len(body) // 5)
+    assert r.status_code == 422 and r.json()["detail"] == whole.json()["detail"], r.text[:300]
+    ran = _batches_run(one_worker.url) - before
+    scene = -(-len(tile_grid(SIZE, SIZE, 32, overlap_for(32))) // 32)  # its batches of 32 tiles
+    assert 0 < seen[-1] <= ran < scene - 5, f"{ran} of the scene's {scene} batches ran ({seen[-1]} before the rest)"
+    assert _holding(one_worker.url) == 0
+
+
 def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server, built_repo, scenes):
     """The request is tried again on a fresh worker, which reads what has arrived and waits for the rest."""
     s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
@@ -372,9 +396,10 @@ def test_a_wait_for_bytes_returns_once_they_are_in_and_gives_up_when_the_session
     gate.update(99)
     waiting.join(0.2)
     assert waiting.is_alive()
+    assert not gate.complete
     gate.update(150)
     waiting.join(5)
-    assert not waiting.is_alive() and gate.arrived == 100
+    assert not waiting.is_alive() and gate.arrived == 100 and gate.complete
     gate = ArrivalGate(0, size=100)
     failed: list[BaseException] = []
 
