@@ -42,6 +42,10 @@ class Metrics:
         self.scene_parts = Histogram("mapex_scene_parts", "Parts a /predict mask scene large enough to split ran in "
                                      "(1: whole, no other decode worker idle)", ["specialist"],
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.large_uploads = Counter(
+            "mapex_large_uploads", "/predict bodies of 4 MiB or more with a Content-Length, by how they were read: "
+            "while_arriving, or once all in because they arrived_first (all in before their header was looked at), "
+            "their TIFF directory comes last (directory_last) or they are not_a_tiff", ["read"], registry=r)
 
     def request_done(self, task: str, specialist: str, status: int, seconds: float) -> None:
         """Count one prediction request, its series looked up once. ``task``: one the service has, or ``unknown``

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from mapex_serve.decode.slab import ALIGN, Layout, Slab, aligned
 from mapex_serve.inputs import UploadedFile
@@ -19,7 +19,10 @@ from mapex_serve.tiff_layout import TiffLayout
 from mapex_serve.tiff_layout import parse as parse_tiff
 from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
-__all__ = ["Upload", "parts_room"]
+__all__ = ["Reading", "Upload", "parts_room"]
+
+#: How a body of ``READ_WHILE_ARRIVING`` or more is read (``Upload.reading``; ``mapex_large_uploads_total{read}``).
+Reading = Literal["while_arriving", "arrived_first", "directory_last", "not_a_tiff"]
 
 #: A worker reading an upload that still arrives hears of its progress this often (and at its end).
 _TELL_EVERY = 2**20
@@ -71,19 +74,23 @@ class Upload:
     def still_arriving(self) -> bool:
         return self.arriving is not None and not self.arriving.done()
 
-    async def directories_first(self) -> bool:
-        """Whether the body, still arriving, begins with a TIFF whose directories come before its blocks (a COG, a
-        ``gdal_translate`` copy), which a worker may read as it arrives; once its header is in. Not a TIFF whose
-        directory is in the second half of the file, as GDAL's writer leaves a file written window by window:
-        nothing of it can be read before its end."""
+    async def reading(self) -> Reading:
+        """How the body, received as it arrives, is read, decided once its header is in: ``while_arriving`` when it
+        begins with a TIFF whose directories come before its blocks (a COG, a ``gdal_translate`` copy); otherwise
+        once it is all in, since it ``arrived_first`` (all of it, or its first file, before the header was looked
+        at), or its TIFF directory lies in the second half of
+        the file (``directory_last``: GDAL's writer leaves it at the end of a file written window by window), or it
+        is ``not_a_tiff``."""
         if self.arrived < _HEADER and self.still_arriving:
             self._header = asyncio.get_running_loop().create_future()
             await asyncio.wait({self._header, self.arriving}, return_when=asyncio.FIRST_COMPLETED)
-        if not self.still_arriving:  # all in already (or cut short): nothing to read as it arrives
-            return False
+        if not self.still_arriving or self.first_complete:  # all in already (or cut short)
+            return "arrived_first"
         _name, offset, size = self.layout.files[0]
         needs = parse_tiff(self.slab.view(offset, min(self.arrived, _HEADER)), size)
-        return isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2)
+        if isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2):
+            return "while_arriving"
+        return "not_a_tiff" if needs is None else "directory_last"
 
     def listen(self, session: int, listener: Callable[[int, bool], None] | None) -> None:
         """Call ``listener`` with the first file's bytes in so far and whether that is all of it, every ``_TELL_EVERY``

@@ -25,14 +25,14 @@ from dataclasses import dataclass, replace
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, get_args
 
 import numpy as np
 
 from mapex_serve.batcher import Batcher, QueueFullError, request_ahead
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.cores import service_cores
-from mapex_serve.decode.incoming import Upload, parts_room
+from mapex_serve.decode.incoming import Reading, Upload, parts_room
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
 from mapex_serve.decode.parts import MaskSlab, PartDone, ScenePart, scene_parts
 from mapex_serve.decode.session import Opened, OpenRequest
@@ -223,6 +223,8 @@ class DecodePool:
         #: workers, bounded as the engine's is (a burst otherwise piles up here, each with its upload).
         self.holding, self._max_holding = 0, max_holding
         self._metrics, self._start_timeout = metrics, start_timeout_s
+        for reading in get_args(Reading):  # every series shown from the start, at 0
+            metrics.large_uploads.labels(reading)
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with engine threads
         self._workers: list[_Worker] = []
         self._sessions = count()
@@ -363,10 +365,13 @@ class DecodePool:
             else:
                 upload.fill()
             parts = self._plan(specialists, max_batch).parts
-            if upload.still_arriving and await upload.directories_first() and not upload.first_complete:
-                encoded = await self._while_arriving(upload, dict(options, parts=parts), batchers, budget, wait_s)
-                if encoded is not None:
-                    return encoded
+            if upload.arriving is not None:  # a large body, received while the request goes on
+                reading = await upload.reading()
+                self._metrics.large_uploads.labels(reading).inc()
+                if reading == "while_arriving":
+                    encoded = await self._while_arriving(upload, dict(options, parts=parts), batchers, budget, wait_s)
+                    if encoded is not None:
+                        return encoded
             if upload.arriving is not None:
                 await upload.arriving  # all of it (or the error that cut it short)
             if upload.multipart:

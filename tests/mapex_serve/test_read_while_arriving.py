@@ -70,6 +70,13 @@ def _first_directory(body: bytes) -> int:
     return struct.unpack("<I", body[4:8])[0]
 
 
+def _large_uploads(url: str) -> dict[str, float]:
+    """``mapex_large_uploads_total`` by how they were read."""
+    text = httpx.get(f"{url}/metrics").text
+    return {line.split('read="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("mapex_large_uploads_total{")}
+
+
 def _batches_run(url: str) -> float:
     """Engine batches the service has run so far (every specialist)."""
     text = httpx.get(f"{url}/metrics").text
@@ -137,7 +144,7 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
     before = _batches_run(one_worker.url)
     reference = _reference(one_worker, cog)
     batches = _batches_run(one_worker.url) - before
-    before, seen = _batches_run(one_worker.url), []
+    before, seen, counted = _batches_run(one_worker.url), [], _large_uploads(one_worker.url)
 
     def stalled() -> bool:  # batches ran, and no more for 0.5 s
         seen.append(_batches_run(one_worker.url) - before)
@@ -147,6 +154,7 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
     assert r.status_code == 200, r.text[:300]
     assert 0 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while its last fifth was held back"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+    assert _large_uploads(one_worker.url)["while_arriving"] == counted["while_arriving"] + 1
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +278,7 @@ def test_a_tiff_whose_directory_comes_last_is_read_once_it_has_all_arrived(one_w
     body = scenes["directory last"]
     reference = _reference(one_worker, body)
     before, held, ran = _batches_run(one_worker.url), time.monotonic(), []
+    counted = _large_uploads(one_worker.url)
 
     def held_long_enough() -> bool:
         ran.append(_batches_run(one_worker.url) - before)
@@ -279,6 +288,7 @@ def test_a_tiff_whose_directory_comes_last_is_read_once_it_has_all_arrived(one_w
     assert r.status_code == 200, r.text[:300]
     assert ran[-1] == 0, "batches ran before the directory at the end of the file arrived"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+    assert _large_uploads(one_worker.url) == dict(counted, directory_last=counted["directory_last"] + 1)
 
 
 def test_values_that_do_not_fit_their_units_are_refused_as_when_the_upload_arrives_first(one_worker):
@@ -355,9 +365,10 @@ def test_sigterm_while_a_scene_arrives_answers_it_before_the_server_exits(start_
     assert s.proc.wait(60) in (0, -signal.SIGTERM) and "Finished server process" in s.log, s.log[-2000:]
 
 
-@pytest.mark.parametrize(("kind", "first"), [("cog", True), ("directory last", False), ("not a TIFF", False)])
-def test_only_a_tiff_whose_directories_come_first_is_read_as_it_arrives(scenes, tmp_path, kind, first):
-    """``Upload.directories_first`` decides from the header, as soon as it is in (the rest still arriving)."""
+@pytest.mark.parametrize(("kind", "reading"), [("cog", "while_arriving"), ("directory last", "directory_last"),
+                                              ("not a TIFF", "not_a_tiff")])
+def test_only_a_tiff_whose_directories_come_first_is_read_as_it_arrives(scenes, tmp_path, kind, reading):
+    """``Upload.reading`` decides from the header, as soon as it is in (the rest still arriving)."""
     body = scenes.get(kind, b"\x89PNG\r\n\x1a\n" + bytes(READ_WHILE_ARRIVING))
     layout = Layout.plan([("upload.tif", len(body))], 1024, 1024)
     slab = Slab.create(tmp_path, layout.size, reserve=layout.files_end)
@@ -375,14 +386,14 @@ def test_only_a_tiff_whose_directories_come_first_is_read_as_it_arrives(scenes, 
             sink.write(body[1000:])
 
         upload.arriving = asyncio.ensure_future(arrive())
-        decided = await upload.directories_first()
+        decided = await upload.reading()
         arrived = upload.arrived
         go_on.set()
         await upload.arriving
-        return decided, arrived
+        return decided, arrived, await upload.reading()
 
     try:
-        assert asyncio.run(decide()) == (first, 1000)
+        assert asyncio.run(decide()) == (reading, 1000, "arrived_first")
     finally:
         slab.close()
         slab.unlink()
