@@ -42,14 +42,14 @@ from mapex_serve.routes.jobs import (
 )
 from mapex_serve.routing import NoMatchingSpecialistError
 from mapex_serve.units import ImplausibleValuesError, UnitError
-from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTooLargeError
+from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTimeoutError, UploadTooLargeError
 from mapex_serve.vectorize import NotGeoreferencedError
 
 __all__ = ["STATUS", "mapex_error_response", "status_of"]
 
 STATUS: dict[type[MapexError], int] = {
     UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400, MalformedUploadError: 400,
-    UnknownTaskError: 404, UnknownModelError: 404, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
+    UnknownTaskError: 404, UnknownModelError: 404, UploadTimeoutError: 408, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
     UnsupportedMediaTypeError: 415,
     BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
@@ -67,7 +67,8 @@ def status_of(error: MapexError) -> int:
 
 
 async def mapex_error_response(_request: Request, error: MapexError) -> JSONResponse:
-    """``{"error", "detail"}`` with the status of the error's class; 503s say when to come back."""
+    """``{"error", "detail"}`` with the status of the error's class; 503s say when to come back, 408s close the
+    connection (the rest of the body is never read)."""
     code = status_of(error)
-    headers = {"Retry-After": "1"} if code == 503 else None
+    headers = {"Retry-After": "1"} if code == 503 else {"Connection": "close"} if code == 408 else None
     return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=code, headers=headers)

@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = Field(200, gt=0, description="Largest accepted upload (MiB).")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest accepted raster, width x height.")
-    request_timeout_s: float = Field(60, gt=0, description="Time limit for one request, upload to response (s).")
+    request_timeout_s: float = Field(60, gt=0, description="Time limit for one request, upload to response (s): "
+                                     "408 if its upload still arrives then, 504 after.")
     memory_budget_mb: float = Field(
         3072, gt=0, description="Memory the requests in flight may allocate for blending and encoding (MiB), sized "
         "from each scene before it is read; past it requests get 503 with Retry-After, a scene that alone needs more "

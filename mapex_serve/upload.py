@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,14 +21,15 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTooLargeError", "declared_size", "read_upload",
-    "receive", "save_upload",
+    "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTimeoutError",
+    "UploadTooLargeError", "body_progress", "declared_size", "read_upload", "receive", "save_upload",
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
 #: The file name a raw body gets (multipart parts bring their own).
 RAW_NAME = "upload.tif"
 _FRAMING = 64 * 1024  # room for multipart boundaries and part headers
+_PROGRESS = "mapex.body"  # the scope's key of a request's BodyProgress
 _MAX_PARTS = 64
 
 
@@ -41,6 +43,26 @@ class UnsupportedMediaTypeError(MapexError, ValueError):
 
 class MalformedUploadError(MapexError, ValueError):
     """A multipart body that does not parse."""
+
+
+class UploadTimeoutError(MapexError, TimeoutError):
+    """The request's time ran out while its body was still arriving (a slow link, not a slow service)."""
+
+
+@dataclass
+class BodyProgress:
+    """How much of a request's body has arrived: what a time limit that runs out mid-upload reports."""
+
+    received: int = 0
+    complete: bool = False
+
+
+def body_progress(request: Request) -> BodyProgress:
+    """The request's body progress, kept in its scope (made on first use: a request whose body was never read)."""
+    progress = request.scope.get(_PROGRESS)
+    if progress is None:
+        progress = request.scope[_PROGRESS] = BodyProgress()
+    return progress
 
 
 def _too_large(limit: int) -> UploadTooLargeError:
@@ -125,13 +147,15 @@ class _InMemory(io.BytesIO):
 async def _bounded(request: Request, ceiling: int, limit: int) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive; refused as soon as they pass ``ceiling`` bytes. A client that leaves
     mid-upload is a ``ClientGoneError`` (499, counted and logged in a line, not a traceback)."""
-    size = 0
+    size, progress = 0, body_progress(request)
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > ceiling:
                 raise _too_large(limit)
+            progress.received = size
             yield chunk
+        progress.complete = True
     except ClientDisconnect:
         raise ClientGoneError(f"the client closed the connection after {size:,} bytes of its upload") from None
 

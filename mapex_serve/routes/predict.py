@@ -27,7 +27,7 @@ from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
-from mapex_serve.upload import declared_size, read_upload, receive
+from mapex_serve.upload import UploadTimeoutError, body_progress, declared_size, read_upload, receive
 
 __all__ = ["PREDICT_LANE", "READ_WHILE_ARRIVING", "router"]
 
@@ -213,8 +213,7 @@ async def predict_task(
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
                 response = await _respond(request, state, manifests, bands, modality, format, overrides)
         except TimeoutError:
-            raise RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
-                                      f"(MAPEX_REQUEST_TIMEOUT_S); send a smaller scene or retry later") from None
+            raise _timed_out(request, settings.request_timeout_s) from None
         name, status = response.headers["x-mapex-specialist"], 200
         return response
     except MapexError as e:
@@ -225,6 +224,23 @@ async def predict_task(
         raise
     finally:
         state.metrics.request_done(task if known else "unknown", name, status, time.perf_counter() - started)
+
+
+def _timed_out(request: Request, limit_s: float) -> MapexError:
+    """The time limit ran out: a 504 once the upload was in; while it still arrived, a 408 that says how fast it came
+    and what would do, since the link is slow, not the service (a 129 MiB scene needs 108 s at 10 Mbit/s)."""
+    progress = body_progress(request)
+    if progress.complete:
+        return RequestTimeoutError(f"the request took longer than {limit_s:g} s (MAPEX_REQUEST_TIMEOUT_S); send a "
+                                   f"smaller scene or retry later")
+    rate = progress.received / limit_s  # bytes a second since the request began
+    _multipart, size = declared_size(request) or (False, 0)
+    need = f"; at that speed its {size / 2**20:.1f} MiB need about {size / rate:.0f} s" if size and rate else ""
+    return UploadTimeoutError(
+        f"the upload was still arriving after {limit_s:g} s, the time limit of the upload and the work together "
+        f"(MAPEX_REQUEST_TIMEOUT_S): {progress.received / 2**20:.1f} MiB in, {rate * 8 / 1e6:.2f} Mbit/s{need}. Over a "
+        f"link this slow submit the scene as a job (POST /jobs: the same upload, not bounded in time), send a smaller "
+        f"or compressed file (a deflate COG), or ask the operator to raise MAPEX_REQUEST_TIMEOUT_S")
 
 
 def _predict_lane(request: Request, state: ServiceState, reg: Registry,

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -206,11 +207,43 @@ def test_limits_api_key_and_a_tampered_artefact(built_repo, start_server, tmp_pa
         s.stop()
 
 
-def test_a_request_over_the_time_limit_gets_504(built_repo, start_server, tmp_path):
+def test_a_request_whose_work_outlasts_the_time_limit_gets_504(built_repo, start_server, tmp_path):
+    """Its upload is in at once (loopback); its 3,700 tiles are not done within a quarter of a second."""
     shutil.copytree(built_repo / "wildfire-swir", tmp_path / "repo" / "wildfire-swir")
-    s = start_server(tmp_path / "repo", MAPEX_REQUEST_TIMEOUT_S="0.001")
-    r = s.post("wildfire", S2)
-    assert r.status_code == 504 and "MAPEX_REQUEST_TIMEOUT_S" in r.json()["detail"]
+    s = start_server(tmp_path / "repo", MAPEX_REQUEST_TIMEOUT_S="0.25")
+    with rasterio.open(S2) as src:  # the crop six times larger each way, nearest: the same values
+        profile = dict(src.profile, height=src.height * 6, width=src.width * 6,
+                       transform=src.transform * src.transform.scale(1 / 6))
+        with rasterio.open(tmp_path / "large.tif", "w", **profile) as dst:
+            dst.write(src.read(out_shape=(src.count, src.height * 6, src.width * 6)))
+            dst.descriptions, tags = src.descriptions, src.tags()
+            dst.update_tags(**tags)
+    r = s.post("wildfire", tmp_path / "large.tif")
+    assert r.status_code == 504 and "MAPEX_REQUEST_TIMEOUT_S" in r.json()["detail"], r.text[:300]
+    assert httpx.get(f"{s.url}/healthz").status_code == 200
+
+
+def test_an_upload_slower_than_the_time_limit_gets_408_with_its_speed_and_what_would_do(built_repo, start_server,
+                                                                                          tmp_path):
+    """A slow link, not a slow service: the answer says how fast the body came, how long it would need, and the way
+    round (a job's upload has no time limit), and closes the connection (the rest of the body is never read)."""
+    shutil.copytree(built_repo / "wildfire-swir", tmp_path / "repo" / "wildfire-swir")
+    s = start_server(tmp_path / "repo", MAPEX_REQUEST_TIMEOUT_S="1")
+    body = S2.read_bytes()  # 459 KiB at about 1 Mbit/s: some 3.7 s
+
+    def slowly() -> Iterator[bytes]:
+        for at in range(0, len(body), 16 * 1024):
+            time.sleep(0.125)
+            yield body[at: at + 16 * 1024]
+
+    r = httpx.post(f"{s.url}/predict/wildfire", content=slowly(), timeout=30,
+                   headers={"Content-Type": "image/tiff", "Content-Length": str(len(body))})
+    detail = r.json()["detail"]
+    assert (r.status_code, r.json()["error"], r.headers["connection"]) == (408, "UploadTimeoutError", "close"), r.text
+    assert "MiB in" in detail and "Mbit/s" in detail and "POST /jobs" in detail and "MAPEX_REQUEST_TIMEOUT_S" in detail
+    need = float(detail.split("need about ")[1].split(" s")[0])
+    assert 2 <= need <= 8, detail  # about 3.7 s at the speed it came
+    assert 'status="408"' in httpx.get(f"{s.url}/metrics").text
     assert httpx.get(f"{s.url}/healthz").status_code == 200
 
 
