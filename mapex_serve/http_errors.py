@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from mapex_serve.areas import AreaError
 from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.budget import MemoryBudgetError, OverBudgetError
+from mapex_serve.decode.incoming import NoRoomToReceiveError
 from mapex_serve.decode.pool import DecodeUnavailableError
 from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import (
@@ -57,7 +58,7 @@ STATUS: dict[type[MapexError], int] = {
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,
     ClientGoneError: 499,  # nginx's "client closed request": logged and counted, read by no one
-    QueueFullError: 503, ServiceStoppingError: 503, DecodeUnavailableError: 503, MemoryBudgetError: 503, JobsDisabledError: 503,
+    QueueFullError: 503, ServiceStoppingError: 503, DecodeUnavailableError: 503, NoRoomToReceiveError: 503, MemoryBudgetError: 503, JobsDisabledError: 503,
     JobsServerUnreachableError: 503, RequestTimeoutError: 504, JobsLoopError: 508,
 }
 

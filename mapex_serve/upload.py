@@ -22,7 +22,8 @@ from mapex_serve.inputs import UploadedFile
 
 __all__ = [
     "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTimeoutError",
-    "UploadTooLargeError", "body_progress", "declared_size", "read_upload", "receive", "save_upload",
+    "UploadTooLargeError", "body_progress", "declared_size", "raw_head", "read_upload", "receive", "save_upload",
+    "sent_chunked",
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
@@ -220,6 +221,25 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
     if (media in RAW_TYPES or media == "multipart/form-data") and declared.isdigit():
         return media == "multipart/form-data", int(declared)
     return None
+
+
+def sent_chunked(request: Request) -> bool:
+    """A raw image body without a Content-Length (sent chunked): its size is known only once it has all arrived."""
+    media, _ = parse_options_header(request.headers.get("content-type", ""))
+    return media.decode("latin-1").lower() in RAW_TYPES and "content-length" not in request.headers
+
+
+async def raw_head(request: Request, limit: int, size: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """A raw body of unknown length: its first ``size`` bytes or a little more (all of it if it is shorter), and the
+    rest still to come (None when the body has ended), which the caller must read or close (``aclose``); refused
+    (413) as soon as it passes ``limit`` bytes."""
+    chunks = _bounded(request, limit, limit)
+    head = bytearray()
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            return bytes(head), chunks
+    return bytes(head), None
 
 
 async def read_upload(request: Request, limit: int) -> list[UploadedFile]:

@@ -9,27 +9,34 @@ and notices a multipart body that brings a second file.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from mapex_serve.decode.slab import ALIGN, Layout, Slab, aligned
+from mapex_serve.decode.slab import ALIGN, Layout, Slab, SlabSpaceError, aligned
+from mapex_serve.errors import MapexError
 from mapex_serve.inputs import UploadedFile
 from mapex_serve.tiff_layout import TiffLayout
 from mapex_serve.tiff_layout import parse as parse_tiff
 from mapex_serve.upload import RAW_NAME, MalformedUploadError
 
-__all__ = ["Reading", "Upload", "parts_room"]
+__all__ = ["RESERVE_STEP", "NoRoomToReceiveError", "Reading", "Upload", "parts_room"]
 
 #: How a body of ``READ_WHILE_ARRIVING`` or more is read (``Upload.reading``; ``mapex_large_uploads_total{read}``).
 Reading = Literal["while_arriving", "arrived_first", "directory_last", "not_a_tiff"]
 
+#: Pages of slab reserved at a time for a body whose size is not known (sent chunked).
+RESERVE_STEP = 4 * 2**20
 #: A worker reading an upload that still arrives hears of its progress this often (and at its end).
 _TELL_EVERY = 2**20
 #: A (Big)TIFF's header: where its first directory lies.
 _HEADER = 16
 #: The most file parts a multipart body brings (``upload._MAX_PARTS``).
 _MAX_PARTS = 64
+
+
+class NoRoomToReceiveError(MapexError, RuntimeError):
+    """The tmpfs filled up while a body of unknown size (sent chunked) was arriving into its slab."""
 
 
 def parts_room(body: int) -> int:
@@ -55,9 +62,14 @@ class Upload:
     arriving: asyncio.Task[Any] | None = None
     #: Bytes of the raw body in the slab so far; of a multipart body's first file part.
     arrived: int = 0
-    #: A multipart body whose file parts go into the slab as they arrive (``part_sink``); ``layout.files`` lists those
-    #: that have ended.
-    multipart: bool = False
+    #: A body whose files go into the slab as they arrive, each file's size learnt as it ends (``part_sink``): a
+    #: multipart body's file parts, or a raw body sent chunked; ``layout.files`` lists the files that have ended.
+    open_ended: bool = False
+    #: Whether the body's size was declared (a Content-Length), not learnt at its end (a raw body sent chunked).
+    size_known: bool = True
+    #: Bytes from the slab's start reserved when it was made: all of its files region, unless the body's size is not
+    #: known (its sink then reserves the pages it writes as it goes, ``_SlabSink``).
+    reserved: int | None = None
     #: Whether the first file (the raw body, a multipart body's first file part) has all arrived.
     first_complete: bool = False
     #: Who hears of the first file's arrival: a callable a session that reads it as it arrives (``listen``).
@@ -88,7 +100,10 @@ class Upload:
             return "arrived_first"
         _name, offset, size = self.layout.files[0]
         needs = parse_tiff(self.slab.view(offset, min(self.arrived, _HEADER)), size)
-        if isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= size // 2):
+        # Directories first: in the first half of the file, or, of a body whose size is not known yet (sent
+        # chunked, looked at once its first READ_WHILE_ARRIVING bytes are in), among the bytes in.
+        first_half = size // 2 if self.size_known else self.arrived
+        if isinstance(needs, TiffLayout) or (isinstance(needs, int) and needs <= first_half):
             return "while_arriving"
         return "not_a_tiff" if needs is None else "directory_last"
 
@@ -113,7 +128,7 @@ class Upload:
 
     def _arrive(self, arrived: int, complete: bool = False) -> None:
         self.arrived = arrived
-        if not self.multipart and arrived == self.layout.files[0][2]:
+        if not self.open_ended and arrived == self.layout.files[0][2]:
             complete = True
         self.first_complete = complete
         if self._header is not None and (arrived >= _HEADER or complete) and not self._header.done():
@@ -122,6 +137,17 @@ class Upload:
             self._told = arrived
             for listener in list(self._listeners.values()):
                 listener(arrived, complete)
+
+    async def arrive(self, head: bytes, rest: AsyncIterator[bytes]) -> None:
+        """A raw body sent chunked, into the slab as it comes: its ``head`` (read already) and the ``rest``."""
+        sink = self.part_sink(0, RAW_NAME)
+        try:
+            sink.write(head)
+            async for chunk in rest:
+                sink.write(chunk)
+        finally:
+            sink.close()
+            await rest.aclose()  # a body cut short (the client left, too large, the request over): no reader left
 
     def fill(self) -> None:
         """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""
@@ -159,7 +185,7 @@ class Upload:
             if index == 0:
                 self._arrive(size, complete=True)
 
-        return _SlabSink(self.slab, at, start + room - at, arrived, ended)
+        return _SlabSink(self.slab, at, start + room - at, arrived, ended, self.reserved)
 
     def discard(self) -> None:
         """Let go of the slab (idempotent): the request is over, answered or not; once the body has stopped arriving
@@ -175,20 +201,36 @@ class Upload:
 
 class _SlabSink:
     """A raw body, or a file part of a multipart one, written into its place in the slab as it arrives (the HTTP
-    server holds a body to its Content-Length; the parts of a body fit in it)."""
+    server holds a body to its Content-Length; the parts of a body fit in it). ``reserved``: where the slab's
+    reserved pages end, when they do not cover the room (a body of unknown size): the sink reserves more as it
+    writes, ``RESERVE_STEP`` at a time, so that a full tmpfs refuses the body (503) instead of a write into the
+    mapping killing the service (SIGBUS)."""
 
     def __init__(self, slab: Slab, offset: int, room: int, arrived: Callable[[int], None] | None,
-                 ended: Callable[[int], None] | None = None) -> None:
+                 ended: Callable[[int], None] | None = None, reserved: int | None = None) -> None:
         self._slab, self._start, self._at, self._end = slab, offset, offset, offset + room
-        self._arrived, self._ended = arrived, ended
+        self._arrived, self._ended, self._reserved = arrived, ended, reserved
 
     def write(self, data: bytes, /) -> None:
         if self._at + len(data) > self._end:
             raise MalformedUploadError("the body is longer than its Content-Length")
+        if self._reserved is not None and self._at + len(data) > self._reserved:
+            self._reserve(self._at + len(data))
         self._slab.write(self._at, data)
         self._at += len(data)
         if self._arrived is not None:
             self._arrived(self._at - self._start)
+
+    def _reserve(self, until: int) -> None:
+        step = min(max(RESERVE_STEP, until - self._reserved), self._end - self._reserved)
+        try:
+            self._slab.reserve([(self._reserved, step)])
+        except SlabSpaceError as e:
+            raise NoRoomToReceiveError(
+                f"the service's shared memory has no room for the rest of this upload ({e}); retry shortly, or send "
+                f"it with its size (a Content-Length: curl --data-binary @scene.tif), whose room is set aside first"
+            ) from None
+        self._reserved += step
 
     def close(self) -> None:
         """The part's size is known now (nothing to release: the slab outlives its sink)."""

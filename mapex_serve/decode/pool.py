@@ -32,7 +32,7 @@ import numpy as np
 from mapex_serve.batcher import Batcher, QueueFullError, request_ahead
 from mapex_serve.budget import MemoryBudget, Reservation
 from mapex_serve.cores import service_cores
-from mapex_serve.decode.incoming import Reading, Upload, parts_room
+from mapex_serve.decode.incoming import RESERVE_STEP, Reading, Upload, parts_room
 from mapex_serve.decode.job_session import JobOpened, JobOpenRequest, JobStarted, JobStep
 from mapex_serve.decode.parts import MaskSlab, PartDone, ScenePart, scene_parts
 from mapex_serve.decode.session import Opened, OpenRequest
@@ -325,20 +325,25 @@ class DecodePool:
         """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
         return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch), [])
 
-    def prepare_parts(self, body: int, specialists: Sequence[str], max_batch: int) -> Upload:
+    def prepare_parts(self, body: int, specialists: Sequence[str], max_batch: int, *, chunked: bool = False) -> Upload:
         """A slab for the file parts of a multipart body of ``body`` bytes, which ``Upload.part_sink`` writes there one
-        after another as they stream in (their sizes are known only as each ends)."""
-        upload = self._hold(self._layout([(RAW_NAME, parts_room(body))], specialists, max_batch), [])
+        after another as they stream in (their sizes are known only as each ends); ``chunked``: for a raw body sent
+        chunked, of at most ``body`` bytes (``Upload.arrive``)."""
+        layout = self._layout([(RAW_NAME, parts_room(body))], specialists, max_batch)
+        reserved = min(RESERVE_STEP, layout.files_end) if chunked else None  # the rest as it comes (``Upload.reserved``)
+        upload = self._hold(layout, [], reserved)
         _name, offset, size = upload.layout.files[0]
-        upload.multipart, upload.region = True, (offset, size)
+        upload.open_ended, upload.size_known, upload.region, upload.reserved = True, not chunked, (offset, size), reserved
         return upload
 
-    def _hold(self, layout: Layout, files: list[UploadedFile]) -> Upload:
-        """The request's slab, counted until it is discarded; ``QueueFullError`` (503) when the workers hold enough."""
+    def _hold(self, layout: Layout, files: list[UploadedFile], reserve: int | None = None) -> Upload:
+        """The request's slab, its files region reserved (or its first ``reserve`` bytes), counted until it is
+        discarded; ``QueueFullError`` (503) when the workers hold enough."""
         if self.holding >= self._max_holding:
             raise QueueFullError(f"the decode workers hold {self.holding} requests, at most {self._max_holding} "
                                  f"(MAPEX_MAX_DECODING a worker); retry shortly")
-        upload = Upload(self._slabs.take(layout.size, layout.files_end), layout, files, self._release)
+        upload = Upload(self._slabs.take(layout.size, layout.files_end if reserve is None else reserve), layout, files,
+                        self._release)
         self.holding += 1
         return upload
 
@@ -374,7 +379,7 @@ class DecodePool:
                         return encoded
             if upload.arriving is not None:
                 await upload.arriving  # all of it (or the error that cut it short)
-            if upload.multipart:
+            if upload.open_ended:
                 check_not_empty(size for _name, _offset, size in upload.layout.files)
             layout = upload.layout.share(0, parts)
             return await self._attempts(upload, dict(options, layout=layout, parts=parts), batchers, budget, wait_s)
@@ -399,7 +404,7 @@ class DecodePool:
                 raise
             return None  # another file came: the session read the wrong scene
         except Exception:  # such as a 422 for bands the other files bring: the answer waits for them
-            if not upload.multipart:
+            if not upload.open_ended:
                 raise
             await upload.arriving
             if len(upload.layout.files) == 1:

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from mapex_serve.decode.incoming import Upload
-from mapex_serve.decode.pool import NoRoomForTilesError
+from mapex_serve.decode.pool import DecodePool, NoRoomForTilesError
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import ClientGoneError, MapexError, RequestTimeoutError, UnknownTaskError
@@ -27,7 +27,16 @@ from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
-from mapex_serve.upload import UploadTimeoutError, body_progress, declared_size, read_upload, receive
+from mapex_serve.upload import (
+    RAW_NAME,
+    UploadTimeoutError,
+    body_progress,
+    declared_size,
+    raw_head,
+    read_upload,
+    receive,
+    sent_chunked,
+)
 
 __all__ = ["PREDICT_LANE", "READ_WHILE_ARRIVING", "router"]
 
@@ -110,6 +119,19 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
         else:
             upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink))
             return upload
+    if pool is not None and sent_chunked(request):  # of unknown size: its first bytes tell whether it is large
+        head, rest = await raw_head(request, limit, READ_WHILE_ARRIVING)
+        if rest is not None:
+            try:  # room for as large a body as is accepted, its pages reserved as they are written
+                upload = pool.prepare_parts(limit, specialists, settings.max_batch, chunked=True)
+            except SlabSpaceError as e:
+                _no_room(e)
+                async for chunk in rest:  # in memory, as a body read whole
+                    head += chunk
+            else:
+                upload.arriving = asyncio.ensure_future(upload.arrive(head, rest))
+                return upload
+        return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, settings.max_batch)
     if pool is not None and not multipart and 0 < size <= limit:
         try:
             upload = pool.prepare_raw(size, specialists, settings.max_batch)
@@ -128,8 +150,14 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
     files = await read_upload(request, limit)
     if pool is None:
         return files
+    return _prepared(pool, files, specialists, settings.max_batch)
+
+
+def _prepared(pool: DecodePool, files: list[UploadedFile], specialists: list[str],
+              max_batch: int) -> Upload | list[UploadedFile]:
+    """The files in a worker's slab, or left in memory for this process when the tmpfs has no room."""
     try:
-        return pool.prepare(files, specialists, settings.max_batch)
+        return pool.prepare(files, specialists, max_batch)
     except SlabSpaceError as e:
         _no_room(e)
         return files

@@ -1,5 +1,6 @@
 """A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
 
+import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,3 +254,26 @@ def swir_manifest() -> Manifest:
         output={"name": "probabilities", "shape": [-1, 2, 32, 32]}, experts_kept=[],
         parameters={"full": 10, "pruned": 5}, opset=18, artefacts={"model.onnx": {"sha256": "0" * 64, "bytes": 1}},
         source_checkpoint_sha256="0" * 64, created=datetime.now(UTC))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
+    """Mount tmpfs file systems of a given size (``"3m"``) under ``tmp_path``, unmounted at the end.
+
+    Docker gives containers a 64 MiB /dev/shm unless told otherwise: this is that case, small.
+    """
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"shm-{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(point)],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"mounting a small tmpfs needs root with CAP_SYS_ADMIN ({done.stderr.strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30, check=False)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,29 +102,6 @@ def test_a_slab_the_tmpfs_cannot_hold_is_refused_before_anything_is_written(tmp_
     with pytest.raises(SlabSpaceError, match="free"):
         Slab.create(tmp_path, shutil.disk_usage(tmp_path).free + 2**30)
     assert not list(tmp_path.iterdir())
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
-    """Mount tmpfs file systems of a given size (``"3m"``) under ``tmp_path``, unmounted at the end.
-
-    Docker gives containers a 64 MiB /dev/shm unless told otherwise: this is that case, small.
-    """
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        point = tmp_path / f"shm-{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(point)],
-                              capture_output=True, text=True, timeout=30, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"mounting a small tmpfs needs root with CAP_SYS_ADMIN ({done.stderr.strip()})")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30, check=False)
 
 
 def test_slabs_that_together_overfill_a_tmpfs_are_refused_not_a_sigbus(small_tmpfs):

@@ -95,8 +95,9 @@ def _multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = N
 
 
 def _post_holding_back(url: str, body: bytes, until: Callable[[], bool], hold: int,
-                       content_type: str = "image/tiff") -> httpx.Response:
-    """``body`` (raw by default), its last ``hold`` bytes sent only once ``until()`` is true (polled for at most 30 s)."""
+                       content_type: str = "image/tiff", chunked: bool = False) -> httpx.Response:
+    """``body`` (raw by default), its last ``hold`` bytes sent only once ``until()`` is true (polled for at most 30 s);
+    ``chunked``: without a Content-Length."""
 
     def pieces() -> Iterator[bytes]:
         for at in range(0, len(body) - hold, 256 * 1024):
@@ -106,8 +107,9 @@ def _post_holding_back(url: str, body: bytes, until: Callable[[], bool], hold: i
             time.sleep(0.05)
         yield body[len(body) - hold:]
 
+    length = {} if chunked else {"Content-Length": str(len(body))}
     return httpx.post(f"{url}/predict/flood", content=pieces(), timeout=120,
-                      headers={"Content-Type": content_type, "Content-Length": str(len(body))})
+                      headers={"Content-Type": content_type, **length})
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +136,14 @@ def _reference(server, body: bytes) -> np.ndarray:
     return server.cog_band(r.content)
 
 
-@pytest.mark.parametrize("sent_as", ["raw", "multipart"])
+@pytest.mark.parametrize("sent_as", ["raw", "multipart", "chunked"])
 def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_waits_for_the_rest(
         one_worker, scenes, sent_as):
     """The last fifth of a COG is held back until the scene's batches stop (its worker waits for those rows): by
-    then some batches ran, not all of them, and the answer is the one of the upload sent whole."""
+    then some batches ran, not all of them, and the answer is the one of the upload sent whole. Raw, as a multipart
+    field, or raw without a Content-Length (chunked: its size learnt at its end)."""
     cog = scenes["cog"]
-    body, content_type = (cog, "image/tiff") if sent_as == "raw" else _multipart([("scene.tif", cog)], {"note": "x"})
+    body, content_type = (cog, "image/tiff") if sent_as != "multipart" else _multipart([("scene.tif", cog)], {"note": "x"})
     before = _batches_run(one_worker.url)
     reference = _reference(one_worker, cog)
     batches = _batches_run(one_worker.url) - before
@@ -150,8 +153,10 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
         seen.append(_batches_run(one_worker.url) - before)
         return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
 
-    r = _post_holding_back(one_worker.url, body, stalled, hold=len(cog) // 5, content_type=content_type)
+    r = _post_holding_back(one_worker.url, body, stalled, hold=len(cog) // 5, content_type=content_type,
+                           chunked=sent_as == "chunked")
     assert r.status_code == 200, r.text[:300]
+    assert ("content-length" in r.request.headers) == (sent_as != "chunked")
     assert 0 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while its last fifth was held back"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
     assert _large_uploads(one_worker.url)["while_arriving"] == counted["while_arriving"] + 1
@@ -239,16 +244,22 @@ LAYOUTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def in_process(built_repo, server_type, tmp_path_factory):
+    """No decode workers: every upload read in the service process once it is all in (the reference)."""
+    s = server_type(built_repo, tmp_path_factory.mktemp("in-process") / "server.log", MAPEX_DECODE_WORKERS="0")
+    yield s
+    s.stop()
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_tiffs_laid_out_as_gdal_writes_them_are_read_as_they_arrive_and_answer_as_read_after(
-        one_worker, tmp_path, layout):
-    """Each layout's first rows ran while its last fifth was held back; the answer is the one of the same file sent
-    chunked (no Content-Length: read once it is all in)."""
+        one_worker, in_process, tmp_path, layout):
+    """Each layout's first rows ran while its last fifth was held back; the answer is the one of the same file read
+    in the service process once it is all in."""
     body = _written_by_gdal(_sar_bands(5), tmp_path, **LAYOUTS[layout])
     assert len(body) >= READ_WHILE_ARRIVING
-    reference = httpx.post(f"{one_worker.url}/predict/flood", content=iter([body]), timeout=120,
-                           headers={"Content-Type": "image/tiff"})
-    assert reference.status_code == 200 and "content-length" not in reference.request.headers
+    reference = _reference(in_process, body)
     before, seen = _batches_run(one_worker.url), []
 
     def stalled() -> bool:  # no more batches for 0.5 s
@@ -258,7 +269,32 @@ def test_tiffs_laid_out_as_gdal_writes_them_are_read_as_they_arrive_and_answer_a
     r = _post_holding_back(one_worker.url, body, stalled, hold=len(body) // 5)
     assert r.status_code == 200, r.text[:300]
     assert seen[-1] > 0, "no batch ran before the last fifth arrived"
-    np.testing.assert_array_equal(one_worker.cog_band(r.content), one_worker.cog_band(reference.content))
+    np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
+
+
+def test_a_chunked_scene_finds_room_as_it_comes_or_is_read_in_the_service_or_refused_with_503(
+        start_server, built_repo, in_process, small_tmpfs):
+    """A body sent without its size has its shared memory reserved as it arrives, 4 MiB at a time: on a tmpfs
+    too small to begin, it is read in the service process (as any upload that finds no room); on one that fills
+    up mid-way, the request gets a 503 to retry (never a worker or the service killed by SIGBUS) and holds nothing
+    after."""
+    body = _cog(_sar_bands(4, SPLIT_SIZE))  # 19.5 MiB
+    reference = _reference(in_process, body)
+    for size, expected in (("2m", 200), ("12m", 503)):
+        shm = small_tmpfs(size)
+        s = start_server(built_repo, MAPEX_DECODE_WORKERS="1", MAPEX_SHM_DIR=str(shm))
+        pieces = (body[at: at + 256 * 1024] for at in range(0, len(body), 256 * 1024))
+        r = httpx.post(f"{s.url}/predict/flood", content=pieces, timeout=120, headers={"Content-Type": "image/tiff"})
+        assert r.status_code == expected and "content-length" not in r.request.headers, (size, r.status_code)
+        if expected == 200:
+            np.testing.assert_array_equal(s.cog_band(r.content), reference)
+            assert "decoding it in the service process" in s.log
+        else:
+            assert r.json()["error"] == "NoRoomToReceiveError" and r.headers["retry-after"] == "1"
+            assert "Content-Length" in r.json()["detail"]
+        assert httpx.get(f"{s.url}/readyz").json()["decode_workers"] == {"ready": 1, "size": 1, "restarts": 0,
+                                                                        "holding": 0}
+        assert not list(shm.glob(f"mapex-{s.pid}/slab-*")) and "Traceback" not in s.log
 
 
 def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_worker, scenes):
