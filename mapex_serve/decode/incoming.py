@@ -90,9 +90,8 @@ class Upload:
         """How the body, received as it arrives, is read, decided once its header is in: ``while_arriving`` when it
         begins with a TIFF whose directories come before its blocks (a COG, a ``gdal_translate`` copy); otherwise
         once it is all in, since it ``arrived_first`` (all of it, or its first file, before the header was looked
-        at), or its TIFF directory lies in the second half of
-        the file (``directory_last``: GDAL's writer leaves it at the end of a file written window by window), or it
-        is ``not_a_tiff``."""
+        at), or its TIFF directory lies in the second half of the file (``directory_last``: GDAL's writer leaves it
+        at the end of a file written window by window), or it is ``not_a_tiff``."""
         if self.arrived < _HEADER and self.still_arriving:
             self._header = asyncio.get_running_loop().create_future()
             await asyncio.wait({self._header, self.arriving}, return_when=asyncio.FIRST_COMPLETED)

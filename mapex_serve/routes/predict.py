@@ -126,8 +126,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload = pool.prepare_parts(limit, specialists, settings.max_batch, chunked=True)
             except SlabSpaceError as e:
                 _no_room(e)
-                async for chunk in rest:  # in memory, as a body read whole
-                    head += chunk
+                head = b"".join([head, *[chunk async for chunk in rest]])  # in memory, as a body read whole
             else:
                 upload.arriving = asyncio.ensure_future(upload.arrive(head, rest))
                 return upload
