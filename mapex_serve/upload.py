@@ -225,8 +225,10 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
 
 def sent_chunked(request: Request) -> bool:
     """A raw image body without a Content-Length (sent chunked): its size is known only once it has all arrived."""
+    if "content-length" in request.headers:  # nearly every request: no second parse of its type
+        return False
     media, _ = parse_options_header(request.headers.get("content-type", ""))
-    return media.decode("latin-1").lower() in RAW_TYPES and "content-length" not in request.headers
+    return media.decode("latin-1").lower() in RAW_TYPES
 
 
 async def raw_head(request: Request, limit: int, size: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
