@@ -358,7 +358,8 @@ def test_values_that_do_not_fit_their_units_are_refused_once_the_upload_is_in_no
     assert _holding(one_worker.url) == 0
 
 
-def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server, built_repo, scenes):
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server, built_repo, scenes, chunked):
     """The request is tried again on a fresh worker, which reads what has arrived and waits for the rest."""
     s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
     body = scenes["cog"]
@@ -372,7 +373,7 @@ def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server,
             killed.append(victim)
         return bool(killed)
 
-    r = _post_holding_back(s.url, body, kill_once_batches_ran, hold=len(body) // 5)
+    r = _post_holding_back(s.url, body, kill_once_batches_ran, hold=len(body) // 5, chunked=chunked)
     assert killed, "no batch ran while the upload arrived"
     assert r.status_code == 200, r.text[:300]
     np.testing.assert_array_equal(s.cog_band(r.content), reference)
@@ -480,12 +481,16 @@ def _holding(url: str) -> int:
     return httpx.get(f"{url}/readyz").json()["decode_workers"]["holding"]
 
 
-def test_a_client_that_leaves_mid_upload_frees_its_slab_and_worker(one_worker, scenes):
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+def test_a_client_that_leaves_mid_upload_frees_its_slab_and_worker(one_worker, scenes, chunked):
     body = scenes["cog"]
     host, port = httpx.URL(one_worker.url).host, httpx.URL(one_worker.url).port
+    half = body[: len(body) // 2]
+    framing, sent = ("Transfer-Encoding: chunked", f"{len(half):x}\r\n".encode() + half + b"\r\n") if chunked \
+        else (f"Content-Length: {len(body)}", half)
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(f"POST /predict/flood HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/tiff\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+                     f"{framing}\r\n\r\n".encode() + sent)
         deadline = time.monotonic() + 30
         while _holding(one_worker.url) == 0:  # the request holds its slab while its body arrives
             assert time.monotonic() < deadline, "the upload never reached the decode pool"
