@@ -46,7 +46,7 @@ from mapex_serve.units import ImplausibleValuesError, UnitError
 from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTimeoutError, UploadTooLargeError
 from mapex_serve.vectorize import NotGeoreferencedError
 
-__all__ = ["STATUS", "mapex_error_response", "status_of"]
+__all__ = ["STATUS", "error_headers", "mapex_error_response", "status_of"]
 
 STATUS: dict[type[MapexError], int] = {
     UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400, MalformedUploadError: 400,
@@ -67,9 +67,13 @@ def status_of(error: MapexError) -> int:
     return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
 
 
+def error_headers(code: int) -> dict[str, str] | None:
+    """503s say when to come back; 408s close the connection (the rest of the body is never read)."""
+    return {"Retry-After": "1"} if code == 503 else {"Connection": "close"} if code == 408 else None
+
+
 async def mapex_error_response(_request: Request, error: MapexError) -> JSONResponse:
-    """``{"error", "detail"}`` with the status of the error's class; 503s say when to come back, 408s close the
-    connection (the rest of the body is never read)."""
+    """``{"error", "detail"}`` with the status of the error's class (``error_headers``)."""
     code = status_of(error)
-    headers = {"Retry-After": "1"} if code == 503 else {"Connection": "close"} if code == 408 else None
-    return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=code, headers=headers)
+    return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=code,
+                        headers=error_headers(code))

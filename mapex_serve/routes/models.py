@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from mapex_serve import __version__
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, RequestTimeoutError, UnknownModelError
-from mapex_serve.http_errors import status_of
+from mapex_serve.http_errors import error_headers, status_of
 from mapex_serve.oip import (
     HEADER_LENGTH,
     InferRequestBody,
@@ -35,7 +35,7 @@ from mapex_serve.oip import (
 from mapex_serve.registry import Registry
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
-from mapex_serve.upload import UploadTooLargeError
+from mapex_serve.upload import UploadTooLargeError, body_progress, still_arriving_error
 
 __all__ = ["INFER_LANE", "router"]
 
@@ -61,7 +61,7 @@ def _oip_error(error: MapexError) -> JSONResponse:
     """``{"error", "detail"}`` with the status of ``http_errors``; ``error`` reads "<kind>: <detail>" for OIP clients."""
     code = status_of(error)
     return JSONResponse({"error": f"{type(error).__name__}: {error}", "detail": str(error)}, status_code=code,
-                        headers={"Retry-After": "1"} if code == 503 else None)
+                        headers=error_headers(code))
 
 
 def _without_paths(text: str, repo: Path) -> str:
@@ -145,13 +145,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB (MAPEX_MAX_UPLOAD_MB); "
                                   f"send fewer tiles per request")
-    chunks, size = [], 0
+    chunks, size, progress = [], 0, body_progress(request)
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB "
                                       f"(MAPEX_MAX_UPLOAD_MB); send fewer tiles per request")
         chunks.append(chunk)
+        progress.received = size
+    progress.complete = True
     return b"".join(chunks)
 
 
@@ -168,8 +170,10 @@ async def v2_infer(name: str, request: Request, reg: Ready,
         async with asyncio.timeout(settings.request_timeout_s):
             return await _infer(s, name, request, state)
     except TimeoutError:
-        return _oip_error(RequestTimeoutError(f"the request took longer than {settings.request_timeout_s:g} s "
-                                              f"(MAPEX_REQUEST_TIMEOUT_S); send fewer tiles or retry later"))
+        limit = settings.request_timeout_s
+        return _oip_error(still_arriving_error(request, limit, "send fewer tiles per request")
+                          or RequestTimeoutError(f"the request took longer than {limit:g} s (MAPEX_REQUEST_TIMEOUT_S); "
+                                                 f"send fewer tiles or retry later"))
     except MapexError as e:
         return _oip_error(e)
 

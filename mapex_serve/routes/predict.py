@@ -29,13 +29,12 @@ from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import (
     RAW_NAME,
-    UploadTimeoutError,
-    body_progress,
     declared_size,
     raw_head,
     read_upload,
     receive,
     sent_chunked,
+    still_arriving_error,
 )
 
 __all__ = ["PREDICT_LANE", "READ_WHILE_ARRIVING", "router"]
@@ -254,20 +253,11 @@ async def predict_task(
 
 
 def _timed_out(request: Request, limit_s: float) -> MapexError:
-    """The time limit ran out: a 504 once the upload was in; while it still arrived, a 408 that says how fast it came
-    and what would do, since the link is slow, not the service (a 129 MiB scene needs 108 s at 10 Mbit/s)."""
-    progress = body_progress(request)
-    if progress.complete:
-        return RequestTimeoutError(f"the request took longer than {limit_s:g} s (MAPEX_REQUEST_TIMEOUT_S); send a "
-                                   f"smaller scene or retry later")
-    rate = progress.received / limit_s  # bytes a second since the request began
-    _multipart, size = declared_size(request) or (False, 0)
-    need = f"; at that speed its {size / 2**20:.1f} MiB need about {size / rate:.0f} s" if size and rate else ""
-    return UploadTimeoutError(
-        f"the upload was still arriving after {limit_s:g} s, the time limit of the upload and the work together "
-        f"(MAPEX_REQUEST_TIMEOUT_S): {progress.received / 2**20:.1f} MiB in, {rate * 8 / 1e6:.2f} Mbit/s{need}. Over a "
-        f"link this slow submit the scene as a job (POST /jobs: the same upload, not bounded in time), send a smaller "
-        f"or compressed file (a deflate COG), or ask the operator to raise MAPEX_REQUEST_TIMEOUT_S")
+    """The time limit ran out: a 408 while the upload still arrived (its speed, and the ways round), else a 504."""
+    return still_arriving_error(request, limit_s, "submit the scene as a job (POST /jobs: the same upload, not "
+                                                  "bounded in time), send a smaller or compressed file (a deflate COG)") \
+        or RequestTimeoutError(f"the request took longer than {limit_s:g} s (MAPEX_REQUEST_TIMEOUT_S); send a smaller "
+                               f"scene or retry later")
 
 
 def _predict_lane(request: Request, state: ServiceState, reg: Registry,

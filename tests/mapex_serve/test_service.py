@@ -244,6 +244,11 @@ def test_an_upload_slower_than_the_time_limit_gets_408_with_its_speed_and_what_w
     need = float(detail.split("need about ")[1].split(" s")[0])
     assert 2 <= need <= 8, detail  # about 3.7 s at the speed it came
     assert 'status="408"' in httpx.get(f"{s.url}/metrics").text
+    r = httpx.post(f"{s.url}/v2/models/wildfire-swir/infer", content=slowly(), timeout=30,  # the same for tensors
+                   headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(body)),
+                            "Inference-Header-Content-Length": "2"})
+    assert (r.status_code, r.headers["connection"]) == (408, "close"), r.text
+    assert "Mbit/s" in r.json()["detail"] and "send fewer tiles" in r.json()["detail"]
     assert httpx.get(f"{s.url}/healthz").status_code == 200
 
 
