@@ -43,7 +43,8 @@ class Metrics:
                                      "(1: whole, no other decode worker idle)", ["specialist"],
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.large_uploads = Counter(
-            "mapex_large_uploads", "/predict bodies of 4 MiB or more with a Content-Length, by how they were read: "
+            "mapex_large_uploads", "/predict bodies of 4 MiB or more (raw, sent chunked, or multipart with a "
+            "Content-Length), by how they were read: "
             "while_arriving, or once all in because they arrived_first (all in before their header was looked at), "
             "their TIFF directory comes last (directory_last) or they are not_a_tiff", ["read"], registry=r)
 
