@@ -22,7 +22,7 @@ from mapex_serve.inputs import UploadedFile
 
 __all__ = [
     "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTimeoutError",
-    "UploadTooLargeError", "body_progress", "declared_size", "raw_head", "read_upload", "receive", "save_upload",
+    "UploadTooLargeError", "body_chunks", "body_progress", "declared_size", "raw_head", "read_upload", "receive", "save_upload",
     "sent_chunked", "still_arriving_error",
 ]
 
@@ -162,15 +162,17 @@ class _InMemory(io.BytesIO):
         self.data = self.getvalue()
 
 
-async def _bounded(request: Request, ceiling: int, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks as they arrive; refused as soon as they pass ``ceiling`` bytes. A client that leaves
-    mid-upload is a ``ClientGoneError`` (499, counted and logged in a line, not a traceback)."""
+async def body_chunks(request: Request, ceiling: int, limit: int,
+                      too_large: Callable[[int], MapexError] = _too_large) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, its progress kept (``body_progress``); ``too_large(limit)`` as soon as they
+    pass ``ceiling`` bytes. A client that leaves mid-upload is a ``ClientGoneError`` (499, counted and logged in a
+    line, not a traceback)."""
     size, progress = 0, body_progress(request)
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > ceiling:
-                raise _too_large(limit)
+                raise too_large(limit)
             progress.received = size
             yield chunk
         progress.complete = True
@@ -196,7 +198,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if not multipart:
         sink = open_sink(0, RAW_NAME)
         try:
-            async for chunk in _bounded(request, ceiling, limit):
+            async for chunk in body_chunks(request, ceiling, limit):
                 sink.write(chunk)
         finally:
             sink.close()
@@ -208,7 +210,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     parts = _Parts(open_sink)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
-        async for chunk in _bounded(request, ceiling, limit):
+        async for chunk in body_chunks(request, ceiling, limit):
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as e:
@@ -252,7 +254,7 @@ async def raw_head(request: Request, limit: int, size: int) -> tuple[bytes, Asyn
     """A raw body of unknown length: its first ``size`` bytes or a little more (all of it if it is shorter), and the
     rest still to come (None when the body has ended), which the caller must read or close (``aclose``); refused
     (413) as soon as it passes ``limit`` bytes."""
-    chunks = _bounded(request, limit, limit)
+    chunks = body_chunks(request, limit, limit)
     head = bytearray()
     async for chunk in chunks:
         head += chunk

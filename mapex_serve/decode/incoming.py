@@ -65,10 +65,8 @@ class Upload:
     #: A body whose files go into the slab as they arrive, each file's size learnt as it ends (``part_sink``): a
     #: multipart body's file parts, or a raw body sent chunked; ``layout.files`` lists the files that have ended.
     open_ended: bool = False
-    #: Whether the body's size was declared (a Content-Length), not learnt at its end (a raw body sent chunked).
-    size_known: bool = True
-    #: Bytes from the slab's start reserved when it was made: all of its files region, unless the body's size is not
-    #: known (its sink then reserves the pages it writes as it goes, ``_SlabSink``).
+    #: Bytes from the slab's start reserved when it was made, for a body whose size is not known (sent chunked: its
+    #: sink reserves the pages it writes as it goes, ``_SlabSink``); None: the whole files region.
     reserved: int | None = None
     #: Whether the first file (the raw body, a multipart body's first file part) has all arrived.
     first_complete: bool = False
@@ -81,6 +79,11 @@ class Upload:
     _first_name: str = field(default=RAW_NAME, init=False, repr=False)
     _more_files: Callable[[], None] | None = field(default=None, init=False, repr=False)
     _placed: list[tuple[str, int, int]] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def size_known(self) -> bool:
+        """Whether the body's size was declared (a Content-Length): its files region was reserved whole."""
+        return self.reserved is None
 
     @property
     def still_arriving(self) -> bool:

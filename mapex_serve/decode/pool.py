@@ -333,7 +333,7 @@ class DecodePool:
         reserved = min(RESERVE_STEP, layout.files_end) if chunked else None  # the rest as it comes (``Upload.reserved``)
         upload = self._hold(layout, [], reserved)
         _name, offset, size = upload.layout.files[0]
-        upload.open_ended, upload.size_known, upload.region, upload.reserved = True, not chunked, (offset, size), reserved
+        upload.open_ended, upload.region, upload.reserved = True, (offset, size), reserved
         return upload
 
     def _hold(self, layout: Layout, files: list[UploadedFile], reserve: int | None = None) -> Upload:

@@ -35,7 +35,7 @@ from mapex_serve.oip import (
 from mapex_serve.registry import Registry
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
-from mapex_serve.upload import UploadTooLargeError, body_progress, still_arriving_error
+from mapex_serve.upload import UploadTooLargeError, body_chunks, still_arriving_error
 
 __all__ = ["INFER_LANE", "router"]
 
@@ -139,22 +139,17 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
         "little-endian row-major bytes (binary_data_size parameter)")}}}}}
 
 
+def _too_large(limit: int) -> UploadTooLargeError:
+    return UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB (MAPEX_MAX_UPLOAD_MB); "
+                               f"send fewer tiles per request")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes ``limit`` bytes (FastAPI's body parameters have no limit)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB (MAPEX_MAX_UPLOAD_MB); "
-                                  f"send fewer tiles per request")
-    chunks, size, progress = [], 0, body_progress(request)
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLargeError(f"the inference request is larger than {limit / 2**20:g} MiB "
-                                      f"(MAPEX_MAX_UPLOAD_MB); send fewer tiles per request")
-        chunks.append(chunk)
-        progress.received = size
-    progress.complete = True
-    return b"".join(chunks)
+        raise _too_large(limit)
+    return b"".join([chunk async for chunk in body_chunks(request, limit, limit, _too_large)])
 
 
 @router.post("/v2/models/{name}/infer", tags=["open inference protocol"], dependencies=[Depends(authorised)],

@@ -77,6 +77,23 @@ def _large_uploads(url: str) -> dict[str, float]:
             if line.startswith("mapex_large_uploads_total{")}
 
 
+class _Batches:
+    """The engine batches a server runs from now on, polled while a test holds an upload's last bytes back."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self._before, self.seen = url, _batches_run(url), []
+
+    def stalled(self) -> bool:
+        """Batches ran, and no more for 0.5 s (polled every 0.05 s): the rows that have arrived are done."""
+        self.seen.append(self.ran)
+        return self.seen[-1] > 0 and len(self.seen) > 10 and self.seen[-10] == self.seen[-1]
+
+    @property
+    def ran(self) -> float:
+        """Batches run so far, read now."""
+        return _batches_run(self.url) - self._before
+
+
 def _batches_run(url: str) -> float:
     """Engine batches the service has run so far (every specialist)."""
     text = httpx.get(f"{url}/metrics").text
@@ -130,7 +147,7 @@ def scenes(tmp_path_factory) -> dict[str, bytes]:
 
 
 def _reference(server, body: bytes) -> np.ndarray:
-    """The answer to ``body`` sent as a multipart field: it is all in before its worker opens it."""
+    """The answer to ``body`` sent at once as a multipart field (loopback speed), as most clients send it."""
     r = server.post("flood", body)
     assert r.status_code == 200, r.text[:300]
     return server.cog_band(r.content)
@@ -144,20 +161,16 @@ def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_wait
     field, or raw without a Content-Length (chunked: its size learnt at its end)."""
     cog = scenes["cog"]
     body, content_type = (cog, "image/tiff") if sent_as != "multipart" else _multipart([("scene.tif", cog)], {"note": "x"})
-    before = _batches_run(one_worker.url)
+    whole = _Batches(one_worker.url)
     reference = _reference(one_worker, cog)
-    batches = _batches_run(one_worker.url) - before
-    before, seen, counted = _batches_run(one_worker.url), [], _large_uploads(one_worker.url)
-
-    def stalled() -> bool:  # batches ran, and no more for 0.5 s
-        seen.append(_batches_run(one_worker.url) - before)
-        return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
-
-    r = _post_holding_back(one_worker.url, body, stalled, hold=len(cog) // 5, content_type=content_type,
+    batches = whole.ran
+    watch, counted = _Batches(one_worker.url), _large_uploads(one_worker.url)
+    r = _post_holding_back(one_worker.url, body, watch.stalled, hold=len(cog) // 5, content_type=content_type,
                            chunked=sent_as == "chunked")
     assert r.status_code == 200, r.text[:300]
     assert ("content-length" in r.request.headers) == (sent_as != "chunked")
-    assert 0 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while its last fifth was held back"
+    held = watch.seen[-1]
+    assert 0 < held < batches, f"{held} of the scene's {batches} batches ran while its last fifth was held back"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
     assert _large_uploads(one_worker.url)["while_arriving"] == counted["while_arriving"] + 1
 
@@ -179,27 +192,27 @@ def test_a_cog_split_in_parts_runs_each_part_as_its_own_rows_arrive(split_in_two
     cog = _cog(_sar_bands(2, SPLIT_SIZE))
     assert len(cog) >= READ_WHILE_ARRIVING
     reference = _reference(one_worker, cog)
-    before = _batches_run(split_in_two.url)
+    count = _Batches(split_in_two.url)
     whole = httpx.post(f"{split_in_two.url}/predict/flood", content=cog, timeout=120,
                        headers={"Content-Type": "image/tiff"})
     assert whole.status_code == 200, whole.text[:300]
     np.testing.assert_array_equal(split_in_two.cog_band(whole.content), reference)
-    batches = _batches_run(split_in_two.url) - before
+    batches = count.ran
     split = "runs in 2 parts on the decode workers: rows 0-748, 748-1500"
     splits = split_in_two.log.count(split)
     assert splits >= 1
-    before, seen, split_meanwhile = _batches_run(split_in_two.url), [], []
+    watch, split_meanwhile = _Batches(split_in_two.url), []
 
-    def stalled() -> bool:  # batches ran, and no more for 0.5 s
-        seen.append(_batches_run(split_in_two.url) - before)
+    def stalled() -> bool:
         split_meanwhile.append(split_in_two.log.count(split))
-        return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
+        return watch.stalled()
 
     r = _post_holding_back(split_in_two.url, cog, stalled, hold=len(cog) // 5)
     assert r.status_code == 200, r.text[:300]
     assert split_meanwhile[-1] == splits + 1, "the scene was not split while its last fifth was held back"
     # the upper part (rows 0-748: half the tile rows) is all in: more than its batches ran; not the lower part's all
-    assert batches / 2 < seen[-1] < batches, f"{seen[-1]} of the scene's {batches} batches ran while held back"
+    held = watch.seen[-1]
+    assert batches / 2 < held < batches, f"{held} of the scene's {batches} batches ran while held back"
     np.testing.assert_array_equal(split_in_two.cog_band(r.content), reference)
     assert _holding(split_in_two.url) == 0
 
@@ -260,15 +273,10 @@ def test_tiffs_laid_out_as_gdal_writes_them_are_read_as_they_arrive_and_answer_a
     body = _written_by_gdal(_sar_bands(5), tmp_path, **LAYOUTS[layout])
     assert len(body) >= READ_WHILE_ARRIVING
     reference = _reference(in_process, body)
-    before, seen = _batches_run(one_worker.url), []
-
-    def stalled() -> bool:  # no more batches for 0.5 s
-        seen.append(_batches_run(one_worker.url) - before)
-        return len(seen) > 10 and seen[-10] == seen[-1]
-
-    r = _post_holding_back(one_worker.url, body, stalled, hold=len(body) // 5)
+    watch = _Batches(one_worker.url)
+    r = _post_holding_back(one_worker.url, body, watch.stalled, hold=len(body) // 5)
     assert r.status_code == 200, r.text[:300]
-    assert seen[-1] > 0, "no batch ran before the last fifth arrived"
+    assert watch.seen[-1] > 0, "no batch ran before the last fifth arrived"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
 
 
@@ -313,11 +321,11 @@ def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_work
 def test_a_tiff_whose_directory_comes_last_is_read_once_it_has_all_arrived(one_worker, scenes):
     body = scenes["directory last"]
     reference = _reference(one_worker, body)
-    before, held, ran = _batches_run(one_worker.url), time.monotonic(), []
+    watch, held, ran = _Batches(one_worker.url), time.monotonic(), []
     counted = _large_uploads(one_worker.url)
 
     def held_long_enough() -> bool:
-        ran.append(_batches_run(one_worker.url) - before)
+        ran.append(watch.ran)
         return time.monotonic() - held > 1.5
 
     r = _post_holding_back(one_worker.url, body, held_long_enough, hold=100_000)
@@ -340,21 +348,15 @@ def test_values_that_do_not_fit_their_units_are_refused_once_the_upload_is_in_no
     """Its last fifth held back until its batches stop: the check runs as soon as the rest is in, and the 422 comes
     before the engine has run the rows it had not reached (it used to run them all, then refuse the scene)."""
     body = _cog(np.abs(_sar_bands(1) / 40))  # linear power taken as dB
-    before = _batches_run(one_worker.url)
     whole = httpx.post(f"{one_worker.url}/predict/flood", content=body, timeout=120,
                        headers={"Content-Type": "image/tiff"})
     assert whole.status_code == 422
-    before, seen = _batches_run(one_worker.url), []
-
-    def stalled() -> bool:
-        seen.append(_batches_run(one_worker.url) - before)
-        return seen[-1] > 0 and len(seen) > 10 and seen[-10] == seen[-1]
-
-    r = _post_holding_back(one_worker.url, body, stalled, hold=len(body) // 5)
+    watch = _Batches(one_worker.url)
+    r = _post_holding_back(one_worker.url, body, watch.stalled, hold=len(body) // 5)
     assert r.status_code == 422 and r.json()["detail"] == whole.json()["detail"], r.text[:300]
-    ran = _batches_run(one_worker.url) - before
+    ran, held = watch.ran, watch.seen[-1]
     scene = -(-len(tile_grid(SIZE, SIZE, 32, overlap_for(32))) // 32)  # its batches of 32 tiles
-    assert 0 < seen[-1] <= ran < scene - 5, f"{ran} of the scene's {scene} batches ran ({seen[-1]} before the rest)"
+    assert 0 < held <= ran < scene - 5, f"{ran} of the scene's {scene} batches ran ({held} before the rest)"
     assert _holding(one_worker.url) == 0
 
 
@@ -365,10 +367,10 @@ def test_a_worker_killed_while_the_upload_arrives_loses_no_request(start_server,
     body = scenes["cog"]
     reference = _reference(s, body)
     [victim] = decode_workers(s.pid)
-    before, killed = _batches_run(s.url), []
+    watch, killed = _Batches(s.url), []
 
     def kill_once_batches_ran() -> bool:
-        if not killed and _batches_run(s.url) > before:
+        if not killed and watch.ran > 0:
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
         return bool(killed)
@@ -387,10 +389,10 @@ def test_sigterm_while_a_scene_arrives_answers_it_before_the_server_exits(start_
     s = start_server(built_repo, MAPEX_DECODE_WORKERS="1")
     body = scenes["cog"]
     reference = _reference(s, body)
-    before, signalled = _batches_run(s.url), []
+    watch, signalled = _Batches(s.url), []
 
     def signal_once_batches_ran() -> bool:
-        if not signalled and _batches_run(s.url) > before:
+        if not signalled and watch.ran > 0:
             s.proc.send_signal(signal.SIGTERM)
             signalled.append(time.monotonic())
         return bool(signalled) and time.monotonic() - signalled[0] > 1.0
