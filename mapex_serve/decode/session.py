@@ -17,9 +17,10 @@ start) and opens one session a part on other workers (``OpenRequest.part``). Eac
 ``finish`` answers with what it counted (``PartDone``); ``encode`` then has the first session
 answer for the scene.
 
-A raw TIFF whose directories come first may still be arriving when its session opens
-(``OpenRequest.arrived``): the session then waits for the bytes each read needs (``decode.arriving``),
-runs whole, and checks the values against their units at ``finish``, once every row was read.
+A TIFF whose directories come first may still be arriving when its session opens
+(``OpenRequest.arrived``): the session (each part's, when split) then waits for the bytes each read
+needs (``decode.arriving``), and the first checks the values against their units once the last byte
+is in (``step``; ``finish`` if its rows ran out first).
 """
 
 from __future__ import annotations
