@@ -45,6 +45,19 @@ class Reservation:
     budget: MemoryBudget | None
     nbytes: int
 
+    def grow(self, nbytes: int, what: str) -> None:
+        """Hold ``nbytes`` more (an upload arriving into memory): ``MemoryBudgetError`` (503) when the requests in flight
+        leave no room; nothing is held then beyond what was."""
+        if self.budget is None:
+            return
+        budget, mib = self.budget, 2**20
+        if budget.used + nbytes > budget.limit:
+            raise MemoryBudgetError(
+                f"the requests in flight hold {budget.used / mib:,.0f} of {budget.limit / mib:,.0f} MiB "
+                f"(MAPEX_MEMORY_BUDGET_MB), {(self.nbytes + nbytes) / mib:,.1f} MiB of them {what}; retry shortly")
+        budget.used += nbytes
+        self.nbytes += nbytes
+
     def release(self) -> None:
         if self.budget is not None:
             self.budget.used -= self.nbytes

@@ -42,6 +42,9 @@ class Metrics:
         self.scene_parts = Histogram("mapex_scene_parts", "Parts a /predict mask scene large enough to split ran in "
                                      "(1: whole, no other decode worker idle)", ["specialist"],
                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.memory_budget_used = Gauge(
+            "mapex_memory_budget_used_bytes", "Bytes of MAPEX_MEMORY_BUDGET_MB the requests in flight hold (scenes' "
+            "outputs and batches, uploads received into memory); near the budget, requests get 503", registry=r)
         self.large_uploads = Counter(
             "mapex_large_uploads", "/predict bodies of 4 MiB or more (raw, sent chunked, or multipart with a "
             "Content-Length), by how they were read: "

@@ -35,6 +35,7 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.budget = MemoryBudget(int(self.settings.memory_budget_mb * 2**20))
+        self.metrics.memory_budget_used.set_function(lambda: self.budget.used)
 
     @property
     def ready(self) -> bool:

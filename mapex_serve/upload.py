@@ -152,11 +152,16 @@ class _Parts:
 
 
 class _InMemory(io.BytesIO):
-    """A part held in memory; ``close`` keeps the bytes (they are read after the body ends)."""
+    """A part held in memory, each chunk ``hold``-ed first (``Reservation.grow``: the service's memory budget);
+    ``close`` keeps the bytes (they are read after the body ends)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hold: Callable[[int], None]) -> None:
         super().__init__()
-        self.name = name
+        self.name, self._hold = name, hold
+
+    def write(self, data: bytes, /) -> int:
+        self._hold(len(data))
+        return super().write(data)
 
     def close(self) -> None:
         self.data = self.getvalue()
@@ -263,9 +268,10 @@ async def raw_head(request: Request, limit: int, size: int) -> tuple[bytes, Asyn
     return bytes(head), None
 
 
-async def read_upload(request: Request, limit: int) -> list[UploadedFile]:
-    """The uploaded files (every ``file`` part, in order), in memory."""
-    sinks = await receive(request, limit, lambda _i, name: _InMemory(name))
+async def read_upload(request: Request, limit: int, hold: Callable[[int], None] = lambda _n: None
+                      ) -> list[UploadedFile]:
+    """The uploaded files (every ``file`` part, in order), in memory, each chunk ``hold``-ed as it arrives."""
+    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold))
     files = [UploadedFile(s.name, s.data) for s in sinks]
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)

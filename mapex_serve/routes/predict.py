@@ -6,13 +6,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Annotated, TypeVar, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from mapex_serve.budget import Reservation
 from mapex_serve.decode.incoming import Upload
 from mapex_serve.decode.pool import DecodePool, NoRoomForTilesError
 from mapex_serve.decode.slab import SlabSpaceError
@@ -69,44 +71,53 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
     settings = state.settings
     band_list = bands.split(",") if bands else None
     accept = request.headers.get("accept", "")
-    got = await _receive(request, state, [m.name for m in manifests])
-    if isinstance(got, Upload):
-        upload = got
-        work = asyncio.ensure_future(state.decode.predict(
-            upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
-            overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
-            format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
-        try:
-            if upload.arriving is not None:
-                await _arrival(upload.arriving, work)
-            encoded = await _unless_client_leaves(request, work)
-            return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
-        except NoRoomForTilesError as e:  # shared memory filled up after the upload arrived: decoded here
-            _no_room(e)
-            got = e.files
-        finally:
-            if upload.still_arriving:  # cancelled (its time limit) while the body arrived: stop writing to the slab
-                upload.arriving.cancel()
-                await asyncio.gather(upload.arriving, return_exceptions=True)
-            upload.discard()  # also when the request was cancelled before its work began
-    work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
-                                         modality=modality, max_pixels=settings.max_pixels,
-                                         max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
-    del got  # encoding needs the prediction only: the upload's bytes can go first
-    result = await _unless_client_leaves(request, work)
+    held = Reservation(state.budget, 0)  # the upload's bytes while this process holds them in memory
     try:
-        provider = state.registry.specialists[result.route.manifest.name].engine.provider
-        encoded = await run_in_threadpool(encode, result, format, accept, provider)
-        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+        got = await _receive(request, state, [m.name for m in manifests], held)
+        if isinstance(got, Upload):
+            upload = got
+            work = asyncio.ensure_future(state.decode.predict(
+                upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
+                overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
+                format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
+            try:
+                if upload.arriving is not None:
+                    await _arrival(upload.arriving, work)
+                encoded = await _unless_client_leaves(request, work)
+                return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+            except NoRoomForTilesError as e:  # shared memory filled up after the upload arrived: decoded here
+                _no_room(e)
+                got = e.files
+            finally:
+                if upload.still_arriving:  # cancelled (its time limit) while the body arrived: stop writing to the slab
+                    upload.arriving.cancel()
+                    await asyncio.gather(upload.arriving, return_exceptions=True)
+                upload.discard()  # also when the request was cancelled before its work began
+        work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
+                                             modality=modality, max_pixels=settings.max_pixels,
+                                             max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
+        del got  # encoding needs the prediction only: the upload's bytes can go first
+        result = await _unless_client_leaves(request, work)
+        try:
+            provider = state.registry.specialists[result.route.manifest.name].engine.provider
+            encoded = await run_in_threadpool(encode, result, format, accept, provider)
+            return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+        finally:
+            result.reservation.release()
     finally:
-        result.reservation.release()
+        held.release()
 
 
-async def _receive(request: Request, state: ServiceState, specialists: list[str]) -> Upload | list[UploadedFile]:
+async def _receive(request: Request, state: ServiceState, specialists: list[str],
+                   held: Reservation) -> Upload | list[UploadedFile]:
     """The upload in a decode worker's slab (a raw body streams straight there), or in memory for this process.
 
-    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small).
+    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body
+    received into memory (a multipart one without a Content-Length, a small multipart one, any without workers) is
+    ``held`` against the memory budget as it arrives: concurrent uploads of the largest accepted size would
+    otherwise hold as many copies in the service, unbounded (503 with Retry-After once the budget is full).
     """
+    hold = partial(held.grow, what=_HELD)
     settings, pool = state.settings, state.decode
     limit = int(settings.max_upload_mb * 2**20)
     multipart, size = declared_size(request) or (False, 0)
@@ -125,10 +136,13 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload = pool.prepare_parts(limit, specialists, settings.max_batch, chunked=True)
             except SlabSpaceError as e:
                 _no_room(e)
-                head = b"".join([head, *[chunk async for chunk in rest]])  # in memory, as a body read whole
+                rest = _held(rest, hold)  # in memory, as a body read whole
             else:
                 upload.arriving = asyncio.ensure_future(upload.arrive(head, rest))
                 return upload
+        hold(len(head))
+        if rest is not None:
+            head = b"".join([head, *[chunk async for chunk in rest]])
         return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, settings.max_batch)
     if pool is not None and not multipart and 0 < size <= limit:
         try:
@@ -145,10 +159,24 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload.discard()
                 raise
             return upload
-    files = await read_upload(request, limit)
+    files = await read_upload(request, limit, hold)
     if pool is None:
         return files
     return _prepared(pool, files, specialists, settings.max_batch)
+
+
+#: What ``Reservation.grow``'s 503 says the body's bytes are.
+_HELD = "by this upload received into memory (sent without a Content-Length; curl -F sends one)"
+
+
+async def _held(chunks: AsyncIterator[bytes], hold: Callable[[int], None]) -> AsyncIterator[bytes]:
+    """``chunks``, each ``hold``-ed before it is passed on; closed with the iterator."""
+    try:
+        async for chunk in chunks:
+            hold(len(chunk))
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 def _prepared(pool: DecodePool, files: list[UploadedFile], specialists: list[str],

@@ -1,6 +1,6 @@
 import pytest
 
-from mapex_serve.budget import MemoryBudget, MemoryBudgetError, OverBudgetError, request_bytes
+from mapex_serve.budget import MemoryBudget, MemoryBudgetError, OverBudgetError, Reservation, request_bytes
 
 MIB = 2**20
 
@@ -35,3 +35,24 @@ def test_reservations_admit_up_to_the_budget_and_release_once():
 def test_a_scene_larger_than_the_whole_budget_is_413_not_503():
     with pytest.raises(OverBudgetError, match="more than the whole memory budget of 10 MiB"):
         MemoryBudget(10 * MIB).reserve(11 * MIB, "this scene")
+
+
+def test_a_held_upload_grows_until_the_budget_is_full_and_then_holds_no_more():
+    """An upload received into memory holds its bytes as they arrive (``Reservation.grow``): past the budget a 503
+    naming what holds it, nothing more held, and its release gives back all it held."""
+    budget = MemoryBudget(10 * MIB)
+    scene = budget.reserve(4 * MIB, "a scene")
+    upload = Reservation(budget, 0)
+    for _ in range(6):
+        upload.grow(MIB, "by this upload")
+    assert budget.used == 10 * MIB and upload.nbytes == 6 * MIB
+    with pytest.raises(MemoryBudgetError, match=r"hold 10 of 10 MiB \(MAPEX_MEMORY_BUDGET_MB\), 7.0 MiB of them by this"):
+        upload.grow(MIB, "by this upload")
+    assert budget.used == 10 * MIB and upload.nbytes == 6 * MIB
+    upload.release()
+    upload.release()
+    assert budget.used == 4 * MIB
+    scene.release()
+    unbudgeted = Reservation(None, 0)
+    unbudgeted.grow(100 * MIB, "anything")  # no budget (a request outside the service): nothing to hold
+    assert budget.used == 0

@@ -5,7 +5,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -273,6 +276,57 @@ def constant_rgb(width: int, height: int, **layout) -> bytes:
             for _, window in dst.block_windows(1):
                 dst.write(np.full((3, window.height, window.width), 1000, np.uint16), window=window)
         return mem.read()
+
+
+def _budget_used(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("mapex_memory_budget_used_bytes "))
+
+
+@pytest.mark.parametrize("sent_as", ["multipart without a Content-Length", "raw, no decode workers"])
+def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo, start_server, sent_as):
+    """A body the service must collect in its own memory (a multipart one sent chunked, any without decode workers)
+    holds MAPEX_MEMORY_BUDGET_MB as it arrives: two 7 MiB uploads still arriving hold 14 of 16 MiB, a third is
+    refused with 503 and Retry-After once it passes the rest (before: as many 200 MiB copies as clients sent), the
+    two are answered once in, and the budget is free again after them."""
+    env = {"MAPEX_DECODE_WORKERS": "0"} if sent_as.startswith("raw") else {}
+    s = start_server(built_repo, MAPEX_MEMORY_BUDGET_MB="16", MAPEX_MAX_UPLOAD_MB="12", **env)
+    mib, go_on = 2**20, threading.Event()
+    data = np.random.default_rng(0).bytes(7 * mib)  # not a raster: each upload that is read gets a 400
+    if env:
+        body, headers = data, {"Content-Type": "image/tiff", "Content-Length": str(len(data))}
+    else:
+        boundary = "held-boundary"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.tif"\r\n\r\n'.encode()
+                + data + f"\r\n--{boundary}--\r\n".encode())
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}  # no length: sent chunked
+
+    def post(hold_last: int) -> httpx.Response:
+        """The body in pieces (a generator: no Content-Length unless ``headers`` has one), its last ``hold_last``
+        bytes once ``go_on`` is set."""
+        def pieces():
+            for at in range(0, len(body) - hold_last, mib):
+                yield body[at:min(at + mib, len(body) - hold_last)]
+            if hold_last:
+                go_on.wait(30)
+                yield body[len(body) - hold_last:]
+        return httpx.post(f"{s.url}/predict/flood", content=pieces(), headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(post, 64) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while _budget_used(s.url) < 13 * mib and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _budget_used(s.url) >= 13 * mib  # all but the last bytes of each
+        third = post(0)
+        go_on.set()
+        answers = [h.result() for h in held]
+    assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text[:300]
+    assert "MAPEX_MEMORY_BUDGET_MB" in third.json()["detail"] and "Content-Length" in third.json()["detail"]
+    assert [a.status_code for a in answers] == [400, 400], [a.text[:200] for a in answers]
+    assert _budget_used(s.url) == 0
+    assert post(0).status_code == 400  # room again
 
 
 def test_memory_is_budgeted_before_it_is_allocated_at_the_default_pixel_limit(built_repo, start_server, tmp_path):
