@@ -74,12 +74,14 @@ class MemoryBudget:
     def available(self) -> int:
         return max(self.limit - self.used, 0)
 
-    def reserve(self, nbytes: int, what: str) -> Reservation:
+    def reserve(self, nbytes: int, what: str, fix: str = "crop or split the scene") -> Reservation:
+        """``nbytes`` held for ``what`` until released: 503 when the requests in flight leave no room, 413 (saying
+        ``fix``) when the whole budget has none."""
         mib = 2**20
         if nbytes > self.limit:
             raise OverBudgetError(
-                f"{what} needs about {nbytes / mib:,.0f} MiB to blend and encode, more than the whole memory budget "
-                f"of {self.limit / mib:,.0f} MiB (MAPEX_MEMORY_BUDGET_MB): crop or split the scene"
+                f"{what} needs about {nbytes / mib:,.0f} MiB, more than the whole memory budget "
+                f"of {self.limit / mib:,.0f} MiB (MAPEX_MEMORY_BUDGET_MB): {fix}"
             )
         if self.used + nbytes > self.limit:
             raise MemoryBudgetError(

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mapex_serve import __version__
+from mapex_serve.budget import Reservation
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, RequestTimeoutError, UnknownModelError
 from mapex_serve.http_errors import error_headers, status_of
@@ -144,12 +145,17 @@ def _too_large(limit: int) -> UploadTooLargeError:
                                f"send fewer tiles per request")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it passes ``limit`` bytes (FastAPI's body parameters have no limit)."""
+async def _read_body(request: Request, limit: int, held: Reservation) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes (FastAPI's body parameters have no limit), each
+    chunk ``held`` against the memory budget as it arrives (``Reservation.grow``: 503 once the budget is full)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    return b"".join([chunk async for chunk in body_chunks(request, limit, limit, _too_large)])
+    chunks = []
+    async for chunk in body_chunks(request, limit, limit, _too_large):
+        held.grow(len(chunk), "by this inference request's body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @router.post("/v2/models/{name}/infer", tags=["open inference protocol"], dependencies=[Depends(authorised)],
@@ -175,12 +181,17 @@ async def v2_infer(name: str, request: Request, reg: Ready,
 
 async def _infer(s: Any, name: str, request: Request, state: ServiceState) -> Response:
     limit = int(state.settings.max_upload_mb * 2**20)
-    raw = decode_content(await _read_body(request, limit), request.headers.get("content-encoding"), limit)
+    held = Reservation(state.budget, 0)
+    try:
+        raw = decode_content(await _read_body(request, limit, held), request.headers.get("content-encoding"), limit)
+    finally:
+        held.release()  # the reservation below counts the body's copies
     header_length = request.headers.get(HEADER_LENGTH)
     json_bytes = int(header_length) if header_length and header_length.isdigit() else len(raw)
     # A JSON list of floats costs ~8x its text as Python objects; binary tensors are copied about three times.
     nbytes = 8 * min(json_bytes, len(raw)) + 3 * max(len(raw) - json_bytes, 0)
-    reservation = state.budget.reserve(nbytes, f"this {len(raw) / 2**20:.1f} MiB inference request")
+    reservation = state.budget.reserve(nbytes, f"this {len(raw) / 2**20:.1f} MiB inference request",
+                                       "send fewer tiles per request")
     try:
         m = s.manifest
         io = ModelIO(m.input.name, tuple(m.input.shape[1:]), np.dtype(m.input.dtype), m.output.name)

@@ -88,6 +88,7 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
             except NoRoomForTilesError as e:  # shared memory filled up after the upload arrived: decoded here
                 _no_room(e)
                 got = e.files
+                held.grow(sum(len(f.data) for f in got), _HELD)
             finally:
                 if upload.still_arriving:  # cancelled (its time limit) while the body arrived: stop writing to the slab
                     upload.arriving.cancel()
@@ -166,7 +167,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
 
 
 #: What ``Reservation.grow``'s 503 says the body's bytes are.
-_HELD = "by this upload received into memory (sent without a Content-Length; curl -F sends one)"
+_HELD = "by this upload, received into the service's memory"
 
 
 async def _held(chunks: AsyncIterator[bytes], hold: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -284,18 +284,23 @@ def _budget_used(url: str) -> float:
                 if line.startswith("mapex_memory_budget_used_bytes "))
 
 
-@pytest.mark.parametrize("sent_as", ["multipart without a Content-Length", "raw, no decode workers"])
+@pytest.mark.parametrize("sent_as", ["multipart without a Content-Length", "raw, no decode workers",
+                                     "binary /v2 infer"])
 def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo, start_server, sent_as):
-    """A body the service must collect in its own memory (a multipart one sent chunked, any without decode workers)
-    holds MAPEX_MEMORY_BUDGET_MB as it arrives: two 7 MiB uploads still arriving hold 14 of 16 MiB, a third is
-    refused with 503 and Retry-After once it passes the rest (before: as many 200 MiB copies as clients sent), the
-    two are answered once in, and the budget is free again after them."""
+    """A body the service must collect in its own memory (a multipart one sent chunked, any without decode workers,
+    an inference request's) holds MAPEX_MEMORY_BUDGET_MB as it arrives: two 7 MiB bodies still arriving hold 14 of
+    16 MiB, a third is refused with 503 and Retry-After once it passes the rest (before: as many 200 MiB copies as
+    clients sent), the two are answered once in, and the budget is free again after them."""
     env = {"MAPEX_DECODE_WORKERS": "0"} if sent_as.startswith("raw") else {}
     s = start_server(built_repo, MAPEX_MEMORY_BUDGET_MB="16", MAPEX_MAX_UPLOAD_MB="12", **env)
-    mib, go_on = 2**20, threading.Event()
-    data = np.random.default_rng(0).bytes(7 * mib)  # not a raster: each upload that is read gets a 400
+    mib, go_on, path = 2**20, threading.Event(), "/predict/flood"
+    data = np.random.default_rng(0).bytes(7 * mib)  # neither a raster nor tensors: each body that is read gets a 400
     if env:
         body, headers = data, {"Content-Type": "image/tiff", "Content-Length": str(len(data))}
+    elif sent_as.startswith("binary"):
+        body, path = data, "/v2/models/flood-sar/infer"
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "16",
+                   "Content-Length": str(len(data))}
     else:
         boundary = "held-boundary"
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.tif"\r\n\r\n'.encode()
@@ -311,7 +316,7 @@ def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo,
             if hold_last:
                 go_on.wait(30)
                 yield body[len(body) - hold_last:]
-        return httpx.post(f"{s.url}/predict/flood", content=pieces(), headers=headers, timeout=60)
+        return httpx.post(f"{s.url}{path}", content=pieces(), headers=headers, timeout=60)
 
     with ThreadPoolExecutor(2) as pool:
         held = [pool.submit(post, 64) for _ in range(2)]
@@ -323,10 +328,13 @@ def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo,
         go_on.set()
         answers = [h.result() for h in held]
     assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text[:300]
-    assert "MAPEX_MEMORY_BUDGET_MB" in third.json()["detail"] and "Content-Length" in third.json()["detail"]
-    assert [a.status_code for a in answers] == [400, 400], [a.text[:200] for a in answers]
+    detail = third.json()["detail"]
+    assert "MAPEX_MEMORY_BUDGET_MB" in detail and ("inference" if sent_as.startswith("binary") else "upload") in detail
+    # Read whole, each is answered: not a raster (400), or tensors that would need more than the budget (413).
+    answered = 413 if sent_as.startswith("binary") else 400
+    assert [a.status_code for a in answers] == [answered] * 2, [a.text[:200] for a in answers]
     assert _budget_used(s.url) == 0
-    assert post(0).status_code == 400  # room again
+    assert post(0).status_code == answered  # room again
 
 
 def test_memory_is_budgeted_before_it_is_allocated_at_the_default_pixel_limit(built_repo, start_server, tmp_path):
