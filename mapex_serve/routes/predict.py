@@ -115,8 +115,9 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
 
     Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body
     received into memory (a multipart one without a Content-Length, a small multipart one, any without workers) is
-    ``held`` against the memory budget as it arrives: concurrent uploads of the largest accepted size would
-    otherwise hold as many copies in the service, unbounded (503 with Retry-After once the budget is full).
+    ``held`` against the memory budget as it arrives, until the request ends (also once copied to a slab: simpler,
+    and a little more than it holds): concurrent uploads of the largest accepted size would otherwise hold as many
+    copies in the service, unbounded (503 with Retry-After once the budget is full).
     """
     hold = partial(held.grow, what=_HELD)
     settings, pool = state.settings, state.decode
