@@ -138,7 +138,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload = pool.prepare_parts(limit, specialists, settings.max_batch, chunked=True)
             except SlabSpaceError as e:
                 _no_room(e)
-                rest = _held(rest, hold)  # in memory, as a body read whole
+                rest = _holding(rest, hold)  # in memory, as a body read whole
             else:
                 upload.arriving = asyncio.ensure_future(upload.arrive(head, rest))
                 return upload
@@ -171,7 +171,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
 _HELD = "by this upload, received into the service's memory"
 
 
-async def _held(chunks: AsyncIterator[bytes], hold: Callable[[int], None]) -> AsyncIterator[bytes]:
+async def _holding(chunks: AsyncIterator[bytes], hold: Callable[[int], None]) -> AsyncIterator[bytes]:
     """``chunks``, each ``hold``-ed before it is passed on; closed with the iterator."""
     try:
         async for chunk in chunks:
