@@ -59,9 +59,10 @@ class Reservation:
         self.nbytes += nbytes
 
     def release(self) -> None:
+        """Give back all it holds (idempotent); it may ``grow`` again after."""
         if self.budget is not None:
             self.budget.used -= self.nbytes
-            self.budget = None
+        self.nbytes = 0
 
 
 class MemoryBudget:

@@ -46,8 +46,8 @@ class Metrics:
             "mapex_memory_budget_used_bytes", "Bytes of MAPEX_MEMORY_BUDGET_MB the requests in flight hold (scenes' "
             "outputs and batches, uploads received into memory); near the budget, requests get 503", registry=r)
         self.large_uploads = Counter(
-            "mapex_large_uploads", "/predict bodies of 4 MiB or more (raw, sent chunked, or multipart with a "
-            "Content-Length), by how they were read: "
+            "mapex_large_uploads", "/predict bodies of 4 MiB or more (raw or multipart, with a Content-Length or sent "
+            "chunked), by how they were read: "
             "while_arriving, or once all in because they arrived_first (all in before their header was looked at), "
             "their TIFF directory comes last (directory_last) or they are not_a_tiff", ["read"], registry=r)
 

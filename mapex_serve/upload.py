@@ -11,7 +11,7 @@ import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -21,15 +21,15 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTimeoutError",
-    "UploadTooLargeError", "body_chunks", "body_progress", "declared_size", "raw_head", "read_upload", "receive", "save_upload",
-    "sent_chunked", "still_arriving_error",
+    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTimeoutError",
+    "UploadTooLargeError", "body_chunks", "body_head", "body_progress", "declared_size", "read_upload", "receive",
+    "resumed", "save_upload", "sent_chunked", "still_arriving_error",
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
 #: The file name a raw body gets (multipart parts bring their own).
 RAW_NAME = "upload.tif"
-_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
+MULTIPART_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
 _PROGRESS = "mapex.body"  # the scope's key of a request's BodyProgress
 _MAX_PARTS = 64
 
@@ -185,8 +185,10 @@ async def body_chunks(request: Request, ceiling: int, limit: int,
         raise ClientGoneError(f"the client closed the connection after {size:,} bytes of its upload") from None
 
 
-async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink]) -> list[Sink]:
-    """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes."""
+async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink],
+                  chunks: AsyncIterator[bytes] | None = None) -> list[Sink]:
+    """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes.
+    ``chunks``: the body's, from its start, when the caller began to read it (``resumed``)."""
     content_type = request.headers.get("content-type", "")
     media, options = parse_options_header(content_type)
     media = media.decode("latin-1").lower()
@@ -196,14 +198,16 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
             f"field named 'file', or as the raw body with Content-Type: image/tiff"
         )
     multipart = media == "multipart/form-data"
-    ceiling = limit + (_FRAMING if multipart else 0)
+    ceiling = limit + (MULTIPART_FRAMING if multipart else 0)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(limit)
+    if chunks is None:
+        chunks = body_chunks(request, ceiling, limit)
     if not multipart:
         sink = open_sink(0, RAW_NAME)
         try:
-            async for chunk in body_chunks(request, ceiling, limit):
+            async for chunk in chunks:
                 sink.write(chunk)
         finally:
             sink.close()
@@ -215,7 +219,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     parts = _Parts(open_sink)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
-        async for chunk in body_chunks(request, ceiling, limit):
+        async for chunk in chunks:
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as e:
@@ -247,31 +251,47 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
     return None
 
 
-def sent_chunked(request: Request) -> bool:
-    """A raw image body without a Content-Length (sent chunked): its size is known only once it has all arrived."""
+def sent_chunked(request: Request) -> Literal["raw", "multipart"] | None:
+    """How a body without a Content-Length (sent chunked) is framed: a raw image, or multipart; None for one with a
+    Content-Length (or of a type not accepted). Its size is known only once it has all arrived."""
     if "content-length" in request.headers:  # nearly every request: no second parse of its type
-        return False
+        return None
     media, _ = parse_options_header(request.headers.get("content-type", ""))
-    return media.decode("latin-1").lower() in RAW_TYPES
+    media = media.decode("latin-1").lower()
+    return "raw" if media in RAW_TYPES else "multipart" if media == "multipart/form-data" else None
 
 
-async def raw_head(request: Request, limit: int, size: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
-    """A raw body of unknown length: its first ``size`` bytes or a little more (all of it if it is shorter), and the
-    rest still to come (None when the body has ended), which the caller must read or close (``aclose``); refused
-    (413) as soon as it passes ``limit`` bytes."""
-    chunks = body_chunks(request, limit, limit)
+async def body_head(request: Request, limit: int, size: int, hold: Callable[[int], None], *,
+                    multipart: bool = False) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """A body of unknown length: its first ``size`` bytes or a little more (all of it if it is shorter), each chunk
+    ``hold``-ed as it arrives, and the rest still to come (None when the body has ended), which the caller must read
+    or close (``aclose``); refused (413) as soon as it passes ``limit`` bytes (and a multipart body's framing)."""
+    chunks = body_chunks(request, limit + (MULTIPART_FRAMING if multipart else 0), limit)
     head = bytearray()
     async for chunk in chunks:
+        hold(len(chunk))
         head += chunk
         if len(head) >= size:
             return bytes(head), chunks
     return bytes(head), None
 
 
-async def read_upload(request: Request, limit: int, hold: Callable[[int], None] = lambda _n: None
-                      ) -> list[UploadedFile]:
-    """The uploaded files (every ``file`` part, in order), in memory, each chunk ``hold``-ed as it arrives."""
-    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold))
+async def resumed(head: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
+    """A body's chunks from its start again: the ``head`` read already (``body_head``), then the ``rest``."""
+    yield head
+    if rest is not None:
+        try:
+            async for chunk in rest:
+                yield chunk
+        finally:
+            await rest.aclose()
+
+
+async def read_upload(request: Request, limit: int, hold: Callable[[int], None] = lambda _n: None,
+                      chunks: AsyncIterator[bytes] | None = None) -> list[UploadedFile]:
+    """The uploaded files (every ``file`` part, in order), in memory, each chunk ``hold``-ed as it arrives
+    (``chunks``: as ``receive``)."""
+    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold), chunks)
     files = [UploadedFile(s.name, s.data) for s in sinks]
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)

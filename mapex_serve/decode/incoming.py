@@ -187,7 +187,25 @@ class Upload:
             if index == 0:
                 self._arrive(size, complete=True)
 
-        return _SlabSink(self.slab, at, start + room - at, arrived, ended, self.reserved)
+        return _SlabSink(self.slab, at, start + room - at, arrived, ended,
+                         None if self.size_known else self._reserve_until)
+
+    def _reserve_until(self, end: int) -> None:
+        """The slab's pages reserved up to ``end`` at least, ``RESERVE_STEP`` at a time (a body of unknown size: its
+        sinks reserve as they write, so that a full tmpfs refuses it, 503, instead of a write into the mapping
+        killing the service with SIGBUS)."""
+        if self.reserved is None or end <= self.reserved:
+            return
+        start, room = self.region
+        step = min(max(RESERVE_STEP, end - self.reserved), start + room - self.reserved)
+        try:
+            self.slab.reserve([(self.reserved, step)])
+        except SlabSpaceError as e:
+            raise NoRoomToReceiveError(
+                f"the service's shared memory has no room for the rest of this upload ({e}); retry shortly, or send "
+                f"it with its size (a Content-Length, as curl -F file=@scene.tif or --data-binary @scene.tif do), "
+                f"whose room is set aside first") from None
+        self.reserved += step
 
     def discard(self) -> None:
         """Let go of the slab (idempotent): the request is over, answered or not; once the body has stopped arriving
@@ -203,36 +221,23 @@ class Upload:
 
 class _SlabSink:
     """A raw body, or a file part of a multipart one, written into its place in the slab as it arrives (the HTTP
-    server holds a body to its Content-Length; the parts of a body fit in it). ``reserved``: where the slab's
-    reserved pages end, when they do not cover the room (a body of unknown size): the sink reserves more as it
-    writes, ``RESERVE_STEP`` at a time, so that a full tmpfs refuses the body (503) instead of a write into the
-    mapping killing the service (SIGBUS)."""
+    server holds a body to its Content-Length; the parts of a body fit in it). ``reserve(end)``: for a body of
+    unknown size, whose slab's pages are reserved as it is written (``Upload._reserve_until``)."""
 
     def __init__(self, slab: Slab, offset: int, room: int, arrived: Callable[[int], None] | None,
-                 ended: Callable[[int], None] | None = None, reserved: int | None = None) -> None:
+                 ended: Callable[[int], None] | None = None, reserve: Callable[[int], None] | None = None) -> None:
         self._slab, self._start, self._at, self._end = slab, offset, offset, offset + room
-        self._arrived, self._ended, self._reserved = arrived, ended, reserved
+        self._arrived, self._ended, self._reserve = arrived, ended, reserve
 
     def write(self, data: bytes, /) -> None:
         if self._at + len(data) > self._end:
             raise MalformedUploadError("the body is longer than its Content-Length")
-        if self._reserved is not None and self._at + len(data) > self._reserved:
+        if self._reserve is not None:
             self._reserve(self._at + len(data))
         self._slab.write(self._at, data)
         self._at += len(data)
         if self._arrived is not None:
             self._arrived(self._at - self._start)
-
-    def _reserve(self, until: int) -> None:
-        step = min(max(RESERVE_STEP, until - self._reserved), self._end - self._reserved)
-        try:
-            self._slab.reserve([(self._reserved, step)])
-        except SlabSpaceError as e:
-            raise NoRoomToReceiveError(
-                f"the service's shared memory has no room for the rest of this upload ({e}); retry shortly, or send "
-                f"it with its size (a Content-Length: curl --data-binary @scene.tif), whose room is set aside first"
-            ) from None
-        self._reserved += step
 
     def close(self) -> None:
         """The part's size is known now (nothing to release: the slab outlives its sink)."""

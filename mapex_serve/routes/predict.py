@@ -30,11 +30,13 @@ from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import (
+    MULTIPART_FRAMING,
     RAW_NAME,
+    body_head,
     declared_size,
-    raw_head,
     read_upload,
     receive,
+    resumed,
     sent_chunked,
     still_arriving_error,
 )
@@ -113,9 +115,11 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                    held: Reservation) -> Upload | list[UploadedFile]:
     """The upload in a decode worker's slab (a raw body streams straight there), or in memory for this process.
 
-    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body
-    received into memory (a multipart one without a Content-Length, a small multipart one, any without workers) is
-    ``held`` against the memory budget as it arrives, until the request ends (also once copied to a slab: simpler,
+    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body of
+    unknown size (sent chunked) is looked at once its first ``READ_WHILE_ARRIVING`` bytes are in: a larger one
+    streams into a slab (raw, or its multipart file parts), a smaller one is read in memory. A body received into
+    memory (a multipart one under that size, a chunked one's head, any without workers) is ``held`` against the
+    memory budget as it arrives, until the request ends (also once copied to a slab: simpler,
     and a little more than it holds): concurrent uploads of the largest accepted size would otherwise hold as many
     copies in the service, unbounded (503 with Retry-After once the budget is full).
     """
@@ -131,21 +135,30 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
         else:
             upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink))
             return upload
-    if pool is not None and sent_chunked(request):  # of unknown size: its first bytes tell whether it is large
-        head, rest = await raw_head(request, limit, READ_WHILE_ARRIVING)
+    chunked = sent_chunked(request)
+    if pool is not None and chunked is not None:  # of unknown size: its first bytes tell whether it is large
+        head, rest = await body_head(request, limit, READ_WHILE_ARRIVING, hold, multipart=chunked == "multipart")
         if rest is not None:
             try:  # room for as large a body as is accepted, its pages reserved as they are written
-                upload = pool.prepare_parts(limit, specialists, settings.max_batch, chunked=True)
+                upload = pool.prepare_parts(limit + (MULTIPART_FRAMING if chunked == "multipart" else 0), specialists,
+                                            settings.max_batch, chunked=True)
             except SlabSpaceError as e:
                 _no_room(e)
-                rest = _holding(rest, hold)  # in memory, as a body read whole
+                if chunked == "raw":  # in memory, as a body read whole (a multipart one's parts are held as kept)
+                    rest = _holding(rest, hold)
             else:
-                upload.arriving = asyncio.ensure_future(upload.arrive(head, rest))
+                upload.arriving = asyncio.ensure_future(
+                    upload.arrive(head, rest) if chunked == "raw"
+                    else receive(request, limit, upload.part_sink, resumed(head, rest)))
+                held.release()  # its head goes to the slab as the task starts
                 return upload
-        hold(len(head))
-        if rest is not None:
-            head = b"".join([head, *[chunk async for chunk in rest]])
-        return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, settings.max_batch)
+        if chunked == "raw":
+            if rest is not None:
+                head = b"".join([head, *[chunk async for chunk in rest]])
+            return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, settings.max_batch)
+        held.release()  # held again as its file parts are kept
+        return _prepared(pool, await read_upload(request, limit, hold, resumed(head, rest)), specialists,
+                         settings.max_batch)
     if pool is not None and not multipart and 0 < size <= limit:
         try:
             upload = pool.prepare_raw(size, specialists, settings.max_batch)

@@ -153,22 +153,24 @@ def _reference(server, body: bytes) -> np.ndarray:
     return server.cog_band(r.content)
 
 
-@pytest.mark.parametrize("sent_as", ["raw", "multipart", "chunked"])
+@pytest.mark.parametrize("sent_as", ["raw", "multipart", "chunked", "multipart, chunked"])
 def test_the_engine_runs_a_cogs_first_rows_before_its_last_bytes_arrive_and_waits_for_the_rest(
         one_worker, scenes, sent_as):
     """The last fifth of a COG is held back until the scene's batches stop (its worker waits for those rows): by
     then some batches ran, not all of them, and the answer is the one of the upload sent whole. Raw, as a multipart
-    field, or raw without a Content-Length (chunked: its size learnt at its end)."""
+    field, or either without a Content-Length (chunked: its size learnt at its end)."""
     cog = scenes["cog"]
-    body, content_type = (cog, "image/tiff") if sent_as != "multipart" else _multipart([("scene.tif", cog)], {"note": "x"})
+    body, content_type = (_multipart([("scene.tif", cog)], {"note": "x"}) if sent_as.startswith("multipart")
+                          else (cog, "image/tiff"))
+    chunked = sent_as.endswith("chunked")
     whole = _Batches(one_worker.url)
     reference = _reference(one_worker, cog)
     batches = whole.ran
     watch, counted = _Batches(one_worker.url), _large_uploads(one_worker.url)
     r = _post_holding_back(one_worker.url, body, watch.stalled, hold=len(cog) // 5, content_type=content_type,
-                           chunked=sent_as == "chunked")
+                           chunked=chunked)
     assert r.status_code == 200, r.text[:300]
-    assert ("content-length" in r.request.headers) == (sent_as != "chunked")
+    assert ("content-length" in r.request.headers) == (not chunked)
     held = watch.seen[-1]
     assert 0 < held < batches, f"{held} of the scene's {batches} batches ran while its last fifth was held back"
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
@@ -305,14 +307,17 @@ def test_a_chunked_scene_finds_room_as_it_comes_or_is_read_in_the_service_or_ref
         assert not list(shm.glob(f"mapex-{s.pid}/slab-*")) and "Traceback" not in s.log
 
 
-def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_worker, scenes):
-    """Its first file began to be read as it arrived; the second file ends that: the answer is the scene's."""
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+def test_a_multipart_body_of_several_files_is_read_once_they_are_all_in(one_worker, scenes, chunked):
+    """Its first file began to be read as it arrived; the second file ends that: the answer is the scene's. Sent
+    chunked, each file's pages are reserved as it is written, the second's after the first's."""
     bands = _sar_bands()
     reference = _reference(one_worker, scenes["cog"])
     one_band = [_cog(bands[i: i + 1], (name,)) for i, name in enumerate(("VV", "VH"))]
     body, content_type = _multipart([("vv.tif", one_band[0]), ("vh.tif", one_band[1])])
     assert len(body) >= READ_WHILE_ARRIVING
-    r = _post_holding_back(one_worker.url, body, lambda: True, hold=len(one_band[1]) // 2, content_type=content_type)
+    r = _post_holding_back(one_worker.url, body, lambda: True, hold=len(one_band[1]) // 2, content_type=content_type,
+                           chunked=chunked)
     assert r.status_code == 200, r.text[:300]
     np.testing.assert_array_equal(one_worker.cog_band(r.content), reference)
     assert _holding(one_worker.url) == 0

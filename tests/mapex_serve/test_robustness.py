@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rasterio.io import MemoryFile
 
+from mapex_serve.routes.predict import READ_WHILE_ARRIVING
+
 S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
 
 pytestmark = pytest.mark.slow
@@ -286,15 +288,16 @@ def _budget_used(url: str) -> float:
 
 @pytest.mark.parametrize("sent_as", ["multipart without a Content-Length", "raw, no decode workers",
                                      "binary /v2 infer"])
-def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo, start_server, sent_as):
-    """A body the service must collect in its own memory (a multipart one sent chunked, any without decode workers,
-    an inference request's) holds MAPEX_MEMORY_BUDGET_MB as it arrives: two 7 MiB bodies still arriving hold 14 of
-    16 MiB, a third is refused with 503 and Retry-After once it passes the rest (before: as many 200 MiB copies as
-    clients sent), the two are answered once in, and the budget is free again after them."""
+def test_bodies_received_into_memory_hold_the_budget_as_they_arrive(built_repo, start_server, sent_as):
+    """A body the service collects in its own memory (a multipart one sent chunked under READ_WHILE_ARRIVING, any
+    without decode workers, an inference request's) holds MAPEX_MEMORY_BUDGET_MB as it arrives: two 3.5 MiB bodies
+    still arriving hold 7 of 8 MiB, a third is refused with 503 and Retry-After once it passes the rest (before: as
+    many copies of up to MAPEX_MAX_UPLOAD_MB as clients sent), the two are answered once in, and the budget is free
+    again after them."""
     env = {"MAPEX_DECODE_WORKERS": "0"} if sent_as.startswith("raw") else {}
-    s = start_server(built_repo, MAPEX_MEMORY_BUDGET_MB="16", MAPEX_MAX_UPLOAD_MB="12", **env)
+    s = start_server(built_repo, MAPEX_MEMORY_BUDGET_MB="8", MAPEX_MAX_UPLOAD_MB="12", **env)
     mib, go_on, path = 2**20, threading.Event(), "/predict/flood"
-    data = np.random.default_rng(0).bytes(7 * mib)  # neither a raster nor tensors: each body that is read gets a 400
+    data = np.random.default_rng(0).bytes(7 * mib // 2)  # neither a raster nor tensors: each body read gets a 400
     if env:
         body, headers = data, {"Content-Type": "image/tiff", "Content-Length": str(len(data))}
     elif sent_as.startswith("binary"):
@@ -302,10 +305,9 @@ def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo,
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "16",
                    "Content-Length": str(len(data))}
     else:
-        boundary = "held-boundary"
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.tif"\r\n\r\n'.encode()
-                + data + f"\r\n--{boundary}--\r\n".encode())
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}  # no length: sent chunked
+        body, content_type = _multipart_body(data)
+        headers = {"Content-Type": content_type}  # no length: sent chunked
+    assert len(body) < READ_WHILE_ARRIVING  # a larger one streams into shared memory (test_read_while_arriving.py)
 
     def post(hold_last: int) -> httpx.Response:
         """The body in pieces (a generator: no Content-Length unless ``headers`` has one), its last ``hold_last``
@@ -321,9 +323,9 @@ def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo,
     with ThreadPoolExecutor(2) as pool:
         held = [pool.submit(post, 64) for _ in range(2)]
         deadline = time.monotonic() + 30
-        while _budget_used(s.url) < 13 * mib and time.monotonic() < deadline:
+        while _budget_used(s.url) < 6.5 * mib and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _budget_used(s.url) >= 13 * mib  # all but the last bytes of each
+        assert _budget_used(s.url) >= 6.5 * mib  # all but the last bytes of each
         third = post(0)
         go_on.set()
         answers = [h.result() for h in held]
@@ -335,6 +337,13 @@ def test_uploads_received_into_memory_hold_the_budget_as_they_arrive(built_repo,
     assert [a.status_code for a in answers] == [answered] * 2, [a.text[:200] for a in answers]
     assert _budget_used(s.url) == 0
     assert post(0).status_code == answered  # room again
+
+
+def _multipart_body(data: bytes) -> tuple[bytes, str]:
+    """``data`` as the ``file`` part of a multipart body, and its content type."""
+    boundary = "held-boundary"
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.tif"\r\n\r\n'.encode() + data
+            + f"\r\n--{boundary}--\r\n".encode()), f"multipart/form-data; boundary={boundary}"
 
 
 def test_memory_is_budgeted_before_it_is_allocated_at_the_default_pixel_limit(built_repo, start_server, tmp_path):
