@@ -43,7 +43,13 @@ from mapex_serve.routes.jobs import (
 )
 from mapex_serve.routing import NoMatchingSpecialistError
 from mapex_serve.units import ImplausibleValuesError, UnitError
-from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTimeoutError, UploadTooLargeError
+from mapex_serve.upload import (
+    MalformedUploadError,
+    UnsupportedContentEncodingError,
+    UnsupportedMediaTypeError,
+    UploadTimeoutError,
+    UploadTooLargeError,
+)
 from mapex_serve.vectorize import NotGeoreferencedError
 
 __all__ = ["STATUS", "error_headers", "mapex_error_response", "status_of"]
@@ -67,8 +73,11 @@ def status_of(error: MapexError) -> int:
     return next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
 
 
-def error_headers(code: int) -> dict[str, str] | None:
-    """503s say when to come back; 408s close the connection (the rest of the body is never read)."""
+def error_headers(code: int, error: MapexError | None = None) -> dict[str, str] | None:
+    """503s say when to come back; 408s close the connection (the rest of the body is never read); a 415 for a
+    Content-Encoding says that uploads are taken unencoded (RFC 9110, 15.5.16: Accept-Encoding)."""
+    if isinstance(error, UnsupportedContentEncodingError):
+        return {"Accept-Encoding": "identity"}
     return {"Retry-After": "1"} if code == 503 else {"Connection": "close"} if code == 408 else None
 
 
@@ -76,4 +85,4 @@ async def mapex_error_response(_request: Request, error: MapexError) -> JSONResp
     """``{"error", "detail"}`` with the status of the error's class (``error_headers``)."""
     code = status_of(error)
     return JSONResponse({"error": type(error).__name__, "detail": str(error)}, status_code=code,
-                        headers=error_headers(code))
+                        headers=error_headers(code, error))

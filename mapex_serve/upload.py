@@ -21,7 +21,8 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedMediaTypeError", "UploadTimeoutError",
+    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedContentEncodingError",
+    "UnsupportedMediaTypeError", "UploadTimeoutError",
     "UploadTooLargeError", "body_chunks", "body_head", "body_progress", "declared_size", "read_upload", "receive",
     "resumed", "save_upload", "sent_chunked", "still_arriving_error",
 ]
@@ -40,6 +41,10 @@ class UploadTooLargeError(MapexError, ValueError):
 
 class UnsupportedMediaTypeError(MapexError, ValueError):
     """Neither multipart/form-data nor a raw image/tiff body."""
+
+
+class UnsupportedContentEncodingError(UnsupportedMediaTypeError):
+    """An upload sent with a Content-Encoding (gzip, br ...): uploads are taken as they are."""
 
 
 class MalformedUploadError(MapexError, ValueError):
@@ -185,10 +190,21 @@ async def body_chunks(request: Request, ceiling: int, limit: int,
         raise ClientGoneError(f"the client closed the connection after {size:,} bytes of its upload") from None
 
 
+def check_not_encoded(request: Request) -> None:
+    """Refuse (415) an upload sent with a Content-Encoding. Taken as it was, a gzip stream got "not a readable raster"
+    (400), and one of a coding the service did not look at would have been read as if it were the file."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedContentEncodingError(
+            f"Content-Encoding {encoding!r} is not accepted for uploads; send the file as it is (a GeoTIFF compresses "
+            f"inside: a COG with DEFLATE or ZSTD is about as small), without a Content-Encoding header")
+
+
 async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink],
                   chunks: AsyncIterator[bytes] | None = None) -> list[Sink]:
     """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes.
     ``chunks``: the body's, from its start, when the caller began to read it (``resumed``)."""
+    check_not_encoded(request)
     content_type = request.headers.get("content-type", "")
     media, options = parse_options_header(content_type)
     media = media.decode("latin-1").lower()
@@ -266,6 +282,7 @@ async def body_head(request: Request, limit: int, size: int, hold: Callable[[int
     """A body of unknown length: its first ``size`` bytes or a little more (all of it if it is shorter), each chunk
     ``hold``-ed as it arrives, and the rest still to come (None when the body has ended), which the caller must read
     or close (``aclose``); refused (413) as soon as it passes ``limit`` bytes (and a multipart body's framing)."""
+    check_not_encoded(request)
     chunks = body_chunks(request, limit + (MULTIPART_FRAMING if multipart else 0), limit)
     head = bytearray()
     async for chunk in chunks:

@@ -33,6 +33,7 @@ from mapex_serve.upload import (
     MULTIPART_FRAMING,
     RAW_NAME,
     body_head,
+    check_not_encoded,
     declared_size,
     read_upload,
     receive,
@@ -123,6 +124,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
     and a little more than it holds): concurrent uploads of the largest accepted size would otherwise hold as many
     copies in the service, unbounded (503 with Retry-After once the budget is full).
     """
+    check_not_encoded(request)  # before a slab is made for it
     hold = partial(held.grow, what=_HELD)
     settings, pool = state.settings, state.decode
     limit = int(settings.max_upload_mb * 2**20)

@@ -1,6 +1,7 @@
 """The service end to end: a real uvicorn process on loopback over a repository built by export.build."""
 
 import asyncio
+import gzip
 import json
 import shutil
 import signal
@@ -128,6 +129,37 @@ def test_made_up_task_names_are_counted_as_one_series(server):
 def test_unsupported_media_type(server):
     r = httpx.post(f"{server.url}/predict/wildfire", content=S2.read_bytes(), headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and "image/tiff" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("sent_as", ["raw gzip", "raw gzip, 4 MiB or more", "raw br, chunked", "multipart gzip",
+                                     "job upload gzip"])
+def test_an_upload_with_a_content_encoding_is_415_saying_to_send_it_as_it_is(server, sent_as):
+    """Uploads are taken as they are: a gzip stream was taken for the file (400 "not a readable raster"), and a
+    coding the service did not look at (br) was read as if the bytes were the file. Now 415 with Accept-Encoding:
+    identity (RFC 9110) before anything is received; the same body without the header is served."""
+    data = S2.read_bytes()
+    body = gzip.compress(data * (300 if "4 MiB" in sent_as else 1), compresslevel=1)
+    encoding = "br" if "br" in sent_as else "gzip"
+    headers = {"Content-Type": "image/tiff", "Content-Encoding": encoding}
+    path = "/jobs/flood" if sent_as.startswith("job") else "/predict/wildfire"
+    if "multipart" in sent_as or sent_as.startswith("job"):
+        body, content_type = _multipart_body("s.tif", body)
+        headers["Content-Type"] = content_type
+    content = iter([body]) if "chunked" in sent_as else body
+    r = httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=60)
+    assert r.status_code == 415, r.text[:300]
+    assert r.headers["accept-encoding"] == "identity" and f"Content-Encoding {encoding!r}" in r.json()["detail"]
+    if sent_as == "raw gzip":
+        plain = httpx.post(f"{server.url}{path}", content=data, headers={"Content-Type": "image/tiff",
+                                                                          "Content-Encoding": "identity"}, timeout=60)
+        assert plain.status_code == 200, plain.text[:300]
+
+
+def _multipart_body(name: str, data: bytes) -> tuple[bytes, str]:
+    """``data`` as a multipart body's ``file`` part, and its content type."""
+    boundary = "encoded-boundary"
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
+            + data + f"\r\n--{boundary}--\r\n".encode()), f"multipart/form-data; boundary={boundary}"
 
 
 def test_64_concurrent_requests_succeed_and_share_batches(server):
