@@ -220,6 +220,29 @@ def _named(source: MemoryFile | str, name: str) -> Iterator[None]:
         raise RasterioIOError(str(e).replace(source, name)) from None
 
 
+#: What an upload GDAL cannot open is, by its first bytes, when it is an archive or a compressed file.
+_ARCHIVES = ((0, b"PK\x03\x04", "a ZIP archive"), (0, b"PK\x05\x06", "an empty ZIP archive"),
+             (0, b"\x1f\x8b", "a gzip file"), (257, b"ustar", "a tar archive"), (0, b"BZh", "a bzip2 file"),
+             (0, b"\xfd7zXZ\x00", "an xz file"), (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+             (0, b"\x28\xb5\x2f\xfd", "a zstd file"))
+
+
+@contextmanager
+def _archive_named(name: str, data: bytes | memoryview) -> Iterator[None]:
+    """A file GDAL cannot open that is an archive or a compressed file (a downloaded product, a ``.tif.gz``) is
+    refused saying so and what to send instead, not only "not recognized as being in a supported file format"."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError):
+        head = bytes(data[:264])
+        kind = next((kind for at, magic, kind in _ARCHIVES if head[at:at + len(magic)] == magic), None)
+        if kind is None:
+            raise
+        raise UnreadableInputError(
+            f"{name} is {kind}, not a raster: unpack it and send the raster files inside (of a Sentinel-2 SAFE "
+            f"product, the band files under GRANULE/*/IMG_DATA; of a Landsat bundle, the *_SR_B*.TIF files)") from None
+
+
 def check_values(reader: SceneReader, sample: int = 64) -> None:
     """Each band's values, in windows of ``sample`` pixels, against its conversion: ``ImplausibleValuesError`` (422,
     naming the fix) for values that do not fit their units, such as linear backscatter taken as dB."""
@@ -329,7 +352,7 @@ class RequestScene:
         for name, data, mem in memfiles:
             if name in referenced or name.lower().endswith(SIDECARS):
                 continue
-            with _named(mem, name):
+            with _named(mem, name), _archive_named(name, data):
                 if isinstance(mem, str):
                     ds, grid = _open_in_slab(mem, data)
                     self._closing(ds)

@@ -512,6 +512,38 @@ def test_a_degenerate_geotransform_is_a_400_not_a_crash():
         RequestScene([UploadedFile("flat.tif", data)])
 
 
+def _archived(kind: str, name: str, data: bytes) -> bytes:
+    """``data`` as file ``name`` packed the way downloads come: a ZIP (a SAFE product), a tar (a Landsat bundle), gzip."""
+    import gzip
+    import io
+    import tarfile
+    import zipfile
+
+    out = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"S2B_MSIL2A.SAFE/GRANULE/L2A/IMG_DATA/R10m/{name}", data)
+    elif kind == "tar":
+        with tarfile.open(fileobj=out, mode="w") as t:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    else:
+        out.write(gzip.compress(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind, said", [("zip", "a ZIP archive"), ("tar", "a tar archive"), ("gzip", "a gzip file")])
+def test_an_archive_is_refused_saying_what_it_is_and_to_send_the_rasters_inside(kind, said):
+    """A product as downloaded (a Sentinel-2 SAFE .zip, a Landsat .tar, a .tif.gz) is no raster GDAL opens: a 400 that
+    says what it is and what to send, not only "not recognized as being in a supported file format"."""
+    from mapex_serve.inputs import UnreadableInputError
+
+    data = _archived(kind, "B04.tif", tif(reflectance((1, 32, 32)), ["B04"]))
+    with pytest.raises(UnreadableInputError, match=f"product.{kind} is {said}, not a raster: unpack it"):
+        RequestScene([UploadedFile(f"product.{kind}", data)])
+
+
 def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata_comes_from_a_catalogue(tmp_path):
     """Tiles overlap and the reader keeps only a band of rows, yet every pixel is counted once, in its row; a STAC
     item's raster:bands nodata (absent from the file, as on many COGs) masks like the file's own."""
