@@ -22,9 +22,9 @@ from mapex_serve.inputs import UploadedFile
 
 __all__ = [
     "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedContentEncodingError",
-    "UnsupportedMediaTypeError", "UploadTimeoutError",
-    "UploadTooLargeError", "body_chunks", "body_head", "body_progress", "declared_size", "read_upload", "receive",
-    "resumed", "save_upload", "sent_chunked", "still_arriving_error",
+    "UnsupportedMediaTypeError", "UploadTimeoutError", "UploadTooLargeError", "body_chunks", "body_head",
+    "body_progress", "check_not_encoded", "declared_size", "read_upload", "receive", "resumed", "save_upload",
+    "sent_chunked", "still_arriving_error",
 ]
 
 RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
@@ -282,7 +282,6 @@ async def body_head(request: Request, limit: int, size: int, hold: Callable[[int
     """A body of unknown length: its first ``size`` bytes or a little more (all of it if it is shorter), each chunk
     ``hold``-ed as it arrives, and the rest still to come (None when the body has ended), which the caller must read
     or close (``aclose``); refused (413) as soon as it passes ``limit`` bytes (and a multipart body's framing)."""
-    check_not_encoded(request)
     chunks = body_chunks(request, limit + (MULTIPART_FRAMING if multipart else 0), limit)
     head = bytearray()
     async for chunk in chunks:
