@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Annotated, TypeVar, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -116,16 +116,13 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                    held: Reservation) -> Upload | list[UploadedFile]:
     """The upload in a decode worker's slab (a raw body streams straight there), or in memory for this process.
 
-    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body of
-    unknown size (sent chunked) is looked at once its first ``READ_WHILE_ARRIVING`` bytes are in: a larger one
-    streams into a slab (raw, or its multipart file parts), a smaller one is read in memory. A body received into
-    memory (a multipart one under that size, a chunked one's head, any without workers) is ``held`` against the
-    memory budget as it arrives, until the request ends (also once copied to a slab: simpler,
-    and a little more than it holds): concurrent uploads of the largest accepted size would otherwise hold as many
-    copies in the service, unbounded (503 with Retry-After once the budget is full).
+    Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body
+    received into memory (a multipart one under ``READ_WHILE_ARRIVING``, a chunked one's head, any without workers)
+    is ``held`` against the memory budget as it arrives, until the request ends (also once copied to a slab:
+    simpler, and a little more than it holds): concurrent uploads of the largest accepted size would otherwise hold
+    as many copies in the service, unbounded (503 with Retry-After once the budget is full).
     """
     check_not_encoded(request)  # before a slab is made for it
-    hold = partial(held.grow, what=_HELD)
     settings, pool = state.settings, state.decode
     limit = int(settings.max_upload_mb * 2**20)
     multipart, size = declared_size(request) or (False, 0)
@@ -138,29 +135,8 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
             upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink))
             return upload
     chunked = sent_chunked(request)
-    if pool is not None and chunked is not None:  # of unknown size: its first bytes tell whether it is large
-        head, rest = await body_head(request, limit, READ_WHILE_ARRIVING, hold, multipart=chunked == "multipart")
-        if rest is not None:
-            try:  # room for as large a body as is accepted, its pages reserved as they are written
-                upload = pool.prepare_parts(limit + (MULTIPART_FRAMING if chunked == "multipart" else 0), specialists,
-                                            settings.max_batch, chunked=True)
-            except SlabSpaceError as e:
-                _no_room(e)
-                if chunked == "raw":  # in memory, as a body read whole (a multipart one's parts are held as kept)
-                    rest = _holding(rest, hold)
-            else:
-                upload.arriving = asyncio.ensure_future(
-                    upload.arrive(head, rest) if chunked == "raw"
-                    else receive(request, limit, upload.part_sink, resumed(head, rest)))
-                held.release()  # its head goes to the slab as the task starts
-                return upload
-        if chunked == "raw":
-            if rest is not None:
-                head = b"".join([head, *[chunk async for chunk in rest]])
-            return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, settings.max_batch)
-        held.release()  # held again as its file parts are kept
-        return _prepared(pool, await read_upload(request, limit, hold, resumed(head, rest)), specialists,
-                         settings.max_batch)
+    if pool is not None and chunked is not None:
+        return await _receive_chunked(request, pool, chunked, specialists, limit, settings.max_batch, held)
     if pool is not None and not multipart and 0 < size <= limit:
         try:
             upload = pool.prepare_raw(size, specialists, settings.max_batch)
@@ -176,10 +152,41 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload.discard()
                 raise
             return upload
-    files = await read_upload(request, limit, hold)
+    files = await read_upload(request, limit, partial(held.grow, what=_HELD))
     if pool is None:
         return files
     return _prepared(pool, files, specialists, settings.max_batch)
+
+
+async def _receive_chunked(request: Request, pool: DecodePool, framing: Literal["raw", "multipart"],
+                           specialists: list[str], limit: int, max_batch: int,
+                           held: Reservation) -> Upload | list[UploadedFile]:
+    """A body of unknown size (sent chunked), looked at once its first ``READ_WHILE_ARRIVING`` bytes are in (``held``
+    meanwhile): a larger one streams into a slab with room for the largest accepted body, its pages reserved as
+    they are written (raw, or its multipart file parts; read while it arrives); a smaller one, or one the tmpfs has
+    no room for, is read in memory, held."""
+    hold = partial(held.grow, what=_HELD)
+    head, rest = await body_head(request, limit, READ_WHILE_ARRIVING, hold, multipart=framing == "multipart")
+    if rest is not None:
+        try:
+            upload = pool.prepare_parts(limit + (MULTIPART_FRAMING if framing == "multipart" else 0), specialists,
+                                        max_batch, chunked=True)
+        except SlabSpaceError as e:
+            _no_room(e)
+            if framing == "raw":  # a multipart body's file parts are held as they are kept
+                rest = _holding(rest, hold)
+        else:
+            upload.arriving = asyncio.ensure_future(
+                upload.arrive(head, rest) if framing == "raw"
+                else receive(request, limit, upload.part_sink, resumed(head, rest)))
+            held.release()  # its head goes to the slab as the task starts
+            return upload
+    if framing == "raw":
+        if rest is not None:
+            head = b"".join([head, *[chunk async for chunk in rest]])
+        return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, max_batch)
+    held.release()  # held again as its file parts are kept
+    return _prepared(pool, await read_upload(request, limit, hold, resumed(head, rest)), specialists, max_batch)
 
 
 #: What ``Reservation.grow``'s 503 says the body's bytes are.
