@@ -9,7 +9,7 @@ and notices a multipart body that brings a second file.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -139,17 +139,6 @@ class Upload:
             self._told = arrived
             for listener in list(self._listeners.values()):
                 listener(arrived, complete)
-
-    async def arrive(self, head: bytes, rest: AsyncIterator[bytes]) -> None:
-        """A raw body sent chunked, into the slab as it comes: its ``head`` (read already) and the ``rest``."""
-        sink = self.part_sink(0, RAW_NAME)
-        try:
-            sink.write(head)
-            async for chunk in rest:
-                sink.write(chunk)
-        finally:
-            sink.close()
-            await rest.aclose()  # a body cut short (the client left, too large, the request over): no reader left
 
     def fill(self) -> None:
         """Copy the files into the slab (a raw body streamed there already: nothing to copy)."""

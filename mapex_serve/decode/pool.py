@@ -327,8 +327,8 @@ class DecodePool:
 
     def prepare_parts(self, body: int, specialists: Sequence[str], max_batch: int, *, chunked: bool = False) -> Upload:
         """A slab for the file parts of a multipart body of ``body`` bytes, which ``Upload.part_sink`` writes there one
-        after another as they stream in (their sizes are known only as each ends); ``chunked``: for a raw body sent
-        chunked, of at most ``body`` bytes (``Upload.arrive``)."""
+        after another as they stream in (their sizes are known only as each ends); ``chunked``: for a body sent chunked
+        (raw or multipart), of at most ``body`` bytes, whose pages are reserved as they are written."""
         layout = self._layout([(RAW_NAME, parts_room(body))], specialists, max_batch)
         reserved = min(RESERVE_STEP, layout.files_end) if chunked else None  # the rest as it comes (``Upload.reserved``)
         upload = self._hold(layout, [], reserved)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from functools import partial
 from typing import Annotated, Literal, TypeVar, get_args
 
@@ -31,7 +31,6 @@ from mapex_serve.state import ServiceState
 from mapex_serve.units import UnitOverrides
 from mapex_serve.upload import (
     MULTIPART_FRAMING,
-    RAW_NAME,
     body_head,
     check_not_encoded,
     declared_size,
@@ -162,45 +161,27 @@ async def _receive_chunked(request: Request, pool: DecodePool, framing: Literal[
                            specialists: list[str], limit: int, max_batch: int,
                            held: Reservation) -> Upload | list[UploadedFile]:
     """A body of unknown size (sent chunked), looked at once its first ``READ_WHILE_ARRIVING`` bytes are in (``held``
-    meanwhile): a larger one streams into a slab with room for the largest accepted body, its pages reserved as
-    they are written (raw, or its multipart file parts; read while it arrives); a smaller one, or one the tmpfs has
-    no room for, is read in memory, held."""
+    meanwhile): a larger one streams into a slab with room for the largest accepted body (and its multipart
+    framing), its pages reserved as they are written (the raw body, or the file parts; read while it arrives); a
+    smaller one, or one the tmpfs has no room for, is read in memory, held as it is kept."""
     hold = partial(held.grow, what=_HELD)
     head, rest = await body_head(request, limit, READ_WHILE_ARRIVING, hold, multipart=framing == "multipart")
+    body = resumed(head, rest)
     if rest is not None:
         try:
-            upload = pool.prepare_parts(limit + (MULTIPART_FRAMING if framing == "multipart" else 0), specialists,
-                                        max_batch, chunked=True)
+            upload = pool.prepare_parts(limit + MULTIPART_FRAMING, specialists, max_batch, chunked=True)
         except SlabSpaceError as e:
             _no_room(e)
-            if framing == "raw":  # a multipart body's file parts are held as they are kept
-                rest = _holding(rest, hold)
         else:
-            upload.arriving = asyncio.ensure_future(
-                upload.arrive(head, rest) if framing == "raw"
-                else receive(request, limit, upload.part_sink, resumed(head, rest)))
+            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, body))
             held.release()  # its head goes to the slab as the task starts
             return upload
-    if framing == "raw":
-        if rest is not None:
-            head = b"".join([head, *[chunk async for chunk in rest]])
-        return _prepared(pool, [UploadedFile(RAW_NAME, head)], specialists, max_batch)
-    held.release()  # held again as its file parts are kept
-    return _prepared(pool, await read_upload(request, limit, hold, resumed(head, rest)), specialists, max_batch)
+    held.release()  # held again as it is kept
+    return _prepared(pool, await read_upload(request, limit, hold, body), specialists, max_batch)
 
 
 #: What ``Reservation.grow``'s 503 says the body's bytes are.
 _HELD = "by this upload, received into the service's memory"
-
-
-async def _holding(chunks: AsyncIterator[bytes], hold: Callable[[int], None]) -> AsyncIterator[bytes]:
-    """``chunks``, each ``hold``-ed before it is passed on; closed with the iterator."""
-    try:
-        async for chunk in chunks:
-            hold(len(chunk))
-            yield chunk
-    finally:
-        await chunks.aclose()
 
 
 def _prepared(pool: DecodePool, files: list[UploadedFile], specialists: list[str],

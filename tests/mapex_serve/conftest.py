@@ -96,6 +96,20 @@ def to_geotiff() -> Callable[..., bytes]:
     return geotiff_bytes
 
 
+def multipart_body(name: str, data: bytes) -> tuple[bytes, str]:
+    """``data`` as the ``file`` part named ``name`` of a multipart/form-data body, and its Content-Type: built by
+    hand, so that a test decides how it is sent (in pieces, without a Content-Length)."""
+    boundary = "mapex-test-part"
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode() + data
+            + f"\r\n--{boundary}--\r\n".encode()), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="session")
+def to_multipart() -> Callable[[str, bytes], tuple[bytes, str]]:
+    """``multipart_body`` for test modules."""
+    return multipart_body
+
+
 class Malformed(NamedTuple):
     """A request the service must answer with ``status`` (and a message naming ``hint``), never a 5xx."""
 

@@ -288,7 +288,8 @@ def _budget_used(url: str) -> float:
 
 @pytest.mark.parametrize("sent_as", ["multipart without a Content-Length", "raw, no decode workers",
                                      "binary /v2 infer"])
-def test_bodies_received_into_memory_hold_the_budget_as_they_arrive(built_repo, start_server, sent_as):
+def test_bodies_received_into_memory_hold_the_budget_as_they_arrive(built_repo, start_server, to_multipart,
+                                                                    sent_as):
     """A body the service collects in its own memory (a multipart one sent chunked under READ_WHILE_ARRIVING, any
     without decode workers, an inference request's) holds MAPEX_MEMORY_BUDGET_MB as it arrives: two 3.5 MiB bodies
     still arriving hold 7 of 8 MiB, a third is refused with 503 and Retry-After once it passes the rest (before: as
@@ -305,7 +306,7 @@ def test_bodies_received_into_memory_hold_the_budget_as_they_arrive(built_repo, 
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "16",
                    "Content-Length": str(len(data))}
     else:
-        body, content_type = _multipart_body(data)
+        body, content_type = to_multipart("s.tif", data)
         headers = {"Content-Type": content_type}  # no length: sent chunked
     assert len(body) < READ_WHILE_ARRIVING  # a larger one streams into shared memory (test_read_while_arriving.py)
 
@@ -337,13 +338,6 @@ def test_bodies_received_into_memory_hold_the_budget_as_they_arrive(built_repo, 
     assert [a.status_code for a in answers] == [answered] * 2, [a.text[:200] for a in answers]
     assert _budget_used(s.url) == 0
     assert post(0).status_code == answered  # room again
-
-
-def _multipart_body(data: bytes) -> tuple[bytes, str]:
-    """``data`` as the ``file`` part of a multipart body, and its content type."""
-    boundary = "held-boundary"
-    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.tif"\r\n\r\n'.encode() + data
-            + f"\r\n--{boundary}--\r\n".encode()), f"multipart/form-data; boundary={boundary}"
 
 
 def test_memory_is_budgeted_before_it_is_allocated_at_the_default_pixel_limit(built_repo, start_server, tmp_path):

@@ -133,7 +133,7 @@ def test_unsupported_media_type(server):
 
 @pytest.mark.parametrize("sent_as", ["raw gzip", "raw gzip, 4 MiB or more", "raw br, chunked", "multipart gzip",
                                      "job upload gzip"])
-def test_an_upload_with_a_content_encoding_is_415_saying_to_send_it_as_it_is(server, sent_as):
+def test_an_upload_with_a_content_encoding_is_415_saying_to_send_it_as_it_is(server, to_multipart, sent_as):
     """Uploads are taken as they are: a gzip stream was taken for the file (400 "not a readable raster"), and a
     coding the service did not look at (br) was read as if the bytes were the file. Now 415 with Accept-Encoding:
     identity (RFC 9110) before anything is received; the same body without the header is served."""
@@ -143,7 +143,7 @@ def test_an_upload_with_a_content_encoding_is_415_saying_to_send_it_as_it_is(ser
     headers = {"Content-Type": "image/tiff", "Content-Encoding": encoding}
     path = "/jobs/flood" if sent_as.startswith("job") else "/predict/wildfire"
     if "multipart" in sent_as or sent_as.startswith("job"):
-        body, content_type = _multipart_body("s.tif", body)
+        body, content_type = to_multipart("s.tif", body)
         headers["Content-Type"] = content_type
     content = iter([body]) if "chunked" in sent_as else body
     r = httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=60)
@@ -153,13 +153,6 @@ def test_an_upload_with_a_content_encoding_is_415_saying_to_send_it_as_it_is(ser
         plain = httpx.post(f"{server.url}{path}", content=data, headers={"Content-Type": "image/tiff",
                                                                           "Content-Encoding": "identity"}, timeout=60)
         assert plain.status_code == 200, plain.text[:300]
-
-
-def _multipart_body(name: str, data: bytes) -> tuple[bytes, str]:
-    """``data`` as a multipart body's ``file`` part, and its content type."""
-    boundary = "encoded-boundary"
-    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
-            + data + f"\r\n--{boundary}--\r\n".encode()), f"multipart/form-data; boundary={boundary}"
 
 
 def test_64_concurrent_requests_succeed_and_share_batches(server):
