@@ -7,7 +7,8 @@ round: raw as ``bench.scene`` writes it, its directory after its blocks (GDAL's 
 window by window), so that nothing can be read before the last byte; raw as a Cloud-Optimised
 GeoTIFF of the same pixels (directories first, overviews, then the rows in order), which its decode
 worker reads while it arrives (``mapex_serve.decode.arriving``); and that COG as the file field of a
-multipart body, as ``curl -F`` sends it. Each round also posts the scene at once
+multipart body, as ``curl -F`` sends it, with its Content-Length and without (sent chunked, as a client streaming
+from another store does: read as it arrives since stop 40). Each round also posts the scene at once
 (loopback speed, the same way): the service's own time. If nothing overlapped, an answer would take the upload's
 time plus the service's; read as it arrives, the most of the two. ``overlap`` says how much of the
 shorter one was hidden: (upload + service - answer) / min(upload, service), 1 when all of it.
@@ -62,12 +63,14 @@ def as_multipart(data: bytes, name: str = "scene.tif") -> tuple[bytes, str]:
 
 
 def post_paced(url: str, task: str, modality: str, body: bytes, mbps: float,
-               content_type: str = "image/tiff") -> tuple[float, float]:
-    """The seconds to the answer (a 200, else the run ends) and those the upload took, over a ``mbps`` link."""
+               content_type: str = "image/tiff", chunked: bool = False) -> tuple[float, float]:
+    """The seconds to the answer (a 200, else the run ends) and those the upload took, over a ``mbps`` link;
+    ``chunked``: without a Content-Length."""
     sent: list[float] = []
     start = time.perf_counter()
+    length = {} if chunked else {"Content-Length": str(len(body))}
     r = httpx.post(f"{url}/predict/{task}?modality={modality}", content=paced(body, mbps, sent), timeout=3600,
-                   headers={"Content-Type": content_type, "Content-Length": str(len(body))})
+                   headers={"Content-Type": content_type, **length})
     answered = time.perf_counter() - start
     if r.status_code != 200:
         raise SystemExit(f"the service answered {r.status_code}: {r.text[:500]}")
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         copy(last, cog, driver="COG", compress="deflate", blocksize=256)
         cog_bytes = cog.read_bytes()
         bodies = {"directory last": (last.read_bytes(), "image/tiff"), "COG": (cog_bytes, "image/tiff"),
-                  "COG, multipart": as_multipart(cog_bytes)}
+                  "COG, multipart": as_multipart(cog_bytes), "COG, multipart, chunked": as_multipart(cog_bytes)}
         env = {"MAPEX_MAX_BATCH": str(args.max_batch), "MAPEX_INTRA_OP_THREADS": str(args.threads),
                "MAPEX_ENGINE_RUNNERS": str(args.runners), "MAPEX_REQUEST_TIMEOUT_S": "3600",
                "MAPEX_MAX_UPLOAD_MB": str(max(len(b) for b, _type in bodies.values()) // 2**20 + 16)}
@@ -108,8 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     body, content_type = bodies[kind]
                     print(f"round {round_}: {kind}, {len(body) / 2**20:.0f} MiB at {args.mbps:g} Mbit/s ...",
                           file=sys.stderr)
-                    at_once, _sent = post_paced(server.url, args.task, args.modality, body, _AT_ONCE, content_type)
-                    answered, upload = post_paced(server.url, args.task, args.modality, body, args.mbps, content_type)
+                    chunked = kind.endswith("chunked")
+                    at_once, _sent = post_paced(server.url, args.task, args.modality, body, _AT_ONCE, content_type,
+                                                chunked)
+                    answered, upload = post_paced(server.url, args.task, args.modality, body, args.mbps, content_type,
+                                                  chunked)
                     rows.append({"round": round_, "file": kind, "size": args.size, "upload_mib": len(body) / 2**20,
                                  "mbps": args.mbps, "upload_s": upload, "service_s": at_once, "answer_s": answered,
                                  "overlap": (upload + at_once - answered) / min(upload, at_once),
@@ -120,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "min(upload_s, service_s), 1 when the shorter of the two is wholly hidden, 0 when nothing overlaps",
              "a COG has its overviews' blocks before its full-resolution rows (GDAL's COG layout), so its first rows "
              "are read once the overviews and those rows are in"]
-    for kind in ("COG", "COG, multipart", "directory last"):
+    for kind in ("COG", "COG, multipart", "COG, multipart, chunked", "directory last"):
         mine = [r for r in rows if r["file"] == kind]
         overlaps = ", ".join(f"{r['overlap']:.2f}" for r in mine)
         over_sum = ", ".join(f"{r['answer_over_sum']:.2f}" for r in mine)
