@@ -62,7 +62,7 @@ def _run(upload: Slab, size: int, manifest: Manifest, max_batch: int, rows: tupl
     start = time.process_time()
     files = slab_files(upload, Layout.plan([("scene.tif", size)], 0, 0))
     scene, route, reader = open_and_route(files, None, [manifest], None, UnitOverrides(), 10**10,
-                                          check_units=rows is None)
+                                          check_units=rows is None, max_unpacked=0)
     del files
     opened = time.process_time()
     if rows is not None and rows[0] == 0:

@@ -342,7 +342,7 @@ def inprocess_costs(data: bytes, manifest: Manifest, engine: Engine, max_batch: 
             for i in range(repeats + warmup):
                 c0, t0, w0 = time.process_time(), time.thread_time(), time.perf_counter()
                 p = await predict(files, [manifest], {manifest.name: batcher}, bands=None, modality=None,
-                                  max_pixels=MAX_PIXELS, max_batch=max_batch)
+                                  max_pixels=MAX_PIXELS, max_batch=max_batch, max_unpacked=0)
                 JSONResponse(as_json(p, engine.provider))
                 c1, t1, w1 = time.process_time(), time.thread_time(), time.perf_counter()
                 if i >= warmup:

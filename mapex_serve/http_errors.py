@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from mapex_serve.archives import ArchiveTooLargeError, UnreadableArchiveError
 from mapex_serve.areas import AreaError
 from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.budget import MemoryBudgetError, OverBudgetError
@@ -56,6 +57,7 @@ __all__ = ["STATUS", "error_headers", "mapex_error_response", "status_of"]
 
 STATUS: dict[type[MapexError], int] = {
     UnreadableRasterError: 400, UnreadableInputError: 400, ForbiddenReferenceError: 400, MalformedUploadError: 400,
+    UnreadableArchiveError: 400, ArchiveTooLargeError: 413,
     UnknownTaskError: 404, UnknownModelError: 404, UploadTimeoutError: 408, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
     UnsupportedMediaTypeError: 415,
     BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,

@@ -30,6 +30,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
+from mapex_serve.archives import Unpacked, unpack
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.rasters import identify_bands, is_landsat, missing_names_error, parse_name
@@ -220,29 +221,6 @@ def _named(source: MemoryFile | str, name: str) -> Iterator[None]:
         raise RasterioIOError(str(e).replace(source, name)) from None
 
 
-#: What an upload GDAL cannot open is, by its first bytes, when it is an archive or a compressed file.
-_ARCHIVES = ((0, b"PK\x03\x04", "a ZIP archive"), (0, b"PK\x05\x06", "an empty ZIP archive"),
-             (0, b"\x1f\x8b", "a gzip file"), (257, b"ustar", "a tar archive"), (0, b"BZh", "a bzip2 file"),
-             (0, b"\xfd7zXZ\x00", "an xz file"), (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
-             (0, b"\x28\xb5\x2f\xfd", "a zstd file"))
-
-
-@contextmanager
-def _archive_named(name: str, data: bytes | memoryview) -> Iterator[None]:
-    """A file GDAL cannot open that is an archive or a compressed file (a downloaded product, a ``.tif.gz``) is
-    refused saying so and what to send instead, not only "not recognized as being in a supported file format"."""
-    try:
-        yield
-    except (RasterioError, CPLE_BaseError):
-        head = bytes(data[:264])
-        kind = next((kind for at, magic, kind in _ARCHIVES if head[at:at + len(magic)] == magic), None)
-        if kind is None:
-            raise
-        raise UnreadableInputError(
-            f"{name} is {kind}, not a raster: unpack it and send the raster files inside (of a Sentinel-2 SAFE "
-            f"product, the band files under GRANULE/*/IMG_DATA; of a Landsat bundle, the *_SR_B*.TIF files)") from None
-
-
 def check_values(reader: SceneReader, sample: int = 64) -> None:
     """Each band's values, in windows of ``sample`` pixels, against its conversion: ``ImplausibleValuesError`` (422,
     naming the fix) for values that do not fit their units, such as linear backscatter taken as dB."""
@@ -298,12 +276,16 @@ def without_request_folder(message: str) -> str:
 class RequestScene:
     """The files of one request, opened in its own ``/vsimem/`` folder; a context manager that closes them all."""
 
-    def __init__(self, files: Sequence[UploadedFile | SourceFile], bands: Sequence[str] | None = None) -> None:
+    def __init__(self, files: Sequence[UploadedFile | SourceFile], bands: Sequence[str] | None = None,
+                 max_unpacked: int = 200 * 2**20) -> None:
+        """``max_unpacked``: the bytes the request's archives may unpack to (the service passes MAPEX_MAX_UPLOAD_MB)."""
         self._stack = ExitStack()
         self.folder = f"mapex-{uuid.uuid4().hex}"
         self.datasets: list[tuple[str, DatasetReaderBase]] = []  # (name, dataset): files and subdatasets
         self.bands: list[InputBand] = []
         self.ignored_subdatasets: list[str] = []
+        self.archives: list[Unpacked] = []
+        self._max_unpacked = max_unpacked
         self._nodata: dict[str, tuple[float | None, ...]] = {}  # per-band nodata a STAC item gives, by file
         self._grids: dict[str, Grid] = {}  # files opened without GDAL's georeferencing: their grid, by file
         try:
@@ -336,6 +318,7 @@ class RequestScene:
             return
         if any(isinstance(f, SourceFile) for f in files):
             raise TypeError("a scene is read from uploaded bytes or from files in place, not both")
+        files = self._unpacked(files)
         taken: set[str] = set()
         names = [_safe_name(f.name, i, taken) for i, f in enumerate(files)]
         data_parts = {n for n, f in zip(names, files, strict=True) if f.in_place or not _is_vrt(f.data)}
@@ -352,7 +335,7 @@ class RequestScene:
         for name, data, mem in memfiles:
             if name in referenced or name.lower().endswith(SIDECARS):
                 continue
-            with _named(mem, name), _archive_named(name, data):
+            with _named(mem, name):
                 if isinstance(mem, str):
                     ds, grid = _open_in_slab(mem, data)
                     self._closing(ds)
@@ -371,6 +354,20 @@ class RequestScene:
                     self._grids[name] = grid
         if not self.datasets:
             raise UnreadableInputError("the request holds no raster (only sidecar files); send the raster files too")
+
+    def _unpacked(self, files: Sequence[UploadedFile]) -> list[UploadedFile]:
+        """The files, each archive among them replaced by the rasters it holds (``archives``)."""
+        out: list[UploadedFile] = []
+        room = self._max_unpacked
+        for f in files:
+            archive = None if f.in_place else unpack(f.name, f.data, room)
+            if archive is None:
+                out.append(f)
+                continue
+            self.archives.append(archive)
+            room -= archive.size
+            out += [UploadedFile(m.name, m.data) for m in archive.files]
+        return out
 
     def _open_sources(self, files: Sequence[SourceFile]) -> None:
         """Files read in place: each a raster, or a NetCDF/HDF5 container of band variables (local files only)."""

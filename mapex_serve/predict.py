@@ -68,6 +68,8 @@ class Prediction:
     #: Files resampled onto the scene grid, and subdatasets that named no band.
     resampled: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: The archives the upload held: each one's members read and left out (``Unpacked.report``).
+    archives: list[dict] = field(default_factory=list)
     #: The memory reserved for this prediction's outputs: release it once the response is encoded.
     reservation: Reservation = field(default_factory=lambda: Reservation(None, 0))
 
@@ -91,13 +93,13 @@ def unreadable_as_400() -> Iterator[None]:
 
 def open_and_route(
     files: Sequence[UploadedFile], bands: Sequence[str] | None, manifests: Sequence[Manifest], modality: str | None,
-    overrides: UnitOverrides, max_pixels: int, check_units: bool = True,
+    overrides: UnitOverrides, max_pixels: int, check_units: bool = True, *, max_unpacked: int,
 ) -> tuple[RequestScene, Route, SceneReader]:
     """Open the files, route them and decide their units (their values checked against them unless told not to: a
     part of a split scene, whose first part checks the same bytes, or a scene the service may split, checked once
     split: ``inputs.check_values``): GDAL work, done in one worker thread."""
     with unreadable_as_400():
-        scene = RequestScene(files, bands)
+        scene = RequestScene(files, bands, max_unpacked)
         try:
             route = route_scene(scene, manifests, modality)
             return scene, route, scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels)
@@ -207,7 +209,7 @@ class SceneRun:
                             tile_rows=tile_cells(g.height, size, overlap_for(size)),
                             tile_cols=tile_cells(g.width, size, overlap_for(size)),
                             masked=masked, resampled=self.reader.resampled, ignored=self.scene.ignored_subdatasets,
-                            reservation=reservation)
+                            archives=[a.report() for a in self.scene.archives], reservation=reservation)
         if parts and self._mask is not None:
             labels, covered = self._mask
             report.mask = MaskResult(labels, None, covered)
@@ -235,13 +237,14 @@ def _rows_into(mask: tuple[np.ndarray, np.ndarray], rows: tuple[int, int]) -> Ca
 
 async def predict(
     files: Sequence[UploadedFile], manifests: Sequence[Manifest], batchers: dict[str, Batcher], *,
-    bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int,
+    bands: Sequence[str] | None, modality: str | None, max_pixels: int, max_batch: int, max_unpacked: int,
     overrides: UnitOverrides | None = None, budget: MemoryBudget | None = None,
 ) -> Prediction:
     """Route the scene in ``files`` to one of ``manifests`` and run it in this process; errors are MapexErrors (4xx)."""
     check_not_empty(len(f.data) for f in files)
     scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
-        open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels)
+        open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels,
+        max_unpacked=max_unpacked)
     with scene, unreadable_as_400():
         batcher = batchers[route.manifest.name]
         run = SceneRun(scene, route, reader, max_batch, batcher.ahead - 1)

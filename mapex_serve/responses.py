@@ -54,6 +54,7 @@ def _reading(p: Prediction) -> dict[str, Any]:
         "grid": grid_report(g["crs"], g["transform"], g["width"], g["height"], p.resampled),
         "masked_pixels": {"total": sum(p.masked.values()), "by_reason": p.masked},
         **({"ignored_subdatasets": p.ignored} if p.ignored else {}),
+        **({"archives": p.archives} if p.archives else {}),
     }
 
 

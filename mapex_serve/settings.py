@@ -76,7 +76,8 @@ class Settings(BaseSettings):
         "batch is admitted against it, and a scene then queues up to a batch for each engine runner and one more: 4096 "
         "holds 128 single-tile requests at the default batch, and as few as 42 scenes arriving at once on two runners)."
     )
-    max_upload_mb: float = Field(200, gt=0, description="Largest accepted upload (MiB).")
+    max_upload_mb: float = Field(200, gt=0, description="Largest accepted upload (MiB), and what the archives of one "
+                                                        "request may unpack to.")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest accepted raster, width x height.")
     request_timeout_s: float = Field(60, gt=0, description="Time limit for one request, upload to response (s): "
                                      "408 if its upload still arrives then, 504 after.")
@@ -149,6 +150,11 @@ class Settings(BaseSettings):
         "shared among UVICORN_WORKERS service processes (at least 1 each), the cores being the container's CPU "
         "limit where it has one; 0: in the service process (threads)."
     )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """MAPEX_MAX_UPLOAD_MB in bytes: an upload's limit, and what the archives of one may unpack to."""
+        return int(self.max_upload_mb * 2**20)
 
     @property
     def decode_worker_count(self) -> int:

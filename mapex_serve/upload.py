@@ -23,11 +23,16 @@ from mapex_serve.inputs import UploadedFile
 __all__ = [
     "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedContentEncodingError",
     "UnsupportedMediaTypeError", "UploadTimeoutError", "UploadTooLargeError", "body_chunks", "body_head",
-    "body_progress", "check_not_encoded", "declared_size", "read_upload", "receive", "resumed", "save_upload",
+    "body_progress", "check_not_encoded", "declared_size", "raw_name", "read_upload", "receive", "resumed", "save_upload",
     "sent_chunked", "still_arriving_error",
 ]
 
-RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream")
+#: Archives of raster files (Earth Engine's ZIP of one GeoTIFF a band, a tar, a .tif.gz) are unpacked (``archives``);
+#: a raw body of one is named by its type (what the answer's report calls it).
+ARCHIVE_TYPES = {"application/zip": "upload.zip", "application/x-zip-compressed": "upload.zip",
+                 "application/x-tar": "upload.tar", "application/x-gtar": "upload.tar", "application/gzip": "upload.gz",
+                 "application/x-gzip": "upload.gz", "application/x-bzip2": "upload.bz2", "application/x-xz": "upload.xz"}
+RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream", *ARCHIVE_TYPES)
 #: The file name a raw body gets (multipart parts bring their own).
 RAW_NAME = "upload.tif"
 MULTIPART_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
@@ -211,7 +216,8 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise UnsupportedMediaTypeError(
             f"unsupported media type {media or '(none)'!r}; send the GeoTIFF as multipart/form-data with a "
-            f"field named 'file', or as the raw body with Content-Type: image/tiff"
+            f"field named 'file', or as the raw body with Content-Type: image/tiff (application/zip, "
+            f"application/x-tar or application/gzip for an archive of raster files)"
         )
     multipart = media == "multipart/form-data"
     ceiling = limit + (MULTIPART_FRAMING if multipart else 0)
@@ -221,7 +227,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if chunks is None:
         chunks = body_chunks(request, ceiling, limit)
     if not multipart:
-        sink = open_sink(0, RAW_NAME)
+        sink = open_sink(0, ARCHIVE_TYPES.get(media, RAW_NAME))
         try:
             async for chunk in chunks:
                 sink.write(chunk)
@@ -265,6 +271,12 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
     if (media in RAW_TYPES or media == "multipart/form-data") and declared.isdigit():
         return media == "multipart/form-data", int(declared)
     return None
+
+
+def raw_name(request: Request) -> str:
+    """The file name a raw body gets: ``upload.tif``, or ``upload.zip`` (``.tar`` ...) for an archive."""
+    media, _ = parse_options_header(request.headers.get("content-type", ""))
+    return ARCHIVE_TYPES.get(media.decode("latin-1").lower(), RAW_NAME)
 
 
 def sent_chunked(request: Request) -> Literal["raw", "multipart"] | None:

@@ -321,9 +321,10 @@ class DecodePool:
         layout = self._layout([(f.name, len(f.data)) for f in files], specialists, max_batch)
         return self._hold(layout, list(files))
 
-    def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int) -> Upload:
-        """A slab for a raw body of ``size`` bytes, which ``Upload.sink`` then receives as it streams in."""
-        return self._hold(self._layout([(RAW_NAME, size)], specialists, max_batch), [])
+    def prepare_raw(self, size: int, specialists: Sequence[str], max_batch: int, name: str = RAW_NAME) -> Upload:
+        """A slab for a raw body of ``size`` bytes (the file ``name``), which ``Upload.sink`` then receives as it
+        streams in."""
+        return self._hold(self._layout([(name, size)], specialists, max_batch), [])
 
     def prepare_parts(self, body: int, specialists: Sequence[str], max_batch: int, *, chunked: bool = False) -> Upload:
         """A slab for the file parts of a multipart body of ``body`` bytes, which ``Upload.part_sink`` writes there one
@@ -354,7 +355,7 @@ class DecodePool:
     async def predict(
         self, upload: Upload, specialists: Sequence[str], batchers: Mapping[str, Batcher], *,
         bands: Sequence[str] | None, modality: str | None, overrides: UnitOverrides, max_pixels: int,
-        max_batch: int, budget: MemoryBudget, format: Format | None, accept: str, wait_s: float = 30,
+        max_unpacked: int, max_batch: int, budget: MemoryBudget, format: Format | None, accept: str, wait_s: float = 30,
     ) -> Encoded:
         """The encoded answer for one request: opened, tiled, blended and encoded by a worker, tried twice.
 
@@ -363,7 +364,8 @@ class DecodePool:
         session is dropped and the request read once every file is in, as any other.
         """
         options = dict(specialists=tuple(specialists), bands=tuple(bands) if bands else None, modality=modality,
-                       overrides=overrides, max_pixels=max_pixels, max_batch=max_batch, format=format, accept=accept)
+                       overrides=overrides, max_pixels=max_pixels, max_unpacked=max_unpacked, max_batch=max_batch,
+                       format=format, accept=accept)
         try:
             if upload.files and upload.layout.size > _COPY_IN_THREAD:
                 await asyncio.to_thread(upload.fill)

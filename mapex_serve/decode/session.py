@@ -74,6 +74,8 @@ class OpenRequest:
     modality: str | None
     overrides: UnitOverrides
     max_pixels: int
+    #: The bytes the request's archives may unpack to (MAPEX_MAX_UPLOAD_MB).
+    max_unpacked: int
     max_batch: int
     format: Format | None
     accept: str
@@ -177,7 +179,7 @@ class Session:
             self._unchecked = request.part is None and request.parts > 1 and gate is None
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
-                request.overrides, request.max_pixels,
+                request.overrides, request.max_pixels, max_unpacked=request.max_unpacked,
                 check_units=request.part is None and not self._unchecked and gate is None)
             reader.wait_rows = wait_rows
             del files

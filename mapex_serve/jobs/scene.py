@@ -78,7 +78,8 @@ def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Seque
                  max_pixels: int) -> tuple[RequestScene, Route, SceneReader]:
     """``(scene, route, reader)``: the files opened, routed and their units decided (GDAL work: not on the loop)."""
     bands = request.bands.split(",") if request.bands else sources.bands
-    return open_and_route(sources.files, bands, manifests, request.modality, overrides_for(request, sources), max_pixels)
+    return open_and_route(sources.files, bands, manifests, request.modality, overrides_for(request, sources), max_pixels,
+                          max_unpacked=0)  # a job's files are read where they lie: none is unpacked
 
 
 def scene_tiles(height: int, width: int, tile: int) -> int:

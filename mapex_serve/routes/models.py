@@ -180,7 +180,7 @@ async def v2_infer(name: str, request: Request, reg: Ready,
 
 
 async def _infer(s: Any, name: str, request: Request, state: ServiceState) -> Response:
-    limit = int(state.settings.max_upload_mb * 2**20)
+    limit = state.settings.max_upload_bytes
     held = Reservation(state.budget, 0)
     try:
         raw = decode_content(await _read_body(request, limit, held), request.headers.get("content-encoding"), limit)

@@ -34,6 +34,7 @@ from mapex_serve.upload import (
     body_head,
     check_not_encoded,
     declared_size,
+    raw_name,
     read_upload,
     receive,
     resumed,
@@ -61,9 +62,12 @@ READ_WHILE_ARRIVING = 4 * 2**20
 _BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": {
         "type": "array", "items": {"type": "string", "format": "binary"},
-        "description": "one or more raster files of one scene (GeoTIFF, COG, NetCDF, HDF5, JPEG 2000, ENVI, VRT)"}}}},
+        "description": "one or more raster files of one scene (GeoTIFF, COG, NetCDF, HDF5, JPEG 2000, ENVI, VRT), "
+                       "or archives of them (ZIP, tar, gzip)"}}}},
     "image/tiff": {"schema": {"type": "string", "format": "binary"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    **{media: {"schema": {"type": "string", "format": "binary", "description": "an archive of raster files"}}
+       for media in ("application/zip", "application/x-tar", "application/gzip")},
 }}}
 
 
@@ -80,7 +84,8 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
             upload = got
             work = asyncio.ensure_future(state.decode.predict(
                 upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
-                overrides=overrides, max_pixels=settings.max_pixels, max_batch=settings.max_batch, budget=state.budget,
+                overrides=overrides, max_pixels=settings.max_pixels, max_unpacked=settings.max_upload_bytes,
+                max_batch=settings.max_batch, budget=state.budget,
                 format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
             try:
                 if upload.arriving is not None:
@@ -98,6 +103,7 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
                 upload.discard()  # also when the request was cancelled before its work began
         work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
                                              modality=modality, max_pixels=settings.max_pixels,
+                                             max_unpacked=settings.max_upload_bytes,
                                              max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
         del got  # encoding needs the prediction only: the upload's bytes can go first
         result = await _unless_client_leaves(request, work)
@@ -123,7 +129,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
     """
     check_not_encoded(request)  # before a slab is made for it
     settings, pool = state.settings, state.decode
-    limit = int(settings.max_upload_mb * 2**20)
+    limit = settings.max_upload_bytes
     multipart, size = declared_size(request) or (False, 0)
     if pool is not None and multipart and READ_WHILE_ARRIVING <= size <= limit:
         try:  # its parts are written to the slab as they come, the first read as it arrives (decode.arriving)
@@ -138,7 +144,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
         return await _receive_chunked(request, pool, chunked, specialists, limit, settings.max_batch, held)
     if pool is not None and not multipart and 0 < size <= limit:
         try:
-            upload = pool.prepare_raw(size, specialists, settings.max_batch)
+            upload = pool.prepare_raw(size, specialists, settings.max_batch, raw_name(request))
         except SlabSpaceError as e:
             _no_room(e)
         else:

@@ -1,6 +1,8 @@
 """A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
 
+import io
 import subprocess
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,7 +136,27 @@ def malformed() -> dict[str, Malformed]:
         "NaN-only raster": Malformed("flood", geotiff_bytes(nan_sar, ["VV", "VH"]), "image/tiff", 400, "no valid pixels"),
         "zero-size raster": Malformed("wildfire", b"", "image/tiff", 400, "GeoTIFF"),
         "wrong content type": Malformed("wildfire", s2, "text/plain", 415, "image/tiff"),
+        "archive bomb": Malformed("wildfire", _zip_bomb(), "application/zip", 413, "unpacks to more than 200 MiB"),
+        "archive of no raster": Malformed("wildfire", _zipped("userdata.json", b"{}"), "application/zip", 400,
+                                          "no raster file in it"),
     }
+
+
+def _zipped(name: str, data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(name, data)
+    return out.getvalue()
+
+
+def _zip_bomb() -> bytes:
+    """A ZIP of 250 KB whose one ``.tif`` inflates to 256 MiB of zeros, past the default 200 MiB upload limit."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z, z.open("B04.tif", "w") as member:
+        zeros = bytes(2**20)
+        for _ in range(256):
+            member.write(zeros)
+    return out.getvalue()
 
 
 class RangeServer:

@@ -7,11 +7,19 @@ the error names the fix. End-to-end checks through a real server are in ``test_r
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import json
+import tarfile
+import zipfile
+
 import numpy as np
 import pytest
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+from mapex_serve.archives import ArchiveTooLargeError, UnreadableArchiveError
 from mapex_serve.errors import DuplicateBandError
 from mapex_serve.inputs import (
     ForbiddenReferenceError,
@@ -512,36 +520,158 @@ def test_a_degenerate_geotransform_is_a_400_not_a_crash():
         RequestScene([UploadedFile("flat.tif", data)])
 
 
-def _archived(kind: str, name: str, data: bytes) -> bytes:
-    """``data`` as file ``name`` packed the way downloads come: a ZIP (a SAFE product), a tar (a Landsat bundle), gzip."""
-    import gzip
-    import io
-    import tarfile
-    import zipfile
+# --- archives -----------------------------------------------------------------------------------
 
+LIMIT = 2**20
+
+
+def zipped(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     out = io.BytesIO()
-    if kind == "zip":
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr(f"S2B_MSIL2A.SAFE/GRANULE/L2A/IMG_DATA/R10m/{name}", data)
-    elif kind == "tar":
-        with tarfile.open(fileobj=out, mode="w") as t:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    else:
-        out.write(gzip.compress(data))
+    with zipfile.ZipFile(out, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
     return out.getvalue()
 
 
-@pytest.mark.parametrize("kind, said", [("zip", "a ZIP archive"), ("tar", "a tar archive"), ("gzip", "a gzip file")])
-def test_an_archive_is_refused_saying_what_it_is_and_to_send_the_rasters_inside(kind, said):
-    """A product as downloaded (a Sentinel-2 SAFE .zip, a Landsat .tar, a .tif.gz) is no raster GDAL opens: a 400 that
-    says what it is and what to send, not only "not recognized as being in a supported file format"."""
-    from mapex_serve.inputs import UnreadableInputError
+def tarred(members: dict[str, bytes], mode: str = "w") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode=mode) as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
-    data = _archived(kind, "B04.tif", tif(reflectance((1, 32, 32)), ["B04"]))
-    with pytest.raises(UnreadableInputError, match=f"product.{kind} is {said}, not a raster: unpack it"):
-        RequestScene([UploadedFile(f"product.{kind}", data)])
+
+@pytest.fixture(scope="module")
+def rgb() -> dict[str, bytes]:
+    """Three single-band GeoTIFFs as Earth Engine's getDownloadURL names them by default (``download.<band>.tif``),
+    without band descriptions: the file name states the band."""
+    stored = reflectance((3, 40, 48))
+    return {f"download.{b}.tif": tif(stored[i]) for i, b in enumerate(["B4", "B3", "B2"])}
+
+
+def test_an_earth_engine_zip_reads_as_its_band_files_sent_one_part_each(rgb):
+    """getDownloadURL's default (ZIPPED_GEO_TIFF, filePerBand): the same bands, values and identities as the three
+    files sent as parts, and the answer's report names the archive and what it read."""
+    parts, _, expected, _ = read([UploadedFile(n, d) for n, d in rgb.items()], ["B04", "B03", "B02"])
+    scene, _, got, _ = read([UploadedFile("download.zip", zipped(rgb))], ["B04", "B03", "B02"])
+    np.testing.assert_array_equal(got, expected)
+    assert [b.identity.rule for b in scene.bands] == [b.identity.rule for b in parts.bands]
+    assert [a.report() for a in scene.archives] == [
+        {"name": "download.zip", "kind": "ZIP archive", "read": list(rgb), "skipped": []}]
+
+
+def test_a_sentinel_hub_tar_reads_its_tif_and_leaves_out_its_userdata(rgb):
+    """The Process API's answer with several outputs: ``default.tif`` (no band names: bands= states them) and
+    ``userdata.json``; the JSON is named as left out."""
+    stored = reflectance((3, 24, 24))
+    tar = tarred({"default.tif": tif(stored), "userdata.json": json.dumps({"norm": 10000}).encode()})
+    scene, _, got, _ = read([UploadedFile("response.tar", tar)], ["B04", "B03", "B02"], bands=["B04", "B03", "B02"])
+    np.testing.assert_allclose(got, stored / 10000, rtol=1e-6)
+    assert scene.archives[0].report() == {"name": "response.tar", "kind": "tar archive", "read": ["default.tif"],
+                                          "skipped": ["userdata.json"]}
+
+
+@pytest.mark.parametrize("pack, kind", [
+    (lambda m: tarred(m, "w:gz"), "tar archive (gzip-compressed)"),
+    (lambda m: tarred(m, "w:bz2"), "tar archive (bzip2-compressed)"),
+    (lambda m: tarred(m, "w:xz"), "tar archive (xz-compressed)"),
+    (lambda m: zipped(m, zipfile.ZIP_STORED), "ZIP archive"),
+])
+def test_compressed_tars_and_stored_zips_read_alike(rgb, pack, kind):
+    _, _, expected, _ = read([UploadedFile(n, d) for n, d in rgb.items()], ["B04", "B03", "B02"])
+    scene, _, got, _ = read([UploadedFile("bands.tgz", pack({f"scene/{n}": d for n, d in rgb.items()}))],
+                        ["B04", "B03", "B02"])
+    np.testing.assert_array_equal(got, expected)
+    assert scene.archives[0].kind.endswith(kind) and scene.archives[0].report()["read"] == list(rgb)
+
+
+@pytest.mark.parametrize("compress, suffix", [(gzip.compress, ".gz"), (bz2.compress, ".bz2")])
+def test_a_compressed_tif_reads_as_the_tif(compress, suffix):
+    stored = reflectance((3, 16, 16))
+    data = tif(stored, ["B04", "B03", "B02"])
+    scene, _, got, _ = read([UploadedFile(f"scene.tif{suffix}", compress(data))], ["B04", "B03", "B02"])
+    np.testing.assert_allclose(got, stored / 10000, rtol=1e-6)
+    assert scene.archives[0].report()["read"] == ["scene.tif"] and scene.bands[0].file == "scene.tif"
+
+
+def test_an_archive_and_files_beside_it_make_one_scene(rgb):
+    """A zip of RGB and a NIR file sent beside it: four bands of one request."""
+    nir = reflectance((1, 40, 48))
+    files = [UploadedFile("rgb.zip", zipped(rgb)), UploadedFile("B08.tif", tif(nir[0]))]
+    scene, _, got, _ = read(files, ["B08"])
+    np.testing.assert_allclose(got, nir / 10000, rtol=1e-6)
+    assert sorted(scene.canonical_bands) == ["B02", "B03", "B04", "B08"]
+
+
+def test_a_product_as_downloaded_is_refused_naming_the_files_to_send():
+    """A Sentinel-2 SAFE holds each band at 10, 20 and 60 m beside masks and an 8-bit preview; a Landsat bundle
+    its thermal and QA bands beside the reflectance: neither is guessed at."""
+    data = tif(reflectance((1, 16, 16)))
+    safe = zipped({"S2B_MSIL2A_20240101.SAFE/GRANULE/L2A_T33/IMG_DATA/R10m/T33_B04_10m.jp2": data})
+    with pytest.raises(UnreadableArchiveError, match="is a Sentinel SAFE product.*one resolution each"):
+        RequestScene([UploadedFile("S2B.zip", safe)], max_unpacked=LIMIT)
+    bundle = tarred({"LC09_L2SP_044034_20220111_20220113_02_T1_MTL.txt": b"GROUP = LANDSAT_METADATA_FILE",
+                     "LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF": data})
+    with pytest.raises(UnreadableArchiveError, match="is a Landsat bundle product.*_SR_B"):
+        RequestScene([UploadedFile("LC09.tar", bundle)], max_unpacked=LIMIT)
+
+
+def test_what_unpacks_past_the_limit_is_413_before_or_while_it_is_read():
+    """A zip states its members' sizes: refused before any is inflated. A gzip stream states none: refused as its
+    bytes pass the limit. Several archives of one request share the limit."""
+    zeros = np.zeros((1, 1024, 1024), np.uint16)  # 2 MiB that deflate to a few kB
+    big = tif(zeros)
+    with pytest.raises(ArchiveTooLargeError, match="more than 1 MiB"):
+        RequestScene([UploadedFile("bomb.zip", zipped({"B04.tif": big}))], max_unpacked=LIMIT)
+    with pytest.raises(ArchiveTooLargeError, match="more than 1 MiB"):
+        RequestScene([UploadedFile("bomb.tif.gz", gzip.compress(big))], max_unpacked=LIMIT)
+    half = tif(np.zeros((1, 640, 640), np.uint16))  # 0.8 MiB: one fits, two do not
+    RequestScene([UploadedFile("a.zip", zipped({"B04.tif": half}))], max_unpacked=LIMIT).close()
+    with pytest.raises(ArchiveTooLargeError):
+        RequestScene([UploadedFile("a.zip", zipped({"B04.tif": half})), UploadedFile("b.zip", zipped({"B03.tif": half}))],
+                     max_unpacked=LIMIT)
+
+
+@pytest.mark.parametrize("data, said", [
+    (zipped({"README.txt": b"hello", "preview.png": b"\x89PNG"}), "no raster file in it .it holds README.txt, preview.png"),
+    (zipped({"B04.tif": b"x" * 5000})[:-40], "cannot be read"),
+    (b"7z\xbc\xaf\x27\x1c" + b"\0" * 100, "7-Zip archive, which is not read here"),
+    (b"\x28\xb5\x2f\xfd" + b"\0" * 100, "zstd file, which is not read here"),
+])
+def test_an_archive_that_cannot_be_read_or_holds_no_raster_is_400_saying_why(data, said):
+    with pytest.raises(UnreadableArchiveError, match=said):
+        RequestScene([UploadedFile("product.zip", data)], max_unpacked=LIMIT)
+
+
+def test_an_encrypted_member_is_refused_as_encrypted():
+    """Python writes no encrypted zip: its bit 0 ("encrypted") is set in the local and central headers as zip tools
+    set it (APPNOTE 4.4.4)."""
+    data = bytearray(zipped({"B04.tif": b"x" * 100}))
+    for header, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = data.index(header) + at
+        data[i] |= 0x1
+    with pytest.raises(UnreadableArchiveError, match="B04.tif is encrypted"):
+        RequestScene([UploadedFile("secret.zip", bytes(data))], max_unpacked=LIMIT)
+
+
+def test_links_and_folders_in_a_tar_are_not_read(rgb):
+    """A symlink could name any file of the machine: only regular files are members."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as t:
+        folder = tarfile.TarInfo("bands")
+        folder.type = tarfile.DIRTYPE
+        t.addfile(folder)
+        link = tarfile.TarInfo("bands/B08.tif")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(link)
+        for name, data in rgb.items():
+            info = tarfile.TarInfo(f"bands/{name}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    scene, _, _, _ = read([UploadedFile("bands.tar", out.getvalue())], ["B04"])
+    assert scene.archives[0].report()["read"] == list(rgb) and sorted(scene.canonical_bands) == ["B02", "B03", "B04"]
 
 
 def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata_comes_from_a_catalogue(tmp_path):

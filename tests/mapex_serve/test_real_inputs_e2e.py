@@ -159,3 +159,36 @@ def test_netcdf_and_a_hostile_vrt_through_the_server(server, tmp_path):
       </VRTRasterBand></VRTDataset>"""
     r = post(server, "wildfire", [("evil.vrt", evil)])
     assert r.status_code == 400 and r.json()["error"] == "ForbiddenReferenceError" and "/etc/passwd" in r.json()["detail"]
+
+
+def test_an_earth_engine_zip_is_served_as_its_band_files_sent_as_parts(server):
+    """getDownloadURL's default download (a ZIP of ``download.<band>.tif``, one GeoTIFF a band), posted as a file
+    part and as a raw ``application/zip`` body: the answer of the band files sent as parts, and the report says
+    what the archive held; an archive of no raster is a 400 that names its files."""
+    import io
+    import zipfile
+
+    with rasterio.open(S2) as src:
+        like = {"crs": src.crs, "transform": src.transform}
+        bands = {f"download.{b}.tif": tiff(src.read([i]), [None], like)
+                 for b, i in (("B4", 3), ("B3", 2), ("B2", 1), ("B11", 5), ("B12", 6))}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in bands.items():
+            z.writestr(name, data)
+    parts = post(server, "wildfire", list(bands.items()), format="json")
+    as_part = post(server, "wildfire", [("download.zip", out.getvalue())], format="json")
+    raw = httpx.post(f"{server.url}/predict/wildfire", content=out.getvalue(), params={"format": "json"},
+                     headers={"content-type": "application/zip"}, timeout=60)
+    assert parts.status_code == as_part.status_code == raw.status_code == 200, (as_part.text, raw.text)
+    assert as_part.json()["specialist"] == "wildfire-rgb+swir"
+    for r, name in ((as_part, "download.zip"), (raw, "upload.zip")):  # a raw body is named by its type
+        body = r.json()
+        assert body.pop("archives") == [{"name": name, "kind": "ZIP archive", "read": list(bands), "skipped": []}]
+        assert body == parts.json()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("manifest.json", b"{}")
+    empty = post(server, "wildfire", [("download.zip", out.getvalue())])
+    assert empty.status_code == 400 and empty.json()["error"] == "UnreadableArchiveError"
+    assert "no raster file in it (it holds manifest.json)" in empty.json()["detail"]

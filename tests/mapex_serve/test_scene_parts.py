@@ -74,7 +74,8 @@ def _probabilities(data: np.ndarray) -> np.ndarray:
 
 def _open(manifest, upload: bytes) -> SceneRun:
     scene, route, reader = open_and_route([UploadedFile("scene.tif", upload)], None, [manifest], None,
-                                          UnitOverrides.parse("reflectance", None, None), 10**9)
+                                          UnitOverrides.parse("reflectance", None, None), 10**9,
+                                          max_unpacked=0)
     return SceneRun(scene, route, reader, 32)
 
 

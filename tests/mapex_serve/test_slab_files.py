@@ -39,7 +39,7 @@ def _in_slab(tmp_path, files: list[tuple[str, bytes]]) -> tuple[Slab, Layout]:
 def _read(files: list[UploadedFile], manifest) -> tuple:
     """The scene's grid and its physical values with their invalid-pixel reasons, as the tiler reads them."""
     scene, _route, reader = open_and_route(files, None, [manifest], None,
-                                           UnitOverrides.parse("reflectance", None, None), 10**9)
+                                           UnitOverrides.parse("reflectance", None, None), 10**9, max_unpacked=0)
     try:
         return reader.grid, *reader.read(Window(0, 0, reader.width, reader.height))
     finally:
@@ -99,7 +99,8 @@ def test_a_broken_tiff_read_in_place_is_named_as_the_user_sent_it(tmp_path, swir
     slab, layout = _in_slab(tmp_path, [("upload.tif", b"II*\x00" + b"\x00" * 64)])
     (file,) = slab_files(slab, layout)
     with pytest.raises(UnreadableRasterError) as e:
-        open_and_route([file], None, [swir_manifest], None, UnitOverrides.parse(None, None, None), 10**9)
+        open_and_route([file], None, [swir_manifest], None, UnitOverrides.parse(None, None, None), 10**9,
+                       max_unpacked=0)
     assert "'upload.tif' not recognized" in str(e.value)
     assert "vsisubfile" not in str(e.value) and str(tmp_path) not in str(e.value)
 

@@ -1,0 +1,208 @@
+"""Archives sent as uploads, unpacked into the raster files they hold.
+
+Earth Engine's ``getDownloadURL`` answers with a ZIP of one GeoTIFF a band by default
+(``download.B4.tif``, ``download.B3.tif`` ...), Sentinel Hub's Process API with a tar when a request
+asks for several outputs (``default.tif`` and ``userdata.json``), and people gzip what they mail. Each
+member that is a raster (or a raster's sidecar) becomes a file of the request, as if sent as a part of
+its own; the others (metadata, previews) are named in the answer as left out. The unpacked bytes count
+against the upload limit, before and while they are read, so that a small archive cannot unpack into
+gigabytes.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+from mapex_serve.errors import MapexError
+
+__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack"]
+
+#: What a file is, by its first bytes, when it is an archive or a compressed file: (offset, magic, kind).
+_MAGIC = ((0, b"PK\x03\x04", "a ZIP archive"), (0, b"PK\x05\x06", "a ZIP archive"), (0, b"\x1f\x8b", "a gzip file"),
+          (257, b"ustar", "a tar archive"), (0, b"BZh", "a bzip2 file"), (0, b"\xfd7zXZ\x00", "an xz file"),
+          (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (0, b"\x28\xb5\x2f\xfd", "a zstd file"))
+#: Compressed streams: the module that opens one, and the suffix a file so compressed ends with.
+_STREAMS: dict[str, tuple[Callable[..., IO[bytes]], str]] = {
+    "a gzip file": (gzip.open, ".gz"), "a bzip2 file": (bz2.open, ".bz2"), "an xz file": (lzma.open, ".xz")}
+#: Members read as files of the request: rasters in the formats the service opens, and the sidecars GDAL reads
+#: beside them (ENVI headers, PAM metadata, masks, overviews).
+RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".jp2", ".nc", ".nc4", ".h5", ".hdf5", ".he5", ".vrt", ".img", ".dat",
+                   ".bin", ".bsq", ".bil", ".bip", ".envi", ".hdr", ".aux.xml", ".msk", ".ovr")
+#: The most raster files one archive may hold (as many as file parts a multipart body may have), and the most files.
+MAX_MEMBERS = 64
+MAX_ENTRIES = 1000
+
+
+class UnreadableArchiveError(MapexError, ValueError):
+    """An archive that cannot be read (damaged, encrypted, a kind not read here) or holds no raster."""
+
+
+class ArchiveTooLargeError(MapexError, ValueError):
+    """An archive whose rasters unpack to more than the upload limit."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of an archive, read: its name (without the archive's folders) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """What one archive held: the members read as files of the request and those left out."""
+
+    archive: str
+    kind: str
+    files: tuple[Member, ...]
+    skipped: tuple[str, ...]
+    #: Bytes it unpacked to, skipped members included (what counts against the limit).
+    size: int
+
+    def report(self) -> dict[str, Any]:
+        """How the answer states it (``reading.archives``)."""
+        return {"name": self.archive, "kind": self.kind.split(" ", 1)[1], "read": [m.name for m in self.files],
+                "skipped": list(self.skipped)}
+
+
+def archive_kind(data: bytes | memoryview) -> str | None:
+    """"a ZIP archive", "a gzip file" ... by the first bytes; None for anything else (a raster)."""
+    head = bytes(data[:264])
+    return next((kind for at, magic, kind in _MAGIC if head[at:at + len(magic)] == magic), None)
+
+
+def unpack(name: str, data: bytes | memoryview, limit: int) -> Unpacked | None:
+    """The raster files in the archive ``name`` (None when it is no archive), unpacked to at most ``limit`` bytes.
+
+    Raises ``UnreadableArchiveError`` (400) for an archive that cannot be read or holds no raster, and
+    ``ArchiveTooLargeError`` (413) for one whose rasters unpack to more than ``limit``.
+    """
+    kind = archive_kind(data)
+    if kind is None:
+        return None
+    raw = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
+    try:
+        if kind == "a ZIP archive":
+            members = _zip_members(raw, name)
+        elif kind == "a tar archive" or (kind in _STREAMS and _is_compressed_tar(raw)):
+            if kind != "a tar archive":
+                kind = f"a tar archive ({kind.split(' ', 1)[1].split()[0]}-compressed)"
+            members = _tar_members(raw)
+        elif kind in _STREAMS:  # one compressed file: the file, whatever its name
+            opener, suffix = _STREAMS[kind]
+            data = opener(raw).read(limit + 1)
+            if len(data) > limit:
+                raise _too_large(name, len(data), limit)
+            inner = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+            return Unpacked(name, kind, (Member(PurePosixPath(inner).name, data),), (), len(data))
+        else:
+            raise UnreadableArchiveError(f"{name} is {kind}, which is not read here: send its raster files, or pack "
+                                         f"them as a ZIP or a tar (.tar.gz)")
+        return _read(name, kind, members, limit)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error, NotImplementedError,
+            RuntimeError) as e:
+        raise UnreadableArchiveError(f"{name} is {kind} that cannot be read ({e}); send it whole (was it cut "
+                                     f"short?), or send the raster files inside it") from None
+
+
+#: One member: its path in the archive, its size as the archive states it (None: unknown until read), and a
+#: function that reads up to n of its bytes.
+_Listed = tuple[str, int | None, Callable[[int], bytes]]
+
+
+def _zip_members(raw: io.BytesIO, name: str) -> Iterator[_Listed]:
+    archive = zipfile.ZipFile(raw)
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        if info.flag_bits & 0x1:
+            raise UnreadableArchiveError(f"{name}: its member {info.filename} is encrypted; send it unencrypted")
+        yield info.filename, info.file_size, lambda n, info=info: archive.open(info).read(n)
+
+
+def _is_compressed_tar(raw: io.BytesIO) -> bool:
+    """A .tar.gz (or .tar.bz2, .tar.xz) rather than one compressed file."""
+    try:
+        tarfile.open(fileobj=raw, mode="r:*").close()
+        return True
+    except tarfile.TarError:
+        return False
+    finally:
+        raw.seek(0)
+
+
+def _tar_members(raw: io.BytesIO) -> Iterator[_Listed]:
+    archive = tarfile.open(fileobj=raw, mode="r:*")
+    for info in archive:
+        if info.isfile():  # not folders, links or devices: a link could name any file
+            yield info.name, info.size, lambda n, info=info: archive.extractfile(info).read(n)
+
+
+def _read(name: str, kind: str, members: Iterator[_Listed], limit: int) -> Unpacked:
+    """Every member counts against ``limit`` (a skipped one in a compressed tar is inflated to pass it), the rasters
+    are read: by the sizes the archive states before anything is inflated, by the bytes while they are."""
+    files: list[Member] = []
+    skipped: list[str] = []
+    total = 0
+    for entries, (path, size, read) in enumerate(members, start=1):
+        base = PurePosixPath(path).name
+        if product := _product(path):
+            raise UnreadableArchiveError(
+                f"{name} is a {product} product, with every band at several resolutions, masks and previews "
+                f"beside them: send the band files you need, one resolution each (of a Sentinel-2 SAFE, "
+                f"GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2 and its neighbours; of a Landsat bundle, the *_SR_B*.TIF)")
+        if entries > MAX_ENTRIES:
+            raise UnreadableArchiveError(f"{name} holds more than {MAX_ENTRIES} files; send the bands of one scene")
+        if size is not None and total + size > limit:
+            raise _too_large(name, total + size, limit)
+        if path.startswith("__MACOSX/") or base.startswith("._") or not base.lower().endswith(RASTER_SUFFIXES):
+            skipped.append(path)
+            total += size or 0
+            continue
+        if len(files) == MAX_MEMBERS:
+            raise UnreadableArchiveError(f"{name} holds more than {MAX_MEMBERS} raster files; send the bands of one "
+                                         f"scene")
+        data = read(limit - total + 1)
+        total += len(data)
+        if total > limit:
+            raise _too_large(name, total, limit)
+        files.append(Member(base, data))
+    if not files:
+        raise UnreadableArchiveError(
+            f"{name} is {kind} with no raster file in it ({_listing(skipped)}); rasters are read as GeoTIFF, COG, "
+            f"NetCDF, HDF5, JPEG 2000 or ENVI files ({', '.join(RASTER_SUFFIXES[:5])} ...)")
+    return Unpacked(name, kind, tuple(files), tuple(skipped), total)
+
+
+def _product(path: str) -> str | None:
+    """A satellite product's folder layout, which holds each band several times over."""
+    parts = PurePosixPath(path).parts
+    if any(p.upper().endswith(".SAFE") for p in parts[:-1]):
+        return "Sentinel SAFE"
+    if "_MTL." in parts[-1].upper() and parts[-1].upper().startswith(("LC08_", "LC09_", "LT05_", "LE07_")):
+        return "Landsat bundle"
+    return None
+
+
+def _listing(paths: list[str], most: int = 5) -> str:
+    if not paths:
+        return "it is empty"
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return "it holds " + ", ".join(paths[:most]) + more
+
+
+def _too_large(name: str, size: int, limit: int) -> ArchiveTooLargeError:
+    return ArchiveTooLargeError(
+        f"{name} unpacks to more than {limit / 2**20:g} MiB ({size / 2**20:.1f} MiB so far; MAPEX_MAX_UPLOAD_MB bounds "
+        f"what the archives of a request hold as it bounds an upload): send fewer bands or a crop")
