@@ -4,9 +4,11 @@ Earth Engine's ``getDownloadURL`` answers with a ZIP of one GeoTIFF a band by de
 (``download.B4.tif``, ``download.B3.tif`` ...), Sentinel Hub's Process API with a tar when a request
 asks for several outputs (``default.tif`` and ``userdata.json``), and people gzip what they mail. Each
 member that is a raster (or a raster's sidecar) becomes a file of the request, as if sent as a part of
-its own; the others (metadata, previews) are named in the answer as left out. The unpacked bytes count
-against the upload limit, before and while they are read, so that a small archive cannot unpack into
-gigabytes.
+its own; the others (metadata, previews) are named in the answer as left out. ``/predict`` unpacks into
+memory (``unpack``), a job onto its volume beside the upload (``unpack_file``: GDAL then reads windows of
+plain files, where through ``/vsigzip/`` every seek back would inflate the stream again). What an archive
+unpacks to counts against the upload limit, before and while it is read: a small archive cannot unpack
+into gigabytes.
 """
 
 from __future__ import annotations
@@ -15,23 +17,26 @@ import bz2
 import gzip
 import io
 import lzma
+import shutil
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from itertools import count
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from mapex_serve.errors import MapexError
 
-__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack"]
+__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack",
+           "unpack_file"]
 
 #: What a file is, by its first bytes, when it is an archive or a compressed file: (offset, magic, kind).
 _MAGIC = ((0, b"PK\x03\x04", "a ZIP archive"), (0, b"PK\x05\x06", "a ZIP archive"), (0, b"\x1f\x8b", "a gzip file"),
           (257, b"ustar", "a tar archive"), (0, b"BZh", "a bzip2 file"), (0, b"\xfd7zXZ\x00", "an xz file"),
           (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (0, b"\x28\xb5\x2f\xfd", "a zstd file"))
-#: Compressed streams: the module that opens one, and the suffix a file so compressed ends with.
+#: Compressed streams: the function that opens one, and the suffix a file so compressed ends with.
 _STREAMS: dict[str, tuple[Callable[..., IO[bytes]], str]] = {
     "a gzip file": (gzip.open, ".gz"), "a bzip2 file": (bz2.open, ".bz2"), "an xz file": (lzma.open, ".xz")}
 #: Members read as files of the request: rasters in the formats the service opens, and the sidecars GDAL reads
@@ -41,6 +46,9 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".jp2", ".nc", ".nc4", ".h5", ".hdf
 #: The most raster files one archive may hold (as many as file parts a multipart body may have), and the most files.
 MAX_MEMBERS = 64
 MAX_ENTRIES = 1000
+#: What archives, broken ones included, raise as they are read.
+_BROKEN = (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error, NotImplementedError,
+           RuntimeError)
 
 
 class UnreadableArchiveError(MapexError, ValueError):
@@ -48,15 +56,16 @@ class UnreadableArchiveError(MapexError, ValueError):
 
 
 class ArchiveTooLargeError(MapexError, ValueError):
-    """An archive whose rasters unpack to more than the upload limit."""
+    """An archive that unpacks to more than the upload limit."""
 
 
 @dataclass(frozen=True)
 class Member:
-    """One file of an archive, read: its name (without the archive's folders) and its bytes."""
+    """One raster file of an archive, unpacked: its name (without the archive's folders) and its bytes, or the
+    path it was written to."""
 
     name: str
-    data: bytes
+    content: bytes | Path
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,13 @@ class Unpacked:
     size: int
 
     def report(self) -> dict[str, Any]:
-        """How the answer states it (``reading.archives``)."""
+        """How the answer states it (``archives``)."""
         return {"name": self.archive, "kind": self.kind.split(" ", 1)[1], "read": [m.name for m in self.files],
                 "skipped": list(self.skipped)}
+
+
+#: Where a member goes: ``store(name, stream, room)`` -> (its content, its size), reading at most ``room + 1`` bytes.
+_Store = Callable[[str, IO[bytes], int], tuple[bytes | Path, int]]
 
 
 def archive_kind(data: bytes | memoryview) -> str | None:
@@ -83,55 +96,102 @@ def archive_kind(data: bytes | memoryview) -> str | None:
 
 
 def unpack(name: str, data: bytes | memoryview, limit: int) -> Unpacked | None:
-    """The raster files in the archive ``name`` (None when it is no archive), unpacked to at most ``limit`` bytes.
+    """The raster files in the archive ``name`` read into memory (None when it is no archive), at most ``limit``
+    bytes unpacked.
 
     Raises ``UnreadableArchiveError`` (400) for an archive that cannot be read or holds no raster, and
-    ``ArchiveTooLargeError`` (413) for one whose rasters unpack to more than ``limit``.
+    ``ArchiveTooLargeError`` (413) for one that unpacks to more than ``limit``.
     """
     kind = archive_kind(data)
     if kind is None:
         return None
-    raw = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
+    return _unpack(name, kind, io.BytesIO(data if isinstance(data, bytes) else bytes(data)), limit, _in_memory)
+
+
+def unpack_file(name: str, path: Path, limit: int) -> Unpacked | None:
+    """``unpack`` for an archive saved at ``path``: its raster files written under their own names to a folder
+    beside it (``path`` + ``.d``: GDAL finds a sidecar beside its raster there), then the archive removed."""
+    with path.open("rb") as f:
+        kind = archive_kind(f.read(264))
+        if kind is None:
+            return None
+        f.seek(0)
+        unpacked = _unpack(name, kind, f, limit, _in_folder(path.with_name(f"{path.name}.d")))
+    path.unlink()
+    return unpacked
+
+
+def _in_memory(_name: str, stream: IO[bytes], room: int) -> tuple[bytes, int]:
+    data = stream.read(room + 1)
+    return data, len(data)
+
+
+def _in_folder(folder: Path) -> _Store:
+    folder.mkdir()
+    numbers = count(1)
+
+    def store(name: str, stream: IO[bytes], room: int) -> tuple[Path, int]:
+        path = folder / name
+        if path.exists():  # two members of one name in different folders of the archive
+            path = folder / f"{next(numbers)}_{name}"
+        with path.open("wb") as out:
+            shutil.copyfileobj(_Capped(stream, room + 1), out, 2**20)
+            return path, out.tell()
+
+    return store
+
+
+class _Capped:
+    """The first ``n`` bytes of a stream: what a store copies past the room left is never inflated."""
+
+    def __init__(self, stream: IO[bytes], n: int) -> None:
+        self._stream, self._left = stream, n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
+def _unpack(name: str, kind: str, raw: IO[bytes], limit: int, store: _Store) -> Unpacked:
     try:
         if kind == "a ZIP archive":
-            members = _zip_members(raw, name)
-        elif kind == "a tar archive" or (kind in _STREAMS and _is_compressed_tar(raw)):
+            return _read(name, kind, _zip_members(raw, name), limit, store)
+        if kind == "a tar archive" or (kind in _STREAMS and _is_compressed_tar(raw)):
             if kind != "a tar archive":
                 kind = f"a tar archive ({kind.split(' ', 1)[1].split()[0]}-compressed)"
-            members = _tar_members(raw)
-        elif kind in _STREAMS:  # one compressed file: the file, whatever its name
+            return _read(name, kind, _tar_members(raw), limit, store)
+        if kind in _STREAMS:  # one compressed file: the file, whatever its name
             opener, suffix = _STREAMS[kind]
-            data = opener(raw).read(limit + 1)
-            if len(data) > limit:
-                raise _too_large(name, len(data), limit)
-            inner = name[: -len(suffix)] if name.lower().endswith(suffix) else name
-            return Unpacked(name, kind, (Member(PurePosixPath(inner).name, data),), (), len(data))
-        else:
-            raise UnreadableArchiveError(f"{name} is {kind}, which is not read here: send its raster files, or pack "
-                                         f"them as a ZIP or a tar (.tar.gz)")
-        return _read(name, kind, members, limit)
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error, NotImplementedError,
-            RuntimeError) as e:
+            inner = PurePosixPath(name[: -len(suffix)] if name.lower().endswith(suffix) else name).name or "upload"
+            with opener(raw) as stream:
+                content, size = store(inner, stream, limit)
+            if size > limit:
+                raise _too_large(name, size, limit)
+            return Unpacked(name, kind, (Member(inner, content),), (), size)
+    except _BROKEN as e:
         raise UnreadableArchiveError(f"{name} is {kind} that cannot be read ({e}); send it whole (was it cut "
                                      f"short?), or send the raster files inside it") from None
+    raise UnreadableArchiveError(f"{name} is {kind}, which is not read here: send its raster files, or pack them as "
+                                 f"a ZIP or a tar (.tar.gz)")
 
 
-#: One member: its path in the archive, its size as the archive states it (None: unknown until read), and a
-#: function that reads up to n of its bytes.
-_Listed = tuple[str, int | None, Callable[[int], bytes]]
+#: One member: its path in the archive, its size as the archive states it, and a function that opens it.
+_Listed = tuple[str, int, Callable[[], IO[bytes]]]
 
 
-def _zip_members(raw: io.BytesIO, name: str) -> Iterator[_Listed]:
+def _zip_members(raw: IO[bytes], name: str) -> Iterator[_Listed]:
     archive = zipfile.ZipFile(raw)
     for info in archive.infolist():
         if info.is_dir():
             continue
         if info.flag_bits & 0x1:
             raise UnreadableArchiveError(f"{name}: its member {info.filename} is encrypted; send it unencrypted")
-        yield info.filename, info.file_size, lambda n, info=info: archive.open(info).read(n)
+        yield info.filename, info.file_size, lambda info=info: archive.open(info)
 
 
-def _is_compressed_tar(raw: io.BytesIO) -> bool:
+def _is_compressed_tar(raw: IO[bytes]) -> bool:
     """A .tar.gz (or .tar.bz2, .tar.xz) rather than one compressed file."""
     try:
         tarfile.open(fileobj=raw, mode="r:*").close()
@@ -142,21 +202,21 @@ def _is_compressed_tar(raw: io.BytesIO) -> bool:
         raw.seek(0)
 
 
-def _tar_members(raw: io.BytesIO) -> Iterator[_Listed]:
+def _tar_members(raw: IO[bytes]) -> Iterator[_Listed]:
     archive = tarfile.open(fileobj=raw, mode="r:*")
     for info in archive:
         if info.isfile():  # not folders, links or devices: a link could name any file
-            yield info.name, info.size, lambda n, info=info: archive.extractfile(info).read(n)
+            yield info.name, info.size, lambda info=info: archive.extractfile(info)
 
 
-def _read(name: str, kind: str, members: Iterator[_Listed], limit: int) -> Unpacked:
+def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _Store) -> Unpacked:
     """Every member counts against ``limit`` (a skipped one in a compressed tar is inflated to pass it), the rasters
-    are read: by the sizes the archive states before anything is inflated, by the bytes while they are."""
+    are stored: by the sizes the archive states before anything is inflated, by the bytes while they are."""
     files: list[Member] = []
     skipped: list[str] = []
     total = 0
-    for entries, (path, size, read) in enumerate(members, start=1):
-        base = PurePosixPath(path).name
+    for entries, (path, size, open_member) in enumerate(members, start=1):
+        base = PurePosixPath(path.replace("\\", "/")).name  # a Windows tool's zip may part folders with backslashes
         if product := _product(path):
             raise UnreadableArchiveError(
                 f"{name} is a {product} product, with every band at several resolutions, masks and previews "
@@ -164,20 +224,21 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int) -> Unpac
                 f"GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2 and its neighbours; of a Landsat bundle, the *_SR_B*.TIF)")
         if entries > MAX_ENTRIES:
             raise UnreadableArchiveError(f"{name} holds more than {MAX_ENTRIES} files; send the bands of one scene")
-        if size is not None and total + size > limit:
+        if total + size > limit:
             raise _too_large(name, total + size, limit)
         if path.startswith("__MACOSX/") or base.startswith("._") or not base.lower().endswith(RASTER_SUFFIXES):
             skipped.append(path)
-            total += size or 0
+            total += size
             continue
         if len(files) == MAX_MEMBERS:
             raise UnreadableArchiveError(f"{name} holds more than {MAX_MEMBERS} raster files; send the bands of one "
                                          f"scene")
-        data = read(limit - total + 1)
-        total += len(data)
+        with open_member() as stream:
+            content, stored = store(base, stream, limit - total)
+        total += stored
         if total > limit:
             raise _too_large(name, total, limit)
-        files.append(Member(base, data))
+        files.append(Member(base, content))
     if not files:
         raise UnreadableArchiveError(
             f"{name} is {kind} with no raster file in it ({_listing(skipped)}); rasters are read as GeoTIFF, COG, "
@@ -204,5 +265,5 @@ def _listing(paths: list[str], most: int = 5) -> str:
 
 def _too_large(name: str, size: int, limit: int) -> ArchiveTooLargeError:
     return ArchiveTooLargeError(
-        f"{name} unpacks to more than {limit / 2**20:g} MiB ({size / 2**20:.1f} MiB so far; MAPEX_MAX_UPLOAD_MB bounds "
-        f"what the archives of a request hold as it bounds an upload): send fewer bands or a crop")
+        f"{name} unpacks to more than {limit / 2**20:g} MiB ({size / 2**20:.1f} MiB so far; the upload limit bounds "
+        f"what the archives of a request hold as it bounds the upload): send fewer bands or a crop")

@@ -366,7 +366,7 @@ class RequestScene:
                 continue
             self.archives.append(archive)
             room -= archive.size
-            out += [UploadedFile(m.name, m.data) for m in archive.files]
+            out += [UploadedFile(m.name, m.content) for m in archive.files]
         return out
 
     def _open_sources(self, files: Sequence[SourceFile]) -> None:
@@ -376,6 +376,8 @@ class RequestScene:
             if not f.remote and _is_vrt(_head(f.path)):
                 raise ForbiddenReferenceError(f"{f.name}: VRTs are not accepted for jobs (a VRT could read any file); "
                                               f"send the rasters themselves, one file part each")
+            if f.name.lower().endswith(SIDECARS):  # read by GDAL beside its raster (an archive unpacked for a job)
+                continue
             ds = self._closing(_open_in_place(f))
             if ds.count == 0 and ds.subdatasets and not f.remote:
                 self.datasets += self._open_subdatasets(f.name, ds, f.path)

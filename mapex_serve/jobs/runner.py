@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mapex_serve.archives import unpack_file
 from mapex_serve.batcher import BACKGROUND
 from mapex_serve.cores import service_cores
 from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError, part_count, run_all
@@ -77,10 +78,12 @@ class Progress:
         return (self.total - self.done) / (run / elapsed)
 
 
-def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefixes: list[str]) -> ResolvedSources:
-    """The scene's files: the saved upload, the URLs, or the STAC item's assets."""
+def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefixes: list[str],
+                    max_unpacked: int) -> ResolvedSources:
+    """The scene's files: the saved upload (its archives unpacked, to at most ``max_unpacked`` bytes), the URLs, or
+    the STAC item's assets."""
     if uploads:
-        return ResolvedSources([SourceFile(name, str(path)) for name, path in uploads])
+        return uploaded_sources(uploads, max_unpacked)
     if request.url:
         return resolve_urls([request.url] if isinstance(request.url, str) else request.url, prefixes)
     item, item_url = request.stac_item, None
@@ -89,17 +92,32 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     return resolve_stac(item, request.assets, item_url, prefixes)
 
 
+def uploaded_sources(uploads: list[tuple[str, Path]], max_unpacked: int) -> ResolvedSources:
+    """The saved upload's files, each archive among them unpacked beside it onto the jobs volume."""
+    files, archives, room = [], [], max_unpacked
+    for name, path in uploads:
+        archive = unpack_file(name, path, room)
+        if archive is None:
+            files.append(SourceFile(name, str(path)))
+            continue
+        room -= archive.size
+        archives.append(archive.report())
+        files += [SourceFile(m.name, str(m.content)) for m in archive.files]
+    return ResolvedSources(files, archives=archives)
+
+
 def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
     o = sources.overrides
     return {"files": [{"name": f.name, "path": f.path, "nodata": list(f.nodata) if f.nodata else None}
                       for f in sources.files],
             "bands": sources.bands, "units": dict(o.units), "scale": dict(o.scale), "offset": dict(o.offset),
-            "described": sources.described}
+            "described": sources.described, "archives": sources.archives}
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
-    return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"])
+    return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
+                           d.get("archives", []))  # jobs recorded before archives were read have none
 
 
 class JobRunner:

@@ -212,7 +212,8 @@ class JobScene:
                 "inputs": inputs,
                 "grid": grid_report(g.crs, g.transform, g.width, g.height, self.reader.resampled),
                 "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},
-                "catalogue": self.plan.sources.described, "outputs": outputs}
+                "catalogue": self.plan.sources.described,
+                **({"archives": self.plan.sources.archives} if self.plan.sources.archives else {}), "outputs": outputs}
 
     def _class_results(self) -> dict[str, Any]:
         """Class heads: one label per tile, aggregated in memory; the GeoTIFF and the summary."""
@@ -224,7 +225,7 @@ class JobScene:
                        tile_rows=tile_cells(g.height, size, overlap_for(size)),
                        tile_cols=tile_cells(g.width, size, overlap_for(size)),
                        inputs=[b.report() for b in self.scene.bands], masked=self.reader.masked(),
-                       resampled=self.reader.resampled)
+                       resampled=self.reader.resampled, archives=self.plan.sources.archives)
         folder = self.plan.folder
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "result.tif.tmp"

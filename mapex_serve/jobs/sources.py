@@ -54,6 +54,7 @@ class ResolvedSources:
     bands: list[str] | None = None  # one name per band over all files, when a catalogue named them
     overrides: UnitOverrides = field(default_factory=UnitOverrides)
     described: list[dict[str, Any]] = field(default_factory=list)  # what was taken from where, for the job's report
+    archives: list[dict[str, Any]] = field(default_factory=list)  # the upload's archives (``Unpacked.report``)
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:

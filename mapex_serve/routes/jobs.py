@@ -138,7 +138,8 @@ async def submit_job(
             raise JobRequestError("the job request names no scene: give url (http(s):// or s3://) or stac_item, or "
                                   "upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
-        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes)
+        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes,
+                                          int(state.settings.job_max_upload_mb * 2**20))
         try:
             scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
                                                            state.settings.job_max_pixels)

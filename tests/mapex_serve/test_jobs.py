@@ -125,6 +125,38 @@ def test_an_uploaded_scene_gives_the_predict_mask_as_a_cog_with_areas(jobs_serve
     assert summary["valid_pixels"] == labels.size
 
 
+def test_a_tar_gz_of_band_files_is_unpacked_onto_the_volume_and_gives_the_stacked_scenes_mask(
+        jobs_server, uploaded, sar, tmp_path, server_type):
+    """A job's upload may be an archive: a .tar.gz of one COG a band, one of them named by its PAM sidecar only
+    (GDAL reads ``band1.tif.aux.xml`` beside it), and a README left out; the same mask as the stacked COG's."""
+    import io
+    import tarfile
+
+    vv = write_cog(tmp_path / "band1.tif", sar[:1], None).read_bytes()
+    vh = write_cog(tmp_path / "S1_VH.tif", sar[1:], None).read_bytes()
+    pam = (b'<PAMDataset><PAMRasterBand band="1"><Description>VV</Description></PAMRasterBand></PAMDataset>')
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as t:
+        for name, data in (("s1/band1.tif", vv), ("s1/band1.tif.aux.xml", pam), ("s1/S1_VH.tif", vh),
+                           ("s1/README.txt", b"VV and VH in dB")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", content=out.getvalue(), timeout=60,
+                   headers={"content-type": "application/gzip"})
+    assert r.status_code == 202, r.text
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done", status
+    summary = result(jobs_server.url, status["id"], "json").json()
+    assert summary["archives"] == [{"name": "upload.gz", "kind": "tar archive (gzip-compressed)",
+                                    "read": ["band1.tif", "band1.tif.aux.xml", "S1_VH.tif"],
+                                    "skipped": ["s1/README.txt"]}]
+    assert {i["found"]: i["mapped_to"] for i in summary["inputs"]} == {"VV": "VV", "S1_VH": "VH"}
+    labels = cog_array(server_type, result(jobs_server.url, status["id"], "geotiff").content)[0]
+    stacked = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    assert (labels == stacked).mean() >= 0.999
+
+
 def test_metrics_count_the_jobs_in_the_store_by_task_and_state(jobs_server, uploaded):
     from prometheus_client.parser import text_string_to_metric_families
 
