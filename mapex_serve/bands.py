@@ -16,6 +16,7 @@ from mapex_serve.errors import DuplicateBandError, UnknownBandError, UnknownModa
 __all__ = [
     "BANDS",
     "OLI_WAVELENGTHS_NM",
+    "TM_ETM_WAVELENGTHS_NM",
     "PLAUSIBLE",
     "QUALITY_LAYERS",
     "QualityLayer",
@@ -216,6 +217,10 @@ OLI_WAVELENGTHS_NM: dict[int, float] = {
     1: 443.0, 2: 482.0, 3: 561.5, 4: 654.5, 5: 865.0, 6: 1608.5, 7: 2200.5, 8: 589.5, 9: 1373.5,
     10: 10895.0, 11: 12005.0,
 }
+#: Landsat 4-5 TM and 7 ETM+ band number -> central wavelength in nm (the middle of each band's range in the
+#: USGS Landsat 4-7 Collection 2 Level-2 Science Product Guide): their band 4 is near infrared (Sentinel-2 B08),
+#: 5 and 7 short-wave infrared, 6 thermal; read as OLI's or Sentinel-2's numbers they would be wrong bands.
+TM_ETM_WAVELENGTHS_NM: dict[int, float] = {1: 485.0, 2: 560.0, 3: 660.0, 4: 835.0, 5: 1650.0, 6: 11450.0, 7: 2220.0}
 
 
 # --- quality layers ---------------------------------------------------------------------------------

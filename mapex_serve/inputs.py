@@ -33,7 +33,7 @@ from rasterio.windows import from_bounds
 from mapex_serve.archives import Unpacked, unpack
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
-from mapex_serve.rasters import identify_bands, is_landsat, missing_names_error, parse_name
+from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
 
@@ -427,7 +427,7 @@ class RequestScene:
             given = None if bands is None else list(bands[offset: offset + ds.count])
             offset += ds.count
             file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
-            landsat = is_landsat(ds, file)
+            landsat = landsat_sensor(ds, file) is not None
             source = "subdataset name" if variable else "file name"
             nodata = self._nodata.get(name)
             for i, identity in enumerate(identify_bands(ds, variable or file, given, source), start=1):

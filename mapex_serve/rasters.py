@@ -14,7 +14,8 @@ Bands are identified by name or wavelength, never by position. For each band, in
    Sentinel-2 band whose passband holds it (:func:`mapex_serve.bands.band_for_wavelength`).
 
 Landsat OLI and HLS L30 number their bands differently from Sentinel-2 (L30 ``B05`` is near
-infrared), so in a Landsat file a band number is a wavelength, mapped by rule 3, never a name. A
+infrared), and Landsat 4-7 TM and ETM+ differently again (their ``B4`` is near infrared), so in a
+Landsat file a band number is its sensor's wavelength, mapped by rule 3, never a name. A
 name that disagrees with the file's wavelength metadata is an error, not a choice.
 """
 
@@ -30,6 +31,7 @@ from rasterio.io import DatasetReaderBase
 from mapex_serve.bands import (
     BANDS,
     OLI_WAVELENGTHS_NM,
+    TM_ETM_WAVELENGTHS_NM,
     band_for_wavelength,
     canonical_or_none,
     quality_layer,
@@ -45,7 +47,8 @@ __all__ = [
     "BandNamesMissingError",
     "band_names",
     "identify_bands",
-    "is_landsat",
+    "LandsatSensor",
+    "landsat_sensor",
     "missing_names_error",
     "parse_name",
     "scale_offset",
@@ -129,13 +132,36 @@ def parse_name(name: str) -> BandIdentity | None:
     return None
 
 
-def is_landsat(src: DatasetReaderBase, filename: str | None) -> bool:
-    """Landsat OLI or HLS L30: a file whose band numbers are OLI's, not Sentinel-2's."""
+@dataclass(frozen=True)
+class LandsatSensor:
+    """A Landsat sensor: its name and its band numbers' central wavelengths (nm)."""
+
+    name: str
+    wavelengths_nm: dict[int, float]
+
+
+OLI = LandsatSensor("OLI", OLI_WAVELENGTHS_NM)
+TM_ETM = LandsatSensor("TM/ETM+", TM_ETM_WAVELENGTHS_NM)
+#: Product id and file name prefixes (USGS Collection 2 naming: sensor letter, satellite number; HLS L30 is OLI).
+_LANDSAT_PREFIXES = {"HLS.L30.": OLI, "LC08_": OLI, "LC09_": OLI, "LO08_": OLI, "LO09_": OLI, "LE07_": TM_ETM,
+                     "LT05_": TM_ETM, "LT04_": TM_ETM}
+
+
+def landsat_sensor(src: DatasetReaderBase, filename: str | None) -> LandsatSensor | None:
+    """The Landsat sensor whose band numbers a file uses, not Sentinel-2's (by its tags, then its name); None for
+    any other file. Landsat 7's ``SR_B4`` is near infrared, Landsat 8's red, Sentinel-2's ``B4`` red."""
     tags = {k.upper(): str(v).upper() for k, v in src.tags().items()}
-    if "LANDSAT_PRODUCT_ID" in tags or "OLI" in tags.get("SENSOR", "") or "LANDSAT" in tags.get("SPACECRAFT_NAME", ""):
-        return True
+    product = tags.get("LANDSAT_PRODUCT_ID", "")
+    sensor, spacecraft = tags.get("SENSOR", "") + tags.get("SENSOR_ID", ""), tags.get("SPACECRAFT_NAME", "")
     stem = PurePath(filename or "").name.upper()
-    return stem.startswith(("HLS.L30.", "LC08_", "LC09_", "LO08_", "LO09_"))
+    for name in (product, stem):
+        if found := next((s for prefix, s in _LANDSAT_PREFIXES.items() if name.startswith(prefix)), None):
+            return found
+    if "OLI" in sensor or spacecraft in ("LANDSAT_8", "LANDSAT_9"):
+        return OLI
+    if "TM" in sensor or spacecraft in ("LANDSAT_4", "LANDSAT_5", "LANDSAT_7"):  # "TM", "ETM", "ETM+"
+        return TM_ETM
+    return None
 
 
 def _wavelength_nm(src: DatasetReaderBase, index: int) -> tuple[float, str] | None:
@@ -186,14 +212,15 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
     return names
 
 
-def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: bool, name_source: str) -> BandIdentity:
+def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
+              name_source: str) -> BandIdentity:
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     for name, where in _file_names(src, index, filename, name_source):
-        if landsat and (m := _LANDSAT_NUMBER.match(name.strip())) and int(m.group(1)) in OLI_WAVELENGTHS_NM:
+        if landsat and (m := _LANDSAT_NUMBER.match(name.strip())) and int(m.group(1)) in landsat.wavelengths_nm:
             number = int(m.group(1))
-            found = _by_wavelength(OLI_WAVELENGTHS_NM[number], name)
-            return BandIdentity(name, f"Landsat OLI band {number} ({where}), {found.rule}", found.canonical)
+            found = _by_wavelength(landsat.wavelengths_nm[number], name)
+            return BandIdentity(name, f"Landsat {landsat.name} band {number} ({where}), {found.rule}", found.canonical)
         if (named := parse_name(name)) is not None:
             named = BandIdentity(named.found, f"{named.rule} ({where})", named.canonical, named.quality, named.unit_hint)
             break
@@ -239,7 +266,7 @@ def identify_bands(
             out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality,
                                     parsed.unit_hint))
         return out
-    landsat = is_landsat(src, filename)
+    landsat = landsat_sensor(src, filename)
     return [_identify(src, i, filename, landsat, name_source) for i in range(1, src.count + 1)]
 
 

@@ -198,6 +198,24 @@ def test_landsat_collection2_without_scale_says_which_scale():
     np.testing.assert_allclose(values[0], stored * 2.75e-5 - 0.2, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, tags, canonical", [
+    ("LE07_L2SP_191026_20020610_20200916_02_T1_SR_B4.TIF", {}, "B08"),
+    ("LT05_L2SP_191026_19990610_20200907_02_T1_SR_B3.TIF", {}, "B04"),
+    ("LT05_L2SP_191026_19990610_20200907_02_T1_SR_B5.TIF", {}, "B11"),
+    ("SR_B4.TIF", {"LANDSAT_PRODUCT_ID": "LE07_L2SP_191026_20020610_20200916_02_T1"}, "B08"),
+    ("scene_B7.tif", {"SPACECRAFT_NAME": "LANDSAT_5", "SENSOR_ID": "TM"}, "B12"),
+])
+def test_landsat_tm_and_etm_band_numbers_are_their_own_wavelengths(name, tags, canonical):
+    """Landsat 4-5 TM and 7 ETM+ number their bands apart from OLI and Sentinel-2: their B4 is near infrared
+    (835 nm, Sentinel-2 B08), B3 red, B5 and B7 short-wave infrared; read as Sentinel-2 numbers B4 was red."""
+    stored = RNG.integers(8000, 20000, (16, 16)).astype(np.uint16)
+    scene, _, values, _ = read([UploadedFile(name, tif(stored, tags=tags))], [canonical], scale="0.0000275",
+                               offset="-0.2")
+    (b,) = scene.bands
+    assert b.identity.canonical == canonical and "Landsat TM/ETM+ band" in b.identity.rule
+    np.testing.assert_allclose(values[0], stored * 2.75e-5 - 0.2, atol=1e-6)
+
+
 def test_gdal_imagery_domain_wavelengths():
     """GDAL >= 3.10 IMAGERY metadata domain: CENTRAL_WAVELENGTH_UM and FWHM_UM per band (RFC 100 / raster data model)."""
     data = tif(reflectance((2, 8, 8)), imagery=[{"CENTRAL_WAVELENGTH_UM": "0.6646", "FWHM_UM": "0.031"},
