@@ -4,7 +4,10 @@ Earth Engine's ``getDownloadURL`` answers with a ZIP of one GeoTIFF a band by de
 (``download.B4.tif``, ``download.B3.tif`` ...), Sentinel Hub's Process API with a tar when a request
 asks for several outputs (``default.tif`` and ``userdata.json``), and people gzip what they mail. Each
 member that is a raster (or a raster's sidecar) becomes a file of the request, as if sent as a part of
-its own; the others (metadata, previews) are named in the answer as left out. ``/predict`` unpacks into
+its own; the others (metadata, previews) are named in the answer as left out. A Landsat Collection 2
+Level-2 bundle (USGS's ``.tar``) gives its surface reflectance bands and ``QA_PIXEL``, each band with
+the scale and offset its ``MTL.txt`` states (as a GDAL ``.aux.xml`` sidecar: the values are then read
+in reflectance, not taken as Sentinel-2's x 10000). ``/predict`` unpacks into
 memory (``unpack``), a job onto its volume beside the upload (``unpack_file``: GDAL then reads windows of
 plain files, where through ``/vsigzip/`` every seek back would inflate the stream again). What an archive
 unpacks to counts against the upload limit, before and while it is read: a small archive cannot unpack
@@ -17,6 +20,7 @@ import bz2
 import gzip
 import io
 import lzma
+import re
 import shutil
 import tarfile
 import zipfile
@@ -29,8 +33,8 @@ from typing import IO, Any
 
 from mapex_serve.errors import MapexError
 
-__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack",
-           "unpack_file"]
+__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "landsat_scales",
+           "unpack", "unpack_file"]
 
 #: What a file is, by its first bytes, when it is an archive or a compressed file: (offset, magic, kind).
 _MAGIC = ((0, b"PK\x03\x04", "a ZIP archive"), (0, b"PK\x05\x06", "a ZIP archive"), (0, b"\x1f\x8b", "a gzip file"),
@@ -43,6 +47,12 @@ _STREAMS: dict[str, tuple[Callable[..., IO[bytes]], str]] = {
 #: beside them (ENVI headers, PAM metadata, masks, overviews).
 RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".jp2", ".nc", ".nc4", ".h5", ".hdf5", ".he5", ".vrt", ".img", ".dat",
                    ".bin", ".bsq", ".bil", ".bip", ".envi", ".hdr", ".aux.xml", ".msk", ".ovr")
+#: A Landsat Collection 2 Level-2 product's files (``LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF``), of
+#: which the surface reflectance bands and the pixel quality are read (not the surface temperature, its
+#: intermediate bands, angles or other QA), and its metadata, which states the reflectance's scale and offset.
+_LANDSAT_FILE = re.compile(r"^L[COTE]0\d_L2S[PR]_\w+\.TIF$", re.I)
+_LANDSAT_READ = re.compile(r"_(SR_B\d+|QA_PIXEL)\.TIF$", re.I)
+_LANDSAT_MTL = re.compile(r"^L[COTE]0\d_L2S[PR]_\w+_MTL\.txt$", re.I)
 #: The most raster files one archive may hold (as many as file parts a multipart body may have), and the most files.
 MAX_MEMBERS = 64
 MAX_ENTRIES = 1000
@@ -66,6 +76,8 @@ class Member:
 
     name: str
     content: bytes | Path
+    #: Made here, not found in the archive: a sidecar stating what the archive's metadata says of a band.
+    made: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,11 +90,14 @@ class Unpacked:
     skipped: tuple[str, ...]
     #: Bytes it unpacked to, skipped members included (what counts against the limit).
     size: int
+    #: What was taken from its metadata, in words.
+    notes: tuple[str, ...] = ()
 
     def report(self) -> dict[str, Any]:
         """How the answer states it (``archives``)."""
-        return {"name": self.archive, "kind": self.kind.split(" ", 1)[1], "read": [m.name for m in self.files],
-                "skipped": list(self.skipped)}
+        return {"name": self.archive, "kind": self.kind.split(" ", 1)[1],
+                "read": [m.name for m in self.files if not m.made], "skipped": list(self.skipped),
+                **({"notes": list(self.notes)} if self.notes else {})}
 
 
 #: Where a member goes: ``store(name, stream, room)`` -> (its content, its size), reading at most ``room + 1`` bytes.
@@ -215,18 +230,21 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _
     files: list[Member] = []
     skipped: list[str] = []
     total = 0
+    mtl: tuple[str, str] | None = None  # a Landsat bundle's metadata: (name, text)
     for entries, (path, size, open_member) in enumerate(members, start=1):
-        base = PurePosixPath(path.replace("\\", "/")).name  # a Windows tool's zip may part folders with backslashes
-        if product := _product(path):
-            raise UnreadableArchiveError(
-                f"{name} is a {product} product, with every band at several resolutions, masks and previews "
-                f"beside them: send the band files you need, one resolution each (of a Sentinel-2 SAFE, "
-                f"GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2 and its neighbours; of a Landsat bundle, the *_SR_B*.TIF)")
+        path = path.replace("\\", "/")  # a Windows tool's zip may part folders with backslashes
+        base = PurePosixPath(path).name
+        _check_not_safe(name, path)
         if entries > MAX_ENTRIES:
             raise UnreadableArchiveError(f"{name} holds more than {MAX_ENTRIES} files; send the bands of one scene")
         if total + size > limit:
             raise _too_large(name, total + size, limit)
-        if path.startswith("__MACOSX/") or base.startswith("._") or not base.lower().endswith(RASTER_SUFFIXES):
+        if _LANDSAT_MTL.match(base) and size < 2**20:
+            with open_member() as stream:
+                mtl = base, stream.read().decode("utf-8", "replace")
+            total += size
+            continue
+        if not _wanted(path, base):
             skipped.append(path)
             total += size
             continue
@@ -243,17 +261,75 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _
         raise UnreadableArchiveError(
             f"{name} is {kind} with no raster file in it ({_listing(skipped)}); rasters are read as GeoTIFF, COG, "
             f"NetCDF, HDF5, JPEG 2000 or ENVI files ({', '.join(RASTER_SUFFIXES[:5])} ...)")
-    return Unpacked(name, kind, tuple(files), tuple(skipped), total)
+    notes: tuple[str, ...] = ()
+    if mtl is not None:
+        sidecars, notes = _landsat_sidecars(mtl, files)
+        for sidecar, xml in sidecars:
+            content, stored = store(sidecar, io.BytesIO(xml), limit - total)
+            total += stored
+            files.append(Member(sidecar, content, made=True))
+    return Unpacked(name, kind, tuple(files), tuple(skipped), total, notes)
 
 
-def _product(path: str) -> str | None:
-    """A satellite product's folder layout, which holds each band several times over."""
-    parts = PurePosixPath(path).parts
-    if any(p.upper().endswith(".SAFE") for p in parts[:-1]):
-        return "Sentinel SAFE"
-    if "_MTL." in parts[-1].upper() and parts[-1].upper().startswith(("LC08_", "LC09_", "LT05_", "LE07_")):
-        return "Landsat bundle"
-    return None
+def _check_not_safe(name: str, path: str) -> None:
+    """A Sentinel SAFE holds each band at 10, 20 and 60 m beside masks and an 8-bit preview: not guessed at."""
+    if any(part.upper().endswith(".SAFE") for part in PurePosixPath(path).parts[:-1]):
+        raise UnreadableArchiveError(
+            f"{name} is a Sentinel SAFE product, with every band at several resolutions, masks and previews beside "
+            f"them: send the band files you need, one resolution each (of a Sentinel-2 L2A SAFE, "
+            f"GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2 and its neighbours, with offset=-0.1 for processing baseline "
+            f"04.00 or later)")
+
+
+def _wanted(path: str, base: str) -> bool:
+    """A member read as a file of the request: a raster or a sidecar (not macOS's resource forks), and of a Landsat
+    product only the surface reflectance and the pixel quality."""
+    if path.startswith("__MACOSX/") or base.startswith("._") or not base.lower().endswith(RASTER_SUFFIXES):
+        return False
+    return not _LANDSAT_FILE.match(base) or bool(_LANDSAT_READ.search(base))
+
+
+def landsat_scales(mtl: str) -> dict[int, tuple[float, float]]:
+    """Band number -> (scale, offset) of the surface reflectance a Collection 2 Level-2 ``MTL.txt`` states: its
+    ``LEVEL2_SURFACE_REFLECTANCE_PARAMETERS`` group, not ``LEVEL1_RADIOMETRIC_RESCALING``'s top-of-atmosphere
+    ones of the same names."""
+    groups: list[str] = []
+    mult: dict[int, float] = {}
+    add: dict[int, float] = {}
+    for line in mtl.splitlines():
+        key, _, value = (part.strip().strip('"') for part in line.partition("="))
+        if key == "GROUP":
+            groups.append(value)
+        elif key == "END_GROUP" and groups:
+            groups.pop()
+        elif groups[-1:] == ["LEVEL2_SURFACE_REFLECTANCE_PARAMETERS"]:
+            if m := re.fullmatch(r"REFLECTANCE_(MULT|ADD)_BAND_(\d+)", key):
+                try:
+                    (mult if m.group(1) == "MULT" else add)[int(m.group(2))] = float(value)
+                except ValueError:
+                    continue
+    return {band: (mult[band], add[band]) for band in mult if band in add}
+
+
+def _landsat_sidecars(mtl: tuple[str, str], files: list[Member]) -> tuple[list[tuple[str, bytes]], tuple[str, ...]]:
+    """A PAM sidecar for each surface reflectance band the metadata scales (unless the archive holds one), and
+    what was taken, in words."""
+    name, text = mtl
+    scales = landsat_scales(text)
+    have = {m.name for m in files}
+    out: list[tuple[str, bytes]] = []
+    bands: dict[tuple[float, float], list[str]] = {}  # the bands scaled alike
+    for m in files:
+        band = re.search(r"_SR_B(\d+)\.TIF$", m.name, re.I)
+        if band is None or int(band.group(1)) not in scales or f"{m.name}.aux.xml" in have:
+            continue
+        scale, offset = scales[int(band.group(1))]
+        xml = (f'<PAMDataset><PAMRasterBand band="1"><Offset>{offset!r}</Offset><Scale>{scale!r}</Scale>'
+               f'</PAMRasterBand></PAMDataset>').encode()
+        out.append((f"{m.name}.aux.xml", xml))
+        bands.setdefault((scale, offset), []).append(f"SR_B{band.group(1)}")
+    return out, tuple(f"{name}: surface reflectance = DN x {scale:g} {offset:+g} ({', '.join(which)})"
+                      for (scale, offset), which in bands.items())
 
 
 def _listing(paths: list[str], most: int = 5) -> str:

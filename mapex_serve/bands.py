@@ -256,6 +256,11 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
                      invalid_values={255: "Fmask fill"},
                      invalid_bits={0: "Fmask cirrus", 1: "Fmask cloud", 2: "Fmask adjacent to cloud or shadow",
                                    3: "Fmask cloud shadow"}),
+        # Landsat Collection 2 QA_PIXEL bits (USGS Landsat 8-9 and 4-7 Collection 2 Level-2 Science Product Guides):
+        # 0 fill, 1 dilated cloud, 2 cirrus (OLI only), 3 cloud, 4 cloud shadow; 5 snow, 6 clear, 7 water stay valid.
+        QualityLayer("QA_PIXEL", "Landsat Collection 2 pixel quality bits",
+                     invalid_bits={0: "QA_PIXEL fill", 1: "QA_PIXEL dilated cloud", 2: "QA_PIXEL cirrus",
+                                   3: "QA_PIXEL cloud", 4: "QA_PIXEL cloud shadow"}),
         # Sentinel Hub's dataMask output (1 data, 0 no data).
         QualityLayer("DATAMASK", "Sentinel Hub dataMask", ("datamask", "data_mask"), invalid_values={0: "dataMask no data"}),
     )

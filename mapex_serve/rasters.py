@@ -208,7 +208,8 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
     if filename and src.count == 1:  # one band a file: BigEarthNet, HLS, SNAP's .data folders name it
         stem = PurePath(filename).name.rsplit(".", 1)[0]
         tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
-        names += [(stem, where), *((t, where) for t in reversed(tokens))]
+        last_two = [("_".join(tokens[-2:]), where)] if len(tokens) > 2 else []  # Landsat's ..._QA_PIXEL, ..._SR_B4
+        names += [(stem, where), *last_two, *((t, where) for t in reversed(tokens))]
     return names
 
 

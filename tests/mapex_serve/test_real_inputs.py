@@ -623,17 +623,57 @@ def test_an_archive_and_files_beside_it_make_one_scene(rgb):
     assert sorted(scene.canonical_bands) == ["B02", "B03", "B04", "B08"]
 
 
-def test_a_product_as_downloaded_is_refused_naming_the_files_to_send():
-    """A Sentinel-2 SAFE holds each band at 10, 20 and 60 m beside masks and an 8-bit preview; a Landsat bundle
-    its thermal and QA bands beside the reflectance: neither is guessed at."""
-    data = tif(reflectance((1, 16, 16)))
-    safe = zipped({"S2B_MSIL2A_20240101.SAFE/GRANULE/L2A_T33/IMG_DATA/R10m/T33_B04_10m.jp2": data})
+def test_a_sentinel_safe_is_refused_naming_the_files_to_send():
+    """A SAFE holds each band at 10, 20 and 60 m beside masks and an 8-bit preview: not guessed at."""
+    safe = zipped({"S2B_MSIL2A_20240101.SAFE/GRANULE/L2A_T33/IMG_DATA/R10m/T33_B04_10m.jp2": tif(reflectance((1, 8, 8)))})
     with pytest.raises(UnreadableArchiveError, match="is a Sentinel SAFE product.*one resolution each"):
         RequestScene([UploadedFile("S2B.zip", safe)], max_unpacked=LIMIT)
-    bundle = tarred({"LC09_L2SP_044034_20220111_20220113_02_T1_MTL.txt": b"GROUP = LANDSAT_METADATA_FILE",
-                     "LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF": data})
-    with pytest.raises(UnreadableArchiveError, match="is a Landsat bundle product.*_SR_B"):
-        RequestScene([UploadedFile("LC09.tar", bundle)], max_unpacked=LIMIT)
+
+
+LANDSAT = "LC09_L2SP_191026_20220610_20220612_02_T1"
+#: The groups of a Collection 2 Level-2 MTL.txt that name reflectance scales: level 1's top-of-atmosphere ones
+#: (values here made different, to tell them apart) and level 2's surface reflectance ones.
+LANDSAT_MTL = f"""GROUP = LANDSAT_METADATA_FILE
+  GROUP = PRODUCT_CONTENTS
+    LANDSAT_PRODUCT_ID = "{LANDSAT}"
+  END_GROUP = PRODUCT_CONTENTS
+  GROUP = LEVEL1_RADIOMETRIC_RESCALING
+""" + "".join(f"    REFLECTANCE_MULT_BAND_{b} = 2.0000E-05\n    REFLECTANCE_ADD_BAND_{b} = -0.100000\n" for b in range(1, 10)) + \
+    """  END_GROUP = LEVEL1_RADIOMETRIC_RESCALING
+  GROUP = LEVEL2_SURFACE_REFLECTANCE_PARAMETERS
+""" + "".join(f"    REFLECTANCE_MULT_BAND_{b} = 2.75e-05\n    REFLECTANCE_ADD_BAND_{b} = -0.2\n" for b in range(1, 8)) + \
+    """  END_GROUP = LEVEL2_SURFACE_REFLECTANCE_PARAMETERS
+END_GROUP = LANDSAT_METADATA_FILE
+END
+"""
+
+
+def test_a_landsat_bundle_reads_its_reflectance_scaled_as_its_mtl_says_and_masks_by_qa_pixel():
+    """USGS's Collection 2 Level-2 .tar as EarthExplorer gives it: uint16 SR bands, QA_PIXEL, the surface temperature
+    band, angles and the MTL. The SR bands are read in the scale and offset of the MTL's level-2 group (a sidecar
+    each; not level 1's top-of-atmosphere ones), QA_PIXEL's cloud and shadow bits mask, the rest is left out."""
+    from mapex_serve.archives import landsat_scales
+
+    assert landsat_scales(LANDSAT_MTL) == {b: (2.75e-05, -0.2) for b in range(1, 8)}
+    dn = RNG.integers(8000, 20000, (3, 16, 16)).astype(np.uint16)
+    qa = np.full((16, 16), 1 << 6, np.uint16)  # clear
+    qa[:2] = 1 << 3  # cloud
+    qa[2, :4] = 1 << 4  # cloud shadow
+    qa[3, :3] = 1 << 5 | 1 << 6  # snow stays valid
+    members = {f"{LANDSAT}_ANG.txt": b"GROUP = FILE_HEADER", f"{LANDSAT}_MTL.json": b"{}",
+               f"{LANDSAT}_MTL.txt": LANDSAT_MTL.encode(), f"{LANDSAT}_QA_PIXEL.TIF": tif(qa),
+               **{f"{LANDSAT}_SR_B{b}.TIF": tif(dn[i]) for i, b in enumerate((4, 3, 2))},
+               f"{LANDSAT}_ST_B10.TIF": tif(dn[0])}
+    scene, reader, values, reasons = read([UploadedFile(f"{LANDSAT}.tar", tarred(members))], ["B04", "B03", "B02"])
+    valid = reasons == 0
+    np.testing.assert_allclose(values[:, valid], (dn * 2.75e-05 - 0.2)[:, valid], atol=1e-6)
+    assert reader.masked() == {"QA_PIXEL cloud": 32, "QA_PIXEL cloud shadow": 4}
+    assert "Landsat OLI band 4" in rule_of(scene, "B04")
+    assert scene.archives[0].report() == {
+        "name": f"{LANDSAT}.tar", "kind": "tar archive",
+        "read": [f"{LANDSAT}_QA_PIXEL.TIF", *(f"{LANDSAT}_SR_B{b}.TIF" for b in (4, 3, 2))],
+        "skipped": [f"{LANDSAT}_ANG.txt", f"{LANDSAT}_MTL.json", f"{LANDSAT}_ST_B10.TIF"],
+        "notes": [f"{LANDSAT}_MTL.txt: surface reflectance = DN x 2.75e-05 -0.2 (SR_B4, SR_B3, SR_B2)"]}
 
 
 def test_what_unpacks_past_the_limit_is_413_before_or_while_it_is_read():
