@@ -4,14 +4,13 @@ Earth Engine's ``getDownloadURL`` answers with a ZIP of one GeoTIFF a band by de
 (``download.B4.tif``, ``download.B3.tif`` ...), Sentinel Hub's Process API with a tar when a request
 asks for several outputs (``default.tif`` and ``userdata.json``), and people gzip what they mail. Each
 member that is a raster (or a raster's sidecar) becomes a file of the request, as if sent as a part of
-its own; the others (metadata, previews) are named in the answer as left out. A Landsat Collection 2
-Level-2 bundle (USGS's ``.tar``) gives its surface reflectance bands and ``QA_PIXEL``, each band with
-the scale and offset its ``MTL.txt`` states (as a GDAL ``.aux.xml`` sidecar: the values are then read
-in reflectance, not taken as Sentinel-2's x 10000). ``/predict`` unpacks into
-memory (``unpack``), a job onto its volume beside the upload (``unpack_file``: GDAL then reads windows of
-plain files, where through ``/vsigzip/`` every seek back would inflate the stream again). What an archive
-unpacks to counts against the upload limit, before and while it is read: a small archive cannot unpack
-into gigabytes.
+its own; the others (metadata, previews) are named in the answer as left out. Of a satellite product
+as its provider packs it (a Landsat bundle, a Sentinel-2 SAFE) the band files its rules pick are
+read, scaled as its metadata says (``products``). ``/predict`` unpacks into memory (``unpack``), a job
+onto its volume beside the upload (``unpack_file``: GDAL then reads windows of plain files, where
+through ``/vsigzip/`` every seek back would inflate the stream again). What an archive unpacks to
+counts against the upload limit, before and while it is read: a small archive cannot unpack into
+gigabytes.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import bz2
 import gzip
 import io
 import lzma
-import re
 import shutil
 import tarfile
 import zipfile
@@ -31,10 +29,11 @@ from itertools import count
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from mapex_serve import products
 from mapex_serve.errors import MapexError
 
-__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "landsat_scales",
-           "unpack", "unpack_file"]
+__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack",
+           "unpack_file"]
 
 #: What a file is, by its first bytes, when it is an archive or a compressed file: (offset, magic, kind).
 _MAGIC = ((0, b"PK\x03\x04", "a ZIP archive"), (0, b"PK\x05\x06", "a ZIP archive"), (0, b"\x1f\x8b", "a gzip file"),
@@ -47,12 +46,6 @@ _STREAMS: dict[str, tuple[Callable[..., IO[bytes]], str]] = {
 #: beside them (ENVI headers, PAM metadata, masks, overviews).
 RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".jp2", ".nc", ".nc4", ".h5", ".hdf5", ".he5", ".vrt", ".img", ".dat",
                    ".bin", ".bsq", ".bil", ".bip", ".envi", ".hdr", ".aux.xml", ".msk", ".ovr")
-#: A Landsat Collection 2 Level-2 product's files (``LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF``), of
-#: which the surface reflectance bands and the pixel quality are read (not the surface temperature, its
-#: intermediate bands, angles or other QA), and its metadata, which states the reflectance's scale and offset.
-_LANDSAT_FILE = re.compile(r"^L[COTE]0\d_L2S[PR]_\w+\.TIF$", re.I)
-_LANDSAT_READ = re.compile(r"_(SR_B\d+|QA_PIXEL)\.TIF$", re.I)
-_LANDSAT_MTL = re.compile(r"^L[COTE]0\d_L2S[PR]_\w+_MTL\.txt$", re.I)
 #: The most raster files one archive may hold (as many as file parts a multipart body may have), and the most files.
 MAX_MEMBERS = 64
 MAX_ENTRIES = 1000
@@ -226,34 +219,33 @@ def _tar_members(raw: IO[bytes]) -> Iterator[_Listed]:
 
 def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _Store) -> Unpacked:
     """Every member counts against ``limit`` (a skipped one in a compressed tar is inflated to pass it), the rasters
-    are stored: by the sizes the archive states before anything is inflated, by the bytes while they are."""
+    are stored: by the sizes the archive states before anything is inflated, by the bytes while they are; a
+    product's metadata is read for what it says of its bands (``products``)."""
     files: list[Member] = []
     skipped: list[str] = []
+    metadata: dict[str, str] = {}
     total = 0
-    mtl: tuple[str, str] | None = None  # a Landsat bundle's metadata: (name, text)
     for entries, (path, size, open_member) in enumerate(members, start=1):
         path = path.replace("\\", "/")  # a Windows tool's zip may part folders with backslashes
         base = PurePosixPath(path).name
-        _check_not_safe(name, path)
         if entries > MAX_ENTRIES:
             raise UnreadableArchiveError(f"{name} holds more than {MAX_ENTRIES} files; send the bands of one scene")
         if total + size > limit:
             raise _too_large(name, total + size, limit)
-        if _LANDSAT_MTL.match(base) and size < 2**20:
-            with open_member() as stream:
-                mtl = base, stream.read().decode("utf-8", "replace")
-            total += size
-            continue
-        if not _wanted(path, base):
+        total += size
+        what = products.role(path, size) or ("raster" if _is_raster(path, base) else "skip")
+        if what == "skip":
             skipped.append(path)
-            total += size
             continue
-        if len(files) == MAX_MEMBERS:
-            raise UnreadableArchiveError(f"{name} holds more than {MAX_MEMBERS} raster files; send the bands of one "
-                                         f"scene")
         with open_member() as stream:
-            content, stored = store(base, stream, limit - total)
-        total += stored
+            if what == "metadata":
+                metadata[base] = stream.read().decode("utf-8", "replace")
+                continue
+            if len(files) == MAX_MEMBERS:
+                raise UnreadableArchiveError(f"{name} holds more than {MAX_MEMBERS} raster files; send the bands of "
+                                             f"one scene")
+            content, stored = store(base, stream, limit - total + size)
+        total += stored - size
         if total > limit:
             raise _too_large(name, total, limit)
         files.append(Member(base, content))
@@ -261,75 +253,17 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _
         raise UnreadableArchiveError(
             f"{name} is {kind} with no raster file in it ({_listing(skipped)}); rasters are read as GeoTIFF, COG, "
             f"NetCDF, HDF5, JPEG 2000 or ENVI files ({', '.join(RASTER_SUFFIXES[:5])} ...)")
-    notes: tuple[str, ...] = ()
-    if mtl is not None:
-        sidecars, notes = _landsat_sidecars(mtl, files)
-        for sidecar, xml in sidecars:
-            content, stored = store(sidecar, io.BytesIO(xml), limit - total)
-            total += stored
-            files.append(Member(sidecar, content, made=True))
-    return Unpacked(name, kind, tuple(files), tuple(skipped), total, notes)
+    made = products.sidecars(metadata, [m.name for m in files])
+    for sidecar, xml in made.files:
+        content, stored = store(sidecar, io.BytesIO(xml), limit)  # a few hundred bytes
+        total += stored
+        files.append(Member(sidecar, content, made=True))
+    return Unpacked(name, kind, tuple(files), tuple(skipped), total, made.notes)
 
 
-def _check_not_safe(name: str, path: str) -> None:
-    """A Sentinel SAFE holds each band at 10, 20 and 60 m beside masks and an 8-bit preview: not guessed at."""
-    if any(part.upper().endswith(".SAFE") for part in PurePosixPath(path).parts[:-1]):
-        raise UnreadableArchiveError(
-            f"{name} is a Sentinel SAFE product, with every band at several resolutions, masks and previews beside "
-            f"them: send the band files you need, one resolution each (of a Sentinel-2 L2A SAFE, "
-            f"GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2 and its neighbours, with offset=-0.1 for processing baseline "
-            f"04.00 or later)")
-
-
-def _wanted(path: str, base: str) -> bool:
-    """A member read as a file of the request: a raster or a sidecar (not macOS's resource forks), and of a Landsat
-    product only the surface reflectance and the pixel quality."""
-    if path.startswith("__MACOSX/") or base.startswith("._") or not base.lower().endswith(RASTER_SUFFIXES):
-        return False
-    return not _LANDSAT_FILE.match(base) or bool(_LANDSAT_READ.search(base))
-
-
-def landsat_scales(mtl: str) -> dict[int, tuple[float, float]]:
-    """Band number -> (scale, offset) of the surface reflectance a Collection 2 Level-2 ``MTL.txt`` states: its
-    ``LEVEL2_SURFACE_REFLECTANCE_PARAMETERS`` group, not ``LEVEL1_RADIOMETRIC_RESCALING``'s top-of-atmosphere
-    ones of the same names."""
-    groups: list[str] = []
-    mult: dict[int, float] = {}
-    add: dict[int, float] = {}
-    for line in mtl.splitlines():
-        key, _, value = (part.strip().strip('"') for part in line.partition("="))
-        if key == "GROUP":
-            groups.append(value)
-        elif key == "END_GROUP" and groups:
-            groups.pop()
-        elif groups[-1:] == ["LEVEL2_SURFACE_REFLECTANCE_PARAMETERS"]:
-            if m := re.fullmatch(r"REFLECTANCE_(MULT|ADD)_BAND_(\d+)", key):
-                try:
-                    (mult if m.group(1) == "MULT" else add)[int(m.group(2))] = float(value)
-                except ValueError:
-                    continue
-    return {band: (mult[band], add[band]) for band in mult if band in add}
-
-
-def _landsat_sidecars(mtl: tuple[str, str], files: list[Member]) -> tuple[list[tuple[str, bytes]], tuple[str, ...]]:
-    """A PAM sidecar for each surface reflectance band the metadata scales (unless the archive holds one), and
-    what was taken, in words."""
-    name, text = mtl
-    scales = landsat_scales(text)
-    have = {m.name for m in files}
-    out: list[tuple[str, bytes]] = []
-    bands: dict[tuple[float, float], list[str]] = {}  # the bands scaled alike
-    for m in files:
-        band = re.search(r"_SR_B(\d+)\.TIF$", m.name, re.I)
-        if band is None or int(band.group(1)) not in scales or f"{m.name}.aux.xml" in have:
-            continue
-        scale, offset = scales[int(band.group(1))]
-        xml = (f'<PAMDataset><PAMRasterBand band="1"><Offset>{offset!r}</Offset><Scale>{scale!r}</Scale>'
-               f'</PAMRasterBand></PAMDataset>').encode()
-        out.append((f"{m.name}.aux.xml", xml))
-        bands.setdefault((scale, offset), []).append(f"SR_B{band.group(1)}")
-    return out, tuple(f"{name}: surface reflectance = DN x {scale:g} {offset:+g} ({', '.join(which)})"
-                      for (scale, offset), which in bands.items())
+def _is_raster(path: str, base: str) -> bool:
+    """A member read as a file of the request: a raster or a sidecar, not macOS's resource forks."""
+    return not (path.startswith("__MACOSX/") or base.startswith("._")) and base.lower().endswith(RASTER_SUFFIXES)
 
 
 def _listing(paths: list[str], most: int = 5) -> str:
@@ -342,4 +276,5 @@ def _listing(paths: list[str], most: int = 5) -> str:
 def _too_large(name: str, size: int, limit: int) -> ArchiveTooLargeError:
     return ArchiveTooLargeError(
         f"{name} unpacks to more than {limit / 2**20:g} MiB ({size / 2**20:.1f} MiB so far; the upload limit bounds "
-        f"what the archives of a request hold as it bounds the upload): send fewer bands or a crop")
+        f"what the archives of a request hold as it bounds the upload): send fewer bands or a crop, or a whole "
+        f"product as a job (POST /jobs/{{task}})")

@@ -623,11 +623,65 @@ def test_an_archive_and_files_beside_it_make_one_scene(rgb):
     assert sorted(scene.canonical_bands) == ["B02", "B03", "B04", "B08"]
 
 
-def test_a_sentinel_safe_is_refused_naming_the_files_to_send():
-    """A SAFE holds each band at 10, 20 and 60 m beside masks and an 8-bit preview: not guessed at."""
-    safe = zipped({"S2B_MSIL2A_20240101.SAFE/GRANULE/L2A_T33/IMG_DATA/R10m/T33_B04_10m.jp2": tif(reflectance((1, 8, 8)))})
-    with pytest.raises(UnreadableArchiveError, match="is a Sentinel SAFE product.*one resolution each"):
-        RequestScene([UploadedFile("S2B.zip", safe)], max_unpacked=LIMIT)
+def jp2(data: np.ndarray, pixel: float) -> bytes:
+    """A georeferenced, losslessly coded JPEG 2000 band file, as Sentinel-2's SAFE carries one (GDAL JP2OpenJPEG)."""
+    with MemoryFile(filename="band.jp2") as mem:
+        with mem.open(driver="JP2OpenJPEG", count=1, width=data.shape[1], height=data.shape[0], dtype=data.dtype,
+                      crs=UTM, transform=from_origin(500000, 5000000, pixel, pixel), QUALITY=100, REVERSIBLE="YES",
+                      CODEC="JP2") as dst:
+            dst.write(data, 1)
+        return mem.read()
+
+
+SAFE = "S2B_MSIL2A_20240830T100559_N0511_R022_T33UUP_20240830T134009.SAFE"
+#: The parts of a Level-2A MTD_MSIL2A.xml that state its values (PSD 14.9): the quantification, the band ids of
+#: the offsets, the offsets (processing baseline 04.00 and later) and the special values.
+SAFE_MTD = """<?xml version="1.0" encoding="UTF-8"?>
+<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">
+ <n1:General_Info><Product_Info><PROCESSING_BASELINE>05.11</PROCESSING_BASELINE></Product_Info>
+  <Product_Image_Characteristics>
+   <Special_Values><SPECIAL_VALUE_TEXT>NODATA</SPECIAL_VALUE_TEXT><SPECIAL_VALUE_INDEX>0</SPECIAL_VALUE_INDEX></Special_Values>
+   <Special_Values><SPECIAL_VALUE_TEXT>SATURATED</SPECIAL_VALUE_TEXT><SPECIAL_VALUE_INDEX>65535</SPECIAL_VALUE_INDEX></Special_Values>
+   <QUANTIFICATION_VALUES_LIST><BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>
+    <AOT_QUANTIFICATION_VALUE unit="none">1000.0</AOT_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>
+   <BOA_ADD_OFFSET_VALUES_LIST>""" + "".join(f'<BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>' for i in range(13)) + \
+    """</BOA_ADD_OFFSET_VALUES_LIST>
+   <Spectral_Information_List>""" + "".join(
+        f'<Spectral_Information bandId="{i}" physicalBand="{b}"/>' for i, b in enumerate(
+            ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"))) + \
+    """</Spectral_Information_List>
+  </Product_Image_Characteristics></n1:General_Info></n1:Level-2A_User_Product>"""
+
+
+def test_a_sentinel2_safe_reads_each_band_once_at_its_own_resolution_with_the_offset_its_metadata_states():
+    """A Level-2A SAFE as the Copernicus Data Space gives it (a .zip): each band at 10, 20 and 60 m, the true-colour
+    preview, masks and metadata. Each band is read at its native resolution (B04 from R10m, not its R20m copy; SCL
+    from R20m), in reflectance = (DN - 1000) / 10000 as MTD_MSIL2A.xml states since baseline 04.00 (0.1 too bright
+    without the offset), nodata 0; the SCL masks clouds, the rest is left out."""
+    from mapex_serve.products import safe_scales
+
+    assert safe_scales(SAFE_MTD)["B8A"] == (1e-4, -0.1, 0.0)
+    dn = RNG.integers(1500, 5000, (3, 32, 32)).astype(np.uint16)
+    dn[:, 0, :4] = 0  # outside the swath
+    scl = np.full((16, 16), 4, np.uint8)  # vegetation
+    scl[8:, 8:] = 9  # cloud, high probability: 8 x 8 at 20 m, 16 x 16 at 10 m
+    granule = f"{SAFE}/GRANULE/L2A_T33UUP_A038765_20240830T100558"
+    stem = "T33UUP_20240830T100559"
+    members = {f"{SAFE}/MTD_MSIL2A.xml": SAFE_MTD.encode(), f"{SAFE}/manifest.safe": b"<xfdu/>",
+               f"{granule}/MTD_TL.xml": b"<tile/>", f"{granule}/QI_DATA/MSK_CLDPRB_20m.jp2": jp2(scl, 20),
+               **{f"{granule}/IMG_DATA/R10m/{stem}_{b}_10m.jp2": jp2(dn[i], 10) for i, b in enumerate(("B04", "B03", "B02"))},
+               f"{granule}/IMG_DATA/R10m/{stem}_TCI_10m.jp2": jp2((dn[0] // 20).astype(np.uint8), 10),
+               f"{granule}/IMG_DATA/R20m/{stem}_B04_20m.jp2": jp2(dn[0, ::2, ::2], 20),
+               f"{granule}/IMG_DATA/R20m/{stem}_SCL_20m.jp2": jp2(scl, 20),
+               f"{granule}/IMG_DATA/R60m/{stem}_B04_60m.jp2": jp2(dn[0, ::6, ::6], 60)}
+    scene, reader, values, reasons = read([UploadedFile("S2B.zip", zipped(members))], ["B04", "B03", "B02"])
+    valid = reasons == 0
+    np.testing.assert_allclose(values[:, valid], ((dn - 1000) / 10000)[:, valid], atol=1e-6)
+    assert reader.masked() == {"nodata, mask or alpha band": 4, "SCL cloud (high probability)": 256}
+    report = scene.archives[0].report()
+    assert report["read"] == [f"{stem}_{b}_10m.jp2" for b in ("B04", "B03", "B02")] + [f"{stem}_SCL_20m.jp2"]
+    assert f"{granule}/IMG_DATA/R20m/{stem}_B04_20m.jp2" in report["skipped"] and len(report["skipped"]) == 6
+    assert report["notes"] == ["MTD_MSIL2A.xml: reflectance = DN x 0.0001 -0.1, nodata 0 (B04, B03, B02)"]
 
 
 LANDSAT = "LC09_L2SP_191026_20220610_20220612_02_T1"
@@ -652,9 +706,9 @@ def test_a_landsat_bundle_reads_its_reflectance_scaled_as_its_mtl_says_and_masks
     """USGS's Collection 2 Level-2 .tar as EarthExplorer gives it: uint16 SR bands, QA_PIXEL, the surface temperature
     band, angles and the MTL. The SR bands are read in the scale and offset of the MTL's level-2 group (a sidecar
     each; not level 1's top-of-atmosphere ones), QA_PIXEL's cloud and shadow bits mask, the rest is left out."""
-    from mapex_serve.archives import landsat_scales
+    from mapex_serve.products import landsat_scales
 
-    assert landsat_scales(LANDSAT_MTL) == {b: (2.75e-05, -0.2) for b in range(1, 8)}
+    assert landsat_scales(LANDSAT_MTL) == {b: (2.75e-05, -0.2, 0.0) for b in range(1, 8)}
     dn = RNG.integers(8000, 20000, (3, 16, 16)).astype(np.uint16)
     qa = np.full((16, 16), 1 << 6, np.uint16)  # clear
     qa[:2] = 1 << 3  # cloud
@@ -673,7 +727,7 @@ def test_a_landsat_bundle_reads_its_reflectance_scaled_as_its_mtl_says_and_masks
         "name": f"{LANDSAT}.tar", "kind": "tar archive",
         "read": [f"{LANDSAT}_QA_PIXEL.TIF", *(f"{LANDSAT}_SR_B{b}.TIF" for b in (4, 3, 2))],
         "skipped": [f"{LANDSAT}_ANG.txt", f"{LANDSAT}_MTL.json", f"{LANDSAT}_ST_B10.TIF"],
-        "notes": [f"{LANDSAT}_MTL.txt: surface reflectance = DN x 2.75e-05 -0.2 (SR_B4, SR_B3, SR_B2)"]}
+        "notes": [f"{LANDSAT}_MTL.txt: surface reflectance = DN x 2.75e-05 -0.2, nodata 0 (SR_B4, SR_B3, SR_B2)"]}
 
 
 def test_what_unpacks_past_the_limit_is_413_before_or_while_it_is_read():
