@@ -113,7 +113,11 @@ def unpack(name: str, data: bytes | memoryview, limit: int) -> Unpacked | None:
     kind = archive_kind(data)
     if kind is None:
         return None
-    return _unpack(name, kind, io.BytesIO(data if isinstance(data, bytes) else bytes(data)), limit, _in_memory)
+    try:
+        return _unpack(name, kind, io.BytesIO(data if isinstance(data, bytes) else bytes(data)), limit, _in_memory)
+    except ArchiveTooLargeError as e:
+        raise ArchiveTooLargeError(f"{e}; MAPEX_MAX_UPLOAD_MB bounds what the archives of a request unpack to: send "
+                                   f"fewer bands or a crop, or a whole product as a job (POST /jobs/{{task}})") from None
 
 
 def unpack_file(name: str, path: Path, limit: int) -> Unpacked | None:
@@ -124,7 +128,11 @@ def unpack_file(name: str, path: Path, limit: int) -> Unpacked | None:
         if kind is None:
             return None
         f.seek(0)
-        unpacked = _unpack(name, kind, f, limit, _in_folder(path.with_name(f"{path.name}.d")))
+        try:
+            unpacked = _unpack(name, kind, f, limit, _in_folder(path.with_name(f"{path.name}.d")))
+        except ArchiveTooLargeError as e:
+            raise ArchiveTooLargeError(f"{e}; MAPEX_JOB_MAX_UPLOAD_MB bounds what a job's archives unpack to: send "
+                                       f"fewer bands or a crop") from None
     path.unlink()
     return unpacked
 
@@ -274,7 +282,4 @@ def _listing(paths: list[str], most: int = 5) -> str:
 
 
 def _too_large(name: str, size: int, limit: int) -> ArchiveTooLargeError:
-    return ArchiveTooLargeError(
-        f"{name} unpacks to more than {limit / 2**20:g} MiB ({size / 2**20:.1f} MiB so far; the upload limit bounds "
-        f"what the archives of a request hold as it bounds the upload): send fewer bands or a crop, or a whole "
-        f"product as a job (POST /jobs/{{task}})")
+    return ArchiveTooLargeError(f"{name} unpacks to more than {limit / 2**20:g} MiB ({size / 2**20:.1f} MiB so far)")

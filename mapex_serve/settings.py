@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * 2**20)
 
     @property
+    def job_max_upload_bytes(self) -> int:
+        """MAPEX_JOB_MAX_UPLOAD_MB in bytes: a job's upload, and what its archives may unpack to."""
+        return int(self.job_max_upload_mb * 2**20)
+
+    @property
     def decode_worker_count(self) -> int:
         """Decode workers of this service process: the usable cores but one, split among uvicorn's worker processes."""
         if self.decode_workers is not None:

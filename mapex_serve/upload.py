@@ -227,7 +227,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if chunks is None:
         chunks = body_chunks(request, ceiling, limit)
     if not multipart:
-        sink = open_sink(0, ARCHIVE_TYPES.get(media, RAW_NAME))
+        sink = open_sink(0, raw_name(request))
         try:
             async for chunk in chunks:
                 sink.write(chunk)

@@ -133,13 +133,13 @@ async def submit_job(
         if body is None:
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
                               probabilities=probabilities, geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
-            uploads = await save_upload(request, folder / "input", int(state.settings.job_max_upload_mb * 2**20))
+            uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:
             raise JobRequestError("the job request names no scene: give url (http(s):// or s3://) or stac_item, or "
                                   "upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
         sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes,
-                                          int(state.settings.job_max_upload_mb * 2**20))
+                                          state.settings.job_max_upload_bytes)
         try:
             scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
                                                            state.settings.job_max_pixels)
