@@ -196,13 +196,19 @@ async def body_chunks(request: Request, ceiling: int, limit: int,
 
 
 def check_not_encoded(request: Request) -> None:
-    """Refuse (415) an upload sent with a Content-Encoding. Taken as it was, a gzip stream got "not a readable raster"
-    (400), and one of a coding the service did not look at would have been read as if it were the file."""
+    """Refuse (415) an upload sent with a Content-Encoding the service does not decode: one it did not look at would
+    be read as if it were the file. A raw body sent with ``gzip`` is taken: it is a gzip file, which the decode
+    worker inflates as it unpacks any (``archives``), off the event loop and within the upload limit."""
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedContentEncodingError(
-            f"Content-Encoding {encoding!r} is not accepted for uploads; send the file as it is (a GeoTIFF compresses "
-            f"inside: a COG with DEFLATE or ZSTD is about as small), without a Content-Encoding header")
+    if encoding in ("", "identity"):
+        return
+    media, _ = parse_options_header(request.headers.get("content-type", ""))
+    if encoding in ("gzip", "x-gzip") and media.decode("latin-1").lower() != "multipart/form-data":
+        return
+    raise UnsupportedContentEncodingError(
+        f"Content-Encoding {encoding!r} is not accepted for this upload; send the file as it is (a GeoTIFF compresses "
+        f"inside: a COG with DEFLATE or ZSTD is about as small) without a Content-Encoding header, or gzip it and "
+        f"send it as the raw body (Content-Encoding: gzip, or Content-Type: application/gzip)")
 
 
 async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink],
