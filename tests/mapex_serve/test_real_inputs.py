@@ -11,6 +11,7 @@ import bz2
 import gzip
 import io
 import json
+import re
 import tarfile
 import zipfile
 
@@ -661,6 +662,12 @@ def test_a_sentinel2_safe_reads_each_band_once_at_its_own_resolution_with_the_of
     from mapex_serve.products import safe_scales
 
     assert safe_scales(SAFE_MTD)["B8A"] == (1e-4, -0.1, 0.0)
+    before_04 = re.sub(r"<BOA_ADD_OFFSET_VALUES_LIST>.*</BOA_ADD_OFFSET_VALUES_LIST>", "", SAFE_MTD, flags=re.S)
+    assert safe_scales(before_04)["B02"] == (1e-4, 0.0, 0.0)  # baselines before 04.00 state no offset
+    l1c = ('<n1:Level-1C_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-1C.xsd">'
+           '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE><Radiometric_Offset_List>'
+           '<RADIO_ADD_OFFSET band_id="1">-1000</RADIO_ADD_OFFSET></Radiometric_Offset_List></n1:Level-1C_User_Product>')
+    assert safe_scales(l1c)["B02"] == (1e-4, -0.1, None) and safe_scales("<not xml") == {}
     dn = RNG.integers(1500, 5000, (3, 32, 32)).astype(np.uint16)
     dn[:, 0, :4] = 0  # outside the swath
     scl = np.full((16, 16), 4, np.uint8)  # vegetation
