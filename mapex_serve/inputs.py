@@ -335,6 +335,8 @@ class RequestScene:
         for name, data, mem in memfiles:
             if name in referenced or name.lower().endswith(SIDECARS):
                 continue
+            if not len(data):  # rasterio would open an empty MemoryFile as one to write: a 500
+                raise UnreadableInputError(f"{name} is empty (0 bytes); send the file's contents, or leave it out")
             with _named(mem, name):
                 if isinstance(mem, str):
                     ds, grid = _open_in_slab(mem, data)

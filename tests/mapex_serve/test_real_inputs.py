@@ -17,6 +17,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
@@ -893,3 +895,48 @@ def test_the_grid_names_its_crs_as_rasterio_does_also_from_the_cache(crs):
                 assert report["crs"] == ds.crs.to_string()
     assert report["pixel_size"] == [10.0, 10.0] and (report["width"], report["height"]) == (8, 8)
     assert grid_report(None, from_origin(0, 0, 1, 1), 8, 8, [])["crs"] is None
+
+
+def _packed_variants() -> list[tuple[str, bytes]]:
+    """One small scene packed every way an upload may come packed."""
+    files = {"download.B4.tif": tif(reflectance((1, 16, 16))), "download.B3.tif": tif(reflectance((1, 16, 16))),
+             "userdata.json": b"{}"}
+    return [("a.zip", zipped(files)), ("a.zip", zipped(files, zipfile.ZIP_STORED)), ("a.tar", tarred(files)),
+            ("a.tgz", tarred(files, "w:gz")), ("a.tar.xz", tarred(files, "w:xz")),
+            ("a.tif.gz", gzip.compress(files["download.B4.tif"])), ("a.tif.bz2", bz2.compress(files["download.B4.tif"]))]
+
+
+_PACKED = _packed_variants()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None, phases=[Phase.generate])
+@given(which=st.integers(0, len(_PACKED) - 1), cut=st.one_of(st.none(), st.integers(0, 4000)),
+       flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8))
+def test_damaged_archives_are_read_or_refused_with_a_4xx_never_anything_else(which, cut, flips):
+    """Archives truncated or with bytes flipped (a download cut short, a bad disk): the scene is read, or the error is
+    one the service answers with a 4xx (``MapexError`` and GDAL's, which ``open_and_route`` turns into a 400); never
+    a zipfile, tarfile or zlib exception that would be a 500."""
+    from rasterio.errors import RasterioError
+
+    from mapex_serve.errors import MapexError
+
+    name, packed = _PACKED[which]
+    data = bytearray(packed[:cut] if cut is not None else packed)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    try:
+        RequestScene([UploadedFile(name, bytes(data))], max_unpacked=LIMIT).close()
+    except (MapexError, RasterioError):
+        pass
+
+
+def test_an_empty_file_beside_others_is_a_400_naming_it():
+    """Found by the archive fuzzer: an empty part (or member) was opened by rasterio as a file to write, an
+    AttributeError and a 500; an empty sidecar stays harmless."""
+    from mapex_serve.inputs import UnreadableInputError
+
+    files = [UploadedFile("s2.tif", tif(reflectance((2, 8, 8)), ["B04", "B03"])), UploadedFile("b.nc", b"")]
+    with pytest.raises(UnreadableInputError, match=r"b.nc is empty \(0 bytes\)"):
+        RequestScene(files)
+    RequestScene([files[0], UploadedFile("s2.tif.aux.xml", b"")]).close()
