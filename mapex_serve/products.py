@@ -10,6 +10,10 @@ carries either. Read as plain integers those values would be taken as Sentinel-2
 without the offset: 0.1 too bright, silently. Here each band read gets a GDAL PAM sidecar
 (``<band file>.aux.xml``) with the scale, offset and nodata its product states, so that the service
 reads it in reflectance as it reads any file that says its scale.
+
+SNAP's BEAM-DIMAP product (``S1_Cal_TC.dim`` and its ``S1_Cal_TC.data`` folder) keeps a band per ENVI
+file in the folder, and beside them ``tie_point_grids`` and ``vector_data``: its ``elevation_angle``
+grid would be taken for an elevation band by its name, so only the band files are read.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def role(path: str, size: int) -> Role | None:
     """What ``path`` (a member of an archive) is to its product; None for a file of no product known here."""
     parts = PurePosixPath(path).parts
     base = parts[-1]
+    if any(p.lower().endswith(".data") for p in parts[:-2]):
+        return "skip"  # in a BEAM-DIMAP .data folder's tie_point_grids/ or vector_data/: not bands
     if any(p.upper().endswith(".SAFE") for p in parts[:-1]):
         if _SAFE_MTD.match(base) and parts[-2].upper().endswith(".SAFE"):
             return "metadata" if size < _ENOUGH else "skip"

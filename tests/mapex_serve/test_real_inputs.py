@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import rasterio
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from rasterio.io import MemoryFile
@@ -940,3 +941,30 @@ def test_an_empty_file_beside_others_is_a_400_naming_it():
     with pytest.raises(UnreadableInputError, match=r"b.nc is empty \(0 bytes\)"):
         RequestScene(files)
     RequestScene([files[0], UploadedFile("s2.tif.aux.xml", b"")]).close()
+
+
+def test_a_snap_beam_dimap_product_reads_its_band_files_and_not_its_tie_point_grids(tmp_path):
+    """SNAP's default output zipped: the .dim, its .data folder of ENVI band files, and tie_point_grids/ whose
+    ``elevation_angle`` (degrees) would be taken for an elevation band in metres by its name."""
+    from rasterio.transform import from_origin as origin
+
+    def envi(name: str, data: np.ndarray, description: str) -> dict[str, bytes]:
+        path = tmp_path / f"{name}.img"
+        with rasterio.open(path, "w", driver="ENVI", count=1, width=16, height=16, dtype="float32", crs=UTM,
+                           transform=origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(data, 1)
+            dst.set_band_description(1, description)
+        return {f"{name}.img": path.read_bytes(), f"{name}.hdr": path.with_suffix(".hdr").read_bytes()}
+
+    linear = RNG.uniform(0.01, 0.3, (2, 16, 16)).astype(np.float32)
+    members = {"S1_Cal_TC.dim": b"<Dimap_Document/>", "S1_Cal_TC.data/vector_data/pins.csv": b"Name\tX\tY"}
+    for i, pol in enumerate(("VV", "VH")):
+        members |= {f"S1_Cal_TC.data/{n}": b for n, b in envi(f"Sigma0_{pol}", linear[i], f"Sigma0_{pol}").items()}
+    members |= {f"S1_Cal_TC.data/tie_point_grids/{n}": b
+                for n, b in envi("elevation_angle", np.full((16, 16), 38.5, np.float32), "elevation_angle").items()}
+    scene, _, values, _ = read([UploadedFile("S1_Cal_TC.zip", zipped(members))], ["VV", "VH"])
+    assert scene.canonical_bands == ["VV", "VH"]
+    np.testing.assert_allclose(values, 10 * np.log10(linear), rtol=1e-5)
+    assert sorted(scene.archives[0].report()["skipped"]) == [
+        "S1_Cal_TC.data/tie_point_grids/elevation_angle.hdr", "S1_Cal_TC.data/tie_point_grids/elevation_angle.img",
+        "S1_Cal_TC.data/vector_data/pins.csv", "S1_Cal_TC.dim"]
