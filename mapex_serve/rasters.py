@@ -198,6 +198,13 @@ def _by_wavelength(nm: float, source: str) -> BandIdentity:
                         canonical)
 
 
+#: Words that make a file name name something derived from a band rather than the band, whose other words are then
+#: no band name: ``dem_slope.tif`` is no elevation, nor SNAP's ``elevation_angle`` tie-point grid, nor ``B08_ndvi.tif``
+#: near infrared.
+_DERIVED = frozenset({"angle", "slope", "aspect", "hillshade", "curvature", "roughness", "ndvi", "ndwi", "nbr", "evi",
+                      "index", "ratio", "diff", "difference", "change", "std", "stdev", "uncertainty", "error", "count"})
+
+
 def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where: str = "file name") -> list[tuple[str, str]]:
     """``(name, where)`` candidates of band ``index`` in the order they are trusted."""
     names: list[tuple[str, str]] = []
@@ -209,7 +216,8 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
         stem = PurePath(filename).name.rsplit(".", 1)[0]
         tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
         last_two = [("_".join(tokens[-2:]), where)] if len(tokens) > 2 else []  # Landsat's ..._QA_PIXEL, ..._SR_B4
-        names += [(stem, where), *last_two, *((t, where) for t in reversed(tokens))]
+        one_by_one = [] if _DERIVED.intersection(t.lower() for t in tokens) else [(t, where) for t in reversed(tokens)]
+        names += [(stem, where), *last_two, *one_by_one]
     return names
 
 

@@ -968,3 +968,18 @@ def test_a_snap_beam_dimap_product_reads_its_band_files_and_not_its_tie_point_gr
     assert sorted(scene.archives[0].report()["skipped"]) == [
         "S1_Cal_TC.data/tie_point_grids/elevation_angle.hdr", "S1_Cal_TC.data/tie_point_grids/elevation_angle.img",
         "S1_Cal_TC.data/vector_data/pins.csv", "S1_Cal_TC.dim"]
+
+
+@pytest.mark.parametrize("name, canonical", [
+    ("srtm_elevation.tif", "DEM"), ("S2B_MSIL2A_20170924T093019_43_47_B02.tif", "B02"), ("download.B8A.tif", "B8A"),
+    ("dem_slope.tif", None), ("copernicus_dem_aspect.tif", None), ("elevation_angle.img", None),
+    ("S2_B08_ndvi.tif", None), ("B04_B03_ratio.tif", None), ("VV_change.tif", None),
+])
+def test_a_file_named_for_something_derived_from_a_band_is_not_that_band(name, canonical):
+    """A single-band file is named by the words of its name, but not where another word says it is derived: a
+    slope in degrees read as elevation in metres passes every plausibility check."""
+    from mapex_serve.rasters import identify_bands
+
+    with MemoryFile(tif(np.full((1, 8, 8), 100, np.uint16))) as mem, mem.open() as src:
+        (identity,) = identify_bands(src, name)
+    assert identity.canonical == canonical, identity
