@@ -33,7 +33,7 @@ from mapex_serve.inputs import (
 )
 from mapex_serve.jobs.sources import JobSourceError
 from mapex_serve.predict import UnreadableRasterError
-from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
+from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError, LandsatSensorUnknownError
 from mapex_serve.responses import GeoJSONNotAvailableError
 from mapex_serve.routes.jobs import (
     JobConflictError,
@@ -60,7 +60,8 @@ STATUS: dict[type[MapexError], int] = {
     UnreadableArchiveError: 400, ArchiveTooLargeError: 413,
     UnknownTaskError: 404, UnknownModelError: 404, UploadTimeoutError: 408, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
     UnsupportedMediaTypeError: 415,
-    BandNamesMissingError: 422, BandIdentityConflictError: 422, NoMatchingSpecialistError: 422, UnknownBandError: 422,
+    BandNamesMissingError: 422, BandIdentityConflictError: 422, LandsatSensorUnknownError: 422,
+    NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,

@@ -45,6 +45,7 @@ __all__ = [
     "BandIdentity",
     "BandIdentityConflictError",
     "BandNamesMissingError",
+    "LandsatSensorUnknownError",
     "band_names",
     "identify_bands",
     "LandsatSensor",
@@ -57,6 +58,10 @@ __all__ = [
 
 class BandNamesMissingError(MapexError, ValueError):
     """A raster whose bands cannot be named: no usable names or wavelengths, or the wrong number of names."""
+
+
+class LandsatSensorUnknownError(MapexError, ValueError):
+    """A Landsat Collection 2 band name (``SR_B4``) in a file that does not say which Landsat it comes from."""
 
 
 class BandIdentityConflictError(MapexError, ValueError):
@@ -92,6 +97,8 @@ _SNAP_MEANING = {"sigma0": "calibrated sigma0", "gamma0": "calibrated gamma0", "
 _STAC_COMMON = {"coastal", "blue", "green", "red", "rededge071", "rededge075", "rededge078", "nir", "nir08", "nir09",
                 "cirrus", "swir16", "swir22"}
 _LANDSAT_NUMBER = re.compile(r"^(?:sr_|st_|toa_)?b0?(\d{1,2})$", re.I)
+#: Landsat Collection 2's own band names (USGS files, Earth Engine's ``SR_B4``): never a Sentinel-2 band.
+_LANDSAT_C2_NAME = re.compile(r"^(?:sr|st)_b\d{1,2}$", re.I)
 _UNIT_WORDS = {"micrometers": 1000.0, "micrometer": 1000.0, "microns": 1000.0, "um": 1000.0, "µm": 1000.0,
                "nanometers": 1.0, "nanometer": 1.0, "nm": 1.0}
 
@@ -230,6 +237,13 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
             number = int(m.group(1))
             found = _by_wavelength(landsat.wavelengths_nm[number], name)
             return BandIdentity(name, f"Landsat {landsat.name} band {number} ({where}), {found.rule}", found.canonical)
+        if landsat is None and _LANDSAT_C2_NAME.match(name.strip()):
+            raise LandsatSensorUnknownError(
+                f"{filename or 'band ' + str(index)}: {name.strip()} is a Landsat Collection 2 band name, and its number "
+                f"means another band on Landsat 8-9 (OLI: B4 red, B5 near infrared) than on Landsat 4-7 (TM/ETM+: B3 "
+                f"red, B4 near infrared); the file does not say which Landsat it is: keep the product id in the file "
+                f"name (Earth Engine names a download after the image: LC09_044034_20220111.SR_B4.tif), or pass "
+                f"bands= with the bands' names (bands=red,green,blue)")
         if (named := parse_name(name)) is not None:
             named = BandIdentity(named.found, f"{named.rule} ({where})", named.canonical, named.quality, named.unit_hint)
             break

@@ -983,3 +983,25 @@ def test_a_file_named_for_something_derived_from_a_band_is_not_that_band(name, c
     with MemoryFile(tif(np.full((1, 8, 8), 100, np.uint16))) as mem, mem.open() as src:
         (identity,) = identify_bands(src, name)
     assert identity.canonical == canonical, identity
+
+
+@pytest.mark.parametrize("name, canonical", [
+    ("LC09_044034_20220111.SR_B5.tif", "B8A"), ("LE07_044034_20020111.SR_B4.tif", "B08"), ("download.SR_B5.tif", None),
+])
+def test_earth_engine_landsat_band_files_say_their_sensor_or_get_a_422(name, canonical):
+    """Earth Engine names Landsat Collection 2 bands SR_B1..SR_B7 on every Landsat, and a download after its image
+    (LC09_044034_20220111) unless it is computed ("download"). SR_B5 is near infrared on Landsat 8-9, short-wave
+    infrared on Landsat 4-7: read as Sentinel-2's B5 (red edge) it was wrong either way."""
+    from mapex_serve.rasters import LandsatSensorUnknownError
+
+    files = [UploadedFile(name, tif(RNG.integers(8000, 20000, (16, 16)).astype(np.uint16)))]
+    if canonical is None:
+        with pytest.raises(LandsatSensorUnknownError, match="SR_B5 is a Landsat Collection 2 band name"):
+            RequestScene(files)
+        stacked = [UploadedFile("download.tif", tif(reflectance((3, 8, 8)), ["SR_B4", "SR_B3", "SR_B2"]))]
+        with pytest.raises(LandsatSensorUnknownError):
+            RequestScene(stacked)
+        assert RequestScene(stacked, ["red", "green", "blue"]).canonical_bands == ["B04", "B03", "B02"]
+        return
+    scene, _, values, _ = read(files, [canonical], scale="0.0000275", offset="-0.2")
+    assert scene.canonical_bands == [canonical] and "Landsat" in rule_of(scene, canonical)
