@@ -258,9 +258,9 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _
             raise _too_large(name, total, limit)
         files.append(Member(base, content))
     if not files:
-        raise UnreadableArchiveError(
+        raise UnreadableArchiveError(products.no_raster_hint(skipped) or (
             f"{name} is {kind} with no raster file in it ({_listing(skipped)}); rasters are read as GeoTIFF, COG, "
-            f"NetCDF, HDF5, JPEG 2000 or ENVI files ({', '.join(RASTER_SUFFIXES[:5])} ...)")
+            f"NetCDF, HDF5, JPEG 2000 or ENVI files ({', '.join(RASTER_SUFFIXES[:5])} ...)"))
     made = products.sidecars(metadata, [m.name for m in files])
     for sidecar, xml in made.files:
         content, stored = store(sidecar, io.BytesIO(xml), limit)  # a few hundred bytes

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
-__all__ = ["Sidecars", "landsat_scales", "role", "safe_scales", "sidecars"]
+__all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sidecars"]
 
 #: What a product's member is: a raster to read, metadata to read for its values, or a file to leave out.
 Role = Literal["raster", "metadata", "skip"]
@@ -72,6 +72,21 @@ def role(path: str, size: int) -> Role | None:
         return "metadata" if size < _ENOUGH else "skip"
     if _LANDSAT_FILE.match(base):
         return "raster" if _LANDSAT_READ.search(base) else "skip"
+    return None
+
+
+def no_raster_hint(paths: Sequence[str]) -> str | None:
+    """Why a product gave no raster to read, and what to send instead; None for no product known here.
+
+    A Sentinel-1 SAFE's ``measurement/*.tiff`` are uncalibrated digital numbers in the radar's geometry: not
+    backscatter, and not on a map grid.
+    """
+    safe = next((p for path in paths for p in PurePosixPath(path).parts[:-1] if p.upper().endswith(".SAFE")), None)
+    if safe is not None and safe.upper().startswith("S1"):
+        return (f"{safe} is a Sentinel-1 product as ESA ships it: its measurement files are uncalibrated digital "
+                f"numbers in radar geometry; calibrate and terrain-correct it (SNAP: Radar > Radiometric > Calibrate, "
+                f"then Radar > Geometric > Terrain Correction) and send what SNAP writes (a GeoTIFF, or the "
+                f"BEAM-DIMAP product zipped)")
     return None
 
 

@@ -1005,3 +1005,12 @@ def test_earth_engine_landsat_band_files_say_their_sensor_or_get_a_422(name, can
         return
     scene, _, values, _ = read(files, [canonical], scale="0.0000275", offset="-0.2")
     assert scene.canonical_bands == [canonical] and "Landsat" in rule_of(scene, canonical)
+
+
+def test_a_sentinel1_safe_is_refused_saying_to_calibrate_and_terrain_correct_it():
+    """ESA's GRD SAFE holds uncalibrated DN in radar geometry: no band of it is backscatter on a map grid."""
+    safe = "S1A_IW_GRDH_1SDV_20240101T053000_20240101T053025_051900_064500_ABCD.SAFE"
+    data = zipped({f"{safe}/manifest.safe": b"<xfdu/>", f"{safe}/measurement/s1a-iw-grd-vv-001.tiff": tif(
+        RNG.integers(0, 500, (1, 8, 8)).astype(np.uint16)), f"{safe}/annotation/s1a-iw-grd-vv-001.xml": b"<product/>"})
+    with pytest.raises(UnreadableArchiveError, match=f"{safe} is a Sentinel-1 product.*Terrain Correction"):
+        RequestScene([UploadedFile("S1A.zip", data)], max_unpacked=LIMIT)
