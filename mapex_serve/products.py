@@ -67,7 +67,8 @@ def role(path: str, size: int) -> Role | None:
         if band is None or "IMG_DATA" not in parts:
             return "skip"
         resolution = band.group(2)
-        return "raster" if resolution is None or int(resolution) == _SAFE_NATIVE[band.group(1).upper()] else "skip"
+        native = _SAFE_NATIVE.get(band.group(1).upper())  # a band of no known resolution: at any it comes in
+        return "raster" if resolution is None or native is None or int(resolution) == native else "skip"
     if _LANDSAT_MTL.match(base):
         return "metadata" if size < _ENOUGH else "skip"
     if _LANDSAT_FILE.match(base):
