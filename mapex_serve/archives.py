@@ -32,7 +32,7 @@ from typing import IO, Any
 from mapex_serve import products
 from mapex_serve.errors import MapexError
 
-__all__ = ["ArchiveTooLargeError", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack",
+__all__ = ["ArchiveTooLargeError", "Capped", "Member", "UnreadableArchiveError", "Unpacked", "archive_kind", "unpack",
            "unpack_file"]
 
 #: What a file is, by its first bytes, when it is an archive or a compressed file: (offset, magic, kind).
@@ -116,8 +116,9 @@ def unpack(name: str, data: bytes | memoryview, limit: int) -> Unpacked | None:
     try:
         return _unpack(name, kind, io.BytesIO(data if isinstance(data, bytes) else bytes(data)), limit, _in_memory)
     except ArchiveTooLargeError as e:
-        raise ArchiveTooLargeError(f"{e}; MAPEX_MAX_UPLOAD_MB bounds what the archives of a request unpack to: send "
-                                   f"fewer bands or a crop, or a whole product as a job (POST /jobs/{{task}})") from None
+        raise ArchiveTooLargeError(f"{e}; MAPEX_MAX_UPLOAD_MB bounds what the archives of a request unpack to: "
+                                   f"send fewer bands or a crop, or a whole product as a job (POST /jobs/{{task}})"
+                                   ) from None
 
 
 def unpack_file(name: str, path: Path, limit: int) -> Unpacked | None:
@@ -151,14 +152,14 @@ def _in_folder(folder: Path) -> _Store:
         if path.exists():  # two members of one name in different folders of the archive
             path = folder / f"{next(numbers)}_{name}"
         with path.open("wb") as out:
-            shutil.copyfileobj(_Capped(stream, room + 1), out, 2**20)
+            shutil.copyfileobj(Capped(stream, room + 1), out, 2**20)
             return path, out.tell()
 
     return store
 
 
-class _Capped:
-    """The first ``n`` bytes of a stream: what a store copies past the room left is never inflated."""
+class Capped:
+    """The first ``n`` bytes of a stream: what a store copies past the room left is never inflated (or fetched)."""
 
     def __init__(self, stream: IO[bytes], n: int) -> None:
         self._stream, self._left = stream, n

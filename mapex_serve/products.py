@@ -163,7 +163,8 @@ def safe_scales(mtd: str) -> dict[str, tuple[float, float, float | None]]:
     quantification = _number(text.get("BOA_QUANTIFICATION_VALUE") or text.get("QUANTIFICATION_VALUE"))
     if not quantification:
         return {}
-    names = {el.get("bandId"): el.get("physicalBand", "") for el in root.iter() if _local(el.tag) == "Spectral_Information"}
+    names = {el.get("bandId"): el.get("physicalBand", "") for el in root.iter()
+             if _local(el.tag) == "Spectral_Information"}
     offsets = {el.get("band_id"): _number(el.text) or 0.0 for el in root.iter()
                if _local(el.tag) in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")}
     nodata = None  # <Special_Values><SPECIAL_VALUE_TEXT>NODATA</...><SPECIAL_VALUE_INDEX>0</...></Special_Values>

@@ -40,7 +40,14 @@ from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
 from mapex_serve.jobs.scene import JobPlan, JobScene, scene_tiles
-from mapex_serve.jobs.sources import ResolvedSources, fetch_item, redacted, resolve_stac, resolve_urls
+from mapex_serve.jobs.sources import (
+    ResolvedSources,
+    fetch_archive,
+    fetch_item,
+    redacted,
+    resolve_stac,
+    resolve_urls,
+)
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
 from mapex_serve.predict import pipeline, unreadable_as_400
 from mapex_serve.repository import Manifest
@@ -79,23 +86,32 @@ class Progress:
 
 
 def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefixes: list[str],
-                    max_unpacked: int) -> ResolvedSources:
-    """The scene's files: the saved upload (its archives unpacked, to at most ``max_unpacked`` bytes), the URLs, or
-    the STAC item's assets."""
+                    max_unpacked: int, downloads: Path) -> ResolvedSources:
+    """The scene's files: the saved upload, the URLs (an archive among them fetched into ``downloads``), or the STAC
+    item's assets; archives unpacked, to at most ``max_unpacked`` bytes."""
     if uploads:
-        return uploaded_sources(uploads, max_unpacked)
+        return _unpacked_sources(uploads, max_unpacked)
     if request.url:
-        return resolve_urls([request.url] if isinstance(request.url, str) else request.url, prefixes)
+        urls = [request.url] if isinstance(request.url, str) else request.url
+        in_place = resolve_urls(urls, prefixes).files  # checks every URL before anything is fetched
+        fetched = [fetch_archive(u, downloads / f"url{i:02d}", max_unpacked) for i, u in enumerate(urls)]
+        saved = [f if path is None else (f.name, path) for f, path in zip(in_place, fetched, strict=True)]
+        return _unpacked_sources(saved, max_unpacked)
     item, item_url = request.stac_item, None
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
     return resolve_stac(item, request.assets, item_url, prefixes)
 
 
-def uploaded_sources(uploads: list[tuple[str, Path]], max_unpacked: int) -> ResolvedSources:
-    """The saved upload's files, each archive among them unpacked beside it onto the jobs volume."""
+def _unpacked_sources(saved: list[tuple[str, Path] | SourceFile], max_unpacked: int) -> ResolvedSources:
+    """Files saved on the jobs volume (``(name, path)``: an upload, a fetched archive), each archive among them
+    unpacked beside it, and files read in place."""
     files, archives, room = [], [], max_unpacked
-    for name, path in uploads:
+    for entry in saved:
+        if isinstance(entry, SourceFile):
+            files.append(entry)
+            continue
+        name, path = entry
         archive = unpack_file(name, path, room)
         if archive is None:
             files.append(SourceFile(name, str(path)))

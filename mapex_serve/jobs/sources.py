@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from mapex_serve.archives import ArchiveTooLargeError, Capped, archive_kind
 from mapex_serve.bands import canonical_or_none
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
@@ -78,6 +81,42 @@ def _file_name(url: str) -> str:
 def resolve_urls(urls: Sequence[str], allowed_prefixes: Sequence[str] = ()) -> ResolvedSources:
     """Raster URLs of one scene, read in place; bands are identified from the files as for an upload."""
     return ResolvedSources([SourceFile(_file_name(u), gdal_path(u, allowed_prefixes)) for u in urls])
+
+
+#: Archives on object storage are not fetched (GDAL reads s3:// in place; signing a download is its job): by name.
+_ARCHIVE_NAMES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".tar.bz2", ".tar.xz")
+
+
+def fetch_archive(url: str, path: Path, limit: int, timeout: float = 30) -> Path | None:
+    """The file at an http(s) URL saved at ``path`` when its first bytes say it is an archive (an Earth Engine
+    download link: a ZIP of one GeoTIFF a band), for ``archives.unpack_file``; None for anything else, which GDAL
+    reads in place by ranges (also when the first bytes cannot be had: GDAL then says why). At most ``limit``
+    bytes."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3" and parts.path.lower().endswith(_ARCHIVE_NAMES):
+        raise JobSourceError(f"{url!r} is an archive on object storage, which jobs read in place and cannot: give a "
+                             f"presigned https:// URL of it (fetched and unpacked), or the URLs of the rasters inside")
+    if parts.scheme not in ("http", "https"):
+        return None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-263"}),  # noqa: S310
+                                    timeout=timeout) as response:
+            head = response.read(264)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if archive_kind(head) is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, path.open("wb") as out:  # noqa: S310
+            shutil.copyfileobj(Capped(response, limit + 1), out, 2**20)
+            size = out.tell()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise JobSourceError(f"could not fetch the archive {url!r}: {e}") from None
+    if size > limit:
+        raise ArchiveTooLargeError(f"the archive {url!r} is larger than {limit / 2**20:g} MiB "
+                                   f"(MAPEX_JOB_MAX_UPLOAD_MB); give the URLs of the rasters inside")
+    return path
 
 
 def fetch_item(url: str, allowed_prefixes: Sequence[str] = (), timeout: float = 30) -> dict[str, Any]:

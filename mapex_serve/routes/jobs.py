@@ -139,7 +139,7 @@ async def submit_job(
                                   "upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
         sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes,
-                                          state.settings.job_max_upload_bytes)
+                                          state.settings.job_max_upload_bytes, folder / "input")
         try:
             scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
                                                            state.settings.job_max_pixels)

@@ -98,3 +98,28 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
         values, _ = reader.read(Window(0, 0, 64, 64))
         assert np.allclose(values[:, 4:], reflectance[:, 4:] + 0.1, atol=1e-4), "the caller's offset= wins"
 
+
+
+def test_an_archive_at_a_url_is_fetched_within_the_limit_and_a_raster_is_left_to_gdal(range_server, tmp_path):
+    """The first bytes decide (a link like Earth Engine's has no file name): an archive is fetched whole, at most
+    the job upload limit; anything else is left for GDAL to read in place by ranges."""
+    import io
+    import zipfile
+
+    from mapex_serve.archives import ArchiveTooLargeError
+    from mapex_serve.jobs.sources import fetch_archive
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("download.B4.tif", bytes(50_000))
+    (range_server.root / "link:getPixels").write_bytes(out.getvalue())
+    (range_server.root / "scene.tif").write_bytes(b"II*\x00" + bytes(50_000))
+    saved = fetch_archive(f"{range_server.url}/link:getPixels", tmp_path / "in" / "url00", 10**6)
+    assert saved is not None and saved.read_bytes() == out.getvalue()
+    assert fetch_archive(f"{range_server.url}/scene.tif", tmp_path / "url01", 10**6) is None
+    assert not (tmp_path / "url01").exists()
+    with pytest.raises(ArchiveTooLargeError, match="MAPEX_JOB_MAX_UPLOAD_MB"):
+        fetch_archive(f"{range_server.url}/link:getPixels", tmp_path / "url02", 20_000)
+    with pytest.raises(JobSourceError, match="presigned https"):
+        fetch_archive("s3://scenes/product.zip", tmp_path / "url03", 10**6)
+    assert fetch_archive("s3://scenes/scene.tif", tmp_path / "url04", 10**6) is None

@@ -682,7 +682,8 @@ def test_a_sentinel2_safe_reads_each_band_once_at_its_own_resolution_with_the_of
     stem = "T33UUP_20240830T100559"
     members = {f"{SAFE}/MTD_MSIL2A.xml": SAFE_MTD.encode(), f"{SAFE}/manifest.safe": b"<xfdu/>",
                f"{granule}/MTD_TL.xml": b"<tile/>", f"{granule}/QI_DATA/MSK_CLDPRB_20m.jp2": jp2(scl, 20),
-               **{f"{granule}/IMG_DATA/R10m/{stem}_{b}_10m.jp2": jp2(dn[i], 10) for i, b in enumerate(("B04", "B03", "B02"))},
+               **{f"{granule}/IMG_DATA/R10m/{stem}_{b}_10m.jp2": jp2(dn[i], 10)
+                  for i, b in enumerate(("B04", "B03", "B02"))},
                f"{granule}/IMG_DATA/R10m/{stem}_TCI_10m.jp2": jp2((dn[0] // 20).astype(np.uint8), 10),
                f"{granule}/IMG_DATA/R20m/{stem}_B04_20m.jp2": jp2(dn[0, ::2, ::2], 20),
                f"{granule}/IMG_DATA/R20m/{stem}_SCL_20m.jp2": jp2(scl, 20),
