@@ -509,7 +509,7 @@ class RequestScene:
         reader = SceneReader(grid, used, quality, self._stack)
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
-                                          overrides=overrides, landsat=b.landsat)
+                                          overrides=overrides, landsat=b.landsat, file_name=b.file)
         if sample:
             check_values(reader, sample)
         return reader

@@ -13,6 +13,7 @@ and which parameter fixes it, instead of an answer in the wrong units.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -58,6 +59,11 @@ _COMPATIBLE: dict[str, tuple[StatedUnit, ...]] = {
     "reflectance": ("reflectance",), "dB": ("dB", "linear", "amplitude"), "m": ("m", "ft"),
 }
 _ASSUMED_SCALE = "reflectance x 10000"
+#: A band file as a Sentinel-2 SAFE names it (L2A ``T33UUP_20240830T100559_B04_10m.jp2``, L1C without the
+#: resolution) and the day from which every product carries processing baseline 04.00's reflectance offset of
+#: -1000 (-0.1); products sensed earlier carry it only if reprocessed (Collection-1), which the file cannot say.
+_SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(\d{8})T\d{6}_B[0-9A]{2}(?:_\d{2}m)?\.jp2$", re.I)
+_BASELINE_04_FROM = "20220125"
 _CONVERSION_WORDS = {"linear": "10·log10 (linear power -> dB)", "amplitude": "20·log10 (amplitude -> dB)",
                      "ft": "x 0.3048 (feet -> m)"}
 
@@ -198,11 +204,27 @@ def _stated_unit(src: DatasetReaderBase, index: int) -> tuple[StatedUnit, str] |
     return None
 
 
+def _safe_offset(file_name: str | None) -> float:
+    """The reflectance offset of a band file named as a Sentinel-2 SAFE names it: -0.1 when it was sensed on or after
+    2022-01-25; a 422 when before (reprocessed or not, the file cannot say); 0 for any other file."""
+    m = _SAFE_BAND_FILE.match(file_name or "")
+    if m is None:
+        return 0.0
+    if m.group(1) >= _BASELINE_04_FROM:
+        return -0.1
+    raise UnitError(
+        f"{file_name}: a Sentinel-2 SAFE band file sensed before 2022-01-25 carries the reflectance offset of -1000 "
+        f"only if its product was processed with baseline 04.00 or later (the reprocessed Collection-1 was), which "
+        f"the file does not say: pass scale=0.0001&offset=-0.1 for a product named ..._N0400_... or later (see its "
+        f"MTD_MSIL2A.xml BOA_ADD_OFFSET), scale=0.0001&offset=0 for an earlier one, or send the SAFE itself (.zip)")
+
+
 def conversion_for(
     src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
-    overrides: UnitOverrides | None = None, landsat: bool = False,
+    overrides: UnitOverrides | None = None, landsat: bool = False, file_name: str | None = None,
 ) -> Conversion:
-    """How band ``index`` of ``src`` (identified as ``canonical``) becomes physical values, and why."""
+    """How band ``index`` of ``src`` (identified as ``canonical``, in the file ``file_name``) becomes physical
+    values, and why."""
     overrides = overrides or UnitOverrides()
     band = BANDS[canonical]
     steps: list[str] = []
@@ -250,8 +272,9 @@ def conversion_for(
                     f"Landsat Collection 2 Level-2 is scale=0.0000275&offset=-0.2, HLS L30 is scale=0.0001"
                 )
             # Checked against the values by check_plausible: 8-bit and float 0..1 data are refused there.
-            scale, offset = band.scale, band.offset
-            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000)")
+            scale, offset = band.scale, band.offset + _safe_offset(file_name)
+            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000"
+                         f"{'' if offset == band.offset else ', less 1000 from processing baseline 04.00 on'})")
             assumed.append(_ASSUMED_SCALE)
         else:
             scale, offset = 1.0, 0.0

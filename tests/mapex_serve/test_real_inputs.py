@@ -1018,3 +1018,23 @@ def test_a_sentinel1_safe_is_refused_saying_to_calibrate_and_terrain_correct_it(
         RNG.integers(0, 500, (1, 8, 8)).astype(np.uint16)), f"{safe}/annotation/s1a-iw-grd-vv-001.xml": b"<product/>"})
     with pytest.raises(UnreadableArchiveError, match=f"{safe} is a Sentinel-1 product.*Terrain Correction"):
         RequestScene([UploadedFile("S1A.zip", data)], max_unpacked=LIMIT)
+
+
+def test_a_safe_band_file_sent_alone_takes_the_offset_its_sensing_date_implies_or_asks_for_it():
+    """A JP2 copied out of a SAFE says nothing of its values. From 2022-01-25 every product has processing
+    baseline 04.00's offset of -1000: read without it, reflectance was 0.1 too high, silently. Before that day only
+    a reprocessed product has it, which the file cannot say: a 422 asking for offset=."""
+    from mapex_serve.units import UnitError
+
+    dn = RNG.integers(1500, 5000, (16, 16)).astype(np.uint16)
+    recent = [UploadedFile("T33UUP_20240830T100559_B04_10m.jp2", jp2(dn, 10))]
+    scene, _, values, _ = read(recent, ["B04"])
+    np.testing.assert_allclose(values[0], (dn - 1000) / 10000, atol=1e-6)
+    assert "less 1000 from processing baseline 04.00 on" in scene.band("B04").conversion.steps[0]
+    older = [UploadedFile("T33UUP_20200830T100559_B04.jp2", jp2(dn, 10))]
+    with pytest.raises(UnitError, match="sensed before 2022-01-25.*pass scale=0.0001&offset=-0.1"):
+        read(older, ["B04"])
+    _, _, values, _ = read(older, ["B04"], offset="-0.1", scale="0.0001")
+    np.testing.assert_allclose(values[0], (dn - 1000) / 10000, atol=1e-6)
+    _, _, values, _ = read([UploadedFile("B04.jp2", jp2(dn, 10))], ["B04"])  # not a SAFE's name: as before
+    np.testing.assert_allclose(values[0], dn / 10000, atol=1e-6)
