@@ -195,6 +195,12 @@ async def body_chunks(request: Request, ceiling: int, limit: int,
         raise ClientGoneError(f"the client closed the connection after {size:,} bytes of its upload") from None
 
 
+def _media_type(request: Request) -> tuple[str, dict[bytes, bytes]]:
+    """The request's media type, lower case, and its parameters (a multipart boundary)."""
+    media, options = parse_options_header(request.headers.get("content-type", ""))
+    return media.decode("latin-1").lower(), options
+
+
 def check_not_encoded(request: Request) -> None:
     """Refuse (415) an upload sent with a Content-Encoding the service does not decode: one it did not look at would
     be read as if it were the file. A raw body sent with ``gzip`` is taken: it is a gzip file, which the decode
@@ -202,8 +208,7 @@ def check_not_encoded(request: Request) -> None:
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return
-    media, _ = parse_options_header(request.headers.get("content-type", ""))
-    if encoding in ("gzip", "x-gzip") and media.decode("latin-1").lower() != "multipart/form-data":
+    if encoding in ("gzip", "x-gzip") and _media_type(request)[0] != "multipart/form-data":
         return
     raise UnsupportedContentEncodingError(
         f"Content-Encoding {encoding!r} is not accepted for this upload; send the file as it is (a GeoTIFF compresses "
@@ -216,9 +221,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes.
     ``chunks``: the body's, from its start, when the caller began to read it (``resumed``)."""
     check_not_encoded(request)
-    content_type = request.headers.get("content-type", "")
-    media, options = parse_options_header(content_type)
-    media = media.decode("latin-1").lower()
+    media, options = _media_type(request)
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise UnsupportedMediaTypeError(
             f"unsupported media type {media or '(none)'!r}; send the GeoTIFF as multipart/form-data with a "
@@ -272,8 +275,7 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
     Then the upload's size, or a bound on its file parts', is known before it arrives, so that it can be written
     straight to where it will be read (a decode worker's shared memory) instead of collected first.
     """
-    media, _ = parse_options_header(request.headers.get("content-type", ""))
-    media, declared = media.decode("latin-1").lower(), request.headers.get("content-length", "")
+    media, declared = _media_type(request)[0], request.headers.get("content-length", "")
     if (media in RAW_TYPES or media == "multipart/form-data") and declared.isdigit():
         return media == "multipart/form-data", int(declared)
     return None
@@ -281,8 +283,7 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
 
 def raw_name(request: Request) -> str:
     """The file name a raw body gets: ``upload.tif``, or ``upload.zip`` (``.tar`` ...) for an archive."""
-    media, _ = parse_options_header(request.headers.get("content-type", ""))
-    return ARCHIVE_TYPES.get(media.decode("latin-1").lower(), RAW_NAME)
+    return ARCHIVE_TYPES.get(_media_type(request)[0], RAW_NAME)
 
 
 def sent_chunked(request: Request) -> Literal["raw", "multipart"] | None:
@@ -290,8 +291,7 @@ def sent_chunked(request: Request) -> Literal["raw", "multipart"] | None:
     Content-Length (or of a type not accepted). Its size is known only once it has all arrived."""
     if "content-length" in request.headers:  # nearly every request: no second parse of its type
         return None
-    media, _ = parse_options_header(request.headers.get("content-type", ""))
-    media = media.decode("latin-1").lower()
+    media = _media_type(request)[0]
     return "raw" if media in RAW_TYPES else "multipart" if media == "multipart/form-data" else None
 
 
