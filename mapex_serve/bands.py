@@ -246,7 +246,8 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
     for q in (
         # Sentinel-2 L2A Scene Classification (ESA, Sentinel-2 L2A Product Format Specification):
         # 2 dark/cast shadow, 4 vegetation, 5 not vegetated, 6 water, 7 unclassified, 11 snow stay valid.
-        QualityLayer("SCL", "Sentinel-2 L2A scene classification", ("scene_classification", "scl_20m"),
+        QualityLayer("SCL", "Sentinel-2 L2A scene classification",
+                     ("scene_classification", "scl_20m", "quality_scene_classification"),  # the last: SNAP's
                      invalid_values={0: "SCL no data", 1: "SCL saturated or defective", 3: "SCL cloud shadow",
                                      8: "SCL cloud (medium probability)", 9: "SCL cloud (high probability)",
                                      10: "SCL thin cirrus"}),

@@ -27,16 +27,16 @@ from rasterio.crs import CRS
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.transform import Affine
 
-__all__ = ["TagGeoreference", "crs_from_keys", "crs_of_keys", "georeferencing", "is_tiff", "projected_by_code",
-           "tag_georeference"]
+__all__ = ["ASCII", "TagGeoreference", "crs_from_keys", "crs_of_keys", "first_ifd", "georeferencing", "is_tiff",
+           "projected_by_code", "tag_georeference"]
 
 SRS_SOURCE = "GTIFF_SRS_SOURCE"
 
 GEO_KEY_DIRECTORY, GEO_ASCII_PARAMS = 34735, 34737
 PIXEL_SCALE, TIE_POINTS, MODEL_TRANSFORMATION = 33550, 33922, 34264
-_ASCII, _SHORT, _DOUBLE = 2, 3, 12
+ASCII, _SHORT, _DOUBLE = 2, 3, 12
 #: What each tag read here may hold: its type, and the most values a real file has (about 8 keys; one tie point).
-_TAGS = {GEO_KEY_DIRECTORY: (_SHORT, 4 + 4 * 256), GEO_ASCII_PARAMS: (_ASCII, 4096), PIXEL_SCALE: (_DOUBLE, 3),
+_TAGS = {GEO_KEY_DIRECTORY: (_SHORT, 4 + 4 * 256), GEO_ASCII_PARAMS: (ASCII, 4096), PIXEL_SCALE: (_DOUBLE, 3),
          TIE_POINTS: (_DOUBLE, 6)}
 MODEL_TYPE, RASTER_TYPE, PROJECTED_CRS = 1024, 1025, 3072
 _PROJECTED, _PIXEL_IS_AREA = 1, 1
@@ -103,7 +103,7 @@ def is_tiff(data: bytes | memoryview) -> bool:
 def projected_by_code(data: bytes) -> bool:
     """True when ``data`` is a (Big)TIFF whose first image's GeoKeys name a projected CRS by its EPSG code and add
     nothing but citations, the raster type, metres and degrees: GDAL then builds the same CRS from the keys alone."""
-    tags = _first_ifd(data)
+    tags = first_ifd(data)
     return tags is not None and _by_code(_geokeys(tags))
 
 
@@ -124,13 +124,13 @@ def tag_georeference(data: bytes) -> TagGeoreference | None:
 
     GDAL's transform from such tags (its GeoTIFF driver): x0 = X - I * sx, y0 = Y - J * (-sy), pixel (sx, -sy).
     """
-    return _tag_georeference(_first_ifd(data))
+    return _tag_georeference(first_ifd(data))
 
 
 def georeferencing(data: bytes) -> tuple[bool, TagGeoreference | None]:
     """``projected_by_code(data)`` and ``tag_georeference(data)`` from one read of the directory: what a file opened
     in place needs (``inputs``), where the directory was read twice."""
-    tags = _first_ifd(data)
+    tags = first_ifd(data)
     return tags is not None and _by_code(_geokeys(tags)), _tag_georeference(tags)
 
 
@@ -179,9 +179,10 @@ def _geokeys(tags: dict[int, tuple]) -> dict[int, int | None] | None:
     return {shorts[k]: shorts[k + 3] if shorts[k + 1] == 0 else None for k in range(4, 4 + 4 * shorts[3], 4)}
 
 
-def _first_ifd(data: bytes) -> dict[int, tuple] | None:
-    """The first IFD's tags read here (``_TAGS``), each the tuple of its values (text as one ``bytes``); None when
-    ``data`` is no TIFF or its directory does not parse. A tag of another type or with more values is left out."""
+def first_ifd(data: bytes | memoryview, wanted: dict[int, tuple[int, int]] = _TAGS) -> dict[int, tuple] | None:
+    """The first IFD's tags in ``wanted`` (tag: its type and the most values it may have; the GeoTIFF tags read here
+    by default), each the tuple of its values (text as one ``bytes``); None when ``data`` is no TIFF or its directory
+    does not parse. A tag of another type or with more values is left out."""
     try:
         order = {b"II": "<", b"MM": ">"}[bytes(data[:2])]
         (magic,) = struct.unpack_from(order + "H", data, 2)
@@ -203,11 +204,11 @@ def _first_ifd(data: bytes) -> dict[int, tuple] | None:
             tag, kind, count, value = struct.unpack_from(order + entry_format, data, at)
             if tag == MODEL_TRANSFORMATION:
                 tags[tag] = ()  # its presence is what counts
-            if tag not in _TAGS or kind != _TAGS[tag][0] or count > _TAGS[tag][1]:
+            if tag not in wanted or kind != wanted[tag][0] or count > wanted[tag][1]:
                 continue
-            width = {_ASCII: 1, _SHORT: 2, _DOUBLE: 8}[kind]
+            width = {ASCII: 1, _SHORT: 2, _DOUBLE: 8}[kind]
             where = at + size - inline_bytes if width * count <= inline_bytes else value
-            if kind == _ASCII:
+            if kind == ASCII:
                 tags[tag] = (bytes(data[where: where + count]),)
             else:
                 tags[tag] = struct.unpack_from(f"{order}{count}{'H' if kind == _SHORT else 'd'}", data, where)

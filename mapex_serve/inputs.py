@@ -14,6 +14,7 @@ invalid pixel (nodata, mask or alpha, NaN, cloud in SCL or Fmask ...) that the r
 
 from __future__ import annotations
 
+import mmap
 import re
 import uuid
 import warnings
@@ -26,6 +27,7 @@ from functools import cache
 import numpy as np
 import rasterio
 from rasterio._err import CPLE_BaseError
+from rasterio.enums import Interleaving
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
@@ -35,6 +37,7 @@ from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
+from mapex_serve.snap_tiff import SnapBand, snap_bands
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
 
 __all__ = [
@@ -90,7 +93,8 @@ def _check_grid(name: str, grid: Grid) -> None:
 def _check_blocks(name: str, ds: DatasetReaderBase) -> None:
     """Refuse a raster whose blocks (strips or tiles) are too large for window-by-window reading."""
     rows, cols = ds.block_shapes[0]
-    nbytes = rows * cols * ds.count * max(np.dtype(t).itemsize for t in ds.dtypes)
+    bands = 1 if ds.interleaving is Interleaving.band else ds.count  # band-interleaved blocks hold one band each
+    nbytes = rows * cols * bands * max(np.dtype(t).itemsize for t in ds.dtypes)
     if nbytes > MAX_BLOCK_BYTES:
         raise RasterTooLargeError(
             f"{name} is stored in blocks of {cols} x {rows} pixels ({nbytes / 2**20:,.0f} MiB decoded each; at most "
@@ -288,6 +292,7 @@ class RequestScene:
         self._max_unpacked = max_unpacked
         self._nodata: dict[str, tuple[float | None, ...]] = {}  # per-band nodata a STAC item gives, by file
         self._grids: dict[str, Grid] = {}  # files opened without GDAL's georeferencing: their grid, by file
+        self._snap: dict[str, tuple[SnapBand, ...]] = {}  # what SNAP's header says of each band, by file
         try:
             self._open(files)
             self._identify(bands)
@@ -354,6 +359,7 @@ class RequestScene:
                 self.datasets.append((name, ds))
                 if grid is not None:
                     self._grids[name] = grid
+                self._read_snap_header(name, ds, data)
         if not self.datasets:
             raise UnreadableInputError("the request holds no raster (only sidecar files); send the raster files too")
 
@@ -394,6 +400,16 @@ class RequestScene:
                 self.datasets.append((f.name, ds))
                 if f.nodata is not None:
                     self._nodata[f.name] = f.nodata
+                if not f.remote:
+                    with open(f.path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                        self._read_snap_header(f.name, ds, data)
+
+    def _read_snap_header(self, name: str, ds: DatasetReaderBase, data: bytes | memoryview | mmap.mmap) -> None:
+        """Keep what a GeoTIFF SNAP wrote says of its bands in its DIMAP header, which GDAL does not read (names,
+        units, scaling, no-data); a header of another band count than the file's describes another file."""
+        bands = snap_bands(data)
+        if bands is not None and len(bands) == ds.count:
+            self._snap[name] = bands
 
     def _open_subdatasets(self, name: str, container: DatasetReaderBase,
                           path: str | None = None) -> list[tuple[str, DatasetReaderBase]]:
@@ -431,10 +447,12 @@ class RequestScene:
             file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
             landsat = landsat_sensor(ds, file) is not None
             source = "subdataset name" if variable else "file name"
-            nodata = self._nodata.get(name)
-            for i, identity in enumerate(identify_bands(ds, variable or file, given, source), start=1):
+            snap = self._snap.get(name)
+            nodata = self._nodata.get(name) or (snap and tuple(b.nodata for b in snap))
+            identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap])
+            for i, identity in enumerate(identities, start=1):
                 self.bands.append(InputBand(name, i, ds, identity, landsat, nodata=nodata[i - 1] if nodata else None,
-                                            file_grid=self._grids.get(name)))
+                                            file_grid=self._grids.get(name), snap=snap[i - 1] if snap else None))
         if not any(b.identity.used for b in self.bands):
             raise missing_names_error(total, [b.identity.found for b in self.bands], bands)
         seen: dict[str, InputBand] = {}
@@ -509,7 +527,7 @@ class RequestScene:
         reader = SceneReader(grid, used, quality, self._stack)
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
-                                          overrides=overrides, landsat=b.landsat, file_name=b.file)
+                                          overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap)
         if sample:
             check_values(reader, sample)
         return reader

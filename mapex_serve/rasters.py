@@ -7,7 +7,8 @@ Bands are identified by name or wavelength, never by position. For each band, in
    driver, ``NETCDF_VARNAME``, ``name``, ``long_name``), then, for a single-band file, its file name
    (BigEarthNet's ``..._B02.tif``, HLS's ``HLS.S30....B8A.tif``). Each is read in the conventions of
    the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
-   (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit), STAC
+   (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit; in a GeoTIFF SNAP wrote, its
+   DIMAP header's, which GDAL does not read: ``mapex_serve.snap_tiff``), STAC
    ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
 3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
    ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
@@ -212,9 +213,10 @@ _DERIVED = frozenset({"angle", "slope", "aspect", "hillshade", "curvature", "rou
                       "index", "ratio", "diff", "difference", "change", "std", "stdev", "uncertainty", "error", "count"})
 
 
-def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where: str = "file name") -> list[tuple[str, str]]:
+def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where: str = "file name",
+                header_name: str | None = None) -> list[tuple[str, str]]:
     """``(name, where)`` candidates of band ``index`` in the order they are trusted."""
-    names: list[tuple[str, str]] = []
+    names: list[tuple[str, str]] = [(header_name, "SNAP's DIMAP header")] if header_name else []
     if description := src.descriptions[index - 1]:
         names.append((description, "description"))
     tags = {k.lower(): v for k, v in src.tags(index).items()}
@@ -229,10 +231,11 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
-              name_source: str) -> BandIdentity:
+              name_source: str, header_name: str | None) -> BandIdentity:
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
-    for name, where in _file_names(src, index, filename, name_source):
+    candidates = _file_names(src, index, filename, name_source, header_name)
+    for name, where in candidates:
         if landsat and (m := _LANDSAT_NUMBER.match(name.strip())) and int(m.group(1)) in landsat.wavelengths_nm:
             number = int(m.group(1))
             found = _by_wavelength(landsat.wavelengths_nm[number], name)
@@ -258,19 +261,20 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return named
     if wavelength is not None:
         return _by_wavelength(*wavelength)
-    found = [n for n, _ in _file_names(src, index, filename, name_source)]
+    found = [n for n, _ in candidates]
     return BandIdentity(found[0] if found else None, "no band name or wavelength the service knows" +
                         (f" (found {found})" if found else " (no description, name tag or wavelength)"))
 
 
 def identify_bands(
     src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None,
-    name_source: str = "file name",
+    name_source: str = "file name", header_names: Sequence[str] | None = None,
 ) -> list[BandIdentity]:
     """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file.
 
     ``filename`` names a single-band ``src`` when nothing inside it does (``name_source`` says what it
-    is: a file name, or the variable name of a NetCDF/HDF5 subdataset).
+    is: a file name, or the variable name of a NetCDF/HDF5 subdataset). ``header_names``: one a band, the
+    names a header GDAL does not read gives them (SNAP's, ``mapex_serve.snap_tiff``), trusted first.
     """
     if bands is not None:
         if len(bands) != src.count:
@@ -290,7 +294,8 @@ def identify_bands(
                                     parsed.unit_hint))
         return out
     landsat = landsat_sensor(src, filename)
-    return [_identify(src, i, filename, landsat, name_source) for i in range(1, src.count + 1)]
+    return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None)
+            for i in range(1, src.count + 1)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None) -> BandNamesMissingError:

@@ -23,6 +23,7 @@ from rasterio.io import DatasetReaderBase
 
 from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.errors import MapexError
+from mapex_serve.snap_tiff import SnapBand
 
 __all__ = [
     "Conversion",
@@ -47,7 +48,7 @@ class ImplausibleValuesError(MapexError, ValueError):
 
 
 _UNIT_WORDS: dict[str, StatedUnit] = {
-    "db": "dB", "decibel": "dB", "decibels": "dB",
+    "db": "dB", "decibel": "dB", "decibels": "dB", "intensity_db": "dB",  # the last: SNAP's unit of Sigma0_VV_db
     "linear": "linear", "power": "linear", "intensity": "linear", "linear power": "linear",
     "amplitude": "amplitude",
     "reflectance": "reflectance", "1": "reflectance", "unitless": "reflectance", "dimensionless": "reflectance",
@@ -192,8 +193,11 @@ def _boa(src: DatasetReaderBase, index: int, canonical: str) -> tuple[float, flo
     return 1.0 / q, (add or 0.0) / q
 
 
-def _stated_unit(src: DatasetReaderBase, index: int) -> tuple[StatedUnit, str] | None:
-    """The unit the file states for band ``index``: GDAL's UNITTYPE, then a ``units``/``unit`` tag."""
+def _stated_unit(src: DatasetReaderBase, index: int, snap: SnapBand | None = None) -> tuple[StatedUnit, str] | None:
+    """The unit the file states for band ``index``: its SNAP header's, GDAL's UNITTYPE, then a ``units``/``unit``
+    tag."""
+    if snap is not None and snap.unit and (u := parse_unit(snap.unit)):
+        return u, f"PHYSICAL_UNIT {snap.unit!r} in SNAP's DIMAP header"
     unit_type = src.units[index - 1] if src.units else None
     if unit_type and (u := parse_unit(unit_type)):
         return u, f"UNITTYPE {unit_type!r}"
@@ -222,11 +226,16 @@ def _safe_offset(file_name: str | None) -> float:
 def conversion_for(
     src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
     overrides: UnitOverrides | None = None, landsat: bool = False, file_name: str | None = None,
+    snap: SnapBand | None = None,
 ) -> Conversion:
-    """How band ``index`` of ``src`` (identified as ``canonical``, in the file ``file_name``) becomes physical
-    values, and why."""
+    """How band ``index`` of ``src`` (identified as ``canonical``, in the file ``file_name``; ``snap``: what the
+    SNAP header of that file says of it) becomes physical values, and why."""
     overrides = overrides or UnitOverrides()
     band = BANDS[canonical]
+    if snap is not None and snap.log10_scaled:
+        raise UnitError(f"{snap.name}: SNAP stores this band log10-scaled (its values are the logarithms of the "
+                        f"band's); export it with its own values (SNAP: Raster > Band Maths, the expression "
+                        f"{snap.name}, 'Virtual' unchecked), or send the BEAM-DIMAP product")
     steps: list[str] = []
     assumed: list[str] = []
 
@@ -240,6 +249,9 @@ def conversion_for(
     elif (file_scale, file_offset) != (1.0, 0.0):
         scale, offset = file_scale, file_offset
         steps.append(f"x {scale:g} + {offset:g} (the file's scale/offset)")
+    elif snap is not None and snap.scaled:
+        scale, offset = snap.scale, snap.offset
+        steps.append(f"x {scale:g} + {offset:g} (SNAP's DIMAP header: SCALING_FACTOR / SCALING_OFFSET)")
     elif tag_scale is not None or tag_offset is not None:
         scale, offset = tag_scale if tag_scale is not None else 1.0, tag_offset or 0.0
         steps.append(f"x {scale:g} + {offset:g} (scale_factor/add_offset tags)")
@@ -257,7 +269,7 @@ def conversion_for(
         unit = None  # a request-wide units= that is about the other bands
     if unit is None and name_unit is not None:
         unit, unit_source = name_unit, "the band's name"
-    if unit is None and (stated := _stated_unit(src, index)) is not None and stated[0] in _COMPATIBLE[band.unit]:
+    if unit is None and (stated := _stated_unit(src, index, snap)) is not None and stated[0] in _COMPATIBLE[band.unit]:
         unit, unit_source = stated
     unit_assumed = unit is None
     if unit_assumed:

@@ -1,6 +1,7 @@
 """A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
 
 import io
+import struct
 import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
@@ -313,3 +314,105 @@ def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
     yield mount
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30, check=False)
+
+
+def dimap_header(names: list[str], bands: np.ndarray, *, units: list[str | None], nodata: list[float | None],
+                 scales: list[tuple[float, float]], virtual: dict[str, str]) -> str:
+    """A DIMAP header as SNAP's ``DimapHeaderWriter`` writes it into a GeoTIFF: ``Image_Interpretation`` with a
+    ``Spectral_Band_Info`` a band (virtual bands among them, whose pixels are not written), then the metadata."""
+    infos = []
+    for i, name in enumerate([*names, *virtual]):
+        stored = i < len(names)
+        unit, nd, (scale, offset) = (units[i], nodata[i], scales[i]) if stored else ("intensity_db", None, (1.0, 0.0))
+        infos.append(f"""        <Spectral_Band_Info>
+            <BAND_INDEX>{i}</BAND_INDEX>
+            <BAND_DESCRIPTION />
+            <BAND_NAME>{name}</BAND_NAME>
+            <BAND_RASTER_WIDTH>{bands.shape[2]}</BAND_RASTER_WIDTH>
+            <BAND_RASTER_HEIGHT>{bands.shape[1]}</BAND_RASTER_HEIGHT>
+            <DATA_TYPE>{bands.dtype.name if stored else "float32"}</DATA_TYPE>
+            {f"<PHYSICAL_UNIT>{unit}</PHYSICAL_UNIT>" if unit else "<PHYSICAL_UNIT />"}
+            <SOLAR_FLUX>0.0</SOLAR_FLUX>
+            <BAND_WAVELEN>0.0</BAND_WAVELEN>
+            <BANDWIDTH>0.0</BANDWIDTH>
+            <SCALING_FACTOR>{scale!r}</SCALING_FACTOR>
+            <SCALING_OFFSET>{offset!r}</SCALING_OFFSET>
+            <LOG10_SCALED>false</LOG10_SCALED>
+            <NO_DATA_VALUE_USED>{str(nd is not None).lower()}</NO_DATA_VALUE_USED>
+            <NO_DATA_VALUE>{0.0 if nd is None else nd!r}</NO_DATA_VALUE>
+            {f"<VIRTUAL_BAND>true</VIRTUAL_BAND><EXPRESSION>{virtual[name]}</EXPRESSION>" if not stored else ""}
+        </Spectral_Band_Info>""")
+    return f"""<?xml version="1.0" encoding="ISO-8859-1"?>
+<Dimap_Document name="S1A_IW_GRDH_1SDV_20240830T170000_Cal_TC.dim">
+    <Metadata_Id>
+        <METADATA_FORMAT version="2.12.1">DIMAP</METADATA_FORMAT>
+        <METADATA_PROFILE>BEAM_PRODUCT</METADATA_PROFILE>
+    </Metadata_Id>
+    <Raster_Dimensions>
+        <NCOLS>{bands.shape[2]}</NCOLS>
+        <NROWS>{bands.shape[1]}</NROWS>
+        <NBANDS>{len(infos)}</NBANDS>
+    </Raster_Dimensions>
+    <Image_Interpretation>
+{chr(10).join(infos)}
+    </Image_Interpretation>
+    <Dataset_Sources>
+        <MDElem name="metadata">
+            <MDElem name="Abstracted_Metadata">
+                <MDATTR name="MISSION" type="ascii">SENTINEL-1A</MDATTR>
+                <MDATTR name="PASS" type="ascii">ASCENDING</MDATTR>
+            </MDElem>
+        </MDElem>
+    </Dataset_Sources>
+</Dimap_Document>
+"""
+
+
+def snap_geotiff_bytes(bands: np.ndarray, names: list[str], *, units: list[str | None] | None = None,
+                       nodata: list[float | None] | None = None, scales: list[tuple[float, float]] | None = None,
+                       virtual: dict[str, str] | None = None, epsg: int = 32633,
+                       origin: tuple[float, float] = (500000.0, 5000000.0), pixel: float = 10.0) -> bytes:
+    """``bands`` (k, h, w) as SNAP's ``GeoTiffProductWriter`` writes a product (its ``TiffIFD``): big-endian classic
+    TIFF, the IFD at byte 8 with its values after it, uncompressed, one strip a band (planar), GeoTIFF keys of a
+    projected CRS by code, and the product's DIMAP header in private tag 65000, where alone its bands are named."""
+    k, h, w = bands.shape
+    header = dimap_header(names, bands, units=units or [None] * k, nodata=nodata or [None] * k,
+                          scales=scales or [(1.0, 0.0)] * k, virtual=virtual or {})
+    fmt = {"u": 1, "i": 2, "f": 3}[bands.dtype.kind]
+    strip = h * w * bands.dtype.itemsize
+    short, long_, rational, double, ascii_ = 3, 4, 5, 12, 2
+    keys = [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, epsg]
+    entries = {256: (long_, [w]), 257: (long_, [h]), 258: (short, [bands.dtype.itemsize * 8] * k), 259: (short, [1]),
+               262: (short, [1]), 270: (ascii_, "S1A_IW_GRDH_1SDV_20240830T170000_Cal_TC"), 273: (long_, [0] * k),
+               277: (short, [k]), 278: (long_, [h]), 279: (long_, [strip] * k), 282: (rational, [1, 1]),
+               283: (rational, [1, 1]), 284: (short, [2]), 296: (short, [1]), 339: (short, [fmt] * k),
+               33550: (double, [pixel, pixel, 0.0]), 33922: (double, [0.0, 0.0, 0.0, *origin, 0.0]),
+               34735: (short, keys), 65000: (ascii_, header)}
+
+    def payload(kind: int, values) -> tuple[int, bytes]:
+        if kind == ascii_:
+            text = values.encode("latin-1") + b"\0"
+            return len(text), text
+        code = {short: "H", long_: "I", rational: "I", double: "d"}[kind]
+        return (len(values) // 2 if kind == rational else len(values)), struct.pack(f">{len(values)}{code}", *values)
+
+    ifd_size = 2 + 12 * len(entries) + 4
+    values_at = 8 + ifd_size
+    referenced = sum((len(payload(*v)[1]) + 1) & ~1 for v in entries.values() if len(payload(*v)[1]) > 4)
+    entries[273] = (long_, [values_at + referenced + i * strip for i in range(k)])
+    ifd, values = struct.pack(">H", len(entries)), b""
+    for tag in sorted(entries):
+        count, data = payload(*entries[tag])
+        if len(data) <= 4:
+            ifd += struct.pack(">HHI", tag, entries[tag][0], count) + data.ljust(4, b"\0")
+        else:
+            ifd += struct.pack(">HHII", tag, entries[tag][0], count, values_at + len(values))
+            values += data + b"\0" * (len(data) & 1)
+    pixels = b"".join(b.astype(b.dtype.newbyteorder(">")).tobytes() for b in bands)
+    return b"MM\0*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0) + values + pixels
+
+
+@pytest.fixture(scope="session")
+def snap_geotiff() -> Callable[..., bytes]:
+    """Write bands as SNAP exports a product to GeoTIFF: ``snap_geotiff(bands, names, units=, nodata=, scales=)``."""
+    return snap_geotiff_bytes

@@ -1,0 +1,98 @@
+"""What SNAP's GeoTIFFs say of their bands: the DIMAP header SNAP writes into TIFF tag 65000.
+
+SNAP (ESA's Sentinel toolbox) exports a product as GeoTIFF (File > Export > GeoTIFF or GeoTIFF-BigTIFF,
+``gpt ... -f GeoTIFF``) with each band's name, unit, scaling and no-data value only in its DIMAP header,
+stored as text in the private TIFF tag 65000 (its GeoTIFF writers' ``BEAM_METADATA``); GDAL's GeoTIFF
+driver reads none of it. A terrain-corrected Sentinel-1 export holds ``Sigma0_VH`` and ``Sigma0_VV`` in
+linear power, in that order, with 0 outside the swath: read without its header its bands have no names
+(and a guess of ``bands=VV,VH`` swaps them, silently) and its zeros are values. A Sentinel-2 export holds
+digital numbers whose scale (0.0001) and, from processing baseline 04.00, offset (-0.1) only the header
+states. Each ``Spectral_Band_Info`` of the header describes a band of the product; virtual and filter
+bands are not written into the TIFF, so the others are its bands, in their order.
+
+SNAP's writers are Java's and write big-endian TIFFs (GDAL's ``SNAP_TIFF`` driver identifies them so too):
+a little-endian upload is not searched for the tag, which keeps this off the path of every other file.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from mapex_serve.geokeys import ASCII, first_ifd
+
+__all__ = ["DIMAP_TAG", "SnapBand", "snap_bands"]
+
+#: SNAP's private TIFF tag holding the product's DIMAP header (``Utils.PRIVATE_BEAM_TIFF_TAG_NUMBER``).
+DIMAP_TAG = 65000
+#: The longest header read: the band descriptions come before the product's metadata (orbits, history), which
+#: can run to megabytes; a header past this is not read.
+_MAX_HEADER = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class SnapBand:
+    """One band as SNAP's DIMAP header describes it: ``physical = stored * scale + offset``."""
+
+    name: str
+    unit: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+    #: SNAP's ``LOG10_SCALED``: physical = 10 ** (stored * scale + offset).
+    log10_scaled: bool = False
+
+    @property
+    def scaled(self) -> bool:
+        return (self.scale, self.offset) != (1.0, 0.0)
+
+
+def snap_bands(data: bytes | memoryview) -> tuple[SnapBand, ...] | None:
+    """The bands of ``data`` (a TIFF's bytes, or at least its first directory and the header it points to) as its
+    SNAP DIMAP header describes them, in file order; None for a file without one, or one that does not parse."""
+    if bytes(data[:2]) != b"MM":
+        return None
+    tags = first_ifd(data, {DIMAP_TAG: (ASCII, _MAX_HEADER)})
+    if not tags or DIMAP_TAG not in tags:
+        return None
+    return _bands(tags[DIMAP_TAG][0])
+
+
+def _bands(header: bytes) -> tuple[SnapBand, ...] | None:
+    """The written bands of a DIMAP header's ``Image_Interpretation`` (parsed alone: the metadata after it is large)."""
+    start, end = header.find(b"<Image_Interpretation"), header.find(b"</Image_Interpretation>")
+    if start < 0 or end < start:
+        return None
+    try:
+        root = ET.fromstring(header[start: end + len(b"</Image_Interpretation>")])
+    except ET.ParseError:
+        return None
+    infos = []
+    for info in root.iter("Spectral_Band_Info"):
+        if _flag(info, "VIRTUAL_BAND") or info.find("Filter_Band_Info") is not None:
+            continue  # SNAP computes these from the others and writes no pixels of them
+        index, name = _number(info, "BAND_INDEX"), _text(info, "BAND_NAME")
+        if index is None or not name:
+            return None
+        nodata = _number(info, "NO_DATA_VALUE") if _flag(info, "NO_DATA_VALUE_USED") else None
+        infos.append((index, SnapBand(name, _text(info, "PHYSICAL_UNIT") or None, _number(info, "SCALING_FACTOR", 1.0),
+                                      _number(info, "SCALING_OFFSET", 0.0), nodata,
+                                      _flag(info, "LOG10_SCALED"))))
+    return tuple(band for _, band in sorted(infos, key=lambda i: i[0])) or None
+
+
+def _text(element: ET.Element, tag: str) -> str:
+    return (element.findtext(tag) or "").strip()
+
+
+def _flag(element: ET.Element, tag: str) -> bool:
+    return _text(element, tag).lower() == "true"
+
+
+def _number(element: ET.Element, tag: str, default: float | None = None) -> float | None:
+    try:
+        value = float(element.findtext(tag) or "")
+    except ValueError:
+        return default
+    return value if math.isfinite(value) or tag == "NO_DATA_VALUE" else default  # a NaN no-data value is one

@@ -1,0 +1,146 @@
+"""GeoTIFFs as SNAP writes them: bands named, scaled and given no-data only in the DIMAP header of tag 65000."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.io import MemoryFile
+
+from mapex_serve.inputs import RasterTooLargeError, RequestScene, SourceFile, UploadedFile
+from mapex_serve.rasters import BandNamesMissingError
+from mapex_serve.snap_tiff import SnapBand, snap_bands
+from mapex_serve.units import UnitError, UnitOverrides
+
+S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
+
+
+@pytest.fixture(scope="module")
+def sigma0() -> np.ndarray:
+    """Sigma0 VH and VV in linear power (VH about 6 dB below VV), 0 outside the swath as SNAP's terrain correction
+    leaves it: the first 8 columns."""
+    rng = np.random.default_rng(7)
+    vv = (10 ** (rng.uniform(-22, -4, (48, 40)) / 10)).astype(np.float32)
+    vh = (vv * 10 ** (rng.uniform(-8, -5, vv.shape) / 10)).astype(np.float32)
+    bands = np.stack([vh, vv])
+    bands[:, :, :8] = 0
+    return bands
+
+
+def export(snap_geotiff, sigma0: np.ndarray, **kw) -> bytes:
+    """A terrain-corrected Sentinel-1 product exported from SNAP: Sigma0_VH then Sigma0_VV (SNAP's band order), the
+    virtual dB band left out of the pixels but not of the header."""
+    return snap_geotiff(sigma0, ["Sigma0_VH", "Sigma0_VV"], units=["intensity", "intensity"], nodata=[0.0, 0.0],
+                        virtual={"Sigma0_VV_db": "log10(Sigma0_VV) * 10"}, **kw)
+
+
+def gdal_geotiff(bands: np.ndarray, descriptions: list[str | None], nodata: float | None = None,
+                 scale_offset: tuple[float, float] | None = None) -> bytes:
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=len(bands), height=bands.shape[1], width=bands.shape[2], dtype=bands.dtype,
+                      crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5000000, 10, 10),
+                      nodata=nodata) as dst:
+            dst.write(bands)
+            for i, d in enumerate(descriptions, start=1):
+                if d:
+                    dst.set_band_description(i, d)
+                if scale_offset:
+                    dst.scales, dst.offsets = [scale_offset[0]] * len(bands), [scale_offset[1]] * len(bands)
+        return mem.read()
+
+
+def windows(scene: RequestScene, bands: list[str]) -> tuple[np.ndarray, np.ndarray, list]:
+    """The whole scene's physical values (k, h, w), its valid pixels (h, w), and the bands' conversions."""
+    reader = scene.reader(bands, UnitOverrides())
+    values, reasons = reader.read(rasterio.windows.Window(0, 0, reader.width, reader.height))
+    return values, reasons == 0, [b.conversion for b in reader.bands]
+
+
+def test_the_header_names_the_written_bands_in_order_with_their_units_no_data_and_scaling(snap_geotiff, sigma0):
+    assert snap_bands(export(snap_geotiff, sigma0)) == (
+        SnapBand("Sigma0_VH", "intensity", nodata=0.0), SnapBand("Sigma0_VV", "intensity", nodata=0.0))
+    scaled = snap_geotiff(np.zeros((1, 4, 4), np.uint16), ["B4"], scales=[(1e-4, -0.1)])
+    assert snap_bands(scaled) == (SnapBand("B4", None, 1e-4, -0.1),)
+
+
+def test_files_without_a_snap_header_have_none(snap_geotiff, sigma0):
+    assert snap_bands(gdal_geotiff(sigma0, ["Sigma0_VH", "Sigma0_VV"])) is None  # GDAL's: little-endian, no tag
+    assert snap_bands(S2.read_bytes()) is None
+    broken = export(snap_geotiff, sigma0).replace(b"</Spectral_Band_Info>", b"</Spectral_Band>", 1)
+    assert snap_bands(broken) is None  # a header that does not parse is not read
+    assert snap_bands(b"MM\0*\0\0\0\x08") is None
+
+
+def test_a_sentinel1_export_reads_as_the_same_bands_described_in_gdal_metadata(snap_geotiff, sigma0):
+    """Before: no band names (BandNamesMissingError), zeros outside the swath taken as values; a guessed
+    ``bands=VV,VH`` would have swapped the polarisations."""
+    with RequestScene([UploadedFile("S1A_Cal_TC.tif", export(snap_geotiff, sigma0))]) as snap:
+        assert [(b.identity.found, b.identity.canonical) for b in snap.bands] == [("Sigma0_VH", "VH"), ("Sigma0_VV", "VV")]
+        assert all("SNAP's DIMAP header" in b.identity.rule for b in snap.bands)
+        values, valid, conversions = windows(snap, ["VV", "VH"])
+    described = gdal_geotiff(sigma0, ["Sigma0_VH", "Sigma0_VV"], nodata=0.0)
+    with RequestScene([UploadedFile("described.tif", described)]) as gdal:
+        expected, expected_valid, _ = windows(gdal, ["VV", "VH"])
+    assert not valid[:, :8].any() and valid[:, 8:].all()
+    assert (valid == expected_valid).all() and np.array_equal(values[:, valid], expected[:, valid])
+    assert all(any("10·log10" in s for s in c.steps) for c in conversions)
+    with pytest.raises(BandNamesMissingError), RequestScene([UploadedFile("s1.tif", gdal_geotiff(sigma0, [None, None]))]):
+        pass  # the same pixels without the header
+
+
+def test_a_sentinel2_export_takes_the_scale_and_offset_only_its_header_states(snap_geotiff):
+    """SNAP's Sentinel-2 reader gives each band the scale 0.0001 and, from processing baseline 04.00, the offset
+    -0.1; the export keeps the digital numbers. Before: no band names (422), and with the ``bands=`` that asked for,
+    the integers taken as reflectance x 10000: 0.1 too bright, silently."""
+    with rasterio.open(S2) as src:
+        dn = src.read()
+    names = ["B2", "B3", "B4", "B7", "B11", "B12"]  # SNAP's names of the crop's bands
+    data = snap_geotiff(dn, names, scales=[(1e-4, -0.1)] * 6, nodata=[0.0] * 6, epsg=32719,
+                        origin=(600000.0, 4700020.0))
+    with RequestScene([UploadedFile("S2_resampled.tif", data)]) as scene:
+        assert scene.canonical_bands == ["B02", "B03", "B04", "B07", "B11", "B12"]
+        values, valid, conversions = windows(scene, ["B04", "B11"])
+    assert valid.all()
+    np.testing.assert_allclose(values[0], dn[2] * 1e-4 - 0.1, atol=1e-6)
+    np.testing.assert_allclose(values[1], dn[4] * 1e-4 - 0.1, atol=1e-6)
+    assert "SNAP's DIMAP header" in conversions[0].steps[0]
+
+
+def test_snap_scene_classification_is_the_scl_quality_layer(snap_geotiff):
+    bands = np.stack([np.full((8, 8), 1200, np.uint16), np.full((8, 8), 4, np.uint16)])
+    bands[1, :2] = 9  # cloud, high probability
+    data = snap_geotiff(bands, ["B4", "quality_scene_classification"], scales=[(1e-4, 0.0), (1.0, 0.0)])
+    with RequestScene([UploadedFile("s2.tif", data)]) as scene:
+        assert [b.identity.quality for b in scene.bands] == [None, "SCL"]
+
+
+def test_a_log10_scaled_band_is_refused_saying_how_to_export_it(snap_geotiff, sigma0):
+    data = export(snap_geotiff, sigma0).replace(b"<LOG10_SCALED>false", b"<LOG10_SCALED>true", 1)
+    with RequestScene([UploadedFile("s1.tif", data)]) as scene, pytest.raises(UnitError, match="Band Maths"):
+        scene.reader(["VV", "VH"], UnitOverrides())
+
+
+def test_a_job_reads_the_header_of_a_snap_export_on_its_volume(snap_geotiff, sigma0, tmp_path):
+    path = tmp_path / "S1A_Cal_TC.tif"
+    path.write_bytes(export(snap_geotiff, sigma0))
+    with RequestScene([SourceFile(path.name, str(path))]) as scene:
+        assert scene.canonical_bands == ["VH", "VV"]
+        _, valid, _ = windows(scene, ["VV", "VH"])
+    assert not valid[:, :8].any()
+
+
+def test_band_interleaved_blocks_count_one_band_each(snap_geotiff):
+    """SNAP writes a band a strip: a 2-band 3000² export holds 36 MB blocks, not the 72 MB of a compressed
+    pixel-interleaved strip (refused, since every window read would decode a whole block)."""
+    bands = np.full((2, 3000, 3000), 0.05, np.float32)
+    with RequestScene([UploadedFile("S1A_Cal_TC.tif", snap_geotiff(bands, ["Sigma0_VH", "Sigma0_VV"]))]) as scene:
+        assert scene.canonical_bands == ["VH", "VV"]
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, height=3000, width=3000, dtype="float32", crs="EPSG:32633",
+                      transform=rasterio.transform.from_origin(500000, 5000000, 10, 10), blockysize=3000,
+                      compress="deflate") as dst:
+            dst.write(bands)
+        with pytest.raises(RasterTooLargeError, match="tiled"), RequestScene([UploadedFile("pixel.tif", mem.read())]):
+            pass
