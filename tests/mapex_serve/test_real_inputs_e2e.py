@@ -63,6 +63,21 @@ def test_snap_linear_and_db_give_the_same_flood_mask(server, flood_scene):
     assert any("10·log10" in c for c in inputs[0]["conversions"])
 
 
+def test_a_snap_geotiff_export_is_served_as_the_same_bands_described_in_gdal_metadata(server, flood_scene, snap_geotiff):
+    """SNAP names, scales and gives no-data to its GeoTIFF's bands only in its DIMAP header (tag 65000): VH first,
+    linear power, 0 outside the swath."""
+    db, like = flood_scene
+    linear = (10 ** (db / 10)).astype(np.float32)
+    linear[:, :, :16] = 0  # outside the swath
+    exported = snap_geotiff(linear[::-1].copy(), ["Sigma0_VH", "Sigma0_VV"], units=["intensity"] * 2, nodata=[0.0] * 2)
+    described = tiff(linear, ["Sigma0_VV", "Sigma0_VH"], {**like, "nodata": 0.0})
+    from_snap = post(server, "flood", [("S1A_IW_GRDH_Cal_TC.tif", exported)])
+    assert np.array_equal(mask_of(from_snap), mask_of(post(server, "flood", [("s1.tif", described)])))
+    inputs = json.loads(from_snap.headers["x-mapex-inputs"])
+    assert [(i["found"], i["band"]) for i in inputs] == [("Sigma0_VH", "VH"), ("Sigma0_VV", "VV")]
+    assert all("SNAP's DIMAP header" in i["rule"] for i in inputs)
+
+
 def test_linear_sar_with_plain_names_is_422_naming_units_linear_and_then_served(server, flood_scene):
     db, like = flood_scene
     data = tiff((10 ** (db / 10)).astype(np.float32), ["VV", "VH"], like)
