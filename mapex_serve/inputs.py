@@ -33,11 +33,11 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
 from mapex_serve.archives import Unpacked, unpack
+from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
-from mapex_serve.snap_tiff import SnapBand, snap_bands
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
 
 __all__ = [
@@ -407,7 +407,7 @@ class RequestScene:
     def _read_snap_header(self, name: str, ds: DatasetReaderBase, data: bytes | memoryview | mmap.mmap) -> None:
         """Keep what a GeoTIFF SNAP wrote says of its bands in its DIMAP header, which GDAL does not read (names,
         units, scaling, no-data); a header of another band count than the file's describes another file."""
-        bands = snap_bands(data)
+        bands = tiff_bands(data)
         if bands is not None and len(bands) == ds.count:
             self._snap[name] = bands
 

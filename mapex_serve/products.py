@@ -13,7 +13,9 @@ reads it in reflectance as it reads any file that says its scale.
 
 SNAP's BEAM-DIMAP product (``S1_Cal_TC.dim`` and its ``S1_Cal_TC.data`` folder) keeps a band per ENVI
 file in the folder, and beside them ``tie_point_grids`` and ``vector_data``: its ``elevation_angle``
-grid would be taken for an elevation band by its name, so only the band files are read.
+grid would be taken for an elevation band by its name, so only the band files are read. Their scaling
+and no-data value are in the ``.dim`` only (``mapex_serve.dimap``): a Sentinel-2 product's digital
+numbers with the offset of -0.1, the zeros outside a terrain-corrected Sentinel-1 swath.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
+
+from mapex_serve.dimap import header_bands
 
 __all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sidecars"]
 
@@ -44,6 +48,9 @@ _SAFE_BAND = re.compile(r"_(B\d\d|B8A|SCL)(?:_(\d\d)m)?\.jp2$", re.I)
 _SAFE_NATIVE = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20,
                 "B12": 20, "SCL": 20, "B01": 60, "B09": 60}
 _ENOUGH = 2**20  # metadata files are read if smaller than this
+#: A BEAM-DIMAP product's header: its band descriptions come first, then the product's metadata, which for a
+#: Sentinel-1 product (orbits, the original annotations) runs to megabytes.
+_DIM_ENOUGH = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ def role(path: str, size: int) -> Role | None:
         return "raster" if resolution is None or native is None or int(resolution) == native else "skip"
     if _LANDSAT_MTL.match(base):
         return "metadata" if size < _ENOUGH else "skip"
+    if base.lower().endswith(".dim"):
+        return "metadata" if size < _DIM_ENOUGH else "skip"
     if _LANDSAT_FILE.match(base):
         return "raster" if _LANDSAT_READ.search(base) else "skip"
     return None
@@ -98,6 +107,9 @@ def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:
     notes: list[str] = []
     have = set(rasters)
     for name, text in metadata.items():
+        if name.lower().endswith(".dim"):
+            _dimap_sidecars(name, text, rasters, have, files, notes)
+            continue
         if _LANDSAT_MTL.match(name):
             scales = {f"SR_B{b}": s for b, s in landsat_scales(text).items()}
             band_of = _LANDSAT_SR
@@ -121,6 +133,21 @@ def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:
             notes.append(f"{name}: Level-1C, top-of-atmosphere reflectance; the specialists learnt surface "
                          f"reflectance (Level-2A), which is what to send for the answers they were tested on")
     return Sidecars(files, tuple(notes))
+
+
+def _dimap_sidecars(name: str, text: str, rasters: Sequence[str], have: set[str], files: list[tuple[str, bytes]],
+                    notes: list[str]) -> None:
+    """A sidecar for each ENVI band file of a BEAM-DIMAP product (``Sigma0_VV.img``) that its ``.dim`` gives a scale
+    or a no-data value."""
+    bands = {b.name: b for b in header_bands(text) or ()}
+    for raster in rasters:
+        stem, _, suffix = raster.rpartition(".")
+        band = bands.get(stem) if suffix.lower() == "img" else None
+        if band is None or not (band.scaled or band.nodata is not None) or f"{raster}.aux.xml" in have:
+            continue
+        files.append((f"{raster}.aux.xml", _pam(band.scale, band.offset, band.nodata)))
+        scaling = f"DN x {band.scale:g} {band.offset:+g}" if band.scaled else "values as stored"
+        notes.append(f"{name}: {band.name} = {scaling}{'' if band.nodata is None else f', nodata {band.nodata:g}'}")
 
 
 def _pam(scale: float, offset: float, nodata: float | None) -> bytes:

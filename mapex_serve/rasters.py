@@ -8,7 +8,7 @@ Bands are identified by name or wavelength, never by position. For each band, in
    (BigEarthNet's ``..._B02.tif``, HLS's ``HLS.S30....B8A.tif``). Each is read in the conventions of
    the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
    (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit; in a GeoTIFF SNAP wrote, its
-   DIMAP header's, which GDAL does not read: ``mapex_serve.snap_tiff``), STAC
+   DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), STAC
    ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
 3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
    ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
@@ -274,7 +274,7 @@ def identify_bands(
 
     ``filename`` names a single-band ``src`` when nothing inside it does (``name_source`` says what it
     is: a file name, or the variable name of a NetCDF/HDF5 subdataset). ``header_names``: one a band, the
-    names a header GDAL does not read gives them (SNAP's, ``mapex_serve.snap_tiff``), trusted first.
+    names a header GDAL does not read gives them (SNAP's, ``mapex_serve.dimap``), trusted first.
     """
     if bands is not None:
         if len(bands) != src.count:

@@ -21,8 +21,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from mapex_serve.bands import QUALITY_LAYERS, QualityLayer
+from mapex_serve.dimap import SnapBand
 from mapex_serve.rasters import BandIdentity
-from mapex_serve.snap_tiff import SnapBand
 from mapex_serve.units import Conversion
 
 __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
@@ -69,7 +69,7 @@ class InputBand:
     #: Nodata the file does not declare to GDAL but its catalogue or header does (a STAC item's ``raster:bands``,
     #: SNAP's DIMAP header).
     nodata: float | None = None
-    #: What the file's SNAP header says of the band (``mapex_serve.snap_tiff``), or None.
+    #: What the file's SNAP header says of the band (``mapex_serve.dimap``), or None.
     snap: SnapBand | None = None
     #: The file's grid where it was read from its tags and ``dataset`` opened without it (``geokeys``); None: the
     #: dataset's own.

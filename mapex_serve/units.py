@@ -22,8 +22,8 @@ import numpy as np
 from rasterio.io import DatasetReaderBase
 
 from mapex_serve.bands import BANDS, canonical_or_none
+from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
-from mapex_serve.snap_tiff import SnapBand
 
 __all__ = [
     "Conversion",

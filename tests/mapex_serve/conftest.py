@@ -413,6 +413,12 @@ def snap_geotiff_bytes(bands: np.ndarray, names: list[str], *, units: list[str |
 
 
 @pytest.fixture(scope="session")
+def dimap_document() -> Callable[..., str]:
+    """A BEAM-DIMAP product's ``.dim``: ``dimap_document(names, bands, units=, nodata=, scales=, virtual=)``."""
+    return dimap_header
+
+
+@pytest.fixture(scope="session")
 def snap_geotiff() -> Callable[..., bytes]:
     """Write bands as SNAP exports a product to GeoTIFF: ``snap_geotiff(bands, names, units=, nodata=, scales=)``."""
     return snap_geotiff_bytes

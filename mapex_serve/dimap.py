@@ -1,4 +1,5 @@
-"""What SNAP's GeoTIFFs say of their bands: the DIMAP header SNAP writes into TIFF tag 65000.
+"""What SNAP says of a product's bands in its DIMAP header: in a GeoTIFF it wrote (TIFF tag 65000), and in the
+``.dim`` beside a BEAM-DIMAP product's band files.
 
 SNAP (ESA's Sentinel toolbox) exports a product as GeoTIFF (File > Export > GeoTIFF or GeoTIFF-BigTIFF,
 ``gpt ... -f GeoTIFF``) with each band's name, unit, scaling and no-data value only in its DIMAP header,
@@ -8,7 +9,9 @@ linear power, in that order, with 0 outside the swath: read without its header i
 (and a guess of ``bands=VV,VH`` swaps them, silently) and its zeros are values. A Sentinel-2 export holds
 digital numbers whose scale (0.0001) and, from processing baseline 04.00, offset (-0.1) only the header
 states. Each ``Spectral_Band_Info`` of the header describes a band of the product; virtual and filter
-bands are not written into the TIFF, so the others are its bands, in their order.
+bands are not written, so the others are the file's bands, in their order. SNAP's own format, BEAM-DIMAP,
+keeps the same header as the ``.dim`` file and a band per ENVI file named after it, whose header carries
+the name but neither scaling nor no-data.
 
 SNAP's writers are Java's and write big-endian TIFFs (GDAL's ``SNAP_TIFF`` driver identifies them so too):
 a little-endian upload is not searched for the tag, which keeps this off the path of every other file.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 from mapex_serve.geokeys import ASCII, first_ifd
 
-__all__ = ["DIMAP_TAG", "SnapBand", "snap_bands"]
+__all__ = ["DIMAP_TAG", "SnapBand", "header_bands", "tiff_bands"]
 
 #: SNAP's private TIFF tag holding the product's DIMAP header (``Utils.PRIVATE_BEAM_TIFF_TAG_NUMBER``).
 DIMAP_TAG = 65000
@@ -48,7 +51,7 @@ class SnapBand:
         return (self.scale, self.offset) != (1.0, 0.0)
 
 
-def snap_bands(data: bytes | memoryview) -> tuple[SnapBand, ...] | None:
+def tiff_bands(data: bytes | memoryview) -> tuple[SnapBand, ...] | None:
     """The bands of ``data`` (a TIFF's bytes, or at least its first directory and the header it points to) as its
     SNAP DIMAP header describes them, in file order; None for a file without one, or one that does not parse."""
     if bytes(data[:2]) != b"MM":
@@ -56,16 +59,17 @@ def snap_bands(data: bytes | memoryview) -> tuple[SnapBand, ...] | None:
     tags = first_ifd(data, {DIMAP_TAG: (ASCII, _MAX_HEADER)})
     if not tags or DIMAP_TAG not in tags:
         return None
-    return _bands(tags[DIMAP_TAG][0])
+    return header_bands(tags[DIMAP_TAG][0].decode("latin-1"))  # SNAP writes it ISO-8859-1
 
 
-def _bands(header: bytes) -> tuple[SnapBand, ...] | None:
-    """The written bands of a DIMAP header's ``Image_Interpretation`` (parsed alone: the metadata after it is large)."""
-    start, end = header.find(b"<Image_Interpretation"), header.find(b"</Image_Interpretation>")
+def header_bands(header: str) -> tuple[SnapBand, ...] | None:
+    """The written bands of a DIMAP header (its ``Image_Interpretation``, parsed alone: the metadata after it can
+    run to megabytes), in file order; None for a header that describes none or does not parse."""
+    start, end = header.find("<Image_Interpretation"), header.find("</Image_Interpretation>")
     if start < 0 or end < start:
         return None
     try:
-        root = ET.fromstring(header[start: end + len(b"</Image_Interpretation>")])
+        root = ET.fromstring(header[start: end + len("</Image_Interpretation>")])
     except ET.ParseError:
         return None
     infos = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,9 @@ import pytest
 import rasterio
 from rasterio.io import MemoryFile
 
+from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.inputs import RasterTooLargeError, RequestScene, SourceFile, UploadedFile
 from mapex_serve.rasters import BandNamesMissingError
-from mapex_serve.snap_tiff import SnapBand, snap_bands
 from mapex_serve.units import UnitError, UnitOverrides
 
 S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"
@@ -59,18 +61,18 @@ def windows(scene: RequestScene, bands: list[str]) -> tuple[np.ndarray, np.ndarr
 
 
 def test_the_header_names_the_written_bands_in_order_with_their_units_no_data_and_scaling(snap_geotiff, sigma0):
-    assert snap_bands(export(snap_geotiff, sigma0)) == (
+    assert tiff_bands(export(snap_geotiff, sigma0)) == (
         SnapBand("Sigma0_VH", "intensity", nodata=0.0), SnapBand("Sigma0_VV", "intensity", nodata=0.0))
     scaled = snap_geotiff(np.zeros((1, 4, 4), np.uint16), ["B4"], scales=[(1e-4, -0.1)])
-    assert snap_bands(scaled) == (SnapBand("B4", None, 1e-4, -0.1),)
+    assert tiff_bands(scaled) == (SnapBand("B4", None, 1e-4, -0.1),)
 
 
 def test_files_without_a_snap_header_have_none(snap_geotiff, sigma0):
-    assert snap_bands(gdal_geotiff(sigma0, ["Sigma0_VH", "Sigma0_VV"])) is None  # GDAL's: little-endian, no tag
-    assert snap_bands(S2.read_bytes()) is None
+    assert tiff_bands(gdal_geotiff(sigma0, ["Sigma0_VH", "Sigma0_VV"])) is None  # GDAL's: little-endian, no tag
+    assert tiff_bands(S2.read_bytes()) is None
     broken = export(snap_geotiff, sigma0).replace(b"</Spectral_Band_Info>", b"</Spectral_Band>", 1)
-    assert snap_bands(broken) is None  # a header that does not parse is not read
-    assert snap_bands(b"MM\0*\0\0\0\x08") is None
+    assert tiff_bands(broken) is None  # a header that does not parse is not read
+    assert tiff_bands(b"MM\0*\0\0\0\x08") is None
 
 
 def test_a_sentinel1_export_reads_as_the_same_bands_described_in_gdal_metadata(snap_geotiff, sigma0):
@@ -144,3 +146,32 @@ def test_band_interleaved_blocks_count_one_band_each(snap_geotiff):
             dst.write(bands)
         with pytest.raises(RasterTooLargeError, match="tiled"), RequestScene([UploadedFile("pixel.tif", mem.read())]):
             pass
+
+
+def test_a_beam_dimap_product_takes_scaling_and_no_data_from_its_dim(dimap_document, tmp_path):
+    """SNAP's own format zipped: ENVI band files named after their bands, whose headers hold neither scaling nor
+    no-data; the ``.dim`` beside them does. Before, its digital numbers were reflectance 0.1 too bright."""
+    with rasterio.open(S2) as src:
+        dn, crs, transform = src.read([3, 5]), src.crs, src.transform
+    dn[:, :4] = 0  # outside the orbit's swath
+    names = ["B4", "B11"]
+    members = {"S2_resampled.dim": dimap_document(names, dn, units=[None, None], nodata=[0.0, 0.0],
+                                                  scales=[(1e-4, -0.1)] * 2, virtual={"NDVI": "(B8 - B4) / (B8 + B4)"})}
+    for name, band in zip(names, dn, strict=True):
+        path = tmp_path / f"{name}.img"
+        with rasterio.open(path, "w", driver="ENVI", count=1, width=dn.shape[2], height=dn.shape[1], dtype="uint16",
+                           crs=crs, transform=transform) as dst:
+            dst.write(band, 1)
+            dst.set_band_description(1, name)
+        for f in (path, path.with_suffix(".hdr")):
+            members[f"S2_resampled.data/{f.name}"] = f.read_bytes()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with RequestScene([UploadedFile("S2_resampled.zip", archive.getvalue())]) as scene:
+        values, valid, _ = windows(scene, ["B04", "B11"])
+        notes = scene.archives[0].report()["notes"]
+    assert not valid[:4].any() and valid[4:].all()
+    np.testing.assert_allclose(values[:, valid], dn[:, valid] * 1e-4 - 0.1, atol=1e-6)
+    assert "S2_resampled.dim: B4 = DN x 0.0001 -0.1, nodata 0" in notes
