@@ -7,6 +7,12 @@ variables GDAL reads). A STAC item names its assets' bands in ``eo:bands`` (STAC
 ``offset`` (Earth Search's Sentinel-2 L2A COGs carry the -0.1 offset of baseline 04.00 only
 there, not in the file), ``nodata`` and ``unit``. Those become the scene's band names, unit
 overrides and nodata, so that the values are read as what the catalogue says they are.
+
+Where a Sentinel-2 catalogue's ``raster:bands`` do not state the offset right, its item's properties
+do: Earth Search's ``sentinel-2-l2a`` removed the offset from the values of some items
+(``earthsearch:boa_offset_applied: true``) yet lists -0.1 for all; the Planetary Computer's items give
+no offset, only ``s2:processing_baseline`` (from 04.00 the values carry it). Read by ``raster:bands``
+alone, the first would be 0.1 too dark and the second 0.1 too bright.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from mapex_serve.archives import ArchiveTooLargeError, Capped, archive_kind
-from mapex_serve.bands import canonical_or_none
+from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.units import UnitOverrides, parse_unit
@@ -164,6 +170,24 @@ def _band_name(key: str, band: dict[str, Any], n_bands: int) -> str:
     return "-"  # not a model band: skipped
 
 
+def _sentinel2_offset(properties: dict[str, Any], canonical: str, band: dict[str, Any]) -> tuple[float, str] | None:
+    """The offset of a Sentinel-2 reflectance band as its item's properties state it where its ``raster:bands`` may
+    not (module docstring), with why; None where the properties say nothing more."""
+    if BANDS[canonical].sensor != "S2" or BANDS[canonical].unit != "reflectance":
+        return None
+    for key in ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied"):
+        if properties.get(key) is True:
+            return 0.0, f"{key}: true (the offset is removed from the values already)"
+    baseline = properties.get("s2:processing_baseline", properties.get("sentinel:processing_baseline"))
+    if "offset" in band or not isinstance(baseline, str):
+        return None
+    try:
+        from_04 = float(baseline) >= 4.0
+    except ValueError:
+        return None
+    return (-0.1, f"s2:processing_baseline {baseline}: values carry the offset of -1000 from 04.00") if from_04 else None
+
+
 def resolve_stac(item: dict[str, Any], assets: Sequence[str] | None, item_url: str | None,
                  allowed_prefixes: Sequence[str] = ()) -> ResolvedSources:
     """The item's raster assets (``assets``, or every one whose bands name model bands) as one scene."""
@@ -213,6 +237,9 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
             nodata.append(float("nan") if nd == "nan" else (float(nd) if isinstance(nd, int | float) else None))
             canonical = canonical_or_none(name) if name != "-" else None
             taken = {}
+            if canonical and (s2 := _sentinel2_offset(item.get("properties") or {}, canonical, b)) is not None:
+                b = {**b, "scale": b.get("scale", 0.0001), "offset": s2[0]}
+                taken["offset_from"] = s2[1]
             if canonical:
                 if "scale" in b:
                     scale[canonical] = taken["scale"] = float(b["scale"])

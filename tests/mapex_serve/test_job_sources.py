@@ -61,6 +61,30 @@ def test_an_earth_search_item_gives_band_names_scale_offset_and_nodata():
         resolve_stac({"type": "FeatureCollection", "features": []}, None, item_url)
 
 
+def test_an_earth_search_item_whose_values_have_the_offset_removed_takes_none():
+    """Earth Search's sentinel-2-l2a lists -0.1 in every item's raster:bands, also where it removed the offset from
+    the values (earthsearch:boa_offset_applied): read by raster:bands those were 0.1 too dark."""
+    item = earth_search_item()
+    item["properties"]["earthsearch:boa_offset_applied"] = True
+    resolved = resolve_stac(item, None, "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/x")
+    assert resolved.overrides.get("offset", "B11") == 0.0 and resolved.overrides.get("scale", "B11") == 0.0001
+    assert "earthsearch:boa_offset_applied" in resolved.described[0]["offset_from"]
+
+
+@pytest.mark.parametrize("baseline, offset", [("05.10", -0.1), ("04.00", -0.1), ("03.01", None), (None, None)])
+def test_a_planetary_computer_item_takes_the_offset_its_processing_baseline_implies(baseline, offset):
+    """The Planetary Computer's sentinel-2-l2a items give no scale or offset, only s2:processing_baseline; from
+    04.00 the values carry the offset of -1000: read as x 10000 alone they were 0.1 too bright."""
+    item = {"type": "Feature", "properties": {"s2:processing_baseline": baseline} if baseline else {},
+            "assets": {"B04": {"href": "https://sentinel2l2a01.blob.core.windows.net/x/T33UUP_B04_10m.tif",
+                               "roles": ["data"], "eo:bands": [{"name": "B04", "common_name": "red"}]},
+                       "SCL": {"href": "https://sentinel2l2a01.blob.core.windows.net/x/T33UUP_SCL_20m.tif",
+                               "roles": ["data"], "eo:bands": [{"name": "SCL"}]}}}
+    resolved = resolve_stac(item, ["B04"], None)
+    assert resolved.overrides.get("offset", "B04") == offset
+    assert resolved.overrides.get("scale", "B04") == (None if offset is None else 0.0001)
+
+
 def test_stac_1_1_bands_with_raster_fields_on_the_band():
     item = {"type": "Feature", "assets": {"vv": {"href": "s3://b/vv.tif", "roles": ["data"],
                                                  "bands": [{"name": "VV", "raster:nodata": -9999, "raster:unit": "dB"}]},
