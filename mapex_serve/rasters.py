@@ -8,7 +8,8 @@ Bands are identified by name or wavelength, never by position. For each band, in
    (BigEarthNet's ``..._B02.tif``, HLS's ``HLS.S30....B8A.tif``). Each is read in the conventions of
    the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
    (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit; in a GeoTIFF SNAP wrote, its
-   DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), STAC
+   DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), ASF HyP3 RTC file names (their scale
+   letter states the unit), STAC
    ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
 3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
    ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
@@ -206,6 +207,25 @@ def _by_wavelength(nm: float, source: str) -> BandIdentity:
                         canonical)
 
 
+#: ASF HyP3's RTC band files (``S1A_IW_20180128T161201_DVP_RTC30_G_gpuned_FD6A_VV.tif``): the first two letters of
+#: the seventh field say gamma0 or sigma0, and power, amplitude or decibel (HyP3 RTC product guide); the values carry
+#: no unit. Amplitude sent as linear power would be 10·log10 of it, half its dB.
+_HYP3_RTC = re.compile(r"^S1[A-D]_[A-Z]{2}_\d{8}T\d{6}_\w{3}_RTC\d+_\w_([gs])([pad])\w{4}_\w{4}_([VH]{2})\.tiff?$", re.I)
+_HYP3_SCALE = {"p": ("linear", "power"), "a": ("amplitude", "amplitude"), "d": ("dB", "decibel")}
+
+
+def _hyp3(filename: str | None) -> BandIdentity | None:
+    """The identity an ASF HyP3 RTC band file's name states, with its unit; None for any other name."""
+    m = _HYP3_RTC.match(PurePath(filename or "").name)
+    if m is None:
+        return None
+    quantity, (unit, scale), pol = m.group(1).lower(), _HYP3_SCALE[m.group(2).lower()], m.group(3).upper()
+    rule = f"ASF HyP3 RTC file name ({'gamma0' if quantity == 'g' else 'sigma0'}, {scale} scale)"
+    if pol not in BANDS:
+        return BandIdentity(m.group(0), f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
+    return BandIdentity(m.group(0), rule, pol, unit_hint=unit)
+
+
 #: Words that make a file name name something derived from a band rather than the band, whose other words are then
 #: no band name: ``dem_slope.tif`` is no elevation, nor SNAP's ``elevation_angle`` tie-point grid, nor ``B08_ndvi.tif``
 #: near infrared.
@@ -232,6 +252,8 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None) -> BandIdentity:
+    if src.count == 1 and not (header_name or src.descriptions[0]) and (hyp3 := _hyp3(filename)) is not None:
+        return hyp3
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)

@@ -974,6 +974,24 @@ def test_a_snap_beam_dimap_product_reads_its_band_files_and_not_its_tie_point_gr
         "S1_Cal_TC.data/vector_data/pins.csv"]  # the .dim is read for its bands' scaling (test_dimap.py)
 
 
+@pytest.mark.parametrize("letter, stored", [("p", lambda db: 10 ** (db / 10)), ("a", lambda db: 10 ** (db / 20)),
+                                            ("d", lambda db: db)])
+def test_asf_hyp3_rtc_file_names_state_power_amplitude_or_decibel(letter, stored):
+    """HyP3's RTC band files carry no unit; their names do (``gpuned``: gamma0, power). Before, the unit check asked
+    for ``units=linear`` or ``units=amplitude``, and amplitude sent as linear was read at half its dB, silently."""
+    db = RNG.uniform(-22, -5, (2, 16, 16)).astype(np.float32)
+    files = [UploadedFile(f"S1A_IW_20230914T052201_DVP_RTC30_G_g{letter}uned_8C2F_{pol}.tif",
+                          tif(stored(db[i]).astype(np.float32), nodata=0.0)) for i, pol in enumerate(("VV", "VH"))]
+    scene, reader, values, _ = read(files, ["VV", "VH"])
+    np.testing.assert_allclose(values, db, atol=1e-4)
+    assert "ASF HyP3 RTC file name" in rule_of(scene, "VV")
+    product = "S1A_IW_20230914T052201_DVP_RTC30_G_gpuned_8C2F"
+    dem = tif(np.full((16, 16), 812.0, np.float32))  # the product's DEM and maps beside the bands: not SAR
+    scene, _, _, _ = read([*files, UploadedFile(f"{product}_dem.tif", dem), UploadedFile(f"{product}_ls_map.tif",
+                          tif(np.ones((16, 16), np.uint8)))], ["VV", "VH"])
+    assert scene.canonical_bands == ["VV", "VH", "DEM"]
+
+
 @pytest.mark.parametrize("name, canonical", [
     ("srtm_elevation.tif", "DEM"), ("S2B_MSIL2A_20170924T093019_43_47_B02.tif", "B02"), ("download.B8A.tif", "B8A"),
     ("dem_slope.tif", None), ("copernicus_dem_aspect.tif", None), ("elevation_angle.img", None),
