@@ -44,6 +44,7 @@ __all__ = [
     "ALLOWED_DRIVERS",
     "ForbiddenReferenceError",
     "GridMismatchError",
+    "NotOnAGridError",
     "RasterTooLargeError",
     "RequestScene",
     "SourceFile",
@@ -64,6 +65,10 @@ class ForbiddenReferenceError(MapexError, ValueError):
 
 class GridMismatchError(MapexError, ValueError):
     """Files of one request that cannot be stacked: different CRSs, or no overlap."""
+
+
+class NotOnAGridError(GridMismatchError):
+    """A raster placed on Earth by ground control points or RPCs, not a map grid: its answer could not keep it."""
 
 
 class SubdatasetsError(MapexError, ValueError):
@@ -88,6 +93,22 @@ def _check_grid(name: str, grid: Grid) -> None:
     if grid.transform.determinant == 0:
         raise UnreadableInputError(f"{name}: the geotransform {tuple(grid.transform)[:6]} is degenerate (a pixel size "
                                    f"of 0); fix the file's georeferencing (gdal_edit -a_ullr or -a_srs)")
+
+
+def _check_on_a_grid(name: str, ds: DatasetReaderBase) -> None:
+    """Refuse a raster georeferenced by ground control points or RPCs (radar or satellite geometry) rather than a
+    geotransform: the answer is made on the file's pixel grid and would no longer say where it lies. A raster with
+    no georeferencing at all is read, and answered, in pixels."""
+    if not ds.transform.is_identity:
+        return
+    gcps, _ = ds.gcps
+    if gcps or ds.rpcs:
+        how = f"{len(gcps)} ground control points" if gcps else "RPCs"
+        raise NotOnAGridError(
+            f"{name} is placed on Earth by {how}, not on a map grid: the answer, made on its pixels, could not say "
+            f"where it lies; warp it onto a grid first (gdalwarp -t_srs EPSG:<its UTM zone, e.g. 32633> -r bilinear "
+            f"in.tif gridded.tif), or for Sentinel-1 calibrated in SNAP, terrain-correct it (Radar > Geometric > "
+            f"Terrain Correction) and send what that writes")
 
 
 def _check_blocks(name: str, ds: DatasetReaderBase) -> None:
@@ -355,6 +376,8 @@ class RequestScene:
                 raise UnreadableInputError(f"{name}: the raster has no pixels or no bands")
             else:
                 _check_grid(name, grid or Grid.of(ds))
+                if grid is None:  # else its tags gave the grid, and GDAL was not asked for it
+                    _check_on_a_grid(name, ds)
                 _check_blocks(name, ds)
                 self.datasets.append((name, ds))
                 if grid is not None:
@@ -393,6 +416,7 @@ class RequestScene:
                 raise UnreadableInputError(f"{f.name}: the raster has no pixels or no bands")
             else:
                 _check_grid(f.name, Grid.of(ds))
+                _check_on_a_grid(f.name, ds)
                 _check_blocks(f.name, ds)
                 if f.nodata is not None and len(f.nodata) != ds.count:
                     raise UnreadableInputError(f"{f.name}: the STAC item gives {len(f.nodata)} raster:bands for a file "

@@ -140,7 +140,21 @@ def malformed() -> dict[str, Malformed]:
         "archive bomb": Malformed("wildfire", _zip_bomb(), "application/zip", 413, "unpacks to more than 200 MiB"),
         "archive of no raster": Malformed("wildfire", _zipped("userdata.json", b"{}"), "application/zip", 400,
                                           "no raster file in it"),
+        "radar geometry": Malformed("flood", _radar_geometry(), "image/tiff", 422, "not on a map grid"),
     }
+
+
+def _radar_geometry() -> bytes:
+    """Sigma0 as SNAP calibrates it before terrain correction: placed on Earth by ground control points only."""
+    from rasterio.control import GroundControlPoint
+
+    corners = [(0, 0, 10.0, 50.0), (0, 40, 10.5, 50.05), (40, 0, 9.95, 49.7), (40, 40, 10.45, 49.75)]
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, height=40, width=40, dtype="float32", crs="EPSG:4326",
+                      gcps=[GroundControlPoint(r, c, x, y) for r, c, x, y in corners]) as dst:
+            dst.write(np.full((2, 40, 40), 0.05, np.float32))
+            dst.descriptions = ("Sigma0_VV", "Sigma0_VH")
+        return mem.read()
 
 
 def _zipped(name: str, data: bytes) -> bytes:

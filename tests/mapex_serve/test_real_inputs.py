@@ -974,6 +974,29 @@ def test_a_snap_beam_dimap_product_reads_its_band_files_and_not_its_tie_point_gr
         "S1_Cal_TC.data/vector_data/pins.csv"]  # the .dim is read for its bands' scaling (test_dimap.py)
 
 
+def test_a_raster_placed_by_ground_control_points_or_rpcs_is_refused_saying_how_to_grid_it(malformed):
+    """A Sentinel-1 product SNAP calibrated but did not terrain-correct: ground control points, no geotransform.
+    Before, it was read on an identity grid and answered with no CRS: a flood mask that said nowhere."""
+    from mapex_serve.inputs import NotOnAGridError
+
+    with pytest.raises(NotOnAGridError, match="by 4 ground control points.*gdalwarp -t_srs"):
+        RequestScene([UploadedFile("S1A_Cal.tif", malformed["radar geometry"].content)])
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=1, height=8, width=8, dtype="uint16") as dst:
+            dst.write(reflectance((1, 8, 8)))
+            dst.update_tags(ns="RPC", LINE_OFF="0", SAMP_OFF="0", LAT_OFF="50", LONG_OFF="10", HEIGHT_OFF="0",
+                            LINE_SCALE="1", SAMP_SCALE="1", LAT_SCALE="1", LONG_SCALE="1", HEIGHT_SCALE="1",
+                            LINE_NUM_COEFF=" ".join(["1"] * 20), LINE_DEN_COEFF=" ".join(["1"] * 20),
+                            SAMP_NUM_COEFF=" ".join(["1"] * 20), SAMP_DEN_COEFF=" ".join(["1"] * 20))
+        rpc = mem.read()
+    with pytest.raises(NotOnAGridError, match="RPCs"):
+        RequestScene([UploadedFile("B04.tif", rpc)])
+    with MemoryFile() as mem:  # no georeferencing at all: read, and answered, in pixels
+        with mem.open(driver="GTiff", count=1, height=8, width=8, dtype="uint16") as dst:
+            dst.write(reflectance((1, 8, 8)))
+        RequestScene([UploadedFile("B04.tif", mem.read())]).close()
+
+
 @pytest.mark.parametrize("letter, stored", [("p", lambda db: 10 ** (db / 10)), ("a", lambda db: 10 ** (db / 20)),
                                             ("d", lambda db: db)])
 def test_asf_hyp3_rtc_file_names_state_power_amplitude_or_decibel(letter, stored):
