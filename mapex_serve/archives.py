@@ -45,7 +45,7 @@ _STREAMS: dict[str, tuple[Callable[..., IO[bytes]], str]] = {
 #: Members read as files of the request: rasters in the formats the service opens, and the sidecars GDAL reads
 #: beside them (ENVI headers, PAM metadata, masks, overviews).
 RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".jp2", ".nc", ".nc4", ".h5", ".hdf5", ".he5", ".vrt", ".img", ".dat",
-                   ".bin", ".bsq", ".bil", ".bip", ".envi", ".hdr", ".aux.xml", ".msk", ".ovr")
+                   ".bin", ".bsq", ".bil", ".bip", ".envi", ".hgt", ".hdr", ".aux.xml", ".msk", ".ovr")
 #: The most raster files one archive may hold (as many as file parts a multipart body may have), and the most files.
 MAX_MEMBERS = 64
 MAX_ENTRIES = 1000

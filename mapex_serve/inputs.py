@@ -56,8 +56,9 @@ __all__ = [
     "without_request_folder",
 ]
 
-#: GDAL drivers an upload may be read with: none of them opens a file the upload names (VRT is checked).
-ALLOWED_DRIVERS = ("GTiff", "COG", "netCDF", "HDF5", "HDF5Image", "ENVI", "JP2OpenJPEG", "VRT")
+#: GDAL drivers an upload may be read with: none of them opens a file the upload names (VRT is checked). SRTMHGT:
+#: the SRTM and NASADEM elevation tiles (``N51W001.hgt``), named by their corner, which is all they say.
+ALLOWED_DRIVERS = ("GTiff", "COG", "netCDF", "HDF5", "HDF5Image", "ENVI", "JP2OpenJPEG", "SRTMHGT", "VRT")
 
 class ForbiddenReferenceError(MapexError, ValueError):
     """A VRT (or other container) that points outside the files of its own request."""
@@ -138,7 +139,7 @@ class UploadedFile:
 
 
 #: Drivers a file read in place may be opened with: a job's saved upload, or a remote COG.
-SOURCE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "netCDF", "HDF5", "HDF5Image")
+SOURCE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "netCDF", "HDF5", "HDF5Image", "SRTMHGT")
 REMOTE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG")
 
 

@@ -88,7 +88,9 @@ def unreadable_as_400() -> Iterator[None]:
         raise
     except _READ_ERRORS as e:
         raise UnreadableRasterError(f"the upload is not a readable raster ({without_request_folder(str(e))}); send GeoTIFF, COG, NetCDF, HDF5, "
-                                    f"JPEG 2000 or ENVI files, or a VRT over the other files of the request") from None
+                                    f"JPEG 2000, ENVI or SRTM .hgt files (a .hgt under the name of its corner, as "
+                                    f"N51W001.hgt: the format says nothing else), or a VRT over the other files of the "
+                                    f"request") from None
 
 
 def open_and_route(

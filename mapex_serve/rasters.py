@@ -254,6 +254,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
               name_source: str, header_name: str | None) -> BandIdentity:
     if src.count == 1 and not (header_name or src.descriptions[0]) and (hyp3 := _hyp3(filename)) is not None:
         return hyp3
+    if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
+        return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)

@@ -997,6 +997,23 @@ def test_a_raster_placed_by_ground_control_points_or_rpcs_is_refused_saying_how_
         RequestScene([UploadedFile("B04.tif", mem.read())]).close()
 
 
+def test_srtm_and_nasadem_hgt_tiles_are_elevation_by_their_format():
+    """An ``.hgt`` tile holds big-endian int16 metres and nothing else; GDAL's SRTMHGT driver places it by its name
+    (its south-west corner). NASADEM ships each in a ZIP of its own."""
+    from mapex_serve.predict import UnreadableRasterError, unreadable_as_400
+
+    metres = (RNG.integers(-20, 3000, (1201, 1201))).astype(">i2")
+    metres[0, :10] = -32768  # a void
+    scene, reader, values, reasons = read([UploadedFile("N51W001.hgt", metres.tobytes())], ["DEM"])
+    assert rule_of(scene, "DEM") == "SRTM / NASADEM .hgt elevation tile" and scene.band("DEM").dataset.crs == "EPSG:4326"
+    np.testing.assert_array_equal(values[0][reasons == 0], metres.astype(np.float32)[reasons == 0])
+    assert (reasons[0, :10] != 0).all()
+    nasadem = UploadedFile("NASADEM_HGT_n51w001.zip", zipped({"n51w001.hgt": metres.tobytes()}))
+    assert RequestScene([nasadem]).canonical_bands == ["DEM"]
+    with pytest.raises(UnreadableRasterError, match="N51W001.hgt"), unreadable_as_400():
+        RequestScene([UploadedFile("dem.hgt", metres.tobytes())])
+
+
 @pytest.mark.parametrize("letter, stored", [("p", lambda db: 10 ** (db / 10)), ("a", lambda db: 10 ** (db / 20)),
                                             ("d", lambda db: db)])
 def test_asf_hyp3_rtc_file_names_state_power_amplitude_or_decibel(letter, stored):
