@@ -145,6 +145,9 @@ def _dimap_sidecars(name: str, text: str, rasters: Sequence[str], have: set[str]
         band = bands.get(stem) if suffix.lower() == "img" else None
         if band is None or not (band.scaled or band.nodata is not None) or f"{raster}.aux.xml" in have:
             continue
+        if band.log10_scaled:  # no sidecar can state 10 ** (DN x scale + offset); no band the models read is so
+            notes.append(f"{name}: {band.name} is stored log10-scaled, which is read as stored")
+            continue
         files.append((f"{raster}.aux.xml", _pam(band.scale, band.offset, band.nodata)))
         scaling = f"DN x {band.scale:g} {band.offset:+g}" if band.scaled else "values as stored"
         notes.append(f"{name}: {band.name} = {scaling}{'' if band.nodata is None else f', nodata {band.nodata:g}'}")

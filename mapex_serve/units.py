@@ -235,7 +235,7 @@ def conversion_for(
     if snap is not None and snap.log10_scaled:
         raise UnitError(f"{snap.name}: SNAP stores this band log10-scaled (its values are the logarithms of the "
                         f"band's); export it with its own values (SNAP: Raster > Band Maths, the expression "
-                        f"{snap.name}, 'Virtual' unchecked), or send the BEAM-DIMAP product")
+                        f"{snap.name}, 'Virtual' unchecked)")
     steps: list[str] = []
     assumed: list[str] = []
 
