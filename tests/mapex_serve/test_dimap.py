@@ -175,3 +175,15 @@ def test_a_beam_dimap_product_takes_scaling_and_no_data_from_its_dim(dimap_docum
     assert not valid[:4].any() and valid[4:].all()
     np.testing.assert_allclose(values[:, valid], dn[:, valid] * 1e-4 - 0.1, atol=1e-6)
     assert "S2_resampled.dim: B4 = DN x 0.0001 -0.1, nodata 0" in notes
+
+
+def test_a_beam_dimap_band_stored_log10_scaled_gets_no_sidecar_but_a_note(dimap_document):
+    from mapex_serve.products import sidecars
+
+    dim = dimap_document(["chl", "B4"], np.zeros((2, 4, 4), np.uint16), units=[None, None], nodata=[None, 0.0],
+                         scales=[(0.015, -2.0), (1e-4, -0.1)], virtual={})
+    dim = dim.replace("<LOG10_SCALED>false", "<LOG10_SCALED>true", 1)  # chl, as ocean-colour products store it
+    made = sidecars({"p.dim": dim}, ["chl.img", "chl.hdr", "B4.img", "B4.hdr"])
+    assert [name for name, _ in made.files] == ["B4.img.aux.xml"]
+    assert made.notes == ("p.dim: chl is stored log10-scaled, which is read as stored",
+                          "p.dim: B4 = DN x 0.0001 -0.1, nodata 0")
