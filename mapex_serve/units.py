@@ -65,6 +65,9 @@ _ASSUMED_SCALE = "reflectance x 10000"
 #: -1000 (-0.1); products sensed earlier carry it only if reprocessed (Collection-1), which the file cannot say.
 _SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(\d{8})T\d{6}_B[0-9A]{2}(?:_\d{2}m)?\.jp2$", re.I)
 _BASELINE_04_FROM = "20220125"
+#: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
+#: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
+_LANDSAT_LEVEL1 = re.compile(r"^L[COTEM]0\d_L1(?:TP|GT|GS)_", re.I)
 _CONVERSION_WORDS = {"linear": "10·log10 (linear power -> dB)", "amplitude": "20·log10 (amplitude -> dB)",
                      "ft": "x 0.3048 (feet -> m)"}
 
@@ -278,6 +281,13 @@ def conversion_for(
 
     if scale is None:
         if unit == "reflectance" and unit_assumed:
+            if landsat and np.dtype(src.dtypes[index - 1]).kind in "iu" and _LANDSAT_LEVEL1.match(file_name or ""):
+                raise ImplausibleValuesError(
+                    f"{file_name}: a Landsat Collection 2 Level-1 band holds top-of-atmosphere digital numbers, and "
+                    f"Level-2's scale does not apply to them; the specialists take surface reflectance: send the "
+                    f"Level-2 product's band (L2SP, ..._SR_B4.TIF, or the whole L2SP .tar), or top-of-atmosphere "
+                    f"reflectance, scale= and offset= its MTL.txt's REFLECTANCE_MULT_BAND_n and REFLECTANCE_ADD_BAND_n "
+                    f"over sin(SUN_ELEVATION)")
             if landsat and np.dtype(src.dtypes[index - 1]).kind in "iu":
                 raise ImplausibleValuesError(
                     f"{canonical}: a Landsat band stored as integers with no scale metadata; say how it is scaled: "

@@ -202,6 +202,16 @@ def test_landsat_collection2_without_scale_says_which_scale():
     np.testing.assert_allclose(values[0], stored * 2.75e-5 - 0.2, atol=1e-6)
 
 
+def test_a_landsat_level1_band_is_told_to_send_level2_not_given_its_scale():
+    """A Level-1 band holds top-of-atmosphere DN (L1TP): the Level-2 scale the 422 for Landsat integers names would
+    have been applied to it, wrong, by a user who followed it."""
+    stored = RNG.integers(6000, 30000, (16, 16)).astype(np.uint16)
+    files = [UploadedFile("LC09_L1TP_191026_20220610_20220612_02_T1_B4.TIF", tif(stored))]
+    with pytest.raises(ImplausibleValuesError, match=r"Level-1 band holds top-of-atmosphere.*L2SP") as refused:
+        read(files, ["B04"])
+    assert "0.0000275" not in str(refused.value)
+
+
 @pytest.mark.parametrize("name, tags, canonical", [
     ("LE07_L2SP_191026_20020610_20200916_02_T1_SR_B4.TIF", {}, "B08"),
     ("LT05_L2SP_191026_19990610_20200907_02_T1_SR_B3.TIF", {}, "B04"),
