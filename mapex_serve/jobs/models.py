@@ -7,9 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
 
-__all__ = ["JobError", "JobProgress", "JobRequest", "JobStatus"]
+__all__ = ["JobError", "JobProgress", "JobRequest", "JobRequestError", "JobStatus"]
+
+
+class JobRequestError(MapexError, ValueError):
+    """A job request that does not say what to read, or says it wrongly."""
 
 
 class JobRequest(BaseModel):

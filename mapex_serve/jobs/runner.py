@@ -37,11 +37,12 @@ from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLo
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
-from mapex_serve.jobs.models import JobRequest
+from mapex_serve.jobs.models import JobRequest, JobRequestError
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
-from mapex_serve.jobs.scene import JobPlan, JobScene, scene_tiles
+from mapex_serve.jobs.scene import JobPlan, JobScene, opened_scene, route_record, scene_tiles
 from mapex_serve.jobs.sources import (
     ResolvedSources,
+    archive_at,
     fetch_archive,
     fetch_item,
     redacted,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from mapex_serve.decode.job_session import JobStep
     from mapex_serve.decode.pool import WorkerJob
 
-__all__ = ["JobRunner", "Progress", "resolve_sources"]
+__all__ = ["JobRunner", "Progress", "fetched_sources", "resolve_sources"]
 
 log = logging.getLogger("mapex_serve.jobs")
 
@@ -86,21 +87,32 @@ class Progress:
 
 
 def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefixes: list[str],
-                    max_unpacked: int, downloads: Path) -> ResolvedSources:
-    """The scene's files: the saved upload, the URLs (an archive among them fetched into ``downloads``), or the STAC
-    item's assets; archives unpacked, to at most ``max_unpacked`` bytes."""
+                    max_unpacked: int) -> ResolvedSources:
+    """The scene's files: the saved upload (its archives unpacked, to at most ``max_unpacked`` bytes), the URLs, or
+    the STAC item's assets. URLs among which is an archive are left to fetch when the job starts (``fetch``): a
+    download of a gigabyte would hold the POST, past any proxy's patience."""
     if uploads:
         return _unpacked_sources(uploads, max_unpacked)
     if request.url:
         urls = [request.url] if isinstance(request.url, str) else request.url
-        in_place = resolve_urls(urls, prefixes).files  # checks every URL before anything is fetched
-        fetched = [fetch_archive(u, downloads / f"url{i:02d}", max_unpacked) for i, u in enumerate(urls)]
-        saved = [f if path is None else (f.name, path) for f, path in zip(in_place, fetched, strict=True)]
-        return _unpacked_sources(saved, max_unpacked)
+        in_place = resolve_urls(urls, prefixes)  # checks every URL before anything is read
+        if any([archive_at(u, max_unpacked) for u in urls]):  # every URL sniffed: an S3 archive is refused now
+            return ResolvedSources([], fetch=urls)
+        return in_place
     item, item_url = request.stac_item, None
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
     return resolve_stac(item, request.assets, item_url, prefixes)
+
+
+def fetched_sources(urls: list[str], prefixes: list[str], max_unpacked: int, downloads: Path,
+                    cancelled: Callable[[], bool]) -> ResolvedSources:
+    """A job's URLs when it starts: each archive among them fetched into ``downloads`` and unpacked there, the
+    others read in place."""
+    in_place = resolve_urls(urls, prefixes).files
+    saved = [(f.name, fetch_archive(u, downloads / f"url{i:02d}", max_unpacked, cancelled=cancelled))
+             if archive_at(u, max_unpacked) else f for i, (u, f) in enumerate(zip(urls, in_place, strict=True))]
+    return _unpacked_sources(saved, max_unpacked)
 
 
 def _unpacked_sources(saved: list[tuple[str, Path] | SourceFile], max_unpacked: int) -> ResolvedSources:
@@ -127,13 +139,13 @@ def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
     return {"files": [{"name": f.name, "path": f.path, "nodata": list(f.nodata) if f.nodata else None}
                       for f in sources.files],
             "bands": sources.bands, "units": dict(o.units), "scale": dict(o.scale), "offset": dict(o.offset),
-            "described": sources.described, "archives": sources.archives}
+            "described": sources.described, "archives": sources.archives, "fetch": sources.fetch}
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
     return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
-                           d.get("archives", []))  # jobs recorded before archives were read have none
+                           d.get("archives", []), d.get("fetch", []))  # jobs recorded before have neither
 
 
 class JobRunner:
@@ -220,7 +232,8 @@ class JobRunner:
                 self.store.update(job.id, state="queued")
             raise
         except MapexError as e:
-            self._fail(job.id, type(e).__name__, redacted(str(e), _sources_from_json(job.request["sources"]).files))
+            recorded = self.store.get(job.id) or job  # its sources once an archive URL was fetched
+            self._fail(job.id, type(e).__name__, redacted(str(e), _sources_from_json(recorded.request["sources"]).files))
         except Exception as e:  # noqa: BLE001 - a job's failure is recorded, never the service's
             log.exception("job %s failed", job.id)
             self._fail(job.id, "InternalError", f"the job failed unexpectedly ({type(e).__name__}: {e}); the service "
@@ -240,10 +253,13 @@ class JobRunner:
         """The job in a decode worker (tried on a fresh one if its worker dies), or here when there are none."""
         request = JobRequest.model_validate(job.request["options"])
         specialists = self.state.registry.for_task(job.task)
-        plan = JobPlan(job.task, request, _sources_from_json(job.request["sources"]), self.store.folder(job.id),
+        manifests = [s.manifest for s in specialists]
+        sources = _sources_from_json(job.request["sources"])
+        if sources.fetch:
+            sources = await self._fetch(job, request, sources, manifests)
+        plan = JobPlan(job.task, request, sources, self.store.folder(job.id),
                        self.settings.job_max_pixels, self.settings.max_batch,
                        {s.manifest.name: s.engine.provider for s in specialists})
-        manifests = [s.manifest for s in specialists]
         pool = self.state.decode
         if pool is not None:
             try:
@@ -259,6 +275,24 @@ class JobRunner:
             except SlabSpaceError as e:  # no room in shared memory for its tiles: run it in this process
                 log.warning("job %s runs in the service process: %s", job.id, e)
         return await self._run_here(job, plan, manifests)
+
+    async def _fetch(self, job: JobRecord, request: JobRequest, sources: ResolvedSources,
+                     manifests: list[Manifest]) -> ResolvedSources:
+        """A job given the URL of an archive: fetched and unpacked now, then checked as ``POST /jobs`` checks the
+        other sources (opened, routed, its units decided), and recorded; what it finds wrong fails the job."""
+        fetched = await asyncio.to_thread(fetched_sources, sources.fetch, self.settings.job_url_prefixes,
+                                          self.settings.job_max_upload_bytes, self.store.folder(job.id) / "input",
+                                          lambda: job.id in self._cancelled)
+        scene, route, reader = await asyncio.to_thread(opened_scene, request, fetched, manifests,
+                                                       self.settings.job_max_pixels)
+        scene.close()
+        try:
+            request.geojson_classes_for(route.manifest.classes)
+        except ValueError as e:
+            raise JobRequestError(str(e)) from None
+        self.store.update(job.id, request={**job.request, "sources": _sources_to_json(fetched)},
+                          route=route_record(route, reader))
+        return fetched
 
     async def _run_in_worker(self, job: JobRecord, plan: JobPlan, pool: DecodePool,
                              specialists: list[str]) -> dict[str, Any]:

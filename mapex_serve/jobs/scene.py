@@ -82,6 +82,13 @@ def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Seque
                           max_unpacked=0)  # a job's files are read where they lie: none is unpacked
 
 
+def route_record(route: Route, reader: SceneReader) -> dict[str, Any]:
+    """What a job's status says of its route: the specialist, the bands it reads and the scene's size."""
+    m = route.manifest
+    return {"specialist": m.name, "version": m.version, "bands": list(route.bands), "width": reader.width,
+            "height": reader.height}
+
+
 def scene_tiles(height: int, width: int, tile: int) -> int:
     """The tiles of a scene's grid."""
     overlap = overlap_for(tile)

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.units import UnitOverrides, parse_unit
 
-__all__ = ["JobSourceError", "ResolvedSources", "gdal_path", "redacted", "resolve_stac", "resolve_urls"]
+__all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "redacted", "resolve_stac",
+           "resolve_urls"]
 
 #: GDAL settings for reading remote rasters by ranges, and a bounded block cache (GDAL's default is 5% of
 #: the node's RAM, outside every budget of the service); a deployment's own environment wins.
@@ -64,6 +64,8 @@ class ResolvedSources:
     overrides: UnitOverrides = field(default_factory=UnitOverrides)
     described: list[dict[str, Any]] = field(default_factory=list)  # what was taken from where, for the job's report
     archives: list[dict[str, Any]] = field(default_factory=list)  # the upload's archives (``Unpacked.report``)
+    #: URLs of which one or more is an archive: fetched and unpacked into ``files`` when the job starts.
+    fetch: list[str] = field(default_factory=list)
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
@@ -93,36 +95,54 @@ def resolve_urls(urls: Sequence[str], allowed_prefixes: Sequence[str] = ()) -> R
 _ARCHIVE_NAMES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".tar.bz2", ".tar.xz")
 
 
-def fetch_archive(url: str, path: Path, limit: int, timeout: float = 30) -> Path | None:
-    """The file at an http(s) URL saved at ``path`` when its first bytes say it is an archive (an Earth Engine
-    download link: a ZIP of one GeoTIFF a band), for ``archives.unpack_file``; None for anything else, which GDAL
-    reads in place by ranges (also when the first bytes cannot be had: GDAL then says why). At most ``limit``
-    bytes."""
+def archive_at(url: str, limit: int, timeout: float = 30) -> bool:
+    """True when the first bytes at an http(s) URL say it is an archive (an Earth Engine download link: a ZIP of one
+    GeoTIFF a band), to be fetched whole and unpacked; False for anything else, which GDAL reads in place by ranges
+    (also when the first bytes cannot be had: GDAL then says why). An archive whose size, as the server states it,
+    is past ``limit`` is refused at once."""
     parts = urlsplit(url)
     if parts.scheme == "s3" and parts.path.lower().endswith(_ARCHIVE_NAMES):
         raise JobSourceError(f"{url!r} is an archive on object storage, which jobs read in place and cannot: give a "
                              f"presigned https:// URL of it (fetched and unpacked), or the URLs of the rasters inside")
     if parts.scheme not in ("http", "https"):
-        return None
+        return False
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-263"}),  # noqa: S310
                                     timeout=timeout) as response:
-            head = response.read(264)
+            head, stated = response.read(264), response.headers.get("Content-Range", "")
     except (urllib.error.URLError, OSError, ValueError):
-        return None
+        return False
     if archive_kind(head) is None:
-        return None
+        return False
+    total = stated.rpartition("/")[2]  # "bytes 0-263/123456"
+    if total.isdigit() and int(total) > limit:
+        raise _archive_too_large(url, limit)
+    return True
+
+
+def fetch_archive(url: str, path: Path, limit: int, timeout: float = 30,
+                  cancelled: Callable[[], bool] = lambda: False) -> Path:
+    """The archive at an http(s) URL saved at ``path`` (at most ``limit`` bytes), for ``archives.unpack_file``;
+    ``cancelled`` is asked between mebibytes, so that a cancelled job stops fetching."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, path.open("wb") as out:  # noqa: S310
-            shutil.copyfileobj(Capped(response, limit + 1), out, 2**20)
+            capped = Capped(response, limit + 1)
+            while chunk := capped.read(2**20):
+                if cancelled():
+                    raise JobSourceError(f"the job was cancelled while {url!r} was fetched")
+                out.write(chunk)
             size = out.tell()
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise JobSourceError(f"could not fetch the archive {url!r}: {e}") from None
     if size > limit:
-        raise ArchiveTooLargeError(f"the archive {url!r} is larger than {limit / 2**20:g} MiB "
-                                   f"(MAPEX_JOB_MAX_UPLOAD_MB); give the URLs of the rasters inside")
+        raise _archive_too_large(url, limit)
     return path
+
+
+def _archive_too_large(url: str, limit: int) -> ArchiveTooLargeError:
+    return ArchiveTooLargeError(f"the archive {url!r} is larger than {limit / 2**20:g} MiB (MAPEX_JOB_MAX_UPLOAD_MB); "
+                                f"give the URLs of the rasters inside")
 
 
 def fetch_item(url: str, allowed_prefixes: Sequence[str] = (), timeout: float = 30) -> dict[str, Any]:

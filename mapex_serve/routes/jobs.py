@@ -22,9 +22,9 @@ from starlette.types import Receive, Scope, Send
 
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, UnknownTaskError
-from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobStatus
+from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobRequestError, JobStatus
 from mapex_serve.jobs.runner import JobRunner, new_id, resolve_sources
-from mapex_serve.jobs.scene import opened_scene
+from mapex_serve.jobs.scene import opened_scene, route_record
 from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
@@ -37,10 +37,6 @@ router = APIRouter(tags=["jobs"], dependencies=[Depends(authorised)])
 
 _MEDIA = {"geotiff": ("result.tif", "image/tiff"), "probabilities": ("probabilities.tif", "image/tiff"),
           "geojson": ("result.geojson", "application/geo+json")}
-
-
-class JobRequestError(MapexError, ValueError):
-    """A job request that does not say what to read, or says it wrongly."""
 
 
 class JobNotFoundError(MapexError, LookupError):
@@ -138,24 +134,24 @@ async def submit_job(
             raise JobRequestError("the job request names no scene: give url (http(s):// or s3://) or stac_item, or "
                                   "upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
-        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes,
-                                          state.settings.job_max_upload_bytes, folder / "input")
-        try:
-            scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
-                                                           state.settings.job_max_pixels)
-        except MapexError as e:  # GDAL names the saved upload by its path on the server: name it as it was sent
-            raise type(e)(redacted(str(e), sources.files)) from None
-        scene.close()
-        try:
-            body.geojson_classes_for(route.manifest.classes)
-        except ValueError as e:
-            raise JobRequestError(str(e)) from None
+        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes, state.settings.job_max_upload_bytes)
+        route_found = None  # an archive by URL is fetched, then checked, when the job starts
+        if not sources.fetch:
+            try:
+                scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
+                                                               state.settings.job_max_pixels)
+            except MapexError as e:  # GDAL names the saved upload by its path on the server: name it as it was sent
+                raise type(e)(redacted(str(e), sources.files)) from None
+            scene.close()
+            try:
+                body.geojson_classes_for(route.manifest.classes)
+            except ValueError as e:
+                raise JobRequestError(str(e)) from None
+            route_found = route_record(route, reader)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    m = route.manifest
-    record = runner.submit(task, body, sources, {"specialist": m.name, "version": m.version, "bands": list(route.bands),
-                                                 "width": reader.width, "height": reader.height}, job_id)
+    record = runner.submit(task, body, sources, route_found, job_id)
     return JSONResponse(job_status(runner, record).model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{record.id}"})
 

@@ -126,24 +126,30 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
 
 def test_an_archive_at_a_url_is_fetched_within_the_limit_and_a_raster_is_left_to_gdal(range_server, tmp_path):
     """The first bytes decide (a link like Earth Engine's has no file name): an archive is fetched whole, at most
-    the job upload limit; anything else is left for GDAL to read in place by ranges."""
+    the job upload limit (by the size its server states, then by its bytes), and stops when its job is cancelled;
+    anything else is left for GDAL to read in place by ranges."""
     import io
     import zipfile
 
     from mapex_serve.archives import ArchiveTooLargeError
-    from mapex_serve.jobs.sources import fetch_archive
+    from mapex_serve.jobs.sources import archive_at, fetch_archive
 
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
         z.writestr("download.B4.tif", bytes(50_000))
     (range_server.root / "link:getPixels").write_bytes(out.getvalue())
     (range_server.root / "scene.tif").write_bytes(b"II*\x00" + bytes(50_000))
-    saved = fetch_archive(f"{range_server.url}/link:getPixels", tmp_path / "in" / "url00", 10**6)
-    assert saved is not None and saved.read_bytes() == out.getvalue()
-    assert fetch_archive(f"{range_server.url}/scene.tif", tmp_path / "url01", 10**6) is None
-    assert not (tmp_path / "url01").exists()
-    with pytest.raises(ArchiveTooLargeError, match="MAPEX_JOB_MAX_UPLOAD_MB"):
-        fetch_archive(f"{range_server.url}/link:getPixels", tmp_path / "url02", 20_000)
+    link = f"{range_server.url}/link:getPixels"
+    assert archive_at(link, 10**6) and not archive_at(f"{range_server.url}/scene.tif", 10**6)
+    assert not archive_at(f"{range_server.url}/missing.zip", 10**6)  # left to GDAL, which says why
+    saved = fetch_archive(link, tmp_path / "in" / "url00", 10**6)
+    assert saved.read_bytes() == out.getvalue()
+    with pytest.raises(ArchiveTooLargeError, match="MAPEX_JOB_MAX_UPLOAD_MB"):  # its stated size, before fetching
+        archive_at(link, 20_000)
+    with pytest.raises(ArchiveTooLargeError, match="MAPEX_JOB_MAX_UPLOAD_MB"):  # its bytes, as they come
+        fetch_archive(link, tmp_path / "url02", 20_000)
+    with pytest.raises(JobSourceError, match="cancelled"):
+        fetch_archive(link, tmp_path / "url03", 10**6, cancelled=lambda: True)
     with pytest.raises(JobSourceError, match="presigned https"):
-        fetch_archive("s3://scenes/product.zip", tmp_path / "url03", 10**6)
-    assert fetch_archive("s3://scenes/scene.tif", tmp_path / "url04", 10**6) is None
+        archive_at("s3://scenes/product.zip", 10**6)
+    assert not archive_at("s3://scenes/scene.tif", 10**6)

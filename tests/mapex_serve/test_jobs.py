@@ -217,8 +217,9 @@ def test_a_cog_by_url_is_read_by_http_ranges(jobs_server, range_server, scene_co
 def test_an_archive_by_url_is_fetched_and_unpacked_as_an_earth_engine_download_link_needs(
         jobs_server, range_server, sar, uploaded, server_type, tmp_path):
     """getDownloadURL gives a link to a ZIP of one GeoTIFF a band: a job given that link fetches it (its first
-    bytes say it is an archive), unpacks it onto the volume and gives the stacked COG's mask; a COG by URL is still
-    read in place (the test above); an archive on S3 is refused saying what to give instead."""
+    bytes say it is an archive) once it starts, not while its POST waits, unpacks it onto the volume and gives the
+    stacked COG's mask; what the archive turns out to hold fails the job, as it would have failed the POST; a COG
+    by URL is still read in place (the test above); an archive on S3 is refused saying what to give instead."""
     import io
     import zipfile
 
@@ -229,9 +230,9 @@ def test_an_archive_by_url_is_fetched_and_unpacked_as_an_earth_engine_download_l
     (range_server.root / "thumbnails:getPixels").write_bytes(out.getvalue())
     r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": f"{range_server.url}/thumbnails:getPixels"},
                    timeout=60)
-    assert r.status_code == 202, r.text
+    assert r.status_code == 202 and r.json()["route"] is None, r.text  # routed once fetched
     status = wait_done(jobs_server.url, r.json()["id"])
-    assert status["state"] == "done", status
+    assert status["state"] == "done" and status["route"]["bands"] == ["VV", "VH"], status
     summary = result(jobs_server.url, status["id"], "json").json()
     assert summary["archives"][0]["read"] == ["download.VV.tif", "download.VH.tif"]
     labels = cog_array(server_type, result(jobs_server.url, status["id"], "geotiff").content)[0]
@@ -239,6 +240,14 @@ def test_an_archive_by_url_is_fetched_and_unpacked_as_an_earth_engine_download_l
     assert (labels == stacked).mean() >= 0.999
     refused = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": "s3://scenes/S2B_MSIL2A.zip"}, timeout=60)
     assert refused.status_code == 422 and "presigned https:// URL" in refused.json()["detail"], refused.text
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("userdata.json", "{}")
+    (range_server.root / "empty:getPixels").write_bytes(out.getvalue())
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": f"{range_server.url}/empty:getPixels"}, timeout=60)
+    failed = wait_done(jobs_server.url, r.json()["id"])
+    assert failed["state"] == "failed" and failed["error"]["error"] == "UnreadableArchiveError", failed
+    assert "no raster file in it" in failed["error"]["detail"]
 
 
 def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server, range_server, s3_server, sar,
