@@ -96,11 +96,11 @@ def _check_grid(name: str, grid: Grid) -> None:
                                    f"of 0); fix the file's georeferencing (gdal_edit -a_ullr or -a_srs)")
 
 
-def _check_on_a_grid(name: str, ds: DatasetReaderBase) -> None:
+def _check_on_a_grid(name: str, ds: DatasetReaderBase, grid: Grid) -> None:
     """Refuse a raster georeferenced by ground control points or RPCs (radar or satellite geometry) rather than a
-    geotransform: the answer is made on the file's pixel grid and would no longer say where it lies. A raster with
-    no georeferencing at all is read, and answered, in pixels."""
-    if not ds.transform.is_identity:
+    geotransform (``grid``, GDAL's of ``ds``): the answer is made on the file's pixel grid and would no longer say
+    where it lies. A raster with no georeferencing at all is read, and answered, in pixels."""
+    if not grid.transform.is_identity:
         return
     gcps, _ = ds.gcps
     if gcps or ds.rpcs:
@@ -376,9 +376,9 @@ class RequestScene:
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{name}: the raster has no pixels or no bands")
             else:
-                _check_grid(name, grid or Grid.of(ds))
+                _check_grid(name, grid or (own := Grid.of(ds)))
                 if grid is None:  # else its tags gave the grid, and GDAL was not asked for it
-                    _check_on_a_grid(name, ds)
+                    _check_on_a_grid(name, ds, own)
                 _check_blocks(name, ds)
                 self.datasets.append((name, ds))
                 if grid is not None:
@@ -416,8 +416,8 @@ class RequestScene:
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{f.name}: the raster has no pixels or no bands")
             else:
-                _check_grid(f.name, Grid.of(ds))
-                _check_on_a_grid(f.name, ds)
+                _check_grid(f.name, own := Grid.of(ds))
+                _check_on_a_grid(f.name, ds, own)
                 _check_blocks(f.name, ds)
                 if f.nodata is not None and len(f.nodata) != ds.count:
                     raise UnreadableInputError(f"{f.name}: the STAC item gives {len(f.nodata)} raster:bands for a file "

@@ -252,7 +252,7 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None) -> BandIdentity:
-    if src.count == 1 and not (header_name or src.descriptions[0]) and (hyp3 := _hyp3(filename)) is not None:
+    if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
         return hyp3
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
