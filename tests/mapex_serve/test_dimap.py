@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from rasterio.io import MemoryFile
 
 from mapex_serve.dimap import SnapBand, tiff_bands
@@ -187,3 +189,27 @@ def test_a_beam_dimap_band_stored_log10_scaled_gets_no_sidecar_but_a_note(dimap_
     assert [name for name, _ in made.files] == ["B4.img.aux.xml"]
     assert made.notes == ("p.dim: chl is stored log10-scaled, which is read as stored",
                           "p.dim: B4 = DN x 0.0001 -0.1, nodata 0")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.one_of(st.none(), st.integers(0, 6000)),
+       flips=st.lists(st.tuples(st.integers(0, 6000), st.integers(0, 255)), max_size=8))
+def test_a_damaged_snap_geotiff_is_read_or_refused_with_a_4xx_never_anything_else(snap_geotiff, sigma0, cut, flips):
+    """Its directory, the tag's count and offset, the header's XML truncated or with bytes flipped: the header is read
+    or ignored, and the file read or refused as any damaged TIFF is (``MapexError``, GDAL's: a 4xx)."""
+    from rasterio.errors import RasterioError
+
+    from mapex_serve.errors import MapexError
+
+    packed = export(snap_geotiff, sigma0[:, :16, :16].copy())
+    data = bytearray(packed[:cut] if cut is not None else packed)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    bands = tiff_bands(bytes(data))
+    assert bands is None or all(isinstance(b, SnapBand) for b in bands)
+    try:
+        RequestScene([UploadedFile("S1A_Cal_TC.tif", bytes(data))]).close()
+    except (MapexError, RasterioError):
+        pass
