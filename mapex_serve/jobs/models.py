@@ -69,6 +69,8 @@ class JobProgress(BaseModel):
     tiles_total: int
     fraction: float
     eta_s: float | None = Field(None, description="seconds left at the rate since the job (re)started")
+    fetched_bytes: int | None = Field(None, description="bytes of its archive fetched so far, while a job given the "
+                                                        "URL of one fetches it")
 
 
 class JobError(BaseModel):

@@ -106,11 +106,11 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
 
 
 def fetched_sources(urls: list[str], prefixes: list[str], max_unpacked: int, downloads: Path,
-                    cancelled: Callable[[], bool]) -> ResolvedSources:
-    """A job's URLs when it starts: each archive among them fetched into ``downloads`` and unpacked there, the
-    others read in place."""
+                    fetching: Callable[[int], bool]) -> ResolvedSources:
+    """A job's URLs when it starts: each archive among them fetched into ``downloads`` (``fetching``: as
+    ``fetch_archive``'s) and unpacked there, the others read in place."""
     in_place = resolve_urls(urls, prefixes).files
-    saved = [(f.name, fetch_archive(u, downloads / f"url{i:02d}", max_unpacked, cancelled=cancelled))
+    saved = [(f.name, fetch_archive(u, downloads / f"url{i:02d}", max_unpacked, fetching=fetching))
              if archive_at(u, max_unpacked) else f for i, (u, f) in enumerate(zip(urls, in_place, strict=True))]
     return _unpacked_sources(saved, max_unpacked)
 
@@ -155,6 +155,7 @@ class JobRunner:
         self.state, self.store = state, store
         self.settings = state.settings
         self.progress: dict[str, Progress] = {}
+        self.fetched: dict[str, int] = {}  # bytes of its archive a job fetching one has so far
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self._wake = asyncio.Event()
@@ -280,9 +281,17 @@ class JobRunner:
                      manifests: list[Manifest]) -> ResolvedSources:
         """A job given the URL of an archive: fetched and unpacked now, then checked as ``POST /jobs`` checks the
         other sources (opened, routed, its units decided), and recorded; what it finds wrong fails the job."""
-        fetched = await asyncio.to_thread(fetched_sources, sources.fetch, self.settings.job_url_prefixes,
-                                          self.settings.job_max_upload_bytes, self.store.folder(job.id) / "input",
-                                          lambda: job.id in self._cancelled)
+        def fetching(size: int) -> bool:
+            self.fetched[job.id] = size
+            return job.id not in self._cancelled
+
+        log.info("job %s fetches %s", job.id, ", ".join(sources.fetch))
+        try:
+            fetched = await asyncio.to_thread(fetched_sources, sources.fetch, self.settings.job_url_prefixes,
+                                              self.settings.job_max_upload_bytes, self.store.folder(job.id) / "input",
+                                              fetching)
+        finally:
+            self.fetched.pop(job.id, None)
         scene, route, reader = await asyncio.to_thread(opened_scene, request, fetched, manifests,
                                                        self.settings.job_max_pixels)
         scene.close()

@@ -121,17 +121,18 @@ def archive_at(url: str, limit: int, timeout: float = 30) -> bool:
 
 
 def fetch_archive(url: str, path: Path, limit: int, timeout: float = 30,
-                  cancelled: Callable[[], bool] = lambda: False) -> Path:
+                  fetching: Callable[[int], bool] = lambda _size: True) -> Path:
     """The archive at an http(s) URL saved at ``path`` (at most ``limit`` bytes), for ``archives.unpack_file``;
-    ``cancelled`` is asked between mebibytes, so that a cancelled job stops fetching."""
+    ``fetching`` is told the bytes fetched so far after each mebibyte, and stops the fetch by answering False (its
+    job was cancelled)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, path.open("wb") as out:  # noqa: S310
             capped = Capped(response, limit + 1)
             while chunk := capped.read(2**20):
-                if cancelled():
-                    raise JobSourceError(f"the job was cancelled while {url!r} was fetched")
                 out.write(chunk)
+                if not fetching(out.tell()):
+                    raise JobSourceError(f"the job was cancelled while {url!r} was fetched")
             size = out.tell()
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise JobSourceError(f"could not fetch the archive {url!r}: {e}") from None

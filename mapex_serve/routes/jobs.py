@@ -76,7 +76,7 @@ def job_status(runner: JobRunner, record: JobRecord) -> JobStatus:
         id=record.id, task=record.task, state=record.state, created=record.created, started=record.started,
         finished=record.finished, attempts=record.attempts,
         progress=JobProgress(tiles_done=done, tiles_total=total, fraction=done / total if total else 0.0,
-                             eta_s=live.eta_s if live else None),
+                             eta_s=live.eta_s if live else None, fetched_bytes=runner.fetched.get(record.id)),
         route=record.route, error=JobError(**record.error) if record.error else None,
         results={f: f"/jobs/{record.id}/result?format={f}" for f in outputs}, expired=record.expired)
 

@@ -142,14 +142,15 @@ def test_an_archive_at_a_url_is_fetched_within_the_limit_and_a_raster_is_left_to
     link = f"{range_server.url}/link:getPixels"
     assert archive_at(link, 10**6) and not archive_at(f"{range_server.url}/scene.tif", 10**6)
     assert not archive_at(f"{range_server.url}/missing.zip", 10**6)  # left to GDAL, which says why
-    saved = fetch_archive(link, tmp_path / "in" / "url00", 10**6)
-    assert saved.read_bytes() == out.getvalue()
+    told: list[int] = []
+    saved = fetch_archive(link, tmp_path / "in" / "url00", 10**6, fetching=lambda size: told.append(size) or True)
+    assert saved.read_bytes() == out.getvalue() and told == [len(out.getvalue())]  # after each MiB: one here
     with pytest.raises(ArchiveTooLargeError, match="MAPEX_JOB_MAX_UPLOAD_MB"):  # its stated size, before fetching
         archive_at(link, 20_000)
     with pytest.raises(ArchiveTooLargeError, match="MAPEX_JOB_MAX_UPLOAD_MB"):  # its bytes, as they come
         fetch_archive(link, tmp_path / "url02", 20_000)
     with pytest.raises(JobSourceError, match="cancelled"):
-        fetch_archive(link, tmp_path / "url03", 10**6, cancelled=lambda: True)
+        fetch_archive(link, tmp_path / "url03", 10**6, fetching=lambda _size: False)
     with pytest.raises(JobSourceError, match="presigned https"):
         archive_at("s3://scenes/product.zip", 10**6)
     assert not archive_at("s3://scenes/scene.tif", 10**6)
