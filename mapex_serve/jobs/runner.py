@@ -96,22 +96,21 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     if request.url:
         urls = [request.url] if isinstance(request.url, str) else request.url
         in_place = resolve_urls(urls, prefixes)  # checks every URL before anything is read
-        if any([archive_at(u, max_unpacked) for u in urls]):  # every URL sniffed: an S3 archive is refused now
-            return ResolvedSources([], fetch=urls)
-        return in_place
+        archives = [archive_at(u, max_unpacked) for u in urls]  # every URL sniffed: an S3 archive is refused now
+        return ResolvedSources([], fetch=list(zip(urls, archives, strict=True))) if any(archives) else in_place
     item, item_url = request.stac_item, None
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
     return resolve_stac(item, request.assets, item_url, prefixes)
 
 
-def fetched_sources(urls: list[str], prefixes: list[str], max_unpacked: int, downloads: Path,
+def fetched_sources(fetch: list[tuple[str, bool]], prefixes: list[str], max_unpacked: int, downloads: Path,
                     fetching: Callable[[int], bool]) -> ResolvedSources:
-    """A job's URLs when it starts: each archive among them fetched into ``downloads`` (``fetching``: as
-    ``fetch_archive``'s) and unpacked there, the others read in place."""
-    in_place = resolve_urls(urls, prefixes).files
-    saved = [(f.name, fetch_archive(u, downloads / f"url{i:02d}", max_unpacked, fetching=fetching))
-             if archive_at(u, max_unpacked) else f for i, (u, f) in enumerate(zip(urls, in_place, strict=True))]
+    """A job's URLs when it starts (``ResolvedSources.fetch``): each archive among them fetched into ``downloads``
+    (``fetching``: as ``fetch_archive``'s) and unpacked there, the others read in place."""
+    in_place = resolve_urls([url for url, _ in fetch], prefixes).files
+    saved = [(f.name, fetch_archive(url, downloads / f"url{i:02d}", max_unpacked, fetching=fetching)) if archive else f
+             for i, ((url, archive), f) in enumerate(zip(fetch, in_place, strict=True))]
     return _unpacked_sources(saved, max_unpacked)
 
 
@@ -143,9 +142,10 @@ def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
+    """Jobs recorded before archives were read have no ``archives`` or ``fetch``."""
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
     return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
-                           d.get("archives", []), d.get("fetch", []))  # jobs recorded before have neither
+                           d.get("archives", []), [(url, archive) for url, archive in d.get("fetch", [])])
 
 
 class JobRunner:
@@ -285,7 +285,7 @@ class JobRunner:
             self.fetched[job.id] = size
             return job.id not in self._cancelled
 
-        log.info("job %s fetches %s", job.id, ", ".join(sources.fetch))
+        log.info("job %s fetches %s", job.id, ", ".join(url for url, archive in sources.fetch if archive))
         try:
             fetched = await asyncio.to_thread(fetched_sources, sources.fetch, self.settings.job_url_prefixes,
                                               self.settings.job_max_upload_bytes, self.store.folder(job.id) / "input",

@@ -64,8 +64,9 @@ class ResolvedSources:
     overrides: UnitOverrides = field(default_factory=UnitOverrides)
     described: list[dict[str, Any]] = field(default_factory=list)  # what was taken from where, for the job's report
     archives: list[dict[str, Any]] = field(default_factory=list)  # the upload's archives (``Unpacked.report``)
-    #: URLs of which one or more is an archive: fetched and unpacked into ``files`` when the job starts.
-    fetch: list[str] = field(default_factory=list)
+    #: ``(url, whether it is an archive)`` of URLs among which is an archive: the archives fetched and unpacked, the
+    #: others read in place, into ``files`` when the job starts.
+    fetch: list[tuple[str, bool]] = field(default_factory=list)
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
