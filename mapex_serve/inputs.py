@@ -255,6 +255,19 @@ def check_values(reader: SceneReader, sample: int = 64) -> None:
                         b.identity.found or f"{b.file} band {b.index}")
 
 
+def _steps(ds: DatasetReaderBase) -> str | None:
+    """``t (12000, 12005 days since 1990-01-01)``: the dimension besides y and x along which a NetCDF variable's
+    bands lie (openEO's time axis, xarray's), with its values; None for a raster without one."""
+    tags = ds.tags()
+    extra = tags.get("NETCDF_DIM_EXTRA", "").strip("{}")
+    if not extra:
+        return None
+    dim = extra.split(",")[0]
+    values = tags.get(f"NETCDF_DIM_{dim}_VALUES", "").strip("{}").replace(",", ", ")
+    units = tags.get(f"{dim}#units")
+    return f"{dim} ({values}{f' {units}' if units else ''})"
+
+
 def _subdataset_variable(name: str) -> str:
     """``B04`` from ``netcdf:/vsimem/x/s.nc:B04`` or ``HDF5:"/vsimem/x/s.h5"://group/B04``."""
     return name.rsplit(":", 1)[-1].strip('"').rstrip("/").rsplit("/", 1)[-1]
@@ -487,6 +500,13 @@ class RequestScene:
                 continue
             if key in seen:
                 first = seen[key]
+                if first.file == b.file and (steps := _steps(b.dataset)):
+                    dim = steps.split(" ", 1)[0]
+                    raise DuplicateBandError(
+                        f"{b.file} holds {b.dataset.count} rasters of {key} along {steps}: a request is one scene; "
+                        f"send one {dim} step (openEO: filter_temporal to one date, or reduce_dimension over {dim}; "
+                        f"xarray: .isel({dim}=0)), a request or job a step, or bands= naming the one to read and "
+                        f"'-' for the others")
                 raise DuplicateBandError(
                     f"{key} is given twice: {first.file} band {first.index} ({first.identity.found!r}) and {b.file} "
                     f"band {b.index} ({b.identity.found!r}); send it once, or pass bands= with '-' for the copy to skip"

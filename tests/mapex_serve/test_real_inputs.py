@@ -429,16 +429,23 @@ def test_a_band_given_twice_is_refused():
 # --- containers ------------------------------------------------------------------------------------
 
 
-def netcdf(tmp_path, variables: dict[str, np.ndarray], name="product.nc") -> bytes:
+def netcdf(tmp_path, variables: dict[str, np.ndarray], name="product.nc", times: list[float] | None = None) -> bytes:
     """A CF-1.8 NetCDF-4 product as xarray/netCDF4 write one: one 2-D variable per band, x/y coordinates, a
-    grid_mapping variable with crs_wkt, scale_factor and units (CF conventions, grid mappings)."""
+    grid_mapping variable with crs_wkt, scale_factor and units (CF conventions, grid mappings); with ``times``, a
+    ``t`` dimension first, as openEO's ``save_result(format="netCDF")`` writes (each variable then (t, y, x))."""
     netCDF4 = pytest.importorskip("netCDF4")
     import rasterio.crs
 
     path = tmp_path / name
-    ny, nx = next(iter(variables.values())).shape
+    ny, nx = next(iter(variables.values())).shape[-2:]
     with netCDF4.Dataset(path, "w") as ds:
         ds.Conventions = "CF-1.8"
+        dims: tuple[str, ...] = ("y", "x")
+        if times is not None:
+            ds.createDimension("t", len(times))
+            t = ds.createVariable("t", "f8", ("t",))
+            t.standard_name, t.units, t[:] = "time", "days since 1990-01-01", times
+            dims = ("t", *dims)
         ds.createDimension("y", ny)
         ds.createDimension("x", nx)
         x = ds.createVariable("x", "f8", ("x",))
@@ -450,7 +457,7 @@ def netcdf(tmp_path, variables: dict[str, np.ndarray], name="product.nc") -> byt
         crs = ds.createVariable("crs", "i4")
         crs.crs_wkt = crs.spatial_ref = rasterio.crs.CRS.from_string(UTM).to_wkt()
         for key, values in variables.items():
-            v = ds.createVariable(key, "u2", ("y", "x"), fill_value=0)
+            v = ds.createVariable(key, "u2", dims, fill_value=0)
             v.grid_mapping, v.scale_factor, v.units = "crs", 1e-4, "1"
             v.set_auto_scale(False)
             v[:] = values
@@ -465,6 +472,20 @@ def test_netcdf_subdatasets_that_name_bands_are_read(tmp_path):
     assert scene.ignored_subdatasets == ["product.nc:quicklook"]
     np.testing.assert_allclose(values, stored[:3] * np.float32(1e-4), rtol=1e-6)
     assert "scale/offset" in scene.band("B04").conversion.steps[0]
+
+
+def test_a_netcdf_time_series_says_to_send_one_step(tmp_path):
+    """openEO's netCDF keeps a t dimension, each band variable (t, y, x): before, its steps were "B04 given twice",
+    to be skipped with '-' in bands=. One step is read; several get a 422 saying how to send one."""
+    stored = reflectance((3, 3, 16, 16))
+    series = netcdf(tmp_path, {"B04": stored[0], "B03": stored[1], "B02": stored[2]}, "openeo.nc",
+                    times=[19000, 19005, 19010])
+    with pytest.raises(DuplicateBandError, match=r"openeo.nc:B04 holds 3 rasters of B04 along t \(19000, 19005, "
+                                                 r"19010 days since 1990-01-01\).*filter_temporal"):
+        RequestScene([UploadedFile("openeo.nc", series)])
+    one = netcdf(tmp_path, {"B04": stored[0, :1], "B03": stored[1, :1], "B02": stored[2, :1]}, "one.nc", times=[19000])
+    scene, _, values, _ = read([UploadedFile("one.nc", one)], ["B04", "B03", "B02"])
+    np.testing.assert_allclose(values, stored[:, 0] * np.float32(1e-4), rtol=1e-6)
 
 
 def test_netcdf_without_band_variables_lists_them(tmp_path):
