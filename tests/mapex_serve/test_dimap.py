@@ -1,4 +1,5 @@
-"""GeoTIFFs as SNAP writes them: bands named, scaled and given no-data only in the DIMAP header of tag 65000."""
+"""SNAP's products as it writes them: GeoTIFFs whose bands are named, scaled and given no-data only in the DIMAP
+header of tag 65000, and BEAM-DIMAP, whose ``.dim`` holds the same header beside ENVI band files."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def export(snap_geotiff, sigma0: np.ndarray, **kw) -> bytes:
                         virtual={"Sigma0_VV_db": "log10(Sigma0_VV) * 10"}, **kw)
 
 
-def gdal_geotiff(bands: np.ndarray, descriptions: list[str | None], nodata: float | None = None,
-                 scale_offset: tuple[float, float] | None = None) -> bytes:
+def gdal_geotiff(bands: np.ndarray, descriptions: list[str | None], nodata: float | None = None) -> bytes:
+    """The same bands as GDAL-based tools write them, with band descriptions and a declared nodata."""
     with MemoryFile() as mem:
         with mem.open(driver="GTiff", count=len(bands), height=bands.shape[1], width=bands.shape[2], dtype=bands.dtype,
                       crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5000000, 10, 10),
@@ -50,8 +51,6 @@ def gdal_geotiff(bands: np.ndarray, descriptions: list[str | None], nodata: floa
             for i, d in enumerate(descriptions, start=1):
                 if d:
                     dst.set_band_description(i, d)
-                if scale_offset:
-                    dst.scales, dst.offsets = [scale_offset[0]] * len(bands), [scale_offset[1]] * len(bands)
         return mem.read()
 
 
