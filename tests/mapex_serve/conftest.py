@@ -178,16 +178,19 @@ class RangeServer:
     """A static file server on loopback that honours HTTP range requests, as object storage and CDNs do.
 
     GDAL's ``/vsicurl/`` reads a COG by ranges; ``ranges`` records each one served, so a test can
-    tell that a scene was read window by window rather than downloaded whole.
+    tell that a scene was read window by window rather than downloaded whole. ``seconds_per_mib`` slows whole-file
+    downloads, as a far server does.
     """
 
     def __init__(self, root: Path) -> None:
         import threading
+        import time
         from functools import partial
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
         self.root, self.ranges = root, []
-        served = self.ranges
+        self.seconds_per_mib = 0.0
+        served, server = self.ranges, self
 
         class Handler(SimpleHTTPRequestHandler):
             def log_message(self, *args) -> None:  # quiet: the test reads self.ranges instead
@@ -220,7 +223,10 @@ class RangeServer:
             def copyfile(self, source, outputfile) -> None:
                 remaining = getattr(self, "_remaining", None)
                 if remaining is None:
-                    return super().copyfile(source, outputfile)
+                    while chunk := source.read(2**20):
+                        outputfile.write(chunk)
+                        time.sleep(server.seconds_per_mib)
+                    return None
                 while remaining > 0:
                     chunk = source.read(min(65536, remaining))
                     if not chunk:

@@ -250,6 +250,35 @@ def test_an_archive_by_url_is_fetched_and_unpacked_as_an_earth_engine_download_l
     assert "no raster file in it" in failed["error"]["detail"]
 
 
+def test_a_job_fetching_its_archive_says_how_far_it_is(jobs_server, range_server):
+    """``progress.fetched_bytes`` while a slow server sends a 3 MiB archive, with no route yet; what the archive
+    holds (no raster) then fails the job."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("noise.txt", np.random.default_rng(0).bytes(3 * 2**20))
+    (range_server.root / "slow:getPixels").write_bytes(out.getvalue())
+    range_server.seconds_per_mib = 0.5
+    try:
+        r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": f"{range_server.url}/slow:getPixels"}, timeout=60)
+        assert r.status_code == 202, r.text
+        seen: set[int] = set()
+        deadline = time.monotonic() + 60
+        while (status := httpx.get(f"{jobs_server.url}/jobs/{r.json()['id']}", timeout=10).json())["state"] in (
+                "queued", "running") and time.monotonic() < deadline:
+            if status["progress"]["fetched_bytes"] is not None:
+                assert status["route"] is None and status["state"] == "running", status
+                seen.add(status["progress"]["fetched_bytes"])
+            time.sleep(0.05)
+    finally:
+        range_server.seconds_per_mib = 0.0
+    assert seen and min(seen) >= 2**20 and max(seen) <= len(out.getvalue()), seen  # told after each MiB
+    assert status["state"] == "failed" and status["progress"]["fetched_bytes"] is None, status
+    assert status["error"]["error"] == "UnreadableArchiveError", status
+
+
 def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server, range_server, s3_server, sar,
                                                                       uploaded, server_type, tmp_path):
     """Band files without descriptions (as many COGs are): the item's eo:bands say which is VV and VH, its
