@@ -255,9 +255,9 @@ def check_values(reader: SceneReader, sample: int = 64) -> None:
                         b.identity.found or f"{b.file} band {b.index}")
 
 
-def _steps(ds: DatasetReaderBase) -> str | None:
-    """``t (12000, 12005 days since 1990-01-01)``: the dimension besides y and x along which a NetCDF variable's
-    bands lie (openEO's time axis, xarray's), with its values; None for a raster without one."""
+def _steps(ds: DatasetReaderBase) -> tuple[str, str] | None:
+    """``("t", "12000, 12005 days since 1990-01-01")``: the dimension besides y and x along which a NetCDF variable's
+    bands lie (openEO's time axis, xarray's) and its values; None for a raster without one."""
     tags = ds.tags()
     extra = tags.get("NETCDF_DIM_EXTRA", "").strip("{}")
     if not extra:
@@ -265,7 +265,7 @@ def _steps(ds: DatasetReaderBase) -> str | None:
     dim = extra.split(",")[0]
     values = tags.get(f"NETCDF_DIM_{dim}_VALUES", "").strip("{}").replace(",", ", ")
     units = tags.get(f"{dim}#units")
-    return f"{dim} ({values}{f' {units}' if units else ''})"
+    return dim, f"{values} {units}" if units else values
 
 
 def _subdataset_variable(name: str) -> str:
@@ -501,9 +501,10 @@ class RequestScene:
             if key in seen:
                 first = seen[key]
                 if first.file == b.file and (steps := _steps(b.dataset)):
-                    dim = steps.split(" ", 1)[0]
+                    dim, values = steps
                     raise DuplicateBandError(
-                        f"{b.file} holds {b.dataset.count} rasters of {key} along {steps}: a request is one scene; "
+                        f"{b.file} holds {b.dataset.count} rasters of {key} along {dim} ({values}): a request is one "
+                        f"scene; "
                         f"send one {dim} step (openEO: filter_temporal to one date, or reduce_dimension over {dim}; "
                         f"xarray: .isel({dim}=0)), a request or job a step, or bands= naming the one to read and "
                         f"'-' for the others")

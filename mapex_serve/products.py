@@ -108,7 +108,9 @@ def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:
     have = set(rasters)
     for name, text in metadata.items():
         if name.lower().endswith(".dim"):
-            _dimap_sidecars(name, text, rasters, have, files, notes)
+            made = _dimap_sidecars(name, text, [r for r in rasters if f"{r}.aux.xml" not in have])
+            files += made.files
+            notes += made.notes
             continue
         if _LANDSAT_MTL.match(name):
             scales = {f"SR_B{b}": s for b, s in landsat_scales(text).items()}
@@ -135,15 +137,16 @@ def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:
     return Sidecars(files, tuple(notes))
 
 
-def _dimap_sidecars(name: str, text: str, rasters: Sequence[str], have: set[str], files: list[tuple[str, bytes]],
-                    notes: list[str]) -> None:
+def _dimap_sidecars(name: str, text: str, rasters: Sequence[str]) -> Sidecars:
     """A sidecar for each ENVI band file of a BEAM-DIMAP product (``Sigma0_VV.img``) that its ``.dim`` gives a scale
     or a no-data value."""
     bands = {b.name: b for b in header_bands(text) or ()}
+    files: list[tuple[str, bytes]] = []
+    notes: list[str] = []
     for raster in rasters:
         stem, _, suffix = raster.rpartition(".")
         band = bands.get(stem) if suffix.lower() == "img" else None
-        if band is None or not (band.scaled or band.nodata is not None) or f"{raster}.aux.xml" in have:
+        if band is None or not (band.scaled or band.nodata is not None):
             continue
         if band.log10_scaled:  # no sidecar can state 10 ** (DN x scale + offset); no band the models read is so
             notes.append(f"{name}: {band.name} is stored log10-scaled, which is read as stored")
@@ -151,6 +154,7 @@ def _dimap_sidecars(name: str, text: str, rasters: Sequence[str], have: set[str]
         files.append((f"{raster}.aux.xml", _pam(band.scale, band.offset, band.nodata)))
         scaling = f"DN x {band.scale:g} {band.offset:+g}" if band.scaled else "values as stored"
         notes.append(f"{name}: {band.name} = {scaling}{'' if band.nodata is None else f', nodata {band.nodata:g}'}")
+    return Sidecars(files, tuple(notes))
 
 
 def _pam(scale: float, offset: float, nodata: float | None) -> bytes:

@@ -37,9 +37,9 @@ from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLo
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
-from mapex_serve.jobs.models import JobRequest, JobRequestError
+from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
-from mapex_serve.jobs.scene import JobPlan, JobScene, opened_scene, route_record, scene_tiles
+from mapex_serve.jobs.scene import JobPlan, JobScene, checked_route, scene_tiles
 from mapex_serve.jobs.sources import (
     ResolvedSources,
     archive_at,
@@ -292,15 +292,8 @@ class JobRunner:
                                               fetching)
         finally:
             self.fetched.pop(job.id, None)
-        scene, route, reader = await asyncio.to_thread(opened_scene, request, fetched, manifests,
-                                                       self.settings.job_max_pixels)
-        scene.close()
-        try:
-            request.geojson_classes_for(route.manifest.classes)
-        except ValueError as e:
-            raise JobRequestError(str(e)) from None
-        self.store.update(job.id, request={**job.request, "sources": _sources_to_json(fetched)},
-                          route=route_record(route, reader))
+        route = await asyncio.to_thread(checked_route, request, fetched, manifests, self.settings.job_max_pixels)
+        self.store.update(job.id, request={**job.request, "sources": _sources_to_json(fetched)}, route=route)
         return fetched
 
     async def _run_in_worker(self, job: JobRecord, plan: JobPlan, pool: DecodePool,

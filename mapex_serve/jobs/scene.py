@@ -25,7 +25,7 @@ import rasterio
 
 from mapex_serve.decode.parts import merge_masked
 from mapex_serve.inputs import RequestScene
-from mapex_serve.jobs.models import JobRequest
+from mapex_serve.jobs.models import JobRequest, JobRequestError
 from mapex_serve.jobs.outputs import (
     NODATA_LABEL,
     PROBABILITY_SCALE,
@@ -45,7 +45,7 @@ from mapex_serve.tiling import ClassAggregator, MaskBlender, TileBatch, tile_cel
 from mapex_serve.units import UnitOverrides
 from mapex_serve.vectorize import mask_polygons
 
-__all__ = ["JobPlan", "JobScene", "opened_scene", "scene_tiles"]
+__all__ = ["JobPlan", "JobScene", "checked_route", "opened_scene", "scene_tiles"]
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,18 @@ def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Seque
                           max_unpacked=0)  # a job's files are read where they lie: none is unpacked
 
 
-def route_record(route: Route, reader: SceneReader) -> dict[str, Any]:
-    """What a job's status says of its route: the specialist, the bands it reads and the scene's size."""
+def checked_route(request: JobRequest, sources: ResolvedSources, manifests: Sequence[Manifest],
+                  max_pixels: int) -> dict[str, Any]:
+    """What a job's scene is checked for before it runs (opened, routed, its units decided on a sample, its
+    ``geojson_classes`` known to the specialist), and its route as the job's status gives it: the specialist, the
+    bands it reads and the scene's size. GDAL work: not on the loop."""
+    scene, route, reader = opened_scene(request, sources, manifests, max_pixels)
+    scene.close()
     m = route.manifest
+    try:
+        request.geojson_classes_for(m.classes)
+    except ValueError as e:
+        raise JobRequestError(str(e)) from None
     return {"specialist": m.name, "version": m.version, "bands": list(route.bands), "width": reader.width,
             "height": reader.height}
 

@@ -24,7 +24,7 @@ from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, UnknownTaskError
 from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobRequestError, JobStatus
 from mapex_serve.jobs.runner import JobRunner, new_id, resolve_sources
-from mapex_serve.jobs.scene import opened_scene, route_record
+from mapex_serve.jobs.scene import checked_route
 from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
@@ -135,23 +135,16 @@ async def submit_job(
                                   "upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
         sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes, state.settings.job_max_upload_bytes)
-        route_found = None  # an archive by URL is fetched, then checked, when the job starts
+        route = None  # an archive by URL is fetched, then checked, when the job starts
         if not sources.fetch:
             try:
-                scene, route, reader = await asyncio.to_thread(opened_scene, body, sources, manifests,
-                                                               state.settings.job_max_pixels)
+                route = await asyncio.to_thread(checked_route, body, sources, manifests, state.settings.job_max_pixels)
             except MapexError as e:  # GDAL names the saved upload by its path on the server: name it as it was sent
                 raise type(e)(redacted(str(e), sources.files)) from None
-            scene.close()
-            try:
-                body.geojson_classes_for(route.manifest.classes)
-            except ValueError as e:
-                raise JobRequestError(str(e)) from None
-            route_found = route_record(route, reader)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    record = runner.submit(task, body, sources, route_found, job_id)
+    record = runner.submit(task, body, sources, route, job_id)
     return JSONResponse(job_status(runner, record).model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{record.id}"})
 
