@@ -264,6 +264,16 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
                                    3: "QA_PIXEL cloud", 4: "QA_PIXEL cloud shadow"}),
         # Sentinel Hub's dataMask output (1 data, 0 no data).
         QualityLayer("DATAMASK", "Sentinel Hub dataMask", ("datamask", "data_mask"), invalid_values={0: "dataMask no data"}),
+        # Planet's usable data mask UDM2: a band of 0/1 a class (docs.planet.com, UDM2); mapex_serve.planet says which
+        # bands of a UDM2 file these are. Snow and (light) haze stay valid.
+        QualityLayer("UDM2_CLOUD", "Planet UDM2 cloud band", invalid_values={1: "UDM2 cloud"}),
+        QualityLayer("UDM2_SHADOW", "Planet UDM2 cloud shadow band", invalid_values={1: "UDM2 cloud shadow"}),
+        QualityLayer("UDM2_HEAVY_HAZE", "Planet UDM2.0 heavy haze band", invalid_values={1: "UDM2 heavy haze"}),
+        # Planet's legacy unusable data mask (..._DN_udm.tif): bit 0 blackfill, 1 cloud, 2-7 missing or suspect
+        # data in band 1-6.
+        QualityLayer("PLANET_UDM", "Planet legacy unusable data mask bits",
+                     invalid_bits={0: "Planet UDM blackfill", 1: "Planet UDM cloud",
+                                   **{bit: f"Planet UDM missing or suspect data in band {bit - 1}" for bit in range(2, 8)}}),
     )
 }
 

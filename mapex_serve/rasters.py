@@ -9,7 +9,7 @@ Bands are identified by name or wavelength, never by position. For each band, in
    the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
    (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit; in a GeoTIFF SNAP wrote, its
    DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), ASF HyP3 RTC file names (their scale
-   letter states the unit), STAC
+   letter states the unit), Planet's asset names and band order (``mapex_serve.planet``), STAC
    ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
 3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
    ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
@@ -41,6 +41,7 @@ from mapex_serve.bands import (
     resolve_bands,
 )
 from mapex_serve.errors import MapexError
+from mapex_serve.planet import PlanetProduct, planet_product
 from mapex_serve.units import UnitError
 
 __all__ = [
@@ -251,11 +252,13 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
-              name_source: str, header_name: str | None) -> BandIdentity:
+              name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
     if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
         return hyp3
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
+    if planet is not None and (found := planet.band(src, index)) is not None:
+        return BandIdentity(found.found, found.rule, found.canonical, found.quality)
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)
@@ -317,8 +320,8 @@ def identify_bands(
             out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality,
                                     parsed.unit_hint))
         return out
-    landsat = landsat_sensor(src, filename)
-    return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None)
+    landsat, planet = landsat_sensor(src, filename), planet_product(src, filename)
+    return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet)
             for i in range(1, src.count + 1)]
 
 

@@ -4,7 +4,7 @@ Each canonical band has one unit (``bands.Band.unit``: reflectance 0..1, sigma0 
 What a file's values are comes from, in order: the caller (``units=``, ``scale=``, ``offset=``),
 then metadata that states it (GDAL scale/offset, ``scale_factor``/``add_offset`` tags, Sentinel-2
 L2A ``BOA_QUANTIFICATION_VALUE``/``BOA_ADD_OFFSET``, a SNAP band name, GDAL's ``UNITTYPE`` or a
-``units`` tag), and only then the band table's convention (Sentinel-2 L2A integers are reflectance
+``units`` tag, a Planet surface reflectance asset), and only then the band table's convention (Sentinel-2 L2A integers are reflectance
 x 10000, Sentinel-1 is dB, a DEM is metres). Whatever was assumed is checked against the values
 (:func:`check_plausible`): values that do not fit the assumption get a 422 that says what was seen
 and which parameter fixes it, instead of an answer in the wrong units.
@@ -24,6 +24,7 @@ from rasterio.io import DatasetReaderBase
 from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
+from mapex_serve.planet import planet_product
 
 __all__ = [
     "Conversion",
@@ -241,6 +242,19 @@ def conversion_for(
                         f"{snap.name}, 'Virtual' unchecked)")
     steps: list[str] = []
     assumed: list[str] = []
+    planet = planet_product(src, file_name)
+    if planet is not None and planet.kind == "visual":
+        raise UnitError(f"{file_name}: a {planet.what} is colour-corrected 8-bit display imagery, not reflectance; "
+                        f"the specialists take surface reflectance: order the surface reflectance asset "
+                        f"(ortho_analytic_4b_sr or ortho_analytic_8b_sr: ..._AnalyticMS_SR.tif)")
+    if planet is not None and planet.kind == "radiance" and overrides.get("scale", canonical) is None:
+        raise UnitError(f"{file_name}: a {planet.what} holds at-sensor radiance x 100 (W m-2 sr-1 um-1), not "
+                        f"reflectance, and read as reflectance x 10000 it would look plausible and be wrong; the "
+                        f"specialists take surface reflectance: order the surface reflectance asset "
+                        f"(ortho_analytic_4b_sr or ortho_analytic_8b_sr: ..._AnalyticMS_SR.tif), or, for "
+                        f"top-of-atmosphere reflectance, pass each band's reflectanceCoefficient from the asset's "
+                        f"..._metadata.xml as scale= (scale=B02:0.0000201,B03:...)")
+    surface_reflectance = planet is not None and planet.kind == "surface reflectance"
 
     file_scale, file_offset = src.scales[index - 1], src.offsets[index - 1]
     tags = {k.lower(): v for k, v in src.tags(index).items()}
@@ -258,6 +272,9 @@ def conversion_for(
     elif tag_scale is not None or tag_offset is not None:
         scale, offset = tag_scale if tag_scale is not None else 1.0, tag_offset or 0.0
         steps.append(f"x {scale:g} + {offset:g} (scale_factor/add_offset tags)")
+    elif surface_reflectance and band.unit == "reflectance":
+        scale, offset = 1e-4, 0.0
+        steps.append(f"x {scale:g} + {offset:g} (a {planet.what} holds reflectance x 10000)")
     elif band.sensor == "S2" and (boa := _boa(src, index, canonical)) is not None:
         scale, offset = boa
         steps.append(f"x {scale:g} + {offset:g} (Sentinel-2 L2A BOA_QUANTIFICATION_VALUE / BOA_ADD_OFFSET)")
@@ -274,6 +291,8 @@ def conversion_for(
         unit, unit_source = name_unit, "the band's name"
     if unit is None and (stated := _stated_unit(src, index, snap)) is not None and stated[0] in _COMPATIBLE[band.unit]:
         unit, unit_source = stated
+    if unit is None and surface_reflectance and band.unit == "reflectance":
+        unit, unit_source = "reflectance", f"a {planet.what}"
     unit_assumed = unit is None
     if unit_assumed:
         unit = band.unit

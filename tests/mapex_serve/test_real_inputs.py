@@ -1127,3 +1127,110 @@ def test_a_safe_band_file_sent_alone_takes_the_offset_its_sensing_date_implies_o
     np.testing.assert_allclose(values[0], (dn - 1000) / 10000, atol=1e-6)
     _, _, values, _ = read([UploadedFile("B04.jp2", jp2(dn, 10))], ["B04"])  # not a SAFE's name: as before
     np.testing.assert_allclose(values[0], dn / 10000, atol=1e-6)
+
+
+# --- Planet ---------------------------------------------------------------------------------------
+
+PS_ITEM = "20230912_175450_00_2439"
+PLANET_SR_JSON = json.dumps({"atmospheric_correction": {"aot_source": "mod09cma", "atmospheric_correction_algorithm":
+                             "6SV2.1", "atmospheric_model": "water_vapor_and_ozone", "luts_version": 3}})
+PLANET_8B = ["Coastal Blue", "Blue", "Green I", "Green", "Yellow", "Red", "Red Edge", "NIR"]
+
+
+@pytest.mark.parametrize("name, descriptions, tags, order", [
+    (f"{PS_ITEM}_3B_AnalyticMS_SR.tif", None, None, {"B02": 0, "B03": 1, "B04": 2, "B08": 3}),
+    (f"{PS_ITEM}_3B_AnalyticMS_SR_8b_harmonized_clip.tif", PLANET_8B, None,
+     {"B01": 0, "B02": 1, "B03": 3, "B04": 5, "B05": 6, "B08": 7}),
+    (f"{PS_ITEM}_3B_AnalyticMS_SR_8b.tif", None, None, {"B01": 0, "B02": 1, "B03": 3, "B04": 5, "B05": 6, "B08": 7}),
+    ("20210913_211131_ssc15_u0001_analytic_SR.tif", None, None, {"B02": 0, "B03": 1, "B04": 2, "B08": 3}),
+    ("flood_area.tif", None, {"TIFFTAG_IMAGEDESCRIPTION": PLANET_SR_JSON}, {"B02": 0, "B03": 1, "B04": 2, "B08": 3}),
+])
+def test_planet_surface_reflectance_is_named_by_planets_asset_table_and_read_as_reflectance_x10000(
+        name, descriptions, tags, order):
+    """Planet's files may carry their band names or none (users index them by position): the asset, told by the file
+    name or by the atmospheric correction JSON every surface reflectance file carries, names them. Green I and
+    yellow lie in no Sentinel-2 band and are left out."""
+    stored = reflectance((8 if len(order) == 6 else 4, 16, 16))
+    scene, _, values, _ = read(tif(stored, descriptions, tags=tags, nodata=0), list(order)) if name == "flood_area.tif" \
+        else read([UploadedFile(name, tif(stored, descriptions, tags=tags, nodata=0))], list(order))
+    assert scene.canonical_bands == list(order)
+    np.testing.assert_allclose(values, stored[list(order.values())] / 10000, rtol=1e-6)
+    conversion = scene.band("B02").conversion
+    assert "Planet surface reflectance asset" in conversion.steps[0] and not conversion.assumed
+    assert ("harmonized to Sentinel-2" in rule_of(scene, "B04")) == ("harmonized" in name)
+    unused = [b.identity for b in scene.bands if not b.identity.used]
+    assert [i.found for i in unused] == ([] if len(order) == 4 else [
+        "Green I" if descriptions else "green_i", "Yellow" if descriptions else "yellow"])
+    assert all("within no Sentinel-2 band" in i.rule for i in unused)
+
+
+def test_planet_radiance_gets_a_422_unless_scaled_and_the_visual_asset_always():
+    """Radiance x 100 read as reflectance x 10000 came out at about three times the reflectance, within the
+    plausibility check's range: the service answered, wrongly. Now the analytic asset without _SR is refused with
+    the surface reflectance asset to order, or read with the top-of-atmosphere coefficients the user passes."""
+    from mapex_serve.units import UnitError
+
+    stored = reflectance((4, 16, 16))
+    radiance = [UploadedFile(f"{PS_ITEM}_3B_AnalyticMS.tif", tif(stored, ["blue", "green", "red", "nir"]))]
+    with pytest.raises(UnitError, match="radiance x 100.*ortho_analytic_4b_sr.*reflectanceCoefficient"):
+        read(radiance, ["B02", "B03", "B04"])
+    coefficients = {"B02": 2.1e-5, "B03": 2.3e-5, "B04": 2.7e-5}
+    _, _, values, _ = read(radiance, list(coefficients), scale=",".join(f"{k}:{v}" for k, v in coefficients.items()))
+    np.testing.assert_allclose(values, stored[:3] * np.array(list(coefficients.values()))[:, None, None], rtol=1e-5)
+    visual = [UploadedFile(f"{PS_ITEM}_3B_Visual.tif", tif(RNG.integers(0, 255, (3, 16, 16)).astype(np.uint8)))]
+    with pytest.raises(UnitError, match="display imagery.*ortho_analytic_4b_sr"):
+        read(visual, ["B04", "B03", "B02"])
+    renamed = [UploadedFile("20230912_175450_scene.tif", tif(stored))]  # not a Planet name, no JSON: as before
+    with pytest.raises(BandNamesMissingError):
+        read(renamed, ["B02"])
+
+
+@pytest.mark.parametrize("udm2_name, descriptions", [
+    (f"{PS_ITEM}_3B_udm2_clip.tif", None),
+    ("composite_udm2.tif", None),
+    ("mask.tif", ["clear", "snow", "shadow", "haze_light", "haze_heavy", "cloud", "confidence", "udm1"]),
+])
+def test_planet_udm2_masks_cloud_shadow_and_heavy_haze_and_keeps_snow_and_haze(udm2_name, descriptions):
+    stored = reflectance((4, 20, 20))
+    classes = np.zeros((8, 20, 20), np.uint8)
+    classes[0] = 1  # clear, except below
+    for band, rows in ((5, slice(0, 2)), (2, slice(2, 3)), (4, slice(3, 4)), (1, slice(4, 6)), (3, slice(6, 8))):
+        classes[band, rows], classes[0, rows] = 1, 0  # cloud, shadow, heavy haze, snow, light haze
+    classes[6] = 80  # confidence
+    files = [UploadedFile(f"{PS_ITEM}_3B_AnalyticMS_SR_clip.tif", tif(stored, nodata=0)),
+             UploadedFile(udm2_name, tif(classes, descriptions))]
+    scene, reader, values, reasons = read(files, ["B02", "B03", "B04", "B08"])
+    assert reader.masked() == {"UDM2 cloud": 40, "UDM2 cloud shadow": 20, "UDM2 heavy haze": 20}
+    assert (reasons[:4] != 0).all() and (reasons[4:] == 0).all()
+    np.testing.assert_allclose(values[:, 4:], stored[:, 4:] / 10000, rtol=1e-6)
+    assert sorted(b.identity.quality for b in scene.quality_bands()) == ["UDM2_CLOUD", "UDM2_HEAVY_HAZE", "UDM2_SHADOW"]
+
+
+def test_planet_legacy_udm_bits():
+    stored = reflectance((4, 16, 16))
+    udm = np.zeros((16, 16), np.uint8)
+    udm[0], udm[1, :4], udm[2, :2] = 1, 2, 4  # blackfill, cloud, missing data in band 1
+    files = [UploadedFile(f"{PS_ITEM}_3B_AnalyticMS_SR.tif", tif(stored)),
+             UploadedFile(f"{PS_ITEM}_3B_AnalyticMS_DN_udm.tif", tif(udm))]
+    _, reader, _, _ = read(files, ["B02", "B03", "B04", "B08"])
+    assert reader.masked() == {"Planet UDM blackfill": 16, "Planet UDM cloud": 4,
+                               "Planet UDM missing or suspect data in band 1": 2}
+
+
+def test_a_planet_order_zip_reads_its_surface_reflectance_with_its_udm2_and_leaves_its_metadata():
+    """What the Orders API delivers: a ZIP of ``PSScene/`` with the assets, their JSON and XML, and a manifest."""
+    stored = reflectance((8, 16, 16))
+    udm2 = np.zeros((8, 16, 16), np.uint8)
+    udm2[0], udm2[5, :2], udm2[0, :2] = 1, 1, 0
+    order = zipped({"manifest.json": b'{"name": "", "files": []}',
+                    f"PSScene/{PS_ITEM}_3B_AnalyticMS_SR_8b_clip.tif": tif(stored, nodata=0),
+                    f"PSScene/{PS_ITEM}_3B_udm2_clip.tif": tif(udm2),
+                    f"PSScene/{PS_ITEM}_metadata.json": b'{"id": "20230912_175450_00_2439"}',
+                    f"PSScene/{PS_ITEM}_3B_AnalyticMS_8b_metadata_clip.xml": b"<ps:EarthObservation/>"})
+    scene = RequestScene([UploadedFile("order.zip", order)], max_unpacked=LIMIT)
+    assert scene.canonical_bands == ["B01", "B02", "B03", "B04", "B05", "B08"]
+    reader = scene.reader(["B04", "B03", "B02"], UnitOverrides())
+    from rasterio.windows import Window
+    values, _ = reader.read(Window(0, 0, 16, 16))
+    assert reader.masked() == {"UDM2 cloud": 32}
+    np.testing.assert_allclose(values[:, 2:], stored[[5, 3, 1], 2:] / 10000, rtol=1e-6)
