@@ -207,3 +207,28 @@ def test_an_earth_engine_zip_is_served_as_its_band_files_sent_as_parts(server):
     empty = post(server, "wildfire", [("download.zip", out.getvalue())])
     assert empty.status_code == 400 and empty.json()["error"] == "UnreadableArchiveError"
     assert "no raster file in it (it holds manifest.json)" in empty.json()["detail"]
+
+
+def test_a_planet_surface_reflectance_file_and_its_udm2_are_served_as_the_same_bands_described(server):
+    """Real Sentinel-2 reflectance laid out as Planet delivers a 4-band surface reflectance asset: no band names, the
+    asset in the file name, and its UDM2 beside it. The answer equals the same bands described in GDAL metadata,
+    with the UDM2's cloud masked; the radiance asset of the same item gets a 422 naming the asset to order."""
+    with rasterio.open(S2) as src:
+        bands = src.read([1, 2, 3, 4])  # B02, B03, B04, and B07 standing in for PlanetScope's near infrared
+        like = {"crs": src.crs, "transform": src.transform, "nodata": 0}
+    udm2 = np.zeros((8, *bands.shape[1:]), np.uint8)
+    udm2[0], udm2[5, :20], udm2[0, :20] = 1, 1, 0  # the top 20 rows cloud
+    item = "20230912_175450_00_2439_3B"
+    planet = [(f"{item}_AnalyticMS_SR_clip.tif", tiff(bands, [None] * 4, like)),
+              (f"{item}_udm2_clip.tif", tiff(udm2, [None] * 8, {k: like[k] for k in ("crs", "transform")}))]
+    described = [("s2.tif", tiff(bands, ["B02", "B03", "B04", "B08"], like))]
+    r = post(server, "landcover-seg", planet, format="json")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["masked_pixels"] == {"total": 20 * bands.shape[2], "by_reason": {"UDM2 cloud": 20 * bands.shape[2]}}
+    assert {i["mapped_to"] for i in body["inputs"] if i["used"]} >= {"B02", "B03", "B04", "quality layer UDM2_CLOUD"}
+    ours, theirs = mask_of(post(server, "landcover-seg", planet)), mask_of(post(server, "landcover-seg", described))
+    assert (ours[:20] == 255).all()
+    np.testing.assert_array_equal(ours[20:], theirs[20:])
+    radiance = post(server, "landcover-seg", [(f"{item}_AnalyticMS_clip.tif", tiff(bands, [None] * 4, like))])
+    assert radiance.status_code == 422 and "ortho_analytic_4b_sr" in radiance.json()["detail"]
