@@ -97,7 +97,8 @@ BANDS: dict[str, Band] = {
         # "sigma0_vv" is deliberately not an alias: SNAP's Sigma0_VV is linear power (see rasters.py).
         Band("VV", "S1", "Sentinel-1 VV backscatter", "dB", aliases=("vv_db", "s1_vv")),
         Band("VH", "S1", "Sentinel-1 VH backscatter", "dB", aliases=("vh_db", "s1_vh")),
-        Band("DEM", "DEM", "elevation", "m", aliases=("elevation", "height", "altitude", "srtm", "copdem")),
+        Band("DEM", "DEM", "elevation", "m", aliases=("elevation", "height", "altitude", "srtm", "copdem", "dsm", "dtm", "fabdem", "nasadem",
+                                                              "aw3d30", "cop30", "cop90", "srtmgl1", "srtmgl3", "elv")),
     )
 }
 

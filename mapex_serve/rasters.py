@@ -227,6 +227,11 @@ def _hyp3(filename: str | None) -> BandIdentity | None:
     return BandIdentity(m.group(0), rule, pol, unit_hint=unit)
 
 
+#: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
+#: ``USGS_OPR_...``): elevation in metres, named by resolution and corner only.
+_3DEP = re.compile(r"^USGS_(?:13|1|2|1M|OPR)_\w+\.tiff?$", re.I)
+
+
 #: Words that make a file name name something derived from a band rather than the band, whose other words are then
 #: no band name: ``dem_slope.tif`` is no elevation, nor SNAP's ``elevation_angle`` tie-point grid, nor ``B08_ndvi.tif``
 #: near infrared.
@@ -257,6 +262,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return hyp3
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
+    if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):
+        return BandIdentity(name, "USGS 3DEP elevation tile (file name)", "DEM")
     if planet is not None and (found := planet.band(src, index)) is not None:
         return BandIdentity(found.found, found.rule, found.canonical, found.quality)
     wavelength = _wavelength_nm(src, index)

@@ -1234,3 +1234,20 @@ def test_a_planet_order_zip_reads_its_surface_reflectance_with_its_udm2_and_leav
     values, _ = reader.read(Window(0, 0, 16, 16))
     assert reader.masked() == {"UDM2 cloud": 32}
     np.testing.assert_allclose(values[:, 2:], stored[[5, 3, 1], 2:] / 10000, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, canonical", [
+    ("ALPSMLC30_N051W001_DSM.tif", "DEM"), ("ALPSMLC30_N051W001_MSK.tif", None),  # JAXA AW3D30 and its mask
+    ("N51W001_FABDEM_V1-2.tif", "DEM"), ("USGS_13_n52w001_20230314.tif", "DEM"), ("USGS_1_n40w106.tif", "DEM"),
+    ("USGS_1M_16_x64y458_IN_Statewide_2017.tif", "DEM"), ("ASTGTMV003_N51W001_dem.tif", "DEM"),
+    ("ASTGTMV003_N51W001_num.tif", None), ("n50w005_elv.tif", "DEM"), ("output_COP30.tif", "DEM"),
+    ("NASADEM_HGT_n51w001.tif", "DEM"), ("lidar_dsm.tif", "DEM"), ("dtm_slope.tif", None),
+])
+def test_elevation_tiles_are_named_by_their_products_file_names(name, canonical):
+    """The global DEMs' tiles carry no band name: JAXA's AW3D30 calls its surface DSM, FABDEM its own name, USGS
+    3DEP only resolution and corner. Each got a 422 asking for bands=; their masks and counts stay unnamed."""
+    from mapex_serve.rasters import identify_bands
+
+    with MemoryFile(tif(np.full((8, 8), 812.5, np.float32))) as mem, mem.open() as src:
+        (identity,) = identify_bands(src, name)
+    assert identity.canonical == canonical, identity.rule
