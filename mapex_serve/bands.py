@@ -270,6 +270,11 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         QualityLayer("UDM2_CLOUD", "Planet UDM2 cloud band", invalid_values={1: "UDM2 cloud"}),
         QualityLayer("UDM2_SHADOW", "Planet UDM2 cloud shadow band", invalid_values={1: "UDM2 cloud shadow"}),
         QualityLayer("UDM2_HEAVY_HAZE", "Planet UDM2.0 heavy haze band", invalid_values={1: "UDM2 heavy haze"}),
+        # NASA JPL OPERA RTC-S1's mask layer (..._mask.tif beside ..._VV.tif): 0 valid; its other classes are layover,
+        # shadow or both, and 255 no data.
+        QualityLayer("OPERA_RTC_MASK", "OPERA RTC-S1 layover and shadow mask",
+                     invalid_values={1: "OPERA RTC layover or shadow (class 1)", 2: "OPERA RTC layover or shadow (class 2)",
+                                     3: "OPERA RTC layover and shadow (class 3)", 255: "OPERA RTC mask no data"}),
         # Planet's legacy unusable data mask (..._DN_udm.tif): bit 0 blackfill, 1 cloud, 2-7 missing or suspect
         # data in band 1-6.
         QualityLayer("PLANET_UDM", "Planet legacy unusable data mask bits",

@@ -8,8 +8,8 @@ Bands are identified by name or wavelength, never by position. For each band, in
    (BigEarthNet's ``..._B02.tif``, HLS's ``HLS.S30....B8A.tif``). Each is read in the conventions of
    the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
    (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit; in a GeoTIFF SNAP wrote, its
-   DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), ASF HyP3 RTC file names (their scale
-   letter states the unit), Planet's asset names and band order (``mapex_serve.planet``), STAC
+   DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), ASF HyP3 and OPERA RTC-S1 file names (which
+   state the unit), Planet's asset names and band order (``mapex_serve.planet``), STAC
    ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
 3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
    ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
@@ -227,6 +227,24 @@ def _hyp3(filename: str | None) -> BandIdentity | None:
     return BandIdentity(m.group(0), rule, pol, unit_hint=unit)
 
 
+#: NASA JPL OPERA RTC-S1 burst files (``OPERA_L2_RTC-S1_T069-147170-IW1_20231010T121227Z_20231010T163008Z_S1A_30_v1.0_VV.tif``):
+#: gamma0 in linear power (OPERA RTC-S1 product guide), named by polarisation, beside a layover and shadow ``_mask``.
+_OPERA_RTC = re.compile(r"^OPERA_L2_RTC-S1(?:-STATIC)?_[\w.\-]+?_(VV|VH|HH|HV|mask)\.tiff?$", re.I)
+
+
+def _opera(filename: str | None) -> BandIdentity | None:
+    """The identity an OPERA RTC-S1 file's name states, with its unit; None for any other name."""
+    m = _OPERA_RTC.match(PurePath(filename or "").name)
+    if m is None:
+        return None
+    rule, layer = "OPERA RTC-S1 file name", m.group(1)
+    if layer.lower() == "mask":
+        return BandIdentity(m.group(0), f"{rule} (layover and shadow mask)", quality="OPERA_RTC_MASK")
+    if layer.upper() not in BANDS:
+        return BandIdentity(m.group(0), f"{rule}; {layer.upper()} polarisation is not a model band (VV and VH are)")
+    return BandIdentity(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), unit_hint="linear")
+
+
 #: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
 #: ``USGS_OPR_...``): elevation in metres, named by resolution and corner only.
 _3DEP = re.compile(r"^USGS_(?:13|1|2|1M|OPR)_\w+\.tiff?$", re.I)
@@ -260,6 +278,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
               name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
     if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
         return hyp3
+    if src.count == 1 and (opera := _opera(filename)) is not None:  # its name states the unit its description does not
+        return opera
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
     if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):

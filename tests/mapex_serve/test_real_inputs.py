@@ -1251,3 +1251,25 @@ def test_elevation_tiles_are_named_by_their_products_file_names(name, canonical)
     with MemoryFile(tif(np.full((8, 8), 812.5, np.float32))) as mem, mem.open() as src:
         (identity,) = identify_bands(src, name)
     assert identity.canonical == canonical, identity.rule
+
+
+@pytest.mark.parametrize("description", [None, "VV"])
+def test_opera_rtc_s1_bursts_are_linear_gamma0_and_their_mask_removes_layover_and_shadow(description):
+    """OPERA RTC-S1 files hold gamma0 in linear power, which the name implies and the file does not state: a 422
+    asked for units=linear. Its mask is what keeps radar shadow, dark as water, out of a flood map."""
+    burst = "OPERA_L2_RTC-S1_T069-147170-IW1_20231010T121227Z_20231010T163008Z_S1A_30_v1.0"
+    db = RNG.uniform(-22, -5, (2, 16, 16)).astype(np.float32)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[0, :3], mask[1, :2], mask[2, :1], mask[15] = 1, 2, 3, 255
+    files = [UploadedFile(f"{burst}_{pol}.tif", tif((10 ** (db[i] / 10)).astype(np.float32),
+                                                    [description and pol], nodata=0.0))
+             for i, pol in enumerate(("VV", "VH"))]
+    files.append(UploadedFile(f"{burst}_mask.tif", tif(mask)))
+    scene, reader, values, reasons = read(files, ["VV", "VH"])
+    np.testing.assert_allclose(values[:, reasons == 0], db[:, reasons == 0], atol=1e-4)
+    assert "OPERA RTC-S1 file name (gamma0, linear power)" in rule_of(scene, "VV")
+    assert reader.masked() == {"OPERA RTC layover or shadow (class 1)": 3, "OPERA RTC layover or shadow (class 2)": 2,
+                               "OPERA RTC layover and shadow (class 3)": 1, "OPERA RTC mask no data": 16}
+    static = UploadedFile(burst.replace("RTC-S1", "RTC-S1-STATIC") + "_local_incidence_angle.tif",
+                          tif(np.full((16, 16), 38.0, np.float32)))
+    assert RequestScene([*files, static]).canonical_bands == ["VV", "VH"]
