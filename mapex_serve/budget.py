@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mapex_serve.errors import MapexError
 
-__all__ = ["MemoryBudget", "MemoryBudgetError", "OverBudgetError", "Reservation", "request_bytes"]
+__all__ = ["MemoryBudget", "MemoryBudgetError", "OverBudgetError", "Reservation", "Room", "request_bytes"]
 
 
 class MemoryBudgetError(MapexError, RuntimeError):
@@ -65,6 +65,25 @@ class Reservation:
         self.nbytes = 0
 
 
+@dataclass(frozen=True)
+class Room:
+    """The budget as a request found it when it started, for what it allocates before its reservation (a decode
+    worker unpacking its archives): the bytes then free, of the whole."""
+
+    available: int
+    limit: int
+
+    def exceeded(self, what: str, fix: str) -> MemoryBudgetError | OverBudgetError:
+        """The error for ``what`` needing more than ``available``: 413 (saying ``fix``) when that was the whole
+        budget, else 503: the requests in flight may leave room for it later."""
+        mib = 2**20
+        if self.available >= self.limit:
+            return OverBudgetError(f"{what} needs more than the whole memory budget of {self.limit / mib:,.0f} MiB "
+                                   f"(MAPEX_MEMORY_BUDGET_MB): {fix}")
+        return MemoryBudgetError(f"{what} needs more than the {self.available / mib:,.0f} of {self.limit / mib:,.0f} "
+                                 f"MiB the requests in flight leave (MAPEX_MEMORY_BUDGET_MB); retry shortly")
+
+
 class MemoryBudget:
     """Bytes the requests in flight may allocate; reserved and released on the event loop (no lock needed)."""
 
@@ -74,6 +93,9 @@ class MemoryBudget:
     @property
     def available(self) -> int:
         return max(self.limit - self.used, 0)
+
+    def room(self) -> Room:
+        return Room(self.available, self.limit)
 
     def reserve(self, nbytes: int, what: str, fix: str = "crop or split the scene") -> Reservation:
         """``nbytes`` held for ``what`` until released: 503 when the requests in flight leave no room, 413 (saying

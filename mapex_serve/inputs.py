@@ -21,7 +21,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -32,7 +32,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
-from mapex_serve.archives import Unpacked, unpack
+from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
+from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
@@ -316,15 +317,19 @@ class RequestScene:
     """The files of one request, opened in its own ``/vsimem/`` folder; a context manager that closes them all."""
 
     def __init__(self, files: Sequence[UploadedFile | SourceFile], bands: Sequence[str] | None = None,
-                 max_unpacked: int = 200 * 2**20) -> None:
-        """``max_unpacked``: the bytes the request's archives may unpack to (the service passes MAPEX_MAX_UPLOAD_MB)."""
+                 max_unpacked: int = 200 * 2**20, room: Room | None = None) -> None:
+        """``max_unpacked``: the bytes the request's archives may unpack to (the service passes MAPEX_MAX_UPLOAD_MB);
+        ``room``: the memory budget as the request found it, which they may not unpack past either (413 or 503)."""
         self._stack = ExitStack()
         self.folder = f"mapex-{uuid.uuid4().hex}"
         self.datasets: list[tuple[str, DatasetReaderBase]] = []  # (name, dataset): files and subdatasets
         self.bands: list[InputBand] = []
         self.ignored_subdatasets: list[str] = []
         self.archives: list[Unpacked] = []
-        self._max_unpacked = max_unpacked
+        self._max_unpacked, self._room = max_unpacked, room
+        #: Bytes of the request's files copied into its ``/vsimem/`` folder (archive members, every part but a TIFF,
+        #: which is read where it arrived): memory the scene holds until it closes.
+        self.held_bytes = 0
         self._nodata: dict[str, tuple[float | None, ...]] = {}  # per-band nodata a STAC item gives, by file
         self._grids: dict[str, Grid] = {}  # files opened without GDAL's georeferencing: their grid, by file
         self._snap: dict[str, tuple[SnapBand, ...]] = {}  # what SNAP's header says of each band, by file
@@ -371,6 +376,7 @@ class RequestScene:
                 continue
             data = _checked_vrt(f.data, data_parts, referenced) if _is_vrt(f.data) else f.data
             memfiles.append((name, data, self._stack.enter_context(MemoryFile(data, dirname=self.folder, filename=name))))
+            self.held_bytes += len(data)
         # Sidecars (ENVI .hdr, .aux.xml, .msk) are parts too: open only the parts that are rasters themselves.
         for name, data, mem in memfiles:
             if name in referenced or name.lower().endswith(SIDECARS):
@@ -401,16 +407,25 @@ class RequestScene:
             raise UnreadableInputError("the request holds no raster (only sidecar files); send the raster files too")
 
     def _unpacked(self, files: Sequence[UploadedFile]) -> list[UploadedFile]:
-        """The files, each archive among them replaced by the rasters it holds (``archives``)."""
+        """The files, each archive among them replaced by the rasters it holds (``archives``: what each held, its
+        members' bytes let go once they are opened)."""
         out: list[UploadedFile] = []
-        room = self._max_unpacked
+        unpacked = 0
         for f in files:
-            archive = None if f.in_place else unpack(f.name, f.data, room)
+            left = self._max_unpacked - unpacked
+            free = left if self._room is None else self._room.available - unpacked
+            try:
+                archive = None if f.in_place else unpack(f.name, f.data, min(left, free))
+            except ArchiveTooLargeError:
+                if free >= left:
+                    raise
+                raise self._room.exceeded(f"unpacking {f.name}", "send fewer bands or a crop, or the product as a "
+                                                                 "job (POST /jobs/{task})") from None
             if archive is None:
                 out.append(f)
                 continue
-            self.archives.append(archive)
-            room -= archive.size
+            self.archives.append(replace(archive, files=tuple(replace(m, content=b"") for m in archive.files)))
+            unpacked += archive.size
             out += [UploadedFile(m.name, m.content) for m in archive.files]
         return out
 

@@ -20,7 +20,7 @@ from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio exports no p
 from rasterio.errors import RasterioError
 
 from mapex_serve.batcher import Batcher
-from mapex_serve.budget import MemoryBudget, Reservation, request_bytes
+from mapex_serve.budget import MemoryBudget, Reservation, Room, request_bytes
 from mapex_serve.decode.parts import PartDone, merge_masked
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile, without_request_folder
@@ -95,13 +95,14 @@ def unreadable_as_400() -> Iterator[None]:
 
 def open_and_route(
     files: Sequence[UploadedFile], bands: Sequence[str] | None, manifests: Sequence[Manifest], modality: str | None,
-    overrides: UnitOverrides, max_pixels: int, check_units: bool = True, *, max_unpacked: int,
+    overrides: UnitOverrides, max_pixels: int, check_units: bool = True, *, max_unpacked: int, room: Room | None = None,
 ) -> tuple[RequestScene, Route, SceneReader]:
     """Open the files, route them and decide their units (their values checked against them unless told not to: a
     part of a split scene, whose first part checks the same bytes, or a scene the service may split, checked once
-    split: ``inputs.check_values``): GDAL work, done in one worker thread."""
+    split: ``inputs.check_values``): GDAL work, done in one worker thread. ``room``: the memory budget as the request
+    found it, which its archives may not unpack past."""
     with unreadable_as_400():
-        scene = RequestScene(files, bands, max_unpacked)
+        scene = RequestScene(files, bands, max_unpacked, room)
         try:
             route = route_scene(scene, manifests, modality)
             return scene, route, scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels)
@@ -149,8 +150,8 @@ def route_scene(scene: RequestScene, manifests: Sequence[Manifest], modality: st
 class SceneRun:
     """One routed scene from tiles to a Prediction: what the service process and a decode worker both drive.
 
-    ``need`` is what the outputs will cost, known before anything is allocated: reserve it against
-    the memory budget, then ``start`` (the tile grid and the blender are scene-sized lists and
+    ``need`` is what the outputs will cost, known before anything is allocated, and what the scene's files hold in
+    memory (``RequestScene.held_bytes``): reserve it against the memory budget, then ``start`` (the tile grid and the blender are scene-sized lists and
     arrays). ``batches`` then reads the tiles as the engine takes them; ``add`` blends (mask heads)
     or aggregates (class heads) each batch's probabilities; ``result`` reports.
     """
@@ -160,8 +161,9 @@ class SceneRun:
         manifest = route.manifest
         self.need = request_bytes(reader.height, reader.width, classes=len(manifest.classes), head=manifest.head,
                                   channels=len(route.bands), tile=manifest.tile_size, max_batch=max_batch,
-                                  in_engine=in_engine)
-        self.what = f"this {reader.width} x {reader.height} scene"
+                                  in_engine=in_engine) + scene.held_bytes
+        self.what = f"this {reader.width} x {reader.height} scene" + (
+            f" and its {scene.held_bytes / 2**20:,.0f} MiB of unpacked or copied files" if scene.held_bytes >= 2**20 else "")
         self.seen = 0
 
     def start(self, rows: tuple[int, int] | None = None, mask: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -246,7 +248,7 @@ async def predict(
     check_not_empty(len(f.data) for f in files)
     scene, route, reader = await asyncio.to_thread(  # GDAL parses the files off the event loop
         open_and_route, files, bands, manifests, modality, overrides or UnitOverrides(), max_pixels,
-        max_unpacked=max_unpacked)
+        max_unpacked=max_unpacked, room=budget.room() if budget else None)
     with scene, unreadable_as_400():
         batcher = batchers[route.manifest.name]
         run = SceneRun(scene, route, reader, max_batch, batcher.ahead - 1)

@@ -425,7 +425,7 @@ class DecodePool:
             try:
                 first_arriving = arriving and not upload.first_complete
                 opening = OpenRequest(next(self._sessions), str(upload.slab.path), **request,
-                                      available=budget.available, arrived=upload.arrived if first_arriving else None)
+                                      room=budget.room(), arrived=upload.arrived if first_arriving else None)
                 encoded = await self._session(worker, upload, opening, batchers, budget, wait_s)
                 upload.clean = True  # its sessions are over: nothing writes to its slab any more
                 return encoded

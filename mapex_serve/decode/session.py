@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mapex_serve.budget import Reservation, request_bytes
+from mapex_serve.budget import Reservation, Room, request_bytes
 from mapex_serve.decode.arriving import ArrivalGate, directory_and_rows
 from mapex_serve.decode.parts import MIN_PART_PIXELS, MaskSlab, PartDone, ScenePart
 from mapex_serve.decode.slab import Layout, Slab, batch_bytes
@@ -79,9 +79,9 @@ class OpenRequest:
     max_batch: int
     format: Format | None
     accept: str
-    #: The memory budget left when the request was sent: a scene that needs more is not tiled before
-    #: the service has reserved its memory (it may refuse it: 413 or 503).
-    available: int
+    #: The memory budget when the request was sent: a scene that needs more than was free is not tiled before
+    #: the service has reserved its memory (it may refuse it: 413 or 503), and its archives unpack to no more.
+    room: Room
     #: The most parts the service would split a mask scene into: above 1, a scene large enough is left untiled.
     parts: int = 1
     #: A part of a scene split across workers (not the first): its rows and the shared mask.
@@ -171,7 +171,6 @@ class Session:
                 _name, offset, _size = request.layout.files[0]
                 wait_rows = directory_and_rows(gate, lambda n: slab.view(offset, n))
             files = slab_files(slab, request.layout)
-            self.in_place = any(f.in_place for f in files)
             # A scene still arriving has its values checked once it has all arrived (the check's windows are spread
             # over the scene); one the service may split, once it starts (the later parts start meanwhile); any
             # other, as it opens. Only the first part of a split scene checks: the others read the same bytes.
@@ -179,7 +178,7 @@ class Session:
             self._unchecked = request.part is None and request.parts > 1 and gate is None
             scene, route, reader = open_and_route(
                 files, request.bands, [manifests[n] for n in request.specialists], request.modality,
-                request.overrides, request.max_pixels, max_unpacked=request.max_unpacked,
+                request.overrides, request.max_pixels, max_unpacked=request.max_unpacked, room=request.room,
                 check_units=request.part is None and not self._unchecked and gate is None)
             reader.wait_rows = wait_rows
             del files
@@ -203,7 +202,7 @@ class Session:
         if self.request.part is not None:
             return self.start(self.request.part)
         split = self._splittable()
-        if self.run.need > self.request.available or split is not None:
+        if self.run.need > self.request.room.available or split is not None:
             return self._opened(None, split)
         return self.start()
 
@@ -213,12 +212,12 @@ class Session:
         if self.request.parts < 2 or manifest.head != "mask" or g.height * g.width < 2 * MIN_PART_PIXELS:
             return None
         size = manifest.tile_size
-        # A part holds a band of tile rows, its batches and its worker's copy of the upload (none of TIFFs).
+        # A part holds a band of tile rows, its batches and its worker's copy of the files (none of TIFFs; an
+        # archive's members as unpacked).
         part_need = request_bytes(min(2 * size, g.height), g.width, classes=len(manifest.classes), head="mask",
                                   channels=len(self.run.route.bands), tile=size, max_batch=self.request.max_batch,
                                   in_engine=len(self.request.layout.tiles) - 1)
-        copied = 0 if self.in_place else sum(n for _name, _o, n in self.request.layout.files)
-        return Splittable(g.height, g.width, part_need + copied)
+        return Splittable(g.height, g.width, part_need + self.run.scene.held_bytes)
 
     def start(self, part: ScenePart | None = None) -> Opened:
         """Tile the scene (the rows of ``part``, when split) and read a batch into each slot."""

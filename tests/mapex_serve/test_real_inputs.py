@@ -1273,3 +1273,24 @@ def test_opera_rtc_s1_bursts_are_linear_gamma0_and_their_mask_removes_layover_an
     static = UploadedFile(burst.replace("RTC-S1", "RTC-S1-STATIC") + "_local_incidence_angle.tif",
                           tif(np.full((16, 16), 38.0, np.float32)))
     assert RequestScene([*files, static]).canonical_bands == ["VV", "VH"]
+
+
+def test_archives_unpack_only_into_the_memory_budget_the_request_found_and_hold_what_they_unpacked(rgb):
+    """The members' bytes are the scene's until it closes (``held_bytes``, reserved with its outputs); past the room
+    left, unpacking stops: 503 while other requests hold the budget, 413 when it was the whole budget."""
+    from mapex_serve.budget import MemoryBudgetError, OverBudgetError, Room
+
+    data = zipped(rgb)
+    members = sum(len(v) for v in rgb.values())
+    scene = RequestScene([UploadedFile("download.zip", data)], max_unpacked=LIMIT, room=Room(10 * members, 10 * members))
+    assert scene.held_bytes == members and scene.canonical_bands == ["B04", "B03", "B02"]
+    assert all(m.content == b"" for m in scene.archives[0].files)  # let go once opened; the report keeps the names
+    assert scene.archives[0].report()["read"] == list(rgb)
+    with pytest.raises(MemoryBudgetError, match="unpacking download.zip.*retry shortly"):
+        RequestScene([UploadedFile("download.zip", data)], max_unpacked=LIMIT, room=Room(members // 2, 10 * members))
+    with pytest.raises(OverBudgetError, match="unpacking download.zip.*whole memory budget"):
+        RequestScene([UploadedFile("download.zip", data)], max_unpacked=LIMIT, room=Room(members // 2, members // 2))
+    with pytest.raises(ArchiveTooLargeError):  # MAPEX_MAX_UPLOAD_MB binds first: 413 as before
+        RequestScene([UploadedFile("download.zip", data)], max_unpacked=members // 2, room=Room(members, members))
+    assert RequestScene([UploadedFile("download.B4.tif", rgb["download.B4.tif"])]).held_bytes == len(
+        rgb["download.B4.tif"])  # a part not read where it arrived is copied too

@@ -270,9 +270,10 @@ def test_the_openapi_schema_driven_checks_find_no_server_error(server, tmp_path)
 
 def constant_rgb(width: int, height: int, **layout) -> bytes:
     """Three uint16 bands of plausible reflectance (0.1), deflate-compressed: a few hundred KB for any size."""
+    compress = layout.pop("compress", "deflate")
     layout = layout or {"tiled": True, "blockxsize": 512, "blockysize": 512}
     with MemoryFile() as mem:
-        with mem.open(driver="GTiff", count=3, width=width, height=height, dtype="uint16", compress="deflate",
+        with mem.open(driver="GTiff", count=3, width=width, height=height, dtype="uint16", compress=compress,
                       crs="EPSG:32633", transform=rasterio.Affine(10, 0, 500000, 0, -10, 5000000), **layout) as dst:
             dst.descriptions = ("B04", "B03", "B02")
             for _, window in dst.block_windows(1):
@@ -338,6 +339,36 @@ def test_bodies_received_into_memory_hold_the_budget_as_they_arrive(built_repo, 
     assert [a.status_code for a in answers] == [answered] * 2, [a.text[:200] for a in answers]
     assert _budget_used(s.url) == 0
     assert post(0).status_code == answered  # room again
+
+
+def test_an_archives_unpacked_files_hold_the_memory_budget(built_repo, start_server):
+    """What a ZIP unpacks to lives in the decode worker's memory until the answer: before, a few KB of ZIP could
+    unpack to MAPEX_MAX_UPLOAD_MB outside the budget, once in each worker. Now a member past the budget the request
+    found is not unpacked (413 when that was the whole budget), and what was unpacked is reserved with the outputs."""
+    import io
+    import zipfile
+
+    s = start_server(built_repo, MAPEX_MEMORY_BUDGET_MB="8", MAPEX_MAX_UPLOAD_MB="64")
+
+    def zipped_rgb(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("scene.tif", constant_rgb(width, height, tiled=False, compress="none"))
+        return buffer.getvalue()
+
+    def post(content: bytes) -> httpx.Response:
+        return httpx.post(f"{s.url}/predict/landcover", content=content, headers={"Content-Type": "application/zip"},
+                          timeout=60)
+
+    past_the_budget = post(zipped_rgb(2000, 1500))  # 18 MB unpacked from a ZIP of a few KB
+    assert past_the_budget.status_code == 413, past_the_budget.text
+    assert "unpacking" in past_the_budget.json()["detail"] and "MAPEX_MEMORY_BUDGET_MB" in past_the_budget.json()["detail"]
+    with_its_outputs = post(zipped_rgb(1000, 900))  # 5.4 MB unpacked, about 4.7 MB of outputs: 10 MB of 8 (200 before)
+    assert with_its_outputs.status_code == 413, with_its_outputs.text
+    assert "MiB of unpacked or copied files" in with_its_outputs.json()["detail"]
+    small = post(zipped_rgb(300, 300))
+    assert small.status_code == 200, small.text
+    assert _budget_used(s.url) == 0
 
 
 def test_memory_is_budgeted_before_it_is_allocated_at_the_default_pixel_limit(built_repo, start_server, tmp_path):
