@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     memory_budget_mb: float = Field(
         3072, gt=0, description="Memory the requests in flight may allocate for blending and encoding (MiB), sized "
         "from each scene before it is read, and the bodies received into the service's memory as they arrive "
-        "(multipart under 4 MiB, any without decode workers, /v2 inference); past it requests get 503 with "
-        "Retry-After, a scene that alone needs more gets 413."
+        "(multipart under 4 MiB, any without decode workers, /v2 inference), and what a request's archives unpack "
+        "to; past it requests get 503 with Retry-After, a scene that alone needs more gets 413."
     )
     api_key: SecretStr | None = Field(
         None, description="When set, prediction routes need `Authorization: Bearer <key>` (health routes stay open); unset: no authentication."
