@@ -37,6 +37,7 @@ from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
+from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
@@ -325,6 +326,8 @@ class RequestScene:
         self.datasets: list[tuple[str, DatasetReaderBase]] = []  # (name, dataset): files and subdatasets
         self.bands: list[InputBand] = []
         self.ignored_subdatasets: list[str] = []
+        #: The files read as the tiles of one raster (``mapex_serve.mosaic``), in the order sent; empty for any other.
+        self.mosaicked: list[str] = []
         self.archives: list[Unpacked] = []
         self._max_unpacked, self._room = max_unpacked, room
         #: Bytes of the request's files copied into its ``/vsimem/`` folder (archive members, every part but a TIFF,
@@ -335,6 +338,7 @@ class RequestScene:
         self._snap: dict[str, tuple[SnapBand, ...]] = {}  # what SNAP's header says of each band, by file
         try:
             self._open(files)
+            self._mosaic()
             self._identify(bands)
         except BaseException:
             self._stack.close()
@@ -405,6 +409,19 @@ class RequestScene:
                 self._read_snap_header(name, ds, data)
         if not self.datasets:
             raise UnreadableInputError("the request holds no raster (only sidecar files); send the raster files too")
+
+    def _mosaic(self) -> None:
+        """Files that are the tiles of one raster (an Earth Engine export split in several) become that raster, named
+        as its first tile: one VRT over them in the request's folder."""
+        if len(self.datasets) < 2 or self._snap or any(name in self._nodata for name, _ in self.datasets[1:]):
+            return
+        tiles = [Tile(name, ds, self._grids.get(name) or Grid.of(ds)) for name, ds in self.datasets]
+        if (found := mosaic_vrt(tiles)) is None:
+            return
+        vrt = self._stack.enter_context(MemoryFile(found[0].encode(), dirname=self.folder, filename="mosaic.vrt"))
+        self.mosaicked = [name for name, _ in self.datasets]
+        self.datasets = [(self.mosaicked[0], self._closing(_open_allowed(vrt)))]
+        self._grids = {}
 
     def _unpacked(self, files: Sequence[UploadedFile]) -> list[UploadedFile]:
         """The files, each archive among them replaced by the rasters it holds (``archives``: what each held, its

@@ -68,6 +68,8 @@ class Prediction:
     #: Files resampled onto the scene grid, and subdatasets that named no band.
     resampled: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: Files read as the tiles of one raster (``mapex_serve.mosaic``).
+    mosaicked: list[str] = field(default_factory=list)
     #: The archives the upload held: each one's members read and left out (``Unpacked.report``).
     archives: list[dict] = field(default_factory=list)
     #: The memory reserved for this prediction's outputs: release it once the response is encoded.
@@ -213,6 +215,7 @@ class SceneRun:
                             tile_rows=tile_cells(g.height, size, overlap_for(size)),
                             tile_cols=tile_cells(g.width, size, overlap_for(size)),
                             masked=masked, resampled=self.reader.resampled, ignored=self.scene.ignored_subdatasets,
+                            mosaicked=self.scene.mosaicked,
                             archives=[a.report() for a in self.scene.archives], reservation=reservation)
         if parts and self._mask is not None:
             labels, covered = self._mask

@@ -40,10 +40,12 @@ def _crs_string(wkt: str) -> str:
     return CRS.from_wkt(wkt).to_string()
 
 
-def grid_report(crs: CRS | None, transform: Affine, width: int, height: int, resampled: list[str]) -> dict[str, Any]:
-    """The scene grid as answers and job results state it."""
+def grid_report(crs: CRS | None, transform: Affine, width: int, height: int, resampled: list[str],
+                mosaicked: list[str] | None = None) -> dict[str, Any]:
+    """The scene grid as answers and job results state it (``mosaicked``: the files read as the tiles of one)."""
     return {"crs": _crs_string(crs.to_wkt()) if crs else None, "width": width, "height": height,
-            "pixel_size": [abs(transform.a), abs(transform.e)], "resampled": resampled}
+            "pixel_size": [abs(transform.a), abs(transform.e)], "resampled": resampled,
+            **({"mosaicked": mosaicked} if mosaicked else {})}
 
 
 def _reading(p: Prediction) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def _reading(p: Prediction) -> dict[str, Any]:
     g = p.profile
     return {
         "inputs": p.inputs,
-        "grid": grid_report(g["crs"], g["transform"], g["width"], g["height"], p.resampled),
+        "grid": grid_report(g["crs"], g["transform"], g["width"], g["height"], p.resampled, p.mosaicked),
         "masked_pixels": {"total": sum(p.masked.values()), "by_reason": p.masked},
         **({"ignored_subdatasets": p.ignored} if p.ignored else {}),
         **({"archives": p.archives} if p.archives else {}),

@@ -226,7 +226,7 @@ class JobScene:
                 "bands": list(route.bands), "provider": self.plan.providers[manifest.name],
                 "data": f"model trained on {manifest.data} data", "classes": classes, "valid_pixels": total,
                 "inputs": inputs,
-                "grid": grid_report(g.crs, g.transform, g.width, g.height, self.reader.resampled),
+                "grid": grid_report(g.crs, g.transform, g.width, g.height, self.reader.resampled, self.scene.mosaicked),
                 "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},
                 "catalogue": self.plan.sources.described,
                 **({"archives": self.plan.sources.archives} if self.plan.sources.archives else {}), "outputs": outputs}
@@ -241,7 +241,8 @@ class JobScene:
                        tile_rows=tile_cells(g.height, size, overlap_for(size)),
                        tile_cols=tile_cells(g.width, size, overlap_for(size)),
                        inputs=[b.report() for b in self.scene.bands], masked=self.reader.masked(),
-                       resampled=self.reader.resampled, archives=self.plan.sources.archives)
+                       resampled=self.reader.resampled, mosaicked=self.scene.mosaicked,
+                       archives=self.plan.sources.archives)
         folder = self.plan.folder
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "result.tif.tmp"

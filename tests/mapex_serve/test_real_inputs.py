@@ -14,6 +14,7 @@ import json
 import re
 import tarfile
 import zipfile
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -1294,3 +1295,67 @@ def test_archives_unpack_only_into_the_memory_budget_the_request_found_and_hold_
         RequestScene([UploadedFile("download.zip", data)], max_unpacked=members // 2, room=Room(members, members))
     assert RequestScene([UploadedFile("download.B4.tif", rgb["download.B4.tif"])]).held_bytes == len(
         rgb["download.B4.tif"])  # a part not read where it arrived is copied too
+
+
+# --- tiles of one export ---------------------------------------------------------------------------
+
+
+def export_tiles(stored: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...], name=None, descriptions=None):
+    """``stored`` cut at ``rows`` x ``cols`` as Earth Engine splits an export: ``<prefix>-<row>-<col>.tif``."""
+    edges_r, edges_c = (0, *rows, stored.shape[1]), (0, *cols, stored.shape[2])
+    out = []
+    for r0, r1 in pairwise(edges_r):
+        for c0, c1 in pairwise(edges_c):
+            file = (name or "s2_export-{r:010d}-{c:010d}.tif").format(r=r0, c=c0)
+            out.append(UploadedFile(file, tif(stored[:, r0:r1, c0:c1], descriptions,
+                                              origin=(500000 + 10 * c0, 5000000 - 10 * r0))))
+    return out
+
+
+def test_the_tiles_of_a_split_earth_engine_export_are_read_as_the_one_raster_they_are():
+    """Earth Engine splits a large export into ``<prefix>-<row>-<col>.tif`` files without band names. Sent together,
+    each band was 'given' once a tile (or, with bands=, the names had to cover every file's bands); now the tiles
+    are one raster, read as the whole export would be."""
+    stored = reflectance((3, 40, 60))
+    tiles = export_tiles(stored, (16,), (32,))
+    scene, reader, values, _ = read(tiles, ["B04", "B03", "B02"], bands=["B04", "B03", "B02"])
+    assert scene.mosaicked == [t.name for t in tiles] and (reader.width, reader.height) == (60, 40)
+    _, _, whole, _ = read(tif(stored), ["B04", "B03", "B02"], bands=["B04", "B03", "B02"])
+    np.testing.assert_array_equal(values, whole)
+    described = export_tiles(stored, (20,), (), name="scene_{r}_{c}.tif", descriptions=["B04", "B03", "B02"])
+    scene, _, values, _ = read(described, ["B04", "B03", "B02"])  # gdal_retile's tiles, named by description
+    assert len(scene.mosaicked) == 2
+    np.testing.assert_array_equal(values, whole)
+
+
+@pytest.mark.parametrize("case", ["a tile missing", "not Earth Engine's names", "other bands", "off the pixel grid"])
+def test_files_that_are_not_the_tiles_of_one_raster_stay_separate(case):
+    stored = reflectance((3, 40, 60))
+    tiles = export_tiles(stored, (16,), (32,))
+    if case == "a tile missing":  # skipEmptyTiles, or one not sent: no raster to read as one
+        tiles = tiles[:3]
+    elif case == "not Earth Engine's names":  # nothing says these undescribed files hold the same bands
+        tiles = [UploadedFile(f"part{i}.tif", t.data) for i, t in enumerate(tiles)]
+    elif case == "other bands":
+        tiles = export_tiles(stored, (16,), (32,), name="t-{r:010d}-{c:010d}.tif", descriptions=["B04", "B03", "B02"])
+        tiles[1] = UploadedFile(tiles[1].name, tif(stored[:, :16, 32:], ["B08", "B03", "B02"], origin=(500320, 5000000)))
+    else:
+        tiles[3] = UploadedFile(tiles[3].name, tif(stored[:, 16:, 32:], origin=(500325, 4999840)))
+    with pytest.raises((BandNamesMissingError, DuplicateBandError, GridMismatchError)):
+        read(tiles, ["B04", "B03", "B02"], bands=["B04", "B03", "B02"] if case != "other bands" else None)
+
+
+def test_a_job_reads_export_tiles_saved_on_its_volume_as_one_raster(tmp_path):
+    from mapex_serve.inputs import SourceFile
+
+    stored = reflectance((3, 40, 60))
+    files = []
+    for t in export_tiles(stored, (16,), (32,)):
+        (tmp_path / t.name).write_bytes(t.data)
+        files.append(SourceFile(t.name, str(tmp_path / t.name)))
+    scene = RequestScene(files, ["B04", "B03", "B02"])
+    assert len(scene.mosaicked) == 4 and scene.canonical_bands == ["B04", "B03", "B02"]
+    reader = scene.reader(["B04", "B03", "B02"], UnitOverrides())
+    from rasterio.windows import Window
+    values, _ = reader.read(Window(0, 0, 60, 40))
+    np.testing.assert_allclose(values, stored / 10000, rtol=1e-6)

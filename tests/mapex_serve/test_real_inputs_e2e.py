@@ -232,3 +232,22 @@ def test_a_planet_surface_reflectance_file_and_its_udm2_are_served_as_the_same_b
     np.testing.assert_array_equal(ours[20:], theirs[20:])
     radiance = post(server, "landcover-seg", [(f"{item}_AnalyticMS_clip.tif", tiff(bands, [None] * 4, like))])
     assert radiance.status_code == 422 and "ortho_analytic_4b_sr" in radiance.json()["detail"]
+
+
+def test_the_tiles_of_a_split_earth_engine_export_answer_as_the_whole_export(server):
+    """Real Sentinel-2 reflectance exported as Earth Engine splits a large image: four files without band names,
+    named by their offsets, sent as the parts of one request (read where they arrived, as every TIFF is)."""
+    with rasterio.open(S2) as src:
+        bands, transform, crs = src.read([3, 2, 1]), src.transform, src.crs
+    parts = []
+    for r0, r1 in ((0, 128), (128, 200)):
+        for c0, c1 in ((0, 160), (160, 300)):
+            like = {"crs": crs, "transform": transform * transform.translation(c0, r0), "nodata": 0}
+            parts.append((f"flood_export-{r0:010d}-{c0:010d}.tif", tiff(bands[:, r0:r1, c0:c1], [None] * 3, like)))
+    whole = [("flood_export.tif", tiff(bands, [None] * 3, {"crs": crs, "transform": transform, "nodata": 0}))]
+    r = post(server, "landcover-seg", parts, format="json", bands="B04,B03,B02")
+    assert r.status_code == 200, r.text
+    assert r.json()["grid"]["mosaicked"] == [name for name, _ in parts]
+    assert (r.json()["grid"]["width"], r.json()["grid"]["height"]) == (300, 200)
+    tiled = mask_of(post(server, "landcover-seg", parts, bands="B04,B03,B02"))
+    np.testing.assert_array_equal(tiled, mask_of(post(server, "landcover-seg", whole, bands="B04,B03,B02")))

@@ -1,0 +1,119 @@
+"""Tiles of one export read as one raster: Earth Engine splits a large export into files named
+``<prefix>-<row offset>-<col offset>.tif`` (``s1_flood-0000000000-0000032768.tif``), ``gdal_retile.py`` and
+other tilers cut a scene into described tiles.
+
+Sent as several files, such tiles are the same bands side by side, not bands to stack: each band would be given
+once a tile, and their extents do not overlap. When every file is a tile of one raster, the files become one VRT
+over them: same band count, data types, descriptions, scale, offset and no-data; one CRS and pixel size; on one
+pixel grid; no two overlapping, and together covering their bounding box exactly (Earth Engine's
+``skipEmptyTiles`` leaves holes: those files stay separate and get the usual 422). Files without band descriptions
+are taken as tiles only by Earth Engine's names, as nothing else says their bands are the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from xml.sax.saxutils import escape, quoteattr
+
+from affine import Affine
+from rasterio.dtypes import _gdal_typename
+from rasterio.io import DatasetReaderBase
+
+from mapex_serve.scene_reader import Grid
+
+__all__ = ["Tile", "mosaic_vrt"]
+
+#: Earth Engine's name for one file of a split export: the prefix, then the file's pixel offsets in the export.
+_EARTH_ENGINE_TILE = re.compile(r"^(?P<prefix>.+)-(?P<row>\d{10})-(?P<col>\d{10})\.tiff?$", re.I)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One opened file that may be a tile: its name as sent, the path GDAL opened it by, and its grid."""
+
+    name: str
+    dataset: DatasetReaderBase
+    grid: Grid
+
+
+def _same_bands(tiles: Sequence[Tile]) -> bool:
+    first = tiles[0].dataset
+    key = (first.count, first.dtypes, first.descriptions, first.scales, first.offsets, first.nodatavals, first.units)
+    if any((t.dataset.count, t.dataset.dtypes, t.dataset.descriptions, t.dataset.scales, t.dataset.offsets,
+            t.dataset.nodatavals, t.dataset.units) != key for t in tiles[1:]):
+        return False
+    if all(first.descriptions):
+        return True
+    prefixes = {m.group("prefix") if (m := _EARTH_ENGINE_TILE.match(PurePath(t.name).name)) else None for t in tiles}
+    return len(prefixes) == 1 and None not in prefixes
+
+
+def _placement(tiles: Sequence[Tile]) -> tuple[Affine, list[tuple[int, int]]] | None:
+    """The mosaic's transform and each tile's (row, col) in it, when the tiles lie on one north-up pixel grid."""
+    t0 = tiles[0].grid.transform
+    if any(t.grid.crs != tiles[0].grid.crs or (t.grid.transform.a, t.grid.transform.e) != (t0.a, t0.e)
+           or t.grid.transform.b or t.grid.transform.d for t in tiles):
+        return None
+    west = min(t.grid.transform.c for t in tiles)
+    north = (max if t0.e < 0 else min)(t.grid.transform.f for t in tiles)
+    offsets = []
+    for t in tiles:
+        col, row = (t.grid.transform.c - west) / t0.a, (t.grid.transform.f - north) / t0.e
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            return None
+        offsets.append((round(row), round(col)))
+    return Affine(t0.a, 0.0, west, 0.0, t0.e, north), offsets
+
+
+def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
+    """The VRT of ``tiles`` as one raster and its grid, when they are the tiles of one (module docstring); else None."""
+    if len(tiles) < 2 or not _same_bands(tiles) or (placed := _placement(tiles)) is None:
+        return None
+    transform, offsets = placed
+    boxes = [(r, c, r + t.grid.height, c + t.grid.width) for (r, c), t in zip(offsets, tiles, strict=True)]
+    height, width = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    overlapping = any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                      for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    if overlapping or sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) != height * width:
+        return None  # bands to stack, or tiles with holes between them
+    first, crs = tiles[0].dataset, tiles[0].grid.crs
+    lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+    if crs is not None:
+        lines.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
+    lines.append(f"  <GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>")
+    lines += _metadata(first.tags(), "  ")
+    for band in range(1, first.count + 1):
+        lines.append(f'  <VRTRasterBand dataType="{_gdal_typename(first.dtypes[band - 1])}" band="{band}">')
+        if description := first.descriptions[band - 1]:
+            lines.append(f"    <Description>{escape(description)}</Description>")
+        if (nodata := first.nodatavals[band - 1]) is not None:
+            lines.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
+        if first.units and first.units[band - 1]:
+            lines.append(f"    <UnitType>{escape(first.units[band - 1])}</UnitType>")
+        if (first.scales[band - 1], first.offsets[band - 1]) != (1.0, 0.0):
+            lines.append(f"    <Offset>{first.offsets[band - 1]!r}</Offset>")
+            lines.append(f"    <Scale>{first.scales[band - 1]!r}</Scale>")
+        lines += _metadata(first.tags(band), "    ")
+        for (row, col), t in zip(offsets, tiles, strict=True):
+            w, h = t.grid.width, t.grid.height
+            lines += [
+                "    <SimpleSource>",
+                f'      <SourceFilename relativeToVRT="0">{escape(t.dataset.name)}</SourceFilename>',
+                f"      <SourceBand>{band}</SourceBand>",
+                f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                f'      <DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/>',
+                "    </SimpleSource>",
+            ]
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    return "\n".join(lines), Grid(crs, transform, width, height)
+
+
+def _metadata(tags: dict[str, str], indent: str) -> list[str]:
+    if not tags:
+        return []
+    items = "".join(f"<MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in tags.items())
+    return [f"{indent}<Metadata>{items}</Metadata>"]
