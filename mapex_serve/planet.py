@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Literal
 
 from rasterio.io import DatasetReaderBase
@@ -33,6 +32,7 @@ Kind = Literal["surface reflectance", "radiance", "visual", "udm2", "udm"]
 #: (``20210913_211131_ssc15_u0001_...``, ``..._ssc3d1_...``) file names, and what the Orders API appends.
 _ITEM = re.compile(r"^\d{8}_\d{6}_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+(?:d\d)?_u\d{4})_(?P<asset>.+?)"
                    r"(?:_clip)?(?:_reproject\w*)?\.tiff?$", re.I)
+_COMPOSITE_UDM2 = re.compile(r"(?:\w+_)?udm2(?:_clip)?\.tiff?", re.I)
 _ANALYTIC = re.compile(r"^analytic(?:ms)?(?P<sr>_sr)?(?:_(?P<bands>[358])b)?(?P<harmonized>_harmonized)?$", re.I)
 _ASSET_KINDS: dict[str, Kind] = {"visual": "visual", "udm2": "udm2", "analyticms_dn_udm": "udm", "dn_udm": "udm",
                                  "udm": "udm"}
@@ -135,8 +135,8 @@ def _surface_reflectance_json(src: DatasetReaderBase) -> bool:
 
 def planet_product(src: DatasetReaderBase, filename: str | None) -> PlanetProduct | None:
     """The Planet asset ``src`` is, by its file name, else by its surface reflectance JSON; None for other files."""
-    name = PurePath(filename or "").name
-    if m := _ITEM.match(name):
+    name = (filename or "").rsplit("/", 1)[-1]
+    if name[:8].isdigit() and (m := _ITEM.match(name)):
         asset = m.group("asset").lower()
         told_by = "by its file name"
         if a := _ANALYTIC.match(asset):
@@ -144,7 +144,7 @@ def planet_product(src: DatasetReaderBase, filename: str | None) -> PlanetProduc
             return PlanetProduct(kind, told_by, harmonized=bool(a.group("harmonized")))
         if asset in _ASSET_KINDS:
             return PlanetProduct(_ASSET_KINDS[asset], told_by)
-    if re.fullmatch(r"(?:\w+_)?udm2(?:_clip)?\.tiff?", name, re.I) and src.count == 8:  # the composite tool's
+    if src.count == 8 and _COMPOSITE_UDM2.fullmatch(name):  # the Orders API composite tool's
         return PlanetProduct("udm2", "by its file name")
     if _surface_reflectance_json(src):
         return PlanetProduct("surface reflectance", "by the atmospheric_correction JSON in its TIFFTAG_IMAGEDESCRIPTION")

@@ -234,8 +234,8 @@ _OPERA_RTC = re.compile(r"^OPERA_L2_RTC-S1(?:-STATIC)?_[\w.\-]+?_(VV|VH|HH|HV|ma
 
 def _opera(filename: str | None) -> BandIdentity | None:
     """The identity an OPERA RTC-S1 file's name states, with its unit; None for any other name."""
-    m = _OPERA_RTC.match(PurePath(filename or "").name)
-    if m is None:
+    name = (filename or "").rsplit("/", 1)[-1]
+    if not name.startswith("OPERA_") or (m := _OPERA_RTC.match(name)) is None:
         return None
     rule, layer = "OPERA RTC-S1 file name", m.group(1)
     if layer.lower() == "mask":
