@@ -4,8 +4,8 @@ other tilers cut a scene into described tiles.
 
 Sent as several files, such tiles are the same bands side by side, not bands to stack: each band would be given
 once a tile, and their extents do not overlap. When every file is a tile of one raster, the files become one VRT
-over them: same band count, data types, descriptions, scale, offset and no-data; one CRS and pixel size; on one
-pixel grid; no two overlapping, and together covering their bounding box exactly (Earth Engine's
+over them: same band count, data types, descriptions, scale, offset, no-data and masks (carried over); one CRS
+and pixel size; on one pixel grid; no two overlapping, and together covering their bounding box exactly (Earth Engine's
 ``skipEmptyTiles`` leaves holes: those files stay separate and get the usual 422). Files without band descriptions
 are taken as tiles only by Earth Engine's names, as nothing else says their bands are the same.
 """
@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from affine import Affine
 from rasterio.dtypes import _gdal_typename
+from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReaderBase
 
 from mapex_serve.scene_reader import Grid
@@ -39,11 +40,22 @@ class Tile:
     grid: Grid
 
 
+def _bands(ds: DatasetReaderBase) -> tuple:
+    return ds.count, ds.dtypes, ds.descriptions, ds.scales, ds.offsets, ds.nodatavals, ds.units, ds.mask_flag_enums
+
+
+def _masked(ds: DatasetReaderBase) -> bool | None:
+    """Whether the file has a mask of its own (internal, ``.msk`` or alpha) for the VRT to carry; None for masks
+    a VRT band cannot (one a band)."""
+    flags = set(ds.mask_flag_enums[0])
+    if flags <= {MaskFlags.all_valid, MaskFlags.nodata}:
+        return False
+    return True if MaskFlags.per_dataset in flags else None
+
+
 def _same_bands(tiles: Sequence[Tile]) -> bool:
     first = tiles[0].dataset
-    key = (first.count, first.dtypes, first.descriptions, first.scales, first.offsets, first.nodatavals, first.units)
-    if any((t.dataset.count, t.dataset.dtypes, t.dataset.descriptions, t.dataset.scales, t.dataset.offsets,
-            t.dataset.nodatavals, t.dataset.units) != key for t in tiles[1:]):
+    if any(_bands(t.dataset) != _bands(first) for t in tiles[1:]) or _masked(first) is None:
         return False
     if all(first.descriptions):
         return True
@@ -97,19 +109,27 @@ def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
             lines.append(f"    <Offset>{first.offsets[band - 1]!r}</Offset>")
             lines.append(f"    <Scale>{first.scales[band - 1]!r}</Scale>")
         lines += _metadata(first.tags(band), "    ")
-        for (row, col), t in zip(offsets, tiles, strict=True):
-            w, h = t.grid.width, t.grid.height
-            lines += [
-                "    <SimpleSource>",
-                f'      <SourceFilename relativeToVRT="0">{escape(t.dataset.name)}</SourceFilename>',
-                f"      <SourceBand>{band}</SourceBand>",
-                f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
-                f'      <DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/>',
-                "    </SimpleSource>",
-            ]
+        lines += _sources(tiles, offsets, str(band), "    ")
         lines.append("  </VRTRasterBand>")
+    if _masked(first):  # the tiles' masks, as the dataset's: GDAL reads a source's with SourceBand mask,1
+        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">',
+                  *_sources(tiles, offsets, "mask,1", "      "), "    </VRTRasterBand>", "  </MaskBand>"]
     lines.append("</VRTDataset>")
     return "\n".join(lines), Grid(crs, transform, width, height)
+
+
+def _sources(tiles: Sequence[Tile], offsets: Sequence[tuple[int, int]], band: str, indent: str) -> list[str]:
+    """A VRT band's sources: band ``band`` of each tile, placed at its offset."""
+    lines = []
+    for (row, col), t in zip(offsets, tiles, strict=True):
+        w, h = t.grid.width, t.grid.height
+        lines += [f"{indent}<SimpleSource>",
+                  f'{indent}  <SourceFilename relativeToVRT="0">{escape(t.dataset.name)}</SourceFilename>',
+                  f"{indent}  <SourceBand>{band}</SourceBand>",
+                  f'{indent}  <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                  f'{indent}  <DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/>',
+                  f"{indent}</SimpleSource>"]
+    return lines
 
 
 def _metadata(tags: dict[str, str], indent: str) -> list[str]:

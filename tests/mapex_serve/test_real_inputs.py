@@ -1300,15 +1300,18 @@ def test_archives_unpack_only_into_the_memory_budget_the_request_found_and_hold_
 # --- tiles of one export ---------------------------------------------------------------------------
 
 
-def export_tiles(stored: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...], name=None, descriptions=None):
-    """``stored`` cut at ``rows`` x ``cols`` as Earth Engine splits an export: ``<prefix>-<row>-<col>.tif``."""
+def export_tiles(stored: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...], name=None, descriptions=None,
+                 mask=None):
+    """``stored`` (and its ``mask``) cut at ``rows`` x ``cols`` as Earth Engine splits an export:
+    ``<prefix>-<row>-<col>.tif``."""
     edges_r, edges_c = (0, *rows, stored.shape[1]), (0, *cols, stored.shape[2])
     out = []
     for r0, r1 in pairwise(edges_r):
         for c0, c1 in pairwise(edges_c):
             file = (name or "s2_export-{r:010d}-{c:010d}.tif").format(r=r0, c=c0)
             out.append(UploadedFile(file, tif(stored[:, r0:r1, c0:c1], descriptions,
-                                              origin=(500000 + 10 * c0, 5000000 - 10 * r0))))
+                                              origin=(500000 + 10 * c0, 5000000 - 10 * r0),
+                                              mask=None if mask is None else mask[r0:r1, c0:c1])))
     return out
 
 
@@ -1326,6 +1329,10 @@ def test_the_tiles_of_a_split_earth_engine_export_are_read_as_the_one_raster_the
     scene, _, values, _ = read(described, ["B04", "B03", "B02"])  # gdal_retile's tiles, named by description
     assert len(scene.mosaicked) == 2
     np.testing.assert_array_equal(values, whole)
+    mask = np.full((40, 60), 255, np.uint8)
+    mask[:5], mask[30:, 50:] = 0, 0  # the tiles' own masks, carried by the mosaic (a VRT drops them unless told)
+    _, reader, _, reasons = read(export_tiles(stored, (16,), (32,), mask=mask), ["B04"], bands=["B04", "-", "-"])
+    assert reader.masked() == {"nodata, mask or alpha band": 400} and ((reasons != 0) == (mask == 0)).all()
 
 
 @pytest.mark.parametrize("case", ["a tile missing", "not Earth Engine's names", "other bands", "off the pixel grid"])
