@@ -413,7 +413,7 @@ class RequestScene:
     def _mosaic(self) -> None:
         """Files that are the tiles of one raster (an Earth Engine export split in several) become that raster, named
         as its first tile: one VRT over them in the request's folder."""
-        if len(self.datasets) < 2 or self._snap or any(name in self._nodata for name, _ in self.datasets[1:]):
+        if len(self.datasets) < 2 or self._snap or self._nodata:  # a SNAP header's bands; a STAC item's assets
             return
         tiles = [Tile(name, ds, self._grids.get(name) or Grid.of(ds)) for name, ds in self.datasets]
         if (found := mosaic_vrt(tiles)) is None:
