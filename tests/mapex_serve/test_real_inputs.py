@@ -1366,3 +1366,27 @@ def test_a_job_reads_export_tiles_saved_on_its_volume_as_one_raster(tmp_path):
     from rasterio.windows import Window
     values, _ = reader.read(Window(0, 0, 60, 40))
     np.testing.assert_allclose(values, stored / 10000, rtol=1e-6)
+
+
+@settings(max_examples=40, deadline=None, phases=[Phase.generate])
+@given(rows=st.lists(st.integers(1, 39), min_size=1, max_size=3, unique=True),
+       cols=st.lists(st.integers(1, 59), max_size=3, unique=True), order=st.randoms(use_true_random=False),
+       drop=st.booleans())
+def test_any_cut_of_an_export_sent_in_any_order_reads_as_the_whole_or_is_refused(rows, cols, order, drop):
+    """Cut anywhere, sent in any order, the tiles read as the whole export; with one left out, as the rectangle the
+    others still cover, or refused where they cover none."""
+    stored = reflectance((2, 40, 60))
+    tiles = export_tiles(stored, tuple(sorted(rows)), tuple(sorted(cols)))
+    order.shuffle(tiles)
+    if drop:
+        tiles = tiles[1:]
+    try:
+        scene, reader, values, _ = read(tiles, ["B11", "B12"], bands=["B11", "B12"])
+    except (BandNamesMissingError, DuplicateBandError, GridMismatchError):
+        assert drop and len(tiles) > 1
+        return
+    assert scene.mosaicked == ([t.name for t in tiles] if len(tiles) > 1 else [])
+    t = reader.grid.transform
+    row, col = round((5000000 - t.f) / 10), round((t.c - 500000) / 10)
+    assert not drop or (reader.height, reader.width) != (40, 60)
+    np.testing.assert_allclose(values, stored[:, row:row + reader.height, col:col + reader.width] / 10000, rtol=1e-6)
