@@ -540,11 +540,22 @@ class RequestScene:
                         f"send one {dim} step (openEO: filter_temporal to one date, or reduce_dimension over {dim}; "
                         f"xarray: .isel({dim}=0)), a request or job a step, or bands= naming the one to read and "
                         f"'-' for the others")
+                if first.file != b.file and len(same := self._identities(b.file)) > 1 and self._identities(
+                        first.file) == same:
+                    raise DuplicateBandError(
+                        f"{first.file} and {b.file} hold the same bands ({', '.join(same)}): two "
+                        f"scenes, or tiles of one with gaps between them or overlapping; a request is one scene: send "
+                        f"one, or the tiles of one that cover it without gaps (read as one raster), or a mosaic of "
+                        f"them (gdalbuildvrt, then gdal_translate)")
                 raise DuplicateBandError(
                     f"{key} is given twice: {first.file} band {first.index} ({first.identity.found!r}) and {b.file} "
                     f"band {b.index} ({b.identity.found!r}); send it once, or pass bands= with '-' for the copy to skip"
                 )
             seen[key] = b
+
+    def _identities(self, file: str) -> list[str]:
+        """What the bands of ``file`` were identified as (``-`` for none)."""
+        return [b.identity.canonical or b.identity.quality or "-" for b in self.bands if b.file == file]
 
     # -- what the request holds ---------------------------------------------------------------------
 

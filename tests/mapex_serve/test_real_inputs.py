@@ -425,6 +425,10 @@ def test_a_band_given_twice_is_refused():
     with pytest.raises(DuplicateBandError, match="VV is given twice"):
         RequestScene([UploadedFile("a.tif", tif(sar_db((1, 8, 8)), ["VV"])),
                       UploadedFile("b.tif", tif(sar_db((1, 8, 8)), ["vv"]))])
+    # Two files of the same bands that are no tiles of one raster (two dates; tiles overlapping or with a gap)
+    with pytest.raises(DuplicateBandError, match=r"a.tif and b.tif hold the same bands \(VV, VH\): two scenes.*gaps"):
+        RequestScene([UploadedFile("a.tif", tif(sar_db((2, 8, 8)), ["VV", "VH"])),
+                      UploadedFile("b.tif", tif(sar_db((2, 8, 8)), ["VV", "VH"], origin=(500040, 5000000)))])
 
 
 # --- containers ------------------------------------------------------------------------------------
