@@ -33,7 +33,8 @@ _EARTH_ENGINE_TILE = re.compile(r"^(?P<prefix>.+)-(?P<row>\d{10})-(?P<col>\d{10}
 
 @dataclass(frozen=True)
 class Tile:
-    """One opened file that may be a tile: its name as sent, the path GDAL opened it by, and its grid."""
+    """One opened file that may be a tile: its name as sent, its dataset (the VRT reads it by the dataset's name)
+    and its grid."""
 
     name: str
     dataset: DatasetReaderBase
@@ -66,7 +67,7 @@ def _same_bands(tiles: Sequence[Tile]) -> bool:
 def _placement(tiles: Sequence[Tile]) -> tuple[Affine, list[tuple[int, int]]] | None:
     """The mosaic's transform and each tile's (row, col) in it, when the tiles lie on one north-up pixel grid."""
     t0 = tiles[0].grid.transform
-    if any(t.grid.crs != tiles[0].grid.crs or (t.grid.transform.a, t.grid.transform.e) != (t0.a, t0.e)
+    if t0.a <= 0 or any(t.grid.crs != tiles[0].grid.crs or (t.grid.transform.a, t.grid.transform.e) != (t0.a, t0.e)
            or t.grid.transform.b or t.grid.transform.d for t in tiles):
         return None
     west = min(t.grid.transform.c for t in tiles)
