@@ -29,15 +29,16 @@ __all__ = ["PlanetBand", "PlanetProduct", "planet_product"]
 Kind = Literal["surface reflectance", "radiance", "visual", "udm2", "udm"]
 
 #: PSScene (``20230912_175450_00_2439_3B_...``; before 2019 without the subsecond field) and SkySat
-#: (``20210913_211131_ssc15_u0001_...``, ``..._ssc3d1_...``) file names, and what the Orders API appends.
+#: (``20210913_211131_ssc15_u0001_...``, ``..._ssc3d1_...``) file names, and the ``_clip`` the Orders API appends.
 _ITEM = re.compile(r"^\d{8}_\d{6}_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+(?:d\d)?_u\d{4})_(?P<asset>.+?)"
-                   r"(?:_clip)?(?:_reproject\w*)?\.tiff?$", re.I)
+                   r"(?:_clip)?\.tiff?$", re.I)
 _COMPOSITE_UDM2 = re.compile(r"(?:\w+_)?udm2(?:_clip)?\.tiff?", re.I)
-_ANALYTIC = re.compile(r"^analytic(?:ms)?(?P<sr>_sr)?(?:_(?P<bands>[358])b)?(?P<harmonized>_harmonized)?$", re.I)
+_ANALYTIC = re.compile(r"^analytic(?:ms)?(?P<sr>_sr)?(?:_[358]b)?(?P<harmonized>_harmonized)?$", re.I)
 _ASSET_KINDS: dict[str, Kind] = {"visual": "visual", "udm2": "udm2", "analyticms_dn_udm": "udm", "dn_udm": "udm",
                                  "udm": "udm"}
 
-#: Band names by position where a file carries none (Planet's asset tables); each name -> (model band, passband).
+#: Band names by position where a file carries none (Planet's asset tables; the radiance assets' order is the
+#: surface reflectance ones').
 _BY_POSITION: dict[tuple[Kind, int], tuple[str, ...]] = {
     ("surface reflectance", 3): ("red", "green", "blue"),  # ortho_analytic_3b
     ("surface reflectance", 4): ("blue", "green", "red", "nir"),
