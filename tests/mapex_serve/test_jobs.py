@@ -157,6 +157,34 @@ def test_a_tar_gz_of_band_files_is_unpacked_onto_the_volume_and_gives_the_stacke
     assert (labels == stacked).mean() >= 0.999
 
 
+def test_a_zip_of_earth_engine_export_tiles_is_read_as_the_one_scene(jobs_server, uploaded, sar, tmp_path,
+                                                                      server_type):
+    """A large Earth Engine export comes as ``<prefix>-<row>-<col>.tif`` files without band names; zipped and sent
+    as a job, they are unpacked onto the volume and read as the one scene they are (one VRT over them, its rows
+    split across the decode workers like any scene's): the mask of the stacked COG."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for r0, r1 in ((0, 160), (160, sar.shape[1])):
+            for c0, c1 in ((0, 96), (96, sar.shape[2])):
+                tile = write_cog(tmp_path / "tile.tif", sar[:, r0:r1, c0:c1], None,
+                                 origin=(500000 + 10 * c0, 5000000 - 10 * r0))
+                z.writestr(f"s1_flood-{r0:010d}-{c0:010d}.tif", tile.read_bytes())
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", content=out.getvalue(), params={"bands": "VV,VH"}, timeout=60,
+                   headers={"content-type": "application/zip"})
+    assert r.status_code == 202, r.text
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done", status
+    summary = result(jobs_server.url, status["id"], "json").json()
+    assert len(summary["grid"]["mosaicked"]) == 4
+    assert (summary["grid"]["width"], summary["grid"]["height"]) == (sar.shape[2], sar.shape[1])
+    labels = cog_array(server_type, result(jobs_server.url, status["id"], "geotiff").content)[0]
+    stacked = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    assert (labels == stacked).mean() >= 0.999
+
+
 def test_metrics_count_the_jobs_in_the_store_by_task_and_state(jobs_server, uploaded):
     from prometheus_client.parser import text_string_to_metric_families
 
