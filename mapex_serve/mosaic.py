@@ -5,9 +5,10 @@ other tilers cut a scene into described tiles.
 Sent as several files, such tiles are the same bands side by side, not bands to stack: each band would be given
 once a tile, and their extents do not overlap. When every file is a tile of one raster, the files become one VRT
 over them: same band count, data types, descriptions, scale, offset, no-data and masks (carried over); one CRS
-and pixel size; on one pixel grid; no two overlapping, and together covering their bounding box exactly (Earth Engine's
-``skipEmptyTiles`` leaves holes: those files stay separate and get the usual 422). Files without band descriptions
-are taken as tiles only by Earth Engine's names, as nothing else says their bands are the same.
+and pixel size; on one pixel grid; no two overlapping; and together covering their bounding box exactly, or, for
+Earth Engine's tiles (``skipEmptyTiles`` leaves out the empty ones), lying where their names say, the holes then
+masked. Files without band descriptions are taken as tiles only by Earth Engine's names, as nothing else says
+their bands are the same.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
     height, width = max(b[2] for b in boxes), max(b[3] for b in boxes)
     overlapping = any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
                       for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    if overlapping or sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) != height * width:
-        return None  # bands to stack, or tiles with holes between them
+    holes = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) != height * width
+    if overlapping or holes and not _placed_as_named(tiles, offsets):
+        return None  # bands to stack, or tiles with holes between them that no name places
     first, crs = tiles[0].dataset, tiles[0].grid.crs
     lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if crs is not None:
@@ -112,25 +114,41 @@ def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
         lines += _metadata(first.tags(band), "    ")
         lines += _sources(tiles, offsets, str(band), "    ")
         lines.append("  </VRTRasterBand>")
-    if _masked(first):  # the tiles' masks, as the dataset's: GDAL reads a source's with SourceBand mask,1
-        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">',
-                  *_sources(tiles, offsets, "mask,1", "      "), "    </VRTRasterBand>", "  </MaskBand>"]
+    if _masked(first) or holes:  # the tiles' masks (GDAL reads a source's as band mask,1), or 255 where a tile is
+        sources = _sources(tiles, offsets, "mask,1", "      ") if _masked(first) else _sources(
+            tiles, offsets, "1", "      ", constant=255)
+        lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', *sources, "    </VRTRasterBand>", "  </MaskBand>"]
     lines.append("</VRTDataset>")
     return "\n".join(lines), Grid(crs, transform, width, height)
 
 
-def _sources(tiles: Sequence[Tile], offsets: Sequence[tuple[int, int]], band: str, indent: str) -> list[str]:
-    """A VRT band's sources: band ``band`` of each tile, placed at its offset."""
+def _sources(tiles: Sequence[Tile], offsets: Sequence[tuple[int, int]], band: str, indent: str,
+             constant: int | None = None) -> list[str]:
+    """A VRT band's sources: band ``band`` of each tile placed at its offset, or ``constant`` over each tile's area."""
+    kind = "SimpleSource" if constant is None else "ComplexSource"
+    scaled = [] if constant is None else [f"{indent}  <ScaleOffset>{constant}</ScaleOffset>",
+                                          f"{indent}  <ScaleRatio>0</ScaleRatio>"]
     lines = []
     for (row, col), t in zip(offsets, tiles, strict=True):
         w, h = t.grid.width, t.grid.height
-        lines += [f"{indent}<SimpleSource>",
+        lines += [f"{indent}<{kind}>",
                   f'{indent}  <SourceFilename relativeToVRT="0">{escape(t.dataset.name)}</SourceFilename>',
-                  f"{indent}  <SourceBand>{band}</SourceBand>",
+                  f"{indent}  <SourceBand>{band}</SourceBand>", *scaled,
                   f'{indent}  <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
                   f'{indent}  <DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/>',
-                  f"{indent}</SimpleSource>"]
+                  f"{indent}</{kind}>"]
     return lines
+
+
+def _placed_as_named(tiles: Sequence[Tile], offsets: Sequence[tuple[int, int]]) -> bool:
+    """True when every tile has Earth Engine's name and the offsets in the names are where the tiles lie: an export
+    whose empty tiles were skipped (``skipEmptyTiles``), whose holes are then no data."""
+    named = [_EARTH_ENGINE_TILE.match(PurePath(t.name).name) for t in tiles]
+    if not all(named):
+        return False
+    at = [(int(m.group("row")), int(m.group("col"))) for m in named]
+    r0, c0 = min(r for r, _ in at), min(c for _, c in at)
+    return [(r - r0, c - c0) for r, c in at] == list(offsets)
 
 
 def _metadata(tags: dict[str, str], indent: str) -> list[str]:

@@ -1343,8 +1343,8 @@ def test_the_tiles_of_a_split_earth_engine_export_are_read_as_the_one_raster_the
 def test_files_that_are_not_the_tiles_of_one_raster_stay_separate(case):
     stored = reflectance((3, 40, 60))
     tiles = export_tiles(stored, (16,), (32,))
-    if case == "a tile missing":  # skipEmptyTiles, or one not sent: no raster to read as one
-        tiles = tiles[:3]
+    if case == "a tile missing":  # described tiles with a hole: nothing places them in one raster
+        tiles = export_tiles(stored, (16,), (32,), name="t_{r}_{c}.tif", descriptions=["B04", "B03", "B02"])[:3]
     elif case == "not Earth Engine's names":  # nothing says these undescribed files hold the same bands
         tiles = [UploadedFile(f"part{i}.tif", t.data) for i, t in enumerate(tiles)]
     elif case == "other bands":
@@ -1353,7 +1353,26 @@ def test_files_that_are_not_the_tiles_of_one_raster_stay_separate(case):
     else:
         tiles[3] = UploadedFile(tiles[3].name, tif(stored[:, 16:, 32:], origin=(500325, 4999840)))
     with pytest.raises((BandNamesMissingError, DuplicateBandError, GridMismatchError)):
-        read(tiles, ["B04", "B03", "B02"], bands=["B04", "B03", "B02"] if case != "other bands" else None)
+        read(tiles, ["B04", "B03", "B02"], bands=None if case in ("other bands", "a tile missing") else ["B04", "B03",
+                                                                                                        "B02"])
+
+
+def test_an_earth_engine_export_with_empty_tiles_skipped_has_its_holes_masked():
+    """``skipEmptyTiles`` leaves out the files of empty tiles; the names still say where each file lies, so the
+    others are read as the export with no data where the skipped ones were."""
+    stored = reflectance((3, 40, 60))
+    tiles = export_tiles(stored, (16,), (32,))
+    skipped = [t for t in tiles if not t.name.endswith("-0000000000-0000000032.tif")]  # the top right one
+    scene, reader, values, reasons = read(skipped, ["B04", "B03", "B02"], bands=["B04", "B03", "B02"])
+    assert len(scene.mosaicked) == 3 and (reader.width, reader.height) == (60, 40)
+    assert reader.masked() == {"nodata, mask or alpha band": 16 * 28}
+    hole = np.zeros((40, 60), bool)
+    hole[:16, 32:] = True
+    assert ((reasons != 0) == hole).all()
+    np.testing.assert_allclose(values[:, ~hole], stored[:, ~hole] / 10000, rtol=1e-6)
+    misnamed = [UploadedFile(t.name.replace("-0000000016-", "-0000000008-"), t.data) for t in skipped]
+    with pytest.raises((BandNamesMissingError, DuplicateBandError, GridMismatchError)):  # names that misplace them
+        read(misnamed, ["B04", "B03", "B02"], bands=["B04", "B03", "B02"])
 
 
 def test_a_job_reads_export_tiles_saved_on_its_volume_as_one_raster(tmp_path):
@@ -1376,21 +1395,27 @@ def test_a_job_reads_export_tiles_saved_on_its_volume_as_one_raster(tmp_path):
 @given(rows=st.lists(st.integers(1, 39), min_size=1, max_size=3, unique=True),
        cols=st.lists(st.integers(1, 59), max_size=3, unique=True), order=st.randoms(use_true_random=False),
        drop=st.booleans())
-def test_any_cut_of_an_export_sent_in_any_order_reads_as_the_whole_or_is_refused(rows, cols, order, drop):
-    """Cut anywhere, sent in any order, the tiles read as the whole export; with one left out, as the rectangle the
-    others still cover, or refused where they cover none."""
+def test_any_cut_of_an_export_sent_in_any_order_reads_as_the_whole_with_a_skipped_tile_masked(rows, cols, order, drop):
+    """Cut anywhere, sent in any order, the tiles read as the whole export; with one left out (``skipEmptyTiles``),
+    as the export with no data where it was, or as the rectangle the others cover."""
     stored = reflectance((2, 40, 60))
     tiles = export_tiles(stored, tuple(sorted(rows)), tuple(sorted(cols)))
     order.shuffle(tiles)
     if drop:
         tiles = tiles[1:]
-    try:
-        scene, reader, values, _ = read(tiles, ["B11", "B12"], bands=["B11", "B12"])
-    except (BandNamesMissingError, DuplicateBandError, GridMismatchError):
-        assert drop and len(tiles) > 1
-        return
+    scene, reader, values, reasons = read(tiles, ["B11", "B12"], bands=["B11", "B12"])
     assert scene.mosaicked == ([t.name for t in tiles] if len(tiles) > 1 else [])
+    covered = np.zeros((40, 60), bool)
+    for tile in tiles:
+        with MemoryFile(tile.data) as mem, mem.open() as src:
+            r0, c0 = round((5000000 - src.transform.f) / 10), round((src.transform.c - 500000) / 10)
+            covered[r0:r0 + src.height, c0:c0 + src.width] = True
     t = reader.grid.transform
-    row, col = round((5000000 - t.f) / 10), round((t.c - 500000) / 10)
-    assert not drop or (reader.height, reader.width) != (40, 60)
-    np.testing.assert_allclose(values, stored[:, row:row + reader.height, col:col + reader.width] / 10000, rtol=1e-6)
+    rows_read = slice(round((5000000 - t.f) / 10), round((5000000 - t.f) / 10) + reader.height)
+    cols_read = slice(round((t.c - 500000) / 10), round((t.c - 500000) / 10) + reader.width)
+    outside = covered.copy()
+    outside[rows_read, cols_read] = False
+    assert not outside.any()  # the grid holds every tile sent
+    assert ((reasons == 0) == covered[rows_read, cols_read]).all()
+    np.testing.assert_allclose(values[:, reasons == 0], stored[:, rows_read, cols_read][:, reasons == 0] / 10000,
+                               rtol=1e-6)
