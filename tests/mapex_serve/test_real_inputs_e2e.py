@@ -251,3 +251,6 @@ def test_the_tiles_of_a_split_earth_engine_export_answer_as_the_whole_export(ser
     assert (r.json()["grid"]["width"], r.json()["grid"]["height"]) == (300, 200)
     tiled = mask_of(post(server, "landcover-seg", parts, bands="B04,B03,B02"))
     np.testing.assert_array_equal(tiled, mask_of(post(server, "landcover-seg", whole, bands="B04,B03,B02")))
+    skipped = post(server, "landcover-seg", parts[:3], format="json", bands="B04,B03,B02")  # skipEmptyTiles
+    assert skipped.status_code == 200, skipped.text
+    assert skipped.json()["masked_pixels"] == {"total": 72 * 140, "by_reason": {"nodata, mask or alpha band": 72 * 140}}
