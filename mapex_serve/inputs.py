@@ -38,6 +38,7 @@ from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.mosaic import Tile, mosaic_vrt
+from mapex_serve.planet import planet_product
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
@@ -519,10 +520,12 @@ class RequestScene:
             source = "subdataset name" if variable else "file name"
             snap = self._snap.get(name)
             nodata = self._nodata.get(name) or (snap and tuple(b.nodata for b in snap))
-            identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap])
+            planet = planet_product(ds, file)
+            identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap], planet)
             for i, identity in enumerate(identities, start=1):
                 self.bands.append(InputBand(name, i, ds, identity, landsat, nodata=nodata[i - 1] if nodata else None,
-                                            file_grid=self._grids.get(name), snap=snap[i - 1] if snap else None))
+                                            file_grid=self._grids.get(name), snap=snap[i - 1] if snap else None,
+                                            planet=planet))
         if not any(b.identity.used for b in self.bands):
             raise missing_names_error(total, [b.identity.found for b in self.bands], bands)
         seen: dict[str, InputBand] = {}
@@ -616,7 +619,8 @@ class RequestScene:
         reader = SceneReader(grid, used, quality, self._stack)
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
-                                          overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap)
+                                          overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,
+                                          planet=b.planet)
         if sample:
             check_values(reader, sample)
         return reader

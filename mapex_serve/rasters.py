@@ -41,7 +41,7 @@ from mapex_serve.bands import (
     resolve_bands,
 )
 from mapex_serve.errors import MapexError
-from mapex_serve.planet import PlanetProduct, planet_product
+from mapex_serve.planet import PlanetProduct
 from mapex_serve.units import UnitError
 
 __all__ = [
@@ -322,13 +322,14 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
 
 def identify_bands(
     src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None,
-    name_source: str = "file name", header_names: Sequence[str] | None = None,
+    name_source: str = "file name", header_names: Sequence[str] | None = None, planet: PlanetProduct | None = None,
 ) -> list[BandIdentity]:
     """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file.
 
     ``filename`` names a single-band ``src`` when nothing inside it does (``name_source`` says what it
     is: a file name, or the variable name of a NetCDF/HDF5 subdataset). ``header_names``: one a band, the
-    names a header GDAL does not read gives them (SNAP's, ``mapex_serve.dimap``), trusted first.
+    names a header GDAL does not read gives them (SNAP's, ``mapex_serve.dimap``), trusted first. ``planet``: the Planet
+    asset the file is (``mapex_serve.planet.planet_product``), whose descriptions or band order name its bands.
     """
     if bands is not None:
         if len(bands) != src.count:
@@ -347,7 +348,7 @@ def identify_bands(
             out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality,
                                     parsed.unit_hint))
         return out
-    landsat, planet = landsat_sensor(src, filename), planet_product(src, filename)
+    landsat = landsat_sensor(src, filename)
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet)
             for i in range(1, src.count + 1)]
 

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 
 from mapex_serve.bands import QUALITY_LAYERS, QualityLayer
 from mapex_serve.dimap import SnapBand
+from mapex_serve.planet import PlanetProduct
 from mapex_serve.rasters import BandIdentity
 from mapex_serve.units import Conversion
 
@@ -71,6 +72,8 @@ class InputBand:
     nodata: float | None = None
     #: What the file's SNAP header says of the band (``mapex_serve.dimap``), or None.
     snap: SnapBand | None = None
+    #: The Planet asset the band's file is (``mapex_serve.planet``), or None.
+    planet: PlanetProduct | None = None
     #: The file's grid where it was read from its tags and ``dataset`` opened without it (``geokeys``); None: the
     #: dataset's own.
     file_grid: Grid | None = None

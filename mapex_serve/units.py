@@ -24,7 +24,7 @@ from rasterio.io import DatasetReaderBase
 from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
-from mapex_serve.planet import planet_product
+from mapex_serve.planet import PlanetProduct
 
 __all__ = [
     "Conversion",
@@ -230,10 +230,10 @@ def _safe_offset(file_name: str | None) -> float:
 def conversion_for(
     src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
     overrides: UnitOverrides | None = None, landsat: bool = False, file_name: str | None = None,
-    snap: SnapBand | None = None,
+    snap: SnapBand | None = None, planet: PlanetProduct | None = None,
 ) -> Conversion:
     """How band ``index`` of ``src`` (identified as ``canonical``, in the file ``file_name``; ``snap``: what the
-    SNAP header of that file says of it) becomes physical values, and why."""
+    SNAP header of that file says of it; ``planet``: the Planet asset the file is) becomes physical values, and why."""
     overrides = overrides or UnitOverrides()
     band = BANDS[canonical]
     if snap is not None and snap.log10_scaled:
@@ -242,7 +242,6 @@ def conversion_for(
                         f"{snap.name}, 'Virtual' unchecked)")
     steps: list[str] = []
     assumed: list[str] = []
-    planet = planet_product(src, file_name)
     if planet is not None and planet.kind == "visual":
         raise UnitError(f"{file_name}: a {planet.what} is colour-corrected 8-bit display imagery, not reflectance; "
                         f"the specialists take surface reflectance: order the surface reflectance asset "
