@@ -62,9 +62,11 @@ _COMPATIBLE: dict[str, tuple[StatedUnit, ...]] = {
 }
 _ASSUMED_SCALE = "reflectance x 10000"
 #: A band file as a Sentinel-2 SAFE names it (L2A ``T33UUP_20240830T100559_B04_10m.jp2``, L1C without the
-#: resolution) and the day from which every product carries processing baseline 04.00's reflectance offset of
-#: -1000 (-0.1); products sensed earlier carry it only if reprocessed (Collection-1), which the file cannot say.
-_SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(\d{8})T\d{6}_B[0-9A]{2}(?:_\d{2}m)?\.jp2$", re.I)
+#: resolution; the Planetary Computer's COGs keep the name as ``.tif``) and the day from which every product carries
+#: processing baseline 04.00's reflectance offset of -1000 (-0.1); products sensed earlier carry it only if
+#: reprocessed (Collection-1), which the file cannot say, but the product's name in its path can (``..._N0500_...``).
+_SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(\d{8})T\d{6}_B[0-9A]{2}(?:_\d{2}m)?\.(?:jp2|tiff?)$", re.I)
+_SAFE_PRODUCT = re.compile(r"\bS2[A-D]_MSIL(?:1C|2A)_\d{8}T\d{6}_N(\d{2})(\d{2})_", re.I)
 _BASELINE_04_FROM = "20220125"
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
 #: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
@@ -212,19 +214,25 @@ def _stated_unit(src: DatasetReaderBase, index: int, snap: SnapBand | None = Non
     return None
 
 
-def _safe_offset(file_name: str | None) -> float:
-    """The reflectance offset of a band file named as a Sentinel-2 SAFE names it: -0.1 when it was sensed on or after
-    2022-01-25; a 422 when before (reprocessed or not, the file cannot say); 0 for any other file."""
+def _safe_offset(file_name: str | None, path: str) -> tuple[float, str]:
+    """The reflectance offset of a band file named as a Sentinel-2 SAFE names it, and why: by the baseline of the
+    product named in its ``path`` (a job's URL: ``.../S2A_MSIL2A_..._N0509_....SAFE/.../T33UUP_..._B04_10m.tif``),
+    else -0.1 when it was sensed on or after 2022-01-25, a 422 when before (reprocessed or not, the file cannot
+    say); 0 for any other file."""
     m = _SAFE_BAND_FILE.match(file_name or "")
     if m is None:
-        return 0.0
+        return 0.0, ""
+    if (product := _SAFE_PRODUCT.search(path)) is not None:
+        baseline = f"{product.group(1)}.{product.group(2)}"
+        return (-0.1 if baseline >= "04.00" else 0.0), f"its product's processing baseline {baseline}"
     if m.group(1) >= _BASELINE_04_FROM:
-        return -0.1
+        return -0.1, "sensed from 2022-01-25 on (processing baseline 04.00 or later)"
     raise UnitError(
         f"{file_name}: a Sentinel-2 SAFE band file sensed before 2022-01-25 carries the reflectance offset of -1000 "
         f"only if its product was processed with baseline 04.00 or later (the reprocessed Collection-1 was), which "
         f"the file does not say: pass scale=0.0001&offset=-0.1 for a product named ..._N0400_... or later (see its "
-        f"MTD_MSIL2A.xml BOA_ADD_OFFSET), scale=0.0001&offset=0 for an earlier one, or send the SAFE itself (.zip)")
+        f"MTD_MSIL2A.xml BOA_ADD_OFFSET), scale=0.0001&offset=0 for an earlier one, send the SAFE itself (.zip), or "
+        f"send it as a job by its URL, whose path names its product")
 
 
 def conversion_for(
@@ -312,9 +320,10 @@ def conversion_for(
                     f"Landsat Collection 2 Level-2 is scale=0.0000275&offset=-0.2, HLS L30 is scale=0.0001"
                 )
             # Checked against the values by check_plausible: 8-bit and float 0..1 data are refused there.
-            scale, offset = band.scale, band.offset + _safe_offset(file_name)
-            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000"
-                         f"{'' if offset == band.offset else ', less 1000 from processing baseline 04.00 on'})")
+            safe_offset, why = _safe_offset(file_name, src.name)
+            scale, offset = band.scale, band.offset + safe_offset
+            note = f", less 1000: a SAFE band file {why}" if safe_offset else f"; a SAFE band file {why}" if why else ""
+            steps.append(f"x {scale:g} + {offset:g} (assumed: Sentinel-2 L2A stores reflectance x 10000{note})")
             assumed.append(_ASSUMED_SCALE)
         else:
             scale, offset = 1.0, 0.0

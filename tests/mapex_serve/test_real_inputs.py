@@ -23,6 +23,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from mapex_serve.archives import ArchiveTooLargeError, UnreadableArchiveError
 from mapex_serve.errors import DuplicateBandError
@@ -30,6 +31,7 @@ from mapex_serve.inputs import (
     ForbiddenReferenceError,
     GridMismatchError,
     RequestScene,
+    SourceFile,
     SubdatasetsError,
     UploadedFile,
 )
@@ -75,7 +77,6 @@ def read(files, canonical, bands=None, **overrides):
         files = [UploadedFile("scene.tif", files)]
     scene = RequestScene(files, bands)
     reader = scene.reader(canonical, UnitOverrides.parse(**overrides))
-    from rasterio.windows import Window
     values, reasons = reader.read(Window(0, 0, reader.width, reader.height))
     return scene, reader, values, reasons
 
@@ -839,7 +840,6 @@ def test_links_and_folders_in_a_tar_are_not_read(rgb):
 def test_reasons_are_counted_per_row_once_each_when_read_tile_by_tile_and_nodata_comes_from_a_catalogue(tmp_path):
     """Tiles overlap and the reader keeps only a band of rows, yet every pixel is counted once, in its row; a STAC
     item's raster:bands nodata (absent from the file, as on many COGs) masks like the file's own."""
-    from mapex_serve.inputs import SourceFile
     from mapex_serve.tiling import read_tiles, tile_grid
 
     stored = reflectance((2, 150, 110)).astype(np.float32)
@@ -1118,13 +1118,12 @@ def test_a_safe_band_file_sent_alone_takes_the_offset_its_sensing_date_implies_o
     """A JP2 copied out of a SAFE says nothing of its values. From 2022-01-25 every product has processing
     baseline 04.00's offset of -1000: read without it, reflectance was 0.1 too high, silently. Before that day only
     a reprocessed product has it, which the file cannot say: a 422 asking for offset=."""
-    from mapex_serve.units import UnitError
 
     dn = RNG.integers(1500, 5000, (16, 16)).astype(np.uint16)
     recent = [UploadedFile("T33UUP_20240830T100559_B04_10m.jp2", jp2(dn, 10))]
     scene, _, values, _ = read(recent, ["B04"])
     np.testing.assert_allclose(values[0], (dn - 1000) / 10000, atol=1e-6)
-    assert "less 1000 from processing baseline 04.00 on" in scene.band("B04").conversion.steps[0]
+    assert "less 1000: a SAFE band file sensed from 2022-01-25 on" in scene.band("B04").conversion.steps[0]
     older = [UploadedFile("T33UUP_20200830T100559_B04.jp2", jp2(dn, 10))]
     with pytest.raises(UnitError, match="sensed before 2022-01-25.*pass scale=0.0001&offset=-0.1"):
         read(older, ["B04"])
@@ -1132,6 +1131,33 @@ def test_a_safe_band_file_sent_alone_takes_the_offset_its_sensing_date_implies_o
     np.testing.assert_allclose(values[0], (dn - 1000) / 10000, atol=1e-6)
     _, _, values, _ = read([UploadedFile("B04.jp2", jp2(dn, 10))], ["B04"])  # not a SAFE's name: as before
     np.testing.assert_allclose(values[0], dn / 10000, atol=1e-6)
+
+
+
+def test_planetary_computer_cogs_named_as_the_safe_names_its_band_files_take_the_same_offset(tmp_path):
+    """The Planetary Computer serves each SAFE band file as a COG under its SAFE name, ``.tif`` for ``.jp2``, and does
+    not harmonise the values: a scene sensed after 2022-01-25 read as plain x 10000 was 0.1 too bright, silently.
+    A job reads it by its URL, whose path names the product and so its baseline, which settles older scenes too
+    (ESA's reprocessed Collection-1, N0500, carries the offset; the original N0213 does not)."""
+
+    dn = RNG.integers(1500, 5000, (16, 16)).astype(np.uint16)
+    band = "T33UUP_20230914T100031_B04_10m.tif"
+    _, _, values, _ = read([UploadedFile(band, tif(dn))], ["B04"])
+    np.testing.assert_allclose(values[0], (dn - 1000) / 10000, atol=1e-6)
+    older = "T33UUP_20200830T100559_B04_10m.tif"
+    with pytest.raises(UnitError, match="sensed before 2022-01-25.*send it as a job by its URL"):
+        read([UploadedFile(older, tif(dn))], ["B04"])
+    for product, expected in (("S2A_MSIL2A_20200830T100559_N0213_R122_T33UUP_20200830T130000.SAFE", dn / 10000),
+                              ("S2A_MSIL2A_20200830T100559_N0500_R122_T33UUP_20230120T130000.SAFE", (dn - 1000) / 10000)):
+        folder = tmp_path / product / "GRANULE" / "L2A_T33UUP_A027000_20200830T100900" / "IMG_DATA" / "R10m"
+        folder.mkdir(parents=True)
+        (folder / older).write_bytes(tif(dn))
+        with RequestScene([SourceFile(older, str(folder / older))]) as scene:
+            reader = scene.reader(["B04"], UnitOverrides())
+            values, _ = reader.read(Window(0, 0, 16, 16))
+            np.testing.assert_allclose(values[0], expected, atol=1e-6)
+            assert f"a SAFE band file its product's processing baseline {product[28:30]}.{product[30:32]}" in \
+                scene.band("B04").conversion.steps[0]
 
 
 # --- Planet ---------------------------------------------------------------------------------------
@@ -1173,7 +1199,6 @@ def test_planet_radiance_gets_a_422_unless_scaled_and_the_visual_asset_always():
     """Radiance x 100 read as reflectance x 10000 came out at about three times the reflectance, within the
     plausibility check's range: the service answered, wrongly. Now the analytic asset without _SR is refused with
     the surface reflectance asset to order, or read with the top-of-atmosphere coefficients the user passes."""
-    from mapex_serve.units import UnitError
 
     stored = reflectance((4, 16, 16))
     radiance = [UploadedFile(f"{PS_ITEM}_3B_AnalyticMS.tif", tif(stored, ["blue", "green", "red", "nir"]))]
@@ -1235,7 +1260,6 @@ def test_a_planet_order_zip_reads_its_surface_reflectance_with_its_udm2_and_leav
     scene = RequestScene([UploadedFile("order.zip", order)], max_unpacked=LIMIT)
     assert scene.canonical_bands == ["B01", "B02", "B03", "B04", "B05", "B08"]
     reader = scene.reader(["B04", "B03", "B02"], UnitOverrides())
-    from rasterio.windows import Window
     values, _ = reader.read(Window(0, 0, 16, 16))
     assert reader.masked() == {"UDM2 cloud": 32}
     np.testing.assert_allclose(values[:, 2:], stored[[5, 3, 1], 2:] / 10000, rtol=1e-6)
@@ -1376,7 +1400,6 @@ def test_an_earth_engine_export_with_empty_tiles_skipped_has_its_holes_masked():
 
 
 def test_a_job_reads_export_tiles_saved_on_its_volume_as_one_raster(tmp_path):
-    from mapex_serve.inputs import SourceFile
 
     stored = reflectance((3, 40, 60))
     files = []
@@ -1386,7 +1409,6 @@ def test_a_job_reads_export_tiles_saved_on_its_volume_as_one_raster(tmp_path):
     scene = RequestScene(files, ["B04", "B03", "B02"])
     assert len(scene.mosaicked) == 4 and scene.canonical_bands == ["B04", "B03", "B02"]
     reader = scene.reader(["B04", "B03", "B02"], UnitOverrides())
-    from rasterio.windows import Window
     values, _ = reader.read(Window(0, 0, 60, 40))
     np.testing.assert_allclose(values, stored / 10000, rtol=1e-6)
 
