@@ -275,6 +275,10 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         QualityLayer("OPERA_RTC_MASK", "OPERA RTC-S1 layover and shadow mask",
                      invalid_values={1: "OPERA RTC layover or shadow (class 1)", 2: "OPERA RTC layover or shadow (class 2)",
                                      3: "OPERA RTC layover and shadow (class 3)", 255: "OPERA RTC mask no data"}),
+        # ASF HyP3 RTC's layover/shadow map (..._ls_map.tif, HyP3 RTC product guide): a sum of flags, 1 tested, 2 look
+        # angle < slope, 4 layover, 8 look angle < opposite slope, 16 shadow; 0 is untested (outside the scene).
+        QualityLayer("HYP3_LS_MAP", "ASF HyP3 RTC layover and shadow map",
+                     invalid_bits={2: "HyP3 RTC layover", 4: "HyP3 RTC radar shadow"}),
         # Planet's legacy unusable data mask (..._DN_udm.tif): bit 0 blackfill, 1 cloud, 2-7 missing or suspect
         # data in band 1-6.
         QualityLayer("PLANET_UDM", "Planet legacy unusable data mask bits",

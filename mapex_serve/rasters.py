@@ -211,7 +211,9 @@ def _by_wavelength(nm: float, source: str) -> BandIdentity:
 #: ASF HyP3's RTC band files (``S1A_IW_20180128T161201_DVP_RTC30_G_gpuned_FD6A_VV.tif``): the first two letters of
 #: the seventh field say gamma0 or sigma0, and power, amplitude or decibel (HyP3 RTC product guide); the values carry
 #: no unit. Amplitude sent as linear power would be 10·log10 of it, half its dB.
-_HYP3_RTC = re.compile(r"^S1[A-D]_[A-Z]{2}_\d{8}T\d{6}_\w{3}_RTC\d+_\w_([gs])([pad])\w{4}_\w{4}_([VH]{2})\.tiff?$", re.I)
+#: Beside them, the product's ``_ls_map.tif`` codes layover and shadow as bits.
+_HYP3_RTC = re.compile(r"^S1[A-D]_[A-Z]{2}_\d{8}T\d{6}_\w{3}_RTC\d+_\w_([gs])([pad])\w{4}_\w{4}_([VH]{2}|ls_map)\.tiff?$",
+                       re.I)
 _HYP3_SCALE = {"p": ("linear", "power"), "a": ("amplitude", "amplitude"), "d": ("dB", "decibel")}
 
 
@@ -220,6 +222,8 @@ def _hyp3(filename: str | None) -> BandIdentity | None:
     m = _HYP3_RTC.match(PurePath(filename or "").name)
     if m is None:
         return None
+    if m.group(3).lower() == "ls_map":
+        return BandIdentity(m.group(0), "ASF HyP3 RTC file name (layover and shadow mask)", quality="HYP3_LS_MAP")
     quantity, (unit, scale), pol = m.group(1).lower(), _HYP3_SCALE[m.group(2).lower()], m.group(3).upper()
     rule = f"ASF HyP3 RTC file name ({'gamma0' if quantity == 'g' else 'sigma0'}, {scale} scale)"
     if pol not in BANDS:
@@ -243,6 +247,21 @@ def _opera(filename: str | None) -> BandIdentity | None:
     if layer.upper() not in BANDS:
         return BandIdentity(m.group(0), f"{rule}; {layer.upper()} polarisation is not a model band (VV and VH are)")
     return BandIdentity(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), unit_hint="linear")
+
+
+#: The Planetary Computer's ``sentinel-1-rtc`` assets (``.../measurement/iw-vv.rtc.tiff``): gamma0, radiometrically
+#: terrain-corrected, in linear power; the name is all the file says.
+_PLANETARY_RTC = re.compile(r"^(?:iw|ew|sm)-(vv|vh|hh|hv)\.rtc\.tiff?$", re.I)
+
+
+def _planetary_rtc(filename: str | None) -> BandIdentity | None:
+    """The identity a Planetary Computer Sentinel-1 RTC asset's name states, with its unit; None for any other name."""
+    if (m := _PLANETARY_RTC.match(PurePath(filename or "").name)) is None:
+        return None
+    rule, pol = "Planetary Computer sentinel-1-rtc file name", m.group(1).upper()
+    if pol not in BANDS:
+        return BandIdentity(m.group(0), f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
+    return BandIdentity(m.group(0), f"{rule} (gamma0, linear power)", pol, unit_hint="linear")
 
 
 #: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
@@ -278,8 +297,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
               name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
     if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
         return hyp3
-    if src.count == 1 and (opera := _opera(filename)) is not None:  # its name states the unit its description does not
-        return opera
+    if src.count == 1 and (rtc := _opera(filename) or _planetary_rtc(filename)) is not None:
+        return rtc  # its name states the unit its description does not
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
     if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):

@@ -1063,9 +1063,37 @@ def test_asf_hyp3_rtc_file_names_state_power_amplitude_or_decibel(letter, stored
     assert "ASF HyP3 RTC file name" in rule_of(scene, "VV")
     product = "S1A_IW_20230914T052201_DVP_RTC30_G_gpuned_8C2F"
     dem = tif(np.full((16, 16), 812.0, np.float32))  # the product's DEM and maps beside the bands: not SAR
-    scene, _, _, _ = read([*files, UploadedFile(f"{product}_dem.tif", dem), UploadedFile(f"{product}_ls_map.tif",
-                          tif(np.ones((16, 16), np.uint8)))], ["VV", "VH"])
+    scene, _, _, _ = read([*files, UploadedFile(f"{product}_dem.tif", dem), UploadedFile(f"{product}_inc_map.tif",
+                          tif(np.full((16, 16), 0.6, np.float32)))], ["VV", "VH"])
     assert scene.canonical_bands == ["VV", "VH", "DEM"]
+
+
+def test_asf_hyp3_rtc_layover_and_shadow_map_masks_layover_and_shadow():
+    """The ``_ls_map.tif`` of an unmasked (``gpuned``) HyP3 product sums flags (HyP3 RTC product guide): 1 tested,
+    4 layover, 16 shadow, 2 and 8 slope conditions. Before, it was left unused, and radar shadow, as dark as water,
+    came out as flood."""
+    product = "S1A_IW_20230914T052201_DVP_RTC30_G_gpuned_8C2F"
+    db = RNG.uniform(-22, -5, (16, 16)).astype(np.float32)
+    ls_map = np.ones((16, 16), np.uint8)  # tested, neither
+    ls_map[0, :4], ls_map[1, :3], ls_map[2, :2], ls_map[3, :5] = 5, 17, 21, 3  # layover, shadow, both, a slope only
+    files = [UploadedFile(f"{product}_VV.tif", tif((10 ** (db / 10)).astype(np.float32), nodata=0.0)),
+             UploadedFile(f"{product}_ls_map.tif", tif(ls_map))]
+    scene, reader, values, reasons = read(files, ["VV"])
+    assert reader.masked() == {"HyP3 RTC layover": 6, "HyP3 RTC radar shadow": 3}
+    assert int((reasons != 0).sum()) == 9
+    np.testing.assert_allclose(values[0][reasons == 0], db[reasons == 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["iw", "ew"])
+def test_planetary_computer_sentinel1_rtc_assets_are_linear_gamma0_by_their_names(mode):
+    """The Planetary Computer's ``sentinel-1-rtc`` assets (``measurement/iw-vv.rtc.tiff``) hold terrain-corrected
+    gamma0 in linear power and say so only in the catalogue: before, a 422 asked for ``units=linear``."""
+    db = RNG.uniform(-22, -5, (2, 16, 16)).astype(np.float32)
+    files = [UploadedFile(f"{mode}-{pol}.rtc.tiff", tif((10 ** (db[i] / 10)).astype(np.float32), nodata=-32768.0))
+             for i, pol in enumerate(("vv", "vh"))]
+    scene, _, values, _ = read(files, ["VV", "VH"])
+    np.testing.assert_allclose(values, db, atol=1e-4)
+    assert rule_of(scene, "VH") == "Planetary Computer sentinel-1-rtc file name (gamma0, linear power)"
 
 
 @pytest.mark.parametrize("name, canonical", [
