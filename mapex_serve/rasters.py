@@ -93,7 +93,10 @@ class BandIdentity:
 
 _NAME_TAGS = ("bandname", "name", "band_name", "netcdf_varname", "long_name")
 _SENTINEL2_DESCRIPTION = re.compile(r"^\s*(B\d{1,2}A?)\s*,\s*central wavelength\s*(\d+)\s*nm\s*$", re.I)
-_SNAP = re.compile(r"^(sigma0|gamma0|beta0|intensity|amplitude)_(vv|vh|hh|hv)(_db)?(?:_(?:mst|slv\d*)\w*)?$", re.I)
+#: SNAP's names for radar bands: the quantity, the sub-swath of a split TOPS product (``Sigma0_IW1_VV``), the
+#: polarisation, ``_db`` once converted, and a coregistered stack's ``_mst``/``_slv`` date.
+_SNAP = re.compile(r"^(sigma0|gamma0|beta0|intensity|amplitude)_(?:[ie]w\d_)?(vv|vh|hh|hv)(_db)?(?:_(?:mst|slv\d*)\w*)?$",
+                   re.I)
 _SNAP_UNIT = {"sigma0": "linear", "gamma0": "linear", "beta0": "linear", "intensity": "linear", "amplitude": "amplitude"}
 _SNAP_MEANING = {"sigma0": "calibrated sigma0", "gamma0": "calibrated gamma0", "beta0": "calibrated beta0",
                  "intensity": "uncalibrated intensity", "amplitude": "uncalibrated amplitude"}
@@ -271,9 +274,14 @@ _3DEP = re.compile(r"^USGS_(?:13|1|2|1M|OPR)_\w+\.tiff?$", re.I)
 
 #: Words that make a file name name something derived from a band rather than the band, whose other words are then
 #: no band name: ``dem_slope.tif`` is no elevation, nor SNAP's ``elevation_angle`` tie-point grid, nor ``B08_ndvi.tif``
-#: near infrared.
+#: near infrared. SNAP names a radar product's other bands after their polarisation too (one ``.img`` a band in a
+#: BEAM-DIMAP ``.data`` folder): an interferogram's coherence ``coh_IW1_VV_...`` (0..1) and phase ``Phase_ifg_...``
+#: (radians, which pass for dB), and an SLC's complex parts ``i_IW1_VV`` and ``q_IW1_VV``, are no VV backscatter.
 _DERIVED = frozenset({"angle", "slope", "aspect", "hillshade", "curvature", "roughness", "ndvi", "ndwi", "nbr", "evi",
-                      "index", "ratio", "diff", "difference", "change", "std", "stdev", "uncertainty", "error", "count"})
+                      "index", "ratio", "diff", "difference", "change", "std", "stdev", "uncertainty", "error", "count",
+                      "coh", "coherence", "phase", "ifg", "unw", "unwrapped", "displacement"})
+#: The first word of SNAP's name for the in-phase and quadrature parts of a complex band.
+_COMPLEX_PARTS = frozenset({"i", "q"})
 
 
 def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where: str = "file name",
@@ -288,7 +296,8 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
         stem = PurePath(filename).name.rsplit(".", 1)[0]
         tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
         last_two = [("_".join(tokens[-2:]), where)] if len(tokens) > 2 else []  # Landsat's ..._QA_PIXEL, ..._SR_B4
-        one_by_one = [] if _DERIVED.intersection(t.lower() for t in tokens) else [(t, where) for t in reversed(tokens)]
+        derived = _DERIVED.intersection(t.lower() for t in tokens) or tokens[0].lower() in _COMPLEX_PARTS
+        one_by_one = [] if derived else [(t, where) for t in reversed(tokens)]
         names += [(stem, where), *last_two, *one_by_one]
     return names
 

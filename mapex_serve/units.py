@@ -248,6 +248,12 @@ def conversion_for(
         raise UnitError(f"{snap.name}: SNAP stores this band log10-scaled (its values are the logarithms of the "
                         f"band's); export it with its own values (SNAP: Raster > Band Maths, the expression "
                         f"{snap.name}, 'Virtual' unchecked)")
+    if np.dtype(src.dtypes[index - 1]).kind == "c":
+        raise UnitError(f"{canonical}: band {index} holds complex values ({src.dtypes[index - 1]}), the phase and "
+                        f"amplitude of a single look complex (SLC) image, not backscatter; the specialists take "
+                        f"calibrated, detected backscatter: calibrate it to sigma0 and terrain-correct it (SNAP: Radar "
+                        f"> Radiometric > Calibrate, then Radar > Geometric > Terrain Correction), or send the GRD "
+                        f"product's")
     steps: list[str] = []
     assumed: list[str] = []
     if planet is not None and planet.kind == "visual":

@@ -130,15 +130,38 @@ def sar_db(shape=(2, 32, 32)):
     (["Sigma0_VV_db", "Sigma0_VH_db"], lambda db: db),
     (["Amplitude_VV", "Amplitude_VH"], lambda db: 10 ** (db / 20)),
     (["Sigma0_VV_slv1_13Jun2017", "Sigma0_VH_slv1_13Jun2017"], lambda db: 10 ** (db / 10)),
+    (["Sigma0_IW2_VV", "Sigma0_IW2_VH_db"], lambda db: np.stack([10 ** (db[0] / 10), db[1]])),
 ])
 def test_snap_band_names_state_their_units(names, transform):
     """SNAP's Calibration writes Sigma0_/Gamma0_/Beta0_<pol> in linear power, LinearToFromdB appends _db, and the
-    GRD's own bands are Amplitude_/Intensity_<pol>; coregistered stacks append _mst/_slv<N>_<date> (SNAP S1TBX
-    band naming; BEAM-DIMAP's ENVI headers carry them as band names, which GDAL reads as descriptions)."""
+    GRD's own bands are Amplitude_/Intensity_<pol>; coregistered stacks append _mst/_slv<N>_<date>, a split TOPS
+    product keeps its sub-swath, Sigma0_IW2_VV (SNAP S1TBX band naming; BEAM-DIMAP's ENVI headers carry them as band
+    names, which GDAL reads as descriptions). Before, the sub-swath made the name unknown: a 422."""
     db = sar_db()
     scene, _, values, _ = read(tif(transform(db).astype(np.float32), names), ["VV", "VH"])
     assert scene.canonical_bands == ["VV", "VH"] and "SNAP band name" in rule_of(scene, "VV")
     np.testing.assert_allclose(values, db, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["coh_IW1_VV_01Jan2023_13Jan2023.img", "Phase_ifg_IW1_VV_01Jan2023_13Jan2023.img",
+                                  "i_IW1_VV.img", "q_IW1_VV.img", "coherence_VV.tif"])
+def test_snap_interferometric_and_complex_bands_named_after_a_polarisation_are_not_that_backscatter(name):
+    """SNAP names every band of a radar product after its polarisation, one file a band in a BEAM-DIMAP ``.data``
+    folder. Before, such a file was read as VV by the word VV in its name: coherence (0..1) drew a 422 that
+    ``units=linear`` silenced, and an interferogram's phase (radians) passed for dB, silently."""
+    from mapex_serve.rasters import identify_bands
+
+    with MemoryFile(tif(RNG.uniform(-3, 3, (1, 8, 8)).astype(np.float32))) as mem, mem.open() as src:
+        (identity,) = identify_bands(src, name)
+    assert identity.canonical is None and not identity.used, identity
+
+
+def test_a_complex_band_is_refused_as_slc_not_read_as_its_real_part():
+    """A complex band (an SLC's CInt16 or CFloat32) holds phase and amplitude; the unit check took its real part and
+    asked for calibrated values without saying what the file was."""
+    slc = tif(np.full((2, 8, 8), 120 + 40j, np.complex64), ["VV", "VH"])
+    with pytest.raises(UnitError, match=r"VV: band 1 holds complex values \(complex64\).*single look complex"):
+        read(slc, ["VV", "VH"])
 
 
 def test_snap_hh_is_reported_not_a_model_band():
