@@ -279,7 +279,12 @@ _3DEP = re.compile(r"^USGS_(?:13|1|2|1M|OPR)_\w+\.tiff?$", re.I)
 #: (radians, which pass for dB), and an SLC's complex parts ``i_IW1_VV`` and ``q_IW1_VV``, are no VV backscatter.
 _DERIVED = frozenset({"angle", "slope", "aspect", "hillshade", "curvature", "roughness", "ndvi", "ndwi", "nbr", "evi",
                       "index", "ratio", "diff", "difference", "change", "std", "stdev", "uncertainty", "error", "count",
-                      "coh", "coherence", "phase", "ifg", "unw", "unwrapped", "displacement"})
+                      "coh", "coherence", "phase", "ifg", "unw", "unwrapped", "displacement",
+                      # masks and model outputs named after the band they were made from (``VV_mask.tif``,
+                      # ``B04_cloudmask.tif``, Sentinel-2's ``MSK_DETFOO_B04.jp2`` detector footprint)
+                      "mask", "msk", "cloudmask", "detfoo", "qualit", "probability", "prob", "label", "prediction",
+                      "classification", "minus", "plus", "sum",
+                      "edge"})  # ``red_edge.tif`` is one of B05-B07, not red
 #: The first word of SNAP's name for the in-phase and quadrature parts of a complex band.
 _COMPLEX_PARTS = frozenset({"i", "q"})
 
@@ -296,8 +301,12 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
         stem = PurePath(filename).name.rsplit(".", 1)[0]
         tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
         last_two = [("_".join(tokens[-2:]), where)] if len(tokens) > 2 else []  # Landsat's ..._QA_PIXEL, ..._SR_B4
-        derived = _DERIVED.intersection(t.lower() for t in tokens) or tokens[0].lower() in _COMPLEX_PARTS
-        one_by_one = [] if derived else [(t, where) for t in reversed(tokens)]
+        named = {t: i for t in reversed(tokens) if (i := parse_name(t)) is not None and i.used}
+        if len({(i.canonical, i.quality) for i in named.values()}) > 1:
+            named = {}  # VV_VH.tif: which?
+        elif _DERIVED.intersection(t.lower() for t in tokens) or tokens[0].lower() in _COMPLEX_PARTS:
+            named = {t: i for t, i in named.items() if i.quality}  # a quality layer is a mask: SCL_mask.tif
+        one_by_one = [(t, where) for t in named]
         names += [(stem, where), *last_two, *one_by_one]
     return names
 

@@ -1123,15 +1123,21 @@ def test_planetary_computer_sentinel1_rtc_assets_are_linear_gamma0_by_their_name
     ("srtm_elevation.tif", "DEM"), ("S2B_MSIL2A_20170924T093019_43_47_B02.tif", "B02"), ("download.B8A.tif", "B8A"),
     ("dem_slope.tif", None), ("copernicus_dem_aspect.tif", None), ("elevation_angle.img", None),
     ("S2_B08_ndvi.tif", None), ("B04_B03_ratio.tif", None), ("VV_change.tif", None),
+    ("VV_mask.tif", None), ("B04_cloudmask.tif", None), ("MSK_DETFOO_B04.jp2", None), ("flood_VV_probability.tif", None),
+    ("red_edge.tif", None), ("VV_minus_VH.tif", None), ("VV_VH.tif", None), ("S2_SCL_mask.tif", None),
+    ("B04_median_2023.tif", "B04"), ("Copernicus_DSM_COG_10_N51_00_W001_00_DEM.tif", "DEM"),
 ])
 def test_a_file_named_for_something_derived_from_a_band_is_not_that_band(name, canonical):
     """A single-band file is named by the words of its name, but not where another word says it is derived: a
-    slope in degrees read as elevation in metres passes every plausibility check."""
+    slope in degrees read as elevation in metres passes every plausibility check, a mask or a model's output made
+    from VV is no VV, ``red_edge`` is no red, and a name with two bands in it names neither. A quality layer's name
+    still names it (``S2_SCL_mask.tif``)."""
     from mapex_serve.rasters import identify_bands
 
     with MemoryFile(tif(np.full((1, 8, 8), 100, np.uint16))) as mem, mem.open() as src:
         (identity,) = identify_bands(src, name)
     assert identity.canonical == canonical, identity
+    assert identity.quality == ("SCL" if "SCL" in name else None), identity
 
 
 @pytest.mark.parametrize("name, canonical", [
