@@ -97,6 +97,12 @@ _SENTINEL2_DESCRIPTION = re.compile(r"^\s*(B\d{1,2}A?)\s*,\s*central wavelength\
 #: polarisation, ``_db`` once converted, and a coregistered stack's ``_mst``/``_slv`` date.
 _SNAP = re.compile(r"^(sigma0|gamma0|beta0|intensity|amplitude)_(?:[ie]w\d_)?(vv|vh|hh|hv)(_db)?(?:_(?:mst|slv\d*)\w*)?$",
                    re.I)
+#: A polarisation with its quantity or unit after it, as processing chains and exports name bands (``VV_dB``,
+#: ``VV_lin``, ``VH_gamma0_dB``, ``VV (dB)``).
+_POL_UNIT = re.compile(r"^(?:s1[_ ])?(vv|vh|hh|hv)(?:[_ ](sigma0|gamma0|beta0))?(?:[_ ]\(?(db|lin|linear|power|amp|amplitude)"
+                       r"\)?)?$", re.I)
+_UNIT_OF_WORD = {"db": "dB", "lin": "linear", "linear": "linear", "power": "linear", "amp": "amplitude",
+                 "amplitude": "amplitude"}
 _SNAP_UNIT = {"sigma0": "linear", "gamma0": "linear", "beta0": "linear", "intensity": "linear", "amplitude": "amplitude"}
 _SNAP_MEANING = {"sigma0": "calibrated sigma0", "gamma0": "calibrated gamma0", "beta0": "calibrated beta0",
                  "intensity": "uncalibrated intensity", "amplitude": "uncalibrated amplitude"}
@@ -131,6 +137,13 @@ def parse_name(name: str) -> BandIdentity | None:
         quantity, pol, db = m.group(1).lower(), m.group(2).upper(), m.group(3)
         unit = "dB" if db else _SNAP_UNIT[quantity]
         rule = f"SNAP band name ({_SNAP_MEANING[quantity]}, {'linear power' if unit == 'linear' else unit})"
+        if pol not in BANDS:
+            return BandIdentity(text, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
+        return BandIdentity(text, rule, pol, unit_hint=unit)
+    if (m := _POL_UNIT.match(text)) and (m.group(2) or m.group(3)):
+        pol, unit = m.group(1).upper(), _UNIT_OF_WORD.get((m.group(3) or "").lower())
+        said = " ".join(w for w in (m.group(2), unit) if w)
+        rule = f"polarisation named with its {'unit' if unit else 'quantity'} ({said})"
         if pol not in BANDS:
             return BandIdentity(text, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
         return BandIdentity(text, rule, pol, unit_hint=unit)

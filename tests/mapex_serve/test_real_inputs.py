@@ -164,6 +164,20 @@ def test_a_complex_band_is_refused_as_slc_not_read_as_its_real_part():
         read(slc, ["VV", "VH"])
 
 
+@pytest.mark.parametrize(("names", "transform"), [
+    (["VV_dB", "VH_dB"], lambda db: db),
+    (["VV_lin", "VH_linear"], lambda db: 10 ** (db / 10)),
+    (["VV_gamma0_amp", "VH (amplitude)"], lambda db: 10 ** (db / 20)),
+])
+def test_a_polarisation_named_with_its_unit_is_read_in_that_unit(names, transform):
+    """Processing chains and exports name bands ``VV_dB``, ``VV_lin``, ``VH_gamma0_dB``: the name states the unit.
+    Before, VV_lin drew a 422 asking for units=linear, and a description VV_gamma0_amp was no name at all."""
+    db = sar_db()
+    scene, _, values, _ = read(tif(transform(db).astype(np.float32), names), ["VV", "VH"])
+    assert scene.canonical_bands == ["VV", "VH"] and "polarisation named with its unit" in rule_of(scene, "VH")
+    np.testing.assert_allclose(values, db, atol=1e-4)
+
+
 def test_snap_hh_is_reported_not_a_model_band():
     scene = RequestScene([UploadedFile("dual.tif", tif(sar_db((2, 8, 8)), ["Sigma0_VV_db", "Sigma0_HH_db"]))])
     assert scene.canonical_bands == ["VV"]
