@@ -157,6 +157,26 @@ def test_masked_pixels_are_reported_and_excluded(server, flood_scene):
     assert (mask[:10] == 255).all() and (mask[10:] != 255).all()
 
 
+def test_planetary_computer_rtc_assets_and_a_hyp3_layover_shadow_map_through_the_server(server, flood_scene):
+    """The Planetary Computer's ``iw-vv.rtc.tiff`` (linear gamma0, said by its name alone) answers as the same values
+    described in dB; a HyP3 product's ``_ls_map.tif`` masks its layover and shadow rows, each counted by reason."""
+    db, like = flood_scene
+    linear = (10 ** (db / 10)).astype(np.float32)
+    described = mask_of(post(server, "flood", [("s1.tif", tiff(db, ["VV", "VH"], like))]))
+    planetary = post(server, "flood", [("iw-vv.rtc.tiff", tiff(linear[:1], [None], like)),
+                                       ("iw-vh.rtc.tiff", tiff(linear[1:], [None], like))])
+    assert (mask_of(planetary) == described).mean() >= 0.99
+    product = "S1A_IW_20230914T052201_DVP_RTC10_G_gpuned_8C2F"
+    ls_map = np.ones((1, *db.shape[1:]), np.uint8)
+    ls_map[0, :4], ls_map[0, 4:6] = 5, 17  # 4 rows of layover, 2 of shadow
+    files = [(f"{product}_VV.tif", tiff(linear[:1], [None], like)), (f"{product}_VH.tif", tiff(linear[1:], [None], like)),
+             (f"{product}_ls_map.tif", tiff(ls_map, [None], like))]
+    body = post(server, "flood", files, format="json").json()
+    assert body["masked_pixels"]["by_reason"] == {"HyP3 RTC layover": 4 * 96, "HyP3 RTC radar shadow": 2 * 96}
+    mask = mask_of(post(server, "flood", files))
+    assert (mask[:6] == 255).all() and (mask[6:] == described[6:]).mean() >= 0.99
+
+
 def test_netcdf_and_a_hostile_vrt_through_the_server(server, tmp_path):
     netCDF4 = pytest.importorskip("netCDF4")
     path = tmp_path / "product.nc"
