@@ -422,11 +422,26 @@ def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str)
                 f"like linear power (SNAP Sigma0_VV): pass units=linear (or units=amplitude for amplitude)"
             )
         if stats.p98 > hi or stats.p02 < lo:
+            scaled = _fitting_scales(stats, lo, hi) if conversion.unit == "dB" and stats.p98 <= 0 else []
             raise ImplausibleValuesError(
-                f"{what}: calibrated sigma0 lies within {lo:g}..{hi:g} dB; these values are not calibrated "
-                f"backscatter (uncalibrated DN or intensity?): calibrate the product (SNAP: Radar > Radiometric > "
-                f"Calibrate) or state the unit with units=dB|linear|amplitude"
+                f"{what}: calibrated sigma0 lies within {lo:g}..{hi:g} dB; " + (
+                    f"negative values this large look like dB stored x {1 / scaled[0]:g} to keep them integers: pass "
+                    f"scale={scaled[0]:g}" if scaled else
+                    "these values are not calibrated backscatter (uncalibrated DN or intensity?): calibrate the product "
+                    "(SNAP: Radar > Radiometric > Calibrate) or state the unit with units=dB|linear|amplitude")
             )
     elif stats.p02 < lo or stats.p98 > hi:
+        scaled = " or ".join(f"scale={f:g} for {_DEM_STEPS[f]}" for f in _fitting_scales(stats, lo, hi))
         raise ImplausibleValuesError(f"{what}: elevations lie within {lo:g}..{hi:g} m; state the unit with units=m|ft "
-                                     f"or the scale with scale=")
+                                     f"or the scale with scale={' (' + scaled + ')' if scaled else ''}")
+
+
+#: Elevations stored in finer steps than metres, and what the scale that undoes each is called.
+_DEM_STEPS = {0.1: "decimetres", 0.01: "centimetres"}
+
+
+def _fitting_scales(stats: ValueStats, lo: float, hi: float) -> list[float]:
+    """The decimal scales (0.1, 0.01) that bring the values taken within ``lo..hi``: integers kept in finer steps."""
+    if stats.dtype.startswith("float"):
+        return []
+    return [f for f in (0.1, 0.01) if lo <= stats.p02 * f and stats.p98 * f <= hi]

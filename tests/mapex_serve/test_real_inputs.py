@@ -365,6 +365,23 @@ def test_uncalibrated_amplitude_is_refused():
         read(tif(dn, ["Amplitude_VV", "Amplitude_VH"]), ["VV", "VH"])
 
 
+def test_integers_in_finer_steps_than_the_unit_are_refused_naming_the_scale_that_undoes_them():
+    """Pipelines store dB x 100 and elevations in decimetres or centimetres as integers (Earth Engine's
+    ``.multiply(100).toInt16()``); the 422 said to calibrate a product that was calibrated, and the scale= it names
+    then reads them right."""
+    db = sar_db()
+    stored = tif(np.round(db * 100).astype(np.int16), ["VV", "VH"])
+    with pytest.raises(ImplausibleValuesError, match=r"look like dB stored x 100 .*: pass scale=0\.01$"):
+        read(stored, ["VV", "VH"])
+    _, _, values, _ = read(stored, ["VV", "VH"], scale="0.01")
+    np.testing.assert_allclose(values, db, atol=0.006)
+    centimetres = tif(RNG.integers(100_000, 300_000, (1, 16, 16)).astype(np.int32), ["elevation"])
+    with pytest.raises(ImplausibleValuesError, match=r"\(scale=0\.01 for centimetres\)$"):
+        read(centimetres, ["DEM"])
+    with pytest.raises(ImplausibleValuesError, match="Calibrate"):  # amplitude DN still says to calibrate
+        read(tif(RNG.integers(50, 600, (2, 16, 16)).astype(np.uint16), ["VV", "VH"]), ["VV", "VH"])
+
+
 def test_dem_in_feet():
     feet = RNG.uniform(3000, 12000, (1, 16, 16)).astype(np.float32)
     scene, _, values, _ = read(tif(feet, ["DEM"], units=["ft"]), ["DEM"])
