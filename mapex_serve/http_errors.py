@@ -34,6 +34,7 @@ from mapex_serve.inputs import (
 from mapex_serve.jobs.sources import JobSourceError
 from mapex_serve.predict import UnreadableRasterError
 from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError, LandsatSensorUnknownError
+from mapex_serve.remote import RemoteFileError, RemoteFileUnavailableError
 from mapex_serve.responses import GeoJSONNotAvailableError
 from mapex_serve.routes.jobs import (
     JobConflictError,
@@ -65,6 +66,7 @@ STATUS: dict[type[MapexError], int] = {
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
+    RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,
     ClientGoneError: 499,  # nginx's "client closed request": logged and counted, read by no one
     QueueFullError: 503, ServiceStoppingError: 503, DecodeUnavailableError: 503, NoRoomToReceiveError: 503, MemoryBudgetError: 503, JobsDisabledError: 503,

@@ -40,6 +40,7 @@ from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
+from mapex_serve.remote import remote_failure
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
 
@@ -288,7 +289,12 @@ def _open_in_place(f: SourceFile) -> DatasetReaderBase:
     if not f.remote:
         return DatasetReader(f.path, driver=list(SOURCE_DRIVERS))
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        return DatasetReader(f.path, driver=list(REMOTE_DRIVERS))
+        try:
+            return DatasetReader(f.path, driver=list(REMOTE_DRIVERS))
+        except RasterioIOError as e:
+            if (failure := remote_failure(f.name, str(e))) is not None:
+                raise failure from None
+            raise
 
 
 @cache

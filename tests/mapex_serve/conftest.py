@@ -179,7 +179,8 @@ class RangeServer:
 
     GDAL's ``/vsicurl/`` reads a COG by ranges; ``ranges`` records each one served, so a test can
     tell that a scene was read window by window rather than downloaded whole. ``seconds_per_mib`` slows whole-file
-    downloads, as a far server does.
+    downloads, as a far server does. Paths under ``/private/`` answer 401, as a login-protected archive (NASA
+    Earthdata's) does to a client without one.
     """
 
     def __init__(self, root: Path) -> None:
@@ -197,6 +198,12 @@ class RangeServer:
                 pass
 
             def send_head(self):
+                if self.path.startswith("/private/"):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="Please enter your Earthdata Login credentials"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 spec = self.headers.get("Range")
                 path = Path(self.translate_path(self.path))
                 if not spec or not path.is_file():

@@ -371,7 +371,7 @@ def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
         (post({"url": "/vsicurl/http://x/y.tif"}), 422, "http(s)://"),
         (post({"url": "https://x/y.tif", "stac_item": "https://x/i.json"}), 422, "one source"),
         (post({"uri": "https://x/y.tif"}), 422, "not valid"),
-        (post({"url": "http://127.0.0.1:9/missing.tif"}), 400, "readable raster"),
+        (post({"url": "http://127.0.0.1:9/missing.tif"}), 502, "could not be reached"),
         (post({"stac_item": {"type": "FeatureCollection", "features": []}}), 422, "not a STAC item"),
         (post({"stac_item": {"type": "Feature", "assets": {"thumb": {"href": "t.png"}}}}), 422, "no asset"),
         (httpx.post(f"{jobs_server.url}/jobs/no-such-task", json={"url": "https://x/y.tif"}), 404, "tasks served"),
@@ -384,6 +384,21 @@ def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
     for r, status, hint in cases:
         assert r.status_code == status and hint in r.json()["detail"], (status, hint, r.status_code, r.text)
     assert not list((Path(jobs_server.log_path).parent / "jobs").glob(f"{job['id']}*")), "a cancelled job's files go"
+
+
+def test_a_url_its_server_refuses_or_lacks_is_refused_saying_what_would_be_served(jobs_server, range_server, s3_server):
+    """A login-protected URL (NASA Earthdata's HLS and OPERA) answered 401 and the job was refused with "the upload
+    is not a readable raster"; now the answer names the server's refusal and the ways round it, and a missing file
+    says so, by http(s):// and by s3://. The URL, which may carry a signature, is never in the answer."""
+    s3_server.client().create_bucket(Bucket="empty")
+    cases = [(f"{range_server.url}/private/HLS.S30.T33UUP.2021180T100031.v2.0.B04.tif?token=s3cret", 422,
+              "refused it (HTTP 401)", "urs.earthdata.nasa.gov"),
+             (f"{range_server.url}/nowhere/scene.tif", 422, "no file at that URL (HTTP 404)", "check the URL"),
+             ("s3://empty/scene.tif", 422, "no file at that URL (The specified key does not exist)", "check the URL")]
+    for url, status, said, remedy in cases:
+        r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"url": url}, timeout=60)
+        assert r.status_code == status and r.json()["error"] == "RemoteFileError", r.text
+        assert said in r.json()["detail"] and remedy in r.json()["detail"] and "s3cret" not in r.text, r.text
 
 
 def test_replicas_that_run_no_jobs_pass_them_to_the_one_that_does(built_repo, start_server, scene_cog, tmp_path):

@@ -1,0 +1,60 @@
+"""What a file read in place by its URL (a job's ``/vsicurl/`` or ``/vsis3/`` source) fails with, said so that its
+sender can act on it.
+
+GDAL reports a server's refusal as ``HTTP response code: 401`` and an unreachable server as a curl error, which
+reached the user as "the upload is not a readable raster". The products this service reads most are behind
+logins (NASA Earthdata's HLS and OPERA, Copernicus Data Space) or signed URLs (the Planetary Computer), so a 401
+or 403 is the common case, and its remedies are the sender's or the deployment's, never the file's. Messages
+name the file, never its URL, which may carry a signature.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mapex_serve.errors import MapexError
+
+__all__ = ["RemoteFileError", "RemoteFileUnavailableError", "remote_failure"]
+
+_HTTP_CODE = re.compile(r"HTTP response code: (\d{3})")
+_CURL_ERROR = re.compile(r"CURL error: (.+)")
+#: What GDAL's /vsis3/ says from an S3 server's error document (or of its own missing credentials).
+_S3_REFUSED = re.compile(r"Access ?Denied|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|"
+                         r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST configuration options not defined", re.I)
+_S3_MISSING = re.compile(r"The specified (?:key|bucket) does not exist|NoSuchKey|NoSuchBucket", re.I)
+
+
+class RemoteFileError(MapexError, ValueError):
+    """A file by URL its server will not serve: it needs an authorisation the service lacks, or is not there."""
+
+
+class RemoteFileUnavailableError(MapexError):
+    """A file by URL whose server could not be reached or failed: the same request may succeed later."""
+
+
+def remote_failure(name: str, message: str) -> MapexError | None:
+    """The error GDAL's ``message`` about the remote file ``name`` stands for; None for one that is not the
+    server's or the network's (a file that is there but is no raster)."""
+    http = _HTTP_CODE.search(message)
+    code = int(http.group(1)) if http else None
+    if code in (401, 403) or _S3_REFUSED.search(message):
+        said = f"HTTP {code}" if code else ("the service holds no S3 credentials" if "AWS_NO_SIGN_REQUEST" in message
+                                           else message.strip().rstrip("."))
+        return RemoteFileError(
+            f"{name}: its server refused it ({said}): the file needs an authorisation the service does not hold; "
+            f"send a signed URL (an S3 presigned URL, a Planetary Computer href signed with its SAS token), have the "
+            f"deployment give GDAL credentials for that server (NASA Earthdata: a .netrc for urs.earthdata.nasa.gov "
+            f"with GDAL_HTTP_COOKIEFILE and GDAL_HTTP_COOKIEJAR set, or GDAL_HTTP_HEADERS='Authorization: Bearer "
+            f"<token>'; S3: the AWS_* variables), or upload the file")
+    if code in (404, 410) or _S3_MISSING.search(message):
+        said = f"HTTP {code}" if code else message.strip().rstrip(".")
+        return RemoteFileError(f"{name}: its server has no file at that URL ({said}); check the URL")
+    if code == 429 or (code or 0) >= 500:
+        return RemoteFileUnavailableError(f"{name}: its server failed to serve it (HTTP {code}); try again later, or "
+                                          f"upload the file")
+    if code is not None:
+        return RemoteFileError(f"{name}: its server refused to serve it (HTTP {code})")
+    if (curl := _CURL_ERROR.search(message)) is not None:
+        return RemoteFileUnavailableError(f"{name}: its server could not be reached ({curl.group(1).strip()}); check "
+                                          f"the URL, or upload the file")
+    return None
