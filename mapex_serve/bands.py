@@ -270,11 +270,11 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         QualityLayer("UDM2_CLOUD", "Planet UDM2 cloud band", invalid_values={1: "UDM2 cloud"}),
         QualityLayer("UDM2_SHADOW", "Planet UDM2 cloud shadow band", invalid_values={1: "UDM2 cloud shadow"}),
         QualityLayer("UDM2_HEAVY_HAZE", "Planet UDM2.0 heavy haze band", invalid_values={1: "UDM2 heavy haze"}),
-        # NASA JPL OPERA RTC-S1's mask layer (..._mask.tif beside ..._VV.tif): 0 valid; its other classes are layover,
-        # shadow or both, and 255 no data.
+        # NASA JPL OPERA RTC-S1's mask layer (..._mask.tif beside ..._VV.tif; its flag_values and flag_meanings, as
+        # asf_search and Earth Engine's catalogue list them): 0 not affected, 1 shadow, 2 layover, 3 both, 255 fill.
         QualityLayer("OPERA_RTC_MASK", "OPERA RTC-S1 layover and shadow mask",
-                     invalid_values={1: "OPERA RTC layover or shadow (class 1)", 2: "OPERA RTC layover or shadow (class 2)",
-                                     3: "OPERA RTC layover and shadow (class 3)", 255: "OPERA RTC mask no data"}),
+                     invalid_values={1: "OPERA RTC radar shadow", 2: "OPERA RTC layover",
+                                     3: "OPERA RTC layover and shadow", 255: "OPERA RTC mask no data"}),
         # ASF HyP3 RTC's layover/shadow map (..._ls_map.tif, HyP3 RTC product guide): a sum of flags, 1 tested, 2 look
         # angle < slope, 4 layover, 8 look angle < opposite slope, 16 shadow; 0 is untested (outside the scene).
         QualityLayer("HYP3_LS_MAP", "ASF HyP3 RTC layover and shadow map",

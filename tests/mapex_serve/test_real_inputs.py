@@ -1385,8 +1385,8 @@ def test_opera_rtc_s1_bursts_are_linear_gamma0_and_their_mask_removes_layover_an
     scene, reader, values, reasons = read(files, ["VV", "VH"])
     np.testing.assert_allclose(values[:, reasons == 0], db[:, reasons == 0], atol=1e-4)
     assert "OPERA RTC-S1 file name (gamma0, linear power)" in rule_of(scene, "VV")
-    assert reader.masked() == {"OPERA RTC layover or shadow (class 1)": 3, "OPERA RTC layover or shadow (class 2)": 2,
-                               "OPERA RTC layover and shadow (class 3)": 1, "OPERA RTC mask no data": 16}
+    assert reader.masked() == {"OPERA RTC radar shadow": 3, "OPERA RTC layover": 2, "OPERA RTC layover and shadow": 1,
+                               "OPERA RTC mask no data": 16}
     static = UploadedFile(burst.replace("RTC-S1", "RTC-S1-STATIC") + "_local_incidence_angle.tif",
                           tif(np.full((16, 16), 38.0, np.float32)))
     assert RequestScene([*files, static]).canonical_bands == ["VV", "VH"]
