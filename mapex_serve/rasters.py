@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePath
 
 from rasterio.io import DatasetReaderBase
@@ -127,6 +128,7 @@ def _convention(name: str, canonical: str) -> str:
     return "band alias"
 
 
+@lru_cache(maxsize=4096)  # the same few names arrive in every request, each tried against a dozen conventions
 def parse_name(name: str) -> BandIdentity | None:
     """The identity one band name states in any convention we read, or None when it states none."""
     text = name.strip()
