@@ -4,8 +4,9 @@ sender can act on it.
 GDAL reports a server's refusal as ``HTTP response code: 401`` and an unreachable server as a curl error, which
 reached the user as "the upload is not a readable raster". The products this service reads most are behind
 logins (NASA Earthdata's HLS and OPERA, Copernicus Data Space) or signed URLs (the Planetary Computer), so a 401
-or 403 is the common case, and its remedies are the sender's or the deployment's, never the file's. Messages
-name the file, never its URL, which may carry a signature.
+or 403 is the common case, and its remedies are the sender's or the deployment's, never the file's. A server
+may also stop serving a file it served when the job started (a signed URL that expires during a long job), which
+GDAL reports as a short read. Messages name the file, never its URL, which may carry a signature.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 
 from mapex_serve.errors import MapexError
 
-__all__ = ["RemoteFileError", "RemoteFileUnavailableError", "remote_failure"]
+__all__ = ["RemoteFileError", "RemoteFileUnavailableError", "read_failure", "remote_failure"]
 
 _HTTP_CODE = re.compile(r"HTTP response code: (\d{3})")
 _CURL_ERROR = re.compile(r"CURL error: (.+)")
@@ -22,6 +23,8 @@ _CURL_ERROR = re.compile(r"CURL error: (.+)")
 _S3_REFUSED = re.compile(r"Access ?Denied|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|"
                          r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST configuration options not defined", re.I)
 _S3_MISSING = re.compile(r"The specified (?:key|bucket) does not exist|NoSuchKey|NoSuchBucket", re.I)
+#: What GDAL says when the bytes of a block stop coming (libtiff's short read), or the server's own words.
+_STOPPED = re.compile(r"got 0 bytes|HTTP response code|CURL error", re.I)
 
 
 class RemoteFileError(MapexError, ValueError):
@@ -58,3 +61,18 @@ def remote_failure(name: str, message: str) -> MapexError | None:
         return RemoteFileUnavailableError(f"{name}: its server could not be reached ({curl.group(1).strip()}); check "
                                           f"the URL, or upload the file")
     return None
+
+
+def read_failure(name: str, error: BaseException) -> MapexError | None:
+    """The error a failed read of the remote file ``name`` stands for when its server stopped serving it after it
+    was opened (a signed URL that expired during a long job, a server gone); None for a block that came but does
+    not decode. GDAL chains the reason under "Read failed. See previous exception"."""
+    said, e = [], error
+    while e is not None and len(said) < 8:
+        said.append(str(e))
+        e = e.__cause__ or e.__context__
+    if not any(_STOPPED.search(m) for m in said):
+        return None
+    return RemoteFileUnavailableError(
+        f"{name}: its server stopped serving it while it was read (a signed URL that expired, or a server that "
+        f"failed); send the job again with a URL valid for longer than the job runs, or upload the file")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReaderBase
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -24,6 +25,7 @@ from mapex_serve.bands import QUALITY_LAYERS, QualityLayer
 from mapex_serve.dimap import SnapBand
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.rasters import BandIdentity
+from mapex_serve.remote import read_failure
 from mapex_serve.units import Conversion
 
 __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
@@ -104,6 +106,7 @@ class _Source:
     positions: list[int]  # where those bands go in the reader's output, in the same order
     nodata: list[float | None]  # per band: a nodata value the file does not declare, or None
     warped: bool = False  # read through a WarpedVRT: a window's rows are not the file's
+    remote: str | None = None  # the file's name, when it is read by URL (a job's source)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Stored values (k, h, w) and inside-the-data masks (k, h, w) of an in-scene window, one GDAL call each."""
@@ -173,7 +176,8 @@ class SceneReader:
                     offset = (0, 0)
                     if b.file not in self.resampled:
                         self.resampled.append(b.file)
-                sources[key] = _Source(ds, offset, [], [], [], warped=ds is not b.dataset)
+                remote = b.file if b.dataset.name.startswith(("/vsicurl/", "/vsis3/")) else None
+                sources[key] = _Source(ds, offset, [], [], [], warped=ds is not b.dataset, remote=remote)
             sources[key].indexes.append(b.index)
             sources[key].positions.append(position)
             sources[key].nodata.append(b.nodata)
@@ -185,7 +189,12 @@ class SceneReader:
             if self.wait_rows is not None:
                 r, _c = s.window_offset
                 self.wait_rows(_ALL_ROWS if s.warped else r + int(window.row_off + window.height))
-            values, masks = s.read(window)
+            try:
+                values, masks = s.read(window)
+            except RasterioIOError as e:
+                if s.remote is None or (failure := read_failure(s.remote, e)) is None:
+                    raise
+                raise failure from None
             for k, position in enumerate(s.positions):
                 stored[position], inside[position] = values[k], masks[k]
         return stored, inside

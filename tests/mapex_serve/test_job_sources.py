@@ -154,3 +154,26 @@ def test_an_archive_at_a_url_is_fetched_within_the_limit_and_a_raster_is_left_to
     with pytest.raises(JobSourceError, match="presigned https"):
         archive_at("s3://scenes/product.zip", 10**6)
     assert not archive_at("s3://scenes/scene.tif", 10**6)
+
+
+def test_a_url_whose_server_stops_serving_it_between_reads_fails_naming_the_server_not_the_file(range_server):
+    """A signed URL expires during a long job, or its server goes: GDAL's "Read failed" became "the upload is not a
+    readable raster", which blamed the file. A block that comes but does not decode is still the file's fault."""
+    from rasterio.errors import RasterioIOError
+
+    from mapex_serve.inputs import RequestScene
+    from mapex_serve.remote import RemoteFileUnavailableError, read_failure
+    from mapex_serve.units import UnitOverrides
+
+    db = np.random.default_rng(0).uniform(-25, -5, (2, 512, 512)).astype(np.float32)
+    path = range_server.root / "expiring.tif"
+    with rasterio.open(path, "w", driver="GTiff", count=2, width=512, height=512, dtype="float32", crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(500000, 5000000, 10, 10), tiled=True,
+                       blockxsize=256, blockysize=256) as dst:
+        dst.write(db)
+        dst.descriptions = ("VV", "VH")
+    with RequestScene([SourceFile("expiring.tif", f"/vsicurl/{range_server.url}/expiring.tif")]) as scene:
+        path.rename(path.with_name("expired.tif"))  # from now on the server answers 404
+        with pytest.raises(RemoteFileUnavailableError, match="expiring.tif: its server stopped serving it"):
+            scene.reader(["VV", "VH"], UnitOverrides())
+    assert read_failure("a.tif", RasterioIOError("TIFFReadEncodedTile() failed: Decoding error")) is None
