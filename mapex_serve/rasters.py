@@ -128,6 +128,13 @@ def _convention(name: str, canonical: str) -> str:
     return "band alias"
 
 
+def _polarised(found: str, rule: str, pol: str, unit: str | None) -> BandIdentity:
+    """A radar band by its polarisation (``VV``, ``HH``...), in ``unit``; one the models do not take, unused."""
+    if pol not in BANDS:
+        return BandIdentity(found, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
+    return BandIdentity(found, rule, pol, unit_hint=unit)
+
+
 @lru_cache(maxsize=4096)  # the same few names arrive in every request, each tried against a dozen conventions
 def parse_name(name: str) -> BandIdentity | None:
     """The identity one band name states in any convention we read, or None when it states none."""
@@ -139,16 +146,12 @@ def parse_name(name: str) -> BandIdentity | None:
         quantity, pol, db = m.group(1).lower(), m.group(2).upper(), m.group(3)
         unit = "dB" if db else _SNAP_UNIT[quantity]
         rule = f"SNAP band name ({_SNAP_MEANING[quantity]}, {'linear power' if unit == 'linear' else unit})"
-        if pol not in BANDS:
-            return BandIdentity(text, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
-        return BandIdentity(text, rule, pol, unit_hint=unit)
+        return _polarised(text, rule, pol, unit)
     if (m := _POL_UNIT.match(text)) and (m.group(2) or m.group(3)):
         pol, unit = m.group(1).upper(), _UNIT_OF_WORD.get((m.group(3) or "").lower())
         said = " ".join(w for w in (m.group(2), unit) if w)
         rule = f"polarisation named with its {'unit' if unit else 'quantity'} ({said})"
-        if pol not in BANDS:
-            return BandIdentity(text, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
-        return BandIdentity(text, rule, pol, unit_hint=unit)
+        return _polarised(text, rule, pol, unit)
     if canonical := canonical_or_none(text):
         return BandIdentity(text, _convention(text, canonical), canonical)
     if q := quality_layer(text):
@@ -244,9 +247,7 @@ def _hyp3(filename: str | None) -> BandIdentity | None:
         return BandIdentity(m.group(0), "ASF HyP3 RTC file name (layover and shadow mask)", quality="HYP3_LS_MAP")
     quantity, (unit, scale), pol = m.group(1).lower(), _HYP3_SCALE[m.group(2).lower()], m.group(3).upper()
     rule = f"ASF HyP3 RTC file name ({'gamma0' if quantity == 'g' else 'sigma0'}, {scale} scale)"
-    if pol not in BANDS:
-        return BandIdentity(m.group(0), f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
-    return BandIdentity(m.group(0), rule, pol, unit_hint=unit)
+    return _polarised(m.group(0), rule, pol, unit)
 
 
 #: NASA JPL OPERA RTC-S1 burst files (``OPERA_L2_RTC-S1_T069-147170-IW1_20231010T121227Z_20231010T163008Z_S1A_30_v1.0_VV.tif``):
@@ -262,9 +263,7 @@ def _opera(filename: str | None) -> BandIdentity | None:
     rule, layer = "OPERA RTC-S1 file name", m.group(1)
     if layer.lower() == "mask":
         return BandIdentity(m.group(0), f"{rule} (layover and shadow mask)", quality="OPERA_RTC_MASK")
-    if layer.upper() not in BANDS:
-        return BandIdentity(m.group(0), f"{rule}; {layer.upper()} polarisation is not a model band (VV and VH are)")
-    return BandIdentity(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), unit_hint="linear")
+    return _polarised(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), "linear")
 
 
 #: The Planetary Computer's ``sentinel-1-rtc`` assets (``.../measurement/iw-vv.rtc.tiff``): gamma0, radiometrically
@@ -276,10 +275,8 @@ def _planetary_rtc(filename: str | None) -> BandIdentity | None:
     """The identity a Planetary Computer Sentinel-1 RTC asset's name states, with its unit; None for any other name."""
     if (m := _PLANETARY_RTC.match(PurePath(filename or "").name)) is None:
         return None
-    rule, pol = "Planetary Computer sentinel-1-rtc file name", m.group(1).upper()
-    if pol not in BANDS:
-        return BandIdentity(m.group(0), f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
-    return BandIdentity(m.group(0), f"{rule} (gamma0, linear power)", pol, unit_hint="linear")
+    rule = "Planetary Computer sentinel-1-rtc file name (gamma0, linear power)"
+    return _polarised(m.group(0), rule, m.group(1).upper(), "linear")
 
 
 #: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
