@@ -323,6 +323,12 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
     return names
 
 
+def _rtc_named(filename: str | None) -> BandIdentity | None:
+    """What the name of a radiometrically terrain-corrected product's file (HyP3, OPERA, the Planetary Computer)
+    says of its one band, with the unit its description never states; None for any other name."""
+    return _hyp3(filename) or _opera(filename) or _planetary_rtc(filename)
+
+
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
     if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
@@ -386,6 +392,9 @@ def identify_bands(
                 f"bands= gives {len(bands)} names ({list(bands)}) for {src.count} bands; give one name per band in "
                 f"file order, '-' for a band to skip"
             )
+        # a file whose product's name states its unit (iw-vv.rtc.tiff: linear) keeps it when bands= names the same
+        # band: a STAC item's asset keys arrive as bands= (vv, vh) and say nothing of units
+        by_name = _rtc_named(filename) if src.count == 1 else None
         out = []
         for name in bands:
             if name.strip() in ("-", ""):
@@ -394,8 +403,8 @@ def identify_bands(
             parsed = parse_name(name)
             if parsed is None or not parsed.used:
                 resolve_band(name)  # raises UnknownBandError listing the accepted names
-            out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality,
-                                    parsed.unit_hint))
+            unit = parsed.unit_hint or (by_name.unit_hint if by_name and by_name.canonical == parsed.canonical else None)
+            out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality, unit))
         return out
     landsat = landsat_sensor(src, filename)
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet)

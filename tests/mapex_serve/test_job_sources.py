@@ -124,6 +124,37 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
 
 
 
+def test_a_planetary_computer_sentinel1_rtc_item_reads_its_assets_as_the_linear_gamma0_their_names_state(
+        tmp_path, swir_manifest):
+    """The item names its assets vv and vh and gives no unit; the asset keys arrive as bands= and made the file's
+    name, which states linear gamma0 (measurement/iw-vv.rtc.tiff), unheard: a 422 asked for units=linear."""
+    from mapex_serve.bands import BANDS
+
+    db = np.random.default_rng(1).uniform(-25, -5, size=(2, 64, 64)).astype(np.float32)
+    files, assets = [], {}
+    for i, pol in enumerate(("vv", "vh")):
+        path = tmp_path / f"iw-{pol}.rtc.tiff"
+        with rasterio.open(path, "w", driver="GTiff", count=1, height=64, width=64, dtype="float32", nodata=-32768,
+                           crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write((10 ** (db[i] / 10))[None])
+        files.append(SourceFile(path.name, str(path)))
+        assets[pol] = {"href": f"https://sentinel1euwestrtc.blob.core.windows.net/sentinel1-grd-rtc/GRD/2023/9/14/IW/DV/"
+                               f"S1A_IW_GRDH_1SDV_20230914T052201/measurement/iw-{pol}.rtc.tiff", "roles": ["data"],
+                       "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       "raster:bands": [{"nodata": -32768, "data_type": "float32"}]}
+    item = resolve_stac({"type": "Feature", "stac_version": "1.0.0", "id": "S1A_IW_GRDH_1SDV_20230914T052201_rtc",
+                         "properties": {"sar:polarizations": ["VV", "VH"]}, "assets": assets}, None, None)
+    assert item.bands == ["vv", "vh"]
+    sar = type(swir_manifest).model_validate({**swir_manifest.model_dump(), "name": "flood-sar", "task": "flood",
+                                              "modalities": ["SAR"], "bands": [
+        {"name": b, "unit": BANDS[b].unit, "scale": 1.0, "mean": -15.0, "std": 5.0} for b in ("VV", "VH")]})
+    scene, _, reader = opened_scene(JobRequest(), ResolvedSources(files, item.bands, item.overrides), [sar], 10**9)
+    with scene:
+        values, _ = reader.read(Window(0, 0, 64, 64))
+        np.testing.assert_allclose(values, db, atol=1e-4)
+        assert any("10·log10" in step for step in scene.band("VV").conversion.steps)
+
+
 def test_an_archive_at_a_url_is_fetched_within_the_limit_and_a_raster_is_left_to_gdal(range_server, tmp_path):
     """The first bytes decide (a link like Earth Engine's has no file name): an archive is fetched whole, at most
     the job upload limit (by the size its server states, then by its bytes), and stops when its job is cancelled;
