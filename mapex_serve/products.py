@@ -16,6 +16,10 @@ file in the folder, and beside them ``tie_point_grids`` and ``vector_data``: its
 grid would be taken for an elevation band by its name, so only the band files are read. Their scaling
 and no-data value are in the ``.dim`` only (``mapex_serve.dimap``): a Sentinel-2 product's digital
 numbers with the offset of -0.1, the zeros outside a terrain-corrected Sentinel-1 swath.
+
+A CEOS-ARD Normalised Radar Backscatter product from pyroSAR's S1_NRB processor holds each polarisation as
+gamma0 and sigma0, linear and log-scaled (some as VRTs of pixel functions, which uploads may not hold), beside
+annotation layers: only its gamma0 in linear power is read, once a polarisation.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ _SAFE_BAND = re.compile(r"_(B\d\d|B8A|SCL)(?:_(\d\d)m)?\.jp2$", re.I)
 #: Each Level-2A band at its native resolution (m), the finest the SAFE holds it at; the others are its resamplings.
 _SAFE_NATIVE = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20,
                 "B12": 20, "SCL": 20, "B01": 60, "B09": 60}
+#: A CEOS-ARD Normalised Radar Backscatter product's folder as pyroSAR's S1_NRB processor names it
+#: (``S1A_IW_NRB__1SDV_20200103T170705_030639_0382D5_32TPS_8090``), and the one measurement read of it: gamma0 in
+#: linear power; its sigma0 and log-scaled copies (some of them VRTs of pixel functions) and annotation layers are not.
+_S1_NRB_PRODUCT = re.compile(r"^S1[A-D]_[A-Z]{2}_NRB__\w+$", re.I)
+_S1_NRB_GAMMA0 = re.compile(r"-(?:vv|vh|hh|hv)-g-lin\.tiff?$", re.I)
 _ENOUGH = 2**20  # metadata files are read if smaller than this
 #: A BEAM-DIMAP product's header: its band descriptions come first, then the product's metadata, which for a
 #: Sentinel-1 product (orbits, the original annotations) runs to megabytes.
@@ -76,6 +85,8 @@ def role(path: str, size: int) -> Role | None:
         resolution = band.group(2)
         native = _SAFE_NATIVE.get(band.group(1).upper())  # a band of no known resolution: at any it comes in
         return "raster" if resolution is None or native is None or int(resolution) == native else "skip"
+    if any(_S1_NRB_PRODUCT.match(p) for p in parts[:-1]):
+        return "raster" if _S1_NRB_GAMMA0.search(base) and "measurement" in parts else "skip"
     if _LANDSAT_MTL.match(base):
         return "metadata" if size < _ENOUGH else "skip"
     if base.lower().endswith(".dim"):

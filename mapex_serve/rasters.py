@@ -279,6 +279,26 @@ def _planetary_rtc(filename: str | None) -> BandIdentity | None:
     return _polarised(m.group(0), rule, m.group(1).upper(), "linear")
 
 
+#: The files of a CEOS-ARD Normalised Radar Backscatter product as pyroSAR's S1_NRB processor (S1-ARD) names them
+#: (``s1a-iw-nrb-20200103t170705-030639-0382d5-32tps-vh-g-lin.tif``): the polarisation, gamma0 or sigma0, and
+#: linear or log (10·log10) in the name; beside them annotation layers whose names hold a polarisation too (noise
+#: power ``-np-vv``) or none (``-dm``, ``-ei``, ``-gs``, ``-id``, ``-lc``, ``-li``), none of them backscatter.
+_S1_NRB = re.compile(r"^s1[a-d]-[a-z]{2}-nrb-[\w-]+?-(?:(vv|vh|hh|hv)-([gs])-(lin|log)|np-(?:vv|vh|hh|hv)|dm|ei|gs|id|lc|li)"
+                     r"\.tiff?$", re.I)
+
+
+def _s1_nrb(filename: str | None) -> BandIdentity | None:
+    """The identity an S1-NRB product file's name states, with its unit; None for any other name."""
+    if (m := _S1_NRB.match(PurePath(filename or "").name)) is None:
+        return None
+    if m.group(1) is None:
+        return BandIdentity(m.group(0), "S1-NRB annotation layer (file name): not backscatter")
+    quantity = "gamma0" if m.group(2).lower() == "g" else "sigma0"
+    unit = "linear" if m.group(3).lower() == "lin" else "dB"
+    return _polarised(m.group(0), f"S1-NRB file name ({quantity}, {'linear power' if unit == 'linear' else unit})",
+                      m.group(1).upper(), unit)
+
+
 #: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
 #: ``USGS_OPR_...``): elevation in metres, named by resolution and corner only.
 _3DEP = re.compile(r"^USGS_(?:13|1|2|1M|OPR)_\w+\.tiff?$", re.I)
@@ -324,16 +344,16 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
 
 
 def _rtc_named(filename: str | None) -> BandIdentity | None:
-    """What the name of a radiometrically terrain-corrected product's file (HyP3, OPERA, the Planetary Computer)
-    says of its one band, with the unit its description never states; None for any other name."""
-    return _hyp3(filename) or _opera(filename) or _planetary_rtc(filename)
+    """What the name of a radiometrically terrain-corrected product's file (HyP3, OPERA, the Planetary Computer,
+    S1-NRB) says of its one band, with the unit its description never states; None for any other name."""
+    return _hyp3(filename) or _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)
 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
     if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
         return hyp3
-    if src.count == 1 and (rtc := _opera(filename) or _planetary_rtc(filename)) is not None:
+    if src.count == 1 and (rtc := _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)) is not None:
         return rtc  # its name states the unit its description does not
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")

@@ -1138,6 +1138,43 @@ def test_asf_hyp3_rtc_layover_and_shadow_map_masks_layover_and_shadow():
     np.testing.assert_allclose(values[0][reasons == 0], db[reasons == 0], atol=1e-4)
 
 
+NRB = "s1a-iw-nrb-20200103t170705-030639-0382d5-32tps"
+
+
+def test_s1_nrb_files_are_read_in_the_quantity_and_scale_their_names_state_and_their_annotation_layers_are_not():
+    """pyroSAR's S1_NRB processor (CEOS-ARD NRB) names its files ``...-vh-g-lin.tif`` (gamma0, linear) and
+    ``-g-log`` (dB), and its noise power ``-np-vv.tif``: before, the first drew a 422 asking for units=linear and
+    the noise power was read as VV by the word in its name."""
+    db = RNG.uniform(-22, -5, (2, 16, 16)).astype(np.float32)
+    noise = tif(np.full((16, 16), 0.002, np.float32))
+    files = [UploadedFile(f"{NRB}-vv-g-lin.tif", tif((10 ** (db[0] / 10)).astype(np.float32))),
+             UploadedFile(f"{NRB}-vh-g-log.tif", tif(db[1])), UploadedFile(f"{NRB}-np-vv.tif", noise)]
+    scene, _, values, _ = read(files, ["VV", "VH"])
+    np.testing.assert_allclose(values, db, atol=1e-4)
+    assert rule_of(scene, "VV") == "S1-NRB file name (gamma0, linear power)"
+    assert scene.canonical_bands == ["VV", "VH"]  # the noise power is no band
+
+
+def test_a_zipped_s1_nrb_product_reads_its_gamma0_and_leaves_its_copies_vrts_and_annotation_out():
+    """The product holds each polarisation four times (gamma0 and sigma0, linear and log, some of them VRTs of
+    pixel functions, which are refused) and annotation layers: only gamma0 in linear power is read."""
+    db = RNG.uniform(-22, -5, (2, 16, 16)).astype(np.float32)
+    folder = "S1A_IW_NRB__1SDV_20200103T170705_030639_0382D5_32TPS_8090"
+    pixel_function = b'<VRTDataset><VRTRasterBand subClass="VRTDerivedRasterBand"/></VRTDataset>'
+    members = {f"{folder}/{folder}.xml": b"<product/>", f"{folder}/annotation/{NRB}-dm.tif": tif(np.zeros((16, 16),
+               np.uint8)), f"{folder}/annotation/{NRB}-np-vv.tif": tif(np.full((16, 16), 0.002, np.float32))}
+    for i, pol in enumerate(("vv", "vh")):
+        linear = (10 ** (db[i] / 10)).astype(np.float32)
+        members |= {f"{folder}/measurement/{NRB}-{pol}-g-lin.tif": tif(linear),
+                    f"{folder}/measurement/{NRB}-{pol}-s-lin.tif": tif(linear * 0.9),
+                    f"{folder}/measurement/{NRB}-{pol}-g-log.vrt": pixel_function}
+    scene, _, values, _ = read([UploadedFile(f"{folder}.zip", zipped(members))], ["VV", "VH"])
+    np.testing.assert_allclose(values, db, atol=1e-4)
+    report = scene.archives[0].report()
+    assert sorted(report["read"]) == sorted(f"{NRB}-{p}-g-lin.tif" for p in ("vv", "vh"))
+    assert len(report["skipped"]) == 7
+
+
 @pytest.mark.parametrize("mode", ["iw", "ew"])
 def test_planetary_computer_sentinel1_rtc_assets_are_linear_gamma0_by_their_names(mode):
     """The Planetary Computer's ``sentinel-1-rtc`` assets (``measurement/iw-vv.rtc.tiff``) hold terrain-corrected
