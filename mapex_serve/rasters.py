@@ -343,18 +343,18 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
     return names
 
 
-def _rtc_named(filename: str | None) -> BandIdentity | None:
+def _rtc_named(filename: str | None, described: bool = False) -> BandIdentity | None:
     """What the name of a radiometrically terrain-corrected product's file (HyP3, OPERA, the Planetary Computer,
-    S1-NRB) says of its one band, with the unit its description never states; None for any other name."""
-    return _hyp3(filename) or _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)
+    S1-NRB) says of its one band, with the unit its description never states; None for any other name. A HyP3 name
+    yields to what the file itself calls its band (``described``: a description or a SNAP header name)."""
+    hyp3 = None if described else _hyp3(filename)
+    return hyp3 or _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)
 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
-    if src.count == 1 and (hyp3 := _hyp3(filename)) is not None and not (header_name or src.descriptions[0]):
-        return hyp3
-    if src.count == 1 and (rtc := _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)) is not None:
-        return rtc  # its name states the unit its description does not
+    if src.count == 1 and (rtc := _rtc_named(filename, bool(header_name or src.descriptions[0]))) is not None:
+        return rtc
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
     if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):
