@@ -24,6 +24,7 @@ from mapex_serve.errors import (
     UnknownModelError,
     UnknownTaskError,
 )
+from mapex_serve.ground import PixelSizeError
 from mapex_serve.inputs import (
     ForbiddenReferenceError,
     GridMismatchError,
@@ -64,7 +65,7 @@ STATUS: dict[type[MapexError], int] = {
     BandNamesMissingError: 422, BandIdentityConflictError: 422, LandsatSensorUnknownError: 422,
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
-    SubdatasetsError: 422, UnitError: 422, ImplausibleValuesError: 422,
+    SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ImplausibleValuesError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -37,12 +38,16 @@ from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
+from mapex_serve.ground import fit_to_model
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.remote import remote_failure
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
+
+if TYPE_CHECKING:
+    from mapex_serve.repository import Manifest
 
 __all__ = [
     "ALLOWED_DRIVERS",
@@ -608,21 +613,27 @@ class RequestScene:
         return Grid(own.crs, rasterio.windows.transform(window, own.transform), int(window.width), int(window.height))
 
     def reader(self, canonical: Sequence[str], overrides: UnitOverrides, sample: int = 64,
-               max_pixels: int | None = None) -> SceneReader:
-        """A reader of ``canonical`` bands (in that order) in physical units, quality layers applied.
+               max_pixels: int | None = None, model: Manifest | None = None) -> SceneReader:
+        """A reader of ``canonical`` bands (in that order) in physical units, quality layers applied, on a grid of
+        the pixel size ``model`` learned where the caller asks for it (``mapex_serve.ground``).
 
         Conversions are decided here and checked against a sample of each band's values in windows of
         ``sample`` pixels (0: not checked, for a part of a scene whose first part checked them).
         """
         used = [self.band(c) for c in canonical]
         quality = self.quality_bands()
-        grid = self.grid(used + quality)
+        grid, ground = self.grid(used + quality), None
+        if model is not None:
+            grid, ground = fit_to_model(grid, model.name, model.pixel_size_m, overrides.pixel_size)
         if max_pixels is not None and grid.width * grid.height > max_pixels:
+            resampled = " once resampled to the model's pixel size (pixel_size=model)" if ground and \
+                ground.read_m != ground.scene_m else ""
             raise RasterTooLargeError(
-                f"the raster is {grid.width} x {grid.height} = {grid.width * grid.height:,} pixels; at most "
-                f"{max_pixels:,} are accepted (MAPEX_MAX_PIXELS): crop or split the scene"
+                f"the raster is {grid.width} x {grid.height} = {grid.width * grid.height:,} pixels{resampled}; at "
+                f"most {max_pixels:,} are accepted (MAPEX_MAX_PIXELS): crop or split the scene"
             )
         reader = SceneReader(grid, used, quality, self._stack)
+        reader.ground = ground
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,

@@ -23,6 +23,7 @@ from mapex_serve.batcher import Batcher
 from mapex_serve.budget import MemoryBudget, Reservation, Room, request_bytes
 from mapex_serve.decode.parts import PartDone, merge_masked
 from mapex_serve.errors import MapexError
+from mapex_serve.ground import GroundScale
 from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile, without_request_folder
 from mapex_serve.repository import Manifest
 from mapex_serve.routing import NoMatchingSpecialistError, Route, choose_route
@@ -72,6 +73,8 @@ class Prediction:
     mosaicked: list[str] = field(default_factory=list)
     #: The archives the upload held: each one's members read and left out (``Unpacked.report``).
     archives: list[dict] = field(default_factory=list)
+    #: The pixel sizes on the ground of the scene, of the grid read and of the model's, if it records one.
+    ground: GroundScale | None = None
     #: The memory reserved for this prediction's outputs: release it once the response is encoded.
     reservation: Reservation = field(default_factory=lambda: Reservation(None, 0))
 
@@ -107,7 +110,7 @@ def open_and_route(
         scene = RequestScene(files, bands, max_unpacked, room)
         try:
             route = route_scene(scene, manifests, modality)
-            return scene, route, scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels)
+            return scene, route, scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels, route.manifest)
         except BaseException:
             scene.close()
             raise
@@ -215,7 +218,7 @@ class SceneRun:
                             tile_rows=tile_cells(g.height, size, overlap_for(size)),
                             tile_cols=tile_cells(g.width, size, overlap_for(size)),
                             masked=masked, resampled=self.reader.resampled, ignored=self.scene.ignored_subdatasets,
-                            mosaicked=self.scene.mosaicked,
+                            mosaicked=self.scene.mosaicked, ground=self.reader.ground,
                             archives=[a.report() for a in self.scene.archives], reservation=reservation)
         if parts and self._mask is not None:
             labels, covered = self._mask

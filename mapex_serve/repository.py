@@ -127,6 +127,10 @@ class Manifest(_Model):
     #: Input bands in the order the engine takes them (modality by modality).
     bands: list[BandSpec]
     tile_size: int = Field(gt=0)
+    #: The size on the ground of the pixels the model learned from (m): the data set's, times its resizing to the
+    #: tile. None: not known (a model pre-trained on synthetic scenes, which have no scale). The service refuses a
+    #: scene far from it unless told to resample or not (``mapex_serve.ground``).
+    pixel_size_m: float | None = Field(None, gt=0)
     #: ``in-graph``: the engine applies mean/std itself; feed it physical values.
     normalisation: Literal["in-graph"] = "in-graph"
     input: TensorSpec

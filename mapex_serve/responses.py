@@ -17,6 +17,7 @@ from rasterio.shutil import copy
 
 from mapex_serve.areas import class_areas, known_row_areas_m2
 from mapex_serve.errors import MapexError
+from mapex_serve.ground import GroundScale
 from mapex_serve.predict import Prediction
 from mapex_serve.vectorize import mask_polygons
 
@@ -41,11 +42,13 @@ def _crs_string(wkt: str) -> str:
 
 
 def grid_report(crs: CRS | None, transform: Affine, width: int, height: int, resampled: list[str],
-                mosaicked: list[str] | None = None) -> dict[str, Any]:
-    """The scene grid as answers and job results state it (``mosaicked``: the files read as the tiles of one)."""
+                mosaicked: list[str] | None = None, ground: GroundScale | None = None) -> dict[str, Any]:
+    """The scene grid as answers and job results state it (``mosaicked``: the files read as the tiles of one;
+    ``ground``: pixel sizes on the ground, where the model records the one it learned)."""
     return {"crs": _crs_string(crs.to_wkt()) if crs else None, "width": width, "height": height,
             "pixel_size": [abs(transform.a), abs(transform.e)], "resampled": resampled,
-            **({"mosaicked": mosaicked} if mosaicked else {})}
+            **({"mosaicked": mosaicked} if mosaicked else {}),
+            **({"ground_pixel_size": ground.report()} if ground else {})}
 
 
 def _reading(p: Prediction) -> dict[str, Any]:
@@ -53,7 +56,7 @@ def _reading(p: Prediction) -> dict[str, Any]:
     g = p.profile
     return {
         "inputs": p.inputs,
-        "grid": grid_report(g["crs"], g["transform"], g["width"], g["height"], p.resampled, p.mosaicked),
+        "grid": grid_report(g["crs"], g["transform"], g["width"], g["height"], p.resampled, p.mosaicked, p.ground),
         "masked_pixels": {"total": sum(p.masked.values()), "by_reason": p.masked},
         **({"ignored_subdatasets": p.ignored} if p.ignored else {}),
         **({"archives": p.archives} if p.archives else {}),

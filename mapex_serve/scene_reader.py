@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -27,6 +28,9 @@ from mapex_serve.planet import PlanetProduct
 from mapex_serve.rasters import BandIdentity
 from mapex_serve.remote import read_failure
 from mapex_serve.units import Conversion
+
+if TYPE_CHECKING:
+    from mapex_serve.ground import GroundScale
 
 __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
 
@@ -134,6 +138,8 @@ class SceneReader:
         self.count = len(self.bands)
         self.quality = list(quality)
         self.resampled: list[str] = []
+        #: The scene's and the model's pixel sizes on the ground, where the model records its (``ground``).
+        self.ground: GroundScale | None = None
         self._vrts: dict[tuple[int, Resampling], WarpedVRT] = {}
         self._sources = self._group(used, Resampling.bilinear, stack)
         self._quality_sources = self._group(quality, Resampling.nearest, stack)

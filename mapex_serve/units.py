@@ -29,6 +29,7 @@ from mapex_serve.planet import PlanetProduct
 __all__ = [
     "Conversion",
     "ImplausibleValuesError",
+    "PixelSizeChoice",
     "UnitError",
     "UnitOverrides",
     "ValueStats",
@@ -80,9 +81,14 @@ def parse_unit(word: str) -> StatedUnit | None:
     return _UNIT_WORDS.get(" ".join(str(word).strip().lower().split()))
 
 
+#: ``pixel_size=``: read a scene whose pixels are not the model's size resampled to the model's, or as it is.
+PixelSizeChoice = Literal["model", "native"]
+
+
 @dataclass(frozen=True)
 class UnitOverrides:
-    """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band.
+    """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band;
+    and ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``).
 
     Keys are canonical band names, or None for "every band the value applies to".
     """
@@ -90,12 +96,14 @@ class UnitOverrides:
     units: Mapping[str | None, StatedUnit] = field(default_factory=dict)
     scale: Mapping[str | None, float] = field(default_factory=dict)
     offset: Mapping[str | None, float] = field(default_factory=dict)
+    pixel_size: PixelSizeChoice | None = None
 
     @classmethod
-    def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None) -> UnitOverrides:
+    def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None,
+              pixel_size: PixelSizeChoice | None = None) -> UnitOverrides:
         """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``."""
         return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
-                   _per_band(offset, "offset", _float_value))
+                   _per_band(offset, "offset", _float_value), pixel_size)
 
     def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
         table = getattr(self, which)

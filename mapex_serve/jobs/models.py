@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
+from mapex_serve.units import PixelSizeChoice
 
 __all__ = ["JobError", "JobProgress", "JobRequest", "JobRequestError", "JobStatus"]
 
@@ -32,6 +33,8 @@ class JobRequest(BaseModel):
     units: str | None = Field(None, description="unit of the values, for every band or per band (VV:linear)")
     scale: str | None = Field(None, description="physical = stored x scale + offset (or per band: B04:0.0001)")
     offset: str | None = Field(None, description="added after scale")
+    pixel_size: PixelSizeChoice | None = Field(None, description="a scene whose pixels are not the size the model "
+                                               "learned: model (resample to it) or native (read it as it is)")
     probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "

@@ -64,14 +64,14 @@ class JobPlan:
 
 def overrides_for(request: JobRequest, sources: ResolvedSources) -> UnitOverrides:
     """The catalogue's units, scale and offset, with what the caller says winning over them."""
-    caller = UnitOverrides.parse(request.units, request.scale, request.offset)
+    caller = UnitOverrides.parse(request.units, request.scale, request.offset, request.pixel_size)
     cat = sources.overrides
 
     def merged(which: str) -> dict:
         mine, theirs = getattr(caller, which), getattr(cat, which)
         return dict(mine) if None in mine else {**theirs, **mine}  # the caller's "every band" beats per-band entries
 
-    return UnitOverrides(merged("units"), merged("scale"), merged("offset"))
+    return UnitOverrides(merged("units"), merged("scale"), merged("offset"), caller.pixel_size)
 
 
 def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Sequence[Manifest],
@@ -226,7 +226,8 @@ class JobScene:
                 "bands": list(route.bands), "provider": self.plan.providers[manifest.name],
                 "data": f"model trained on {manifest.data} data", "classes": classes, "valid_pixels": total,
                 "inputs": inputs,
-                "grid": grid_report(g.crs, g.transform, g.width, g.height, self.reader.resampled, self.scene.mosaicked),
+                "grid": grid_report(g.crs, g.transform, g.width, g.height, self.reader.resampled, self.scene.mosaicked,
+                                    self.reader.ground),
                 "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},
                 "catalogue": self.plan.sources.described,
                 **({"archives": self.plan.sources.archives} if self.plan.sources.archives else {}), "outputs": outputs}

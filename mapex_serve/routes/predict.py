@@ -8,9 +8,9 @@ import re
 import time
 from collections.abc import Awaitable
 from functools import partial
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, params
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -28,7 +28,7 @@ from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
-from mapex_serve.units import UnitOverrides
+from mapex_serve.units import PixelSizeChoice, UnitOverrides
 from mapex_serve.upload import (
     MULTIPART_FRAMING,
     body_head,
@@ -264,6 +264,10 @@ async def predict_task(
                                                    "(or per band: B04:0.0001)")] = None,
     offset: Annotated[str | None, Query(description="added after scale, e.g. -0.1 for Sentinel-2 L2A "
                                                     "baseline >= 04.00")] = None,
+    pixel_size: Annotated[PixelSizeChoice | None,
+                          Query(description="a scene whose pixels are not the size the specialist learned (30 m for "
+                                            "a 10 m model): model resamples it to that size, native reads it as it "
+                                            "is; without it such a scene is refused")] = None,
 ) -> Response:
     started = time.perf_counter()
     name, status, known = "-", 500, False
@@ -273,7 +277,7 @@ async def predict_task(
         known = bool(manifests)
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
-        overrides = UnitOverrides.parse(units, scale, offset)
+        overrides = UnitOverrides.parse(units, scale, offset, pixel_size)
         try:
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
                 response = await _respond(request, state, manifests, bands, modality, format, overrides)
@@ -299,15 +303,31 @@ def _timed_out(request: Request, limit_s: float) -> MapexError:
                                f"scene or retry later")
 
 
+def _query_parameters() -> dict[str, tuple[str, ...] | None]:
+    """``predict_task``'s query parameters, each with its values where they are a closed set (``format``,
+    ``pixel_size``): read from its signature, so that the lane passes whatever parameter the route gains."""
+    out = {}
+    for name, hint in get_type_hints(predict_task, include_extras=True).items():
+        if get_origin(hint) is Annotated and any(isinstance(m, params.Query) for m in hint.__metadata__):
+            inner = get_args(hint)[0]  # Literal[...], or Literal[...] | None
+            literal = next((a for a in (inner, *get_args(inner)) if get_origin(a) is Literal), None)
+            out[name] = get_args(literal) if literal is not None else None
+    return out
+
+
+_QUERY = _query_parameters()
+
+
 def _predict_lane(request: Request, state: ServiceState, reg: Registry,
                   match: re.Match[str]) -> Awaitable[Response] | None:
-    """``predict_task`` with the query FastAPI would parse; None for a ``format`` it must refuse (its 422)."""
+    """``predict_task`` with the query FastAPI would parse; None for a value of a closed set it must refuse (its
+    422)."""
     q = request.query_params
-    fmt = q.get("format")
-    if fmt is not None and fmt not in get_args(Format):
+    given = {name: q.get(name) for name in _QUERY}
+    if any(value is not None and closed is not None and value not in closed
+           for value, closed in zip(given.values(), _QUERY.values(), strict=True)):
         return None
-    return predict_task(match[1], request, reg, state, bands=q.get("bands"), modality=q.get("modality"),
-                        format=fmt, units=q.get("units"), scale=q.get("scale"), offset=q.get("offset"))
+    return predict_task(match[1], request, reg, state, **given)
 
 
 #: ``POST /predict/{task}`` past FastAPI's routing (``routes/lane.py``).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -274,3 +276,46 @@ def test_the_tiles_of_a_split_earth_engine_export_answer_as_the_whole_export(ser
     skipped = post(server, "landcover-seg", parts[:3], format="json", bands="B04,B03,B02")  # skipEmptyTiles
     assert skipped.status_code == 200, skipped.text
     assert skipped.json()["masked_pixels"] == {"total": 72 * 140, "by_reason": {"nodata, mask or alpha band": 72 * 140}}
+
+
+def test_a_scene_of_another_pixel_size_than_the_model_learned_is_refused_resampled_or_read_as_asked(
+        built_repo, start_server, tmp_path, flood_scene):
+    """A flood model that records its 10 m pixels, sent the same scene stated at 30 m (what HLS or a 30 m RTC
+    is): refused with both ways round, read as it is with pixel_size=native (the same mask as the 10 m file, whose
+    pixels it is), resampled onto 10 m pixels over the same ground with pixel_size=model; a job likewise."""
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo / "flood-sar", repo / "flood-sar")
+    path = next((repo / "flood-sar").glob("*/manifest.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pixel_size_m": 10.0}))
+    s = start_server(repo, MAPEX_JOBS_DIR=str(tmp_path / "jobs"))
+    db, like = flood_scene
+    at_10 = tiff(db, ["VV", "VH"], like)
+    at_30 = tiff(db, ["VV", "VH"], {**like, "transform": rasterio.transform.from_origin(500000, 5000000, 30, 30)})
+
+    refused = post(s, "flood", [("s1.tif", at_30)])
+    assert refused.status_code == 422 and refused.json()["error"] == "PixelSizeError", refused.text
+    assert "30 m on the ground" in refused.json()["detail"] and "288 x 288 pixels" in refused.json()["detail"]
+    native = post(s, "flood", [("s1.tif", at_30)], pixel_size="native")
+    assert np.array_equal(mask_of(native), mask_of(post(s, "flood", [("s1.tif", at_10)])))
+    resampled = post(s, "flood", [("s1.tif", at_30)], pixel_size="model")
+    with MemoryFile(resampled.content) as mem, mem.open() as out:
+        assert (out.width, out.height, out.res) == (288, 288, (10.0, 10.0))
+        assert out.bounds == (500000, 5000000 - 96 * 30, 500000 + 96 * 30, 5000000)
+    report = post(s, "flood", [("s1.tif", at_30)], pixel_size="model", format="json").json()["grid"]
+    assert report["ground_pixel_size"]["model_m"] == 10.0 and report["resampled"] == ["s1.tif"]
+    assert report["ground_pixel_size"]["scene_m"] == pytest.approx([30.0, 30.0], rel=1e-3)
+
+    job = httpx.post(f"{s.url}/jobs/flood", files={"file": ("s1.tif", at_30)}, timeout=60)
+    assert job.status_code == 422 and job.json()["error"] == "PixelSizeError", job.text
+    job = httpx.post(f"{s.url}/jobs/flood", files={"file": ("s1.tif", at_30)}, params={"pixel_size": "model"},
+                     timeout=60)
+    assert job.status_code == 202, job.text
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(f"{s.url}/jobs/{job.json()['id']}", timeout=10).json())["state"] not in (
+            "done", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["state"] == "done", status
+    summary = httpx.get(f"{s.url}/jobs/{status['id']}/result", params={"format": "json"}, timeout=60).json()
+    assert (summary["grid"]["width"], summary["grid"]["height"]) == (288, 288)
+    assert summary["valid_pixels"] == 288 * 288
