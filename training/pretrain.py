@@ -70,6 +70,10 @@ class PretrainArgs:
 class BatchSource(Protocol):
     """Where training batches come from: a pure function of (step, rank)."""
 
+    #: The size of the batches' pixels on the ground (m), which the checkpoint records and export puts in the
+    #: manifest for the service to check scenes against; None where it is not known (synthetic scenes).
+    pixel_size_m: float | None
+
     def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]: ...
 
 
@@ -103,6 +107,7 @@ class DatasetSource:
 
     def __init__(self, tiles: FittedTiles, seed: int, workers: int = 0, pin_memory: bool = False) -> None:
         self.tiles, self.seed, self.workers, self.pin_memory = tiles, seed, workers, pin_memory
+        self.pixel_size_m = tiles.pixel_size_m
 
     def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
         return collate([self.tiles[int(i)] for i in step_indices(len(self.tiles), self.seed, step, rank, size)]).inputs
@@ -149,6 +154,8 @@ def set_deterministic(device: torch.device) -> None:
 class SyntheticSource:
     """Freshly generated synthetic scenes for every step (an endless, seeded data set)."""
 
+    pixel_size_m = None  # the scenes' shapes have no size on the ground
+
     def __init__(self, cfg: MapexConfig, seed: int) -> None:
         self.scene = SceneConfig(size=cfg.img_size)
         self.modalities, self.seed = cfg.modalities, seed
@@ -165,6 +172,7 @@ class ChipSource:
         if len(self.chips) == 0:
             raise ValueError(f"no chips listed in the labels CSV of {root}")
         self.size, self.seed = cfg.img_size, seed
+        self.pixel_size_m = self.chips.pixel_size_m()
 
     def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(derive_seed(self.seed, TRAIN, step, rank))
@@ -319,7 +327,8 @@ def train(args: PretrainArgs) -> dict[str, object]:
             save_atomic(
                 {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "step": step, "args": {**asdict(args), "out": str(args.out)}, "world_size": ddp.world,
-                 "band_stats": model.band_stats(), "data": args.dataset or args.data},
+                 "band_stats": model.band_stats(), "data": args.dataset or args.data,
+                 "pixel_size_m": source.pixel_size_m},
                 ckpt_path,
             )
 
@@ -366,7 +375,8 @@ def train(args: PretrainArgs) -> dict[str, object]:
             gathered: list[float] = [0.0] * ddp.world
             dist.all_gather_object(gathered, digest)
             digests = gathered
-        summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began, model.num_parameters())
+        summary = _summary(metrics_path, args, cfg, ddp.world, step, time.perf_counter() - began, model.num_parameters(),
+                           source.pixel_size_m)
         summary |= {"interrupted": bool(stop.signum), "ranks_identical": len(set(digests)) == 1, "weights_digest": digests}
         if ddp.main:
             (out / "run.json").write_text(json.dumps(summary, indent=2))
@@ -381,11 +391,12 @@ def train(args: PretrainArgs) -> dict[str, object]:
 
 
 def _summary(metrics_path: Path, args: PretrainArgs, cfg: MapexConfig, world: int, step: int, seconds: float,
-             parameters: int) -> dict[str, object]:
+             parameters: int, pixel_size_m: float | None) -> dict[str, object]:
     """The figures people quote: loss over the first and last ten steps, and their ratio."""
     recon = [json.loads(line)["recon_loss"] for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
     first, last = (float(np.mean(recon[:10])), float(np.mean(recon[-10:]))) if recon else (float("nan"), float("nan"))
-    return {"preset": args.preset, "router": cfg.router, "data": args.dataset or args.data, "seed": args.seed,
+    return {"preset": args.preset, "router": cfg.router, "data": args.dataset or args.data,
+            "pixel_size_m": pixel_size_m, "seed": args.seed,
             "steps": step, "precision": args.precision, "workers": args.workers,
             "world_size": world, "seconds": round(seconds, 2), "recon_loss_first10": first,
             "recon_loss_last10": last, "loss_ratio": last / first if recon else float("nan"),

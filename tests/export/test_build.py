@@ -191,14 +191,16 @@ def test_a_build_that_fails_parity_leaves_no_entry(wildfire_specialist, tmp_path
     assert list((tmp_path / "wildfire-swir").iterdir()) == []
 
 
-def test_versions_count_up(wildfire_specialist, repo, tmp_path):
-    """A build next to version 1 (the suite's built entry, copied) writes version 2."""
+def test_versions_count_up_and_record_the_pixel_size_given(wildfire_specialist, repo, tmp_path):
+    """A build next to version 1 (the suite's built entry, copied) writes version 2; the demo model, pre-trained on
+    synthetic scenes, records no pixel size, a build told one records it."""
     model, _ = wildfire_specialist
     shutil.copytree(repo / "flood-sar" / "1", tmp_path / "flood-sar" / "1")
     second = build_specialist(model, "0" * 64, get_task("flood"), ["SAR"],
-                              BuildOptions(repo=tmp_path, finetune_steps=2, trt=False))
+                              BuildOptions(repo=tmp_path, finetune_steps=2, trt=False, pixel_size_m=37.5))
     assert second == tmp_path / "flood-sar" / "2"
     assert json.loads((second / "manifest.json").read_text())["version"] == 2
+    assert verify_entry(second).pixel_size_m == 37.5 and verify_entry(repo / "flood-sar" / "1").pixel_size_m is None
     assert sorted(scan_repository(tmp_path)) == [tmp_path / "flood-sar" / "1", second]
 
 
@@ -225,6 +227,7 @@ def test_a_failed_build_among_parallel_ones_stops_the_queue_and_leaves_no_stagin
         (["--modality", "thermal"], "unknown modality"),
         (["--modality", "RGB", "--modality", "SAR"], "takes at most 1 modality per specialist"),
         (["--modality", "RGB", "--full-finetune", "flood,clouds-rgb"], "clouds-rgb is neither a task nor a specialist"),
+        (["--modality", "RGB", "--pixel-size", "0"], "--pixel-size must be a positive number of metres"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(args, message, tmp_path, capsys):

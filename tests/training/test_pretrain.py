@@ -43,6 +43,7 @@ def test_short_run_writes_checkpoint_metrics_and_summary(short_run):
     assert -25 < vv_mean < 0 and vv_std > 1, "SAR statistics should be in dB"
     summary = json.loads((short_run / "run.json").read_text())
     assert summary["steps"] == 6 and summary["world_size"] == 1 and summary["ranks_identical"]
+    assert payload["pixel_size_m"] is None and summary["pixel_size_m"] is None  # synthetic scenes have no scale
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_losses(tmp_path):
@@ -165,6 +166,7 @@ def test_pretraining_on_a_folder_of_geotiff_chips(tmp_path):
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3]
     model, payload = load_model(tmp_path / "run" / "checkpoint.pt")
     assert payload["data"] == str(chips)
+    assert payload["pixel_size_m"] == pytest.approx(10.004, abs=1e-3)  # 10 m of UTM at its central meridian
     assert model.band_stats()["VV"][1] > 1 and model.band_stats()["B08"] == (0.0, 1.0), "only the chips' bands get statistics"
 
 
@@ -179,7 +181,7 @@ def test_pretraining_on_a_real_layout_reads_the_same_batches_with_dataloader_wor
         runs[workers] = [m["loss"] for m in metrics(out)]
     assert runs["0"] == runs["2"]
     model, payload = load_model(tmp_path / "w0" / "checkpoint.pt")
-    assert payload["data"] == "hls-burn-scars"
+    assert payload["data"] == "hls-burn-scars" and payload["pixel_size_m"] == 30.0  # chips cut, not resized
     stats = payload["band_stats"]
     assert 0.05 < stats["B11"][0] < 0.4 and stats["B08"] == (0.0, 1.0)  # reflectance; HLS has no B08
 

@@ -107,7 +107,10 @@ def test_chips_become_model_tiles_cut_or_resized_with_labels_rederived(sen1flood
     assert torch.isfinite(tiles.inputs["SAR"]).all()  # nodata filled for the model
     # Chip 0 has water in its 8 left columns: its left tiles flood, its right ones do not.
     assert tiles.has_flood[:4].tolist() == [1, 0, 1, 0]
-    benge = TileSet.of(FittedTiles(BenGe(benge_root), 32))
+    fitted = FittedTiles(BenGe(benge_root), 32)
+    # Cut chips keep the data set's 10 m pixels; ben-ge's 120 px chips resized to 32 px have 37.5 m ones.
+    assert floods.pixel_size_m == 10.0 and fitted.pixel_size_m == 37.5
+    benge = TileSet.of(fitted)
     assert benge.inputs["ELE"].shape == (10, 1, 32, 32) and benge.landcover.shape == (10, 32, 32)
     assert benge.tile_class.tolist() == [WORLDCOVER_CLASSES.index(c) for c in
                                          ["cropland", "tree cover", "permanent water bodies"] * 3 + ["cropland"]]

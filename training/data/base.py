@@ -99,6 +99,8 @@ class RealDataset(torch.utils.data.Dataset):
     CANONICAL: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: Chip side in pixels as distributed.
     CHIP_SIZE: ClassVar[int] = 0
+    #: The size of a chip's pixels on the ground (m), every band resampled to one grid as distributed.
+    PIXEL_SIZE_M: ClassVar[float] = 0.0
     #: Cut chips larger than the model's tile into tiles (mask data sets) rather than resize them.
     CUT_INTO_TILES: ClassVar[bool] = False
 

@@ -38,6 +38,7 @@ class EuroSAT(RealDataset):
         "tif": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"),
     }
     CHIP_SIZE: ClassVar[int] = 64
+    PIXEL_SIZE_M: ClassVar[float] = 10.0  # 64 x 64 px, 640 m a side (Helber et al. 2019)
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {"tile_class": ("class", EUROSAT_CLASSES)}
 
     def __init__(self, root: str | Path) -> None:

@@ -9,6 +9,7 @@ offset``, so Sentinel-2 is stored as reflectance x 10000 like L2A products.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import torch
 from mapex_serve.atomic import atomic_path
 from mapex_serve.bands import BANDS, MODALITIES, modalities_covered, resolve_bands, resolve_modality
 from mapex_serve.errors import MapexError
+from mapex_serve.ground import ground_pixel_size
 from mapex_serve.rasters import BandNamesMissingError, band_names, scale_offset
+from mapex_serve.scene_reader import Grid
 from training.data.synthetic import LANDCOVER_CLASSES, Scene
 
 __all__ = [
@@ -153,6 +156,15 @@ class ChipFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def pixel_size_m(self) -> float | None:
+        """The first chip's pixel size on the ground (m; the mean of its axes), None without a CRS: a folder of
+        chips cut from one kind of product shares it."""
+        if not self.items:
+            return None
+        with rasterio.open(self.root / self.items[0][0]) as ds:
+            size = ground_pixel_size(Grid.of(ds))
+        return None if size is None else round(math.sqrt(size[0] * size[1]), 3)
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
         file, label = self.items[i]

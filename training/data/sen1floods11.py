@@ -39,6 +39,7 @@ class Sen1Floods11(RealDataset):
         "S2Hand": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"),
     }
     CHIP_SIZE: ClassVar[int] = 512
+    PIXEL_SIZE_M: ClassVar[float] = 10.0
     CUT_INTO_TILES: ClassVar[bool] = True
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
         "flood": ("mask", ("no water", "water")),

@@ -80,6 +80,10 @@ class FittedTiles(torch.utils.data.Dataset):
         side = next(iter(first.inputs.values())).shape[-1]
         self.cut = dataset.CUT_INTO_TILES
         self.per_chip = max(1, _cuts(side, size, self.cut)) ** 2 if side != size else 1
+        #: The tiles' pixels on the ground (m): the data set's, times the resizing when chips are resized (a
+        #: 120 px ben-ge chip of 10 m pixels resized to a 32 px tile has 37.5 m pixels); None if not known.
+        resized = side != size and self.per_chip == 1
+        self.pixel_size_m = (dataset.PIXEL_SIZE_M * side / size if resized else dataset.PIXEL_SIZE_M) or None
 
     def __len__(self) -> int:
         return len(self.indices) * self.per_chip
