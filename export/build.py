@@ -61,7 +61,7 @@ from mapex_serve.repository import (
     sha256_file,
 )
 from training.checkpoint import load_model
-from training.data import SceneConfig, generate_batch
+from training.data import SceneConfig, generate_batch, learned_reflectance
 from training.finetune import finetune
 from training.model import Mapex
 from training.moe import MoE
@@ -120,6 +120,8 @@ class BuildOptions:
     version: int | None = None
     #: The pixel size on the ground the model learned (m), for the manifest; None: not known.
     pixel_size_m: float | None = None
+    #: The Sentinel-2 reflectance it learned (``surface`` or ``top-of-atmosphere``), for optical specialists' manifests.
+    reflectance: str | None = None
 
 
 def specialist_name(task: str, modalities: Sequence[str]) -> str:
@@ -330,6 +332,7 @@ def build_specialist(
             experts_kept=kept, parameters=pruned.parameters, opset=options.opset, artefacts=artefacts,
             engines=engines, source_checkpoint_sha256=checkpoint_sha256, created=datetime.now(UTC),
             pixel_size_m=options.pixel_size_m,
+            reflectance=options.reflectance if any(BANDS[b].sensor == "S2" for b in bands_of(modalities)) else None,
         )
         (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
         os.rename(staging, final)
@@ -389,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=BuildOptions.seed)
     p.add_argument("--version", type=int, help="entry version (default: next free)")
     p.add_argument("--opset", type=int, default=BuildOptions.opset)
+    p.add_argument("--reflectance", choices=("surface", "top-of-atmosphere"),
+                   help="the Sentinel-2 reflectance the model learned, which the service checks files against "
+                        "(default: the checkpoint's pre-training data's: surface for synthetic scenes, ben-ge and HLS, "
+                        "top-of-atmosphere for EuroSAT and Sen1Floods11)")
     p.add_argument("--pixel-size", type=float, metavar="METRES",
                    help="the size on the ground of the pixels the model learned from, which the service checks "
                         "scenes against (default: what the checkpoint records of its pre-training data, e.g. 37.5 "
@@ -435,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            form=args.form, trt=args.trt,
                            trt_precision=args.trt_precision, trt_hardware_compatibility=args.trt_hardware_compatibility,
                            version=args.version,
-                           pixel_size_m=payload.get("pixel_size_m") if args.pixel_size is None else args.pixel_size)
+                           pixel_size_m=payload.get("pixel_size_m") if args.pixel_size is None else args.pixel_size,
+                           reflectance=args.reflectance or learned_reflectance(payload.get("data")))
     digest = sha256_file(checkpoint)
     if args.jobs > 1 and len(requests) > 1:
         entries = _build_in_workers(checkpoint, digest, requests, options, args.jobs)

@@ -35,6 +35,7 @@ from mapex_serve.inputs import (
 from mapex_serve.jobs.sources import JobSourceError
 from mapex_serve.predict import UnreadableRasterError
 from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError, LandsatSensorUnknownError
+from mapex_serve.reflectance import ReflectanceLevelError
 from mapex_serve.remote import RemoteFileError, RemoteFileUnavailableError
 from mapex_serve.responses import GeoJSONNotAvailableError
 from mapex_serve.routes.jobs import (
@@ -65,7 +66,7 @@ STATUS: dict[type[MapexError], int] = {
     BandNamesMissingError: 422, BandIdentityConflictError: 422, LandsatSensorUnknownError: 422,
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
-    SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ImplausibleValuesError: 422,
+    SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422, ImplausibleValuesError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,

@@ -42,6 +42,7 @@ from mapex_serve.ground import fit_to_model
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
+from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
@@ -625,6 +626,8 @@ class RequestScene:
         grid, ground = self.grid(used + quality), None
         if model is not None:
             grid, ground = fit_to_model(grid, model.name, model.pixel_size_m, overrides.pixel_size)
+            if model.reflectance is not None and overrides.reflectance is None:
+                check_level(used, model.name, model.reflectance)
         if max_pixels is not None and grid.width * grid.height > max_pixels:
             resampled = " once resampled to the model's pixel size (pixel_size=model)" if ground and \
                 ground.read_m != ground.scene_m else ""

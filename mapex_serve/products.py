@@ -142,9 +142,6 @@ def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:
             taken.setdefault((scale, offset, nodata), []).append(band)
         notes += [f"{name}: {what} = DN x {scale:g} {offset:+g}{'' if nodata is None else f', nodata {nodata:g}'} "
                   f"({', '.join(bands)})" for (scale, offset, nodata), bands in taken.items()]
-        if _SAFE_MTD.match(name) and name.upper().endswith("1C.XML"):
-            notes.append(f"{name}: Level-1C, top-of-atmosphere reflectance; the specialists learnt surface "
-                         f"reflectance (Level-2A), which is what to send for the answers they were tested on")
     return Sidecars(files, tuple(notes))
 
 

@@ -131,6 +131,10 @@ class Manifest(_Model):
     #: tile. None: not known (a model pre-trained on synthetic scenes, which have no scale). The service refuses a
     #: scene far from it unless told to resample or not (``mapex_serve.ground``).
     pixel_size_m: float | None = Field(None, gt=0)
+    #: The Sentinel-2 reflectance the model learned: ``surface`` (Level-2A, and the synthetic scenes, calibrated to
+    #: it) or ``top-of-atmosphere`` (Level-1C: EuroSAT, Sen1Floods11). None: not known, or no optical band. The
+    #: service refuses files that say they are the other (``mapex_serve.reflectance``).
+    reflectance: Literal["surface", "top-of-atmosphere"] | None = None
     #: ``in-graph``: the engine applies mean/std itself; feed it physical values.
     normalisation: Literal["in-graph"] = "in-graph"
     input: TensorSpec

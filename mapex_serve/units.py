@@ -30,6 +30,7 @@ __all__ = [
     "Conversion",
     "ImplausibleValuesError",
     "PixelSizeChoice",
+    "ReflectanceChoice",
     "UnitError",
     "UnitOverrides",
     "ValueStats",
@@ -83,12 +84,15 @@ def parse_unit(word: str) -> StatedUnit | None:
 
 #: ``pixel_size=``: read a scene whose pixels are not the model's size resampled to the model's, or as it is.
 PixelSizeChoice = Literal["model", "native"]
+#: ``reflectance=``: run a Sentinel-2 file of the other processing level than the model learned as it is.
+ReflectanceChoice = Literal["as-is"]
 
 
 @dataclass(frozen=True)
 class UnitOverrides:
     """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band;
-    and ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``).
+    ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``); and
+    ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``).
 
     Keys are canonical band names, or None for "every band the value applies to".
     """
@@ -97,13 +101,14 @@ class UnitOverrides:
     scale: Mapping[str | None, float] = field(default_factory=dict)
     offset: Mapping[str | None, float] = field(default_factory=dict)
     pixel_size: PixelSizeChoice | None = None
+    reflectance: ReflectanceChoice | None = None
 
     @classmethod
     def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None,
-              pixel_size: PixelSizeChoice | None = None) -> UnitOverrides:
+              pixel_size: PixelSizeChoice | None = None, reflectance: ReflectanceChoice | None = None) -> UnitOverrides:
         """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``."""
         return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
-                   _per_band(offset, "offset", _float_value), pixel_size)
+                   _per_band(offset, "offset", _float_value), pixel_size, reflectance)
 
     def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
         table = getattr(self, which)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
-from mapex_serve.units import PixelSizeChoice
+from mapex_serve.units import PixelSizeChoice, ReflectanceChoice
 
 __all__ = ["JobError", "JobProgress", "JobRequest", "JobRequestError", "JobStatus"]
 
@@ -35,6 +35,8 @@ class JobRequest(BaseModel):
     offset: str | None = Field(None, description="added after scale")
     pixel_size: PixelSizeChoice | None = Field(None, description="a scene whose pixels are not the size the model "
                                                "learned: model (resample to it) or native (read it as it is)")
+    reflectance: ReflectanceChoice | None = Field(None, description="as-is: run Sentinel-2 files of the other "
+                                                  "processing level than the model learned (Level-1C for Level-2A)")
     probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "

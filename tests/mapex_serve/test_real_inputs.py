@@ -762,9 +762,6 @@ def test_a_sentinel2_safe_reads_each_band_once_at_its_own_resolution_with_the_of
            '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE><Radiometric_Offset_List>'
            '<RADIO_ADD_OFFSET band_id="1">-1000</RADIO_ADD_OFFSET></Radiometric_Offset_List></n1:Level-1C_User_Product>')
     assert safe_scales(l1c)["B02"] == (1e-4, -0.1, None) and safe_scales("<not xml") == {}
-    from mapex_serve.products import sidecars
-
-    assert "Level-1C, top-of-atmosphere" in sidecars({"MTD_MSIL1C.xml": l1c}, ["T33UUP_B02.jp2"]).notes[-1]
     dn = RNG.integers(1500, 5000, (3, 32, 32)).astype(np.uint16)
     dn[:, 0, :4] = 0  # outside the swath
     scl = np.full((16, 16), 4, np.uint8)  # vegetation

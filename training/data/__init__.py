@@ -35,8 +35,17 @@ DATASETS: dict[str, type[RealDataset]] = {
     "ben-ge": BenGe, "ben-ge-8k": BenGe, "sen1floods11": Sen1Floods11, "hls-burn-scars": HLSBurnScars, "eurosat": EuroSAT,
 }
 
+
+def learned_reflectance(data: str | None) -> str | None:
+    """The Sentinel-2 reflectance a model pre-trained on ``data`` (a checkpoint's) learned: the synthetic scenes are
+    calibrated to Level-2A surface reflectance, a data set has its own, a folder of chips says nothing of it."""
+    if data == "synthetic":
+        return "surface"
+    return DATASETS[data].REFLECTANCE if data in DATASETS else None
+
 __all__ = [
     "DATASETS",
+    "learned_reflectance",
     "EUROSAT_CLASSES",
     "LANDCOVER_CLASSES",
     "WORLDCOVER_CLASSES",

@@ -39,6 +39,7 @@ class EuroSAT(RealDataset):
     }
     CHIP_SIZE: ClassVar[int] = 64
     PIXEL_SIZE_M: ClassVar[float] = 10.0  # 64 x 64 px, 640 m a side (Helber et al. 2019)
+    REFLECTANCE: ClassVar[str | None] = "top-of-atmosphere"  # EuroSAT-MS: Level-1C, all 13 bands
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {"tile_class": ("class", EUROSAT_CLASSES)}
 
     def __init__(self, root: str | Path) -> None:

@@ -39,6 +39,7 @@ class HLSBurnScars(RealDataset):
     FILE_BANDS: ClassVar[dict[str, tuple[str, ...]]] = {"merged": ("blue", "green", "red", "nir08", "swir16", "swir22")}
     CHIP_SIZE: ClassVar[int] = 512
     PIXEL_SIZE_M: ClassVar[float] = 30.0  # HLS: Landsat and Sentinel-2 harmonised on Landsat's 30 m grid
+    REFLECTANCE: ClassVar[str | None] = "surface"  # HLS: nadir-adjusted surface reflectance
     CUT_INTO_TILES: ClassVar[bool] = True
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
         "burn": ("mask", ("not burned", "burn scar")),

@@ -40,6 +40,7 @@ class Sen1Floods11(RealDataset):
     }
     CHIP_SIZE: ClassVar[int] = 512
     PIXEL_SIZE_M: ClassVar[float] = 10.0
+    REFLECTANCE: ClassVar[str | None] = "top-of-atmosphere"  # S2Hand: Level-1C (Bonafilia et al. 2020)
     CUT_INTO_TILES: ClassVar[bool] = True
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
         "flood": ("mask", ("no water", "water")),

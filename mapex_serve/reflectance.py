@@ -1,0 +1,97 @@
+"""Which reflectance a Sentinel-2 file holds, top-of-atmosphere (Level-1C) or surface (Level-2A), against the one
+the specialist learned.
+
+Both levels store reflectance x 10000 with the same offset, so their values pass every plausibility check, but
+the atmosphere's haze makes Level-1C's visible bands brighter (blue by several hundredths over vegetation) than
+any a model trained on Level-2A saw, and it answers without a sign of it: a wrong level is a silent error, like a
+wrong unit. A file is refused (422) when what it says of its level is not the model's, unless the request says
+``reflectance=as-is``. What files say of it:
+
+- GDAL's SENTINEL2 driver's metadata, which ``gdal_translate`` copies into the GeoTIFF it writes:
+  ``PROCESSING_LEVEL=Level-1C`` or ``Level-2A``, ``PRODUCT_TYPE=S2MSI1C`` or ``S2MSI2A``;
+- a SAFE's Level-1C band file name, ``T33UUP_20230101T100031_B02.jp2`` (Level-2A's carry their resolution,
+  ``..._B02_10m.jp2``);
+- the level named as a word of the file's name or path: a SAFE product or granule (``S2A_MSIL1C_...``,
+  ``L1C_T33UUP_...``), a catalogue's bucket or path (Earth Search's ``sentinel-s2-l1c``, the Copernicus Data
+  Space's ``Sentinel-2/MSI/L1C/...``), an export named for it (``s2_l2a_2023.tif``).
+
+A file that says none of these (Earth Engine's downloads say nothing of ``COPERNICUS/S2_HARMONIZED`` against
+``S2_SR_HARMONIZED``) is taken as what the model learned.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from mapex_serve.bands import BANDS
+from mapex_serve.errors import MapexError
+from mapex_serve.scene_reader import InputBand
+
+__all__ = ["Level", "LevelEvidence", "ReflectanceLevelError", "check_level", "level_of", "refusal"]
+
+Level = Literal["surface", "top-of-atmosphere"]
+
+_PRODUCT = {"Level-1C": "top-of-atmosphere", "S2MSI1C": "top-of-atmosphere",
+            "Level-2A": "surface", "S2MSI2A": "surface"}
+_WORDS: dict[str, Level] = {"l1c": "top-of-atmosphere", "msil1c": "top-of-atmosphere",
+                            "l2a": "surface", "msil2a": "surface"}
+_L1C_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_\d{8}T\d{6}_B[0-9A]{2}\.(?:jp2|tiff?)$", re.I)
+_NAMES = {"top-of-atmosphere": "top-of-atmosphere reflectance (Level-1C)", "surface": "surface reflectance (Level-2A)"}
+
+
+class ReflectanceLevelError(MapexError, ValueError):
+    """A Sentinel-2 file of the other processing level than the specialist learned, and no ``reflectance=as-is``."""
+
+
+@dataclass(frozen=True)
+class LevelEvidence:
+    level: Level
+    #: What says so, for the message: ``its GDAL metadata PROCESSING_LEVEL=Level-1C``.
+    because: str
+
+
+def level_of(file: str, path: str, tags: Mapping[str, str]) -> LevelEvidence | None:
+    """What the file (its name as sent, the path GDAL read it at, its metadata) says of its level; None: nothing."""
+    for key in ("PROCESSING_LEVEL", "PRODUCT_TYPE"):
+        value = tags.get(key, "").strip()
+        level = _PRODUCT.get(value) or _PRODUCT.get(value[:7].upper())
+        if level:
+            return LevelEvidence(level, f"its GDAL metadata {key}={value}")
+    name = file.replace("\\", "/").rsplit("/", 1)[-1]
+    if _L1C_BAND_FILE.match(name):
+        return LevelEvidence("top-of-atmosphere", "its name, a Level-1C SAFE's band file (Level-2A's name their "
+                                                  "resolution, _B04_10m)")
+    for where, text in (("its name", file), ("its path", path)):
+        for word in re.split(r"[^0-9a-z]+", text.lower()):
+            if word in _WORDS:
+                return LevelEvidence(_WORDS[word], f"{where}, which says {word.upper()}")
+    return None
+
+
+def check_level(used: Sequence[InputBand], model_name: str, learned: Level) -> None:
+    """A ``ReflectanceLevelError`` for the first Sentinel-2 file among ``used`` bands' that says it holds the other
+    reflectance than the model learned."""
+    seen: set[int] = set()
+    for b in used:
+        if BANDS[b.identity.canonical].sensor != "S2" or id(b.dataset) in seen:
+            continue
+        seen.add(id(b.dataset))
+        evidence = level_of(b.file, b.dataset.name, b.dataset.tags())
+        if evidence is not None and evidence.level != learned:
+            raise refusal(b.file, evidence, model_name, learned)
+
+
+def refusal(file: str, evidence: LevelEvidence, model_name: str, learned: Level) -> ReflectanceLevelError:
+    """The 422 for a file of the other level: what it is and why that matters, and the ways round."""
+    other = "Level-2A" if learned == "surface" else "Level-1C"
+    convert = (" (the catalogues' sentinel-2-l2a collections, or sen2cor run on this product)"
+               if learned == "surface" else "")
+    return ReflectanceLevelError(
+        f"{file} holds {_NAMES[evidence.level]}, by {evidence.because}, and {model_name} learned "
+        f"{_NAMES[learned]}: the atmosphere changes every band's values, most the visible ones, and the model "
+        f"would answer as if nothing were wrong. Send the scene's {other} product{convert}, or add "
+        f"reflectance=as-is to run it on these values anyway"
+    )

@@ -1,0 +1,82 @@
+"""Top-of-atmosphere (Level-1C) against surface (Level-2A) reflectance: what files say, and the specialist's check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.io import MemoryFile
+from rasterio.windows import Window
+
+from mapex_serve.inputs import RequestScene, UploadedFile
+from mapex_serve.reflectance import ReflectanceLevelError, level_of
+from mapex_serve.units import UnitOverrides
+
+SAFE_L2A = ("S2A_MSIL2A_20230914T100031_N0509_R122_T33UUP_20230914T130000.SAFE/GRANULE/L2A_T33UUP_A043000_"
+            "20230914T100900/IMG_DATA/R10m/T33UUP_20230914T100031_B04_10m.jp2")
+
+
+@pytest.mark.parametrize(
+    ("file", "path", "tags", "level"),
+    [
+        # gdal_translate SENTINEL2_L1C:MTD_MSIL1C.xml:10m:EPSG_32633 copies the driver's metadata into the GeoTIFF.
+        ("s2.tif", "/vsimem/a/s2.tif", {"PROCESSING_LEVEL": "Level-1C", "PRODUCT_TYPE": "S2MSI1C"}, "top-of-atmosphere"),
+        ("s2.tif", "/vsimem/a/s2.tif", {"PRODUCT_TYPE": "S2MSI2A"}, "surface"),
+        ("T33UUP_20230914T100031_B02.jp2", "/vsimem/a/T33UUP_20230914T100031_B02.jp2", {}, "top-of-atmosphere"),
+        (SAFE_L2A, f"/vsimem/a/{SAFE_L2A}", {}, "surface"),
+        ("B04.jp2", "/vsicurl/https://sentinel-s2-l1c.s3.amazonaws.com/tiles/33/U/UP/2023/9/14/0/B04.jp2", {},
+         "top-of-atmosphere"),
+        ("B04.jp2", "/vsis3/eodata/Sentinel-2/MSI/L1C/2023/09/14/S2A_MSIL1C_20230914T100031.SAFE/B04.jp2", {},
+         "top-of-atmosphere"),
+        ("s2_l2a_rgb_2023.tif", "/vsimem/a/s2_l2a_rgb_2023.tif", {}, "surface"),
+        # Nothing said: Earth Engine's download, the Planetary Computer's COG, HLS, Landsat's Level-1 band.
+        ("download.B4.tif", "/vsimem/0a1c/download.B4.tif", {}, None),
+        ("T33UUP_20230914T100031_B04_10m.tif", "/vsimem/a/T33UUP_20230914T100031_B04_10m.tif", {}, None),
+        ("HLS.S30.T33UUP.2023257T100031.v2.0.B04.tif", "/vsimem/a/HLS.tif", {}, None),
+        ("LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF", "/vsimem/a/LC09.TIF", {}, None),
+    ],
+)
+def test_what_a_file_says_of_its_processing_level(file, path, tags, level):
+    found = level_of(file, path, tags)
+    assert (found and found.level) == level
+
+
+def swir_file(tags: dict[str, str]) -> bytes:
+    values = np.random.default_rng(0).integers(500, 3000, (2, 32, 32)).astype(np.uint16)
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, height=32, width=32, dtype="uint16", crs="EPSG:32633",
+                      transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(values)
+            dst.descriptions = ("B11", "B12")
+            dst.update_tags(**tags)
+        return mem.read()
+
+
+def read_for(model, data: bytes, **overrides) -> np.ndarray:
+    with RequestScene([UploadedFile("s2_swir.tif", data)]) as scene:
+        reader = scene.reader(["B11", "B12"], UnitOverrides.parse(**overrides), model=model)
+        return reader.read(Window(0, 0, 32, 32))[0]
+
+
+def test_a_level_1c_file_for_a_model_of_surface_reflectance_is_refused_unless_asked_to_run_as_is(swir_manifest):
+    surface = swir_manifest.model_copy(update={"reflectance": "surface"})
+    l1c = swir_file({"PROCESSING_LEVEL": "Level-1C"})
+    with pytest.raises(ReflectanceLevelError) as refused:
+        read_for(surface, l1c)
+    message = str(refused.value)
+    assert message.startswith("s2_swir.tif holds top-of-atmosphere reflectance (Level-1C), by its GDAL metadata "
+                              "PROCESSING_LEVEL=Level-1C, and wildfire-swir learned surface reflectance (Level-2A)")
+    assert "sen2cor" in message and "reflectance=as-is" in message
+    as_is = read_for(surface, l1c, reflectance="as-is")
+    np.testing.assert_array_equal(as_is, read_for(surface, swir_file({})))  # the same values, read as they are
+    read_for(surface, swir_file({"PROCESSING_LEVEL": "Level-2A"}))
+    read_for(swir_manifest, l1c)  # a model that records no level reads any
+
+
+def test_a_model_of_top_of_atmosphere_reflectance_refuses_surface_reflectance(swir_manifest):
+    """EuroSAT and Sen1Floods11 are Level-1C: a model trained on them is told Level-2A from its files too."""
+    toa = swir_manifest.model_copy(update={"reflectance": "top-of-atmosphere"})
+    read_for(toa, swir_file({"PROCESSING_LEVEL": "Level-1C"}))
+    with pytest.raises(ReflectanceLevelError, match=r"learned top-of-atmosphere reflectance \(Level-1C\).*Send the "
+                                                    r"scene's Level-1C product, or add reflectance=as-is"):
+        read_for(toa, swir_file({"PRODUCT_TYPE": "S2MSI2A"}))
