@@ -44,7 +44,7 @@ class GroundScale:
     """The pixel size on the ground of the scene's files and of the grid read, and the model's (all metres)."""
 
     model_m: float
-    scene_m: tuple[float, float] | None  # (x, y) of the finest file; None: no CRS
+    scene_m: tuple[float, float] | None  # (x, y) of the scene grid (its finest file's pixels); None: no CRS
     read_m: tuple[float, float] | None  # of the grid the model read (the model's own after pixel_size=model)
 
     def report(self) -> dict[str, Any]:
@@ -85,9 +85,10 @@ def _factor(scene: float, model: float) -> float:
     a model pixel, where the sizes are that within 2% (a UTM grid's scale factor, the sphere): 30 m pixels become
     three of 10 m exactly, on the file's own pixel lines."""
     f = scene / model
-    for whole, exact in ((round(f), f), (round(1 / f), 1 / f)):
-        if whole >= 1 and abs(exact - whole) <= 0.02 * whole:
-            return whole if exact is f else 1 / whole
+    if (up := round(f)) >= 1 and abs(f - up) <= 0.02 * up:
+        return up
+    if (down := round(1 / f)) >= 1 and abs(1 / f - down) <= 0.02 * down:
+        return 1 / down
     return f
 
 

@@ -43,8 +43,9 @@ _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or inf
 
 @dataclass
 class Grid:
-    """The scene grid every band is read on: the finest of the files, cropped to their overlap. (Also each file's
-    own grid, which the scene grid is chosen from.)"""
+    """The scene grid every band is read on: the finest of the files, cropped to their overlap, or that extent in
+    the model's pixel size (``mapex_serve.ground``). (Also each file's own grid, which the scene grid is chosen
+    from.)"""
 
     crs: object
     transform: rasterio.Affine
