@@ -43,9 +43,9 @@ def learned_reflectance(data: str | None) -> str | None:
         return "surface"
     return DATASETS[data].REFLECTANCE if data in DATASETS else None
 
+
 __all__ = [
     "DATASETS",
-    "learned_reflectance",
     "EUROSAT_CLASSES",
     "LANDCOVER_CLASSES",
     "WORLDCOVER_CLASSES",
@@ -70,6 +70,7 @@ __all__ = [
     "SyntheticBatch",
     "generate_batch",
     "generate_scene",
+    "learned_reflectance",
     "mosaic",
     "read_geotiff",
     "smooth_field",
