@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -49,6 +50,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def predict(argv: Sequence[str]) -> int:
     from mapex_serve.client import JobFailedError, run_predict
+    from mapex_serve.units import PixelSizeChoice, ReflectanceChoice
 
     p = argparse.ArgumentParser(prog="mapex-serve predict", description="Run a whole scene as a job on a mapex-serve "
                                 "service: submit, follow its progress, download the results.")
@@ -61,12 +63,23 @@ def predict(argv: Sequence[str]) -> int:
     p.add_argument("--api-key", default=os.environ.get("MAPEX_API_KEY"), help="default: $MAPEX_API_KEY")
     p.add_argument("--bands", help="names of the bands in order, e.g. VV,VH")
     p.add_argument("--modality", help="force the specialist of this modality")
+    # The reading options the service's 422s name (units=, scale=, offset=, pixel_size=, reflectance=).
+    p.add_argument("--units", help="unit of the values, for every band or per band: dB, linear, amplitude, "
+                                   "reflectance, m, ft (VV:linear,VH:linear)")
+    p.add_argument("--scale", help="physical = stored x scale + offset, e.g. 0.0001 (or per band: B04:0.0001)")
+    p.add_argument("--offset", help="added after scale, e.g. -0.1")
+    p.add_argument("--pixel-size", choices=get_args(PixelSizeChoice),
+                   help="a scene whose pixels are not the size the specialist learned: model resamples it to that "
+                        "size, native reads it as it is")
+    p.add_argument("--reflectance", choices=get_args(ReflectanceChoice),
+                   help="as-is: run Sentinel-2 files of the other processing level than the specialist learned")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance (the scene CRS's units)")
     p.add_argument("--min-area-m2", type=float, help="drop polygons smaller than this")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    options = {k: v for k, v in {"bands": a.bands, "modality": a.modality, "simplify": a.simplify,
-                                 "min_area_m2": a.min_area_m2}.items() if v is not None}
+    options = {k: v for k, v in {"bands": a.bands, "modality": a.modality, "units": a.units, "scale": a.scale,
+                                 "offset": a.offset, "pixel_size": a.pixel_size, "reflectance": a.reflectance,
+                                 "simplify": a.simplify, "min_area_m2": a.min_area_m2}.items() if v is not None}
     try:
         job = run_predict(a.scene, a.task, a.out, a.geojson, a.server, a.api_key, options, quiet=a.quiet)
     except (JobFailedError, OSError) as e:

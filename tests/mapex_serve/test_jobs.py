@@ -474,6 +474,11 @@ def test_the_cli_submits_follows_and_downloads(jobs_server, scene_cog, uploaded,
     bad = subprocess.run([*cmd[:5], "--task", "no-such-task", "--out", str(out), "--server", jobs_server.url],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1 and "tasks served" in bad.stderr
+    # The reading options the service's 422s name reach it: a unit VV cannot be in is refused by the service.
+    stated = subprocess.run([*cmd[:7], "--out", str(out), "--server", jobs_server.url, "--units", "VV:reflectance",
+                             "--pixel-size", "native", "--reflectance", "as-is"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert stated.returncode == 1 and "units=reflectance cannot apply to VV" in stated.stderr, stated.stderr[-2000:]
 
 
 def test_a_result_cog_is_read_in_place_by_gdal_over_http_ranges(jobs_server, uploaded, server_type):
