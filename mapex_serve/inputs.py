@@ -45,7 +45,7 @@ from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_er
 from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
-from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, conversion_for
+from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, check_stated_units, conversion_for
 
 if TYPE_CHECKING:
     from mapex_serve.repository import Manifest
@@ -637,6 +637,7 @@ class RequestScene:
             )
         reader = SceneReader(grid, used, quality, self._stack)
         reader.ground = ground
+        check_stated_units(overrides, canonical)
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,6 +35,7 @@ __all__ = [
     "UnitOverrides",
     "ValueStats",
     "check_plausible",
+    "check_stated_units",
     "conversion_for",
     "parse_unit",
 ]
@@ -246,6 +247,16 @@ def _safe_offset(file_name: str | None, path: str) -> tuple[float, str]:
         f"the file does not say: pass scale=0.0001&offset=-0.1 for a product named ..._N0400_... or later (see its "
         f"MTD_MSIL2A.xml BOA_ADD_OFFSET), scale=0.0001&offset=0 for an earlier one, send the SAFE itself (.zip), or "
         f"send it as a job by its URL, whose path names its product")
+
+
+def check_stated_units(overrides: UnitOverrides, canonical: Sequence[str]) -> None:
+    """A request-wide ``units=`` applies to the bands it can describe and leaves the others be; one that fits none of
+    the bands read is a mistake (``units=reflectance`` sent with a radar scene), not a statement to ignore."""
+    unit = overrides.units.get(None)
+    if unit is not None and not any(unit in _COMPATIBLE[BANDS[c].unit] for c in canonical):
+        bands = ", ".join(f"{c} in {BANDS[c].unit}" for c in canonical)
+        accepted = sorted({u for c in canonical for u in _COMPATIBLE[BANDS[c].unit]})
+        raise UnitError(f"units={unit} fits none of the bands read ({bands}); accepted for them: {', '.join(accepted)}")
 
 
 def conversion_for(

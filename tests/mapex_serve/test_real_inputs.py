@@ -351,6 +351,18 @@ def test_linear_sar_without_unit_metadata_is_refused_and_units_linear_converts()
     np.testing.assert_allclose(per_band, db, atol=1e-4)
 
 
+def test_a_units_parameter_that_fits_none_of_the_bands_read_is_refused_not_ignored():
+    """A request-wide units= describes the bands it can (a scene of reflectance and elevation with units=ft); one
+    that fits none of them was ignored, and the file read as if nothing had been said."""
+    data = tif(sar_db().astype(np.float32), ["VV", "VH"])
+    with pytest.raises(UnitError, match=r"units=reflectance fits none of the bands read \(VV in dB, VH in dB\); "
+                                        r"accepted for them: amplitude, dB, linear"):
+        read(data, ["VV", "VH"], units="reflectance")
+    stored = np.stack([RNG.integers(500, 3000, (16, 16)), RNG.integers(100, 300, (16, 16))]).astype(np.float32)
+    _, _, values, _ = read(tif(stored, ["B04", "DEM"]), ["B04", "DEM"], units="ft", scale="B04:0.0001")
+    np.testing.assert_allclose(values[1], stored[1] * 0.3048, rtol=1e-4)  # feet for the DEM, B04 left be
+
+
 def test_gdal_unittype_drives_the_conversion():
     db = sar_db()
     scene, _, values, _ = read(tif((10 ** (db / 10)).astype(np.float32), ["VV", "VH"], units=["linear", "linear"]),
