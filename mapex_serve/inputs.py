@@ -539,7 +539,8 @@ class RequestScene:
                                             file_grid=self._grids.get(name), snap=snap[i - 1] if snap else None,
                                             planet=planet))
         if not any(b.identity.used for b in self.bands):
-            raise missing_names_error(total, [b.identity.found for b in self.bands], bands)
+            declined = [b.identity for b in self.bands if b.identity.found and parse_name(b.identity.found)]
+            raise missing_names_error(total, [b.identity.found for b in self.bands], bands, declined)
         seen: dict[str, InputBand] = {}
         for b in self.bands:
             key = b.identity.canonical or b.identity.quality

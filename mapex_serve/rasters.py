@@ -128,10 +128,15 @@ def _convention(name: str, canonical: str) -> str:
     return "band alias"
 
 
-def _polarised(found: str, rule: str, pol: str, unit: str | None) -> BandIdentity:
-    """A radar band by its polarisation (``VV``, ``HH``...), in ``unit``; one the models do not take, unused."""
+def _polarised(found: str, rule: str, pol: str, unit: str | None, quantity: str | None = None) -> BandIdentity:
+    """A radar band by its polarisation (``VV``, ``HH``...), in ``unit``; one the models do not take, unused: another
+    polarisation, or beta0 (``quantity``), whose values are not the models' sigma0."""
     if pol not in BANDS:
         return BandIdentity(found, f"{rule}; {pol} polarisation is not a model band (VV and VH are)")
+    if quantity == "beta0":
+        return BandIdentity(found, f"{rule}; beta0 is radar brightness, not normalised to the ground as sigma0 is, "
+                                   f"1.5-3 dB brighter at Sentinel-1's incidence angles: calibrate to sigma0 (SNAP "
+                                   f"Calibration with 'Output sigma0 band'), or name it with bands= to read it anyway")
     return BandIdentity(found, rule, pol, unit_hint=unit)
 
 
@@ -146,12 +151,12 @@ def parse_name(name: str) -> BandIdentity | None:
         quantity, pol, db = m.group(1).lower(), m.group(2).upper(), m.group(3)
         unit = "dB" if db else _SNAP_UNIT[quantity]
         rule = f"SNAP band name ({_SNAP_MEANING[quantity]}, {'linear power' if unit == 'linear' else unit})"
-        return _polarised(text, rule, pol, unit)
+        return _polarised(text, rule, pol, unit, quantity)
     if (m := _POL_UNIT.match(text)) and (m.group(2) or m.group(3)):
         pol, unit = m.group(1).upper(), _UNIT_OF_WORD.get((m.group(3) or "").lower())
         said = " ".join(w for w in (m.group(2), unit) if w)
         rule = f"polarisation named with its {'unit' if unit else 'quantity'} ({said})"
-        return _polarised(text, rule, pol, unit)
+        return _polarised(text, rule, pol, unit, (m.group(2) or "").lower())
     if canonical := canonical_or_none(text):
         return BandIdentity(text, _convention(text, canonical), canonical)
     if q := quality_layer(text):
@@ -431,11 +436,18 @@ def identify_bands(
             for i in range(1, src.count + 1)]
 
 
-def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None) -> BandNamesMissingError:
-    """The error for a raster whose bands could not be named, saying exactly how to name them."""
+def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None,
+                        declined: Sequence[BandIdentity] = ()) -> BandNamesMissingError:
+    """The error for a raster whose bands could not be named, saying exactly how to name them (and, for names that
+    a convention knows but the models do not read, ``declined``, why not)."""
+    by_rule: dict[str, list[str]] = {}
+    for i in declined:
+        by_rule.setdefault(i.rule, []).append(str(i.found))
+    why = "; ".join(f"{', '.join(names)}: {rule}" for rule, names in by_rule.items())
     return BandNamesMissingError(
         f"cannot name the file's {count} bands (descriptions or name tags found: {list(found)}"
         + (f", names given: {list(given)}" if given else "")
+        + (f"; known but not read: {why}" if why else "")
         + "); pass bands= with one name per band in file order (e.g. bands=red,green,blue or "
         "bands=B04,B03,B02), or set each band's description to its name (rasterio: "
         "dst.set_band_description(i, 'B04'); GDAL: band.SetDescription('B04'))"

@@ -143,6 +143,24 @@ def test_snap_band_names_state_their_units(names, transform):
     np.testing.assert_allclose(values, db, atol=1e-4)
 
 
+def test_beta0_is_not_read_as_the_models_sigma0_and_the_refusal_says_why():
+    """SNAP's Calibration can write Beta0_<pol>: radar brightness in the slant range, sigma0 / sin(incidence), 1.5-3 dB
+    brighter than the sigma0 the models learned. Read as VV it was silently that much too bright; now it is a band
+    left unused, the 422 says why, a Sigma0 band beside it is read, and bands= still reads it on purpose."""
+    linear = 10 ** (sar_db() / 10)
+    beta0 = tif(linear.astype(np.float32), ["Beta0_VV", "Beta0_VH"])
+    with pytest.raises(BandNamesMissingError, match=r"known but not read: Beta0_VV, Beta0_VH: SNAP band name "
+                                                    r"\(calibrated beta0, linear power\); beta0 is radar brightness"):
+        read(beta0, ["VV", "VH"])
+    with pytest.raises(BandNamesMissingError, match="calibrate to sigma0"):
+        read([UploadedFile("Beta0_VV.img", tif(linear[:1].astype(np.float32)))], ["VV"])
+    both = tif(np.concatenate([linear, linear / 2]).astype(np.float32), ["Beta0_VV", "Beta0_VH", "Sigma0_VV", "Sigma0_VH"])
+    _, _, values, _ = read(both, ["VV", "VH"])
+    np.testing.assert_allclose(values, 10 * np.log10(linear / 2), atol=1e-4)
+    _, _, named, _ = read(beta0, ["VV", "VH"], bands=["VV", "VH"], units="linear")
+    np.testing.assert_allclose(named, 10 * np.log10(linear), atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["coh_IW1_VV_01Jan2023_13Jan2023.img", "Phase_ifg_IW1_VV_01Jan2023_13Jan2023.img",
                                   "i_IW1_VV.img", "q_IW1_VV.img", "coherence_VV.tif"])
 def test_snap_interferometric_and_complex_bands_named_after_a_polarisation_are_not_that_backscatter(name):
