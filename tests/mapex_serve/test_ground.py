@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.io import MemoryFile
 
 from mapex_serve.ground import PixelSizeError, fit_to_model, ground_pixel_size
+from mapex_serve.inputs import RasterTooLargeError, RequestScene, UploadedFile
 from mapex_serve.scene_reader import Grid
+from mapex_serve.units import UnitOverrides
 
 
 def utm(pixel: float, size: int, easting: float = 500_000) -> Grid:
@@ -88,3 +93,21 @@ def test_degrees_are_resampled_to_square_pixels_on_the_ground():
     grid, ground = fit_to_model(scene, "flood-sar", 10.0, "model")
     assert (grid.width, grid.height) == (50, 100)
     assert ground.read_m == pytest.approx((10.0, 10.0), rel=3e-3)
+
+
+def test_the_pixel_limit_counts_the_resampled_grid_and_says_so(swir_manifest):
+    """pixel_size=model on a 30 m scene for a 10 m model reads nine times its pixels: MAPEX_MAX_PIXELS applies to
+    those, and its 413 says the resampling made them."""
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, height=40, width=40, dtype="uint16", crs="EPSG:32633",
+                      transform=rasterio.transform.from_origin(500000, 5000000, 30, 30)) as dst:
+            dst.write(np.full((2, 40, 40), 2000, np.uint16))
+            dst.descriptions = ("B11", "B12")
+        data = mem.read()
+    model = swir_manifest.model_copy(update={"pixel_size_m": 10.0})
+    with RequestScene([UploadedFile("swir_30m.tif", data)]) as scene:
+        assert scene.reader(["B11", "B12"], UnitOverrides.parse(pixel_size="native"), max_pixels=10_000,
+                            model=model).grid.width == 40
+        with pytest.raises(RasterTooLargeError, match=r"120 x 120 = 14,400 pixels once resampled to the model's "
+                                                      r"pixel size \(pixel_size=model\); at most 10,000"):
+            scene.reader(["B11", "B12"], UnitOverrides.parse(pixel_size="model"), max_pixels=10_000, model=model)
