@@ -45,7 +45,15 @@ from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_er
 from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
-from mapex_serve.units import UnitOverrides, ValueStats, check_plausible, check_stated_units, conversion_for
+from mapex_serve.units import (
+    ZERO_IS_NODATA,
+    UnitOverrides,
+    ValueStats,
+    check_plausible,
+    check_stated_units,
+    conversion_for,
+    zero_is_nodata,
+)
 
 if TYPE_CHECKING:
     from mapex_serve.repository import Manifest
@@ -636,6 +644,9 @@ class RequestScene:
                 f"the raster is {grid.width} x {grid.height} = {grid.width * grid.height:,} pixels{resampled}; at "
                 f"most {max_pixels:,} are accepted (MAPEX_MAX_PIXELS): crop or split the scene"
             )
+        zero_filled = {id(b) for b in used if b.nodata is None and zero_is_nodata(b.dataset, b.index, b.identity.canonical)}
+        for b in used:
+            b.nodata = 0.0 if id(b) in zero_filled else b.nodata
         reader = SceneReader(grid, used, quality, self._stack)
         reader.ground = ground
         check_stated_units(overrides, canonical)
@@ -643,6 +654,8 @@ class RequestScene:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,
                                           planet=b.planet)
+            if id(b) in zero_filled:
+                b.conversion = replace(b.conversion, steps=(*b.conversion.steps, ZERO_IS_NODATA))
         if sample:
             check_values(reader, sample)
         return reader

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReaderBase
 
 from mapex_serve.bands import BANDS, canonical_or_none
@@ -29,6 +30,7 @@ from mapex_serve.planet import PlanetProduct
 __all__ = [
     "Conversion",
     "ImplausibleValuesError",
+    "ZERO_IS_NODATA",
     "PixelSizeChoice",
     "ReflectanceChoice",
     "UnitError",
@@ -36,6 +38,7 @@ __all__ = [
     "ValueStats",
     "check_plausible",
     "check_stated_units",
+    "zero_is_nodata",
     "conversion_for",
     "parse_unit",
 ]
@@ -247,6 +250,20 @@ def _safe_offset(file_name: str | None, path: str) -> tuple[float, str]:
         f"the file does not say: pass scale=0.0001&offset=-0.1 for a product named ..._N0400_... or later (see its "
         f"MTD_MSIL2A.xml BOA_ADD_OFFSET), scale=0.0001&offset=0 for an earlier one, send the SAFE itself (.zip), or "
         f"send it as a job by its URL, whose path names its product")
+
+
+#: Why 0 in integer reflectance is no data, for the answer's list of conversions.
+ZERO_IS_NODATA = ("0 taken as no data: integer reflectance that declares none (0 is Sentinel-2's NODATA and Landsat "
+                  "Collection 2's fill, and Earth Engine writes masked pixels as 0)")
+
+
+def zero_is_nodata(src: DatasetReaderBase, index: int, canonical: str) -> bool:
+    """Whether 0 in band ``index`` is no data though the file does not say so: reflectance stored as integers with
+    no nodata value and no mask. No surface is black to 0 in Sentinel-2's or Landsat's integers (Level-2A's 0 is
+    -0.1 once offset), while a SAFE's band file sent alone, an Earth Engine export of masked pixels (clouds the user
+    masked) and a swath's edge all hold 0, which read as reflectance would be dark pixels to the model."""
+    return (BANDS[canonical].unit == "reflectance" and np.dtype(src.dtypes[index - 1]).kind in "iu"
+            and src.nodatavals[index - 1] is None and MaskFlags.all_valid in src.mask_flag_enums[index - 1])
 
 
 def check_stated_units(overrides: UnitOverrides, canonical: Sequence[str]) -> None:

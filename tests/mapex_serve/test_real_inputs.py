@@ -1286,6 +1286,31 @@ def test_a_safe_band_file_sent_alone_takes_the_offset_its_sensing_date_implies_o
 
 
 
+def test_zero_in_integer_reflectance_that_declares_no_nodata_is_no_data():
+    """A SAFE's band file sent alone holds 0 outside the swath and declares no nodata (the product's metadata says
+    0 is NODATA); Earth Engine writes the pixels a user masked (clouds) as 0. Read as reflectance they were dark
+    pixels (-0.1 once offset) that the model took for real ones. Now they are masked and counted; floats, elevations
+    and files that declare their nodata are read as before."""
+    dn = RNG.integers(1500, 5000, (3, 16, 16)).astype(np.uint16)
+    dn[:, :, :4] = 0  # outside the swath, or masked by the user
+    for files in ([UploadedFile("T33UUP_20230914T100031_B04_10m.tif", tif(dn[0]))],
+                  [UploadedFile("download.tif", tif(dn, ["B4", "B3", "B2"]))]):
+        scene, reader, values, reasons = read(files, ["B04"])
+        assert (reasons[:, :4] != 0).all() and (reasons[:, 4:] == 0).all()
+        assert reader.masked() == {"nodata, mask or alpha band": 64}
+        assert scene.band("B04").conversion.steps[-1].startswith("0 taken as no data: integer reflectance")
+    declared = tif(dn[0], nodata=65535)
+    _, _, _, reasons = read(declared, ["B04"], bands=["B04"])
+    assert (reasons == 0).all()
+    floats = (dn[0] / 10000).astype(np.float32)
+    _, _, _, reasons = read(tif(floats, ["B04"], units=["reflectance"]), ["B04"])
+    assert (reasons == 0).all()
+    sea_level = np.zeros((16, 16), np.int16)
+    sea_level[8:] = 120
+    _, _, values, reasons = read(tif(sea_level, ["DEM"]), ["DEM"])
+    assert (reasons == 0).all() and values[0, 0, 0] == 0
+
+
 def test_planetary_computer_cogs_named_as_the_safe_names_its_band_files_take_the_same_offset(tmp_path):
     """The Planetary Computer serves each SAFE band file as a COG under its SAFE name, ``.tif`` for ``.jp2``, and does
     not harmonise the values: a scene sensed after 2022-01-25 read as plain x 10000 was 0.1 too bright, silently.
