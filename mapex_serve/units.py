@@ -254,14 +254,15 @@ def _safe_offset(file_name: str | None, path: str) -> tuple[float, str]:
 
 #: Why 0 in integer reflectance is no data, for the answer's list of conversions.
 ZERO_IS_NODATA = ("0 taken as no data: integer reflectance that declares none (0 is Sentinel-2's NODATA and Landsat "
-                  "Collection 2's fill, and Earth Engine writes masked pixels as 0)")
+                  "Collection 2's fill, and Earth Engine writes masked pixels as 0 unless its export sets noData)")
 
 
 def zero_is_nodata(src: DatasetReaderBase, index: int, canonical: str) -> bool:
     """Whether 0 in band ``index`` is no data though the file does not say so: reflectance stored as integers with
     no nodata value and no mask. No surface is black to 0 in Sentinel-2's or Landsat's integers (Level-2A's 0 is
     -0.1 once offset), while a SAFE's band file sent alone, an Earth Engine export of masked pixels (clouds the user
-    masked) and a swath's edge all hold 0, which read as reflectance would be dark pixels to the model."""
+    masked; 0 unless the export sets ``noData``) and a swath's edge all hold 0, which read as reflectance would be
+    dark pixels to the model."""
     return (BANDS[canonical].unit == "reflectance" and np.dtype(src.dtypes[index - 1]).kind in "iu"
             and src.nodatavals[index - 1] is None and MaskFlags.all_valid in src.mask_flag_enums[index - 1])
 
