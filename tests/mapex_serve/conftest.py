@@ -82,14 +82,16 @@ def server(built_repo, tmp_path_factory) -> Iterator[Server]:
     s.stop()
 
 
-def geotiff_bytes(bands: np.ndarray, descriptions: list[str], nodata: float | None = None) -> bytes:
-    """A (C, H, W) array as an in-memory GeoTIFF in UTM with 10 m pixels and band descriptions."""
+def geotiff_bytes(bands: np.ndarray, descriptions: list[str], nodata: float | None = None,
+                  tags: dict[str, str] | None = None) -> bytes:
+    """A (C, H, W) array as an in-memory GeoTIFF in UTM with 10 m pixels, band descriptions and dataset ``tags``."""
     count, height, width = bands.shape
     with MemoryFile() as mem:
         with mem.open(driver="GTiff", count=count, height=height, width=width, dtype=bands.dtype, nodata=nodata,
                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as dst:
             dst.write(bands)
             dst.descriptions = descriptions
+            dst.update_tags(**(tags or {}))
         return mem.read()
 
 

@@ -138,16 +138,10 @@ def test_real_bigearthnet_band_files_at_10_and_20_m(server):
     assert {i["mapped_to"] for i in body["inputs"]} == {"B02", "B03", "B04", "B11", "B12"}
 
 
-def test_a_level_1c_file_is_refused_by_the_specialists_of_surface_reflectance_unless_run_as_is(server):
+def test_a_level_1c_file_is_refused_by_the_specialists_of_surface_reflectance_unless_run_as_is(server, to_geotiff):
     """The demo specialists learned Level-2A: a GeoTIFF gdal_translate wrote from a Level-1C SAFE says it is one."""
     values = np.random.default_rng(1).integers(500, 3000, (2, 64, 64)).astype(np.uint16)
-    with MemoryFile() as mem:
-        with mem.open(driver="GTiff", count=2, height=64, width=64, dtype="uint16", crs="EPSG:32633",
-                      transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
-            dst.write(values)
-            dst.descriptions = ("B11", "B12")
-            dst.update_tags(PROCESSING_LEVEL="Level-1C", PRODUCT_TYPE="S2MSI1C")
-        l1c = mem.read()
+    l1c = to_geotiff(values, ["B11", "B12"], tags={"PROCESSING_LEVEL": "Level-1C", "PRODUCT_TYPE": "S2MSI1C"})
     refused = post(server, "wildfire", [("S2_L1C_swir.tif", l1c)])
     assert refused.status_code == 422 and refused.json()["error"] == "ReflectanceLevelError", refused.text
     assert "wildfire-swir learned surface reflectance (Level-2A)" in refused.json()["detail"]

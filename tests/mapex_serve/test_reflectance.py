@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from mapex_serve.inputs import RequestScene, UploadedFile
@@ -41,15 +39,10 @@ def test_what_a_file_says_of_its_processing_level(file, path, tags, level):
     assert (found and found.level) == level
 
 
-def swir_file(tags: dict[str, str]) -> bytes:
+@pytest.fixture(scope="module")
+def swir_file(to_geotiff):
     values = np.random.default_rng(0).integers(500, 3000, (2, 32, 32)).astype(np.uint16)
-    with MemoryFile() as mem:
-        with mem.open(driver="GTiff", count=2, height=32, width=32, dtype="uint16", crs="EPSG:32633",
-                      transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
-            dst.write(values)
-            dst.descriptions = ("B11", "B12")
-            dst.update_tags(**tags)
-        return mem.read()
+    return lambda tags: to_geotiff(values, ["B11", "B12"], tags=tags)
 
 
 def read_for(model, data: bytes, **overrides) -> np.ndarray:
@@ -58,7 +51,8 @@ def read_for(model, data: bytes, **overrides) -> np.ndarray:
         return reader.read(Window(0, 0, 32, 32))[0]
 
 
-def test_a_level_1c_file_for_a_model_of_surface_reflectance_is_refused_unless_asked_to_run_as_is(swir_manifest):
+def test_a_level_1c_file_for_a_model_of_surface_reflectance_is_refused_unless_asked_to_run_as_is(swir_manifest,
+                                                                                                  swir_file):
     surface = swir_manifest.model_copy(update={"reflectance": "surface"})
     l1c = swir_file({"PROCESSING_LEVEL": "Level-1C"})
     with pytest.raises(ReflectanceLevelError) as refused:
@@ -73,7 +67,7 @@ def test_a_level_1c_file_for_a_model_of_surface_reflectance_is_refused_unless_as
     read_for(swir_manifest, l1c)  # a model that records no level reads any
 
 
-def test_a_model_of_top_of_atmosphere_reflectance_refuses_surface_reflectance(swir_manifest):
+def test_a_model_of_top_of_atmosphere_reflectance_refuses_surface_reflectance(swir_manifest, swir_file):
     """EuroSAT and Sen1Floods11 are Level-1C: a model trained on them is told Level-2A from its files too."""
     toa = swir_manifest.model_copy(update={"reflectance": "top-of-atmosphere"})
     read_for(toa, swir_file({"PROCESSING_LEVEL": "Level-1C"}))
