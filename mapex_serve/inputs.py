@@ -644,7 +644,8 @@ class RequestScene:
                 f"the raster is {grid.width} x {grid.height} = {grid.width * grid.height:,} pixels{resampled}; at "
                 f"most {max_pixels:,} are accepted (MAPEX_MAX_PIXELS): crop or split the scene"
             )
-        zero_filled = {id(b) for b in used if b.nodata is None and zero_is_nodata(b.dataset, b.index, b.identity.canonical)}
+        zero_filled = {id(b) for b in used
+                       if b.nodata is None and zero_is_nodata(b.dataset, b.index, b.identity.canonical)}
         for b in used:
             b.nodata = 0.0 if id(b) in zero_filled else b.nodata
         reader = SceneReader(grid, used, quality, self._stack)

@@ -110,7 +110,8 @@ def open_and_route(
         scene = RequestScene(files, bands, max_unpacked, room)
         try:
             route = route_scene(scene, manifests, modality)
-            return scene, route, scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels, route.manifest)
+            reader = scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels, route.manifest)
+            return scene, route, reader
         except BaseException:
             scene.close()
             raise

@@ -28,9 +28,9 @@ from mapex_serve.errors import MapexError
 from mapex_serve.planet import PlanetProduct
 
 __all__ = [
+    "ZERO_IS_NODATA",
     "Conversion",
     "ImplausibleValuesError",
-    "ZERO_IS_NODATA",
     "PixelSizeChoice",
     "ReflectanceChoice",
     "UnitError",
@@ -38,9 +38,9 @@ __all__ = [
     "ValueStats",
     "check_plausible",
     "check_stated_units",
-    "zero_is_nodata",
     "conversion_for",
     "parse_unit",
+    "zero_is_nodata",
 ]
 
 StatedUnit = Literal["reflectance", "dB", "linear", "amplitude", "m", "ft"]

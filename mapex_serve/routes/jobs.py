@@ -133,7 +133,8 @@ async def submit_job(
     try:
         if body is None:
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
-                              pixel_size=pixel_size, reflectance=reflectance, probabilities=probabilities, geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
+                              pixel_size=pixel_size, reflectance=reflectance, probabilities=probabilities,
+                              geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:
             raise JobRequestError("the job request names no scene: give url (http(s):// or s3://) or stac_item, or "
