@@ -154,7 +154,8 @@ def test_beta0_is_not_read_as_the_models_sigma0_and_the_refusal_says_why():
         read(beta0, ["VV", "VH"])
     with pytest.raises(BandNamesMissingError, match="calibrate to sigma0"):
         read([UploadedFile("Beta0_VV.img", tif(linear[:1].astype(np.float32)))], ["VV"])
-    both = tif(np.concatenate([linear, linear / 2]).astype(np.float32), ["Beta0_VV", "Beta0_VH", "Sigma0_VV", "Sigma0_VH"])
+    both = tif(np.concatenate([linear, linear / 2]).astype(np.float32),
+               ["Beta0_VV", "Beta0_VH", "Sigma0_VV", "Sigma0_VH"])
     _, _, values, _ = read(both, ["VV", "VH"])
     np.testing.assert_allclose(values, 10 * np.log10(linear / 2), atol=1e-4)
     _, _, named, _ = read(beta0, ["VV", "VH"], bands=["VV", "VH"], units="linear")

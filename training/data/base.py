@@ -101,7 +101,8 @@ class RealDataset(torch.utils.data.Dataset):
     CHIP_SIZE: ClassVar[int] = 0
     #: The size of a chip's pixels on the ground (m), every band resampled to one grid as distributed.
     PIXEL_SIZE_M: ClassVar[float] = 0.0
-    #: Its Sentinel-2 reflectance: ``surface`` (Level-2A, HLS) or ``top-of-atmosphere`` (Level-1C); None: no optical bands.
+    #: Its Sentinel-2 reflectance: ``surface`` (Level-2A, HLS) or ``top-of-atmosphere`` (Level-1C); None: no
+    #: optical bands.
     REFLECTANCE: ClassVar[str | None] = None
     #: Cut chips larger than the model's tile into tiles (mask data sets) rather than resize them.
     CUT_INTO_TILES: ClassVar[bool] = False
