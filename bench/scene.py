@@ -96,7 +96,7 @@ def engine_seconds(engine: Engine, files: Sequence[UploadedFile | SourceFile], m
         calls.append(time.perf_counter() - start)
 
     with RequestScene(files) as scene, ThreadPoolExecutor(runners) as pool:  # the service's own read path
-        reader = scene.reader(manifest.band_names, UnitOverrides())
+        reader = scene.reader(manifest.band_names, UnitOverrides(), model=manifest)
         tiles, batches = tile_batches(reader, manifest, max_batch)
         with tqdm(total=-(-len(tiles) // max_batch), desc="engine alone", unit="batch", leave=False) as bar:
             while data := [b.data for b in islice(batches, _READ_AHEAD)]:

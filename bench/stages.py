@@ -179,12 +179,12 @@ def stage_costs(data: bytes, manifest: Manifest, engine: Engine | None, max_batc
 
     def ready() -> tuple[RequestScene, Any, Any]:
         scene, route = routed()
-        return scene, route, scene.reader(route.bands, overrides, 64, MAX_PIXELS)
+        return scene, route, scene.reader(route.bands, overrides, 64, MAX_PIXELS, route.manifest)
 
     held: list[RequestScene] = []  # opened in the timed call, closed after it
     out["open"] = measure(lambda _: held.append(opened()), repeats, after=lambda _: held.pop().close())
     out["route"] = measure(lambda a: route_scene(a, [manifest], None), repeats, opened, lambda a: a.close())
-    out["units"] = measure(lambda a: a[0].reader(a[1].bands, overrides, 64, MAX_PIXELS), repeats, routed,
+    out["units"] = measure(lambda a: a[0].reader(a[1].bands, overrides, 64, MAX_PIXELS, a[1].manifest), repeats, routed,
                            lambda a: a[0].close())
     out["sample"] = measure(lambda a: a[2].samples(64), repeats, ready, lambda a: a[0].close())
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.warp import transform as transform_points
 
@@ -66,14 +68,30 @@ def _distance_m(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
 
 
 def ground_pixel_size(grid: Grid) -> tuple[float, float] | None:
-    """``(x, y)`` metres on the ground of one pixel step at the grid's centre; None without a CRS, or one PROJ
-    cannot take to WGS84."""
+    """``(x, y)`` metres on the ground of one pixel step near the grid's centre; None without a CRS, or one PROJ
+    cannot take to WGS84.
+
+    Measured at the centre of the cell of 1,000 x 1,000 pixels that holds the grid's, and kept per cell: a pixel's
+    size changes by far less than the tolerance across such a cell, and building PROJ's transformation each time
+    cost 0.19 ms of a single-tile request's 0.6 ms of reading (``python -m bench.stages``)."""
     if grid.crs is None:
         return None
-    col, row = grid.width / 2, grid.height / 2
-    xs, ys = zip(*(grid.transform @ p for p in ((col, row), (col + 1, row), (col, row + 1))), strict=True)
+    t = grid.transform
+    x, y = t @ (grid.width / 2, grid.height / 2)
+    cell = 1000 * math.hypot(t.a, t.d), 1000 * math.hypot(t.b, t.e)
+    if not (cell[0] > 0 and cell[1] > 0):
+        return None
+    return _cell_pixel_size(grid.crs.to_wkt(), (t.a, t.b, t.d, t.e), round(x / cell[0]), round(y / cell[1]), cell)
+
+
+@lru_cache(maxsize=1024)
+def _cell_pixel_size(wkt: str, linear: tuple[float, float, float, float], i: int, j: int,
+                     cell: tuple[float, float]) -> tuple[float, float] | None:
+    a, b, d, e = linear
+    x, y = i * cell[0], j * cell[1]
+    xs, ys = [x, x + a, x + b], [y, y + d, y + e]
     try:
-        lons, lats = transform_points(grid.crs, "EPSG:4326", list(xs), list(ys))
+        lons, lats = transform_points(CRS.from_wkt(wkt), "EPSG:4326", xs, ys)
     except (RasterioError, ValueError):
         return None
     sizes = (_distance_m(lons[0], lats[0], lons[1], lats[1]), _distance_m(lons[0], lats[0], lons[2], lats[2]))

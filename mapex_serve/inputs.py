@@ -630,6 +630,7 @@ class RequestScene:
         Conversions are decided here and checked against a sample of each band's values in windows of
         ``sample`` pixels (0: not checked, for a part of a scene whose first part checked them).
         """
+        check_stated_units(overrides, canonical)
         used = [self.band(c) for c in canonical]
         quality = self.quality_bands()
         grid, ground = self.grid(used + quality), None
@@ -647,10 +648,10 @@ class RequestScene:
         zero_filled = {id(b) for b in used
                        if b.nodata is None and zero_is_nodata(b.dataset, b.index, b.identity.canonical)}
         for b in used:
-            b.nodata = 0.0 if id(b) in zero_filled else b.nodata
+            if id(b) in zero_filled:
+                b.nodata = 0.0
         reader = SceneReader(grid, used, quality, self._stack)
         reader.ground = ground
-        check_stated_units(overrides, canonical)
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,

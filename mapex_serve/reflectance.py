@@ -29,6 +29,7 @@ from typing import Literal
 from mapex_serve.bands import BANDS
 from mapex_serve.errors import MapexError
 from mapex_serve.scene_reader import InputBand
+from mapex_serve.units import SAFE_BAND_FILE
 
 __all__ = ["Level", "LevelEvidence", "ReflectanceLevelError", "check_level", "level_of", "refusal"]
 
@@ -38,7 +39,6 @@ _PRODUCT = {"Level-1C": "top-of-atmosphere", "S2MSI1C": "top-of-atmosphere",
             "Level-2A": "surface", "S2MSI2A": "surface"}
 _WORDS: dict[str, Level] = {"l1c": "top-of-atmosphere", "msil1c": "top-of-atmosphere",
                             "l2a": "surface", "msil2a": "surface"}
-_L1C_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_\d{8}T\d{6}_B[0-9A]{2}\.(?:jp2|tiff?)$", re.I)
 _NAMES = {"top-of-atmosphere": "top-of-atmosphere reflectance (Level-1C)", "surface": "surface reflectance (Level-2A)"}
 
 
@@ -61,7 +61,7 @@ def level_of(file: str, path: str, tags: Mapping[str, str]) -> LevelEvidence | N
         if level:
             return LevelEvidence(level, f"its GDAL metadata {key}={value}")
     name = file.replace("\\", "/").rsplit("/", 1)[-1]
-    if _L1C_BAND_FILE.match(name):
+    if (m := SAFE_BAND_FILE.match(name)) and m.group("resolution") is None:
         return LevelEvidence("top-of-atmosphere", "its name, a Level-1C SAFE's band file (Level-2A's name their "
                                                   "resolution, _B04_10m)")
     for where, text in (("its name", file), ("its path", path)):

@@ -28,6 +28,7 @@ from mapex_serve.errors import MapexError
 from mapex_serve.planet import PlanetProduct
 
 __all__ = [
+    "SAFE_BAND_FILE",
     "ZERO_IS_NODATA",
     "Conversion",
     "ImplausibleValuesError",
@@ -71,7 +72,8 @@ _ASSUMED_SCALE = "reflectance x 10000"
 #: resolution; the Planetary Computer's COGs keep the name as ``.tif``) and the day from which every product carries
 #: processing baseline 04.00's reflectance offset of -1000 (-0.1); products sensed earlier carry it only if
 #: reprocessed (Collection-1), which the file cannot say, but the product's name in its path can (``..._N0500_...``).
-_SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(\d{8})T\d{6}_B[0-9A]{2}(?:_\d{2}m)?\.(?:jp2|tiff?)$", re.I)
+SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(?P<date>\d{8})T\d{6}_B[0-9A]{2}(?P<resolution>_\d{2}m)?\.(?:jp2|tiff?)$",
+                            re.I)
 _SAFE_PRODUCT = re.compile(r"\bS2[A-D]_MSIL(?:1C|2A)_\d{8}T\d{6}_N(\d{2})(\d{2})_", re.I)
 _BASELINE_04_FROM = "20220125"
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
@@ -236,13 +238,13 @@ def _safe_offset(file_name: str | None, path: str) -> tuple[float, str]:
     product named in its ``path`` (a job's URL: ``.../S2A_MSIL2A_..._N0509_....SAFE/.../T33UUP_..._B04_10m.tif``),
     else -0.1 when it was sensed on or after 2022-01-25, a 422 when before (reprocessed or not, the file cannot
     say); 0 for any other file."""
-    m = _SAFE_BAND_FILE.match(file_name or "")
+    m = SAFE_BAND_FILE.match(file_name or "")
     if m is None:
         return 0.0, ""
     if (product := _SAFE_PRODUCT.search(path)) is not None:
         baseline = f"{product.group(1)}.{product.group(2)}"
         return (-0.1 if baseline >= "04.00" else 0.0), f"its product's processing baseline {baseline}"
-    if m.group(1) >= _BASELINE_04_FROM:
+    if m.group("date") >= _BASELINE_04_FROM:
         return -0.1, "sensed from 2022-01-25 on (processing baseline 04.00 or later)"
     raise UnitError(
         f"{file_name}: a Sentinel-2 SAFE band file sensed before 2022-01-25 carries the reflectance offset of -1000 "
