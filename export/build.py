@@ -61,7 +61,7 @@ from mapex_serve.repository import (
     sha256_file,
 )
 from training.checkpoint import load_model
-from training.data import SceneConfig, generate_batch, learned_reflectance
+from training.data import SceneConfig, generate_batch, learned_backscatter, learned_reflectance
 from training.finetune import finetune
 from training.model import Mapex
 from training.moe import MoE
@@ -122,6 +122,8 @@ class BuildOptions:
     pixel_size_m: float | None = None
     #: The Sentinel-2 reflectance it learned (``surface`` or ``top-of-atmosphere``), for optical specialists' manifests.
     reflectance: str | None = None
+    #: The Sentinel-1 backscatter it learned (``sigma0`` or ``gamma0``), for radar specialists' manifests.
+    backscatter: str | None = None
 
 
 def specialist_name(task: str, modalities: Sequence[str]) -> str:
@@ -318,6 +320,7 @@ def build_specialist(
         size = model.cfg.img_size
         channels = len(bands_of(modalities))
         forms = block_forms(spec, options.form)
+        sensors = {BANDS[b].sensor for b in bands_of(modalities)}
         kept = [k.model_copy(update={"form": forms[k.block]}) for k in pruned.kept]
         out_shape = [-1, len(task.classes)] if task.head == "class" else [-1, len(task.classes), size, size]
         artefacts = {
@@ -332,7 +335,8 @@ def build_specialist(
             experts_kept=kept, parameters=pruned.parameters, opset=options.opset, artefacts=artefacts,
             engines=engines, source_checkpoint_sha256=checkpoint_sha256, created=datetime.now(UTC),
             pixel_size_m=options.pixel_size_m,
-            reflectance=options.reflectance if any(BANDS[b].sensor == "S2" for b in bands_of(modalities)) else None,
+            reflectance=options.reflectance if "S2" in sensors else None,
+            backscatter=options.backscatter if "S1" in sensors else None,
         )
         (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
         os.rename(staging, final)
@@ -396,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the Sentinel-2 reflectance the model learned, which the service checks files against "
                         "(default: the checkpoint's pre-training data's: surface for synthetic scenes, ben-ge and HLS, "
                         "top-of-atmosphere for EuroSAT and Sen1Floods11)")
+    p.add_argument("--backscatter", choices=("sigma0", "gamma0"),
+                   help="the Sentinel-1 backscatter the model learned, which the service checks files against "
+                        "(default: the checkpoint's pre-training data's: sigma0 for synthetic scenes, ben-ge and "
+                        "Sen1Floods11)")
     p.add_argument("--pixel-size", type=float, metavar="METRES",
                    help="the size on the ground of the pixels the model learned from, which the service checks "
                         "scenes against (default: what the checkpoint records of its pre-training data, e.g. 37.5 "
@@ -443,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            trt_precision=args.trt_precision, trt_hardware_compatibility=args.trt_hardware_compatibility,
                            version=args.version,
                            pixel_size_m=payload.get("pixel_size_m") if args.pixel_size is None else args.pixel_size,
-                           reflectance=args.reflectance or learned_reflectance(payload.get("data")))
+                           reflectance=args.reflectance or learned_reflectance(payload.get("data")),
+                           backscatter=args.backscatter or learned_backscatter(payload.get("data")))
     digest = sha256_file(checkpoint)
     if args.jobs > 1 and len(requests) > 1:
         entries = _build_in_workers(checkpoint, digest, requests, options, args.jobs)

@@ -50,7 +50,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def predict(argv: Sequence[str]) -> int:
     from mapex_serve.client import JobFailedError, run_predict
-    from mapex_serve.units import PixelSizeChoice, ReflectanceChoice
+    from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
 
     p = argparse.ArgumentParser(prog="mapex-serve predict", description="Run a whole scene as a job on a mapex-serve "
                                 "service: submit, follow its progress, download the results.")
@@ -63,7 +63,8 @@ def predict(argv: Sequence[str]) -> int:
     p.add_argument("--api-key", default=os.environ.get("MAPEX_API_KEY"), help="default: $MAPEX_API_KEY")
     p.add_argument("--bands", help="names of the bands in order, e.g. VV,VH")
     p.add_argument("--modality", help="force the specialist of this modality")
-    # The reading options the service's 422s name (units=, scale=, offset=, pixel_size=, reflectance=).
+    # The reading options the service's 422s name (units=, scale=, offset=, pixel_size=, reflectance=,
+    # backscatter=).
     p.add_argument("--units", help="unit of the values, for every band or per band: dB, linear, amplitude, "
                                    "reflectance, m, ft (VV:linear,VH:linear)")
     p.add_argument("--scale", help="physical = stored x scale + offset, e.g. 0.0001 (or per band: B04:0.0001)")
@@ -73,12 +74,16 @@ def predict(argv: Sequence[str]) -> int:
                         "size, native reads it as it is")
     p.add_argument("--reflectance", choices=get_args(ReflectanceChoice),
                    help="as-is: run Sentinel-2 files of the other processing level than the specialist learned")
+    p.add_argument("--backscatter", choices=get_args(BackscatterChoice),
+                   help="as-is: run Sentinel-1 files of the other backscatter (sigma0, gamma0) than the specialist "
+                        "learned")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance (the scene CRS's units)")
     p.add_argument("--min-area-m2", type=float, help="drop polygons smaller than this")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     options = {k: v for k, v in {"bands": a.bands, "modality": a.modality, "units": a.units, "scale": a.scale,
                                  "offset": a.offset, "pixel_size": a.pixel_size, "reflectance": a.reflectance,
+                                 "backscatter": a.backscatter,
                                  "simplify": a.simplify, "min_area_m2": a.min_area_m2}.items() if v is not None}
     try:
         job = run_predict(a.scene, a.task, a.out, a.geojson, a.server, a.api_key, options, quiet=a.quiet)

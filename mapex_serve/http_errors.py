@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from mapex_serve.archives import ArchiveTooLargeError, UnreadableArchiveError
 from mapex_serve.areas import AreaError
+from mapex_serve.backscatter import BackscatterError
 from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.budget import MemoryBudgetError, OverBudgetError
 from mapex_serve.decode.incoming import NoRoomToReceiveError
@@ -66,7 +67,8 @@ STATUS: dict[type[MapexError], int] = {
     BandNamesMissingError: 422, BandIdentityConflictError: 422, LandsatSensorUnknownError: 422,
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
-    SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422, ImplausibleValuesError: 422,
+    SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422,
+    BackscatterError: 422, ImplausibleValuesError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,

@@ -34,6 +34,7 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
+from mapex_serve.backscatter import check_backscatter
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.errors import DuplicateBandError, MapexError
@@ -638,6 +639,8 @@ class RequestScene:
             grid, ground = fit_to_model(grid, model.name, model.pixel_size_m, overrides.pixel_size)
             if model.reflectance is not None and overrides.reflectance is None:
                 check_level(used, model.name, model.reflectance)
+            if model.backscatter is not None and overrides.backscatter is None:
+                check_backscatter(used, model.name, model.backscatter)
         if max_pixels is not None and grid.width * grid.height > max_pixels:
             resampled = " once resampled to the model's pixel size (pixel_size=model)" if ground and \
                 ground.read_m != ground.scene_m else ""

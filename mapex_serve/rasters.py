@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import PurePath
+from typing import get_args
 
 from rasterio.io import DatasetReaderBase
 
+from mapex_serve.backscatter import Backscatter
 from mapex_serve.bands import (
     BANDS,
     OLI_WAVELENGTHS_NM,
@@ -86,6 +88,8 @@ class BandIdentity:
     quality: str | None = None
     #: The unit its name states (``linear``, ``dB``, ``amplitude``), or None.
     unit_hint: str | None = None
+    #: The radar backscatter its name states (``sigma0``, ``gamma0``), or None (``mapex_serve.backscatter``).
+    backscatter: Backscatter | None = None
 
     @property
     def used(self) -> bool:
@@ -137,7 +141,8 @@ def _polarised(found: str, rule: str, pol: str, unit: str | None, quantity: str 
         return BandIdentity(found, f"{rule}; beta0 is radar brightness, not normalised to the ground as sigma0 is, "
                                    f"1.5-3 dB brighter at Sentinel-1's incidence angles: calibrate to sigma0 (SNAP "
                                    f"Calibration with 'Output sigma0 band'), or name it with bands= to read it anyway")
-    return BandIdentity(found, rule, pol, unit_hint=unit)
+    return BandIdentity(found, rule, pol, unit_hint=unit,
+                        backscatter=quantity if quantity in get_args(Backscatter) else None)
 
 
 @lru_cache(maxsize=4096)  # the same few names arrive in every request, each tried against a dozen conventions
@@ -164,7 +169,7 @@ def parse_name(name: str) -> BandIdentity | None:
     if "," in text:  # "SCL, Scene Classification" and other "NAME, explanation" descriptions
         head = parse_name(text.split(",", 1)[0])
         if head is not None:
-            return BandIdentity(text, f"{head.rule} (description prefix)", head.canonical, head.quality, head.unit_hint)
+            return replace(head, found=text, rule=f"{head.rule} (description prefix)")
     return None
 
 
@@ -251,8 +256,8 @@ def _hyp3(filename: str | None) -> BandIdentity | None:
     if m.group(3).lower() == "ls_map":
         return BandIdentity(m.group(0), "ASF HyP3 RTC file name (layover and shadow mask)", quality="HYP3_LS_MAP")
     quantity, (unit, scale), pol = m.group(1).lower(), _HYP3_SCALE[m.group(2).lower()], m.group(3).upper()
-    rule = f"ASF HyP3 RTC file name ({'gamma0' if quantity == 'g' else 'sigma0'}, {scale} scale)"
-    return _polarised(m.group(0), rule, pol, unit)
+    quantity = "gamma0" if quantity == "g" else "sigma0"
+    return _polarised(m.group(0), f"ASF HyP3 RTC file name ({quantity}, {scale} scale)", pol, unit, quantity)
 
 
 #: NASA JPL OPERA RTC-S1 burst files (``OPERA_L2_RTC-S1_T069-147170-IW1_20231010T121227Z_20231010T163008Z_S1A_30_v1.0_VV.tif``):
@@ -268,7 +273,7 @@ def _opera(filename: str | None) -> BandIdentity | None:
     rule, layer = "OPERA RTC-S1 file name", m.group(1)
     if layer.lower() == "mask":
         return BandIdentity(m.group(0), f"{rule} (layover and shadow mask)", quality="OPERA_RTC_MASK")
-    return _polarised(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), "linear")
+    return _polarised(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), "linear", "gamma0")
 
 
 #: The Planetary Computer's ``sentinel-1-rtc`` assets (``.../measurement/iw-vv.rtc.tiff``): gamma0, radiometrically
@@ -281,7 +286,7 @@ def _planetary_rtc(filename: str | None) -> BandIdentity | None:
     if (m := _PLANETARY_RTC.match(PurePath(filename or "").name)) is None:
         return None
     rule = "Planetary Computer sentinel-1-rtc file name (gamma0, linear power)"
-    return _polarised(m.group(0), rule, m.group(1).upper(), "linear")
+    return _polarised(m.group(0), rule, m.group(1).upper(), "linear", "gamma0")
 
 
 #: The files of a CEOS-ARD Normalised Radar Backscatter product as pyroSAR's S1_NRB processor (S1-ARD) names them
@@ -301,7 +306,7 @@ def _s1_nrb(filename: str | None) -> BandIdentity | None:
     quantity = "gamma0" if m.group(2).lower() == "g" else "sigma0"
     unit = "linear" if m.group(3).lower() == "lin" else "dB"
     return _polarised(m.group(0), f"S1-NRB file name ({quantity}, {'linear power' if unit == 'linear' else unit})",
-                      m.group(1).upper(), unit)
+                      m.group(1).upper(), unit, quantity)
 
 
 #: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
@@ -382,7 +387,7 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
                 f"name (Earth Engine names a download after the image: LC09_044034_20220111.SR_B4.tif), or pass "
                 f"bands= with the bands' names (bands=red,green,blue)")
         if (named := parse_name(name)) is not None:
-            named = BandIdentity(named.found, f"{named.rule} ({where})", named.canonical, named.quality, named.unit_hint)
+            named = replace(named, rule=f"{named.rule} ({where})")
             break
     if named is not None and wavelength is not None and named.canonical in BANDS and BANDS[named.canonical].fwhm_nm:
         by_wavelength = band_for_wavelength(wavelength[0])
@@ -428,8 +433,12 @@ def identify_bands(
             parsed = parse_name(name)
             if parsed is None or not parsed.used:
                 resolve_band(name)  # raises UnknownBandError listing the accepted names
-            unit = parsed.unit_hint or (by_name.unit_hint if by_name and by_name.canonical == parsed.canonical else None)
-            out.append(BandIdentity(name, f"bands= parameter ({parsed.rule})", parsed.canonical, parsed.quality, unit))
+            rule = f"bands= parameter ({parsed.rule})"
+            if by_name and by_name.canonical == parsed.canonical:  # what the name says beside it: unit, backscatter
+                parsed = replace(by_name, unit_hint=parsed.unit_hint or by_name.unit_hint,
+                                 backscatter=parsed.backscatter or by_name.backscatter)
+                rule = f"{rule}, {by_name.rule}"
+            out.append(replace(parsed, found=name, rule=rule))
         return out
     landsat = landsat_sensor(src, filename)
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet)

@@ -135,6 +135,10 @@ class Manifest(_Model):
     #: it) or ``top-of-atmosphere`` (Level-1C: EuroSAT, Sen1Floods11). None: not known, or no optical band. The
     #: service refuses files that say they are the other (``mapex_serve.reflectance``).
     reflectance: Literal["surface", "top-of-atmosphere"] | None = None
+    #: The Sentinel-1 backscatter the model learned: ``sigma0`` (Earth Engine's and BigEarthNet's, and the synthetic
+    #: scenes') or ``gamma0`` (radiometrically terrain-corrected products). None: not known, or no radar band. The
+    #: service refuses files that say they are the other (``mapex_serve.backscatter``).
+    backscatter: Literal["sigma0", "gamma0"] | None = None
     #: ``in-graph``: the engine applies mean/std itself; feed it physical values.
     normalisation: Literal["in-graph"] = "in-graph"
     input: TensorSpec

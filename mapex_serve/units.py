@@ -30,6 +30,7 @@ from mapex_serve.planet import PlanetProduct
 __all__ = [
     "SAFE_BAND_FILE",
     "ZERO_IS_NODATA",
+    "BackscatterChoice",
     "Conversion",
     "ImplausibleValuesError",
     "PixelSizeChoice",
@@ -92,13 +93,16 @@ def parse_unit(word: str) -> StatedUnit | None:
 PixelSizeChoice = Literal["model", "native"]
 #: ``reflectance=``: run a Sentinel-2 file of the other processing level than the model learned as it is.
 ReflectanceChoice = Literal["as-is"]
+#: ``backscatter=``: run a Sentinel-1 file of the other backscatter (sigma0, gamma0) than the model learned as it is.
+BackscatterChoice = Literal["as-is"]
 
 
 @dataclass(frozen=True)
 class UnitOverrides:
     """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band;
-    ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``); and
-    ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``).
+    ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``);
+    ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``); and
+    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``).
 
     Keys are canonical band names, or None for "every band the value applies to".
     """
@@ -108,13 +112,15 @@ class UnitOverrides:
     offset: Mapping[str | None, float] = field(default_factory=dict)
     pixel_size: PixelSizeChoice | None = None
     reflectance: ReflectanceChoice | None = None
+    backscatter: BackscatterChoice | None = None
 
     @classmethod
     def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None,
-              pixel_size: PixelSizeChoice | None = None, reflectance: ReflectanceChoice | None = None) -> UnitOverrides:
+              pixel_size: PixelSizeChoice | None = None, reflectance: ReflectanceChoice | None = None,
+              backscatter: BackscatterChoice | None = None) -> UnitOverrides:
         """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``."""
         return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
-                   _per_band(offset, "offset", _float_value), pixel_size, reflectance)
+                   _per_band(offset, "offset", _float_value), pixel_size, reflectance, backscatter)
 
     def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
         table = getattr(self, which)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
-from mapex_serve.units import PixelSizeChoice, ReflectanceChoice
+from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
 
 __all__ = ["JobError", "JobProgress", "JobRequest", "JobRequestError", "JobStatus"]
 
@@ -37,6 +37,8 @@ class JobRequest(BaseModel):
                                                "learned: model (resample to it) or native (read it as it is)")
     reflectance: ReflectanceChoice | None = Field(None, description="as-is: run Sentinel-2 files of the other "
                                                   "processing level than the model learned (Level-1C for Level-2A)")
+    backscatter: BackscatterChoice | None = Field(None, description="as-is: run Sentinel-1 files of the other "
+                                                  "backscatter than the model learned (gamma0 for sigma0)")
     probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "

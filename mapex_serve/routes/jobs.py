@@ -29,7 +29,7 @@ from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
-from mapex_serve.units import PixelSizeChoice, ReflectanceChoice
+from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
 from mapex_serve.upload import save_upload
 
 __all__ = ["JobConflictError", "JobExpiredError", "JobNotFoundError", "JobRequestError", "JobsDisabledError", "router"]
@@ -117,6 +117,8 @@ async def submit_job(
                                                                     "learned: model (resample) or native")] = None,
     reflectance: Annotated[ReflectanceChoice | None, Query(description="for uploads: as-is runs files of the other "
                                                                        "processing level than the model's")] = None,
+    backscatter: Annotated[BackscatterChoice | None, Query(description="for uploads: as-is runs files of the other "
+                                                                       "backscatter than the model's")] = None,
     probabilities: Annotated[bool, Query(description="for uploads: also write per-class probabilities")] = False,
     geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
     simplify: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
@@ -133,7 +135,8 @@ async def submit_job(
     try:
         if body is None:
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
-                              pixel_size=pixel_size, reflectance=reflectance, probabilities=probabilities,
+                              pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter,
+                              probabilities=probabilities,
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:

@@ -28,7 +28,7 @@ from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
 from mapex_serve.state import ServiceState
-from mapex_serve.units import PixelSizeChoice, ReflectanceChoice, UnitOverrides
+from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, UnitOverrides
 from mapex_serve.upload import (
     MULTIPART_FRAMING,
     body_head,
@@ -272,6 +272,10 @@ async def predict_task(
                            Query(description="as-is: run Sentinel-2 files of the other processing level than the "
                                              "specialist learned (Level-1C for a Level-2A model) anyway; without it "
                                              "they are refused")] = None,
+    backscatter: Annotated[BackscatterChoice | None,
+                           Query(description="as-is: run Sentinel-1 files of the other backscatter than the "
+                                             "specialist learned (gamma0 for a sigma0 model) anyway; without it "
+                                             "they are refused")] = None,
 ) -> Response:
     started = time.perf_counter()
     name, status, known = "-", 500, False
@@ -281,7 +285,7 @@ async def predict_task(
         known = bool(manifests)
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
-        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance)
+        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter)
         try:
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
                 response = await _respond(request, state, manifests, bands, modality, format, overrides)

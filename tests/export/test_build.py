@@ -58,9 +58,11 @@ def test_all_builds_every_default_specialist_with_a_verified_manifest(repo, tiny
         assert manifest.input.shape[0] == -1 and manifest.output.shape[0] == -1
         assert [k.block for k in manifest.experts_kept] == [0, 1, 2, 3]
         assert all(b.std > 0 for b in manifest.bands)
-        # Synthetic scenes, calibrated to Level-2A, have no scale: optical specialists learned surface reflectance.
+        # Synthetic scenes, calibrated to Level-2A and IW GRDH sigma0, have no scale: optical specialists learned
+        # surface reflectance, radar ones sigma0.
         optical = any(m not in ("SAR", "ELE") for m in manifest.modalities)
         assert manifest.reflectance == ("surface" if optical else None) and manifest.pixel_size_m is None
+        assert manifest.backscatter == ("sigma0" if "SAR" in manifest.modalities else None)
         assert not list(entry.parent.glob(".staging-*"))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -476,9 +477,13 @@ def test_the_cli_submits_follows_and_downloads(jobs_server, scene_cog, uploaded,
     assert bad.returncode == 1 and "tasks served" in bad.stderr
     # The reading options the service's 422s name reach it: a unit VV cannot be in is refused by the service.
     stated = subprocess.run([*cmd[:7], "--out", str(out), "--server", jobs_server.url, "--units", "VV:reflectance",
-                             "--pixel-size", "native", "--reflectance", "as-is"],
+                             "--pixel-size", "native", "--reflectance", "as-is", "--backscatter", "as-is"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert stated.returncode == 1 and "units=reflectance cannot apply to VV" in stated.stderr, stated.stderr[-2000:]
+    gamma0 = shutil.copy(scene_cog, tmp_path / "flood_gamma0.tif")  # says gamma0; the demo learned sigma0
+    refused = subprocess.run([*cmd[:4], str(gamma0), *cmd[5:7], "--out", str(out), "--server", jobs_server.url],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "backscatter=as-is" in refused.stderr, refused.stderr[-2000:]
 
 
 def test_a_result_cog_is_read_in_place_by_gdal_over_http_ranges(jobs_server, uploaded, server_type):

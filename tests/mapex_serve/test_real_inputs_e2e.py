@@ -170,22 +170,26 @@ def test_masked_pixels_are_reported_and_excluded(server, flood_scene):
 
 
 def test_planetary_computer_rtc_assets_and_a_hyp3_layover_shadow_map_through_the_server(server, flood_scene):
-    """The Planetary Computer's ``iw-vv.rtc.tiff`` (linear gamma0, said by its name alone) answers as the same values
-    described in dB; a HyP3 product's ``_ls_map.tif`` masks its layover and shadow rows, each counted by reason."""
+    """The Planetary Computer's ``iw-vv.rtc.tiff`` holds linear gamma0, said by its name alone: the demo's flood
+    specialist learned sigma0 and refuses it, and with ``backscatter=as-is`` answers as the same values described in
+    dB; a HyP3 product's ``_ls_map.tif`` masks its layover and shadow rows, each counted by reason."""
     db, like = flood_scene
     linear = (10 ** (db / 10)).astype(np.float32)
     described = mask_of(post(server, "flood", [("s1.tif", tiff(db, ["VV", "VH"], like))]))
-    planetary = post(server, "flood", [("iw-vv.rtc.tiff", tiff(linear[:1], [None], like)),
-                                       ("iw-vh.rtc.tiff", tiff(linear[1:], [None], like))])
-    assert (mask_of(planetary) == described).mean() >= 0.99
+    assets = [("iw-vv.rtc.tiff", tiff(linear[:1], [None], like)), ("iw-vh.rtc.tiff", tiff(linear[1:], [None], like))]
+    refused = post(server, "flood", assets)
+    assert refused.status_code == 422 and refused.json()["error"] == "BackscatterError", refused.text
+    assert refused.json()["detail"].startswith("iw-vv.rtc.tiff holds gamma0, by its Planetary Computer sentinel-1-rtc "
+                                               "file name (gamma0, linear power), and flood-sar learned sigma0")
+    assert (mask_of(post(server, "flood", assets, backscatter="as-is")) == described).mean() >= 0.99
     product = "S1A_IW_20230914T052201_DVP_RTC10_G_gpuned_8C2F"
     ls_map = np.ones((1, *db.shape[1:]), np.uint8)
     ls_map[0, :4], ls_map[0, 4:6] = 5, 17  # 4 rows of layover, 2 of shadow
     files = [(f"{product}_VV.tif", tiff(linear[:1], [None], like)), (f"{product}_VH.tif", tiff(linear[1:], [None], like)),
              (f"{product}_ls_map.tif", tiff(ls_map, [None], like))]
-    body = post(server, "flood", files, format="json").json()
+    body = post(server, "flood", files, format="json", backscatter="as-is").json()
     assert body["masked_pixels"]["by_reason"] == {"HyP3 RTC layover": 4 * 96, "HyP3 RTC radar shadow": 2 * 96}
-    mask = mask_of(post(server, "flood", files))
+    mask = mask_of(post(server, "flood", files, backscatter="as-is"))
     assert (mask[:6] == 255).all() and (mask[6:] == described[6:]).mean() >= 0.99
 
 

@@ -36,12 +36,25 @@ DATASETS: dict[str, type[RealDataset]] = {
 }
 
 
+#: What the synthetic scenes are calibrated to: Level-2A surface reflectance, and sigma0 as an IW GRDH product shows it.
+_SYNTHETIC = {"REFLECTANCE": "surface", "BACKSCATTER": "sigma0"}
+
+
 def learned_reflectance(data: str | None) -> str | None:
-    """The Sentinel-2 reflectance a model pre-trained on ``data`` (a checkpoint's) learned: the synthetic scenes are
-    calibrated to Level-2A surface reflectance, a data set has its own, a folder of chips says nothing of it."""
+    """The Sentinel-2 reflectance a model pre-trained on ``data`` (a checkpoint's) learned: the synthetic scenes'
+    and a data set's own; a folder of chips says nothing of it."""
+    return _learned(data, "REFLECTANCE")
+
+
+def learned_backscatter(data: str | None) -> str | None:
+    """The Sentinel-1 backscatter (sigma0, gamma0) a model pre-trained on ``data`` learned, as ``learned_reflectance``."""
+    return _learned(data, "BACKSCATTER")
+
+
+def _learned(data: str | None, what: str) -> str | None:
     if data == "synthetic":
-        return "surface"
-    return DATASETS[data].REFLECTANCE if data in DATASETS else None
+        return _SYNTHETIC[what]
+    return getattr(DATASETS[data], what) if data in DATASETS else None
 
 
 __all__ = [
@@ -70,6 +83,7 @@ __all__ = [
     "SyntheticBatch",
     "generate_batch",
     "generate_scene",
+    "learned_backscatter",
     "learned_reflectance",
     "mosaic",
     "read_geotiff",

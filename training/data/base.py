@@ -104,6 +104,8 @@ class RealDataset(torch.utils.data.Dataset):
     #: Its Sentinel-2 reflectance: ``surface`` (Level-2A, HLS) or ``top-of-atmosphere`` (Level-1C); None: no
     #: optical bands.
     REFLECTANCE: ClassVar[str | None] = None
+    #: Its Sentinel-1 backscatter: ``sigma0`` or ``gamma0`` (terrain-corrected); None: no radar bands.
+    BACKSCATTER: ClassVar[str | None] = None
     #: Cut chips larger than the model's tile into tiles (mask data sets) rather than resize them.
     CUT_INTO_TILES: ClassVar[bool] = False
 

@@ -56,6 +56,7 @@ class BenGe(RealDataset):
     CHIP_SIZE: ClassVar[int] = 120
     PIXEL_SIZE_M: ClassVar[float] = 10.0  # BigEarthNet's 20 and 60 m bands upsampled to 10 m
     REFLECTANCE: ClassVar[str | None] = "surface"  # BigEarthNet: Level-2A (sen2cor)
+    BACKSCATTER: ClassVar[str | None] = "sigma0"  # BigEarthNet-S1: SNAP's calibration to sigma0, in dB
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
         "tile_class": ("class", WORLDCOVER_CLASSES),
         "landcover": ("mask", WORLDCOVER_CLASSES),

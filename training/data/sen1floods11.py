@@ -41,6 +41,7 @@ class Sen1Floods11(RealDataset):
     CHIP_SIZE: ClassVar[int] = 512
     PIXEL_SIZE_M: ClassVar[float] = 10.0
     REFLECTANCE: ClassVar[str | None] = "top-of-atmosphere"  # S2Hand: Level-1C (Bonafilia et al. 2020)
+    BACKSCATTER: ClassVar[str | None] = "sigma0"  # S1Hand: Earth Engine's COPERNICUS/S1_GRD, sigma0 in dB
     CUT_INTO_TILES: ClassVar[bool] = True
     LABELS: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
         "flood": ("mask", ("no water", "water")),
