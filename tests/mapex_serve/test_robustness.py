@@ -228,7 +228,7 @@ _rss: list[int] = []
 _peaks: list[int] = []
 
 
-@settings(max_examples=600, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(example=corrupt_geotiffs(), task=st.sampled_from(["flood", "wildfire"]))
 def test_corrupt_and_adversarial_geotiffs_get_4xx_and_memory_stays_bounded(fuzz_server, example, task):

@@ -13,8 +13,9 @@ import torch
 from training.checkpoint import load_model
 from training.evaluate import knn_accuracy, landcover_split
 from training.evaluate import main as evaluate_main
-from training.finetune import evaluate_specialist, finetune, main
+from training.finetune import SharedBatches, evaluate_specialist, finetune, main, synthetic_batches
 from training.specialist import Specialist
+from training.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,23 @@ def test_finetuning_a_head_beats_the_majority_class_on_held_out_tiles(checkpoint
     # The caller's model is untouched (the specialist owns a copy of it).
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(a, b) for a, b in zip(spec.backbone.parameters(), model.parameters(), strict=True))
+
+
+def test_shared_batches_are_the_specialists_own_drawn_once_and_kept_within_their_bound():
+    """A build's specialists of one task train on the scenes each would draw, drawn once while they fit."""
+    task = get_task("landcover")
+    own = synthetic_batches(task, 32, 0, ["SAR"])(3, 4)
+    shared = SharedBatches(max_bytes=2**30)
+    batch = shared.of(task, 32, 0)(3, 4)
+    assert torch.equal(batch.inputs["SAR"], own.inputs["SAR"]) and torch.equal(batch.landcover, own.landcover)
+    assert set(batch.inputs) > {"SAR", "RGB"}, "every modality, for the task's next specialist"
+    assert shared.of(task, 32, 0)(3, 4) is batch and shared.of(task, 32, 1)(3, 4) is not batch
+    one = shared.kept_bytes // 2
+    small = SharedBatches(max_bytes=2 * one)
+    first = small.of(task, 32, 0)(1, 4)
+    for step in (2, 3):
+        small.of(task, 32, 0)(step, 4)
+    assert small.kept_bytes <= 2 * one and small.of(task, 32, 0)(1, 4) is not first, "the oldest went first"
 
 
 def test_cli_prunes_finetunes_and_writes_a_loadable_specialist(checkpoint, tmp_path, capsys):
