@@ -265,7 +265,10 @@ def test_a_planet_surface_reflectance_file_and_its_udm2_are_served_as_the_same_b
     assert {i["mapped_to"] for i in body["inputs"] if i["used"]} >= {"B02", "B03", "B04", "quality layer UDM2_CLOUD"}
     ours, theirs = mask_of(post(server, "landcover-seg", planet)), mask_of(post(server, "landcover-seg", described))
     assert (ours[:20] == 255).all()
-    np.testing.assert_array_equal(ours[20:], theirs[20:])
+    # The tiles that reach the masked rows (32 px, blended over their overlap) see them filled, not the clouds'
+    # values, and may answer a few pixels otherwise; past them the answers are the same.
+    assert (ours[20:84] == theirs[20:84]).mean() >= 0.99
+    np.testing.assert_array_equal(ours[84:], theirs[84:])
     radiance = post(server, "landcover-seg", [(f"{item}_AnalyticMS_clip.tif", tiff(bands, [None] * 4, like))])
     assert radiance.status_code == 422 and "ortho_analytic_4b_sr" in radiance.json()["detail"]
 
