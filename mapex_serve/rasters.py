@@ -309,6 +309,25 @@ def _s1_nrb(filename: str | None) -> BandIdentity | None:
                       m.group(1).upper(), unit, quantity)
 
 
+#: Sentinel Hub EO Browser's analytical downloads of Sentinel-1, a file a layer
+#: (``2023-04-23-00_00_2023-04-23-23_59_Sentinel-1_IW_VV+VH_VV_-_decibel_gamma0.tiff``, ``..._AWS-IW-VVVH_VH_-_linear_
+#: gamma0_-_orthorectified.tiff``, a browser's ``(1)`` after a second download): the layer names the polarisation,
+#: decibel or linear power, and the backscatter coefficient. The names hold the polarisations acquired too
+#: (``VV+VH``), so by its words alone the file would name two bands.
+_EO_BROWSER = re.compile(r"_Sentinel-1_.*_(VV|VH|HH|HV)_-_(decibel|linear)_(gamma0|sigma0|beta0)(?![a-z0-9])[^/]*\.tiff?$",
+                         re.I)
+
+
+def _eo_browser(filename: str | None) -> BandIdentity | None:
+    """The identity a Sentinel Hub EO Browser Sentinel-1 layer file's name states; None for any other name."""
+    name = PurePath(filename or "").name
+    if (m := _EO_BROWSER.search(name)) is None:
+        return None
+    quantity, unit = m.group(3).lower(), "dB" if m.group(2).lower() == "decibel" else "linear"
+    rule = f"Sentinel Hub EO Browser file name ({quantity}, {'linear power' if unit == 'linear' else unit})"
+    return _polarised(name, rule, m.group(1).upper(), unit, quantity)
+
+
 #: USGS 3DEP elevation tiles (``USGS_13_n52w001_20230314.tif``, ``USGS_1_n40w106.tif``, ``USGS_1M_16_x64y458_....tif``,
 #: ``USGS_OPR_...``): elevation in metres, named by resolution and corner only.
 _3DEP = re.compile(r"^USGS_(?:13|1|2|1M|OPR)_\w+\.tiff?$", re.I)
@@ -353,18 +372,19 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
     return names
 
 
-def _rtc_named(filename: str | None, described: bool = False) -> BandIdentity | None:
-    """What the name of a radiometrically terrain-corrected product's file (HyP3, OPERA, the Planetary Computer,
-    S1-NRB) says of its one band, with the unit its description never states; None for any other name. A HyP3 name
-    yields to what the file itself calls its band (``described``: a description or a SNAP header name)."""
+def _radar_file_named(filename: str | None, described: bool = False) -> BandIdentity | None:
+    """What the name of a radar product's file (HyP3, OPERA, the Planetary Computer, S1-NRB, EO Browser) says of its
+    one band, with the unit its description never states; None for any other name. A HyP3 name yields to what the
+    file itself calls its band (``described``: a description or a SNAP header name)."""
     hyp3 = None if described else _hyp3(filename)
-    return hyp3 or _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)
+    return (hyp3 or _opera(filename) or _planetary_rtc(filename) or _s1_nrb(filename)
+            or _eo_browser(filename))
 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
-    if src.count == 1 and (rtc := _rtc_named(filename, bool(header_name or src.descriptions[0]))) is not None:
-        return rtc
+    if src.count == 1 and (named := _radar_file_named(filename, bool(header_name or src.descriptions[0]))) is not None:
+        return named
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
     if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):
@@ -424,7 +444,7 @@ def identify_bands(
             )
         # a file whose product's name states its unit (iw-vv.rtc.tiff: linear) keeps it when bands= names the same
         # band: a STAC item's asset keys arrive as bands= (vv, vh) and say nothing of units
-        by_name = _rtc_named(filename) if src.count == 1 else None
+        by_name = _radar_file_named(filename) if src.count == 1 else None
         out = []
         for name in bands:
             if name.strip() in ("-", ""):

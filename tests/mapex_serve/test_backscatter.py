@@ -40,6 +40,9 @@ def files_of(to_geotiff):
         ([("s1.tif", DB, ["Sigma0_VV_db", "Sigma0_VH_db"])], "sigma0"),
         ([("s1.tif", DB, ["VV_gamma0_dB", "VH_gamma0_dB"])], "gamma0"),
         ([("flood_gamma0_2023.tif", DB, ["VV", "VH"])], "gamma0"),  # the word in the file's name
+        # Sentinel Hub EO Browser's analytical download, a file a band; its S1GRD default is gamma0 (ellipsoid).
+        ([(f"2023-04-23-00_00_2023-04-23-23_59_Sentinel-1_IW_VV+VH_{pol}_-_decibel_gamma0.tiff", DB[i:i + 1], [None])
+          for i, pol in enumerate(("VV", "VH"))], "gamma0"),
         # Nothing said: Earth Engine's COPERNICUS/S1_GRD download (sigma0), a bare export.
         ([("download.tif", DB, ["VV", "VH"])], None),
         ([("S1_GRD_2023.tif", DB, ["VV", "VH"])], None),
@@ -85,3 +88,16 @@ def test_a_model_of_gamma0_refuses_sigma0_and_says_where_gamma0_comes_from(sar_m
     with pytest.raises(BackscatterError, match=r"flood-sar learned gamma0.*Send terrain-flattened gamma0 \(ASF HyP3 "
                                                r"RTC's default, OPERA RTC-S1.*or add backscatter=as-is"):
         read_for(sar_model("gamma0"), files_of([("s1.tif", LINEAR, ["Sigma0_VV", "Sigma0_VH"])]))
+
+
+@pytest.mark.parametrize(("layer", "stored"), [("decibel_gamma0", DB), ("linear_gamma0_-_orthorectified(1)", LINEAR),
+                                               ("decibel_sigma0_-_radiometric_terrain_corrected", DB)])
+def test_eo_browser_layer_files_name_their_band_unit_and_backscatter(files_of, layer, stored):
+    """EO Browser names a download after its acquisition's polarisations and its layer (``..._IW_VV+VH_VV_-_decibel_
+    gamma0.tiff``): before, the name's two polarisations left the band unnamed, a 422."""
+    names = [f"2023-04-23-00_00_2023-04-23-23_59_Sentinel-1_IW_VV+VH_{pol}_-_{layer}.tiff" for pol in ("VV", "VH")]
+    with RequestScene(files_of([(n, stored[i:i + 1], [None]) for i, n in enumerate(names)])) as scene:
+        assert scene.band("VH").identity.rule.startswith("Sentinel Hub EO Browser file name")
+        assert backscatter_of(scene.band("VV")).backscatter == layer.split("_")[1]
+        values, _ = scene.reader(["VV", "VH"], UnitOverrides()).read(Window(0, 0, 32, 32))
+    np.testing.assert_allclose(values, DB, atol=1e-4)
