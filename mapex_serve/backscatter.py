@@ -8,9 +8,10 @@ and is sent the other answers without a sign of it, a silent error like a wrong 
 what it says of its backscatter is not the model's, unless the request says ``backscatter=as-is``. What files say
 of it is their band or file names (``mapex_serve.rasters``): SNAP's ``Sigma0_VV``/``Gamma0_VV``, a polarisation
 named with its quantity (``VV_gamma0_dB``), ASF HyP3 RTC's radiometry letter (``..._RTC30_G_gpuned_...``: gamma0),
-OPERA RTC-S1 and the Planetary Computer's ``sentinel-1-rtc`` (gamma0), S1-NRB's ``-g-``/``-s-``; else the word
-``sigma0`` or ``gamma0`` in the file's name or path. A file that says none of these (Earth Engine's
-``COPERNICUS/S1_GRD`` downloads, which are sigma0, say nothing) is taken as what the model learned.
+OPERA RTC-S1 and the Planetary Computer's ``sentinel-1-rtc`` (gamma0), S1-NRB's ``-g-``/``-s-``, EO Browser's
+layer (``..._VV_-_decibel_gamma0.tiff``); else the word ``sigma0`` or ``gamma0`` in the file's name or path. A
+file that says none of these (Earth Engine's ``COPERNICUS/S1_GRD`` downloads, which are sigma0, say nothing) is
+taken as what the model learned.
 """
 
 from __future__ import annotations

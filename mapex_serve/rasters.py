@@ -314,8 +314,8 @@ def _s1_nrb(filename: str | None) -> BandIdentity | None:
 #: gamma0_-_orthorectified.tiff``, a browser's ``(1)`` after a second download): the layer names the polarisation,
 #: decibel or linear power, and the backscatter coefficient. The names hold the polarisations acquired too
 #: (``VV+VH``), so by its words alone the file would name two bands.
-_EO_BROWSER = re.compile(r"_Sentinel-1_.*_(VV|VH|HH|HV)_-_(decibel|linear)_(gamma0|sigma0|beta0)(?![a-z0-9])[^/]*\.tiff?$",
-                         re.I)
+_EO_BROWSER = re.compile(r"_Sentinel-1_.*_(VV|VH|HH|HV)_-_(decibel|linear)_(gamma0|sigma0|beta0)(?![a-z0-9])"
+                         r"[^/]*\.tiff?$", re.I)
 
 
 def _eo_browser(filename: str | None) -> BandIdentity | None:

@@ -641,7 +641,7 @@ def test_a_job_killed_mid_way_resumes_after_its_last_strip_and_its_results_expir
     killed = httpx.Client()  # nothing answers now
     with pytest.raises(httpx.HTTPError):
         killed.get(f"{first.url}/jobs/{job['id']}", timeout=2)
-    ttl_h = 6 / 3600  # from the job's end: the status and result calls below need well under that, even on a loaded machine
+    ttl_h = 6 / 3600  # from the job's end: the status and result calls below need well under that, even loaded
     second = start_server(built_repo, MAPEX_JOBS_DIR=str(jobs), MAPEX_JOB_TTL_H=str(ttl_h))
     status = wait_done(second.url, job["id"])
     assert status["state"] == "done" and status["attempts"] == 2, status

@@ -47,7 +47,8 @@ def learned_reflectance(data: str | None) -> str | None:
 
 
 def learned_backscatter(data: str | None) -> str | None:
-    """The Sentinel-1 backscatter (sigma0, gamma0) a model pre-trained on ``data`` learned, as ``learned_reflectance``."""
+    """The Sentinel-1 backscatter (sigma0, gamma0) a model pre-trained on ``data`` learned, as
+    ``learned_reflectance``."""
     return _learned(data, "BACKSCATTER")
 
 
