@@ -47,11 +47,13 @@ def test_short_run_writes_checkpoint_metrics_and_summary(short_run):
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_losses(tmp_path):
+    """Ctrl-C while a worker draws the synthetic scenes ahead: the run stops cleanly (130) and resumes to the losses
+    of a run that drew them itself, uninterrupted."""
     steps = ["--steps", "24", "--checkpoint-every", "1000", "--seed", "5"]
     assert pretrain(tmp_path / "full", *steps).returncode == 0
     reference = {m["step"]: m["loss"] for m in metrics(tmp_path / "full")}
 
-    out = tmp_path / "resumed"
+    out, steps = tmp_path / "resumed", [*steps, "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "training.pretrain", "--out", str(out), *steps],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -59,8 +61,10 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_losses(tmp_path)
         (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 6
     ):
         time.sleep(0.02)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    assert len(children) == 1, "one worker drew the scenes"
     stopped_at = load_payload(out / "checkpoint.pt")["step"]
     assert 6 <= stopped_at < 24
 
