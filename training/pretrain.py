@@ -144,7 +144,8 @@ def _batches(source: BatchSource, first: int, last: int, rank: int, size: int,
              workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Each step's batch in turn; with ``workers``, drawn ahead in that many processes, for a GPU: synthetic scenes
     take about three times a tiny model's CPU training step to draw (108 ms a step of 32 here). On a CPU machine
-    the workers compete with the training's threads (300 tiny steps on 2 cores: 43 s without, 49 s with one)."""
+    the workers compete with the training's threads (300 tiny steps on 2 cores: 43 s without, 49 s with one, 33 s
+    with one and OMP_NUM_THREADS=1)."""
     if isinstance(source, DatasetSource):
         yield from source.iterate(first, last, rank, size)
         return
