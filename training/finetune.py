@@ -130,7 +130,7 @@ class SharedBatches:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.kept_bytes = max_bytes, 0
-        self._kept: OrderedDict[tuple, tuple[SyntheticBatch, int]] = OrderedDict()
+        self._kept: OrderedDict[tuple, SyntheticBatch] = OrderedDict()
 
     def of(self, task: Task, img_size: int, seed: int) -> BatchFn:
         """``synthetic_batches(task, img_size, seed)``, each drawn once while kept."""
@@ -138,15 +138,12 @@ class SharedBatches:
 
         def data(step: int, n: int) -> SyntheticBatch:
             key = (task.name, img_size, seed, step, n)
-            if key not in self._kept:
-                batch = draw(step, n)
-                size = sum(t.nbytes for t in (*batch.inputs.values(), batch.landcover, batch.tile_class, batch.flood,
-                                              batch.burn, batch.has_burn))
-                self._kept[key], self.kept_bytes = (batch, size), self.kept_bytes + size
+            if (batch := self._kept.get(key)) is None:
+                batch = self._kept[key] = draw(step, n)
+                self.kept_bytes += batch.nbytes
                 while self.kept_bytes > self.max_bytes:
-                    self.kept_bytes -= self._kept.popitem(last=False)[1][1]
-                return batch
-            return self._kept[key][0]
+                    self.kept_bytes -= self._kept.popitem(last=False)[1].nbytes
+            return batch
 
         return data
 

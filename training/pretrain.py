@@ -82,31 +82,12 @@ def step_indices(n: int, seed: int, step: int, rank: int, size: int) -> np.ndarr
     return np.random.default_rng(derive_seed(seed, TRAIN, step, rank)).integers(n, size=size)
 
 
-class _StepSampler(torch.utils.data.Sampler[list[int]]):
-    """Yields the index list of each step ``first..last`` in turn (a DataLoader ``batch_sampler``)."""
-
-    def __init__(self, n: int, seed: int, rank: int, size: int, first: int, last: int) -> None:
-        self.n, self.seed, self.rank, self.size, self.first, self.last = n, seed, rank, size, first, last
-
-    def __len__(self) -> int:
-        return max(0, self.last - self.first + 1)
-
-    def __iter__(self):  # noqa: ANN204 - an iterator of index lists
-        for step in range(self.first, self.last + 1):
-            yield step_indices(self.n, self.seed, step, self.rank, self.size).tolist()
-
-
 class DatasetSource:
-    """Tiles of a real data set's training split, read from disk step by step, by DataLoader workers if asked.
+    """Tiles of a real data set's training split, read from disk step by step: the items of step s are
+    ``step_indices(n, seed, s, rank, size)``, read here or by the DataLoader workers of ``_batches``."""
 
-    ``batch`` reads in this process (band statistics, tests); ``iterate`` hands the same batches
-    out of a DataLoader whose ``workers`` processes read ahead (prefetching two batches each), so
-    a GPU is not left waiting on GeoTIFF decoding. Either way the items of step s are
-    ``step_indices(n, seed, s, rank, size)``.
-    """
-
-    def __init__(self, tiles: FittedTiles, seed: int, workers: int = 0, pin_memory: bool = False) -> None:
-        self.tiles, self.seed, self.workers, self.pin_memory = tiles, seed, workers, pin_memory
+    def __init__(self, tiles: FittedTiles, seed: int) -> None:
+        self.tiles, self.seed = tiles, seed
         self.pixel_size_m = tiles.pixel_size_m
 
     def batch(self, step: int, rank: int, size: int) -> dict[str, torch.Tensor]:
@@ -116,14 +97,6 @@ class DatasetSource:
         """``size`` distinct tiles (at most every tile once) for band statistics: a small set is read once."""
         order = np.random.default_rng(seed).permutation(len(self.tiles))[:size]
         return collate([self.tiles[int(i)] for i in order]).inputs
-
-    def iterate(self, first: int, last: int, rank: int, size: int) -> Iterator[dict[str, torch.Tensor]]:
-        sampler = _StepSampler(len(self.tiles), self.seed, rank, size, first, last)
-        loader = torch.utils.data.DataLoader(self.tiles, batch_sampler=sampler, num_workers=self.workers,
-                                             collate_fn=collate, pin_memory=self.pin_memory,
-                                             persistent_workers=False)
-        for tiles in loader:
-            yield tiles.inputs
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -140,29 +113,26 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.source.batch(self.first + i, self.rank, self.size)
 
 
-def _batches(source: BatchSource, first: int, last: int, rank: int, size: int,
-             workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Each step's batch in turn; with ``workers``, drawn ahead in that many processes, for a GPU: synthetic scenes
-    take about three times a tiny model's CPU training step to draw (108 ms a step of 32 here). On a CPU machine
-    the workers compete with the training's threads (300 tiny steps on 2 cores: 43 s without, 49 s with one, 33 s
-    with one and OMP_NUM_THREADS=1)."""
-    if isinstance(source, DatasetSource):
-        yield from source.iterate(first, last, rank, size)
-        return
+def _batches(source: BatchSource, first: int, last: int, rank: int, size: int, workers: int = 0,
+             pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Each step's batch in turn; with ``workers``, read or drawn ahead in that many processes (two steps each), so
+    that a GPU does not wait on GeoTIFF decoding or on synthetic scenes, which take about three times a tiny
+    model's CPU training step to draw (108 ms a step of 32 here). On a CPU machine the workers compete with the
+    training's threads (300 tiny steps on 2 cores: 43 s without, 49 s with one, 33 s with one and
+    OMP_NUM_THREADS=1)."""
     if workers == 0:
         for step in range(first, last + 1):
             yield source.batch(step, rank, size)
         return
     yield from torch.utils.data.DataLoader(_StepBatches(source, first, last, rank, size), batch_size=None,
-                                           num_workers=workers, persistent_workers=False)
+                                           num_workers=workers, pin_memory=pin_memory, persistent_workers=False)
 
 
-def dataset_source(args: PretrainArgs, cfg: MapexConfig, pin_memory: bool = False) -> DatasetSource:
+def dataset_source(args: PretrainArgs, cfg: MapexConfig) -> DatasetSource:
     """The training split of ``args.dataset`` at ``args.root`` as ``cfg.img_size`` px tiles."""
     split = split_dataset(args.dataset, args.root)
     modalities = [m for m in split.train.modalities() if m in cfg.modalities]
-    return DatasetSource(FittedTiles(split.train, cfg.img_size, modalities, split.train_index), args.seed,
-                         args.workers, pin_memory)
+    return DatasetSource(FittedTiles(split.train, cfg.img_size, modalities, split.train_index), args.seed)
 
 
 def set_deterministic(device: torch.device) -> None:
@@ -325,7 +295,7 @@ def train(args: PretrainArgs) -> dict[str, object]:
     model = Mapex(cfg)
     source: BatchSource
     if args.dataset:
-        source = dataset_source(args, cfg, pin_memory=ddp.device.type == "cuda")
+        source = dataset_source(args, cfg)
     elif args.data == "synthetic":
         source = SyntheticSource(cfg, args.seed)
     else:
@@ -366,7 +336,8 @@ def train(args: PretrainArgs) -> dict[str, object]:
         began, step = time.perf_counter(), start
         model.train()
         autocast = torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-        batches = _batches(source, start + 1, args.steps, ddp.rank, per_rank, args.workers)
+        batches = _batches(source, start + 1, args.steps, ddp.rank, per_rank, args.workers,
+                           pin_memory=ddp.device.type == "cuda")
         with open(metrics_path, "a") if ddp.main else open(os.devnull, "w") as log:
             for step, batch in zip(range(start + 1, args.steps + 1), batches, strict=False):
                 for group in optimizer.param_groups:

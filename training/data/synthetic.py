@@ -27,7 +27,7 @@ fields are periodic (FFT-filtered), so a scene wraps round at its edges.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -380,6 +380,12 @@ class SyntheticBatch:
     flood: torch.Tensor  # (N, H, W) bool
     burn: torch.Tensor  # (N, H, W) bool
     has_burn: torch.Tensor  # (N,) bool: burn scar covers >= 1% of the tile
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its tensors hold."""
+        labels = (getattr(self, f.name) for f in fields(self) if f.name != "inputs")
+        return sum(t.nbytes for t in (*self.inputs.values(), *labels))
 
 
 def generate_batch(
