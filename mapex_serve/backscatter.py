@@ -16,20 +16,18 @@ taken as what the model learned.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, get_args
 
 from mapex_serve.bands import BANDS
 from mapex_serve.errors import MapexError
+from mapex_serve.rasters import Backscatter, word_in_name
 
 if TYPE_CHECKING:
     from mapex_serve.scene_reader import InputBand
 
 __all__ = ["Backscatter", "BackscatterError", "BackscatterEvidence", "backscatter_of", "check_backscatter"]
-
-Backscatter = Literal["sigma0", "gamma0"]
 
 #: What to send instead, by the backscatter the model learned.
 _WAYS = {
@@ -56,10 +54,9 @@ def backscatter_of(band: InputBand) -> BackscatterEvidence | None:
     identity = band.identity
     if identity.backscatter is not None:
         return BackscatterEvidence(identity.backscatter, f"its {identity.rule}")
-    for where, text in (("its name", band.file), ("its path", band.dataset.name)):
-        for word in re.split(r"[^0-9a-z]+", text.lower()):
-            if word in get_args(Backscatter):
-                return BackscatterEvidence(word, f"{where}, which says {word}")
+    if said := word_in_name(band.file, band.dataset.name, get_args(Backscatter)):
+        word, where = said
+        return BackscatterEvidence(word, f"{where}, which says {word}")
     return None
 
 

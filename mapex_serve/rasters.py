@@ -24,15 +24,14 @@ name that disagrees with the file's wavelength metadata is an error, not a choic
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import PurePath
-from typing import get_args
+from typing import Literal, get_args
 
 from rasterio.io import DatasetReaderBase
 
-from mapex_serve.backscatter import Backscatter
 from mapex_serve.bands import (
     BANDS,
     OLI_WAVELENGTHS_NM,
@@ -48,6 +47,7 @@ from mapex_serve.planet import PlanetProduct
 from mapex_serve.units import UnitError
 
 __all__ = [
+    "Backscatter",
     "BandIdentity",
     "BandIdentityConflictError",
     "BandNamesMissingError",
@@ -59,6 +59,7 @@ __all__ = [
     "missing_names_error",
     "parse_name",
     "scale_offset",
+    "word_in_name",
 ]
 
 
@@ -72,6 +73,20 @@ class LandsatSensorUnknownError(MapexError, ValueError):
 
 class BandIdentityConflictError(MapexError, ValueError):
     """A band whose name and wavelength metadata name different bands."""
+
+
+#: A radar band's backscatter coefficient, as names state it (``mapex_serve.backscatter``).
+Backscatter = Literal["sigma0", "gamma0"]
+
+
+def word_in_name(file: str, path: str, words: Collection[str]) -> tuple[str, str] | None:
+    """``(word, where)``: the first of ``words`` that the file's name as sent, else the path GDAL read it at, holds
+    as a word of its own (``S2A_MSIL1C_...``: ``msil1c``; ``s1_gamma0_vv.tif``: ``gamma0``); None: neither."""
+    for where, text in (("its name", file), ("its path", path)):
+        for word in re.split(r"[^0-9a-z]+", text.lower()):
+            if word in words:
+                return word, where
+    return None
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ A file that says none of these (Earth Engine's downloads say nothing of ``COPERN
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from mapex_serve.bands import BANDS
 from mapex_serve.errors import MapexError
+from mapex_serve.rasters import word_in_name
 from mapex_serve.scene_reader import InputBand
 from mapex_serve.units import SAFE_BAND_FILE
 
@@ -64,10 +64,9 @@ def level_of(file: str, path: str, tags: Mapping[str, str]) -> LevelEvidence | N
     if (m := SAFE_BAND_FILE.match(name)) and m.group("resolution") is None:
         return LevelEvidence("top-of-atmosphere", "its name, a Level-1C SAFE's band file (Level-2A's name their "
                                                   "resolution, _B04_10m)")
-    for where, text in (("its name", file), ("its path", path)):
-        for word in re.split(r"[^0-9a-z]+", text.lower()):
-            if word in _WORDS:
-                return LevelEvidence(_WORDS[word], f"{where}, which says {word.upper()}")
+    if said := word_in_name(file, path, _WORDS):
+        word, where = said
+        return LevelEvidence(_WORDS[word], f"{where}, which says {word.upper()}")
     return None
 
 
