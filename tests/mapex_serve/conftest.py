@@ -322,6 +322,14 @@ def swir_manifest() -> Manifest:
         source_checkpoint_sha256="0" * 64, created=datetime.now(UTC))
 
 
+@pytest.fixture(scope="session")
+def sar_manifest(swir_manifest) -> Manifest:
+    """A SAR flood specialist's manifest (VV, VH in dB), as ``swir_manifest``; it records no backscatter."""
+    bands = [{"name": b, "unit": BANDS[b].unit, "scale": 1.0, "mean": -15.0, "std": 5.0} for b in ("VV", "VH")]
+    return Manifest.model_validate({**swir_manifest.model_dump(), "name": "flood-sar", "task": "flood",
+                                    "modalities": ["SAR"], "bands": bands})
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
     """Mount tmpfs file systems of a given size (``"3m"``) under ``tmp_path``, unmounted at the end.

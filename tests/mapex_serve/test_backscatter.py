@@ -7,7 +7,6 @@ import pytest
 from rasterio.windows import Window
 
 from mapex_serve.backscatter import BackscatterError, backscatter_of
-from mapex_serve.bands import BANDS
 from mapex_serve.inputs import RequestScene, UploadedFile
 from mapex_serve.units import UnitOverrides
 
@@ -55,12 +54,9 @@ def test_what_a_file_says_of_its_backscatter(files_of, files, said):
 
 
 @pytest.fixture(scope="module")
-def sar_model(swir_manifest):
-    """A flood specialist's manifest (VV, VH) that records the backscatter it learned."""
-    bands = [{"name": b, "unit": BANDS[b].unit, "scale": 1.0, "mean": -15.0, "std": 5.0} for b in ("VV", "VH")]
-    sar = type(swir_manifest).model_validate({**swir_manifest.model_dump(), "name": "flood-sar", "task": "flood",
-                                              "modalities": ["SAR"], "bands": bands})
-    return lambda learned: sar.model_copy(update={"backscatter": learned})
+def sar_model(sar_manifest):
+    """The flood specialist's manifest recording the backscatter it learned."""
+    return lambda learned: sar_manifest.model_copy(update={"backscatter": learned})
 
 
 def read_for(model, uploads: list[UploadedFile], **overrides) -> np.ndarray:

@@ -125,12 +125,11 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
 
 
 def test_a_planetary_computer_sentinel1_rtc_item_reads_its_assets_as_the_linear_gamma0_their_names_state(
-        tmp_path, swir_manifest):
+        tmp_path, sar_manifest):
     """The item names its assets vv and vh and gives no unit; the asset keys arrive as bands= and made the file's
     name, which states linear gamma0 (measurement/iw-vv.rtc.tiff), unheard: a 422 asked for units=linear. A model
     that learned sigma0 refuses it unless the job says backscatter=as-is."""
     from mapex_serve.backscatter import BackscatterError
-    from mapex_serve.bands import BANDS
 
     db = np.random.default_rng(1).uniform(-25, -5, size=(2, 64, 64)).astype(np.float32)
     files, assets = [], {}
@@ -147,15 +146,12 @@ def test_a_planetary_computer_sentinel1_rtc_item_reads_its_assets_as_the_linear_
     item = resolve_stac({"type": "Feature", "stac_version": "1.0.0", "id": "S1A_IW_GRDH_1SDV_20230914T052201_rtc",
                          "properties": {"sar:polarizations": ["VV", "VH"]}, "assets": assets}, None, None)
     assert item.bands == ["vv", "vh"]
-    sar = type(swir_manifest).model_validate({**swir_manifest.model_dump(), "name": "flood-sar", "task": "flood",
-                                              "modalities": ["SAR"], "bands": [
-        {"name": b, "unit": BANDS[b].unit, "scale": 1.0, "mean": -15.0, "std": 5.0} for b in ("VV", "VH")]})
     sources = ResolvedSources(files, item.bands, item.overrides)
     with pytest.raises(BackscatterError, match=r"holds gamma0, by its bands= parameter \(.*\), Planetary Computer "
                                                r"sentinel-1-rtc file name"):
-        opened_scene(JobRequest(), sources, [sar.model_copy(update={"backscatter": "sigma0"})], 10**9)
+        opened_scene(JobRequest(), sources, [sar_manifest.model_copy(update={"backscatter": "sigma0"})], 10**9)
     scene, _, reader = opened_scene(JobRequest(backscatter="as-is"), sources,
-                                    [sar.model_copy(update={"backscatter": "sigma0"})], 10**9)
+                                    [sar_manifest.model_copy(update={"backscatter": "sigma0"})], 10**9)
     with scene:
         values, _ = reader.read(Window(0, 0, 64, 64))
         np.testing.assert_allclose(values, db, atol=1e-4)
