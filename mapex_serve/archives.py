@@ -238,7 +238,8 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _
         path = path.replace("\\", "/")  # a Windows tool's zip may part folders with backslashes
         base = PurePosixPath(path).name
         if entries > MAX_ENTRIES:
-            raise UnreadableArchiveError(f"{name} holds more than {MAX_ENTRIES} files; send the bands of one scene")
+            raise UnreadableArchiveError(products.no_raster_hint([path]) or f"{name} holds more than {MAX_ENTRIES} "
+                                                                          f"files; send the bands of one scene")
         if total + size > limit:
             raise _too_large(name, total + size, limit)
         total += size

@@ -15,6 +15,7 @@ invalid pixel (nodata, mask or alpha, NaN, cloud in SCL or Fmask ...) that the r
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import uuid
 import warnings
@@ -37,6 +38,7 @@ from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
+from mapex_serve.eopf import product_arrays, stated_crs
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.ground import fit_to_model
@@ -157,9 +159,10 @@ class UploadedFile:
     in_place: str | None = None
 
 
-#: Drivers a file read in place may be opened with: a job's saved upload, or a remote COG.
-SOURCE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "netCDF", "HDF5", "HDF5Image", "SRTMHGT")
-REMOTE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG")
+#: Drivers a file read in place may be opened with: a job's saved upload, or a remote COG or Zarr store (an EOPF
+#: product, ``mapex_serve.eopf``).
+SOURCE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "netCDF", "HDF5", "HDF5Image", "SRTMHGT", "Zarr")
+REMOTE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "Zarr")
 
 
 @dataclass(frozen=True)
@@ -287,29 +290,57 @@ def _steps(ds: DatasetReaderBase) -> tuple[str, str] | None:
     return dim, f"{values} {units}" if units else values
 
 
+def _subdatasets(container: DatasetReaderBase) -> list[str]:
+    """The container's subdatasets as GDAL names them: rasterio's ``subdatasets`` drops the quotes around a path
+    that holds a colon (``ZARR:"/vsicurl/https://host/S2B_MSIL2A_<...>.zarr":/measurements/...``), which GDAL needs
+    to open it again."""
+    tags = container.tags(ns="SUBDATASETS")
+    return [tags[f"SUBDATASET_{i}_NAME"] for i in range(1, len(tags) + 1) if f"SUBDATASET_{i}_NAME" in tags]
+
+
 def _subdataset_variable(name: str) -> str:
     """``B04`` from ``netcdf:/vsimem/x/s.nc:B04`` or ``HDF5:"/vsimem/x/s.h5"://group/B04``."""
     return name.rsplit(":", 1)[-1].strip('"').rstrip("/").rsplit("/", 1)[-1]
 
 
 def _head(path: str, n: int = 64) -> bytes:
-    """The first bytes of a file (enough to tell a VRT), never the whole of a scene."""
+    """The first bytes of a file (enough to tell a VRT), never the whole of a scene; none of a folder (a Zarr
+    store)."""
+    if os.path.isdir(path):
+        return b""
     with open(path, "rb") as f:
         return f.read(n)
 
 
-def _open_in_place(f: SourceFile) -> DatasetReaderBase:
-    """A remote file is opened without listing the bucket or web folder beside it (one request fewer, and no
-    listing of a large prefix); only for this open: set process-wide, the setting hides local sidecars (.hdr)."""
-    if not f.remote:
-        return DatasetReader(f.path, driver=list(SOURCE_DRIVERS))
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        try:
-            return DatasetReader(f.path, driver=list(REMOTE_DRIVERS))
-        except RasterioIOError as e:
-            if (failure := remote_failure(f.name, str(e))) is not None:
-                raise failure from None
-            raise
+def _open_in_place(name: str, path: str, remote: bool) -> DatasetReaderBase:
+    """A remote file (or a subdataset of one) is opened without listing the bucket or web folder beside it (one
+    request fewer, and no listing of a large prefix), and without looking for GDAL's ``.aux.xml`` beside it (a Zarr
+    array's ``pam.aux.xml``: a request an array); only for this open: set process-wide, the settings would hide local
+    sidecars (.hdr, the ``.aux.xml`` a product's metadata makes). A container of subdatasets has no georeferencing of
+    its own: rasterio's warning says nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if not remote:
+            return DatasetReader(path, driver=list(SOURCE_DRIVERS))
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_PAM_ENABLED="NO"):
+            return _open_remote(name, path)
+
+
+def _open_remote(name: str, path: str) -> DatasetReaderBase:
+    """``path`` opened with the remote drivers, a failure of its server said as such (``remote_failure``)."""
+    try:
+        return DatasetReader(path, driver=list(REMOTE_DRIVERS))
+    except RasterioIOError as e:
+        if (failure := remote_failure(name, str(e))) is not None:
+            raise failure from None
+        raise
+
+
+def _own_grid(ds: DatasetReaderBase) -> Grid | None:
+    """The grid of a raster whose CRS GDAL does not read but its metadata states (an EOPF Zarr array's
+    ``proj:epsg``); None for any other."""
+    crs = stated_crs(ds)
+    return None if crs is None else Grid(crs, ds.transform, ds.width, ds.height)
 
 
 @cache
@@ -477,8 +508,8 @@ class RequestScene:
                                               f"send the rasters themselves, one file part each")
             if f.name.lower().endswith(SIDECARS):  # read by GDAL beside its raster (an archive unpacked for a job)
                 continue
-            ds = self._closing(_open_in_place(f))
-            if ds.count == 0 and ds.subdatasets and not f.remote:
+            ds = self._closing(_open_in_place(f.name, f.path, f.remote))
+            if ds.count == 0 and ds.subdatasets and (not f.remote or ds.driver == "Zarr"):
                 self.datasets += self._open_subdatasets(f.name, ds, f.path)
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{f.name}: the raster has no pixels or no bands")
@@ -490,6 +521,8 @@ class RequestScene:
                     raise UnreadableInputError(f"{f.name}: the STAC item gives {len(f.nodata)} raster:bands for a file "
                                                f"of {ds.count} bands; fix the item or choose other assets")
                 self.datasets.append((f.name, ds))
+                if (grid := _own_grid(ds)) is not None:
+                    self._grids[f.name] = grid
                 if f.nodata is not None:
                     self._nodata[f.name] = f.nodata
                 if not f.remote:
@@ -505,21 +538,28 @@ class RequestScene:
 
     def _open_subdatasets(self, name: str, container: DatasetReaderBase,
                           path: str | None = None) -> list[tuple[str, DatasetReaderBase]]:
+        """The subdatasets that are bands: those named after one, or an EOPF product's (``mapex_serve.eopf``)."""
         opened, seen = [], []
         inside = path or f"/vsimem/{self.folder}/"
-        for sub in container.subdatasets:
+        subdatasets = _subdatasets(container)
+        product = product_arrays(subdatasets) if container.driver == "Zarr" else None
+        for sub in subdatasets:
             if inside not in sub:  # GDAL names subdatasets after the container's own path; nothing else
                 raise ForbiddenReferenceError(f"{name}: subdataset {sub!r} is outside this request")
             variable = _subdataset_variable(sub)
             seen.append(variable)
             identity = parse_name(variable)
-            if identity is None or not identity.used:
-                self.ignored_subdatasets.append(f"{name}:{variable}")
+            if identity is None or not identity.used or (product is not None and sub not in product):
+                # a product's arrays by their path in it: its b04 is in each resolution's group
+                self.ignored_subdatasets.append(f"{name}:{sub.rsplit(':', 1)[-1] if product else variable}")
                 continue
-            ds = self._closing(_open_allowed(sub))
-            _check_grid(f"{name}:{variable}", Grid.of(ds))
+            remote = path is not None and path.startswith("/vsi")
+            ds = self._closing(_open_allowed(sub) if path is None else _open_in_place(name, sub, remote))
+            _check_grid(f"{name}:{variable}", grid := _own_grid(ds) or Grid.of(ds))
             _check_blocks(f"{name}:{variable}", ds)
             opened.append((f"{name}:{variable}", ds))
+            if grid.crs is not None and ds.crs is None:
+                self._grids[f"{name}:{variable}"] = grid
         if not opened:
             raise SubdatasetsError(
                 f"{name} holds subdatasets {seen}, none of which names a band the service knows; name the variables "

@@ -100,8 +100,16 @@ def no_raster_hint(paths: Sequence[str]) -> str | None:
     """Why a product gave no raster to read, and what to send instead; None for no product known here.
 
     A Sentinel-1 SAFE's ``measurement/*.tiff`` are uncalibrated digital numbers in the radar's geometry: not
-    backscatter, and not on a map grid.
+    backscatter, and not on a map grid. A Zarr store (an EOPF product) is thousands of chunk files, read where it
+    lies by a job, which fetches only the chunks the scene's bands need.
     """
+    store = next((p for path in paths for p in PurePosixPath(path).parts[:-1] if p.lower().endswith(".zarr")), None)
+    if store is not None:
+        return (f"{store} is a Zarr store (an EOPF product, ESA's Zarr format for Sentinel data), which uploads are "
+                f"not read as: give its URL to a job (POST /jobs/{{task}} with "
+                f"{{\"url\": \"https://.../{store}\"}}) or its STAC item (stac_item), which read it where it lies; "
+                f"or send its bands as GeoTIFFs "
+                f"(gdal_translate 'ZARR:\"{store}\":/measurements/reflectance/r10m/b04' b04.tif)")
     safe = next((p for path in paths for p in PurePosixPath(path).parts[:-1] if p.upper().endswith(".SAFE")), None)
     if safe is not None and safe.upper().startswith("S1"):
         return (f"{safe} is a Sentinel-1 product as ESA ships it: its measurement files are uncalibrated digital "

@@ -253,6 +253,7 @@ class JobScene:
         os.replace(tmp, folder / "result.tif")
         summary = as_json(p, self.plan.providers[manifest.name])
         summary["inputs_used"] = inputs_summary(p)
+        summary["catalogue"] = self.plan.sources.described  # as mask heads' summaries say it
         summary["outputs"] = ["geotiff", "json"]
         return summary
 

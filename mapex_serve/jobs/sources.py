@@ -13,12 +13,18 @@ do: Earth Search's ``sentinel-2-l2a`` removed the offset from the values of some
 (``earthsearch:boa_offset_applied: true``) yet lists -0.1 for all; the Planetary Computer's items give
 no offset, only ``s2:processing_baseline`` (from 04.00 the values carry it). Read by ``raster:bands``
 alone, the first would be 0.1 too dark and the second 0.1 too bright.
+
+An EOPF item (``stac.core.eopf.eodc.eu``) offers one Zarr product in many assets: the product's store, its groups
+(``SR_10m``: ``.../measurements/reflectance/r10m``) and some of their arrays (``B04_10m``), each band at more than
+one resolution among them. Unless ``assets`` chooses, the product's store is read (``mapex_serve.eopf``: each band
+once, at its finest), its arrays' own ``scale_factor`` and ``add_offset`` applying.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -225,9 +231,33 @@ def resolve_stac(item: dict[str, Any], assets: Sequence[str] | None, item_url: s
                              f"{e}); check it with a STAC validator") from None
 
 
+#: Where a Zarr store's path ends in an asset's href: ``.../S2B_MSIL2A_<...>.zarr`` of ``....zarr/measurements/...``.
+_ZARR_STORE = re.compile(r"^(.*?\.zarr)(?:/|$)", re.I)
+
+
+def _zarr_product(available: dict[str, dict[str, Any]], item_url: str | None) -> tuple[str, str] | None:
+    """``(asset key, store URL)`` of the one Zarr store the item's assets lie in (an EOPF product); None where none
+    does, or several do."""
+    stores = {}
+    for key, asset in available.items():
+        href = urljoin(item_url, asset.get("href") or "") if item_url else asset.get("href") or ""
+        if (m := _ZARR_STORE.match(urlsplit(href)._replace(query="", fragment="").geturl())) is not None:
+            if m.group(1) not in stores or m.group(1) == href.rstrip("/"):  # the product's own asset names it
+                stores[m.group(1)] = key
+    if len(stores) != 1:
+        return None
+    ((url, key),) = stores.items()
+    return key, url
+
+
 def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: str | None,
                   allowed_prefixes: Sequence[str]) -> ResolvedSources:
     available = {k: a for k, a in item["assets"].items() if isinstance(a, dict)}
+    if not assets and (product := _zarr_product(available, item_url)) is not None:
+        key, url = product
+        return ResolvedSources([SourceFile(_file_name(url), gdal_path(url, allowed_prefixes))], described=[
+            {"asset": key, "store": _file_name(url), "read": "the Zarr product: each band once, at its finest "
+             "resolution, scaled as its arrays state (scale_factor, add_offset)"}])
     if assets:
         missing = [a for a in assets if a not in available]
         if missing:

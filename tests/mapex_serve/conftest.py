@@ -459,3 +459,87 @@ def dimap_document() -> Callable[..., str]:
 def snap_geotiff() -> Callable[..., bytes]:
     """Write bands as SNAP exports a product to GeoTIFF: ``snap_geotiff(bands, names, units=, nodata=, scales=)``."""
     return snap_geotiff_bytes
+
+
+class EopfProduct(NamedTuple):
+    """An EOPF Sentinel-2 product written by ``write_eopf_product``: its store, and each band's stored values (uint16
+    counts) and pixel size at the finest resolution the product holds it."""
+
+    path: Path
+    counts: dict[str, np.ndarray]
+    pixel_m: dict[str, int]
+
+
+#: The bands of an EOPF Sentinel-2 L2A product by resolution group: each again in every coarser group.
+EOPF_GROUPS = {10: ("b02", "b03", "b04", "b08"),
+               20: ("b02", "b03", "b04", "b05", "b06", "b07", "b8a", "b11", "b12"),
+               60: ("b01", "b02", "b03", "b04", "b05", "b06", "b07", "b8a", "b09", "b11", "b12")}
+
+
+def write_eopf_product(folder: Path, name: str, size: int = 96, epsg: int = 32633) -> EopfProduct:
+    """A Sentinel-2 product as ESA's EOPF writes one to Zarr (v2, consolidated ``.zmetadata``), ``size`` 10 m pixels
+    a side: ``measurements/reflectance/r{10,20,60}m`` with ``x``/``y`` coordinate arrays of pixel centres, every band
+    again in each coarser group, CF ``scale_factor`` 0.0001, ``add_offset`` -0.1, fill 0, ``_eopf_attrs``, the CRS
+    only as ``proj:epsg`` (which GDAL does not read), and the L2A scene classification. Chunks are zlib (EOPF's are
+    Blosc, which the test has no writer for; GDAL reads both)."""
+    import json
+    import zlib
+
+    store, consolidated = folder / name, {}
+    level = "L1C" if "MSIL1C" in name else "L2A"
+
+    def put(rel: str, document: dict) -> None:
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        (store / rel).write_text(json.dumps(document))
+        consolidated[rel] = document
+
+    def group(rel: str, attrs: dict | None = None) -> None:
+        put(f"{rel}/.zgroup".lstrip("/"), {"zarr_format": 2})
+        if attrs:
+            put(f"{rel}/.zattrs".lstrip("/"), attrs)
+
+    def array(rel: str, values: np.ndarray, dims: list[str], attrs: dict, fill: int | None = None) -> None:
+        put(f"{rel}/.zarray", {"zarr_format": 2, "shape": list(values.shape), "chunks": list(values.shape),
+                               "dtype": values.dtype.str, "compressor": {"id": "zlib", "level": 1},
+                               "fill_value": fill, "order": "C", "filters": None})
+        put(f"{rel}/.zattrs", {**attrs, "_ARRAY_DIMENSIONS": dims})
+        (store / rel / ".".join("0" * values.ndim)).write_bytes(zlib.compress(values.tobytes()))
+
+    group("", {"stac_discovery": {"type": "Feature", "id": name.removesuffix(".zarr"), "properties": {
+        "proj:epsg": epsg, "product:type": f"S2MSI{level[1:]}", "processing:level": level}}})
+    for g in ("measurements", "measurements/reflectance", "conditions", "conditions/mask"):
+        group(g)
+    rng = np.random.default_rng(len(name))
+    counts, pixel_m = {}, {}
+    bbox = [399960, 4600020 - 10 * size, 399960 + 10 * size, 4600020]
+    cf = {"scale_factor": 0.0001, "add_offset": -0.1, "units": "digital_counts"}
+    for res, names in EOPF_GROUPS.items():
+        rel, n = f"measurements/reflectance/r{res}m", size * 10 // res
+        group(rel)
+        array(f"{rel}/x", (399960 + res // 2 + res * np.arange(n)).astype("<i8"), ["x"], {"units": "m"})
+        array(f"{rel}/y", (4600020 - res // 2 - res * np.arange(n)).astype("<i8"), ["y"], {"units": "m"})
+        for band in names:
+            values = rng.integers(1100, 4500, (n, n)).astype("<u2")
+            values[:2, :2] = 0  # no data at a corner, as at a swath's edge
+            array(f"{rel}/{band}", values, ["y", "x"], {
+                **cf, "_eopf_attrs": {**cf, "dtype": "<u2", "fill_value": 0}, "proj:epsg": epsg, "proj:bbox": bbox,
+                "long_name": f"{'BOA' if level == 'L2A' else 'TOA'} reflectance from MSI acquisition at spectral "
+                             f"band {band}"}, fill=0)
+            counts.setdefault(band, values)
+            pixel_m.setdefault(band, res)
+    if level == "L2A":
+        rel, n = "conditions/mask/l2a_classification/r20m", size // 2
+        group("conditions/mask/l2a_classification")
+        group(rel)
+        array(f"{rel}/x", (399970 + 20 * np.arange(n)).astype("<i8"), ["x"], {"units": "m"})
+        array(f"{rel}/y", (4600010 - 20 * np.arange(n)).astype("<i8"), ["y"], {"units": "m"})
+        array(f"{rel}/scl", np.full((n, n), 4, "u1"), ["y", "x"], {"long_name": "Scene classification",
+                                                                    "proj:epsg": epsg}, fill=0)
+    (store / ".zmetadata").write_text(json.dumps({"zarr_consolidated_format": 1, "metadata": consolidated}))
+    return EopfProduct(store, counts, pixel_m)
+
+
+@pytest.fixture(scope="session")
+def eopf_product() -> Callable[..., EopfProduct]:
+    """Write an EOPF Zarr Sentinel-2 product: ``eopf_product(folder, "S2B_MSIL2A_<...>.zarr", size=96)``."""
+    return write_eopf_product

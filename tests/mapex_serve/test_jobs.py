@@ -345,6 +345,46 @@ def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server
     assert (labels[:, 40:] == reference[:, 40:]).mean() >= 0.999  # away from the margin, the same scene
 
 
+def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_read(jobs_server, range_server,
+                                                                                    eopf_product, server_type):
+    """ESA's Zarr Sentinel-2 product, by its STAC item as the EOPF STAC serves one: read where it lies (GDAL's Zarr
+    driver), each band once, in the CRS its arrays state, with its scale, offset and fill; the answer is that of the
+    same counts sent as one COG a band with scale= and offset=."""
+    name = "S2B_MSIL2A_20250522T125039_N0511_R095_T33TML_20250522T133252.zarr"
+    product = eopf_product(range_server.root, name, size=96)
+    base = f"{range_server.url}/{name}"
+    item = {"type": "Feature", "stac_version": "1.1.0", "id": name.removesuffix(".zarr"), "geometry": None,
+            "properties": {"datetime": "2025-05-22T12:50:39Z"}, "links": [], "assets": {
+                "B04_10m": {"href": f"{base}/measurements/reflectance/r10m/b04", "type": "application/vnd+zarr",
+                            "roles": ["data"], "bands": [{"name": "B04", "eo:common_name": "red"}]},
+                "product": {"href": base, "type": "application/vnd+zarr", "roles": ["data", "metadata"]}}}
+    (range_server.root / "eopf_item.json").write_text(json.dumps(item))
+    zarr_job = httpx.post(f"{jobs_server.url}/jobs/landcover", json={"stac_item": f"{range_server.url}/eopf_item.json"},
+                          timeout=60)
+    assert zarr_job.status_code == 202, zarr_job.text
+    urls = []
+    for band, counts in product.counts.items():
+        write_cog(range_server.root / f"{band.upper()}.tif", counts[None], None, origin=(399960, 4600020),
+                  pixel=product.pixel_m[band])
+        urls.append(f"{range_server.url}/{band.upper()}.tif")
+    cog_job = httpx.post(f"{jobs_server.url}/jobs/landcover", json={"url": urls, "scale": "0.0001", "offset": "-0.1"},
+                         timeout=60)
+    assert cog_job.status_code == 202, cog_job.text
+    zarr_done, cog_done = wait_done(jobs_server.url, zarr_job.json()["id"]), wait_done(jobs_server.url,
+                                                                                        cog_job.json()["id"])
+    assert zarr_done["state"] == cog_done["state"] == "done", (zarr_done, cog_done)
+    assert zarr_done["route"] == cog_done["route"]
+    summary = result(jobs_server.url, zarr_done["id"], "json").json()
+    used = [i for i in summary["inputs"] if i["used"] and i["mapped_to"] in summary["bands"]]  # not the SCL
+    assert used and all("x 0.0001 + -0.1 (the file's scale/offset)" in i["conversions"] for i in used)
+    assert summary["catalogue"][0]["asset"] == "product"
+    from_zarr = cog_array(server_type, result(jobs_server.url, zarr_done["id"], "geotiff").content)
+    from_cogs = cog_array(server_type, result(jobs_server.url, cog_done["id"], "geotiff").content)
+    np.testing.assert_array_equal(from_zarr, from_cogs)
+    with rasterio.io.MemoryFile(result(jobs_server.url, zarr_done["id"], "geotiff").content) as mem, mem.open() as src:
+        assert src.crs.to_epsg() == 32633 and src.transform.c == 399960 and src.transform.f == 4600020
+
+
 def test_an_s3_url_is_read_through_gdal(jobs_server, s3_server, scene_cog):
     s3 = s3_server.client()
     s3.create_bucket(Bucket="plain")
