@@ -18,6 +18,9 @@ The Copernicus programme moves its products from SAFE to Zarr (the EOPF Sentinel
   arrays. Without the CRS the scene would be read in pixels, and its pixel size and its answer's place lost.
 
 The product's name (``MSIL2A``, ``MSIL1C``) says its processing level (``mapex_serve.reflectance``).
+
+Zarr v2 only: GDAL reads Zarr v3's final codec names from 3.11 (the wheel here has 3.10), and none of its releases
+reads the ``sharding_indexed`` and ``scale_offset`` codecs of EOPF's newest products (GDAL issue 15170).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.io import DatasetReaderBase
 
-__all__ = ["product_arrays", "stated_crs"]
+__all__ = ["product_arrays", "stated_crs", "unreadable"]
 
 #: A reflectance array of a product, and where its resolution and band name are: ``/measurements/reflectance/r20m/b8a``.
 _REFLECTANCE = re.compile(r":/measurements/reflectance/r(\d+)m/(b\d[\da]?)$", re.I)
@@ -70,3 +74,12 @@ def stated_crs(ds: DatasetReaderBase) -> CRS | None:
         except (CRSError, ValueError):
             return None
     return None
+
+
+def unreadable(name: str, message: str) -> str:
+    """Why GDAL could not open a Zarr store or array (its ``message``), and what to send instead."""
+    return (f"{name}: GDAL {rasterio.__gdal_version__} cannot read this Zarr store ({message}); the service reads "
+            f"Zarr v2 stores with consolidated metadata (.zmetadata), as EOPF's Sentinel-2 Level-1C and Level-2A "
+            f"products are. A Zarr v3 store (zarr.json) needs GDAL 3.11 or later, and one whose chunks are sharded or "
+            f"scale_offset-coded (EOPF's newest products) a GDAL that reads those codecs: send its bands as GeoTIFFs "
+            f"instead (xarray: ds[band].rio.to_raster('b04.tif'))")

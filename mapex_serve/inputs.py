@@ -38,7 +38,7 @@ from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
-from mapex_serve.eopf import product_arrays, stated_crs
+from mapex_serve.eopf import product_arrays, stated_crs, unreadable
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.ground import fit_to_model
@@ -326,6 +326,16 @@ def _open_in_place(name: str, path: str, remote: bool) -> DatasetReaderBase:
             return _open_remote(name, path)
 
 
+def _open_source(name: str, path: str, remote: bool) -> DatasetReaderBase:
+    """``_open_in_place``, a Zarr store GDAL cannot read said as such (``eopf.unreadable``)."""
+    try:
+        return _open_in_place(name, path, remote)
+    except RasterioIOError as e:
+        if ".zarr" not in path.lower():
+            raise
+        raise UnreadableInputError(unreadable(name, without_request_folder(str(e)))) from None
+
+
 def _open_remote(name: str, path: str) -> DatasetReaderBase:
     """``path`` opened with the remote drivers, a failure of its server said as such (``remote_failure``)."""
     try:
@@ -508,9 +518,11 @@ class RequestScene:
                                               f"send the rasters themselves, one file part each")
             if f.name.lower().endswith(SIDECARS):  # read by GDAL beside its raster (an archive unpacked for a job)
                 continue
-            ds = self._closing(_open_in_place(f.name, f.path, f.remote))
+            ds = self._closing(_open_source(f.name, f.path, f.remote))
             if ds.count == 0 and ds.subdatasets and (not f.remote or ds.driver == "Zarr"):
                 self.datasets += self._open_subdatasets(f.name, ds, f.path)
+            elif ds.count == 0 and ds.driver == "Zarr":
+                raise UnreadableInputError(unreadable(f.name, "it holds no array GDAL can read"))
             elif ds.count == 0 or ds.width * ds.height == 0:
                 raise UnreadableInputError(f"{f.name}: the raster has no pixels or no bands")
             else:
@@ -554,7 +566,7 @@ class RequestScene:
                 self.ignored_subdatasets.append(f"{name}:{sub.rsplit(':', 1)[-1] if product else variable}")
                 continue
             remote = path is not None and path.startswith("/vsi")
-            ds = self._closing(_open_allowed(sub) if path is None else _open_in_place(name, sub, remote))
+            ds = self._closing(_open_allowed(sub) if path is None else _open_source(name, sub, remote))
             _check_grid(f"{name}:{variable}", grid := _own_grid(ds) or Grid.of(ds))
             _check_blocks(f"{name}:{variable}", ds)
             opened.append((f"{name}:{variable}", ds))

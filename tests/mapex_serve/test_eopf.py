@@ -4,6 +4,7 @@ served over HTTP by a range-capable server, as the EOPF Sample Service's object 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from rasterio.windows import Window
 
 from mapex_serve.archives import UnreadableArchiveError, unpack
 from mapex_serve.eopf import product_arrays
-from mapex_serve.inputs import RequestScene, SourceFile
+from mapex_serve.inputs import RequestScene, SourceFile, UnreadableInputError
 from mapex_serve.jobs.sources import resolve_stac
 from mapex_serve.local import free_port
 from mapex_serve.reflectance import ReflectanceLevelError
@@ -154,3 +155,28 @@ def test_a_zipped_product_sent_as_an_upload_is_refused_saying_to_give_its_url_to
     with pytest.raises(UnreadableArchiveError, match=rf"^{L2A} is a Zarr store \(an EOPF product.*give its URL to a "
                                                      r"job \(POST /jobs/\{task\}"):
         unpack("product.zip", data.getvalue(), 2**30)
+
+
+def write_zarr_v3(store: Path) -> None:
+    """A Zarr v3 store as zarr-python 3 writes one (the final specification's ``bytes`` codec): one uint16 array."""
+    array = {"zarr_format": 3, "node_type": "array", "shape": [8, 8], "data_type": "uint16",
+             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [8, 8]}},
+             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}}, "fill_value": 0,
+             "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}], "dimension_names": ["y", "x"],
+             "attributes": {"scale_factor": 0.0001, "add_offset": -0.1, "proj:epsg": 32633}}
+    for rel, document in (("", {"zarr_format": 3, "node_type": "group", "attributes": {}}),
+                          ("measurements", {"zarr_format": 3, "node_type": "group", "attributes": {}}),
+                          ("measurements/b04", array)):
+        (store / rel).mkdir(parents=True, exist_ok=True)
+        (store / rel / "zarr.json").write_text(json.dumps(document))
+    (store / "measurements/b04/c/0").mkdir(parents=True)
+    (store / "measurements/b04/c/0/0").write_bytes(np.full((8, 8), 1500, "<u2").tobytes())
+
+
+def test_a_zarr_v3_store_gdal_cannot_read_is_refused_saying_which_zarr_it_reads(served):
+    server, _ = served
+    write_zarr_v3(server.root / "S2C_MSIL2A_V3.zarr")
+    for path in (f"/vsicurl/{server.url}/S2C_MSIL2A_V3.zarr", str(server.root / "S2C_MSIL2A_V3.zarr")):
+        with pytest.raises(UnreadableInputError, match=r"^S2C_MSIL2A_V3\.zarr: GDAL 3[.\d]+ cannot read this Zarr "
+                                                       r"store \(.*\); the service reads Zarr v2 stores"):
+            RequestScene([SourceFile("S2C_MSIL2A_V3.zarr", path)])
