@@ -77,6 +77,12 @@ SAFE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_(?P<date>\d{8})T\d{6}_B[0-9A]{2}(?
                             re.I)
 _SAFE_PRODUCT = re.compile(r"\bS2[A-D]_MSIL(?:1C|2A)_\d{8}T\d{6}_N(\d{2})(\d{2})_", re.I)
 _BASELINE_04_FROM = "20220125"
+#: Sentinel Hub's EO Browser (and the Copernicus Browser's) download of a raw Sentinel-2 band,
+#: ``2023-04-23-00_00_2023-04-23-23_59_Sentinel-2_L2A_B04_(Raw).tiff``: as a 32-bit float TIFF it holds reflectance
+#: 0..1; as an 8- or 16-bit one, integers the layer's script chose, which the file does not say. Sentinel Hub's own
+#: FAQ: 0..1 stretched to 0..255 or 0..65535 ("1 -> 65535"), unless the script returns digital numbers (x 10000).
+#: Parentheses come as ``_`` in an upload's name (``_B04__Raw_.tiff``), as the service keeps it.
+_SENTINEL_HUB_RAW = re.compile(r"_Sentinel-2_L(?:1C|2A)_B[0-9A]{2}_[(_]Raw[)_](?:[ _]?[(_]\d+[)_])?\.tiff?$", re.I)
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
 #: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
 _LANDSAT_LEVEL1 = re.compile(r"^L[COTEM]0\d_L1(?:TP|GT|GS)_", re.I)
@@ -343,6 +349,16 @@ def conversion_for(
         steps.append(f"x {scale:g} + {offset:g} (Sentinel-2 L2A BOA_QUANTIFICATION_VALUE / BOA_ADD_OFFSET)")
     else:
         scale, offset = None, None
+    raw_download = scale is None and _SENTINEL_HUB_RAW.search(file_name or "") is not None
+    if raw_download and np.dtype(src.dtypes[index - 1]).kind in "iu":
+        raise UnitError(
+            f"{file_name}: a Sentinel Hub download (EO Browser, Copernicus Browser) of a raw band as "
+            f"{src.dtypes[index - 1]} holds reflectance in integers its layer's script chose, which the file does not "
+            f"say: Sentinel Hub stretches 0..1 to 0..65535 in a 16-bit file and to 0..255 in an 8-bit one, unless the script returns "
+            f"digital numbers (x 10000), and read as Sentinel-2's x 10000 the stretched kind would be 6.5 times too "
+            f"bright. Download it as TIFF (32-bit float), which holds reflectance 0..1, or say its scale: "
+            f"scale=0.0000152590219 (1/65535, 16-bit stretched), scale=0.00392157 (1/255, 8-bit), scale=0.0001 "
+            f"(digital numbers)")
 
     unit, unit_source = overrides.get("units", canonical), "units= parameter"
     if unit is not None and unit not in _COMPATIBLE[band.unit]:
@@ -352,6 +368,8 @@ def conversion_for(
         unit = None  # a request-wide units= that is about the other bands
     if unit is None and name_unit is not None:
         unit, unit_source = name_unit, "the band's name"
+    if unit is None and raw_download and band.unit == "reflectance":
+        unit, unit_source = "reflectance", "its name: a Sentinel Hub 32-bit float download of a raw band"
     if unit is None and (stated := _stated_unit(src, index, snap)) is not None and stated[0] in _COMPATIBLE[band.unit]:
         unit, unit_source = stated
     if unit is None and surface_reflectance and band.unit == "reflectance":

@@ -426,6 +426,27 @@ def test_bad_unit_parameters(kw, match):
         read(tif(reflectance((3, 8, 8)), ["B04", "B03", "B02"]), ["B04", "B03", "B02"], **kw)
 
 
+@pytest.mark.parametrize("copy", ["", " (1)"])
+def test_a_sentinel_hub_raw_band_download_is_reflectance_as_float_and_refused_as_integers_it_does_not_explain(copy):
+    """EO Browser and the Copernicus Browser name a raw band's download after it; as 32-bit float it holds reflectance
+    0..1. Sentinel Hub's FAQ: an 8- or 16-bit output stretches 0..1 to 0..255 or 0..65535 ("1 -> 65535"), so a dark
+    scene's 16-bit values read as x 10000 would be 6.5 times too bright and still plausible."""
+    name = f"2023-04-23-00_00_2023-04-23-23_59_Sentinel-2_L2A_B04_(Raw){copy}.tiff"
+    truth = RNG.uniform(0.02, 0.12, (32, 32))
+    scene, _, values, _ = read([UploadedFile(name, tif(truth.astype(np.float32)))], ["B04"])
+    np.testing.assert_allclose(values[0], truth, rtol=1e-6)
+    assert scene.band("B04").conversion.steps == (
+        "values in reflectance (its name: a Sentinel Hub 32-bit float download of a raw band)",)
+    stretched = tif(np.round(truth * 65535).astype(np.uint16))
+    with pytest.raises(UnitError, match=r"as uint16 holds reflectance in integers its layer's script chose.*6\.5 "
+                                        r"times too bright\. Download it as TIFF \(32-bit float\)"):
+        read([UploadedFile(name, stretched)], ["B04"])
+    _, _, said, _ = read([UploadedFile(name, stretched)], ["B04"], scale="0.0000152590219")
+    np.testing.assert_allclose(said[0], truth, atol=1e-5)
+    with pytest.raises(ImplausibleValuesError, match="look like reflectance 0..1 already"):  # any other float file
+        read([UploadedFile("B04.tif", tif(truth.astype(np.float32)))], ["B04"])
+
+
 # --- masks ---------------------------------------------------------------------------------------
 
 
