@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from mapex_serve.archives import ArchiveTooLargeError, Capped, archive_kind
 from mapex_serve.bands import BANDS, canonical_or_none
@@ -90,7 +90,8 @@ def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
 
 
 def _file_name(url: str) -> str:
-    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or "scene.tif"
+    """The file name a URL's path ends in, as its file was named (``%28Raw%29`` is ``(Raw)``)."""
+    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "scene.tif"
 
 
 def resolve_urls(urls: Sequence[str], allowed_prefixes: Sequence[str] = ()) -> ResolvedSources:

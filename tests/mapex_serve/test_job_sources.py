@@ -12,7 +12,7 @@ from rasterio.windows import Window
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.scene import opened_scene
-from mapex_serve.jobs.sources import JobSourceError, ResolvedSources, gdal_path, resolve_stac
+from mapex_serve.jobs.sources import JobSourceError, ResolvedSources, gdal_path, resolve_stac, resolve_urls
 
 
 def test_urls_map_to_gdal_virtual_file_systems_and_nothing_else_is_read():
@@ -26,6 +26,14 @@ def test_urls_map_to_gdal_virtual_file_systems_and_nothing_else_is_read():
     with pytest.raises(JobSourceError, match="MAPEX_JOB_URL_PREFIXES"):
         gdal_path("https://elsewhere.org/x.tif", ["s3://mine/", "https://mine.org/"])
     assert gdal_path("s3://mine/x.tif", ["s3://mine/"]) == "/vsis3/mine/x.tif"
+
+
+def test_a_url_names_its_file_as_the_file_was_named():
+    """A browser's download served as it was saved: its name's rules (``(Raw)``: a Sentinel Hub raw band) apply."""
+    url = "https://data.example.org/s2/2023-04-23-00_00_2023-04-23-23_59_Sentinel-2_L2A_B04_%28Raw%29.tiff?sig=x"
+    (source,) = resolve_urls([url]).files
+    assert source.name == "2023-04-23-00_00_2023-04-23-23_59_Sentinel-2_L2A_B04_(Raw).tiff"
+    assert source.path == f"/vsicurl/{url}"
 
 
 def earth_search_item() -> dict:
