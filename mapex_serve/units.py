@@ -83,6 +83,9 @@ _BASELINE_04_FROM = "20220125"
 #: FAQ: 0..1 stretched to 0..255 or 0..65535 ("1 -> 65535"), unless the script returns digital numbers (x 10000).
 #: Parentheses come as ``_`` in an upload's name (``_B04__Raw_.tiff``), as the service keeps it.
 _SENTINEL_HUB_RAW = re.compile(r"_Sentinel-2_L(?:1C|2A)_B[0-9A]{2}_[(_]Raw[)_](?:[ _]?[(_]\d+[)_])?\.tiff?$", re.I)
+#: Its download of any other layer (``..._Sentinel-2_L2A_True_color.tiff``, ``_NDVI``, ``_False_color_(urban)``): a
+#: rendering of the bands (True color is 2.5 x reflectance), not their reflectance.
+_SENTINEL_HUB_LAYER = re.compile(r"\d{2}_Sentinel-2_L(?:1C|2A)_(?P<layer>.+?)\.tiff?$", re.I)
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
 #: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
 _LANDSAT_LEVEL1 = re.compile(r"^L[COTEM]0\d_L1(?:TP|GT|GS)_", re.I)
@@ -349,7 +352,13 @@ def conversion_for(
         steps.append(f"x {scale:g} + {offset:g} (Sentinel-2 L2A BOA_QUANTIFICATION_VALUE / BOA_ADD_OFFSET)")
     else:
         scale, offset = None, None
-    raw_download = scale is None and _SENTINEL_HUB_RAW.search(file_name or "") is not None
+    raw_name = _SENTINEL_HUB_RAW.search(file_name or "") is not None
+    if not raw_name and (layer := _SENTINEL_HUB_LAYER.search(file_name or "")) is not None:
+        raise UnitError(f"{file_name}: a Sentinel Hub download (EO Browser, Copernicus Browser) of its layer "
+                        f"{layer.group('layer')!r}, a rendering of the bands (a visualisation or an index), not their "
+                        f"reflectance; download each band's raw layer (..._Sentinel-2_L2A_B04_(Raw).tiff) as TIFF "
+                        f"(32-bit float)")
+    raw_download = scale is None and raw_name
     if raw_download and np.dtype(src.dtypes[index - 1]).kind in "iu":
         raise UnitError(
             f"{file_name}: a Sentinel Hub download (EO Browser, Copernicus Browser) of a raw band as "

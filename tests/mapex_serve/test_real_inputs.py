@@ -447,6 +447,16 @@ def test_a_sentinel_hub_raw_band_download_is_reflectance_as_float_and_refused_as
         read([UploadedFile("B04.tif", tif(truth.astype(np.float32)))], ["B04"])
 
 
+def test_a_sentinel_hub_download_of_a_rendered_layer_is_refused_even_when_its_bands_are_named():
+    """EO Browser's True color layer is 2.5 x reflectance (its evalscript's gain): with bands= and units=reflectance
+    it would pass every check, 2.5 times too bright."""
+    rendered = np.clip(2.5 * RNG.uniform(0.02, 0.3, (3, 32, 32)), 0, 1).astype(np.float32)
+    name = "2023-04-23-00_00_2023-04-23-23_59_Sentinel-2_L2A_True_color.tiff"
+    with pytest.raises(UnitError, match=r"of its layer 'True_color', a rendering of the bands .* download each band's "
+                                        r"raw layer \(\.\.\._Sentinel-2_L2A_B04_\(Raw\)\.tiff\) as TIFF \(32-bit float\)"):
+        read([UploadedFile(name, tif(rendered))], ["B04", "B03", "B02"], ["red", "green", "blue"], units="reflectance")
+
+
 # --- masks ---------------------------------------------------------------------------------------
 
 
