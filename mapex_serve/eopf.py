@@ -33,7 +33,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.io import DatasetReaderBase
 
-__all__ = ["product_arrays", "stated_crs", "unreadable"]
+__all__ = ["product_arrays", "radar_geometry", "stated_crs", "unreadable"]
 
 #: A reflectance array of a product, and where its resolution and band name are: ``/measurements/reflectance/r20m/b8a``.
 _REFLECTANCE = re.compile(r":/measurements/reflectance/r(\d+)m/(b\d[\da]?)$", re.I)
@@ -58,6 +58,12 @@ def product_arrays(subdatasets: Sequence[str]) -> list[str] | None:
         return None
     chosen = [sub for _, sub in sorted(finest.values())]
     return chosen + [min(scl)[1]] if scl else chosen
+
+
+def radar_geometry(subdatasets: Sequence[str]) -> bool:
+    """Whether the subdatasets are a Sentinel-1 GRD product's (``/S01SIWGRD_<...>_VV/measurements/grd``): digital
+    numbers in the radar's geometry, neither calibrated nor on a map grid."""
+    return any(sub.rstrip('"').endswith("/measurements/grd") for sub in subdatasets)
 
 
 def stated_crs(ds: DatasetReaderBase) -> CRS | None:

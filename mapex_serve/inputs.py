@@ -38,12 +38,13 @@ from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
-from mapex_serve.eopf import product_arrays, stated_crs, unreadable
+from mapex_serve.eopf import product_arrays, radar_geometry, stated_crs, unreadable
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.ground import fit_to_model
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
+from mapex_serve.products import sentinel1_as_shipped
 from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
@@ -555,6 +556,8 @@ class RequestScene:
         inside = path or f"/vsimem/{self.folder}/"
         subdatasets = _subdatasets(container)
         product = product_arrays(subdatasets) if container.driver == "Zarr" else None
+        if container.driver == "Zarr" and radar_geometry(subdatasets):
+            raise NotOnAGridError(sentinel1_as_shipped(name))
         for sub in subdatasets:
             if inside not in sub:  # GDAL names subdatasets after the container's own path; nothing else
                 raise ForbiddenReferenceError(f"{name}: subdataset {sub!r} is outside this request")

@@ -33,7 +33,7 @@ from typing import Literal
 
 from mapex_serve.dimap import header_bands
 
-__all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sidecars"]
+__all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sentinel1_as_shipped", "sidecars"]
 
 #: What a product's member is: a raster to read, metadata to read for its values, or a file to leave out.
 Role = Literal["raster", "metadata", "skip"]
@@ -112,11 +112,15 @@ def no_raster_hint(paths: Sequence[str]) -> str | None:
                 f"(gdal_translate 'ZARR:\"{store}\":/measurements/reflectance/r10m/b04' b04.tif)")
     safe = next((p for path in paths for p in PurePosixPath(path).parts[:-1] if p.upper().endswith(".SAFE")), None)
     if safe is not None and safe.upper().startswith("S1"):
-        return (f"{safe} is a Sentinel-1 product as ESA ships it: its measurement files are uncalibrated digital "
-                f"numbers in radar geometry; calibrate and terrain-correct it (SNAP: Radar > Radiometric > Calibrate, "
-                f"then Radar > Geometric > Terrain Correction) and send what SNAP writes (a GeoTIFF, or the "
-                f"BEAM-DIMAP product zipped)")
+        return sentinel1_as_shipped(safe)
     return None
+
+
+def sentinel1_as_shipped(product: str) -> str:
+    """Why a Sentinel-1 product as ESA ships it (a SAFE, an EOPF Zarr GRD) is not read, and what to send."""
+    return (f"{product} is a Sentinel-1 product as ESA ships it: its measurements are uncalibrated digital numbers "
+            f"in radar geometry; calibrate and terrain-correct it (SNAP: Radar > Radiometric > Calibrate, then Radar > "
+            f"Geometric > Terrain Correction) and send what SNAP writes (a GeoTIFF, or the BEAM-DIMAP product zipped)")
 
 
 def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from mapex_serve.archives import UnreadableArchiveError, unpack
 from mapex_serve.eopf import product_arrays
-from mapex_serve.inputs import RequestScene, SourceFile, UnreadableInputError
+from mapex_serve.inputs import NotOnAGridError, RequestScene, SourceFile, UnreadableInputError
 from mapex_serve.jobs.sources import resolve_stac
 from mapex_serve.local import free_port
 from mapex_serve.reflectance import ReflectanceLevelError
@@ -180,3 +180,31 @@ def test_a_zarr_v3_store_gdal_cannot_read_is_refused_saying_which_zarr_it_reads(
         with pytest.raises(UnreadableInputError, match=r"^S2C_MSIL2A_V3\.zarr: GDAL 3[.\d]+ cannot read this Zarr "
                                                        r"store \(.*\); the service reads Zarr v2 stores"):
             RequestScene([SourceFile("S2C_MSIL2A_V3.zarr", path)])
+
+
+def test_a_sentinel1_grd_product_is_refused_as_radar_geometry_saying_how_to_calibrate_it(tmp_path):
+    """EOPF's Sentinel-1 GRD: a group a polarisation (``S01SIWGRD_<...>_VV``) whose ``measurements/grd`` is
+    uncalibrated digital numbers on the radar's own pixel grid."""
+    store = tmp_path / "S1A_IW_GRDH_1SDV_20250604T052201_20250604T052226_059501_0762FA_C971.zarr"
+    consolidated = {}
+
+    def put(rel: str, document: dict) -> None:
+        (store / rel).parent.mkdir(parents=True, exist_ok=True)
+        (store / rel).write_text(json.dumps(document))
+        consolidated[rel] = document
+
+    put(".zgroup", {"zarr_format": 2})
+    for pol in ("VV", "VH"):
+        group = f"S01SIWGRD_20250604T052201_0025_A340_C971_0762FA_{pol}"
+        put(f"{group}/.zgroup", {"zarr_format": 2})
+        put(f"{group}/measurements/.zgroup", {"zarr_format": 2})
+        put(f"{group}/measurements/grd/.zarray", {"zarr_format": 2, "shape": [16, 16], "chunks": [16, 16],
+                                                  "dtype": "<u2", "compressor": None, "fill_value": 0, "order": "C",
+                                                  "filters": None})
+        put(f"{group}/measurements/grd/.zattrs", {"_ARRAY_DIMENSIONS": ["azimuth_time", "ground_range"]})
+        (store / group / "measurements/grd/0.0").write_bytes(np.full((16, 16), 120, "<u2").tobytes())
+    (store / ".zmetadata").write_text(json.dumps({"zarr_consolidated_format": 1, "metadata": consolidated}))
+    with pytest.raises(NotOnAGridError, match=rf"^{store.name} is a Sentinel-1 product as ESA ships it: its "
+                                              r"measurements are uncalibrated digital numbers in radar geometry; "
+                                              r"calibrate and terrain-correct it"):
+        RequestScene([SourceFile(store.name, str(store))])
