@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from mapex_serve.aoi import BboxError
 from mapex_serve.archives import ArchiveTooLargeError, UnreadableArchiveError
 from mapex_serve.areas import AreaError
 from mapex_serve.backscatter import BackscatterError
@@ -68,7 +69,7 @@ STATUS: dict[type[MapexError], int] = {
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422,
-    BackscatterError: 422, ImplausibleValuesError: 422,
+    BackscatterError: 422, ImplausibleValuesError: 422, BboxError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,

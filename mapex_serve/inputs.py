@@ -34,6 +34,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from rasterio.windows import from_bounds
 
+from mapex_serve.aoi import crop
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter
 from mapex_serve.budget import Room
@@ -690,6 +691,8 @@ class RequestScene:
         used = [self.band(c) for c in canonical]
         quality = self.quality_bands()
         grid, ground = self.grid(used + quality), None
+        if overrides.bbox is not None:
+            grid = crop(grid, overrides.bbox)
         if model is not None:
             grid, ground = fit_to_model(grid, model.name, model.pixel_size_m, overrides.pixel_size)
             if model.reflectance is not None and overrides.reflectance is None:

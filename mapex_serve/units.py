@@ -22,6 +22,7 @@ import numpy as np
 from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReaderBase
 
+from mapex_serve.aoi import Bbox, parse_bbox
 from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
@@ -110,8 +111,9 @@ BackscatterChoice = Literal["as-is"]
 class UnitOverrides:
     """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band;
     ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``);
-    ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``); and
-    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``).
+    ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``);
+    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``); and ``bbox=``, the
+    part of the scene to read (``mapex_serve.aoi``).
 
     Keys are canonical band names, or None for "every band the value applies to".
     """
@@ -122,14 +124,16 @@ class UnitOverrides:
     pixel_size: PixelSizeChoice | None = None
     reflectance: ReflectanceChoice | None = None
     backscatter: BackscatterChoice | None = None
+    bbox: Bbox | None = None
 
     @classmethod
     def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None,
               pixel_size: PixelSizeChoice | None = None, reflectance: ReflectanceChoice | None = None,
-              backscatter: BackscatterChoice | None = None) -> UnitOverrides:
-        """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``."""
+              backscatter: BackscatterChoice | None = None, bbox: str | None = None) -> UnitOverrides:
+        """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``;
+        ``bbox=west,south,east,north``."""
         return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
-                   _per_band(offset, "offset", _float_value), pixel_size, reflectance, backscatter)
+                   _per_band(offset, "offset", _float_value), pixel_size, reflectance, backscatter, parse_bbox(bbox))
 
     def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
         table = getattr(self, which)

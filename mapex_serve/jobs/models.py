@@ -39,6 +39,8 @@ class JobRequest(BaseModel):
                                                   "processing level than the model learned (Level-1C for Level-2A)")
     backscatter: BackscatterChoice | None = Field(None, description="as-is: run Sentinel-1 files of the other "
                                                   "backscatter than the model learned (gamma0 for sigma0)")
+    bbox: str | None = Field(None, description="the part of the scene to read: west,south,east,north in degrees "
+                                               "(WGS84), e.g. 10.10,45.20,10.30,45.35; only its blocks are fetched")
     probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "

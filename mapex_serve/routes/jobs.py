@@ -119,6 +119,8 @@ async def submit_job(
                                                                        "processing level than the model's")] = None,
     backscatter: Annotated[BackscatterChoice | None, Query(description="for uploads: as-is runs files of the other "
                                                                        "backscatter than the model's")] = None,
+    bbox: Annotated[str | None, Query(description="for uploads: the part of the scene to read, west,south,east,north "
+                                                  "in degrees (WGS84)")] = None,
     probabilities: Annotated[bool, Query(description="for uploads: also write per-class probabilities")] = False,
     geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
     simplify: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
@@ -135,7 +137,7 @@ async def submit_job(
     try:
         if body is None:
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
-                              pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter,
+                              pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
                               probabilities=probabilities,
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)

@@ -276,6 +276,8 @@ async def predict_task(
                            Query(description="as-is: run Sentinel-1 files of the other backscatter than the "
                                              "specialist learned (gamma0 for a sigma0 model) anyway; without it "
                                              "they are refused")] = None,
+    bbox: Annotated[str | None, Query(description="the part of the scene to read and answer: west,south,east,north "
+                                                  "in degrees (WGS84), e.g. 10.10,45.20,10.30,45.35")] = None,
 ) -> Response:
     started = time.perf_counter()
     name, status, known = "-", 500, False
@@ -285,7 +287,7 @@ async def predict_task(
         known = bool(manifests)
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
-        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter)
+        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox)
         try:
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
                 response = await _respond(request, state, manifests, bands, modality, format, overrides)

@@ -23,7 +23,7 @@ import rasterio
 import shapely
 from rasterio.features import rasterize
 from rasterio.shutil import copy as gdal_copy
-from rasterio.warp import transform_geom
+from rasterio.warp import transform_bounds, transform_geom
 
 from mapex_serve.local import decode_workers
 
@@ -383,6 +383,17 @@ def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_
     np.testing.assert_array_equal(from_zarr, from_cogs)
     with rasterio.io.MemoryFile(result(jobs_server.url, zarr_done["id"], "geotiff").content) as mem, mem.open() as src:
         assert src.crs.to_epsg() == 32633 and src.transform.c == 399960 and src.transform.f == 4600020
+    # An area of interest: only the part of the product inside the box is read and answered, on its pixel lines.
+    box = transform_bounds("EPSG:32633", "EPSG:4326", 400_205, 4_599_305, 400_595, 4_599_775)
+    aoi_job = httpx.post(f"{jobs_server.url}/jobs/landcover", timeout=60, json={
+        "stac_item": f"{range_server.url}/eopf_item.json", "bbox": ",".join(map(str, box))})
+    assert aoi_job.status_code == 202, aoi_job.text
+    aoi_done = wait_done(jobs_server.url, aoi_job.json()["id"])
+    assert aoi_done["state"] == "done" and aoi_done["route"]["width"] < 96 and aoi_done["route"]["height"] < 96
+    with rasterio.io.MemoryFile(result(jobs_server.url, aoi_done["id"], "geotiff").content) as mem, mem.open() as src:
+        west, south, east, north = src.bounds
+        assert (west - 399960) % 10 == 0 and (4600020 - north) % 10 == 0  # the product's pixel lines
+        assert west <= 400_205 < west + 20 and east - 20 < 400_595 <= east and north - 20 < 4_599_775 <= north
 
 
 def test_an_s3_url_is_read_through_gdal(jobs_server, s3_server, scene_cog):

@@ -13,6 +13,9 @@ import pytest
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from training.data import SceneConfig, generate_scene, mosaic
 
@@ -146,6 +149,30 @@ def test_a_level_1c_file_is_refused_by_the_specialists_of_surface_reflectance_un
     assert refused.status_code == 422 and refused.json()["error"] == "ReflectanceLevelError", refused.text
     assert "wildfire-swir learned surface reflectance (Level-2A)" in refused.json()["detail"]
     assert post(server, "wildfire", [("S2_L1C_swir.tif", l1c)], reflectance="as-is").status_code == 200
+
+
+def test_a_bbox_answers_for_the_part_of_a_real_scene_inside_it_and_a_bbox_off_it_is_a_422(server):
+    """The real Sentinel-2 crop (3 x 2 km, UTM 19S) asked for a box of about 1 x 0.8 km in degrees: the mask covers
+    the box on the scene's pixel lines, as the same pixels cut out and sent alone are answered."""
+    box = transform_bounds("EPSG:32719", "EPSG:4326", 600_733, 4_698_517, 601_761, 4_699_309)
+    whole = post(server, "landcover", [(S2.name, S2.read_bytes())], format="json")
+    r = post(server, "landcover", [(S2.name, S2.read_bytes())], bbox=",".join(map(str, box)), format="json")
+    assert whole.status_code == r.status_code == 200, r.text
+    grid, scene = r.json()["grid"], whole.json()["grid"]
+    assert grid["crs"] == "EPSG:32719" and grid["pixel_size"] == [10.0, 10.0]
+    # The box's edges, densified, bulge past its UTM corners: 107 x 84 pixels from column 71, row 69.
+    assert (grid["width"], grid["height"]) == (107, 84) and (scene["width"], scene["height"]) == (300, 200)
+    window = Window(71, 69, 107, 84)
+    with rasterio.open(S2) as src:
+        like = {"crs": src.crs, "transform": window_transform(window, src.transform)}
+        alone = post(server, "landcover", [("cut.tif", tiff(src.read(window=window), src.descriptions, like))],
+                     format="json")
+    answer = {k: v for k, v in r.json().items() if k not in ("inputs", "inputs_used")}
+    assert answer == {k: v for k, v in alone.json().items() if k not in ("inputs", "inputs_used")}
+    off = httpx.post(f"{server.url}/predict/landcover", files=[("file", (S2.name, S2.read_bytes()))],
+                     params={"bbox": "10,45,10.1,45.1"}, timeout=60)
+    assert off.status_code == 422 and off.json()["error"] == "BboxError", off.text
+    assert "does not overlap the scene, which covers -67.66" in off.json()["detail"]
 
 
 def test_8bit_rgb_is_422_with_the_fix(server):

@@ -1,0 +1,64 @@
+"""An area of interest (``bbox=``): a real Sentinel-2 crop in UTM 19S read only inside a box of longitudes and
+latitudes, on its own pixel lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from mapex_serve.aoi import BboxError, crop, parse_bbox
+from mapex_serve.inputs import RequestScene, UploadedFile
+from mapex_serve.scene_reader import Grid
+from mapex_serve.units import UnitOverrides
+
+S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"  # 300 x 200 px, 600000,4698020..
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1,2,3", "is not four numbers"), ("a,b,c,d", "is not four numbers"), ("10,45,nan,46", "not finite"),
+    ("11,45,10,46", "west < east"), ("10,46,11,45", "south"), ("179,10,181,11", "-180..180"),
+])
+def test_a_bbox_that_is_not_a_box_of_degrees_is_refused_saying_what_is(text, message):
+    with pytest.raises(BboxError, match=message):
+        parse_bbox(text)
+
+
+def test_a_bbox_cuts_the_scene_on_its_own_pixel_lines_and_reads_the_same_values_there():
+    data = S2.read_bytes()
+    with rasterio.open(S2) as src:
+        crs = src.crs
+    # A box of about 1 x 0.8 km inside the 3 x 2 km crop, in degrees.
+    box = transform_bounds(crs, "EPSG:4326", 600_733, 4_698_517, 601_761, 4_699_309)
+    bands = ["B04", "B03", "B02"]
+    with RequestScene([UploadedFile("s2.tif", data)]) as scene:
+        whole = scene.reader(bands, UnitOverrides())
+        everything, _ = whole.read(Window(0, 0, whole.width, whole.height))
+        cut = scene.reader(bands, UnitOverrides.parse(bbox=",".join(map(str, box))))
+        inside, _ = cut.read(Window(0, 0, cut.width, cut.height))
+    g = cut.grid
+    assert (g.transform.a, g.transform.e) == (10, -10)  # the scene's pixels
+    col, row = (~whole.grid.transform) @ (g.transform.c, g.transform.f)
+    assert col == int(col) and row == int(row)  # on its pixel lines
+    west, south, east, north = g.extent()
+    box_utm = transform_bounds("EPSG:4326", crs, *box, densify_pts=21)
+    assert west <= box_utm[0] < west + 10 and east - 10 < box_utm[2] <= east  # the box, widened to whole pixels
+    assert south <= box_utm[1] < south + 10 and north - 10 < box_utm[3] <= north
+    assert 90 <= g.width <= 110 and 70 <= g.height <= 90
+    np.testing.assert_array_equal(inside, everything[:, int(row):int(row) + g.height, int(col):int(col) + g.width])
+
+
+def test_a_bbox_off_the_scene_or_on_a_scene_without_a_crs_is_refused():
+    with rasterio.open(S2) as src:
+        grid = Grid(src.crs, src.transform, src.width, src.height)
+    with pytest.raises(BboxError, match=r"does not overlap the scene, which covers -67\.663\d\d,-47\.863\d\d,"
+                                        r"-67\.622\d\d,-47\.844\d\d"):
+        crop(grid, (10.0, 45.0, 10.1, 45.1))
+    with pytest.raises(BboxError, match="the scene has no CRS"):
+        crop(Grid(None, rasterio.Affine.identity(), 300, 200), (10.0, 45.0, 10.1, 45.1))
+    half = crop(grid, (-67.7, -47.9, -67.643, -47.8))  # over the scene's west edge: what of it lies inside
+    assert half.transform.c == grid.transform.c and half.height == grid.height and 0 < half.width < grid.width
