@@ -316,15 +316,13 @@ def _head(path: str, n: int = 64) -> bytes:
 
 def _open_in_place(name: str, path: str, remote: bool) -> DatasetReaderBase:
     """A remote file (or a subdataset of one) is opened without listing the bucket or web folder beside it (one
-    request fewer, and no listing of a large prefix), and without looking for GDAL's ``.aux.xml`` beside it (a Zarr
-    array's ``pam.aux.xml``: a request an array); only for this open: set process-wide, the settings would hide local
-    sidecars (.hdr, the ``.aux.xml`` a product's metadata makes). A container of subdatasets has no georeferencing of
-    its own: rasterio's warning says nothing."""
+    request fewer, and no listing of a large prefix); only for this open: set process-wide, the setting hides local
+    sidecars (.hdr). A container of subdatasets has no georeferencing of its own: rasterio's warning says nothing."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         if not remote:
             return DatasetReader(path, driver=list(SOURCE_DRIVERS))
-        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_PAM_ENABLED="NO"):
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
             return _open_remote(name, path)
 
 
@@ -559,6 +557,7 @@ class RequestScene:
         product = product_arrays(subdatasets) if container.driver == "Zarr" else None
         if container.driver == "Zarr" and radar_geometry(subdatasets):
             raise NotOnAGridError(sentinel1_as_shipped(name))
+        remote = path is not None and path.startswith("/vsi")
         for sub in subdatasets:
             if inside not in sub:  # GDAL names subdatasets after the container's own path; nothing else
                 raise ForbiddenReferenceError(f"{name}: subdataset {sub!r} is outside this request")
@@ -569,13 +568,13 @@ class RequestScene:
                 # a product's arrays by their path in it: its b04 is in each resolution's group
                 self.ignored_subdatasets.append(f"{name}:{sub.rsplit(':', 1)[-1] if product else variable}")
                 continue
-            remote = path is not None and path.startswith("/vsi")
             ds = self._closing(_open_allowed(sub) if path is None else _open_source(name, sub, remote))
-            _check_grid(f"{name}:{variable}", grid := _own_grid(ds) or Grid.of(ds))
+            own = _own_grid(ds)
+            _check_grid(f"{name}:{variable}", own or Grid.of(ds))
             _check_blocks(f"{name}:{variable}", ds)
             opened.append((f"{name}:{variable}", ds))
-            if grid.crs is not None and ds.crs is None:
-                self._grids[f"{name}:{variable}"] = grid
+            if own is not None:
+                self._grids[f"{name}:{variable}"] = own
         if not opened:
             raise SubdatasetsError(
                 f"{name} holds subdatasets {seen}, none of which names a band the service knows; name the variables "
