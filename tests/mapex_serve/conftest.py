@@ -179,8 +179,9 @@ def _zip_bomb() -> bytes:
 class RangeServer:
     """A static file server on loopback that honours HTTP range requests, as object storage and CDNs do.
 
-    GDAL's ``/vsicurl/`` reads a COG by ranges; ``ranges`` records each one served, so a test can
-    tell that a scene was read window by window rather than downloaded whole. ``seconds_per_mib`` slows whole-file
+    GDAL's ``/vsicurl/`` reads a COG by ranges; ``ranges`` records each one served, and each whole file (the file's
+    path under the root, its first and last byte), so a test can tell that a scene was read window by window rather
+    than downloaded whole, or which chunks of a Zarr store were fetched. ``seconds_per_mib`` slows whole-file
     downloads, as a far server does. Paths under ``/private/`` answer 401, as a login-protected archive (NASA
     Earthdata's) does to a client without one.
     """
@@ -208,6 +209,8 @@ class RangeServer:
                     return None
                 spec = self.headers.get("Range")
                 path = Path(self.translate_path(self.path))
+                if not spec and self.command == "GET" and path.is_file():  # a whole file (a Zarr chunk)
+                    served.append((path.relative_to(server.root).as_posix(), 0, path.stat().st_size - 1))
                 if not spec or not path.is_file():
                     return super().send_head()
                 size = path.stat().st_size
@@ -217,7 +220,7 @@ class RangeServer:
                 if start >= size:
                     self.send_error(416)
                     return None
-                served.append((path.name, start, end))
+                served.append((path.relative_to(server.root).as_posix(), start, end))
                 f = path.open("rb")
                 f.seek(start)
                 self.send_response(206)
@@ -476,12 +479,14 @@ EOPF_GROUPS = {10: ("b02", "b03", "b04", "b08"),
                60: ("b01", "b02", "b03", "b04", "b05", "b06", "b07", "b8a", "b09", "b11", "b12")}
 
 
-def write_eopf_product(folder: Path, name: str, size: int = 96, epsg: int = 32633) -> EopfProduct:
+def write_eopf_product(folder: Path, name: str, size: int = 96, epsg: int = 32633, chunk: int | None = None
+                       ) -> EopfProduct:
     """A Sentinel-2 product as ESA's EOPF writes one to Zarr (v2, consolidated ``.zmetadata``), ``size`` 10 m pixels
     a side: ``measurements/reflectance/r{10,20,60}m`` with ``x``/``y`` coordinate arrays of pixel centres, every band
     again in each coarser group, CF ``scale_factor`` 0.0001, ``add_offset`` -0.1, fill 0, ``_eopf_attrs``, the CRS
-    only as ``proj:epsg`` (which GDAL does not read), and the L2A scene classification. Chunks are zlib (EOPF's are
-    Blosc, which the test has no writer for; GDAL reads both)."""
+    only as ``proj:epsg`` (which GDAL does not read), and the L2A scene classification. ``chunk``: the chunks' side
+    on the ground in 10 m pixels, the same ground in every group (EOPF's: 1830 at 10 m, 915 at 20 m); None: one chunk
+    an array. Chunks are zlib (EOPF's are Blosc, which the test has no writer for; GDAL reads both)."""
     import json
     import zlib
 
@@ -498,12 +503,18 @@ def write_eopf_product(folder: Path, name: str, size: int = 96, epsg: int = 3263
         if attrs:
             put(f"{rel}/.zattrs".lstrip("/"), attrs)
 
-    def array(rel: str, values: np.ndarray, dims: list[str], attrs: dict, fill: int | None = None) -> None:
-        put(f"{rel}/.zarray", {"zarr_format": 2, "shape": list(values.shape), "chunks": list(values.shape),
+    def array(rel: str, values: np.ndarray, dims: list[str], attrs: dict, fill: int | None = None,
+              side: int | None = None) -> None:
+        side = side or max(values.shape)
+        put(f"{rel}/.zarray", {"zarr_format": 2, "shape": list(values.shape), "chunks": [side] * values.ndim,
                                "dtype": values.dtype.str, "compressor": {"id": "zlib", "level": 1},
                                "fill_value": fill, "order": "C", "filters": None})
         put(f"{rel}/.zattrs", {**attrs, "_ARRAY_DIMENSIONS": dims})
-        (store / rel / ".".join("0" * values.ndim)).write_bytes(zlib.compress(values.tobytes()))
+        for at in np.ndindex(*(-(-n // side) for n in values.shape)):  # edge chunks stored whole, padded
+            block = np.full((side,) * values.ndim, fill or 0, values.dtype)
+            part = values[tuple(slice(i * side, (i + 1) * side) for i in at)]
+            block[tuple(slice(0, n) for n in part.shape)] = part
+            (store / rel / ".".join(map(str, at))).write_bytes(zlib.compress(block.tobytes()))
 
     group("", {"stac_discovery": {"type": "Feature", "id": name.removesuffix(".zarr"), "properties": {
         "proj:epsg": epsg, "product:type": f"S2MSI{level[1:]}", "processing:level": level}}})
@@ -524,7 +535,7 @@ def write_eopf_product(folder: Path, name: str, size: int = 96, epsg: int = 3263
             array(f"{rel}/{band}", values, ["y", "x"], {
                 **cf, "_eopf_attrs": {**cf, "dtype": "<u2", "fill_value": 0}, "proj:epsg": epsg, "proj:bbox": bbox,
                 "long_name": f"{'BOA' if level == 'L2A' else 'TOA'} reflectance from MSI acquisition at spectral "
-                             f"band {band}"}, fill=0)
+                             f"band {band}"}, fill=0, side=chunk and max(1, chunk * 10 // res))
             counts.setdefault(band, values)
             pixel_m.setdefault(band, res)
     if level == "L2A":

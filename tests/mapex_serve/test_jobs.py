@@ -345,13 +345,26 @@ def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server
     assert (labels[:, 40:] == reference[:, 40:]).mean() >= 0.999  # away from the margin, the same scene
 
 
+def zarr_chunks_fetched(ranges: list, store: str) -> dict[str, set[str]]:
+    """The chunk files of a Zarr store that GDAL fetched, by array (coordinate arrays left out), from the range
+    server's log: ``{"measurements/reflectance/r10m/b08": {"1.1"}}``."""
+    fetched: dict[str, set[str]] = {}
+    for path, _, _ in ranges:
+        if path.startswith(f"{store}/") and not path.rsplit("/", 1)[-1].startswith("."):
+            array, chunk = path.removeprefix(f"{store}/").rsplit("/", 1)
+            if not array.endswith(("/x", "/y")):
+                fetched.setdefault(array, set()).add(chunk)
+    return fetched
+
+
 def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_read(jobs_server, range_server,
                                                                                     eopf_product, server_type):
     """ESA's Zarr Sentinel-2 product, by its STAC item as the EOPF STAC serves one: read where it lies (GDAL's Zarr
     driver), each band once, in the CRS its arrays state, with its scale, offset and fill; the answer is that of the
-    same counts sent as one COG a band with scale= and offset=."""
+    same counts sent as one COG a band with scale= and offset=. With a bbox, only the chunks under it are fetched,
+    and of the bands the route reads only."""
     name = "S2B_MSIL2A_20250522T125039_N0511_R095_T33TML_20250522T133252.zarr"
-    product = eopf_product(range_server.root, name, size=96)
+    product = eopf_product(range_server.root, name, size=96, chunk=32)  # 3 x 3 chunks, 320 m a side
     base = f"{range_server.url}/{name}"
     item = {"type": "Feature", "stac_version": "1.1.0", "id": name.removesuffix(".zarr"), "geometry": None,
             "properties": {"datetime": "2025-05-22T12:50:39Z"}, "links": [], "assets": {
@@ -359,6 +372,25 @@ def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_
                             "roles": ["data"], "bands": [{"name": "B04", "eo:common_name": "red"}]},
                 "product": {"href": base, "type": "application/vnd+zarr", "roles": ["data", "metadata"]}}}
     (range_server.root / "eopf_item.json").write_text(json.dumps(item))
+
+    # An area of interest inside the middle chunk, first (so that no process has fetched a chunk yet).
+    box = transform_bounds("EPSG:32633", "EPSG:4326", 400_320, 4_599_420, 400_560, 4_599_660)
+    range_server.ranges.clear()
+    aoi_job = httpx.post(f"{jobs_server.url}/jobs/landcover", timeout=60, json={
+        "stac_item": f"{range_server.url}/eopf_item.json", "bbox": ",".join(map(str, box))})
+    assert aoi_job.status_code == 202, aoi_job.text
+    aoi_done = wait_done(jobs_server.url, aoi_job.json()["id"])
+    assert aoi_done["state"] == "done", aoi_done
+    routed = {f"measurements/reflectance/r{product.pixel_m[b.lower()]}m/{b.lower()}"
+              for b in aoi_done["route"]["bands"]}
+    scl = "conditions/mask/l2a_classification/r20m/scl"  # one chunk
+    assert zarr_chunks_fetched(range_server.ranges, name) == {**{array: {"1.1"} for array in routed}, scl: {"0.0"}}
+    with rasterio.io.MemoryFile(result(jobs_server.url, aoi_done["id"], "geotiff").content) as mem, mem.open() as src:
+        west, south, east, north = src.bounds
+        assert (west - 399960) % 10 == 0 and (4600020 - north) % 10 == 0  # the product's pixel lines
+        assert west <= 400_320 < west + 20 and east - 20 < 400_560 <= east and north - 20 < 4_599_660 <= north
+
+    range_server.ranges.clear()
     zarr_job = httpx.post(f"{jobs_server.url}/jobs/landcover", json={"stac_item": f"{range_server.url}/eopf_item.json"},
                           timeout=60)
     assert zarr_job.status_code == 202, zarr_job.text
@@ -374,6 +406,7 @@ def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_
                                                                                         cog_job.json()["id"])
     assert zarr_done["state"] == cog_done["state"] == "done", (zarr_done, cog_done)
     assert zarr_done["route"] == cog_done["route"]
+    assert set(zarr_chunks_fetched(range_server.ranges, name)) <= routed | {scl}  # no other band's chunks
     summary = result(jobs_server.url, zarr_done["id"], "json").json()
     used = [i for i in summary["inputs"] if i["used"] and i["mapped_to"] in summary["bands"]]  # not the SCL
     assert used and all("x 0.0001 + -0.1 (the file's scale/offset)" in i["conversions"] for i in used)
@@ -383,17 +416,6 @@ def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_
     np.testing.assert_array_equal(from_zarr, from_cogs)
     with rasterio.io.MemoryFile(result(jobs_server.url, zarr_done["id"], "geotiff").content) as mem, mem.open() as src:
         assert src.crs.to_epsg() == 32633 and src.transform.c == 399960 and src.transform.f == 4600020
-    # An area of interest: only the part of the product inside the box is read and answered, on its pixel lines.
-    box = transform_bounds("EPSG:32633", "EPSG:4326", 400_205, 4_599_305, 400_595, 4_599_775)
-    aoi_job = httpx.post(f"{jobs_server.url}/jobs/landcover", timeout=60, json={
-        "stac_item": f"{range_server.url}/eopf_item.json", "bbox": ",".join(map(str, box))})
-    assert aoi_job.status_code == 202, aoi_job.text
-    aoi_done = wait_done(jobs_server.url, aoi_job.json()["id"])
-    assert aoi_done["state"] == "done" and aoi_done["route"]["width"] < 96 and aoi_done["route"]["height"] < 96
-    with rasterio.io.MemoryFile(result(jobs_server.url, aoi_done["id"], "geotiff").content) as mem, mem.open() as src:
-        west, south, east, north = src.bounds
-        assert (west - 399960) % 10 == 0 and (4600020 - north) % 10 == 0  # the product's pixel lines
-        assert west <= 400_205 < west + 20 and east - 20 < 400_595 <= east and north - 20 < 4_599_775 <= north
 
 
 def test_an_s3_url_is_read_through_gdal(jobs_server, s3_server, scene_cog):
