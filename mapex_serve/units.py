@@ -367,9 +367,9 @@ def conversion_for(
         raise UnitError(
             f"{file_name}: a Sentinel Hub download (EO Browser, Copernicus Browser) of a raw band as "
             f"{src.dtypes[index - 1]} holds reflectance in integers its layer's script chose, which the file does not "
-            f"say: Sentinel Hub stretches 0..1 to 0..65535 in a 16-bit file and to 0..255 in an 8-bit one, unless the script returns "
-            f"digital numbers (x 10000), and read as Sentinel-2's x 10000 the stretched kind would be 6.5 times too "
-            f"bright. Download it as TIFF (32-bit float), which holds reflectance 0..1, or say its scale: "
+            f"say: Sentinel Hub stretches 0..1 to 0..65535 in a 16-bit file and to 0..255 in an 8-bit one, unless the "
+            f"script returns digital numbers (x 10000), and read as Sentinel-2's x 10000 the stretched kind would be "
+            f"6.5 times too bright. Download it as TIFF (32-bit float), which holds reflectance 0..1, or say its scale: "
             f"scale=0.0000152590219 (1/65535, 16-bit stretched), scale=0.00392157 (1/255, 8-bit), scale=0.0001 "
             f"(digital numbers)")
 
