@@ -36,7 +36,7 @@ from rasterio.windows import from_bounds
 
 from mapex_serve.aoi import crop
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
-from mapex_serve.backscatter import check_backscatter
+from mapex_serve.backscatter import check_backscatter, to_sigma0
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, tiff_bands
 from mapex_serve.eopf import product_arrays, radar_geometry, stated_crs, unreadable
@@ -650,6 +650,10 @@ class RequestScene:
     def quality_bands(self) -> list[InputBand]:
         return [b for b in self.bands if b.identity.quality]
 
+    def sigma0_factor(self) -> InputBand | None:
+        """The factor from gamma0 to sigma0 sent with the scene (``mapex_serve.backscatter.to_sigma0``), or None."""
+        return next((b for b in self.bands if b.identity.sigma0_factor), None)
+
     def grid(self, used: Sequence[InputBand]) -> Grid:
         """The finest grid of the files of ``used``, cropped to where they all overlap."""
         files = [(b.file, b.georeference) for b in {id(b.dataset): b for b in used}.values()]
@@ -689,7 +693,9 @@ class RequestScene:
         check_stated_units(overrides, canonical)
         used = [self.band(c) for c in canonical]
         quality = self.quality_bands()
-        grid, ground = self.grid(used + quality), None
+        factor = self.sigma0_factor() if model is not None and overrides.backscatter is None else None
+        converted = to_sigma0(used, model and model.backscatter, factor)
+        grid, ground = self.grid(used + quality + [factor] * bool(converted)), None
         if overrides.bbox is not None:
             grid = crop(grid, overrides.bbox)
         if model is not None:
@@ -697,7 +703,7 @@ class RequestScene:
             if model.reflectance is not None and overrides.reflectance is None:
                 check_level(used, model.name, model.reflectance)
             if model.backscatter is not None and overrides.backscatter is None:
-                check_backscatter(used, model.name, model.backscatter)
+                check_backscatter(used, model.name, model.backscatter, converted)
         if max_pixels is not None and grid.width * grid.height > max_pixels:
             resampled = " once resampled to the model's pixel size (pixel_size=model)" if ground and \
                 ground.read_m != ground.scene_m else ""
@@ -710,7 +716,9 @@ class RequestScene:
         for b in used:
             if id(b) in zero_filled:
                 b.nodata = 0.0
-        reader = SceneReader(grid, used, quality, self._stack)
+        reader = SceneReader(grid, used, quality, self._stack, factor if converted else None, converted)
+        if converted:
+            factor.factor_applied = True
         reader.ground = ground
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
@@ -718,6 +726,10 @@ class RequestScene:
                                           planet=b.planet)
             if id(b) in zero_filled:
                 b.conversion = replace(b.conversion, steps=(*b.conversion.steps, ZERO_IS_NODATA))
+            if any(b is c for c in converted):
+                b.conversion = replace(b.conversion, steps=(*b.conversion.steps, (
+                    f"gamma0 to sigma0: x the factor of {factor.file} (+ its 10·log10 in dB), which "
+                    f"{model.name} learned")))
         if sample:
             check_values(reader, sample)
         return reader

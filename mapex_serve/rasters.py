@@ -105,10 +105,12 @@ class BandIdentity:
     unit_hint: str | None = None
     #: The radar backscatter its name states (``sigma0``, ``gamma0``), or None (``mapex_serve.backscatter``).
     backscatter: Backscatter | None = None
+    #: Per pixel, the factor from gamma0 to sigma0 (OPERA RTC-S1-STATIC's ``rtc_anf_gamma0_to_sigma0``), not a band.
+    sigma0_factor: bool = False
 
     @property
     def used(self) -> bool:
-        return self.canonical is not None or self.quality is not None
+        return self.canonical is not None or self.quality is not None or self.sigma0_factor
 
 
 _NAME_TAGS = ("bandname", "name", "band_name", "netcdf_varname", "long_name")
@@ -276,8 +278,10 @@ def _hyp3(filename: str | None) -> BandIdentity | None:
 
 
 #: NASA JPL OPERA RTC-S1 burst files (``OPERA_L2_RTC-S1_T069-147170-IW1_20231010T121227Z_20231010T163008Z_S1A_30_v1.0_VV.tif``):
-#: gamma0 in linear power (OPERA RTC-S1 product guide), named by polarisation, beside a layover and shadow ``_mask``.
-_OPERA_RTC = re.compile(r"^OPERA_L2_RTC-S1(?:-STATIC)?_[\w.\-]+?_(VV|VH|HH|HV|mask)\.tiff?$", re.I)
+#: gamma0 in linear power (OPERA RTC-S1 product guide), named by polarisation, beside a layover and shadow ``_mask``;
+#: of the burst's static layers (RTC-S1-STATIC, on the same grid) the factor from gamma0 to sigma0.
+_OPERA_RTC = re.compile(r"^OPERA_L2_RTC-S1(?:-STATIC)?_[\w.\-]+?_(VV|VH|HH|HV|mask|rtc_anf_gamma0_to_sigma0)\.tiff?$",
+                        re.I)
 
 
 def _opera(filename: str | None) -> BandIdentity | None:
@@ -288,6 +292,8 @@ def _opera(filename: str | None) -> BandIdentity | None:
     rule, layer = "OPERA RTC-S1 file name", m.group(1)
     if layer.lower() == "mask":
         return BandIdentity(m.group(0), f"{rule} (layover and shadow mask)", quality="OPERA_RTC_MASK")
+    if layer.lower() == "rtc_anf_gamma0_to_sigma0":
+        return BandIdentity(m.group(0), f"{rule} (the factor from gamma0 to sigma0)", sigma0_factor=True)
     return _polarised(m.group(0), f"{rule} (gamma0, linear power)", layer.upper(), "linear", "gamma0")
 
 

@@ -36,9 +36,10 @@ __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
 
 VALID = 0
 _ALL_ROWS = 2**62  # rows past any file's: every row
-_NODATA, _NOT_FINITE, _UNDEFINED = 1, 2, 3
+_NODATA, _NOT_FINITE, _UNDEFINED, _NO_FACTOR = 1, 2, 3, 4
 _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
-                 _UNDEFINED: "no dB value (linear power <= 0)"}
+                 _UNDEFINED: "no dB value (linear power <= 0)",
+                 _NO_FACTOR: "no gamma0 to sigma0 factor (its nodata, or <= 0)"}
 
 
 @dataclass
@@ -84,6 +85,8 @@ class InputBand:
     #: The file's grid where it was read from its tags and ``dataset`` opened without it (``geokeys``); None: the
     #: dataset's own.
     file_grid: Grid | None = None
+    #: A factor from gamma0 to sigma0 that the other bands were read through (``mapex_serve.backscatter``).
+    factor_applied: bool = False
 
     @property
     def georeference(self) -> Grid:
@@ -91,12 +94,14 @@ class InputBand:
         return self.file_grid or Grid.of(self.dataset)
 
     def report(self) -> dict:
-        out = {"file": self.file, "band": self.index, "found": self.identity.found, "rule": self.identity.rule,
-               "mapped_to": self.identity.canonical or (self.identity.quality and f"quality layer {self.identity.quality}"),
-               "used": False}
+        identity = self.identity
+        mapped = identity.canonical or (identity.quality and f"quality layer {identity.quality}") or (
+            identity.sigma0_factor and "gamma0 to sigma0 factor") or None
+        out = {"file": self.file, "band": self.index, "found": identity.found, "rule": identity.rule,
+               "mapped_to": mapped, "used": False}
         if self.conversion is not None:
             out |= {"used": True, "conversions": list(self.conversion.steps)}
-        elif self.identity.quality:
+        elif self.identity.quality or self.factor_applied:
             out["used"] = True
         return out
 
@@ -132,7 +137,10 @@ class SceneReader:
     many overlapping tiles read them.
     """
 
-    def __init__(self, grid: Grid, used: Sequence[InputBand], quality: Sequence[InputBand], stack: ExitStack) -> None:
+    def __init__(self, grid: Grid, used: Sequence[InputBand], quality: Sequence[InputBand], stack: ExitStack,
+                 sigma0_factor: InputBand | None = None, to_sigma0: Sequence[InputBand] = ()) -> None:
+        """``sigma0_factor``: the factor from gamma0 to sigma0 by which the bands ``to_sigma0`` (gamma0, in dB once
+        converted) are read as sigma0 (``mapex_serve.backscatter``)."""
         self.grid = grid
         self.height, self.width = grid.height, grid.width
         self.bands = list(used)
@@ -144,6 +152,8 @@ class SceneReader:
         self._vrts: dict[tuple[int, Resampling], WarpedVRT] = {}
         self._sources = self._group(used, Resampling.bilinear, stack)
         self._quality_sources = self._group(quality, Resampling.nearest, stack)
+        self._factor_sources = self._group([sigma0_factor], Resampling.bilinear, stack) if sigma0_factor else []
+        self._to_sigma0 = [i for i, b in enumerate(self.bands) if any(b is c for c in to_sigma0)]
         self.reasons_text: dict[int, str] = dict(_BASE_REASONS)
         self._rules: list[tuple[QualityLayer, dict[str, int]]] = []
         for b in quality:
@@ -234,6 +244,13 @@ class SceneReader:
             if stored[i].dtype.kind == "f":
                 _mark(reasons, ~np.isfinite(stored[i]), _NOT_FINITE)
             _mark(reasons, ~np.isfinite(physical[i]), _UNDEFINED)
+        if self._factor_sources:
+            (factor,), (known,) = self._stored(self._factor_sources, 1, window)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                shift = (10 * np.log10(factor)).astype(np.float32)  # sigma0 = gamma0 x factor, in dB
+            _mark(reasons, ~known | ~np.isfinite(shift), _NO_FACTOR)
+            for i in self._to_sigma0:
+                physical[i] += shift
         values, inside = self._stored(self._quality_sources, len(self.quality), window)
         for (layer, codes), v, ok in zip(self._rules, values, inside, strict=True):
             _mark(reasons, ~ok, _NODATA)

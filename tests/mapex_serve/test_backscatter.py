@@ -72,11 +72,39 @@ def test_gamma0_for_a_model_of_sigma0_is_refused_unless_asked_to_run_as_is(sar_m
     assert message.startswith(f"{OPERA.format('VV')} holds gamma0, by its OPERA RTC-S1 file name (gamma0, linear "
                               f"power), and flood-sar learned sigma0")
     assert "radiometry=sigma0" in message and "COPERNICUS/S1_GRD" in message and "backscatter=as-is" in message
+    assert "its burst's ..._rtc_anf_gamma0_to_sigma0.tif (RTC-S1-STATIC) beside it" in message
     as_is = read_for(sar_model("sigma0"), gamma0, backscatter="as-is")
     np.testing.assert_allclose(as_is, DB, atol=1e-4)  # the values, read as they are
     read_for(sar_model("sigma0"), files_of([("s1.tif", DB, ["Sigma0_VV_db", "Sigma0_VH_db"])]))
     read_for(sar_model("sigma0"), files_of([("download.tif", DB, ["VV", "VH"])]))  # says nothing: taken as sigma0
     read_for(sar_model(None), gamma0)  # a model that records none reads any
+
+
+STATIC = "OPERA_L2_RTC-S1-STATIC_T069-147170-IW1_20140403_S1A_30_v1.0_rtc_anf_gamma0_to_sigma0.tif"
+
+
+def test_opera_gamma0_with_its_bursts_gamma0_to_sigma0_factor_is_read_as_sigma0(sar_model, files_of, to_geotiff):
+    """OPERA's RTC-S1-STATIC layer ``rtc_anf_gamma0_to_sigma0`` is, per pixel, the ratio sigma0 / gamma0 on the
+    burst's grid: sent beside the burst's VV and VH, a model of sigma0 reads sigma0 = gamma0 x factor."""
+    factor = np.random.default_rng(1).uniform(0.55, 0.95, (32, 32)).astype(np.float32)  # ~cos(incidence) on slopes
+    factor[0, :4] = np.nan  # no factor (outside the burst): no data, not gamma0 read as sigma0
+    with_factor = [*files_of(one_file_per_band(OPERA)),
+                   UploadedFile(STATIC, to_geotiff(factor[None], [None], nodata=float("nan")))]
+    with RequestScene(with_factor) as scene:
+        reader = scene.reader(["VV", "VH"], UnitOverrides(), model=sar_model("sigma0"))
+        values, reasons = reader.read(Window(0, 0, 32, 32))
+        assert scene.band("VV").conversion.steps[-1] == (
+            f"gamma0 to sigma0: x the factor of {STATIC} (+ its 10·log10 in dB), which flood-sar learned")
+        assert reader.masked() == {"no gamma0 to sigma0 factor (its nodata, or <= 0)": 4}
+        assert scene.bands[-1].report() | {"rule": "-"} == {"file": STATIC, "band": 1, "found": STATIC, "rule": "-",
+                                                           "mapped_to": "gamma0 to sigma0 factor", "used": True}
+    sigma0 = 10 * np.log10(LINEAR * factor)
+    np.testing.assert_allclose(values[:, 1:], sigma0[:, 1:], atol=1e-4)
+    assert (reasons[0, :4] != 0).all() and not reasons[1:].any()
+    assert (values - DB)[:, 1:].max() < -0.2  # sigma0 is darker than the gamma0 sent
+    # Read as it is, or by a model of gamma0, the factor is left aside.
+    np.testing.assert_allclose(read_for(sar_model("sigma0"), with_factor, backscatter="as-is"), DB, atol=1e-4)
+    np.testing.assert_allclose(read_for(sar_model("gamma0"), with_factor), DB, atol=1e-4)
 
 
 def test_a_model_of_gamma0_refuses_sigma0_and_says_where_gamma0_comes_from(sar_model, files_of):

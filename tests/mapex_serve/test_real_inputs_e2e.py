@@ -220,6 +220,26 @@ def test_planetary_computer_rtc_assets_and_a_hyp3_layover_shadow_map_through_the
     assert (mask[:6] == 255).all() and (mask[6:] == described[6:]).mean() >= 0.99
 
 
+def test_opera_gamma0_with_its_static_gamma0_to_sigma0_factor_is_answered_as_the_sigma0_it_makes(server, flood_scene):
+    """OPERA RTC-S1's VV and VH (gamma0, linear power) are refused by the demo's flood specialist, which learned
+    sigma0; sent with the burst's ``rtc_anf_gamma0_to_sigma0`` from RTC-S1-STATIC they are answered as the sigma0
+    they make, as the same sigma0 described in dB is."""
+    db, like = flood_scene  # sigma0 in dB
+    factor = np.full(db.shape[1:], 0.7, np.float32)
+    factor[:, 48:] = 0.8  # a slope facing away: less normalised
+    gamma0 = (10 ** (db / 10) / factor).astype(np.float32)  # what OPERA's terrain flattening would have given
+    burst = "OPERA_L2_RTC-S1_T069-147170-IW1_20231010T121227Z_20231010T163008Z_S1A_30_v1.0"
+    static = "OPERA_L2_RTC-S1-STATIC_T069-147170-IW1_20140403_S1A_30_v1.0_rtc_anf_gamma0_to_sigma0.tif"
+    files = [(f"{burst}_VV.tif", tiff(gamma0[:1], [None], like)), (f"{burst}_VH.tif", tiff(gamma0[1:], [None], like))]
+    refused = post(server, "flood", files)
+    assert refused.status_code == 422 and "rtc_anf_gamma0_to_sigma0.tif (RTC-S1-STATIC)" in refused.json()["detail"]
+    files.append((static, tiff(factor[None], [None], like)))
+    sigma0 = mask_of(post(server, "flood", files))
+    assert (sigma0 == mask_of(post(server, "flood", [("s1.tif", tiff(db, ["VV", "VH"], like))]))).mean() >= 0.999
+    body = post(server, "flood", files, format="json").json()
+    assert [i["mapped_to"] for i in body["inputs"] if i["used"]] == ["VV", "VH", "gamma0 to sigma0 factor"]
+
+
 def test_netcdf_and_a_hostile_vrt_through_the_server(server, tmp_path):
     netCDF4 = pytest.importorskip("netCDF4")
     path = tmp_path / "product.nc"
