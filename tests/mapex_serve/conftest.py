@@ -3,6 +3,8 @@
 import io
 import struct
 import subprocess
+import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -269,9 +271,6 @@ class S3Server:
 
     def __init__(self, log: Path) -> None:
         import shutil
-        import subprocess
-        import sys
-        import time
 
         from mapex_serve.local import free_port
 
@@ -281,15 +280,7 @@ class S3Server:
         self._log = log.open("w")
         self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(self.endpoint, timeout=1)
-                break
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
+        wait_serving(self.endpoint, self.proc, lambda: f"moto_server did not start: {log.read_text()[-2000:]}")
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
                     "AWS_S3_ENDPOINT": f"127.0.0.1:{self.port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
 
@@ -303,6 +294,49 @@ class S3Server:
         self.proc.terminate()
         self.proc.wait(10)
         self._log.close()
+
+
+def wait_serving(url: str, proc: subprocess.Popen, failed: Callable[[], str], seconds: float = 30) -> None:
+    """Return once a server started as ``proc`` answers at ``url``; ``RuntimeError(failed())`` if it exits or
+    ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(failed()) from None
+            time.sleep(0.1)
+
+
+class StaticServer:
+    """Python's own file server in a process of its own, as an object store serves a Zarr store (a file a chunk).
+
+    Not ``RangeServer``, whose thread runs in the test's process: rasterio keeps the GIL while GDAL opens a Zarr
+    array, and GDAL's Zarr driver then asks for the store's ``pam.aux.xml``, which that thread could not answer.
+    """
+
+    def __init__(self, root: Path) -> None:
+        from mapex_serve.local import free_port
+
+        self.root, port = root, free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                      "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_serving(self.url, self.proc, lambda: "python -m http.server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def static_server(tmp_path_factory) -> Iterator[StaticServer]:
+    """Serves a folder from another process (``StaticServer``): what a test writes into ``root`` is served."""
+    s = StaticServer(tmp_path_factory.mktemp("static"))
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from rasterio.windows import Window
@@ -21,7 +16,6 @@ from mapex_serve.archives import UnreadableArchiveError, unpack
 from mapex_serve.eopf import product_arrays
 from mapex_serve.inputs import NotOnAGridError, RequestScene, SourceFile, UnreadableInputError
 from mapex_serve.jobs.sources import resolve_stac
-from mapex_serve.local import free_port
 from mapex_serve.reflectance import ReflectanceLevelError
 from mapex_serve.units import UnitOverrides
 
@@ -43,41 +37,10 @@ def test_of_a_products_arrays_each_band_is_read_once_at_its_finest_and_the_scene
     assert product_arrays(['NETCDF:"/vsimem/a/s.nc":B04', f"{store}:/conditions/geometry/sun_angles"]) is None
 
 
-class StaticServer:
-    """Python's own file server in a process of its own, as an object store serves a Zarr store (a file a chunk).
-
-    Not the suite's in-process ``RangeServer``: rasterio keeps the GIL while GDAL opens a Zarr array, and GDAL's
-    Zarr driver then asks for the store's ``pam.aux.xml``, which a server thread of this process could not answer.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root, port = root, free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                      "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(self.url, timeout=1)
-                return
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("python -m http.server did not start") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, eopf_product) -> Iterator[tuple[StaticServer, dict]]:
-    """An L2A and an L1C product served over HTTP."""
-    root = tmp_path_factory.mktemp("eopf")
-    products = {name: eopf_product(root, name) for name in (L2A, L1C)}
-    server = StaticServer(root)
-    yield server, products
-    server.stop()
+def served(static_server, eopf_product) -> tuple:
+    """An L2A and an L1C product served over HTTP (by a server in a process of its own: ``StaticServer``)."""
+    return static_server, {name: eopf_product(static_server.root, name) for name in (L2A, L1C)}
 
 
 @pytest.mark.parametrize("where", ["http", "disk"])
