@@ -19,8 +19,8 @@ The Copernicus programme moves its products from SAFE to Zarr (the EOPF Sentinel
 
 The product's name (``MSIL2A``, ``MSIL1C``) says its processing level (``mapex_serve.reflectance``).
 
-Zarr v2 only: GDAL reads Zarr v3's final codec names from 3.11 (the wheel here has 3.10), and none of its releases
-reads the ``sharding_indexed`` and ``scale_offset`` codecs of EOPF's newest products (GDAL issue 15170).
+Zarr v2 only: GDAL reads Zarr v3's final codec names from 3.11 (the wheel here has 3.10), and no GDAL release reads
+the ``scale_offset`` codec of EOPF's newest products (GDAL issue 15170, open).
 """
 
 from __future__ import annotations
