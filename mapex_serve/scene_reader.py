@@ -101,7 +101,7 @@ class InputBand:
                "mapped_to": mapped, "used": False}
         if self.conversion is not None:
             out |= {"used": True, "conversions": list(self.conversion.steps)}
-        elif self.identity.quality or self.factor_applied:
+        elif identity.quality or self.factor_applied:
             out["used"] = True
         return out
 

@@ -82,11 +82,13 @@ _BASELINE_04_FROM = "20220125"
 #: ``2023-04-23-00_00_2023-04-23-23_59_Sentinel-2_L2A_B04_(Raw).tiff``: as a 32-bit float TIFF it holds reflectance
 #: 0..1; as an 8- or 16-bit one, integers the layer's script chose, which the file does not say. Sentinel Hub's own
 #: FAQ: 0..1 stretched to 0..255 or 0..65535 ("1 -> 65535"), unless the script returns digital numbers (x 10000).
-#: Parentheses come as ``_`` in an upload's name (``_B04__Raw_.tiff``), as the service keeps it.
-_SENTINEL_HUB_RAW = re.compile(r"_Sentinel-2_L(?:1C|2A)_B[0-9A]{2}_[(_]Raw[)_](?:[ _]?[(_]\d+[)_])?\.tiff?$", re.I)
+#: Such a download's name begins with its time range (``2023-04-23-00:00_2023-04-23-23:59_``); parentheses and colons
+#: come as ``_`` in an upload's name (``..._00_00_..._B04__Raw_.tiff``), as the service keeps it.
+_SENTINEL_HUB = r"\d{4}-\d\d-\d\d-\d\d[_:]\d\d_\d{4}-\d\d-\d\d-\d\d[_:]\d\d_Sentinel-2_L(?:1C|2A)_"
+_SENTINEL_HUB_RAW = re.compile(_SENTINEL_HUB + r"B[0-9A]{2}_[(_]Raw[)_](?:[ _]?[(_]\d+[)_])?\.tiff?$", re.I)
 #: Its download of any other layer (``..._Sentinel-2_L2A_True_color.tiff``, ``_NDVI``, ``_False_color_(urban)``): a
 #: rendering of the bands (True color is 2.5 x reflectance), not their reflectance.
-_SENTINEL_HUB_LAYER = re.compile(r"\d{2}_Sentinel-2_L(?:1C|2A)_(?P<layer>.+?)\.tiff?$", re.I)
+_SENTINEL_HUB_LAYER = re.compile(_SENTINEL_HUB + r"(?P<layer>.+?)\.tiff?$", re.I)
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
 #: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
 _LANDSAT_LEVEL1 = re.compile(r"^L[COTEM]0\d_L1(?:TP|GT|GS)_", re.I)

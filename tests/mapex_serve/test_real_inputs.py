@@ -455,6 +455,10 @@ def test_a_sentinel_hub_download_of_a_rendered_layer_is_refused_even_when_its_ba
     with pytest.raises(UnitError, match=r"of its layer 'True_color', a rendering of the bands .* download each band's "
                                         r"raw layer \(\.\.\._Sentinel-2_L2A_B04_\(Raw\)\.tiff\) as TIFF \(32-bit float\)"):
         read([UploadedFile(name, tif(rendered))], ["B04", "B03", "B02"], ["red", "green", "blue"], units="reflectance")
+    # Only Sentinel Hub's names, which begin with their time range: a user's own name is read as any file is.
+    own = tif((RNG.uniform(0.02, 0.3, (32, 32)) * 10000).astype(np.uint16))
+    scene, _, values, _ = read([UploadedFile("export_2023_Sentinel-2_L2A_B04.tif", own)], ["B04"])
+    assert scene.band("B04").conversion.steps[0].startswith("x 0.0001 + 0 (assumed")
 
 
 # --- masks ---------------------------------------------------------------------------------------
