@@ -265,6 +265,23 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
                                    3: "QA_PIXEL cloud", 4: "QA_PIXEL cloud shadow"}),
         # Sentinel Hub's dataMask output (1 data, 0 no data).
         QualityLayer("DATAMASK", "Sentinel Hub dataMask", ("datamask", "data_mask"), invalid_values={0: "dataMask no data"}),
+        # Sentinel Hub's s2cloudless cloud mask band (its Cloud Masks user guide): 0 no clouds, 1 clouds, 255 no data.
+        QualityLayer("CLM", "Sentinel Hub cloud mask (s2cloudless)",
+                     invalid_values={1: "CLM cloud", 255: "CLM no data"}),
+        # Earth Engine's Sentinel-2 QA60 (COPERNICUS/S2_HARMONIZED, S2_SR_HARMONIZED): bit 10 opaque clouds, 11 cirrus.
+        QualityLayer("QA60", "Sentinel-2 QA60 cloud mask bits (Earth Engine)",
+                     invalid_bits={10: "QA60 opaque cloud", 11: "QA60 cirrus"}),
+        # Digital Earth Australia's masks (its product definitions' flags_definition; mapex_serve.dea): Fmask's classes,
+        # not HLS's bits (0 no data, 1 valid, 2 cloud, 3 shadow; 4 snow and 5 water stay valid), s2cloudless (0 no data,
+        # 1 valid, 2 cloud) and contiguity (0: a band lacks data there).
+        QualityLayer("DEA_FMASK", "Digital Earth Australia Fmask classes", ("oa_fmask",),
+                     invalid_values={0: "DEA Fmask no data", 2: "DEA Fmask cloud", 3: "DEA Fmask cloud shadow"}),
+        QualityLayer("DEA_S2CLOUDLESS", "Digital Earth Australia s2cloudless mask",
+                     ("oa_s2cloudless_mask", "s2cloudless_mask"),
+                     invalid_values={0: "DEA s2cloudless no data", 2: "DEA s2cloudless cloud"}),
+        QualityLayer("DEA_CONTIGUITY", "Digital Earth Australia contiguity",
+                     ("oa_nbart_contiguity", "nbart_contiguity", "oa_nbar_contiguity", "nbar_contiguity"),
+                     invalid_values={0: "DEA contiguity: a band lacks data"}),
         # Planet's usable data mask UDM2: a band of 0/1 a class (docs.planet.com, UDM2); mapex_serve.planet says which
         # bands of a UDM2 file these are. Snow and (light) haze stay valid.
         QualityLayer("UDM2_CLOUD", "Planet UDM2 cloud band", invalid_values={1: "UDM2 cloud"}),

@@ -11,6 +11,7 @@ from mapex_serve.areas import AreaError
 from mapex_serve.backscatter import BackscatterError
 from mapex_serve.batcher import QueueFullError, ServiceStoppingError
 from mapex_serve.budget import MemoryBudgetError, OverBudgetError
+from mapex_serve.dea import DeaNameError
 from mapex_serve.decode.incoming import NoRoomToReceiveError
 from mapex_serve.decode.pool import DecodeUnavailableError
 from mapex_serve.engine import EngineInputError
@@ -66,6 +67,7 @@ STATUS: dict[type[MapexError], int] = {
     UnknownTaskError: 404, UnknownModelError: 404, UploadTimeoutError: 408, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
     UnsupportedMediaTypeError: 415,
     BandNamesMissingError: 422, BandIdentityConflictError: 422, LandsatSensorUnknownError: 422,
+    DeaNameError: 422,
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422,

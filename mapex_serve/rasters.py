@@ -42,6 +42,7 @@ from mapex_serve.bands import (
     resolve_band,
     resolve_bands,
 )
+from mapex_serve.dea import DeaProduct, dea_product
 from mapex_serve.errors import MapexError
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.units import UnitError
@@ -402,8 +403,20 @@ def _radar_file_named(filename: str | None, described: bool = False) -> BandIden
             or _eo_browser(filename))
 
 
+def _dea(src: DatasetReaderBase, index: int, filename: str | None, header_name: str | None,
+         dea: DeaProduct) -> BandIdentity | None:
+    """Band ``index`` of a Digital Earth Australia file, by the names it carries, else by its band file's name."""
+    for name, where in _file_names(src, index, None, header_name=header_name):
+        if (found := dea.band(name)) is not None:
+            return BandIdentity(found.found, f"{found.rule} ({where})", found.canonical, found.quality)
+    if src.count == 1 and filename and (found := dea.band_of_file(filename)) is not None:
+        return BandIdentity(found.found, f"{found.rule} (file name)", found.canonical, found.quality)
+    return None
+
+
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
-              name_source: str, header_name: str | None, planet: PlanetProduct | None) -> BandIdentity:
+              name_source: str, header_name: str | None, planet: PlanetProduct | None,
+              dea: DeaProduct | None) -> BandIdentity:
     if src.count == 1 and (named := _radar_file_named(filename, bool(header_name or src.descriptions[0]))) is not None:
         return named
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
@@ -412,6 +425,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return BandIdentity(name, "USGS 3DEP elevation tile (file name)", "DEM")
     if planet is not None and (found := planet.band(src, index)) is not None:
         return BandIdentity(found.found, found.rule, found.canonical, found.quality)
+    if dea is not None and (found := _dea(src, index, filename, header_name, dea)) is not None:
+        return found
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)
@@ -437,6 +452,9 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
                 f"band {index} is named {named.found!r} ({named.canonical}) but its metadata says {wavelength[1]} "
                 f"({by_wavelength or 'no Sentinel-2 band'}); fix the file's metadata or pass bands= with one name per band"
             )
+    if named is not None and named.quality == "FMASK" and src.nodatavals[index - 1] == 0:
+        return replace(named, quality="DEA_FMASK", rule=f"{named.rule}, no data 0: Digital Earth Australia's Fmask "
+                                                        f"classes (HLS's Fmask bits have fill 255)")
     if named is not None:
         return named
     if wavelength is not None:
@@ -457,6 +475,7 @@ def identify_bands(
     names a header GDAL does not read gives them (SNAP's, ``mapex_serve.dimap``), trusted first. ``planet``: the Planet
     asset the file is (``mapex_serve.planet.planet_product``), whose descriptions or band order name its bands.
     """
+    dea = dea_product((filename, src.name), [*src.descriptions, *(bands or ())])
     if bands is not None:
         if len(bands) != src.count:
             raise BandNamesMissingError(
@@ -471,6 +490,9 @@ def identify_bands(
             if name.strip() in ("-", ""):
                 out.append(BandIdentity(name, "skipped with '-' in bands="))
                 continue
+            if dea is not None and (found := dea.band(name)) is not None:
+                out.append(BandIdentity(name, f"bands= parameter ({found.rule})", found.canonical, found.quality))
+                continue
             parsed = parse_name(name)
             if parsed is None or not parsed.used:
                 resolve_band(name)  # raises UnknownBandError listing the accepted names
@@ -482,8 +504,8 @@ def identify_bands(
             out.append(replace(parsed, found=name, rule=rule))
         return out
     landsat = landsat_sensor(src, filename)
-    return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet)
-            for i in range(1, src.count + 1)]
+    return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
+                      dea) for i in range(1, src.count + 1)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None,

@@ -1538,6 +1538,98 @@ def test_archives_unpack_only_into_the_memory_budget_the_request_found_and_hold_
         rgb["download.B4.tif"])  # a part not read where it arrived is copied too
 
 
+# --- Digital Earth Australia ----------------------------------------------------------------------------
+
+DEA_S2 = "ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final"
+
+
+def dea_fmask(shape=(16, 16)) -> np.ndarray:
+    """DEA's Fmask classes: 1 valid but in row 0 cloud (2), row 1 shadow (3), row 2 water (5), row 3 snow (4)."""
+    fmask = np.ones(shape, np.uint8)
+    fmask[0], fmask[1], fmask[2], fmask[3] = 2, 3, 5, 4
+    return fmask
+
+
+@pytest.mark.parametrize("names", [
+    ["nbart_red", "nbart_nir_1", "nbart_swir_2", "nbart_swir_3", "oa_fmask"],  # ds.rio.to_raster() of dc.load()
+    ["red", "nir_1", "swir_2", "swir_3", "fmask"],  # the same loaded by DEA's aliases
+])
+def test_a_dea_sentinel2_export_reads_swir_2_as_b11_and_its_fmask_as_classes(names):
+    """DEA counts Sentinel-2's SWIR bands from 2: nbart_swir_2 (alias swir_2) is B11, nbart_swir_3 B12. Before, the
+    alias swir_2 was read as B12 (2.2 um, as Landsat counts) and the rest was unknown; DEA's fmask holds Fmask's
+    classes, which read as HLS's Fmask bits masked every valid pixel (1: bit 0, cirrus)."""
+    dn = RNG.integers(300, 4000, (4, 16, 16)).astype(np.int16)
+    data = np.concatenate([dn, dea_fmask()[None].astype(np.int16)])
+    scene, reader, values, _ = read(tif(data, names, nodata=-999), ["B11", "B12"])
+    np.testing.assert_allclose(values, dn[2:] / 10000, rtol=1e-6)
+    assert "Digital Earth Australia Sentinel-2" in rule_of(scene, "B11")
+    assert reader.masked() == {"DEA Fmask cloud": 16, "DEA Fmask cloud shadow": 16}  # water and snow stay valid
+
+
+def test_dea_band_files_are_read_by_their_names_on_each_sensor():
+    """eodatasets3 names DEA's band files after the sensor's band number (``..._final_band11.tif``, ``_8a.tif``):
+    Sentinel-2's numbers on ga_s2*, Landsat's on ga_ls* (band05: 865 nm on Landsat 8, band04: 835 nm on Landsat 7)."""
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.int16)
+    files = [UploadedFile(f"{DEA_S2}_band11.tif", tif(dn, nodata=-999)),
+             UploadedFile(f"{DEA_S2}_8a.tif", tif(dn, nodata=-999)),
+             UploadedFile(DEA_S2.replace("nbart", "oa") + "_fmask.tif", tif(dea_fmask(), nodata=0)),
+             UploadedFile(DEA_S2.replace("nbart", "oa") + "_relative-slope.tif", tif(dn.astype(np.float32)))]
+    scene, reader, _, _ = read(files, ["B11", "B8A"])
+    assert reader.masked() == {"DEA Fmask cloud": 16, "DEA Fmask cloud shadow": 16}
+    assert "ga_s2am in its name" in rule_of(scene, "B11")
+    landsat = [UploadedFile("ga_ls8c_nbart_3-2-1_090084_2020-01-05_final_band05.tif", tif(dn, nodata=-999)),
+               UploadedFile("ga_ls7e_nbart_3-2-1_090084_2020-01-06_final_band04.tif", tif(dn, nodata=-999))]
+    scene = RequestScene(landsat)
+    assert [(b.identity.canonical, b.identity.found) for b in scene.bands] == [("B8A", "band05"), ("B08", "band04")]
+
+
+def test_a_dea_measurement_whose_band_depends_on_the_sensor_is_refused_where_the_file_does_not_say_it():
+    from mapex_serve.dea import DeaNameError
+
+    data = RNG.integers(300, 4000, (2, 16, 16)).astype(np.int16)
+    with pytest.raises(DeaNameError, match="B11 .1610 nm. on Sentinel-2, 2200 nm .B12. on Landsat.*ga_s2am_nbart"):
+        RequestScene([UploadedFile("export.tif", tif(data, ["nbart_red", "nbart_swir_2"]))])
+    scene = RequestScene([UploadedFile("ga_s2bm_export.tif", tif(data, ["nbart_red", "nbart_swir_2"]))])
+    assert [b.identity.canonical for b in scene.bands] == ["B04", "B11"]
+    with pytest.raises(DeaNameError, match="865 nm on Landsat 8-9"):
+        RequestScene([UploadedFile("export.tif", tif(data, ["nbart_nir", "nbart_swir_1"]))])
+
+
+def test_a_fmask_band_with_no_data_0_is_deas_classes_and_hls_fmask_stays_bits():
+    """HLS's Fmask fill is 255, DEA's no data 0 (its product definitions): a band named fmask tells them apart."""
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    _, reader, _, _ = read([UploadedFile("B11.tif", tif(dn)), UploadedFile("fmask.tif", tif(dea_fmask(), nodata=0))],
+                           ["B11"])
+    assert reader.masked() == {"DEA Fmask cloud": 16, "DEA Fmask cloud shadow": 16}
+    _, reader, _, _ = read([UploadedFile("B11.tif", tif(dn)), UploadedFile("fmask.tif", tif(dea_fmask(), nodata=255))],
+                           ["B11"])
+    assert set(reader.masked()) == {"Fmask cirrus", "Fmask cloud", "Fmask adjacent to cloud or shadow"}
+
+
+# --- cloud masks of Earth Engine and Sentinel Hub ------------------------------------------------------------
+
+
+def test_earth_engines_qa60_masks_opaque_clouds_and_cirrus():
+    """An Earth Engine download of COPERNICUS/S2_SR_HARMONIZED with its QA60 (bit 10 opaque clouds, bit 11 cirrus):
+    before, QA60 was an unknown band, left unused, and the clouds were read as land."""
+    qa60 = np.zeros((16, 16), np.uint16)
+    qa60[0], qa60[1] = 1 << 10, 1 << 11
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    files = [UploadedFile("download.B11.tif", tif(dn)), UploadedFile("download.QA60.tif", tif(qa60))]
+    _, reader, _, reasons = read(files, ["B11"])
+    assert reader.masked() == {"QA60 opaque cloud": 16, "QA60 cirrus": 16}
+    assert (reasons[2:] == 0).all()
+
+
+def test_sentinel_hubs_clm_masks_clouds_and_its_no_data():
+    """Sentinel Hub's CLM band (s2cloudless): 0 no clouds, 1 clouds, 255 no data (its Cloud Masks guide)."""
+    clm = np.zeros((16, 16), np.float32)
+    clm[0], clm[1] = 1, 255
+    data = np.stack([RNG.uniform(0.02, 0.4, (16, 16)).astype(np.float32), clm])
+    _, reader, _, _ = read(tif(data), ["B11"], bands=["B11", "CLM"], units="reflectance")
+    assert reader.masked() == {"CLM cloud": 16, "CLM no data": 16}
+
+
 # --- tiles of one export ---------------------------------------------------------------------------
 
 
