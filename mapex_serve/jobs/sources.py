@@ -14,6 +14,10 @@ do: Earth Search's ``sentinel-2-l2a`` removed the offset from the values of some
 no offset, only ``s2:processing_baseline`` (from 04.00 the values carry it). Read by ``raster:bands``
 alone, the first would be 0.1 too dark and the second 0.1 too bright.
 
+Unless ``assets`` chooses, an item's data assets that name a model band or a quality layer are read (Earth Search's
+``scl`` masks clouds as an uploaded SCL does), each band once: Earth Search lists every band twice, as a COG and
+as the SAFE's JPEG 2000 (``red-jp2``, in a requester-pays bucket), and the GeoTIFF is read.
+
 An EOPF item (``stac.core.eopf.eodc.eu``) offers one Zarr product in many assets: the product's store, its groups
 (``SR_10m``: ``.../measurements/reflectance/r10m``) and some of their arrays (``B04_10m``), each band at more than
 one resolution among them. Unless ``assets`` chooses, the product's store is read (``mapex_serve.eopf``: each band
@@ -35,8 +39,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from mapex_serve.archives import ArchiveTooLargeError, Capped, archive_kind
 from mapex_serve.bands import BANDS, canonical_or_none
+from mapex_serve.dea import is_dea_name
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
+from mapex_serve.rasters import parse_name
 from mapex_serve.units import UnitOverrides, parse_unit
 
 __all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "redacted", "resolve_stac",
@@ -189,14 +195,39 @@ def _asset_bands(key: str, asset: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _band_name(key: str, band: dict[str, Any], n_bands: int) -> str:
-    """The band's model name from its STAC names; the asset key names a single-band asset when they do not."""
+    """The band's name from its STAC names, where it names a model band or a quality layer (Earth Search's ``scl``,
+    HLS's ``Fmask``, DEA's ``oa_fmask``); the asset key names a single-band asset when they do not."""
     candidates = [band.get("eo:common_name"), band.get("common_name"), band.get("name")]
     if n_bands == 1:
         candidates.append(key)
     for c in candidates:
-        if c and canonical_or_none(str(c)):
+        if c and ((named := parse_name(str(c))) is not None and named.used or is_dea_name(str(c))):
             return str(c)
-    return "-"  # not a model band: skipped
+    return "-"  # not a band the service reads: skipped
+
+
+def _asset_names(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
+    bands = _asset_bands(key, asset)
+    return tuple(_band_name(key, b, len(bands)) for b in bands)
+
+
+def _one_copy_each(available: dict[str, dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[dict]]:
+    """Of assets that hold the same bands, one: a GeoTIFF before another format, else the first. Earth Search's
+    items give each band twice, a COG (``red``) and the SAFE's JPEG 2000 (``red-jp2``, in a requester-pays bucket)."""
+    kept: dict[tuple[str, ...], str] = {}
+    for key in keys:
+        names = _asset_names(key, available[key])
+        first = kept.setdefault(names, key)
+        if first != key and _is_tiff(available[key]) and not _is_tiff(available[first]):
+            kept[names] = key
+    chosen = [k for k in keys if k in kept.values()]
+    left_out = [{"asset": k, "left_out": f"the same bands as asset {kept[_asset_names(k, available[k])]!r}"}
+                for k in keys if k not in chosen]
+    return chosen, left_out
+
+
+def _is_tiff(asset: dict[str, Any]) -> bool:
+    return str(asset.get("type", "")).startswith("image/tiff")
 
 
 def _sentinel2_offset(properties: dict[str, Any], canonical: str, band: dict[str, Any]) -> tuple[float, str] | None:
@@ -263,14 +294,14 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
         missing = [a for a in assets if a not in available]
         if missing:
             raise JobSourceError(f"the STAC item has no asset {missing}; its assets: {sorted(available)}")
-        chosen = list(assets)
+        chosen, left_out = list(assets), []
     else:
-        chosen = [k for k, a in available.items()
-                  if any(_band_name(k, b, len(_asset_bands(k, a))) != "-" for b in _asset_bands(k, a))
-                  and "data" in (a.get("roles") or ["data"])]
-        if not chosen:
+        readable = [k for k, a in available.items()
+                    if any(n != "-" for n in _asset_names(k, a)) and "data" in (a.get("roles") or ["data"])]
+        if not readable:
             raise JobSourceError(f"no asset of the STAC item names a band the service knows; choose them with assets= "
                                  f"(its assets: {sorted(available)})")
+        chosen, left_out = _one_copy_each(available, readable)
     files, names, described = [], [], []
     scale: dict[str | None, float] = {}
     offset: dict[str | None, float] = {}
@@ -304,7 +335,7 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
             described.append({"asset": key, "band": name, **taken, **({"nodata": nd} if nd is not None else {})})
         files.append(SourceFile(_file_name(url), gdal_path(url, allowed_prefixes),
                                 tuple(nodata) if any(v is not None for v in nodata) else None))
-    return ResolvedSources(files, names, UnitOverrides(units, scale, offset), described)
+    return ResolvedSources(files, names, UnitOverrides(units, scale, offset), described + left_out)
 
 
 def redacted(text: str, files: Sequence[SourceFile]) -> str:

@@ -49,7 +49,10 @@ def earth_search_item() -> dict:
             "assets": {"swir16": asset("B11.tif", "swir16", "swir16", 20),
                        "swir22": asset("https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/B12.tif", "swir22",
                                        "swir22", 20),
-                       "scl": {"href": "SCL.tif", "roles": ["data"], "raster:bands": [{"nodata": 0}]},
+                       "scl": {"href": "SCL.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                               "roles": ["data"], "raster:bands": [{"nodata": 0}]},
+                       "swir16-jp2": {**asset("s3://sentinel-s2-l2a/tiles/33/U/UP/2026/6/1/0/B11.jp2", "swir16",
+                                              "swir16", 20), "type": "image/jp2"},
                        "thumbnail": {"href": "thumb.jpg", "roles": ["thumbnail"]}},
             "geometry": None, "links": []}
 
@@ -57,11 +60,13 @@ def earth_search_item() -> dict:
 def test_an_earth_search_item_gives_band_names_scale_offset_and_nodata():
     item_url = "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/S2B_33UUP.json"
     resolved = resolve_stac(earth_search_item(), None, item_url)
-    assert [f.name for f in resolved.files] == ["B11.tif", "B12.tif"]  # scl: no band the model reads; thumbnail: no data
+    # scl: the quality layer, read as an uploaded SCL is; swir16-jp2: B11 again; thumbnail: no data
+    assert [f.name for f in resolved.files] == ["B11.tif", "B12.tif", "SCL.tif"]
+    assert {"asset": "swir16-jp2", "left_out": "the same bands as asset 'swir16'"} in resolved.described
     assert resolved.files[0].path == \
         "/vsicurl/https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/B11.tif"
     assert resolved.files[1].path.startswith("/vsicurl/https://sentinel-cogs")
-    assert resolved.bands == ["swir16", "swir22"] and resolved.files[0].nodata == (0.0,)
+    assert resolved.bands == ["swir16", "swir22", "scl"] and resolved.files[0].nodata == (0.0,)
     assert resolved.overrides.get("scale", "B11") == 0.0001 and resolved.overrides.get("offset", "B12") == -0.1
     with pytest.raises(JobSourceError, match="no asset"):
         resolve_stac(earth_search_item(), ["B8A"], item_url)
@@ -130,6 +135,71 @@ def test_the_catalogue_scale_and_offset_are_applied_and_the_caller_wins(tmp_path
         values, _ = reader.read(Window(0, 0, 64, 64))
         assert np.allclose(values[:, 4:], reflectance[:, 4:] + 0.1, atol=1e-4), "the caller's offset= wins"
 
+
+
+def write_band(path, data: np.ndarray, pixel: float = 20, nodata: float | None = None) -> None:
+    with rasterio.open(path, "w", driver="GTiff", count=1, height=data.shape[0], width=data.shape[1], dtype=data.dtype,
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5000000, pixel, pixel),
+                       nodata=nodata) as dst:
+        dst.write(data[None])
+
+
+def test_an_earth_search_items_scl_masks_its_clouds(tmp_path, swir_manifest):
+    """Before, an item's scl asset was left out, chosen or not (its name is no model band), and a job by an item read
+    its clouds as land where the same bands uploaded with their SCL were masked."""
+    dn = np.random.default_rng(2).integers(1100, 5000, (2, 64, 64)).astype(np.uint16)
+    scl = np.full((64, 64), 4, np.uint8)  # vegetation
+    scl[:8], scl[8:12] = 9, 3  # cloud (high probability), cloud shadow
+    item = resolve_stac(earth_search_item(), None, "https://x/item.json")
+    for name, data in zip([f.name for f in item.files], [dn[0], dn[1], scl], strict=True):
+        write_band(tmp_path / name, data, nodata=0)
+    files = [SourceFile(f.name, str(tmp_path / f.name), f.nodata) for f in item.files]
+    scene, _, reader = opened_scene(JobRequest(), ResolvedSources(files, item.bands, item.overrides, item.described),
+                                    [swir_manifest], 10**9)
+    with scene:
+        reader.read(Window(0, 0, 64, 64))
+        assert reader.masked() == {"SCL cloud (high probability)": 8 * 64, "SCL cloud shadow": 4 * 64}
+
+
+def test_of_two_copies_of_a_band_the_cog_is_read_whichever_comes_first():
+    item = earth_search_item()
+    assets = item["assets"]
+    item["assets"] = {"swir16-jp2": assets.pop("swir16-jp2"), **assets}
+    resolved = resolve_stac(item, None, "https://x/item.json")
+    assert [f.name for f in resolved.files] == ["B11.tif", "B12.tif", "SCL.tif"]
+    assert {"asset": "swir16-jp2", "left_out": "the same bands as asset 'swir16'"} in resolved.described
+
+
+def test_a_dea_item_reads_its_measurements_on_their_sensor_and_masks_by_its_fmask(tmp_path, swir_manifest):
+    """Digital Earth Australia's Sentinel-2 items name their assets after DEA's measurements, nbart_swir_2 being
+    B11 there; before, none was a band the service knew and the item was refused."""
+    base = ("https://dea-public-data.s3.ap-southeast-2.amazonaws.com/baseline/ga_s2am_ard_3/53/JQJ/2020/10/31/"
+            "20201031T022859")
+    label = "3-2-1_53JQJ_2020-10-31_final"
+
+    def asset(kind: str, file: str, name: str, nodata: int) -> dict:
+        return {"href": f"{base}/ga_s2am_{kind}_{label}_{file}.tif", "roles": ["data"], "type": "image/tiff",
+                "eo:bands": [{"name": name}], "raster:bands": [{"nodata": nodata}]}
+    item = {"type": "Feature", "stac_version": "1.0.0", "collection": "ga_s2am_ard_3", "properties": {},
+            "assets": {"nbart_swir_2": asset("nbart", "band11", "nbart_swir_2", -999),
+                       "nbart_swir_3": asset("nbart", "band12", "nbart_swir_3", -999),
+                       "oa_fmask": asset("oa", "fmask", "oa_fmask", 0),
+                       "oa_satellite_view": asset("oa", "satellite-view", "oa_satellite_view", 0)}}
+    resolved = resolve_stac(item, None, None)
+    assert resolved.bands == ["nbart_swir_2", "nbart_swir_3", "oa_fmask"]
+    dn = np.random.default_rng(3).integers(300, 4000, (2, 64, 64)).astype(np.int16)
+    fmask = np.ones((64, 64), np.uint8)
+    fmask[:4] = 2  # cloud
+    files = []
+    for f, data in zip(resolved.files, [dn[0], dn[1], fmask], strict=True):
+        write_band(tmp_path / f.name, data, nodata=float(f.nodata[0]))
+        files.append(SourceFile(f.name, str(tmp_path / f.name), f.nodata))
+    scene, _, reader = opened_scene(JobRequest(), ResolvedSources(files, resolved.bands, resolved.overrides,
+                                                                  resolved.described), [swir_manifest], 10**9)
+    with scene:
+        values, _ = reader.read(Window(0, 0, 64, 64))
+        np.testing.assert_allclose(values, dn / 10000, rtol=1e-6)  # B11 the model's first band: nbart_swir_2
+        assert reader.masked() == {"DEA Fmask cloud": 4 * 64}
 
 
 def test_a_planetary_computer_sentinel1_rtc_item_reads_its_assets_as_the_linear_gamma0_their_names_state(
