@@ -9,7 +9,8 @@ Bands are identified by name or wavelength, never by position. For each band, in
    the tools that write it: GDAL SENTINEL2 descriptions (``B4, central wavelength 665 nm``), SNAP
    (``Sigma0_VV``, ``Gamma0_VH_db``, ``Amplitude_VV``; the name states the unit; in a GeoTIFF SNAP wrote, its
    DIMAP header's, which GDAL does not read: ``mapex_serve.dimap``), ASF HyP3 and OPERA RTC-S1 file names (which
-   state the unit), Planet's asset names and band order (``mapex_serve.planet``), STAC
+   state the unit), Planet's asset names and band order (``mapex_serve.planet``), Digital Earth Australia's
+   measurements on their sensor (``mapex_serve.dea``), STAC
    ``eo:common_name``, Earth Engine, Sentinel Hub and HLS names, quality layers (``SCL``, ``Fmask``);
 3. wavelength metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, ENVI-style
    ``wavelength`` / ``wavelength_units`` tags, the SENTINEL2 driver's ``WAVELENGTH``), matched to the
