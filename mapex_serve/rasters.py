@@ -249,6 +249,12 @@ def _number(text: object) -> float | None:
         return None
 
 
+def _landsat_number(name: str, landsat: LandsatSensor) -> int | None:
+    """The band number of a Landsat band name (``B05``, ``SR_B5``) on ``landsat``, or None."""
+    m = _LANDSAT_NUMBER.match(name.strip())
+    return int(m.group(1)) if m and int(m.group(1)) in landsat.wavelengths_nm else None
+
+
 def _by_wavelength(nm: float, source: str) -> BandIdentity:
     canonical = band_for_wavelength(nm)
     if canonical is None:
@@ -432,8 +438,7 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)
     for name, where in candidates:
-        if landsat and (m := _LANDSAT_NUMBER.match(name.strip())) and int(m.group(1)) in landsat.wavelengths_nm:
-            number = int(m.group(1))
+        if landsat and (number := _landsat_number(name, landsat)) is not None:
             found = _by_wavelength(landsat.wavelengths_nm[number], name)
             return BandIdentity(name, f"Landsat {landsat.name} band {number} ({where}), {found.rule}", found.canonical)
         if landsat is None and _LANDSAT_C2_NAME.match(name.strip()):
@@ -477,6 +482,7 @@ def identify_bands(
     asset the file is (``mapex_serve.planet.planet_product``), whose descriptions or band order name its bands.
     """
     dea = dea_product((filename, src.name), [*src.descriptions, *(bands or ())])
+    landsat = landsat_sensor(src, filename)
     if bands is not None:
         if len(bands) != src.count:
             raise BandNamesMissingError(
@@ -494,6 +500,10 @@ def identify_bands(
             if dea is not None and (found := dea.band(name)) is not None:
                 out.append(BandIdentity(name, f"bands= parameter ({found.rule})", found.canonical, found.quality))
                 continue
+            if landsat and (number := _landsat_number(name, landsat)) is not None:  # a STAC item's HLS L30 "B05"
+                found = _by_wavelength(landsat.wavelengths_nm[number], name)
+                out.append(replace(found, rule=f"bands= parameter (Landsat {landsat.name} band {number}, {found.rule})"))
+                continue
             parsed = parse_name(name)
             if parsed is None or not parsed.used:
                 resolve_band(name)  # raises UnknownBandError listing the accepted names
@@ -504,7 +514,6 @@ def identify_bands(
                 rule = f"{rule}, {by_name.rule}"
             out.append(replace(parsed, found=name, rule=rule))
         return out
-    landsat = landsat_sensor(src, filename)
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
                       dea) for i in range(1, src.count + 1)]
 

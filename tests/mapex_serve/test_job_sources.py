@@ -170,6 +170,33 @@ def test_of_two_copies_of_a_band_the_cog_is_read_whichever_comes_first():
     assert {"asset": "swir16-jp2", "left_out": "the same bands as asset 'swir16'"} in resolved.described
 
 
+def test_an_hls_l30_item_reads_its_band_numbers_as_landsats(tmp_path, swir_manifest):
+    """NASA's CMR-STAC names an HLS L30 item's assets by OLI's band numbers: B06 and B07 are SWIR (B11, B12), B11 is
+    thermal. Before, the asset keys arrived as bands= and were read as Sentinel-2's: the thermal band as B11 and
+    no B12 at all, and B05 (near infrared) as red edge."""
+    granule = "HLS.L30.T10TEK.2021183T185121.v2.0"
+    href = f"https://data.lpdaac.earthdatacloud.nasa.gov/lp-prod-protected/HLSL30.020/{granule}/{granule}"
+    item = {"type": "Feature", "stac_version": "1.0.0", "collection": "HLSL30_2.0", "properties": {},
+            "assets": {key: {"href": f"{href}.{key}.tif", "title": f"Download {granule}.{key}.tif"}
+                       for key in ("B05", "B06", "B07", "B11", "Fmask")}}
+    resolved = resolve_stac(item, None, None)
+    dn = np.random.default_rng(4).integers(300, 4000, (4, 64, 64)).astype(np.int16)
+    fmask = np.full((64, 64), 64, np.uint8)  # low aerosol, clear
+    fmask[:2] = 64 | 1 << 1  # cloud
+    files = []
+    for f, data in zip(resolved.files, [*dn, fmask], strict=True):
+        write_band(tmp_path / f.name, data)
+        files.append(SourceFile(f.name, str(tmp_path / f.name), f.nodata))
+    scene, _, reader = opened_scene(JobRequest(scale="0.0001"), ResolvedSources(
+        files, resolved.bands, resolved.overrides, resolved.described), [swir_manifest], 10**9)
+    with scene:
+        assert [(b.identity.found, b.identity.canonical) for b in scene.bands] == [
+            ("B05", "B8A"), ("B06", "B11"), ("B07", "B12"), ("B11", None), ("Fmask", None)]
+        values, _ = reader.read(Window(0, 0, 64, 64))
+        np.testing.assert_allclose(values, dn[1:3] / 10000, rtol=1e-6)
+        assert reader.masked() == {"Fmask cloud": 2 * 64}
+
+
 def test_a_dea_item_reads_its_measurements_on_their_sensor_and_masks_by_its_fmask(tmp_path, swir_manifest):
     """Digital Earth Australia's Sentinel-2 items name their assets after DEA's measurements, nbart_swir_2 being
     B11 there; before, none was a band the service knew and the item was refused."""

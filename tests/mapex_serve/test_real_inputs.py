@@ -247,6 +247,8 @@ def test_hls_l30_and_landsat_band_numbers_map_only_by_wavelength():
     (b,) = scene.bands
     assert b.identity.canonical == "B8A"
     assert "Landsat OLI band 5" in b.identity.rule and "wavelength 865 nm within B8A" in b.identity.rule
+    (b,) = RequestScene([hls_file("L30", "B05", stored)], ["B05"]).bands  # bands= as a STAC item's asset key says it
+    assert b.identity.canonical == "B8A" and "bands= parameter (Landsat OLI band 5" in b.identity.rule
 
 
 def test_landsat_collection2_without_scale_says_which_scale():
