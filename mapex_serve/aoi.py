@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from mapex_serve.errors import MapexError
@@ -63,7 +63,7 @@ def crop(grid: Grid, bbox: Bbox) -> Grid:
         raise BboxError(f"bbox= cannot be taken to the scene's CRS ({e})") from None
     if not all(math.isfinite(v) for v in (left, bottom, right, top)):
         raise BboxError(f"bbox={_text(bbox)} lies where the scene's CRS ({grid.crs}) has no coordinates")
-    window = from_bounds(left, bottom, right, top, grid.transform)
+    window = grid.window(left, bottom, right, top)
     col0, row0 = max(0, math.floor(window.col_off)), max(0, math.floor(window.row_off))
     col1 = min(grid.width, math.ceil(window.col_off + window.width))
     row1 = min(grid.height, math.ceil(window.row_off + window.height))

@@ -32,7 +32,6 @@ from rasterio._err import CPLE_BaseError
 from rasterio.enums import Interleaving
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
-from rasterio.windows import from_bounds
 
 from mapex_serve.aoi import crop
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
@@ -679,7 +678,7 @@ class RequestScene:
             )
         if len(files) == 1 or (left, bottom, right, top) == own.extent():
             return Grid(own.crs, own.transform, own.width, own.height)
-        window = from_bounds(left, bottom, right, top, own.transform).round_offsets().round_lengths()
+        window = own.window(left, bottom, right, top).round_offsets().round_lengths()
         return Grid(own.crs, rasterio.windows.transform(window, own.transform), int(window.width), int(window.height))
 
     def reader(self, canonical: Sequence[str], overrides: UnitOverrides, sample: int = 64,

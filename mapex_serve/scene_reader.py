@@ -64,6 +64,12 @@ class Grid:
                        ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height))), strict=True)
         return min(xs), min(ys), max(xs), max(ys)
 
+    def window(self, west: float, south: float, east: float, north: float) -> Window:
+        """The pixels (fractional) that the box covers, whichever way the rows run: rasterio's ``from_bounds`` refuses
+        a south-up grid (y ascending, as rioxarray writes an array whose y coordinate ascends)."""
+        cols, rows = zip(*(~self.transform @ (x, y) for x in (west, east) for y in (south, north)), strict=True)
+        return Window(min(cols), min(rows), max(cols) - min(cols), max(rows) - min(rows))
+
 
 @dataclass
 class InputBand:

@@ -52,6 +52,30 @@ def test_a_bbox_cuts_the_scene_on_its_own_pixel_lines_and_reads_the_same_values_
     np.testing.assert_array_equal(inside, everything[:, int(row):int(row) + g.height, int(col):int(col) + g.width])
 
 
+def test_a_south_up_scene_is_cut_by_a_bbox_to_the_same_pixels():
+    """rioxarray writes an array whose y coordinate ascends as a south-up GeoTIFF (positive pixel height); rasterio's
+    from_bounds refuses such a grid, and a bbox on it was a 400 saying the upload was not a readable raster."""
+    with rasterio.open(S2) as src:
+        data, profile, descriptions = src.read(), src.profile, src.descriptions
+    t = profile["transform"]
+    profile["transform"] = rasterio.Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * profile["height"])
+    with rasterio.MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(data[:, ::-1])
+            dst.descriptions = descriptions
+        south_up = mem.read()
+    box = ",".join(map(str, transform_bounds(profile["crs"], "EPSG:4326", 600_733, 4_698_517, 601_761, 4_699_309)))
+    bands = ["B04", "B03", "B02"]
+    with RequestScene([UploadedFile("s2.tif", S2.read_bytes())]) as scene:
+        north = scene.reader(bands, UnitOverrides.parse(bbox=box))
+        expected, _ = north.read(Window(0, 0, north.width, north.height))
+    with RequestScene([UploadedFile("s2_south_up.tif", south_up)]) as scene:
+        south = scene.reader(bands, UnitOverrides.parse(bbox=box))
+        values, _ = south.read(Window(0, 0, south.width, south.height))
+    assert south.grid.extent() == north.grid.extent() and south.grid.transform.e == 10
+    np.testing.assert_array_equal(values, expected[:, ::-1])
+
+
 def test_a_bbox_off_the_scene_or_on_a_scene_without_a_crs_is_refused():
     with rasterio.open(S2) as src:
         grid = Grid(src.crs, src.transform, src.width, src.height)
