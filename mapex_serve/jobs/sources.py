@@ -15,8 +15,9 @@ no offset, only ``s2:processing_baseline`` (from 04.00 the values carry it). Rea
 alone, the first would be 0.1 too dark and the second 0.1 too bright.
 
 Unless ``assets`` chooses, an item's data assets that name a model band or a quality layer are read (Earth Search's
-``scl`` masks clouds as an uploaded SCL does), each band once: Earth Search lists every band twice, as a COG and
-as the SAFE's JPEG 2000 (``red-jp2``, in a requester-pays bucket), and the GeoTIFF is read.
+``scl`` masks clouds as an uploaded SCL does), each band once, its finest copy: Earth Search lists every band
+twice, as a COG and as the SAFE's JPEG 2000 (``red-jp2``, in a requester-pays bucket), and the Copernicus Data
+Space at each resolution its SAFE holds (``B04_10m``, ``B04_20m``, ``B04_60m``).
 
 An EOPF item (``stac.core.eopf.eodc.eu``) offers one Zarr product in many assets: the product's store, its groups
 (``SR_10m``: ``.../measurements/reflectance/r10m``) and some of their arrays (``B04_10m``), each band at more than
@@ -27,6 +28,7 @@ once, at its finest), its arrays' own ``scale_factor`` and ``add_offset`` applyi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.error
@@ -199,7 +201,7 @@ def _band_name(key: str, band: dict[str, Any], n_bands: int) -> str:
     HLS's ``Fmask``, DEA's ``oa_fmask``); the asset key names a single-band asset when they do not."""
     candidates = [band.get("eo:common_name"), band.get("common_name"), band.get("name")]
     if n_bands == 1:
-        candidates.append(key)
+        candidates += [key, _RESOLUTION_SUFFIX.sub("", key)]  # the Copernicus Data Space's B04_10m, SCL_20m
     for c in candidates:
         if c and ((named := parse_name(str(c))) is not None and named.used or is_dea_name(str(c))):
             return str(c)
@@ -211,19 +213,42 @@ def _asset_names(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
     return tuple(_band_name(key, b, len(bands)) for b in bands)
 
 
+def _asset_identity(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
+    """What the asset's bands are, whatever they are called (``SCL_20m`` and ``SCL`` alike)."""
+    return tuple((named.canonical or named.quality) if (named := parse_name(n)) is not None and named.used else n
+                 for n in _asset_names(key, asset))
+
+
 def _one_copy_each(available: dict[str, dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[dict]]:
-    """Of assets that hold the same bands, one: a GeoTIFF before another format, else the first. Earth Search's
-    items give each band twice, a COG (``red``) and the SAFE's JPEG 2000 (``red-jp2``, in a requester-pays bucket)."""
+    """Of assets that hold the same bands, one: the finest, then a GeoTIFF before another format, then the first.
+    Earth Search's items give each band twice, a COG (``red``) and the SAFE's JPEG 2000 (``red-jp2``, in a
+    requester-pays bucket); the Copernicus Data Space's at each resolution the SAFE holds it (``B04_10m``,
+    ``B04_20m``, ``B04_60m``)."""
+    def rank(key: str) -> tuple[float, bool, int]:
+        return _resolution(key, available[key]), not _is_tiff(available[key]), keys.index(key)
     kept: dict[tuple[str, ...], str] = {}
-    for key in keys:
-        names = _asset_names(key, available[key])
-        first = kept.setdefault(names, key)
-        if first != key and _is_tiff(available[key]) and not _is_tiff(available[first]):
-            kept[names] = key
+    for key in sorted(keys, key=rank):
+        kept.setdefault(_asset_identity(key, available[key]), key)
     chosen = [k for k in keys if k in kept.values()]
-    left_out = [{"asset": k, "left_out": f"the same bands as asset {kept[_asset_names(k, available[k])]!r}"}
+    left_out = [{"asset": k, "left_out": f"the same bands as asset {kept[_asset_identity(k, available[k])]!r}"}
                 for k in keys if k not in chosen]
     return chosen, left_out
+
+
+_RESOLUTION_SUFFIX = re.compile(r"_(\d+)m$")
+
+
+def _resolution(key: str, asset: dict[str, Any]) -> float:
+    """The asset's pixel size in metres as the item states it (``gsd``, ``raster:bands``' ``spatial_resolution``, a
+    key's ``_20m``); infinite where it does not."""
+    storage = asset.get("raster:bands") or asset.get("bands") or [{}]
+    for value in (asset.get("gsd"), storage[0].get("spatial_resolution"), storage[0].get("raster:spatial_resolution"),
+                  (m := _RESOLUTION_SUFFIX.search(key)) and m.group(1)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return math.inf
 
 
 def _is_tiff(asset: dict[str, Any]) -> bool:

@@ -170,6 +170,26 @@ def test_of_two_copies_of_a_band_the_cog_is_read_whichever_comes_first():
     assert {"asset": "swir16-jp2", "left_out": "the same bands as asset 'swir16'"} in resolved.described
 
 
+def test_a_copernicus_data_space_item_reads_each_band_once_at_its_finest():
+    """The Copernicus Data Space's items key each band of the SAFE by band and resolution (B04_10m, B04_20m,
+    B04_60m), which named no band the service knew: an item was refused, and each band was there thrice."""
+    safe = ("s3://eodata/Sentinel-2/MSI/L2A/2025/05/20/S2B_MSIL2A_20250520T100559_N0511_R022_T33UUP_20250520T120000.SAFE/"
+            "GRANULE/L2A_T33UUP_A042000_20250520T100559/IMG_DATA")
+
+    def asset(band: str, res: int) -> dict:
+        return {"href": f"{safe}/R{res}m/T33UUP_20250520T100559_{band}_{res}m.jp2", "type": "image/jp2",
+                "roles": ["data"], "gsd": res}
+    keys = [("B04", 60), ("B04", 20), ("B04", 10), ("SCL", 60), ("SCL", 20), ("B11", 20), ("B11", 60), ("TCI", 10),
+            ("AOT", 10)]
+    item = {"type": "Feature", "stac_version": "1.1.0", "collection": "sentinel-2-l2a", "properties": {},
+            "assets": {f"{band}_{res}m": asset(band, res) for band, res in keys}}
+    resolved = resolve_stac(item, None, None)
+    assert resolved.bands == ["B04", "SCL_20m", "B11"]
+    assert [f.name for f in resolved.files] == ["T33UUP_20250520T100559_B04_10m.jp2",
+                                                "T33UUP_20250520T100559_SCL_20m.jp2", "T33UUP_20250520T100559_B11_20m.jp2"]
+    assert {"asset": "B04_60m", "left_out": "the same bands as asset 'B04_10m'"} in resolved.described
+
+
 def test_an_hls_l30_item_reads_its_band_numbers_as_landsats(tmp_path, swir_manifest):
     """NASA's CMR-STAC names an HLS L30 item's assets by OLI's band numbers: B06 and B07 are SWIR (B11, B12), B11 is
     thermal. Before, the asset keys arrived as bands= and were read as Sentinel-2's: the thermal band as B11 and
