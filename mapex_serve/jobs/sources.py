@@ -214,9 +214,10 @@ def _asset_names(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _asset_identity(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
-    """What the asset's bands are, whatever they are called (``SCL_20m`` and ``SCL`` alike)."""
-    return tuple((named.canonical or named.quality) if (named := parse_name(n)) is not None and named.used else n
-                 for n in _asset_names(key, asset))
+    """What the asset's bands are, whatever they are called (``SCL_20m`` and ``SCL`` alike; DEA's ``nbart_red``
+    and ``nbar_red``, the same band without the terrain correction)."""
+    return tuple((named.canonical or named.quality) if (named := parse_name(n)) is not None and named.used
+                 else re.sub(r"^nbart?_", "", n.lower()) for n in _asset_names(key, asset))
 
 
 def _one_copy_each(available: dict[str, dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[dict]]:
@@ -224,8 +225,9 @@ def _one_copy_each(available: dict[str, dict[str, Any]], keys: Sequence[str]) ->
     Earth Search's items give each band twice, a COG (``red``) and the SAFE's JPEG 2000 (``red-jp2``, in a
     requester-pays bucket); the Copernicus Data Space's at each resolution the SAFE holds it (``B04_10m``,
     ``B04_20m``, ``B04_60m``)."""
-    def rank(key: str) -> tuple[float, bool, int]:
-        return _resolution(key, available[key]), not _is_tiff(available[key]), keys.index(key)
+    def rank(key: str) -> tuple[float, bool, bool, int]:
+        terrain = not key.lower().startswith("nbar_")  # DEA's nbart_ before its nbar_
+        return _resolution(key, available[key]), not _is_tiff(available[key]), not terrain, keys.index(key)
     kept: dict[tuple[str, ...], str] = {}
     for key in sorted(keys, key=rank):
         kept.setdefault(_asset_identity(key, available[key]), key)

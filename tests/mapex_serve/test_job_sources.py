@@ -228,7 +228,8 @@ def test_a_dea_item_reads_its_measurements_on_their_sensor_and_masks_by_its_fmas
         return {"href": f"{base}/ga_s2am_{kind}_{label}_{file}.tif", "roles": ["data"], "type": "image/tiff",
                 "eo:bands": [{"name": name}], "raster:bands": [{"nodata": nodata}]}
     item = {"type": "Feature", "stac_version": "1.0.0", "collection": "ga_s2am_ard_3", "properties": {},
-            "assets": {"nbart_swir_2": asset("nbart", "band11", "nbart_swir_2", -999),
+            "assets": {"nbar_swir_2": asset("nbar", "band11", "nbar_swir_2", -999),  # without terrain correction
+                       "nbart_swir_2": asset("nbart", "band11", "nbart_swir_2", -999),
                        "nbart_swir_3": asset("nbart", "band12", "nbart_swir_3", -999),
                        "oa_fmask": asset("oa", "fmask", "oa_fmask", 0),
                        "oa_satellite_view": asset("oa", "satellite-view", "oa_satellite_view", 0)}}
