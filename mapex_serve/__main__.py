@@ -54,7 +54,7 @@ def predict(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="mapex-serve predict", description="Run a whole scene as a job on a mapex-serve "
                                 "service: submit, follow its progress, download the results.")
-    p.add_argument("scene", help="a local raster file, or an http(s):// or s3:// URL the service can read")
+    p.add_argument("scene", help="a local raster file, or an http(s)://, s3:// or gs:// URL the service can read")
     p.add_argument("--task", required=True, help="the task, e.g. flood")
     p.add_argument("--out", required=True, help="where to write the result GeoTIFF (a COG)")
     p.add_argument("--geojson", help="also write the mask's polygons here (GeoJSON, WGS84)")

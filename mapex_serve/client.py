@@ -69,9 +69,10 @@ class JobsClient:
         return response
 
     def submit(self, task: str, scene: str | Path | list[str], **options: Any) -> dict[str, Any]:
-        """A job for ``scene``: a local file (streamed up), an http(s)/s3 URL, a list of URLs, or a STAC item
+        """A job for ``scene``: a local file (streamed up), an http(s)/s3/gs URL, a list of URLs, or a STAC item
         (``options["stac_item"]``); ``options`` are the job's (bands, modality, probabilities, simplify ...)."""
-        remote = isinstance(scene, list) or (isinstance(scene, str) and scene.split("://", 1)[0] in ("http", "https", "s3"))
+        remote = isinstance(scene, list) or (isinstance(scene, str) and scene.split("://", 1)[0] in (
+            "http", "https", "s3", "gs"))
         if remote or "stac_item" in options:
             body = {**({"url": scene} if scene else {}), **options}
             return self._checked(self._http.post(f"/jobs/{task}", json=body)).json()

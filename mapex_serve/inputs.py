@@ -168,7 +168,7 @@ REMOTE_DRIVERS = ("GTiff", "COG", "JP2OpenJPEG", "Zarr")
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file of a scene read where it is (a job's saved upload, or ``/vsicurl/`` and ``/vsis3/`` paths).
+    """A file of a scene read where it is (a job's saved upload, or ``/vsicurl/``, ``/vsis3/`` and ``/vsigs/`` paths).
 
     ``name`` is what band identification reads (the name the client sent, or the URL's file name),
     ``path`` what GDAL opens. ``nodata`` (one value or None per band) comes from a STAC item's

@@ -1,5 +1,5 @@
-"""What a file read in place by its URL (a job's ``/vsicurl/`` or ``/vsis3/`` source) fails with, said so that its
-sender can act on it.
+"""What a file read in place by its URL (a job's ``/vsicurl/``, ``/vsis3/`` or ``/vsigs/`` source) fails with, said
+so that its sender can act on it.
 
 GDAL reports a server's refusal as ``HTTP response code: 401`` and an unreachable server as a curl error, which
 reached the user as "the upload is not a readable raster". The products this service reads most are behind
@@ -19,9 +19,9 @@ __all__ = ["RemoteFileError", "RemoteFileUnavailableError", "read_failure", "rem
 
 _HTTP_CODE = re.compile(r"HTTP response code: (\d{3})")
 _CURL_ERROR = re.compile(r"CURL error: (.+)")
-#: What GDAL's /vsis3/ says from an S3 server's error document (or of its own missing credentials).
+#: What GDAL's /vsis3/ and /vsigs/ say from an object store's error document (or of their own missing credentials).
 _S3_REFUSED = re.compile(r"Access ?Denied|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|"
-                         r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST configuration options not defined", re.I)
+                         r"(AWS|GS)_NO_SIGN_REQUEST(=YES)? configuration options not defined", re.I)
 _S3_MISSING = re.compile(r"The specified (?:key|bucket) does not exist|NoSuchKey|NoSuchBucket", re.I)
 #: What GDAL says when the bytes of a block stop coming (libtiff's short read), or the server's own words.
 _STOPPED = re.compile(r"got 0 bytes|HTTP response code|CURL error", re.I)
@@ -41,14 +41,14 @@ def remote_failure(name: str, message: str) -> MapexError | None:
     http = _HTTP_CODE.search(message)
     code = int(http.group(1)) if http else None
     if code in (401, 403) or _S3_REFUSED.search(message):
-        said = f"HTTP {code}" if code else ("the service holds no S3 credentials" if "AWS_NO_SIGN_REQUEST" in message
-                                           else message.strip().rstrip("."))
+        said = f"HTTP {code}" if code else _no_credentials(message) or message.strip().rstrip(".")
         return RemoteFileError(
             f"{name}: its server refused it ({said}): the file needs an authorisation the service does not hold; "
             f"send a signed URL (an S3 presigned URL, a Planetary Computer href signed with its SAS token), have the "
             f"deployment give GDAL credentials for that server (NASA Earthdata: a .netrc for urs.earthdata.nasa.gov "
             f"with GDAL_HTTP_COOKIEFILE and GDAL_HTTP_COOKIEJAR set, or GDAL_HTTP_HEADERS='Authorization: Bearer "
-            f"<token>'; S3: the AWS_* variables), or upload the file")
+            f"<token>'; S3: the AWS_* variables; Google Cloud Storage: GOOGLE_APPLICATION_CREDENTIALS, or "
+            f"GS_NO_SIGN_REQUEST=YES for a public bucket), or upload the file")
     if code in (404, 410) or _S3_MISSING.search(message):
         said = f"HTTP {code}" if code else message.strip().rstrip(".")
         return RemoteFileError(f"{name}: its server has no file at that URL ({said}); check the URL")
@@ -60,6 +60,13 @@ def remote_failure(name: str, message: str) -> MapexError | None:
     if (curl := _CURL_ERROR.search(message)) is not None:
         return RemoteFileUnavailableError(f"{name}: its server could not be reached ({curl.group(1).strip()}); check "
                                           f"the URL, or upload the file")
+    return None
+
+
+def _no_credentials(message: str) -> str | None:
+    for variable, store in (("AWS_NO_SIGN_REQUEST", "S3"), ("GS_NO_SIGN_REQUEST", "Google Cloud Storage")):
+        if variable in message:
+            return f"the service holds no {store} credentials"
     return None
 
 

@@ -199,7 +199,7 @@ class SceneReader:
                     offset = (0, 0)
                     if b.file not in self.resampled:
                         self.resampled.append(b.file)
-                remote = b.file if b.dataset.name.startswith(("/vsicurl/", "/vsis3/")) else None
+                remote = b.file if b.dataset.name.startswith(("/vsicurl/", "/vsis3/", "/vsigs/")) else None
                 sources[key] = _Source(ds, offset, [], [], [], warped=ds is not b.dataset, remote=remote)
             sources[key].indexes.append(b.index)
             sources[key].positions.append(position)

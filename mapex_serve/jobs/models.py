@@ -23,8 +23,8 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | list[str] | None = Field(None, description="http(s):// or s3:// URL of the scene's raster, or a list "
-                                        "of the files of one scene (e.g. the VV and VH COGs)")
+    url: str | list[str] | None = Field(None, description="http(s)://, s3:// or gs:// URL of the scene's raster, or a "
+                                        "list of the files of one scene (e.g. the VV and VH COGs)")
     stac_item: str | dict[str, Any] | None = Field(None, description="a STAC item's http(s) URL, or the item itself")
     assets: list[str] | None = Field(None, description="the STAC item's asset keys to read (default: every asset "
                                      "whose bands the service knows)")

@@ -2,10 +2,12 @@
 
 ``http(s)://`` is read with ``/vsicurl/`` (HTTP range requests: only the windows the tiler needs
 travel), ``s3://bucket/key`` with ``/vsis3/`` (credentials and endpoint from the usual ``AWS_*``
-variables GDAL reads). A STAC item names its assets' bands in ``eo:bands`` (STAC 1.0) or
-``bands`` with ``eo:common_name`` (1.1) and their storage in ``raster:bands``: ``scale`` and
-``offset`` (Earth Search's Sentinel-2 L2A COGs carry the -0.1 offset of baseline 04.00 only
-there, not in the file), ``nodata`` and ``unit``. Those become the scene's band names, unit
+variables GDAL reads), ``gs://bucket/key`` (Earth Engine's ``Export.image.toCloudStorage``) with ``/vsigs/``
+(``GOOGLE_APPLICATION_CREDENTIALS``, or ``GS_NO_SIGN_REQUEST=YES`` for a public bucket).
+
+A STAC item names its assets' bands in ``eo:bands`` (STAC 1.0) or ``bands`` with ``eo:common_name`` (1.1) and their
+storage in ``raster:bands``: ``scale`` and ``offset`` (Earth Search's Sentinel-2 L2A COGs carry the -0.1 offset of
+baseline 04.00 only there, not in the file), ``nodata`` and ``unit``. Those become the scene's band names, unit
 overrides and nodata, so that the values are read as what the catalogue says they are.
 
 Where a Sentinel-2 catalogue's ``raster:bands`` do not state the offset right, its item's properties
@@ -84,17 +86,22 @@ class ResolvedSources:
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
-    """``/vsicurl/`` or ``/vsis3/`` path of an http(s) or s3 URL; anything else (files, other schemes) is refused."""
+    """``/vsicurl/``, ``/vsis3/`` or ``/vsigs/`` path of an http(s), s3 or gs URL; anything else (files, other
+    schemes) is refused."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https", "s3") or not parts.netloc:
-        raise JobSourceError(f"{url!r} is not an http(s):// or s3:// URL; jobs read scenes from web servers and object "
-                             f"storage, or from an upload (-F file=@scene.tif)")
+    if parts.scheme not in ("http", "https", *_OBJECT_STORES) or not parts.netloc:
+        raise JobSourceError(f"{url!r} is not an http(s)://, s3:// or gs:// URL; jobs read scenes from web servers and "
+                             f"object storage, or from an upload (-F file=@scene.tif)")
     if allowed_prefixes and not any(url.startswith(p) for p in allowed_prefixes):
         raise JobSourceError(f"{url!r} is not under a location this service reads from (MAPEX_JOB_URL_PREFIXES: "
                              f"{', '.join(allowed_prefixes)})")
-    if parts.scheme == "s3":
-        return f"/vsis3/{parts.netloc}{parts.path}"
+    if parts.scheme in _OBJECT_STORES:
+        return f"{_OBJECT_STORES[parts.scheme]}{parts.netloc}{parts.path}"
     return f"/vsicurl/{url}"
+
+
+#: Object storage GDAL reads by its own protocol, with the deployment's credentials.
+_OBJECT_STORES = {"s3": "/vsis3/", "gs": "/vsigs/"}
 
 
 def _file_name(url: str) -> str:
@@ -107,7 +114,8 @@ def resolve_urls(urls: Sequence[str], allowed_prefixes: Sequence[str] = ()) -> R
     return ResolvedSources([SourceFile(_file_name(u), gdal_path(u, allowed_prefixes)) for u in urls])
 
 
-#: Archives on object storage are not fetched (GDAL reads s3:// in place; signing a download is its job): by name.
+#: Archives on object storage are not fetched (GDAL reads s3:// and gs:// in place; signing a download is its job): by
+#: name.
 _ARCHIVE_NAMES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".tar.bz2", ".tar.xz")
 
 
@@ -117,7 +125,7 @@ def archive_at(url: str, limit: int, timeout: float = 30) -> bool:
     (also when the first bytes cannot be had: GDAL then says why). An archive whose size, as the server states it,
     is past ``limit`` is refused at once."""
     parts = urlsplit(url)
-    if parts.scheme == "s3" and parts.path.lower().endswith(_ARCHIVE_NAMES):
+    if parts.scheme in _OBJECT_STORES and parts.path.lower().endswith(_ARCHIVE_NAMES):
         raise JobSourceError(f"{url!r} is an archive on object storage, which jobs read in place and cannot: give a "
                              f"presigned https:// URL of it (fetched and unpacked), or the URLs of the rasters inside")
     if parts.scheme not in ("http", "https"):

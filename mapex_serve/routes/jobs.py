@@ -142,8 +142,8 @@ async def submit_job(
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:
-            raise JobRequestError("the job request names no scene: give url (http(s):// or s3://) or stac_item, or "
-                                  "upload the file as multipart (-F file=@scene.tif)")
+            raise JobRequestError("the job request names no scene: give url (http(s)://, s3:// or gs://) or stac_item, "
+                                  "or upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
         sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes, state.settings.job_max_upload_bytes)
         route = None  # an archive by URL is fetched, then checked, when the job starts

@@ -19,8 +19,9 @@ def test_urls_map_to_gdal_virtual_file_systems_and_nothing_else_is_read():
     assert gdal_path("https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/B04.tif") == \
         "/vsicurl/https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/B04.tif"
     assert gdal_path("s3://my-bucket/S1/vv.tif") == "/vsis3/my-bucket/S1/vv.tif"
+    assert gdal_path("gs://my-bucket/ee/export.tif") == "/vsigs/my-bucket/ee/export.tif"
     for bad in ("file:///etc/passwd", "/etc/passwd", "/vsicurl/http://x/y.tif", "ftp://x/y.tif", "s3:///nokey",
-                "gs://b/k.tif"):
+                "gs:///nokey", "az://c/k.tif"):
         with pytest.raises(JobSourceError, match="http"):
             gdal_path(bad)
     with pytest.raises(JobSourceError, match="MAPEX_JOB_URL_PREFIXES"):
@@ -337,3 +338,30 @@ def test_a_url_whose_server_stops_serving_it_between_reads_fails_naming_the_serv
         with pytest.raises(RemoteFileUnavailableError, match="expiring.tif: its server stopped serving it"):
             scene.reader(["VV", "VH"], UnitOverrides())
     assert read_failure("a.tif", RasterioIOError("TIFFReadEncodedTile() failed: Decoding error")) is None
+
+
+def test_a_gs_url_is_read_in_place_through_gdals_google_cloud_storage_client(range_server):
+    """Earth Engine's Export.image.toCloudStorage leaves a GeoTIFF in a bucket: a job took no gs:// URL. GDAL's
+    /vsigs/ reads it by ranges; here from a local server standing in for storage.googleapis.com (CPL_GS_ENDPOINT),
+    as a public bucket (GS_NO_SIGN_REQUEST=YES), and without credentials the 422 says which ones to give."""
+    from mapex_serve.inputs import RequestScene
+    from mapex_serve.remote import RemoteFileError
+    from mapex_serve.units import UnitOverrides
+
+    db = np.random.default_rng(5).uniform(-25, -5, (2, 64, 64)).astype(np.float32)
+    (range_server.root / "ee-exports").mkdir(exist_ok=True)
+    with rasterio.open(range_server.root / "ee-exports" / "flood.tif", "w", driver="GTiff", count=2, width=64,
+                       height=64, dtype="float32", crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(db)
+        dst.descriptions = ("VV", "VH")
+    (source,) = resolve_urls(["gs://ee-exports/flood.tif"]).files
+    with rasterio.Env(CPL_GS_ENDPOINT=f"{range_server.url}/", GS_NO_SIGN_REQUEST="YES"):
+        with RequestScene([source]) as scene:
+            reader = scene.reader(["VV", "VH"], UnitOverrides())
+            values, _ = reader.read(Window(0, 0, 64, 64))
+    np.testing.assert_array_equal(values, db)
+    assert any(path == "ee-exports/flood.tif" for path, *_ in range_server.ranges)  # by ranges, from the bucket
+    with rasterio.Env(CPL_GS_ENDPOINT=f"{range_server.url}/", GS_NO_SIGN_REQUEST="NO"), \
+            pytest.raises(RemoteFileError, match="no Google Cloud Storage credentials.*GOOGLE_APPLICATION_CREDENTIALS"):
+        RequestScene([source])
