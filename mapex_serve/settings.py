@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mapex_serve.cores import service_processes, usable_cores
+from mapex_serve.jobs.signing import PLANETARY_COMPUTER_SAS
 
 __all__ = ["DEFAULT_PROVIDERS", "PROVIDER_ALIASES", "Settings", "resolve_provider"]
 
@@ -124,7 +125,12 @@ class Settings(BaseSettings):
                                   "before it is failed.")
     job_url_prefixes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="When set (comma-separated), job URLs must start with one of these, e.g. "
-        "`https://sentinel-cogs.s3.us-west-2.amazonaws.com/,s3://my-bucket/`; unset: any http(s) or s3 URL."
+        "`https://sentinel-cogs.s3.us-west-2.amazonaws.com/,s3://my-bucket/`; unset: any http(s), s3 or gs URL."
+    )
+    planetary_computer_sas: str = Field(
+        PLANETARY_COMPUTER_SAS, description="The Planetary Computer's SAS token service, which signs a Planetary "
+        "Computer STAC item's Azure Blob Storage hrefs for a job (as planetary_computer.sign does); empty: items are "
+        "read as sent, and an unsigned one is refused by its storage."
     )
     intra_op_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per run; unset: on a CPU engine the cores over "

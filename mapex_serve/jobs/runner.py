@@ -40,6 +40,7 @@ from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
 from mapex_serve.jobs.scene import JobPlan, JobScene, checked_route, scene_tiles
+from mapex_serve.jobs.signing import from_planetary_computer, signed_item
 from mapex_serve.jobs.sources import (
     ResolvedSources,
     archive_at,
@@ -87,10 +88,11 @@ class Progress:
 
 
 def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefixes: list[str],
-                    max_unpacked: int) -> ResolvedSources:
+                    max_unpacked: int, planetary_computer_sas: str = "") -> ResolvedSources:
     """The scene's files: the saved upload (its archives unpacked, to at most ``max_unpacked`` bytes), the URLs, or
-    the STAC item's assets. URLs among which is an archive are left to fetch when the job starts (``fetch``): a
-    download of a gigabyte would hold the POST, past any proxy's patience."""
+    the STAC item's assets (a Planetary Computer item's signed by ``planetary_computer_sas``, unless empty). URLs
+    among which is an archive are left to fetch when the job starts (``fetch``): a download of a gigabyte would hold
+    the POST, past any proxy's patience."""
     if uploads:
         return _unpacked_sources(uploads, max_unpacked)
     if request.url:
@@ -101,6 +103,8 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     item, item_url = request.stac_item, None
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
+    if planetary_computer_sas and isinstance(item, dict) and from_planetary_computer(item, item_url):
+        item = signed_item(item, planetary_computer_sas)
     return resolve_stac(item, request.assets, item_url, prefixes)
 
 

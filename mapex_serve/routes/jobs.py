@@ -145,7 +145,8 @@ async def submit_job(
             raise JobRequestError("the job request names no scene: give url (http(s)://, s3:// or gs://) or stac_item, "
                                   "or upload the file as multipart (-F file=@scene.tif)")
         prefixes = state.settings.job_url_prefixes
-        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes, state.settings.job_max_upload_bytes)
+        sources = await asyncio.to_thread(resolve_sources, body, uploads, prefixes, state.settings.job_max_upload_bytes,
+                                          state.settings.planetary_computer_sas)
         route = None  # an archive by URL is fetched, then checked, when the job starts
         if not sources.fetch:
             try:

@@ -4,6 +4,8 @@ nodata applied to the values."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -365,3 +367,40 @@ def test_a_gs_url_is_read_in_place_through_gdals_google_cloud_storage_client(ran
     with rasterio.Env(CPL_GS_ENDPOINT=f"{range_server.url}/", GS_NO_SIGN_REQUEST="NO"), \
             pytest.raises(RemoteFileError, match="no Google Cloud Storage credentials.*GOOGLE_APPLICATION_CREDENTIALS"):
         RequestScene([source])
+
+
+def test_a_planetary_computer_item_is_signed_with_a_token_of_each_container(range_server):
+    """The Planetary Computer's items point at Azure Blob Storage, which refuses an unsigned read: a job by such an
+    item was a 422 until its sender signed it. Its SAS service (here a local stand-in) gives a token a container,
+    fetched once and appended as planetary_computer.sign does; an href already signed, or elsewhere, is left alone."""
+    from mapex_serve.jobs.models import JobRequest
+    from mapex_serve.jobs.runner import resolve_sources
+    from mapex_serve.remote import RemoteFileUnavailableError
+
+    token = "st=2026-12-06T08%3A00%3A00Z&se=2026-12-06T09%3A00%3A00Z&sp=rl&sv=2024-05-04&sr=c&sig=abc%3D"
+    sas = range_server.root / "sas" / "sentinel2l2a01"
+    sas.mkdir(parents=True, exist_ok=True)
+    (sas / "sentinel2-l2").write_text(json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": token}))
+    blob = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/33/U/UP/2026/06/01/S2B_MSIL2A_x.SAFE"
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_MSIL2A_x", "properties": {},
+            "links": [{"rel": "self", "href": "https://planetarycomputer.microsoft.com/api/stac/v1/collections/"
+                                              "sentinel-2-l2a/items/S2B_MSIL2A_x"}],
+            "assets": {"B11": {"href": f"{blob}/GRANULE/x/IMG_DATA/R20m/T33UUP_B11_20m.tif", "roles": ["data"],
+                               "eo:bands": [{"name": "B11"}]},
+                       "B12": {"href": f"{blob}/GRANULE/x/IMG_DATA/R20m/T33UUP_B12_20m.tif?se=signed&sig=x",
+                               "roles": ["data"], "eo:bands": [{"name": "B12"}]},
+                       "SCL": {"href": f"{blob}/GRANULE/x/IMG_DATA/R20m/T33UUP_SCL_20m.tif", "roles": ["data"],
+                               "eo:bands": [{"name": "SCL"}]}}}
+    endpoint = f"{range_server.url}/sas"
+    resolved = resolve_sources(JobRequest(stac_item=item), [], [], 10**6, endpoint)
+    paths = [f.path for f in resolved.files]
+    assert paths[0].endswith(f"T33UUP_B11_20m.tif?{token}") and paths[2].endswith(f"T33UUP_SCL_20m.tif?{token}")
+    assert paths[1].endswith("T33UUP_B12_20m.tif?se=signed&sig=x")  # signed by its sender already
+    assert [f.name for f in resolved.files] == ["T33UUP_B11_20m.tif", "T33UUP_B12_20m.tif", "T33UUP_SCL_20m.tif"]
+    assert sum(path == "sas/sentinel2l2a01/sentinel2-l2" for path, *_ in range_server.ranges) == 1  # one token
+    elsewhere = {**item, "links": []}
+    assert resolve_sources(JobRequest(stac_item=elsewhere), [], [], 10**6, endpoint).files[0].path.endswith(".tif")
+    item["assets"]["B11"]["href"] = item["assets"]["B11"]["href"].replace("sentinel2l2a01", "landsateuwest")
+    with pytest.raises(RemoteFileUnavailableError, match="SAS service gave no token for landsateuwest/sentinel2-l2 "
+                                                          r"\(HTTP 404\).*planetary_computer.sign"):
+        resolve_sources(JobRequest(stac_item=item), [], [], 10**6, endpoint)
