@@ -59,6 +59,7 @@ __all__ = [
     "LandsatSensor",
     "landsat_sensor",
     "missing_names_error",
+    "name_in_file_name",
     "parse_name",
     "scale_offset",
     "word_in_name",
@@ -388,17 +389,28 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
     tags = {k.lower(): v for k, v in src.tags(index).items()}
     names += [(tags[k], f"tag {k.upper()}") for k in _NAME_TAGS if tags.get(k)]
     if filename and src.count == 1:  # one band a file: BigEarthNet, HLS, SNAP's .data folders name it
-        stem = PurePath(filename).name.rsplit(".", 1)[0]
-        tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
-        last_two = [("_".join(tokens[-2:]), where)] if len(tokens) > 2 else []  # Landsat's ..._QA_PIXEL, ..._SR_B4
-        named = {t: i for t in reversed(tokens) if (i := parse_name(t)) is not None and i.used}
-        if len({(i.canonical, i.quality) for i in named.values()}) > 1:
-            named = {}  # VV_VH.tif: which?
-        elif _DERIVED.intersection(t.lower() for t in tokens) or tokens[0].lower() in _COMPLEX_PARTS:
-            named = {t: i for t, i in named.items() if i.quality}  # a quality layer is a mask: SCL_mask.tif
-        one_by_one = [(t, where) for t in named]
-        names += [(stem, where), *last_two, *one_by_one]
+        names += [(name, where) for name in _names_in_file_name(filename)]
     return names
+
+
+def _names_in_file_name(filename: str) -> list[str]:
+    """What a single-band file's name may call its band, most trusted first: the stem, its last two words (Landsat's
+    ``..._QA_PIXEL``, ``..._SR_B4``), then each word that names a band, where only one band is named."""
+    stem = PurePath(filename).name.rsplit(".", 1)[0]
+    tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
+    last_two = ["_".join(tokens[-2:])] if len(tokens) > 2 else []
+    named = {t: i for t in reversed(tokens) if (i := parse_name(t)) is not None and i.used}
+    if len({(i.canonical, i.quality) for i in named.values()}) > 1:
+        named = {}  # VV_VH.tif: which?
+    elif _DERIVED.intersection(t.lower() for t in tokens) or tokens[0].lower() in _COMPLEX_PARTS:
+        named = {t: i for t, i in named.items() if i.quality}  # a quality layer is a mask: SCL_mask.tif
+    return [stem, *last_two, *named]
+
+
+def name_in_file_name(filename: str) -> str | None:
+    """The band name a single-band file's name gives (``DEM`` of ``Copernicus_DSM_COG_10_N51_00_W001_00_DEM.tif``),
+    or None: as an upload's file name would be read where the file says nothing of its band."""
+    return next((n for n in _names_in_file_name(filename) if (i := parse_name(n)) is not None and i.used), None)
 
 
 def _radar_file_named(filename: str | None, described: bool = False) -> BandIdentity | None:

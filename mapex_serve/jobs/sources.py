@@ -46,7 +46,7 @@ from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dea import is_dea_name
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
-from mapex_serve.rasters import parse_name
+from mapex_serve.rasters import name_in_file_name, parse_name
 from mapex_serve.units import UnitOverrides, parse_unit
 
 __all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "redacted", "resolve_stac",
@@ -204,21 +204,24 @@ def _asset_bands(key: str, asset: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _band_name(key: str, band: dict[str, Any], n_bands: int) -> str:
+def _band_name(key: str, band: dict[str, Any], n_bands: int, href: str | None) -> str:
     """The band's name from its STAC names, where it names a model band or a quality layer (Earth Search's ``scl``,
-    HLS's ``Fmask``, DEA's ``oa_fmask``); the asset key names a single-band asset when they do not."""
+    HLS's ``Fmask``, DEA's ``oa_fmask``); a single-band asset's key, else its file's name (the Planetary Computer's
+    and Earth Search's ``cop-dem-glo-30`` call the DEM ``data``: ``Copernicus_DSM_COG_10_..._DEM.tif``) when they
+    do not."""
     candidates = [band.get("eo:common_name"), band.get("common_name"), band.get("name")]
     if n_bands == 1:
         candidates += [key, _RESOLUTION_SUFFIX.sub("", key)]  # the Copernicus Data Space's B04_10m, SCL_20m
     for c in candidates:
         if c and ((named := parse_name(str(c))) is not None and named.used or is_dea_name(str(c))):
             return str(c)
-    return "-"  # not a band the service reads: skipped
+    by_file = name_in_file_name(_file_name(href)) if n_bands == 1 and isinstance(href, str) else None
+    return by_file or "-"  # "-": not a band the service reads, skipped
 
 
 def _asset_names(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
     bands = _asset_bands(key, asset)
-    return tuple(_band_name(key, b, len(bands)) for b in bands)
+    return tuple(_band_name(key, b, len(bands), asset.get("href")) for b in bands)
 
 
 def _asset_identity(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
@@ -350,7 +353,7 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
         bands = _asset_bands(key, asset)
         nodata = []
         for b in bands:
-            name = _band_name(key, b, len(bands))
+            name = _band_name(key, b, len(bands), href)
             names.append(name)
             nd = b.get("nodata")
             nodata.append(float("nan") if nd == "nan" else (float(nd) if isinstance(nd, int | float) else None))

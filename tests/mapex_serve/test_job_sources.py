@@ -193,6 +193,20 @@ def test_a_copernicus_data_space_item_reads_each_band_once_at_its_finest():
     assert {"asset": "B04_60m", "left_out": "the same bands as asset 'B04_10m'"} in resolved.described
 
 
+def test_a_dem_item_whose_asset_is_called_data_is_read_by_its_files_name():
+    """The Planetary Computer's and Earth Search's cop-dem-glo-30 items give their one asset the key "data" and no band
+    name: the item named no band the service knew, where the same file uploaded is read as the DEM by its name."""
+    href = ("https://elevationeuwest.blob.core.windows.net/copernicus-dem/COP30_hh/"
+            "Copernicus_DSM_COG_10_N51_00_W001_00_DEM.tif")
+    item = {"type": "Feature", "stac_version": "1.0.0", "collection": "cop-dem-glo-30", "properties": {},
+            "assets": {"data": {"href": href, "roles": ["data"], "type": "image/tiff; application=geotiff; "
+                                "profile=cloud-optimized", "raster:bands": [{"unit": "meter", "data_type": "float32"}]},
+                       "rendered_preview": {"href": "https://x/preview.png", "roles": ["overview"]}}}
+    resolved = resolve_stac(item, None, None)
+    assert resolved.bands == ["DEM"] and resolved.overrides.get("units", "DEM") == "m"
+    assert [f.name for f in resolved.files] == ["Copernicus_DSM_COG_10_N51_00_W001_00_DEM.tif"]
+
+
 def test_an_hls_l30_item_reads_its_band_numbers_as_landsats(tmp_path, swir_manifest):
     """NASA's CMR-STAC names an HLS L30 item's assets by OLI's band numbers: B06 and B07 are SWIR (B11, B12), B11 is
     thermal. Before, the asset keys arrived as bands= and were read as Sentinel-2's: the thermal band as B11 and
