@@ -4,7 +4,9 @@ OGC API's ``bbox`` is.
 A disaster team's flooded valley is a few kilometres of a 110 km Sentinel-2 tile or EOPF product. With a box only
 the scene's pixels inside it are read, so a job by URL fetches only the COG blocks or Zarr chunks under it, and the
 answer covers only it. The box is taken to the scene's CRS (its edges densified, so that a box whose sides curve in
-UTM is covered whole) and widened to the scene's own pixel lines: the answer's pixels are the scene's.
+UTM is covered whole) and widened to the scene's own pixel lines: the answer's pixels are the scene's. A box whose
+west is east of its east crosses the antimeridian, as STAC's and GeoJSON's boxes do (``170,-20,-170,-15`` round
+Fiji): its two sides of 180° are taken to the scene's CRS each, and the scene cut to what they cover of it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ class BboxError(MapexError, ValueError):
 
 
 def parse_bbox(text: str | None) -> Bbox | None:
-    """``"10.1,45.2,10.3,45.4"`` as a box; None for none. West may not exceed east: a box across the antimeridian is
-    two requests."""
+    """``"10.1,45.2,10.3,45.4"`` as a box; None for none. West east of east: a box across the antimeridian."""
     if not text:
         return None
     parts = text.split(",")
@@ -46,9 +47,9 @@ def parse_bbox(text: str | None) -> Bbox | None:
                         f"and latitude, e.g. bbox=10.10,45.20,10.30,45.35") from None
     if not all(math.isfinite(v) for v in (west, south, east, north)):
         raise BboxError(f"bbox={text} holds a number that is not finite")
-    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-        raise BboxError(f"bbox={text} is not west,south,east,north in degrees with west < east (-180..180) and south "
-                        f"< north (-90..90); a box across the antimeridian is two requests, one each side")
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and west != east and -90 <= south < north <= 90):
+        raise BboxError(f"bbox={text} is not west,south,east,north in degrees (longitudes -180..180, west east of east "
+                        f"only for a box across the antimeridian; latitudes -90..90, south < north)")
     return west, south, east, north
 
 
@@ -57,6 +58,21 @@ def crop(grid: Grid, bbox: Bbox) -> Grid:
     if grid.crs is None:
         raise BboxError("the scene has no CRS, so bbox= cannot place the box on it; send it georeferenced, or crop it "
                         "yourself")
+    west, south, east, north = bbox
+    sides = [bbox] if west < east else [(west, south, 180.0, north), (-180.0, south, east, north)]
+    cuts = [cut for side in sides if (cut := _pixels(grid, side)) is not None]
+    if not cuts:
+        west, south, east, north = transform_bounds(grid.crs, "EPSG:4326", *grid.extent(), densify_pts=21)
+        raise BboxError(f"bbox={_text(bbox)} does not overlap the scene, which covers {west:.5f},{south:.5f},"
+                        f"{east:.5f},{north:.5f} (west,south,east,north in degrees)")
+    col0, row0 = min(c[0] for c in cuts), min(c[1] for c in cuts)
+    col1, row1 = max(c[2] for c in cuts), max(c[3] for c in cuts)
+    cut = Window(col0, row0, col1 - col0, row1 - row0)
+    return replace(grid, transform=window_transform(cut, grid.transform), width=col1 - col0, height=row1 - row0)
+
+
+def _pixels(grid: Grid, bbox: Bbox) -> tuple[int, int, int, int] | None:
+    """``(col0, row0, col1, row1)`` of the scene's pixels the box (west < east) touches; None for none."""
     try:
         left, bottom, right, top = transform_bounds("EPSG:4326", grid.crs, *bbox, densify_pts=21)
     except CRSError as e:
@@ -67,12 +83,7 @@ def crop(grid: Grid, bbox: Bbox) -> Grid:
     col0, row0 = max(0, math.floor(window.col_off)), max(0, math.floor(window.row_off))
     col1 = min(grid.width, math.ceil(window.col_off + window.width))
     row1 = min(grid.height, math.ceil(window.row_off + window.height))
-    if col0 >= col1 or row0 >= row1:
-        west, south, east, north = transform_bounds(grid.crs, "EPSG:4326", *grid.extent(), densify_pts=21)
-        raise BboxError(f"bbox={_text(bbox)} does not overlap the scene, which covers {west:.5f},{south:.5f},"
-                        f"{east:.5f},{north:.5f} (west,south,east,north in degrees)")
-    cut = Window(col0, row0, col1 - col0, row1 - row0)
-    return replace(grid, transform=window_transform(cut, grid.transform), width=col1 - col0, height=row1 - row0)
+    return (col0, row0, col1, row1) if col0 < col1 and row0 < row1 else None
 
 
 def _text(bbox: Bbox) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
@@ -21,7 +22,7 @@ S2 = Path(__file__).parents[1] / "data" / "sentinel2_6band_10m_epsg32719.tif"  #
 
 @pytest.mark.parametrize(("text", "message"), [
     ("1,2,3", "is not four numbers"), ("a,b,c,d", "is not four numbers"), ("10,45,nan,46", "not finite"),
-    ("11,45,10,46", "west < east"), ("10,46,11,45", "south"), ("179,10,181,11", "-180..180"),
+    ("10,45,10,46", "west east of east only"), ("10,46,11,45", "south"), ("179,10,181,11", "-180..180"),
 ])
 def test_a_bbox_that_is_not_a_box_of_degrees_is_refused_saying_what_is(text, message):
     with pytest.raises(BboxError, match=message):
@@ -74,6 +75,32 @@ def test_a_south_up_scene_is_cut_by_a_bbox_to_the_same_pixels():
         values, _ = south.read(Window(0, 0, south.width, south.height))
     assert south.grid.extent() == north.grid.extent() and south.grid.transform.e == 10
     np.testing.assert_array_equal(values, expected[:, ::-1])
+
+
+@pytest.mark.parametrize(("crs", "lon"), [("EPSG:32760", 179.8), ("EPSG:32701", -179.8), ("EPSG:3832", 180.0)])
+def test_a_bbox_across_the_antimeridian_cuts_the_scene_on_both_sides(crs, lon):
+    """West east of east is a box across the antimeridian (STAC, GeoJSON): round Fiji, 179.5..-179.5. Before, it was
+    refused as not a box. A 120 km scene across 180 in UTM 60S (centred west of it), UTM 1S (east of it) or the
+    Pacific-centred Mercator is cut to what the box covers of it: the pixels under its two sides of 180 degrees."""
+    (x,), (y,) = warp_transform("EPSG:4326", crs, [lon], [-18.5])
+    grid = Grid(crs, rasterio.Affine(30, 0, x - 60_000, 0, -30, y + 60_000), 4000, 4000)
+    across = crop(grid, parse_bbox("179.5,-19,-179.5,-18"))
+    sides = [crop(grid, side) for side in ((179.5, -19, 180, -18), (-180, -19, -179.5, -18)) if _overlaps(grid, side)]
+    assert len(sides) == 2  # each scene lies under both sides of the box
+    boxes = [g.extent() for g in sides]
+    assert across.extent() == (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                               max(b[3] for b in boxes))
+    assert across.transform.a == 30 and across.width < grid.width and across.height < grid.height
+    with pytest.raises(BboxError, match="does not overlap"):
+        crop(grid, parse_bbox("170,-19,-171,-18.9") and (100.0, 10.0, 101.0, 11.0))
+
+
+def _overlaps(grid: Grid, box) -> bool:
+    try:
+        crop(grid, box)
+    except BboxError:
+        return False
+    return True
 
 
 def test_a_bbox_off_the_scene_or_on_a_scene_without_a_crs_is_refused():
