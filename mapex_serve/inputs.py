@@ -380,9 +380,11 @@ class RequestScene:
     """The files of one request, opened in its own ``/vsimem/`` folder; a context manager that closes them all."""
 
     def __init__(self, files: Sequence[UploadedFile | SourceFile], bands: Sequence[str] | None = None,
-                 max_unpacked: int = 200 * 2**20, room: Room | None = None) -> None:
+                 max_unpacked: int = 200 * 2**20, room: Room | None = None, items: bool = False) -> None:
         """``max_unpacked``: the bytes the request's archives may unpack to (the service passes MAPEX_MAX_UPLOAD_MB);
-        ``room``: the memory budget as the request found it, which they may not unpack past either (413 or 503)."""
+        ``room``: the memory budget as the request found it, which they may not unpack past either (413 or 503);
+        ``items``: the files are those of a catalogue's items of one acquisition, named by ``bands`` (a job's list of
+        STAC items), each band's files to be read as one raster."""
         self._stack = ExitStack()
         self.folder = f"mapex-{uuid.uuid4().hex}"
         self.datasets: list[tuple[str, DatasetReaderBase]] = []  # (name, dataset): files and subdatasets
@@ -400,7 +402,10 @@ class RequestScene:
         self._snap: dict[str, tuple[SnapBand, ...]] = {}  # what SNAP's header says of each band, by file
         try:
             self._open(files)
-            self._mosaic()
+            if items:
+                bands = self._mosaic_items(bands)
+            else:
+                self._mosaic()
             self._identify(bands)
         except BaseException:
             self._stack.close()
@@ -484,6 +489,36 @@ class RequestScene:
         self.mosaicked = [name for name, _ in self.datasets]
         self.datasets = [(self.mosaicked[0], self._closing(_open_allowed(vrt)))]
         self._grids = {}
+
+    def _mosaic_items(self, bands: Sequence[str] | None) -> list[str] | None:
+        """The files of a catalogue's items of one acquisition, one VRT a band over its files (``mosaic.mosaic_vrt``:
+        they may overlap, painted in order); the band names of the files that remain."""
+        if bands is None:
+            return None
+        groups: dict[tuple[str, ...], list[tuple[str, DatasetReaderBase]]] = {}
+        offset = 0
+        for name, ds in self.datasets:
+            groups.setdefault(tuple(bands[offset: offset + ds.count]), []).append((name, ds))
+            offset += ds.count  # one catalogue names a band alike in each item
+        datasets, names = [], []
+        for i, (key, members) in enumerate(groups.items()):
+            names += key
+            if len(members) == 1:
+                datasets.append(members[0])
+                continue
+            tiles = [Tile(name, ds, self._grids.get(name) or Grid.of(ds)) for name, ds in members]
+            if (found := mosaic_vrt(tiles, items=True, nodata=self._nodata.get(members[0][0]))) is None:
+                grids = "; ".join(f"{t.name}: {t.grid.crs} {t.grid.extent()}" for t in tiles)
+                raise GridMismatchError(
+                    f"the items' files of {', '.join(key)} are not on one pixel grid ({grids}); the items of a job are "
+                    f"read as one raster, so they must share a CRS and pixel size: send the items of one UTM zone, "
+                    f"or a job an item")
+            vrt = self._stack.enter_context(MemoryFile(found[0].encode(), dirname=self.folder,
+                                                       filename=f"items-{i}.vrt"))
+            self.mosaicked += [name for name, _ in members]
+            datasets.append((members[0][0], self._closing(_open_allowed(vrt))))
+        self.datasets = datasets
+        return names
 
     def _unpacked(self, files: Sequence[UploadedFile]) -> list[UploadedFile]:
         """The files, each archive among them replaced by the rasters it holds (``archives``: what each held, its

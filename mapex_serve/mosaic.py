@@ -9,6 +9,10 @@ and pixel size; on one pixel grid; no two overlapping; and together covering the
 Earth Engine's tiles (``skipEmptyTiles`` leaves out the empty ones), lying where their names say, the holes then
 masked. Files without band descriptions are taken as tiles only by Earth Engine's names, as nothing else says
 their bands are the same.
+
+A catalogue's items of one acquisition (a job's list of STAC items: the two Sentinel-2 tiles a flood spans) are
+told to be tiles of one raster by the job itself, a band's files one an item; such tiles overlap (adjacent
+Sentinel-2 tiles share 9.8 km) and are painted in order, a later item's no data leaving an earlier's values.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ def _same_bands(tiles: Sequence[Tile]) -> bool:
     return len(prefixes) == 1 and None not in prefixes
 
 
+def _same_storage(tiles: Sequence[Tile]) -> bool:
+    """Items' files of one band: the same band count and data types, and no mask a VRT could not carry."""
+    first = tiles[0].dataset
+    return all((t.dataset.count, t.dataset.dtypes) == (first.count, first.dtypes) for t in tiles[1:]) and (
+        _masked(first) is not None)
+
+
 def _placement(tiles: Sequence[Tile]) -> tuple[Affine, list[tuple[int, int]]] | None:
     """The mosaic's transform and each tile's (row, col) in it, when the tiles lie on one north-up pixel grid."""
     t0 = tiles[0].grid.transform
@@ -82,9 +93,13 @@ def _placement(tiles: Sequence[Tile]) -> tuple[Affine, list[tuple[int, int]]] | 
     return Affine(t0.a, 0.0, west, 0.0, t0.e, north), offsets
 
 
-def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
-    """The VRT of ``tiles`` as one raster and its grid, when they are the tiles of one (module docstring); else None."""
-    if len(tiles) < 2 or not _same_bands(tiles) or (placed := _placement(tiles)) is None:
+def mosaic_vrt(tiles: Sequence[Tile], items: bool = False,
+               nodata: Sequence[float | None] | None = None) -> tuple[str, Grid] | None:
+    """The VRT of ``tiles`` as one raster and its grid, when they are the tiles of one (module docstring); else None.
+    ``items``: the tiles are a catalogue's items of one acquisition, which may overlap; ``nodata``: their no-data
+    value a band, where the catalogue gives the one the files do not declare."""
+    same = _same_storage(tiles) if items else _same_bands(tiles)
+    if len(tiles) < 2 or not same or (placed := _placement(tiles)) is None:
         return None
     transform, offsets = placed
     boxes = [(r, c, r + t.grid.height, c + t.grid.width) for (r, c), t in zip(offsets, tiles, strict=True)]
@@ -92,7 +107,7 @@ def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
     overlapping = any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
                       for i, a in enumerate(boxes) for b in boxes[i + 1:])
     holes = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) != height * width
-    if overlapping or holes and not _placed_as_named(tiles, offsets):
+    if not items and (overlapping or holes and not _placed_as_named(tiles, offsets)):
         return None  # bands to stack, or tiles with holes between them that no name places
     first, crs = tiles[0].dataset, tiles[0].grid.crs
     lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
@@ -104,17 +119,22 @@ def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
         lines.append(f'  <VRTRasterBand dataType="{_gdal_typename(first.dtypes[band - 1])}" band="{band}">')
         if description := first.descriptions[band - 1]:
             lines.append(f"    <Description>{escape(description)}</Description>")
-        if (nodata := first.nodatavals[band - 1]) is not None:
-            lines.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
+        value = first.nodatavals[band - 1] if first.nodatavals[band - 1] is not None else (
+            nodata[band - 1] if nodata else None)
+        if value is not None:
+            lines.append(f"    <NoDataValue>{value!r}</NoDataValue>")
         if first.units and first.units[band - 1]:
             lines.append(f"    <UnitType>{escape(first.units[band - 1])}</UnitType>")
         if (first.scales[band - 1], first.offsets[band - 1]) != (1.0, 0.0):
             lines.append(f"    <Offset>{first.offsets[band - 1]!r}</Offset>")
             lines.append(f"    <Scale>{first.scales[band - 1]!r}</Scale>")
         lines += _metadata(first.tags(band), "    ")
-        lines += _sources(tiles, offsets, str(band), "    ")
+        lines += _sources(tiles, offsets, str(band), "    ", skip=value if items else None)
         lines.append("  </VRTRasterBand>")
-    if _masked(first) or holes:  # the tiles' masks (GDAL reads a source's as band mask,1), or 255 where a tile is
+    known = all(v is not None for v in first.nodatavals) or bool(nodata) and all(v is not None for v in nodata)
+    # the tiles' masks (GDAL reads a source's as band mask,1), or 255 where a tile is; an item's known no data is the
+    # VRT's own
+    if _masked(first) or holes and not (items and known):
         sources = _sources(tiles, offsets, "mask,1", "      ") if _masked(first) else _sources(
             tiles, offsets, "1", "      ", constant=255)
         lines += ["  <MaskBand>", '    <VRTRasterBand dataType="Byte">', *sources, "    </VRTRasterBand>", "  </MaskBand>"]
@@ -123,11 +143,14 @@ def mosaic_vrt(tiles: Sequence[Tile]) -> tuple[str, Grid] | None:
 
 
 def _sources(tiles: Sequence[Tile], offsets: Sequence[tuple[int, int]], band: str, indent: str,
-             constant: int | None = None) -> list[str]:
-    """A VRT band's sources: band ``band`` of each tile placed at its offset, or ``constant`` over each tile's area."""
-    kind = "SimpleSource" if constant is None else "ComplexSource"
+             constant: int | None = None, skip: float | None = None) -> list[str]:
+    """A VRT band's sources: band ``band`` of each tile placed at its offset, or ``constant`` over each tile's area;
+    ``skip``: a value a tile does not paint (its no data, over an earlier tile it overlaps)."""
+    kind = "SimpleSource" if constant is None and skip is None else "ComplexSource"
     scaled = [] if constant is None else [f"{indent}  <ScaleOffset>{constant}</ScaleOffset>",
                                           f"{indent}  <ScaleRatio>0</ScaleRatio>"]
+    if skip is not None:
+        scaled.append(f"{indent}  <NODATA>{skip!r}</NODATA>")
     lines = []
     for (row, col), t in zip(offsets, tiles, strict=True):
         w, h = t.grid.width, t.grid.height

@@ -101,13 +101,14 @@ def unreadable_as_400() -> Iterator[None]:
 def open_and_route(
     files: Sequence[UploadedFile], bands: Sequence[str] | None, manifests: Sequence[Manifest], modality: str | None,
     overrides: UnitOverrides, max_pixels: int, check_units: bool = True, *, max_unpacked: int, room: Room | None = None,
+    items: bool = False,
 ) -> tuple[RequestScene, Route, SceneReader]:
     """Open the files, route them and decide their units (their values checked against them unless told not to: a
     part of a split scene, whose first part checks the same bytes, or a scene the service may split, checked once
     split: ``inputs.check_values``): GDAL work, done in one worker thread. ``room``: the memory budget as the request
-    found it, which its archives may not unpack past."""
+    found it, which its archives may not unpack past; ``items``: as ``RequestScene``'s."""
     with unreadable_as_400():
-        scene = RequestScene(files, bands, max_unpacked, room)
+        scene = RequestScene(files, bands, max_unpacked, room, items)
         try:
             route = route_scene(scene, manifests, modality)
             reader = scene.reader(route.bands, overrides, 64 if check_units else 0, max_pixels, route.manifest)

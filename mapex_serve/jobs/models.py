@@ -18,6 +18,10 @@ class JobRequestError(MapexError, ValueError):
     """A job request that does not say what to read, or says it wrongly."""
 
 
+#: Items of one acquisition a job reads as one scene: a scene over the corner of four Sentinel-2 tiles, twice over.
+MAX_ITEMS = 8
+
+
 class JobRequest(BaseModel):
     """A whole scene to run: uploaded, at URLs, or a STAC item's assets; with ``/predict``'s reading options."""
 
@@ -25,7 +29,9 @@ class JobRequest(BaseModel):
 
     url: str | list[str] | None = Field(None, description="http(s)://, s3:// or gs:// URL of the scene's raster, or a "
                                         "list of the files of one scene (e.g. the VV and VH COGs)")
-    stac_item: str | dict[str, Any] | None = Field(None, description="a STAC item's http(s) URL, or the item itself")
+    stac_item: str | dict[str, Any] | list[str | dict[str, Any]] | None = Field(
+        None, description="a STAC item's http(s) URL, or the item itself; or a list of the items of one acquisition "
+        "that a scene spans (the Sentinel-2 tiles of one overpass, in one UTM zone), read band by band as one raster")
     assets: list[str] | None = Field(None, description="the STAC item's asset keys to read (default: every asset "
                                      "whose bands the service knows)")
     bands: str | None = Field(None, description="names of the bands in order over all files, '-' skips one")
@@ -57,6 +63,9 @@ class JobRequest(BaseModel):
             raise ValueError("assets= selects assets of a stac_item; give stac_item too")
         if isinstance(self.url, list) and not self.url:
             raise ValueError("url is an empty list; give the scene's file URLs")
+        if isinstance(self.stac_item, list) and not 1 <= len(self.stac_item) <= MAX_ITEMS:
+            raise ValueError(f"stac_item lists {len(self.stac_item)} items; give 1 to {MAX_ITEMS}, those of one "
+                             f"acquisition that the scene spans")
         return self
 
     @property

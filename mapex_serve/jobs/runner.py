@@ -46,6 +46,7 @@ from mapex_serve.jobs.sources import (
     archive_at,
     fetch_archive,
     fetch_item,
+    one_acquisition,
     redacted,
     resolve_stac,
     resolve_urls,
@@ -100,12 +101,19 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
         in_place = resolve_urls(urls, prefixes)  # checks every URL before anything is read
         archives = [archive_at(u, max_unpacked) for u in urls]  # every URL sniffed: an S3 archive is refused now
         return ResolvedSources([], fetch=list(zip(urls, archives, strict=True))) if any(archives) else in_place
-    item, item_url = request.stac_item, None
+    items = request.stac_item if isinstance(request.stac_item, list) else [request.stac_item]
+    resolved = [_item_sources(item, request.assets, prefixes, planetary_computer_sas) for item in items]
+    return resolved[0] if len(resolved) == 1 else one_acquisition(resolved)
+
+
+def _item_sources(item: str | dict[str, Any], assets: list[str] | None, prefixes: list[str],
+                  planetary_computer_sas: str) -> ResolvedSources:
+    item_url = None
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
     if planetary_computer_sas and isinstance(item, dict) and from_planetary_computer(item, item_url):
         item = signed_item(item, planetary_computer_sas)
-    return resolve_stac(item, request.assets, item_url, prefixes)
+    return resolve_stac(item, assets, item_url, prefixes)
 
 
 def fetched_sources(fetch: list[tuple[str, bool]], prefixes: list[str], max_unpacked: int, downloads: Path,
@@ -142,14 +150,16 @@ def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
     return {"files": [{"name": f.name, "path": f.path, "nodata": list(f.nodata) if f.nodata else None}
                       for f in sources.files],
             "bands": sources.bands, "units": dict(o.units), "scale": dict(o.scale), "offset": dict(o.offset),
-            "described": sources.described, "archives": sources.archives, "fetch": sources.fetch}
+            "described": sources.described, "archives": sources.archives, "fetch": sources.fetch,
+            "items": sources.items}
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
     """Jobs recorded before archives were read have no ``archives`` or ``fetch``."""
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
     return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
-                           d.get("archives", []), [(url, archive) for url, archive in d.get("fetch", [])])
+                           d.get("archives", []), [(url, archive) for url, archive in d.get("fetch", [])],
+                           d.get("items", False))
 
 
 class JobRunner:

@@ -81,7 +81,7 @@ def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Seque
     """``(scene, route, reader)``: the files opened, routed and their units decided (GDAL work: not on the loop)."""
     bands = request.bands.split(",") if request.bands else sources.bands
     return open_and_route(sources.files, bands, manifests, request.modality, overrides_for(request, sources), max_pixels,
-                          max_unpacked=0)  # a job's files are read where they lie: none is unpacked
+                          max_unpacked=0, items=sources.items)  # a job's files are read where they lie: none unpacked
 
 
 def checked_route(request: JobRequest, sources: ResolvedSources, manifests: Sequence[Manifest],

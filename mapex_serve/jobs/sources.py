@@ -83,6 +83,8 @@ class ResolvedSources:
     #: ``(url, whether it is an archive)`` of URLs among which is an archive: the archives fetched and unpacked, the
     #: others read in place, into ``files`` when the job starts.
     fetch: list[tuple[str, bool]] = field(default_factory=list)
+    #: The files are those of several STAC items of one acquisition, each band's read as one raster.
+    items: bool = False
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
@@ -374,6 +376,32 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
         files.append(SourceFile(_file_name(url), gdal_path(url, allowed_prefixes),
                                 tuple(nodata) if any(v is not None for v in nodata) else None))
     return ResolvedSources(files, names, UnitOverrides(units, scale, offset), described + left_out)
+
+
+def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
+    """Several items of one acquisition (the Sentinel-2 tiles a scene spans) as one scene: the same bands of each,
+    read band by band as one raster (``RequestScene(items=True)``), under the catalogue's word of the first."""
+    first = items[0]
+    if any(r.bands is None for r in items):
+        raise JobSourceError("a list of STAC items is read by their assets' bands, and an EOPF item's Zarr product "
+                             "names none: send a job an EOPF item")
+    for other in items[1:]:
+        if sorted(map(_identity, other.bands)) != sorted(map(_identity, first.bands)):
+            raise JobSourceError(f"the items give different bands ({', '.join(first.bands)}; "
+                                 f"{', '.join(other.bands)}): the items of a job are tiles of one acquisition; "
+                                 f"choose the same assets of each with assets=")
+        if other.overrides != first.overrides:
+            raise JobSourceError("the items state different scales, offsets or units for their bands (two processing "
+                                 "baselines: not one acquisition); send a job an item")
+    files = [f for r in items for f in r.files]
+    bands = [b for r in items for b in r.bands]
+    described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]
+    return ResolvedSources(files, bands, first.overrides, described, items=True)
+
+
+def _identity(name: str) -> str:
+    named = parse_name(name)
+    return (named.canonical or named.quality or name) if named is not None else name
 
 
 def redacted(text: str, files: Sequence[SourceFile]) -> str:

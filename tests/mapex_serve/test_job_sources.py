@@ -11,10 +11,17 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from mapex_serve.inputs import SourceFile
+from mapex_serve.inputs import GridMismatchError, SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.scene import opened_scene
-from mapex_serve.jobs.sources import JobSourceError, ResolvedSources, gdal_path, resolve_stac, resolve_urls
+from mapex_serve.jobs.sources import (
+    JobSourceError,
+    ResolvedSources,
+    gdal_path,
+    one_acquisition,
+    resolve_stac,
+    resolve_urls,
+)
 
 
 def test_urls_map_to_gdal_virtual_file_systems_and_nothing_else_is_read():
@@ -418,3 +425,57 @@ def test_a_planetary_computer_item_is_signed_with_a_token_of_each_container(rang
     with pytest.raises(RemoteFileUnavailableError, match="SAS service gave no token for landsateuwest/sentinel2-l2 "
                                                           r"\(HTTP 404\).*planetary_computer.sign"):
         resolve_sources(JobRequest(stac_item=item), [], [], 10**6, endpoint)
+
+
+def test_the_items_of_one_acquisition_are_read_as_one_scene_band_by_band(range_server, swir_manifest):
+    """A flood across two Sentinel-2 tiles of one overpass: a job by the list of their items reads each band's files
+    as one raster. The tiles overlap (adjacent MGRS tiles share 9.8 km), the second painted over the first where it
+    has data; where it has none (its swath edge) the first shows; the items' scl masks across both."""
+    from mapex_serve.jobs.models import JobRequest
+    from mapex_serve.jobs.runner import resolve_sources
+
+    rng = np.random.default_rng(6)
+    dn = {tile: rng.integers(1100, 5000, (2, 64, 64)).astype(np.uint16) for tile in ("33UUP", "33UVP")}
+    dn["33UVP"][:, :, :8] = 0  # the second tile's swath edge, inside the overlap: no data
+    scl = {"33UUP": np.full((64, 64), 4, np.uint8), "33UVP": np.full((64, 64), 4, np.uint8)}
+    scl["33UVP"][:4] = 9  # cloud
+    items = []
+    for tile, x0 in (("33UUP", 500000), ("33UVP", 500000 + 40 * 20)):
+        assets = {}
+        for key, name, data in (("swir16", "B11", dn[tile][0]), ("swir22", "B12", dn[tile][1]), ("scl", "SCL",
+                                                                                                 scl[tile])):
+            path = range_server.root / "items" / tile / f"{name}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(path, "w", driver="GTiff", count=1, height=64, width=64, dtype=data.dtype, nodata=0,
+                               crs="EPSG:32633", transform=rasterio.transform.from_origin(x0, 5000000, 20, 20)) as dst:
+                dst.write(data[None])
+            storage = [{"nodata": 0, "scale": 0.0001, "offset": -0.1}] if key != "scl" else [{"nodata": 0}]
+            assets[key] = {"href": f"{range_server.url}/items/{tile}/{name}.tif", "roles": ["data"],
+                           "type": "image/tiff; application=geotiff; profile=cloud-optimized", "raster:bands": storage,
+                           **({"eo:bands": [{"name": key, "common_name": key}]} if key != "scl" else {})}
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"S2B_{tile}_20260601_0_L2A",
+                      "properties": {"s2:processing_baseline": "05.10"}, "assets": assets})
+    resolved = resolve_sources(JobRequest(stac_item=items), [], [], 10**6)
+    assert resolved.items and resolved.bands == ["swir16", "swir22", "scl"] * 2
+    scene, _, reader = opened_scene(JobRequest(), resolved, [swir_manifest], 10**9)
+    with scene:
+        values, reasons = reader.read(Window(0, 0, reader.width, reader.height))
+        assert (reader.height, reader.width) == (64, 104) and len(scene.mosaicked) == 6
+        expected = np.zeros((2, 64, 104), np.float32)
+        expected[:, :, :64] = dn["33UUP"]
+        expected[:, :, 48:] = dn["33UVP"][:, :, 8:]  # the second tile over the first, but where it has no data
+        np.testing.assert_allclose(values[:, 4:], expected[:, 4:] * 1e-4 - 0.1, atol=1e-6)
+        assert reader.masked() == {"SCL cloud (high probability)": 4 * 64}  # the second tile's cloud, over both
+        assert (reasons[:4, 40:] != 0).all() and (reasons[:4, :40] == 0).all()
+    with pytest.raises(JobSourceError, match="different bands"):
+        one_acquisition([resolve_stac(items[0], ["swir16"], None), resolve_stac(items[1], ["swir22"], None)])
+    zone34 = range_server.root / "items" / "34UCU" / "B11.tif"  # the next UTM zone: the items' files on two grids
+    zone34.parent.mkdir()
+    with rasterio.open(zone34, "w", driver="GTiff", count=1, height=64, width=64, dtype="uint16", nodata=0,
+                       crs="EPSG:32634", transform=rasterio.transform.from_origin(300000, 5000000, 20, 20)) as dst:
+        dst.write(dn["33UVP"][:1])
+    far = {**items[1], "assets": {**items[1]["assets"], "swir16": {**items[1]["assets"]["swir16"],
+                                                                   "href": f"{range_server.url}/items/34UCU/B11.tif"}}}
+    with pytest.raises(GridMismatchError, match="not on one pixel grid.*items of one UTM zone"):
+        opened_scene(JobRequest(), resolve_sources(JobRequest(stac_item=[items[0], far]), [], [], 10**6),
+                     [swir_manifest], 10**9)

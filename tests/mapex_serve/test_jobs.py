@@ -345,6 +345,32 @@ def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server
     assert (labels[:, 40:] == reference[:, 40:]).mean() >= 0.999  # away from the margin, the same scene
 
 
+def test_the_stac_items_of_one_overpass_give_the_mask_of_the_scene_they_tile(jobs_server, range_server, sar,
+                                                                            uploaded, server_type, tmp_path):
+    """A scene across two items of one overpass, sent as the list of both: the job reads each band's two COGs as one
+    raster, overlap and all, and answers the mask of the whole scene uploaded at once."""
+    width = sar.shape[2]
+    items = []
+    for part, (c0, c1) in enumerate(((0, 180), (120, width))):
+        assets = {}
+        for i, pol in enumerate(("vv", "vh")):
+            name = f"tile{part}_{pol}.tif"
+            write_cog(range_server.root / name, sar[i:i + 1, :, c0:c1].copy(), None, origin=(500000 + 10 * c0, 5000000))
+            assets[pol] = {"href": f"{range_server.url}/{name}", "roles": ["data"], "eo:bands": [{"name": pol.upper()}],
+                           "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                           "raster:bands": [{"data_type": "float32", "unit": "dB"}]}
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"S1A_IW_tile{part}", "properties": {},
+                      "assets": assets})
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"stac_item": items}, timeout=60)
+    assert r.status_code == 202, r.text
+    assert r.json()["route"]["width"] == width
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done", status
+    labels = cog_array(server_type, result(jobs_server.url, r.json()["id"], "geotiff").content)[0]
+    reference = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
+    assert labels.shape == reference.shape and (labels == reference).mean() >= 0.999
+
+
 def zarr_chunks_fetched(ranges: list, store: str) -> dict[str, set[str]]:
     """The chunk files of a Zarr store that GDAL fetched, by array (coordinate arrays left out), from the range
     server's log: ``{"measurements/reflectance/r10m/b08": {"1.1"}}``."""
