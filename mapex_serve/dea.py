@@ -30,8 +30,8 @@ Sensor = Literal["Sentinel-2", "Landsat"]
 
 #: A product or file name: ``ga_s2am_ard_3``, ``ga_ls8c_nbart_3-2-1_...``; Collection 2's ``s2a_ard_granule``.
 _PRODUCT = re.compile(r"(?:^|[/_.])(?:ga_(s2[a-c]m|ls[5789][a-z])_|(s2[ab])_ard_granule)", re.I)
-_LANDSAT_NIR = {"ls5": TM_ETM_WAVELENGTHS_NM, "ls7": TM_ETM_WAVELENGTHS_NM, "ls8": OLI_WAVELENGTHS_NM,
-                "ls9": OLI_WAVELENGTHS_NM}
+_LANDSAT_WAVELENGTHS = {"ls5": TM_ETM_WAVELENGTHS_NM, "ls7": TM_ETM_WAVELENGTHS_NM, "ls8": OLI_WAVELENGTHS_NM,
+                        "ls9": OLI_WAVELENGTHS_NM}
 #: The band file's measurement: ``..._final_band11.tif``, ``..._final_8a.tif``, ``..._oa_..._final_fmask.tif``.
 _FILE = re.compile(r"^ga_\w+?_(?:nbart|nbar|oa)_[\d-]+_\w+?_[\d-]+_(?:final|interim|nrt|provisional)_([\w-]+)\.tiff?$",
                    re.I)
@@ -144,7 +144,7 @@ def dea_product(where: Sequence[str | None], names: Sequence[str | None]) -> Dea
             told_by = f"{m.group(0).strip('/_.')} in its name"
             if product.startswith("s2"):
                 return DeaProduct("Sentinel-2", told_by)
-            return DeaProduct("Landsat", told_by, _LANDSAT_NIR[product[:3]])
+            return DeaProduct("Landsat", told_by, _LANDSAT_WAVELENGTHS[product[:3]])
     words = [(n or "").strip().lower() for n in names]
     prefixed = {_PREFIX.sub("", w) for w in words if _PREFIX.match(w)}
     s2 = prefixed & _S2_ONLY or {w for w in words if w in ("swir_3", "nir_1", "nir_2")}

@@ -45,7 +45,7 @@ from mapex_serve.ground import fit_to_model
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
 from mapex_serve.products import sentinel1_as_shipped
-from mapex_serve.rasters import identify_bands, landsat_sensor, missing_names_error, parse_name
+from mapex_serve.rasters import band_key, identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
@@ -496,13 +496,17 @@ class RequestScene:
         if bands is None:
             return None
         groups: dict[tuple[str, ...], list[tuple[str, DatasetReaderBase]]] = {}
+        named: dict[tuple[str, ...], list[str]] = {}  # each group's names, as its first file's item gives them
         offset = 0
         for name, ds in self.datasets:
-            groups.setdefault(tuple(bands[offset: offset + ds.count]), []).append((name, ds))
-            offset += ds.count  # one catalogue names a band alike in each item
+            given = list(bands[offset: offset + ds.count])
+            key = tuple(band_key(b) for b in given)
+            groups.setdefault(key, []).append((name, ds))
+            named.setdefault(key, given)
+            offset += ds.count
         datasets, names = [], []
         for i, (key, members) in enumerate(groups.items()):
-            names += key
+            names += named[key]
             if len(members) == 1:
                 datasets.append(members[0])
                 continue

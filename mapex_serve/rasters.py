@@ -53,6 +53,7 @@ __all__ = [
     "BandIdentity",
     "BandIdentityConflictError",
     "BandNamesMissingError",
+    "band_key",
     "LandsatSensorUnknownError",
     "band_names",
     "identify_bands",
@@ -405,6 +406,13 @@ def _names_in_file_name(filename: str) -> list[str]:
     elif _DERIVED.intersection(t.lower() for t in tokens) or tokens[0].lower() in _COMPLEX_PARTS:
         named = {t: i for t, i in named.items() if i.quality}  # a quality layer is a mask: SCL_mask.tif
     return [stem, *last_two, *named]
+
+
+def band_key(name: str) -> str:
+    """What ``name`` names (its model band or quality layer: ``B11`` for ``swir16``, ``SCL`` for ``SCL_20m``), or the
+    name itself where it names neither: how copies of a band are told apart whatever a catalogue calls them."""
+    named = parse_name(name)
+    return (named.canonical or named.quality or name) if named is not None else name
 
 
 def name_in_file_name(filename: str) -> str | None:

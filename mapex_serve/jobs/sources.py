@@ -46,7 +46,7 @@ from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dea import is_dea_name
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
-from mapex_serve.rasters import name_in_file_name, parse_name
+from mapex_serve.rasters import band_key, name_in_file_name, parse_name
 from mapex_serve.units import UnitOverrides, parse_unit
 
 __all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "redacted", "resolve_stac",
@@ -229,8 +229,7 @@ def _asset_names(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
 def _asset_identity(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
     """What the asset's bands are, whatever they are called (``SCL_20m`` and ``SCL`` alike; DEA's ``nbart_red``
     and ``nbar_red``, the same band without the terrain correction)."""
-    return tuple((named.canonical or named.quality) if (named := parse_name(n)) is not None and named.used
-                 else re.sub(r"^nbart?_", "", n.lower()) for n in _asset_names(key, asset))
+    return tuple(re.sub(r"^nbart?_", "", band_key(n).lower()) for n in _asset_names(key, asset))
 
 
 def _one_copy_each(available: dict[str, dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[dict]]:
@@ -386,7 +385,7 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
         raise JobSourceError("a list of STAC items is read by their assets' bands, and an EOPF item's Zarr product "
                              "names none: send a job an EOPF item")
     for other in items[1:]:
-        if sorted(map(_identity, other.bands)) != sorted(map(_identity, first.bands)):
+        if sorted(map(band_key, other.bands)) != sorted(map(band_key, first.bands)):
             raise JobSourceError(f"the items give different bands ({', '.join(first.bands)}; "
                                  f"{', '.join(other.bands)}): the items of a job are tiles of one acquisition; "
                                  f"choose the same assets of each with assets=")
@@ -397,11 +396,6 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
     bands = [b for r in items for b in r.bands]
     described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]
     return ResolvedSources(files, bands, first.overrides, described, items=True)
-
-
-def _identity(name: str) -> str:
-    named = parse_name(name)
-    return (named.canonical or named.quality or name) if named is not None else name
 
 
 def redacted(text: str, files: Sequence[SourceFile]) -> str:

@@ -455,8 +455,9 @@ def test_the_items_of_one_acquisition_are_read_as_one_scene_band_by_band(range_s
                            **({"eo:bands": [{"name": key, "common_name": key}]} if key != "scl" else {})}
         items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"S2B_{tile}_20260601_0_L2A",
                       "properties": {"s2:processing_baseline": "05.10"}, "assets": assets})
+    items[1]["assets"]["swir16"]["eo:bands"] = [{"name": "B11"}]  # another catalogue's name for the same band
     resolved = resolve_sources(JobRequest(stac_item=items), [], [], 10**6)
-    assert resolved.items and resolved.bands == ["swir16", "swir22", "scl"] * 2
+    assert resolved.items and resolved.bands == ["swir16", "swir22", "scl", "B11", "swir22", "scl"]
     scene, _, reader = opened_scene(JobRequest(), resolved, [swir_manifest], 10**9)
     with scene:
         values, reasons = reader.read(Window(0, 0, reader.width, reader.height))
