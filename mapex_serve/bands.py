@@ -19,6 +19,7 @@ __all__ = [
     "TM_ETM_WAVELENGTHS_NM",
     "PLAUSIBLE",
     "QUALITY_LAYERS",
+    "ProductBand",
     "QualityLayer",
     "band_for_wavelength",
     "canonical_or_none",
@@ -222,6 +223,17 @@ OLI_WAVELENGTHS_NM: dict[int, float] = {
 #: USGS Landsat 4-7 Collection 2 Level-2 Science Product Guide): their band 4 is near infrared (Sentinel-2 B08),
 #: 5 and 7 short-wave infrared, 6 thermal; read as OLI's or Sentinel-2's numbers they would be wrong bands.
 TM_ETM_WAVELENGTHS_NM: dict[int, float] = {1: 485.0, 2: 560.0, 3: 660.0, 4: 835.0, 5: 1650.0, 6: 11450.0, 7: 2220.0}
+
+
+@dataclass(frozen=True)
+class ProductBand:
+    """What one band of a product's file is by the product's own conventions (Planet's asset table, DEA's
+    measurements), in the terms of ``rasters.BandIdentity``: the name found, the rule, the band or quality layer."""
+
+    found: str
+    rule: str
+    canonical: str | None = None
+    quality: str | None = None
 
 
 # --- quality layers ---------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Literal
 
-from mapex_serve.bands import OLI_WAVELENGTHS_NM, TM_ETM_WAVELENGTHS_NM, band_for_wavelength
+from mapex_serve.bands import OLI_WAVELENGTHS_NM, TM_ETM_WAVELENGTHS_NM, ProductBand, band_for_wavelength
 from mapex_serve.errors import MapexError
 
-__all__ = ["DeaBand", "DeaNameError", "DeaProduct", "dea_product", "is_dea_name"]
+__all__ = ["DeaNameError", "DeaProduct", "dea_product", "is_dea_name"]
 
 Sensor = Literal["Sentinel-2", "Landsat"]
 
@@ -63,16 +63,6 @@ class DeaNameError(MapexError, ValueError):
 
 
 @dataclass(frozen=True)
-class DeaBand:
-    """What one DEA measurement is, in the terms of ``rasters.BandIdentity``."""
-
-    found: str
-    rule: str
-    canonical: str | None = None
-    quality: str | None = None
-
-
-@dataclass(frozen=True)
 class DeaProduct:
     """A DEA product a file belongs to: its sensor where known, and what said so."""
 
@@ -81,25 +71,26 @@ class DeaProduct:
     #: Landsat only: the band numbers' central wavelengths (nm) of its sensor, None where the mission is not known.
     landsat_nm: dict[int, float] | None = None
 
-    def band_of_file(self, file_name: str) -> DeaBand | None:
+    def band_of_file(self, file_name: str) -> ProductBand | None:
         """The band a DEA band file holds, by its name (``..._final_band11.tif``); None for any other file name."""
         if (m := _FILE.match(PurePath(file_name).name)) is None:
             return None
-        return self.band(m.group(1)) or DeaBand(m.group(1), f"Digital Earth Australia band file ({self.told_by}): "
-                                                            f"not a band the model reads")  # angles, time delta
+        unread = ProductBand(m.group(1), f"Digital Earth Australia band file ({self.told_by}): not a band the model "
+                                         f"reads")  # its angles, terrain shadow, time delta
+        return self.band(m.group(1)) or unread
 
-    def band(self, name: str) -> DeaBand | None:
+    def band(self, name: str) -> ProductBand | None:
         """The band DEA means by ``name`` (a measurement or an alias); None where it is not DEA's. Raises
         DeaNameError where it depends on a sensor the file does not tell."""
         word = name.strip().lower()
         rule = f"Digital Earth Australia {self.sensor or 'ARD'} measurement ({self.told_by})"
         if word in _QUALITY:
-            return DeaBand(name, rule, quality=_QUALITY[word])
+            return ProductBand(name, rule, quality=_QUALITY[word])
         word = _PREFIX.sub("", word)
         if self.sensor == "Landsat":
             return self._landsat(name, word, rule)
         if self.sensor == "Sentinel-2" or word in _SAME_ON_BOTH:
-            return DeaBand(name, f"{rule}: {_S2[word]}", _S2[word]) if word in _S2 else None
+            return ProductBand(name, f"{rule}: {_S2[word]}", _S2[word]) if word in _S2 else None
         if word in ("swir_2", "swir2") and _PREFIX.match(name.strip()):
             raise DeaNameError(
                 f"{name} is a Digital Earth Australia measurement whose band depends on the satellite: B11 (1610 nm) "
@@ -108,13 +99,13 @@ class DeaProduct:
                 f"(bands=B11,B12)")
         return None
 
-    def _landsat(self, name: str, word: str, rule: str) -> DeaBand | None:
+    def _landsat(self, name: str, word: str, rule: str) -> ProductBand | None:
         number = int(word[4:]) if re.fullmatch(r"band\d\d", word) else _LANDSAT.get(word)
         if number is None:
             return None
         if self.landsat_nm is None:
             if word in _SAME_ON_BOTH:
-                return DeaBand(name, f"{rule}: {_S2[word]}", _S2[word])
+                return ProductBand(name, f"{rule}: {_S2[word]}", _S2[word])
             raise DeaNameError(
                 f"{name} is a Digital Earth Australia Landsat measurement whose wavelength depends on the satellite "
                 f"(near infrared: 865 nm on Landsat 8-9, 835 nm on Landsat 5-7); keep the product's name in the file "
@@ -124,8 +115,8 @@ class DeaProduct:
         nm = self.landsat_nm.get(number) if number else None
         canonical = band_for_wavelength(nm) if nm else None
         if canonical is None:
-            return DeaBand(name, f"{rule}: not a band the model knows")
-        return DeaBand(name, f"{rule}: band {number}, {nm:g} nm within {canonical}", canonical)
+            return ProductBand(name, f"{rule}: not a band the model knows")
+        return ProductBand(name, f"{rule}: band {number}, {nm:g} nm within {canonical}", canonical)
 
 
 def is_dea_name(name: str) -> bool:

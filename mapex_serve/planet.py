@@ -24,7 +24,9 @@ from typing import Literal
 
 from rasterio.io import DatasetReaderBase
 
-__all__ = ["PlanetBand", "PlanetProduct", "planet_product"]
+from mapex_serve.bands import ProductBand
+
+__all__ = ["PlanetProduct", "planet_product"]
 
 Kind = Literal["surface reflectance", "radiance", "visual", "udm2", "udm"]
 
@@ -68,16 +70,6 @@ _UDM2: dict[str, tuple[str | None, str]] = {
 
 
 @dataclass(frozen=True)
-class PlanetBand:
-    """What one band of a Planet file is, in the terms of ``rasters.BandIdentity``."""
-
-    found: str
-    rule: str
-    canonical: str | None = None
-    quality: str | None = None
-
-
-@dataclass(frozen=True)
 class PlanetProduct:
     """The Planet asset a file is, and what said so."""
 
@@ -91,7 +83,7 @@ class PlanetProduct:
         extra = ", harmonized to Sentinel-2" if self.harmonized else ""
         return f"Planet {self.kind} asset{extra} ({self.told_by})"
 
-    def band(self, src: DatasetReaderBase, index: int) -> PlanetBand | None:
+    def band(self, src: DatasetReaderBase, index: int) -> ProductBand | None:
         """Band ``index`` by its description in Planet's words, else by its position; None when neither names it."""
         description = src.descriptions[index - 1]
         by_position = _BY_POSITION.get((self.kind if self.kind != "radiance" else "surface reflectance", src.count))
@@ -106,14 +98,14 @@ class PlanetProduct:
             if name not in _UDM2:
                 return None
             quality, meaning = _UDM2[name]
-            return PlanetBand(description or name, f"{rule} ({meaning})", quality=quality)
+            return ProductBand(description or name, f"{rule} ({meaning})", quality=quality)
         if name == "alpha":
-            return PlanetBand(name, f"{rule} (alpha, read as the file's mask)")
+            return ProductBand(name, f"{rule} (alpha, read as the file's mask)")
         if name not in _SPECTRAL:
             return None
         canonical, meaning = _SPECTRAL[name]
         tail = meaning if canonical else f"{meaning}: within no Sentinel-2 band the model knows"
-        return PlanetBand(description or name, f"{rule} ({tail})", canonical)
+        return ProductBand(description or name, f"{rule} ({tail})", canonical)
 
 
 def _planet_word(text: str) -> str:
