@@ -283,6 +283,13 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         # Earth Engine's Sentinel-2 QA60 (COPERNICUS/S2_HARMONIZED, S2_SR_HARMONIZED): bit 10 opaque clouds, 11 cirrus.
         QualityLayer("QA60", "Sentinel-2 QA60 cloud mask bits (Earth Engine)",
                      invalid_bits={10: "QA60 opaque cloud", 11: "QA60 cirrus"}),
+        # ESA's cloud classification from baseline 04.00, which Earth Engine gives as bands (0 no clouds, 1 clouds; its
+        # QA60 is repacked from them since February 2024); MSK_CLASSI_SNOW_ICE stays valid. A band file's last two
+        # words name it (download.MSK_CLASSI_OPAQUE.tif).
+        QualityLayer("MSK_CLASSI_OPAQUE", "Sentinel-2 opaque cloud classification", ("classi_opaque",),
+                     invalid_values={1: "MSK_CLASSI opaque cloud"}),
+        QualityLayer("MSK_CLASSI_CIRRUS", "Sentinel-2 cirrus classification", ("classi_cirrus",),
+                     invalid_values={1: "MSK_CLASSI cirrus"}),
         # Digital Earth Australia's masks (its product definitions' flags_definition; mapex_serve.dea): Fmask's classes,
         # not HLS's bits (0 no data, 1 valid, 2 cloud, 3 shadow; 4 snow and 5 water stay valid), s2cloudless (0 no data,
         # 1 valid, 2 cloud) and contiguity (0: a band lacks data there).

@@ -1641,6 +1641,19 @@ def test_earth_engines_qa60_masks_opaque_clouds_and_cirrus():
     assert (reasons[2:] == 0).all()
 
 
+def test_earth_engines_msk_classi_bands_mask_opaque_clouds_and_cirrus_not_snow():
+    """Earth Engine's Sentinel-2 images carry ESA's cloud classification as bands (0 no clouds, 1 clouds) since
+    baseline 04.00; a download ZIP holds each as a file: download.MSK_CLASSI_OPAQUE.tif."""
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    layers = {name: np.zeros((16, 16), np.uint8) for name in ("OPAQUE", "CIRRUS", "SNOW_ICE")}
+    layers["OPAQUE"][0], layers["CIRRUS"][1], layers["SNOW_ICE"][2] = 1, 1, 1
+    files = [UploadedFile("download.B11.tif", tif(dn)),
+             *(UploadedFile(f"download.MSK_CLASSI_{name}.tif", tif(data)) for name, data in layers.items())]
+    _, reader, _, reasons = read(files, ["B11"])
+    assert reader.masked() == {"MSK_CLASSI opaque cloud": 16, "MSK_CLASSI cirrus": 16}
+    assert (reasons[2:] == 0).all()  # snow and ice stay valid
+
+
 def test_sentinel_hubs_clm_masks_clouds_and_its_no_data():
     """Sentinel Hub's CLM band (s2cloudless): 0 no clouds, 1 clouds, 255 no data (its Cloud Masks guide)."""
     clm = np.zeros((16, 16), np.float32)
