@@ -376,6 +376,16 @@ def without_request_folder(message: str) -> str:
     return _IN_PLACE.sub("the upload", _REQUEST_FOLDER.sub("", message))
 
 
+def _north_up(grid: Grid) -> Grid:
+    """A south-up grid (a positive pixel height: rioxarray's GeoTIFF of an array whose y ascends) as the same pixels
+    north-up, so that the model sees the scene as it learned scenes, north at the top: its files are read through
+    GDAL's warper, which on the same pixels gives the same values. Pixel space (no CRS) stays as it is."""
+    t = grid.transform
+    if grid.crs is None or t.e <= 0 or t.b or t.d:
+        return grid
+    return replace(grid, transform=rasterio.Affine(t.a, 0.0, t.c, 0.0, -t.e, t.f + t.e * grid.height))
+
+
 class RequestScene:
     """The files of one request, opened in its own ``/vsimem/`` folder; a context manager that closes them all."""
 
@@ -716,9 +726,10 @@ class RequestScene:
                 f"(in {own.crs}); send files of the same place"
             )
         if len(files) == 1 or (left, bottom, right, top) == own.extent():
-            return Grid(own.crs, own.transform, own.width, own.height)
+            return _north_up(Grid(own.crs, own.transform, own.width, own.height))
         window = own.window(left, bottom, right, top).round_offsets().round_lengths()
-        return Grid(own.crs, rasterio.windows.transform(window, own.transform), int(window.width), int(window.height))
+        return _north_up(Grid(own.crs, rasterio.windows.transform(window, own.transform), int(window.width),
+                              int(window.height)))
 
     def reader(self, canonical: Sequence[str], overrides: UnitOverrides, sample: int = 64,
                max_pixels: int | None = None, model: Manifest | None = None) -> SceneReader:
