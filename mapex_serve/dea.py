@@ -24,7 +24,7 @@ from typing import Literal
 from mapex_serve.bands import OLI_WAVELENGTHS_NM, TM_ETM_WAVELENGTHS_NM, ProductBand, band_for_wavelength
 from mapex_serve.errors import MapexError
 
-__all__ = ["DeaNameError", "DeaProduct", "dea_product", "is_dea_name"]
+__all__ = ["DeaNameError", "DeaProduct", "dea_product", "is_dea_name", "measurement"]
 
 Sensor = Literal["Sentinel-2", "Landsat"]
 
@@ -86,7 +86,7 @@ class DeaProduct:
         rule = f"Digital Earth Australia {self.sensor or 'ARD'} measurement ({self.told_by})"
         if word in _QUALITY:
             return ProductBand(name, rule, quality=_QUALITY[word])
-        word = _PREFIX.sub("", word)
+        word = measurement(word)
         if self.sensor == "Landsat":
             return self._landsat(name, word, rule)
         if self.sensor == "Sentinel-2" or word in _SAME_ON_BOTH:
@@ -119,6 +119,11 @@ class DeaProduct:
         return ProductBand(name, f"{rule}: band {number}, {nm:g} nm within {canonical}", canonical)
 
 
+def measurement(name: str) -> str:
+    """``name`` without DEA's product prefix: ``nbart_red`` and ``nbar_red`` are both ``red``."""
+    return _PREFIX.sub("", name.strip().lower())
+
+
 def is_dea_name(name: str) -> bool:
     """True for a name only DEA gives (``nbart_red``, ``oa_fmask``), whatever its sensor."""
     word = name.strip().lower()
@@ -137,7 +142,7 @@ def dea_product(where: Sequence[str | None], names: Sequence[str | None]) -> Dea
                 return DeaProduct("Sentinel-2", told_by)
             return DeaProduct("Landsat", told_by, _LANDSAT_WAVELENGTHS[product[:3]])
     words = [(n or "").strip().lower() for n in names]
-    prefixed = {_PREFIX.sub("", w) for w in words if _PREFIX.match(w)}
+    prefixed = {measurement(w) for w in words if _PREFIX.match(w)}
     s2 = prefixed & _S2_ONLY or {w for w in words if w in ("swir_3", "nir_1", "nir_2")}
     landsat = prefixed & _LANDSAT_ONLY
     if s2 and not landsat:

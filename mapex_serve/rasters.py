@@ -37,6 +37,7 @@ from mapex_serve.bands import (
     BANDS,
     OLI_WAVELENGTHS_NM,
     TM_ETM_WAVELENGTHS_NM,
+    ProductBand,
     band_for_wavelength,
     canonical_or_none,
     quality_layer,
@@ -430,14 +431,19 @@ def _radar_file_named(filename: str | None, described: bool = False) -> BandIden
             or _eo_browser(filename))
 
 
+def _of_product(band: ProductBand, rule: str) -> BandIdentity:
+    """What a product's conventions say of a band (Planet's, DEA's), under ``rule``."""
+    return BandIdentity(band.found, rule, band.canonical, band.quality)
+
+
 def _dea(src: DatasetReaderBase, index: int, filename: str | None, header_name: str | None,
          dea: DeaProduct) -> BandIdentity | None:
     """Band ``index`` of a Digital Earth Australia file, by the names it carries, else by its band file's name."""
     for name, where in _file_names(src, index, None, header_name=header_name):
         if (found := dea.band(name)) is not None:
-            return BandIdentity(found.found, f"{found.rule} ({where})", found.canonical, found.quality)
+            return _of_product(found, f"{found.rule} ({where})")
     if src.count == 1 and filename and (found := dea.band_of_file(filename)) is not None:
-        return BandIdentity(found.found, f"{found.rule} (file name)", found.canonical, found.quality)
+        return _of_product(found, f"{found.rule} (file name)")
     return None
 
 
@@ -451,7 +457,7 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
     if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):
         return BandIdentity(name, "USGS 3DEP elevation tile (file name)", "DEM")
     if planet is not None and (found := planet.band(src, index)) is not None:
-        return BandIdentity(found.found, found.rule, found.canonical, found.quality)
+        return _of_product(found, found.rule)
     if dea is not None and (found := _dea(src, index, filename, header_name, dea)) is not None:
         return found
     wavelength = _wavelength_nm(src, index)
@@ -518,7 +524,7 @@ def identify_bands(
                 out.append(BandIdentity(name, "skipped with '-' in bands="))
                 continue
             if dea is not None and (found := dea.band(name)) is not None:
-                out.append(BandIdentity(name, f"bands= parameter ({found.rule})", found.canonical, found.quality))
+                out.append(_of_product(found, f"bands= parameter ({found.rule})"))
                 continue
             if landsat and (number := _landsat_number(name, landsat)) is not None:  # a STAC item's HLS L30 "B05"
                 found = _by_wavelength(landsat.wavelengths_nm[number], name)

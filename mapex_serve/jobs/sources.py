@@ -43,7 +43,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from mapex_serve.archives import ArchiveTooLargeError, Capped, archive_kind
 from mapex_serve.bands import BANDS, canonical_or_none
-from mapex_serve.dea import is_dea_name
+from mapex_serve.dea import is_dea_name, measurement
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.rasters import band_key, name_in_file_name, parse_name
@@ -229,7 +229,7 @@ def _asset_names(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
 def _asset_identity(key: str, asset: dict[str, Any]) -> tuple[str, ...]:
     """What the asset's bands are, whatever they are called (``SCL_20m`` and ``SCL`` alike; DEA's ``nbart_red``
     and ``nbar_red``, the same band without the terrain correction)."""
-    return tuple(re.sub(r"^nbart?_", "", band_key(n).lower()) for n in _asset_names(key, asset))
+    return tuple(measurement(band_key(n)) for n in _asset_names(key, asset))
 
 
 def _one_copy_each(available: dict[str, dict[str, Any]], keys: Sequence[str]) -> tuple[list[str], list[dict]]:
