@@ -24,7 +24,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import JobRequest
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
 from mapex_serve.jobs.scene import JobPlan, JobScene, checked_route, scene_tiles
-from mapex_serve.jobs.signing import from_planetary_computer, signed_item
+from mapex_serve.jobs.signing import from_planetary_computer, resigned, signed_item
 from mapex_serve.jobs.sources import (
     ResolvedSources,
     archive_at,
@@ -112,7 +112,8 @@ def _item_sources(item: str | dict[str, Any], assets: list[str] | None, prefixes
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
     if planetary_computer_sas and isinstance(item, dict) and from_planetary_computer(item, item_url):
-        item = signed_item(item, planetary_computer_sas)
+        return replace(resolve_stac(signed_item(item, planetary_computer_sas), assets, item_url, prefixes),
+                       planetary_computer=True)
     return resolve_stac(item, assets, item_url, prefixes)
 
 
@@ -151,7 +152,7 @@ def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
                       for f in sources.files],
             "bands": sources.bands, "units": dict(o.units), "scale": dict(o.scale), "offset": dict(o.offset),
             "described": sources.described, "archives": sources.archives, "fetch": sources.fetch,
-            "items": sources.items}
+            "items": sources.items, "planetary_computer": sources.planetary_computer}
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
@@ -159,7 +160,7 @@ def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
     return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
                            d.get("archives", []), [(url, archive) for url, archive in d.get("fetch", [])],
-                           d.get("items", False))
+                           d.get("items", False), d.get("planetary_computer", False))
 
 
 class JobRunner:
@@ -270,6 +271,8 @@ class JobRunner:
         specialists = self.state.registry.for_task(job.task)
         manifests = [s.manifest for s in specialists]
         sources = _sources_from_json(job.request["sources"])
+        if sources.planetary_computer and self.settings.planetary_computer_sas:
+            sources = await asyncio.to_thread(resigned, sources, self.settings.planetary_computer_sas)
         if sources.fetch:
             sources = await self._fetch(job, request, sources, manifests)
         plan = JobPlan(job.task, request, sources, self.store.folder(job.id),

@@ -85,6 +85,9 @@ class ResolvedSources:
     fetch: list[tuple[str, bool]] = field(default_factory=list)
     #: The files are those of several STAC items of one acquisition, each band's read as one raster.
     items: bool = False
+    #: The files are a Planetary Computer item's, signed with tokens that last about an hour: signed again when the
+    #: job starts (``mapex_serve.jobs.signing.resigned``).
+    planetary_computer: bool = False
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
@@ -395,7 +398,8 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
     files = [f for r in items for f in r.files]
     bands = [b for r in items for b in r.bands]
     described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]
-    return ResolvedSources(files, bands, first.overrides, described, items=True)
+    return ResolvedSources(files, bands, first.overrides, described, items=True,
+                           planetary_computer=any(r.planetary_computer for r in items))
 
 
 def redacted(text: str, files: Sequence[SourceFile]) -> str:

@@ -421,10 +421,39 @@ def test_a_planetary_computer_item_is_signed_with_a_token_of_each_container(rang
     assert sum(path == "sas/sentinel2l2a01/sentinel2-l2" for path, *_ in range_server.ranges) == 1  # one token
     elsewhere = {**item, "links": []}
     assert resolve_sources(JobRequest(stac_item=elsewhere), [], [], 10**6, endpoint).files[0].path.endswith(".tif")
+    assert resolved.planetary_computer and not resolve_sources(JobRequest(stac_item=elsewhere), [], [], 10**6,
+                                                               endpoint).planetary_computer
     item["assets"]["B11"]["href"] = item["assets"]["B11"]["href"].replace("sentinel2l2a01", "landsateuwest")
     with pytest.raises(RemoteFileUnavailableError, match="SAS service gave no token for landsateuwest/sentinel2-l2 "
                                                           r"\(HTTP 404\).*planetary_computer.sign"):
         resolve_sources(JobRequest(stac_item=item), [], [], 10**6, endpoint)
+
+
+def test_a_planetary_computer_job_is_signed_afresh_when_it_starts(range_server):
+    """A job waits in the queue, or for the service to restart, longer than a token lasts (about an hour): it started
+    with the token it was submitted with, expired, and failed. When it starts its files get a token fetched then, one
+    a container, in place of whatever signed them (the service's token, or its sender's); other files are left."""
+    from mapex_serve.jobs.runner import _sources_from_json, _sources_to_json
+    from mapex_serve.jobs.signing import resigned
+    from mapex_serve.jobs.sources import ResolvedSources
+
+    sas = range_server.root / "sas" / "sentinel2l2a01"
+    sas.mkdir(parents=True, exist_ok=True)
+    blob = "/vsicurl/https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/33/U/UP/x.SAFE/GRANULE/x/IMG_DATA/R20m"
+    submitted = ResolvedSources([SourceFile("T33UUP_B11_20m.tif", f"{blob}/T33UUP_B11_20m.tif?se=then&sig=a"),
+                                 SourceFile("T33UUP_B12_20m.tif", f"{blob}/T33UUP_B12_20m.tif?se=sender&sig=b"),
+                                 SourceFile("dem.tif", "/vsicurl/https://example.com/dem.tif?se=then&sig=c")],
+                                planetary_computer=True)
+    recorded = _sources_from_json(json.loads(json.dumps(_sources_to_json(submitted))))  # as the job store keeps it
+    assert recorded.planetary_computer
+    asked = len([path for path, *_ in range_server.ranges if path == "sas/sentinel2l2a01/sentinel2-l2"])
+    for token in ("se=now&sig=d", "se=later&sig=e"):  # the service's cached token is not reused
+        (sas / "sentinel2-l2").write_text(json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": token}))
+        started = resigned(recorded, f"{range_server.url}/sas")
+        assert [f.path for f in started.files] == [f"{blob}/T33UUP_B11_20m.tif?{token}",
+                                                   f"{blob}/T33UUP_B12_20m.tif?{token}",
+                                                   "/vsicurl/https://example.com/dem.tif?se=then&sig=c"]
+    assert sum(path == "sas/sentinel2l2a01/sentinel2-l2" for path, *_ in range_server.ranges) == asked + 2  # a start
 
 
 def test_the_items_of_one_acquisition_are_read_as_one_scene_band_by_band(range_server, swir_manifest):
