@@ -48,6 +48,7 @@ from mapex_serve.products import sentinel1_as_shipped
 from mapex_serve.rasters import band_key, identify_bands, landsat_sensor, missing_names_error, parse_name
 from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
+from mapex_serve.reproject import on_grid, warp_onto
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.units import (
     ZERO_IS_NODATA,
@@ -402,6 +403,9 @@ class RequestScene:
         self.ignored_subdatasets: list[str] = []
         #: The files read as the tiles of one raster (``mapex_serve.mosaic``), in the order sent; empty for any other.
         self.mosaicked: list[str] = []
+        #: Of those, the items' files on another grid than their band's first, read warped onto it (``reproject``),
+        #: by the name of the band's mosaic.
+        self.reprojected: dict[str, list[str]] = {}
         self.archives: list[Unpacked] = []
         self._max_unpacked, self._room = max_unpacked, room
         #: Bytes of the request's files copied into its ``/vsimem/`` folder (archive members, every part but a TIFF,
@@ -521,18 +525,38 @@ class RequestScene:
                 datasets.append(members[0])
                 continue
             tiles = [Tile(name, ds, self._grids.get(name) or Grid.of(ds)) for name, ds in members]
+            quality = any((named_as := parse_name(n)) is not None and named_as.quality for n in named[key])
+            tiles = [tiles[0], *(t if on_grid(t.grid, tiles[0].grid) else self._warped(t, tiles[0].grid, quality, key)
+                                 for t in tiles[1:])]
+            if warped := [t.name for t, (_, ds) in zip(tiles, members, strict=True) if t.dataset is not ds]:
+                self.reprojected[members[0][0]] = warped
             if (found := mosaic_vrt(tiles, items=True, nodata=self._nodata.get(members[0][0]))) is None:
                 grids = "; ".join(f"{t.name}: {t.grid.crs} {t.grid.extent()}" for t in tiles)
                 raise GridMismatchError(
-                    f"the items' files of {', '.join(key)} are not on one pixel grid ({grids}); the items of a job are "
-                    f"read as one raster, so they must share a CRS and pixel size: send the items of one UTM zone, "
-                    f"or a job an item")
+                    f"the items' files of {', '.join(key)} cannot be read as one raster ({grids}): they differ in "
+                    f"band count, data type or masks, or the first is not north-up; send a job an item")
             vrt = self._stack.enter_context(MemoryFile(found[0].encode(), dirname=self.folder,
                                                        filename=f"items-{i}.vrt"))
             self.mosaicked += [name for name, _ in members]
             datasets.append((members[0][0], self._closing(_open_allowed(vrt))))
         self.datasets = datasets
         return names
+
+    def _warped(self, tile: Tile, ref: Grid, quality: bool, key: tuple[str, ...]) -> Tile:
+        """An item's file not on the grid of its band's first (another UTM zone) as a VRT warped onto that grid
+        (``mapex_serve.reproject``), listed among the files read resampled."""
+        nodata = tile.dataset.nodatavals[0]
+        if nodata is None and (given := self._nodata.get(tile.name)):
+            nodata = given[0]
+        if nodata is None or tile.grid.crs is None or ref.crs is None:
+            raise GridMismatchError(
+                f"{tile.name} ({', '.join(key)}) is on another grid than the first item's ({tile.grid.crs} against "
+                f"{ref.crs}) and declares no no-data value: it would be warped onto the first's grid, and where it "
+                f"does not reach it would paint zeros over the first's pixels; give its no-data value (the file's, "
+                f"or its STAC item's raster:bands nodata), or send a job an item")
+        vrt = self._stack.enter_context(MemoryFile(dirname=self.folder, filename=f"warped-{uuid.uuid4().hex}.vrt"))
+        grid = warp_onto(tile.dataset, tile.grid, ref, vrt.name, nodata, quality)
+        return Tile(tile.name, self._closing(_open_allowed(vrt.name)), grid)
 
     def _unpacked(self, files: Sequence[UploadedFile]) -> list[UploadedFile]:
         """The files, each archive among them replaced by the rasters it holds (``archives``: what each held, its
@@ -766,6 +790,8 @@ class RequestScene:
             if id(b) in zero_filled:
                 b.nodata = 0.0
         reader = SceneReader(grid, used, quality, self._stack, factor if converted else None, converted)
+        reader.resampled += [f for file in dict.fromkeys(b.file for b in used + quality)
+                             for f in self.reprojected.get(file, [])]
         if converted:
             factor.factor_applied = True
         reader.ground = ground

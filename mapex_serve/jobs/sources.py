@@ -35,9 +35,10 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -380,6 +381,19 @@ def _resolve_item(item: dict[str, Any], assets: Sequence[str] | None, item_url: 
     return ResolvedSources(files, names, UnitOverrides(units, scale, offset), described + left_out)
 
 
+def _named_apart(files: Sequence[SourceFile]) -> list[SourceFile]:
+    """The items' files, those of one name (Earth Search's ``.../S2B_33UUP_20260601_0_L2A/B11.tif`` in each item)
+    named with their folder, or their place: a scene's files are told apart, in its report too, by their names."""
+    def folder(f: SourceFile) -> str:
+        return PurePosixPath(f.path.split("?", 1)[0]).parent.name
+
+    counts = Counter(f.name for f in files)
+    named = [replace(f, name=f"{folder(f)}/{f.name}") if counts[f.name] > 1 and folder(f) else f for f in files]
+    if len({f.name for f in named}) == len(named):
+        return named
+    return [replace(f, name=f"{i}/{f.name}") if counts[f.name] > 1 else f for i, f in enumerate(files, start=1)]
+
+
 def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
     """Several items of one acquisition (the Sentinel-2 tiles a scene spans) as one scene: the same bands of each,
     read band by band as one raster (``RequestScene(items=True)``), under the catalogue's word of the first."""
@@ -395,7 +409,7 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
         if other.overrides != first.overrides:
             raise JobSourceError("the items state different scales, offsets or units for their bands (two processing "
                                  "baselines: not one acquisition); send a job an item")
-    files = [f for r in items for f in r.files]
+    files = _named_apart([f for r in items for f in r.files])
     bands = [b for r in items for b in r.bands]
     described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]
     return ResolvedSources(files, bands, first.overrides, described, items=True,

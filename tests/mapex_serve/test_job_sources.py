@@ -499,13 +499,80 @@ def test_the_items_of_one_acquisition_are_read_as_one_scene_band_by_band(range_s
         assert (reasons[:4, 40:] != 0).all() and (reasons[:4, :40] == 0).all()
     with pytest.raises(JobSourceError, match="different bands"):
         one_acquisition([resolve_stac(items[0], ["swir16"], None), resolve_stac(items[1], ["swir22"], None)])
-    zone34 = range_server.root / "items" / "34UCU" / "B11.tif"  # the next UTM zone: the items' files on two grids
-    zone34.parent.mkdir()
-    with rasterio.open(zone34, "w", driver="GTiff", count=1, height=64, width=64, dtype="uint16", nodata=0,
-                       crs="EPSG:32634", transform=rasterio.transform.from_origin(300000, 5000000, 20, 20)) as dst:
-        dst.write(dn["33UVP"][:1])
-    far = {**items[1], "assets": {**items[1]["assets"], "swir16": {**items[1]["assets"]["swir16"],
-                                                                   "href": f"{range_server.url}/items/34UCU/B11.tif"}}}
-    with pytest.raises(GridMismatchError, match="not on one pixel grid.*items of one UTM zone"):
-        opened_scene(JobRequest(), resolve_sources(JobRequest(stac_item=[items[0], far]), [], [], 10**6),
-                     [swir_manifest], 10**9)
+
+
+def test_items_in_two_utm_zones_are_read_on_the_first_ones_grid(range_server, swir_manifest):
+    """A flood across a UTM zone's edge (12 E): Sentinel-2's tiles west of it are in zone 32, east of it in zone 33.
+    A job by their items was refused (not one grid). Now the second item's files are warped onto the first's grid:
+    its values where it reaches, west of the first tile, are the field both tiles sample (bilinear), its cloud lies
+    where it was (nearest), and the answer lists its files as resampled."""
+    from rasterio.warp import transform
+
+    from mapex_serve.jobs.models import JobRequest
+    from mapex_serve.jobs.runner import resolve_sources
+
+    size, pixel = 64, 20
+    east = rasterio.transform.from_origin(265540, 4998380, pixel, pixel)  # zone 33, at 12.02 E 45.1 N
+    x32, y32 = transform("EPSG:32633", "EPSG:32632", [265540.0], [4998380.0])
+    west = rasterio.transform.from_origin(round(x32[0] / pixel) * pixel - 640, round(y32[0] / pixel) * pixel - 200,
+                                          pixel, pixel)  # zone 32: 640 m further west, 200 m further south
+
+    def field(xs, ys):  # one smooth field on the ground, in zone 33's metres: what both tiles sample
+        return 1500 + (np.asarray(xs) - 265540) * 1.0 + (4998380 - np.asarray(ys)) * 0.5
+
+    def sampled(crs, t):
+        cols, rows = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
+        xs, ys = t @ (cols.ravel(), rows.ravel())
+        if crs != "EPSG:32633":
+            xs, ys = transform(crs, "EPSG:32633", xs, ys)
+        return np.rint(field(xs, ys)).reshape(size, size).astype(np.uint16)
+
+    cloud = np.full((size, size), 4, np.uint8)
+    cloud[20:30, 2:12] = 9  # a cloud on the zone 32 tile, west of the zone 33 tile
+    items = []
+    for tile, crs, t in (("33TUL", "EPSG:32633", east), ("32TQR", "EPSG:32632", west)):
+        assets = {}
+        for key, data in (("swir16", sampled(crs, t)), ("swir22", sampled(crs, t)),
+                          ("scl", cloud if tile == "32TQR" else np.full((size, size), 4, np.uint8))):
+            path = range_server.root / "zones" / tile / f"{key}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(path, "w", driver="GTiff", count=1, height=size, width=size, dtype=data.dtype,
+                               crs=crs, transform=t) as dst:  # no no-data in the files: the items give it
+                dst.write(data[None])
+            assets[key] = {"href": f"{range_server.url}/zones/{tile}/{key}.tif", "roles": ["data"],
+                           "raster:bands": [{"nodata": 0, **({"scale": 0.0001} if key != "scl" else {})}],
+                           **({"eo:bands": [{"name": key, "common_name": key}]} if key != "scl" else {})}
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"S2B_{tile}_20260601_0_L2A",
+                      "properties": {"s2:processing_baseline": "03.01"}, "assets": assets})
+    resolved = resolve_sources(JobRequest(stac_item=items), [], [], 10**6)
+    scene, _, reader = opened_scene(JobRequest(), resolved, [swir_manifest], 10**9)
+    with scene:
+        assert reader.grid.crs == "EPSG:32633" and (reader.grid.transform.a, reader.grid.transform.e) == (20, -20)
+        assert reader.resampled == ["32TQR/swir16.tif", "32TQR/swir22.tif", "32TQR/scl.tif"]  # told apart by folder
+        assert scene.mosaicked == [f"{tile}/{key}.tif" for key in ("swir16", "swir22", "scl") for tile in ("33TUL",
+                                                                                                         "32TQR")]
+        values, reasons = reader.read(Window(0, 0, reader.width, reader.height))
+        cols, rows = np.meshgrid(np.arange(reader.width) + 0.5, np.arange(reader.height) + 0.5)
+        xs, ys = reader.grid.transform @ (cols, rows)
+        truth = field(xs, ys) * 1e-4
+        valid = reasons == 0
+        beyond = valid & (xs < 265540)  # west of the zone 33 tile
+        assert beyond.sum() > 20 * size  # the zone 32 tile's own part: read, no longer refused
+        in_west = np.stack(~west @ tuple(map(np.asarray, transform("EPSG:32633", "EPSG:32632", xs.ravel(),
+                                                                    ys.ravel())))).reshape(2, *xs.shape)
+        inner = ((in_west >= 1) & (in_west <= size - 1)).all(axis=0)  # a pixel from its edge, where bilinear has
+        outside = ((in_west < -1) | (in_west > size + 1)).any(axis=0)  # all 4 neighbours; or not near it at all
+        checked = valid & (inner | outside)
+        assert checked.sum() > 0.9 * valid.sum()
+        for band in values:
+            np.testing.assert_allclose(band[checked], truth[checked], atol=1.5e-4)  # 1.5 DN: rounding, bilinear
+        assert 80 <= reader.masked()["SCL cloud (high probability)"] <= 120  # its 100 pixels, nearest
+        clouded = np.argwhere(reasons == reasons.max())
+        assert (clouded[:, 1] < (265540 - reader.grid.transform.c) / pixel).all()  # where the cloud was: west
+
+    for asset in items[1]["assets"].values():
+        del asset["raster:bands"][0]["nodata"]
+    with pytest.raises(GridMismatchError, match=r"32TQR/swir16.tif \(B11\) is on another grid than the first item's "
+                                                r"\(EPSG:32632 against EPSG:32633\) and declares no no-data value"):
+        opened_scene(JobRequest(), resolve_sources(JobRequest(stac_item=items), [], [], 10**6), [swir_manifest],
+                     10**9)
