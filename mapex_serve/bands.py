@@ -280,6 +280,9 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         # Sentinel Hub's s2cloudless cloud mask band (its Cloud Masks user guide): 0 no clouds, 1 clouds, 255 no data.
         QualityLayer("CLM", "Sentinel Hub cloud mask (s2cloudless)",
                      invalid_values={1: "CLM cloud", 255: "CLM no data"}),
+        # An alpha band that GDAL does not take as the file's mask (Planet's basemap quads: blue, green, red, near
+        # infrared, alpha): 0 is no data.
+        QualityLayer("ALPHA", "alpha band", invalid_values={0: "alpha band: no data"}),
         # Earth Engine's Sentinel-2 QA60 (COPERNICUS/S2_HARMONIZED, S2_SR_HARMONIZED): bit 10 opaque clouds, 11 cirrus.
         QualityLayer("QA60", "Sentinel-2 QA60 cloud mask bits (Earth Engine)",
                      invalid_bits={10: "QA60 opaque cloud", 11: "QA60 cirrus"}),

@@ -10,6 +10,11 @@ all, and GIS users index them by position. Two assets look alike to GDAL and dif
 - the analytic assets without ``_SR`` hold at-sensor radiance x 100, which read as reflectance x 10000 looks
   plausible and is wrong, so they are refused with the way to reflectance.
 
+Planet's basemaps come as quads (``1465-1146_quad.tif``, as the Basemaps API names its downloads, or with the
+mosaic's name before it: ``planet_medres_normalized_analytic_2021-06_mosaic_1465-1146_quad.tif``, NICFI's tropical
+basemaps): the surface reflectance ones 16-bit blue, green, red, near infrared and alpha, the visual ones 8-bit red,
+green, blue and alpha; no band names.
+
 The usable data mask (UDM2, 8 bands of 0/1 a class) masks cloud, cloud shadow and UDM2.0's heavy haze; snow and
 light haze stay valid, as Planet rates them usable (and as Sentinel-2's SCL keeps snow). Planet's PlanetScope bands
 map to the Sentinel-2 bands whose passbands they match; green I (513-549 nm) and yellow (600-620 nm) match none.
@@ -35,6 +40,7 @@ Kind = Literal["surface reflectance", "radiance", "visual", "udm2", "udm"]
 _ITEM = re.compile(r"^\d{8}_\d{6}_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+(?:d\d)?_u\d{4})_(?P<asset>.+?)"
                    r"(?:_clip)?\.tiff?$", re.I)
 _COMPOSITE_UDM2 = re.compile(r"(?:\w+_)?udm2(?:_clip)?\.tiff?", re.I)
+_QUAD = re.compile(r"^(?:.+_)?\d+-\d+_quad\.tiff?$", re.I)
 _ANALYTIC = re.compile(r"^analytic(?:ms)?(?P<sr>_sr)?(?:_[358]b)?(?P<harmonized>_harmonized)?$", re.I)
 _ASSET_KINDS: dict[str, Kind] = {"visual": "visual", "udm2": "udm2", "analyticms_dn_udm": "udm", "dn_udm": "udm",
                                  "udm": "udm"}
@@ -44,6 +50,7 @@ _ASSET_KINDS: dict[str, Kind] = {"visual": "visual", "udm2": "udm2", "analyticms
 _BY_POSITION: dict[tuple[Kind, int], tuple[str, ...]] = {
     ("surface reflectance", 3): ("red", "green", "blue"),  # ortho_analytic_3b
     ("surface reflectance", 4): ("blue", "green", "red", "nir"),
+    ("surface reflectance", 5): ("blue", "green", "red", "nir", "alpha"),  # a basemap quad
     ("surface reflectance", 8): ("coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir"),
     ("visual", 3): ("red", "green", "blue"),
     ("visual", 4): ("red", "green", "blue", "alpha"),
@@ -77,11 +84,20 @@ class PlanetProduct:
     #: What told the asset: the file name, or the surface reflectance JSON.
     told_by: str
     harmonized: bool = False
+    basemap: bool = False  # a basemap's quad, not a scene's asset
 
     @property
     def what(self) -> str:
         extra = ", harmonized to Sentinel-2" if self.harmonized else ""
-        return f"Planet {self.kind} asset{extra} ({self.told_by})"
+        return f"Planet {self.kind} {'basemap quad' if self.basemap else 'asset'}{extra} ({self.told_by})"
+
+    @property
+    def reflectance_to_order(self) -> str:
+        """What to order from Planet instead, for the surface reflectance the specialists take."""
+        if self.basemap:
+            return ("a surface reflectance basemap's quads (NICFI's planet_medres_normalized_analytic_..._mosaic, or "
+                    "a Select Basemap of surface reflectance)")
+        return "the surface reflectance asset (ortho_analytic_4b_sr or ortho_analytic_8b_sr: ..._AnalyticMS_SR.tif)"
 
     def band(self, src: DatasetReaderBase, index: int) -> ProductBand | None:
         """Band ``index`` by its description in Planet's words, else by its position; None when neither names it."""
@@ -100,7 +116,7 @@ class PlanetProduct:
             quality, meaning = _UDM2[name]
             return ProductBand(description or name, f"{rule} ({meaning})", quality=quality)
         if name == "alpha":
-            return ProductBand(name, f"{rule} (alpha, read as the file's mask)")
+            return ProductBand(name, f"{rule} (alpha: 0 is no data)", quality="ALPHA")
         if name not in _SPECTRAL:
             return None
         canonical, meaning = _SPECTRAL[name]
@@ -137,6 +153,9 @@ def planet_product(src: DatasetReaderBase, filename: str | None) -> PlanetProduc
             return PlanetProduct(kind, told_by, harmonized=bool(a.group("harmonized")))
         if asset in _ASSET_KINDS:
             return PlanetProduct(_ASSET_KINDS[asset], told_by)
+    if _QUAD.match(name) and src.count in (4, 5):
+        kind = "visual" if src.dtypes[0] == "uint8" else "surface reflectance"
+        return PlanetProduct(kind, "by its file name", basemap=True)
     if src.count == 8 and _COMPOSITE_UDM2.fullmatch(name):  # the Orders API composite tool's
         return PlanetProduct("udm2", "by its file name")
     if _surface_reflectance_json(src):

@@ -323,8 +323,7 @@ def conversion_for(
     assumed: list[str] = []
     if planet is not None and planet.kind == "visual":
         raise UnitError(f"{file_name}: a {planet.what} is colour-corrected 8-bit display imagery, not reflectance; "
-                        f"the specialists take surface reflectance: order the surface reflectance asset "
-                        f"(ortho_analytic_4b_sr or ortho_analytic_8b_sr: ..._AnalyticMS_SR.tif)")
+                        f"the specialists take surface reflectance: order {planet.reflectance_to_order}")
     if planet is not None and planet.kind == "radiance" and overrides.get("scale", canonical) is None:
         raise UnitError(f"{file_name}: a {planet.what} holds at-sensor radiance x 100 (W m-2 sr-1 um-1), not "
                         f"reflectance, and read as reflectance x 10000 it would look plausible and be wrong; the "

@@ -1481,6 +1481,26 @@ def test_planet_legacy_udm_bits():
                                "Planet UDM missing or suspect data in band 1": 2}
 
 
+@pytest.mark.parametrize("name", ["1465-1146_quad.tif", "planet_medres_normalized_analytic_2021-06_mosaic_"
+                                  "1465-1146_quad.tif"])
+def test_a_planet_basemap_quad_reads_blue_green_red_nir_and_its_alpha_as_no_data(name):
+    """Planet's basemap quads (NICFI's tropical basemaps among them) carry no band names: the Basemaps API's file name
+    says what they are, 16-bit blue, green, red, near infrared and alpha, in Web Mercator. They were refused for their
+    names; a user naming them as a Planet scene's red, green, blue read blue as red."""
+    stored = reflectance((5, 16, 16))
+    stored[4] = 65535
+    stored[4, :3] = 0  # the quad's edge, beyond the mosaic: transparent
+    quad = tif(stored, crs="EPSG:3857", pixel=4.777, origin=(-5000000, 0))
+    scene, reader, values, reasons = read([UploadedFile(name, quad)], ["B04", "B03", "B02", "B08"])
+    np.testing.assert_allclose(values[:, 3:], stored[[2, 1, 0, 3], 3:] / 10000, rtol=1e-6)
+    assert reader.masked() == {"alpha band: no data": 3 * 16} and (reasons[:3] != 0).all()
+    assert rule_of(scene, "B04") == "Planet surface reflectance basemap quad (by its file name): band 3 of 5 in " \
+                                    "Planet's asset table (red)"
+    visual = tif(RNG.integers(0, 255, (4, 16, 16)).astype(np.uint8), crs="EPSG:3857")
+    with pytest.raises(UnitError, match="visual basemap quad.*display imagery.*planet_medres_normalized_analytic"):
+        read([UploadedFile(name, visual)], ["B04", "B03", "B02"])
+
+
 def test_a_planet_order_zip_reads_its_surface_reflectance_with_its_udm2_and_leaves_its_metadata():
     """What the Orders API delivers: a ZIP of ``PSScene/`` with the assets, their JSON and XML, and a manifest."""
     stored = reflectance((8, 16, 16))
