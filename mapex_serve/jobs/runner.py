@@ -111,10 +111,17 @@ def _item_sources(item: str | dict[str, Any], assets: list[str] | None, prefixes
     item_url = None
     if isinstance(item, str):
         item, item_url = fetch_item(item, prefixes), item
-    if planetary_computer_sas and isinstance(item, dict) and from_planetary_computer(item, item_url):
-        return replace(resolve_stac(signed_item(item, planetary_computer_sas), assets, item_url, prefixes),
-                       planetary_computer=True)
-    return resolve_stac(item, assets, item_url, prefixes)
+    signing = bool(planetary_computer_sas) and isinstance(item, dict) and from_planetary_computer(item, item_url)
+    resolved = resolve_stac(signed_item(item, planetary_computer_sas) if signing else item, assets, item_url, prefixes)
+    return replace(resolved, planetary_computer=signing, acquired=_acquired(item))
+
+
+def _acquired(item: Any) -> str | None:
+    """The item's ``datetime``, else its ``start_datetime`` (a composite's); None where it states neither."""
+    properties = item.get("properties") if isinstance(item, dict) else None
+    if not isinstance(properties, dict):
+        return None
+    return next((properties[k] for k in ("datetime", "start_datetime") if isinstance(properties.get(k), str)), None)
 
 
 def fetched_sources(fetch: list[tuple[str, bool]], prefixes: list[str], max_unpacked: int, downloads: Path,
@@ -152,7 +159,7 @@ def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
                       for f in sources.files],
             "bands": sources.bands, "units": dict(o.units), "scale": dict(o.scale), "offset": dict(o.offset),
             "described": sources.described, "archives": sources.archives, "fetch": sources.fetch,
-            "items": sources.items, "planetary_computer": sources.planetary_computer}
+            "items": sources.items, "planetary_computer": sources.planetary_computer, "acquired": sources.acquired}
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
@@ -160,7 +167,7 @@ def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
     return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
                            d.get("archives", []), [(url, archive) for url, archive in d.get("fetch", [])],
-                           d.get("items", False), d.get("planetary_computer", False))
+                           d.get("items", False), d.get("planetary_computer", False), d.get("acquired"))
 
 
 class JobRunner:

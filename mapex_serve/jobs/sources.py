@@ -89,6 +89,8 @@ class ResolvedSources:
     #: The files are a Planetary Computer item's, signed with tokens that last about an hour: signed again when the
     #: job starts (``mapex_serve.jobs.signing.resigned``).
     planetary_computer: bool = False
+    #: When the scene was acquired, as its STAC item says (``datetime``, else ``start_datetime``): the result's own.
+    acquired: str | None = None
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
@@ -413,7 +415,7 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
     bands = [b for r in items for b in r.bands]
     described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]
     return ResolvedSources(files, bands, first.overrides, described, items=True,
-                           planetary_computer=any(r.planetary_computer for r in items))
+                           planetary_computer=any(r.planetary_computer for r in items), acquired=first.acquired)
 
 
 def redacted(text: str, files: Sequence[SourceFile]) -> str:

@@ -18,6 +18,7 @@ from typing import IO, Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
+from rasterio.errors import RasterioIOError
 from starlette.types import Receive, Scope, Send
 
 from mapex_serve.deps import authorised, ready_registry, service_state
@@ -26,6 +27,7 @@ from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobReques
 from mapex_serve.jobs.runner import JobRunner, new_id, resolve_sources
 from mapex_serve.jobs.scene import checked_route
 from mapex_serve.jobs.sources import redacted
+from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
@@ -79,7 +81,8 @@ def job_status(runner: JobRunner, record: JobRecord) -> JobStatus:
         progress=JobProgress(tiles_done=done, tiles_total=total, fraction=done / total if total else 0.0,
                              eta_s=live.eta_s if live else None, fetched_bytes=runner.fetched.get(record.id)),
         route=record.route, error=JobError(**record.error) if record.error else None,
-        results={f: f"/jobs/{record.id}/result?format={f}" for f in outputs}, expired=record.expired)
+        results={f: f"/jobs/{record.id}/result?format={f}" for f in [*outputs, "stac"] if outputs},
+        expired=record.expired)
 
 
 async def _job_request(request: Request) -> JobRequest | None:
@@ -188,9 +191,10 @@ async def cancel_job(job_id: str, state: Annotated[ServiceState, Depends(service
 @router.get("/jobs/{job_id}/result", responses={200: {"content": {"image/tiff": {}, "application/json": {},
                                                                    "application/geo+json": {}}}})
 async def job_result(
-    job_id: str, state: Annotated[ServiceState, Depends(service_state)],
-    format: Annotated[Literal["geotiff", "json", "geojson", "probabilities"] | None,
-                      Query(description="default: geotiff for masks, json for class tasks")] = None,
+    job_id: str, request: Request, state: Annotated[ServiceState, Depends(service_state)],
+    format: Annotated[Literal["geotiff", "json", "geojson", "probabilities", "stac"] | None,
+                      Query(description="default: geotiff for masks, json for class tasks; stac: a STAC Item of the "
+                                        "results, their hrefs here")] = None,
 ) -> Response:
     runner = _runner(state)
     record = _record(runner, job_id)
@@ -207,6 +211,14 @@ async def job_result(
     format = format or ("geotiff" if "probabilities" in outputs or "geojson" in outputs else "json")
     if format == "json":
         return JSONResponse(summary)
+    if format == "stac":
+        url = request.url_for("job_result", job_id=job_id)
+        try:
+            item = await asyncio.to_thread(result_item, record, runner.store.folder(job_id),
+                                           lambda f: f"{url}?format={f}")
+        except RasterioIOError:  # expiry removed the files since the record was read
+            raise expired from None
+        return JSONResponse(item, media_type="application/geo+json")
     if format not in outputs:
         hint = {"probabilities": "submit with probabilities=true", "geojson": "masks only, submit with geojson=true"}
         raise JobNotFoundError(f"job {job_id} has no {format} result ({hint.get(format, '')}); it has: "

@@ -110,7 +110,7 @@ def test_an_uploaded_scene_gives_the_predict_mask_as_a_cog_with_areas(jobs_serve
     job = uploaded
     assert job["route"]["specialist"] == "flood-sar" and job["route"]["bands"] == ["VV", "VH"]
     assert job["progress"]["tiles_done"] == job["progress"]["tiles_total"] > 100
-    assert set(job["results"]) == {"geotiff", "json", "geojson", "probabilities"}
+    assert set(job["results"]) == {"geotiff", "json", "geojson", "probabilities", "stac"}
     listed = httpx.get(f"{jobs_server.url}/jobs", params={"limit": 1000}).json()
     assert job["id"] in [j["id"] for j in listed] and listed == sorted(listed, key=lambda j: -j["created"])
     labels = cog_array(server_type, result(jobs_server.url, job["id"], "geotiff").content)[0]
@@ -343,6 +343,57 @@ def test_a_stac_item_with_s3_assets_names_the_bands_and_their_nodata(jobs_server
     assert (labels[:, :16] == 255).all(), "the catalogue's nodata is nodata in the answer"
     reference = cog_array(server_type, result(jobs_server.url, uploaded["id"], "geotiff").content)[0]
     assert (labels[:, 40:] == reference[:, 40:]).mean() >= 0.999  # away from the margin, the same scene
+
+
+def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(jobs_server, range_server, scene_cog,
+                                                                                uploaded, server_type, tmp_path):
+    """A flood map goes into a STAC catalogue, or to the tools that read STAC. The job's results as an Item: GDAL's
+    STACIT driver reads its labels and probabilities from this service, by its projection fields and hrefs alone,
+    as the COGs themselves; its classes are the labels' (names, colours, no data); its footprint the scene's; its
+    datetime the source item's acquisition, which it links; a job of an upload dates from its finish."""
+    (range_server.root / "stac-result").mkdir(exist_ok=True)
+    shutil.copy(scene_cog, range_server.root / "stac-result" / "s1.tif")
+    item_url = f"{range_server.url}/stac-result/S1A_IW_GRDH_x.json"
+    (range_server.root / "stac-result" / "S1A_IW_GRDH_x.json").write_text(json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": "S1A_IW_GRDH_x", "geometry": None,
+        "properties": {"datetime": "2026-11-30T05:00:00Z"}, "links": [{"rel": "self", "href": item_url}],
+        "assets": {"data": {"href": f"{range_server.url}/stac-result/s1.tif", "roles": ["data"],
+                            "eo:bands": [{"name": "VV"}, {"name": "VH"}]}}}))
+    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"stac_item": item_url, "probabilities": True}, timeout=60)
+    assert r.status_code == 202, r.text
+    status = wait_done(jobs_server.url, r.json()["id"])
+    assert status["state"] == "done" and status["results"]["stac"].endswith("?format=stac"), status
+    item = result(jobs_server.url, status["id"], "stac").json()
+    assert result(jobs_server.url, status["id"], "stac").headers["content-type"] == "application/geo+json"
+    assert item["properties"]["datetime"] == "2026-11-30T05:00:00Z" and item["properties"]["proj:code"] == "EPSG:32633"
+    assert {link["rel"]: link["href"] for link in item["links"]}["derived_from"] == item_url
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(item))
+    for asset in ("labels", "probabilities"):
+        stored = cog_array(server_type, result(jobs_server.url, status["id"], {"labels": "geotiff"}.get(asset, asset))
+                           .content)
+        with rasterio.open(f'STACIT:"{path}":asset={asset}') as read:  # by the item's fields, the files by HTTP
+            np.testing.assert_array_equal(read.read(), stored)
+            with rasterio.open(scene_cog) as scene:
+                assert (read.crs, read.transform) == (scene.crs, scene.transform)
+                corners = transform_geom(scene.crs, "EPSG:4326", shapely.geometry.mapping(shapely.box(*scene.bounds)))
+                assert item["bbox"] == pytest.approx(transform_bounds(scene.crs, "EPSG:4326", *scene.bounds,
+                                                                      densify_pts=21), abs=1e-6)
+    outline = shapely.geometry.shape(item["geometry"])
+    assert all(outline.distance(shapely.Point(xy)) < 1e-6 for xy in corners["coordinates"][0])  # the scene's corners
+    assert shapely.box(*item["bbox"]).buffer(1e-6).contains(outline)
+    summary = result(jobs_server.url, status["id"], "json").json()
+    with rasterio.io.MemoryFile(result(jobs_server.url, status["id"], "geotiff").content) as mem, mem.open() as cog:
+        colours = cog.colormap(1)
+    classes = item["assets"]["labels"]["classification:classes"]
+    assert [c["description"] for c in classes[:-1]] == list(summary["classes"])
+    assert [c["color_hint"] for c in classes[:-1]] == ["{:02X}{:02X}{:02X}".format(*colours[i][:3])
+                                                      for i in range(len(classes) - 1)]
+    assert classes[-1] == {"value": 255, "name": "no_data", "nodata": True, "description": classes[-1]["description"]}
+    assert item["assets"]["probabilities"]["raster:bands"][0]["scale"] == pytest.approx(1 / 254)
+    upload = result(jobs_server.url, uploaded["id"], "stac").json()
+    assert upload["properties"]["datetime"] == upload["properties"]["created"] and [
+        link["rel"] for link in upload["links"]] == ["self"]
 
 
 def test_the_stac_items_of_one_overpass_give_the_mask_of_the_scene_they_tile(jobs_server, range_server, sar,
