@@ -493,6 +493,12 @@ def test_an_eopf_stac_item_reads_its_zarr_product_as_its_bands_sent_as_cogs_are_
     np.testing.assert_array_equal(from_zarr, from_cogs)
     with rasterio.io.MemoryFile(result(jobs_server.url, zarr_done["id"], "geotiff").content) as mem, mem.open() as src:
         assert src.crs.to_epsg() == 32633 and src.transform.c == 399960 and src.transform.f == 4600020
+        item = result(jobs_server.url, zarr_done["id"], "stac").json()  # as the result's own grid says
+        labels = item["assets"]["labels"]
+        assert (labels["proj:transform"], labels["proj:shape"]) == (list(src.transform)[:6], [src.height, src.width])
+    names = list(summary.get("classes") or summary["probabilities"])
+    assert [c["description"] for c in labels["classification:classes"]] == [*names, labels[
+        "classification:classes"][-1]["description"]] and item["properties"]["datetime"] == "2025-05-22T12:50:39Z"
 
 
 def test_an_s3_url_is_read_through_gdal(jobs_server, s3_server, scene_cog):
