@@ -31,7 +31,8 @@ class JobRequest(BaseModel):
                                         "list of the files of one scene (e.g. the VV and VH COGs)")
     stac_item: str | dict[str, Any] | list[str | dict[str, Any]] | None = Field(
         None, description="a STAC item's http(s) URL, or the item itself; or a list of the items of one acquisition "
-        "that a scene spans (the Sentinel-2 tiles of one overpass, in one UTM zone), read band by band as one raster")
+        "that a scene spans (the Sentinel-2 tiles of one overpass), read band by band as one raster, or an "
+        "ItemCollection of them (a STAC API search's result: its URL or itself)")
     assets: list[str] | None = Field(None, description="the STAC item's asset keys to read (default: every asset "
                                      "whose bands the service knows)")
     bands: str | None = Field(None, description="names of the bands in order over all files, '-' skips one")

@@ -37,7 +37,7 @@ from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLo
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
-from mapex_serve.jobs.models import JobRequest
+from mapex_serve.jobs.models import MAX_ITEMS, JobRequest
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
 from mapex_serve.jobs.scene import JobPlan, JobScene, checked_route, scene_tiles
 from mapex_serve.jobs.signing import from_planetary_computer, resigned, signed_item
@@ -45,11 +45,11 @@ from mapex_serve.jobs.sources import (
     ResolvedSources,
     archive_at,
     fetch_archive,
-    fetch_item,
     one_acquisition,
     redacted,
     resolve_stac,
     resolve_urls,
+    stac_items,
 )
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
 from mapex_serve.predict import pipeline, unreadable_as_400
@@ -101,16 +101,13 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
         in_place = resolve_urls(urls, prefixes)  # checks every URL before anything is read
         archives = [archive_at(u, max_unpacked) for u in urls]  # every URL sniffed: an S3 archive is refused now
         return ResolvedSources([], fetch=list(zip(urls, archives, strict=True))) if any(archives) else in_place
-    items = request.stac_item if isinstance(request.stac_item, list) else [request.stac_item]
-    resolved = [_item_sources(item, request.assets, prefixes, planetary_computer_sas) for item in items]
+    resolved = [_item_sources(item, item_url, request.assets, prefixes, planetary_computer_sas)
+                for item, item_url in stac_items(request.stac_item, prefixes, MAX_ITEMS)]
     return resolved[0] if len(resolved) == 1 else one_acquisition(resolved)
 
 
-def _item_sources(item: str | dict[str, Any], assets: list[str] | None, prefixes: list[str],
+def _item_sources(item: Any, item_url: str | None, assets: list[str] | None, prefixes: list[str],
                   planetary_computer_sas: str) -> ResolvedSources:
-    item_url = None
-    if isinstance(item, str):
-        item, item_url = fetch_item(item, prefixes), item
     signing = bool(planetary_computer_sas) and isinstance(item, dict) and from_planetary_computer(item, item_url)
     resolved = resolve_stac(signed_item(item, planetary_computer_sas) if signing else item, assets, item_url, prefixes)
     return replace(resolved, planetary_computer=signing, acquired=_acquired(item))

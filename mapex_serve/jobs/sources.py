@@ -38,6 +38,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -50,8 +51,8 @@ from mapex_serve.inputs import SourceFile
 from mapex_serve.rasters import band_key, name_in_file_name, parse_name
 from mapex_serve.units import UnitOverrides, parse_unit
 
-__all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "redacted", "resolve_stac",
-           "resolve_urls"]
+__all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "one_acquisition",
+           "redacted", "resolve_stac", "resolve_urls", "stac_items"]
 
 #: GDAL settings for reading remote rasters by ranges, and a bounded block cache (GDAL's default is 5% of
 #: the node's RAM, outside every budget of the service); a deployment's own environment wins.
@@ -198,6 +199,42 @@ def fetch_item(url: str, allowed_prefixes: Sequence[str] = (), timeout: float = 
     return item
 
 
+def stac_items(given: str | dict[str, Any] | list[str | dict[str, Any]], allowed_prefixes: Sequence[str] = (),
+               most: int = 8) -> list[tuple[Any, str | None]]:
+    """``(item, its URL)`` of each item a job's ``stac_item`` gives: an item, its URL, a list of them, or an
+    ItemCollection (a STAC API search's result, pystac-client's ``item_collection().to_dict()``), whose features
+    are its items; at most ``most``."""
+    items: list[tuple[Any, str | None]] = []
+    for entry in given if isinstance(given, list) else [given]:
+        item, url = (fetch_item(entry, allowed_prefixes), entry) if isinstance(entry, str) else (entry, None)
+        if isinstance(item, dict) and item.get("type") == "FeatureCollection":
+            items += _collection_items(item, url)
+        else:
+            items.append((item, url))
+    if not 1 <= len(items) <= most:
+        raise JobSourceError(f"stac_item gives {len(items)} items; give 1 to {most}, those of one acquisition that "
+                             f"the scene spans")
+    return items
+
+
+def _collection_items(collection: dict[str, Any], url: str | None) -> list[tuple[Any, str | None]]:
+    """An ItemCollection's features, each with its self link's URL; refused where the search matched more items
+    than the page lists (the rest would be left out unseen)."""
+    features = collection.get("features")
+    if not isinstance(features, list):
+        raise JobSourceError("stac_item is a FeatureCollection without a list of features; send a STAC item, or "
+                             "an ItemCollection of items")
+    matched = collection.get("numberMatched", collection.get("context", {}).get("matched"))
+    following = any(isinstance(link, dict) and link.get("rel") == "next" for link in collection.get("links") or [])
+    if following or (isinstance(matched, int) and matched > len(features)):
+        raise JobSourceError(f"the search result{f' {url}' if url else ''} lists {len(features)} of the items it "
+                             f"matched ({matched if isinstance(matched, int) else 'more'}: it has a next page); narrow "
+                             f"the search to the items of one acquisition (its ids, or bbox and datetime)")
+    return [(f, next((link["href"] for link in f.get("links") or [] if isinstance(link, dict)
+                      and link.get("rel") == "self" and isinstance(link.get("href"), str)), None)
+             if isinstance(f, dict) else None) for f in features]
+
+
 def _asset_bands(key: str, asset: dict[str, Any]) -> list[dict[str, Any]]:
     """Per band of one asset: its names (STAC 1.1 ``bands`` or 1.0 ``eo:bands``) merged with ``raster:bands``."""
     named = asset.get("bands") or asset.get("eo:bands") or []
@@ -297,8 +334,8 @@ def resolve_stac(item: dict[str, Any], assets: Sequence[str] | None, item_url: s
                  allowed_prefixes: Sequence[str] = ()) -> ResolvedSources:
     """The item's raster assets (``assets``, or every one whose bands name model bands) as one scene."""
     if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
-        raise JobSourceError("stac_item is not a STAC item (a GeoJSON Feature with assets); send an item, not a "
-                             "collection or a search result")
+        raise JobSourceError("stac_item is not a STAC item (a GeoJSON Feature with assets); send an item, a list of "
+                             "them or an ItemCollection (a search's result), not a collection")
     try:
         return _resolve_item(item, assets, item_url, allowed_prefixes)
     except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
@@ -396,6 +433,22 @@ def _named_apart(files: Sequence[SourceFile]) -> list[SourceFile]:
     return [replace(f, name=f"{i}/{f.name}") if counts[f.name] > 1 else f for i, f in enumerate(files, start=1)]
 
 
+def _check_one_time(items: Sequence[ResolvedSources], hours: float = 1.0) -> None:
+    """Refuse items acquired more than ``hours`` apart: the tiles of one overpass are seconds apart, and items of two
+    dates read as one scene would mix them, a later date painted over an earlier."""
+    times = {}
+    for r in items:
+        try:
+            at = datetime.fromisoformat(str(r.acquired))
+        except ValueError:  # an item without a datetime, or not ISO: nothing to compare
+            continue
+        times[r.acquired] = at if at.tzinfo else at.replace(tzinfo=UTC)  # RFC 3339 says the zone; UTC if not
+    if times and (max(times.values()) - min(times.values())).total_seconds() > hours * 3600:
+        raise JobSourceError(f"the items were acquired at different times ({', '.join(sorted(times))}); a job reads "
+                             f"the items of one acquisition (the tiles of one overpass) as one scene: send those of "
+                             f"one date, or a job a date")
+
+
 def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
     """Several items of one acquisition (the Sentinel-2 tiles a scene spans) as one scene: the same bands of each,
     read band by band as one raster (``RequestScene(items=True)``), under the catalogue's word of the first."""
@@ -411,6 +464,7 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
         if other.overrides != first.overrides:
             raise JobSourceError("the items state different scales, offsets or units for their bands (two processing "
                                  "baselines: not one acquisition); send a job an item")
+    _check_one_time(items)
     files = _named_apart([f for r in items for f in r.files])
     bands = [b for r in items for b in r.bands]
     described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]

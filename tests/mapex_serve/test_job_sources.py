@@ -501,6 +501,41 @@ def test_the_items_of_one_acquisition_are_read_as_one_scene_band_by_band(range_s
         one_acquisition([resolve_stac(items[0], ["swir16"], None), resolve_stac(items[1], ["swir22"], None)])
 
 
+def test_a_search_result_gives_its_items_and_items_of_two_dates_are_refused(range_server):
+    """pystac-client's item_collection().to_dict(), or a STAC API search's URL, is what a user has: its features are
+    the items of the scene, as a list of them would be. A result with a next page would leave items out unseen, and
+    items of two dates read as one scene would paint one date over the other: both are refused, saying so."""
+    from mapex_serve.jobs.runner import resolve_sources
+
+    def item(tile, when):
+        url = f"{range_server.url}/search/{tile}"
+        return {"type": "Feature", "stac_version": "1.0.0", "id": tile, "properties": {"datetime": when},
+                "links": [{"rel": "self", "href": f"{url}.json"}],
+                "assets": {k: {"href": f"{url}/{k}.tif", "roles": ["data"], "eo:bands": [{"name": k}]}
+                           for k in ("swir16", "swir22")}}
+
+    overpass = [item("33UUP", "2026-06-01T10:15:59.024Z"), item("33UVP", "2026-06-01T10:16:02.881Z")]
+    listed = resolve_sources(JobRequest(stac_item=overpass), [], [], 10**6)
+    collection = {"type": "FeatureCollection", "features": overpass, "numberMatched": 2, "numberReturned": 2,
+                  "links": [{"rel": "self", "href": f"{range_server.url}/search?ids=33UUP,33UVP"}]}
+    (range_server.root / "search").mkdir(exist_ok=True)
+    (range_server.root / "search" / "result.json").write_text(json.dumps(collection))
+    for given in (collection, f"{range_server.url}/search/result.json"):
+        found = resolve_sources(JobRequest(stac_item=given), [], [], 10**6)
+        assert found.items and [f.path for f in found.files] == [f.path for f in listed.files]
+        assert found.bands == listed.bands == ["swir16", "swir22"] * 2 and found.acquired == overpass[0]["properties"][
+            "datetime"]
+    paged = {**collection, "numberMatched": 5, "links": [{"rel": "next", "href": f"{range_server.url}/search?page=2"}]}
+    with pytest.raises(JobSourceError, match=r"lists 2 of the items it matched \(5: it has a next page\); narrow"):
+        resolve_sources(JobRequest(stac_item=paged), [], [], 10**6)
+    two_dates = [overpass[0], item("33UVP", "2026-06-04T10:06:01Z")]
+    with pytest.raises(JobSourceError, match=r"acquired at different times \(2026-06-01T10:15:59.024Z, "
+                                             r"2026-06-04T10:06:01Z\).*send those of one date"):
+        resolve_sources(JobRequest(stac_item={**collection, "features": two_dates}), [], [], 10**6)
+    with pytest.raises(JobSourceError, match="stac_item gives 9 items; give 1 to 8"):
+        resolve_sources(JobRequest(stac_item={**collection, "features": overpass * 4 + overpass[:1]}), [], [], 10**6)
+
+
 def test_items_in_two_utm_zones_are_read_on_the_first_ones_grid(range_server, swir_manifest):
     """A flood across a UTM zone's edge (12 E): Sentinel-2's tiles west of it are in zone 32, east of it in zone 33.
     A job by their items was refused (not one grid). Now the second item's files are warped onto the first's grid:
