@@ -224,7 +224,8 @@ def _collection_items(collection: dict[str, Any], url: str | None) -> list[tuple
     if not isinstance(features, list):
         raise JobSourceError("stac_item is a FeatureCollection without a list of features; send a STAC item, or "
                              "an ItemCollection of items")
-    matched = collection.get("numberMatched", collection.get("context", {}).get("matched"))
+    context = collection.get("context")  # STAC API 1.0.0-beta's, before numberMatched
+    matched = collection.get("numberMatched", context.get("matched") if isinstance(context, dict) else None)
     following = any(isinstance(link, dict) and link.get("rel") == "next" for link in collection.get("links") or [])
     if following or (isinstance(matched, int) and matched > len(features)):
         raise JobSourceError(f"the search result{f' {url}' if url else ''} lists {len(features)} of the items it "
