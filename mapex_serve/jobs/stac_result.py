@@ -84,7 +84,7 @@ def _footprint(ds: DatasetReaderBase) -> tuple[dict[str, Any] | None, list[float
     if ds.crs is None:
         return None, None
     west, south, east, north = ds.bounds
-    steps = [i / (_EDGE_POINTS - 1) for i in range(_EDGE_POINTS)]
+    steps = [i / (_EDGE_POINTS - 1) for i in range(_EDGE_POINTS - 1)]  # each edge up to the next one's start
     ring = ([(west + (east - west) * s, north) for s in steps] + [(east, north - (north - south) * s) for s in steps]
             + [(east - (east - west) * s, south) for s in steps] + [(west, south + (north - south) * s) for s in steps])
     outline = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
