@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mapex_serve.acquired import acquisition
 from mapex_serve.archives import unpack_file
 from mapex_serve.batcher import BACKGROUND
 from mapex_serve.cores import service_cores
@@ -95,15 +96,24 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     among which is an archive are left to fetch when the job starts (``fetch``): a download of a gigabyte would hold
     the POST, past any proxy's patience."""
     if uploads:
-        return _unpacked_sources(uploads, max_unpacked)
+        return _dated(_unpacked_sources(uploads, max_unpacked))
     if request.url:
         urls = [request.url] if isinstance(request.url, str) else request.url
         in_place = resolve_urls(urls, prefixes)  # checks every URL before anything is read
         archives = [archive_at(u, max_unpacked) for u in urls]  # every URL sniffed: an S3 archive is refused now
-        return ResolvedSources([], fetch=list(zip(urls, archives, strict=True))) if any(archives) else in_place
+        return _dated(ResolvedSources([], fetch=list(zip(urls, archives, strict=True))) if any(archives) else in_place)
     resolved = [_item_sources(item, item_url, request.assets, prefixes, planetary_computer_sas)
                 for item, item_url in stac_items(request.stac_item, prefixes, MAX_ITEMS)]
-    return resolved[0] if len(resolved) == 1 else one_acquisition(resolved)
+    return _dated(resolved[0] if len(resolved) == 1 else one_acquisition(resolved))
+
+
+def _dated(sources: ResolvedSources) -> ResolvedSources:
+    """``sources`` with when they were acquired: as their STAC item says, else as their files' names (or URLs) do
+    (``mapex_serve.acquired``)."""
+    if sources.acquired is not None:
+        return sources
+    names = [f.path if f.remote else f.name for f in sources.files] + [url for url, _ in sources.fetch]
+    return replace(sources, acquired=acquisition(names))
 
 
 def _item_sources(item: Any, item_url: str | None, assets: list[str] | None, prefixes: list[str],
@@ -128,7 +138,7 @@ def fetched_sources(fetch: list[tuple[str, bool]], prefixes: list[str], max_unpa
     in_place = resolve_urls([url for url, _ in fetch], prefixes).files
     saved = [(f.name, fetch_archive(url, downloads / f"url{i:02d}", max_unpacked, fetching=fetching)) if archive else f
              for i, ((url, archive), f) in enumerate(zip(fetch, in_place, strict=True))]
-    return _unpacked_sources(saved, max_unpacked)
+    return _dated(_unpacked_sources(saved, max_unpacked))
 
 
 def _unpacked_sources(saved: list[tuple[str, Path] | SourceFile], max_unpacked: int) -> ResolvedSources:

@@ -11,7 +11,8 @@ the job's result files as one Item, each fact read from the files themselves:
   probabilities' scale and no data in the raster extension's;
 - hrefs at this service, which GDAL reads by ranges.
 
-Its ``datetime`` is the scene's acquisition where the job's STAC item gave it (the item linked as ``derived_from``),
+Its ``datetime`` is the scene's acquisition where the job's STAC item or its files' names gave it (the item linked as
+``derived_from``; a name that gives the day only, the day as ``start_datetime``/``end_datetime``),
 else the job's finish, which ``created`` always states.
 """
 
@@ -69,7 +70,7 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
     item: dict[str, Any] = {
         "type": "Feature", "stac_version": "1.0.0", "stac_extensions": list(STAC_EXTENSIONS.values()),
         "id": f"{record.task}-{record.id}", "geometry": geometry, **({"bbox": bbox} if bbox else {}),
-        "properties": {"datetime": acquired or finished, "created": finished, "proj:code": crs,
+        "properties": {**_when(acquired, finished), "created": finished, "proj:code": crs,
                        "mapex:task": record.task, "mapex:specialist": summary.get("specialist"),
                        "mapex:version": summary.get("version")},
         "links": [{"rel": "self", "href": href("stac"), "type": "application/geo+json"},
@@ -77,6 +78,13 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
                     for url in _source_items(record))],
         "assets": assets}
     return item
+
+
+def _when(acquired: str | None, finished: str) -> dict[str, str | None]:
+    """STAC's ``datetime``: the acquisition's instant; for a day (``start/end``, a name that gives the date only)
+    none, and the day as ``start_datetime`` and ``end_datetime``; the finish where nothing says."""
+    start, _, end = (acquired or finished).partition("/")
+    return {"datetime": None, "start_datetime": start, "end_datetime": end} if end else {"datetime": start}
 
 
 def _footprint(ds: DatasetReaderBase) -> tuple[dict[str, Any] | None, list[float] | None]:

@@ -1,0 +1,78 @@
+"""When a scene was acquired, by the names its providers give their products and files.
+
+A job's results go to catalogues by their date (``format=stac``): searched for the flood of 12 September, a
+catalogue should find the map of that day's overpass, not of the day the job ran. A STAC item states the date;
+files sent alone state it in their names, all in UTC:
+
+- Sentinel-1 and -2 products (``S2B_MSIL2A_20170914T093029_...``, ``S1A_IW_GRDH_1SDV_20150705T064241_...``, HyP3's
+  ``S1A_IW_20180128T161201_DVP_RTC30_...``) and a SAFE's band files (``T33UUP_20230101T100031_B02_10m.jp2``);
+- OPERA's (``OPERA_L2_RTC-S1_T069-147170-IW1_20231019T121502Z_...``) and HLS's (``HLS.S30.T33UUP.2023245T100031``,
+  the day of the year);
+- Planet's scenes (``20230912_175450_00_2439_3B_...``, SkySat's ``20210913_211131_ssc15_...``);
+- Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``) and DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
+  which name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
+
+Names of different acquisitions (more than an hour apart) give none: the files would not say which.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["acquisition"]
+
+#: (pattern whose group ``t`` is the time, its strptime format); searched in each name's whole path.
+_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?<![A-Za-z0-9])S[12][A-D]_(?:[A-Z0-9]+_)*?(?P<t>\d{8}T\d{6})(?![0-9])"), "%Y%m%dT%H%M%S"),
+    (re.compile(r"(?<![A-Za-z0-9])T\d{2}[A-Z]{3}_(?P<t>\d{8}T\d{6})_"), "%Y%m%dT%H%M%S"),
+    (re.compile(r"(?<![A-Za-z0-9])OPERA_L\d_[\w.-]*?_(?P<t>\d{8}T\d{6})Z_"), "%Y%m%dT%H%M%S"),
+    (re.compile(r"(?<![A-Za-z0-9])HLS\.[SL]30\.T\d{2}[A-Z]{3}\.(?P<t>\d{7}T\d{6})\."), "%Y%jT%H%M%S"),
+    (re.compile(r"(?<![A-Za-z0-9_])(?P<t>\d{8}_\d{6})_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+)"),
+     "%Y%m%d_%H%M%S"),
+)
+#: The same for names that give the day only.
+_DAY_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?<![A-Za-z0-9])L[COTE]0\d_L\w{3}_\d{6}_(?P<t>\d{8})_\d{8}_\d{2}_(?:T1|T2|RT)"), "%Y%m%d"),
+    (re.compile(r"(?<![A-Za-z0-9])ga_[\w-]+?_(?P<t>\d{4}-\d{2}-\d{2})_(?:final|interim|nrt)"), "%Y-%m-%d"),
+)
+_ONE_ACQUISITION = timedelta(hours=1)
+
+
+def acquisition(names: Iterable[str]) -> str | None:
+    """When the files ``names`` (paths or URLs) were acquired, by their names: an instant (``2023-09-12T17:54:50Z``)
+    or a day (``start/end``); None where no name says, or names say different acquisitions."""
+    spans = [span for name in names if (span := _span(name)) is not None]
+    instants = [s for s, e in spans if s == e]
+    days = {span for span in spans if span[0] != span[1]}
+    if instants:
+        first, last = min(instants), max(instants)
+        agreed = last - first <= _ONE_ACQUISITION and all(s - _ONE_ACQUISITION <= first and last <= e + _ONE_ACQUISITION
+                                                          for s, e in days)
+        return _iso(first) if agreed else None
+    if len(days) == 1:
+        ((start, end),) = days
+        return f"{_iso(start)}/{_iso(end)}"
+    return None
+
+
+def _span(name: str) -> tuple[datetime, datetime] | None:
+    for pattern, form in _NAMED:
+        if (m := pattern.search(name)) is not None and (at := _parsed(m.group("t"), form)) is not None:
+            return at, at
+    for pattern, form in _DAY_NAMED:
+        if (m := pattern.search(name)) is not None and (day := _parsed(m.group("t"), form)) is not None:
+            return day, day + timedelta(days=1, seconds=-1)
+    return None
+
+
+def _parsed(text: str, form: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, form).replace(tzinfo=UTC)
+    except ValueError:  # a name of the pattern with an impossible date
+        return None
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,47 @@
+"""When a scene was acquired, by the names its providers give their files: what a job's STAC Item is dated by when
+no STAC item sent the scene."""
+
+from __future__ import annotations
+
+import pytest
+
+from mapex_serve.acquired import acquisition
+from mapex_serve.jobs.models import JobRequest
+from mapex_serve.jobs.runner import resolve_sources
+from mapex_serve.jobs.stac_result import _when
+
+SAFE = "S2B_MSIL2A_20230912T100031_N0509_R122_T33UUP_20230912T120001.SAFE"
+
+
+@pytest.mark.parametrize("names, acquired", [
+    (["S2B_MSIL2A_20170914T093029_32_39_B11.tif"], "2017-09-14T09:30:29Z"),  # BigEarthNet's patches
+    ([f"{SAFE}/GRANULE/L2A_T33UUP_A034_20230912T100027/IMG_DATA/R10m/T33UUP_20230912T100031_B02_10m.jp2"],
+     "2023-09-12T10:00:31Z"),  # the product's sensing time, not its processing time (the name's second)
+    (["T33UUP_20230912T100031_B11_20m.jp2", "T33UUP_20230912T100031_SCL_20m.jp2"], "2023-09-12T10:00:31Z"),
+    (["s3://eodata/S1A_IW_GRDH_1SDV_20150705T064241_20150705T064306_006672_008EA0_24EE.SAFE/measurement/vv.tiff"],
+     "2015-07-05T06:42:41Z"),
+    (["S1A_IW_20180128T161201_DVP_RTC30_G_gpuned_FD6A_VV.tif"], "2018-01-28T16:12:01Z"),  # HyP3
+    (["OPERA_L2_RTC-S1_T069-147170-IW1_20231019T121502Z_20231020T091509Z_S1A_30_v1.0_VV.tif"],
+     "2023-10-19T12:15:02Z"),
+    (["HLS.S30.T33UUP.2023245T100031.v2.0.B04.tif"], "2023-09-02T10:00:31Z"),  # day 245 of 2023
+    (["20230912_175450_00_2439_3B_AnalyticMS_SR.tif", "20230912_175450_00_2439_3B_udm2.tif"], "2023-09-12T17:54:50Z"),
+    (["20210913_211131_ssc15_u0001_analytic_SR.tif"], "2021-09-13T21:11:31Z"),  # SkySat
+    (["LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF"], "2022-01-11T00:00:00Z/2022-01-11T23:59:59Z"),
+    (["ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final_band11.tif"], "2020-10-31T00:00:00Z/2020-10-31T23:59:59Z"),
+    (["S2B_MSIL2A_20230912T100031_x_B04.tif", "20230912_101500_00_2439_3B_udm2.tif"], "2023-09-12T10:00:31Z"),
+    (["S2B_MSIL2A_20230912T100031_x_B04.tif", "S2B_MSIL2A_20230915T100031_x_B11.tif"], None),  # two overpasses
+    (["LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF", "S2B_MSIL2A_20220112T100031_x_B11.tif"], None),
+    (["flood.tif", "s1_scene.tif", "S2B_MSIL2A_20231345T100031_x_B04.tif"], None),  # no date; no such date
+])
+def test_the_names_providers_give_their_files_say_when_they_were_acquired(names, acquired):
+    assert acquisition(names) == acquired
+
+
+def test_a_job_by_url_is_dated_by_its_path_and_a_day_becomes_stacs_start_and_end():
+    url = f"https://example.org/{SAFE}/GRANULE/x/IMG_DATA/R20m/T33UUP_20230912T100031_B11_20m.tif"
+    assert resolve_sources(JobRequest(url=url), [], [], 10**6).acquired == "2023-09-12T10:00:31Z"
+    assert resolve_sources(JobRequest(url="https://example.org/flood.tif"), [], [], 10**6).acquired is None
+    assert _when("2023-09-12T10:00:31Z", "2026-12-06T09:00:00Z") == {"datetime": "2023-09-12T10:00:31Z"}
+    assert _when(None, "2026-12-06T09:00:00Z") == {"datetime": "2026-12-06T09:00:00Z"}
+    assert _when("2022-01-11T00:00:00Z/2022-01-11T23:59:59Z", "2026-12-06T09:00:00Z") == {
+        "datetime": None, "start_datetime": "2022-01-11T00:00:00Z", "end_datetime": "2022-01-11T23:59:59Z"}
