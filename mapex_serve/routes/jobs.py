@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import IO, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -164,12 +165,42 @@ async def submit_job(
                         headers={"Location": f"/jobs/{record.id}"})
 
 
-@router.get("/jobs", response_model=list[JobStatus])
-async def list_jobs(state: Annotated[ServiceState, Depends(service_state)],
-                    limit: Annotated[int, Query(ge=1, le=1000, description="newest first")] = 50) -> list[JobStatus]:
-    """The newest jobs, whatever their state."""
+@router.get("/jobs", response_model=list[JobStatus], responses={200: {"content": {"application/geo+json": {}}}})
+async def list_jobs(
+    request: Request, state: Annotated[ServiceState, Depends(service_state)],
+    limit: Annotated[int, Query(ge=1, le=1000, description="newest first")] = 50,
+    task: Annotated[str | None, Query(description="only this task's jobs")] = None,
+    format: Annotated[Literal["json", "stac"], Query(description="stac: the results of the done ones among them as "
+                                                                 "a STAC ItemCollection")] = "json",
+) -> Response:
+    """The newest jobs, whatever their state; ``format=stac``: the done ones' results as a STAC ItemCollection (one
+    Item a job, as ``/jobs/{id}/result?format=stac``), which GDAL's STACIT driver opens as one mosaic by its URL."""
     runner = _runner(state)
-    return [job_status(runner, r) for r in runner.store.recent(limit)]
+    records = [r for r in runner.store.recent(limit) if task is None or r.task == task]
+    if format == "json":
+        return JSONResponse([job_status(runner, r).model_dump(mode="json") for r in records])
+    items = await asyncio.to_thread(_result_items, request, runner, [r for r in records if r.state == "done"
+                                                                     and not r.expired])
+    return JSONResponse({"type": "FeatureCollection", "features": items, "numberReturned": len(items),
+                         "links": [{"rel": "self", "href": str(request.url), "type": "application/geo+json"}]},
+                        media_type="application/geo+json")
+
+
+def _result_items(request: Request, runner: JobRunner, records: list[JobRecord]) -> list[dict[str, Any]]:
+    """The STAC Items of done jobs' results; a job whose files expiry removed meanwhile is left out."""
+    items = []
+    for record in records:
+        try:
+            items.append(result_item(record, runner.store.folder(record.id), _result_href(request, record.id)))
+        except RasterioIOError:
+            continue
+    return items
+
+
+def _result_href(request: Request, job_id: str) -> Callable[[str], str]:
+    """The absolute URL of a job's result in a format, as this request reached the service."""
+    url = request.url_for("job_result", job_id=job_id)
+    return lambda fmt: f"{url}?format={fmt}"
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)
@@ -212,10 +243,9 @@ async def job_result(
     if format == "json":
         return JSONResponse(summary)
     if format == "stac":
-        url = request.url_for("job_result", job_id=job_id)
         try:
             item = await asyncio.to_thread(result_item, record, runner.store.folder(job_id),
-                                           lambda f: f"{url}?format={f}")
+                                           _result_href(request, job_id))
         except RasterioIOError:  # expiry removed the files since the record was read
             raise expired from None
         return JSONResponse(item, media_type="application/geo+json")

@@ -394,6 +394,15 @@ def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(
     upload = result(jobs_server.url, uploaded["id"], "stac").json()
     assert upload["properties"]["datetime"] == upload["properties"]["created"] and [
         link["rel"] for link in upload["links"]] == ["self"]
+    listed = httpx.get(f"{jobs_server.url}/jobs", params={"format": "stac", "task": "flood", "limit": 1000}, timeout=60)
+    assert listed.headers["content-type"] == "application/geo+json" and listed.json()["type"] == "FeatureCollection"
+    features = {f["id"]: f for f in listed.json()["features"]}
+    assert features[item["id"]] == item and features[upload["id"]] == upload
+    done = [j for j in httpx.get(f"{jobs_server.url}/jobs", params={"task": "flood", "limit": 1000}).json()
+            if j["state"] == "done"]
+    assert sorted(features) == sorted(f"flood-{j['id']}" for j in done)  # every done flood job, nothing else
+    with rasterio.open(f'STACIT:"{jobs_server.url}/jobs?format=stac&task=flood&limit=1000":asset=labels') as mosaic:
+        assert mosaic.crs == "EPSG:32633"  # GDAL opens the service's results as one mosaic, by their URL
 
 
 def test_the_stac_items_of_one_overpass_give_the_mask_of_the_scene_they_tile(jobs_server, range_server, sar,
