@@ -224,6 +224,9 @@ def _collection_items(collection: dict[str, Any], url: str | None) -> list[tuple
     if not isinstance(features, list):
         raise JobSourceError("stac_item is a FeatureCollection without a list of features; send a STAC item, or "
                              "an ItemCollection of items")
+    if not features:
+        raise JobSourceError(f"the ItemCollection{f' {url}' if url else ''} holds no items (a search that matched "
+                             f"none); search again, wider (bbox, datetime, collections)")
     context = collection.get("context")  # STAC API 1.0.0-beta's, before numberMatched
     matched = collection.get("numberMatched", context.get("matched") if isinstance(context, dict) else None)
     following = any(isinstance(link, dict) and link.get("rel") == "next" for link in collection.get("links") or [])
