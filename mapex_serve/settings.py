@@ -127,6 +127,10 @@ class Settings(BaseSettings):
         default_factory=list, description="When set (comma-separated), job URLs must start with one of these, e.g. "
         "`https://sentinel-cogs.s3.us-west-2.amazonaws.com/,s3://my-bucket/`; unset: any http(s), s3 or gs URL."
     )
+    job_notify_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="When set (comma-separated), a job's notify URL must start with one of "
+        "these, e.g. `https://hooks.example.org/mapex/`; unset: any http(s) URL."
+    )
     planetary_computer_sas: str = Field(
         PLANETARY_COMPUTER_SAS, description="The Planetary Computer's SAS token service, which signs a Planetary "
         "Computer STAC item's Azure Blob Storage hrefs for a job (as planetary_computer.sign does); empty: items are "
@@ -187,7 +191,7 @@ class Settings(BaseSettings):
             return [p for p in (part.strip() for part in text.split(",")) if p]
         return v
 
-    @field_validator("job_url_prefixes", mode="before")
+    @field_validator("job_url_prefixes", "job_notify_prefixes", mode="before")
     @classmethod
     def _split_prefixes(cls, v: Any) -> Any:
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v

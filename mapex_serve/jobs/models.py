@@ -54,6 +54,8 @@ class JobRequest(BaseModel):
                                               "of a two-class mask, every class otherwise)")
     simplify: float = Field(0.0, ge=0, allow_inf_nan=False, description="polygon simplification tolerance in the scene CRS's units")
     min_area_m2: float = Field(0.0, ge=0, allow_inf_nan=False, description="drop polygons smaller than this (m²)")
+    notify: str | None = Field(None, description="an http(s) URL the service POSTs the job's status to when it ends "
+                               "(done, failed or cancelled), its result URLs absolute")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:

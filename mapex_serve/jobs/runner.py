@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 import numpy as np
 
@@ -38,7 +39,8 @@ from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLo
 from mapex_serve.decode.slab import SlabSpaceError
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
-from mapex_serve.jobs.models import MAX_ITEMS, JobRequest
+from mapex_serve.jobs.models import MAX_ITEMS, JobError, JobProgress, JobRequest, JobStatus
+from mapex_serve.jobs.notify import notify
 from mapex_serve.jobs.outputs import STRIP_ROWS, strip_name
 from mapex_serve.jobs.scene import JobPlan, JobScene, checked_route, scene_tiles
 from mapex_serve.jobs.signing import from_planetary_computer, resigned, signed_item
@@ -189,6 +191,7 @@ class JobRunner:
         self._cancelled: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._notifying: set[asyncio.Task[bool]] = set()  # notifications under way (held: a loop keeps weak refs)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -205,18 +208,21 @@ class JobRunner:
                        loop.create_task(self._expire_loop(), name="jobs-expire")]
 
     async def stop(self) -> None:
-        """Stop running jobs where they are: they stay queued and resume on the next start."""
-        for task in [*self._tasks, *self._running.values()]:
+        """Stop running jobs where they are: they stay queued and resume on the next start; notifications under way
+        are dropped."""
+        for task in [*self._tasks, *self._running.values(), *self._notifying]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._running.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._running.values(), *self._notifying, return_exceptions=True)
         self.store.close()
 
     # -- the API's operations -----------------------------------------------------------------------
 
     def submit(self, task: str, request: JobRequest, sources: ResolvedSources, route: dict[str, Any],
-               job_id: str | None = None) -> JobRecord:
+               job_id: str | None = None, base_url: str = "") -> JobRecord:
+        """Queue a job; ``base_url``: the service's as its sender reached it, for the result URLs it is notified of."""
         record = JobRecord(job_id or new_id(), task, "queued",
-                           {"options": request.model_dump(mode="json"), "sources": _sources_to_json(sources)},
+                           {"options": request.model_dump(mode="json"), "sources": _sources_to_json(sources),
+                            "base_url": base_url},
                            created=now(), route=route)
         self.store.create(record)
         self._wake.set()
@@ -230,6 +236,33 @@ class JobRunner:
             self._running[job_id].cancel()
         else:
             self._remove_partials(job_id)
+        self._ended(job_id)
+
+    def status(self, record: JobRecord) -> JobStatus:
+        """The job as ``GET /jobs/{id}`` reports it: its progress live while it runs, its result URLs once done."""
+        live = self.progress.get(record.id)
+        done, total = (live.done, live.total) if live else (record.tiles_done, record.tiles_total)
+        outputs = (record.summary or {}).get("outputs", []) if record.state == "done" and not record.expired else []
+        return JobStatus(
+            id=record.id, task=record.task, state=record.state, created=record.created, started=record.started,
+            finished=record.finished, attempts=record.attempts,
+            progress=JobProgress(tiles_done=done, tiles_total=total, fraction=done / total if total else 0.0,
+                                 eta_s=live.eta_s if live else None, fetched_bytes=self.fetched.get(record.id)),
+            route=record.route, error=JobError(**record.error) if record.error else None,
+            results={f: f"/jobs/{record.id}/result?format={f}" for f in [*outputs, "stac"] if outputs},
+            expired=record.expired)
+
+    def _ended(self, job_id: str) -> None:
+        """Tell the job's ``notify`` URL, where it gave one, that it ended (``mapex_serve.jobs.notify``)."""
+        record = self.store.get(job_id)
+        url = (record.request.get("options") or {}).get("notify") if record else None
+        if not url:
+            return
+        status = self.status(record).model_dump(mode="json")
+        status["results"] = {f: urljoin(record.request.get("base_url") or "", u) for f, u in status["results"].items()}
+        task = asyncio.get_running_loop().create_task(notify(url, status), name=f"notify-{job_id}")
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -272,12 +305,14 @@ class JobRunner:
             self.store.update(job.id, state="done", finished=now(), summary=summary)
             self.store.clear_strips(job.id)
             self._remove_inputs(job.id)
+            self._ended(job.id)
         finally:
             self.progress.pop(job.id, None)
 
     def _fail(self, job_id: str, error: str, detail: str) -> None:
         self.store.update(job_id, state="failed", finished=now(), error={"error": error, "detail": detail})
         self._remove_partials(job_id)
+        self._ended(job_id)
 
     async def _execute(self, job: JobRecord) -> dict[str, Any]:
         """The job in a decode worker (tried on a fresh one if its worker dies), or here when there are none."""

@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from mapex_serve.deps import authorised, ready_registry, service_state
 from mapex_serve.errors import MapexError, UnknownTaskError
-from mapex_serve.jobs.models import JobError, JobProgress, JobRequest, JobRequestError, JobStatus
+from mapex_serve.jobs.models import JobRequest, JobRequestError, JobStatus
+from mapex_serve.jobs.notify import checked_notify_url
 from mapex_serve.jobs.runner import JobRunner, new_id, resolve_sources
 from mapex_serve.jobs.scene import checked_route
 from mapex_serve.jobs.sources import redacted
@@ -72,20 +73,6 @@ def _record(runner: JobRunner, job_id: str) -> JobRecord:
     return record
 
 
-def job_status(runner: JobRunner, record: JobRecord) -> JobStatus:
-    live = runner.progress.get(record.id)
-    done, total = (live.done, live.total) if live else (record.tiles_done, record.tiles_total)
-    outputs = (record.summary or {}).get("outputs", []) if record.state == "done" and not record.expired else []
-    return JobStatus(
-        id=record.id, task=record.task, state=record.state, created=record.created, started=record.started,
-        finished=record.finished, attempts=record.attempts,
-        progress=JobProgress(tiles_done=done, tiles_total=total, fraction=done / total if total else 0.0,
-                             eta_s=live.eta_s if live else None, fetched_bytes=runner.fetched.get(record.id)),
-        route=record.route, error=JobError(**record.error) if record.error else None,
-        results={f: f"/jobs/{record.id}/result?format={f}" for f in [*outputs, "stac"] if outputs},
-        expired=record.expired)
-
-
 async def _job_request(request: Request) -> JobRequest | None:
     """The JSON body's request, or None for an upload (its options are query parameters)."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
@@ -129,6 +116,7 @@ async def submit_job(
     geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
     simplify: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
     min_area_m2: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: drop smaller polygons (m²)")] = 0.0,
+    notify: Annotated[str | None, Query(description="for uploads: a URL to POST the job's status to when it ends")] = None,
 ) -> JSONResponse:
     runner = _runner(state)
     manifests = [s.manifest for s in reg.for_task(task)]
@@ -136,6 +124,8 @@ async def submit_job(
         raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
     job_id = new_id()
     body = await _job_request(request)
+    if notified := (body.notify if body is not None else notify):
+        checked_notify_url(notified, state.settings.job_notify_prefixes)
     uploads: list[tuple[str, Path]] = []
     folder = runner.store.folder(job_id)
     try:
@@ -143,7 +133,7 @@ async def submit_job(
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
                               pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
                               probabilities=probabilities,
-                              geojson=geojson, simplify=simplify, min_area_m2=min_area_m2)
+                              geojson=geojson, simplify=simplify, min_area_m2=min_area_m2, notify=notify)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:
             raise JobRequestError("the job request names no scene: give url (http(s)://, s3:// or gs://) or stac_item, "
@@ -160,8 +150,8 @@ async def submit_job(
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    record = runner.submit(task, body, sources, route, job_id)
-    return JSONResponse(job_status(runner, record).model_dump(mode="json"), status_code=202,
+    record = runner.submit(task, body, sources, route, job_id, base_url=str(request.base_url))
+    return JSONResponse(runner.status(record).model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{record.id}"})
 
 
@@ -178,7 +168,7 @@ async def list_jobs(
     runner = _runner(state)
     records = [r for r in runner.store.recent(limit) if task is None or r.task == task]
     if format == "json":
-        return JSONResponse([job_status(runner, r).model_dump(mode="json") for r in records])
+        return JSONResponse([runner.status(r).model_dump(mode="json") for r in records])
     items = await asyncio.to_thread(_result_items, request, runner, [r for r in records if r.state == "done"
                                                                      and not r.expired])
     return JSONResponse({"type": "FeatureCollection", "features": items, "numberReturned": len(items),
@@ -206,7 +196,7 @@ def _result_href(request: Request, job_id: str) -> Callable[[str], str]:
 @router.get("/jobs/{job_id}", response_model=JobStatus)
 async def get_job(job_id: str, state: Annotated[ServiceState, Depends(service_state)]) -> JobStatus:
     runner = _runner(state)
-    return job_status(runner, _record(runner, job_id))
+    return runner.status(_record(runner, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatus)
@@ -216,7 +206,7 @@ async def cancel_job(job_id: str, state: Annotated[ServiceState, Depends(service
     if record.state in FINISHED:
         raise JobConflictError(f"job {job_id} is {record.state} already; only queued or running jobs can be cancelled")
     runner.cancel(job_id)
-    return job_status(runner, _record(runner, job_id))
+    return runner.status(_record(runner, job_id))
 
 
 @router.get("/jobs/{job_id}/result", responses={200: {"content": {"image/tiff": {}, "application/json": {},

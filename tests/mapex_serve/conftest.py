@@ -1,9 +1,12 @@
 """A real uvicorn process on loopback serving a model repository, for the end-to-end tests."""
 
+import http.server
 import io
+import json
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -588,3 +591,52 @@ def write_eopf_product(folder: Path, name: str, size: int = 96, epsg: int = 3263
 def eopf_product() -> Callable[..., EopfProduct]:
     """Write an EOPF Zarr Sentinel-2 product: ``eopf_product(folder, "S2B_MSIL2A_<...>.zarr", size=96)``."""
     return write_eopf_product
+
+
+class Receiver:
+    """A webhook receiver on loopback: records each POST's path and JSON body, answers them ``answers`` in turn,
+    then 200."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.posts: list[tuple[str, dict]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.posts.append((self.path, body))
+                self.send_response(answers.pop(0) if answers else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 30) -> list[tuple[str, dict]]:
+        deadline = time.monotonic() + timeout
+        while len(self.posts) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(self.posts) >= n, f"{len(self.posts)} of {n} notifications in {timeout} s: {self.posts}"
+        return self.posts
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Callable[[list[int]], Receiver]]:
+    """Receivers of webhooks (``webhook([503])``: answers 503 first), stopped after the test."""
+    made: list[Receiver] = []
+
+    def receiver(answers: list[int]) -> Receiver:
+        made.append(Receiver(list(answers)))
+        return made[-1]
+
+    yield receiver
+    for r in made:
+        r.stop()

@@ -520,11 +520,32 @@ def test_an_s3_url_is_read_through_gdal(jobs_server, s3_server, scene_cog):
     assert status["state"] == "done" and "geojson" not in status["results"], status
 
 
-def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path):
+def test_a_job_tells_its_notify_url_when_it_ends_and_tries_again_while_the_receiver_fails(jobs_server, scene_cog,
+                                                                                          webhook):
+    """A pipeline learns its map is ready without polling: the job's status, its result URLs absolute, is POSTed to
+    the notify URL it gave; a receiver that fails (503) is tried again, and its answer does not change the job."""
+    hook = webhook([503])
+    r = submit_upload(jobs_server.url, scene_cog, notify=f"{hook.url}/mapex?flood=1")
+    assert r.status_code == 202, r.text
+    assert wait_done(jobs_server.url, r.json()["id"])["state"] == "done"
+    (path, first), (again, told) = hook.wait(2)
+    assert path == again == "/mapex?flood=1" and first == told and told["id"] == r.json()["id"]
+    assert told["state"] == "done" and set(told["results"]) == {"geotiff", "json", "geojson", "stac"}
+    summary = httpx.get(told["results"]["json"], timeout=30)  # absolute: the service as the sender reached it
+    assert told["results"]["json"].startswith(jobs_server.url) and summary.json()["classes"]
+    time.sleep(1.5)
+    assert len(hook.posts) == 2  # taken: not sent again
+    refused = submit_upload(jobs_server.url, scene_cog, notify="ftp://example.org/hook")
+    assert refused.status_code == 422 and "notify='ftp://example.org/hook' is not an http(s) URL" in refused.text
+
+
+def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path, webhook):
     big = write_cog(tmp_path / "big.tif", np.tile(sar, (1, 4, 4)), ["VV", "VH"])
-    job = submit_upload(jobs_server.url, big).json()
+    hook = webhook([])
+    job = submit_upload(jobs_server.url, big, notify=hook.url).json()
     r = httpx.delete(f"{jobs_server.url}/jobs/{job['id']}", timeout=10)
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert [(b["id"], b["state"], b["results"]) for _, b in hook.wait(1)] == [(job["id"], "cancelled", {})]
     time.sleep(0.5)
     assert httpx.get(f"{jobs_server.url}/jobs/{job['id']}").json()["state"] == "cancelled"
     assert httpx.delete(f"{jobs_server.url}/jobs/{job['id']}").status_code == 409
