@@ -131,6 +131,10 @@ class Settings(BaseSettings):
         default_factory=list, description="When set (comma-separated), a job's notify URL must start with one of "
         "these, e.g. `https://hooks.example.org/mapex/`; unset: any http(s) URL."
     )
+    job_notify_secret: SecretStr | None = Field(
+        None, description="When set, each job notification carries X-Mapex-Signature-256: sha256=<the HMAC-SHA256 of "
+        "its body with this secret, hex>, which its receiver checks to know the service sent it."
+    )
     planetary_computer_sas: str = Field(
         PLANETARY_COMPUTER_SAS, description="The Planetary Computer's SAS token service, which signs a Planetary "
         "Computer STAC item's Azure Blob Storage hrefs for a job (as planetary_computer.sign does); empty: items are "

@@ -6,11 +6,18 @@ result URLs made absolute, to the job's ``notify`` URL, as Planet's Orders API n
 times, 1 s and then 5 s apart, while the receiver fails (5xx, 408, 429) or cannot be reached; a 4xx is its answer.
 The job never changes for it: a receiver that is down loses the notification, not the job. A notification due when
 the service stops is not sent after the restart.
+
+Where the deployment sets a secret (``MAPEX_JOB_NOTIFY_SECRET``), each notification carries
+``X-Mapex-Signature-256: sha256=<hex>``, the HMAC-SHA256 of its body's bytes with the secret, as GitHub signs its
+webhooks: the receiver computes it again to know that the service sent it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -38,15 +45,20 @@ def checked_notify_url(url: str, allowed_prefixes: Sequence[str]) -> str:
     return url
 
 
-async def notify(url: str, status: dict[str, Any], delays_s: Sequence[float] = _DELAYS_S,
-                 timeout_s: float = 10) -> bool:
-    """POST ``status`` to ``url``, again after each of ``delays_s`` while the receiver fails; whether it took it."""
+async def notify(url: str, status: dict[str, Any], secret: str | None = None,
+                 delays_s: Sequence[float] = _DELAYS_S, timeout_s: float = 10) -> bool:
+    """POST ``status`` to ``url`` (signed with ``secret``), again after each of ``delays_s`` while the receiver
+    fails; whether it took it."""
+    body = json.dumps(status, separators=(",", ":")).encode()
+    headers = {"User-Agent": "mapex-serve", "Content-Type": "application/json"}
+    if secret:
+        headers["X-Mapex-Signature-256"] = f"sha256={hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}"
     failure = ""
     async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
         for delay in delays_s:
             await asyncio.sleep(delay)
             try:
-                response = await client.post(url, json=status, headers={"User-Agent": "mapex-serve"})
+                response = await client.post(url, content=body, headers=headers)
             except httpx.HTTPError as e:
                 failure = f"{type(e).__name__}: {e}"
                 continue

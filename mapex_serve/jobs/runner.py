@@ -260,7 +260,9 @@ class JobRunner:
             return
         status = self.status(record).model_dump(mode="json")
         status["results"] = {f: urljoin(record.request.get("base_url") or "", u) for f, u in status["results"].items()}
-        task = asyncio.get_running_loop().create_task(notify(url, status), name=f"notify-{job_id}")
+        secret = self.settings.job_notify_secret
+        task = asyncio.get_running_loop().create_task(
+            notify(url, status, secret.get_secret_value() if secret else None), name=f"notify-{job_id}")
         self._notifying.add(task)
         task.add_done_callback(self._notifying.discard)
 

@@ -594,17 +594,19 @@ def eopf_product() -> Callable[..., EopfProduct]:
 
 
 class Receiver:
-    """A webhook receiver on loopback: records each POST's path and JSON body, answers them ``answers`` in turn,
-    then 200."""
+    """A webhook receiver on loopback: records each POST's path and JSON body (and headers and bytes), answers them
+    ``answers`` in turn, then 200."""
 
     def __init__(self, answers: list[int]) -> None:
         self.posts: list[tuple[str, dict]] = []
+        self.received: list[tuple[dict[str, str], bytes]] = []  # each POST's headers and bytes
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.posts.append((self.path, body))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), raw))
+                receiver.posts.append((self.path, json.loads(raw)))
                 self.send_response(answers.pop(0) if answers else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

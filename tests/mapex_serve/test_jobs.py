@@ -5,6 +5,8 @@ that survives a SIGKILL of the service, COGs checked by rio-cogeo, GeoJSON raste
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -60,11 +62,15 @@ def scene_cog(sar, tmp_path_factory) -> Path:
     return write_cog(tmp_path_factory.mktemp("scene") / "s1_scene.tif", sar, ["VV", "VH"])
 
 
+NOTIFY_SECRET = "jobs-notify-secret"
+
+
 @pytest.fixture(scope="module")
 def jobs_server(built_repo, server_type, s3_server, tmp_path_factory):
     """The service with a jobs folder of its own, GDAL pointed at the moto S3 server."""
     folder = tmp_path_factory.mktemp("jobs-server")
-    s = server_type(built_repo, folder / "server.log", MAPEX_JOBS_DIR=str(folder / "jobs"), **s3_server.env)
+    s = server_type(built_repo, folder / "server.log", MAPEX_JOBS_DIR=str(folder / "jobs"),
+                    MAPEX_JOB_NOTIFY_SECRET=NOTIFY_SECRET, **s3_server.env)
     yield s
     s.stop()
 
@@ -535,6 +541,9 @@ def test_a_job_tells_its_notify_url_when_it_ends_and_tries_again_while_the_recei
     assert told["results"]["json"].startswith(jobs_server.url) and summary.json()["classes"]
     time.sleep(1.5)
     assert len(hook.posts) == 2  # taken: not sent again
+    for headers, raw in hook.received:  # signed with the deployment's secret (MAPEX_JOB_NOTIFY_SECRET)
+        signature = "sha256=" + hmac.new(NOTIFY_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+        assert headers["X-Mapex-Signature-256"] == signature
     refused = submit_upload(jobs_server.url, scene_cog, notify="ftp://example.org/hook")
     assert refused.status_code == 422 and "notify='ftp://example.org/hook' is not an http(s) URL" in refused.text
 

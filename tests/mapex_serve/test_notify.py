@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import socket
 
 import pytest
@@ -17,9 +20,21 @@ def test_a_receiver_that_answers_4xx_is_not_asked_again_and_one_that_fails_is(we
     refusing = webhook([410])
     assert asyncio.run(notify(f"{refusing.url}/gone", STATUS, delays_s=(0, 0, 0))) is False
     assert refusing.wait(1) == [("/gone", STATUS)] and len(refusing.posts) == 1
+    assert "X-Mapex-Signature-256" not in refusing.received[0][0]  # no secret, no signature
     failing = webhook([500, 429])
     assert asyncio.run(notify(failing.url, STATUS, delays_s=(0, 0, 0))) is True
     assert len(failing.wait(3)) == 3
+
+
+def test_with_a_secret_a_notification_is_signed_as_github_signs_webhooks(webhook):
+    """The receiver computes the HMAC-SHA256 of the bytes it got with the shared secret: equal, the service sent them;
+    a body changed on the way, or signed with another secret, does not match."""
+    hook = webhook([])
+    assert asyncio.run(notify(hook.url, STATUS, "s3cret", delays_s=(0,))) is True
+    ((headers, raw),) = hook.received
+    expected = "sha256=" + hmac.new(b"s3cret", raw, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Mapex-Signature-256"], expected) and json.loads(raw) == STATUS
+    assert headers["X-Mapex-Signature-256"] != "sha256=" + hmac.new(b"other", raw, hashlib.sha256).hexdigest()
 
 
 def test_a_receiver_that_cannot_be_reached_loses_the_notification_without_an_error():
