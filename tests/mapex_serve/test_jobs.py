@@ -20,9 +20,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import shapely
+from pystac.extensions.classification import ClassificationExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import RasterExtension
 from rasterio.features import rasterize
 from rasterio.shutil import copy as gdal_copy
 from rasterio.warp import transform_bounds, transform_geom
@@ -380,6 +384,7 @@ def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(
                            .content)
         with rasterio.open(f'STACIT:"{path}":asset={asset}') as read:  # by the item's fields, the files by HTTP
             np.testing.assert_array_equal(read.read(), stored)
+            read_transform = read.transform
             with rasterio.open(scene_cog) as scene:
                 assert (read.crs, read.transform) == (scene.crs, scene.transform)
                 corners = transform_geom(scene.crs, "EPSG:4326", shapely.geometry.mapping(shapely.box(*scene.bounds)))
@@ -397,6 +402,14 @@ def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(
                                                       for i in range(len(classes) - 1)]
     assert classes[-1] == {"value": 255, "name": "no_data", "nodata": True, "description": classes[-1]["description"]}
     assert item["assets"]["probabilities"]["raster:bands"][0]["scale"] == pytest.approx(1 / 254)
+    read = pystac.Item.from_dict(item)  # as pystac reads it, through its extensions' own versions
+    assert read.datetime.isoformat() == "2026-11-30T05:00:00+00:00"
+    grid = ProjectionExtension.ext(read.assets["labels"])
+    assert (grid.code, grid.shape, grid.transform) == ("EPSG:32633", list(stored.shape[1:]), list(read_transform)[:6])
+    assert [(c.value, c.name, c.color_hint) for c in ClassificationExtension.ext(read.assets["labels"]).classes] == [
+        (c["value"], c["name"], c.get("color_hint")) for c in classes]
+    assert [b.scale for b in RasterExtension.ext(read.assets["probabilities"]).bands] == pytest.approx(
+        [1 / 254] * len(classes[:-1]))
     upload = result(jobs_server.url, uploaded["id"], "stac").json()
     assert upload["properties"]["datetime"] == upload["properties"]["created"] and [
         link["rel"] for link in upload["links"]] == ["self"]
