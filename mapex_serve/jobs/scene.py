@@ -231,7 +231,7 @@ class JobScene:
                 "grid": grid_report(g.crs, g.transform, g.width, g.height, self.reader.resampled, self.scene.mosaicked,
                                     self.reader.ground),
                 "masked_pixels": {"total": sum(masked.values()), "by_reason": masked},
-                "catalogue": self.plan.sources.described,
+                "catalogue": self.plan.sources.described, "acquired": self.plan.sources.acquired,
                 **({"archives": self.plan.sources.archives} if self.plan.sources.archives else {}), "outputs": outputs}
 
     def _class_results(self) -> dict[str, Any]:
@@ -254,6 +254,7 @@ class JobScene:
         summary = as_json(p, self.plan.providers[manifest.name])
         summary["inputs_used"] = inputs_summary(p)
         summary["catalogue"] = self.plan.sources.described  # as mask heads' summaries say it
+        summary["acquired"] = self.plan.sources.acquired
         summary["outputs"] = ["geotiff", "json"]
         return summary
 

@@ -394,6 +394,7 @@ def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(
     assert all(outline.distance(shapely.Point(xy)) < 1e-6 for xy in corners["coordinates"][0])  # the scene's corners
     assert shapely.box(*item["bbox"]).buffer(1e-6).contains(outline)
     summary = result(jobs_server.url, status["id"], "json").json()
+    assert summary["acquired"] == "2026-11-30T05:00:00Z"  # the summary says it too
     with rasterio.io.MemoryFile(result(jobs_server.url, status["id"], "geotiff").content) as mem, mem.open() as cog:
         colours = cog.colormap(1)
     classes = item["assets"]["labels"]["classification:classes"]
