@@ -90,7 +90,8 @@ class ResolvedSources:
     #: The files are a Planetary Computer item's, signed with tokens that last about an hour: signed again when the
     #: job starts (``mapex_serve.jobs.signing.resigned``).
     planetary_computer: bool = False
-    #: When the scene was acquired, as its STAC item says (``datetime``, else ``start_datetime``): the result's own.
+    #: When the scene was acquired: as its STAC item says (``datetime``, else ``start_datetime``), else as its files'
+    #: names do (``mapex_serve.acquired``; a day as ``start/end``); the result's own.
     acquired: str | None = None
 
 
@@ -231,9 +232,9 @@ def _collection_items(collection: dict[str, Any], url: str | None) -> list[tuple
     matched = collection.get("numberMatched", context.get("matched") if isinstance(context, dict) else None)
     following = any(isinstance(link, dict) and link.get("rel") == "next" for link in collection.get("links") or [])
     if following or (isinstance(matched, int) and matched > len(features)):
-        raise JobSourceError(f"the search result{f' {url}' if url else ''} lists {len(features)} of the items it "
-                             f"matched ({matched if isinstance(matched, int) else 'more'}: it has a next page); narrow "
-                             f"the search to the items of one acquisition (its ids, or bbox and datetime)")
+        raise JobSourceError(f"the search result{f' {url}' if url else ''} lists {len(features)} of the "
+                             f"{matched if isinstance(matched, int) else 'more'} items it matched (the rest on its next "
+                             f"pages); narrow the search to the items of one acquisition (its ids, or bbox and datetime)")
     return [(f, next((link["href"] for link in f.get("links") or [] if isinstance(link, dict)
                       and link.get("rel") == "self" and isinstance(link.get("href"), str)), None)
              if isinstance(f, dict) else None) for f in features]

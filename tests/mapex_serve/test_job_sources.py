@@ -526,7 +526,7 @@ def test_a_search_result_gives_its_items_and_items_of_two_dates_are_refused(rang
         assert found.bands == listed.bands == ["swir16", "swir22"] * 2 and found.acquired == overpass[0]["properties"][
             "datetime"]
     paged = {**collection, "numberMatched": 5, "links": [{"rel": "next", "href": f"{range_server.url}/search?page=2"}]}
-    with pytest.raises(JobSourceError, match=r"lists 2 of the items it matched \(5: it has a next page\); narrow"):
+    with pytest.raises(JobSourceError, match=r"lists 2 of the 5 items it matched \(the rest on its next pages\); narrow"):
         resolve_sources(JobRequest(stac_item=paged), [], [], 10**6)
     two_dates = [overpass[0], item("33UVP", "2026-06-04T10:06:01Z")]
     with pytest.raises(JobSourceError, match=r"acquired at different times \(2026-06-01T10:15:59.024Z, "
