@@ -68,9 +68,10 @@ class JobsClient:
             raise JobFailedError(f"{response.status_code}: {detail}")
         return response
 
-    def submit(self, task: str, scene: str | Path | list[str], **options: Any) -> dict[str, Any]:
-        """A job for ``scene``: a local file (streamed up), an http(s)/s3/gs URL, a list of URLs, or a STAC item
-        (``options["stac_item"]``); ``options`` are the job's (bands, modality, probabilities, simplify ...)."""
+    def submit(self, task: str, scene: str | Path | list[str] | None, **options: Any) -> dict[str, Any]:
+        """A job for ``scene``: a local file (streamed up), an http(s)/s3/gs URL, a list of URLs, or (None) a STAC
+        item, a list of them or an ItemCollection (``options["stac_item"]``); ``options`` are the job's (bands,
+        modality, probabilities, simplify, notify ...)."""
         remote = isinstance(scene, list) or (isinstance(scene, str) and scene.split("://", 1)[0] in (
             "http", "https", "s3", "gs"))
         if remote or "stac_item" in options:

@@ -52,7 +52,7 @@ from mapex_serve.rasters import band_key, name_in_file_name, parse_name
 from mapex_serve.units import UnitOverrides, parse_unit
 
 __all__ = ["JobSourceError", "ResolvedSources", "archive_at", "fetch_archive", "gdal_path", "one_acquisition",
-           "redacted", "resolve_stac", "resolve_urls", "stac_items"]
+           "redacted", "resolve_stac", "resolve_urls", "self_link", "stac_items"]
 
 #: GDAL settings for reading remote rasters by ranges, and a bounded block cache (GDAL's default is 5% of
 #: the node's RAM, outside every budget of the service); a deployment's own environment wins.
@@ -235,9 +235,14 @@ def _collection_items(collection: dict[str, Any], url: str | None) -> list[tuple
         raise JobSourceError(f"the search result{f' {url}' if url else ''} lists {len(features)} of the "
                              f"{matched if isinstance(matched, int) else 'more'} items it matched (the rest on its next "
                              f"pages); narrow the search to the items of one acquisition (its ids, or bbox and datetime)")
-    return [(f, next((link["href"] for link in f.get("links") or [] if isinstance(link, dict)
-                      and link.get("rel") == "self" and isinstance(link.get("href"), str)), None)
-             if isinstance(f, dict) else None) for f in features]
+    return [(f, self_link(f)) for f in features]
+
+
+def self_link(item: Any) -> str | None:
+    """The URL a STAC object's ``self`` link gives; None where it has none."""
+    links = item.get("links") if isinstance(item, dict) else None
+    return next((link["href"] for link in links or [] if isinstance(link, dict) and link.get("rel") == "self"
+                 and isinstance(link.get("href"), str)), None) if isinstance(links, list) else None
 
 
 def _asset_bands(key: str, asset: dict[str, Any]) -> list[dict[str, Any]]:

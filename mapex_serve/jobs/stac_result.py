@@ -29,6 +29,7 @@ from rasterio.io import DatasetReaderBase
 from rasterio.warp import transform_bounds, transform_geom
 
 from mapex_serve.jobs.outputs import NODATA_LABEL
+from mapex_serve.jobs.sources import self_link
 from mapex_serve.jobs.store import JobRecord
 
 __all__ = ["STAC_EXTENSIONS", "result_item"]
@@ -138,15 +139,17 @@ def _machine_name(name: str) -> str:
 
 
 def _source_items(record: JobRecord) -> list[str]:
-    """The URLs of the STAC items the job read: given as URLs, or the items' own self links."""
+    """The URLs of the STAC items the job read: given as URLs, or the items' own self links (an ItemCollection's
+    features' too)."""
     given = (record.request.get("options") or {}).get("stac_item")
     urls = []
-    for item in given if isinstance(given, list) else [given] if given else []:
-        if isinstance(item, str):
-            urls.append(item)
-        elif isinstance(item, dict):
-            urls += [link["href"] for link in item.get("links") or []
-                     if isinstance(link, dict) and link.get("rel") == "self" and isinstance(link.get("href"), str)]
+    for entry in given if isinstance(given, list) else [given] if given else []:
+        if isinstance(entry, str):
+            urls.append(entry)
+        elif isinstance(entry, dict) and entry.get("type") == "FeatureCollection":
+            urls += [url for f in entry.get("features") or [] if (url := self_link(f))]
+        elif url := self_link(entry):
+            urls.append(url)
     return urls
 
 

@@ -31,6 +31,7 @@ from rasterio.features import rasterize
 from rasterio.shutil import copy as gdal_copy
 from rasterio.warp import transform_bounds, transform_geom
 
+from mapex_serve.client import JobsClient
 from mapex_serve.local import decode_workers
 
 pytestmark = pytest.mark.slow
@@ -364,14 +365,13 @@ def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(
     (range_server.root / "stac-result").mkdir(exist_ok=True)
     shutil.copy(scene_cog, range_server.root / "stac-result" / "s1.tif")
     item_url = f"{range_server.url}/stac-result/S1A_IW_GRDH_x.json"
-    (range_server.root / "stac-result" / "S1A_IW_GRDH_x.json").write_text(json.dumps({
+    search = {"type": "FeatureCollection", "features": [{  # as pystac-client's item_collection().to_dict() writes it
         "type": "Feature", "stac_version": "1.0.0", "id": "S1A_IW_GRDH_x", "geometry": None,
         "properties": {"datetime": "2026-11-30T05:00:00Z"}, "links": [{"rel": "self", "href": item_url}],
         "assets": {"data": {"href": f"{range_server.url}/stac-result/s1.tif", "roles": ["data"],
-                            "eo:bands": [{"name": "VV"}, {"name": "VH"}]}}}))
-    r = httpx.post(f"{jobs_server.url}/jobs/flood", json={"stac_item": item_url, "probabilities": True}, timeout=60)
-    assert r.status_code == 202, r.text
-    status = wait_done(jobs_server.url, r.json()["id"])
+                            "eo:bands": [{"name": "VV"}, {"name": "VH"}]}}}]}
+    with JobsClient(jobs_server.url) as client:  # the README's way
+        status = client.wait(client.submit("flood", None, stac_item=search, probabilities=True)["id"], poll_s=0.2)
     assert status["state"] == "done" and status["results"]["stac"].endswith("?format=stac"), status
     item = result(jobs_server.url, status["id"], "stac").json()
     assert result(jobs_server.url, status["id"], "stac").headers["content-type"] == "application/geo+json"
