@@ -361,7 +361,8 @@ def test_the_results_as_a_stac_item_are_read_by_gdal_as_the_files_they_describe(
     """A flood map goes into a STAC catalogue, or to the tools that read STAC. The job's results as an Item: GDAL's
     STACIT driver reads its labels and probabilities from this service, by its projection fields and hrefs alone,
     as the COGs themselves; its classes are the labels' (names, colours, no data); its footprint the scene's; its
-    datetime the source item's acquisition, which it links; a job of an upload dates from its finish."""
+    datetime the source item's acquisition, which it links; a job of an upload dates from its finish. The job goes
+    in as the README shows: a search's ItemCollection through the jobs client."""
     (range_server.root / "stac-result").mkdir(exist_ok=True)
     shutil.copy(scene_cog, range_server.root / "stac-result" / "s1.tif")
     item_url = f"{range_server.url}/stac-result/S1A_IW_GRDH_x.json"
