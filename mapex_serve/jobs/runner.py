@@ -52,6 +52,7 @@ from mapex_serve.jobs.sources import (
     redacted,
     resolve_stac,
     resolve_urls,
+    self_link,
     stac_items,
 )
 from mapex_serve.jobs.store import JobRecord, JobStore, StripRecord, now
@@ -122,7 +123,8 @@ def _item_sources(item: Any, item_url: str | None, assets: list[str] | None, pre
                   planetary_computer_sas: str) -> ResolvedSources:
     signing = bool(planetary_computer_sas) and isinstance(item, dict) and from_planetary_computer(item, item_url)
     resolved = resolve_stac(signed_item(item, planetary_computer_sas) if signing else item, assets, item_url, prefixes)
-    return replace(resolved, planetary_computer=signing, acquired=_acquired(item))
+    url = item_url or self_link(item)
+    return replace(resolved, planetary_computer=signing, acquired=_acquired(item), item_urls=[url] if url else [])
 
 
 def _acquired(item: Any) -> str | None:
@@ -168,7 +170,8 @@ def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:
                       for f in sources.files],
             "bands": sources.bands, "units": dict(o.units), "scale": dict(o.scale), "offset": dict(o.offset),
             "described": sources.described, "archives": sources.archives, "fetch": sources.fetch,
-            "items": sources.items, "planetary_computer": sources.planetary_computer, "acquired": sources.acquired}
+            "items": sources.items, "planetary_computer": sources.planetary_computer, "acquired": sources.acquired,
+            "item_urls": sources.item_urls}
 
 
 def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
@@ -176,7 +179,8 @@ def _sources_from_json(d: dict[str, Any]) -> ResolvedSources:
     files = [SourceFile(f["name"], f["path"], tuple(f["nodata"]) if f["nodata"] else None) for f in d["files"]]
     return ResolvedSources(files, d["bands"], UnitOverrides(d["units"], d["scale"], d["offset"]), d["described"],
                            d.get("archives", []), [(url, archive) for url, archive in d.get("fetch", [])],
-                           d.get("items", False), d.get("planetary_computer", False), d.get("acquired"))
+                           d.get("items", False), d.get("planetary_computer", False), d.get("acquired"),
+                           d.get("item_urls", []))
 
 
 class JobRunner:

@@ -93,6 +93,8 @@ class ResolvedSources:
     #: When the scene was acquired: as its STAC item says (``datetime``, else ``start_datetime``), else as its files'
     #: names do (``mapex_serve.acquired``; a day as ``start/end``); the result's own.
     acquired: str | None = None
+    #: The URLs of the STAC items read (as given, or their self links): what a result is derived from.
+    item_urls: list[str] = field(default_factory=list)
 
 
 def gdal_path(url: str, allowed_prefixes: Sequence[str] = ()) -> str:
@@ -479,7 +481,8 @@ def one_acquisition(items: Sequence[ResolvedSources]) -> ResolvedSources:
     bands = [b for r in items for b in r.bands]
     described = [{"item": i, **d} for i, r in enumerate(items) for d in r.described]
     return ResolvedSources(files, bands, first.overrides, described, items=True,
-                           planetary_computer=any(r.planetary_computer for r in items), acquired=first.acquired)
+                           planetary_computer=any(r.planetary_computer for r in items), acquired=first.acquired,
+                           item_urls=[url for r in items for url in r.item_urls])
 
 
 def redacted(text: str, files: Sequence[SourceFile]) -> str:

@@ -29,7 +29,6 @@ from rasterio.io import DatasetReaderBase
 from rasterio.warp import transform_bounds, transform_geom
 
 from mapex_serve.jobs.outputs import NODATA_LABEL
-from mapex_serve.jobs.sources import self_link
 from mapex_serve.jobs.store import JobRecord
 
 __all__ = ["STAC_EXTENSIONS", "result_item"]
@@ -53,7 +52,6 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
             "href": href("geotiff"), "type": _COG, "roles": ["data"], "title": f"{record.task}: class labels",
             "classification:classes": _classes(labels),
             "raster:bands": [{"nodata": NODATA_LABEL, "data_type": "uint8"}], **_grid(labels)}}
-        crs = _code(labels)
     if "probabilities" in outputs:
         with rasterio.open(folder / "probabilities.tif") as probabilities:
             assets["probabilities"] = {
@@ -67,16 +65,17 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
     assets["summary"] = {"href": href("json"), "type": "application/json", "roles": ["metadata"],
                          "title": "the job's summary: classes and areas, inputs, masked pixels"}
     finished = _iso(record.finished or record.created)
-    acquired = (record.request.get("sources") or {}).get("acquired")
+    sources = record.request.get("sources") or {}
     item: dict[str, Any] = {
         "type": "Feature", "stac_version": "1.0.0", "stac_extensions": list(STAC_EXTENSIONS.values()),
         "id": f"{record.task}-{record.id}", "geometry": geometry, **({"bbox": bbox} if bbox else {}),
-        "properties": {**_when(acquired, finished), "created": finished, "proj:code": crs,
+        "properties": {**_when(sources.get("acquired"), finished), "created": finished,
+                       "proj:code": assets["labels"]["proj:code"],
                        "mapex:task": record.task, "mapex:specialist": summary.get("specialist"),
                        "mapex:version": summary.get("version")},
         "links": [{"rel": "self", "href": href("stac"), "type": "application/geo+json"},
                   *({"rel": "derived_from", "href": url, "type": "application/geo+json"}
-                    for url in _source_items(record))],
+                    for url in sources.get("item_urls", []))],
         "assets": assets}
     return item
 
@@ -136,21 +135,6 @@ def _classes(ds: DatasetReaderBase) -> list[dict[str, Any]]:
 def _machine_name(name: str) -> str:
     """A class name as the classification extension's ``name`` takes it (letters, digits, - and _)."""
     return re.sub(r"[^0-9A-Za-z_-]+", "_", name.strip()) or "class"
-
-
-def _source_items(record: JobRecord) -> list[str]:
-    """The URLs of the STAC items the job read: given as URLs, or the items' own self links (an ItemCollection's
-    features' too)."""
-    given = (record.request.get("options") or {}).get("stac_item")
-    urls = []
-    for entry in given if isinstance(given, list) else [given] if given else []:
-        if isinstance(entry, str):
-            urls.append(entry)
-        elif isinstance(entry, dict) and entry.get("type") == "FeatureCollection":
-            urls += [url for f in entry.get("features") or [] if (url := self_link(f))]
-        elif url := self_link(entry):
-            urls.append(url)
-    return urls
 
 
 def _iso(seconds: float) -> str:
