@@ -12,6 +12,9 @@ files sent alone state it in their names, all in UTC:
 - Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``) and DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
   which name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
 
+SNAP's GeoTIFFs state the scene's start and stop in their DIMAP header (``mapex_serve.dimap.file_sensed``), which
+``sensed`` takes: the acquisition is that span where no name gives its instant.
+
 Names of different acquisitions (more than an hour apart) give none: the files would not say which.
 """
 
@@ -40,10 +43,11 @@ _DAY_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
 _ONE_ACQUISITION = timedelta(hours=1)
 
 
-def acquisition(names: Iterable[str]) -> str | None:
-    """When the files ``names`` (paths or URLs) were acquired, by their names: an instant (``2023-09-12T17:54:50Z``)
-    or a day (``start/end``); None where no name says, or names say different acquisitions."""
-    spans = [span for name in names if (span := _span(name)) is not None]
+def acquisition(names: Iterable[str], sensed: Iterable[tuple[datetime, datetime]] = ()) -> str | None:
+    """When the files ``names`` (paths or URLs) were acquired, by their names and the spans their headers state
+    (``sensed``): an instant (``2023-09-12T17:54:50Z``) or a span (``start/end``); None where none says, or they say
+    different acquisitions."""
+    spans = [span for name in names if (span := _span(name)) is not None] + list(sensed)
     instants = [s for s, e in spans if s == e]
     days = {span for span in spans if span[0] != span[1]}
     if instants:
@@ -53,7 +57,7 @@ def acquisition(names: Iterable[str]) -> str | None:
         return _iso(first) if agreed else None
     if len(days) == 1:
         ((start, end),) = days
-        return f"{_iso(start)}/{_iso(end)}"
+        return f"{_iso(start)}/{_iso(end + timedelta(microseconds=-end.microsecond % 1_000_000))}"  # end rounded up
     return None
 
 

@@ -13,6 +13,9 @@ bands are not written, so the others are the file's bands, in their order. SNAP'
 keeps the same header as the ``.dim`` file and a band per ENVI file named after it, whose header carries
 the name but neither scaling nor no-data.
 
+The header also says when the scene was sensed (``PRODUCT_SCENE_RASTER_START_TIME`` and ``..._STOP_TIME``), which a
+job's results are dated by where the file's name does not say (a SNAP export is often renamed, ``subset_flood.tif``).
+
 SNAP's writers are Java's and write big-endian TIFFs (GDAL's ``SNAP_TIFF`` driver identifies them so too):
 a little-endian upload is not searched for the tag, which keeps this off the path of every other file.
 """
@@ -20,18 +23,26 @@ a little-endian upload is not searched for the tag, which keeps this off the pat
 from __future__ import annotations
 
 import math
+import mmap
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 from mapex_serve.geokeys import ASCII, first_ifd
 
-__all__ = ["DIMAP_TAG", "SnapBand", "header_bands", "tiff_bands"]
+__all__ = ["DIMAP_TAG", "SnapBand", "file_sensed", "header_bands", "header_sensed", "tiff_bands"]
 
 #: SNAP's private TIFF tag holding the product's DIMAP header (``Utils.PRIVATE_BEAM_TIFF_TAG_NUMBER``).
 DIMAP_TAG = 65000
 #: The longest header read: the band descriptions come before the product's metadata (orbits, history), which
 #: can run to megabytes; a header past this is not read.
 _MAX_HEADER = 64 * 2**20
+#: SNAP's UTC times (``ProductData.UTC``'s format, English month names): ``05-JUL-2015 06:42:41.123456``.
+_SENSED = re.compile(r"<PRODUCT_SCENE_RASTER_(START|STOP)_TIME>\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) "
+                     r"(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?\s*</PRODUCT_SCENE_RASTER_\1_TIME>")
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 
 @dataclass(frozen=True)
@@ -54,12 +65,50 @@ class SnapBand:
 def tiff_bands(data: bytes | memoryview) -> tuple[SnapBand, ...] | None:
     """The bands of ``data`` (a TIFF's bytes, or at least its first directory and the header it points to) as its
     SNAP DIMAP header describes them, in file order; None for a file without one, or one that does not parse."""
+    header = _tiff_header(data)
+    return None if header is None else header_bands(header)
+
+
+def _tiff_header(data: bytes | memoryview | mmap.mmap) -> str | None:
     if bytes(data[:2]) != b"MM":
         return None
     tags = first_ifd(data, {DIMAP_TAG: (ASCII, _MAX_HEADER)})
     if not tags or DIMAP_TAG not in tags:
         return None
-    return header_bands(tags[DIMAP_TAG][0].decode("latin-1"))  # SNAP writes it ISO-8859-1
+    return tags[DIMAP_TAG][0].decode("latin-1")  # SNAP writes it ISO-8859-1
+
+
+def header_sensed(header: str) -> tuple[datetime, datetime] | None:
+    """When the product's scene was sensed, start and stop (UTC), as the header's first start and stop times say;
+    None where it states no pair, or a stop before its start."""
+    times: dict[str, datetime] = {}
+    for m in _SENSED.finditer(header):
+        which, day, month, year, hour, minute, second, fraction = m.groups()
+        if which in times or month.upper() not in _MONTHS:
+            continue
+        try:
+            times[which] = datetime(int(year), _MONTHS.index(month.upper()) + 1, int(day), int(hour), int(minute),
+                                    int(second), int((fraction or "0").ljust(6, "0")), tzinfo=UTC)
+        except ValueError:  # an impossible date
+            return None
+        if len(times) == 2:
+            break
+    start, stop = times.get("START"), times.get("STOP")
+    return (start, stop) if start is not None and stop is not None and start <= stop else None
+
+
+def file_sensed(path: Path) -> tuple[datetime, datetime] | None:
+    """``header_sensed`` of a GeoTIFF SNAP wrote (mapped, not read: the header's offset can be anywhere); None for
+    any other file."""
+    try:
+        with path.open("rb") as f:
+            if f.read(2) != b"MM":
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                header = _tiff_header(mapped)
+    except (OSError, ValueError):  # not a file that can be mapped: it says nothing of when
+        return None
+    return None if header is None else header_sensed(header)
 
 
 def header_bands(header: str) -> tuple[SnapBand, ...] | None:

@@ -37,6 +37,7 @@ from mapex_serve.batcher import BACKGROUND
 from mapex_serve.cores import service_cores
 from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError, part_count, run_all
 from mapex_serve.decode.slab import SlabSpaceError
+from mapex_serve.dimap import file_sensed
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import MAX_ITEMS, JobError, JobProgress, JobRequest, JobStatus
@@ -111,12 +112,13 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
 
 
 def _dated(sources: ResolvedSources) -> ResolvedSources:
-    """``sources`` with when they were acquired: as their STAC item says, else as their files' names (or URLs) do
-    (``mapex_serve.acquired``)."""
+    """``sources`` with when they were acquired: as their STAC item says, else as their files' names (or URLs) and
+    the SNAP headers of the files on the volume do (``mapex_serve.acquired``)."""
     if sources.acquired is not None:
         return sources
     names = [f.path if f.remote else f.name for f in sources.files] + [url for url, _ in sources.fetch]
-    return replace(sources, acquired=acquisition(names))
+    sensed = [span for f in sources.files if not f.remote and (span := file_sensed(Path(f.path))) is not None]
+    return replace(sources, acquired=acquisition(names, sensed))
 
 
 def _item_sources(item: Any, item_url: str | None, assets: list[str] | None, prefixes: list[str],

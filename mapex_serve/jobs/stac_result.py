@@ -11,9 +11,9 @@ the job's result files as one Item, each fact read from the files themselves:
   probabilities' scale and no data in the raster extension's;
 - hrefs at this service, which GDAL reads by ranges.
 
-Its ``datetime`` is the scene's acquisition where the job's STAC item or its files' names gave it (the item linked as
-``derived_from``; a name that gives the day only, the day as ``start_datetime``/``end_datetime``),
-else the job's finish, which ``created`` always states.
+Its ``datetime`` is the scene's acquisition where the job's STAC item, its files' names or their SNAP headers gave it
+(the item linked as ``derived_from``; a name that gives the day only, the day as ``start_datetime``/``end_datetime``;
+a SNAP header, its scene's start and stop), else the job's finish, which ``created`` always states.
 """
 
 from __future__ import annotations

@@ -405,8 +405,10 @@ def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
 
 
 def dimap_header(names: list[str], bands: np.ndarray, *, units: list[str | None], nodata: list[float | None],
-                 scales: list[tuple[float, float]], virtual: dict[str, str]) -> str:
-    """A DIMAP header as SNAP's ``DimapHeaderWriter`` writes it into a GeoTIFF: ``Image_Interpretation`` with a
+                 scales: list[tuple[float, float]], virtual: dict[str, str], sensed: tuple[str, str] | None = None
+                 ) -> str:
+    """A DIMAP header as SNAP's ``DimapHeaderWriter`` writes it into a GeoTIFF: ``Production`` with the scene's start
+    and stop (``sensed``, as SNAP writes times: ``30-AUG-2024 17:00:00.123456``), ``Image_Interpretation`` with a
     ``Spectral_Band_Info`` a band (virtual bands among them, whose pixels are not written), then the metadata."""
     infos = []
     for i, name in enumerate([*names, *virtual]):
@@ -430,12 +432,19 @@ def dimap_header(names: list[str], bands: np.ndarray, *, units: list[str | None]
             <NO_DATA_VALUE>{0.0 if nd is None else nd!r}</NO_DATA_VALUE>
             {f"<VIRTUAL_BAND>true</VIRTUAL_BAND><EXPRESSION>{virtual[name]}</EXPRESSION>" if not stored else ""}
         </Spectral_Band_Info>""")
+    times = "" if sensed is None else (
+        f"\n        <PRODUCT_SCENE_RASTER_START_TIME>{sensed[0]}</PRODUCT_SCENE_RASTER_START_TIME>"
+        f"\n        <PRODUCT_SCENE_RASTER_STOP_TIME>{sensed[1]}</PRODUCT_SCENE_RASTER_STOP_TIME>")
     return f"""<?xml version="1.0" encoding="ISO-8859-1"?>
 <Dimap_Document name="S1A_IW_GRDH_1SDV_20240830T170000_Cal_TC.dim">
     <Metadata_Id>
         <METADATA_FORMAT version="2.12.1">DIMAP</METADATA_FORMAT>
         <METADATA_PROFILE>BEAM_PRODUCT</METADATA_PROFILE>
     </Metadata_Id>
+    <Production>
+        <DATASET_PRODUCER_NAME />
+        <PRODUCT_TYPE>GRD</PRODUCT_TYPE>{times}
+    </Production>
     <Raster_Dimensions>
         <NCOLS>{bands.shape[2]}</NCOLS>
         <NROWS>{bands.shape[1]}</NROWS>
@@ -459,13 +468,14 @@ def dimap_header(names: list[str], bands: np.ndarray, *, units: list[str | None]
 def snap_geotiff_bytes(bands: np.ndarray, names: list[str], *, units: list[str | None] | None = None,
                        nodata: list[float | None] | None = None, scales: list[tuple[float, float]] | None = None,
                        virtual: dict[str, str] | None = None, epsg: int = 32633,
-                       origin: tuple[float, float] = (500000.0, 5000000.0), pixel: float = 10.0) -> bytes:
+                       origin: tuple[float, float] = (500000.0, 5000000.0), pixel: float = 10.0,
+                       sensed: tuple[str, str] | None = None) -> bytes:
     """``bands`` (k, h, w) as SNAP's ``GeoTiffProductWriter`` writes a product (its ``TiffIFD``): big-endian classic
     TIFF, the IFD at byte 8 with its values after it, uncompressed, one strip a band (planar), GeoTIFF keys of a
     projected CRS by code, and the product's DIMAP header in private tag 65000, where alone its bands are named."""
     k, h, w = bands.shape
     header = dimap_header(names, bands, units=units or [None] * k, nodata=nodata or [None] * k,
-                          scales=scales or [(1.0, 0.0)] * k, virtual=virtual or {})
+                          scales=scales or [(1.0, 0.0)] * k, virtual=virtual or {}, sensed=sensed)
     fmt = {"u": 1, "i": 2, "f": 3}[bands.dtype.kind]
     strip = h * w * bands.dtype.itemsize
     short, long_, rational, double, ascii_ = 3, 4, 5, 12, 2
@@ -508,7 +518,8 @@ def dimap_document() -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def snap_geotiff() -> Callable[..., bytes]:
-    """Write bands as SNAP exports a product to GeoTIFF: ``snap_geotiff(bands, names, units=, nodata=, scales=)``."""
+    """Write bands as SNAP exports a product to GeoTIFF: ``snap_geotiff(bands, names, units=, nodata=, scales=,
+    sensed=)``."""
     return snap_geotiff_bytes
 
 

@@ -3,6 +3,9 @@ no STAC item sent the scene."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
 import pytest
 
 from mapex_serve.acquired import acquisition
@@ -45,3 +48,19 @@ def test_a_job_by_url_is_dated_by_its_path_and_a_day_becomes_stacs_start_and_end
     assert _when(None, "2026-12-06T09:00:00Z") == {"datetime": "2026-12-06T09:00:00Z"}
     assert _when("2022-01-11T00:00:00Z/2022-01-11T23:59:59Z", "2026-12-06T09:00:00Z") == {
         "datetime": None, "start_datetime": "2022-01-11T00:00:00Z", "end_datetime": "2022-01-11T23:59:59Z"}
+
+
+def test_a_snap_export_sent_under_any_name_is_dated_by_its_header(snap_geotiff, tmp_path):
+    """A SNAP GeoTIFF renamed by its user is dated by the start and stop its DIMAP header states (the stop rounded up
+    to the second); a name that states the instant gives the instant, within the header's span."""
+    path = tmp_path / "subset_flood.tif"
+    path.write_bytes(snap_geotiff(np.ones((2, 8, 8), np.float32), ["Sigma0_VH", "Sigma0_VV"],
+                                  sensed=("30-AUG-2024 17:00:00.123456", "30-AUG-2024 17:00:25.500000")))
+    resolved = resolve_sources(JobRequest(), [("subset_flood.tif", path)], [], 10**6)
+    assert resolved.acquired == "2024-08-30T17:00:00Z/2024-08-30T17:00:26Z"
+    sensed = [(datetime(2024, 8, 30, 17, 0, tzinfo=UTC), datetime(2024, 8, 30, 17, 0, 25, tzinfo=UTC))]
+    assert acquisition(["S1A_IW_GRDH_1SDV_20240830T170000_x_Cal_TC.tif"], sensed) == "2024-08-30T17:00:00Z"
+    assert acquisition(["S1A_IW_GRDH_1SDV_20240901T170000_x_Cal_TC.tif"], sensed) is None  # they disagree
+    later = [(start + timedelta(days=12), stop + timedelta(days=12)) for start, stop in sensed]
+    assert acquisition([], sensed + sensed) == "2024-08-30T17:00:00Z/2024-08-30T17:00:25Z"  # one product's files
+    assert acquisition([], sensed + later) is None  # two passes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rasterio.io import MemoryFile
 
-from mapex_serve.dimap import SnapBand, tiff_bands
+from mapex_serve.dimap import SnapBand, file_sensed, header_sensed, tiff_bands
 from mapex_serve.inputs import RasterTooLargeError, RequestScene, SourceFile, UploadedFile
 from mapex_serve.rasters import BandNamesMissingError
 from mapex_serve.units import UnitError, UnitOverrides
@@ -74,6 +75,28 @@ def test_files_without_a_snap_header_have_none(snap_geotiff, sigma0):
     broken = export(snap_geotiff, sigma0).replace(b"</Spectral_Band_Info>", b"</Spectral_Band>", 1)
     assert tiff_bands(broken) is None  # a header that does not parse is not read
     assert tiff_bands(b"MM\0*\0\0\0\x08") is None
+
+
+def test_the_header_says_when_the_scene_was_sensed(snap_geotiff, sigma0, tmp_path):
+    """SNAP's start and stop times (UTC, English month names, microseconds) from the header of a file on disk."""
+    path = tmp_path / "subset_flood.tif"
+    path.write_bytes(export(snap_geotiff, sigma0, sensed=("30-AUG-2024 17:00:00.123456", "30-AUG-2024 17:00:25.5")))
+    assert file_sensed(path) == (datetime(2024, 8, 30, 17, 0, 0, 123456, tzinfo=UTC),
+                                 datetime(2024, 8, 30, 17, 0, 25, 500000, tzinfo=UTC))
+    path.write_bytes(export(snap_geotiff, sigma0))  # a header without them
+    assert file_sensed(path) is None
+    path.write_bytes(gdal_geotiff(sigma0, ["Sigma0_VH", "Sigma0_VV"]))  # GDAL's, with no header
+    assert file_sensed(path) is None
+    path.write_bytes(b"MM")  # a file cut after its byte order
+    assert file_sensed(path) is None
+    assert file_sensed(tmp_path / "gone.tif") is None
+    for start, stop in [("30-AUG-2024 17:00:25", "30-AUG-2024 17:00:00"),  # stops before it starts
+                        ("31-FEB-2024 17:00:00", "31-FEB-2024 17:00:25"),  # no such day
+                        ("30-ABC-2024 17:00:00", "30-ABC-2024 17:00:25"),  # no such month
+                        ("2024-08-30T17:00:00", "2024-08-30T17:00:25")]:  # not as SNAP writes times
+        header = (f"<Production><PRODUCT_SCENE_RASTER_START_TIME>{start}</PRODUCT_SCENE_RASTER_START_TIME>"
+                  f"<PRODUCT_SCENE_RASTER_STOP_TIME>{stop}</PRODUCT_SCENE_RASTER_STOP_TIME></Production>")
+        assert header_sensed(header) is None, (start, stop)
 
 
 def test_a_sentinel1_export_reads_as_the_same_bands_described_in_gdal_metadata(snap_geotiff, sigma0):
