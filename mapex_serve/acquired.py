@@ -12,8 +12,8 @@ files sent alone state it in their names, all in UTC:
 - Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``) and DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
   which name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
 
-SNAP's GeoTIFFs state the scene's start and stop in their DIMAP header (``mapex_serve.dimap.file_sensed``), which
-``sensed`` takes: the acquisition is that span where no name gives its instant.
+SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
+(``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant.
 
 Names of different acquisitions (more than an hour apart) give none: the files would not say which.
 """

@@ -25,6 +25,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import count
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -85,6 +86,8 @@ class Unpacked:
     size: int
     #: What was taken from its metadata, in words.
     notes: tuple[str, ...] = ()
+    #: When its products' metadata says their scenes were sensed (start, stop): a BEAM-DIMAP product's ``.dim``.
+    sensed: tuple[tuple[datetime, datetime], ...] = ()
 
     def report(self) -> dict[str, Any]:
         """How the answer states it (``archives``)."""
@@ -268,7 +271,7 @@ def _read(name: str, kind: str, members: Iterator[_Listed], limit: int, store: _
         content, stored = store(sidecar, io.BytesIO(xml), limit)  # a few hundred bytes
         total += stored
         files.append(Member(sidecar, content, made=True))
-    return Unpacked(name, kind, tuple(files), tuple(skipped), total, made.notes)
+    return Unpacked(name, kind, tuple(files), tuple(skipped), total, made.notes, products.sensed(metadata))
 
 
 def _is_raster(path: str, base: str) -> bool:

@@ -28,10 +28,11 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Literal
 
-from mapex_serve.dimap import header_bands
+from mapex_serve.dimap import header_bands, header_sensed
 
 __all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sentinel1_as_shipped", "sidecars"]
 
@@ -155,6 +156,13 @@ def sidecars(metadata: Mapping[str, str], rasters: Sequence[str]) -> Sidecars:
         notes += [f"{name}: {what} = DN x {scale:g} {offset:+g}{'' if nodata is None else f', nodata {nodata:g}'} "
                   f"({', '.join(bands)})" for (scale, offset, nodata), bands in taken.items()]
     return Sidecars(files, tuple(notes))
+
+
+def sensed(metadata: Mapping[str, str]) -> tuple[tuple[datetime, datetime], ...]:
+    """When the products whose ``metadata`` (file name -> text) came in an archive were sensed, where they state it:
+    a BEAM-DIMAP product's ``.dim`` (its scene's start and stop)."""
+    return tuple(span for name, text in metadata.items()
+                 if name.lower().endswith(".dim") and (span := header_sensed(text)) is not None)
 
 
 def _dimap_sidecars(name: str, text: str, rasters: Sequence[str]) -> Sidecars:

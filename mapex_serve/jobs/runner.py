@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -100,7 +101,7 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     among which is an archive are left to fetch when the job starts (``fetch``): a download of a gigabyte would hold
     the POST, past any proxy's patience."""
     if uploads:
-        return _dated(_unpacked_sources(uploads, max_unpacked))
+        return _unpacked_sources(uploads, max_unpacked)
     if request.url:
         urls = [request.url] if isinstance(request.url, str) else request.url
         in_place = resolve_urls(urls, prefixes)  # checks every URL before anything is read
@@ -111,14 +112,14 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
     return _dated(resolved[0] if len(resolved) == 1 else one_acquisition(resolved))
 
 
-def _dated(sources: ResolvedSources) -> ResolvedSources:
-    """``sources`` with when they were acquired: as their STAC item says, else as their files' names (or URLs) and
-    the SNAP headers of the files on the volume do (``mapex_serve.acquired``)."""
+def _dated(sources: ResolvedSources, sensed: Iterable[tuple[datetime, datetime]] = ()) -> ResolvedSources:
+    """``sources`` with when they were acquired: as their STAC item says, else as their files' names (or URLs), the
+    SNAP headers of the files on the volume and ``sensed`` (their archives' metadata) do (``mapex_serve.acquired``)."""
     if sources.acquired is not None:
         return sources
     names = [f.path if f.remote else f.name for f in sources.files] + [url for url, _ in sources.fetch]
-    sensed = [span for f in sources.files if not f.remote and (span := file_sensed(Path(f.path))) is not None]
-    return replace(sources, acquired=acquisition(names, sensed))
+    headers = [span for f in sources.files if not f.remote and (span := file_sensed(Path(f.path))) is not None]
+    return replace(sources, acquired=acquisition(names, [*headers, *sensed]))
 
 
 def _item_sources(item: Any, item_url: str | None, assets: list[str] | None, prefixes: list[str],
@@ -144,13 +145,13 @@ def fetched_sources(fetch: list[tuple[str, bool]], prefixes: list[str], max_unpa
     in_place = resolve_urls([url for url, _ in fetch], prefixes).files
     saved = [(f.name, fetch_archive(url, downloads / f"url{i:02d}", max_unpacked, fetching=fetching)) if archive else f
              for i, ((url, archive), f) in enumerate(zip(fetch, in_place, strict=True))]
-    return _dated(_unpacked_sources(saved, max_unpacked))
+    return _unpacked_sources(saved, max_unpacked)
 
 
 def _unpacked_sources(saved: list[tuple[str, Path] | SourceFile], max_unpacked: int) -> ResolvedSources:
     """Files saved on the jobs volume (``(name, path)``: an upload, a fetched archive), each archive among them
-    unpacked beside it, and files read in place."""
-    files, archives, room = [], [], max_unpacked
+    unpacked beside it, and files read in place; dated (``_dated``)."""
+    files, archives, sensed, room = [], [], [], max_unpacked
     for entry in saved:
         if isinstance(entry, SourceFile):
             files.append(entry)
@@ -162,8 +163,9 @@ def _unpacked_sources(saved: list[tuple[str, Path] | SourceFile], max_unpacked: 
             continue
         room -= archive.size
         archives.append(archive.report())
+        sensed += archive.sensed
         files += [SourceFile(m.name, str(m.content)) for m in archive.files]
-    return ResolvedSources(files, archives=archives)
+    return _dated(ResolvedSources(files, archives=archives), sensed)
 
 
 def _sources_to_json(sources: ResolvedSources) -> dict[str, Any]:

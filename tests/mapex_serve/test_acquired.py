@@ -1,12 +1,14 @@
-"""When a scene was acquired, by the names its providers give their files: what a job's STAC Item is dated by when
-no STAC item sent the scene."""
+"""When a scene was acquired, by the names its providers give their files and the SNAP headers in them: what a job's
+STAC Item is dated by when no STAC item sent the scene."""
 
 from __future__ import annotations
 
+import zipfile
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import rasterio
 
 from mapex_serve.acquired import acquisition
 from mapex_serve.jobs.models import JobRequest
@@ -64,3 +66,22 @@ def test_a_snap_export_sent_under_any_name_is_dated_by_its_header(snap_geotiff, 
     later = [(start + timedelta(days=12), stop + timedelta(days=12)) for start, stop in sensed]
     assert acquisition([], sensed + sensed) == "2024-08-30T17:00:00Z/2024-08-30T17:00:25Z"  # one product's files
     assert acquisition([], sensed + later) is None  # two passes
+
+
+def test_a_zipped_beam_dimap_product_is_dated_by_its_dim(dimap_document, tmp_path):
+    """SNAP's own format, zipped: the ``.dim`` beside the ENVI band files states the scene's start and stop."""
+    sigma0 = np.full((1, 8, 8), 0.05, np.float32)
+    dim = dimap_document(["Sigma0_VV"], sigma0, units=["intensity"], nodata=[0.0], scales=[(1.0, 0.0)], virtual={},
+                         sensed=("05-JUL-2015 06:42:41.000000", "05-JUL-2015 06:43:06.000000"))
+    band = tmp_path / "Sigma0_VV.img"
+    with rasterio.open(band, "w", driver="ENVI", count=1, width=8, height=8, dtype="float32", crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(sigma0)
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("flood_Cal_TC.dim", dim)
+        for f in (band, band.with_suffix(".hdr")):
+            z.write(f, f"flood_Cal_TC.data/{f.name}")
+    resolved = resolve_sources(JobRequest(), [("flood_Cal_TC.zip", archive)], [], 10**7)
+    assert "Sigma0_VV.img" in [f.name for f in resolved.files]
+    assert resolved.acquired == "2015-07-05T06:42:41Z/2015-07-05T06:43:06Z"
