@@ -13,7 +13,8 @@ files sent alone state it in their names, all in UTC:
   which name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
 
 SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
-(``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant.
+(``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant (for
+two slices of one pass, the union of their spans).
 
 Names of different acquisitions (more than an hour apart) give none: the files would not say which.
 """
@@ -49,16 +50,19 @@ def acquisition(names: Iterable[str], sensed: Iterable[tuple[datetime, datetime]
     different acquisitions."""
     spans = [span for name in names if (span := _span(name)) is not None] + list(sensed)
     instants = [s for s, e in spans if s == e]
-    days = {span for span in spans if span[0] != span[1]}
+    periods = {span for span in spans if span[0] != span[1]}
     if instants:
         first, last = min(instants), max(instants)
         agreed = last - first <= _ONE_ACQUISITION and all(s - _ONE_ACQUISITION <= first and last <= e + _ONE_ACQUISITION
-                                                          for s, e in days)
+                                                          for s, e in periods)
         return _iso(first) if agreed else None
-    if len(days) == 1:
-        ((start, end),) = days
-        return f"{_iso(start)}/{_iso(end + timedelta(microseconds=-end.microsecond % 1_000_000))}"  # end rounded up
-    return None
+    if not periods:
+        return None
+    start, end = min(s for s, _ in periods), max(e for _, e in periods)
+    # One acquisition: the periods' union no longer than an hour (two slices of one pass) or than the longest (a day)
+    if end - start > max(_ONE_ACQUISITION, *(e - s for s, e in periods)):
+        return None
+    return f"{_iso(start)}/{_iso(end + timedelta(microseconds=-end.microsecond % 1_000_000))}"  # end rounded up
 
 
 def _span(name: str) -> tuple[datetime, datetime] | None:

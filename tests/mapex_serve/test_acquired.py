@@ -66,6 +66,8 @@ def test_a_snap_export_sent_under_any_name_is_dated_by_its_header(snap_geotiff, 
     later = [(start + timedelta(days=12), stop + timedelta(days=12)) for start, stop in sensed]
     assert acquisition([], sensed + sensed) == "2024-08-30T17:00:00Z/2024-08-30T17:00:25Z"  # one product's files
     assert acquisition([], sensed + later) is None  # two passes
+    next_slice = [(start + timedelta(seconds=25), stop + timedelta(seconds=25)) for start, stop in sensed]
+    assert acquisition([], sensed + next_slice) == "2024-08-30T17:00:00Z/2024-08-30T17:00:50Z"  # two slices, one pass
 
 
 def test_a_zipped_beam_dimap_product_is_dated_by_its_dim(dimap_document, tmp_path):
