@@ -34,7 +34,8 @@ from typing import Literal
 
 from mapex_serve.dimap import header_bands, header_sensed
 
-__all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sentinel1_as_shipped", "sidecars"]
+__all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sensed", "sentinel1_as_shipped",
+           "sidecars"]
 
 #: What a product's member is: a raster to read, metadata to read for its values, or a file to leave out.
 Role = Literal["raster", "metadata", "skip"]
