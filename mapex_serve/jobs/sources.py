@@ -91,7 +91,7 @@ class ResolvedSources:
     #: job starts (``mapex_serve.jobs.signing.resigned``).
     planetary_computer: bool = False
     #: When the scene was acquired: as its STAC item says (``datetime``, else ``start_datetime``), else as its files'
-    #: names do (``mapex_serve.acquired``; a day as ``start/end``); the result's own.
+    #: names and SNAP headers do (``mapex_serve.acquired``; a day or a scene's start and stop as ``start/end``).
     acquired: str | None = None
     #: The URLs of the STAC items read (as given, or their self links): what a result is derived from.
     item_urls: list[str] = field(default_factory=list)

@@ -66,7 +66,7 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
                          "title": "the job's summary: classes and areas, inputs, masked pixels"}
     finished = _iso(record.finished or record.created)
     sources = record.request.get("sources") or {}
-    item: dict[str, Any] = {
+    return {
         "type": "Feature", "stac_version": "1.0.0", "stac_extensions": list(STAC_EXTENSIONS.values()),
         "id": f"{record.task}-{record.id}", "geometry": geometry, **({"bbox": bbox} if bbox else {}),
         "properties": {**_when(sources.get("acquired"), finished), "created": finished,
@@ -77,12 +77,12 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
                   *({"rel": "derived_from", "href": url, "type": "application/geo+json"}
                     for url in sources.get("item_urls", []))],
         "assets": assets}
-    return item
 
 
 def _when(acquired: str | None, finished: str) -> dict[str, str | None]:
-    """STAC's ``datetime``: the acquisition's instant; for a day (``start/end``, a name that gives the date only)
-    none, and the day as ``start_datetime`` and ``end_datetime``; the finish where nothing says."""
+    """STAC's ``datetime``: the acquisition's instant; for a span (``start/end``: the day a name gives, a SNAP
+    header's start and stop) none, and the span as ``start_datetime`` and ``end_datetime``; the finish where nothing
+    says."""
     start, _, end = (acquired or finished).partition("/")
     return {"datetime": None, "start_datetime": start, "end_datetime": end} if end else {"datetime": start}
 
