@@ -1,7 +1,7 @@
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -404,11 +404,20 @@ def test_the_pipeline_keeps_its_batches_in_flight_and_hands_their_outputs_back_i
     from mapex_serve.tiling import TileBatch
 
     batches = [TileBatch([], tiles(2, 10 * i), np.ones((2, 4, 4), bool)) for i in range(7)]
-    inflight, peak, got = [0], [0], []
+    inflight, peak, submitted, got = [0], [0], [0], []
+
+    async def all_in_flight(k: int) -> None:
+        while submitted[0] < min(k + ahead, len(batches)):
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.02)  # four reads' time: a pipeline that submits more than ``ahead`` has done so now
 
     async def submit(batch: TileBatch, k: int) -> np.ndarray:
         inflight[0] += 1
+        submitted[0] += 1
         peak[0] = max(peak[0], inflight[0])
+        # Batch k runs once the ``ahead - 1`` after it are submitted too: without this hold the peak measured how
+        # fast the reads ran (a read outlasting the batch before it leaves fewer in flight), not the pipeline.
+        await asyncio.wait_for(all_in_flight(k), timeout=5)
         await asyncio.sleep(0.001 * ((k * 7) % 3))  # later batches may finish first
         inflight[0] -= 1
         return engine(batch.data)
@@ -416,7 +425,12 @@ def test_the_pipeline_keeps_its_batches_in_flight_and_hands_their_outputs_back_i
     async def consume(batch: TileBatch, out: np.ndarray) -> None:
         got.append(out.tolist())
 
-    run(pipeline(iter(batches), submit, consume, ahead=ahead))
+    def read_slowly() -> Iterator[TileBatch]:  # a slow disk: each read outlasts the batch before it in the engine
+        for batch in batches:
+            time.sleep(0.005)
+            yield batch
+
+    run(pipeline(read_slowly(), submit, consume, ahead=ahead))
     assert got == [[10 * i, 10 * i + 1] for i in range(7)]
     assert peak[0] == ahead
 
