@@ -7,7 +7,7 @@ files sent alone state it in their names, all in UTC:
 - Sentinel-1 and -2 products (``S2B_MSIL2A_20170914T093029_...``, ``S1A_IW_GRDH_1SDV_20150705T064241_...``, HyP3's
   ``S1A_IW_20180128T161201_DVP_RTC30_...``) and a SAFE's band files (``T33UUP_20230101T100031_B02_10m.jp2``);
 - OPERA's (``OPERA_L2_RTC-S1_T069-147170-IW1_20231019T121502Z_...``) and HLS's (``HLS.S30.T33UUP.2023245T100031``,
-  the day of the year);
+  the day of the year), THEIA's MAJA Level-2A products (``SENTINEL2B_20230815-105856-123_L2A_T31TCJ_C_V3-1``);
 - Planet's scenes (``20230912_175450_00_2439_3B_...``, SkySat's ``20210913_211131_ssc15_...``);
 - Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``) and DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
   which name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
@@ -32,6 +32,7 @@ _NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])S[12][A-D]_(?:[A-Z0-9]+_)*?(?P<t>\d{8}T\d{6})(?![0-9])"), "%Y%m%dT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])T\d{2}[A-Z]{3}_(?P<t>\d{8}T\d{6})_"), "%Y%m%dT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])OPERA_L\d_[\w.-]*?_(?P<t>\d{8}T\d{6})Z_"), "%Y%m%dT%H%M%S"),
+    (re.compile(r"(?<![A-Za-z0-9])SENTINEL2[A-D]_(?P<t>\d{8}-\d{6})-\d{3}_L2A_"), "%Y%m%d-%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])HLS\.[SL]30\.T\d{2}[A-Z]{3}\.(?P<t>\d{7}T\d{6})\."), "%Y%jT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9_])(?P<t>\d{8}_\d{6})_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+)"),
      "%Y%m%d_%H%M%S"),

@@ -318,6 +318,13 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         # angle < slope, 4 layover, 8 look angle < opposite slope, 16 shadow; 0 is untested (outside the scene).
         QualityLayer("HYP3_LS_MAP", "ASF HyP3 RTC layover and shadow map",
                      invalid_bits={2: "HyP3 RTC layover", 4: "HyP3 RTC radar shadow"}),
+        # THEIA's MAJA masks (mapex_serve.theia): CLM's bits 0 clouds (except the thinnest) and all cloud shadows, 4 the
+        # thinnest clouds, 7 high clouds (its bits 1-3, 5 and 6 say which clouds or shadows, within bit 0); EDG's 1 is
+        # outside the image. Not Sentinel Hub's CLM above, whose 1 is a cloud and whose 3 would be clear.
+        QualityLayer("THEIA_CLM", "THEIA MAJA cloud mask bits",
+                     invalid_bits={0: "THEIA CLM cloud or cloud shadow", 4: "THEIA CLM thin cloud",
+                                   7: "THEIA CLM high cloud"}),
+        QualityLayer("THEIA_EDG", "THEIA MAJA edge mask", invalid_values={1: "THEIA EDG outside the image"}),
         # Planet's legacy unusable data mask (..._DN_udm.tif): bit 0 blackfill, 1 cloud, 2-7 missing or suspect
         # data in band 1-6.
         QualityLayer("PLANET_UDM", "Planet legacy unusable data mask bits",

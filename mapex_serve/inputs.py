@@ -50,6 +50,7 @@ from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
 from mapex_serve.reproject import on_grid, warp_onto
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
+from mapex_serve.theia import nodata as theia_nodata
 from mapex_serve.units import (
     ZERO_IS_NODATA,
     UnitOverrides,
@@ -667,7 +668,8 @@ class RequestScene:
             landsat = landsat_sensor(ds, file) is not None
             source = "subdataset name" if variable else "file name"
             snap = self._snap.get(name)
-            nodata = self._nodata.get(name) or (snap and tuple(b.nodata for b in snap))
+            nodata = self._nodata.get(name) or (snap and tuple(b.nodata for b in snap)) or (
+                (theia_nodata(file, ds.nodatavals[0]),) if ds.count == 1 else None)
             planet = planet_product(ds, file)
             identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap], planet)
             for i, identity in enumerate(identities, start=1):

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Literal
 
+from mapex_serve import theia
 from mapex_serve.dimap import header_bands, header_sensed
 
 __all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sensed", "sentinel1_as_shipped",
@@ -87,6 +88,8 @@ def role(path: str, size: int) -> Role | None:
         resolution = band.group(2)
         native = _SAFE_NATIVE.get(band.group(1).upper())  # a band of no known resolution: at any it comes in
         return "raster" if resolution is None or native is None or int(resolution) == native else "skip"
+    if theia.is_product_member(path):
+        return "raster" if theia.read_in_product(path) else "skip"
     if any(_S1_NRB_PRODUCT.match(p) for p in parts[:-1]):
         return "raster" if _S1_NRB_GAMMA0.search(base) and "measurement" in parts else "skip"
     if _LANDSAT_MTL.match(base):

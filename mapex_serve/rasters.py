@@ -47,6 +47,7 @@ from mapex_serve.bands import (
 from mapex_serve.dea import DeaProduct, dea_product
 from mapex_serve.errors import MapexError
 from mapex_serve.planet import PlanetProduct
+from mapex_serve.theia import theia_band
 from mapex_serve.units import UnitError
 
 __all__ = [
@@ -456,6 +457,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return BandIdentity(PurePath(filename or "").name or None, "SRTM / NASADEM .hgt elevation tile", "DEM")
     if src.count == 1 and not src.descriptions[0] and _3DEP.match(name := PurePath(filename or "").name):
         return BandIdentity(name, "USGS 3DEP elevation tile (file name)", "DEM")
+    if src.count == 1 and (found := theia_band(filename)) is not None:
+        return _of_product(found, found.rule)
     if planet is not None and (found := planet.band(src, index)) is not None:
         return _of_product(found, found.rule)
     if dea is not None and (found := _dea(src, index, filename, header_name, dea)) is not None:

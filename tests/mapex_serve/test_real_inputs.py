@@ -919,6 +919,59 @@ def test_a_landsat_bundle_reads_its_reflectance_scaled_as_its_mtl_says_and_masks
         "notes": [f"{LANDSAT}_MTL.txt: surface reflectance = DN x 2.75e-05 -0.2, nodata 0 (SR_B4, SR_B3, SR_B2)"]}
 
 
+THEIA = "SENTINEL2B_20230815-105856-123_L2A_T31TCJ_C_V3-1"
+
+
+def test_a_theia_product_reads_its_flat_reflectance_and_masks_by_its_cloud_bits():
+    """THEIA's zipped MAJA L2A product as theia-land.fr gives it: each band as FRE (slopes corrected) and SRE, int16
+    reflectance x 10000, -10000 outside the image; cloud and edge masks at 10 and 20 m, aerosols, a quicklook, the
+    metadata. Each band is read once, from its FRE file (it was refused as given twice), in the format's scale, and
+    the 20 m cloud mask's bits mask clouds, shadows, thin and high clouds (a THEIA 3 or 35 is a cloud, which Sentinel
+    Hub's CLM of the same name would take as clear)."""
+    fre = RNG.integers(200, 4000, (3, 16, 16)).astype(np.int16)
+    fre[:, :, :2] = -10000  # outside the image: 32 pixels
+    clm = np.zeros((8, 8), np.uint8)  # at 20 m: a pixel is 4 of the bands'
+    clm[0, 4:] = 1 | 2 | 32  # a cloud and the shadow it casts
+    clm[1, 4:6] = 16  # the thinnest clouds
+    clm[2, 4] = 128  # a high cloud (1.38 um)
+    clm[3, 4:6] = 3  # a cloud
+    bands = ("B4", "B3", "B2")
+    members = {**{f"{THEIA}/{THEIA}_FRE_{b}.tif": tif(fre[i], nodata=-10000) for i, b in enumerate(bands)},
+               **{f"{THEIA}/{THEIA}_SRE_{b}.tif": tif(fre[i] // 2, nodata=-10000) for i, b in enumerate(bands)},
+               f"{THEIA}/{THEIA}_ATB_R1.tif": tif(np.ones((2, 16, 16), np.uint8)),
+               f"{THEIA}/MASKS/{THEIA}_CLM_R1.tif": tif(np.full((16, 16), 1, np.uint8)),  # not read: R2 is
+               f"{THEIA}/MASKS/{THEIA}_CLM_R2.tif": tif(clm, pixel=20.0),
+               f"{THEIA}/MASKS/{THEIA}_EDG_R1.tif": tif(np.zeros((16, 16), np.uint8)),
+               f"{THEIA}/{THEIA}_MTD_ALL.xml": b"<Muscate_Metadata_Document/>",
+               f"{THEIA}/{THEIA}_QKL_ALL.jpg": b"\xff\xd8\xff\xe0"}
+    scene, reader, values, reasons = read([UploadedFile(f"{THEIA}.zip", zipped(members))], ["B04", "B03", "B02"])
+    valid = reasons == 0
+    np.testing.assert_allclose(values[:, valid], fre[:, valid] * 1e-4, rtol=1e-6)
+    assert reader.masked() == {"nodata, mask or alpha band": 32, "THEIA CLM cloud or cloud shadow": 24,
+                               "THEIA CLM thin cloud": 8, "THEIA CLM high cloud": 4}
+    assert "THEIA L2A FRE band file name" in rule_of(scene, "B04")
+    assert reader.bands[0].conversion.steps[0] == "x 0.0001 + 0 (a THEIA L2A band file holds reflectance x 10000)"
+    report = scene.archives[0].report()
+    assert sorted(report["read"]) == sorted([*(f"{THEIA}_FRE_{b}.tif" for b in bands), f"{THEIA}_CLM_R2.tif"])
+    assert len(report["skipped"]) == len(members) - 4
+
+
+def test_theia_files_sent_alone_keep_their_meaning():
+    """A THEIA product's band files and cloud mask uploaded without their zip: -10000 is outside the image where a
+    file declares no no-data (it was reflectance -1, refused as implausible), and ``..._CLM_R2.tif`` holds THEIA's
+    bits, not Sentinel Hub's CLM."""
+    fre = RNG.integers(200, 4000, (2, 16, 16)).astype(np.int16)
+    fre[:, :3] = -10000  # 48 pixels
+    clm = np.zeros((16, 16), np.uint8)
+    clm[8] = 3
+    files = [*(UploadedFile(f"{THEIA}_FRE_{b}.tif", tif(fre[i], pixel=20.0)) for i, b in enumerate(("B11", "B12"))),
+             UploadedFile(f"{THEIA}_CLM_R2.tif", tif(clm, pixel=20.0))]
+    scene, reader, values, reasons = read(files, ["B11", "B12"])
+    assert reader.masked() == {"nodata, mask or alpha band": 48, "THEIA CLM cloud or cloud shadow": 16}
+    np.testing.assert_allclose(values[:, reasons == 0], fre[:, reasons == 0] * 1e-4, rtol=1e-6)
+    assert scene.quality_bands()[0].identity.quality == "THEIA_CLM"
+
+
 def test_what_unpacks_past_the_limit_is_413_before_or_while_it_is_read():
     """A zip states its members' sizes: refused before any is inflated. A gzip stream states none: refused as its
     bytes pass the limit. Several archives of one request share the limit."""

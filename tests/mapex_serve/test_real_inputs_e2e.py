@@ -292,6 +292,48 @@ def test_an_earth_engine_zip_is_served_as_its_band_files_sent_as_parts(server):
     assert "no raster file in it (it holds manifest.json)" in empty.json()["detail"]
 
 
+def test_a_theia_zip_is_served_as_its_flat_reflectance_described_with_its_clouds_masked(server):
+    """Real Sentinel-2 reflectance laid out as THEIA's MAJA L2A zip: FRE and SRE files a band (int16 reflectance x
+    10000, -10000 outside the image), cloud masks at 10 and 20 m, aerosols and metadata. The answer equals the same
+    bands described in GDAL metadata, with the 20 m cloud mask's clouds masked."""
+    import io
+    import zipfile
+
+    with rasterio.open(S2) as src:
+        stack = src.read([3, 2, 1, 5, 6]).astype(np.int16)  # B04, B03, B02, B11, B12
+        like = {"crs": src.crs, "transform": src.transform, "nodata": -10000}
+    stack[stack == 0] = -10000
+    stack[:, :, :10] = -10000  # the image's edge
+    height, width = stack.shape[1:]
+    clm = np.zeros((height // 2, width // 2), np.uint8)
+    clm[:10, 5:] = 1 | 2 | 32  # clouds and their shadows over the top 20 rows, right of the edge
+    plain = {"crs": like["crs"], "transform": like["transform"]}  # the masks declare no no-data
+    coarse = {**plain, "transform": like["transform"] * like["transform"].scale(2)}
+    theia = "SENTINEL2A_20230716-144900-101_L2A_T19HCB_C_V3-1"
+    names = ("B4", "B3", "B2", "B11", "B12")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for i, b in enumerate(names):
+            z.writestr(f"{theia}/{theia}_FRE_{b}.tif", tiff(stack[i:i + 1], [None], like))
+            z.writestr(f"{theia}/{theia}_SRE_{b}.tif", tiff(stack[i:i + 1] // 2, [None], like))
+        z.writestr(f"{theia}/MASKS/{theia}_CLM_R1.tif", tiff(np.ones((1, height, width), np.uint8), [None], plain))
+        z.writestr(f"{theia}/MASKS/{theia}_CLM_R2.tif", tiff(clm[None], [None], coarse))
+        z.writestr(f"{theia}/{theia}_ATB_R1.tif", tiff(np.ones((2, height, width), np.uint8), [None, None], plain))
+        z.writestr(f"{theia}/{theia}_MTD_ALL.xml", b"<Muscate_Metadata_Document/>")
+    product = [(f"{theia}.zip", out.getvalue())]
+    r = post(server, "landcover-seg", product, format="json")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["specialist"] == "landcover-seg-rgb"
+    masked = body["masked_pixels"]["by_reason"]
+    assert masked["THEIA CLM cloud or cloud shadow"] == 20 * (width - 10)
+    assert masked["nodata, mask or alpha band"] == int((stack[:3] == -10000).any(axis=0).sum())  # RGB is read
+    described = [("s2.tif", tiff(stack, ["B04", "B03", "B02", "B11", "B12"], like))]
+    ours, theirs = mask_of(post(server, "landcover-seg", product)), mask_of(post(server, "landcover-seg", described))
+    assert (ours[:20, 10:] == 255).all()
+    np.testing.assert_array_equal(ours[84:], theirs[84:])  # past the tiles that reach the clouds, the same answer
+
+
 def test_a_planet_surface_reflectance_file_and_its_udm2_are_served_as_the_same_bands_described(server):
     """Real Sentinel-2 reflectance laid out as Planet delivers a 4-band surface reflectance asset: no band names, the
     asset in the file name, and its UDM2 beside it. The answer equals the same bands described in GDAL metadata,

@@ -1,0 +1,76 @@
+"""THEIA's Sentinel-2 Level-2A products: MAJA's surface reflectance in the MUSCATE format, as CNES's MUSCATE centre
+distributes them (theia-land.fr, and the same layout from MAJA run at home).
+
+A product (``SENTINEL2B_20230815-105856-123_L2A_T31TCJ_C_V3-1``, a folder or its ``.zip``) holds a GeoTIFF a band
+twice: ``..._FRE_B4.tif`` (flat reflectance: corrected for the atmosphere, adjacency and slopes, THEIA's recommended
+one) and ``..._SRE_B4.tif`` (without the slope correction), int16, reflectance x 10000, -10000 outside the image; the
+10 m bands are B2, B3, B4, B8, the 20 m ones B5, B6, B7, B8A, B11, B12. Its ``MASKS/`` folder has a cloud mask a
+resolution (``..._CLM_R1.tif`` at 10 m, ``_R2`` at 20 m) whose values are bits: 0 clouds except the thinnest and all
+cloud shadows, 1 clouds except the thinnest, 2 and 3 the tests that found them, 4 the thinnest clouds, 5 and 6
+shadows, 7 high clouds (1.38 um); and an edge mask (``..._EDG_R1.tif``, 1 outside the image). Beside them: aerosols
+and water vapour (``ATB``), saturation, geophysical and other masks, a quicklook, ``..._MTD_ALL.xml``.
+
+Read as other files are, a THEIA product went wrong three ways: its CLM masks took Sentinel Hub's meaning under the
+same name (1 cloud, 0 clear), where a THEIA cloud is 1, 3, 35 ..., so most clouds stayed in; a zip gave each band
+twice (FRE and SRE) and was refused; and a band file declaring no no-data had its -10000 read as reflectance -1.
+Sources: CESBIO's description of the MAJA/MUSCATE Sentinel-2 format, SNAP's MUSCATE reader help, eoreader's
+``S2TheiaProduct``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath, PurePosixPath
+
+from mapex_serve.bands import ProductBand, canonical_or_none
+
+__all__ = ["NODATA", "is_product_member", "is_reflectance_file", "nodata", "read_in_product", "theia_band"]
+
+#: The reflectance outside the image.
+NODATA = -10000.0
+#: A product's name (Sentinel-2A to -2D; ``_C_`` complete or ``_D_`` degraded, and its format version).
+_PRODUCT = r"SENTINEL2[A-D]_\d{8}-\d{6}-\d{3}_L2A_T\d{2}[A-Z]{3}_[A-Z]_V\d+-\d+"
+_PRODUCT_NAME = re.compile(rf"^{_PRODUCT}$", re.I)
+_FILE = re.compile(rf"^{_PRODUCT}_(?:(?P<kind>FRE|SRE)_(?P<band>B\d{{1,2}}A?)|(?P<mask>CLM|EDG)_R(?P<res>[12]))"
+                   rf"\.tiff?$", re.I)
+_KIND = {"FRE": "flat reflectance, corrected for slopes too", "SRE": "surface reflectance, without the slope correction"}
+_MASK = {"CLM": "THEIA_CLM", "EDG": "THEIA_EDG"}
+
+
+def theia_band(filename: str | None) -> ProductBand | None:
+    """What a THEIA product's band or mask file is by its name (``..._FRE_B8A.tif``, ``..._CLM_R1.tif``); None for
+    any other file."""
+    name = PurePath(filename or "").name
+    if (m := _FILE.match(name)) is None:
+        return None
+    if m.group("mask"):
+        mask = m.group("mask").upper()
+        return ProductBand(name, f"THEIA L2A {mask} mask at {10 * int(m.group('res'))} m (file name)",
+                           quality=_MASK[mask])
+    kind = m.group("kind").upper()
+    return ProductBand(name, f"THEIA L2A {kind} band file name ({_KIND[kind]})", canonical_or_none(m.group("band")))
+
+
+def is_reflectance_file(filename: str | None) -> bool:
+    """Whether ``filename`` is a THEIA product's band file (reflectance x 10000, FRE or SRE)."""
+    return (found := theia_band(filename)) is not None and found.canonical is not None
+
+
+def nodata(filename: str | None, declared: float | None) -> float | None:
+    """The no-data value of a THEIA band file that declares none to GDAL (-10000); None for any other file."""
+    return NODATA if declared is None and is_reflectance_file(filename) else None
+
+
+def is_product_member(path: str) -> bool:
+    """Whether ``path`` (an archive member) lies in a THEIA product's folder, or is named as a product's file."""
+    parts = PurePosixPath(path).parts
+    return any(_PRODUCT_NAME.match(p) for p in parts[:-1]) or _FILE.match(parts[-1]) is not None
+
+
+def read_in_product(path: str) -> bool:
+    """Whether a THEIA product's member is read: its FRE bands, and the cloud mask at 20 m, as a Sentinel-2 SAFE's
+    scene classification is (it never makes a 20 m scene's grid finer; the bands' -10000 marks the image's edge).
+    The SRE copies, the 10 m mask, aerosols, other masks, the quicklook and the metadata are left out."""
+    if (m := _FILE.match(PurePosixPath(path).name)) is None:
+        return False
+    return (m.group("kind") or "").upper() == "FRE" or ((m.group("mask") or "").upper(), m.group("res")) == ("CLM", "2")
