@@ -325,6 +325,11 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
                      invalid_bits={0: "THEIA CLM cloud or cloud shadow", 4: "THEIA CLM thin cloud",
                                    7: "THEIA CLM high cloud"}),
         QualityLayer("THEIA_EDG", "THEIA MAJA edge mask", invalid_values={1: "THEIA EDG outside the image"}),
+        # FORCE's quality assurance information (mapex_serve.force): bit 0 no data, bits 1-2 the cloud state (1 buffered,
+        # 2 opaque, 3 cirrus), bit 3 cloud shadow; snow, water and the other flags stay valid.
+        QualityLayer("FORCE_QAI", "FORCE quality assurance bits", ("qai",),
+                     invalid_bits={0: "FORCE QAI no data", 1: "FORCE QAI cloud (buffered or cirrus)",
+                                   2: "FORCE QAI cloud (opaque or cirrus)", 3: "FORCE QAI cloud shadow"}),
         # Planet's legacy unusable data mask (..._DN_udm.tif): bit 0 blackfill, 1 cloud, 2-7 missing or suspect
         # data in band 1-6.
         QualityLayer("PLANET_UDM", "Planet legacy unusable data mask bits",

@@ -46,6 +46,7 @@ from mapex_serve.bands import (
 )
 from mapex_serve.dea import DeaProduct, dea_product
 from mapex_serve.errors import MapexError
+from mapex_serve.force import ForceFile, force_file
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.theia import theia_band
 from mapex_serve.units import UnitError
@@ -433,7 +434,7 @@ def _radar_file_named(filename: str | None, described: bool = False) -> BandIden
 
 
 def _of_product(band: ProductBand, rule: str) -> BandIdentity:
-    """What a product's conventions say of a band (Planet's, DEA's), under ``rule``."""
+    """What a product's conventions say of a band (Planet's, DEA's, THEIA's, FORCE's), under ``rule``."""
     return BandIdentity(band.found, rule, band.canonical, band.quality)
 
 
@@ -450,7 +451,7 @@ def _dea(src: DatasetReaderBase, index: int, filename: str | None, header_name: 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None,
-              dea: DeaProduct | None) -> BandIdentity:
+              dea: DeaProduct | None, force: ForceFile | None) -> BandIdentity:
     if src.count == 1 and (named := _radar_file_named(filename, bool(header_name or src.descriptions[0]))) is not None:
         return named
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
@@ -463,6 +464,8 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return _of_product(found, found.rule)
     if dea is not None and (found := _dea(src, index, filename, header_name, dea)) is not None:
         return found
+    if force is not None and (found := force.band(src, index)) is not None:
+        return _of_product(found, found.rule)
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)
@@ -543,8 +546,9 @@ def identify_bands(
                 rule = f"{rule}, {by_name.rule}"
             out.append(replace(parsed, found=name, rule=rule))
         return out
+    force = force_file(src, filename)
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
-                      dea) for i in range(1, src.count + 1)]
+                      dea, force) for i in range(1, src.count + 1)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None,

@@ -37,8 +37,8 @@ Level = Literal["surface", "top-of-atmosphere"]
 
 _PRODUCT = {"Level-1C": "top-of-atmosphere", "S2MSI1C": "top-of-atmosphere",
             "Level-2A": "surface", "S2MSI2A": "surface"}
-_WORDS: dict[str, Level] = {"l1c": "top-of-atmosphere", "msil1c": "top-of-atmosphere",
-                            "l2a": "surface", "msil2a": "surface"}
+_WORDS: dict[str, Level] = {"l1c": "top-of-atmosphere", "msil1c": "top-of-atmosphere", "toa": "top-of-atmosphere",
+                            "l2a": "surface", "msil2a": "surface", "boa": "surface"}  # FORCE's TOA and BOA too
 _NAMES = {"top-of-atmosphere": "top-of-atmosphere reflectance (Level-1C)", "surface": "surface reflectance (Level-2A)"}
 
 

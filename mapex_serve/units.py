@@ -26,6 +26,7 @@ from mapex_serve.aoi import Bbox, parse_bbox
 from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
+from mapex_serve.force import ForceFile
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.theia import is_reflectance_file as is_theia_band
 
@@ -332,8 +333,8 @@ def conversion_for(
                         f"(ortho_analytic_4b_sr or ortho_analytic_8b_sr: ..._AnalyticMS_SR.tif), or, for "
                         f"top-of-atmosphere reflectance, pass each band's reflectanceCoefficient from the asset's "
                         f"..._metadata.xml as scale= (scale=B02:0.0000201,B03:...)")
-    # A product whose format, not its file, says it holds reflectance x 10000.
-    in_ten_thousandths = (f"a {planet.what}" if planet is not None and planet.kind == "surface reflectance"
+    # What says a file holds reflectance where its GDAL metadata does not: its product's format (x 10000).
+    reflectance_by = (f"a {planet.what}" if planet is not None and planet.kind == "surface reflectance"
                           else "a THEIA L2A band file" if is_theia_band(file_name) and np.dtype(
                               src.dtypes[index - 1]).kind in "iu" else None)
 
@@ -353,9 +354,13 @@ def conversion_for(
     elif tag_scale is not None or tag_offset is not None:
         scale, offset = tag_scale if tag_scale is not None else 1.0, tag_offset or 0.0
         steps.append(f"x {scale:g} + {offset:g} (scale_factor/add_offset tags)")
-    elif in_ten_thousandths and band.unit == "reflectance":
+    elif (force_scale := ForceFile.scale(src, index)) is not None:
+        scale, offset = force_scale, 0.0
+        steps.append(f"x {scale:g} + 0 (its FORCE metadata: Scale {1 / scale:g})")
+        reflectance_by = "a FORCE reflectance file"
+    elif reflectance_by and band.unit == "reflectance":
         scale, offset = 1e-4, 0.0
-        steps.append(f"x {scale:g} + {offset:g} ({in_ten_thousandths} holds reflectance x 10000)")
+        steps.append(f"x {scale:g} + {offset:g} ({reflectance_by} holds reflectance x 10000)")
     elif band.sensor == "S2" and (boa := _boa(src, index, canonical)) is not None:
         scale, offset = boa
         steps.append(f"x {scale:g} + {offset:g} (Sentinel-2 L2A BOA_QUANTIFICATION_VALUE / BOA_ADD_OFFSET)")
@@ -390,8 +395,8 @@ def conversion_for(
         unit, unit_source = "reflectance", "its name: a Sentinel Hub 32-bit float download of a raw band"
     if unit is None and (stated := _stated_unit(src, index, snap)) is not None and stated[0] in _COMPATIBLE[band.unit]:
         unit, unit_source = stated
-    if unit is None and in_ten_thousandths and band.unit == "reflectance":
-        unit, unit_source = "reflectance", in_ten_thousandths
+    if unit is None and reflectance_by and band.unit == "reflectance":
+        unit, unit_source = "reflectance", reflectance_by
     unit_assumed = unit is None
     if unit_assumed:
         unit = band.unit

@@ -43,8 +43,10 @@ RNG = np.random.default_rng(0)
 
 
 def tif(data: np.ndarray, descriptions=None, band_tags=None, tags=None, nodata=None, pixel=10.0, origin=(500000, 5000000),
-        crs=UTM, units=None, scales=None, offsets=None, imagery=None, mask=None, **profile) -> bytes:
-    """A GeoTIFF in memory written with rasterio the way GDAL-based tools write one (descriptions, tags, domains)."""
+        crs=UTM, units=None, scales=None, offsets=None, imagery=None, mask=None, domains=None, **profile) -> bytes:
+    """A GeoTIFF in memory written with rasterio the way GDAL-based tools write one (descriptions, tags, domains).
+
+    ``domains``: metadata domain -> (a dict of tags a band, or None; the file's tags, or None)."""
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
@@ -64,6 +66,11 @@ def tif(data: np.ndarray, descriptions=None, band_tags=None, tags=None, nodata=N
                     dst.update_tags(i + 1, ns="IMAGERY", **imagery[i])
             if tags:
                 dst.update_tags(**tags)
+            for ns, (per_band, whole) in (domains or {}).items():
+                for i, band in enumerate(per_band or [], start=1):
+                    dst.update_tags(i, ns=ns, **band)
+                if whole:
+                    dst.update_tags(ns=ns, **whole)
             if scales:
                 dst.scales, dst.offsets = scales, offsets or [0.0] * count
             if mask is not None:
@@ -970,6 +977,73 @@ def test_theia_files_sent_alone_keep_their_meaning():
     assert reader.masked() == {"nodata, mask or alpha band": 48, "THEIA CLM cloud or cloud shadow": 16}
     np.testing.assert_allclose(values[:, reasons == 0], fre[:, reasons == 0] * 1e-4, rtol=1e-6)
     assert scene.quality_bands()[0].identity.quality == "THEIA_CLM"
+
+
+FORCE_S2 = ["BLUE", "GREEN", "RED", "REDEDGE1", "REDEDGE2", "REDEDGE3", "BROADNIR", "NIR", "SWIR1", "SWIR2"]
+FORCE_S2_UM = [0.492, 0.56, 0.665, 0.704, 0.74, 0.783, 0.833, 0.865, 1.614, 2.202]
+
+
+def force_boa(sensor="SEN2A", names=FORCE_S2, um=FORCE_S2_UM, metadata=True) -> tuple[np.ndarray, bytes]:
+    """A reflectance file as force-level2 writes one: int16 x 10000, -9999 no data, FORCE's band names, and (unless
+    dropped by a copy) its FORCE metadata domain: each band's wavelength, scale and sensor, the file's version."""
+    stored = RNG.integers(200, 4000, (len(names), 16, 16)).astype(np.int16)
+    stored[:, 0, :4] = -9999
+    bands = [{"Domain": n, "Wavelength": f"{w:.3f}", "Wavelength_unit": "micrometers", "Scale": "10000.000",
+              "Sensor": sensor, "Date": "2023-08-15"} for n, w in zip(names, um, strict=True)]
+    domains = {"FORCE": (bands, {"FORCE_version": "3.7.12", "FORCE_product": "BOA"})} if metadata else None
+    return stored, tif(stored, names, nodata=-9999, domains=domains)
+
+
+@pytest.mark.parametrize("name, metadata", [("20230815_LEVEL2_SEN2A_BOA.tif", True), ("cube_mosaic.tif", True),
+                                            ("cube_mosaic.tif", False), ("20230815_LEVEL2_SEN2A_BOA.tif", False)])
+def test_a_force_sentinel2_file_reads_its_nir_as_b8a_and_broadnir_as_b08(name, metadata):
+    """FORCE names Sentinel-2's band 8A NIR and band 8 BROADNIR; read the common way NIR was taken for B08 and
+    BROADNIR left out. By its FORCE metadata's wavelengths (renamed or not), else by FORCE's names (its name, or
+    BROADNIR, a name only FORCE gives, says whose); scaled by its metadata's Scale where it has one."""
+    stored, data = force_boa(metadata=metadata)
+    scene, reader, values, reasons = read([UploadedFile(name, data)], ["B08", "B8A", "B11"])
+    assert [b.identity.canonical for b in scene.bands] == [
+        "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    assert ("FORCE band at 865 nm" if metadata else "FORCE band name") in rule_of(scene, "B8A")
+    valid = reasons == 0
+    assert valid.sum() == 16 * 16 - 4
+    np.testing.assert_allclose(values[:, valid], stored[[6, 7, 8]][:, valid] * 1e-4, rtol=1e-6)
+    said = "x 0.0001 + 0 (its FORCE metadata: Scale 10000)" if metadata else "x 0.0001 + 0 (assumed: "
+    assert reader.bands[0].conversion.steps[0].startswith(said)
+
+
+@pytest.mark.parametrize("sensor, nir", [("LND08", "B8A"), ("LND07", "B08")])
+def test_a_force_landsat_file_reads_its_nir_as_its_sensor_measures_it(sensor, nir):
+    """A FORCE Landsat file's NIR is OLI's 865 nm (band 8A's) or TM/ETM+'s 835 nm (band 8's): by its FORCE metadata,
+    else by its name's sensor."""
+    names, um = ["BLUE", "GREEN", "RED", "NIR", "SWIR1", "SWIR2"], [0.48, 0.56, 0.655, 0.865 if nir == "B8A" else 0.835,
+                                                                    1.61, 2.2]
+    for metadata in (True, False):
+        _, data = force_boa(sensor, names, um, metadata)
+        scene = RequestScene([UploadedFile(f"20230815_LEVEL2_{sensor}_BOA.tif", data)])
+        assert [b.identity.canonical for b in scene.bands] == ["B02", "B03", "B04", nir, "B11", "B12"]
+
+
+def test_force_qai_bits_mask_no_data_clouds_and_shadows_and_its_toa_is_top_of_atmosphere():
+    """FORCE's QAI beside its BOA: bit 0 no data, the cloud state in bits 1-2 (buffered, opaque, cirrus) and bit 3
+    shadows are masked; snow (bit 4) and water (bit 5) stay valid. Its TOA file says its level by its name."""
+    from mapex_serve.reflectance import level_of
+
+    _, boa = force_boa()
+    qai = np.zeros((16, 16), np.int16)
+    qai[0, :4] = 1  # no data (the BOA's -9999 too)
+    qai[1, :3] = 0b010  # buffered cloud
+    qai[2, :2] = 0b100  # opaque cloud
+    qai[3, :5] = 0b110  # cirrus
+    qai[4, :6] = 0b1000  # cloud shadow
+    qai[5] = 0b110000  # snow and water: valid
+    files = [UploadedFile("20230815_LEVEL2_SEN2A_BOA.tif", boa), UploadedFile("20230815_LEVEL2_SEN2A_QAI.tif", tif(qai))]
+    _, reader, _, reasons = read(files, ["B04", "B03", "B02"])
+    assert reader.masked() == {"nodata, mask or alpha band": 4, "FORCE QAI cloud (buffered or cirrus)": 8,
+                               "FORCE QAI cloud (opaque or cirrus)": 2, "FORCE QAI cloud shadow": 6}
+    assert (reasons[5] == 0).all()
+    assert level_of("20230815_LEVEL2_SEN2A_TOA.tif", "", {}).level == "top-of-atmosphere"
+    assert level_of("20230815_LEVEL2_SEN2A_BOA.tif", "", {}).level == "surface"
 
 
 def test_what_unpacks_past_the_limit_is_413_before_or_while_it_is_read():
