@@ -27,7 +27,7 @@ from rasterio.io import DatasetReaderBase
 
 from mapex_serve.bands import ProductBand, band_for_wavelength
 
-__all__ = ["ForceFile", "force_file"]
+__all__ = ["ForceFile", "force_file", "stated_scale"]
 
 #: ``YYYYMMDD_LEVEL2_<sensor>_<product>.tif`` (ENVI: ``.dat``).
 _NAME = re.compile(r"^\d{8}_LEVEL2_(?P<sensor>SEN2[A-D]|LND0[4-9])_(?P<product>BOA|TOA|QAI)\.(?:tiff?|dat)$", re.I)
@@ -65,14 +65,6 @@ class ForceFile:
             return _SENTINEL2.get(name)
         return _LANDSAT_NIR.get(self.sensor) if name == "NIR" else _COMMON.get(name)
 
-    @staticmethod
-    def scale(src: DatasetReaderBase, index: int) -> float | None:
-        """The factor from stored values to physical ones, 1 / the band's FORCE ``Scale`` (10000); None: unstated."""
-        try:
-            stated = float(src.tags(index, ns="FORCE").get("Scale", ""))
-        except ValueError:
-            return None
-        return 1.0 / stated if stated > 0 else None
 
 
 def force_file(src: DatasetReaderBase, filename: str | None) -> ForceFile | None:
@@ -85,6 +77,16 @@ def force_file(src: DatasetReaderBase, filename: str | None) -> ForceFile | None
     sensor = src.tags(1, ns="FORCE").get("Sensor") or (named and named.group("sensor"))
     product = stated.get("FORCE_product") or (named and named.group("product"))
     return ForceFile(sensor.upper() if sensor else None, product.upper() if product else None)
+
+
+def stated_scale(src: DatasetReaderBase, index: int) -> float | None:
+    """The factor from band ``index``'s stored values to physical ones, 1 / its FORCE ``Scale`` (10000); None where
+    no FORCE metadata states one."""
+    try:
+        stated = float(src.tags(index, ns="FORCE").get("Scale", ""))
+    except ValueError:
+        return None
+    return 1.0 / stated if stated > 0 else None
 
 
 def _wavelength_nm(tags: dict[str, str]) -> float | None:

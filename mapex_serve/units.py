@@ -26,7 +26,7 @@ from mapex_serve.aoi import Bbox, parse_bbox
 from mapex_serve.bands import BANDS, canonical_or_none
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
-from mapex_serve.force import ForceFile
+from mapex_serve.force import stated_scale as force_scale_of
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.theia import is_reflectance_file as is_theia_band
 
@@ -334,9 +334,9 @@ def conversion_for(
                         f"top-of-atmosphere reflectance, pass each band's reflectanceCoefficient from the asset's "
                         f"..._metadata.xml as scale= (scale=B02:0.0000201,B03:...)")
     # What says a file holds reflectance where its GDAL metadata does not: its product's format (x 10000).
+    integers = np.dtype(src.dtypes[index - 1]).kind in "iu"
     reflectance_by = (f"a {planet.what}" if planet is not None and planet.kind == "surface reflectance"
-                          else "a THEIA L2A band file" if is_theia_band(file_name) and np.dtype(
-                              src.dtypes[index - 1]).kind in "iu" else None)
+                      else "a THEIA L2A band file" if integers and is_theia_band(file_name) else None)
 
     file_scale, file_offset = src.scales[index - 1], src.offsets[index - 1]
     tags = {k.lower(): v for k, v in src.tags(index).items()}
@@ -354,7 +354,7 @@ def conversion_for(
     elif tag_scale is not None or tag_offset is not None:
         scale, offset = tag_scale if tag_scale is not None else 1.0, tag_offset or 0.0
         steps.append(f"x {scale:g} + {offset:g} (scale_factor/add_offset tags)")
-    elif (force_scale := ForceFile.scale(src, index)) is not None:
+    elif (force_scale := force_scale_of(src, index)) is not None:
         scale, offset = force_scale, 0.0
         steps.append(f"x {scale:g} + 0 (its FORCE metadata: Scale {1 / scale:g})")
         reflectance_by = "a FORCE reflectance file"
@@ -373,7 +373,7 @@ def conversion_for(
                         f"reflectance; download each band's raw layer (..._Sentinel-2_L2A_B04_(Raw).tiff) as TIFF "
                         f"(32-bit float)")
     raw_download = scale is None and raw_name
-    if raw_download and np.dtype(src.dtypes[index - 1]).kind in "iu":
+    if raw_download and integers:
         raise UnitError(
             f"{file_name}: a Sentinel Hub download (EO Browser, Copernicus Browser) of a raw band as "
             f"{src.dtypes[index - 1]} holds reflectance in integers its layer's script chose, which the file does not "
@@ -404,14 +404,14 @@ def conversion_for(
 
     if scale is None:
         if unit == "reflectance" and unit_assumed:
-            if landsat and np.dtype(src.dtypes[index - 1]).kind in "iu" and _LANDSAT_LEVEL1.match(file_name or ""):
+            if landsat and integers and _LANDSAT_LEVEL1.match(file_name or ""):
                 raise ImplausibleValuesError(
                     f"{file_name}: a Landsat Collection 2 Level-1 band holds top-of-atmosphere digital numbers, and "
                     f"Level-2's scale does not apply to them; the specialists take surface reflectance: send the "
                     f"Level-2 product's band (L2SP, ..._SR_B4.TIF, or the whole L2SP .tar), or top-of-atmosphere "
                     f"reflectance, scale= and offset= its MTL.txt's REFLECTANCE_MULT_BAND_n and REFLECTANCE_ADD_BAND_n "
                     f"over sin(SUN_ELEVATION)")
-            if landsat and np.dtype(src.dtypes[index - 1]).kind in "iu":
+            if landsat and integers:
                 raise ImplausibleValuesError(
                     f"{canonical}: a Landsat band stored as integers with no scale metadata; say how it is scaled: "
                     f"Landsat Collection 2 Level-2 is scale=0.0000275&offset=-0.2, HLS L30 is scale=0.0001"
