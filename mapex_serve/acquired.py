@@ -9,9 +9,9 @@ files sent alone state it in their names, all in UTC:
 - OPERA's (``OPERA_L2_RTC-S1_T069-147170-IW1_20231019T121502Z_...``) and HLS's (``HLS.S30.T33UUP.2023245T100031``,
   the day of the year), THEIA's MAJA Level-2A products (``SENTINEL2B_20230815-105856-123_L2A_T31TCJ_C_V3-1``);
 - Planet's scenes (``20230912_175450_00_2439_3B_...``, SkySat's ``20210913_211131_ssc15_...``);
-- Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``), DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``)
-  and FORCE's (``20230815_LEVEL2_SEN2A_BOA.tif``), which name the day only: the acquisition is that day,
-  ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
+- Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``), DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
+  FORCE's (``20230815_LEVEL2_SEN2A_BOA.tif``) and sen2r's (``S2A2A_20190723_022_Barbellino_BOA_10.tif``), which
+  name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
 
 SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
 (``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant (for
@@ -43,6 +43,7 @@ _DAY_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])L[COTE]0\d_L\w{3}_\d{6}_(?P<t>\d{8})_\d{8}_\d{2}_(?:T1|T2|RT)"), "%Y%m%d"),
     (re.compile(r"(?<![A-Za-z0-9])ga_[\w-]+?_(?P<t>\d{4}-\d{2}-\d{2})_(?:final|interim|nrt)"), "%Y-%m-%d"),
     (re.compile(r"(?<![A-Za-z0-9])(?P<t>\d{8})_LEVEL2_(?:SEN2[A-D]|LND0\d)_"), "%Y%m%d"),  # FORCE
+    (re.compile(r"(?<![A-Za-z0-9])S2[A-D](?:1C|2A)_(?P<t>\d{8})_\d{3}_"), "%Y%m%d"),  # sen2r
 )
 _ONE_ACQUISITION = timedelta(hours=1)
 

@@ -29,7 +29,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import PurePath
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from rasterio.io import DatasetReaderBase
 
@@ -46,8 +46,9 @@ from mapex_serve.bands import (
 )
 from mapex_serve.dea import DeaProduct, dea_product
 from mapex_serve.errors import MapexError
-from mapex_serve.force import ForceFile, force_file
+from mapex_serve.force import force_file
 from mapex_serve.planet import PlanetProduct
+from mapex_serve.sen2r import sen2r_file
 from mapex_serve.theia import theia_band
 from mapex_serve.units import UnitError
 
@@ -433,8 +434,14 @@ def _radar_file_named(filename: str | None, described: bool = False) -> BandIden
             or _eo_browser(filename))
 
 
+class FileConvention(Protocol):
+    """A tool's way of writing a file whose bands its own conventions name (FORCE's, sen2r's)."""
+
+    def band(self, src: DatasetReaderBase, index: int) -> ProductBand | None: ...
+
+
 def _of_product(band: ProductBand, rule: str) -> BandIdentity:
-    """What a product's conventions say of a band (Planet's, DEA's, THEIA's, FORCE's), under ``rule``."""
+    """What a product's conventions say of a band (Planet's, DEA's, THEIA's, FORCE's, sen2r's), under ``rule``."""
     return BandIdentity(band.found, rule, band.canonical, band.quality)
 
 
@@ -451,7 +458,7 @@ def _dea(src: DatasetReaderBase, index: int, filename: str | None, header_name: 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None,
-              dea: DeaProduct | None, force: ForceFile | None) -> BandIdentity:
+              dea: DeaProduct | None, conventions: Sequence[FileConvention]) -> BandIdentity:
     if src.count == 1 and (named := _radar_file_named(filename, bool(header_name or src.descriptions[0]))) is not None:
         return named
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
@@ -464,8 +471,9 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         return _of_product(found, found.rule)
     if dea is not None and (found := _dea(src, index, filename, header_name, dea)) is not None:
         return found
-    if force is not None and (found := force.band(src, index)) is not None:
-        return _of_product(found, found.rule)
+    for convention in conventions:
+        if (found := convention.band(src, index)) is not None:
+            return _of_product(found, found.rule)
     wavelength = _wavelength_nm(src, index)
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)
@@ -546,9 +554,9 @@ def identify_bands(
                 rule = f"{rule}, {by_name.rule}"
             out.append(replace(parsed, found=name, rule=rule))
         return out
-    force = force_file(src, filename)
+    conventions = [c for c in (force_file(src, filename), sen2r_file(src, filename)) if c is not None]
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
-                      dea, force) for i in range(1, src.count + 1)]
+                      dea, conventions) for i in range(1, src.count + 1)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None,

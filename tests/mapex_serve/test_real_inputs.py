@@ -1046,6 +1046,21 @@ def test_force_qai_bits_mask_no_data_clouds_and_shadows_and_its_toa_is_top_of_at
     assert level_of("20230815_LEVEL2_SEN2A_BOA.tif", "", {}).level == "surface"
 
 
+@pytest.mark.parametrize("name, nir", [("S2A2A_20190723_022_Barbellino_BOA_10.tif", "B08"),
+                                       ("S2B2A_20190723_022_32TNR_BOA_20.tif", "B8A")])
+def test_a_sen2r_boa_file_names_its_unnamed_bands_by_sen2rs_order(name, nir):
+    """sen2r's GeoTIFFs carry no band names (only its ENVI output does); its BOA holds 11 bands in one order, band 8
+    below 20 m and band 8A from 20 m on, as its name's resolution says. A subset of them cannot be told: 422."""
+    stored = reflectance((11, 8, 8))
+    scene, reader, values, reasons = read([UploadedFile(name, tif(stored, nodata=0))], ["B04", nir, "B11"])
+    assert [b.identity.canonical for b in scene.bands] == [
+        "B01", "B02", "B03", "B04", "B05", "B06", "B07", nir, "B09", "B11", "B12"]
+    assert "sen2r BOA band 8" in rule_of(scene, nir)
+    np.testing.assert_allclose(values, stored[[3, 7, 9]] * 1e-4, rtol=1e-6)
+    with pytest.raises(BandNamesMissingError):
+        RequestScene([UploadedFile(name, tif(stored[:4], nodata=0))])
+
+
 def test_what_unpacks_past_the_limit_is_413_before_or_while_it_is_read():
     """A zip states its members' sizes: refused before any is inflated. A gzip stream states none: refused as its
     bytes pass the limit. Several archives of one request share the limit."""
