@@ -16,8 +16,11 @@ the name but neither scaling nor no-data.
 The header also says when the scene was sensed (``PRODUCT_SCENE_RASTER_START_TIME`` and ``..._STOP_TIME``), which a
 job's results are dated by where the file's name does not say (a SNAP export is often renamed, ``subset_flood.tif``).
 
-SNAP's writers are Java's and write big-endian TIFFs (GDAL's ``SNAP_TIFF`` driver identifies them so too):
-a little-endian upload is not searched for the tag, which keeps this off the path of every other file.
+SNAP's writers are Java's and write big-endian TIFFs (GDAL's ``SNAP_TIFF`` driver identifies them so too, but opens
+only single-band Float32 exports): a little-endian upload is not searched for the tag, which keeps this off the path
+of every other file. A job's file read by URL gives its first four bytes, and, if big-endian, those before its first
+image block (at most a MiB), read by ranges through GDAL (``remote.first_bytes``): SNAP writes the header right after
+the first directory.
 """
 
 from __future__ import annotations
@@ -30,15 +33,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mapex_serve.geokeys import ASCII, first_ifd
+import rasterio
+from rasterio.errors import RasterioError
 
-__all__ = ["DIMAP_TAG", "SnapBand", "file_sensed", "header_bands", "header_sensed", "tiff_bands"]
+from mapex_serve.geokeys import ASCII, first_ifd
+from mapex_serve.remote import first_bytes
+
+__all__ = ["DIMAP_TAG", "SnapBand", "file_sensed", "header_bands", "header_sensed", "remote_sensed", "remote_start",
+           "tiff_bands"]
 
 #: SNAP's private TIFF tag holding the product's DIMAP header (``Utils.PRIVATE_BEAM_TIFF_TAG_NUMBER``).
 DIMAP_TAG = 65000
 #: The longest header read: the band descriptions come before the product's metadata (orbits, history), which
 #: can run to megabytes; a header past this is not read.
 _MAX_HEADER = 64 * 2**20
+#: What of a file read by URL is read for its header: SNAP writes the header right after the first directory, its
+#: band descriptions and the scene's times before the product's metadata.
+_REMOTE_START = 2**20
 #: SNAP's UTC times (``ProductData.UTC``'s format, English month names): ``05-JUL-2015 06:42:41.123456``.
 _SENSED = re.compile(r"<PRODUCT_SCENE_RASTER_(START|STOP)_TIME>\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) "
                      r"(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?\s*</PRODUCT_SCENE_RASTER_\1_TIME>")
@@ -108,6 +119,30 @@ def file_sensed(path: Path) -> tuple[datetime, datetime] | None:
                 header = _tiff_header(mapped)
     except (OSError, ValueError):  # not a file that can be mapped: it says nothing of when
         return None
+    return None if header is None else header_sensed(header)
+
+
+def remote_start(path: str) -> bytes | None:
+    """The bytes before the first image block (at most a MiB) of a big-endian TIFF read by URL (a job's
+    ``/vsicurl/``, ``/vsis3/`` path, through GDAL), where SNAP writes its header (``tiff_bands``, ``header_sensed``);
+    None for any other file (4 bytes of it are read), or one GDAL cannot read (opening it says why)."""
+    try:
+        if first_bytes(path, 4) not in (b"MM\x00*", b"MM\x00+"):  # big-endian TIFF or BigTIFF
+            return None
+        # GDAL states where the image starts (rasterio no file size); the folder beside it is not listed
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(path, driver="GTiff") as tiff:
+            first_block = int(tiff.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) or 0)
+        return first_bytes(path, min(first_block, _REMOTE_START)) if first_block > 8 else None
+    except (RasterioError, ValueError):
+        return None
+
+
+def remote_sensed(path: str) -> tuple[datetime, datetime] | None:
+    """``header_sensed`` of a GeoTIFF SNAP wrote, read by URL (``remote_start``); None for any other file. Read while
+    a job is submitted, so bounded: 10 s, no retry (a server that does not answer leaves the job undated)."""
+    with rasterio.Env(GDAL_HTTP_TIMEOUT="10", GDAL_HTTP_MAX_RETRY="0"):
+        data = remote_start(path)
+    header = None if data is None else _tiff_header(data)
     return None if header is None else header_sensed(header)
 
 

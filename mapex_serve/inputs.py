@@ -37,7 +37,7 @@ from mapex_serve.aoi import crop
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter, to_sigma0
 from mapex_serve.budget import Room
-from mapex_serve.dimap import SnapBand, tiff_bands
+from mapex_serve.dimap import SnapBand, remote_start, tiff_bands
 from mapex_serve.eopf import product_arrays, radar_geometry, stated_crs, unreadable
 from mapex_serve.errors import DuplicateBandError, MapexError
 from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
@@ -613,6 +613,8 @@ class RequestScene:
                 if not f.remote:
                     with open(f.path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
                         self._read_snap_header(f.name, ds, data)
+                elif ds.driver == "GTiff" and (start := remote_start(f.path)) is not None:
+                    self._read_snap_header(f.name, ds, start)
 
     def _read_snap_header(self, name: str, ds: DatasetReaderBase, data: bytes | memoryview | mmap.mmap) -> None:
         """Keep what a GeoTIFF SNAP wrote says of its bands in its DIMAP header, which GDAL does not read (names,

@@ -12,10 +12,13 @@ GDAL reports as a short read. Messages name the file, never its URL, which may c
 from __future__ import annotations
 
 import re
+from xml.sax.saxutils import escape
+
+import rasterio
 
 from mapex_serve.errors import MapexError
 
-__all__ = ["RemoteFileError", "RemoteFileUnavailableError", "read_failure", "remote_failure"]
+__all__ = ["RemoteFileError", "RemoteFileUnavailableError", "first_bytes", "read_failure", "remote_failure"]
 
 _HTTP_CODE = re.compile(r"HTTP response code: (\d{3})")
 _CURL_ERROR = re.compile(r"CURL error: (.+)")
@@ -83,3 +86,15 @@ def read_failure(name: str, error: BaseException) -> MapexError | None:
     return RemoteFileUnavailableError(
         f"{name}: its server stopped serving it while it was read (a signed URL that expired, or a server that "
         f"failed); send the job again with a URL valid for longer than the job runs, or upload the file")
+
+
+def first_bytes(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a file GDAL reads where it lies (``/vsicurl/``, ``/vsis3/``, ``/vsigs/``), through
+    GDAL's own I/O, so with the credentials and headers the deployment gives GDAL: a raw VRT band of one row over it
+    (rasterio has no public call for a file's bytes). Past the file's end they are zeros. Raises GDAL's error."""
+    vrt = (f'<VRTDataset rasterXSize="{size}" rasterYSize="1"><VRTRasterBand dataType="Byte" band="1" '
+           f'subClass="VRTRawRasterBand"><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
+           f"<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{size}</LineOffset>"
+           f"</VRTRasterBand></VRTDataset>")
+    with rasterio.open(vrt, driver="VRT") as raw:
+        return raw.read(1)[0].tobytes()

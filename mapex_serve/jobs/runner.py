@@ -38,7 +38,7 @@ from mapex_serve.batcher import BACKGROUND
 from mapex_serve.cores import service_cores
 from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError, part_count, run_all
 from mapex_serve.decode.slab import SlabSpaceError
-from mapex_serve.dimap import file_sensed
+from mapex_serve.dimap import file_sensed, remote_sensed
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import MAX_ITEMS, JobError, JobProgress, JobRequest, JobStatus
@@ -114,12 +114,17 @@ def resolve_sources(request: JobRequest, uploads: list[tuple[str, Path]], prefix
 
 def _dated(sources: ResolvedSources, sensed: Iterable[tuple[datetime, datetime]] = ()) -> ResolvedSources:
     """``sources`` with when they were acquired: as their STAC item says, else as their files' names (or URLs), the
-    SNAP headers of the files on the volume and ``sensed`` (their archives' metadata) do (``mapex_serve.acquired``)."""
+    SNAP headers of their files (on the volume or by URL) and ``sensed`` (their archives' metadata) do
+    (``mapex_serve.acquired``)."""
     if sources.acquired is not None:
         return sources
     names = [f.path if f.remote else f.name for f in sources.files] + [url for url, _ in sources.fetch]
     headers = [span for f in sources.files if not f.remote and (span := file_sensed(Path(f.path))) is not None]
-    return replace(sources, acquired=acquisition(names, [*headers, *sensed]))
+    acquired = acquisition(names, [*headers, *sensed])
+    if acquired is None and any(f.remote for f in sources.files):  # read by URL only when nothing else dates them
+        headers += [span for f in sources.files if f.remote and (span := remote_sensed(f.path)) is not None]
+        acquired = acquisition(names, [*headers, *sensed])
+    return replace(sources, acquired=acquired)
 
 
 def _item_sources(item: Any, item_url: str | None, assets: list[str] | None, prefixes: list[str],

@@ -235,3 +235,32 @@ def test_a_damaged_snap_geotiff_is_read_or_refused_with_a_4xx_never_anything_els
         RequestScene([UploadedFile("S1A_Cal_TC.tif", bytes(data))]).close()
     except (MapexError, RasterioError):
         pass
+
+
+def test_a_snap_geotiff_read_by_url_is_named_and_dated_by_its_header(range_server, snap_geotiff):
+    """A job by the URL of a SNAP export: GDAL does not read its header, and the service read it from files on its
+    volume only, so the bands were unnamed (a guess of bands=VV,VH swaps them). The header is read by ranges through
+    GDAL (its credentials apply): the bands are named in SNAP's order and the job is dated by the scene's times. A
+    little-endian GeoTIFF is not searched, and still gets its 422."""
+    from mapex_serve.dimap import remote_start
+    from mapex_serve.jobs.models import JobRequest
+    from mapex_serve.jobs.runner import resolve_sources
+
+    (range_server.root / "subset_flood.tif").write_bytes(snap_geotiff(
+        np.ones((2, 64, 64), np.float32), ["Sigma0_VH", "Sigma0_VV"],
+        sensed=("30-AUG-2024 17:00:00.123456", "30-AUG-2024 17:00:25.500000")))
+    url = f"{range_server.url}/subset_flood.tif"
+    with RequestScene([SourceFile("subset_flood.tif", f"/vsicurl/{url}")]) as scene:
+        assert [(b.identity.found, b.identity.canonical) for b in scene.bands] == [("Sigma0_VH", "VH"),
+                                                                                  ("Sigma0_VV", "VV")]
+    assert resolve_sources(JobRequest(url=url), [], [], 10**6).acquired == "2024-08-30T17:00:00Z/2024-08-30T17:00:26Z"
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=2, width=8, height=8, dtype="float32", crs="EPSG:32633",
+                      transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(np.ones((2, 8, 8), np.float32))
+        (range_server.root / "plain.tif").write_bytes(mem.read())
+    assert remote_start(f"/vsicurl/{range_server.url}/plain.tif") is None
+    assert remote_start(f"/vsicurl/{range_server.url}/missing.tif") is None
+    with pytest.raises(BandNamesMissingError):
+        RequestScene([SourceFile("plain.tif", f"/vsicurl/{range_server.url}/plain.tif")])
+
