@@ -91,7 +91,8 @@ def read_failure(name: str, error: BaseException) -> MapexError | None:
 def first_bytes(path: str, size: int) -> bytes:
     """The first ``size`` bytes of a file GDAL reads where it lies (``/vsicurl/``, ``/vsis3/``, ``/vsigs/``), through
     GDAL's own I/O, so with the credentials and headers the deployment gives GDAL: a raw VRT band of one row over it
-    (rasterio has no public call for a file's bytes). Past the file's end they are zeros. Raises GDAL's error."""
+    (rasterio has no public call for a file's bytes). A few bytes past the file's end read as zeros; GDAL refuses a
+    range far past it ("Image file is too small"), as it does a file it cannot read: rasterio's error."""
     vrt = (f'<VRTDataset rasterXSize="{size}" rasterYSize="1"><VRTRasterBand dataType="Byte" band="1" '
            f'subClass="VRTRawRasterBand"><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
            f"<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{size}</LineOffset>"

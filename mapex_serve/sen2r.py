@@ -21,8 +21,7 @@ from mapex_serve.bands import ProductBand
 
 __all__ = ["Sen2rFile", "sen2r_file"]
 
-_NAME = re.compile(r"^S2[A-D](?P<level>1C|2A)_\d{8}_\d{3}_[A-Za-z0-9]+_(?P<product>BOA|TOA)_(?P<res>\d+)\.(?:tiff?|vrt)$",
-                   re.I)
+_NAME = re.compile(r"^S2[A-D](?:1C|2A)_\d{8}_\d{3}_[A-Za-z0-9]+_(?P<product>BOA|TOA)_(?P<res>\d+)\.(?:tiff?|vrt)$", re.I)
 
 
 @dataclass(frozen=True)
