@@ -24,6 +24,30 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def entered(event: threading.Event) -> None:
+    """Until an engine's thread has set ``event`` on entering its batch: a sleep for it raced a loaded machine (two
+    xdist workers on two cores), and the tests then measured the machine, not the batcher."""
+    assert await asyncio.to_thread(event.wait, 5), "the engine never entered its batch"
+
+
+def overlapping(target: list[int], seconds: float = 0.5):
+    """An engine that counts how many of its calls overlap (``peak``) and holds each until ``target[0]`` did (or
+    ``seconds`` passed): the overlap the batcher allows is then measured, not how fast a loaded machine started
+    the calls."""
+    lock, active, peak = threading.Condition(), [0], [0]
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            lock.notify_all()
+            lock.wait_for(lambda: peak[0] >= target[0], timeout=seconds)
+            active[0] -= 1
+        return engine(batch)
+
+    return counting, peak
+
+
 def batch_sizes(metrics: Metrics, name: str) -> tuple[float, float]:
     count = metrics.registry.get_sample_value("mapex_batch_size_count", {"specialist": name})
     total = metrics.registry.get_sample_value("mapex_batch_size_sum", {"specialist": name})
@@ -151,40 +175,46 @@ class Recording:
 
 
 class Gated:
-    """An engine that records its batch sizes and holds its ``hold``-th batch until ``release`` is set."""
+    """An engine that records its batch sizes and rows and holds its ``hold``-th batch until ``release`` is set;
+    ``held`` is set once that batch is in the engine."""
 
     def __init__(self, hold: int) -> None:
-        import threading
-
-        self.hold, self.sizes, self.release = hold, [], threading.Event()
+        self.hold, self.sizes, self.rows = hold, [], []
+        self.held, self.release = threading.Event(), threading.Event()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.sizes.append(len(batch))
         if len(self.sizes) == self.hold:
+            self.held.set()
             self.release.wait(10)
-        return engine(batch)
+        out = engine(batch)
+        self.rows += out.tolist()
+        return out
 
 
 def test_tiles_of_a_cancelled_request_never_reach_the_engine():
-    rec = Recording(0.05)
+    gated = Gated(hold=1)
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            b = Batcher("s", rec, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
+            b = Batcher("s", gated, pool, max_batch=4, max_delay_ms=1, max_queue=1000, metrics=Metrics())
             b.start()
-            busy = asyncio.ensure_future(b.submit(tiles(4, 0)))  # the engine runs this one for 50 ms
-            await asyncio.sleep(0.01)
+            busy = asyncio.ensure_future(b.submit(tiles(4, 0)))  # the engine holds this one
+            await entered(gated.held)
             doomed = asyncio.ensure_future(b.submit(tiles(8, 100)))  # queued behind it ...
             await asyncio.sleep(0.005)
             doomed.cancel()  # ... and cancelled, as a timed-out request is
-            kept = await b.submit(tiles(4, 200))
+            kept = asyncio.ensure_future(b.submit(tiles(4, 200)))
+            await asyncio.sleep(0.005)
+            gated.release.set()
+            kept = await asyncio.wait_for(kept, 5)
             await busy
             await b.stop()
             return kept, b.dropped
 
     kept, dropped = run(main())
     assert kept.tolist() == [200, 201, 202, 203] and dropped == 8
-    assert not [r for r in rec.rows if 100 <= r < 108], rec.rows
+    assert not [r for r in gated.rows if 100 <= r < 108], gated.rows
 
 
 @pytest.mark.parametrize("runners", [1, 2])
@@ -229,11 +259,10 @@ def test_stop_past_its_drain_time_answers_the_rest_instead_of_leaving_them_hangi
 def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread():
     """The service gives each specialist its own engine thread (app.lifespan): while one engine is stuck in a batch,
     another specialist's requests are answered (on one shared thread they would wait behind it)."""
-    import threading
-
-    release = threading.Event()
+    inside, release = threading.Event(), threading.Event()
 
     def stuck(batch: np.ndarray) -> np.ndarray:
+        inside.set()
         release.wait(10)
         return engine(batch)
 
@@ -244,7 +273,7 @@ def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread()
             a.start()
             b.start()
             held = asyncio.ensure_future(a.submit(tiles(4, 0)))
-            await asyncio.sleep(0.02)  # the slow engine is inside its batch now
+            await entered(inside)
             fast = await asyncio.wait_for(b.submit(tiles(4, 10)), 5)
             still_held = not held.done()
             release.set()
@@ -260,18 +289,7 @@ def test_a_slow_specialist_does_not_hold_up_another_with_its_own_engine_thread()
 @pytest.mark.parametrize("runners", [1, 2])
 def test_each_runner_runs_a_batch_at_once_and_every_request_gets_its_own_rows(runners):
     """MAPEX_ENGINE_RUNNERS: with two, a second batch starts while the first is still in the engine; with one, never."""
-    import threading
-
-    lock, active, peak = threading.Lock(), [0], [0]
-
-    def counting(batch: np.ndarray) -> np.ndarray:
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)  # long enough for the batcher to start the next batch on a free runner
-        with lock:
-            active[0] -= 1
-        return engine(batch)
+    counting, peak = overlapping([runners])
 
     async def main():
         with ThreadPoolExecutor(runners) as pool:
@@ -299,7 +317,7 @@ def test_an_idle_engine_runs_a_lone_request_at_once_and_a_busy_one_gathers_the_n
             b.start()
             lone = await asyncio.wait_for(b.submit(tiles(2, 0)), 5)  # a 60 s delay would time this out
             held = asyncio.ensure_future(b.submit(tiles(2, 10)))
-            await asyncio.sleep(0.05)  # the engine is now busy with it
+            await entered(gated.held)  # the engine is now busy with it
             later = [asyncio.ensure_future(b.submit(tiles(2, 20 + 10 * i))) for i in range(3)]
             await asyncio.sleep(0.05)
             release.set()
@@ -317,9 +335,10 @@ def test_background_tiles_wait_while_interactive_ones_are_queued():
     from mapex_serve.batcher import BACKGROUND
 
     order: list[float] = []
-    gate = __import__("threading").Event()
+    inside, gate = threading.Event(), threading.Event()
 
     def recording_engine(batch: np.ndarray) -> np.ndarray:
+        inside.set()
         gate.wait(5)
         order.extend(batch.mean(axis=(1, 2, 3)).tolist())
         return batch.mean(axis=(1, 2, 3))
@@ -329,7 +348,7 @@ def test_background_tiles_wait_while_interactive_ones_are_queued():
             b = Batcher("s", recording_engine, pool, max_batch=2, max_delay_ms=0, max_queue=1000, metrics=Metrics())
             b.start()
             first = asyncio.ensure_future(b.submit(tiles(1, 0)))  # occupies the engine until the gate opens
-            await asyncio.sleep(0.05)
+            await entered(inside)
             job = asyncio.ensure_future(b.submit(tiles(4, 100), priority=BACKGROUND))
             await asyncio.sleep(0.01)
             interactive = asyncio.ensure_future(b.submit(tiles(4, 200)))
@@ -355,9 +374,9 @@ def _two_runners_one_held(first: int, then: Callable[[Batcher], Awaitable[list]]
                         runners=2)
             b.start()
             held = asyncio.ensure_future(b.submit(tiles(first, 0)))
-            await asyncio.sleep(0.05)  # one runner is inside that batch now
+            await entered(gated.held)  # one runner is inside that batch now
             later = await then(b)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)  # what the free runner runs meanwhile
             while_held = list(gated.sizes)
             gated.release.set()
             out = await asyncio.wait_for(asyncio.gather(held, *later), 5)
@@ -446,22 +465,12 @@ def test_request_ahead_is_a_batch_a_runner_and_one_more_within_the_buffer_bytes(
 def test_one_request_keeps_its_ahead_batches_in_flight_however_many_runners():
     """A runner a core on a many-core node: one scene's pipeline (as /predict and jobs run it) keeps ``ahead``
     batches (and their buffers) in flight, not one a runner; other requests take runners of their own."""
-    import threading
-
     from mapex_serve.predict import pipeline
     from mapex_serve.tiling import TileBatch
 
     runners, ahead = 7, 3
-    lock, active, peak = threading.Lock(), [0], [0]
-
-    def counting(batch: np.ndarray) -> np.ndarray:
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
-        with lock:
-            active[0] -= 1
-        return engine(batch)
+    target = [ahead]
+    counting, peak = overlapping(target)
 
     async def scene(b: Batcher, start: float) -> list[list[float]]:
         got: list[list[float]] = []
@@ -486,6 +495,7 @@ def test_one_request_keeps_its_ahead_batches_in_flight_however_many_runners():
     [one] = run(main(1))
     assert one == [[10 * i + j for j in range(4)] for i in range(12)]
     assert peak[0] == ahead  # not one a runner
+    target[0] = runners
     three = run(main(3))
     assert three[2] == [[2000 + 10 * i + j for j in range(4)] for i in range(12)]
     assert peak[0] == runners  # three requests use every runner
@@ -495,9 +505,10 @@ def test_one_request_keeps_its_ahead_batches_in_flight_however_many_runners():
 def test_idle_only_while_no_tile_is_queued_or_running():
     """What a scene's last batch asks before its COG takes the engine's cores (``DecodePool._tail_threads``)."""
     gates = [threading.Event(), threading.Event()]  # one a batch: each runs when its gate opens
-    calls = iter(gates)
+    calls, inside = iter(gates), threading.Event()
 
     def held(batch: np.ndarray) -> np.ndarray:
+        inside.set()
         next(calls).wait(10)
         return engine(batch)
 
@@ -507,7 +518,7 @@ def test_idle_only_while_no_tile_is_queued_or_running():
             b.start()
             seen = [b.idle]
             first = asyncio.ensure_future(b.submit(tiles(2, 0)))
-            await asyncio.sleep(0.05)
+            await entered(inside)
             second = asyncio.ensure_future(b.submit(tiles(4, 10)))  # no room in the running batch: queued
             await asyncio.sleep(0.05)
             seen.append(b.idle)
@@ -539,7 +550,7 @@ def test_outputs_go_into_out_straight_from_run_into_alone_and_row_by_row_in_a_sh
                         run_into=run_into)
             b.start()
             held = asyncio.ensure_future(b.submit(tiles(2, 0)))  # holds the engine while the next ones gather
-            await asyncio.sleep(0.05)
+            await entered(gated.held)
             outs = [np.full(3, -1, np.float32), np.full(2, -1, np.float32)]
             shared = [asyncio.ensure_future(b.submit(tiles(len(o), 10 * (i + 1)), out=o)) for i, o in enumerate(outs)]
             await asyncio.sleep(0.05)
@@ -560,9 +571,10 @@ def test_outputs_go_into_out_straight_from_run_into_alone_and_row_by_row_in_a_sh
 def test_a_cancelled_request_with_out_ends_only_once_its_running_batch_has():
     """A request's slab may be written by its batch in the engine after the request was cancelled: ``submit`` ends
     once that batch has, so that a retry writing the same slots never sees a late write."""
-    gate = threading.Event()
+    inside, gate = threading.Event(), threading.Event()
 
     def held(batch: np.ndarray, out: np.ndarray) -> None:
+        inside.set()
         gate.wait(10)
         out[...] = engine(batch)
 
@@ -573,7 +585,7 @@ def test_a_cancelled_request_with_out_ends_only_once_its_running_batch_has():
             b.start()
             out = np.full(2, -1, np.float32)
             running = asyncio.ensure_future(b.submit(tiles(2, 5), out=out))
-            await asyncio.sleep(0.05)  # the engine has it
+            await entered(inside)  # the engine has it
             running.cancel()
             await asyncio.sleep(0.1)
             ended_early = running.done()
