@@ -29,12 +29,15 @@ import math
 import mmap
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import rasterio
 from rasterio.errors import RasterioError
+from rasterio.io import DatasetReaderBase
 
 from mapex_serve.geokeys import ASCII, first_ifd
 from mapex_serve.remote import first_bytes
@@ -122,19 +125,26 @@ def file_sensed(path: Path) -> tuple[datetime, datetime] | None:
     return None if header is None else header_sensed(header)
 
 
-def remote_start(path: str) -> bytes | None:
+def remote_start(path: str, tiff: DatasetReaderBase | None = None) -> bytes | None:
     """The bytes before the first image block (at most a MiB) of a big-endian TIFF read by URL (a job's
     ``/vsicurl/``, ``/vsis3/`` path, through GDAL), where SNAP writes its header (``tiff_bands``, ``header_sensed``);
-    None for any other file (4 bytes of it are read), or one GDAL cannot read (opening it says why)."""
+    None for any other file (4 bytes of it are read), or one GDAL cannot read (opening it says why). ``tiff``: the
+    file already open, else it is opened for GDAL to say where its image starts (rasterio gives no file size)."""
     try:
         if first_bytes(path, 4) not in (b"MM\x00*", b"MM\x00+"):  # big-endian TIFF or BigTIFF
             return None
-        # GDAL states where the image starts (rasterio no file size); the folder beside it is not listed
-        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(path, driver="GTiff") as tiff:
-            first_block = int(tiff.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) or 0)
+        with nullcontext(tiff) if tiff is not None else _opened(path) as opened:
+            first_block = int(opened.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1) or 0)
         return first_bytes(path, min(first_block, _REMOTE_START)) if first_block > 8 else None
     except (RasterioError, ValueError):
         return None
+
+
+@contextmanager
+def _opened(path: str) -> Iterator[DatasetReaderBase]:
+    """A remote GeoTIFF opened without listing the folder beside it."""
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(path, driver="GTiff") as tiff:
+        yield tiff
 
 
 def remote_sensed(path: str) -> tuple[datetime, datetime] | None:

@@ -613,7 +613,7 @@ class RequestScene:
                 if not f.remote:
                     with open(f.path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
                         self._read_snap_header(f.name, ds, data)
-                elif ds.driver == "GTiff" and (start := remote_start(f.path)) is not None:
+                elif ds.driver == "GTiff" and (start := remote_start(f.path, ds)) is not None:
                     self._read_snap_header(f.name, ds, start)
 
     def _read_snap_header(self, name: str, ds: DatasetReaderBase, data: bytes | memoryview | mmap.mmap) -> None:
@@ -670,8 +670,9 @@ class RequestScene:
             landsat = landsat_sensor(ds, file) is not None
             source = "subdataset name" if variable else "file name"
             snap = self._snap.get(name)
-            nodata = self._nodata.get(name) or (snap and tuple(b.nodata for b in snap)) or (
-                (theia_nodata(file, ds.nodatavals[0]),) if ds.count == 1 else None)
+            theia = theia_nodata(file, ds.nodatavals[0]) if ds.count == 1 else None  # what THEIA's format states
+            nodata = (self._nodata.get(name) or (snap and tuple(b.nodata for b in snap))
+                      or ((theia,) if theia is not None else None))
             planet = planet_product(ds, file)
             identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap], planet)
             for i, identity in enumerate(identities, start=1):

@@ -12,9 +12,11 @@ GDAL reports as a short read. Messages name the file, never its URL, which may c
 from __future__ import annotations
 
 import re
+import warnings
 from xml.sax.saxutils import escape
 
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
 from mapex_serve.errors import MapexError
 
@@ -97,5 +99,7 @@ def first_bytes(path: str, size: int) -> bytes:
            f'subClass="VRTRawRasterBand"><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
            f"<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>{size}</LineOffset>"
            f"</VRTRasterBand></VRTDataset>")
-    with rasterio.open(vrt, driver="VRT") as raw:
-        return raw.read(1)[0].tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a row of bytes has no place on the ground
+        with rasterio.open(vrt, driver="VRT") as raw:
+            return raw.read(1)[0].tobytes()

@@ -43,7 +43,7 @@ RNG = np.random.default_rng(0)
 
 
 def tif(data: np.ndarray, descriptions=None, band_tags=None, tags=None, nodata=None, pixel=10.0, origin=(500000, 5000000),
-        crs=UTM, units=None, scales=None, offsets=None, imagery=None, mask=None, domains=None, **profile) -> bytes:
+        crs=UTM, units=None, scales=None, offsets=None, mask=None, domains=None, **profile) -> bytes:
     """A GeoTIFF in memory written with rasterio the way GDAL-based tools write one (descriptions, tags, domains).
 
     ``domains``: metadata domain -> (a dict of tags a band, or None; the file's tags, or None)."""
@@ -62,8 +62,6 @@ def tif(data: np.ndarray, descriptions=None, band_tags=None, tags=None, nodata=N
                     dst.update_tags(i + 1, **band_tags[i])
                 if units and units[i]:
                     dst.set_band_unit(i + 1, units[i])
-                if imagery and imagery[i]:
-                    dst.update_tags(i + 1, ns="IMAGERY", **imagery[i])
             if tags:
                 dst.update_tags(**tags)
             for ns, (per_band, whole) in (domains or {}).items():
@@ -299,8 +297,9 @@ def test_landsat_tm_and_etm_band_numbers_are_their_own_wavelengths(name, tags, c
 
 def test_gdal_imagery_domain_wavelengths():
     """GDAL >= 3.10 IMAGERY metadata domain: CENTRAL_WAVELENGTH_UM and FWHM_UM per band (RFC 100 / raster data model)."""
-    data = tif(reflectance((2, 8, 8)), imagery=[{"CENTRAL_WAVELENGTH_UM": "0.6646", "FWHM_UM": "0.031"},
-                                                {"CENTRAL_WAVELENGTH_UM": "1.6137", "FWHM_UM": "0.091"}])
+    data = tif(reflectance((2, 8, 8)), domains={"IMAGERY": ([{"CENTRAL_WAVELENGTH_UM": "0.6646", "FWHM_UM": "0.031"},
+                                                             {"CENTRAL_WAVELENGTH_UM": "1.6137", "FWHM_UM": "0.091"}],
+                                                            None)})
     scene = RequestScene([UploadedFile("hyper.tif", data)])
     assert scene.canonical_bands == ["B04", "B11"]
     assert "IMAGERY CENTRAL_WAVELENGTH_UM=0.6646" in scene.bands[0].identity.found
@@ -318,7 +317,7 @@ def test_envi_style_wavelength_tags_and_an_unmatched_wavelength():
 
 
 def test_a_name_that_contradicts_the_wavelength_is_refused():
-    data = tif(reflectance((1, 8, 8)), ["B05"], imagery=[{"CENTRAL_WAVELENGTH_UM": "0.865"}])
+    data = tif(reflectance((1, 8, 8)), ["B05"], domains={"IMAGERY": ([{"CENTRAL_WAVELENGTH_UM": "0.865"}], None)})
     with pytest.raises(BandIdentityConflictError, match="B05.*B8A"):
         RequestScene([UploadedFile("x.tif", data)])
 
