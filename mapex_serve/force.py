@@ -19,9 +19,9 @@ Sources: FORCE's documentation (Level 2 output format), and the metadata its ``w
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from pathlib import PurePath
 
 from rasterio.io import DatasetReaderBase
 
@@ -70,7 +70,7 @@ class ForceFile:
 def force_file(src: DatasetReaderBase, filename: str | None) -> ForceFile | None:
     """The FORCE file ``src`` is, by its FORCE metadata, its name, or FORCE's Sentinel-2 band names; None: another."""
     stated = src.tags(ns="FORCE")
-    named = _NAME.match(PurePath(filename or "").name)
+    named = _NAME.match(os.path.basename(filename or ""))
     broad_nir = any((d or "").strip().upper() == "BROADNIR" for d in src.descriptions)
     if not stated.get("FORCE_version") and named is None and not broad_nir:
         return None

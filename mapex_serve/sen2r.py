@@ -11,9 +11,9 @@ Sources: sen2r's vignette "Output file structure" and ``safe_shortname``'s namin
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from pathlib import PurePath
 
 from rasterio.io import DatasetReaderBase
 
@@ -44,7 +44,7 @@ class Sen2rFile:
 def sen2r_file(src: DatasetReaderBase, filename: str | None) -> Sen2rFile | None:
     """The sen2r reflectance file ``src`` is by its name; None for any other, or one of another band count than
     sen2r writes (a subset: its bands cannot be told)."""
-    name = PurePath(filename or "").name
+    name = os.path.basename(filename or "")
     if (m := _NAME.match(name)) is None:
         return None
     product, resolution = m.group("product").upper(), int(m.group("res"))

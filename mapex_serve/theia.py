@@ -19,8 +19,9 @@ Sources: CESBIO's description of the MAJA/MUSCATE Sentinel-2 format, SNAP's MUSC
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import PurePath, PurePosixPath
+from pathlib import PurePosixPath
 
 from mapex_serve.bands import ProductBand, canonical_or_none
 
@@ -40,7 +41,7 @@ _MASK = {"CLM": "THEIA_CLM", "EDG": "THEIA_EDG"}
 def theia_band(filename: str | None) -> ProductBand | None:
     """What a THEIA product's band or mask file is by its name (``..._FRE_B8A.tif``, ``..._CLM_R1.tif``); None for
     any other file."""
-    name = PurePath(filename or "").name
+    name = os.path.basename(filename or "")
     if (m := _FILE.match(name)) is None:
         return None
     if m.group("mask"):
