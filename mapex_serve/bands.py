@@ -21,6 +21,7 @@ __all__ = [
     "QUALITY_LAYERS",
     "ProductBand",
     "QualityLayer",
+    "Threshold",
     "band_for_wavelength",
     "canonical_or_none",
     "quality_layer",
@@ -240,11 +241,27 @@ class ProductBand:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """Where a continuous quality layer (a cloud probability, a clear score) turns a pixel invalid.
+
+    Its producers leave the cut to the user and suggest one; ``default`` is theirs, in the layer's own
+    values (``span``), so that a request's ``mask_threshold=`` reads as their documentation writes it.
+    """
+
+    default: float
+    #: ``above``: a probability of cloud, invalid past the cut; ``below``: a score of clear sky, invalid under it.
+    invalid: Literal["above", "below"]
+    span: tuple[float, float]
+    #: Whose suggestion ``default`` is.
+    source: str
+
+
+@dataclass(frozen=True)
 class QualityLayer:
     """A band that says which pixels to trust, not a model input: Sentinel-2 SCL, HLS Fmask, a data mask.
 
-    A pixel is invalid when its value is one of ``invalid_values`` or has one of ``invalid_bits``
-    set; each with the reason the response reports.
+    A pixel is invalid when its value is one of ``invalid_values``, has one of ``invalid_bits`` set
+    (each with the reason the response reports) or lies past the layer's ``threshold``.
     """
 
     name: str
@@ -252,6 +269,7 @@ class QualityLayer:
     aliases: tuple[str, ...] = ()
     invalid_values: dict[int, str] | None = None
     invalid_bits: dict[int, str] | None = None
+    threshold: Threshold | None = None
 
 
 QUALITY_LAYERS: dict[str, QualityLayer] = {
@@ -330,6 +348,28 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         QualityLayer("FORCE_QAI", "FORCE quality assurance bits", ("qai",),
                      invalid_bits={0: "FORCE QAI no data", 1: "FORCE QAI cloud (buffered or cirrus)",
                                    2: "FORCE QAI cloud (opaque or cirrus)", 3: "FORCE QAI cloud shadow"}),
+        # Continuous layers, masked past a threshold (mapex_serve.thresholds; a request's mask_threshold= moves it).
+        # Google's Cloud Score+ (Earth Engine's GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED, linked to Sentinel-2 images):
+        # cs and cs_cdf grade a pixel from 0 (occluded: clouds, their shadows, haze) to 1 (clear); Google's examples
+        # keep cs >= 0.60 (or cs_cdf).
+        QualityLayer("CS", "Cloud Score+ clear score", ("cloud_score", "cloudscore"),
+                     threshold=Threshold(0.6, "below", (0.0, 1.0), "Google's Cloud Score+ examples")),
+        QualityLayer("CS_CDF", "Cloud Score+ clear likelihood",
+                     threshold=Threshold(0.6, "below", (0.0, 1.0), "Google's Cloud Score+ examples")),
+        # Sentinel Hub's CLP: s2cloudless's cloud probability x 255 (its Cloud Masks guide); s2cloudless masks a
+        # probability above 0.4, 102 of 255.
+        QualityLayer("CLP", "Sentinel Hub cloud probability (s2cloudless)",
+                     threshold=Threshold(102, "above", (0.0, 255.0), "s2cloudless's threshold 0.4")),
+        # Sen2Cor's cloud confidence, 0-100 %: a SAFE's QI_DATA/MSK_CLDPRB_20m.jp2, the MSK_CLDPRB band of Earth Engine's
+        # COPERNICUS/S2_SR_HARMONIZED, Sentinel Hub's L2A band CLD.
+        # Earth Engine's COPERNICUS/S2_CLOUD_PROBABILITY (s2cloudless, 0-100 %) band, as its tutorial adds it to an
+        # image, cut there at 50 %.
+        QualityLayer("MSK_CLDPRB", "Sentinel-2 L2A cloud probability (Sen2Cor, %)",
+                     ("cldprb", "msk_cldprb_20m", "msk_cldprb_60m", "cld"),
+                     threshold=Threshold(50, "above", (0.0, 100.0), "the 50 % of Earth Engine's cloud masking tutorial")),
+        QualityLayer("S2CLOUDLESS_PROBABILITY", "Earth Engine's Sentinel-2 cloud probability (s2cloudless, %)",
+                     ("probability", "s2_cloud_probability"),
+                     threshold=Threshold(50, "above", (0.0, 100.0), "Earth Engine's s2cloudless tutorial")),
         # Planet's legacy unusable data mask (..._DN_udm.tif): bit 0 blackfill, 1 cloud, 2-7 missing or suspect
         # data in band 1-6.
         QualityLayer("PLANET_UDM", "Planet legacy unusable data mask bits",

@@ -49,6 +49,7 @@ from mapex_serve.routes.jobs import (
     JobsDisabledError,
 )
 from mapex_serve.routing import NoMatchingSpecialistError
+from mapex_serve.thresholds import MaskThresholdError
 from mapex_serve.units import ImplausibleValuesError, UnitError
 from mapex_serve.upload import (
     MalformedUploadError,
@@ -71,7 +72,7 @@ STATUS: dict[type[MapexError], int] = {
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422,
-    BackscatterError: 422, ImplausibleValuesError: 422, BboxError: 422,
+    BackscatterError: 422, ImplausibleValuesError: 422, BboxError: 422, MaskThresholdError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,

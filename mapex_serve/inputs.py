@@ -36,6 +36,7 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from mapex_serve.aoi import crop
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter, to_sigma0
+from mapex_serve.bands import QUALITY_LAYERS
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, remote_start, tiff_bands
 from mapex_serve.eopf import product_arrays, radar_geometry, stated_crs, unreadable
@@ -51,6 +52,7 @@ from mapex_serve.remote import remote_failure
 from mapex_serve.reproject import on_grid, warp_onto
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.theia import nodata as theia_nodata
+from mapex_serve.thresholds import check_span, cuts_for
 from mapex_serve.units import (
     ZERO_IS_NODATA,
     UnitOverrides,
@@ -278,6 +280,8 @@ def check_values(reader: SceneReader, sample: int = 64) -> None:
     for b, (stored, physical) in zip(reader.bands, reader.samples(sample), strict=True):
         check_plausible(b.conversion, ValueStats.of(stored, physical, b.dataset.dtypes[b.index - 1]),
                         b.identity.found or f"{b.file} band {b.index}")
+    for b, values in reader.threshold_samples(sample):
+        check_span(QUALITY_LAYERS[b.identity.quality], values, b.identity.found or f"{b.file} band {b.index}")
 
 
 def _steps(ds: DatasetReaderBase) -> tuple[str, str] | None:
@@ -794,7 +798,8 @@ class RequestScene:
         for b in used:
             if id(b) in zero_filled:
                 b.nodata = 0.0
-        reader = SceneReader(grid, used, quality, self._stack, factor if converted else None, converted)
+        cuts = cuts_for([b.identity.quality for b in quality], overrides.mask_threshold)
+        reader = SceneReader(grid, used, quality, self._stack, factor if converted else None, converted, cuts)
         reader.resampled += [f for file in dict.fromkeys(b.file for b in used + quality)
                              for f in self.reprojected.get(file, [])]
         if converted:

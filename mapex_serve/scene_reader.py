@@ -3,13 +3,14 @@
 Bands sit in one or more files; those on the scene grid are read as they are, the others through a
 ``WarpedVRT`` onto it (bilinear for reflectance and backscatter, nearest for quality layers), window
 by window. Each band's values go through its unit conversion; nodata, masks, alpha, NaN, values
-with no dB (power <= 0) and quality layers (SCL, Fmask, dataMask) give a reason code per pixel,
-kept in one uint8 raster so that the response counts every masked pixel once.
+with no dB (power <= 0) and quality layers (SCL, Fmask, dataMask, a cloud probability past its
+threshold) give a reason code per pixel, kept in one uint8 raster so that the response counts
+every masked pixel once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -144,9 +145,11 @@ class SceneReader:
     """
 
     def __init__(self, grid: Grid, used: Sequence[InputBand], quality: Sequence[InputBand], stack: ExitStack,
-                 sigma0_factor: InputBand | None = None, to_sigma0: Sequence[InputBand] = ()) -> None:
+                 sigma0_factor: InputBand | None = None, to_sigma0: Sequence[InputBand] = (),
+                 cuts: Mapping[str, float] | None = None) -> None:
         """``sigma0_factor``: the factor from gamma0 to sigma0 by which the bands ``to_sigma0`` (gamma0, in dB once
-        converted) are read as sigma0 (``mapex_serve.backscatter``)."""
+        converted) are read as sigma0 (``mapex_serve.backscatter``); ``cuts``: where each continuous quality layer
+        masks (``mapex_serve.thresholds``)."""
         self.grid = grid
         self.height, self.width = grid.height, grid.width
         self.bands = list(used)
@@ -161,15 +164,19 @@ class SceneReader:
         self._factor_sources = self._group([sigma0_factor], Resampling.bilinear, stack) if sigma0_factor else []
         self._to_sigma0 = [i for i, b in enumerate(self.bands) if any(b is c for c in to_sigma0)]
         self.reasons_text: dict[int, str] = dict(_BASE_REASONS)
-        self._rules: list[tuple[QualityLayer, dict[str, int]]] = []
+        self._rules: list[tuple[QualityLayer, dict[str, int], float | None]] = []
         for b in quality:
             layer = QUALITY_LAYERS[b.identity.quality]
             whys = [*(layer.invalid_values or {}).values(), *(layer.invalid_bits or {}).values()]
+            cut = None
+            if layer.threshold is not None:
+                cut = (cuts or {}).get(layer.name, layer.threshold.default)
+                whys.append(_past(layer, cut))
             codes = {}
             for why in whys:
                 codes[why] = len(self.reasons_text) + 1
                 self.reasons_text[codes[why]] = why
-            self._rules.append((layer, codes))
+            self._rules.append((layer, codes, cut))
         #: A scene small enough for ``samples`` to read whole: its stored values and masks, which windows then slice.
         self._whole: tuple[list, list] | None = None
         self._reasons: np.ndarray | None = None  # reasons of the rows still being read, from _band_top down
@@ -258,8 +265,12 @@ class SceneReader:
             for i in self._to_sigma0:
                 physical[i] += shift
         values, inside = self._stored(self._quality_sources, len(self.quality), window)
-        for (layer, codes), v, ok in zip(self._rules, values, inside, strict=True):
+        for (layer, codes, cut), v, ok in zip(self._rules, values, inside, strict=True):
             _mark(reasons, ~ok, _NODATA)
+            if cut is not None:
+                _mark(reasons, ~np.isfinite(v), _NOT_FINITE)
+                _mark(reasons, v > cut if layer.threshold.invalid == "above" else v < cut, codes[_past(layer, cut)])
+                continue
             v = v.astype(np.int64)
             for value, why in (layer.invalid_values or {}).items():
                 _mark(reasons, v == value, codes[why])
@@ -318,12 +329,14 @@ class SceneReader:
         counts += np.bincount(band.ravel(), minlength=len(counts))[: len(counts)]
         return {self.reasons_text[code]: int(n) for code, n in enumerate(counts) if code and n}
 
+    def _windows_to_sample(self, size: int) -> list[Window]:
+        first = self._sources[0]
+        return list(_sample_windows(self.height, self.width, size, first.dataset.block_shapes[0], first.window_offset))
+
     def samples(self, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each band's valid stored and physical values at up to 5 x 5 windows of ``size`` px spread over the scene."""
         parts: list[list[np.ndarray]] = [[] for _ in self.bands]
-        first = self._sources[0]
-        windows = list(_sample_windows(self.height, self.width, size, first.dataset.block_shapes[0], first.window_offset))
-        for window in windows:
+        for window in self._windows_to_sample(size):
             stored, inside = self._stored(self._sources, len(self.bands), window)
             if (window.width, window.height) == (self.width, self.height):  # the scene, read whole: tiles slice it
                 self._whole = stored, inside  # (a tile-sized upload is read once, not twice)
@@ -334,6 +347,23 @@ class SceneReader:
             values = np.concatenate(chunks)
             out.append((values, b.conversion.apply(values)))
         return out
+
+    def threshold_samples(self, size: int) -> list[tuple[InputBand, np.ndarray]]:
+        """Each continuous quality layer's finite values inside its data, at the windows ``samples`` reads."""
+        at = [i for i, (_layer, _codes, cut) in enumerate(self._rules) if cut is not None]
+        if not at:
+            return []
+        parts: list[list[np.ndarray]] = [[] for _ in at]
+        for window in self._windows_to_sample(size):
+            values, inside = self._stored(self._quality_sources, len(self.quality), window)
+            for k, i in enumerate(at):
+                parts[k].append(values[i][inside[i] & np.isfinite(values[i])])
+        return [(self.quality[i], np.concatenate(chunks)) for i, chunks in zip(at, parts, strict=True)]
+
+
+def _past(layer: QualityLayer, cut: float) -> str:
+    """The reason a continuous layer's masked pixels are counted under: ``Cloud Score+ clear score below 0.6``."""
+    return f"{layer.description} {layer.threshold.invalid} {cut:g}"
 
 
 def _mark(reasons: np.ndarray, where: np.ndarray, code: int) -> None:

@@ -29,6 +29,7 @@ from mapex_serve.errors import MapexError
 from mapex_serve.force import stated_scale as force_scale_of
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.theia import is_reflectance_file as is_theia_band
+from mapex_serve.thresholds import parse_mask_threshold
 
 __all__ = [
     "SAFE_BAND_FILE",
@@ -116,8 +117,9 @@ class UnitOverrides:
     """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band;
     ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``);
     ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``);
-    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``); and ``bbox=``, the
-    part of the scene to read (``mapex_serve.aoi``).
+    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``); ``bbox=``, the
+    part of the scene to read (``mapex_serve.aoi``); and ``mask_threshold=``, where cloud probabilities and clear
+    scores mask (``mapex_serve.thresholds``).
 
     Keys are canonical band names, or None for "every band the value applies to".
     """
@@ -129,15 +131,19 @@ class UnitOverrides:
     reflectance: ReflectanceChoice | None = None
     backscatter: BackscatterChoice | None = None
     bbox: Bbox | None = None
+    #: Where continuous quality layers mask (``mapex_serve.thresholds``): by layer name, None for the request's one.
+    mask_threshold: Mapping[str | None, float] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None,
               pixel_size: PixelSizeChoice | None = None, reflectance: ReflectanceChoice | None = None,
-              backscatter: BackscatterChoice | None = None, bbox: str | None = None) -> UnitOverrides:
+              backscatter: BackscatterChoice | None = None, bbox: str | None = None,
+              mask_threshold: str | None = None) -> UnitOverrides:
         """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``;
-        ``bbox=west,south,east,north``."""
+        ``bbox=west,south,east,north``; ``mask_threshold=0.5`` or ``cs_cdf:0.5``."""
         return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
-                   _per_band(offset, "offset", _float_value), pixel_size, reflectance, backscatter, parse_bbox(bbox))
+                   _per_band(offset, "offset", _float_value), pixel_size, reflectance, backscatter, parse_bbox(bbox),
+                   parse_mask_threshold(mask_threshold))
 
     def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
         table = getattr(self, which)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
+from mapex_serve.thresholds import parse_mask_threshold
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
 
 __all__ = ["JobError", "JobProgress", "JobRequest", "JobRequestError", "JobStatus"]
@@ -48,6 +49,8 @@ class JobRequest(BaseModel):
                                                   "backscatter than the model learned (gamma0 for sigma0)")
     bbox: str | None = Field(None, description="the part of the scene to read: west,south,east,north in degrees "
                                                "(WGS84), e.g. 10.10,45.20,10.30,45.35; only its blocks are fetched")
+    mask_threshold: str | None = Field(None, description="where a cloud probability or clear score layer masks, in its "
+                                       "own values: 0.5 for the scene's one such layer, or per layer (cs_cdf:0.5,CLP:80)")
     probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "
@@ -56,6 +59,12 @@ class JobRequest(BaseModel):
     min_area_m2: float = Field(0.0, ge=0, allow_inf_nan=False, description="drop polygons smaller than this (m²)")
     notify: str | None = Field(None, description="an http(s) URL the service POSTs the job's status to when it ends "
                                "(done, failed or cancelled), its result URLs absolute")
+
+    @field_validator("mask_threshold")
+    @classmethod
+    def _readable_threshold(cls, text: str | None) -> str | None:
+        parse_mask_threshold(text)  # refused at submission, not when the job runs
+        return text
 
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:

@@ -33,6 +33,7 @@ from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
+from mapex_serve.thresholds import parse_mask_threshold
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
 from mapex_serve.upload import save_upload
 
@@ -112,6 +113,8 @@ async def submit_job(
                                                                        "backscatter than the model's")] = None,
     bbox: Annotated[str | None, Query(description="for uploads: the part of the scene to read, west,south,east,north "
                                                   "in degrees (WGS84)")] = None,
+    mask_threshold: Annotated[str | None, Query(description="for uploads: where a cloud probability or clear score "
+                                                            "layer masks (0.5, or per layer: cs_cdf:0.5)")] = None,
     probabilities: Annotated[bool, Query(description="for uploads: also write per-class probabilities")] = False,
     geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
     simplify: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
@@ -130,9 +133,10 @@ async def submit_job(
     folder = runner.store.folder(job_id)
     try:
         if body is None:
+            parse_mask_threshold(mask_threshold)  # a 422 that names the layers, before the upload is taken
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
                               pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
-                              probabilities=probabilities,
+                              mask_threshold=mask_threshold, probabilities=probabilities,
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2, notify=notify)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:

@@ -278,6 +278,10 @@ async def predict_task(
                                              "they are refused")] = None,
     bbox: Annotated[str | None, Query(description="the part of the scene to read and answer: west,south,east,north "
                                                   "in degrees (WGS84), e.g. 10.10,45.20,10.30,45.35")] = None,
+    mask_threshold: Annotated[str | None,
+                              Query(description="where a cloud probability or clear score layer masks, in its own "
+                                                "values: 0.5 for the scene's one such layer (Cloud Score+ cs_cdf), or "
+                                                "per layer: cs_cdf:0.5,CLP:80")] = None,
 ) -> Response:
     started = time.perf_counter()
     name, status, known = "-", 500, False
@@ -287,7 +291,7 @@ async def predict_task(
         known = bool(manifests)
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
-        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox)
+        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox, mask_threshold)
         try:
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
                 response = await _respond(request, state, manifests, bands, modality, format, overrides)

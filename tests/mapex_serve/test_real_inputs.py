@@ -36,6 +36,7 @@ from mapex_serve.inputs import (
     UploadedFile,
 )
 from mapex_serve.rasters import BandIdentityConflictError, BandNamesMissingError
+from mapex_serve.thresholds import MaskThresholdError
 from mapex_serve.units import ImplausibleValuesError, UnitError, UnitOverrides
 
 UTM = "EPSG:32633"
@@ -1823,6 +1824,79 @@ def test_sentinel_hubs_clm_masks_clouds_and_its_no_data():
     data = np.stack([RNG.uniform(0.02, 0.4, (16, 16)).astype(np.float32), clm])
     _, reader, _, _ = read(tif(data), ["B11"], bands=["B11", "CLM"], units="reflectance")
     assert reader.masked() == {"CLM cloud": 16, "CLM no data": 16}
+
+
+# --- cloud probabilities and clear scores, masked past a threshold ---------------------------------
+
+
+def _rows(values, dtype) -> np.ndarray:
+    """A 16 x 16 layer whose row i holds ``values[i]`` (the rest 0)."""
+    layer = np.zeros((16, 16), dtype)
+    layer[:len(values)] = np.asarray(values, dtype)[:, None]
+    return layer
+
+
+def test_cloud_score_plus_masks_below_googles_060_and_mask_threshold_moves_the_cut():
+    """Earth Engine's Cloud Score+ linked to Sentinel-2 and downloaded (``download.cs_cdf.tif``, float 0..1, 1 clear):
+    before, cs_cdf was an unknown band, left unused, and the clouds were read as land. Google's examples keep
+    cs_cdf >= 0.60; a request moves the cut in the layer's own values."""
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    cs_cdf = _rows([0.1, 0.59, 0.6, 0.55, np.nan], np.float32) + np.float32(0.9) * (np.arange(16) >= 5)[:, None]
+    files = [UploadedFile("download.B11.tif", tif(dn)), UploadedFile("download.cs_cdf.tif", tif(cs_cdf))]
+    scene, reader, _, reasons = read(files, ["B11"])
+    assert scene.quality_bands()[0].identity.quality == "CS_CDF"
+    assert reader.masked() == {"Cloud Score+ clear likelihood below 0.6": 48, "NaN or infinite value": 16}
+    assert (reasons[2] == 0).all() and (reasons[5:] == 0).all()  # 0.6 itself is clear, as gte(0.6) keeps it
+    for stated in ("0.58", "cs_cdf:0.58", "CS_CDF:0.58"):
+        _, reader, _, reasons = read(files, ["B11"], mask_threshold=stated)
+        assert reader.masked() == {"Cloud Score+ clear likelihood below 0.58": 32, "NaN or infinite value": 16}
+        assert (reasons[[0, 3]] != 0).all() and (reasons[1] == 0).all()
+
+
+def test_sentinel_hubs_clp_and_sen2cors_cloud_probability_mask_above_their_producers_cut():
+    """Sentinel Hub's CLP is s2cloudless's probability x 255, masked past 0.4 (102); Sen2Cor's cloud confidence (0-100 %,
+    a SAFE's ``MSK_CLDPRB_20m.jp2``, Earth Engine's ``MSK_CLDPRB`` band, Sentinel Hub's L2A ``CLD``) past 50 %."""
+    reflectance_band = RNG.uniform(0.02, 0.4, (16, 16)).astype(np.float32)
+    clp = _rows([255, 103, 102, 0], np.float32)
+    _, reader, _, reasons = read(tif(np.stack([reflectance_band, clp])), ["B11"], bands=["B11", "CLP"],
+                                 units="reflectance")
+    assert reader.masked() == {"Sentinel Hub cloud probability (s2cloudless) above 102": 32}
+    assert (reasons[2:] == 0).all()
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    for name in ("download.MSK_CLDPRB.tif", "T33UUP_20230815T101031_MSK_CLDPRB_20m.tif", "CLD.tif"):
+        _, reader, _, reasons = read([UploadedFile("B11.tif", tif(dn)), UploadedFile(name, tif(_rows([90, 51, 50],
+                                                                                                       np.uint8)))],
+                                     ["B11"])
+        assert reader.masked() == {"Sentinel-2 L2A cloud probability (Sen2Cor, %) above 50": 32}, name
+    two = [UploadedFile("B11.tif", tif(dn)), UploadedFile("CLD.tif", tif(_rows([90, 51], np.uint8))),
+           UploadedFile("download.cs.tif", tif(_rows([0.2], np.float32) + np.float32(0.8)))]
+    _, reader, _, reasons = read(two, ["B11"], mask_threshold="cld:95,cs:0.9")
+    assert reader.masked() == {"Cloud Score+ clear score below 0.9": 15 * 16}  # CLD's 90 % kept under 95
+    assert (reasons[0] == 0).all()
+
+
+@pytest.mark.parametrize(("stated", "message"), [
+    ("0.5", r"needs the request to read one cloud probability or clear score layer.*reads CS_CDF, MSK_CLDPRB"),
+    ("SCL:0.5", r"'SCL' is no cloud probability or clear score layer; accepted: CS \(0-1, below 0.6"),
+    ("cs_cdf:6000", r"mask_threshold 6000 for CS_CDF: its values run 0-1"),
+    ("CLP:80", r"names CLP, which the request does not read; it reads CS_CDF, MSK_CLDPRB"),
+    ("cs_cdf:high", r"'high' is not a number"),
+])
+def test_a_mask_threshold_that_cannot_apply_is_a_422_naming_the_layers(stated, message):
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    files = [UploadedFile("B11.tif", tif(dn)), UploadedFile("download.cs_cdf.tif", tif(_rows([0.9], np.float32))),
+             UploadedFile("MSK_CLDPRB.tif", tif(_rows([10], np.uint8)))]
+    with pytest.raises(MaskThresholdError, match=message):
+        read(files, ["B11"], mask_threshold=stated)
+
+
+def test_a_cloud_score_rescaled_to_integers_is_a_422_not_a_mask_that_masks_nothing():
+    """cs_cdf exported x 10000 as uint16 (to save bytes) would be above 0.6 everywhere: every cloud kept, silently."""
+    dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
+    files = [UploadedFile("B11.tif", tif(dn)), UploadedFile("download.cs_cdf.tif", tif(_rows([9000, 2000],
+                                                                                            np.uint16)))]
+    with pytest.raises(MaskThresholdError, match=r"runs 0-1, these values run 0-9000: send the layer with the values"):
+        read(files, ["B11"])
 
 
 # --- tiles of one export ---------------------------------------------------------------------------

@@ -196,6 +196,27 @@ def test_masked_pixels_are_reported_and_excluded(server, flood_scene):
     assert (mask[:10] == 255).all() and (mask[10:] != 255).all()
 
 
+def test_a_cloud_score_plus_band_masks_its_clouds_at_the_cut_asked_for(server):
+    """Real Sentinel-2 bands downloaded from Earth Engine with Cloud Score+ linked (``cs_cdf``, 1 clear): the pixels
+    below Google's 0.60 are masked and counted, ``mask_threshold=`` moves the cut, and a cut that cannot apply is a
+    422 naming the layers."""
+    with rasterio.open(S2) as src:
+        like = {"crs": src.crs, "transform": src.transform}
+        files = [(f"download.{b}.tif", tiff(src.read([i]), [None], like)) for b, i in (("B4", 3), ("B3", 2), ("B2", 1))]
+        cs_cdf = np.full((1, src.height, src.width), 0.95, np.float32)
+    cs_cdf[0, :10], cs_cdf[0, 10:20] = 0.3, 0.55  # a cloud over 10 rows, haze over the next 10
+    files.append(("download.cs_cdf.tif", tiff(cs_cdf, [None], like)))
+    width = cs_cdf.shape[2]
+    body = post(server, "landcover", files, format="json").json()
+    assert body["masked_pixels"] == {"total": 20 * width, "by_reason": {"Cloud Score+ clear likelihood below 0.6":
+                                                                         20 * width}}, body
+    body = post(server, "landcover", files, format="json", mask_threshold="0.5").json()
+    assert body["masked_pixels"]["by_reason"] == {"Cloud Score+ clear likelihood below 0.5": 10 * width}
+    refused = post(server, "landcover", files, mask_threshold="CLP:80")
+    assert refused.status_code == 422 and "names CLP, which the request does not read; it reads CS_CDF" in \
+        refused.json()["detail"], refused.text
+
+
 def test_planetary_computer_rtc_assets_and_a_hyp3_layover_shadow_map_through_the_server(server, flood_scene):
     """The Planetary Computer's ``iw-vv.rtc.tiff`` holds linear gamma0, said by its name alone: the demo's flood
     specialist learned sigma0 and refuses it, and with ``backscatter=as-is`` answers as the same values described in

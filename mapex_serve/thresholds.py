@@ -1,0 +1,96 @@
+"""``mask_threshold=``: where a continuous quality layer masks, in the layer's own values.
+
+Cloud probabilities and clear scores (Google's Cloud Score+, s2cloudless, Sen2Cor's cloud confidence) come without a
+cut: their producers suggest one (``bands.Threshold``) and tell users to tune it, since thin clouds, haze and bright
+ground stay or go with it. The cut is given as their documentation writes it (Cloud Score+ 0.6, Sentinel Hub's CLP
+102 of 255, a percentage), for the one such layer a request reads or per layer (``cs_cdf:0.5,CLP:80``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from mapex_serve.bands import QUALITY_LAYERS, QualityLayer, quality_layer
+from mapex_serve.errors import MapexError
+
+__all__ = ["MaskThresholdError", "check_span", "cuts_for", "parse_mask_threshold"]
+
+
+class MaskThresholdError(MapexError, ValueError):
+    """A ``mask_threshold=`` that names no continuous quality layer, lies outside its values, or fits none read."""
+
+
+def _layers_text() -> str:
+    return ", ".join(f"{q.name} ({q.threshold.span[0]:g}-{q.threshold.span[1]:g}, {q.threshold.invalid} "
+                     f"{q.threshold.default:g} masked by default)"
+                     for q in QUALITY_LAYERS.values() if q.threshold is not None)
+
+
+def parse_mask_threshold(text: str | None) -> dict[str | None, float]:
+    """``0.5`` (the request's one continuous layer) or ``cs_cdf:0.5,CLP:80`` as ``{None: 0.5}`` or
+    ``{"CS_CDF": 0.5, "CLP": 80}``."""
+    if not text:
+        return {}
+    out: dict[str | None, float] = {}
+    for part in text.split(","):
+        name, sep, value_text = part.strip().rpartition(":")
+        layer = None
+        if sep:
+            layer = quality_layer(name)
+            if layer is None or layer.threshold is None:
+                raise MaskThresholdError(f"mask_threshold={text}: {name!r} is no cloud probability or clear score "
+                                         f"layer; accepted: {_layers_text()}")
+        try:
+            value = float(value_text)
+        except ValueError:
+            raise MaskThresholdError(f"mask_threshold={text}: {value_text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise MaskThresholdError(f"mask_threshold={text}: {value_text!r} is not a finite number")
+        if layer is not None:
+            _check_span(layer, value)
+        out[layer.name if layer else None] = value
+    return out
+
+
+def _check_span(layer: QualityLayer, value: float) -> None:
+    low, high = layer.threshold.span
+    if not low <= value <= high:
+        raise MaskThresholdError(f"mask_threshold {value:g} for {layer.name}: its values run {low:g}-{high:g} "
+                                 f"({layer.description}; {layer.threshold.invalid} {layer.threshold.default:g} is "
+                                 f"masked by default, as {layer.threshold.source})")
+
+
+def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[str, float]:
+    """The cut of each continuous layer among ``layers`` (quality layer names): the request's where it states one,
+    else its producer's. A value for every layer needs exactly one such layer to apply to; a stated cut that fits no
+    layer read is a mistake, not a statement to ignore."""
+    continuous = list(dict.fromkeys(n for n in layers if QUALITY_LAYERS[n].threshold is not None))
+    if None in stated and len(continuous) != 1:
+        held = ", ".join(continuous) or "none"
+        raise MaskThresholdError(f"mask_threshold={stated[None]:g} needs the request to read one cloud probability "
+                                 f"or clear score layer, to know whose values it is in; it reads {held}: name the "
+                                 f"layer (mask_threshold=LAYER:VALUE)" + ("" if continuous else
+                                                                          f"; such layers: {_layers_text()}"))
+    if missing := [n for n in stated if n is not None and n not in continuous]:
+        raise MaskThresholdError(f"mask_threshold names {', '.join(missing)}, which the request does not read; it "
+                                 f"reads {', '.join(continuous) or 'no cloud probability or clear score layer'}")
+    cuts = {}
+    for name in continuous:
+        layer = QUALITY_LAYERS[name]
+        value = stated.get(name, stated.get(None, layer.threshold.default))
+        _check_span(layer, value)
+        cuts[name] = value
+    return cuts
+
+
+def check_span(layer: QualityLayer, values: np.ndarray, found: str) -> None:
+    """A sample of a continuous layer's values against the values its producer writes: a Cloud Score+ exported x 10000
+    as integers would mask nothing at 0.6, silently."""
+    low, high = layer.threshold.span
+    if values.size and (values.min() < low or values.max() > high):
+        raise MaskThresholdError(
+            f"{found}: a {layer.description} layer runs {low:g}-{high:g}, these values run {values.min():g}-"
+            f"{values.max():g}: send the layer with the values its producer gives (not rescaled), or leave it out")
