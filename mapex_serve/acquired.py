@@ -15,7 +15,10 @@ files sent alone state it in their names, all in UTC:
 
 SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
 (``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant (for
-two slices of one pass, the union of their spans).
+two slices of one pass, the union of their spans). Other writers state it in GDAL metadata, which ``file_sensed``
+reads, so that a renamed file is still dated: OPERA RTC-S1's ``ZERO_DOPPLER_START_TIME`` and ``_END_TIME``, HLS's
+``SENSING_TIME`` (one instant a datatake over the tile: ``DT; DT``, ``DT + DT``), GDAL's SENTINEL2 driver's
+``PRODUCT_START_TIME`` and ``_STOP_TIME`` (kept by a ``gdal_translate`` of a SAFE).
 
 Names of different acquisitions (more than an hour apart) give none: the files would not say which.
 """
@@ -23,10 +26,13 @@ Names of different acquisitions (more than an hour apart) give none: the files w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["acquisition"]
+import rasterio
+from rasterio.errors import RasterioError
+
+__all__ = ["acquisition", "file_sensed", "stated_sensing"]
 
 #: (pattern whose group ``t`` is the time, its strptime format); searched in each name's whole path.
 _NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -46,6 +52,10 @@ _DAY_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])S2[A-D](?:1C|2A)_(?P<t>\d{8})_\d{3}_"), "%Y%m%d"),  # sen2r
 )
 _ONE_ACQUISITION = timedelta(hours=1)
+#: GDAL metadata items that state when the scene was sensed: (start, end), or one item of instants.
+_STATED_SPANS = (("ZERO_DOPPLER_START_TIME", "ZERO_DOPPLER_END_TIME"), ("PRODUCT_START_TIME", "PRODUCT_STOP_TIME"))
+_STATED_INSTANTS = ("SENSING_TIME",)
+_ISO_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?")
 
 
 def acquisition(names: Iterable[str], sensed: Iterable[tuple[datetime, datetime]] = ()) -> str | None:
@@ -88,3 +98,35 @@ def _parsed(text: str, form: str) -> datetime | None:
 
 def _iso(at: datetime) -> str:
     return at.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def stated_sensing(tags: Mapping[str, str]) -> tuple[datetime, datetime] | None:
+    """The span a raster's GDAL metadata says it was sensed in (its first and last instant; UTC, which all these
+    writers use); None where it says nothing readable."""
+    for keys in (*_STATED_SPANS, *((k,) for k in _STATED_INSTANTS)):
+        if instants := [at for k in keys for at in _instants(tags.get(k, ""))]:
+            return min(instants), max(instants)
+    return None
+
+
+def file_sensed(path: str) -> tuple[datetime, datetime] | None:
+    """``stated_sensing`` of a GeoTIFF on the volume or by URL (a GDAL path: its header only, bounded to 10 s with no
+    retry, as it is read while a job is submitted); None for any other file, or one that cannot be read."""
+    env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_TIMEOUT="10", GDAL_HTTP_MAX_RETRY="0")
+    try:
+        with env, rasterio.open(path, driver="GTiff") as tiff:
+            return stated_sensing(tiff.tags())
+    except RasterioError:
+        return None
+
+
+def _instants(text: str) -> list[datetime]:
+    """The ISO 8601 instants in ``text`` (``2023-10-19T12:15:02.123456Z``; HLS's fractions run to 7 digits)."""
+    out = []
+    for day, clock, fraction in _ISO_TIME.findall(text):
+        try:
+            at = datetime.fromisoformat(f"{day}T{clock}")
+        except ValueError:
+            continue
+        out.append(at.replace(tzinfo=UTC, microsecond=int((fraction or "0")[:6].ljust(6, "0"))))
+    return out

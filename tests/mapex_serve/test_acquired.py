@@ -91,3 +91,42 @@ def test_a_zipped_beam_dimap_product_is_dated_by_its_dim(dimap_document, tmp_pat
     resolved = resolve_sources(JobRequest(), [("flood_Cal_TC.zip", archive)], [], 10**7)
     assert "Sigma0_VV.img" in [f.name for f in resolved.files]
     assert resolved.acquired == "2015-07-05T06:42:41Z/2015-07-05T06:43:06Z"
+
+
+def _tagged_tif(path, **tags) -> None:
+    with rasterio.open(path, "w", driver="GTiff", count=1, width=8, height=8, dtype="float32", crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(np.full((1, 8, 8), 0.05, np.float32))
+        dst.update_tags(**tags)
+
+
+@pytest.mark.parametrize("tags, acquired", [
+    # OPERA RTC-S1's burst GeoTIFFs (as its browse tools read them; the end may lack the Z)
+    ({"ZERO_DOPPLER_START_TIME": "2023-10-19T12:15:02.123456Z", "ZERO_DOPPLER_END_TIME": "2023-10-19T12:15:05.2"},
+     "2023-10-19T12:15:02Z/2023-10-19T12:15:06Z"),
+    ({"SENSING_TIME": "2023-09-02T10:00:31.6374430Z"}, "2023-09-02T10:00:31Z"),  # HLS, 7 digits of fraction
+    ({"SENSING_TIME": "2023-09-02T10:00:31.1Z; 2023-09-02T10:00:45.9Z"},  # a tile over two datatakes
+     "2023-09-02T10:00:31Z/2023-09-02T10:00:46Z"),
+    ({"PRODUCT_START_TIME": "2015-08-13T10:24:06.637Z", "PRODUCT_STOP_TIME": "2015-08-13T10:24:06.637Z"},
+     "2015-08-13T10:24:06Z"),  # gdal_translate of a SAFE: GDAL's SENTINEL2 driver metadata
+    ({"TIFFTAG_DATETIME": "2026:12:06 09:00:00"}, None),  # when the file was written, not sensed
+    ({"SENSING_TIME": "unknown"}, None),
+])
+def test_a_renamed_file_is_dated_by_the_sensing_times_its_gdal_metadata_states(tags, acquired, tmp_path):
+    """Files renamed by their users (``vv.tif``) lost the date their names gave, and the job's STAC Item was dated by
+    the day it ran; OPERA, HLS and GDAL's Sentinel-2 driver state the sensing times in GDAL metadata."""
+    path = tmp_path / "vv.tif"
+    _tagged_tif(path, **tags)
+    assert resolve_sources(JobRequest(), [("vv.tif", path)], [], 10**6).acquired == acquired
+
+
+def test_a_file_by_url_is_dated_by_its_gdal_metadata_when_its_url_says_nothing(range_server):
+    """Read by ranges through GDAL, bounded, and only where the URL gives no date."""
+    _tagged_tif(range_server.root / "burst_vv.tif", ZERO_DOPPLER_START_TIME="2023-10-19T12:15:02.5Z",
+                ZERO_DOPPLER_END_TIME="2023-10-19T12:15:05.5Z")
+    url = f"{range_server.url}/burst_vv.tif"
+    assert resolve_sources(JobRequest(url=url), [], [], 10**6).acquired == "2023-10-19T12:15:02Z/2023-10-19T12:15:06Z"
+    name = "OPERA_L2_RTC-S1_T069-147170-IW1_20231019T121502Z_20231020T091509Z_S1A_30_v1.0_VV.tif"
+    _tagged_tif(range_server.root / name, ZERO_DOPPLER_START_TIME="2023-10-31T12:15:02.5Z")  # a day it cannot be
+    assert resolve_sources(JobRequest(url=f"{range_server.url}/{name}"), [], [], 10**6).acquired == \
+        "2023-10-19T12:15:02Z"  # its name dates it: its metadata is not read (read, the two would disagree: none)
