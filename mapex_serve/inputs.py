@@ -52,7 +52,7 @@ from mapex_serve.remote import remote_failure
 from mapex_serve.reproject import on_grid, warp_onto
 from mapex_serve.scene_reader import Grid, InputBand, SceneReader
 from mapex_serve.theia import nodata as theia_nodata
-from mapex_serve.thresholds import check_span, cuts_for
+from mapex_serve.thresholds import check_layer_values, cuts_for
 from mapex_serve.units import (
     ZERO_IS_NODATA,
     UnitOverrides,
@@ -281,7 +281,8 @@ def check_values(reader: SceneReader, sample: int = 64) -> None:
         check_plausible(b.conversion, ValueStats.of(stored, physical, b.dataset.dtypes[b.index - 1]),
                         b.identity.found or f"{b.file} band {b.index}")
     for b, values in reader.threshold_samples(sample):
-        check_span(QUALITY_LAYERS[b.identity.quality], values, b.identity.found or f"{b.file} band {b.index}")
+        check_layer_values(QUALITY_LAYERS[b.identity.quality], values, b.dataset.dtypes[b.index - 1],
+                           b.identity.found or f"{b.file} band {b.index}")
 
 
 def _steps(ds: DatasetReaderBase) -> tuple[str, str] | None:

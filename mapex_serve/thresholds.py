@@ -16,7 +16,7 @@ import numpy as np
 from mapex_serve.bands import QUALITY_LAYERS, QualityLayer, quality_layer
 from mapex_serve.errors import MapexError
 
-__all__ = ["MaskThresholdError", "check_span", "cuts_for", "parse_mask_threshold"]
+__all__ = ["MaskThresholdError", "check_layer_values", "cuts_for", "parse_mask_threshold"]
 
 
 class MaskThresholdError(MapexError, ValueError):
@@ -86,11 +86,20 @@ def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[
     return cuts
 
 
-def check_span(layer: QualityLayer, values: np.ndarray, found: str) -> None:
-    """A sample of a continuous layer's values against the values its producer writes: a Cloud Score+ exported x 10000
-    as integers would mask nothing at 0.6, silently."""
-    low, high = layer.threshold.span
+def check_layer_values(layer: QualityLayer, values: np.ndarray, dtype: str, found: str) -> None:
+    """A sample of a continuous layer's finite values (stored as ``dtype``) against the values its producer writes,
+    which its cut is in: rescaled or truncated, it would mask silently wrong. Cloud Score+ exported x 10000 masks
+    nothing at 0.6, and cast to integers (an Earth Engine export made ``toUint16`` to match its bands) it masks all
+    but the clearest pixels; a CLP or a percentage divided to 0..1 masks nothing at 102 or 50."""
+    t = layer.threshold
+    low, high = t.span
+    fix = "send the layer with the values its producer gives, or leave it out"
     if values.size and (values.min() < low or values.max() > high):
-        raise MaskThresholdError(
-            f"{found}: a {layer.description} layer runs {low:g}-{high:g}, these values run {values.min():g}-"
-            f"{values.max():g}: send the layer with the values its producer gives (not rescaled), or leave it out")
+        raise MaskThresholdError(f"{found}: a {layer.description} layer runs {low:g}-{high:g}, these values run "
+                                 f"{values.min():g}-{values.max():g}: {fix}")
+    if t.integral and values.size and not np.array_equal(values, np.round(values)):
+        raise MaskThresholdError(f"{found}: a {layer.description} layer holds whole numbers {low:g}-{high:g}, this "
+                                 f"one fractions (rescaled to 0-1?): {fix}")
+    if not t.integral and np.dtype(dtype).kind in "iu":
+        raise MaskThresholdError(f"{found}: a {layer.description} layer holds fractions {low:g}-{high:g}, this one "
+                                 f"is stored as {dtype}, its scores cut to whole numbers: {fix} (as float)")

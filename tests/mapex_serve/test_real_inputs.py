@@ -1890,13 +1890,18 @@ def test_a_mask_threshold_that_cannot_apply_is_a_422_naming_the_layers(stated, m
         read(files, ["B11"], mask_threshold=stated)
 
 
-def test_a_cloud_score_rescaled_to_integers_is_a_422_not_a_mask_that_masks_nothing():
-    """cs_cdf exported x 10000 as uint16 (to save bytes) would be above 0.6 everywhere: every cloud kept, silently."""
+@pytest.mark.parametrize(("name", "layer", "message"), [
+    # cs_cdf x 10000 as uint16 (to save bytes): above 0.6 everywhere, every cloud kept
+    ("download.cs_cdf.tif", _rows([9000, 2000], np.uint16), r"runs 0-1, these values run 0-9000: send the layer"),
+    # cast to integers to match its bands (Earth Engine exports one type): 0 or 1, all but the clearest masked
+    ("download.cs_cdf.tif", _rows([1, 0], np.uint16), r"holds fractions 0-1, this one is stored as uint16"),
+    # CLP divided by 255 to a probability: below 102 everywhere, every cloud kept
+    ("CLP.tif", _rows([0.9, 0.05], np.float32), r"holds whole numbers 0-255, this one fractions \(rescaled to 0-1\?\)"),
+])
+def test_a_cloud_layer_rescaled_or_cut_to_integers_is_a_422_not_a_mask_silently_wrong(name, layer, message):
     dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
-    files = [UploadedFile("B11.tif", tif(dn)), UploadedFile("download.cs_cdf.tif", tif(_rows([9000, 2000],
-                                                                                            np.uint16)))]
-    with pytest.raises(MaskThresholdError, match=r"runs 0-1, these values run 0-9000: send the layer with the values"):
-        read(files, ["B11"])
+    with pytest.raises(MaskThresholdError, match=message):
+        read([UploadedFile("B11.tif", tif(dn)), UploadedFile(name, tif(layer))], ["B11"])
 
 
 # --- tiles of one export ---------------------------------------------------------------------------
