@@ -171,6 +171,25 @@ def test_an_earth_search_items_scl_masks_its_clouds(tmp_path, swir_manifest):
         assert reader.masked() == {"SCL cloud (high probability)": 8 * 64, "SCL cloud shadow": 4 * 64}
 
 
+def test_a_jobs_mask_threshold_moves_the_cut_of_its_cloud_score(tmp_path, swir_manifest):
+    """Earth Engine band files with Cloud Score+ linked, as a job: Google's 0.6 by default, the request's cut if it
+    says one; one that names no cloud layer is refused when the job is submitted."""
+    dn = np.random.default_rng(3).integers(1100, 5000, (2, 64, 64)).astype(np.uint16)
+    cs_cdf = np.full((64, 64), 0.9, np.float32)
+    cs_cdf[:8], cs_cdf[8:12] = 0.2, 0.55
+    for name, data in (("download.B11.tif", dn[0]), ("download.B12.tif", dn[1]), ("download.cs_cdf.tif", cs_cdf)):
+        write_band(tmp_path / name, data)
+    sources = ResolvedSources([SourceFile(p.name, str(p)) for p in sorted(tmp_path.glob("download.*.tif"))])
+    for request, masked in ((JobRequest(), {"Cloud Score+ clear likelihood below 0.6": 12 * 64}),
+                            (JobRequest(mask_threshold="cs_cdf:0.5"), {"Cloud Score+ clear likelihood below 0.5": 8 * 64})):
+        scene, _, reader = opened_scene(request, sources, [swir_manifest], 10**9)
+        with scene:
+            reader.read(Window(0, 0, 64, 64))
+            assert reader.masked() == masked
+    with pytest.raises(ValueError, match="'SCL' is no cloud probability or clear score layer"):
+        JobRequest(url="https://x/y.tif", mask_threshold="SCL:4")
+
+
 def test_of_two_copies_of_a_band_the_cog_is_read_whichever_comes_first():
     item = earth_search_item()
     assets = item["assets"]
