@@ -112,7 +112,11 @@ def stated_sensing(tags: Mapping[str, str]) -> tuple[datetime, datetime] | None:
 def file_sensed(path: str) -> tuple[datetime, datetime] | None:
     """``stated_sensing`` of a GeoTIFF on the volume or by URL (a GDAL path: its header only, bounded to 10 s with no
     retry, as it is read while a job is submitted); None for any other file, or one that cannot be read."""
-    env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_TIMEOUT="10", GDAL_HTTP_MAX_RETRY="0")
+    # Cached by GDAL, a missing file's failure would come back from the job's own open as a bare "HTTP 404", not as
+    # its server's words (S3's "The specified key does not exist"), which the service's answer quotes.
+    uncached = path[:path.index("/", 1) + 1] if path.startswith("/vsi") else ""
+    env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_TIMEOUT="10", GDAL_HTTP_MAX_RETRY="0",
+                       CPL_VSIL_CURL_NON_CACHED=uncached)
     try:
         with env, rasterio.open(path, driver="GTiff") as tiff:
             return stated_sensing(tiff.tags())
