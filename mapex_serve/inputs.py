@@ -800,6 +800,9 @@ class RequestScene:
             if id(b) in zero_filled:
                 b.nodata = 0.0
         cuts = cuts_for([b.identity.quality for b in quality], overrides.mask_threshold)
+        for b in quality:
+            if (cut := cuts.get(b.identity.quality)) is not None:
+                b.masks = cut.said(QUALITY_LAYERS[b.identity.quality])
         reader = SceneReader(grid, used, quality, self._stack, factor if converted else None, converted, cuts)
         reader.resampled += [f for file in dict.fromkeys(b.file for b in used + quality)
                              for f in self.reprojected.get(file, [])]

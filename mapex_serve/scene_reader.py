@@ -28,6 +28,7 @@ from mapex_serve.dimap import SnapBand
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.rasters import BandIdentity
 from mapex_serve.remote import read_failure
+from mapex_serve.thresholds import Cut
 from mapex_serve.units import Conversion
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class InputBand:
     file_grid: Grid | None = None
     #: A factor from gamma0 to sigma0 that the other bands were read through (``mapex_serve.backscatter``).
     factor_applied: bool = False
+    #: A cloud probability or clear score: where it masks, and whose cut that is (``mapex_serve.thresholds``).
+    masks: str | None = None
 
     @property
     def georeference(self) -> Grid:
@@ -110,6 +113,8 @@ class InputBand:
             out |= {"used": True, "conversions": list(self.conversion.steps)}
         elif identity.quality or self.factor_applied:
             out["used"] = True
+        if self.masks:
+            out["masks"] = self.masks
         return out
 
 
@@ -146,7 +151,7 @@ class SceneReader:
 
     def __init__(self, grid: Grid, used: Sequence[InputBand], quality: Sequence[InputBand], stack: ExitStack,
                  sigma0_factor: InputBand | None = None, to_sigma0: Sequence[InputBand] = (),
-                 cuts: Mapping[str, float] | None = None) -> None:
+                 cuts: Mapping[str, Cut] | None = None) -> None:
         """``sigma0_factor``: the factor from gamma0 to sigma0 by which the bands ``to_sigma0`` (gamma0, in dB once
         converted) are read as sigma0 (``mapex_serve.backscatter``); ``cuts``: where each continuous quality layer
         masks (``mapex_serve.thresholds``)."""
@@ -170,7 +175,8 @@ class SceneReader:
             whys = [*(layer.invalid_values or {}).values(), *(layer.invalid_bits or {}).values()]
             cut = None
             if layer.threshold is not None:
-                cut = (cuts or {}).get(layer.name, layer.threshold.default)
+                stated = (cuts or {}).get(layer.name)
+                cut = stated.value if stated else layer.threshold.default
                 whys.append(_past(layer, cut))
             codes = {}
             for why in whys:

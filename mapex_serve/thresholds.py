@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from mapex_serve.bands import QUALITY_LAYERS, QualityLayer, quality_layer
 from mapex_serve.errors import MapexError
 
-__all__ = ["MaskThresholdError", "check_layer_values", "cuts_for", "parse_mask_threshold"]
+__all__ = ["Cut", "MaskThresholdError", "check_layer_values", "cuts_for", "parse_mask_threshold"]
 
 
 class MaskThresholdError(MapexError, ValueError):
@@ -63,7 +64,19 @@ def _check_span(layer: QualityLayer, value: float) -> None:
                                  f"masked by default, as {layer.threshold.source})")
 
 
-def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[str, float]:
+@dataclass(frozen=True)
+class Cut:
+    """Where one continuous layer of a request masks, and whose cut that is."""
+
+    value: float
+    whose: str
+
+    def said(self, layer: QualityLayer) -> str:
+        """``masked below 0.6 (Google's Cloud Score+ examples)``: what the answer's inputs say of the layer."""
+        return f"masked {layer.threshold.invalid} {self.value:g} ({self.whose})"
+
+
+def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[str, Cut]:
     """The cut of each continuous layer among ``layers`` (quality layer names): the request's where it states one,
     else its producer's. A value for every layer needs exactly one such layer to apply to; a stated cut that fits no
     layer read is a mistake, not a statement to ignore."""
@@ -80,9 +93,11 @@ def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[
     cuts = {}
     for name in continuous:
         layer = QUALITY_LAYERS[name]
-        value = stated.get(name, stated.get(None, layer.threshold.default))
+        if (value := stated.get(name, stated.get(None))) is None:
+            cuts[name] = Cut(layer.threshold.default, layer.threshold.source)
+            continue
         _check_span(layer, value)
-        cuts[name] = value
+        cuts[name] = Cut(value, "the request's mask_threshold")
     return cuts
 
 

@@ -210,8 +210,10 @@ def test_a_cloud_score_plus_band_masks_its_clouds_at_the_cut_asked_for(server):
     body = post(server, "landcover", files, format="json").json()
     assert body["masked_pixels"] == {"total": 20 * width, "by_reason": {"Cloud Score+ clear likelihood below 0.6":
                                                                          20 * width}}, body
+    assert [i["masks"] for i in body["inputs"] if "masks" in i] == ["masked below 0.6 (Google's Cloud Score+ examples)"]
     body = post(server, "landcover", files, format="json", mask_threshold="0.5").json()
     assert body["masked_pixels"]["by_reason"] == {"Cloud Score+ clear likelihood below 0.5": 10 * width}
+    assert [i["masks"] for i in body["inputs"] if "masks" in i] == ["masked below 0.5 (the request's mask_threshold)"]
     refused = post(server, "landcover", files, mask_threshold="CLP:80")
     assert refused.status_code == 422 and "names CLP, which the request does not read; it reads CS_CDF" in \
         refused.json()["detail"], refused.text
