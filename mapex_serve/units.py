@@ -95,6 +95,12 @@ _SENTINEL_HUB_LAYER = re.compile(_SENTINEL_HUB + r"(?P<layer>.+?)\.tiff?$", re.I
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
 #: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
 _LANDSAT_LEVEL1 = re.compile(r"^L[COTEM]0\d_L1(?:TP|GT|GS)_", re.I)
+#: A Landsat Collection 2 Level-2 surface reflectance band's name, which no other product gives: USGS's file
+#: (``LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF``) and Earth Engine's band (``SR_B4`` of
+#: ``LANDSAT/LC09/C02/T1_L2``). Its integers are reflectance by the product's fixed scale and offset (USGS's Landsat
+#: 8-9 and 4-7 Collection 2 Level-2 Science Product Guides, Earth Engine's catalogue), which no tag of the file states.
+_LANDSAT_LEVEL2_SR = re.compile(r"SR_B\d+", re.I)
+_LANDSAT_LEVEL2_SCALE, _LANDSAT_LEVEL2_OFFSET = 0.0000275, -0.2
 _CONVERSION_WORDS = {"linear": "10·log10 (linear power -> dB)", "amplitude": "20·log10 (amplitude -> dB)",
                      "ft": "x 0.3048 (feet -> m)"}
 
@@ -311,10 +317,11 @@ def check_stated_units(overrides: UnitOverrides, canonical: Sequence[str]) -> No
 def conversion_for(
     src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
     overrides: UnitOverrides | None = None, landsat: bool = False, file_name: str | None = None,
-    snap: SnapBand | None = None, planet: PlanetProduct | None = None,
+    snap: SnapBand | None = None, planet: PlanetProduct | None = None, found: str | None = None,
 ) -> Conversion:
-    """How band ``index`` of ``src`` (identified as ``canonical``, in the file ``file_name``; ``snap``: what the
-    SNAP header of that file says of it; ``planet``: the Planet asset the file is) becomes physical values, and why."""
+    """How band ``index`` of ``src`` (identified as ``canonical`` by the name ``found``, in the file ``file_name``;
+    ``snap``: what the SNAP header of that file says of it; ``planet``: the Planet asset the file is) becomes physical
+    values, and why."""
     overrides = overrides or UnitOverrides()
     band = BANDS[canonical]
     if snap is not None and snap.log10_scaled:
@@ -364,6 +371,10 @@ def conversion_for(
         scale, offset = force_scale, 0.0
         steps.append(f"x {scale:g} + 0 (its FORCE metadata: Scale {1 / scale:g})")
         reflectance_by = "a FORCE reflectance file"
+    elif landsat and integers and _LANDSAT_LEVEL2_SR.fullmatch(found or ""):
+        scale, offset = _LANDSAT_LEVEL2_SCALE, _LANDSAT_LEVEL2_OFFSET
+        reflectance_by = f"{found}, a Landsat Collection 2 Level-2 surface reflectance band"
+        steps.append(f"x {scale:g} + {offset:g} ({reflectance_by}: the product's scale, as USGS's guides state)")
     elif reflectance_by and band.unit == "reflectance":
         scale, offset = 1e-4, 0.0
         steps.append(f"x {scale:g} + {offset:g} ({reflectance_by} holds reflectance x 10000)")

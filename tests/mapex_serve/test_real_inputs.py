@@ -257,11 +257,27 @@ def test_hls_l30_and_landsat_band_numbers_map_only_by_wavelength():
     assert b.identity.canonical == "B8A" and "bands= parameter (Landsat OLI band 5" in b.identity.rule
 
 
-def test_landsat_collection2_without_scale_says_which_scale():
-    """USGS Landsat Collection 2 Level-2 SR: uint16, reflectance = DN x 0.0000275 - 0.2, scale only in the MTL."""
+@pytest.mark.parametrize("name, descriptions, canonical", [
+    ("LC09_L2SP_191026_20220610_20220612_02_T1_SR_B4.TIF", None, "B04"),  # USGS's band file
+    ("LT05_L2SP_191026_19990610_20200907_02_T1_SR_B5.TIF", None, "B11"),
+    ("LC09_044034_20220111.SR_B4.tif", None, "B04"),  # Earth Engine's getDownloadURL member of LANDSAT/LC09/C02/T1_L2
+    ("LC09_044034_20220111.tif", ["SR_B4"], "B04"),  # its export of the image, bands described
+])
+def test_a_landsat_collection2_level2_band_is_read_in_its_products_scale(name, descriptions, canonical):
+    """USGS Landsat Collection 2 Level-2 SR: uint16, reflectance = DN x 0.0000275 - 0.2 for every band of every
+    sensor, stated only in the MTL (and Earth Engine's catalogue). A band named as only that product names them
+    (``SR_B4``) got a 422 asking for that very scale; its scale is the product's: it is read in it."""
     stored = RNG.integers(8000, 20000, (16, 16)).astype(np.uint16)
-    files = [UploadedFile("LC09_L2SP_191026_20220610_20220612_02_T1_SR_B4.TIF", tif(stored))]
-    with pytest.raises(ImplausibleValuesError, match=r"scale=0.0000275&offset=-0.2"):
+    scene, _, values, _ = read([UploadedFile(name, tif(stored, descriptions))], [canonical])
+    np.testing.assert_allclose(values[0], stored * 2.75e-5 - 0.2, atol=1e-6)
+    assert "a Landsat Collection 2 Level-2 surface reflectance band" in scene.band(canonical).conversion.steps[0]
+
+
+def test_a_landsat_file_that_does_not_say_its_product_is_told_which_scale():
+    """A Landsat file by its tags alone (a renamed export) could be Collection 2 Level-2 or HLS: the 422 names both."""
+    stored = RNG.integers(8000, 20000, (16, 16)).astype(np.uint16)
+    files = [UploadedFile("scene_B4.tif", tif(stored, tags={"SPACECRAFT_NAME": "LANDSAT_9", "SENSOR_ID": "OLI_TIRS"}))]
+    with pytest.raises(ImplausibleValuesError, match=r"scale=0.0000275&offset=-0.2, HLS L30 is scale=0.0001"):
         read(files, ["B04"])
     scene, _, values, _ = read(files, ["B04"], scale="0.0000275", offset="-0.2")
     assert "Landsat OLI band 4" in rule_of(scene, "B04")
