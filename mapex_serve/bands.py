@@ -15,6 +15,7 @@ from mapex_serve.errors import DuplicateBandError, UnknownBandError, UnknownModa
 
 __all__ = [
     "BANDS",
+    "MODIS_WAVELENGTHS_NM",
     "OLI_WAVELENGTHS_NM",
     "TM_ETM_WAVELENGTHS_NM",
     "PLAUSIBLE",
@@ -224,6 +225,11 @@ OLI_WAVELENGTHS_NM: dict[int, float] = {
 #: USGS Landsat 4-7 Collection 2 Level-2 Science Product Guide): their band 4 is near infrared (Sentinel-2 B08),
 #: 5 and 7 short-wave infrared, 6 thermal; read as OLI's or Sentinel-2's numbers they would be wrong bands.
 TM_ETM_WAVELENGTHS_NM: dict[int, float] = {1: 485.0, 2: 560.0, 3: 660.0, 4: 835.0, 5: 1650.0, 6: 11450.0, 7: 2220.0}
+#: MODIS land band number -> the middle of its range in nm (NASA's MODIS specifications; MOD09's ``sur_refl_b01`` ...
+#: ``b07``, MCD43A4's ``Nadir_Reflectance_Band1`` ... ``7``): band 1 is red, 2 near infrared, 3 blue, 4 green; read as
+#: Sentinel-2's numbers ``sur_refl_b02`` was blue and ``b03`` green. Band 1 (620-670 nm) is centred outside
+#: Sentinel-2 B04 (650-680 nm), band 5 (1240 nm) inside no band.
+MODIS_WAVELENGTHS_NM: dict[int, float] = {1: 645.0, 2: 858.5, 3: 469.0, 4: 555.0, 5: 1240.0, 6: 1640.0, 7: 2130.0}
 
 
 @dataclass(frozen=True)

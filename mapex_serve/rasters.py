@@ -35,6 +35,7 @@ from rasterio.io import DatasetReaderBase
 
 from mapex_serve.bands import (
     BANDS,
+    MODIS_WAVELENGTHS_NM,
     OLI_WAVELENGTHS_NM,
     TM_ETM_WAVELENGTHS_NM,
     ProductBand,
@@ -141,6 +142,10 @@ _STAC_COMMON = {"coastal", "blue", "green", "red", "rededge071", "rededge075", "
 _LANDSAT_NUMBER = re.compile(r"^(?:sr_|st_|toa_)?b0?(\d{1,2})$", re.I)
 #: Landsat Collection 2's own band names (USGS files, Earth Engine's ``SR_B4``): never a Sentinel-2 band.
 _LANDSAT_C2_NAME = re.compile(r"^(?:sr|st)_b\d{1,2}$", re.I)
+#: A MODIS surface reflectance band in a name: MOD09's layer (``sur_refl_b01``; ``sur_refl_b01_1`` in AppEEARS'
+#: ``MOD09GA.061_sur_refl_b01_1_doy2023245_aid0001.tif``; a description in Earth Engine's exports) or MCD43A4's
+#: ``Nadir_Reflectance_Band1``. Its word ``b01`` alone would name Sentinel-2's coastal band.
+_MODIS_BAND = re.compile(r"(?<![A-Za-z0-9])(?:sur_refl_b|Nadir_Reflectance_Band)(\d{1,2})(?![0-9])", re.I)
 _UNIT_WORDS = {"micrometers": 1000.0, "micrometer": 1000.0, "microns": 1000.0, "um": 1000.0, "µm": 1000.0,
                "nanometers": 1.0, "nanometer": 1.0, "nm": 1.0}
 
@@ -478,6 +483,9 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
     named: BandIdentity | None = None
     candidates = _file_names(src, index, filename, name_source, header_name)
     for name, where in candidates:
+        if (m := _MODIS_BAND.search(name)) and int(m.group(1)) in MODIS_WAVELENGTHS_NM:
+            found = _by_wavelength(MODIS_WAVELENGTHS_NM[int(m.group(1))], m.group(0))
+            return BandIdentity(m.group(0), f"MODIS band {int(m.group(1))} ({where}), {found.rule}", found.canonical)
         if landsat and (number := _landsat_number(name, landsat)) is not None:
             found = _by_wavelength(landsat.wavelengths_nm[number], name)
             return BandIdentity(name, f"Landsat {landsat.name} band {number} ({where}), {found.rule}", found.canonical)

@@ -273,6 +273,22 @@ def test_a_landsat_collection2_level2_band_is_read_in_its_products_scale(name, d
     assert "a Landsat Collection 2 Level-2 surface reflectance band" in scene.band(canonical).conversion.steps[0]
 
 
+@pytest.mark.parametrize("name, descriptions, expected", [
+    # Earth Engine's MODIS/061/MOD09GA exported with its bands described
+    ("modis.tif", [f"sur_refl_b0{i}" for i in range(1, 8)], [None, "B8A", "B02", "B03", None, "B11", "B12"]),
+    ("MOD09GA.061_sur_refl_b02_1_doy2023245_aid0001.tif", None, ["B8A"]),  # AppEEARS' GeoTIFF of one layer
+    ("MCD43A4.A2023245.h18v04.061.2023254030117.Nadir_Reflectance_Band7.tif", None, ["B12"]),
+])
+def test_modis_band_numbers_are_modis_wavelengths_not_sentinel2_numbers(name, descriptions, expected):
+    """MODIS numbers its bands its own way: band 1 red, 2 near infrared, 3 blue, 4 green. Read by their word ``b02``,
+    ``sur_refl_b02`` (near infrared) was Sentinel-2's blue and ``b03`` (blue) its green: an RGB specialist ran on
+    near infrared, blue and green, silently. Band 1 (645 nm) and 5 (1240 nm) lie in no Sentinel-2 band: unused."""
+    stored = RNG.integers(100, 4000, (len(expected), 16, 16)).astype(np.int16)
+    scene = RequestScene([UploadedFile(name, tif(stored, descriptions))])
+    assert [b.identity.canonical for b in scene.bands] == expected
+    assert all("MODIS band" in b.identity.rule for b in scene.bands)
+
+
 def test_a_landsat_file_that_does_not_say_its_product_is_told_which_scale():
     """A Landsat file by its tags alone (a renamed export) could be Collection 2 Level-2 or HLS: the 422 names both."""
     stored = RNG.integers(8000, 20000, (16, 16)).astype(np.uint16)
