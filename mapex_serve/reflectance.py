@@ -29,7 +29,7 @@ from mapex_serve.bands import BANDS
 from mapex_serve.errors import MapexError
 from mapex_serve.rasters import word_in_name
 from mapex_serve.scene_reader import InputBand
-from mapex_serve.units import SAFE_BAND_FILE
+from mapex_serve.units import SAFE_BAND_FILE, landsat_level1
 
 __all__ = ["Level", "LevelEvidence", "ReflectanceLevelError", "check_level", "level_of", "refusal"]
 
@@ -51,6 +51,8 @@ class LevelEvidence:
     level: Level
     #: What says so, for the message: ``its GDAL metadata PROCESSING_LEVEL=Level-1C``.
     because: str
+    #: The product to send instead, where it is not the Sentinel-2 product of the other level.
+    instead: str | None = None
 
 
 def level_of(file: str, path: str, tags: Mapping[str, str]) -> LevelEvidence | None:
@@ -78,9 +80,18 @@ def check_level(used: Sequence[InputBand], model_name: str, learned: Level) -> N
         if BANDS[b.identity.canonical].sensor != "S2" or id(b.dataset) in seen:
             continue
         seen.add(id(b.dataset))
-        evidence = level_of(b.file, b.dataset.name, b.dataset.tags())
+        evidence = level_of(b.file, b.dataset.name, b.dataset.tags()) or _landsat_level(b)
         if evidence is not None and evidence.level != learned:
             raise refusal(b.file, evidence, model_name, learned)
+
+
+def _landsat_level(b: InputBand) -> LevelEvidence | None:
+    """Earth Engine's Landsat TOA reflectance (``LANDSAT/LC08/C02/T1_TOA``, floats), said by its bands' names: read
+    as it asks (``units=reflectance``), it passed for surface reflectance."""
+    if not b.landsat or (level1 := landsat_level1(b.file, b.identity.found)) is None:
+        return None
+    return LevelEvidence("top-of-atmosphere", level1, instead="its Collection 2 Level-2 surface reflectance (in Earth "
+                                                             "Engine LANDSAT/LC09/C02/T1_L2's SR_B4 bands)")
 
 
 def refusal(file: str, evidence: LevelEvidence, model_name: str, learned: Level) -> ReflectanceLevelError:
@@ -88,9 +99,11 @@ def refusal(file: str, evidence: LevelEvidence, model_name: str, learned: Level)
     other = "Level-2A" if learned == "surface" else "Level-1C"
     convert = (" (the catalogues' sentinel-2-l2a collections, or sen2cor run on this product)"
                if learned == "surface" else "")
+    instead = evidence.instead or f"the scene's {other} product{convert}"
+    held = f"{evidence.level} reflectance" if evidence.instead else _NAMES[evidence.level]  # Sentinel-2's level names
     return ReflectanceLevelError(
-        f"{file} holds {_NAMES[evidence.level]}, by {evidence.because}, and {model_name} learned "
+        f"{file} holds {held}, by {evidence.because}, and {model_name} learned "
         f"{_NAMES[learned]}: the atmosphere changes every band's values, most the visible ones, and the model "
-        f"would answer as if nothing were wrong. Send the scene's {other} product{convert}, or add "
-        f"reflectance=as-is to run it on these values anyway"
+        f"would answer as if nothing were wrong. Send {instead}, or add reflectance=as-is to run it on these values "
+        f"anyway"
     )

@@ -13,6 +13,7 @@ and which parameter fixes it, instead of an answer in the wrong units.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "check_plausible",
     "check_stated_units",
     "conversion_for",
+    "landsat_level1",
     "parse_unit",
     "zero_is_nodata",
 ]
@@ -95,6 +97,10 @@ _SENTINEL_HUB_LAYER = re.compile(_SENTINEL_HUB + r"(?P<layer>.+?)\.tiff?$", re.I
 #: A Landsat Collection 2 Level-1 band file (``LC09_L1TP_044034_20220111_20220123_02_T1_B4.TIF``): digital numbers
 #: of top-of-atmosphere radiance, not the Level-2 surface reflectance whose scale the 422 for Landsat integers names.
 _LANDSAT_LEVEL1 = re.compile(r"^L[COTEM]0\d_L1(?:TP|GT|GS)_", re.I)
+#: Earth Engine names a Landsat image by its scene id (``LC08_044034_20220111``) in each of its collections, and the
+#: bands of its Level-1 and TOA ones ``B4``, of its Level-2 ones ``SR_B4``.
+_EE_LANDSAT_IMAGE = re.compile(r"^L[COTE]0\d_\d{6}_\d{8}(?![0-9])", re.I)
+_LEVEL1_BAND = re.compile(r"B\d{1,2}", re.I)
 #: A Landsat Collection 2 Level-2 surface reflectance band's name, which no other product gives: USGS's file
 #: (``LC09_L2SP_044034_20220111_20220113_02_T1_SR_B4.TIF``) and Earth Engine's band (``SR_B4`` of
 #: ``LANDSAT/LC09/C02/T1_L2``). Its integers are reflectance by the product's fixed scale and offset (USGS's Landsat
@@ -314,6 +320,18 @@ def check_stated_units(overrides: UnitOverrides, canonical: Sequence[str]) -> No
         raise UnitError(f"units={unit} fits none of the bands read ({bands}); accepted for them: {', '.join(accepted)}")
 
 
+def landsat_level1(file_name: str | None, found: str | None) -> str | None:
+    """What says a Landsat band (named ``found``, in ``file_name``) is of Collection 2 Level-1 (digital numbers, or
+    Earth Engine's top-of-atmosphere reflectance), not Level-2's surface reflectance; None where nothing does."""
+    base = os.path.basename(file_name or "")
+    if _LANDSAT_LEVEL1.match(base):
+        return "its name, a Level-1 product's (L1TP, L1GT, L1GS)"
+    if _EE_LANDSAT_IMAGE.match(base) and _LEVEL1_BAND.fullmatch((found or "").strip()):
+        return (f"its band's name {found.strip()}, as Earth Engine names the bands of Landsat's Level-1 and TOA "
+                f"collections (its Level-2 ones SR_{found.strip()})")
+    return None
+
+
 def conversion_for(
     src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
     overrides: UnitOverrides | None = None, landsat: bool = False, file_name: str | None = None,
@@ -421,13 +439,13 @@ def conversion_for(
 
     if scale is None:
         if unit == "reflectance" and unit_assumed:
-            if landsat and integers and _LANDSAT_LEVEL1.match(file_name or ""):
+            if landsat and integers and (level1 := landsat_level1(file_name, found)):
                 raise ImplausibleValuesError(
-                    f"{file_name}: a Landsat Collection 2 Level-1 band holds top-of-atmosphere digital numbers, and "
-                    f"Level-2's scale does not apply to them; the specialists take surface reflectance: send the "
-                    f"Level-2 product's band (L2SP, ..._SR_B4.TIF, or the whole L2SP .tar), or top-of-atmosphere "
-                    f"reflectance, scale= and offset= its MTL.txt's REFLECTANCE_MULT_BAND_n and REFLECTANCE_ADD_BAND_n "
-                    f"over sin(SUN_ELEVATION)")
+                    f"{file_name}: a Landsat Collection 2 Level-1 band holds top-of-atmosphere digital numbers (by "
+                    f"{level1}), and Level-2's scale does not apply to them; the specialists take surface reflectance: "
+                    f"send the Level-2 product's band (L2SP, ..._SR_B4.TIF, or the whole L2SP .tar; in Earth Engine "
+                    f"LANDSAT/LC09/C02/T1_L2's SR_B4), or top-of-atmosphere reflectance, scale= and offset= its "
+                    f"MTL.txt's REFLECTANCE_MULT_BAND_n and REFLECTANCE_ADD_BAND_n over sin(SUN_ELEVATION)")
             if landsat and integers:
                 raise ImplausibleValuesError(
                     f"{canonical}: a Landsat band stored as integers with no scale metadata; say how it is scaled: "

@@ -8,7 +8,7 @@ from rasterio.windows import Window
 
 from mapex_serve.inputs import RequestScene, UploadedFile
 from mapex_serve.reflectance import ReflectanceLevelError, level_of
-from mapex_serve.units import UnitOverrides
+from mapex_serve.units import ImplausibleValuesError, UnitOverrides
 
 SAFE_L2A = ("S2A_MSIL2A_20230914T100031_N0509_R122_T33UUP_20230914T130000.SAFE/GRANULE/L2A_T33UUP_A043000_"
             "20230914T100900/IMG_DATA/R10m/T33UUP_20230914T100031_B04_10m.jp2")
@@ -74,3 +74,33 @@ def test_a_model_of_top_of_atmosphere_reflectance_refuses_surface_reflectance(sw
     with pytest.raises(ReflectanceLevelError, match=r"learned top-of-atmosphere reflectance \(Level-1C\).*Send the "
                                                     r"scene's Level-1C product, or add reflectance=as-is"):
         read_for(toa, swir_file({"PRODUCT_TYPE": "S2MSI2A"}))
+
+
+def test_earth_engines_landsat_toa_is_top_of_atmosphere_and_its_level1_numbers_are_not_scaled(swir_manifest, to_geotiff):
+    """Earth Engine names a Landsat image by its scene id in every collection (``LC08_044034_20220111``) and its bands
+    ``B6`` in the Level-1 and TOA ones, ``SR_B6`` in the Level-2 ones. A TOA download (floats 0..1) got a 422 asking
+    for units=reflectance, which then ran it as surface reflectance; a Level-1 one (digital numbers) got a 422 naming
+    Level-2's scale, wrong for it. Both say what they hold now; the Level-2 bands are read in their scale."""
+    surface = swir_manifest.model_copy(update={"reflectance": "surface"})
+    rng = np.random.default_rng(1)
+
+    def files(kind, data):
+        return [UploadedFile(f"LC08_044034_20220111.{kind}{n}.tif", to_geotiff(data[i][None], [None]))
+                for i, n in enumerate((6, 7))]
+
+    def read(uploads, **overrides):
+        with RequestScene(uploads) as scene:
+            return scene.reader(["B11", "B12"], UnitOverrides.parse(**overrides), model=surface).read(
+                Window(0, 0, 32, 32))[0]
+
+    toa = files("B", rng.uniform(0.02, 0.4, (2, 32, 32)).astype(np.float32))
+    with pytest.raises(ReflectanceLevelError, match=r"holds top-of-atmosphere reflectance, by its band's name B6, as "
+                                                    r"Earth Engine names .* Send its Collection 2 Level-2 surface "
+                                                    r"reflectance \(in Earth Engine LANDSAT/LC09/C02/T1_L2's SR_B4"):
+        read(toa, units="reflectance")
+    read(toa, units="reflectance", reflectance="as-is")
+    with pytest.raises(ImplausibleValuesError, match=r"Level-1 band holds top-of-atmosphere digital numbers \(by its "
+                                                     r"band's name B6"):
+        read(files("B", rng.integers(7000, 30000, (2, 32, 32)).astype(np.uint16)), reflectance="as-is")
+    dn = rng.integers(8000, 20000, (2, 32, 32)).astype(np.uint16)
+    np.testing.assert_allclose(read(files("SR_B", dn)), dn * 2.75e-5 - 0.2, atol=1e-6)
