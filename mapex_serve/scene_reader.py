@@ -175,8 +175,8 @@ class SceneReader:
             whys = [*(layer.invalid_values or {}).values(), *(layer.invalid_bits or {}).values()]
             cut = None
             if layer.threshold is not None:
-                stated = (cuts or {}).get(layer.name)
-                cut = stated.value if stated else layer.threshold.default
+                given = (cuts or {}).get(layer.name)
+                cut = given.value if given else layer.threshold.default
                 whys.append(_past(layer, cut))
             codes = {}
             for why in whys:
