@@ -9,6 +9,8 @@ files sent alone state it in their names, all in UTC:
 - OPERA's (``OPERA_L2_RTC-S1_T069-147170-IW1_20231019T121502Z_...``) and HLS's (``HLS.S30.T33UUP.2023245T100031``,
   the day of the year), THEIA's MAJA Level-2A products (``SENTINEL2B_20230815-105856-123_L2A_T31TCJ_C_V3-1``);
 - Planet's scenes (``20230912_175450_00_2439_3B_...``, SkySat's ``20210913_211131_ssc15_...``);
+- Earth Engine's images, which name its downloads: Sentinel-2's (``20230912T100031_20230912T100345_T33UUP.B4.tif``)
+  and Landsat's (``LC09_044034_20220111.SR_B4.tif``, the day only);
 - Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``), DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
   FORCE's (``20230815_LEVEL2_SEN2A_BOA.tif``) and sen2r's (``S2A2A_20190723_022_Barbellino_BOA_10.tif``), which
   name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
@@ -39,6 +41,9 @@ _NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])S[12][A-D]_(?:[A-Z0-9]+_)*?(?P<t>\d{8}T\d{6})(?![0-9])"), "%Y%m%dT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])T\d{2}[A-Z]{3}_(?P<t>\d{8}T\d{6})_"), "%Y%m%dT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])OPERA_L\d_[\w.-]*?_(?P<t>\d{8}T\d{6})Z_"), "%Y%m%dT%H%M%S"),
+    # Earth Engine's Sentinel-2 image (``20230912T100031_20230912T100345_T33UUP``: the product's sensing time, the
+    # granule's, the tile), which names its downloads (``<id>.B4.tif``)
+    (re.compile(r"(?<![A-Za-z0-9])(?P<t>\d{8}T\d{6})_\d{8}T\d{6}_T\d{2}[A-Z]{3}(?![A-Za-z0-9])"), "%Y%m%dT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])SENTINEL2[A-D]_(?P<t>\d{8}-\d{6})-\d{3}_L2A_"), "%Y%m%d-%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])HLS\.[SL]30\.T\d{2}[A-Z]{3}\.(?P<t>\d{7}T\d{6})\."), "%Y%jT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9_])(?P<t>\d{8}_\d{6})_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+)"),
@@ -47,6 +52,7 @@ _NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
 #: The same for names that give the day only.
 _DAY_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])L[COTE]0\d_L\w{3}_\d{6}_(?P<t>\d{8})_\d{8}_\d{2}_(?:T1|T2|RT)"), "%Y%m%d"),
+    (re.compile(r"(?<![A-Za-z0-9])L[COTE]0\d_\d{6}_(?P<t>\d{8})(?![0-9])"), "%Y%m%d"),  # Earth Engine's Landsat image
     (re.compile(r"(?<![A-Za-z0-9])ga_[\w-]+?_(?P<t>\d{4}-\d{2}-\d{2})_(?:final|interim|nrt)"), "%Y-%m-%d"),
     (re.compile(r"(?<![A-Za-z0-9])(?P<t>\d{8})_LEVEL2_(?:SEN2[A-D]|LND0\d)_"), "%Y%m%d"),  # FORCE
     (re.compile(r"(?<![A-Za-z0-9])S2[A-D](?:1C|2A)_(?P<t>\d{8})_\d{3}_"), "%Y%m%d"),  # sen2r
