@@ -50,7 +50,8 @@ class JobRequest(BaseModel):
     bbox: str | None = Field(None, description="the part of the scene to read: west,south,east,north in degrees "
                                                "(WGS84), e.g. 10.10,45.20,10.30,45.35; only its blocks are fetched")
     mask_threshold: str | None = Field(None, description="where a cloud probability or clear score layer masks, in its "
-                                       "own values: 0.5 for the scene's one such layer, or per layer (cs_cdf:0.5,CLP:80)")
+                                       "own values: 0.5 (a number or a text) for the scene's one such layer, or per "
+                                       "layer: cs_cdf:0.5,CLP:80")
     probabilities: bool = Field(False, description="also write per-class probabilities (uint8, scale 1/254)")
     geojson: bool = Field(True, description="also vectorise the mask's classes to GeoJSON polygons (WGS84)")
     geojson_classes: list[str] | None = Field(None, description="classes to vectorise (default: the positive class "
@@ -60,10 +61,14 @@ class JobRequest(BaseModel):
     notify: str | None = Field(None, description="an http(s) URL the service POSTs the job's status to when it ends "
                                "(done, failed or cancelled), its result URLs absolute")
 
-    @field_validator("mask_threshold")
+    @field_validator("mask_threshold", mode="before")
     @classmethod
-    def _readable_threshold(cls, text: str | None) -> str | None:
-        parse_mask_threshold(text)  # refused at submission, not when the job runs
+    def _readable_threshold(cls, given: object) -> object:
+        """A number as JSON writes one (``"mask_threshold": 0.5``) is that number's text; a text that names no
+        layer or is no number is refused at submission, not when the job runs."""
+        text = str(given) if isinstance(given, int | float) and not isinstance(given, bool) else given
+        if isinstance(text, str):
+            parse_mask_threshold(text)
         return text
 
     @model_validator(mode="after")

@@ -180,8 +180,10 @@ def test_a_jobs_mask_threshold_moves_the_cut_of_its_cloud_score(tmp_path, swir_m
     for name, data in (("download.B11.tif", dn[0]), ("download.B12.tif", dn[1]), ("download.cs_cdf.tif", cs_cdf)):
         write_band(tmp_path / name, data)
     sources = ResolvedSources([SourceFile(p.name, str(p)) for p in sorted(tmp_path.glob("download.*.tif"))])
+    below_05 = {"Cloud Score+ clear likelihood below 0.5": 8 * 64}
     for request, masked in ((JobRequest(), {"Cloud Score+ clear likelihood below 0.6": 12 * 64}),
-                            (JobRequest(mask_threshold="cs_cdf:0.5"), {"Cloud Score+ clear likelihood below 0.5": 8 * 64})):
+                            (JobRequest(mask_threshold="cs_cdf:0.5"), below_05),
+                            (JobRequest.model_validate_json('{"mask_threshold": 0.5}'), below_05)):  # a JSON number
         scene, _, reader = opened_scene(request, sources, [swir_manifest], 10**9)
         with scene:
             reader.read(Window(0, 0, 64, 64))
