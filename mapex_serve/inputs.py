@@ -784,7 +784,7 @@ class RequestScene:
         if model is not None:
             grid, ground = fit_to_model(grid, model.name, model.pixel_size_m, overrides.pixel_size)
             if model.reflectance is not None and overrides.reflectance is None:
-                check_level(used, model.name, model.reflectance)
+                check_level(used, model.name, model.reflectance, self.bands)
             if model.backscatter is not None and overrides.backscatter is None:
                 check_backscatter(used, model.name, model.backscatter, converted)
         if max_pixels is not None and grid.width * grid.height > max_pixels:

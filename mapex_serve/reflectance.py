@@ -15,12 +15,16 @@ wrong unit. A file is refused (422) when what it says of its level is not the mo
   ``L1C_T33UUP_...``), a catalogue's bucket or path (Earth Search's ``sentinel-s2-l1c``, the Copernicus Data
   Space's ``Sentinel-2/MSI/L1C/...``), an export named for it (``s2_l2a_2023.tif``).
 
-A file that says none of these (Earth Engine's downloads say nothing of ``COPERNICUS/S2_HARMONIZED`` against
-``S2_SR_HARMONIZED``) is taken as what the model learned.
+Where no file says, the request's bands may: the cirrus band B10, which only Level-1C keeps (and HLS), or the
+scene classification SCL, which only Level-2A has (``bands_say``): an export of every band of Earth Engine's
+``COPERNICUS/S2_HARMONIZED`` says so by its B10. A request that says none of these is taken as what the model
+learned.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -31,7 +35,7 @@ from mapex_serve.rasters import word_in_name
 from mapex_serve.scene_reader import InputBand
 from mapex_serve.units import SAFE_BAND_FILE, landsat_level1
 
-__all__ = ["Level", "LevelEvidence", "ReflectanceLevelError", "check_level", "level_of", "refusal"]
+__all__ = ["Level", "LevelEvidence", "ReflectanceLevelError", "bands_say", "check_level", "level_of", "refusal"]
 
 Level = Literal["surface", "top-of-atmosphere"]
 
@@ -39,6 +43,8 @@ _PRODUCT = {"Level-1C": "top-of-atmosphere", "S2MSI1C": "top-of-atmosphere",
             "Level-2A": "surface", "S2MSI2A": "surface"}
 _WORDS: dict[str, Level] = {"l1c": "top-of-atmosphere", "msil1c": "top-of-atmosphere", "toa": "top-of-atmosphere",
                             "l2a": "surface", "msil2a": "surface", "boa": "surface"}  # FORCE's TOA and BOA too
+#: HLS keeps the cirrus band in its surface reflectance (``HLS.S30.<...>.B10.tif``, ``HLS.L30.<...>.B09.tif``).
+_HLS = re.compile(r"^HLS\.[SL]30\.", re.I)
 _NAMES = {"top-of-atmosphere": "top-of-atmosphere reflectance (Level-1C)", "surface": "surface reflectance (Level-2A)"}
 
 
@@ -72,17 +78,38 @@ def level_of(file: str, path: str, tags: Mapping[str, str]) -> LevelEvidence | N
     return None
 
 
-def check_level(used: Sequence[InputBand], model_name: str, learned: Level) -> None:
+def check_level(used: Sequence[InputBand], model_name: str, learned: Level, scene: Sequence[InputBand] = ()) -> None:
     """A ``ReflectanceLevelError`` for the first Sentinel-2 file among ``used`` bands' that says it holds the other
-    reflectance than the model learned."""
+    reflectance than the model learned; where none says, for a request whose other bands (``scene``: all of them)
+    say it (``bands_say``)."""
     seen: set[int] = set()
+    said = False
     for b in used:
         if BANDS[b.identity.canonical].sensor != "S2" or id(b.dataset) in seen:
             continue
         seen.add(id(b.dataset))
         evidence = level_of(b.file, b.dataset.name, b.dataset.tags()) or _landsat_level(b)
+        said = said or evidence is not None
         if evidence is not None and evidence.level != learned:
             raise refusal(b.file, evidence, model_name, learned)
+    if not said and used and (evidence := bands_say(scene)) is not None and evidence.level != learned:
+        raise refusal(used[0].file, evidence, model_name, learned)
+
+
+def bands_say(scene: Sequence[InputBand]) -> LevelEvidence | None:
+    """The level a request's bands say by which of them it holds, where no file states one: the cirrus band B10
+    (1375 nm), which no surface reflectance product keeps but HLS (Sen2Cor, MAJA, FORCE, sen2r and Earth Engine's,
+    Sentinel Hub's and the catalogues' Level-2A drop it), or Sen2Cor's scene classification (SCL), which only a
+    Level-2A product has. An export of all of Earth Engine's ``COPERNICUS/S2_HARMONIZED`` bands (EuroSAT's way) says
+    nothing else of being Level-1C."""
+    for b in scene:
+        if b.identity.canonical == "B10" and not _HLS.match(os.path.basename(b.file)):
+            return LevelEvidence("top-of-atmosphere", f"its band {b.identity.found or 'B10'} ({b.file}: cirrus, "
+                                                      f"1375 nm), which Level-2A products do not keep")
+    for b in scene:
+        if b.identity.quality == "SCL":
+            return LevelEvidence("surface", f"its scene classification ({b.file}), which only Level-2A products have")
+    return None
 
 
 def _landsat_level(b: InputBand) -> LevelEvidence | None:

@@ -104,3 +104,32 @@ def test_earth_engines_landsat_toa_is_top_of_atmosphere_and_its_level1_numbers_a
         read(files("B", rng.integers(7000, 30000, (2, 32, 32)).astype(np.uint16)), reflectance="as-is")
     dn = rng.integers(8000, 20000, (2, 32, 32)).astype(np.uint16)
     np.testing.assert_allclose(read(files("SR_B", dn)), dn * 2.75e-5 - 0.2, atol=1e-6)
+
+
+def test_a_request_whose_files_say_no_level_is_told_by_its_bands(swir_manifest, to_geotiff):
+    """Earth Engine's downloads say nothing of their collection: an export of every band of COPERNICUS/S2_HARMONIZED
+    (Level-1C, EuroSAT's way) ran as surface reflectance. Its cirrus band B10 says Level-1C (every Level-2A product
+    drops it; HLS keeps it), a scene classification says Level-2A; a file that states its level wins."""
+    surface = swir_manifest.model_copy(update={"reflectance": "surface"})
+    toa = swir_manifest.model_copy(update={"reflectance": "top-of-atmosphere"})
+    dn = np.random.default_rng(2).integers(500, 3000, (3, 32, 32)).astype(np.uint16)
+
+    def read(model, names, files=None):
+        uploads = files or [UploadedFile(f"download.{n}.tif", to_geotiff(dn[i][None], [None])) for i, n in
+                            enumerate(names)]
+        with RequestScene(uploads) as scene:
+            return scene.reader(["B11", "B12"], UnitOverrides(), model=model).read(Window(0, 0, 32, 32))[0]
+
+    with pytest.raises(ReflectanceLevelError, match=r"holds top-of-atmosphere reflectance \(Level-1C\), by its band "
+                                                    r"B10 \(download.B10.tif: cirrus, 1375 nm\)"):
+        read(surface, ["B11", "B12", "B10"])
+    read(toa, ["B11", "B12", "B10"])
+    with pytest.raises(ReflectanceLevelError, match=r"by its scene classification \(download.SCL.tif\)"):
+        read(toa, ["B11", "B12", "SCL"])
+    read(surface, ["B11", "B12", "SCL"])
+    hls = [UploadedFile(f"HLS.S30.T33UUP.2023245T100031.v2.0.{n}.tif", to_geotiff(dn[i][None], [None]))
+           for i, n in enumerate(["B11", "B12", "B10"])]
+    read(surface, [], hls)  # HLS keeps the cirrus band in its surface reflectance
+    stated = [UploadedFile("s2_swir.tif", to_geotiff(dn[:2], ["B11", "B12"], tags={"PROCESSING_LEVEL": "Level-2A"})),
+              UploadedFile("download.B10.tif", to_geotiff(dn[2][None], [None]))]
+    read(surface, [], stated)  # the file that says its level wins
