@@ -369,13 +369,14 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
         QualityLayer("CLP", "Sentinel Hub cloud probability (s2cloudless)",
                      threshold=Threshold(102, "above", (0.0, 255.0), "s2cloudless's threshold 0.4", integral=True)),
         # Sen2Cor's cloud confidence, 0-100 %: a SAFE's QI_DATA/MSK_CLDPRB_20m.jp2, the MSK_CLDPRB band of Earth Engine's
-        # COPERNICUS/S2_SR_HARMONIZED, Sentinel Hub's L2A band CLD.
-        # Earth Engine's COPERNICUS/S2_CLOUD_PROBABILITY (s2cloudless, 0-100 %) band, as its tutorial adds it to an
-        # image, cut there at 50 %.
+        # COPERNICUS/S2_SR_HARMONIZED, Sentinel Hub's L2A band CLD; cut at half, as Earth Engine's tutorial cuts its
+        # s2cloudless probabilities.
         QualityLayer("MSK_CLDPRB", "Sentinel-2 L2A cloud probability (Sen2Cor, %)",
                      ("cldprb", "msk_cldprb_20m", "msk_cldprb_60m", "cld"),
                      threshold=Threshold(50, "above", (0.0, 100.0), "the 50 % of Earth Engine's cloud masking tutorial",
                                          integral=True)),
+        # Earth Engine's COPERNICUS/S2_CLOUD_PROBABILITY (s2cloudless, 0-100 %) band, as its tutorial adds it to an
+        # image (``probability``), cut there at 50 %.
         QualityLayer("S2CLOUDLESS_PROBABILITY", "Earth Engine's Sentinel-2 cloud probability (s2cloudless, %)",
                      ("probability", "s2_cloud_probability"),
                      threshold=Threshold(50, "above", (0.0, 100.0), "Earth Engine's s2cloudless tutorial", integral=True)),
