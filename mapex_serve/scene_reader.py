@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReaderBase
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from mapex_serve.bands import QUALITY_LAYERS, QualityLayer
+from mapex_serve.bands import BANDS, QUALITY_LAYERS, QualityLayer
 from mapex_serve.dimap import SnapBand
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.rasters import BandIdentity
@@ -38,10 +38,11 @@ __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
 
 VALID = 0
 _ALL_ROWS = 2**62  # rows past any file's: every row
-_NODATA, _NOT_FINITE, _UNDEFINED, _NO_FACTOR = 1, 2, 3, 4
+_NODATA, _NOT_FINITE, _UNDEFINED, _NO_FACTOR, _ZERO_FILL = 1, 2, 3, 4, 5
 _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
                  _UNDEFINED: "no dB value (linear power <= 0)",
-                 _NO_FACTOR: "no gamma0 to sigma0 factor (its nodata, or <= 0)"}
+                 _NO_FACTOR: "no gamma0 to sigma0 factor (its nodata, or <= 0)",
+                 _ZERO_FILL: "0 in every band: a fill (Earth Engine's masked pixels)"}
 
 
 @dataclass
@@ -168,6 +169,9 @@ class SceneReader:
         self._quality_sources = self._group(quality, Resampling.nearest, stack)
         self._factor_sources = self._group([sigma0_factor], Resampling.bilinear, stack) if sigma0_factor else []
         self._to_sigma0 = [i for i, b in enumerate(self.bands) if any(b is c for c in to_sigma0)]
+        filled = [i for i, b in enumerate(self.bands) if _zero_may_be_fill(b)]
+        #: Bands whose 0, in every one of them at once, is a fill (two at least: one band's 0 may be real).
+        self._zero_fill = filled if len(filled) >= 2 else []
         self.reasons_text: dict[int, str] = dict(_BASE_REASONS)
         self._rules: list[tuple[QualityLayer, dict[str, int], float | None]] = []
         for b in quality:
@@ -257,6 +261,8 @@ class SceneReader:
         physical = np.empty((len(self.bands), h, w), np.float32)
         reasons = np.zeros((h, w), np.uint8)
         stored, inside = self._stored_of(window)
+        if self._zero_fill:
+            _mark(reasons, np.logical_and.reduce([stored[i] == 0 for i in self._zero_fill]), _ZERO_FILL)
         for i, b in enumerate(self.bands):
             physical[i] = b.conversion.apply(stored[i])
             _mark(reasons, ~inside[i], _NODATA)
@@ -365,6 +371,18 @@ class SceneReader:
             for k, i in enumerate(at):
                 parts[k].append(values[i][inside[i] & np.isfinite(values[i])])
         return [(self.quality[i], np.concatenate(chunks)) for i, chunks in zip(at, parts, strict=True)]
+
+
+def _zero_may_be_fill(b: InputBand) -> bool:
+    """Whether ``b`` is a float band of reflectance or dB that declares no nodata and has no mask: where every such
+    band of a scene holds exactly 0, the pixel is a fill, not a surface. Earth Engine exports masked pixels (the
+    clouds a user masked, Sentinel-1's masked swath edges) as 0 unless told a noData; as reflectance they would be
+    black ground, as dB bright radar returns, in all bands at once, which no surface gives. (Integer reflectance's
+    0 is no data band by band: ``units.zero_is_nodata``.)"""
+    i = b.index - 1
+    return (BANDS[b.identity.canonical].unit in ("reflectance", "dB") and np.dtype(b.dataset.dtypes[i]).kind == "f"
+            and b.nodata is None and b.dataset.nodatavals[i] is None
+            and MaskFlags.all_valid in b.dataset.mask_flag_enums[i])
 
 
 def _past(layer: QualityLayer, cut: float) -> str:

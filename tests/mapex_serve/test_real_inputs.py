@@ -1858,6 +1858,29 @@ def test_sentinel_hubs_clm_masks_clouds_and_its_no_data():
     assert reader.masked() == {"CLM cloud": 16, "CLM no data": 16}
 
 
+def test_a_pixel_at_0_in_every_float_band_is_a_fill_not_black_ground_or_a_bright_radar_return():
+    """Earth Engine exports masked pixels as 0 unless told a noData: the clouds a user masked before a float export
+    were read as black ground (reflectance 0 in every band), Sentinel-1's masked swath edges as 0 dB, the brightest
+    of returns, in both polarisations. Where every float band of reflectance or dB is exactly 0, the pixel is a
+    fill; a 0 in one band alone is a value (a dark pixel clipped to 0), and a file declaring its nodata is left to
+    it."""
+    refl = RNG.uniform(0.02, 0.4, (2, 16, 16)).astype(np.float32)
+    refl[:, :3] = 0  # masked before the export
+    refl[0, 5] = 0  # one band's dark pixels only
+    _, reader, values, reasons = read(tif(refl, ["B11", "B12"]), ["B11", "B12"], units="reflectance")
+    assert reader.masked() == {"0 in every band: a fill (Earth Engine's masked pixels)": 3 * 16}
+    assert (reasons[:3] != 0).all() and (reasons[3:] == 0).all()
+    db = RNG.uniform(-25, -5, (2, 16, 16)).astype(np.float32)
+    db[:, :, :2] = 0  # the masked swath edge
+    _, reader, _, reasons = read(tif(db, ["VV", "VH"]), ["VV", "VH"])
+    assert reader.masked() == {"0 in every band: a fill (Earth Engine's masked pixels)": 16 * 2}
+    _, reader, _, _ = read(tif(refl, ["B11", "B12"], nodata=-9999.0), ["B11", "B12"], units="reflectance")
+    assert reader.masked() == {}  # its nodata says what is missing: its zeros are values
+    dem = np.zeros((1, 16, 16), np.float32)  # sea level is 0 m: a DEM's 0 is never a fill by this rule
+    _, reader, _, _ = read(tif(np.concatenate([db, dem]), ["VV", "VH", "DEM"]), ["VV", "VH", "DEM"])
+    assert reader.masked() == {"0 in every band: a fill (Earth Engine's masked pixels)": 16 * 2}
+
+
 # --- cloud probabilities and clear scores, masked past a threshold ---------------------------------
 
 
