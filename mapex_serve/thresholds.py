@@ -3,60 +3,36 @@
 Cloud probabilities and clear scores (Google's Cloud Score+, s2cloudless, Sen2Cor's cloud confidence) come without a
 cut: their producers suggest one (``bands.Threshold``) and tell users to tune it, since thin clouds, haze and bright
 ground stay or go with it. The cut is given as their documentation writes it (Cloud Score+ 0.6, Sentinel Hub's CLP
-102 of 255, a percentage), for the one such layer a request reads or per layer (``cs_cdf:0.5,CLP:80``).
+102 of 255, a percentage), for the one such layer a request reads or per layer (``cs_cdf:0.5,CLP:80``), parsed
+with the other per-band values (``units.parse_mask_threshold``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from mapex_serve.bands import QUALITY_LAYERS, QualityLayer, quality_layer
+from mapex_serve.bands import QUALITY_LAYERS, QualityLayer
 from mapex_serve.errors import MapexError
 
-__all__ = ["Cut", "MaskThresholdError", "check_layer_values", "cuts_for", "parse_mask_threshold"]
+__all__ = ["Cut", "MaskThresholdError", "check_cut", "check_layer_values", "cuts_for", "layers_text"]
 
 
 class MaskThresholdError(MapexError, ValueError):
     """A ``mask_threshold=`` that names no continuous quality layer, lies outside its values, or fits none read."""
 
 
-def _layers_text() -> str:
+def layers_text() -> str:
+    """The continuous layers, their values and default cuts, for a message."""
     return ", ".join(f"{q.name} ({q.threshold.span[0]:g}-{q.threshold.span[1]:g}, {q.threshold.invalid} "
                      f"{q.threshold.default:g} masked by default)"
                      for q in QUALITY_LAYERS.values() if q.threshold is not None)
 
 
-def parse_mask_threshold(text: str | None) -> dict[str | None, float]:
-    """``0.5`` (the request's one continuous layer) or ``cs_cdf:0.5,CLP:80`` as ``{None: 0.5}`` or
-    ``{"CS_CDF": 0.5, "CLP": 80}``."""
-    if not text:
-        return {}
-    out: dict[str | None, float] = {}
-    for part in text.split(","):
-        name, sep, value_text = part.strip().rpartition(":")
-        layer = None
-        if sep:
-            layer = quality_layer(name)
-            if layer is None or layer.threshold is None:
-                raise MaskThresholdError(f"mask_threshold={text}: {name!r} is no cloud probability or clear score "
-                                         f"layer; accepted: {_layers_text()}")
-        try:
-            value = float(value_text)
-        except ValueError:
-            raise MaskThresholdError(f"mask_threshold={text}: {value_text!r} is not a number") from None
-        if not math.isfinite(value):
-            raise MaskThresholdError(f"mask_threshold={text}: {value_text!r} is not a finite number")
-        if layer is not None:
-            _check_span(layer, value)
-        out[layer.name if layer else None] = value
-    return out
-
-
-def _check_span(layer: QualityLayer, value: float) -> None:
+def check_cut(layer: QualityLayer, value: float) -> None:
+    """A cut given for ``layer`` against the values it holds."""
     low, high = layer.threshold.span
     if not low <= value <= high:
         raise MaskThresholdError(f"mask_threshold {value:g} for {layer.name}: its values run {low:g}-{high:g} "
@@ -86,7 +62,7 @@ def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[
         raise MaskThresholdError(f"mask_threshold={stated[None]:g} needs the request to read one cloud probability "
                                  f"or clear score layer, to know whose values it is in; it reads {held}: name the "
                                  f"layer (mask_threshold=LAYER:VALUE)" + ("" if continuous else
-                                                                          f"; such layers: {_layers_text()}"))
+                                                                          f"; such layers: {layers_text()}"))
     if missing := [n for n in stated if n is not None and n not in continuous]:
         raise MaskThresholdError(f"mask_threshold names {', '.join(missing)}, which the request does not read; it "
                                  f"reads {', '.join(continuous) or 'no cloud probability or clear score layer'}")
@@ -96,7 +72,7 @@ def cuts_for(layers: Iterable[str], stated: Mapping[str | None, float]) -> dict[
         if (value := stated.get(name, stated.get(None))) is None:
             cuts[name] = Cut(layer.threshold.default, layer.threshold.source)
             continue
-        _check_span(layer, value)
+        check_cut(layer, value)
         cuts[name] = Cut(value, "the request's mask_threshold")
     return cuts
 

@@ -24,13 +24,13 @@ from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReaderBase
 
 from mapex_serve.aoi import Bbox, parse_bbox
-from mapex_serve.bands import BANDS, canonical_or_none
+from mapex_serve.bands import BANDS, QUALITY_LAYERS, canonical_or_none, quality_layer
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
 from mapex_serve.force import stated_scale as force_scale_of
 from mapex_serve.planet import PlanetProduct
 from mapex_serve.theia import is_reflectance_file as is_theia_band
-from mapex_serve.thresholds import parse_mask_threshold
+from mapex_serve.thresholds import MaskThresholdError, check_cut, layers_text
 
 __all__ = [
     "SAFE_BAND_FILE",
@@ -47,6 +47,7 @@ __all__ = [
     "check_stated_units",
     "conversion_for",
     "landsat_level1",
+    "parse_mask_threshold",
     "parse_unit",
     "zero_is_nodata",
 ]
@@ -180,18 +181,38 @@ def _float_value(text: str) -> float:
     return value
 
 
-def _per_band(text: str | None, what: str, value_of) -> dict:  # noqa: ANN001 - a parser callable
+def parse_mask_threshold(text: str | None) -> dict[str | None, float]:
+    """``mask_threshold=0.5`` (the request's one cloud probability or clear score layer) or ``cs_cdf:0.5,CLP:80`` as
+    ``{None: 0.5}`` or ``{"CS_CDF": 0.5, "CLP": 80.0}`` (``mapex_serve.thresholds``)."""
+    stated = _per_band(text, "mask_threshold", _float_value, _layer_key)
+    for key, value in stated.items():
+        if key is not None:
+            check_cut(QUALITY_LAYERS[key], value)
+    return stated
+
+
+def _band_key(name: str, what: str, text: str) -> str:
+    if (key := canonical_or_none(name)) is None:
+        raise UnitError(f"{what}={text}: {name!r} is not a band name; use {what}=VALUE for every band or "
+                        f"{what}=BAND:VALUE,... (e.g. {what}=VV:{'linear' if what == 'units' else '1'})")
+    return key
+
+
+def _layer_key(name: str, what: str, text: str) -> str:
+    if (layer := quality_layer(name)) is None or layer.threshold is None:
+        raise MaskThresholdError(f"{what}={text}: {name!r} is no cloud probability or clear score layer; accepted: "
+                                 f"{layers_text()}")
+    return layer.name
+
+
+def _per_band(text: str | None, what: str, value_of, key_of=_band_key) -> dict:  # noqa: ANN001 - parser callables
+    """``VALUE`` (key None: every band, or layer, it applies to) or ``KEY:VALUE,...``, each key named by ``key_of``."""
     if not text:
         return {}
     out: dict = {}
     for part in text.split(","):
-        name, sep, value = part.rpartition(":")
-        key = None
-        if sep:
-            key = canonical_or_none(name)
-            if key is None:
-                raise UnitError(f"{what}={text}: {name!r} is not a band name; use {what}=VALUE for every band or "
-                                f"{what}=BAND:VALUE,... (e.g. {what}=VV:{'linear' if what == 'units' else '1'})")
+        name, sep, value = part.strip().rpartition(":")
+        key = key_of(name, what, text) if sep else None
         try:
             out[key] = value_of(value.strip())
         except UnitError as e:

@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
-from mapex_serve.thresholds import parse_mask_threshold
-from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
+from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
 
 __all__ = ["JobError", "JobProgress", "JobRequest", "JobRequestError", "JobStatus"]
 

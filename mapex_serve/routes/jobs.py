@@ -33,8 +33,7 @@ from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
 from mapex_serve.state import ServiceState
-from mapex_serve.thresholds import parse_mask_threshold
-from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice
+from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
 from mapex_serve.upload import save_upload
 
 __all__ = ["JobConflictError", "JobExpiredError", "JobNotFoundError", "JobRequestError", "JobsDisabledError", "router"]

@@ -1930,18 +1930,19 @@ def test_sentinel_hubs_clp_and_sen2cors_cloud_probability_mask_above_their_produ
     assert (reasons[0] == 0).all()
 
 
-@pytest.mark.parametrize(("stated", "message"), [
-    ("0.5", r"needs the request to read one cloud probability or clear score layer.*reads CS_CDF, MSK_CLDPRB"),
-    ("SCL:0.5", r"'SCL' is no cloud probability or clear score layer; accepted: CS \(0-1, below 0.6"),
-    ("cs_cdf:6000", r"mask_threshold 6000 for CS_CDF: its values run 0-1"),
-    ("CLP:80", r"names CLP, which the request does not read; it reads CS_CDF, MSK_CLDPRB"),
-    ("cs_cdf:high", r"'high' is not a number"),
+@pytest.mark.parametrize(("stated", "error", "message"), [
+    ("0.5", MaskThresholdError,
+     r"needs the request to read one cloud probability or clear score layer.*reads CS_CDF, MSK_CLDPRB"),
+    ("SCL:0.5", MaskThresholdError, r"'SCL' is no cloud probability or clear score layer; accepted: CS \(0-1, below"),
+    ("cs_cdf:6000", MaskThresholdError, r"mask_threshold 6000 for CS_CDF: its values run 0-1"),
+    ("CLP:80", MaskThresholdError, r"names CLP, which the request does not read; it reads CS_CDF, MSK_CLDPRB"),
+    ("cs_cdf:high", UnitError, r"mask_threshold=cs_cdf:high: 'high' is not a number"),  # as scale=B04:high
 ])
-def test_a_mask_threshold_that_cannot_apply_is_a_422_naming_the_layers(stated, message):
+def test_a_mask_threshold_that_cannot_apply_is_a_422_naming_the_layers(stated, error, message):
     dn = RNG.integers(300, 4000, (16, 16)).astype(np.uint16)
     files = [UploadedFile("B11.tif", tif(dn)), UploadedFile("download.cs_cdf.tif", tif(_rows([0.9], np.float32))),
              UploadedFile("MSK_CLDPRB.tif", tif(_rows([10], np.uint8)))]
-    with pytest.raises(MaskThresholdError, match=message):
+    with pytest.raises(error, match=message):
         read(files, ["B11"], mask_threshold=stated)
 
 
