@@ -375,6 +375,10 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
                      ("cldprb", "msk_cldprb_20m", "msk_cldprb_60m", "cld"),
                      threshold=Threshold(50, "above", (0.0, 100.0), "the 50 % of Earth Engine's cloud masking tutorial",
                                          integral=True)),
+        # Digital Earth Australia's s2cloudless probability (its oa_s2cloudless_prob, 0-1 floats), cut at s2cloudless's 0.4.
+        QualityLayer("DEA_S2CLOUDLESS_PROB", "Digital Earth Australia s2cloudless probability",
+                     ("oa_s2cloudless_prob", "s2cloudless_prob"),
+                     threshold=Threshold(0.4, "above", (0.0, 1.0), "s2cloudless's threshold 0.4")),
         # Earth Engine's COPERNICUS/S2_CLOUD_PROBABILITY (s2cloudless, 0-100 %) band, as its tutorial adds it to an
         # image (``probability``), cut there at 50 %.
         QualityLayer("S2CLOUDLESS_PROBABILITY", "Earth Engine's Sentinel-2 cloud probability (s2cloudless, %)",

@@ -54,6 +54,8 @@ _LANDSAT_ONLY = {"nir", "swir_1", "panchromatic"}
 #: Quality layers (``mapex_serve.bands.QUALITY_LAYERS``) by measurement, alias and file-name form.
 _QUALITY = {"oa_fmask": "DEA_FMASK", "fmask": "DEA_FMASK", "oa_s2cloudless_mask": "DEA_S2CLOUDLESS",
             "s2cloudless_mask": "DEA_S2CLOUDLESS", "s2cloudless-mask": "DEA_S2CLOUDLESS",
+            "oa_s2cloudless_prob": "DEA_S2CLOUDLESS_PROB", "s2cloudless_prob": "DEA_S2CLOUDLESS_PROB",
+            "s2cloudless-prob": "DEA_S2CLOUDLESS_PROB",
             **{f"{oa}{kind}{sep}contiguity": "DEA_CONTIGUITY" for oa in ("", "oa_") for kind in ("nbart", "nbar")
                for sep in "_-"}}
 

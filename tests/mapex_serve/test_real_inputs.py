@@ -1781,6 +1781,24 @@ def test_a_dea_sentinel2_export_reads_swir_2_as_b11_and_its_fmask_as_classes(nam
     assert reader.masked() == {"DEA Fmask cloud": 16, "DEA Fmask cloud shadow": 16}  # water and snow stay valid
 
 
+def test_a_dea_s2cloudless_probability_masks_above_s2cloudless_s_04():
+    """DEA's ARD carries s2cloudless's probability beside its mask (``oa_s2cloudless_prob``, 0-1): loaded with the
+    bands (dc.load(...).rio.to_raster(), one float type for all), it was an unknown band, left unused; its band file
+    (``..._final_s2cloudless-prob.tif``) the same. It masks above 0.4, or the request's cut."""
+    dn = RNG.integers(300, 4000, (2, 16, 16)).astype(np.float64)
+    prob = np.full((1, 16, 16), 0.05)
+    prob[0, :2], prob[0, 2] = 0.9, 0.4  # clouds; 0.4 itself is kept
+    data = np.concatenate([dn, prob])
+    _, reader, _, reasons = read(tif(data, ["nbart_swir_2", "nbart_swir_3", "oa_s2cloudless_prob"], nodata=-999.0),
+                                 ["B11", "B12"])
+    assert reader.masked() == {"Digital Earth Australia s2cloudless probability above 0.4": 32}
+    assert (reasons[2:] == 0).all()
+    files = [UploadedFile(f"{DEA_S2}_band11.tif", tif(dn[0].astype(np.int16), nodata=-999)),
+             UploadedFile(DEA_S2.replace("nbart", "oa") + "_s2cloudless-prob.tif", tif(prob.astype(np.float32)))]
+    _, reader, _, _ = read(files, ["B11"], mask_threshold="0.01")
+    assert reader.masked() == {"Digital Earth Australia s2cloudless probability above 0.01": 16 * 16}
+
+
 def test_dea_band_files_are_read_by_their_names_on_each_sensor():
     """eodatasets3 names DEA's band files after the sensor's band number (``..._final_band11.tif``, ``_8a.tif``):
     Sentinel-2's numbers on ga_s2*, Landsat's on ga_ls* (band05: 865 nm on Landsat 8, band04: 835 nm on Landsat 7)."""
