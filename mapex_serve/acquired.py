@@ -17,7 +17,7 @@ files sent alone state it in their names, all in UTC:
 
 SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
 (``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant (for
-two slices of one pass, the union of their spans). Other writers state it in GDAL metadata, which ``file_sensed``
+two slices of one pass, the union of their spans). Other writers state it in GDAL metadata, which ``raster_sensed``
 reads, so that a renamed file is still dated: OPERA RTC-S1's ``ZERO_DOPPLER_START_TIME`` and ``_END_TIME``, HLS's
 ``SENSING_TIME`` (one instant a datatake over the tile: ``DT; DT``, ``DT + DT``), GDAL's SENTINEL2 driver's
 ``PRODUCT_START_TIME`` and ``_STOP_TIME`` (kept by a ``gdal_translate`` of a SAFE).
@@ -34,7 +34,9 @@ from datetime import UTC, datetime, timedelta
 import rasterio
 from rasterio.errors import RasterioError
 
-__all__ = ["acquisition", "file_sensed", "stated_sensing"]
+from mapex_serve.dimap import remote_sensed
+
+__all__ = ["acquisition", "raster_sensed", "stated_sensing"]
 
 #: (pattern whose group ``t`` is the time, its strptime format); searched in each name's whole path.
 _NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -115,17 +117,21 @@ def stated_sensing(tags: Mapping[str, str]) -> tuple[datetime, datetime] | None:
     return None
 
 
-def file_sensed(path: str) -> tuple[datetime, datetime] | None:
-    """``stated_sensing`` of a GeoTIFF on the volume or by URL (a GDAL path: its header only, bounded to 10 s with no
-    retry, as it is read while a job is submitted); None for any other file, or one that cannot be read."""
+def raster_sensed(path: str) -> tuple[datetime, datetime] | None:
+    """When a GeoTIFF on the volume or by URL (a GDAL path) says it was sensed: ``stated_sensing`` of its metadata,
+    else, by URL, its SNAP header (``dimap.remote_sensed``; on the volume ``dimap.file_sensed`` maps it). Opened once,
+    its header only, bounded to 10 s with no retry, as it is read while a job is submitted; None for any other file,
+    or one that cannot be read."""
     # Cached by GDAL, a missing file's failure would come back from the job's own open as a bare "HTTP 404", not as
-    # its server's words (S3's "The specified key does not exist"), which the service's answer quotes.
+    # its server's words (S3's "The specified key does not exist"), which the service's answer quotes: the open is
+    # made with GDAL's curl cache off for its file system (and only the open: reads of the SNAP header need it).
+    bounded = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "0"}
     uncached = path[:path.index("/", 1) + 1] if path.startswith("/vsi") else ""
-    env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_TIMEOUT="10", GDAL_HTTP_MAX_RETRY="0",
-                       CPL_VSIL_CURL_NON_CACHED=uncached)
     try:
-        with env, rasterio.open(path, driver="GTiff") as tiff:
-            return stated_sensing(tiff.tags())
+        with rasterio.Env(**bounded, CPL_VSIL_CURL_NON_CACHED=uncached):
+            tiff = rasterio.open(path, driver="GTiff")
+        with rasterio.Env(**bounded), tiff:
+            return stated_sensing(tiff.tags()) or (remote_sensed(path, tiff) if path.startswith("/vsi") else None)
     except RasterioError:
         return None
 

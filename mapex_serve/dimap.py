@@ -147,11 +147,10 @@ def _opened(path: str) -> Iterator[DatasetReaderBase]:
         yield tiff
 
 
-def remote_sensed(path: str) -> tuple[datetime, datetime] | None:
-    """``header_sensed`` of a GeoTIFF SNAP wrote, read by URL (``remote_start``); None for any other file. Read while
-    a job is submitted, so bounded: 10 s, no retry (a server that does not answer leaves the job undated)."""
-    with rasterio.Env(GDAL_HTTP_TIMEOUT="10", GDAL_HTTP_MAX_RETRY="0"):
-        data = remote_start(path)
+def remote_sensed(path: str, tiff: DatasetReaderBase) -> tuple[datetime, datetime] | None:
+    """``header_sensed`` of a GeoTIFF SNAP wrote, read by URL (``remote_start``; ``tiff``: the file, open); None for
+    any other file."""
+    data = remote_start(path, tiff)
     header = None if data is None else _tiff_header(data)
     return None if header is None else header_sensed(header)
 

@@ -32,14 +32,13 @@ from urllib.parse import urljoin
 
 import numpy as np
 
-from mapex_serve.acquired import acquisition, file_sensed
+from mapex_serve.acquired import acquisition, raster_sensed
 from mapex_serve.archives import unpack_file
 from mapex_serve.batcher import BACKGROUND
 from mapex_serve.cores import service_cores
 from mapex_serve.decode.pool import DecodePool, DecodeUnavailableError, WorkerLostError, part_count, run_all
 from mapex_serve.decode.slab import SlabSpaceError
-from mapex_serve.dimap import file_sensed as snap_sensed
-from mapex_serve.dimap import remote_sensed
+from mapex_serve.dimap import file_sensed
 from mapex_serve.errors import MapexError
 from mapex_serve.inputs import SourceFile
 from mapex_serve.jobs.models import MAX_ITEMS, JobError, JobProgress, JobRequest, JobStatus
@@ -120,11 +119,10 @@ def _dated(sources: ResolvedSources, sensed: Iterable[tuple[datetime, datetime]]
     if sources.acquired is not None:
         return sources
     names = [f.path if f.remote else f.name for f in sources.files] + [url for url, _ in sources.fetch]
-    headers = [span for f in sources.files if not f.remote and (span := snap_sensed(Path(f.path))) is not None]
+    headers = [span for f in sources.files if not f.remote and (span := file_sensed(Path(f.path))) is not None]
     acquired = acquisition(names, [*headers, *sensed])
     if acquired is None:  # the files opened (by URL too) only when nothing else dates them
-        headers += [span for f in sources.files
-                    if (span := (remote_sensed(f.path) if f.remote else None) or file_sensed(f.path)) is not None]
+        headers += [span for f in sources.files if (span := raster_sensed(f.path)) is not None]
         acquired = acquisition(names, [*headers, *sensed])
     return replace(sources, acquired=acquired)
 
