@@ -12,7 +12,8 @@ files sent alone state it in their names, all in UTC:
 - Earth Engine's images, which name its downloads: Sentinel-2's (``20230912T100031_20230912T100345_T33UUP.B4.tif``)
   and Landsat's (``LC09_044034_20220111.SR_B4.tif``, the day only);
 - Landsat Collection 2 (``LC09_L2SP_044034_20220111_...``), DEA's (``ga_s2am_nbart_3-2-1_53JQJ_2020-10-31_final``),
-  FORCE's (``20230815_LEVEL2_SEN2A_BOA.tif``) and sen2r's (``S2A2A_20190723_022_Barbellino_BOA_10.tif``), which
+  FORCE's (``20230815_LEVEL2_SEN2A_BOA.tif``), sen2r's (``S2A2A_20190723_022_Barbellino_BOA_10.tif``) and THEIA's
+  L3A monthly syntheses (``SENTINEL2X_20230815-000000-000_L3A_T31TCJ_C_V2-0``, the day at their centre), which
   name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
 
 SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
@@ -58,6 +59,8 @@ _DAY_NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])ga_[\w-]+?_(?P<t>\d{4}-\d{2}-\d{2})_(?:final|interim|nrt)"), "%Y-%m-%d"),
     (re.compile(r"(?<![A-Za-z0-9])(?P<t>\d{8})_LEVEL2_(?:SEN2[A-D]|LND0\d)_"), "%Y%m%d"),  # FORCE
     (re.compile(r"(?<![A-Za-z0-9])S2[A-D](?:1C|2A)_(?P<t>\d{8})_\d{3}_"), "%Y%m%d"),  # sen2r
+    # THEIA's L3A monthly synthesis, by the day at its centre (the time its name gives, 000000, is no sensing time)
+    (re.compile(r"(?<![A-Za-z0-9])SENTINEL2[A-DX]_(?P<t>\d{8})-\d{6}-\d{3}_L3A_"), "%Y%m%d"),
 )
 _ONE_ACQUISITION = timedelta(hours=1)
 #: GDAL metadata items that state when the scene was sensed: (start, end), or one item of instants.

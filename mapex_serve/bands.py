@@ -351,6 +351,10 @@ QUALITY_LAYERS: dict[str, QualityLayer] = {
                      invalid_bits={0: "THEIA CLM cloud or cloud shadow", 4: "THEIA CLM thin cloud",
                                    7: "THEIA CLM high cloud"}),
         QualityLayer("THEIA_EDG", "THEIA MAJA edge mask", invalid_values={1: "THEIA EDG outside the image"}),
+        # THEIA's WASP L3A flags (a monthly synthesis's FLG): 0 no data, 1 cloud or shadow on every date; 2 snow,
+        # 3 water and 4 land are what the synthesis saw, and stay valid.
+        QualityLayer("THEIA_FLG", "THEIA WASP synthesis flags",
+                     invalid_values={0: "THEIA FLG no data", 1: "THEIA FLG cloud or shadow on every date"}),
         # FORCE's quality assurance information (mapex_serve.force): bit 0 no data, bits 1-2 the cloud state (1 buffered,
         # 2 opaque, 3 cirrus), bit 3 cloud shadow; snow, water and the other flags stay valid.
         QualityLayer("FORCE_QAI", "FORCE quality assurance bits", ("qai",),

@@ -42,7 +42,8 @@ Level = Literal["surface", "top-of-atmosphere"]
 _PRODUCT = {"Level-1C": "top-of-atmosphere", "S2MSI1C": "top-of-atmosphere",
             "Level-2A": "surface", "S2MSI2A": "surface"}
 _WORDS: dict[str, Level] = {"l1c": "top-of-atmosphere", "msil1c": "top-of-atmosphere", "toa": "top-of-atmosphere",
-                            "l2a": "surface", "msil2a": "surface", "boa": "surface"}  # FORCE's TOA and BOA too
+                            "l2a": "surface", "msil2a": "surface", "boa": "surface",  # FORCE's TOA and BOA too
+                            "l3a": "surface"}  # THEIA's syntheses of its L2A
 #: HLS keeps the cirrus band in its surface reflectance (``HLS.S30.<...>.B10.tif``, ``HLS.L30.<...>.B09.tif``).
 _HLS = re.compile(r"^HLS\.[SL]30\.", re.I)
 _NAMES = {"top-of-atmosphere": "top-of-atmosphere reflectance (Level-1C)", "surface": "surface reflectance (Level-2A)"}

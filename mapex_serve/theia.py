@@ -10,6 +10,14 @@ cloud shadows, 1 clouds except the thinnest, 2 and 3 the tests that found them, 
 shadows, 7 high clouds (1.38 um); and an edge mask (``..._EDG_R1.tif``, 1 outside the image). Beside them: aerosols
 and water vapour (``ATB``), saturation, geophysical and other masks, a quicklook, ``..._MTD_ALL.xml``.
 
+THEIA's Level-3A products (``SENTINEL2X_20230815-000000-000_L3A_T31TCJ_C_V2-0``, CNES's WASP processor) are
+monthly syntheses of those: a weighted average of the cloud-free flat reflectance of the weeks around the day the
+name gives (at 000000: no sensing time). Each band is one ``..._FRC_B4.tif`` (flat reflectance composite), int16,
+reflectance x 10000, -10000 where no date was clear; ``MASKS/`` has a flag layer a resolution (``..._FLG_R1.tif``,
+``_R2``): 0 no data, 1 cloud or shadow on every date, 2 snow, 3 water, 4 land (iota2 masks 0 and 1 so), beside the
+dates and weights averaged (``DTS``, ``WGT``). Read as other files are, they were refused: the -10000 of a band
+read as reflectance -1.
+
 Read as other files are, a THEIA product went wrong three ways: its CLM masks took Sentinel Hub's meaning under the
 same name (1 cloud, 0 clear), where a THEIA cloud is 1, 3, 35 ..., so most clouds stayed in; a zip gave each band
 twice (FRE and SRE) and was refused; and a band file declaring no no-data had its -10000 read as reflectance -1.
@@ -25,17 +33,22 @@ from pathlib import PurePosixPath
 
 from mapex_serve.bands import ProductBand, canonical_or_none
 
-__all__ = ["NODATA", "is_product_member", "is_reflectance_file", "nodata", "read_in_product", "theia_band"]
+__all__ = ["NODATA", "is_product_member", "is_reflectance_file", "nodata", "read_in_product", "reflectance_product",
+           "theia_band"]
 
 #: The reflectance outside the image.
 NODATA = -10000.0
-#: A product's name (Sentinel-2A to -2D; ``_C_`` complete or ``_D_`` degraded, and its format version).
-_PRODUCT = r"SENTINEL2[A-D]_\d{8}-\d{6}-\d{3}_L2A_T\d{2}[A-Z]{3}_[A-Z]_V\d+-\d+"
+#: A product's name (Sentinel-2A to -2D, X for a synthesis of several; its level; ``_C_`` complete or ``_D_``
+#: degraded, and its format version).
+_PRODUCT = r"SENTINEL2[A-DX]_\d{8}-\d{6}-\d{3}_(?P<level>L2A|L3A)_T\d{2}[A-Z]{3}_[A-Z]_V\d+-\d+"
 _PRODUCT_NAME = re.compile(rf"^{_PRODUCT}$", re.I)
-_FILE = re.compile(rf"^{_PRODUCT}_(?:(?P<kind>FRE|SRE)_(?P<band>B\d{{1,2}}A?)|(?P<mask>CLM|EDG)_R(?P<res>[12]))"
+_FILE = re.compile(rf"^{_PRODUCT}_(?:(?P<kind>FRE|SRE|FRC)_(?P<band>B\d{{1,2}}A?)|(?P<mask>CLM|EDG|FLG)_R(?P<res>[12]))"
                    rf"\.tiff?$", re.I)
-_KIND = {"FRE": "flat reflectance, corrected for slopes too", "SRE": "surface reflectance, without the slope correction"}
-_MASK = {"CLM": "THEIA_CLM", "EDG": "THEIA_EDG"}
+_KIND = {"FRE": "flat reflectance, corrected for slopes too", "SRE": "surface reflectance, without the slope correction",
+         "FRC": "flat reflectance composite, a monthly synthesis"}
+_MASK = {"CLM": "THEIA_CLM", "EDG": "THEIA_EDG", "FLG": "THEIA_FLG"}
+#: What a product reads of a band: its flat reflectance; and of its masks the 20 m one (as a SAFE's SCL).
+_READ = {"FRE", "FRC", "CLM", "FLG"}
 
 
 def theia_band(filename: str | None) -> ProductBand | None:
@@ -44,17 +57,25 @@ def theia_band(filename: str | None) -> ProductBand | None:
     name = os.path.basename(filename or "")
     if (m := _FILE.match(name)) is None:
         return None
+    level = m.group("level").upper()
     if m.group("mask"):
         mask = m.group("mask").upper()
-        return ProductBand(name, f"THEIA L2A {mask} mask at {10 * int(m.group('res'))} m (file name)",
+        return ProductBand(name, f"THEIA {level} {mask} mask at {10 * int(m.group('res'))} m (file name)",
                            quality=_MASK[mask])
     kind = m.group("kind").upper()
-    return ProductBand(name, f"THEIA L2A {kind} band file name ({_KIND[kind]})", canonical_or_none(m.group("band")))
+    return ProductBand(name, f"THEIA {level} {kind} band file name ({_KIND[kind]})", canonical_or_none(m.group("band")))
+
+
+def reflectance_product(filename: str | None) -> str | None:
+    """``THEIA L2A`` or ``THEIA L3A`` for a THEIA product's band file (reflectance x 10000: FRE, SRE, FRC); None for
+    any other file."""
+    m = _FILE.match(os.path.basename(filename or ""))
+    return f"THEIA {m.group('level').upper()}" if m and m.group("kind") and canonical_or_none(m.group("band")) else None
 
 
 def is_reflectance_file(filename: str | None) -> bool:
-    """Whether ``filename`` is a THEIA product's band file (reflectance x 10000, FRE or SRE)."""
-    return (found := theia_band(filename)) is not None and found.canonical is not None
+    """Whether ``filename`` is a THEIA product's band file (reflectance x 10000, FRE, SRE or FRC)."""
+    return reflectance_product(filename) is not None
 
 
 def nodata(filename: str | None, declared: float | None) -> float | None:
@@ -69,9 +90,10 @@ def is_product_member(path: str) -> bool:
 
 
 def read_in_product(path: str) -> bool:
-    """Whether a THEIA product's member is read: its FRE bands, and the cloud mask at 20 m, as a Sentinel-2 SAFE's
-    scene classification is (it never makes a 20 m scene's grid finer; the bands' -10000 marks the image's edge).
-    The SRE copies, the 10 m mask, aerosols, other masks, the quicklook and the metadata are left out."""
+    """Whether a THEIA product's member is read: its FRE (L2A) or FRC (L3A) bands, and its cloud mask (L2A) or flags
+    (L3A) at 20 m, as a Sentinel-2 SAFE's scene classification is (it never makes a 20 m scene's grid finer; the
+    bands' -10000 marks the image's edge). The SRE copies, the 10 m masks, aerosols, other masks, dates and weights,
+    the quicklook and the metadata are left out."""
     if (m := _FILE.match(PurePosixPath(path).name)) is None:
         return False
-    return (m.group("kind") or "").upper() == "FRE" or ((m.group("mask") or "").upper(), m.group("res")) == ("CLM", "2")
+    return (m.group("kind") or "").upper() in _READ or ((m.group("mask") or "").upper() in _READ and m.group("res") == "2")

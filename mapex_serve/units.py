@@ -29,7 +29,7 @@ from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
 from mapex_serve.force import stated_scale as force_scale_of
 from mapex_serve.planet import PlanetProduct
-from mapex_serve.theia import is_reflectance_file as is_theia_band
+from mapex_serve.theia import reflectance_product as theia_product
 from mapex_serve.thresholds import MaskThresholdError, check_cut, layers_text
 
 __all__ = [
@@ -388,7 +388,7 @@ def conversion_for(
     # What says a file holds reflectance where its GDAL metadata does not: its product's format (x 10000).
     integers = np.dtype(src.dtypes[index - 1]).kind in "iu"
     reflectance_by = (f"a {planet.what}" if planet is not None and planet.kind == "surface reflectance"
-                      else "a THEIA L2A band file" if integers and is_theia_band(file_name) else None)
+                      else f"a {theia} band file" if integers and (theia := theia_product(file_name)) else None)
 
     file_scale, file_offset = src.scales[index - 1], src.offsets[index - 1]
     tags = {k.lower(): v for k, v in src.tags(index).items()}

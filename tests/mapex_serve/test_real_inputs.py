@@ -1011,6 +1011,52 @@ def test_theia_files_sent_alone_keep_their_meaning():
     assert scene.quality_bands()[0].identity.quality == "THEIA_CLM"
 
 
+THEIA_L3A = "SENTINEL2X_20230815-000000-000_L3A_T31TCJ_C_V2-0"
+
+
+def test_a_theia_monthly_synthesis_reads_its_composite_and_masks_by_its_flags():
+    """THEIA's L3A product (WASP's monthly synthesis of MAJA's L2A): a band is one ``FRC`` file, int16 reflectance x
+    10000, -10000 where no date was clear; ``MASKS/`` holds flags at 10 and 20 m (0 no data, 1 cloud or shadow on
+    every date, 2 snow, 3 water, 4 land), dates and weights. It was refused (-10000 read as reflectance -1); now the
+    bands are read in the format's scale and the 20 m flags mask their 0 and 1, snow and water staying valid."""
+    frc = RNG.integers(200, 4000, (3, 16, 16)).astype(np.int16)
+    frc[:, :2] = -10000  # no clear date: 32 pixels
+    flg = np.full((8, 8), 4, np.uint8)  # at 20 m: land
+    flg[:1] = 0  # no data, under the bands' -10000
+    flg[2, :4] = 1  # cloudy on every date: 4 of them, 16 pixels of the bands'
+    flg[3] = 2  # snow
+    flg[4] = 3  # water
+    bands = ("B4", "B3", "B2")
+    members = {**{f"{THEIA_L3A}/{THEIA_L3A}_FRC_{b}.tif": tif(frc[i]) for i, b in enumerate(bands)},
+               f"{THEIA_L3A}/MASKS/{THEIA_L3A}_FLG_R1.tif": tif(np.zeros((16, 16), np.uint8)),  # not read: R2 is
+               f"{THEIA_L3A}/MASKS/{THEIA_L3A}_FLG_R2.tif": tif(flg, pixel=20.0),
+               f"{THEIA_L3A}/MASKS/{THEIA_L3A}_DTS_R1.tif": tif(np.ones((16, 16), np.int16)),
+               f"{THEIA_L3A}/MASKS/{THEIA_L3A}_WGT_R1.tif": tif(np.ones((16, 16), np.int16)),
+               f"{THEIA_L3A}/{THEIA_L3A}_MTD_ALL.xml": b"<Muscate_Metadata_Document/>"}
+    scene, reader, values, reasons = read([UploadedFile(f"{THEIA_L3A}.zip", zipped(members))], ["B04", "B03", "B02"])
+    valid = reasons == 0
+    np.testing.assert_allclose(values[:, valid], frc[:, valid] * 1e-4, rtol=1e-6)
+    assert reader.masked() == {"nodata, mask or alpha band": 32, "THEIA FLG cloud or shadow on every date": 16}
+    assert "THEIA L3A FRC band file name" in rule_of(scene, "B04")
+    assert reader.bands[0].conversion.steps[0] == "x 0.0001 + 0 (a THEIA L3A band file holds reflectance x 10000)"
+    report = scene.archives[0].report()
+    assert sorted(report["read"]) == sorted([*(f"{THEIA_L3A}_FRC_{b}.tif" for b in bands), f"{THEIA_L3A}_FLG_R2.tif"])
+    assert len(report["skipped"]) == len(members) - 4
+
+
+def test_theia_synthesis_files_sent_alone_keep_their_meaning():
+    """An L3A band file and its 10 m flags uploaded without their zip: -10000 is no data, and FLG's 0 and 1 mask."""
+    frc = RNG.integers(200, 4000, (16, 16)).astype(np.int16)
+    frc[:1] = -10000  # 16 pixels
+    flg = np.full((16, 16), 4, np.uint8)
+    flg[5] = 1
+    files = [UploadedFile(f"{THEIA_L3A}_FRC_B8.tif", tif(frc)), UploadedFile(f"{THEIA_L3A}_FLG_R1.tif", tif(flg))]
+    scene, reader, values, reasons = read(files, ["B08"])
+    assert reader.masked() == {"nodata, mask or alpha band": 16, "THEIA FLG cloud or shadow on every date": 16}
+    np.testing.assert_allclose(values[0, reasons == 0], frc[reasons == 0] * 1e-4, rtol=1e-6)
+    assert scene.quality_bands()[0].identity.quality == "THEIA_FLG"
+
+
 FORCE_S2 = ["BLUE", "GREEN", "RED", "REDEDGE1", "REDEDGE2", "REDEDGE3", "BROADNIR", "NIR", "SWIR1", "SWIR2"]
 FORCE_S2_UM = [0.492, 0.56, 0.665, 0.704, 0.74, 0.783, 0.833, 0.865, 1.614, 2.202]
 

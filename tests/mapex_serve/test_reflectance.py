@@ -27,6 +27,7 @@ SAFE_L2A = ("S2A_MSIL2A_20230914T100031_N0509_R122_T33UUP_20230914T130000.SAFE/G
         ("B04.jp2", "/vsis3/eodata/Sentinel-2/MSI/L1C/2023/09/14/S2A_MSIL1C_20230914T100031.SAFE/B04.jp2", {},
          "top-of-atmosphere"),
         ("s2_l2a_rgb_2023.tif", "/vsimem/a/s2_l2a_rgb_2023.tif", {}, "surface"),
+        ("SENTINEL2X_20230815-000000-000_L3A_T31TCJ_C_V2-0_FRC_B4.tif", "/vsimem/a/x.tif", {}, "surface"),  # THEIA's
         # Nothing said: Earth Engine's download, the Planetary Computer's COG, HLS, Landsat's Level-1 band.
         ("download.B4.tif", "/vsimem/0a1c/download.B4.tif", {}, None),
         ("T33UUP_20230914T100031_B04_10m.tif", "/vsimem/a/T33UUP_20230914T100031_B04_10m.tif", {}, None),
