@@ -35,12 +35,14 @@ from rasterio.io import DatasetReaderBase
 
 from mapex_serve.bands import (
     BANDS,
+    LANDSAT_C2_LAYERS,
     MODIS_WAVELENGTHS_NM,
     OLI_WAVELENGTHS_NM,
     TM_ETM_WAVELENGTHS_NM,
     ProductBand,
     band_for_wavelength,
     canonical_or_none,
+    landsat_collection_layer,
     quality_layer,
     resolve_band,
     resolve_bands,
@@ -219,8 +221,9 @@ _LANDSAT_PREFIXES = {"HLS.L30.": OLI, "LC08_": OLI, "LC09_": OLI, "LO08_": OLI, 
 
 
 def landsat_sensor(src: DatasetReaderBase, filename: str | None) -> LandsatSensor | None:
-    """The Landsat sensor whose band numbers a file uses, not Sentinel-2's (by its tags, then its name); None for
-    any other file. Landsat 7's ``SR_B4`` is near infrared, Landsat 8's red, Sentinel-2's ``B4`` red."""
+    """The Landsat sensor whose band numbers a file uses, not Sentinel-2's (by its tags, its name, then its bands'
+    names); None for any other file. Landsat 7's ``SR_B4`` is near infrared, Landsat 8's red, Sentinel-2's ``B4``
+    red."""
     tags = {k.upper(): str(v).upper() for k, v in src.tags().items()}
     product = tags.get("LANDSAT_PRODUCT_ID", "")
     sensor, spacecraft = tags.get("SENSOR", "") + tags.get("SENSOR_ID", ""), tags.get("SPACECRAFT_NAME", "")
@@ -232,7 +235,17 @@ def landsat_sensor(src: DatasetReaderBase, filename: str | None) -> LandsatSenso
         return OLI
     if "TM" in sensor or spacecraft in ("LANDSAT_4", "LANDSAT_5", "LANDSAT_7"):  # "TM", "ETM", "ETM+"
         return TM_ETM
-    return None
+    return _sensor_of_layers(src.descriptions)
+
+
+def _sensor_of_layers(names: Sequence[str | None]) -> LandsatSensor | None:
+    """The sensor a file's band names tell, beside a layer only Landsat Collection 2 has (``LANDSAT_C2_LAYERS``)."""
+    if landsat_collection_layer(names) is None:
+        return None
+    upper = {n.strip().upper() for n in names if n}
+    told = {LANDSAT_C2_LAYERS[n] for n in upper & LANDSAT_C2_LAYERS.keys()} - {None}
+    told |= {OLI.name} if upper & {"B10", "B11"} else set()
+    return next(s for s in (OLI, TM_ETM) if s.name in told) if len(told) == 1 else None
 
 
 def _wavelength_nm(src: DatasetReaderBase, index: int) -> tuple[float, str] | None:
@@ -463,7 +476,9 @@ def _dea(src: DatasetReaderBase, index: int, filename: str | None, header_name: 
 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None,
-              dea: DeaProduct | None, conventions: Sequence[FileConvention]) -> BandIdentity:
+              dea: DeaProduct | None, conventions: Sequence[FileConvention], landsat_layer: str | None) -> BandIdentity:
+    """What band ``index`` of ``src`` is. ``landsat_layer``: a Landsat Collection 2 layer among the file's bands where
+    the file does not say which Landsat it is (its band numbers are Landsat's, of no known sensor)."""
     if src.count == 1 and (named := _radar_file_named(filename, bool(header_name or src.descriptions[0]))) is not None:
         return named
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
@@ -489,13 +504,16 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
         if landsat and (number := _landsat_number(name, landsat)) is not None:
             found = _by_wavelength(landsat.wavelengths_nm[number], name)
             return BandIdentity(name, f"Landsat {landsat.name} band {number} ({where}), {found.rule}", found.canonical)
-        if landsat is None and _LANDSAT_C2_NAME.match(name.strip()):
+        if landsat is None and (_LANDSAT_C2_NAME.match(name.strip())
+                                or (landsat_layer and _LANDSAT_NUMBER.match(name.strip()))):
+            what = (f"a Landsat band number here (the file holds {landsat_layer}, a Landsat Collection 2 layer)"
+                    if landsat_layer else "a Landsat Collection 2 band name")
             raise LandsatSensorUnknownError(
-                f"{filename or 'band ' + str(index)}: {name.strip()} is a Landsat Collection 2 band name, and its number "
-                f"means another band on Landsat 8-9 (OLI: B4 red, B5 near infrared) than on Landsat 4-7 (TM/ETM+: B3 "
-                f"red, B4 near infrared); the file does not say which Landsat it is: keep the product id in the file "
-                f"name (Earth Engine names a download after the image: LC09_044034_20220111.SR_B4.tif), or pass "
-                f"bands= with the bands' names (bands=red,green,blue)")
+                f"{filename or 'band ' + str(index)}: {name.strip()} is {what}, and its number means another band on "
+                f"Landsat 8-9 (OLI: B4 red, B5 near infrared) than on Landsat 4-7 (TM/ETM+: B3 red, B4 near "
+                f"infrared); the file does not say which Landsat it is: keep the product id in the file name (Earth "
+                f"Engine names a download after the image: LC09_044034_20220111.SR_B4.tif), or pass bands= with the "
+                f"bands' names (bands=red,green,blue)")
         if (named := parse_name(name)) is not None:
             named = replace(named, rule=f"{named.rule} ({where})")
             break
@@ -563,8 +581,9 @@ def identify_bands(
             out.append(replace(parsed, found=name, rule=rule))
         return out
     conventions = [c for c in (force_file(src, filename), sen2r_file(src, filename)) if c is not None]
+    landsat_layer = landsat_collection_layer(src.descriptions) if landsat is None else None
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
-                      dea, conventions) for i in range(1, src.count + 1)]
+                      dea, conventions, landsat_layer) for i in range(1, src.count + 1)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None,

@@ -24,7 +24,7 @@ from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReaderBase
 
 from mapex_serve.aoi import Bbox, parse_bbox
-from mapex_serve.bands import BANDS, QUALITY_LAYERS, canonical_or_none, quality_layer
+from mapex_serve.bands import BANDS, QUALITY_LAYERS, canonical_or_none, landsat_collection_layer, quality_layer
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
 from mapex_serve.force import stated_scale as force_scale_of
@@ -341,16 +341,19 @@ def check_stated_units(overrides: UnitOverrides, canonical: Sequence[str]) -> No
         raise UnitError(f"units={unit} fits none of the bands read ({bands}); accepted for them: {', '.join(accepted)}")
 
 
-def landsat_level1(file_name: str | None, found: str | None) -> str | None:
-    """What says a Landsat band (named ``found``, in ``file_name``) is of Collection 2 Level-1 (digital numbers, or
-    Earth Engine's top-of-atmosphere reflectance), not Level-2's surface reflectance; None where nothing does."""
+def landsat_level1(file_name: str | None, found: str | None, names: Sequence[str | None] = ()) -> str | None:
+    """What says a Landsat band (named ``found``, in ``file_name``, whose bands are ``names``) is of Collection 2
+    Level-1 (digital numbers, or Earth Engine's top-of-atmosphere reflectance), not Level-2's surface reflectance;
+    None where nothing does."""
     base = os.path.basename(file_name or "")
     if _LANDSAT_LEVEL1.match(base):
         return "its name, a Level-1 product's (L1TP, L1GT, L1GS)"
-    if _EE_LANDSAT_IMAGE.match(base) and _LEVEL1_BAND.fullmatch((found or "").strip()):
-        return (f"its band's name {found.strip()}, as Earth Engine names the bands of Landsat's Level-1 and TOA "
-                f"collections (its Level-2 ones SR_{found.strip()})")
-    return None
+    band = (found or "").strip()
+    layer = None if _EE_LANDSAT_IMAGE.match(base) else landsat_collection_layer(names)
+    if not _LEVEL1_BAND.fullmatch(band) or (layer is None and not _EE_LANDSAT_IMAGE.match(base)):
+        return None
+    return (f"its band's name {band}{f' beside {layer}' if layer else ''}, as Earth Engine names the bands of "
+            f"Landsat's Level-1 and TOA collections (its Level-2 ones SR_{band})")
 
 
 def conversion_for(
@@ -460,7 +463,7 @@ def conversion_for(
 
     if scale is None:
         if unit == "reflectance" and unit_assumed:
-            if landsat and integers and (level1 := landsat_level1(file_name, found)):
+            if landsat and integers and (level1 := landsat_level1(file_name, found, src.descriptions)):
                 raise ImplausibleValuesError(
                     f"{file_name}: a Landsat Collection 2 Level-1 band holds top-of-atmosphere digital numbers (by "
                     f"{level1}), and Level-2's scale does not apply to them; the specialists take surface reflectance: "

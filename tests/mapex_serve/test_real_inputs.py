@@ -328,6 +328,37 @@ def test_landsat_tm_and_etm_band_numbers_are_their_own_wavelengths(name, tags, c
     np.testing.assert_allclose(values[0], stored * 2.75e-5 - 0.2, atol=1e-6)
 
 
+LANDSAT8_TOA = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "QA_PIXEL", "QA_RADSAT", "SAA"]
+
+
+@pytest.mark.parametrize("descriptions, canonical", [
+    (LANDSAT8_TOA, ["B01", "B02", "B03", "B04", "B8A", "B11", "B12", None, "B10", None, None, None, None, None]),
+    (["B1", "B2", "B3", "B4", "B5", "B6_VCID_1", "B6_VCID_2", "B7", "QA_PIXEL"],  # Landsat 7 ETM+
+     ["B02", "B03", "B04", "B08", "B11", None, None, "B12", None]),
+    (["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_QA_AEROSOL", "ST_B10", "QA_PIXEL"],  # Landsat 8-9 Level-2
+     ["B02", "B03", "B04", "B8A", None, None, None]),
+    (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "QA_PIXEL", "QA_RADSAT"], None),  # Landsat 5 or 8? No thermal says
+])
+def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descriptions, canonical):
+    """Earth Engine exports a Landsat collection's image whole with its bands named as the collection names them
+    (``LANDSAT/LC08/C02/T1_TOA``: ``B1`` ... ``B11``, ``QA_PIXEL``, angles), under whatever name the user gives the
+    file. Its numbers were read as Sentinel-2's: OLI's near infrared B5 as red edge B05, its short-wave infrared B6 and
+    B7 as red edge B06 and B07, its thermal B11 (kelvin) as short-wave infrared B11; a red-edge specialist ran on them.
+    A Collection 2 layer beside them (QA_PIXEL) says they are Landsat's; thermal bands say which Landsat."""
+    from mapex_serve.rasters import LandsatSensorUnknownError
+
+    stored = RNG.uniform(0.02, 0.4, (len(descriptions), 8, 8)).astype(np.float32)
+    files = [UploadedFile("my_export.tif", tif(stored, descriptions))]
+    if canonical is None:
+        with pytest.raises(LandsatSensorUnknownError, match="B1 is a Landsat band number here \\(the file holds "
+                                                            "QA_PIXEL, a Landsat Collection 2 layer\\)"):
+            RequestScene(files)
+        return
+    scene = RequestScene(files)
+    assert [b.identity.canonical for b in scene.bands] == canonical
+    assert scene.bands[1].identity.rule.startswith("Landsat ")
+
+
 def test_gdal_imagery_domain_wavelengths():
     """GDAL >= 3.10 IMAGERY metadata domain: CENTRAL_WAVELENGTH_UM and FWHM_UM per band (RFC 100 / raster data model)."""
     data = tif(reflectance((2, 8, 8)), domains={"IMAGERY": ([{"CENTRAL_WAVELENGTH_UM": "0.6646", "FWHM_UM": "0.031"},

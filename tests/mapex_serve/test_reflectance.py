@@ -107,6 +107,27 @@ def test_earth_engines_landsat_toa_is_top_of_atmosphere_and_its_level1_numbers_a
     np.testing.assert_allclose(read(files("SR_B", dn)), dn * 2.75e-5 - 0.2, atol=1e-6)
 
 
+def test_a_landsat_toa_export_under_any_name_is_top_of_atmosphere_by_its_collection_layer(swir_manifest, to_geotiff):
+    """Earth Engine's Landsat 8 TOA image exported whole under the user's name: its bands ``B6`` and ``B7`` beside
+    ``QA_PIXEL`` and the thermal ``B10``, ``B11`` are the TOA collection's (its Level-2 is named ``SR_B6``)."""
+    surface = swir_manifest.model_copy(update={"reflectance": "surface"})
+    rng = np.random.default_rng(2)
+    names = ["B6", "B7", "B10", "B11", "QA_PIXEL"]
+
+    def read(data, **overrides):
+        with RequestScene([UploadedFile("study_area.tif", to_geotiff(data, names))]) as scene:
+            return scene.reader(["B11", "B12"], UnitOverrides.parse(**overrides), model=surface).read(
+                Window(0, 0, 32, 32))[0]
+
+    toa = rng.uniform(0.02, 0.4, (5, 32, 32)).astype(np.float32)
+    toa[2:4] = 295.0  # brightness temperature, kelvin
+    with pytest.raises(ReflectanceLevelError, match=r"by its band's name B6 beside QA_PIXEL, as Earth Engine names"):
+        read(toa, units="reflectance")
+    np.testing.assert_allclose(read(toa, units="reflectance", reflectance="as-is"), toa[:2])  # SWIR 1 and 2, not kelvin
+    with pytest.raises(ImplausibleValuesError, match=r"Level-1 band holds top-of-atmosphere digital numbers"):
+        read(rng.integers(7000, 30000, (5, 32, 32)).astype(np.uint16), reflectance="as-is")
+
+
 def test_a_request_whose_files_say_no_level_is_told_by_its_bands(swir_manifest, to_geotiff):
     """Earth Engine's downloads say nothing of their collection: an export of every band of COPERNICUS/S2_HARMONIZED
     (Level-1C, EuroSAT's way) ran as surface reflectance. Its cirrus band B10 says Level-1C (every Level-2A product
