@@ -26,7 +26,7 @@ __all__ = [
     "Threshold",
     "band_for_wavelength",
     "canonical_or_none",
-    "landsat_collection_layer",
+    "landsat_collection_layers",
     "quality_layer",
     "MODALITIES",
     "MODALITY_NAMES",
@@ -228,18 +228,21 @@ OLI_WAVELENGTHS_NM: dict[int, float] = {
 #: 5 and 7 short-wave infrared, 6 thermal; read as OLI's or Sentinel-2's numbers they would be wrong bands.
 TM_ETM_WAVELENGTHS_NM: dict[int, float] = {1: 485.0, 2: 560.0, 3: 660.0, 4: 835.0, 5: 1650.0, 6: 11450.0, 7: 2220.0}
 #: Band names only Landsat Collection 2 gives its layers (USGS's products, Earth Engine's collections), each with the
-#: sensor it belongs to where only one has it: a file that holds one numbers its other bands as Landsat does (Earth
-#: Engine's ``LANDSAT/LC08/C02/T1_TOA`` exported whole: ``B5`` near infrared, ``B10`` thermal), not as Sentinel-2 does.
-#: Landsat 8-9's thermal ``B10`` and ``B11`` tell OLI/TIRS beside them (Landsat 4-7 have neither).
+#: sensor it belongs to where only one has it: a request that holds one numbers its other bands as Landsat does
+#: (Earth Engine's ``LANDSAT/LC08/C02/T1_TOA`` exported whole, or as its per-band ZIP: ``B5`` near infrared, ``B10``
+#: thermal), not as Sentinel-2 does. Landsat 8-9's thermal ``B10`` and ``B11`` tell OLI/TIRS beside them.
 LANDSAT_C2_LAYERS: dict[str, str | None] = {
     "QA_PIXEL": None, "QA_RADSAT": None, "SR_QA_AEROSOL": "OLI", "ST_B10": "OLI", "ST_B6": "TM/ETM+",
     "SR_ATMOS_OPACITY": "TM/ETM+", "SR_CLOUD_QA": "TM/ETM+", "B6_VCID_1": "TM/ETM+", "B6_VCID_2": "TM/ETM+",
 }
+#: One of them ending a band's name or a single-band file's (``download.QA_PIXEL``, Earth Engine's per-band ZIP).
+_LANDSAT_C2_LAYER = re.compile(rf"(?:^|[._\-\s])({'|'.join(LANDSAT_C2_LAYERS)})$", re.I)
 
 
-def landsat_collection_layer(names: Iterable[str | None]) -> str | None:
-    """The first of ``names`` (a file's band names) that only Landsat Collection 2 gives a layer (``QA_PIXEL``)."""
-    return next((n.strip() for n in names if n and n.strip().upper() in LANDSAT_C2_LAYERS), None)
+def landsat_collection_layers(names: Iterable[str | None]) -> list[str]:
+    """The layers only Landsat Collection 2 gives (``QA_PIXEL``) that end ``names``: the request's band names, and
+    the stems of its single-band files."""
+    return [m.group(1).upper() for n in names if n and (m := _LANDSAT_C2_LAYER.search(n.strip()))]
 
 
 #: MODIS land band number -> the middle of its range in nm (NASA's MODIS specifications; MOD09's ``sur_refl_b01`` ...

@@ -36,7 +36,7 @@ from rasterio.io import DatasetReader, DatasetReaderBase, MemoryFile
 from mapex_serve.aoi import crop
 from mapex_serve.archives import ArchiveTooLargeError, Unpacked, unpack
 from mapex_serve.backscatter import check_backscatter, to_sigma0
-from mapex_serve.bands import QUALITY_LAYERS
+from mapex_serve.bands import QUALITY_LAYERS, landsat_collection_layers
 from mapex_serve.budget import Room
 from mapex_serve.dimap import SnapBand, remote_start, tiff_bands
 from mapex_serve.eopf import product_arrays, radar_geometry, stated_crs, unreadable
@@ -46,7 +46,14 @@ from mapex_serve.ground import fit_to_model
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
 from mapex_serve.products import sentinel1_as_shipped
-from mapex_serve.rasters import band_key, identify_bands, landsat_sensor, missing_names_error, parse_name
+from mapex_serve.rasters import (
+    band_key,
+    identify_bands,
+    landsat_sensor,
+    missing_names_error,
+    parse_name,
+    request_band_names,
+)
 from mapex_serve.reflectance import check_level
 from mapex_serve.remote import remote_failure
 from mapex_serve.reproject import on_grid, warp_onto
@@ -668,20 +675,24 @@ class RequestScene:
         if bands is not None and len(bands) != total:
             raise missing_names_error(total, [d for _, ds in self.datasets for d in ds.descriptions], bands)
         offset = 0
+        names = request_band_names([(name.partition(":")[0], ds) for name, ds in self.datasets])
+        layers = landsat_collection_layers(names)
         for name, ds in self.datasets:
             given = None if bands is None else list(bands[offset: offset + ds.count])
             offset += ds.count
             file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
-            landsat = landsat_sensor(ds, file) is not None
+            landsat = landsat_sensor(ds, file, names) is not None
             source = "subdataset name" if variable else "file name"
             snap = self._snap.get(name)
             theia = theia_nodata(file, ds.nodatavals[0]) if ds.count == 1 else None  # what THEIA's format states
             nodata = (self._nodata.get(name) or (snap and tuple(b.nodata for b in snap))
                       or ((theia,) if theia is not None else None))
             planet = planet_product(ds, file)
-            identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap], planet)
+            identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap], planet,
+                                        names)
             for i, identity in enumerate(identities, start=1):
-                self.bands.append(InputBand(name, i, ds, identity, landsat, nodata=nodata[i - 1] if nodata else None,
+                self.bands.append(InputBand(name, i, ds, identity, landsat, layers[0] if landsat and layers else None,
+                                            nodata=nodata[i - 1] if nodata else None,
                                             file_grid=self._grids.get(name), snap=snap[i - 1] if snap else None,
                                             planet=planet))
         if not any(b.identity.used for b in self.bands):
@@ -812,7 +823,7 @@ class RequestScene:
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,
-                                          planet=b.planet, found=b.identity.found)
+                                          planet=b.planet, found=b.identity.found, landsat_layer=b.landsat_layer)
             if id(b) in zero_filled:
                 b.conversion = replace(b.conversion, steps=(*b.conversion.steps, ZERO_IS_NODATA))
             if any(b is c for c in converted):

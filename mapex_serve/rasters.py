@@ -42,7 +42,7 @@ from mapex_serve.bands import (
     ProductBand,
     band_for_wavelength,
     canonical_or_none,
-    landsat_collection_layer,
+    landsat_collection_layers,
     quality_layer,
     resolve_band,
     resolve_bands,
@@ -69,6 +69,7 @@ __all__ = [
     "missing_names_error",
     "name_in_file_name",
     "parse_name",
+    "request_band_names",
     "scale_offset",
     "word_in_name",
 ]
@@ -215,15 +216,18 @@ class LandsatSensor:
 
 OLI = LandsatSensor("OLI", OLI_WAVELENGTHS_NM)
 TM_ETM = LandsatSensor("TM/ETM+", TM_ETM_WAVELENGTHS_NM)
+#: Landsat 8-9's thermal bands (TIRS) ending a band's or a single-band file's name: no Landsat 4-7 has them.
+_TIRS = re.compile(r"(?:^|[._\-\s])B1[01]$", re.I)
 #: Product id and file name prefixes (USGS Collection 2 naming: sensor letter, satellite number; HLS L30 is OLI).
 _LANDSAT_PREFIXES = {"HLS.L30.": OLI, "LC08_": OLI, "LC09_": OLI, "LO08_": OLI, "LO09_": OLI, "LE07_": TM_ETM,
                      "LT05_": TM_ETM, "LT04_": TM_ETM}
 
 
-def landsat_sensor(src: DatasetReaderBase, filename: str | None) -> LandsatSensor | None:
-    """The Landsat sensor whose band numbers a file uses, not Sentinel-2's (by its tags, its name, then its bands'
-    names); None for any other file. Landsat 7's ``SR_B4`` is near infrared, Landsat 8's red, Sentinel-2's ``B4``
-    red."""
+def landsat_sensor(src: DatasetReaderBase, filename: str | None,
+                   request_names: Sequence[str | None] | None = None) -> LandsatSensor | None:
+    """The Landsat sensor whose band numbers a file uses, not Sentinel-2's (by its tags, its name, then the band names
+    of its request, ``request_names``: by default its own); None for any other file. Landsat 7's ``SR_B4`` is near
+    infrared, Landsat 8's red, Sentinel-2's ``B4`` red."""
     tags = {k.upper(): str(v).upper() for k, v in src.tags().items()}
     product = tags.get("LANDSAT_PRODUCT_ID", "")
     sensor, spacecraft = tags.get("SENSOR", "") + tags.get("SENSOR_ID", ""), tags.get("SPACECRAFT_NAME", "")
@@ -235,16 +239,15 @@ def landsat_sensor(src: DatasetReaderBase, filename: str | None) -> LandsatSenso
         return OLI
     if "TM" in sensor or spacecraft in ("LANDSAT_4", "LANDSAT_5", "LANDSAT_7"):  # "TM", "ETM", "ETM+"
         return TM_ETM
-    return _sensor_of_layers(src.descriptions)
+    return _sensor_of_layers(src.descriptions if request_names is None else request_names)
 
 
 def _sensor_of_layers(names: Sequence[str | None]) -> LandsatSensor | None:
-    """The sensor a file's band names tell, beside a layer only Landsat Collection 2 has (``LANDSAT_C2_LAYERS``)."""
-    if landsat_collection_layer(names) is None:
+    """The sensor band names tell, beside a layer only Landsat Collection 2 has (``LANDSAT_C2_LAYERS``)."""
+    if not (layers := landsat_collection_layers(names)):
         return None
-    upper = {n.strip().upper() for n in names if n}
-    told = {LANDSAT_C2_LAYERS[n] for n in upper & LANDSAT_C2_LAYERS.keys()} - {None}
-    told |= {OLI.name} if upper & {"B10", "B11"} else set()
+    told = {LANDSAT_C2_LAYERS[layer] for layer in layers} - {None}
+    told |= {OLI.name} if any(n and _TIRS.search(n.strip()) for n in names) else set()
     return next(s for s in (OLI, TM_ETM) if s.name in told) if len(told) == 1 else None
 
 
@@ -420,6 +423,8 @@ def _names_in_file_name(filename: str) -> list[str]:
     """What a single-band file's name may call its band, most trusted first: the stem, its last two words (Landsat's
     ``..._QA_PIXEL``, ``..._SR_B4``), then each word that names a band, where only one band is named."""
     stem = PurePath(filename).name.rsplit(".", 1)[0]
+    if layers := landsat_collection_layers([stem]):  # ..._SR_QA_AEROSOL is a bitmask, not the aerosol band B01
+        return [stem, *layers]
     tokens = [t for t in re.split(r"[._\-\s]+", stem) if t]
     last_two = ["_".join(tokens[-2:])] if len(tokens) > 2 else []
     named = {t: i for t in reversed(tokens) if (i := parse_name(t)) is not None and i.used}
@@ -539,6 +544,7 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
 def identify_bands(
     src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None,
     name_source: str = "file name", header_names: Sequence[str] | None = None, planet: PlanetProduct | None = None,
+    request_names: Sequence[str | None] | None = None,
 ) -> list[BandIdentity]:
     """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file.
 
@@ -546,9 +552,12 @@ def identify_bands(
     is: a file name, or the variable name of a NetCDF/HDF5 subdataset). ``header_names``: one a band, the
     names a header GDAL does not read gives them (SNAP's, ``mapex_serve.dimap``), trusted first. ``planet``: the Planet
     asset the file is (``mapex_serve.planet.planet_product``), whose descriptions or band order name its bands.
+    ``request_names``: the band names of the whole request (``request_band_names``), where a Landsat Collection 2
+    layer says its band numbers are Landsat's; by default the file's own.
     """
     dea = dea_product((filename, src.name), [*src.descriptions, *(bands or ())])
-    landsat = landsat_sensor(src, filename)
+    names = src.descriptions if request_names is None else request_names
+    landsat = landsat_sensor(src, filename, names)
     if bands is not None:
         if len(bands) != src.count:
             raise BandNamesMissingError(
@@ -581,9 +590,17 @@ def identify_bands(
             out.append(replace(parsed, found=name, rule=rule))
         return out
     conventions = [c for c in (force_file(src, filename), sen2r_file(src, filename)) if c is not None]
-    landsat_layer = landsat_collection_layer(src.descriptions) if landsat is None else None
+    layers = landsat_collection_layers(names) if landsat is None else []
+    landsat_layer = layers[0] if layers else None
     return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
                       dea, conventions, landsat_layer) for i in range(1, src.count + 1)]
+
+
+def request_band_names(files: Sequence[tuple[str | None, DatasetReaderBase]]) -> list[str | None]:
+    """The band names of a request's files (name, dataset): their descriptions, and each single-band file's stem
+    (``download.QA_PIXEL`` of Earth Engine's per-band ZIP)."""
+    return [name for file, src in files for name in (
+        [*src.descriptions, PurePath(file).name.rsplit(".", 1)[0]] if file and src.count == 1 else src.descriptions)]
 
 
 def missing_names_error(count: int, found: Sequence[str | None], given: Sequence[str] | None = None,

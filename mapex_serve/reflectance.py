@@ -116,7 +116,7 @@ def bands_say(scene: Sequence[InputBand]) -> LevelEvidence | None:
 def _landsat_level(b: InputBand) -> LevelEvidence | None:
     """Earth Engine's Landsat TOA reflectance (``LANDSAT/LC08/C02/T1_TOA``, floats), said by its bands' names: read
     as it asks (``units=reflectance``), it passed for surface reflectance."""
-    if not b.landsat or (level1 := landsat_level1(b.file, b.identity.found, b.dataset.descriptions)) is None:
+    if not b.landsat or (level1 := landsat_level1(b.file, b.identity.found, b.landsat_layer)) is None:
         return None
     return LevelEvidence("top-of-atmosphere", level1, instead="its Collection 2 Level-2 surface reflectance (in Earth "
                                                              "Engine LANDSAT/LC09/C02/T1_L2's SR_B4 bands)")

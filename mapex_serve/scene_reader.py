@@ -83,6 +83,9 @@ class InputBand:
     dataset: DatasetReaderBase
     identity: BandIdentity
     landsat: bool = False
+    #: The Landsat Collection 2 layer among the request's bands (``QA_PIXEL``) that says its band numbers are
+    #: Landsat's, where no name of its files does (``bands.landsat_collection_layers``).
+    landsat_layer: str | None = None
     conversion: Conversion | None = None
     #: Nodata the file does not declare to GDAL but its catalogue or header does (a STAC item's ``raster:bands``,
     #: SNAP's DIMAP header).

@@ -344,19 +344,23 @@ def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descr
     (``LANDSAT/LC08/C02/T1_TOA``: ``B1`` ... ``B11``, ``QA_PIXEL``, angles), under whatever name the user gives the
     file. Its numbers were read as Sentinel-2's: OLI's near infrared B5 as red edge B05, its short-wave infrared B6 and
     B7 as red edge B06 and B07, its thermal B11 (kelvin) as short-wave infrared B11; a red-edge specialist ran on them.
-    A Collection 2 layer beside them (QA_PIXEL) says they are Landsat's; thermal bands say which Landsat."""
+    A Collection 2 layer beside them (QA_PIXEL), in the file or in another of the request (Earth Engine's per-band
+    ZIP), says they are Landsat's; thermal bands say which Landsat."""
     from mapex_serve.rasters import LandsatSensorUnknownError
 
     stored = RNG.uniform(0.02, 0.4, (len(descriptions), 8, 8)).astype(np.float32)
-    files = [UploadedFile("my_export.tif", tif(stored, descriptions))]
-    if canonical is None:
-        with pytest.raises(LandsatSensorUnknownError, match="B1 is a Landsat band number here \\(the file holds "
-                                                            "QA_PIXEL, a Landsat Collection 2 layer\\)"):
-            RequestScene(files)
-        return
-    scene = RequestScene(files)
-    assert [b.identity.canonical for b in scene.bands] == canonical
-    assert scene.bands[1].identity.rule.startswith("Landsat ")
+    one_file = [UploadedFile("my_export.tif", tif(stored, descriptions))]
+    per_band = [UploadedFile("download.zip", zipped({f"download.{n}.tif": tif(stored[i])  # getDownloadURL's default
+                                                     for i, n in enumerate(descriptions)}))]
+    for files in (one_file, per_band):
+        if canonical is None:
+            with pytest.raises(LandsatSensorUnknownError, match="B1 is a Landsat band number here \\(the file holds "
+                                                                "QA_PIXEL, a Landsat Collection 2 layer\\)"):
+                RequestScene(files)
+            continue
+        scene = RequestScene(files)
+        assert [b.identity.canonical for b in scene.bands] == canonical
+        assert scene.bands[1].identity.rule.startswith("Landsat ")
 
 
 def test_gdal_imagery_domain_wavelengths():
