@@ -89,7 +89,7 @@ def check_level(used: Sequence[InputBand], model_name: str, learned: Level, scen
         if BANDS[b.identity.canonical].sensor != "S2" or id(b.dataset) in seen:
             continue
         seen.add(id(b.dataset))
-        evidence = level_of(b.file, b.dataset.name, b.dataset.tags()) or _landsat_level(b)
+        evidence = _landsat_level(b) or level_of(b.file, b.dataset.name, b.dataset.tags())  # Landsat's, not S2's
         said = said or evidence is not None
         if evidence is not None and evidence.level != learned:
             raise refusal(b.file, evidence, model_name, learned)
@@ -113,13 +113,16 @@ def bands_say(scene: Sequence[InputBand]) -> LevelEvidence | None:
     return None
 
 
+#: What a Landsat file of the wrong level should be instead (not Sentinel-2's other product).
+_LANDSAT_LEVEL2 = "its Collection 2 Level-2 surface reflectance (in Earth Engine LANDSAT/LC09/C02/T1_L2's SR_B4 bands)"
+
+
 def _landsat_level(b: InputBand) -> LevelEvidence | None:
     """Earth Engine's Landsat TOA reflectance (``LANDSAT/LC08/C02/T1_TOA``, floats), said by its bands' names: read
     as it asks (``units=reflectance``), it passed for surface reflectance."""
     if not b.landsat or (level1 := landsat_level1(b.file, b.identity.found, b.landsat_layer)) is None:
         return None
-    return LevelEvidence("top-of-atmosphere", level1, instead="its Collection 2 Level-2 surface reflectance (in Earth "
-                                                             "Engine LANDSAT/LC09/C02/T1_L2's SR_B4 bands)")
+    return LevelEvidence("top-of-atmosphere", level1, instead=_LANDSAT_LEVEL2)
 
 
 def refusal(file: str, evidence: LevelEvidence, model_name: str, learned: Level) -> ReflectanceLevelError:

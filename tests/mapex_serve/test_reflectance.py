@@ -123,6 +123,9 @@ def test_a_landsat_toa_export_under_any_name_is_top_of_atmosphere_by_its_collect
     toa[2:4] = 295.0  # brightness temperature, kelvin
     with pytest.raises(ReflectanceLevelError, match=r"by its band's name B6 beside QA_PIXEL, as Earth Engine names"):
         read(toa, units="reflectance")
+    with RequestScene([UploadedFile("l8_toa.tif", to_geotiff(toa, names))]) as scene, pytest.raises(
+            ReflectanceLevelError, match=r"holds top-of-atmosphere reflectance, by .* Send its Collection 2 Level-2"):
+        scene.reader(["B11", "B12"], UnitOverrides.parse(units="reflectance"), model=surface)  # not Sentinel-2's
     np.testing.assert_allclose(read(toa, units="reflectance", reflectance="as-is"), toa[:2])  # SWIR 1 and 2, not kelvin
     with pytest.raises(ImplausibleValuesError, match=r"Level-1 band holds top-of-atmosphere digital numbers"):
         read(rng.integers(7000, 30000, (5, 32, 32)).astype(np.uint16), reflectance="as-is")
