@@ -78,6 +78,9 @@ def predict(argv: Sequence[str]) -> int:
                    help="as-is: run Sentinel-1 files of the other backscatter (sigma0, gamma0) than the specialist "
                         "learned")
     p.add_argument("--bbox", help="the part of the scene to read: west,south,east,north in degrees (WGS84)")
+    p.add_argument("--aoi", type=argparse.FileType("r", encoding="utf-8"),
+                   help="a GeoJSON file of the polygon of interest (WGS84): the box around it is read, the pixels "
+                        "outside it masked")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance (the scene CRS's units)")
     p.add_argument("--min-area-m2", type=float, help="drop polygons smaller than this")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,6 +88,7 @@ def predict(argv: Sequence[str]) -> int:
     options = {k: v for k, v in {"bands": a.bands, "modality": a.modality, "units": a.units, "scale": a.scale,
                                  "offset": a.offset, "pixel_size": a.pixel_size, "reflectance": a.reflectance,
                                  "backscatter": a.backscatter, "bbox": a.bbox,
+                                 "aoi": a.aoi.read() if a.aoi else None,
                                  "simplify": a.simplify, "min_area_m2": a.min_area_m2}.items() if v is not None}
     try:
         job = run_predict(a.scene, a.task, a.out, a.geojson, a.server, a.api_key, options, quiet=a.quiet)

@@ -792,6 +792,8 @@ class RequestScene:
         grid, ground = self.grid(used + quality + [factor] * bool(converted)), None
         if overrides.bbox is not None:
             grid = crop(grid, overrides.bbox)
+        elif overrides.aoi is not None:
+            grid = crop(grid, overrides.aoi.bbox, "aoi= (the box around it) ")
         if model is not None:
             grid, ground = fit_to_model(grid, model.name, model.pixel_size_m, overrides.pixel_size)
             if model.reflectance is not None and overrides.reflectance is None:
@@ -815,6 +817,7 @@ class RequestScene:
             if (cut := cuts.get(b.identity.quality)) is not None:
                 b.masks = cut.said(QUALITY_LAYERS[b.identity.quality])
         reader = SceneReader(grid, used, quality, self._stack, factor if converted else None, converted, cuts)
+        reader.aoi = overrides.aoi.in_crs(grid.crs) if overrides.aoi is not None else None
         reader.resampled += [f for file in dict.fromkeys(b.file for b in used + quality)
                              for f in self.reprojected.get(file, [])]
         if converted:

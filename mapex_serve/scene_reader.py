@@ -13,15 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.features import geometry_mask
 from rasterio.io import DatasetReaderBase
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from mapex_serve.bands import BANDS, QUALITY_LAYERS, QualityLayer
 from mapex_serve.dimap import SnapBand
@@ -38,11 +40,12 @@ __all__ = ["VALID", "Grid", "InputBand", "SceneReader"]
 
 VALID = 0
 _ALL_ROWS = 2**62  # rows past any file's: every row
-_NODATA, _NOT_FINITE, _UNDEFINED, _NO_FACTOR, _ZERO_FILL = 1, 2, 3, 4, 5
+_NODATA, _NOT_FINITE, _UNDEFINED, _NO_FACTOR, _ZERO_FILL, _OUTSIDE = 1, 2, 3, 4, 5, 6
 _BASE_REASONS = {_NODATA: "nodata, mask or alpha band", _NOT_FINITE: "NaN or infinite value",
                  _UNDEFINED: "no dB value (linear power <= 0)",
                  _NO_FACTOR: "no gamma0 to sigma0 factor (its nodata, or <= 0)",
-                 _ZERO_FILL: "0 in every band: a fill (Earth Engine's masked pixels)"}
+                 _ZERO_FILL: "0 in every band: a fill (Earth Engine's masked pixels)",
+                 _OUTSIDE: "outside the area of interest (aoi=)"}
 
 
 @dataclass
@@ -198,6 +201,9 @@ class SceneReader:
         #: For an upload read while it arrives (``decode.arriving``): called with the rows ``[0, r)`` of a file a
         #: read needs, before GDAL reads them; it returns once their bytes are in.
         self.wait_rows: Callable[[int], None] | None = None
+        #: The request's polygon of interest in the grid's CRS (``aoi.Aoi.in_crs``): pixels whose centres lie
+        #: outside it are masked, before any other reason counts them.
+        self.aoi: dict[str, Any] | None = None
 
     def _group(self, bands: Sequence[InputBand], resampling: Resampling, stack: ExitStack) -> list[_Source]:
         """One source per dataset: bands on the scene grid are read as they are, others through a WarpedVRT."""
@@ -263,6 +269,9 @@ class SceneReader:
         h, w = int(window.height), int(window.width)
         physical = np.empty((len(self.bands), h, w), np.float32)
         reasons = np.zeros((h, w), np.uint8)
+        if self.aoi is not None:
+            outside = geometry_mask([self.aoi], (h, w), window_transform(window, self.grid.transform))
+            _mark(reasons, outside, _OUTSIDE)
         stored, inside = self._stored_of(window)
         if self._zero_fill:
             _mark(reasons, np.logical_and.reduce([stored[i] == 0 for i in self._zero_fill]), _ZERO_FILL)

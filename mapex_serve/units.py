@@ -17,13 +17,13 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReaderBase
 
-from mapex_serve.aoi import Bbox, parse_bbox
+from mapex_serve.aoi import Aoi, AoiError, Bbox, parse_aoi, parse_bbox
 from mapex_serve.bands import BANDS, QUALITY_LAYERS, canonical_or_none, quality_layer
 from mapex_serve.dimap import SnapBand
 from mapex_serve.errors import MapexError
@@ -130,9 +130,9 @@ class UnitOverrides:
     """What the caller says about the values: ``units=``, ``scale=``, ``offset=``, each for all bands or per band;
     ``pixel_size=``, how to read pixels of another size than the model's (``mapex_serve.ground``);
     ``reflectance=``, whether to read reflectance of another processing level (``mapex_serve.reflectance``);
-    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``); ``bbox=``, the
-    part of the scene to read (``mapex_serve.aoi``); and ``mask_threshold=``, where cloud probabilities and clear
-    scores mask (``mapex_serve.thresholds``).
+    ``backscatter=``, whether to read the other radar backscatter (``mapex_serve.backscatter``); ``bbox=`` or
+    ``aoi=``, the part of the scene to read (``mapex_serve.aoi``); and ``mask_threshold=``, where cloud probabilities
+    and clear scores mask (``mapex_serve.thresholds``).
 
     Keys are canonical band names, or None for "every band the value applies to".
     """
@@ -146,17 +146,21 @@ class UnitOverrides:
     bbox: Bbox | None = None
     #: Where continuous quality layers mask (``mapex_serve.thresholds``): by layer name, None for the request's one.
     mask_threshold: Mapping[str | None, float] = field(default_factory=dict)
+    #: A polygon whose outside is masked, read by the box around it (``mapex_serve.aoi``).
+    aoi: Aoi | None = None
 
     @classmethod
     def parse(cls, units: str | None = None, scale: str | None = None, offset: str | None = None,
               pixel_size: PixelSizeChoice | None = None, reflectance: ReflectanceChoice | None = None,
               backscatter: BackscatterChoice | None = None, bbox: str | None = None,
-              mask_threshold: str | None = None) -> UnitOverrides:
+              mask_threshold: str | None = None, aoi: str | Mapping[str, Any] | None = None) -> UnitOverrides:
         """From query strings: ``linear`` (all bands) or ``VV:linear,VH:dB``; ``0.0001`` or ``B04:0.0001``;
-        ``bbox=west,south,east,north``; ``mask_threshold=0.5`` or ``cs_cdf:0.5``."""
+        ``bbox=west,south,east,north``; ``mask_threshold=0.5`` or ``cs_cdf:0.5``; ``aoi=`` GeoJSON."""
+        if bbox and aoi:
+            raise AoiError("give bbox= or aoi=, not both: aoi= reads the box around its polygon")
         return cls(_per_band(units, "units", _unit_value), _per_band(scale, "scale", _float_value),
                    _per_band(offset, "offset", _float_value), pixel_size, reflectance, backscatter, parse_bbox(bbox),
-                   parse_mask_threshold(mask_threshold))
+                   parse_mask_threshold(mask_threshold), parse_aoi(aoi))
 
     def get(self, which: Literal["units", "scale", "offset"], canonical: str) -> object | None:
         table = getattr(self, which)

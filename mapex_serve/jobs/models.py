@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mapex_serve.aoi import parse_aoi
 from mapex_serve.errors import MapexError
 from mapex_serve.jobs.store import JobState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
@@ -48,6 +49,9 @@ class JobRequest(BaseModel):
                                                   "backscatter than the model learned (gamma0 for sigma0)")
     bbox: str | None = Field(None, description="the part of the scene to read: west,south,east,north in degrees "
                                                "(WGS84), e.g. 10.10,45.20,10.30,45.35; only its blocks are fetched")
+    aoi: dict[str, Any] | str | None = Field(None, description="a polygon of interest, GeoJSON in WGS84 (a Polygon, a "
+                                             "MultiPolygon, a Feature or a FeatureCollection of them): the box around "
+                                             "it is read, and the pixels outside it are masked; not with bbox")
     mask_threshold: str | None = Field(None, description="where a cloud probability or clear score layer masks, in its "
                                        "own values: 0.5 (a number or a text) for the scene's one such layer, or per "
                                        "layer: cs_cdf:0.5,CLP:80")
@@ -70,11 +74,20 @@ class JobRequest(BaseModel):
             parse_mask_threshold(text)
         return text
 
+    @field_validator("aoi")
+    @classmethod
+    def _polygonal(cls, given: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+        """A polygon that is not one is refused at submission, not when the job runs."""
+        parse_aoi(given)
+        return given
+
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:
         given = [n for n in ("url", "stac_item") if getattr(self, n)]
         if len(given) > 1:
             raise ValueError("give one source: url or stac_item, not both")
+        if self.bbox and self.aoi:
+            raise ValueError("give bbox or aoi, not both: aoi reads the box around its polygon")
         if self.assets and not self.stac_item:
             raise ValueError("assets= selects assets of a stac_item; give stac_item too")
         if isinstance(self.url, list) and not self.url:

@@ -65,7 +65,7 @@ class JobPlan:
 def overrides_for(request: JobRequest, sources: ResolvedSources) -> UnitOverrides:
     """The catalogue's units, scale and offset, with what the caller says winning over them."""
     caller = UnitOverrides.parse(request.units, request.scale, request.offset, request.pixel_size, request.reflectance,
-                                 request.backscatter, request.bbox, request.mask_threshold)
+                                 request.backscatter, request.bbox, request.mask_threshold, request.aoi)
     cat = sources.overrides
 
     def merged(which: str) -> dict:
@@ -73,7 +73,7 @@ def overrides_for(request: JobRequest, sources: ResolvedSources) -> UnitOverride
         return dict(mine) if None in mine else {**theirs, **mine}  # the caller's "every band" beats per-band entries
 
     return UnitOverrides(merged("units"), merged("scale"), merged("offset"), caller.pixel_size, caller.reflectance,
-                         caller.backscatter, caller.bbox, caller.mask_threshold)
+                         caller.backscatter, caller.bbox, caller.mask_threshold, caller.aoi)
 
 
 def opened_scene(request: JobRequest, sources: ResolvedSources, manifests: Sequence[Manifest],

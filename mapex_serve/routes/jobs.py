@@ -114,6 +114,8 @@ async def submit_job(
                                                   "in degrees (WGS84)")] = None,
     mask_threshold: Annotated[str | None, Query(description="for uploads: where a cloud probability or clear score "
                                                             "layer masks (0.5, or per layer: cs_cdf:0.5)")] = None,
+    aoi: Annotated[str | None, Query(description="for uploads: a polygon of interest, GeoJSON in WGS84; the pixels "
+                                                 "outside it are masked")] = None,
     probabilities: Annotated[bool, Query(description="for uploads: also write per-class probabilities")] = False,
     geojson: Annotated[bool, Query(description="for uploads: also vectorise the mask to GeoJSON")] = True,
     simplify: Annotated[float, Query(ge=0, allow_inf_nan=False, description="for uploads: simplification tolerance (CRS units)")] = 0.0,
@@ -135,7 +137,7 @@ async def submit_job(
             parse_mask_threshold(mask_threshold)  # a 422 that names the layers, before the upload is taken
             body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
                               pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
-                              mask_threshold=mask_threshold, probabilities=probabilities,
+                              mask_threshold=mask_threshold, aoi=aoi, probabilities=probabilities,
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2, notify=notify)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
         elif not body.has_source:

@@ -1,8 +1,9 @@
-"""An area of interest (``bbox=``): a real Sentinel-2 crop in UTM 19S read only inside a box of longitudes and
-latitudes, on its own pixel lines."""
+"""An area of interest (``bbox=``, ``aoi=``): a real Sentinel-2 crop in UTM 19S read only inside a box of longitudes
+and latitudes, on its own pixel lines, or inside a GeoJSON polygon."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from mapex_serve.aoi import BboxError, crop, parse_bbox
+from mapex_serve.aoi import AoiError, BboxError, crop, parse_aoi, parse_bbox
 from mapex_serve.inputs import RequestScene, UploadedFile
 from mapex_serve.scene_reader import Grid
 from mapex_serve.units import UnitOverrides
@@ -114,3 +115,64 @@ def test_a_bbox_off_the_scene_or_on_a_scene_without_a_crs_is_refused():
         crop(Grid(None, rasterio.Affine.identity(), 300, 200), (10.0, 45.0, 10.1, 45.1))
     half = crop(grid, (-67.7, -47.9, -67.643, -47.8))  # over the scene's west edge: what of it lies inside
     assert half.transform.c == grid.transform.c and half.height == grid.height and 0 < half.width < grid.width
+
+
+def _polygon_of(crs, left: float, bottom: float, right: float, top: float) -> dict:
+    """A rectangle of the scene's CRS as a GeoJSON polygon of longitudes and latitudes."""
+    xs, ys = warp_transform(crs, "EPSG:4326", [left, right, right, left, left], [bottom, bottom, top, top, bottom])
+    return {"type": "Polygon", "coordinates": [[[x, y] for x, y in zip(xs, ys, strict=True)]]}
+
+
+def test_a_polygon_reads_the_box_around_it_and_masks_the_pixels_outside_it():
+    """``aoi=``: a GeoJSON polygon (here an L of two rectangles on the crop's pixel edges, 40 x 50 and 20 x 10 pixels)
+    reads the box around it, on the scene's pixel lines, and masks each pixel whose centre lies outside it; the values
+    inside are the scene's."""
+    with rasterio.open(S2) as src:
+        crs = src.crs
+    tall = _polygon_of(crs, 600_200, 4_699_220, 600_600, 4_699_720)  # columns 20-59, rows 30-79
+    foot = _polygon_of(crs, 600_600, 4_699_220, 600_800, 4_699_320)  # columns 60-79, rows 70-79
+    aoi = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": n}, "geometry": g}
+                                                     for n, g in (("tall", tall), ("foot", foot))]}
+    bands = ["B04", "B03", "B02"]
+    with RequestScene([UploadedFile("s2.tif", S2.read_bytes())]) as scene:
+        whole = scene.reader(bands, UnitOverrides())
+        expected, _ = whole.read(Window(0, 0, whole.width, whole.height))
+        reader = scene.reader(bands, UnitOverrides.parse(aoi=json.dumps(aoi)))
+        values, reasons = reader.read(Window(0, 0, reader.width, reader.height))
+    col, row = ~whole.grid.transform @ (reader.grid.transform.c, reader.grid.transform.f)
+    col, row = round(col), round(row)
+    assert (col, row) <= (20, 30) and col + reader.width >= 80 and row + reader.height >= 80
+    inside = reasons == 0
+    assert inside.sum() == 40 * 50 + 20 * 10
+    assert set(np.unique(reasons)) == {0, 6} and reader.reasons_text[6] == "outside the area of interest (aoi=)"
+    assert inside[30 - row: 80 - row, 20 - col: 60 - col].all() and not inside[: 30 - row].any()
+    np.testing.assert_array_equal(values[:, inside],
+                                  expected[:, row: row + reader.height, col: col + reader.width][:, inside])
+
+
+@pytest.mark.parametrize(("aoi", "message"), [
+    ("[1, 2", "is not JSON"), ('{"type": "Point", "coordinates": [10, 45]}', "holds a Point, not a polygon"),
+    ('{"type": "Polygon", "coordinates": [[[10, 45], [11, 45], [10, 45]]]}', "rings are not lists of 4 positions"),
+    ('{"type": "Polygon", "coordinates": [[[600200, 4699220], [600600, 4699220], [600600, 4699720], [600200, '
+     '4699220]]]}', "outside longitudes -180..180 .*reproject it: ogr2ogr"),  # UTM metres, as a shapefile holds
+    ('{"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32719"}}, '
+     '"features": []}', "states its CRS as urn:ogc:def:crs:EPSG::32719"),  # QGIS's export of a UTM layer
+    ('{"type": "FeatureCollection", "features": []}', "holds no polygon"),
+    ('{"type": "Polygon", "coordinates": [[[10, 45], [11, 45], [12, 45], [10, 45]]]}', "encloses no area"),
+])
+def test_an_aoi_that_is_not_a_polygon_of_degrees_is_refused_saying_what_is(aoi, message):
+    with pytest.raises(AoiError, match=message):
+        parse_aoi(aoi)
+
+
+def test_an_aoi_split_at_the_antimeridian_reads_the_box_across_it_and_not_with_a_bbox():
+    """RFC 7946 splits a polygon across the antimeridian in two: the box around it runs from 179 east to 179 west,
+    not round the globe. A request gives bbox= or aoi=, not both."""
+    halves = {"type": "MultiPolygon", "coordinates": [[[[179, -20], [180, -20], [180, -15], [179, -15], [179, -20]]],
+                                                      [[[-180, -20], [-179, -20], [-179, -15], [-180, -15],
+                                                        [-180, -20]]]]}
+    assert parse_aoi(halves).bbox == (179.0, -20.0, -179.0, -15.0)
+    assert parse_aoi({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
+        "name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}, "features": [{"type": "Feature", "geometry": halves}]}).bbox[0] == 179
+    with pytest.raises(AoiError, match="give bbox= or aoi=, not both"):
+        UnitOverrides.parse(bbox="179,-20,-179,-15", aoi=json.dumps(halves))

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from mapex_serve.inputs import GridMismatchError, SourceFile
@@ -190,6 +191,24 @@ def test_a_jobs_mask_threshold_moves_the_cut_of_its_cloud_score(tmp_path, swir_m
             assert reader.masked() == masked
     with pytest.raises(ValueError, match="'SCL' is no cloud probability or clear score layer"):
         JobRequest(url="https://x/y.tif", mask_threshold="SCL:4")
+
+
+def test_a_jobs_aoi_reads_the_box_around_its_polygon_and_masks_the_rest(tmp_path, swir_manifest):
+    """A job's ``aoi`` (a GeoJSON object in its JSON body) crops as a box would and masks outside the polygon."""
+    dn = np.random.default_rng(4).integers(1100, 5000, (2, 64, 64)).astype(np.uint16)
+    for name, data in (("download.B11.tif", dn[0]), ("download.B12.tif", dn[1])):
+        write_band(tmp_path / name, data)
+    sources = ResolvedSources([SourceFile(p.name, str(p)) for p in sorted(tmp_path.glob("download.*.tif"))])
+    with rasterio.open(tmp_path / "download.B11.tif") as src:
+        west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    triangle = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+        [[west, south], [east, south], [west, north], [west, south]]]}}
+    scene, _, reader = opened_scene(JobRequest.model_validate({"aoi": triangle}), sources, [swir_manifest], 10**9)
+    with scene:
+        _, reasons = reader.read(Window(0, 0, reader.width, reader.height))
+        outside = reader.masked()["outside the area of interest (aoi=)"]
+    assert (reader.width, reader.height) == (64, 64) and abs(outside / 64**2 - 0.5) < 0.05
+    assert reasons[0, -1] != 0 and reasons[-1, 0] == 0  # the north-east corner cut off, the south-west kept
 
 
 def test_of_two_copies_of_a_band_the_cog_is_read_whichever_comes_first():

@@ -592,6 +592,9 @@ def test_cancel_and_the_errors_a_user_can_make(jobs_server, sar, tmp_path, webho
         (post({"stac_item": {"type": "Collection", "id": "sentinel-2-l2a", "links": []}}), 422, "not a STAC item"),
         (post({"stac_item": {"type": "Feature", "assets": {"thumb": {"href": "t.png"}}}}), 422, "no asset"),
         (post({"url": "https://x/y.tif", "mask_threshold": "SCL:4"}), 422, "no cloud probability or clear score"),
+        (post({"url": "https://x/y.tif", "aoi": {"type": "Point", "coordinates": [1, 2]}}), 422, "not a polygon"),
+        (post({"url": "https://x/y.tif", "bbox": "1,2,3,4", "aoi": {"type": "Polygon", "coordinates": [
+            [[1, 2], [3, 2], [3, 4], [1, 2]]]}}), 422, "give bbox or aoi, not both"),
         (httpx.post(f"{jobs_server.url}/jobs/flood", params={"mask_threshold": "cs_cdf:60"},
                     files={"file": ("s1.tif", b"II*\0")}), 422, "its values run 0-1"),
         (httpx.post(f"{jobs_server.url}/jobs/no-such-task", json={"url": "https://x/y.tif"}), 404, "tasks served"),

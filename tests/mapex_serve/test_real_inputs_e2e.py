@@ -175,6 +175,26 @@ def test_a_bbox_answers_for_the_part_of_a_real_scene_inside_it_and_a_bbox_off_it
     assert "does not overlap the scene, which covers -67.66" in off.json()["detail"]
 
 
+def test_an_aoi_polygon_answers_its_inside_and_masks_its_outside_as_no_data(server):
+    """A GeoJSON triangle over the real crop (WGS84, as a disaster team's AOI file holds it): the answer covers the
+    box around it, and the mask's pixels outside it are no data (255), counted under their reason."""
+    triangle = {"type": "Polygon", "coordinates": [[[-67.66, -47.86], [-67.645, -47.86], [-67.66, -47.848],
+                                                    [-67.66, -47.86]]]}
+    files = [(S2.name, S2.read_bytes())]
+    r = post(server, "landcover-seg", files, aoi=json.dumps(triangle), format="json")
+    assert r.status_code == 200, r.text
+    masked, valid = r.json()["masked_pixels"], r.json()["valid_pixels"]
+    total = r.json()["grid"]["width"] * r.json()["grid"]["height"]
+    assert masked == {"total": total - valid, "by_reason": {"outside the area of interest (aoi=)": total - valid}}
+    assert 0.4 < valid / total < 0.6  # a triangle fills half its box
+    labels = post(server, "landcover-seg", files, aoi=json.dumps(triangle))
+    with rasterio.MemoryFile(labels.content) as mem, mem.open() as ds:
+        mask = ds.read(1)
+        assert ds.nodata == 255 and (mask == 255).sum() == total - valid and mask.shape == (ds.height, ds.width)
+    point = post(server, "landcover-seg", files, aoi='{"type": "Point", "coordinates": [-67.65, -47.85]}')
+    assert point.status_code == 422 and point.json()["error"] == "AoiError", point.text
+
+
 def test_8bit_rgb_is_422_with_the_fix(server):
     with rasterio.open(DATA / "rmnp-rgb.tif") as src:
         assert src.dtypes[0] == "uint8"
