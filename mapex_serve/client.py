@@ -80,8 +80,13 @@ class JobsClient:
         path = Path(scene)
         params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items() if v is not None}
         with path.open("rb") as f:
-            return self._checked(self._http.post(f"/jobs/{task}", params=params,
-                                                 files={"file": (path.name, f, "image/tiff")})).json()
+            try:
+                return self._checked(self._http.post(f"/jobs/{task}", params=params,
+                                                     files={"file": (path.name, f, "image/tiff")})).json()
+            except httpx.InvalidURL as e:  # an upload's options travel in its query string
+                raise JobFailedError(f"the job's options do not fit in a URL ({e}): an upload's options travel in its "
+                                     f"query string; simplify the aoi polygon (ogr2ogr -simplify), or give the scene "
+                                     f"by URL, whose job takes its options in a JSON body") from None
 
     def status(self, job_id: str) -> dict[str, Any]:
         try:

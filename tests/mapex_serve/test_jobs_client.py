@@ -83,3 +83,17 @@ def test_an_outage_longer_than_outage_s_is_reported_and_a_real_error_at_once(scr
         with pytest.raises(JobFailedError, match="404: no job") as raised:
             client.wait("abc", poll_s=0.05)
         assert not isinstance(raised.value, ServerAwayError) and gone.asked == 1
+
+
+def test_an_upload_whose_aoi_does_not_fit_in_a_url_is_reported_with_what_to_do(scripted, tmp_path):
+    """An upload's options travel in its query string: a polygon of thousands of vertices does not fit in one (httpx
+    refuses it before sending), and the client says what to do instead of raising httpx's error."""
+    scripted.append(server := ScriptedJobs([(200, "queued")]))
+    scene = tmp_path / "s1.tif"
+    scene.write_bytes(b"II*\0")
+    ring = [[10 + i * 1e-5, 45 + (i % 2) * 1e-5] for i in range(5000)]
+    aoi = json.dumps({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
+    with JobsClient(f"http://127.0.0.1:{server.port}") as client:
+        with pytest.raises(JobFailedError, match="do not fit in a URL .* simplify the aoi polygon"):
+            client.submit("flood", scene, aoi=aoi)
+    assert server.asked == 0
