@@ -216,6 +216,8 @@ class LandsatSensor:
 
 OLI = LandsatSensor("OLI", OLI_WAVELENGTHS_NM)
 TM_ETM = LandsatSensor("TM/ETM+", TM_ETM_WAVELENGTHS_NM)
+#: The last word of a band's or a single-band file's name (``download.B10``, ``Fmask``).
+_LAST_WORD = re.compile(r"(?:^|[._\-\s])([A-Za-z0-9]+)$")
 #: Landsat 8-9's thermal bands (TIRS) ending a band's or a single-band file's name: no Landsat 4-7 has them.
 _TIRS = re.compile(r"(?:^|[._\-\s])B1[01]$", re.I)
 #: Product id and file name prefixes (USGS Collection 2 naming: sensor letter, satellite number; HLS L30 is OLI).
@@ -239,16 +241,25 @@ def landsat_sensor(src: DatasetReaderBase, filename: str | None,
         return OLI
     if "TM" in sensor or spacecraft in ("LANDSAT_4", "LANDSAT_5", "LANDSAT_7"):  # "TM", "ETM", "ETM+"
         return TM_ETM
-    return _sensor_of_layers(src.descriptions if request_names is None else request_names)
+    return _sensor_of_names(src.descriptions if request_names is None else request_names)
 
 
-def _sensor_of_layers(names: Sequence[str | None]) -> LandsatSensor | None:
-    """The sensor band names tell, beside a layer only Landsat Collection 2 has (``LANDSAT_C2_LAYERS``)."""
+def _sensor_of_names(names: Sequence[str | None]) -> LandsatSensor | None:
+    """The sensor band names tell: beside a layer only Landsat Collection 2 has (``LANDSAT_C2_LAYERS``), or as HLS
+    L30's whole band set."""
     if not (layers := landsat_collection_layers(names)):
-        return None
+        return OLI if _hls_l30_set(names) else None
     told = {LANDSAT_C2_LAYERS[layer] for layer in layers} - {None}
     told |= {OLI.name} if any(n and _TIRS.search(n.strip()) for n in names) else set()
     return next(s for s in (OLI, TM_ETM) if s.name in told) if len(told) == 1 else None
+
+
+def _hls_l30_set(names: Sequence[str | None]) -> bool:
+    """Whether ``names`` are HLS L30's bands exported whole under another name (Earth Engine's ``NASA/HLS/HLSL30/v002``:
+    ``B1``-``B7``, ``B9``-``B11``, ``Fmask``), numbered as OLI's: its Fmask, its cirrus and thermal bands, and none
+    of the near-infrared and short-wave bands only S30 numbers ``B8``, ``B8A``, ``B12``."""
+    ends = {m.group(1).upper() for n in names if n and (m := _LAST_WORD.search(n.strip()))}
+    return "FMASK" in ends and {"B9", "B10", "B11"} <= ends and not ends & {"B8", "B08", "B8A", "B12"}
 
 
 def _wavelength_nm(src: DatasetReaderBase, index: int) -> tuple[float, str] | None:

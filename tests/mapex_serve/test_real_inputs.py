@@ -338,6 +338,10 @@ LANDSAT8_TOA = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B1
     (["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_QA_AEROSOL", "ST_B10", "QA_PIXEL"],  # Landsat 8-9 Level-2
      ["B02", "B03", "B04", "B8A", None, None, None]),
     (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "QA_PIXEL", "QA_RADSAT"], None),  # Landsat 5 or 8? No thermal says
+    (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11", "Fmask", "SZA"],  # HLS L30, numbered as OLI
+     ["B01", "B02", "B03", "B04", "B8A", "B11", "B12", "B10", None, None, None, None]),
+    (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12", "Fmask"],  # HLS S30: as S2
+     ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12", None]),
 ])
 def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descriptions, canonical):
     """Earth Engine exports a Landsat collection's image whole with its bands named as the collection names them
@@ -345,7 +349,8 @@ def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descr
     file. Its numbers were read as Sentinel-2's: OLI's near infrared B5 as red edge B05, its short-wave infrared B6 and
     B7 as red edge B06 and B07, its thermal B11 (kelvin) as short-wave infrared B11; a red-edge specialist ran on them.
     A Collection 2 layer beside them (QA_PIXEL), in the file or in another of the request (Earth Engine's per-band
-    ZIP), says they are Landsat's; thermal bands say which Landsat."""
+    ZIP), says they are Landsat's; thermal bands say which Landsat. HLS L30 (NASA/HLS/HLSL30) numbers its bands as
+    OLI does too: its whole set (Fmask, cirrus and thermal bands, none of S30's B8, B8A, B12) says so."""
     from mapex_serve.rasters import LandsatSensorUnknownError
 
     stored = RNG.uniform(0.02, 0.4, (len(descriptions), 8, 8)).astype(np.float32)
@@ -360,7 +365,7 @@ def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descr
             continue
         scene = RequestScene(files)
         assert [b.identity.canonical for b in scene.bands] == canonical
-        assert scene.bands[1].identity.rule.startswith("Landsat ")
+        assert scene.bands[1].identity.rule.startswith("Landsat ") == ("B8A" not in descriptions)
 
 
 def test_gdal_imagery_domain_wavelengths():

@@ -155,6 +155,10 @@ def test_a_request_whose_files_say_no_level_is_told_by_its_bands(swir_manifest, 
     hls = [UploadedFile(f"HLS.S30.T33UUP.2023245T100031.v2.0.{n}.tif", to_geotiff(dn[i][None], [None]))
            for i, n in enumerate(["B11", "B12", "B10"])]
     read(surface, [], hls)  # HLS keeps the cirrus band in its surface reflectance
+    fmask = np.zeros((1, 32, 32), np.uint8)
+    renamed = [*(UploadedFile(f"download.{n}.tif", to_geotiff(dn[i][None], [None])) for i, n in
+                 enumerate(["B11", "B12", "B10"])), UploadedFile("download.Fmask.tif", to_geotiff(fmask, [None]))]
+    read(surface, [], renamed)  # so does Earth Engine's HLSS30 exported whole: its Fmask says HLS
     stated = [UploadedFile("s2_swir.tif", to_geotiff(dn[:2], ["B11", "B12"], tags={"PROCESSING_LEVEL": "Level-2A"})),
               UploadedFile("download.B10.tif", to_geotiff(dn[2][None], [None]))]
     read(surface, [], stated)  # the file that says its level wins
