@@ -493,8 +493,8 @@ def _dea(src: DatasetReaderBase, index: int, filename: str | None, header_name: 
 def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat: LandsatSensor | None,
               name_source: str, header_name: str | None, planet: PlanetProduct | None,
               dea: DeaProduct | None, conventions: Sequence[FileConvention], landsat_layer: str | None) -> BandIdentity:
-    """What band ``index`` of ``src`` is. ``landsat_layer``: a Landsat Collection 2 layer among the file's bands where
-    the file does not say which Landsat it is (its band numbers are Landsat's, of no known sensor)."""
+    """What band ``index`` of ``src`` is. ``landsat_layer``: a Landsat Collection 2 layer among the request's bands
+    where nothing says which Landsat it is (its band numbers are Landsat's, of no known sensor)."""
     if src.count == 1 and (named := _radar_file_named(filename, bool(header_name or src.descriptions[0]))) is not None:
         return named
     if src.driver == "SRTMHGT":  # its name is its corner (N51W001.hgt); the format holds nothing but elevation
@@ -522,7 +522,7 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
             return BandIdentity(name, f"Landsat {landsat.name} band {number} ({where}), {found.rule}", found.canonical)
         if landsat is None and (_LANDSAT_C2_NAME.match(name.strip())
                                 or (landsat_layer and _LANDSAT_NUMBER.match(name.strip()))):
-            what = (f"a Landsat band number here (the file holds {landsat_layer}, a Landsat Collection 2 layer)"
+            what = (f"a Landsat band number here (the request holds {landsat_layer}, a Landsat Collection 2 layer)"
                     if landsat_layer else "a Landsat Collection 2 band name")
             raise LandsatSensorUnknownError(
                 f"{filename or 'band ' + str(index)}: {name.strip()} is {what}, and its number means another band on "

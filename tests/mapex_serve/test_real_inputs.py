@@ -359,7 +359,7 @@ def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descr
                                                      for i, n in enumerate(descriptions)}))]
     for files in (one_file, per_band):
         if canonical is None:
-            with pytest.raises(LandsatSensorUnknownError, match="B1 is a Landsat band number here \\(the file holds "
+            with pytest.raises(LandsatSensorUnknownError, match="B1 is a Landsat band number here \\(the request holds "
                                                                 "QA_PIXEL, a Landsat Collection 2 layer\\)"):
                 RequestScene(files)
             continue
