@@ -101,8 +101,8 @@ def bands_say(scene: Sequence[InputBand]) -> LevelEvidence | None:
     """The level a request's bands say by which of them it holds, where no file states one: HLS's Fmask (surface
     reflectance, its cirrus band kept); the cirrus band B10 (1375 nm), which no other surface reflectance product
     keeps (Sen2Cor, MAJA, FORCE, sen2r and Earth Engine's, Sentinel Hub's and the catalogues' Level-2A drop it), or
-    Sen2Cor's scene classification (SCL), which only a Level-2A product has. An export of all of Earth Engine's ``COPERNICUS/S2_HARMONIZED`` bands (EuroSAT's way) says
-    nothing else of being Level-1C."""
+    Sen2Cor's scene classification (SCL), which only a Level-2A product has. An export of all of Earth Engine's
+    ``COPERNICUS/S2_HARMONIZED`` bands (EuroSAT's way) says nothing else of being Level-1C."""
     for b in scene:
         if b.identity.quality == "FMASK":  # HLS keeps the cirrus band in its surface reflectance
             return LevelEvidence("surface", f"its Fmask ({b.file}), HLS's quality layer: HLS is surface reflectance")
