@@ -83,8 +83,8 @@ def parse_aoi(value: str | Mapping[str, Any] | None) -> Aoi | None:
     crs = value.get("crs") if isinstance(value, Mapping) else None  # GeoJSON 2008's, as QGIS still writes
     named = str((crs.get("properties") or {}).get("name", "")) if isinstance(crs, Mapping) else ""
     if crs is not None and not named.upper().replace("::", ":").endswith(("CRS84", "EPSG:4326")):
-        raise AoiError(f"aoi= states its CRS as {named or repr(crs)}; GeoJSON is WGS84 longitude and latitude: reproject "
-                       f"it (ogr2ogr -t_srs EPSG:4326 aoi.geojson yours.geojson)")
+        raise AoiError(f"aoi= states its CRS as {named or repr(crs)}; GeoJSON is WGS84 longitude and latitude: "
+                       f"reproject it (ogr2ogr -t_srs EPSG:4326 aoi.geojson yours.geojson)")
     polygons = [*_polygons(value)]
     if not polygons:
         raise AoiError(f"aoi= holds no polygon; {_ACCEPTED}")
@@ -166,8 +166,8 @@ def crop(grid: Grid, bbox: Bbox, said: str = "bbox=") -> Grid:
     """``grid`` cut to the pixels that ``bbox`` touches, on its own pixel lines (``said``: the parameter it came by,
     for the messages)."""
     if grid.crs is None:
-        raise BboxError(f"the scene has no CRS, so {said.strip()} cannot place the box on it; send it georeferenced, or crop it "
-                        f"yourself")
+        raise BboxError(f"the scene has no CRS, so {said.strip()} cannot place the box on it; send it georeferenced, or "
+                        f"crop it yourself")
     west, south, east, north = bbox
     sides = [bbox] if west < east else [(west, south, 180.0, north), (-180.0, south, east, north)]
     cuts = [cut for side in sides if (cut := _pixels(grid, side, said)) is not None]

@@ -282,8 +282,8 @@ async def predict_task(
                               Query(description="where a cloud probability or clear score layer masks, in its own "
                                                 "values: 0.5 for the scene's one such layer (Cloud Score+ cs_cdf), or "
                                                 "per layer: cs_cdf:0.5,CLP:80")] = None,
-    aoi: Annotated[str | None, Query(description="a polygon of interest, GeoJSON in WGS84 (a Polygon, a MultiPolygon, a "
-                                                 "Feature or a FeatureCollection of them): the box around it is read "
+    aoi: Annotated[str | None, Query(description="a polygon of interest, GeoJSON in WGS84 (a Polygon, a MultiPolygon, "
+                                                 "a Feature or a FeatureCollection of them): the box around it is read "
                                                  "and answered, the pixels outside it masked; not with bbox")] = None,
 ) -> Response:
     started = time.perf_counter()
@@ -294,8 +294,8 @@ async def predict_task(
         known = bool(manifests)
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
-        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox, mask_threshold,
-                                        aoi)
+        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox,
+                                        mask_threshold, aoi)
         try:
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
                 response = await _respond(request, state, manifests, bands, modality, format, overrides)
