@@ -110,8 +110,8 @@ def _polygons(value: Any) -> Iterator[Any]:
     elif kind == "MultiPolygon" and isinstance(value.get("coordinates"), list):
         yield from value["coordinates"]
     else:
-        what = kind if isinstance(kind, str) else type(value).__name__
-        raise AoiError(f"aoi= holds a {what}, not a polygon; {_ACCEPTED}")
+        what = f"a {kind}" if isinstance(kind, str) else "no geometry" if value is None else f"a {type(value).__name__}"
+        raise AoiError(f"aoi= holds {what}, not a polygon; {_ACCEPTED}")
 
 
 def _rings(polygon: Any) -> list[list[Any]]:

@@ -158,6 +158,8 @@ def test_a_polygon_reads_the_box_around_it_and_masks_the_pixels_outside_it():
     ('{"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32719"}}, '
      '"features": []}', "states its CRS as urn:ogc:def:crs:EPSG::32719"),  # QGIS's export of a UTM layer
     ('{"type": "FeatureCollection", "features": []}', "holds no polygon"),
+    ('{"type": "Feature", "properties": {}, "geometry": null}', "holds no geometry, not a polygon"),
+    ('[[10, 45], [11, 45], [11, 46], [10, 45]]', "holds a list, not a polygon"),
     ('{"type": "Polygon", "coordinates": [[[10, 45], [11, 45], [12, 45], [10, 45]]]}', "encloses no area"),
 ])
 def test_an_aoi_that_is_not_a_polygon_of_degrees_is_refused_saying_what_is(aoi, message):
