@@ -4,7 +4,8 @@ A flood map a response team publishes goes into a STAC catalogue (stac-fastapi, 
 that read STAC: GDAL's STACIT driver, odc-stac, stackstac, QGIS. ``GET /jobs/{id}/result?format=stac`` describes
 the job's result files as one Item, each fact read from the files themselves:
 
-- its footprint in WGS84 (``geometry``, ``bbox``; none for a scene without a CRS);
+- its footprint in WGS84 (``geometry``, ``bbox``; none for a scene without a CRS): the part of its ``aoi`` polygon
+  the raster covers, where the job had one;
 - each raster's grid in the projection extension's fields (``proj:code``, ``proj:shape``, ``proj:transform``,
   ``proj:bbox``), what GDAL needs to read an asset without opening it first;
 - the labels' classes in the classification extension's (value, name, the COG's own colour; 255 no data), the
@@ -25,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import rasterio
+import shapely
 from rasterio.io import DatasetReaderBase
 from rasterio.warp import transform_bounds, transform_geom
+from shapely.geometry import mapping, shape
 
+from mapex_serve.aoi import Aoi, parse_aoi
 from mapex_serve.jobs.outputs import NODATA_LABEL
 from mapex_serve.jobs.store import JobRecord
 
@@ -47,7 +51,7 @@ def result_item(record: JobRecord, folder: Path, href: Callable[[str], str]) -> 
     summary = record.summary or {}
     outputs = summary.get("outputs", [])
     with rasterio.open(folder / "result.tif") as labels:
-        geometry, bbox = _footprint(labels)
+        geometry, bbox = _footprint(labels, parse_aoi((record.request.get("options") or {}).get("aoi")))
         assets: dict[str, Any] = {"labels": {
             "href": href("geotiff"), "type": _COG, "roles": ["data"], "title": f"{record.task}: class labels",
             "classification:classes": _classes(labels),
@@ -87,8 +91,9 @@ def _when(acquired: str | None, finished: str) -> dict[str, str | None]:
     return {"datetime": None, "start_datetime": start, "end_datetime": end} if end else {"datetime": start}
 
 
-def _footprint(ds: DatasetReaderBase) -> tuple[dict[str, Any] | None, list[float] | None]:
-    """The raster's outline and bounds in WGS84, its edges densified; (None, None) without a CRS."""
+def _footprint(ds: DatasetReaderBase, aoi: Aoi | None = None) -> tuple[dict[str, Any] | None, list[float] | None]:
+    """The raster's outline and bounds in WGS84, its edges densified, or where the job had an ``aoi`` the part of
+    the polygon the raster covers (its pixels outside are no data); (None, None) without a CRS."""
     if ds.crs is None:
         return None, None
     west, south, east, north = ds.bounds
@@ -98,6 +103,10 @@ def _footprint(ds: DatasetReaderBase) -> tuple[dict[str, Any] | None, list[float
     outline = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
     geometry = transform_geom(ds.crs, "EPSG:4326", outline, antimeridian_cutting=True, precision=7)
     bbox = [round(v, 7) for v in transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=_EDGE_POINTS)]
+    if aoi is not None and not (covered := shape(geometry).intersection(shape(aoi.geometry))).is_empty:
+        geometry = mapping(shapely.set_precision(covered, 1e-7))
+        if bbox[0] <= bbox[2]:  # a box across the antimeridian stays the raster's
+            bbox = [round(v, 7) for v in covered.bounds]
     return geometry, bbox
 
 

@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from mapex_serve.aoi import AoiError, BboxError, crop, parse_aoi, parse_bbox
 from mapex_serve.inputs import RequestScene, UploadedFile
+from mapex_serve.jobs.stac_result import result_item
+from mapex_serve.jobs.store import JobRecord
 from mapex_serve.scene_reader import Grid
 from mapex_serve.units import UnitOverrides
 
@@ -178,3 +181,27 @@ def test_an_aoi_split_at_the_antimeridian_reads_the_box_across_it_and_not_with_a
         "name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}, "features": [{"type": "Feature", "geometry": halves}]}).bbox[0] == 179
     with pytest.raises(AoiError, match="give bbox= or aoi=, not both"):
         UnitOverrides.parse(bbox="179,-20,-179,-15", aoi=json.dumps(halves))
+
+
+def test_a_jobs_stac_item_covers_the_part_of_its_aoi_the_result_covers(tmp_path):
+    """A job's results as a STAC Item: its footprint is the polygon asked for, cut to the raster (its pixels outside
+    the polygon are no data), so that a catalogue finds it only there; without an aoi, the raster's outline."""
+    with rasterio.open(S2) as src:
+        profile = {**src.profile, "count": 1, "dtype": "uint8", "nodata": 255}
+        crs, bounds = src.crs, src.bounds
+    with rasterio.open(tmp_path / "result.tif", "w", **profile) as dst:
+        dst.write(np.zeros((1, profile["height"], profile["width"]), np.uint8))
+    west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds)
+    half = {"type": "Polygon", "coordinates": [[[west - 1, south - 1], [(west + east) / 2, south - 1],
+                                                [(west + east) / 2, north + 1], [west - 1, north + 1],
+                                                [west - 1, south - 1]]]}  # the scene's western half, and beyond it
+
+    def item(options: dict) -> dict:
+        record = JobRecord("abc", "landcover", "done", {"options": options}, created=0.0, finished=1.0)
+        return result_item(record, tmp_path, lambda f: f"http://x/jobs/abc/result?format={f}")
+
+    whole, cut = item({}), item({"aoi": half})
+    whole_area, cut_area = shapely.geometry.shape(whole["geometry"]).area, shapely.geometry.shape(cut["geometry"]).area
+    assert cut_area == pytest.approx(whole_area / 2, rel=0.01)
+    assert cut["bbox"][0] == pytest.approx(whole["bbox"][0], abs=1e-6) and cut["bbox"][2] == pytest.approx(
+        (west + east) / 2, abs=1e-6)
