@@ -45,7 +45,7 @@ from mapex_serve.geokeys import crs_from_keys, crs_of_keys, georeferencing
 from mapex_serve.ground import fit_to_model
 from mapex_serve.mosaic import Tile, mosaic_vrt
 from mapex_serve.planet import planet_product
-from mapex_serve.products import sentinel1_as_shipped
+from mapex_serve.products import display_image, sentinel1_as_shipped
 from mapex_serve.rasters import (
     band_key,
     identify_bands,
@@ -62,6 +62,7 @@ from mapex_serve.theia import nodata as theia_nodata
 from mapex_serve.thresholds import check_layer_values, cuts_for
 from mapex_serve.units import (
     ZERO_IS_NODATA,
+    ImplausibleValuesError,
     UnitOverrides,
     ValueStats,
     check_plausible,
@@ -696,6 +697,9 @@ class RequestScene:
                                             file_grid=self._grids.get(name), snap=snap[i - 1] if snap else None,
                                             planet=planet))
         if not any(b.identity.used for b in self.bands):
+            stems = [os.path.basename(name.partition(":")[0]).rsplit(".", 1)[0] for name, _ in self.datasets]
+            if (why := display_image([*stems, *(n for n in names if n)])) is not None:
+                raise ImplausibleValuesError(why)
             declined = [b.identity for b in self.bands if b.identity.found and parse_name(b.identity.found)]
             raise missing_names_error(total, [b.identity.found for b in self.bands], bands, declined)
         seen: dict[str, InputBand] = {}

@@ -35,7 +35,7 @@ from typing import Literal
 from mapex_serve import theia
 from mapex_serve.dimap import header_bands, header_sensed
 
-__all__ = ["Sidecars", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sensed", "sentinel1_as_shipped",
+__all__ = ["Sidecars", "display_image", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sensed", "sentinel1_as_shipped",
            "sidecars"]
 
 #: What a product's member is: a raster to read, metadata to read for its values, or a file to leave out.
@@ -119,6 +119,22 @@ def no_raster_hint(paths: Sequence[str]) -> str | None:
     if safe is not None and safe.upper().startswith("S1"):
         return sentinel1_as_shipped(safe)
     return None
+
+
+#: A Sentinel-2 true colour image: a SAFE's ``T33UUP_20230912T100031_TCI_10m.jp2``, Earth Engine's ``TCI_R``.
+_TCI = re.compile(r"(?:^|[._])TCI(?:_[RGB]|_\d{2}m)?$", re.I)
+
+
+def display_image(names: Sequence[str]) -> str | None:
+    """Why a request of a Sentinel-2 true colour image (by a name among ``names``: its files' stems and bands) is not
+    read, and what to send; None for any other."""
+    tci = next((n for n in names if n and _TCI.search(n.strip())), None)
+    if tci is None:
+        return None
+    return (f"{tci} is Sentinel-2's true colour image (TCI): 8-bit display imagery, reflectance up to 0.2 (Level-2A) "
+            f"or 0.3558 (Level-1C) stretched to 1-255 and clipped above, not the reflectance the specialists take; "
+            f"send the B04, B03 and B02 band files (a SAFE's IMG_DATA/R10m/..._B04_10m.jp2; in Earth Engine the "
+            f"bands B4, B3, B2)")
 
 
 def sentinel1_as_shipped(product: str) -> str:

@@ -2180,3 +2180,17 @@ def test_any_cut_of_an_export_sent_in_any_order_reads_as_the_whole_with_a_skippe
     assert ((reasons == 0) == covered[rows_read, cols_read]).all()
     np.testing.assert_allclose(values[:, reasons == 0], stored[:, rows_read, cols_read][:, reasons == 0] / 10000,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("names", [["T33UUP_20230912T100031_TCI_10m.jp2"], ["download.TCI_R.tif", "download.TCI_G.tif",
+                                                                           "download.TCI_B.tif"]])
+def test_a_sentinel2_true_colour_image_is_told_to_send_the_bands_it_was_made_of(names):
+    """A SAFE's TCI (or Earth Engine's TCI_R, _G, _B) is 8-bit display imagery: its bands have no names, and the 422
+    asked for bands=red,green,blue, after which a second 422 said the values were display imagery. It says so at
+    once now, and which files to send."""
+    rgb = RNG.integers(1, 255, (3, 16, 16)).astype(np.uint8)
+    files = ([UploadedFile(names[0], tif(rgb))] if len(names) == 1
+             else [UploadedFile(n, tif(rgb[i])) for i, n in enumerate(names)])
+    with pytest.raises(ImplausibleValuesError, match=r"TCI.* is Sentinel-2's true colour image \(TCI\): 8-bit display "
+                                                     r"imagery.* send the B04, B03 and B02 band files"):
+        RequestScene(files)
