@@ -57,7 +57,7 @@ _ACCEPTED = ("give a GeoJSON Polygon or MultiPolygon, a Feature of one, or a Fea
 
 @dataclass(frozen=True)
 class Aoi:
-    """A polygonal area of interest: its GeoJSON geometry (Polygon or MultiPolygon, WGS84) and the box around it."""
+    """A polygonal area of interest: its polygons as one GeoJSON MultiPolygon (WGS84) and the box around them."""
 
     geometry: Mapping[str, Any]
     bbox: Bbox
@@ -137,7 +137,7 @@ def _bounds(points: list[tuple[float, float]]) -> Bbox:
     ends of the longitudes), from its eastern part's west to its western part's east."""
     lons, lats = [p[0] for p in points], [p[1] for p in points]
     west, east = min(lons), max(lons)
-    if east - west > 180:
+    if east - west > 180 and {-180.0, 180.0} <= set(lons):  # parts cut at both ends, not a polygon half a globe wide
         west, east = min(lon for lon in lons if lon >= 0), max(lon for lon in lons if lon < 0)
     if west == east or min(lats) == max(lats):
         raise AoiError(f"aoi= encloses no area (its positions lie on a line); {_ACCEPTED}")

@@ -177,6 +177,8 @@ def test_an_aoi_split_at_the_antimeridian_reads_the_box_across_it_and_not_with_a
                                                       [[[-180, -20], [-179, -20], [-179, -15], [-180, -15],
                                                         [-180, -20]]]]}
     assert parse_aoi(halves).bbox == (179.0, -20.0, -179.0, -15.0)
+    wide = {"type": "Polygon", "coordinates": [[[-100, 0], [100, 0], [100, 1], [-100, 1], [-100, 0]]]}
+    assert parse_aoi(wide).bbox == (-100.0, 0.0, 100.0, 1.0)  # no part at 180: a wide box, not one across it
     assert parse_aoi({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
         "name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}, "features": [{"type": "Feature", "geometry": halves}]}).bbox[0] == 179
     with pytest.raises(AoiError, match="give bbox= or aoi=, not both"):
