@@ -35,8 +35,8 @@ from typing import Literal
 from mapex_serve import theia
 from mapex_serve.dimap import header_bands, header_sensed
 
-__all__ = ["Sidecars", "display_image", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sensed", "sentinel1_as_shipped",
-           "sidecars"]
+__all__ = ["Sidecars", "display_image", "landsat_scales", "no_raster_hint", "role", "safe_scales", "sensed",
+           "sentinel1_as_shipped", "sidecars"]
 
 #: What a product's member is: a raster to read, metadata to read for its values, or a file to leave out.
 Role = Literal["raster", "metadata", "skip"]

@@ -15,8 +15,8 @@ monthly syntheses of those: a weighted average of the cloud-free flat reflectanc
 name gives (at 000000: no sensing time). Each band is one ``..._FRC_B4.tif`` (flat reflectance composite), int16,
 reflectance x 10000, -10000 where no date was clear; ``MASKS/`` has a flag layer a resolution (``..._FLG_R1.tif``,
 ``_R2``): 0 no data, 1 cloud or shadow on every date, 2 snow, 3 water, 4 land (iota2 masks 0 and 1 so), beside the
-dates and weights averaged (``DTS``, ``WGT``). Read as other files are, they were refused: the -10000 of a band
-read as reflectance -1.
+dates and weights averaged (``DTS``, ``WGT``). Before, a synthesis was refused: its bands' -10000 was read as
+reflectance -1.
 
 Read as other files are, a THEIA product went wrong three ways: its CLM masks took Sentinel Hub's meaning under the
 same name (1 cloud, 0 clear), where a THEIA cloud is 1, 3, 35 ..., so most clouds stayed in; a zip gave each band
