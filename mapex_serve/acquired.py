@@ -47,7 +47,8 @@ _NAMED: tuple[tuple[re.Pattern[str], str], ...] = (
     # Earth Engine's Sentinel-2 image (``20230912T100031_20230912T100345_T33UUP``: the product's sensing time, the
     # granule's, the tile), which names its downloads (``<id>.B4.tif``)
     (re.compile(r"(?<![A-Za-z0-9])(?P<t>\d{8}T\d{6})_\d{8}T\d{6}_T\d{2}[A-Z]{3}(?![A-Za-z0-9])"), "%Y%m%dT%H%M%S"),
-    (re.compile(r"(?<![A-Za-z0-9])SENTINEL2[A-D]_(?P<t>\d{8}-\d{6})-\d{3}_L2A_"), "%Y%m%d-%H%M%S"),
+    (re.compile(r"(?<![A-Za-z0-9])(?:SENTINEL2[A-D]|LANDSAT[89]-OLITIRS-XS)_(?P<t>\d{8}-\d{6})-\d{3}_L2A_"),
+     "%Y%m%d-%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9])HLS\.[SL]30\.T\d{2}[A-Z]{3}\.(?P<t>\d{7}T\d{6})\."), "%Y%jT%H%M%S"),
     (re.compile(r"(?<![A-Za-z0-9_])(?P<t>\d{8}_\d{6})_(?:\d{2}_[0-9a-f]{4}_[13]B|[0-9a-f]{4}_[13]B|ssc\d+)"),
      "%Y%m%d_%H%M%S"),

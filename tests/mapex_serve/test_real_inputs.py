@@ -1051,6 +1051,30 @@ def test_theia_files_sent_alone_keep_their_meaning():
     assert scene.quality_bands()[0].identity.quality == "THEIA_CLM"
 
 
+THEIA_L8 = "LANDSAT8-OLITIRS-XS_20210821-102351-515_L2A_T31TFJ_C_V2-2"
+
+
+def test_a_theia_landsat_product_reads_its_bands_by_olis_numbers():
+    """THEIA's Landsat 8 L2A (MAJA's format again, OLI's bands B1-B7, masks at 30 m: ``CLM_XS``) was read by the
+    words of its file names: its near infrared B5 as Sentinel-2's red edge B05, and B6, B7 (short-wave infrared) as
+    red edge too, in a file that declares its -10000 no data. Now each band is OLI's: B5 is B8A."""
+    fre = RNG.integers(200, 4000, (7, 16, 16)).astype(np.int16)
+    fre[:, :2] = -10000  # 32 pixels
+    clm = np.zeros((16, 16), np.uint8)
+    clm[5] = 1 | 2  # a cloud
+    members = {**{f"{THEIA_L8}/{THEIA_L8}_FRE_B{i + 1}.tif": tif(fre[i], nodata=-10000, pixel=30.0) for i in range(7)},
+               **{f"{THEIA_L8}/{THEIA_L8}_SRE_B{i + 1}.tif": tif(fre[i] // 2, pixel=30.0) for i in range(7)},
+               f"{THEIA_L8}/MASKS/{THEIA_L8}_CLM_XS.tif": tif(clm, pixel=30.0),
+               f"{THEIA_L8}/MASKS/{THEIA_L8}_SAT_XS.tif": tif(np.zeros((16, 16), np.uint8), pixel=30.0)}
+    scene, reader, values, reasons = read([UploadedFile(f"{THEIA_L8}.zip", zipped(members))], ["B8A", "B11", "B12"])
+    assert [b.identity.canonical for b in scene.bands[:7]] == ["B01", "B02", "B03", "B04", "B8A", "B11", "B12"]
+    assert "Landsat OLI band 5 (865 nm)" in rule_of(scene, "B8A")
+    assert reader.masked() == {"nodata, mask or alpha band": 32, "THEIA CLM cloud or cloud shadow": 16}
+    np.testing.assert_allclose(values[:, reasons == 0], fre[4:7][:, reasons == 0] * 1e-4, rtol=1e-6)
+    assert sorted(scene.archives[0].report()["read"]) == sorted(
+        [*(f"{THEIA_L8}_FRE_B{i + 1}.tif" for i in range(7)), f"{THEIA_L8}_CLM_XS.tif"])
+
+
 THEIA_L3A = "SENTINEL2X_20230815-000000-000_L3A_T31TCJ_C_V2-0"
 
 
