@@ -256,10 +256,10 @@ def _sensor_of_names(names: Sequence[str | None]) -> LandsatSensor | None:
 
 def _hls_l30_set(names: Sequence[str | None]) -> bool:
     """Whether ``names`` are HLS L30's bands exported whole under another name (Earth Engine's ``NASA/HLS/HLSL30/v002``:
-    ``B1``-``B7``, ``B9``-``B11``, ``Fmask``), numbered as OLI's: its Fmask, its cirrus and thermal bands, and none
-    of the near-infrared and short-wave bands only S30 numbers ``B8``, ``B8A``, ``B12``."""
-    ends = {m.group(1).upper() for n in names if n and (m := _LAST_WORD.search(n.strip()))}
-    return "FMASK" in ends and {"B9", "B10", "B11"} <= ends and not ends & {"B8", "B08", "B8A", "B12"}
+    ``B1``-``B7``, ``B9``-``B11``, ``Fmask``; LP DAAC's ``B01``), numbered as OLI's: its Fmask, its cirrus and thermal
+    bands, and none of the near-infrared and short-wave bands only S30 numbers ``B8``, ``B8A``, ``B12``."""
+    ends = {re.sub(r"^B0(?=\d$)", "B", m.group(1).upper()) for n in names if n and (m := _LAST_WORD.search(n.strip()))}
+    return "FMASK" in ends and {"B9", "B10", "B11"} <= ends and not ends & {"B8", "B8A", "B12"}
 
 
 def _wavelength_nm(src: DatasetReaderBase, index: int) -> tuple[float, str] | None:

@@ -340,6 +340,8 @@ LANDSAT8_TOA = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B1
     (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "QA_PIXEL", "QA_RADSAT"], None),  # Landsat 5 or 8? No thermal says
     (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11", "Fmask", "SZA"],  # HLS L30, numbered as OLI
      ["B01", "B02", "B03", "B04", "B8A", "B11", "B12", "B10", None, None, None, None]),
+    (["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B09", "B10", "B11", "Fmask"],  # LP DAAC's names, stacked
+     ["B01", "B02", "B03", "B04", "B8A", "B11", "B12", "B10", None, None, None]),
     (["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12", "Fmask"],  # HLS S30: as S2
      ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12", None]),
 ])
