@@ -11,6 +11,7 @@ the service's own dependencies are not imported.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,7 +79,8 @@ class JobsClient:
             body = {**({"url": scene} if scene else {}), **options}
             return self._checked(self._http.post(f"/jobs/{task}", json=body)).json()
         path = Path(scene)
-        params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items() if v is not None}
+        params = {k: str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, dict) else v
+                  for k, v in options.items() if v is not None}  # an aoi object goes as its GeoJSON text
         with path.open("rb") as f:
             try:
                 return self._checked(self._http.post(f"/jobs/{task}", params=params,

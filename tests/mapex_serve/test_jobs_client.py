@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -18,6 +19,7 @@ class ScriptedJobs:
 
     def __init__(self, script: list[tuple[int, str]]) -> None:
         self.script, self.port, self.asked = list(script), free_port(), 0
+        self.posted: list[str] = []  # the paths of the POSTs, query strings included
         self.server: ThreadingHTTPServer | None = None
         self.start()
 
@@ -27,6 +29,16 @@ class ScriptedJobs:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
                 pass
+
+            def do_POST(self) -> None:
+                jobs.posted.append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.dumps({"id": "abc", "state": "queued"}).encode()
+                self.send_response(202)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def do_GET(self) -> None:
                 status, state = jobs.script.pop(0) if len(jobs.script) > 1 else jobs.script[0]
@@ -85,9 +97,10 @@ def test_an_outage_longer_than_outage_s_is_reported_and_a_real_error_at_once(scr
         assert not isinstance(raised.value, ServerAwayError) and gone.asked == 1
 
 
-def test_an_upload_whose_aoi_does_not_fit_in_a_url_is_reported_with_what_to_do(scripted, tmp_path):
-    """An upload's options travel in its query string: a polygon of thousands of vertices does not fit in one (httpx
-    refuses it before sending), and the client says what to do instead of raising httpx's error."""
+def test_an_uploads_aoi_goes_as_geojson_text_and_one_too_long_for_a_url_is_reported(scripted, tmp_path):
+    """An upload's options travel in its query string: an aoi object goes as its GeoJSON text (not Python's repr of
+    a dict); a polygon of thousands of vertices does not fit in a URL (httpx refuses it before sending), and the
+    client says what to do instead of raising httpx's error."""
     scripted.append(server := ScriptedJobs([(200, "queued")]))
     scene = tmp_path / "s1.tif"
     scene.write_bytes(b"II*\0")
@@ -96,4 +109,9 @@ def test_an_upload_whose_aoi_does_not_fit_in_a_url_is_reported_with_what_to_do(s
     with JobsClient(f"http://127.0.0.1:{server.port}") as client:
         with pytest.raises(JobFailedError, match="do not fit in a URL .* simplify the aoi polygon"):
             client.submit("flood", scene, aoi=aoi)
-    assert server.asked == 0
+        with pytest.raises(JobFailedError, match="do not fit in a URL"):
+            client.submit("flood", scene, aoi=json.loads(aoi))  # an object, as json.load gives it, goes as its text
+        triangle = {"type": "Polygon", "coordinates": [[[10, 45], [11, 45], [10, 46], [10, 45]]]}
+        client.submit("flood", scene, aoi=triangle)
+    assert server.asked == 0 and len(server.posted) == 1
+    assert json.loads(parse_qs(urlsplit(server.posted[0]).query)["aoi"][0]) == triangle
