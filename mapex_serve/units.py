@@ -284,6 +284,13 @@ def _boa(src: DatasetReaderBase, index: int, canonical: str) -> tuple[float, flo
     return 1.0 / q, (add or 0.0) / q
 
 
+def _envi_reflectance_scale(src: DatasetReaderBase) -> float | None:
+    """An ENVI header's ``reflectance scale factor`` (ENVI FLAASH writes 10000, others 1000 or 1): what divides the
+    stored values into reflectance 0..1; GDAL keeps it in the ENVI domain only. None where no header states one."""
+    factor = _tag_number({k.lower(): v for k, v in src.tags(ns="ENVI").items()}, "reflectance_scale_factor")
+    return factor if factor is not None and math.isfinite(factor) and factor > 0 else None
+
+
 def _stated_unit(src: DatasetReaderBase, index: int, snap: SnapBand | None = None) -> tuple[StatedUnit, str] | None:
     """The unit the file states for band ``index``: its SNAP header's, GDAL's UNITTYPE, then a ``units``/``unit``
     tag."""
@@ -415,6 +422,10 @@ def conversion_for(
     elif tag_scale is not None or tag_offset is not None:
         scale, offset = tag_scale if tag_scale is not None else 1.0, tag_offset or 0.0
         steps.append(f"x {scale:g} + {offset:g} (scale_factor/add_offset tags)")
+    elif band.unit == "reflectance" and (factor := _envi_reflectance_scale(src)) is not None:
+        scale, offset = 1 / factor, 0.0
+        steps.append(f"x {scale:g} + 0 (its ENVI header's reflectance scale factor {factor:g})")
+        reflectance_by = "an ENVI header's reflectance scale factor"
     elif (force_scale := force_scale_of(src, index)) is not None:
         scale, offset = force_scale, 0.0
         steps.append(f"x {scale:g} + 0 (its FORCE metadata: Scale {1 / scale:g})")

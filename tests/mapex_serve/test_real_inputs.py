@@ -778,6 +778,26 @@ def test_envi_image_and_header_as_two_parts_like_snap_beam_dimap(tmp_path):
     np.testing.assert_allclose(values, db)
 
 
+@pytest.mark.parametrize("factor", [1000, 10000, 1])
+def test_an_envi_files_reflectance_scale_factor_is_its_scale(tmp_path, factor):
+    """An ENVI header's ``reflectance scale factor`` (FLAASH writes 10000; 1000 and 1, floats, are common too) says
+    what divides the values into reflectance; GDAL keeps it in the ENVI domain only. Read as Sentinel-2's x 10000,
+    a factor of 1000 made every band ten times too dark, and passed every range check."""
+    reflectance = RNG.uniform(0.02, 0.45, (2, 16, 16))
+    stored = (reflectance * factor).astype(np.int16 if factor > 1 else np.float32)
+    path = tmp_path / "flaash.img"
+    with rasterio.open(path, "w", driver="ENVI", count=2, width=16, height=16, dtype=stored.dtype, crs=UTM,
+                       transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(stored)
+    header = path.with_suffix(".hdr")
+    header.write_text(header.read_text().rstrip() + f"\nwavelength units = Nanometers\nwavelength = {{665, 842}}"
+                      f"\nreflectance scale factor = {factor}\n")
+    files = [UploadedFile(p.name, p.read_bytes()) for p in (path, header)]
+    _, reader, values, _ = read(files, ["B04", "B08"])
+    np.testing.assert_allclose(values, stored.astype(np.float64) / factor, rtol=1e-6)
+    assert f"reflectance scale factor {factor:g}" in reader.bands[0].conversion.steps[0]
+
+
 def test_hdf5_subdatasets_in_groups(tmp_path):
     """An HDF5 product with one dataset per band in a group (as h5py / NASA products write them); GDAL's HDF5
     driver lists them as ``HDF5:"file"://group/name`` subdatasets."""
