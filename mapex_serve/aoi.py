@@ -85,15 +85,15 @@ def parse_aoi(value: str | Mapping[str, Any] | None) -> Aoi | None:
     if crs is not None and not named.upper().replace("::", ":").endswith(("CRS84", "EPSG:4326")):
         raise AoiError(f"aoi= states its CRS as {named or repr(crs)}; GeoJSON is WGS84 longitude and latitude: "
                        f"reproject it (ogr2ogr -t_srs EPSG:4326 aoi.geojson yours.geojson)")
-    polygons = [*_polygons(value)]
+    polygons = [_rings(polygon) for polygon in _polygons(value)]
     if not polygons:
         raise AoiError(f"aoi= holds no polygon; {_ACCEPTED}")
-    points = [_position(p) for polygon in polygons for ring in _rings(polygon) for p in ring]
+    points = [_position(p) for rings in polygons for ring in rings for p in ring]
     if len(points) > MAX_VERTICES:
         raise AoiError(f"aoi= has {len(points):,} vertices, more than {MAX_VERTICES:,}; simplify it (ogr2ogr "
                        f"-simplify, or shapely's simplify) first")
-    geometry = {"type": "MultiPolygon", "coordinates": [[[list(p) for p in ring] for ring in _rings(polygon)]
-                                                        for polygon in polygons]}
+    geometry = {"type": "MultiPolygon", "coordinates": [[[list(p) for p in ring] for ring in rings]
+                                                        for rings in polygons]}
     return Aoi(geometry, _bounds(points))
 
 
