@@ -8,10 +8,11 @@ checked chunk by chunk, so an oversized upload is refused as soon as it passes t
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
+from urllib.parse import urlencode
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -21,7 +22,7 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "Sink", "UnsupportedContentEncodingError",
+    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "OptionFieldError", "Sink", "UnsupportedContentEncodingError",
     "UnsupportedMediaTypeError", "UploadTimeoutError", "UploadTooLargeError", "body_chunks", "body_head",
     "body_progress", "check_not_encoded", "declared_size", "raw_name", "read_upload", "receive", "resumed", "save_upload",
     "sent_chunked", "still_arriving_error",
@@ -38,6 +39,8 @@ RAW_NAME = "upload.tif"
 MULTIPART_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
 _PROGRESS = "mapex.body"  # the scope's key of a request's BodyProgress
 _MAX_PARTS = 64
+#: An option field's value is quoted in its refusal up to this many bytes (a GeoJSON polygon may be longer).
+_SHOWN_VALUE = 300
 
 
 class UploadTooLargeError(MapexError, ValueError):
@@ -54,6 +57,10 @@ class UnsupportedContentEncodingError(UnsupportedMediaTypeError):
 
 class MalformedUploadError(MapexError, ValueError):
     """A multipart body that does not parse."""
+
+
+class OptionFieldError(MapexError, ValueError):
+    """A multipart field named as one of the route's query parameters: read past, it would be ignored in silence."""
 
 
 class UploadTimeoutError(MapexError, TimeoutError):
@@ -107,14 +114,17 @@ class Sink(Protocol):
 
 
 class _Parts:
-    """python-multipart callbacks that collect each part's headers and send its bytes to a sink of its own."""
+    """python-multipart callbacks that collect each part's headers and send its bytes to a sink of its own; a field
+    named as one of the route's ``options`` (its query parameters) is refused once its value is in."""
 
-    def __init__(self, open_sink: Callable[[int, str], Sink]) -> None:
+    def __init__(self, open_sink: Callable[[int, str], Sink], options: Collection[str] = (), path: str = "") -> None:
         self.parts: list[tuple[dict[bytes, bytes], Sink | None]] = []
         self._open_sink = open_sink
+        self._options, self._path = options, path
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
         self._sink: Sink | None = None
+        self._option: tuple[str, bytearray] | None = None  # a misplaced option's name, and its value so far
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= _MAX_PARTS:
@@ -134,20 +144,35 @@ class _Parts:
     def on_headers_finished(self) -> None:
         """Only ``file`` parts are kept; other fields are read past (their names go into the error message)."""
         _, disposition = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if disposition.get(b"name") == b"file":
+        field = disposition.get(b"name", b"").decode("utf-8", "replace")
+        if field == "file":
             files = sum(1 for _, sink in self.parts if sink is not None)
             name = disposition.get(b"filename", b"").decode("utf-8", "replace") or f"part{files}.tif"
             self._sink = self._open_sink(files, name)
+        elif field in self._options:
+            self._option = field, bytearray()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._sink is not None:
             self._sink.write(data[start:end])
+        elif self._option is not None and len(self._option[1]) <= _SHOWN_VALUE:
+            self._option[1].extend(data[start:end])
 
     def on_part_end(self) -> None:
+        if self._option is not None:
+            raise self._misplaced(*self._option)
         if self._sink is not None:
             self._sink.close()
         self.parts.append((self._headers, self._sink))
         self._sink = None
+
+    def _misplaced(self, name: str, value: bytearray) -> OptionFieldError:
+        text = value.decode("utf-8", "replace").strip()
+        query = urlencode({name: text}) if text and len(text) <= _SHOWN_VALUE else f"{name}=..."
+        return OptionFieldError(
+            f"the multipart field {name!r} would not be read: {self._path} takes its options as query parameters "
+            f"({', '.join(sorted(self._options))}), and only fields named 'file' from the body; send "
+            f"POST {self._path}?{query} with the scene as -F file=@scene.tif")
 
     def close(self) -> None:
         """Close every part's sink, the one being written included (an upload cut short leaves no open file)."""
@@ -217,11 +242,12 @@ def check_not_encoded(request: Request) -> None:
 
 
 async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink],
-                  chunks: AsyncIterator[bytes] | None = None) -> list[Sink]:
-    """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes.
+                  chunks: AsyncIterator[bytes] | None = None, options: Collection[str] = ()) -> list[Sink]:
+    """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes,
+    and a multipart field named as one of the route's query parameters (``options``: 422, ``OptionFieldError``).
     ``chunks``: the body's, from its start, when the caller began to read it (``resumed``)."""
     check_not_encoded(request)
-    media, options = _media_type(request)
+    media, media_parameters = _media_type(request)
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise UnsupportedMediaTypeError(
             f"unsupported media type {media or '(none)'!r}; send the GeoTIFF as multipart/form-data with a "
@@ -243,11 +269,11 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
         finally:
             sink.close()
         return [sink]
-    boundary = options.get(b"boundary")
+    boundary = media_parameters.get(b"boundary")
     if not boundary:
         raise MalformedUploadError("the multipart body declares no boundary (Content-Type: multipart/form-data; "
                                    "boundary=...); let the client build it, e.g. curl -F file=@scene.tif")
-    parts = _Parts(open_sink)
+    parts = _Parts(open_sink, options, request.url.path)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
         async for chunk in chunks:
@@ -322,17 +348,18 @@ async def resumed(head: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterat
 
 
 async def read_upload(request: Request, limit: int, hold: Callable[[int], None] = lambda _n: None,
-                      chunks: AsyncIterator[bytes] | None = None) -> list[UploadedFile]:
+                      chunks: AsyncIterator[bytes] | None = None, options: Collection[str] = ()) -> list[UploadedFile]:
     """The uploaded files (every ``file`` part, in order), in memory, each chunk ``hold``-ed as it arrives
-    (``chunks``: as ``receive``)."""
-    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold), chunks)
+    (``chunks``, ``options``: as ``receive``)."""
+    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold), chunks, options)
     files = [UploadedFile(s.name, s.data) for s in sinks]
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)
     return files
 
 
-async def save_upload(request: Request, folder: Path, limit: int) -> list[tuple[str, Path]]:
+async def save_upload(request: Request, folder: Path, limit: int,
+                      options: Collection[str] = ()) -> list[tuple[str, Path]]:
     """The uploaded files written to ``folder`` as they stream in: ``(name as sent, path)``, in order.
 
     For whole-scene jobs: a scene of many GB never sits in memory. Each part is saved under its
@@ -345,5 +372,5 @@ async def save_upload(request: Request, folder: Path, limit: int) -> list[tuple[
         names.append(name)
         return (folder / f"part{index:02d}").open("wb")
 
-    sinks = await receive(request, limit, open_file)
+    sinks = await receive(request, limit, open_file, options=options)
     return [(name, Path(s.name)) for name, s in zip(names, sinks, strict=True)]

@@ -32,6 +32,7 @@ from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
+from mapex_serve.routes.query import query_parameters
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
 from mapex_serve.upload import save_upload
@@ -139,7 +140,7 @@ async def submit_job(
                               pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
                               mask_threshold=mask_threshold, aoi=aoi, probabilities=probabilities,
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2, notify=notify)
-            uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes)
+            uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes, _OPTIONS)
         elif not body.has_source:
             raise JobRequestError("the job request names no scene: give url (http(s)://, s3:// or gs://) or stac_item, "
                                   "or upload the file as multipart (-F file=@scene.tif)")
@@ -158,6 +159,10 @@ async def submit_job(
     record = runner.submit(task, body, sources, route, job_id, base_url=str(request.base_url))
     return JSONResponse(runner.status(record).model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{record.id}"})
+
+
+#: What a job upload takes in its query string, and no multipart field may be named.
+_OPTIONS = tuple(query_parameters(submit_job))
 
 
 @router.get("/jobs", response_model=list[JobStatus], responses={200: {"content": {"application/geo+json": {}}}})

@@ -8,9 +8,9 @@ import re
 import time
 from collections.abc import Awaitable
 from functools import partial
-from typing import Annotated, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, params
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +27,7 @@ from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
+from mapex_serve.routes.query import query_parameters
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, UnitOverrides
 from mapex_serve.upload import (
@@ -137,7 +138,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
         except SlabSpaceError as e:
             _no_room(e)
         else:
-            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink))
+            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, options=_QUERY))
             return upload
     chunked = sent_chunked(request)
     if pool is not None and chunked is not None:
@@ -157,7 +158,7 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload.discard()
                 raise
             return upload
-    files = await read_upload(request, limit, partial(held.grow, what=_HELD))
+    files = await read_upload(request, limit, partial(held.grow, what=_HELD), options=_QUERY)
     if pool is None:
         return files
     return _prepared(pool, files, specialists, settings.max_batch)
@@ -179,11 +180,11 @@ async def _receive_chunked(request: Request, pool: DecodePool, framing: Literal[
         except SlabSpaceError as e:
             _no_room(e)
         else:
-            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, body))
+            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, body, _QUERY))
             held.release()  # its head goes to the slab as the task starts
             return upload
     held.release()  # held again as it is kept
-    return _prepared(pool, await read_upload(request, limit, hold, body), specialists, max_batch)
+    return _prepared(pool, await read_upload(request, limit, hold, body, _QUERY), specialists, max_batch)
 
 
 #: What ``Reservation.grow``'s 503 says the body's bytes are.
@@ -321,19 +322,9 @@ def _timed_out(request: Request, limit_s: float) -> MapexError:
                                f"scene or retry later")
 
 
-def _query_parameters() -> dict[str, tuple[str, ...] | None]:
-    """``predict_task``'s query parameters, each with its values where they are a closed set (``format``,
-    ``pixel_size``): read from its signature, so that the lane passes whatever parameter the route gains."""
-    out = {}
-    for name, hint in get_type_hints(predict_task, include_extras=True).items():
-        if get_origin(hint) is Annotated and any(isinstance(m, params.Query) for m in hint.__metadata__):
-            inner = get_args(hint)[0]  # Literal[...], or Literal[...] | None
-            literal = next((a for a in (inner, *get_args(inner)) if get_origin(a) is Literal), None)
-            out[name] = get_args(literal) if literal is not None else None
-    return out
-
-
-_QUERY = _query_parameters()
+#: ``predict_task``'s query parameters, with their closed sets of values (``format``, ``pixel_size``): the lane passes
+#: whatever parameter the route gains.
+_QUERY = query_parameters(predict_task)
 
 
 def _predict_lane(request: Request, state: ServiceState, reg: Registry,

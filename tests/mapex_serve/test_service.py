@@ -117,6 +117,33 @@ def test_bad_input_gets_a_4xx_that_says_what_would_be_accepted(server, task, con
     assert message in r.json()["detail"]
 
 
+def _large_rgb() -> bytes:
+    """A 6 MiB uncompressed RGB GeoTIFF: a multipart body this large is read by its worker while it arrives."""
+    bands = np.random.default_rng(0).integers(200, 3000, (3, 1024, 1024), dtype=np.uint16)
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", count=3, width=1024, height=1024, dtype="uint16", crs="EPSG:32633",
+                      transform=rasterio.Affine(10, 0, 500000, 0, -10, 5000000)) as dst:
+            dst.write(bands)
+            dst.descriptions = ("B04", "B03", "B02")
+        return mem.read()
+
+
+@pytest.mark.parametrize(("path", "fields"), [
+    ("/predict/wildfire", [("file", ("s.tif", S2.read_bytes())), ("bands", (None, b"B04,B03,B02,B11,B12,-"))]),
+    ("/predict/landcover-seg", [("units", (None, b"reflectance")), ("file", ("s.tif", _large_rgb()))]),
+    ("/jobs/wildfire", [("file", ("s.tif", S2.read_bytes())), ("notify", (None, b"http://127.0.0.1:9/hook"))]),
+], ids=["small upload, option after the file", "read while arriving, option first", "job upload"])
+def test_an_option_sent_as_a_form_field_is_a_422_that_shows_the_query(server, path, fields):
+    """It was read past: a user who sent ``-F units=...`` or ``-F aoi=@basin.geojson`` got an answer without it."""
+    jobs_before = server.http.get("/jobs", params={"limit": 1000}).json()
+    name, (_, value) = next((n, f) for n, f in fields if n != "file")
+    r = server.http.post(path, files=fields)
+    assert r.status_code == 422 and r.json()["error"] == "OptionFieldError", r.text
+    assert f"POST {path}?{httpx.QueryParams({name: value.decode()})}" in r.json()["detail"]
+    assert server.http.get("/jobs", params={"limit": 1000}).json() == jobs_before, "no job kept"
+    assert server.post("wildfire", S2).status_code == 200
+
+
 def test_made_up_task_names_are_counted_as_one_series(server):
     """A scanner's paths must not each become a time series of their own: the service would grow with them."""
     for task in ("cloud-x1", "cloud-x2"):

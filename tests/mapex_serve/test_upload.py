@@ -1,13 +1,20 @@
 """Receiving uploads with Starlette's real Request over a streamed ASGI body."""
 
 import asyncio
+import json
 import tracemalloc
 
 import httpx
 import pytest
 from starlette.requests import Request
 
-from mapex_serve.upload import MalformedUploadError, UnsupportedMediaTypeError, UploadTooLargeError, read_upload
+from mapex_serve.upload import (
+    MalformedUploadError,
+    OptionFieldError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
+    read_upload,
+)
 
 
 def streamed(content: bytes, content_type: str, chunk: int = 64 * 1024) -> tuple[Request, list[int]]:
@@ -24,8 +31,9 @@ def streamed(content: bytes, content_type: str, chunk: int = 64 * 1024) -> tuple
     return Request(scope, receive), taken
 
 
-def multipart(files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
-    """A multipart body exactly as httpx (the client most Python users have) encodes it."""
+def multipart(files: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
+    """A multipart body exactly as httpx (the client most Python users have) encodes it; a part named None is a
+    form field (no file name)."""
     req = httpx.Request("POST", "http://x", files=[(field, (name, data)) for field, name, data in files])
     return req.read(), req.headers["content-type"]
 
@@ -52,6 +60,30 @@ def test_malformed_and_fieldless_bodies():
         asyncio.run(read_upload(streamed(body, ctype)[0], 1000))
     with pytest.raises(UnsupportedMediaTypeError, match="image/tiff"):
         asyncio.run(read_upload(streamed(b"x", "text/plain")[0], 1000))
+
+
+OPTIONS = ("aoi", "bands", "units")
+
+
+@pytest.mark.parametrize("first", ["option", "file"])
+def test_a_field_named_as_a_query_parameter_is_refused_not_ignored(first):
+    """``curl -F file=@s.tif -F units=dB`` was read as if units were not given: the service guessed them."""
+    parts = [("units", None, b"dB"), ("file", "s.tif", b"tiff")]
+    body, ctype = multipart(parts if first == "option" else parts[::-1])
+    request, _ = streamed(body, ctype, chunk=5)
+    request.scope["path"] = "/predict/flood"
+    with pytest.raises(OptionFieldError) as refused:
+        asyncio.run(read_upload(request, 10**6, options=OPTIONS))
+    assert "POST /predict/flood?units=dB" in str(refused.value) and "aoi, bands, units" in str(refused.value)
+
+
+def test_an_option_field_too_long_to_quote_is_named_and_other_fields_are_read_past():
+    polygon = json.dumps({"type": "Polygon", "coordinates": [[[x / 100, 0.0] for x in range(40)]]}).encode()
+    body, ctype = multipart([("file", "s.tif", b"tiff"), ("aoi", "basin.geojson", polygon)])
+    with pytest.raises(OptionFieldError, match=r"\?aoi=\.\.\. with the scene"):
+        asyncio.run(read_upload(streamed(body, ctype)[0], 10**6, options=OPTIONS))
+    body, ctype = multipart([("file", "s.tif", b"tiff"), ("note", None, b"units are dB")])
+    assert [f.data for f in asyncio.run(read_upload(streamed(body, ctype)[0], 10**6, options=OPTIONS))] == [b"tiff"]
 
 
 def test_a_multipart_upload_is_held_about_once_not_three_times():
