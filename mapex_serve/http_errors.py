@@ -48,6 +48,7 @@ from mapex_serve.routes.jobs import (
     JobRequestError,
     JobsDisabledError,
 )
+from mapex_serve.routes.query import UnknownOptionError
 from mapex_serve.routing import NoMatchingSpecialistError
 from mapex_serve.thresholds import MaskThresholdError
 from mapex_serve.units import ImplausibleValuesError, UnitError
@@ -74,7 +75,7 @@ STATUS: dict[type[MapexError], int] = {
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,
     SubdatasetsError: 422, UnitError: 422, PixelSizeError: 422, ReflectanceLevelError: 422,
     BackscatterError: 422, ImplausibleValuesError: 422, BboxError: 422, MaskThresholdError: 422,
-    OptionFieldError: 422,
+    OptionFieldError: 422, UnknownOptionError: 422,
     JobNotFoundError: 404, JobConflictError: 409, JobExpiredError: 410, JobRequestError: 422, JobSourceError: 422,
     RemoteFileError: 422, RemoteFileUnavailableError: 502,
     GeoJSONNotAvailableError: 422, NotGeoreferencedError: 422, AreaError: 422,

@@ -32,7 +32,7 @@ from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
-from mapex_serve.routes.query import query_parameters
+from mapex_serve.routes.query import check_options, query_parameters
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
 from mapex_serve.upload import save_upload
@@ -127,8 +127,13 @@ async def submit_job(
     manifests = [s.manifest for s in reg.for_task(task)]
     if not manifests:
         raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
+    check_options(request, _OPTIONS)
     job_id = new_id()
     body = await _job_request(request)
+    if body is not None and request.query_params:
+        given = ", ".join(f"{k}={v}" for k, v in request.query_params.items())
+        raise JobRequestError(f"a job request sent as JSON takes its options in the JSON, not in the query string "
+                              f"({given}): send e.g. {{\"url\": \"https://host/scene.tif\", \"units\": \"dB\"}}")
     if notified := (body.notify if body is not None else notify):
         checked_notify_url(notified, state.settings.job_notify_prefixes)
     uploads: list[tuple[str, Path]] = []

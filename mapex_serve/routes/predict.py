@@ -27,7 +27,7 @@ from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
-from mapex_serve.routes.query import query_parameters
+from mapex_serve.routes.query import check_options, query_parameters
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, UnitOverrides
 from mapex_serve.upload import (
@@ -295,6 +295,7 @@ async def predict_task(
         known = bool(manifests)
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
+        check_options(request, _QUERY)
         overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox,
                                         mask_threshold, aoi)
         try:

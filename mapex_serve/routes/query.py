@@ -1,14 +1,21 @@
-"""A route's query parameters, read from its endpoint's signature: what the fast lane passes on, and what a multipart
-field must not be named (``upload.OptionFieldError``)."""
+"""A route's query parameters, read from its endpoint's signature: what the fast lane passes on, what a multipart
+field must not be named (``upload.OptionFieldError``), and what else in a query is refused (``UnknownOptionError``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Collection
 from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
-from fastapi import params
+from fastapi import Request, params
 
-__all__ = ["query_parameters"]
+from mapex_serve.errors import MapexError
+
+__all__ = ["UnknownOptionError", "check_options", "query_parameters"]
+
+
+class UnknownOptionError(MapexError, ValueError):
+    """A query parameter the route does not take (a misspelt option): ignored, the answer would come without it."""
 
 
 def query_parameters(endpoint: Callable[..., object]) -> dict[str, tuple[str, ...] | None]:
@@ -21,3 +28,13 @@ def query_parameters(endpoint: Callable[..., object]) -> dict[str, tuple[str, ..
             literal = next((a for a in (inner, *get_args(inner)) if get_origin(a) is Literal), None)
             out[name] = get_args(literal) if literal is not None else None
     return out
+
+
+def check_options(request: Request, known: Collection[str]) -> None:
+    """Refuse a query parameter that is not one of ``known``, naming the closest one (``unit=`` for ``units=``)."""
+    for name in request.query_params:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}=?" if close else ""
+            raise UnknownOptionError(f"{request.url.path} takes no query parameter {name!r}{hint} (it takes "
+                                     f"{', '.join(known)})")

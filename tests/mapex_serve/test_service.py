@@ -144,6 +144,25 @@ def test_an_option_sent_as_a_form_field_is_a_422_that_shows_the_query(server, pa
     assert server.post("wildfire", S2).status_code == 200
 
 
+@pytest.mark.parametrize(("path", "params", "message"), [
+    ("/predict/wildfire", {"unit": "reflectance"}, "takes no query parameter 'unit'; did you mean units=?"),
+    ("/predict/wildfire", {"format": "json", "mask_treshold": "0.3"}, "did you mean mask_threshold=?"),
+    ("/jobs/wildfire", {"pixelsize": "native"}, "takes no query parameter 'pixelsize'; did you mean pixel_size=?"),
+])
+def test_a_misspelt_option_is_a_422_not_ignored(server, path, params, message):
+    """FastAPI reads past query parameters a route does not declare: ``?unit=dB`` ran as if no unit were given."""
+    r = server.http.post(path, params=params, files={"file": ("s.tif", S2.read_bytes())})
+    assert r.status_code == 422 and r.json()["error"] == "UnknownOptionError", r.text
+    assert message in r.json()["detail"] and "bbox" in r.json()["detail"]
+
+
+def test_a_json_job_request_with_options_in_its_query_is_a_422(server):
+    """The JSON is the request: options in the query string were read past."""
+    r = server.http.post("/jobs/wildfire", params={"units": "reflectance"}, json={"url": "https://host/scene.tif"})
+    assert r.status_code == 422 and "takes its options in the JSON" in r.json()["detail"], r.text
+    assert "units=reflectance" in r.json()["detail"]
+
+
 def test_made_up_task_names_are_counted_as_one_series(server):
     """A scanner's paths must not each become a time series of their own: the service would grow with them."""
     for task in ("cloud-x1", "cloud-x2"):
