@@ -16,6 +16,9 @@ files sent alone state it in their names, all in UTC:
   L3A monthly syntheses (``SENTINEL2X_20230815-000000-000_L3A_T31TCJ_C_V2-0``, the day at their centre), which
   name the day only: the acquisition is that day, ``2022-01-11T00:00:00Z/2022-01-11T23:59:59Z``.
 
+An Earth Engine export of a collection of one image (``toBands()``) names its bands after that image
+(``20230912T100031_20230912T100345_T33UUP_B4``), which dates the file whatever it is called.
+
 SNAP's GeoTIFFs and BEAM-DIMAP products state the scene's start and stop in their DIMAP header
 (``mapex_serve.dimap``), which ``sensed`` takes: the acquisition is that span where no name gives its instant (for
 two slices of one pass, the union of their spans). Other writers state it in GDAL metadata, which ``raster_sensed``
@@ -36,6 +39,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from mapex_serve.dimap import remote_sensed
+from mapex_serve.earth_engine import catalogue_id, stacked_band
 
 __all__ = ["acquisition", "raster_sensed", "stated_sensing"]
 
@@ -135,9 +139,16 @@ def raster_sensed(path: str) -> tuple[datetime, datetime] | None:
         with rasterio.Env(**bounded, CPL_VSIL_CURL_NON_CACHED=uncached):
             tiff = rasterio.open(path, driver="GTiff")
         with rasterio.Env(**bounded), tiff:
-            return stated_sensing(tiff.tags()) or (remote_sensed(path, tiff) if path.startswith("/vsi") else None)
+            return (stated_sensing(tiff.tags()) or _image_sensed(tiff.descriptions)
+                    or (remote_sensed(path, tiff) if path.startswith("/vsi") else None))
     except RasterioError:
         return None
+
+
+def _image_sensed(descriptions: Iterable[str | None]) -> tuple[datetime, datetime] | None:
+    """When the one Earth Engine image a file's band names come from was sensed (``toBands()``), by its id."""
+    images = {catalogue_id(b.image) for d in descriptions if (b := stacked_band(d)) is not None}
+    return _span(images.pop()) if len(images) == 1 else None
 
 
 def _instants(text: str) -> list[datetime]:

@@ -14,6 +14,7 @@ from mapex_serve.budget import MemoryBudgetError, OverBudgetError
 from mapex_serve.dea import DeaNameError
 from mapex_serve.decode.incoming import NoRoomToReceiveError
 from mapex_serve.decode.pool import DecodeUnavailableError
+from mapex_serve.earth_engine import ImageStackError
 from mapex_serve.engine import EngineInputError
 from mapex_serve.errors import (
     ClientGoneError,
@@ -69,7 +70,7 @@ STATUS: dict[type[MapexError], int] = {
     UnreadableArchiveError: 400, ArchiveTooLargeError: 413,
     UnknownTaskError: 404, UnknownModelError: 404, UploadTimeoutError: 408, UploadTooLargeError: 413, RasterTooLargeError: 413, OverBudgetError: 413,
     UnsupportedMediaTypeError: 415,
-    BandNamesMissingError: 422, BandIdentityConflictError: 422, LandsatSensorUnknownError: 422,
+    BandNamesMissingError: 422, BandIdentityConflictError: 422, ImageStackError: 422, LandsatSensorUnknownError: 422,
     DeaNameError: 422,
     NoMatchingSpecialistError: 422, UnknownBandError: 422,
     EngineInputError: 422, DuplicateBandError: 422, UnknownModalityError: 422, GridMismatchError: 422,

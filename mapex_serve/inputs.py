@@ -830,7 +830,8 @@ class RequestScene:
         for b in used:
             b.conversion = conversion_for(b.dataset, b.index, b.identity.canonical, name_unit=b.identity.unit_hint,
                                           overrides=overrides, landsat=b.landsat, file_name=b.file, snap=b.snap,
-                                          planet=b.planet, found=b.identity.found, landsat_layer=b.landsat_layer)
+                                          planet=b.planet, found=b.identity.found, landsat_layer=b.landsat_layer,
+                                          image=b.identity.image)
             if id(b) in zero_filled:
                 b.conversion = replace(b.conversion, steps=(*b.conversion.steps, ZERO_IS_NODATA))
             if any(b is c for c in converted):

@@ -48,6 +48,7 @@ from mapex_serve.bands import (
     resolve_bands,
 )
 from mapex_serve.dea import DeaProduct, dea_product
+from mapex_serve.earth_engine import catalogue_id, check_one_image, stacked_band
 from mapex_serve.errors import MapexError
 from mapex_serve.force import force_file
 from mapex_serve.planet import PlanetProduct
@@ -119,6 +120,8 @@ class BandIdentity:
     backscatter: Backscatter | None = None
     #: Per pixel, the factor from gamma0 to sigma0 (OPERA RTC-S1-STATIC's ``rtc_anf_gamma0_to_sigma0``), not a band.
     sigma0_factor: bool = False
+    #: The Earth Engine image its file's band name says it came from (``toBands()``: ``LC08_044034_20220111``), or None.
+    image: str | None = None
 
     @property
     def used(self) -> bool:
@@ -234,7 +237,8 @@ def landsat_sensor(src: DatasetReaderBase, filename: str | None,
     product = tags.get("LANDSAT_PRODUCT_ID", "")
     sensor, spacecraft = tags.get("SENSOR", "") + tags.get("SENSOR_ID", ""), tags.get("SPACECRAFT_NAME", "")
     stem = PurePath(filename or "").name.upper()
-    for name in (product, stem):
+    images = [catalogue_id(b.image) for d in src.descriptions if (b := stacked_band(d)) is not None]
+    for name in (product, stem, *images):
         if found := next((s for prefix, s in _LANDSAT_PREFIXES.items() if name.startswith(prefix)), None):
             return found
     if "OLI" in sensor or spacecraft in ("LANDSAT_8", "LANDSAT_9"):
@@ -421,7 +425,9 @@ def _file_names(src: DatasetReaderBase, index: int, filename: str | None, where:
                 header_name: str | None = None) -> list[tuple[str, str]]:
     """``(name, where)`` candidates of band ``index`` in the order they are trusted."""
     names: list[tuple[str, str]] = [(header_name, "SNAP's DIMAP header")] if header_name else []
-    if description := src.descriptions[index - 1]:
+    if (stacked := stacked_band(description := src.descriptions[index - 1])) is not None:
+        names.append((stacked.band, f"description, of Earth Engine image {stacked.image} (toBands)"))
+    elif description:
         names.append((description, "description"))
     tags = {k.lower(): v for k, v in src.tags(index).items()}
     names += [(tags[k], f"tag {k.upper()}") for k in _NAME_TAGS if tags.get(k)]
@@ -600,11 +606,19 @@ def identify_bands(
                 rule = f"{rule}, {by_name.rule}"
             out.append(replace(parsed, found=name, rule=rule))
         return out
+    image = check_one_image([d if (b := stacked_band(d)) and _names_a_band(b.band) else None for d in src.descriptions])
     conventions = [c for c in (force_file(src, filename), sen2r_file(src, filename)) if c is not None]
     layers = landsat_collection_layers(names) if landsat is None else []
     landsat_layer = layers[0] if layers else None
-    return [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None, planet,
-                      dea, conventions, landsat_layer) for i in range(1, src.count + 1)]
+    identities = [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None,
+                            planet, dea, conventions, landsat_layer) for i in range(1, src.count + 1)]
+    return [replace(identity, image=image) if image and stacked_band(d) else identity
+            for identity, d in zip(identities, src.descriptions, strict=True)]
+
+
+def _names_a_band(name: str) -> bool:
+    """Whether ``name`` is a band name this module reads (``B4``, ``SR_B4``, ``VV``, ``QA_PIXEL``)."""
+    return parse_name(name) is not None or _LANDSAT_NUMBER.match(name) is not None
 
 
 def request_band_names(files: Sequence[tuple[str | None, DatasetReaderBase]]) -> list[str | None]:

@@ -123,7 +123,8 @@ _LANDSAT_LEVEL2 = "its Collection 2 Level-2 surface reflectance (in Earth Engine
 def _landsat_level(b: InputBand) -> LevelEvidence | None:
     """Earth Engine's Landsat TOA reflectance (``LANDSAT/LC08/C02/T1_TOA``, floats), said by its bands' names: read
     as it asks (``units=reflectance``), it passed for surface reflectance."""
-    if not b.landsat or (level1 := landsat_level1(b.file, b.identity.found, b.landsat_layer)) is None:
+    level1 = b.landsat and landsat_level1(b.file, b.identity.found, b.landsat_layer, b.identity.image)
+    if not level1:
         return None
     return LevelEvidence("top-of-atmosphere", level1, instead=_LANDSAT_LEVEL2)
 

@@ -26,6 +26,7 @@ from rasterio.io import DatasetReaderBase
 from mapex_serve.aoi import Aoi, AoiError, Bbox, parse_aoi, parse_bbox
 from mapex_serve.bands import BANDS, QUALITY_LAYERS, canonical_or_none, quality_layer
 from mapex_serve.dimap import SnapBand
+from mapex_serve.earth_engine import catalogue_id
 from mapex_serve.errors import MapexError
 from mapex_serve.force import stated_scale as force_scale_of
 from mapex_serve.planet import PlanetProduct
@@ -352,16 +353,19 @@ def check_stated_units(overrides: UnitOverrides, canonical: Sequence[str]) -> No
         raise UnitError(f"units={unit} fits none of the bands read ({bands}); accepted for them: {', '.join(accepted)}")
 
 
-def landsat_level1(file_name: str | None, found: str | None, landsat_layer: str | None = None) -> str | None:
+def landsat_level1(file_name: str | None, found: str | None, landsat_layer: str | None = None,
+                   image: str | None = None) -> str | None:
     """What says a Landsat band (named ``found``, in ``file_name``; ``landsat_layer``: a Collection 2 layer among its
-    request's bands) is of Collection 2 Level-1 (digital numbers, or Earth Engine's top-of-atmosphere reflectance),
-    not Level-2's surface reflectance; None where nothing does."""
+    request's bands; ``image``: the Earth Engine image its band name says it came from) is of Collection 2 Level-1
+    (digital numbers, or Earth Engine's top-of-atmosphere reflectance), not Level-2's surface reflectance; None where
+    nothing does."""
     base = os.path.basename(file_name or "")
     if _LANDSAT_LEVEL1.match(base):
         return "its name, a Level-1 product's (L1TP, L1GT, L1GS)"
     band = (found or "").strip()
-    layer = None if _EE_LANDSAT_IMAGE.match(base) else landsat_layer
-    if not _LEVEL1_BAND.fullmatch(band) or (layer is None and not _EE_LANDSAT_IMAGE.match(base)):
+    earth_engine = _EE_LANDSAT_IMAGE.match(base) or _EE_LANDSAT_IMAGE.match(catalogue_id(image or ""))
+    layer = None if earth_engine else landsat_layer
+    if not _LEVEL1_BAND.fullmatch(band) or (layer is None and not earth_engine):
         return None
     return (f"its band's name {band}{f' beside {layer}' if layer else ''}, as Earth Engine names the bands of "
             f"Landsat's Level-1 and TOA collections (its Level-2 ones SR_{band})")
@@ -371,12 +375,12 @@ def conversion_for(
     src: DatasetReaderBase, index: int, canonical: str, *, name_unit: str | None = None,
     overrides: UnitOverrides | None = None, landsat: bool = False, file_name: str | None = None,
     snap: SnapBand | None = None, planet: PlanetProduct | None = None, found: str | None = None,
-    landsat_layer: str | None = None,
+    landsat_layer: str | None = None, image: str | None = None,
 ) -> Conversion:
     """How band ``index`` of ``src`` (identified as ``canonical`` by the name ``found``, in the file ``file_name``;
     ``snap``: what the SNAP header of that file says of it; ``planet``: the Planet asset the file is;
-    ``landsat_layer``: the Landsat Collection 2 layer that says its request's band numbers are Landsat's) becomes
-    physical values, and why."""
+    ``landsat_layer``: the Landsat Collection 2 layer that says its request's band numbers are Landsat's; ``image``: the
+    Earth Engine image its band name says it came from) becomes physical values, and why."""
     overrides = overrides or UnitOverrides()
     band = BANDS[canonical]
     if snap is not None and snap.log10_scaled:
@@ -480,7 +484,7 @@ def conversion_for(
 
     if scale is None:
         if unit == "reflectance" and unit_assumed:
-            if landsat and integers and (level1 := landsat_level1(file_name, found, landsat_layer)):
+            if landsat and integers and (level1 := landsat_level1(file_name, found, landsat_layer, image)):
                 raise ImplausibleValuesError(
                     f"{file_name}: a Landsat Collection 2 Level-1 band holds top-of-atmosphere digital numbers (by "
                     f"{level1}), and Level-2's scale does not apply to them; the specialists take surface reflectance: "

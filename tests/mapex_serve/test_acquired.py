@@ -127,6 +127,22 @@ def test_a_renamed_file_is_dated_by_the_sensing_times_its_gdal_metadata_states(t
     assert resolve_sources(JobRequest(), [("vv.tif", path)], [], 10**6).acquired == acquired
 
 
+@pytest.mark.parametrize("images, acquired", [
+    (["20230912T100031_20230912T100345_T33UUP"], "2023-09-12T10:00:31Z"),
+    (["1_LC09_044034_20220111"], "2022-01-11T00:00:00Z/2022-01-11T23:59:59Z"),  # a merged collection's, the day
+    (["S1A_IW_GRDH_1SDV_20150705T064241_20150705T064306_006672_008EB8_7E3C"], "2015-07-05T06:42:41Z"),
+    (["20230912T100031_20230912T100345_T33UUP", "20230917T100029_20230917T100347_T33UUP"], None),  # a time series
+])
+def test_an_earth_engine_export_of_a_collection_of_one_image_is_dated_by_its_band_names(images, acquired, tmp_path):
+    """``toBands()`` names every band after its image (``<id>_B4``): the id dates a file exported under any name."""
+    path = tmp_path / "export.tif"
+    with rasterio.open(path, "w", driver="GTiff", count=len(images), width=8, height=8, dtype="uint16",
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(np.full((len(images), 8, 8), 500, np.uint16))
+        dst.descriptions = tuple(f"{image}_{'VV' if image.startswith('S1') else 'B4'}" for image in images)
+    assert resolve_sources(JobRequest(), [("export.tif", path)], [], 10**6).acquired == acquired
+
+
 def test_a_file_by_url_is_dated_by_its_gdal_metadata_when_its_url_says_nothing(range_server):
     """Read by ranges through GDAL, bounded, and only where the URL gives no date."""
     _tagged_tif(range_server.root / "burst_vv.tif", ZERO_DOPPLER_START_TIME="2023-10-19T12:15:02.5Z",

@@ -370,6 +370,44 @@ def test_a_landsat_export_under_any_name_numbers_its_bands_as_landsat_does(descr
         assert scene.bands[1].identity.rule.startswith("Landsat ") == ("B8A" not in descriptions)
 
 
+S2_IMAGE, S2_LATER = "20230815T101031_20230815T101611_T32TMS", "20230820T101029_20230820T101412_T32TMS"
+S1_IMAGE = "S1A_IW_GRDH_1SDV_20230815T052201_20230815T052226_049843_05FE5E_8C2F"
+
+
+@pytest.mark.parametrize("descriptions, canonical", [
+    ([f"{S2_IMAGE}_{b}" for b in ("B4", "B8A", "QA60")], ["B04", "B8A", None]),  # COPERNICUS/S2_SR_HARMONIZED
+    ([f"LC08_044034_20220111_SR_B{n}" for n in (4, 5)], ["B04", "B8A"]),  # LANDSAT/LC08/C02/T1_L2: OLI's numbers
+    ([f"1_LE07_044034_20020111_SR_B{n}" for n in (3, 4)], ["B04", "B08"]),  # a merged collection's: ETM+'s numbers
+    ([f"{S1_IMAGE}_{b}" for b in ("VV", "VH", "angle")], ["VV", "VH", None]),  # COPERNICUS/S1_GRD
+    ([f"0_{b}" for b in ("B4", "B3")], ["B04", "B03"]),  # ImageCollection.fromImages([...]).toBands()
+])
+def test_an_earth_engine_export_of_a_collection_of_one_image_reads_its_bands_by_their_names_there(descriptions,
+                                                                                                    canonical):
+    """``ImageCollection.toBands()`` names each band ``<image id>_<band>``: a collection filtered to one image and
+    exported was a 422 asking for band names it carries; its image's id also says which Landsat numbers its bands."""
+    stored = RNG.integers(8000, 20000, (len(descriptions), 8, 8)).astype(np.uint16)
+    scene = RequestScene([UploadedFile("export.tif", tif(stored, descriptions))])
+    assert [b.identity.canonical for b in scene.bands] == canonical
+    image = descriptions[0].rsplit("_", 2 if descriptions[0].endswith(("_SR_B4", "_SR_B3")) else 1)[0]
+    assert all(b.identity.image == image for b in scene.bands)
+    assert all("toBands" in b.identity.rule for b in scene.bands if b.identity.used)
+    if "SR_B4" in descriptions[0]:  # Collection 2 Level-2: read in its product's scale
+        _, _, values, _ = read([UploadedFile("export.tif", tif(stored, descriptions))], ["B04"])
+        np.testing.assert_allclose(values[0], stored[0] * 2.75e-5 - 0.2, atol=1e-6)
+
+
+def test_an_earth_engine_export_of_several_images_is_refused_with_the_bands_that_pick_one():
+    """A time series flattened by ``toBands()``: which image a specialist should read is the user's to say."""
+    from mapex_serve.earth_engine import ImageStackError
+
+    names = [f"{image}_{b}" for image in (S2_IMAGE, S2_LATER) for b in ("B4", "B3", "B2")]
+    data = tif(reflectance((6, 8, 8)), names)
+    with pytest.raises(ImageStackError, match=rf"2 images \({S2_IMAGE}, {S2_LATER}\).*bands=B4,B3,B2,-,-,- for "):
+        RequestScene([UploadedFile("series.tif", data)])
+    scene = RequestScene([UploadedFile("series.tif", data)], "B4,B3,B2,-,-,-".split(","))
+    assert [b.identity.canonical for b in scene.bands] == ["B04", "B03", "B02", None, None, None]
+
+
 def test_gdal_imagery_domain_wavelengths():
     """GDAL >= 3.10 IMAGERY metadata domain: CENTRAL_WAVELENGTH_UM and FWHM_UM per band (RFC 100 / raster data model)."""
     data = tif(reflectance((2, 8, 8)), domains={"IMAGERY": ([{"CENTRAL_WAVELENGTH_UM": "0.6646", "FWHM_UM": "0.031"},

@@ -131,6 +131,17 @@ def test_a_landsat_toa_export_under_any_name_is_top_of_atmosphere_by_its_collect
         read(rng.integers(7000, 30000, (5, 32, 32)).astype(np.uint16), reflectance="as-is")
 
 
+def test_a_landsat_toa_collection_of_one_image_is_top_of_atmosphere_by_its_image_id(swir_manifest, to_geotiff):
+    """Earth Engine's ``toBands()`` of LANDSAT/LC08/C02/T1_TOA names its bands ``LC08_044034_20220111_B6``: the id
+    before ``B6`` says Earth Engine's Level-1/TOA naming, as the file name of its download does."""
+    surface = swir_manifest.model_copy(update={"reflectance": "surface"})
+    toa = np.random.default_rng(3).uniform(0.02, 0.4, (2, 32, 32)).astype(np.float32)
+    data = to_geotiff(toa, [f"LC08_044034_20220111_B{n}" for n in (6, 7)])
+    with RequestScene([UploadedFile("export.tif", data)]) as scene, pytest.raises(
+            ReflectanceLevelError, match=r"top-of-atmosphere reflectance, by its band's name B6, as Earth Engine"):
+        scene.reader(["B11", "B12"], UnitOverrides.parse(units="reflectance"), model=surface)
+
+
 def test_a_request_whose_files_say_no_level_is_told_by_its_bands(swir_manifest, to_geotiff):
     """Earth Engine's downloads say nothing of their collection: an export of every band of COPERNICUS/S2_HARMONIZED
     (Level-1C, EuroSAT's way) ran as surface reflectance. Its cirrus band B10 says Level-1C (every Level-2A product
