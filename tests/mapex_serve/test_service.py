@@ -193,7 +193,8 @@ def test_an_upload_with_a_content_encoding_is_decoded_if_gzip_or_refused_with_41
         body, content_type = to_multipart("s.tif", body)
         headers["Content-Type"] = content_type
     content = iter([body[i:i + 2**20] for i in range(0, len(body), 2**20)]) if "chunked" in sent_as else body
-    r = httpx.post(f"{server.url}{path}", content=content, headers=headers, params={"format": "json"}, timeout=60)
+    params = {} if sent_as.startswith("job") else {"format": "json"}  # a job takes no format (a 422 that names it)
+    r = httpx.post(f"{server.url}{path}", content=content, headers=headers, params=params, timeout=60)
     if sent_as.startswith("raw gzip"):  # of 10 copies end to end, GDAL reads the first: the same scene
         plain = httpx.post(f"{server.url}{path}", content=data, headers={"Content-Type": "image/tiff",
                                                                           "Content-Encoding": "identity"},
