@@ -33,7 +33,11 @@ __all__ = [
 ARCHIVE_TYPES = {"application/zip": "upload.zip", "application/x-zip-compressed": "upload.zip",
                  "application/x-tar": "upload.tar", "application/x-gtar": "upload.tar", "application/gzip": "upload.gz",
                  "application/x-gzip": "upload.gz", "application/x-bzip2": "upload.bz2", "application/x-xz": "upload.xz"}
-RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream", *ARCHIVE_TYPES)
+#: Raster formats other than TIFF by the media types STAC assets give them (``image/jp2`` for a SAFE's bands,
+#: ``application/x-netcdf``, ``application/x-hdf5``): a raw body of one is named by its type, as its format's files are.
+RASTER_TYPES = {"image/jp2": "upload.jp2", "application/x-netcdf": "upload.nc", "application/netcdf": "upload.nc",
+                "application/x-hdf5": "upload.h5", "application/x-hdf": "upload.hdf"}
+RAW_TYPES = ("image/tiff", "image/geotiff", "application/octet-stream", *RASTER_TYPES, *ARCHIVE_TYPES)
 #: The file name a raw body gets (multipart parts bring their own).
 RAW_NAME = "upload.tif"
 MULTIPART_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
@@ -251,8 +255,9 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise UnsupportedMediaTypeError(
             f"unsupported media type {media or '(none)'!r}; send the GeoTIFF as multipart/form-data with a "
-            f"field named 'file', or as the raw body with Content-Type: image/tiff (application/zip, "
-            f"application/x-tar or application/gzip for an archive of raster files)"
+            f"field named 'file', or as the raw body with Content-Type: image/tiff (image/jp2, application/x-netcdf "
+            f"or application/x-hdf5 for those formats; application/zip, application/x-tar or application/gzip for an "
+            f"archive of raster files)"
         )
     multipart = media == "multipart/form-data"
     ceiling = limit + (MULTIPART_FRAMING if multipart else 0)
@@ -308,8 +313,10 @@ def declared_size(request: Request) -> tuple[bool, int] | None:
 
 
 def raw_name(request: Request) -> str:
-    """The file name a raw body gets: ``upload.tif``, or ``upload.zip`` (``.tar`` ...) for an archive."""
-    return ARCHIVE_TYPES.get(_media_type(request)[0], RAW_NAME)
+    """The file name a raw body gets: ``upload.tif``, ``upload.jp2`` (``.nc`` ...) for another raster format, or
+    ``upload.zip`` (``.tar`` ...) for an archive."""
+    media = _media_type(request)[0]
+    return RASTER_TYPES.get(media) or ARCHIVE_TYPES.get(media, RAW_NAME)
 
 
 def sent_chunked(request: Request) -> Literal["raw", "multipart"] | None:

@@ -67,6 +67,8 @@ _BODY = {"requestBody": {"required": True, "content": {
                        "or archives of them (ZIP, tar, gzip)"}}}},
     "image/tiff": {"schema": {"type": "string", "format": "binary"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    **{media: {"schema": {"type": "string", "format": "binary", "description": "a raster file of that format"}}
+       for media in ("image/jp2", "application/x-netcdf", "application/x-hdf5")},
     **{media: {"schema": {"type": "string", "format": "binary", "description": "an archive of raster files"}}
        for media in ("application/zip", "application/x-tar", "application/gzip")},
 }}}

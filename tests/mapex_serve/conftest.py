@@ -117,6 +117,48 @@ def to_geotiff() -> Callable[..., bytes]:
     return geotiff_bytes
 
 
+def netcdf_bytes(folder: Path, variables: dict[str, np.ndarray], name: str = "product.nc",
+                 times: list[float] | None = None) -> bytes:
+    """A CF-1.8 NetCDF-4 product as xarray/netCDF4 write one: one 2-D variable per band, x/y coordinates, a
+    grid_mapping variable with crs_wkt, scale_factor and units (CF conventions, grid mappings); with ``times``, a
+    ``t`` dimension first, as openEO's ``save_result(format="netCDF")`` writes (each variable then (t, y, x))."""
+    netCDF4 = pytest.importorskip("netCDF4")
+    import rasterio.crs
+
+    path = folder / name
+    ny, nx = next(iter(variables.values())).shape[-2:]
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.Conventions = "CF-1.8"
+        dims: tuple[str, ...] = ("y", "x")
+        if times is not None:
+            ds.createDimension("t", len(times))
+            t = ds.createVariable("t", "f8", ("t",))
+            t.standard_name, t.units, t[:] = "time", "days since 1990-01-01", times
+            dims = ("t", *dims)
+        ds.createDimension("y", ny)
+        ds.createDimension("x", nx)
+        x = ds.createVariable("x", "f8", ("x",))
+        x[:] = 500005 + 10 * np.arange(nx)
+        x.standard_name = "projection_x_coordinate"
+        y = ds.createVariable("y", "f8", ("y",))
+        y[:] = 4999995 - 10 * np.arange(ny)
+        y.standard_name = "projection_y_coordinate"
+        crs = ds.createVariable("crs", "i4")
+        crs.crs_wkt = crs.spatial_ref = rasterio.crs.CRS.from_string("EPSG:32633").to_wkt()
+        for key, values in variables.items():
+            v = ds.createVariable(key, "u2", dims, fill_value=0)
+            v.grid_mapping, v.scale_factor, v.units = "crs", 1e-4, "1"
+            v.set_auto_scale(False)
+            v[:] = values
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def to_netcdf() -> Callable[..., bytes]:
+    """``netcdf_bytes`` for test modules."""
+    return netcdf_bytes
+
+
 def multipart_body(name: str, data: bytes) -> tuple[bytes, str]:
     """``data`` as the ``file`` part named ``name`` of a multipart/form-data body, and its Content-Type: built by
     hand, so that a test decides how it is sent (in pieces, without a Content-Length)."""

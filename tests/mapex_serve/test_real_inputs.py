@@ -695,44 +695,9 @@ def test_a_band_given_twice_is_refused():
 # --- containers ------------------------------------------------------------------------------------
 
 
-def netcdf(tmp_path, variables: dict[str, np.ndarray], name="product.nc", times: list[float] | None = None) -> bytes:
-    """A CF-1.8 NetCDF-4 product as xarray/netCDF4 write one: one 2-D variable per band, x/y coordinates, a
-    grid_mapping variable with crs_wkt, scale_factor and units (CF conventions, grid mappings); with ``times``, a
-    ``t`` dimension first, as openEO's ``save_result(format="netCDF")`` writes (each variable then (t, y, x))."""
-    netCDF4 = pytest.importorskip("netCDF4")
-    import rasterio.crs
-
-    path = tmp_path / name
-    ny, nx = next(iter(variables.values())).shape[-2:]
-    with netCDF4.Dataset(path, "w") as ds:
-        ds.Conventions = "CF-1.8"
-        dims: tuple[str, ...] = ("y", "x")
-        if times is not None:
-            ds.createDimension("t", len(times))
-            t = ds.createVariable("t", "f8", ("t",))
-            t.standard_name, t.units, t[:] = "time", "days since 1990-01-01", times
-            dims = ("t", *dims)
-        ds.createDimension("y", ny)
-        ds.createDimension("x", nx)
-        x = ds.createVariable("x", "f8", ("x",))
-        x[:] = 500005 + 10 * np.arange(nx)
-        x.standard_name = "projection_x_coordinate"
-        y = ds.createVariable("y", "f8", ("y",))
-        y[:] = 4999995 - 10 * np.arange(ny)
-        y.standard_name = "projection_y_coordinate"
-        crs = ds.createVariable("crs", "i4")
-        crs.crs_wkt = crs.spatial_ref = rasterio.crs.CRS.from_string(UTM).to_wkt()
-        for key, values in variables.items():
-            v = ds.createVariable(key, "u2", dims, fill_value=0)
-            v.grid_mapping, v.scale_factor, v.units = "crs", 1e-4, "1"
-            v.set_auto_scale(False)
-            v[:] = values
-    return path.read_bytes()
-
-
-def test_netcdf_subdatasets_that_name_bands_are_read(tmp_path):
+def test_netcdf_subdatasets_that_name_bands_are_read(tmp_path, to_netcdf):
     stored = reflectance((4, 16, 16))
-    data = netcdf(tmp_path, {"B04": stored[0], "B03": stored[1], "B02": stored[2], "quicklook": stored[3]})
+    data = to_netcdf(tmp_path, {"B04": stored[0], "B03": stored[1], "B02": stored[2], "quicklook": stored[3]})
     scene, reader, values, _ = read([UploadedFile("product.nc", data)], ["B04", "B03", "B02"])
     assert scene.canonical_bands == ["B04", "B03", "B02"] and "tag NETCDF_VARNAME" in rule_of(scene, "B04")
     assert scene.ignored_subdatasets == ["product.nc:quicklook"]
@@ -740,22 +705,22 @@ def test_netcdf_subdatasets_that_name_bands_are_read(tmp_path):
     assert "scale/offset" in scene.band("B04").conversion.steps[0]
 
 
-def test_a_netcdf_time_series_says_to_send_one_step(tmp_path):
+def test_a_netcdf_time_series_says_to_send_one_step(tmp_path, to_netcdf):
     """openEO's netCDF keeps a t dimension, each band variable (t, y, x): before, its steps were "B04 given twice",
     to be skipped with '-' in bands=. One step is read; several get a 422 saying how to send one."""
     stored = reflectance((3, 3, 16, 16))
-    series = netcdf(tmp_path, {"B04": stored[0], "B03": stored[1], "B02": stored[2]}, "openeo.nc",
+    series = to_netcdf(tmp_path, {"B04": stored[0], "B03": stored[1], "B02": stored[2]}, "openeo.nc",
                     times=[19000, 19005, 19010])
     with pytest.raises(DuplicateBandError, match=r"openeo.nc:B04 holds 3 rasters of B04 along t \(19000, 19005, "
                                                  r"19010 days since 1990-01-01\).*filter_temporal"):
         RequestScene([UploadedFile("openeo.nc", series)])
-    one = netcdf(tmp_path, {"B04": stored[0, :1], "B03": stored[1, :1], "B02": stored[2, :1]}, "one.nc", times=[19000])
+    one = to_netcdf(tmp_path, {"B04": stored[0, :1], "B03": stored[1, :1], "B02": stored[2, :1]}, "one.nc", times=[19000])
     scene, _, values, _ = read([UploadedFile("one.nc", one)], ["B04", "B03", "B02"])
     np.testing.assert_allclose(values, stored[:, 0] * np.float32(1e-4), rtol=1e-6)
 
 
-def test_netcdf_without_band_variables_lists_them(tmp_path):
-    data = netcdf(tmp_path, {"var_a": reflectance((16, 16)), "var_b": reflectance((16, 16))})
+def test_netcdf_without_band_variables_lists_them(tmp_path, to_netcdf):
+    data = to_netcdf(tmp_path, {"var_a": reflectance((16, 16)), "var_b": reflectance((16, 16))})
     with pytest.raises(SubdatasetsError, match=r"\['var_a', 'var_b'\]"):
         RequestScene([UploadedFile("product.nc", data)])
 

@@ -163,6 +163,31 @@ def test_a_json_job_request_with_options_in_its_query_is_a_422(server):
     assert "units=reflectance" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("media", ["image/jp2", "application/x-netcdf"])
+def test_a_raw_body_of_another_raster_format_is_taken_by_its_media_type(server, media, tmp_path, to_netcdf,
+                                                                        to_geotiff):
+    """A STAC asset's bytes posted with its media type (a SAFE's bands are ``image/jp2``) got a 415 asking for
+    image/tiff, a format the service reads anyway; the answer is the one of the same values as a GeoTIFF."""
+    with rasterio.open(S2) as src:
+        rgb = src.read([3, 2, 1])  # B04, B03, B02
+        profile = src.profile
+    if media == "image/jp2":
+        path = tmp_path / "rgb.jp2"
+        with rasterio.open(path, "w", driver="JP2OpenJPEG", count=3, width=rgb.shape[2], height=rgb.shape[1],
+                           dtype=rgb.dtype, crs=profile["crs"], transform=profile["transform"], QUALITY=100,
+                           REVERSIBLE=True) as dst:
+            dst.write(rgb)
+        body = path.read_bytes()
+    else:
+        body = to_netcdf(tmp_path, {"B04": rgb[0], "B03": rgb[1], "B02": rgb[2]})
+    params = {"bands": "B04,B03,B02"} if media == "image/jp2" else {}
+    r = server.http.post("/predict/landcover", content=body, headers={"Content-Type": media}, params=params)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["inputs"][0]["file"].startswith("upload.") and r.json()["specialist"] == "landcover-rgb"
+    as_geotiff = server.post("landcover", to_geotiff(rgb, ["B04", "B03", "B02"]))
+    assert r.json()["probabilities"] == pytest.approx(as_geotiff.json()["probabilities"], abs=1e-5)
+
+
 def test_made_up_task_names_are_counted_as_one_series(server):
     """A scanner's paths must not each become a time series of their own: the service would grow with them."""
     for task in ("cloud-x1", "cloud-x2"):
