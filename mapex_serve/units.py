@@ -524,6 +524,8 @@ class ValueStats:
     p50: float
     p98: float
     count: int
+    #: Whether some stored values have a fractional part (never in integers): digital numbers kept as floats have none.
+    fractional: bool = False
 
     @classmethod
     def of(cls, stored: np.ndarray, physical: np.ndarray, dtype: str) -> ValueStats | None:
@@ -532,8 +534,10 @@ class ValueStats:
         if not ok.any():
             return None
         p02, p50, p98 = percentiles(physical[ok], (2, 50, 98))
-        return cls(dtype, float(stored[ok].min()), float(stored[ok].max()), float(p02), float(p50), float(p98),
-                   int(ok.sum()))
+        kept = stored[ok]
+        fractional = kept.dtype.kind == "f" and bool((kept != np.round(kept)).any())
+        return cls(dtype, float(kept.min()), float(kept.max()), float(p02), float(p50), float(p98), int(ok.sum()),
+                   fractional)
 
     def seen(self) -> str:
         return (f"stored {self.dtype} {self.stored_min:g}..{self.stored_max:g}, taken as {self.p02:.4g}..{self.p98:.4g} "
@@ -571,12 +575,18 @@ def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str)
             raise ImplausibleValuesError(
                 f"{what}: 8-bit values (0..255) are display imagery, not Sentinel-2 reflectance x 10000, and the "
                 f"model would see a black scene; send surface reflectance, or state how the values are scaled with "
-                f"scale= (e.g. scale=0.0001 for reflectance x 10000, units=reflectance for reflectance 0..1)"
+                f"scale= (e.g. scale=0.0001 for reflectance x 10000, scale=0.01 for percent, units=reflectance for 0..1)"
             )
         if assumed and not integer and stats.stored_max <= 2.0:
             raise ImplausibleValuesError(
                 f"{what}: float values 0..{stats.stored_max:.3g} look like reflectance 0..1 already, not x 10000; "
-                f"pass units=reflectance (or scale=1)"
+                f"pass units=reflectance (or scale=1; scale=0.01 if they are percent of a dark scene)"
+            )
+        if assumed and stats.fractional and stats.stored_max <= _PERCENT_MAX:
+            raise ImplausibleValuesError(
+                f"{what}: float values 0..{stats.stored_max:.3g} with fractions look like reflectance in percent, not "
+                f"x 10000 (whole numbers, which taken so would be a black scene): pass scale=0.01; if they are a very "
+                f"dark scene's reflectance x 10000 after resampling, pass scale=0.0001"
             )
         if stats.p98 > hi:
             raise ImplausibleValuesError(
@@ -606,6 +616,10 @@ def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str)
         raise ImplausibleValuesError(f"{what}: elevations lie within {lo:g}..{hi:g} m; state the unit with units=m|ft "
                                      f"or the scale with scale={' (' + scaled + ')' if scaled else ''}")
 
+
+#: Float reflectance of fractional values up to this stored maximum is taken for percent, not for x 10000: a
+#: scene none of whose pixels reaches 1% reflectance (0.01) in a band is darker than open water in visible light.
+_PERCENT_MAX = 100.0
 
 #: Elevations stored in finer steps than metres, and what the scale that undoes each is called.
 _DEM_STEPS = {0.1: "decimetres", 0.01: "centimetres"}

@@ -472,6 +472,21 @@ def test_float_reflectance_0_to_1_needs_units_reflectance():
     np.testing.assert_allclose(tagged, values)
 
 
+def test_float_reflectance_in_percent_is_refused_with_its_scale_and_float_digital_numbers_are_read():
+    """Reflectance in percent (floats 0..100, as atmospheric correction tools and spectral libraries write it) was
+    taken as x 10000: a black scene (reflectance below 0.003) that the model answered. Digital numbers kept as floats
+    are whole numbers, and a scene's brighter than 1% somewhere: those are still read as x 10000."""
+    percent = RNG.uniform(2.0, 30.0, (2, 16, 16)).astype(np.float32)
+    with pytest.raises(ImplausibleValuesError,
+                       match=r"float values 0\.\.[0-9.]+ with fractions look like reflectance in percent.*scale=0.01"):
+        read(tif(percent, ["B11", "B12"]), ["B11", "B12"])
+    _, _, got, _ = read(tif(percent, ["B11", "B12"]), ["B11", "B12"], scale="0.01")
+    np.testing.assert_allclose(got, percent * np.float32(0.01), rtol=1e-6)
+    for stored in (np.round(percent * 100), percent * 100, np.round(percent)):  # DN as floats; resampled; dark DN
+        _, _, got, _ = read(tif(stored, ["B11", "B12"]), ["B11", "B12"])
+        np.testing.assert_allclose(got, stored * np.float32(1e-4), rtol=1e-6)
+
+
 def test_reflectance_x10000_taken_as_physical_says_scale():
     data = tif(RNG.uniform(200, 4000, (2, 16, 16)).astype(np.float32), ["B11", "B12"], units=["reflectance"] * 2)
     with pytest.raises(ImplausibleValuesError, match=r"scale=0.0001"):
