@@ -79,16 +79,11 @@ class JobsClient:
             body = {**({"url": scene} if scene else {}), **options}
             return self._checked(self._http.post(f"/jobs/{task}", json=body)).json()
         path = Path(scene)
-        params = {k: str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, dict) else v
+        fields = {k: str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, dict) else str(v)
                   for k, v in options.items() if v is not None}  # an aoi object goes as its GeoJSON text
-        with path.open("rb") as f:
-            try:
-                return self._checked(self._http.post(f"/jobs/{task}", params=params,
-                                                     files={"file": (path.name, f, "image/tiff")})).json()
-            except httpx.InvalidURL as e:  # an upload's options travel in its query string
-                raise JobFailedError(f"the job's options do not fit in a URL ({e}): an upload's options travel in its "
-                                     f"query string; simplify the aoi polygon (ogr2ogr -simplify), or give the scene "
-                                     f"by URL, whose job takes its options in a JSON body") from None
+        with path.open("rb") as f:  # the options as fields before the file: no URL bounds them (an aoi polygon)
+            return self._checked(self._http.post(f"/jobs/{task}", data=fields,
+                                                 files={"file": (path.name, f, "image/tiff")})).json()
 
     def status(self, job_id: str) -> dict[str, Any]:
         try:

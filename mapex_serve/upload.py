@@ -1,4 +1,5 @@
-"""Receiving rasters: one or more multipart fields ``file``, or the raw body; parsed while it streams in.
+"""Receiving rasters: one or more multipart fields ``file`` (and the route's options as fields), or the raw body;
+parsed while it streams in.
 
 The body is never buffered whole and then parsed again: multipart parts are assembled as their
 bytes arrive (python-multipart's streaming parser, the one Starlette uses), and the size limit is
@@ -7,12 +8,12 @@ checked chunk by chunk, so an oversized upload is refused as soon as it passes t
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import urlencode
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -22,7 +23,7 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "OptionFieldError", "Sink", "UnsupportedContentEncodingError",
+    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "OptionFieldError", "OptionFields", "Sink", "UnsupportedContentEncodingError",
     "UnsupportedMediaTypeError", "UploadTimeoutError", "UploadTooLargeError", "body_chunks", "body_head",
     "body_progress", "check_not_encoded", "declared_size", "raw_name", "read_upload", "receive", "resumed", "save_upload",
     "sent_chunked", "still_arriving_error",
@@ -43,8 +44,8 @@ RAW_NAME = "upload.tif"
 MULTIPART_FRAMING = 64 * 1024  # room for multipart boundaries and part headers
 _PROGRESS = "mapex.body"  # the scope's key of a request's BodyProgress
 _MAX_PARTS = 64
-#: An option field's value is quoted in its refusal up to this many bytes (a GeoJSON polygon may be longer).
-_SHOWN_VALUE = 300
+#: The largest option a multipart field may give (an aoi polygon of 100,000 vertices is about 4 MiB of GeoJSON).
+_MAX_OPTION = 16 * 2**20
 
 
 class UploadTooLargeError(MapexError, ValueError):
@@ -64,7 +65,7 @@ class MalformedUploadError(MapexError, ValueError):
 
 
 class OptionFieldError(MapexError, ValueError):
-    """A multipart field named as one of the route's query parameters: read past, it would be ignored in silence."""
+    """A multipart option field that cannot be taken: given twice, after a file read as it arrives, or not text."""
 
 
 class UploadTimeoutError(MapexError, TimeoutError):
@@ -117,18 +118,34 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class OptionFields:
+    """The options a multipart body gives as fields (``-F units=dB``) besides its files, for the route to take with its
+    query's: ``names`` are the route's options. A body read whole first may give them anywhere; one read as it arrives
+    (``read_as_it_arrives``) starts with the options given by then, so they must come before its first file, which
+    ``known`` then says has begun."""
+
+    names: Collection[str]
+    given: dict[str, str] = field(default_factory=dict)
+    known: asyncio.Future[None] | None = None
+
+    def read_as_it_arrives(self) -> None:
+        self.known = asyncio.get_running_loop().create_future()
+
+
 class _Parts:
     """python-multipart callbacks that collect each part's headers and send its bytes to a sink of its own; a field
-    named as one of the route's ``options`` (its query parameters) is refused once its value is in."""
+    named as one of the route's options goes to ``fields``."""
 
-    def __init__(self, open_sink: Callable[[int, str], Sink], options: Collection[str] = (), path: str = "") -> None:
+    def __init__(self, open_sink: Callable[[int, str], Sink], fields: OptionFields | None = None,
+                 path: str = "") -> None:
         self.parts: list[tuple[dict[bytes, bytes], Sink | None]] = []
         self._open_sink = open_sink
-        self._options, self._path = options, path
+        self._fields, self._path = fields, path
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
         self._sink: Sink | None = None
-        self._option: tuple[str, bytearray] | None = None  # a misplaced option's name, and its value so far
+        self._option: tuple[str, bytearray] | None = None  # an option field's name, and its value so far
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= _MAX_PARTS:
@@ -146,37 +163,48 @@ class _Parts:
         self._field, self._value = b"", b""
 
     def on_headers_finished(self) -> None:
-        """Only ``file`` parts are kept; other fields are read past (their names go into the error message)."""
+        """``file`` parts go to their sinks, option fields to ``fields``; other fields are read past (their names go
+        into the error message)."""
         _, disposition = parse_options_header(self._headers.get(b"content-disposition", b""))
-        field = disposition.get(b"name", b"").decode("utf-8", "replace")
-        if field == "file":
-            files = sum(1 for _, sink in self.parts if sink is not None)
+        named = disposition.get(b"name", b"").decode("utf-8", "replace")
+        files = sum(1 for _, sink in self.parts if sink is not None)
+        if named == "file":
             name = disposition.get(b"filename", b"").decode("utf-8", "replace") or f"part{files}.tif"
             self._sink = self._open_sink(files, name)
-        elif field in self._options:
-            self._option = field, bytearray()
+            if self._fields is not None and self._fields.known is not None and not self._fields.known.done():
+                self._fields.known.set_result(None)
+        elif self._fields is not None and named in self._fields.names:
+            if named in self._fields.given:
+                raise OptionFieldError(f"the multipart field {named!r} is given twice; give each option once")
+            if files and self._fields.known is not None:
+                raise OptionFieldError(
+                    f"the multipart field {named!r} comes after the file: a scene this large is read as it arrives, "
+                    f"with the options given before it; put -F {named}=... before -F file=@..., or send it in the "
+                    f"query (POST {self._path}?{named}=...)")
+            self._option = named, bytearray()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._sink is not None:
             self._sink.write(data[start:end])
-        elif self._option is not None and len(self._option[1]) <= _SHOWN_VALUE:
-            self._option[1].extend(data[start:end])
+        elif self._option is not None:
+            name, value = self._option
+            if len(value) + end - start > _MAX_OPTION:
+                raise OptionFieldError(f"the multipart field {name!r} is larger than {_MAX_OPTION // 2**20} MiB; "
+                                       f"an option's value is smaller (simplify an aoi polygon: ogr2ogr -simplify)")
+            value.extend(data[start:end])
 
     def on_part_end(self) -> None:
-        if self._option is not None:
-            raise self._misplaced(*self._option)
+        if self._option is not None and self._fields is not None:
+            name, value = self._option
+            try:
+                self._fields.given[name] = value.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise OptionFieldError(f"the multipart field {name!r} is not UTF-8 text") from None
+            self._option = None
         if self._sink is not None:
             self._sink.close()
         self.parts.append((self._headers, self._sink))
         self._sink = None
-
-    def _misplaced(self, name: str, value: bytearray) -> OptionFieldError:
-        text = value.decode("utf-8", "replace").strip()
-        query = urlencode({name: text}) if text and len(text) <= _SHOWN_VALUE else f"{name}=..."
-        return OptionFieldError(
-            f"the multipart field {name!r} would not be read: {self._path} takes its options as query parameters "
-            f"({', '.join(sorted(self._options))}), and only fields named 'file' from the body; send "
-            f"POST {self._path}?{query} with the scene as -F file=@scene.tif")
 
     def close(self) -> None:
         """Close every part's sink, the one being written included (an upload cut short leaves no open file)."""
@@ -246,10 +274,10 @@ def check_not_encoded(request: Request) -> None:
 
 
 async def receive(request: Request, limit: int, open_sink: Callable[[int, str], Sink],
-                  chunks: AsyncIterator[bytes] | None = None, options: Collection[str] = ()) -> list[Sink]:
-    """Every ``file`` part (or the raw body) streamed into sinks; refuses a body as soon as it passes ``limit`` bytes,
-    and a multipart field named as one of the route's query parameters (``options``: 422, ``OptionFieldError``).
-    ``chunks``: the body's, from its start, when the caller began to read it (``resumed``)."""
+                  chunks: AsyncIterator[bytes] | None = None, fields: OptionFields | None = None) -> list[Sink]:
+    """Every ``file`` part (or the raw body) streamed into sinks, and a multipart body's option fields into ``fields``;
+    refuses a body as soon as it passes ``limit`` bytes. ``chunks``: the body's, from its start, when the caller began
+    to read it (``resumed``)."""
     check_not_encoded(request)
     media, media_parameters = _media_type(request)
     if media != "multipart/form-data" and media not in RAW_TYPES:
@@ -278,7 +306,7 @@ async def receive(request: Request, limit: int, open_sink: Callable[[int, str], 
     if not boundary:
         raise MalformedUploadError("the multipart body declares no boundary (Content-Type: multipart/form-data; "
                                    "boundary=...); let the client build it, e.g. curl -F file=@scene.tif")
-    parts = _Parts(open_sink, options, request.url.path)
+    parts = _Parts(open_sink, fields, request.url.path)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
         async for chunk in chunks:
@@ -355,10 +383,11 @@ async def resumed(head: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterat
 
 
 async def read_upload(request: Request, limit: int, hold: Callable[[int], None] = lambda _n: None,
-                      chunks: AsyncIterator[bytes] | None = None, options: Collection[str] = ()) -> list[UploadedFile]:
+                      chunks: AsyncIterator[bytes] | None = None,
+                      fields: OptionFields | None = None) -> list[UploadedFile]:
     """The uploaded files (every ``file`` part, in order), in memory, each chunk ``hold``-ed as it arrives
-    (``chunks``, ``options``: as ``receive``)."""
-    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold), chunks, options)
+    (``chunks``, ``fields``: as ``receive``)."""
+    sinks = await receive(request, limit, lambda _i, name: _InMemory(name, hold), chunks, fields)
     files = [UploadedFile(s.name, s.data) for s in sinks]
     if sum(len(f.data) for f in files) > limit:
         raise _too_large(limit)
@@ -366,7 +395,7 @@ async def read_upload(request: Request, limit: int, hold: Callable[[int], None] 
 
 
 async def save_upload(request: Request, folder: Path, limit: int,
-                      options: Collection[str] = ()) -> list[tuple[str, Path]]:
+                      fields: OptionFields | None = None) -> list[tuple[str, Path]]:
     """The uploaded files written to ``folder`` as they stream in: ``(name as sent, path)``, in order.
 
     For whole-scene jobs: a scene of many GB never sits in memory. Each part is saved under its
@@ -379,5 +408,5 @@ async def save_upload(request: Request, folder: Path, limit: int,
         names.append(name)
         return (folder / f"part{index:02d}").open("wb")
 
-    sinks = await receive(request, limit, open_file, options=options)
+    sinks = await receive(request, limit, open_file, fields=fields)
     return [(name, Path(s.name)) for name, s in zip(names, sinks, strict=True)]

@@ -32,10 +32,10 @@ from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
-from mapex_serve.routes.query import check_options, query_parameters
+from mapex_serve.routes.query import check_options, query_parameters, with_fields
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
-from mapex_serve.upload import save_upload
+from mapex_serve.upload import OptionFields, save_upload
 
 __all__ = ["JobConflictError", "JobExpiredError", "JobNotFoundError", "JobRequestError", "JobsDisabledError", "router"]
 
@@ -75,16 +75,27 @@ def _record(runner: JobRunner, job_id: str) -> JobRecord:
 
 
 async def _job_request(request: Request) -> JobRequest | None:
-    """The JSON body's request, or None for an upload (its options are query parameters)."""
+    """The JSON body's request, or None for an upload (its options are query parameters or multipart fields)."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         return None
     try:
         return JobRequest.model_validate_json(await request.body())
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
-        raise JobRequestError(f"the job request is not valid ({problems}); send e.g. {{\"url\": "
+        raise JobRequestError(f"the job request is not valid ({_problems(e)}); send e.g. {{\"url\": "
                               f"\"https://host/scene.tif\"}} or {{\"stac_item\": \"https://host/item.json\", "
                               f"\"assets\": [\"vv\", \"vh\"]}}") from None
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
+
+
+def _upload_request(request: Request, fields: dict[str, str]) -> JobRequest:
+    """An upload's job request from its query and the option fields of its multipart body (``-F aoi=@basin.json``)."""
+    try:
+        return JobRequest.model_validate(with_fields(dict(request.query_params), fields, _OPTIONS))
+    except ValidationError as e:
+        raise JobRequestError(f"the job's options are not valid ({_problems(e)})") from None
 
 
 _BODY = {"requestBody": {"required": True, "content": {
@@ -145,7 +156,13 @@ async def submit_job(
                               pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
                               mask_threshold=mask_threshold, aoi=aoi, probabilities=probabilities,
                               geojson=geojson, simplify=simplify, min_area_m2=min_area_m2, notify=notify)
-            uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes, _OPTIONS)
+            fields = OptionFields(_OPTIONS)
+            uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes, fields)
+            if fields.given:
+                body = _upload_request(request, fields.given)
+                parse_mask_threshold(body.mask_threshold)
+                if body.notify:
+                    checked_notify_url(body.notify, state.settings.job_notify_prefixes)
         elif not body.has_source:
             raise JobRequestError("the job request names no scene: give url (http(s)://, s3:// or gs://) or stac_item, "
                                   "or upload the file as multipart (-F file=@scene.tif)")
@@ -166,8 +183,8 @@ async def submit_job(
                         headers={"Location": f"/jobs/{record.id}"})
 
 
-#: What a job upload takes in its query string, and no multipart field may be named.
-_OPTIONS = tuple(query_parameters(submit_job))
+#: What a job upload takes in its query string or as multipart fields, with the closed sets of values.
+_OPTIONS = query_parameters(submit_job)
 
 
 @router.get("/jobs", response_model=list[JobStatus], responses={200: {"content": {"application/geo+json": {}}}})

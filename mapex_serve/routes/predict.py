@@ -6,7 +6,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Literal, TypeVar
 
@@ -27,11 +28,12 @@ from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
-from mapex_serve.routes.query import check_options, query_parameters
+from mapex_serve.routes.query import check_options, query_parameters, with_fields
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, UnitOverrides
 from mapex_serve.upload import (
     MULTIPART_FRAMING,
+    OptionFields,
     body_head,
     check_not_encoded,
     declared_size,
@@ -74,23 +76,50 @@ _BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-async def _respond(request: Request, state: ServiceState, manifests: list[Manifest], bands: str | None,
-                   modality: str | None, format: Format | None, overrides: UnitOverrides) -> Response:
-    """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds."""
+@dataclass(frozen=True)
+class _Options:
+    """What a request asks for, from its query and the option fields of its multipart body."""
+
+    bands: list[str] | None
+    modality: str | None
+    format: Format | None
+    overrides: UnitOverrides
+
+    @classmethod
+    def of(cls, given: Mapping[str, str | None]) -> _Options:
+        """Parsed (a 422 for a value that does not parse), from ``predict_task``'s parameters by name."""
+        overrides = UnitOverrides.parse(*(given.get(name) for name in _OVERRIDES))
+        bands = given.get("bands")
+        return cls(bands.split(",") if bands else None, given.get("modality"), given.get("format"), overrides)
+
+
+#: ``UnitOverrides.parse``'s arguments, in order.
+_OVERRIDES = ("units", "scale", "offset", "pixel_size", "reflectance", "backscatter", "bbox", "mask_threshold", "aoi")
+
+
+async def _respond(request: Request, state: ServiceState, manifests: list[Manifest], given: dict[str, str | None],
+                   options: _Options) -> Response:
+    """Upload -> routed prediction -> GeoTIFF or JSON: everything MAPEX_REQUEST_TIMEOUT_S bounds. ``given``: the
+    query's options, by name, parsed as ``options``; a multipart body's option fields join them."""
     settings = state.settings
-    band_list = bands.split(",") if bands else None
     accept = request.headers.get("accept", "")
     held = Reservation(state.budget, 0)  # the upload's bytes while this process holds them in memory
+    fields = OptionFields(_QUERY)
     try:
-        got = await _receive(request, state, [m.name for m in manifests], held)
+        got = await _receive(request, state, [m.name for m in manifests], held, fields)
         if isinstance(got, Upload):
             upload = got
-            work = asyncio.ensure_future(state.decode.predict(
-                upload, [m.name for m in manifests], state.batchers, bands=band_list, modality=modality,
-                overrides=overrides, max_pixels=settings.max_pixels, max_unpacked=settings.max_upload_bytes,
-                max_batch=settings.max_batch, budget=state.budget,
-                format=format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
             try:
+                if fields.known is not None:  # read as it arrives: once its first file begins, its options are in
+                    await asyncio.wait({fields.known, upload.arriving}, return_when=asyncio.FIRST_COMPLETED)
+                    if not fields.known.done():
+                        await upload.arriving  # it ended without a file: its 4xx
+                options = _Options.of(with_fields(given, fields.given, _QUERY)) if fields.given else options
+                work = asyncio.ensure_future(state.decode.predict(
+                    upload, [m.name for m in manifests], state.batchers, bands=options.bands, modality=options.modality,
+                    overrides=options.overrides, max_pixels=settings.max_pixels,
+                    max_unpacked=settings.max_upload_bytes, max_batch=settings.max_batch, budget=state.budget,
+                    format=options.format, accept=accept, wait_s=min(10.0, settings.request_timeout_s / 2)))
                 if upload.arriving is not None:
                     await _arrival(upload.arriving, work)
                 encoded = await _unless_client_leaves(request, work)
@@ -104,15 +133,17 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
                     upload.arriving.cancel()
                     await asyncio.gather(upload.arriving, return_exceptions=True)
                 upload.discard()  # also when the request was cancelled before its work began
-        work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=band_list,
-                                             modality=modality, max_pixels=settings.max_pixels,
-                                             max_unpacked=settings.max_upload_bytes,
-                                             max_batch=settings.max_batch, overrides=overrides, budget=state.budget))
+        else:
+            options = _Options.of(with_fields(given, fields.given, _QUERY)) if fields.given else options
+        work = asyncio.ensure_future(predict(got, manifests, state.batchers, bands=options.bands,
+                                             modality=options.modality, max_pixels=settings.max_pixels,
+                                             max_unpacked=settings.max_upload_bytes, max_batch=settings.max_batch,
+                                             overrides=options.overrides, budget=state.budget))
         del got  # encoding needs the prediction only: the upload's bytes can go first
         result = await _unless_client_leaves(request, work)
         try:
             provider = state.registry.specialists[result.route.manifest.name].engine.provider
-            encoded = await run_in_threadpool(encode, result, format, accept, provider)
+            encoded = await run_in_threadpool(encode, result, options.format, accept, provider)
             return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
         finally:
             result.reservation.release()
@@ -120,8 +151,8 @@ async def _respond(request: Request, state: ServiceState, manifests: list[Manife
         held.release()
 
 
-async def _receive(request: Request, state: ServiceState, specialists: list[str],
-                   held: Reservation) -> Upload | list[UploadedFile]:
+async def _receive(request: Request, state: ServiceState, specialists: list[str], held: Reservation,
+                   fields: OptionFields) -> Upload | list[UploadedFile]:
     """The upload in a decode worker's slab (a raw body streams straight there), or in memory for this process.
 
     Decoded here instead when there are no workers or the tmpfs has no room (logged: /dev/shm too small). A body
@@ -140,11 +171,12 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
         except SlabSpaceError as e:
             _no_room(e)
         else:
-            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, options=_QUERY))
+            fields.read_as_it_arrives()
+            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, fields=fields))
             return upload
     chunked = sent_chunked(request)
     if pool is not None and chunked is not None:
-        return await _receive_chunked(request, pool, chunked, specialists, limit, settings.max_batch, held)
+        return await _receive_chunked(request, pool, chunked, specialists, limit, settings.max_batch, held, fields)
     if pool is not None and not multipart and 0 < size <= limit:
         try:
             upload = pool.prepare_raw(size, specialists, settings.max_batch, raw_name(request))
@@ -160,15 +192,15 @@ async def _receive(request: Request, state: ServiceState, specialists: list[str]
                 upload.discard()
                 raise
             return upload
-    files = await read_upload(request, limit, partial(held.grow, what=_HELD), options=_QUERY)
+    files = await read_upload(request, limit, partial(held.grow, what=_HELD), fields=fields)
     if pool is None:
         return files
     return _prepared(pool, files, specialists, settings.max_batch)
 
 
 async def _receive_chunked(request: Request, pool: DecodePool, framing: Literal["raw", "multipart"],
-                           specialists: list[str], limit: int, max_batch: int,
-                           held: Reservation) -> Upload | list[UploadedFile]:
+                           specialists: list[str], limit: int, max_batch: int, held: Reservation,
+                           fields: OptionFields) -> Upload | list[UploadedFile]:
     """A body of unknown size (sent chunked), looked at once its first ``READ_WHILE_ARRIVING`` bytes are in (``held``
     meanwhile): a larger one streams into a slab with room for the largest accepted body (and its multipart
     framing), its pages reserved as they are written (the raw body, or the file parts; read while it arrives); a
@@ -182,11 +214,12 @@ async def _receive_chunked(request: Request, pool: DecodePool, framing: Literal[
         except SlabSpaceError as e:
             _no_room(e)
         else:
-            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, body, _QUERY))
+            fields.read_as_it_arrives()
+            upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, body, fields))
             held.release()  # its head goes to the slab as the task starts
             return upload
     held.release()  # held again as it is kept
-    return _prepared(pool, await read_upload(request, limit, hold, body, _QUERY), specialists, max_batch)
+    return _prepared(pool, await read_upload(request, limit, hold, body, fields), specialists, max_batch)
 
 
 #: What ``Reservation.grow``'s 503 says the body's bytes are.
@@ -298,11 +331,13 @@ async def predict_task(
         if not known:
             raise UnknownTaskError(f"no specialist does task {task!r}; tasks served: {', '.join(reg.tasks()) or 'none'}")
         check_options(request, _QUERY)
-        overrides = UnitOverrides.parse(units, scale, offset, pixel_size, reflectance, backscatter, bbox,
-                                        mask_threshold, aoi)
+        given = {"bands": bands, "modality": modality, "format": format, "units": units, "scale": scale,
+                 "offset": offset, "pixel_size": pixel_size, "reflectance": reflectance, "backscatter": backscatter,
+                 "bbox": bbox, "mask_threshold": mask_threshold, "aoi": aoi}
+        options = _Options.of(given)  # the query's 422s before the body is read
         try:
             async with asyncio.timeout(settings.request_timeout_s):  # upload, tiles and encoding
-                response = await _respond(request, state, manifests, bands, modality, format, overrides)
+                response = await _respond(request, state, manifests, given, options)
         except TimeoutError:
             raise _timed_out(request, settings.request_timeout_s) from None
         name, status = response.headers["x-mapex-specialist"], 200

@@ -1,17 +1,18 @@
 """A route's query parameters, read from its endpoint's signature: what the fast lane passes on, what a multipart
-field must not be named (``upload.OptionFieldError``), and what else in a query is refused (``UnknownOptionError``)."""
+body may give as fields instead (``with_fields``), and what else in a query is refused (``UnknownOptionError``)."""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 from fastapi import Request, params
 
 from mapex_serve.errors import MapexError
+from mapex_serve.upload import OptionFieldError
 
-__all__ = ["UnknownOptionError", "check_options", "query_parameters"]
+__all__ = ["UnknownOptionError", "check_options", "query_parameters", "with_fields"]
 
 
 class UnknownOptionError(MapexError, ValueError):
@@ -38,3 +39,18 @@ def check_options(request: Request, known: Collection[str]) -> None:
             hint = f"; did you mean {close[0]}=?" if close else ""
             raise UnknownOptionError(f"{request.url.path} takes no query parameter {name!r}{hint} (it takes "
                                      f"{', '.join(known)})")
+
+
+def with_fields(query: Mapping[str, str | None], fields: Mapping[str, str],
+                closed: Mapping[str, tuple[str, ...] | None]) -> dict[str, str | None]:
+    """The options of a request: its query's, and those its multipart body gives as fields (``-F units=dB``), each
+    of a closed set (``closed``) checked as FastAPI checks the query's; one given both ways must agree."""
+    out = dict(query)
+    for name, value in fields.items():
+        if out.get(name) is not None and out[name] != value:
+            raise OptionFieldError(f"{name} is given twice, {out[name]!r} in the query and {value!r} as a multipart "
+                                   f"field; give it once")
+        if (allowed := closed.get(name)) and value not in allowed:
+            raise OptionFieldError(f"the multipart field {name}={value!r} is not one of {', '.join(allowed)}")
+        out[name] = value
+    return out

@@ -1,12 +1,12 @@
 """The jobs client against a real HTTP server on loopback that answers from a script: a server that is
 away for a while (restarting, rolling out) is waited for, as its jobs resume; anything else is reported."""
 
+import email
 import json
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -20,6 +20,7 @@ class ScriptedJobs:
     def __init__(self, script: list[tuple[int, str]]) -> None:
         self.script, self.port, self.asked = list(script), free_port(), 0
         self.posted: list[str] = []  # the paths of the POSTs, query strings included
+        self.bodies: list[tuple[str, bytes]] = []  # their Content-Type and body
         self.server: ThreadingHTTPServer | None = None
         self.start()
 
@@ -32,7 +33,8 @@ class ScriptedJobs:
 
             def do_POST(self) -> None:
                 jobs.posted.append(self.path)
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                jobs.bodies.append((self.headers.get("Content-Type", ""), body))
                 body = json.dumps({"id": "abc", "state": "queued"}).encode()
                 self.send_response(202)
                 self.send_header("Content-Type", "application/json")
@@ -97,21 +99,22 @@ def test_an_outage_longer_than_outage_s_is_reported_and_a_real_error_at_once(scr
         assert not isinstance(raised.value, ServerAwayError) and gone.asked == 1
 
 
-def test_an_uploads_aoi_goes_as_geojson_text_and_one_too_long_for_a_url_is_reported(scripted, tmp_path):
-    """An upload's options travel in its query string: an aoi object goes as its GeoJSON text (not Python's repr of
-    a dict); a polygon of thousands of vertices does not fit in a URL (httpx refuses it before sending), and the
-    client says what to do instead of raising httpx's error."""
+def test_an_uploads_options_go_as_fields_before_its_file_with_an_aoi_as_geojson_text(scripted, tmp_path):
+    """An upload's options went in its query string, where a polygon of thousands of vertices does not fit (httpx
+    refuses a URL over 64 KiB): the job could not be sent. They go as multipart fields before the file now, an aoi
+    object as its GeoJSON text (not Python's repr of a dict)."""
     scripted.append(server := ScriptedJobs([(200, "queued")]))
     scene = tmp_path / "s1.tif"
     scene.write_bytes(b"II*\0")
     ring = [[10 + i * 1e-5, 45 + (i % 2) * 1e-5] for i in range(5000)]
-    aoi = json.dumps({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
+    aoi = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
     with JobsClient(f"http://127.0.0.1:{server.port}") as client:
-        with pytest.raises(JobFailedError, match="do not fit in a URL .* simplify the aoi polygon"):
-            client.submit("flood", scene, aoi=aoi)
-        with pytest.raises(JobFailedError, match="do not fit in a URL"):
-            client.submit("flood", scene, aoi=json.loads(aoi))  # an object, as json.load gives it, goes as its text
-        triangle = {"type": "Polygon", "coordinates": [[[10, 45], [11, 45], [10, 46], [10, 45]]]}
-        client.submit("flood", scene, aoi=triangle)
-    assert server.asked == 0 and len(server.posted) == 1
-    assert json.loads(parse_qs(urlsplit(server.posted[0]).query)["aoi"][0]) == triangle
+        client.submit("flood", scene, aoi=aoi, probabilities=True, simplify=2.5, bands=None)
+    assert server.posted == ["/jobs/flood"]
+    content_type, body = server.bodies[0]
+    message = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+             for part in message.get_payload()}
+    assert list(parts) == ["aoi", "probabilities", "simplify", "file"]
+    assert json.loads(parts["aoi"]) == aoi and parts["probabilities"] == b"true" and parts["simplify"] == b"2.5"
+    assert parts["file"] == b"II*\0"

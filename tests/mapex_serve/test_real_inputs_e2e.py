@@ -195,6 +195,26 @@ def test_an_aoi_polygon_answers_its_inside_and_masks_its_outside_as_no_data(serv
     assert point.status_code == 422 and point.json()["error"] == "AoiError", point.text
 
 
+def test_an_aoi_polygon_too_long_for_a_url_is_sent_as_a_multipart_field(server):
+    """A basin's outline of 5,000 vertices is about 180 KB of GeoJSON: no URL holds it (httpx refuses one over 64
+    KiB), and until the body's option fields were read it could not be sent at all. As ``-F aoi=@basin.geojson``
+    (before or after the scene) it masks the scene as the query's would."""
+    angles = np.linspace(0, 2 * np.pi, 5000)
+    ring = [[-67.6525 + 0.0075 * np.cos(a), -47.854 + 0.005 * np.sin(a)] for a in angles]
+    basin = json.dumps({"type": "Feature", "properties": {"name": "basin"},
+                        "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}}).encode()
+    assert len(basin) > 150_000
+    with pytest.raises(httpx.InvalidURL):
+        post(server, "landcover-seg", [(S2.name, S2.read_bytes())], aoi=basin.decode())
+    for parts in ([("aoi", ("basin.geojson", basin)), ("file", (S2.name, S2.read_bytes()))],
+                  [("file", (S2.name, S2.read_bytes())), ("aoi", ("basin.geojson", basin))]):
+        r = httpx.post(f"{server.url}/predict/landcover-seg", files=parts, params={"format": "json"}, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        valid, total = r.json()["valid_pixels"], r.json()["grid"]["width"] * r.json()["grid"]["height"]
+        assert 0.7 < valid / total < 0.85  # an ellipse fills pi/4 of its box
+        assert r.json()["masked_pixels"]["by_reason"] == {"outside the area of interest (aoi=)": total - valid}
+
+
 def test_8bit_rgb_is_422_with_the_fix(server):
     with rasterio.open(DATA / "rmnp-rgb.tif") as src:
         assert src.dtypes[0] == "uint8"

@@ -128,20 +128,25 @@ def _large_rgb() -> bytes:
         return mem.read()
 
 
-@pytest.mark.parametrize(("path", "fields"), [
-    ("/predict/wildfire", [("file", ("s.tif", S2.read_bytes())), ("bands", (None, b"B04,B03,B02,B11,B12,-"))]),
-    ("/predict/landcover-seg", [("units", (None, b"reflectance")), ("file", ("s.tif", _large_rgb()))]),
-    ("/jobs/wildfire", [("file", ("s.tif", S2.read_bytes())), ("notify", (None, b"http://127.0.0.1:9/hook"))]),
-], ids=["small upload, option after the file", "read while arriving, option first", "job upload"])
-def test_an_option_sent_as_a_form_field_is_a_422_that_shows_the_query(server, path, fields):
-    """It was read past: a user who sent ``-F units=...`` or ``-F aoi=@basin.geojson`` got an answer without it."""
-    jobs_before = server.http.get("/jobs", params={"limit": 1000}).json()
-    name, (_, value) = next((n, f) for n, f in fields if n != "file")
-    r = server.http.post(path, files=fields)
-    assert r.status_code == 422 and r.json()["error"] == "OptionFieldError", r.text
-    assert f"POST {path}?{httpx.QueryParams({name: value.decode()})}" in r.json()["detail"]
-    assert server.http.get("/jobs", params={"limit": 1000}).json() == jobs_before, "no job kept"
-    assert server.post("wildfire", S2).status_code == 200
+def test_options_sent_as_form_fields_are_taken_as_the_query_is(server):
+    """They were read past: a user who sent ``-F modality=SWIR`` or ``-F aoi=@basin.geojson`` got an answer without
+    it. A small body may give them anywhere; a large one, read as it arrives, before its file; a job upload too."""
+    s2 = ("s.tif", S2.read_bytes())
+    r = server.http.post("/predict/wildfire", files=[("file", s2), ("modality", (None, b"SWIR"))])
+    assert r.status_code == 200 and r.json()["specialist"] == "wildfire-swir", r.text[:300]
+    large = ("rgb.tif", _large_rgb())  # 6 MiB: read while it arrives
+    r = server.http.post("/predict/landcover-seg", files=[("format", (None, b"json")), ("file", large)])
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text[:300]
+    r = server.http.post("/predict/landcover-seg", files=[("file", large), ("format", (None, b"json"))])
+    assert r.status_code == 422 and "'format' comes after the file" in r.json()["detail"], r.text[:300]
+    r = server.http.post("/predict/wildfire", files=[("file", s2), ("format", (None, b"png"))])
+    assert r.status_code == 422 and "format='png' is not one of json, geotiff, geojson" in r.json()["detail"]
+    r = server.http.post("/predict/wildfire", params={"modality": "RGB"}, files=[("file", s2), ("modality", (None, b"SWIR"))])
+    assert r.status_code == 422 and "modality is given twice" in r.json()["detail"]
+    r = server.http.post("/jobs/wildfire", files=[("modality", (None, b"SWIR")), ("file", s2)])
+    assert r.status_code == 202 and r.json()["route"]["specialist"] == "wildfire-swir", r.text[:300]
+    r = server.http.post("/jobs/wildfire", files=[("file", s2), ("simplify", (None, b"-1"))])
+    assert r.status_code == 422 and "simplify" in r.json()["detail"], r.text[:300]
 
 
 @pytest.mark.parametrize(("path", "params", "message"), [

@@ -1,7 +1,6 @@
 """Receiving uploads with Starlette's real Request over a streamed ASGI body."""
 
 import asyncio
-import json
 import tracemalloc
 
 import httpx
@@ -11,6 +10,7 @@ from starlette.requests import Request
 from mapex_serve.upload import (
     MalformedUploadError,
     OptionFieldError,
+    OptionFields,
     UnsupportedMediaTypeError,
     UploadTooLargeError,
     read_upload,
@@ -66,24 +66,30 @@ OPTIONS = ("aoi", "bands", "units")
 
 
 @pytest.mark.parametrize("first", ["option", "file"])
-def test_a_field_named_as_a_query_parameter_is_refused_not_ignored(first):
+def test_a_multipart_body_gives_options_as_fields_before_or_after_its_file(first):
     """``curl -F file=@s.tif -F units=dB`` was read as if units were not given: the service guessed them."""
-    parts = [("units", None, b"dB"), ("file", "s.tif", b"tiff")]
-    body, ctype = multipart(parts if first == "option" else parts[::-1])
-    request, _ = streamed(body, ctype, chunk=5)
-    request.scope["path"] = "/predict/flood"
-    with pytest.raises(OptionFieldError) as refused:
-        asyncio.run(read_upload(request, 10**6, options=OPTIONS))
-    assert "POST /predict/flood?units=dB" in str(refused.value) and "aoi, bands, units" in str(refused.value)
+    parts = [("units", None, b"dB"), ("file", "s.tif", b"tiff"), ("note", None, b"read past")]
+    body, ctype = multipart(parts if first == "option" else parts[1:2] + parts[:1] + parts[2:])
+    fields = OptionFields(OPTIONS)
+    files = asyncio.run(read_upload(streamed(body, ctype, chunk=5)[0], 10**6, fields=fields))
+    assert [f.data for f in files] == [b"tiff"] and fields.given == {"units": "dB"}
 
 
-def test_an_option_field_too_long_to_quote_is_named_and_other_fields_are_read_past():
-    polygon = json.dumps({"type": "Polygon", "coordinates": [[[x / 100, 0.0] for x in range(40)]]}).encode()
-    body, ctype = multipart([("file", "s.tif", b"tiff"), ("aoi", "basin.geojson", polygon)])
-    with pytest.raises(OptionFieldError, match=r"\?aoi=\.\.\. with the scene"):
-        asyncio.run(read_upload(streamed(body, ctype)[0], 10**6, options=OPTIONS))
-    body, ctype = multipart([("file", "s.tif", b"tiff"), ("note", None, b"units are dB")])
-    assert [f.data for f in asyncio.run(read_upload(streamed(body, ctype)[0], 10**6, options=OPTIONS))] == [b"tiff"]
+@pytest.mark.parametrize(("parts", "refusal"), [
+    ([("units", None, b"dB"), ("units", None, b"linear"), ("file", "s.tif", b"tiff")], "'units' is given twice"),
+    ([("file", "s.tif", b"tiff"), ("aoi", "basin.geojson", b"{}")], r"'aoi' comes after the file.*before -F file="),
+    ([("bands", None, b"\xff\xfe"), ("file", "s.tif", b"tiff")], "'bands' is not UTF-8 text"),
+])
+def test_option_fields_that_cannot_be_taken_are_refused(parts, refusal):
+    body, ctype = multipart(parts)
+
+    async def read() -> None:  # a scene read as it arrives takes the options given before its first file
+        fields = OptionFields(OPTIONS)
+        fields.read_as_it_arrives()
+        await read_upload(streamed(body, ctype)[0], 10**6, fields=fields)
+
+    with pytest.raises(OptionFieldError, match=refusal):
+        asyncio.run(read())
 
 
 def test_a_multipart_upload_is_held_about_once_not_three_times():
