@@ -214,7 +214,8 @@ async def _receive_chunked(request: Request, pool: DecodePool, framing: Literal[
         except SlabSpaceError as e:
             _no_room(e)
         else:
-            fields.read_as_it_arrives()
+            if framing == "multipart":  # a raw body has no option fields to wait for
+                fields.read_as_it_arrives()
             upload.arriving = asyncio.ensure_future(receive(request, limit, upload.part_sink, body, fields))
             held.release()  # its head goes to the slab as the task starts
             return upload
