@@ -91,7 +91,8 @@ def _problems(e: ValidationError) -> str:
 
 
 def _upload_request(request: Request, fields: dict[str, str]) -> JobRequest:
-    """An upload's job request from its query and the option fields of its multipart body (``-F aoi=@basin.json``)."""
+    """An upload's job request from its query and the option fields of its multipart body (``-F aoi=@basin.json``):
+    what ``submit_job``'s parameters declare, read from the request to take only those given."""
     try:
         return JobRequest.model_validate(with_fields(dict(request.query_params), fields, _OPTIONS))
     except ValidationError as e:
@@ -152,10 +153,7 @@ async def submit_job(
     try:
         if body is None:
             parse_mask_threshold(mask_threshold)  # a 422 that names the layers, before the upload is taken
-            body = JobRequest(bands=bands, modality=modality, units=units, scale=scale, offset=offset,
-                              pixel_size=pixel_size, reflectance=reflectance, backscatter=backscatter, bbox=bbox,
-                              mask_threshold=mask_threshold, aoi=aoi, probabilities=probabilities,
-                              geojson=geojson, simplify=simplify, min_area_m2=min_area_m2, notify=notify)
+            body = _upload_request(request, {})  # the query's options (an aoi that does not parse: a 422, not a 500)
             fields = OptionFields(_OPTIONS)
             uploads = await save_upload(request, folder / "input", state.settings.job_max_upload_bytes, fields)
             if fields.given:

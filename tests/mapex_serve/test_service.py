@@ -161,6 +161,12 @@ def test_a_misspelt_option_is_a_422_not_ignored(server, path, params, message):
     assert message in r.json()["detail"] and "bbox" in r.json()["detail"]
 
 
+def test_a_job_uploads_aoi_that_does_not_parse_is_a_422_not_a_500(server):
+    """Found by the schema-driven fuzzing: the job request built from the query raised pydantic's error unhandled."""
+    r = server.http.post("/jobs/wildfire", params={"aoi": "n\u00a7"}, files={"file": ("s.tif", S2.read_bytes())})
+    assert r.status_code == 422 and "aoi= is not JSON" in r.json()["detail"], r.text[:300]
+
+
 def test_a_json_job_request_with_options_in_its_query_is_a_422(server):
     """The JSON is the request: options in the query string were read past."""
     r = server.http.post("/jobs/wildfire", params={"units": "reflectance"}, json={"url": "https://host/scene.tif"})
