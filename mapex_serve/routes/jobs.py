@@ -32,7 +32,7 @@ from mapex_serve.jobs.sources import redacted
 from mapex_serve.jobs.stac_result import result_item
 from mapex_serve.jobs.store import FINISHED, JobRecord
 from mapex_serve.registry import Registry
-from mapex_serve.routes.query import check_options, query_parameters, with_fields
+from mapex_serve.routes.query import check_options, declare_option_fields, query_parameters, with_fields
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, parse_mask_threshold
 from mapex_serve.upload import OptionFields, save_upload
@@ -183,6 +183,7 @@ async def submit_job(
 
 #: What a job upload takes in its query string or as multipart fields, with the closed sets of values.
 _OPTIONS = query_parameters(submit_job)
+declare_option_fields(_BODY, _OPTIONS)
 
 
 @router.get("/jobs", response_model=list[JobStatus], responses={200: {"content": {"application/geo+json": {}}}})

@@ -28,7 +28,7 @@ from mapex_serve.registry import Registry
 from mapex_serve.repository import Manifest
 from mapex_serve.responses import Format, encode
 from mapex_serve.routes.lane import Lane
-from mapex_serve.routes.query import check_options, query_parameters, with_fields
+from mapex_serve.routes.query import check_options, declare_option_fields, query_parameters, with_fields
 from mapex_serve.state import ServiceState
 from mapex_serve.units import BackscatterChoice, PixelSizeChoice, ReflectanceChoice, UnitOverrides
 from mapex_serve.upload import (
@@ -364,6 +364,7 @@ def _timed_out(request: Request, limit_s: float) -> MapexError:
 #: ``predict_task``'s query parameters, with their closed sets of values (``format``, ``pixel_size``): the lane passes
 #: whatever parameter the route gains.
 _QUERY = query_parameters(predict_task)
+declare_option_fields(_BODY, _QUERY)
 
 
 def _predict_lane(request: Request, state: ServiceState, reg: Registry,

@@ -12,7 +12,7 @@ from fastapi import Request, params
 from mapex_serve.errors import MapexError
 from mapex_serve.upload import OptionFieldError
 
-__all__ = ["UnknownOptionError", "check_options", "query_parameters", "with_fields"]
+__all__ = ["UnknownOptionError", "check_options", "declare_option_fields", "query_parameters", "with_fields"]
 
 
 class UnknownOptionError(MapexError, ValueError):
@@ -54,3 +54,11 @@ def with_fields(query: Mapping[str, str | None], fields: Mapping[str, str],
             raise OptionFieldError(f"the multipart field {name}={value!r} is not one of {', '.join(allowed)}")
         out[name] = value
     return out
+
+
+def declare_option_fields(body: dict, options: Mapping[str, tuple[str, ...] | None]) -> None:
+    """Declare ``options`` as fields of the multipart body in a route's ``openapi_extra`` ``body`` (made before its
+    endpoint, whose signature they are read from): the OpenAPI schema says what the route takes."""
+    schema = body["requestBody"]["content"]["multipart/form-data"]["schema"]
+    schema["properties"] |= {name: {"type": "string", "description": "as the query parameter of that name",
+                                    **({"enum": list(closed)} if closed else {})} for name, closed in options.items()}

@@ -147,6 +147,12 @@ def test_options_sent_as_form_fields_are_taken_as_the_query_is(server):
     assert r.status_code == 202 and r.json()["route"]["specialist"] == "wildfire-swir", r.text[:300]
     r = server.http.post("/jobs/wildfire", files=[("file", s2), ("simplify", (None, b"-1"))])
     assert r.status_code == 422 and "simplify" in r.json()["detail"], r.text[:300]
+    paths = server.http.get("/openapi.json").json()["paths"]  # declared, for generated clients
+    for path in ("/predict/{task}", "/jobs/{task}"):
+        schema = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert {"file", "aoi", "bands", "units", "modality"} <= set(schema["properties"])
+    assert paths["/predict/{task}"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"][
+        "properties"]["format"]["enum"] == ["json", "geotiff", "geojson"]
 
 
 @pytest.mark.parametrize(("path", "params", "message"), [
