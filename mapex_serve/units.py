@@ -575,7 +575,7 @@ def check_plausible(conversion: Conversion, stats: ValueStats | None, name: str)
             raise ImplausibleValuesError(
                 f"{what}: 8-bit values (0..255) are display imagery, not Sentinel-2 reflectance x 10000, and the "
                 f"model would see a black scene; send surface reflectance, or state how the values are scaled with "
-                f"scale= (e.g. scale=0.0001 for reflectance x 10000, scale=0.01 for percent, units=reflectance for 0..1)"
+                f"scale= (scale=0.0001 for reflectance x 10000, scale=0.01 for percent, units=reflectance for 0..1)"
             )
         if assumed and not integer and stats.stored_max <= 2.0:
             raise ImplausibleValuesError(

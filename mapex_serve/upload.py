@@ -23,10 +23,10 @@ from mapex_serve.errors import ClientGoneError, MapexError
 from mapex_serve.inputs import UploadedFile
 
 __all__ = [
-    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "OptionFieldError", "OptionFields", "Sink", "UnsupportedContentEncodingError",
-    "UnsupportedMediaTypeError", "UploadTimeoutError", "UploadTooLargeError", "body_chunks", "body_head",
-    "body_progress", "check_not_encoded", "declared_size", "raw_name", "read_upload", "receive", "resumed", "save_upload",
-    "sent_chunked", "still_arriving_error",
+    "MULTIPART_FRAMING", "BodyProgress", "MalformedUploadError", "OptionFieldError", "OptionFields", "Sink",
+    "UnsupportedContentEncodingError", "UnsupportedMediaTypeError", "UploadTimeoutError", "UploadTooLargeError",
+    "body_chunks", "body_head", "body_progress", "check_not_encoded", "declared_size", "raw_name", "read_upload",
+    "receive", "resumed", "save_upload", "sent_chunked", "still_arriving_error",
 ]
 
 #: Archives of raster files (Earth Engine's ZIP of one GeoTIFF a band, a tar, a .tif.gz) are unpacked (``archives``);

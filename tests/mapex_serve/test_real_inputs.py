@@ -729,7 +729,8 @@ def test_a_netcdf_time_series_says_to_send_one_step(tmp_path, to_netcdf):
     with pytest.raises(DuplicateBandError, match=r"openeo.nc:B04 holds 3 rasters of B04 along t \(19000, 19005, "
                                                  r"19010 days since 1990-01-01\).*filter_temporal"):
         RequestScene([UploadedFile("openeo.nc", series)])
-    one = to_netcdf(tmp_path, {"B04": stored[0, :1], "B03": stored[1, :1], "B02": stored[2, :1]}, "one.nc", times=[19000])
+    one = to_netcdf(tmp_path, {"B04": stored[0, :1], "B03": stored[1, :1], "B02": stored[2, :1]}, "one.nc",
+                    times=[19000])
     scene, _, values, _ = read([UploadedFile("one.nc", one)], ["B04", "B03", "B02"])
     np.testing.assert_allclose(values, stored[:, 0] * np.float32(1e-4), rtol=1e-6)
 

@@ -141,7 +141,8 @@ def test_options_sent_as_form_fields_are_taken_as_the_query_is(server):
     assert r.status_code == 422 and "'format' comes after the file" in r.json()["detail"], r.text[:300]
     r = server.http.post("/predict/wildfire", files=[("file", s2), ("format", (None, b"png"))])
     assert r.status_code == 422 and "format='png' is not one of json, geotiff, geojson" in r.json()["detail"]
-    r = server.http.post("/predict/wildfire", params={"modality": "RGB"}, files=[("file", s2), ("modality", (None, b"SWIR"))])
+    r = server.http.post("/predict/wildfire", params={"modality": "RGB"},
+                         files=[("file", s2), ("modality", (None, b"SWIR"))])
     assert r.status_code == 422 and "modality is given twice" in r.json()["detail"]
     r = server.http.post("/jobs/wildfire", files=[("modality", (None, b"SWIR")), ("file", s2)])
     assert r.status_code == 202 and r.json()["route"]["specialist"] == "wildfire-swir", r.text[:300]
