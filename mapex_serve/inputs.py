@@ -682,7 +682,7 @@ class RequestScene:
             given = None if bands is None else list(bands[offset: offset + ds.count])
             offset += ds.count
             file, _, variable = name.partition(":")  # "file.nc:B04" is a subdataset, named by its variable
-            landsat = landsat_sensor(ds, file, names) is not None
+            sensor = landsat_sensor(ds, file, names)
             source = "subdataset name" if variable else "file name"
             snap = self._snap.get(name)
             theia = theia_nodata(file, ds.nodatavals[0]) if ds.count == 1 else None  # what THEIA's format states
@@ -690,7 +690,8 @@ class RequestScene:
                       or ((theia,) if theia is not None else None))
             planet = planet_product(ds, file)
             identities = identify_bands(ds, variable or file, given, source, snap and [b.name for b in snap], planet,
-                                        names)
+                                        names, "ask" if variable else sensor)  # asked by the same name once
+            landsat = sensor is not None
             for i, identity in enumerate(identities, start=1):
                 self.bands.append(InputBand(name, i, ds, identity, landsat, layers[0] if landsat and layers else None,
                                             nodata=nodata[i - 1] if nodata else None,

@@ -561,7 +561,7 @@ def _identify(src: DatasetReaderBase, index: int, filename: str | None, landsat:
 def identify_bands(
     src: DatasetReaderBase, filename: str | None = None, bands: Sequence[str] | None = None,
     name_source: str = "file name", header_names: Sequence[str] | None = None, planet: PlanetProduct | None = None,
-    request_names: Sequence[str | None] | None = None,
+    request_names: Sequence[str | None] | None = None, landsat: LandsatSensor | None | Literal["ask"] = "ask",
 ) -> list[BandIdentity]:
     """The identity of every band of ``src``; ``bands`` (one name per band, ``-`` to skip) overrides the file.
 
@@ -570,11 +570,13 @@ def identify_bands(
     names a header GDAL does not read gives them (SNAP's, ``mapex_serve.dimap``), trusted first. ``planet``: the Planet
     asset the file is (``mapex_serve.planet.planet_product``), whose descriptions or band order name its bands.
     ``request_names``: the band names of the whole request (``request_band_names``), where a Landsat Collection 2
-    layer says its band numbers are Landsat's; by default the file's own.
+    layer says its band numbers are Landsat's; by default the file's own. ``landsat``: the file's sensor where the
+    caller has asked ``landsat_sensor`` already (a request asks once a file), else asked here.
     """
     dea = dea_product((filename, src.name), [*src.descriptions, *(bands or ())])
     names = src.descriptions if request_names is None else request_names
-    landsat = landsat_sensor(src, filename, names)
+    if landsat == "ask":
+        landsat = landsat_sensor(src, filename, names)
     if bands is not None:
         if len(bands) != src.count:
             raise BandNamesMissingError(
