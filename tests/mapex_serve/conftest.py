@@ -30,10 +30,13 @@ S2 = DATA / "sentinel2_6band_10m_epsg32719.tif"
 
 
 class Server(LocalService):
-    """The service on loopback over ``repo`` with ``MAPEX_*`` overrides, one ONNX Runtime thread pool each."""
+    """The service on loopback over ``repo`` with ``MAPEX_*`` overrides, one ONNX Runtime thread pool each, and a jobs
+    folder of its own unless told one: servers of other test modules run beside it on the same built repository,
+    whose ``.jobs`` they would share (each running the others' jobs, one's start finding the database locked)."""
 
     def __init__(self, repo: Path, log: Path, **env: str) -> None:
-        super().__init__(repo, log, {"OMP_NUM_THREADS": "1", **env}, ready_timeout=120)
+        jobs = str(log.parent / f"{log.stem}-jobs")
+        super().__init__(repo, log, {"OMP_NUM_THREADS": "1", "MAPEX_JOBS_DIR": jobs, **env}, ready_timeout=120)
 
     @functools.cached_property
     def http(self) -> httpx.Client:
