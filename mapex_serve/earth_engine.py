@@ -50,10 +50,9 @@ def catalogue_id(image: str) -> str:
     return re.sub(r"^(?:\d+_)+(?=\D)", "", image)
 
 
-def check_one_image(names: Sequence[str | None]) -> str | None:
-    """The one image a file's band names come from, None where they name none; refuses the bands of several, with the
-    ``bands=`` that reads the first image."""
-    stacked = [stacked_band(n) for n in names]
+def check_one_image(stacked: Sequence[StackedBand | None]) -> str | None:
+    """The one image a file's bands come from (each as ``stacked_band`` reads its name, None for another name), None
+    where none says; refuses the bands of several, with the ``bands=`` that reads the first image."""
     images = list(dict.fromkeys(s.image for s in stacked if s is not None))
     if len(images) <= 1:
         return images[0] if images else None

@@ -608,14 +608,15 @@ def identify_bands(
                 rule = f"{rule}, {by_name.rule}"
             out.append(replace(parsed, found=name, rule=rule))
         return out
-    image = check_one_image([d if (b := stacked_band(d)) and _names_a_band(b.band) else None for d in src.descriptions])
+    stacked = [stacked_band(d) for d in src.descriptions]  # Earth Engine's toBands(): <image id>_<band>
+    image = check_one_image([b if b is not None and _names_a_band(b.band) else None for b in stacked])
     conventions = [c for c in (force_file(src, filename), sen2r_file(src, filename)) if c is not None]
     layers = landsat_collection_layers(names) if landsat is None else []
     landsat_layer = layers[0] if layers else None
     identities = [_identify(src, i, filename, landsat, name_source, header_names[i - 1] if header_names else None,
                             planet, dea, conventions, landsat_layer) for i in range(1, src.count + 1)]
-    return [replace(identity, image=image) if image and stacked_band(d) else identity
-            for identity, d in zip(identities, src.descriptions, strict=True)]
+    return [replace(identity, image=image) if image and b is not None else identity
+            for identity, b in zip(identities, stacked, strict=True)]
 
 
 def _names_a_band(name: str) -> bool:

@@ -112,6 +112,8 @@ async def submit_job(
     task: str, request: Request,
     reg: Annotated[Registry, Depends(ready_registry)],
     state: Annotated[ServiceState, Depends(service_state)],
+    # An upload's options: checked by FastAPI and shown in the OpenAPI schema here, read with its multipart option
+    # fields by ``_upload_request`` (from the request, so that only those given count).
     bands: Annotated[str | None, Query(description="for uploads: names of the bands in order")] = None,
     modality: Annotated[str | None, Query(description="for uploads: force the specialist of this modality")] = None,
     units: Annotated[str | None, Query(description="for uploads: unit of the values")] = None,
